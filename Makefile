@@ -1,0 +1,53 @@
+# Switchyard — the two commands a newcomer needs: `make run` and `make test`.
+# Both work on a fresh Debian machine with Rust: they install redis-server when missing.
+
+REDIS_PORT ?= 6379
+CARGO ?= cargo
+SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+
+.PHONY: run test build release deps redis lint fmt check-config clean
+
+## Run one instance on 127.0.0.1:5010 against Redis on 127.0.0.1:$(REDIS_PORT).
+run: deps redis
+	$(CARGO) run --release -- serve
+
+## The whole suite (unit + integration, against real redis-server processes).
+test: deps lint
+	$(CARGO) test --all-targets -- --test-threads=4
+
+build:
+	$(CARGO) build
+
+release:
+	$(CARGO) build --release
+
+## Install what running and testing need (redis-server from Debian packages).
+deps:
+	@command -v redis-server >/dev/null 2>&1 || { \
+	  echo "installing redis-server"; \
+	  $(SUDO) apt-get update -qq && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq redis-server >/dev/null; }
+
+## Start a Redis on 127.0.0.1:$(REDIS_PORT) if nothing listens there.
+redis:
+	@if redis-cli -p $(REDIS_PORT) ping >/dev/null 2>&1; then \
+	  echo "redis already listening on $(REDIS_PORT)"; \
+	else \
+	  mkdir -p target/redis && \
+	  redis-server --port $(REDIS_PORT) --bind 127.0.0.1 --daemonize yes --dir $(CURDIR)/target/redis \
+	    --logfile $(CURDIR)/target/redis/redis.log && \
+	  for i in 1 2 3 4 5 6 7 8 9 10; do redis-cli -p $(REDIS_PORT) ping >/dev/null 2>&1 && break; sleep 0.2; done; \
+	  echo "started redis on $(REDIS_PORT)"; \
+	fi
+
+lint:
+	$(CARGO) fmt --all -- --check
+	$(CARGO) clippy --all-targets -- -D warnings
+
+fmt:
+	$(CARGO) fmt --all
+
+check-config:
+	$(CARGO) run --quiet -- check-config
+
+clean:
+	$(CARGO) clean

@@ -1,0 +1,468 @@
+//! `/ws/node`: one lingua node's connection, from `node_register` to close.
+//!
+//! The connection keeps in memory only what it needs to speak for its node: the node id,
+//! its unique connection token (the fencing epoch every script checks) and the last
+//! registration, so that a heartbeat answered "missing" (record expired, Redis wiped) can
+//! re-register at once — the heal-within-one-heartbeat promise of DESIGN §1.6.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::extract::State;
+use axum::extract::ws::{Message, WebSocket, WebSocketUpgrade};
+use axum::response::Response;
+use futures_util::StreamExt;
+use tokio::sync::mpsc;
+
+use super::{LocalConn, Outbound, close, socket};
+use crate::capabilities::Capabilities;
+use crate::protocol::node::{
+    NODE_TYPES, NodeHeartbeat, NodeInbound, NodeRegister, NodeRegisterAck,
+};
+use crate::protocol::{ErrorCode, ErrorMessage, decode, valid_id};
+use crate::server::App;
+use crate::store::StoreError;
+use crate::store::nodes::{HeartbeatReply, OfflineReply, RegisterReply};
+
+const KIND: &str = "node";
+
+pub async fn upgrade(ws: WebSocketUpgrade, State(app): State<Arc<App>>) -> Response {
+    let max = app.cfg.ws.max_frame_bytes;
+    ws.max_message_size(max)
+        .max_frame_size(max)
+        .on_upgrade(move |socket| serve(app, socket))
+}
+
+/// What this connection has registered.
+struct Registered {
+    node_id: String,
+    caps: Capabilities,
+    register: Box<NodeRegister>,
+}
+
+struct NodeConn {
+    app: Arc<App>,
+    tx: mpsc::Sender<Outbound>,
+    token: String,
+    reg: Option<Registered>,
+    /// Set when the connection must end (replaced, fenced off).
+    done: bool,
+}
+
+async fn serve(app: Arc<App>, ws: WebSocket) {
+    let gauge = app.metrics.connection_gauge(KIND);
+    gauge.inc();
+    let (tx, mut stream, writer) = socket::split(ws, app.cfg.ws.send_queue);
+    let mut shutdown = app.shutdown_signal();
+    let token = app.next_conn_token();
+    let mut conn = NodeConn {
+        app: app.clone(),
+        tx,
+        token,
+        reg: None,
+        done: false,
+    };
+    let hello = tokio::time::Instant::now() + Duration::from_millis(app.cfg.ws.hello_timeout_ms);
+    let mut orderly = false;
+    while !conn.done {
+        let next = tokio::select! {
+            n = stream.next() => n,
+            _ = tokio::time::sleep_until(hello), if conn.reg.is_none() => {
+                conn.send(Outbound::Close(close::POLICY, "node_register expected".into()));
+                break;
+            }
+            _ = shutdown.changed() => {
+                conn.send(Outbound::Close(close::RESTARTING, "scheduler restarting".into()));
+                break;
+            }
+        };
+        match next {
+            None => break,
+            Some(Err(e)) => {
+                if socket::is_too_big(&e) {
+                    app.metrics.rejected(KIND, "oversized");
+                    conn.send(Outbound::Close(close::TOO_BIG, "frame too large".into()));
+                }
+                break;
+            }
+            Some(Ok(Message::Text(text))) => conn.on_text(text.as_str()).await,
+            Some(Ok(Message::Binary(_))) => {
+                app.metrics.rejected(KIND, "binary");
+                conn.error(
+                    ErrorCode::InvalidMessage,
+                    "binary frames are not used; send JSON text",
+                );
+            }
+            Some(Ok(Message::Close(_))) => {
+                orderly = true;
+                break;
+            }
+            Some(Ok(_)) => {} // ping/pong: answered by the library
+        }
+    }
+    conn.finish(orderly).await;
+    drop(conn);
+    let _ = tokio::time::timeout(Duration::from_secs(2), writer).await;
+    gauge.dec();
+}
+
+impl NodeConn {
+    fn send(&self, out: Outbound) {
+        // A full queue means the peer stopped reading; its liveness will expire.
+        let _ = self.tx.try_send(out);
+    }
+
+    fn send_json<T: serde::Serialize>(&self, msg: &T) {
+        match serde_json::to_string(msg) {
+            Ok(t) => self.send(Outbound::Text(t)),
+            Err(e) => tracing::error!(error = %e, "encode failed"),
+        }
+    }
+
+    fn error(&self, code: ErrorCode, message: impl Into<String>) {
+        self.send(Outbound::Text(ErrorMessage::new(code, message).to_json()));
+    }
+
+    fn store_error(&self, e: &StoreError) {
+        match e {
+            StoreError::Unavailable(_) => self.error(
+                ErrorCode::SchedulerDependencyDown,
+                "scheduler state store unreachable",
+            ),
+            _ => self.error(ErrorCode::InternalError, "internal error"),
+        }
+    }
+
+    async fn on_text(&mut self, text: &str) {
+        let msg = match decode::<NodeInbound>(text, NODE_TYPES) {
+            Ok(m) => m,
+            Err(e) => {
+                self.app.metrics.rejected(KIND, "invalid");
+                self.error(ErrorCode::InvalidMessage, e.to_string());
+                return;
+            }
+        };
+        match msg {
+            NodeInbound::NodeRegister(r) => {
+                self.app.metrics.message_in(KIND, "node_register");
+                self.on_register(r).await
+            }
+            NodeInbound::NodeHeartbeat(h) => {
+                self.app.metrics.message_in(KIND, "node_heartbeat");
+                self.on_heartbeat(*h).await
+            }
+            NodeInbound::NodeError(e) => {
+                self.app.metrics.message_in(KIND, "node_error");
+                let code = if e.code.is_empty() {
+                    "UNKNOWN".to_string()
+                } else {
+                    e.code.clone()
+                };
+                let node = self.reg.as_ref().map(|r| r.node_id.as_str()).unwrap_or("-");
+                tracing::warn!(node_id = node, code = %code, message = %e.message, "node_error");
+                let detail = crate::telemetry::metrics::Detail { detail: code };
+                self.app.metrics.node_errors.get_or_create(&detail).inc();
+            }
+            NodeInbound::JobAck(_)
+            | NodeInbound::JobStarted(_)
+            | NodeInbound::JobResult(_)
+            | NodeInbound::AsrPartial(_) => {
+                self.app.metrics.rejected(KIND, "no_job");
+                self.error(ErrorCode::InvalidMessage, "no such job on this scheduler");
+            }
+        }
+    }
+
+    async fn on_register(&mut self, r: Box<NodeRegister>) {
+        let offered = r.node_id.clone().filter(|id| !id.is_empty());
+        if let Some(id) = &offered
+            && !valid_id(id)
+        {
+            return self.error(
+                ErrorCode::InvalidMessage,
+                "node_id must be 1-64 of [A-Za-z0-9_.-]",
+            );
+        }
+        let current = self.reg.as_ref().map(|r| r.node_id.clone());
+        if let (Some(cur), Some(id)) = (&current, &offered)
+            && cur != id
+        {
+            return self.error(
+                ErrorCode::NodeIdConflict,
+                format!("this connection is registered as {cur}; open a new one for {id}"),
+            );
+        }
+        let caps = match Capabilities::from_register(&r) {
+            Ok(c) => c,
+            Err(e) => return self.error(ErrorCode::InvalidCapabilitySchema, e.to_string()),
+        };
+        let cfg = &self.app.cfg.node;
+        let capacity = r.max_concurrent_jobs.unwrap_or(cfg.default_capacity);
+        if capacity == 0 || capacity > cfg.max_capacity {
+            return self.error(
+                ErrorCode::InvalidCapabilitySchema,
+                format!("max_concurrent_jobs must be 1..={}", cfg.max_capacity),
+            );
+        }
+        let id = current.or(offered);
+        match self.register(id, &caps, &r).await {
+            Ok((node_id, state)) => {
+                let pools = caps.pools().len();
+                let message = if pools == 0 {
+                    "registered; serves no language pair (check language_capabilities)".into()
+                } else {
+                    format!("registered in {pools} pools")
+                };
+                let status = if state == "draining" {
+                    "draining"
+                } else {
+                    "ready"
+                };
+                self.send_json(&NodeRegisterAck {
+                    kind: "node_register_ack",
+                    node_id: &node_id,
+                    message,
+                    status,
+                });
+                self.reg = Some(Registered {
+                    node_id,
+                    caps,
+                    register: r,
+                });
+            }
+            Err(e) => self.store_error(&e),
+        }
+    }
+
+    /// Run `register` (minting an id when none is given) and bind the local connection.
+    async fn register(
+        &mut self,
+        id: Option<String>,
+        caps: &Capabilities,
+        r: &NodeRegister,
+    ) -> Result<(String, String), StoreError> {
+        let app = self.app.clone();
+        let extra = register_fields(r, app.cfg.node.default_capacity);
+        for _ in 0..8 {
+            let (node_id, minted) = match &id {
+                Some(id) => (id.clone(), false),
+                None => (mint_node_id(), true),
+            };
+            let reply = app
+                .store
+                .register(
+                    &node_id,
+                    minted,
+                    &self.token,
+                    &app.instance_id,
+                    app.cfg.liveness_ms(),
+                    app.cfg.node.offline_retention_ms,
+                    caps,
+                    &extra,
+                )
+                .await?;
+            match reply {
+                RegisterReply::Taken => continue,
+                RegisterReply::Ok {
+                    state,
+                    replaced_conn,
+                    ..
+                } => {
+                    let me = LocalConn {
+                        token: self.token.clone(),
+                        tx: self.tx.clone(),
+                    };
+                    if let Some(old) = app.conns.bind_node(&node_id, me) {
+                        let _ = old.tx.try_send(Outbound::Close(
+                            close::REPLACED,
+                            "replaced by a newer connection".into(),
+                        ));
+                    }
+                    if let Some(tok) = replaced_conn {
+                        tracing::info!(node_id = %node_id, old_conn = %tok, "node connection replaced");
+                    }
+                    return Ok((node_id, state));
+                }
+            }
+        }
+        Err(StoreError::Reply {
+            script: "register",
+            message: "could not mint a free node id".into(),
+        })
+    }
+
+    async fn on_heartbeat(&mut self, h: NodeHeartbeat) {
+        let Some(reg) = &self.reg else {
+            return self.error(
+                ErrorCode::InvalidMessage,
+                "node_heartbeat before node_register",
+            );
+        };
+        if let Some(id) = &h.node_id
+            && id != &reg.node_id
+        {
+            self.app.metrics.rejected(KIND, "foreign_node_id");
+            return self.error(
+                ErrorCode::NodeIdConflict,
+                format!("heartbeat for {id} on the connection of {}", reg.node_id),
+            );
+        }
+        let caps = match reg.caps.merged(
+            h.language_capabilities.as_ref(),
+            h.capability_by_type.as_deref(),
+        ) {
+            Ok(c) => c,
+            Err(e) => return self.error(ErrorCode::InvalidCapabilitySchema, e.to_string()),
+        };
+        let node_id = reg.node_id.clone();
+        let app = self.app.clone();
+        let load = load_fields(&h);
+        let reply = app
+            .store
+            .heartbeat(
+                &node_id,
+                &self.token,
+                app.cfg.liveness_ms(),
+                app.cfg.node.offline_retention_ms,
+                &caps,
+                &load,
+            )
+            .await;
+        match reply {
+            Ok(HeartbeatReply::Ok { .. }) => {
+                if let Some(reg) = &mut self.reg {
+                    reg.caps = caps;
+                }
+            }
+            Ok(HeartbeatReply::Missing) => {
+                // The record is gone (expired or Redis wiped): register again from what this
+                // connection knows, keeping the id.
+                tracing::info!(node_id = %node_id, "node record missing; re-registering");
+                let Some(mut register) = self.reg.as_ref().map(|r| r.register.clone()) else {
+                    return;
+                };
+                if let Some(l) = h.language_capabilities.clone() {
+                    register.language_capabilities = Some(l);
+                }
+                if let Some(s) = h.capability_by_type.clone() {
+                    register.capability_by_type = s;
+                }
+                match self.register(Some(node_id.clone()), &caps, &register).await {
+                    Ok(_) => {
+                        self.reg = Some(Registered {
+                            node_id,
+                            caps,
+                            register,
+                        })
+                    }
+                    Err(e) => self.store_error(&e),
+                }
+            }
+            Ok(HeartbeatReply::Stale { .. }) => {
+                app.metrics.stale(KIND);
+                self.error(
+                    ErrorCode::NodeIdConflict,
+                    "another connection owns this node id now",
+                );
+                self.send(Outbound::Close(
+                    close::REPLACED,
+                    "replaced by a newer connection".into(),
+                ));
+                self.reg = None;
+                self.done = true;
+            }
+            Err(e) => self.store_error(&e),
+        }
+    }
+
+    /// The socket ended: an orderly close takes the node offline now; a drop after grace.
+    async fn finish(&mut self, orderly: bool) {
+        let Some(reg) = self.reg.take() else { return };
+        let app = &self.app;
+        app.conns.unbind_node(&reg.node_id, &self.token);
+        let (grace, reason) = if orderly {
+            (0, "closed")
+        } else {
+            (app.cfg.node.disconnect_grace_ms, "disconnected")
+        };
+        match app
+            .store
+            .node_offline(
+                &reg.node_id,
+                &self.token,
+                grace,
+                app.cfg.node.offline_retention_ms,
+                reason,
+            )
+            .await
+        {
+            Ok(OfflineReply::Stale) => {
+                tracing::debug!(node_id = %reg.node_id, "close of a replaced connection ignored")
+            }
+            Ok(_) => {}
+            Err(e) => {
+                tracing::warn!(node_id = %reg.node_id, error = %e, "node_offline failed; liveness will expire")
+            }
+        }
+    }
+}
+
+/// `node-` + 8 uppercase hex digits (PROTOCOL.md).
+fn mint_node_id() -> String {
+    format!("node-{:08X}", rand::random::<u32>())
+}
+
+/// Descriptive node-hash fields from a registration.
+fn register_fields(r: &NodeRegister, default_capacity: u32) -> Vec<(&'static str, String)> {
+    let json = |v: &serde_json::Value| serde_json::to_string(v).unwrap_or_default();
+    vec![
+        (
+            "capacity",
+            r.max_concurrent_jobs
+                .unwrap_or(default_capacity)
+                .to_string(),
+        ),
+        ("version", r.version.clone()),
+        ("platform", r.platform.clone()),
+        (
+            "hardware",
+            r.hardware.as_ref().map(json).unwrap_or_default(),
+        ),
+        (
+            "installed_services",
+            json(&serde_json::Value::from(r.installed_services.clone())),
+        ),
+        ("installed_models", r.installed_models.len().to_string()),
+        (
+            "schema",
+            r.capability_schema_version.clone().unwrap_or_default(),
+        ),
+        (
+            "supports_ack",
+            if r.supports_job_ack.unwrap_or(false) {
+                "1"
+            } else {
+                "0"
+            }
+            .into(),
+        ),
+    ]
+}
+
+/// Load signals a heartbeat carries (only those present).
+fn load_fields(h: &NodeHeartbeat) -> Vec<(&'static str, String)> {
+    let u = &h.resource_usage;
+    let mut out = Vec::new();
+    let mut put = |k: &'static str, v: Option<String>| {
+        if let Some(v) = v {
+            out.push((k, v));
+        }
+    };
+    put("cpu", u.cpu_percent.map(|v| format!("{v:.1}")));
+    put("mem", u.mem_percent.map(|v| format!("{v:.1}")));
+    put("gpu", u.gpu_percent.map(|v| format!("{v:.1}")));
+    put("gpu_mem", u.gpu_mem_percent.map(|v| format!("{v:.1}")));
+    put("running_jobs", u.running_jobs.map(|v| v.to_string()));
+    put("gpu_queue", u.gpu_queue_length.map(|v| v.to_string()));
+    out
+}

@@ -1,0 +1,150 @@
+//! HTTP surface: health, readiness, Prometheus metrics, the admin JSON API, and the two
+//! WebSocket endpoints.
+
+use std::sync::Arc;
+
+use axum::Json;
+use axum::Router;
+use axum::extract::{Path, State};
+use axum::http::{StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use serde_json::{Value, json};
+
+use crate::server::App;
+use crate::store::StoreError;
+use crate::telemetry::metrics::{PoolLabels, StateLabels};
+
+/// Most nodes `/api/v1/nodes` returns in one answer.
+const NODE_LIST_LIMIT: usize = 10_000;
+
+pub fn router(app: Arc<App>) -> Router {
+    Router::new()
+        .route("/healthz", get(|| async { "ok" }))
+        .route("/readyz", get(readyz))
+        .route("/metrics", get(metrics))
+        .route("/api/v1/nodes", get(nodes))
+        .route("/api/v1/nodes/{id}", get(node))
+        .route("/api/v1/pools", get(pools))
+        .route("/ws/node", get(crate::gateway::node::upgrade))
+        .with_state(app)
+}
+
+fn unavailable(e: StoreError) -> Response {
+    let code = match e {
+        StoreError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+        _ => StatusCode::INTERNAL_SERVER_ERROR,
+    };
+    (code, Json(json!({"error": e.to_string()}))).into_response()
+}
+
+async fn readyz(State(app): State<Arc<App>>) -> Response {
+    if app.is_shutting_down() {
+        return (
+            StatusCode::SERVICE_UNAVAILABLE,
+            Json(json!({"ready": false, "reason": "shutting down"})),
+        )
+            .into_response();
+    }
+    match app.store.check_ready().await {
+        Ok(()) => Json(json!({"ready": true, "instance": app.instance_id})).into_response(),
+        Err(e) => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            Json(json!({"ready": false, "reason": e.to_string()})),
+        )
+            .into_response(),
+    }
+}
+
+async fn metrics(State(app): State<Arc<App>>) -> Response {
+    // Cluster-wide gauges come from Redis; if it is away, the local families still export.
+    if let Ok(states) = app.store.node_states().await {
+        for (state, n) in states {
+            app.metrics
+                .nodes
+                .get_or_create(&StateLabels { state })
+                .set(n);
+        }
+    }
+    if let Ok(pools) = app.store.pools().await {
+        app.metrics.pool_nodes.clear();
+        for (pool, members) in pools {
+            app.metrics
+                .pool_nodes
+                .get_or_create(&PoolLabels { pool })
+                .set(members.len() as i64);
+        }
+    }
+    (
+        [(
+            header::CONTENT_TYPE,
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+        )],
+        app.metrics.encode(),
+    )
+        .into_response()
+}
+
+/// A node record as JSON: plain fields, with the JSON-valued ones decoded.
+fn node_json(mut h: std::collections::HashMap<String, String>) -> Value {
+    let mut out = serde_json::Map::new();
+    for key in ["hardware", "installed_services"] {
+        if let Some(raw) = h.remove(key) {
+            out.insert(
+                key.into(),
+                serde_json::from_str(&raw).unwrap_or(Value::Null),
+            );
+        }
+    }
+    for (k, v) in h {
+        out.insert(k, Value::String(v));
+    }
+    Value::Object(out)
+}
+
+async fn nodes(State(app): State<Arc<App>>) -> Response {
+    match app.store.nodes(NODE_LIST_LIMIT).await {
+        Ok(list) => Json(Value::Array(list.into_iter().map(node_json).collect())).into_response(),
+        Err(e) => unavailable(e),
+    }
+}
+
+async fn node(State(app): State<Arc<App>>, Path(id): Path<String>) -> Response {
+    if !crate::protocol::valid_id(&id) {
+        return (
+            StatusCode::BAD_REQUEST,
+            Json(json!({"error": "invalid node id"})),
+        )
+            .into_response();
+    }
+    match app.store.node(&id).await {
+        Ok(Some(h)) => Json(node_json(h)).into_response(),
+        Ok(None) => (
+            StatusCode::NOT_FOUND,
+            Json(json!({"error": "no such node"})),
+        )
+            .into_response(),
+        Err(e) => unavailable(e),
+    }
+}
+
+/// `pub:zh:en` → scope public; `tenant:acme:zh:en` → scope acme.
+fn pool_json(name: String, members: Vec<String>) -> Value {
+    let parts: Vec<&str> = name.split(':').collect();
+    let (scope, src, tgt) = match parts.as_slice() {
+        ["pub", s, t] => ("public".to_string(), *s, *t),
+        ["tenant", tenant, s, t] => (tenant.to_string(), *s, *t),
+        _ => (String::new(), "", ""),
+    };
+    json!({"pool": name, "scope": scope, "src": src, "tgt": tgt, "count": members.len(), "members": members})
+}
+
+async fn pools(State(app): State<Arc<App>>) -> Response {
+    match app.store.pools().await {
+        Ok(p) => Json(Value::Array(
+            p.into_iter().map(|(n, m)| pool_json(n, m)).collect(),
+        ))
+        .into_response(),
+        Err(e) => unavailable(e),
+    }
+}

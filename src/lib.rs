@@ -1,0 +1,12 @@
+//! Switchyard: a stateless, Redis-backed scheduler between speech-translation nodes and
+//! client sessions. See docs/architecture.md for the module map.
+
+pub mod capabilities;
+pub mod config;
+pub mod gateway;
+pub mod http;
+pub mod protocol;
+pub mod server;
+pub mod store;
+pub mod sweeper;
+pub mod telemetry;

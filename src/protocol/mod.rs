@@ -1,0 +1,142 @@
+//! The wire types of PROTOCOL.md: what lingua nodes and web clients send and expect.
+//!
+//! Decoding is a tolerant reader: unknown fields are ignored, optional fields may be absent
+//! or `null`, unknown service types are kept as strings. A frame that cannot be decoded
+//! becomes a [`DecodeError`] that the gateway answers with `error`/`INVALID_MESSAGE`;
+//! nothing else happens for it.
+
+pub mod node;
+
+use serde::{Deserialize, Deserializer, Serialize};
+
+/// Error codes of PROTOCOL.md "Error codes" that Switchyard sends.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+pub enum ErrorCode {
+    InvalidMessage,
+    InternalError,
+    InvalidSession,
+    SessionClosed,
+    NodeUnavailable,
+    NoAvailableNode,
+    JobTimeout,
+    NodeIdConflict,
+    InvalidCapabilitySchema,
+    UnsupportedFeature,
+    SchedulerDependencyDown,
+}
+
+impl ErrorCode {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::InvalidMessage => "INVALID_MESSAGE",
+            Self::InternalError => "INTERNAL_ERROR",
+            Self::InvalidSession => "INVALID_SESSION",
+            Self::SessionClosed => "SESSION_CLOSED",
+            Self::NodeUnavailable => "NODE_UNAVAILABLE",
+            Self::NoAvailableNode => "NO_AVAILABLE_NODE",
+            Self::JobTimeout => "JOB_TIMEOUT",
+            Self::NodeIdConflict => "NODE_ID_CONFLICT",
+            Self::InvalidCapabilitySchema => "INVALID_CAPABILITY_SCHEMA",
+            Self::UnsupportedFeature => "UNSUPPORTED_FEATURE",
+            Self::SchedulerDependencyDown => "SCHEDULER_DEPENDENCY_DOWN",
+        }
+    }
+}
+
+/// `{"type":"error","code":...,"message":...}`, sent to nodes and sessions alike.
+#[derive(Debug, Clone, Serialize)]
+pub struct ErrorMessage {
+    #[serde(rename = "type")]
+    pub kind: &'static str,
+    pub code: ErrorCode,
+    pub message: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub details: Option<serde_json::Value>,
+}
+
+impl ErrorMessage {
+    pub fn new(code: ErrorCode, message: impl Into<String>) -> Self {
+        Self {
+            kind: "error",
+            code,
+            message: message.into(),
+            details: None,
+        }
+    }
+
+    pub fn to_json(&self) -> String {
+        serde_json::to_string(self).unwrap_or_else(|_| {
+            r#"{"type":"error","code":"INTERNAL_ERROR","message":"encode failed"}"#.into()
+        })
+    }
+}
+
+/// Why a text frame was refused before it reached any handler.
+#[derive(Debug, thiserror::Error)]
+pub enum DecodeError {
+    #[error("frame is not a JSON object with a string \"type\": {0}")]
+    NotAMessage(String),
+    #[error("unknown message type {0:?}")]
+    UnknownType(String),
+    #[error("malformed {kind}: {reason}")]
+    Malformed { kind: String, reason: String },
+}
+
+/// Just the `type` of a frame, read first so unknown types and bad fields get distinct errors.
+#[derive(Deserialize)]
+struct Envelope {
+    #[serde(rename = "type")]
+    kind: String,
+}
+
+/// Decode a frame into a tagged enum `T`, telling "unknown type" apart from "bad fields".
+pub fn decode<T: serde::de::DeserializeOwned>(
+    text: &str,
+    known: &[&str],
+) -> Result<T, DecodeError> {
+    let env: Envelope =
+        serde_json::from_str(text).map_err(|e| DecodeError::NotAMessage(e.to_string()))?;
+    if !known.contains(&env.kind.as_str()) {
+        return Err(DecodeError::UnknownType(env.kind));
+    }
+    serde_json::from_str(text).map_err(|e| DecodeError::Malformed {
+        kind: env.kind,
+        reason: e.to_string(),
+    })
+}
+
+/// Serde helper: `null` (or absence, with `#[serde(default)]`) becomes `T::default()`.
+pub fn null_default<'de, D, T>(d: D) -> Result<T, D::Error>
+where
+    D: Deserializer<'de>,
+    T: Deserialize<'de> + Default,
+{
+    Ok(Option::<T>::deserialize(d)?.unwrap_or_default())
+}
+
+/// Current time in milliseconds since the epoch (the protocol's timestamp unit).
+pub fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+/// A language code as the protocol uses them (`zh`, `en`, `pt-BR`): 1–16 of `[A-Za-z0-9_-]`.
+pub fn valid_lang(code: &str) -> bool {
+    !code.is_empty()
+        && code.len() <= 16
+        && code
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+}
+
+/// An identifier that becomes part of a Redis key (node id, tenant id): 1–64 of `[A-Za-z0-9_.-]`.
+pub fn valid_id(id: &str) -> bool {
+    !id.is_empty()
+        && id.len() <= 64
+        && id
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || "_.-".contains(c))
+}

@@ -1,0 +1,157 @@
+//! Node ↔ scheduler messages (PROTOCOL.md "Node ↔ scheduler").
+
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+use super::null_default;
+
+/// Every message type a node may send; anything else is `INVALID_MESSAGE`.
+pub const NODE_TYPES: &[&str] = &[
+    "node_register",
+    "node_heartbeat",
+    "node_error",
+    "job_ack",
+    "job_started",
+    "job_result",
+    "asr_partial",
+];
+
+#[derive(Debug, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum NodeInbound {
+    NodeRegister(Box<NodeRegister>),
+    NodeHeartbeat(Box<NodeHeartbeat>),
+    NodeError(NodeError),
+    JobAck(Value),
+    JobStarted(Value),
+    JobResult(Value),
+    AsrPartial(Value),
+}
+
+#[derive(Debug, Clone, Default, Deserialize, Serialize, PartialEq, Eq)]
+pub struct CapabilityByType {
+    #[serde(rename = "type", default, deserialize_with = "null_default")]
+    pub kind: String,
+    #[serde(default, deserialize_with = "null_default")]
+    pub ready: bool,
+}
+
+#[derive(Debug, Clone, Default, Deserialize, Serialize, PartialEq, Eq)]
+pub struct LanguageCapabilities {
+    #[serde(default, deserialize_with = "null_default")]
+    pub asr_languages: Vec<String>,
+    #[serde(default, deserialize_with = "null_default")]
+    pub semantic_languages: Vec<String>,
+    #[serde(default, deserialize_with = "null_default")]
+    pub tts_languages: Vec<String>,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq, Eq, PartialOrd, Ord)]
+pub struct LangPair {
+    pub src: String,
+    pub tgt: String,
+}
+
+/// `node_register`. Fields Switchyard does not use are kept as raw JSON for operators.
+#[derive(Debug, Clone, Deserialize)]
+pub struct NodeRegister {
+    #[serde(default)]
+    pub node_id: Option<String>,
+    #[serde(default, deserialize_with = "null_default")]
+    pub version: String,
+    #[serde(default, deserialize_with = "null_default")]
+    pub platform: String,
+    #[serde(default)]
+    pub hardware: Option<Value>,
+    #[serde(default, deserialize_with = "null_default")]
+    pub installed_models: Vec<Value>,
+    #[serde(default, deserialize_with = "null_default")]
+    pub installed_services: Vec<Value>,
+    #[serde(default, deserialize_with = "null_default")]
+    pub capability_by_type: Vec<CapabilityByType>,
+    #[serde(default)]
+    pub accept_public_jobs: Option<bool>,
+    #[serde(default)]
+    pub capability_schema_version: Option<String>,
+    #[serde(default)]
+    pub language_capabilities: Option<LanguageCapabilities>,
+    /// Switchyard extension: capacity (default from config).
+    #[serde(default)]
+    pub max_concurrent_jobs: Option<u32>,
+    /// Switchyard extension: the node serves only this tenant.
+    #[serde(default)]
+    pub tenant_id: Option<String>,
+    /// Switchyard extension: explicit pairs, overriding the product rule.
+    #[serde(default)]
+    pub supported_language_pairs: Option<Vec<LangPair>>,
+    /// Switchyard extension: the node sends `job_ack`.
+    #[serde(default)]
+    pub supports_job_ack: Option<bool>,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+pub struct ResourceUsage {
+    #[serde(default)]
+    pub cpu_percent: Option<f64>,
+    #[serde(default)]
+    pub mem_percent: Option<f64>,
+    #[serde(default)]
+    pub gpu_percent: Option<f64>,
+    #[serde(default)]
+    pub gpu_mem_percent: Option<f64>,
+    #[serde(default)]
+    pub running_jobs: Option<u32>,
+    #[serde(default)]
+    pub gpu_queue_length: Option<u32>,
+}
+
+/// `node_heartbeat`: liveness, load, and (optionally) changed capabilities.
+#[derive(Debug, Clone, Deserialize)]
+pub struct NodeHeartbeat {
+    #[serde(default)]
+    pub node_id: Option<String>,
+    #[serde(default)]
+    pub timestamp: Option<u64>,
+    #[serde(default, deserialize_with = "null_default")]
+    pub resource_usage: ResourceUsage,
+    #[serde(default)]
+    pub installed_services: Option<Vec<Value>>,
+    #[serde(default)]
+    pub capability_by_type: Option<Vec<CapabilityByType>>,
+    #[serde(default)]
+    pub installed_models: Option<Vec<Value>>,
+    #[serde(default)]
+    pub language_capabilities: Option<LanguageCapabilities>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct NodeError {
+    #[serde(default)]
+    pub node_id: Option<String>,
+    #[serde(default, deserialize_with = "null_default")]
+    pub code: String,
+    #[serde(default, deserialize_with = "null_default")]
+    pub message: String,
+    #[serde(default)]
+    pub details: Option<Value>,
+}
+
+/// `node_register_ack`.
+#[derive(Debug, Serialize)]
+pub struct NodeRegisterAck<'a> {
+    #[serde(rename = "type")]
+    pub kind: &'static str,
+    pub node_id: &'a str,
+    pub message: String,
+    pub status: &'a str,
+}
+
+/// `node_control` (e.g. `{"command":"drain"}` before a graceful shutdown).
+#[derive(Debug, Serialize)]
+pub struct NodeControl<'a> {
+    #[serde(rename = "type")]
+    pub kind: &'static str,
+    pub command: &'a str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub reason: Option<&'a str>,
+}

@@ -1,0 +1,56 @@
+//! The key schema: every Redis key name Switchyard uses is built here, nowhere else.
+//!
+//! All keys of a cell share the hash tag `{prefix:cell}`, so every script touches one slot
+//! and runs unchanged on Redis Cluster. Scripts that derive keys from stored data (a node's
+//! pools, sweep targets) build them from the same prefix, which [`Keys::prefix`] passes in.
+//! docs/redis-keys.md documents each key.
+
+/// Key builder for one cell.
+#[derive(Debug, Clone)]
+pub struct Keys {
+    /// `{switchyard:main}:` — the tag plus separator every key starts with.
+    prefix: String,
+}
+
+impl Keys {
+    pub fn new(cell_tag: &str) -> Self {
+        Self {
+            prefix: format!("{cell_tag}:"),
+        }
+    }
+
+    /// The prefix scripts receive to build derived keys (same hash tag).
+    pub fn prefix(&self) -> &str {
+        &self.prefix
+    }
+
+    /// Hash: one node's capabilities, owner, connection token, load and state.
+    pub fn node(&self, id: &str) -> String {
+        format!("{}node:{id}", self.prefix)
+    }
+
+    /// Set: names of the pools a node is in (so leaving them is a difference, not a scan).
+    pub fn node_pools(&self, id: &str) -> String {
+        format!("{}node:{id}:pools", self.prefix)
+    }
+
+    /// Zset: node id → liveness deadline (ms). Only nodes that are not offline.
+    pub fn nodes_live(&self) -> String {
+        format!("{}nodes:live", self.prefix)
+    }
+
+    /// Zset: node id → time its record expires (ms); the listing of every known node.
+    pub fn nodes_index(&self) -> String {
+        format!("{}nodes:index", self.prefix)
+    }
+
+    /// Set: names of non-empty pools.
+    pub fn pools_index(&self) -> String {
+        format!("{}pools", self.prefix)
+    }
+
+    /// Set: node ids in one pool, e.g. `pool:pub:zh:en` or `pool:tenant:acme:auto:en`.
+    pub fn pool(&self, name: &str) -> String {
+        format!("{}pool:{name}", self.prefix)
+    }
+}

@@ -1,0 +1,296 @@
+//! Node operations: `register`, `heartbeat`, `node_offline`, `sweep` (node part), and the
+//! read-only views the admin API and metrics use.
+//!
+//! Each write is exactly one script call; the docs of each function and the header of its
+//! `lua/` file say the same thing.
+
+use std::collections::{BTreeMap, HashMap};
+
+use serde::Deserialize;
+
+use super::{Script, Store, StoreError, lua_list};
+use crate::capabilities::Capabilities;
+
+/// Reply of `register.lua`.
+#[derive(Debug, Deserialize, PartialEq)]
+#[serde(tag = "status", rename_all = "snake_case")]
+pub enum RegisterReply {
+    /// The minted id exists already; mint another.
+    Taken,
+    Ok {
+        epoch: u64,
+        state: String,
+        added: u32,
+        removed: u32,
+        /// Token of a live older connection this registration replaced.
+        replaced_conn: Option<String>,
+        /// Instance that owned that older connection.
+        replaced_owner: Option<String>,
+    },
+}
+
+/// Reply of `heartbeat.lua`.
+#[derive(Debug, Deserialize, PartialEq)]
+#[serde(tag = "status", rename_all = "snake_case")]
+pub enum HeartbeatReply {
+    /// No record (expired, or Redis wiped): register again.
+    Missing,
+    /// Another connection owns the node; nothing changed.
+    Stale { owner: Option<String> },
+    Ok {
+        state: String,
+        changed: bool,
+        revived: bool,
+    },
+}
+
+/// Reply of `node_offline.lua`.
+#[derive(Debug, Deserialize, PartialEq)]
+#[serde(tag = "status", rename_all = "snake_case")]
+pub enum OfflineReply {
+    Missing,
+    Stale,
+    Ok { state: String },
+}
+
+/// A node the sweep took offline, so its owner can close a socket that is still open.
+#[derive(Debug, Deserialize, PartialEq, Clone)]
+pub struct OfflineNode {
+    pub node_id: String,
+    pub owner: Option<String>,
+    pub conn: Option<String>,
+}
+
+/// Reply of `sweep.lua`.
+#[derive(Debug, Deserialize)]
+pub struct SweepReply {
+    #[serde(deserialize_with = "lua_list")]
+    pub offline: Vec<OfflineNode>,
+    /// The batch was full: more is due.
+    pub more: bool,
+}
+
+/// Node-hash fields that follow from capabilities (written on register, and by a heartbeat
+/// when they change).
+pub fn capability_fields(caps: &Capabilities) -> Vec<(&'static str, String)> {
+    let l = &caps.langs;
+    let pairs = caps
+        .pairs
+        .as_ref()
+        .map(|p| {
+            p.iter()
+                .map(|p| format!("{}:{}", p.src, p.tgt))
+                .collect::<Vec<_>>()
+                .join(",")
+        })
+        .unwrap_or_default();
+    vec![
+        ("asr_langs", l.asr_languages.join(",")),
+        ("sem_langs", l.semantic_languages.join(",")),
+        ("tts_langs", l.tts_languages.join(",")),
+        ("pairs", pairs),
+        ("services", caps.ready_services()),
+        ("tenant", caps.tenant.clone().unwrap_or_default()),
+        ("public", if caps.accept_public { "1" } else { "0" }.into()),
+    ]
+}
+
+fn push_fields(args: &mut Vec<String>, fields: &[(&'static str, String)]) {
+    for (k, v) in fields {
+        args.push((*k).to_string());
+        args.push(v.clone());
+    }
+}
+
+impl Store {
+    fn node_keys(&self, node_id: &str) -> Vec<String> {
+        let k = &self.keys;
+        vec![
+            k.node(node_id),
+            k.node_pools(node_id),
+            k.nodes_live(),
+            k.nodes_index(),
+            k.pools_index(),
+        ]
+    }
+
+    /// `register.lua`: record capabilities, owner and connection token; join pools.
+    /// `extra` holds descriptive fields (version, hardware, capacity, ...).
+    #[allow(clippy::too_many_arguments)]
+    pub async fn register(
+        &self,
+        node_id: &str,
+        minted: bool,
+        conn: &str,
+        instance: &str,
+        liveness_ms: u64,
+        retention_ms: u64,
+        caps: &Capabilities,
+        extra: &[(&'static str, String)],
+    ) -> Result<RegisterReply, StoreError> {
+        let mut fields = capability_fields(caps);
+        fields.extend_from_slice(extra);
+        let mut args = vec![
+            self.keys.prefix().to_string(),
+            node_id.to_string(),
+            if minted { "1" } else { "0" }.to_string(),
+            conn.to_string(),
+            instance.to_string(),
+            liveness_ms.to_string(),
+            retention_ms.to_string(),
+            caps.signature(),
+            fields.len().to_string(),
+        ];
+        push_fields(&mut args, &fields);
+        args.extend(caps.pools());
+        self.run(Script::Register, &self.node_keys(node_id), &args)
+            .await
+    }
+
+    /// `heartbeat.lua`: refresh liveness, store load, apply capability changes.
+    pub async fn heartbeat(
+        &self,
+        node_id: &str,
+        conn: &str,
+        liveness_ms: u64,
+        retention_ms: u64,
+        caps: &Capabilities,
+        load: &[(&'static str, String)],
+    ) -> Result<HeartbeatReply, StoreError> {
+        let cap_fields = capability_fields(caps);
+        let mut args = vec![
+            self.keys.prefix().to_string(),
+            node_id.to_string(),
+            conn.to_string(),
+            liveness_ms.to_string(),
+            retention_ms.to_string(),
+            caps.signature(),
+            load.len().to_string(),
+            cap_fields.len().to_string(),
+        ];
+        push_fields(&mut args, load);
+        push_fields(&mut args, &cap_fields);
+        args.extend(caps.pools());
+        self.run(Script::Heartbeat, &self.node_keys(node_id), &args)
+            .await
+    }
+
+    /// `node_offline.lua`: the socket of `conn` closed; offline now (grace 0) or after grace.
+    pub async fn node_offline(
+        &self,
+        node_id: &str,
+        conn: &str,
+        grace_ms: u64,
+        retention_ms: u64,
+        reason: &str,
+    ) -> Result<OfflineReply, StoreError> {
+        let args = [
+            self.keys.prefix().to_string(),
+            node_id.to_string(),
+            conn.to_string(),
+            grace_ms.to_string(),
+            retention_ms.to_string(),
+            reason.to_string(),
+        ];
+        self.run(Script::NodeOffline, &self.node_keys(node_id), &args)
+            .await
+    }
+
+    /// `sweep.lua`: handle due node deadlines (at most `batch`).
+    pub async fn sweep(&self, batch: u32, retention_ms: u64) -> Result<SweepReply, StoreError> {
+        let k = &self.keys;
+        let keys = [k.nodes_live(), k.nodes_index(), k.pools_index()];
+        let args = [
+            k.prefix().to_string(),
+            batch.to_string(),
+            retention_ms.to_string(),
+        ];
+        self.run(Script::Sweep, &keys, &args).await
+    }
+
+    /// One node's record, if it exists.
+    pub async fn node(&self, node_id: &str) -> Result<Option<HashMap<String, String>>, StoreError> {
+        let mut conn = self.conn().await?;
+        let h: HashMap<String, String> = redis::cmd("HGETALL")
+            .arg(self.keys.node(node_id))
+            .query_async(&mut conn)
+            .await
+            .map_err(|e| StoreError::from_redis("read", e))?;
+        Ok(if h.is_empty() { None } else { Some(h) })
+    }
+
+    /// Records of known nodes (online and recently offline), at most `limit`.
+    pub async fn nodes(&self, limit: usize) -> Result<Vec<HashMap<String, String>>, StoreError> {
+        let mut conn = self.conn().await?;
+        let ids: Vec<String> = redis::cmd("ZRANGE")
+            .arg(self.keys.nodes_index())
+            .arg(0)
+            .arg(limit.saturating_sub(1) as i64)
+            .query_async(&mut conn)
+            .await
+            .map_err(|e| StoreError::from_redis("read", e))?;
+        let mut pipe = redis::pipe();
+        for id in &ids {
+            pipe.cmd("HGETALL").arg(self.keys.node(id));
+        }
+        let all: Vec<HashMap<String, String>> = pipe
+            .query_async(&mut conn)
+            .await
+            .map_err(|e| StoreError::from_redis("read", e))?;
+        Ok(all.into_iter().filter(|h| !h.is_empty()).collect())
+    }
+
+    /// Every non-empty pool with its members, sorted by name.
+    pub async fn pools(&self) -> Result<BTreeMap<String, Vec<String>>, StoreError> {
+        let mut conn = self.conn().await?;
+        let names: Vec<String> = redis::cmd("SMEMBERS")
+            .arg(self.keys.pools_index())
+            .query_async(&mut conn)
+            .await
+            .map_err(|e| StoreError::from_redis("read", e))?;
+        let mut pipe = redis::pipe();
+        for n in &names {
+            pipe.cmd("SMEMBERS").arg(self.keys.pool(n));
+        }
+        let members: Vec<Vec<String>> = pipe
+            .query_async(&mut conn)
+            .await
+            .map_err(|e| StoreError::from_redis("read", e))?;
+        Ok(names
+            .into_iter()
+            .zip(members)
+            .map(|(n, mut m)| {
+                m.sort();
+                (n, m)
+            })
+            .collect())
+    }
+
+    /// Count of known nodes by state (read at `/metrics` scrape time).
+    pub async fn node_states(&self) -> Result<BTreeMap<String, i64>, StoreError> {
+        let mut conn = self.conn().await?;
+        let ids: Vec<String> = redis::cmd("ZRANGE")
+            .arg(self.keys.nodes_index())
+            .arg(0)
+            .arg(-1)
+            .query_async(&mut conn)
+            .await
+            .map_err(|e| StoreError::from_redis("read", e))?;
+        let mut pipe = redis::pipe();
+        for id in &ids {
+            pipe.cmd("HGET").arg(self.keys.node(id)).arg("state");
+        }
+        let states: Vec<Option<String>> = pipe
+            .query_async(&mut conn)
+            .await
+            .map_err(|e| StoreError::from_redis("read", e))?;
+        let mut out: BTreeMap<String, i64> = ["ready", "draining", "disconnected", "offline"]
+            .iter()
+            .map(|s| (s.to_string(), 0))
+            .collect();
+        for s in states.into_iter().flatten() {
+            *out.entry(s).or_default() += 1;
+        }
+        Ok(out)
+    }
+}

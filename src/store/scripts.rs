@@ -1,0 +1,131 @@
+//! The Lua scripts of `lua/`, compiled into the binary and loaded into Redis.
+//!
+//! Each `lua/NAME.lua` may pull shared fragments from `lua/includes/` with a line
+//! `--!include NAME`; they are inlined here at start-up, so no logic is copied between
+//! scripts. Calls go through EVALSHA; after a NOSCRIPT (Redis restarted or SCRIPT FLUSH)
+//! the `redis` crate loads the script and retries once, transparently.
+
+use redis::Script as RedisScript;
+
+/// One entry per `lua/*.lua`; the name is the metric label and the file name.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Script {
+    Register,
+    Heartbeat,
+    NodeOffline,
+    Sweep,
+}
+
+impl Script {
+    pub const ALL: [Script; 4] = [
+        Script::Register,
+        Script::Heartbeat,
+        Script::NodeOffline,
+        Script::Sweep,
+    ];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Script::Register => "register",
+            Script::Heartbeat => "heartbeat",
+            Script::NodeOffline => "node_offline",
+            Script::Sweep => "sweep",
+        }
+    }
+
+    fn source(self) -> &'static str {
+        match self {
+            Script::Register => include_str!("../../lua/register.lua"),
+            Script::Heartbeat => include_str!("../../lua/heartbeat.lua"),
+            Script::NodeOffline => include_str!("../../lua/node_offline.lua"),
+            Script::Sweep => include_str!("../../lua/sweep.lua"),
+        }
+    }
+}
+
+fn include(name: &str) -> Option<&'static str> {
+    Some(match name {
+        "time" => include_str!("../../lua/includes/time.lua"),
+        "pools" => include_str!("../../lua/includes/pools.lua"),
+        "offline" => include_str!("../../lua/includes/offline.lua"),
+        _ => return None,
+    })
+}
+
+/// Inline every `--!include NAME` line. Panics only on a missing include, which is a
+/// build-time mistake caught by the unit test below.
+fn expand(src: &str) -> String {
+    let mut out = String::with_capacity(src.len() * 2);
+    for line in src.lines() {
+        match line.strip_prefix("--!include ") {
+            Some(name) => {
+                let name = name.trim();
+                let body = include(name).unwrap_or_else(|| panic!("unknown lua include {name}"));
+                out.push_str(body);
+            }
+            None => out.push_str(line),
+        }
+        out.push('\n');
+    }
+    out
+}
+
+/// All scripts, expanded and hashed once per process.
+pub struct Scripts {
+    scripts: Vec<(Script, RedisScript)>,
+}
+
+impl Scripts {
+    pub fn new() -> Self {
+        let scripts = Script::ALL
+            .iter()
+            .map(|s| (*s, RedisScript::new(&expand(s.source()))));
+        Self {
+            scripts: scripts.collect(),
+        }
+    }
+
+    pub fn get(&self, s: Script) -> &RedisScript {
+        // ALL lists every variant, so the lookup cannot miss.
+        &self
+            .scripts
+            .iter()
+            .find(|(k, _)| *k == s)
+            .expect("every script is compiled")
+            .1
+    }
+
+    pub fn iter(&self) -> impl Iterator<Item = (Script, &RedisScript)> {
+        self.scripts.iter().map(|(k, v)| (*k, v))
+    }
+}
+
+impl Default for Scripts {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_script_expands_and_documents_its_contract() {
+        for s in Script::ALL {
+            let text = expand(s.source());
+            assert!(
+                !text.contains("--!include"),
+                "{} keeps an include",
+                s.name()
+            );
+            let head: String = s.source().lines().take(25).collect();
+            assert!(
+                head.contains("KEYS[1]") && head.contains("ARGV[1]"),
+                "{}",
+                s.name()
+            );
+            assert!(head.contains("Output"), "{} lists its replies", s.name());
+        }
+    }
+}

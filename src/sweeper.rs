@@ -1,0 +1,63 @@
+//! The periodic `sweep`: every instance calls the script every `sweep.interval_ms`; the
+//! script hands each due deadline to exactly one caller (atomic removal), so there is no
+//! leader and a dead instance's deadlines are handled by the living.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use crate::gateway::close;
+use crate::server::App;
+use crate::store::StoreError;
+
+pub async fn run(app: Arc<App>) {
+    let mut tick = tokio::time::interval(Duration::from_millis(app.cfg.sweep.interval_ms));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut stop = app.shutdown_signal();
+    let mut down_logged = false;
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {}
+            _ = stop.changed() => return,
+        }
+        loop {
+            match sweep_once(&app).await {
+                Ok(more) => {
+                    down_logged = false;
+                    if !more {
+                        break;
+                    }
+                }
+                Err(StoreError::Unavailable(e)) => {
+                    if !down_logged {
+                        tracing::warn!(error = %e, "sweep paused: redis unavailable");
+                        down_logged = true;
+                    }
+                    break;
+                }
+                Err(e) => {
+                    tracing::error!(error = %e, "sweep failed");
+                    break;
+                }
+            }
+        }
+    }
+}
+
+/// One sweep call; returns whether more is due right away.
+async fn sweep_once(app: &App) -> Result<bool, StoreError> {
+    let reply = app
+        .store
+        .sweep(app.cfg.sweep.batch, app.cfg.node.offline_retention_ms)
+        .await?;
+    for n in &reply.offline {
+        tracing::info!(node_id = %n.node_id, "node offline: liveness expired");
+        // A silent node whose socket is still open here: close it so it reconnects.
+        if n.owner.as_deref() == Some(app.instance_id.as_str())
+            && let Some(conn) = &n.conn
+        {
+            app.conns
+                .close_node(&n.node_id, conn, close::LIVENESS, "liveness expired");
+        }
+    }
+    Ok(reply.more)
+}

@@ -1,0 +1,181 @@
+//! Prometheus metric families of one instance (OpenMetrics text on `/metrics`).
+//!
+//! Counters and histograms are updated where things happen; the cluster-wide gauges (nodes
+//! by state, pool sizes) are read from Redis when `/metrics` is scraped, so every instance
+//! reports the same truth without keeping state of its own.
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
+use prometheus_client::registry::Registry;
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ScriptLabels {
+    pub script: String,
+    pub outcome: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ScriptName {
+    pub script: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct KindLabels {
+    pub kind: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct MessageLabels {
+    pub kind: String,
+    #[prometheus(flatten)]
+    pub detail: Detail,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct Detail {
+    pub detail: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct StateLabels {
+    pub state: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct PoolLabels {
+    pub pool: String,
+}
+
+/// Every metric family; cheap to clone handles out of.
+pub struct Metrics {
+    pub registry: Registry,
+    /// Script calls by script and outcome (`ok`, `error`, `unavailable`).
+    pub script_calls: Family<ScriptLabels, Counter>,
+    /// Script latency as seen by the instance (round trip included).
+    pub script_seconds: Family<ScriptName, Histogram>,
+    /// WebSocket connections open on this instance, by kind (`node`, `session`).
+    pub connections: Family<KindLabels, Gauge>,
+    /// Inbound frames by connection kind and message type.
+    pub messages_in: Family<MessageLabels, Counter>,
+    /// Inbound frames refused (invalid, unknown type, oversized, binary) by kind and reason.
+    pub messages_rejected: Family<MessageLabels, Counter>,
+    /// Messages from a connection that no longer owns its node (fenced), by message type.
+    pub stale_messages: Family<KindLabels, Counter>,
+    /// `node_error` reports by code.
+    pub node_errors: Family<Detail, Counter>,
+    /// Nodes in the cell by state (read from Redis at scrape time).
+    pub nodes: Family<StateLabels, Gauge>,
+    /// Members of each pool (read from Redis at scrape time).
+    pub pool_nodes: Family<PoolLabels, Gauge>,
+}
+
+impl Metrics {
+    pub fn new() -> Self {
+        let mut registry = Registry::with_prefix("switchyard");
+        let script_calls = Family::<ScriptLabels, Counter>::default();
+        registry.register(
+            "script_calls",
+            "Lua script calls by outcome",
+            script_calls.clone(),
+        );
+        let script_seconds = Family::<ScriptName, Histogram>::new_with_constructor(|| {
+            Histogram::new(exponential_buckets(0.000_05, 2.0, 16))
+        });
+        registry.register(
+            "script_duration_seconds",
+            "Lua script latency",
+            script_seconds.clone(),
+        );
+        let connections = Family::<KindLabels, Gauge>::default();
+        registry.register(
+            "connections",
+            "Open WebSocket connections",
+            connections.clone(),
+        );
+        let messages_in = Family::<MessageLabels, Counter>::default();
+        registry.register("messages_in", "Inbound frames by type", messages_in.clone());
+        let messages_rejected = Family::<MessageLabels, Counter>::default();
+        registry.register(
+            "messages_rejected",
+            "Inbound frames refused",
+            messages_rejected.clone(),
+        );
+        let stale_messages = Family::<KindLabels, Counter>::default();
+        registry.register(
+            "stale_messages",
+            "Messages fenced off as stale (old connection or attempt)",
+            stale_messages.clone(),
+        );
+        let node_errors = Family::<Detail, Counter>::default();
+        registry.register(
+            "node_errors",
+            "node_error reports by code",
+            node_errors.clone(),
+        );
+        let nodes = Family::<StateLabels, Gauge>::default();
+        registry.register("nodes", "Nodes in the cell by state", nodes.clone());
+        let pool_nodes = Family::<PoolLabels, Gauge>::default();
+        registry.register("pool_nodes", "Members per pool", pool_nodes.clone());
+        Self {
+            registry,
+            script_calls,
+            script_seconds,
+            connections,
+            messages_in,
+            messages_rejected,
+            stale_messages,
+            node_errors,
+            nodes,
+            pool_nodes,
+        }
+    }
+
+    pub fn message_in(&self, kind: &str, detail: &str) {
+        self.messages_in.get_or_create(&msg(kind, detail)).inc();
+    }
+
+    pub fn rejected(&self, kind: &str, detail: &str) {
+        self.messages_rejected
+            .get_or_create(&msg(kind, detail))
+            .inc();
+    }
+
+    pub fn stale(&self, kind: &str) {
+        self.stale_messages
+            .get_or_create(&KindLabels { kind: kind.into() })
+            .inc();
+    }
+
+    pub fn connection_gauge(&self, kind: &str) -> Gauge {
+        self.connections
+            .get_or_create(&KindLabels { kind: kind.into() })
+            .clone()
+    }
+
+    /// OpenMetrics text of every family.
+    pub fn encode(&self) -> String {
+        let mut out = String::new();
+        if prometheus_client::encoding::text::encode(&mut out, &self.registry).is_err() {
+            out.clear();
+        }
+        out
+    }
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+fn msg(kind: &str, detail: &str) -> MessageLabels {
+    MessageLabels {
+        kind: kind.into(),
+        detail: Detail {
+            detail: detail.into(),
+        },
+    }
+}

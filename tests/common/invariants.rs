@@ -1,0 +1,155 @@
+//! The invariant checker of DESIGN §1, reading Redis directly after a scenario.
+//!
+//! - pool membership is consistent both ways, and only nodes that can take work are in pools;
+//! - the pools index lists exactly the non-empty pools;
+//! - the liveness set holds only nodes that are not offline;
+//! - a node's reservations never exceed its capacity;
+//! - every key has a TTL or is one of the owned kinds (pools, indexes) whose members are
+//!   removed by scripts — nothing grows without bound.
+
+use std::collections::{BTreeSet, HashMap};
+
+use redis::AsyncCommands;
+use redis::aio::MultiplexedConnection;
+
+pub const PREFIX: &str = "{switchyard:main}:";
+
+/// Keys without TTL that are allowed: their members are owned by node records.
+fn owned_key(key: &str) -> bool {
+    let rest = key.strip_prefix(PREFIX).unwrap_or(key);
+    rest == "pools" || rest == "nodes:live" || rest == "nodes:index" || rest.starts_with("pool:")
+}
+
+async fn all_keys(c: &mut MultiplexedConnection) -> Vec<String> {
+    let mut keys = Vec::new();
+    let mut cursor: u64 = 0;
+    loop {
+        let (next, batch): (u64, Vec<String>) = redis::cmd("SCAN")
+            .arg(cursor)
+            .arg("COUNT")
+            .arg(1000)
+            .query_async(c)
+            .await
+            .expect("scan");
+        keys.extend(batch);
+        if next == 0 {
+            return keys;
+        }
+        cursor = next;
+    }
+}
+
+/// Assert every invariant; panics with a list of all violations.
+pub async fn check(c: &mut MultiplexedConnection) {
+    let mut bad: Vec<String> = Vec::new();
+    let keys = all_keys(c).await;
+
+    for k in &keys {
+        let ttl: i64 = c.pttl(k).await.expect("pttl");
+        if ttl == -1 && !owned_key(k) {
+            bad.push(format!("key {k} has no TTL and no owner"));
+        }
+    }
+
+    let index: BTreeSet<String> = c
+        .smembers(format!("{PREFIX}pools"))
+        .await
+        .expect("smembers");
+    let pool_keys: BTreeSet<String> = keys
+        .iter()
+        .filter_map(|k| {
+            k.strip_prefix(&format!("{PREFIX}pool:"))
+                .map(str::to_string)
+        })
+        .collect();
+    if index != pool_keys {
+        bad.push(format!(
+            "pools index {index:?} != non-empty pools {pool_keys:?}"
+        ));
+    }
+
+    for pool in &pool_keys {
+        let members: Vec<String> = c
+            .smembers(format!("{PREFIX}pool:{pool}"))
+            .await
+            .expect("smembers");
+        for n in members {
+            let h: HashMap<String, String> = c
+                .hgetall(format!("{PREFIX}node:{n}"))
+                .await
+                .expect("hgetall");
+            match h.get("state").map(String::as_str) {
+                Some("ready") | Some("draining") => {}
+                other => bad.push(format!("pool {pool} holds {n} in state {other:?}")),
+            }
+            let back: bool = c
+                .sismember(format!("{PREFIX}node:{n}:pools"), pool)
+                .await
+                .expect("sismember");
+            if !back {
+                bad.push(format!(
+                    "pool {pool} holds {n} but its pools set does not list it"
+                ));
+            }
+        }
+    }
+
+    let node_ids: Vec<String> = keys
+        .iter()
+        .filter_map(|k| k.strip_prefix(&format!("{PREFIX}node:")))
+        .filter(|rest| !rest.contains(':'))
+        .map(str::to_string)
+        .collect();
+    for n in &node_ids {
+        let h: HashMap<String, String> = c
+            .hgetall(format!("{PREFIX}node:{n}"))
+            .await
+            .expect("hgetall");
+        let mine: Vec<String> = c
+            .smembers(format!("{PREFIX}node:{n}:pools"))
+            .await
+            .expect("smembers");
+        for p in &mine {
+            let there: bool = c
+                .sismember(format!("{PREFIX}pool:{p}"), n)
+                .await
+                .expect("sismember");
+            if !there {
+                bad.push(format!("node {n} lists pool {p} but is not in it"));
+            }
+        }
+        let cap: i64 = h.get("capacity").and_then(|v| v.parse().ok()).unwrap_or(0);
+        let reserved: i64 = h.get("reserved").and_then(|v| v.parse().ok()).unwrap_or(0);
+        if reserved < 0 || reserved > cap {
+            bad.push(format!("node {n} reserved {reserved} of capacity {cap}"));
+        }
+        let live: Option<f64> = c
+            .zscore(format!("{PREFIX}nodes:live"), n)
+            .await
+            .expect("zscore");
+        let state = h.get("state").cloned().unwrap_or_default();
+        if state == "offline" && live.is_some() {
+            bad.push(format!("offline node {n} is still in the liveness set"));
+        }
+        if state != "offline" && live.is_none() {
+            bad.push(format!(
+                "node {n} in state {state} has no liveness deadline"
+            ));
+        }
+    }
+    let live: Vec<String> = c
+        .zrange(format!("{PREFIX}nodes:live"), 0, -1)
+        .await
+        .expect("zrange");
+    for n in live {
+        if !node_ids.contains(&n) {
+            bad.push(format!("liveness set holds {n} without a record"));
+        }
+    }
+
+    assert!(
+        bad.is_empty(),
+        "invariants violated:\n  {}",
+        bad.join("\n  ")
+    );
+}
