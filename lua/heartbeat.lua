@@ -1,53 +1,55 @@
---[[ heartbeat: a registered node says it is alive, reports load and maybe new capabilities.
+--[[ heartbeat: a registered node is alive, reports load and maybe new capabilities; its
+free capacity is offered to queued jobs.
 Input:
-  KEYS[1] node hash  KEYS[2] node's pools set  KEYS[3] liveness zset  KEYS[4] node index
-  KEYS[5] pools index  (as in register.lua; derived pool keys likewise)
-  ARGV[1] key prefix "{tag}:"     ARGV[2] node id
-  ARGV[3] connection token (must be the node's current one)
-  ARGV[4] liveness ms             ARGV[5] record retention ms
-  ARGV[6] capability signature    (pools are recomputed only when it changed)
-  ARGV[7] a: load field/value pairs that follow (always stored)
-  ARGV[8] c: capability field/value pairs that follow the load fields (stored on change)
-  ARGV[9 ..] 2a load values, then 2c capability values, then the pool names
-Output (JSON):
-  {"status":"missing"}                 no record (expired or Redis wiped): register again
-  {"status":"stale","owner":inst}      another connection owns the node; nothing changed
-  {"status":"ok","state":s,"changed":bool,"revived":bool}
+  KEYS[1..5] as in register.lua (node hash, node pools, liveness, node index, pools index)
+  ARGV[1..4] ctx    ARGV[5] node id   ARGV[6] connection token (must own the node)
+  ARGV[7] capability signature (pools are recomputed only when it changed)
+  ARGV[8] a: load field/value pairs (always stored)   ARGV[9] c: capability pairs
+  ARGV[10 ..] 2a load values, then 2c capability values, then the pool names
+Output: [JSON, blobs...]
+  {"status":"missing"}             no record (expired or Redis wiped): register again
+  {"status":"stale","owner":inst}  another connection owns the node; nothing changed
+  {"status":"ok","state":s,"changed":bool,"revived":bool,"out":[...]}
 ]]
---!include time
+--!include ctx
 --!include pools
+--!include deliver
+--!include results
+--!include dispatch
 
-local prefix, node_id = ARGV[1], ARGV[2]
+local node_id = ARGV[5]
 local cur = redis.call('HMGET', KEYS[1], 'conn', 'owner', 'state', 'capsig')
-if not cur[1] then return cjson.encode({status = 'missing'}) end
-if cur[1] ~= ARGV[3] then return cjson.encode({status = 'stale', owner = cur[2]}) end
+if not cur[1] then return finish({status = 'missing'}) end
+if cur[1] ~= ARGV[6] then return finish({status = 'stale', owner = cur[2]}) end
 
-local now = now_ms()
-local liveness, retention = tonumber(ARGV[4]), tonumber(ARGV[5])
-local a, c = tonumber(ARGV[7]), tonumber(ARGV[8])
-local load = {'last_hb', now, 'deadline', now + liveness}
-for i = 9, 8 + 2 * a do load[#load + 1] = ARGV[i] end
+local liveness, retention = CFG.liveness, CFG.node_retention
+local a, c = tonumber(ARGV[8]), tonumber(ARGV[9])
+local load_fields = {'last_hb', NOW, 'deadline', NOW + liveness}
+for i = 10, 9 + 2 * a do load_fields[#load_fields + 1] = ARGV[i] end
 local state, revived = cur[3], false
 if state == 'offline' or state == 'disconnected' then
   state, revived = 'ready', true
-  load[#load + 1] = 'state'
-  load[#load + 1] = 'ready'
+  load_fields[#load_fields + 1] = 'state'
+  load_fields[#load_fields + 1] = 'ready'
 end
-redis.call('HSET', KEYS[1], unpack(load))
+redis.call('HSET', KEYS[1], unpack(load_fields))
 
-local changed = cur[4] ~= ARGV[6]
+local changed = cur[4] ~= ARGV[7]
 if changed then
-  local caps = {'capsig', ARGV[6]}
-  local first = 9 + 2 * a
+  local caps = {'capsig', ARGV[7]}
+  local first = 10 + 2 * a
   for i = first, first + 2 * c - 1 do caps[#caps + 1] = ARGV[i] end
   redis.call('HSET', KEYS[1], unpack(caps))
   local pools = {}
   for i = first + 2 * c, #ARGV do pools[#pools + 1] = ARGV[i] end
-  apply_pools(prefix, node_id, KEYS[2], KEYS[5], pools)
+  apply_pools(P, node_id, KEYS[2], KEYS[5], pools)
 end
 
-redis.call('ZADD', KEYS[3], now + liveness, node_id)
-redis.call('ZADD', KEYS[4], now + liveness + retention, node_id)
+redis.call('ZADD', KEYS[3], NOW + liveness, node_id)
+redis.call('ZADD', KEYS[4], NOW + liveness + retention, node_id)
 redis.call('PEXPIRE', KEYS[1], liveness + retention)
-if redis.call('EXISTS', KEYS[2]) == 1 then redis.call('PEXPIRE', KEYS[2], liveness + retention) end
-return cjson.encode({status = 'ok', state = state, changed = changed, revived = revived})
+for _, k in ipairs({KEYS[2], KEYS[1] .. ':jobs'}) do
+  if redis.call('EXISTS', k) == 1 then redis.call('PEXPIRE', k, liveness + retention) end
+end
+offer(node_id)
+return finish({status = 'ok', state = state, changed = changed, revived = revived})

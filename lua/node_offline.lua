@@ -1,35 +1,37 @@
 --[[ node_offline: a node's socket closed on this instance.
-An orderly close (grace 0) takes the node offline at once. A dropped socket (grace > 0)
-leaves every pool now, so no new job goes to it, but keeps the record "disconnected" until
-the grace ends: a reconnect within it keeps the node id and its in-flight jobs; otherwise
-the sweep takes it offline. A close from a connection that no longer owns the node (it was
-replaced by a newer registration) changes nothing.
+An orderly close (grace 0) takes the node offline at once and fails over its jobs. A
+dropped socket (grace > 0) leaves every pool now, so no new job goes to it, but keeps the
+record "disconnected" with its in-flight jobs until the grace ends: a reconnect within it
+keeps the node id and the jobs (their results are accepted on the new connection);
+otherwise the sweep takes it offline. A close from a connection that no longer owns the
+node (replaced by a newer registration) changes nothing.
 Input:
-  KEYS[1] node hash  KEYS[2] node's pools set  KEYS[3] liveness zset  KEYS[4] node index
-  KEYS[5] pools index  (derived pool keys as in register.lua)
-  ARGV[1] key prefix "{tag}:"   ARGV[2] node id   ARGV[3] connection token of the closed socket
-  ARGV[4] grace ms (0 = offline now)   ARGV[5] record retention ms   ARGV[6] reason
-Output (JSON):
+  KEYS[1..5] as in register.lua
+  ARGV[1..4] ctx   ARGV[5] node id   ARGV[6] connection token of the closed socket
+  ARGV[7] grace ms (0 = offline now)   ARGV[8] reason
+Output: [JSON, blobs...]
   {"status":"missing"} | {"status":"stale"} | {"status":"ok","state":"offline"|"disconnected"}
 ]]
---!include time
+--!include ctx
 --!include pools
+--!include deliver
+--!include results
+--!include dispatch
 --!include offline
 
-local prefix, node_id = ARGV[1], ARGV[2]
+local node_id = ARGV[5]
 local cur = redis.call('HMGET', KEYS[1], 'conn', 'state')
-if not cur[1] then return cjson.encode({status = 'missing'}) end
-if cur[1] ~= ARGV[3] then return cjson.encode({status = 'stale'}) end
-if cur[2] == 'offline' then return cjson.encode({status = 'ok', state = 'offline'}) end
+if not cur[1] then return finish({status = 'missing'}) end
+if cur[1] ~= ARGV[6] then return finish({status = 'stale'}) end
+if cur[2] == 'offline' then return finish({status = 'ok', state = 'offline'}) end
 
-local now = now_ms()
-local grace, retention = tonumber(ARGV[4]), tonumber(ARGV[5])
+local grace = tonumber(ARGV[7])
 if grace <= 0 then
-  take_offline(prefix, node_id, now, retention, ARGV[6])
-  return cjson.encode({status = 'ok', state = 'offline'})
+  take_offline(node_id, ARGV[8])
+  return finish({status = 'ok', state = 'offline'})
 end
-apply_pools(prefix, node_id, KEYS[2], KEYS[5], {})
-redis.call('HSET', KEYS[1], 'state', 'disconnected', 'capsig', '', 'deadline', now + grace,
-  'offline_reason', ARGV[6])
-redis.call('ZADD', KEYS[3], now + grace, node_id)
-return cjson.encode({status = 'ok', state = 'disconnected'})
+apply_pools(P, node_id, KEYS[2], KEYS[5], {})
+redis.call('HSET', KEYS[1], 'state', 'disconnected', 'capsig', '', 'deadline', NOW + grace,
+  'offline_reason', ARGV[8])
+redis.call('ZADD', KEYS[3], NOW + grace, node_id)
+return finish({status = 'ok', state = 'disconnected'})

@@ -1,35 +1,47 @@
---[[ sweep: handle every due deadline exactly once (run by every instance, ~every 200 ms).
-Nodes whose liveness deadline passed (silent, or disconnected past their grace) are taken
-offline: out of every pool, out of the liveness set, record expiring after retention.
-Records whose retention ended leave the node index.
+--[[ sweep: handle every due deadline exactly once (every instance calls it ~every 200 ms;
+atomic removal from the due sets hands each deadline to one caller).
+  1. nodes past their liveness deadline (silent, or disconnected past the grace): offline,
+     out of every pool, their jobs failed over at once;
+  2. jobs past their deadline: dispatched/accepted/running -> job_cancel to the old node and
+     re-dispatch to a node that never had it (attempt + 1) or fail with JOB_TIMEOUT after
+     max_attempts; queued -> NO_AVAILABLE_NODE;
+  3. sessions whose audio paused for pause_ms: timeout cut (fires even if the instance that
+     received the chunks is gone);
+  4. sessions whose reorder window is over: release held results, missing_result for
+     indices that have no job.
 Input:
-  KEYS[1] liveness zset {tag}:nodes:live   KEYS[2] node index {tag}:nodes:index
-  KEYS[3] pools index   {tag}:pools
-  Derived (same hash tag): {tag}:node:<id>, {tag}:node:<id>:pools, {tag}:pool:<name>
-  ARGV[1] key prefix "{tag}:"   ARGV[2] batch: most nodes handled in one call
-  ARGV[3] record retention ms
-Output (JSON):
-  {"offline":[{"node_id":id,"owner":inst,"conn":tok}...],"more":bool}
-  more = the batch was full; call again soon.
+  KEYS[1] {tag}:nodes:live  KEYS[2] {tag}:nodes:index  KEYS[3] {tag}:pools
+  KEYS[4] {tag}:due:jobs    KEYS[5] {tag}:due:audio    KEYS[6] {tag}:due:reorder
+  Derived (same hash tag): node, job, session, pool and queue keys of the due entries.
+  ARGV[1..4] ctx   (CFG.batch bounds how many entries of each kind one call handles)
+Output: [JSON, blobs...]
+  {"offline":[{"node_id","owner","conn"}...],"jobs":N,"cuts":N,"released":N,"more":bool,
+   "out":[...]}   more = a batch was full; call again at once.
 ]]
---!include time
+--!include ctx
 --!include pools
+--!include deliver
+--!include results
+--!include dispatch
 --!include offline
+--!include submit
+--!include cut
 
-local prefix, batch, retention = ARGV[1], tonumber(ARGV[2]), tonumber(ARGV[3])
-local now = now_ms()
-local offline = {}
-local due = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', now, 'LIMIT', 0, batch)
+local batch = CFG.batch
+local offline, more = {}, false
+
+local due = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', NOW, 'LIMIT', 0, batch)
+if #due >= batch then more = true end
 for _, node_id in ipairs(due) do
-  local info = redis.call('HMGET', prefix .. 'node:' .. node_id, 'owner', 'conn', 'state')
+  local info = redis.call('HMGET', node_key(node_id), 'owner', 'conn', 'state')
   if info[3] then
-    take_offline(prefix, node_id, now, retention, 'liveness_expired')
+    take_offline(node_id, 'liveness_expired')
     offline[#offline + 1] = {node_id = node_id, owner = info[1], conn = info[2]}
   else
     -- the record expired while no instance swept (all were down): its pools set is gone
     -- too, so leave every pool by name
     for _, p in ipairs(redis.call('SMEMBERS', KEYS[3])) do
-      local pk = prefix .. 'pool:' .. p
+      local pk = P .. 'pool:' .. p
       if redis.call('SREM', pk, node_id) == 1 and redis.call('SCARD', pk) == 0 then
         redis.call('SREM', KEYS[3], p)
       end
@@ -37,5 +49,37 @@ for _, node_id in ipairs(due) do
     redis.call('ZREM', KEYS[1], node_id)
   end
 end
-redis.call('ZREMRANGEBYSCORE', KEYS[2], '-inf', now)
-return cjson.encode({offline = offline, more = #due >= batch})
+redis.call('ZREMRANGEBYSCORE', KEYS[2], '-inf', NOW)
+
+local jobs = redis.call('ZRANGEBYSCORE', KEYS[4], '-inf', NOW, 'LIMIT', 0, batch)
+if #jobs >= batch then more = true end
+for _, jid in ipairs(jobs) do
+  redis.call('ZREM', KEYS[4], jid)
+  local job = hgetall(job_key(jid))
+  if job.state == 'QUEUED' then
+    redis.call('LREM', P .. 'queue:' .. (job.queue or ''), 1, jid)
+    fail(jid, job, 'NO_AVAILABLE_NODE', 'no node had free capacity within ' .. CFG.queue_wait .. ' ms')
+  elseif job.state == 'DISPATCHED' or job.state == 'ACCEPTED' or job.state == 'RUNNING' then
+    failover(jid, job, 'JOB_TIMEOUT', 'no result within the deadline (attempt ' .. job.attempt .. ')', true)
+  end
+end
+
+local cuts = 0
+local paused = redis.call('ZRANGEBYSCORE', KEYS[5], '-inf', NOW, 'LIMIT', 0, batch)
+if #paused >= batch then more = true end
+for _, sid in ipairs(paused) do
+  redis.call('ZREM', KEYS[5], sid)
+  local sess = hgetall(session_key(sid))
+  if sess.id and sess.state == 'open' then
+    if cut(sid, sess, 'timeout') then cuts = cuts + 1 end
+  end
+end
+
+local held = redis.call('ZRANGEBYSCORE', KEYS[6], '-inf', NOW, 'LIMIT', 0, batch)
+if #held >= batch then more = true end
+for _, sid in ipairs(held) do
+  redis.call('ZREM', KEYS[6], sid)
+  if redis.call('EXISTS', session_key(sid)) == 1 then release(sid, true) end
+end
+
+return finish({offline = offline, jobs = #jobs, cuts = cuts, released = #held, more = more})

@@ -152,13 +152,141 @@ impl Capabilities {
     /// A stable signature; the heartbeat script recomputes pools only when it changes.
     pub fn signature(&self) -> String {
         let pools = self.pools().into_iter().collect::<Vec<_>>().join(" ");
-        format!("{}|{}", self.ready_services(), pools)
+        let l = &self.langs;
+        let langs =
+            [&l.asr_languages, &l.semantic_languages, &l.tts_languages].map(|v| v.join(","));
+        format!("{}|{}|{}", self.ready_services(), langs.join(";"), pools)
     }
+}
+
+/// Where a job may run: candidate pools in order of preference, and what it needs.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Route {
+    /// csv of pool entries: `primary` or `primary|reverse` (two-way: a node must be in both).
+    pub pools: String,
+    /// csv of the service types the pipeline uses.
+    pub needs: String,
+    /// `zh→en`, `auto→en`, `zh↔en`: for messages and logs.
+    pub pair: String,
+}
+
+/// The job's languages and scope, as a session or an utterance states them.
+pub struct RouteRequest<'a> {
+    pub tenant: Option<&'a str>,
+    pub strict: bool,
+    pub two_way: bool,
+    pub src: &'a str,
+    pub tgt: &'a str,
+    pub lang_a: Option<&'a str>,
+    pub lang_b: Option<&'a str>,
+    pub use_asr: bool,
+    pub use_nmt: bool,
+    pub use_tts: bool,
+}
+
+/// PROTOCOL.md "Pool rule", job side: tenant pool first, then the public pool unless the
+/// tenant is strict. `two_way_auto` needs a node serving both a→b and b→a; a one-way
+/// `auto` source uses the `auto:tgt` pool.
+pub fn route(r: &RouteRequest) -> Result<Route, String> {
+    let check = |code: &str, what: &str| {
+        if valid_lang(code) {
+            Ok(())
+        } else {
+            Err(format!("invalid {what} {code:?}"))
+        }
+    };
+    let mut scopes = Vec::new();
+    if let Some(t) = r.tenant {
+        scopes.push(format!("tenant:{t}"));
+    }
+    if r.tenant.is_none() || !r.strict {
+        scopes.push("pub".to_string());
+    }
+    let (entries, pair): (Vec<String>, String) = if r.two_way {
+        let (Some(a), Some(b)) = (r.lang_a, r.lang_b) else {
+            return Err("two_way_auto needs lang_a and lang_b".into());
+        };
+        check(a, "lang_a")?;
+        check(b, "lang_b")?;
+        if a == "auto" || b == "auto" || a == b {
+            return Err("lang_a and lang_b must be two different languages".into());
+        }
+        (
+            scopes
+                .iter()
+                .map(|s| format!("{s}:{a}:{b}|{s}:{b}:{a}"))
+                .collect(),
+            format!("{a}↔{b}"),
+        )
+    } else {
+        check(r.src, "src_lang")?;
+        check(r.tgt, "tgt_lang")?;
+        if r.tgt == "auto" {
+            return Err("tgt_lang cannot be auto".into());
+        }
+        (
+            scopes
+                .iter()
+                .map(|s| format!("{s}:{}:{}", r.src, r.tgt))
+                .collect(),
+            format!("{}→{}", r.src, r.tgt),
+        )
+    };
+    let needs: Vec<&str> = [(r.use_asr, "asr"), (r.use_nmt, "nmt"), (r.use_tts, "tts")]
+        .into_iter()
+        .filter_map(|(on, s)| on.then_some(s))
+        .collect();
+    Ok(Route {
+        pools: entries.join(","),
+        needs: needs.join(","),
+        pair,
+    })
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn req<'a>(src: &'a str, tgt: &'a str) -> RouteRequest<'a> {
+        RouteRequest {
+            tenant: None,
+            strict: false,
+            two_way: false,
+            src,
+            tgt,
+            lang_a: None,
+            lang_b: None,
+            use_asr: true,
+            use_nmt: true,
+            use_tts: true,
+        }
+    }
+
+    #[test]
+    fn job_routes_follow_the_pool_rule() {
+        assert_eq!(route(&req("zh", "en")).unwrap().pools, "pub:zh:en");
+        assert_eq!(route(&req("auto", "en")).unwrap().pools, "pub:auto:en");
+        let mut r = req("auto", "en");
+        r.two_way = true;
+        r.lang_a = Some("zh");
+        r.lang_b = Some("en");
+        assert_eq!(route(&r).unwrap().pools, "pub:zh:en|pub:en:zh");
+        r.tenant = Some("acme");
+        assert_eq!(
+            route(&r).unwrap().pools,
+            "tenant:acme:zh:en|tenant:acme:en:zh,pub:zh:en|pub:en:zh"
+        );
+        r.strict = true;
+        assert_eq!(
+            route(&r).unwrap().pools,
+            "tenant:acme:zh:en|tenant:acme:en:zh"
+        );
+        let mut r = req("zh", "en");
+        r.use_tts = false;
+        assert_eq!(route(&r).unwrap().needs, "asr,nmt");
+        assert!(route(&req("zh", "a:b")).is_err());
+        assert!(route(&req("zh", "auto")).is_err());
+    }
 
     fn caps(asr: &[&str], sem: &[&str]) -> Capabilities {
         let v = |l: &[&str]| l.iter().map(|s| s.to_string()).collect::<Vec<_>>();

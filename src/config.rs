@@ -23,6 +23,8 @@ pub struct Config {
     pub node: NodeConfig,
     pub sweep: SweepConfig,
     pub ws: WsConfig,
+    pub session: SessionConfig,
+    pub jobs: JobsConfig,
     pub log: LogConfig,
 }
 
@@ -87,6 +89,57 @@ pub struct WsConfig {
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
+pub struct SessionConfig {
+    /// A session with no activity (audio, heartbeat, utterance) for this long expires.
+    pub idle_ttl_ms: u64,
+    /// No audio_chunk for this long after audio arrived → timeout cut.
+    pub pause_ms: u64,
+    /// Buffered audio reaching this duration → max-duration cut (the turn continues).
+    pub max_duration_ms: u64,
+    /// Buffered audio larger than this → cut.
+    pub max_buffer_bytes: u64,
+    /// After `tts_started`, the pause clock waits this much longer (playback is not silence;
+    /// bounds a client that never sends `tts_play_ended`).
+    pub playback_grace_ms: u64,
+    /// A result waits at most this long for an unfinished earlier utterance index.
+    pub reorder_window_ms: u64,
+    /// An `utterance` index may run at most this far ahead of the delivery cursor.
+    pub max_index_ahead: u64,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct JobsConfig {
+    /// Attempts per utterance (first dispatch included) before it fails.
+    pub max_attempts: u32,
+    /// How long a job may wait in a pool queue for free capacity.
+    pub queue_wait_ms: u64,
+    /// Jobs waiting per pool queue at most; beyond it a job fails at once.
+    pub queue_max: u32,
+    /// Queued jobs examined per pool when capacity frees.
+    pub queue_scan: u32,
+    /// Deadline for `job_ack` from a node that announced `supports_job_ack`.
+    pub ack_timeout_ms: u64,
+    /// Deadline for the result of one attempt, from dispatch.
+    pub run_timeout_ms: u64,
+    /// How long job records (and their audio) are kept.
+    pub record_ttl_ms: u64,
+    /// Power-of-k-choices: candidates compared per dispatch.
+    pub choices: u32,
+    /// Pool size up to which every member is considered; larger pools are sampled.
+    pub sample: u32,
+    /// Prefer the node that served the session's previous utterance when it has room.
+    pub session_affinity: bool,
+    /// Tenants whose sessions use only their own nodes (never the public pools).
+    pub strict_tenants: Vec<String>,
+    /// How long a service stays marked unavailable after MODEL_NOT_AVAILABLE.
+    pub model_unavailable_ms: u64,
+    /// Marks per node per minute at most (a flapping node cannot thrash its state).
+    pub model_unavailable_per_minute: u32,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
 pub struct LogConfig {
     /// `text` or `json`.
     pub format: String,
@@ -103,6 +156,8 @@ impl Default for Config {
             node: NodeConfig::default(),
             sweep: SweepConfig::default(),
             ws: WsConfig::default(),
+            session: SessionConfig::default(),
+            jobs: JobsConfig::default(),
             log: LogConfig::default(),
         }
     }
@@ -159,6 +214,40 @@ impl Default for WsConfig {
     }
 }
 
+impl Default for SessionConfig {
+    fn default() -> Self {
+        Self {
+            idle_ttl_ms: 300_000,
+            pause_ms: 3_000,
+            max_duration_ms: 10_000,
+            max_buffer_bytes: 500 * 1024,
+            playback_grace_ms: 30_000,
+            reorder_window_ms: 2_000,
+            max_index_ahead: 1_000,
+        }
+    }
+}
+
+impl Default for JobsConfig {
+    fn default() -> Self {
+        Self {
+            max_attempts: 3,
+            queue_wait_ms: 5_000,
+            queue_max: 10_000,
+            queue_scan: 16,
+            ack_timeout_ms: 3_000,
+            run_timeout_ms: 30_000,
+            record_ttl_ms: 600_000,
+            choices: 2,
+            sample: 8,
+            session_affinity: false,
+            strict_tenants: Vec::new(),
+            model_unavailable_ms: 60_000,
+            model_unavailable_per_minute: 6,
+        }
+    }
+}
+
 impl Default for LogConfig {
     fn default() -> Self {
         Self {
@@ -177,6 +266,11 @@ pub enum ConfigError {
     Invalid { field: &'static str, reason: String },
 }
 
+/// Top-level keys an environment variable may set.
+const SECTIONS: &[&str] = &[
+    "listen", "redis", "cell", "node", "sweep", "ws", "session", "jobs", "log",
+];
+
 impl Config {
     /// Load defaults, then the TOML file (if any), then `SWITCHYARD_*` variables
     /// (`SWITCHYARD_NODE__HEARTBEAT_INTERVAL_MS=5000`), and validate the result.
@@ -185,7 +279,13 @@ impl Config {
         if let Some(path) = file {
             fig = fig.merge(Toml::file_exact(path));
         }
-        fig = fig.merge(Env::prefixed("SWITCHYARD_").split("__").ignore(&["config"]));
+        // Only variables naming a known section: Kubernetes injects SWITCHYARD_SERVICE_HOST
+        // and friends for a Service called "switchyard", which must not stop the start.
+        let env = Env::prefixed("SWITCHYARD_").split("__").filter(|k| {
+            let top = k.as_str().split('.').next().unwrap_or_default();
+            SECTIONS.contains(&top)
+        });
+        fig = fig.merge(env);
         let cfg: Config = fig.extract().map_err(Box::new)?;
         cfg.validate()?;
         Ok(cfg)
@@ -217,8 +317,11 @@ impl Config {
                 format!("{:?} is not an ip:port address", self.listen),
             );
         }
-        if !self.redis.url.starts_with("redis://") && !self.redis.url.starts_with("rediss://") {
-            return bad("redis.url", "must start with redis:// or rediss://");
+        if !self.redis.url.starts_with("redis://") {
+            return bad(
+                "redis.url",
+                "must start with redis:// (TLS is not built in)",
+            );
         }
         if self.redis.pool_size == 0 {
             return bad("redis.pool_size", "must be at least 1");
@@ -264,6 +367,45 @@ impl Config {
         }
         if self.ws.send_queue == 0 {
             return bad("ws.send_queue", "must be at least 1");
+        }
+        let s = &self.session;
+        for (field, v) in [
+            ("session.idle_ttl_ms", s.idle_ttl_ms),
+            ("session.pause_ms", s.pause_ms),
+            ("session.max_duration_ms", s.max_duration_ms),
+            ("session.max_buffer_bytes", s.max_buffer_bytes),
+            ("session.reorder_window_ms", s.reorder_window_ms),
+            ("session.max_index_ahead", s.max_index_ahead),
+            ("jobs.queue_wait_ms", self.jobs.queue_wait_ms),
+            ("jobs.ack_timeout_ms", self.jobs.ack_timeout_ms),
+            ("jobs.run_timeout_ms", self.jobs.run_timeout_ms),
+            ("jobs.record_ttl_ms", self.jobs.record_ttl_ms),
+        ] {
+            if v == 0 {
+                return bad(field, "must be positive");
+            }
+        }
+        let j = &self.jobs;
+        if j.max_attempts == 0 {
+            return bad("jobs.max_attempts", "must be at least 1");
+        }
+        if j.choices == 0 || j.sample == 0 || j.queue_scan == 0 || j.queue_max == 0 {
+            return bad(
+                "jobs.choices",
+                "jobs.choices, sample, queue_scan, queue_max must be at least 1",
+            );
+        }
+        if j.record_ttl_ms < j.run_timeout_ms * u64::from(j.max_attempts) + j.queue_wait_ms {
+            return bad(
+                "jobs.record_ttl_ms",
+                "must outlast every attempt and the queue wait",
+            );
+        }
+        if j.strict_tenants
+            .iter()
+            .any(|t| !crate::protocol::valid_id(t))
+        {
+            return bad("jobs.strict_tenants", "tenant ids use only [A-Za-z0-9_.-]");
         }
         if !matches!(self.log.format.as_str(), "text" | "json") {
             return bad("log.format", "must be \"text\" or \"json\"");

@@ -27,6 +27,7 @@ pub fn router(app: Arc<App>) -> Router {
         .route("/api/v1/nodes/{id}", get(node))
         .route("/api/v1/pools", get(pools))
         .route("/ws/node", get(crate::gateway::node::upgrade))
+        .route("/ws/session", get(crate::gateway::session::upgrade))
         .with_state(app)
 }
 

@@ -6,6 +6,7 @@ pub mod config;
 pub mod gateway;
 pub mod http;
 pub mod protocol;
+pub mod routing;
 pub mod server;
 pub mod store;
 pub mod sweeper;

@@ -32,8 +32,8 @@ pub struct App {
 impl App {
     pub fn new(cfg: Config) -> Result<Arc<Self>, StoreError> {
         let metrics = Arc::new(Metrics::new());
-        let store = Store::new(&cfg, metrics.clone())?;
         let instance_id = format!("i-{}", &uuid::Uuid::new_v4().simple().to_string()[..12]);
+        let store = Store::new(&cfg, &instance_id, metrics.clone())?;
         let (shutdown, _) = watch::channel(false);
         Ok(Arc::new(Self {
             cfg,

@@ -5,7 +5,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use crate::gateway::close;
+use crate::gateway::{Kind, close};
 use crate::server::App;
 use crate::store::StoreError;
 
@@ -45,19 +45,29 @@ pub async fn run(app: Arc<App>) {
 
 /// One sweep call; returns whether more is due right away.
 async fn sweep_once(app: &App) -> Result<bool, StoreError> {
-    let reply = app
-        .store
-        .sweep(app.cfg.sweep.batch, app.cfg.node.offline_retention_ms)
-        .await?;
+    let reply = crate::routing::deliver(app, app.store.sweep().await?);
     for n in &reply.offline {
         tracing::info!(node_id = %n.node_id, "node offline: liveness expired");
         // A silent node whose socket is still open here: close it so it reconnects.
         if n.owner.as_deref() == Some(app.instance_id.as_str())
             && let Some(conn) = &n.conn
         {
-            app.conns
-                .close_node(&n.node_id, conn, close::LIVENESS, "liveness expired");
+            app.conns.close(
+                Kind::Node,
+                &n.node_id,
+                conn,
+                close::LIVENESS,
+                "liveness expired",
+            );
         }
+    }
+    if reply.jobs > 0 || reply.cuts > 0 || reply.released > 0 {
+        tracing::debug!(
+            jobs = reply.jobs,
+            cuts = reply.cuts,
+            released = reply.released,
+            "sweep"
+        );
     }
     Ok(reply.more)
 }

@@ -1,12 +1,20 @@
--- take_offline(prefix, node_id, now, retention_ms, reason)
--- Leave every pool, leave the liveness set, mark the record offline and let it expire
--- after the retention time. (Requires includes/pools.lua.)
-local function take_offline(prefix, node_id, now, retention_ms, reason)
-  local nk = prefix .. 'node:' .. node_id
-  apply_pools(prefix, node_id, nk .. ':pools', prefix .. 'pools', {})
-  redis.call('HSET', nk, 'state', 'offline', 'offline_at', now, 'offline_reason', reason,
+-- take_offline(node_id, reason): leave every pool and the liveness set, fail over every
+-- job the node holds (no job_cancel: it is gone), and let the record expire after the
+-- retention time. (Requires ctx, pools, dispatch.)
+local function take_offline(node_id, reason)
+  local nk = node_key(node_id)
+  apply_pools(P, node_id, nk .. ':pools', P .. 'pools', {})
+  redis.call('HSET', nk, 'state', 'offline', 'offline_at', NOW, 'offline_reason', reason,
     'capsig', '', 'deadline', 0)
-  redis.call('ZREM', prefix .. 'nodes:live', node_id)
-  redis.call('ZADD', prefix .. 'nodes:index', now + retention_ms, node_id)
-  redis.call('PEXPIRE', nk, retention_ms)
+  redis.call('ZREM', P .. 'nodes:live', node_id)
+  redis.call('ZADD', P .. 'nodes:index', NOW + CFG.node_retention, node_id)
+  for _, jid in ipairs(redis.call('SMEMBERS', nk .. ':jobs')) do
+    local job = hgetall(job_key(jid))
+    if job.id then
+      failover(jid, job, 'JOB_TIMEOUT', 'node ' .. node_id .. ' went offline', false)
+    else
+      release_node(jid, node_id)
+    end
+  end
+  redis.call('PEXPIRE', nk, CFG.node_retention)
 end

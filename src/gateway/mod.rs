@@ -1,10 +1,11 @@
-//! WebSocket gateway: the `/ws/node` (and later `/ws/session`) handlers and the map of
-//! connections that live on this instance.
+//! WebSocket gateway: the `/ws/node` and `/ws/session` handlers and the map of connections
+//! that live on this instance.
 //!
 //! Handlers stay thin: decode a frame, make one store call, route the reply. The map is the
 //! only connection state an instance holds; Redis decides who owns what.
 
 pub mod node;
+pub mod session;
 pub mod socket;
 
 use std::collections::HashMap;
@@ -14,6 +15,30 @@ use tokio::sync::mpsc;
 
 pub use socket::{Outbound, close};
 
+/// The two kinds of peers, as scripts name them in deliveries.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    Node,
+    Session,
+}
+
+impl Kind {
+    pub fn parse(s: &str) -> Option<Kind> {
+        match s {
+            "node" => Some(Kind::Node),
+            "session" => Some(Kind::Session),
+            _ => None,
+        }
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Kind::Node => "node",
+            Kind::Session => "session",
+        }
+    }
+}
+
 /// A connection on this instance: its unique token and its writer.
 #[derive(Clone)]
 pub struct LocalConn {
@@ -21,56 +46,60 @@ pub struct LocalConn {
     pub tx: mpsc::Sender<Outbound>,
 }
 
-/// Local connections by node id.
+/// Local connections by node id and by session id.
 #[derive(Default)]
 pub struct Connections {
     nodes: Mutex<HashMap<String, LocalConn>>,
+    sessions: Mutex<HashMap<String, LocalConn>>,
 }
 
 impl Connections {
-    fn nodes(&self) -> std::sync::MutexGuard<'_, HashMap<String, LocalConn>> {
-        // A panic while holding this lock cannot leave the map inconsistent (single inserts
-        // and removes), so a poisoned lock is still safe to use.
-        self.nodes.lock().unwrap_or_else(|p| p.into_inner())
+    fn map(&self, kind: Kind) -> std::sync::MutexGuard<'_, HashMap<String, LocalConn>> {
+        let m = match kind {
+            Kind::Node => &self.nodes,
+            Kind::Session => &self.sessions,
+        };
+        // Single inserts and removes cannot leave the map inconsistent, so a lock poisoned by
+        // a panic elsewhere is still safe to use.
+        m.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Bind `node_id` to `conn`; returns the connection it replaces, if any.
-    pub fn bind_node(&self, node_id: &str, conn: LocalConn) -> Option<LocalConn> {
-        let old = self.nodes().insert(node_id.to_string(), conn.clone());
+    /// Bind `id` to `conn`; returns the connection it replaces, if any.
+    pub fn bind(&self, kind: Kind, id: &str, conn: LocalConn) -> Option<LocalConn> {
+        let old = self.map(kind).insert(id.to_string(), conn.clone());
         old.filter(|o| o.token != conn.token)
     }
 
-    /// Forget `node_id` if it is still bound to `token`.
-    pub fn unbind_node(&self, node_id: &str, token: &str) {
-        let mut nodes = self.nodes();
-        if nodes.get(node_id).is_some_and(|c| c.token == token) {
-            nodes.remove(node_id);
+    /// Forget `id` if it is still bound to `token`.
+    pub fn unbind(&self, kind: Kind, id: &str, token: &str) {
+        let mut m = self.map(kind);
+        if m.get(id).is_some_and(|c| c.token == token) {
+            m.remove(id);
         }
     }
 
-    /// The local connection of `node_id`, if it is here and (when given) has `token`.
-    pub fn node(&self, node_id: &str, token: Option<&str>) -> Option<LocalConn> {
-        let nodes = self.nodes();
-        nodes
-            .get(node_id)
+    /// The local connection of `id`, if it is here and (when given) has `token`.
+    pub fn get(&self, kind: Kind, id: &str, token: Option<&str>) -> Option<LocalConn> {
+        let m = self.map(kind);
+        m.get(id)
             .filter(|c| token.is_none_or(|t| c.token == t))
             .cloned()
     }
 
-    /// Close the local connection of `node_id` if it has `token`.
-    pub fn close_node(&self, node_id: &str, token: &str, code: u16, reason: &str) -> bool {
-        match self.node(node_id, Some(token)) {
+    /// Close the local connection of `id` if it has `token`.
+    pub fn close(&self, kind: Kind, id: &str, token: &str, code: u16, reason: &str) -> bool {
+        match self.get(kind, id, Some(token)) {
             Some(c) => c.tx.try_send(Outbound::Close(code, reason.into())).is_ok(),
             None => false,
         }
     }
 
-    pub fn node_count(&self) -> usize {
-        self.nodes().len()
+    pub fn count(&self, kind: Kind) -> usize {
+        self.map(kind).len()
     }
 
-    /// Every local node connection (for shutdown).
-    pub fn all_nodes(&self) -> Vec<LocalConn> {
-        self.nodes().values().cloned().collect()
+    /// Every local connection of a kind (for shutdown).
+    pub fn all(&self, kind: Kind) -> Vec<LocalConn> {
+        self.map(kind).values().cloned().collect()
     }
 }

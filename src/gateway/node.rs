@@ -14,14 +14,17 @@ use axum::response::Response;
 use futures_util::StreamExt;
 use tokio::sync::mpsc;
 
-use super::{LocalConn, Outbound, close, socket};
+use super::{Kind, LocalConn, Outbound, close, socket};
 use crate::capabilities::Capabilities;
 use crate::protocol::node::{
-    NODE_TYPES, NodeHeartbeat, NodeInbound, NodeRegister, NodeRegisterAck,
+    AsrPartial, JobAck, JobResult, NODE_TYPES, NodeHeartbeat, NodeInbound, NodeRegister,
+    NodeRegisterAck,
 };
 use crate::protocol::{ErrorCode, ErrorMessage, decode, valid_id};
+use crate::routing;
 use crate::server::App;
 use crate::store::StoreError;
+use crate::store::jobs::{Attempt, FencedReply, Outcome};
 use crate::store::nodes::{HeartbeatReply, OfflineReply, RegisterReply};
 
 const KIND: &str = "node";
@@ -163,12 +166,21 @@ impl NodeConn {
                 let detail = crate::telemetry::metrics::Detail { detail: code };
                 self.app.metrics.node_errors.get_or_create(&detail).inc();
             }
-            NodeInbound::JobAck(_)
-            | NodeInbound::JobStarted(_)
-            | NodeInbound::JobResult(_)
-            | NodeInbound::AsrPartial(_) => {
-                self.app.metrics.rejected(KIND, "no_job");
-                self.error(ErrorCode::InvalidMessage, "no such job on this scheduler");
+            NodeInbound::JobAck(a) => {
+                self.app.metrics.message_in(KIND, "job_ack");
+                self.on_ack(a, false).await
+            }
+            NodeInbound::JobStarted(a) => {
+                self.app.metrics.message_in(KIND, "job_started");
+                self.on_ack(a, true).await
+            }
+            NodeInbound::JobResult(r) => {
+                self.app.metrics.message_in(KIND, "job_result");
+                self.on_result(*r).await
+            }
+            NodeInbound::AsrPartial(p) => {
+                self.app.metrics.message_in(KIND, "asr_partial");
+                self.on_partial(p).await
             }
         }
     }
@@ -248,35 +260,31 @@ impl NodeConn {
                 Some(id) => (id.clone(), false),
                 None => (mint_node_id(), true),
             };
-            let reply = app
+            let out = app
                 .store
-                .register(
-                    &node_id,
-                    minted,
-                    &self.token,
-                    &app.instance_id,
-                    app.cfg.liveness_ms(),
-                    app.cfg.node.offline_retention_ms,
-                    caps,
-                    &extra,
-                )
+                .register(&node_id, minted, &self.token, caps, &extra)
                 .await?;
-            match reply {
-                RegisterReply::Taken => continue,
+            // Bind before delivering: queued jobs handed to this node go to this socket.
+            let me = LocalConn {
+                token: self.token.clone(),
+                tx: self.tx.clone(),
+            };
+            let previous = app.conns.bind(Kind::Node, &node_id, me);
+            match routing::deliver(&app, out) {
+                RegisterReply::Taken => {
+                    app.conns.unbind(Kind::Node, &node_id, &self.token);
+                    if let Some(p) = previous {
+                        app.conns.bind(Kind::Node, &node_id, p);
+                    }
+                }
                 RegisterReply::Ok {
                     state,
                     replaced_conn,
                     ..
                 } => {
-                    let me = LocalConn {
-                        token: self.token.clone(),
-                        tx: self.tx.clone(),
-                    };
-                    if let Some(old) = app.conns.bind_node(&node_id, me) {
-                        let _ = old.tx.try_send(Outbound::Close(
-                            close::REPLACED,
-                            "replaced by a newer connection".into(),
-                        ));
+                    if let Some(old) = previous {
+                        let reason = "replaced by a newer connection".into();
+                        let _ = old.tx.try_send(Outbound::Close(close::REPLACED, reason));
                     }
                     if let Some(tok) = replaced_conn {
                         tracing::info!(node_id = %node_id, old_conn = %tok, "node connection replaced");
@@ -319,15 +327,9 @@ impl NodeConn {
         let load = load_fields(&h);
         let reply = app
             .store
-            .heartbeat(
-                &node_id,
-                &self.token,
-                app.cfg.liveness_ms(),
-                app.cfg.node.offline_retention_ms,
-                &caps,
-                &load,
-            )
+            .heartbeat(&node_id, &self.token, &caps, &load)
             .await;
+        let reply = reply.map(|out| routing::deliver(&app, out));
         match reply {
             Ok(HeartbeatReply::Ok { .. }) => {
                 if let Some(reg) = &mut self.reg {
@@ -379,23 +381,17 @@ impl NodeConn {
     async fn finish(&mut self, orderly: bool) {
         let Some(reg) = self.reg.take() else { return };
         let app = &self.app;
-        app.conns.unbind_node(&reg.node_id, &self.token);
+        app.conns.unbind(Kind::Node, &reg.node_id, &self.token);
         let (grace, reason) = if orderly {
             (0, "closed")
         } else {
             (app.cfg.node.disconnect_grace_ms, "disconnected")
         };
-        match app
+        let out = app
             .store
-            .node_offline(
-                &reg.node_id,
-                &self.token,
-                grace,
-                app.cfg.node.offline_retention_ms,
-                reason,
-            )
-            .await
-        {
+            .node_offline(&reg.node_id, &self.token, grace, reason)
+            .await;
+        match out.map(|o| routing::deliver(app, o)) {
             Ok(OfflineReply::Stale) => {
                 tracing::debug!(node_id = %reg.node_id, "close of a replaced connection ignored")
             }
@@ -405,6 +401,165 @@ impl NodeConn {
             }
         }
     }
+}
+
+impl NodeConn {
+    /// The registered node id, or an error to the node (job messages need a registration).
+    fn node_id(&self) -> Option<String> {
+        let id = self.reg.as_ref().map(|r| r.node_id.clone());
+        if id.is_none() {
+            self.error(ErrorCode::InvalidMessage, "register first (node_register)");
+        }
+        id
+    }
+
+    /// A fenced-off message: counted, reported to the node, nothing changed.
+    fn stale(&self, what: &str, job_id: &str, reason: &str) {
+        self.app.metrics.stale(KIND);
+        tracing::info!(job_id, reason, what, "stale message rejected");
+        self.error(
+            ErrorCode::InvalidMessage,
+            format!("{what} for {job_id} rejected: {reason}"),
+        );
+    }
+
+    async fn on_ack(&mut self, a: JobAck, started: bool) {
+        let Some(node_id) = self.node_id() else {
+            return;
+        };
+        let attempt = Attempt {
+            job_id: &a.job_id,
+            attempt_id: a.attempt_id,
+            node_id: &node_id,
+            conn: &self.token,
+        };
+        match self.app.store.job_ack(&attempt, started).await {
+            Ok(out) => {
+                if let FencedReply::Stale { reason } = routing::deliver(&self.app, out) {
+                    self.stale(
+                        if started { "job_started" } else { "job_ack" },
+                        &a.job_id,
+                        &reason,
+                    );
+                }
+            }
+            Err(e) => self.store_error(&e),
+        }
+    }
+
+    async fn on_result(&mut self, r: JobResult) {
+        let Some(node_id) = self.node_id() else {
+            return;
+        };
+        let message;
+        let outcome = match (&r.success, &r.error) {
+            (true, _) => {
+                message = translation_result(&r);
+                Outcome::Ok(&message)
+            }
+            (false, Some(e)) if e.code == "MODEL_NOT_AVAILABLE" => Outcome::ModelNotAvailable {
+                service: self.service_type(e.details.as_ref()),
+                message: &e.message,
+            },
+            (false, e) => Outcome::Error {
+                code: e
+                    .as_ref()
+                    .map(|e| e.code.as_str())
+                    .filter(|c| !c.is_empty())
+                    .unwrap_or("PROCESSING_ERROR"),
+                message: e
+                    .as_ref()
+                    .map(|e| e.message.as_str())
+                    .unwrap_or("the node reported a failure"),
+            },
+        };
+        let attempt = Attempt {
+            job_id: &r.job_id,
+            attempt_id: r.attempt_id,
+            node_id: &node_id,
+            conn: &self.token,
+        };
+        match self.app.store.job_result(&attempt, &outcome).await {
+            Ok(out) => {
+                if let FencedReply::Stale { reason } = routing::deliver(&self.app, out) {
+                    self.stale("job_result", &r.job_id, &reason);
+                }
+            }
+            Err(e) => self.store_error(&e),
+        }
+    }
+
+    /// The service type a MODEL_NOT_AVAILABLE names: from the node's installed_services
+    /// (service_id → type), else the service id itself.
+    fn service_type<'a>(&'a self, details: Option<&'a serde_json::Value>) -> &'a str {
+        let id = details
+            .and_then(|d| d.get("service_id"))
+            .and_then(|v| v.as_str())
+            .unwrap_or("nmt");
+        let installed = self
+            .reg
+            .as_ref()
+            .map(|r| r.register.installed_services.as_slice())
+            .unwrap_or_default();
+        installed
+            .iter()
+            .find(|s| s.get("service_id").and_then(|v| v.as_str()) == Some(id))
+            .and_then(|s| s.get("type").and_then(|v| v.as_str()))
+            .unwrap_or(id)
+    }
+
+    async fn on_partial(&mut self, p: AsrPartial) {
+        let Some(node_id) = self.node_id() else {
+            return;
+        };
+        match self
+            .app
+            .store
+            .job_partial(&p.job_id, &node_id, &self.token, &p.text, p.is_final)
+            .await
+        {
+            Ok(out) => {
+                if let FencedReply::Stale { .. } = routing::deliver(&self.app, out) {
+                    self.app.metrics.stale(KIND); // best-effort: no error reply for partials
+                }
+            }
+            Err(e) => self.store_error(&e),
+        }
+    }
+}
+
+/// The session's `translation_result` from a node's `job_result`: every field the node sent
+/// beyond the routing ones is passed on (texts, tts, extra, timings, quality).
+fn translation_result(r: &JobResult) -> String {
+    let mut m = r.rest.clone();
+    m.remove("type");
+    m.insert("type".into(), "translation_result".into());
+    m.insert("job_id".into(), r.job_id.clone().into());
+    if let Some(s) = &r.session_id {
+        m.insert("session_id".into(), s.clone().into());
+    }
+    if let Some(i) = r.utterance_index {
+        m.insert("utterance_index".into(), i.into());
+    }
+    if let Some(t) = &r.trace_id {
+        m.insert("trace_id".into(), t.clone().into());
+    }
+    for key in ["text_asr", "text_translated", "tts_audio"] {
+        m.entry(key).or_insert_with(|| "".into());
+    }
+    m.entry("tts_format").or_insert_with(|| "opus".into());
+    if let Some(t) = m
+        .get("extra")
+        .and_then(|e| e.get("service_timings"))
+        .cloned()
+    {
+        m.entry("service_timings").or_insert(t);
+    }
+    m.insert(
+        "scheduler_sent_at_ms".into(),
+        crate::protocol::now_ms().into(),
+    );
+    serde_json::Value::Object(m).to_string()
 }
 
 /// `node-` + 8 uppercase hex digits (PROTOCOL.md).

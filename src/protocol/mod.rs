@@ -6,6 +6,7 @@
 //! nothing else happens for it.
 
 pub mod node;
+pub mod session;
 
 use serde::{Deserialize, Deserializer, Serialize};
 

@@ -22,10 +22,62 @@ pub enum NodeInbound {
     NodeRegister(Box<NodeRegister>),
     NodeHeartbeat(Box<NodeHeartbeat>),
     NodeError(NodeError),
-    JobAck(Value),
-    JobStarted(Value),
-    JobResult(Value),
-    AsrPartial(Value),
+    JobAck(JobAck),
+    JobStarted(JobAck),
+    JobResult(Box<JobResult>),
+    AsrPartial(AsrPartial),
+}
+
+/// `job_ack` and `job_started` (optional; lingua nodes send neither).
+#[derive(Debug, Clone, Deserialize)]
+pub struct JobAck {
+    pub job_id: String,
+    pub attempt_id: u32,
+    #[serde(default)]
+    pub node_id: Option<String>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct JobError {
+    #[serde(default, deserialize_with = "null_default")]
+    pub code: String,
+    #[serde(default, deserialize_with = "null_default")]
+    pub message: String,
+    #[serde(default)]
+    pub details: Option<Value>,
+}
+
+/// `job_result`: required fields are typed; the optional rest is passed on to the session.
+#[derive(Debug, Clone, Deserialize)]
+pub struct JobResult {
+    pub job_id: String,
+    pub attempt_id: u32,
+    #[serde(default)]
+    pub node_id: Option<String>,
+    #[serde(default)]
+    pub session_id: Option<String>,
+    #[serde(default)]
+    pub utterance_index: Option<u64>,
+    pub success: bool,
+    #[serde(default)]
+    pub trace_id: Option<String>,
+    #[serde(default)]
+    pub error: Option<JobError>,
+    /// Every other field (texts, tts_audio, extra, timings, quality, ...).
+    #[serde(flatten)]
+    pub rest: serde_json::Map<String, Value>,
+}
+
+/// `asr_partial` from a node (forwarded best-effort).
+#[derive(Debug, Clone, Deserialize)]
+pub struct AsrPartial {
+    pub job_id: String,
+    #[serde(default)]
+    pub node_id: Option<String>,
+    #[serde(default, deserialize_with = "null_default")]
+    pub text: String,
+    #[serde(default, deserialize_with = "null_default")]
+    pub is_final: bool,
 }
 
 #[derive(Debug, Clone, Default, Deserialize, Serialize, PartialEq, Eq)]

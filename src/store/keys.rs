@@ -53,4 +53,25 @@ impl Keys {
     pub fn pool(&self, name: &str) -> String {
         format!("{}pool:{name}", self.prefix)
     }
+
+    /// Zset: what is due when (`due:jobs` job deadlines, `due:audio` pause cuts,
+    /// `due:reorder` reorder windows); members are ids, scores deadlines in ms.
+    pub fn due(&self, what: &str) -> String {
+        format!("{}due:{what}", self.prefix)
+    }
+
+    /// Hash: one session (languages, owner, connection, cursors, audio buffer state).
+    pub fn session(&self, id: &str) -> String {
+        format!("{}session:{id}", self.prefix)
+    }
+
+    /// String: a session's buffered audio (raw bytes).
+    pub fn session_audio(&self, id: &str) -> String {
+        format!("{}session:{id}:audio", self.prefix)
+    }
+
+    /// Hash: one job (session, index, state, attempt, node, tried nodes, deadline, spec).
+    pub fn job(&self, id: &str) -> String {
+        format!("{}job:{id}", self.prefix)
+    }
 }

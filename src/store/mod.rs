@@ -6,15 +6,18 @@
 //! replies decoded into enums, per-script metrics, and one error for "Redis is away"
 //! ([`StoreError::Unavailable`], which clients see as `SCHEDULER_DEPENDENCY_DOWN`).
 
+pub mod jobs;
 pub mod keys;
 pub mod nodes;
 pub mod scripts;
+pub mod sessions;
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use deadpool_redis::{Pool, Runtime};
 use redis::{AsyncConnectionConfig, IntoConnectionInfo};
+use serde::Deserialize;
 use serde::de::DeserializeOwned;
 
 use crate::config::Config;
@@ -64,11 +67,99 @@ pub struct Store {
     pub keys: Keys,
     scripts: Scripts,
     metrics: Arc<Metrics>,
+    /// This instance's id: owner of the connections it registers (ARGV[2] of every script).
+    instance: String,
+    /// The configuration JSON every script decodes as CFG (ARGV[3]), built once.
+    script_cfg: String,
+}
+
+/// A message a script produced for a connection (node or session).
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+pub struct Delivery {
+    /// `node` or `session`.
+    pub k: String,
+    pub id: String,
+    /// Instance that owns the target's connection.
+    pub owner: String,
+    /// The target's connection token; only that socket may receive it.
+    pub conn: Option<String>,
+    /// The message JSON (for `job_assign` without its `audio`).
+    pub msg: String,
+    /// 1-based index into the reply's blobs: the job audio to add as base64 `audio`.
+    pub blob: Option<usize>,
+}
+
+/// A script's typed reply plus what it asks to deliver.
+#[derive(Debug)]
+pub struct Output<T> {
+    pub reply: T,
+    pub out: Vec<Delivery>,
+    pub blobs: Vec<Vec<u8>>,
+}
+
+/// Arguments of one script call, starting with the shared context (ARGV[1..4]).
+pub struct Args(Vec<Vec<u8>>);
+
+impl Args {
+    pub fn s(mut self, v: impl ToString) -> Self {
+        self.0.push(v.to_string().into_bytes());
+        self
+    }
+
+    pub fn b(mut self, v: &[u8]) -> Self {
+        self.0.push(v.to_vec());
+        self
+    }
+
+    /// `k1, v1, k2, v2, ...` for a variable-length field list.
+    pub fn fields(mut self, f: &[(&'static str, String)]) -> Self {
+        for (k, v) in f {
+            self.0.push(k.as_bytes().to_vec());
+            self.0.push(v.clone().into_bytes());
+        }
+        self
+    }
+
+    pub fn all<I: IntoIterator<Item = String>>(mut self, items: I) -> Self {
+        self.0.extend(items.into_iter().map(String::into_bytes));
+        self
+    }
+}
+
+/// The timings and limits scripts read as CFG (see lua/includes/ctx.lua).
+fn script_config(cfg: &Config) -> String {
+    let j = &cfg.jobs;
+    let s = &cfg.session;
+    serde_json::json!({
+        "liveness": cfg.liveness_ms(),
+        "node_retention": cfg.node.offline_retention_ms,
+        "batch": cfg.sweep.batch,
+        "max_attempts": j.max_attempts,
+        "queue_wait": j.queue_wait_ms,
+        "queue_max": j.queue_max,
+        "scan": j.queue_scan,
+        "ack_timeout": j.ack_timeout_ms,
+        "run_timeout": j.run_timeout_ms,
+        "job_ttl": j.record_ttl_ms,
+        "choices": j.choices,
+        "sample": j.sample,
+        "affinity": u8::from(j.session_affinity),
+        "mna_ms": j.model_unavailable_ms,
+        "mna_per_min": j.model_unavailable_per_minute,
+        "session_ttl": s.idle_ttl_ms,
+        "pause": s.pause_ms,
+        "max_duration": s.max_duration_ms,
+        "max_bytes": s.max_buffer_bytes,
+        "playback_grace": s.playback_grace_ms,
+        "reorder": s.reorder_window_ms,
+        "max_ahead": s.max_index_ahead,
+    })
+    .to_string()
 }
 
 impl Store {
     /// Build the pool (no connection is made yet; Redis may come up later).
-    pub fn new(cfg: &Config, metrics: Arc<Metrics>) -> Result<Self, StoreError> {
+    pub fn new(cfg: &Config, instance: &str, metrics: Arc<Metrics>) -> Result<Self, StoreError> {
         let info =
             cfg.redis
                 .url
@@ -108,7 +199,19 @@ impl Store {
             keys: Keys::new(&cfg.cell_tag()),
             scripts: Scripts::new(),
             metrics,
+            instance: instance.to_string(),
+            script_cfg: script_config(cfg),
         })
+    }
+
+    /// Arguments starting with the shared context: prefix, instance, config, seed.
+    pub fn args(&self) -> Args {
+        Args(vec![
+            self.keys.prefix().as_bytes().to_vec(),
+            self.instance.as_bytes().to_vec(),
+            self.script_cfg.as_bytes().to_vec(),
+            rand::random::<u32>().to_string().into_bytes(),
+        ])
     }
 
     /// A pooled connection, or `Unavailable`.
@@ -119,13 +222,14 @@ impl Store {
             .map_err(|e| StoreError::Unavailable(e.to_string()))
     }
 
-    /// Run one script and decode its JSON reply.
+    /// Run one script: its reply is `[json, blob...]`; the JSON decodes into `T` and its
+    /// `out` list into deliveries.
     pub(crate) async fn run<T: DeserializeOwned>(
         &self,
         script: Script,
         keys: &[String],
-        args: &[String],
-    ) -> Result<T, StoreError> {
+        args: Args,
+    ) -> Result<Output<T>, StoreError> {
         let name = script.name();
         let started = Instant::now();
         let result = async {
@@ -134,17 +238,21 @@ impl Store {
             for k in keys {
                 inv.key(k);
             }
-            for a in args {
-                inv.arg(a);
+            for a in &args.0 {
+                inv.arg(a.as_slice());
             }
-            let raw: String = inv
+            let mut parts: Vec<Vec<u8>> = inv
                 .invoke_async(&mut conn)
                 .await
                 .map_err(|e| StoreError::from_redis(name, e))?;
-            serde_json::from_str(&raw).map_err(|e| StoreError::Reply {
-                script: name,
-                message: format!("{e}: {raw}"),
-            })
+            if parts.is_empty() {
+                return Err(StoreError::Reply {
+                    script: name,
+                    message: "empty reply".into(),
+                });
+            }
+            let blobs = parts.split_off(1);
+            decode_reply(name, &parts[0], blobs)
         }
         .await;
         let outcome = match &result {
@@ -202,6 +310,30 @@ impl Store {
             self.load_scripts().await
         }
     }
+}
+
+fn decode_reply<T: DeserializeOwned>(
+    script: &'static str,
+    json: &[u8],
+    blobs: Vec<Vec<u8>>,
+) -> Result<Output<T>, StoreError> {
+    #[derive(Deserialize)]
+    struct Out {
+        #[serde(default, deserialize_with = "lua_list")]
+        out: Vec<Delivery>,
+    }
+    let bad = |e: serde_json::Error| StoreError::Reply {
+        script,
+        message: format!("{e}: {}", String::from_utf8_lossy(json)),
+    };
+    let value: serde_json::Value = serde_json::from_slice(json).map_err(bad)?;
+    let out: Out = serde_json::from_value(value.clone()).map_err(bad)?;
+    let reply: T = serde_json::from_value(value).map_err(bad)?;
+    Ok(Output {
+        reply,
+        out: out.out,
+        blobs,
+    })
 }
 
 /// Serde helper for script replies: Lua's cjson encodes an empty table as `{}`, so a list

@@ -8,7 +8,7 @@ use std::collections::{BTreeMap, HashMap};
 
 use serde::Deserialize;
 
-use super::{Script, Store, StoreError, lua_list};
+use super::{Output, Script, Store, StoreError, lua_list};
 use crate::capabilities::Capabilities;
 
 /// Reply of `register.lua`.
@@ -66,7 +66,13 @@ pub struct OfflineNode {
 pub struct SweepReply {
     #[serde(deserialize_with = "lua_list")]
     pub offline: Vec<OfflineNode>,
-    /// The batch was full: more is due.
+    /// Jobs past their deadline handled (failed over or failed).
+    pub jobs: u32,
+    /// Timeout cuts made.
+    pub cuts: u32,
+    /// Sessions whose reorder window ended.
+    pub released: u32,
+    /// A batch was full: more is due.
     pub more: bool,
 }
 
@@ -95,13 +101,6 @@ pub fn capability_fields(caps: &Capabilities) -> Vec<(&'static str, String)> {
     ]
 }
 
-fn push_fields(args: &mut Vec<String>, fields: &[(&'static str, String)]) {
-    for (k, v) in fields {
-        args.push((*k).to_string());
-        args.push(v.clone());
-    }
-}
-
 impl Store {
     fn node_keys(&self, node_id: &str) -> Vec<String> {
         let k = &self.keys;
@@ -114,64 +113,53 @@ impl Store {
         ]
     }
 
-    /// `register.lua`: record capabilities, owner and connection token; join pools.
+    /// `register.lua`: record capabilities, owner and connection token; join pools; the
+    /// node's free capacity serves queued jobs (deliveries in the output).
     /// `extra` holds descriptive fields (version, hardware, capacity, ...).
-    #[allow(clippy::too_many_arguments)]
     pub async fn register(
         &self,
         node_id: &str,
         minted: bool,
         conn: &str,
-        instance: &str,
-        liveness_ms: u64,
-        retention_ms: u64,
         caps: &Capabilities,
         extra: &[(&'static str, String)],
-    ) -> Result<RegisterReply, StoreError> {
+    ) -> Result<Output<RegisterReply>, StoreError> {
         let mut fields = capability_fields(caps);
         fields.extend_from_slice(extra);
-        let mut args = vec![
-            self.keys.prefix().to_string(),
-            node_id.to_string(),
-            if minted { "1" } else { "0" }.to_string(),
-            conn.to_string(),
-            instance.to_string(),
-            liveness_ms.to_string(),
-            retention_ms.to_string(),
-            caps.signature(),
-            fields.len().to_string(),
-        ];
-        push_fields(&mut args, &fields);
-        args.extend(caps.pools());
-        self.run(Script::Register, &self.node_keys(node_id), &args)
+        let args = self
+            .args()
+            .s(node_id)
+            .s(if minted { "1" } else { "0" })
+            .s(conn)
+            .s(caps.signature())
+            .s(fields.len())
+            .fields(&fields)
+            .all(caps.pools());
+        self.run(Script::Register, &self.node_keys(node_id), args)
             .await
     }
 
-    /// `heartbeat.lua`: refresh liveness, store load, apply capability changes.
+    /// `heartbeat.lua`: refresh liveness, store load, apply capability changes, offer
+    /// free capacity to queued jobs.
     pub async fn heartbeat(
         &self,
         node_id: &str,
         conn: &str,
-        liveness_ms: u64,
-        retention_ms: u64,
         caps: &Capabilities,
         load: &[(&'static str, String)],
-    ) -> Result<HeartbeatReply, StoreError> {
+    ) -> Result<Output<HeartbeatReply>, StoreError> {
         let cap_fields = capability_fields(caps);
-        let mut args = vec![
-            self.keys.prefix().to_string(),
-            node_id.to_string(),
-            conn.to_string(),
-            liveness_ms.to_string(),
-            retention_ms.to_string(),
-            caps.signature(),
-            load.len().to_string(),
-            cap_fields.len().to_string(),
-        ];
-        push_fields(&mut args, load);
-        push_fields(&mut args, &cap_fields);
-        args.extend(caps.pools());
-        self.run(Script::Heartbeat, &self.node_keys(node_id), &args)
+        let args = self
+            .args()
+            .s(node_id)
+            .s(conn)
+            .s(caps.signature())
+            .s(load.len())
+            .s(cap_fields.len())
+            .fields(load)
+            .fields(&cap_fields)
+            .all(caps.pools());
+        self.run(Script::Heartbeat, &self.node_keys(node_id), args)
             .await
     }
 
@@ -181,31 +169,25 @@ impl Store {
         node_id: &str,
         conn: &str,
         grace_ms: u64,
-        retention_ms: u64,
         reason: &str,
-    ) -> Result<OfflineReply, StoreError> {
-        let args = [
-            self.keys.prefix().to_string(),
-            node_id.to_string(),
-            conn.to_string(),
-            grace_ms.to_string(),
-            retention_ms.to_string(),
-            reason.to_string(),
-        ];
-        self.run(Script::NodeOffline, &self.node_keys(node_id), &args)
+    ) -> Result<Output<OfflineReply>, StoreError> {
+        let args = self.args().s(node_id).s(conn).s(grace_ms).s(reason);
+        self.run(Script::NodeOffline, &self.node_keys(node_id), args)
             .await
     }
 
-    /// `sweep.lua`: handle due node deadlines (at most `batch`).
-    pub async fn sweep(&self, batch: u32, retention_ms: u64) -> Result<SweepReply, StoreError> {
+    /// `sweep.lua`: handle due deadlines (nodes, jobs, pause cuts, reorder windows).
+    pub async fn sweep(&self) -> Result<Output<SweepReply>, StoreError> {
         let k = &self.keys;
-        let keys = [k.nodes_live(), k.nodes_index(), k.pools_index()];
-        let args = [
-            k.prefix().to_string(),
-            batch.to_string(),
-            retention_ms.to_string(),
+        let keys = [
+            k.nodes_live(),
+            k.nodes_index(),
+            k.pools_index(),
+            k.due("jobs"),
+            k.due("audio"),
+            k.due("reorder"),
         ];
-        self.run(Script::Sweep, &keys, &args).await
+        self.run(Script::Sweep, &keys, self.args()).await
     }
 
     /// One node's record, if it exists.

@@ -7,50 +7,57 @@
 
 use redis::Script as RedisScript;
 
-/// One entry per `lua/*.lua`; the name is the metric label and the file name.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum Script {
-    Register,
-    Heartbeat,
-    NodeOffline,
-    Sweep,
-}
+/// Declares the `Script` enum from one table: variant, file name (= metric label).
+macro_rules! scripts {
+    ($($variant:ident => $file:literal),+ $(,)?) => {
+        /// One entry per `lua/*.lua`; the name is the metric label and the file name.
+        #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+        pub enum Script { $($variant),+ }
 
-impl Script {
-    pub const ALL: [Script; 4] = [
-        Script::Register,
-        Script::Heartbeat,
-        Script::NodeOffline,
-        Script::Sweep,
-    ];
+        impl Script {
+            pub const ALL: &'static [Script] = &[$(Script::$variant),+];
 
-    pub fn name(self) -> &'static str {
-        match self {
-            Script::Register => "register",
-            Script::Heartbeat => "heartbeat",
-            Script::NodeOffline => "node_offline",
-            Script::Sweep => "sweep",
+            pub fn name(self) -> &'static str {
+                match self { $(Script::$variant => $file),+ }
+            }
+
+            fn source(self) -> &'static str {
+                match self { $(Script::$variant => include_str!(concat!("../../lua/", $file, ".lua"))),+ }
+            }
         }
-    }
+    };
+}
 
-    fn source(self) -> &'static str {
-        match self {
-            Script::Register => include_str!("../../lua/register.lua"),
-            Script::Heartbeat => include_str!("../../lua/heartbeat.lua"),
-            Script::NodeOffline => include_str!("../../lua/node_offline.lua"),
-            Script::Sweep => include_str!("../../lua/sweep.lua"),
+scripts! {
+    Register => "register",
+    Heartbeat => "heartbeat",
+    NodeOffline => "node_offline",
+    Sweep => "sweep",
+    SessionOpen => "session_open",
+    SessionTouch => "session_touch",
+    SessionClose => "session_close",
+    AudioAppend => "audio_append",
+    Submit => "submit",
+    JobAck => "job_ack",
+    JobResult => "job_result",
+    JobPartial => "job_partial",
+}
+
+/// Shared fragments of `lua/includes/`, inlined where a script says `--!include NAME`.
+macro_rules! includes {
+    ($($name:literal),+ $(,)?) => {
+        fn include(name: &str) -> Option<&'static str> {
+            match name {
+                $($name => Some(include_str!(concat!("../../lua/includes/", $name, ".lua"))),)+
+                _ => None,
+            }
         }
-    }
+    };
 }
 
-fn include(name: &str) -> Option<&'static str> {
-    Some(match name {
-        "time" => include_str!("../../lua/includes/time.lua"),
-        "pools" => include_str!("../../lua/includes/pools.lua"),
-        "offline" => include_str!("../../lua/includes/offline.lua"),
-        _ => return None,
-    })
-}
+includes!(
+    "ctx", "pools", "deliver", "results", "dispatch", "offline", "submit", "cut"
+);
 
 /// Inline every `--!include NAME` line. Panics only on a missing include, which is a
 /// build-time mistake caught by the unit test below.
@@ -86,13 +93,8 @@ impl Scripts {
     }
 
     pub fn get(&self, s: Script) -> &RedisScript {
-        // ALL lists every variant, so the lookup cannot miss.
-        &self
-            .scripts
-            .iter()
-            .find(|(k, _)| *k == s)
-            .expect("every script is compiled")
-            .1
+        // `scripts` follows the declaration order of `Script`, so the index is the variant.
+        &self.scripts[s as usize].1
     }
 
     pub fn iter(&self) -> impl Iterator<Item = (Script, &RedisScript)> {
@@ -112,7 +114,7 @@ mod tests {
 
     #[test]
     fn every_script_expands_and_documents_its_contract() {
-        for s in Script::ALL {
+        for &s in Script::ALL {
             let text = expand(s.source());
             assert!(
                 !text.contains("--!include"),

@@ -66,6 +66,9 @@ pub struct Metrics {
     pub stale_messages: Family<KindLabels, Counter>,
     /// `node_error` reports by code.
     pub node_errors: Family<Detail, Counter>,
+    /// Messages scripts produced for connections, by target kind and outcome
+    /// (`sent`, `gone` = socket no longer here, `full` = send queue full, `remote`).
+    pub deliveries: Family<MessageLabels, Counter>,
     /// Nodes in the cell by state (read from Redis at scrape time).
     pub nodes: Family<StateLabels, Gauge>,
     /// Members of each pool (read from Redis at scrape time).
@@ -115,6 +118,12 @@ impl Metrics {
             "node_error reports by code",
             node_errors.clone(),
         );
+        let deliveries = Family::<MessageLabels, Counter>::default();
+        registry.register(
+            "deliveries",
+            "Messages delivered to connections",
+            deliveries.clone(),
+        );
         let nodes = Family::<StateLabels, Gauge>::default();
         registry.register("nodes", "Nodes in the cell by state", nodes.clone());
         let pool_nodes = Family::<PoolLabels, Gauge>::default();
@@ -128,6 +137,7 @@ impl Metrics {
             messages_rejected,
             stale_messages,
             node_errors,
+            deliveries,
             nodes,
             pool_nodes,
         }
@@ -141,6 +151,10 @@ impl Metrics {
         self.messages_rejected
             .get_or_create(&msg(kind, detail))
             .inc();
+    }
+
+    pub fn delivery(&self, kind: &str, outcome: &str) {
+        self.deliveries.get_or_create(&msg(kind, outcome)).inc();
     }
 
     pub fn stale(&self, kind: &str) {

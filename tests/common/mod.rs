@@ -20,7 +20,10 @@ pub use ws::WsClient;
 /// Fast timings so liveness and sweeps happen within a test: heartbeat 300 ms,
 /// liveness 900 ms, sweep every 50 ms, disconnect grace 400 ms.
 pub fn test_config(redis_url: &str) -> Config {
-    let mut cfg = Config { listen: "127.0.0.1:0".into(), ..Config::default() };
+    let mut cfg = Config {
+        listen: "127.0.0.1:0".into(),
+        ..Config::default()
+    };
     cfg.redis.url = redis_url.into();
     cfg.redis.timeout_ms = 500;
     cfg.node.heartbeat_interval_ms = 300;

@@ -1,0 +1,70 @@
+-- The call context every script shares (ARGV[1..4]); op-specific arguments start at ARGV[5].
+--   ARGV[1] key prefix "{tag}:"  (every derived key shares the cell's hash tag)
+--   ARGV[2] calling instance id  (messages for its own connections are returned to it)
+--   ARGV[3] configuration JSON   (timings and limits, see src/store/mod.rs ScriptConfig)
+--   ARGV[4] random seed          (Redis' Lua PRNG repeats its sequence after a restart)
+local P = ARGV[1]
+local ME = ARGV[2]
+local CFG = cjson.decode(ARGV[3])
+math.randomseed(tonumber(ARGV[4]))
+local t = redis.call('TIME')
+local NOW = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local OUT = {}    -- messages for connections: {k=kind, id=, owner=, conn=, msg=json, blob=n?}
+local BLOBS = {}  -- binary payloads the messages refer to (job audio), returned after the JSON
+
+local function hgetall(key)
+  local r = redis.call('HGETALL', key)
+  local h = {}
+  for i = 1, #r, 2 do h[r[i]] = r[i + 1] end
+  return h
+end
+
+-- csv_has("a,b,c", "b") -> true
+local function csv_has(csv, item)
+  if not csv or csv == '' then return false end
+  return string.find(',' .. csv .. ',', ',' .. item .. ',', 1, true) ~= nil
+end
+
+local function node_key(id) return P .. 'node:' .. id end
+local function job_key(id) return P .. 'job:' .. id end
+local function session_key(id) return P .. 'session:' .. id end
+
+-- The reply: JSON of `r` plus the deliveries, then the blobs as further bulk strings.
+local function finish(r)
+  r.out = OUT
+  local reply = {cjson.encode(r)}
+  for _, b in ipairs(BLOBS) do reply[#reply + 1] = b end
+  return reply
+end
+
+-- touch_session(sid): activity keeps every key of a session alive for CFG.session_ttl.
+local function touch_session(sid)
+  local sk = session_key(sid)
+  redis.call('HSET', sk, 'last_active', NOW)
+  for _, k in ipairs({sk, sk .. ':jobs', sk .. ':results', sk .. ':pending', sk .. ':audio'}) do
+    redis.call('PEXPIRE', k, CFG.session_ttl)
+  end
+end
+
+-- session_for(sid, conn): the session record if `conn` owns it, else nil and a reason.
+local function session_for(sid, conn)
+  local sess = hgetall(session_key(sid))
+  if not sess.id then return nil, 'missing' end
+  if sess.conn ~= conn then return nil, 'stale' end
+  return sess
+end
+
+-- job_for(jid, attempt, nid, conn): fencing of everything a node says about a job: the
+-- job's current attempt, on the node it was given to, from the connection that owns that
+-- node now. Returns the job, or nil and why it is stale.
+local function job_for(jid, attempt, nid, conn)
+  local job = hgetall(job_key(jid))
+  if not job.id then return nil, 'unknown_job' end
+  if attempt and job.attempt ~= attempt then return nil, 'stale_attempt' end
+  if job.node ~= nid then return nil, 'wrong_node' end
+  if redis.call('HGET', node_key(nid), 'conn') ~= conn then return nil, 'stale_connection' end
+  if job.state ~= 'DISPATCHED' and job.state ~= 'ACCEPTED' and job.state ~= 'RUNNING' then
+    return nil, 'not_running'
+  end
+  return job
+end

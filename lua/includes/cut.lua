@@ -1,0 +1,35 @@
+-- cut(sid, sess, reason): turn the session's audio buffer into one job.
+-- reason: manual (is_final), timeout (pause), max_duration, max_size, close.
+-- An empty buffer creates no job and does not use an utterance index. A max-duration or
+-- max-size cut keeps the turn (the next job of the turn goes to the same node); any other
+-- cut ends it. (Requires submit.)
+local function cut(sid, sess, reason)
+  local sk = session_key(sid)
+  local bk = sk .. ':audio'
+  redis.call('ZREM', P .. 'due:audio', sid)
+  local audio = redis.call('GET', bk)
+  local keeps_turn = reason == 'max_duration' or reason == 'max_size'
+  if not audio or #audio == 0 then
+    if not keeps_turn then redis.call('HSET', sk, 'turn_id', '', 'turn_node', '') end
+    return nil
+  end
+  redis.call('DEL', bk)
+  redis.call('HSET', sk, 'buf_ms', 0, 'buf_bytes', 0)
+  local idx = redis.call('HINCRBY', sk, 'next_index', 1) - 1
+  local turn = sess.turn_id
+  if not turn or turn == '' then
+    turn = sid .. '-t' .. redis.call('HINCRBY', sk, 'turn_seq', 1)
+    redis.call('HSET', sk, 'turn_id', turn, 'turn_node', '')
+    sess.turn_node = ''
+  end
+  local spec = cjson.decode(sess.spec)
+  spec.padding_ms = (reason == 'manual' or reason == 'close') and 280 or 220
+  if reason == 'manual' or reason == 'close' then spec.is_manual_cut = true end
+  if reason == 'timeout' then spec.is_timeout_triggered = true end
+  if keeps_turn then spec.is_max_duration_triggered = true end
+  local r = submit(sid, sess, idx, cjson.encode(spec), audio, {pools = sess.pools,
+    needs = sess.needs, pair = sess.pair, trace_id = sess.trace_id, turn_id = turn,
+    turn_node = sess.turn_node})
+  if not keeps_turn then redis.call('HSET', sk, 'turn_id', '', 'turn_node', '') end
+  return r
+end

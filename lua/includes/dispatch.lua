@@ -1,0 +1,223 @@
+-- Node choice, reservation and the job's terminal failure.
+-- A job record carries: pools (csv of "primary" or "primary|secondary" pool names, in order
+-- of preference: tenant pool first), needs (csv of service types), tried (csv of nodes
+-- that had an attempt), turn_node (node holding the turn's audio, if any).
+-- (Requires ctx, deliver, results.)
+
+-- release_node(jid, nid): give back the reservation, exactly once.
+local function release_node(jid, nid)
+  if not nid or nid == '' then return end
+  if redis.call('SREM', node_key(nid) .. ':jobs', jid) == 1 then
+    redis.call('HINCRBY', node_key(nid), 'reserved', -1)
+  end
+end
+
+-- load(nid, job, need_room): the node's load ratio if it may take `job`, else nil.
+local function load(nid, job, need_room)
+  if csv_has(job.tried, nid) then return nil end
+  local n = redis.call('HMGET', node_key(nid), 'state', 'reserved', 'capacity', 'services', 'deadline')
+  if n[1] ~= 'ready' or tonumber(n[5] or '0') < NOW then return nil end
+  local reserved, cap = tonumber(n[2] or '0'), tonumber(n[3] or '0')
+  if cap <= 0 or (need_room and reserved >= cap) then return nil end
+  for svc in string.gmatch(job.needs or '', '[^,]+') do
+    if not csv_has(n[4], svc) then return nil end
+    local down = redis.call('HGET', node_key(nid), 'down:' .. svc)
+    if down and tonumber(down) > NOW then return nil end
+  end
+  return reserved / cap
+end
+
+-- in_secondary(nid, entry): two-way jobs need the reverse pair too.
+local function split_entry(entry)
+  local bar = string.find(entry, '|', 1, true)
+  if bar then return string.sub(entry, 1, bar - 1), string.sub(entry, bar + 1) end
+  return entry, nil
+end
+
+-- pick(job): a node with room, or nil. Turn affinity, then session affinity, then
+-- power-of-k-choices among eligible members of the first pool that has any.
+-- Second result: 'turn' when the job must wait for its turn's node.
+local function pick(job)
+  if job.turn_node and job.turn_node ~= '' then
+    if load(job.turn_node, job, true) then return job.turn_node end
+    if load(job.turn_node, job, false) then return nil, 'turn' end
+  end
+  if CFG.affinity == 1 and job.last_node and job.last_node ~= '' then
+    if load(job.last_node, job, true) then return job.last_node end
+  end
+  for entry in string.gmatch(job.pools or '', '[^,]+') do
+    local pool, second = split_entry(entry)
+    local pk = P .. 'pool:' .. pool
+    local members
+    if redis.call('SCARD', pk) <= CFG.sample * 4 then
+      members = redis.call('SMEMBERS', pk)
+    else
+      members = redis.call('SRANDMEMBER', pk, CFG.sample)
+    end
+    for round = 1, 2 do
+      local fit = {}
+      for _, nid in ipairs(members) do
+        if not second or redis.call('SISMEMBER', P .. 'pool:' .. second, nid) == 1 then
+          local l = load(nid, job, true)
+          if l then fit[#fit + 1] = {nid, l} end
+        end
+      end
+      if #fit > 0 then
+        local best = nil
+        for _ = 1, math.min(CFG.choices, #fit) do
+          local c = fit[math.random(#fit)]
+          if not best or c[2] < best[2] then best = c end
+        end
+        return best[1]
+      end
+      if round == 1 and #members < redis.call('SCARD', pk) then
+        members = redis.call('SMEMBERS', pk) -- the sample missed: look at everyone
+      else
+        break
+      end
+    end
+  end
+  return nil
+end
+
+-- servable(job): is there any candidate node that never had this job (so waiting makes
+-- sense)? Stops at the first one found.
+local function servable(job)
+  for entry in string.gmatch(job.pools or '', '[^,]+') do
+    local pool = split_entry(entry)
+    local pk = P .. 'pool:' .. pool
+    if redis.call('SCARD', pk) > 0 then
+      if not job.tried or job.tried == '' then return true end
+      for _, nid in ipairs(redis.call('SMEMBERS', pk)) do
+        if not csv_has(job.tried, nid) then return true end
+      end
+    end
+  end
+  return false
+end
+
+-- fail(jid, job, code, message): terminal FAILED; the utterance gets its error.
+local function fail(jid, job, code, message)
+  redis.call('HSET', job_key(jid), 'state', 'FAILED', 'failure', code, 'failure_message', message,
+    'finished_at', NOW)
+  redis.call('ZREM', P .. 'due:jobs', jid)
+  redis.call('DEL', job_key(jid) .. ':audio')
+  redis.call('PEXPIRE', job_key(jid), CFG.job_ttl)
+  job.state = 'FAILED'
+  ui_event(job, 'ERROR', 'error', code)
+  settle(job.session, job.idx, error_msg(job, code, message))
+end
+
+-- assign(jid, job, nid): reserve a slot on nid and send job_assign (attempt + 1).
+local function assign(jid, job, nid)
+  local jk = job_key(jid)
+  redis.call('SADD', node_key(nid) .. ':jobs', jid)
+  redis.call('HINCRBY', node_key(nid), 'reserved', 1)
+  local attempt = redis.call('HINCRBY', jk, 'attempt', 1)
+  local acks = redis.call('HGET', node_key(nid), 'supports_ack') == '1'
+  local deadline = NOW + (acks and CFG.ack_timeout or CFG.run_timeout)
+  redis.call('HSET', jk, 'state', 'DISPATCHED', 'node', nid, 'dispatched_at', NOW,
+    'deadline', deadline, 'queue', '')
+  redis.call('ZADD', P .. 'due:jobs', deadline, jid)
+  redis.call('PEXPIRE', jk, CFG.job_ttl)
+  job.state, job.node, job.attempt = 'DISPATCHED', nid, attempt
+  local sk = session_key(job.session)
+  if job.turn_id and job.turn_id ~= '' and redis.call('HGET', sk, 'turn_id') == job.turn_id then
+    redis.call('HSET', sk, 'turn_node', nid)
+  end
+  if redis.call('EXISTS', sk) == 1 then redis.call('HSET', sk, 'last_node', nid) end
+  local spec = cjson.decode(job.spec)
+  spec.attempt_id = attempt
+  BLOBS[#BLOBS + 1] = redis.call('GET', jk .. ':audio') or ''
+  deliver('node', nid, cjson.encode(spec), #BLOBS)
+  ui_event(job, 'DISPATCHED', 'ok')
+end
+
+-- dispatch(jid, job, code, message): assign now, or wait in the first pool's queue, or fail
+-- at once with `code` when no node can ever serve it.
+local function dispatch(jid, job, code, message)
+  local nid, why = pick(job)
+  if nid then
+    assign(jid, job, nid)
+    return 'dispatched'
+  end
+  if not servable(job) then
+    fail(jid, job, code or 'NO_AVAILABLE_NODE',
+      message or ('no node serves ' .. (job.pair or 'this language pair')))
+    return 'failed'
+  end
+  local first = split_entry(string.match(job.pools, '[^,]+'))
+  local qk = P .. 'queue:' .. first
+  if redis.call('LLEN', qk) >= CFG.queue_max then
+    fail(jid, job, 'NO_AVAILABLE_NODE', 'every node is busy and the queue is full')
+    return 'failed'
+  end
+  redis.call('RPUSH', qk, jid)
+  local deadline = NOW + CFG.queue_wait
+  redis.call('HSET', job_key(jid), 'state', 'QUEUED', 'queue', first, 'queued_at', NOW,
+    'deadline', deadline, 'node', '')
+  redis.call('ZADD', P .. 'due:jobs', deadline, jid)
+  job.state = 'QUEUED'
+  return 'queued'
+end
+
+-- offer(nid): hand the node's free capacity to jobs waiting in its pools' queues.
+local function offer(nid)
+  local n = redis.call('HMGET', node_key(nid), 'state', 'reserved', 'capacity')
+  if n[1] ~= 'ready' then return end
+  local room = tonumber(n[3] or '0') - tonumber(n[2] or '0')
+  if room <= 0 then return end
+  for _, pool in ipairs(redis.call('SMEMBERS', node_key(nid) .. ':pools')) do
+    local qk = P .. 'queue:' .. pool
+    for _, jid in ipairs(redis.call('LRANGE', qk, 0, CFG.scan - 1)) do
+      local job = hgetall(job_key(jid))
+      if job.state ~= 'QUEUED' then
+        redis.call('LREM', qk, 1, jid) -- stale entry
+      else
+        local ok = load(nid, job, true) ~= nil
+        if ok and job.turn_node and job.turn_node ~= '' and job.turn_node ~= nid
+            and load(job.turn_node, job, false) then
+          ok = false -- its turn's node is alive: it waits for that one
+        end
+        if ok then
+          for entry in string.gmatch(job.pools, '[^,]+') do
+            local p, second = split_entry(entry)
+            if p == pool and second and redis.call('SISMEMBER', P .. 'pool:' .. second, nid) == 0 then
+              ok = false
+            end
+          end
+        end
+        if ok then
+          redis.call('LREM', qk, 1, jid)
+          assign(jid, job, nid)
+          room = room - 1
+          if room <= 0 then return end
+        end
+      end
+    end
+  end
+end
+
+-- failover(jid, job, code, cancel): the current attempt is over without a result. Release,
+-- cancel it on the old node (best-effort), and re-dispatch to a node that never had it,
+-- or fail the utterance when attempts are used up.
+local function failover(jid, job, code, message, cancel)
+  local old = job.node
+  release_node(jid, old)
+  redis.call('ZREM', P .. 'due:jobs', jid)
+  if old and old ~= '' then
+    if cancel then
+      deliver('node', old, cjson.encode({type = 'job_cancel', job_id = jid,
+        trace_id = job.trace_id, reason = string.lower(code)}))
+    end
+    job.tried = (job.tried and job.tried ~= '') and (job.tried .. ',' .. old) or old
+    redis.call('HSET', job_key(jid), 'tried', job.tried, 'node', '')
+    redis.call('HINCRBY', job_key(jid), 'failovers', 1)
+  end
+  if tonumber(job.attempt or '0') >= CFG.max_attempts then
+    fail(jid, job, code, message)
+  else
+    dispatch(jid, job, code, message)
+  end
+  if old and old ~= '' then offer(old) end
+end

@@ -1,0 +1,84 @@
+-- Ordered, exactly-once delivery of terminal messages per utterance index.
+-- Per session: results hash (index -> terminal message JSON), pending zset (settled but not
+-- yet delivered), and the cursor `next_deliver` = lowest index not delivered yet.
+-- A result waits for an unfinished earlier index at most CFG.reorder ms (due:reorder);
+-- then everything held is released, and an index that has no job at all gets
+-- missing_result (gap_timeout). A late index is delivered the moment it settles.
+
+local function session_keys(sid)
+  local sk = session_key(sid)
+  return sk, sk .. ':results', sk .. ':pending', sk .. ':jobs'
+end
+
+local function deliver_index(sid, rk, pk, idx)
+  local msg = redis.call('HGET', rk, idx)
+  redis.call('ZREM', pk, idx)
+  if msg then deliver('session', sid, msg) end
+end
+
+local function missing_msg(sid, idx)
+  return cjson.encode({type = 'missing_result', session_id = sid, utterance_index = idx,
+    reason = 'gap_timeout', created_at_ms = NOW})
+end
+
+-- release(sid, force): deliver what is deliverable; force = the reorder window is over.
+local function release(sid, force)
+  local sk, rk, pk, jk = session_keys(sid)
+  local cursor = tonumber(redis.call('HGET', sk, 'next_deliver') or '0')
+  local function advance()
+    local steps = 0
+    while steps < 10000 do
+      steps = steps + 1
+      if redis.call('ZSCORE', pk, cursor) then
+        deliver_index(sid, rk, pk, cursor)
+        cursor = cursor + 1
+      elseif redis.call('HEXISTS', rk, cursor) == 1 then
+        cursor = cursor + 1 -- delivered earlier, out of order
+      else
+        break
+      end
+    end
+  end
+  advance()
+  if force and redis.call('ZCARD', pk) > 0 then
+    local last = tonumber(redis.call('ZRANGE', pk, -1, -1)[1])
+    local g = cursor
+    -- bounded: indices are validated on submit to stay within CFG.max_ahead of the cursor
+    while g <= last do
+      if redis.call('ZSCORE', pk, g) then
+        deliver_index(sid, rk, pk, g)
+      elseif redis.call('HEXISTS', rk, g) == 0 and redis.call('HEXISTS', jk, g) == 0 then
+        local m = missing_msg(sid, g)
+        redis.call('HSET', rk, g, m)
+        deliver('session', sid, m)
+      end
+      g = g + 1
+    end
+    advance()
+  end
+  redis.call('HSET', sk, 'next_deliver', cursor)
+  if redis.call('ZCARD', pk) > 0 then
+    redis.call('ZADD', P .. 'due:reorder', 'NX', NOW + CFG.reorder, sid)
+  else
+    redis.call('ZREM', P .. 'due:reorder', sid)
+  end
+end
+
+-- settle(sid, idx, msg): the one terminal message of utterance idx. Returns false if the
+-- index was settled already (never a second terminal message) or the session is gone.
+local function settle(sid, idx, msg)
+  local sk, rk, pk = session_keys(sid)
+  if redis.call('EXISTS', sk) == 0 then return false end
+  if redis.call('HSETNX', rk, idx, msg) == 0 then return false end
+  redis.call('ZADD', pk, idx, idx)
+  release(sid, false)
+  return true
+end
+
+-- error_msg: the terminal `error` for one utterance.
+local function error_msg(job, code, message)
+  return cjson.encode({type = 'error', code = code, message = message,
+    session_id = job.session, utterance_index = tonumber(job.idx), job_id = job.id,
+    trace_id = job.trace_id,
+    details = {utterance_index = tonumber(job.idx), job_id = job.id}})
+end

@@ -1,0 +1,40 @@
+-- submit(sid, sess, idx, spec, audio, meta): create the job of utterance `idx` and dispatch
+-- it. Idempotent on (session, idx): a repeat returns the existing job and changes nothing.
+--   spec  job_assign JSON without job_id/attempt_id/audio (built by Rust or from the session)
+--   meta  {pools=, needs=, pair=, trace_id=, turn_id=, turn_node=}
+-- Returns {status='created'|'duplicate'|'settled', job_id=, dispatch=}.
+-- (Requires ctx, deliver, results, dispatch.)
+local function submit(sid, sess, idx, spec, audio, meta)
+  local sk = session_key(sid)
+  local existing = redis.call('HGET', sk .. ':jobs', idx)
+  if existing then return {status = 'duplicate', job_id = existing} end
+  if redis.call('HEXISTS', sk .. ':results', idx) == 1
+      or idx < tonumber(sess.next_deliver or '0') then
+    return {status = 'settled'}
+  end
+  local jid = 'job-' .. sess.nonce .. '-' .. idx
+  local s = cjson.decode(spec)
+  s.type = 'job_assign'
+  s.job_id = jid
+  s.session_id = sid
+  s.utterance_index = idx
+  s.trace_id = meta.trace_id
+  if meta.turn_id and meta.turn_id ~= '' then s.turn_id = meta.turn_id end
+  local job = {id = jid, session = sid, idx = idx, state = 'CREATED', attempt = 0, tried = '',
+    pools = meta.pools, needs = meta.needs, pair = meta.pair, trace_id = meta.trace_id,
+    turn_id = meta.turn_id or '', turn_node = meta.turn_node or '',
+    last_node = sess.last_node or '', created_at = NOW, spec = cjson.encode(s)}
+  local fields = {}
+  for k, v in pairs(job) do
+    fields[#fields + 1] = k
+    fields[#fields + 1] = v
+  end
+  local jk = job_key(jid)
+  redis.call('HSET', jk, unpack(fields))
+  redis.call('PEXPIRE', jk, CFG.job_ttl)
+  redis.call('SET', jk .. ':audio', audio, 'PX', CFG.job_ttl)
+  redis.call('HSET', sk .. ':jobs', idx, jid)
+  redis.call('PEXPIRE', sk .. ':jobs', CFG.session_ttl)
+  local d = dispatch(jid, job)
+  return {status = 'created', job_id = jid, dispatch = d}
+end

@@ -1,0 +1,36 @@
+--[[ submit: a client's pre-cut `utterance` becomes one job: idempotency on
+(session, utterance_index) -> job hash + audio payload (TTL) -> candidate pools -> node
+choice (turn affinity, session affinity, power-of-k-choices over eligible nodes) ->
+reservation -> DISPATCHED with attempt and deadline; or a bounded wait in the pool queue;
+or an immediate NO_AVAILABLE_NODE when no node can ever serve the pair.
+Input:
+  KEYS[1] session hash
+  Derived: session jobs/results keys; job, job audio, node, pool, queue, due keys.
+  ARGV[1..4] ctx   ARGV[5] session id   ARGV[6] connection token   ARGV[7] utterance index
+  ARGV[8] job_assign template JSON (without job_id/attempt_id/audio)   ARGV[9] audio bytes
+  ARGV[10] pools csv ("primary" or "primary|reverse", preferred first)
+  ARGV[11] needed services csv   ARGV[12] pair label   ARGV[13] trace id
+Output: [JSON, blobs...]
+  {"status":"created","job_id":id,"dispatch":"dispatched"|"queued"|"failed"}
+  {"status":"duplicate","job_id":id}  resent utterance: nothing changed
+  {"status":"settled"}   the index already has its terminal message
+  {"status":"too_far"}   index beyond CFG.max_ahead of the delivery cursor
+  {"status":"missing"} | {"status":"stale"} | {"status":"closed"}
+]]
+--!include ctx
+--!include deliver
+--!include results
+--!include dispatch
+--!include submit
+
+local sid, idx = ARGV[5], tonumber(ARGV[7])
+local sess, why = session_for(sid, ARGV[6])
+if not sess then return finish({status = why}) end
+if sess.state ~= 'open' then return finish({status = 'closed'}) end
+if idx > tonumber(sess.next_deliver or '0') + CFG.max_ahead then
+  return finish({status = 'too_far'})
+end
+touch_session(sid)
+local r = submit(sid, sess, idx, ARGV[8], ARGV[9],
+  {pools = ARGV[10], needs = ARGV[11], pair = ARGV[12], trace_id = ARGV[13]})
+return finish(r)

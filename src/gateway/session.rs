@@ -1,0 +1,423 @@
+//! `/ws/session`: one client session, from `session_init` to close.
+//!
+//! The connection keeps only its session id and connection token; languages, cursors and
+//! the audio buffer live in Redis, so any instance can cut, dispatch and deliver for it.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::extract::State;
+use axum::extract::ws::{Message, WebSocket, WebSocketUpgrade};
+use axum::response::Response;
+use base64::Engine;
+use base64::engine::general_purpose::STANDARD as B64;
+use futures_util::StreamExt;
+use serde_json::json;
+use tokio::sync::mpsc;
+
+use super::{Kind, LocalConn, Outbound, close, socket};
+use crate::capabilities::{RouteRequest, route};
+use crate::protocol::session::{
+    JobSpec, Pipeline, SESSION_TYPES, SessionInbound, SessionInit, Utterance, estimate_ms,
+    unsupported,
+};
+use crate::protocol::{DecodeError, ErrorCode, ErrorMessage, decode, now_ms, valid_id};
+use crate::routing;
+use crate::server::App;
+use crate::store::StoreError;
+use crate::store::sessions::{NewJob, OpenReply, SessionReply, Touch};
+
+const KIND: &str = "session";
+
+pub async fn upgrade(ws: WebSocketUpgrade, State(app): State<Arc<App>>) -> Response {
+    let max = app.cfg.ws.max_frame_bytes;
+    ws.max_message_size(max)
+        .max_frame_size(max)
+        .on_upgrade(move |socket| serve(app, socket))
+}
+
+struct SessionConn {
+    app: Arc<App>,
+    tx: mpsc::Sender<Outbound>,
+    token: String,
+    /// Set by session_init: (session id, tenant).
+    session: Option<(String, Option<String>)>,
+}
+
+async fn serve(app: Arc<App>, ws: WebSocket) {
+    let gauge = app.metrics.connection_gauge(KIND);
+    gauge.inc();
+    let (tx, mut stream, writer) = socket::split(ws, app.cfg.ws.send_queue);
+    let mut shutdown = app.shutdown_signal();
+    let token = app.next_conn_token();
+    let mut conn = SessionConn {
+        app: app.clone(),
+        tx,
+        token,
+        session: None,
+    };
+    let hello = tokio::time::Instant::now() + Duration::from_millis(app.cfg.ws.hello_timeout_ms);
+    loop {
+        let next = tokio::select! {
+            n = stream.next() => n,
+            _ = tokio::time::sleep_until(hello), if conn.session.is_none() => {
+                conn.send(Outbound::Close(close::POLICY, "session_init expected".into()));
+                break;
+            }
+            _ = shutdown.changed() => {
+                conn.send(Outbound::Close(close::RESTARTING, "scheduler restarting".into()));
+                break;
+            }
+        };
+        match next {
+            None | Some(Ok(Message::Close(_))) => break,
+            Some(Err(e)) => {
+                if socket::is_too_big(&e) {
+                    app.metrics.rejected(KIND, "oversized");
+                    conn.send(Outbound::Close(close::TOO_BIG, "frame too large".into()));
+                }
+                break;
+            }
+            Some(Ok(Message::Text(text))) => conn.on_text(text.as_str()).await,
+            Some(Ok(Message::Binary(_))) => {
+                app.metrics.rejected(KIND, "binary");
+                conn.error(
+                    ErrorCode::InvalidMessage,
+                    "binary frames are not used; send JSON text",
+                );
+            }
+            Some(Ok(_)) => {}
+        }
+    }
+    if let Some((sid, _)) = &conn.session {
+        // The session stays in Redis (results keep arriving in its log) until it expires.
+        app.conns.unbind(Kind::Session, sid, &conn.token);
+    }
+    drop(conn);
+    let _ = tokio::time::timeout(Duration::from_secs(2), writer).await;
+    gauge.dec();
+}
+
+impl SessionConn {
+    fn send(&self, out: Outbound) {
+        let _ = self.tx.try_send(out);
+    }
+
+    fn send_json(&self, v: serde_json::Value) {
+        self.send(Outbound::Text(v.to_string()));
+    }
+
+    fn error(&self, code: ErrorCode, message: impl Into<String>) {
+        self.send(Outbound::Text(ErrorMessage::new(code, message).to_json()));
+    }
+
+    fn store_error(&self, e: &StoreError) {
+        match e {
+            StoreError::Unavailable(_) => self.error(
+                ErrorCode::SchedulerDependencyDown,
+                "scheduler state store unreachable",
+            ),
+            _ => self.error(ErrorCode::InternalError, "internal error"),
+        }
+    }
+
+    /// Map a reply about an existing session that is not a success to its error.
+    fn session_problem(&self, r: &SessionReply) -> bool {
+        match r {
+            SessionReply::Missing => {
+                self.error(ErrorCode::InvalidSession, "unknown or expired session")
+            }
+            SessionReply::Stale => self.error(
+                ErrorCode::InvalidSession,
+                "session is owned by another connection",
+            ),
+            SessionReply::Closed => self.error(ErrorCode::SessionClosed, "session is closed"),
+            _ => return false,
+        }
+        true
+    }
+
+    async fn on_text(&mut self, text: &str) {
+        let msg = match decode::<SessionInbound>(text, SESSION_TYPES) {
+            Ok(m) => m,
+            Err(DecodeError::UnknownType(t)) if unsupported(&t) => {
+                self.app.metrics.rejected(KIND, "unsupported");
+                return self.error(
+                    ErrorCode::UnsupportedFeature,
+                    format!("{t} is not supported by this scheduler"),
+                );
+            }
+            Err(e) => {
+                self.app.metrics.rejected(KIND, "invalid");
+                return self.error(ErrorCode::InvalidMessage, e.to_string());
+            }
+        };
+        if let SessionInbound::SessionInit(init) = msg {
+            self.app.metrics.message_in(KIND, "session_init");
+            return self.on_init(*init).await;
+        }
+        let Some((sid, tenant)) = self.session.clone() else {
+            return self.error(ErrorCode::InvalidSession, "send session_init first");
+        };
+        if msg.session_id().is_some_and(|s| s != sid) {
+            self.app.metrics.rejected(KIND, "foreign_session");
+            return self.error(
+                ErrorCode::InvalidSession,
+                format!("this connection serves session {sid}"),
+            );
+        }
+        let app = self.app.clone();
+        let result = match msg {
+            SessionInbound::SessionInit(_) => return,
+            SessionInbound::AudioChunk(c) => {
+                app.metrics.message_in(KIND, "audio_chunk");
+                let Ok(bytes) = B64.decode(c.payload.as_bytes()) else {
+                    return self.error(
+                        ErrorCode::InvalidMessage,
+                        "audio_chunk payload is not base64",
+                    );
+                };
+                let ms = estimate_ms("opus", bytes.len());
+                app.store
+                    .audio_append(&sid, &self.token, &bytes, c.is_final, ms)
+                    .await
+            }
+            SessionInbound::Utterance(u) => {
+                app.metrics.message_in(KIND, "utterance");
+                return self.on_utterance(&sid, tenant.as_deref(), *u).await;
+            }
+            SessionInbound::ClientHeartbeat(_) => {
+                app.metrics.message_in(KIND, "client_heartbeat");
+                let r = app
+                    .store
+                    .session_touch(&sid, &self.token, Touch::Heartbeat)
+                    .await;
+                if let Ok(out) = &r
+                    && matches!(out.reply, SessionReply::Ok { .. })
+                {
+                    self.send_json(json!({"type": "server_heartbeat", "session_id": sid, "timestamp": now_ms()}));
+                }
+                r
+            }
+            SessionInbound::TtsStarted(_) => {
+                app.metrics.message_in(KIND, "tts_started");
+                app.store
+                    .session_touch(&sid, &self.token, Touch::TtsStarted)
+                    .await
+            }
+            SessionInbound::TtsPlayEnded(_) => {
+                app.metrics.message_in(KIND, "tts_play_ended");
+                app.store
+                    .session_touch(&sid, &self.token, Touch::TtsPlayEnded)
+                    .await
+            }
+            SessionInbound::SessionClose(_) => {
+                app.metrics.message_in(KIND, "session_close");
+                let r = app.store.session_close(&sid, &self.token).await;
+                match r {
+                    Ok(out) => {
+                        let reply = routing::deliver(&app, out);
+                        if !self.session_problem(&reply) {
+                            self.send_json(json!({"type": "session_close_ack", "session_id": sid}));
+                        }
+                        return;
+                    }
+                    Err(e) => Err(e),
+                }
+            }
+        };
+        match result {
+            Ok(out) => {
+                let reply = routing::deliver(&app, out);
+                self.session_problem(&reply);
+            }
+            Err(e) => self.store_error(&e),
+        }
+    }
+
+    async fn on_init(&mut self, init: SessionInit) {
+        if self.session.is_some() {
+            return self.error(
+                ErrorCode::InvalidMessage,
+                "session already initialised on this connection",
+            );
+        }
+        let tenant = init.tenant_id.clone().filter(|t| !t.is_empty());
+        if let Some(t) = &tenant
+            && !valid_id(t)
+        {
+            return self.error(
+                ErrorCode::InvalidMessage,
+                "tenant_id must be 1-64 of [A-Za-z0-9_.-]",
+            );
+        }
+        let two_way = init.options.mode.as_deref() == Some("two_way_auto");
+        let strict = tenant
+            .as_ref()
+            .is_some_and(|t| self.app.cfg.jobs.strict_tenants.contains(t));
+        let pipeline = Pipeline::default();
+        let r = match route(&RouteRequest {
+            tenant: tenant.as_deref(),
+            strict,
+            two_way,
+            src: &init.src_lang,
+            tgt: &init.tgt_lang,
+            lang_a: init.options.lang_a.as_deref(),
+            lang_b: init.options.lang_b.as_deref(),
+            use_asr: pipeline.use_asr,
+            use_nmt: pipeline.use_nmt,
+            use_tts: pipeline.use_tts,
+        }) {
+            Ok(r) => r,
+            Err(e) => return self.error(ErrorCode::InvalidMessage, e),
+        };
+        let spec = JobSpec {
+            src_lang: &init.src_lang,
+            tgt_lang: &init.tgt_lang,
+            pipeline,
+            audio_format: "opus",
+            sample_rate: 16_000,
+            options: &init.options,
+        };
+        let spec = serde_json::to_string(&spec).unwrap_or_else(|_| "{}".into());
+        let trace_id = init
+            .trace_id
+            .clone()
+            .filter(|t| !t.is_empty())
+            .unwrap_or_else(new_trace_id);
+        let fields: Vec<(&'static str, String)> = vec![
+            ("src", init.src_lang.clone()),
+            ("tgt", init.tgt_lang.clone()),
+            (
+                "mode",
+                init.options
+                    .mode
+                    .clone()
+                    .unwrap_or_else(|| "one_way".into()),
+            ),
+            ("tenant", tenant.clone().unwrap_or_default()),
+            ("pools", r.pools),
+            ("needs", r.needs),
+            ("pair", r.pair),
+            ("spec", spec),
+            ("trace_id", trace_id.clone()),
+            ("client_version", init.client_version.clone()),
+            ("platform", init.platform.clone()),
+        ];
+        let nonce = uuid::Uuid::new_v4().simple().to_string()[..12].to_string();
+        let app = self.app.clone();
+        for _ in 0..8 {
+            let sid = format!("s-{:08X}", rand::random::<u32>());
+            match app
+                .store
+                .session_open(&sid, true, &self.token, &nonce, &fields)
+                .await
+            {
+                Ok(out) => match routing::deliver(&app, out) {
+                    OpenReply::Taken => continue,
+                    OpenReply::Ok => {
+                        let me = LocalConn {
+                            token: self.token.clone(),
+                            tx: self.tx.clone(),
+                        };
+                        app.conns.bind(Kind::Session, &sid, me);
+                        self.session = Some((sid.clone(), tenant));
+                        return self.send_json(json!({
+                            "type": "session_init_ack",
+                            "session_id": sid,
+                            "message": "session created",
+                            "trace_id": trace_id,
+                            "protocol_version": "1.0",
+                            "use_binary_frame": false,
+                            "negotiated_codec": "opus",
+                            "negotiated_audio_format": "opus",
+                            "negotiated_sample_rate": 16000,
+                            "negotiated_channel_count": 1,
+                            "resumed": false,
+                        }));
+                    }
+                },
+                Err(e) => return self.store_error(&e),
+            }
+        }
+        self.error(ErrorCode::InternalError, "could not mint a free session id");
+    }
+
+    async fn on_utterance(&mut self, sid: &str, tenant: Option<&str>, u: Utterance) {
+        let Ok(audio) = B64.decode(u.audio.as_bytes()) else {
+            return self.error(ErrorCode::InvalidMessage, "utterance audio is not base64");
+        };
+        let pipeline = u.pipeline.unwrap_or_default();
+        let two_way = u.options.mode.as_deref() == Some("two_way_auto");
+        let strict =
+            tenant.is_some_and(|t| self.app.cfg.jobs.strict_tenants.iter().any(|s| s == t));
+        let r = match route(&RouteRequest {
+            tenant,
+            strict,
+            two_way,
+            src: &u.src_lang,
+            tgt: &u.tgt_lang,
+            lang_a: u.options.lang_a.as_deref(),
+            lang_b: u.options.lang_b.as_deref(),
+            use_asr: pipeline.use_asr,
+            use_nmt: pipeline.use_nmt,
+            use_tts: pipeline.use_tts,
+        }) {
+            Ok(r) => r,
+            Err(e) => return self.error(ErrorCode::InvalidMessage, e),
+        };
+        let format = u.audio_format.as_deref().unwrap_or("opus");
+        let mut spec = serde_json::to_value(JobSpec {
+            src_lang: &u.src_lang,
+            tgt_lang: &u.tgt_lang,
+            pipeline,
+            audio_format: format,
+            sample_rate: u.sample_rate.unwrap_or(16_000),
+            options: &u.options,
+        })
+        .unwrap_or_default();
+        if u.manual_cut {
+            spec["is_manual_cut"] = json!(true);
+        }
+        let trace_id = u
+            .trace_id
+            .clone()
+            .filter(|t| !t.is_empty())
+            .unwrap_or_else(new_trace_id);
+        let spec = spec.to_string();
+        let job = NewJob {
+            index: u.utterance_index,
+            spec: &spec,
+            audio: &audio,
+            pools: &r.pools,
+            needs: &r.needs,
+            pair: &r.pair,
+            trace_id: &trace_id,
+        };
+        let app = self.app.clone();
+        match app.store.submit(sid, &self.token, &job).await {
+            Ok(out) => match routing::deliver(&app, out) {
+                SessionReply::Settled => self.error(
+                    ErrorCode::InvalidMessage,
+                    format!(
+                        "utterance_index {} already has its outcome",
+                        u.utterance_index
+                    ),
+                ),
+                SessionReply::TooFar => self.error(
+                    ErrorCode::InvalidMessage,
+                    format!("utterance_index {} is too far ahead", u.utterance_index),
+                ),
+                other => {
+                    self.session_problem(&other);
+                }
+            },
+            Err(e) => self.store_error(&e),
+        }
+    }
+}
+
+/// A W3C-style trace id (32 lowercase hex) for requests that bring none.
+fn new_trace_id() -> String {
+    uuid::Uuid::new_v4().simple().to_string()
+}

@@ -1,0 +1,191 @@
+//! Session ↔ scheduler messages (PROTOCOL.md "Session ↔ scheduler").
+
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+use super::null_default;
+
+/// Every message type a session may send that Switchyard handles.
+pub const SESSION_TYPES: &[&str] = &[
+    "session_init",
+    "audio_chunk",
+    "utterance",
+    "client_heartbeat",
+    "session_close",
+    "tts_started",
+    "tts_play_ended",
+];
+
+/// Old-system features Switchyard answers with `UNSUPPORTED_FEATURE`.
+pub fn unsupported(kind: &str) -> bool {
+    kind.starts_with("room_") || kind.starts_with("webrtc_")
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum SessionInbound {
+    SessionInit(Box<SessionInit>),
+    AudioChunk(AudioChunk),
+    Utterance(Box<Utterance>),
+    ClientHeartbeat(SessionRef),
+    SessionClose(SessionRef),
+    TtsStarted(SessionRef),
+    TtsPlayEnded(SessionRef),
+}
+
+/// Fields a job takes from the session or the utterance, passed on in `job_assign`.
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+pub struct JobOptions {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dialect: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub features: Option<Value>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mode: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub lang_a: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub lang_b: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub auto_langs: Option<Vec<String>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub enable_streaming_asr: Option<bool>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub partial_update_interval_ms: Option<u64>,
+}
+
+#[derive(Debug, Deserialize)]
+pub struct SessionInit {
+    pub client_version: String,
+    pub platform: String,
+    pub src_lang: String,
+    pub tgt_lang: String,
+    #[serde(flatten)]
+    pub options: JobOptions,
+    #[serde(default)]
+    pub pairing_code: Option<String>,
+    #[serde(default)]
+    pub tenant_id: Option<String>,
+    #[serde(default)]
+    pub trace_id: Option<String>,
+    /// Switchyard extension: reattach to a live session after a reconnect.
+    #[serde(default)]
+    pub resume_session_id: Option<String>,
+    #[serde(default)]
+    pub last_received_index: Option<i64>,
+}
+
+#[derive(Debug, Deserialize)]
+pub struct AudioChunk {
+    #[serde(default)]
+    pub session_id: Option<String>,
+    #[serde(default)]
+    pub seq: Option<u64>,
+    #[serde(default, deserialize_with = "null_default")]
+    pub is_final: bool,
+    #[serde(default, deserialize_with = "null_default")]
+    pub payload: String,
+    #[serde(default)]
+    pub client_timestamp_ms: Option<u64>,
+}
+
+#[derive(Debug, Clone, Copy, Deserialize, Serialize)]
+pub struct Pipeline {
+    #[serde(default = "yes")]
+    pub use_asr: bool,
+    #[serde(default = "yes")]
+    pub use_nmt: bool,
+    #[serde(default = "yes")]
+    pub use_tts: bool,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub use_semantic: Option<bool>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub use_tone: Option<bool>,
+}
+
+fn yes() -> bool {
+    true
+}
+
+impl Default for Pipeline {
+    fn default() -> Self {
+        Self {
+            use_asr: true,
+            use_nmt: true,
+            use_tts: true,
+            use_semantic: None,
+            use_tone: None,
+        }
+    }
+}
+
+#[derive(Debug, Deserialize)]
+pub struct Utterance {
+    #[serde(default)]
+    pub session_id: Option<String>,
+    pub utterance_index: u64,
+    #[serde(default, deserialize_with = "null_default")]
+    pub manual_cut: bool,
+    pub src_lang: String,
+    pub tgt_lang: String,
+    pub audio: String,
+    #[serde(default)]
+    pub audio_format: Option<String>,
+    #[serde(default)]
+    pub sample_rate: Option<u32>,
+    #[serde(flatten)]
+    pub options: JobOptions,
+    #[serde(default)]
+    pub trace_id: Option<String>,
+    #[serde(default)]
+    pub pipeline: Option<Pipeline>,
+}
+
+/// Messages that only name their session (heartbeat, close, playback events).
+#[derive(Debug, Deserialize)]
+pub struct SessionRef {
+    #[serde(default)]
+    pub session_id: Option<String>,
+    #[serde(default)]
+    pub timestamp: Option<u64>,
+    #[serde(default)]
+    pub reason: Option<String>,
+}
+
+impl SessionInbound {
+    /// The `session_id` the message names (session_init names none).
+    pub fn session_id(&self) -> Option<&str> {
+        match self {
+            SessionInbound::SessionInit(_) => None,
+            SessionInbound::AudioChunk(m) => m.session_id.as_deref(),
+            SessionInbound::Utterance(m) => m.session_id.as_deref(),
+            SessionInbound::ClientHeartbeat(m)
+            | SessionInbound::SessionClose(m)
+            | SessionInbound::TtsStarted(m)
+            | SessionInbound::TtsPlayEnded(m) => m.session_id.as_deref(),
+        }
+    }
+}
+
+/// The job_assign template of a job: everything except job_id, attempt_id and audio.
+#[derive(Debug, Serialize)]
+pub struct JobSpec<'a> {
+    pub src_lang: &'a str,
+    pub tgt_lang: &'a str,
+    pub pipeline: Pipeline,
+    pub audio_format: &'a str,
+    pub sample_rate: u32,
+    #[serde(flatten)]
+    pub options: &'a JobOptions,
+}
+
+/// Estimated duration of an audio payload, for the cut rules: Opus ≈ 60 bytes per 20 ms
+/// frame; PCM16 at 16 kHz mono = 32 bytes per ms.
+pub fn estimate_ms(format: &str, bytes: usize) -> u64 {
+    let bytes = bytes as u64;
+    if format.eq_ignore_ascii_case("pcm16") || format.eq_ignore_ascii_case("pcm") {
+        bytes / 32
+    } else {
+        bytes * 20 / 60
+    }
+}

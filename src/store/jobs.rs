@@ -1,0 +1,99 @@
+//! Job operations a node drives: `job_ack` (ack / started), `job_result`, `job_partial`.
+//! All fenced in the script by (job id, attempt id), the node the attempt went to, and that
+//! node's current connection token.
+
+use serde::Deserialize;
+
+use super::{Output, Script, Store, StoreError};
+
+#[derive(Debug, Deserialize, PartialEq)]
+#[serde(tag = "status", rename_all = "snake_case")]
+pub enum FencedReply {
+    Ok {
+        state: Option<String>,
+    },
+    /// Stale or foreign: nothing changed. `reason` names the failed check.
+    Stale {
+        reason: String,
+    },
+}
+
+/// How an attempt ended, as the `job_result` script needs it.
+pub enum Outcome<'a> {
+    /// Success (empty results included): the translation_result JSON for the session.
+    Ok(&'a str),
+    /// MODEL_NOT_AVAILABLE for `service` (a service type such as `nmt`): fail over.
+    ModelNotAvailable { service: &'a str, message: &'a str },
+    /// Any other failure: the utterance fails with this code and message.
+    Error { code: &'a str, message: &'a str },
+}
+
+/// Who says something about an attempt.
+pub struct Attempt<'a> {
+    pub job_id: &'a str,
+    pub attempt_id: u32,
+    pub node_id: &'a str,
+    pub conn: &'a str,
+}
+
+impl Store {
+    /// `job_ack.lua`: `job_ack` (started = false) or `job_started` (started = true).
+    pub async fn job_ack(
+        &self,
+        a: &Attempt<'_>,
+        started: bool,
+    ) -> Result<Output<FencedReply>, StoreError> {
+        let keys = [self.keys.job(a.job_id), self.keys.due("jobs")];
+        let args = self
+            .args()
+            .s(a.job_id)
+            .s(a.attempt_id)
+            .s(a.node_id)
+            .s(a.conn)
+            .s(if started { "started" } else { "ack" });
+        self.run(Script::JobAck, &keys, args).await
+    }
+
+    /// `job_result.lua`: finish, fail over, or fail the attempt.
+    pub async fn job_result(
+        &self,
+        a: &Attempt<'_>,
+        outcome: &Outcome<'_>,
+    ) -> Result<Output<FencedReply>, StoreError> {
+        let keys = [self.keys.job(a.job_id), self.keys.due("jobs")];
+        let base = self
+            .args()
+            .s(a.job_id)
+            .s(a.attempt_id)
+            .s(a.node_id)
+            .s(a.conn);
+        let args = match outcome {
+            Outcome::Ok(msg) => base.s("ok").s(msg).s("").s(""),
+            Outcome::ModelNotAvailable { service, message } => {
+                base.s("model_not_available").s(message).s(service).s("")
+            }
+            Outcome::Error { code, message } => base.s("error").s(message).s("").s(code),
+        };
+        self.run(Script::JobResult, &keys, args).await
+    }
+
+    /// `job_partial.lua`: forward an `asr_partial` to the job's session.
+    pub async fn job_partial(
+        &self,
+        job_id: &str,
+        node_id: &str,
+        conn: &str,
+        text: &str,
+        is_final: bool,
+    ) -> Result<Output<FencedReply>, StoreError> {
+        let args = self
+            .args()
+            .s(job_id)
+            .s(node_id)
+            .s(conn)
+            .s(text)
+            .s(if is_final { "1" } else { "0" });
+        self.run(Script::JobPartial, &[self.keys.job(job_id)], args)
+            .await
+    }
+}

@@ -1,0 +1,165 @@
+//! Session operations: `session_open`, `session_touch`, `session_close`, `audio_append`,
+//! `submit`. Each is one script call; cuts and submissions dispatch inside the script.
+
+use serde::Deserialize;
+
+use super::{Output, Script, Store, StoreError};
+
+#[derive(Debug, Deserialize, PartialEq)]
+#[serde(tag = "status", rename_all = "snake_case")]
+pub enum OpenReply {
+    Taken,
+    Ok,
+}
+
+/// Replies shared by every operation on an existing session.
+#[derive(Debug, Deserialize, PartialEq)]
+#[serde(tag = "status", rename_all = "snake_case")]
+pub enum SessionReply {
+    Ok {
+        /// `audio_append`: the cut it made (manual, max_duration, max_size).
+        cut: Option<String>,
+        /// The job a cut or close created.
+        job_id: Option<String>,
+        /// dispatched | queued | failed.
+        dispatch: Option<String>,
+    },
+    /// `submit`: a new job.
+    Created { job_id: String, dispatch: String },
+    /// `submit`: the index has a job already; nothing changed.
+    Duplicate { job_id: String },
+    /// `submit`: the index already has its terminal message.
+    Settled,
+    /// `submit`: the index is too far ahead of the delivery cursor.
+    TooFar,
+    /// No such session (expired or never opened).
+    Missing,
+    /// Another connection owns the session.
+    Stale,
+    /// The session was closed.
+    Closed,
+}
+
+/// What the client did that keeps a session alive (`session_touch.lua`).
+#[derive(Debug, Clone, Copy)]
+pub enum Touch {
+    Heartbeat,
+    TtsStarted,
+    TtsPlayEnded,
+}
+
+impl Store {
+    /// `session_open.lua`: create the session record.
+    pub async fn session_open(
+        &self,
+        sid: &str,
+        minted: bool,
+        conn: &str,
+        nonce: &str,
+        fields: &[(&'static str, String)],
+    ) -> Result<Output<OpenReply>, StoreError> {
+        let args = self
+            .args()
+            .s(sid)
+            .s(if minted { "1" } else { "0" })
+            .s(conn)
+            .s(nonce)
+            .s(fields.len())
+            .fields(fields);
+        self.run(Script::SessionOpen, &[self.keys.session(sid)], args)
+            .await
+    }
+
+    /// `session_touch.lua`: heartbeat or playback event.
+    pub async fn session_touch(
+        &self,
+        sid: &str,
+        conn: &str,
+        what: Touch,
+    ) -> Result<Output<SessionReply>, StoreError> {
+        let event = match what {
+            Touch::Heartbeat => "heartbeat",
+            Touch::TtsStarted => "tts_started",
+            Touch::TtsPlayEnded => "tts_play_ended",
+        };
+        let keys = [self.keys.session(sid), self.keys.due("audio")];
+        self.run(
+            Script::SessionTouch,
+            &keys,
+            self.args().s(sid).s(conn).s(event),
+        )
+        .await
+    }
+
+    /// `session_close.lua`: flush the audio buffer, then refuse further audio.
+    pub async fn session_close(
+        &self,
+        sid: &str,
+        conn: &str,
+    ) -> Result<Output<SessionReply>, StoreError> {
+        let keys = [self.keys.session(sid), self.keys.due("audio")];
+        self.run(Script::SessionClose, &keys, self.args().s(sid).s(conn))
+            .await
+    }
+
+    /// `audio_append.lua`: buffer a chunk and apply the cut rules.
+    pub async fn audio_append(
+        &self,
+        sid: &str,
+        conn: &str,
+        payload: &[u8],
+        is_final: bool,
+        duration_ms: u64,
+    ) -> Result<Output<SessionReply>, StoreError> {
+        let keys = [
+            self.keys.session(sid),
+            self.keys.session_audio(sid),
+            self.keys.due("audio"),
+        ];
+        let args = self
+            .args()
+            .s(sid)
+            .s(conn)
+            .b(payload)
+            .s(if is_final { "1" } else { "0" })
+            .s(duration_ms);
+        self.run(Script::AudioAppend, &keys, args).await
+    }
+
+    /// `submit.lua`: one pre-cut utterance becomes one job (idempotent on the index).
+    pub async fn submit(
+        &self,
+        sid: &str,
+        conn: &str,
+        job: &NewJob<'_>,
+    ) -> Result<Output<SessionReply>, StoreError> {
+        let args = self
+            .args()
+            .s(sid)
+            .s(conn)
+            .s(job.index)
+            .s(job.spec)
+            .b(job.audio)
+            .s(job.pools)
+            .s(job.needs)
+            .s(job.pair)
+            .s(job.trace_id);
+        self.run(Script::Submit, &[self.keys.session(sid)], args)
+            .await
+    }
+}
+
+/// The parts of a submitted utterance the `submit` script needs.
+pub struct NewJob<'a> {
+    pub index: u64,
+    /// `job_assign` template JSON, without job_id, attempt_id and audio.
+    pub spec: &'a str,
+    pub audio: &'a [u8],
+    /// Candidate pools, csv, preferred first ("primary" or "primary|reverse").
+    pub pools: &'a str,
+    /// Service types the pipeline needs, csv.
+    pub needs: &'a str,
+    /// Human-readable pair for error messages.
+    pub pair: &'a str,
+    pub trace_id: &'a str,
+}
