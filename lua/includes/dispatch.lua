@@ -112,6 +112,7 @@ end
 local function assign(jid, job, nid)
   local jk = job_key(jid)
   redis.call('SADD', node_key(nid) .. ':jobs', jid)
+  redis.call('PEXPIRE', node_key(nid) .. ':jobs', CFG.liveness + CFG.node_retention)
   redis.call('HINCRBY', node_key(nid), 'reserved', 1)
   local attempt = redis.call('HINCRBY', jk, 'attempt', 1)
   local acks = redis.call('HGET', node_key(nid), 'supports_ack') == '1'

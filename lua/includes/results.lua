@@ -50,6 +50,7 @@ local function release(sid, force)
       elseif redis.call('HEXISTS', rk, g) == 0 and redis.call('HEXISTS', jk, g) == 0 then
         local m = missing_msg(sid, g)
         redis.call('HSET', rk, g, m)
+        redis.call('PEXPIRE', rk, CFG.session_ttl)
         deliver('session', sid, m)
       end
       g = g + 1
@@ -71,6 +72,8 @@ local function settle(sid, idx, msg)
   if redis.call('EXISTS', sk) == 0 then return false end
   if redis.call('HSETNX', rk, idx, msg) == 0 then return false end
   redis.call('ZADD', pk, idx, idx)
+  redis.call('PEXPIRE', rk, CFG.session_ttl)
+  redis.call('PEXPIRE', pk, CFG.session_ttl)
   release(sid, false)
   return true
 end

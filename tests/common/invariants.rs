@@ -3,7 +3,9 @@
 //! - pool membership is consistent both ways, and only nodes that can take work are in pools;
 //! - the pools index lists exactly the non-empty pools;
 //! - the liveness set holds only nodes that are not offline;
-//! - a node's reservations never exceed its capacity;
+//! - a node's reservations never exceed its capacity and equal the size of its active-job
+//!   set; every active job is in exactly one node's set, with a deadline;
+//! - every job is in exactly one state, and where that state says it is (queue, node, due);
 //! - every key has a TTL or is one of the owned kinds (pools, indexes) whose members are
 //!   removed by scripts — nothing grows without bound.
 
@@ -17,7 +19,12 @@ pub const PREFIX: &str = "{switchyard:main}:";
 /// Keys without TTL that are allowed: their members are owned by node records.
 fn owned_key(key: &str) -> bool {
     let rest = key.strip_prefix(PREFIX).unwrap_or(key);
-    rest == "pools" || rest == "nodes:live" || rest == "nodes:index" || rest.starts_with("pool:")
+    rest == "pools"
+        || rest == "nodes:live"
+        || rest == "nodes:index"
+        || rest.starts_with("pool:")
+        || rest.starts_with("queue:")
+        || rest.starts_with("due:")
 }
 
 async fn all_keys(c: &mut MultiplexedConnection) -> Vec<String> {
@@ -123,6 +130,29 @@ pub async fn check(c: &mut MultiplexedConnection) {
         if reserved < 0 || reserved > cap {
             bad.push(format!("node {n} reserved {reserved} of capacity {cap}"));
         }
+        let active: Vec<String> = c
+            .smembers(format!("{PREFIX}node:{n}:jobs"))
+            .await
+            .expect("smembers");
+        if active.len() as i64 != reserved {
+            bad.push(format!(
+                "node {n} reserved {reserved} but holds {} active jobs",
+                active.len()
+            ));
+        }
+        for j in &active {
+            let job: HashMap<String, String> = c
+                .hgetall(format!("{PREFIX}job:{j}"))
+                .await
+                .expect("hgetall");
+            let state = job.get("state").map(String::as_str).unwrap_or("missing");
+            if !ACTIVE.contains(&state) || job.get("node") != Some(n) {
+                bad.push(format!(
+                    "node {n} holds job {j} in state {state} on {:?}",
+                    job.get("node")
+                ));
+            }
+        }
         let live: Option<f64> = c
             .zscore(format!("{PREFIX}nodes:live"), n)
             .await
@@ -152,4 +182,74 @@ pub async fn check(c: &mut MultiplexedConnection) {
         "invariants violated:\n  {}",
         bad.join("\n  ")
     );
+}
+
+const ACTIVE: [&str; 3] = ["DISPATCHED", "ACCEPTED", "RUNNING"];
+const TERMINAL: [&str; 3] = ["FINISHED", "FAILED", "CANCELLED"];
+
+/// One job: exactly one known state, and present exactly where that state says.
+async fn check_job(c: &mut MultiplexedConnection, j: &str, bad: &mut Vec<String>) {
+    let job: HashMap<String, String> = c
+        .hgetall(format!("{PREFIX}job:{j}"))
+        .await
+        .expect("hgetall");
+    let state = job.get("state").cloned().unwrap_or_default();
+    let due: Option<f64> = c
+        .zscore(format!("{PREFIX}due:jobs"), j)
+        .await
+        .expect("zscore");
+    let node = job.get("node").cloned().unwrap_or_default();
+    if ACTIVE.contains(&state.as_str()) {
+        let held: bool = c
+            .sismember(format!("{PREFIX}node:{node}:jobs"), j)
+            .await
+            .expect("sismember");
+        if !held {
+            bad.push(format!(
+                "job {j} is {state} on {node:?}, which does not hold it"
+            ));
+        }
+        if due.is_none() {
+            bad.push(format!("job {j} is {state} without a deadline"));
+        }
+    } else if state == "QUEUED" {
+        let q = job.get("queue").cloned().unwrap_or_default();
+        let items: Vec<String> = c
+            .lrange(format!("{PREFIX}queue:{q}"), 0, -1)
+            .await
+            .expect("lrange");
+        let n = items.iter().filter(|x| x.as_str() == j).count();
+        if n != 1 {
+            bad.push(format!("queued job {j} appears {n} times in queue {q}"));
+        }
+        if due.is_none() {
+            bad.push(format!("queued job {j} has no deadline"));
+        }
+    } else if TERMINAL.contains(&state.as_str()) {
+        if due.is_some() {
+            bad.push(format!("{state} job {j} still has a deadline"));
+        }
+    } else {
+        bad.push(format!("job {j} in unknown state {state:?}"));
+    }
+    if !ACTIVE.contains(&state.as_str()) {
+        // no node may hold it
+        let tried = job.get("tried").cloned().unwrap_or_default();
+        for n in tried
+            .split(',')
+            .filter(|s| !s.is_empty())
+            .chain(std::iter::once(node.as_str()))
+        {
+            if n.is_empty() {
+                continue;
+            }
+            let held: bool = c
+                .sismember(format!("{PREFIX}node:{n}:jobs"), j)
+                .await
+                .expect("sismember");
+            if held {
+                bad.push(format!("{state} job {j} is still reserved on {n}"));
+            }
+        }
+    }
 }

@@ -4,6 +4,7 @@
 
 #![allow(dead_code)]
 
+pub mod actors;
 pub mod invariants;
 pub mod redis_server;
 pub mod ws;
@@ -31,7 +32,21 @@ pub fn test_config(redis_url: &str) -> Config {
     cfg.node.offline_retention_ms = 5_000;
     cfg.sweep.interval_ms = 50;
     cfg.ws.max_frame_bytes = 64 * 1024;
+    cfg.session.pause_ms = 300;
+    cfg.session.reorder_window_ms = 400;
+    cfg.session.max_duration_ms = 10_000;
+    cfg.jobs.run_timeout_ms = 3_000;
+    cfg.jobs.ack_timeout_ms = 1_000;
+    cfg.jobs.queue_wait_ms = 1_500;
+    cfg.jobs.record_ttl_ms = 20_000;
     cfg
+}
+
+/// Start an instance with `tweak` applied to the test configuration.
+pub async fn start_tweaked(redis: &RedisServer, tweak: impl FnOnce(&mut Config)) -> Running {
+    let mut cfg = test_config(&redis.url());
+    tweak(&mut cfg);
+    start_with(cfg).await
 }
 
 /// Start an instance in-process against `redis`.
