@@ -25,7 +25,37 @@ pub struct Config {
     pub ws: WsConfig,
     pub session: SessionConfig,
     pub jobs: JobsConfig,
+    pub instance: InstanceConfig,
+    pub inbox: InboxConfig,
     pub log: LogConfig,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct InstanceConfig {
+    /// Presence TTL: an instance silent this long is dead and its inbox is taken over.
+    pub presence_ttl_ms: u64,
+    /// How often presence is renewed (and dead peers looked for); well inside the TTL.
+    pub beat_interval_ms: u64,
+    /// On SIGTERM: how long to wait for in-flight local writes before closing with 1012.
+    pub drain_grace_ms: u64,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct InboxConfig {
+    /// Approximate MAXLEN of each instance's inbox stream.
+    pub max_len: u64,
+    /// Blocking read timeout of the inbox consumer.
+    pub block_ms: u64,
+    /// Entries pending (read, not acknowledged) longer than this are claimed again.
+    pub claim_idle_ms: u64,
+    /// An entry delivered this many times goes to the dead-letter stream.
+    pub dead_letter_after: u64,
+    /// Approximate MAXLEN of the dead-letter stream.
+    pub dead_letter_max: u64,
+    /// Entries of a dead instance's inbox re-routed per takeover call.
+    pub takeover_batch: u64,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -105,6 +135,11 @@ pub struct SessionConfig {
     pub reorder_window_ms: u64,
     /// An `utterance` index may run at most this far ahead of the delivery cursor.
     pub max_index_ahead: u64,
+    /// Delivered results stay in the result log this long, for `resume_session_id`.
+    pub result_retention_ms: u64,
+    /// A session connection waits at most this long for a missing earlier message (results
+    /// may arrive by the local path and through the inbox) before writing later ones.
+    pub order_gap_ms: u64,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -158,6 +193,8 @@ impl Default for Config {
             ws: WsConfig::default(),
             session: SessionConfig::default(),
             jobs: JobsConfig::default(),
+            instance: InstanceConfig::default(),
+            inbox: InboxConfig::default(),
             log: LogConfig::default(),
         }
     }
@@ -224,6 +261,8 @@ impl Default for SessionConfig {
             playback_grace_ms: 30_000,
             reorder_window_ms: 2_000,
             max_index_ahead: 1_000,
+            result_retention_ms: 120_000,
+            order_gap_ms: 2_000,
         }
     }
 }
@@ -244,6 +283,29 @@ impl Default for JobsConfig {
             strict_tenants: Vec::new(),
             model_unavailable_ms: 60_000,
             model_unavailable_per_minute: 6,
+        }
+    }
+}
+
+impl Default for InstanceConfig {
+    fn default() -> Self {
+        Self {
+            presence_ttl_ms: 5_000,
+            beat_interval_ms: 1_000,
+            drain_grace_ms: 5_000,
+        }
+    }
+}
+
+impl Default for InboxConfig {
+    fn default() -> Self {
+        Self {
+            max_len: 100_000,
+            block_ms: 1_000,
+            claim_idle_ms: 5_000,
+            dead_letter_after: 5,
+            dead_letter_max: 10_000,
+            takeover_batch: 1_000,
         }
     }
 }
@@ -406,6 +468,32 @@ impl Config {
             .any(|t| !crate::protocol::valid_id(t))
         {
             return bad("jobs.strict_tenants", "tenant ids use only [A-Za-z0-9_.-]");
+        }
+        let i = &self.instance;
+        if i.beat_interval_ms == 0 || i.presence_ttl_ms < 2 * i.beat_interval_ms {
+            return bad(
+                "instance.presence_ttl_ms",
+                "must be at least 2 × instance.beat_interval_ms",
+            );
+        }
+        let b = &self.inbox;
+        if b.block_ms == 0 || b.block_ms >= self.redis.timeout_ms * 10 {
+            return bad(
+                "inbox.block_ms",
+                "must be positive and below 10 × redis.timeout_ms",
+            );
+        }
+        if b.max_len == 0 || b.dead_letter_after == 0 || b.takeover_batch == 0 {
+            return bad(
+                "inbox.max_len",
+                "inbox.max_len, dead_letter_after, takeover_batch must be at least 1",
+            );
+        }
+        if self.session.result_retention_ms > self.session.idle_ttl_ms {
+            return bad(
+                "session.result_retention_ms",
+                "must not exceed session.idle_ttl_ms",
+            );
         }
         if !matches!(self.log.format.as_str(), "text" | "json") {
             return bad("log.format", "must be \"text\" or \"json\"");

@@ -8,7 +8,7 @@ use axum::Router;
 use axum::extract::{Path, State};
 use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use axum::routing::get;
+use axum::routing::{get, post};
 use serde_json::{Value, json};
 
 use crate::server::App;
@@ -25,7 +25,10 @@ pub fn router(app: Arc<App>) -> Router {
         .route("/metrics", get(metrics))
         .route("/api/v1/nodes", get(nodes))
         .route("/api/v1/nodes/{id}", get(node))
+        .route("/api/v1/nodes/{id}/drain", post(drain))
+        .route("/api/v1/nodes/{id}/undrain", post(undrain))
         .route("/api/v1/pools", get(pools))
+        .route("/api/v1/instances", get(instances))
         .route("/ws/node", get(crate::gateway::node::upgrade))
         .route("/ws/session", get(crate::gateway::session::upgrade))
         .with_state(app)
@@ -40,20 +43,20 @@ fn unavailable(e: StoreError) -> Response {
 }
 
 async fn readyz(State(app): State<Arc<App>>) -> Response {
-    if app.is_shutting_down() {
-        return (
+    let not_ready = |reason: String| {
+        (
             StatusCode::SERVICE_UNAVAILABLE,
-            Json(json!({"ready": false, "reason": "shutting down"})),
+            Json(json!({"ready": false, "reason": reason})),
         )
-            .into_response();
+            .into_response()
+    };
+    if app.is_draining() {
+        return not_ready("draining".into());
     }
     match app.store.check_ready().await {
+        Ok(()) if !app.inbox_alive() => not_ready("inbox consumer not running".into()),
         Ok(()) => Json(json!({"ready": true, "instance": app.instance_id})).into_response(),
-        Err(e) => (
-            StatusCode::SERVICE_UNAVAILABLE,
-            Json(json!({"ready": false, "reason": e.to_string()})),
-        )
-            .into_response(),
+        Err(e) => not_ready(e.to_string()),
     }
 }
 
@@ -66,6 +69,10 @@ async fn metrics(State(app): State<Arc<App>>) -> Response {
                 .get_or_create(&StateLabels { state })
                 .set(n);
         }
+    }
+    if let Ok((pending, dead)) = app.store.inbox_stats(&app.instance_id).await {
+        app.metrics.inbox_pending.set(pending as i64);
+        app.metrics.dead_letters.set(dead as i64);
     }
     if let Ok(pools) = app.store.pools().await {
         app.metrics.pool_nodes.clear();
@@ -146,6 +153,62 @@ async fn pools(State(app): State<Arc<App>>) -> Response {
             p.into_iter().map(|(n, m)| pool_json(n, m)).collect(),
         ))
         .into_response(),
+        Err(e) => unavailable(e),
+    }
+}
+
+async fn instances(State(app): State<Arc<App>>) -> Response {
+    match app.store.instances().await {
+        Ok(list) => {
+            let v: Vec<Value> = list
+                .into_iter()
+                .map(|(id, (expires, started))| {
+                    json!({"instance": id, "presence_expires_at_ms": expires, "started_at_ms": started,
+                           "self": id == app.instance_id})
+                })
+                .collect();
+            Json(Value::Array(v)).into_response()
+        }
+        Err(e) => unavailable(e),
+    }
+}
+
+async fn drain(State(app): State<Arc<App>>, Path(id): Path<String>) -> Response {
+    set_drain(&app, &id, true).await
+}
+
+async fn undrain(State(app): State<Arc<App>>, Path(id): Path<String>) -> Response {
+    set_drain(&app, &id, false).await
+}
+
+async fn set_drain(app: &App, id: &str, drain: bool) -> Response {
+    use crate::store::instances::DrainReply;
+    if !crate::protocol::valid_id(id) {
+        return (
+            StatusCode::BAD_REQUEST,
+            Json(json!({"error": "invalid node id"})),
+        )
+            .into_response();
+    }
+    match app
+        .store
+        .node_drain(id, drain)
+        .await
+        .map(|o| crate::routing::deliver(app, o))
+    {
+        Ok(DrainReply::Ok { state }) => {
+            Json(json!({"node_id": id, "state": state})).into_response()
+        }
+        Ok(DrainReply::Missing) => (
+            StatusCode::NOT_FOUND,
+            Json(json!({"error": "no such node"})),
+        )
+            .into_response(),
+        Ok(DrainReply::Offline) => (
+            StatusCode::CONFLICT,
+            Json(json!({"error": "node is not connected"})),
+        )
+            .into_response(),
         Err(e) => unavailable(e),
     }
 }

@@ -1,19 +1,21 @@
 //! One Switchyard instance: shared state, start-up, and shutdown.
 //!
 //! [`start`] binds the listener, loads the scripts (if Redis is there; otherwise readiness
-//! stays false until it is), spawns the sweeper and serves HTTP + WebSocket until
-//! [`Running::shutdown`] or a signal. Tests start instances in-process with it.
+//! stays false until it is), spawns the sweeper, the presence beat and the inbox consumer,
+//! and serves HTTP + WebSocket until [`Running::shutdown`] (graceful drain) or
+//! [`Running::abort`] (a crash, for tests).
 
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::Duration;
 
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
 use crate::config::Config;
-use crate::gateway::Connections;
+use crate::gateway::{Connections, Kind, Outbound};
 use crate::store::{Store, StoreError};
 use crate::telemetry::metrics::Metrics;
 
@@ -25,8 +27,17 @@ pub struct App {
     pub store: Store,
     pub metrics: Arc<Metrics>,
     pub conns: Connections,
+    /// Last time (ms) the inbox consumer completed a read: readiness needs it alive.
+    pub inbox_alive_at: AtomicU64,
+    /// Set on SIGTERM: readiness false, nodes told to drain, new connections refused.
+    pub draining: AtomicBool,
+    /// Set by [`Running::abort`]: connections end without any cleanup, like `kill -9`.
+    pub crashed: AtomicBool,
     conn_seq: AtomicU64,
+    /// Flips to true when every connection must close (after the drain grace).
     shutdown: watch::Sender<bool>,
+    /// Flips to true when the listener must stop accepting.
+    stop_accepting: watch::Sender<bool>,
 }
 
 impl App {
@@ -34,15 +45,18 @@ impl App {
         let metrics = Arc::new(Metrics::new());
         let instance_id = format!("i-{}", &uuid::Uuid::new_v4().simple().to_string()[..12]);
         let store = Store::new(&cfg, &instance_id, metrics.clone())?;
-        let (shutdown, _) = watch::channel(false);
         Ok(Arc::new(Self {
             cfg,
             instance_id,
             store,
             metrics,
             conns: Connections::default(),
+            inbox_alive_at: AtomicU64::new(0),
+            draining: AtomicBool::new(false),
+            crashed: AtomicBool::new(false),
             conn_seq: AtomicU64::new(0),
-            shutdown,
+            shutdown: watch::channel(false).0,
+            stop_accepting: watch::channel(false).0,
         }))
     }
 
@@ -55,13 +69,29 @@ impl App {
         )
     }
 
-    /// Resolves (changes to `true`) when the instance shuts down.
+    /// Changes to `true` when connections must close.
     pub fn shutdown_signal(&self) -> watch::Receiver<bool> {
         self.shutdown.subscribe()
     }
 
-    pub fn is_shutting_down(&self) -> bool {
-        *self.shutdown.borrow()
+    pub fn has_crashed(&self) -> bool {
+        self.crashed.load(Ordering::Relaxed)
+    }
+
+    pub fn is_draining(&self) -> bool {
+        self.draining.load(Ordering::Relaxed) || *self.shutdown.borrow()
+    }
+
+    /// The inbox consumer read within the last few block periods.
+    pub fn inbox_alive(&self) -> bool {
+        let last = self.inbox_alive_at.load(Ordering::Relaxed);
+        let window = 3 * self.cfg.inbox.block_ms + self.cfg.redis.timeout_ms;
+        crate::protocol::now_ms().saturating_sub(last) <= window
+    }
+
+    /// How long a session connection waits for a missing earlier message.
+    pub fn order_gap(&self) -> Duration {
+        Duration::from_millis(self.cfg.session.order_gap_ms)
     }
 }
 
@@ -73,16 +103,41 @@ pub struct Running {
 }
 
 impl Running {
-    /// Stop accepting, close every socket with 1012 and wait for the tasks.
+    /// Graceful drain: readiness false, `node_control drain` to every local node, no new
+    /// connections, up to `drain_grace_ms` for queued writes to leave, then close every
+    /// socket with 1012 so clients reconnect elsewhere.
     pub async fn shutdown(self) {
-        let _ = self.app.shutdown.send(true);
+        let app = &self.app;
+        app.draining.store(true, Ordering::Relaxed);
+        let _ = app.stop_accepting.send(true);
+        let drain =
+            r#"{"type":"node_control","command":"drain","reason":"scheduler shutting down"}"#;
+        for c in app.conns.all(Kind::Node) {
+            let _ = c.tx.try_send(Outbound::Text(drain.to_string()));
+        }
+        let grace =
+            tokio::time::Instant::now() + Duration::from_millis(app.cfg.instance.drain_grace_ms);
+        while tokio::time::Instant::now() < grace {
+            let busy = [Kind::Node, Kind::Session]
+                .iter()
+                .flat_map(|k| app.conns.all(*k))
+                .any(|c| c.tx.capacity() < c.tx.max_capacity());
+            if !busy {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        let _ = app.shutdown.send(true);
         for t in self.tasks {
-            let _ = tokio::time::timeout(std::time::Duration::from_secs(5), t).await;
+            let _ = tokio::time::timeout(Duration::from_secs(5), t).await;
         }
     }
 
-    /// Stop every task at once without any cleanup (a crash, for tests).
+    /// Stop every task at once without any cleanup, as `kill -9` would (for tests): no
+    /// script runs for the connections, sockets are dropped without a close frame.
     pub fn abort(self) {
+        self.app.crashed.store(true, Ordering::Relaxed);
+        let _ = self.app.stop_accepting.send(true);
         let _ = self.app.shutdown.send(true);
         for t in &self.tasks {
             t.abort();
@@ -99,7 +154,7 @@ pub async fn start(cfg: Config) -> std::io::Result<Running> {
         tracing::warn!(error = %e, "scripts not loaded yet; will retry when Redis answers");
     }
     let router = crate::http::router(app.clone());
-    let mut stop = app.shutdown_signal();
+    let mut stop = app.stop_accepting.subscribe();
     let server = tokio::spawn(async move {
         let serve = axum::serve(listener, router).with_graceful_shutdown(async move {
             let _ = stop.wait_for(|s| *s).await;
@@ -108,20 +163,21 @@ pub async fn start(cfg: Config) -> std::io::Result<Running> {
             tracing::error!(error = %e, "server stopped");
         }
     });
-    let sweeper = tokio::spawn(crate::sweeper::run(app.clone()));
+    let tasks = vec![
+        server,
+        tokio::spawn(crate::sweeper::run(app.clone())),
+        tokio::spawn(crate::routing::presence::run(app.clone())),
+        tokio::spawn(crate::routing::inbox::run(app.clone())),
+    ];
     tracing::info!(instance = %app.instance_id, %addr, "switchyard listening");
-    Ok(Running {
-        addr,
-        app,
-        tasks: vec![server, sweeper],
-    })
+    Ok(Running { addr, app, tasks })
 }
 
-/// Run until SIGINT/SIGTERM, then shut down.
+/// Run until SIGINT/SIGTERM, then drain and shut down.
 pub async fn run(cfg: Config) -> std::io::Result<()> {
     let running = start(cfg).await?;
     wait_for_signal().await;
-    tracing::info!("shutting down");
+    tracing::info!("draining");
     running.shutdown().await;
     Ok(())
 }

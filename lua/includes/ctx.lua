@@ -41,7 +41,7 @@ end
 local function touch_session(sid)
   local sk = session_key(sid)
   redis.call('HSET', sk, 'last_active', NOW)
-  for _, k in ipairs({sk, sk .. ':jobs', sk .. ':results', sk .. ':pending', sk .. ':audio'}) do
+  for _, k in ipairs({sk, sk .. ':jobs', sk .. ':results', sk .. ':pending', sk .. ':audio', sk .. ':rtime'}) do
     redis.call('PEXPIRE', k, CFG.session_ttl)
   end
 end

@@ -1,14 +1,34 @@
--- deliver(kind, id, msg_json, blob): a message for node/session `id`, addressed to the
--- connection that owns it now (owner instance + connection token from its record). The
--- calling instance writes it to its local socket; a target without an owner gets nothing
--- (its state stays recoverable: results in the result log, jobs time out and fail over).
-local function deliver(kind, id, msg, blob)
+-- deliver(kind, id, msg_json, audio, seq): a message for node/session `id`, addressed to the
+-- connection that owns it now (owner instance + connection token from its record).
+--  * owner = the calling instance: returned in OUT, written to the local socket at once;
+--  * owner = another live instance: XADDed to that instance's inbox stream here, atomically
+--    with the state change that produced it (a crash between the two cannot lose it);
+--  * owner dead or none: dropped — state keeps it recoverable (results stay in the result
+--    log for resume, jobs time out and fail over).
+-- `audio` (optional) is the raw job payload; `seq` (optional) orders a session's terminal
+-- messages across the two paths.
+local function deliver(kind, id, msg, audio, seq)
   local info = redis.call('HMGET', P .. kind .. ':' .. id, 'owner', 'conn')
-  if not info[1] or info[1] == '' then return end
-  OUT[#OUT + 1] = {k = kind, id = id, owner = info[1], conn = info[2], msg = msg, blob = blob}
+  local owner = info[1]
+  if not owner or owner == '' then return end
+  if owner == ME then
+    local blob = nil
+    if audio then
+      BLOBS[#BLOBS + 1] = audio
+      blob = #BLOBS
+    end
+    OUT[#OUT + 1] = {k = kind, id = id, owner = owner, conn = info[2], msg = msg, blob = blob, seq = seq}
+  elseif redis.call('EXISTS', P .. 'instance:' .. owner) == 1 then
+    local env = cmsgpack.pack({k = kind, id = id, conn = info[2] or '', msg = msg, seq = seq or 0})
+    if audio then
+      redis.call('XADD', P .. 'inbox:' .. owner, 'MAXLEN', '~', CFG.inbox_max, '*', 'env', env, 'audio', audio)
+    else
+      redis.call('XADD', P .. 'inbox:' .. owner, 'MAXLEN', '~', CFG.inbox_max, '*', 'env', env)
+    end
+  end
 end
 
--- ui_event(job, event, status, extra): a UI hint for the job's session (best-effort).
+-- ui_event(job, event, status, code): a UI hint for the job's session (best-effort).
 local function ui_event(job, event, status, code)
   local m = {type = 'ui_event', trace_id = job.trace_id, session_id = job.session,
     job_id = job.id, utterance_index = tonumber(job.idx), event = event, status = status,

@@ -129,8 +129,7 @@ local function assign(jid, job, nid)
   if redis.call('EXISTS', sk) == 1 then redis.call('HSET', sk, 'last_node', nid) end
   local spec = cjson.decode(job.spec)
   spec.attempt_id = attempt
-  BLOBS[#BLOBS + 1] = redis.call('GET', jk .. ':audio') or ''
-  deliver('node', nid, cjson.encode(spec), #BLOBS)
+  deliver('node', nid, cjson.encode(spec), redis.call('GET', jk .. ':audio') or '')
   ui_event(job, 'DISPATCHED', 'ok')
 end
 

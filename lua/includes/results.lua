@@ -10,10 +10,31 @@ local function session_keys(sid)
   return sk, sk .. ':results', sk .. ':pending', sk .. ':jobs'
 end
 
+-- send_terminal(sid, msg): a terminal message, numbered by the session's out_seq so the
+-- owning connection writes them in release order whichever path they take.
+local function send_terminal(sid, msg)
+  local seq = redis.call('HINCRBY', session_key(sid), 'out_seq', 1)
+  deliver('session', sid, msg, nil, seq)
+end
+
 local function deliver_index(sid, rk, pk, idx)
   local msg = redis.call('HGET', rk, idx)
   redis.call('ZREM', pk, idx)
-  if msg then deliver('session', sid, msg) end
+  if msg then send_terminal(sid, msg) end
+end
+
+-- trim(sid, cursor): results delivered longer than CFG.retention ago leave the log (with
+-- their idempotency entries); an index below the cursor stays refused by submit.
+local function trim(sid, cursor)
+  local sk = session_key(sid)
+  local old = redis.call('ZRANGEBYSCORE', sk .. ':rtime', '-inf', NOW - CFG.retention, 'LIMIT', 0, 256)
+  for _, idx in ipairs(old) do
+    if tonumber(idx) < cursor then
+      redis.call('HDEL', sk .. ':results', idx)
+      redis.call('HDEL', sk .. ':jobs', idx)
+      redis.call('ZREM', sk .. ':rtime', idx)
+    end
+  end
 end
 
 local function missing_msg(sid, idx)
@@ -51,13 +72,15 @@ local function release(sid, force)
         local m = missing_msg(sid, g)
         redis.call('HSET', rk, g, m)
         redis.call('PEXPIRE', rk, CFG.session_ttl)
-        deliver('session', sid, m)
+        redis.call('ZADD', sk .. ':rtime', NOW, g)
+        send_terminal(sid, m)
       end
       g = g + 1
     end
     advance()
   end
   redis.call('HSET', sk, 'next_deliver', cursor)
+  trim(sid, cursor)
   if redis.call('ZCARD', pk) > 0 then
     redis.call('ZADD', P .. 'due:reorder', 'NX', NOW + CFG.reorder, sid)
   else
@@ -72,8 +95,8 @@ local function settle(sid, idx, msg)
   if redis.call('EXISTS', sk) == 0 then return false end
   if redis.call('HSETNX', rk, idx, msg) == 0 then return false end
   redis.call('ZADD', pk, idx, idx)
-  redis.call('PEXPIRE', rk, CFG.session_ttl)
-  redis.call('PEXPIRE', pk, CFG.session_ttl)
+  redis.call('ZADD', sk .. ':rtime', NOW, idx)
+  for _, k in ipairs({rk, pk, sk .. ':rtime'}) do redis.call('PEXPIRE', k, CFG.session_ttl) end
   release(sid, false)
   return true
 end

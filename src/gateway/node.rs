@@ -55,7 +55,7 @@ struct NodeConn {
 async fn serve(app: Arc<App>, ws: WebSocket) {
     let gauge = app.metrics.connection_gauge(KIND);
     gauge.inc();
-    let (tx, mut stream, writer) = socket::split(ws, app.cfg.ws.send_queue);
+    let (tx, mut stream, writer) = socket::split(ws, app.cfg.ws.send_queue, app.order_gap());
     let mut shutdown = app.shutdown_signal();
     let token = app.next_conn_token();
     let mut conn = NodeConn {
@@ -75,6 +75,11 @@ async fn serve(app: Arc<App>, ws: WebSocket) {
                 break;
             }
             _ = shutdown.changed() => {
+                if app.has_crashed() {
+                    writer.abort(); // like kill -9: no cleanup, the socket just drops
+                    gauge.dec();
+                    return;
+                }
                 conn.send(Outbound::Close(close::RESTARTING, "scheduler restarting".into()));
                 break;
             }

@@ -25,6 +25,7 @@ use crate::protocol::{DecodeError, ErrorCode, ErrorMessage, decode, now_ms, vali
 use crate::routing;
 use crate::server::App;
 use crate::store::StoreError;
+use crate::store::instances::ResumeReply;
 use crate::store::sessions::{NewJob, OpenReply, SessionReply, Touch};
 
 const KIND: &str = "session";
@@ -47,7 +48,7 @@ struct SessionConn {
 async fn serve(app: Arc<App>, ws: WebSocket) {
     let gauge = app.metrics.connection_gauge(KIND);
     gauge.inc();
-    let (tx, mut stream, writer) = socket::split(ws, app.cfg.ws.send_queue);
+    let (tx, mut stream, writer) = socket::split(ws, app.cfg.ws.send_queue, app.order_gap());
     let mut shutdown = app.shutdown_signal();
     let token = app.next_conn_token();
     let mut conn = SessionConn {
@@ -65,6 +66,11 @@ async fn serve(app: Arc<App>, ws: WebSocket) {
                 break;
             }
             _ = shutdown.changed() => {
+                if app.has_crashed() {
+                    writer.abort(); // like kill -9: no cleanup, the socket just drops
+                    gauge.dec();
+                    return;
+                }
                 conn.send(Outbound::Close(close::RESTARTING, "scheduler restarting".into()));
                 break;
             }
@@ -304,43 +310,86 @@ impl SessionConn {
             ("client_version", init.client_version.clone()),
             ("platform", init.platform.clone()),
         ];
+        if let Some(rid) = init.resume_session_id.as_deref().filter(|r| !r.is_empty())
+            && valid_id(rid)
+        {
+            let last = init.last_received_index.unwrap_or(-1);
+            match self.resume(rid, last, tenant.clone(), &trace_id).await {
+                Ok(true) => return,
+                Ok(false) => {} // expired: a new session, resumed = false
+                Err(e) => return self.store_error(&e),
+            }
+        }
         let nonce = uuid::Uuid::new_v4().simple().to_string()[..12].to_string();
         let app = self.app.clone();
         for _ in 0..8 {
             let sid = format!("s-{:08X}", rand::random::<u32>());
+            // Bind first: results produced the moment the session exists find this socket.
+            let me = LocalConn {
+                token: self.token.clone(),
+                tx: self.tx.clone(),
+            };
+            app.conns.bind(Kind::Session, &sid, me);
             match app
                 .store
                 .session_open(&sid, true, &self.token, &nonce, &fields)
                 .await
             {
                 Ok(out) => match routing::deliver(&app, out) {
-                    OpenReply::Taken => continue,
+                    OpenReply::Taken => app.conns.unbind(Kind::Session, &sid, &self.token),
                     OpenReply::Ok => {
-                        let me = LocalConn {
-                            token: self.token.clone(),
-                            tx: self.tx.clone(),
-                        };
-                        app.conns.bind(Kind::Session, &sid, me);
                         self.session = Some((sid.clone(), tenant));
-                        return self.send_json(json!({
-                            "type": "session_init_ack",
-                            "session_id": sid,
-                            "message": "session created",
-                            "trace_id": trace_id,
-                            "protocol_version": "1.0",
-                            "use_binary_frame": false,
-                            "negotiated_codec": "opus",
-                            "negotiated_audio_format": "opus",
-                            "negotiated_sample_rate": 16000,
-                            "negotiated_channel_count": 1,
-                            "resumed": false,
-                        }));
+                        self.send_json(init_ack(&sid, &trace_id, false));
+                        self.send(Outbound::ExpectSeq(1));
+                        return;
                     }
                 },
-                Err(e) => return self.store_error(&e),
+                Err(e) => {
+                    app.conns.unbind(Kind::Session, &sid, &self.token);
+                    return self.store_error(&e);
+                }
             }
         }
         self.error(ErrorCode::InternalError, "could not mint a free session id");
+    }
+
+    /// Reattach session `sid` to this connection; `Ok(false)` when it no longer exists.
+    async fn resume(
+        &mut self,
+        sid: &str,
+        last: i64,
+        tenant: Option<String>,
+        trace_id: &str,
+    ) -> Result<bool, StoreError> {
+        let app = self.app.clone();
+        let me = LocalConn {
+            token: self.token.clone(),
+            tx: self.tx.clone(),
+        };
+        app.conns.bind(Kind::Session, sid, me);
+        let out = match app.store.session_resume(sid, &self.token, last).await {
+            Ok(out) => out,
+            Err(e) => {
+                app.conns.unbind(Kind::Session, sid, &self.token);
+                return Err(e);
+            }
+        };
+        if matches!(out.reply, ResumeReply::Missing) {
+            app.conns.unbind(Kind::Session, sid, &self.token);
+            return Ok(false);
+        }
+        if let ResumeReply::Ok {
+            next_seq, resent, ..
+        } = &out.reply
+        {
+            tracing::info!(session_id = sid, resent, "session resumed");
+            self.session = Some((sid.to_string(), tenant));
+            self.send_json(init_ack(sid, trace_id, true));
+            self.send(Outbound::ExpectSeq(*next_seq));
+        }
+        routing::deliver(&app, out);
+        app.metrics.resumes.inc();
+        Ok(true)
     }
 
     async fn on_utterance(&mut self, sid: &str, tenant: Option<&str>, u: Utterance) {
@@ -420,4 +469,21 @@ impl SessionConn {
 /// A W3C-style trace id (32 lowercase hex) for requests that bring none.
 fn new_trace_id() -> String {
     uuid::Uuid::new_v4().simple().to_string()
+}
+
+/// `session_init_ack` with every field the lingua web client reads.
+fn init_ack(sid: &str, trace_id: &str, resumed: bool) -> serde_json::Value {
+    json!({
+        "type": "session_init_ack",
+        "session_id": sid,
+        "message": if resumed { "session resumed" } else { "session created" },
+        "trace_id": trace_id,
+        "protocol_version": "1.0",
+        "use_binary_frame": false,
+        "negotiated_codec": "opus",
+        "negotiated_audio_format": "opus",
+        "negotiated_sample_rate": 16000,
+        "negotiated_channel_count": 1,
+        "resumed": resumed,
+    })
 }

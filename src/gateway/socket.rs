@@ -1,25 +1,36 @@
 //! One WebSocket, split into a reader (the handler's loop) and a writer task fed by a
 //! bounded channel, so any task can send to a connection without holding a lock across I/O.
+//!
+//! The writer also restores the order of a session's terminal messages: they carry the
+//! session's sequence number and may arrive by two paths (a local script's reply, or
+//! another instance's script through the inbox stream), so a later one can overtake an
+//! earlier one by a few milliseconds. The writer holds it back until the gap fills, or
+//! `order_gap` passes (then the gap is skipped and counted).
 
+use std::collections::BTreeMap;
 use std::time::Duration;
 
 use axum::extract::ws::{CloseFrame, Message, WebSocket};
 use futures_util::SinkExt;
-use futures_util::stream::{SplitStream, StreamExt};
+use futures_util::stream::{SplitSink, SplitStream, StreamExt};
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
+use tokio::time::Instant;
 
 /// What can be written to a connection.
 #[derive(Debug, Clone)]
 pub enum Outbound {
     Text(String),
+    /// A terminal message with its session sequence number.
+    Ordered(u64, String),
+    /// The next sequence number this connection will write (set when a session binds).
+    ExpectSeq(u64),
     /// Send a close frame with this code and reason, then stop writing.
     Close(u16, String),
 }
 
 /// Close codes Switchyard uses (RFC 6455 §7.4 plus application codes 4000-4999).
 pub mod close {
-    pub const NORMAL: u16 = 1000;
     pub const POLICY: u16 = 1008;
     pub const TOO_BIG: u16 = 1009;
     pub const RESTARTING: u16 = 1012;
@@ -33,33 +44,116 @@ pub mod close {
 pub fn split(
     ws: WebSocket,
     queue: usize,
+    order_gap: Duration,
 ) -> (
     mpsc::Sender<Outbound>,
     SplitStream<WebSocket>,
     JoinHandle<()>,
 ) {
-    let (mut sink, stream) = ws.split();
-    let (tx, mut rx) = mpsc::channel::<Outbound>(queue);
-    let writer = tokio::spawn(async move {
-        while let Some(out) = rx.recv().await {
-            let res = match out {
-                Outbound::Text(t) => sink.send(Message::Text(t.into())).await,
-                Outbound::Close(code, reason) => {
-                    let frame = CloseFrame {
-                        code,
-                        reason: reason.into(),
-                    };
-                    let _ = sink.send(Message::Close(Some(frame))).await;
-                    break;
-                }
-            };
-            if res.is_err() {
-                break;
+    let (sink, stream) = ws.split();
+    let (tx, rx) = mpsc::channel::<Outbound>(queue);
+    let writer = tokio::spawn(write_loop(sink, rx, order_gap));
+    (tx, stream, writer)
+}
+
+/// Sequence reassembly for ordered messages.
+#[derive(Default)]
+struct Order {
+    expected: Option<u64>,
+    held: BTreeMap<u64, String>,
+    gap_since: Option<Instant>,
+}
+
+impl Order {
+    /// Messages ready to write, in order.
+    fn push(&mut self, seq: u64, text: String) -> Vec<String> {
+        match self.expected {
+            Some(e) if seq < e => return Vec::new(), // already written (a resend after resume)
+            _ => {
+                self.held.insert(seq, text);
             }
         }
-        let _ = tokio::time::timeout(Duration::from_secs(1), sink.close()).await;
-    });
-    (tx, stream, writer)
+        self.ready()
+    }
+
+    fn expect(&mut self, next: u64) -> Vec<String> {
+        self.expected = Some(next);
+        self.held = self.held.split_off(&next);
+        self.ready()
+    }
+
+    /// The gap lasted too long: continue from the lowest held message.
+    fn skip(&mut self) -> Vec<String> {
+        if let Some((&first, _)) = self.held.iter().next() {
+            self.expected = Some(first);
+        }
+        self.ready()
+    }
+
+    fn ready(&mut self) -> Vec<String> {
+        let mut out = Vec::new();
+        if let Some(mut e) = self.expected {
+            while let Some(t) = self.held.remove(&e) {
+                out.push(t);
+                e += 1;
+            }
+            self.expected = Some(e);
+        }
+        self.gap_since = if self.held.is_empty() {
+            None
+        } else {
+            self.gap_since.or_else(|| Some(Instant::now()))
+        };
+        out
+    }
+}
+
+async fn write_loop(
+    mut sink: SplitSink<WebSocket, Message>,
+    mut rx: mpsc::Receiver<Outbound>,
+    order_gap: Duration,
+) {
+    let mut order = Order::default();
+    loop {
+        let gap_deadline = order.gap_since.map(|t| t + order_gap);
+        let next = tokio::select! {
+            m = rx.recv() => m,
+            _ = async { tokio::time::sleep_until(gap_deadline.unwrap_or_else(Instant::now)).await },
+                if gap_deadline.is_some() => {
+                tracing::warn!(held = order.held.len(), "session message gap skipped");
+                if write_all(&mut sink, order.skip()).await.is_err() { break }
+                continue;
+            }
+        };
+        let ready = match next {
+            None => break,
+            Some(Outbound::Text(t)) => vec![t],
+            Some(Outbound::Ordered(seq, t)) => order.push(seq, t),
+            Some(Outbound::ExpectSeq(n)) => order.expect(n),
+            Some(Outbound::Close(code, reason)) => {
+                let frame = CloseFrame {
+                    code,
+                    reason: reason.into(),
+                };
+                let _ = sink.send(Message::Close(Some(frame))).await;
+                break;
+            }
+        };
+        if write_all(&mut sink, ready).await.is_err() {
+            break;
+        }
+    }
+    let _ = tokio::time::timeout(Duration::from_secs(1), sink.close()).await;
+}
+
+async fn write_all(
+    sink: &mut SplitSink<WebSocket, Message>,
+    texts: Vec<String>,
+) -> Result<(), axum::Error> {
+    for t in texts {
+        sink.send(Message::Text(t.into())).await?;
+    }
+    Ok(())
 }
 
 /// Is this read error an oversized frame/message (answered with close 1009)?
@@ -72,4 +166,43 @@ pub fn is_too_big(err: &axum::Error) -> bool {
         source = e.source();
     }
     false
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn s(v: &[&str]) -> Vec<String> {
+        v.iter().map(|x| x.to_string()).collect()
+    }
+
+    #[test]
+    fn ordered_messages_wait_for_their_turn() {
+        let mut o = Order::default();
+        assert!(
+            o.push(2, "b".into()).is_empty(),
+            "held until the expected seq is known"
+        );
+        assert_eq!(o.expect(1), Vec::<String>::new());
+        assert_eq!(o.push(1, "a".into()), s(&["a", "b"]));
+        assert_eq!(o.push(4, "d".into()), Vec::<String>::new());
+        assert!(o.gap_since.is_some());
+        assert_eq!(o.push(3, "c".into()), s(&["c", "d"]));
+        assert!(o.gap_since.is_none());
+        assert!(
+            o.push(2, "dup".into()).is_empty(),
+            "older numbers are dropped"
+        );
+        o.push(7, "g".into());
+        assert_eq!(o.skip(), s(&["g"]));
+        assert_eq!(o.expected, Some(8));
+    }
+
+    #[test]
+    fn expect_drops_what_resume_resends_anyway() {
+        let mut o = Order::default();
+        o.push(3, "old".into());
+        o.push(9, "new".into());
+        assert_eq!(o.expect(9), s(&["new"]));
+    }
 }

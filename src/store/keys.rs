@@ -74,4 +74,24 @@ impl Keys {
     pub fn job(&self, id: &str) -> String {
         format!("{}job:{id}", self.prefix)
     }
+
+    /// String with TTL: an instance is alive while its presence key exists.
+    pub fn instance(&self, id: &str) -> String {
+        format!("{}instance:{id}", self.prefix)
+    }
+
+    /// Zset: instance id → presence expiry (ms); the listing, and how dead ones are found.
+    pub fn instances(&self) -> String {
+        format!("{}instances", self.prefix)
+    }
+
+    /// Stream: messages other instances' scripts produced for this instance's connections.
+    pub fn inbox(&self, id: &str) -> String {
+        format!("{}inbox:{id}", self.prefix)
+    }
+
+    /// Stream: inbox entries that could not be delivered after N attempts.
+    pub fn dead_letters(&self) -> String {
+        format!("{}deadletter", self.prefix)
+    }
 }

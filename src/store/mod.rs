@@ -6,6 +6,7 @@
 //! replies decoded into enums, per-script metrics, and one error for "Redis is away"
 //! ([`StoreError::Unavailable`], which clients see as `SCHEDULER_DEPENDENCY_DOWN`).
 
+pub mod instances;
 pub mod jobs;
 pub mod keys;
 pub mod nodes;
@@ -16,7 +17,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use deadpool_redis::{Pool, Runtime};
-use redis::{AsyncConnectionConfig, IntoConnectionInfo};
+use redis::{AsyncConnectionConfig, IntoConnectionInfo, Value};
 use serde::Deserialize;
 use serde::de::DeserializeOwned;
 
@@ -64,6 +65,8 @@ impl StoreError {
 /// Shared handle to the cell's Redis state.
 pub struct Store {
     pool: Pool,
+    /// For dedicated connections (the inbox consumer's blocking reads).
+    client: redis::Client,
     pub keys: Keys,
     scripts: Scripts,
     metrics: Arc<Metrics>,
@@ -87,6 +90,8 @@ pub struct Delivery {
     pub msg: String,
     /// 1-based index into the reply's blobs: the job audio to add as base64 `audio`.
     pub blob: Option<usize>,
+    /// Order of a session's terminal messages (the session's out_seq).
+    pub seq: Option<u64>,
 }
 
 /// A script's typed reply plus what it asks to deliver.
@@ -153,6 +158,10 @@ fn script_config(cfg: &Config) -> String {
         "playback_grace": s.playback_grace_ms,
         "reorder": s.reorder_window_ms,
         "max_ahead": s.max_index_ahead,
+        "retention": s.result_retention_ms,
+        "presence_ttl": cfg.instance.presence_ttl_ms,
+        "inbox_max": cfg.inbox.max_len,
+        "takeover_batch": cfg.inbox.takeover_batch,
     })
     .to_string()
 }
@@ -177,6 +186,10 @@ impl Store {
         let conn_cfg = AsyncConnectionConfig::new()
             .set_connection_timeout(Some(timeout))
             .set_response_timeout(Some(timeout));
+        let client = redis::Client::open(info.clone()).map_err(|e| StoreError::Redis {
+            script: "config",
+            message: e.to_string(),
+        })?;
         let manager = deadpool_redis::Manager::new_with_config(info, conn_cfg).map_err(|e| {
             StoreError::Redis {
                 script: "config",
@@ -196,6 +209,7 @@ impl Store {
             })?;
         Ok(Self {
             pool,
+            client,
             keys: Keys::new(&cfg.cell_tag()),
             scripts: Scripts::new(),
             metrics,
@@ -212,6 +226,42 @@ impl Store {
             self.script_cfg.as_bytes().to_vec(),
             rand::random::<u32>().to_string().into_bytes(),
         ])
+    }
+
+    /// A connection of its own (not pooled) for blocking reads, with a response timeout
+    /// longer than the block time.
+    pub async fn dedicated_connection(
+        &self,
+        timeout: Duration,
+    ) -> redis::RedisResult<redis::aio::MultiplexedConnection> {
+        let cfg = AsyncConnectionConfig::new()
+            .set_connection_timeout(Some(Duration::from_secs(2)))
+            .set_response_timeout(Some(timeout));
+        self.client
+            .get_multiplexed_async_connection_with_config(&cfg)
+            .await
+    }
+
+    /// Pending inbox entries of `instance` and the length of the dead-letter stream.
+    pub async fn inbox_stats(&self, instance: &str) -> Result<(u64, u64), StoreError> {
+        let mut conn = self.conn().await?;
+        let (pending, dead): (Value, u64) = redis::pipe()
+            .cmd("XPENDING")
+            .arg(self.keys.inbox(instance))
+            .arg("g")
+            .cmd("XLEN")
+            .arg(self.keys.dead_letters())
+            .query_async(&mut conn)
+            .await
+            .map_err(|e| StoreError::from_redis("read", e))?;
+        let pending = match pending {
+            Value::Array(v) => v
+                .first()
+                .and_then(|c| redis::from_redis_value_ref::<u64>(c).ok())
+                .unwrap_or(0),
+            _ => 0,
+        };
+        Ok((pending, dead))
     }
 
     /// A pooled connection, or `Unavailable`.

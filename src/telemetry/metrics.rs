@@ -69,6 +69,18 @@ pub struct Metrics {
     /// Messages scripts produced for connections, by target kind and outcome
     /// (`sent`, `gone` = socket no longer here, `full` = send queue full, `remote`).
     pub deliveries: Family<MessageLabels, Counter>,
+    /// Inbox entries written to local sockets.
+    pub inbox_messages: Counter,
+    /// Inbox entries moved to the dead-letter stream.
+    pub dead_lettered: Counter,
+    /// Dead instances whose inbox this instance took over.
+    pub takeovers: Counter,
+    /// Sessions resumed on this instance after a reconnect.
+    pub resumes: Counter,
+    /// Entries of this instance's inbox read but not acknowledged (at scrape time).
+    pub inbox_pending: Gauge,
+    /// Length of the dead-letter stream (at scrape time).
+    pub dead_letters: Gauge,
     /// Nodes in the cell by state (read from Redis at scrape time).
     pub nodes: Family<StateLabels, Gauge>,
     /// Members of each pool (read from Redis at scrape time).
@@ -124,6 +136,34 @@ impl Metrics {
             "Messages delivered to connections",
             deliveries.clone(),
         );
+        let inbox_messages = Counter::default();
+        registry.register(
+            "inbox_messages",
+            "Inbox entries delivered",
+            inbox_messages.clone(),
+        );
+        let dead_lettered = Counter::default();
+        registry.register(
+            "dead_lettered",
+            "Inbox entries dead-lettered",
+            dead_lettered.clone(),
+        );
+        let takeovers = Counter::default();
+        registry.register("takeovers", "Dead instances taken over", takeovers.clone());
+        let resumes = Counter::default();
+        registry.register("session_resumes", "Sessions resumed", resumes.clone());
+        let inbox_pending = Gauge::default();
+        registry.register(
+            "inbox_pending",
+            "Inbox entries pending",
+            inbox_pending.clone(),
+        );
+        let dead_letters = Gauge::default();
+        registry.register(
+            "dead_letters",
+            "Entries in the dead-letter stream",
+            dead_letters.clone(),
+        );
         let nodes = Family::<StateLabels, Gauge>::default();
         registry.register("nodes", "Nodes in the cell by state", nodes.clone());
         let pool_nodes = Family::<PoolLabels, Gauge>::default();
@@ -138,6 +178,12 @@ impl Metrics {
             stale_messages,
             node_errors,
             deliveries,
+            inbox_messages,
+            dead_lettered,
+            takeovers,
+            resumes,
+            inbox_pending,
+            dead_letters,
             nodes,
             pool_nodes,
         }

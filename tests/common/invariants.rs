@@ -25,6 +25,9 @@ fn owned_key(key: &str) -> bool {
         || rest.starts_with("pool:")
         || rest.starts_with("queue:")
         || rest.starts_with("due:")
+        || rest == "instances"
+        || rest == "deadletter"
+        || rest.starts_with("inbox:")
 }
 
 async fn all_keys(c: &mut MultiplexedConnection) -> Vec<String> {

@@ -1,0 +1,56 @@
+--[[ instance_beat: an instance renews its presence, and takes over the inbox of at most one
+instance whose presence expired (a crash or kill -9). Atomic: exactly one instance wins a
+dead inbox. Each pending entry is re-resolved against its target's record: re-addressed to
+the owner's current connection (returned here when that is the caller, XADDed to the
+owner's inbox when another live instance owns it) or dropped when the target has no live
+owner (state keeps it recoverable). Then the dead inbox is deleted.
+Input:
+  KEYS[1] {tag}:instance:<me>  presence string (PX presence_ttl)
+  KEYS[2] {tag}:instances      zset instance id -> presence expiry ms (the listing)
+  KEYS[3] {tag}:inbox:<me>     this instance's inbox stream (consumer group created here)
+  Derived: {tag}:instance:<dead>, {tag}:inbox:<dead>, node/session records, other inboxes.
+  ARGV[1..4] ctx   ARGV[5] started_at ms (shown in /api/v1/instances)
+Output: [JSON, blobs...]
+  {"took_over":id?,"rerouted":N,"dropped":N,"more":bool}
+]]
+--!include ctx
+--!include deliver
+
+redis.call('SET', KEYS[1], ARGV[5], 'PX', CFG.presence_ttl)
+redis.call('ZADD', KEYS[2], NOW + CFG.presence_ttl, ME)
+if redis.call('EXISTS', KEYS[3]) == 0 then
+  redis.call('XGROUP', 'CREATE', KEYS[3], 'g', '$', 'MKSTREAM')
+end
+
+local reply = {rerouted = 0, dropped = 0, more = false}
+local dead = redis.call('ZRANGEBYSCORE', KEYS[2], '-inf', NOW, 'LIMIT', 0, 1)[1]
+if dead and dead ~= ME and redis.call('EXISTS', P .. 'instance:' .. dead) == 0 then
+  local inbox = P .. 'inbox:' .. dead
+  local entries = redis.call('XRANGE', inbox, '-', '+', 'COUNT', CFG.takeover_batch)
+  for _, e in ipairs(entries) do
+    local f = {}
+    for i = 1, #e[2], 2 do f[e[2][i]] = e[2][i + 1] end
+    local ok, env = pcall(cmsgpack.unpack, f.env or '')
+    local owner = nil
+    if ok and type(env) == 'table' and env.k and env.id then
+      owner = redis.call('HGET', P .. env.k .. ':' .. env.id, 'owner')
+    end
+    if owner and owner ~= dead then
+      local seq = env.seq
+      if seq == 0 then seq = nil end
+      deliver(env.k, env.id, env.msg, f.audio, seq)
+      reply.rerouted = reply.rerouted + 1
+    else
+      reply.dropped = reply.dropped + 1
+    end
+    redis.call('XDEL', inbox, e[1])
+  end
+  if #entries >= CFG.takeover_batch then
+    reply.more = true
+  else
+    redis.call('DEL', inbox)
+    redis.call('ZREM', KEYS[2], dead)
+    reply.took_over = dead
+  end
+end
+return finish(reply)

@@ -1,0 +1,36 @@
+--[[ session_resume: a client reconnects (to any instance) with resume_session_id and
+last_received_index. The session moves to the new connection, every result after that
+index still in the log is sent again in index order (results are kept CFG.retention ms
+after delivery), then anything newly deliverable follows. Terminal messages are numbered
+by out_seq; the new connection's writer starts at next_seq and drops older numbers still
+travelling to it.
+Input:
+  KEYS[1] session hash
+  Derived: the session's results, pending, jobs keys; node/session records for delivery.
+  ARGV[1..4] ctx   ARGV[5] session id   ARGV[6] new connection token
+  ARGV[7] last_received_index (-1: none received)
+Output: [JSON, blobs...]
+  {"status":"ok","next_seq":N,"resent":N,"state":"open"|"closed"} | {"status":"missing"}
+]]
+--!include ctx
+--!include deliver
+--!include results
+
+local sid, last = ARGV[5], tonumber(ARGV[7])
+local sk, rk, pk = session_keys(sid)
+if redis.call('EXISTS', sk) == 0 then return finish({status = 'missing'}) end
+redis.call('HSET', sk, 'owner', ME, 'conn', ARGV[6])
+local next_seq = tonumber(redis.call('HGET', sk, 'out_seq') or '0') + 1
+local held = {}
+for _, i in ipairs(redis.call('ZRANGE', pk, 0, -1)) do held[i] = true end
+local idxs = {}
+for _, i in ipairs(redis.call('HKEYS', rk)) do
+  local n = tonumber(i)
+  if n and n > last and not held[i] then idxs[#idxs + 1] = n end
+end
+table.sort(idxs)
+for _, n in ipairs(idxs) do send_terminal(sid, redis.call('HGET', rk, n)) end
+release(sid, false)
+touch_session(sid)
+return finish({status = 'ok', next_seq = next_seq, resent = #idxs,
+  state = redis.call('HGET', sk, 'state')})

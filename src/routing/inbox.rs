@@ -1,0 +1,269 @@
+//! The inbox consumer: messages that other instances' scripts produced for this instance's
+//! connections arrive in `{tag}:inbox:<instance>` (XADDed atomically with the state change).
+//!
+//! A dedicated Redis connection (never the shared pool) blocks in XREADGROUP; each entry is
+//! written to its local socket, then XACKed and XDELed. Entries left pending (read, never
+//! acknowledged) are claimed again after `claim_idle_ms`; one delivered
+//! `dead_letter_after` times moves to the dead-letter stream. On any Redis error the loop
+//! reconnects, re-creates the consumer group if Redis lost it, and re-issues the read.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+
+use redis::aio::MultiplexedConnection;
+use redis::{RedisResult, Value};
+use serde::Deserialize;
+
+use crate::server::App;
+
+const GROUP: &str = "g";
+
+/// The msgpack envelope `deliver()` in lua/includes/deliver.lua packs.
+#[derive(Debug, Deserialize)]
+struct Envelope {
+    k: String,
+    id: String,
+    #[serde(default)]
+    conn: String,
+    msg: String,
+    #[serde(default)]
+    seq: u64,
+}
+
+pub async fn run(app: Arc<App>) {
+    let mut stop = app.shutdown_signal();
+    loop {
+        let result = tokio::select! {
+            r = consume(&app) => r,
+            _ = stop.changed() => return,
+        };
+        if let Err(e) = result {
+            tracing::warn!(error = %e, "inbox consumer reconnecting");
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(Duration::from_millis(250)) => {}
+            _ = stop.changed() => return,
+        }
+    }
+}
+
+async fn consume(app: &App) -> RedisResult<()> {
+    let block = app.cfg.inbox.block_ms;
+    let mut conn = app
+        .store
+        .dedicated_connection(Duration::from_millis(block + app.cfg.redis.timeout_ms))
+        .await?;
+    let inbox = app.store.keys.inbox(&app.instance_id);
+    ensure_group(&mut conn, &inbox).await?;
+    app.inbox_alive_at
+        .store(crate::protocol::now_ms(), Ordering::Relaxed);
+    let mut last_claim = Instant::now();
+    loop {
+        let reply: Value = redis::cmd("XREADGROUP")
+            .arg("GROUP")
+            .arg(GROUP)
+            .arg(&app.instance_id)
+            .arg("COUNT")
+            .arg(256)
+            .arg("BLOCK")
+            .arg(block)
+            .arg("STREAMS")
+            .arg(&inbox)
+            .arg(">")
+            .query_async(&mut conn)
+            .await
+            .or_else(|e| {
+                if e.code() == Some("NOGROUP") {
+                    Ok(Value::Nil)
+                } else {
+                    Err(e)
+                }
+            })?;
+        app.inbox_alive_at
+            .store(crate::protocol::now_ms(), Ordering::Relaxed);
+        if reply == Value::Nil && !group_exists(&mut conn, &inbox).await? {
+            ensure_group(&mut conn, &inbox).await?;
+            continue;
+        }
+        let entries = parse_entries(reply);
+        handle(app, &mut conn, &inbox, entries).await?;
+        if last_claim.elapsed() >= Duration::from_millis(app.cfg.inbox.claim_idle_ms) {
+            last_claim = Instant::now();
+            reclaim(app, &mut conn, &inbox).await?;
+        }
+    }
+}
+
+/// Create the consumer group (and the stream) if Redis does not have it.
+async fn ensure_group(conn: &mut MultiplexedConnection, inbox: &str) -> RedisResult<()> {
+    let r: RedisResult<()> = redis::cmd("XGROUP")
+        .arg("CREATE")
+        .arg(inbox)
+        .arg(GROUP)
+        .arg("$")
+        .arg("MKSTREAM")
+        .query_async(conn)
+        .await;
+    match r {
+        Err(e) if e.code() != Some("BUSYGROUP") => Err(e),
+        _ => Ok(()),
+    }
+}
+
+async fn group_exists(conn: &mut MultiplexedConnection, inbox: &str) -> RedisResult<bool> {
+    let exists: bool = redis::cmd("EXISTS").arg(inbox).query_async(conn).await?;
+    Ok(exists)
+}
+
+/// `(id, fields)` of every entry in an XREADGROUP / XCLAIM / XRANGE reply.
+type Entry = (String, HashMap<String, Vec<u8>>);
+
+fn parse_entries(reply: Value) -> Vec<Entry> {
+    fn entries_of(v: Value) -> Vec<Entry> {
+        let Value::Array(items) = v else {
+            return Vec::new();
+        };
+        items
+            .into_iter()
+            .filter_map(|e| {
+                let Value::Array(mut parts) = e else {
+                    return None;
+                };
+                if parts.len() != 2 {
+                    return None;
+                }
+                let fields = parts.pop()?;
+                let id: String = redis::from_redis_value(parts.pop()?).ok()?;
+                let fields: HashMap<String, Vec<u8>> = redis::from_redis_value(fields).ok()?;
+                Some((id, fields))
+            })
+            .collect()
+    }
+    match reply {
+        // XREADGROUP: [[stream, [entries]]] (RESP2) or a map (RESP3)
+        Value::Array(streams) => streams
+            .into_iter()
+            .flat_map(|s| match s {
+                Value::Array(mut kv) if kv.len() == 2 => {
+                    kv.pop().map(entries_of).unwrap_or_default()
+                }
+                _ => Vec::new(),
+            })
+            .collect(),
+        Value::Map(m) => m.into_iter().flat_map(|(_, v)| entries_of(v)).collect(),
+        _ => Vec::new(),
+    }
+}
+
+/// Write each entry to its socket, then XACK + XDEL them.
+async fn handle(
+    app: &App,
+    conn: &mut MultiplexedConnection,
+    inbox: &str,
+    entries: Vec<Entry>,
+) -> RedisResult<()> {
+    if entries.is_empty() {
+        return Ok(());
+    }
+    for (id, fields) in &entries {
+        let env = fields
+            .get("env")
+            .and_then(|b| rmp_serde::from_slice::<Envelope>(b).ok());
+        let Some(env) = env else {
+            tracing::error!(entry = %id, "undecodable inbox entry dropped");
+            continue;
+        };
+        let audio = fields.get("audio").map(Vec::as_slice);
+        let conn_tok = Some(env.conn.as_str());
+        super::write_local(
+            app,
+            &env.k,
+            &env.id,
+            conn_tok,
+            env.msg,
+            audio,
+            Some(env.seq),
+        );
+        app.metrics.inbox_messages.inc();
+    }
+    let ids: Vec<&str> = entries.iter().map(|(id, _)| id.as_str()).collect();
+    redis::pipe()
+        .cmd("XACK")
+        .arg(inbox)
+        .arg(GROUP)
+        .arg(&ids)
+        .ignore()
+        .cmd("XDEL")
+        .arg(inbox)
+        .arg(&ids)
+        .ignore()
+        .query_async::<()>(conn)
+        .await
+}
+
+/// Entries read but never acknowledged (a crash mid-write, a bug): claim them again, or
+/// move them to the dead-letter stream after `dead_letter_after` deliveries.
+async fn reclaim(app: &App, conn: &mut MultiplexedConnection, inbox: &str) -> RedisResult<()> {
+    let idle = app.cfg.inbox.claim_idle_ms;
+    let pending: Vec<(String, String, u64, u64)> = redis::cmd("XPENDING")
+        .arg(inbox)
+        .arg(GROUP)
+        .arg("IDLE")
+        .arg(idle)
+        .arg("-")
+        .arg("+")
+        .arg(100)
+        .query_async(conn)
+        .await?;
+    let dead_letters = app.store.keys.dead_letters();
+    for (id, _consumer, _idle, deliveries) in pending {
+        let claimed: Value = redis::cmd("XCLAIM")
+            .arg(inbox)
+            .arg(GROUP)
+            .arg(&app.instance_id)
+            .arg(idle)
+            .arg(&id)
+            .query_async(conn)
+            .await?;
+        let entries = match claimed {
+            Value::Array(_) => {
+                parse_entries(Value::Array(vec![Value::Array(vec![Value::Nil, claimed])]))
+            }
+            _ => Vec::new(),
+        };
+        if deliveries >= app.cfg.inbox.dead_letter_after {
+            for (_, fields) in &entries {
+                let mut cmd = redis::cmd("XADD");
+                cmd.arg(&dead_letters)
+                    .arg("MAXLEN")
+                    .arg("~")
+                    .arg(app.cfg.inbox.dead_letter_max)
+                    .arg("*");
+                cmd.arg("from").arg(inbox).arg("entry").arg(&id);
+                for (k, v) in fields {
+                    cmd.arg(k).arg(v.as_slice());
+                }
+                cmd.query_async::<()>(conn).await?;
+            }
+            redis::pipe()
+                .cmd("XACK")
+                .arg(inbox)
+                .arg(GROUP)
+                .arg(&id)
+                .ignore()
+                .cmd("XDEL")
+                .arg(inbox)
+                .arg(&id)
+                .ignore()
+                .query_async::<()>(conn)
+                .await?;
+            app.metrics.dead_lettered.inc();
+            tracing::error!(entry = %id, deliveries, "inbox entry moved to the dead-letter stream");
+        } else {
+            handle(app, conn, inbox, entries).await?;
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,41 @@
+//! Instance presence: renew this instance's TTL'd presence key every `beat_interval`, and
+//! take over the inbox of any instance whose presence expired (`instance_beat.lua`).
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use crate::server::App;
+use crate::store::StoreError;
+
+pub async fn run(app: Arc<App>) {
+    let started = crate::protocol::now_ms();
+    let mut tick = tokio::time::interval(Duration::from_millis(app.cfg.instance.beat_interval_ms));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut stop = app.shutdown_signal();
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {}
+            _ = stop.changed() => return,
+        }
+        // Several dead inboxes, or a long one, are taken over in consecutive calls.
+        for _ in 0..16 {
+            match app.store.instance_beat(&app.instance_id, started).await {
+                Ok(out) => {
+                    let r = crate::routing::deliver(&app, out);
+                    if let Some(dead) = &r.took_over {
+                        tracing::warn!(dead = %dead, rerouted = r.rerouted, dropped = r.dropped, "took over a dead instance's inbox");
+                        app.metrics.takeovers.inc();
+                    }
+                    if !r.more && r.took_over.is_none() {
+                        break;
+                    }
+                }
+                Err(StoreError::Unavailable(_)) => break,
+                Err(e) => {
+                    tracing::error!(error = %e, "instance beat failed");
+                    break;
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,104 @@
+//! Instance presence and takeover (`instance_beat`), session resume and node drain, plus
+//! the read-only instance listing.
+
+use std::collections::BTreeMap;
+
+use serde::Deserialize;
+
+use super::{Output, Script, Store, StoreError};
+
+#[derive(Debug, Deserialize)]
+pub struct BeatReply {
+    /// The dead instance whose inbox this call finished taking over.
+    pub took_over: Option<String>,
+    pub rerouted: u64,
+    pub dropped: u64,
+    /// More of a dead inbox remains: beat again soon.
+    pub more: bool,
+}
+
+#[derive(Debug, Deserialize, PartialEq)]
+#[serde(tag = "status", rename_all = "snake_case")]
+pub enum ResumeReply {
+    Ok {
+        next_seq: u64,
+        resent: u64,
+        state: Option<String>,
+    },
+    Missing,
+}
+
+#[derive(Debug, Deserialize, PartialEq)]
+#[serde(tag = "status", rename_all = "snake_case")]
+pub enum DrainReply {
+    Ok { state: String },
+    Missing,
+    Offline,
+}
+
+impl Store {
+    /// `instance_beat.lua`: renew presence, create the inbox group, take over a dead peer.
+    pub async fn instance_beat(
+        &self,
+        instance: &str,
+        started_at_ms: u64,
+    ) -> Result<Output<BeatReply>, StoreError> {
+        let k = &self.keys;
+        let keys = [k.instance(instance), k.instances(), k.inbox(instance)];
+        self.run(Script::InstanceBeat, &keys, self.args().s(started_at_ms))
+            .await
+    }
+
+    /// `session_resume.lua`: move a session to a new connection and resend its results.
+    pub async fn session_resume(
+        &self,
+        sid: &str,
+        conn: &str,
+        last: i64,
+    ) -> Result<Output<ResumeReply>, StoreError> {
+        let args = self.args().s(sid).s(conn).s(last);
+        self.run(Script::SessionResume, &[self.keys.session(sid)], args)
+            .await
+    }
+
+    /// `node_drain.lua`: drain (`true`) or undrain a node.
+    pub async fn node_drain(
+        &self,
+        node_id: &str,
+        drain: bool,
+    ) -> Result<Output<DrainReply>, StoreError> {
+        let args = self
+            .args()
+            .s(node_id)
+            .s(if drain { "drain" } else { "undrain" });
+        self.run(Script::NodeDrain, &[self.keys.node(node_id)], args)
+            .await
+    }
+
+    /// Live instances: id → (presence expiry ms, started at ms).
+    pub async fn instances(&self) -> Result<BTreeMap<String, (u64, Option<u64>)>, StoreError> {
+        let mut conn = self.conn().await?;
+        let list: Vec<(String, f64)> = redis::cmd("ZRANGE")
+            .arg(self.keys.instances())
+            .arg(0)
+            .arg(-1)
+            .arg("WITHSCORES")
+            .query_async(&mut conn)
+            .await
+            .map_err(|e| StoreError::from_redis("read", e))?;
+        let mut pipe = redis::pipe();
+        for (id, _) in &list {
+            pipe.cmd("GET").arg(self.keys.instance(id));
+        }
+        let started: Vec<Option<u64>> = pipe
+            .query_async(&mut conn)
+            .await
+            .map_err(|e| StoreError::from_redis("read", e))?;
+        Ok(list
+            .into_iter()
+            .zip(started)
+            .filter(|(_, s)| s.is_some())
+            .map(|((id, exp), s)| (id, (exp as u64, s)))
+            .collect())
+    }
+}
