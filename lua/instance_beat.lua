@@ -3,7 +3,8 @@ instance whose presence expired (a crash or kill -9). Atomic: exactly one instan
 dead inbox. Each pending entry is re-resolved against its target's record: re-addressed to
 the owner's current connection (returned here when that is the caller, XADDed to the
 owner's inbox when another live instance owns it) or dropped when the target has no live
-owner (state keeps it recoverable). Then the dead inbox is deleted.
+owner (state keeps it recoverable). Session messages are dropped: terminal ones are in the
+result log for resume, UI hints are stale. Then the dead inbox is deleted.
 Input:
   KEYS[1] {tag}:instance:<me>  presence string (PX presence_ttl)
   KEYS[2] {tag}:instances      zset instance id -> presence expiry ms (the listing)
@@ -32,7 +33,10 @@ if dead and dead ~= ME and redis.call('EXISTS', P .. 'instance:' .. dead) == 0 t
     for i = 1, #e[2], 2 do f[e[2][i]] = e[2][i + 1] end
     local ok, env = pcall(cmsgpack.unpack, f.env or '')
     local owner = nil
-    if ok and type(env) == 'table' and env.k and env.id then
+    -- Only node messages are re-routed: a session's terminal messages are in its result
+    -- log (resume resends them; the writer drops their old numbers) and its UI hints are
+    -- stale by now.
+    if ok and type(env) == 'table' and env.k == 'node' and env.id then
       owner = redis.call('HGET', P .. env.k .. ':' .. env.id, 'owner')
     end
     if owner and owner ~= dead then

@@ -37,7 +37,10 @@ pub struct InstanceConfig {
     pub presence_ttl_ms: u64,
     /// How often presence is renewed (and dead peers looked for); well inside the TTL.
     pub beat_interval_ms: u64,
-    /// On SIGTERM: how long to wait for in-flight local writes before closing with 1012.
+    /// On SIGTERM: how long to keep serving after readiness turns false (load balancers
+    /// must see it; nodes finish in-flight results), before closing anything.
+    pub drain_delay_ms: u64,
+    /// Then: how long to wait at most for queued local writes before closing with 1012.
     pub drain_grace_ms: u64,
 }
 
@@ -292,6 +295,7 @@ impl Default for InstanceConfig {
         Self {
             presence_ttl_ms: 5_000,
             beat_interval_ms: 1_000,
+            drain_delay_ms: 2_000,
             drain_grace_ms: 5_000,
         }
     }

@@ -7,7 +7,7 @@
 
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::time::Duration;
 
 use tokio::net::TcpListener;
@@ -33,6 +33,8 @@ pub struct App {
     pub draining: AtomicBool,
     /// Set by [`Running::abort`]: connections end without any cleanup, like `kill -9`.
     pub crashed: AtomicBool,
+    /// Connection tasks still running (shutdown waits for their cleanup scripts).
+    pub live_conns: AtomicUsize,
     conn_seq: AtomicU64,
     /// Flips to true when every connection must close (after the drain grace).
     shutdown: watch::Sender<bool>,
@@ -54,10 +56,17 @@ impl App {
             inbox_alive_at: AtomicU64::new(0),
             draining: AtomicBool::new(false),
             crashed: AtomicBool::new(false),
+            live_conns: AtomicUsize::new(0),
             conn_seq: AtomicU64::new(0),
             shutdown: watch::channel(false).0,
             stop_accepting: watch::channel(false).0,
         }))
+    }
+
+    /// Count a connection task until the guard drops.
+    pub fn conn_guard(self: &Arc<Self>) -> ConnGuard {
+        self.live_conns.fetch_add(1, Ordering::Relaxed);
+        ConnGuard(self.clone())
     }
 
     /// A token no other connection, on any instance, ever had: the connection epoch.
@@ -95,6 +104,15 @@ impl App {
     }
 }
 
+/// Keeps [`App::live_conns`] counted while a connection task runs.
+pub struct ConnGuard(Arc<App>);
+
+impl Drop for ConnGuard {
+    fn drop(&mut self) {
+        self.0.live_conns.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
 /// A started instance.
 pub struct Running {
     pub addr: SocketAddr,
@@ -104,17 +122,20 @@ pub struct Running {
 
 impl Running {
     /// Graceful drain: readiness false, `node_control drain` to every local node, no new
-    /// connections, up to `drain_grace_ms` for queued writes to leave, then close every
-    /// socket with 1012 so clients reconnect elsewhere.
+    /// WebSocket connections; keep serving `drain_delay_ms`, wait up to `drain_grace_ms`
+    /// for queued writes to leave, then close every socket with 1012 so clients reconnect
+    /// elsewhere.
     pub async fn shutdown(self) {
         let app = &self.app;
+        // Readiness turns false and upgrades are refused at once; HTTP keeps answering
+        // (so probes see 503, not a refused connection) until the sockets are closed.
         app.draining.store(true, Ordering::Relaxed);
-        let _ = app.stop_accepting.send(true);
         let drain =
             r#"{"type":"node_control","command":"drain","reason":"scheduler shutting down"}"#;
         for c in app.conns.all(Kind::Node) {
             let _ = c.tx.try_send(Outbound::Text(drain.to_string()));
         }
+        tokio::time::sleep(Duration::from_millis(app.cfg.instance.drain_delay_ms)).await;
         let grace =
             tokio::time::Instant::now() + Duration::from_millis(app.cfg.instance.drain_grace_ms);
         while tokio::time::Instant::now() < grace {
@@ -128,6 +149,11 @@ impl Running {
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
         let _ = app.shutdown.send(true);
+        let _ = app.stop_accepting.send(true);
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+        while app.live_conns.load(Ordering::Relaxed) > 0 && tokio::time::Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
         for t in self.tasks {
             let _ = tokio::time::timeout(Duration::from_secs(5), t).await;
         }

@@ -103,3 +103,13 @@ impl Connections {
         self.map(kind).values().cloned().collect()
     }
 }
+
+/// The answer to a WebSocket upgrade while the instance drains: go elsewhere.
+pub fn draining() -> axum::response::Response {
+    use axum::response::IntoResponse;
+    (
+        axum::http::StatusCode::SERVICE_UNAVAILABLE,
+        "draining: connect to another instance",
+    )
+        .into_response()
+}

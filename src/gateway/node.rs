@@ -30,6 +30,9 @@ use crate::store::nodes::{HeartbeatReply, OfflineReply, RegisterReply};
 const KIND: &str = "node";
 
 pub async fn upgrade(ws: WebSocketUpgrade, State(app): State<Arc<App>>) -> Response {
+    if app.is_draining() {
+        return super::draining();
+    }
     let max = app.cfg.ws.max_frame_bytes;
     ws.max_message_size(max)
         .max_frame_size(max)
@@ -53,6 +56,7 @@ struct NodeConn {
 }
 
 async fn serve(app: Arc<App>, ws: WebSocket) {
+    let _live = app.conn_guard();
     let gauge = app.metrics.connection_gauge(KIND);
     gauge.inc();
     let (tx, mut stream, writer) = socket::split(ws, app.cfg.ws.send_queue, app.order_gap());

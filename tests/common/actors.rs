@@ -65,8 +65,14 @@ impl AutoNode {
         let (a, p, node_id) = (assigns.clone(), peak.clone(), id.clone());
         let task = tokio::spawn(async move {
             let inflight = Arc::new(AtomicUsize::new(0));
+            let mut beat = tokio::time::interval(Duration::from_millis(250));
             loop {
                 tokio::select! {
+                    _ = beat.tick() => {
+                        let mut hb = fixture("node_heartbeat");
+                        hb["node_id"] = json!(node_id);
+                        if sink.send(Message::Text(hb.to_string().into())).await.is_err() { return }
+                    }
                     out = rx.recv() => match out {
                         Some(t) => if sink.send(Message::Text(t.into())).await.is_err() { return },
                         None => return,
