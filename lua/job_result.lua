@@ -10,7 +10,8 @@ Input:
   Derived: node, session (results, pending), pool and queue keys.
   ARGV[1..4] ctx   ARGV[5] job id   ARGV[6] attempt id   ARGV[7] node id
   ARGV[8] connection token   ARGV[9] outcome: ok | model_not_available | error
-  ARGV[10] ok: the translation_result JSON; otherwise the node's error message
+  ARGV[10] ok: the translation_result JSON without session_id, utterance_index, job_id,
+           trace_id (added from the job record); otherwise the node's error message
   ARGV[11] service type that is not available (model_not_available)
   ARGV[12] error code (error)
 Output: [JSON, blobs...]
@@ -34,7 +35,9 @@ if outcome == 'ok' then
   job.state = 'FINISHED'
   ui_event(job, 'ASR_FINAL', 'ok')
   ui_event(job, 'NMT_DONE', 'ok')
-  settle(job.session, job.idx, ARGV[10])
+  -- identity from the job record, not from what the node wrote
+  settle(job.session, job.idx, json_with(ARGV[10], {session_id = job.session,
+    utterance_index = tonumber(job.idx), job_id = jid, trace_id = job.trace_id}))
   offer(nid)
 elseif outcome == 'model_not_available' then
   local nk, svc = node_key(nid), ARGV[11]

@@ -348,8 +348,13 @@ impl Config {
         // Only variables naming a known section: Kubernetes injects SWITCHYARD_SERVICE_HOST
         // and friends for a Service called "switchyard", which must not stop the start.
         let env = Env::prefixed("SWITCHYARD_").split("__").filter(|k| {
-            let top = k.as_str().split('.').next().unwrap_or_default();
-            SECTIONS.contains(&top)
+            let top = k
+                .as_str()
+                .split('.')
+                .next()
+                .unwrap_or_default()
+                .to_ascii_lowercase();
+            SECTIONS.contains(&top.as_str())
         });
         fig = fig.merge(env);
         let cfg: Config = fig.extract().map_err(Box::new)?;
@@ -455,11 +460,15 @@ impl Config {
         if j.max_attempts == 0 {
             return bad("jobs.max_attempts", "must be at least 1");
         }
-        if j.choices == 0 || j.sample == 0 || j.queue_scan == 0 || j.queue_max == 0 {
-            return bad(
-                "jobs.choices",
-                "jobs.choices, sample, queue_scan, queue_max must be at least 1",
-            );
+        for (field, v) in [
+            ("jobs.choices", j.choices),
+            ("jobs.sample", j.sample),
+            ("jobs.queue_scan", j.queue_scan),
+            ("jobs.queue_max", j.queue_max),
+        ] {
+            if v == 0 {
+                return bad(field, "must be at least 1");
+            }
         }
         if j.record_ttl_ms < j.run_timeout_ms * u64::from(j.max_attempts) + j.queue_wait_ms {
             return bad(

@@ -312,6 +312,7 @@ async fn a_queued_job_times_out_with_no_available_node() {
     n.send(&answer(&a0, &nid, "zero")).await;
     let got = terminals(&mut s, 1, T).await;
     assert_eq!(got[0]["utterance_index"], 0);
+    assert_eq!(got[0]["type"], "translation_result");
     invariants::check(&mut c).await;
 }
 
@@ -543,6 +544,7 @@ async fn a_slow_earlier_job_holds_later_results_only_for_the_reorder_window() {
     let got = terminals(&mut s, 1, T).await;
     let waited = started.elapsed();
     assert_eq!(got[0]["utterance_index"], 1);
+    assert_eq!(got[0]["text_translated"], "one");
     assert!(
         waited >= Duration::from_millis(350) && waited < Duration::from_millis(1500),
         "{waited:?}"
@@ -553,6 +555,7 @@ async fn a_slow_earlier_job_holds_later_results_only_for_the_reorder_window() {
         got[0]["utterance_index"], 0,
         "the late index still gets its one result"
     );
+    assert_eq!(got[0]["text_translated"], "zero");
     s.expect_silence(Duration::from_millis(600)).await;
     invariants::check(&mut c).await;
 }

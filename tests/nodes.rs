@@ -298,7 +298,7 @@ async fn a_stale_connection_cannot_heartbeat_or_close_away_a_newer_registration(
 #[tokio::test]
 async fn a_silent_node_leaves_every_pool_after_liveness_and_every_key_is_bounded() {
     let redis = RedisServer::start().await;
-    let inst = start_instance(&redis).await;
+    let inst = start_tweaked(&redis, |c| c.node.liveness_ms = Some(900)).await;
     let mut c = redis.client().await;
     let mut node = WsClient::connect(&ws_url(&inst, "/ws/node")).await;
     let id = node.register(fixture("node_register_first"), None).await["node_id"]

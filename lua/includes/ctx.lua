@@ -68,3 +68,14 @@ local function job_for(jid, attempt, nid, conn)
   end
   return job
 end
+
+-- json_with(obj, fields): the JSON object text `obj` with `fields` (a Lua table) added,
+-- without decoding `obj` (cjson would turn its empty arrays into objects). The caller
+-- makes sure the keys are not in `obj` already.
+local function json_with(obj, fields)
+  local extra = cjson.encode(fields)
+  if extra == '{}' then return obj end
+  local body = string.sub(obj, 2)
+  if string.match(body, '^%s*}') then return extra end
+  return string.sub(extra, 1, -2) .. ',' .. body
+end

@@ -15,19 +15,26 @@ local function cut(sid, sess, reason)
   end
   redis.call('DEL', bk)
   redis.call('HSET', sk, 'buf_ms', 0, 'buf_bytes', 0)
+  -- the next index no utterance of this session has used (a client may mix modes)
   local idx = redis.call('HINCRBY', sk, 'next_index', 1) - 1
+  for _ = 1, CFG.max_ahead do
+    if redis.call('HEXISTS', sk .. ':jobs', idx) == 0 and redis.call('HEXISTS', sk .. ':results', idx) == 0
+        and idx >= tonumber(sess.next_deliver or '0') then
+      break
+    end
+    idx = redis.call('HINCRBY', sk, 'next_index', 1) - 1
+  end
   local turn = sess.turn_id
   if not turn or turn == '' then
     turn = sid .. '-t' .. redis.call('HINCRBY', sk, 'turn_seq', 1)
     redis.call('HSET', sk, 'turn_id', turn, 'turn_node', '')
     sess.turn_node = ''
   end
-  local spec = cjson.decode(sess.spec)
-  spec.padding_ms = (reason == 'manual' or reason == 'close') and 280 or 220
-  if reason == 'manual' or reason == 'close' then spec.is_manual_cut = true end
-  if reason == 'timeout' then spec.is_timeout_triggered = true end
-  if keeps_turn then spec.is_max_duration_triggered = true end
-  local r = submit(sid, sess, idx, cjson.encode(spec), audio, {pools = sess.pools,
+  local flags = {padding_ms = (reason == 'manual' or reason == 'close') and 280 or 220}
+  if reason == 'manual' or reason == 'close' then flags.is_manual_cut = true end
+  if reason == 'timeout' then flags.is_timeout_triggered = true end
+  if keeps_turn then flags.is_max_duration_triggered = true end
+  local r = submit(sid, sess, idx, json_with(sess.spec, flags), audio, {pools = sess.pools,
     needs = sess.needs, pair = sess.pair, trace_id = sess.trace_id, turn_id = turn,
     turn_node = sess.turn_node})
   if not keeps_turn then redis.call('HSET', sk, 'turn_id', '', 'turn_node', '') end

@@ -27,22 +27,58 @@ local function load(nid, job, need_room)
   return reserved / cap
 end
 
--- in_secondary(nid, entry): two-way jobs need the reverse pair too.
+-- split_entry("a|b") -> "a", "b": a pool entry and, for two-way jobs, its reverse pool.
 local function split_entry(entry)
   local bar = string.find(entry, '|', 1, true)
   if bar then return string.sub(entry, 1, bar - 1), string.sub(entry, bar + 1) end
   return entry, nil
 end
 
--- pick(job): a node with room, or nil. Turn affinity, then session affinity, then
--- power-of-k-choices among eligible members of the first pool that has any.
--- Second result: 'turn' when the job must wait for its turn's node.
-local function pick(job)
-  if job.turn_node and job.turn_node ~= '' then
-    if load(job.turn_node, job, true) then return job.turn_node end
-    if load(job.turn_node, job, false) then return nil, 'turn' end
+-- serves(nid, job): is the node a member of one of the job's pools (and, for two-way
+-- jobs, of that entry's reverse pool)?
+local function serves(nid, job)
+  for entry in string.gmatch(job.pools or '', '[^,]+') do
+    local pool, second = split_entry(entry)
+    if redis.call('SISMEMBER', P .. 'pool:' .. pool, nid) == 1
+        and (not second or redis.call('SISMEMBER', P .. 'pool:' .. second, nid) == 1) then
+      return true
+    end
   end
-  if CFG.affinity == 1 and job.last_node and job.last_node ~= '' then
+  return false
+end
+
+-- servable(job): could any candidate node ever take this job (eligible but for room)?
+-- Waiting only makes sense then. Stops at the first one found.
+local function servable(job)
+  for entry in string.gmatch(job.pools or '', '[^,]+') do
+    local pool, second = split_entry(entry)
+    for _, nid in ipairs(redis.call('SMEMBERS', P .. 'pool:' .. pool)) do
+      if load(nid, job, false)
+          and (not second or redis.call('SISMEMBER', P .. 'pool:' .. second, nid) == 1) then
+        return true
+      end
+    end
+  end
+  return false
+end
+
+-- unqueue(jid, job): leave every queue the job waits in.
+local function unqueue(jid, job)
+  for q in string.gmatch(job.queue or '', '[^,]+') do
+    redis.call('LREM', P .. 'queue:' .. q, 1, jid)
+  end
+  job.queue = ''
+end
+
+-- pick(job): a node with room, or nil. Turn affinity (the turn's node while it lives:
+-- when it is merely full the job waits for it), then session affinity, then
+-- power-of-k-choices among eligible members of the first pool that has any.
+local function pick(job)
+  if job.turn_node and job.turn_node ~= '' and serves(job.turn_node, job) then
+    if load(job.turn_node, job, true) then return job.turn_node end
+    if load(job.turn_node, job, false) then return nil end
+  end
+  if CFG.affinity == 1 and job.last_node and job.last_node ~= '' and serves(job.last_node, job) then
     if load(job.last_node, job, true) then return job.last_node end
   end
   for entry in string.gmatch(job.pools or '', '[^,]+') do
@@ -80,24 +116,9 @@ local function pick(job)
   return nil
 end
 
--- servable(job): is there any candidate node that never had this job (so waiting makes
--- sense)? Stops at the first one found.
-local function servable(job)
-  for entry in string.gmatch(job.pools or '', '[^,]+') do
-    local pool = split_entry(entry)
-    local pk = P .. 'pool:' .. pool
-    if redis.call('SCARD', pk) > 0 then
-      if not job.tried or job.tried == '' then return true end
-      for _, nid in ipairs(redis.call('SMEMBERS', pk)) do
-        if not csv_has(job.tried, nid) then return true end
-      end
-    end
-  end
-  return false
-end
-
 -- fail(jid, job, code, message): terminal FAILED; the utterance gets its error.
 local function fail(jid, job, code, message)
+  unqueue(jid, job)
   redis.call('HSET', job_key(jid), 'state', 'FAILED', 'failure', code, 'failure_message', message,
     'finished_at', NOW)
   redis.call('ZREM', P .. 'due:jobs', jid)
@@ -111,6 +132,7 @@ end
 -- assign(jid, job, nid): reserve a slot on nid and send job_assign (attempt + 1).
 local function assign(jid, job, nid)
   local jk = job_key(jid)
+  unqueue(jid, job)
   redis.call('SADD', node_key(nid) .. ':jobs', jid)
   redis.call('PEXPIRE', node_key(nid) .. ':jobs', CFG.liveness + CFG.node_retention)
   redis.call('HINCRBY', node_key(nid), 'reserved', 1)
@@ -121,19 +143,19 @@ local function assign(jid, job, nid)
     'deadline', deadline, 'queue', '')
   redis.call('ZADD', P .. 'due:jobs', deadline, jid)
   redis.call('PEXPIRE', jk, CFG.job_ttl)
+  redis.call('PEXPIRE', jk .. ':audio', CFG.job_ttl)
   job.state, job.node, job.attempt = 'DISPATCHED', nid, attempt
   local sk = session_key(job.session)
   if job.turn_id and job.turn_id ~= '' and redis.call('HGET', sk, 'turn_id') == job.turn_id then
     redis.call('HSET', sk, 'turn_node', nid)
   end
   if redis.call('EXISTS', sk) == 1 then redis.call('HSET', sk, 'last_node', nid) end
-  local spec = cjson.decode(job.spec)
-  spec.attempt_id = attempt
-  deliver('node', nid, cjson.encode(spec), redis.call('GET', jk .. ':audio') or '')
+  local msg = json_with(job.spec, {attempt_id = attempt})
+  deliver('node', nid, msg, redis.call('GET', jk .. ':audio') or '')
   ui_event(job, 'DISPATCHED', 'ok')
 end
 
--- dispatch(jid, job, code, message): assign now, or wait in the first pool's queue, or fail
+-- dispatch(jid, job, code, message): assign now, or wait in the candidate pools' queues, or fail
 -- at once with `code` when no node can ever serve it.
 local function dispatch(jid, job, code, message)
   local nid, why = pick(job)
@@ -146,15 +168,21 @@ local function dispatch(jid, job, code, message)
       message or ('no node serves ' .. (job.pair or 'this language pair')))
     return 'failed'
   end
-  local first = split_entry(string.match(job.pools, '[^,]+'))
-  local qk = P .. 'queue:' .. first
-  if redis.call('LLEN', qk) >= CFG.queue_max then
-    fail(jid, job, 'NO_AVAILABLE_NODE', 'every node is busy and the queue is full')
-    return 'failed'
+  -- Wait in the queue of every candidate pool, so whichever pool frees first serves it
+  -- (a non-strict tenant job is also taken by public nodes).
+  local queues = {}
+  for entry in string.gmatch(job.pools, '[^,]+') do
+    local q = split_entry(entry)
+    if redis.call('LLEN', P .. 'queue:' .. q) >= CFG.queue_max then
+      fail(jid, job, 'NO_AVAILABLE_NODE', 'every node is busy and the queue is full')
+      return 'failed'
+    end
+    queues[#queues + 1] = q
   end
-  redis.call('RPUSH', qk, jid)
+  for _, q in ipairs(queues) do redis.call('RPUSH', P .. 'queue:' .. q, jid) end
+  job.queue = table.concat(queues, ',')
   local deadline = NOW + CFG.queue_wait
-  redis.call('HSET', job_key(jid), 'state', 'QUEUED', 'queue', first, 'queued_at', NOW,
+  redis.call('HSET', job_key(jid), 'state', 'QUEUED', 'queue', job.queue, 'queued_at', NOW,
     'deadline', deadline, 'node', '')
   redis.call('ZADD', P .. 'due:jobs', deadline, jid)
   job.state = 'QUEUED'
@@ -174,21 +202,12 @@ local function offer(nid)
       if job.state ~= 'QUEUED' then
         redis.call('LREM', qk, 1, jid) -- stale entry
       else
-        local ok = load(nid, job, true) ~= nil
+        local ok = load(nid, job, true) ~= nil and serves(nid, job)
         if ok and job.turn_node and job.turn_node ~= '' and job.turn_node ~= nid
             and load(job.turn_node, job, false) then
           ok = false -- its turn's node is alive: it waits for that one
         end
         if ok then
-          for entry in string.gmatch(job.pools, '[^,]+') do
-            local p, second = split_entry(entry)
-            if p == pool and second and redis.call('SISMEMBER', P .. 'pool:' .. second, nid) == 0 then
-              ok = false
-            end
-          end
-        end
-        if ok then
-          redis.call('LREM', qk, 1, jid)
           assign(jid, job, nid)
           room = room - 1
           if room <= 0 then return end

@@ -11,7 +11,7 @@ local function take_offline(node_id, reason)
   for _, jid in ipairs(redis.call('SMEMBERS', nk .. ':jobs')) do
     local job = hgetall(job_key(jid))
     if job.id then
-      failover(jid, job, 'JOB_TIMEOUT', 'node ' .. node_id .. ' went offline', false)
+      failover(jid, job, 'NODE_UNAVAILABLE', 'node ' .. node_id .. ' went offline', false)
     else
       release_node(jid, node_id)
     end

@@ -13,17 +13,13 @@ local function submit(sid, sess, idx, spec, audio, meta)
     return {status = 'settled'}
   end
   local jid = 'job-' .. sess.nonce .. '-' .. idx
-  local s = cjson.decode(spec)
-  s.type = 'job_assign'
-  s.job_id = jid
-  s.session_id = sid
-  s.utterance_index = idx
-  s.trace_id = meta.trace_id
-  if meta.turn_id and meta.turn_id ~= '' then s.turn_id = meta.turn_id end
+  local ids = {type = 'job_assign', job_id = jid, session_id = sid, utterance_index = idx,
+    trace_id = meta.trace_id}
+  if meta.turn_id and meta.turn_id ~= '' then ids.turn_id = meta.turn_id end
   local job = {id = jid, session = sid, idx = idx, state = 'CREATED', attempt = 0, tried = '',
     pools = meta.pools, needs = meta.needs, pair = meta.pair, trace_id = meta.trace_id,
     turn_id = meta.turn_id or '', turn_node = meta.turn_node or '',
-    last_node = sess.last_node or '', created_at = NOW, spec = cjson.encode(s)}
+    last_node = sess.last_node or '', created_at = NOW, spec = json_with(spec, ids), queue = ''}
   local fields = {}
   for k, v in pairs(job) do
     fields[#fields + 1] = k

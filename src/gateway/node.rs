@@ -343,6 +343,9 @@ impl NodeConn {
             Ok(HeartbeatReply::Ok { .. }) => {
                 if let Some(reg) = &mut self.reg {
                     reg.caps = caps;
+                    if let Some(services) = h.installed_services.clone() {
+                        reg.register.installed_services = services;
+                    }
                 }
             }
             Ok(HeartbeatReply::Missing) => {
@@ -514,7 +517,7 @@ impl NodeConn {
             .iter()
             .find(|s| s.get("service_id").and_then(|v| v.as_str()) == Some(id))
             .and_then(|s| s.get("type").and_then(|v| v.as_str()))
-            .unwrap_or(id)
+            .unwrap_or_else(|| guess_service_type(id))
     }
 
     async fn on_partial(&mut self, p: AsrPartial) {
@@ -538,21 +541,21 @@ impl NodeConn {
 }
 
 /// The session's `translation_result` from a node's `job_result`: every field the node sent
-/// beyond the routing ones is passed on (texts, tts, extra, timings, quality).
+/// beyond the routing ones is passed on (texts, tts, extra, timings, quality). The script
+/// adds session_id, utterance_index, job_id and trace_id from the job record.
 fn translation_result(r: &JobResult) -> String {
     let mut m = r.rest.clone();
-    m.remove("type");
+    for key in [
+        "type",
+        "session_id",
+        "utterance_index",
+        "job_id",
+        "trace_id",
+        "node_id",
+    ] {
+        m.remove(key);
+    }
     m.insert("type".into(), "translation_result".into());
-    m.insert("job_id".into(), r.job_id.clone().into());
-    if let Some(s) = &r.session_id {
-        m.insert("session_id".into(), s.clone().into());
-    }
-    if let Some(i) = r.utterance_index {
-        m.insert("utterance_index".into(), i.into());
-    }
-    if let Some(t) = &r.trace_id {
-        m.insert("trace_id".into(), t.clone().into());
-    }
     for key in ["text_asr", "text_translated", "tts_audio"] {
         m.entry(key).or_insert_with(|| "".into());
     }
@@ -564,11 +567,31 @@ fn translation_result(r: &JobResult) -> String {
     {
         m.entry("service_timings").or_insert(t);
     }
-    m.insert(
-        "scheduler_sent_at_ms".into(),
-        crate::protocol::now_ms().into(),
-    );
     serde_json::Value::Object(m).to_string()
+}
+
+/// The service type a MODEL_NOT_AVAILABLE `service_id` names, when the node's
+/// installed_services do not say: by well-known names, else the id itself.
+fn guess_service_type(id: &str) -> &str {
+    let lower = id.to_ascii_lowercase();
+    const TYPES: [&str; 7] = [
+        "asr",
+        "nmt",
+        "tts",
+        "semantic",
+        "tone",
+        "phonetic",
+        "punctuation",
+    ];
+    if let Some(t) = TYPES.iter().find(|t| lower.contains(*t)) {
+        return t;
+    }
+    match () {
+        _ if lower.contains("whisper") => "asr",
+        _ if lower.contains("piper") || lower.contains("vits") => "tts",
+        _ if lower.contains("m2m") || lower.contains("nllb") || lower.contains("marian") => "nmt",
+        _ => id,
+    }
 }
 
 /// `node-` + 8 uppercase hex digits (PROTOCOL.md).

@@ -170,6 +170,16 @@ pub async fn check(c: &mut MultiplexedConnection) {
             ));
         }
     }
+    let jobs: Vec<String> = keys
+        .iter()
+        .filter_map(|k| k.strip_prefix(&format!("{PREFIX}job:")))
+        .filter(|rest| !rest.contains(':'))
+        .map(str::to_string)
+        .collect();
+    for j in &jobs {
+        check_job(c, j, &mut bad).await;
+    }
+
     let live: Vec<String> = c
         .zrange(format!("{PREFIX}nodes:live"), 0, -1)
         .await
@@ -216,14 +226,20 @@ async fn check_job(c: &mut MultiplexedConnection, j: &str, bad: &mut Vec<String>
             bad.push(format!("job {j} is {state} without a deadline"));
         }
     } else if state == "QUEUED" {
-        let q = job.get("queue").cloned().unwrap_or_default();
-        let items: Vec<String> = c
-            .lrange(format!("{PREFIX}queue:{q}"), 0, -1)
-            .await
-            .expect("lrange");
-        let n = items.iter().filter(|x| x.as_str() == j).count();
-        if n != 1 {
-            bad.push(format!("queued job {j} appears {n} times in queue {q}"));
+        // A queued job waits in the queue of every candidate pool, exactly once in each.
+        let queues = job.get("queue").cloned().unwrap_or_default();
+        if queues.is_empty() {
+            bad.push(format!("queued job {j} names no queue"));
+        }
+        for q in queues.split(',').filter(|q| !q.is_empty()) {
+            let items: Vec<String> = c
+                .lrange(format!("{PREFIX}queue:{q}"), 0, -1)
+                .await
+                .expect("lrange");
+            let n = items.iter().filter(|x| x.as_str() == j).count();
+            if n != 1 {
+                bad.push(format!("queued job {j} appears {n} times in queue {q}"));
+            }
         }
         if due.is_none() {
             bad.push(format!("queued job {j} has no deadline"));

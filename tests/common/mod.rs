@@ -28,6 +28,9 @@ pub fn test_config(redis_url: &str) -> Config {
     cfg.redis.url = redis_url.into();
     cfg.redis.timeout_ms = 500;
     cfg.node.heartbeat_interval_ms = 300;
+    // Scenario nodes rarely heartbeat: a liveness long enough not to race them; the
+    // liveness scenarios shorten it.
+    cfg.node.liveness_ms = Some(3_000);
     cfg.node.disconnect_grace_ms = 400;
     cfg.node.offline_retention_ms = 5_000;
     cfg.sweep.interval_ms = 50;
