@@ -42,7 +42,7 @@ if dead and dead ~= ME and redis.call('EXISTS', P .. 'instance:' .. dead) == 0 t
     if owner and owner ~= dead then
       local seq = env.seq
       if seq == 0 then seq = nil end
-      deliver(env.k, env.id, env.msg, f.audio, seq)
+      deliver(env.k, env.id, env.msg, f.audio, seq, env.tp, env.job)
       reply.rerouted = reply.rerouted + 1
     else
       reply.dropped = reply.dropped + 1

@@ -17,9 +17,11 @@ if not job then return finish({status = 'stale', reason = why}) end
 local state = job.state
 if ARGV[9] == 'ack' and state == 'DISPATCHED' then
   state = 'ACCEPTED'
+  count('acked')
   ui_event(job, 'NODE_ACCEPTED', 'ok')
 elseif ARGV[9] == 'started' and state ~= 'RUNNING' then
   state = 'RUNNING'
+  count('started')
 end
 local deadline = tonumber(job.dispatched_at) + CFG.run_timeout
 redis.call('HSET', KEYS[1], 'state', state, 'deadline', deadline)

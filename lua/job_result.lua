@@ -33,6 +33,8 @@ if outcome == 'ok' then
   redis.call('DEL', KEYS[1] .. ':audio')
   redis.call('PEXPIRE', KEYS[1], CFG.job_ttl)
   job.state = 'FINISHED'
+  count('finished')
+  LAT.e2e[#LAT.e2e + 1] = NOW - tonumber(job.created_at or NOW)
   ui_event(job, 'ASR_FINAL', 'ok')
   ui_event(job, 'NMT_DONE', 'ok')
   -- identity from the job record, not from what the node wrote

@@ -27,7 +27,25 @@ pub struct Config {
     pub jobs: JobsConfig,
     pub instance: InstanceConfig,
     pub inbox: InboxConfig,
+    pub telemetry: TelemetryConfig,
     pub log: LogConfig,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct TelemetryConfig {
+    /// OTLP endpoint (`http://collector:4317` for gRPC, `http://collector:4318` for HTTP).
+    /// Unset: the standard `OTEL_EXPORTER_OTLP_(TRACES_)ENDPOINT` variables apply; if none
+    /// is set either, no spans are exported.
+    pub otlp_endpoint: Option<String>,
+    /// `grpc` or `http` (HTTP/protobuf). Unset: `OTEL_EXPORTER_OTLP_PROTOCOL`, else grpc.
+    pub otlp_protocol: Option<String>,
+    /// Extra headers / gRPC metadata (e.g. an API key); `OTEL_EXPORTER_OTLP_HEADERS` also works.
+    pub otlp_headers: std::collections::BTreeMap<String, String>,
+    /// Share of new traces sampled (parent-based: a sampled parent keeps its children).
+    pub sample_ratio: f64,
+    /// `service.name` of the exported spans.
+    pub service_name: String,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -198,6 +216,7 @@ impl Default for Config {
             jobs: JobsConfig::default(),
             instance: InstanceConfig::default(),
             inbox: InboxConfig::default(),
+            telemetry: TelemetryConfig::default(),
             log: LogConfig::default(),
         }
     }
@@ -314,6 +333,18 @@ impl Default for InboxConfig {
     }
 }
 
+impl Default for TelemetryConfig {
+    fn default() -> Self {
+        Self {
+            otlp_endpoint: None,
+            otlp_protocol: None,
+            otlp_headers: Default::default(),
+            sample_ratio: 1.0,
+            service_name: "switchyard".into(),
+        }
+    }
+}
+
 impl Default for LogConfig {
     fn default() -> Self {
         Self {
@@ -334,7 +365,18 @@ pub enum ConfigError {
 
 /// Top-level keys an environment variable may set.
 const SECTIONS: &[&str] = &[
-    "listen", "redis", "cell", "node", "sweep", "ws", "session", "jobs", "log",
+    "listen",
+    "redis",
+    "cell",
+    "node",
+    "sweep",
+    "ws",
+    "session",
+    "jobs",
+    "instance",
+    "inbox",
+    "telemetry",
+    "log",
 ];
 
 impl Config {
@@ -508,6 +550,15 @@ impl Config {
                 "must not exceed session.idle_ttl_ms",
             );
         }
+        let t = &self.telemetry;
+        if !(0.0..=1.0).contains(&t.sample_ratio) {
+            return bad("telemetry.sample_ratio", "must be between 0 and 1");
+        }
+        if let Some(p) = &t.otlp_protocol
+            && !matches!(p.as_str(), "grpc" | "http")
+        {
+            return bad("telemetry.otlp_protocol", "must be \"grpc\" or \"http\"");
+        }
         if !matches!(self.log.format.as_str(), "text" | "json") {
             return bad("log.format", "must be \"text\" or \"json\"");
         }
@@ -516,6 +567,7 @@ impl Config {
 }
 
 #[cfg(test)]
+#[allow(clippy::result_large_err)] // figment::Jail closures return figment::Error
 mod tests {
     use super::*;
 
@@ -525,6 +577,67 @@ mod tests {
         c.validate().expect("defaults valid");
         assert_eq!(c.liveness_ms(), 45_000);
         assert_eq!(c.cell_tag(), "{switchyard:main}");
+    }
+
+    #[test]
+    fn every_section_can_be_set_from_the_environment_and_strays_are_ignored() {
+        figment::Jail::expect_with(|jail| {
+            let vars = [
+                ("SWITCHYARD_LISTEN", "127.0.0.1:6000"),
+                ("SWITCHYARD_REDIS__POOL_SIZE", "7"),
+                ("SWITCHYARD_CELL__NAME", "eu"),
+                ("SWITCHYARD_NODE__HEARTBEAT_INTERVAL_MS", "5000"),
+                ("SWITCHYARD_SWEEP__BATCH", "9"),
+                ("SWITCHYARD_WS__SEND_QUEUE", "11"),
+                ("SWITCHYARD_SESSION__PAUSE_MS", "1234"),
+                ("SWITCHYARD_JOBS__MAX_ATTEMPTS", "5"),
+                ("SWITCHYARD_INSTANCE__PRESENCE_TTL_MS", "9000"),
+                ("SWITCHYARD_INBOX__DEAD_LETTER_AFTER", "3"),
+                ("SWITCHYARD_TELEMETRY__SAMPLE_RATIO", "0.5"),
+                ("SWITCHYARD_LOG__FORMAT", "json"),
+                // Kubernetes injects these for a Service named "switchyard".
+                ("SWITCHYARD_SERVICE_HOST", "10.0.0.1"),
+                ("SWITCHYARD_PORT_5010_TCP", "tcp://10.0.0.1:5010"),
+            ];
+            for (k, v) in vars {
+                jail.set_env(k, v);
+            }
+            let c = Config::load(None).expect("loads");
+            assert_eq!(c.listen, "127.0.0.1:6000");
+            assert_eq!(c.redis.pool_size, 7);
+            assert_eq!(c.cell.name, "eu");
+            assert_eq!(c.node.heartbeat_interval_ms, 5000);
+            assert_eq!(c.sweep.batch, 9);
+            assert_eq!(c.ws.send_queue, 11);
+            assert_eq!(c.session.pause_ms, 1234);
+            assert_eq!(c.jobs.max_attempts, 5);
+            assert_eq!(c.instance.presence_ttl_ms, 9000);
+            assert_eq!(c.inbox.dead_letter_after, 3);
+            assert_eq!(c.telemetry.sample_ratio, 0.5);
+            assert_eq!(c.log.format, "json");
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn a_toml_file_sits_between_defaults_and_environment() {
+        figment::Jail::expect_with(|jail| {
+            jail.create_file(
+                "s.toml",
+                "[node]\nheartbeat_interval_ms = 2000\ndefault_capacity = 2\n",
+            )?;
+            jail.set_env("SWITCHYARD_NODE__DEFAULT_CAPACITY", "3");
+            let c = Config::load(Some(std::path::Path::new("s.toml"))).expect("loads");
+            assert_eq!(c.node.heartbeat_interval_ms, 2000);
+            assert_eq!(c.node.default_capacity, 3, "environment wins over the file");
+            assert_eq!(c.liveness_ms(), 6000);
+            jail.create_file("bad.toml", "[node]\nheartbeat_intervl_ms = 1\n")?;
+            let err = Config::load(Some(std::path::Path::new("bad.toml")))
+                .unwrap_err()
+                .to_string();
+            assert!(err.contains("heartbeat_intervl_ms"), "{err}");
+            Ok(())
+        });
     }
 
     #[test]

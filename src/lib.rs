@@ -8,6 +8,7 @@ pub mod http;
 pub mod protocol;
 pub mod routing;
 pub mod server;
+pub mod sim;
 pub mod store;
 pub mod sweeper;
 pub mod telemetry;

@@ -26,6 +26,8 @@ enum Command {
     Serve,
     /// Print the effective configuration; exit non-zero if it is invalid.
     CheckConfig,
+    /// Simulated nodes and sessions against running instances (demo, load, benchmarks).
+    Sim(Box<switchyard::sim::SimArgs>),
 }
 
 fn main() -> ExitCode {
@@ -38,6 +40,7 @@ fn main() -> ExitCode {
         }
     };
     match cli.command.unwrap_or(Command::Serve) {
+        Command::Sim(args) => switchyard::sim::main(*args),
         Command::CheckConfig => match toml_string(&cfg) {
             Ok(s) => {
                 println!(
@@ -52,7 +55,6 @@ fn main() -> ExitCode {
             }
         },
         Command::Serve => {
-            switchyard::telemetry::init_logging(&cfg.log);
             let rt = match tokio::runtime::Runtime::new() {
                 Ok(rt) => rt,
                 Err(e) => {
@@ -60,7 +62,18 @@ fn main() -> ExitCode {
                     return ExitCode::FAILURE;
                 }
             };
-            match rt.block_on(switchyard::server::run(cfg)) {
+            let telemetry = {
+                // The gRPC exporter needs the runtime's handle when it is built.
+                let _enter = rt.enter();
+                switchyard::telemetry::init(&cfg)
+            };
+            if telemetry.exporting() {
+                tracing::info!("exporting spans with OTLP");
+            }
+            let result = rt.block_on(switchyard::server::run(cfg));
+            let _enter = rt.enter();
+            telemetry.shutdown();
+            match result {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => {
                     eprintln!("switchyard: {e}");

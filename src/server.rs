@@ -35,6 +35,8 @@ pub struct App {
     pub crashed: AtomicBool,
     /// Connection tasks still running (shutdown waits for their cleanup scripts).
     pub live_conns: AtomicUsize,
+    /// Trace context of dispatched jobs (observability only).
+    pub dispatch_spans: crate::routing::DispatchSpans,
     conn_seq: AtomicU64,
     /// Flips to true when every connection must close (after the drain grace).
     shutdown: watch::Sender<bool>,
@@ -57,6 +59,7 @@ impl App {
             draining: AtomicBool::new(false),
             crashed: AtomicBool::new(false),
             live_conns: AtomicUsize::new(0),
+            dispatch_spans: Default::default(),
             conn_seq: AtomicU64::new(0),
             shutdown: watch::channel(false).0,
             stop_accepting: watch::channel(false).0,

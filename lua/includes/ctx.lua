@@ -2,15 +2,26 @@
 --   ARGV[1] key prefix "{tag}:"  (every derived key shares the cell's hash tag)
 --   ARGV[2] calling instance id  (messages for its own connections are returned to it)
 --   ARGV[3] configuration JSON   (timings and limits, see src/store/mod.rs ScriptConfig)
---   ARGV[4] random seed          (Redis' Lua PRNG repeats its sequence after a restart)
+--   ARGV[4] "<seed> <traceparent>": a random seed (Redis' Lua PRNG repeats its sequence
+--           after a restart) and the W3C traceparent of the caller's span ("" if none),
+--           carried into job records and deliveries so one utterance is one trace
 local P = ARGV[1]
 local ME = ARGV[2]
 local CFG = cjson.decode(ARGV[3])
-math.randomseed(tonumber(ARGV[4]))
+local SEED, TP = string.match(ARGV[4], '^(%d+) ?(.*)$')
+math.randomseed(tonumber(SEED or '1'))
+TP = TP or ''
 local t = redis.call('TIME')
 local NOW = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-local OUT = {}    -- messages for connections: {k=kind, id=, owner=, conn=, msg=json, blob=n?}
+local OUT = {}    -- messages for connections: {k=kind, id=, owner=, conn=, msg=json, blob=n?,
+                  --   seq=n?, tp=traceparent?, job=job id?}
 local BLOBS = {}  -- binary payloads the messages refer to (job audio), returned after the JSON
+local EV = {}     -- transitions this call made, by name (metrics): submitted, dispatched, ...
+local LAT = {dispatch = {}, e2e = {}}  -- ms from job creation to dispatch / to result
+
+local function count(name)
+  EV[name] = (EV[name] or 0) + 1
+end
 
 local function hgetall(key)
   local r = redis.call('HGETALL', key)
@@ -32,6 +43,8 @@ local function session_key(id) return P .. 'session:' .. id end
 -- The reply: JSON of `r` plus the deliveries, then the blobs as further bulk strings.
 local function finish(r)
   r.out = OUT
+  r.ev = EV
+  r.lat = LAT
   local reply = {cjson.encode(r)}
   for _, b in ipairs(BLOBS) do reply[#reply + 1] = b end
   return reply

@@ -6,8 +6,10 @@
 --  * owner dead or none: dropped — state keeps it recoverable (results stay in the result
 --    log for resume, jobs time out and fail over).
 -- `audio` (optional) is the raw job payload; `seq` (optional) orders a session's terminal
--- messages across the two paths.
-local function deliver(kind, id, msg, audio, seq)
+-- messages across the two paths; `tp` is the trace context the delivery span continues
+-- (default: the caller's) and `job` the job id it concerns.
+local function deliver(kind, id, msg, audio, seq, tp, job)
+  tp = tp or TP
   local info = redis.call('HMGET', P .. kind .. ':' .. id, 'owner', 'conn')
   local owner = info[1]
   if not owner or owner == '' then return end
@@ -17,9 +19,11 @@ local function deliver(kind, id, msg, audio, seq)
       BLOBS[#BLOBS + 1] = audio
       blob = #BLOBS
     end
-    OUT[#OUT + 1] = {k = kind, id = id, owner = owner, conn = info[2], msg = msg, blob = blob, seq = seq}
+    OUT[#OUT + 1] = {k = kind, id = id, owner = owner, conn = info[2], msg = msg, blob = blob,
+      seq = seq, tp = tp, job = job}
   elseif redis.call('EXISTS', P .. 'instance:' .. owner) == 1 then
-    local env = cmsgpack.pack({k = kind, id = id, conn = info[2] or '', msg = msg, seq = seq or 0})
+    local env = cmsgpack.pack({k = kind, id = id, conn = info[2] or '', msg = msg, seq = seq or 0,
+      tp = tp, job = job or ''})
     if audio then
       redis.call('XADD', P .. 'inbox:' .. owner, 'MAXLEN', '~', CFG.inbox_max, '*', 'env', env, 'audio', audio)
     else

@@ -125,6 +125,7 @@ local function fail(jid, job, code, message)
   redis.call('DEL', job_key(jid) .. ':audio')
   redis.call('PEXPIRE', job_key(jid), CFG.job_ttl)
   job.state = 'FAILED'
+  count('failed:' .. code)
   ui_event(job, 'ERROR', 'error', code)
   settle(job.session, job.idx, error_msg(job, code, message))
 end
@@ -145,13 +146,15 @@ local function assign(jid, job, nid)
   redis.call('PEXPIRE', jk, CFG.job_ttl)
   redis.call('PEXPIRE', jk .. ':audio', CFG.job_ttl)
   job.state, job.node, job.attempt = 'DISPATCHED', nid, attempt
+  count('dispatched')
+  LAT.dispatch[#LAT.dispatch + 1] = NOW - tonumber(job.created_at or NOW)
   local sk = session_key(job.session)
   if job.turn_id and job.turn_id ~= '' and redis.call('HGET', sk, 'turn_id') == job.turn_id then
     redis.call('HSET', sk, 'turn_node', nid)
   end
   if redis.call('EXISTS', sk) == 1 then redis.call('HSET', sk, 'last_node', nid) end
   local msg = json_with(job.spec, {attempt_id = attempt})
-  deliver('node', nid, msg, redis.call('GET', jk .. ':audio') or '')
+  deliver('node', nid, msg, redis.call('GET', jk .. ':audio') or '', nil, job.tp, jid)
   ui_event(job, 'DISPATCHED', 'ok')
 end
 
@@ -186,6 +189,7 @@ local function dispatch(jid, job, code, message)
     'deadline', deadline, 'node', '')
   redis.call('ZADD', P .. 'due:jobs', deadline, jid)
   job.state = 'QUEUED'
+  count('queued')
   return 'queued'
 end
 
@@ -232,6 +236,7 @@ local function failover(jid, job, code, message, cancel)
     job.tried = (job.tried and job.tried ~= '') and (job.tried .. ',' .. old) or old
     redis.call('HSET', job_key(jid), 'tried', job.tried, 'node', '')
     redis.call('HINCRBY', job_key(jid), 'failovers', 1)
+    count('failover')
   end
   if tonumber(job.attempt or '0') >= CFG.max_attempts then
     fail(jid, job, code, message)

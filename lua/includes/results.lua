@@ -69,6 +69,7 @@ local function release(sid, force)
       if redis.call('ZSCORE', pk, g) then
         deliver_index(sid, rk, pk, g)
       elseif redis.call('HEXISTS', rk, g) == 0 and redis.call('HEXISTS', jk, g) == 0 then
+        count('missing_result')
         local m = missing_msg(sid, g)
         redis.call('HSET', rk, g, m)
         redis.call('PEXPIRE', rk, CFG.session_ttl)

@@ -19,7 +19,8 @@ local function submit(sid, sess, idx, spec, audio, meta)
   local job = {id = jid, session = sid, idx = idx, state = 'CREATED', attempt = 0, tried = '',
     pools = meta.pools, needs = meta.needs, pair = meta.pair, trace_id = meta.trace_id,
     turn_id = meta.turn_id or '', turn_node = meta.turn_node or '',
-    last_node = sess.last_node or '', created_at = NOW, spec = json_with(spec, ids), queue = ''}
+    last_node = sess.last_node or '', created_at = NOW, spec = json_with(spec, ids), queue = '',
+    tp = TP}
   local fields = {}
   for k, v in pairs(job) do
     fields[#fields + 1] = k
@@ -31,6 +32,7 @@ local function submit(sid, sess, idx, spec, audio, meta)
   redis.call('SET', jk .. ':audio', audio, 'PX', CFG.job_ttl)
   redis.call('HSET', sk .. ':jobs', idx, jid)
   redis.call('PEXPIRE', sk .. ':jobs', CFG.session_ttl)
+  count('submitted')
   local d = dispatch(jid, job)
   return {status = 'created', job_id = jid, dispatch = d}
 end

@@ -13,6 +13,7 @@ use axum::extract::ws::{Message, WebSocket, WebSocketUpgrade};
 use axum::response::Response;
 use futures_util::StreamExt;
 use tokio::sync::mpsc;
+use tracing::Instrument;
 
 use super::{Kind, LocalConn, Outbound, close, socket};
 use crate::capabilities::Capabilities;
@@ -154,6 +155,61 @@ impl NodeConn {
                 return;
             }
         };
+        let span = self.message_span(&msg);
+        self.handle(msg).instrument(span).await
+    }
+
+    /// A span for one inbound message: `node.<type>`. A job message continues its
+    /// utterance's trace: as a child of the job's dispatch span when this instance wrote
+    /// it, else under the job's trace_id.
+    fn message_span(&self, msg: &NodeInbound) -> tracing::Span {
+        let node = self
+            .reg
+            .as_ref()
+            .map(|r| r.node_id.as_str())
+            .unwrap_or_default();
+        let span = tracing::info_span!(
+            "ws.message",
+            otel.name = %format_args!("node.{}", msg.kind()),
+            node_id = node,
+            job_id = tracing::field::Empty,
+            attempt_id = tracing::field::Empty,
+            utterance_index = tracing::field::Empty,
+            trace_id = tracing::field::Empty,
+        );
+        let (job, trace, finished) = match msg {
+            NodeInbound::JobResult(r) => {
+                span.record("attempt_id", r.attempt_id);
+                if let Some(i) = r.utterance_index {
+                    span.record("utterance_index", i);
+                }
+                (Some(r.job_id.as_str()), r.trace_id.as_deref(), true)
+            }
+            NodeInbound::JobAck(a) | NodeInbound::JobStarted(a) => {
+                span.record("attempt_id", a.attempt_id);
+                (Some(a.job_id.as_str()), None, false)
+            }
+            NodeInbound::AsrPartial(p) => (Some(p.job_id.as_str()), None, false),
+            _ => (None, None, false),
+        };
+        if let Some(job) = job {
+            span.record("job_id", job);
+            let dispatched = if finished {
+                self.app.dispatch_spans.take(job)
+            } else {
+                self.app.dispatch_spans.get(job)
+            };
+            let parent =
+                dispatched.or_else(|| trace.and_then(crate::telemetry::parent_from_trace_id));
+            if let Some(t) = trace {
+                span.record("trace_id", t);
+            }
+            crate::telemetry::adopt(&span, parent);
+        }
+        span
+    }
+
+    async fn handle(&mut self, msg: NodeInbound) {
         match msg {
             NodeInbound::NodeRegister(r) => {
                 self.app.metrics.message_in(KIND, "node_register");

@@ -14,6 +14,7 @@ use base64::engine::general_purpose::STANDARD as B64;
 use futures_util::StreamExt;
 use serde_json::json;
 use tokio::sync::mpsc;
+use tracing::Instrument;
 
 use super::{Kind, LocalConn, Outbound, close, socket};
 use crate::capabilities::{RouteRequest, route};
@@ -46,6 +47,8 @@ struct SessionConn {
     token: String,
     /// Set by session_init: (session id, tenant).
     session: Option<(String, Option<String>)>,
+    /// The session's trace id (client's or minted), parent of spans without their own.
+    trace_id: Option<String>,
 }
 
 async fn serve(app: Arc<App>, ws: WebSocket) {
@@ -60,6 +63,7 @@ async fn serve(app: Arc<App>, ws: WebSocket) {
         tx,
         token,
         session: None,
+        trace_id: None,
     };
     let hello = tokio::time::Instant::now() + Duration::from_millis(app.cfg.ws.hello_timeout_ms);
     loop {
@@ -162,6 +166,42 @@ impl SessionConn {
                 return self.error(ErrorCode::InvalidMessage, e.to_string());
             }
         };
+        let span = self.message_span(&msg);
+        self.handle(msg).instrument(span).await
+    }
+
+    /// A span for one inbound message: `session.<type>`, with the ids operators search by;
+    /// its trace id is the client's trace_id when that is a valid W3C trace id.
+    fn message_span(&self, msg: &SessionInbound) -> tracing::Span {
+        let (trace_id, index) = match msg {
+            SessionInbound::SessionInit(i) => (i.trace_id.clone(), None),
+            SessionInbound::Utterance(u) => (u.trace_id.clone(), Some(u.utterance_index)),
+            _ => (None, None),
+        };
+        let trace_id = trace_id
+            .filter(|t| !t.is_empty())
+            .or_else(|| self.trace_id.clone())
+            .unwrap_or_default();
+        let sid = self
+            .session
+            .as_ref()
+            .map(|(s, _)| s.as_str())
+            .unwrap_or_default();
+        let span = tracing::info_span!(
+            "ws.message",
+            otel.name = %format_args!("session.{}", msg.kind()),
+            session_id = sid,
+            trace_id = %trace_id,
+            utterance_index = tracing::field::Empty,
+        );
+        if let Some(i) = index {
+            span.record("utterance_index", i);
+        }
+        crate::telemetry::adopt(&span, crate::telemetry::parent_from_trace_id(&trace_id));
+        span
+    }
+
+    async fn handle(&mut self, msg: SessionInbound) {
         if let SessionInbound::SessionInit(init) = msg {
             self.app.metrics.message_in(KIND, "session_init");
             return self.on_init(*init).await;
@@ -343,6 +383,7 @@ impl SessionConn {
                     OpenReply::Taken => app.conns.unbind(Kind::Session, &sid, &self.token),
                     OpenReply::Ok => {
                         self.session = Some((sid.clone(), tenant));
+                        self.trace_id = Some(trace_id.clone());
                         self.send_json(init_ack(&sid, &trace_id, false));
                         self.send(Outbound::ExpectSeq(1));
                         return;
@@ -388,6 +429,7 @@ impl SessionConn {
         {
             tracing::info!(session_id = sid, resent, "session resumed");
             self.session = Some((sid.to_string(), tenant));
+            self.trace_id = Some(trace_id.to_string());
             self.send_json(init_ack(sid, trace_id, true));
             self.send(Outbound::ExpectSeq(*next_seq));
         }

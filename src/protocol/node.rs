@@ -28,6 +28,21 @@ pub enum NodeInbound {
     AsrPartial(AsrPartial),
 }
 
+impl NodeInbound {
+    /// The message type, as on the wire.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            NodeInbound::NodeRegister(_) => "node_register",
+            NodeInbound::NodeHeartbeat(_) => "node_heartbeat",
+            NodeInbound::NodeError(_) => "node_error",
+            NodeInbound::JobAck(_) => "job_ack",
+            NodeInbound::JobStarted(_) => "job_started",
+            NodeInbound::JobResult(_) => "job_result",
+            NodeInbound::AsrPartial(_) => "asr_partial",
+        }
+    }
+}
+
 /// `job_ack` and `job_started` (optional; lingua nodes send neither).
 #[derive(Debug, Clone, Deserialize)]
 pub struct JobAck {

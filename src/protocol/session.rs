@@ -153,6 +153,19 @@ pub struct SessionRef {
 }
 
 impl SessionInbound {
+    /// The message type, as on the wire.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            SessionInbound::SessionInit(_) => "session_init",
+            SessionInbound::AudioChunk(_) => "audio_chunk",
+            SessionInbound::Utterance(_) => "utterance",
+            SessionInbound::ClientHeartbeat(_) => "client_heartbeat",
+            SessionInbound::SessionClose(_) => "session_close",
+            SessionInbound::TtsStarted(_) => "tts_started",
+            SessionInbound::TtsPlayEnded(_) => "tts_play_ended",
+        }
+    }
+
     /// The `session_id` the message names (session_init names none).
     pub fn session_id(&self) -> Option<&str> {
         match self {

@@ -30,6 +30,10 @@ struct Envelope {
     msg: String,
     #[serde(default)]
     seq: u64,
+    #[serde(default)]
+    tp: Option<String>,
+    #[serde(default)]
+    job: Option<String>,
 }
 
 pub async fn run(app: Arc<App>) {
@@ -176,16 +180,16 @@ async fn handle(
             continue;
         };
         let audio = fields.get("audio").map(Vec::as_slice);
-        let conn_tok = Some(env.conn.as_str());
-        super::write_local(
-            app,
-            &env.k,
-            &env.id,
-            conn_tok,
-            env.msg,
-            audio,
-            Some(env.seq),
-        );
+        let to = super::Target {
+            kind: &env.k,
+            id: &env.id,
+            conn: Some(env.conn.as_str()),
+        };
+        let trace = super::Trace {
+            tp: env.tp.as_deref(),
+            job: env.job.as_deref().filter(|j| !j.is_empty()),
+        };
+        super::write_local(app, &to, env.msg, audio, Some(env.seq), &trace);
         app.metrics.inbox_messages.inc();
     }
     let ids: Vec<&str> = entries.iter().map(|(id, _)| id.as_str()).collect();

@@ -8,6 +8,9 @@
 pub mod inbox;
 pub mod presence;
 
+use std::collections::HashMap;
+use std::sync::Mutex;
+
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD as B64;
 
@@ -17,7 +20,9 @@ use crate::store::Output;
 
 /// Write every delivery of `out` (all addressed to this instance) and return the reply.
 pub fn deliver<T>(app: &App, out: Output<T>) -> T {
-    let Output { reply, out, blobs } = out;
+    let Output {
+        reply, out, blobs, ..
+    } = out;
     for d in out {
         if d.owner != app.instance_id {
             // Scripts put messages for other instances into their inboxes; never here.
@@ -28,26 +33,70 @@ pub fn deliver<T>(app: &App, out: Output<T>) -> T {
             .blob
             .and_then(|i| blobs.get(i.wrapping_sub(1)))
             .map(Vec::as_slice);
-        write_local(app, &d.k, &d.id, d.conn.as_deref(), d.msg, audio, d.seq);
+        let target = Target {
+            kind: &d.k,
+            id: &d.id,
+            conn: d.conn.as_deref(),
+        };
+        let trace = Trace {
+            tp: d.tp.as_deref(),
+            job: d.job.as_deref(),
+        };
+        write_local(app, &target, d.msg, audio, d.seq, &trace);
     }
     reply
 }
 
-/// Write one message to a local connection (from a script reply or the inbox).
+/// Which connection a message is for.
+pub struct Target<'a> {
+    pub kind: &'a str,
+    pub id: &'a str,
+    /// The connection token; only that socket may receive it.
+    pub conn: Option<&'a str>,
+}
+
+/// The trace context a delivery continues, and the job it concerns.
+pub struct Trace<'a> {
+    pub tp: Option<&'a str>,
+    pub job: Option<&'a str>,
+}
+
+/// Write one message to a local connection (from a script reply or the inbox). A
+/// `job_assign` (it carries audio) is the `dispatch` span of its utterance's trace, a
+/// session's terminal message (it carries a sequence number) the `delivery` span.
 pub fn write_local(
     app: &App,
-    kind: &str,
-    id: &str,
-    conn: Option<&str>,
+    to: &Target,
     msg: String,
     audio: Option<&[u8]>,
     seq: Option<u64>,
+    trace: &Trace,
 ) {
-    let Some(kind) = Kind::parse(kind) else {
-        tracing::error!(kind, "delivery to an unknown kind");
+    let Some(kind) = Kind::parse(to.kind) else {
+        tracing::error!(kind = to.kind, "delivery to an unknown kind");
         return;
     };
-    let Some(c) = app.conns.get(kind, id, conn.filter(|c| !c.is_empty())) else {
+    let seq = seq.filter(|s| *s > 0);
+    let span = match (audio.is_some(), seq.is_some()) {
+        (true, _) => tracing::info_span!(
+            "dispatch",
+            node_id = to.id,
+            job_id = trace.job.unwrap_or_default()
+        ),
+        (_, true) => tracing::info_span!("delivery", session_id = to.id),
+        _ => tracing::Span::none(),
+    };
+    if !span.is_none() {
+        crate::telemetry::adopt(&span, trace.tp.and_then(crate::telemetry::parent_from));
+        if let (true, Some(job)) = (audio.is_some(), trace.job) {
+            app.dispatch_spans.put(job, &span);
+        }
+    }
+    let _entered = span.enter();
+    let Some(c) = app
+        .conns
+        .get(kind, to.id, to.conn.filter(|c| !c.is_empty()))
+    else {
         app.metrics.delivery(kind.as_str(), "gone");
         return;
     };
@@ -55,7 +104,7 @@ pub fn write_local(
         Some(a) => with_audio(&msg, a),
         None => msg,
     };
-    let out = match seq.filter(|s| *s > 0) {
+    let out = match seq {
         Some(s) => Outbound::Ordered(s, text),
         None => Outbound::Text(text),
     };
@@ -65,6 +114,44 @@ pub fn write_local(
         "full"
     };
     app.metrics.delivery(kind.as_str(), outcome);
+}
+
+/// The trace context of each job's latest `dispatch` span, so the node's `job_result` span
+/// continues the same trace as a child of it. Observability only: bounded, and empty when
+/// spans are not exported.
+#[derive(Default)]
+pub struct DispatchSpans(Mutex<HashMap<String, opentelemetry::Context>>);
+
+impl DispatchSpans {
+    const MAX: usize = 100_000;
+
+    fn put(&self, job: &str, span: &tracing::Span) {
+        use opentelemetry::trace::TraceContextExt;
+        use tracing_opentelemetry::OpenTelemetrySpanExt;
+        let cx = span.context();
+        if !cx.span().span_context().is_valid() {
+            return;
+        }
+        let mut m = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        if m.len() >= Self::MAX {
+            m.clear();
+        }
+        m.insert(job.to_string(), cx);
+    }
+
+    /// The dispatch context of `job`, kept.
+    pub fn get(&self, job: &str) -> Option<opentelemetry::Context> {
+        self.0
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(job)
+            .cloned()
+    }
+
+    /// The dispatch context of `job`, forgotten once taken.
+    pub fn take(&self, job: &str) -> Option<opentelemetry::Context> {
+        self.0.lock().unwrap_or_else(|p| p.into_inner()).remove(job)
+    }
 }
 
 /// Add `"audio":"<base64>"` to a JSON object (job_assign keeps its audio out of Lua).

@@ -20,6 +20,7 @@ use deadpool_redis::{Pool, Runtime};
 use redis::{AsyncConnectionConfig, IntoConnectionInfo, Value};
 use serde::Deserialize;
 use serde::de::DeserializeOwned;
+use tracing::Instrument;
 
 use crate::config::Config;
 use crate::telemetry::metrics::{Metrics, ScriptLabels, ScriptName};
@@ -92,6 +93,10 @@ pub struct Delivery {
     pub blob: Option<usize>,
     /// Order of a session's terminal messages (the session's out_seq).
     pub seq: Option<u64>,
+    /// W3C traceparent the delivery span continues.
+    pub tp: Option<String>,
+    /// The job the message concerns (job_assign), for tracing.
+    pub job: Option<String>,
 }
 
 /// A script's typed reply plus what it asks to deliver.
@@ -100,6 +105,8 @@ pub struct Output<T> {
     pub reply: T,
     pub out: Vec<Delivery>,
     pub blobs: Vec<Vec<u8>>,
+    /// Transitions and latencies, already recorded in the metrics by [`Store::run`].
+    pub events: Events,
 }
 
 /// Arguments of one script call, starting with the shared context (ARGV[1..4]).
@@ -278,9 +285,20 @@ impl Store {
         &self,
         script: Script,
         keys: &[String],
-        args: Args,
+        mut args: Args,
     ) -> Result<Output<T>, StoreError> {
         let name = script.name();
+        let span = tracing::info_span!(
+            "script",
+            otel.name = %format_args!("script.{name}"),
+            script = name,
+            outcome = tracing::field::Empty,
+        );
+        // The script carries this span's context into job records and deliveries.
+        let tp = crate::telemetry::traceparent(&span);
+        if let Some(seed) = args.0.get_mut(3) {
+            seed.extend_from_slice(format!(" {tp}").as_bytes());
+        }
         let started = Instant::now();
         let result = async {
             let mut conn = self.conn().await?;
@@ -304,27 +322,29 @@ impl Store {
             let blobs = parts.split_off(1);
             decode_reply(name, &parts[0], blobs)
         }
+        .instrument(span.clone())
         .await;
         let outcome = match &result {
             Ok(_) => "ok",
             Err(StoreError::Unavailable(_)) => "unavailable",
             Err(_) => "error",
         };
-        self.metrics
-            .script_calls
+        span.record("outcome", outcome);
+        let m = &self.metrics;
+        m.script_calls
             .get_or_create(&ScriptLabels {
                 script: name.into(),
                 outcome: outcome.into(),
             })
             .inc();
-        self.metrics
-            .script_seconds
+        m.script_seconds
             .get_or_create(&ScriptName {
                 script: name.into(),
             })
             .observe(started.elapsed().as_secs_f64());
-        if let Err(e) = &result {
-            tracing::warn!(script = name, error = %e, "script call failed");
+        match &result {
+            Ok(out) => m.record_events(&out.events),
+            Err(e) => tracing::warn!(script = name, error = %e, "script call failed"),
         }
         result
     }
@@ -371,6 +391,8 @@ fn decode_reply<T: DeserializeOwned>(
     struct Out {
         #[serde(default, deserialize_with = "lua_list")]
         out: Vec<Delivery>,
+        #[serde(default, flatten)]
+        events: Events,
     }
     let bad = |e: serde_json::Error| StoreError::Reply {
         script,
@@ -383,7 +405,41 @@ fn decode_reply<T: DeserializeOwned>(
         reply,
         out: out.out,
         blobs,
+        events: out.events,
     })
+}
+
+/// What a script call did, for metrics: transition counts and latencies (ms, Redis clock).
+#[derive(Debug, Default, Deserialize)]
+pub struct Events {
+    /// `submitted`, `dispatched`, `queued`, `failover`, `finished`, `acked`, `started`,
+    /// `queue_timeout`, `missing_result`, `failed:<CODE>` → count.
+    #[serde(default, deserialize_with = "lua_map")]
+    pub ev: std::collections::BTreeMap<String, u64>,
+    #[serde(default)]
+    pub lat: Latencies,
+}
+
+#[derive(Debug, Default, Deserialize)]
+pub struct Latencies {
+    #[serde(default, deserialize_with = "lua_list")]
+    pub dispatch: Vec<f64>,
+    #[serde(default, deserialize_with = "lua_list")]
+    pub e2e: Vec<f64>,
+}
+
+/// Serde helper: a map that Lua's cjson may have encoded as `[]`... or `{}` when empty.
+fn lua_map<'de, D>(d: D) -> Result<std::collections::BTreeMap<String, u64>, D::Error>
+where
+    D: serde::Deserializer<'de>,
+{
+    match serde_json::Value::deserialize(d)? {
+        serde_json::Value::Object(m) => Ok(m
+            .into_iter()
+            .filter_map(|(k, v)| v.as_u64().map(|n| (k, n)))
+            .collect()),
+        _ => Ok(Default::default()),
+    }
 }
 
 /// Serde helper for script replies: Lua's cjson encodes an empty table as `{}`, so a list

@@ -40,6 +40,16 @@ pub struct Detail {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct EventLabels {
+    pub event: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ReasonLabels {
+    pub reason: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct StateLabels {
     pub state: String,
 }
@@ -81,6 +91,19 @@ pub struct Metrics {
     pub inbox_pending: Gauge,
     /// Length of the dead-letter stream (at scrape time).
     pub dead_letters: Gauge,
+    /// Job transitions made by this instance's script calls, by event (submitted,
+    /// dispatched, queued, acked, started, finished, failover, queue_timeout).
+    pub jobs: Family<EventLabels, Counter>,
+    /// Utterances failed, by reason (the error code the session received).
+    pub jobs_failed: Family<ReasonLabels, Counter>,
+    /// Indices that got `missing_result` (no job at all after the reorder window).
+    pub missing_results: Counter,
+    /// Job creation → dispatch to a node (queue wait included), Redis clock.
+    pub dispatch_latency: Histogram,
+    /// Job creation → result accepted, Redis clock.
+    pub e2e_latency: Histogram,
+    /// Jobs waiting per pool queue (read from Redis at scrape time).
+    pub queue_depth: Family<PoolLabels, Gauge>,
     /// Nodes in the cell by state (read from Redis at scrape time).
     pub nodes: Family<StateLabels, Gauge>,
     /// Members of each pool (read from Redis at scrape time).
@@ -164,6 +187,39 @@ impl Metrics {
             "Entries in the dead-letter stream",
             dead_letters.clone(),
         );
+        let jobs = Family::<EventLabels, Counter>::default();
+        registry.register("jobs", "Job transitions by event", jobs.clone());
+        let jobs_failed = Family::<ReasonLabels, Counter>::default();
+        registry.register(
+            "jobs_failed",
+            "Utterances failed by reason",
+            jobs_failed.clone(),
+        );
+        let missing_results = Counter::default();
+        registry.register(
+            "missing_results",
+            "missing_result messages sent",
+            missing_results.clone(),
+        );
+        let latency = || Histogram::new(exponential_buckets(0.000_25, 2.0, 18));
+        let dispatch_latency = latency();
+        registry.register(
+            "dispatch_latency_seconds",
+            "Job creation to dispatch",
+            dispatch_latency.clone(),
+        );
+        let e2e_latency = latency();
+        registry.register(
+            "e2e_latency_seconds",
+            "Job creation to accepted result",
+            e2e_latency.clone(),
+        );
+        let queue_depth = Family::<PoolLabels, Gauge>::default();
+        registry.register(
+            "queue_depth",
+            "Jobs waiting per pool queue",
+            queue_depth.clone(),
+        );
         let nodes = Family::<StateLabels, Gauge>::default();
         registry.register("nodes", "Nodes in the cell by state", nodes.clone());
         let pool_nodes = Family::<PoolLabels, Gauge>::default();
@@ -184,6 +240,12 @@ impl Metrics {
             resumes,
             inbox_pending,
             dead_letters,
+            jobs,
+            jobs_failed,
+            missing_results,
+            dispatch_latency,
+            e2e_latency,
+            queue_depth,
             nodes,
             pool_nodes,
         }
@@ -197,6 +259,37 @@ impl Metrics {
         self.messages_rejected
             .get_or_create(&msg(kind, detail))
             .inc();
+    }
+
+    /// Count what a script call did (see lua/includes/ctx.lua `count`).
+    pub fn record_events(&self, e: &crate::store::Events) {
+        for (name, n) in &e.ev {
+            match name.split_once(':') {
+                Some(("failed", reason)) => {
+                    self.jobs_failed
+                        .get_or_create(&ReasonLabels {
+                            reason: reason.into(),
+                        })
+                        .inc_by(*n);
+                }
+                _ if name == "missing_result" => {
+                    self.missing_results.inc_by(*n);
+                }
+                _ => {
+                    self.jobs
+                        .get_or_create(&EventLabels {
+                            event: name.clone(),
+                        })
+                        .inc_by(*n);
+                }
+            }
+        }
+        for ms in &e.lat.dispatch {
+            self.dispatch_latency.observe(ms / 1000.0);
+        }
+        for ms in &e.lat.e2e {
+            self.e2e_latency.observe(ms / 1000.0);
+        }
     }
 
     pub fn delivery(&self, kind: &str, outcome: &str) {

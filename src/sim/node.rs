@@ -1,0 +1,312 @@
+//! A simulated lingua node: registers, heartbeats, and answers every `job_assign` with a
+//! `job_result` shaped like the lingua node's (tests/fixtures/lingua/job_result_*.json).
+//!
+//! Behaviour per job is drawn at random from the run's flags: success after a processing
+//! delay, `PROCESSING_ERROR`, `MODEL_NOT_AVAILABLE`, or no answer at all (the scheduler's
+//! deadline and failover must end such a job). The node also measures dispatch latency
+//! (session send → `job_assign` here) and checks that it is never given more jobs than the
+//! capacity it announced.
+
+use std::collections::HashSet;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use futures_util::{SinkExt, StreamExt};
+use serde_json::{Value, json};
+use tokio::sync::{Semaphore, mpsc, watch};
+
+use super::args::Range;
+use super::tracker::{Live, Shared};
+use super::ws::{self, Incoming};
+
+/// How every node of the run behaves.
+pub struct NodeSpec {
+    pub langs: Vec<String>,
+    pub capacity: u32,
+    pub delay: Range,
+    pub fail_rate: f64,
+    pub mna_rate: f64,
+    pub no_result_rate: f64,
+    pub heartbeat: Duration,
+}
+
+/// What one node saw.
+#[derive(Default, Debug)]
+pub struct NodeReport {
+    pub registered: bool,
+    pub setup_error: Option<String>,
+    /// The scheduler closed the connection before the run ended.
+    pub dropped: bool,
+    pub assigns: u64,
+    /// Assigns with `attempt_id` > 1 (failovers that reached this node).
+    pub retries: u64,
+    pub answered_ok: u64,
+    pub answered_error: u64,
+    pub answered_mna: u64,
+    pub silent: u64,
+    pub cancels: u64,
+    /// `error` frames from the scheduler (e.g. a fenced result).
+    pub errors_received: u64,
+    /// Assigns that found the node already at its announced capacity.
+    pub oversold: u64,
+    pub peak: u64,
+    pub heartbeats: u64,
+    /// Dispatch latencies of first attempts, µs.
+    pub dispatch_us: Vec<u32>,
+}
+
+/// The outcome drawn for one job.
+enum Answer {
+    Ok,
+    Error,
+    ModelNotAvailable,
+    Silent,
+}
+
+impl NodeSpec {
+    fn draw(&self) -> Answer {
+        let r: f64 = rand::random();
+        if r < self.no_result_rate {
+            Answer::Silent
+        } else if r < self.no_result_rate + self.fail_rate {
+            Answer::Error
+        } else if r < self.no_result_rate + self.fail_rate + self.mna_rate {
+            Answer::ModelNotAvailable
+        } else {
+            Answer::Ok
+        }
+    }
+
+    fn register_frame(&self) -> Value {
+        let services = json!([
+            {"service_id": "faster-whisper-vad", "type": "asr", "device": "gpu", "status": "running"},
+            {"service_id": "nmt-m2m100", "type": "nmt", "device": "gpu", "status": "running"},
+            {"service_id": "piper-tts", "type": "tts", "device": "cpu", "status": "running"},
+        ]);
+        json!({
+            "type": "node_register",
+            "node_id": null,
+            "version": "2.0.0",
+            "capability_schema_version": "2.0",
+            "platform": "linux",
+            "hardware": {"cpu_cores": 16, "memory_gb": 64,
+                         "gpus": [{"name": "sim-gpu", "memory_gb": 24}]},
+            "installed_models": [],
+            "installed_services": services,
+            "capability_by_type": capabilities(),
+            "features_supported": {},
+            "advanced_features": [],
+            "accept_public_jobs": true,
+            "language_capabilities": self.languages(),
+            "max_concurrent_jobs": self.capacity,
+        })
+    }
+
+    fn languages(&self) -> Value {
+        json!({"asr_languages": self.langs, "semantic_languages": self.langs,
+               "tts_languages": self.langs, "semantic_core_ready": true})
+    }
+
+    fn heartbeat_frame(&self, node_id: &str, running: usize) -> Value {
+        json!({
+            "type": "node_heartbeat",
+            "node_id": node_id,
+            "timestamp": now_ms(),
+            "resource_usage": {"cpu_percent": 20.0, "gpu_percent": 30.0, "gpu_mem_percent": 50.0,
+                               "mem_percent": 40.0, "running_jobs": running, "gpu_queue_length": 0},
+            "installed_services": [],
+            "capability_by_type": capabilities(),
+            "language_capabilities": self.languages(),
+        })
+    }
+}
+
+fn capabilities() -> Value {
+    json!([{"type": "asr", "ready": true}, {"type": "nmt", "ready": true},
+           {"type": "tts", "ready": true}, {"type": "semantic", "ready": true}])
+}
+
+fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+/// The `job_result` for `assign`, echoing its ids (as the lingua node does).
+fn result_for(assign: &Value, node_id: &str, answer: &Answer, took_ms: u64) -> Value {
+    let mut r = json!({"type": "job_result", "node_id": node_id, "processing_time_ms": took_ms});
+    for k in [
+        "job_id",
+        "attempt_id",
+        "session_id",
+        "utterance_index",
+        "trace_id",
+    ] {
+        r[k] = assign[k].clone();
+    }
+    match answer {
+        Answer::Ok | Answer::Silent => {
+            r["success"] = json!(true);
+            r["text_asr"] = json!("我们开始测试");
+            r["text_translated"] = json!(format!("T{}", assign["utterance_index"]));
+            r["tts_audio"] = json!("b3B1cy1ieXRlcw==");
+            r["tts_format"] = json!("opus");
+            r["extra"] = json!({"service_timings": {"asr_ms": took_ms / 2, "nmt_ms": took_ms / 4,
+                                 "tts_ms": took_ms / 4, "total_ms": took_ms}});
+        }
+        Answer::Error => {
+            r["success"] = json!(false);
+            r["error"] = json!({"code": "PROCESSING_ERROR", "message": "simulated failure"});
+        }
+        Answer::ModelNotAvailable => {
+            r["success"] = json!(false);
+            r["error"] = json!({"code": "MODEL_NOT_AVAILABLE",
+                "message": "Service nmt-m2m100@1.0 is not available: not_loaded",
+                "details": {"service_id": "nmt-m2m100", "service_version": "1.0",
+                            "reason": "not_loaded"}});
+        }
+    }
+    r
+}
+
+/// Run one node until `stop` turns true (or the scheduler drops it).
+pub async fn run(
+    url: String,
+    spec: Arc<NodeSpec>,
+    shared: Arc<Shared>,
+    gate: Arc<Semaphore>,
+    mut stop: watch::Receiver<bool>,
+) -> NodeReport {
+    let mut rep = NodeReport::default();
+    let handshake = Duration::from_secs(30);
+    let permit = gate.acquire().await;
+    let (mut sink, mut source) = match ws::connect(&url, handshake).await {
+        Ok(c) => c,
+        Err(e) => {
+            rep.setup_error = Some(e);
+            Live::inc(&shared.live.setup_failed);
+            return rep;
+        }
+    };
+    if let Err(e) = ws::send(&mut sink, &spec.register_frame()).await {
+        rep.setup_error = Some(e);
+        Live::inc(&shared.live.setup_failed);
+        return rep;
+    }
+    let node_id = match ws::expect(&mut source, "node_register_ack", handshake).await {
+        Ok(ack) => ack["node_id"].as_str().unwrap_or_default().to_string(),
+        Err(e) => {
+            rep.setup_error = Some(e);
+            Live::inc(&shared.live.setup_failed);
+            return rep;
+        }
+    };
+    drop(permit);
+    rep.registered = true;
+    Live::inc(&shared.live.nodes_ready);
+
+    let (tx, mut rx) = mpsc::channel::<(String, Value)>(spec.capacity as usize * 4 + 64);
+    let mut active: HashSet<String> = HashSet::new();
+    let mut beat = tokio::time::interval(spec.heartbeat);
+    beat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = stop.changed() => break,
+            _ = beat.tick() => {
+                rep.heartbeats += 1;
+                if ws::send(&mut sink, &spec.heartbeat_frame(&node_id, active.len())).await.is_err() {
+                    rep.dropped = true;
+                    break;
+                }
+            }
+            Some((job_id, result)) = rx.recv() => {
+                active.remove(&job_id);
+                if ws::send(&mut sink, &result).await.is_err() {
+                    rep.dropped = true;
+                    break;
+                }
+            }
+            item = source.next() => match ws::classify(item) {
+                Incoming::Closed => {
+                    rep.dropped = !*stop.borrow();
+                    break;
+                }
+                Incoming::Other => {}
+                Incoming::Json(v) => match v["type"].as_str() {
+                    Some("job_assign") => {
+                        let now = Instant::now();
+                        if let Some((r, delay)) = on_assign(&v, now, &node_id, &spec, &shared, &mut active, &mut rep) {
+                            let job_id = v["job_id"].as_str().unwrap_or_default().to_string();
+                            if delay == 0 {
+                                active.remove(&job_id);
+                                if ws::send(&mut sink, &r).await.is_err() {
+                                    rep.dropped = true;
+                                    break;
+                                }
+                            } else {
+                                let tx = tx.clone();
+                                tokio::spawn(async move {
+                                    tokio::time::sleep(Duration::from_millis(delay)).await;
+                                    let _ = tx.send((job_id, r)).await;
+                                });
+                            }
+                        }
+                    }
+                    Some("job_cancel") => {
+                        rep.cancels += 1;
+                        if let Some(j) = v["job_id"].as_str() {
+                            active.remove(j);
+                        }
+                    }
+                    Some("error") => rep.errors_received += 1,
+                    _ => {}
+                },
+            }
+        }
+    }
+    let _ = tokio::time::timeout(Duration::from_secs(2), sink.close()).await;
+    rep
+}
+
+/// Account for a `job_assign`; the result to send and after how many ms, or `None` for a
+/// silent job.
+fn on_assign(
+    v: &Value,
+    now: Instant,
+    node_id: &str,
+    spec: &NodeSpec,
+    shared: &Shared,
+    active: &mut HashSet<String>,
+    rep: &mut NodeReport,
+) -> Option<(Value, u64)> {
+    rep.assigns += 1;
+    Live::inc(&shared.live.assigns);
+    let sid = v["session_id"].as_str().unwrap_or_default();
+    let idx = v["utterance_index"].as_u64();
+    if v["attempt_id"].as_u64() == Some(1) {
+        if let Some(sent) = idx.and_then(|i| shared.sent.get(sid, i)) {
+            let us = now.saturating_duration_since(sent).as_micros();
+            rep.dispatch_us.push(us.min(u32::MAX as u128) as u32);
+        }
+    } else {
+        rep.retries += 1;
+    }
+    if active.len() >= spec.capacity as usize {
+        rep.oversold += 1;
+    }
+    active.insert(v["job_id"].as_str().unwrap_or_default().to_string());
+    rep.peak = rep.peak.max(active.len() as u64);
+    let answer = spec.draw();
+    match answer {
+        Answer::Silent => {
+            rep.silent += 1;
+            return None;
+        }
+        Answer::Ok => rep.answered_ok += 1,
+        Answer::Error => rep.answered_error += 1,
+        Answer::ModelNotAvailable => rep.answered_mna += 1,
+    }
+    let delay = spec.delay.pick();
+    Some((result_for(v, node_id, &answer, delay), delay))
+}
