@@ -5,14 +5,14 @@ REDIS_PORT ?= 6379
 CARGO ?= cargo
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: run test build release deps redis lint fmt check-config clean
+.PHONY: run test build release deps test-deps redis lint fmt check-config clean
 
 ## Run one instance on 127.0.0.1:5010 against Redis on 127.0.0.1:$(REDIS_PORT).
 run: deps redis
 	$(CARGO) run --release -- serve
 
 ## The whole suite (unit + integration, against real redis-server processes).
-test: deps lint
+test: test-deps lint
 	$(CARGO) test --all-targets -- --test-threads=4
 
 build:
@@ -26,6 +26,12 @@ deps:
 	@command -v redis-server >/dev/null 2>&1 || { \
 	  echo "installing redis-server"; \
 	  $(SUDO) apt-get update -qq && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq redis-server >/dev/null; }
+
+## What the tests need beyond `deps`: Prometheus (the metrics test scrapes a live instance).
+test-deps: deps
+	@command -v prometheus >/dev/null 2>&1 || { \
+	  echo "installing prometheus"; \
+	  $(SUDO) apt-get update -qq && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq prometheus >/dev/null; }
 
 ## Start a Redis on 127.0.0.1:$(REDIS_PORT) if nothing listens there.
 redis:

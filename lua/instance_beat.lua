@@ -11,12 +11,19 @@ Input:
   KEYS[3] {tag}:inbox:<me>     this instance's inbox stream (consumer group created here)
   Derived: {tag}:instance:<dead>, {tag}:inbox:<dead>, node/session records, other inboxes.
   ARGV[1..4] ctx   ARGV[5] started_at ms (shown in /api/v1/instances)
+  ARGV[6] "leave" at the end of a graceful shutdown: presence deleted and marked expired,
+          so a peer takes the inbox over at its next beat instead of after the TTL
 Output: [JSON, blobs...]
-  {"took_over":id?,"rerouted":N,"dropped":N,"more":bool}
+  {"took_over":id?,"rerouted":N,"dropped":N,"more":bool} | {"left":true}
 ]]
 --!include ctx
 --!include deliver
 
+if ARGV[6] == 'leave' then
+  redis.call('DEL', KEYS[1])
+  redis.call('ZADD', KEYS[2], 0, ME)
+  return finish({left = true, rerouted = 0, dropped = 0, more = false})
+end
 redis.call('SET', KEYS[1], ARGV[5], 'PX', CFG.presence_ttl)
 redis.call('ZADD', KEYS[2], NOW + CFG.presence_ttl, ME)
 if redis.call('EXISTS', KEYS[3]) == 0 then

@@ -10,7 +10,9 @@ Input:
   ARGV[1..4] ctx   ARGV[5] session id   ARGV[6] new connection token
   ARGV[7] last_received_index (-1: none received)
 Output: [JSON, blobs...]
-  {"status":"ok","next_seq":N,"resent":N,"state":"open"|"closed"} | {"status":"missing"}
+  {"status":"ok","next_seq":N,"resent":N,"state":"open"|"closed"}
+  {"status":"missing"}  no such session (expired)
+  {"status":"gap"}      results after last_received_index were trimmed: resumed = false
 ]]
 --!include ctx
 --!include deliver
@@ -19,6 +21,12 @@ Output: [JSON, blobs...]
 local sid, last = ARGV[5], tonumber(ARGV[7])
 local sk, rk, pk = session_keys(sid)
 if redis.call('EXISTS', sk) == 0 then return finish({status = 'missing'}) end
+-- A result after `last` already left the log (retention): cannot resume completely.
+local cursor = tonumber(redis.call('HGET', sk, 'next_deliver') or '0')
+for i = last + 1, cursor - 1 do
+  if redis.call('HEXISTS', rk, i) == 0 then return finish({status = 'gap'}) end
+  if i - last > CFG.max_ahead then break end
+end
 redis.call('HSET', sk, 'owner', ME, 'conn', ARGV[6])
 local next_seq = tonumber(redis.call('HGET', sk, 'out_seq') or '0') + 1
 local held = {}

@@ -75,8 +75,16 @@ async fn metrics(State(app): State<Arc<App>>) -> Response {
         app.metrics.dead_letters.set(dead as i64);
     }
     if let Ok(pools) = app.store.pools().await {
+        let names: Vec<String> = pools.keys().cloned().collect();
+        let depths = app.store.queue_depths(&names).await.unwrap_or_default();
         app.metrics.pool_nodes.clear();
-        for (pool, members) in pools {
+        app.metrics.queue_depth.clear();
+        for (i, (pool, members)) in pools.into_iter().enumerate() {
+            let depth = depths.get(i).copied().unwrap_or(0) as i64;
+            app.metrics
+                .queue_depth
+                .get_or_create(&PoolLabels { pool: pool.clone() })
+                .set(depth);
             app.metrics
                 .pool_nodes
                 .get_or_create(&PoolLabels { pool })

@@ -160,6 +160,10 @@ impl Running {
         for t in self.tasks {
             let _ = tokio::time::timeout(Duration::from_secs(5), t).await;
         }
+        // Hand the inbox over now rather than after the presence TTL.
+        if let Err(e) = app.store.instance_beat(&app.instance_id, 0, true).await {
+            tracing::warn!(error = %e, "could not give up presence; it expires by itself");
+        }
     }
 
     /// Stop every task at once without any cleanup, as `kill -9` would (for tests): no

@@ -260,6 +260,7 @@ async fn sigterm_drains_nodes_then_closes_with_1012_and_readiness_goes_false() {
     let (mut n, _) = node_on(&a, None).await;
     let (mut s, _) = session_on(&a).await;
     let url = http_url(&a, "/readyz");
+    let a_id = a.app.instance_id.clone();
     let stopping = tokio::spawn(a.shutdown());
     let ctl = next_of(&mut n, "node_control", T)
         .await
@@ -272,6 +273,11 @@ async fn sigterm_drains_nodes_then_closes_with_1012_and_readiness_goes_false() {
     assert_eq!(n.expect_close().await, Some(1012));
     assert_eq!(s.expect_close().await, Some(1012));
     stopping.await.unwrap();
+    let presence: bool = c.exists(format!("{PREFIX}instance:{a_id}")).await.unwrap();
+    assert!(
+        !presence,
+        "a drained instance gives up its presence at once"
+    );
     invariants::check(&mut c).await;
 }
 
@@ -323,6 +329,19 @@ async fn an_operator_drain_stops_new_jobs_but_lets_running_ones_finish() {
         .await
         .unwrap();
     assert_eq!(r.status().as_u16(), 404);
+    n.close().await; // offline now: draining it is a conflict
+    eventually(T, "node offline", || {
+        let mut c = c.clone();
+        let key = format!("{PREFIX}node:{nid}");
+        async move { (c.hget::<_, _, String>(key, "state").await.ok()? == "offline").then_some(()) }
+    })
+    .await;
+    let r = client
+        .post(http_url(&inst, &format!("/api/v1/nodes/{nid}/drain")))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 409);
     invariants::check(&mut c).await;
 }
 

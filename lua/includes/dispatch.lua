@@ -208,7 +208,7 @@ local function offer(nid)
       else
         local ok = load(nid, job, true) ~= nil and serves(nid, job)
         if ok and job.turn_node and job.turn_node ~= '' and job.turn_node ~= nid
-            and load(job.turn_node, job, false) then
+            and load(job.turn_node, job, false) and serves(job.turn_node, job) then
           ok = false -- its turn's node is alive: it waits for that one
         end
         if ok then

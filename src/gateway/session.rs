@@ -419,7 +419,7 @@ impl SessionConn {
                 return Err(e);
             }
         };
-        if matches!(out.reply, ResumeReply::Missing) {
+        if matches!(out.reply, ResumeReply::Missing | ResumeReply::Gap) {
             app.conns.unbind(Kind::Session, sid, &self.token);
             return Ok(false);
         }

@@ -62,12 +62,16 @@ struct Order {
     expected: Option<u64>,
     held: BTreeMap<u64, String>,
     gap_since: Option<Instant>,
+    /// Numbers skipped over after a gap timed out: if one arrives late it is still written
+    /// (once, out of order) rather than lost.
+    skipped: std::collections::BTreeSet<u64>,
 }
 
 impl Order {
     /// Messages ready to write, in order.
     fn push(&mut self, seq: u64, text: String) -> Vec<String> {
         match self.expected {
+            Some(_) if self.skipped.remove(&seq) => return vec![text], // late, never written
             Some(e) if seq < e => return Vec::new(), // already written (a resend after resume)
             _ => {
                 self.held.insert(seq, text);
@@ -84,7 +88,11 @@ impl Order {
 
     /// The gap lasted too long: continue from the lowest held message.
     fn skip(&mut self) -> Vec<String> {
-        if let Some((&first, _)) = self.held.iter().next() {
+        if let (Some(e), Some((&first, _))) = (self.expected, self.held.iter().next()) {
+            self.skipped.extend(e..first);
+            while self.skipped.len() > 1024 {
+                self.skipped.pop_first();
+            }
             self.expected = Some(first);
         }
         self.ready()
@@ -196,6 +204,12 @@ mod tests {
         o.push(7, "g".into());
         assert_eq!(o.skip(), s(&["g"]));
         assert_eq!(o.expected, Some(8));
+        assert_eq!(
+            o.push(6, "f".into()),
+            s(&["f"]),
+            "a skipped one arriving late is still written"
+        );
+        assert!(o.push(6, "f".into()).is_empty(), "but only once");
     }
 
     #[test]

@@ -65,7 +65,7 @@ async fn consume(app: &App) -> RedisResult<()> {
         .store(crate::protocol::now_ms(), Ordering::Relaxed);
     let mut last_claim = Instant::now();
     loop {
-        let reply: Value = redis::cmd("XREADGROUP")
+        let reply: RedisResult<Value> = redis::cmd("XREADGROUP")
             .arg("GROUP")
             .arg(GROUP)
             .arg(&app.instance_id)
@@ -77,20 +77,17 @@ async fn consume(app: &App) -> RedisResult<()> {
             .arg(&inbox)
             .arg(">")
             .query_async(&mut conn)
-            .await
-            .or_else(|e| {
-                if e.code() == Some("NOGROUP") {
-                    Ok(Value::Nil)
-                } else {
-                    Err(e)
-                }
-            })?;
+            .await;
+        let reply = match reply {
+            // Redis lost the group (restart, manual XGROUP DESTROY): create it again.
+            Err(e) if e.code() == Some("NOGROUP") => {
+                ensure_group(&mut conn, &inbox).await?;
+                continue;
+            }
+            r => r?,
+        };
         app.inbox_alive_at
             .store(crate::protocol::now_ms(), Ordering::Relaxed);
-        if reply == Value::Nil && !group_exists(&mut conn, &inbox).await? {
-            ensure_group(&mut conn, &inbox).await?;
-            continue;
-        }
         let entries = parse_entries(reply);
         handle(app, &mut conn, &inbox, entries).await?;
         if last_claim.elapsed() >= Duration::from_millis(app.cfg.inbox.claim_idle_ms) {
@@ -114,11 +111,6 @@ async fn ensure_group(conn: &mut MultiplexedConnection, inbox: &str) -> RedisRes
         Err(e) if e.code() != Some("BUSYGROUP") => Err(e),
         _ => Ok(()),
     }
-}
-
-async fn group_exists(conn: &mut MultiplexedConnection, inbox: &str) -> RedisResult<bool> {
-    let exists: bool = redis::cmd("EXISTS").arg(inbox).query_async(conn).await?;
-    Ok(exists)
 }
 
 /// `(id, fields)` of every entry in an XREADGROUP / XCLAIM / XRANGE reply.

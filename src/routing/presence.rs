@@ -19,7 +19,11 @@ pub async fn run(app: Arc<App>) {
         }
         // Several dead inboxes, or a long one, are taken over in consecutive calls.
         for _ in 0..16 {
-            match app.store.instance_beat(&app.instance_id, started).await {
+            match app
+                .store
+                .instance_beat(&app.instance_id, started, false)
+                .await
+            {
                 Ok(out) => {
                     let r = crate::routing::deliver(&app, out);
                     if let Some(dead) = &r.took_over {

@@ -15,6 +15,9 @@ pub struct BeatReply {
     pub dropped: u64,
     /// More of a dead inbox remains: beat again soon.
     pub more: bool,
+    /// This instance gave up its presence (graceful shutdown).
+    #[serde(default)]
+    pub left: bool,
 }
 
 #[derive(Debug, Deserialize, PartialEq)]
@@ -26,6 +29,8 @@ pub enum ResumeReply {
         state: Option<String>,
     },
     Missing,
+    /// Results after the client's last index were already trimmed.
+    Gap,
 }
 
 #[derive(Debug, Deserialize, PartialEq)]
@@ -37,16 +42,21 @@ pub enum DrainReply {
 }
 
 impl Store {
-    /// `instance_beat.lua`: renew presence, create the inbox group, take over a dead peer.
+    /// `instance_beat.lua`: renew presence, create the inbox group, take over a dead peer;
+    /// with `leave`, give up presence at once (graceful shutdown).
     pub async fn instance_beat(
         &self,
         instance: &str,
         started_at_ms: u64,
+        leave: bool,
     ) -> Result<Output<BeatReply>, StoreError> {
         let k = &self.keys;
         let keys = [k.instance(instance), k.instances(), k.inbox(instance)];
-        self.run(Script::InstanceBeat, &keys, self.args().s(started_at_ms))
-            .await
+        let args = self
+            .args()
+            .s(started_at_ms)
+            .s(if leave { "leave" } else { "" });
+        self.run(Script::InstanceBeat, &keys, args).await
     }
 
     /// `session_resume.lua`: move a session to a new connection and resend its results.

@@ -94,4 +94,9 @@ impl Keys {
     pub fn dead_letters(&self) -> String {
         format!("{}deadletter", self.prefix)
     }
+
+    /// List: jobs waiting for capacity in one pool (FIFO).
+    pub fn queue(&self, pool: &str) -> String {
+        format!("{}queue:{pool}", self.prefix)
+    }
 }

@@ -276,3 +276,17 @@ impl Store {
         Ok(out)
     }
 }
+
+impl Store {
+    /// Jobs waiting in each pool's queue (read at `/metrics` scrape time).
+    pub async fn queue_depths(&self, pools: &[String]) -> Result<Vec<u64>, StoreError> {
+        let mut conn = self.conn().await?;
+        let mut pipe = redis::pipe();
+        for p in pools {
+            pipe.cmd("LLEN").arg(self.keys.queue(p));
+        }
+        pipe.query_async(&mut conn)
+            .await
+            .map_err(|e| StoreError::from_redis("read", e))
+    }
+}
