@@ -6,22 +6,20 @@
 //! re-register at once — the heal-within-one-heartbeat promise of DESIGN §1.6.
 
 use std::sync::Arc;
-use std::time::Duration;
 
 use axum::extract::State;
-use axum::extract::ws::{Message, WebSocket, WebSocketUpgrade};
+use axum::extract::ws::WebSocketUpgrade;
 use axum::response::Response;
-use futures_util::StreamExt;
-use tokio::sync::mpsc;
 use tracing::Instrument;
 
-use super::{Kind, LocalConn, Outbound, close, socket};
+use super::peer::{self, Handler, Peer};
+use super::{Kind, Outbound, close};
 use crate::capabilities::Capabilities;
 use crate::protocol::node::{
     AsrPartial, JobAck, JobResult, NODE_TYPES, NodeHeartbeat, NodeInbound, NodeRegister,
     NodeRegisterAck,
 };
-use crate::protocol::{ErrorCode, ErrorMessage, decode, valid_id};
+use crate::protocol::{ErrorCode, decode, valid_id};
 use crate::routing;
 use crate::server::App;
 use crate::store::StoreError;
@@ -31,13 +29,11 @@ use crate::store::nodes::{HeartbeatReply, OfflineReply, RegisterReply};
 const KIND: &str = "node";
 
 pub async fn upgrade(ws: WebSocketUpgrade, State(app): State<Arc<App>>) -> Response {
-    if app.is_draining() {
-        return super::draining();
-    }
-    let max = app.cfg.ws.max_frame_bytes;
-    ws.max_message_size(max)
-        .max_frame_size(max)
-        .on_upgrade(move |socket| serve(app, socket))
+    peer::upgrade(ws, app, |peer| NodeConn {
+        peer,
+        reg: None,
+        done: false,
+    })
 }
 
 /// What this connection has registered.
@@ -48,104 +44,45 @@ struct Registered {
 }
 
 struct NodeConn {
-    app: Arc<App>,
-    tx: mpsc::Sender<Outbound>,
-    token: String,
+    peer: Peer,
     reg: Option<Registered>,
     /// Set when the connection must end (replaced, fenced off).
     done: bool,
 }
 
-async fn serve(app: Arc<App>, ws: WebSocket) {
-    let _live = app.conn_guard();
-    let gauge = app.metrics.connection_gauge(KIND);
-    gauge.inc();
-    let (tx, mut stream, writer) = socket::split(ws, app.cfg.ws.send_queue, app.order_gap());
-    let mut shutdown = app.shutdown_signal();
-    let token = app.next_conn_token();
-    let mut conn = NodeConn {
-        app: app.clone(),
-        tx,
-        token,
-        reg: None,
-        done: false,
-    };
-    let hello = tokio::time::Instant::now() + Duration::from_millis(app.cfg.ws.hello_timeout_ms);
-    let mut orderly = false;
-    while !conn.done {
-        let next = tokio::select! {
-            n = stream.next() => n,
-            _ = tokio::time::sleep_until(hello), if conn.reg.is_none() => {
-                conn.send(Outbound::Close(close::POLICY, "node_register expected".into()));
-                break;
-            }
-            _ = shutdown.changed() => {
-                if app.has_crashed() {
-                    writer.abort(); // like kill -9: no cleanup, the socket just drops
-                    gauge.dec();
-                    return;
-                }
-                conn.send(Outbound::Close(close::RESTARTING, "scheduler restarting".into()));
-                break;
-            }
-        };
-        match next {
-            None => break,
-            Some(Err(e)) => {
-                if socket::is_too_big(&e) {
-                    app.metrics.rejected(KIND, "oversized");
-                    conn.send(Outbound::Close(close::TOO_BIG, "frame too large".into()));
-                }
-                break;
-            }
-            Some(Ok(Message::Text(text))) => conn.on_text(text.as_str()).await,
-            Some(Ok(Message::Binary(_))) => {
-                app.metrics.rejected(KIND, "binary");
-                conn.error(
-                    ErrorCode::InvalidMessage,
-                    "binary frames are not used; send JSON text",
-                );
-            }
-            Some(Ok(Message::Close(_))) => {
-                orderly = true;
-                break;
-            }
-            Some(Ok(_)) => {} // ping/pong: answered by the library
-        }
+impl std::ops::Deref for NodeConn {
+    type Target = Peer;
+    fn deref(&self) -> &Peer {
+        &self.peer
     }
-    conn.finish(orderly).await;
-    drop(conn);
-    let _ = tokio::time::timeout(Duration::from_secs(2), writer).await;
-    gauge.dec();
+}
+
+impl Handler for NodeConn {
+    const KIND: &'static str = KIND;
+    const HELLO: &'static str = "node_register expected";
+
+    fn peer(&self) -> &Peer {
+        &self.peer
+    }
+
+    fn greeted(&self) -> bool {
+        self.reg.is_some()
+    }
+
+    fn done(&self) -> bool {
+        self.done
+    }
+
+    async fn on_text(&mut self, text: &str) {
+        self.on_text(text).await
+    }
+
+    async fn finish(&mut self, orderly: bool) {
+        self.finish(orderly).await
+    }
 }
 
 impl NodeConn {
-    fn send(&self, out: Outbound) {
-        // A full queue means the peer stopped reading; its liveness will expire.
-        let _ = self.tx.try_send(out);
-    }
-
-    fn send_json<T: serde::Serialize>(&self, msg: &T) {
-        match serde_json::to_string(msg) {
-            Ok(t) => self.send(Outbound::Text(t)),
-            Err(e) => tracing::error!(error = %e, "encode failed"),
-        }
-    }
-
-    fn error(&self, code: ErrorCode, message: impl Into<String>) {
-        self.send(Outbound::Text(ErrorMessage::new(code, message).to_json()));
-    }
-
-    fn store_error(&self, e: &StoreError) {
-        match e {
-            StoreError::Unavailable(_) => self.error(
-                ErrorCode::SchedulerDependencyDown,
-                "scheduler state store unreachable",
-            ),
-            _ => self.error(ErrorCode::InternalError, "internal error"),
-        }
-    }
-
     async fn on_text(&mut self, text: &str) {
         let msg = match decode::<NodeInbound>(text, NODE_TYPES) {
             Ok(m) => m,
@@ -330,10 +267,7 @@ impl NodeConn {
                 .register(&node_id, minted, &self.token, caps, &extra)
                 .await?;
             // Bind before delivering: queued jobs handed to this node go to this socket.
-            let me = LocalConn {
-                token: self.token.clone(),
-                tx: self.tx.clone(),
-            };
+            let me = self.local();
             let previous = app.conns.bind(Kind::Node, &node_id, me);
             match routing::deliver(&app, out) {
                 RegisterReply::Taken => {

@@ -4,25 +4,23 @@
 //! the audio buffer live in Redis, so any instance can cut, dispatch and deliver for it.
 
 use std::sync::Arc;
-use std::time::Duration;
 
 use axum::extract::State;
-use axum::extract::ws::{Message, WebSocket, WebSocketUpgrade};
+use axum::extract::ws::WebSocketUpgrade;
 use axum::response::Response;
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD as B64;
-use futures_util::StreamExt;
 use serde_json::json;
-use tokio::sync::mpsc;
 use tracing::Instrument;
 
-use super::{Kind, LocalConn, Outbound, close, socket};
+use super::peer::{self, Handler, Peer};
+use super::{Kind, Outbound};
 use crate::capabilities::{RouteRequest, route};
 use crate::protocol::session::{
     JobSpec, Pipeline, SESSION_TYPES, SessionInbound, SessionInit, Utterance, estimate_ms,
     unsupported,
 };
-use crate::protocol::{DecodeError, ErrorCode, ErrorMessage, decode, now_ms, valid_id};
+use crate::protocol::{DecodeError, ErrorCode, decode, now_ms, valid_id};
 use crate::routing;
 use crate::server::App;
 use crate::store::StoreError;
@@ -32,109 +30,53 @@ use crate::store::sessions::{NewJob, OpenReply, SessionReply, Touch};
 const KIND: &str = "session";
 
 pub async fn upgrade(ws: WebSocketUpgrade, State(app): State<Arc<App>>) -> Response {
-    if app.is_draining() {
-        return super::draining();
-    }
-    let max = app.cfg.ws.max_frame_bytes;
-    ws.max_message_size(max)
-        .max_frame_size(max)
-        .on_upgrade(move |socket| serve(app, socket))
+    peer::upgrade(ws, app, |peer| SessionConn {
+        peer,
+        session: None,
+        trace_id: None,
+    })
 }
 
 struct SessionConn {
-    app: Arc<App>,
-    tx: mpsc::Sender<Outbound>,
-    token: String,
+    peer: Peer,
     /// Set by session_init: (session id, tenant).
     session: Option<(String, Option<String>)>,
     /// The session's trace id (client's or minted), parent of spans without their own.
     trace_id: Option<String>,
 }
 
-async fn serve(app: Arc<App>, ws: WebSocket) {
-    let _live = app.conn_guard();
-    let gauge = app.metrics.connection_gauge(KIND);
-    gauge.inc();
-    let (tx, mut stream, writer) = socket::split(ws, app.cfg.ws.send_queue, app.order_gap());
-    let mut shutdown = app.shutdown_signal();
-    let token = app.next_conn_token();
-    let mut conn = SessionConn {
-        app: app.clone(),
-        tx,
-        token,
-        session: None,
-        trace_id: None,
-    };
-    let hello = tokio::time::Instant::now() + Duration::from_millis(app.cfg.ws.hello_timeout_ms);
-    loop {
-        let next = tokio::select! {
-            n = stream.next() => n,
-            _ = tokio::time::sleep_until(hello), if conn.session.is_none() => {
-                conn.send(Outbound::Close(close::POLICY, "session_init expected".into()));
-                break;
-            }
-            _ = shutdown.changed() => {
-                if app.has_crashed() {
-                    writer.abort(); // like kill -9: no cleanup, the socket just drops
-                    gauge.dec();
-                    return;
-                }
-                conn.send(Outbound::Close(close::RESTARTING, "scheduler restarting".into()));
-                break;
-            }
-        };
-        match next {
-            None | Some(Ok(Message::Close(_))) => break,
-            Some(Err(e)) => {
-                if socket::is_too_big(&e) {
-                    app.metrics.rejected(KIND, "oversized");
-                    conn.send(Outbound::Close(close::TOO_BIG, "frame too large".into()));
-                }
-                break;
-            }
-            Some(Ok(Message::Text(text))) => conn.on_text(text.as_str()).await,
-            Some(Ok(Message::Binary(_))) => {
-                app.metrics.rejected(KIND, "binary");
-                conn.error(
-                    ErrorCode::InvalidMessage,
-                    "binary frames are not used; send JSON text",
-                );
-            }
-            Some(Ok(_)) => {}
+impl std::ops::Deref for SessionConn {
+    type Target = Peer;
+    fn deref(&self) -> &Peer {
+        &self.peer
+    }
+}
+
+impl Handler for SessionConn {
+    const KIND: &'static str = KIND;
+    const HELLO: &'static str = "session_init expected";
+
+    fn peer(&self) -> &Peer {
+        &self.peer
+    }
+
+    fn greeted(&self) -> bool {
+        self.session.is_some()
+    }
+
+    async fn on_text(&mut self, text: &str) {
+        self.on_text(text).await
+    }
+
+    async fn finish(&mut self, _orderly: bool) {
+        if let Some((sid, _)) = &self.session {
+            // The session stays in Redis (results keep arriving in its log) until it expires.
+            self.app.conns.unbind(Kind::Session, sid, &self.token);
         }
     }
-    if let Some((sid, _)) = &conn.session {
-        // The session stays in Redis (results keep arriving in its log) until it expires.
-        app.conns.unbind(Kind::Session, sid, &conn.token);
-    }
-    drop(conn);
-    let _ = tokio::time::timeout(Duration::from_secs(2), writer).await;
-    gauge.dec();
 }
 
 impl SessionConn {
-    fn send(&self, out: Outbound) {
-        let _ = self.tx.try_send(out);
-    }
-
-    fn send_json(&self, v: serde_json::Value) {
-        self.send(Outbound::Text(v.to_string()));
-    }
-
-    fn error(&self, code: ErrorCode, message: impl Into<String>) {
-        self.send(Outbound::Text(ErrorMessage::new(code, message).to_json()));
-    }
-
-    fn store_error(&self, e: &StoreError) {
-        match e {
-            StoreError::Unavailable(_) => self.error(
-                ErrorCode::SchedulerDependencyDown,
-                "scheduler state store unreachable",
-            ),
-            _ => self.error(ErrorCode::InternalError, "internal error"),
-        }
-    }
-
     /// Map a reply about an existing session that is not a success to its error.
     fn session_problem(&self, r: &SessionReply) -> bool {
         match r {
@@ -245,7 +187,7 @@ impl SessionConn {
                 if let Ok(out) = &r
                     && matches!(out.reply, SessionReply::Ok { .. })
                 {
-                    self.send_json(json!({"type": "server_heartbeat", "session_id": sid, "timestamp": now_ms()}));
+                    self.send_json(&json!({"type": "server_heartbeat", "session_id": sid, "timestamp": now_ms()}));
                 }
                 r
             }
@@ -268,7 +210,9 @@ impl SessionConn {
                     Ok(out) => {
                         let reply = routing::deliver(&app, out);
                         if !self.session_problem(&reply) {
-                            self.send_json(json!({"type": "session_close_ack", "session_id": sid}));
+                            self.send_json(
+                                &json!({"type": "session_close_ack", "session_id": sid}),
+                            );
                         }
                         return;
                     }
@@ -369,10 +313,7 @@ impl SessionConn {
         for _ in 0..8 {
             let sid = format!("s-{:08X}", rand::random::<u32>());
             // Bind first: results produced the moment the session exists find this socket.
-            let me = LocalConn {
-                token: self.token.clone(),
-                tx: self.tx.clone(),
-            };
+            let me = self.local();
             app.conns.bind(Kind::Session, &sid, me);
             match app
                 .store
@@ -384,7 +325,7 @@ impl SessionConn {
                     OpenReply::Ok => {
                         self.session = Some((sid.clone(), tenant));
                         self.trace_id = Some(trace_id.clone());
-                        self.send_json(init_ack(&sid, &trace_id, false));
+                        self.send_json(&init_ack(&sid, &trace_id, false));
                         self.send(Outbound::ExpectSeq(1));
                         return;
                     }
@@ -407,10 +348,7 @@ impl SessionConn {
         trace_id: &str,
     ) -> Result<bool, StoreError> {
         let app = self.app.clone();
-        let me = LocalConn {
-            token: self.token.clone(),
-            tx: self.tx.clone(),
-        };
+        let me = self.local();
         app.conns.bind(Kind::Session, sid, me);
         let out = match app.store.session_resume(sid, &self.token, last).await {
             Ok(out) => out,
@@ -430,7 +368,7 @@ impl SessionConn {
             tracing::info!(session_id = sid, resent, "session resumed");
             self.session = Some((sid.to_string(), tenant));
             self.trace_id = Some(trace_id.to_string());
-            self.send_json(init_ack(sid, trace_id, true));
+            self.send_json(&init_ack(sid, trace_id, true));
             self.send(Outbound::ExpectSeq(*next_seq));
         }
         routing::deliver(&app, out);

@@ -1,0 +1,160 @@
+//! What every connection shares: its writer, its unique token, the answers it gives, and
+//! the loop that reads frames until the socket, the peer or the instance ends it. Node and
+//! session connections differ only in their [`Handler`]; adding a third kind of peer is
+//! writing one more.
+
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::extract::ws::{Message, WebSocket, WebSocketUpgrade};
+use axum::response::Response;
+use futures_util::StreamExt;
+use tokio::sync::mpsc;
+
+use super::{LocalConn, Outbound, close, socket};
+use crate::protocol::{ErrorCode, ErrorMessage};
+use crate::server::App;
+use crate::store::StoreError;
+
+/// One connection's writer and identity.
+pub struct Peer {
+    pub app: Arc<App>,
+    pub tx: mpsc::Sender<Outbound>,
+    /// Unique per socket, ever: the fencing epoch scripts compare.
+    pub token: String,
+}
+
+impl Peer {
+    pub fn send(&self, out: Outbound) {
+        // A full queue means the peer stopped reading; its liveness will expire.
+        let _ = self.tx.try_send(out);
+    }
+
+    pub fn send_json<T: serde::Serialize>(&self, msg: &T) {
+        match serde_json::to_string(msg) {
+            Ok(t) => self.send(Outbound::Text(t)),
+            Err(e) => tracing::error!(error = %e, "encode failed"),
+        }
+    }
+
+    pub fn error(&self, code: ErrorCode, message: impl Into<String>) {
+        self.send(Outbound::Text(ErrorMessage::new(code, message).to_json()));
+    }
+
+    /// Redis away → `SCHEDULER_DEPENDENCY_DOWN`; anything else → `INTERNAL_ERROR`.
+    pub fn store_error(&self, e: &StoreError) {
+        match e {
+            StoreError::Unavailable(_) => self.error(
+                ErrorCode::SchedulerDependencyDown,
+                "scheduler state store unreachable",
+            ),
+            _ => self.error(ErrorCode::InternalError, "internal error"),
+        }
+    }
+
+    /// This connection as an entry of the local connection map.
+    pub fn local(&self) -> LocalConn {
+        LocalConn {
+            token: self.token.clone(),
+            tx: self.tx.clone(),
+        }
+    }
+}
+
+/// The protocol side of a connection.
+pub trait Handler: Send {
+    /// `node` or `session`: metric label.
+    const KIND: &'static str;
+    /// Close reason when the first message (register / init) does not come in time.
+    const HELLO: &'static str;
+
+    fn peer(&self) -> &Peer;
+    /// The peer has introduced itself (registered / initialised).
+    fn greeted(&self) -> bool;
+    /// The handler ended the connection itself (replaced, fenced off).
+    fn done(&self) -> bool {
+        false
+    }
+    fn on_text(&mut self, text: &str) -> impl Future<Output = ()> + Send;
+    /// The socket ended (`orderly`: the peer sent a close frame): run cleanup scripts.
+    fn finish(&mut self, orderly: bool) -> impl Future<Output = ()> + Send;
+}
+
+/// Accept the upgrade (or refuse it while draining) with the configured frame limit.
+pub fn upgrade<H, F>(ws: WebSocketUpgrade, app: Arc<App>, make: F) -> Response
+where
+    H: Handler + 'static,
+    F: FnOnce(Peer) -> H + Send + 'static,
+{
+    if app.is_draining() {
+        return super::draining();
+    }
+    let max = app.cfg.ws.max_frame_bytes;
+    ws.max_message_size(max)
+        .max_frame_size(max)
+        .on_upgrade(move |socket| drive(app, socket, make))
+}
+
+/// Read frames until the socket closes, the handler is done, the hello times out or the
+/// instance shuts down (1012) — or crashes (`abort`: no cleanup at all, like kill -9).
+async fn drive<H: Handler, F: FnOnce(Peer) -> H>(app: Arc<App>, ws: WebSocket, make: F) {
+    let _live = app.conn_guard();
+    let gauge = app.metrics.connection_gauge(H::KIND);
+    gauge.inc();
+    let (tx, mut stream, writer) = socket::split(ws, app.cfg.ws.send_queue, app.order_gap());
+    let mut shutdown = app.shutdown_signal();
+    let mut h = make(Peer {
+        app: app.clone(),
+        tx,
+        token: app.next_conn_token(),
+    });
+    let hello = tokio::time::Instant::now() + Duration::from_millis(app.cfg.ws.hello_timeout_ms);
+    let mut orderly = false;
+    while !h.done() {
+        let next = tokio::select! {
+            n = stream.next() => n,
+            _ = tokio::time::sleep_until(hello), if !h.greeted() => {
+                h.peer().send(Outbound::Close(close::POLICY, H::HELLO.into()));
+                break;
+            }
+            _ = shutdown.changed() => {
+                if app.has_crashed() {
+                    writer.abort();
+                    gauge.dec();
+                    return;
+                }
+                h.peer().send(Outbound::Close(close::RESTARTING, "scheduler restarting".into()));
+                break;
+            }
+        };
+        match next {
+            None => break,
+            Some(Err(e)) => {
+                if socket::is_too_big(&e) {
+                    app.metrics.rejected(H::KIND, "oversized");
+                    h.peer()
+                        .send(Outbound::Close(close::TOO_BIG, "frame too large".into()));
+                }
+                break;
+            }
+            Some(Ok(Message::Text(text))) => h.on_text(text.as_str()).await,
+            Some(Ok(Message::Binary(_))) => {
+                app.metrics.rejected(H::KIND, "binary");
+                h.peer().error(
+                    ErrorCode::InvalidMessage,
+                    "binary frames are not used; send JSON text",
+                );
+            }
+            Some(Ok(Message::Close(_))) => {
+                orderly = true;
+                break;
+            }
+            Some(Ok(_)) => {} // ping/pong: answered by the library
+        }
+    }
+    h.finish(orderly).await;
+    drop(h);
+    let _ = tokio::time::timeout(Duration::from_secs(2), writer).await;
+    gauge.dec();
+}
