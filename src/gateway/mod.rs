@@ -5,6 +5,7 @@
 //! only connection state an instance holds; Redis decides who owns what.
 
 pub mod node;
+mod node_jobs;
 pub mod peer;
 pub mod session;
 pub mod socket;

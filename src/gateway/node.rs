@@ -16,14 +16,12 @@ use super::peer::{self, Handler, Peer};
 use super::{Kind, Outbound, close};
 use crate::capabilities::Capabilities;
 use crate::protocol::node::{
-    AsrPartial, JobAck, JobResult, NODE_TYPES, NodeHeartbeat, NodeInbound, NodeRegister,
-    NodeRegisterAck,
+    NODE_TYPES, NodeHeartbeat, NodeInbound, NodeRegister, NodeRegisterAck,
 };
 use crate::protocol::{ErrorCode, decode, valid_id};
 use crate::routing;
 use crate::server::App;
 use crate::store::StoreError;
-use crate::store::jobs::{Attempt, FencedReply, Outcome};
 use crate::store::nodes::{HeartbeatReply, OfflineReply, RegisterReply};
 
 const KIND: &str = "node";
@@ -37,17 +35,17 @@ pub async fn upgrade(ws: WebSocketUpgrade, State(app): State<Arc<App>>) -> Respo
 }
 
 /// What this connection has registered.
-struct Registered {
-    node_id: String,
-    caps: Capabilities,
-    register: Box<NodeRegister>,
+pub(super) struct Registered {
+    pub(super) node_id: String,
+    pub(super) caps: Capabilities,
+    pub(super) register: Box<NodeRegister>,
 }
 
-struct NodeConn {
-    peer: Peer,
-    reg: Option<Registered>,
+pub(super) struct NodeConn {
+    pub(super) peer: Peer,
+    pub(super) reg: Option<Registered>,
     /// Set when the connection must end (replaced, fenced off).
-    done: bool,
+    pub(super) done: bool,
 }
 
 impl std::ops::Deref for NodeConn {
@@ -402,185 +400,6 @@ impl NodeConn {
                 tracing::warn!(node_id = %reg.node_id, error = %e, "node_offline failed; liveness will expire")
             }
         }
-    }
-}
-
-impl NodeConn {
-    /// The registered node id, or an error to the node (job messages need a registration).
-    fn node_id(&self) -> Option<String> {
-        let id = self.reg.as_ref().map(|r| r.node_id.clone());
-        if id.is_none() {
-            self.error(ErrorCode::InvalidMessage, "register first (node_register)");
-        }
-        id
-    }
-
-    /// A fenced-off message: counted, reported to the node, nothing changed.
-    fn stale(&self, what: &str, job_id: &str, reason: &str) {
-        self.app.metrics.stale(KIND);
-        tracing::info!(job_id, reason, what, "stale message rejected");
-        self.error(
-            ErrorCode::InvalidMessage,
-            format!("{what} for {job_id} rejected: {reason}"),
-        );
-    }
-
-    async fn on_ack(&mut self, a: JobAck, started: bool) {
-        let Some(node_id) = self.node_id() else {
-            return;
-        };
-        let attempt = Attempt {
-            job_id: &a.job_id,
-            attempt_id: a.attempt_id,
-            node_id: &node_id,
-            conn: &self.token,
-        };
-        match self.app.store.job_ack(&attempt, started).await {
-            Ok(out) => {
-                if let FencedReply::Stale { reason } = routing::deliver(&self.app, out) {
-                    self.stale(
-                        if started { "job_started" } else { "job_ack" },
-                        &a.job_id,
-                        &reason,
-                    );
-                }
-            }
-            Err(e) => self.store_error(&e),
-        }
-    }
-
-    async fn on_result(&mut self, r: JobResult) {
-        let Some(node_id) = self.node_id() else {
-            return;
-        };
-        let message;
-        let outcome = match (&r.success, &r.error) {
-            (true, _) => {
-                message = translation_result(&r);
-                Outcome::Ok(&message)
-            }
-            (false, Some(e)) if e.code == "MODEL_NOT_AVAILABLE" => Outcome::ModelNotAvailable {
-                service: self.service_type(e.details.as_ref()),
-                message: &e.message,
-            },
-            (false, e) => Outcome::Error {
-                code: e
-                    .as_ref()
-                    .map(|e| e.code.as_str())
-                    .filter(|c| !c.is_empty())
-                    .unwrap_or("PROCESSING_ERROR"),
-                message: e
-                    .as_ref()
-                    .map(|e| e.message.as_str())
-                    .unwrap_or("the node reported a failure"),
-            },
-        };
-        let attempt = Attempt {
-            job_id: &r.job_id,
-            attempt_id: r.attempt_id,
-            node_id: &node_id,
-            conn: &self.token,
-        };
-        match self.app.store.job_result(&attempt, &outcome).await {
-            Ok(out) => {
-                if let FencedReply::Stale { reason } = routing::deliver(&self.app, out) {
-                    self.stale("job_result", &r.job_id, &reason);
-                }
-            }
-            Err(e) => self.store_error(&e),
-        }
-    }
-
-    /// The service type a MODEL_NOT_AVAILABLE names: from the node's installed_services
-    /// (service_id → type), else the service id itself.
-    fn service_type<'a>(&'a self, details: Option<&'a serde_json::Value>) -> &'a str {
-        let id = details
-            .and_then(|d| d.get("service_id"))
-            .and_then(|v| v.as_str())
-            .unwrap_or("nmt");
-        let installed = self
-            .reg
-            .as_ref()
-            .map(|r| r.register.installed_services.as_slice())
-            .unwrap_or_default();
-        installed
-            .iter()
-            .find(|s| s.get("service_id").and_then(|v| v.as_str()) == Some(id))
-            .and_then(|s| s.get("type").and_then(|v| v.as_str()))
-            .unwrap_or_else(|| guess_service_type(id))
-    }
-
-    async fn on_partial(&mut self, p: AsrPartial) {
-        let Some(node_id) = self.node_id() else {
-            return;
-        };
-        match self
-            .app
-            .store
-            .job_partial(&p.job_id, &node_id, &self.token, &p.text, p.is_final)
-            .await
-        {
-            Ok(out) => {
-                if let FencedReply::Stale { .. } = routing::deliver(&self.app, out) {
-                    self.app.metrics.stale(KIND); // best-effort: no error reply for partials
-                }
-            }
-            Err(e) => self.store_error(&e),
-        }
-    }
-}
-
-/// The session's `translation_result` from a node's `job_result`: every field the node sent
-/// beyond the routing ones is passed on (texts, tts, extra, timings, quality). The script
-/// adds session_id, utterance_index, job_id and trace_id from the job record.
-fn translation_result(r: &JobResult) -> String {
-    let mut m = r.rest.clone();
-    for key in [
-        "type",
-        "session_id",
-        "utterance_index",
-        "job_id",
-        "trace_id",
-        "node_id",
-    ] {
-        m.remove(key);
-    }
-    m.insert("type".into(), "translation_result".into());
-    for key in ["text_asr", "text_translated", "tts_audio"] {
-        m.entry(key).or_insert_with(|| "".into());
-    }
-    m.entry("tts_format").or_insert_with(|| "opus".into());
-    if let Some(t) = m
-        .get("extra")
-        .and_then(|e| e.get("service_timings"))
-        .cloned()
-    {
-        m.entry("service_timings").or_insert(t);
-    }
-    serde_json::Value::Object(m).to_string()
-}
-
-/// The service type a MODEL_NOT_AVAILABLE `service_id` names, when the node's
-/// installed_services do not say: by well-known names, else the id itself.
-fn guess_service_type(id: &str) -> &str {
-    let lower = id.to_ascii_lowercase();
-    const TYPES: [&str; 7] = [
-        "asr",
-        "nmt",
-        "tts",
-        "semantic",
-        "tone",
-        "phonetic",
-        "punctuation",
-    ];
-    if let Some(t) = TYPES.iter().find(|t| lower.contains(*t)) {
-        return t;
-    }
-    match () {
-        _ if lower.contains("whisper") => "asr",
-        _ if lower.contains("piper") || lower.contains("vits") => "tts",
-        _ if lower.contains("m2m") || lower.contains("nllb") || lower.contains("marian") => "nmt",
-        _ => id,
     }
 }
 
