@@ -5,7 +5,7 @@ REDIS_PORT ?= 6379
 CARGO ?= cargo
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: run test build release deps test-deps redis lint fmt check-config clean
+.PHONY: run test build release deps test-deps redis lint fmt check-config clean demo bench bench-deps
 
 ## Run one instance on 127.0.0.1:5010 against Redis on 127.0.0.1:$(REDIS_PORT).
 run: deps redis
@@ -43,6 +43,26 @@ redis:
 	    --logfile $(CURDIR)/target/redis/redis.log && \
 	  for i in 1 2 3 4 5 6 7 8 9 10; do redis-cli -p $(REDIS_PORT) ping >/dev/null 2>&1 && break; sleep 0.2; done; \
 	  echo "started redis on $(REDIS_PORT)"; \
+	fi
+
+## See it work: two instances (127.0.0.1:5010 and :5011) and ~20 s of simulated lingua
+## nodes and web sessions over both (`switchyard sim`); logs in target/demo/.
+demo: deps redis release
+	REDIS_PORT=$(REDIS_PORT) bash bench/demo.sh
+
+## Benchmarks (~5 min; release build, a dedicated redis-server on a free port):
+## rewrites docs/benchmarks.md. Not part of `make test`.
+bench: deps bench-deps release
+	bash bench/run.sh
+
+## Tools the benchmark driver uses besides redis (redis-benchmark comes with redis-tools).
+bench-deps:
+	@missing=""; for t in jq bc curl redis-benchmark; do \
+	  command -v $$t >/dev/null 2>&1 || missing="$$missing $$t"; done; \
+	if [ -n "$$missing" ]; then \
+	  echo "installing$$missing"; \
+	  pkgs=$$(echo "$$missing" | sed 's/redis-benchmark/redis-tools/'); \
+	  $(SUDO) apt-get update -qq && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq $$pkgs >/dev/null; \
 	fi
 
 lint:

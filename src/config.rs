@@ -42,7 +42,8 @@ pub struct TelemetryConfig {
     pub otlp_protocol: Option<String>,
     /// Extra headers / gRPC metadata (e.g. an API key); `OTEL_EXPORTER_OTLP_HEADERS` also works.
     pub otlp_headers: std::collections::BTreeMap<String, String>,
-    /// Share of new traces sampled (parent-based: a sampled parent keeps its children).
+    /// Share of traces sampled, decided from the trace id (so every instance agrees on one
+    /// utterance's trace); children follow their parent.
     pub sample_ratio: f64,
     /// `service.name` of the exported spans.
     pub service_name: String,
@@ -553,6 +554,14 @@ impl Config {
         let t = &self.telemetry;
         if !(0.0..=1.0).contains(&t.sample_ratio) {
             return bad("telemetry.sample_ratio", "must be between 0 and 1");
+        }
+        if let Some(e) = &t.otlp_endpoint
+            && !e.starts_with("http://")
+        {
+            return bad(
+                "telemetry.otlp_endpoint",
+                "must be an http:// URL (no TLS built in: use a local collector)",
+            );
         }
         if let Some(p) = &t.otlp_protocol
             && !matches!(p.as_str(), "grpc" | "http")

@@ -94,18 +94,29 @@ fn toml_string(cfg: &Config) -> Result<String, String> {
 /// Print a JSON object as TOML sections (flat values first, then nested tables).
 fn write_toml(out: &mut String, section: &str, v: &serde_json::Value) {
     let Some(map) = v.as_object() else { return };
-    for (k, val) in map.iter().filter(|(_, v)| !v.is_object()) {
-        if !val.is_null() {
-            out.push_str(&format!("{k} = {val}\n"));
+    let key = |k: &str| {
+        if k.chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
+        {
+            k.to_string()
         } else {
-            out.push_str(&format!("# {k} = (derived)\n"));
+            serde_json::Value::from(k).to_string()
+        }
+    };
+    for (k, val) in map.iter().filter(|(_, v)| !v.is_object()) {
+        match val {
+            serde_json::Value::Null if k == "liveness_ms" => out.push_str(&format!(
+                "# {k}: unset, derived as 3 x heartbeat_interval_ms\n"
+            )),
+            serde_json::Value::Null => out.push_str(&format!("# {k}: unset\n")),
+            _ => out.push_str(&format!("{} = {val}\n", key(k))),
         }
     }
     for (k, val) in map.iter().filter(|(_, v)| v.is_object()) {
         let name = if section.is_empty() {
-            k.clone()
+            key(k)
         } else {
-            format!("{section}.{k}")
+            format!("{section}.{}", key(k))
         };
         out.push_str(&format!("\n[{name}]\n"));
         write_toml(out, &name, val);

@@ -86,6 +86,31 @@ async fn register_with_null_id_mints_one_and_joins_exactly_the_zh_en_pools() {
     let (status, n) = get_json(&http_url(&inst, &format!("/api/v1/nodes/{id}"))).await;
     assert_eq!(status, 200);
     assert_eq!(n["hardware"]["gpus"][0]["name"], "NVIDIA RTX 4070");
+    let (status, list) = get_json(&http_url(&inst, "/api/v1/nodes")).await;
+    assert_eq!(status, 200);
+    let ids: Vec<&str> = list
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|n| n["id"].as_str())
+        .collect();
+    assert_eq!(ids, vec![id.as_str()]);
+    let (status, _) = get_json(&http_url(&inst, "/api/v1/nodes/node-UNKNOWN")).await;
+    assert_eq!(status, 404);
+    let m = reqwest::get(http_url(&inst, "/metrics"))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    for line in [
+        "switchyard_connections{kind=\"node\"} 1",
+        "switchyard_nodes{state=\"ready\"} 1",
+        "switchyard_pool_nodes{pool=\"pub:zh:en\"} 1",
+        "switchyard_script_calls_total{script=\"register\",outcome=\"ok\"} 1",
+    ] {
+        assert!(m.contains(line), "{line} in {m}");
+    }
     invariants::check(&mut c).await;
 }
 

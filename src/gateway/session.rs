@@ -412,10 +412,12 @@ impl SessionConn {
         if u.manual_cut {
             spec["is_manual_cut"] = json!(true);
         }
+        // The message span took the session's trace id when the utterance has none: so does the job.
         let trace_id = u
             .trace_id
             .clone()
             .filter(|t| !t.is_empty())
+            .or_else(|| self.trace_id.clone())
             .unwrap_or_else(new_trace_id);
         let spec = spec.to_string();
         let job = NewJob {

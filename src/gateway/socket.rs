@@ -5,7 +5,8 @@
 //! session's sequence number and may arrive by two paths (a local script's reply, or
 //! another instance's script through the inbox stream), so a later one can overtake an
 //! earlier one by a few milliseconds. The writer holds it back until the gap fills, or
-//! `order_gap` passes (then the gap is skipped and counted).
+//! `order_gap` passes (then the gap is skipped and logged; a skipped message that still
+//! arrives is written late rather than lost).
 
 use std::collections::BTreeMap;
 use std::time::Duration;

@@ -88,9 +88,8 @@ pub async fn run(args: &SimArgs) -> Summary {
     let stop_on_signal = {
         let stop_tx = stop_tx.clone();
         tokio::spawn(async move {
-            if tokio::signal::ctrl_c().await.is_ok() {
-                let _ = stop_tx.send(true);
-            }
+            stop_signal().await;
+            let _ = stop_tx.send(true);
         })
     };
 
@@ -184,6 +183,23 @@ pub async fn run(args: &SimArgs) -> Summary {
     stop_on_signal.abort();
     bar.finish();
     Summary::build(node_reports, session_reports, started.elapsed(), busy)
+}
+
+/// SIGINT or SIGTERM: stop sending, close every connection in order, print the summary
+/// (bench/run.sh stops long-running sims with SIGTERM).
+async fn stop_signal() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        if let Ok(mut term) = signal(SignalKind::terminate()) {
+            tokio::select! {
+                _ = term.recv() => {}
+                _ = tokio::signal::ctrl_c() => {}
+            }
+            return;
+        }
+    }
+    let _ = tokio::signal::ctrl_c().await;
 }
 
 /// Wait until every node registered or failed to (at most 120 s, or until stopped).

@@ -12,6 +12,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use futures_util::{SinkExt, StreamExt};
+use serde::Deserialize;
 use serde_json::{Value, json};
 use tokio::sync::{Semaphore, mpsc, watch};
 
@@ -35,6 +36,8 @@ pub struct NodeSpec {
 pub struct NodeReport {
     pub registered: bool,
     pub setup_error: Option<String>,
+    /// Handshakes that failed and were tried again.
+    pub setup_retries: u64,
     /// The scheduler closed the connection before the run ended.
     pub dropped: bool,
     pub assigns: u64,
@@ -53,6 +56,20 @@ pub struct NodeReport {
     pub heartbeats: u64,
     /// Dispatch latencies of first attempts, µs.
     pub dispatch_us: Vec<u32>,
+}
+
+/// The fields of a scheduler → node frame the node uses; everything else (the job's audio
+/// above all) is skipped by the decoder without being copied.
+#[derive(Deserialize, Default)]
+#[serde(default)]
+struct Frame {
+    #[serde(rename = "type")]
+    kind: String,
+    job_id: String,
+    attempt_id: Option<u64>,
+    session_id: String,
+    utterance_index: Option<u64>,
+    trace_id: Option<String>,
 }
 
 /// The outcome drawn for one job.
@@ -134,22 +151,16 @@ fn now_ms() -> u64 {
 }
 
 /// The `job_result` for `assign`, echoing its ids (as the lingua node does).
-fn result_for(assign: &Value, node_id: &str, answer: &Answer, took_ms: u64) -> Value {
-    let mut r = json!({"type": "job_result", "node_id": node_id, "processing_time_ms": took_ms});
-    for k in [
-        "job_id",
-        "attempt_id",
-        "session_id",
-        "utterance_index",
-        "trace_id",
-    ] {
-        r[k] = assign[k].clone();
-    }
+fn result_for(assign: &Frame, node_id: &str, answer: &Answer, took_ms: u64) -> Value {
+    let mut r = json!({"type": "job_result", "node_id": node_id, "processing_time_ms": took_ms,
+        "job_id": assign.job_id, "attempt_id": assign.attempt_id, "session_id": assign.session_id,
+        "utterance_index": assign.utterance_index, "trace_id": assign.trace_id});
     match answer {
         Answer::Ok | Answer::Silent => {
             r["success"] = json!(true);
             r["text_asr"] = json!("我们开始测试");
-            r["text_translated"] = json!(format!("T{}", assign["utterance_index"]));
+            let idx = assign.utterance_index.unwrap_or_default();
+            r["text_translated"] = json!(format!("T{idx}"));
             r["tts_audio"] = json!("b3B1cy1ieXRlcw==");
             r["tts_format"] = json!("opus");
             r["extra"] = json!({"service_timings": {"asr_ms": took_ms / 2, "nmt_ms": took_ms / 4,
@@ -170,6 +181,18 @@ fn result_for(assign: &Value, node_id: &str, answer: &Answer, took_ms: u64) -> V
     r
 }
 
+/// Connect and register; the sockets and the node id the scheduler gave.
+async fn register(url: &str, spec: &NodeSpec) -> Result<(ws::Sink, ws::Source, String), String> {
+    let handshake = Duration::from_secs(30);
+    let (mut sink, mut source) = ws::connect(url, handshake).await?;
+    ws::send(&mut sink, &spec.register_frame()).await?;
+    let ack = ws::expect(&mut source, "node_register_ack", handshake).await?;
+    match ack["node_id"].as_str() {
+        Some(id) if !id.is_empty() => Ok((sink, source, id.to_string())),
+        _ => Err(format!("node_register_ack without node_id: {ack}")),
+    }
+}
+
 /// Run one node until `stop` turns true (or the scheduler drops it).
 pub async fn run(
     url: String,
@@ -179,23 +202,11 @@ pub async fn run(
     mut stop: watch::Receiver<bool>,
 ) -> NodeReport {
     let mut rep = NodeReport::default();
-    let handshake = Duration::from_secs(30);
     let permit = gate.acquire().await;
-    let (mut sink, mut source) = match ws::connect(&url, handshake).await {
-        Ok(c) => c,
-        Err(e) => {
-            rep.setup_error = Some(e);
-            Live::inc(&shared.live.setup_failed);
-            return rep;
-        }
-    };
-    if let Err(e) = ws::send(&mut sink, &spec.register_frame()).await {
-        rep.setup_error = Some(e);
-        Live::inc(&shared.live.setup_failed);
-        return rep;
-    }
-    let node_id = match ws::expect(&mut source, "node_register_ack", handshake).await {
-        Ok(ack) => ack["node_id"].as_str().unwrap_or_default().to_string(),
+    let (hello, retries) = ws::with_retries(|| register(&url, &spec)).await;
+    rep.setup_retries = retries;
+    let (mut sink, mut source, node_id) = match hello {
+        Ok(h) => h,
         Err(e) => {
             rep.setup_error = Some(e);
             Live::inc(&shared.live.setup_failed);
@@ -227,25 +238,24 @@ pub async fn run(
                     break;
                 }
             }
-            item = source.next() => match ws::classify(item) {
+            item = source.next() => match ws::classify::<Frame>(item) {
                 Incoming::Closed => {
                     rep.dropped = !*stop.borrow();
                     break;
                 }
                 Incoming::Other => {}
-                Incoming::Json(v) => match v["type"].as_str() {
-                    Some("job_assign") => {
+                Incoming::Json(f) => match f.kind.as_str() {
+                    "job_assign" => {
                         let now = Instant::now();
-                        if let Some((r, delay)) = on_assign(&v, now, &node_id, &spec, &shared, &mut active, &mut rep) {
-                            let job_id = v["job_id"].as_str().unwrap_or_default().to_string();
+                        if let Some((r, delay)) = on_assign(&f, now, &node_id, &spec, &shared, &mut active, &mut rep) {
                             if delay == 0 {
-                                active.remove(&job_id);
+                                active.remove(&f.job_id);
                                 if ws::send(&mut sink, &r).await.is_err() {
                                     rep.dropped = true;
                                     break;
                                 }
                             } else {
-                                let tx = tx.clone();
+                                let (tx, job_id) = (tx.clone(), f.job_id);
                                 tokio::spawn(async move {
                                     tokio::time::sleep(Duration::from_millis(delay)).await;
                                     let _ = tx.send((job_id, r)).await;
@@ -253,13 +263,11 @@ pub async fn run(
                             }
                         }
                     }
-                    Some("job_cancel") => {
+                    "job_cancel" => {
                         rep.cancels += 1;
-                        if let Some(j) = v["job_id"].as_str() {
-                            active.remove(j);
-                        }
+                        active.remove(&f.job_id);
                     }
-                    Some("error") => rep.errors_received += 1,
+                    "error" => rep.errors_received += 1,
                     _ => {}
                 },
             }
@@ -272,7 +280,7 @@ pub async fn run(
 /// Account for a `job_assign`; the result to send and after how many ms, or `None` for a
 /// silent job.
 fn on_assign(
-    v: &Value,
+    v: &Frame,
     now: Instant,
     node_id: &str,
     spec: &NodeSpec,
@@ -282,10 +290,11 @@ fn on_assign(
 ) -> Option<(Value, u64)> {
     rep.assigns += 1;
     Live::inc(&shared.live.assigns);
-    let sid = v["session_id"].as_str().unwrap_or_default();
-    let idx = v["utterance_index"].as_u64();
-    if v["attempt_id"].as_u64() == Some(1) {
-        if let Some(sent) = idx.and_then(|i| shared.sent.get(sid, i)) {
+    if v.attempt_id == Some(1) {
+        if let Some(sent) = v
+            .utterance_index
+            .and_then(|i| shared.sent.get(&v.session_id, i))
+        {
             let us = now.saturating_duration_since(sent).as_micros();
             rep.dispatch_us.push(us.min(u32::MAX as u128) as u32);
         }
@@ -295,7 +304,7 @@ fn on_assign(
     if active.len() >= spec.capacity as usize {
         rep.oversold += 1;
     }
-    active.insert(v["job_id"].as_str().unwrap_or_default().to_string());
+    active.insert(v.job_id.clone());
     rep.peak = rep.peak.max(active.len() as u64);
     let answer = spec.draw();
     match answer {

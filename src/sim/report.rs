@@ -49,8 +49,10 @@ pub struct Summary {
     pub nodes_registered: usize,
     pub sessions_requested: usize,
     pub sessions_opened: usize,
-    /// The first few connect / handshake failures.
+    /// The first few connect / handshake failures (after retries).
     pub setup_errors: Vec<String>,
+    /// Handshakes that failed once and were tried again.
+    pub setup_retries: u64,
     pub utterances_sent: u64,
     /// `translation_result`s (first per index).
     pub results: u64,
@@ -109,6 +111,7 @@ impl Summary {
         for n in nodes {
             s.nodes_registered += usize::from(n.registered);
             s.nodes_dropped += usize::from(n.dropped);
+            s.setup_retries += n.setup_retries;
             if let Some(e) = n.setup_error
                 && s.setup_errors.len() < 5
             {
@@ -127,6 +130,7 @@ impl Summary {
         for r in sessions {
             s.sessions_opened += usize::from(r.opened);
             s.sessions_dropped += usize::from(r.dropped);
+            s.setup_retries += r.setup_retries;
             if let Some(e) = r.setup_error
                 && s.setup_errors.len() < 5
             {
@@ -182,6 +186,7 @@ impl Summary {
             "sessions opened",
             format!("{} / {}", self.sessions_opened, self.sessions_requested),
         );
+        row("handshake retries", self.setup_retries.to_string());
         row("utterances sent", self.utterances_sent.to_string());
         row("results", self.results.to_string());
         row("missing_result", self.missing_results.to_string());

@@ -11,6 +11,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use futures_util::{SinkExt, StreamExt};
+use serde::Deserialize;
 use serde_json::{Value, json};
 use tokio::sync::{Semaphore, watch};
 use tokio::time::Instant;
@@ -19,7 +20,7 @@ use super::args::{Mode, Range};
 use super::audio::AudioBank;
 use super::ledger::{Ledger, Terminal, Verdict};
 use super::tracker::{Live, Shared};
-use super::ws::{self, Incoming, Sink};
+use super::ws::{self, Incoming, Sink, Source};
 
 /// How every session of the run behaves.
 pub struct SessionSpec {
@@ -44,6 +45,8 @@ pub struct SessionSpec {
 pub struct SessionReport {
     pub opened: bool,
     pub setup_error: Option<String>,
+    /// Handshakes that failed and were tried again.
+    pub setup_retries: u64,
     /// The scheduler closed the connection before the session was done.
     pub dropped: bool,
     pub sent: u64,
@@ -58,6 +61,17 @@ pub struct SessionReport {
     pub lost: u64,
     /// End-to-end latency of every first terminal message, µs.
     pub e2e_us: Vec<u32>,
+}
+
+/// The fields of a scheduler → session frame the session uses (the rest is skipped).
+#[derive(Deserialize, Default)]
+#[serde(default)]
+struct Frame {
+    #[serde(rename = "type")]
+    kind: String,
+    /// Present (not null) on terminal messages, and on an `error` that is terminal.
+    utterance_index: Option<u64>,
+    code: Option<String>,
 }
 
 /// The utterance being streamed: its index-to-be and the chunks still to send.
@@ -114,6 +128,22 @@ impl SessionSpec {
     }
 }
 
+/// Connect and send `session_init`; the sockets and the session id.
+async fn open(
+    url: &str,
+    spec: &SessionSpec,
+    langs: &(String, String),
+) -> Result<(Sink, Source, String), String> {
+    let handshake = Duration::from_secs(30);
+    let (mut sink, mut source) = ws::connect(url, handshake).await?;
+    ws::send(&mut sink, &spec.init_frame(langs)).await?;
+    let ack = ws::expect(&mut source, "session_init_ack", handshake).await?;
+    match ack["session_id"].as_str() {
+        Some(sid) if !sid.is_empty() => Ok((sink, source, sid.to_string())),
+        _ => Err(format!("session_init_ack without session_id: {ack}")),
+    }
+}
+
 /// Open a session and run it to its end; the report says what it saw.
 pub async fn run(
     url: String,
@@ -123,16 +153,8 @@ pub async fn run(
     mut stop: watch::Receiver<bool>,
 ) -> SessionReport {
     let langs = pick_pair(&spec.langs);
-    let handshake = Duration::from_secs(30);
     let permit = gate.acquire().await;
-    let opened = async {
-        let (mut sink, mut source) = ws::connect(&url, handshake).await?;
-        ws::send(&mut sink, &spec.init_frame(&langs)).await?;
-        let ack = ws::expect(&mut source, "session_init_ack", handshake).await?;
-        let sid = ack["session_id"].as_str().unwrap_or_default().to_string();
-        Ok::<_, String>((sink, source, sid))
-    }
-    .await;
+    let (opened, retries) = ws::with_retries(|| open(&url, &spec, &langs)).await;
     drop(permit);
     let (mut sink, mut source, sid) = match opened {
         Ok(o) => o,
@@ -140,6 +162,7 @@ pub async fn run(
             Live::inc(&shared.live.setup_failed);
             return SessionReport {
                 setup_error: Some(e),
+                setup_retries: retries,
                 ..SessionReport::default()
             };
         }
@@ -155,6 +178,7 @@ pub async fn run(
         ledger: Ledger::new(spec.reorder_window),
         report: SessionReport {
             opened: true,
+            setup_retries: retries,
             ..SessionReport::default()
         },
         first_at: now + phase,
@@ -186,8 +210,8 @@ pub async fn run(
         let send_at = if sending { s.next_send_at() } else { None };
         tokio::select! {
             biased;
-            item = source.next() => match ws::classify(item) {
-                Incoming::Json(v) => s.on_message(&v),
+            item = source.next() => match ws::classify::<Frame>(item) {
+                Incoming::Json(f) => s.on_message(f),
                 Incoming::Other => {}
                 Incoming::Closed => {
                     s.report.dropped = true;
@@ -282,13 +306,13 @@ impl Session<'_> {
         }
     }
 
-    fn on_message(&mut self, v: &Value) {
-        let kind = match v["type"].as_str() {
-            Some("translation_result") => Terminal::Result,
-            Some("missing_result") => Terminal::Missing,
-            Some("error") => {
-                let code = v["code"].as_str().unwrap_or("UNKNOWN").to_string();
-                if v["utterance_index"].is_null() {
+    fn on_message(&mut self, f: Frame) {
+        let kind = match f.kind.as_str() {
+            "translation_result" => Terminal::Result,
+            "missing_result" => Terminal::Missing,
+            "error" => {
+                let code = f.code.unwrap_or_else(|| "UNKNOWN".into());
+                if f.utterance_index.is_none() {
                     *self.report.other_errors.entry(code).or_default() += 1;
                     return;
                 }
@@ -296,7 +320,7 @@ impl Session<'_> {
             }
             _ => return, // ui_event, asr_partial, server_heartbeat
         };
-        let Some(idx) = v["utterance_index"].as_u64() else {
+        let Some(idx) = f.utterance_index else {
             self.ledger.unexpected += 1;
             return;
         };

@@ -72,12 +72,12 @@ pub struct Metrics {
     pub messages_in: Family<MessageLabels, Counter>,
     /// Inbound frames refused (invalid, unknown type, oversized, binary) by kind and reason.
     pub messages_rejected: Family<MessageLabels, Counter>,
-    /// Messages from a connection that no longer owns its node (fenced), by message type.
+    /// Node messages fenced off as stale (old connection or attempt), by connection kind.
     pub stale_messages: Family<KindLabels, Counter>,
     /// `node_error` reports by code.
     pub node_errors: Family<Detail, Counter>,
     /// Messages scripts produced for connections, by target kind and outcome
-    /// (`sent`, `gone` = socket no longer here, `full` = send queue full, `remote`).
+    /// (`sent`, `gone` = socket no longer here, `full` = send queue full).
     pub deliveries: Family<MessageLabels, Counter>,
     /// Inbox entries written to local sockets.
     pub inbox_messages: Counter,

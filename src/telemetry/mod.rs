@@ -22,6 +22,10 @@ use tracing_subscriber::{EnvFilter, Layer};
 
 use crate::config::Config;
 
+/// `telemetry.sample_ratio`, for the synthetic parents of client trace ids (the SDK's
+/// parent-based sampler follows their flag, so the ratio must be applied here too).
+static SAMPLE_RATIO: std::sync::OnceLock<f64> = std::sync::OnceLock::new();
+
 /// Keeps the exporter alive; [`Telemetry::shutdown`] flushes what is buffered.
 pub struct Telemetry {
     provider: Option<SdkTracerProvider>,
@@ -66,6 +70,7 @@ pub fn init(cfg: &Config) -> Telemetry {
             .with_filter(filter())
             .boxed()
     };
+    let _ = SAMPLE_RATIO.set(cfg.telemetry.sample_ratio);
     let provider = match build_provider(cfg) {
         Ok(p) => p,
         Err(e) => {
@@ -99,16 +104,20 @@ fn build_provider(cfg: &Config) -> Result<Option<SdkTracerProvider>, String> {
         return Ok(None);
     }
     let protocol = t.otlp_protocol.clone().unwrap_or_else(|| {
-        match std::env::var("OTEL_EXPORTER_OTLP_PROTOCOL")
-            .unwrap_or_default()
-            .as_str()
-        {
-            "http/protobuf" | "http" => "http".into(),
-            _ => "grpc".into(),
+        let env = std::env::var("OTEL_EXPORTER_OTLP_TRACES_PROTOCOL")
+            .or_else(|_| std::env::var("OTEL_EXPORTER_OTLP_PROTOCOL"))
+            .unwrap_or_default();
+        if env.starts_with("http") {
+            "http".into()
+        } else {
+            "grpc".into()
         }
     });
     let exporter = if protocol == "http" {
-        let mut b = opentelemetry_otlp::SpanExporter::builder().with_http();
+        // HTTP/protobuf whatever OTEL_EXPORTER_OTLP_PROTOCOL says (http/json is not built in).
+        let mut b = opentelemetry_otlp::SpanExporter::builder()
+            .with_http()
+            .with_protocol(opentelemetry_otlp::Protocol::HttpBinary);
         if let Some(e) = &t.otlp_endpoint {
             b = b.with_endpoint(format!("{}/v1/traces", e.trim_end_matches('/')));
         }
@@ -117,7 +126,9 @@ fn build_provider(cfg: &Config) -> Result<Option<SdkTracerProvider>, String> {
         }
         b.build().map_err(|e| e.to_string())?
     } else {
-        let mut b = opentelemetry_otlp::SpanExporter::builder().with_tonic();
+        let mut b = opentelemetry_otlp::SpanExporter::builder()
+            .with_tonic()
+            .with_protocol(opentelemetry_otlp::Protocol::Grpc);
         if let Some(e) = &t.otlp_endpoint {
             b = b.with_endpoint(e.clone());
         }
