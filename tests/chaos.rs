@@ -193,7 +193,7 @@ struct SessionLog {
     resumed_false: u64,
 }
 
-/// A web-client-like session: sends UTTERANCES utterances ~every 300 ms, resumes after any
+/// A web-client-like session: sends UTTERANCES utterances every 200-400 ms, resumes after any
 /// disconnect and resends every index without an outcome.
 async fn chaos_session(
     k: usize,
@@ -203,6 +203,9 @@ async fn chaos_session(
 ) -> SessionLog {
     let mut turn = k;
     let mut log = SessionLog::default();
+    let period_ms = rand::rng().random_range(200..400);
+    let offset_ms = rand::rng().random_range(0..300);
+    tokio::time::sleep(Duration::from_millis(offset_ms)).await;
     let mut sid: Option<String> = None;
     let mut got: BTreeMap<u64, usize> = BTreeMap::new();
     let mut sent: u64 = 0;
@@ -263,7 +266,9 @@ async fn chaos_session(
                 break;
             }
         }
-        let mut tick = tokio::time::interval(Duration::from_millis(300));
+        // Jittered per session, so instance kills land at every phase of a session's
+        // cycle — in particular while an utterance is in flight.
+        let mut tick = tokio::time::interval(Duration::from_millis(period_ms));
         while !broken && (got.len() as u64) < UTTERANCES && Instant::now() < deadline {
             tokio::select! {
                 _ = tick.tick(), if sent < UTTERANCES => {
@@ -335,7 +340,8 @@ async fn kill_dash_nine_under_load_loses_and_duplicates_nothing() {
 
     let started = Instant::now();
     for _ in 0..KILLS {
-        tokio::time::sleep(KILL_EVERY).await;
+        let jitter = rand::rng().random_range(0..1000);
+        tokio::time::sleep(KILL_EVERY + Duration::from_millis(jitter)).await;
         let victim = rand::rng().random_range(0..INSTANCES);
         inst.kill(victim);
         counts.kills.fetch_add(1, Ordering::Relaxed);
