@@ -29,8 +29,9 @@ for i = 10, 9 + 2 * a do load_fields[#load_fields + 1] = ARGV[i] end
 local state, revived = cur[3], false
 if state == 'offline' or state == 'disconnected' then
   state, revived = 'ready', true
+  if redis.call('HGET', KEYS[1], 'drain') == '1' then state = 'draining' end
   load_fields[#load_fields + 1] = 'state'
-  load_fields[#load_fields + 1] = 'ready'
+  load_fields[#load_fields + 1] = state
 end
 redis.call('HSET', KEYS[1], unpack(load_fields))
 

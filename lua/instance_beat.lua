@@ -13,8 +13,10 @@ Input:
   ARGV[1..4] ctx   ARGV[5] started_at ms (shown in /api/v1/instances)
   ARGV[6] "leave" at the end of a graceful shutdown: presence deleted and marked expired,
           so a peer takes the inbox over at its next beat instead of after the TTL
+  ARGV[7] "first" on the first beat of a process (no presence to have lapsed yet)
 Output: [JSON, blobs...]
-  {"took_over":id?,"rerouted":N,"dropped":N,"more":bool} | {"left":true}
+  {"took_over":id?,"rerouted":N,"dropped":N,"more":bool,"lapsed":bool} | {"left":true}
+  lapsed = this instance's presence had expired while it was alive: close its sockets
 ]]
 --!include ctx
 --!include deliver
@@ -24,13 +26,19 @@ if ARGV[6] == 'leave' then
   redis.call('ZADD', KEYS[2], 0, ME)
   return finish({left = true, rerouted = 0, dropped = 0, more = false})
 end
+-- Presence that lapsed while this instance was alive (stalled, partitioned, Redis away
+-- longer than the TTL): a peer may have taken its inbox over and messages for its
+-- connections were dropped meanwhile. The caller then closes its sockets (clients
+-- resume, nodes re-register) rather than carry on with holes.
+local lapsed = ARGV[7] ~= 'first'
+  and (redis.call('EXISTS', KEYS[1]) == 0 or not redis.call('ZSCORE', KEYS[2], ME))
 redis.call('SET', KEYS[1], ARGV[5], 'PX', CFG.presence_ttl)
 redis.call('ZADD', KEYS[2], NOW + CFG.presence_ttl, ME)
 if redis.call('EXISTS', KEYS[3]) == 0 then
   redis.call('XGROUP', 'CREATE', KEYS[3], 'g', '$', 'MKSTREAM')
 end
 
-local reply = {rerouted = 0, dropped = 0, more = false}
+local reply = {rerouted = 0, dropped = 0, more = false, lapsed = lapsed}
 local dead = redis.call('ZRANGEBYSCORE', KEYS[2], '-inf', NOW, 'LIMIT', 0, 1)[1]
 if dead and dead ~= ME and redis.call('EXISTS', P .. 'instance:' .. dead) == 0 then
   local inbox = P .. 'inbox:' .. dead
@@ -45,6 +53,13 @@ if dead and dead ~= ME and redis.call('EXISTS', P .. 'instance:' .. dead) == 0 t
     -- stale by now.
     if ok and type(env) == 'table' and env.k == 'node' and env.id then
       owner = redis.call('HGET', P .. env.k .. ':' .. env.id, 'owner')
+      -- a job message only while the job is still this node's (not failed over meanwhile)
+      if env.job and env.job ~= '' then
+        local j = redis.call('HMGET', job_key(env.job), 'node', 'state')
+        if j[1] ~= env.id or (j[2] ~= 'DISPATCHED' and j[2] ~= 'ACCEPTED' and j[2] ~= 'RUNNING') then
+          owner = nil
+        end
+      end
     end
     if owner and owner ~= dead then
       local seq = env.seq

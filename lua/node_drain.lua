@@ -17,12 +17,14 @@ local node_id = ARGV[5]
 local state = redis.call('HGET', KEYS[1], 'state')
 if not state then return finish({status = 'missing'}) end
 if state == 'offline' or state == 'disconnected' then return finish({status = 'offline'}) end
+-- (the drain flag outlives reconnects: register and heartbeat keep a drained node draining)
 if ARGV[6] == 'drain' then
-  redis.call('HSET', KEYS[1], 'state', 'draining')
+  redis.call('HSET', KEYS[1], 'state', 'draining', 'drain', '1')
   deliver('node', node_id, cjson.encode({type = 'node_control', command = 'drain', reason = 'operator'}))
   state = 'draining'
 else
   redis.call('HSET', KEYS[1], 'state', 'ready')
+  redis.call('HDEL', KEYS[1], 'drain')
   state = 'ready'
   offer(node_id)
 end

@@ -31,15 +31,25 @@ if prev[1] and prev[1] ~= ARGV[7] and prev[3] ~= 'offline' and prev[3] ~= 'disco
   reply.replaced_conn = prev[1]
   reply.replaced_owner = prev[2]
 end
+-- An operator drain outlives reconnects: it is its own field, state follows it.
 local state = 'ready'
-if prev[3] == 'draining' then state = 'draining' end
+if redis.call('HGET', KEYS[1], 'drain') == '1' then state = 'draining' end
 
 local n = tonumber(ARGV[9])
 local fields = {'id', node_id, 'conn', ARGV[7], 'owner', ME, 'state', state,
   'registered_at', NOW, 'last_hb', NOW, 'deadline', NOW + liveness, 'capsig', ARGV[8]}
 for i = 10, 9 + 2 * n do fields[#fields + 1] = ARGV[i] end
 redis.call('HSET', KEYS[1], unpack(fields))
-redis.call('HSETNX', KEYS[1], 'reserved', 0)
+-- Reservations are the active-job set (heals a record that expired or was wiped); a
+-- lower capacity takes effect as in-flight jobs finish, never below what is reserved.
+local reserved = redis.call('SCARD', KEYS[1] .. ':jobs')
+local capacity = tonumber(redis.call('HGET', KEYS[1], 'capacity') or '0')
+redis.call('HSET', KEYS[1], 'reserved', reserved)
+if reserved > capacity then
+  redis.call('HSET', KEYS[1], 'capacity', reserved, 'capacity_target', capacity)
+else
+  redis.call('HDEL', KEYS[1], 'capacity_target')
+end
 redis.call('HDEL', KEYS[1], 'offline_at', 'offline_reason')
 reply.epoch = redis.call('HINCRBY', KEYS[1], 'epoch', 1)
 reply.state = state

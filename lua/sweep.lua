@@ -46,6 +46,15 @@ for _, node_id in ipairs(due) do
         redis.call('SREM', KEYS[3], p)
       end
     end
+    -- and jobs it still held are failed over; the orphaned set goes
+    local jk = node_key(node_id) .. ':jobs'
+    for _, jid in ipairs(redis.call('SMEMBERS', jk)) do
+      local job = hgetall(job_key(jid))
+      if job.id and job.node == node_id then
+        failover(jid, job, 'NODE_UNAVAILABLE', 'node ' .. node_id .. ' expired', false)
+      end
+    end
+    redis.call('DEL', jk)
     redis.call('ZREM', KEYS[1], node_id)
   end
 end

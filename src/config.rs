@@ -513,7 +513,8 @@ impl Config {
                 return bad(field, "must be at least 1");
             }
         }
-        if j.record_ttl_ms < j.run_timeout_ms * u64::from(j.max_attempts) + j.queue_wait_ms {
+        // every attempt may run out its deadline and queue again before the next
+        if j.record_ttl_ms < u64::from(j.max_attempts) * (j.run_timeout_ms + j.queue_wait_ms) {
             return bad(
                 "jobs.record_ttl_ms",
                 "must outlast every attempt and the queue wait",

@@ -161,7 +161,11 @@ impl Running {
             let _ = tokio::time::timeout(Duration::from_secs(5), t).await;
         }
         // Hand the inbox over now rather than after the presence TTL.
-        if let Err(e) = app.store.instance_beat(&app.instance_id, 0, true).await {
+        if let Err(e) = app
+            .store
+            .instance_beat(&app.instance_id, 0, true, false)
+            .await
+        {
             tracing::warn!(error = %e, "could not give up presence; it expires by itself");
         }
     }
@@ -180,6 +184,8 @@ impl Running {
 
 /// Bind and serve. Redis being down is not fatal: the instance starts unready.
 pub async fn start(cfg: Config) -> std::io::Result<Running> {
+    cfg.validate()
+        .map_err(|e| std::io::Error::other(e.to_string()))?;
     let app = App::new(cfg).map_err(|e| std::io::Error::other(e.to_string()))?;
     let listener = TcpListener::bind(&app.cfg.listen).await?;
     let addr = listener.local_addr()?;

@@ -62,7 +62,7 @@ impl Instances {
             .env("SWITCHYARD_JOBS__RUN_TIMEOUT_MS", "3000")
             .env("SWITCHYARD_JOBS__QUEUE_WAIT_MS", "15000")
             .env("SWITCHYARD_JOBS__MAX_ATTEMPTS", "6")
-            .env("SWITCHYARD_JOBS__RECORD_TTL_MS", "60000")
+            .env("SWITCHYARD_JOBS__RECORD_TTL_MS", "120000")
             .env("SWITCHYARD_SESSION__REORDER_WINDOW_MS", "30000")
             .env_remove("RUST_LOG")
             .stdout(Stdio::null())

@@ -312,6 +312,14 @@ async fn an_operator_drain_stops_new_jobs_but_lets_running_ones_finish() {
     let got = terminals(&mut s, 2, T).await;
     assert_eq!(got[0]["text_translated"], "finished while draining");
     assert_eq!(got[1]["code"], "NO_AVAILABLE_NODE");
+    // A drain survives the node's reconnect (it is the operator's decision, not the socket's).
+    n.drop_connection();
+    let (mut n, _) = node_on(&inst, Some(&nid)).await;
+    let h: String = c
+        .hget(format!("{PREFIX}node:{nid}"), "state")
+        .await
+        .unwrap();
+    assert_eq!(h, "draining");
     let r = client
         .post(http_url(&inst, &format!("/api/v1/nodes/{nid}/undrain")))
         .send()
@@ -417,4 +425,29 @@ async fn redis_away_for_five_seconds_under_load_then_everything_resumes_by_itsel
     })
     .await;
     invariants::check(&mut c).await;
+}
+
+#[tokio::test]
+async fn an_instance_whose_presence_lapsed_closes_its_connections_so_they_resume() {
+    let redis = RedisServer::start().await;
+    let a = start_instance(&redis).await;
+    let mut c = redis.client().await;
+    let (mut n, _) = node_on(&a, None).await;
+    let (mut s, _) = session_on(&a).await;
+    // As if the instance stalled past its presence TTL and a peer took its inbox over.
+    let id = a.app.instance_id.clone();
+    let _: () = redis::cmd("DEL")
+        .arg(format!("{PREFIX}instance:{id}"))
+        .query_async(&mut c)
+        .await
+        .unwrap();
+    let _: () = redis::cmd("ZREM")
+        .arg(format!("{PREFIX}instances"))
+        .arg(&id)
+        .query_async(&mut c)
+        .await
+        .unwrap();
+    assert_eq!(n.expect_close().await, Some(1012));
+    assert_eq!(s.expect_close().await, Some(1012));
+    assert_eq!(metric(&a, "switchyard_presence_lapses_total").await, 1.0);
 }

@@ -856,3 +856,40 @@ async fn session_messages_are_validated_and_answered() {
     assert_eq!(terminals(&mut s, 1, T).await[0]["text_translated"], "bye");
     invariants::check(&mut c).await;
 }
+
+#[tokio::test]
+async fn a_node_that_lowers_its_capacity_with_jobs_in_flight_is_never_oversold() {
+    let redis = RedisServer::start().await;
+    let inst = start_instance(&redis).await;
+    let mut c = redis.client().await;
+    let (mut n, nid) = node(&inst, |f| f["max_concurrent_jobs"] = json!(2)).await;
+    let (mut s, sid) = session(&inst).await;
+    s.send(&utterance(&sid, 0)).await;
+    s.send(&utterance(&sid, 1)).await;
+    let a0 = assign(&mut n).await;
+    let a1 = assign(&mut n).await;
+    // It reconnects announcing capacity 1 while both jobs run.
+    n.drop_connection();
+    let mut n2 = WsClient::connect(&ws_url(&inst, "/ws/node")).await;
+    let mut f = fixture("node_register_first");
+    f["max_concurrent_jobs"] = json!(1);
+    n2.register(f, Some(&nid)).await;
+    let h: HashMap<String, String> = c.hgetall(format!("{PREFIX}node:{nid}")).await.unwrap();
+    assert_eq!(
+        (h["reserved"].as_str(), h["capacity"].as_str()),
+        ("2", "2"),
+        "capacity waits for in-flight jobs"
+    );
+    assert_eq!(h["capacity_target"], "1");
+    invariants::check(&mut c).await;
+    n2.send(&answer(&a0, &nid, "zero")).await;
+    n2.send(&answer(&a1, &nid, "one")).await;
+    assert_eq!(terminals(&mut s, 2, T).await.len(), 2);
+    let h: HashMap<String, String> = c.hgetall(format!("{PREFIX}node:{nid}")).await.unwrap();
+    assert_eq!(
+        (h["reserved"].as_str(), h["capacity"].as_str()),
+        ("0", "1"),
+        "then the lower capacity applies"
+    );
+    invariants::check(&mut c).await;
+}

@@ -13,17 +13,19 @@ local function cut(sid, sess, reason)
     if not keeps_turn then redis.call('HSET', sk, 'turn_id', '', 'turn_node', '') end
     return nil
   end
-  redis.call('DEL', bk)
-  redis.call('HSET', sk, 'buf_ms', 0, 'buf_bytes', 0)
   -- the next index no utterance of this session has used (a client may mix modes)
+  local function free(i)
+    return redis.call('HEXISTS', sk .. ':jobs', i) == 0 and redis.call('HEXISTS', sk .. ':results', i) == 0
+      and i >= tonumber(sess.next_deliver or '0')
+  end
   local idx = redis.call('HINCRBY', sk, 'next_index', 1) - 1
   for _ = 1, CFG.max_ahead do
-    if redis.call('HEXISTS', sk .. ':jobs', idx) == 0 and redis.call('HEXISTS', sk .. ':results', idx) == 0
-        and idx >= tonumber(sess.next_deliver or '0') then
-      break
-    end
+    if free(idx) then break end
     idx = redis.call('HINCRBY', sk, 'next_index', 1) - 1
   end
+  if not free(idx) then return nil end -- keep the audio; nothing is lost
+  redis.call('DEL', bk)
+  redis.call('HSET', sk, 'buf_ms', 0, 'buf_bytes', 0)
   local turn = sess.turn_id
   if not turn or turn == '' then
     turn = sid .. '-t' .. redis.call('HINCRBY', sk, 'turn_seq', 1)

@@ -7,8 +7,19 @@
 -- release_node(jid, nid): give back the reservation, exactly once.
 local function release_node(jid, nid)
   if not nid or nid == '' then return end
-  if redis.call('SREM', node_key(nid) .. ':jobs', jid) == 1 then
-    redis.call('HINCRBY', node_key(nid), 'reserved', -1)
+  local nk = node_key(nid)
+  if redis.call('SREM', nk .. ':jobs', jid) == 1 and redis.call('EXISTS', nk) == 1 then
+    local reserved = redis.call('HINCRBY', nk, 'reserved', -1)
+    -- A capacity decrease waits for in-flight jobs (capacity never drops below reserved).
+    local target = redis.call('HGET', nk, 'capacity_target')
+    if target then
+      if reserved <= tonumber(target) then
+        redis.call('HSET', nk, 'capacity', target)
+        redis.call('HDEL', nk, 'capacity_target')
+      else
+        redis.call('HSET', nk, 'capacity', reserved)
+      end
+    end
   end
 end
 

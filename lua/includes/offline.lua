@@ -11,7 +11,8 @@ local function take_offline(node_id, reason)
   for _, jid in ipairs(redis.call('SMEMBERS', nk .. ':jobs')) do
     local job = hgetall(job_key(jid))
     if job.id then
-      failover(jid, job, 'NODE_UNAVAILABLE', 'node ' .. node_id .. ' went offline', false)
+      -- cancel too: a silent node may still be connected (to another instance) and working
+      failover(jid, job, 'NODE_UNAVAILABLE', 'node ' .. node_id .. ' went offline', true)
     else
       release_node(jid, node_id)
     end

@@ -163,7 +163,9 @@ impl NodeConn {
                 };
                 let node = self.reg.as_ref().map(|r| r.node_id.as_str()).unwrap_or("-");
                 tracing::warn!(node_id = node, code = %code, message = %e.message, "node_error");
-                let detail = crate::telemetry::metrics::Detail { detail: code };
+                let detail = crate::telemetry::metrics::Detail {
+                    detail: crate::telemetry::metrics::known_code(&code).to_string(),
+                };
                 self.app.metrics.node_errors.get_or_create(&detail).inc();
             }
             NodeInbound::JobAck(a) => {
@@ -260,20 +262,28 @@ impl NodeConn {
                 Some(id) => (id.clone(), false),
                 None => (mint_node_id(), true),
             };
-            let out = app
+            // Bind first: anything addressed to this connection the moment the script has
+            // run (queued jobs, another instance's submit through the inbox) finds it.
+            let previous = app.conns.bind(Kind::Node, &node_id, self.local());
+            let restore = |app: &App| {
+                app.conns.unbind(Kind::Node, &node_id, &self.token);
+                if let Some(p) = previous.clone() {
+                    app.conns.bind(Kind::Node, &node_id, p);
+                }
+            };
+            let out = match app
                 .store
                 .register(&node_id, minted, &self.token, caps, &extra)
-                .await?;
-            // Bind before delivering: queued jobs handed to this node go to this socket.
-            let me = self.local();
-            let previous = app.conns.bind(Kind::Node, &node_id, me);
-            match routing::deliver(&app, out) {
-                RegisterReply::Taken => {
-                    app.conns.unbind(Kind::Node, &node_id, &self.token);
-                    if let Some(p) = previous {
-                        app.conns.bind(Kind::Node, &node_id, p);
-                    }
+                .await
+            {
+                Ok(out) => out,
+                Err(e) => {
+                    restore(&app);
+                    return Err(e);
                 }
+            };
+            match routing::deliver(&app, out) {
+                RegisterReply::Taken => restore(&app),
                 RegisterReply::Ok {
                     state,
                     replaced_conn,

@@ -108,7 +108,9 @@ impl Order {
             }
             self.expected = Some(e);
         }
-        self.gap_since = if self.held.is_empty() {
+        // The gap clock runs only once the expected number is known (before ExpectSeq,
+        // messages are simply held).
+        self.gap_since = if self.held.is_empty() || self.expected.is_none() {
             None
         } else {
             self.gap_since.or_else(|| Some(Instant::now()))

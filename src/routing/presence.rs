@@ -12,6 +12,7 @@ pub async fn run(app: Arc<App>) {
     let mut tick = tokio::time::interval(Duration::from_millis(app.cfg.instance.beat_interval_ms));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut stop = app.shutdown_signal();
+    let mut first = true;
     loop {
         tokio::select! {
             _ = tick.tick() => {}
@@ -21,11 +22,15 @@ pub async fn run(app: Arc<App>) {
         for _ in 0..16 {
             match app
                 .store
-                .instance_beat(&app.instance_id, started, false)
+                .instance_beat(&app.instance_id, started, false, first)
                 .await
             {
                 Ok(out) => {
+                    first = false;
                     let r = crate::routing::deliver(&app, out);
+                    if r.lapsed {
+                        reconnect_everyone(&app);
+                    }
                     if let Some(dead) = &r.took_over {
                         tracing::warn!(dead = %dead, rerouted = r.rerouted, dropped = r.dropped, "took over a dead instance's inbox");
                         app.metrics.takeovers.inc();
@@ -40,6 +45,23 @@ pub async fn run(app: Arc<App>) {
                     break;
                 }
             }
+        }
+    }
+}
+
+/// Our presence lapsed while we were alive, so a peer may have taken our inbox over and
+/// messages for our connections were dropped. Close every socket with 1012: sessions
+/// resume (the result log resends what they missed) and nodes re-register.
+fn reconnect_everyone(app: &App) {
+    use crate::gateway::{Kind, Outbound, close};
+    tracing::error!("presence lapsed while running; closing connections so they resume");
+    app.metrics.presence_lapses.inc();
+    for kind in [Kind::Node, Kind::Session] {
+        for c in app.conns.all(kind) {
+            let _ = c.tx.try_send(Outbound::Close(
+                close::RESTARTING,
+                "scheduler presence lapsed; reconnect".into(),
+            ));
         }
     }
 }

@@ -91,7 +91,8 @@ pub struct SimArgs {
     /// allows).
     #[arg(long, default_value_t = 500)]
     pub interval_ms: u64,
-    /// Closed loop: at most this many utterances without a terminal message per session.
+    /// Closed loop: at most this many utterances without a terminal message per session
+    /// (with --interval-ms 0 for a pure closed loop, e.g. a saturation run).
     #[arg(long)]
     pub window: Option<u64>,
     /// `utterance` (pre-cut) or `stream` (audio_chunk + is_final).

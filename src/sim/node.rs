@@ -17,7 +17,7 @@ use serde_json::{Value, json};
 use tokio::sync::{Semaphore, mpsc, watch};
 
 use super::args::Range;
-use super::tracker::{Live, Shared};
+use super::tracker::{Live, Shared, now_ms};
 use super::ws::{self, Incoming};
 
 /// How every node of the run behaves.
@@ -141,13 +141,6 @@ impl NodeSpec {
 fn capabilities() -> Value {
     json!([{"type": "asr", "ready": true}, {"type": "nmt", "ready": true},
            {"type": "tts", "ready": true}, {"type": "semantic", "ready": true}])
-}
-
-fn now_ms() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
-        .unwrap_or(0)
 }
 
 /// The `job_result` for `assign`, echoing its ids (as the lingua node does).

@@ -19,7 +19,7 @@ use tokio::time::Instant;
 use super::args::{Mode, Range};
 use super::audio::AudioBank;
 use super::ledger::{Ledger, Terminal, Verdict};
-use super::tracker::{Live, Shared};
+use super::tracker::{Live, Shared, now_ms};
 use super::ws::{self, Incoming, Sink, Source};
 
 /// How every session of the run behaves.
@@ -239,13 +239,6 @@ pub async fn run(
     }
     let _ = tokio::time::timeout(Duration::from_secs(2), sink.close()).await;
     s.finish()
-}
-
-fn now_ms() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
-        .unwrap_or(0)
 }
 
 impl Session<'_> {

@@ -94,6 +94,14 @@ impl Live {
     }
 }
 
+/// Wall-clock milliseconds since the epoch (the protocol's `timestamp` fields).
+pub fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
 /// Everything a peer needs from the run: its clock origin, the send map, the counters.
 pub struct Shared {
     pub start: Instant,

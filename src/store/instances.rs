@@ -18,6 +18,10 @@ pub struct BeatReply {
     /// This instance gave up its presence (graceful shutdown).
     #[serde(default)]
     pub left: bool,
+    /// This instance's presence had expired while it was alive: messages for its
+    /// connections may have been dropped; it must close them so they resume.
+    #[serde(default)]
+    pub lapsed: bool,
 }
 
 #[derive(Debug, Deserialize, PartialEq)]
@@ -49,13 +53,15 @@ impl Store {
         instance: &str,
         started_at_ms: u64,
         leave: bool,
+        first: bool,
     ) -> Result<Output<BeatReply>, StoreError> {
         let k = &self.keys;
         let keys = [k.instance(instance), k.instances(), k.inbox(instance)];
         let args = self
             .args()
             .s(started_at_ms)
-            .s(if leave { "leave" } else { "" });
+            .s(if leave { "leave" } else { "" })
+            .s(if first { "first" } else { "" });
         self.run(Script::InstanceBeat, &keys, args).await
     }
 

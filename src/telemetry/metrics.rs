@@ -87,6 +87,8 @@ pub struct Metrics {
     pub takeovers: Counter,
     /// Sessions resumed on this instance after a reconnect.
     pub resumes: Counter,
+    /// Times this instance found its presence had lapsed and closed its connections.
+    pub presence_lapses: Counter,
     /// Entries of this instance's inbox read but not acknowledged (at scrape time).
     pub inbox_pending: Gauge,
     /// Length of the dead-letter stream (at scrape time).
@@ -173,6 +175,12 @@ impl Metrics {
         );
         let takeovers = Counter::default();
         registry.register("takeovers", "Dead instances taken over", takeovers.clone());
+        let presence_lapses = Counter::default();
+        registry.register(
+            "presence_lapses",
+            "Presence lapsed while running",
+            presence_lapses.clone(),
+        );
         let resumes = Counter::default();
         registry.register("session_resumes", "Sessions resumed", resumes.clone());
         let inbox_pending = Gauge::default();
@@ -238,6 +246,7 @@ impl Metrics {
             dead_lettered,
             takeovers,
             resumes,
+            presence_lapses,
             inbox_pending,
             dead_letters,
             jobs,
@@ -331,4 +340,36 @@ fn msg(kind: &str, detail: &str) -> MessageLabels {
             detail: detail.into(),
         },
     }
+}
+
+/// A label value from a code a peer chose: the PROTOCOL.md codes as they are, anything
+/// else `OTHER`, so a misbehaving node cannot grow the registry without bound.
+pub fn known_code(code: &str) -> &str {
+    const CODES: &[&str] = &[
+        "INVALID_MESSAGE",
+        "INTERNAL_ERROR",
+        "INVALID_SESSION",
+        "SESSION_CLOSED",
+        "NODE_UNAVAILABLE",
+        "NODE_OVERLOADED",
+        "MODEL_NOT_AVAILABLE",
+        "MODEL_LOAD_FAILED",
+        "UNSUPPORTED_FEATURE",
+        "INVALID_PAIRING_CODE",
+        "NO_AVAILABLE_NODE",
+        "WS_DISCONNECTED",
+        "NMT_TIMEOUT",
+        "TTS_TIMEOUT",
+        "JOB_TIMEOUT",
+        "MODEL_VERIFY_FAILED",
+        "MODEL_CORRUPTED",
+        "NO_GPU_AVAILABLE",
+        "NODE_ID_CONFLICT",
+        "INVALID_CAPABILITY_SCHEMA",
+        "SCHEDULER_DEPENDENCY_DOWN",
+        "PROCESSING_ERROR",
+        "UNAUTHORIZED",
+        "RATE_LIMITED",
+    ];
+    if CODES.contains(&code) { code } else { "OTHER" }
 }

@@ -41,7 +41,7 @@ pub fn test_config(redis_url: &str) -> Config {
     cfg.jobs.run_timeout_ms = 3_000;
     cfg.jobs.ack_timeout_ms = 1_000;
     cfg.jobs.queue_wait_ms = 1_500;
-    cfg.jobs.record_ttl_ms = 20_000;
+    cfg.jobs.record_ttl_ms = 60_000;
     cfg.instance.presence_ttl_ms = 600;
     cfg.instance.beat_interval_ms = 150;
     cfg.instance.drain_delay_ms = 300;
