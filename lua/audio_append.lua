@@ -29,12 +29,14 @@ if sess.state ~= 'open' then return finish({status = 'closed'}) end
 local bytes = tonumber(sess.buf_bytes or '0')
 local ms = tonumber(sess.buf_ms or '0')
 if #payload > 0 then
-  redis.call('APPEND', KEYS[2], payload)
+  if redis.call('APPEND', KEYS[2], payload) == #payload then
+    redis.call('PEXPIRE', KEYS[2], CFG.session_ttl) -- a new buffer: its own TTL at once
+  end
   bytes = bytes + #payload
   ms = ms + tonumber(ARGV[9])
   redis.call('HSET', KEYS[1], 'buf_bytes', bytes, 'buf_ms', ms)
 end
-touch_session(sid)
+touch_session(sid, sess)
 local reason = nil
 if ARGV[8] == '1' then reason = 'manual'
 elseif ms >= CFG.max_duration then reason = 'max_duration'

@@ -22,5 +22,5 @@ local r = nil
 if sess.state == 'open' then r = cut(sid, sess, 'close') end
 redis.call('HSET', KEYS[1], 'state', 'closed', 'closed_at', NOW)
 redis.call('ZREM', KEYS[2], sid)
-touch_session(sid)
+touch_session(sid, sess)
 return finish({status = 'ok', job_id = r and r.job_id or nil})

@@ -13,7 +13,7 @@ Output: [JSON]  {"status":"ok"} | {"status":"missing"} | {"status":"stale"}
 local sid, event = ARGV[5], ARGV[7]
 local sess, why = session_for(sid, ARGV[6])
 if not sess then return finish({status = why}) end
-touch_session(sid)
+touch_session(sid, sess)
 if tonumber(sess.buf_bytes or '0') > 0 and sess.state == 'open' then
   if event == 'tts_started' then
     redis.call('ZADD', KEYS[2], NOW + CFG.pause + CFG.playback_grace, sid)

@@ -30,7 +30,7 @@ if sess.state ~= 'open' then return finish({status = 'closed'}) end
 if idx > tonumber(sess.next_deliver or '0') + CFG.max_ahead then
   return finish({status = 'too_far'})
 end
-touch_session(sid)
+touch_session(sid, sess)
 local r = submit(sid, sess, idx, ARGV[8], ARGV[9],
   {pools = ARGV[10], needs = ARGV[11], pair = ARGV[12], trace_id = ARGV[13]})
 return finish(r)

@@ -133,6 +133,10 @@ pub struct SweepConfig {
 pub struct WsConfig {
     /// Largest accepted frame; a larger one closes the connection with code 1009.
     pub max_frame_bytes: usize,
+    /// Read and write buffer of each socket. Small, because they are allocated per
+    /// connection (the library default of 128 KiB each costs 5 GiB for 20k sockets);
+    /// larger frames still pass, up to `max_frame_bytes`.
+    pub buffer_bytes: usize,
     /// Outbound messages buffered per connection before the connection counts as stuck.
     pub send_queue: usize,
     /// A connection that has not registered / initialised within this time is closed.
@@ -268,6 +272,7 @@ impl Default for WsConfig {
     fn default() -> Self {
         Self {
             max_frame_bytes: 4 * 1024 * 1024,
+            buffer_bytes: 8 * 1024,
             send_queue: 1024,
             hello_timeout_ms: 30_000,
         }
@@ -478,6 +483,9 @@ impl Config {
         }
         if self.ws.max_frame_bytes < 1024 {
             return bad("ws.max_frame_bytes", "must be at least 1024");
+        }
+        if self.ws.buffer_bytes < 1024 {
+            return bad("ws.buffer_bytes", "must be at least 1024");
         }
         if self.ws.send_queue == 0 {
             return bad("ws.send_queue", "must be at least 1");

@@ -50,10 +50,14 @@ local function finish(r)
   return reply
 end
 
--- touch_session(sid): activity keeps every key of a session alive for CFG.session_ttl.
-local function touch_session(sid)
+-- touch_session(sid, sess): activity keeps every key of a session alive for
+-- CFG.session_ttl. The TTLs are refreshed once they have aged an eighth of it (`sess`,
+-- when the caller has the record, tells when); keys created since get their own TTL.
+local function touch_session(sid, sess)
   local sk = session_key(sid)
+  local last = sess and tonumber(sess.last_active or '0') or 0
   redis.call('HSET', sk, 'last_active', NOW)
+  if sess and NOW - last < CFG.session_ttl / 8 then return end
   for _, k in ipairs({sk, sk .. ':jobs', sk .. ':results', sk .. ':pending', sk .. ':audio', sk .. ':rtime'}) do
     redis.call('PEXPIRE', k, CFG.session_ttl)
   end

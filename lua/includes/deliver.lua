@@ -8,9 +8,16 @@
 -- `audio` (optional) is the raw job payload; `seq` (optional) orders a session's terminal
 -- messages across the two paths; `tp` is the trace context the delivery span continues
 -- (default: the caller's) and `job` the job id it concerns.
+local OWNERS = {}  -- target → {owner, conn, alive}, looked up once per call
+
 local function deliver(kind, id, msg, audio, seq, tp, job)
   tp = tp or TP
-  local info = redis.call('HMGET', P .. kind .. ':' .. id, 'owner', 'conn')
+  local key = P .. kind .. ':' .. id
+  local info = OWNERS[key]
+  if not info then
+    info = redis.call('HMGET', key, 'owner', 'conn')
+    OWNERS[key] = info
+  end
   local owner = info[1]
   if not owner or owner == '' then return end
   if owner == ME then
@@ -21,7 +28,8 @@ local function deliver(kind, id, msg, audio, seq, tp, job)
     end
     OUT[#OUT + 1] = {k = kind, id = id, owner = owner, conn = info[2], msg = msg, blob = blob,
       seq = seq, tp = tp, job = job}
-  elseif redis.call('EXISTS', P .. 'instance:' .. owner) == 1 then
+  elseif info.alive ~= false and (info.alive or redis.call('EXISTS', P .. 'instance:' .. owner) == 1) then
+    info.alive = true
     local env = cmsgpack.pack({k = kind, id = id, conn = info[2] or '', msg = msg, seq = seq or 0,
       tp = tp, job = job or ''})
     if audio then
@@ -29,6 +37,8 @@ local function deliver(kind, id, msg, audio, seq, tp, job)
     else
       redis.call('XADD', P .. 'inbox:' .. owner, 'MAXLEN', '~', CFG.inbox_max, '*', 'env', env)
     end
+  else
+    info.alive = false
   end
 end
 

@@ -24,15 +24,22 @@ local function release_node(jid, nid)
 end
 
 -- load(nid, job, need_room): the node's load ratio if it may take `job`, else nil.
+-- One HMGET reads everything it needs, the down-marks of the job's services included.
 local function load(nid, job, need_room)
   if csv_has(job.tried, nid) then return nil end
-  local n = redis.call('HMGET', node_key(nid), 'state', 'reserved', 'capacity', 'services', 'deadline')
+  local fields = {'state', 'reserved', 'capacity', 'services', 'deadline'}
+  local needs = {}
+  for svc in string.gmatch(job.needs or '', '[^,]+') do
+    needs[#needs + 1] = svc
+    fields[#fields + 1] = 'down:' .. svc
+  end
+  local n = redis.call('HMGET', node_key(nid), unpack(fields))
   if n[1] ~= 'ready' or tonumber(n[5] or '0') < NOW then return nil end
   local reserved, cap = tonumber(n[2] or '0'), tonumber(n[3] or '0')
   if cap <= 0 or (need_room and reserved >= cap) then return nil end
-  for svc in string.gmatch(job.needs or '', '[^,]+') do
+  for i, svc in ipairs(needs) do
     if not csv_has(n[4], svc) then return nil end
-    local down = redis.call('HGET', node_key(nid), 'down:' .. svc)
+    local down = n[5 + i]
     if down and tonumber(down) > NOW then return nil end
   end
   return reserved / cap
@@ -95,33 +102,37 @@ local function pick(job)
   for entry in string.gmatch(job.pools or '', '[^,]+') do
     local pool, second = split_entry(entry)
     local pk = P .. 'pool:' .. pool
-    local members
-    if redis.call('SCARD', pk) <= CFG.sample * 4 then
-      members = redis.call('SMEMBERS', pk)
-    else
-      members = redis.call('SRANDMEMBER', pk, CFG.sample)
-    end
+    local size = redis.call('SCARD', pk)
+    -- Power-of-k-choices: look at a random sample, stop at `choices` eligible nodes and
+    -- take the least loaded. Only when the sample has none, look wider (bounded).
     for round = 1, 2 do
-      local fit = {}
-      for _, nid in ipairs(members) do
+      local want = round == 1 and CFG.sample or 256
+      local members
+      if size <= want then
+        members = redis.call('SMEMBERS', pk)
+      else
+        members = redis.call('SRANDMEMBER', pk, want)
+      end
+      local best, found = nil, 0
+      local order = {}
+      for k = 1, #members do order[k] = k end
+      for k = #order, 2, -1 do
+        local r = math.random(k)
+        order[k], order[r] = order[r], order[k]
+      end
+      for _, k in ipairs(order) do
+        local nid = members[k]
         if not second or redis.call('SISMEMBER', P .. 'pool:' .. second, nid) == 1 then
           local l = load(nid, job, true)
-          if l then fit[#fit + 1] = {nid, l} end
+          if l then
+            found = found + 1
+            if not best or l < best[2] then best = {nid, l} end
+            if found >= CFG.choices then break end
+          end
         end
       end
-      if #fit > 0 then
-        local best = nil
-        for _ = 1, math.min(CFG.choices, #fit) do
-          local c = fit[math.random(#fit)]
-          if not best or c[2] < best[2] then best = c end
-        end
-        return best[1]
-      end
-      if round == 1 and #members < redis.call('SCARD', pk) then
-        members = redis.call('SMEMBERS', pk) -- the sample missed: look at everyone
-      else
-        break
-      end
+      if best then return best[1] end
+      if size <= want then break end
     end
   end
   return nil

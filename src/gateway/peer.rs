@@ -90,9 +90,11 @@ where
     if app.is_draining() {
         return super::draining();
     }
-    let max = app.cfg.ws.max_frame_bytes;
+    let (max, buf) = (app.cfg.ws.max_frame_bytes, app.cfg.ws.buffer_bytes);
     ws.max_message_size(max)
         .max_frame_size(max)
+        .read_buffer_size(buf)
+        .write_buffer_size(buf)
         .on_upgrade(move |socket| drive(app, socket, make))
 }
 

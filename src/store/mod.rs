@@ -75,6 +75,12 @@ pub struct Store {
     instance: String,
     /// The configuration JSON every script decodes as CFG (ARGV[3]), built once.
     script_cfg: String,
+    /// Script calls go through a few long-lived multiplexed connections (taken once from
+    /// the pool; each pipelines concurrent callers) instead of a pool checkout per call,
+    /// which costs deadpool-redis' UNWATCH+PING round trip every time. Dropped and taken
+    /// again after a connection error.
+    shared: Vec<std::sync::RwLock<Option<redis::aio::MultiplexedConnection>>>,
+    next_shared: std::sync::atomic::AtomicUsize,
 }
 
 /// A message a script produced for a connection (node or session).
@@ -222,6 +228,10 @@ impl Store {
             metrics,
             instance: instance.to_string(),
             script_cfg: script_config(cfg),
+            shared: (0..cfg.redis.pool_size.clamp(1, 4))
+                .map(|_| Default::default())
+                .collect(),
+            next_shared: Default::default(),
         })
     }
 
@@ -271,6 +281,26 @@ impl Store {
         Ok((pending, dead))
     }
 
+    /// A shared multiplexed connection for script calls (see [`Store::shared`]).
+    async fn script_conn(&self) -> Result<(usize, redis::aio::MultiplexedConnection), StoreError> {
+        use std::sync::atomic::Ordering;
+        let i = self.next_shared.fetch_add(1, Ordering::Relaxed) % self.shared.len();
+        let slot = &self.shared[i];
+        if let Some(c) = slot.read().unwrap_or_else(|p| p.into_inner()).clone() {
+            return Ok((i, c));
+        }
+        let fresh = deadpool_redis::Connection::take(self.conn().await?);
+        *slot.write().unwrap_or_else(|p| p.into_inner()) = Some(fresh.clone());
+        Ok((i, fresh))
+    }
+
+    /// Forget a shared connection that failed; the next call takes a new one.
+    fn drop_shared(&self, i: usize) {
+        if let Some(slot) = self.shared.get(i) {
+            *slot.write().unwrap_or_else(|p| p.into_inner()) = None;
+        }
+    }
+
     /// A pooled connection, or `Unavailable`.
     pub async fn conn(&self) -> Result<deadpool_redis::Connection, StoreError> {
         self.pool
@@ -301,7 +331,7 @@ impl Store {
         }
         let started = Instant::now();
         let result = async {
-            let mut conn = self.conn().await?;
+            let (slot, mut conn) = self.script_conn().await?;
             let mut inv = self.scripts.get(script).prepare_invoke();
             for k in keys {
                 inv.key(k);
@@ -309,10 +339,16 @@ impl Store {
             for a in &args.0 {
                 inv.arg(a.as_slice());
             }
-            let mut parts: Vec<Vec<u8>> = inv
-                .invoke_async(&mut conn)
-                .await
-                .map_err(|e| StoreError::from_redis(name, e))?;
+            let mut parts: Vec<Vec<u8>> = match inv.invoke_async(&mut conn).await {
+                Ok(p) => p,
+                Err(e) => {
+                    let e = StoreError::from_redis(name, e);
+                    if matches!(e, StoreError::Unavailable(_)) {
+                        self.drop_shared(slot);
+                    }
+                    return Err(e);
+                }
+            };
             if parts.is_empty() {
                 return Err(StoreError::Reply {
                     script: name,

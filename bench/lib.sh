@@ -1,0 +1,106 @@
+# Helpers shared by bench/run.sh and bench/demo.sh: free ports, a dedicated redis-server,
+# Switchyard instances as child processes, and a cleanup that stops everything they started.
+# Source it; it never kills anything it did not start (pids are recorded in STARTED).
+
+STARTED=()          # pids of every process started here, stopped by cleanup()
+CLK_TCK=$(getconf CLK_TCK)
+
+log() { printf '[%s] %s\n' "$(date +%T)" "$*" >&2; }
+die() { log "error: $*"; exit 1; }
+
+# Is something listening on 127.0.0.1:$1?
+listening() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
+
+# A port nobody listens on (ephemeral range avoided so client sockets cannot collide).
+free_port() {
+  local p
+  for _ in $(seq 1 200); do
+    p=$((20000 + RANDOM % 12000))
+    listening "$p" || { echo "$p"; return 0; }
+  done
+  die "no free port found"
+}
+
+# start_redis DIR PORT: a throw-away redis-server (no persistence) on 127.0.0.1:PORT.
+start_redis() {
+  local dir=$1 port=$2
+  mkdir -p "$dir"
+  dir=$(cd "$dir" && pwd) # redis-server changes into --dir before opening --logfile
+  redis-server --port "$port" --bind 127.0.0.1 --save '' --appendonly no \
+    --dir "$dir" --logfile "$dir/redis.log" &
+  STARTED+=($!)
+  REDIS_PID=$!
+  for _ in $(seq 1 100); do
+    redis-cli -p "$port" ping >/dev/null 2>&1 && return 0
+    sleep 0.1
+  done
+  die "redis-server on $port did not start (see $dir/redis.log)"
+}
+
+# start_instance BIN LOG PORT REDIS_URL [VAR=VALUE ...]: one instance in the background;
+# sets INSTANCE_PID and waits until /readyz answers 200.
+start_instance() {
+  local bin=$1 logf=$2 port=$3 redis=$4
+  shift 4
+  listening "$port" && die "port $port is already in use"
+  env SWITCHYARD_LISTEN="127.0.0.1:$port" SWITCHYARD_REDIS__URL="$redis" \
+    SWITCHYARD_LOG__LEVEL="${SWITCHYARD_LOG__LEVEL:-warn}" "$@" \
+    "$bin" serve >"$logf" 2>&1 &
+  INSTANCE_PID=$!
+  STARTED+=("$INSTANCE_PID")
+  for _ in $(seq 1 100); do
+    if [ "$(curl -s -o /dev/null -w '%{http_code}' "http://127.0.0.1:$port/readyz")" = 200 ]; then
+      return 0
+    fi
+    kill -0 "$INSTANCE_PID" 2>/dev/null || die "instance on $port exited (see $logf)"
+    sleep 0.1
+  done
+  die "instance on $port not ready after 10 s (see $logf)"
+}
+
+# stop PID...: SIGTERM (graceful drain), then SIGKILL after 10 s.
+stop() {
+  local pid
+  for pid in "$@"; do kill -TERM "$pid" 2>/dev/null || true; done
+  for pid in "$@"; do
+    for _ in $(seq 1 100); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
+    kill -KILL "$pid" 2>/dev/null || true
+    wait "$pid" 2>/dev/null || true
+  done
+}
+
+cleanup() {
+  local live=()
+  local pid
+  for pid in "${STARTED[@]}"; do kill -0 "$pid" 2>/dev/null && live+=("$pid"); done
+  [ ${#live[@]} -eq 0 ] || stop "${live[@]}"
+}
+
+# Resident memory (KiB) and CPU ticks (user + system) of a process.
+rss_kib() { awk '/^VmRSS:/ {print $2}' "/proc/$1/status"; }
+cpu_ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
+
+# The sum of a Prometheus counter family on an instance, e.g.
+#   metric 5010 'switchyard_script_calls_total{script="submit"'
+metric() {
+  curl -s "http://127.0.0.1:$1/metrics" | awk -v p="$2" 'index($0, p) == 1 {s += $NF} END {print s + 0}'
+}
+
+# Median of the arguments (mean of the two middle values for an even count).
+median() {
+  printf '%s\n' "$@" | sort -g | awk '{a[NR] = $1} END {
+    if (NR == 0) print "nan"; else if (NR % 2) print a[(NR + 1) / 2];
+    else print (a[NR / 2] + a[NR / 2 + 1]) / 2 }'
+}
+
+# A field of `INFO commandstats` summed over commands matching a regex:
+#   cmdstat PORT 'evalsha' calls
+cmdstat() {
+  redis-cli -p "$1" info commandstats | tr -d '\r' | awk -F'[:,=]' -v re="^cmdstat_($2)\$" -v f="$3" '
+    $1 ~ re { for (i = 2; i < NF; i += 2) if ($i == f) s += $(i + 1) } END { printf "%d\n", s }'
+}
+
+# Redis process CPU seconds (user + system).
+redis_cpu() {
+  redis-cli -p "$1" info cpu | tr -d '\r' | awk -F: '/^used_cpu_(user|sys):/ {s += $2} END {printf "%.6f\n", s}'
+}

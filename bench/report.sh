@@ -1,0 +1,150 @@
+# Sourced by bench/run.sh after the measurements: prints docs/benchmarks.md from the
+# variables the phases set and the JSON summaries in $WORK, then bench/notes.md (the
+# hand-written reading of the figures: what bounds each one that misses its target).
+
+cat <<EOF
+# Benchmarks
+
+Figures of \`make bench\` (driver: [bench/run.sh](../bench/run.sh)), written by the driver
+itself. Run on **$(date +%F)**, commit \`$GIT\`, machine: $MACHINE; Redis $REDIS_V
+(a dedicated \`redis-server\` on a free loopback port, no persistence). The load generator
+(\`switchyard sim\`, same release binary), the instances and Redis share the machine's
+$(nproc) cores; load average before the run: $LOAD_BEFORE. Every figure is the median of
+$RUNS runs (per-run values in brackets); comparisons ran side by side in the same run. The whole bench took $(($(date +%s) - STARTED_AT)) s.
+
+## Summary
+
+| figure | value | target | |
+|---|---|---|---|
+| script calls per job on the lingua path (submit + job_result) | $(fmt "$LINGUA") | ≤ 2 | $(verdict "$LINGUA <= 2.0001") |
+| dispatch overhead p50 at 20 % load | $(fmt "$D50" 3) ms | ≤ 0.5 ms | $(verdict "$D50 <= 0.5") |
+| dispatch overhead p99 at 20 % load | $(fmt "$D99" 3) ms | ≤ 2 ms | $(verdict "$D99 <= 2") |
+| saturation throughput, one instance | $(fmt "$SAT" 0) jobs/s | | |
+| Redis-bound limit (trivial EVALSHA/s ÷ scripts per job) | $(fmt "$LIMIT" 0) jobs/s | | |
+| one instance ÷ Redis-bound limit | $(fmt "$SHARE" 1) % | ≥ 50 % | $(verdict "$SHARE >= 50") |
+| 10k nodes + 10k sessions, instance RSS (projected from $SCALE_SESSIONS sessions) | $(fmt "$(echo "$RSS_10K / 1024" | bc -l)" 0) MiB | ≤ 1024 MiB | $(verdict "$RSS_10K <= 1048576") |
+| cross-instance hop ÷ same instance, dispatch p50 | $(fmt "$(ratio .dispatch.p50_ms)") × | | |
+
+Integrity over every load run of this bench: \`$INTEGRITY\` (lost, duplicates,
+order violations and oversold must be 0).
+
+## 1. Redis-bound limit
+
+\`$EVAL_CMD\` (script \`return 1\`; the benchmark client shares the cores with Redis):
+**$(fmt "$EVALSHA_PER_S" 0) EVALSHA/s** [$(printf '%s, ' "${EVALS[@]}" | sed 's/, $//')].
+Divided by the $(fmt "$LINGUA") script calls a job needs on the lingua path: **$(fmt "$LIMIT" 0) jobs/s**.
+A bound from the real scripts instead: Redis spends $(fmt "$RCPU_US" 0) µs of CPU per job
+(section 4), so one Redis core sustains at most **$(fmt "$REAL_LIMIT" 0) jobs/s**; one instance
+reaches $(fmt "$SHARE_REAL" 0) % of that.
+
+## 2. Saturation throughput of one instance
+
+\`$(cat "$WORK/sat-1.cmd" | sed "s/$PA/PORT/")\`
+
+| figure | median | runs |
+|---|---|---|
+| completed jobs/s (translation_result) | $(fmt "$SAT" 0) | $(list sat .results_per_s) |
+| end-to-end p50 / p99 (ms) | $(fmt "$(med sat .end_to_end.p50_ms)" 1) / $(fmt "$(med sat .end_to_end.p99_ms)" 1) | |
+| dispatch p50 / p99 (ms) | $(fmt "$(med sat .dispatch.p50_ms)" 1) / $(fmt "$(med sat .dispatch.p99_ms)" 1) | |
+| instance CPU (% of one core) | $(fmt "$(median "${INST_CPU[@]}")" 0) | |
+| Redis CPU (% of one core) | $(fmt "$(median "${REDIS_CPU[@]}")" 0) | |
+| whole machine busy (% of one core; $(nproc) cores = $(($(nproc) * 100)) %) | $(fmt "$(median "${MACHINE_CPU[@]}")" 0) | |
+| of which the load generator and anything else (difference) | $(fmt "$(echo "$(median "${MACHINE_CPU[@]}") - $(median "${INST_CPU[@]}") - $(median "${REDIS_CPU[@]}")" | bc -l)" 0) | |
+
+## 3. Dispatch overhead at 20 % load
+
+Open loop at $(fmt "$RATE" 0) utterances/s (20 % of the saturation figure), nodes answering at once.
+Dispatch = the session writes \`utterance\` → the node reads \`job_assign\` (both ends in the
+sim, correlated by \`(session_id, utterance_index)\`); end-to-end = \`utterance\` written →
+\`translation_result\` read.
+
+\`$(cat "$WORK/lat-1.cmd" | sed "s/$PA/PORT/")\`
+
+| latency | p50 | p90 | p99 | max |
+|---|---|---|---|---|
+| dispatch (ms) | $(fmt "$D50" 3) [$(list lat .dispatch.p50_ms)] | $(fmt "$D90" 3) | $(fmt "$D99" 3) [$(list lat .dispatch.p99_ms)] | $(fmt "$DMAX" 3) |
+| end-to-end (ms) | $(fmt "$E50" 3) | $(fmt "$(med lat .end_to_end.p90_ms)" 3) | $(fmt "$E99" 3) | $(fmt "$(med lat .end_to_end.max_ms)" 3) |
+
+Achieved rate: $(fmt "$(med lat .results_per_s)" 0) results/s. Mean script round trip seen by the
+instance in these runs (\`switchyard_script_duration_seconds\`): \`submit\` $(fmt "$SUBMIT_MS" 3) ms,
+\`job_result\` $(fmt "$RESULT_MS" 3) ms.
+
+## 4. Redis cost per job
+
+A fixed workload of 3000 jobs (closed loop) between \`CONFIG RESETSTAT\` and \`INFO
+commandstats\`, plus the instance's \`switchyard_script_calls_total\` by script. Everything
+else running in that window (sweeps every 200 ms, presence beats, node heartbeats) is
+included in the per-job figures, so they are slight over-estimates.
+
+\`$(cat "$WORK/cost-1.cmd" | sed "s/$PA/PORT/")\`
+
+| per completed job | median |
+|---|---|
+| script calls on the lingua path (\`submit\` + \`job_result\`) | $(fmt "$LINGUA" 3) |
+| EVALSHA calls, all scripts | $(fmt "$EV_JOB" 3) |
+| round trips (EVALSHA + the pool's UNWATCH/PING recycle check) | $(fmt "$RT_JOB" 3) |
+| Redis µs in EVALSHA (commandstats) | $(fmt "$EV_US" 1) |
+| Redis µs in all commands (commandstats) | $(fmt "$ALL_US" 1) |
+| Redis process CPU µs (INFO cpu, incl. networking) | $(fmt "$RCPU_US" 1) |
+| instance process CPU µs (/proc/PID/stat) | $(fmt "$ICPU_US" 1) |
+
+So one Redis core can complete at most $(fmt "$(echo "1000000 / $RCPU_US" | bc -l)" 0) jobs/s, one instance core
+$(fmt "$(echo "1000000 / $ICPU_US" | bc -l)" 0) jobs/s (instances scale out; the cell's Redis does not).
+
+Where the Redis time goes (last run; commands called inside the scripts are counted under
+their own names *and* inside \`evalsha\`):
+
+| command | calls per job | µs per job |
+|---|---|---|
+$BREAKDOWN
+
+## 5. Cross-instance hop
+
+Two sims side by side in each run, both with sessions on instance A: one with its nodes on A
+(pair zh/en), one with its nodes on B (pair ja/ko, so its jobs can only go to B: the
+\`job_assign\` travels through B's inbox stream and the result back through A's).
+$(fmt "$XRATE" 0) utterances/s each, nodes answering at once.
+
+\`$(cat "$WORK/local-1.cmd" | sed "s/$PA/PORT_A/g; s/$PB/PORT_B/g")\`
+\`$(cat "$WORK/remote-1.cmd" | sed "s/$PA/PORT_A/g; s/$PB/PORT_B/g")\`
+
+| latency (ms) | same instance | across instances | ratio (median of per-run ratios) |
+|---|---|---|---|
+| dispatch p50 | $(fmt "$(med local .dispatch.p50_ms)" 3) | $(fmt "$(med remote .dispatch.p50_ms)" 3) | $(fmt "$(ratio .dispatch.p50_ms)") × |
+| dispatch p99 | $(fmt "$(med local .dispatch.p99_ms)" 3) | $(fmt "$(med remote .dispatch.p99_ms)" 3) | $(fmt "$(ratio .dispatch.p99_ms)") × |
+| end-to-end p50 | $(fmt "$(med local .end_to_end.p50_ms)" 3) | $(fmt "$(med remote .end_to_end.p50_ms)" 3) | $(fmt "$(ratio .end_to_end.p50_ms)") × |
+| end-to-end p99 | $(fmt "$(med local .end_to_end.p99_ms)" 3) | $(fmt "$(med remote .end_to_end.p99_ms)" 3) | $(fmt "$(ratio .end_to_end.p99_ms)") × |
+
+Added latency at p50: dispatch +$(fmt "$(echo "$(med remote .dispatch.p50_ms) - $(med local .dispatch.p50_ms)" | bc -l)" 3) ms, end-to-end +$(fmt "$(echo "$(med remote .end_to_end.p50_ms) - $(med local .end_to_end.p50_ms)" | bc -l)" 3) ms.
+
+## 6. Scale: $SCALE_NODES nodes + $SCALE_SESSIONS idle sessions on one instance
+
+Nodes heartbeat every 5 s (instance \`node.heartbeat_interval_ms\` = 5000, a third of the
+lingua node's 15 s, to make the cost measurable); sessions are idle (a \`client_heartbeat\`
+every 30 s). This machine's open-file limit is $HARD per process (not raisable here), and the
+instance needs one descriptor per connection, so the run holds $SCALE_SESSIONS sessions and the
+10k + 10k figure is projected linearly from the measured per-connection cost.
+Connected: $NODES_UP nodes (in $T_NODES s), $SESSIONS_UP sessions (in $T_SESSIONS s).
+
+\`$(sed "s/$PS/PORT/" "$WORK/scale-nodes.cmd")\`
+\`$(sed "s/$PS/PORT/" "$WORK/scale-sessions.cmd")\`
+
+| figure | value |
+|---|---|
+| instance RSS: idle / + $SCALE_NODES nodes / + $SCALE_SESSIONS sessions | $(fmt "$(echo "$RSS0 / 1024" | bc -l)" 0) / $(fmt "$(echo "$RSS1 / 1024" | bc -l)" 0) / $(fmt "$(echo "$RSS2 / 1024" | bc -l)" 0) MiB |
+| RSS per node connection / per session connection | $(fmt "$PER_NODE" 1) / $(fmt "$PER_SESSION" 1) KiB |
+| projected RSS for 10,000 + 10,000 | $(fmt "$(echo "$RSS_10K / 1024" | bc -l)" 0) MiB |
+| instance CPU (% of one core) | $(fmt "$(median "${W_CPU[@]}")" 1) [$(printf '%.1f, ' "${W_CPU[@]}" | sed 's/, $//')] |
+| heartbeats/s handled | $(fmt "$(median "${W_HB[@]}")" 0) |
+| EVALSHA calls per heartbeat (sweeps, presence, session heartbeats included) | $(fmt "$(median "${W_CALLS[@]}")" 3) |
+| Redis µs in EVALSHA per heartbeat (same) | $(fmt "$(median "${W_US[@]}")" 1) |
+| Redis CPU (% of one core) | $(fmt "$(median "${W_RCPU[@]}")" 1) |
+| Redis used_memory | $(fmt "$(echo "$REDIS_MEM / 1048576" | bc -l)" 0) MiB |
+
+Medians of $RUNS consecutive 10 s windows of the same connections.
+EOF
+if [ -f bench/notes.md ]; then
+  echo
+  cat bench/notes.md
+fi
+
