@@ -9,11 +9,11 @@ Input:
   KEYS[1] {tag}:instance:<me>  presence string (PX presence_ttl)
   KEYS[2] {tag}:instances      zset instance id -> presence expiry ms (the listing)
   KEYS[3] {tag}:inbox:<me>     this instance's inbox stream (consumer group created here)
-  Derived: {tag}:instance:<dead>, {tag}:inbox:<dead>, node/session records, other inboxes.
+  Derived: {tag}:instance:<dead>, {tag}:inbox:<dead>, {tag}:taken:<id> (tombstone left
+           by a takeover, 1 h), node/session records, other inboxes.
   ARGV[1..4] ctx   ARGV[5] started_at ms (shown in /api/v1/instances)
   ARGV[6] "leave" at the end of a graceful shutdown: presence deleted and marked expired,
           so a peer takes the inbox over at its next beat instead of after the TTL
-  ARGV[7] "first" on the first beat of a process (no presence to have lapsed yet)
 Output: [JSON, blobs...]
   {"took_over":id?,"rerouted":N,"dropped":N,"more":bool,"lapsed":bool} | {"left":true}
   lapsed = this instance's presence had expired while it was alive: close its sockets
@@ -30,8 +30,9 @@ end
 -- longer than the TTL): a peer may have taken its inbox over and messages for its
 -- connections were dropped meanwhile. The caller then closes its sockets (clients
 -- resume, nodes re-register) rather than carry on with holes.
-local lapsed = ARGV[7] ~= 'first'
-  and (redis.call('EXISTS', KEYS[1]) == 0 or not redis.call('ZSCORE', KEYS[2], ME))
+-- Lapsed = a peer took us over (it left the tombstone taken:<us>); an expired presence
+-- that nobody acted on (Redis unreachable for a while, or wiped) is not.
+local lapsed = redis.call('DEL', P .. 'taken:' .. ME) == 1
 redis.call('SET', KEYS[1], ARGV[5], 'PX', CFG.presence_ttl)
 redis.call('ZADD', KEYS[2], NOW + CFG.presence_ttl, ME)
 if redis.call('EXISTS', KEYS[3]) == 0 then
@@ -76,6 +77,8 @@ if dead and dead ~= ME and redis.call('EXISTS', P .. 'instance:' .. dead) == 0 t
   else
     redis.call('DEL', inbox)
     redis.call('ZREM', KEYS[2], dead)
+    -- if it was only stalled, it learns at its next beat that it was taken over
+    redis.call('SET', P .. 'taken:' .. dead, NOW, 'PX', 3600000)
     reply.took_over = dead
   end
 end

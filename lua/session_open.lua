@@ -15,7 +15,7 @@ if ARGV[6] == '1' and redis.call('EXISTS', KEYS[1]) == 1 then
   return finish({status = 'taken'})
 end
 local fields = {'id', sid, 'owner', ME, 'conn', ARGV[7], 'nonce', ARGV[8], 'state', 'open',
-  'created_at', NOW, 'last_active', NOW, 'next_index', 0, 'next_deliver', 0, 'buf_ms', 0,
+  'created_at', NOW, 'last_active', NOW, 'ttl_at', NOW, 'next_index', 0, 'next_deliver', 0, 'buf_ms', 0,
   'buf_bytes', 0, 'turn_id', '', 'turn_node', '', 'turn_seq', 0, 'last_node', ''}
 local n = tonumber(ARGV[9])
 for i = 10, 9 + 2 * n do fields[#fields + 1] = ARGV[i] end

@@ -161,11 +161,7 @@ impl Running {
             let _ = tokio::time::timeout(Duration::from_secs(5), t).await;
         }
         // Hand the inbox over now rather than after the presence TTL.
-        if let Err(e) = app
-            .store
-            .instance_beat(&app.instance_id, 0, true, false)
-            .await
-        {
+        if let Err(e) = app.store.instance_beat(&app.instance_id, 0, true).await {
             tracing::warn!(error = %e, "could not give up presence; it expires by itself");
         }
     }

@@ -447,7 +447,33 @@ async fn an_instance_whose_presence_lapsed_closes_its_connections_so_they_resume
         .query_async(&mut c)
         .await
         .unwrap();
+    // the tombstone a takeover leaves
+    let _: () = redis::cmd("SET")
+        .arg(format!("{PREFIX}taken:{id}"))
+        .arg(1)
+        .arg("PX")
+        .arg(60_000)
+        .query_async(&mut c)
+        .await
+        .unwrap();
     assert_eq!(n.expect_close().await, Some(1012));
     assert_eq!(s.expect_close().await, Some(1012));
     assert_eq!(metric(&a, "switchyard_presence_lapses_total").await, 1.0);
+    // The node's echo of our close is not an orderly shutdown of the node: it keeps its
+    // grace (and its jobs) to reconnect.
+    let ids: Vec<String> = c
+        .zrange(format!("{PREFIX}nodes:index"), 0, -1)
+        .await
+        .unwrap();
+    let key = format!("{PREFIX}node:{}", ids[0]);
+    let mut state = String::new();
+    for _ in 0..40 {
+        let h: std::collections::HashMap<String, String> = c.hgetall(&key).await.unwrap();
+        state = h.get("state").cloned().unwrap_or_default();
+        if state != "ready" {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(state, "disconnected", "{key}");
 }

@@ -893,3 +893,26 @@ async fn a_node_that_lowers_its_capacity_with_jobs_in_flight_is_never_oversold()
     );
     invariants::check(&mut c).await;
 }
+
+#[tokio::test]
+async fn an_active_session_keeps_living_past_its_idle_ttl() {
+    let redis = RedisServer::start().await;
+    let inst = start_tweaked(&redis, |c| {
+        c.session.idle_ttl_ms = 1_600;
+        c.session.result_retention_ms = 1_000;
+    })
+    .await;
+    let mut c = redis.client().await;
+    let (mut s, sid) = session(&inst).await;
+    let mut hb = fixture("client_heartbeat");
+    hb["session_id"] = json!(sid);
+    // Activity every 100 ms for three idle TTLs: the session must stay.
+    for _ in 0..48 {
+        s.send(&hb).await;
+        s.recv_type("server_heartbeat").await;
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let ttl: i64 = c.pttl(format!("{PREFIX}session:{sid}")).await.unwrap();
+    assert!(ttl > 1_000, "TTL refreshed by activity: {ttl}");
+    invariants::check(&mut c).await;
+}

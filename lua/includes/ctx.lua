@@ -51,13 +51,16 @@ local function finish(r)
 end
 
 -- touch_session(sid, sess): activity keeps every key of a session alive for
--- CFG.session_ttl. The TTLs are refreshed once they have aged an eighth of it (`sess`,
--- when the caller has the record, tells when); keys created since get their own TTL.
+-- CFG.session_ttl. The TTLs are refreshed when the last refresh (`ttl_at`, read from
+-- `sess` when the caller has the record) is an eighth of it old; keys created in
+-- between get their own TTL when they are created.
 local function touch_session(sid, sess)
   local sk = session_key(sid)
-  local last = sess and tonumber(sess.last_active or '0') or 0
-  redis.call('HSET', sk, 'last_active', NOW)
-  if sess and NOW - last < CFG.session_ttl / 8 then return end
+  if sess and NOW - tonumber(sess.ttl_at or '0') < CFG.session_ttl / 8 then
+    redis.call('HSET', sk, 'last_active', NOW)
+    return
+  end
+  redis.call('HSET', sk, 'last_active', NOW, 'ttl_at', NOW)
   for _, k in ipairs({sk, sk .. ':jobs', sk .. ':results', sk .. ':pending', sk .. ':audio', sk .. ':rtime'}) do
     redis.call('PEXPIRE', k, CFG.session_ttl)
   end

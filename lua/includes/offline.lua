@@ -1,6 +1,7 @@
 -- take_offline(node_id, reason): leave every pool and the liveness set, fail over every
--- job the node holds (no job_cancel: it is gone), and let the record expire after the
--- retention time. (Requires ctx, pools, dispatch.)
+-- job the node holds (with job_cancel, in case a silent node is still connected
+-- somewhere), and let the record expire after the retention time.
+-- (Requires ctx, pools, dispatch.)
 local function take_offline(node_id, reason)
   local nk = node_key(node_id)
   apply_pools(P, node_id, nk .. ':pools', P .. 'pools', {})

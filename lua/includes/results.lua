@@ -74,6 +74,7 @@ local function release(sid, force)
         redis.call('HSET', rk, g, m)
         redis.call('PEXPIRE', rk, CFG.session_ttl)
         redis.call('ZADD', sk .. ':rtime', NOW, g)
+        redis.call('PEXPIRE', sk .. ':rtime', CFG.session_ttl)
         send_terminal(sid, m)
       end
       g = g + 1

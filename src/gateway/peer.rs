@@ -104,7 +104,8 @@ async fn drive<H: Handler, F: FnOnce(Peer) -> H>(app: Arc<App>, ws: WebSocket, m
     let _live = app.conn_guard();
     let gauge = app.metrics.connection_gauge(H::KIND);
     gauge.inc();
-    let (tx, mut stream, writer) = socket::split(ws, app.cfg.ws.send_queue, app.order_gap());
+    let (tx, mut stream, mut writer) = socket::split(ws, app.cfg.ws.send_queue, app.order_gap());
+    let mut writer_done = false;
     let mut shutdown = app.shutdown_signal();
     let mut h = make(Peer {
         app: app.clone(),
@@ -116,6 +117,13 @@ async fn drive<H: Handler, F: FnOnce(Peer) -> H>(app: Arc<App>, ws: WebSocket, m
     while !h.done() {
         let next = tokio::select! {
             n = stream.next() => n,
+            // The writer ends after sending a close (from any task: replaced, liveness,
+            // presence lapse) or when the socket fails: stop reading too, without
+            // waiting for the peer's echo. Not an orderly end of the peer.
+            _ = &mut writer, if !writer_done => {
+                writer_done = true;
+                break;
+            }
             _ = tokio::time::sleep_until(hello), if !h.greeted() => {
                 h.peer().send(Outbound::Close(close::POLICY, H::HELLO.into()));
                 break;
@@ -148,8 +156,17 @@ async fn drive<H: Handler, F: FnOnce(Peer) -> H>(app: Arc<App>, ws: WebSocket, m
                     "binary frames are not used; send JSON text",
                 );
             }
-            Some(Ok(Message::Close(_))) => {
-                orderly = true;
+            Some(Ok(Message::Close(frame))) => {
+                // The peer closing on its own is orderly; its echo of a close we sent
+                // (restart, replaced, liveness, policy, too big) is not: it will reconnect.
+                let ours = [
+                    close::RESTARTING,
+                    close::REPLACED,
+                    close::LIVENESS,
+                    close::POLICY,
+                    close::TOO_BIG,
+                ];
+                orderly = !frame.is_some_and(|f| ours.contains(&f.code));
                 break;
             }
             Some(Ok(_)) => {} // ping/pong: answered by the library
@@ -157,6 +174,8 @@ async fn drive<H: Handler, F: FnOnce(Peer) -> H>(app: Arc<App>, ws: WebSocket, m
     }
     h.finish(orderly).await;
     drop(h);
-    let _ = tokio::time::timeout(Duration::from_secs(2), writer).await;
+    if !writer_done {
+        let _ = tokio::time::timeout(Duration::from_secs(2), writer).await;
+    }
     gauge.dec();
 }

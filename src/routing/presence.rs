@@ -12,7 +12,6 @@ pub async fn run(app: Arc<App>) {
     let mut tick = tokio::time::interval(Duration::from_millis(app.cfg.instance.beat_interval_ms));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut stop = app.shutdown_signal();
-    let mut first = true;
     loop {
         tokio::select! {
             _ = tick.tick() => {}
@@ -22,11 +21,10 @@ pub async fn run(app: Arc<App>) {
         for _ in 0..16 {
             match app
                 .store
-                .instance_beat(&app.instance_id, started, false, first)
+                .instance_beat(&app.instance_id, started, false)
                 .await
             {
                 Ok(out) => {
-                    first = false;
                     let r = crate::routing::deliver(&app, out);
                     if r.lapsed {
                         reconnect_everyone(&app);

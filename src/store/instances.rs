@@ -53,15 +53,13 @@ impl Store {
         instance: &str,
         started_at_ms: u64,
         leave: bool,
-        first: bool,
     ) -> Result<Output<BeatReply>, StoreError> {
         let k = &self.keys;
         let keys = [k.instance(instance), k.instances(), k.inbox(instance)];
         let args = self
             .args()
             .s(started_at_ms)
-            .s(if leave { "leave" } else { "" })
-            .s(if first { "first" } else { "" });
+            .s(if leave { "leave" } else { "" });
         self.run(Script::InstanceBeat, &keys, args).await
     }
 

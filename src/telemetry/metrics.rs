@@ -277,7 +277,7 @@ impl Metrics {
                 Some(("failed", reason)) => {
                     self.jobs_failed
                         .get_or_create(&ReasonLabels {
-                            reason: reason.into(),
+                            reason: known_code(reason).to_string(),
                         })
                         .inc_by(*n);
                 }
