@@ -16,13 +16,14 @@ Output: [JSON, blobs...]
 --!include deliver
 --!include results
 --!include dispatch
+--!include liveness
 
 local node_id = ARGV[5]
 local cur = redis.call('HMGET', KEYS[1], 'conn', 'owner', 'state', 'capsig')
 if not cur[1] then return finish({status = 'missing'}) end
 if cur[1] ~= ARGV[6] then return finish({status = 'stale', owner = cur[2]}) end
 
-local liveness, retention = CFG.liveness, CFG.node_retention
+local liveness = CFG.liveness
 local a, c = tonumber(ARGV[8]), tonumber(ARGV[9])
 local load_fields = {'last_hb', NOW, 'deadline', NOW + liveness}
 for i = 10, 9 + 2 * a do load_fields[#load_fields + 1] = ARGV[i] end
@@ -46,11 +47,5 @@ if changed then
   apply_pools(P, node_id, KEYS[2], KEYS[5], pools)
 end
 
-redis.call('ZADD', KEYS[3], NOW + liveness, node_id)
-redis.call('ZADD', KEYS[4], NOW + liveness + retention, node_id)
-redis.call('PEXPIRE', KEYS[1], liveness + retention)
-for _, k in ipairs({KEYS[2], KEYS[1] .. ':jobs'}) do
-  if redis.call('EXISTS', k) == 1 then redis.call('PEXPIRE', k, liveness + retention) end
-end
-offer(node_id)
+keep_alive(node_id, KEYS)
 return finish({status = 'ok', state = state, changed = changed, revived = revived})

@@ -19,12 +19,13 @@ Output: [JSON, blobs...]  JSON.out = messages to deliver (queued jobs handed to 
 --!include deliver
 --!include results
 --!include dispatch
+--!include liveness
 
 local node_id = ARGV[5]
 if ARGV[6] == '1' and redis.call('EXISTS', KEYS[1]) == 1 then
   return finish({status = 'taken'})
 end
-local liveness, retention = CFG.liveness, CFG.node_retention
+local liveness = CFG.liveness
 local prev = redis.call('HMGET', KEYS[1], 'conn', 'owner', 'state')
 local reply = {status = 'ok'}
 if prev[1] and prev[1] ~= ARGV[7] and prev[3] ~= 'offline' and prev[3] ~= 'disconnected' then
@@ -58,11 +59,5 @@ local pools = {}
 for i = 10 + 2 * n, #ARGV do pools[#pools + 1] = ARGV[i] end
 reply.added, reply.removed = apply_pools(P, node_id, KEYS[2], KEYS[5], pools)
 
-redis.call('ZADD', KEYS[3], NOW + liveness, node_id)
-redis.call('ZADD', KEYS[4], NOW + liveness + retention, node_id)
-redis.call('PEXPIRE', KEYS[1], liveness + retention)
-for _, k in ipairs({KEYS[2], KEYS[1] .. ':jobs'}) do
-  if redis.call('EXISTS', k) == 1 then redis.call('PEXPIRE', k, liveness + retention) end
-end
-offer(node_id)
+keep_alive(node_id, KEYS)
 return finish(reply)

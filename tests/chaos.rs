@@ -88,14 +88,6 @@ impl Drop for Instances {
     }
 }
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
 /// The test's round-robin "load balancer": the next instance URL for a (re)connect.
 fn pick(urls: &[String], turn: &mut usize, path: &str) -> String {
     *turn += 1;

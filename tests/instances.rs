@@ -19,10 +19,7 @@ const T: Duration = Duration::from_secs(5);
 
 async fn node_on(inst: &Running, id: Option<&str>) -> (WsClient, String) {
     let mut n = WsClient::connect(&ws_url(inst, "/ws/node")).await;
-    let nid = n.register(fixture("node_register_first"), id).await["node_id"]
-        .as_str()
-        .unwrap()
-        .to_string();
+    let nid = n.register_id(fixture("node_register_first"), id).await;
     (n, nid)
 }
 

@@ -24,10 +24,7 @@ async fn node(
     let mut n = WsClient::connect(&ws_url(inst, "/ws/node")).await;
     let mut f = fixture("node_register_first");
     tweak(&mut f);
-    let id = n.register(f, None).await["node_id"]
-        .as_str()
-        .unwrap()
-        .to_string();
+    let id = n.register_id(f, None).await;
     (n, id)
 }
 

@@ -147,10 +147,7 @@ async fn capability_change_moves_the_node_and_empty_languages_leave_every_pool()
     let inst = start_instance(&redis).await;
     let mut c = redis.client().await;
     let mut node = WsClient::connect(&ws_url(&inst, "/ws/node")).await;
-    let id = node.register(fixture("node_register_first"), None).await["node_id"]
-        .as_str()
-        .unwrap()
-        .to_string();
+    let id = node.register_id(fixture("node_register_first"), None).await;
 
     node.heartbeat(&id, Some(&["ja", "en"])).await;
     let want = set(&[
@@ -201,10 +198,7 @@ async fn tenant_nodes_join_tenant_pools_and_private_nodes_join_none() {
     f["tenant_id"] = json!("acme");
     f["supported_language_pairs"] = json!([{"src": "zh", "tgt": "en"}]);
     f["max_concurrent_jobs"] = json!(2);
-    let id = t.register(f, None).await["node_id"]
-        .as_str()
-        .unwrap()
-        .to_string();
+    let id = t.register_id(f, None).await;
     assert_eq!(pools_of(&mut c, &id).await, set(&["tenant:acme:zh:en"]));
     assert_eq!(node_hash(&mut c, &id).await["capacity"], "2");
 
@@ -229,10 +223,7 @@ async fn nodes_connected_before_a_second_instance_starts_and_after_flushall_are_
     let a = start_instance(&redis).await;
     let mut c = redis.client().await;
     let mut node = WsClient::connect(&ws_url(&a, "/ws/node")).await;
-    let id = node.register(fixture("node_register_first"), None).await["node_id"]
-        .as_str()
-        .unwrap()
-        .to_string();
+    let id = node.register_id(fixture("node_register_first"), None).await;
 
     // An instance that starts after the node registered sees the pools at once.
     let b = start_instance(&redis).await;
@@ -240,10 +231,7 @@ async fn nodes_connected_before_a_second_instance_starts_and_after_flushall_are_
     assert_eq!(pools.as_array().unwrap().len(), ZH_EN_POOLS.len());
     // A node connecting to the new instance is pooled at once too (no start-up wait).
     let mut late = WsClient::connect(&ws_url(&b, "/ws/node")).await;
-    let late_id = late.register(fixture("node_register_first"), None).await["node_id"]
-        .as_str()
-        .unwrap()
-        .to_string();
+    let late_id = late.register_id(fixture("node_register_first"), None).await;
     assert_eq!(
         pool_members(&mut c, "pub:zh:en").await,
         set(&[&id, &late_id])
@@ -326,10 +314,7 @@ async fn a_silent_node_leaves_every_pool_after_liveness_and_every_key_is_bounded
     let inst = start_tweaked(&redis, |c| c.node.liveness_ms = Some(900)).await;
     let mut c = redis.client().await;
     let mut node = WsClient::connect(&ws_url(&inst, "/ws/node")).await;
-    let id = node.register(fixture("node_register_first"), None).await["node_id"]
-        .as_str()
-        .unwrap()
-        .to_string();
+    let id = node.register_id(fixture("node_register_first"), None).await;
     let started = std::time::Instant::now();
     // liveness 900 ms + sweep 50 ms: the node is offline and its socket closed.
     assert_eq!(node.expect_close().await, Some(4002));
@@ -358,10 +343,7 @@ async fn a_dropped_socket_keeps_the_node_for_the_grace_then_takes_it_offline() {
     let inst = start_instance(&redis).await;
     let mut c = redis.client().await;
     let mut a = WsClient::connect(&ws_url(&inst, "/ws/node")).await;
-    let id = a.register(fixture("node_register_first"), None).await["node_id"]
-        .as_str()
-        .unwrap()
-        .to_string();
+    let id = a.register_id(fixture("node_register_first"), None).await;
     a.drop_connection();
     eventually(Duration::from_secs(2), "disconnected", || {
         let mut c = c.clone();
@@ -396,10 +378,7 @@ async fn a_dropped_socket_keeps_the_node_for_the_grace_then_takes_it_offline() {
     .await;
     // An orderly close goes offline at once.
     let mut b = WsClient::connect(&ws_url(&inst, "/ws/node")).await;
-    let id2 = b.register(fixture("node_register_first"), None).await["node_id"]
-        .as_str()
-        .unwrap()
-        .to_string();
+    let id2 = b.register_id(fixture("node_register_first"), None).await;
     b.close().await;
     eventually(Duration::from_millis(300), "offline at once", || {
         let mut c = c.clone();
@@ -423,15 +402,9 @@ async fn a_heartbeat_for_another_node_id_is_refused_and_changes_nothing() {
     let inst = start_instance(&redis).await;
     let mut c = redis.client().await;
     let mut a = WsClient::connect(&ws_url(&inst, "/ws/node")).await;
-    let id_a = a.register(fixture("node_register_first"), None).await["node_id"]
-        .as_str()
-        .unwrap()
-        .to_string();
+    let id_a = a.register_id(fixture("node_register_first"), None).await;
     let mut b = WsClient::connect(&ws_url(&inst, "/ws/node")).await;
-    let id_b = b.register(fixture("node_register_first"), None).await["node_id"]
-        .as_str()
-        .unwrap()
-        .to_string();
+    let id_b = b.register_id(fixture("node_register_first"), None).await;
     let before = node_hash(&mut c, &id_b).await;
     a.heartbeat(&id_b, Some(&["ja"])).await;
     assert_eq!(a.recv_type("error").await["code"], "NODE_ID_CONFLICT");
@@ -450,10 +423,7 @@ async fn malformed_unknown_and_oversized_frames_get_errors_and_change_nothing() 
     let inst = start_instance(&redis).await;
     let mut c = redis.client().await;
     let mut node = WsClient::connect(&ws_url(&inst, "/ws/node")).await;
-    let id = node.register(fixture("node_register_first"), None).await["node_id"]
-        .as_str()
-        .unwrap()
-        .to_string();
+    let id = node.register_id(fixture("node_register_first"), None).await;
     let before = node_hash(&mut c, &id).await;
 
     let bad_register = json!({"type": "node_register", "node_id": 42});
@@ -517,10 +487,7 @@ async fn full_lingua_frames_with_unknown_fields_are_accepted() {
         .push(json!({"type": "brand_new_service", "ready": true}));
     f["hardware"] = json!(null);
     f["installed_models"] = json!(null);
-    let id = node.register(f, None).await["node_id"]
-        .as_str()
-        .unwrap()
-        .to_string();
+    let id = node.register_id(f, None).await;
     assert!(node_hash(&mut c, &id).await["services"].contains("brand_new_service"));
     let mut hb = fixture("node_heartbeat");
     hb["node_id"] = json!(id);
@@ -556,10 +523,7 @@ async fn redis_stopped_and_restarted_under_a_connected_node_heals_by_itself() {
     let mut redis = RedisServer::start().await;
     let inst = start_instance(&redis).await;
     let mut node = WsClient::connect(&ws_url(&inst, "/ws/node")).await;
-    let id = node.register(fixture("node_register_first"), None).await["node_id"]
-        .as_str()
-        .unwrap()
-        .to_string();
+    let id = node.register_id(fixture("node_register_first"), None).await;
     let (status, _) = get_json(&http_url(&inst, "/readyz")).await;
     assert_eq!(status, 200);
 
@@ -598,10 +562,7 @@ async fn script_flush_is_survived_transparently() {
     let inst = start_instance(&redis).await;
     let mut c = redis.client().await;
     let mut node = WsClient::connect(&ws_url(&inst, "/ws/node")).await;
-    let id = node.register(fixture("node_register_first"), None).await["node_id"]
-        .as_str()
-        .unwrap()
-        .to_string();
+    let id = node.register_id(fixture("node_register_first"), None).await;
     let _: () = redis::cmd("SCRIPT")
         .arg("FLUSH")
         .query_async(&mut c)

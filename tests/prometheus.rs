@@ -20,14 +20,6 @@ impl Drop for Prometheus {
     }
 }
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
 async fn query(port: u16, q: &str) -> Option<f64> {
     let enc: String = q
         .bytes()
@@ -76,10 +68,7 @@ async fn prometheus_scrapes_the_transition_counters_and_gauges() {
 
     // A known workload: 3 utterances answered, 1 for a pair no node serves.
     let mut node = WsClient::connect(&ws_url(&inst, "/ws/node")).await;
-    let nid = node.register(fixture("node_register_first"), None).await["node_id"]
-        .as_str()
-        .unwrap()
-        .to_string();
+    let nid = node.register_id(fixture("node_register_first"), None).await;
     let (mut s, sid) = open_session(
         &ws_url(&inst, "/ws/session"),
         fixture("session_init_one_way"),

@@ -78,14 +78,6 @@ impl Drop for Instance {
     }
 }
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
 fn spawn(redis: &str, otlp: u16) -> Instance {
     let port = free_port();
     let child = Command::new(env!("CARGO_BIN_EXE_switchyard"))
@@ -127,10 +119,7 @@ async fn one_utterance_across_two_instances_is_one_trace_with_linked_spans() {
         .await;
     }
     let mut node = WsClient::connect(&format!("ws://127.0.0.1:{}/ws/node", b.1)).await;
-    let nid = node.register(fixture("node_register_first"), None).await["node_id"]
-        .as_str()
-        .unwrap()
-        .to_string();
+    let nid = node.register_id(fixture("node_register_first"), None).await;
     let (mut s, sid) = open_session(
         &format!("ws://127.0.0.1:{}/ws/session", a.1),
         fixture("session_init_one_way"),

@@ -15,7 +15,8 @@ use serde_json::Value;
 use switchyard::config::Config;
 use switchyard::server::{self, Running};
 
-pub use redis_server::RedisServer;
+#[allow(unused_imports)] // not every test binary starts child processes
+pub use redis_server::{RedisServer, free_port};
 pub use ws::WsClient;
 
 /// Fast timings so liveness and sweeps happen within a test: heartbeat 300 ms,

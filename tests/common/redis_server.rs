@@ -9,7 +9,8 @@ pub struct RedisServer {
     child: Option<Child>,
 }
 
-fn free_port() -> u16 {
+/// A free loopback port (for child processes and helpers the tests start).
+pub fn free_port() -> u16 {
     let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind free port");
     l.local_addr().expect("local addr").port()
 }

@@ -112,6 +112,15 @@ impl WsClient {
         self.recv_type("node_register_ack").await
     }
 
+    /// Register and return the node id the scheduler confirmed.
+    pub async fn register_id(&mut self, frame: Value, node_id: Option<&str>) -> String {
+        let ack = self.register(frame, node_id).await;
+        ack["node_id"]
+            .as_str()
+            .expect("node_register_ack carries node_id")
+            .to_string()
+    }
+
     /// Send a heartbeat from the lingua fixture for `node_id`, with optional language override.
     pub async fn heartbeat(&mut self, node_id: &str, langs: Option<&[&str]>) {
         let mut hb = super::fixture("node_heartbeat");
