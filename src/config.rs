@@ -659,6 +659,30 @@ mod tests {
     }
 
     #[test]
+    fn job_records_must_outlive_every_attempt() {
+        let mut c = Config::default();
+        c.jobs.max_attempts = 3;
+        c.jobs.run_timeout_ms = 30_000;
+        c.jobs.queue_wait_ms = 5_000;
+        c.jobs.record_ttl_ms = 104_999;
+        assert!(
+            c.validate()
+                .unwrap_err()
+                .to_string()
+                .contains("jobs.record_ttl_ms")
+        );
+        c.jobs.record_ttl_ms = 105_000;
+        c.validate().expect("3 x (30 s + 5 s) fits");
+        c.ws.buffer_bytes = 100;
+        assert!(
+            c.validate()
+                .unwrap_err()
+                .to_string()
+                .contains("ws.buffer_bytes")
+        );
+    }
+
+    #[test]
     fn invalid_value_names_the_field() {
         let mut c = Config::default();
         c.node.heartbeat_interval_ms = 0;

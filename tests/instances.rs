@@ -45,12 +45,7 @@ fn answer(assign: &Value, node_id: &str, text: &str) -> Value {
 }
 
 async fn metric(inst: &Running, name: &str) -> f64 {
-    let m = reqwest::get(http_url(inst, "/metrics"))
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let m = metrics_text(inst).await;
     m.lines()
         .find(|l| l.starts_with(name) && l[name.len()..].starts_with(' '))
         .and_then(|l| l.rsplit(' ').next())

@@ -349,12 +349,7 @@ async fn a_timed_out_attempt_fails_over_to_another_node_and_its_late_result_is_r
     let j = job(&mut c, a1["job_id"].as_str().unwrap()).await;
     assert_eq!(j["tried"], first_id);
     assert_eq!(j["failovers"], "1");
-    let m = reqwest::get(http_url(&inst, "/metrics"))
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let m = metrics_text(&inst).await;
     assert!(
         m.contains("switchyard_stale_messages_total{kind=\"node\"} 1"),
         "{m}"
@@ -911,5 +906,72 @@ async fn an_active_session_keeps_living_past_its_idle_ttl() {
     }
     let ttl: i64 = c.pttl(format!("{PREFIX}session:{sid}")).await.unwrap();
     assert!(ttl > 1_000, "TTL refreshed by activity: {ttl}");
+    invariants::check(&mut c).await;
+}
+
+#[tokio::test]
+async fn a_queued_tenant_job_is_served_by_a_public_node_that_frees_first() {
+    let redis = RedisServer::start().await;
+    let inst = start_instance(&redis).await;
+    let mut c = redis.client().await;
+    let (mut tenant, _) = node(&inst, |f| {
+        f["max_concurrent_jobs"] = json!(1);
+        f["tenant_id"] = json!("acme");
+    })
+    .await;
+    let (mut public, pid) = node(&inst, |f| f["max_concurrent_jobs"] = json!(1)).await;
+    let mut init = fixture("session_init_one_way");
+    init["tenant_id"] = json!("acme");
+    let (mut s, sid) = open_session(&ws_url(&inst, "/ws/session"), init).await;
+    s.send(&utterance(&sid, 0)).await;
+    assert_eq!(
+        assign(&mut tenant).await["utterance_index"],
+        0,
+        "tenant pool first"
+    );
+    s.send(&utterance(&sid, 1)).await;
+    let p1 = assign(&mut public).await;
+    // Both busy: index 2 waits in the queues of both candidate pools.
+    s.send(&utterance(&sid, 2)).await;
+    eventually(T, "queued in both pools", || {
+        let mut c = c.clone();
+        async move {
+            let t: u64 = c
+                .llen(format!("{PREFIX}queue:tenant:acme:zh:en"))
+                .await
+                .ok()?;
+            let p: u64 = c.llen(format!("{PREFIX}queue:pub:zh:en")).await.ok()?;
+            (t == 1 && p == 1).then_some(())
+        }
+    })
+    .await;
+    invariants::check(&mut c).await;
+    public.send(&answer(&p1, &pid, "one")).await;
+    let p2 = assign(&mut public).await;
+    assert_eq!(
+        p2["utterance_index"], 2,
+        "the public node that freed first takes it"
+    );
+    let q: u64 = c
+        .llen(format!("{PREFIX}queue:tenant:acme:zh:en"))
+        .await
+        .unwrap();
+    assert_eq!(q, 0, "and it left every queue");
+    invariants::check(&mut c).await;
+}
+
+#[tokio::test]
+async fn losing_the_node_with_no_attempts_left_fails_with_node_unavailable() {
+    let redis = RedisServer::start().await;
+    let inst = start_tweaked(&redis, |c| c.jobs.max_attempts = 1).await;
+    let mut c = redis.client().await;
+    let (mut n, _) = node(&inst, |_| {}).await;
+    let (mut s, sid) = session(&inst).await;
+    s.send(&utterance(&sid, 0)).await;
+    assign(&mut n).await;
+    n.close().await; // orderly: offline at once, its job failed over — no attempt left
+    let got = terminals(&mut s, 1, T).await;
+    assert_eq!(got[0]["code"], "NODE_UNAVAILABLE");
+    assert_eq!(got[0]["utterance_index"], 0);
     invariants::check(&mut c).await;
 }

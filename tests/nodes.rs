@@ -97,12 +97,7 @@ async fn register_with_null_id_mints_one_and_joins_exactly_the_zh_en_pools() {
     assert_eq!(ids, vec![id.as_str()]);
     let (status, _) = get_json(&http_url(&inst, "/api/v1/nodes/node-UNKNOWN")).await;
     assert_eq!(status, 404);
-    let m = reqwest::get(http_url(&inst, "/metrics"))
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let m = metrics_text(&inst).await;
     for line in [
         "switchyard_connections{kind=\"node\"} 1",
         "switchyard_nodes{state=\"ready\"} 1",
@@ -285,12 +280,7 @@ async fn a_stale_connection_cannot_heartbeat_or_close_away_a_newer_registration(
     assert_eq!(after["conn"], before["conn"]);
     assert_eq!(after["state"], "ready");
     assert_eq!(pools_of(&mut c, "node-3FA2B9C1").await, set(ZH_EN_POOLS));
-    let m = reqwest::get(http_url(&a, "/metrics"))
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let m = metrics_text(&a).await;
     assert!(
         m.contains("switchyard_stale_messages_total{kind=\"node\"} 1"),
         "{m}"
@@ -459,12 +449,7 @@ async fn malformed_unknown_and_oversized_frames_get_errors_and_change_nothing() 
     // Oversized (test limit 64 KiB): closed with 1009; the node goes offline after grace.
     node.send_text(&"x".repeat(70 * 1024)).await;
     assert_eq!(node.expect_close().await, Some(1009));
-    let m = reqwest::get(http_url(&inst, "/metrics"))
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let m = metrics_text(&inst).await;
     assert!(m.contains("detail=\"oversized\""), "{m}");
     invariants::check(&mut c).await;
 }
@@ -505,12 +490,7 @@ async fn full_lingua_frames_with_unknown_fields_are_accepted() {
         h["services"], "asr,nmt,semantic,tts",
         "the heartbeat's services replace them"
     );
-    let m = reqwest::get(http_url(&inst, "/metrics"))
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let m = metrics_text(&inst).await;
     assert!(
         m.contains("switchyard_node_errors_total{detail=\"OTHER\"} 1"),
         "{m}"

@@ -55,14 +55,14 @@ impl NodeConn {
         }
     }
 
-    pub(super) async fn on_result(&mut self, r: JobResult) {
+    pub(super) async fn on_result(&mut self, mut r: JobResult) {
         let Some(node_id) = self.node_id() else {
             return;
         };
         let message;
         let outcome = match (&r.success, &r.error) {
             (true, _) => {
-                message = translation_result(&r);
+                message = translation_result(std::mem::take(&mut r.rest));
                 Outcome::Ok(&message)
             }
             (false, Some(e)) if e.code == "MODEL_NOT_AVAILABLE" => Outcome::ModelNotAvailable {
@@ -139,8 +139,7 @@ impl NodeConn {
 /// The session's `translation_result` from a node's `job_result`: every field the node sent
 /// beyond the routing ones is passed on (texts, tts, extra, timings, quality). The script
 /// adds session_id, utterance_index, job_id and trace_id from the job record.
-fn translation_result(r: &JobResult) -> String {
-    let mut m = r.rest.clone();
+fn translation_result(mut m: serde_json::Map<String, serde_json::Value>) -> String {
     for key in [
         "type",
         "session_id",

@@ -10,39 +10,19 @@ pub mod session;
 
 use serde::{Deserialize, Deserializer, Serialize};
 
-/// Error codes of PROTOCOL.md "Error codes" that Switchyard sends.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+/// Error codes of PROTOCOL.md "Error codes" that the Rust side sends (the scripts send
+/// their own: NO_AVAILABLE_NODE, JOB_TIMEOUT, NODE_UNAVAILABLE, ...).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "SCREAMING_SNAKE_CASE")]
 pub enum ErrorCode {
     InvalidMessage,
     InternalError,
     InvalidSession,
     SessionClosed,
-    NodeUnavailable,
-    NoAvailableNode,
-    JobTimeout,
     NodeIdConflict,
     InvalidCapabilitySchema,
     UnsupportedFeature,
     SchedulerDependencyDown,
-}
-
-impl ErrorCode {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Self::InvalidMessage => "INVALID_MESSAGE",
-            Self::InternalError => "INTERNAL_ERROR",
-            Self::InvalidSession => "INVALID_SESSION",
-            Self::SessionClosed => "SESSION_CLOSED",
-            Self::NodeUnavailable => "NODE_UNAVAILABLE",
-            Self::NoAvailableNode => "NO_AVAILABLE_NODE",
-            Self::JobTimeout => "JOB_TIMEOUT",
-            Self::NodeIdConflict => "NODE_ID_CONFLICT",
-            Self::InvalidCapabilitySchema => "INVALID_CAPABILITY_SCHEMA",
-            Self::UnsupportedFeature => "UNSUPPORTED_FEATURE",
-            Self::SchedulerDependencyDown => "SCHEDULER_DEPENDENCY_DOWN",
-        }
-    }
 }
 
 /// `{"type":"error","code":...,"message":...}`, sent to nodes and sessions alike.

@@ -423,36 +423,42 @@ fn decode_reply<T: DeserializeOwned>(
     json: &[u8],
     blobs: Vec<Vec<u8>>,
 ) -> Result<Output<T>, StoreError> {
-    #[derive(Deserialize)]
-    struct Out {
-        #[serde(default, deserialize_with = "lua_list")]
-        out: Vec<Delivery>,
-        #[serde(default, flatten)]
-        events: Events,
-    }
     let bad = |e: serde_json::Error| StoreError::Reply {
         script,
         message: format!("{e}: {}", String::from_utf8_lossy(json)),
     };
-    let value: serde_json::Value = serde_json::from_slice(json).map_err(bad)?;
-    let out: Out = serde_json::from_value(value.clone()).map_err(bad)?;
+    let mut value: serde_json::Value = serde_json::from_slice(json).map_err(bad)?;
+    // Move the deliveries and events out (message bodies can be large: no copies).
+    let take = |v: &mut serde_json::Value, k: &str| v.as_object_mut().and_then(|m| m.remove(k));
+    let out = take(&mut value, "out")
+        .map(lua_list)
+        .transpose()
+        .map_err(bad)?
+        .unwrap_or_default();
+    let ev = take(&mut value, "ev")
+        .map(lua_map)
+        .transpose()
+        .map_err(bad)?
+        .unwrap_or_default();
+    let lat = match take(&mut value, "lat") {
+        Some(l) => serde_json::from_value(l).map_err(bad)?,
+        None => Latencies::default(),
+    };
     let reply: T = serde_json::from_value(value).map_err(bad)?;
     Ok(Output {
         reply,
-        out: out.out,
+        out,
         blobs,
-        events: out.events,
+        events: Events { ev, lat },
     })
 }
 
 /// What a script call did, for metrics: transition counts and latencies (ms, Redis clock).
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Default)]
 pub struct Events {
     /// `submitted`, `dispatched`, `queued`, `failover`, `finished`, `acked`, `started`,
     /// `queue_timeout`, `missing_result`, `failed:<CODE>` → count.
-    #[serde(default, deserialize_with = "lua_map")]
     pub ev: std::collections::BTreeMap<String, u64>,
-    #[serde(default)]
     pub lat: Latencies,
 }
 

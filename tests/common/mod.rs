@@ -104,6 +104,14 @@ where
     }
 }
 
+/// The instance's `/metrics` text.
+pub async fn metrics_text(r: &Running) -> String {
+    let resp = reqwest::get(http_url(r, "/metrics"))
+        .await
+        .expect("GET /metrics");
+    resp.text().await.expect("metrics body")
+}
+
 pub async fn get_json(url: &str) -> (u16, Value) {
     let resp = reqwest::get(url).await.expect("http get");
     let status = resp.status().as_u16();
