@@ -1,0 +1,28 @@
+//! `[instance]` — This instance: presence and graceful drain.
+
+use serde::{Deserialize, Serialize};
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct InstanceConfig {
+    /// Presence TTL: an instance silent this long is dead and its inbox is taken over.
+    pub presence_ttl_ms: u64,
+    /// How often presence is renewed (and dead peers looked for); well inside the TTL.
+    pub beat_interval_ms: u64,
+    /// On SIGTERM: how long to keep serving after readiness turns false (load balancers
+    /// must see it; nodes finish in-flight results), before closing anything.
+    pub drain_delay_ms: u64,
+    /// Then: how long to wait at most for queued local writes before closing with 1012.
+    pub drain_grace_ms: u64,
+}
+
+impl Default for InstanceConfig {
+    fn default() -> Self {
+        Self {
+            presence_ttl_ms: 5_000,
+            beat_interval_ms: 1_000,
+            drain_delay_ms: 2_000,
+            drain_grace_ms: 5_000,
+        }
+    }
+}

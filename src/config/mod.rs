@@ -1,0 +1,303 @@
+//! Configuration: built-in defaults < TOML file < `SWITCHYARD_*` environment variables.
+//!
+//! Every timing and limit of the scheduler lives here, so an operator can read the whole
+//! behaviour of an instance from `switchyard check-config`. Durations are integer
+//! milliseconds (`*_ms`) so environment overrides stay unambiguous. Derived defaults
+//! (node liveness = 3 × heartbeat) are resolved by [`Config::liveness_ms`] and friends,
+//! never stored twice.
+
+use std::path::Path;
+
+use figment::Figment;
+use figment::providers::{Env, Format, Serialized, Toml};
+use serde::{Deserialize, Serialize};
+
+mod cell;
+mod inbox;
+mod instance;
+mod jobs;
+mod log;
+mod node;
+mod redis;
+mod session;
+mod sweep;
+mod telemetry;
+mod ws;
+
+pub use cell::CellConfig;
+pub use inbox::InboxConfig;
+pub use instance::InstanceConfig;
+pub use jobs::JobsConfig;
+pub use log::LogConfig;
+pub use node::NodeConfig;
+pub use redis::RedisConfig;
+pub use session::SessionConfig;
+pub use sweep::SweepConfig;
+pub use telemetry::TelemetryConfig;
+pub use ws::WsConfig;
+
+/// The effective configuration of one instance.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Config {
+    /// Address the HTTP + WebSocket server binds (`/ws/node`, `/ws/session`, `/healthz`, ...).
+    pub listen: String,
+    pub redis: RedisConfig,
+    pub cell: CellConfig,
+    pub node: NodeConfig,
+    pub sweep: SweepConfig,
+    pub ws: WsConfig,
+    pub session: SessionConfig,
+    pub jobs: JobsConfig,
+    pub instance: InstanceConfig,
+    pub inbox: InboxConfig,
+    pub telemetry: TelemetryConfig,
+    pub log: LogConfig,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            listen: "127.0.0.1:5010".into(),
+            redis: RedisConfig::default(),
+            cell: CellConfig::default(),
+            node: NodeConfig::default(),
+            sweep: SweepConfig::default(),
+            ws: WsConfig::default(),
+            session: SessionConfig::default(),
+            jobs: JobsConfig::default(),
+            instance: InstanceConfig::default(),
+            inbox: InboxConfig::default(),
+            telemetry: TelemetryConfig::default(),
+            log: LogConfig::default(),
+        }
+    }
+}
+
+/// A configuration that cannot be used; the message names the offending field.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("{0}")]
+    Load(#[from] Box<figment::Error>),
+    #[error("invalid configuration: {field}: {reason}")]
+    Invalid { field: &'static str, reason: String },
+}
+
+/// Top-level keys an environment variable may set.
+const SECTIONS: &[&str] = &[
+    "listen",
+    "redis",
+    "cell",
+    "node",
+    "sweep",
+    "ws",
+    "session",
+    "jobs",
+    "instance",
+    "inbox",
+    "telemetry",
+    "log",
+];
+
+impl Config {
+    /// Load defaults, then the TOML file (if any), then `SWITCHYARD_*` variables
+    /// (`SWITCHYARD_NODE__HEARTBEAT_INTERVAL_MS=5000`), and validate the result.
+    pub fn load(file: Option<&Path>) -> Result<Self, ConfigError> {
+        let mut fig = Figment::from(Serialized::defaults(Config::default()));
+        if let Some(path) = file {
+            fig = fig.merge(Toml::file_exact(path));
+        }
+        // Only variables naming a known section: Kubernetes injects SWITCHYARD_SERVICE_HOST
+        // and friends for a Service called "switchyard", which must not stop the start.
+        let env = Env::prefixed("SWITCHYARD_").split("__").filter(|k| {
+            let top = k
+                .as_str()
+                .split('.')
+                .next()
+                .unwrap_or_default()
+                .to_ascii_lowercase();
+            SECTIONS.contains(&top.as_str())
+        });
+        fig = fig.merge(env);
+        let cfg: Config = fig.extract().map_err(Box::new)?;
+        cfg.validate()?;
+        Ok(cfg)
+    }
+
+    /// Node liveness: the configured value, or 3 × the heartbeat interval.
+    pub fn liveness_ms(&self) -> u64 {
+        self.node
+            .liveness_ms
+            .unwrap_or(3 * self.node.heartbeat_interval_ms)
+    }
+
+    /// The hash tag every key of this cell carries, e.g. `{switchyard:main}`.
+    pub fn cell_tag(&self) -> String {
+        format!("{{{}:{}}}", self.cell.prefix, self.cell.name)
+    }
+
+    /// Check every value; the error names the first bad field.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        fn bad(field: &'static str, reason: impl Into<String>) -> Result<(), ConfigError> {
+            Err(ConfigError::Invalid {
+                field,
+                reason: reason.into(),
+            })
+        }
+        if self.listen.parse::<std::net::SocketAddr>().is_err() {
+            return bad(
+                "listen",
+                format!("{:?} is not an ip:port address", self.listen),
+            );
+        }
+        if !self.redis.url.starts_with("redis://") {
+            return bad(
+                "redis.url",
+                "must start with redis:// (TLS is not built in)",
+            );
+        }
+        if self.redis.pool_size == 0 {
+            return bad("redis.pool_size", "must be at least 1");
+        }
+        if self.redis.timeout_ms == 0 {
+            return bad("redis.timeout_ms", "must be positive");
+        }
+        for (field, v) in [
+            ("cell.prefix", &self.cell.prefix),
+            ("cell.name", &self.cell.name),
+        ] {
+            if v.is_empty()
+                || !v
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c))
+            {
+                return bad(field, "must be non-empty and use only [A-Za-z0-9._-]");
+            }
+        }
+        if self.node.heartbeat_interval_ms == 0 {
+            return bad("node.heartbeat_interval_ms", "must be positive");
+        }
+        if self.liveness_ms() < self.node.heartbeat_interval_ms {
+            return bad(
+                "node.liveness_ms",
+                "must be at least node.heartbeat_interval_ms",
+            );
+        }
+        if self.node.default_capacity == 0 || self.node.default_capacity > self.node.max_capacity {
+            return bad(
+                "node.default_capacity",
+                "must be between 1 and node.max_capacity",
+            );
+        }
+        if self.sweep.interval_ms == 0 {
+            return bad("sweep.interval_ms", "must be positive");
+        }
+        if self.sweep.batch == 0 {
+            return bad("sweep.batch", "must be at least 1");
+        }
+        if self.ws.max_frame_bytes < 1024 {
+            return bad("ws.max_frame_bytes", "must be at least 1024");
+        }
+        if self.ws.buffer_bytes < 1024 {
+            return bad("ws.buffer_bytes", "must be at least 1024");
+        }
+        if self.ws.send_queue == 0 {
+            return bad("ws.send_queue", "must be at least 1");
+        }
+        let s = &self.session;
+        for (field, v) in [
+            ("session.idle_ttl_ms", s.idle_ttl_ms),
+            ("session.pause_ms", s.pause_ms),
+            ("session.max_duration_ms", s.max_duration_ms),
+            ("session.max_buffer_bytes", s.max_buffer_bytes),
+            ("session.reorder_window_ms", s.reorder_window_ms),
+            ("session.max_index_ahead", s.max_index_ahead),
+            ("jobs.queue_wait_ms", self.jobs.queue_wait_ms),
+            ("jobs.ack_timeout_ms", self.jobs.ack_timeout_ms),
+            ("jobs.run_timeout_ms", self.jobs.run_timeout_ms),
+            ("jobs.record_ttl_ms", self.jobs.record_ttl_ms),
+        ] {
+            if v == 0 {
+                return bad(field, "must be positive");
+            }
+        }
+        let j = &self.jobs;
+        if j.max_attempts == 0 {
+            return bad("jobs.max_attempts", "must be at least 1");
+        }
+        for (field, v) in [
+            ("jobs.choices", j.choices),
+            ("jobs.sample", j.sample),
+            ("jobs.queue_scan", j.queue_scan),
+            ("jobs.queue_max", j.queue_max),
+        ] {
+            if v == 0 {
+                return bad(field, "must be at least 1");
+            }
+        }
+        // every attempt may run out its deadline and queue again before the next
+        if j.record_ttl_ms < u64::from(j.max_attempts) * (j.run_timeout_ms + j.queue_wait_ms) {
+            return bad(
+                "jobs.record_ttl_ms",
+                "must outlast every attempt and the queue wait",
+            );
+        }
+        if j.strict_tenants
+            .iter()
+            .any(|t| !crate::protocol::valid_id(t))
+        {
+            return bad("jobs.strict_tenants", "tenant ids use only [A-Za-z0-9_.-]");
+        }
+        let i = &self.instance;
+        if i.beat_interval_ms == 0 || i.presence_ttl_ms < 2 * i.beat_interval_ms {
+            return bad(
+                "instance.presence_ttl_ms",
+                "must be at least 2 × instance.beat_interval_ms",
+            );
+        }
+        let b = &self.inbox;
+        if b.block_ms == 0 || b.block_ms >= self.redis.timeout_ms * 10 {
+            return bad(
+                "inbox.block_ms",
+                "must be positive and below 10 × redis.timeout_ms",
+            );
+        }
+        if b.max_len == 0 || b.dead_letter_after == 0 || b.takeover_batch == 0 {
+            return bad(
+                "inbox.max_len",
+                "inbox.max_len, dead_letter_after, takeover_batch must be at least 1",
+            );
+        }
+        if self.session.result_retention_ms > self.session.idle_ttl_ms {
+            return bad(
+                "session.result_retention_ms",
+                "must not exceed session.idle_ttl_ms",
+            );
+        }
+        let t = &self.telemetry;
+        if !(0.0..=1.0).contains(&t.sample_ratio) {
+            return bad("telemetry.sample_ratio", "must be between 0 and 1");
+        }
+        if let Some(e) = &t.otlp_endpoint
+            && !e.starts_with("http://")
+        {
+            return bad(
+                "telemetry.otlp_endpoint",
+                "must be an http:// URL (no TLS built in: use a local collector)",
+            );
+        }
+        if let Some(p) = &t.otlp_protocol
+            && !matches!(p.as_str(), "grpc" | "http")
+        {
+            return bad("telemetry.otlp_protocol", "must be \"grpc\" or \"http\"");
+        }
+        if !matches!(self.log.format.as_str(), "text" | "json") {
+            return bad("log.format", "must be \"text\" or \"json\"");
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::result_large_err)] // figment::Jail closures return figment::Error
+mod tests;

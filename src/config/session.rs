@@ -1,0 +1,44 @@
+//! `[session]` — Sessions: audio cuts, result ordering and retention.
+
+use serde::{Deserialize, Serialize};
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct SessionConfig {
+    /// A session with no activity (audio, heartbeat, utterance) for this long expires.
+    pub idle_ttl_ms: u64,
+    /// No audio_chunk for this long after audio arrived → timeout cut.
+    pub pause_ms: u64,
+    /// Buffered audio reaching this duration → max-duration cut (the turn continues).
+    pub max_duration_ms: u64,
+    /// Buffered audio larger than this → cut.
+    pub max_buffer_bytes: u64,
+    /// After `tts_started`, the pause clock waits this much longer (playback is not silence;
+    /// bounds a client that never sends `tts_play_ended`).
+    pub playback_grace_ms: u64,
+    /// A result waits at most this long for an unfinished earlier utterance index.
+    pub reorder_window_ms: u64,
+    /// An `utterance` index may run at most this far ahead of the delivery cursor.
+    pub max_index_ahead: u64,
+    /// Delivered results stay in the result log this long, for `resume_session_id`.
+    pub result_retention_ms: u64,
+    /// A session connection waits at most this long for a missing earlier message (results
+    /// may arrive by the local path and through the inbox) before writing later ones.
+    pub order_gap_ms: u64,
+}
+
+impl Default for SessionConfig {
+    fn default() -> Self {
+        Self {
+            idle_ttl_ms: 300_000,
+            pause_ms: 3_000,
+            max_duration_ms: 10_000,
+            max_buffer_bytes: 500 * 1024,
+            playback_grace_ms: 30_000,
+            reorder_window_ms: 2_000,
+            max_index_ahead: 1_000,
+            result_retention_ms: 120_000,
+            order_gap_ms: 2_000,
+        }
+    }
+}

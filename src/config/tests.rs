@@ -1,0 +1,104 @@
+//! Loading and validation of the configuration.
+
+use super::*;
+
+#[test]
+fn defaults_are_valid_and_liveness_is_derived() {
+    let c = Config::default();
+    c.validate().expect("defaults valid");
+    assert_eq!(c.liveness_ms(), 45_000);
+    assert_eq!(c.cell_tag(), "{switchyard:main}");
+}
+
+#[test]
+fn every_section_can_be_set_from_the_environment_and_strays_are_ignored() {
+    figment::Jail::expect_with(|jail| {
+        let vars = [
+            ("SWITCHYARD_LISTEN", "127.0.0.1:6000"),
+            ("SWITCHYARD_REDIS__POOL_SIZE", "7"),
+            ("SWITCHYARD_CELL__NAME", "eu"),
+            ("SWITCHYARD_NODE__HEARTBEAT_INTERVAL_MS", "5000"),
+            ("SWITCHYARD_SWEEP__BATCH", "9"),
+            ("SWITCHYARD_WS__SEND_QUEUE", "11"),
+            ("SWITCHYARD_SESSION__PAUSE_MS", "1234"),
+            ("SWITCHYARD_JOBS__MAX_ATTEMPTS", "5"),
+            ("SWITCHYARD_INSTANCE__PRESENCE_TTL_MS", "9000"),
+            ("SWITCHYARD_INBOX__DEAD_LETTER_AFTER", "3"),
+            ("SWITCHYARD_TELEMETRY__SAMPLE_RATIO", "0.5"),
+            ("SWITCHYARD_LOG__FORMAT", "json"),
+            // Kubernetes injects these for a Service named "switchyard".
+            ("SWITCHYARD_SERVICE_HOST", "10.0.0.1"),
+            ("SWITCHYARD_PORT_5010_TCP", "tcp://10.0.0.1:5010"),
+        ];
+        for (k, v) in vars {
+            jail.set_env(k, v);
+        }
+        let c = Config::load(None).expect("loads");
+        assert_eq!(c.listen, "127.0.0.1:6000");
+        assert_eq!(c.redis.pool_size, 7);
+        assert_eq!(c.cell.name, "eu");
+        assert_eq!(c.node.heartbeat_interval_ms, 5000);
+        assert_eq!(c.sweep.batch, 9);
+        assert_eq!(c.ws.send_queue, 11);
+        assert_eq!(c.session.pause_ms, 1234);
+        assert_eq!(c.jobs.max_attempts, 5);
+        assert_eq!(c.instance.presence_ttl_ms, 9000);
+        assert_eq!(c.inbox.dead_letter_after, 3);
+        assert_eq!(c.telemetry.sample_ratio, 0.5);
+        assert_eq!(c.log.format, "json");
+        Ok(())
+    });
+}
+
+#[test]
+fn a_toml_file_sits_between_defaults_and_environment() {
+    figment::Jail::expect_with(|jail| {
+        jail.create_file(
+            "s.toml",
+            "[node]\nheartbeat_interval_ms = 2000\ndefault_capacity = 2\n",
+        )?;
+        jail.set_env("SWITCHYARD_NODE__DEFAULT_CAPACITY", "3");
+        let c = Config::load(Some(std::path::Path::new("s.toml"))).expect("loads");
+        assert_eq!(c.node.heartbeat_interval_ms, 2000);
+        assert_eq!(c.node.default_capacity, 3, "environment wins over the file");
+        assert_eq!(c.liveness_ms(), 6000);
+        jail.create_file("bad.toml", "[node]\nheartbeat_intervl_ms = 1\n")?;
+        let err = Config::load(Some(std::path::Path::new("bad.toml")))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("heartbeat_intervl_ms"), "{err}");
+        Ok(())
+    });
+}
+
+#[test]
+fn job_records_must_outlive_every_attempt() {
+    let mut c = Config::default();
+    c.jobs.max_attempts = 3;
+    c.jobs.run_timeout_ms = 30_000;
+    c.jobs.queue_wait_ms = 5_000;
+    c.jobs.record_ttl_ms = 104_999;
+    assert!(
+        c.validate()
+            .unwrap_err()
+            .to_string()
+            .contains("jobs.record_ttl_ms")
+    );
+    c.jobs.record_ttl_ms = 105_000;
+    c.validate().expect("3 x (30 s + 5 s) fits");
+    c.ws.buffer_bytes = 100;
+    assert!(
+        c.validate()
+            .unwrap_err()
+            .to_string()
+            .contains("ws.buffer_bytes")
+    );
+}
+
+#[test]
+fn invalid_value_names_the_field() {
+    let mut c = Config::default();
+    c.node.heartbeat_interval_ms = 0;
+    let msg = c.validate().unwrap_err().to_string();
+    assert!(msg.contains("node.heartbeat_interval_ms"), "{msg}");
+}
