@@ -5,12 +5,16 @@ Input:
   KEYS[5] pools index set {tag}:pools
   Derived (same hash tag): {tag}:pool:<name> joined/left, queues and jobs served by offer().
   ARGV[1..4] ctx (prefix, instance, config JSON, seed; see includes/ctx.lua)
-  ARGV[5] node id   ARGV[6] "1" when minted by the caller (must then be unused)
+  ARGV[5] node id   ARGV[6] claim: "mint" (minted by the caller: must be unused),
+          "replace" (may take the id from a live connection: the credential proves it is
+          this node) or "reconnect" (only if no live connection holds it: fleet token)
   ARGV[7] connection token: unique per socket, ever (fences heartbeats, closes, results)
   ARGV[8] capability signature
   ARGV[9] n: node-hash field/value pairs in ARGV[10 .. 9+2n]; then the pool names
 Output: [JSON, blobs...]  JSON.out = messages to deliver (queued jobs handed to the node)
   {"status":"taken"}  the minted id exists; mint another
+  {"status":"conflict","owner":inst}  "reconnect" of an id a live connection holds: refused,
+                      nothing changed (the holder keeps its node and its jobs)
   {"status":"ok","epoch":N,"state":"ready"|"draining","added":N,"removed":N,
    "replaced_conn":tok?,"replaced_owner":inst?}   a live older connection was replaced
 ]]
@@ -22,13 +26,22 @@ Output: [JSON, blobs...]  JSON.out = messages to deliver (queued jobs handed to 
 --!include liveness
 
 local node_id = ARGV[5]
-if ARGV[6] == '1' and redis.call('EXISTS', KEYS[1]) == 1 then
+local claim = ARGV[6]
+if claim ~= 'mint' and claim ~= 'replace' and claim ~= 'reconnect' then
+  return redis.error_reply('ERR register: bad claim ' .. tostring(claim))
+end
+if claim == 'mint' and redis.call('EXISTS', KEYS[1]) == 1 then
   return finish({status = 'taken'})
 end
 local liveness = CFG.liveness
 local prev = redis.call('HMGET', KEYS[1], 'conn', 'owner', 'state')
 local reply = {status = 'ok'}
 if prev[1] and prev[1] ~= ARGV[7] and prev[3] ~= 'offline' and prev[3] ~= 'disconnected' then
+  -- Held by another connection. It is live while its instance is: a connection of a
+  -- killed instance holds nothing (its node reconnects within the presence TTL).
+  if claim == 'reconnect' and prev[2] and redis.call('EXISTS', P .. 'instance:' .. prev[2]) == 1 then
+    return finish({status = 'conflict', owner = prev[2]})
+  end
   reply.replaced_conn = prev[1]
   reply.replaced_owner = prev[2]
 end

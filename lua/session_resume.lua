@@ -9,9 +9,13 @@ Input:
   Derived: the session's results, pending, jobs keys; node/session records for delivery.
   ARGV[1..4] ctx   ARGV[5] session id   ARGV[6] new connection token
   ARGV[7] last_received_index (-1: none received)
+  ARGV[8] SHA-256 (hex) of the resume token presented: must equal the session's resume_hash
+  ARGV[9] tenant of the resuming credential ("" = none): must equal the session's tenant
 Output: [JSON, blobs...]
   {"status":"ok","next_seq":N,"resent":N,"state":"open"|"closed"}
   {"status":"missing"}  no such session (expired)
+  {"status":"refused"}  wrong resume token or tenant: nothing changed (the live session
+                        stays with its connection)
   {"status":"gap"}      results after last_received_index were trimmed: resumed = false
 ]]
 --!include ctx
@@ -19,8 +23,13 @@ Output: [JSON, blobs...]
 --!include results
 
 local sid, last = ARGV[5], tonumber(ARGV[7])
+if not last then return redis.error_reply('ERR session_resume: last_received_index not a number') end
 local sk, rk, pk = session_keys(sid)
-if redis.call('EXISTS', sk) == 0 then return finish({status = 'missing'}) end
+local proof = redis.call('HMGET', sk, 'id', 'resume_hash', 'tenant')
+if not proof[1] then return finish({status = 'missing'}) end
+if not proof[2] or proof[2] ~= ARGV[8] or (ARGV[9] ~= '' and (proof[3] or '') ~= ARGV[9]) then
+  return finish({status = 'refused'})
+end
 -- A result after `last` already left the log (retention): cannot resume completely.
 local cursor = tonumber(redis.call('HGET', sk, 'next_deliver') or '0')
 for i = last + 1, cursor - 1 do

@@ -18,20 +18,73 @@ use crate::telemetry::metrics::{PoolLabels, StateLabels};
 /// Most nodes `/api/v1/nodes` returns in one answer.
 const NODE_LIST_LIMIT: usize = 10_000;
 
+/// What `listen` serves: probes and the WebSocket endpoints, plus the admin API and
+/// `/metrics` unless `admin_listen` puts them on their own address.
 pub fn router(app: Arc<App>) -> Router {
-    Router::new()
+    let public = Router::new()
         .route("/healthz", get(|| async { "ok" }))
         .route("/readyz", get(readyz))
-        .route("/metrics", get(metrics))
+        .route("/ws/node", get(crate::gateway::node::upgrade))
+        .route("/ws/session", get(crate::gateway::session::upgrade))
+        .with_state(app.clone());
+    if app.cfg.admin_listen.is_some() {
+        public
+    } else {
+        public.merge(admin_router(app))
+    }
+}
+
+/// The admin API (`admin:read` for GET, `admin:write` for POST) and `/metrics`; on
+/// `admin_listen` when set. The probes are served here too, for a sidecar's convenience.
+pub fn admin_router(app: Arc<App>) -> Router {
+    let api = Router::new()
         .route("/api/v1/nodes", get(nodes))
         .route("/api/v1/nodes/{id}", get(node))
         .route("/api/v1/nodes/{id}/drain", post(drain))
         .route("/api/v1/nodes/{id}/undrain", post(undrain))
         .route("/api/v1/pools", get(pools))
         .route("/api/v1/instances", get(instances))
-        .route("/ws/node", get(crate::gateway::node::upgrade))
-        .route("/ws/session", get(crate::gateway::session::upgrade))
-        .with_state(app)
+        .route_layer(axum::middleware::from_fn_with_state(
+            app.clone(),
+            admin_auth,
+        ));
+    let mut r = Router::new().route("/metrics", get(metrics)).merge(api);
+    if app.cfg.admin_listen.is_some() {
+        r = r
+            .route("/healthz", get(|| async { "ok" }))
+            .route("/readyz", get(readyz));
+    }
+    r.with_state(app)
+}
+
+/// Admin calls need a bearer token: `admin:read` to look, `admin:write` to change.
+async fn admin_auth(
+    State(app): State<Arc<App>>,
+    req: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    use crate::auth::Scope;
+    let scope = if req.method() == axum::http::Method::GET {
+        Scope::AdminRead
+    } else {
+        Scope::AdminWrite
+    };
+    match app.auth.authorize(req.headers(), req.uri(), scope) {
+        Ok(cred) => {
+            if scope == Scope::AdminWrite {
+                tracing::info!(
+                    by = cred.sub.as_deref().unwrap_or("-"),
+                    path = %req.uri().path(),
+                    "admin change"
+                );
+            }
+            next.run(req).await
+        }
+        Err(e) => {
+            app.metrics.auth_refused("admin", &e);
+            e.into_response()
+        }
+    }
 }
 
 fn unavailable(e: StoreError) -> Response {
@@ -55,7 +108,9 @@ async fn readyz(State(app): State<Arc<App>>) -> Response {
     }
     match app.store.check_ready().await {
         Ok(()) if !app.inbox_alive() => not_ready("inbox consumer not running".into()),
-        Ok(()) => Json(json!({"ready": true, "instance": app.instance_id})).into_response(),
+        Ok(()) => Json(json!({"ready": true, "instance": app.instance_id,
+            "auth": if app.auth.is_open() { "open" } else { "required" }}))
+        .into_response(),
         Err(e) => not_ready(e.to_string()),
     }
 }

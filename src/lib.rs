@@ -1,6 +1,7 @@
 //! Switchyard: a stateless, Redis-backed scheduler between speech-translation nodes and
 //! client sessions. See docs/architecture.md for the module map.
 
+pub mod auth;
 pub mod capabilities;
 pub mod config;
 pub mod gateway;

@@ -1,4 +1,5 @@
-//! The `switchyard` binary: `serve` (default) and `check-config`.
+//! The `switchyard` binary: `serve` (default; `--dev` for the development setup),
+//! `check-config`, `token` and `sim`.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -23,7 +24,26 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     /// Run one instance (the default).
-    Serve,
+    Serve {
+        /// Development setup: a generated secret when none is configured, and ready-made
+        /// tokens printed at start.
+        #[arg(long)]
+        dev: bool,
+    },
+    /// Mint a token from the first configured HS256 secret (`auth.hs256_secrets`).
+    Token {
+        /// node, session, admin:read, admin:write (repeat for several).
+        #[arg(long, required = true)]
+        scope: Vec<String>,
+        /// For a node token: the node id it may hold (and take over when live).
+        #[arg(long)]
+        sub: Option<String>,
+        #[arg(long)]
+        tenant: Option<String>,
+        /// Lifetime: 45s, 30m, 1h, 2d (default: auth.default_ttl_s).
+        #[arg(long)]
+        ttl: Option<String>,
+    },
     /// Print the effective configuration; exit non-zero if it is invalid.
     CheckConfig,
     /// Simulated nodes and sessions against running instances (demo, load, benchmarks).
@@ -32,15 +52,36 @@ enum Command {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    let cfg = match Config::load(cli.config.as_deref()) {
+    let command = cli.command.unwrap_or(Command::Serve { dev: false });
+    let dev = matches!(command, Command::Serve { dev: true });
+    let cfg = match Config::load_with(cli.config.as_deref(), |c| {
+        if dev && !c.auth.is_open() && !c.auth.has_keys() {
+            c.auth.hs256_secrets = vec![switchyard::auth::mint::dev_secret()];
+        }
+    }) {
         Ok(c) => c,
         Err(e) => {
             eprintln!("switchyard: {e}");
             return ExitCode::from(2);
         }
     };
-    match cli.command.unwrap_or(Command::Serve) {
+    match command {
         Command::Sim(args) => switchyard::sim::main(*args),
+        Command::Token {
+            scope,
+            sub,
+            tenant,
+            ttl,
+        } => match token(&cfg, &scope, sub, tenant, ttl.as_deref()) {
+            Ok(t) => {
+                println!("{t}");
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("switchyard token: {e}");
+                ExitCode::from(2)
+            }
+        },
         Command::CheckConfig => match toml_string(&cfg) {
             Ok(s) => {
                 println!(
@@ -54,7 +95,18 @@ fn main() -> ExitCode {
                 ExitCode::FAILURE
             }
         },
-        Command::Serve => {
+        Command::Serve { dev } => {
+            if dev {
+                match cfg.auth.hs256_secrets.first() {
+                    Some(secret) => match switchyard::auth::mint::dev_banner(secret, &cfg.listen) {
+                        Ok(b) => println!("{b}"),
+                        Err(e) => eprintln!("switchyard: cannot mint development tokens: {e}"),
+                    },
+                    None => {
+                        println!("SWITCHYARD DEVELOPMENT SETUP: auth.mode = open, no tokens needed")
+                    }
+                }
+            }
             let rt = match tokio::runtime::Runtime::new() {
                 Ok(rt) => rt,
                 Err(e) => {
@@ -84,8 +136,55 @@ fn main() -> ExitCode {
     }
 }
 
+/// `switchyard token`: a token from the first HS256 secret.
+fn token(
+    cfg: &Config,
+    scopes: &[String],
+    sub: Option<String>,
+    tenant: Option<String>,
+    ttl: Option<&str>,
+) -> Result<String, String> {
+    use switchyard::auth::{Scope, mint};
+    let secret = cfg
+        .auth
+        .hs256_secrets
+        .first()
+        .ok_or("no auth.hs256_secrets configured to sign with")?;
+    let scopes = scopes
+        .iter()
+        .map(|s| Scope::parse(s).ok_or_else(|| format!("unknown scope {s:?}")))
+        .collect::<Result<Vec<_>, _>>()?;
+    for v in [&sub, &tenant].into_iter().flatten() {
+        if !switchyard::protocol::valid_id(v) {
+            return Err(format!("{v:?}: use 1-64 of [A-Za-z0-9_.-]"));
+        }
+    }
+    let ttl_s = match ttl {
+        Some(t) => mint::parse_ttl(t)?,
+        None => cfg.auth.default_ttl_s,
+    };
+    mint::hs256(
+        secret,
+        &mint::TokenSpec {
+            scopes,
+            sub,
+            tenant,
+            ttl_s,
+        },
+    )
+}
+
 fn toml_string(cfg: &Config) -> Result<String, String> {
-    let v = serde_json::to_value(cfg).map_err(|e| e.to_string())?;
+    let mut v = serde_json::to_value(cfg).map_err(|e| e.to_string())?;
+    // Secrets are not printed: only how many there are.
+    if let Some(list) = v
+        .pointer_mut("/auth/hs256_secrets")
+        .and_then(|s| s.as_array_mut())
+    {
+        for s in list.iter_mut() {
+            *s = serde_json::Value::from("<redacted>");
+        }
+    }
     let mut out = String::new();
     write_toml(&mut out, "", &v);
     Ok(out)

@@ -16,12 +16,14 @@ use tokio::task::JoinHandle;
 
 use crate::config::Config;
 use crate::gateway::{Connections, Kind, Outbound};
-use crate::store::{Store, StoreError};
+use crate::store::Store;
 use crate::telemetry::metrics::Metrics;
 
 /// State shared by every handler and task of an instance.
 pub struct App {
     pub cfg: Config,
+    /// How credentials are checked (see `auth` for who may do what).
+    pub auth: crate::auth::Auth,
     /// Unique per process start (pod names repeat; this never does).
     pub instance_id: String,
     pub store: Store,
@@ -45,12 +47,18 @@ pub struct App {
 }
 
 impl App {
-    pub fn new(cfg: Config) -> Result<Arc<Self>, StoreError> {
+    /// Fails naming what cannot be used: a key file of `[auth]`, the Redis URL.
+    pub fn new(cfg: Config) -> Result<Arc<Self>, String> {
+        let auth = crate::auth::Auth::from_config(&cfg.auth)?;
         let metrics = Arc::new(Metrics::new());
+        if auth.is_open() {
+            metrics.auth_open.set(1);
+        }
         let instance_id = format!("i-{}", &uuid::Uuid::new_v4().simple().to_string()[..12]);
-        let store = Store::new(&cfg, &instance_id, metrics.clone())?;
+        let store = Store::new(&cfg, &instance_id, metrics.clone()).map_err(|e| e.to_string())?;
         Ok(Arc::new(Self {
             cfg,
+            auth,
             instance_id,
             store,
             metrics,
@@ -119,6 +127,8 @@ impl Drop for ConnGuard {
 /// A started instance.
 pub struct Running {
     pub addr: SocketAddr,
+    /// The admin API's own address, when `admin_listen` is set.
+    pub admin_addr: Option<SocketAddr>,
     pub app: Arc<App>,
     tasks: Vec<JoinHandle<()>>,
 }
@@ -182,13 +192,31 @@ impl Running {
 pub async fn start(cfg: Config) -> std::io::Result<Running> {
     cfg.validate()
         .map_err(|e| std::io::Error::other(e.to_string()))?;
-    let app = App::new(cfg).map_err(|e| std::io::Error::other(e.to_string()))?;
+    let app = App::new(cfg).map_err(std::io::Error::other)?;
     let listener = TcpListener::bind(&app.cfg.listen).await?;
     let addr = listener.local_addr()?;
     if let Err(e) = app.store.load_scripts().await {
         tracing::warn!(error = %e, "scripts not loaded yet; will retry when Redis answers");
     }
     let router = crate::http::router(app.clone());
+    let admin = match &app.cfg.admin_listen {
+        Some(a) => Some(TcpListener::bind(a).await?),
+        None => None,
+    };
+    let admin_addr = admin.as_ref().map(|l| l.local_addr()).transpose()?;
+    let mut tasks = Vec::new();
+    if let Some(listener) = admin {
+        let router = crate::http::admin_router(app.clone());
+        let mut stop = app.stop_accepting.subscribe();
+        tasks.push(tokio::spawn(async move {
+            let serve = axum::serve(listener, router).with_graceful_shutdown(async move {
+                let _ = stop.wait_for(|s| *s).await;
+            });
+            if let Err(e) = serve.await {
+                tracing::error!(error = %e, "admin server stopped");
+            }
+        }));
+    }
     let mut stop = app.stop_accepting.subscribe();
     let server = tokio::spawn(async move {
         let serve = axum::serve(listener, router).with_graceful_shutdown(async move {
@@ -198,14 +226,25 @@ pub async fn start(cfg: Config) -> std::io::Result<Running> {
             tracing::error!(error = %e, "server stopped");
         }
     });
-    let tasks = vec![
+    tasks.extend([
         server,
         tokio::spawn(crate::sweeper::run(app.clone())),
         tokio::spawn(crate::routing::presence::run(app.clone())),
         tokio::spawn(crate::routing::inbox::run(app.clone())),
-    ];
+    ]);
+    if app.auth.is_open() {
+        tracing::warn!(
+            "AUTH IS OPEN (auth.mode = \"open\"): anyone who reaches {addr} can register nodes, \
+             open sessions and drain nodes. Development only; set auth.mode = \"required\"."
+        );
+    }
     tracing::info!(instance = %app.instance_id, %addr, "switchyard listening");
-    Ok(Running { addr, app, tasks })
+    Ok(Running {
+        addr,
+        admin_addr,
+        app,
+        tasks,
+    })
 }
 
 /// Run until SIGINT/SIGTERM, then drain and shut down.

@@ -34,6 +34,11 @@ const KILLS: usize = 4;
 #[derive(Default)]
 struct Counts {
     kills: AtomicU64,
+    /// Registrations refused because the old connection still looked live
+    /// (NODE_ID_CONFLICT: a fleet token cannot take over a live node).
+    node_conflicts: AtomicU64,
+    /// ms from a node's connection ending to its next acknowledged registration.
+    reconnect_ms: std::sync::Mutex<Vec<u64>>,
     node_reconnects: AtomicU64,
     resumes: AtomicU64,
     resends: AtomicU64,
@@ -52,6 +57,7 @@ impl Instances {
             std::fs::File::create(self.dir.join(format!("instance-{i}.log"))).expect("log file");
         let child = Command::new(env!("CARGO_BIN_EXE_switchyard"))
             .env("SWITCHYARD_LISTEN", format!("127.0.0.1:{}", self.ports[i]))
+            .env(secret_env().0, secret_env().1)
             .env("SWITCHYARD_REDIS__URL", &self.redis_url)
             .env("SWITCHYARD_LOG__LEVEL", "warn")
             .env("SWITCHYARD_NODE__HEARTBEAT_INTERVAL_MS", "500")
@@ -91,7 +97,7 @@ impl Drop for Instances {
 /// The test's round-robin "load balancer": the next instance URL for a (re)connect.
 fn pick(urls: &[String], turn: &mut usize, path: &str) -> String {
     *turn += 1;
-    format!("{}{path}", urls[*turn % urls.len()])
+    with_token(&format!("{}{path}", urls[*turn % urls.len()]))
 }
 
 /// A lingua-like node that answers after 30-150 ms and survives instance deaths.
@@ -100,6 +106,7 @@ async fn chaos_node(k: usize, urls: Arc<Vec<String>>, stop: Arc<AtomicBool>, cou
     let mut node_id: Option<String> = None;
     let (done_tx, mut done_rx) = mpsc::channel::<Value>(256);
     let mut unsent: Vec<Value> = Vec::new();
+    let mut lost_at: Option<Instant> = None;
     while !stop.load(Ordering::Relaxed) {
         let Ok((ws, _)) = connect_async(pick(&urls, &mut turn, "/ws/node")).await else {
             tokio::time::sleep(Duration::from_millis(100)).await;
@@ -123,13 +130,21 @@ async fn chaos_node(k: usize, urls: Arc<Vec<String>>, stop: Arc<AtomicBool>, cou
                     if v["type"] == "node_register_ack" {
                         break v["node_id"].as_str().map(str::to_string);
                     }
+                    if v["code"] == "NODE_ID_CONFLICT" {
+                        counts.node_conflicts.fetch_add(1, Ordering::Relaxed);
+                    }
                 }
+                Ok(Some(Ok(Message::Ping(_) | Message::Pong(_)))) => continue,
                 _ => break None,
             }
         };
         let Some(id) = id else { continue };
         if node_id.is_some() {
             counts.node_reconnects.fetch_add(1, Ordering::Relaxed);
+        }
+        if let Some(t) = lost_at.take() {
+            let ms = t.elapsed().as_millis() as u64;
+            counts.reconnect_ms.lock().unwrap().push(ms);
         }
         node_id = Some(id.clone());
         // Results finished while disconnected go out on the new connection.
@@ -158,7 +173,11 @@ async fn chaos_node(k: usize, urls: Arc<Vec<String>>, stop: Arc<AtomicBool>, cou
                     }
                 }
                 msg = stream.next() => {
-                    let Some(Ok(Message::Text(t))) = msg else { break };
+                    let t = match msg {
+                        Some(Ok(Message::Text(t))) => t,
+                        Some(Ok(Message::Ping(_) | Message::Pong(_))) => continue,
+                        _ => break,
+                    };
                     let v: Value = serde_json::from_str(t.as_str()).unwrap_or_default();
                     if v["type"] == "job_assign" {
                         let (tx, id) = (done_tx.clone(), id.clone());
@@ -173,6 +192,7 @@ async fn chaos_node(k: usize, urls: Arc<Vec<String>>, stop: Arc<AtomicBool>, cou
                 }
             }
         }
+        lost_at = Some(Instant::now());
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
@@ -199,6 +219,7 @@ async fn chaos_session(
     let offset_ms = rand::rng().random_range(0..300);
     tokio::time::sleep(Duration::from_millis(offset_ms)).await;
     let mut sid: Option<String> = None;
+    let mut resume_token = Value::Null;
     let mut got: BTreeMap<u64, usize> = BTreeMap::new();
     let mut sent: u64 = 0;
     while Instant::now() < deadline && (got.len() as u64) < UTTERANCES {
@@ -210,6 +231,7 @@ async fn chaos_session(
         let mut init = fixture("session_init_one_way");
         if let Some(s) = &sid {
             init["resume_session_id"] = json!(s);
+            init["resume_token"] = resume_token.clone();
             let contiguous = (0..).take_while(|i| got.contains_key(i)).count() as i64;
             init["last_received_index"] = json!(contiguous - 1);
         }
@@ -228,10 +250,12 @@ async fn chaos_session(
                         break Some(v);
                     }
                 }
+                Ok(Some(Ok(Message::Ping(_) | Message::Pong(_)))) => continue,
                 _ => break None,
             }
         };
         let Some(ack) = ack else { continue };
+        resume_token = ack["resume_token"].clone();
         let this = ack["session_id"].as_str().unwrap_or_default().to_string();
         if let Some(s) = &sid {
             if ack["resumed"] == true && &this == s {
@@ -282,6 +306,7 @@ async fn chaos_session(
                                 *got.entry(i).or_default() += 1;
                             }
                         }
+                        Ok(Some(Ok(Message::Ping(_) | Message::Pong(_)))) => {}
                         _ => broken = true,
                     }
                 }
@@ -381,6 +406,23 @@ async fn kill_dash_nine_under_load_loses_and_duplicates_nothing() {
             *by_kind.entry(kind.clone()).or_default() += 1;
         }
     }
+    let mut delays = counts.reconnect_ms.lock().unwrap().clone();
+    delays.sort_unstable();
+    let pct = |p: usize| {
+        delays
+            .get(delays.len().saturating_sub(1) * p / 100)
+            .copied()
+            .unwrap_or(0)
+    };
+    println!(
+        "chaos (auth required, fleet node token): node reconnect delay p50 {} ms, p90 {} ms, max {} ms \
+         over {} reconnects; takeovers refused while the old connection looked live: {}",
+        pct(50),
+        pct(90),
+        pct(100),
+        delays.len(),
+        counts.node_conflicts.load(Ordering::Relaxed)
+    );
     println!(
         "chaos: {} sessions x {UTTERANCES} utterances = {}, kills {}, failovers {failovers}, session resumes {}, \
          resent utterances {}, node reconnects {}, terminals {by_kind:?}, {:.1} s",

@@ -1,14 +1,25 @@
 //! The binary's command line: `switchyard check-config` prints the effective configuration
 //! and exits non-zero naming the bad field; environment and TOML layering as an operator
-//! uses them.
+//! uses them; `switchyard token` mints credentials the instance accepts.
 
 use std::process::Command;
 
+const SECRET: &str = "cli-test-secret-0123456789abcdef0123456789";
+
+/// `switchyard check-config` with a key configured (the one thing defaults lack).
 fn check_config(envs: &[(&str, &str)], args: &[&str]) -> (i32, String, String) {
+    let secrets = format!("[\"{SECRET}\"]");
+    let mut all = vec![("SWITCHYARD_AUTH__HS256_SECRETS", secrets.as_str())];
+    all.extend_from_slice(envs);
+    run(&all, &[&["check-config"], args].concat())
+}
+
+fn run(envs: &[(&str, &str)], args: &[&str]) -> (i32, String, String) {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_switchyard"));
-    cmd.arg("check-config")
-        .args(args)
-        .env_remove("SWITCHYARD_CONFIG");
+    cmd.args(args)
+        .env_remove("SWITCHYARD_CONFIG")
+        .env_remove("SWITCHYARD_AUTH__HS256_SECRETS")
+        .env_remove("SWITCHYARD_AUTH__MODE");
     for (k, v) in envs {
         cmd.env(k, v);
     }
@@ -61,4 +72,55 @@ fn a_toml_file_given_by_flag_or_variable_is_read_and_typos_are_named() {
     let (code, _, err) = check_config(&[], &["--config", bad.to_str().unwrap()]);
     assert_ne!(code, 0);
     assert!(err.contains("pause_msec"), "{err}");
+}
+
+#[test]
+fn secure_by_default_a_start_without_any_key_is_refused() {
+    let (code, _, err) = run(&[], &["check-config"]);
+    assert_eq!(code, 2, "{err}");
+    assert!(err.contains("auth.mode"), "{err}");
+    let (code, _, err) = run(&[], &["serve"]);
+    assert_eq!(code, 2, "serve refuses to start open by accident: {err}");
+    let (code, out, _) = run(&[("SWITCHYARD_AUTH__MODE", "open")], &["check-config"]);
+    assert_eq!(code, 0);
+    assert!(out.contains("mode = \"open\""), "{out}");
+}
+
+#[test]
+fn check_config_never_prints_a_secret() {
+    let (code, out, _) = check_config(&[], &[]);
+    assert_eq!(code, 0);
+    assert!(!out.contains(SECRET), "{out}");
+    assert!(out.contains("<redacted>"), "{out}");
+}
+
+#[test]
+fn token_mints_a_jwt_with_the_asked_claims() {
+    let secrets = format!("[\"{SECRET}\"]");
+    let env = [("SWITCHYARD_AUTH__HS256_SECRETS", secrets.as_str())];
+    let (code, out, err) = run(
+        &env,
+        &[
+            "token", "--scope", "node", "--sub", "node-1", "--tenant", "acme", "--ttl", "2h",
+        ],
+    );
+    assert_eq!(code, 0, "{err}");
+    let mut v = jsonwebtoken::Validation::new(jsonwebtoken::Algorithm::HS256);
+    v.set_required_spec_claims(&["exp"]);
+    let t = jsonwebtoken::decode::<serde_json::Value>(
+        out.trim(),
+        &jsonwebtoken::DecodingKey::from_secret(SECRET.as_bytes()),
+        &v,
+    )
+    .expect("a valid HS256 token");
+    assert_eq!(t.claims["scope"], serde_json::json!(["node"]));
+    assert_eq!(t.claims["sub"], "node-1");
+    assert_eq!(t.claims["tenant"], "acme");
+    let ttl = t.claims["exp"].as_u64().unwrap() - t.claims["iat"].as_u64().unwrap();
+    assert_eq!(ttl, 7200);
+    let (code, _, err) = run(&env, &["token", "--scope", "root"]);
+    assert_eq!(code, 2);
+    assert!(err.contains("unknown scope"), "{err}");
+    let (code, _, err) = run(&[], &["token", "--scope", "node"]);
+    assert_ne!(code, 0, "no secret, no token: {err}");
 }

@@ -33,9 +33,11 @@ async fn session_on(inst: &Running) -> (WsClient, String) {
 
 /// The node endpoint of the instance whose readyz URL is `url`.
 fn ws_url_of(readyz: &str) -> String {
-    readyz
-        .replace("http://", "ws://")
-        .replace("/readyz", "/ws/node")
+    with_token(
+        &readyz
+            .replace("http://", "ws://")
+            .replace("/readyz", "/ws/node"),
+    )
 }
 
 fn answer(assign: &Value, node_id: &str, text: &str) -> Value {
@@ -198,7 +200,10 @@ async fn a_session_resumes_on_another_instance_and_gets_every_result_after_its_l
     let b = start_instance(&redis).await;
     let mut c = redis.client().await;
     let (mut n, nid) = node_on(&b, None).await;
-    let (mut s, sid) = session_on(&a).await;
+    let (mut s, ack) =
+        open_session_ack(&ws_url(&a, "/ws/session"), fixture("session_init_one_way")).await;
+    let sid = ack["session_id"].as_str().unwrap().to_string();
+    let resume_token = ack["resume_token"].as_str().unwrap().to_string();
     let mut jobs = Vec::new();
     for i in 0..4 {
         s.send(&utterance(&sid, i)).await;
@@ -216,6 +221,7 @@ async fn a_session_resumes_on_another_instance_and_gets_every_result_after_its_l
     tokio::time::sleep(Duration::from_millis(200)).await;
     let mut init = fixture("session_init_one_way");
     init["resume_session_id"] = json!(sid);
+    init["resume_token"] = json!(resume_token);
     init["last_received_index"] = json!(1);
     let mut s2 = WsClient::connect(&ws_url(&b, "/ws/session")).await;
     s2.send(&init).await;
@@ -285,6 +291,7 @@ async fn an_operator_drain_stops_new_jobs_but_lets_running_ones_finish() {
     let client = reqwest::Client::new();
     let r = client
         .post(http_url(&inst, &format!("/api/v1/nodes/{nid}/drain")))
+        .bearer_auth(admin_token())
         .send()
         .await
         .unwrap();
@@ -314,6 +321,7 @@ async fn an_operator_drain_stops_new_jobs_but_lets_running_ones_finish() {
     assert_eq!(h, "draining");
     let r = client
         .post(http_url(&inst, &format!("/api/v1/nodes/{nid}/undrain")))
+        .bearer_auth(admin_token())
         .send()
         .await
         .unwrap();
@@ -325,6 +333,7 @@ async fn an_operator_drain_stops_new_jobs_but_lets_running_ones_finish() {
     );
     let r = client
         .post(http_url(&inst, "/api/v1/nodes/node-NOPE/drain"))
+        .bearer_auth(admin_token())
         .send()
         .await
         .unwrap();
@@ -338,6 +347,7 @@ async fn an_operator_drain_stops_new_jobs_but_lets_running_ones_finish() {
     .await;
     let r = client
         .post(http_url(&inst, &format!("/api/v1/nodes/{nid}/drain")))
+        .bearer_auth(admin_token())
         .send()
         .await
         .unwrap();

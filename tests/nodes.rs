@@ -263,8 +263,9 @@ async fn a_stale_connection_cannot_heartbeat_or_close_away_a_newer_registration(
     let mut old = WsClient::connect(&ws_url(&a, "/ws/node")).await;
     old.register(fixture("node_register_reconnect"), Some("node-3FA2B9C1"))
         .await;
-    // The node reconnects through another instance while its old socket still looks open.
-    let mut new = WsClient::connect(&ws_url(&b, "/ws/node")).await;
+    // The node reconnects through another instance while its old socket still looks open;
+    // its credential proves it is that node (sub = node id), so it may take it over.
+    let mut new = WsClient::connect(&node_url_as(&b, "node-3FA2B9C1")).await;
     new.register(fixture("node_register_reconnect"), Some("node-3FA2B9C1"))
         .await;
     let before = node_hash(&mut c, "node-3FA2B9C1").await;
@@ -287,7 +288,7 @@ async fn a_stale_connection_cannot_heartbeat_or_close_away_a_newer_registration(
     );
 
     // Same instance: the older local socket is closed at once when replaced.
-    let mut newest = WsClient::connect(&ws_url(&b, "/ws/node")).await;
+    let mut newest = WsClient::connect(&node_url_as(&b, "node-3FA2B9C1")).await;
     newest
         .register(fixture("node_register_reconnect"), Some("node-3FA2B9C1"))
         .await;

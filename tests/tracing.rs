@@ -82,6 +82,7 @@ fn spawn(redis: &str, otlp: u16) -> Instance {
     let port = free_port();
     let child = Command::new(env!("CARGO_BIN_EXE_switchyard"))
         .env("SWITCHYARD_LISTEN", format!("127.0.0.1:{port}"))
+        .env(secret_env().0, secret_env().1)
         .env("SWITCHYARD_REDIS__URL", redis)
         .env("SWITCHYARD_LOG__LEVEL", "warn")
         .env(
@@ -118,10 +119,10 @@ async fn one_utterance_across_two_instances_is_one_trace_with_linked_spans() {
         })
         .await;
     }
-    let mut node = WsClient::connect(&format!("ws://127.0.0.1:{}/ws/node", b.1)).await;
+    let mut node = WsClient::connect(&with_token(&format!("ws://127.0.0.1:{}/ws/node", b.1))).await;
     let nid = node.register_id(fixture("node_register_first"), None).await;
     let (mut s, sid) = open_session(
-        &format!("ws://127.0.0.1:{}/ws/session", a.1),
+        &with_token(&format!("ws://127.0.0.1:{}/ws/session", a.1)),
         fixture("session_init_one_way"),
     )
     .await;

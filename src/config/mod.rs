@@ -12,6 +12,7 @@ use figment::Figment;
 use figment::providers::{Env, Format, Serialized, Toml};
 use serde::{Deserialize, Serialize};
 
+mod auth;
 mod cell;
 mod inbox;
 mod instance;
@@ -24,6 +25,7 @@ mod sweep;
 mod telemetry;
 mod ws;
 
+pub use auth::AuthConfig;
 pub use cell::CellConfig;
 pub use inbox::InboxConfig;
 pub use instance::InstanceConfig;
@@ -42,6 +44,10 @@ pub use ws::WsConfig;
 pub struct Config {
     /// Address the HTTP + WebSocket server binds (`/ws/node`, `/ws/session`, `/healthz`, ...).
     pub listen: String,
+    /// Optional second address for the admin API (`/api/v1/*`) and `/metrics`, so they
+    /// need not be reachable where the WebSocket endpoints are. Unset: served on `listen`.
+    pub admin_listen: Option<String>,
+    pub auth: AuthConfig,
     pub redis: RedisConfig,
     pub cell: CellConfig,
     pub node: NodeConfig,
@@ -59,6 +65,8 @@ impl Default for Config {
     fn default() -> Self {
         Self {
             listen: "127.0.0.1:5010".into(),
+            admin_listen: None,
+            auth: AuthConfig::default(),
             redis: RedisConfig::default(),
             cell: CellConfig::default(),
             node: NodeConfig::default(),
@@ -86,6 +94,8 @@ pub enum ConfigError {
 /// Top-level keys an environment variable may set.
 const SECTIONS: &[&str] = &[
     "listen",
+    "admin_listen",
+    "auth",
     "redis",
     "cell",
     "node",
@@ -103,6 +113,15 @@ impl Config {
     /// Load defaults, then the TOML file (if any), then `SWITCHYARD_*` variables
     /// (`SWITCHYARD_NODE__HEARTBEAT_INTERVAL_MS=5000`), and validate the result.
     pub fn load(file: Option<&Path>) -> Result<Self, ConfigError> {
+        Self::load_with(file, |_| {})
+    }
+
+    /// [`Config::load`], with `tweak` applied before validation (the development setup
+    /// adds a generated secret when none is configured).
+    pub fn load_with(
+        file: Option<&Path>,
+        tweak: impl FnOnce(&mut Config),
+    ) -> Result<Self, ConfigError> {
         let mut fig = Figment::from(Serialized::defaults(Config::default()));
         if let Some(path) = file {
             fig = fig.merge(Toml::file_exact(path));
@@ -119,7 +138,8 @@ impl Config {
             SECTIONS.contains(&top.as_str())
         });
         fig = fig.merge(env);
-        let cfg: Config = fig.extract().map_err(Box::new)?;
+        let mut cfg: Config = fig.extract().map_err(Box::new)?;
+        tweak(&mut cfg);
         cfg.validate()?;
         Ok(cfg)
     }
@@ -148,6 +168,29 @@ impl Config {
             return bad(
                 "listen",
                 format!("{:?} is not an ip:port address", self.listen),
+            );
+        }
+        if let Some(a) = &self.admin_listen
+            && a.parse::<std::net::SocketAddr>().is_err()
+        {
+            return bad("admin_listen", format!("{a:?} is not an ip:port address"));
+        }
+        match self.auth.mode.as_str() {
+            "open" => {}
+            "required" if self.auth.has_keys() => {}
+            "required" => {
+                return bad(
+                    "auth.mode",
+                    "\"required\" (the default) needs a key: set auth.hs256_secrets, \
+                     auth.public_key_files or auth.jwks_file (or auth.mode = \"open\" for development)",
+                );
+            }
+            _ => return bad("auth.mode", "must be \"required\" or \"open\""),
+        }
+        if self.auth.hs256_secrets.iter().any(|s| s.len() < 32) {
+            return bad(
+                "auth.hs256_secrets",
+                "each secret must be at least 32 bytes (RFC 7518 §3.2: at least the hash size)",
             );
         }
         if !self.redis.url.starts_with("redis://") {
@@ -200,6 +243,15 @@ impl Config {
         }
         if self.ws.buffer_bytes < 1024 {
             return bad("ws.buffer_bytes", "must be at least 1024");
+        }
+        if self.ws.ping_interval_ms > 0
+            && self.ws.idle_timeout_ms > 0
+            && self.ws.idle_timeout_ms <= self.ws.ping_interval_ms
+        {
+            return bad(
+                "ws.idle_timeout_ms",
+                "must exceed ws.ping_interval_ms (a pong needs a ping first)",
+            );
         }
         if self.ws.send_queue == 0 {
             return bad("ws.send_queue", "must be at least 1");

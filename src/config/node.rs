@@ -18,6 +18,10 @@ pub struct NodeConfig {
     pub default_capacity: u32,
     /// Upper bound accepted for `max_concurrent_jobs`.
     pub max_capacity: u32,
+    /// A fleet credential reconnecting a node that a connection still holds waits up to
+    /// this long for that connection's cleanup (a dropped socket seen a moment later)
+    /// before it is refused with `NODE_ID_CONFLICT`.
+    pub takeover_wait_ms: u64,
 }
 
 impl Default for NodeConfig {
@@ -29,6 +33,7 @@ impl Default for NodeConfig {
             offline_retention_ms: 300_000,
             default_capacity: 4,
             max_capacity: 256,
+            takeover_wait_ms: 1_000,
         }
     }
 }

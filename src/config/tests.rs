@@ -2,10 +2,28 @@
 
 use super::*;
 
+/// The defaults plus the one thing they lack: a verification key.
+fn keyed() -> Config {
+    let mut c = Config::default();
+    c.auth.hs256_secrets = vec!["0123456789abcdef0123456789abcdef".into()];
+    c
+}
+
 #[test]
-fn defaults_are_valid_and_liveness_is_derived() {
-    let c = Config::default();
-    c.validate().expect("defaults valid");
+fn defaults_are_secure_and_need_only_a_key() {
+    let mut c = Config::default();
+    let err = c.validate().unwrap_err().to_string();
+    assert!(err.contains("auth.mode"), "no key, no open door: {err}");
+    c.auth.hs256_secrets = vec!["short".into()];
+    let err = c.validate().unwrap_err().to_string();
+    assert!(err.contains("auth.hs256_secrets"), "{err}");
+    c.auth.hs256_secrets.clear();
+    c.auth.mode = "open".into();
+    c.validate().expect("open mode needs no key");
+    c.auth.mode = "opne".into();
+    assert!(c.validate().unwrap_err().to_string().contains("auth.mode"));
+    let c = keyed();
+    c.validate().expect("defaults with a key are valid");
     assert_eq!(c.liveness_ms(), 45_000);
     assert_eq!(c.cell_tag(), "{switchyard:main}");
 }
@@ -26,6 +44,11 @@ fn every_section_can_be_set_from_the_environment_and_strays_are_ignored() {
             ("SWITCHYARD_INBOX__DEAD_LETTER_AFTER", "3"),
             ("SWITCHYARD_TELEMETRY__SAMPLE_RATIO", "0.5"),
             ("SWITCHYARD_LOG__FORMAT", "json"),
+            (
+                "SWITCHYARD_AUTH__HS256_SECRETS",
+                "[\"new-secret-0123456789abcdef01234567\", \"old-secret-0123456789abcdef01234567\"]",
+            ),
+            ("SWITCHYARD_ADMIN_LISTEN", "127.0.0.1:6001"),
             // Kubernetes injects these for a Service named "switchyard".
             ("SWITCHYARD_SERVICE_HOST", "10.0.0.1"),
             ("SWITCHYARD_PORT_5010_TCP", "tcp://10.0.0.1:5010"),
@@ -46,6 +69,8 @@ fn every_section_can_be_set_from_the_environment_and_strays_are_ignored() {
         assert_eq!(c.inbox.dead_letter_after, 3);
         assert_eq!(c.telemetry.sample_ratio, 0.5);
         assert_eq!(c.log.format, "json");
+        assert_eq!(c.auth.hs256_secrets.len(), 2, "a list, for rotation");
+        assert_eq!(c.admin_listen.as_deref(), Some("127.0.0.1:6001"));
         Ok(())
     });
 }
@@ -55,7 +80,7 @@ fn a_toml_file_sits_between_defaults_and_environment() {
     figment::Jail::expect_with(|jail| {
         jail.create_file(
             "s.toml",
-            "[node]\nheartbeat_interval_ms = 2000\ndefault_capacity = 2\n",
+            "[auth]\nmode = \"open\"\n[node]\nheartbeat_interval_ms = 2000\ndefault_capacity = 2\n",
         )?;
         jail.set_env("SWITCHYARD_NODE__DEFAULT_CAPACITY", "3");
         let c = Config::load(Some(std::path::Path::new("s.toml"))).expect("loads");
@@ -73,7 +98,7 @@ fn a_toml_file_sits_between_defaults_and_environment() {
 
 #[test]
 fn job_records_must_outlive_every_attempt() {
-    let mut c = Config::default();
+    let mut c = keyed();
     c.jobs.max_attempts = 3;
     c.jobs.run_timeout_ms = 30_000;
     c.jobs.queue_wait_ms = 5_000;
@@ -97,7 +122,7 @@ fn job_records_must_outlive_every_attempt() {
 
 #[test]
 fn invalid_value_names_the_field() {
-    let mut c = Config::default();
+    let mut c = keyed();
     c.node.heartbeat_interval_ms = 0;
     let msg = c.validate().unwrap_err().to_string();
     assert!(msg.contains("node.heartbeat_interval_ms"), "{msg}");

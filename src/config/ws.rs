@@ -15,6 +15,12 @@ pub struct WsConfig {
     pub send_queue: usize,
     /// A connection that has not registered / initialised within this time is closed.
     pub hello_timeout_ms: u64,
+    /// The instance pings every connection this often (0: never), so a socket whose peer
+    /// vanished without a close (network loss) is found...
+    pub ping_interval_ms: u64,
+    /// ...and closed once nothing (no frame, no pong) came for this long (0: never). A
+    /// node's id is then free for its reconnect with a fleet credential.
+    pub idle_timeout_ms: u64,
 }
 
 impl Default for WsConfig {
@@ -24,6 +30,8 @@ impl Default for WsConfig {
             buffer_bytes: 8 * 1024,
             send_queue: 1024,
             hello_timeout_ms: 30_000,
+            ping_interval_ms: 5_000,
+            idle_timeout_ms: 15_000,
         }
     }
 }

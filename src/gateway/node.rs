@@ -9,11 +9,13 @@ use std::sync::Arc;
 
 use axum::extract::State;
 use axum::extract::ws::WebSocketUpgrade;
+use axum::http::{HeaderMap, Uri};
 use axum::response::Response;
 use tracing::Instrument;
 
 use super::peer::{self, Handler, Peer};
 use super::{Kind, Outbound, close};
+use crate::auth::{Credential, Scope};
 use crate::capabilities::Capabilities;
 use crate::protocol::node::{
     NODE_TYPES, NodeHeartbeat, NodeInbound, NodeRegister, NodeRegisterAck,
@@ -22,16 +24,34 @@ use crate::protocol::{ErrorCode, decode, valid_id};
 use crate::routing;
 use crate::server::App;
 use crate::store::StoreError;
-use crate::store::nodes::{HeartbeatReply, OfflineReply, RegisterReply};
+use crate::store::nodes::{HeartbeatReply, NodeClaim, OfflineReply, RegisterReply};
 
 const KIND: &str = "node";
 
-pub async fn upgrade(ws: WebSocketUpgrade, State(app): State<Arc<App>>) -> Response {
+pub async fn upgrade(
+    ws: WebSocketUpgrade,
+    State(app): State<Arc<App>>,
+    headers: HeaderMap,
+    uri: Uri,
+) -> Response {
+    let cred = match app.auth.authorize(&headers, &uri, Scope::Node) {
+        Ok(c) => c,
+        Err(e) => return peer::refuse(&app, KIND, e),
+    };
     peer::upgrade(ws, app, |peer| NodeConn {
         peer,
+        cred,
         reg: None,
         done: false,
     })
+}
+
+/// The outcome of a registration attempt.
+pub(super) enum Registration {
+    /// Registered as `node_id`, in `state`.
+    Done { node_id: String, state: String },
+    /// A live connection holds the id and this credential may not take it.
+    Conflict,
 }
 
 /// What this connection has registered.
@@ -43,6 +63,8 @@ pub(super) struct Registered {
 
 pub(super) struct NodeConn {
     pub(super) peer: Peer,
+    /// What the upgrade proved: which node id this connection may hold, its tenant.
+    pub(super) cred: Credential,
     pub(super) reg: Option<Registered>,
     /// Set when the connection must end (replaced, fenced off).
     pub(super) done: bool,
@@ -187,8 +209,8 @@ impl NodeConn {
         }
     }
 
-    async fn on_register(&mut self, r: Box<NodeRegister>) {
-        let offered = r.node_id.clone().filter(|id| !id.is_empty());
+    async fn on_register(&mut self, mut r: Box<NodeRegister>) {
+        let mut offered = r.node_id.clone().filter(|id| !id.is_empty());
         if let Some(id) = &offered
             && !valid_id(id)
         {
@@ -196,6 +218,23 @@ impl NodeConn {
                 ErrorCode::InvalidMessage,
                 "node_id must be 1-64 of [A-Za-z0-9_.-]",
             );
+        }
+        if let Some(bound) = self.cred.bound_node() {
+            if offered.as_deref().is_some_and(|id| id != bound) {
+                self.app.metrics.rejected(KIND, "unauthorized");
+                return self.error(
+                    ErrorCode::Unauthorized,
+                    format!("this credential may register only node {bound}"),
+                );
+            }
+            offered = Some(bound.to_string());
+        }
+        match self.cred.tenant_for(r.tenant_id.as_deref()) {
+            Ok(t) => r.tenant_id = t,
+            Err(e) => {
+                self.app.metrics.rejected(KIND, "unauthorized");
+                return self.error(ErrorCode::Unauthorized, e);
+            }
         }
         let current = self.reg.as_ref().map(|r| r.node_id.clone());
         if let (Some(cur), Some(id)) = (&current, &offered)
@@ -220,7 +259,8 @@ impl NodeConn {
         }
         let id = current.or(offered);
         match self.register(id, &caps, &r).await {
-            Ok((node_id, state)) => {
+            Ok(Registration::Conflict) => self.refuse_takeover(),
+            Ok(Registration::Done { node_id, state }) => {
                 let pools = caps.pools().len();
                 let message = if pools == 0 {
                     "registered; serves no language pair (check language_capabilities)".into()
@@ -254,13 +294,16 @@ impl NodeConn {
         id: Option<String>,
         caps: &Capabilities,
         r: &NodeRegister,
-    ) -> Result<(String, String), StoreError> {
+    ) -> Result<Registration, StoreError> {
         let app = self.app.clone();
         let extra = register_fields(r, app.cfg.node.default_capacity);
-        for _ in 0..8 {
-            let (node_id, minted) = match &id {
-                Some(id) => (id.clone(), false),
-                None => (mint_node_id(), true),
+        let patience = tokio::time::Instant::now()
+            + std::time::Duration::from_millis(app.cfg.node.takeover_wait_ms);
+        for _ in 0..32 {
+            let (node_id, claim) = match &id {
+                Some(id) if self.cred.may_replace_node(id) => (id.clone(), NodeClaim::Replace),
+                Some(id) => (id.clone(), NodeClaim::Reconnect),
+                None => (mint_node_id(), NodeClaim::Mint),
             };
             // Bind first: anything addressed to this connection the moment the script has
             // run (queued jobs, another instance's submit through the inbox) finds it.
@@ -273,7 +316,7 @@ impl NodeConn {
             };
             let out = match app
                 .store
-                .register(&node_id, minted, &self.token, caps, &extra)
+                .register(&node_id, claim, &self.token, caps, &extra)
                 .await
             {
                 Ok(out) => out,
@@ -284,6 +327,16 @@ impl NodeConn {
             };
             match routing::deliver(&app, out) {
                 RegisterReply::Taken => restore(&app),
+                RegisterReply::Conflict { owner } => {
+                    restore(&app);
+                    // A dropped socket's cleanup may be a moment behind its reconnect.
+                    if tokio::time::Instant::now() < patience {
+                        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+                        continue;
+                    }
+                    tracing::warn!(node_id = %node_id, holder = %owner, "node takeover refused");
+                    return Ok(Registration::Conflict);
+                }
                 RegisterReply::Ok {
                     state,
                     replaced_conn,
@@ -296,7 +349,7 @@ impl NodeConn {
                     if let Some(tok) = replaced_conn {
                         tracing::info!(node_id = %node_id, old_conn = %tok, "node connection replaced");
                     }
-                    return Ok((node_id, state));
+                    return Ok(Registration::Done { node_id, state });
                 }
             }
         }
@@ -360,13 +413,14 @@ impl NodeConn {
                     register.capability_by_type = s;
                 }
                 match self.register(Some(node_id.clone()), &caps, &register).await {
-                    Ok(_) => {
+                    Ok(Registration::Done { .. }) => {
                         self.reg = Some(Registered {
                             node_id,
                             caps,
                             register,
                         })
                     }
+                    Ok(Registration::Conflict) => self.refuse_takeover(),
                     Err(e) => self.store_error(&e),
                 }
             }
@@ -419,6 +473,25 @@ fn mint_node_id() -> String {
 }
 
 /// Descriptive node-hash fields from a registration.
+impl NodeConn {
+    /// A live connection holds the node id and this credential cannot prove it is that
+    /// node: `NODE_ID_CONFLICT`, then close, so a genuine node whose old connection is
+    /// only half-open reconnects (and wins once that connection is found dead).
+    fn refuse_takeover(&mut self) {
+        self.app.metrics.rejected(KIND, "node_id_conflict");
+        self.error(
+            ErrorCode::NodeIdConflict,
+            "a live connection holds this node id; only a credential whose sub is the node id \
+             may take it over",
+        );
+        self.send(Outbound::Close(
+            close::POLICY,
+            "node id held by a live connection".into(),
+        ));
+        self.done = true;
+    }
+}
+
 fn register_fields(r: &NodeRegister, default_capacity: u32) -> Vec<(&'static str, String)> {
     let json = |v: &serde_json::Value| serde_json::to_string(v).unwrap_or_default();
     vec![

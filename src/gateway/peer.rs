@@ -81,6 +81,15 @@ pub trait Handler: Send {
     fn finish(&mut self, orderly: bool) -> impl Future<Output = ()> + Send;
 }
 
+/// Refuse an upgrade whose credential does not allow it (401/403, before anything is
+/// registered), counted by endpoint kind and reason.
+pub fn refuse(app: &App, kind: &str, e: crate::auth::AuthError) -> Response {
+    use axum::response::IntoResponse;
+    app.metrics.auth_refused(kind, &e);
+    tracing::debug!(kind, reason = %e, "upgrade refused");
+    e.into_response()
+}
+
 /// Accept the upgrade (or refuse it while draining) with the configured frame limit.
 pub fn upgrade<H, F>(ws: WebSocketUpgrade, app: Arc<App>, make: F) -> Response
 where
@@ -114,9 +123,24 @@ async fn drive<H: Handler, F: FnOnce(Peer) -> H>(app: Arc<App>, ws: WebSocket, m
     });
     let hello = tokio::time::Instant::now() + Duration::from_millis(app.cfg.ws.hello_timeout_ms);
     let mut orderly = false;
+    // Pings find a peer that vanished without a close; anything it sends proves it lives.
+    let (ping_every, idle) = (app.cfg.ws.ping_interval_ms, app.cfg.ws.idle_timeout_ms);
+    let period = Duration::from_millis(ping_every.max(1));
+    let mut ping = tokio::time::interval_at(tokio::time::Instant::now() + period, period);
+    ping.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut last_heard = tokio::time::Instant::now();
     while !h.done() {
         let next = tokio::select! {
             n = stream.next() => n,
+            _ = ping.tick(), if ping_every > 0 => {
+                if idle > 0 && last_heard.elapsed() > Duration::from_millis(idle) {
+                    app.metrics.rejected(H::KIND, "idle");
+                    h.peer().send(Outbound::Close(close::IDLE, "no traffic".into()));
+                    break;
+                }
+                h.peer().send(Outbound::Ping);
+                continue;
+            }
             // The writer ends after sending a close (from any task: replaced, liveness,
             // presence lapse) or when the socket fails: stop reading too, without
             // waiting for the peer's echo. Not an orderly end of the peer.
@@ -138,6 +162,7 @@ async fn drive<H: Handler, F: FnOnce(Peer) -> H>(app: Arc<App>, ws: WebSocket, m
                 break;
             }
         };
+        last_heard = tokio::time::Instant::now();
         match next {
             None => break,
             Some(Err(e)) => {
@@ -160,6 +185,7 @@ async fn drive<H: Handler, F: FnOnce(Peer) -> H>(app: Arc<App>, ws: WebSocket, m
                 // The peer closing on its own is orderly; its echo of a close we sent
                 // (restart, replaced, liveness, policy, too big) is not: it will reconnect.
                 let ours = [
+                    close::IDLE,
                     close::RESTARTING,
                     close::REPLACED,
                     close::LIVENESS,

@@ -7,6 +7,7 @@ use std::sync::Arc;
 
 use axum::extract::State;
 use axum::extract::ws::WebSocketUpgrade;
+use axum::http::{HeaderMap, Uri};
 use axum::response::Response;
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD as B64;
@@ -15,6 +16,7 @@ use tracing::Instrument;
 
 use super::peer::{self, Handler, Peer};
 use super::{Kind, Outbound};
+use crate::auth::{Credential, Scope};
 use crate::capabilities::{RouteRequest, route};
 use crate::protocol::session::{
     JobSpec, Pipeline, SESSION_TYPES, SessionInbound, SessionInit, Utterance, estimate_ms,
@@ -29,9 +31,19 @@ use crate::store::sessions::{NewJob, OpenReply, SessionReply, Touch};
 
 const KIND: &str = "session";
 
-pub async fn upgrade(ws: WebSocketUpgrade, State(app): State<Arc<App>>) -> Response {
+pub async fn upgrade(
+    ws: WebSocketUpgrade,
+    State(app): State<Arc<App>>,
+    headers: HeaderMap,
+    uri: Uri,
+) -> Response {
+    let cred = match app.auth.authorize(&headers, &uri, Scope::Session) {
+        Ok(c) => c,
+        Err(e) => return peer::refuse(&app, KIND, e),
+    };
     peer::upgrade(ws, app, |peer| SessionConn {
         peer,
+        cred,
         session: None,
         trace_id: None,
     })
@@ -39,6 +51,8 @@ pub async fn upgrade(ws: WebSocketUpgrade, State(app): State<Arc<App>>) -> Respo
 
 struct SessionConn {
     peer: Peer,
+    /// What the upgrade proved: the tenant of this connection's session, its subject.
+    cred: Credential,
     /// Set by session_init: (session id, tenant).
     session: Option<(String, Option<String>)>,
     /// The session's trace id (client's or minted), parent of spans without their own.
@@ -236,7 +250,13 @@ impl SessionConn {
                 "session already initialised on this connection",
             );
         }
-        let tenant = init.tenant_id.clone().filter(|t| !t.is_empty());
+        let tenant = match self.cred.tenant_for(init.tenant_id.as_deref()) {
+            Ok(t) => t,
+            Err(e) => {
+                self.app.metrics.rejected(KIND, "unauthorized");
+                return self.error(ErrorCode::Unauthorized, e);
+            }
+        };
         if let Some(t) = &tenant
             && !valid_id(t)
         {
@@ -302,12 +322,33 @@ impl SessionConn {
             && valid_id(rid)
         {
             let last = init.last_received_index.unwrap_or(-1);
-            match self.resume(rid, last, tenant.clone(), &trace_id).await {
-                Ok(true) => return,
-                Ok(false) => {} // expired: a new session, resumed = false
+            let Some(proof) = init.resume_token.as_deref().filter(|t| !t.is_empty()) else {
+                self.app.metrics.rejected(KIND, "unauthorized");
+                return self.error(
+                    ErrorCode::Unauthorized,
+                    "resume_session_id needs the resume_token of that session's ack",
+                );
+            };
+            match self
+                .resume(rid, last, proof, tenant.clone(), &trace_id)
+                .await
+            {
+                Ok(Resumed::Yes) => return,
+                Ok(Resumed::Gone) => {} // expired: a new session, resumed = false
+                Ok(Resumed::Refused) => {
+                    self.app.metrics.rejected(KIND, "unauthorized");
+                    return self.error(
+                        ErrorCode::Unauthorized,
+                        "resume refused: resume_token or tenant does not match the session",
+                    );
+                }
                 Err(e) => return self.store_error(&e),
             }
         }
+        let resume_token = new_resume_token();
+        let mut fields = fields;
+        fields.push(("resume_hash", resume_hash(&resume_token)));
+        fields.push(("sub", self.cred.sub.clone().unwrap_or_default()));
         let nonce = uuid::Uuid::new_v4().simple().to_string()[..12].to_string();
         let app = self.app.clone();
         for _ in 0..8 {
@@ -325,7 +366,7 @@ impl SessionConn {
                     OpenReply::Ok => {
                         self.session = Some((sid.clone(), tenant));
                         self.trace_id = Some(trace_id.clone());
-                        self.send_json(&init_ack(&sid, &trace_id, false));
+                        self.send_json(&init_ack(&sid, &trace_id, false, &resume_token));
                         self.send(Outbound::ExpectSeq(1));
                         return;
                     }
@@ -339,27 +380,41 @@ impl SessionConn {
         self.error(ErrorCode::InternalError, "could not mint a free session id");
     }
 
-    /// Reattach session `sid` to this connection; `Ok(false)` when it no longer exists.
+    /// Reattach session `sid` to this connection if `proof` is its resume token.
     async fn resume(
         &mut self,
         sid: &str,
         last: i64,
+        proof: &str,
         tenant: Option<String>,
         trace_id: &str,
-    ) -> Result<bool, StoreError> {
+    ) -> Result<Resumed, StoreError> {
         let app = self.app.clone();
         let me = self.local();
-        app.conns.bind(Kind::Session, sid, me);
-        let out = match app.store.session_resume(sid, &self.token, last).await {
+        let previous = app.conns.bind(Kind::Session, sid, me);
+        let hash = resume_hash(proof);
+        let out = match app
+            .store
+            .session_resume(sid, &self.token, last, &hash, tenant.as_deref())
+            .await
+        {
             Ok(out) => out,
             Err(e) => {
                 app.conns.unbind(Kind::Session, sid, &self.token);
                 return Err(e);
             }
         };
+        if matches!(out.reply, ResumeReply::Refused) {
+            // The live session stays with its connection here, if it is here.
+            app.conns.unbind(Kind::Session, sid, &self.token);
+            if let Some(p) = previous {
+                app.conns.bind(Kind::Session, sid, p);
+            }
+            return Ok(Resumed::Refused);
+        }
         if matches!(out.reply, ResumeReply::Missing | ResumeReply::Gap) {
             app.conns.unbind(Kind::Session, sid, &self.token);
-            return Ok(false);
+            return Ok(Resumed::Gone);
         }
         if let ResumeReply::Ok {
             next_seq, resent, ..
@@ -368,12 +423,12 @@ impl SessionConn {
             tracing::info!(session_id = sid, resent, "session resumed");
             self.session = Some((sid.to_string(), tenant));
             self.trace_id = Some(trace_id.to_string());
-            self.send_json(&init_ack(sid, trace_id, true));
+            self.send_json(&init_ack(sid, trace_id, true, proof));
             self.send(Outbound::ExpectSeq(*next_seq));
         }
         routing::deliver(&app, out);
         app.metrics.resumes.inc();
-        Ok(true)
+        Ok(Resumed::Yes)
     }
 
     async fn on_utterance(&mut self, sid: &str, tenant: Option<&str>, u: Utterance) {
@@ -458,7 +513,30 @@ fn new_trace_id() -> String {
 }
 
 /// `session_init_ack` with every field the lingua web client reads.
-fn init_ack(sid: &str, trace_id: &str, resumed: bool) -> serde_json::Value {
+/// The outcome of a resume attempt.
+enum Resumed {
+    Yes,
+    /// The session expired (or its results were trimmed): a new one is opened.
+    Gone,
+    /// Wrong resume token or tenant: nothing changed.
+    Refused,
+}
+
+/// A session's resume secret: 128 random bits, given out once in its ack.
+fn new_resume_token() -> String {
+    format!("rt-{:032x}", rand::random::<u128>())
+}
+
+/// What Redis keeps of a resume token: its SHA-256 (a leaked Redis dump resumes nothing).
+fn resume_hash(token: &str) -> String {
+    use sha2::{Digest, Sha256};
+    Sha256::digest(token.as_bytes())
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
+fn init_ack(sid: &str, trace_id: &str, resumed: bool, resume_token: &str) -> serde_json::Value {
     json!({
         "type": "session_init_ack",
         "session_id": sid,
@@ -471,5 +549,6 @@ fn init_ack(sid: &str, trace_id: &str, resumed: bool) -> serde_json::Value {
         "negotiated_sample_rate": 16000,
         "negotiated_channel_count": 1,
         "resumed": resumed,
+        "resume_token": resume_token,
     })
 }

@@ -28,6 +28,8 @@ pub enum Outbound {
     ExpectSeq(u64),
     /// Send a close frame with this code and reason, then stop writing.
     Close(u16, String),
+    /// A WebSocket ping: the peer's pong proves the socket is alive.
+    Ping,
 }
 
 /// Close codes Switchyard uses (RFC 6455 §7.4 plus application codes 4000-4999).
@@ -39,6 +41,8 @@ pub mod close {
     pub const REPLACED: u16 = 4001;
     /// The node missed its liveness deadline and was taken offline.
     pub const LIVENESS: u16 = 4002;
+    /// Nothing (no frame, no pong) came for `ws.idle_timeout_ms`: the peer is gone.
+    pub const IDLE: u16 = 4003;
 }
 
 /// Split `ws`: returns the sender, the inbound stream and the writer task.
@@ -141,6 +145,12 @@ async fn write_loop(
             Some(Outbound::Text(t)) => vec![t],
             Some(Outbound::Ordered(seq, t)) => order.push(seq, t),
             Some(Outbound::ExpectSeq(n)) => order.expect(n),
+            Some(Outbound::Ping) => {
+                if sink.send(Message::Ping(Default::default())).await.is_err() {
+                    break;
+                }
+                continue;
+            }
             Some(Outbound::Close(code, reason)) => {
                 let frame = CloseFrame {
                     code,

@@ -23,6 +23,8 @@ pub enum ErrorCode {
     InvalidCapabilitySchema,
     UnsupportedFeature,
     SchedulerDependencyDown,
+    /// A credential is missing, invalid, or does not allow what the frame asks.
+    Unauthorized,
 }
 
 /// `{"type":"error","code":...,"message":...}`, sent to nodes and sessions alike.

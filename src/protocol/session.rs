@@ -73,6 +73,10 @@ pub struct SessionInit {
     pub resume_session_id: Option<String>,
     #[serde(default)]
     pub last_received_index: Option<i64>,
+    /// Switchyard extension: the secret the session's last `session_init_ack` carried;
+    /// without it a resume is refused (`UNAUTHORIZED`).
+    #[serde(default)]
+    pub resume_token: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]

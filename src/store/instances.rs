@@ -35,6 +35,8 @@ pub enum ResumeReply {
     Missing,
     /// Results after the client's last index were already trimmed.
     Gap,
+    /// The resume token (or the tenant) does not match: nothing changed.
+    Refused,
 }
 
 #[derive(Debug, Deserialize, PartialEq)]
@@ -63,14 +65,23 @@ impl Store {
         self.run(Script::InstanceBeat, &keys, args).await
     }
 
-    /// `session_resume.lua`: move a session to a new connection and resend its results.
+    /// `session_resume.lua`: move a session to a new connection and resend its results,
+    /// if `resume_hash` (SHA-256 of the presented resume token) and `tenant` match it.
     pub async fn session_resume(
         &self,
         sid: &str,
         conn: &str,
         last: i64,
+        resume_hash: &str,
+        tenant: Option<&str>,
     ) -> Result<Output<ResumeReply>, StoreError> {
-        let args = self.args().s(sid).s(conn).s(last);
+        let args = self
+            .args()
+            .s(sid)
+            .s(conn)
+            .s(last)
+            .s(resume_hash)
+            .s(tenant.unwrap_or_default());
         self.run(Script::SessionResume, &[self.keys.session(sid)], args)
             .await
     }

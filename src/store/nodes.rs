@@ -11,12 +11,35 @@ use serde::Deserialize;
 use super::{Output, Script, Store, StoreError, lua_list};
 use crate::capabilities::Capabilities;
 
+/// How a registration claims its node id (`register.lua` ARGV[6]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum NodeClaim {
+    /// Minted by this instance: must be unused.
+    Mint,
+    /// The credential proves it is this node: may replace a live connection.
+    Replace,
+    /// A fleet credential: only if no live connection holds the id.
+    Reconnect,
+}
+
+impl NodeClaim {
+    fn as_str(self) -> &'static str {
+        match self {
+            NodeClaim::Mint => "mint",
+            NodeClaim::Replace => "replace",
+            NodeClaim::Reconnect => "reconnect",
+        }
+    }
+}
+
 /// Reply of `register.lua`.
 #[derive(Debug, Deserialize, PartialEq)]
 #[serde(tag = "status", rename_all = "snake_case")]
 pub enum RegisterReply {
     /// The minted id exists already; mint another.
     Taken,
+    /// A live connection (on `owner`) holds the id and this one may not take it.
+    Conflict { owner: String },
     Ok {
         epoch: u64,
         state: String,
@@ -119,7 +142,7 @@ impl Store {
     pub async fn register(
         &self,
         node_id: &str,
-        minted: bool,
+        claim: NodeClaim,
         conn: &str,
         caps: &Capabilities,
         extra: &[(&'static str, String)],
@@ -129,7 +152,7 @@ impl Store {
         let args = self
             .args()
             .s(node_id)
-            .s(if minted { "1" } else { "0" })
+            .s(claim.as_str())
             .s(conn)
             .s(caps.signature())
             .s(fields.len())

@@ -110,6 +110,11 @@ pub struct Metrics {
     pub nodes: Family<StateLabels, Gauge>,
     /// Members of each pool (read from Redis at scrape time).
     pub pool_nodes: Family<PoolLabels, Gauge>,
+    /// Requests refused for their credential, by endpoint kind (`node`, `session`,
+    /// `admin`) and reason (`missing`, `invalid`, `forbidden`).
+    pub auth_refused: Family<MessageLabels, Counter>,
+    /// 1 while `auth.mode = "open"`: nobody is checked (alert on it in production).
+    pub auth_open: Gauge,
 }
 
 impl Metrics {
@@ -232,6 +237,18 @@ impl Metrics {
         registry.register("nodes", "Nodes in the cell by state", nodes.clone());
         let pool_nodes = Family::<PoolLabels, Gauge>::default();
         registry.register("pool_nodes", "Members per pool", pool_nodes.clone());
+        let auth_refused = Family::<MessageLabels, Counter>::default();
+        registry.register(
+            "auth_refused",
+            "Requests refused for their credential, by endpoint kind and reason",
+            auth_refused.clone(),
+        );
+        let auth_open = Gauge::default();
+        registry.register(
+            "auth_open",
+            "1 when auth.mode is open: no credential is checked",
+            auth_open.clone(),
+        );
         Self {
             registry,
             script_calls,
@@ -257,7 +274,18 @@ impl Metrics {
             queue_depth,
             nodes,
             pool_nodes,
+            auth_refused,
+            auth_open,
         }
+    }
+
+    pub fn auth_refused(&self, kind: &str, e: &crate::auth::AuthError) {
+        let reason = match e {
+            crate::auth::AuthError::Missing => "missing",
+            crate::auth::AuthError::Invalid(_) => "invalid",
+            crate::auth::AuthError::Forbidden(_) => "forbidden",
+        };
+        self.auth_refused.get_or_create(&msg(kind, reason)).inc();
     }
 
     pub fn message_in(&self, kind: &str, detail: &str) {

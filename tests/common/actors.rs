@@ -50,6 +50,7 @@ impl AutoNode {
             .expect("send");
         let id = loop {
             match stream.next().await {
+                Some(Ok(Message::Ping(_) | Message::Pong(_))) => {}
                 Some(Ok(Message::Text(t))) => {
                     let v: Value = serde_json::from_str(t.as_str()).expect("json");
                     if v["type"] == "node_register_ack" {
@@ -78,7 +79,11 @@ impl AutoNode {
                         None => return,
                     },
                     msg = stream.next() => {
-                        let Some(Ok(Message::Text(t))) = msg else { return };
+                        let t = match msg {
+                            Some(Ok(Message::Text(t))) => t,
+                            Some(Ok(Message::Ping(_) | Message::Pong(_))) => continue,
+                            _ => return,
+                        };
                         let v: Value = serde_json::from_str(t.as_str()).expect("json");
                         if v["type"] != "job_assign" {
                             continue;
@@ -117,11 +122,18 @@ impl AutoNode {
 
 /// Open a session from a lingua `session_init`; returns the client and the session id.
 pub async fn open_session(url: &str, init: Value) -> (WsClient, String) {
+    let (s, ack) = open_session_ack(url, init).await;
+    let sid = ack["session_id"].as_str().expect("session_id").to_string();
+    (s, sid)
+}
+
+/// Open a session; returns the client and the whole `session_init_ack` (its
+/// `resume_token` is what a resume must present).
+pub async fn open_session_ack(url: &str, init: Value) -> (WsClient, Value) {
     let mut s = WsClient::connect(url).await;
     s.send(&init).await;
     let ack = s.recv_type("session_init_ack").await;
-    let sid = ack["session_id"].as_str().expect("session_id").to_string();
-    (s, sid)
+    (s, ack)
 }
 
 /// The lingua `utterance` fixture for `sid` with index `idx`.

@@ -12,12 +12,61 @@ pub mod ws;
 use std::time::Duration;
 
 use serde_json::Value;
+pub use switchyard::auth::Scope;
 use switchyard::config::Config;
 use switchyard::server::{self, Running};
 
 #[allow(unused_imports)] // not every test binary starts child processes
 pub use redis_server::{RedisServer, free_port};
 pub use ws::WsClient;
+
+/// The HS256 secret every test instance verifies with (auth is on in every test, as in
+/// production).
+pub const TEST_SECRET: &str = "switchyard-test-secret-0123456789abcdef";
+
+/// `SWITCHYARD_AUTH__HS256_SECRETS` for child-process instances.
+pub fn secret_env() -> (&'static str, String) {
+    (
+        "SWITCHYARD_AUTH__HS256_SECRETS",
+        format!("[\"{TEST_SECRET}\"]"),
+    )
+}
+
+/// A token signed with [`TEST_SECRET`], valid for an hour.
+pub fn token(scopes: &[Scope], sub: Option<&str>, tenant: Option<&str>) -> String {
+    switchyard::auth::mint::hs256(
+        TEST_SECRET,
+        &switchyard::auth::mint::TokenSpec {
+            scopes: scopes.to_vec(),
+            sub: sub.map(str::to_string),
+            tenant: tenant.map(str::to_string),
+            ttl_s: 3600,
+        },
+    )
+    .expect("mint test token")
+}
+
+/// A token with both admin scopes.
+pub fn admin_token() -> String {
+    token(&[Scope::AdminRead, Scope::AdminWrite], None, None)
+}
+
+/// `url` (`ws://host:port/ws/node` or `/ws/session`) with a fleet / session credential
+/// for its endpoint in `?access_token=`, as a lingua client configures it.
+pub fn with_token(url: &str) -> String {
+    let scope = if url.contains("/ws/node") {
+        Scope::Node
+    } else {
+        Scope::Session
+    };
+    with_given_token(url, &token(&[scope], None, None))
+}
+
+/// `url` with `token` in `?access_token=`.
+pub fn with_given_token(url: &str, token: &str) -> String {
+    let sep = if url.contains('?') { '&' } else { '?' };
+    format!("{url}{sep}access_token={token}")
+}
 
 /// Fast timings so liveness and sweeps happen within a test: heartbeat 300 ms,
 /// liveness 900 ms, sweep every 50 ms, disconnect grace 400 ms.
@@ -28,6 +77,7 @@ pub fn test_config(redis_url: &str) -> Config {
     };
     cfg.redis.url = redis_url.into();
     cfg.redis.timeout_ms = 500;
+    cfg.auth.hs256_secrets = vec![TEST_SECRET.into()];
     cfg.node.heartbeat_interval_ms = 300;
     // Scenario nodes rarely heartbeat: a liveness long enough not to race them; the
     // liveness scenarios shorten it.
@@ -68,7 +118,22 @@ pub async fn start_with(cfg: Config) -> Running {
     server::start(cfg).await.expect("instance starts")
 }
 
+/// The WebSocket URL of `path` on `r`, carrying a fleet (`/ws/node`) or session token.
 pub fn ws_url(r: &Running, path: &str) -> String {
+    with_token(&bare_ws_url(r, path))
+}
+
+/// `/ws/node` on `r` with a token bound to `node_id` (`sub`): the credential that may take
+/// that node over from a live connection.
+pub fn node_url_as(r: &Running, node_id: &str) -> String {
+    with_given_token(
+        &bare_ws_url(r, "/ws/node"),
+        &token(&[Scope::Node], Some(node_id), None),
+    )
+}
+
+/// The WebSocket URL of `path` on `r` without any credential.
+pub fn bare_ws_url(r: &Running, path: &str) -> String {
     format!("ws://{}{}", r.addr, path)
 }
 
@@ -112,8 +177,14 @@ pub async fn metrics_text(r: &Running) -> String {
     resp.text().await.expect("metrics body")
 }
 
+/// GET `url` with an admin token.
 pub async fn get_json(url: &str) -> (u16, Value) {
-    let resp = reqwest::get(url).await.expect("http get");
+    let resp = reqwest::Client::new()
+        .get(url)
+        .bearer_auth(admin_token())
+        .send()
+        .await
+        .expect("http get");
     let status = resp.status().as_u16();
     let body = resp.json::<Value>().await.unwrap_or(Value::Null);
     (status, body)

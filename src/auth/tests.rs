@@ -1,0 +1,181 @@
+//! Credential checks without a server: keys, scopes, claims, rotation.
+
+use axum::http::{HeaderMap, HeaderValue, Uri, header};
+
+use super::mint::{TokenSpec, hs256, parse_ttl};
+use super::*;
+use crate::config::AuthConfig;
+
+const OLD: &str = "old-secret-0123456789abcdef0123456789";
+const NEW: &str = "new-secret-0123456789abcdef0123456789";
+
+fn auth(secrets: &[&str]) -> Auth {
+    let cfg = AuthConfig {
+        hs256_secrets: secrets.iter().map(|s| s.to_string()).collect(),
+        ..AuthConfig::default()
+    };
+    Auth::from_config(&cfg).expect("keys load")
+}
+
+fn spec(scopes: &[Scope], sub: Option<&str>, tenant: Option<&str>) -> TokenSpec {
+    TokenSpec {
+        scopes: scopes.to_vec(),
+        sub: sub.map(str::to_string),
+        tenant: tenant.map(str::to_string),
+        ttl_s: 60,
+    }
+}
+
+fn query(token: &str) -> Uri {
+    format!("/ws/node?x=1&access_token={token}")
+        .parse()
+        .unwrap()
+}
+
+#[test]
+fn bearer_header_or_query_parameter() {
+    let a = auth(&[NEW]);
+    let t = hs256(NEW, &spec(&[Scope::Node], Some("n1"), Some("acme"))).unwrap();
+    let c = a
+        .authorize(&HeaderMap::new(), &query(&t), Scope::Node)
+        .unwrap();
+    assert_eq!(c.sub.as_deref(), Some("n1"));
+    assert_eq!(c.tenant.as_deref(), Some("acme"));
+    let mut h = HeaderMap::new();
+    h.insert(
+        header::AUTHORIZATION,
+        HeaderValue::from_str(&format!("Bearer {t}")).unwrap(),
+    );
+    assert!(
+        a.authorize(&h, &"/ws/node".parse().unwrap(), Scope::Node)
+            .is_ok()
+    );
+    assert_eq!(
+        a.authorize(&HeaderMap::new(), &"/ws/node".parse().unwrap(), Scope::Node),
+        Err(AuthError::Missing)
+    );
+}
+
+#[test]
+fn wrong_scope_is_forbidden_not_unauthorized() {
+    let a = auth(&[NEW]);
+    let t = hs256(NEW, &spec(&[Scope::AdminRead], None, None)).unwrap();
+    assert_eq!(
+        a.authorize(&HeaderMap::new(), &query(&t), Scope::AdminWrite),
+        Err(AuthError::Forbidden("admin:write"))
+    );
+    assert!(
+        a.authorize(&HeaderMap::new(), &query(&t), Scope::AdminRead)
+            .is_ok()
+    );
+}
+
+#[test]
+fn secrets_rotate_without_downtime() {
+    let old_token = hs256(OLD, &spec(&[Scope::Session], None, None)).unwrap();
+    let new_token = hs256(NEW, &spec(&[Scope::Session], None, None)).unwrap();
+    let both = auth(&[NEW, OLD]);
+    for t in [&old_token, &new_token] {
+        assert!(
+            both.authorize(&HeaderMap::new(), &query(t), Scope::Session)
+                .is_ok()
+        );
+    }
+    let only_new = auth(&[NEW]);
+    assert!(matches!(
+        only_new.authorize(&HeaderMap::new(), &query(&old_token), Scope::Session),
+        Err(AuthError::Invalid(_))
+    ));
+}
+
+#[test]
+fn expired_forged_and_scopeless_tokens_are_refused() {
+    let a = auth(&[NEW]);
+    let now = crate::protocol::now_ms() / 1000;
+    let enc = |claims: serde_json::Value, secret: &str| {
+        jsonwebtoken::encode(
+            &jsonwebtoken::Header::default(),
+            &claims,
+            &jsonwebtoken::EncodingKey::from_secret(secret.as_bytes()),
+        )
+        .unwrap()
+    };
+    let cases = [
+        (
+            enc(serde_json::json!({"exp": now - 3600, "scope": "node"}), NEW),
+            "expired",
+        ),
+        (
+            enc(serde_json::json!({"scope": "node"}), NEW),
+            "missing claim exp",
+        ),
+        (
+            enc(serde_json::json!({"exp": now + 60, "scope": "node"}), OLD),
+            "bad signature",
+        ),
+        (
+            enc(serde_json::json!({"exp": now + 60, "scope": "root"}), NEW),
+            "no scope",
+        ),
+        (
+            enc(
+                serde_json::json!({"exp": now + 60, "scope": "node", "sub": "a b"}),
+                NEW,
+            ),
+            "claim sub",
+        ),
+        ("not.a.jwt".to_string(), "malformed"),
+    ];
+    for (t, why) in cases {
+        match a.authorize(&HeaderMap::new(), &query(&t), Scope::Node) {
+            Err(AuthError::Invalid(m)) => assert!(m.contains(why), "{why}: {m}"),
+            other => panic!("{why}: {other:?}"),
+        }
+    }
+    // A space-separated scope string and a list both work.
+    let t = enc(
+        serde_json::json!({"exp": now + 60, "scope": "session node"}),
+        NEW,
+    );
+    assert!(
+        a.authorize(&HeaderMap::new(), &query(&t), Scope::Node)
+            .is_ok()
+    );
+}
+
+#[test]
+fn node_binding_and_tenant_rules() {
+    let fleet = Credential {
+        scopes: vec![Scope::Node],
+        sub: None,
+        tenant: Some("acme".into()),
+        open: false,
+    };
+    assert!(
+        !fleet.may_replace_node("n1"),
+        "a fleet token cannot take a live node"
+    );
+    assert_eq!(fleet.tenant_for(None).unwrap().as_deref(), Some("acme"));
+    assert_eq!(
+        fleet.tenant_for(Some("acme")).unwrap().as_deref(),
+        Some("acme")
+    );
+    assert!(fleet.tenant_for(Some("other")).is_err());
+    let bound = Credential {
+        sub: Some("n1".into()),
+        tenant: None,
+        ..fleet
+    };
+    assert!(bound.may_replace_node("n1") && !bound.may_replace_node("n2"));
+    assert_eq!(bound.bound_node(), Some("n1"));
+    assert_eq!(bound.tenant_for(Some("t")).unwrap().as_deref(), Some("t"));
+    assert!(Credential::open().may_replace_node("anything"));
+}
+
+#[test]
+fn ttl_parsing() {
+    assert_eq!(parse_ttl("1h"), Ok(3600));
+    assert_eq!(parse_ttl("90"), Ok(90));
+    assert_eq!(parse_ttl("2d"), Ok(172_800));
+    assert!(parse_ttl("0s").is_err() && parse_ttl("1w").is_err() && parse_ttl("h").is_err());
+}
