@@ -125,10 +125,8 @@ impl Verifier {
 
 /// A PEM public key: RSA (RS256), EC P-256 (ES256) or Ed25519 (EdDSA).
 fn pem_key(pem: &[u8]) -> Result<Key, String> {
-    let tries: [(
-        Algorithm,
-        fn(&[u8]) -> jsonwebtoken::errors::Result<DecodingKey>,
-    ); 3] = [
+    type Parse = fn(&[u8]) -> jsonwebtoken::errors::Result<DecodingKey>;
+    let tries: [(Algorithm, Parse); 3] = [
         (Algorithm::RS256, DecodingKey::from_rsa_pem),
         (Algorithm::ES256, DecodingKey::from_ec_pem),
         (Algorithm::EdDSA, DecodingKey::from_ed_pem),
