@@ -115,10 +115,13 @@ impl Store {
         for (id, _) in &list {
             pipe.cmd("GET").arg(self.keys.instance(id));
         }
-        let started: Vec<Option<u64>> = pipe
-            .query_async(&mut conn)
-            .await
-            .map_err(|e| StoreError::from_redis("read", e))?;
+        let started: Vec<Option<u64>> = if list.is_empty() {
+            Vec::new()
+        } else {
+            pipe.query_async(&mut conn)
+                .await
+                .map_err(|e| StoreError::from_redis("read", e))?
+        };
         Ok(list
             .into_iter()
             .zip(started)

@@ -234,6 +234,9 @@ impl Store {
             .query_async(&mut conn)
             .await
             .map_err(|e| StoreError::from_redis("read", e))?;
+        if ids.is_empty() {
+            return Ok(Vec::new()); // an empty pipeline is an error to Redis
+        }
         let mut pipe = redis::pipe();
         for id in &ids {
             pipe.cmd("HGETALL").arg(self.keys.node(id));
@@ -253,6 +256,9 @@ impl Store {
             .query_async(&mut conn)
             .await
             .map_err(|e| StoreError::from_redis("read", e))?;
+        if names.is_empty() {
+            return Ok(BTreeMap::new());
+        }
         let mut pipe = redis::pipe();
         for n in &names {
             pipe.cmd("SMEMBERS").arg(self.keys.pool(n));
@@ -285,10 +291,13 @@ impl Store {
         for id in &ids {
             pipe.cmd("HGET").arg(self.keys.node(id)).arg("state");
         }
-        let states: Vec<Option<String>> = pipe
-            .query_async(&mut conn)
-            .await
-            .map_err(|e| StoreError::from_redis("read", e))?;
+        let states: Vec<Option<String>> = if ids.is_empty() {
+            Vec::new()
+        } else {
+            pipe.query_async(&mut conn)
+                .await
+                .map_err(|e| StoreError::from_redis("read", e))?
+        };
         let mut out: BTreeMap<String, i64> = ["ready", "draining", "disconnected", "offline"]
             .iter()
             .map(|s| (s.to_string(), 0))
@@ -303,6 +312,9 @@ impl Store {
 impl Store {
     /// Jobs waiting in each pool's queue (read at `/metrics` scrape time).
     pub async fn queue_depths(&self, pools: &[String]) -> Result<Vec<u64>, StoreError> {
+        if pools.is_empty() {
+            return Ok(Vec::new());
+        }
         let mut conn = self.conn().await?;
         let mut pipe = redis::pipe();
         for p in pools {

@@ -1,0 +1,513 @@
+//! Access control, tried as an attacker would against a live instance (DESIGN §8, the
+//! "node id hijack" row of §6): nobody registers, resumes or drains without the credential
+//! for it, and a refused attempt changes nothing. Real redis-server, real WebSocket
+//! clients, the invariant checker after every scenario.
+
+mod common;
+
+use std::collections::HashMap;
+use std::time::{Duration, Instant};
+
+use common::actors::*;
+use common::invariants::{self, PREFIX};
+use common::*;
+use redis::AsyncCommands;
+use serde_json::{Value, json};
+use switchyard::server::Running;
+
+const T: Duration = Duration::from_secs(5);
+
+/// The HTTP status a WebSocket upgrade to `url` is refused with (panics if it succeeds).
+async fn refused_status(url: &str) -> u16 {
+    match tokio_tungstenite::connect_async(url).await {
+        Err(tokio_tungstenite::tungstenite::Error::Http(resp)) => resp.status().as_u16(),
+        Err(e) => panic!("{url}: unexpected error {e}"),
+        Ok(_) => panic!("{url}: upgrade accepted"),
+    }
+}
+
+async fn node_hash(c: &mut redis::aio::MultiplexedConnection, id: &str) -> HashMap<String, String> {
+    c.hgetall(format!("{PREFIX}node:{id}")).await.unwrap()
+}
+
+async fn node_keys(c: &mut redis::aio::MultiplexedConnection) -> Vec<String> {
+    c.keys(format!("{PREFIX}node:*")).await.unwrap()
+}
+
+fn answer(assign: &Value, node_id: &str, text: &str) -> Value {
+    let mut r = result_for(assign, text);
+    r["node_id"] = json!(node_id);
+    r
+}
+
+fn url_with(r: &Running, path: &str, token: &str) -> String {
+    with_given_token(&bare_ws_url(r, path), token)
+}
+
+#[tokio::test]
+async fn an_upgrade_without_the_right_credential_is_refused_before_anything_registers() {
+    let redis = RedisServer::start().await;
+    let inst = start_instance(&redis).await;
+    let mut c = redis.client().await;
+    let node = bare_ws_url(&inst, "/ws/node");
+    assert_eq!(refused_status(&node).await, 401, "no credential");
+    let session_token = token(&[Scope::Session], None, None);
+    assert_eq!(
+        refused_status(&with_given_token(&node, &session_token)).await,
+        403,
+        "a session credential is not a node credential"
+    );
+    let forged = switchyard::auth::mint::hs256(
+        "some-other-secret-0123456789abcdef0123",
+        &switchyard::auth::mint::TokenSpec {
+            scopes: vec![Scope::Node],
+            sub: None,
+            tenant: None,
+            ttl_s: 60,
+        },
+    )
+    .unwrap();
+    assert_eq!(refused_status(&with_given_token(&node, &forged)).await, 401);
+    assert_eq!(
+        refused_status(&with_given_token(&node, "not-a-jwt")).await,
+        401
+    );
+    assert_eq!(
+        refused_status(&bare_ws_url(&inst, "/ws/session")).await,
+        401
+    );
+    assert!(node_keys(&mut c).await.is_empty(), "nothing registered");
+    let m = metrics_text(&inst).await;
+    for line in [
+        r#"switchyard_auth_refused_total{kind="node",detail="missing"} 1"#,
+        r#"switchyard_auth_refused_total{kind="node",detail="forbidden"} 1"#,
+        r#"switchyard_auth_refused_total{kind="node",detail="invalid"} 2"#,
+        r#"switchyard_auth_refused_total{kind="session",detail="missing"} 1"#,
+        "switchyard_auth_open 0",
+    ] {
+        assert!(m.contains(line), "{line} in\n{m}");
+    }
+    // The same credential in the Authorization header works as well as in the URL.
+    let mut req = tokio_tungstenite::tungstenite::client::IntoClientRequest::into_client_request(
+        node.as_str(),
+    )
+    .unwrap();
+    req.headers_mut().insert(
+        "authorization",
+        format!("Bearer {}", token(&[Scope::Node], None, None))
+            .parse()
+            .unwrap(),
+    );
+    let (ws, _) = tokio_tungstenite::connect_async(req)
+        .await
+        .expect("bearer header");
+    drop(ws);
+    invariants::check(&mut c).await;
+}
+
+#[tokio::test]
+async fn a_fleet_token_cannot_hijack_a_live_node_and_the_owner_keeps_its_jobs() {
+    let redis = RedisServer::start().await;
+    let a = start_instance(&redis).await;
+    let b = start_instance(&redis).await;
+    let mut c = redis.client().await;
+    let mut owner = WsClient::connect(&ws_url(&a, "/ws/node")).await;
+    let nid = owner
+        .register_id(fixture("node_register_first"), None)
+        .await;
+    let before = node_hash(&mut c, &nid).await;
+    let (mut s, sid) =
+        open_session(&ws_url(&a, "/ws/session"), fixture("session_init_one_way")).await;
+    s.send(&utterance(&sid, 0)).await;
+    let j0 = next_of(&mut owner, "job_assign", T).await.unwrap();
+
+    // Another holder of the fleet credential, on the same and on another instance.
+    for inst in [&a, &b] {
+        let mut thief = WsClient::connect(&ws_url(inst, "/ws/node")).await;
+        let mut f = fixture("node_register_reconnect");
+        f["node_id"] = json!(nid);
+        let started = Instant::now();
+        thief.send(&f).await;
+        let err = thief.recv_type("error").await;
+        assert_eq!(err["code"], "NODE_ID_CONFLICT", "{err}");
+        assert!(
+            started.elapsed() >= Duration::from_millis(900),
+            "waited for a possibly dropped socket's cleanup first"
+        );
+        assert_eq!(thief.expect_close().await, Some(1008));
+    }
+    // A token bound to another node cannot even name this one.
+    let mut other = WsClient::connect(&url_with(
+        &b,
+        "/ws/node",
+        &token(&[Scope::Node], Some("node-OTHER"), None),
+    ))
+    .await;
+    let mut f = fixture("node_register_reconnect");
+    f["node_id"] = json!(nid);
+    other.send(&f).await;
+    assert_eq!(other.recv_type("error").await["code"], "UNAUTHORIZED");
+
+    let after = node_hash(&mut c, &nid).await;
+    for k in ["conn", "owner", "epoch", "state"] {
+        assert_eq!(after[k], before[k], "{k} unchanged");
+    }
+    // The owner still has its node: its result is accepted and the next job is its own.
+    owner.send(&answer(&j0, &nid, "mine")).await;
+    let r = terminals(&mut s, 1, T).await;
+    assert_eq!(r[0]["text_translated"], "mine");
+    s.send(&utterance(&sid, 1)).await;
+    let j1 = next_of(&mut owner, "job_assign", T).await.unwrap();
+    owner.send(&answer(&j1, &nid, "still mine")).await;
+    assert_eq!(
+        terminals(&mut s, 1, T).await[0]["text_translated"],
+        "still mine"
+    );
+    let m = metrics_text(&b).await;
+    assert!(
+        m.contains(
+            r#"switchyard_messages_rejected_total{kind="node",detail="node_id_conflict"} 1"#
+        ),
+        "{m}"
+    );
+    invariants::check(&mut c).await;
+}
+
+#[tokio::test]
+async fn a_fleet_token_reconnects_a_node_whose_socket_dropped_or_whose_instance_died() {
+    let redis = RedisServer::start().await;
+    let a = start_instance(&redis).await;
+    let b = start_instance(&redis).await;
+    let mut c = redis.client().await;
+    let mut n = WsClient::connect(&ws_url(&a, "/ws/node")).await;
+    let nid = n.register_id(fixture("node_register_first"), None).await;
+    // The network drops (no close frame); the node is back at once, elsewhere.
+    n.drop_connection();
+    let started = Instant::now();
+    let mut n2 = WsClient::connect(&ws_url(&b, "/ws/node")).await;
+    let ack = n2
+        .register(fixture("node_register_reconnect"), Some(&nid))
+        .await;
+    assert_eq!(ack["node_id"], nid.as_str());
+    println!("reconnect after a dropped socket: {:?}", started.elapsed());
+    assert_eq!(node_hash(&mut c, &nid).await["owner"], b.app.instance_id);
+    // Its instance is killed (no cleanup at all): the node comes back through another.
+    b.abort();
+    let started = Instant::now();
+    let mut n3 = WsClient::connect(&ws_url(&a, "/ws/node")).await;
+    let mut f = fixture("node_register_reconnect");
+    f["node_id"] = json!(nid);
+    let ack = loop {
+        n3.send(&f).await;
+        match n3.next(T).await {
+            Ok(v) if v["type"] == "node_register_ack" => break v,
+            // Refused while the dead instance's presence lasts: reconnect, as lingua does.
+            Ok(v) if v["code"] == "NODE_ID_CONFLICT" => {
+                n3 = WsClient::connect(&ws_url(&a, "/ws/node")).await;
+            }
+            other => panic!("{other:?}"),
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(5),
+            "back within seconds"
+        );
+    };
+    assert_eq!(ack["node_id"], nid.as_str());
+    println!("reconnect after its instance died: {:?}", started.elapsed());
+    assert_eq!(node_hash(&mut c, &nid).await["owner"], a.app.instance_id);
+    drop(n2);
+    invariants::check(&mut c).await;
+}
+
+#[tokio::test]
+async fn a_silent_half_open_connection_is_closed_by_pings_and_frees_its_node_id() {
+    let redis = RedisServer::start().await;
+    let inst = start_tweaked(&redis, |c| {
+        c.ws.ping_interval_ms = 100;
+        c.ws.idle_timeout_ms = 400;
+        c.node.takeover_wait_ms = 0;
+    })
+    .await;
+    let mut c = redis.client().await;
+    let mut n = WsClient::connect(&ws_url(&inst, "/ws/node")).await;
+    let nid = n.register_id(fixture("node_register_first"), None).await;
+    // While the old socket is silent but not yet idle long enough, the id is held.
+    let mut early = WsClient::connect(&ws_url(&inst, "/ws/node")).await;
+    let mut f = fixture("node_register_reconnect");
+    f["node_id"] = json!(nid);
+    early.send(&f).await;
+    assert_eq!(early.recv_type("error").await["code"], "NODE_ID_CONFLICT");
+    // It never answers a ping (this client reads nothing): closed as idle, then free.
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    let mut late = WsClient::connect(&ws_url(&inst, "/ws/node")).await;
+    let ack = late
+        .register(fixture("node_register_reconnect"), Some(&nid))
+        .await;
+    assert_eq!(ack["node_id"], nid.as_str());
+    // (Its close frame, 4003, may not reach a client that answers nothing.)
+    n.expect_close().await;
+    let m = metrics_text(&inst).await;
+    assert!(
+        m.contains(r#"switchyard_messages_rejected_total{kind="node",detail="idle"} 1"#),
+        "{m}"
+    );
+    // A client that reads (and so answers pings) stays connected however quiet it is.
+    late.expect_silence(Duration::from_millis(800)).await;
+    assert_eq!(node_hash(&mut c, &nid).await["state"], "ready");
+    invariants::check(&mut c).await;
+}
+
+#[tokio::test]
+async fn resume_needs_the_resume_token_and_a_refused_one_changes_nothing() {
+    let redis = RedisServer::start().await;
+    let inst = start_instance(&redis).await;
+    let mut c = redis.client().await;
+    let (mut n, nid) = {
+        let mut n = WsClient::connect(&ws_url(&inst, "/ws/node")).await;
+        let id = n.register_id(fixture("node_register_first"), None).await;
+        (n, id)
+    };
+    let (mut s, ack) = open_session_ack(
+        &ws_url(&inst, "/ws/session"),
+        fixture("session_init_one_way"),
+    )
+    .await;
+    let sid = ack["session_id"].as_str().unwrap().to_string();
+    let resume_token = ack["resume_token"]
+        .as_str()
+        .expect("resume_token")
+        .to_string();
+    let secret = resume_token.trim_start_matches("rt-");
+    assert!(
+        secret.len() >= 32 && secret.chars().all(|c| c.is_ascii_hexdigit()),
+        "128 random bits: {resume_token}"
+    );
+    let stored: HashMap<String, String> =
+        c.hgetall(format!("{PREFIX}session:{sid}")).await.unwrap();
+    assert_eq!(stored["resume_hash"].len(), 64, "SHA-256 hex");
+    assert!(
+        !stored.values().any(|v| v.contains(secret)),
+        "the token itself is not stored"
+    );
+
+    let attempts = [
+        None,
+        Some("rt-00000000000000000000000000000000".to_string()),
+    ];
+    for proof in attempts {
+        let mut thief = WsClient::connect(&ws_url(&inst, "/ws/session")).await;
+        let mut init = fixture("session_init_one_way");
+        init["resume_session_id"] = json!(sid);
+        init["resume_token"] = json!(proof);
+        thief.send(&init).await;
+        let err = thief.recv_type("error").await;
+        assert_eq!(err["code"], "UNAUTHORIZED", "{err}");
+        thief.expect_silence(Duration::from_millis(200)).await;
+    }
+    let after: HashMap<String, String> = c.hgetall(format!("{PREFIX}session:{sid}")).await.unwrap();
+    assert_eq!(
+        after["conn"], stored["conn"],
+        "the live session stays where it is"
+    );
+    // The owner goes on receiving its translations.
+    s.send(&utterance(&sid, 0)).await;
+    let j = next_of(&mut n, "job_assign", T).await.unwrap();
+    n.send(&answer(&j, &nid, "for the owner")).await;
+    assert_eq!(
+        terminals(&mut s, 1, T).await[0]["text_translated"],
+        "for the owner"
+    );
+
+    // The owner itself, reconnecting with its token, resumes.
+    s.drop_connection();
+    let mut back = WsClient::connect(&ws_url(&inst, "/ws/session")).await;
+    let mut init = fixture("session_init_one_way");
+    init["resume_session_id"] = json!(sid);
+    init["resume_token"] = json!(resume_token);
+    init["last_received_index"] = json!(0);
+    back.send(&init).await;
+    let ack = back.recv_type("session_init_ack").await;
+    assert_eq!(ack["resumed"], true);
+    assert_eq!(
+        ack["resume_token"],
+        resume_token.as_str(),
+        "same secret, still valid"
+    );
+    invariants::check(&mut c).await;
+}
+
+#[tokio::test]
+async fn the_credential_tenant_is_the_tenant_and_a_frame_cannot_claim_another() {
+    let redis = RedisServer::start().await;
+    let inst = start_instance(&redis).await;
+    let mut c = redis.client().await;
+    let acme_node = token(&[Scope::Node], None, Some("acme"));
+    let mut n = WsClient::connect(&url_with(&inst, "/ws/node", &acme_node)).await;
+    let mut f = fixture("node_register_first");
+    f["tenant_id"] = json!("globex");
+    n.send(&f).await;
+    assert_eq!(n.recv_type("error").await["code"], "UNAUTHORIZED");
+    assert!(node_keys(&mut c).await.is_empty());
+    let nid = n.register_id(fixture("node_register_first"), None).await;
+    let h = node_hash(&mut c, &nid).await;
+    assert_eq!(h["tenant"], "acme", "{h:?}");
+    let pools: Vec<String> = c
+        .smembers(format!("{PREFIX}node:{nid}:pools"))
+        .await
+        .unwrap();
+    assert!(
+        !pools.is_empty() && pools.iter().all(|p| p.starts_with("tenant:acme:")),
+        "{pools:?}"
+    );
+
+    let acme_session = token(&[Scope::Session], None, Some("acme"));
+    let mut s = WsClient::connect(&url_with(&inst, "/ws/session", &acme_session)).await;
+    let mut init = fixture("session_init_one_way");
+    init["tenant_id"] = json!("globex");
+    s.send(&init).await;
+    assert_eq!(s.recv_type("error").await["code"], "UNAUTHORIZED");
+    s.send(&fixture("session_init_one_way")).await;
+    let ack = s.recv_type("session_init_ack").await;
+    let sid = ack["session_id"].as_str().unwrap();
+    let tenant: String = c
+        .hget(format!("{PREFIX}session:{sid}"), "tenant")
+        .await
+        .unwrap();
+    assert_eq!(tenant, "acme");
+    // A session of another tenant cannot be resumed with this credential, token or not.
+    let globex = token(&[Scope::Session], None, Some("globex"));
+    let mut other = WsClient::connect(&url_with(&inst, "/ws/session", &globex)).await;
+    let mut init = fixture("session_init_one_way");
+    init["resume_session_id"] = json!(sid);
+    init["resume_token"] = ack["resume_token"].clone();
+    other.send(&init).await;
+    assert_eq!(other.recv_type("error").await["code"], "UNAUTHORIZED");
+    invariants::check(&mut c).await;
+}
+
+#[tokio::test]
+async fn the_admin_api_needs_admin_scopes_401_without_403_with_the_wrong_one() {
+    let redis = RedisServer::start().await;
+    let inst = start_instance(&redis).await;
+    let mut c = redis.client().await;
+    let mut n = WsClient::connect(&ws_url(&inst, "/ws/node")).await;
+    let nid = n.register_id(fixture("node_register_first"), None).await;
+    let http = reqwest::Client::new();
+    let drain = http_url(&inst, &format!("/api/v1/nodes/{nid}/drain"));
+    let read = token(&[Scope::AdminRead], Some("ops-dashboard"), None);
+    let write = token(&[Scope::AdminWrite], Some("ops-alice"), None);
+    let session = token(&[Scope::Session], None, None);
+
+    let r = http
+        .get(http_url(&inst, "/api/v1/nodes"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 401);
+    assert!(r.headers().contains_key("www-authenticate"));
+    let status = |r: reqwest::Response| r.status().as_u16();
+    for path in ["/api/v1/nodes", "/api/v1/pools", "/api/v1/instances"] {
+        let url = http_url(&inst, path);
+        assert_eq!(
+            status(http.get(&url).bearer_auth(&session).send().await.unwrap()),
+            403
+        );
+        assert_eq!(
+            status(http.get(&url).bearer_auth(&write).send().await.unwrap()),
+            403,
+            "write is not read"
+        );
+        assert_eq!(
+            status(http.get(&url).bearer_auth(&read).send().await.unwrap()),
+            200
+        );
+    }
+    assert_eq!(status(http.post(&drain).send().await.unwrap()), 401);
+    assert_eq!(
+        status(http.post(&drain).bearer_auth(&read).send().await.unwrap()),
+        403
+    );
+    assert_eq!(
+        node_hash(&mut c, &nid).await["state"],
+        "ready",
+        "refused calls change nothing"
+    );
+    assert_eq!(
+        status(http.post(&drain).bearer_auth(&write).send().await.unwrap()),
+        200
+    );
+    assert_eq!(node_hash(&mut c, &nid).await["state"], "draining");
+    // Probes stay open.
+    for path in ["/healthz", "/readyz"] {
+        assert_eq!(
+            status(http.get(http_url(&inst, path)).send().await.unwrap()),
+            200
+        );
+    }
+    let m = metrics_text(&inst).await;
+    assert!(
+        m.contains(r#"switchyard_auth_refused_total{kind="admin",detail="forbidden"} 7"#),
+        "{m}"
+    );
+    invariants::check(&mut c).await;
+}
+
+#[tokio::test]
+async fn admin_listen_puts_the_admin_api_and_metrics_on_their_own_address() {
+    let redis = RedisServer::start().await;
+    let inst = start_tweaked(&redis, |c| c.admin_listen = Some("127.0.0.1:0".into())).await;
+    let admin = inst.admin_addr.expect("admin address");
+    let http = reqwest::Client::new();
+    let read = token(&[Scope::AdminRead], None, None);
+    for path in ["/api/v1/nodes", "/metrics"] {
+        let public = http
+            .get(http_url(&inst, path))
+            .bearer_auth(&read)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(
+            public.status().as_u16(),
+            404,
+            "{path} not on the public address"
+        );
+        let url = format!("http://{admin}{path}");
+        let r = http.get(&url).bearer_auth(&read).send().await.unwrap();
+        let st = r.status().as_u16();
+        assert_eq!(
+            st,
+            200,
+            "{path} on the admin address: {}",
+            r.text().await.unwrap()
+        );
+    }
+    let r = http
+        .get(format!("http://{admin}/api/v1/nodes"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 401, "still needs a credential there");
+    let r = http.get(http_url(&inst, "/readyz")).send().await.unwrap();
+    assert_eq!(r.status().as_u16(), 200);
+}
+
+#[tokio::test]
+async fn open_mode_lets_everyone_in_and_says_so() {
+    let redis = RedisServer::start().await;
+    let inst = start_tweaked(&redis, |c| {
+        c.auth.mode = "open".into();
+        c.auth.hs256_secrets.clear();
+    })
+    .await;
+    let mut c = redis.client().await;
+    let (_, body) = get_json(&http_url(&inst, "/readyz")).await;
+    assert_eq!(body["auth"], "open");
+    assert!(metrics_text(&inst).await.contains("switchyard_auth_open 1"));
+    let mut n = WsClient::connect(&bare_ws_url(&inst, "/ws/node")).await;
+    n.register_id(fixture("node_register_first"), None).await;
+    let r = reqwest::get(http_url(&inst, "/api/v1/nodes"))
+        .await
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 200);
+    invariants::check(&mut c).await;
+}
