@@ -459,7 +459,8 @@ fn decode_reply<T: DeserializeOwned>(
 #[derive(Debug, Default)]
 pub struct Events {
     /// `submitted`, `dispatched`, `queued`, `failover`, `finished`, `acked`, `started`,
-    /// `queue_timeout`, `missing_result`, `failed:<CODE>` → count.
+    /// `queue_timeout`, `missing_result`, `failed:<CODE>`, `cut_skipped:empty|too_short`
+    /// → count.
     pub ev: std::collections::BTreeMap<String, u64>,
     pub lat: Latencies,
 }
