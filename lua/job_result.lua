@@ -31,9 +31,10 @@ Output: [JSON, blobs...]
 -- int(v): a whole, non-negative number of ms as JSON text (clock skew clamps to 0).
 local function int(v) return string.format('%d', math.max(0, math.floor(v))) end
 
--- timed(job, body): the translation_result JSON `body` with scheduler_sent_at_ms (for now the
--- time it was accepted) and network_timings in front, in the fixed shape `stamp` rewrites.
-local function timed(job, body)
+-- timed(job, ids): the node's translation_result (ARGV[10]) with the fields `ids` added and,
+-- in front, scheduler_sent_at_ms (for now the time it was accepted) and network_timings in
+-- the fixed shape `stamp` rewrites. One concatenation: the message carries the TTS audio.
+local function timed(job, ids)
   local t = ''
   if job.web_ms and job.web_ms ~= '' then t = t .. ',"web_to_scheduler_ms":' .. job.web_ms end
   local disp, done, proc = tonumber(job.dispatched_at or ''), tonumber(ARGV[15]), tonumber(ARGV[16])
@@ -48,8 +49,10 @@ local function timed(job, body)
   end
   if s2n then t = t .. ',"scheduler_to_node_ms":' .. int(s2n) end
   if n2s then t = t .. ',"node_to_scheduler_ms":' .. int(n2s) end
+  local body = ARGV[10]
+  local sep = string.match(body, '^{%s*}') and '' or ','
   return STAMP .. int(NOW) .. ',"network_timings":{"scheduler_to_web_ms":0' .. t .. '},'
-    .. string.sub(body, 2)
+    .. string.sub(cjson.encode(ids), 2, -2) .. sep .. string.sub(body, 2)
 end
 
 local jid, nid, outcome = ARGV[5], ARGV[7], ARGV[9]
@@ -73,7 +76,7 @@ if outcome == 'ok' then
   if ARGV[13] ~= '' then
     ids.group_id, ids.part_index = group_join(job.session, ARGV[13], ARGV[14])
   end
-  settle(job.session, job.idx, timed(job, json_with(ARGV[10], ids)))
+  settle(job.session, job.idx, timed(job, ids))
   offer(nid)
 elseif outcome == 'model_not_available' then
   local nk, svc = node_key(nid), ARGV[11]
