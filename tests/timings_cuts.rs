@@ -250,3 +250,42 @@ async fn min_cut_ms_zero_turns_the_rule_off() {
     assert_eq!(skipped(&inst).await, 0.0);
     invariants::check(&mut c).await;
 }
+
+#[tokio::test]
+async fn a_short_tail_of_a_long_turn_still_ends_it_on_its_node() {
+    let redis = RedisServer::start().await;
+    // Every fixture chunk (620 bytes ≈ 206 ms) makes a max-duration cut: the turn continues.
+    let inst = start_tweaked(&redis, |c| c.session.max_duration_ms = 200).await;
+    let mut c = redis.client().await;
+    let (mut n, _) = node_on(&inst).await;
+    let (mut s, sid) = session_on(&inst).await;
+    let mut ch = fixture("audio_chunk");
+    ch["session_id"] = json!(sid);
+    s.send(&ch).await;
+    let j0 = assign(&mut n).await;
+    assert_eq!(j0["is_max_duration_triggered"], true);
+    // A 43 ms rest of the same speech, then is_final: the turn's last job, not a click.
+    ch["payload"] = json!(packets(2, 63));
+    s.send(&ch).await;
+    let mut fin = fixture("audio_chunk_final_empty");
+    fin["session_id"] = json!(sid);
+    s.send(&fin).await;
+    let j1 = assign(&mut n).await;
+    assert_eq!(j1["utterance_index"], 1);
+    assert_eq!(j1["turn_id"], j0["turn_id"]);
+    assert_eq!(j1["is_manual_cut"], true);
+    // The same bytes after the turn ended are a click.
+    s.send(&ch).await;
+    s.send(&fin).await;
+    eventually(T, "click skipped", || async {
+        (skipped(&inst).await == 1.0).then_some(())
+    })
+    .await;
+    assert!(
+        next_of(&mut n, "job_assign", Duration::from_millis(200))
+            .await
+            .is_none()
+    );
+    assert_eq!(session_field(&mut c, &sid, "next_index").await, "2");
+    invariants::check(&mut c).await;
+}

@@ -2,7 +2,9 @@
 -- reason: manual (is_final), timeout (pause), max_duration, max_size, close.
 -- An empty buffer creates no job and does not use an utterance index; neither does a buffer
 -- whose estimated duration (sess.buf_ms) is below CFG.min_cut (a click between two
--- is_final; the audio is dropped). Both are counted (cut_skipped:empty|too_short). A
+-- is_final; the audio is dropped), unless it is the tail of a turn an earlier max-duration
+-- or max-size cut started (speech the node joins to that turn). Both are counted
+-- (cut_skipped:empty|too_short). A
 -- max-duration or max-size cut keeps the turn (the next job of the turn goes to the same
 -- node); any other cut ends it. The job records web_ms, the client -> scheduler delay of the
 -- last audio_chunk that carried client_timestamp_ms (sess.cts, received at sess.rts).
@@ -13,7 +15,8 @@ local function cut(sid, sess, reason)
   redis.call('ZREM', P .. 'due:audio', sid)
   local audio = redis.call('GET', bk)
   local keeps_turn = reason == 'max_duration' or reason == 'max_size'
-  local short = CFG.min_cut > 0 and tonumber(sess.buf_ms or '0') < CFG.min_cut
+  local short = CFG.min_cut > 0 and (sess.turn_id or '') == ''
+    and tonumber(sess.buf_ms or '0') < CFG.min_cut
   if not audio or #audio == 0 or short then
     if audio then
       redis.call('DEL', bk)
