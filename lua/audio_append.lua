@@ -1,5 +1,6 @@
 --[[ audio_append: one audio_chunk of a streaming session. Appends the payload to the
-session's buffer and applies the cut rules: is_final -> manual cut; buffered duration >=
+session's buffer and applies the cut rules (a cut too short to be speech makes no job, see
+cut.lua): is_final -> manual cut; buffered duration >=
 max_duration -> max-duration cut (the turn continues); buffer > max_bytes -> size cut;
 otherwise the pause deadline moves to now + pause_ms (the sweep cuts on expiry). A cut
 submits the job in this same script (dispatch or queue), so no audio is lost between cut
@@ -11,6 +12,8 @@ Input:
   ARGV[1..4] ctx   ARGV[5] session id   ARGV[6] connection token
   ARGV[7] payload bytes (raw, may be empty)   ARGV[8] "1" if is_final
   ARGV[9] payload duration estimate, ms
+  ARGV[10] the chunk's client_timestamp_ms ("" if absent): kept as cts (with its arrival
+           time rts) for the web_to_scheduler_ms timing of the next cut
 Output: [JSON, blobs...]
   {"status":"ok","cut":reason?,"job_id":id?,"dispatch":"dispatched"|"queued"|"failed"?}
   {"status":"missing"} | {"status":"stale"} | {"status":"closed"}
@@ -19,6 +22,7 @@ Output: [JSON, blobs...]
 --!include deliver
 --!include results
 --!include dispatch
+--!include groups
 --!include submit
 --!include cut
 
@@ -34,8 +38,13 @@ if #payload > 0 then
   end
   bytes = bytes + #payload
   ms = ms + tonumber(ARGV[9])
-  redis.call('HSET', KEYS[1], 'buf_bytes', bytes, 'buf_ms', ms)
+  if ARGV[10] ~= '' then
+    redis.call('HSET', KEYS[1], 'buf_bytes', bytes, 'buf_ms', ms, 'cts', ARGV[10], 'rts', NOW)
+  else
+    redis.call('HSET', KEYS[1], 'buf_bytes', bytes, 'buf_ms', ms)
+  end
 end
+if ARGV[10] ~= '' then sess.cts, sess.rts = ARGV[10], NOW end
 touch_session(sid, sess)
 local reason = nil
 if ARGV[8] == '1' then reason = 'manual'

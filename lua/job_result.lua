@@ -14,6 +14,11 @@ Input:
            trace_id (added from the job record); otherwise the node's error message
   ARGV[11] service type that is not available (model_not_available)
   ARGV[12] error code (error)
+  ARGV[13] ok: the node's text_asr ("" = none: no utterance group)   ARGV[14] ok: text_translated
+  ARGV[15] ok: node_completed_at_ms ("" if absent)   ARGV[16] ok: processing_time_ms ("" if absent)
+A successful result with text joins the session's utterance group (group_id, part_index;
+lua/includes/groups.lua) and carries network_timings + scheduler_sent_at_ms, stamped again
+when it is sent (results.lua `stamp`; definitions in docs/jobs.md "Timings").
 Output: [JSON, blobs...]
   {"status":"ok","state":"FINISHED"|"FAILED"|"DISPATCHED"|"QUEUED"} | {"status":"stale","reason":r}
 ]]
@@ -21,6 +26,34 @@ Output: [JSON, blobs...]
 --!include deliver
 --!include results
 --!include dispatch
+--!include groups
+
+-- int(v): a whole, non-negative number of ms as JSON text (clock skew clamps to 0).
+local function int(v) return string.format('%d', math.max(0, math.floor(v))) end
+
+-- timed(job, ids): the node's translation_result (ARGV[10]) with the fields `ids` added and,
+-- in front, scheduler_sent_at_ms (for now the time it was accepted) and network_timings in
+-- the fixed shape `stamp` rewrites. One concatenation: the message carries the TTS audio.
+local function timed(job, ids)
+  local t = ''
+  if job.web_ms and job.web_ms ~= '' then t = t .. ',"web_to_scheduler_ms":' .. job.web_ms end
+  local disp, done, proc = tonumber(job.dispatched_at or ''), tonumber(ARGV[15]), tonumber(ARGV[16])
+  local s2n, n2s = nil, nil
+  if disp and done then
+    n2s = NOW - done
+    if proc then s2n = done - proc - disp end
+  elseif disp and proc then -- no node clock: half of the round trip's overhead each way
+    local overhead = math.max(0, NOW - disp - proc)
+    s2n = math.floor(overhead / 2)
+    n2s = overhead - s2n
+  end
+  if s2n then t = t .. ',"scheduler_to_node_ms":' .. int(s2n) end
+  if n2s then t = t .. ',"node_to_scheduler_ms":' .. int(n2s) end
+  local body = ARGV[10]
+  local sep = string.match(body, '^{%s*}') and '' or ','
+  return STAMP .. int(NOW) .. ',"network_timings":{"scheduler_to_web_ms":0' .. t .. '},'
+    .. string.sub(cjson.encode(ids), 2, -2) .. sep .. string.sub(body, 2)
+end
 
 local jid, nid, outcome = ARGV[5], ARGV[7], ARGV[9]
 local job, why = job_for(jid, ARGV[6], nid, ARGV[8])
@@ -38,8 +71,12 @@ if outcome == 'ok' then
   ui_event(job, 'ASR_FINAL', 'ok')
   ui_event(job, 'NMT_DONE', 'ok')
   -- identity from the job record, not from what the node wrote
-  settle(job.session, job.idx, json_with(ARGV[10], {session_id = job.session,
-    utterance_index = tonumber(job.idx), job_id = jid, trace_id = job.trace_id}))
+  local ids = {session_id = job.session, utterance_index = tonumber(job.idx), job_id = jid,
+    trace_id = job.trace_id}
+  if ARGV[13] ~= '' then
+    ids.group_id, ids.part_index = group_join(job.session, ARGV[13], ARGV[14])
+  end
+  settle(job.session, job.idx, timed(job, ids))
   offer(nid)
 elseif outcome == 'model_not_available' then
   local nk, svc = node_key(nid), ARGV[11]

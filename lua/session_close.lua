@@ -1,6 +1,7 @@
 --[[ session_close: the client ends its session: flush the audio buffer (a final cut), then
-refuse further audio. Results of jobs in flight are still delivered and kept in the result
-log until the session expires.
+refuse further audio, and close the session's utterance group (a later result starts a
+new one). Results of jobs in flight are still delivered and kept in the result log until
+the session expires.
 Input:
   KEYS[1] session hash   KEYS[2] {tag}:due:audio
   Derived: the session's audio buffer, jobs, results; job, node, pool, queue keys of the cut.
@@ -12,6 +13,7 @@ Output: [JSON, blobs...]
 --!include deliver
 --!include results
 --!include dispatch
+--!include groups
 --!include submit
 --!include cut
 
@@ -20,7 +22,7 @@ local sess, why = session_for(sid, ARGV[6])
 if not sess then return finish({status = why}) end
 local r = nil
 if sess.state == 'open' then r = cut(sid, sess, 'close') end
-redis.call('HSET', KEYS[1], 'state', 'closed', 'closed_at', NOW)
+redis.call('HSET', KEYS[1], 'state', 'closed', 'closed_at', NOW, 'grp_id', '')
 redis.call('ZREM', KEYS[2], sid)
 touch_session(sid, sess)
 return finish({status = 'ok', job_id = r and r.job_id or nil})

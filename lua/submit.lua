@@ -21,6 +21,7 @@ Output: [JSON, blobs...]
 --!include deliver
 --!include results
 --!include dispatch
+--!include groups
 --!include submit
 
 local sid, idx = ARGV[5], tonumber(ARGV[7])

@@ -24,6 +24,7 @@ Output: [JSON, blobs...]
 --!include results
 --!include dispatch
 --!include offline
+--!include groups
 --!include submit
 --!include cut
 

@@ -591,7 +591,12 @@ async fn a_skipped_index_gets_missing_result_after_the_window() {
 async fn max_duration_cuts_keep_the_turn_on_one_node() {
     let redis = RedisServer::start().await;
     // ~600 Opus bytes ≈ 200 ms: every fixture chunk (≈ 600 bytes) forces a max-duration cut.
-    let inst = start_tweaked(&redis, |c| c.session.max_duration_ms = 200).await;
+    // (The 30-byte manual cut below is a turn marker, not speech: no minimum cut length.)
+    let inst = start_tweaked(&redis, |c| {
+        c.session.max_duration_ms = 200;
+        c.session.min_cut_ms = 0;
+    })
+    .await;
     let mut c = redis.client().await;
     let (mut a, _) = node(&inst, |_| {}).await;
     let (mut b, _) = node(&inst, |_| {}).await;

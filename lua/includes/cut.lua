@@ -1,16 +1,29 @@
 -- cut(sid, sess, reason): turn the session's audio buffer into one job.
 -- reason: manual (is_final), timeout (pause), max_duration, max_size, close.
--- An empty buffer creates no job and does not use an utterance index. A max-duration or
--- max-size cut keeps the turn (the next job of the turn goes to the same node); any other
--- cut ends it. (Requires submit.)
+-- An empty buffer creates no job and does not use an utterance index; neither does a buffer
+-- whose estimated duration (sess.buf_ms) is below CFG.min_cut (a click between two
+-- is_final; the audio is dropped), unless it is the tail of a turn an earlier max-duration
+-- or max-size cut started (speech the node joins to that turn). Both are counted
+-- (cut_skipped:empty|too_short). A
+-- max-duration or max-size cut keeps the turn (the next job of the turn goes to the same
+-- node); any other cut ends it. The job records web_ms, the client -> scheduler delay of the
+-- last audio_chunk that carried client_timestamp_ms (sess.cts, received at sess.rts).
+-- (Requires submit.)
 local function cut(sid, sess, reason)
   local sk = session_key(sid)
   local bk = sk .. ':audio'
   redis.call('ZREM', P .. 'due:audio', sid)
   local audio = redis.call('GET', bk)
   local keeps_turn = reason == 'max_duration' or reason == 'max_size'
-  if not audio or #audio == 0 then
+  local short = CFG.min_cut > 0 and (sess.turn_id or '') == ''
+    and tonumber(sess.buf_ms or '0') < CFG.min_cut
+  if not audio or #audio == 0 or short then
+    if audio then
+      redis.call('DEL', bk)
+      redis.call('HSET', sk, 'buf_ms', 0, 'buf_bytes', 0, 'cts', '')
+    end
     if not keeps_turn then redis.call('HSET', sk, 'turn_id', '', 'turn_node', '') end
+    count((audio and #audio > 0) and 'cut_skipped:too_short' or 'cut_skipped:empty')
     return nil
   end
   -- the next index no utterance of this session has used (a client may mix modes)
@@ -25,7 +38,11 @@ local function cut(sid, sess, reason)
   end
   if not free(idx) then return nil end -- keep the audio; nothing is lost
   redis.call('DEL', bk)
-  redis.call('HSET', sk, 'buf_ms', 0, 'buf_bytes', 0)
+  redis.call('HSET', sk, 'buf_ms', 0, 'buf_bytes', 0, 'cts', '')
+  local web_ms = nil
+  if sess.cts and sess.cts ~= '' and sess.rts then
+    web_ms = string.format('%d', math.max(0, tonumber(sess.rts) - tonumber(sess.cts)))
+  end
   local turn = sess.turn_id
   if not turn or turn == '' then
     turn = sid .. '-t' .. redis.call('HINCRBY', sk, 'turn_seq', 1)
@@ -38,7 +55,7 @@ local function cut(sid, sess, reason)
   if keeps_turn then flags.is_max_duration_triggered = true end
   local r = submit(sid, sess, idx, json_with(sess.spec, flags), audio, {pools = sess.pools,
     needs = sess.needs, pair = sess.pair, trace_id = sess.trace_id, turn_id = turn,
-    turn_node = sess.turn_node})
+    turn_node = sess.turn_node, web_ms = web_ms})
   if not keeps_turn then redis.call('HSET', sk, 'turn_id', '', 'turn_node', '') end
   return r
 end

@@ -10,11 +10,25 @@ local function session_keys(sid)
   return sk, sk .. ':results', sk .. ':pending', sk .. ':jobs'
 end
 
+-- A translation_result from job_result starts with
+--   {"scheduler_sent_at_ms":<accepted>,"network_timings":{"scheduler_to_web_ms":0,...
+-- (the log keeps that); each send rewrites these two numbers: sent now, held now - accepted.
+local STAMP = '{"scheduler_sent_at_ms":'
+
+local function stamp(msg)
+  if string.sub(msg, 1, #STAMP) ~= STAMP then return msg end
+  local acc, rest = string.match(msg,
+    '^{"scheduler_sent_at_ms":(%d+),"network_timings":{"scheduler_to_web_ms":%d+()')
+  if not acc then return msg end
+  return STAMP .. string.format('%d', NOW) .. ',"network_timings":{"scheduler_to_web_ms":'
+    .. string.format('%d', math.max(0, NOW - tonumber(acc))) .. string.sub(msg, rest)
+end
+
 -- send_terminal(sid, msg): a terminal message, numbered by the session's out_seq so the
 -- owning connection writes them in release order whichever path they take.
 local function send_terminal(sid, msg)
   local seq = redis.call('HINCRBY', session_key(sid), 'out_seq', 1)
-  deliver('session', sid, msg, nil, seq)
+  deliver('session', sid, stamp(msg), nil, seq)
 end
 
 local function deliver_index(sid, rk, pk, idx)

@@ -1,9 +1,10 @@
 -- submit(sid, sess, idx, spec, audio, meta): create the job of utterance `idx` and dispatch
 -- it. Idempotent on (session, idx): a repeat returns the existing job and changes nothing.
 --   spec  job_assign JSON without job_id/attempt_id/audio (built by Rust or from the session)
---   meta  {pools=, needs=, pair=, trace_id=, turn_id=, turn_node=}
+--   meta  {pools=, needs=, pair=, trace_id=, turn_id=, turn_node=, web_ms=?}
+-- The job_assign carries the active utterance group's context as `context_text`.
 -- Returns {status='created'|'duplicate'|'settled', job_id=, dispatch=}.
--- (Requires ctx, deliver, results, dispatch.)
+-- (Requires ctx, deliver, results, dispatch, groups.)
 local function submit(sid, sess, idx, spec, audio, meta)
   local sk = session_key(sid)
   local existing = redis.call('HGET', sk .. ':jobs', idx)
@@ -16,11 +17,13 @@ local function submit(sid, sess, idx, spec, audio, meta)
   local ids = {type = 'job_assign', job_id = jid, session_id = sid, utterance_index = idx,
     trace_id = meta.trace_id}
   if meta.turn_id and meta.turn_id ~= '' then ids.turn_id = meta.turn_id end
+  local context = group_context(sess)
+  if context ~= '' then ids.context_text = context end
   local job = {id = jid, session = sid, idx = idx, state = 'CREATED', attempt = 0, tried = '',
     pools = meta.pools, needs = meta.needs, pair = meta.pair, trace_id = meta.trace_id,
     turn_id = meta.turn_id or '', turn_node = meta.turn_node or '',
     last_node = sess.last_node or '', created_at = NOW, spec = json_with(spec, ids), queue = '',
-    tp = TP}
+    tp = TP, web_ms = meta.web_ms or ''}
   local fields = {}
   for k, v in pairs(job) do
     fields[#fields + 1] = k

@@ -264,6 +264,7 @@ impl Config {
             ("session.max_buffer_bytes", s.max_buffer_bytes),
             ("session.reorder_window_ms", s.reorder_window_ms),
             ("session.max_index_ahead", s.max_index_ahead),
+            ("session.group_window_ms", s.group_window_ms),
             ("jobs.queue_wait_ms", self.jobs.queue_wait_ms),
             ("jobs.ack_timeout_ms", self.jobs.ack_timeout_ms),
             ("jobs.run_timeout_ms", self.jobs.run_timeout_ms),

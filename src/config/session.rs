@@ -25,6 +25,12 @@ pub struct SessionConfig {
     /// A session connection waits at most this long for a missing earlier message (results
     /// may arrive by the local path and through the inbox) before writing later ones.
     pub order_gap_ms: u64,
+    /// A result with text joins the session's active utterance group unless more than this
+    /// has passed since the group's anchor (its creation, then each `tts_play_ended` for it).
+    pub group_window_ms: u64,
+    /// A cut whose estimated audio is shorter than this creates no job (a click, a breath
+    /// between two `is_final`s); 0 disables the rule.
+    pub min_cut_ms: u64,
 }
 
 impl Default for SessionConfig {
@@ -39,6 +45,8 @@ impl Default for SessionConfig {
             max_index_ahead: 1_000,
             result_retention_ms: 120_000,
             order_gap_ms: 2_000,
+            group_window_ms: 2_000,
+            min_cut_ms: 200,
         }
     }
 }

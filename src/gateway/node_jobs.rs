@@ -7,7 +7,7 @@ use super::node::NodeConn;
 use crate::protocol::ErrorCode;
 use crate::protocol::node::{AsrPartial, JobAck, JobResult};
 use crate::routing;
-use crate::store::jobs::{Attempt, FencedReply, Outcome};
+use crate::store::jobs::{Attempt, FencedReply, Finished, Outcome};
 
 const KIND: &str = "node";
 
@@ -59,11 +59,26 @@ impl NodeConn {
         let Some(node_id) = self.node_id() else {
             return;
         };
-        let message;
+        let (message, asr, translated);
         let outcome = match (&r.success, &r.error) {
             (true, _) => {
-                message = translation_result(std::mem::take(&mut r.rest));
-                Outcome::Ok(&message)
+                let rest = std::mem::take(&mut r.rest);
+                let text = |k: &str| {
+                    let t = rest.get(k).and_then(|v| v.as_str()).unwrap_or_default();
+                    t.trim().to_string()
+                };
+                let ms = |k: &str| rest.get(k).and_then(ms_value);
+                (asr, translated) = (text("text_asr"), text("text_translated"));
+                let (node_completed_at_ms, processing_time_ms) =
+                    (ms("node_completed_at_ms"), ms("processing_time_ms"));
+                message = translation_result(rest);
+                Outcome::Ok(Finished {
+                    message: &message,
+                    text_asr: &asr,
+                    text_translated: &translated,
+                    node_completed_at_ms,
+                    processing_time_ms,
+                })
             }
             (false, Some(e)) if e.code == "MODEL_NOT_AVAILABLE" => Outcome::ModelNotAvailable {
                 service: self.service_type(e.details.as_ref()),
@@ -136,9 +151,16 @@ impl NodeConn {
     }
 }
 
+/// A millisecond figure a node sent (integer or float, never negative).
+fn ms_value(v: &serde_json::Value) -> Option<u64> {
+    v.as_u64()
+        .or_else(|| v.as_f64().filter(|f| *f >= 0.0).map(|f| f as u64))
+}
+
 /// The session's `translation_result` from a node's `job_result`: every field the node sent
 /// beyond the routing ones is passed on (texts, tts, extra, timings, quality). The script
-/// adds session_id, utterance_index, job_id and trace_id from the job record.
+/// adds session_id, utterance_index, job_id and trace_id from the job record, and the
+/// utterance group and network timings, which Switchyard decides (a node's are dropped).
 fn translation_result(mut m: serde_json::Map<String, serde_json::Value>) -> String {
     for key in [
         "type",
@@ -147,6 +169,10 @@ fn translation_result(mut m: serde_json::Map<String, serde_json::Value>) -> Stri
         "job_id",
         "trace_id",
         "node_id",
+        "group_id",
+        "part_index",
+        "network_timings",
+        "scheduler_sent_at_ms",
     ] {
         m.remove(key);
     }

@@ -184,8 +184,9 @@ impl SessionConn {
                     );
                 };
                 let ms = estimate_ms("opus", bytes.len());
+                let client_ts = c.client_timestamp_ms;
                 app.store
-                    .audio_append(&sid, &self.token, &bytes, c.is_final, ms)
+                    .audio_append(&sid, &self.token, &bytes, c.is_final, ms, client_ts)
                     .await
             }
             SessionInbound::Utterance(u) => {
@@ -211,10 +212,11 @@ impl SessionConn {
                     .session_touch(&sid, &self.token, Touch::TtsStarted)
                     .await
             }
-            SessionInbound::TtsPlayEnded(_) => {
+            SessionInbound::TtsPlayEnded(m) => {
                 app.metrics.message_in(KIND, "tts_play_ended");
+                let group_id = m.group_id.as_deref().unwrap_or_default();
                 app.store
-                    .session_touch(&sid, &self.token, Touch::TtsPlayEnded)
+                    .session_touch(&sid, &self.token, Touch::TtsPlayEnded { group_id })
                     .await
             }
             SessionInbound::SessionClose(_) => {

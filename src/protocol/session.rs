@@ -154,6 +154,9 @@ pub struct SessionRef {
     pub timestamp: Option<u64>,
     #[serde(default)]
     pub reason: Option<String>,
+    /// `tts_started` / `tts_play_ended`: the utterance group whose playback it reports.
+    #[serde(default)]
+    pub group_id: Option<String>,
 }
 
 impl SessionInbound {

@@ -20,12 +20,27 @@ pub enum FencedReply {
 
 /// How an attempt ended, as the `job_result` script needs it.
 pub enum Outcome<'a> {
-    /// Success (empty results included): the translation_result JSON for the session.
-    Ok(&'a str),
+    /// Success (empty results included).
+    Ok(Finished<'a>),
     /// MODEL_NOT_AVAILABLE for `service` (a service type such as `nmt`): fail over.
     ModelNotAvailable { service: &'a str, message: &'a str },
     /// Any other failure: the utterance fails with this code and message.
     Error { code: &'a str, message: &'a str },
+}
+
+/// A successful result: the translation_result JSON for the session, plus the few fields
+/// the script reads itself (so it never decodes the JSON, which carries the TTS audio).
+pub struct Finished<'a> {
+    /// translation_result without session_id, utterance_index, job_id, trace_id, group_id,
+    /// part_index, network_timings, scheduler_sent_at_ms (the script adds them).
+    pub message: &'a str,
+    /// The recognised text; "" = none (the result joins no utterance group).
+    pub text_asr: &'a str,
+    pub text_translated: &'a str,
+    /// The node's clock when it finished (`node_completed_at_ms`), if it sent it.
+    pub node_completed_at_ms: Option<u64>,
+    /// How long the node worked on the job (`processing_time_ms`), if it sent it.
+    pub processing_time_ms: Option<u64>,
 }
 
 /// Who says something about an attempt.
@@ -67,8 +82,17 @@ impl Store {
             .s(a.attempt_id)
             .s(a.node_id)
             .s(a.conn);
+        let opt = |v: Option<u64>| v.map(|v| v.to_string()).unwrap_or_default();
         let args = match outcome {
-            Outcome::Ok(msg) => base.s("ok").s(msg).s("").s(""),
+            Outcome::Ok(f) => base
+                .s("ok")
+                .s(f.message)
+                .s("")
+                .s("")
+                .s(f.text_asr)
+                .s(f.text_translated)
+                .s(opt(f.node_completed_at_ms))
+                .s(opt(f.processing_time_ms)),
             Outcome::ModelNotAvailable { service, message } => {
                 base.s("model_not_available").s(message).s(service).s("")
             }

@@ -172,6 +172,8 @@ fn script_config(cfg: &Config) -> String {
         "reorder": s.reorder_window_ms,
         "max_ahead": s.max_index_ahead,
         "retention": s.result_retention_ms,
+        "group_window": s.group_window_ms,
+        "min_cut": s.min_cut_ms,
         "presence_ttl": cfg.instance.presence_ttl_ms,
         "inbox_max": cfg.inbox.max_len,
         "takeover_batch": cfg.inbox.takeover_batch,
@@ -457,7 +459,8 @@ fn decode_reply<T: DeserializeOwned>(
 #[derive(Debug, Default)]
 pub struct Events {
     /// `submitted`, `dispatched`, `queued`, `failover`, `finished`, `acked`, `started`,
-    /// `queue_timeout`, `missing_result`, `failed:<CODE>` → count.
+    /// `queue_timeout`, `missing_result`, `failed:<CODE>`, `cut_skipped:empty|too_short`
+    /// → count.
     pub ev: std::collections::BTreeMap<String, u64>,
     pub lat: Latencies,
 }

@@ -42,10 +42,13 @@ pub enum SessionReply {
 
 /// What the client did that keeps a session alive (`session_touch.lua`).
 #[derive(Debug, Clone, Copy)]
-pub enum Touch {
+pub enum Touch<'a> {
     Heartbeat,
     TtsStarted,
-    TtsPlayEnded,
+    /// Playback of a result ended; `group_id` ("" if none) moves that group's anchor.
+    TtsPlayEnded {
+        group_id: &'a str,
+    },
 }
 
 impl Store {
@@ -70,25 +73,22 @@ impl Store {
             .await
     }
 
-    /// `session_touch.lua`: heartbeat or playback event.
+    /// `session_touch.lua`: heartbeat or playback event (`tts_play_ended` also moves its
+    /// utterance group's anchor).
     pub async fn session_touch(
         &self,
         sid: &str,
         conn: &str,
-        what: Touch,
+        what: Touch<'_>,
     ) -> Result<Output<SessionReply>, StoreError> {
-        let event = match what {
-            Touch::Heartbeat => "heartbeat",
-            Touch::TtsStarted => "tts_started",
-            Touch::TtsPlayEnded => "tts_play_ended",
+        let (event, group) = match what {
+            Touch::Heartbeat => ("heartbeat", ""),
+            Touch::TtsStarted => ("tts_started", ""),
+            Touch::TtsPlayEnded { group_id } => ("tts_play_ended", group_id),
         };
         let keys = [self.keys.session(sid), self.keys.due("audio")];
-        self.run(
-            Script::SessionTouch,
-            &keys,
-            self.args().s(sid).s(conn).s(event),
-        )
-        .await
+        let args = self.args().s(sid).s(conn).s(event).s(group);
+        self.run(Script::SessionTouch, &keys, args).await
     }
 
     /// `session_close.lua`: flush the audio buffer, then refuse further audio.
@@ -102,7 +102,8 @@ impl Store {
             .await
     }
 
-    /// `audio_append.lua`: buffer a chunk and apply the cut rules.
+    /// `audio_append.lua`: buffer a chunk and apply the cut rules. `client_ts` is the
+    /// chunk's `client_timestamp_ms` (for `network_timings.web_to_scheduler_ms`).
     pub async fn audio_append(
         &self,
         sid: &str,
@@ -110,6 +111,7 @@ impl Store {
         payload: &[u8],
         is_final: bool,
         duration_ms: u64,
+        client_ts: Option<u64>,
     ) -> Result<Output<SessionReply>, StoreError> {
         let keys = [
             self.keys.session(sid),
@@ -122,7 +124,8 @@ impl Store {
             .s(conn)
             .b(payload)
             .s(if is_final { "1" } else { "0" })
-            .s(duration_ms);
+            .s(duration_ms)
+            .s(client_ts.map(|t| t.to_string()).unwrap_or_default());
         self.run(Script::AudioAppend, &keys, args).await
     }
 

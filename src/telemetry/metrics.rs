@@ -100,6 +100,9 @@ pub struct Metrics {
     pub jobs_failed: Family<ReasonLabels, Counter>,
     /// Indices that got `missing_result` (no job at all after the reorder window).
     pub missing_results: Counter,
+    /// Audio cuts that made no job, by reason: `empty` (nothing buffered) or `too_short`
+    /// (estimated audio below `session.min_cut_ms`: a click, not speech).
+    pub cuts_skipped: Family<ReasonLabels, Counter>,
     /// Job creation → dispatch to a node (queue wait included), Redis clock.
     pub dispatch_latency: Histogram,
     /// Job creation → result accepted, Redis clock.
@@ -214,6 +217,12 @@ impl Metrics {
             "missing_result messages sent",
             missing_results.clone(),
         );
+        let cuts_skipped = Family::<ReasonLabels, Counter>::default();
+        registry.register(
+            "cuts_skipped",
+            "Audio cuts that made no job (empty, too_short)",
+            cuts_skipped.clone(),
+        );
         let latency = || Histogram::new(exponential_buckets(0.000_25, 2.0, 18));
         let dispatch_latency = latency();
         registry.register(
@@ -269,6 +278,7 @@ impl Metrics {
             jobs,
             jobs_failed,
             missing_results,
+            cuts_skipped,
             dispatch_latency,
             e2e_latency,
             queue_depth,
@@ -306,6 +316,18 @@ impl Metrics {
                     self.jobs_failed
                         .get_or_create(&ReasonLabels {
                             reason: known_code(reason).to_string(),
+                        })
+                        .inc_by(*n);
+                }
+                Some(("cut_skipped", reason)) => {
+                    let reason = if reason == "too_short" {
+                        reason
+                    } else {
+                        "empty"
+                    };
+                    self.cuts_skipped
+                        .get_or_create(&ReasonLabels {
+                            reason: reason.to_string(),
                         })
                         .inc_by(*n);
                 }

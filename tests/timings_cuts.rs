@@ -1,0 +1,291 @@
+//! What else the lingua web client needs on a `translation_result` and from cuts (issue 12):
+//! `network_timings` + `scheduler_sent_at_ms` (present, plausible, clamped, restamped when a
+//! result was held), and no jobs for clicks (tiny cuts use no index and are counted). Real
+//! redis-server, real WebSocket clients, lingua fixtures; every scenario ends with the
+//! invariant checker.
+
+mod common;
+
+use std::time::Duration;
+
+use base64::Engine;
+use base64::engine::general_purpose::STANDARD as B64;
+use common::actors::*;
+use common::invariants::{self, PREFIX};
+use common::*;
+use redis::AsyncCommands;
+use serde_json::{Value, json};
+use switchyard::server::Running;
+
+const T: Duration = Duration::from_secs(5);
+
+async fn node_on(inst: &Running) -> (WsClient, String) {
+    let mut n = WsClient::connect(&ws_url(inst, "/ws/node")).await;
+    let nid = n.register_id(fixture("node_register_first"), None).await;
+    (n, nid)
+}
+
+async fn session_on(inst: &Running) -> (WsClient, String) {
+    open_session(
+        &ws_url(inst, "/ws/session"),
+        fixture("session_init_one_way"),
+    )
+    .await
+}
+
+async fn assign(n: &mut WsClient) -> Value {
+    next_of(n, "job_assign", T).await.expect("job_assign")
+}
+
+/// The node answers `a` with the lingua success fixture, `text_asr` = `asr`.
+async fn answer(n: &mut WsClient, a: &Value, nid: &str, asr: &str) {
+    let mut r = result_for(a, &format!("T{}", a["utterance_index"]));
+    r["node_id"] = json!(nid);
+    r["text_asr"] = json!(asr);
+    n.send(&r).await;
+}
+
+async fn session_field(c: &mut redis::aio::MultiplexedConnection, sid: &str, f: &str) -> String {
+    let v: Option<String> = c.hget(format!("{PREFIX}session:{sid}"), f).await.unwrap();
+    v.unwrap_or_default()
+}
+
+/// A streamed phrase of `chunks` fixture chunks stamped `client_ts`, then an empty is_final.
+async fn phrase(s: &mut WsClient, sid: &str, chunks: usize, client_ts: Option<u64>) {
+    for _ in 0..chunks {
+        let mut ch = fixture("audio_chunk");
+        ch["session_id"] = json!(sid);
+        if let Some(t) = client_ts {
+            ch["client_timestamp_ms"] = json!(t);
+        }
+        s.send(&ch).await;
+    }
+    let mut fin = fixture("audio_chunk_final_empty");
+    fin["session_id"] = json!(sid);
+    s.send(&fin).await;
+}
+
+fn now_ms() -> u64 {
+    switchyard::protocol::now_ms()
+}
+
+fn timing(r: &Value, k: &str) -> u64 {
+    r["network_timings"][k]
+        .as_u64()
+        .unwrap_or_else(|| panic!("network_timings.{k} in {r}"))
+}
+
+#[tokio::test]
+async fn results_carry_plausible_network_timings() {
+    let redis = RedisServer::start().await;
+    let inst = start_instance(&redis).await;
+    let mut c = redis.client().await;
+    let (mut n, nid) = node_on(&inst).await;
+    let (mut s, sid) = session_on(&inst).await;
+    // The client's clock says its chunks left 40 ms before they arrive.
+    let before = now_ms();
+    phrase(&mut s, &sid, 3, Some(before - 40)).await;
+    let a = assign(&mut n).await;
+    tokio::time::sleep(Duration::from_millis(60)).await;
+    let mut r = result_for(&a, "one");
+    r["node_id"] = json!(nid);
+    r["processing_time_ms"] = json!(50);
+    r["node_completed_at_ms"] = json!(now_ms());
+    n.send(&r).await;
+    let got = terminals(&mut s, 1, T).await.remove(0);
+    let after = now_ms();
+    let sent = got["scheduler_sent_at_ms"]
+        .as_u64()
+        .expect("scheduler_sent_at_ms");
+    assert!(
+        (before..=after).contains(&sent),
+        "{before} <= {sent} <= {after}"
+    );
+    let web = timing(&got, "web_to_scheduler_ms");
+    assert!((40..2_000).contains(&web), "web_to_scheduler_ms {web}");
+    for k in [
+        "scheduler_to_node_ms",
+        "node_to_scheduler_ms",
+        "scheduler_to_web_ms",
+    ] {
+        assert!(timing(&got, k) < 1_000, "{k} in {got}");
+    }
+    // Without node_completed_at_ms the round trip's overhead is split; a client clock ahead
+    // of the scheduler's clamps to 0; a result held for an earlier index shows the hold.
+    phrase(&mut s, &sid, 2, Some(now_ms() + 60_000)).await;
+    let a1 = assign(&mut n).await;
+    phrase(&mut s, &sid, 2, None).await;
+    let a2 = assign(&mut n).await;
+    let mut r2 = result_for(&a2, "three");
+    r2["node_id"] = json!(nid);
+    r2["processing_time_ms"] = json!(1);
+    n.send(&r2).await;
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let mut r1 = result_for(&a1, "two");
+    r1["node_id"] = json!(nid);
+    n.send(&r1).await; // processing_time_ms 1712 (fixture) > the round trip: 0 each way
+    let got = terminals(&mut s, 2, T).await;
+    assert_eq!(
+        timing(&got[0], "web_to_scheduler_ms"),
+        0,
+        "clock skew clamps"
+    );
+    assert_eq!(timing(&got[0], "scheduler_to_node_ms"), 0);
+    assert_eq!(timing(&got[0], "node_to_scheduler_ms"), 0);
+    assert!(
+        got[1]["network_timings"]
+            .get("web_to_scheduler_ms")
+            .is_none(),
+        "no client time"
+    );
+    assert!(
+        timing(&got[1], "scheduler_to_web_ms") >= 150,
+        "held for index 1: {}",
+        got[1]
+    );
+    assert!(got[1]["scheduler_sent_at_ms"].as_u64() >= got[0]["scheduler_sent_at_ms"].as_u64());
+    invariants::check(&mut c).await;
+}
+
+/// `n` Opus packets of `len` bytes, framed as the lingua client does (2-byte LE length).
+fn packets(n: usize, len: u16) -> String {
+    let mut out = Vec::new();
+    for i in 0..n {
+        out.extend_from_slice(&len.to_le_bytes());
+        out.extend(std::iter::repeat_n(i as u8, len as usize));
+    }
+    B64.encode(out)
+}
+
+async fn skipped(inst: &Running) -> f64 {
+    let name = "switchyard_cuts_skipped_total{reason=\"too_short\"}";
+    metrics_text(inst)
+        .await
+        .lines()
+        .find_map(|l| l.strip_prefix(name))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or(0.0)
+}
+
+#[tokio::test]
+async fn clicks_between_phrases_make_no_job_and_use_no_index() {
+    let redis = RedisServer::start().await;
+    let inst = start_instance(&redis).await;
+    let mut c = redis.client().await;
+    let (mut n, nid) = node_on(&inst).await;
+    let (mut s, sid) = session_on(&inst).await;
+    phrase(&mut s, &sid, 3, None).await;
+    let a0 = assign(&mut n).await;
+    assert_eq!(a0["utterance_index"], 0);
+    // The client's silence detector: ~130-byte chunks (two Opus packets, ≈ 43 ms), each
+    // followed by an empty is_final; then one that is left to the pause cut.
+    let tiny = packets(2, 63);
+    assert_eq!(B64.decode(&tiny).unwrap().len(), 130);
+    for _ in 0..5 {
+        let mut ch = fixture("audio_chunk");
+        ch["session_id"] = json!(sid);
+        ch["payload"] = json!(tiny);
+        s.send(&ch).await;
+        let mut fin = fixture("audio_chunk_final_empty");
+        fin["session_id"] = json!(sid);
+        s.send(&fin).await;
+    }
+    let mut ch = fixture("audio_chunk");
+    ch["session_id"] = json!(sid);
+    ch["payload"] = json!(tiny);
+    s.send(&ch).await;
+    eventually(T, "six cuts skipped as too short", || async {
+        (skipped(&inst).await == 6.0).then_some(())
+    })
+    .await;
+    assert!(
+        next_of(&mut n, "job_assign", Duration::from_millis(200))
+            .await
+            .is_none()
+    );
+    assert_eq!(session_field(&mut c, &sid, "next_index").await, "1");
+    assert_eq!(session_field(&mut c, &sid, "buf_bytes").await, "0");
+    // The next phrase gets the next index: no gap, so no missing_result.
+    phrase(&mut s, &sid, 3, None).await;
+    let a1 = assign(&mut n).await;
+    assert_eq!(a1["utterance_index"], 1);
+    answer(&mut n, &a1, &nid, "二").await;
+    answer(&mut n, &a0, &nid, "一").await;
+    let got = terminals(&mut s, 2, T).await;
+    let kinds: Vec<(&str, u64)> = got
+        .iter()
+        .map(|v| {
+            (
+                v["type"].as_str().unwrap(),
+                v["utterance_index"].as_u64().unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        kinds,
+        vec![("translation_result", 0), ("translation_result", 1)]
+    );
+    // Nothing else terminal follows (no missing_result for a skipped index).
+    while let Ok(v) = s.next(Duration::from_millis(600)).await {
+        assert!(!is_terminal(&v), "{v}");
+    }
+    invariants::check(&mut c).await;
+}
+
+#[tokio::test]
+async fn min_cut_ms_zero_turns_the_rule_off() {
+    let redis = RedisServer::start().await;
+    let inst = start_tweaked(&redis, |c| c.session.min_cut_ms = 0).await;
+    let mut c = redis.client().await;
+    let (mut n, _) = node_on(&inst).await;
+    let (mut s, sid) = session_on(&inst).await;
+    let mut ch = fixture("audio_chunk");
+    ch["session_id"] = json!(sid);
+    ch["payload"] = json!(packets(2, 63));
+    s.send(&ch).await;
+    let mut fin = fixture("audio_chunk_final_empty");
+    fin["session_id"] = json!(sid);
+    s.send(&fin).await;
+    assert_eq!(assign(&mut n).await["utterance_index"], 0);
+    assert_eq!(skipped(&inst).await, 0.0);
+    invariants::check(&mut c).await;
+}
+
+#[tokio::test]
+async fn a_short_tail_of_a_long_turn_still_ends_it_on_its_node() {
+    let redis = RedisServer::start().await;
+    // Every fixture chunk (620 bytes ≈ 206 ms) makes a max-duration cut: the turn continues.
+    let inst = start_tweaked(&redis, |c| c.session.max_duration_ms = 200).await;
+    let mut c = redis.client().await;
+    let (mut n, _) = node_on(&inst).await;
+    let (mut s, sid) = session_on(&inst).await;
+    let mut ch = fixture("audio_chunk");
+    ch["session_id"] = json!(sid);
+    s.send(&ch).await;
+    let j0 = assign(&mut n).await;
+    assert_eq!(j0["is_max_duration_triggered"], true);
+    // A 43 ms rest of the same speech, then is_final: the turn's last job, not a click.
+    ch["payload"] = json!(packets(2, 63));
+    s.send(&ch).await;
+    let mut fin = fixture("audio_chunk_final_empty");
+    fin["session_id"] = json!(sid);
+    s.send(&fin).await;
+    let j1 = assign(&mut n).await;
+    assert_eq!(j1["utterance_index"], 1);
+    assert_eq!(j1["turn_id"], j0["turn_id"]);
+    assert_eq!(j1["is_manual_cut"], true);
+    // The same bytes after the turn ended are a click.
+    s.send(&ch).await;
+    s.send(&fin).await;
+    eventually(T, "click skipped", || async {
+        (skipped(&inst).await == 1.0).then_some(())
+    })
+    .await;
+    assert!(
+        next_of(&mut n, "job_assign", Duration::from_millis(200))
+            .await
+            .is_none()
+    );
+    assert_eq!(session_field(&mut c, &sid, "next_index").await, "2");
+    invariants::check(&mut c).await;
+}
