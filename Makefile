@@ -7,9 +7,14 @@ SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
 .PHONY: run test build release deps test-deps redis lint fmt check-config clean demo bench bench-deps
 
-## Run one instance on 127.0.0.1:5010 against Redis on 127.0.0.1:$(REDIS_PORT).
+## Run one instance on 127.0.0.1:5010 against Redis on 127.0.0.1:$(REDIS_PORT), in the
+## development setup: a secret kept in target/dev/secret (made once), and ready-made tokens
+## printed at start (`serve --dev`). Production sets its own keys: docs/security.md.
+DEV_SECRET := target/dev/secret
 run: deps redis
-	$(CARGO) run --release -- serve
+	@mkdir -p target/dev; [ -s $(DEV_SECRET) ] || \
+	  { head -c 32 /dev/urandom | od -An -tx1 | tr -d ' \n' > $(DEV_SECRET); chmod 600 $(DEV_SECRET); }
+	SWITCHYARD_AUTH__HS256_SECRETS="[\"dev-$$(cat $(DEV_SECRET))\"]" $(CARGO) run --release -- serve --dev
 
 ## The whole suite (unit + integration, against real redis-server processes).
 test: test-deps lint

@@ -8,6 +8,9 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 . bench/lib.sh
 OLD=$1 NEW=$2 ROUNDS=${3:-3}
+# Both builds get the secret (one from before access control ignores it and runs open);
+# NEW's simulator presents the tokens.
+dev_credentials "$NEW"
 WORK=$(mktemp -d)
 trap cleanup EXIT
 SAT=(--nodes 20 --capacity 16 --delay-ms 0-0 --sessions 50 --window 4 --interval-ms 0

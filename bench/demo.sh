@@ -15,6 +15,7 @@ trap cleanup EXIT
 trap 'exit 130' INT TERM
 
 [ -x "$BIN" ] || die "$BIN not built (make release)"
+dev_credentials "$BIN"
 redis-cli -p "$REDIS_PORT" ping >/dev/null 2>&1 || die "no redis on $REDIS_PORT (make redis)"
 for p in 5010 5011; do
   listening "$p" && die "port $p is in use (is \`make run\` still running?)"

@@ -37,6 +37,18 @@ start_redis() {
   die "redis-server on $port did not start (see $dir/redis.log)"
 }
 
+# dev_credentials BIN: a throw-away HS256 secret for the instances this script starts
+# (exported as SWITCHYARD_AUTH__HS256_SECRETS: auth stays on, as in production) and the
+# tokens `switchyard sim` presents (SWITCHYARD_SIM_NODE_TOKEN / _SESSION_TOKEN).
+dev_credentials() {
+  local bin=$1 secret
+  secret="bench-$(head -c 24 /dev/urandom | od -An -tx1 | tr -d ' \n')"
+  export SWITCHYARD_AUTH__HS256_SECRETS="[\"$secret\"]"
+  SWITCHYARD_SIM_NODE_TOKEN=$("$bin" token --scope node --ttl 1d) || die "cannot mint a node token"
+  SWITCHYARD_SIM_SESSION_TOKEN=$("$bin" token --scope session --ttl 1d) || die "cannot mint a session token"
+  export SWITCHYARD_SIM_NODE_TOKEN SWITCHYARD_SIM_SESSION_TOKEN
+}
+
 # start_instance BIN LOG PORT REDIS_URL [VAR=VALUE ...]: one instance in the background;
 # sets INSTANCE_PID and waits until /readyz answers 200.
 start_instance() {

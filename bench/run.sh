@@ -31,6 +31,7 @@ done
 rm -rf "$WORK" && mkdir -p "$WORK"
 BIN=$WORK/switchyard
 cp "$SRC_BIN" "$BIN"
+dev_credentials "$BIN"
 ulimit -n "$(ulimit -Hn)" # the scale phase holds ~20k sockets per process
 STARTED_AT=$(date +%s)
 LOAD_BEFORE=$(cut -d' ' -f1-3 /proc/loadavg)

@@ -78,6 +78,12 @@ pub struct SimArgs {
     /// Base URLs for sessions only (repeatable; default: --url).
     #[arg(long = "session-url")]
     pub session_urls: Vec<String>,
+    /// Credential of the simulated nodes (`node` scope), sent as `?access_token=`.
+    #[arg(long, env = "SWITCHYARD_SIM_NODE_TOKEN", hide_env_values = true)]
+    pub node_token: Option<String>,
+    /// Credential of the simulated sessions (`session` scope), sent as `?access_token=`.
+    #[arg(long, env = "SWITCHYARD_SIM_SESSION_TOKEN", hide_env_values = true)]
+    pub session_token: Option<String>,
     /// Simulated nodes.
     #[arg(long, default_value_t = 4)]
     pub nodes: usize,
@@ -213,12 +219,20 @@ impl SimArgs {
 
     /// The WebSocket URLs nodes connect to, round-robin.
     pub fn node_endpoints(&self) -> Vec<String> {
-        endpoints(self.pick(&self.node_urls), "/ws/node")
+        endpoints(
+            self.pick(&self.node_urls),
+            "/ws/node",
+            self.node_token.as_deref(),
+        )
     }
 
     /// The WebSocket URLs sessions connect to, round-robin.
     pub fn session_endpoints(&self) -> Vec<String> {
-        endpoints(self.pick(&self.session_urls), "/ws/session")
+        endpoints(
+            self.pick(&self.session_urls),
+            "/ws/session",
+            self.session_token.as_deref(),
+        )
     }
 
     fn pick<'a>(&'a self, specific: &'a [String]) -> &'a [String] {
@@ -234,7 +248,7 @@ impl SimArgs {
     }
 }
 
-fn endpoints(bases: &[String], path: &str) -> Vec<String> {
+fn endpoints(bases: &[String], path: &str, token: Option<&str>) -> Vec<String> {
     bases
         .iter()
         .map(|b| {
@@ -243,7 +257,10 @@ fn endpoints(bases: &[String], path: &str) -> Vec<String> {
                 .strip_prefix("http://")
                 .map(|rest| format!("ws://{rest}"))
                 .unwrap_or_else(|| b.to_string());
-            format!("{b}{path}")
+            match token {
+                Some(t) => format!("{b}{path}?access_token={t}"),
+                None => format!("{b}{path}"),
+            }
         })
         .collect()
 }
@@ -267,7 +284,10 @@ mod tests {
         let e = endpoints(
             &["http://127.0.0.1:5010/".into(), "ws://h:1".into()],
             "/ws/node",
+            None,
         );
         assert_eq!(e, ["ws://127.0.0.1:5010/ws/node", "ws://h:1/ws/node"]);
+        let e = endpoints(&["ws://h:1".into()], "/ws/session", Some("abc"));
+        assert_eq!(e, ["ws://h:1/ws/session?access_token=abc"]);
     }
 }
