@@ -16,6 +16,10 @@ trap 'exit 130' INT TERM
 
 [ -x "$BIN" ] || die "$BIN not built (make release)"
 dev_credentials "$BIN"
+log "DEVELOPMENT SETUP (throw-away credentials of this demo; not for production):"
+log "  secret:        $SWITCHYARD_AUTH__HS256_SECRETS"
+log "  node token:    $SWITCHYARD_SIM_NODE_TOKEN"
+log "  session token: $SWITCHYARD_SIM_SESSION_TOKEN"
 redis-cli -p "$REDIS_PORT" ping >/dev/null 2>&1 || die "no redis on $REDIS_PORT (make redis)"
 for p in 5010 5011; do
   listening "$p" && die "port $p is in use (is \`make run\` still running?)"
