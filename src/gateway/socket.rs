@@ -32,6 +32,8 @@ pub enum Outbound {
 
 /// Close codes Switchyard uses (RFC 6455 §7.4 plus application codes 4000-4999).
 pub mod close {
+    /// A text frame that is not valid UTF-8.
+    pub const INVALID_PAYLOAD: u16 = 1007;
     pub const POLICY: u16 = 1008;
     pub const TOO_BIG: u16 = 1009;
     pub const RESTARTING: u16 = 1012;
@@ -169,14 +171,24 @@ async fn write_all(
 
 /// Is this read error an oversized frame/message (answered with close 1009)?
 pub fn is_too_big(err: &axum::Error) -> bool {
+    read_error(err).is_some_and(|e| matches!(e, tungstenite::Error::Capacity(_)))
+}
+
+/// Is this read error a text frame that is not UTF-8 (answered with close 1007)?
+pub fn is_bad_utf8(err: &axum::Error) -> bool {
+    read_error(err).is_some_and(|e| matches!(e, tungstenite::Error::Utf8(_)))
+}
+
+/// The tungstenite error under axum's wrapper, if there is one.
+fn read_error(err: &axum::Error) -> Option<&tungstenite::Error> {
     let mut source: Option<&(dyn std::error::Error + 'static)> = Some(err);
     while let Some(e) = source {
-        if let Some(tungstenite::Error::Capacity(_)) = e.downcast_ref::<tungstenite::Error>() {
-            return true;
+        if let Some(t) = e.downcast_ref::<tungstenite::Error>() {
+            return Some(t);
         }
         source = e.source();
     }
-    false
+    None
 }
 
 #[cfg(test)]

@@ -23,6 +23,8 @@ pub enum ErrorCode {
     InvalidCapabilitySchema,
     UnsupportedFeature,
     SchedulerDependencyDown,
+    /// A frame over the connection's rate limit, dropped unprocessed.
+    RateLimited,
 }
 
 /// `{"type":"error","code":...,"message":...}`, sent to nodes and sessions alike.
