@@ -7,8 +7,10 @@ mod common;
 
 use std::time::Duration;
 
+use common::invariants::PREFIX;
 use common::*;
 use futures_util::{SinkExt, StreamExt};
+use redis::AsyncCommands;
 use serde_json::json;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
@@ -198,4 +200,109 @@ async fn invalid_utf8_text_frame_closes_1007() {
         }
     };
     assert_eq!(code, Some(1007));
+}
+
+type Conn = redis::aio::MultiplexedConnection;
+
+async fn node_keys(c: &mut Conn) -> Vec<String> {
+    c.keys(format!("{PREFIX}node:*")).await.expect("keys")
+}
+
+/// The next `error` must be INVALID_MESSAGE and name `field`.
+async fn expect_invalid(ws: &mut WsClient, field: &str) {
+    let e = ws.recv_type("error").await;
+    assert_eq!(e["code"], "INVALID_MESSAGE", "{e}");
+    let msg = e["message"].as_str().unwrap_or_default();
+    assert!(
+        msg.contains(&format!("`{field}`")),
+        "{field} not named: {msg}"
+    );
+}
+
+#[tokio::test]
+async fn register_with_array_language_capabilities_is_refused_and_stores_nothing() {
+    let redis = RedisServer::start().await;
+    let inst = start_instance(&redis).await;
+    let mut c = redis.client().await;
+    let mut node = WsClient::connect(&ws_url(&inst, "/ws/node")).await;
+    let mut frame = fixture("node_register_first");
+    frame["node_id"] = json!("node-strict01");
+    frame["language_capabilities"] = json!([["zh", "en"], ["zh", "en"], ["zh", "en"]]);
+    node.send(&frame).await;
+    expect_invalid(&mut node, "language_capabilities").await;
+    node.expect_silence(Duration::from_millis(300)).await;
+    assert!(node_keys(&mut c).await.is_empty(), "a node was stored");
+    // The same frame with the object shape registers.
+    frame["language_capabilities"] =
+        fixture("node_register_first")["language_capabilities"].clone();
+    let id = node.register_id(frame, Some("node-strict01")).await;
+    assert_eq!(id, "node-strict01");
+}
+
+#[tokio::test]
+async fn heartbeat_with_array_resource_usage_is_refused_and_changes_nothing() {
+    let redis = RedisServer::start().await;
+    let inst = start_instance(&redis).await;
+    let mut c = redis.client().await;
+    let mut node = WsClient::connect(&ws_url(&inst, "/ws/node")).await;
+    let id = node.register_id(fixture("node_register_first"), None).await;
+    node.heartbeat(&id, None).await;
+    let key = format!("{PREFIX}node:{id}");
+    eventually(Duration::from_secs(5), "cpu from the heartbeat", || {
+        let (mut c, key) = (c.clone(), key.clone());
+        async move {
+            let cpu: Option<String> = c.hget(&key, "cpu").await.ok()?;
+            (cpu.as_deref() == Some("23.5")).then_some(())
+        }
+    })
+    .await;
+    let before: std::collections::HashMap<String, String> = c.hgetall(&key).await.expect("hash");
+    let mut hb = fixture("node_heartbeat");
+    hb["node_id"] = json!(id);
+    hb["resource_usage"] = json!([91.5, 12.0]);
+    node.send(&hb).await;
+    expect_invalid(&mut node, "resource_usage").await;
+    // string for a number, one level down
+    hb["resource_usage"] = json!({"cpu_percent": "91.5"});
+    node.send(&hb).await;
+    expect_invalid(&mut node, "resource_usage.cpu_percent").await;
+    let after: std::collections::HashMap<String, String> = c.hgetall(&key).await.expect("hash");
+    for field in ["cpu", "mem", "gpu", "gpu_mem", "caps_sig", "pools"] {
+        assert_eq!(before.get(field), after.get(field), "{field} changed");
+    }
+    // unknown fields and nulls stay accepted
+    hb["resource_usage"] = json!({"cpu_percent": 50.0, "brand_new": [1, 2]});
+    hb["installed_models"] = json!(null);
+    hb["something_else"] = json!({"x": [1]});
+    node.send(&hb).await;
+    eventually(
+        Duration::from_secs(5),
+        "cpu from the tolerant heartbeat",
+        || {
+            let (mut c, key) = (c.clone(), key.clone());
+            async move {
+                let cpu: Option<String> = c.hget(&key, "cpu").await.ok()?;
+                (cpu.as_deref() == Some("50.0")).then_some(())
+            }
+        },
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn session_init_with_a_wrong_typed_field_is_refused_and_opens_nothing() {
+    let redis = RedisServer::start().await;
+    let inst = start_instance(&redis).await;
+    let mut c = redis.client().await;
+    let mut s = WsClient::connect(&ws_url(&inst, "/ws/session")).await;
+    let mut init = fixture("session_init_two_way");
+    init["src_lang"] = json!(["zh"]);
+    s.send(&init).await;
+    expect_invalid(&mut s, "src_lang").await;
+    let mut init = fixture("session_init_two_way");
+    init["auto_langs"] = json!({"zh": true});
+    s.send(&init).await;
+    expect_invalid(&mut s, "auto_langs").await;
+    let sessions: Vec<String> = c.keys(format!("{PREFIX}session:*")).await.expect("keys");
+    assert!(sessions.is_empty(), "{sessions:?}");
 }

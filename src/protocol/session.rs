@@ -3,7 +3,8 @@
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
-use super::null_default;
+use super::strict::{FieldError, from_str};
+use super::{Inbound, null_default};
 
 /// Every message type a session may send that Switchyard handles.
 pub const SESSION_TYPES: &[&str] = &[
@@ -21,8 +22,7 @@ pub fn unsupported(kind: &str) -> bool {
     kind.starts_with("room_") || kind.starts_with("webrtc_")
 }
 
-#[derive(Debug, Deserialize)]
-#[serde(tag = "type", rename_all = "snake_case")]
+#[derive(Debug)]
 pub enum SessionInbound {
     SessionInit(Box<SessionInit>),
     AudioChunk(AudioChunk),
@@ -150,6 +150,41 @@ pub struct SessionRef {
     pub timestamp: Option<u64>,
     #[serde(default)]
     pub reason: Option<String>,
+}
+
+impl Inbound for SessionInbound {
+    const TYPES: &'static [&'static str] = SESSION_TYPES;
+
+    fn from_kind(kind: &str, text: &str) -> Result<Self, FieldError> {
+        Ok(match kind {
+            "session_init" => Self::SessionInit(with_options(text)?),
+            "audio_chunk" => Self::AudioChunk(from_str(text)?),
+            "utterance" => Self::Utterance(with_options(text)?),
+            "client_heartbeat" => Self::ClientHeartbeat(from_str(text)?),
+            "session_close" => Self::SessionClose(from_str(text)?),
+            "tts_started" => Self::TtsStarted(from_str(text)?),
+            "tts_play_ended" => Self::TtsPlayEnded(from_str(text)?),
+            other => {
+                return Err(FieldError {
+                    path: "type".into(),
+                    reason: format!("unknown message type {other:?}"),
+                });
+            }
+        })
+    }
+}
+
+/// Decode a message with flattened [`JobOptions`]. serde reads a flattened struct from a
+/// buffer that has lost the field path, so a bad option is looked up again on its own (on
+/// the error path only) to name it.
+fn with_options<T: serde::de::DeserializeOwned>(text: &str) -> Result<T, FieldError> {
+    from_str::<T>(text).map_err(|e| {
+        if e.path.is_empty() {
+            from_str::<JobOptions>(text).err().unwrap_or(e)
+        } else {
+            e
+        }
+    })
 }
 
 impl SessionInbound {
