@@ -16,6 +16,7 @@ Output: [JSON, blobs...]
   {"status":"missing"} | {"status":"stale"} | {"status":"closed"}
 ]]
 --!include ctx
+--!include args
 --!include deliver
 --!include results
 --!include dispatch
@@ -23,6 +24,7 @@ Output: [JSON, blobs...]
 --!include cut
 
 local sid, payload = ARGV[5], ARGV[7]
+local chunk_ms = int(9, 'duration ms', 0, math.huge)
 local sess, why = session_for(sid, ARGV[6])
 if not sess then return finish({status = why}) end
 if sess.state ~= 'open' then return finish({status = 'closed'}) end
@@ -33,7 +35,7 @@ if #payload > 0 then
     redis.call('PEXPIRE', KEYS[2], CFG.session_ttl) -- a new buffer: its own TTL at once
   end
   bytes = bytes + #payload
-  ms = ms + tonumber(ARGV[9])
+  ms = ms + chunk_ms
   redis.call('HSET', KEYS[1], 'buf_bytes', bytes, 'buf_ms', ms)
 end
 touch_session(sid, sess)

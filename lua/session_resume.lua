@@ -15,10 +15,11 @@ Output: [JSON, blobs...]
   {"status":"gap"}      results after last_received_index were trimmed: resumed = false
 ]]
 --!include ctx
+--!include args
 --!include deliver
 --!include results
 
-local sid, last = ARGV[5], tonumber(ARGV[7])
+local sid, last = ARGV[5], int(7, 'last_received_index', -math.huge, math.huge)
 local sk, rk, pk = session_keys(sid)
 if redis.call('EXISTS', sk) == 0 then return finish({status = 'missing'}) end
 -- A result after `last` already left the log (retention): cannot resume completely.

@@ -306,3 +306,91 @@ async fn session_init_with_a_wrong_typed_field_is_refused_and_opens_nothing() {
     let sessions: Vec<String> = c.keys(format!("{PREFIX}session:*")).await.expect("keys");
     assert!(sessions.is_empty(), "{sessions:?}");
 }
+
+/// Call `script` with the instance's context arguments followed by `rest`.
+async fn call_raw(
+    inst: &switchyard::server::Running,
+    c: &mut Conn,
+    script: switchyard::store::scripts::Script,
+    keys: &[String],
+    rest: &[&[u8]],
+) -> Result<redis::Value, redis::RedisError> {
+    let scripts = switchyard::store::scripts::Scripts::new();
+    let mut inv = scripts.get(script).prepare_invoke();
+    for k in keys {
+        inv.key(k);
+    }
+    for a in inst.app.store.args().into_inner() {
+        inv.arg(a);
+    }
+    for a in rest {
+        inv.arg(*a);
+    }
+    inv.invoke_async(c).await
+}
+
+#[tokio::test]
+async fn scripts_refuse_non_numeric_arguments_before_writing_anything() {
+    use switchyard::store::scripts::Script;
+    let redis = RedisServer::start().await;
+    let inst = start_instance(&redis).await;
+    let mut c = redis.client().await;
+    let store = &inst.app.store;
+    let (sk, ak) = (
+        store.keys.session("s-lua"),
+        store.keys.session_audio("s-lua"),
+    );
+
+    // A field count that is not a number: no session record.
+    let e = call_raw(
+        &inst,
+        &mut c,
+        Script::SessionOpen,
+        std::slice::from_ref(&sk),
+        &[b"s-lua", b"1", b"conn-1", b"nonce", b"two", b"a", b"b"],
+    )
+    .await
+    .expect_err("refused");
+    assert!(e.to_string().contains("bad argument ARGV[9]"), "{e}");
+    let exists: bool = c.exists(&sk).await.expect("exists");
+    assert!(!exists, "session written despite the bad argument");
+    // A count beyond the arguments given is refused too.
+    let e = call_raw(
+        &inst,
+        &mut c,
+        Script::SessionOpen,
+        std::slice::from_ref(&sk),
+        &[b"s-lua", b"1", b"conn-1", b"nonce", b"5", b"a", b"b"],
+    )
+    .await
+    .expect_err("refused");
+    assert!(e.to_string().contains("field pairs"), "{e}");
+
+    // With a real session, an audio chunk whose duration is "NaN" appends nothing.
+    call_raw(
+        &inst,
+        &mut c,
+        Script::SessionOpen,
+        std::slice::from_ref(&sk),
+        &[b"s-lua", b"1", b"conn-1", b"nonce", b"0"],
+    )
+    .await
+    .expect("session opens");
+    let due = store.keys.due("audio");
+    for bad in [&b"NaN"[..], b"inf", b"", b"-5", b"1.5"] {
+        let e = call_raw(
+            &inst,
+            &mut c,
+            Script::AudioAppend,
+            &[sk.clone(), ak.clone(), due.clone()],
+            &[b"s-lua", b"conn-1", b"opus-bytes", b"0", bad],
+        )
+        .await
+        .expect_err("refused");
+        assert!(e.to_string().contains("duration ms"), "{e}");
+    }
+    let exists: bool = c.exists(&ak).await.expect("exists");
+    assert!(!exists, "audio appended despite the bad duration");
+    let buf: Option<String> = c.hget(&sk, "buf_bytes").await.expect("hget");
+    assert_eq!(buf.as_deref(), Some("0"));
+}

@@ -59,7 +59,8 @@ macro_rules! includes {
 }
 
 includes!(
-    "ctx", "pools", "deliver", "results", "dispatch", "offline", "submit", "cut", "liveness"
+    "ctx", "args", "pools", "deliver", "results", "dispatch", "offline", "submit", "cut",
+    "liveness"
 );
 
 /// Inline every `--!include NAME` line. Panics only on a missing include, which is a
