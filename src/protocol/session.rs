@@ -234,6 +234,23 @@ pub fn estimate_ms(format: &str, bytes: usize) -> u64 {
     if format.eq_ignore_ascii_case("pcm16") || format.eq_ignore_ascii_case("pcm") {
         bytes / 32
     } else {
-        bytes * 20 / 60
+        // 20 ms per 60 bytes, i.e. bytes / 3 exactly, without `bytes * 20` overflowing
+        // (a fuzz finding: usize::MAX / 10 bytes panicked in debug builds)
+        bytes / 3
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::estimate_ms;
+
+    #[test]
+    fn estimate_matches_the_protocol_and_never_overflows() {
+        assert_eq!(estimate_ms("opus", 60), 20);
+        assert_eq!(estimate_ms("opus", 59), 19);
+        assert_eq!(estimate_ms("PCM16", 32_000), 1_000);
+        // the fuzzer's input: a byte count near usize::MAX
+        assert_eq!(estimate_ms("", usize::MAX), usize::MAX as u64 / 3);
+        assert!(estimate_ms("opus", usize::MAX) >= estimate_ms("opus", usize::MAX - 1));
     }
 }
