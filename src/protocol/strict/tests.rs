@@ -61,3 +61,15 @@ fn a_top_level_array_and_trailing_garbage_are_refused() {
     assert!(from_str::<Outer>("{} x").is_err());
     assert!(from_str::<Outer>("{}").is_ok());
 }
+
+#[test]
+fn a_lone_surrogate_in_an_ignored_field_passes_as_with_plain_serde_json() {
+    // fuzz/decode_node finding (in the harness's oracle, not the decoder): serde_json checks
+    // only the syntax of values it skips, so an unknown field may hold "\udf48"; strict
+    // decoding skips it the same way, while reading it into a `Value` fails.
+    let text = r#"{"n": 1, "unknown": {"k\udf48": 0}}"#;
+    assert!(serde_json::from_str::<serde_json::Value>(text).is_err());
+    let lenient: Outer = serde_json::from_str(text).expect("serde_json skips it");
+    let strict: Outer = from_str(text).expect("so does strict");
+    assert_eq!(lenient, strict);
+}
