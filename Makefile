@@ -5,7 +5,7 @@ REDIS_PORT ?= 6379
 CARGO ?= cargo
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: run test build release deps test-deps redis lint fmt check-config clean demo bench bench-deps
+.PHONY: run test build release deps test-deps redis lint fmt check-config clean demo bench bench-deps fuzz fuzz-deps
 
 ## Run one instance on 127.0.0.1:5010 against Redis on 127.0.0.1:$(REDIS_PORT), in the
 ## development setup: a secret kept in target/dev/secret (made once), and ready-made tokens
@@ -69,6 +69,15 @@ bench-deps:
 	  pkgs=$$(echo "$$missing" | sed 's/redis-benchmark/redis-tools/'); \
 	  $(SUDO) apt-get update -qq && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq $$pkgs >/dev/null; \
 	fi
+
+## Fuzz the protocol decoders, the session writer's reassembly and the audio estimate
+## (fuzz/, cargo-fuzz + libFuzzer; FUZZ_SECONDS per target, default 30; >= 10 million
+## inputs in total; the first build takes ~10 min). Not part of `make test`.
+fuzz: fuzz-deps
+	bash fuzz/run.sh
+
+fuzz-deps:
+	@command -v cargo-fuzz >/dev/null 2>&1 || { echo "installing cargo-fuzz"; $(CARGO) install cargo-fuzz --locked; }
 
 lint:
 	$(CARGO) fmt --all -- --check

@@ -19,6 +19,7 @@ Output: [JSON, blobs...]
   {"status":"missing"} | {"status":"stale"} | {"status":"closed"}
 ]]
 --!include ctx
+--!include args
 --!include deliver
 --!include results
 --!include dispatch
@@ -27,6 +28,7 @@ Output: [JSON, blobs...]
 --!include cut
 
 local sid, payload = ARGV[5], ARGV[7]
+local chunk_ms = int(9, 'duration ms', 0, math.huge)
 local sess, why = session_for(sid, ARGV[6])
 if not sess then return finish({status = why}) end
 if sess.state ~= 'open' then return finish({status = 'closed'}) end
@@ -37,7 +39,7 @@ if #payload > 0 then
     redis.call('PEXPIRE', KEYS[2], CFG.session_ttl) -- a new buffer: its own TTL at once
   end
   bytes = bytes + #payload
-  ms = ms + tonumber(ARGV[9])
+  ms = ms + chunk_ms
   if ARGV[10] ~= '' then
     redis.call('HSET', KEYS[1], 'buf_bytes', bytes, 'buf_ms', ms, 'cts', ARGV[10], 'rts', NOW)
   else

@@ -12,6 +12,7 @@ Output: [JSON, blobs...]
   {"status":"ok","state":s,"changed":bool,"revived":bool,"out":[...]}
 ]]
 --!include ctx
+--!include args
 --!include pools
 --!include deliver
 --!include results
@@ -24,7 +25,8 @@ if not cur[1] then return finish({status = 'missing'}) end
 if cur[1] ~= ARGV[6] then return finish({status = 'stale', owner = cur[2]}) end
 
 local liveness = CFG.liveness
-local a, c = tonumber(ARGV[8]), tonumber(ARGV[9])
+local a = int(8, 'load pairs', 0, (#ARGV - 9) / 2)
+local c = int(9, 'capability pairs', 0, (#ARGV - 9) / 2 - a)
 local load_fields = {'last_hb', NOW, 'deadline', NOW + liveness}
 for i = 10, 9 + 2 * a do load_fields[#load_fields + 1] = ARGV[i] end
 local state, revived = cur[3], false

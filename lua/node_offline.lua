@@ -13,6 +13,7 @@ Output: [JSON, blobs...]
   {"status":"missing"} | {"status":"stale"} | {"status":"ok","state":"offline"|"disconnected"}
 ]]
 --!include ctx
+--!include args
 --!include pools
 --!include deliver
 --!include results
@@ -25,7 +26,7 @@ if not cur[1] then return finish({status = 'missing'}) end
 if cur[1] ~= ARGV[6] then return finish({status = 'stale'}) end
 if cur[2] == 'offline' then return finish({status = 'ok', state = 'offline'}) end
 
-local grace = tonumber(ARGV[7])
+local grace = int(7, 'grace ms', 0, math.huge)
 if grace <= 0 then
   take_offline(node_id, ARGV[8])
   return finish({status = 'ok', state = 'offline'})

@@ -19,6 +19,7 @@ Output: [JSON, blobs...]  JSON.out = messages to deliver (queued jobs handed to 
    "replaced_conn":tok?,"replaced_owner":inst?}   a live older connection was replaced
 ]]
 --!include ctx
+--!include args
 --!include pools
 --!include deliver
 --!include results
@@ -49,7 +50,7 @@ end
 local state = 'ready'
 if redis.call('HGET', KEYS[1], 'drain') == '1' then state = 'draining' end
 
-local n = tonumber(ARGV[9])
+local n = int(9, 'field pairs', 0, (#ARGV - 9) / 2)
 local fields = {'id', node_id, 'conn', ARGV[7], 'owner', ME, 'state', state,
   'registered_at', NOW, 'last_hb', NOW, 'deadline', NOW + liveness, 'capsig', ARGV[8]}
 for i = 10, 9 + 2 * n do fields[#fields + 1] = ARGV[i] end

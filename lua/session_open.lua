@@ -9,6 +9,7 @@ Output: [JSON]
   {"status":"taken"} | {"status":"ok"}
 ]]
 --!include ctx
+--!include args
 
 local sid = ARGV[5]
 if ARGV[6] == '1' and redis.call('EXISTS', KEYS[1]) == 1 then
@@ -17,7 +18,7 @@ end
 local fields = {'id', sid, 'owner', ME, 'conn', ARGV[7], 'nonce', ARGV[8], 'state', 'open',
   'created_at', NOW, 'last_active', NOW, 'ttl_at', NOW, 'next_index', 0, 'next_deliver', 0, 'buf_ms', 0,
   'buf_bytes', 0, 'turn_id', '', 'turn_node', '', 'turn_seq', 0, 'last_node', ''}
-local n = tonumber(ARGV[9])
+local n = int(9, 'field pairs', 0, (#ARGV - 9) / 2)
 for i = 10, 9 + 2 * n do fields[#fields + 1] = ARGV[i] end
 redis.call('HSET', KEYS[1], unpack(fields))
 redis.call('PEXPIRE', KEYS[1], CFG.session_ttl)

@@ -19,11 +19,11 @@ Output: [JSON, blobs...]
   {"status":"gap"}      results after last_received_index were trimmed: resumed = false
 ]]
 --!include ctx
+--!include args
 --!include deliver
 --!include results
 
-local sid, last = ARGV[5], tonumber(ARGV[7])
-if not last then return redis.error_reply('ERR session_resume: last_received_index not a number') end
+local sid, last = ARGV[5], int(7, 'last_received_index', -math.huge, math.huge)
 local sk, rk, pk = session_keys(sid)
 local proof = redis.call('HMGET', sk, 'id', 'resume_hash', 'tenant')
 if not proof[1] then return finish({status = 'missing'}) end

@@ -18,13 +18,14 @@ Output: [JSON, blobs...]
   {"status":"missing"} | {"status":"stale"} | {"status":"closed"}
 ]]
 --!include ctx
+--!include args
 --!include deliver
 --!include results
 --!include dispatch
 --!include groups
 --!include submit
 
-local sid, idx = ARGV[5], tonumber(ARGV[7])
+local sid, idx = ARGV[5], int(7, 'utterance index', 0, math.huge)
 local sess, why = session_for(sid, ARGV[6])
 if not sess then return finish({status = why}) end
 if sess.state ~= 'open' then return finish({status = 'closed'}) end

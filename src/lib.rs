@@ -1,11 +1,13 @@
 //! Switchyard: a stateless, Redis-backed scheduler between speech-translation nodes and
 //! client sessions. See docs/architecture.md for the module map.
 
+pub mod accept;
 pub mod auth;
 pub mod capabilities;
 pub mod config;
 pub mod gateway;
 pub mod http;
+pub mod limits;
 pub mod protocol;
 pub mod routing;
 pub mod server;

@@ -74,10 +74,13 @@ impl App {
         }))
     }
 
-    /// Count a connection task until the guard drops.
-    pub fn conn_guard(self: &Arc<Self>) -> ConnGuard {
-        self.live_conns.fetch_add(1, Ordering::Relaxed);
-        ConnGuard(self.clone())
+    /// Count a connection task until the guard drops; `None` when `limits.max_connections`
+    /// are live already (the slot is reserved before the upgrade, so concurrent upgrades
+    /// cannot overshoot).
+    pub fn conn_guard(self: &Arc<Self>) -> Option<ConnGuard> {
+        let before = self.live_conns.fetch_add(1, Ordering::Relaxed);
+        let guard = ConnGuard(self.clone());
+        (before < self.cfg.limits.max_connections).then_some(guard)
     }
 
     /// A token no other connection, on any instance, ever had: the connection epoch.
@@ -207,24 +210,16 @@ pub async fn start(cfg: Config) -> std::io::Result<Running> {
     let mut tasks = Vec::new();
     if let Some(listener) = admin {
         let router = crate::http::admin_router(app.clone());
-        let mut stop = app.stop_accepting.subscribe();
+        let stop = app.stop_accepting.subscribe();
+        let (limits, metrics) = (app.cfg.limits.clone(), app.metrics.clone());
         tasks.push(tokio::spawn(async move {
-            let serve = axum::serve(listener, router).with_graceful_shutdown(async move {
-                let _ = stop.wait_for(|s| *s).await;
-            });
-            if let Err(e) = serve.await {
-                tracing::error!(error = %e, "admin server stopped");
-            }
+            crate::accept::serve(listener, router, &limits, metrics, stop).await;
         }));
     }
-    let mut stop = app.stop_accepting.subscribe();
+    let stop = app.stop_accepting.subscribe();
+    let (limits, metrics) = (app.cfg.limits.clone(), app.metrics.clone());
     let server = tokio::spawn(async move {
-        let serve = axum::serve(listener, router).with_graceful_shutdown(async move {
-            let _ = stop.wait_for(|s| *s).await;
-        });
-        if let Err(e) = serve.await {
-            tracing::error!(error = %e, "server stopped");
-        }
+        crate::accept::serve(listener, router, &limits, metrics, stop).await;
     });
     tasks.extend([
         server,

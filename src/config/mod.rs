@@ -17,6 +17,7 @@ mod cell;
 mod inbox;
 mod instance;
 mod jobs;
+mod limits;
 mod log;
 mod node;
 mod redis;
@@ -30,6 +31,7 @@ pub use cell::CellConfig;
 pub use inbox::InboxConfig;
 pub use instance::InstanceConfig;
 pub use jobs::JobsConfig;
+pub use limits::LimitsConfig;
 pub use log::LogConfig;
 pub use node::NodeConfig;
 pub use redis::RedisConfig;
@@ -59,6 +61,7 @@ pub struct Config {
     pub inbox: InboxConfig,
     pub telemetry: TelemetryConfig,
     pub log: LogConfig,
+    pub limits: LimitsConfig,
 }
 
 impl Default for Config {
@@ -78,6 +81,7 @@ impl Default for Config {
             inbox: InboxConfig::default(),
             telemetry: TelemetryConfig::default(),
             log: LogConfig::default(),
+            limits: LimitsConfig::default(),
         }
     }
 }
@@ -107,6 +111,7 @@ const SECTIONS: &[&str] = &[
     "inbox",
     "telemetry",
     "log",
+    "limits",
 ];
 
 impl Config {
@@ -346,6 +351,9 @@ impl Config {
         }
         if !matches!(self.log.format.as_str(), "text" | "json") {
             return bad("log.format", "must be \"text\" or \"json\"");
+        }
+        if let Err((field, reason)) = self.limits.check() {
+            return bad(field, reason);
         }
         Ok(())
     }

@@ -127,3 +127,40 @@ fn invalid_value_names_the_field() {
     let msg = c.validate().unwrap_err().to_string();
     assert!(msg.contains("node.heartbeat_interval_ms"), "{msg}");
 }
+
+#[test]
+fn limits_come_from_the_environment_and_bad_ones_name_their_field() {
+    figment::Jail::expect_with(|jail| {
+        jail.set_env("SWITCHYARD_AUTH__MODE", "open");
+        jail.set_env("SWITCHYARD_LIMITS__MAX_CONNECTIONS", "5");
+        jail.set_env("SWITCHYARD_LIMITS__SESSION_FRAMES_PER_SEC", "2.5");
+        let c = Config::load(None).expect("loads");
+        assert_eq!(c.limits.max_connections, 5);
+        assert_eq!(c.limits.session_frames_per_sec, 2.5);
+        Ok(())
+    });
+    let bad = |f: fn(&mut LimitsConfig), field: &str| {
+        let mut c = keyed();
+        f(&mut c.limits);
+        let e = c.validate().expect_err(field).to_string();
+        assert!(e.contains(field), "{e}");
+    };
+    bad(
+        |l| l.session_frames_per_sec = 0.0,
+        "limits.session_frames_per_sec",
+    );
+    bad(
+        |l| l.node_frames_per_sec = f64::NAN,
+        "limits.node_frames_per_sec",
+    );
+    bad(|l| l.node_frame_burst = 0, "limits.node_frame_burst");
+    bad(|l| l.max_connections = 0, "limits.max_connections");
+    bad(
+        |l| l.header_read_timeout_ms = 0,
+        "limits.header_read_timeout_ms",
+    );
+    bad(
+        |l| l.upgrade_timeout_ms = l.header_read_timeout_ms - 1,
+        "limits.upgrade_timeout_ms",
+    );
+}

@@ -115,3 +115,13 @@ pub fn draining() -> axum::response::Response {
     )
         .into_response()
 }
+
+/// The answer to a WebSocket upgrade when `limits.max_connections` are live: go elsewhere.
+pub fn full() -> axum::response::Response {
+    use axum::response::IntoResponse;
+    (
+        axum::http::StatusCode::SERVICE_UNAVAILABLE,
+        "connection limit reached: connect to another instance",
+    )
+        .into_response()
+}

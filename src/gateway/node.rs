@@ -17,9 +17,7 @@ use super::peer::{self, Handler, Peer};
 use super::{Kind, Outbound, close};
 use crate::auth::{Credential, Scope};
 use crate::capabilities::Capabilities;
-use crate::protocol::node::{
-    NODE_TYPES, NodeHeartbeat, NodeInbound, NodeRegister, NodeRegisterAck,
-};
+use crate::protocol::node::{NodeHeartbeat, NodeInbound, NodeRegister, NodeRegisterAck};
 use crate::protocol::{ErrorCode, decode, valid_id};
 use crate::routing;
 use crate::server::App;
@@ -104,7 +102,7 @@ impl Handler for NodeConn {
 
 impl NodeConn {
     async fn on_text(&mut self, text: &str) {
-        let msg = match decode::<NodeInbound>(text, NODE_TYPES) {
+        let msg = match decode::<NodeInbound>(text) {
             Ok(m) => m,
             Err(e) => {
                 self.app.metrics.rejected(KIND, "invalid");

@@ -13,8 +13,9 @@ use futures_util::StreamExt;
 use tokio::sync::mpsc;
 
 use super::{LocalConn, Outbound, close, socket};
+use crate::limits::{FrameBucket, Verdict};
 use crate::protocol::{ErrorCode, ErrorMessage};
-use crate::server::App;
+use crate::server::{App, ConnGuard};
 use crate::store::StoreError;
 
 /// One connection's writer and identity.
@@ -99,18 +100,37 @@ where
     if app.is_draining() {
         return super::draining();
     }
+    let Some(live) = app.conn_guard() else {
+        app.metrics.limited(H::KIND, "connections");
+        return super::full();
+    };
     let (max, buf) = (app.cfg.ws.max_frame_bytes, app.cfg.ws.buffer_bytes);
     ws.max_message_size(max)
         .max_frame_size(max)
         .read_buffer_size(buf)
         .write_buffer_size(buf)
-        .on_upgrade(move |socket| drive(app, socket, make))
+        .on_upgrade(move |socket| drive(app, live, socket, make))
+}
+
+/// The inbound frame limit of a connection of this kind (`[limits]`).
+fn frame_bucket(app: &App, kind: &str) -> FrameBucket {
+    let l = &app.cfg.limits;
+    let (rate, burst) = match kind {
+        "node" => (l.node_frames_per_sec, l.node_frame_burst),
+        _ => (l.session_frames_per_sec, l.session_frame_burst),
+    };
+    FrameBucket::new(rate, burst, l.rate_limit_strikes, std::time::Instant::now())
 }
 
 /// Read frames until the socket closes, the handler is done, the hello times out or the
 /// instance shuts down (1012) — or crashes (`abort`: no cleanup at all, like kill -9).
-async fn drive<H: Handler, F: FnOnce(Peer) -> H>(app: Arc<App>, ws: WebSocket, make: F) {
-    let _live = app.conn_guard();
+async fn drive<H: Handler, F: FnOnce(Peer) -> H>(
+    app: Arc<App>,
+    _live: ConnGuard,
+    ws: WebSocket,
+    make: F,
+) {
+    let mut bucket = frame_bucket(&app, H::KIND);
     let gauge = app.metrics.connection_gauge(H::KIND);
     gauge.inc();
     let (tx, mut stream, mut writer) = socket::split(ws, app.cfg.ws.send_queue, app.order_gap());
@@ -163,6 +183,27 @@ async fn drive<H: Handler, F: FnOnce(Peer) -> H>(app: Arc<App>, ws: WebSocket, m
             }
         };
         last_heard = tokio::time::Instant::now();
+        if let Some(Ok(m)) = &next
+            && !matches!(m, Message::Close(_) | Message::Pong(_))
+        {
+            match bucket.take(std::time::Instant::now()) {
+                Verdict::Allow => {}
+                Verdict::Limited => {
+                    app.metrics.limited(H::KIND, "rate");
+                    h.peer().error(
+                        ErrorCode::RateLimited,
+                        "too many frames: this one was dropped; slow down",
+                    );
+                    continue;
+                }
+                Verdict::Close => {
+                    app.metrics.limited(H::KIND, "rate_close");
+                    h.peer()
+                        .send(Outbound::Close(close::POLICY, "rate limit exceeded".into()));
+                    break;
+                }
+            }
+        }
         match next {
             None => break,
             Some(Err(e)) => {
@@ -170,6 +211,12 @@ async fn drive<H: Handler, F: FnOnce(Peer) -> H>(app: Arc<App>, ws: WebSocket, m
                     app.metrics.rejected(H::KIND, "oversized");
                     h.peer()
                         .send(Outbound::Close(close::TOO_BIG, "frame too large".into()));
+                } else if socket::is_bad_utf8(&e) {
+                    app.metrics.rejected(H::KIND, "invalid_utf8");
+                    h.peer().send(Outbound::Close(
+                        close::INVALID_PAYLOAD,
+                        "text frame is not UTF-8".into(),
+                    ));
                 }
                 break;
             }
@@ -191,6 +238,7 @@ async fn drive<H: Handler, F: FnOnce(Peer) -> H>(app: Arc<App>, ws: WebSocket, m
                     close::LIVENESS,
                     close::POLICY,
                     close::TOO_BIG,
+                    close::INVALID_PAYLOAD,
                 ];
                 orderly = !frame.is_some_and(|f| ours.contains(&f.code));
                 break;

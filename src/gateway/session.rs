@@ -19,8 +19,7 @@ use super::{Kind, Outbound};
 use crate::auth::{Credential, Scope};
 use crate::capabilities::{RouteRequest, route};
 use crate::protocol::session::{
-    JobSpec, Pipeline, SESSION_TYPES, SessionInbound, SessionInit, Utterance, estimate_ms,
-    unsupported,
+    JobSpec, Pipeline, SessionInbound, SessionInit, Utterance, estimate_ms, unsupported,
 };
 use crate::protocol::{DecodeError, ErrorCode, decode, now_ms, valid_id};
 use crate::routing;
@@ -108,7 +107,7 @@ impl SessionConn {
     }
 
     async fn on_text(&mut self, text: &str) {
-        let msg = match decode::<SessionInbound>(text, SESSION_TYPES) {
+        let msg = match decode::<SessionInbound>(text) {
             Ok(m) => m,
             Err(DecodeError::UnknownType(t)) if unsupported(&t) => {
                 self.app.metrics.rejected(KIND, "unsupported");

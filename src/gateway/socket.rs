@@ -34,6 +34,8 @@ pub enum Outbound {
 
 /// Close codes Switchyard uses (RFC 6455 §7.4 plus application codes 4000-4999).
 pub mod close {
+    /// A text frame that is not valid UTF-8.
+    pub const INVALID_PAYLOAD: u16 = 1007;
     pub const POLICY: u16 = 1008;
     pub const TOO_BIG: u16 = 1009;
     pub const RESTARTING: u16 = 1012;
@@ -61,9 +63,9 @@ pub fn split(
     (tx, stream, writer)
 }
 
-/// Sequence reassembly for ordered messages.
+/// Sequence reassembly for ordered messages (public for the fuzz targets in fuzz/).
 #[derive(Default)]
-struct Order {
+pub struct Order {
     expected: Option<u64>,
     held: BTreeMap<u64, String>,
     gap_since: Option<Instant>,
@@ -72,9 +74,12 @@ struct Order {
     skipped: std::collections::BTreeSet<u64>,
 }
 
+/// Skipped sequence numbers remembered, so a late one is still written once.
+const SKIPPED_KEPT: usize = 1024;
+
 impl Order {
     /// Messages ready to write, in order.
-    fn push(&mut self, seq: u64, text: String) -> Vec<String> {
+    pub fn push(&mut self, seq: u64, text: String) -> Vec<String> {
         match self.expected {
             Some(_) if self.skipped.remove(&seq) => return vec![text], // late, never written
             Some(e) if seq < e => return Vec::new(), // already written (a resend after resume)
@@ -85,17 +90,21 @@ impl Order {
         self.ready()
     }
 
-    fn expect(&mut self, next: u64) -> Vec<String> {
+    /// The next sequence number this connection writes: older held ones are dropped.
+    pub fn expect(&mut self, next: u64) -> Vec<String> {
         self.expected = Some(next);
         self.held = self.held.split_off(&next);
         self.ready()
     }
 
     /// The gap lasted too long: continue from the lowest held message.
-    fn skip(&mut self) -> Vec<String> {
+    pub fn skip(&mut self) -> Vec<String> {
         if let (Some(e), Some((&first, _))) = (self.expected, self.held.iter().next()) {
-            self.skipped.extend(e..first);
-            while self.skipped.len() > 1024 {
+            // Only the last SKIPPED_KEPT numbers are remembered, so only those are
+            // inserted: a gap of billions must not loop for ever.
+            self.skipped
+                .extend(first.saturating_sub(SKIPPED_KEPT as u64).max(e)..first);
+            while self.skipped.len() > SKIPPED_KEPT {
                 self.skipped.pop_first();
             }
             self.expected = Some(first);
@@ -103,12 +112,19 @@ impl Order {
         self.ready()
     }
 
+    /// Messages held back, and skipped numbers remembered (for the fuzz invariants).
+    pub fn sizes(&self) -> (usize, usize) {
+        (self.held.len(), self.skipped.len())
+    }
+
     fn ready(&mut self) -> Vec<String> {
         let mut out = Vec::new();
         if let Some(mut e) = self.expected {
             while let Some(t) = self.held.remove(&e) {
                 out.push(t);
-                e += 1;
+                // fuzz finding: `e += 1` overflowed after writing number u64::MAX
+                let Some(next) = e.checked_add(1) else { break };
+                e = next;
             }
             self.expected = Some(e);
         }
@@ -179,14 +195,24 @@ async fn write_all(
 
 /// Is this read error an oversized frame/message (answered with close 1009)?
 pub fn is_too_big(err: &axum::Error) -> bool {
+    read_error(err).is_some_and(|e| matches!(e, tungstenite::Error::Capacity(_)))
+}
+
+/// Is this read error a text frame that is not UTF-8 (answered with close 1007)?
+pub fn is_bad_utf8(err: &axum::Error) -> bool {
+    read_error(err).is_some_and(|e| matches!(e, tungstenite::Error::Utf8(_)))
+}
+
+/// The tungstenite error under axum's wrapper, if there is one.
+fn read_error(err: &axum::Error) -> Option<&tungstenite::Error> {
     let mut source: Option<&(dyn std::error::Error + 'static)> = Some(err);
     while let Some(e) = source {
-        if let Some(tungstenite::Error::Capacity(_)) = e.downcast_ref::<tungstenite::Error>() {
-            return true;
+        if let Some(t) = e.downcast_ref::<tungstenite::Error>() {
+            return Some(t);
         }
         source = e.source();
     }
-    false
+    None
 }
 
 #[cfg(test)]
@@ -223,6 +249,29 @@ mod tests {
             "a skipped one arriving late is still written"
         );
         assert!(o.push(6, "f".into()).is_empty(), "but only once");
+    }
+
+    #[test]
+    fn a_huge_gap_is_skipped_at_once() {
+        // found while writing the fuzz target: skip() inserted every number of the gap
+        let mut o = Order::default();
+        o.expect(0);
+        o.push(u64::MAX - 1, "far".into());
+        assert_eq!(o.skip(), s(&["far"]));
+        assert_eq!(o.sizes(), (0, SKIPPED_KEPT));
+        assert_eq!(o.push(u64::MAX - 2, "late".into()), s(&["late"]));
+    }
+
+    #[test]
+    fn the_last_sequence_number_does_not_overflow() {
+        // fuzz/artifacts/order: Expect(1), Skip, Skip, Push(u64::MAX), Skip, Push(0)
+        let mut o = Order::default();
+        o.expect(1);
+        o.skip();
+        o.skip();
+        assert!(o.push(u64::MAX, "last".into()).is_empty());
+        assert_eq!(o.skip(), s(&["last"]));
+        assert!(o.push(0, "old".into()).is_empty());
     }
 
     #[test]

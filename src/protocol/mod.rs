@@ -7,6 +7,7 @@
 
 pub mod node;
 pub mod session;
+pub mod strict;
 
 use serde::{Deserialize, Deserializer, Serialize};
 
@@ -25,6 +26,8 @@ pub enum ErrorCode {
     SchedulerDependencyDown,
     /// A credential is missing, invalid, or does not allow what the frame asks.
     Unauthorized,
+    /// A frame over the connection's rate limit, dropped unprocessed.
+    RateLimited,
 }
 
 /// `{"type":"error","code":...,"message":...}`, sent to nodes and sessions alike.
@@ -73,17 +76,24 @@ struct Envelope {
     kind: String,
 }
 
-/// Decode a frame into a tagged enum `T`, telling "unknown type" apart from "bad fields".
-pub fn decode<T: serde::de::DeserializeOwned>(
-    text: &str,
-    known: &[&str],
-) -> Result<T, DecodeError> {
+/// The messages one kind of peer sends, decoded by their `type`.
+pub trait Inbound: Sized {
+    /// Every `type` this peer may send.
+    const TYPES: &'static [&'static str];
+    /// Decode `text`, whose `type` is `kind` (one of [`Inbound::TYPES`]), strictly.
+    fn from_kind(kind: &str, text: &str) -> Result<Self, strict::FieldError>;
+}
+
+/// Decode a frame, telling "not a message", "unknown type" and "bad field" apart. Each
+/// type's struct is read directly (not through a serde-tagged enum, which buffers the frame
+/// and loses both the strictness and the field path).
+pub fn decode<T: Inbound>(text: &str) -> Result<T, DecodeError> {
     let env: Envelope =
-        serde_json::from_str(text).map_err(|e| DecodeError::NotAMessage(e.to_string()))?;
-    if !known.contains(&env.kind.as_str()) {
+        strict::from_str(text).map_err(|e| DecodeError::NotAMessage(e.to_string()))?;
+    if !T::TYPES.contains(&env.kind.as_str()) {
         return Err(DecodeError::UnknownType(env.kind));
     }
-    serde_json::from_str(text).map_err(|e| DecodeError::Malformed {
+    T::from_kind(&env.kind, text).map_err(|e| DecodeError::Malformed {
         kind: env.kind,
         reason: e.to_string(),
     })

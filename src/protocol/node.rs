@@ -3,7 +3,8 @@
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
-use super::null_default;
+use super::strict::{FieldError, from_str};
+use super::{Inbound, null_default};
 
 /// Every message type a node may send; anything else is `INVALID_MESSAGE`.
 pub const NODE_TYPES: &[&str] = &[
@@ -16,8 +17,7 @@ pub const NODE_TYPES: &[&str] = &[
     "asr_partial",
 ];
 
-#[derive(Debug, Deserialize)]
-#[serde(tag = "type", rename_all = "snake_case")]
+#[derive(Debug)]
 pub enum NodeInbound {
     NodeRegister(Box<NodeRegister>),
     NodeHeartbeat(Box<NodeHeartbeat>),
@@ -26,6 +26,32 @@ pub enum NodeInbound {
     JobStarted(JobAck),
     JobResult(Box<JobResult>),
     AsrPartial(AsrPartial),
+}
+
+impl Inbound for NodeInbound {
+    const TYPES: &'static [&'static str] = NODE_TYPES;
+
+    fn from_kind(kind: &str, text: &str) -> Result<Self, FieldError> {
+        Ok(match kind {
+            "node_register" => Self::NodeRegister(from_str(text)?),
+            "node_heartbeat" => Self::NodeHeartbeat(from_str(text)?),
+            "node_error" => Self::NodeError(from_str(text)?),
+            "job_ack" => Self::JobAck(from_str(text)?),
+            "job_started" => Self::JobStarted(from_str(text)?),
+            "job_result" => {
+                let mut r: Box<JobResult> = from_str(text)?;
+                r.rest.remove("type");
+                Self::JobResult(r)
+            }
+            "asr_partial" => Self::AsrPartial(from_str(text)?),
+            other => {
+                return Err(FieldError {
+                    path: "type".into(),
+                    reason: format!("unknown message type {other:?}"),
+                });
+            }
+        })
+    }
 }
 
 impl NodeInbound {

@@ -3,7 +3,8 @@
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
-use super::null_default;
+use super::strict::{FieldError, from_str};
+use super::{Inbound, null_default};
 
 /// Every message type a session may send that Switchyard handles.
 pub const SESSION_TYPES: &[&str] = &[
@@ -21,8 +22,7 @@ pub fn unsupported(kind: &str) -> bool {
     kind.starts_with("room_") || kind.starts_with("webrtc_")
 }
 
-#[derive(Debug, Deserialize)]
-#[serde(tag = "type", rename_all = "snake_case")]
+#[derive(Debug)]
 pub enum SessionInbound {
     SessionInit(Box<SessionInit>),
     AudioChunk(AudioChunk),
@@ -159,6 +159,41 @@ pub struct SessionRef {
     pub group_id: Option<String>,
 }
 
+impl Inbound for SessionInbound {
+    const TYPES: &'static [&'static str] = SESSION_TYPES;
+
+    fn from_kind(kind: &str, text: &str) -> Result<Self, FieldError> {
+        Ok(match kind {
+            "session_init" => Self::SessionInit(with_options(text)?),
+            "audio_chunk" => Self::AudioChunk(from_str(text)?),
+            "utterance" => Self::Utterance(with_options(text)?),
+            "client_heartbeat" => Self::ClientHeartbeat(from_str(text)?),
+            "session_close" => Self::SessionClose(from_str(text)?),
+            "tts_started" => Self::TtsStarted(from_str(text)?),
+            "tts_play_ended" => Self::TtsPlayEnded(from_str(text)?),
+            other => {
+                return Err(FieldError {
+                    path: "type".into(),
+                    reason: format!("unknown message type {other:?}"),
+                });
+            }
+        })
+    }
+}
+
+/// Decode a message with flattened [`JobOptions`]. serde reads a flattened struct from a
+/// buffer that has lost the field path, so a bad option is looked up again on its own (on
+/// the error path only) to name it.
+fn with_options<T: serde::de::DeserializeOwned>(text: &str) -> Result<T, FieldError> {
+    from_str::<T>(text).map_err(|e| {
+        if e.path.is_empty() {
+            from_str::<JobOptions>(text).err().unwrap_or(e)
+        } else {
+            e
+        }
+    })
+}
+
 impl SessionInbound {
     /// The message type, as on the wire.
     pub fn kind(&self) -> &'static str {
@@ -206,6 +241,23 @@ pub fn estimate_ms(format: &str, bytes: usize) -> u64 {
     if format.eq_ignore_ascii_case("pcm16") || format.eq_ignore_ascii_case("pcm") {
         bytes / 32
     } else {
-        bytes * 20 / 60
+        // 20 ms per 60 bytes, i.e. bytes / 3 exactly, without `bytes * 20` overflowing
+        // (a fuzz finding: usize::MAX / 10 bytes panicked in debug builds)
+        bytes / 3
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::estimate_ms;
+
+    #[test]
+    fn estimate_matches_the_protocol_and_never_overflows() {
+        assert_eq!(estimate_ms("opus", 60), 20);
+        assert_eq!(estimate_ms("opus", 59), 19);
+        assert_eq!(estimate_ms("PCM16", 32_000), 1_000);
+        // the fuzzer's input: a byte count near usize::MAX
+        assert_eq!(estimate_ms("", usize::MAX), usize::MAX as u64 / 3);
+        assert!(estimate_ms("opus", usize::MAX) >= estimate_ms("opus", usize::MAX - 1));
     }
 }

@@ -142,6 +142,11 @@ impl Args {
         self.0.extend(items.into_iter().map(String::into_bytes));
         self
     }
+
+    /// The raw arguments (tests call scripts with arguments the typed calls never send).
+    pub fn into_inner(self) -> Vec<Vec<u8>> {
+        self.0
+    }
 }
 
 /// The timings and limits scripts read as CFG (see lua/includes/ctx.lua).

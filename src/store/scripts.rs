@@ -59,7 +59,7 @@ macro_rules! includes {
 }
 
 includes!(
-    "ctx", "pools", "deliver", "results", "dispatch", "offline", "groups", "submit", "cut",
+    "ctx", "args", "pools", "deliver", "results", "dispatch", "offline", "groups", "submit", "cut",
     "liveness"
 );
 

@@ -72,6 +72,10 @@ pub struct Metrics {
     pub messages_in: Family<MessageLabels, Counter>,
     /// Inbound frames refused (invalid, unknown type, oversized, binary) by kind and reason.
     pub messages_rejected: Family<MessageLabels, Counter>,
+    /// Frames and connections refused by a `[limits]` setting, by kind (`node`,
+    /// `session`, `http`) and limit (`detail`: `rate`, `rate_close`, `connections`,
+    /// `header_timeout`, `upgrade_timeout`).
+    pub limited: Family<MessageLabels, Counter>,
     /// Node messages fenced off as stale (old connection or attempt), by connection kind.
     pub stale_messages: Family<KindLabels, Counter>,
     /// `node_error` reports by code.
@@ -150,6 +154,12 @@ impl Metrics {
             "messages_rejected",
             "Inbound frames refused",
             messages_rejected.clone(),
+        );
+        let limited = Family::<MessageLabels, Counter>::default();
+        registry.register(
+            "limited",
+            "Frames and connections refused by a limit, by kind and limit",
+            limited.clone(),
         );
         let stale_messages = Family::<KindLabels, Counter>::default();
         registry.register(
@@ -265,6 +275,7 @@ impl Metrics {
             connections,
             messages_in,
             messages_rejected,
+            limited,
             stale_messages,
             node_errors,
             deliveries,
@@ -306,6 +317,11 @@ impl Metrics {
         self.messages_rejected
             .get_or_create(&msg(kind, detail))
             .inc();
+    }
+
+    /// A frame or connection refused by a `[limits]` setting.
+    pub fn limited(&self, kind: &str, limit: &str) {
+        self.limited.get_or_create(&msg(kind, limit)).inc();
     }
 
     /// Count what a script call did (see lua/includes/ctx.lua `count`).

@@ -1,0 +1,88 @@
+//! `[limits]` — Abuse limits of one instance: inbound frame rate per connection, live
+//! connections, and how long an HTTP connection may take to send its request.
+//!
+//! Limits that need credentials (per tenant, per token subject) are added here when
+//! authentication lands. Every refusal is counted in `switchyard_limited_total{limit}`.
+
+use serde::{Deserialize, Serialize};
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct LimitsConfig {
+    /// Sustained inbound frames per second per session connection (a web client sends an
+    /// `audio_chunk` every 20-100 ms and a heartbeat every 30 s; a closed-loop benchmark
+    /// session sends ~60 utterances/s on the 2-core bench machine).
+    pub session_frames_per_sec: f64,
+    /// Frames a quiet session connection may send at once.
+    pub session_frame_burst: u32,
+    /// Sustained inbound frames per second per node connection (a node streams
+    /// `asr_partial` for each of its concurrent jobs).
+    pub node_frames_per_sec: f64,
+    /// Frames a quiet node connection may send at once.
+    pub node_frame_burst: u32,
+    /// Frames over the limit (each dropped and answered `RATE_LIMITED`) before the
+    /// connection is closed with 1008; forgiven once the peer pauses long enough for the
+    /// bucket to fill up again.
+    pub rate_limit_strikes: u32,
+    /// Live WebSocket connections (nodes + sessions) per instance; further upgrades get
+    /// HTTP 503 so the load balancer or client tries another instance. The scale target is
+    /// 10k nodes + 10k sessions per instance (~0.5 GiB).
+    pub max_connections: usize,
+    /// An HTTP connection must send a complete request head within this time (slow-loris
+    /// defence), also between requests on a kept-alive connection.
+    pub header_read_timeout_ms: u64,
+    /// An accepted TCP connection must have sent its first complete request (for a
+    /// WebSocket: the upgrade) within this time, or it is closed — a backstop that also
+    /// covers connections that never send a byte.
+    pub upgrade_timeout_ms: u64,
+}
+
+impl Default for LimitsConfig {
+    fn default() -> Self {
+        Self {
+            session_frames_per_sec: 200.0,
+            session_frame_burst: 400,
+            node_frames_per_sec: 1_000.0,
+            node_frame_burst: 2_000,
+            rate_limit_strikes: 50,
+            max_connections: 30_000,
+            header_read_timeout_ms: 10_000,
+            upgrade_timeout_ms: 15_000,
+        }
+    }
+}
+
+impl LimitsConfig {
+    /// The first bad field and why, if any.
+    pub fn check(&self) -> Result<(), (&'static str, &'static str)> {
+        for (field, v) in [
+            ("limits.session_frames_per_sec", self.session_frames_per_sec),
+            ("limits.node_frames_per_sec", self.node_frames_per_sec),
+        ] {
+            if !(v.is_finite() && v > 0.0) {
+                return Err((field, "must be a positive number"));
+            }
+        }
+        for (field, v) in [
+            (
+                "limits.session_frame_burst",
+                self.session_frame_burst as u64,
+            ),
+            ("limits.node_frame_burst", self.node_frame_burst as u64),
+            ("limits.max_connections", self.max_connections as u64),
+            ("limits.header_read_timeout_ms", self.header_read_timeout_ms),
+            ("limits.upgrade_timeout_ms", self.upgrade_timeout_ms),
+        ] {
+            if v == 0 {
+                return Err((field, "must be at least 1"));
+            }
+        }
+        if self.upgrade_timeout_ms < self.header_read_timeout_ms {
+            return Err((
+                "limits.upgrade_timeout_ms",
+                "must be at least limits.header_read_timeout_ms",
+            ));
+        }
+        Ok(())
+    }
+}

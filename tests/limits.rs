@@ -1,0 +1,241 @@
+//! Abuse limits against a real redis-server (issue 9 row 6; docs/security.md "Limits"):
+//! frame rate (RATE_LIMITED, then 1008), connections per instance (503), slow request
+//! headers and silent connections (closed), invalid UTF-8 (1007). Wrong-typed fields are
+//! in tests/shapes.rs.
+
+mod common;
+
+use std::time::Duration;
+
+use common::*;
+use futures_util::{SinkExt, StreamExt};
+use serde_json::json;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::tungstenite::protocol::frame::Frame;
+use tokio_tungstenite::tungstenite::protocol::frame::coding::{Data, OpCode};
+
+fn heartbeat() -> serde_json::Value {
+    json!({"type": "client_heartbeat", "session_id": "s-none"})
+}
+
+#[tokio::test]
+async fn frames_over_the_rate_get_rate_limited_then_close_1008() {
+    let redis = RedisServer::start().await;
+    let inst = start_tweaked(&redis, |c| {
+        c.limits.session_frames_per_sec = 5.0;
+        c.limits.session_frame_burst = 5;
+        c.limits.rate_limit_strikes = 10;
+    })
+    .await;
+    let mut s = WsClient::connect(&ws_url(&inst, "/ws/session")).await;
+    for _ in 0..40 {
+        s.send(&heartbeat()).await;
+    }
+    let (mut limited, mut other) = (0, 0);
+    let code = loop {
+        match s.next(Duration::from_secs(5)).await {
+            Ok(v) if v["code"] == "RATE_LIMITED" => limited += 1,
+            Ok(_) => other += 1,
+            Err(common::ws::Ended::Closed(code)) => break code,
+            Err(e) => panic!("no close: {e:?}"),
+        }
+    };
+    assert_eq!(code, Some(1008));
+    assert_eq!(
+        limited, 10,
+        "one RATE_LIMITED per dropped frame up to the strikes"
+    );
+    assert_eq!(
+        other, 5,
+        "the burst was processed (each got its own answer)"
+    );
+    let text = metrics_text(&inst).await;
+    assert!(
+        text.contains(r#"switchyard_limited_total{kind="session",detail="rate"} 10"#),
+        "{text}"
+    );
+    assert!(
+        text.contains(r#"switchyard_limited_total{kind="session",detail="rate_close"} 1"#),
+        "{text}"
+    );
+}
+
+#[tokio::test]
+async fn the_issues_flood_of_20000_frames_is_cut_off_with_the_default_limits() {
+    let redis = RedisServer::start().await;
+    let inst = start_instance(&redis).await;
+    let (mut ws, _) = tokio_tungstenite::connect_async(ws_url(&inst, "/ws/session"))
+        .await
+        .expect("connect");
+    let frame = heartbeat().to_string();
+    let mut sent = 0;
+    for _ in 0..20_000 {
+        if ws.feed(Message::Text(frame.clone().into())).await.is_err() {
+            break; // closed under us: the point
+        }
+        sent += 1;
+    }
+    let _ = ws.flush().await;
+    let (mut answered, mut limited) = (0, 0);
+    let code = loop {
+        match tokio::time::timeout(Duration::from_secs(10), ws.next()).await {
+            Err(_) => panic!("not closed"),
+            Ok(Some(Ok(Message::Text(t)))) => {
+                if t.as_str().contains("RATE_LIMITED") {
+                    limited += 1;
+                } else {
+                    answered += 1;
+                }
+            }
+            Ok(Some(Ok(Message::Close(f)))) => break f.map(|f| u16::from(f.code)),
+            Ok(Some(Ok(_))) => {}
+            Ok(None) | Ok(Some(Err(_))) => break None,
+        }
+    };
+    assert_eq!(code, Some(1008), "sent {sent}");
+    assert_eq!(limited, 50, "rate_limit_strikes answers before the close");
+    assert!(
+        (400..2_000).contains(&answered),
+        "the burst and a little refill were processed, not {answered} of {sent}"
+    );
+}
+
+#[tokio::test]
+async fn a_peer_within_the_rate_is_never_limited() {
+    let redis = RedisServer::start().await;
+    let inst = start_tweaked(&redis, |c| {
+        c.limits.session_frames_per_sec = 50.0;
+        c.limits.session_frame_burst = 5;
+    })
+    .await;
+    let mut s = WsClient::connect(&ws_url(&inst, "/ws/session")).await;
+    for _ in 0..20 {
+        s.send(&heartbeat()).await;
+        let v = s.next(Duration::from_secs(5)).await.expect("answer");
+        assert_ne!(v["code"], "RATE_LIMITED", "{v}");
+        tokio::time::sleep(Duration::from_millis(30)).await;
+    }
+}
+
+#[tokio::test]
+async fn upgrades_beyond_max_connections_get_503() {
+    let redis = RedisServer::start().await;
+    let inst = start_tweaked(&redis, |c| c.limits.max_connections = 2).await;
+    let a = WsClient::connect(&ws_url(&inst, "/ws/session")).await;
+    let _b = WsClient::connect(&ws_url(&inst, "/ws/node")).await;
+    // (the close of `a` below may take a few tries to free its slot: each is counted)
+    let refused = tokio_tungstenite::connect_async(ws_url(&inst, "/ws/session")).await;
+    match refused {
+        Err(tokio_tungstenite::tungstenite::Error::Http(resp)) => {
+            assert_eq!(resp.status().as_u16(), 503)
+        }
+        other => panic!(
+            "third upgrade not refused with 503: {:?}",
+            other.map(|_| ())
+        ),
+    }
+    // HTTP still answers while full, and a slot frees when a connection ends.
+    let (status, _) = get_json(&http_url(&inst, "/healthz")).await;
+    assert_eq!(status, 200);
+    a.close().await;
+    eventually(Duration::from_secs(5), "a slot to free up", || async {
+        tokio_tungstenite::connect_async(ws_url(&inst, "/ws/session"))
+            .await
+            .ok()
+            .map(|_| ())
+    })
+    .await;
+    let text = metrics_text(&inst).await;
+    assert!(
+        text.contains(r#"switchyard_limited_total{kind="session",detail="connections"} "#),
+        "{text}"
+    );
+}
+
+/// Whether the server closed `tcp` (EOF or reset) within `within`.
+async fn closed_within(tcp: &mut TcpStream, within: Duration) -> bool {
+    let mut buf = [0u8; 1024];
+    let deadline = tokio::time::Instant::now() + within;
+    loop {
+        match tokio::time::timeout_at(deadline, tcp.read(&mut buf)).await {
+            Err(_) => return false,
+            Ok(Ok(0)) | Ok(Err(_)) => return true,
+            Ok(Ok(_)) => continue, // e.g. a 408 before the close
+        }
+    }
+}
+
+#[tokio::test]
+async fn slow_request_headers_are_closed_within_the_timeout() {
+    let redis = RedisServer::start().await;
+    let inst = start_tweaked(&redis, |c| {
+        c.limits.header_read_timeout_ms = 500;
+        c.limits.upgrade_timeout_ms = 1_000;
+    })
+    .await;
+    let mut conns = Vec::new();
+    for i in 0..100 {
+        let mut tcp = TcpStream::connect(inst.addr).await.expect("connect");
+        // Half send a partial request line, half a request line and one header.
+        let partial: &[u8] = if i % 2 == 0 {
+            b"GET /ws/session HT"
+        } else {
+            b"GET /ws/session HTTP/1.1\r\nHost: x\r\n"
+        };
+        tcp.write_all(partial).await.expect("write");
+        conns.push(tcp);
+    }
+    let silent = TcpStream::connect(inst.addr).await.expect("connect");
+    conns.push(silent);
+    let started = std::time::Instant::now();
+    for tcp in conns.iter_mut() {
+        let left = Duration::from_millis(3_000).saturating_sub(started.elapsed());
+        assert!(
+            closed_within(tcp, left).await,
+            "a slow connection is still open"
+        );
+    }
+    // A complete request on a fresh connection is still served.
+    let (status, _) = get_json(&http_url(&inst, "/healthz")).await;
+    assert_eq!(status, 200);
+    let text = metrics_text(&inst).await;
+    assert!(text.contains(r#"detail="header_timeout"} 100"#), "{text}");
+}
+
+#[tokio::test]
+async fn a_connection_that_never_sends_a_byte_is_closed() {
+    let redis = RedisServer::start().await;
+    let inst = start_tweaked(&redis, |c| {
+        c.limits.header_read_timeout_ms = 300;
+        c.limits.upgrade_timeout_ms = 600;
+    })
+    .await;
+    let mut tcp = TcpStream::connect(inst.addr).await.expect("connect");
+    assert!(closed_within(&mut tcp, Duration::from_secs(3)).await);
+}
+
+#[tokio::test]
+async fn invalid_utf8_text_frame_closes_1007() {
+    let redis = RedisServer::start().await;
+    let inst = start_instance(&redis).await;
+    let (mut ws, _) = tokio_tungstenite::connect_async(ws_url(&inst, "/ws/session"))
+        .await
+        .expect("connect");
+    let bad = Frame::message(
+        vec![b'{', 0xC3, 0x28, 0xFF, b'}'],
+        OpCode::Data(Data::Text),
+        true,
+    );
+    ws.send(Message::Frame(bad)).await.expect("send raw frame");
+    let code = loop {
+        match tokio::time::timeout(Duration::from_secs(5), ws.next()).await {
+            Err(_) => panic!("no close"),
+            Ok(Some(Ok(Message::Close(f)))) => break f.map(|f| u16::from(f.code)),
+            Ok(Some(Ok(_))) => continue,
+            Ok(None) | Ok(Some(Err(_))) => break None,
+        }
+    };
+    assert_eq!(code, Some(1007));
+}

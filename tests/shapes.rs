@@ -1,0 +1,206 @@
+//! Strict shapes, tolerant of the unknown, against a real redis-server (issue 9 row 7): a
+//! known field of the wrong JSON type gets INVALID_MESSAGE naming the field and changes
+//! nothing in Redis; unknown fields and nulls stay accepted; scripts refuse non-numeric
+//! arguments before writing anything.
+
+mod common;
+
+use std::time::Duration;
+
+use common::invariants::PREFIX;
+use common::*;
+use redis::AsyncCommands;
+use serde_json::json;
+
+type Conn = redis::aio::MultiplexedConnection;
+
+async fn node_keys(c: &mut Conn) -> Vec<String> {
+    c.keys(format!("{PREFIX}node:*")).await.expect("keys")
+}
+
+/// The next `error` must be INVALID_MESSAGE and name `field`.
+async fn expect_invalid(ws: &mut WsClient, field: &str) {
+    let e = ws.recv_type("error").await;
+    assert_eq!(e["code"], "INVALID_MESSAGE", "{e}");
+    let msg = e["message"].as_str().unwrap_or_default();
+    assert!(
+        msg.contains(&format!("`{field}`")),
+        "{field} not named: {msg}"
+    );
+}
+
+#[tokio::test]
+async fn register_with_array_language_capabilities_is_refused_and_stores_nothing() {
+    let redis = RedisServer::start().await;
+    let inst = start_instance(&redis).await;
+    let mut c = redis.client().await;
+    let mut node = WsClient::connect(&ws_url(&inst, "/ws/node")).await;
+    let mut frame = fixture("node_register_first");
+    frame["node_id"] = json!("node-strict01");
+    frame["language_capabilities"] = json!([["zh", "en"], ["zh", "en"], ["zh", "en"]]);
+    node.send(&frame).await;
+    expect_invalid(&mut node, "language_capabilities").await;
+    node.expect_silence(Duration::from_millis(300)).await;
+    assert!(node_keys(&mut c).await.is_empty(), "a node was stored");
+    // The same frame with the object shape registers.
+    frame["language_capabilities"] =
+        fixture("node_register_first")["language_capabilities"].clone();
+    let id = node.register_id(frame, Some("node-strict01")).await;
+    assert_eq!(id, "node-strict01");
+}
+
+#[tokio::test]
+async fn heartbeat_with_array_resource_usage_is_refused_and_changes_nothing() {
+    let redis = RedisServer::start().await;
+    let inst = start_instance(&redis).await;
+    let mut c = redis.client().await;
+    let mut node = WsClient::connect(&ws_url(&inst, "/ws/node")).await;
+    let id = node.register_id(fixture("node_register_first"), None).await;
+    node.heartbeat(&id, None).await;
+    let key = format!("{PREFIX}node:{id}");
+    eventually(Duration::from_secs(5), "cpu from the heartbeat", || {
+        let (mut c, key) = (c.clone(), key.clone());
+        async move {
+            let cpu: Option<String> = c.hget(&key, "cpu").await.ok()?;
+            (cpu.as_deref() == Some("23.5")).then_some(())
+        }
+    })
+    .await;
+    let before: std::collections::HashMap<String, String> = c.hgetall(&key).await.expect("hash");
+    let mut hb = fixture("node_heartbeat");
+    hb["node_id"] = json!(id);
+    hb["resource_usage"] = json!([91.5, 12.0]);
+    node.send(&hb).await;
+    expect_invalid(&mut node, "resource_usage").await;
+    // string for a number, one level down
+    hb["resource_usage"] = json!({"cpu_percent": "91.5"});
+    node.send(&hb).await;
+    expect_invalid(&mut node, "resource_usage.cpu_percent").await;
+    let after: std::collections::HashMap<String, String> = c.hgetall(&key).await.expect("hash");
+    for field in ["cpu", "mem", "gpu", "gpu_mem", "caps_sig", "pools"] {
+        assert_eq!(before.get(field), after.get(field), "{field} changed");
+    }
+    // unknown fields and nulls stay accepted
+    hb["resource_usage"] = json!({"cpu_percent": 50.0, "brand_new": [1, 2]});
+    hb["installed_models"] = json!(null);
+    hb["something_else"] = json!({"x": [1]});
+    node.send(&hb).await;
+    eventually(
+        Duration::from_secs(5),
+        "cpu from the tolerant heartbeat",
+        || {
+            let (mut c, key) = (c.clone(), key.clone());
+            async move {
+                let cpu: Option<String> = c.hget(&key, "cpu").await.ok()?;
+                (cpu.as_deref() == Some("50.0")).then_some(())
+            }
+        },
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn session_init_with_a_wrong_typed_field_is_refused_and_opens_nothing() {
+    let redis = RedisServer::start().await;
+    let inst = start_instance(&redis).await;
+    let mut c = redis.client().await;
+    let mut s = WsClient::connect(&ws_url(&inst, "/ws/session")).await;
+    let mut init = fixture("session_init_two_way");
+    init["src_lang"] = json!(["zh"]);
+    s.send(&init).await;
+    expect_invalid(&mut s, "src_lang").await;
+    let mut init = fixture("session_init_two_way");
+    init["auto_langs"] = json!({"zh": true});
+    s.send(&init).await;
+    expect_invalid(&mut s, "auto_langs").await;
+    let sessions: Vec<String> = c.keys(format!("{PREFIX}session:*")).await.expect("keys");
+    assert!(sessions.is_empty(), "{sessions:?}");
+}
+
+/// Call `script` with the instance's context arguments followed by `rest`.
+async fn call_raw(
+    inst: &switchyard::server::Running,
+    c: &mut Conn,
+    script: switchyard::store::scripts::Script,
+    keys: &[String],
+    rest: &[&[u8]],
+) -> Result<redis::Value, redis::RedisError> {
+    let scripts = switchyard::store::scripts::Scripts::new();
+    let mut inv = scripts.get(script).prepare_invoke();
+    for k in keys {
+        inv.key(k);
+    }
+    for a in inst.app.store.args().into_inner() {
+        inv.arg(a);
+    }
+    for a in rest {
+        inv.arg(*a);
+    }
+    inv.invoke_async(c).await
+}
+
+#[tokio::test]
+async fn scripts_refuse_non_numeric_arguments_before_writing_anything() {
+    use switchyard::store::scripts::Script;
+    let redis = RedisServer::start().await;
+    let inst = start_instance(&redis).await;
+    let mut c = redis.client().await;
+    let store = &inst.app.store;
+    let (sk, ak) = (
+        store.keys.session("s-lua"),
+        store.keys.session_audio("s-lua"),
+    );
+
+    // A field count that is not a number: no session record.
+    let e = call_raw(
+        &inst,
+        &mut c,
+        Script::SessionOpen,
+        std::slice::from_ref(&sk),
+        &[b"s-lua", b"1", b"conn-1", b"nonce", b"two", b"a", b"b"],
+    )
+    .await
+    .expect_err("refused");
+    assert!(e.to_string().contains("bad argument ARGV[9]"), "{e}");
+    let exists: bool = c.exists(&sk).await.expect("exists");
+    assert!(!exists, "session written despite the bad argument");
+    // A count beyond the arguments given is refused too.
+    let e = call_raw(
+        &inst,
+        &mut c,
+        Script::SessionOpen,
+        std::slice::from_ref(&sk),
+        &[b"s-lua", b"1", b"conn-1", b"nonce", b"5", b"a", b"b"],
+    )
+    .await
+    .expect_err("refused");
+    assert!(e.to_string().contains("field pairs"), "{e}");
+
+    // With a real session, an audio chunk whose duration is "NaN" appends nothing.
+    call_raw(
+        &inst,
+        &mut c,
+        Script::SessionOpen,
+        std::slice::from_ref(&sk),
+        &[b"s-lua", b"1", b"conn-1", b"nonce", b"0"],
+    )
+    .await
+    .expect("session opens");
+    let due = store.keys.due("audio");
+    for bad in [&b"NaN"[..], b"inf", b"", b"-5", b"1.5"] {
+        let e = call_raw(
+            &inst,
+            &mut c,
+            Script::AudioAppend,
+            &[sk.clone(), ak.clone(), due.clone()],
+            &[b"s-lua", b"conn-1", b"opus-bytes", b"0", bad],
+        )
+        .await
+        .expect_err("refused");
+        assert!(e.to_string().contains("duration ms"), "{e}");
+    }
+    let exists: bool = c.exists(&ak).await.expect("exists");
+    assert!(!exists, "audio appended despite the bad duration");
+    let buf: Option<String> = c.hget(&sk, "buf_bytes").await.expect("hget");
+    assert_eq!(buf.as_deref(), Some("0"));
+}
