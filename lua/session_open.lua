@@ -3,23 +3,41 @@ Input:
   KEYS[1] session hash {tag}:session:<sid>
   ARGV[1..4] ctx   ARGV[5] session id   ARGV[6] "1" when minted (must be unused)
   ARGV[7] connection token   ARGV[8] nonce (makes job ids unique across session lifetimes)
-  ARGV[9] n: field/value pairs in ARGV[10 .. 9+2n] (languages, mode, tenant, pools, needs,
-          pair, spec = the job_assign template, trace_id, client fields)
+  ARGV[9] subject: `sub` of the opening credential ("" = none: not counted)
+  ARGV[10] most live sessions per subject (0 = no limit)
+  ARGV[11] n: field/value pairs in ARGV[12 .. 11+2n] (languages, mode, tenant, pools, needs,
+          pair, spec = the job_assign template, trace_id, resume_hash, client fields)
+  Derived: {tag}:subject:<sub>:sessions (zset sid -> expiry ms; see subject_sessions)
 Output: [JSON]
   {"status":"taken"} | {"status":"ok"}
+  {"status":"limit","live":N}  the subject already has ARGV[10] live sessions: nothing written
 ]]
 --!include ctx
 --!include args
 
-local sid = ARGV[5]
+local sid, sub = ARGV[5], ARGV[9]
+local max_live = int(10, 'sessions per subject', 0, math.huge)
+local n = int(11, 'field pairs', 0, (#ARGV - 11) / 2)
 if ARGV[6] == '1' and redis.call('EXISTS', KEYS[1]) == 1 then
   return finish({status = 'taken'})
+end
+if sub ~= '' then
+  -- Live = not closed and not expired: entries expire with the session's idle TTL.
+  local zk = subject_sessions(sub)
+  redis.call('ZREMRANGEBYSCORE', zk, '-inf', NOW)
+  local live = redis.call('ZCARD', zk)
+  if max_live > 0 and live >= max_live then
+    return finish({status = 'limit', live = live})
+  end
+  redis.call('ZADD', zk, NOW + CFG.session_ttl, sid)
+  redis.call('PEXPIRE', zk, CFG.session_ttl)
 end
 local fields = {'id', sid, 'owner', ME, 'conn', ARGV[7], 'nonce', ARGV[8], 'state', 'open',
   'created_at', NOW, 'last_active', NOW, 'ttl_at', NOW, 'next_index', 0, 'next_deliver', 0, 'buf_ms', 0,
   'buf_bytes', 0, 'turn_id', '', 'turn_node', '', 'turn_seq', 0, 'last_node', ''}
-local n = int(9, 'field pairs', 0, (#ARGV - 9) / 2)
-for i = 10, 9 + 2 * n do fields[#fields + 1] = ARGV[i] end
+fields[#fields + 1] = 'sub'
+fields[#fields + 1] = sub
+for i = 12, 11 + 2 * n do fields[#fields + 1] = ARGV[i] end
 redis.call('HSET', KEYS[1], unpack(fields))
 redis.call('PEXPIRE', KEYS[1], CFG.session_ttl)
 return finish({status = 'ok'})

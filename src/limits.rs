@@ -151,3 +151,70 @@ mod tests {
         assert_eq!(b.take(t), Verdict::Limited);
     }
 }
+
+/// Live connections per tenant on this instance (`limits.max_connections_per_tenant`): a
+/// slot is taken at the upgrade and given back when the connection ends.
+#[derive(Debug, Default)]
+pub struct TenantSlots(std::sync::Mutex<std::collections::HashMap<String, usize>>);
+
+/// One tenant connection; its slot is given back on drop.
+#[derive(Debug)]
+pub struct TenantSlot {
+    slots: std::sync::Arc<TenantSlots>,
+    tenant: String,
+}
+
+impl TenantSlots {
+    /// A slot for `tenant` if it holds fewer than `max` (0: no limit).
+    pub fn acquire(self: &std::sync::Arc<Self>, tenant: &str, max: usize) -> Option<TenantSlot> {
+        let mut m = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        let n = m.entry(tenant.to_string()).or_insert(0);
+        if max > 0 && *n >= max {
+            return None;
+        }
+        *n += 1;
+        Some(TenantSlot {
+            slots: self.clone(),
+            tenant: tenant.to_string(),
+        })
+    }
+
+    /// Connections `tenant` holds now.
+    pub fn held(&self, tenant: &str) -> usize {
+        let m = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        m.get(tenant).copied().unwrap_or(0)
+    }
+}
+
+impl Drop for TenantSlot {
+    fn drop(&mut self) {
+        let mut m = self.slots.0.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(n) = m.get_mut(&self.tenant) {
+            *n = n.saturating_sub(1);
+            if *n == 0 {
+                m.remove(&self.tenant); // the map holds only tenants with connections
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tenant_tests {
+    use super::*;
+
+    #[test]
+    fn tenant_slots_are_bounded_and_given_back() {
+        let slots = std::sync::Arc::new(TenantSlots::default());
+        let a = slots.acquire("acme", 2).expect("1st");
+        let _b = slots.acquire("acme", 2).expect("2nd");
+        assert!(slots.acquire("acme", 2).is_none(), "3rd refused");
+        assert!(
+            slots.acquire("globex", 2).is_some(),
+            "other tenants unaffected"
+        );
+        drop(a);
+        assert_eq!(slots.held("acme"), 1);
+        assert!(slots.acquire("acme", 2).is_some());
+        assert!(slots.acquire("acme", 0).is_some(), "0 = no limit");
+    }
+}

@@ -37,6 +37,8 @@ pub struct App {
     pub crashed: AtomicBool,
     /// Connection tasks still running (shutdown waits for their cleanup scripts).
     pub live_conns: AtomicUsize,
+    /// Live connections per tenant on this instance (`limits.max_connections_per_tenant`).
+    pub tenant_conns: Arc<crate::limits::TenantSlots>,
     /// Trace context of dispatched jobs (observability only).
     pub dispatch_spans: crate::routing::DispatchSpans,
     conn_seq: AtomicU64,
@@ -67,6 +69,7 @@ impl App {
             draining: AtomicBool::new(false),
             crashed: AtomicBool::new(false),
             live_conns: AtomicUsize::new(0),
+            tenant_conns: Default::default(),
             dispatch_spans: Default::default(),
             conn_seq: AtomicU64::new(0),
             shutdown: watch::channel(false).0,

@@ -337,55 +337,6 @@ async fn resume_needs_the_resume_token_and_a_refused_one_changes_nothing() {
 }
 
 #[tokio::test]
-async fn the_credential_tenant_is_the_tenant_and_a_frame_cannot_claim_another() {
-    let redis = RedisServer::start().await;
-    let inst = start_instance(&redis).await;
-    let mut c = redis.client().await;
-    let acme_node = token(&[Scope::Node], None, Some("acme"));
-    let mut n = WsClient::connect(&url_with(&inst, "/ws/node", &acme_node)).await;
-    let mut f = fixture("node_register_first");
-    f["tenant_id"] = json!("globex");
-    n.send(&f).await;
-    assert_eq!(n.recv_type("error").await["code"], "UNAUTHORIZED");
-    assert!(node_keys(&mut c).await.is_empty());
-    let nid = n.register_id(fixture("node_register_first"), None).await;
-    let h = node_hash(&mut c, &nid).await;
-    assert_eq!(h["tenant"], "acme", "{h:?}");
-    let pools: Vec<String> = c
-        .smembers(format!("{PREFIX}node:{nid}:pools"))
-        .await
-        .unwrap();
-    assert!(
-        !pools.is_empty() && pools.iter().all(|p| p.starts_with("tenant:acme:")),
-        "{pools:?}"
-    );
-
-    let acme_session = token(&[Scope::Session], None, Some("acme"));
-    let mut s = WsClient::connect(&url_with(&inst, "/ws/session", &acme_session)).await;
-    let mut init = fixture("session_init_one_way");
-    init["tenant_id"] = json!("globex");
-    s.send(&init).await;
-    assert_eq!(s.recv_type("error").await["code"], "UNAUTHORIZED");
-    s.send(&fixture("session_init_one_way")).await;
-    let ack = s.recv_type("session_init_ack").await;
-    let sid = ack["session_id"].as_str().unwrap();
-    let tenant: String = c
-        .hget(format!("{PREFIX}session:{sid}"), "tenant")
-        .await
-        .unwrap();
-    assert_eq!(tenant, "acme");
-    // A session of another tenant cannot be resumed with this credential, token or not.
-    let globex = token(&[Scope::Session], None, Some("globex"));
-    let mut other = WsClient::connect(&url_with(&inst, "/ws/session", &globex)).await;
-    let mut init = fixture("session_init_one_way");
-    init["resume_session_id"] = json!(sid);
-    init["resume_token"] = ack["resume_token"].clone();
-    other.send(&init).await;
-    assert_eq!(other.recv_type("error").await["code"], "UNAUTHORIZED");
-    invariants::check(&mut c).await;
-}
-
-#[tokio::test]
 async fn the_admin_api_needs_admin_scopes_401_without_403_with_the_wrong_one() {
     let redis = RedisServer::start().await;
     let inst = start_instance(&redis).await;

@@ -157,11 +157,11 @@ async fn scripts_refuse_non_numeric_arguments_before_writing_anything() {
         &mut c,
         Script::SessionOpen,
         std::slice::from_ref(&sk),
-        &[b"s-lua", b"1", b"conn-1", b"nonce", b"two", b"a", b"b"],
+        &[b"s-lua", b"1", b"conn-1", b"nonce", b"", b"0", b"two", b"a", b"b"],
     )
     .await
     .expect_err("refused");
-    assert!(e.to_string().contains("bad argument ARGV[9]"), "{e}");
+    assert!(e.to_string().contains("bad argument ARGV[11]"), "{e}");
     let exists: bool = c.exists(&sk).await.expect("exists");
     assert!(!exists, "session written despite the bad argument");
     // A count beyond the arguments given is refused too.
@@ -170,7 +170,7 @@ async fn scripts_refuse_non_numeric_arguments_before_writing_anything() {
         &mut c,
         Script::SessionOpen,
         std::slice::from_ref(&sk),
-        &[b"s-lua", b"1", b"conn-1", b"nonce", b"5", b"a", b"b"],
+        &[b"s-lua", b"1", b"conn-1", b"nonce", b"", b"0", b"5", b"a", b"b"],
     )
     .await
     .expect_err("refused");
@@ -182,7 +182,7 @@ async fn scripts_refuse_non_numeric_arguments_before_writing_anything() {
         &mut c,
         Script::SessionOpen,
         std::slice::from_ref(&sk),
-        &[b"s-lua", b"1", b"conn-1", b"nonce", b"0"],
+        &[b"s-lua", b"1", b"conn-1", b"nonce", b"", b"0", b"0"],
     )
     .await
     .expect("session opens");

@@ -37,6 +37,9 @@ local function csv_has(csv, item)
 end
 
 local function node_key(id) return P .. 'node:' .. id end
+-- The live sessions a credential subject opened: sid -> expiry (ms), for the per-subject
+-- limit (session_open); refreshed with the session's TTLs, removed by session_close.
+local function subject_sessions(sub) return P .. 'subject:' .. sub .. ':sessions' end
 local function job_key(id) return P .. 'job:' .. id end
 local function session_key(id) return P .. 'session:' .. id end
 
@@ -63,6 +66,13 @@ local function touch_session(sid, sess)
   redis.call('HSET', sk, 'last_active', NOW, 'ttl_at', NOW)
   for _, k in ipairs({sk, sk .. ':jobs', sk .. ':results', sk .. ':pending', sk .. ':audio', sk .. ':rtime'}) do
     redis.call('PEXPIRE', k, CFG.session_ttl)
+  end
+  local h = redis.call('HMGET', sk, 'sub', 'state')
+  if h[1] and h[1] ~= '' and h[2] == 'open' then
+    local zk = subject_sessions(h[1])
+    if redis.call('ZADD', zk, 'XX', 'CH', NOW + CFG.session_ttl, sid) == 1 then
+      redis.call('PEXPIRE', zk, CFG.session_ttl)
+    end
   end
 end
 

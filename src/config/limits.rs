@@ -1,8 +1,9 @@
 //! `[limits]` — Abuse limits of one instance: inbound frame rate per connection, live
 //! connections, and how long an HTTP connection may take to send its request.
 //!
-//! Limits that need credentials (per tenant, per token subject) are added here when
-//! authentication lands. Every refusal is counted in `switchyard_limited_total{limit}`.
+//! Per tenant (connections on this instance) and per token subject (live sessions in the
+//! cell) use the credential's claims. Every refusal is counted in
+//! `switchyard_limited_total{kind, detail}`.
 
 use serde::{Deserialize, Serialize};
 
@@ -35,6 +36,14 @@ pub struct LimitsConfig {
     /// WebSocket: the upgrade) within this time, or it is closed — a backstop that also
     /// covers connections that never send a byte.
     pub upgrade_timeout_ms: u64,
+    /// Live WebSocket connections per instance whose credential carries one `tenant`
+    /// (0: no limit): one tenant cannot take an instance's every slot. Further upgrades
+    /// of that tenant get HTTP 429.
+    pub max_connections_per_tenant: usize,
+    /// Live sessions (open, not expired; across the cell) opened by one credential
+    /// subject (`sub`), e.g. one end user (0: no limit). A `session_init` beyond it gets
+    /// `RATE_LIMITED`; resuming an existing session is always allowed.
+    pub max_sessions_per_subject: u64,
 }
 
 impl Default for LimitsConfig {
@@ -48,6 +57,8 @@ impl Default for LimitsConfig {
             max_connections: 30_000,
             header_read_timeout_ms: 10_000,
             upgrade_timeout_ms: 15_000,
+            max_connections_per_tenant: 20_000,
+            max_sessions_per_subject: 20,
         }
     }
 }

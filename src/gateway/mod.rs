@@ -125,3 +125,13 @@ pub fn full() -> axum::response::Response {
     )
         .into_response()
 }
+
+/// The answer to an upgrade whose tenant holds its most connections on this instance.
+pub fn tenant_full() -> axum::response::Response {
+    use axum::response::IntoResponse;
+    (
+        axum::http::StatusCode::TOO_MANY_REQUESTS,
+        "connection limit of this tenant reached on this instance",
+    )
+        .into_response()
+}

@@ -36,7 +36,8 @@ pub async fn upgrade(
         Ok(c) => c,
         Err(e) => return peer::refuse(&app, KIND, e),
     };
-    peer::upgrade(ws, app, |peer| NodeConn {
+    let tenant = cred.tenant.clone();
+    peer::upgrade(ws, app, tenant.as_deref(), |peer| NodeConn {
         peer,
         cred,
         reg: None,

@@ -13,7 +13,7 @@ use futures_util::StreamExt;
 use tokio::sync::mpsc;
 
 use super::{LocalConn, Outbound, close, socket};
-use crate::limits::{FrameBucket, Verdict};
+use crate::limits::{FrameBucket, TenantSlot, Verdict};
 use crate::protocol::{ErrorCode, ErrorMessage};
 use crate::server::{App, ConnGuard};
 use crate::store::StoreError;
@@ -91,8 +91,9 @@ pub fn refuse(app: &App, kind: &str, e: crate::auth::AuthError) -> Response {
     e.into_response()
 }
 
-/// Accept the upgrade (or refuse it while draining) with the configured frame limit.
-pub fn upgrade<H, F>(ws: WebSocketUpgrade, app: Arc<App>, make: F) -> Response
+/// Accept the upgrade (or refuse it while draining, or when the instance or the
+/// credential's `tenant` holds its most connections) with the configured frame limit.
+pub fn upgrade<H, F>(ws: WebSocketUpgrade, app: Arc<App>, tenant: Option<&str>, make: F) -> Response
 where
     H: Handler + 'static,
     F: FnOnce(Peer) -> H + Send + 'static,
@@ -104,12 +105,25 @@ where
         app.metrics.limited(H::KIND, "connections");
         return super::full();
     };
+    let slot = match tenant {
+        Some(t) => match app
+            .tenant_conns
+            .acquire(t, app.cfg.limits.max_connections_per_tenant)
+        {
+            Some(s) => Some(s),
+            None => {
+                app.metrics.limited(H::KIND, "tenant_connections");
+                return super::tenant_full();
+            }
+        },
+        None => None,
+    };
     let (max, buf) = (app.cfg.ws.max_frame_bytes, app.cfg.ws.buffer_bytes);
     ws.max_message_size(max)
         .max_frame_size(max)
         .read_buffer_size(buf)
         .write_buffer_size(buf)
-        .on_upgrade(move |socket| drive(app, live, socket, make))
+        .on_upgrade(move |socket| drive(app, (live, slot), socket, make))
 }
 
 /// The inbound frame limit of a connection of this kind (`[limits]`).
@@ -126,7 +140,7 @@ fn frame_bucket(app: &App, kind: &str) -> FrameBucket {
 /// instance shuts down (1012) — or crashes (`abort`: no cleanup at all, like kill -9).
 async fn drive<H: Handler, F: FnOnce(Peer) -> H>(
     app: Arc<App>,
-    _live: ConnGuard,
+    _live: (ConnGuard, Option<TenantSlot>),
     ws: WebSocket,
     make: F,
 ) {

@@ -40,7 +40,8 @@ pub async fn upgrade(
         Ok(c) => c,
         Err(e) => return peer::refuse(&app, KIND, e),
     };
-    peer::upgrade(ws, app, |peer| SessionConn {
+    let tenant = cred.tenant.clone();
+    peer::upgrade(ws, app, tenant.as_deref(), |peer| SessionConn {
         peer,
         cred,
         session: None,
@@ -349,7 +350,6 @@ impl SessionConn {
         let resume_token = new_resume_token();
         let mut fields = fields;
         fields.push(("resume_hash", resume_hash(&resume_token)));
-        fields.push(("sub", self.cred.sub.clone().unwrap_or_default()));
         let nonce = uuid::Uuid::new_v4().simple().to_string()[..12].to_string();
         let app = self.app.clone();
         for _ in 0..8 {
@@ -359,11 +359,30 @@ impl SessionConn {
             app.conns.bind(Kind::Session, &sid, me);
             match app
                 .store
-                .session_open(&sid, true, &self.token, &nonce, &fields)
+                .session_open(
+                    &sid,
+                    true,
+                    &self.token,
+                    &nonce,
+                    self.cred.sub.as_deref(),
+                    app.cfg.limits.max_sessions_per_subject,
+                    &fields,
+                )
                 .await
             {
                 Ok(out) => match routing::deliver(&app, out) {
                     OpenReply::Taken => app.conns.unbind(Kind::Session, &sid, &self.token),
+                    OpenReply::Limit { live } => {
+                        app.conns.unbind(Kind::Session, &sid, &self.token);
+                        app.metrics.limited(KIND, "sessions_per_subject");
+                        return self.error(
+                            ErrorCode::RateLimited,
+                            format!(
+                                "this credential's subject has {live} live sessions, the most \
+                                 allowed: close one (session_close) or resume it"
+                            ),
+                        );
+                    }
                     OpenReply::Ok => {
                         self.session = Some((sid.clone(), tenant));
                         self.trace_id = Some(trace_id.clone());

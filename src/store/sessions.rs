@@ -10,6 +10,10 @@ use super::{Output, Script, Store, StoreError};
 pub enum OpenReply {
     Taken,
     Ok,
+    /// The credential's subject already has the most live sessions allowed.
+    Limit {
+        live: u64,
+    },
 }
 
 /// Replies shared by every operation on an existing session.
@@ -52,13 +56,17 @@ pub enum Touch<'a> {
 }
 
 impl Store {
-    /// `session_open.lua`: create the session record.
+    /// `session_open.lua`: create the session record, unless `subject` (the credential's
+    /// `sub`) already has `max_per_subject` live sessions (0: no limit).
+    #[allow(clippy::too_many_arguments)] // one per ARGV of the script
     pub async fn session_open(
         &self,
         sid: &str,
         minted: bool,
         conn: &str,
         nonce: &str,
+        subject: Option<&str>,
+        max_per_subject: u64,
         fields: &[(&'static str, String)],
     ) -> Result<Output<OpenReply>, StoreError> {
         let args = self
@@ -67,6 +75,8 @@ impl Store {
             .s(if minted { "1" } else { "0" })
             .s(conn)
             .s(nonce)
+            .s(subject.unwrap_or_default())
+            .s(max_per_subject)
             .s(fields.len())
             .fields(fields);
         self.run(Script::SessionOpen, &[self.keys.session(sid)], args)

@@ -1,0 +1,169 @@
+//! What a credential's claims bound: its `tenant` is the tenant of everything it does, a
+//! tenant holds at most `limits.max_connections_per_tenant` connections of an instance, and a
+//! subject (`sub`, e.g. one end user) at most `limits.max_sessions_per_subject` live sessions
+//! of the cell. Real redis-server, real WebSocket clients, invariants after each scenario.
+
+mod common;
+
+use std::collections::HashMap;
+
+use common::actors::*;
+use common::invariants::{self, PREFIX};
+use common::*;
+use redis::AsyncCommands;
+use serde_json::json;
+use switchyard::server::Running;
+
+async fn node_hash(c: &mut redis::aio::MultiplexedConnection, id: &str) -> HashMap<String, String> {
+    c.hgetall(format!("{PREFIX}node:{id}")).await.unwrap()
+}
+
+async fn node_keys(c: &mut redis::aio::MultiplexedConnection) -> Vec<String> {
+    c.keys(format!("{PREFIX}node:*")).await.unwrap()
+}
+
+fn url_with(r: &Running, path: &str, token: &str) -> String {
+    with_given_token(&bare_ws_url(r, path), token)
+}
+
+#[tokio::test]
+async fn the_credential_tenant_is_the_tenant_and_a_frame_cannot_claim_another() {
+    let redis = RedisServer::start().await;
+    let inst = start_instance(&redis).await;
+    let mut c = redis.client().await;
+    let acme_node = token(&[Scope::Node], None, Some("acme"));
+    let mut n = WsClient::connect(&url_with(&inst, "/ws/node", &acme_node)).await;
+    let mut f = fixture("node_register_first");
+    f["tenant_id"] = json!("globex");
+    n.send(&f).await;
+    assert_eq!(n.recv_type("error").await["code"], "UNAUTHORIZED");
+    assert!(node_keys(&mut c).await.is_empty());
+    let nid = n.register_id(fixture("node_register_first"), None).await;
+    let h = node_hash(&mut c, &nid).await;
+    assert_eq!(h["tenant"], "acme", "{h:?}");
+    let pools: Vec<String> = c
+        .smembers(format!("{PREFIX}node:{nid}:pools"))
+        .await
+        .unwrap();
+    assert!(
+        !pools.is_empty() && pools.iter().all(|p| p.starts_with("tenant:acme:")),
+        "{pools:?}"
+    );
+
+    let acme_session = token(&[Scope::Session], None, Some("acme"));
+    let mut s = WsClient::connect(&url_with(&inst, "/ws/session", &acme_session)).await;
+    let mut init = fixture("session_init_one_way");
+    init["tenant_id"] = json!("globex");
+    s.send(&init).await;
+    assert_eq!(s.recv_type("error").await["code"], "UNAUTHORIZED");
+    s.send(&fixture("session_init_one_way")).await;
+    let ack = s.recv_type("session_init_ack").await;
+    let sid = ack["session_id"].as_str().unwrap();
+    let tenant: String = c
+        .hget(format!("{PREFIX}session:{sid}"), "tenant")
+        .await
+        .unwrap();
+    assert_eq!(tenant, "acme");
+    // A session of another tenant cannot be resumed with this credential, token or not.
+    let globex = token(&[Scope::Session], None, Some("globex"));
+    let mut other = WsClient::connect(&url_with(&inst, "/ws/session", &globex)).await;
+    let mut init = fixture("session_init_one_way");
+    init["resume_session_id"] = json!(sid);
+    init["resume_token"] = ack["resume_token"].clone();
+    other.send(&init).await;
+    assert_eq!(other.recv_type("error").await["code"], "UNAUTHORIZED");
+    invariants::check(&mut c).await;
+}
+
+#[tokio::test]
+async fn a_tenant_holds_at_most_its_share_of_an_instance() {
+    let redis = RedisServer::start().await;
+    let inst = start_tweaked(&redis, |c| c.limits.max_connections_per_tenant = 2).await;
+    let acme = token(&[Scope::Session], None, Some("acme"));
+    let a1 = WsClient::connect(&url_with(&inst, "/ws/session", &acme)).await;
+    let _a2 = WsClient::connect(&url_with(&inst, "/ws/session", &acme)).await;
+    let url = url_with(&inst, "/ws/session", &acme);
+    match tokio_tungstenite::connect_async(&url).await {
+        Err(tokio_tungstenite::tungstenite::Error::Http(r)) => assert_eq!(r.status().as_u16(), 429),
+        other => panic!("third acme connection: {:?}", other.map(|_| ())),
+    }
+    // Other tenants and tenant-less credentials are not affected.
+    let globex = token(&[Scope::Session], None, Some("globex"));
+    let _g = WsClient::connect(&url_with(&inst, "/ws/session", &globex)).await;
+    let _n = WsClient::connect(&ws_url(&inst, "/ws/session")).await;
+    // A slot comes back when a connection ends.
+    a1.close().await;
+    eventually(
+        std::time::Duration::from_secs(3),
+        "slot given back",
+        || async {
+            tokio_tungstenite::connect_async(&url)
+                .await
+                .ok()
+                .map(|_| ())
+        },
+    )
+    .await;
+    let m = metrics_text(&inst).await;
+    assert!(
+        m.contains(r#"switchyard_limited_total{kind="session",detail="tenant_connections"} "#),
+        "{m}"
+    );
+}
+
+#[tokio::test]
+async fn a_subject_holds_at_most_its_live_sessions_across_instances() {
+    let redis = RedisServer::start().await;
+    let a = start_tweaked(&redis, |c| c.limits.max_sessions_per_subject = 2).await;
+    let b = start_tweaked(&redis, |c| c.limits.max_sessions_per_subject = 2).await;
+    let mut c = redis.client().await;
+    let alice = token(&[Scope::Session], Some("user-alice"), None);
+    let (s1, ack1) = open_session_ack(
+        &url_with(&a, "/ws/session", &alice),
+        fixture("session_init_one_way"),
+    )
+    .await;
+    let (_s2, _) = open_session_ack(
+        &url_with(&b, "/ws/session", &alice),
+        fixture("session_init_one_way"),
+    )
+    .await;
+    let mut s3 = WsClient::connect(&url_with(&a, "/ws/session", &alice)).await;
+    s3.send(&fixture("session_init_one_way")).await;
+    let err = s3.recv_type("error").await;
+    assert_eq!(err["code"], "RATE_LIMITED", "{err}");
+    let zk = format!("{PREFIX}subject:user-alice:sessions");
+    assert_eq!(
+        c.zcard::<_, u64>(&zk).await.unwrap(),
+        2,
+        "nothing written for the refused one"
+    );
+    // Another subject is not affected.
+    let bob = token(&[Scope::Session], Some("user-bob"), None);
+    open_session_ack(
+        &url_with(&b, "/ws/session", &bob),
+        fixture("session_init_one_way"),
+    )
+    .await;
+    // Resuming is always allowed; closing a session frees its place.
+    let sid1 = ack1["session_id"].as_str().unwrap().to_string();
+    s1.drop_connection();
+    let mut back = WsClient::connect(&url_with(&b, "/ws/session", &alice)).await;
+    let mut init = fixture("session_init_one_way");
+    init["resume_session_id"] = json!(sid1);
+    init["resume_token"] = ack1["resume_token"].clone();
+    back.send(&init).await;
+    assert_eq!(back.recv_type("session_init_ack").await["resumed"], true);
+    back.send(&json!({"type": "session_close", "session_id": sid1, "reason": "done"}))
+        .await;
+    back.recv_type("session_close_ack").await;
+    s3.send(&fixture("session_init_one_way")).await;
+    s3.recv_type("session_init_ack").await;
+    assert_eq!(c.zcard::<_, u64>(&zk).await.unwrap(), 2);
+    let m = metrics_text(&a).await;
+    assert!(
+        m.contains(r#"switchyard_limited_total{kind="session",detail="sessions_per_subject"} 1"#),
+        "{m}"
+    );
+    invariants::check(&mut c).await;
+}
