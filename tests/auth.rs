@@ -12,7 +12,7 @@ use common::actors::*;
 use common::invariants::{self, PREFIX};
 use common::*;
 use redis::AsyncCommands;
-use serde_json::{Value, json};
+use serde_json::json;
 use switchyard::server::Running;
 
 const T: Duration = Duration::from_secs(5);
@@ -24,20 +24,6 @@ async fn refused_status(url: &str) -> u16 {
         Err(e) => panic!("{url}: unexpected error {e}"),
         Ok(_) => panic!("{url}: upgrade accepted"),
     }
-}
-
-async fn node_hash(c: &mut redis::aio::MultiplexedConnection, id: &str) -> HashMap<String, String> {
-    c.hgetall(format!("{PREFIX}node:{id}")).await.unwrap()
-}
-
-async fn node_keys(c: &mut redis::aio::MultiplexedConnection) -> Vec<String> {
-    c.keys(format!("{PREFIX}node:*")).await.unwrap()
-}
-
-fn answer(assign: &Value, node_id: &str, text: &str) -> Value {
-    let mut r = result_for(assign, text);
-    r["node_id"] = json!(node_id);
-    r
 }
 
 fn url_with(r: &Running, path: &str, token: &str) -> String {

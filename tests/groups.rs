@@ -9,34 +9,18 @@ mod common;
 use std::time::Duration;
 
 use common::actors::*;
-use common::invariants::{self, PREFIX};
+use common::invariants::{self};
 use common::*;
-use redis::AsyncCommands;
 use serde_json::{Value, json};
-use switchyard::server::Running;
 
 const T: Duration = Duration::from_secs(5);
-
-async fn node_on(inst: &Running, id: Option<&str>) -> (WsClient, String) {
-    let mut n = WsClient::connect(&ws_url(inst, "/ws/node")).await;
-    let nid = n.register_id(fixture("node_register_first"), id).await;
-    (n, nid)
-}
-
-async fn session_on(inst: &Running) -> (WsClient, String) {
-    open_session(
-        &ws_url(inst, "/ws/session"),
-        fixture("session_init_one_way"),
-    )
-    .await
-}
 
 async fn assign(n: &mut WsClient) -> Value {
     next_of(n, "job_assign", T).await.expect("job_assign")
 }
 
 /// The node answers `a` with the lingua success fixture, `text_asr` = `asr`.
-async fn answer(n: &mut WsClient, a: &Value, nid: &str, asr: &str) {
+async fn answer_asr(n: &mut WsClient, a: &Value, nid: &str, asr: &str) {
     let mut r = result_for(a, &format!("T{}", a["utterance_index"]));
     r["node_id"] = json!(nid);
     r["text_asr"] = json!(asr);
@@ -54,7 +38,7 @@ async fn round(
 ) -> Value {
     s.send(&utterance(sid, idx)).await;
     let a = assign(n).await;
-    answer(n, &a, nid, asr).await;
+    answer_asr(n, &a, nid, asr).await;
     let r = terminals(s, 1, T).await.remove(0);
     assert_eq!(r["utterance_index"], idx);
     r
@@ -65,11 +49,6 @@ fn group(r: &Value) -> (&str, u64) {
         r["group_id"].as_str().expect("group_id"),
         r["part_index"].as_u64().expect("part_index"),
     )
-}
-
-async fn session_field(c: &mut redis::aio::MultiplexedConnection, sid: &str, f: &str) -> String {
-    let v: Option<String> = c.hget(format!("{PREFIX}session:{sid}"), f).await.unwrap();
-    v.unwrap_or_default()
 }
 
 fn tts_play_ended(sid: &str, group_id: &str) -> Value {
@@ -103,7 +82,7 @@ async fn results_with_text_join_one_group_with_consecutive_parts_and_bounded_con
     s.send(&utterance(&sid, 1)).await;
     let a1 = assign(&mut n).await;
     assert_eq!(a1["context_text"], "User: 我们开始测试\nTarget: T0");
-    answer(&mut n, &a1, &nid, "第二句").await;
+    answer_asr(&mut n, &a1, &nid, "第二句").await;
     let r1 = terminals(&mut s, 1, T).await.remove(0);
     assert_eq!(group(&r1), (gid.as_str(), 1));
     // An empty result settles its index but joins no group and uses no part.
@@ -191,7 +170,7 @@ async fn a_result_after_the_window_starts_a_new_group_and_session_close_closes_i
     close["session_id"] = json!(sid);
     s.send(&close).await;
     s.recv_type("session_close_ack").await;
-    answer(&mut n, &a3, &nid, "四").await;
+    answer_asr(&mut n, &a3, &nid, "四").await;
     let r3 = terminals(&mut s, 1, T).await.remove(0);
     assert_eq!(group(&r3), (format!("g-{sid}-3").as_str(), 0));
     invariants::check(&mut c).await;

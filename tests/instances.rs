@@ -12,24 +12,10 @@ use common::actors::*;
 use common::invariants::{self, PREFIX};
 use common::*;
 use redis::AsyncCommands;
-use serde_json::{Value, json};
+use serde_json::json;
 use switchyard::server::Running;
 
 const T: Duration = Duration::from_secs(5);
-
-async fn node_on(inst: &Running, id: Option<&str>) -> (WsClient, String) {
-    let mut n = WsClient::connect(&ws_url(inst, "/ws/node")).await;
-    let nid = n.register_id(fixture("node_register_first"), id).await;
-    (n, nid)
-}
-
-async fn session_on(inst: &Running) -> (WsClient, String) {
-    open_session(
-        &ws_url(inst, "/ws/session"),
-        fixture("session_init_one_way"),
-    )
-    .await
-}
 
 /// The node endpoint of the instance whose readyz URL is `url`.
 fn ws_url_of(readyz: &str) -> String {
@@ -38,12 +24,6 @@ fn ws_url_of(readyz: &str) -> String {
             .replace("http://", "ws://")
             .replace("/readyz", "/ws/node"),
     )
-}
-
-fn answer(assign: &Value, node_id: &str, text: &str) -> Value {
-    let mut r = result_for(assign, text);
-    r["node_id"] = json!(node_id);
-    r
 }
 
 async fn metric(inst: &Running, name: &str) -> f64 {

@@ -40,12 +40,6 @@ async fn assign(n: &mut WsClient) -> Value {
     next_of(n, "job_assign", T).await.expect("job_assign")
 }
 
-fn answer(assign: &Value, node_id: &str, text: &str) -> Value {
-    let mut r = result_for(assign, text);
-    r["node_id"] = json!(node_id);
-    r
-}
-
 async fn job(c: &mut redis::aio::MultiplexedConnection, id: &str) -> HashMap<String, String> {
     c.hgetall(format!("{PREFIX}job:{id}")).await.unwrap()
 }

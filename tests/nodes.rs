@@ -4,7 +4,7 @@
 
 mod common;
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::BTreeSet;
 use std::time::Duration;
 
 use common::invariants::{self, PREFIX};
@@ -18,12 +18,6 @@ async fn pools_of(c: &mut Conn, node: &str) -> BTreeSet<String> {
     c.smembers(format!("{PREFIX}node:{node}:pools"))
         .await
         .expect("smembers")
-}
-
-async fn node_hash(c: &mut Conn, node: &str) -> HashMap<String, String> {
-    c.hgetall(format!("{PREFIX}node:{node}"))
-        .await
-        .expect("hgetall")
 }
 
 async fn pool_members(c: &mut Conn, pool: &str) -> BTreeSet<String> {

@@ -14,10 +14,6 @@ use serde_json::json;
 
 type Conn = redis::aio::MultiplexedConnection;
 
-async fn node_keys(c: &mut Conn) -> Vec<String> {
-    c.keys(format!("{PREFIX}node:*")).await.expect("keys")
-}
-
 /// The next `error` must be INVALID_MESSAGE and name `field`.
 async fn expect_invalid(ws: &mut WsClient, field: &str) {
     let e = ws.recv_type("error").await;
@@ -157,7 +153,9 @@ async fn scripts_refuse_non_numeric_arguments_before_writing_anything() {
         &mut c,
         Script::SessionOpen,
         std::slice::from_ref(&sk),
-        &[b"s-lua", b"1", b"conn-1", b"nonce", b"", b"0", b"two", b"a", b"b"],
+        &[
+            b"s-lua", b"1", b"conn-1", b"nonce", b"", b"0", b"two", b"a", b"b",
+        ],
     )
     .await
     .expect_err("refused");
@@ -170,7 +168,9 @@ async fn scripts_refuse_non_numeric_arguments_before_writing_anything() {
         &mut c,
         Script::SessionOpen,
         std::slice::from_ref(&sk),
-        &[b"s-lua", b"1", b"conn-1", b"nonce", b"", b"0", b"5", b"a", b"b"],
+        &[
+            b"s-lua", b"1", b"conn-1", b"nonce", b"", b"0", b"5", b"a", b"b",
+        ],
     )
     .await
     .expect_err("refused");

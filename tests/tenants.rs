@@ -5,22 +5,12 @@
 
 mod common;
 
-use std::collections::HashMap;
-
 use common::actors::*;
 use common::invariants::{self, PREFIX};
 use common::*;
 use redis::AsyncCommands;
 use serde_json::json;
 use switchyard::server::Running;
-
-async fn node_hash(c: &mut redis::aio::MultiplexedConnection, id: &str) -> HashMap<String, String> {
-    c.hgetall(format!("{PREFIX}node:{id}")).await.unwrap()
-}
-
-async fn node_keys(c: &mut redis::aio::MultiplexedConnection) -> Vec<String> {
-    c.keys(format!("{PREFIX}node:*")).await.unwrap()
-}
 
 fn url_with(r: &Running, path: &str, token: &str) -> String {
     with_given_token(&bare_ws_url(r, path), token)

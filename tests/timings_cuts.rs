@@ -11,43 +11,23 @@ use std::time::Duration;
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD as B64;
 use common::actors::*;
-use common::invariants::{self, PREFIX};
+use common::invariants::{self};
 use common::*;
-use redis::AsyncCommands;
 use serde_json::{Value, json};
 use switchyard::server::Running;
 
 const T: Duration = Duration::from_secs(5);
-
-async fn node_on(inst: &Running) -> (WsClient, String) {
-    let mut n = WsClient::connect(&ws_url(inst, "/ws/node")).await;
-    let nid = n.register_id(fixture("node_register_first"), None).await;
-    (n, nid)
-}
-
-async fn session_on(inst: &Running) -> (WsClient, String) {
-    open_session(
-        &ws_url(inst, "/ws/session"),
-        fixture("session_init_one_way"),
-    )
-    .await
-}
 
 async fn assign(n: &mut WsClient) -> Value {
     next_of(n, "job_assign", T).await.expect("job_assign")
 }
 
 /// The node answers `a` with the lingua success fixture, `text_asr` = `asr`.
-async fn answer(n: &mut WsClient, a: &Value, nid: &str, asr: &str) {
+async fn answer_asr(n: &mut WsClient, a: &Value, nid: &str, asr: &str) {
     let mut r = result_for(a, &format!("T{}", a["utterance_index"]));
     r["node_id"] = json!(nid);
     r["text_asr"] = json!(asr);
     n.send(&r).await;
-}
-
-async fn session_field(c: &mut redis::aio::MultiplexedConnection, sid: &str, f: &str) -> String {
-    let v: Option<String> = c.hget(format!("{PREFIX}session:{sid}"), f).await.unwrap();
-    v.unwrap_or_default()
 }
 
 /// A streamed phrase of `chunks` fixture chunks stamped `client_ts`, then an empty is_final.
@@ -80,7 +60,7 @@ async fn results_carry_plausible_network_timings() {
     let redis = RedisServer::start().await;
     let inst = start_instance(&redis).await;
     let mut c = redis.client().await;
-    let (mut n, nid) = node_on(&inst).await;
+    let (mut n, nid) = node_on(&inst, None).await;
     let (mut s, sid) = session_on(&inst).await;
     // The client's clock says its chunks left 40 ms before they arrive.
     let before = now_ms();
@@ -172,7 +152,7 @@ async fn clicks_between_phrases_make_no_job_and_use_no_index() {
     let redis = RedisServer::start().await;
     let inst = start_instance(&redis).await;
     let mut c = redis.client().await;
-    let (mut n, nid) = node_on(&inst).await;
+    let (mut n, nid) = node_on(&inst, None).await;
     let (mut s, sid) = session_on(&inst).await;
     phrase(&mut s, &sid, 3, None).await;
     let a0 = assign(&mut n).await;
@@ -209,8 +189,8 @@ async fn clicks_between_phrases_make_no_job_and_use_no_index() {
     phrase(&mut s, &sid, 3, None).await;
     let a1 = assign(&mut n).await;
     assert_eq!(a1["utterance_index"], 1);
-    answer(&mut n, &a1, &nid, "二").await;
-    answer(&mut n, &a0, &nid, "一").await;
+    answer_asr(&mut n, &a1, &nid, "二").await;
+    answer_asr(&mut n, &a0, &nid, "一").await;
     let got = terminals(&mut s, 2, T).await;
     let kinds: Vec<(&str, u64)> = got
         .iter()
@@ -237,7 +217,7 @@ async fn min_cut_ms_zero_turns_the_rule_off() {
     let redis = RedisServer::start().await;
     let inst = start_tweaked(&redis, |c| c.session.min_cut_ms = 0).await;
     let mut c = redis.client().await;
-    let (mut n, _) = node_on(&inst).await;
+    let (mut n, _) = node_on(&inst, None).await;
     let (mut s, sid) = session_on(&inst).await;
     let mut ch = fixture("audio_chunk");
     ch["session_id"] = json!(sid);
@@ -257,7 +237,7 @@ async fn a_short_tail_of_a_long_turn_still_ends_it_on_its_node() {
     // Every fixture chunk (620 bytes ≈ 206 ms) makes a max-duration cut: the turn continues.
     let inst = start_tweaked(&redis, |c| c.session.max_duration_ms = 200).await;
     let mut c = redis.client().await;
-    let (mut n, _) = node_on(&inst).await;
+    let (mut n, _) = node_on(&inst, None).await;
     let (mut s, sid) = session_on(&inst).await;
     let mut ch = fixture("audio_chunk");
     ch["session_id"] = json!(sid);

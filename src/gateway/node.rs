@@ -32,16 +32,13 @@ pub async fn upgrade(
     headers: HeaderMap,
     uri: Uri,
 ) -> Response {
-    let cred = match app.auth.authorize(&headers, &uri, Scope::Node) {
-        Ok(c) => c,
-        Err(e) => return peer::refuse(&app, KIND, e),
-    };
-    let tenant = cred.tenant.clone();
-    peer::upgrade(ws, app, tenant.as_deref(), |peer| NodeConn {
-        peer,
-        cred,
-        reg: None,
-        done: false,
+    peer::upgrade(ws, app, (&headers, &uri), Scope::Node, |peer, cred| {
+        NodeConn {
+            peer,
+            cred,
+            reg: None,
+            done: false,
+        }
     })
 }
 

@@ -8,11 +8,13 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use axum::extract::ws::{Message, WebSocket, WebSocketUpgrade};
+use axum::http::{HeaderMap, Uri};
 use axum::response::Response;
 use futures_util::StreamExt;
 use tokio::sync::mpsc;
 
 use super::{LocalConn, Outbound, close, socket};
+use crate::auth::{Credential, Scope};
 use crate::limits::{FrameBucket, TenantSlot, Verdict};
 use crate::protocol::{ErrorCode, ErrorMessage};
 use crate::server::{App, ConnGuard};
@@ -82,22 +84,30 @@ pub trait Handler: Send {
     fn finish(&mut self, orderly: bool) -> impl Future<Output = ()> + Send;
 }
 
-/// Refuse an upgrade whose credential does not allow it (401/403, before anything is
-/// registered), counted by endpoint kind and reason.
-pub fn refuse(app: &App, kind: &str, e: crate::auth::AuthError) -> Response {
-    use axum::response::IntoResponse;
-    app.metrics.auth_refused(kind, &e);
-    tracing::debug!(kind, reason = %e, "upgrade refused");
-    e.into_response()
-}
-
-/// Accept the upgrade (or refuse it while draining, or when the instance or the
-/// credential's `tenant` holds its most connections) with the configured frame limit.
-pub fn upgrade<H, F>(ws: WebSocketUpgrade, app: Arc<App>, tenant: Option<&str>, make: F) -> Response
+/// Accept the upgrade of a connection that needs `scope`: refused with 401/403 (counted
+/// by kind and reason) before anything is registered when the credential does not allow
+/// it, 503 while draining or when the instance is full, 429 when the credential's tenant
+/// holds its most connections here. The handler gets the credential.
+pub fn upgrade<H, F>(
+    ws: WebSocketUpgrade,
+    app: Arc<App>,
+    request: (&HeaderMap, &Uri),
+    scope: Scope,
+    make: F,
+) -> Response
 where
     H: Handler + 'static,
-    F: FnOnce(Peer) -> H + Send + 'static,
+    F: FnOnce(Peer, Credential) -> H + Send + 'static,
 {
+    let cred = match app.auth.authorize(request.0, request.1, scope) {
+        Ok(c) => c,
+        Err(e) => {
+            use axum::response::IntoResponse;
+            app.metrics.auth_refused(H::KIND, &e);
+            tracing::debug!(kind = H::KIND, reason = %e, "upgrade refused");
+            return e.into_response();
+        }
+    };
     if app.is_draining() {
         return super::draining();
     }
@@ -105,7 +115,7 @@ where
         app.metrics.limited(H::KIND, "connections");
         return super::full();
     };
-    let slot = match tenant {
+    let slot = match cred.tenant.as_deref() {
         Some(t) => match app
             .tenant_conns
             .acquire(t, app.cfg.limits.max_connections_per_tenant)
@@ -123,7 +133,7 @@ where
         .max_frame_size(max)
         .read_buffer_size(buf)
         .write_buffer_size(buf)
-        .on_upgrade(move |socket| drive(app, (live, slot), socket, make))
+        .on_upgrade(move |socket| drive(app, (live, slot), socket, |p| make(p, cred)))
 }
 
 /// The inbound frame limit of a connection of this kind (`[limits]`).

@@ -36,16 +36,13 @@ pub async fn upgrade(
     headers: HeaderMap,
     uri: Uri,
 ) -> Response {
-    let cred = match app.auth.authorize(&headers, &uri, Scope::Session) {
-        Ok(c) => c,
-        Err(e) => return peer::refuse(&app, KIND, e),
-    };
-    let tenant = cred.tenant.clone();
-    peer::upgrade(ws, app, tenant.as_deref(), |peer| SessionConn {
-        peer,
-        cred,
-        session: None,
-        trace_id: None,
+    peer::upgrade(ws, app, (&headers, &uri), Scope::Session, |peer, cred| {
+        SessionConn {
+            peer,
+            cred,
+            session: None,
+            trace_id: None,
+        }
     })
 }
 

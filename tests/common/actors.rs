@@ -13,6 +13,8 @@ use tokio::task::JoinHandle;
 use tokio_tungstenite::connect_async;
 use tokio_tungstenite::tungstenite::Message;
 
+use switchyard::server::Running;
+
 use super::{WsClient, fixture};
 
 /// A `job_result` for `assign` from the lingua success fixture, with `text_translated`.
@@ -118,6 +120,29 @@ impl AutoNode {
     pub fn stop(self) {
         self.task.abort();
     }
+}
+
+/// A node on `inst` registered from the lingua fixture (with `id`, or a minted one).
+pub async fn node_on(inst: &Running, id: Option<&str>) -> (WsClient, String) {
+    let mut n = WsClient::connect(&super::ws_url(inst, "/ws/node")).await;
+    let nid = n.register_id(fixture("node_register_first"), id).await;
+    (n, nid)
+}
+
+/// A one-way session on `inst` from the lingua fixture.
+pub async fn session_on(inst: &Running) -> (WsClient, String) {
+    open_session(
+        &super::ws_url(inst, "/ws/session"),
+        fixture("session_init_one_way"),
+    )
+    .await
+}
+
+/// The `job_result` node `node_id` sends for `assign`, translated as `text`.
+pub fn answer(assign: &Value, node_id: &str, text: &str) -> Value {
+    let mut r = result_for(assign, text);
+    r["node_id"] = json!(node_id);
+    r
 }
 
 /// Open a session from a lingua `session_init`; returns the client and the session id.

@@ -189,3 +189,33 @@ pub async fn get_json(url: &str) -> (u16, Value) {
     let body = resp.json::<Value>().await.unwrap_or(Value::Null);
     (status, body)
 }
+
+/// The record of node `id` (empty when there is none).
+pub async fn node_hash(
+    c: &mut redis::aio::MultiplexedConnection,
+    id: &str,
+) -> std::collections::HashMap<String, String> {
+    redis::AsyncCommands::hgetall(c, format!("{}node:{id}", invariants::PREFIX))
+        .await
+        .expect("hgetall")
+}
+
+/// Every key of a node record in the cell.
+pub async fn node_keys(c: &mut redis::aio::MultiplexedConnection) -> Vec<String> {
+    redis::AsyncCommands::keys(c, format!("{}node:*", invariants::PREFIX))
+        .await
+        .expect("keys")
+}
+
+/// One field of session `sid`'s record (`""` when absent).
+pub async fn session_field(
+    c: &mut redis::aio::MultiplexedConnection,
+    sid: &str,
+    f: &str,
+) -> String {
+    let v: Option<String> =
+        redis::AsyncCommands::hget(c, format!("{}session:{sid}", invariants::PREFIX), f)
+            .await
+            .expect("hget");
+    v.unwrap_or_default()
+}
