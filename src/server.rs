@@ -10,6 +10,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::time::Duration;
 
+use axum::serve::ListenerExt;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
@@ -190,6 +191,14 @@ pub async fn start(cfg: Config) -> std::io::Result<Running> {
     }
     let router = crate::http::router(app.clone());
     let mut stop = app.stop_accepting.subscribe();
+    // Every accepted socket sends small frames at once (TCP_NODELAY). Without it, a frame
+    // written while the previous one is unacknowledged (a ui_event, then the
+    // translation_result) waits for the client's delayed ACK: ~40 ms on Linux (issue 14).
+    let listener = listener.tap_io(|tcp| {
+        if let Err(e) = tcp.set_nodelay(true) {
+            tracing::warn!(error = %e, "cannot set TCP_NODELAY on an accepted socket");
+        }
+    });
     let server = tokio::spawn(async move {
         let serve = axum::serve(listener, router).with_graceful_shutdown(async move {
             let _ = stop.wait_for(|s| *s).await;
