@@ -2,8 +2,9 @@
 //!
 //! Random sequences of operations — node register/reconnect (with capacity and capability
 //! changes), heartbeat, disconnect, job results (success, MODEL_NOT_AVAILABLE, failure,
-//! stale attempts), session open/submit/drop/resume, time passing with sweeps, and an
-//! instance crash whose inbox another instance takes over — run through the real scripts
+//! stale attempts), session open/submit/drop/resume, time passing with sweeps, a stalled
+//! inbox consumer, and an instance crash whose inbox another instance takes over (with the
+//! entries a stall left in it) — run through the real scripts
 //! (the typed `store` functions) on a real redis-server, from three simulated instances
 //! (`common::cell`). After every step: the Redis invariants of DESIGN §1
 //! (`common::invariants`) and what the clients received (`common::model`): one terminal
@@ -54,6 +55,9 @@ enum Op {
     Advance { ms: u16, via: u8 },
     /// Instance `via` dies and restarts under a new id; the others take its inbox over.
     Crash { via: u8 },
+    /// Instance `via`'s inbox consumer stalls until the next `Advance`, so its inbox fills
+    /// (and a `Crash` leaves entries for the takeover to re-route).
+    Stall { via: u8 },
 }
 
 fn op() -> impl Strategy<Value = Op> {
@@ -77,6 +81,7 @@ fn op() -> impl Strategy<Value = Op> {
         1 => (n(), n()).prop_map(|(session, via)| Op::Resume { session, via }),
         2 => (ms, n()).prop_map(|(ms, via)| Op::Advance { ms, via }),
         1 => n().prop_map(|via| Op::Crash { via }),
+        2 => n().prop_map(|via| Op::Stall { via }),
     ]
 }
 
@@ -101,6 +106,7 @@ async fn apply(cell: &mut Cell, op: &Op) -> Result<(), switchyard::store::StoreE
         Op::Resume { session, via } => cell.resume(session, via).await,
         Op::Advance { ms, via } => cell.advance(ms, via).await,
         Op::Crash { via } => cell.crash(via).await,
+        Op::Stall { via } => cell.stall(via).await,
     }
 }
 
@@ -124,7 +130,9 @@ async fn run_case(redis: &RedisServer, ops: &[Op]) -> Result<(), TestCaseError> 
         }
     }
     if std::env::var_os("PROPTEST_VERBOSE").is_some() {
-        eprintln!("{} ops; received {}", ops.len(), cell.clients.summary());
+        let c = &cell.clients;
+        let takeover = format!("takeover re-routed {}, dropped {}", c.rerouted, c.dropped);
+        eprintln!("{} ops; {takeover}; received {}", ops.len(), c.summary());
     }
     Ok(())
 }

@@ -102,6 +102,9 @@ const RESULT: &str = r#"{"type":"translation_result","text_asr":"a","text_transl
 pub struct Cell {
     pub inst: Vec<Instance>,
     pub clients: Clients,
+    /// Slots whose inbox consumer is stalled (until the next `advance`): their inbox
+    /// fills up, and a crash then leaves entries for the takeover to re-route.
+    stalled: Vec<bool>,
     cfg: Config,
     generation: u32,
     redis: redis::aio::MultiplexedConnection,
@@ -123,6 +126,7 @@ impl Cell {
         let mut cell = Self {
             inst,
             clients,
+            stalled: vec![false; INSTANCES],
             cfg,
             generation: 0,
             redis,
@@ -131,14 +135,22 @@ impl Cell {
         Ok(cell)
     }
 
-    fn live(&self) -> Vec<String> {
-        self.inst.iter().map(|i| i.id.clone()).collect()
+    /// Instances whose consumer reads their inbox now: (slot, id).
+    fn consuming(&self) -> Vec<(usize, String)> {
+        let on = |(s, i): (usize, &Instance)| (!self.stalled[s]).then(|| (s, i.id.clone()));
+        self.inst.iter().enumerate().filter_map(on).collect()
+    }
+
+    /// Instance `via`'s inbox consumer stalls until the next `advance`.
+    pub async fn stall(&mut self, via: u8) -> R {
+        self.stalled[via as usize % INSTANCES] = true;
+        Ok(())
     }
 
     /// Every violation after a step: Redis invariants, then what the clients saw (after
     /// they read the inboxes, as the instances' consumers do).
     pub async fn check(&mut self) -> Vec<String> {
-        let live = self.live();
+        let live = self.consuming();
         self.clients.drain_inboxes(&mut self.redis, &live).await;
         let mut bad = invariants::violations(&mut self.redis).await;
         bad.append(&mut self.clients.violations);
@@ -151,6 +163,8 @@ impl Cell {
                 let i = &self.inst[slot];
                 let out = i.store.instance_beat(&i.id, 1, false).await?;
                 self.clients.take(slot, &out);
+                self.clients.rerouted += out.reply.rerouted;
+                self.clients.dropped += out.reply.dropped;
                 if !out.reply.more {
                     break;
                 }
@@ -176,6 +190,7 @@ impl Cell {
         let (nid, n) = self.node(node);
         n.conn = Some((s, token.clone()));
         n.last_token = Some(token.clone());
+        (n.caps, n.capacity) = (c, capacity);
         let extra = [
             ("capacity", capacity.to_string()),
             ("supports_ack", "0".into()),
@@ -293,6 +308,7 @@ impl Cell {
         self.clients.sessions.push(SessionClient {
             id: sid,
             conn: Some((s, token)),
+            seq: 1,
             langs,
             ..Default::default()
         });
@@ -358,7 +374,8 @@ impl Cell {
         c.conn = None;
         if let ResumeReply::Ok { next_seq, .. } = out.reply {
             c.conn = Some((s, token));
-            c.seq = next_seq.saturating_sub(1);
+            c.seq = next_seq;
+            c.held.clear();
         }
         self.clients.take(s, &out);
         Ok(())
@@ -383,7 +400,8 @@ impl Cell {
                 break;
             }
         }
-        let live = self.live();
+        self.stalled.fill(false);
+        let live = self.consuming();
         self.clients.drain_inboxes(&mut self.redis, &live).await;
         let swept_at = secs * 1000 + micros / 1000;
         self.clients
@@ -394,9 +412,13 @@ impl Cell {
 
     /// Instance `via` dies: its presence lapses (deleted here rather than waited for), it
     /// restarts under a new id, and the others take its inbox over at their next beat.
-    /// The connections it held are gone.
+    /// The connections it held are gone. A stalled instance is the one that dies when there
+    /// is one (a hung process gets killed), so its inbox has entries to take over.
     pub async fn crash(&mut self, via: u8) -> R {
-        let s = via as usize % INSTANCES;
+        let s = match self.stalled.iter().position(|s| *s) {
+            Some(stalled) => stalled,
+            None => via as usize % INSTANCES,
+        };
         let dead = self.inst[s].id.clone();
         let _: () = redis::pipe()
             .del(format!("{PREFIX}instance:{dead}"))
@@ -406,11 +428,22 @@ impl Cell {
             .expect("lapse presence");
         self.generation += 1;
         self.inst[s] = Instance::new(&self.cfg, format!("i{s}g{}", self.generation));
-        for n in self.clients.nodes.values_mut() {
-            n.conn.take_if(|(cs, _)| *cs == s);
-        }
+        self.stalled[s] = false;
         for c in &mut self.clients.sessions {
             c.conn.take_if(|(cs, _)| *cs == s);
+        }
+        // Its nodes reconnect elsewhere at once, before a peer takes its inbox over: the
+        // takeover then re-routes their pending job messages to the new connections.
+        let orphans: Vec<(u8, u8, u8)> = (0..NODES.len() as u8)
+            .filter_map(|i| {
+                let n = self.clients.nodes.get(NODES[i as usize])?;
+                let on_dead = n.conn.as_ref().is_some_and(|(cs, _)| *cs == s);
+                on_dead.then_some((i, n.caps, n.capacity))
+            })
+            .collect();
+        for (i, caps, capacity) in orphans {
+            self.register(i, (s as u8 + 1) % INSTANCES as u8, caps, capacity)
+                .await?;
         }
         self.beat_all().await
     }

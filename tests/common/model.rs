@@ -44,6 +44,9 @@ pub struct NodeClient {
     pub work: Vec<(String, u32)>,
     /// Its last known connection token (a reconnect does not forget in-flight work).
     pub last_token: Option<String>,
+    /// What it registered with last (capability variant, capacity), to reconnect alike.
+    pub caps: u8,
+    pub capacity: u8,
 }
 
 /// A session client: what it received, so far.
@@ -55,12 +58,37 @@ pub struct SessionClient {
     pub langs: (&'static str, &'static str),
     /// Terminal messages received per utterance index.
     pub got: BTreeMap<u64, u32>,
-    /// Highest `out_seq` written to the current connection (a resume resets the floor).
+    /// The connection writer's next `out_seq` (1 on open; a resume sets it), and the
+    /// terminal messages it holds until the numbers before them arrive (by seq: index, type).
     pub seq: u64,
+    pub held: BTreeMap<u64, (u64, String)>,
     /// Next utterance index the client will send.
     pub next_index: u64,
     /// Index → model step at which it was first submitted.
     pub submitted: BTreeMap<u64, u64>,
+}
+
+impl SessionClient {
+    /// The writer writes one terminal message to the socket: the client's checks.
+    fn write(&mut self, idx: u64, ty: &str, step: u64, window: u64, bad: &mut Vec<String>) {
+        let id = &self.id;
+        let count = self.got.entry(idx).or_default();
+        *count += 1;
+        if *count > 1 {
+            bad.push(format!(
+                "{id}: second terminal message for index {idx} ({ty})"
+            ));
+        }
+        if let Some(j) = self.got.range(idx + 1..).next().map(|(i, _)| *i) {
+            // Out of order only for an index whose window passed while it was unfinished.
+            let late_ok = self.submitted.get(&idx).is_some_and(|at| *at < window);
+            if !late_ok {
+                bad.push(format!(
+                    "{id}: index {idx} ({ty}) after {j} inside the reorder window (step {step})"
+                ));
+            }
+        }
+    }
 }
 
 /// The envelope of an inbox entry (lua/includes/deliver.lua).
@@ -81,6 +109,9 @@ pub struct Clients {
     /// Model step counter, and the last step at which the reorder window surely passed.
     pub step: u64,
     pub last_window: u64,
+    /// Inbox entries a takeover re-routed / dropped (coverage, for PROPTEST_VERBOSE).
+    pub rerouted: u64,
+    pub dropped: u64,
     pub violations: Vec<String>,
 }
 
@@ -133,40 +164,35 @@ impl Clients {
             return;
         }
         let idx = v["utterance_index"].as_u64().expect("utterance_index");
+        // The gateway's ordered writer (src/gateway/socket.rs): numbers below the next one
+        // were written already (a resend after resume) and are dropped; later ones wait.
+        let Some(q) = seq else {
+            let m = format!("{id}: terminal {ty} {idx} without seq");
+            return self.violations.push(m);
+        };
+        if q < s.seq {
+            return;
+        }
+        if s.held.insert(q, (idx, ty.to_string())).is_some() {
+            let m = format!("{id}: out_seq {q} delivered twice");
+            return self.violations.push(m);
+        }
         let mut bad = Vec::new();
-        match seq {
-            Some(q) if q > s.seq => s.seq = q,
-            // The gateway drops numbers below the floor a resume set: never written.
-            Some(q) if q < s.seq => return,
-            other => bad.push(format!("{id}: terminal {ty} {idx} with seq {other:?}")),
-        }
-        let count = s.got.entry(idx).or_default();
-        *count += 1;
-        if *count > 1 {
-            bad.push(format!(
-                "{id}: second terminal message for index {idx} ({ty})"
-            ));
-        }
-        let later = s.got.range(idx + 1..).next().map(|(i, _)| *i);
-        if let Some(j) = later {
-            // Out of order is allowed only for an index whose window passed while unfinished.
-            let late_ok = s.submitted.get(&idx).is_some_and(|at| *at < window);
-            if !late_ok {
-                bad.push(format!(
-                    "{id}: index {idx} ({ty}) after {j} inside the reorder window (step {step})"
-                ));
-            }
+        while let Some((idx, ty)) = s.held.remove(&s.seq) {
+            s.seq += 1;
+            s.write(idx, &ty, step, window, &mut bad);
         }
         self.violations.extend(bad);
     }
 
-    /// Read (and delete) every entry of the live instances' inboxes, as their consumers do.
+    /// Read (and delete) every entry of these instances' inboxes (slot, instance id), as
+    /// their consumers do.
     pub async fn drain_inboxes(
         &mut self,
         c: &mut redis::aio::MultiplexedConnection,
-        live: &[String],
+        live: &[(usize, String)],
     ) {
-        for (slot, inst) in live.iter().enumerate() {
+        for (slot, inst) in live.iter().cloned() {
             let key = format!("{}inbox:{inst}", super::invariants::PREFIX);
             let r: redis::streams::StreamRangeReply = redis::cmd("XRANGE")
                 .arg(&key)
