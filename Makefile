@@ -5,7 +5,7 @@ REDIS_PORT ?= 6379
 CARGO ?= cargo
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: run test build release deps test-deps redis lint fmt check-config clean demo bench bench-deps fuzz fuzz-deps
+.PHONY: run test proptest build release deps test-deps redis lint fmt check-config clean demo bench bench-deps fuzz fuzz-deps
 
 ## Run one instance on 127.0.0.1:5010 against Redis on 127.0.0.1:$(REDIS_PORT), in the
 ## development setup: a secret kept in target/dev/secret (made once), and ready-made tokens
@@ -19,6 +19,12 @@ run: deps redis
 ## The whole suite (unit + integration, against real redis-server processes).
 test: test-deps lint
 	$(CARGO) test --all-targets -- --test-threads=4
+
+## The property-based test of the Lua scripts with many more random operation sequences
+## than `make test` runs (32): PROPTEST_CASES=2000 make proptest for a longer hunt.
+PROPTEST_CASES ?= 500
+proptest: deps
+	PROPTEST_CASES=$(PROPTEST_CASES) $(CARGO) test --test proptest_scripts
 
 build:
 	$(CARGO) build

@@ -2,8 +2,11 @@
 # bench/ab.sh OLD_BIN NEW_BIN [ROUNDS]: two builds of switchyard side by side in one run, on
 # the same workload, alternating (A B B A ...) so machine noise hits both alike. Each round,
 # each build gets a fresh redis-server and one instance: a 10 s saturation run (closed loop)
-# and a 10 s open-loop run at a fixed rate, both driven by NEW_BIN's simulator. Prints a
-# markdown table of medians and the ratio new/old.
+# and a 10 s open-loop run at a fixed rate, then two sparse runs (1 and 10 sessions at one
+# utterance per second each, instant nodes, SPARSE_S s each; then 1 session sending each
+# utterance when the previous result arrived, 200 times), all driven by NEW_BIN's
+# simulator. SPARSE_ONLY=1 runs only the three sparse runs. Prints a markdown table of medians
+# and the ratio new/old.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 . bench/lib.sh
@@ -17,6 +20,13 @@ SAT=(--nodes 20 --capacity 16 --delay-ms 0-0 --sessions 50 --window 4 --interval
   --utterances 1000000 --duration-s 10 --grace-s 10)
 LAT=(--nodes 20 --capacity 16 --delay-ms 0-0 --sessions 50 --interval-ms 80
   --utterances 1000000 --duration-s 10 --grace-s 10)
+SPARSE_S=${SPARSE_S:-10} SPARSE_ONLY=${SPARSE_ONLY:-0}
+SPARSE1=(--nodes 1 --capacity 4 --delay-ms 0-0 --sessions 1 --interval-ms 1000
+  --utterances 1000000 --duration-s "$SPARSE_S" --grace-s 5)
+SERIAL=(--nodes 1 --capacity 4 --delay-ms 0-0 --sessions 1 --window 1 --interval-ms 0
+  --utterances 200 --duration-s 30 --grace-s 5)
+SPARSE10=(--nodes 4 --capacity 4 --delay-ms 0-0 --sessions 10 --interval-ms 1000
+  --utterances 1000000 --duration-s "$SPARSE_S" --grace-s 5)
 
 run_one() { # run_one NAME BIN ROUND
   local name=$1 bin=$2 r=$3 rp ip
@@ -25,12 +35,16 @@ run_one() { # run_one NAME BIN ROUND
   local redis_pid=$REDIS_PID
   start_instance "$bin" "$WORK/$name-$r.log" "$ip" "redis://127.0.0.1:$rp"
   local inst=$INSTANCE_PID
-  redis-cli -p "$rp" config resetstat >/dev/null
-  "$NEW" sim --quiet --json --url "ws://127.0.0.1:$ip" "${SAT[@]}" >"$WORK/sat-$name-$r.json"
-  local us calls
-  us=$(cmdstat "$rp" evalsha usec)
-  "$NEW" sim --quiet --json --url "ws://127.0.0.1:$ip" "${LAT[@]}" >"$WORK/lat-$name-$r.json"
-  echo "$us" >"$WORK/us-$name-$r"
+  local url="ws://127.0.0.1:$ip"
+  if [ "$SPARSE_ONLY" != 1 ]; then
+    redis-cli -p "$rp" config resetstat >/dev/null
+    "$NEW" sim --quiet --json --url "$url" "${SAT[@]}" >"$WORK/sat-$name-$r.json"
+    cmdstat "$rp" evalsha usec >"$WORK/us-$name-$r"
+    "$NEW" sim --quiet --json --url "$url" "${LAT[@]}" >"$WORK/lat-$name-$r.json"
+  fi
+  "$NEW" sim --quiet --json --url "$url" "${SPARSE1[@]}" >"$WORK/sparse1-$name-$r.json"
+  "$NEW" sim --quiet --json --url "$url" "${SPARSE10[@]}" >"$WORK/sparse10-$name-$r.json"
+  "$NEW" sim --quiet --json --url "$url" "${SERIAL[@]}" >"$WORK/sparse0-$name-$r.json"
   stop "$inst"
   kill "$redis_pid" 2>/dev/null || true
   wait "$redis_pid" 2>/dev/null || true
@@ -55,9 +69,21 @@ thr() { series "val sat-$1-\$r .results_per_s"; }
 usj() { series "echo \"\$(cat $WORK/us-$1-\$r) / \$(val sat-$1-\$r .results)\" | bc -l"; }
 d50() { series "val lat-$1-\$r .dispatch.p50_ms"; }
 d99() { series "val lat-$1-\$r .dispatch.p99_ms"; }
+sp() { series "val sparse$1-$2-\$r .$3"; } # sp SESSIONS BUILD FIELD
 echo "| median of $ROUNDS alternating rounds | old | new | new / old |"
 echo "|---|---|---|---|"
-row "saturation, completed jobs/s" "$(thr old)" "$(thr new)"
-row "Redis µs in EVALSHA per job (saturation)" "$(usj old)" "$(usj new)"
-row "dispatch p50 ms (open loop, 625 utterances/s)" "$(d50 old)" "$(d50 new)"
-row "dispatch p99 ms (open loop, 625 utterances/s)" "$(d99 old)" "$(d99 new)"
+if [ "$SPARSE_ONLY" != 1 ]; then
+  row "saturation, completed jobs/s" "$(thr old)" "$(thr new)"
+  row "Redis µs in EVALSHA per job (saturation)" "$(usj old)" "$(usj new)"
+  row "dispatch p50 ms (open loop, 625 utterances/s)" "$(d50 old)" "$(d50 new)"
+  row "dispatch p99 ms (open loop, 625 utterances/s)" "$(d99 old)" "$(d99 new)"
+fi
+for n in 1 10 0; do
+  case $n in
+    0) what="1 session, one utterance after another (closed loop)" ;;
+    *) what="$n session(s) at 1 utterance/s each" ;;
+  esac
+  for f in end_to_end.p50_ms end_to_end.p99_ms dispatch.p50_ms dispatch.p99_ms; do
+    row "$what: ${f%%.*} ${f#*.}" "$(sp "$n" old "$f")" "$(sp "$n" new "$f")"
+  done
+done

@@ -24,6 +24,8 @@ $RUNS runs (per-run values in brackets); comparisons ran side by side in the sam
 | one instance ÷ Redis-bound limit | $(fmt "$SHARE" 1) % | ≥ 50 % | $(verdict "$SHARE >= 50") |
 | 10k nodes + 10k sessions, instance RSS (projected from $SCALE_SESSIONS sessions) | $(fmt "$(echo "$RSS_10K / 1024" | bc -l)" 0) MiB | ≤ 1024 MiB | $(verdict "$RSS_10K <= 1048576") |
 | cross-instance hop ÷ same instance, dispatch p50 | $(fmt "$(ratio .dispatch.p50_ms)") × | | |
+| sparse, 1 session at 1 utterance/s: end-to-end p50 / p99 | $(fmt "$SP1_E50" 2) / $(fmt "$SP1_E99" 2) ms | ≤ 1.5 / 3 ms | $(verdict "$SP1_E50 <= 1.5 && $SP1_E99 <= 3") |
+| sparse, 10 sessions at 1 utterance/s each: end-to-end p50 / p99 | $(fmt "$SP10_E50" 2) / $(fmt "$SP10_E99" 2) ms | ≤ 1.5 / 3 ms | $(verdict "$SP10_E50 <= 1.5 && $SP10_E99 <= 3") |
 
 Integrity over every load run of this bench: \`$INTEGRITY\` (lost, duplicates,
 order violations and oversold must be 0).
@@ -142,6 +144,20 @@ Connected: $NODES_UP nodes (in $T_NODES s), $SESSIONS_UP sessions (in $T_SESSION
 | Redis used_memory | $(fmt "$(echo "$REDIS_MEM / 1048576" | bc -l)" 0) MiB |
 
 Medians of $RUNS consecutive 10 s windows of the same connections.
+
+## 7. Sparse traffic
+
+One utterance per second per session, nodes answering at once (\`--delay-ms 0-0\`): every
+frame travels on a socket that was idle for a second, which is where a socket without
+TCP_NODELAY waits for the peer's delayed ACK (~40 ms on Linux; issue 14). Each row is one
+\`switchyard sim\` command on instance A (the instance of sections 2-5), $SPARSE_S s per run, $RUNS runs;
+per-run values in brackets.
+
+| sessions | end-to-end p50 (ms) | end-to-end p99 (ms) | dispatch p50 (ms) | dispatch p99 (ms) | results | command |
+|---|---|---|---|---|---|---|
+| 1 | $(fmt "$SP1_E50" 3) [$(list sparse1 .end_to_end.p50_ms)] | $(fmt "$SP1_E99" 3) [$(list sparse1 .end_to_end.p99_ms)] | $(fmt "$(med sparse1 .dispatch.p50_ms)" 3) | $(fmt "$(med sparse1 .dispatch.p99_ms)" 3) | $(over_runs sparse1 .results | paste -sd+ | bc) | \`$(sed "s/$PA/PORT/" "$WORK/sparse1-1.cmd")\` |
+| 1, one utterance after another (closed loop) | $(fmt "$(med serial .end_to_end.p50_ms)" 3) [$(list serial .end_to_end.p50_ms)] | $(fmt "$(med serial .end_to_end.p99_ms)" 3) [$(list serial .end_to_end.p99_ms)] | $(fmt "$(med serial .dispatch.p50_ms)" 3) | $(fmt "$(med serial .dispatch.p99_ms)" 3) | $(over_runs serial .results | paste -sd+ | bc) | \`$(sed "s/$PA/PORT/" "$WORK/serial-1.cmd")\` |
+| 10 | $(fmt "$SP10_E50" 3) [$(list sparse10 .end_to_end.p50_ms)] | $(fmt "$SP10_E99" 3) [$(list sparse10 .end_to_end.p99_ms)] | $(fmt "$(med sparse10 .dispatch.p50_ms)" 3) | $(fmt "$(med sparse10 .dispatch.p99_ms)" 3) | $(over_runs sparse10 .results | paste -sd+ | bc) | \`$(sed "s/$PA/PORT/" "$WORK/sparse10-1.cmd")\` |
 EOF
 if [ -f bench/notes.md ]; then
   echo

@@ -11,6 +11,8 @@
 #   4. Redis cost per job: INFO commandstats + /metrics deltas around a fixed workload.
 #   5. Cross-instance hop: session on A / node on B next to both on A, in the same run.
 #   6. Scale: 10k heartbeating nodes + ~10k idle sessions on one instance (RSS, CPU).
+#   7. Sparse traffic: 1 and 10 sessions at one utterance per second each, instant nodes
+#      (the Nagle + delayed-ACK stall of issue 14 showed only here).
 # Each figure is the median of RUNS runs (default 3); bench/report.sh writes the document.
 # Environment: BIN (binary to measure), RUNS, OUT (default docs/benchmarks.md).
 set -euo pipefail
@@ -71,7 +73,7 @@ script_calls() {
 calls_of() { awk -v k="$2" '$1 == k {print $2; f = 1} END {if (!f) print 0}' "$1"; }
 
 # ---- 1. Redis-bound limit -------------------------------------------------------------
-log "1/6 redis-benchmark: EVALSHA of a trivial script"
+log "1/7 redis-benchmark: EVALSHA of a trivial script"
 SHA=$(redis-cli -p "$RP" script load "return 1")
 EVAL_CMD="redis-benchmark -p PORT -q -n 200000 -c 50 evalsha $SHA 0"
 EVALS=()
@@ -86,7 +88,7 @@ PA=$(free_port)
 start_instance "$BIN" "$WORK/instance-a.log" "$PA" "$REDIS_URL" "${SETTINGS[@]}"
 A=$INSTANCE_PID
 URL_A="ws://127.0.0.1:$PA"
-log "2/6 saturation: 20 instant nodes (capacity 16), 50 sessions with window 4, 10 s x $RUNS"
+log "2/7 saturation: 20 instant nodes (capacity 16), 50 sessions with window 4, 10 s x $RUNS"
 SAT_ARGS=(--nodes 20 --capacity 16 --delay-ms 0-0 --sessions 50 --window 4 --interval-ms 0
   --utterances 1000000 --duration-s 10 --grace-s 10)
 INST_CPU=() REDIS_CPU=() MACHINE_CPU=()
@@ -104,7 +106,7 @@ SAT=$(med sat '.results_per_s')
 # ---- 3. Dispatch overhead at 20 % load ---------------------------------------------------
 RATE=$(echo "$SAT * 0.2" | bc -l)
 IV=$(printf '%.0f' "$(echo "50 * 1000 / $RATE" | bc -l)")
-log "3/6 latency at 20 % load: $(fmt "$RATE" 0) utterances/s (50 sessions, one every $IV ms each)"
+log "3/7 latency at 20 % load: $(fmt "$RATE" 0) utterances/s (50 sessions, one every $IV ms each)"
 LAT_ARGS=(--nodes 20 --capacity 16 --delay-ms 0-0 --sessions 50 --interval-ms "$IV"
   --utterances 1000000 --duration-s 10 --grace-s 10)
 sd() { metric "$PA" "switchyard_script_duration_seconds_$1{script=\"$2\"}"; }
@@ -116,7 +118,7 @@ SUBMIT_MS=$(echo "($(sd sum submit) - $s0) * 1000 / ($(sd count submit) - $n0)" 
 RESULT_MS=$(echo "($(sd sum job_result) - $q0) * 1000 / ($(sd count job_result) - $k0)" | bc -l)
 
 # ---- 4. Redis cost per job ----------------------------------------------------------------
-log "4/6 Redis cost per job: 50 sessions x 60 utterances (3000 jobs) x $RUNS"
+log "4/7 Redis cost per job: 50 sessions x 60 utterances (3000 jobs) x $RUNS"
 COST_ARGS=(--nodes 20 --capacity 16 --delay-ms 0-0 --sessions 50 --window 2 --interval-ms 0
   --utterances 60 --duration-s 60 --grace-s 10)
 for r in $(seq 1 "$RUNS"); do
@@ -150,7 +152,7 @@ B=$INSTANCE_PID
 URL_B="ws://127.0.0.1:$PB"
 XRATE=$(echo "$SAT * 0.1" | bc -l)
 XIV=$(printf '%.0f' "$(echo "25 * 1000 / $XRATE" | bc -l)")
-log "5/6 cross-instance hop: A->A (zh,en) next to A->B (ja,ko), $(fmt "$XRATE" 0)/s each"
+log "5/7 cross-instance hop: A->A (zh,en) next to A->B (ja,ko), $(fmt "$XRATE" 0)/s each"
 X_ARGS=(--nodes 10 --capacity 16 --delay-ms 0-0 --sessions 25 --interval-ms "$XIV"
   --utterances 1000000 --duration-s 10 --grace-s 10)
 for r in $(seq 1 "$RUNS"); do
@@ -167,6 +169,25 @@ ratio() { # ratio NAME FIELD: median over runs of remote/local
   done
   median "${v[@]}"
 }
+
+# ---- 7. Sparse traffic ---------------------------------------------------------------------
+# One utterance per second per session, nodes answering at once: every message travels on
+# an otherwise idle socket, where a missing TCP_NODELAY costs a delayed ACK (~40 ms).
+SPARSE_S=${SPARSE_S:-20}
+log "7/7 sparse traffic: 1 and 10 sessions, one utterance/s each, ${SPARSE_S} s x $RUNS"
+SPARSE1_ARGS=(--nodes 1 --capacity 4 --delay-ms 0-0 --sessions 1 --interval-ms 1000
+  --utterances 1000000 --duration-s "$SPARSE_S" --grace-s 5)
+SPARSE10_ARGS=(--nodes 4 --capacity 4 --delay-ms 0-0 --sessions 10 --interval-ms 1000
+  --utterances 1000000 --duration-s "$SPARSE_S" --grace-s 5)
+# And the issue's reproduction: one session, each utterance sent when the previous result
+# arrived (closed loop, window 1), 200 utterances.
+SERIAL_ARGS=(--nodes 1 --capacity 4 --delay-ms 0-0 --sessions 1 --window 1 --interval-ms 0
+  --utterances 200 --duration-s 30 --grace-s 5)
+for r in $(seq 1 "$RUNS"); do
+  sim "sparse1-$r" --url "$URL_A" "${SPARSE1_ARGS[@]}"
+  sim "sparse10-$r" --url "$URL_A" "${SPARSE10_ARGS[@]}"
+  sim "serial-$r" --url "$URL_A" "${SERIAL_ARGS[@]}"
+done
 stop "$A" "$B"
 
 # ---- 6. Scale: 10k nodes + ~10k idle sessions ---------------------------------------------
@@ -195,7 +216,7 @@ wait_conns() {
   done
   echo $((SECONDS - t0))
 }
-log "6/6 scale: $SCALE_NODES nodes (heartbeat 5 s) + $SCALE_SESSIONS idle sessions on one instance"
+log "6/7 scale: $SCALE_NODES nodes (heartbeat 5 s) + $SCALE_SESSIONS idle sessions on one instance"
 NODES_CMD=(--url "$URL_S" --nodes "$SCALE_NODES" --sessions 0 --heartbeat-ms 5000 --duration-s 300
   --connect-concurrency 100)
 echo "switchyard sim ${NODES_CMD[*]}" >"$WORK/scale-nodes.cmd"
@@ -241,7 +262,7 @@ PER_SESSION=$(echo "($RSS2 - $RSS1) / $SCALE_SESSIONS" | bc -l)
 RSS_10K=$(echo "$RSS0 + 10000 * ($PER_NODE + $PER_SESSION)" | bc -l)
 
 # ---- Summary and docs/benchmarks.md -------------------------------------------------------
-ALL=$(cat "$WORK"/{sat,lat,cost,local,remote}-*.json)
+ALL=$(cat "$WORK"/{sat,lat,cost,local,remote,sparse1,sparse10,serial}-*.json)
 INTEGRITY=$(echo "$ALL" | jq -s '{runs: length, sent: (map(.utterances_sent) | add),
   lost: (map(.lost) | add), duplicates: (map(.duplicates) | add),
   order_violations: (map(.order_violations) | add), oversold: (map(.oversold) | add),
@@ -266,6 +287,8 @@ SHARE_REAL=$(echo "$SAT / $REAL_LIMIT * 100" | bc -l)
 D50=$(med lat .dispatch.p50_ms) D90=$(med lat .dispatch.p90_ms) D99=$(med lat .dispatch.p99_ms)
 DMAX=$(med lat .dispatch.max_ms)
 E50=$(med lat .end_to_end.p50_ms) E99=$(med lat .end_to_end.p99_ms)
+SP1_E50=$(med sparse1 .end_to_end.p50_ms) SP1_E99=$(med sparse1 .end_to_end.p99_ms)
+SP10_E50=$(med sparse10 .end_to_end.p50_ms) SP10_E99=$(med sparse10 .end_to_end.p99_ms)
 verdict() { if [ "$(echo "$1" | bc -l)" = 1 ]; then echo "met"; else echo "**missed**"; fi; }
 GIT=$(git rev-parse --short HEAD 2>/dev/null || echo unknown)
 git diff --quiet HEAD -- src lua Cargo.toml 2>/dev/null || GIT="$GIT + uncommitted changes"

@@ -21,7 +21,7 @@ use futures_util::{SinkExt, StreamExt};
 use rand::RngExt;
 use serde_json::{Value, json};
 use tokio::sync::mpsc;
-use tokio_tungstenite::connect_async;
+use tokio_tungstenite::connect_async_with_config;
 use tokio_tungstenite::tungstenite::Message;
 
 const INSTANCES: usize = 3;
@@ -108,7 +108,9 @@ async fn chaos_node(k: usize, urls: Arc<Vec<String>>, stop: Arc<AtomicBool>, cou
     let mut unsent: Vec<Value> = Vec::new();
     let mut lost_at: Option<Instant> = None;
     while !stop.load(Ordering::Relaxed) {
-        let Ok((ws, _)) = connect_async(pick(&urls, &mut turn, "/ws/node")).await else {
+        let Ok((ws, _)) =
+            connect_async_with_config(pick(&urls, &mut turn, "/ws/node"), None, true).await
+        else {
             tokio::time::sleep(Duration::from_millis(100)).await;
             continue;
         };
@@ -223,7 +225,9 @@ async fn chaos_session(
     let mut got: BTreeMap<u64, usize> = BTreeMap::new();
     let mut sent: u64 = 0;
     while Instant::now() < deadline && (got.len() as u64) < UTTERANCES {
-        let Ok((ws, _)) = connect_async(pick(&urls, &mut turn, "/ws/session")).await else {
+        let Ok((ws, _)) =
+            connect_async_with_config(pick(&urls, &mut turn, "/ws/session"), None, true).await
+        else {
             tokio::time::sleep(Duration::from_millis(100)).await;
             continue;
         };

@@ -201,7 +201,10 @@ impl Store {
         // Debian's Redis 7.0 does not know CLIENT SETINFO; skip it so every new connection
         // does not count an error in INFO errorstats.
         let settings = info.redis_settings().clone().set_skip_set_lib_name();
-        let info = info.set_redis_settings(settings);
+        // Script calls are small writes on a multiplexed connection: send each at once
+        // instead of holding it behind an unacknowledged one (Nagle; see server.rs).
+        let tcp = redis::io::tcp::TcpSettings::default().set_nodelay(true);
+        let info = info.set_redis_settings(settings).set_tcp_settings(tcp);
         let timeout = Duration::from_millis(cfg.redis.timeout_ms);
         let conn_cfg = AsyncConnectionConfig::new()
             .set_connection_timeout(Some(timeout))

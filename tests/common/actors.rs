@@ -10,7 +10,7 @@ use futures_util::{SinkExt, StreamExt};
 use serde_json::{Value, json};
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
-use tokio_tungstenite::connect_async;
+use tokio_tungstenite::connect_async_with_config;
 use tokio_tungstenite::tungstenite::Message;
 
 use switchyard::server::Running;
@@ -44,7 +44,9 @@ pub struct AutoNode {
 
 impl AutoNode {
     pub async fn start(url: &str, mut register: Value, delay: Duration) -> Self {
-        let (ws, _) = connect_async(url).await.expect("node connects");
+        let (ws, _) = connect_async_with_config(url, None, true)
+            .await
+            .expect("node connects");
         let (mut sink, mut stream) = ws.split();
         register["node_id"] = Value::Null;
         sink.send(Message::Text(register.to_string().into()))

@@ -51,6 +51,16 @@ async fn all_keys(c: &mut MultiplexedConnection) -> Vec<String> {
 
 /// Assert every invariant; panics with a list of all violations.
 pub async fn check(c: &mut MultiplexedConnection) {
+    let bad = violations(c).await;
+    assert!(
+        bad.is_empty(),
+        "invariants violated:\n  {}",
+        bad.join("\n  ")
+    );
+}
+
+/// Every invariant violation found in Redis now (empty when all hold).
+pub async fn violations(c: &mut MultiplexedConnection) -> Vec<String> {
     let mut bad: Vec<String> = Vec::new();
     let keys = all_keys(c).await;
 
@@ -189,12 +199,7 @@ pub async fn check(c: &mut MultiplexedConnection) {
             bad.push(format!("liveness set holds {n} without a record"));
         }
     }
-
-    assert!(
-        bad.is_empty(),
-        "invariants violated:\n  {}",
-        bad.join("\n  ")
-    );
+    bad
 }
 
 const ACTIVE: [&str; 3] = ["DISPATCHED", "ACCEPTED", "RUNNING"];
@@ -247,6 +252,22 @@ async fn check_job(c: &mut MultiplexedConnection, j: &str, bad: &mut Vec<String>
     } else if TERMINAL.contains(&state.as_str()) {
         if due.is_some() {
             bad.push(format!("{state} job {j} still has a deadline"));
+        }
+        // Settled = its terminal message is in the session's result log, while the session's
+        // idempotency entry still names this job (both leave the log together).
+        let (sid, idx) = (job.get("session"), job.get("idx"));
+        if let (Some(sid), Some(idx)) = (sid, idx) {
+            let sk = format!("{PREFIX}session:{sid}");
+            let owner: Option<String> = c.hget(format!("{sk}:jobs"), idx).await.expect("hget");
+            let logged: bool = c
+                .hexists(format!("{sk}:results"), idx)
+                .await
+                .expect("hexists");
+            if owner.as_deref() == Some(j) && !logged {
+                bad.push(format!(
+                    "{state} job {j} (index {idx}) has no terminal message in {sid}'s log"
+                ));
+            }
         }
     } else {
         bad.push(format!("job {j} in unknown state {state:?}"));

@@ -5,7 +5,9 @@
 #![allow(dead_code)]
 
 pub mod actors;
+pub mod cell;
 pub mod invariants;
+pub mod model;
 pub mod redis_server;
 pub mod ws;
 

@@ -66,7 +66,8 @@ impl RedisServer {
     async fn try_client(&self) -> redis::RedisResult<redis::aio::MultiplexedConnection> {
         let info = redis::IntoConnectionInfo::into_connection_info(self.url().as_str())?;
         let settings = info.redis_settings().clone().set_skip_set_lib_name();
-        let client = redis::Client::open(info.set_redis_settings(settings))?;
+        let tcp = redis::io::tcp::TcpSettings::default().set_nodelay(true);
+        let client = redis::Client::open(info.set_redis_settings(settings).set_tcp_settings(tcp))?;
         client.get_multiplexed_async_connection().await
     }
 

@@ -6,7 +6,7 @@ use futures_util::{SinkExt, StreamExt};
 use serde_json::{Value, json};
 use tokio::net::TcpStream;
 use tokio_tungstenite::tungstenite::Message;
-use tokio_tungstenite::{MaybeTlsStream, WebSocketStream, connect_async};
+use tokio_tungstenite::{MaybeTlsStream, WebSocketStream, connect_async_with_config};
 
 pub struct WsClient {
     ws: WebSocketStream<MaybeTlsStream<TcpStream>>,
@@ -21,7 +21,8 @@ pub enum Ended {
 
 impl WsClient {
     pub async fn connect(url: &str) -> Self {
-        let (ws, _) = connect_async(url)
+        // disable_nagle: a test client sends its frames at once, like the lingua clients.
+        let (ws, _) = connect_async_with_config(url, None, true)
             .await
             .unwrap_or_else(|e| panic!("connect {url}: {e}"));
         Self { ws }

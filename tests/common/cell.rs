@@ -1,0 +1,463 @@
+//! The simulated cell the property test drives: three instances (one `Store` each, with
+//! its own instance id) on one real redis-server, and the clients of `model.rs`. Each
+//! method is one thing that can happen, done the way the gateway does it (one typed store
+//! call, then the deliveries go to whoever holds the connection); `check` gathers every
+//! invariant violation after a step.
+
+use std::time::Duration;
+
+use switchyard::capabilities::{Capabilities, Route, RouteRequest, route};
+use switchyard::config::Config;
+use switchyard::protocol::node::{CapabilityByType, LanguageCapabilities};
+use switchyard::store::StoreError;
+use switchyard::store::instances::ResumeReply;
+use switchyard::store::jobs::{Attempt, Finished, Outcome};
+use switchyard::store::nodes::{HeartbeatReply, NodeClaim};
+use switchyard::store::sessions::NewJob;
+
+use super::invariants::{self, PREFIX};
+use super::model::{Clients, Instance, NodeClient, SessionClient};
+use super::{RedisServer, test_config};
+
+pub const NODES: [&str; 3] = ["n0", "n1", "n2"];
+pub const INSTANCES: usize = 3;
+pub const MAX_SESSIONS: usize = 3;
+/// Reorder window of the simulated cell (ms).
+pub const WINDOW: u64 = 150;
+
+type R = Result<(), StoreError>;
+
+/// How a node answers an attempt.
+#[derive(Debug, Clone, Copy)]
+pub enum Answer {
+    Ok,
+    ModelNotAvailable,
+    Error,
+}
+
+/// Timings small enough that timeouts, queue expiry, the reorder window and liveness all
+/// happen within a few `advance` steps.
+pub fn cell_config(url: &str) -> Config {
+    let mut cfg = test_config(url);
+    cfg.session.reorder_window_ms = WINDOW;
+    cfg.jobs.run_timeout_ms = 300;
+    cfg.jobs.ack_timeout_ms = 150;
+    cfg.jobs.queue_wait_ms = 250;
+    cfg.jobs.model_unavailable_ms = 500;
+    cfg.node.liveness_ms = Some(800);
+    // Presence lapses only in `crash` (the model deletes it), never by accident.
+    cfg.instance.presence_ttl_ms = 60_000;
+    cfg
+}
+
+/// Capability variants: en→zh only; both directions; zh→en only; nothing.
+pub fn caps(variant: u8) -> Capabilities {
+    let v = |l: &[&str]| l.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+    let (asr, sem) = match variant % 4 {
+        0 => (v(&["en"]), v(&["zh"])),
+        1 => (v(&["en", "zh"]), v(&["en", "zh"])),
+        2 => (v(&["zh"]), v(&["en"])),
+        _ => (vec![], vec![]),
+    };
+    let services = ["asr", "nmt", "tts"].map(|k| CapabilityByType {
+        kind: k.into(),
+        ready: true,
+    });
+    let langs = LanguageCapabilities {
+        asr_languages: asr,
+        tts_languages: sem.clone(),
+        semantic_languages: sem,
+    };
+    Capabilities {
+        langs,
+        pairs: None,
+        services: services.to_vec(),
+        tenant: None,
+        accept_public: true,
+    }
+}
+
+fn one_way(src: &str, tgt: &str) -> (Route, String) {
+    let (lang_a, lang_b, strict, two_way) = (None, None, false, false);
+    let req = RouteRequest {
+        tenant: None,
+        strict,
+        two_way,
+        src,
+        tgt,
+        lang_a,
+        lang_b,
+        use_asr: true,
+        use_nmt: true,
+        use_tts: true,
+    };
+    let spec = serde_json::json!({"src_lang": src, "tgt_lang": tgt, "audio_format": "opus",
+        "sample_rate": 16000});
+    (route(&req).expect("valid route"), spec.to_string())
+}
+
+/// The resume proof every simulated session holds (the gateway stores SHA-256 of a token).
+const RESUME_HASH: &str = "proof";
+const RESULT: &str = r#"{"type":"translation_result","text_asr":"a","text_translated":"b","tts_audio":"","tts_format":"opus"}"#;
+
+/// Instances by slot (a crashed slot restarts under a new id) and the clients' view.
+pub struct Cell {
+    pub inst: Vec<Instance>,
+    pub clients: Clients,
+    /// Slots whose inbox consumer is stalled (until the next `advance`): their inbox
+    /// fills up, and a crash then leaves entries for the takeover to re-route.
+    stalled: Vec<bool>,
+    cfg: Config,
+    generation: u32,
+    redis: redis::aio::MultiplexedConnection,
+}
+
+impl Cell {
+    /// An empty cell (FLUSHALL) with every instance present.
+    pub async fn new(server: &RedisServer) -> Result<Self, StoreError> {
+        let mut redis = server.client().await;
+        let _: () = redis::cmd("FLUSHALL")
+            .query_async(&mut redis)
+            .await
+            .expect("flushall");
+        let cfg = cell_config(&server.url());
+        let inst = (0..INSTANCES)
+            .map(|s| Instance::new(&cfg, format!("i{s}g0")))
+            .collect();
+        let clients = Clients::default();
+        let mut cell = Self {
+            inst,
+            clients,
+            stalled: vec![false; INSTANCES],
+            cfg,
+            generation: 0,
+            redis,
+        };
+        cell.beat_all().await?;
+        Ok(cell)
+    }
+
+    /// Instances whose consumer reads their inbox now: (slot, id).
+    fn consuming(&self) -> Vec<(usize, String)> {
+        let on = |(s, i): (usize, &Instance)| (!self.stalled[s]).then(|| (s, i.id.clone()));
+        self.inst.iter().enumerate().filter_map(on).collect()
+    }
+
+    /// Instance `via`'s inbox consumer stalls until the next `advance`.
+    pub async fn stall(&mut self, via: u8) -> R {
+        self.stalled[via as usize % INSTANCES] = true;
+        Ok(())
+    }
+
+    /// Every violation after a step: Redis invariants, then what the clients saw (after
+    /// they read the inboxes, as the instances' consumers do).
+    pub async fn check(&mut self) -> Vec<String> {
+        let live = self.consuming();
+        self.clients.drain_inboxes(&mut self.redis, &live).await;
+        let mut bad = invariants::violations(&mut self.redis).await;
+        bad.append(&mut self.clients.violations);
+        bad
+    }
+
+    async fn beat_all(&mut self) -> R {
+        for slot in 0..self.inst.len() {
+            loop {
+                let i = &self.inst[slot];
+                let out = i.store.instance_beat(&i.id, 1, false).await?;
+                self.clients.take(slot, &out);
+                self.clients.rerouted += out.reply.rerouted;
+                self.clients.dropped += out.reply.dropped;
+                if !out.reply.more {
+                    break;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn node(&mut self, node: u8) -> (&'static str, &mut NodeClient) {
+        let nid = NODES[node as usize % NODES.len()];
+        (nid, self.clients.nodes.entry(nid.into()).or_default())
+    }
+
+    fn session(&self, pick: u8) -> Option<usize> {
+        let n = self.clients.sessions.len();
+        (n > 0).then(|| pick as usize % n)
+    }
+
+    /// A node (re)connects through `via` with a new connection token.
+    pub async fn register(&mut self, node: u8, via: u8, c: u8, capacity: u8) -> R {
+        let s = via as usize % INSTANCES;
+        let token = self.inst[s].token();
+        let (nid, n) = self.node(node);
+        n.conn = Some((s, token.clone()));
+        n.last_token = Some(token.clone());
+        (n.caps, n.capacity) = (c, capacity);
+        let extra = [
+            ("capacity", capacity.to_string()),
+            ("supports_ack", "0".into()),
+        ];
+        let store = &self.inst[s].store;
+        let out = store
+            .register(nid, NodeClaim::Replace, &token, &caps(c), &extra)
+            .await?;
+        self.clients.take(s, &out);
+        Ok(())
+    }
+
+    /// A heartbeat on the node's connection, announcing capabilities `c`.
+    pub async fn heartbeat(&mut self, node: u8, c: u8) -> R {
+        let (nid, n) = self.node(node);
+        let Some((s, token)) = n.conn.clone() else {
+            return Ok(());
+        };
+        let out = self.inst[s]
+            .store
+            .heartbeat(nid, &token, &caps(c), &[])
+            .await?;
+        self.clients.take(s, &out);
+        match out.reply {
+            // The gateway registers again on the same connection.
+            HeartbeatReply::Missing => {
+                let extra = [("capacity", "1".into()), ("supports_ack", "0".into())];
+                let store = &self.inst[s].store;
+                let out = store
+                    .register(nid, NodeClaim::Replace, &token, &caps(c), &extra)
+                    .await?;
+                self.clients.take(s, &out);
+            }
+            HeartbeatReply::Stale { .. } => self.node(node).1.conn = None,
+            HeartbeatReply::Ok { .. } => {}
+        }
+        Ok(())
+    }
+
+    /// The node's socket closes: `node_offline` with or without a grace.
+    pub async fn disconnect(&mut self, node: u8, grace: bool) -> R {
+        let (nid, n) = self.node(node);
+        let Some((s, token)) = n.conn.take() else {
+            return Ok(());
+        };
+        let grace = if grace { 200 } else { 0 };
+        let out = self.inst[s]
+            .store
+            .node_offline(nid, &token, grace, "closed")
+            .await?;
+        self.clients.take(s, &out);
+        Ok(())
+    }
+
+    /// The node answers one attempt it was given; a disconnected node answers on its last
+    /// connection (which must be refused as stale).
+    pub async fn result(&mut self, node: u8, pick: u8, answer: Answer) -> R {
+        let (nid, n) = self.node(node);
+        if n.work.is_empty() {
+            return Ok(());
+        }
+        let (job, attempt_id) = n.work.remove(pick as usize % n.work.len());
+        let (s, token) = match (&n.conn, &n.last_token) {
+            (Some((s, t)), _) => (*s, t.clone()),
+            (None, Some(t)) => (0, t.clone()),
+            (None, None) => return Ok(()),
+        };
+        let a = Attempt {
+            job_id: &job,
+            attempt_id,
+            node_id: nid,
+            conn: &token,
+        };
+        let outcome = match answer {
+            Answer::Ok => Outcome::Ok(Finished {
+                message: RESULT,
+                text_asr: "a",
+                text_translated: "b",
+                node_completed_at_ms: None,
+                processing_time_ms: None,
+            }),
+            Answer::ModelNotAvailable => Outcome::ModelNotAvailable {
+                service: "nmt",
+                message: "not_loaded",
+            },
+            Answer::Error => Outcome::Error {
+                code: "PROCESSING_ERROR",
+                message: "boom",
+            },
+        };
+        let out = self.inst[s].store.job_result(&a, &outcome).await?;
+        self.clients.take(s, &out);
+        Ok(())
+    }
+
+    /// A new session through `via`: en→zh (pair 0) or zh→en.
+    pub async fn open(&mut self, via: u8, pair: u8) -> R {
+        if self.clients.sessions.len() >= MAX_SESSIONS {
+            return Ok(());
+        }
+        let s = via as usize % INSTANCES;
+        let sid = format!("s{}", self.clients.sessions.len());
+        let token = self.inst[s].token();
+        let langs = if pair == 0 {
+            ("en", "zh")
+        } else {
+            ("zh", "en")
+        };
+        let (r, spec) = one_way(langs.0, langs.1);
+        let fields = [
+            ("src", langs.0.to_string()),
+            ("tgt", langs.1.into()),
+            ("mode", "one_way".into()),
+            ("tenant", String::new()),
+            ("pools", r.pools),
+            ("needs", r.needs),
+            ("pair", r.pair),
+            ("spec", spec),
+            ("trace_id", "t".into()),
+            ("resume_hash", RESUME_HASH.into()),
+        ];
+        let store = &self.inst[s].store;
+        let out = store
+            .session_open(&sid, false, &token, &sid, None, 0, &fields)
+            .await?;
+        self.clients.sessions.push(SessionClient {
+            id: sid,
+            conn: Some((s, token)),
+            seq: 1,
+            langs,
+            ..Default::default()
+        });
+        self.clients.take(s, &out);
+        Ok(())
+    }
+
+    /// The session sends its next utterance; `skip` leaves a gap, `again` repeats the last.
+    pub async fn submit(&mut self, session: u8, skip: bool, again: bool) -> R {
+        let Some(k) = self.session(session) else {
+            return Ok(());
+        };
+        let step = self.clients.step;
+        let c = &mut self.clients.sessions[k];
+        let Some((s, token)) = c.conn.clone() else {
+            return Ok(());
+        };
+        let index = match again && c.next_index > 0 {
+            true => c.next_index - 1,
+            false => c.next_index + u64::from(skip),
+        };
+        c.next_index = c.next_index.max(index + 1);
+        c.submitted.entry(index).or_insert(step);
+        let (r, spec) = one_way(c.langs.0, c.langs.1);
+        let job = NewJob {
+            index,
+            spec: &spec,
+            audio: b"pcm",
+            pools: &r.pools,
+            needs: &r.needs,
+            pair: &r.pair,
+            trace_id: "t",
+        };
+        let sid = c.id.clone();
+        let out = self.inst[s].store.submit(&sid, &token, &job).await?;
+        self.clients.take(s, &out);
+        Ok(())
+    }
+
+    /// The session's socket drops (no script runs: the record stays for resume).
+    pub async fn drop_session(&mut self, session: u8) -> R {
+        if let Some(k) = self.session(session) {
+            self.clients.sessions[k].conn = None;
+        }
+        Ok(())
+    }
+
+    /// The session resumes through `via` with the last index it received.
+    pub async fn resume(&mut self, session: u8, via: u8) -> R {
+        let Some(k) = self.session(session) else {
+            return Ok(());
+        };
+        let s = via as usize % INSTANCES;
+        let token = self.inst[s].token();
+        let c = &self.clients.sessions[k];
+        let last = c.got.keys().next_back().map_or(-1, |i| *i as i64);
+        let sid = c.id.clone();
+        let out = self.inst[s]
+            .store
+            .session_resume(&sid, &token, last, RESUME_HASH, None)
+            .await?;
+        let c = &mut self.clients.sessions[k];
+        c.conn = None;
+        if let ResumeReply::Ok { next_seq, .. } = out.reply {
+            c.conn = Some((s, token));
+            c.seq = next_seq;
+            c.held.clear();
+        }
+        self.clients.take(s, &out);
+        Ok(())
+    }
+
+    /// `ms` pass, then `via` sweeps until nothing more is due; nothing settled may then be
+    /// held longer than the reorder window.
+    pub async fn advance(&mut self, ms: u16, via: u8) -> R {
+        tokio::time::sleep(Duration::from_millis(ms.into())).await;
+        let s = via as usize % INSTANCES;
+        let (secs, micros): (u64, u64) = redis::cmd("TIME")
+            .query_async(&mut self.redis)
+            .await
+            .expect("time");
+        if u64::from(ms) >= WINDOW {
+            self.clients.last_window = self.clients.step;
+        }
+        loop {
+            let out = self.inst[s].store.sweep().await?;
+            self.clients.take(s, &out);
+            if !out.reply.more {
+                break;
+            }
+        }
+        self.stalled.fill(false);
+        let live = self.consuming();
+        self.clients.drain_inboxes(&mut self.redis, &live).await;
+        let swept_at = secs * 1000 + micros / 1000;
+        self.clients
+            .check_window(&mut self.redis, swept_at, WINDOW)
+            .await;
+        Ok(())
+    }
+
+    /// Instance `via` dies: its presence lapses (deleted here rather than waited for), it
+    /// restarts under a new id, and the others take its inbox over at their next beat.
+    /// The connections it held are gone. A stalled instance is the one that dies when there
+    /// is one (a hung process gets killed), so its inbox has entries to take over.
+    pub async fn crash(&mut self, via: u8) -> R {
+        let s = match self.stalled.iter().position(|s| *s) {
+            Some(stalled) => stalled,
+            None => via as usize % INSTANCES,
+        };
+        let dead = self.inst[s].id.clone();
+        let _: () = redis::pipe()
+            .del(format!("{PREFIX}instance:{dead}"))
+            .zadd(format!("{PREFIX}instances"), &dead, 0)
+            .query_async(&mut self.redis)
+            .await
+            .expect("lapse presence");
+        self.generation += 1;
+        self.inst[s] = Instance::new(&self.cfg, format!("i{s}g{}", self.generation));
+        self.stalled[s] = false;
+        for c in &mut self.clients.sessions {
+            c.conn.take_if(|(cs, _)| *cs == s);
+        }
+        // Its nodes reconnect elsewhere at once, before a peer takes its inbox over: the
+        // takeover then re-routes their pending job messages to the new connections.
+        let orphans: Vec<(u8, u8, u8)> = (0..NODES.len() as u8)
+            .filter_map(|i| {
+                let n = self.clients.nodes.get(NODES[i as usize])?;
+                let on_dead = n.conn.as_ref().is_some_and(|(cs, _)| *cs == s);
+                on_dead.then_some((i, n.caps, n.capacity))
+            })
+            .collect();
+        for (i, caps, capacity) in orphans {
+            self.register(i, (s as u8 + 1) % INSTANCES as u8, caps, capacity)
+                .await?;
+        }
+        self.beat_all().await
+    }
+}

@@ -1,0 +1,263 @@
+//! A simulated cell for the property test: several `Store`s (one per simulated instance)
+//! on one real redis-server, and the clients' side of every connection (nodes and
+//! sessions), fed with exactly what the scripts deliver — the deliveries a script returns
+//! to its calling instance, and the entries other instances' scripts put in its inbox.
+//!
+//! The client side checks what only a client can see (DESIGN §1.5): one terminal message
+//! per utterance index, terminal messages in `out_seq` order per connection, and in index
+//! order unless the reorder window passed. Redis-side invariants are in `invariants.rs`.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
+
+use serde::Deserialize;
+use switchyard::config::Config;
+use switchyard::store::{Output, Store};
+use switchyard::telemetry::metrics::Metrics;
+
+/// One simulated instance: its id changes when it is "restarted" after a crash.
+pub struct Instance {
+    pub id: String,
+    pub store: Store,
+    /// Connection tokens minted so far (tokens are `<instance>/<n>`, unique for ever).
+    seq: u64,
+}
+
+impl Instance {
+    pub fn new(cfg: &Config, id: String) -> Self {
+        let store = Store::new(cfg, &id, Arc::new(Metrics::new())).expect("store");
+        Self { id, store, seq: 0 }
+    }
+
+    pub fn token(&mut self) -> String {
+        self.seq += 1;
+        format!("{}/{}", self.id, self.seq)
+    }
+}
+
+/// A node client: which connection it has now and the attempts it was assigned.
+#[derive(Default, Debug)]
+pub struct NodeClient {
+    /// (instance slot, connection token) while connected.
+    pub conn: Option<(usize, String)>,
+    /// Every (job id, attempt id) it was ever given and has not answered yet.
+    pub work: Vec<(String, u32)>,
+    /// Its last known connection token (a reconnect does not forget in-flight work).
+    pub last_token: Option<String>,
+    /// What it registered with last (capability variant, capacity), to reconnect alike.
+    pub caps: u8,
+    pub capacity: u8,
+}
+
+/// A session client: what it received, so far.
+#[derive(Default, Debug)]
+pub struct SessionClient {
+    pub id: String,
+    pub conn: Option<(usize, String)>,
+    /// (source, target) language.
+    pub langs: (&'static str, &'static str),
+    /// Terminal messages received per utterance index.
+    pub got: BTreeMap<u64, u32>,
+    /// The connection writer's next `out_seq` (1 on open; a resume sets it), and the
+    /// terminal messages it holds until the numbers before them arrive (by seq: index, type).
+    pub seq: u64,
+    pub held: BTreeMap<u64, (u64, String)>,
+    /// Next utterance index the client will send.
+    pub next_index: u64,
+    /// Index → model step at which it was first submitted.
+    pub submitted: BTreeMap<u64, u64>,
+}
+
+impl SessionClient {
+    /// The writer writes one terminal message to the socket: the client's checks.
+    fn write(&mut self, idx: u64, ty: &str, step: u64, window: u64, bad: &mut Vec<String>) {
+        let id = &self.id;
+        let count = self.got.entry(idx).or_default();
+        *count += 1;
+        if *count > 1 {
+            bad.push(format!(
+                "{id}: second terminal message for index {idx} ({ty})"
+            ));
+        }
+        if let Some(j) = self.got.range(idx + 1..).next().map(|(i, _)| *i) {
+            // Out of order only for an index whose window passed while it was unfinished.
+            let late_ok = self.submitted.get(&idx).is_some_and(|at| *at < window);
+            if !late_ok {
+                bad.push(format!(
+                    "{id}: index {idx} ({ty}) after {j} inside the reorder window (step {step})"
+                ));
+            }
+        }
+    }
+}
+
+/// The envelope of an inbox entry (lua/includes/deliver.lua).
+#[derive(Deserialize)]
+struct Envelope {
+    k: String,
+    id: String,
+    conn: String,
+    msg: String,
+    seq: u64,
+}
+
+/// The clients' view of the cell, and what they saw go wrong.
+#[derive(Default)]
+pub struct Clients {
+    pub nodes: BTreeMap<String, NodeClient>,
+    pub sessions: Vec<SessionClient>,
+    /// Model step counter, and the last step at which the reorder window surely passed.
+    pub step: u64,
+    pub last_window: u64,
+    /// Inbox entries a takeover re-routed / dropped (coverage, for PROPTEST_VERBOSE).
+    pub rerouted: u64,
+    pub dropped: u64,
+    pub violations: Vec<String>,
+}
+
+impl Clients {
+    /// Take the deliveries a script returned to instance `slot`.
+    pub fn take<T>(&mut self, slot: usize, out: &Output<T>) {
+        for d in &out.out {
+            self.deliver(slot, d.k.as_str(), &d.id, d.conn.as_deref(), &d.msg, d.seq);
+        }
+    }
+
+    /// Write one message to the client that holds connection `conn` through `slot`, as the
+    /// gateway does (a message for another connection is dropped).
+    fn deliver(
+        &mut self,
+        slot: usize,
+        kind: &str,
+        id: &str,
+        conn: Option<&str>,
+        msg: &str,
+        seq: Option<u64>,
+    ) {
+        let v: serde_json::Value = serde_json::from_str(msg).expect("message JSON");
+        let here = |c: &Option<(usize, String)>| {
+            c.as_ref()
+                .is_some_and(|(s, t)| *s == slot && Some(t.as_str()) == conn)
+        };
+        if kind == "node" {
+            let Some(n) = self.nodes.get_mut(id).filter(|n| here(&n.conn)) else {
+                return;
+            };
+            if v["type"] == "job_assign" {
+                let job = v["job_id"].as_str().expect("job_id").to_string();
+                let attempt = v["attempt_id"].as_u64().expect("attempt_id") as u32;
+                n.work.push((job, attempt));
+            }
+            return;
+        }
+        let step = self.step;
+        let window = self.last_window;
+        let Some(s) = self
+            .sessions
+            .iter_mut()
+            .find(|s| s.id == id && here(&s.conn))
+        else {
+            return;
+        };
+        let ty = v["type"].as_str().unwrap_or_default();
+        if !matches!(ty, "translation_result" | "error" | "missing_result") {
+            return;
+        }
+        let idx = v["utterance_index"].as_u64().expect("utterance_index");
+        // The gateway's ordered writer (src/gateway/socket.rs): numbers below the next one
+        // were written already (a resend after resume) and are dropped; later ones wait.
+        let Some(q) = seq else {
+            let m = format!("{id}: terminal {ty} {idx} without seq");
+            return self.violations.push(m);
+        };
+        if q < s.seq {
+            return;
+        }
+        if s.held.insert(q, (idx, ty.to_string())).is_some() {
+            let m = format!("{id}: out_seq {q} delivered twice");
+            return self.violations.push(m);
+        }
+        let mut bad = Vec::new();
+        while let Some((idx, ty)) = s.held.remove(&s.seq) {
+            s.seq += 1;
+            s.write(idx, &ty, step, window, &mut bad);
+        }
+        self.violations.extend(bad);
+    }
+
+    /// Read (and delete) every entry of these instances' inboxes (slot, instance id), as
+    /// their consumers do.
+    pub async fn drain_inboxes(
+        &mut self,
+        c: &mut redis::aio::MultiplexedConnection,
+        live: &[(usize, String)],
+    ) {
+        for (slot, inst) in live.iter().cloned() {
+            let key = format!("{}inbox:{inst}", super::invariants::PREFIX);
+            let r: redis::streams::StreamRangeReply = redis::cmd("XRANGE")
+                .arg(&key)
+                .arg("-")
+                .arg("+")
+                .query_async(c)
+                .await
+                .expect("xrange");
+            for e in r.ids {
+                let raw = e.map.get("env").expect("env field");
+                let bytes: Vec<u8> = redis::from_redis_value_ref(raw).expect("env bytes");
+                let env: Envelope = rmp_serde::from_slice(&bytes).expect("envelope");
+                let seq = (env.seq > 0).then_some(env.seq);
+                self.deliver(slot, &env.k, &env.id, Some(&env.conn), &env.msg, seq);
+                let _: u64 = redis::cmd("XDEL")
+                    .arg(&key)
+                    .arg(&e.id)
+                    .query_async(c)
+                    .await
+                    .expect("xdel");
+            }
+        }
+    }
+
+    /// Indices a session holds as settled-but-undelivered longer than the window allows,
+    /// right after a sweep that started at `swept_at` (Redis ms).
+    pub async fn check_window(
+        &mut self,
+        c: &mut redis::aio::MultiplexedConnection,
+        swept_at: u64,
+        window: u64,
+    ) {
+        let p = super::invariants::PREFIX;
+        for s in &self.sessions {
+            let held: Vec<u64> = redis::cmd("ZRANGE")
+                .arg(format!("{p}session:{}:pending", s.id))
+                .arg(0)
+                .arg(-1)
+                .query_async(c)
+                .await
+                .expect("zrange");
+            for idx in held {
+                let at: Option<f64> = redis::cmd("ZSCORE")
+                    .arg(format!("{p}session:{}:rtime", s.id))
+                    .arg(idx)
+                    .query_async(c)
+                    .await
+                    .expect("zscore");
+                if at.is_some_and(|t| (t as u64) + window < swept_at) {
+                    self.violations.push(format!(
+                        "{}: index {idx} held past the reorder window after a sweep",
+                        s.id
+                    ));
+                }
+            }
+        }
+    }
+
+    /// The session's clients' indices received, for messages.
+    pub fn summary(&self) -> String {
+        let s: Vec<String> = self
+            .sessions
+            .iter()
+            .map(|s| format!("{}: {:?}", s.id, s.got.keys().collect::<BTreeSet<_>>()))
+            .collect();
+        s.join("; ")
+    }
+}

@@ -1,0 +1,161 @@
+//! Property-based state-machine test of the Lua scripts (issue 14, the safety net).
+//!
+//! Random sequences of operations — node register/reconnect (with capacity and capability
+//! changes), heartbeat, disconnect, job results (success, MODEL_NOT_AVAILABLE, failure,
+//! stale attempts), session open/submit/drop/resume, time passing with sweeps, a stalled
+//! inbox consumer, and an instance crash whose inbox another instance takes over (with the
+//! entries a stall left in it) — run through the real scripts
+//! (the typed `store` functions) on a real redis-server, from three simulated instances
+//! (`common::cell`). After every step: the Redis invariants of DESIGN §1
+//! (`common::invariants`) and what the clients received (`common::model`): one terminal
+//! message per utterance index, in order unless the reorder window passed, nothing held
+//! past that window after a sweep.
+//!
+//! A failure prints the shrunk operation sequence. `PROPTEST_CASES` sets the number of
+//! cases (default 32: `make test`; `make proptest` runs many more).
+
+mod common;
+
+use common::RedisServer;
+use common::cell::{Answer, Cell};
+use proptest::prelude::*;
+use proptest::test_runner::{Config, TestCaseError, TestRunner};
+
+/// One thing that happens in the cell. Small integers pick a node, instance, session or
+/// piece of work (modulo what exists), so every sequence is valid and shrinks well.
+#[derive(Debug, Clone)]
+enum Op {
+    /// A node (re)connects through instance `via`: new connection token, capability
+    /// variant `caps` (en→zh, both, zh→en, none), capacity 1 or 2.
+    Register {
+        node: u8,
+        via: u8,
+        caps: u8,
+        capacity: u8,
+    },
+    /// A heartbeat, possibly announcing other capabilities.
+    Heartbeat { node: u8, caps: u8 },
+    /// The node's socket closes (offline at once, or after a grace).
+    Disconnect { node: u8, grace: bool },
+    /// The node answers one attempt it was given (stale ones included).
+    Result { node: u8, pick: u8, answer: Answer },
+    /// A new session through instance `via`, en→zh or zh→en.
+    Open { via: u8, pair: u8 },
+    /// The session sends its next utterance (`skip` leaves a gap; `again` repeats the last).
+    Submit {
+        session: u8,
+        skip: bool,
+        again: bool,
+    },
+    /// The session's socket drops.
+    Drop { session: u8 },
+    /// The session resumes through `via` with its last received index.
+    Resume { session: u8, via: u8 },
+    /// Time passes (`ms`), then instance `via` sweeps.
+    Advance { ms: u16, via: u8 },
+    /// Instance `via` dies and restarts under a new id; the others take its inbox over.
+    Crash { via: u8 },
+    /// Instance `via`'s inbox consumer stalls until the next `Advance`, so its inbox fills
+    /// (and a `Crash` leaves entries for the takeover to re-route).
+    Stall { via: u8 },
+}
+
+fn op() -> impl Strategy<Value = Op> {
+    let n = || 0u8..3;
+    let answer = prop_oneof![
+        6 => Just(Answer::Ok),
+        1 => Just(Answer::ModelNotAvailable),
+        1 => Just(Answer::Error),
+    ];
+    let ms = prop_oneof![Just(10u16), Just(200), Just(400)];
+    let rare = || prop::bool::weighted(0.15);
+    prop_oneof![
+        3 => (n(), n(), 0u8..4, 1u8..3)
+            .prop_map(|(node, via, caps, capacity)| Op::Register { node, via, caps, capacity }),
+        2 => (n(), 0u8..4).prop_map(|(node, caps)| Op::Heartbeat { node, caps }),
+        1 => (n(), any::<bool>()).prop_map(|(node, grace)| Op::Disconnect { node, grace }),
+        8 => (n(), any::<u8>(), answer).prop_map(|(node, pick, answer)| Op::Result { node, pick, answer }),
+        3 => (n(), 0u8..2).prop_map(|(via, pair)| Op::Open { via, pair }),
+        8 => (n(), rare(), rare()).prop_map(|(session, skip, again)| Op::Submit { session, skip, again }),
+        1 => n().prop_map(|session| Op::Drop { session }),
+        1 => (n(), n()).prop_map(|(session, via)| Op::Resume { session, via }),
+        2 => (ms, n()).prop_map(|(ms, via)| Op::Advance { ms, via }),
+        1 => n().prop_map(|via| Op::Crash { via }),
+        2 => n().prop_map(|via| Op::Stall { via }),
+    ]
+}
+
+async fn apply(cell: &mut Cell, op: &Op) -> Result<(), switchyard::store::StoreError> {
+    match *op {
+        Op::Register {
+            node,
+            via,
+            caps,
+            capacity,
+        } => cell.register(node, via, caps, capacity).await,
+        Op::Heartbeat { node, caps } => cell.heartbeat(node, caps).await,
+        Op::Disconnect { node, grace } => cell.disconnect(node, grace).await,
+        Op::Result { node, pick, answer } => cell.result(node, pick, answer).await,
+        Op::Open { via, pair } => cell.open(via, pair).await,
+        Op::Submit {
+            session,
+            skip,
+            again,
+        } => cell.submit(session, skip, again).await,
+        Op::Drop { session } => cell.drop_session(session).await,
+        Op::Resume { session, via } => cell.resume(session, via).await,
+        Op::Advance { ms, via } => cell.advance(ms, via).await,
+        Op::Crash { via } => cell.crash(via).await,
+        Op::Stall { via } => cell.stall(via).await,
+    }
+}
+
+/// One case: a fresh cell, then every operation followed by every check.
+async fn run_case(redis: &RedisServer, ops: &[Op]) -> Result<(), TestCaseError> {
+    let fail = |e: String| TestCaseError::fail(e);
+    let mut cell = Cell::new(redis).await.map_err(|e| fail(e.to_string()))?;
+    for (i, op) in ops.iter().enumerate() {
+        cell.clients.step = i as u64 + 1;
+        let step = format!("step {} {op:?}", i + 1);
+        apply(&mut cell, op)
+            .await
+            .map_err(|e| fail(format!("{step}: {e}")))?;
+        let bad = cell.check().await;
+        if !bad.is_empty() {
+            let got = cell.clients.summary();
+            return Err(fail(format!(
+                "after {step}:\n  {}\n  received: {got}",
+                bad.join("\n  ")
+            )));
+        }
+    }
+    if std::env::var_os("PROPTEST_VERBOSE").is_some() {
+        let c = &cell.clients;
+        let takeover = format!("takeover re-routed {}, dropped {}", c.rerouted, c.dropped);
+        eprintln!("{} ops; {takeover}; received {}", ops.len(), c.summary());
+    }
+    Ok(())
+}
+
+#[test]
+fn scripts_keep_the_invariants_under_random_operations() {
+    let cases = std::env::var("PROPTEST_CASES")
+        .ok()
+        .and_then(|v| v.parse().ok());
+    let config = Config {
+        cases: cases.unwrap_or(32),
+        failure_persistence: None,
+        max_shrink_iters: 2_000,
+        ..Config::default()
+    };
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    let redis = rt.block_on(RedisServer::start());
+    let ops = prop::collection::vec(op(), 1..60);
+    let result = TestRunner::new(config).run(&ops, |ops| rt.block_on(run_case(&redis, &ops)));
+    if let Err(e) = result {
+        panic!("{e}");
+    }
+}
