@@ -137,7 +137,8 @@ async fn messages_waiting_in_a_crashed_instance_inbox_reach_the_reconnected_node
     // The node reconnects through A at once (its credential is bound to its id, so it need
     // not wait for B's presence to expire); B's inbox is taken over and re-addressed to it.
     let mut n = WsClient::connect(&node_url_as(&a, &nid)).await;
-    n.register_id(fixture("node_register_first"), Some(&nid)).await;
+    n.register_id(fixture("node_register_first"), Some(&nid))
+        .await;
     let j = next_of(&mut n, "job_assign", T)
         .await
         .expect("re-routed job_assign");
