@@ -6,6 +6,7 @@
 
 pub mod actors;
 pub mod invariants;
+pub mod kustomize;
 pub mod redis_server;
 pub mod ws;
 
