@@ -11,12 +11,12 @@
 mod common;
 
 use std::collections::BTreeMap;
-use std::process::{Child, Command};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use common::actors::{is_terminal, result_for};
+use common::children::Instances;
 use common::invariants;
 use common::*;
 use futures_util::{SinkExt, StreamExt};
@@ -29,78 +29,6 @@ const INSTANCES: usize = 3;
 const NODES: usize = 9;
 const SESSIONS: usize = 30;
 const UTTERANCES: u64 = 40;
-
-/// The instance processes; stopped with SIGTERM (graceful) and started again on their port.
-struct Instances {
-    ports: Vec<u16>,
-    children: Vec<Option<Child>>,
-    redis_url: String,
-    dir: std::path::PathBuf,
-    starts: usize,
-}
-
-impl Instances {
-    fn spawn(&mut self, i: usize) {
-        self.starts += 1;
-        let log = std::fs::File::create(self.dir.join(format!("instance-{i}-{}.log", self.starts)))
-            .expect("log file");
-        let child = Command::new(env!("CARGO_BIN_EXE_switchyard"))
-            .env("SWITCHYARD_LISTEN", format!("127.0.0.1:{}", self.ports[i]))
-            .env(secret_env().0, secret_env().1)
-            .env("SWITCHYARD_REDIS__URL", &self.redis_url)
-            .env("SWITCHYARD_LOG__LEVEL", "warn")
-            .env("SWITCHYARD_NODE__HEARTBEAT_INTERVAL_MS", "500")
-            .env("SWITCHYARD_SWEEP__INTERVAL_MS", "50")
-            .env("SWITCHYARD_INSTANCE__PRESENCE_TTL_MS", "1000")
-            .env("SWITCHYARD_INSTANCE__BEAT_INTERVAL_MS", "200")
-            .env("SWITCHYARD_INSTANCE__DRAIN_DELAY_MS", "1000")
-            .env("SWITCHYARD_INSTANCE__DRAIN_GRACE_MS", "2000")
-            .env_remove("RUST_LOG")
-            .stdout(log.try_clone().expect("log file"))
-            .stderr(log)
-            .spawn()
-            .expect("spawn switchyard");
-        self.children[i] = Some(child);
-    }
-
-    /// SIGTERM and wait for the drain to finish; the exit status must be success.
-    fn terminate(&mut self, i: usize) -> Duration {
-        let mut c = self.children[i].take().expect("running");
-        let t = Instant::now();
-        let ok = Command::new("kill")
-            .args(["-TERM", &c.id().to_string()])
-            .status()
-            .expect("kill -TERM");
-        assert!(ok.success());
-        let deadline = Instant::now() + Duration::from_secs(20);
-        loop {
-            if let Some(status) = c.try_wait().expect("wait") {
-                assert!(status.success(), "instance {i} exited with {status}");
-                return t.elapsed();
-            }
-            assert!(Instant::now() < deadline, "instance {i} did not drain");
-            std::thread::sleep(Duration::from_millis(20));
-        }
-    }
-
-    async fn wait_ready(&self, i: usize) {
-        let url = format!("http://127.0.0.1:{}/readyz", self.ports[i]);
-        eventually(Duration::from_secs(10), "instance ready", || {
-            let url = url.clone();
-            async move { (reqwest::get(&url).await.ok()?.status().as_u16() == 200).then_some(()) }
-        })
-        .await;
-    }
-}
-
-impl Drop for Instances {
-    fn drop(&mut self) {
-        for c in self.children.iter_mut().flatten() {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
-    }
-}
 
 /// How long each client was away: ms from its socket ending to the next acknowledged
 /// registration / session resume.
@@ -376,14 +304,22 @@ fn summary(per_client: &BTreeMap<usize, Vec<u64>>) -> String {
 async fn rolling_restart_under_load() {
     let redis = RedisServer::start().await;
     let dir = tempfile::tempdir().unwrap();
-    let ports: Vec<u16> = (0..INSTANCES).map(|_| free_port()).collect();
-    let mut inst = Instances {
-        ports: ports.clone(),
-        children: (0..INSTANCES).map(|_| None).collect(),
-        redis_url: redis.url(),
-        dir: dir.path().to_path_buf(),
-        starts: 0,
-    };
+    let mut inst = Instances::new(
+        INSTANCES,
+        redis.url(),
+        dir.path(),
+        vec![
+            ("SWITCHYARD_LOG__LEVEL", "warn"),
+            ("SWITCHYARD_NODE__HEARTBEAT_INTERVAL_MS", "500"),
+            ("SWITCHYARD_SWEEP__INTERVAL_MS", "50"),
+            ("SWITCHYARD_INSTANCE__PRESENCE_TTL_MS", "1000"),
+            ("SWITCHYARD_INSTANCE__BEAT_INTERVAL_MS", "200"),
+            ("SWITCHYARD_INSTANCE__DRAIN_DELAY_MS", "1000"),
+            ("SWITCHYARD_INSTANCE__DRAIN_GRACE_MS", "2000"),
+        ],
+    );
+    let ports = inst.ports.clone();
+
     for i in 0..INSTANCES {
         inst.spawn(i);
     }

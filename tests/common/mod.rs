@@ -5,6 +5,7 @@
 #![allow(dead_code)]
 
 pub mod actors;
+pub mod children;
 pub mod invariants;
 pub mod kustomize;
 pub mod redis_server;
