@@ -5,7 +5,7 @@ REDIS_PORT ?= 6379
 CARGO ?= cargo
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: run test proptest build release deps test-deps redis lint fmt check-config clean demo bench bench-deps fuzz fuzz-deps
+.PHONY: run test proptest build release deps test-deps redis lint fmt check-config clean demo bench bench-deps fuzz fuzz-deps k8s-check
 
 ## Run one instance on 127.0.0.1:5010 against Redis on 127.0.0.1:$(REDIS_PORT), in the
 ## development setup: a secret kept in target/dev/secret (made once), and ready-made tokens
@@ -17,7 +17,7 @@ run: deps redis
 	SWITCHYARD_AUTH__HS256_SECRETS="[\"dev-$$(cat $(DEV_SECRET))\"]" $(CARGO) run --release -- serve --dev
 
 ## The whole suite (unit + integration, against real redis-server processes).
-test: test-deps lint
+test: test-deps lint k8s-check
 	$(CARGO) test --all-targets -- --test-threads=4
 
 ## The property-based test of the Lua scripts with many more random operation sequences
@@ -25,6 +25,13 @@ test: test-deps lint
 PROPTEST_CASES ?= 500
 proptest: deps
 	PROPTEST_CASES=$(PROPTEST_CASES) $(CARGO) test --test proptest_scripts
+
+## Render every kustomization in deploy/kubernetes and validate it against the pinned
+## Kubernetes schemas (kubernetes-validate, in a venv under target/). tests/deploy.rs checks
+## what schemas cannot: probes, ports, grace period, env names.
+K8S_VENV := target/k8s-venv
+k8s-check: $(K8S_VENV)/.installed
+	$(K8S_VENV)/bin/python deploy/kubernetes/check.py
 
 build:
 	$(CARGO) build
@@ -38,11 +45,24 @@ deps:
 	  echo "installing redis-server"; \
 	  $(SUDO) apt-get update -qq && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq redis-server >/dev/null; }
 
-## What the tests need beyond `deps`: Prometheus (the metrics test scrapes a live instance).
-test-deps: deps
+## What the tests need beyond `deps`: Prometheus (the metrics test scrapes a live instance),
+## a Python venv with kubernetes-validate (k8s-check), setpriv (tests/deploy.rs drops to nobody).
+test-deps: deps $(K8S_VENV)/.installed
 	@command -v prometheus >/dev/null 2>&1 || { \
 	  echo "installing prometheus"; \
 	  $(SUDO) apt-get update -qq && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq prometheus >/dev/null; }
+	@command -v setpriv >/dev/null 2>&1 || { \
+	  echo "installing util-linux (setpriv)"; \
+	  $(SUDO) apt-get update -qq && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq util-linux >/dev/null; }
+
+## kubernetes-validate is pinned: it bundles the schemas of every Kubernetes release it knows.
+$(K8S_VENV)/.installed:
+	@python3 -m venv $(K8S_VENV) 2>/dev/null || { \
+	  echo "installing python3-venv"; \
+	  $(SUDO) apt-get update -qq && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq python3-venv python3-pip >/dev/null; \
+	  python3 -m venv $(K8S_VENV); }
+	$(K8S_VENV)/bin/pip install -q kubernetes-validate==1.37.0
+	@touch $@
 
 ## Start a Redis on 127.0.0.1:$(REDIS_PORT) if nothing listens there.
 redis:

@@ -68,6 +68,7 @@ for _, jid in ipairs(jobs) do
   local job = hgetall(job_key(jid))
   if job.state == 'QUEUED' then
     count('queue_timeout')
+    count('refused:queue_timeout:' .. (string.match(job.queue or '', '^[^,]+') or ''))
     fail(jid, job, 'NO_AVAILABLE_NODE', 'no node had free capacity within ' .. CFG.queue_wait .. ' ms')
   elseif job.state == 'DISPATCHED' or job.state == 'ACCEPTED' or job.state == 'RUNNING' then
     failover(jid, job, 'JOB_TIMEOUT', 'no result within the deadline (attempt ' .. job.attempt .. ')', true)

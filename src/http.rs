@@ -129,7 +129,11 @@ async fn metrics(State(app): State<Arc<App>>) -> Response {
         app.metrics.inbox_pending.set(pending as i64);
         app.metrics.dead_letters.set(dead as i64);
     }
+    app.metrics.pools.refresh_waits();
     if let Ok(pools) = app.store.pools().await {
+        if let Ok(capacity) = app.store.pool_capacity(&pools).await {
+            app.metrics.pools.set_capacity(&capacity);
+        }
         let names: Vec<String> = pools.keys().cloned().collect();
         let depths = app.store.queue_depths(&names).await.unwrap_or_default();
         app.metrics.pool_nodes.clear();

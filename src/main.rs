@@ -54,9 +54,14 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let command = cli.command.unwrap_or(Command::Serve { dev: false });
     let dev = matches!(command, Command::Serve { dev: true });
+    // The simulator is a client: it verifies nothing, so it needs no key of its own.
+    let client_only = matches!(command, Command::Sim(_));
     let cfg = match Config::load_with(cli.config.as_deref(), |c| {
         if dev && !c.auth.is_open() && !c.auth.has_keys() {
             c.auth.hs256_secrets = vec![switchyard::auth::mint::dev_secret()];
+        }
+        if client_only && !c.auth.has_keys() {
+            c.auth.mode = "open".into();
         }
     }) {
         Ok(c) => c,

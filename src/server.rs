@@ -33,6 +33,9 @@ pub struct App {
     pub inbox_alive_at: AtomicU64,
     /// Set on SIGTERM: readiness false, nodes told to drain, new connections refused.
     pub draining: AtomicBool,
+    /// Set when a drain has taken this instance's nodes out of their pools, just before
+    /// their sockets close: their heartbeats must not put them back.
+    nodes_released: AtomicBool,
     /// Set by [`Running::abort`]: connections end without any cleanup, like `kill -9`.
     pub crashed: AtomicBool,
     /// Connection tasks still running (shutdown waits for their cleanup scripts).
@@ -67,6 +70,7 @@ impl App {
             conns: Connections::default(),
             inbox_alive_at: AtomicU64::new(0),
             draining: AtomicBool::new(false),
+            nodes_released: AtomicBool::new(false),
             crashed: AtomicBool::new(false),
             live_conns: AtomicUsize::new(0),
             tenant_conns: Default::default(),
@@ -102,6 +106,10 @@ impl App {
 
     pub fn has_crashed(&self) -> bool {
         self.crashed.load(Ordering::Relaxed)
+    }
+
+    pub fn nodes_released(&self) -> bool {
+        self.nodes_released.load(Ordering::Relaxed)
     }
 
     pub fn is_draining(&self) -> bool {
@@ -157,6 +165,10 @@ impl Running {
         tokio::time::sleep(Duration::from_millis(app.cfg.instance.drain_delay_ms)).await;
         let grace =
             tokio::time::Instant::now() + Duration::from_millis(app.cfg.instance.drain_grace_ms);
+        release_nodes(app).await;
+        // Assignments made before the release are in the sockets' queues or this inbox
+        // (whose consumer still runs): let them reach the nodes before the close.
+        tokio::time::sleep(Duration::from_millis(100)).await;
         while tokio::time::Instant::now() < grace {
             let busy = [Kind::Node, Kind::Session]
                 .iter()
@@ -190,6 +202,24 @@ impl Running {
         let _ = self.app.shutdown.send(true);
         for t in &self.tasks {
             t.abort();
+        }
+    }
+}
+
+/// Before a drain closes the node sockets: every local node leaves its pools
+/// (`disconnected`, keeping its jobs, as for a dropped socket), so no job is assigned to a
+/// connection about to close. Results it sends until it has seen the close are still
+/// accepted (the connection token is unchanged); it re-registers on another instance.
+async fn release_nodes(app: &App) {
+    app.nodes_released.store(true, Ordering::Relaxed);
+    let grace = app.cfg.node.disconnect_grace_ms;
+    for (node_id, c) in app.conns.entries(Kind::Node) {
+        let out = app
+            .store
+            .node_offline(&node_id, &c.token, grace, "disconnected")
+            .await;
+        if let Err(e) = out.map(|o| crate::routing::deliver(app, o)) {
+            tracing::warn!(%node_id, error = %e, "could not take a node out of its pools before the drain close");
         }
     }
 }

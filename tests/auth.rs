@@ -209,8 +209,8 @@ async fn a_fleet_token_reconnects_a_node_whose_socket_dropped_or_whose_instance_
 async fn a_silent_half_open_connection_is_closed_by_pings_and_frees_its_node_id() {
     let redis = RedisServer::start().await;
     let inst = start_tweaked(&redis, |c| {
-        c.ws.ping_interval_ms = 100;
-        c.ws.idle_timeout_ms = 400;
+        c.ws.ping_interval_ms = 200;
+        c.ws.idle_timeout_ms = 1_500;
         c.node.takeover_wait_ms = 0;
     })
     .await;
@@ -224,7 +224,7 @@ async fn a_silent_half_open_connection_is_closed_by_pings_and_frees_its_node_id(
     early.send(&f).await;
     assert_eq!(early.recv_type("error").await["code"], "NODE_ID_CONFLICT");
     // It never answers a ping (this client reads nothing): closed as idle, then free.
-    tokio::time::sleep(Duration::from_millis(700)).await;
+    tokio::time::sleep(Duration::from_millis(2_200)).await;
     let mut late = WsClient::connect(&ws_url(&inst, "/ws/node")).await;
     let ack = late
         .register(fixture("node_register_reconnect"), Some(&nid))
@@ -238,7 +238,7 @@ async fn a_silent_half_open_connection_is_closed_by_pings_and_frees_its_node_id(
         "{m}"
     );
     // A client that reads (and so answers pings) stays connected however quiet it is.
-    late.expect_silence(Duration::from_millis(800)).await;
+    late.expect_silence(Duration::from_millis(2_000)).await;
     assert_eq!(node_hash(&mut c, &nid).await["state"], "ready");
     invariants::check(&mut c).await;
 }

@@ -17,7 +17,8 @@ local OUT = {}    -- messages for connections: {k=kind, id=, owner=, conn=, msg=
                   --   seq=n?, tp=traceparent?, job=job id?}
 local BLOBS = {}  -- binary payloads the messages refer to (job audio), returned after the JSON
 local EV = {}     -- transitions this call made, by name (metrics): submitted, dispatched, ...
-local LAT = {dispatch = {}, e2e = {}}  -- ms from job creation to dispatch / to result
+local LAT = {dispatch = {}, e2e = {}, pool = {}}  -- ms from job creation to dispatch / to
+                  -- result; pool[i]: the primary pool of the job of dispatch[i]
 
 local function count(name)
   EV[name] = (EV[name] or 0) + 1

@@ -170,6 +170,7 @@ local function assign(jid, job, nid)
   job.state, job.node, job.attempt = 'DISPATCHED', nid, attempt
   count('dispatched')
   LAT.dispatch[#LAT.dispatch + 1] = NOW - tonumber(job.created_at or NOW)
+  LAT.pool[#LAT.pool + 1] = string.match(job.pools or '', '^[^,|]+') or ''
   local sk = session_key(job.session)
   if job.turn_id and job.turn_id ~= '' and redis.call('HGET', sk, 'turn_id') == job.turn_id then
     redis.call('HSET', sk, 'turn_node', nid)
@@ -199,6 +200,7 @@ local function dispatch(jid, job, code, message)
   for entry in string.gmatch(job.pools, '[^,]+') do
     local q = split_entry(entry)
     if redis.call('LLEN', P .. 'queue:' .. q) >= CFG.queue_max then
+      count('refused:queue_full:' .. q)
       fail(jid, job, 'NO_AVAILABLE_NODE', 'every node is busy and the queue is full')
       return 'failed'
     end

@@ -101,6 +101,14 @@ impl Connections {
     }
 
     /// Every local connection of a kind (for shutdown).
+    /// Every local connection of `kind` with the id it is bound to.
+    pub fn entries(&self, kind: Kind) -> Vec<(String, LocalConn)> {
+        self.map(kind)
+            .iter()
+            .map(|(id, c)| (id.clone(), c.clone()))
+            .collect()
+    }
+
     pub fn all(&self, kind: Kind) -> Vec<LocalConn> {
         self.map(kind).values().cloned().collect()
     }

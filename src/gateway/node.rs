@@ -21,8 +21,8 @@ use crate::protocol::node::{NodeHeartbeat, NodeInbound, NodeRegister, NodeRegist
 use crate::protocol::{ErrorCode, decode, valid_id};
 use crate::routing;
 use crate::server::App;
-use crate::store::StoreError;
 use crate::store::nodes::{HeartbeatReply, NodeClaim, OfflineReply, RegisterReply};
+use crate::store::{Output, StoreError};
 
 const KIND: &str = "node";
 
@@ -44,8 +44,14 @@ pub async fn upgrade(
 
 /// The outcome of a registration attempt.
 pub(super) enum Registration {
-    /// Registered as `node_id`, in `state`.
-    Done { node_id: String, state: String },
+    /// Registered as `node_id`, in `state`. `assign`: what the script sent this node at
+    /// once (queued jobs it was offered), to be written after the `node_register_ack` — a
+    /// lingua node refuses jobs until it has its ack.
+    Done {
+        node_id: String,
+        state: String,
+        assign: Output<()>,
+    },
     /// A live connection holds the id and this credential may not take it.
     Conflict,
 }
@@ -163,6 +169,16 @@ impl NodeConn {
     }
 
     async fn handle(&mut self, msg: NodeInbound) {
+        // Once a drain has released this instance's nodes, a heartbeat or registration
+        // would put the node back in its pools on a connection about to close.
+        if self.app.nodes_released()
+            && matches!(
+                msg,
+                NodeInbound::NodeRegister(_) | NodeInbound::NodeHeartbeat(_)
+            )
+        {
+            return; // it registers again on another instance
+        }
         match msg {
             NodeInbound::NodeRegister(r) => {
                 self.app.metrics.message_in(KIND, "node_register");
@@ -255,8 +271,15 @@ impl NodeConn {
         }
         let id = current.or(offered);
         match self.register(id, &caps, &r).await {
-            Ok(Registration::Conflict) => self.refuse_takeover(),
-            Ok(Registration::Done { node_id, state }) => {
+            Ok(Registration::Conflict) => {
+                self.send(Outbound::Unhold);
+                self.refuse_takeover()
+            }
+            Ok(Registration::Done {
+                node_id,
+                state,
+                assign,
+            }) => {
                 let pools = caps.pools().len();
                 let message = if pools == 0 {
                     "registered; serves no language pair (check language_capabilities)".into()
@@ -268,19 +291,30 @@ impl NodeConn {
                 } else {
                     "ready"
                 };
-                self.send_json(&NodeRegisterAck {
+                let ack = serde_json::to_string(&NodeRegisterAck {
                     kind: "node_register_ack",
                     node_id: &node_id,
                     message,
                     status,
                 });
+                match ack {
+                    Ok(t) => self.send(Outbound::First(t)),
+                    Err(e) => {
+                        tracing::error!(error = %e, "encode failed");
+                        self.send(Outbound::Unhold);
+                    }
+                }
+                routing::deliver(&self.app, assign);
                 self.reg = Some(Registered {
                     node_id,
                     caps,
                     register: r,
                 });
             }
-            Err(e) => self.store_error(&e),
+            Err(e) => {
+                self.send(Outbound::Unhold);
+                self.store_error(&e)
+            }
         }
     }
 
@@ -302,7 +336,9 @@ impl NodeConn {
                 None => (mint_node_id(), NodeClaim::Mint),
             };
             // Bind first: anything addressed to this connection the moment the script has
-            // run (queued jobs, another instance's submit through the inbox) finds it.
+            // run (queued jobs, another instance's submit through the inbox) finds it —
+            // held back by the writer until the ack has gone out.
+            self.send(Outbound::Hold);
             let previous = app.conns.bind(Kind::Node, &node_id, self.local());
             let restore = |app: &App| {
                 app.conns.unbind(Kind::Node, &node_id, &self.token);
@@ -321,9 +357,25 @@ impl NodeConn {
                     return Err(e);
                 }
             };
-            match routing::deliver(&app, out) {
-                RegisterReply::Taken => restore(&app),
+            let Output {
+                reply,
+                out,
+                blobs,
+                events,
+            } = out;
+            let assign = Output {
+                reply: (),
+                out,
+                blobs,
+                events,
+            };
+            match reply {
+                RegisterReply::Taken => {
+                    routing::deliver(&app, assign);
+                    restore(&app)
+                }
                 RegisterReply::Conflict { owner } => {
+                    routing::deliver(&app, assign);
                     restore(&app);
                     // A dropped socket's cleanup may be a moment behind its reconnect.
                     if tokio::time::Instant::now() < patience {
@@ -345,7 +397,11 @@ impl NodeConn {
                     if let Some(tok) = replaced_conn {
                         tracing::info!(node_id = %node_id, old_conn = %tok, "node connection replaced");
                     }
-                    return Ok(Registration::Done { node_id, state });
+                    return Ok(Registration::Done {
+                        node_id,
+                        state,
+                        assign,
+                    });
                 }
             }
         }
@@ -409,15 +465,23 @@ impl NodeConn {
                     register.capability_by_type = s;
                 }
                 match self.register(Some(node_id.clone()), &caps, &register).await {
-                    Ok(Registration::Done { .. }) => {
+                    Ok(Registration::Done { assign, .. }) => {
+                        self.send(Outbound::Unhold);
+                        routing::deliver(&self.app, assign);
                         self.reg = Some(Registered {
                             node_id,
                             caps,
                             register,
                         })
                     }
-                    Ok(Registration::Conflict) => self.refuse_takeover(),
-                    Err(e) => self.store_error(&e),
+                    Ok(Registration::Conflict) => {
+                        self.send(Outbound::Unhold);
+                        self.refuse_takeover()
+                    }
+                    Err(e) => {
+                        self.send(Outbound::Unhold);
+                        self.store_error(&e)
+                    }
                 }
             }
             Ok(HeartbeatReply::Stale { .. }) => {

@@ -146,6 +146,10 @@ fn frame_bucket(app: &App, kind: &str) -> FrameBucket {
     FrameBucket::new(rate, burst, l.rate_limit_strikes, std::time::Instant::now())
 }
 
+/// How long a connection closed by a drain keeps reading while it waits for the peer's
+/// close echo (a peer that never echoes is not waited for longer).
+const CLOSE_ECHO_WAIT: Duration = Duration::from_secs(1);
+
 /// Read frames until the socket closes, the handler is done, the hello times out or the
 /// instance shuts down (1012) — or crashes (`abort`: no cleanup at all, like kill -9).
 async fn drive<H: Handler, F: FnOnce(Peer) -> H>(
@@ -173,10 +177,15 @@ async fn drive<H: Handler, F: FnOnce(Peer) -> H>(
     let mut ping = tokio::time::interval_at(tokio::time::Instant::now() + period, period);
     ping.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut last_heard = tokio::time::Instant::now();
+    // Set when a drain closed the socket with 1012: until the peer's echo (or this
+    // deadline) frames it had already sent — a node's `job_result` — are still handled.
+    let mut closing: Option<tokio::time::Instant> = None;
     while !h.done() {
         let next = tokio::select! {
             n = stream.next() => n,
-            _ = ping.tick(), if ping_every > 0 => {
+            _ = async { tokio::time::sleep_until(closing.unwrap_or_else(tokio::time::Instant::now)).await },
+                if closing.is_some() => break,
+            _ = ping.tick(), if ping_every > 0 && closing.is_none() => {
                 if idle > 0 && last_heard.elapsed() > Duration::from_millis(idle) {
                     app.metrics.rejected(H::KIND, "idle");
                     h.peer().send(Outbound::Close(close::IDLE, "no traffic".into()));
@@ -190,20 +199,27 @@ async fn drive<H: Handler, F: FnOnce(Peer) -> H>(
             // waiting for the peer's echo. Not an orderly end of the peer.
             _ = &mut writer, if !writer_done => {
                 writer_done = true;
+                if closing.is_some() {
+                    continue;
+                }
                 break;
             }
             _ = tokio::time::sleep_until(hello), if !h.greeted() => {
                 h.peer().send(Outbound::Close(close::POLICY, H::HELLO.into()));
                 break;
             }
-            _ = shutdown.changed() => {
+            _ = shutdown.changed(), if closing.is_none() => {
                 if app.has_crashed() {
                     writer.abort();
                     gauge.dec();
                     return;
                 }
                 h.peer().send(Outbound::Close(close::RESTARTING, "scheduler restarting".into()));
-                break;
+                // A graceful drain finishes what is in flight: a result the node wrote
+                // before it saw our close would otherwise be lost (the job would wait for
+                // its run timeout). The peer's close echo ends the loop as usual.
+                closing = Some(tokio::time::Instant::now() + CLOSE_ECHO_WAIT);
+                continue;
             }
         };
         last_heard = tokio::time::Instant::now();

@@ -30,6 +30,14 @@ pub enum Outbound {
     Close(u16, String),
     /// A WebSocket ping: the peer's pong proves the socket is alive.
     Ping,
+    /// Hold back text messages until [`Outbound::First`] or [`Outbound::Unhold`]: a node
+    /// connection is bound before its `register` script runs, and nothing (a job offered
+    /// the moment the script has run) may reach the node before its `node_register_ack`.
+    Hold,
+    /// Write this message, then what was held back, and stop holding.
+    First(String),
+    /// Write what was held back and stop holding (the registration did not complete).
+    Unhold,
 }
 
 /// Close codes Switchyard uses (RFC 6455 §7.4 plus application codes 4000-4999).
@@ -145,6 +153,8 @@ async fn write_loop(
     order_gap: Duration,
 ) {
     let mut order = Order::default();
+    // Text messages held back while a registration is in progress (see Outbound::Hold).
+    let mut held: Option<Vec<String>> = None;
     loop {
         let gap_deadline = order.gap_since.map(|t| t + order_gap);
         let next = tokio::select! {
@@ -158,7 +168,21 @@ async fn write_loop(
         };
         let ready = match next {
             None => break,
-            Some(Outbound::Text(t)) => vec![t],
+            Some(Outbound::Text(t)) => match held.as_mut() {
+                Some(h) => {
+                    h.push(t);
+                    continue;
+                }
+                None => vec![t],
+            },
+            Some(Outbound::Hold) => {
+                held.get_or_insert_with(Vec::new);
+                continue;
+            }
+            Some(Outbound::First(t)) => std::iter::once(t)
+                .chain(held.take().unwrap_or_default())
+                .collect(),
+            Some(Outbound::Unhold) => held.take().unwrap_or_default(),
             Some(Outbound::Ordered(seq, t)) => order.push(seq, t),
             Some(Outbound::ExpectSeq(n)) => order.expect(n),
             Some(Outbound::Ping) => {

@@ -479,6 +479,9 @@ pub struct Latencies {
     pub dispatch: Vec<f64>,
     #[serde(default, deserialize_with = "lua_list")]
     pub e2e: Vec<f64>,
+    /// The primary pool of each job of `dispatch`, in the same order.
+    #[serde(default, deserialize_with = "lua_list")]
+    pub pool: Vec<String>,
 }
 
 /// Serde helper: a map that Lua's cjson may have encoded as `[]`... or `{}` when empty.

@@ -311,6 +311,46 @@ impl Store {
 
 impl Store {
     /// Jobs waiting in each pool's queue (read at `/metrics` scrape time).
+    /// `(reserved, capacity)` summed over the `ready` members of each pool (for the
+    /// saturation gauges at scrape time): one pipelined HMGET per distinct member.
+    pub async fn pool_capacity(
+        &self,
+        pools: &BTreeMap<String, Vec<String>>,
+    ) -> Result<BTreeMap<String, (i64, i64)>, StoreError> {
+        let ids: std::collections::BTreeSet<&String> = pools.values().flatten().collect();
+        let mut nodes: HashMap<&String, (i64, i64)> = HashMap::new();
+        if !ids.is_empty() {
+            let mut conn = self.conn().await?;
+            let mut pipe = redis::pipe();
+            for id in &ids {
+                pipe.cmd("HMGET")
+                    .arg(self.keys.node(id))
+                    .arg("state")
+                    .arg("reserved")
+                    .arg("capacity");
+            }
+            let rows: Vec<(Option<String>, Option<i64>, Option<i64>)> = pipe
+                .query_async(&mut conn)
+                .await
+                .map_err(|e| StoreError::from_redis("read", e))?;
+            for (id, (state, reserved, capacity)) in ids.into_iter().zip(rows) {
+                if state.as_deref() == Some("ready") {
+                    nodes.insert(id, (reserved.unwrap_or(0), capacity.unwrap_or(0)));
+                }
+            }
+        }
+        Ok(pools
+            .iter()
+            .map(|(pool, members)| {
+                let sum = members
+                    .iter()
+                    .filter_map(|m| nodes.get(m))
+                    .fold((0, 0), |a, (r, c)| (a.0 + r, a.1 + c));
+                (pool.clone(), sum)
+            })
+            .collect())
+    }
+
     pub async fn queue_depths(&self, pools: &[String]) -> Result<Vec<u64>, StoreError> {
         if pools.is_empty() {
             return Ok(Vec::new());

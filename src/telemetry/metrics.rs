@@ -122,6 +122,8 @@ pub struct Metrics {
     pub auth_refused: Family<MessageLabels, Counter>,
     /// 1 while `auth.mode = "open"`: nobody is checked (alert on it in production).
     pub auth_open: Gauge,
+    /// Per-pool capacity signals for autoscalers (saturation, queue wait, refusals).
+    pub pools: super::pools::PoolSignals,
 }
 
 impl Metrics {
@@ -268,6 +270,7 @@ impl Metrics {
             "1 when auth.mode is open: no credential is checked",
             auth_open.clone(),
         );
+        let pools = super::pools::PoolSignals::register(&mut registry);
         Self {
             registry,
             script_calls,
@@ -297,6 +300,7 @@ impl Metrics {
             pool_nodes,
             auth_refused,
             auth_open,
+            pools,
         }
     }
 
@@ -328,6 +332,7 @@ impl Metrics {
     pub fn record_events(&self, e: &crate::store::Events) {
         for (name, n) in &e.ev {
             match name.split_once(':') {
+                Some(("refused", rest)) => self.pools.refused(rest, *n),
                 Some(("failed", reason)) => {
                     self.jobs_failed
                         .get_or_create(&ReasonLabels {
@@ -359,8 +364,11 @@ impl Metrics {
                 }
             }
         }
-        for ms in &e.lat.dispatch {
+        for (i, ms) in e.lat.dispatch.iter().enumerate() {
             self.dispatch_latency.observe(ms / 1000.0);
+            if let Some(pool) = e.lat.pool.get(i) {
+                self.pools.waited(pool, *ms);
+            }
         }
         for ms in &e.lat.e2e {
             self.e2e_latency.observe(ms / 1000.0);

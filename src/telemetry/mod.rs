@@ -7,6 +7,7 @@
 //! instances form one trace; [`traceparent`] and [`parent_from`] convert both ways.
 
 pub mod metrics;
+pub mod pools;
 
 use opentelemetry::trace::{
     SpanContext, SpanId, TraceContextExt, TraceFlags, TraceId, TraceState, TracerProvider,

@@ -6,7 +6,9 @@
 
 pub mod actors;
 pub mod cell;
+pub mod children;
 pub mod invariants;
+pub mod kustomize;
 pub mod model;
 pub mod redis_server;
 pub mod ws;

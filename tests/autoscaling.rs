@@ -1,0 +1,90 @@
+//! Autoscaling signals on `/metrics` (docs/operations.md, "Autoscaling signals"): per pool,
+//! saturation of the ready nodes, queue wait p50/p95 over the last minute and jobs refused
+//! for lack of capacity; per instance, connections.
+
+mod common;
+
+use std::time::Duration;
+
+use common::actors::{AutoNode, open_session, terminals, utterance};
+use common::*;
+use serde_json::json;
+
+/// The value of the sample `name{labels}` in the exposition, if present.
+fn sample(text: &str, series: &str) -> Option<f64> {
+    text.lines()
+        .find_map(|l| l.strip_prefix(series)?.trim().parse().ok())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pool_saturation_queue_wait_and_refusals_are_exported() {
+    let redis = RedisServer::start().await;
+    let inst = start_tweaked(&redis, |c| c.jobs.queue_wait_ms = 1_000).await;
+    // One node with one slot that answers after 600 ms.
+    let mut reg = fixture("node_register_first");
+    reg["max_concurrent_jobs"] = json!(1);
+    let node = AutoNode::start(&ws_url(&inst, "/ws/node"), reg, Duration::from_millis(600)).await;
+    let (mut s, sid) = open_session(
+        &ws_url(&inst, "/ws/session"),
+        fixture("session_init_one_way"),
+    )
+    .await;
+    // 0 is dispatched at once, 1 waits ~600 ms for the slot, 2 cannot get it within 1 s.
+    for i in 0..3 {
+        s.send(&utterance(&sid, i)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let busy = metrics_text(&inst).await;
+    let pool = r#"{pool="pub:zh:en"}"#;
+    assert_eq!(
+        sample(&busy, &format!("switchyard_pool_saturation{pool}")),
+        Some(1.0)
+    );
+    assert_eq!(
+        sample(&busy, &format!("switchyard_pool_capacity{pool}")),
+        Some(1.0)
+    );
+    assert_eq!(
+        sample(&busy, &format!("switchyard_pool_reserved{pool}")),
+        Some(1.0)
+    );
+    assert_eq!(
+        sample(&busy, r#"switchyard_connections{kind="node"}"#),
+        Some(1.0)
+    );
+    assert_eq!(
+        sample(&busy, r#"switchyard_connections{kind="session"}"#),
+        Some(1.0)
+    );
+
+    let got = terminals(&mut s, 3, Duration::from_secs(5)).await;
+    let codes: Vec<_> = got
+        .iter()
+        .map(|v| v["code"].as_str().unwrap_or("ok"))
+        .collect();
+    assert_eq!(codes, ["ok", "ok", "NO_AVAILABLE_NODE"], "{got:?}");
+    let text = eventually(Duration::from_secs(3), "idle pool", || {
+        let inst = &inst;
+        async move {
+            let t = metrics_text(inst).await;
+            (sample(&t, &format!("switchyard_pool_saturation{pool}")) == Some(0.0)).then_some(t)
+        }
+    })
+    .await;
+    let refused = r#"switchyard_pool_jobs_refused_total{pool="pub:zh:en",reason="queue_timeout"}"#;
+    assert_eq!(sample(&text, refused), Some(1.0));
+    let p50 = sample(
+        &text,
+        r#"switchyard_pool_queue_wait_seconds{pool="pub:zh:en",quantile="0.5"}"#,
+    )
+    .expect("p50");
+    let p95 = sample(
+        &text,
+        r#"switchyard_pool_queue_wait_seconds{pool="pub:zh:en",quantile="0.95"}"#,
+    )
+    .expect("p95");
+    // Two dispatches: one at once, one after the first job's 600 ms.
+    assert!(p50 < 0.1, "p50 {p50}");
+    assert!((0.5..1.0).contains(&p95), "p95 {p95}");
+    node.stop();
+}
