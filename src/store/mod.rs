@@ -6,6 +6,7 @@
 //! replies decoded into enums, per-script metrics, and one error for "Redis is away"
 //! ([`StoreError::Unavailable`], which clients see as `SCHEDULER_DEPENDENCY_DOWN`).
 
+pub mod inspect;
 pub mod instances;
 pub mod jobs;
 pub mod keys;
