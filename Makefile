@@ -32,11 +32,15 @@ deps:
 	  echo "installing redis-server"; \
 	  $(SUDO) apt-get update -qq && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq redis-server >/dev/null; }
 
-## What the tests need beyond `deps`: Prometheus (the metrics test scrapes a live instance).
+## What the tests need beyond `deps`: Prometheus (the metrics test scrapes a live instance),
+## headless Chromium and its WebDriver (tests/browser.rs drives the dashboard).
 test-deps: deps
 	@command -v prometheus >/dev/null 2>&1 || { \
 	  echo "installing prometheus"; \
 	  $(SUDO) apt-get update -qq && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq prometheus >/dev/null; }
+	@{ command -v chromium >/dev/null 2>&1 && command -v chromedriver >/dev/null 2>&1; } || { \
+	  echo "installing chromium and chromium-driver"; \
+	  $(SUDO) apt-get update -qq && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq chromium chromium-driver >/dev/null; }
 
 ## Start a Redis on 127.0.0.1:$(REDIS_PORT) if nothing listens there.
 redis:
