@@ -26,55 +26,60 @@ end
 -- The routing explanation (`route:<attempt>` on the job; docs/redis-keys.md "Job routing
 -- explanation"): a compact string built while choosing, one table.concat, no cjson:
 --   seg>node=verdict:reserved/capacity,node=verdict...|seg>...
--- A `why` table collects the parts; nil when CFG.explain is off (then nothing is built).
+-- The chosen node is named in front of it (assign), so its entry keeps its verdict `ok`
+-- (the reader marks it chosen: no rewrite here). `why` holds one short string per entry
+-- in its array part; nil when CFG.explain is off (then nothing is built).
+-- bench/explain-micro.sh measures what this costs per dispatch.
 local ROUTE_MAX = 32 -- node entries per attempt at most; beyond, ",+N" says how many more
 
 local function explainer()
   if CFG.explain == 0 then return nil end
-  return {parts = {}, sep = '', n = 0, more = 0}
+  return {k = 0, n = 0, more = 0, sep = ''}
 end
 
 -- segment(why, label): start the entries of one candidate pool (or turn / affinity).
 local function segment(why, label)
   if not why then return end
-  why.parts[#why.parts + 1] = (#why.parts > 0 and '|' or '') .. label .. '>'
+  why.k = why.k + 1
+  why[why.k] = (why.k > 1 and '|' or '') .. label .. '>'
   why.sep = ''
 end
 
--- explain(why, nid, verdict, reserved, cap): one node looked at; returns its part's index.
+-- explain(why, nid, verdict, reserved, cap): one node looked at.
 local function explain(why, nid, verdict, reserved, cap)
-  if not why then return nil end
+  if not why then return end
   if why.n >= ROUTE_MAX then
     why.more = why.more + 1
-    return nil
+    return
   end
-  why.n = why.n + 1
-  local e = why.sep .. nid .. '=' .. verdict
-  if reserved then e = e .. ':' .. reserved .. '/' .. cap end
-  why.parts[#why.parts + 1] = e
+  why.n, why.k = why.n + 1, why.k + 1
+  if reserved then
+    why[why.k] = why.sep .. nid .. '=' .. verdict .. ':' .. reserved .. '/' .. cap
+  else
+    why[why.k] = why.sep .. nid .. '=' .. verdict
+  end
   why.sep = ','
-  return #why.parts
-end
-
--- chosen(why, i): the entry at `i` (verdict ok) becomes the chosen one.
-local function chosen(why, i)
-  if why and i then why.parts[i] = string.gsub(why.parts[i], '=ok', '=chosen', 1) end
 end
 
 -- route_text(why): the explanation as one string ("" when off).
 local function route_text(why)
   if not why then return '' end
-  if why.more > 0 then why.parts[#why.parts + 1] = ',+' .. why.more end
-  return table.concat(why.parts)
+  if why.more > 0 then
+    why.k = why.k + 1
+    why[why.k] = ',+' .. why.more
+  end
+  return table.concat(why, '', 1, why.k)
 end
 
 -- load(nid, job, need_room, why): the node's load ratio if it may take `job`, else nil.
 -- One HMGET reads everything it needs, the down-marks of the job's services included.
 -- With `why`, the verdict is recorded (ok, full, draining, offline, stale, tried,
--- nocap, nosvc-<type>, down-<type>) with the node's reserved/capacity; the second value
--- returned is the index of that entry.
+-- nocap, nosvc-<type>, down-<type>) with the node's reserved/capacity.
 local function load(nid, job, need_room, why)
-  if csv_has(job.tried, nid) then return nil, explain(why, nid, 'tried') end
+  if csv_has(job.tried, nid) then
+    explain(why, nid, 'tried')
+    return nil
+  end
   local fields = {'state', 'reserved', 'capacity', 'services', 'deadline'}
   local needs = {}
   for svc in string.gmatch(job.needs or '', '[^,]+') do
@@ -99,9 +104,10 @@ local function load(nid, job, need_room, why)
       if down and tonumber(down) > NOW then verdict = 'down-' .. svc break end
     end
   end
-  local at = explain(why, nid, verdict or 'ok', reserved, cap)
-  if verdict then return nil, at end
-  return reserved / cap, at
+  -- (the fields as read: formatting numbers back into strings costs more than the rest)
+  explain(why, nid, verdict or 'ok', n[2] or '0', n[3] or '0')
+  if verdict then return nil end
+  return reserved / cap
 end
 
 -- split_entry("a|b") -> "a", "b": a pool entry and, for two-way jobs, its reverse pool.
@@ -155,8 +161,7 @@ local function pick(job, why)
   if job.turn_node and job.turn_node ~= '' then
     segment(why, 'turn')
     if serves(job.turn_node, job) then
-      local l, at = load(job.turn_node, job, true, why)
-      if l then chosen(why, at) return job.turn_node end
+      if load(job.turn_node, job, true, why) then return job.turn_node end
       if load(job.turn_node, job, false) then return nil end
     else
       explain(why, job.turn_node, 'notpool')
@@ -164,8 +169,7 @@ local function pick(job, why)
   end
   if CFG.affinity == 1 and job.last_node and job.last_node ~= '' and serves(job.last_node, job) then
     segment(why, 'affinity')
-    local l, at = load(job.last_node, job, true, why)
-    if l then chosen(why, at) return job.last_node end
+    if load(job.last_node, job, true, why) then return job.last_node end
   end
   for entry in string.gmatch(job.pools or '', '[^,]+') do
     local pool, second = split_entry(entry)
@@ -192,20 +196,17 @@ local function pick(job, why)
       for _, k in ipairs(order) do
         local nid = members[k]
         if not second or redis.call('SISMEMBER', P .. 'pool:' .. second, nid) == 1 then
-          local l, at = load(nid, job, true, why)
+          local l = load(nid, job, true, why)
           if l then
             found = found + 1
-            if not best or l < best[2] then best = {nid, l, at} end
+            if not best or l < best[2] then best = {nid, l} end
             if found >= CFG.choices then break end
           end
         else
           explain(why, nid, 'notrev')
         end
       end
-      if best then
-        chosen(why, best[3])
-        return best[1]
-      end
+      if best then return best[1] end
       if size <= want then break end
     end
   end
@@ -340,7 +341,7 @@ local function offer(nid)
         if ok then
           local why = ''
           if CFG.explain ~= 0 then
-            why = 'offer>' .. nid .. '=chosen:' .. (tonumber(n[3]) - room) .. '/' .. n[3]
+            why = 'offer>' .. nid .. '=ok:' .. (tonumber(n[3]) - room) .. '/' .. n[3]
           end
           assign(jid, job, nid, why)
           room = room - 1

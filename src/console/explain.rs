@@ -73,7 +73,19 @@ pub fn parse_route(raw: &str) -> (Option<u64>, Option<String>, Vec<Step>) {
             }
             step
         })
-        .collect();
+        .collect::<Vec<_>>();
+    // The script names the chosen node in front and leaves its entry `ok` (no rewrite in
+    // Lua): the last `ok` entry of that node is the one that took the job.
+    let mut steps = steps;
+    if let Some(n) = &node
+        && let Some(look) = steps
+            .iter_mut()
+            .rev()
+            .flat_map(|s| s.nodes.iter_mut().rev())
+            .find(|l| &l.node == n && l.verdict == "ok")
+    {
+        look.verdict = "chosen".into();
+    }
     (at, node, steps)
 }
 
@@ -187,7 +199,7 @@ mod tests {
     #[test]
     fn a_route_decodes_into_steps_and_verdicts() {
         let (at, node, steps) = parse_route(
-            "1700 node-B turn>node-A=full:4/4|pub:zh:en>node-C=tried,node-B=chosen:1/4,+3",
+            "1700 node-B turn>node-A=full:4/4|pub:zh:en>node-C=tried,node-D=ok:2/4,node-B=ok:1/4,+3",
         );
         assert_eq!(at, Some(1700));
         assert_eq!(node.as_deref(), Some("node-B"));
@@ -196,7 +208,11 @@ mod tests {
         assert_eq!(steps[0].nodes[0].verdict, "full");
         assert_eq!(steps[0].nodes[0].reserved, Some(4));
         assert_eq!(steps[1].nodes[0].reserved, None);
-        assert_eq!(steps[1].nodes[1].verdict, "chosen");
+        assert_eq!(steps[1].nodes[1].verdict, "ok", "eligible, more loaded");
+        assert_eq!(
+            steps[1].nodes[2].verdict, "chosen",
+            "the node named in front"
+        );
         assert_eq!(steps[1].more, 3);
     }
 
@@ -208,6 +224,8 @@ mod tests {
         assert_eq!(node.as_deref(), Some("node-A"));
         assert_eq!(steps[1].queues, vec!["pub:zh:en".to_string()]);
         assert_eq!(steps[2].pool, "offer");
+        assert_eq!(steps[2].nodes[0].verdict, "chosen");
+        assert_eq!(steps[0].nodes[0].verdict, "full");
     }
 
     #[test]
@@ -216,12 +234,9 @@ mod tests {
             ("id", "job-1"),
             ("state", "FINISHED"),
             ("attempt", "2"),
-            ("route:1", "10 node-A pub:zh:en>node-A=chosen:0/4"),
+            ("route:1", "10 node-A pub:zh:en>node-A=ok:0/4"),
             ("end:1", "20 failover JOB_TIMEOUT"),
-            (
-                "route:2",
-                "21 node-B pub:zh:en>node-A=tried,node-B=chosen:0/4",
-            ),
+            ("route:2", "21 node-B pub:zh:en>node-A=tried,node-B=ok:0/4"),
             ("end:2", "30 ok"),
             ("spec", "{\"type\":\"job_assign\"}"),
         ]
