@@ -226,3 +226,45 @@ async fn the_console_needs_an_admin_token_but_the_page_does_not() {
         Some(60)
     );
 }
+
+/// A job that waited for capacity: its route shows the full node, the wait in the pool's
+/// queue and the node whose freed capacity took it.
+#[tokio::test]
+async fn a_job_that_waited_shows_the_queue_and_the_offer_that_took_it() {
+    let redis = RedisServer::start().await;
+    let inst = start_instance(&redis).await;
+    let mut c = redis.client().await;
+    let mut n = WsClient::connect(&ws_url(&inst, "/ws/node")).await;
+    let mut f = fixture("node_register_first");
+    f["max_concurrent_jobs"] = json!(1);
+    let nid = n.register_id(f, None).await;
+    let (mut s, sid) = open_session(
+        &ws_url(&inst, "/ws/session"),
+        fixture("session_init_one_way"),
+    )
+    .await;
+    s.send(&utterance(&sid, 0)).await;
+    s.send(&utterance(&sid, 1)).await;
+    let a0 = assign(&mut n).await;
+    n.send(&answer(&a0, &nid, "zero")).await;
+    let a1 = assign(&mut n).await;
+    n.send(&answer(&a1, &nid, "one")).await;
+    terminals(&mut s, 2, T).await;
+    let jid = a1["job_id"].as_str().expect("job id");
+    let (_, v) = get_json(&http_url(&inst, &format!("/api/v1/jobs/{jid}"))).await;
+    let route = &v["attempts"][0]["route"];
+    assert_eq!(route[0]["nodes"][0]["verdict"], "full", "{v}");
+    assert_eq!(route[0]["nodes"][0]["reserved"], 1, "{v}");
+    assert!(
+        route[1]["pool"]
+            .as_str()
+            .is_some_and(|p| p.starts_with("queued@")),
+        "{v}"
+    );
+    assert_eq!(route[1]["queues"][0], "pub:zh:en", "{v}");
+    assert_eq!(route[2]["pool"], "offer", "{v}");
+    assert_eq!(route[2]["nodes"][0]["verdict"], "chosen", "{v}");
+    assert_eq!(v["attempts"][0]["node"], nid.as_str());
+    assert_eq!(v["attempts"][0]["outcome"], "ok");
+    common::invariants::check(&mut c).await;
+}
