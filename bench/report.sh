@@ -142,6 +142,16 @@ Connected: $NODES_UP nodes (in $T_NODES s), $SESSIONS_UP sessions (in $T_SESSION
 | Redis used_memory | $(fmt "$(echo "$REDIS_MEM / 1048576" | bc -l)" 0) MiB |
 
 Medians of $RUNS consecutive 10 s windows of the same connections.
+
+## 7. Routing explanation
+
+What recording each dispatch's routing explanation costs (\`jobs.explain\`: \`route:<n>\` and
+\`end:<n>\` on the job record, built with \`table.concat\` in the dispatching script's own
+\`HSET\`): the same build with it off ("old") and on ("new"), alternating rounds, fresh
+redis-server each, \`bash bench/explain.sh\` (bench/ab.sh). The row to read is Redis µs in
+EVALSHA per job (\`INFO commandstats\`).
+
+$EXPLAIN_AB
 EOF
 if [ -f bench/notes.md ]; then
   echo
