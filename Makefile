@@ -54,6 +54,9 @@ test-deps: deps $(K8S_VENV)/.installed
 	@command -v setpriv >/dev/null 2>&1 || { \
 	  echo "installing util-linux (setpriv)"; \
 	  $(SUDO) apt-get update -qq && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq util-linux >/dev/null; }
+	@{ command -v chromium >/dev/null 2>&1 && command -v chromedriver >/dev/null 2>&1; } || { \
+	  echo "installing chromium and chromium-driver"; \
+	  $(SUDO) apt-get update -qq && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq chromium chromium-driver >/dev/null; }
 
 ## kubernetes-validate is pinned: it bundles the schemas of every Kubernetes release it knows.
 $(K8S_VENV)/.installed:

@@ -158,6 +158,16 @@ per-run values in brackets.
 | 1 | $(fmt "$SP1_E50" 3) [$(list sparse1 .end_to_end.p50_ms)] | $(fmt "$SP1_E99" 3) [$(list sparse1 .end_to_end.p99_ms)] | $(fmt "$(med sparse1 .dispatch.p50_ms)" 3) | $(fmt "$(med sparse1 .dispatch.p99_ms)" 3) | $(over_runs sparse1 .results | paste -sd+ | bc) | \`$(sed "s/$PA/PORT/" "$WORK/sparse1-1.cmd")\` |
 | 1, one utterance after another (closed loop) | $(fmt "$(med serial .end_to_end.p50_ms)" 3) [$(list serial .end_to_end.p50_ms)] | $(fmt "$(med serial .end_to_end.p99_ms)" 3) [$(list serial .end_to_end.p99_ms)] | $(fmt "$(med serial .dispatch.p50_ms)" 3) | $(fmt "$(med serial .dispatch.p99_ms)" 3) | $(over_runs serial .results | paste -sd+ | bc) | \`$(sed "s/$PA/PORT/" "$WORK/serial-1.cmd")\` |
 | 10 | $(fmt "$SP10_E50" 3) [$(list sparse10 .end_to_end.p50_ms)] | $(fmt "$SP10_E99" 3) [$(list sparse10 .end_to_end.p99_ms)] | $(fmt "$(med sparse10 .dispatch.p50_ms)" 3) | $(fmt "$(med sparse10 .dispatch.p99_ms)" 3) | $(over_runs sparse10 .results | paste -sd+ | bc) | \`$(sed "s/$PA/PORT/" "$WORK/sparse10-1.cmd")\` |
+
+## 8. Routing explanation
+
+What recording each dispatch's routing explanation costs (\`jobs.explain\`: \`route:<n>\` and
+\`end:<n>\` on the job record, built with \`table.concat\` in the dispatching script's own
+\`HSET\`): the same build with it off ("old") and on ("new"), alternating rounds, fresh
+redis-server each, \`bash bench/explain.sh\` (bench/ab.sh). The row to read is Redis µs in
+EVALSHA per job (\`INFO commandstats\`).
+
+$EXPLAIN_AB
 EOF
 if [ -f bench/notes.md ]; then
   echo

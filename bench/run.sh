@@ -4,7 +4,7 @@
 # Everything runs on 127.0.0.1 against a dedicated redis-server on a free port, with the
 # release build copied aside (a rebuild during the run cannot change what is measured) and
 # instances started as child processes; every process started here is stopped on exit.
-# Phases (each bounded; ~5 min in all):
+# Phases (each bounded; ~8 min in all):
 #   1. Redis-bound limit: redis-benchmark EVALSHA of a trivial script.
 #   2. Saturation: one instance, nodes answering at once, closed loop (--window).
 #   3. Dispatch overhead: open loop at 20 % of the saturation throughput.
@@ -13,6 +13,7 @@
 #   6. Scale: 10k heartbeating nodes + ~10k idle sessions on one instance (RSS, CPU).
 #   7. Sparse traffic: 1 and 10 sessions at one utterance per second each, instant nodes
 #      (the Nagle + delayed-ACK stall of issue 14 showed only here).
+#   8. Routing explanation: Redis µs per job with jobs.explain off vs on (bench/explain.sh).
 # Each figure is the median of RUNS runs (default 3); bench/report.sh writes the document.
 # Environment: BIN (binary to measure), RUNS, OUT (default docs/benchmarks.md).
 set -euo pipefail
@@ -260,6 +261,10 @@ stop "$S"
 PER_NODE=$(echo "($RSS1 - $RSS0) / $SCALE_NODES" | bc -l)
 PER_SESSION=$(echo "($RSS2 - $RSS1) / $SCALE_SESSIONS" | bc -l)
 RSS_10K=$(echo "$RSS0 + 10000 * ($PER_NODE + $PER_SESSION)" | bc -l)
+
+# ---- 7. Routing explanation: the same build with jobs.explain off and on, side by side ----
+log "7/7 routing explanation cost (jobs.explain off vs on, ${EXPLAIN_ROUNDS:-3} alternating rounds)"
+EXPLAIN_AB=$(bash bench/explain.sh "$BIN" "${EXPLAIN_ROUNDS:-3}")
 
 # ---- Summary and docs/benchmarks.md -------------------------------------------------------
 ALL=$(cat "$WORK"/{sat,lat,cost,local,remote,sparse1,sparse10,serial}-*.json)

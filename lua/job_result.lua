@@ -61,7 +61,12 @@ if not job then return finish({status = 'stale', reason = why}) end
 
 if outcome == 'ok' then
   release_node(jid, nid)
-  redis.call('HSET', KEYS[1], 'state', 'FINISHED', 'finished_at', NOW)
+  if CFG.explain ~= 0 then
+    redis.call('HSET', KEYS[1], 'state', 'FINISHED', 'finished_at', NOW,
+      'end:' .. job.attempt, NOW .. ' ok')
+  else
+    redis.call('HSET', KEYS[1], 'state', 'FINISHED', 'finished_at', NOW)
+  end
   redis.call('ZREM', KEYS[2], jid)
   redis.call('DEL', KEYS[1] .. ':audio')
   redis.call('PEXPIRE', KEYS[1], CFG.job_ttl)

@@ -44,11 +44,15 @@ pub fn admin_router(app: Arc<App>) -> Router {
         .route("/api/v1/nodes/{id}/undrain", post(undrain))
         .route("/api/v1/pools", get(pools))
         .route("/api/v1/instances", get(instances))
+        .merge(crate::console::api_routes())
         .route_layer(axum::middleware::from_fn_with_state(
             app.clone(),
             admin_auth,
         ));
-    let mut r = Router::new().route("/metrics", get(metrics)).merge(api);
+    let mut r = Router::new()
+        .route("/metrics", get(metrics))
+        .merge(api)
+        .merge(crate::console::page_routes());
     if app.cfg.admin_listen.is_some() {
         r = r
             .route("/healthz", get(|| async { "ok" }))

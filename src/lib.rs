@@ -5,6 +5,7 @@ pub mod accept;
 pub mod auth;
 pub mod capabilities;
 pub mod config;
+pub mod console;
 pub mod gateway;
 pub mod http;
 pub mod limits;

@@ -1,5 +1,5 @@
 //! The `switchyard` binary: `serve` (default; `--dev` for the development setup),
-//! `check-config`, `token` and `sim`.
+//! `check-config`, `token`, `inspect` and `sim`.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -46,8 +46,24 @@ enum Command {
     },
     /// Print the effective configuration; exit non-zero if it is invalid.
     CheckConfig,
+    /// A job's attempts and routing explanation, or a session's state, read from Redis.
+    Inspect {
+        #[command(subcommand)]
+        what: Inspect,
+        /// Print the JSON of the admin API instead of tables.
+        #[arg(long)]
+        json: bool,
+    },
     /// Simulated nodes and sessions against running instances (demo, load, benchmarks).
     Sim(Box<switchyard::sim::SimArgs>),
+}
+
+#[derive(Subcommand)]
+enum Inspect {
+    /// `switchyard inspect job job-3f2a9c1b7d4e-0`
+    Job { id: String },
+    /// `switchyard inspect session s-9A1B2C3D`
+    Session { id: String },
 }
 
 fn main() -> ExitCode {
@@ -72,6 +88,7 @@ fn main() -> ExitCode {
     };
     match command {
         Command::Sim(args) => switchyard::sim::main(*args),
+        Command::Inspect { what, json } => inspect(&cfg, what, json),
         Command::Token {
             scope,
             sub,
@@ -137,6 +154,35 @@ fn main() -> ExitCode {
                     ExitCode::FAILURE
                 }
             }
+        }
+    }
+}
+
+/// `switchyard inspect`: read Redis directly (see src/console/cli.rs for why).
+fn inspect(cfg: &Config, what: Inspect, json: bool) -> ExitCode {
+    use switchyard::console::cli::{Target, run};
+    let target = match what {
+        Inspect::Job { id } => Target::Job(id),
+        Inspect::Session { id } => Target::Session(id),
+    };
+    let rt = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("switchyard: cannot start runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match rt.block_on(run(cfg, target, json)) {
+        Ok(text) => {
+            print!("{text}");
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("switchyard inspect: {e}");
+            ExitCode::FAILURE
         }
     }
 }

@@ -259,6 +259,7 @@ pub async fn start(cfg: Config) -> std::io::Result<Running> {
         tokio::spawn(crate::sweeper::run(app.clone())),
         tokio::spawn(crate::routing::presence::run(app.clone())),
         tokio::spawn(crate::routing::inbox::run(app.clone())),
+        tokio::spawn(crate::console::live::run_stats(app.clone())),
     ]);
     if app.auth.is_open() {
         tracing::warn!(

@@ -23,10 +23,63 @@ local function release_node(jid, nid)
   end
 end
 
--- load(nid, job, need_room): the node's load ratio if it may take `job`, else nil.
+-- The routing explanation (`route:<attempt>` on the job; docs/redis-keys.md "Job routing
+-- explanation"): a compact string built while choosing, one table.concat, no cjson:
+--   seg>node=verdict:reserved/capacity,node=verdict...|seg>...
+-- The chosen node is named in front of it (assign), so its entry keeps its verdict `ok`
+-- (the reader marks it chosen: no rewrite here). `why` holds one short string per entry
+-- in its array part; nil when CFG.explain is off (then nothing is built).
+-- bench/explain-micro.sh measures what this costs per dispatch.
+local ROUTE_MAX = 32 -- node entries per attempt at most; beyond, ",+N" says how many more
+
+local function explainer()
+  if CFG.explain == 0 then return nil end
+  return {k = 0, n = 0, more = 0, sep = ''}
+end
+
+-- segment(why, label): start the entries of one candidate pool (or turn / affinity).
+local function segment(why, label)
+  if not why then return end
+  why.k = why.k + 1
+  why[why.k] = (why.k > 1 and '|' or '') .. label .. '>'
+  why.sep = ''
+end
+
+-- explain(why, nid, verdict, reserved, cap): one node looked at.
+local function explain(why, nid, verdict, reserved, cap)
+  if not why then return end
+  if why.n >= ROUTE_MAX then
+    why.more = why.more + 1
+    return
+  end
+  why.n, why.k = why.n + 1, why.k + 1
+  if reserved then
+    why[why.k] = why.sep .. nid .. '=' .. verdict .. ':' .. reserved .. '/' .. cap
+  else
+    why[why.k] = why.sep .. nid .. '=' .. verdict
+  end
+  why.sep = ','
+end
+
+-- route_text(why): the explanation as one string ("" when off).
+local function route_text(why)
+  if not why then return '' end
+  if why.more > 0 then
+    why.k = why.k + 1
+    why[why.k] = ',+' .. why.more
+  end
+  return table.concat(why, '', 1, why.k)
+end
+
+-- load(nid, job, need_room, why): the node's load ratio if it may take `job`, else nil.
 -- One HMGET reads everything it needs, the down-marks of the job's services included.
-local function load(nid, job, need_room)
-  if csv_has(job.tried, nid) then return nil end
+-- With `why`, the verdict is recorded (ok, full, draining, offline, stale, tried,
+-- nocap, nosvc-<type>, down-<type>) with the node's reserved/capacity.
+local function load(nid, job, need_room, why)
+  if csv_has(job.tried, nid) then
+    explain(why, nid, 'tried')
+    return nil
+  end
   local fields = {'state', 'reserved', 'capacity', 'services', 'deadline'}
   local needs = {}
   for svc in string.gmatch(job.needs or '', '[^,]+') do
@@ -34,14 +87,26 @@ local function load(nid, job, need_room)
     fields[#fields + 1] = 'down:' .. svc
   end
   local n = redis.call('HMGET', node_key(nid), unpack(fields))
-  if n[1] ~= 'ready' or tonumber(n[5] or '0') < NOW then return nil end
   local reserved, cap = tonumber(n[2] or '0'), tonumber(n[3] or '0')
-  if cap <= 0 or (need_room and reserved >= cap) then return nil end
-  for i, svc in ipairs(needs) do
-    if not csv_has(n[4], svc) then return nil end
-    local down = n[5 + i]
-    if down and tonumber(down) > NOW then return nil end
+  local verdict
+  if n[1] ~= 'ready' then
+    verdict = n[1] or 'gone'
+  elseif tonumber(n[5] or '0') < NOW then
+    verdict = 'stale'
+  elseif cap <= 0 then
+    verdict = 'nocap'
+  elseif need_room and reserved >= cap then
+    verdict = 'full'
+  else
+    for i, svc in ipairs(needs) do
+      if not csv_has(n[4], svc) then verdict = 'nosvc-' .. svc break end
+      local down = n[5 + i]
+      if down and tonumber(down) > NOW then verdict = 'down-' .. svc break end
+    end
   end
+  -- (the fields as read: formatting numbers back into strings costs more than the rest)
+  explain(why, nid, verdict or 'ok', n[2] or '0', n[3] or '0')
+  if verdict then return nil end
   return reserved / cap
 end
 
@@ -88,16 +153,23 @@ local function unqueue(jid, job)
   job.queue = ''
 end
 
--- pick(job): a node with room, or nil. Turn affinity (the turn's node while it lives:
+-- pick(job, why): a node with room, or nil. Turn affinity (the turn's node while it lives:
 -- when it is merely full the job waits for it), then session affinity, then
--- power-of-k-choices among eligible members of the first pool that has any.
-local function pick(job)
-  if job.turn_node and job.turn_node ~= '' and serves(job.turn_node, job) then
-    if load(job.turn_node, job, true) then return job.turn_node end
-    if load(job.turn_node, job, false) then return nil end
+-- power-of-k-choices among eligible members of the first pool that has any. Every node
+-- looked at is recorded in `why` (see explain).
+local function pick(job, why)
+  if job.turn_node and job.turn_node ~= '' then
+    segment(why, 'turn')
+    if serves(job.turn_node, job) then
+      if load(job.turn_node, job, true, why) then return job.turn_node end
+      if load(job.turn_node, job, false) then return nil end
+    else
+      explain(why, job.turn_node, 'notpool')
+    end
   end
   if CFG.affinity == 1 and job.last_node and job.last_node ~= '' and serves(job.last_node, job) then
-    if load(job.last_node, job, true) then return job.last_node end
+    segment(why, 'affinity')
+    if load(job.last_node, job, true, why) then return job.last_node end
   end
   for entry in string.gmatch(job.pools or '', '[^,]+') do
     local pool, second = split_entry(entry)
@@ -107,6 +179,7 @@ local function pick(job)
     -- take the least loaded. Only when the sample has none, look wider (bounded).
     for round = 1, 2 do
       local want = round == 1 and CFG.sample or 256
+      segment(why, (second and (pool .. '+' .. second) or pool) .. (round == 2 and '(wide)' or ''))
       local members
       if size <= want then
         members = redis.call('SMEMBERS', pk)
@@ -123,12 +196,14 @@ local function pick(job)
       for _, k in ipairs(order) do
         local nid = members[k]
         if not second or redis.call('SISMEMBER', P .. 'pool:' .. second, nid) == 1 then
-          local l = load(nid, job, true)
+          local l = load(nid, job, true, why)
           if l then
             found = found + 1
             if not best or l < best[2] then best = {nid, l} end
             if found >= CFG.choices then break end
           end
+        else
+          explain(why, nid, 'notrev')
         end
       end
       if best then return best[1] end
@@ -141,8 +216,17 @@ end
 -- fail(jid, job, code, message): terminal FAILED; the utterance gets its error.
 local function fail(jid, job, code, message)
   unqueue(jid, job)
-  redis.call('HSET', job_key(jid), 'state', 'FAILED', 'failure', code, 'failure_message', message,
-    'finished_at', NOW)
+  local f = {'state', 'FAILED', 'failure', code, 'failure_message', message, 'finished_at', NOW}
+  if CFG.explain ~= 0 and job.node and job.node ~= '' then
+    local n = #f
+    f[n + 1], f[n + 2] = 'end:' .. job.attempt, NOW .. ' failed ' .. code
+  end
+  redis.call('HSET', job_key(jid), unpack(f))
+  -- The cell's recent failures (the dashboard's list): bounded, expires with the jobs.
+  redis.call('LPUSH', P .. 'failures', NOW .. ' ' .. jid .. ' ' .. code .. ' '
+    .. string.sub(message or '', 1, 160))
+  redis.call('LTRIM', P .. 'failures', 0, 49)
+  redis.call('PEXPIRE', P .. 'failures', CFG.job_ttl)
   redis.call('ZREM', P .. 'due:jobs', jid)
   redis.call('DEL', job_key(jid) .. ':audio')
   redis.call('PEXPIRE', job_key(jid), CFG.job_ttl)
@@ -152,8 +236,11 @@ local function fail(jid, job, code, message)
   settle(job.session, job.idx, error_msg(job, code, message))
 end
 
--- assign(jid, job, nid): reserve a slot on nid and send job_assign (attempt + 1).
-local function assign(jid, job, nid)
+-- assign(jid, job, nid, why): reserve a slot on nid and send job_assign (attempt + 1).
+-- `why`: the routing explanation text of this choice ("" when off); written in the same
+-- HSET as route:<attempt> = "<dispatched_ms> <node> <why>", after the explanation of an
+-- earlier wait in the queues when there was one.
+local function assign(jid, job, nid, why)
   local jk = job_key(jid)
   unqueue(jid, job)
   redis.call('SADD', node_key(nid) .. ':jobs', jid)
@@ -162,8 +249,16 @@ local function assign(jid, job, nid)
   local attempt = redis.call('HINCRBY', jk, 'attempt', 1)
   local acks = redis.call('HGET', node_key(nid), 'supports_ack') == '1'
   local deadline = NOW + (acks and CFG.ack_timeout or CFG.run_timeout)
-  redis.call('HSET', jk, 'state', 'DISPATCHED', 'node', nid, 'dispatched_at', NOW,
-    'deadline', deadline, 'queue', '')
+  local f = {'state', 'DISPATCHED', 'node', nid, 'dispatched_at', NOW, 'deadline', deadline,
+    'queue', ''}
+  if why and why ~= '' then
+    local rk = 'route:' .. attempt
+    local waited = job[rk] and string.match(job[rk], '^%S+ %S+ (.*)$')
+    local n = #f
+    f[n + 1] = rk
+    f[n + 2] = NOW .. ' ' .. nid .. ' ' .. (waited and (waited .. '|') or '') .. why
+  end
+  redis.call('HSET', jk, unpack(f))
   redis.call('ZADD', P .. 'due:jobs', deadline, jid)
   redis.call('PEXPIRE', jk, CFG.job_ttl)
   redis.call('PEXPIRE', jk .. ':audio', CFG.job_ttl)
@@ -184,12 +279,16 @@ end
 -- dispatch(jid, job, code, message): assign now, or wait in the candidate pools' queues, or fail
 -- at once with `code` when no node can ever serve it.
 local function dispatch(jid, job, code, message)
-  local nid, why = pick(job)
+  local why = explainer()
+  local nid = pick(job, why)
+  local text = route_text(why)
   if nid then
-    assign(jid, job, nid)
+    assign(jid, job, nid, text)
     return 'dispatched'
   end
+  local rk = 'route:' .. (tonumber(job.attempt or '0') + 1)
   if not servable(job) then
+    if why then redis.call('HSET', job_key(jid), rk, NOW .. ' - ' .. text .. '|none>') end
     fail(jid, job, code or 'NO_AVAILABLE_NODE',
       message or ('no node serves ' .. (job.pair or 'this language pair')))
     return 'failed'
@@ -209,8 +308,14 @@ local function dispatch(jid, job, code, message)
   for _, q in ipairs(queues) do redis.call('RPUSH', P .. 'queue:' .. q, jid) end
   job.queue = table.concat(queues, ',')
   local deadline = NOW + CFG.queue_wait
-  redis.call('HSET', job_key(jid), 'state', 'QUEUED', 'queue', job.queue, 'queued_at', NOW,
-    'deadline', deadline, 'node', '')
+  local f = {'state', 'QUEUED', 'queue', job.queue, 'queued_at', NOW, 'deadline', deadline,
+    'node', ''}
+  if why then
+    job[rk] = NOW .. ' - ' .. text .. '|queued@' .. NOW .. '>' .. table.concat(queues, ',')
+    local n = #f
+    f[n + 1], f[n + 2] = rk, job[rk]
+  end
+  redis.call('HSET', job_key(jid), unpack(f))
   redis.call('ZADD', P .. 'due:jobs', deadline, jid)
   job.state = 'QUEUED'
   count('queued')
@@ -236,7 +341,11 @@ local function offer(nid)
           ok = false -- its turn's node is alive: it waits for that one
         end
         if ok then
-          assign(jid, job, nid)
+          local why = ''
+          if CFG.explain ~= 0 then
+            why = 'offer>' .. nid .. '=ok:' .. (tonumber(n[3]) - room) .. '/' .. n[3]
+          end
+          assign(jid, job, nid, why)
           room = room - 1
           if room <= 0 then return end
         end
@@ -258,7 +367,12 @@ local function failover(jid, job, code, message, cancel)
         trace_id = job.trace_id, reason = string.lower(code)}))
     end
     job.tried = (job.tried and job.tried ~= '') and (job.tried .. ',' .. old) or old
-    redis.call('HSET', job_key(jid), 'tried', job.tried, 'node', '')
+    if CFG.explain ~= 0 then
+      redis.call('HSET', job_key(jid), 'tried', job.tried, 'node', '',
+        'end:' .. job.attempt, NOW .. ' failover ' .. code)
+    else
+      redis.call('HSET', job_key(jid), 'tried', job.tried, 'node', '')
+    end
     redis.call('HINCRBY', job_key(jid), 'failovers', 1)
     count('failover')
   end

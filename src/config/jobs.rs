@@ -31,6 +31,11 @@ pub struct JobsConfig {
     pub model_unavailable_ms: u64,
     /// Marks per node per minute at most (a flapping node cannot thrash its state).
     pub model_unavailable_per_minute: u32,
+    /// Record each dispatch's routing explanation (`route:<attempt>`) and each attempt's
+    /// end (`end:<attempt>`) on the job record (docs/operations.md "Debugging a slow or
+    /// failed utterance"). Costs about a microsecond of Redis time per job
+    /// (docs/benchmarks.md); off only to measure that.
+    pub explain: bool,
 }
 
 impl Default for JobsConfig {
@@ -49,6 +54,7 @@ impl Default for JobsConfig {
             strict_tenants: Vec::new(),
             model_unavailable_ms: 60_000,
             model_unavailable_per_minute: 6,
+            explain: true,
         }
     }
 }

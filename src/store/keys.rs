@@ -99,4 +99,16 @@ impl Keys {
     pub fn queue(&self, pool: &str) -> String {
         format!("{}queue:{pool}", self.prefix)
     }
+
+    /// List: the cell's most recent failures, newest first (`fail` in dispatch.lua; 50 at
+    /// most, TTL `jobs.record_ttl_ms`).
+    pub fn failures(&self) -> String {
+        format!("{}failures", self.prefix)
+    }
+
+    /// Hash with a 2-minute TTL: the cell's counters of one second (epoch seconds), added
+    /// to by every instance once a second (the dashboard's sparklines).
+    pub fn stats(&self, second: u64) -> String {
+        format!("{}stats:{second}", self.prefix)
+    }
 }

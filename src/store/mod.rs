@@ -6,6 +6,7 @@
 //! replies decoded into enums, per-script metrics, and one error for "Redis is away"
 //! ([`StoreError::Unavailable`], which clients see as `SCHEDULER_DEPENDENCY_DOWN`).
 
+pub mod inspect;
 pub mod instances;
 pub mod jobs;
 pub mod keys;
@@ -169,6 +170,7 @@ fn script_config(cfg: &Config) -> String {
         "affinity": u8::from(j.session_affinity),
         "mna_ms": j.model_unavailable_ms,
         "mna_per_min": j.model_unavailable_per_minute,
+        "explain": u8::from(j.explain),
         "session_ttl": s.idle_ttl_ms,
         "pause": s.pause_ms,
         "max_duration": s.max_duration_ms,

@@ -10,6 +10,7 @@ use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
+use std::sync::atomic::Ordering::Relaxed;
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ScriptLabels {
@@ -62,6 +63,9 @@ pub struct PoolLabels {
 /// Every metric family; cheap to clone handles out of.
 pub struct Metrics {
     pub registry: Registry,
+    /// Jobs finished / failed and their end-to-end ms since the console's last per-second
+    /// write to Redis (`console::live::run_stats`: the cell-wide sparklines).
+    pub tally: crate::console::live::Tally,
     /// Script calls by script and outcome (`ok`, `error`, `unavailable`).
     pub script_calls: Family<ScriptLabels, Counter>,
     /// Script latency as seen by the instance (round trip included).
@@ -273,6 +277,7 @@ impl Metrics {
         let pools = super::pools::PoolSignals::register(&mut registry);
         Self {
             registry,
+            tally: Default::default(),
             script_calls,
             script_seconds,
             connections,
@@ -372,7 +377,17 @@ impl Metrics {
         }
         for ms in &e.lat.e2e {
             self.e2e_latency.observe(ms / 1000.0);
+            self.tally.e2e_ms.fetch_add(*ms as u64, Relaxed);
         }
+        self.tally
+            .done
+            .fetch_add(e.ev.get("finished").copied().unwrap_or(0), Relaxed);
+        let failed: u64 =
+            e.ev.iter()
+                .filter(|(k, _)| k.starts_with("failed:"))
+                .map(|(_, n)| n)
+                .sum();
+        self.tally.failed.fetch_add(failed, Relaxed);
     }
 
     pub fn delivery(&self, kind: &str, outcome: &str) {

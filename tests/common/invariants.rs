@@ -6,6 +6,8 @@
 //! - a node's reservations never exceed its capacity and equal the size of its active-job
 //!   set; every active job is in exactly one node's set, with a deadline;
 //! - every job is in exactly one state, and where that state says it is (queue, node, due);
+//! - a job's routing explanation agrees with it (route of the current attempt names its
+//!   node; every earlier attempt has an end);
 //! - every key has a TTL or is one of the owned kinds (pools, indexes) whose members are
 //!   removed by scripts — nothing grows without bound.
 
@@ -271,6 +273,27 @@ async fn check_job(c: &mut MultiplexedConnection, j: &str, bad: &mut Vec<String>
         }
     } else {
         bad.push(format!("job {j} in unknown state {state:?}"));
+    }
+    // The routing explanation agrees with the record (jobs.explain, on in every test): the
+    // current attempt's route names the node holding it, and every earlier attempt ended.
+    let attempt: u32 = job.get("attempt").and_then(|a| a.parse().ok()).unwrap_or(0);
+    if attempt > 0 {
+        match job.get(&format!("route:{attempt}")) {
+            Some(r) if ACTIVE.contains(&state.as_str()) => {
+                if r.split(' ').nth(1) != Some(node.as_str()) {
+                    bad.push(format!(
+                        "job {j} is on {node:?} but route:{attempt} says {r:?}"
+                    ));
+                }
+            }
+            Some(_) => {}
+            None => bad.push(format!("job {j} has no route:{attempt}")),
+        }
+        for k in 1..attempt {
+            if !job.contains_key(&format!("end:{k}")) {
+                bad.push(format!("job {j}: attempt {k} of {attempt} has no end:{k}"));
+            }
+        }
     }
     if !ACTIVE.contains(&state.as_str()) {
         // no node may hold it

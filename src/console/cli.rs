@@ -1,0 +1,239 @@
+//! `switchyard inspect job ID` / `switchyard inspect session ID`: the job's attempts and
+//! routing explanation, or the session's state, pending indices, results and jobs, as
+//! readable tables (or the API's JSON with `--json`).
+//!
+//! It reads Redis directly with the configured `redis.url` (the same reads and the same
+//! views as `GET /api/v1/jobs/{id}`), so it works at 3 a.m. when no instance answers, the
+//! admin listener is firewalled, or no admin token is at hand: whoever holds the Redis URL
+//! can read this state anyway.
+
+use std::sync::Arc;
+
+use serde_json::Value;
+
+use crate::config::Config;
+use crate::store::Store;
+use crate::telemetry::metrics::Metrics;
+
+/// What to inspect.
+pub enum Target {
+    Job(String),
+    Session(String),
+}
+
+/// Run the command; the text to print, or an error message.
+pub async fn run(cfg: &Config, target: Target, as_json: bool) -> Result<String, String> {
+    let store = Store::new(cfg, "inspect", Arc::new(Metrics::new())).map_err(|e| e.to_string())?;
+    let view = match &target {
+        Target::Job(id) => {
+            let h = store.job_record(id).await.map_err(|e| e.to_string())?;
+            if h.is_empty() {
+                return Err(format!("no job {id} (or its record expired)"));
+            }
+            super::explain::job_view(h)
+        }
+        Target::Session(id) => {
+            let (h, pending, results) =
+                store.session_record(id).await.map_err(|e| e.to_string())?;
+            if h.is_empty() {
+                return Err(format!("no session {id} (or it expired)"));
+            }
+            let jobs = store.session_jobs(id).await.map_err(|e| e.to_string())?;
+            let mut v = super::explain::session_view(h, pending, results);
+            v["jobs"] = serde_json::to_value(jobs).unwrap_or(Value::Null);
+            v
+        }
+    };
+    if as_json {
+        return serde_json::to_string_pretty(&view).map_err(|e| e.to_string());
+    }
+    Ok(match target {
+        Target::Job(_) => job_text(&view),
+        Target::Session(_) => session_text(&view),
+    })
+}
+
+fn s(v: &Value) -> String {
+    match v {
+        Value::Null => "-".into(),
+        Value::String(s) if s.is_empty() => "-".into(),
+        Value::String(s) => s.clone(),
+        other => other.to_string(),
+    }
+}
+
+/// Rows as aligned columns under a header.
+pub fn table(header: &[&str], rows: &[Vec<String>]) -> String {
+    let mut w: Vec<usize> = header.iter().map(|h| h.len()).collect();
+    for r in rows {
+        for (i, c) in r.iter().enumerate() {
+            if let Some(x) = w.get_mut(i) {
+                *x = (*x).max(c.chars().count());
+            }
+        }
+    }
+    let line = |cells: Vec<String>| {
+        let mut out = String::new();
+        for (i, c) in cells.iter().enumerate() {
+            let pad = w.get(i).copied().unwrap_or(0);
+            out.push_str(&format!("{c:<pad$}  "));
+        }
+        out.trim_end().to_string() + "\n"
+    };
+    let mut out = line(header.iter().map(|h| h.to_string()).collect());
+    for r in rows {
+        out.push_str(&line(r.clone()));
+    }
+    out
+}
+
+fn job_text(v: &Value) -> String {
+    let j = &v["job"];
+    let mut out = String::new();
+    for k in [
+        "id",
+        "session",
+        "idx",
+        "state",
+        "pair",
+        "pools",
+        "needs",
+        "attempt",
+        "tried",
+        "failure",
+        "failure_message",
+        "trace_id",
+        "created_at",
+        "finished_at",
+    ] {
+        out.push_str(&format!("{k:<16} {}\n", s(&j[k])));
+    }
+    out.push_str("\nattempts\n");
+    let empty = Vec::new();
+    let attempts = v["attempts"].as_array().unwrap_or(&empty);
+    let rows: Vec<Vec<String>> = attempts
+        .iter()
+        .map(|a| {
+            [
+                "attempt",
+                "node",
+                "dispatched_at_ms",
+                "finished_at_ms",
+                "outcome",
+                "reason",
+            ]
+            .iter()
+            .map(|k| s(&a[*k]))
+            .collect()
+        })
+        .collect();
+    out.push_str(&table(
+        &["#", "node", "dispatched", "finished", "outcome", "reason"],
+        &rows,
+    ));
+    for a in attempts {
+        out.push_str(&format!("\nroute of attempt {}\n", s(&a["attempt"])));
+        let mut rows = Vec::new();
+        for step in a["route"].as_array().unwrap_or(&empty) {
+            let pool = s(&step["pool"]);
+            for q in step["queues"].as_array().unwrap_or(&empty) {
+                rows.push(vec![
+                    pool.clone(),
+                    s(q),
+                    "waited in queue".into(),
+                    "-".into(),
+                ]);
+            }
+            for n in step["nodes"].as_array().unwrap_or(&empty) {
+                let load = match (n["reserved"].as_u64(), n["capacity"].as_u64()) {
+                    (Some(r), Some(c)) => format!("{r}/{c}"),
+                    _ => "-".into(),
+                };
+                rows.push(vec![pool.clone(), s(&n["node"]), s(&n["verdict"]), load]);
+            }
+            if let Some(m) = step["more"].as_u64().filter(|m| *m > 0) {
+                rows.push(vec![
+                    pool.clone(),
+                    format!("(+{m} more)"),
+                    "-".into(),
+                    "-".into(),
+                ]);
+            }
+        }
+        if rows.is_empty() {
+            out.push_str("(not recorded)\n");
+        } else {
+            out.push_str(&table(&["pool", "node", "verdict", "reserved/cap"], &rows));
+        }
+    }
+    out
+}
+
+fn session_text(v: &Value) -> String {
+    let h = &v["session"];
+    let mut out = String::new();
+    for k in [
+        "id",
+        "state",
+        "tenant",
+        "owner",
+        "src_lang",
+        "tgt_lang",
+        "mode",
+        "next_index",
+        "next_deliver",
+        "out_seq",
+        "last_node",
+        "last_active",
+    ] {
+        out.push_str(&format!("{k:<14} {}\n", s(&h[k])));
+    }
+    let empty = Vec::new();
+    let pending: Vec<String> = v["pending"]
+        .as_array()
+        .unwrap_or(&empty)
+        .iter()
+        .map(s)
+        .collect();
+    out.push_str(&format!("{:<14} {}\n", "pending", pending.join(",")));
+    out.push_str("\nlast results\n");
+    let rows: Vec<Vec<String>> = v["results"]
+        .as_array()
+        .unwrap_or(&empty)
+        .iter()
+        .map(|r| {
+            [
+                "index",
+                "type",
+                "job_id",
+                "text_asr",
+                "text_translated",
+                "code",
+            ]
+            .iter()
+            .map(|k| s(&r[*k]))
+            .collect()
+        })
+        .collect();
+    out.push_str(&table(
+        &["index", "type", "job", "asr", "translated", "code"],
+        &rows,
+    ));
+    out.push_str("\njobs\n");
+    let rows: Vec<Vec<String>> = v["jobs"]
+        .as_array()
+        .unwrap_or(&empty)
+        .iter()
+        .map(|r| {
+            ["index", "job_id", "state", "node", "attempt", "failure"]
+                .iter()
+                .map(|k| s(&r[*k]))
+                .collect()
+        })
+        .collect();
+    out.push_str(&table(
+        &["index", "job", "state", "node", "attempt", "failure"],
+        &rows,
+    ));
+    out
+}

@@ -1,0 +1,254 @@
+//! The routing explanation and attempt history of a job, decoded from the compact fields
+//! the dispatch scripts write (`route:<attempt>`, `end:<attempt>`; docs/redis-keys.md), and
+//! the JSON views of a job and a session that the admin API and `switchyard inspect` share.
+//! Pure functions: tested without Redis.
+
+use std::collections::HashMap;
+
+use serde::Serialize;
+use serde_json::{Value, json};
+
+/// One node the scheduler looked at for a dispatch, and what it thought of it.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Look {
+    pub node: String,
+    /// chosen, ok (eligible, not the least loaded), full, draining, offline, stale,
+    /// tried, notrev, notpool, nocap, nosvc-<type>, down-<type>, gone.
+    pub verdict: String,
+    pub reserved: Option<u64>,
+    pub capacity: Option<u64>,
+}
+
+/// One step of the choice: a candidate pool (or `turn`, `affinity`, `offer`, `queued@<ms>`).
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Step {
+    pub pool: String,
+    pub nodes: Vec<Look>,
+    /// Queues the job waited in (for a `queued@<ms>` step).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub queues: Vec<String>,
+    /// Nodes looked at beyond the recorded ones (the record keeps 32 per attempt).
+    #[serde(skip_serializing_if = "is_zero")]
+    pub more: u64,
+}
+
+fn is_zero(n: &u64) -> bool {
+    *n == 0
+}
+
+/// `route:<n>` = `"<ms> <node or -> <step>|<step>..."`, step = `label>entry,entry`,
+/// entry = `node=verdict[:reserved/capacity]` or `+N`. Returns (time, node, steps).
+pub fn parse_route(raw: &str) -> (Option<u64>, Option<String>, Vec<Step>) {
+    let mut it = raw.splitn(3, ' ');
+    let at = it.next().and_then(|t| t.parse().ok());
+    let node = it.next().filter(|n| *n != "-").map(str::to_string);
+    let steps = it
+        .next()
+        .unwrap_or_default()
+        .split('|')
+        .filter(|s| !s.is_empty())
+        .map(|seg| {
+            let (label, entries) = seg.split_once('>').unwrap_or((seg, ""));
+            let mut step = Step {
+                pool: label.to_string(),
+                nodes: Vec::new(),
+                queues: Vec::new(),
+                more: 0,
+            };
+            for e in entries.split(',').filter(|e| !e.is_empty()) {
+                if let Some(n) = e.strip_prefix('+') {
+                    step.more = n.parse().unwrap_or(0);
+                } else if let Some((node, rest)) = e.split_once('=') {
+                    let (verdict, load) = rest.split_once(':').unwrap_or((rest, ""));
+                    let (r, c) = load.split_once('/').unwrap_or(("", ""));
+                    step.nodes.push(Look {
+                        node: node.to_string(),
+                        verdict: verdict.to_string(),
+                        reserved: r.parse().ok(),
+                        capacity: c.parse().ok(),
+                    });
+                } else {
+                    step.queues.push(e.to_string());
+                }
+            }
+            step
+        })
+        .collect::<Vec<_>>();
+    // The script names the chosen node in front and leaves its entry `ok` (no rewrite in
+    // Lua): the last `ok` entry of that node is the one that took the job.
+    let mut steps = steps;
+    if let Some(n) = &node
+        && let Some(look) = steps
+            .iter_mut()
+            .rev()
+            .flat_map(|s| s.nodes.iter_mut().rev())
+            .find(|l| &l.node == n && l.verdict == "ok")
+    {
+        look.verdict = "chosen".into();
+    }
+    (at, node, steps)
+}
+
+/// `end:<n>` = `"<ms> <ok|failover|failed> [CODE]"`.
+pub fn parse_end(raw: &str) -> (Option<u64>, String, Option<String>) {
+    let mut it = raw.splitn(3, ' ');
+    let at = it.next().and_then(|t| t.parse().ok());
+    let outcome = it.next().unwrap_or("unknown").to_string();
+    (at, outcome, it.next().map(str::to_string))
+}
+
+/// The job view: its record (without the routing fields, `spec` decoded) and every
+/// attempt with its explanation.
+pub fn job_view(mut h: HashMap<String, String>) -> Value {
+    let mut routes = HashMap::new();
+    let mut ends = HashMap::new();
+    h.retain(|k, v| {
+        if let Some(n) = k.strip_prefix("route:").and_then(|n| n.parse::<u32>().ok()) {
+            routes.insert(n, std::mem::take(v));
+            false
+        } else if let Some(n) = k.strip_prefix("end:").and_then(|n| n.parse::<u32>().ok()) {
+            ends.insert(n, std::mem::take(v));
+            false
+        } else {
+            true
+        }
+    });
+    let attempt: u32 = h.get("attempt").and_then(|a| a.parse().ok()).unwrap_or(0);
+    let last = routes.keys().copied().max().unwrap_or(0).max(attempt);
+    let state = h.get("state").cloned().unwrap_or_default();
+    let mut attempts = Vec::new();
+    for n in 1..=last {
+        let (at, mut node, steps) = routes.get(&n).map(|r| parse_route(r)).unwrap_or_default();
+        if node.is_none() && n == attempt && !routes.contains_key(&n) {
+            node = h.get("node").cloned().filter(|n| !n.is_empty());
+        }
+        let (finished, mut outcome, mut reason) = match ends.get(&n) {
+            Some(e) => parse_end(e),
+            None if n == last && node.is_none() && state == "QUEUED" => {
+                (None, "queued".into(), None)
+            }
+            None if n == last && state == "FINISHED" => (
+                h.get("finished_at").and_then(|t| t.parse().ok()),
+                "ok".into(),
+                None,
+            ),
+            None if n == last && state == "FAILED" => (
+                h.get("finished_at").and_then(|t| t.parse().ok()),
+                "failed".into(),
+                h.get("failure").cloned(),
+            ),
+            None if n == last => (None, "in_flight".into(), None),
+            None => (None, "unknown".into(), None),
+        };
+        if outcome == "failed" && n == last {
+            reason = h.get("failure").cloned().or(reason);
+            if node.is_none() {
+                outcome = "not_dispatched".into();
+            }
+        }
+        let message = (n == last && state == "FAILED")
+            .then(|| h.get("failure_message").cloned())
+            .flatten();
+        attempts.push(json!({
+            "attempt": n, "node": node, "dispatched_at_ms": at, "finished_at_ms": finished,
+            "outcome": outcome, "reason": reason, "message": message, "route": steps,
+        }));
+    }
+    let mut job = serde_json::Map::new();
+    for (k, v) in h {
+        let val = if k == "spec" {
+            serde_json::from_str(&v).unwrap_or(Value::String(v))
+        } else {
+            Value::String(v)
+        };
+        job.insert(k, val);
+    }
+    json!({"job": job, "attempts": attempts})
+}
+
+/// Session fields an operator never needs to see (credentials of the client's socket).
+const SECRET_FIELDS: [&str; 2] = ["resume_hash", "conn"];
+
+/// The session view: record (secrets left out), pending indices, newest results
+/// summarised (texts, codes, job ids; never the audio).
+pub fn session_view(
+    mut h: HashMap<String, String>,
+    pending: Vec<String>,
+    results: Vec<(u64, String)>,
+) -> Value {
+    for k in SECRET_FIELDS {
+        h.remove(k);
+    }
+    let results: Vec<Value> = results
+        .into_iter()
+        .map(|(i, raw)| {
+            let v: Value = serde_json::from_str(&raw).unwrap_or(Value::Null);
+            let pick = |k: &str| v.get(k).cloned().unwrap_or(Value::Null);
+            json!({"index": i, "type": pick("type"), "job_id": pick("job_id"),
+                   "text_asr": pick("text_asr"), "text_translated": pick("text_translated"),
+                   "code": pick("code"), "reason": pick("reason")})
+        })
+        .collect();
+    json!({"session": h, "pending": pending, "results": results})
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_route_decodes_into_steps_and_verdicts() {
+        let (at, node, steps) = parse_route(
+            "1700 node-B turn>node-A=full:4/4|pub:zh:en>node-C=tried,node-D=ok:2/4,node-B=ok:1/4,+3",
+        );
+        assert_eq!(at, Some(1700));
+        assert_eq!(node.as_deref(), Some("node-B"));
+        assert_eq!(steps.len(), 2);
+        assert_eq!(steps[0].pool, "turn");
+        assert_eq!(steps[0].nodes[0].verdict, "full");
+        assert_eq!(steps[0].nodes[0].reserved, Some(4));
+        assert_eq!(steps[1].nodes[0].reserved, None);
+        assert_eq!(steps[1].nodes[1].verdict, "ok", "eligible, more loaded");
+        assert_eq!(
+            steps[1].nodes[2].verdict, "chosen",
+            "the node named in front"
+        );
+        assert_eq!(steps[1].more, 3);
+    }
+
+    #[test]
+    fn a_queued_then_offered_attempt_keeps_both_steps() {
+        let (_, node, steps) = parse_route(
+            "9 node-A pub:zh:en>node-A=full:2/2|queued@5>pub:zh:en|offer>node-A=chosen:1/2",
+        );
+        assert_eq!(node.as_deref(), Some("node-A"));
+        assert_eq!(steps[1].queues, vec!["pub:zh:en".to_string()]);
+        assert_eq!(steps[2].pool, "offer");
+        assert_eq!(steps[2].nodes[0].verdict, "chosen");
+        assert_eq!(steps[0].nodes[0].verdict, "full");
+    }
+
+    #[test]
+    fn a_failed_over_job_lists_every_attempt() {
+        let h: HashMap<String, String> = [
+            ("id", "job-1"),
+            ("state", "FINISHED"),
+            ("attempt", "2"),
+            ("route:1", "10 node-A pub:zh:en>node-A=ok:0/4"),
+            ("end:1", "20 failover JOB_TIMEOUT"),
+            ("route:2", "21 node-B pub:zh:en>node-A=tried,node-B=ok:0/4"),
+            ("end:2", "30 ok"),
+            ("spec", "{\"type\":\"job_assign\"}"),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
+        let v = job_view(h);
+        assert_eq!(v["attempts"][0]["outcome"], "failover");
+        assert_eq!(v["attempts"][0]["reason"], "JOB_TIMEOUT");
+        assert_eq!(v["attempts"][1]["node"], "node-B");
+        assert_eq!(v["attempts"][1]["finished_at_ms"], 30);
+        assert_eq!(v["job"]["spec"]["type"], "job_assign");
+        assert!(v["job"].get("route:1").is_none());
+    }
+}

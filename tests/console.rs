@@ -1,0 +1,270 @@
+//! The operator console against a real redis-server: a job's attempts and routing
+//! explanation (`GET /api/v1/jobs/{id}` and `switchyard inspect job`), a session's view and
+//! job list, the dashboard's snapshot and SSE stream (token in `?access_token=`), and the
+//! admin token every console route needs. Every scenario ends with the invariant checker.
+
+mod common;
+
+use std::time::Duration;
+
+use common::actors::*;
+use common::*;
+use serde_json::{Value, json};
+
+const T: Duration = Duration::from_secs(5);
+
+async fn node(inst: &switchyard::server::Running) -> (WsClient, String) {
+    let mut n = WsClient::connect(&ws_url(inst, "/ws/node")).await;
+    let id = n.register_id(fixture("node_register_first"), None).await;
+    (n, id)
+}
+
+async fn assign(n: &mut WsClient) -> Value {
+    next_of(n, "job_assign", T).await.expect("job_assign")
+}
+
+fn answer(assign: &Value, node_id: &str, text: &str) -> Value {
+    let mut r = result_for(assign, text);
+    r["node_id"] = json!(node_id);
+    r
+}
+
+async fn post(url: &str, token: &str) -> u16 {
+    reqwest::Client::new()
+        .post(url)
+        .bearer_auth(token)
+        .send()
+        .await
+        .expect("post")
+        .status()
+        .as_u16()
+}
+
+/// Two eligible nodes and a drained one; the first attempt times out. The explanation
+/// shows the failover, and the second attempt's route names the tried node, the drained
+/// one and the chosen one with their load.
+#[tokio::test]
+async fn a_failed_over_job_explains_every_attempt_and_where_it_went() {
+    let redis = RedisServer::start().await;
+    let inst = start_tweaked(&redis, |c| c.jobs.run_timeout_ms = 400).await;
+    let mut c = redis.client().await;
+    let (mut a, aid) = node(&inst).await;
+    let (mut b, bid) = node(&inst).await;
+    let (_d, did) = node(&inst).await;
+    let drain = http_url(&inst, &format!("/api/v1/nodes/{did}/drain"));
+    assert_eq!(post(&drain, &admin_token()).await, 200);
+    let (mut s, sid) = open_session(
+        &ws_url(&inst, "/ws/session"),
+        fixture("session_init_one_way"),
+    )
+    .await;
+    s.send(&utterance(&sid, 0)).await;
+    let (second, second_id, first_id, a1) = tokio::select! {
+        v = assign(&mut a) => (&mut b, bid.clone(), aid.clone(), v),
+        v = assign(&mut b) => (&mut a, aid.clone(), bid.clone(), v),
+    };
+    let a2 = assign(second).await;
+    assert_eq!(a2["attempt_id"], 2);
+    second.send(&answer(&a2, &second_id, "done")).await;
+    terminals(&mut s, 1, T).await;
+    let jid = a1["job_id"].as_str().expect("job id").to_string();
+
+    let (st, v) = get_json(&http_url(&inst, &format!("/api/v1/jobs/{jid}"))).await;
+    assert_eq!(st, 200, "{v}");
+    assert_eq!(v["job"]["state"], "FINISHED");
+    let at = v["attempts"].as_array().expect("attempts");
+    assert_eq!(at.len(), 2, "{v}");
+    assert_eq!(at[0]["node"], first_id.as_str());
+    assert_eq!(at[0]["outcome"], "failover");
+    assert_eq!(at[0]["reason"], "JOB_TIMEOUT");
+    assert_eq!(at[1]["node"], second_id.as_str());
+    assert_eq!(at[1]["outcome"], "ok");
+    assert!(at[1]["finished_at_ms"].as_u64() >= at[1]["dispatched_at_ms"].as_u64());
+    let looks = at[1]["route"][0]["nodes"]
+        .as_array()
+        .expect("route")
+        .clone();
+    let verdict = |n: &str| {
+        looks
+            .iter()
+            .find(|l| l["node"] == n)
+            .map(|l| l["verdict"].as_str().unwrap_or_default().to_string())
+    };
+    assert_eq!(at[1]["route"][0]["pool"], "pub:zh:en", "{v}");
+    assert_eq!(verdict(&first_id).as_deref(), Some("tried"), "{v}");
+    assert_eq!(verdict(&did).as_deref(), Some("draining"), "{v}");
+    assert_eq!(verdict(&second_id).as_deref(), Some("chosen"), "{v}");
+    let chosen = looks
+        .iter()
+        .find(|l| l["verdict"] == "chosen")
+        .expect("chosen");
+    assert_eq!(
+        (chosen["reserved"].as_u64(), chosen["capacity"].as_u64()),
+        (Some(0), Some(4))
+    );
+
+    // The same from the command line, reading Redis directly.
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_switchyard"))
+        .args(["inspect", "job", &jid])
+        .env("SWITCHYARD_REDIS__URL", redis.url())
+        .env(secret_env().0, secret_env().1)
+        .output()
+        .expect("run switchyard inspect");
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{text} {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        text.contains("JOB_TIMEOUT") && text.contains("draining"),
+        "{text}"
+    );
+    assert!(text.contains("route of attempt 2"), "{text}");
+    common::invariants::check(&mut c).await;
+}
+
+#[tokio::test]
+async fn a_session_shows_its_state_results_and_jobs() {
+    let redis = RedisServer::start().await;
+    let inst = start_instance(&redis).await;
+    let mut c = redis.client().await;
+    let (mut n, nid) = node(&inst).await;
+    let (mut s, sid) = open_session(
+        &ws_url(&inst, "/ws/session"),
+        fixture("session_init_one_way"),
+    )
+    .await;
+    for i in 0..2 {
+        s.send(&utterance(&sid, i)).await;
+        let a = assign(&mut n).await;
+        n.send(&answer(&a, &nid, &format!("T{i}"))).await;
+    }
+    terminals(&mut s, 2, T).await;
+    let (st, v) = get_json(&http_url(&inst, &format!("/api/v1/sessions/{sid}"))).await;
+    assert_eq!(st, 200, "{v}");
+    assert_eq!(v["session"]["state"], "open");
+    assert_eq!(v["session"]["owner"], inst.app.instance_id.as_str());
+    assert!(
+        v["session"].get("resume_hash").is_none(),
+        "secrets stay out: {v}"
+    );
+    assert_eq!(v["results"][1]["text_translated"], "T1", "{v}");
+    let (st, j) = get_json(&http_url(&inst, &format!("/api/v1/sessions/{sid}/jobs"))).await;
+    assert_eq!(st, 200);
+    assert_eq!(j["jobs"].as_array().map(Vec::len), Some(2), "{j}");
+    assert_eq!(j["jobs"][0]["state"], "FINISHED");
+    assert_eq!(j["jobs"][0]["node"], nid.as_str());
+    let (st, _) = get_json(&http_url(&inst, "/api/v1/jobs/job-nope-0")).await;
+    assert_eq!(st, 404);
+    common::invariants::check(&mut c).await;
+}
+
+#[tokio::test]
+async fn the_console_needs_an_admin_token_but_the_page_does_not() {
+    let redis = RedisServer::start().await;
+    let inst = start_instance(&redis).await;
+    let (_n, nid) = node(&inst).await;
+    let http = reqwest::Client::new();
+    for path in [
+        "/api/v1/jobs/x",
+        "/api/v1/sessions/x",
+        "/api/v1/console/stream",
+    ] {
+        let r = http.get(http_url(&inst, path)).send().await.expect("get");
+        assert_eq!(r.status().as_u16(), 401, "{path}");
+    }
+    let session_token = token(&[Scope::Session], None, None);
+    let r = http
+        .get(http_url(&inst, "/api/v1/console/snapshot"))
+        .bearer_auth(&session_token)
+        .send()
+        .await
+        .expect("get");
+    assert_eq!(r.status().as_u16(), 403);
+    let page = http
+        .get(http_url(&inst, "/dashboard"))
+        .send()
+        .await
+        .expect("page");
+    assert_eq!(page.status().as_u16(), 200);
+    assert!(page.text().await.unwrap_or_default().contains("<html"));
+    // EventSource cannot set headers: the stream takes the token as ?access_token=.
+    let read = token(&[Scope::AdminRead], None, None);
+    let mut resp = http
+        .get(with_given_token(
+            &http_url(&inst, "/api/v1/console/stream"),
+            &read,
+        ))
+        .send()
+        .await
+        .expect("stream");
+    assert_eq!(resp.status().as_u16(), 200);
+    let mut buf = String::new();
+    while !buf.contains("\n\n") {
+        let chunk = tokio::time::timeout(T, resp.chunk())
+            .await
+            .expect("event in time");
+        buf.push_str(&String::from_utf8_lossy(
+            &chunk.expect("body").expect("chunk"),
+        ));
+    }
+    let data = buf
+        .lines()
+        .find_map(|l| l.strip_prefix("data:"))
+        .expect("data line");
+    let snap: Value = serde_json::from_str(data.trim()).expect("json");
+    assert!(
+        snap["nodes"]
+            .as_array()
+            .expect("nodes")
+            .iter()
+            .any(|n| n["id"] == nid.as_str())
+    );
+    assert_eq!(
+        snap["series"]["done_per_s"].as_array().map(Vec::len),
+        Some(60)
+    );
+}
+
+/// A job that waited for capacity: its route shows the full node, the wait in the pool's
+/// queue and the node whose freed capacity took it.
+#[tokio::test]
+async fn a_job_that_waited_shows_the_queue_and_the_offer_that_took_it() {
+    let redis = RedisServer::start().await;
+    let inst = start_instance(&redis).await;
+    let mut c = redis.client().await;
+    let mut n = WsClient::connect(&ws_url(&inst, "/ws/node")).await;
+    let mut f = fixture("node_register_first");
+    f["max_concurrent_jobs"] = json!(1);
+    let nid = n.register_id(f, None).await;
+    let (mut s, sid) = open_session(
+        &ws_url(&inst, "/ws/session"),
+        fixture("session_init_one_way"),
+    )
+    .await;
+    s.send(&utterance(&sid, 0)).await;
+    s.send(&utterance(&sid, 1)).await;
+    let a0 = assign(&mut n).await;
+    n.send(&answer(&a0, &nid, "zero")).await;
+    let a1 = assign(&mut n).await;
+    n.send(&answer(&a1, &nid, "one")).await;
+    terminals(&mut s, 2, T).await;
+    let jid = a1["job_id"].as_str().expect("job id");
+    let (_, v) = get_json(&http_url(&inst, &format!("/api/v1/jobs/{jid}"))).await;
+    let route = &v["attempts"][0]["route"];
+    assert_eq!(route[0]["nodes"][0]["verdict"], "full", "{v}");
+    assert_eq!(route[0]["nodes"][0]["reserved"], 1, "{v}");
+    assert!(
+        route[1]["pool"]
+            .as_str()
+            .is_some_and(|p| p.starts_with("queued@")),
+        "{v}"
+    );
+    assert_eq!(route[1]["queues"][0], "pub:zh:en", "{v}");
+    assert_eq!(route[2]["pool"], "offer", "{v}");
+    assert_eq!(route[2]["nodes"][0]["verdict"], "chosen", "{v}");
+    assert_eq!(v["attempts"][0]["node"], nid.as_str());
+    assert_eq!(v["attempts"][0]["outcome"], "ok");
+    common::invariants::check(&mut c).await;
+}
