@@ -2,7 +2,7 @@
 //! `chromium-driver`, installed by `make test-deps`) driven over WebDriver. It loads
 //! `/dashboard`, takes an admin token like an operator would, sees a node that registers
 //! during the test appear, drains it with the page's button and sees it turn draining,
-//! and opens a job's explanation from the search box.
+//! and opens the explanation of a job that failed over from the search box.
 //!
 //! With `SWITCHYARD_SCREENSHOTS=1` it also writes the screenshots of docs/operations.md
 //! to docs/img/.
@@ -98,7 +98,11 @@ async fn shot(c: &Client, name: &str) {
 async fn the_dashboard_shows_a_new_node_its_drain_and_a_job_explanation() {
     let redis = RedisServer::start().await;
     // The test's node does not heartbeat: keep it live for the whole test.
-    let inst = start_tweaked(&redis, |c| c.node.liveness_ms = Some(120_000)).await;
+    let inst = start_tweaked(&redis, |c| {
+        c.node.liveness_ms = Some(120_000);
+        c.jobs.run_timeout_ms = 800;
+    })
+    .await;
     let driver = chromedriver();
     let c = browser(&driver).await;
     c.goto(&http_url(&inst, "/dashboard"))
@@ -129,16 +133,26 @@ async fn the_dashboard_shows_a_new_node_its_drain_and_a_job_explanation() {
         t == "ready"
     })
     .await;
+    // A second node; the first attempt's node stays silent, so the job fails over and its
+    // explanation has two attempts.
+    let mut m = WsClient::connect(&ws_url(&inst, "/ws/node")).await;
+    let mid = m.register_id(fixture("node_register_first"), None).await;
     let (mut s, sid) = open_session(
         &ws_url(&inst, "/ws/session"),
         fixture("session_init_one_way"),
     )
     .await;
     s.send(&utterance(&sid, 0)).await;
-    let a = next_of(&mut n, "job_assign", T).await.expect("job_assign");
+    let (second, second_id) = tokio::select! {
+        Some(_) = next_of(&mut n, "job_assign", T) => (&mut m, mid.clone()),
+        Some(_) = next_of(&mut m, "job_assign", T) => (&mut n, nid.clone()),
+    };
+    let a = next_of(second, "job_assign", T)
+        .await
+        .expect("second attempt");
     let mut r = result_for(&a, "hello");
-    r["node_id"] = json!(nid);
-    n.send(&r).await;
+    r["node_id"] = json!(second_id);
+    second.send(&r).await;
     terminals(&mut s, 1, T).await;
     let jid = a["job_id"].as_str().expect("job id").to_string();
     wait_text(
@@ -185,7 +199,7 @@ async fn the_dashboard_shows_a_new_node_its_drain_and_a_job_explanation() {
         .await
         .expect("text");
     assert!(
-        detail.contains(&jid) && detail.contains(&nid) && detail.contains("pub:zh:en"),
+        detail.contains(&jid) && detail.contains("JOB_TIMEOUT") && detail.contains("tried"),
         "{detail}"
     );
     c.find(Locator::Id("detail-box"))
