@@ -51,7 +51,7 @@ fn check_config_rejects_an_invalid_value_naming_the_field() {
     let (code, _, err) = check_config(&[("SWITCHYARD_JOBS__MAX_ATTEMPTS", "0")], &[]);
     assert_ne!(code, 0);
     assert!(err.contains("jobs.max_attempts"), "{err}");
-    let (code, _, err) = check_config(&[("SWITCHYARD_REDIS__URL", "rediss://x:6379")], &[]);
+    let (code, _, err) = check_config(&[("SWITCHYARD_REDIS__URL", "http://x:6379")], &[]);
     assert_ne!(code, 0);
     assert!(err.contains("redis.url"), "{err}");
 }

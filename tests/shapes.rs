@@ -157,7 +157,9 @@ async fn scripts_refuse_non_numeric_arguments_before_writing_anything() {
         &mut c,
         Script::SessionOpen,
         std::slice::from_ref(&sk),
-        &[b"s-lua", b"1", b"conn-1", b"nonce", b"", b"0", b"two", b"a", b"b"],
+        &[
+            b"s-lua", b"1", b"conn-1", b"nonce", b"", b"0", b"two", b"a", b"b",
+        ],
     )
     .await
     .expect_err("refused");
@@ -170,7 +172,9 @@ async fn scripts_refuse_non_numeric_arguments_before_writing_anything() {
         &mut c,
         Script::SessionOpen,
         std::slice::from_ref(&sk),
-        &[b"s-lua", b"1", b"conn-1", b"nonce", b"", b"0", b"5", b"a", b"b"],
+        &[
+            b"s-lua", b"1", b"conn-1", b"nonce", b"", b"0", b"5", b"a", b"b",
+        ],
     )
     .await
     .expect_err("refused");
