@@ -32,8 +32,12 @@ deps:
 	  echo "installing redis-server"; \
 	  $(SUDO) apt-get update -qq && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq redis-server >/dev/null; }
 
-## What the tests need beyond `deps`: Prometheus (the metrics test scrapes a live instance).
+## What the tests need beyond `deps`: Prometheus (the metrics test scrapes a live instance),
+## redis-sentinel (tests/topologies.rs runs a primary + replicas with three sentinels).
 test-deps: deps
+	@command -v redis-sentinel >/dev/null 2>&1 || { \
+	  echo "installing redis-sentinel"; \
+	  $(SUDO) apt-get update -qq && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq redis-sentinel >/dev/null; }
 	@command -v prometheus >/dev/null 2>&1 || { \
 	  echo "installing prometheus"; \
 	  $(SUDO) apt-get update -qq && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq prometheus >/dev/null; }

@@ -74,10 +74,11 @@ impl Store {
         }
     }
 
-    /// `WAIT redis.wait_replicas redis.wait_timeout_ms` after a state change: returns when
-    /// that many replicas acknowledged it or at the timeout (counted, not an error: the
-    /// change is done on the primary either way).
-    pub(super) async fn wait_replicas(&self, conn: &mut Conn) {
+    /// `WAIT redis.wait_replicas redis.wait_timeout_ms` after a state change. Fewer replicas
+    /// by the timeout (or a failed `WAIT`) fails the call as `Unavailable`: the change is
+    /// made on the primary but not known to be replicated, so it is not acknowledged (the
+    /// client retries; submissions are idempotent). Counted in `redis_wait_short`.
+    pub(super) async fn wait_replicas(&self, conn: &mut Conn) -> Result<(), StoreError> {
         let (n, timeout) = self.wait;
         let started = Instant::now();
         let cell = self.keys.instances();
@@ -90,14 +91,16 @@ impl Store {
             .redis_wait_seconds
             .observe(started.elapsed().as_secs_f64());
         match acked {
-            Ok(a) if a >= n => {}
+            Ok(a) if a >= n => Ok(()),
             Ok(a) => {
                 self.metrics.redis_wait_short.inc();
-                tracing::debug!(acked = a, wanted = n, "WAIT timed out");
+                Err(StoreError::Unavailable(format!(
+                    "WAIT: {a} of {n} replicas acknowledged within {timeout} ms"
+                )))
             }
             Err(e) => {
                 self.metrics.redis_wait_short.inc();
-                tracing::warn!(error = %e, "WAIT failed");
+                Err(StoreError::from_redis("wait", e))
             }
         }
     }

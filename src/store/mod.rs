@@ -315,7 +315,7 @@ impl Store {
                 }
             };
             if self.wait.0 > 0 {
-                self.wait_replicas(&mut conn).await;
+                self.wait_replicas(&mut conn).await?;
             }
             if parts.is_empty() {
                 return Err(StoreError::Reply {

@@ -7,6 +7,7 @@
 pub mod actors;
 pub mod invariants;
 pub mod redis_server;
+pub mod topology;
 pub mod ws;
 
 use std::time::Duration;

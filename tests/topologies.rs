@@ -1,0 +1,365 @@
+//! Switchyard on the Redis topologies operators run: a primary + replica managed by three
+//! sentinels, and a 3-primary 3-replica Redis Cluster (real redis-server / redis-sentinel
+//! processes on loopback ports). Nodes register, jobs flow, the invariant checker passes;
+//! under load the primary is killed with SIGKILL and the test measures how long the
+//! instance takes to recover after the promotion, checks that `/readyz` told the truth
+//! meanwhile, and counts acknowledged writes the promotion lost (with and without `WAIT`).
+
+mod common;
+
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use common::actors::*;
+use common::invariants::{self, PREFIX};
+use common::topology::{Cluster, MASTER, SentinelSet, connect, until};
+use common::*;
+use switchyard::config::{Config, RedisMode};
+use switchyard::server::Running;
+
+const T: Duration = Duration::from_secs(10);
+
+fn cfg(mode: RedisMode, urls: Vec<String>, tweak: impl FnOnce(&mut Config)) -> Config {
+    let mut c = test_config("redis://unused");
+    c.redis.mode = mode;
+    c.redis.urls = urls;
+    c.redis.sentinel_master = MASTER.into();
+    // Node liveness longer than a failover (≈ 2–4 s here): nodes stay registered across
+    // it, as docs/scaling.md advises.
+    c.node.liveness_ms = Some(8_000);
+    tweak(&mut c);
+    c
+}
+
+/// A node answering every job after 5 ms, registered on `inst`.
+async fn auto_node(inst: &Running) -> AutoNode {
+    AutoNode::start(
+        &ws_url(inst, "/ws/node"),
+        fixture("node_register_first"),
+        Duration::from_millis(5),
+    )
+    .await
+}
+
+/// Open a session on `b`, send `n` utterances, expect `n` results (node may be elsewhere).
+async fn jobs_flow(b: &Running, n: u64) {
+    let (mut s, sid) =
+        open_session(&ws_url(b, "/ws/session"), fixture("session_init_one_way")).await;
+    for i in 0..n {
+        s.send(&utterance(&sid, i)).await;
+    }
+    let got = terminals(&mut s, n as usize, T).await;
+    assert!(
+        got.iter().all(|v| v["type"] == "translation_result"),
+        "{got:?}"
+    );
+}
+
+/// One session open: the session id once `session_init_ack` arrived, else `None`.
+async fn open_once(url: &str) -> Option<String> {
+    let mut s = WsClient::connect(url).await;
+    s.send(&fixture("session_init_one_way")).await;
+    loop {
+        match s.next(Duration::from_secs(2)).await {
+            Ok(v) if v["type"] == "session_init_ack" => {
+                return v["session_id"].as_str().map(str::to_string);
+            }
+            Ok(v) if v["type"] == "error" => return None,
+            Ok(_) => continue,
+            Err(_) => return None,
+        }
+    }
+}
+
+/// Writers opening sessions in a loop: (ack time, session id) of every acknowledged one.
+struct Load {
+    acked: Arc<Mutex<Vec<(Instant, String)>>>,
+    failed: Arc<Mutex<u64>>,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+}
+
+impl Load {
+    fn start(inst: &Running, writers: usize) -> Self {
+        let acked = Arc::new(Mutex::new(Vec::new()));
+        let failed = Arc::new(Mutex::new(0));
+        let url = ws_url(inst, "/ws/session");
+        let tasks = (0..writers)
+            .map(|_| {
+                let (acked, failed, url) = (acked.clone(), failed.clone(), url.clone());
+                tokio::spawn(async move {
+                    loop {
+                        match open_once(&url).await {
+                            Some(sid) => acked.lock().unwrap().push((Instant::now(), sid)),
+                            None => {
+                                *failed.lock().unwrap() += 1;
+                                tokio::time::sleep(Duration::from_millis(20)).await;
+                            }
+                        }
+                    }
+                })
+            })
+            .collect();
+        Self {
+            acked,
+            failed,
+            tasks,
+        }
+    }
+
+    fn stop(self) -> (Vec<(Instant, String)>, u64) {
+        for t in &self.tasks {
+            t.abort();
+        }
+        let a = self.acked.lock().unwrap().clone();
+        let f = *self.failed.lock().unwrap();
+        (a, f)
+    }
+}
+
+/// What `/readyz` answered: (request start, ready?).
+type Seen = Arc<Mutex<Vec<(Instant, bool)>>>;
+
+/// `/readyz` polled every 25 ms: (request start, ready?).
+fn watch_readyz(inst: &Running) -> (Seen, tokio::task::JoinHandle<()>) {
+    let seen = Arc::new(Mutex::new(Vec::new()));
+    let (s, url) = (seen.clone(), http_url(inst, "/readyz"));
+    let task = tokio::spawn(async move {
+        let http = reqwest::Client::new();
+        loop {
+            let at = Instant::now();
+            let ok = http
+                .get(&url)
+                .timeout(Duration::from_secs(2))
+                .send()
+                .await
+                .is_ok_and(|r| r.status().is_success());
+            s.lock().unwrap().push((at, ok));
+            tokio::time::sleep(Duration::from_millis(25)).await;
+        }
+    });
+    (seen, task)
+}
+
+/// Wait until `/readyz` said ready after `since` (5 s at most); how long after `since`.
+async fn ready_after(ready: &Seen, since: Instant) -> Option<Duration> {
+    for _ in 0..250 {
+        let seen = ready
+            .lock()
+            .unwrap()
+            .iter()
+            .find(|(at, ok)| *ok && *at > since)
+            .map(|(at, _)| at.duration_since(since));
+        if seen.is_some() {
+            return seen;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    None
+}
+
+/// Kill the sentinel-managed primary under load, `replicas` replicas, `WAIT wait_replicas`;
+/// returns (acknowledged but lost, acknowledged).
+async fn sentinel_failover(replicas: usize, wait_replicas: u32) -> (usize, usize) {
+    // A backlog that covers the filler below, and no delay before a full resync: the
+    // replica that is not promoted rejoins the new primary quickly (WAIT needs it).
+    let extra = [
+        "--repl-backlog-size",
+        "64mb",
+        "--repl-diskless-sync-delay",
+        "0",
+    ];
+    let mut set = SentinelSet::start(replicas, &extra).await;
+    let inst = start_with(cfg(RedisMode::Sentinel, set.sentinel_urls(), |c| {
+        c.redis.wait_replicas = wait_replicas;
+        c.redis.wait_timeout_ms = 3_000;
+    }))
+    .await;
+    let node = auto_node(&inst).await;
+    jobs_flow(&inst, 3).await;
+
+    let (ready, watcher) = watch_readyz(&inst);
+    let load = Load::start(&inst, 4);
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    // The first replica stops (SIGSTOP), and 16 MB written on the primary fill the socket
+    // buffers towards it: what the primary acknowledges from then on sits in its own output
+    // buffer for that replica (asynchronous replication's window). The primary dies in it.
+    set.replicas[0].signal("STOP");
+    let mut p = set.primary.client().await;
+    let _: () = redis::cmd("SET")
+        .arg("filler")
+        .arg(vec![b'x'; 16 << 20])
+        .arg("PX")
+        .arg(60_000)
+        .query_async(&mut p)
+        .await
+        .expect("filler");
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let old = set.primary.addr();
+    set.primary.kill9();
+    let killed = Instant::now();
+    set.replicas[0].signal("CONT");
+    let (promoted, new_primary) = loop {
+        match set.primary_addr().await {
+            Some(a) if a != old => break (Instant::now(), a),
+            _ => {}
+        }
+        assert!(killed.elapsed() < Duration::from_secs(15), "no promotion");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    // Recovered = the first acknowledged write after the promotion.
+    let first_ack = |acked: &Arc<Mutex<Vec<(Instant, String)>>>| {
+        acked
+            .lock()
+            .unwrap()
+            .iter()
+            .map(|(t, _)| *t)
+            .find(|t| *t > killed)
+    };
+    until(
+        Duration::from_secs(5),
+        "a write after the promotion",
+        || {
+            let a = first_ack(&load.acked);
+            async move { a.is_some() }
+        },
+    )
+    .await;
+    let recovered = first_ack(&load.acked).expect("recovered");
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let (acked, failed) = load.stop();
+    let ready_again = ready_after(&ready, promoted).await;
+    watcher.abort();
+
+    // What the new primary holds of what was acknowledged.
+    let mut c = connect(&format!("redis://{new_primary}"))
+        .await
+        .expect("new primary");
+    let mut lost = 0;
+    for (_, sid) in &acked {
+        let exists: bool = redis::cmd("EXISTS")
+            .arg(format!("{PREFIX}session:{sid}"))
+            .query_async(&mut c)
+            .await
+            .expect("exists");
+        lost += usize::from(!exists);
+    }
+    let ready = ready.lock().unwrap().clone();
+    let lied: Vec<_> = ready
+        .iter()
+        .filter(|(at, ok)| *ok && *at > killed + Duration::from_millis(300) && *at < promoted)
+        .collect();
+    eprintln!(
+        "sentinel failover (wait_replicas={wait_replicas}, {replicas} replicas, \
+         {new_primary} promoted): promotion {:?} after the kill; \
+         first write {:?} after the promotion; /readyz ready again {:?} after it; \
+         {} sessions acknowledged, {lost} of them lost; {failed} opens refused meanwhile",
+        promoted.duration_since(killed),
+        recovered.saturating_duration_since(promoted),
+        ready_again,
+        acked.len()
+    );
+    assert!(
+        lied.is_empty(),
+        "/readyz said ready with no primary: {lied:?}"
+    );
+    assert!(
+        recovered.saturating_duration_since(promoted) < Duration::from_secs(5),
+        "recovered within 5 s of the promotion"
+    );
+    assert!(ready_again.is_some_and(|d| d < Duration::from_secs(5)));
+    assert_eq!(
+        inst.app.store.redis_node(),
+        new_primary,
+        "follows the promoted replica"
+    );
+    // Still a working scheduler on the new primary.
+    jobs_flow(&inst, 2).await;
+    node.stop();
+    (lost, acked.len())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sentinel_failover_without_wait_is_followed_and_loss_counted() {
+    let (lost, acked) = sentinel_failover(1, 0).await;
+    assert!(acked > 0);
+    eprintln!("asynchronous replication lost {lost} of {acked} acknowledged session opens");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sentinel_failover_with_wait_loses_no_acknowledged_write() {
+    // WAIT 1 needs a replica after the failover too: two replicas, one is promoted.
+    let (lost, acked) = sentinel_failover(2, 1).await;
+    assert!(acked > 0);
+    assert_eq!(
+        lost, 0,
+        "WAIT 1: every acknowledged write reached the replica"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cluster_runs_nodes_jobs_instances_and_survives_a_primary_kill() {
+    let mut cluster = Cluster::start().await;
+    let a = start_with(cfg(RedisMode::Cluster, cluster.urls(), |_| {})).await;
+    let b = start_with(cfg(RedisMode::Cluster, cluster.urls(), |_| {})).await;
+    // Node on A, session on B: every delivery crosses the inbox streams.
+    let node = auto_node(&a).await;
+    jobs_flow(&b, 5).await;
+    jobs_flow(&a, 3).await;
+    let slot = cluster.slot(&format!("{PREFIX}x")).await;
+    let port = cluster.primary_of(slot).await.expect("slot owner");
+    let mut direct = connect(&format!("redis://127.0.0.1:{port}"))
+        .await
+        .expect("cell primary");
+    invariants::check(&mut direct).await;
+    let keys: Vec<String> = redis::cmd("KEYS")
+        .arg(format!("{PREFIX}*"))
+        .query_async(&mut direct)
+        .await
+        .expect("keys");
+    assert!(keys.len() > 5, "the cell lives on its slot's primary");
+
+    // Kill the primary holding the cell: its replica takes over.
+    let (ready, watcher) = watch_readyz(&b);
+    let load = Load::start(&b, 2);
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    cluster.node(port).kill9();
+    let killed = Instant::now();
+    let new_port = loop {
+        match cluster.primary_of(slot).await {
+            Some(p) if p != port => break p,
+            _ => {}
+        }
+        assert!(killed.elapsed() < Duration::from_secs(15), "no takeover");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    let promoted = Instant::now();
+    until(Duration::from_secs(5), "a write after the takeover", || {
+        let after = load
+            .acked
+            .lock()
+            .unwrap()
+            .iter()
+            .any(|(t, _)| *t > promoted);
+        async move { after }
+    })
+    .await;
+    let recovered = promoted.elapsed();
+    let (acked, failed) = load.stop();
+    let ready_again = ready_after(&ready, promoted).await;
+    watcher.abort();
+    eprintln!(
+        "cluster failover: takeover seen {:?} after the kill; first write {recovered:?} after it; \
+         /readyz ready again {ready_again:?} after it; {} acknowledged, {failed} refused",
+        promoted.duration_since(killed),
+        acked.len()
+    );
+    assert!(recovered < Duration::from_secs(5));
+    assert!(ready_again.is_some_and(|d| d < Duration::from_secs(5)));
+    jobs_flow(&b, 2).await;
+    let mut direct = connect(&format!("redis://127.0.0.1:{new_port}"))
+        .await
+        .expect("new cell primary");
+    // Node records and pools are consistent on the promoted replica too.
+    invariants::check(&mut direct).await;
+    node.stop();
+}
