@@ -12,6 +12,7 @@ use std::time::{Duration, Instant};
 
 use common::actors::*;
 use common::invariants::{self, PREFIX};
+use common::load::{Load, ready_after, watch_readyz};
 use common::topology::{Cluster, MASTER, SentinelSet, connect, until};
 use common::*;
 use switchyard::config::{Config, RedisMode};
@@ -53,108 +54,6 @@ async fn jobs_flow(b: &Running, n: u64) {
         got.iter().all(|v| v["type"] == "translation_result"),
         "{got:?}"
     );
-}
-
-/// One session open: the session id once `session_init_ack` arrived, else `None`.
-async fn open_once(url: &str) -> Option<String> {
-    let mut s = WsClient::connect(url).await;
-    s.send(&fixture("session_init_one_way")).await;
-    loop {
-        match s.next(Duration::from_secs(2)).await {
-            Ok(v) if v["type"] == "session_init_ack" => {
-                return v["session_id"].as_str().map(str::to_string);
-            }
-            Ok(v) if v["type"] == "error" => return None,
-            Ok(_) => continue,
-            Err(_) => return None,
-        }
-    }
-}
-
-/// Writers opening sessions in a loop: (ack time, session id) of every acknowledged one.
-struct Load {
-    acked: Arc<Mutex<Vec<(Instant, String)>>>,
-    failed: Arc<Mutex<u64>>,
-    tasks: Vec<tokio::task::JoinHandle<()>>,
-}
-
-impl Load {
-    fn start(inst: &Running, writers: usize) -> Self {
-        let acked = Arc::new(Mutex::new(Vec::new()));
-        let failed = Arc::new(Mutex::new(0));
-        let url = ws_url(inst, "/ws/session");
-        let tasks = (0..writers)
-            .map(|_| {
-                let (acked, failed, url) = (acked.clone(), failed.clone(), url.clone());
-                tokio::spawn(async move {
-                    loop {
-                        match open_once(&url).await {
-                            Some(sid) => acked.lock().unwrap().push((Instant::now(), sid)),
-                            None => {
-                                *failed.lock().unwrap() += 1;
-                                tokio::time::sleep(Duration::from_millis(20)).await;
-                            }
-                        }
-                    }
-                })
-            })
-            .collect();
-        Self {
-            acked,
-            failed,
-            tasks,
-        }
-    }
-
-    fn stop(self) -> (Vec<(Instant, String)>, u64) {
-        for t in &self.tasks {
-            t.abort();
-        }
-        let a = self.acked.lock().unwrap().clone();
-        let f = *self.failed.lock().unwrap();
-        (a, f)
-    }
-}
-
-/// What `/readyz` answered: (request start, ready?).
-type Seen = Arc<Mutex<Vec<(Instant, bool)>>>;
-
-/// `/readyz` polled every 25 ms: (request start, ready?).
-fn watch_readyz(inst: &Running) -> (Seen, tokio::task::JoinHandle<()>) {
-    let seen = Arc::new(Mutex::new(Vec::new()));
-    let (s, url) = (seen.clone(), http_url(inst, "/readyz"));
-    let task = tokio::spawn(async move {
-        let http = reqwest::Client::new();
-        loop {
-            let at = Instant::now();
-            let ok = http
-                .get(&url)
-                .timeout(Duration::from_secs(2))
-                .send()
-                .await
-                .is_ok_and(|r| r.status().is_success());
-            s.lock().unwrap().push((at, ok));
-            tokio::time::sleep(Duration::from_millis(25)).await;
-        }
-    });
-    (seen, task)
-}
-
-/// Wait until `/readyz` said ready after `since` (5 s at most); how long after `since`.
-async fn ready_after(ready: &Seen, since: Instant) -> Option<Duration> {
-    for _ in 0..250 {
-        let seen = ready
-            .lock()
-            .unwrap()
-            .iter()
-            .find(|(at, ok)| *ok && *at > since)
-            .map(|(at, _)| at.duration_since(since));
-        if seen.is_some() {
-            return seen;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    None
 }
 
 /// Kill the sentinel-managed primary under load, `replicas` replicas, `WAIT wait_replicas`;

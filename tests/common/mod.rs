@@ -6,6 +6,7 @@
 
 pub mod actors;
 pub mod invariants;
+pub mod load;
 pub mod redis_server;
 pub mod topology;
 pub mod ws;

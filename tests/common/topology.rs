@@ -13,35 +13,44 @@ use super::free_port;
 pub struct Proc {
     pub port: u16,
     child: Option<Child>,
-    _dir: tempfile::TempDir,
+    dir: tempfile::TempDir,
+    /// The redis-server arguments, to start it again (empty for a sentinel).
+    args: Vec<String>,
 }
 
 impl Proc {
     /// `redis-server` on a free port with `args` (plus port, bind, dir, no RDB saves).
     pub fn server(args: &[&str]) -> Self {
-        let dir = tempfile::tempdir().expect("temp dir");
-        let port = free_port();
+        let mut p = Self {
+            port: free_port(),
+            child: None,
+            dir: tempfile::tempdir().expect("temp dir"),
+            args: args.iter().map(|a| a.to_string()).collect(),
+        };
+        p.spawn();
+        p
+    }
+
+    fn spawn(&mut self) {
         let child = Command::new("redis-server")
-            .args([
-                "--port",
-                &port.to_string(),
-                "--bind",
-                "127.0.0.1",
-                "--save",
-                "",
-            ])
+            .args(["--port", &self.port.to_string(), "--bind", "127.0.0.1"])
+            .args(["--save", ""])
             .arg("--dir")
-            .arg(dir.path())
-            .args(args)
+            .arg(self.dir.path())
+            .args(&self.args)
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
             .expect("redis-server must be installed (make test-deps)");
-        Self {
-            port,
-            child: Some(child),
-            _dir: dir,
-        }
+        self.child = Some(child);
+    }
+
+    /// Start a killed server again on the same port and directory (its AOF, if any, is
+    /// loaded) and wait until it answers.
+    pub async fn restart(&mut self) {
+        self.kill9();
+        self.spawn();
+        self.wait_up().await;
     }
 
     /// `redis-sentinel` watching `master` at `primary_port` (quorum 2, down after 1 s).
@@ -70,7 +79,8 @@ impl Proc {
         Self {
             port,
             child: Some(child),
-            _dir: dir,
+            dir,
+            args: Vec::new(),
         }
     }
 
