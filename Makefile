@@ -33,8 +33,11 @@ deps:
 	  $(SUDO) apt-get update -qq && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq redis-server >/dev/null; }
 
 ## What the tests need beyond `deps`: Prometheus (the metrics test scrapes a live instance),
-## redis-sentinel (tests/topologies.rs runs a primary + replicas with three sentinels).
+## redis-sentinel (tests/topologies.rs runs a primary + replicas with three sentinels), openssl.
 test-deps: deps
+	@command -v openssl >/dev/null 2>&1 || { \
+	  echo "installing openssl (tests/redis_tls.rs makes a throw-away CA)"; \
+	  $(SUDO) apt-get update -qq && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq openssl >/dev/null; }
 	@command -v redis-sentinel >/dev/null 2>&1 || { \
 	  echo "installing redis-sentinel"; \
 	  $(SUDO) apt-get update -qq && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq redis-sentinel >/dev/null; }
