@@ -216,6 +216,38 @@ async fn cluster_runs_nodes_jobs_instances_and_survives_a_primary_kill() {
         .await
         .expect("keys");
     assert!(keys.len() > 5, "the cell lives on its slot's primary");
+    // Reads that pipeline several keys of the cell (admin API, /metrics) work on a cluster.
+    let (status, nodes) = get_json(&http_url(&a, "/api/v1/nodes")).await;
+    assert_eq!(status, 200, "{nodes}");
+    assert!(nodes.to_string().contains(&node.id), "{nodes}");
+    let m = metrics_text(&b).await;
+    assert!(m.contains("switchyard_nodes{state=\"ready\"} 1"), "{m}");
+
+    // Cell tags: our CRC16 agrees with the cluster, and names picked by slot spread evenly
+    // over the three primaries of the live slot map (names picked by hand need not).
+    assert_eq!(switchyard::config::cell::slot(&format!("{PREFIX}x")), slot);
+    let map = cluster.slot_map().await;
+    let ranges: Vec<Vec<(u16, u16)>> = map.values().cloned().collect();
+    let owner = |name: &str| {
+        let s = switchyard::config::cell::slot(&format!("{{switchyard:{name}}}"));
+        ranges
+            .iter()
+            .position(|r| r.iter().any(|(lo, hi)| (*lo..=*hi).contains(&s)))
+            .expect("owned slot")
+    };
+    let picked = switchyard::config::cell::spread_names("switchyard", "cell", 6, &ranges);
+    let mut per = vec![0; ranges.len()];
+    for n in &picked {
+        per[owner(n)] += 1;
+    }
+    assert_eq!(per, vec![2, 2, 2], "{picked:?}");
+    let naive: Vec<usize> = ["eu", "us", "asia", "cell-a", "cell-b", "cell-c"]
+        .iter()
+        .map(|n| owner(n))
+        .collect();
+    eprintln!(
+        "cell names by slot {picked:?} -> primaries {per:?}; hand-picked names -> primary index {naive:?}"
+    );
 
     // Kill the primary holding the cell: its replica takes over.
     let (ready, watcher) = watch_readyz(&b);

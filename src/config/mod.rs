@@ -13,7 +13,7 @@ use figment::providers::{Env, Format, Serialized, Toml};
 use serde::{Deserialize, Serialize};
 
 mod auth;
-mod cell;
+pub mod cell;
 mod inbox;
 mod instance;
 mod jobs;

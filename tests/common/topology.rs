@@ -362,6 +362,27 @@ impl Cluster {
         None
     }
 
+    /// Each primary's slot ranges, by primary port (from CLUSTER SLOTS).
+    pub async fn slot_map(&self) -> std::collections::BTreeMap<u16, Vec<(u16, u16)>> {
+        let mut c = self.nodes[0].client().await;
+        let slots: Vec<Vec<redis::Value>> = redis::cmd("CLUSTER")
+            .arg("SLOTS")
+            .query_async(&mut c)
+            .await
+            .expect("cluster slots");
+        let mut map = std::collections::BTreeMap::<u16, Vec<(u16, u16)>>::new();
+        for range in slots {
+            let lo: u16 = redis::from_redis_value_ref(&range[0]).expect("lo");
+            let hi: u16 = redis::from_redis_value_ref(&range[1]).expect("hi");
+            let redis::Value::Array(m) = &range[2] else {
+                panic!("primary entry")
+            };
+            let port: u16 = redis::from_redis_value_ref(&m[1]).expect("port");
+            map.entry(port).or_default().push((lo, hi));
+        }
+        map
+    }
+
     /// The node process listening on `port`.
     pub fn node(&mut self, port: u16) -> &mut Proc {
         self.nodes
