@@ -5,7 +5,7 @@
 //! no outcome yet (idempotent). At the end every utterance index of every session must
 //! have exactly one terminal message, in order, and Redis must satisfy the invariants.
 //! Bounded: sessions stream for ~12 s while 4 kills happen; 60 s at most in all. Run on one
-//! Redis and on a 3-primary 3-replica Redis Cluster.
+//! Redis, on a Sentinel-managed primary + replica and on a 3-primary 3-replica Redis Cluster.
 
 mod common;
 
@@ -337,6 +337,24 @@ async fn kill_dash_nine_under_load_on_a_redis_cluster() {
         ("SWITCHYARD_REDIS__URLS", seeds),
     ];
     chaos(env, &format!("redis://127.0.0.1:{primary}")).await;
+}
+
+/// The same on a primary + replica managed by three sentinels.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kill_dash_nine_under_load_on_sentinel() {
+    let set = common::topology::SentinelSet::start(1, &[]).await;
+    let env = vec![
+        ("SWITCHYARD_REDIS__MODE", "sentinel".to_string()),
+        (
+            "SWITCHYARD_REDIS__URLS",
+            serde_json::to_string(&set.sentinel_urls()).unwrap(),
+        ),
+        (
+            "SWITCHYARD_REDIS__SENTINEL_MASTER",
+            common::topology::MASTER.to_string(),
+        ),
+    ];
+    chaos(env, &set.primary.url()).await;
 }
 
 /// Run the chaos scenario with instances configured by `redis_env`; `direct` is a plain

@@ -171,8 +171,9 @@ async fn sentinel_failover(replicas: usize, wait_replicas: u32) -> (usize, usize
         new_primary,
         "follows the promoted replica"
     );
-    // Still a working scheduler on the new primary.
+    // Still a working scheduler on the new primary, and its state is consistent.
     jobs_flow(&inst, 2).await;
+    invariants::check(&mut c).await;
     node.stop();
     (lost, acked.len())
 }
