@@ -79,7 +79,9 @@ enum Kind {
     },
     Cluster {
         client: Box<redis::cluster::ClusterClient>,
+        /// Kept across errors: it reconnects to nodes and refreshes the slot map itself.
         current: RwLock<Option<ClusterConnection>>,
+        connecting: tokio::sync::Mutex<()>,
     },
 }
 
@@ -140,6 +142,7 @@ impl Connector {
                 resolving: tokio::sync::Mutex::new(None),
             },
             RedisMode::Cluster => Kind::Cluster {
+                connecting: tokio::sync::Mutex::new(()),
                 client: Box::new(cluster_client(cfg, seeds, timeout)?),
                 current: RwLock::new(None),
             },
@@ -187,9 +190,19 @@ impl Connector {
     }
 
     async fn cluster(&self) -> Result<ClusterConnection, StoreError> {
-        let Kind::Cluster { client, current } = &self.kind else {
+        let Kind::Cluster {
+            client,
+            current,
+            connecting,
+        } = &self.kind
+        else {
             return Err(config_err("not a cluster".into()));
         };
+        if let Some(c) = read(current) {
+            return Ok(c);
+        }
+        // One caller connects (slot map discovery touches every node); the others wait.
+        let _one = connecting.lock().await;
         if let Some(c) = read(current) {
             return Ok(c);
         }
@@ -242,7 +255,8 @@ impl Connector {
     /// Forget a shared connection that failed; the next call takes a new one.
     pub fn drop_shared(&self, i: usize) {
         match &self.kind {
-            Kind::Cluster { current, .. } => write(current, None),
+            // The cluster connection recovers by itself (reconnect, slot refresh).
+            Kind::Cluster { .. } => {}
             _ => {
                 if let Some(slot) = self.shared.get(i) {
                     write(slot, None);
