@@ -295,3 +295,50 @@ async fn cluster_runs_nodes_jobs_instances_and_survives_a_primary_kill() {
     invariants::check(&mut direct).await;
     node.stop();
 }
+
+/// A planned switch-over (`SENTINEL FAILOVER`): the old primary stays up, writable until
+/// Sentinel reconfigures it, so no error says the primary moved; the instance polls the
+/// sentinels (once a second, from its presence beat) and moves.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sentinel_switchover_is_followed_by_polling_the_sentinels() {
+    let set = SentinelSet::start(1, &[]).await;
+    let inst = start_with(cfg(RedisMode::Sentinel, set.sentinel_urls(), |_| {})).await;
+    let node = auto_node(&inst).await;
+    jobs_flow(&inst, 2).await;
+    let old = set.primary.addr();
+    let mut s = set.sentinels[0].client().await;
+    let _: String = redis::cmd("SENTINEL")
+        .arg("FAILOVER")
+        .arg(MASTER)
+        .query_async(&mut s)
+        .await
+        .expect("sentinel failover");
+    let asked = Instant::now();
+    let new = loop {
+        match set.primary_addr().await {
+            Some(a) if a != old => break a,
+            _ => {}
+        }
+        assert!(asked.elapsed() < Duration::from_secs(15), "no switch-over");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    let promoted = Instant::now();
+    // The instance moves once a call meets the demoted primary (READONLY) or its readiness
+    // check sees ROLE = slave; the readiness probe is what an orchestrator runs anyway.
+    until(
+        Duration::from_secs(5),
+        "the instance follows the switch-over",
+        || async {
+            let _ = get_json(&http_url(&inst, "/readyz")).await;
+            inst.app.store.redis_node() == new
+        },
+    )
+    .await;
+    eprintln!(
+        "sentinel switch-over: promoted {:?} after SENTINEL FAILOVER, followed {:?} later",
+        promoted.duration_since(asked),
+        promoted.elapsed()
+    );
+    jobs_flow(&inst, 2).await;
+    node.stop();
+}

@@ -74,7 +74,7 @@ enum Kind {
         sentinels: Vec<ConnectionInfo>,
         master: String,
         current: RwLock<Option<Arc<Node>>>,
-        /// Serialises re-resolution and limits it to one round per [`RESOLVE_EVERY`].
+        /// Serialises re-resolution; the time of the last round (see [`RESOLVE_EVERY`]).
         resolving: tokio::sync::Mutex<Option<Instant>>,
     },
     Cluster {
@@ -87,6 +87,9 @@ enum Kind {
 
 /// How often the sentinels may be asked again after failures.
 const RESOLVE_EVERY: Duration = Duration::from_millis(200);
+
+/// How often the sentinels are asked while everything works (see [`Connector::poll`]).
+const POLL_EVERY: Duration = Duration::from_secs(1);
 
 /// Hands out connections for the configured topology.
 pub struct Connector {
@@ -180,7 +183,7 @@ impl Connector {
             Kind::Sentinel { current, .. } => match read(current) {
                 Some(n) => Ok(n),
                 None => {
-                    self.resolve(true).await?;
+                    self.resolve(true, RESOLVE_EVERY).await?;
                     read(current).ok_or_else(|| {
                         StoreError::Unavailable("no primary known to the sentinels".into())
                     })
@@ -308,14 +311,26 @@ impl Connector {
     /// primary moved (at most once per 200 ms), and switch to the new one if it did.
     pub async fn failed(&self) {
         if let Kind::Sentinel { .. } = self.kind
-            && let Err(e) = self.resolve(false).await
+            && let Err(e) = self.resolve(false, RESOLVE_EVERY).await
         {
             tracing::debug!(error = %e, "sentinel re-resolution failed");
         }
     }
 
     /// Ask the sentinels for the primary's address; replace the pool when it changed.
-    async fn resolve(&self, force: bool) -> Result<(), StoreError> {
+    /// Sentinel mode: ask the sentinels again if the last answer is older than
+    /// [`POLL_EVERY`]. A planned switch-over (`SENTINEL FAILOVER`) leaves the old primary up
+    /// and writable until Sentinel reconfigures it (up to its 10 s INFO period), so errors
+    /// alone would notice it late; the presence loop calls this on every beat.
+    pub async fn poll(&self) {
+        if let Kind::Sentinel { .. } = self.kind
+            && let Err(e) = self.resolve(false, POLL_EVERY).await
+        {
+            tracing::debug!(error = %e, "sentinel poll failed");
+        }
+    }
+
+    async fn resolve(&self, force: bool, gap: Duration) -> Result<(), StoreError> {
         let Kind::Sentinel {
             sentinels,
             master,
@@ -326,7 +341,7 @@ impl Connector {
             return Ok(());
         };
         let mut last = resolving.lock().await;
-        if !force && last.is_some_and(|t| t.elapsed() < RESOLVE_EVERY) {
+        if !force && last.is_some_and(|t| t.elapsed() < gap) {
             return Ok(());
         }
         if force && read(current).is_some() {

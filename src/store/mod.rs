@@ -231,6 +231,11 @@ impl Store {
         self.connector.failed().await;
     }
 
+    /// Sentinel mode: ask the sentinels whether the primary moved (at most once a second).
+    pub async fn poll_topology(&self) {
+        self.connector.poll().await;
+    }
+
     /// The data node in use (`host:port`; `cluster` in cluster mode), for `/readyz`.
     pub fn redis_node(&self) -> String {
         self.connector.describe()
