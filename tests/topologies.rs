@@ -28,6 +28,9 @@ fn cfg(mode: RedisMode, urls: Vec<String>, tweak: impl FnOnce(&mut Config)) -> C
     // Node liveness longer than a failover (≈ 2–4 s here): nodes stay registered across
     // it, as docs/scaling.md advises.
     c.node.liveness_ms = Some(8_000);
+    // Presence, too: an outage longer than the presence TTL makes instances look dead to
+    // each other when Redis returns (takeover, sockets closed with 1012).
+    c.instance.presence_ttl_ms = 6_000;
     tweak(&mut c);
     c
 }
@@ -97,10 +100,15 @@ async fn sentinel_failover(replicas: usize, wait_replicas: u32) -> (usize, usize
     set.primary.kill9();
     let killed = Instant::now();
     set.replicas[0].signal("CONT");
+    // `still_old`: when the last query that still got the old primary was sent; the
+    // instance cannot have learnt of the promotion before that (it asks the same sentinels
+    // in the same order).
+    let mut still_old = killed;
     let (promoted, new_primary) = loop {
+        let asked = Instant::now();
         match set.primary_addr().await {
             Some(a) if a != old => break (Instant::now(), a),
-            _ => {}
+            _ => still_old = asked,
         }
         assert!(killed.elapsed() < Duration::from_secs(15), "no promotion");
         tokio::time::sleep(Duration::from_millis(20)).await;
@@ -145,7 +153,7 @@ async fn sentinel_failover(replicas: usize, wait_replicas: u32) -> (usize, usize
     let ready = ready.lock().unwrap().clone();
     let lied: Vec<_> = ready
         .iter()
-        .filter(|(at, ok)| *ok && *at > killed + Duration::from_millis(300) && *at < promoted)
+        .filter(|(at, ok)| *ok && *at > killed + Duration::from_millis(300) && *at < still_old)
         .collect();
     eprintln!(
         "sentinel failover (wait_replicas={wait_replicas}, {replicas} replicas, \

@@ -281,6 +281,8 @@ impl Cluster {
                     // freshly created cluster has not pinged yet).
                     "--cluster-replica-validity-factor",
                     "0",
+                    "--repl-diskless-sync-delay",
+                    "0",
                     "--appendonly",
                     "no",
                 ])
@@ -317,6 +319,26 @@ impl Cluster {
                 }
             })
             .await;
+        }
+        // Every replica holds its primary's data (initial sync done) before the tests
+        // write: a replica promoted mid-sync would start empty.
+        for n in &c.nodes {
+            let conn = n.client().await;
+            let role: Vec<redis::Value> = redis::cmd("ROLE")
+                .query_async(&mut conn.clone())
+                .await
+                .expect("role");
+            if redis::from_redis_value_ref::<String>(&role[0])
+                .ok()
+                .as_deref()
+                == Some("slave")
+            {
+                until(Duration::from_secs(15), "replica in sync", || {
+                    let mut conn = conn.clone();
+                    async move { link_up(&mut conn).await }
+                })
+                .await;
+            }
         }
         c
     }
