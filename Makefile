@@ -46,8 +46,15 @@ deps:
 	  $(SUDO) apt-get update -qq && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq redis-server >/dev/null; }
 
 ## What the tests need beyond `deps`: Prometheus (the metrics test scrapes a live instance),
-## a Python venv with kubernetes-validate (k8s-check), setpriv (tests/deploy.rs drops to nobody).
+## a Python venv with kubernetes-validate (k8s-check), setpriv (tests/deploy.rs drops to nobody),
+## redis-sentinel (tests/topologies.rs runs a primary + replicas with three sentinels), openssl.
 test-deps: deps $(K8S_VENV)/.installed
+	@command -v openssl >/dev/null 2>&1 || { \
+	  echo "installing openssl (tests/redis_tls.rs makes a throw-away CA)"; \
+	  $(SUDO) apt-get update -qq && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq openssl >/dev/null; }
+	@command -v redis-sentinel >/dev/null 2>&1 || { \
+	  echo "installing redis-sentinel"; \
+	  $(SUDO) apt-get update -qq && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq redis-sentinel >/dev/null; }
 	@command -v prometheus >/dev/null 2>&1 || { \
 	  echo "installing prometheus"; \
 	  $(SUDO) apt-get update -qq && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq prometheus >/dev/null; }

@@ -113,6 +113,7 @@ async fn readyz(State(app): State<Arc<App>>) -> Response {
     match app.store.check_ready().await {
         Ok(()) if !app.inbox_alive() => not_ready("inbox consumer not running".into()),
         Ok(()) => Json(json!({"ready": true, "instance": app.instance_id,
+            "redis": app.store.redis_node(),
             "auth": if app.auth.is_open() { "open" } else { "required" }}))
         .into_response(),
         Err(e) => not_ready(e.to_string()),

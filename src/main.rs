@@ -236,6 +236,9 @@ fn toml_string(cfg: &Config) -> Result<String, String> {
             *s = serde_json::Value::from("<redacted>");
         }
     }
+    if let Some(p) = v.pointer_mut("/redis/password") {
+        *p = serde_json::Value::from("<redacted>");
+    }
     let mut out = String::new();
     write_toml(&mut out, "", &v);
     Ok(out)

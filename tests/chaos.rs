@@ -4,7 +4,8 @@
 //! re-register with their id; sessions resume with `resume_session_id` and resend what has
 //! no outcome yet (idempotent). At the end every utterance index of every session must
 //! have exactly one terminal message, in order, and Redis must satisfy the invariants.
-//! Bounded: sessions stream for ~12 s while 4 kills happen; 60 s at most in all.
+//! Bounded: sessions stream for ~12 s while 4 kills happen; 60 s at most in all. Run on one
+//! Redis, on a Sentinel-managed primary + replica and on a 3-primary 3-replica Redis Cluster.
 
 mod common;
 
@@ -47,7 +48,8 @@ struct Counts {
 struct Instances {
     ports: Vec<u16>,
     children: Vec<Option<Child>>,
-    redis_url: String,
+    /// `SWITCHYARD_REDIS__*` variables: the topology the instances use.
+    redis_env: Vec<(&'static str, String)>,
     dir: std::path::PathBuf,
 }
 
@@ -58,7 +60,7 @@ impl Instances {
         let child = Command::new(env!("CARGO_BIN_EXE_switchyard"))
             .env("SWITCHYARD_LISTEN", format!("127.0.0.1:{}", self.ports[i]))
             .env(secret_env().0, secret_env().1)
-            .env("SWITCHYARD_REDIS__URL", &self.redis_url)
+            .envs(self.redis_env.iter().map(|(k, v)| (*k, v.as_str())))
             .env("SWITCHYARD_LOG__LEVEL", "warn")
             .env("SWITCHYARD_NODE__HEARTBEAT_INTERVAL_MS", "500")
             .env("SWITCHYARD_NODE__DISCONNECT_GRACE_MS", "1500")
@@ -323,12 +325,51 @@ async fn chaos_session(
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kill_dash_nine_under_load_loses_and_duplicates_nothing() {
     let redis = RedisServer::start().await;
+    chaos(vec![("SWITCHYARD_REDIS__URL", redis.url())], &redis.url()).await;
+}
+
+/// The same on a 3-primary 3-replica Redis Cluster: the instances find the cell's slot
+/// through the cluster; the checks read the primary that holds it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kill_dash_nine_under_load_on_a_redis_cluster() {
+    let cluster = common::topology::Cluster::start().await;
+    let seeds = serde_json::to_string(&cluster.urls()).unwrap();
+    let slot = cluster.slot(&format!("{PREFIX}x")).await;
+    let primary = cluster.primary_of(slot).await.expect("slot owner");
+    let env = vec![
+        ("SWITCHYARD_REDIS__MODE", "cluster".to_string()),
+        ("SWITCHYARD_REDIS__URLS", seeds),
+    ];
+    chaos(env, &format!("redis://127.0.0.1:{primary}")).await;
+}
+
+/// The same on a primary + replica managed by three sentinels.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kill_dash_nine_under_load_on_sentinel() {
+    let set = common::topology::SentinelSet::start(1, &[]).await;
+    let env = vec![
+        ("SWITCHYARD_REDIS__MODE", "sentinel".to_string()),
+        (
+            "SWITCHYARD_REDIS__URLS",
+            serde_json::to_string(&set.sentinel_urls()).unwrap(),
+        ),
+        (
+            "SWITCHYARD_REDIS__SENTINEL_MASTER",
+            common::topology::MASTER.to_string(),
+        ),
+    ];
+    chaos(env, &set.primary.url()).await;
+}
+
+/// Run the chaos scenario with instances configured by `redis_env`; `direct` is a plain
+/// connection URL to the node holding the cell (for the final checks).
+async fn chaos(redis_env: Vec<(&'static str, String)>, direct: &str) {
     let dir = tempfile::tempdir().unwrap();
     let ports: Vec<u16> = (0..INSTANCES).map(|_| free_port()).collect();
     let mut inst = Instances {
         ports: ports.clone(),
         children: (0..INSTANCES).map(|_| None).collect(),
-        redis_url: redis.url(),
+        redis_env,
         dir: dir.path().to_path_buf(),
     };
     for i in 0..INSTANCES {
@@ -380,7 +421,9 @@ async fn kill_dash_nine_under_load_loses_and_duplicates_nothing() {
         let _ = tokio::time::timeout(Duration::from_secs(3), n).await;
     }
 
-    let mut c = redis.client().await;
+    let mut c = common::topology::connect(direct)
+        .await
+        .expect("connect to the cell's node");
     let mut failovers = 0u64;
     let keys: Vec<String> = redis::cmd("KEYS")
         .arg(format!("{PREFIX}job:*"))

@@ -51,7 +51,7 @@ fn check_config_rejects_an_invalid_value_naming_the_field() {
     let (code, _, err) = check_config(&[("SWITCHYARD_JOBS__MAX_ATTEMPTS", "0")], &[]);
     assert_ne!(code, 0);
     assert!(err.contains("jobs.max_attempts"), "{err}");
-    let (code, _, err) = check_config(&[("SWITCHYARD_REDIS__URL", "rediss://x:6379")], &[]);
+    let (code, _, err) = check_config(&[("SWITCHYARD_REDIS__URL", "http://x:6379")], &[]);
     assert_ne!(code, 0);
     assert!(err.contains("redis.url"), "{err}");
 }
@@ -123,4 +123,22 @@ fn token_mints_a_jwt_with_the_asked_claims() {
     assert!(err.contains("unknown scope"), "{err}");
     let (code, _, err) = run(&[], &["token", "--scope", "node"]);
     assert_ne!(code, 0, "no secret, no token: {err}");
+}
+
+#[test]
+fn check_config_shows_the_redis_topology_and_never_the_redis_password() {
+    let (code, out, err) = check_config(
+        &[
+            ("SWITCHYARD_REDIS__MODE", "sentinel"),
+            ("SWITCHYARD_REDIS__URLS", r#"["redis://10.0.0.1:26379"]"#),
+            ("SWITCHYARD_REDIS__SENTINEL_MASTER", "switchyard"),
+            ("SWITCHYARD_REDIS__PASSWORD", "topsecret-redis"),
+        ],
+        &[],
+    );
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("mode = \"sentinel\""), "{out}");
+    assert!(out.contains("sentinel_master = \"switchyard\""), "{out}");
+    assert!(out.contains("password = \"<redacted>\""), "{out}");
+    assert!(!out.contains("topsecret-redis"), "{out}");
 }

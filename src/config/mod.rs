@@ -13,7 +13,7 @@ use figment::providers::{Env, Format, Serialized, Toml};
 use serde::{Deserialize, Serialize};
 
 mod auth;
-mod cell;
+pub mod cell;
 mod inbox;
 mod instance;
 mod jobs;
@@ -34,7 +34,7 @@ pub use jobs::JobsConfig;
 pub use limits::LimitsConfig;
 pub use log::LogConfig;
 pub use node::NodeConfig;
-pub use redis::RedisConfig;
+pub use redis::{RedisConfig, RedisMode};
 pub use session::SessionConfig;
 pub use sweep::SweepConfig;
 pub use telemetry::TelemetryConfig;
@@ -198,17 +198,8 @@ impl Config {
                 "each secret must be at least 32 bytes (RFC 7518 §3.2: at least the hash size)",
             );
         }
-        if !self.redis.url.starts_with("redis://") {
-            return bad(
-                "redis.url",
-                "must start with redis:// (TLS is not built in)",
-            );
-        }
-        if self.redis.pool_size == 0 {
-            return bad("redis.pool_size", "must be at least 1");
-        }
-        if self.redis.timeout_ms == 0 {
-            return bad("redis.timeout_ms", "must be positive");
+        if let Err((field, reason)) = self.redis.validate() {
+            return bad(field, reason);
         }
         for (field, v) in [
             ("cell.prefix", &self.cell.prefix),

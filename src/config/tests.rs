@@ -164,3 +164,55 @@ fn limits_come_from_the_environment_and_bad_ones_name_their_field() {
         "limits.upgrade_timeout_ms",
     );
 }
+
+#[test]
+fn redis_topologies_validate_and_come_from_the_environment() {
+    let field = |c: &Config| match c.validate() {
+        Err(ConfigError::Invalid { field, .. }) => field,
+        other => panic!("expected an invalid field, got {other:?}"),
+    };
+    let mut c = keyed();
+    c.redis.url = "rediss://redis.example:6380".into();
+    c.validate().expect("TLS is accepted");
+    c.redis.mode = RedisMode::Sentinel;
+    c.redis.urls = vec!["redis://10.0.0.1:26379".into()];
+    assert_eq!(field(&c), "redis.sentinel_master");
+    c.redis.sentinel_master = "sy".into();
+    c.validate().expect("sentinel with a master name");
+    c.redis.urls.push("rediss://10.0.0.2:26379".into());
+    assert_eq!(field(&c), "redis.urls", "mixed schemes");
+    c.redis.mode = RedisMode::Single;
+    c.redis.urls = vec!["redis://a:1".into(), "redis://b:1".into()];
+    assert_eq!(field(&c), "redis.urls", "single takes one address");
+    c.redis.mode = RedisMode::Cluster;
+    c.redis.urls.clear();
+    assert_eq!(field(&c), "redis.urls", "cluster needs seeds");
+    c.redis.urls = vec!["redis://a:1".into()];
+    c.redis.tls_ca_file = Some("/nonexistent/ca.pem".into());
+    assert_eq!(field(&c), "redis.tls_ca_file", "a CA without rediss://");
+    c.redis.tls_ca_file = None;
+    c.redis.wait_replicas = 1;
+    c.redis.wait_timeout_ms = 0;
+    assert_eq!(field(&c), "redis.wait_timeout_ms");
+
+    figment::Jail::expect_with(|jail| {
+        jail.set_env("SWITCHYARD_AUTH__MODE", "open");
+        jail.set_env("SWITCHYARD_REDIS__MODE", "cluster");
+        jail.set_env(
+            "SWITCHYARD_REDIS__URLS",
+            r#"["redis://a:7000","redis://b:7000"]"#,
+        );
+        jail.set_env("SWITCHYARD_REDIS__USERNAME", "switchyard");
+        jail.set_env("SWITCHYARD_REDIS__PASSWORD", "pw");
+        jail.set_env("SWITCHYARD_REDIS__WAIT_REPLICAS", "1");
+        let c = Config::load(None).expect("valid");
+        assert_eq!(c.redis.mode, RedisMode::Cluster);
+        assert_eq!(c.redis.seeds().len(), 2);
+        assert_eq!(c.redis.username.as_deref(), Some("switchyard"));
+        assert_eq!(c.redis.password.as_deref(), Some("pw"));
+        assert_eq!(c.redis.wait_replicas, 1);
+        jail.set_env("SWITCHYARD_REDIS__MODE", "sentinal");
+        assert!(Config::load(None).is_err(), "an unknown mode is refused");
+        Ok(())
+    });
+}

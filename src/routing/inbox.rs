@@ -12,11 +12,11 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
-use redis::aio::MultiplexedConnection;
 use redis::{RedisResult, Value};
 use serde::Deserialize;
 
 use crate::server::App;
+use crate::store::Conn;
 
 const GROUP: &str = "g";
 
@@ -45,6 +45,8 @@ pub async fn run(app: Arc<App>) {
         };
         if let Err(e) = result {
             tracing::warn!(error = %e, "inbox consumer reconnecting");
+            // The primary may have moved (sentinel failover): look before reconnecting.
+            app.store.connection_failed().await;
         }
         tokio::select! {
             _ = tokio::time::sleep(Duration::from_millis(250)) => {}
@@ -53,7 +55,10 @@ pub async fn run(app: Arc<App>) {
     }
 }
 
-async fn consume(app: &App) -> RedisResult<()> {
+/// Why the consumer loop stopped: a Redis error or no connection.
+type ConsumeError = Box<dyn std::error::Error + Send + Sync>;
+
+async fn consume(app: &App) -> Result<(), ConsumeError> {
     let block = app.cfg.inbox.block_ms;
     let mut conn = app
         .store
@@ -98,7 +103,7 @@ async fn consume(app: &App) -> RedisResult<()> {
 }
 
 /// Create the consumer group (and the stream) if Redis does not have it.
-async fn ensure_group(conn: &mut MultiplexedConnection, inbox: &str) -> RedisResult<()> {
+async fn ensure_group(conn: &mut Conn, inbox: &str) -> RedisResult<()> {
     let r: RedisResult<()> = redis::cmd("XGROUP")
         .arg("CREATE")
         .arg(inbox)
@@ -154,12 +159,7 @@ fn parse_entries(reply: Value) -> Vec<Entry> {
 }
 
 /// Write each entry to its socket, then XACK + XDEL them.
-async fn handle(
-    app: &App,
-    conn: &mut MultiplexedConnection,
-    inbox: &str,
-    entries: Vec<Entry>,
-) -> RedisResult<()> {
+async fn handle(app: &App, conn: &mut Conn, inbox: &str, entries: Vec<Entry>) -> RedisResult<()> {
     if entries.is_empty() {
         return Ok(());
     }
@@ -201,7 +201,7 @@ async fn handle(
 
 /// Entries read but never acknowledged (a crash mid-write, a bug): claim them again, or
 /// move them to the dead-letter stream after `dead_letter_after` deliveries.
-async fn reclaim(app: &App, conn: &mut MultiplexedConnection, inbox: &str) -> RedisResult<()> {
+async fn reclaim(app: &App, conn: &mut Conn, inbox: &str) -> RedisResult<()> {
     let idle = app.cfg.inbox.claim_idle_ms;
     let pending: Vec<(String, String, u64, u64)> = redis::cmd("XPENDING")
         .arg(inbox)

@@ -17,6 +17,8 @@ pub async fn run(app: Arc<App>) {
             _ = tick.tick() => {}
             _ = stop.changed() => return,
         }
+        // A planned sentinel switch-over raises no error: look for it on every beat.
+        app.store.poll_topology().await;
         // Several dead inboxes, or a long one, are taken over in consecutive calls.
         for _ in 0..16 {
             match app

@@ -5,27 +5,37 @@
 //! place: the deadpool-redis pool, EVALSHA with transparent reload after NOSCRIPT, JSON
 //! replies decoded into enums, per-script metrics, and one error for "Redis is away"
 //! ([`StoreError::Unavailable`], which clients see as `SCHEDULER_DEPENDENCY_DOWN`).
+//! Which Redis answers (one server, a Sentinel-managed primary, a Cluster) is the business
+//! of `connection.rs` alone: the rest of the code sees one `Store` whatever the topology.
 
+mod clients;
+pub mod connection;
+mod health;
 pub mod inspect;
 pub mod instances;
 pub mod jobs;
 pub mod keys;
 pub mod nodes;
+pub mod reply;
 pub mod scripts;
+mod sentinel;
 pub mod sessions;
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use deadpool_redis::{Pool, Runtime};
-use redis::{AsyncConnectionConfig, IntoConnectionInfo, Value};
+use redis::Value;
 use serde::Deserialize;
 use serde::de::DeserializeOwned;
 use tracing::Instrument;
 
 use crate::config::Config;
 use crate::telemetry::metrics::{Metrics, ScriptLabels, ScriptName};
+pub use connection::Conn;
+use connection::Connector;
 pub use keys::Keys;
+use reply::decode_reply;
+pub use reply::{Events, Latencies, lua_list};
 pub use scripts::{Script, Scripts};
 
 #[derive(Debug, thiserror::Error)]
@@ -53,6 +63,11 @@ impl StoreError {
             || e.is_timeout()
             || e.is_connection_dropped()
             || e.is_connection_refusal()
+            // A demoted primary (sentinel failover), a slot without a primary (cluster).
+            || matches!(
+                e.code(),
+                Some("READONLY" | "CLUSTERDOWN" | "TRYAGAIN" | "MASTERDOWN" | "LOADING")
+            )
         {
             StoreError::Unavailable(e.to_string())
         } else {
@@ -66,9 +81,8 @@ impl StoreError {
 
 /// Shared handle to the cell's Redis state.
 pub struct Store {
-    pool: Pool,
-    /// For dedicated connections (the inbox consumer's blocking reads).
-    client: redis::Client,
+    /// Connections for the configured topology (single, sentinel, cluster).
+    connector: Connector,
     pub keys: Keys,
     scripts: Scripts,
     metrics: Arc<Metrics>,
@@ -76,12 +90,8 @@ pub struct Store {
     instance: String,
     /// The configuration JSON every script decodes as CFG (ARGV[3]), built once.
     script_cfg: String,
-    /// Script calls go through a few long-lived multiplexed connections (taken once from
-    /// the pool; each pipelines concurrent callers) instead of a pool checkout per call,
-    /// which costs deadpool-redis' UNWATCH+PING round trip every time. Dropped and taken
-    /// again after a connection error.
-    shared: Vec<std::sync::RwLock<Option<redis::aio::MultiplexedConnection>>>,
-    next_shared: std::sync::atomic::AtomicUsize,
+    /// `redis.wait_replicas` and `redis.wait_timeout_ms` (0 = no WAIT).
+    wait: (u32, u64),
 }
 
 /// A message a script produced for a connection (node or session).
@@ -189,61 +199,16 @@ fn script_config(cfg: &Config) -> String {
 }
 
 impl Store {
-    /// Build the pool (no connection is made yet; Redis may come up later).
+    /// Build the connector (no connection is made yet; Redis may come up later).
     pub fn new(cfg: &Config, instance: &str, metrics: Arc<Metrics>) -> Result<Self, StoreError> {
-        let info =
-            cfg.redis
-                .url
-                .as_str()
-                .into_connection_info()
-                .map_err(|e| StoreError::Redis {
-                    script: "config",
-                    message: format!("redis.url: {e}"),
-                })?;
-        // Debian's Redis 7.0 does not know CLIENT SETINFO; skip it so every new connection
-        // does not count an error in INFO errorstats.
-        let settings = info.redis_settings().clone().set_skip_set_lib_name();
-        // Script calls are small writes on a multiplexed connection: send each at once
-        // instead of holding it behind an unacknowledged one (Nagle; see server.rs).
-        let tcp = redis::io::tcp::TcpSettings::default().set_nodelay(true);
-        let info = info.set_redis_settings(settings).set_tcp_settings(tcp);
-        let timeout = Duration::from_millis(cfg.redis.timeout_ms);
-        let conn_cfg = AsyncConnectionConfig::new()
-            .set_connection_timeout(Some(timeout))
-            .set_response_timeout(Some(timeout));
-        let client = redis::Client::open(info.clone()).map_err(|e| StoreError::Redis {
-            script: "config",
-            message: e.to_string(),
-        })?;
-        let manager = deadpool_redis::Manager::new_with_config(info, conn_cfg).map_err(|e| {
-            StoreError::Redis {
-                script: "config",
-                message: e.to_string(),
-            }
-        })?;
-        let pool = Pool::builder(manager)
-            .max_size(cfg.redis.pool_size)
-            .wait_timeout(Some(timeout))
-            .create_timeout(Some(timeout))
-            .recycle_timeout(Some(timeout))
-            .runtime(Runtime::Tokio1)
-            .build()
-            .map_err(|e| StoreError::Redis {
-                script: "config",
-                message: e.to_string(),
-            })?;
         Ok(Self {
-            pool,
-            client,
+            connector: Connector::new(&cfg.redis)?,
             keys: Keys::new(&cfg.cell_tag()),
             scripts: Scripts::new(),
             metrics,
             instance: instance.to_string(),
             script_cfg: script_config(cfg),
-            shared: (0..cfg.redis.pool_size.clamp(1, 4))
-                .map(|_| Default::default())
-                .collect(),
-            next_shared: Default::default(),
+            wait: (cfg.redis.wait_replicas, cfg.redis.wait_timeout_ms),
         })
     }
 
@@ -258,17 +223,24 @@ impl Store {
     }
 
     /// A connection of its own (not pooled) for blocking reads, with a response timeout
-    /// longer than the block time.
-    pub async fn dedicated_connection(
-        &self,
-        timeout: Duration,
-    ) -> redis::RedisResult<redis::aio::MultiplexedConnection> {
-        let cfg = AsyncConnectionConfig::new()
-            .set_connection_timeout(Some(Duration::from_secs(2)))
-            .set_response_timeout(Some(timeout));
-        self.client
-            .get_multiplexed_async_connection_with_config(&cfg)
-            .await
+    /// longer than the block time (in cluster mode it reaches the node of the key's slot).
+    pub async fn dedicated_connection(&self, timeout: Duration) -> Result<Conn, StoreError> {
+        self.connector.dedicated(timeout).await
+    }
+
+    /// A call failed for want of Redis: let the connector look for a new primary (sentinel).
+    pub async fn connection_failed(&self) {
+        self.connector.failed().await;
+    }
+
+    /// Sentinel mode: ask the sentinels whether the primary moved (at most once a second).
+    pub async fn poll_topology(&self) {
+        self.connector.poll().await;
+    }
+
+    /// The data node in use (`host:port`; `cluster` in cluster mode), for `/readyz`.
+    pub fn redis_node(&self) -> String {
+        self.connector.describe()
     }
 
     /// Pending inbox entries of `instance` and the length of the dead-letter stream.
@@ -293,32 +265,13 @@ impl Store {
         Ok((pending, dead))
     }
 
-    /// A shared multiplexed connection for script calls (see [`Store::shared`]).
-    async fn script_conn(&self) -> Result<(usize, redis::aio::MultiplexedConnection), StoreError> {
-        use std::sync::atomic::Ordering;
-        let i = self.next_shared.fetch_add(1, Ordering::Relaxed) % self.shared.len();
-        let slot = &self.shared[i];
-        if let Some(c) = slot.read().unwrap_or_else(|p| p.into_inner()).clone() {
-            return Ok((i, c));
+    /// A pooled connection (a cluster connection in cluster mode), or `Unavailable`.
+    pub async fn conn(&self) -> Result<Conn, StoreError> {
+        let r = self.connector.conn().await;
+        if r.is_err() {
+            self.connector.failed().await;
         }
-        let fresh = deadpool_redis::Connection::take(self.conn().await?);
-        *slot.write().unwrap_or_else(|p| p.into_inner()) = Some(fresh.clone());
-        Ok((i, fresh))
-    }
-
-    /// Forget a shared connection that failed; the next call takes a new one.
-    fn drop_shared(&self, i: usize) {
-        if let Some(slot) = self.shared.get(i) {
-            *slot.write().unwrap_or_else(|p| p.into_inner()) = None;
-        }
-    }
-
-    /// A pooled connection, or `Unavailable`.
-    pub async fn conn(&self) -> Result<deadpool_redis::Connection, StoreError> {
-        self.pool
-            .get()
-            .await
-            .map_err(|e| StoreError::Unavailable(e.to_string()))
+        r
     }
 
     /// Run one script: its reply is `[json, blob...]`; the JSON decodes into `T` and its
@@ -343,7 +296,13 @@ impl Store {
         }
         let started = Instant::now();
         let result = async {
-            let (slot, mut conn) = self.script_conn().await?;
+            let (slot, mut conn) = match self.connector.shared().await {
+                Ok(c) => c,
+                Err(e) => {
+                    self.connector.failed().await;
+                    return Err(e);
+                }
+            };
             let mut inv = self.scripts.get(script).prepare_invoke();
             for k in keys {
                 inv.key(k);
@@ -356,11 +315,15 @@ impl Store {
                 Err(e) => {
                     let e = StoreError::from_redis(name, e);
                     if matches!(e, StoreError::Unavailable(_)) {
-                        self.drop_shared(slot);
+                        self.connector.drop_shared(slot);
+                        self.connector.failed().await;
                     }
                     return Err(e);
                 }
             };
+            if self.wait.0 > 0 {
+                self.wait_replicas(&mut conn).await?;
+            }
             if parts.is_empty() {
                 return Err(StoreError::Reply {
                     script: name,
@@ -395,128 +358,5 @@ impl Store {
             Err(e) => tracing::warn!(script = name, error = %e, "script call failed"),
         }
         result
-    }
-
-    /// SCRIPT LOAD every script (start-up and readiness); a no-op when already loaded.
-    pub async fn load_scripts(&self) -> Result<(), StoreError> {
-        let mut conn = self.conn().await?;
-        for (s, script) in self.scripts.iter() {
-            script
-                .prepare_invoke()
-                .load_async(&mut conn)
-                .await
-                .map_err(|e| StoreError::from_redis(s.name(), e))?;
-        }
-        Ok(())
-    }
-
-    /// Ready = Redis answers and every script is loaded (loading them if a restart lost them).
-    pub async fn check_ready(&self) -> Result<(), StoreError> {
-        let mut conn = self.conn().await?;
-        let mut cmd = redis::cmd("SCRIPT");
-        cmd.arg("EXISTS");
-        for (_, s) in self.scripts.iter() {
-            cmd.arg(s.get_hash());
-        }
-        let loaded: Vec<bool> = cmd
-            .query_async(&mut conn)
-            .await
-            .map_err(|e| StoreError::from_redis("ready", e))?;
-        if loaded.iter().all(|l| *l) {
-            Ok(())
-        } else {
-            self.load_scripts().await
-        }
-    }
-}
-
-fn decode_reply<T: DeserializeOwned>(
-    script: &'static str,
-    json: &[u8],
-    blobs: Vec<Vec<u8>>,
-) -> Result<Output<T>, StoreError> {
-    let bad = |e: serde_json::Error| StoreError::Reply {
-        script,
-        message: format!("{e}: {}", String::from_utf8_lossy(json)),
-    };
-    let mut value: serde_json::Value = serde_json::from_slice(json).map_err(bad)?;
-    // Move the deliveries and events out (message bodies can be large: no copies).
-    let take = |v: &mut serde_json::Value, k: &str| v.as_object_mut().and_then(|m| m.remove(k));
-    let out = take(&mut value, "out")
-        .map(lua_list)
-        .transpose()
-        .map_err(bad)?
-        .unwrap_or_default();
-    let ev = take(&mut value, "ev")
-        .map(lua_map)
-        .transpose()
-        .map_err(bad)?
-        .unwrap_or_default();
-    let lat = match take(&mut value, "lat") {
-        Some(l) => serde_json::from_value(l).map_err(bad)?,
-        None => Latencies::default(),
-    };
-    let reply: T = serde_json::from_value(value).map_err(bad)?;
-    Ok(Output {
-        reply,
-        out,
-        blobs,
-        events: Events { ev, lat },
-    })
-}
-
-/// What a script call did, for metrics: transition counts and latencies (ms, Redis clock).
-#[derive(Debug, Default)]
-pub struct Events {
-    /// `submitted`, `dispatched`, `queued`, `failover`, `finished`, `acked`, `started`,
-    /// `queue_timeout`, `missing_result`, `failed:<CODE>`, `cut_skipped:empty|too_short`
-    /// → count.
-    pub ev: std::collections::BTreeMap<String, u64>,
-    pub lat: Latencies,
-}
-
-#[derive(Debug, Default, Deserialize)]
-pub struct Latencies {
-    #[serde(default, deserialize_with = "lua_list")]
-    pub dispatch: Vec<f64>,
-    #[serde(default, deserialize_with = "lua_list")]
-    pub e2e: Vec<f64>,
-    /// The primary pool of each job of `dispatch`, in the same order.
-    #[serde(default, deserialize_with = "lua_list")]
-    pub pool: Vec<String>,
-}
-
-/// Serde helper: a map that Lua's cjson may have encoded as `[]`... or `{}` when empty.
-fn lua_map<'de, D>(d: D) -> Result<std::collections::BTreeMap<String, u64>, D::Error>
-where
-    D: serde::Deserializer<'de>,
-{
-    match serde_json::Value::deserialize(d)? {
-        serde_json::Value::Object(m) => Ok(m
-            .into_iter()
-            .filter_map(|(k, v)| v.as_u64().map(|n| (k, n)))
-            .collect()),
-        _ => Ok(Default::default()),
-    }
-}
-
-/// Serde helper for script replies: Lua's cjson encodes an empty table as `{}`, so a list
-/// field may arrive as an empty object.
-pub(crate) fn lua_list<'de, D, T>(d: D) -> Result<Vec<T>, D::Error>
-where
-    D: serde::Deserializer<'de>,
-    T: DeserializeOwned,
-{
-    use serde::Deserialize;
-    match serde_json::Value::deserialize(d)? {
-        serde_json::Value::Array(items) => items
-            .into_iter()
-            .map(|v| serde_json::from_value(v).map_err(serde::de::Error::custom))
-            .collect(),
-        serde_json::Value::Object(m) if m.is_empty() => Ok(Vec::new()),
-        serde_json::Value::Null => Ok(Vec::new()),
-        other => Err(serde::de::Error::custom(format!(
-            "expected a list, got {other}"
-        ))),
     }
 }

@@ -84,21 +84,31 @@ fn expand(src: &str) -> String {
 /// All scripts, expanded and hashed once per process.
 pub struct Scripts {
     scripts: Vec<(Script, RedisScript)>,
+    /// The expanded sources, for `SCRIPT LOAD` routed to one cluster node.
+    sources: Vec<String>,
 }
 
 impl Scripts {
     pub fn new() -> Self {
+        let sources: Vec<String> = Script::ALL.iter().map(|s| expand(s.source())).collect();
         let scripts = Script::ALL
             .iter()
-            .map(|s| (*s, RedisScript::new(&expand(s.source()))));
+            .zip(&sources)
+            .map(|(s, src)| (*s, RedisScript::new(src)));
         Self {
             scripts: scripts.collect(),
+            sources,
         }
     }
 
     pub fn get(&self, s: Script) -> &RedisScript {
         // `scripts` follows the declaration order of `Script`, so the index is the variant.
         &self.scripts[s as usize].1
+    }
+
+    /// The expanded source of `s`.
+    pub fn source(&self, s: Script) -> &str {
+        &self.sources[s as usize]
     }
 
     pub fn iter(&self) -> impl Iterator<Item = (Script, &RedisScript)> {

@@ -97,6 +97,10 @@ pub struct Metrics {
     pub resumes: Counter,
     /// Times this instance found its presence had lapsed and closed its connections.
     pub presence_lapses: Counter,
+    /// Time spent in `WAIT` after state changes (`redis.wait_replicas`).
+    pub redis_wait_seconds: Histogram,
+    /// `WAIT`s that returned fewer replicas than `redis.wait_replicas` (timeout or error).
+    pub redis_wait_short: Counter,
     /// Entries of this instance's inbox read but not acknowledged (at scrape time).
     pub inbox_pending: Gauge,
     /// Length of the dead-letter stream (at scrape time).
@@ -205,6 +209,18 @@ impl Metrics {
             "Presence lapsed while running",
             presence_lapses.clone(),
         );
+        let redis_wait_seconds = Histogram::new(exponential_buckets(0.000_05, 2.0, 16));
+        registry.register(
+            "redis_wait_seconds",
+            "WAIT for replicas after a state change",
+            redis_wait_seconds.clone(),
+        );
+        let redis_wait_short = Counter::default();
+        registry.register(
+            "redis_wait_short",
+            "WAITs that returned fewer replicas than wanted",
+            redis_wait_short.clone(),
+        );
         let resumes = Counter::default();
         registry.register("session_resumes", "Sessions resumed", resumes.clone());
         let inbox_pending = Gauge::default();
@@ -292,6 +308,8 @@ impl Metrics {
             takeovers,
             resumes,
             presence_lapses,
+            redis_wait_seconds,
+            redis_wait_short,
             inbox_pending,
             dead_letters,
             jobs,

@@ -9,8 +9,10 @@ pub mod cell;
 pub mod children;
 pub mod invariants;
 pub mod kustomize;
+pub mod load;
 pub mod model;
 pub mod redis_server;
+pub mod topology;
 pub mod ws;
 
 use std::time::Duration;

@@ -1,0 +1,400 @@
+//! Redis topologies behind one interface: a single server, a Sentinel-managed primary, or a
+//! Redis Cluster (`[redis] mode`).
+//!
+//! The rest of the store sees [`Conn`], one connection type that speaks to whichever kind
+//! is configured, and [`Connector`], which hands them out:
+//! - **single**: a deadpool pool on one address (as before).
+//! - **sentinel**: the same pool, built on the primary the sentinels name. After a
+//!   connection error or a `READONLY` reply ([`Connector::failed`]) the sentinels are asked
+//!   again; when they name another primary the pool and the shared connections are replaced,
+//!   so the instance follows a failover by itself.
+//! - **cluster**: one `cluster-async` connection (multiplexed per node; it follows
+//!   `MOVED`/`ASK` and refreshes the slot map itself). Every script touches keys of one hash
+//!   tag only, so no call is ever `CROSSSLOT`; `EVALSHA` goes to the node owning the tag's
+//!   slot and a `NOSCRIPT` there loads the script on the spot.
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, RwLock};
+use std::time::{Duration, Instant};
+
+use deadpool_redis::Pool;
+use redis::aio::{ConnectionLike, MultiplexedConnection};
+use redis::cluster_async::ClusterConnection;
+use redis::{AsyncConnectionConfig, Cmd, ConnectionInfo, IntoConnectionInfo, RedisFuture, Value};
+
+use super::StoreError;
+use super::clients::{Node, cluster_client, node, skip_lib_name};
+use super::sentinel::ask_sentinels;
+use crate::config::{RedisConfig, RedisMode};
+
+/// A connection to the configured Redis, whatever its topology.
+pub enum Conn {
+    /// Checked out of the pool (returned on drop).
+    Pooled(deadpool_redis::Connection),
+    /// A multiplexed connection of its own (shared script connections, blocking reads).
+    Multiplexed(MultiplexedConnection),
+    /// A cluster connection: routes each command to the node owning its keys' slot.
+    Cluster(ClusterConnection),
+}
+
+impl ConnectionLike for Conn {
+    fn req_packed_command<'a>(&'a mut self, cmd: &'a Cmd) -> RedisFuture<'a, Value> {
+        match self {
+            Conn::Pooled(c) => c.req_packed_command(cmd),
+            Conn::Multiplexed(c) => c.req_packed_command(cmd),
+            Conn::Cluster(c) => c.req_packed_command(cmd),
+        }
+    }
+
+    fn req_packed_commands<'a>(
+        &'a mut self,
+        pipeline: &'a redis::Pipeline,
+        offset: usize,
+        count: usize,
+    ) -> RedisFuture<'a, Vec<Value>> {
+        match self {
+            Conn::Pooled(c) => c.req_packed_commands(pipeline, offset, count),
+            Conn::Multiplexed(c) => c.req_packed_commands(pipeline, offset, count),
+            Conn::Cluster(c) => c.req_packed_commands(pipeline, offset, count),
+        }
+    }
+
+    fn get_db(&self) -> i64 {
+        match self {
+            Conn::Pooled(c) => c.get_db(),
+            Conn::Multiplexed(c) => c.get_db(),
+            Conn::Cluster(c) => c.get_db(),
+        }
+    }
+}
+
+enum Kind {
+    Single(Box<Node>),
+    Sentinel {
+        sentinels: Vec<ConnectionInfo>,
+        master: String,
+        current: RwLock<Option<Arc<Node>>>,
+        /// Serialises re-resolution; the time of the last round (see [`RESOLVE_EVERY`]).
+        resolving: tokio::sync::Mutex<Option<Instant>>,
+    },
+    Cluster {
+        client: Box<redis::cluster::ClusterClient>,
+        /// Kept across errors: it reconnects to nodes and refreshes the slot map itself.
+        current: RwLock<Option<ClusterConnection>>,
+        connecting: tokio::sync::Mutex<()>,
+    },
+}
+
+/// How often the sentinels may be asked again after failures.
+const RESOLVE_EVERY: Duration = Duration::from_millis(200);
+
+/// How often the sentinels are asked while everything works (see [`Connector::poll`]).
+const POLL_EVERY: Duration = Duration::from_secs(1);
+
+/// Hands out connections for the configured topology.
+pub struct Connector {
+    kind: Kind,
+    cfg: RedisConfig,
+    timeout: Duration,
+    /// Long-lived multiplexed connections for script calls (single, sentinel); see
+    /// [`Connector::shared`].
+    shared: Vec<RwLock<Option<MultiplexedConnection>>>,
+    next_shared: AtomicUsize,
+}
+
+/// A poisoned lock only means another thread panicked while holding it; the value is fine.
+fn read<T: Clone>(l: &RwLock<Option<T>>) -> Option<T> {
+    l.read().unwrap_or_else(|p| p.into_inner()).clone()
+}
+
+fn write<T>(l: &RwLock<Option<T>>, v: Option<T>) {
+    *l.write().unwrap_or_else(|p| p.into_inner()) = v;
+}
+
+pub(super) fn config_err(message: String) -> StoreError {
+    StoreError::Redis {
+        script: "config",
+        message,
+    }
+}
+
+impl Connector {
+    pub fn new(cfg: &RedisConfig) -> Result<Self, StoreError> {
+        let timeout = Duration::from_millis(cfg.timeout_ms);
+        let seeds: Vec<ConnectionInfo> = cfg
+            .seeds()
+            .iter()
+            .map(|u| {
+                u.as_str()
+                    .into_connection_info()
+                    .map_err(|e| config_err(format!("redis url {u}: {e}")))
+            })
+            .collect::<Result<_, _>>()?;
+        let kind = match cfg.mode {
+            RedisMode::Single => {
+                let seed = seeds
+                    .into_iter()
+                    .next()
+                    .ok_or_else(|| config_err("no redis address".into()))?;
+                Kind::Single(Box::new(node(cfg, seed)?))
+            }
+            RedisMode::Sentinel => Kind::Sentinel {
+                sentinels: seeds.into_iter().map(skip_lib_name).collect(),
+                master: cfg.sentinel_master.clone(),
+                current: RwLock::new(None),
+                resolving: tokio::sync::Mutex::new(None),
+            },
+            RedisMode::Cluster => Kind::Cluster {
+                connecting: tokio::sync::Mutex::new(()),
+                client: Box::new(cluster_client(cfg, seeds, timeout)?),
+                current: RwLock::new(None),
+            },
+        };
+        Ok(Self {
+            kind,
+            cfg: cfg.clone(),
+            timeout,
+            shared: (0..cfg.pool_size.clamp(1, 4))
+                .map(|_| Default::default())
+                .collect(),
+            next_shared: Default::default(),
+        })
+    }
+
+    pub fn is_cluster(&self) -> bool {
+        matches!(self.kind, Kind::Cluster { .. })
+    }
+
+    /// The data node in use (`host:port`), or `cluster`.
+    pub fn describe(&self) -> String {
+        match &self.kind {
+            Kind::Single(n) => n.addr.clone(),
+            Kind::Sentinel { current, .. } => {
+                read(current).map_or_else(|| "unresolved".into(), |n| n.addr.clone())
+            }
+            Kind::Cluster { .. } => "cluster".into(),
+        }
+    }
+
+    /// The primary's node for single and sentinel modes (resolving it when needed).
+    async fn node(&self) -> Result<Arc<Node>, StoreError> {
+        match &self.kind {
+            Kind::Single(_) | Kind::Cluster { .. } => Err(config_err("not a node topology".into())),
+            Kind::Sentinel { current, .. } => match read(current) {
+                Some(n) => Ok(n),
+                None => {
+                    self.resolve(true, RESOLVE_EVERY).await?;
+                    read(current).ok_or_else(|| {
+                        StoreError::Unavailable("no primary known to the sentinels".into())
+                    })
+                }
+            },
+        }
+    }
+
+    async fn cluster(&self) -> Result<ClusterConnection, StoreError> {
+        let Kind::Cluster {
+            client,
+            current,
+            connecting,
+        } = &self.kind
+        else {
+            return Err(config_err("not a cluster".into()));
+        };
+        if let Some(c) = read(current) {
+            return Ok(c);
+        }
+        // One caller connects (slot map discovery touches every node); the others wait.
+        let _one = connecting.lock().await;
+        if let Some(c) = read(current) {
+            return Ok(c);
+        }
+        let c = client
+            .get_async_connection()
+            .await
+            .map_err(|e| StoreError::from_redis("connect", e))?;
+        write(current, Some(c.clone()));
+        Ok(c)
+    }
+
+    /// A pooled connection (reads, readiness, `SCRIPT LOAD`), or `Unavailable`.
+    pub async fn conn(&self) -> Result<Conn, StoreError> {
+        let pool_get = |p: &Pool| {
+            let p = p.clone();
+            async move {
+                p.get()
+                    .await
+                    .map(Conn::Pooled)
+                    .map_err(|e| StoreError::Unavailable(e.to_string()))
+            }
+        };
+        match &self.kind {
+            Kind::Single(n) => pool_get(&n.pool).await,
+            Kind::Sentinel { .. } => pool_get(&self.node().await?.pool).await,
+            Kind::Cluster { .. } => self.cluster().await.map(Conn::Cluster),
+        }
+    }
+
+    /// A shared multiplexed connection for script calls: taken once from the pool (each
+    /// pipelines concurrent callers) instead of a pool checkout per call, which costs
+    /// deadpool-redis' UNWATCH+PING round trip every time. [`Connector::drop_shared`]
+    /// forgets one after a connection error. In cluster mode, the cluster connection.
+    pub async fn shared(&self) -> Result<(usize, Conn), StoreError> {
+        if self.is_cluster() {
+            return Ok((0, Conn::Cluster(self.cluster().await?)));
+        }
+        let i = self.next_shared.fetch_add(1, Ordering::Relaxed) % self.shared.len();
+        if let Some(c) = read(&self.shared[i]) {
+            return Ok((i, Conn::Multiplexed(c)));
+        }
+        let Conn::Pooled(pooled) = self.conn().await? else {
+            return Err(config_err("pool returned a non-pooled connection".into()));
+        };
+        let fresh = deadpool_redis::Connection::take(pooled);
+        write(&self.shared[i], Some(fresh.clone()));
+        Ok((i, Conn::Multiplexed(fresh)))
+    }
+
+    /// Forget a shared connection that failed; the next call takes a new one.
+    pub fn drop_shared(&self, i: usize) {
+        match &self.kind {
+            // The cluster connection recovers by itself (reconnect, slot refresh).
+            Kind::Cluster { .. } => {}
+            _ => {
+                if let Some(slot) = self.shared.get(i) {
+                    write(slot, None);
+                }
+            }
+        }
+    }
+
+    /// A connection of its own (not pooled) for blocking reads, with a response timeout
+    /// longer than the block time. In cluster mode a cluster connection of its own: its
+    /// blocking `XREADGROUP` goes to the node that holds the stream's slot, and follows the
+    /// slot when it moves.
+    pub async fn dedicated(&self, timeout: Duration) -> Result<Conn, StoreError> {
+        let connect = Duration::from_secs(2).min(self.timeout * 2);
+        match &self.kind {
+            Kind::Cluster { .. } => {
+                let seeds = self
+                    .cfg
+                    .seeds()
+                    .iter()
+                    .map(|u| u.as_str().into_connection_info())
+                    .collect::<Result<Vec<_>, _>>()
+                    .map_err(|e| config_err(e.to_string()))?;
+                let client = cluster_client(&self.cfg, seeds, timeout)?;
+                client
+                    .get_async_connection()
+                    .await
+                    .map(Conn::Cluster)
+                    .map_err(|e| StoreError::from_redis("connect", e))
+            }
+            Kind::Single(_) | Kind::Sentinel { .. } => {
+                let client = match &self.kind {
+                    Kind::Single(n) => n.client.clone(),
+                    _ => self.node().await?.client.clone(),
+                };
+                let cfg = AsyncConnectionConfig::new()
+                    .set_connection_timeout(Some(connect))
+                    .set_response_timeout(Some(timeout));
+                client
+                    .get_multiplexed_async_connection_with_config(&cfg)
+                    .await
+                    .map(Conn::Multiplexed)
+                    .map_err(|e| StoreError::from_redis("connect", e))
+            }
+        }
+    }
+
+    /// A call failed with `Unavailable`: in sentinel mode, ask the sentinels whether the
+    /// primary moved (at most once per 200 ms), and switch to the new one if it did.
+    pub async fn failed(&self) {
+        if let Kind::Sentinel { .. } = self.kind
+            && let Err(e) = self.resolve(false, RESOLVE_EVERY).await
+        {
+            tracing::debug!(error = %e, "sentinel re-resolution failed");
+        }
+    }
+
+    /// Ask the sentinels for the primary's address; replace the pool when it changed.
+    /// Sentinel mode: ask the sentinels again if the last answer is older than
+    /// [`POLL_EVERY`]. A planned switch-over (`SENTINEL FAILOVER`) leaves the old primary up
+    /// and writable until Sentinel reconfigures it (up to its 10 s INFO period), so errors
+    /// alone would notice it late; the presence loop calls this on every beat.
+    pub async fn poll(&self) {
+        if let Kind::Sentinel { .. } = self.kind
+            && let Err(e) = self.resolve(false, POLL_EVERY).await
+        {
+            tracing::debug!(error = %e, "sentinel poll failed");
+        }
+    }
+
+    async fn resolve(&self, force: bool, gap: Duration) -> Result<(), StoreError> {
+        let Kind::Sentinel {
+            sentinels,
+            master,
+            current,
+            resolving,
+        } = &self.kind
+        else {
+            return Ok(());
+        };
+        let mut last = resolving.lock().await;
+        if !force && last.is_some_and(|t| t.elapsed() < gap) {
+            return Ok(());
+        }
+        if force && read(current).is_some() {
+            return Ok(()); // another caller resolved it while we waited for the lock
+        }
+        *last = Some(Instant::now());
+        let (host, port) = ask_sentinels(sentinels, master, self.timeout).await?;
+        let addr = format!("{host}:{port}");
+        let old = read(current);
+        if old.as_ref().is_some_and(|n| n.addr == addr) {
+            return Ok(());
+        }
+        let scheme = if self.cfg.tls() { "rediss" } else { "redis" };
+        let info = format!("{scheme}://{addr}")
+            .as_str()
+            .into_connection_info()
+            .map_err(|e| config_err(e.to_string()))?;
+        let fresh = Arc::new(node(&self.cfg, info)?);
+        match &old {
+            Some(o) => tracing::warn!(from = %o.addr, to = %addr, master = %master,
+                "the sentinels name a new primary; following the failover"),
+            None => {
+                tracing::info!(primary = %addr, master = %master, "primary found through the sentinels")
+            }
+        }
+        write(current, Some(fresh));
+        for slot in &self.shared {
+            write(slot, None);
+        }
+        Ok(())
+    }
+}
+
+impl Connector {
+    /// Run `cmd` on the node that holds `key`'s slot: in cluster mode commands without keys
+    /// (`ROLE`, `SCRIPT`, `WAIT`) are routed there explicitly, elsewhere there is one node.
+    pub async fn on_cell(
+        &self,
+        conn: &mut Conn,
+        cmd: &Cmd,
+        key: &str,
+    ) -> redis::RedisResult<Value> {
+        use redis::cluster_routing::{Route, RoutingInfo, SingleNodeRoutingInfo, SlotAddr};
+        match conn {
+            Conn::Cluster(c) => {
+                let route = Route::with_key(key.as_bytes(), SlotAddr::Master);
+                c.route_command(
+                    cmd.clone(),
+                    RoutingInfo::SingleNode(SingleNodeRoutingInfo::SpecificNode(route)),
+                )
+                .await
+            }
+            other => cmd.query_async(other).await,
+        }
+    }
+}

@@ -1,0 +1,107 @@
+//! Readiness, script loading and the optional `WAIT` for replicas: the calls that must reach
+//! the node holding the cell (in cluster mode, the primary of the cell's slot).
+
+use std::time::Instant;
+
+use redis::Value;
+
+use super::{Conn, Store, StoreError};
+
+impl Store {
+    /// SCRIPT LOAD every script (start-up and readiness); a no-op when already loaded.
+    /// In cluster mode on the primary of the cell's slot (other nodes load on NOSCRIPT).
+    pub async fn load_scripts(&self) -> Result<(), StoreError> {
+        let mut conn = self.conn().await?;
+        let cell = self.keys.instances();
+        for (s, _) in self.scripts.iter() {
+            let mut cmd = redis::cmd("SCRIPT");
+            cmd.arg("LOAD").arg(self.scripts.source(s));
+            self.connector
+                .on_cell(&mut conn, &cmd, &cell)
+                .await
+                .map_err(|e| StoreError::from_redis(s.name(), e))?;
+        }
+        Ok(())
+    }
+
+    /// Ready = the node holding the cell is a primary that answers, and every script is
+    /// loaded there (loading them if a restart lost them). A demoted primary (it answers,
+    /// but as a replica) is not ready: writes would fail with READONLY.
+    pub async fn check_ready(&self) -> Result<(), StoreError> {
+        let mut conn = self.conn().await?;
+        let cell = self.keys.instances();
+        let ready = async {
+            let role = self
+                .connector
+                .on_cell(&mut conn, &redis::cmd("ROLE"), &cell)
+                .await?;
+            let role = match role {
+                Value::Array(v) => v
+                    .first()
+                    .and_then(|r| redis::from_redis_value_ref::<String>(r).ok()),
+                _ => None,
+            };
+            if role.as_deref() != Some("master") {
+                return Ok(None);
+            }
+            let mut cmd = redis::cmd("SCRIPT");
+            cmd.arg("EXISTS");
+            for (_, s) in self.scripts.iter() {
+                cmd.arg(s.get_hash());
+            }
+            let loaded = self.connector.on_cell(&mut conn, &cmd, &cell).await?;
+            redis::from_redis_value::<Vec<bool>>(loaded)
+                .map(Some)
+                .map_err(redis::RedisError::from)
+        };
+        match ready.await {
+            Ok(Some(loaded)) if loaded.iter().all(|l| *l) => Ok(()),
+            Ok(Some(_)) => self.load_scripts().await,
+            Ok(None) => {
+                self.connector.failed().await;
+                Err(StoreError::Unavailable(format!(
+                    "{} is not a primary",
+                    self.connector.describe()
+                )))
+            }
+            Err(e) => {
+                let e = StoreError::from_redis("ready", e);
+                if matches!(e, StoreError::Unavailable(_)) {
+                    self.connector.failed().await;
+                }
+                Err(e)
+            }
+        }
+    }
+
+    /// `WAIT redis.wait_replicas redis.wait_timeout_ms` after a state change. Fewer replicas
+    /// by the timeout (or a failed `WAIT`) fails the call as `Unavailable`: the change is
+    /// made on the primary but not known to be replicated, so it is not acknowledged (the
+    /// client retries; submissions are idempotent). Counted in `redis_wait_short`.
+    pub(super) async fn wait_replicas(&self, conn: &mut Conn) -> Result<(), StoreError> {
+        let (n, timeout) = self.wait;
+        let started = Instant::now();
+        let cell = self.keys.instances();
+        let mut cmd = redis::cmd("WAIT");
+        cmd.arg(n).arg(timeout);
+        let acked = self.connector.on_cell(conn, &cmd, &cell).await;
+        let acked =
+            acked.and_then(|v| redis::from_redis_value::<u32>(v).map_err(redis::RedisError::from));
+        self.metrics
+            .redis_wait_seconds
+            .observe(started.elapsed().as_secs_f64());
+        match acked {
+            Ok(a) if a >= n => Ok(()),
+            Ok(a) => {
+                self.metrics.redis_wait_short.inc();
+                Err(StoreError::Unavailable(format!(
+                    "WAIT: {a} of {n} replicas acknowledged within {timeout} ms"
+                )))
+            }
+            Err(e) => {
+                self.metrics.redis_wait_short.inc();
+                Err(StoreError::from_redis("wait", e))
+            }
+        }
+    }
+}

@@ -1,0 +1,170 @@
+//! What survives Redis going away, measured against real redis-server processes:
+//! a restart with `appendonly yes` + `appendfsync everysec` after SIGKILL (sessions resume,
+//! a dispatched job finishes; only what the last second held may be lost), and the latency
+//! `redis.wait_replicas` adds to every state change.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::actors::*;
+use common::load::Load;
+use common::topology::{Proc, link_up, until};
+use common::*;
+use serde_json::json;
+use switchyard::config::Config;
+
+const T: Duration = Duration::from_secs(10);
+
+fn single(url: &str, tweak: impl FnOnce(&mut Config)) -> Config {
+    let mut c = test_config(url);
+    // Node liveness longer than the restart, so the node stays registered across it.
+    c.node.liveness_ms = Some(8_000);
+    tweak(&mut c);
+    c
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn aof_everysec_restart_after_sigkill_keeps_sessions_and_jobs() {
+    let mut redis = Proc::server(&["--appendonly", "yes", "--appendfsync", "everysec"]);
+    redis.wait_up().await;
+    let inst = start_with(single(&redis.url(), |_| {})).await;
+    let mut n = WsClient::connect(&ws_url(&inst, "/ws/node")).await;
+    let nid = n.register_id(fixture("node_register_first"), None).await;
+    let (mut s, ack) = open_session_ack(
+        &ws_url(&inst, "/ws/session"),
+        fixture("session_init_one_way"),
+    )
+    .await;
+    let sid = ack["session_id"].as_str().expect("sid").to_string();
+    let token = ack["resume_token"].as_str().expect("token").to_string();
+    s.send(&utterance(&sid, 0)).await;
+    let job = next_of(&mut n, "job_assign", T).await.expect("job_assign");
+
+    // Load until the kill: which acknowledged session opens does the AOF keep?
+    let load = Load::start(&inst, 2);
+    tokio::time::sleep(Duration::from_millis(1_500)).await;
+    redis.kill9();
+    let killed = Instant::now();
+    let (acked, _) = load.stop();
+    drop(s);
+    redis.restart().await;
+    let back = Instant::now();
+    eventually(
+        Duration::from_secs(5),
+        "ready after the restart",
+        || async { (get_json(&http_url(&inst, "/readyz")).await.0 == 200).then_some(()) },
+    )
+    .await;
+    let ready_in = back.elapsed();
+
+    let mut c = redis.client().await;
+    let mut lost = Vec::new();
+    for (at, sid) in &acked {
+        let exists: bool = redis::cmd("EXISTS")
+            .arg(format!("{}session:{sid}", invariants_prefix()))
+            .query_async(&mut c)
+            .await
+            .expect("exists");
+        if !exists {
+            lost.push(killed.duration_since(*at));
+        }
+    }
+    let oldest = lost.iter().max().copied();
+    eprintln!(
+        "AOF everysec, SIGKILL: ready {ready_in:?} after the restart; {} of {} acknowledged \
+         session opens lost, the oldest acknowledged {oldest:?} before the kill",
+        lost.len(),
+        acked.len()
+    );
+    assert!(
+        oldest.is_none_or(|d| d < Duration::from_millis(2_100)),
+        "only the last second (plus the fsync in flight) may be lost"
+    );
+
+    // The session resumes; the job dispatched before the kill is still there and finishes.
+    let mut init = fixture("session_init_one_way");
+    init["resume_session_id"] = json!(sid);
+    init["resume_token"] = json!(token);
+    let mut s2 = WsClient::connect(&ws_url(&inst, "/ws/session")).await;
+    s2.send(&init).await;
+    let ack = s2.recv_type("session_init_ack").await;
+    assert_eq!(ack["resumed"], true, "{ack}");
+    let state: String = redis::cmd("HGET")
+        .arg(format!(
+            "{}job:{}",
+            invariants_prefix(),
+            job["job_id"].as_str().expect("job id")
+        ))
+        .arg("state")
+        .query_async(&mut c)
+        .await
+        .expect("job kept");
+    assert_eq!(state, "DISPATCHED");
+    let mut r = result_for(&job, "after the restart");
+    r["node_id"] = json!(nid);
+    n.send(&r).await;
+    let got = terminals(&mut s2, 1, T).await;
+    assert_eq!(got[0]["type"], "translation_result", "{got:?}");
+    assert_eq!(got[0]["text_translated"], "after the restart");
+    common::invariants::check(&mut c).await;
+}
+
+fn invariants_prefix() -> &'static str {
+    common::invariants::PREFIX
+}
+
+/// p50 and p99 of `n` sequential session opens (ms).
+async fn open_latency(inst: &switchyard::server::Running, n: usize) -> (f64, f64) {
+    let url = ws_url(inst, "/ws/session");
+    let mut ms = Vec::with_capacity(n);
+    for _ in 0..n {
+        let mut s = WsClient::connect(&url).await;
+        let t = Instant::now();
+        s.send(&fixture("session_init_one_way")).await;
+        s.recv_type("session_init_ack").await;
+        ms.push(t.elapsed().as_secs_f64() * 1e3);
+    }
+    ms.sort_by(f64::total_cmp);
+    (ms[n / 2], ms[n * 99 / 100])
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn wait_replicas_cost_is_measured() {
+    let primary = Proc::server(&[]);
+    primary.wait_up().await;
+    let p = primary.port.to_string();
+    let replica = Proc::server(&["--replicaof", "127.0.0.1", &p]);
+    replica.wait_up().await;
+    let rc = replica.client().await;
+    until(Duration::from_secs(10), "replica link up", || {
+        let mut rc = rc.clone();
+        async move { link_up(&mut rc).await }
+    })
+    .await;
+    let plain = start_with(single(&primary.url(), |_| {})).await;
+    let waiting = start_with(single(&primary.url(), |c| {
+        c.redis.wait_replicas = 1;
+        c.redis.wait_timeout_ms = 1_000;
+    }))
+    .await;
+    // Warm up both, then measure alternately so both see the same machine load.
+    open_latency(&plain, 20).await;
+    open_latency(&waiting, 20).await;
+    let (p50, p99) = open_latency(&plain, 200).await;
+    let (w50, w99) = open_latency(&waiting, 200).await;
+    eprintln!(
+        "session open (one state-changing script), 200 sequential: without WAIT p50 {p50:.2} ms \
+         p99 {p99:.2} ms; with WAIT 1 p50 {w50:.2} ms p99 {w99:.2} ms (+{:.2} ms p50)",
+        w50 - p50
+    );
+    let text = metrics_text(&waiting).await;
+    assert!(
+        text.contains("switchyard_redis_wait_seconds_count"),
+        "{text}"
+    );
+    assert!(
+        text.contains("switchyard_redis_wait_short_total 0"),
+        "every WAIT reached the replica"
+    );
+}

@@ -1,0 +1,164 @@
+//! Managed-Redis style access: TLS (`rediss://` with a CA file) and an ACL user, against
+//! Debian's redis-server started with a certificate made here by `openssl` (a throw-away CA
+//! and a server certificate for 127.0.0.1). A node registers and a job flows over it; a wrong
+//! password or a missing CA keeps `/readyz` at 503 with the reason.
+
+mod common;
+
+use std::path::Path;
+use std::process::Command;
+use std::time::Duration;
+
+use common::actors::*;
+use common::topology::Proc;
+use common::*;
+use switchyard::config::Config;
+
+const T: Duration = Duration::from_secs(10);
+
+/// A CA and a server certificate for 127.0.0.1 in `dir`.
+fn make_certs(dir: &Path) {
+    let run = |args: &[&str]| {
+        let ok = Command::new("openssl")
+            .args(args)
+            .current_dir(dir)
+            .output()
+            .expect("openssl must be installed")
+            .status
+            .success();
+        assert!(ok, "openssl {args:?}");
+    };
+    run(&[
+        "req",
+        "-x509",
+        "-newkey",
+        "rsa:2048",
+        "-nodes",
+        "-keyout",
+        "ca.key",
+        "-out",
+        "ca.crt",
+        "-days",
+        "2",
+        "-subj",
+        "/CN=switchyard-test-ca",
+    ]);
+    run(&[
+        "req",
+        "-newkey",
+        "rsa:2048",
+        "-nodes",
+        "-keyout",
+        "server.key",
+        "-out",
+        "server.csr",
+        "-subj",
+        "/CN=127.0.0.1",
+    ]);
+    std::fs::write(
+        dir.join("ext"),
+        "subjectAltName=IP:127.0.0.1\nbasicConstraints=CA:FALSE\nextendedKeyUsage=serverAuth\n",
+    )
+    .expect("ext");
+    run(&[
+        "x509",
+        "-req",
+        "-in",
+        "server.csr",
+        "-CA",
+        "ca.crt",
+        "-CAkey",
+        "ca.key",
+        "-CAcreateserial",
+        "-out",
+        "server.crt",
+        "-days",
+        "2",
+        "-extfile",
+        "ext",
+    ]);
+}
+
+fn cfg(port: u16, dir: &Path, password: &str, ca: bool) -> Config {
+    let mut c = test_config(&format!("rediss://127.0.0.1:{port}"));
+    c.redis.username = Some("switchyard".into());
+    c.redis.password = Some(password.into());
+    c.redis.tls_ca_file = ca.then(|| dir.join("ca.crt").display().to_string());
+    c
+}
+
+async fn readyz(inst: &switchyard::server::Running) -> (u16, serde_json::Value) {
+    get_json(&http_url(inst, "/readyz")).await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tls_with_a_ca_file_and_an_acl_user() {
+    let certs = tempfile::tempdir().expect("temp dir");
+    make_certs(certs.path());
+    let port = free_port();
+    let file = |f: &str| certs.path().join(f).display().to_string();
+    let (crt, key, ca) = (file("server.crt"), file("server.key"), file("ca.crt"));
+    // The default user is off: only `switchyard` with its password gets in.
+    let acl = file("users.acl");
+    std::fs::write(
+        &acl,
+        "user default off\nuser switchyard on >s3cret-pass ~* &* +@all\n",
+    )
+    .expect("acl file");
+    let _redis = Proc::server(&[
+        "--port",
+        "0",
+        "--tls-port",
+        &port.to_string(),
+        "--tls-cert-file",
+        &crt,
+        "--tls-key-file",
+        &key,
+        "--tls-ca-cert-file",
+        &ca,
+        "--tls-auth-clients",
+        "no",
+        "--aclfile",
+        &acl,
+    ]);
+    let inst = start_with(cfg(port, certs.path(), "s3cret-pass", true)).await;
+    let mut last = serde_json::Value::Null;
+    for _ in 0..100 {
+        let (status, body) = readyz(&inst).await;
+        if status == 200 {
+            break;
+        }
+        last = body;
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(readyz(&inst).await.0, 200, "ready over TLS: {last}");
+    let node = AutoNode::start(
+        &ws_url(&inst, "/ws/node"),
+        fixture("node_register_first"),
+        Duration::from_millis(5),
+    )
+    .await;
+    let (mut s, sid) = open_session(
+        &ws_url(&inst, "/ws/session"),
+        fixture("session_init_one_way"),
+    )
+    .await;
+    for i in 0..3 {
+        s.send(&utterance(&sid, i)).await;
+    }
+    let got = terminals(&mut s, 3, T).await;
+    assert!(
+        got.iter().all(|v| v["type"] == "translation_result"),
+        "{got:?}"
+    );
+    node.stop();
+
+    // A wrong password, and TLS without the CA: not ready, and the reason says why.
+    for (password, with_ca) in [("wrong", true), ("s3cret-pass", false)] {
+        let bad = start_with(cfg(port, certs.path(), password, with_ca)).await;
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        let (status, body) = readyz(&bad).await;
+        assert_eq!(status, 503, "{password} ca={with_ca}: {body}");
+        eprintln!("password {password:?}, CA file {with_ca}: /readyz 503 {body}");
+    }
+}

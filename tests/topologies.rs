@@ -1,0 +1,352 @@
+//! Switchyard on the Redis topologies operators run: a primary + replica managed by three
+//! sentinels, and a 3-primary 3-replica Redis Cluster (real redis-server / redis-sentinel
+//! processes on loopback ports). Nodes register, jobs flow, the invariant checker passes;
+//! under load the primary is killed with SIGKILL and the test measures how long the
+//! instance takes to recover after the promotion, checks that `/readyz` told the truth
+//! meanwhile, and counts acknowledged writes the promotion lost (with and without `WAIT`).
+
+mod common;
+
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use common::actors::*;
+use common::invariants::{self, PREFIX};
+use common::load::{Load, ready_after, watch_readyz};
+use common::topology::{Cluster, MASTER, SentinelSet, connect, until};
+use common::*;
+use switchyard::config::{Config, RedisMode};
+use switchyard::server::Running;
+
+const T: Duration = Duration::from_secs(10);
+
+fn cfg(mode: RedisMode, urls: Vec<String>, tweak: impl FnOnce(&mut Config)) -> Config {
+    let mut c = test_config("redis://unused");
+    c.redis.mode = mode;
+    c.redis.urls = urls;
+    c.redis.sentinel_master = MASTER.into();
+    // Node liveness longer than a failover (≈ 2–4 s here): nodes stay registered across
+    // it, as docs/scaling.md advises.
+    c.node.liveness_ms = Some(8_000);
+    // Presence, too: an outage longer than the presence TTL makes instances look dead to
+    // each other when Redis returns (takeover, sockets closed with 1012).
+    c.instance.presence_ttl_ms = 6_000;
+    tweak(&mut c);
+    c
+}
+
+/// A node answering every job after 5 ms, registered on `inst`.
+async fn auto_node(inst: &Running) -> AutoNode {
+    AutoNode::start(
+        &ws_url(inst, "/ws/node"),
+        fixture("node_register_first"),
+        Duration::from_millis(5),
+    )
+    .await
+}
+
+/// Open a session on `b`, send `n` utterances, expect `n` results (node may be elsewhere).
+async fn jobs_flow(b: &Running, n: u64) {
+    let (mut s, sid) =
+        open_session(&ws_url(b, "/ws/session"), fixture("session_init_one_way")).await;
+    for i in 0..n {
+        s.send(&utterance(&sid, i)).await;
+    }
+    let got = terminals(&mut s, n as usize, T).await;
+    assert!(
+        got.iter().all(|v| v["type"] == "translation_result"),
+        "{got:?}"
+    );
+}
+
+/// Kill the sentinel-managed primary under load, `replicas` replicas, `WAIT wait_replicas`;
+/// returns (acknowledged but lost, acknowledged).
+async fn sentinel_failover(replicas: usize, wait_replicas: u32) -> (usize, usize) {
+    // A backlog that covers the filler below, and no delay before a full resync: the
+    // replica that is not promoted rejoins the new primary quickly (WAIT needs it).
+    let extra = [
+        "--repl-backlog-size",
+        "64mb",
+        "--repl-diskless-sync-delay",
+        "0",
+    ];
+    let mut set = SentinelSet::start(replicas, &extra).await;
+    let inst = start_with(cfg(RedisMode::Sentinel, set.sentinel_urls(), |c| {
+        c.redis.wait_replicas = wait_replicas;
+        c.redis.wait_timeout_ms = 3_000;
+    }))
+    .await;
+    let node = auto_node(&inst).await;
+    jobs_flow(&inst, 3).await;
+
+    let (ready, watcher) = watch_readyz(&inst);
+    let load = Load::start(&inst, 4);
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    // The first replica stops (SIGSTOP), and 16 MB written on the primary fill the socket
+    // buffers towards it: what the primary acknowledges from then on sits in its own output
+    // buffer for that replica (asynchronous replication's window). The primary dies in it.
+    set.replicas[0].signal("STOP");
+    let mut p = set.primary.client().await;
+    let _: () = redis::cmd("SET")
+        .arg("filler")
+        .arg(vec![b'x'; 16 << 20])
+        .arg("PX")
+        .arg(60_000)
+        .query_async(&mut p)
+        .await
+        .expect("filler");
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let old = set.primary.addr();
+    set.primary.kill9();
+    let killed = Instant::now();
+    set.replicas[0].signal("CONT");
+    // `still_old`: when the last query that still got the old primary was sent; the
+    // instance cannot have learnt of the promotion before that (it asks the same sentinels
+    // in the same order).
+    let mut still_old = killed;
+    let (promoted, new_primary) = loop {
+        let asked = Instant::now();
+        match set.primary_addr().await {
+            Some(a) if a != old => break (Instant::now(), a),
+            _ => still_old = asked,
+        }
+        assert!(killed.elapsed() < Duration::from_secs(15), "no promotion");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    // Recovered = the first acknowledged write after the promotion.
+    let first_ack = |acked: &Arc<Mutex<Vec<(Instant, String)>>>| {
+        acked
+            .lock()
+            .unwrap()
+            .iter()
+            .map(|(t, _)| *t)
+            .find(|t| *t > killed)
+    };
+    until(
+        Duration::from_secs(5),
+        "a write after the promotion",
+        || {
+            let a = first_ack(&load.acked);
+            async move { a.is_some() }
+        },
+    )
+    .await;
+    let recovered = first_ack(&load.acked).expect("recovered");
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let (acked, failed) = load.stop();
+    let ready_again = ready_after(&ready, promoted).await;
+    watcher.abort();
+
+    // What the new primary holds of what was acknowledged.
+    let mut c = connect(&format!("redis://{new_primary}"))
+        .await
+        .expect("new primary");
+    let mut lost = 0;
+    for (_, sid) in &acked {
+        let exists: bool = redis::cmd("EXISTS")
+            .arg(format!("{PREFIX}session:{sid}"))
+            .query_async(&mut c)
+            .await
+            .expect("exists");
+        lost += usize::from(!exists);
+    }
+    let ready = ready.lock().unwrap().clone();
+    let lied: Vec<_> = ready
+        .iter()
+        .filter(|(at, ok)| *ok && *at > killed + Duration::from_millis(300) && *at < still_old)
+        .collect();
+    eprintln!(
+        "sentinel failover (wait_replicas={wait_replicas}, {replicas} replicas, \
+         {new_primary} promoted): promotion {:?} after the kill; \
+         first write {:?} after the promotion; /readyz ready again {:?} after it; \
+         {} sessions acknowledged, {lost} of them lost; {failed} opens refused meanwhile",
+        promoted.duration_since(killed),
+        recovered.saturating_duration_since(promoted),
+        ready_again,
+        acked.len()
+    );
+    assert!(
+        lied.is_empty(),
+        "/readyz said ready with no primary: {lied:?}"
+    );
+    assert!(
+        recovered.saturating_duration_since(promoted) < Duration::from_secs(5),
+        "recovered within 5 s of the promotion"
+    );
+    assert!(ready_again.is_some_and(|d| d < Duration::from_secs(5)));
+    assert_eq!(
+        inst.app.store.redis_node(),
+        new_primary,
+        "follows the promoted replica"
+    );
+    // Still a working scheduler on the new primary, and its state is consistent.
+    jobs_flow(&inst, 2).await;
+    invariants::check(&mut c).await;
+    node.stop();
+    (lost, acked.len())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sentinel_failover_without_wait_is_followed_and_loss_counted() {
+    let (lost, acked) = sentinel_failover(1, 0).await;
+    assert!(acked > 0);
+    eprintln!("asynchronous replication lost {lost} of {acked} acknowledged session opens");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sentinel_failover_with_wait_loses_no_acknowledged_write() {
+    // WAIT 1 needs a replica after the failover too: two replicas, one is promoted.
+    let (lost, acked) = sentinel_failover(2, 1).await;
+    assert!(acked > 0);
+    assert_eq!(
+        lost, 0,
+        "WAIT 1: every acknowledged write reached the replica"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cluster_runs_nodes_jobs_instances_and_survives_a_primary_kill() {
+    let mut cluster = Cluster::start().await;
+    let a = start_with(cfg(RedisMode::Cluster, cluster.urls(), |_| {})).await;
+    let b = start_with(cfg(RedisMode::Cluster, cluster.urls(), |_| {})).await;
+    // Node on A, session on B: every delivery crosses the inbox streams.
+    let node = auto_node(&a).await;
+    jobs_flow(&b, 5).await;
+    jobs_flow(&a, 3).await;
+    let slot = cluster.slot(&format!("{PREFIX}x")).await;
+    let port = cluster.primary_of(slot).await.expect("slot owner");
+    let mut direct = connect(&format!("redis://127.0.0.1:{port}"))
+        .await
+        .expect("cell primary");
+    invariants::check(&mut direct).await;
+    let keys: Vec<String> = redis::cmd("KEYS")
+        .arg(format!("{PREFIX}*"))
+        .query_async(&mut direct)
+        .await
+        .expect("keys");
+    assert!(keys.len() > 5, "the cell lives on its slot's primary");
+    // Reads that pipeline several keys of the cell (admin API, /metrics) work on a cluster.
+    let (status, nodes) = get_json(&http_url(&a, "/api/v1/nodes")).await;
+    assert_eq!(status, 200, "{nodes}");
+    assert!(nodes.to_string().contains(&node.id), "{nodes}");
+    let m = metrics_text(&b).await;
+    assert!(m.contains("switchyard_nodes{state=\"ready\"} 1"), "{m}");
+
+    // Cell tags: our CRC16 agrees with the cluster, and names picked by slot spread evenly
+    // over the three primaries of the live slot map (names picked by hand need not).
+    assert_eq!(switchyard::config::cell::slot(&format!("{PREFIX}x")), slot);
+    let map = cluster.slot_map().await;
+    let ranges: Vec<Vec<(u16, u16)>> = map.values().cloned().collect();
+    let owner = |name: &str| {
+        let s = switchyard::config::cell::slot(&format!("{{switchyard:{name}}}"));
+        ranges
+            .iter()
+            .position(|r| r.iter().any(|(lo, hi)| (*lo..=*hi).contains(&s)))
+            .expect("owned slot")
+    };
+    let picked = switchyard::config::cell::spread_names("switchyard", "cell", 6, &ranges);
+    let mut per = vec![0; ranges.len()];
+    for n in &picked {
+        per[owner(n)] += 1;
+    }
+    assert_eq!(per, vec![2, 2, 2], "{picked:?}");
+    let naive: Vec<usize> = ["eu", "us", "asia", "cell-a", "cell-b", "cell-c"]
+        .iter()
+        .map(|n| owner(n))
+        .collect();
+    eprintln!(
+        "cell names by slot {picked:?} -> primaries {per:?}; hand-picked names -> primary index {naive:?}"
+    );
+
+    // Kill the primary holding the cell: its replica takes over.
+    let (ready, watcher) = watch_readyz(&b);
+    let load = Load::start(&b, 2);
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    cluster.node(port).kill9();
+    let killed = Instant::now();
+    let new_port = loop {
+        match cluster.primary_of(slot).await {
+            Some(p) if p != port => break p,
+            _ => {}
+        }
+        assert!(killed.elapsed() < Duration::from_secs(15), "no takeover");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    let promoted = Instant::now();
+    until(Duration::from_secs(5), "a write after the takeover", || {
+        let after = load
+            .acked
+            .lock()
+            .unwrap()
+            .iter()
+            .any(|(t, _)| *t > promoted);
+        async move { after }
+    })
+    .await;
+    let recovered = promoted.elapsed();
+    let (acked, failed) = load.stop();
+    let ready_again = ready_after(&ready, promoted).await;
+    watcher.abort();
+    eprintln!(
+        "cluster failover: takeover seen {:?} after the kill; first write {recovered:?} after it; \
+         /readyz ready again {ready_again:?} after it; {} acknowledged, {failed} refused",
+        promoted.duration_since(killed),
+        acked.len()
+    );
+    assert!(recovered < Duration::from_secs(5));
+    assert!(ready_again.is_some_and(|d| d < Duration::from_secs(5)));
+    jobs_flow(&b, 2).await;
+    let mut direct = connect(&format!("redis://127.0.0.1:{new_port}"))
+        .await
+        .expect("new cell primary");
+    // Node records and pools are consistent on the promoted replica too.
+    invariants::check(&mut direct).await;
+    node.stop();
+}
+
+/// A planned switch-over (`SENTINEL FAILOVER`): the old primary stays up, writable until
+/// Sentinel reconfigures it, so no error says the primary moved; the instance polls the
+/// sentinels (once a second, from its presence beat) and moves.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sentinel_switchover_is_followed_by_polling_the_sentinels() {
+    let set = SentinelSet::start(1, &[]).await;
+    let inst = start_with(cfg(RedisMode::Sentinel, set.sentinel_urls(), |_| {})).await;
+    let node = auto_node(&inst).await;
+    jobs_flow(&inst, 2).await;
+    let old = set.primary.addr();
+    let mut s = set.sentinels[0].client().await;
+    let _: String = redis::cmd("SENTINEL")
+        .arg("FAILOVER")
+        .arg(MASTER)
+        .query_async(&mut s)
+        .await
+        .expect("sentinel failover");
+    let asked = Instant::now();
+    let new = loop {
+        match set.primary_addr().await {
+            Some(a) if a != old => break a,
+            _ => {}
+        }
+        assert!(asked.elapsed() < Duration::from_secs(15), "no switch-over");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    let promoted = Instant::now();
+    // The instance moves once a call meets the demoted primary (READONLY) or its readiness
+    // check sees ROLE = slave; the readiness probe is what an orchestrator runs anyway.
+    until(
+        Duration::from_secs(5),
+        "the instance follows the switch-over",
+        || async {
+            let _ = get_json(&http_url(&inst, "/readyz")).await;
+            inst.app.store.redis_node() == new
+        },
+    )
+    .await;
+    eprintln!(
+        "sentinel switch-over: promoted {:?} after SENTINEL FAILOVER, followed {:?} later",
+        promoted.duration_since(asked),
+        promoted.elapsed()
+    );
+    jobs_flow(&inst, 2).await;
+    node.stop();
+}
