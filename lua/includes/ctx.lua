@@ -1,13 +1,28 @@
 -- The call context every script shares (ARGV[1..4]); op-specific arguments start at ARGV[5].
 --   ARGV[1] key prefix "{tag}:"  (every derived key shares the cell's hash tag)
 --   ARGV[2] calling instance id  (messages for its own connections are returned to it)
---   ARGV[3] configuration JSON   (timings and limits, see src/store/mod.rs ScriptConfig)
+--   ARGV[3] configuration        (timings and limits: the numbers of CFG_NAMES below, each a
+--                                 little-endian double; src/store/mod.rs script_config)
 --   ARGV[4] "<seed> <traceparent>": a random seed (Redis' Lua PRNG repeats its sequence
 --           after a restart) and the W3C traceparent of the caller's span ("" if none),
 --           carried into job records and deliveries so one utterance is one trace
 local P = ARGV[1]
 local ME = ARGV[2]
-local CFG = cjson.decode(ARGV[3])
+-- One struct.unpack (~2 µs) instead of decoding a JSON object on every call (~20 µs).
+local CFG_NAMES = {'liveness', 'node_retention', 'batch', 'max_attempts', 'queue_wait',
+  'queue_max', 'scan', 'ack_timeout', 'run_timeout', 'job_ttl', 'choices', 'sample', 'affinity',
+  'mna_ms', 'mna_per_min', 'session_ttl', 'pause', 'max_duration', 'max_bytes', 'playback_grace',
+  'reorder', 'max_ahead', 'retention', 'group_window', 'min_cut', 'presence_ttl', 'inbox_max',
+  'takeover_batch'}
+local CFG = {}
+do
+  if #ARGV[3] ~= 8 * #CFG_NAMES then
+    error({err = 'ERR bad argument ARGV[3] (configuration): ' .. #ARGV[3] .. ' bytes, want '
+      .. 8 * #CFG_NAMES})
+  end
+  local v = {struct.unpack('<' .. string.rep('d', #CFG_NAMES), ARGV[3])}
+  for i, name in ipairs(CFG_NAMES) do CFG[name] = v[i] end
+end
 local SEED, TP = string.match(ARGV[4], '^(%d+) ?(.*)$')
 math.randomseed(tonumber(SEED or '1'))
 TP = TP or ''
