@@ -61,11 +61,9 @@ if not job then return finish({status = 'stale', reason = why}) end
 
 if outcome == 'ok' then
   release_node(jid, nid)
-  redis.call('HSET', KEYS[1], 'state', 'FINISHED', 'finished_at', NOW)
   redis.call('ZREM', KEYS[2], jid)
   redis.call('DEL', KEYS[1] .. ':audio')
-  redis.call('PEXPIRE', KEYS[1], CFG.job_ttl)
-  job.state = 'FINISHED'
+  end_job(jid, job, 'FINISHED')
   count('finished')
   LAT.e2e[#LAT.e2e + 1] = NOW - tonumber(job.created_at or NOW)
   ui_event(job, 'ASR_FINAL', 'ok')

@@ -141,12 +141,9 @@ end
 -- fail(jid, job, code, message): terminal FAILED; the utterance gets its error.
 local function fail(jid, job, code, message)
   unqueue(jid, job)
-  redis.call('HSET', job_key(jid), 'state', 'FAILED', 'failure', code, 'failure_message', message,
-    'finished_at', NOW)
   redis.call('ZREM', P .. 'due:jobs', jid)
   redis.call('DEL', job_key(jid) .. ':audio')
-  redis.call('PEXPIRE', job_key(jid), CFG.job_ttl)
-  job.state = 'FAILED'
+  end_job(jid, job, 'FAILED', {'failure', code, 'failure_message', message})
   count('failed:' .. code)
   ui_event(job, 'ERROR', 'error', code)
   settle(job.session, job.idx, error_msg(job, code, message))
@@ -167,7 +164,7 @@ local function assign(jid, job, nid)
   redis.call('ZADD', P .. 'due:jobs', deadline, jid)
   redis.call('PEXPIRE', jk, CFG.job_ttl)
   redis.call('PEXPIRE', jk .. ':audio', CFG.job_ttl)
-  job.state, job.node, job.attempt = 'DISPATCHED', nid, attempt
+  job.state, job.node, job.attempt, job.dispatched_at = 'DISPATCHED', nid, attempt, NOW
   count('dispatched')
   LAT.dispatch[#LAT.dispatch + 1] = NOW - tonumber(job.created_at or NOW)
   local sk = session_key(job.session)
@@ -257,7 +254,8 @@ local function failover(jid, job, code, message, cancel)
     end
     job.tried = (job.tried and job.tried ~= '') and (job.tried .. ',' .. old) or old
     redis.call('HSET', job_key(jid), 'tried', job.tried, 'node', '')
-    redis.call('HINCRBY', job_key(jid), 'failovers', 1)
+    job.node = ''
+    job.failovers = redis.call('HINCRBY', job_key(jid), 'failovers', 1)
     count('failover')
   end
   if tonumber(job.attempt or '0') >= CFG.max_attempts then
