@@ -229,7 +229,13 @@ local function offer(nid)
   if n[1] ~= 'ready' then return end
   local room = tonumber(n[3] or '0') - tonumber(n[2] or '0')
   if room <= 0 then return end
-  for _, pool in ipairs(redis.call('SMEMBERS', node_key(nid) .. ':pools')) do
+  local pools = redis.call('SMEMBERS', node_key(nid) .. ':pools')
+  -- One EXISTS over every queue: when nothing waits (the common case) that is one command
+  -- instead of one LRANGE per pool.
+  local qks = {}
+  for i, pool in ipairs(pools) do qks[i] = P .. 'queue:' .. pool end
+  if #qks == 0 or redis.call('EXISTS', unpack(qks)) == 0 then return end
+  for _, pool in ipairs(pools) do
     local qk = P .. 'queue:' .. pool
     for _, jid in ipairs(redis.call('LRANGE', qk, 0, CFG.scan - 1)) do
       local job = hgetall(job_key(jid))
