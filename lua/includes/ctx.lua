@@ -28,9 +28,10 @@ math.randomseed(tonumber(SEED or '1'))
 TP = TP or ''
 local t = redis.call('TIME')
 local NOW = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-local OUT = {}    -- messages for connections: {k=kind, id=, owner=, conn=, msg=json, blob=n?,
+local OUT = {}    -- messages for connections: {k=kind, id=, owner=, conn=, m=n, blob=n?,
                   --   seq=n?, tp=traceparent?, job=job id?}
-local BLOBS = {}  -- binary payloads the messages refer to (job audio), returned after the JSON
+local BLOBS = {}  -- the messages' JSON bodies (m) and binary payloads (blob: job audio),
+                  -- returned after the reply JSON, so no body is escaped into it
 local EV = {}     -- transitions this call made, by name (metrics): submitted, dispatched, ...
 local LAT = {dispatch = {}, e2e = {}}  -- ms from job creation to dispatch / to result
 
@@ -58,7 +59,8 @@ local function subject_sessions(sub) return P .. 'subject:' .. sub .. ':sessions
 local function job_key(id) return P .. 'job:' .. id end
 local function session_key(id) return P .. 'session:' .. id end
 
--- The reply: JSON of `r` plus the deliveries, then the blobs as further bulk strings.
+-- The reply: JSON of `r` plus the deliveries, then the blobs (message bodies, audio) as
+-- further bulk strings.
 local function finish(r)
   r.out = OUT
   r.ev = EV

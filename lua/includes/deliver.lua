@@ -26,7 +26,8 @@ local function deliver(kind, id, msg, audio, seq, tp, job)
       BLOBS[#BLOBS + 1] = audio
       blob = #BLOBS
     end
-    OUT[#OUT + 1] = {k = kind, id = id, owner = owner, conn = info[2], msg = msg, blob = blob,
+    BLOBS[#BLOBS + 1] = msg
+    OUT[#OUT + 1] = {k = kind, id = id, owner = owner, conn = info[2], m = #BLOBS, blob = blob,
       seq = seq, tp = tp, job = job}
   elseif info.alive ~= false and (info.alive or redis.call('EXISTS', P .. 'instance:' .. owner) == 1) then
     info.alive = true

@@ -93,8 +93,14 @@ pub struct Delivery {
     pub owner: String,
     /// The target's connection token; only that socket may receive it.
     pub conn: Option<String>,
-    /// The message JSON (for `job_assign` without its `audio`).
+    /// The message JSON (for `job_assign` without its `audio`), taken from the reply's
+    /// blob `m` by [`decode_reply`].
+    #[serde(default)]
     pub msg: String,
+    /// 1-based index into the reply's blobs: the message JSON (a separate bulk string, so
+    /// it is neither escaped by the script nor unescaped here).
+    #[serde(default)]
+    pub m: Option<usize>,
     /// 1-based index into the reply's blobs: the job audio to add as base64 `audio`.
     pub blob: Option<usize>,
     /// Order of a session's terminal messages (the session's out_seq).
@@ -468,7 +474,7 @@ impl Store {
 fn decode_reply<T: DeserializeOwned>(
     script: &'static str,
     json: &[u8],
-    blobs: Vec<Vec<u8>>,
+    mut blobs: Vec<Vec<u8>>,
 ) -> Result<Output<T>, StoreError> {
     let bad = |e: serde_json::Error| StoreError::Reply {
         script,
@@ -477,11 +483,22 @@ fn decode_reply<T: DeserializeOwned>(
     let mut value: serde_json::Value = serde_json::from_slice(json).map_err(bad)?;
     // Move the deliveries and events out (message bodies can be large: no copies).
     let take = |v: &mut serde_json::Value, k: &str| v.as_object_mut().and_then(|m| m.remove(k));
-    let out = take(&mut value, "out")
+    let mut out: Vec<Delivery> = take(&mut value, "out")
         .map(lua_list)
         .transpose()
         .map_err(bad)?
         .unwrap_or_default();
+    for d in &mut out {
+        if let Some(i) = d.m.take() {
+            let body = blobs.get_mut(i.wrapping_sub(1)).map(std::mem::take);
+            d.msg = body
+                .and_then(|b| String::from_utf8(b).ok())
+                .ok_or_else(|| StoreError::Reply {
+                    script,
+                    message: format!("delivery body {i} missing or not UTF-8"),
+                })?;
+        }
+    }
     let ev = take(&mut value, "ev")
         .map(lua_map)
         .transpose()
