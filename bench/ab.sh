@@ -6,7 +6,8 @@
 # utterance per second each, instant nodes, SPARSE_S s each; then 1 session sending each
 # utterance when the previous result arrived, 200 times), all driven by NEW_BIN's
 # simulator. SPARSE_ONLY=1 runs only the three sparse runs; SAT_ONLY=1 only the saturation run
-# (with the per-job costs: Redis µs in EVALSHA, instance CPU, bytes per finished job record).
+# (with the per-job costs: Redis µs in EVALSHA, Redis process CPU, instance CPU, bytes per
+# finished job record).
 # Prints a markdown table of medians and the ratio new/old.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -22,9 +23,6 @@ SAT=(--nodes 20 --capacity 16 --delay-ms 0-0 --sessions 50 --window 4 --interval
 LAT=(--nodes 20 --capacity 16 --delay-ms 0-0 --sessions 50 --interval-ms 80
   --utterances 1000000 --duration-s 10 --grace-s 10)
 SPARSE_S=${SPARSE_S:-10} SPARSE_ONLY=${SPARSE_ONLY:-0} SAT_ONLY=${SAT_ONLY:-0}
-# perf stat counts instructions per job when it works here.
-PERF=0
-perf stat -e instructions true >/dev/null 2>&1 && PERF=1
 SPARSE1=(--nodes 1 --capacity 4 --delay-ms 0-0 --sessions 1 --interval-ms 1000
   --utterances 1000000 --duration-s "$SPARSE_S" --grace-s 5)
 SERIAL=(--nodes 1 --capacity 4 --delay-ms 0-0 --sessions 1 --window 1 --interval-ms 0
@@ -44,21 +42,14 @@ run_one() { # run_one NAME BIN ROUND
     redis-cli -p "$rp" config resetstat >/dev/null
     local t0 t1
     t0=$(cpu_ticks "$inst")
-    # Instructions retired by Redis and by the instance: unlike µs, not inflated when other
-    # work on the machine preempts them (commandstats usec is wall time inside the call).
-    local ps1=() ps2=()
-    if [ "$PERF" = 1 ]; then
-      perf stat -x, -e instructions -o "$WORK/pi-redis-$name-$r" -p "$redis_pid" &
-      ps1=($!)
-      perf stat -x, -e instructions -o "$WORK/pi-inst-$name-$r" -p "$inst" &
-      ps2=($!)
-    fi
+    # Redis process CPU (INFO cpu): unlike commandstats usec (wall time inside each call),
+    # not inflated when other work on the machine preempts Redis.
+    local rc0 rc1
+    rc0=$(redis_cpu "$rp")
     "$NEW" sim --quiet --json --url "$url" "${SAT[@]}" >"$WORK/sat-$name-$r.json"
-    if [ "$PERF" = 1 ]; then
-      kill -INT "${ps1[0]}" "${ps2[0]}"
-      wait "${ps1[0]}" "${ps2[0]}" 2>/dev/null || true
-    fi
+    rc1=$(redis_cpu "$rp")
     t1=$(cpu_ticks "$inst")
+    echo "($rc1 - $rc0) * 1000000" | bc -l >"$WORK/rcpu-$name-$r"
     cmdstat "$rp" evalsha usec >"$WORK/us-$name-$r"
     cmdstat "$rp" evalsha calls >"$WORK/calls-$name-$r"
     echo "($t1 - $t0) * 1000000 / $CLK_TCK" | bc -l >"$WORK/icpu-$name-$r"
@@ -107,8 +98,7 @@ usj() { series "echo \"\$(cat $WORK/us-$1-\$r) / \$(val sat-$1-\$r .results)\" |
 upc() { series "echo \"\$(cat $WORK/us-$1-\$r) / \$(cat $WORK/calls-$1-\$r)\" | bc -l"; }
 icj() { series "echo \"\$(cat $WORK/icpu-$1-\$r) / \$(val sat-$1-\$r .results)\" | bc -l"; }
 jmem() { series "median \$(cat $WORK/jobmem-$1-\$r)"; }
-# pij WHO BUILD: thousands of instructions per completed job
-pij() { series "echo \"\$(awk -F, '/instructions/ {print \$1}' $WORK/pi-$1-$2-\$r) / \$(val sat-$2-\$r .results) / 1000\" | bc -l"; }
+rcj() { series "echo \"\$(cat $WORK/rcpu-$1-\$r) / \$(val sat-$1-\$r .results)\" | bc -l"; }
 d50() { series "val lat-$1-\$r .dispatch.p50_ms"; }
 d99() { series "val lat-$1-\$r .dispatch.p99_ms"; }
 sp() { series "val sparse$1-$2-\$r .$3"; } # sp SESSIONS BUILD FIELD
@@ -120,10 +110,7 @@ if [ "$SPARSE_ONLY" != 1 ]; then
   row "Redis µs per EVALSHA call (saturation)" "$(upc old)" "$(upc new)"
   row "instance CPU µs per job (saturation)" "$(icj old)" "$(icj new)"
   row "bytes per finished job record (MEMORY USAGE)" "$(jmem old)" "$(jmem new)"
-  if [ "$PERF" = 1 ]; then
-    row "Redis: thousand instructions per job (perf stat)" "$(pij redis old)" "$(pij redis new)"
-    row "instance: thousand instructions per job (perf stat)" "$(pij inst old)" "$(pij inst new)"
-  fi
+  row "Redis process CPU µs per job (INFO cpu, saturation)" "$(rcj old)" "$(rcj new)"
 fi
 if [ "$SAT_ONLY" != 1 ] && [ "$SPARSE_ONLY" != 1 ]; then
   row "dispatch p50 ms (open loop, 625 utterances/s)" "$(d50 old)" "$(d50 new)"
