@@ -61,7 +61,15 @@ local function session_key(id) return P .. 'session:' .. id end
 
 -- The reply: JSON of `r` plus the deliveries, then the blobs (message bodies, audio) as
 -- further bulk strings.
+-- The numbers of the deliveries, EV and LAT go as decimal strings: cjson formats a number
+-- with "%.14g" (~1.5 µs each in Redis, a dozen per job), string.format('%d') in ~0.2 µs.
+local function dec(v) return v and string.format('%d', v) end
 local function finish(r)
+  for _, o in ipairs(OUT) do o.m, o.blob, o.seq = dec(o.m), dec(o.blob), dec(o.seq) end
+  for k, v in pairs(EV) do EV[k] = dec(v) end
+  for _, l in pairs(LAT) do
+    for i, v in ipairs(l) do l[i] = dec(v) end
+  end
   r.out = OUT
   r.ev = EV
   r.lat = LAT

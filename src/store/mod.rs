@@ -99,11 +99,13 @@ pub struct Delivery {
     pub msg: String,
     /// 1-based index into the reply's blobs: the message JSON (a separate bulk string, so
     /// it is neither escaped by the script nor unescaped here).
-    #[serde(default)]
+    #[serde(default, deserialize_with = "lua_num")]
     pub m: Option<usize>,
     /// 1-based index into the reply's blobs: the job audio to add as base64 `audio`.
+    #[serde(default, deserialize_with = "lua_num")]
     pub blob: Option<usize>,
     /// Order of a session's terminal messages (the session's out_seq).
+    #[serde(default, deserialize_with = "lua_num")]
     pub seq: Option<u64>,
     /// W3C traceparent the delivery span continues.
     pub tp: Option<String>,
@@ -529,9 +531,9 @@ pub struct Events {
 
 #[derive(Debug, Default, Deserialize)]
 pub struct Latencies {
-    #[serde(default, deserialize_with = "lua_list")]
+    #[serde(default, deserialize_with = "lua_nums")]
     pub dispatch: Vec<f64>,
-    #[serde(default, deserialize_with = "lua_list")]
+    #[serde(default, deserialize_with = "lua_nums")]
     pub e2e: Vec<f64>,
 }
 
@@ -543,10 +545,49 @@ where
     match serde_json::Value::deserialize(d)? {
         serde_json::Value::Object(m) => Ok(m
             .into_iter()
-            .filter_map(|(k, v)| v.as_u64().map(|n| (k, n)))
+            .filter_map(|(k, v)| num_value::<u64>(&v).map(|n| (k, n)))
             .collect()),
         _ => Ok(Default::default()),
     }
+}
+
+/// A number a script sent as a JSON number or as a decimal string (ctx.lua `finish` sends
+/// the deliveries' numbers as strings: cheaper to format in Lua).
+fn num_value<T: std::str::FromStr + DeserializeOwned>(v: &serde_json::Value) -> Option<T> {
+    match v {
+        serde_json::Value::String(s) => s.parse().ok(),
+        serde_json::Value::Number(_) => serde_json::from_value(v.clone()).ok(),
+        _ => None,
+    }
+}
+
+/// Serde helper: an optional number, as a JSON number or a decimal string.
+fn lua_num<'de, D, T>(d: D) -> Result<Option<T>, D::Error>
+where
+    D: serde::Deserializer<'de>,
+    T: std::str::FromStr + DeserializeOwned,
+{
+    match serde_json::Value::deserialize(d)? {
+        serde_json::Value::Null => Ok(None),
+        v => num_value(&v)
+            .map(Some)
+            .ok_or_else(|| serde::de::Error::custom(format!("expected a number, got {v}"))),
+    }
+}
+
+/// Serde helper: a list of numbers (JSON numbers or decimal strings; `{}` when empty).
+fn lua_nums<'de, D>(d: D) -> Result<Vec<f64>, D::Error>
+where
+    D: serde::Deserializer<'de>,
+{
+    let items: Vec<serde_json::Value> = lua_list(d)?;
+    items
+        .iter()
+        .map(|v| {
+            num_value(v)
+                .ok_or_else(|| serde::de::Error::custom(format!("expected a number, got {v}")))
+        })
+        .collect()
 }
 
 /// Serde helper for script replies: Lua's cjson encodes an empty table as `{}`, so a list
@@ -590,5 +631,18 @@ mod tests {
         assert_eq!(names, CFG_NAMES);
         let packed = script_config(&Config::default());
         assert_eq!(packed.len(), 8 * CFG_NAMES.len());
+    }
+
+    #[test]
+    fn replies_carry_bodies_as_blobs_and_numbers_as_strings() {
+        let json = br#"{"status":"ok","out":[{"k":"node","id":"n","owner":"i","m":"2","blob":"1","seq":"3"}],"ev":{"dispatched":"2"},"lat":{"dispatch":["4"],"e2e":{}}}"#;
+        let blobs = vec![b"audio".to_vec(), br#"{"type":"job_assign"}"#.to_vec()];
+        let out = decode_reply::<serde_json::Value>("t", json, blobs).expect("decodes");
+        let d = &out.out[0];
+        assert_eq!(d.msg, r#"{"type":"job_assign"}"#);
+        assert_eq!((d.blob, d.seq), (Some(1), Some(3)));
+        assert_eq!(out.blobs[0], b"audio");
+        assert_eq!(out.events.ev.get("dispatched"), Some(&2));
+        assert_eq!(out.events.lat.dispatch, vec![4.0]);
     }
 }
