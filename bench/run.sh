@@ -146,6 +146,31 @@ for r in $(seq 1 "$RUNS"); do
     >"$WORK/costx-$r.json"
 done
 
+# Redis memory a job leaves behind (issue 14): its record while it waits out
+# jobs.record_ttl_ms, and its entries in the session's result log (the terminal message,
+# TTS audio included, its time in :rtime and the idempotency entry in :jobs), kept
+# session.result_retention_ms for resume. Steady state at R jobs/s holds R x (ttl x record
+# + retention x log entries): that figure per (job/s).
+JOB_TTL_MS=${SWITCHYARD_JOBS__RECORD_TTL_MS:-600000}
+RETENTION_MS=${SWITCHYARD_SESSION__RESULT_RETENTION_MS:-120000}
+JOB_REC_B=$(median $(redis-cli -p "$RP" --scan --pattern '*:job:*' | grep -v ':audio$' | head -300 |
+  while read -r k; do
+    if [ "$(redis-cli -p "$RP" hget "$k" state)" = FINISHED ]; then
+      redis-cli -p "$RP" memory usage "$k" samples 0
+    fi
+  done | head -50))
+# bytes per entry of a session's log key: MEMORY USAGE over entries, summed over 20 sessions
+per_entry() { # per_entry SUFFIX LENCMD
+  redis-cli -p "$RP" --scan --pattern "*:session:*:$1" | head -20 | while read -r k; do
+    echo "$(redis-cli -p "$RP" memory usage "$k" samples 0) $(redis-cli -p "$RP" "$2" "$k")"
+  done | awk '{b += $1; n += $2} END {if (n) printf "%.1f\n", b / n; else print 0}'
+}
+LOG_RES_B=$(per_entry results hlen)
+LOG_JOBS_B=$(per_entry jobs hlen)
+LOG_RTIME_B=$(per_entry rtime zcard)
+LOG_B=$(echo "$LOG_RES_B + $LOG_JOBS_B + $LOG_RTIME_B" | bc -l)
+MEM_PER_RATE=$(echo "$JOB_TTL_MS / 1000 * $JOB_REC_B + $RETENTION_MS / 1000 * $LOG_B" | bc -l)
+
 # ---- 5. Cross-instance hop ----------------------------------------------------------------
 PB=$(free_port)
 start_instance "$BIN" "$WORK/instance-b.log" "$PB" "$REDIS_URL" "${SETTINGS[@]}"

@@ -61,16 +61,9 @@ if not job then return finish({status = 'stale', reason = why}) end
 
 if outcome == 'ok' then
   release_node(jid, nid)
-  if CFG.explain ~= 0 then
-    redis.call('HSET', KEYS[1], 'state', 'FINISHED', 'finished_at', NOW,
-      'end:' .. job.attempt, NOW .. ' ok')
-  else
-    redis.call('HSET', KEYS[1], 'state', 'FINISHED', 'finished_at', NOW)
-  end
   redis.call('ZREM', KEYS[2], jid)
   redis.call('DEL', KEYS[1] .. ':audio')
-  redis.call('PEXPIRE', KEYS[1], CFG.job_ttl)
-  job.state = 'FINISHED'
+  end_job(jid, job, 'FINISHED', CFG.explain ~= 0 and {'end:' .. job.attempt, NOW .. ' ok'} or nil)
   count('finished')
   LAT.e2e[#LAT.e2e + 1] = NOW - tonumber(job.created_at or NOW)
   ui_event(job, 'ASR_FINAL', 'ok')

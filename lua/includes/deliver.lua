@@ -26,7 +26,8 @@ local function deliver(kind, id, msg, audio, seq, tp, job)
       BLOBS[#BLOBS + 1] = audio
       blob = #BLOBS
     end
-    OUT[#OUT + 1] = {k = kind, id = id, owner = owner, conn = info[2], msg = msg, blob = blob,
+    BLOBS[#BLOBS + 1] = msg
+    OUT[#OUT + 1] = {k = kind, id = id, owner = owner, conn = info[2], m = #BLOBS, blob = blob,
       seq = seq, tp = tp, job = job}
   elseif info.alive ~= false and (info.alive or redis.call('EXISTS', P .. 'instance:' .. owner) == 1) then
     info.alive = true
@@ -42,11 +43,17 @@ local function deliver(kind, id, msg, audio, seq, tp, job)
   end
 end
 
--- ui_event(job, event, status, code): a UI hint for the job's session (best-effort).
+-- ui_event(job, event, status, code): a UI hint for the job's session (best-effort). The
+-- job's part of the JSON is encoded once per call and kept on `job` (as `ui_json`, never
+-- written to Redis); each event appends its few fields (event and status are constants).
 local function ui_event(job, event, status, code)
-  local m = {type = 'ui_event', trace_id = job.trace_id, session_id = job.session,
-    job_id = job.id, utterance_index = tonumber(job.idx), event = event, status = status,
-    elapsed_ms = NOW - tonumber(job.created_at or NOW)}
-  if code then m.error_code = code end
-  deliver('session', job.session, cjson.encode(m))
+  local head = job.ui_json
+  if not head then
+    head = string.sub(cjson.encode({type = 'ui_event', trace_id = job.trace_id,
+      session_id = job.session, job_id = job.id, utterance_index = tonumber(job.idx)}), 1, -2)
+    job.ui_json = head
+  end
+  local tail = code and (',"error_code":' .. cjson.encode(code)) or ''
+  deliver('session', job.session, head .. ',"event":"' .. event .. '","status":"' .. status
+    .. '","elapsed_ms":' .. string.format('%d', NOW - tonumber(job.created_at or NOW)) .. tail .. '}')
 end

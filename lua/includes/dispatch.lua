@@ -183,6 +183,17 @@ local function pick(job, why)
       local members
       if size <= want then
         members = redis.call('SMEMBERS', pk)
+      elseif round == 1 then
+        -- A negative count may repeat a member but picks in O(want); a positive count
+        -- close to the set's size copies the whole set first (~18 µs of Redis per job).
+        local seen = {}
+        members = {}
+        for _, m in ipairs(redis.call('SRANDMEMBER', pk, -want)) do
+          if not seen[m] then
+            seen[m] = true
+            members[#members + 1] = m
+          end
+        end
       else
         members = redis.call('SRANDMEMBER', pk, want)
       end
@@ -216,21 +227,18 @@ end
 -- fail(jid, job, code, message): terminal FAILED; the utterance gets its error.
 local function fail(jid, job, code, message)
   unqueue(jid, job)
-  local f = {'state', 'FAILED', 'failure', code, 'failure_message', message, 'finished_at', NOW}
+  redis.call('ZREM', P .. 'due:jobs', jid)
+  redis.call('DEL', job_key(jid) .. ':audio')
+  local extra = {'failure', code, 'failure_message', message}
   if CFG.explain ~= 0 and job.node and job.node ~= '' then
-    local n = #f
-    f[n + 1], f[n + 2] = 'end:' .. job.attempt, NOW .. ' failed ' .. code
+    extra[5], extra[6] = 'end:' .. job.attempt, NOW .. ' failed ' .. code
   end
-  redis.call('HSET', job_key(jid), unpack(f))
+  end_job(jid, job, 'FAILED', extra)
   -- The cell's recent failures (the dashboard's list): bounded, expires with the jobs.
   redis.call('LPUSH', P .. 'failures', NOW .. ' ' .. jid .. ' ' .. code .. ' '
     .. string.sub(message or '', 1, 160))
   redis.call('LTRIM', P .. 'failures', 0, 49)
   redis.call('PEXPIRE', P .. 'failures', CFG.job_ttl)
-  redis.call('ZREM', P .. 'due:jobs', jid)
-  redis.call('DEL', job_key(jid) .. ':audio')
-  redis.call('PEXPIRE', job_key(jid), CFG.job_ttl)
-  job.state = 'FAILED'
   count('failed:' .. code)
   ui_event(job, 'ERROR', 'error', code)
   settle(job.session, job.idx, error_msg(job, code, message))
@@ -242,15 +250,18 @@ end
 -- earlier wait in the queues when there was one.
 local function assign(jid, job, nid, why)
   local jk = job_key(jid)
+  -- A job submit() created in this call (CREATED): its record, audio and their TTLs were
+  -- just written and its session exists, so 5 commands are not needed.
+  local fresh = job.state == 'CREATED'
   unqueue(jid, job)
   redis.call('SADD', node_key(nid) .. ':jobs', jid)
   redis.call('PEXPIRE', node_key(nid) .. ':jobs', CFG.liveness + CFG.node_retention)
   redis.call('HINCRBY', node_key(nid), 'reserved', 1)
-  local attempt = redis.call('HINCRBY', jk, 'attempt', 1)
+  local attempt = fresh and 1 or redis.call('HINCRBY', jk, 'attempt', 1)
   local acks = redis.call('HGET', node_key(nid), 'supports_ack') == '1'
   local deadline = NOW + (acks and CFG.ack_timeout or CFG.run_timeout)
   local f = {'state', 'DISPATCHED', 'node', nid, 'dispatched_at', NOW, 'deadline', deadline,
-    'queue', ''}
+    'queue', '', 'attempt', attempt}
   if why and why ~= '' then
     local rk = 'route:' .. attempt
     local waited = job[rk] and string.match(job[rk], '^%S+ %S+ (.*)$')
@@ -260,9 +271,11 @@ local function assign(jid, job, nid, why)
   end
   redis.call('HSET', jk, unpack(f))
   redis.call('ZADD', P .. 'due:jobs', deadline, jid)
-  redis.call('PEXPIRE', jk, CFG.job_ttl)
-  redis.call('PEXPIRE', jk .. ':audio', CFG.job_ttl)
-  job.state, job.node, job.attempt = 'DISPATCHED', nid, attempt
+  if not fresh then
+    redis.call('PEXPIRE', jk, CFG.job_ttl)
+    redis.call('PEXPIRE', jk .. ':audio', CFG.job_ttl)
+  end
+  job.state, job.node, job.attempt, job.dispatched_at = 'DISPATCHED', nid, attempt, NOW
   count('dispatched')
   LAT.dispatch[#LAT.dispatch + 1] = NOW - tonumber(job.created_at or NOW)
   LAT.pool[#LAT.pool + 1] = string.match(job.pools or '', '^[^,|]+') or ''
@@ -270,9 +283,10 @@ local function assign(jid, job, nid, why)
   if job.turn_id and job.turn_id ~= '' and redis.call('HGET', sk, 'turn_id') == job.turn_id then
     redis.call('HSET', sk, 'turn_node', nid)
   end
-  if redis.call('EXISTS', sk) == 1 then redis.call('HSET', sk, 'last_node', nid) end
+  if fresh or redis.call('EXISTS', sk) == 1 then redis.call('HSET', sk, 'last_node', nid) end
   local msg = json_with(job.spec, {attempt_id = attempt})
-  deliver('node', nid, msg, redis.call('GET', jk .. ':audio') or '', nil, job.tp, jid)
+  local audio = fresh and job.fresh_audio or redis.call('GET', jk .. ':audio') or ''
+  deliver('node', nid, msg, audio, nil, job.tp, jid)
   ui_event(job, 'DISPATCHED', 'ok')
 end
 
@@ -328,7 +342,13 @@ local function offer(nid)
   if n[1] ~= 'ready' then return end
   local room = tonumber(n[3] or '0') - tonumber(n[2] or '0')
   if room <= 0 then return end
-  for _, pool in ipairs(redis.call('SMEMBERS', node_key(nid) .. ':pools')) do
+  local pools = redis.call('SMEMBERS', node_key(nid) .. ':pools')
+  -- One EXISTS over every queue: when nothing waits (the common case) that is one command
+  -- instead of one LRANGE per pool.
+  local qks = {}
+  for i, pool in ipairs(pools) do qks[i] = P .. 'queue:' .. pool end
+  if #qks == 0 or redis.call('EXISTS', unpack(qks)) == 0 then return end
+  for _, pool in ipairs(pools) do
     local qk = P .. 'queue:' .. pool
     for _, jid in ipairs(redis.call('LRANGE', qk, 0, CFG.scan - 1)) do
       local job = hgetall(job_key(jid))
@@ -373,7 +393,8 @@ local function failover(jid, job, code, message, cancel)
     else
       redis.call('HSET', job_key(jid), 'tried', job.tried, 'node', '')
     end
-    redis.call('HINCRBY', job_key(jid), 'failovers', 1)
+    job.node = ''
+    job.failovers = redis.call('HINCRBY', job_key(jid), 'failovers', 1)
     count('failover')
   end
   if tonumber(job.attempt or '0') >= CFG.max_attempts then

@@ -36,6 +36,7 @@ local function submit(sid, sess, idx, spec, audio, meta)
   redis.call('HSET', sk .. ':jobs', idx, jid)
   redis.call('PEXPIRE', sk .. ':jobs', CFG.session_ttl)
   count('submitted')
+  job.fresh_audio = audio -- for assign (not a field of the record)
   local d = dispatch(jid, job)
   return {status = 'created', job_id = jid, dispatch = d}
 end

@@ -4,12 +4,12 @@
 use serde::Deserialize;
 use serde::de::DeserializeOwned;
 
-use super::{Output, StoreError};
+use super::{Delivery, Output, StoreError};
 
 pub(super) fn decode_reply<T: DeserializeOwned>(
     script: &'static str,
     json: &[u8],
-    blobs: Vec<Vec<u8>>,
+    mut blobs: Vec<Vec<u8>>,
 ) -> Result<Output<T>, StoreError> {
     let bad = |e: serde_json::Error| StoreError::Reply {
         script,
@@ -18,11 +18,23 @@ pub(super) fn decode_reply<T: DeserializeOwned>(
     let mut value: serde_json::Value = serde_json::from_slice(json).map_err(bad)?;
     // Move the deliveries and events out (message bodies can be large: no copies).
     let take = |v: &mut serde_json::Value, k: &str| v.as_object_mut().and_then(|m| m.remove(k));
-    let out = take(&mut value, "out")
+    let mut out: Vec<Delivery> = take(&mut value, "out")
         .map(lua_list)
         .transpose()
         .map_err(bad)?
         .unwrap_or_default();
+    // Message bodies travel as their own bulk strings (no JSON escaping in Lua).
+    for d in &mut out {
+        if let Some(i) = d.m.take() {
+            let body = blobs.get_mut(i.wrapping_sub(1)).map(std::mem::take);
+            d.msg = body
+                .and_then(|b| String::from_utf8(b).ok())
+                .ok_or_else(|| StoreError::Reply {
+                    script,
+                    message: format!("delivery body {i} missing or not UTF-8"),
+                })?;
+        }
+    }
     let ev = take(&mut value, "ev")
         .map(lua_map)
         .transpose()
@@ -53,9 +65,9 @@ pub struct Events {
 
 #[derive(Debug, Default, Deserialize)]
 pub struct Latencies {
-    #[serde(default, deserialize_with = "lua_list")]
+    #[serde(default, deserialize_with = "lua_nums")]
     pub dispatch: Vec<f64>,
-    #[serde(default, deserialize_with = "lua_list")]
+    #[serde(default, deserialize_with = "lua_nums")]
     pub e2e: Vec<f64>,
     /// The primary pool of each job of `dispatch`, in the same order.
     #[serde(default, deserialize_with = "lua_list")]
@@ -70,7 +82,7 @@ where
     match serde_json::Value::deserialize(d)? {
         serde_json::Value::Object(m) => Ok(m
             .into_iter()
-            .filter_map(|(k, v)| v.as_u64().map(|n| (k, n)))
+            .filter_map(|(k, v)| num_value::<u64>(&v).map(|n| (k, n)))
             .collect()),
         _ => Ok(Default::default()),
     }
@@ -95,4 +107,43 @@ where
             "expected a list, got {other}"
         ))),
     }
+}
+
+/// A number a script sent as a JSON number or as a decimal string (ctx.lua `finish` sends
+/// the deliveries' numbers as strings: cheaper to format in Lua).
+fn num_value<T: std::str::FromStr + DeserializeOwned>(v: &serde_json::Value) -> Option<T> {
+    match v {
+        serde_json::Value::String(s) => s.parse().ok(),
+        serde_json::Value::Number(_) => serde_json::from_value(v.clone()).ok(),
+        _ => None,
+    }
+}
+
+/// Serde helper: an optional number, as a JSON number or a decimal string.
+pub(super) fn lua_num<'de, D, T>(d: D) -> Result<Option<T>, D::Error>
+where
+    D: serde::Deserializer<'de>,
+    T: std::str::FromStr + DeserializeOwned,
+{
+    match serde_json::Value::deserialize(d)? {
+        serde_json::Value::Null => Ok(None),
+        v => num_value(&v)
+            .map(Some)
+            .ok_or_else(|| serde::de::Error::custom(format!("expected a number, got {v}"))),
+    }
+}
+
+/// Serde helper: a list of numbers (JSON numbers or decimal strings; `{}` when empty).
+fn lua_nums<'de, D>(d: D) -> Result<Vec<f64>, D::Error>
+where
+    D: serde::Deserializer<'de>,
+{
+    let items: Vec<serde_json::Value> = lua_list(d)?;
+    items
+        .iter()
+        .map(|v| {
+            num_value(v)
+                .ok_or_else(|| serde::de::Error::custom(format!("expected a number, got {v}")))
+        })
+        .collect()
 }
