@@ -54,7 +54,7 @@ run_one() { # run_one NAME BIN ROUND
     cmdstat "$rp" evalsha calls >"$WORK/calls-$name-$r"
     echo "($t1 - $t0) * 1000000 / $CLK_TCK" | bc -l >"$WORK/icpu-$name-$r"
     # MEMORY USAGE of finished job records (median of up to 50), and the result log
-    redis-cli -p "$rp" --scan --pattern '*:job:*' | grep -v ':audio$' | head -200 |
+    { redis-cli -p "$rp" --scan --pattern '*:job:*' || true; } | grep -v ':audio$' | head -200 |
       while read -r k; do
         if [ "$(redis-cli -p "$rp" hget "$k" state)" = FINISHED ]; then
           redis-cli -p "$rp" memory usage "$k" samples 0

@@ -153,17 +153,22 @@ done
 # + retention x log entries): that figure per (job/s).
 JOB_TTL_MS=${SWITCHYARD_JOBS__RECORD_TTL_MS:-600000}
 RETENTION_MS=${SWITCHYARD_SESSION__RESULT_RETENTION_MS:-120000}
-JOB_REC_B=$(median $(redis-cli -p "$RP" --scan --pattern '*:job:*' | grep -v ':audio$' | head -300 |
-  while read -r k; do
-    if [ "$(redis-cli -p "$RP" hget "$k" state)" = FINISHED ]; then
-      redis-cli -p "$RP" memory usage "$k" samples 0
-    fi
-  done | head -50))
+# (the sampling pipelines end early on purpose: SIGPIPE upstream is not a failure)
+job_records() {
+  { redis-cli -p "$RP" --scan --pattern '*:job:*' || true; } | grep -v ':audio$' | head -300 |
+    while read -r k; do
+      if [ "$(redis-cli -p "$RP" hget "$k" state)" = FINISHED ]; then
+        redis-cli -p "$RP" memory usage "$k" samples 0 || true
+      fi
+    done | head -50 || true
+}
+JOB_REC_B=$(median $(job_records))
 # bytes per entry of a session's log key: MEMORY USAGE over entries, summed over 20 sessions
 per_entry() { # per_entry SUFFIX LENCMD
-  redis-cli -p "$RP" --scan --pattern "*:session:*:$1" | head -20 | while read -r k; do
-    echo "$(redis-cli -p "$RP" memory usage "$k" samples 0) $(redis-cli -p "$RP" "$2" "$k")"
-  done | awk '{b += $1; n += $2} END {if (n) printf "%.1f\n", b / n; else print 0}'
+  { redis-cli -p "$RP" --scan --pattern "*:session:*:$1" || true; } | head -20 |
+    while read -r k; do
+      echo "$(redis-cli -p "$RP" memory usage "$k" samples 0) $(redis-cli -p "$RP" "$2" "$k")"
+    done | awk '{b += $1; n += $2} END {if (n) printf "%.1f\n", b / n; else print 0}'
 }
 LOG_RES_B=$(per_entry results hlen)
 LOG_JOBS_B=$(per_entry jobs hlen)
