@@ -6,8 +6,10 @@
 
 pub mod node;
 mod node_jobs;
+mod node_register;
 pub mod peer;
 pub mod session;
+mod session_init;
 pub mod socket;
 
 use std::collections::HashMap;

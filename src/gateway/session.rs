@@ -14,19 +14,15 @@ use base64::engine::general_purpose::STANDARD as B64;
 use serde_json::json;
 use tracing::Instrument;
 
+use super::Kind;
 use super::peer::{self, Handler, Peer};
-use super::{Kind, Outbound};
 use crate::auth::{Credential, Scope};
 use crate::capabilities::{RouteRequest, route};
-use crate::protocol::session::{
-    JobSpec, Pipeline, SessionInbound, SessionInit, Utterance, estimate_ms, unsupported,
-};
-use crate::protocol::{DecodeError, ErrorCode, decode, now_ms, valid_id};
+use crate::protocol::session::{JobSpec, SessionInbound, Utterance, estimate_ms, unsupported};
+use crate::protocol::{DecodeError, ErrorCode, decode, now_ms};
 use crate::routing;
 use crate::server::App;
-use crate::store::StoreError;
-use crate::store::instances::ResumeReply;
-use crate::store::sessions::{NewJob, OpenReply, SessionReply, Touch};
+use crate::store::sessions::{NewJob, SessionReply, Touch};
 
 const KIND: &str = "session";
 
@@ -46,14 +42,14 @@ pub async fn upgrade(
     })
 }
 
-struct SessionConn {
-    peer: Peer,
+pub(super) struct SessionConn {
+    pub(super) peer: Peer,
     /// What the upgrade proved: the tenant of this connection's session, its subject.
-    cred: Credential,
+    pub(super) cred: Credential,
     /// Set by session_init: (session id, tenant).
-    session: Option<(String, Option<String>)>,
+    pub(super) session: Option<(String, Option<String>)>,
     /// The session's trace id (client's or minted), parent of spans without their own.
-    trace_id: Option<String>,
+    pub(super) trace_id: Option<String>,
 }
 
 impl std::ops::Deref for SessionConn {
@@ -242,212 +238,6 @@ impl SessionConn {
         }
     }
 
-    async fn on_init(&mut self, init: SessionInit) {
-        if self.session.is_some() {
-            return self.error(
-                ErrorCode::InvalidMessage,
-                "session already initialised on this connection",
-            );
-        }
-        let tenant = match self.cred.tenant_for(init.tenant_id.as_deref()) {
-            Ok(t) => t,
-            Err(e) => {
-                self.app.metrics.rejected(KIND, "unauthorized");
-                return self.error(ErrorCode::Unauthorized, e);
-            }
-        };
-        if let Some(t) = &tenant
-            && !valid_id(t)
-        {
-            return self.error(
-                ErrorCode::InvalidMessage,
-                "tenant_id must be 1-64 of [A-Za-z0-9_.-]",
-            );
-        }
-        let two_way = init.options.mode.as_deref() == Some("two_way_auto");
-        let strict = tenant
-            .as_ref()
-            .is_some_and(|t| self.app.cfg.jobs.strict_tenants.contains(t));
-        let pipeline = Pipeline::default();
-        let r = match route(&RouteRequest {
-            tenant: tenant.as_deref(),
-            strict,
-            two_way,
-            src: &init.src_lang,
-            tgt: &init.tgt_lang,
-            lang_a: init.options.lang_a.as_deref(),
-            lang_b: init.options.lang_b.as_deref(),
-            use_asr: pipeline.use_asr,
-            use_nmt: pipeline.use_nmt,
-            use_tts: pipeline.use_tts,
-        }) {
-            Ok(r) => r,
-            Err(e) => return self.error(ErrorCode::InvalidMessage, e),
-        };
-        let spec = JobSpec {
-            src_lang: &init.src_lang,
-            tgt_lang: &init.tgt_lang,
-            pipeline,
-            audio_format: "opus",
-            sample_rate: 16_000,
-            options: &init.options,
-        };
-        let spec = serde_json::to_string(&spec).unwrap_or_else(|_| "{}".into());
-        let trace_id = init
-            .trace_id
-            .clone()
-            .filter(|t| !t.is_empty())
-            .unwrap_or_else(new_trace_id);
-        let fields: Vec<(&'static str, String)> = vec![
-            ("src", init.src_lang.clone()),
-            ("tgt", init.tgt_lang.clone()),
-            (
-                "mode",
-                init.options
-                    .mode
-                    .clone()
-                    .unwrap_or_else(|| "one_way".into()),
-            ),
-            ("tenant", tenant.clone().unwrap_or_default()),
-            ("pools", r.pools),
-            ("needs", r.needs),
-            ("pair", r.pair),
-            ("spec", spec),
-            ("trace_id", trace_id.clone()),
-            ("client_version", init.client_version.clone()),
-            ("platform", init.platform.clone()),
-        ];
-        if let Some(rid) = init.resume_session_id.as_deref().filter(|r| !r.is_empty())
-            && valid_id(rid)
-        {
-            let last = init.last_received_index.unwrap_or(-1);
-            let Some(proof) = init.resume_token.as_deref().filter(|t| !t.is_empty()) else {
-                self.app.metrics.rejected(KIND, "unauthorized");
-                return self.error(
-                    ErrorCode::Unauthorized,
-                    "resume_session_id needs the resume_token of that session's ack",
-                );
-            };
-            match self
-                .resume(rid, last, proof, tenant.clone(), &trace_id)
-                .await
-            {
-                Ok(Resumed::Yes) => return,
-                Ok(Resumed::Gone) => {} // expired: a new session, resumed = false
-                Ok(Resumed::Refused) => {
-                    self.app.metrics.rejected(KIND, "unauthorized");
-                    return self.error(
-                        ErrorCode::Unauthorized,
-                        "resume refused: resume_token or tenant does not match the session",
-                    );
-                }
-                Err(e) => return self.store_error(&e),
-            }
-        }
-        let resume_token = new_resume_token();
-        let mut fields = fields;
-        fields.push(("resume_hash", resume_hash(&resume_token)));
-        let nonce = uuid::Uuid::new_v4().simple().to_string()[..12].to_string();
-        let app = self.app.clone();
-        for _ in 0..8 {
-            let sid = format!("s-{:08X}", rand::random::<u32>());
-            // Bind first: results produced the moment the session exists find this socket.
-            let me = self.local();
-            app.conns.bind(Kind::Session, &sid, me);
-            match app
-                .store
-                .session_open(
-                    &sid,
-                    true,
-                    &self.token,
-                    &nonce,
-                    self.cred.sub.as_deref(),
-                    app.cfg.limits.max_sessions_per_subject,
-                    &fields,
-                )
-                .await
-            {
-                Ok(out) => match routing::deliver(&app, out) {
-                    OpenReply::Taken => app.conns.unbind(Kind::Session, &sid, &self.token),
-                    OpenReply::Limit { live } => {
-                        app.conns.unbind(Kind::Session, &sid, &self.token);
-                        app.metrics.limited(KIND, "sessions_per_subject");
-                        return self.error(
-                            ErrorCode::RateLimited,
-                            format!(
-                                "this credential's subject has {live} live sessions, the most \
-                                 allowed: close one (session_close) or resume it"
-                            ),
-                        );
-                    }
-                    OpenReply::Ok => {
-                        self.session = Some((sid.clone(), tenant));
-                        self.trace_id = Some(trace_id.clone());
-                        self.send_json(&init_ack(&sid, &trace_id, false, &resume_token));
-                        self.send(Outbound::ExpectSeq(1));
-                        return;
-                    }
-                },
-                Err(e) => {
-                    app.conns.unbind(Kind::Session, &sid, &self.token);
-                    return self.store_error(&e);
-                }
-            }
-        }
-        self.error(ErrorCode::InternalError, "could not mint a free session id");
-    }
-
-    /// Reattach session `sid` to this connection if `proof` is its resume token.
-    async fn resume(
-        &mut self,
-        sid: &str,
-        last: i64,
-        proof: &str,
-        tenant: Option<String>,
-        trace_id: &str,
-    ) -> Result<Resumed, StoreError> {
-        let app = self.app.clone();
-        let me = self.local();
-        let previous = app.conns.bind(Kind::Session, sid, me);
-        let hash = resume_hash(proof);
-        let out = match app
-            .store
-            .session_resume(sid, &self.token, last, &hash, tenant.as_deref())
-            .await
-        {
-            Ok(out) => out,
-            Err(e) => {
-                app.conns.unbind(Kind::Session, sid, &self.token);
-                return Err(e);
-            }
-        };
-        if matches!(out.reply, ResumeReply::Refused) {
-            // The live session stays with its connection here, if it is here.
-            app.conns.unbind(Kind::Session, sid, &self.token);
-            if let Some(p) = previous {
-                app.conns.bind(Kind::Session, sid, p);
-            }
-            return Ok(Resumed::Refused);
-        }
-        if matches!(out.reply, ResumeReply::Missing | ResumeReply::Gap) {
-            app.conns.unbind(Kind::Session, sid, &self.token);
-            return Ok(Resumed::Gone);
-        }
-        if let ResumeReply::Ok {
-            next_seq, resent, ..
-        } = &out.reply
-        {
-            tracing::info!(session_id = sid, resent, "session resumed");
-            self.session = Some((sid.to_string(), tenant));
-            self.trace_id = Some(trace_id.to_string());
-            self.send_json(&init_ack(sid, trace_id, true, proof));
-            self.send(Outbound::ExpectSeq(*next_seq));
-        }
-        routing::deliver(&app, out);
-        app.metrics.resumes.inc();
-        Ok(Resumed::Yes)
-    }
-
     async fn on_utterance(&mut self, sid: &str, tenant: Option<&str>, u: Utterance) {
         let Ok(audio) = B64.decode(u.audio.as_bytes()) else {
             return self.error(ErrorCode::InvalidMessage, "utterance audio is not base64");
@@ -525,47 +315,6 @@ impl SessionConn {
 }
 
 /// A W3C-style trace id (32 lowercase hex) for requests that bring none.
-fn new_trace_id() -> String {
+pub(super) fn new_trace_id() -> String {
     uuid::Uuid::new_v4().simple().to_string()
-}
-
-/// `session_init_ack` with every field the lingua web client reads.
-/// The outcome of a resume attempt.
-enum Resumed {
-    Yes,
-    /// The session expired (or its results were trimmed): a new one is opened.
-    Gone,
-    /// Wrong resume token or tenant: nothing changed.
-    Refused,
-}
-
-/// A session's resume secret: 128 random bits, given out once in its ack.
-fn new_resume_token() -> String {
-    format!("rt-{:032x}", rand::random::<u128>())
-}
-
-/// What Redis keeps of a resume token: its SHA-256 (a leaked Redis dump resumes nothing).
-fn resume_hash(token: &str) -> String {
-    use sha2::{Digest, Sha256};
-    Sha256::digest(token.as_bytes())
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect()
-}
-
-fn init_ack(sid: &str, trace_id: &str, resumed: bool, resume_token: &str) -> serde_json::Value {
-    json!({
-        "type": "session_init_ack",
-        "session_id": sid,
-        "message": if resumed { "session resumed" } else { "session created" },
-        "trace_id": trace_id,
-        "protocol_version": "1.0",
-        "use_binary_frame": false,
-        "negotiated_codec": "opus",
-        "negotiated_audio_format": "opus",
-        "negotiated_sample_rate": 16000,
-        "negotiated_channel_count": 1,
-        "resumed": resumed,
-        "resume_token": resume_token,
-    })
 }

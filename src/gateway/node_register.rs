@@ -1,0 +1,268 @@
+//! A node's `node_register`: which id it may hold (its credential's `sub`, a fleet token's
+//! reconnect rule, a minted id), the `register` script call with the local binding around it,
+//! and the refusal of a takeover (`NODE_ID_CONFLICT`).
+
+use super::node::{NodeConn, Registered, Registration};
+use super::{Kind, Outbound, close};
+use crate::capabilities::Capabilities;
+use crate::protocol::node::{NodeRegister, NodeRegisterAck};
+use crate::protocol::{ErrorCode, valid_id};
+use crate::routing;
+use crate::server::App;
+use crate::store::nodes::{NodeClaim, RegisterReply};
+use crate::store::{Output, StoreError};
+
+const KIND: &str = "node";
+
+impl NodeConn {
+    pub(super) async fn on_register(&mut self, mut r: Box<NodeRegister>) {
+        let mut offered = r.node_id.clone().filter(|id| !id.is_empty());
+        if let Some(id) = &offered
+            && !valid_id(id)
+        {
+            return self.error(
+                ErrorCode::InvalidMessage,
+                "node_id must be 1-64 of [A-Za-z0-9_.-]",
+            );
+        }
+        if let Some(bound) = self.cred.bound_node() {
+            if offered.as_deref().is_some_and(|id| id != bound) {
+                self.app.metrics.rejected(KIND, "unauthorized");
+                return self.error(
+                    ErrorCode::Unauthorized,
+                    format!("this credential may register only node {bound}"),
+                );
+            }
+            offered = Some(bound.to_string());
+        }
+        match self.cred.tenant_for(r.tenant_id.as_deref()) {
+            Ok(t) => r.tenant_id = t,
+            Err(e) => {
+                self.app.metrics.rejected(KIND, "unauthorized");
+                return self.error(ErrorCode::Unauthorized, e);
+            }
+        }
+        let current = self.reg.as_ref().map(|r| r.node_id.clone());
+        if let (Some(cur), Some(id)) = (&current, &offered)
+            && cur != id
+        {
+            return self.error(
+                ErrorCode::NodeIdConflict,
+                format!("this connection is registered as {cur}; open a new one for {id}"),
+            );
+        }
+        let caps = match Capabilities::from_register(&r) {
+            Ok(c) => c,
+            Err(e) => return self.error(ErrorCode::InvalidCapabilitySchema, e.to_string()),
+        };
+        let cfg = &self.app.cfg.node;
+        let capacity = r.max_concurrent_jobs.unwrap_or(cfg.default_capacity);
+        if capacity == 0 || capacity > cfg.max_capacity {
+            return self.error(
+                ErrorCode::InvalidCapabilitySchema,
+                format!("max_concurrent_jobs must be 1..={}", cfg.max_capacity),
+            );
+        }
+        let id = current.or(offered);
+        match self.register(id, &caps, &r).await {
+            Ok(Registration::Conflict) => {
+                self.send(Outbound::Unhold);
+                self.refuse_takeover()
+            }
+            Ok(Registration::Done {
+                node_id,
+                state,
+                assign,
+            }) => {
+                let pools = caps.pools().len();
+                let message = if pools == 0 {
+                    "registered; serves no language pair (check language_capabilities)".into()
+                } else {
+                    format!("registered in {pools} pools")
+                };
+                let status = if state == "draining" {
+                    "draining"
+                } else {
+                    "ready"
+                };
+                let ack = serde_json::to_string(&NodeRegisterAck {
+                    kind: "node_register_ack",
+                    node_id: &node_id,
+                    message,
+                    status,
+                });
+                match ack {
+                    Ok(t) => self.send(Outbound::First(t)),
+                    Err(e) => {
+                        tracing::error!(error = %e, "encode failed");
+                        self.send(Outbound::Unhold);
+                    }
+                }
+                routing::deliver(&self.app, assign);
+                self.reg = Some(Registered {
+                    node_id,
+                    caps,
+                    register: r,
+                });
+            }
+            Err(e) => {
+                self.send(Outbound::Unhold);
+                self.store_error(&e)
+            }
+        }
+    }
+
+    /// Run `register` (minting an id when none is given) and bind the local connection.
+    pub(super) async fn register(
+        &mut self,
+        id: Option<String>,
+        caps: &Capabilities,
+        r: &NodeRegister,
+    ) -> Result<Registration, StoreError> {
+        let app = self.app.clone();
+        let extra = register_fields(r, app.cfg.node.default_capacity);
+        let patience = tokio::time::Instant::now()
+            + std::time::Duration::from_millis(app.cfg.node.takeover_wait_ms);
+        for _ in 0..32 {
+            let (node_id, claim) = match &id {
+                Some(id) if self.cred.may_replace_node(id) => (id.clone(), NodeClaim::Replace),
+                Some(id) => (id.clone(), NodeClaim::Reconnect),
+                None => (mint_node_id(), NodeClaim::Mint),
+            };
+            // Bind first: anything addressed to this connection the moment the script has
+            // run (queued jobs, another instance's submit through the inbox) finds it —
+            // held back by the writer until the ack has gone out.
+            self.send(Outbound::Hold);
+            let previous = app.conns.bind(Kind::Node, &node_id, self.local());
+            let restore = |app: &App| {
+                app.conns.unbind(Kind::Node, &node_id, &self.token);
+                if let Some(p) = previous.clone() {
+                    app.conns.bind(Kind::Node, &node_id, p);
+                }
+            };
+            let out = match app
+                .store
+                .register(&node_id, claim, &self.token, caps, &extra)
+                .await
+            {
+                Ok(out) => out,
+                Err(e) => {
+                    restore(&app);
+                    return Err(e);
+                }
+            };
+            let Output {
+                reply,
+                out,
+                blobs,
+                events,
+            } = out;
+            let assign = Output {
+                reply: (),
+                out,
+                blobs,
+                events,
+            };
+            match reply {
+                RegisterReply::Taken => {
+                    routing::deliver(&app, assign);
+                    restore(&app)
+                }
+                RegisterReply::Conflict { owner } => {
+                    routing::deliver(&app, assign);
+                    restore(&app);
+                    // A dropped socket's cleanup may be a moment behind its reconnect.
+                    if tokio::time::Instant::now() < patience {
+                        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+                        continue;
+                    }
+                    tracing::warn!(node_id = %node_id, holder = %owner, "node takeover refused");
+                    return Ok(Registration::Conflict);
+                }
+                RegisterReply::Ok {
+                    state,
+                    replaced_conn,
+                    ..
+                } => {
+                    if let Some(old) = previous {
+                        let reason = "replaced by a newer connection".into();
+                        let _ = old.tx.try_send(Outbound::Close(close::REPLACED, reason));
+                    }
+                    if let Some(tok) = replaced_conn {
+                        tracing::info!(node_id = %node_id, old_conn = %tok, "node connection replaced");
+                    }
+                    return Ok(Registration::Done {
+                        node_id,
+                        state,
+                        assign,
+                    });
+                }
+            }
+        }
+        Err(StoreError::Reply {
+            script: "register",
+            message: "could not mint a free node id".into(),
+        })
+    }
+}
+
+/// `node-` + 8 uppercase hex digits (PROTOCOL.md).
+fn mint_node_id() -> String {
+    format!("node-{:08X}", rand::random::<u32>())
+}
+
+/// Descriptive node-hash fields from a registration.
+impl NodeConn {
+    /// A live connection holds the node id and this credential cannot prove it is that
+    /// node: `NODE_ID_CONFLICT`, then close, so a genuine node whose old connection is
+    /// only half-open reconnects (and wins once that connection is found dead).
+    pub(super) fn refuse_takeover(&mut self) {
+        self.app.metrics.rejected(KIND, "node_id_conflict");
+        self.error(
+            ErrorCode::NodeIdConflict,
+            "a live connection holds this node id; only a credential whose sub is the node id \
+             may take it over",
+        );
+        self.send(Outbound::Close(
+            close::POLICY,
+            "node id held by a live connection".into(),
+        ));
+        self.done = true;
+    }
+}
+
+fn register_fields(r: &NodeRegister, default_capacity: u32) -> Vec<(&'static str, String)> {
+    let json = |v: &serde_json::Value| serde_json::to_string(v).unwrap_or_default();
+    vec![
+        (
+            "capacity",
+            r.max_concurrent_jobs
+                .unwrap_or(default_capacity)
+                .to_string(),
+        ),
+        ("version", r.version.clone()),
+        ("platform", r.platform.clone()),
+        (
+            "hardware",
+            r.hardware.as_ref().map(json).unwrap_or_default(),
+        ),
+        (
+            "installed_services",
+            json(&serde_json::Value::from(r.installed_services.clone())),
+        ),
+        ("installed_models", r.installed_models.len().to_string()),
+        (
+            "schema",
+            r.capability_schema_version.clone().unwrap_or_default(),
+        ),
+        (
+            "supports_ack",
+            if r.supports_job_ack.unwrap_or(false) {
+                "1"
+            } else {
+                "0"
+            }
+            .into(),
+        ),
+    ]
+}
