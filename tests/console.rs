@@ -19,16 +19,6 @@ async fn node(inst: &switchyard::server::Running) -> (WsClient, String) {
     (n, id)
 }
 
-async fn assign(n: &mut WsClient) -> Value {
-    next_of(n, "job_assign", T).await.expect("job_assign")
-}
-
-fn answer(assign: &Value, node_id: &str, text: &str) -> Value {
-    let mut r = result_for(assign, text);
-    r["node_id"] = json!(node_id);
-    r
-}
-
 async fn post(url: &str, token: &str) -> u16 {
     reqwest::Client::new()
         .post(url)

@@ -15,18 +15,6 @@ use serde_json::{Value, json};
 
 const T: Duration = Duration::from_secs(5);
 
-async fn assign(n: &mut WsClient) -> Value {
-    next_of(n, "job_assign", T).await.expect("job_assign")
-}
-
-/// The node answers `a` with the lingua success fixture, `text_asr` = `asr`.
-async fn answer_asr(n: &mut WsClient, a: &Value, nid: &str, asr: &str) {
-    let mut r = result_for(a, &format!("T{}", a["utterance_index"]));
-    r["node_id"] = json!(nid);
-    r["text_asr"] = json!(asr);
-    n.send(&r).await;
-}
-
 /// Send utterance `idx`, let the node answer with `asr`, and return the translation_result.
 async fn round(
     s: &mut WsClient,

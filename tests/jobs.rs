@@ -36,10 +36,6 @@ async fn session(inst: &switchyard::server::Running) -> (WsClient, String) {
     .await
 }
 
-async fn assign(n: &mut WsClient) -> Value {
-    next_of(n, "job_assign", T).await.expect("job_assign")
-}
-
 async fn job(c: &mut redis::aio::MultiplexedConnection, id: &str) -> HashMap<String, String> {
     c.hgetall(format!("{PREFIX}job:{id}")).await.unwrap()
 }

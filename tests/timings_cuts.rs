@@ -18,18 +18,6 @@ use switchyard::server::Running;
 
 const T: Duration = Duration::from_secs(5);
 
-async fn assign(n: &mut WsClient) -> Value {
-    next_of(n, "job_assign", T).await.expect("job_assign")
-}
-
-/// The node answers `a` with the lingua success fixture, `text_asr` = `asr`.
-async fn answer_asr(n: &mut WsClient, a: &Value, nid: &str, asr: &str) {
-    let mut r = result_for(a, &format!("T{}", a["utterance_index"]));
-    r["node_id"] = json!(nid);
-    r["text_asr"] = json!(asr);
-    n.send(&r).await;
-}
-
 /// A streamed phrase of `chunks` fixture chunks stamped `client_ts`, then an empty is_final.
 async fn phrase(s: &mut WsClient, sid: &str, chunks: usize, client_ts: Option<u64>) {
     for _ in 0..chunks {

@@ -147,6 +147,21 @@ pub fn answer(assign: &Value, node_id: &str, text: &str) -> Value {
     r
 }
 
+/// The next `job_assign` on node connection `n` (within 5 s).
+pub async fn assign(n: &mut WsClient) -> Value {
+    next_of(n, "job_assign", Duration::from_secs(5))
+        .await
+        .expect("job_assign")
+}
+
+/// Node `n` answers `a` with the lingua success fixture, `text_asr` = `asr`.
+pub async fn answer_asr(n: &mut WsClient, a: &Value, nid: &str, asr: &str) {
+    let mut r = result_for(a, &format!("T{}", a["utterance_index"]));
+    r["node_id"] = json!(nid);
+    r["text_asr"] = json!(asr);
+    n.send(&r).await;
+}
+
 /// Open a session from a lingua `session_init`; returns the client and the session id.
 pub async fn open_session(url: &str, init: Value) -> (WsClient, String) {
     let (s, ack) = open_session_ack(url, init).await;
