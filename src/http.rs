@@ -140,11 +140,11 @@ async fn metrics(State(app): State<Arc<App>>) -> Response {
             app.metrics.pools.set_capacity(&capacity);
         }
         let names: Vec<String> = pools.keys().cloned().collect();
-        let depths = app.store.queue_depths(&names).await.unwrap_or_default();
+        let heads = app.store.queue_heads(&names).await.unwrap_or_default();
         app.metrics.pool_nodes.clear();
         app.metrics.queue_depth.clear();
         for (i, (pool, members)) in pools.into_iter().enumerate() {
-            let depth = depths.get(i).copied().unwrap_or(0) as i64;
+            let depth = heads.get(i).map_or(0, |h| h.0) as i64;
             app.metrics
                 .queue_depth
                 .get_or_create(&PoolLabels { pool: pool.clone() })

@@ -350,18 +350,4 @@ impl Store {
             })
             .collect())
     }
-
-    pub async fn queue_depths(&self, pools: &[String]) -> Result<Vec<u64>, StoreError> {
-        if pools.is_empty() {
-            return Ok(Vec::new());
-        }
-        let mut conn = self.conn().await?;
-        let mut pipe = redis::pipe();
-        for p in pools {
-            pipe.cmd("LLEN").arg(self.keys.queue(p));
-        }
-        pipe.query_async(&mut conn)
-            .await
-            .map_err(|e| StoreError::from_redis("read", e))
-    }
 }
