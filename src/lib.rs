@@ -4,6 +4,7 @@
 pub mod accept;
 pub mod auth;
 pub mod capabilities;
+pub mod cells;
 pub mod config;
 pub mod console;
 pub mod gateway;

@@ -40,6 +40,9 @@ enum Command {
         sub: Option<String>,
         #[arg(long)]
         tenant: Option<String>,
+        /// For a peer without tenant: the cell it lives in (default: the default cell).
+        #[arg(long)]
+        cell: Option<String>,
         /// Lifetime: 45s, 30m, 1h, 2d (default: auth.default_ttl_s).
         #[arg(long)]
         ttl: Option<String>,
@@ -93,8 +96,9 @@ fn main() -> ExitCode {
             scope,
             sub,
             tenant,
+            cell,
             ttl,
-        } => match token(&cfg, &scope, sub, tenant, ttl.as_deref()) {
+        } => match token(&cfg, &scope, sub, tenant, cell, ttl.as_deref()) {
             Ok(t) => {
                 println!("{t}");
                 ExitCode::SUCCESS
@@ -193,6 +197,7 @@ fn token(
     scopes: &[String],
     sub: Option<String>,
     tenant: Option<String>,
+    cell: Option<String>,
     ttl: Option<&str>,
 ) -> Result<String, String> {
     use switchyard::auth::{Scope, mint};
@@ -205,7 +210,12 @@ fn token(
         .iter()
         .map(|s| Scope::parse(s).ok_or_else(|| format!("unknown scope {s:?}")))
         .collect::<Result<Vec<_>, _>>()?;
-    for v in [&sub, &tenant].into_iter().flatten() {
+    if let Some(c) = &cell
+        && !cfg.cell_list().iter().any(|s| &s.name == c)
+    {
+        return Err(format!("{c:?} is not a configured cell"));
+    }
+    for v in [&sub, &tenant, &cell].into_iter().flatten() {
         if !switchyard::protocol::valid_id(v) {
             return Err(format!("{v:?}: use 1-64 of [A-Za-z0-9_.-]"));
         }
@@ -220,6 +230,7 @@ fn token(
             scopes,
             sub,
             tenant,
+            cell,
             ttl_s,
         },
     )

@@ -1,8 +1,8 @@
 //! One Switchyard instance: shared state, start-up, and shutdown.
 //!
 //! [`start`] binds the listener, loads the scripts (if Redis is there; otherwise readiness
-//! stays false until it is), spawns the sweeper, the presence beat and the inbox consumer,
-//! and serves HTTP + WebSocket until [`Running::shutdown`] (graceful drain) or
+//! stays false until it is), spawns the sweeper, the presence beat and the inbox consumer
+//! of every cell, and serves HTTP + WebSocket until [`Running::shutdown`] (graceful drain) or
 //! [`Running::abort`] (a crash, for tests).
 
 use std::net::SocketAddr;
@@ -16,7 +16,7 @@ use tokio::task::JoinHandle;
 
 use crate::config::Config;
 use crate::gateway::{Connections, Kind, Outbound};
-use crate::store::Store;
+use crate::cells::Cells;
 use crate::telemetry::metrics::Metrics;
 
 /// State shared by every handler and task of an instance.
@@ -26,11 +26,11 @@ pub struct App {
     pub auth: crate::auth::Auth,
     /// Unique per process start (pod names repeat; this never does).
     pub instance_id: String,
-    pub store: Store,
+    /// The cells this instance serves (each with its store); `cells` says which peer
+    /// lives where.
+    pub cells: Cells,
     pub metrics: Arc<Metrics>,
     pub conns: Connections,
-    /// Last time (ms) the inbox consumer completed a read: readiness needs it alive.
-    pub inbox_alive_at: AtomicU64,
     /// Set on SIGTERM: readiness false, nodes told to drain, new connections refused.
     pub draining: AtomicBool,
     /// Set when a drain has taken this instance's nodes out of their pools, just before
@@ -60,15 +60,14 @@ impl App {
             metrics.auth_open.set(1);
         }
         let instance_id = format!("i-{}", &uuid::Uuid::new_v4().simple().to_string()[..12]);
-        let store = Store::new(&cfg, &instance_id, metrics.clone()).map_err(|e| e.to_string())?;
+        let cells = Cells::new(&cfg, &instance_id, metrics.clone()).map_err(|e| e.to_string())?;
         Ok(Arc::new(Self {
             cfg,
             auth,
             instance_id,
-            store,
+            cells,
             metrics,
             conns: Connections::default(),
-            inbox_alive_at: AtomicU64::new(0),
             draining: AtomicBool::new(false),
             nodes_released: AtomicBool::new(false),
             crashed: AtomicBool::new(false),
@@ -116,11 +115,10 @@ impl App {
         self.draining.load(Ordering::Relaxed) || *self.shutdown.borrow()
     }
 
-    /// The inbox consumer read within the last few block periods.
+    /// Every cell's inbox consumer read within the last few block periods.
     pub fn inbox_alive(&self) -> bool {
-        let last = self.inbox_alive_at.load(Ordering::Relaxed);
         let window = 3 * self.cfg.inbox.block_ms + self.cfg.redis.timeout_ms;
-        crate::protocol::now_ms().saturating_sub(last) <= window
+        self.cells.iter().all(|c| c.inbox_alive(window))
     }
 
     /// How long a session connection waits for a missing earlier message.
@@ -188,9 +186,11 @@ impl Running {
         for t in self.tasks {
             let _ = tokio::time::timeout(Duration::from_secs(5), t).await;
         }
-        // Hand the inbox over now rather than after the presence TTL.
-        if let Err(e) = app.store.instance_beat(&app.instance_id, 0, true).await {
-            tracing::warn!(error = %e, "could not give up presence; it expires by itself");
+        // Hand the inboxes over now rather than after the presence TTL.
+        for cell in app.cells.iter() {
+            if let Err(e) = cell.store.instance_beat(&app.instance_id, 0, true).await {
+                tracing::warn!(cell = cell.name(), error = %e, "could not give up presence; it expires by itself");
+            }
         }
     }
 
@@ -214,11 +214,12 @@ async fn release_nodes(app: &App) {
     app.nodes_released.store(true, Ordering::Relaxed);
     let grace = app.cfg.node.disconnect_grace_ms;
     for (node_id, c) in app.conns.entries(Kind::Node) {
-        let out = app
+        let out = c
+            .cell
             .store
             .node_offline(&node_id, &c.token, grace, "disconnected")
             .await;
-        if let Err(e) = out.map(|o| crate::routing::deliver(app, o)) {
+        if let Err(e) = out.map(|o| crate::routing::deliver(app, &c.cell, o)) {
             tracing::warn!(%node_id, error = %e, "could not take a node out of its pools before the drain close");
         }
     }
@@ -231,8 +232,10 @@ pub async fn start(cfg: Config) -> std::io::Result<Running> {
     let app = App::new(cfg).map_err(std::io::Error::other)?;
     let listener = TcpListener::bind(&app.cfg.listen).await?;
     let addr = listener.local_addr()?;
-    if let Err(e) = app.store.load_scripts().await {
-        tracing::warn!(error = %e, "scripts not loaded yet; will retry when Redis answers");
+    for cell in app.cells.iter() {
+        if let Err(e) = cell.store.load_scripts().await {
+            tracing::warn!(cell = cell.name(), error = %e, "scripts not loaded yet; will retry when Redis answers");
+        }
     }
     let router = crate::http::router(app.clone());
     let admin = match &app.cfg.admin_listen {
@@ -254,13 +257,15 @@ pub async fn start(cfg: Config) -> std::io::Result<Running> {
     let server = tokio::spawn(async move {
         crate::accept::serve(listener, router, &limits, metrics, stop).await;
     });
-    tasks.extend([
-        server,
-        tokio::spawn(crate::sweeper::run(app.clone())),
-        tokio::spawn(crate::routing::presence::run(app.clone())),
-        tokio::spawn(crate::routing::inbox::run(app.clone())),
-        tokio::spawn(crate::console::live::run_stats(app.clone())),
-    ]);
+    tasks.push(server);
+    for cell in app.cells.iter() {
+        tasks.extend([
+            tokio::spawn(crate::sweeper::run(app.clone(), cell.clone())),
+            tokio::spawn(crate::routing::presence::run(app.clone(), cell.clone())),
+            tokio::spawn(crate::routing::inbox::run(app.clone(), cell.clone())),
+            tokio::spawn(crate::console::live::run_stats(app.clone(), cell.clone())),
+        ]);
+    }
     if app.auth.is_open() {
         tracing::warn!(
             "AUTH IS OPEN (auth.mode = \"open\"): anyone who reaches {addr} can register nodes, \

@@ -1,15 +1,16 @@
 //! The periodic `sweep`: every instance calls the script every `sweep.interval_ms`; the
 //! script hands each due deadline to exactly one caller (atomic removal), so there is no
-//! leader and a dead instance's deadlines are handled by the living.
+//! leader and a dead instance's deadlines are handled by the living. One loop per cell.
 
 use std::sync::Arc;
 use std::time::Duration;
 
+use crate::cells::Cell;
 use crate::gateway::{Kind, close};
 use crate::server::App;
 use crate::store::StoreError;
 
-pub async fn run(app: Arc<App>) {
+pub async fn run(app: Arc<App>, cell: Arc<Cell>) {
     let mut tick = tokio::time::interval(Duration::from_millis(app.cfg.sweep.interval_ms));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut stop = app.shutdown_signal();
@@ -20,7 +21,7 @@ pub async fn run(app: Arc<App>) {
             _ = stop.changed() => return,
         }
         loop {
-            match sweep_once(&app).await {
+            match sweep_once(&app, &cell).await {
                 Ok(more) => {
                     down_logged = false;
                     if !more {
@@ -29,13 +30,13 @@ pub async fn run(app: Arc<App>) {
                 }
                 Err(StoreError::Unavailable(e)) => {
                     if !down_logged {
-                        tracing::warn!(error = %e, "sweep paused: redis unavailable");
+                        tracing::warn!(cell = cell.name(), error = %e, "sweep paused: redis unavailable");
                         down_logged = true;
                     }
                     break;
                 }
                 Err(e) => {
-                    tracing::error!(error = %e, "sweep failed");
+                    tracing::error!(cell = cell.name(), error = %e, "sweep failed");
                     break;
                 }
             }
@@ -44,8 +45,8 @@ pub async fn run(app: Arc<App>) {
 }
 
 /// One sweep call; returns whether more is due right away.
-async fn sweep_once(app: &App) -> Result<bool, StoreError> {
-    let reply = crate::routing::deliver(app, app.store.sweep().await?);
+async fn sweep_once(app: &App, cell: &Cell) -> Result<bool, StoreError> {
+    let reply = crate::routing::deliver(app, cell, cell.store.sweep().await?);
     for n in &reply.offline {
         tracing::info!(node_id = %n.node_id, "node offline: liveness expired");
         // A silent node whose socket is still open here: close it so it reconnects.
@@ -54,6 +55,7 @@ async fn sweep_once(app: &App) -> Result<bool, StoreError> {
         {
             app.conns.close(
                 Kind::Node,
+                cell.name(),
                 &n.node_id,
                 conn,
                 close::LIVENESS,

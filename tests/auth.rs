@@ -49,6 +49,7 @@ async fn an_upgrade_without_the_right_credential_is_refused_before_anything_regi
             scopes: vec![Scope::Node],
             sub: None,
             tenant: None,
+            cell: None,
             ttl_s: 60,
         },
     )

@@ -126,7 +126,7 @@ async fn call_raw(
     for k in keys {
         inv.key(k);
     }
-    for a in inst.app.store.args().into_inner() {
+    for a in inst.app.cells.default_cell().store.args().into_inner() {
         inv.arg(a);
     }
     for a in rest {
@@ -141,7 +141,7 @@ async fn scripts_refuse_non_numeric_arguments_before_writing_anything() {
     let redis = RedisServer::start().await;
     let inst = start_instance(&redis).await;
     let mut c = redis.client().await;
-    let store = &inst.app.store;
+    let store = &inst.app.cells.default_cell().store;
     let (sk, ak) = (
         store.keys.session("s-lua"),
         store.keys.session_audio("s-lua"),

@@ -175,7 +175,7 @@ async fn sentinel_failover(replicas: usize, wait_replicas: u32) -> (usize, usize
     );
     assert!(ready_again.is_some_and(|d| d < Duration::from_secs(5)));
     assert_eq!(
-        inst.app.store.redis_node(),
+        inst.app.cells.default_cell().store.redis_node(),
         new_primary,
         "follows the promoted replica"
     );
@@ -338,7 +338,7 @@ async fn sentinel_switchover_is_followed_by_polling_the_sentinels() {
         "the instance follows the switch-over",
         || async {
             let _ = get_json(&http_url(&inst, "/readyz")).await;
-            inst.app.store.redis_node() == new
+            inst.app.cells.default_cell().store.redis_node() == new
         },
     )
     .await;

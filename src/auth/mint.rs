@@ -12,6 +12,8 @@ pub struct TokenSpec {
     pub scopes: Vec<Scope>,
     pub sub: Option<String>,
     pub tenant: Option<String>,
+    /// The `cell` claim (a tenant-less peer's cell).
+    pub cell: Option<String>,
     pub ttl_s: u64,
 }
 
@@ -24,6 +26,8 @@ struct Claims<'a> {
     sub: Option<&'a str>,
     #[serde(skip_serializing_if = "Option::is_none")]
     tenant: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    cell: Option<&'a str>,
 }
 
 /// Sign `spec` with `secret` (HS256).
@@ -35,6 +39,7 @@ pub fn hs256(secret: &str, spec: &TokenSpec) -> Result<String, String> {
         scope: spec.scopes.iter().map(|s| s.as_str()).collect(),
         sub: spec.sub.as_deref(),
         tenant: spec.tenant.as_deref(),
+        cell: spec.cell.as_deref(),
     };
     jsonwebtoken::encode(
         &Header::default(),
@@ -84,6 +89,7 @@ pub fn dev_banner(secret: &str, listen: &str) -> Result<String, String> {
                 scopes: scopes.to_vec(),
                 sub: None,
                 tenant: None,
+                cell: None,
                 ttl_s: 86_400,
             },
         )

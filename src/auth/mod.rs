@@ -5,7 +5,8 @@
 //! `exp` (required), `scope` (`node`, `session`, `admin:read`, `admin:write`; a string, a
 //! space-separated string or a list), optional `sub` (the node id a node token may hold;
 //! the subject whose sessions are counted), optional `tenant` (the tenant; a frame cannot
-//! claim another). Verification keys come from `[auth]` ([`keys`]); minting, for
+//! claim another), optional `cell` (places a peer without tenant in that cell; see
+//! `cells`). Verification keys come from `[auth]` ([`keys`]); minting, for
 //! `switchyard token` and the development setup, is [`mint`].
 //!
 //! The rules themselves — which scope an endpoint needs, which node a credential may hold,
@@ -66,6 +67,8 @@ pub struct Credential {
     pub sub: Option<String>,
     /// `tenant`: the tenant of everything this credential does.
     pub tenant: Option<String>,
+    /// `cell`: the cell of a peer without tenant (a public fleet of one region).
+    pub cell: Option<String>,
     /// `auth.mode = "open"`: nobody was checked; everything is allowed as before auth.
     pub open: bool,
 }
@@ -77,6 +80,7 @@ impl Credential {
             scopes: Scope::ALL.to_vec(),
             sub: None,
             tenant: None,
+            cell: None,
             open: true,
         }
     }
@@ -210,6 +214,8 @@ struct Claims {
     sub: Option<String>,
     #[serde(default)]
     tenant: Option<String>,
+    #[serde(default)]
+    cell: Option<String>,
 }
 
 /// `scope`: `"node"`, `"node session"` (OAuth style) or `["node", "session"]`.
@@ -238,7 +244,11 @@ impl Claims {
                 "no scope this service knows (node, session, admin:read, admin:write)".into(),
             ));
         }
-        for (name, v) in [("sub", &self.sub), ("tenant", &self.tenant)] {
+        for (name, v) in [
+            ("sub", &self.sub),
+            ("tenant", &self.tenant),
+            ("cell", &self.cell),
+        ] {
             if let Some(v) = v
                 && !crate::protocol::valid_id(v)
             {
@@ -251,6 +261,7 @@ impl Claims {
             scopes,
             sub: self.sub,
             tenant: self.tenant,
+            cell: self.cell,
             open: false,
         })
     }

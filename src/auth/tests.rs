@@ -22,6 +22,7 @@ fn spec(scopes: &[Scope], sub: Option<&str>, tenant: Option<&str>) -> TokenSpec 
         scopes: scopes.to_vec(),
         sub: sub.map(str::to_string),
         tenant: tenant.map(str::to_string),
+        cell: None,
         ttl_s: 60,
     }
 }
@@ -149,6 +150,7 @@ fn node_binding_and_tenant_rules() {
         scopes: vec![Scope::Node],
         sub: None,
         tenant: Some("acme".into()),
+        cell: None,
         open: false,
     };
     assert!(

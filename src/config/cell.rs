@@ -1,4 +1,5 @@
-//! `[cell]` — The scheduling cell: key prefix and hash tag of every key, the Redis Cluster
+//! `[cell]` and `[[cells]]` — The scheduling cells: the key prefix, each cell's name (its
+//! keys share the hash tag `{prefix:name}`) and the tenants it serves, the Redis Cluster
 //! slot a tag lands in, and names whose tags spread evenly over a cluster's primaries.
 
 use serde::{Deserialize, Serialize};
@@ -8,8 +9,87 @@ use serde::{Deserialize, Serialize};
 pub struct CellConfig {
     /// Key prefix of this deployment.
     pub prefix: String,
-    /// Name of the scheduling cell; all keys share the hash tag `{prefix:name}`.
+    /// Name of the one scheduling cell when no `[[cells]]` are listed; all its keys share
+    /// the hash tag `{prefix:name}`. Ignored when `[[cells]]` are listed.
     pub name: String,
+}
+
+/// `[[cells]]` — one scheduling cell of several: a name (its keys share the hash tag
+/// `{prefix:name}`, one Redis slot) and the tenants whose nodes and sessions live in it.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct CellSpec {
+    pub name: String,
+    /// Tenants served by this cell (from the credential's `tenant`, or a frame's
+    /// `tenant_id` in open mode). A tenant listed nowhere lives in the default cell.
+    #[serde(default)]
+    pub tenants: Vec<String>,
+    /// The cell of everyone without a listed tenant (public nodes and sessions unless a
+    /// credential's `cell` claim names another). Exactly one cell is the default.
+    #[serde(default)]
+    pub default: bool,
+}
+
+fn valid_name(v: &str) -> bool {
+    !v.is_empty()
+        && v.len() <= 64
+        && v
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c))
+}
+
+/// The cells to serve: `[[cells]]`, or the one `[cell].name` (the default) when none are
+/// listed. Checks names, the one default and that no tenant is in two cells; the error
+/// names the field.
+pub fn cells(cell: &CellConfig, list: &[CellSpec]) -> Result<Vec<CellSpec>, (&'static str, String)> {
+    if !valid_name(&cell.prefix) {
+        return Err(("cell.prefix", "must be 1-64 of [A-Za-z0-9._-]".into()));
+    }
+    if list.is_empty() {
+        if !valid_name(&cell.name) {
+            return Err(("cell.name", "must be 1-64 of [A-Za-z0-9._-]".into()));
+        }
+        return Ok(vec![CellSpec {
+            name: cell.name.clone(),
+            tenants: Vec::new(),
+            default: true,
+        }]);
+    }
+    let mut names = std::collections::HashSet::new();
+    let mut tenants = std::collections::HashMap::new();
+    for c in list {
+        if !valid_name(&c.name) {
+            return Err((
+                "cells.name",
+                format!("{:?} must be 1-64 of [A-Za-z0-9._-]", c.name),
+            ));
+        }
+        if !names.insert(c.name.as_str()) {
+            return Err(("cells.name", format!("cell {:?} is listed twice", c.name)));
+        }
+        for t in &c.tenants {
+            if !crate::protocol::valid_id(t) {
+                return Err((
+                    "cells.tenants",
+                    format!("{t:?} is not a tenant id ([A-Za-z0-9_.-])"),
+                ));
+            }
+            if let Some(other) = tenants.insert(t.as_str(), c.name.as_str()) {
+                return Err((
+                    "cells.tenants",
+                    format!("tenant {t:?} is in cells {other:?} and {:?}", c.name),
+                ));
+            }
+        }
+    }
+    match list.iter().filter(|c| c.default).count() {
+        1 => Ok(list.to_vec()),
+        0 => Err((
+            "cells.default",
+            "mark one cell `default = true` (it serves tenants listed nowhere)".into(),
+        )),
+        _ => Err(("cells.default", "only one cell may be the default".into())),
+    }
 }
 
 impl Default for CellConfig {
@@ -91,6 +171,25 @@ mod tests {
         assert_eq!(slot("{user1000}.following"), slot("{user1000}.followers"));
         assert_eq!(slot("foo{}{bar}"), slot("foo{}{bar}"));
         assert_eq!(slot("{switchyard:main}:node:a"), slot("{switchyard:main}"));
+    }
+
+    #[test]
+    fn cells_need_one_default_and_disjoint_tenants() {
+        let base = CellConfig::default();
+        let one = cells(&base, &[]).unwrap();
+        assert_eq!((one[0].name.as_str(), one[0].default), ("main", true));
+        let spec = |name: &str, tenants: &[&str], default| CellSpec {
+            name: name.into(),
+            tenants: tenants.iter().map(|t| t.to_string()).collect(),
+            default,
+        };
+        assert!(cells(&base, &[spec("a", &[], true), spec("b", &["x"], false)]).is_ok());
+        let err = |l: &[CellSpec]| cells(&base, l).unwrap_err().0;
+        assert_eq!(err(&[spec("a", &[], false)]), "cells.default");
+        assert_eq!(err(&[spec("a", &[], true), spec("b", &[], true)]), "cells.default");
+        assert_eq!(err(&[spec("a", &["x"], true), spec("b", &["x"], false)]), "cells.tenants");
+        assert_eq!(err(&[spec("a", &[], true), spec("a", &[], false)]), "cells.name");
+        assert_eq!(err(&[spec("a{b}", &[], true)]), "cells.name");
     }
 
     #[test]

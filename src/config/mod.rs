@@ -27,7 +27,7 @@ mod telemetry;
 mod ws;
 
 pub use auth::AuthConfig;
-pub use cell::CellConfig;
+pub use cell::{CellConfig, CellSpec};
 pub use inbox::InboxConfig;
 pub use instance::InstanceConfig;
 pub use jobs::JobsConfig;
@@ -52,6 +52,8 @@ pub struct Config {
     pub auth: AuthConfig,
     pub redis: RedisConfig,
     pub cell: CellConfig,
+    /// Several cells (`[[cells]]`); empty = the one cell `[cell].name`.
+    pub cells: Vec<CellSpec>,
     pub node: NodeConfig,
     pub sweep: SweepConfig,
     pub ws: WsConfig,
@@ -72,6 +74,7 @@ impl Default for Config {
             auth: AuthConfig::default(),
             redis: RedisConfig::default(),
             cell: CellConfig::default(),
+            cells: Vec::new(),
             node: NodeConfig::default(),
             sweep: SweepConfig::default(),
             ws: WsConfig::default(),
@@ -102,6 +105,7 @@ const SECTIONS: &[&str] = &[
     "auth",
     "redis",
     "cell",
+    "cells",
     "node",
     "sweep",
     "ws",
@@ -156,9 +160,20 @@ impl Config {
             .unwrap_or(3 * self.node.heartbeat_interval_ms)
     }
 
-    /// The hash tag every key of this cell carries, e.g. `{switchyard:main}`.
+    /// The hash tag every key of the default cell carries, e.g. `{switchyard:main}`.
     pub fn cell_tag(&self) -> String {
-        format!("{{{}:{}}}", self.cell.prefix, self.cell.name)
+        let default = self.cells.iter().find(|c| c.default);
+        self.tag_of(default.map_or(&self.cell.name, |c| &c.name))
+    }
+
+    /// The hash tag of cell `name`: `{prefix:name}`.
+    pub fn tag_of(&self, name: &str) -> String {
+        format!("{{{}:{}}}", self.cell.prefix, name)
+    }
+
+    /// The cells this instance serves (validated: one default, disjoint tenants).
+    pub fn cell_list(&self) -> Vec<CellSpec> {
+        cell::cells(&self.cell, &self.cells).unwrap_or_default()
     }
 
     /// Check every value; the error names the first bad field.
@@ -201,17 +216,8 @@ impl Config {
         if let Err((field, reason)) = self.redis.validate() {
             return bad(field, reason);
         }
-        for (field, v) in [
-            ("cell.prefix", &self.cell.prefix),
-            ("cell.name", &self.cell.name),
-        ] {
-            if v.is_empty()
-                || !v
-                    .chars()
-                    .all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c))
-            {
-                return bad(field, "must be non-empty and use only [A-Za-z0-9._-]");
-            }
+        if let Err((field, reason)) = cell::cells(&self.cell, &self.cells) {
+            return bad(field, reason);
         }
         if self.node.heartbeat_interval_ms == 0 {
             return bad("node.heartbeat_interval_ms", "must be positive");

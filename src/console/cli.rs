@@ -12,7 +12,7 @@ use std::sync::Arc;
 use serde_json::Value;
 
 use crate::config::Config;
-use crate::store::Store;
+use crate::cells::Cells;
 use crate::telemetry::metrics::Metrics;
 
 /// What to inspect.
@@ -21,35 +21,48 @@ pub enum Target {
     Session(String),
 }
 
-/// Run the command; the text to print, or an error message.
+/// Run the command (searching every configured cell); the text to print, or an error.
 pub async fn run(cfg: &Config, target: Target, as_json: bool) -> Result<String, String> {
-    let store = Store::new(cfg, "inspect", Arc::new(Metrics::new())).map_err(|e| e.to_string())?;
-    let view = match &target {
-        Target::Job(id) => {
-            let h = store.job_record(id).await.map_err(|e| e.to_string())?;
-            if h.is_empty() {
-                return Err(format!("no job {id} (or its record expired)"));
-            }
-            super::explain::job_view(h)
+    let cells = Cells::new(cfg, "inspect", Arc::new(Metrics::new())).map_err(|e| e.to_string())?;
+    let mut found = None;
+    for cell in cells.iter() {
+        if let Some(mut v) = view(&cell.store, &target).await? {
+            v["cell"] = Value::from(cell.name());
+            found = Some(v);
+            break;
         }
-        Target::Session(id) => {
-            let (h, pending, results) =
-                store.session_record(id).await.map_err(|e| e.to_string())?;
-            if h.is_empty() {
-                return Err(format!("no session {id} (or it expired)"));
-            }
-            let jobs = store.session_jobs(id).await.map_err(|e| e.to_string())?;
-            let mut v = super::explain::session_view(h, pending, results);
-            v["jobs"] = serde_json::to_value(jobs).unwrap_or(Value::Null);
-            v
-        }
-    };
+    }
+    let view = found.ok_or_else(|| match &target {
+        Target::Job(id) => format!("no job {id} (or its record expired)"),
+        Target::Session(id) => format!("no session {id} (or it expired)"),
+    })?;
     if as_json {
         return serde_json::to_string_pretty(&view).map_err(|e| e.to_string());
     }
     Ok(match target {
         Target::Job(_) => job_text(&view),
         Target::Session(_) => session_text(&view),
+    })
+}
+
+/// The view of `target` in one cell's store, if it is there.
+async fn view(store: &crate::store::Store, target: &Target) -> Result<Option<Value>, String> {
+    Ok(match target {
+        Target::Job(id) => {
+            let h = store.job_record(id).await.map_err(|e| e.to_string())?;
+            (!h.is_empty()).then(|| super::explain::job_view(h))
+        }
+        Target::Session(id) => {
+            let (h, pending, results) =
+                store.session_record(id).await.map_err(|e| e.to_string())?;
+            if h.is_empty() {
+                return Ok(None);
+            }
+            let jobs = store.session_jobs(id).await.map_err(|e| e.to_string())?;
+            let mut v = super::explain::session_view(h, pending, results);
+            v["jobs"] = serde_json::to_value(jobs).unwrap_or(Value::Null);
+            Some(v)
+        }
     })
 }
 

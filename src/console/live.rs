@@ -11,11 +11,13 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use axum::Json;
-use axum::extract::State;
+use axum::extract::{Query, State};
 use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
 use serde_json::{Value, json};
 
+use crate::cells::Cell;
+use crate::http::{CellQuery, one_cell};
 use crate::server::App;
 use crate::store::StoreError;
 
@@ -26,8 +28,8 @@ const FAILURES: usize = 20;
 /// Nodes listed at most.
 const NODES: usize = 500;
 
-/// This instance's counters since the last [`run_stats`] tick (fed by the script events
-/// in `Metrics::record_events`).
+/// This instance's counters of one cell since the last [`run_stats`] tick (fed by the
+/// script events in `Metrics::record_events`).
 #[derive(Debug, Default)]
 pub struct Tally {
     pub done: AtomicU64,
@@ -35,8 +37,21 @@ pub struct Tally {
     pub e2e_ms: AtomicU64,
 }
 
-/// Every second: add this instance's counters of the past second to `stats:<second>`.
-pub async fn run_stats(app: Arc<App>) {
+/// One [`Tally`] per cell.
+#[derive(Debug, Default)]
+pub struct Tallies(std::sync::Mutex<std::collections::HashMap<String, Arc<Tally>>>);
+
+impl Tallies {
+    pub fn of(&self, cell: &str) -> Arc<Tally> {
+        let mut m = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        m.entry(cell.to_string()).or_default().clone()
+    }
+}
+
+/// Every second: add this instance's counters of the past second in `cell` to the cell's
+/// `stats:<second>`.
+pub async fn run_stats(app: Arc<App>, cell: Arc<Cell>) {
+    let t = app.metrics.tally.of(cell.name());
     let mut tick = tokio::time::interval(Duration::from_secs(1));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut stop = app.shutdown_signal();
@@ -45,7 +60,6 @@ pub async fn run_stats(app: Arc<App>) {
             _ = tick.tick() => {}
             _ = stop.changed() => return,
         }
-        let t = &app.metrics.tally;
         let (done, failed, e2e) = (
             t.done.swap(0, Ordering::Relaxed),
             t.failed.swap(0, Ordering::Relaxed),
@@ -53,7 +67,11 @@ pub async fn run_stats(app: Arc<App>) {
         );
         let conns = app.live_conns.load(Ordering::Relaxed) as u64;
         let second = crate::protocol::now_ms() / 1000;
-        if let Err(e) = app.store.stats_add(second, done, failed, e2e, conns).await {
+        if let Err(e) = cell
+            .store
+            .stats_add(second, done, failed, e2e, conns)
+            .await
+        {
             // Lost counts only thin a sparkline; put them back for the next try.
             t.done.fetch_add(done, Ordering::Relaxed);
             t.failed.fetch_add(failed, Ordering::Relaxed);
@@ -67,9 +85,9 @@ fn num(h: &std::collections::HashMap<String, String>, k: &str) -> u64 {
     h.get(k).and_then(|v| v.parse().ok()).unwrap_or(0)
 }
 
-/// One picture of the cell, as the dashboard draws it.
-pub async fn snapshot(app: &App) -> Result<Value, StoreError> {
-    let store = &app.store;
+/// One picture of a cell, as the dashboard draws it.
+pub async fn snapshot(app: &App, cell: &Cell) -> Result<Value, StoreError> {
+    let store = &cell.store;
     let now = crate::protocol::now_ms();
     let nodes = store.nodes(NODES).await?;
     let pools = store.pools().await?;
@@ -151,37 +169,49 @@ pub async fn snapshot(app: &App) -> Result<Value, StoreError> {
         })
         .collect();
     Ok(
-        json!({"at_ms": now, "instance": app.instance_id, "instances": inst_list,
+        json!({"at_ms": now, "instance": app.instance_id, "cell": cell.name(),
+              "cells": app.cells.iter().map(|c| c.name()).collect::<Vec<_>>(),
+              "instances": inst_list,
               "pools": pool_list, "nodes": node_list, "failures": fail_list,
               "series": {"done_per_s": done, "failed_per_s": failed, "e2e_ms_avg": e2e}}),
     )
 }
 
-/// `GET /api/v1/console/snapshot`: one snapshot (what the stream sends every second).
-pub async fn snapshot_json(State(app): State<Arc<App>>) -> Response {
-    match snapshot(&app).await {
+/// `GET /api/v1/console/snapshot[?cell=NAME]`: one snapshot of a cell (the default cell
+/// unless named), what the stream sends every second.
+pub async fn snapshot_json(State(app): State<Arc<App>>, q: Query<CellQuery>) -> Response {
+    let cell = match one_cell(&app, &q) {
+        Ok(c) => c,
+        Err(r) => return r,
+    };
+    match snapshot(&app, &cell).await {
         Ok(v) => Json(v).into_response(),
         Err(e) => super::unavailable(e),
     }
 }
 
-/// `GET /api/v1/console/stream`: a snapshot every second as SSE `data:`; an `error`
-/// event while Redis is away. Ends when the instance drains.
-pub async fn stream(State(app): State<Arc<App>>) -> Response {
+/// `GET /api/v1/console/stream[?cell=NAME]`: a snapshot of the cell every second as SSE
+/// `data:`; an `error` event while Redis is away. Ends when the instance drains.
+pub async fn stream(State(app): State<Arc<App>>, q: Query<CellQuery>) -> Response {
+    let cell = match one_cell(&app, &q) {
+        Ok(c) => c,
+        Err(r) => return r,
+    };
     let mut tick = tokio::time::interval(Duration::from_secs(1));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    let events = futures_util::stream::unfold((app, tick), |(app, mut tick)| async move {
+    let state = (app, cell, tick);
+    let events = futures_util::stream::unfold(state, |(app, cell, mut tick)| async move {
         tick.tick().await;
         if app.is_draining() {
             return None;
         }
-        let ev = match snapshot(&app).await {
+        let ev = match snapshot(&app, &cell).await {
             Ok(v) => Event::default().data(v.to_string()),
             Err(e) => Event::default()
                 .event("error")
                 .data(json!({"error": e.to_string()}).to_string()),
         };
-        Some((Ok::<_, Infallible>(ev), (app, tick)))
+        Some((Ok::<_, Infallible>(ev), (app, cell, tick)))
     });
     Sse::new(events)
         .keep_alive(KeepAlive::default())

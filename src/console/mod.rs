@@ -13,14 +13,15 @@ use std::sync::Arc;
 
 use axum::Json;
 use axum::Router;
-use axum::extract::{Path, State};
+use axum::extract::{Path, Query, State};
 use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use serde_json::json;
 
+use crate::http::CellQuery;
+use crate::http::admin::selected_cells;
 use crate::server::App;
-use crate::store::StoreError;
 
 /// The dashboard page: HTML, CSS and JS in one file, nothing fetched from elsewhere.
 const DASHBOARD: &str = include_str!("dashboard.html");
@@ -67,44 +68,88 @@ fn not_found(what: &str) -> Response {
         .into_response()
 }
 
-pub(crate) fn unavailable(e: StoreError) -> Response {
-    let code = match e {
-        StoreError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
-        _ => StatusCode::INTERNAL_SERVER_ERROR,
+pub(crate) use crate::http::admin::unavailable;
+
+/// Add the cell a record was found in to its JSON view.
+fn in_cell(mut v: serde_json::Value, cell: &str) -> serde_json::Value {
+    if let Some(o) = v.as_object_mut() {
+        o.insert("cell".into(), cell.into());
+    }
+    v
+}
+
+/// A job by id, from the first cell that has it (or the one `?cell=` names).
+async fn job(
+    State(app): State<Arc<App>>,
+    Path(id): Path<String>,
+    q: Query<CellQuery>,
+) -> Response {
+    if !crate::protocol::valid_id(&id) {
+        return bad_id();
+    }
+    let cells = match selected_cells(&app, &q) {
+        Ok(c) => c,
+        Err(r) => return r,
     };
-    (code, Json(json!({"error": e.to_string()}))).into_response()
-}
-
-async fn job(State(app): State<Arc<App>>, Path(id): Path<String>) -> Response {
-    if !crate::protocol::valid_id(&id) {
-        return bad_id();
-    }
-    match app.store.job_record(&id).await {
-        Ok(h) if h.is_empty() => not_found("job"),
-        Ok(h) => Json(explain::job_view(h)).into_response(),
-        Err(e) => unavailable(e),
-    }
-}
-
-async fn session(State(app): State<Arc<App>>, Path(id): Path<String>) -> Response {
-    if !crate::protocol::valid_id(&id) {
-        return bad_id();
-    }
-    match app.store.session_record(&id).await {
-        Ok((h, _, _)) if h.is_empty() => not_found("session"),
-        Ok((h, pending, results)) => {
-            Json(explain::session_view(h, pending, results)).into_response()
+    for cell in cells {
+        match cell.store.job_record(&id).await {
+            Ok(h) if h.is_empty() => {}
+            Ok(h) => return Json(in_cell(explain::job_view(h), cell.name())).into_response(),
+            Err(e) => return unavailable(e),
         }
-        Err(e) => unavailable(e),
     }
+    not_found("job")
 }
 
-async fn session_jobs(State(app): State<Arc<App>>, Path(id): Path<String>) -> Response {
+/// A session by id, from the first cell that has it (or the one `?cell=` names).
+async fn session(
+    State(app): State<Arc<App>>,
+    Path(id): Path<String>,
+    q: Query<CellQuery>,
+) -> Response {
     if !crate::protocol::valid_id(&id) {
         return bad_id();
     }
-    match app.store.session_jobs(&id).await {
-        Ok(rows) => Json(json!({"session_id": id, "jobs": rows})).into_response(),
-        Err(e) => unavailable(e),
+    let cells = match selected_cells(&app, &q) {
+        Ok(c) => c,
+        Err(r) => return r,
+    };
+    for cell in cells {
+        match cell.store.session_record(&id).await {
+            Ok((h, _, _)) if h.is_empty() => {}
+            Ok((h, pending, results)) => {
+                let v = explain::session_view(h, pending, results);
+                return Json(in_cell(v, cell.name())).into_response();
+            }
+            Err(e) => return unavailable(e),
+        }
     }
+    not_found("session")
+}
+
+/// A session's jobs, from the first cell that has any (or the one `?cell=` names).
+async fn session_jobs(
+    State(app): State<Arc<App>>,
+    Path(id): Path<String>,
+    q: Query<CellQuery>,
+) -> Response {
+    if !crate::protocol::valid_id(&id) {
+        return bad_id();
+    }
+    let cells = match selected_cells(&app, &q) {
+        Ok(c) => c,
+        Err(r) => return r,
+    };
+    let mut last = None;
+    for cell in cells {
+        match cell.store.session_jobs(&id).await {
+            Ok(rows) if rows.is_empty() => last = Some(cell.name().to_string()),
+            Ok(rows) => {
+                return Json(json!({"session_id": id, "cell": cell.name(), "jobs": rows}))
+                    .into_response();
+            }
+            Err(e) => return unavailable(e),
+        }
+    }
+    Json(json!({"session_id": id, "cell": last, "jobs": []})).into_response()
 }

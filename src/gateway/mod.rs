@@ -13,11 +13,13 @@ mod session_init;
 pub mod socket;
 
 use std::collections::HashMap;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 
 use tokio::sync::mpsc;
 
 pub use socket::{Outbound, close};
+
+use crate::cells::Cell;
 
 /// The two kinds of peers, as scripts name them in deliveries.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -43,22 +45,28 @@ impl Kind {
     }
 }
 
-/// A connection on this instance: its unique token and its writer.
+/// A connection on this instance: its unique token, its writer and its cell.
 #[derive(Clone)]
 pub struct LocalConn {
     pub token: String,
     pub tx: mpsc::Sender<Outbound>,
+    /// The cell the node or session lives in (whose store its cleanup calls).
+    pub cell: Arc<Cell>,
 }
+
+/// Local connections of one kind: by cell, then by node or session id (ids are unique
+/// within a cell, not across cells).
+type ByCell = HashMap<String, HashMap<String, LocalConn>>;
 
 /// Local connections by node id and by session id.
 #[derive(Default)]
 pub struct Connections {
-    nodes: Mutex<HashMap<String, LocalConn>>,
-    sessions: Mutex<HashMap<String, LocalConn>>,
+    nodes: Mutex<ByCell>,
+    sessions: Mutex<ByCell>,
 }
 
 impl Connections {
-    fn map(&self, kind: Kind) -> std::sync::MutexGuard<'_, HashMap<String, LocalConn>> {
+    fn map(&self, kind: Kind) -> std::sync::MutexGuard<'_, ByCell> {
         let m = match kind {
             Kind::Node => &self.nodes,
             Kind::Session => &self.sessions,
@@ -68,51 +76,69 @@ impl Connections {
         m.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Bind `id` to `conn`; returns the connection it replaces, if any.
+    /// Bind `id` (in `conn`'s cell) to `conn`; returns the connection it replaces, if any.
     pub fn bind(&self, kind: Kind, id: &str, conn: LocalConn) -> Option<LocalConn> {
-        let old = self.map(kind).insert(id.to_string(), conn.clone());
+        let mut m = self.map(kind);
+        let cell = m.entry(conn.cell.name().to_string()).or_default();
+        let old = cell.insert(id.to_string(), conn.clone());
         old.filter(|o| o.token != conn.token)
     }
 
-    /// Forget `id` if it is still bound to `token`.
-    pub fn unbind(&self, kind: Kind, id: &str, token: &str) {
+    /// Forget `id` in `cell` if it is still bound to `token`.
+    pub fn unbind(&self, kind: Kind, cell: &str, id: &str, token: &str) {
         let mut m = self.map(kind);
-        if m.get(id).is_some_and(|c| c.token == token) {
-            m.remove(id);
+        let Some(ids) = m.get_mut(cell) else { return };
+        if ids.get(id).is_some_and(|c| c.token == token) {
+            ids.remove(id);
+        }
+        if ids.is_empty() {
+            m.remove(cell);
         }
     }
 
-    /// The local connection of `id`, if it is here and (when given) has `token`.
-    pub fn get(&self, kind: Kind, id: &str, token: Option<&str>) -> Option<LocalConn> {
+    /// The local connection of `id` in `cell`, if it is here and (when given) has `token`.
+    pub fn get(&self, kind: Kind, cell: &str, id: &str, token: Option<&str>) -> Option<LocalConn> {
         let m = self.map(kind);
-        m.get(id)
+        m.get(cell)?
+            .get(id)
             .filter(|c| token.is_none_or(|t| c.token == t))
             .cloned()
     }
 
-    /// Close the local connection of `id` if it has `token`.
-    pub fn close(&self, kind: Kind, id: &str, token: &str, code: u16, reason: &str) -> bool {
-        match self.get(kind, id, Some(token)) {
+    /// Close the local connection of `id` in `cell` if it has `token`.
+    pub fn close(&self, kind: Kind, cell: &str, id: &str, token: &str, code: u16, reason: &str) -> bool {
+        match self.get(kind, cell, id, Some(token)) {
             Some(c) => c.tx.try_send(Outbound::Close(code, reason.into())).is_ok(),
             None => false,
         }
     }
 
     pub fn count(&self, kind: Kind) -> usize {
-        self.map(kind).len()
+        self.map(kind).values().map(HashMap::len).sum()
     }
 
-    /// Every local connection of a kind (for shutdown).
-    /// Every local connection of `kind` with the id it is bound to.
+    /// Every local connection of `kind` with the id it is bound to (its cell is in it).
     pub fn entries(&self, kind: Kind) -> Vec<(String, LocalConn)> {
         self.map(kind)
-            .iter()
-            .map(|(id, c)| (id.clone(), c.clone()))
+            .values()
+            .flat_map(|ids| ids.iter().map(|(id, c)| (id.clone(), c.clone())))
             .collect()
     }
 
+    /// Every local connection of `kind`, of every cell.
     pub fn all(&self, kind: Kind) -> Vec<LocalConn> {
-        self.map(kind).values().cloned().collect()
+        self.map(kind)
+            .values()
+            .flat_map(|ids| ids.values().cloned())
+            .collect()
+    }
+
+    /// Every local connection of `kind` in `cell`.
+    pub fn in_cell(&self, kind: Kind, cell: &str) -> Vec<LocalConn> {
+        self.map(kind)
+            .get(cell)
+            .map(|ids| ids.values().cloned().collect())
+            .unwrap_or_default()
     }
 }
 

@@ -17,6 +17,7 @@ use super::peer::{self, Handler, Peer};
 use super::{Kind, Outbound, close};
 use crate::auth::{Credential, Scope};
 use crate::capabilities::Capabilities;
+use crate::cells::Cell;
 use crate::protocol::node::{NodeHeartbeat, NodeInbound, NodeRegister};
 use crate::protocol::{ErrorCode, decode};
 use crate::routing;
@@ -36,6 +37,7 @@ pub async fn upgrade(
         NodeConn {
             peer,
             cred,
+            cell: None,
             reg: None,
             done: false,
         }
@@ -67,6 +69,8 @@ pub(super) struct NodeConn {
     pub(super) peer: Peer,
     /// What the upgrade proved: which node id this connection may hold, its tenant.
     pub(super) cred: Credential,
+    /// The cell the node lives in (from its tenant), fixed by its first registration.
+    pub(super) cell: Option<Arc<Cell>>,
     pub(super) reg: Option<Registered>,
     /// Set when the connection must end (replaced, fenced off).
     pub(super) done: bool,
@@ -244,14 +248,17 @@ impl NodeConn {
             Ok(c) => c,
             Err(e) => return self.error(ErrorCode::InvalidCapabilitySchema, e.to_string()),
         };
+        let Some(cell) = self.cell.clone() else {
+            return;
+        };
         let node_id = reg.node_id.clone();
         let app = self.app.clone();
         let load = load_fields(&h);
-        let reply = app
+        let reply = cell
             .store
             .heartbeat(&node_id, &self.token, &caps, &load)
             .await;
-        let reply = reply.map(|out| routing::deliver(&app, out));
+        let reply = reply.map(|out| routing::deliver(&app, &cell, out));
         match reply {
             Ok(HeartbeatReply::Ok { .. }) => {
                 if let Some(reg) = &mut self.reg {
@@ -277,7 +284,7 @@ impl NodeConn {
                 match self.register(Some(node_id.clone()), &caps, &register).await {
                     Ok(Registration::Done { assign, .. }) => {
                         self.send(Outbound::Unhold);
-                        routing::deliver(&self.app, assign);
+                        routing::deliver(&self.app, &cell, assign);
                         self.reg = Some(Registered {
                             node_id,
                             caps,
@@ -314,18 +321,20 @@ impl NodeConn {
     /// The socket ended: an orderly close takes the node offline now; a drop after grace.
     async fn finish(&mut self, orderly: bool) {
         let Some(reg) = self.reg.take() else { return };
+        let Some(cell) = self.cell.clone() else { return };
         let app = &self.app;
-        app.conns.unbind(Kind::Node, &reg.node_id, &self.token);
+        app.conns
+            .unbind(Kind::Node, cell.name(), &reg.node_id, &self.token);
         let (grace, reason) = if orderly {
             (0, "closed")
         } else {
             (app.cfg.node.disconnect_grace_ms, "disconnected")
         };
-        let out = app
+        let out = cell
             .store
             .node_offline(&reg.node_id, &self.token, grace, reason)
             .await;
-        match out.map(|o| routing::deliver(app, o)) {
+        match out.map(|o| routing::deliver(app, &cell, o)) {
             Ok(OfflineReply::Stale) => {
                 tracing::debug!(node_id = %reg.node_id, "close of a replaced connection ignored")
             }

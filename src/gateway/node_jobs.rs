@@ -3,7 +3,10 @@
 //! from that node's current connection); anything stale is counted, answered with an
 //! `error`, and changes nothing.
 
+use std::sync::Arc;
+
 use super::node::NodeConn;
+use crate::cells::Cell;
 use crate::protocol::ErrorCode;
 use crate::protocol::node::{AsrPartial, JobAck, JobResult};
 use crate::routing;
@@ -12,13 +15,17 @@ use crate::store::jobs::{Attempt, FencedReply, Finished, Outcome};
 const KIND: &str = "node";
 
 impl NodeConn {
-    /// The registered node id, or an error to the node (job messages need a registration).
-    fn node_id(&self) -> Option<String> {
+    /// The registered node id and its cell, or an error to the node (job messages need a
+    /// registration).
+    fn node_id(&self) -> Option<(String, Arc<Cell>)> {
         let id = self.reg.as_ref().map(|r| r.node_id.clone());
-        if id.is_none() {
-            self.error(ErrorCode::InvalidMessage, "register first (node_register)");
+        match (id, &self.cell) {
+            (Some(id), Some(cell)) => Some((id, cell.clone())),
+            _ => {
+                self.error(ErrorCode::InvalidMessage, "register first (node_register)");
+                None
+            }
         }
-        id
     }
 
     /// A fenced-off message: counted, reported to the node, nothing changed.
@@ -32,7 +39,7 @@ impl NodeConn {
     }
 
     pub(super) async fn on_ack(&mut self, a: JobAck, started: bool) {
-        let Some(node_id) = self.node_id() else {
+        let Some((node_id, cell)) = self.node_id() else {
             return;
         };
         let attempt = Attempt {
@@ -41,9 +48,9 @@ impl NodeConn {
             node_id: &node_id,
             conn: &self.token,
         };
-        match self.app.store.job_ack(&attempt, started).await {
+        match cell.store.job_ack(&attempt, started).await {
             Ok(out) => {
-                if let FencedReply::Stale { reason } = routing::deliver(&self.app, out) {
+                if let FencedReply::Stale { reason } = routing::deliver(&self.app, &cell, out) {
                     self.stale(
                         if started { "job_started" } else { "job_ack" },
                         &a.job_id,
@@ -56,7 +63,7 @@ impl NodeConn {
     }
 
     pub(super) async fn on_result(&mut self, mut r: JobResult) {
-        let Some(node_id) = self.node_id() else {
+        let Some((node_id, cell)) = self.node_id() else {
             return;
         };
         let (message, asr, translated);
@@ -102,9 +109,9 @@ impl NodeConn {
             node_id: &node_id,
             conn: &self.token,
         };
-        match self.app.store.job_result(&attempt, &outcome).await {
+        match cell.store.job_result(&attempt, &outcome).await {
             Ok(out) => {
-                if let FencedReply::Stale { reason } = routing::deliver(&self.app, out) {
+                if let FencedReply::Stale { reason } = routing::deliver(&self.app, &cell, out) {
                     self.stale("job_result", &r.job_id, &reason);
                 }
             }
@@ -132,17 +139,16 @@ impl NodeConn {
     }
 
     pub(super) async fn on_partial(&mut self, p: AsrPartial) {
-        let Some(node_id) = self.node_id() else {
+        let Some((node_id, cell)) = self.node_id() else {
             return;
         };
-        match self
-            .app
+        match cell
             .store
             .job_partial(&p.job_id, &node_id, &self.token, &p.text, p.is_final)
             .await
         {
             Ok(out) => {
-                if let FencedReply::Stale { .. } = routing::deliver(&self.app, out) {
+                if let FencedReply::Stale { .. } = routing::deliver(&self.app, &cell, out) {
                     self.app.metrics.stale(KIND); // best-effort: no error reply for partials
                 }
             }

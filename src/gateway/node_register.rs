@@ -42,6 +42,30 @@ impl NodeConn {
                 return self.error(ErrorCode::Unauthorized, e);
             }
         }
+        let cell = match self
+            .app
+            .cells
+            .resolve(r.tenant_id.as_deref(), self.cred.cell.as_deref())
+        {
+            Ok(c) => c.clone(),
+            Err(e) => {
+                self.app.metrics.rejected(KIND, "unauthorized");
+                return self.error(ErrorCode::Unauthorized, e.to_string());
+            }
+        };
+        if let Some(cur) = &self.cell
+            && cur.name() != cell.name()
+        {
+            return self.error(
+                ErrorCode::InvalidMessage,
+                format!(
+                    "this connection's node lives in cell {}; a tenant of cell {} needs a new connection",
+                    cur.name(),
+                    cell.name()
+                ),
+            );
+        }
+        self.cell = Some(cell.clone());
         let current = self.reg.as_ref().map(|r| r.node_id.clone());
         if let (Some(cur), Some(id)) = (&current, &offered)
             && cur != id
@@ -98,7 +122,7 @@ impl NodeConn {
                         self.send(Outbound::Unhold);
                     }
                 }
-                routing::deliver(&self.app, assign);
+                routing::deliver(&self.app, &cell, assign);
                 self.reg = Some(Registered {
                     node_id,
                     caps,
@@ -120,6 +144,12 @@ impl NodeConn {
         r: &NodeRegister,
     ) -> Result<Registration, StoreError> {
         let app = self.app.clone();
+        let Some(cell) = self.cell.clone() else {
+            return Err(StoreError::Reply {
+                script: "register",
+                message: "no cell chosen before registering".into(),
+            });
+        };
         let extra = register_fields(r, app.cfg.node.default_capacity);
         let patience = tokio::time::Instant::now()
             + std::time::Duration::from_millis(app.cfg.node.takeover_wait_ms);
@@ -133,14 +163,15 @@ impl NodeConn {
             // run (queued jobs, another instance's submit through the inbox) finds it —
             // held back by the writer until the ack has gone out.
             self.send(Outbound::Hold);
-            let previous = app.conns.bind(Kind::Node, &node_id, self.local());
+            let previous = app.conns.bind(Kind::Node, &node_id, self.local(&cell));
             let restore = |app: &App| {
-                app.conns.unbind(Kind::Node, &node_id, &self.token);
+                app.conns
+                    .unbind(Kind::Node, cell.name(), &node_id, &self.token);
                 if let Some(p) = previous.clone() {
                     app.conns.bind(Kind::Node, &node_id, p);
                 }
             };
-            let out = match app
+            let out = match cell
                 .store
                 .register(&node_id, claim, &self.token, caps, &extra)
                 .await
@@ -165,11 +196,11 @@ impl NodeConn {
             };
             match reply {
                 RegisterReply::Taken => {
-                    routing::deliver(&app, assign);
+                    routing::deliver(&app, &cell, assign);
                     restore(&app)
                 }
                 RegisterReply::Conflict { owner } => {
-                    routing::deliver(&app, assign);
+                    routing::deliver(&app, &cell, assign);
                     restore(&app);
                     // A dropped socket's cleanup may be a moment behind its reconnect.
                     if tokio::time::Instant::now() < patience {

@@ -15,6 +15,7 @@ use tokio::sync::mpsc;
 
 use super::{LocalConn, Outbound, close, socket};
 use crate::auth::{Credential, Scope};
+use crate::cells::Cell;
 use crate::limits::{FrameBucket, TenantSlot, Verdict};
 use crate::protocol::{ErrorCode, ErrorMessage};
 use crate::server::{App, ConnGuard};
@@ -56,11 +57,12 @@ impl Peer {
         }
     }
 
-    /// This connection as an entry of the local connection map.
-    pub fn local(&self) -> LocalConn {
+    /// This connection as an entry of the local connection map, in `cell`.
+    pub fn local(&self, cell: &Arc<Cell>) -> LocalConn {
         LocalConn {
             token: self.token.clone(),
             tx: self.tx.clone(),
+            cell: cell.clone(),
         }
     }
 }

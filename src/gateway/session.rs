@@ -18,6 +18,7 @@ use super::Kind;
 use super::peer::{self, Handler, Peer};
 use crate::auth::{Credential, Scope};
 use crate::capabilities::{RouteRequest, route};
+use crate::cells::Cell;
 use crate::protocol::session::{JobSpec, SessionInbound, Utterance, estimate_ms, unsupported};
 use crate::protocol::{DecodeError, ErrorCode, decode, now_ms};
 use crate::routing;
@@ -46,10 +47,18 @@ pub(super) struct SessionConn {
     pub(super) peer: Peer,
     /// What the upgrade proved: the tenant of this connection's session, its subject.
     pub(super) cred: Credential,
-    /// Set by session_init: (session id, tenant).
-    pub(super) session: Option<(String, Option<String>)>,
+    /// Set by session_init: the session this connection serves.
+    pub(super) session: Option<Opened>,
     /// The session's trace id (client's or minted), parent of spans without their own.
     pub(super) trace_id: Option<String>,
+}
+
+/// The session a connection serves: its id, tenant and cell.
+#[derive(Clone)]
+pub(super) struct Opened {
+    pub(super) id: String,
+    pub(super) tenant: Option<String>,
+    pub(super) cell: Arc<Cell>,
 }
 
 impl std::ops::Deref for SessionConn {
@@ -76,9 +85,10 @@ impl Handler for SessionConn {
     }
 
     async fn finish(&mut self, _orderly: bool) {
-        if let Some((sid, _)) = &self.session {
+        if let Some(s) = &self.session {
             // The session stays in Redis (results keep arriving in its log) until it expires.
-            self.app.conns.unbind(Kind::Session, sid, &self.token);
+            let cell = s.cell.name();
+            self.app.conns.unbind(Kind::Session, cell, &s.id, &self.token);
         }
     }
 }
@@ -134,7 +144,7 @@ impl SessionConn {
         let sid = self
             .session
             .as_ref()
-            .map(|(s, _)| s.as_str())
+            .map(|s| s.id.as_str())
             .unwrap_or_default();
         let span = tracing::info_span!(
             "ws.message",
@@ -155,7 +165,12 @@ impl SessionConn {
             self.app.metrics.message_in(KIND, "session_init");
             return self.on_init(*init).await;
         }
-        let Some((sid, tenant)) = self.session.clone() else {
+        let Some(Opened {
+            id: sid,
+            tenant,
+            cell,
+        }) = self.session.clone()
+        else {
             return self.error(ErrorCode::InvalidSession, "send session_init first");
         };
         if msg.session_id().is_some_and(|s| s != sid) {
@@ -178,17 +193,17 @@ impl SessionConn {
                 };
                 let ms = estimate_ms("opus", bytes.len());
                 let client_ts = c.client_timestamp_ms;
-                app.store
+                cell.store
                     .audio_append(&sid, &self.token, &bytes, c.is_final, ms, client_ts)
                     .await
             }
             SessionInbound::Utterance(u) => {
                 app.metrics.message_in(KIND, "utterance");
-                return self.on_utterance(&sid, tenant.as_deref(), *u).await;
+                return self.on_utterance(&cell, &sid, tenant.as_deref(), *u).await;
             }
             SessionInbound::ClientHeartbeat(_) => {
                 app.metrics.message_in(KIND, "client_heartbeat");
-                let r = app
+                let r = cell
                     .store
                     .session_touch(&sid, &self.token, Touch::Heartbeat)
                     .await;
@@ -201,23 +216,23 @@ impl SessionConn {
             }
             SessionInbound::TtsStarted(_) => {
                 app.metrics.message_in(KIND, "tts_started");
-                app.store
+                cell.store
                     .session_touch(&sid, &self.token, Touch::TtsStarted)
                     .await
             }
             SessionInbound::TtsPlayEnded(m) => {
                 app.metrics.message_in(KIND, "tts_play_ended");
                 let group_id = m.group_id.as_deref().unwrap_or_default();
-                app.store
+                cell.store
                     .session_touch(&sid, &self.token, Touch::TtsPlayEnded { group_id })
                     .await
             }
             SessionInbound::SessionClose(_) => {
                 app.metrics.message_in(KIND, "session_close");
-                let r = app.store.session_close(&sid, &self.token).await;
+                let r = cell.store.session_close(&sid, &self.token).await;
                 match r {
                     Ok(out) => {
-                        let reply = routing::deliver(&app, out);
+                        let reply = routing::deliver(&app, &cell, out);
                         if !self.session_problem(&reply) {
                             self.send_json(
                                 &json!({"type": "session_close_ack", "session_id": sid}),
@@ -231,14 +246,14 @@ impl SessionConn {
         };
         match result {
             Ok(out) => {
-                let reply = routing::deliver(&app, out);
+                let reply = routing::deliver(&app, &cell, out);
                 self.session_problem(&reply);
             }
             Err(e) => self.store_error(&e),
         }
     }
 
-    async fn on_utterance(&mut self, sid: &str, tenant: Option<&str>, u: Utterance) {
+    async fn on_utterance(&mut self, cell: &Cell, sid: &str, tenant: Option<&str>, u: Utterance) {
         let Ok(audio) = B64.decode(u.audio.as_bytes()) else {
             return self.error(ErrorCode::InvalidMessage, "utterance audio is not base64");
         };
@@ -292,8 +307,8 @@ impl SessionConn {
             trace_id: &trace_id,
         };
         let app = self.app.clone();
-        match app.store.submit(sid, &self.token, &job).await {
-            Ok(out) => match routing::deliver(&app, out) {
+        match cell.store.submit(sid, &self.token, &job).await {
+            Ok(out) => match routing::deliver(&app, cell, out) {
                 SessionReply::Settled => self.error(
                     ErrorCode::InvalidMessage,
                     format!(

@@ -3,7 +3,7 @@
 
 use super::Kind;
 use super::Outbound;
-use super::session::{SessionConn, new_trace_id};
+use super::session::{Opened, SessionConn, new_trace_id};
 use crate::capabilities::{RouteRequest, route};
 use crate::protocol::session::{JobSpec, Pipeline, SessionInit};
 use crate::protocol::{ErrorCode, valid_id};
@@ -38,6 +38,17 @@ impl SessionConn {
                 "tenant_id must be 1-64 of [A-Za-z0-9_.-]",
             );
         }
+        let cell = match self
+            .app
+            .cells
+            .resolve(tenant.as_deref(), self.cred.cell.as_deref())
+        {
+            Ok(c) => c.clone(),
+            Err(e) => {
+                self.app.metrics.rejected(KIND, "unauthorized");
+                return self.error(ErrorCode::Unauthorized, e.to_string());
+            }
+        };
         let two_way = init.options.mode.as_deref() == Some("two_way_auto");
         let strict = tenant
             .as_ref()
@@ -102,9 +113,12 @@ impl SessionConn {
                     "resume_session_id needs the resume_token of that session's ack",
                 );
             };
-            match self
-                .resume(rid, last, proof, tenant.clone(), &trace_id)
-                .await
+            let opened = Opened {
+                id: rid.to_string(),
+                tenant: tenant.clone(),
+                cell: cell.clone(),
+            };
+            match self.resume(opened, last, proof, &trace_id).await
             {
                 Ok(Resumed::Yes) => return,
                 Ok(Resumed::Gone) => {} // expired: a new session, resumed = false
@@ -126,9 +140,10 @@ impl SessionConn {
         for _ in 0..8 {
             let sid = format!("s-{:08X}", rand::random::<u32>());
             // Bind first: results produced the moment the session exists find this socket.
-            let me = self.local();
+            let me = self.local(&cell);
             app.conns.bind(Kind::Session, &sid, me);
-            match app
+            let unbind = || app.conns.unbind(Kind::Session, cell.name(), &sid, &self.token);
+            match cell
                 .store
                 .session_open(
                     &sid,
@@ -141,10 +156,10 @@ impl SessionConn {
                 )
                 .await
             {
-                Ok(out) => match routing::deliver(&app, out) {
-                    OpenReply::Taken => app.conns.unbind(Kind::Session, &sid, &self.token),
+                Ok(out) => match routing::deliver(&app, &cell, out) {
+                    OpenReply::Taken => unbind(),
                     OpenReply::Limit { live } => {
-                        app.conns.unbind(Kind::Session, &sid, &self.token);
+                        unbind();
                         app.metrics.limited(KIND, "sessions_per_subject");
                         return self.error(
                             ErrorCode::RateLimited,
@@ -155,7 +170,11 @@ impl SessionConn {
                         );
                     }
                     OpenReply::Ok => {
-                        self.session = Some((sid.clone(), tenant));
+                        self.session = Some(Opened {
+                            id: sid.clone(),
+                            tenant,
+                            cell,
+                        });
                         self.trace_id = Some(trace_id.clone());
                         self.send_json(&init_ack(&sid, &trace_id, false, &resume_token));
                         self.send(Outbound::ExpectSeq(1));
@@ -163,7 +182,7 @@ impl SessionConn {
                     }
                 },
                 Err(e) => {
-                    app.conns.unbind(Kind::Session, &sid, &self.token);
+                    unbind();
                     return self.store_error(&e);
                 }
             }
@@ -171,53 +190,54 @@ impl SessionConn {
         self.error(ErrorCode::InternalError, "could not mint a free session id");
     }
 
-    /// Reattach session `sid` to this connection if `proof` is its resume token.
+    /// Reattach session `s` (in the cell of this connection's tenant) to this connection
+    /// if `proof` is its resume token.
     async fn resume(
         &mut self,
-        sid: &str,
+        s: Opened,
         last: i64,
         proof: &str,
-        tenant: Option<String>,
         trace_id: &str,
     ) -> Result<Resumed, StoreError> {
         let app = self.app.clone();
-        let me = self.local();
-        let previous = app.conns.bind(Kind::Session, sid, me);
+        let (sid, cell) = (s.id.as_str(), s.cell.clone());
+        let previous = app.conns.bind(Kind::Session, sid, self.local(&cell));
+        let unbind = || app.conns.unbind(Kind::Session, cell.name(), sid, &self.token);
         let hash = resume_hash(proof);
-        let out = match app
+        let out = match cell
             .store
-            .session_resume(sid, &self.token, last, &hash, tenant.as_deref())
+            .session_resume(sid, &self.token, last, &hash, s.tenant.as_deref())
             .await
         {
             Ok(out) => out,
             Err(e) => {
-                app.conns.unbind(Kind::Session, sid, &self.token);
+                unbind();
                 return Err(e);
             }
         };
         if matches!(out.reply, ResumeReply::Refused) {
             // The live session stays with its connection here, if it is here.
-            app.conns.unbind(Kind::Session, sid, &self.token);
+            unbind();
             if let Some(p) = previous {
                 app.conns.bind(Kind::Session, sid, p);
             }
             return Ok(Resumed::Refused);
         }
         if matches!(out.reply, ResumeReply::Missing | ResumeReply::Gap) {
-            app.conns.unbind(Kind::Session, sid, &self.token);
+            unbind();
             return Ok(Resumed::Gone);
         }
         if let ResumeReply::Ok {
             next_seq, resent, ..
         } = &out.reply
         {
-            tracing::info!(session_id = sid, resent, "session resumed");
-            self.session = Some((sid.to_string(), tenant));
+            tracing::info!(session_id = sid, cell = cell.name(), resent, "session resumed");
+            self.session = Some(s.clone());
             self.trace_id = Some(trace_id.to_string());
             self.send_json(&init_ack(sid, trace_id, true, proof));
             self.send(Outbound::ExpectSeq(*next_seq));
         }
-        routing::deliver(&app, out);
+        routing::deliver(&app, &cell, out);
         app.metrics.resumes.inc();
         Ok(Resumed::Yes)
     }

@@ -1,5 +1,6 @@
 //! The inbox consumer: messages that other instances' scripts produced for this instance's
-//! connections arrive in `{tag}:inbox:<instance>` (XADDed atomically with the state change).
+//! connections arrive in `{tag}:inbox:<instance>` (XADDed atomically with the state change);
+//! one consumer per cell, each on its own connection (in a cluster, to the cell's node).
 //!
 //! A dedicated Redis connection (never the shared pool) blocks in XREADGROUP; each entry is
 //! written to its local socket, then XACKed and XDELed. Entries left pending (read, never
@@ -9,12 +10,12 @@
 
 use std::collections::HashMap;
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use redis::{RedisResult, Value};
 use serde::Deserialize;
 
+use crate::cells::Cell;
 use crate::server::App;
 use crate::store::Conn;
 
@@ -36,17 +37,17 @@ struct Envelope {
     job: Option<String>,
 }
 
-pub async fn run(app: Arc<App>) {
+pub async fn run(app: Arc<App>, cell: Arc<Cell>) {
     let mut stop = app.shutdown_signal();
     loop {
         let result = tokio::select! {
-            r = consume(&app) => r,
+            r = consume(&app, &cell) => r,
             _ = stop.changed() => return,
         };
         if let Err(e) = result {
-            tracing::warn!(error = %e, "inbox consumer reconnecting");
+            tracing::warn!(cell = cell.name(), error = %e, "inbox consumer reconnecting");
             // The primary may have moved (sentinel failover): look before reconnecting.
-            app.store.connection_failed().await;
+            cell.store.connection_failed().await;
         }
         tokio::select! {
             _ = tokio::time::sleep(Duration::from_millis(250)) => {}
@@ -58,16 +59,15 @@ pub async fn run(app: Arc<App>) {
 /// Why the consumer loop stopped: a Redis error or no connection.
 type ConsumeError = Box<dyn std::error::Error + Send + Sync>;
 
-async fn consume(app: &App) -> Result<(), ConsumeError> {
+async fn consume(app: &App, cell: &Cell) -> Result<(), ConsumeError> {
     let block = app.cfg.inbox.block_ms;
-    let mut conn = app
+    let mut conn = cell
         .store
         .dedicated_connection(Duration::from_millis(block + app.cfg.redis.timeout_ms))
         .await?;
-    let inbox = app.store.keys.inbox(&app.instance_id);
+    let inbox = cell.store.keys.inbox(&app.instance_id);
     ensure_group(&mut conn, &inbox).await?;
-    app.inbox_alive_at
-        .store(crate::protocol::now_ms(), Ordering::Relaxed);
+    cell.mark_inbox_alive();
     let mut last_claim = Instant::now();
     loop {
         let reply: RedisResult<Value> = redis::cmd("XREADGROUP")
@@ -91,13 +91,12 @@ async fn consume(app: &App) -> Result<(), ConsumeError> {
             }
             r => r?,
         };
-        app.inbox_alive_at
-            .store(crate::protocol::now_ms(), Ordering::Relaxed);
+        cell.mark_inbox_alive();
         let entries = parse_entries(reply);
-        handle(app, &mut conn, &inbox, entries).await?;
+        handle(app, cell, &mut conn, &inbox, entries).await?;
         if last_claim.elapsed() >= Duration::from_millis(app.cfg.inbox.claim_idle_ms) {
             last_claim = Instant::now();
-            reclaim(app, &mut conn, &inbox).await?;
+            reclaim(app, cell, &mut conn, &inbox).await?;
         }
     }
 }
@@ -159,7 +158,13 @@ fn parse_entries(reply: Value) -> Vec<Entry> {
 }
 
 /// Write each entry to its socket, then XACK + XDEL them.
-async fn handle(app: &App, conn: &mut Conn, inbox: &str, entries: Vec<Entry>) -> RedisResult<()> {
+async fn handle(
+    app: &App,
+    cell: &Cell,
+    conn: &mut Conn,
+    inbox: &str,
+    entries: Vec<Entry>,
+) -> RedisResult<()> {
     if entries.is_empty() {
         return Ok(());
     }
@@ -181,7 +186,7 @@ async fn handle(app: &App, conn: &mut Conn, inbox: &str, entries: Vec<Entry>) ->
             tp: env.tp.as_deref(),
             job: env.job.as_deref().filter(|j| !j.is_empty()),
         };
-        super::write_local(app, &to, env.msg, audio, Some(env.seq), &trace);
+        super::write_local(app, cell, &to, env.msg, audio, Some(env.seq), &trace);
         app.metrics.inbox_messages.inc();
     }
     let ids: Vec<&str> = entries.iter().map(|(id, _)| id.as_str()).collect();
@@ -201,7 +206,7 @@ async fn handle(app: &App, conn: &mut Conn, inbox: &str, entries: Vec<Entry>) ->
 
 /// Entries read but never acknowledged (a crash mid-write, a bug): claim them again, or
 /// move them to the dead-letter stream after `dead_letter_after` deliveries.
-async fn reclaim(app: &App, conn: &mut Conn, inbox: &str) -> RedisResult<()> {
+async fn reclaim(app: &App, cell: &Cell, conn: &mut Conn, inbox: &str) -> RedisResult<()> {
     let idle = app.cfg.inbox.claim_idle_ms;
     let pending: Vec<(String, String, u64, u64)> = redis::cmd("XPENDING")
         .arg(inbox)
@@ -213,7 +218,7 @@ async fn reclaim(app: &App, conn: &mut Conn, inbox: &str) -> RedisResult<()> {
         .arg(100)
         .query_async(conn)
         .await?;
-    let dead_letters = app.store.keys.dead_letters();
+    let dead_letters = cell.store.keys.dead_letters();
     for (id, _consumer, _idle, deliveries) in pending {
         let claimed: Value = redis::cmd("XCLAIM")
             .arg(inbox)
@@ -258,7 +263,7 @@ async fn reclaim(app: &App, conn: &mut Conn, inbox: &str) -> RedisResult<()> {
             app.metrics.dead_lettered.inc();
             tracing::error!(entry = %id, deliveries, "inbox entry moved to the dead-letter stream");
         } else {
-            handle(app, conn, inbox, entries).await?;
+            handle(app, cell, conn, inbox, entries).await?;
         }
     }
     Ok(())

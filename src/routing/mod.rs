@@ -14,12 +14,14 @@ use std::sync::Mutex;
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD as B64;
 
+use crate::cells::Cell;
 use crate::gateway::{Kind, Outbound};
 use crate::server::App;
 use crate::store::Output;
 
-/// Write every delivery of `out` (all addressed to this instance) and return the reply.
-pub fn deliver<T>(app: &App, out: Output<T>) -> T {
+/// Write every delivery of `out` (a script reply of `cell`, all addressed to this instance)
+/// and return the reply.
+pub fn deliver<T>(app: &App, cell: &Cell, out: Output<T>) -> T {
     let Output {
         reply, out, blobs, ..
     } = out;
@@ -42,7 +44,7 @@ pub fn deliver<T>(app: &App, out: Output<T>) -> T {
             tp: d.tp.as_deref(),
             job: d.job.as_deref(),
         };
-        write_local(app, &target, d.msg, audio, d.seq, &trace);
+        write_local(app, cell, &target, d.msg, audio, d.seq, &trace);
     }
     reply
 }
@@ -66,6 +68,7 @@ pub struct Trace<'a> {
 /// session's terminal message (it carries a sequence number) the `delivery` span.
 pub fn write_local(
     app: &App,
+    cell: &Cell,
     to: &Target,
     msg: String,
     audio: Option<&[u8]>,
@@ -95,7 +98,7 @@ pub fn write_local(
     let _entered = span.enter();
     let Some(c) = app
         .conns
-        .get(kind, to.id, to.conn.filter(|c| !c.is_empty()))
+        .get(kind, cell.name(), to.id, to.conn.filter(|c| !c.is_empty()))
     else {
         app.metrics.delivery(kind.as_str(), "gone");
         return;

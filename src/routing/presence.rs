@@ -1,13 +1,15 @@
 //! Instance presence: renew this instance's TTL'd presence key every `beat_interval`, and
-//! take over the inbox of any instance whose presence expired (`instance_beat.lua`).
+//! take over the inbox of any instance whose presence expired (`instance_beat.lua`); one
+//! loop per cell (an instance is present, and may be taken over, in each cell it serves).
 
 use std::sync::Arc;
 use std::time::Duration;
 
+use crate::cells::Cell;
 use crate::server::App;
 use crate::store::StoreError;
 
-pub async fn run(app: Arc<App>) {
+pub async fn run(app: Arc<App>, cell: Arc<Cell>) {
     let started = crate::protocol::now_ms();
     let mut tick = tokio::time::interval(Duration::from_millis(app.cfg.instance.beat_interval_ms));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -18,21 +20,21 @@ pub async fn run(app: Arc<App>) {
             _ = stop.changed() => return,
         }
         // A planned sentinel switch-over raises no error: look for it on every beat.
-        app.store.poll_topology().await;
+        cell.store.poll_topology().await;
         // Several dead inboxes, or a long one, are taken over in consecutive calls.
         for _ in 0..16 {
-            match app
+            match cell
                 .store
                 .instance_beat(&app.instance_id, started, false)
                 .await
             {
                 Ok(out) => {
-                    let r = crate::routing::deliver(&app, out);
+                    let r = crate::routing::deliver(&app, &cell, out);
                     if r.lapsed {
-                        reconnect_everyone(&app);
+                        reconnect_cell(&app, &cell);
                     }
                     if let Some(dead) = &r.took_over {
-                        tracing::warn!(dead = %dead, rerouted = r.rerouted, dropped = r.dropped, "took over a dead instance's inbox");
+                        tracing::warn!(cell = cell.name(), dead = %dead, rerouted = r.rerouted, dropped = r.dropped, "took over a dead instance's inbox");
                         app.metrics.takeovers.inc();
                     }
                     if !r.more && r.took_over.is_none() {
@@ -41,7 +43,7 @@ pub async fn run(app: Arc<App>) {
                 }
                 Err(StoreError::Unavailable(_)) => break,
                 Err(e) => {
-                    tracing::error!(error = %e, "instance beat failed");
+                    tracing::error!(cell = cell.name(), error = %e, "instance beat failed");
                     break;
                 }
             }
@@ -49,15 +51,16 @@ pub async fn run(app: Arc<App>) {
     }
 }
 
-/// Our presence lapsed while we were alive, so a peer may have taken our inbox over and
-/// messages for our connections were dropped. Close every socket with 1012: sessions
-/// resume (the result log resends what they missed) and nodes re-register.
-fn reconnect_everyone(app: &App) {
+/// Our presence in `cell` lapsed while we were alive, so a peer may have taken our inbox
+/// there over and messages for our connections of that cell were dropped. Close each of
+/// them with 1012: sessions resume (the result log resends what they missed) and nodes
+/// re-register.
+fn reconnect_cell(app: &App, cell: &Cell) {
     use crate::gateway::{Kind, Outbound, close};
-    tracing::error!("presence lapsed while running; closing connections so they resume");
+    tracing::error!(cell = cell.name(), "presence lapsed while running; closing the cell's connections so they resume");
     app.metrics.presence_lapses.inc();
     for kind in [Kind::Node, Kind::Session] {
-        for c in app.conns.all(kind) {
+        for c in app.conns.in_cell(kind, cell.name()) {
             let _ = c.tx.try_send(Outbound::Close(
                 close::RESTARTING,
                 "scheduler presence lapsed; reconnect".into(),

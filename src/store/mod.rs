@@ -79,12 +79,14 @@ impl StoreError {
     }
 }
 
-/// Shared handle to the cell's Redis state.
+/// Handle to one cell's Redis state (several cells share the connections).
 pub struct Store {
     /// Connections for the configured topology (single, sentinel, cluster).
-    connector: Connector,
+    connector: Arc<Connector>,
     pub keys: Keys,
-    scripts: Scripts,
+    /// The cell's name: the `cell` label of script metrics and spans.
+    cell: String,
+    scripts: Arc<Scripts>,
     metrics: Arc<Metrics>,
     /// This instance's id: owner of the connections it registers (ARGV[2] of every script).
     instance: String,
@@ -245,17 +247,40 @@ fn script_config(cfg: &Config) -> Vec<u8> {
 }
 
 impl Store {
-    /// Build the connector (no connection is made yet; Redis may come up later).
+    /// The store of the default cell; builds the connector (no connection is made yet;
+    /// Redis may come up later). [`Store::for_cell`] gives the other cells.
     pub fn new(cfg: &Config, instance: &str, metrics: Arc<Metrics>) -> Result<Self, StoreError> {
+        let default = cfg.cell_list().into_iter().find(|c| c.default);
+        let name = default.map_or_else(|| cfg.cell.name.clone(), |c| c.name);
         Ok(Self {
-            connector: Connector::new(&cfg.redis)?,
-            keys: Keys::new(&cfg.cell_tag()),
-            scripts: Scripts::new(),
+            connector: Arc::new(Connector::new(&cfg.redis)?),
+            keys: Keys::new(&cfg.tag_of(&name)),
+            cell: name,
+            scripts: Arc::new(Scripts::new()),
             metrics,
             instance: instance.to_string(),
             script_cfg: script_config(cfg),
             wait: (cfg.redis.wait_replicas, cfg.redis.wait_timeout_ms),
         })
+    }
+
+    /// The store of cell `name` (tag `{prefix:name}`) over the same connections.
+    pub fn for_cell(&self, cfg: &Config, name: &str) -> Self {
+        Self {
+            connector: self.connector.clone(),
+            keys: Keys::new(&cfg.tag_of(name)),
+            cell: name.to_string(),
+            scripts: self.scripts.clone(),
+            metrics: self.metrics.clone(),
+            instance: self.instance.clone(),
+            script_cfg: self.script_cfg.clone(),
+            wait: self.wait,
+        }
+    }
+
+    /// The cell's name.
+    pub fn cell(&self) -> &str {
+        &self.cell
     }
 
     /// Arguments starting with the shared context: prefix, instance, config, seed.
@@ -333,6 +358,7 @@ impl Store {
             "script",
             otel.name = %format_args!("script.{name}"),
             script = name,
+            cell = %self.cell,
             outcome = tracing::field::Empty,
         );
         // The script carries this span's context into job records and deliveries.
@@ -390,17 +416,19 @@ impl Store {
         let m = &self.metrics;
         m.script_calls
             .get_or_create(&ScriptLabels {
+                cell: self.cell.clone(),
                 script: name.into(),
                 outcome: outcome.into(),
             })
             .inc();
         m.script_seconds
             .get_or_create(&ScriptName {
+                cell: self.cell.clone(),
                 script: name.into(),
             })
             .observe(started.elapsed().as_secs_f64());
         match &result {
-            Ok(out) => m.record_events(&out.events),
+            Ok(out) => m.record_events(&self.cell, &out.events),
             Err(e) => tracing::warn!(script = name, error = %e, "script call failed"),
         }
         result

@@ -14,12 +14,14 @@ use std::sync::atomic::Ordering::Relaxed;
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ScriptLabels {
+    pub cell: String,
     pub script: String,
     pub outcome: String,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ScriptName {
+    pub cell: String,
     pub script: String,
 }
 
@@ -42,21 +44,30 @@ pub struct Detail {
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct EventLabels {
+    pub cell: String,
     pub event: String,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ReasonLabels {
+    pub cell: String,
     pub reason: String,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct CellLabels {
+    pub cell: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct StateLabels {
+    pub cell: String,
     pub state: String,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct PoolLabels {
+    pub cell: String,
     pub pool: String,
 }
 
@@ -65,7 +76,7 @@ pub struct Metrics {
     pub registry: Registry,
     /// Jobs finished / failed and their end-to-end ms since the console's last per-second
     /// write to Redis (`console::live::run_stats`: the cell-wide sparklines).
-    pub tally: crate::console::live::Tally,
+    pub tally: crate::console::live::Tallies,
     /// Script calls by script and outcome (`ok`, `error`, `unavailable`).
     pub script_calls: Family<ScriptLabels, Counter>,
     /// Script latency as seen by the instance (round trip included).
@@ -102,9 +113,9 @@ pub struct Metrics {
     /// `WAIT`s that returned fewer replicas than `redis.wait_replicas` (timeout or error).
     pub redis_wait_short: Counter,
     /// Entries of this instance's inbox read but not acknowledged (at scrape time).
-    pub inbox_pending: Gauge,
-    /// Length of the dead-letter stream (at scrape time).
-    pub dead_letters: Gauge,
+    pub inbox_pending: Family<CellLabels, Gauge>,
+    /// Length of each cell's dead-letter stream (at scrape time).
+    pub dead_letters: Family<CellLabels, Gauge>,
     /// Job transitions made by this instance's script calls, by event (submitted,
     /// dispatched, queued, acked, started, finished, failover, queue_timeout).
     pub jobs: Family<EventLabels, Counter>,
@@ -223,13 +234,13 @@ impl Metrics {
         );
         let resumes = Counter::default();
         registry.register("session_resumes", "Sessions resumed", resumes.clone());
-        let inbox_pending = Gauge::default();
+        let inbox_pending = Family::<CellLabels, Gauge>::default();
         registry.register(
             "inbox_pending",
             "Inbox entries pending",
             inbox_pending.clone(),
         );
-        let dead_letters = Gauge::default();
+        let dead_letters = Family::<CellLabels, Gauge>::default();
         registry.register(
             "dead_letters",
             "Entries in the dead-letter stream",
@@ -352,13 +363,14 @@ impl Metrics {
     }
 
     /// Count what a script call did (see lua/includes/ctx.lua `count`).
-    pub fn record_events(&self, e: &crate::store::Events) {
+    pub fn record_events(&self, cell: &str, e: &crate::store::Events) {
         for (name, n) in &e.ev {
             match name.split_once(':') {
-                Some(("refused", rest)) => self.pools.refused(rest, *n),
+                Some(("refused", rest)) => self.pools.refused(cell, rest, *n),
                 Some(("failed", reason)) => {
                     self.jobs_failed
                         .get_or_create(&ReasonLabels {
+                            cell: cell.to_string(),
                             reason: known_code(reason).to_string(),
                         })
                         .inc_by(*n);
@@ -371,6 +383,7 @@ impl Metrics {
                     };
                     self.cuts_skipped
                         .get_or_create(&ReasonLabels {
+                            cell: cell.to_string(),
                             reason: reason.to_string(),
                         })
                         .inc_by(*n);
@@ -381,6 +394,7 @@ impl Metrics {
                 _ => {
                     self.jobs
                         .get_or_create(&EventLabels {
+                            cell: cell.to_string(),
                             event: name.clone(),
                         })
                         .inc_by(*n);
@@ -390,14 +404,15 @@ impl Metrics {
         for (i, ms) in e.lat.dispatch.iter().enumerate() {
             self.dispatch_latency.observe(ms / 1000.0);
             if let Some(pool) = e.lat.pool.get(i) {
-                self.pools.waited(pool, *ms);
+                self.pools.waited(cell, pool, *ms);
             }
         }
+        let tally = self.tally.of(cell);
         for ms in &e.lat.e2e {
             self.e2e_latency.observe(ms / 1000.0);
-            self.tally.e2e_ms.fetch_add(*ms as u64, Relaxed);
+            tally.e2e_ms.fetch_add(*ms as u64, Relaxed);
         }
-        self.tally
+        tally
             .done
             .fetch_add(e.ev.get("finished").copied().unwrap_or(0), Relaxed);
         let failed: u64 =
@@ -405,7 +420,7 @@ impl Metrics {
                 .filter(|(k, _)| k.starts_with("failed:"))
                 .map(|(_, n)| n)
                 .sum();
-        self.tally.failed.fetch_add(failed, Relaxed);
+        tally.failed.fetch_add(failed, Relaxed);
     }
 
     pub fn delivery(&self, kind: &str, outcome: &str) {

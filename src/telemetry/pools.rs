@@ -26,12 +26,14 @@ const WAIT_SAMPLES: usize = 10_000;
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct QuantileLabels {
+    pub cell: String,
     pub pool: String,
     pub quantile: String,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct RefusedLabels {
+    pub cell: String,
     pub pool: String,
     /// `queue_full` (the pool's queue held `jobs.queue_max`) or `queue_timeout` (no room
     /// within `jobs.queue_wait_ms`).
@@ -50,7 +52,8 @@ pub struct PoolSignals {
     pub queue_wait: Family<QuantileLabels, Gauge<f64, std::sync::atomic::AtomicU64>>,
     /// Jobs failed with NO_AVAILABLE_NODE because the pool had no room.
     pub refused: Family<RefusedLabels, Counter>,
-    waits: Mutex<HashMap<String, VecDeque<(Instant, f64)>>>,
+    /// Dispatch waits by (cell, pool).
+    waits: Mutex<HashMap<(String, String), VecDeque<(Instant, f64)>>>,
 }
 
 impl PoolSignals {
@@ -91,13 +94,13 @@ impl PoolSignals {
         s
     }
 
-    /// A job of `pool` was dispatched `ms` after its creation.
-    pub fn waited(&self, pool: &str, ms: f64) {
+    /// A job of `pool` in `cell` was dispatched `ms` after its creation.
+    pub fn waited(&self, cell: &str, pool: &str, ms: f64) {
         if pool.is_empty() {
             return;
         }
         let mut w = self.waits.lock().unwrap_or_else(|e| e.into_inner());
-        let q = w.entry(pool.to_string()).or_default();
+        let q = w.entry((cell.to_string(), pool.to_string())).or_default();
         if q.len() >= WAIT_SAMPLES {
             q.pop_front();
         }
@@ -105,10 +108,11 @@ impl PoolSignals {
     }
 
     /// `refused:<reason>:<pool>` from a script's events.
-    pub fn refused(&self, rest: &str, n: u64) {
+    pub fn refused(&self, cell: &str, rest: &str, n: u64) {
         if let Some((reason, pool)) = rest.split_once(':') {
             self.refused
                 .get_or_create(&RefusedLabels {
+                    cell: cell.to_string(),
                     pool: pool.to_string(),
                     reason: reason.to_string(),
                 })
@@ -122,7 +126,7 @@ impl PoolSignals {
         let cutoff = Instant::now().checked_sub(WAIT_WINDOW);
         let mut w = self.waits.lock().unwrap_or_else(|e| e.into_inner());
         self.queue_wait.clear();
-        w.retain(|pool, q| {
+        w.retain(|(cell, pool), q| {
             while q.front().is_some_and(|(t, _)| Some(*t) < cutoff) {
                 q.pop_front();
             }
@@ -134,6 +138,7 @@ impl PoolSignals {
             for (label, p) in [("0.5", 0.5), ("0.95", 0.95)] {
                 self.queue_wait
                     .get_or_create(&QuantileLabels {
+                        cell: cell.clone(),
                         pool: pool.clone(),
                         quantile: label.into(),
                     })
@@ -143,13 +148,21 @@ impl PoolSignals {
         });
     }
 
-    /// Set the capacity gauges from `(reserved, capacity)` per pool of ready nodes.
-    pub fn set_capacity(&self, pools: &BTreeMap<String, (i64, i64)>) {
+    /// Forget every cell's capacity gauges (at scrape time, before [`Self::set_capacity`]
+    /// for each cell), so pools that emptied disappear.
+    pub fn clear_capacity(&self) {
         self.saturation.clear();
         self.capacity.clear();
         self.reserved.clear();
+    }
+
+    /// Set `cell`'s capacity gauges from `(reserved, capacity)` per pool of ready nodes.
+    pub fn set_capacity(&self, cell: &str, pools: &BTreeMap<String, (i64, i64)>) {
         for (pool, (reserved, capacity)) in pools {
-            let l = PoolLabels { pool: pool.clone() };
+            let l = PoolLabels {
+                cell: cell.to_string(),
+                pool: pool.clone(),
+            };
             let sat = if *capacity > 0 {
                 *reserved as f64 / *capacity as f64
             } else {
@@ -192,20 +205,24 @@ mod tests {
             ("pub:zh:en".to_string(), (3, 8)),
             ("pub:en:zh".to_string(), (0, 0)),
         ]);
-        s.set_capacity(&pools);
+        s.set_capacity("main", &pools);
         let get = |p: &str| {
             s.saturation
-                .get_or_create(&PoolLabels { pool: p.into() })
+                .get_or_create(&PoolLabels {
+                    cell: "main".into(),
+                    pool: p.into(),
+                })
                 .get()
         };
         assert_eq!(get("pub:zh:en"), 0.375);
         assert_eq!(get("pub:en:zh"), 1.0);
-        s.waited("pub:zh:en", 100.0);
-        s.waited("pub:zh:en", 300.0);
+        s.waited("main", "pub:zh:en", 100.0);
+        s.waited("main", "pub:zh:en", 300.0);
         s.refresh_waits();
         let p95 = s
             .queue_wait
             .get_or_create(&QuantileLabels {
+                cell: "main".into(),
                 pool: "pub:zh:en".into(),
                 quantile: "0.95".into(),
             })

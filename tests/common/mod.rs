@@ -46,6 +46,7 @@ pub fn token(scopes: &[Scope], sub: Option<&str>, tenant: Option<&str>) -> Strin
             scopes: scopes.to_vec(),
             sub: sub.map(str::to_string),
             tenant: tenant.map(str::to_string),
+            cell: None,
             ttl_s: 3600,
         },
     )

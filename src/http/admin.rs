@@ -1,0 +1,219 @@
+//! The admin JSON API over every cell: `/api/v1/nodes`, `/nodes/{id}`, drain/undrain,
+//! `/pools`, `/instances`. Lists cover every cell (each item names its `cell`) unless
+//! `?cell=NAME` picks one; a lookup by id searches the cells in order and answers the first
+//! match (node ids are unique within a cell; `?cell=` picks among equal ids).
+
+use std::sync::Arc;
+
+use axum::Json;
+use axum::extract::{Path, Query, State};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use serde::Deserialize;
+use serde_json::{Value, json};
+
+use crate::cells::Cell;
+use crate::server::App;
+use crate::store::StoreError;
+
+/// Most nodes `/api/v1/nodes` returns in one answer (per cell).
+const NODE_LIST_LIMIT: usize = 10_000;
+
+/// `?cell=NAME`: restrict an admin call to one cell.
+#[derive(Debug, Default, Deserialize)]
+pub struct CellQuery {
+    pub cell: Option<String>,
+}
+
+fn error(code: StatusCode, message: impl Into<String>) -> Response {
+    (code, Json(json!({"error": message.into()}))).into_response()
+}
+
+/// The cells a call covers: the one named by `?cell=` (404 if not served), or all.
+pub fn selected_cells(app: &App, q: &CellQuery) -> Result<Vec<Arc<Cell>>, Response> {
+    match &q.cell {
+        Some(name) => match app.cells.get(name) {
+            Some(c) => Ok(vec![c.clone()]),
+            None => Err(error(
+                StatusCode::NOT_FOUND,
+                format!("no such cell {name:?}"),
+            )),
+        },
+        None => Ok(app.cells.iter().cloned().collect()),
+    }
+}
+
+/// The one cell a call is about: the one named by `?cell=`, or the default cell.
+pub fn one_cell(app: &App, q: &CellQuery) -> Result<Arc<Cell>, Response> {
+    match &q.cell {
+        Some(_) => selected_cells(app, q).map(|mut v| v.remove(0)),
+        None => Ok(app.cells.default_cell().clone()),
+    }
+}
+
+pub fn unavailable(e: StoreError) -> Response {
+    let code = match e {
+        StoreError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+        _ => StatusCode::INTERNAL_SERVER_ERROR,
+    };
+    error(code, e.to_string())
+}
+
+fn bad_node_id() -> Response {
+    error(StatusCode::BAD_REQUEST, "invalid node id")
+}
+
+/// A node record as JSON: plain fields, with the JSON-valued ones decoded, and its cell.
+fn node_json(cell: &str, mut h: std::collections::HashMap<String, String>) -> Value {
+    let mut out = serde_json::Map::new();
+    for key in ["hardware", "installed_services"] {
+        if let Some(raw) = h.remove(key) {
+            out.insert(
+                key.into(),
+                serde_json::from_str(&raw).unwrap_or(Value::Null),
+            );
+        }
+    }
+    for (k, v) in h {
+        out.insert(k, Value::String(v));
+    }
+    out.insert("cell".into(), Value::from(cell));
+    Value::Object(out)
+}
+
+pub async fn nodes(State(app): State<Arc<App>>, q: Query<CellQuery>) -> Response {
+    let cells = match selected_cells(&app, &q) {
+        Ok(c) => c,
+        Err(r) => return r,
+    };
+    let mut all = Vec::new();
+    for cell in cells {
+        match cell.store.nodes(NODE_LIST_LIMIT).await {
+            Ok(list) => all.extend(list.into_iter().map(|h| node_json(cell.name(), h))),
+            Err(e) => return unavailable(e),
+        }
+    }
+    Json(Value::Array(all)).into_response()
+}
+
+pub async fn node(
+    State(app): State<Arc<App>>,
+    Path(id): Path<String>,
+    q: Query<CellQuery>,
+) -> Response {
+    if !crate::protocol::valid_id(&id) {
+        return bad_node_id();
+    }
+    let cells = match selected_cells(&app, &q) {
+        Ok(c) => c,
+        Err(r) => return r,
+    };
+    for cell in cells {
+        match cell.store.node(&id).await {
+            Ok(Some(h)) => return Json(node_json(cell.name(), h)).into_response(),
+            Ok(None) => {}
+            Err(e) => return unavailable(e),
+        }
+    }
+    error(StatusCode::NOT_FOUND, "no such node")
+}
+
+/// `pub:zh:en` → scope public; `tenant:acme:zh:en` → scope acme.
+fn pool_json(cell: &str, name: String, members: Vec<String>) -> Value {
+    let parts: Vec<&str> = name.split(':').collect();
+    let (scope, src, tgt) = match parts.as_slice() {
+        ["pub", s, t] => ("public".to_string(), *s, *t),
+        ["tenant", tenant, s, t] => (tenant.to_string(), *s, *t),
+        _ => (String::new(), "", ""),
+    };
+    json!({"cell": cell, "pool": name, "scope": scope, "src": src, "tgt": tgt,
+           "count": members.len(), "members": members})
+}
+
+pub async fn pools(State(app): State<Arc<App>>, q: Query<CellQuery>) -> Response {
+    let cells = match selected_cells(&app, &q) {
+        Ok(c) => c,
+        Err(r) => return r,
+    };
+    let mut all = Vec::new();
+    for cell in cells {
+        match cell.store.pools().await {
+            Ok(p) => all.extend(
+                p.into_iter()
+                    .map(|(n, m)| pool_json(cell.name(), n, m)),
+            ),
+            Err(e) => return unavailable(e),
+        }
+    }
+    Json(Value::Array(all)).into_response()
+}
+
+/// Every instance's presence in each cell (an instance is present in every cell it
+/// serves; one missing from a cell has lost its presence there).
+pub async fn instances(State(app): State<Arc<App>>, q: Query<CellQuery>) -> Response {
+    let cells = match selected_cells(&app, &q) {
+        Ok(c) => c,
+        Err(r) => return r,
+    };
+    let mut all = Vec::new();
+    for cell in cells {
+        match cell.store.instances().await {
+            Ok(list) => all.extend(list.into_iter().map(|(id, (expires, started))| {
+                json!({"cell": cell.name(), "instance": id, "presence_expires_at_ms": expires,
+                       "started_at_ms": started, "self": id == app.instance_id})
+            })),
+            Err(e) => return unavailable(e),
+        }
+    }
+    Json(Value::Array(all)).into_response()
+}
+
+pub async fn drain(
+    State(app): State<Arc<App>>,
+    Path(id): Path<String>,
+    q: Query<CellQuery>,
+) -> Response {
+    set_drain(&app, &id, &q, true).await
+}
+
+pub async fn undrain(
+    State(app): State<Arc<App>>,
+    Path(id): Path<String>,
+    q: Query<CellQuery>,
+) -> Response {
+    set_drain(&app, &id, &q, false).await
+}
+
+/// Drain (or undrain) the node `id` in the first cell that knows it.
+async fn set_drain(app: &App, id: &str, q: &CellQuery, drain: bool) -> Response {
+    use crate::store::instances::DrainReply;
+    if !crate::protocol::valid_id(id) {
+        return bad_node_id();
+    }
+    let cells = match selected_cells(app, q) {
+        Ok(c) => c,
+        Err(r) => return r,
+    };
+    let mut offline = false;
+    for cell in cells {
+        let reply = cell
+            .store
+            .node_drain(id, drain)
+            .await
+            .map(|o| crate::routing::deliver(app, &cell, o));
+        match reply {
+            Ok(DrainReply::Ok { state }) => {
+                return Json(json!({"node_id": id, "cell": cell.name(), "state": state}))
+                    .into_response();
+            }
+            Ok(DrainReply::Missing) => {}
+            Ok(DrainReply::Offline) => offline = true,
+            Err(e) => return unavailable(e),
+        }
+    }
+    if offline {
+        error(StatusCode::CONFLICT, "node is not connected")
+    } else {
+        error(StatusCode::NOT_FOUND, "no such node")
+    }
+}

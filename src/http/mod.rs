@@ -1,0 +1,174 @@
+//! HTTP surface: health, readiness, Prometheus metrics, the admin JSON API ([`admin`]),
+//! and the two WebSocket endpoints.
+
+pub mod admin;
+
+use std::sync::Arc;
+
+use axum::Json;
+use axum::Router;
+use axum::extract::State;
+use axum::http::{StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use serde_json::json;
+
+pub use admin::{CellQuery, one_cell};
+
+use crate::server::App;
+use crate::telemetry::metrics::{CellLabels, PoolLabels, StateLabels};
+
+/// What `listen` serves: probes and the WebSocket endpoints, plus the admin API and
+/// `/metrics` unless `admin_listen` puts them on their own address.
+pub fn router(app: Arc<App>) -> Router {
+    let public = Router::new()
+        .route("/healthz", get(|| async { "ok" }))
+        .route("/readyz", get(readyz))
+        .route("/ws/node", get(crate::gateway::node::upgrade))
+        .route("/ws/session", get(crate::gateway::session::upgrade))
+        .with_state(app.clone());
+    if app.cfg.admin_listen.is_some() {
+        public
+    } else {
+        public.merge(admin_router(app))
+    }
+}
+
+/// The admin API (`admin:read` for GET, `admin:write` for POST) and `/metrics`; on
+/// `admin_listen` when set. The probes are served here too, for a sidecar's convenience.
+pub fn admin_router(app: Arc<App>) -> Router {
+    let api = Router::new()
+        .route("/api/v1/nodes", get(admin::nodes))
+        .route("/api/v1/nodes/{id}", get(admin::node))
+        .route("/api/v1/nodes/{id}/drain", post(admin::drain))
+        .route("/api/v1/nodes/{id}/undrain", post(admin::undrain))
+        .route("/api/v1/pools", get(admin::pools))
+        .route("/api/v1/instances", get(admin::instances))
+        .merge(crate::console::api_routes())
+        .route_layer(axum::middleware::from_fn_with_state(
+            app.clone(),
+            admin_auth,
+        ));
+    let mut r = Router::new()
+        .route("/metrics", get(metrics))
+        .merge(api)
+        .merge(crate::console::page_routes());
+    if app.cfg.admin_listen.is_some() {
+        r = r
+            .route("/healthz", get(|| async { "ok" }))
+            .route("/readyz", get(readyz));
+    }
+    r.with_state(app)
+}
+
+/// Admin calls need a bearer token: `admin:read` to look, `admin:write` to change.
+async fn admin_auth(
+    State(app): State<Arc<App>>,
+    req: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    use crate::auth::Scope;
+    let scope = if req.method() == axum::http::Method::GET {
+        Scope::AdminRead
+    } else {
+        Scope::AdminWrite
+    };
+    match app.auth.authorize(req.headers(), req.uri(), scope) {
+        Ok(cred) => {
+            if scope == Scope::AdminWrite {
+                tracing::info!(
+                    by = cred.sub.as_deref().unwrap_or("-"),
+                    path = %req.uri().path(),
+                    "admin change"
+                );
+            }
+            next.run(req).await
+        }
+        Err(e) => {
+            app.metrics.auth_refused("admin", &e);
+            e.into_response()
+        }
+    }
+}
+
+
+async fn readyz(State(app): State<Arc<App>>) -> Response {
+    let not_ready = |reason: String| {
+        (
+            StatusCode::SERVICE_UNAVAILABLE,
+            Json(json!({"ready": false, "reason": reason})),
+        )
+            .into_response()
+    };
+    if app.is_draining() {
+        return not_ready("draining".into());
+    }
+    // Every cell must be usable: an instance serves them all.
+    let mut cells = Vec::new();
+    for cell in app.cells.iter() {
+        if let Err(e) = cell.store.check_ready().await {
+            return not_ready(format!("cell {}: {e}", cell.name()));
+        }
+        cells.push(cell.name());
+    }
+    if !app.inbox_alive() {
+        return not_ready("inbox consumer not running".into());
+    }
+    Json(json!({"ready": true, "instance": app.instance_id,
+        "redis": app.cells.default_cell().store.redis_node(), "cells": cells,
+        "auth": if app.auth.is_open() { "open" } else { "required" }}))
+    .into_response()
+}
+
+async fn metrics(State(app): State<Arc<App>>) -> Response {
+    app.metrics.pools.refresh_waits();
+    app.metrics.pools.clear_capacity();
+    app.metrics.pool_nodes.clear();
+    app.metrics.queue_depth.clear();
+    for cell in app.cells.iter() {
+        cell_gauges(&app, cell).await;
+    }
+    (
+        [(
+            header::CONTENT_TYPE,
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+        )],
+        app.metrics.encode(),
+    )
+        .into_response()
+}
+
+
+/// One cell's gauges read from Redis at scrape time (cell-wide truth, the same on every
+/// instance); if Redis is away, the local families still export.
+async fn cell_gauges(app: &App, cell: &crate::cells::Cell) {
+    let (m, store, name) = (&app.metrics, &cell.store, cell.name());
+    if let Ok(states) = store.node_states().await {
+        for (state, n) in states {
+            let cell = name.to_string();
+            m.nodes.get_or_create(&StateLabels { cell, state }).set(n);
+        }
+    }
+    if let Ok((pending, dead)) = store.inbox_stats(&app.instance_id).await {
+        let l = CellLabels { cell: name.into() };
+        m.inbox_pending.get_or_create(&l).set(pending as i64);
+        m.dead_letters.get_or_create(&l).set(dead as i64);
+    }
+    let Ok(pools) = store.pools().await else {
+        return;
+    };
+    if let Ok(capacity) = store.pool_capacity(&pools).await {
+        m.pools.set_capacity(name, &capacity);
+    }
+    let names: Vec<String> = pools.keys().cloned().collect();
+    let heads = store.queue_heads(&names).await.unwrap_or_default();
+    for (i, (pool, members)) in pools.into_iter().enumerate() {
+        let depth = heads.get(i).map_or(0, |h| h.0) as i64;
+        let l = PoolLabels {
+            cell: name.into(),
+            pool,
+        };
+        m.queue_depth.get_or_create(&l).set(depth);
+        m.pool_nodes.get_or_create(&l).set(members.len() as i64);
+    }
+}
