@@ -20,7 +20,7 @@ pub const PREFIX: &str = "{switchyard:main}:";
 
 /// Keys without TTL that are allowed: their members are owned by node records.
 fn owned_key(key: &str) -> bool {
-    let rest = key.strip_prefix(PREFIX).unwrap_or(key);
+    let rest = key.split_once("}:").map_or(key, |(_, r)| r);
     rest == "pools"
         || rest == "nodes:live"
         || rest == "nodes:index"
@@ -63,8 +63,38 @@ pub async fn check(c: &mut MultiplexedConnection) {
 
 /// Every invariant violation found in Redis now (empty when all hold).
 pub async fn violations(c: &mut MultiplexedConnection) -> Vec<String> {
-    let mut bad: Vec<String> = Vec::new();
     let keys = all_keys(c).await;
+    let mut bad = Vec::new();
+    for prefix in cell_prefixes(&keys) {
+        let mine: Vec<String> = keys.iter().filter(|k| k.starts_with(&prefix)).cloned().collect();
+        bad.extend(
+            violations_in(c, &prefix, mine)
+                .await
+                .into_iter()
+                .map(|v| format!("[{prefix}] {v}")),
+        );
+    }
+    for k in keys.iter().filter(|k| !k.starts_with('{')) {
+        bad.push(format!("key {k} carries no cell hash tag"));
+    }
+    bad
+}
+
+/// The distinct cell prefixes (`{prefix:cell}:`) of `keys`.
+pub fn cell_prefixes(keys: &[String]) -> BTreeSet<String> {
+    keys.iter()
+        .filter_map(|k| k.find("}:").map(|i| k[..i + 2].to_string()))
+        .filter(|p| p.starts_with('{'))
+        .collect()
+}
+
+/// Every violation in the cell whose keys start with `prefix` (`keys`: its keys).
+async fn violations_in(
+    c: &mut MultiplexedConnection,
+    prefix: &str,
+    keys: Vec<String>,
+) -> Vec<String> {
+    let mut bad: Vec<String> = Vec::new();
 
     for k in &keys {
         let ttl: i64 = c.pttl(k).await.expect("pttl");
@@ -74,13 +104,13 @@ pub async fn violations(c: &mut MultiplexedConnection) -> Vec<String> {
     }
 
     let index: BTreeSet<String> = c
-        .smembers(format!("{PREFIX}pools"))
+        .smembers(format!("{prefix}pools"))
         .await
         .expect("smembers");
     let pool_keys: BTreeSet<String> = keys
         .iter()
         .filter_map(|k| {
-            k.strip_prefix(&format!("{PREFIX}pool:"))
+            k.strip_prefix(&format!("{prefix}pool:"))
                 .map(str::to_string)
         })
         .collect();
@@ -92,12 +122,12 @@ pub async fn violations(c: &mut MultiplexedConnection) -> Vec<String> {
 
     for pool in &pool_keys {
         let members: Vec<String> = c
-            .smembers(format!("{PREFIX}pool:{pool}"))
+            .smembers(format!("{prefix}pool:{pool}"))
             .await
             .expect("smembers");
         for n in members {
             let h: HashMap<String, String> = c
-                .hgetall(format!("{PREFIX}node:{n}"))
+                .hgetall(format!("{prefix}node:{n}"))
                 .await
                 .expect("hgetall");
             match h.get("state").map(String::as_str) {
@@ -105,7 +135,7 @@ pub async fn violations(c: &mut MultiplexedConnection) -> Vec<String> {
                 other => bad.push(format!("pool {pool} holds {n} in state {other:?}")),
             }
             let back: bool = c
-                .sismember(format!("{PREFIX}node:{n}:pools"), pool)
+                .sismember(format!("{prefix}node:{n}:pools"), pool)
                 .await
                 .expect("sismember");
             if !back {
@@ -118,22 +148,22 @@ pub async fn violations(c: &mut MultiplexedConnection) -> Vec<String> {
 
     let node_ids: Vec<String> = keys
         .iter()
-        .filter_map(|k| k.strip_prefix(&format!("{PREFIX}node:")))
+        .filter_map(|k| k.strip_prefix(&format!("{prefix}node:")))
         .filter(|rest| !rest.contains(':'))
         .map(str::to_string)
         .collect();
     for n in &node_ids {
         let h: HashMap<String, String> = c
-            .hgetall(format!("{PREFIX}node:{n}"))
+            .hgetall(format!("{prefix}node:{n}"))
             .await
             .expect("hgetall");
         let mine: Vec<String> = c
-            .smembers(format!("{PREFIX}node:{n}:pools"))
+            .smembers(format!("{prefix}node:{n}:pools"))
             .await
             .expect("smembers");
         for p in &mine {
             let there: bool = c
-                .sismember(format!("{PREFIX}pool:{p}"), n)
+                .sismember(format!("{prefix}pool:{p}"), n)
                 .await
                 .expect("sismember");
             if !there {
@@ -146,7 +176,7 @@ pub async fn violations(c: &mut MultiplexedConnection) -> Vec<String> {
             bad.push(format!("node {n} reserved {reserved} of capacity {cap}"));
         }
         let active: Vec<String> = c
-            .smembers(format!("{PREFIX}node:{n}:jobs"))
+            .smembers(format!("{prefix}node:{n}:jobs"))
             .await
             .expect("smembers");
         if active.len() as i64 != reserved {
@@ -157,7 +187,7 @@ pub async fn violations(c: &mut MultiplexedConnection) -> Vec<String> {
         }
         for j in &active {
             let job: HashMap<String, String> = c
-                .hgetall(format!("{PREFIX}job:{j}"))
+                .hgetall(format!("{prefix}job:{j}"))
                 .await
                 .expect("hgetall");
             let state = job.get("state").map(String::as_str).unwrap_or("missing");
@@ -169,7 +199,7 @@ pub async fn violations(c: &mut MultiplexedConnection) -> Vec<String> {
             }
         }
         let live: Option<f64> = c
-            .zscore(format!("{PREFIX}nodes:live"), n)
+            .zscore(format!("{prefix}nodes:live"), n)
             .await
             .expect("zscore");
         let state = h.get("state").cloned().unwrap_or_default();
@@ -184,16 +214,16 @@ pub async fn violations(c: &mut MultiplexedConnection) -> Vec<String> {
     }
     let jobs: Vec<String> = keys
         .iter()
-        .filter_map(|k| k.strip_prefix(&format!("{PREFIX}job:")))
+        .filter_map(|k| k.strip_prefix(&format!("{prefix}job:")))
         .filter(|rest| !rest.contains(':'))
         .map(str::to_string)
         .collect();
     for j in &jobs {
-        check_job(c, j, &mut bad).await;
+        check_job(c, prefix, j, &mut bad).await;
     }
 
     let live: Vec<String> = c
-        .zrange(format!("{PREFIX}nodes:live"), 0, -1)
+        .zrange(format!("{prefix}nodes:live"), 0, -1)
         .await
         .expect("zrange");
     for n in live {
@@ -208,20 +238,20 @@ const ACTIVE: [&str; 3] = ["DISPATCHED", "ACCEPTED", "RUNNING"];
 const TERMINAL: [&str; 3] = ["FINISHED", "FAILED", "CANCELLED"];
 
 /// One job: exactly one known state, and present exactly where that state says.
-async fn check_job(c: &mut MultiplexedConnection, j: &str, bad: &mut Vec<String>) {
+async fn check_job(c: &mut MultiplexedConnection, prefix: &str, j: &str, bad: &mut Vec<String>) {
     let job: HashMap<String, String> = c
-        .hgetall(format!("{PREFIX}job:{j}"))
+        .hgetall(format!("{prefix}job:{j}"))
         .await
         .expect("hgetall");
     let state = job.get("state").cloned().unwrap_or_default();
     let due: Option<f64> = c
-        .zscore(format!("{PREFIX}due:jobs"), j)
+        .zscore(format!("{prefix}due:jobs"), j)
         .await
         .expect("zscore");
     let node = job.get("node").cloned().unwrap_or_default();
     if ACTIVE.contains(&state.as_str()) {
         let held: bool = c
-            .sismember(format!("{PREFIX}node:{node}:jobs"), j)
+            .sismember(format!("{prefix}node:{node}:jobs"), j)
             .await
             .expect("sismember");
         if !held {
@@ -240,7 +270,7 @@ async fn check_job(c: &mut MultiplexedConnection, j: &str, bad: &mut Vec<String>
         }
         for q in queues.split(',').filter(|q| !q.is_empty()) {
             let items: Vec<String> = c
-                .lrange(format!("{PREFIX}queue:{q}"), 0, -1)
+                .lrange(format!("{prefix}queue:{q}"), 0, -1)
                 .await
                 .expect("lrange");
             let n = items.iter().filter(|x| x.as_str() == j).count();
@@ -259,7 +289,7 @@ async fn check_job(c: &mut MultiplexedConnection, j: &str, bad: &mut Vec<String>
         // idempotency entry still names this job (both leave the log together).
         let (sid, idx) = (job.get("session"), job.get("idx"));
         if let (Some(sid), Some(idx)) = (sid, idx) {
-            let sk = format!("{PREFIX}session:{sid}");
+            let sk = format!("{prefix}session:{sid}");
             let owner: Option<String> = c.hget(format!("{sk}:jobs"), idx).await.expect("hget");
             let logged: bool = c
                 .hexists(format!("{sk}:results"), idx)
@@ -307,7 +337,7 @@ async fn check_job(c: &mut MultiplexedConnection, j: &str, bad: &mut Vec<String>
                 continue;
             }
             let held: bool = c
-                .sismember(format!("{PREFIX}node:{n}:jobs"), j)
+                .sismember(format!("{prefix}node:{n}:jobs"), j)
                 .await
                 .expect("sismember");
             if held {

@@ -40,13 +40,22 @@ pub fn secret_env() -> (&'static str, String) {
 
 /// A token signed with [`TEST_SECRET`], valid for an hour.
 pub fn token(scopes: &[Scope], sub: Option<&str>, tenant: Option<&str>) -> String {
+    mint(scopes, sub, tenant, None)
+}
+
+/// A token with a `cell` claim (places a peer without tenant in that cell).
+pub fn cell_token(scopes: &[Scope], tenant: Option<&str>, cell: &str) -> String {
+    mint(scopes, None, tenant, Some(cell))
+}
+
+fn mint(scopes: &[Scope], sub: Option<&str>, tenant: Option<&str>, cell: Option<&str>) -> String {
     switchyard::auth::mint::hs256(
         TEST_SECRET,
         &switchyard::auth::mint::TokenSpec {
             scopes: scopes.to_vec(),
             sub: sub.map(str::to_string),
             tenant: tenant.map(str::to_string),
-            cell: None,
+            cell: cell.map(str::to_string),
             ttl_s: 3600,
         },
     )
