@@ -16,9 +16,18 @@ run: deps redis
 	  { head -c 32 /dev/urandom | od -An -tx1 | tr -d ' \n' > $(DEV_SECRET); chmod 600 $(DEV_SECRET); }
 	SWITCHYARD_AUTH__HS256_SECRETS="[\"dev-$$(cat $(DEV_SECRET))\"]" $(CARGO) run --release -- serve --dev
 
-## The whole suite (unit + integration, against real redis-server processes).
+## The whole suite (unit + integration, against real redis-server processes), then the
+## node, job and multi-instance scenario suites again on a Sentinel-managed primary +
+## replica and on a 3 + 3 Redis Cluster (tests/common/redis_server.rs).
+SCENARIO_SUITES := --test nodes --test jobs --test instances
 test: test-deps lint k8s-check
 	$(CARGO) test --all-targets -- --test-threads=4
+	$(MAKE) --no-print-directory test-topologies
+
+## The scenario suites on Sentinel and on Redis Cluster (part of `make test`).
+test-topologies: test-deps
+	SWITCHYARD_TEST_TOPOLOGY=sentinel $(CARGO) test $(SCENARIO_SUITES) -- --test-threads=4
+	SWITCHYARD_TEST_TOPOLOGY=cluster $(CARGO) test $(SCENARIO_SUITES) -- --test-threads=4
 
 ## The property-based test of the Lua scripts with many more random operation sequences
 ## than `make test` runs (32): PROPTEST_CASES=2000 make proptest for a longer hunt.

@@ -35,7 +35,7 @@ async fn pool_saturation_queue_wait_and_refusals_are_exported() {
     }
     tokio::time::sleep(Duration::from_millis(200)).await;
     let busy = metrics_text(&inst).await;
-    let pool = r#"{pool="pub:zh:en"}"#;
+    let pool = r#"{cell="main",pool="pub:zh:en"}"#;
     assert_eq!(
         sample(&busy, &format!("switchyard_pool_saturation{pool}")),
         Some(1.0)
@@ -71,16 +71,16 @@ async fn pool_saturation_queue_wait_and_refusals_are_exported() {
         }
     })
     .await;
-    let refused = r#"switchyard_pool_jobs_refused_total{pool="pub:zh:en",reason="queue_timeout"}"#;
+    let refused = r#"switchyard_pool_jobs_refused_total{cell="main",pool="pub:zh:en",reason="queue_timeout"}"#;
     assert_eq!(sample(&text, refused), Some(1.0));
     let p50 = sample(
         &text,
-        r#"switchyard_pool_queue_wait_seconds{pool="pub:zh:en",quantile="0.5"}"#,
+        r#"switchyard_pool_queue_wait_seconds{cell="main",pool="pub:zh:en",quantile="0.5"}"#,
     )
     .expect("p50");
     let p95 = sample(
         &text,
-        r#"switchyard_pool_queue_wait_seconds{pool="pub:zh:en",quantile="0.95"}"#,
+        r#"switchyard_pool_queue_wait_seconds{cell="main",pool="pub:zh:en",quantile="0.95"}"#,
     )
     .expect("p95");
     // Two dispatches: one at once, one after the first job's 600 ms.

@@ -94,13 +94,32 @@ async fn register_with_null_id_mints_one_and_joins_exactly_the_zh_en_pools() {
     let m = metrics_text(&inst).await;
     for line in [
         "switchyard_connections{kind=\"node\"} 1",
-        "switchyard_nodes{state=\"ready\"} 1",
-        "switchyard_pool_nodes{pool=\"pub:zh:en\"} 1",
-        "switchyard_script_calls_total{script=\"register\",outcome=\"ok\"} 1",
+        "switchyard_nodes{cell=\"main\",state=\"ready\"} 1",
+        "switchyard_pool_nodes{cell=\"main\",pool=\"pub:zh:en\"} 1",
+        "switchyard_script_calls_total{cell=\"main\",script=\"register\",outcome=\"ok\"} 1",
     ] {
         assert!(m.contains(line), "{line} in {m}");
     }
     invariants::check(&mut c).await;
+}
+
+/// `make test` runs this suite on every topology: the instance really uses the one under test.
+#[tokio::test]
+async fn the_instance_runs_on_the_topology_under_test() {
+    let redis = RedisServer::start().await;
+    let inst = start_instance(&redis).await;
+    let ready = eventually(Duration::from_secs(10), "ready", || async {
+        let (status, ready) = get_json(&http_url(&inst, "/readyz")).await;
+        (status == 200).then_some(ready)
+    })
+    .await;
+    let want = match common::redis_server::topology().as_str() {
+        "cluster" => "cluster".to_string(),
+        _ => format!("127.0.0.1:{}", redis.port),
+    };
+    assert_eq!(ready["redis"], want.as_str(), "{ready}");
+    let mode = format!("{:?}", inst.app.cfg.redis.mode).to_lowercase();
+    assert_eq!(mode, common::redis_server::topology());
 }
 
 #[tokio::test]
@@ -495,6 +514,9 @@ async fn full_lingua_frames_with_unknown_fields_are_accepted() {
 
 #[tokio::test]
 async fn redis_stopped_and_restarted_under_a_connected_node_heals_by_itself() {
+    if single_only("redis_stopped_and_restarted_under_a_connected_node_heals_by_itself") {
+        return;
+    }
     let mut redis = RedisServer::start().await;
     let inst = start_instance(&redis).await;
     let mut node = WsClient::connect(&ws_url(&inst, "/ws/node")).await;

@@ -23,7 +23,7 @@ use switchyard::config::Config;
 use switchyard::server::{self, Running};
 
 #[allow(unused_imports)] // not every test binary starts child processes
-pub use redis_server::{RedisServer, free_port};
+pub use redis_server::{RedisServer, free_port, single_only};
 pub use ws::WsClient;
 
 /// The HS256 secret every test instance verifies with (auth is on in every test, as in
@@ -92,6 +92,9 @@ pub fn test_config(redis_url: &str) -> Config {
         ..Config::default()
     };
     cfg.redis.url = redis_url.into();
+    if let Some(topology) = redis_server::redis_config_for(redis_url) {
+        cfg.redis = topology;
+    }
     cfg.redis.timeout_ms = 500;
     cfg.auth.hs256_secrets = vec![TEST_SECRET.into()];
     cfg.node.heartbeat_interval_ms = 300;

@@ -1,12 +1,61 @@
-//! A real `redis-server` child process on a free loopback port, in its own temp dir.
+//! A real `redis-server` child process on a free loopback port, in its own temp dir — or,
+//! with `SWITCHYARD_TEST_TOPOLOGY=sentinel|cluster`, a primary + replica watched by three
+//! sentinels, or a 3-primary 3-replica Redis Cluster, so the same scenario suites run on
+//! every topology (`make test` runs the node, job and multi-instance suites on all three).
+//! Then [`RedisServer::url`] is the node holding the cell (for the scenario's direct
+//! reads) and [`super::test_config`] points instances at the sentinels or cluster seeds.
 
+use std::collections::HashMap;
 use std::process::{Child, Command, Stdio};
+use std::sync::{Mutex, OnceLock};
 use std::time::Duration;
+
+use switchyard::config::{RedisConfig, RedisMode};
+
+use super::topology::{Cluster, MASTER, SentinelSet};
 
 pub struct RedisServer {
     pub port: u16,
     dir: tempfile::TempDir,
     child: Option<Child>,
+    /// The sentinel set or cluster behind `port` (topology mode).
+    topo: Option<Topo>,
+}
+
+enum Topo {
+    Sentinel(#[allow(dead_code)] SentinelSet),
+    Cluster(#[allow(dead_code)] Cluster),
+}
+
+/// The topology the scenario suites run on (`SWITCHYARD_TEST_TOPOLOGY`, default `single`).
+pub fn topology() -> String {
+    std::env::var("SWITCHYARD_TEST_TOPOLOGY").unwrap_or_else(|_| "single".into())
+}
+
+/// A scenario that stops or restarts Redis itself runs on a single server only: returns
+/// true (skip) in topology mode, saying so.
+pub fn single_only(what: &str) -> bool {
+    let t = topology();
+    if t != "single" {
+        eprintln!("skipped on {t}: {what} (single redis-server only; failover is covered by topologies.rs and chaos.rs)");
+        return true;
+    }
+    false
+}
+
+/// Instances' `[redis]` for each topology-mode URL handed out by [`RedisServer::url`].
+fn registry() -> &'static Mutex<HashMap<String, RedisConfig>> {
+    static R: OnceLock<Mutex<HashMap<String, RedisConfig>>> = OnceLock::new();
+    R.get_or_init(Default::default)
+}
+
+/// The `[redis]` an instance needs to reach the topology behind `url` (None: plain URL).
+pub fn redis_config_for(url: &str) -> Option<RedisConfig> {
+    registry()
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .get(url)
+        .cloned()
 }
 
 /// A free loopback port (for child processes and helpers the tests start).
@@ -22,9 +71,38 @@ impl RedisServer {
             port: free_port(),
             dir,
             child: None,
+            topo: None,
         };
-        s.spawn().await;
+        match topology().as_str() {
+            "sentinel" => {
+                let set = SentinelSet::start_unelected(1, &["--repl-diskless-sync-delay", "0"]).await;
+                s.port = set.primary.port;
+                s.register(RedisMode::Sentinel, set.sentinel_urls());
+                s.topo = Some(Topo::Sentinel(set));
+            }
+            "cluster" => {
+                let cluster = Cluster::start().await;
+                let slot = switchyard::config::cell::slot("{switchyard:main}");
+                s.port = cluster.primary_of(slot).await.expect("primary of the cell");
+                s.register(RedisMode::Cluster, cluster.urls());
+                s.topo = Some(Topo::Cluster(cluster));
+            }
+            _ => s.spawn().await,
+        }
         s
+    }
+
+    fn register(&self, mode: RedisMode, urls: Vec<String>) {
+        let cfg = RedisConfig {
+            mode,
+            urls,
+            sentinel_master: MASTER.into(),
+            ..RedisConfig::default()
+        };
+        registry()
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(self.url(), cfg);
     }
 
     async fn spawn(&mut self) {
@@ -76,8 +154,13 @@ impl RedisServer {
         self.try_client().await.expect("connect to test redis")
     }
 
-    /// Kill the server (state is lost: no persistence).
+    /// Kill the server (state is lost: no persistence). Single server only.
     pub fn stop(&mut self) {
+        assert!(self.topo.is_none(), "stop() needs a single redis-server");
+        self.kill();
+    }
+
+    fn kill(&mut self) {
         if let Some(mut c) = self.child.take() {
             let _ = c.kill();
             let _ = c.wait();
@@ -93,6 +176,6 @@ impl RedisServer {
 
 impl Drop for RedisServer {
     fn drop(&mut self) {
-        self.stop();
+        self.kill();
     }
 }

@@ -182,7 +182,17 @@ pub async fn link_up(c: &mut MultiplexedConnection) -> bool {
 
 impl SentinelSet {
     /// `replicas` replicas; `extra` applies to every data node (e.g. `--appendonly yes`).
+    /// Waits until the sentinels know each other, as a failover needs.
     pub async fn start(replicas: usize, extra: &[&str]) -> Self {
+        let set = Self::start_unelected(replicas, extra).await;
+        set.wait_for_quorum(replicas).await;
+        set
+    }
+
+    /// The same, without waiting for the sentinels to discover each other (seconds of
+    /// hello messages): enough for scenarios that never fail over, where instances only
+    /// ask a sentinel for the primary.
+    pub async fn start_unelected(replicas: usize, extra: &[&str]) -> Self {
         let primary = Proc::server(extra);
         primary.wait_up().await;
         let p = primary.port.to_string();
@@ -204,10 +214,17 @@ impl SentinelSet {
         for s in &sentinels {
             s.wait_up().await;
         }
-        // Every sentinel knows the replicas and both other sentinels (a failover needs a
-        // quorum and a leader election).
-        let n = replicas.len();
-        for s in &sentinels {
+        Self {
+            primary,
+            replicas,
+            sentinels,
+        }
+    }
+
+    /// Every sentinel knows the `n` replicas and both other sentinels (a failover needs a
+    /// quorum and a leader election).
+    async fn wait_for_quorum(&self, n: usize) {
+        for s in &self.sentinels {
             let c = s.client().await;
             until(
                 Duration::from_secs(15),
@@ -232,11 +249,6 @@ impl SentinelSet {
                 },
             )
             .await;
-        }
-        Self {
-            primary,
-            replicas,
-            sentinels,
         }
     }
 
