@@ -204,6 +204,72 @@ async fn sentinel_failover_with_wait_loses_no_acknowledged_write() {
     );
 }
 
+/// Three cells named by slot spread, one per primary of the cluster: each tenant's nodes and
+/// sessions work in their own cell, on their own primary, from either instance.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn three_cells_spread_over_the_cluster_primaries() {
+    let cluster = Cluster::start().await;
+    let ranges: Vec<Vec<(u16, u16)>> = cluster.slot_map().await.into_values().collect();
+    let names = switchyard::config::cell::spread_names("switchyard", "cell", 3, &ranges);
+    let tenant = |i: usize| format!("t{i}");
+    let cells = |c: &mut Config| {
+        c.cells = names
+            .iter()
+            .enumerate()
+            .map(|(i, n)| switchyard::config::CellSpec {
+                name: n.clone(),
+                tenants: vec![tenant(i)],
+                default: i == 0,
+            })
+            .collect();
+    };
+    let a = start_with(cfg(RedisMode::Cluster, cluster.urls(), cells)).await;
+    let b = start_with(cfg(RedisMode::Cluster, cluster.urls(), cells)).await;
+    let mut nodes = Vec::new();
+    for i in 0..names.len() {
+        let t = token(&[Scope::Node], None, Some(&tenant(i)));
+        let url = with_given_token(&bare_ws_url(&a, "/ws/node"), &t);
+        let delay = Duration::from_millis(5);
+        nodes.push(AutoNode::start(&url, fixture("node_register_first"), delay).await);
+    }
+    let mut primaries = std::collections::BTreeSet::new();
+    for (i, name) in names.iter().enumerate() {
+        let t = token(&[Scope::Session], None, Some(&tenant(i)));
+        let url = with_given_token(&bare_ws_url(&b, "/ws/session"), &t);
+        let (mut s, sid) = open_session(&url, fixture("session_init_one_way")).await;
+        for u in 0..3 {
+            s.send(&utterance(&sid, u)).await;
+        }
+        let got = terminals(&mut s, 3, T).await;
+        assert!(
+            got.iter().all(|v| v["type"] == "translation_result"),
+            "cell {name}: {got:?}"
+        );
+        let tag = format!("{{switchyard:{name}}}:");
+        let port = cluster
+            .primary_of(cluster.slot(&tag).await)
+            .await
+            .expect("owner");
+        primaries.insert(port);
+        let mut direct = connect(&format!("redis://127.0.0.1:{port}"))
+            .await
+            .expect("cell primary");
+        let keys: Vec<String> = redis::cmd("KEYS")
+            .arg(format!("{tag}*"))
+            .query_async(&mut direct)
+            .await
+            .expect("keys");
+        assert!(
+            keys.iter().any(|k| k.contains(":session:")) && keys.len() > 5,
+            "cell {name} lives on primary {port}: {keys:?}"
+        );
+        invariants::check(&mut direct).await;
+    }
+    assert_eq!(primaries.len(), 3, "one cell per primary: {names:?}");
+    let served: Vec<usize> = nodes.iter().map(AutoNode::jobs).collect();
+    assert_eq!(served, [3, 3, 3], "each node served its own cell's utterances");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn cluster_runs_nodes_jobs_instances_and_survives_a_primary_kill() {
     let mut cluster = Cluster::start().await;
@@ -230,7 +296,10 @@ async fn cluster_runs_nodes_jobs_instances_and_survives_a_primary_kill() {
     assert_eq!(status, 200, "{nodes}");
     assert!(nodes.to_string().contains(&node.id), "{nodes}");
     let m = metrics_text(&b).await;
-    assert!(m.contains("switchyard_nodes{state=\"ready\"} 1"), "{m}");
+    assert!(
+        m.contains("switchyard_nodes{cell=\"main\",state=\"ready\"} 1"),
+        "{m}"
+    );
 
     // Cell tags: our CRC16 agrees with the cluster, and names picked by slot spread evenly
     // over the three primaries of the live slot map (names picked by hand need not).
