@@ -49,6 +49,16 @@ enum Command {
     },
     /// Print the effective configuration; exit non-zero if it is invalid.
     CheckConfig,
+    /// Print `[[cells]]` entries whose names spread evenly over the primaries of the
+    /// configured Redis Cluster (from its live slot map).
+    CellNames {
+        /// How many cells.
+        #[arg(long, default_value_t = 3)]
+        count: usize,
+        /// Name stem: cells are `<base>-<n>`.
+        #[arg(long, default_value = "cell")]
+        base: String,
+    },
     /// A job's attempts and routing explanation, or a session's state, read from Redis.
     Inspect {
         #[command(subcommand)]
@@ -92,6 +102,21 @@ fn main() -> ExitCode {
     match command {
         Command::Sim(args) => switchyard::sim::main(*args),
         Command::Inspect { what, json } => inspect(&cfg, what, json),
+        Command::CellNames { count, base } => {
+            let out = runtime().and_then(|rt| {
+                rt.block_on(switchyard::cells::spread::cells_toml(&cfg, &base, count))
+            });
+            match out {
+                Ok(toml) => {
+                    print!("{toml}");
+                    ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    eprintln!("switchyard cell-names: {e}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
         Command::Token {
             scope,
             sub,
@@ -163,23 +188,21 @@ fn main() -> ExitCode {
 }
 
 /// `switchyard inspect`: read Redis directly (see src/console/cli.rs for why).
+/// A single-threaded runtime for the one-shot commands that talk to Redis.
+fn runtime() -> Result<tokio::runtime::Runtime, String> {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| format!("cannot start runtime: {e}"))
+}
+
 fn inspect(cfg: &Config, what: Inspect, json: bool) -> ExitCode {
     use switchyard::console::cli::{Target, run};
     let target = match what {
         Inspect::Job { id } => Target::Job(id),
         Inspect::Session { id } => Target::Session(id),
     };
-    let rt = match tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-    {
-        Ok(rt) => rt,
-        Err(e) => {
-            eprintln!("switchyard: cannot start runtime: {e}");
-            return ExitCode::FAILURE;
-        }
-    };
-    match rt.block_on(run(cfg, target, json)) {
+    match runtime().and_then(|rt| rt.block_on(run(cfg, target, json))) {
         Ok(text) => {
             print!("{text}");
             ExitCode::SUCCESS

@@ -14,9 +14,9 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
+use crate::cells::Cells;
 use crate::config::Config;
 use crate::gateway::{Connections, Kind, Outbound};
-use crate::cells::Cells;
 use crate::telemetry::metrics::Metrics;
 
 /// State shared by every handler and task of an instance.

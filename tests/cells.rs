@@ -105,7 +105,10 @@ async fn tenants_live_in_their_cells_and_every_instance_serves_every_cell() {
     let t = terminals(&mut gs, 1, Duration::from_secs(5)).await;
     assert_eq!(t[0]["type"], "translation_result", "{t:?}");
     let dispatched: String = c
-        .hget(format!("{US}job:{}", job["job_id"].as_str().unwrap()), "node")
+        .hget(
+            format!("{US}job:{}", job["job_id"].as_str().unwrap()),
+            "node",
+        )
         .await
         .unwrap();
     assert_eq!(dispatched, "gpu-1");
@@ -120,7 +123,10 @@ async fn tenants_live_in_their_cells_and_every_instance_serves_every_cell() {
     for prefix in [EU, US] {
         let present: Vec<String> = c.zrange(format!("{prefix}instances"), 0, -1).await.unwrap();
         for inst in [&a, &b] {
-            assert!(present.contains(&inst.app.instance_id), "{prefix}: {present:?}");
+            assert!(
+                present.contains(&inst.app.instance_id),
+                "{prefix}: {present:?}"
+            );
         }
     }
 
@@ -140,7 +146,11 @@ async fn tenants_live_in_their_cells_and_every_instance_serves_every_cell() {
     assert_eq!(gpu_cells, ["eu", "us"], "{nodes}");
     let (_, us_only) = get_json(&http_url(&a, "/api/v1/nodes?cell=us")).await;
     assert!(
-        us_only.as_array().unwrap().iter().all(|n| n["cell"] == "us"),
+        us_only
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|n| n["cell"] == "us"),
         "{us_only}"
     );
     let (code, _) = get_json(&http_url(&a, "/api/v1/nodes?cell=mars")).await;
@@ -150,7 +160,11 @@ async fn tenants_live_in_their_cells_and_every_instance_serves_every_cell() {
         &format!("/api/v1/jobs/{}", job["job_id"].as_str().unwrap()),
     ))
     .await;
-    assert_eq!((code, job_view["cell"].as_str()), (200, Some("us")), "{job_view}");
+    assert_eq!(
+        (code, job_view["cell"].as_str()),
+        (200, Some("us")),
+        "{job_view}"
+    );
     let (_, ready) = get_json(&http_url(&a, "/readyz")).await;
     assert_eq!(ready["cells"], json!(["eu", "us"]), "{ready}");
     let m = metrics_text(&b).await;
@@ -174,7 +188,10 @@ async fn tenants_live_in_their_cells_and_every_instance_serves_every_cell() {
     assert_eq!(resp.status().as_u16(), 200);
     let us_state: String = c.hget(format!("{US}node:gpu-1"), "state").await.unwrap();
     let eu_state: String = c.hget(format!("{EU}node:gpu-1"), "state").await.unwrap();
-    assert_eq!((us_state.as_str(), eu_state.as_str()), ("draining", "ready"));
+    assert_eq!(
+        (us_state.as_str(), eu_state.as_str()),
+        ("draining", "ready")
+    );
 
     invariants::check(&mut c).await;
     let keys: Vec<String> = c.keys("*").await.unwrap();
@@ -210,15 +227,19 @@ async fn a_dead_instance_is_taken_over_in_every_cell() {
     s.drop_connection();
     n.send(&answer(&job, &nid, "after the crash")).await;
     for prefix in [EU, US] {
-        eventually(Duration::from_secs(5), "takeover of the dead instance", || {
-            let mut c = c.clone();
-            let dead = dead.clone();
-            async move {
-                let present: Vec<String> =
-                    c.zrange(format!("{prefix}instances"), 0, -1).await.ok()?;
-                (!present.contains(&dead)).then_some(())
-            }
-        })
+        eventually(
+            Duration::from_secs(5),
+            "takeover of the dead instance",
+            || {
+                let mut c = c.clone();
+                let dead = dead.clone();
+                async move {
+                    let present: Vec<String> =
+                        c.zrange(format!("{prefix}instances"), 0, -1).await.ok()?;
+                    (!present.contains(&dead)).then_some(())
+                }
+            },
+        )
         .await;
     }
     let mut init = fixture("session_init_one_way");

@@ -211,6 +211,32 @@ async fn three_cells_spread_over_the_cluster_primaries() {
     let cluster = Cluster::start().await;
     let ranges: Vec<Vec<(u16, u16)>> = cluster.slot_map().await.into_values().collect();
     let names = switchyard::config::cell::spread_names("switchyard", "cell", 3, &ranges);
+    // `switchyard cell-names` prints the same names from the live slot map, as TOML.
+    let urls = serde_json::to_string(&cluster.urls()).expect("json");
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_switchyard"))
+        .args(["cell-names", "--count", "3"])
+        .env(secret_env().0, secret_env().1)
+        .env("SWITCHYARD_REDIS__MODE", "cluster")
+        .env("SWITCHYARD_REDIS__URLS", &urls)
+        .output()
+        .expect("cell-names runs");
+    let toml = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{toml} {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    #[derive(serde::Deserialize)]
+    struct Printed {
+        cells: Vec<switchyard::config::CellSpec>,
+    }
+    use figment::providers::Format;
+    let parsed: Printed = figment::Figment::from(figment::providers::Toml::string(&toml))
+        .extract()
+        .expect("valid [[cells]] TOML");
+    let printed: Vec<String> = parsed.cells.iter().map(|c| c.name.clone()).collect();
+    assert_eq!(printed, names, "{toml}");
+    assert!(parsed.cells[0].default && !parsed.cells[1].default);
     let tenant = |i: usize| format!("t{i}");
     let cells = |c: &mut Config| {
         c.cells = names
@@ -267,7 +293,11 @@ async fn three_cells_spread_over_the_cluster_primaries() {
     }
     assert_eq!(primaries.len(), 3, "one cell per primary: {names:?}");
     let served: Vec<usize> = nodes.iter().map(AutoNode::jobs).collect();
-    assert_eq!(served, [3, 3, 3], "each node served its own cell's utterances");
+    assert_eq!(
+        served,
+        [3, 3, 3],
+        "each node served its own cell's utterances"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -33,15 +33,17 @@ pub struct CellSpec {
 fn valid_name(v: &str) -> bool {
     !v.is_empty()
         && v.len() <= 64
-        && v
-            .chars()
+        && v.chars()
             .all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c))
 }
 
 /// The cells to serve: `[[cells]]`, or the one `[cell].name` (the default) when none are
 /// listed. Checks names, the one default and that no tenant is in two cells; the error
 /// names the field.
-pub fn cells(cell: &CellConfig, list: &[CellSpec]) -> Result<Vec<CellSpec>, (&'static str, String)> {
+pub fn cells(
+    cell: &CellConfig,
+    list: &[CellSpec],
+) -> Result<Vec<CellSpec>, (&'static str, String)> {
     if !valid_name(&cell.prefix) {
         return Err(("cell.prefix", "must be 1-64 of [A-Za-z0-9._-]".into()));
     }
@@ -186,9 +188,18 @@ mod tests {
         assert!(cells(&base, &[spec("a", &[], true), spec("b", &["x"], false)]).is_ok());
         let err = |l: &[CellSpec]| cells(&base, l).unwrap_err().0;
         assert_eq!(err(&[spec("a", &[], false)]), "cells.default");
-        assert_eq!(err(&[spec("a", &[], true), spec("b", &[], true)]), "cells.default");
-        assert_eq!(err(&[spec("a", &["x"], true), spec("b", &["x"], false)]), "cells.tenants");
-        assert_eq!(err(&[spec("a", &[], true), spec("a", &[], false)]), "cells.name");
+        assert_eq!(
+            err(&[spec("a", &[], true), spec("b", &[], true)]),
+            "cells.default"
+        );
+        assert_eq!(
+            err(&[spec("a", &["x"], true), spec("b", &["x"], false)]),
+            "cells.tenants"
+        );
+        assert_eq!(
+            err(&[spec("a", &[], true), spec("a", &[], false)]),
+            "cells.name"
+        );
         assert_eq!(err(&[spec("a{b}", &[], true)]), "cells.name");
     }
 

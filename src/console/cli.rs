@@ -11,8 +11,8 @@ use std::sync::Arc;
 
 use serde_json::Value;
 
-use crate::config::Config;
 use crate::cells::Cells;
+use crate::config::Config;
 use crate::telemetry::metrics::Metrics;
 
 /// What to inspect.

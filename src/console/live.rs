@@ -67,11 +67,7 @@ pub async fn run_stats(app: Arc<App>, cell: Arc<Cell>) {
         );
         let conns = app.live_conns.load(Ordering::Relaxed) as u64;
         let second = crate::protocol::now_ms() / 1000;
-        if let Err(e) = cell
-            .store
-            .stats_add(second, done, failed, e2e, conns)
-            .await
-        {
+        if let Err(e) = cell.store.stats_add(second, done, failed, e2e, conns).await {
             // Lost counts only thin a sparkline; put them back for the next try.
             t.done.fetch_add(done, Ordering::Relaxed);
             t.failed.fetch_add(failed, Ordering::Relaxed);

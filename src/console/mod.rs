@@ -79,11 +79,7 @@ fn in_cell(mut v: serde_json::Value, cell: &str) -> serde_json::Value {
 }
 
 /// A job by id, from the first cell that has it (or the one `?cell=` names).
-async fn job(
-    State(app): State<Arc<App>>,
-    Path(id): Path<String>,
-    q: Query<CellQuery>,
-) -> Response {
+async fn job(State(app): State<Arc<App>>, Path(id): Path<String>, q: Query<CellQuery>) -> Response {
     if !crate::protocol::valid_id(&id) {
         return bad_id();
     }

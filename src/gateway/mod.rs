@@ -106,7 +106,15 @@ impl Connections {
     }
 
     /// Close the local connection of `id` in `cell` if it has `token`.
-    pub fn close(&self, kind: Kind, cell: &str, id: &str, token: &str, code: u16, reason: &str) -> bool {
+    pub fn close(
+        &self,
+        kind: Kind,
+        cell: &str,
+        id: &str,
+        token: &str,
+        code: u16,
+        reason: &str,
+    ) -> bool {
         match self.get(kind, cell, id, Some(token)) {
             Some(c) => c.tx.try_send(Outbound::Close(code, reason.into())).is_ok(),
             None => false,

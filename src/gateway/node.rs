@@ -321,7 +321,9 @@ impl NodeConn {
     /// The socket ended: an orderly close takes the node offline now; a drop after grace.
     async fn finish(&mut self, orderly: bool) {
         let Some(reg) = self.reg.take() else { return };
-        let Some(cell) = self.cell.clone() else { return };
+        let Some(cell) = self.cell.clone() else {
+            return;
+        };
         let app = &self.app;
         app.conns
             .unbind(Kind::Node, cell.name(), &reg.node_id, &self.token);

@@ -88,7 +88,9 @@ impl Handler for SessionConn {
         if let Some(s) = &self.session {
             // The session stays in Redis (results keep arriving in its log) until it expires.
             let cell = s.cell.name();
-            self.app.conns.unbind(Kind::Session, cell, &s.id, &self.token);
+            self.app
+                .conns
+                .unbind(Kind::Session, cell, &s.id, &self.token);
         }
     }
 }

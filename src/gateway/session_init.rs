@@ -118,8 +118,7 @@ impl SessionConn {
                 tenant: tenant.clone(),
                 cell: cell.clone(),
             };
-            match self.resume(opened, last, proof, &trace_id).await
-            {
+            match self.resume(opened, last, proof, &trace_id).await {
                 Ok(Resumed::Yes) => return,
                 Ok(Resumed::Gone) => {} // expired: a new session, resumed = false
                 Ok(Resumed::Refused) => {
@@ -142,7 +141,10 @@ impl SessionConn {
             // Bind first: results produced the moment the session exists find this socket.
             let me = self.local(&cell);
             app.conns.bind(Kind::Session, &sid, me);
-            let unbind = || app.conns.unbind(Kind::Session, cell.name(), &sid, &self.token);
+            let unbind = || {
+                app.conns
+                    .unbind(Kind::Session, cell.name(), &sid, &self.token)
+            };
             match cell
                 .store
                 .session_open(
@@ -202,7 +204,10 @@ impl SessionConn {
         let app = self.app.clone();
         let (sid, cell) = (s.id.as_str(), s.cell.clone());
         let previous = app.conns.bind(Kind::Session, sid, self.local(&cell));
-        let unbind = || app.conns.unbind(Kind::Session, cell.name(), sid, &self.token);
+        let unbind = || {
+            app.conns
+                .unbind(Kind::Session, cell.name(), sid, &self.token)
+        };
         let hash = resume_hash(proof);
         let out = match cell
             .store
@@ -231,7 +236,12 @@ impl SessionConn {
             next_seq, resent, ..
         } = &out.reply
         {
-            tracing::info!(session_id = sid, cell = cell.name(), resent, "session resumed");
+            tracing::info!(
+                session_id = sid,
+                cell = cell.name(),
+                resent,
+                "session resumed"
+            );
             self.session = Some(s.clone());
             self.trace_id = Some(trace_id.to_string());
             self.send_json(&init_ack(sid, trace_id, true, proof));

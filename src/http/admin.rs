@@ -138,10 +138,7 @@ pub async fn pools(State(app): State<Arc<App>>, q: Query<CellQuery>) -> Response
     let mut all = Vec::new();
     for cell in cells {
         match cell.store.pools().await {
-            Ok(p) => all.extend(
-                p.into_iter()
-                    .map(|(n, m)| pool_json(cell.name(), n, m)),
-            ),
+            Ok(p) => all.extend(p.into_iter().map(|(n, m)| pool_json(cell.name(), n, m))),
             Err(e) => return unavailable(e),
         }
     }

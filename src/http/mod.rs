@@ -91,7 +91,6 @@ async fn admin_auth(
     }
 }
 
-
 async fn readyz(State(app): State<Arc<App>>) -> Response {
     let not_ready = |reason: String| {
         (
@@ -137,7 +136,6 @@ async fn metrics(State(app): State<Arc<App>>) -> Response {
     )
         .into_response()
 }
-
 
 /// One cell's gauges read from Redis at scrape time (cell-wide truth, the same on every
 /// instance); if Redis is away, the local families still export.

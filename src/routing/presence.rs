@@ -57,7 +57,10 @@ pub async fn run(app: Arc<App>, cell: Arc<Cell>) {
 /// re-register.
 fn reconnect_cell(app: &App, cell: &Cell) {
     use crate::gateway::{Kind, Outbound, close};
-    tracing::error!(cell = cell.name(), "presence lapsed while running; closing the cell's connections so they resume");
+    tracing::error!(
+        cell = cell.name(),
+        "presence lapsed while running; closing the cell's connections so they resume"
+    );
     app.metrics.presence_lapses.inc();
     for kind in [Kind::Node, Kind::Session] {
         for c in app.conns.in_cell(kind, cell.name()) {

@@ -66,7 +66,11 @@ pub async fn violations(c: &mut MultiplexedConnection) -> Vec<String> {
     let keys = all_keys(c).await;
     let mut bad = Vec::new();
     for prefix in cell_prefixes(&keys) {
-        let mine: Vec<String> = keys.iter().filter(|k| k.starts_with(&prefix)).cloned().collect();
+        let mine: Vec<String> = keys
+            .iter()
+            .filter(|k| k.starts_with(&prefix))
+            .cloned()
+            .collect();
         bad.extend(
             violations_in(c, &prefix, mine)
                 .await

@@ -37,7 +37,9 @@ pub fn topology() -> String {
 pub fn single_only(what: &str) -> bool {
     let t = topology();
     if t != "single" {
-        eprintln!("skipped on {t}: {what} (single redis-server only; failover is covered by topologies.rs and chaos.rs)");
+        eprintln!(
+            "skipped on {t}: {what} (single redis-server only; failover is covered by topologies.rs and chaos.rs)"
+        );
         return true;
     }
     false
@@ -75,7 +77,8 @@ impl RedisServer {
         };
         match topology().as_str() {
             "sentinel" => {
-                let set = SentinelSet::start_unelected(1, &["--repl-diskless-sync-delay", "0"]).await;
+                let set =
+                    SentinelSet::start_unelected(1, &["--repl-diskless-sync-delay", "0"]).await;
                 s.port = set.primary.port;
                 s.register(RedisMode::Sentinel, set.sentinel_urls());
                 s.topo = Some(Topo::Sentinel(set));

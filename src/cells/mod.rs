@@ -12,6 +12,8 @@
 //! region) in that cell. A claim that contradicts the tenant's cell is refused. A node's
 //! capacity is reserved atomically within its cell, so a node serves exactly one cell.
 
+pub mod spread;
+
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -49,7 +51,9 @@ impl Cell {
 pub enum CellError {
     #[error("the credential's cell {claim:?} is not served here")]
     Unknown { claim: String },
-    #[error("the credential's cell {claim:?} contradicts tenant {tenant:?}, which lives in cell {cell:?}")]
+    #[error(
+        "the credential's cell {claim:?} contradicts tenant {tenant:?}, which lives in cell {cell:?}"
+    )]
     Contradicts {
         claim: String,
         tenant: String,
@@ -122,7 +126,11 @@ impl Cells {
 
     /// The cell of a peer with `tenant` whose credential claims `claim` (see the module
     /// comment for the rule).
-    pub fn resolve(&self, tenant: Option<&str>, claim: Option<&str>) -> Result<&Arc<Cell>, CellError> {
+    pub fn resolve(
+        &self,
+        tenant: Option<&str>,
+        claim: Option<&str>,
+    ) -> Result<&Arc<Cell>, CellError> {
         let by_tenant = tenant.and_then(|t| self.by_tenant.get(t)).copied();
         let Some(claim) = claim else {
             return Ok(&self.cells[by_tenant.unwrap_or(self.default)]);
@@ -190,6 +198,9 @@ mod tests {
             c.resolve(None, Some("mars")),
             Err(CellError::Unknown { .. })
         ));
-        assert_eq!(c.get("us").map(|c| c.store.keys.prefix().to_string()), Some("{switchyard:us}:".into()));
+        assert_eq!(
+            c.get("us").map(|c| c.store.keys.prefix().to_string()),
+            Some("{switchyard:us}:".into())
+        );
     }
 }
