@@ -161,19 +161,21 @@ mod tests {
     use crate::config::CellSpec;
 
     fn cells() -> Cells {
-        let mut cfg = Config::default();
-        cfg.cells = vec![
-            CellSpec {
-                name: "eu".into(),
-                tenants: vec!["acme".into()],
-                default: true,
-            },
-            CellSpec {
-                name: "us".into(),
-                tenants: vec!["globex".into()],
-                default: false,
-            },
-        ];
+        let cfg = Config {
+            cells: vec![
+                CellSpec {
+                    name: "eu".into(),
+                    tenants: vec!["acme".into()],
+                    default: true,
+                },
+                CellSpec {
+                    name: "us".into(),
+                    tenants: vec!["globex".into()],
+                    default: false,
+                },
+            ],
+            ..Config::default()
+        };
         Cells::new(&cfg, "i-test", Arc::new(Metrics::new())).expect("cells")
     }
 

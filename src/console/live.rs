@@ -178,7 +178,7 @@ pub async fn snapshot(app: &App, cell: &Cell) -> Result<Value, StoreError> {
 pub async fn snapshot_json(State(app): State<Arc<App>>, q: Query<CellQuery>) -> Response {
     let cell = match one_cell(&app, &q) {
         Ok(c) => c,
-        Err(r) => return r,
+        Err(r) => return r.into_response(),
     };
     match snapshot(&app, &cell).await {
         Ok(v) => Json(v).into_response(),
@@ -191,7 +191,7 @@ pub async fn snapshot_json(State(app): State<Arc<App>>, q: Query<CellQuery>) -> 
 pub async fn stream(State(app): State<Arc<App>>, q: Query<CellQuery>) -> Response {
     let cell = match one_cell(&app, &q) {
         Ok(c) => c,
-        Err(r) => return r,
+        Err(r) => return r.into_response(),
     };
     let mut tick = tokio::time::interval(Duration::from_secs(1));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);

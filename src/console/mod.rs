@@ -85,7 +85,7 @@ async fn job(State(app): State<Arc<App>>, Path(id): Path<String>, q: Query<CellQ
     }
     let cells = match selected_cells(&app, &q) {
         Ok(c) => c,
-        Err(r) => return r,
+        Err(r) => return r.into_response(),
     };
     for cell in cells {
         match cell.store.job_record(&id).await {
@@ -108,7 +108,7 @@ async fn session(
     }
     let cells = match selected_cells(&app, &q) {
         Ok(c) => c,
-        Err(r) => return r,
+        Err(r) => return r.into_response(),
     };
     for cell in cells {
         match cell.store.session_record(&id).await {
@@ -134,7 +134,7 @@ async fn session_jobs(
     }
     let cells = match selected_cells(&app, &q) {
         Ok(c) => c,
-        Err(r) => return r,
+        Err(r) => return r.into_response(),
     };
     let mut last = None;
     for cell in cells {

@@ -29,22 +29,29 @@ fn error(code: StatusCode, message: impl Into<String>) -> Response {
     (code, Json(json!({"error": message.into()}))).into_response()
 }
 
-/// The cells a call covers: the one named by `?cell=` (404 if not served), or all.
-pub fn selected_cells(app: &App, q: &CellQuery) -> Result<Vec<Arc<Cell>>, Response> {
+/// `?cell=` names a cell this deployment does not have: 404.
+#[derive(Debug)]
+pub struct NoSuchCell(String);
+
+impl IntoResponse for NoSuchCell {
+    fn into_response(self) -> Response {
+        error(StatusCode::NOT_FOUND, format!("no such cell {:?}", self.0))
+    }
+}
+
+/// The cells a call covers: the one named by `?cell=`, or all.
+pub fn selected_cells(app: &App, q: &CellQuery) -> Result<Vec<Arc<Cell>>, NoSuchCell> {
     match &q.cell {
         Some(name) => match app.cells.get(name) {
             Some(c) => Ok(vec![c.clone()]),
-            None => Err(error(
-                StatusCode::NOT_FOUND,
-                format!("no such cell {name:?}"),
-            )),
+            None => Err(NoSuchCell(name.clone())),
         },
         None => Ok(app.cells.iter().cloned().collect()),
     }
 }
 
 /// The one cell a call is about: the one named by `?cell=`, or the default cell.
-pub fn one_cell(app: &App, q: &CellQuery) -> Result<Arc<Cell>, Response> {
+pub fn one_cell(app: &App, q: &CellQuery) -> Result<Arc<Cell>, NoSuchCell> {
     match &q.cell {
         Some(_) => selected_cells(app, q).map(|mut v| v.remove(0)),
         None => Ok(app.cells.default_cell().clone()),
@@ -84,7 +91,7 @@ fn node_json(cell: &str, mut h: std::collections::HashMap<String, String>) -> Va
 pub async fn nodes(State(app): State<Arc<App>>, q: Query<CellQuery>) -> Response {
     let cells = match selected_cells(&app, &q) {
         Ok(c) => c,
-        Err(r) => return r,
+        Err(r) => return r.into_response(),
     };
     let mut all = Vec::new();
     for cell in cells {
@@ -106,7 +113,7 @@ pub async fn node(
     }
     let cells = match selected_cells(&app, &q) {
         Ok(c) => c,
-        Err(r) => return r,
+        Err(r) => return r.into_response(),
     };
     for cell in cells {
         match cell.store.node(&id).await {
@@ -133,7 +140,7 @@ fn pool_json(cell: &str, name: String, members: Vec<String>) -> Value {
 pub async fn pools(State(app): State<Arc<App>>, q: Query<CellQuery>) -> Response {
     let cells = match selected_cells(&app, &q) {
         Ok(c) => c,
-        Err(r) => return r,
+        Err(r) => return r.into_response(),
     };
     let mut all = Vec::new();
     for cell in cells {
@@ -150,7 +157,7 @@ pub async fn pools(State(app): State<Arc<App>>, q: Query<CellQuery>) -> Response
 pub async fn instances(State(app): State<Arc<App>>, q: Query<CellQuery>) -> Response {
     let cells = match selected_cells(&app, &q) {
         Ok(c) => c,
-        Err(r) => return r,
+        Err(r) => return r.into_response(),
     };
     let mut all = Vec::new();
     for cell in cells {
@@ -189,7 +196,7 @@ async fn set_drain(app: &App, id: &str, q: &CellQuery, drain: bool) -> Response 
     }
     let cells = match selected_cells(app, q) {
         Ok(c) => c,
-        Err(r) => return r,
+        Err(r) => return r.into_response(),
     };
     let mut offline = false;
     for cell in cells {

@@ -40,6 +40,9 @@ pub struct RefusedLabels {
     pub reason: String,
 }
 
+/// (cell, pool): where a queue-wait sample belongs.
+type CellPool = (String, String);
+
 /// The pool families and the queue-wait window behind them.
 pub struct PoolSignals {
     /// Reserved / capacity over the pool's ready nodes (1 when it has no ready capacity).
@@ -53,7 +56,7 @@ pub struct PoolSignals {
     /// Jobs failed with NO_AVAILABLE_NODE because the pool had no room.
     pub refused: Family<RefusedLabels, Counter>,
     /// Dispatch waits by (cell, pool).
-    waits: Mutex<HashMap<(String, String), VecDeque<(Instant, f64)>>>,
+    waits: Mutex<HashMap<CellPool, VecDeque<(Instant, f64)>>>,
 }
 
 impl PoolSignals {
