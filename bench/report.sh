@@ -183,6 +183,18 @@ redis-server each, \`bash bench/explain.sh\` (bench/ab.sh). The row to read is R
 EVALSHA per job (\`INFO commandstats\`).
 
 $EXPLAIN_AB
+
+## 9. Cells on a Redis Cluster
+
+One cell against three cells on a 3-primary Redis Cluster (no replicas), one instance, the
+saturation workload of section 2 split over the cells (three simulators, each presenting
+tokens with another cell's \`cell\` claim, 6 nodes and 16 sessions each; one simulator with
+18 nodes and 48 sessions for one cell). Redis CPU is \`INFO cpu\` of each primary over the
+run, in % of one core. This machine has 2 cores shared by the instance, the simulators and
+Redis, so the total does not triple: the row to read is how evenly the three primaries share
+the Redis work (docs/scaling.md, "Several cells").
+
+$CELLS_AB
 EOF
 if [ -f bench/notes.md ]; then
   echo

@@ -296,6 +296,10 @@ RSS_10K=$(echo "$RSS0 + 10000 * ($PER_NODE + $PER_SESSION)" | bc -l)
 log "7/7 routing explanation cost (jobs.explain off vs on, ${EXPLAIN_ROUNDS:-3} alternating rounds)"
 EXPLAIN_AB=$(bash bench/explain.sh "$BIN" "${EXPLAIN_ROUNDS:-3}")
 
+# ---- 9. Cells: one cell vs three on a 3-primary Redis Cluster ------------------------------
+log "9 cells: 1 cell vs 3 cells on a 3-primary cluster (${CELLS_ROUNDS:-3} alternating rounds)"
+CELLS_AB=$(bash bench/cells.sh "$BIN" "${CELLS_ROUNDS:-3}")
+
 # ---- Summary and docs/benchmarks.md -------------------------------------------------------
 ALL=$(cat "$WORK"/{sat,lat,cost,local,remote,sparse1,sparse10,serial}-*.json)
 INTEGRITY=$(echo "$ALL" | jq -s '{runs: length, sent: (map(.utterances_sent) | add),

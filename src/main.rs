@@ -290,7 +290,11 @@ fn write_toml(out: &mut String, section: &str, v: &serde_json::Value) {
             serde_json::Value::from(k).to_string()
         }
     };
-    for (k, val) in map.iter().filter(|(_, v)| !v.is_object()) {
+    let table_list = |v: &serde_json::Value| {
+        v.as_array()
+            .is_some_and(|a| !a.is_empty() && a.iter().all(|e| e.is_object()))
+    };
+    for (k, val) in map.iter().filter(|(_, v)| !v.is_object() && !table_list(v)) {
         match val {
             serde_json::Value::Null if k == "liveness_ms" => out.push_str(&format!(
                 "# {k}: unset, derived as 3 x heartbeat_interval_ms\n"
@@ -307,5 +311,12 @@ fn write_toml(out: &mut String, section: &str, v: &serde_json::Value) {
         };
         out.push_str(&format!("\n[{name}]\n"));
         write_toml(out, &name, val);
+    }
+    // Arrays of tables (`[[cells]]`).
+    for (k, val) in map.iter().filter(|(_, v)| table_list(v)) {
+        for item in val.as_array().into_iter().flatten() {
+            out.push_str(&format!("\n[[{}]]\n", key(k)));
+            write_toml(out, &format!("{k}[]"), item);
+        }
     }
 }

@@ -46,6 +46,41 @@ fn check_config_prints_the_effective_configuration_with_derived_liveness() {
     );
 }
 
+/// `[[cells]]` from a file come back from `check-config` as `[[cells]]`, and the printed
+/// configuration reads back as the same configuration; two defaults are refused.
+#[test]
+fn cells_round_trip_through_check_config() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("cells.toml");
+    let cells = "[[cells]]\nname = \"eu-1\"\ndefault = true\n\n[[cells]]\nname = \"us-1\"\ntenants = [\"acme\"]\n";
+    std::fs::write(&file, cells).unwrap();
+    let (code, out, err) = check_config(&[], &["--config", file.to_str().unwrap()]);
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(out.matches("[[cells]]").count(), 2, "{out}");
+    assert!(
+        out.contains("name = \"us-1\"") && out.contains("tenants = [\"acme\"]"),
+        "{out}"
+    );
+    let printed = dir.path().join("printed.toml");
+    let body: String = out
+        .lines()
+        .filter(|l| !l.starts_with('#'))
+        .collect::<Vec<_>>()
+        .join("\n");
+    std::fs::write(
+        &printed,
+        body.replace("\"<redacted>\"", "\"0123456789abcdef0123456789abcdef\""),
+    )
+    .unwrap();
+    let (code, again, err) = check_config(&[], &["--config", printed.to_str().unwrap()]);
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(again.matches("[[cells]]").count(), 2, "{again}");
+    std::fs::write(&file, cells.replace("tenants", "default = true\ntenants")).unwrap();
+    let (code, _, err) = check_config(&[], &["--config", file.to_str().unwrap()]);
+    assert_ne!(code, 0);
+    assert!(err.contains("cells.default"), "{err}");
+}
+
 #[test]
 fn check_config_rejects_an_invalid_value_naming_the_field() {
     let (code, _, err) = check_config(&[("SWITCHYARD_JOBS__MAX_ATTEMPTS", "0")], &[]);
