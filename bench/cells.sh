@@ -16,9 +16,18 @@ dev_credentials "$BIN"
 SIM=(--capacity 16 --delay-ms 0-0 --window 4 --interval-ms 0 --utterances 1000000
   --duration-s 10 --grace-s 10)
 
+# A port whose cluster bus port (+10000) is free too, both below the ephemeral range.
+cluster_port() {
+  local p
+  for _ in $(seq 1 200); do
+    p=$((20000 + RANDOM % 2700))
+    listening "$p" || listening $((p + 10000)) || { echo "$p"; return 0; }
+  done
+  die "no free cluster port found"
+}
 PORTS=()
 for i in 0 1 2; do
-  p=$(free_port)
+  p=$(cluster_port)
   mkdir -p "$WORK/redis-$i"
   redis-server --port "$p" --bind 127.0.0.1 --save '' --appendonly no \
     --cluster-enabled yes --cluster-config-file nodes.conf --cluster-node-timeout 2000 \
@@ -72,8 +81,8 @@ run_round() { # run_round CELLS ROUND
     pids+=($!)
   else
     for i in 0 1 2; do
-      SWITCHYARD_SIM_NODE_TOKEN=$("$BIN" token --scope node --cell "${NAMES[$i]}" --ttl 1h) \
-        SWITCHYARD_SIM_SESSION_TOKEN=$("$BIN" token --scope session --cell "${NAMES[$i]}" --ttl 1h) \
+      SWITCHYARD_SIM_NODE_TOKEN=$(SWITCHYARD_CONFIG="$WORK/cells3.toml" "$BIN" token --scope node --cell "${NAMES[$i]}" --ttl 1h) \
+        SWITCHYARD_SIM_SESSION_TOKEN=$(SWITCHYARD_CONFIG="$WORK/cells3.toml" "$BIN" token --scope session --cell "${NAMES[$i]}" --ttl 1h) \
         "$BIN" sim --quiet --json --url "ws://127.0.0.1:$ip" --nodes 6 --sessions 16 "${SIM[@]}" \
         >"$WORK/sim-$cells-$r-$i.json" &
       pids+=($!)

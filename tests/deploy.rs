@@ -2,7 +2,9 @@
 //! rendered manifests of every overlay must agree with the binary and its configuration —
 //! probe paths answer 200 on a running instance, container and Service ports are the
 //! ConfigMap's `listen` / `admin_listen` ports, the grace period covers preStop and the
-//! drain, every env name is one `check-config` reads — and the binary runs exactly as the
+//! drain, the configuration (ConfigMap + the Deployment's env) passes `check-config` and is
+//! the overlay's Redis topology, every env name is one `check-config` reads — and the binary
+//! runs exactly as the
 //! Deployment runs it: same args and env, the ConfigMap as a read-only file, as `nobody`,
 //! from a directory it cannot write.
 
@@ -17,7 +19,8 @@ use common::kustomize::{self, find};
 use common::*;
 use figment::providers::Format;
 use serde_yaml::Value;
-use switchyard::config::Config;
+use switchyard::config::cell::spread_names;
+use switchyard::config::{Config, RedisMode};
 
 const OVERLAYS: &[&str] = &[
     "base",
@@ -112,51 +115,161 @@ fn manifests_match_the_configuration() {
     }
 }
 
-/// Every env name of the Deployment changes what `check-config` prints: a name no section
-/// reads (a typo, a wrong separator) would be ignored silently by the binary.
+/// A test value for each key of the operator's Secret the manifests read.
+fn secret_value(key: &str) -> String {
+    match key {
+        "hs256_secrets" => secret_env().1,
+        "redis_url" => "redis://deploy-test:6390".into(),
+        "redis_password" => "deploy-test-password".into(),
+        k => panic!("no test value for the Secret key {k}; add one here"),
+    }
+}
+
+/// The environment the kubelet gives the container: literal values, Secret keys replaced
+/// by test values (optional ones too), and `$(NAME)` references to variables defined
+/// earlier in the list expanded (others stay as written, as the kubelet leaves them).
+fn container_env(what: &str, c: &Value) -> Vec<(String, String)> {
+    let mut env: Vec<(String, String)> = Vec::new();
+    for e in c["env"].as_sequence().expect("env") {
+        let name = e["name"].as_str().expect("env name").to_string();
+        assert!(name.starts_with("SWITCHYARD_"), "{what}: {name}");
+        let value = match (e["value"].as_str(), &e["valueFrom"]["secretKeyRef"]) {
+            (Some(v), _) => env.iter().fold(v.to_string(), |v, (n, val)| {
+                v.replace(&format!("$({n})"), val)
+            }),
+            (None, r) if r["name"] == "switchyard-auth" => {
+                secret_value(r["key"].as_str().expect("secret key"))
+            }
+            _ => panic!("{what}: {name}: a value or a key of the Secret switchyard-auth"),
+        };
+        env.push((name, value));
+    }
+    env
+}
+
+/// `switchyard check-config` with `toml` as the configuration file (if any) and exactly
+/// `env`: the effective configuration it prints, or its error.
+fn check_config(toml: Option<&str>, env: &[(String, String)]) -> Result<String, String> {
+    let tmp = tempfile::tempdir().unwrap();
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_switchyard"));
+    if let Some(toml) = toml {
+        let file = tmp.path().join("switchyard.toml");
+        std::fs::write(&file, toml).unwrap();
+        cmd.arg("--config").arg(file);
+    }
+    cmd.arg("check-config")
+        .env_clear()
+        .env("PATH", "/usr/bin:/bin")
+        .envs(env.iter().map(|(k, v)| (k, v)));
+    let out = cmd.output().expect("check-config");
+    if out.status.success() {
+        Ok(String::from_utf8_lossy(&out.stdout).to_string())
+    } else {
+        Err(String::from_utf8_lossy(&out.stderr).to_string())
+    }
+}
+
+/// What `check-config` printed, read back.
+fn effective(printed: &str) -> Config {
+    figment::Figment::from(figment::providers::Toml::string(printed))
+        .extract()
+        .unwrap_or_else(|e| panic!("check-config output: {e}\n{printed}"))
+}
+
+/// Every overlay's configuration — the rendered ConfigMap as the file, the Deployment's
+/// environment over it — is one `switchyard check-config` accepts, and it is the topology
+/// the overlay is named for.
+#[test]
+fn every_overlay_configuration_passes_check_config() {
+    for overlay in OVERLAYS {
+        let docs = kustomize::render(&kustomize::dir(overlay));
+        let (toml, _) = config_of(&docs);
+        let env = container_env(overlay, container(&docs));
+        let printed = check_config(Some(&toml), &env)
+            .unwrap_or_else(|e| panic!("{overlay}: check-config refuses it: {e}"));
+        let cfg = effective(&printed);
+        match *overlay {
+            "overlays/sentinel" => {
+                assert_eq!(cfg.redis.mode, RedisMode::Sentinel, "{overlay}");
+                assert!(!cfg.redis.sentinel_master.is_empty(), "{overlay}");
+                assert!(cfg.redis.password.is_some(), "{overlay}: password");
+                assert!(cfg.redis.urls.len() >= 3, "{overlay}: every sentinel");
+                for u in &cfg.redis.urls {
+                    assert!(u.ends_with(":26379"), "{overlay}: {u} is not a sentinel");
+                    assert!(
+                        u.contains(":deploy-test-password@"),
+                        "{overlay}: {u}: the sentinels get the Secret's password"
+                    );
+                }
+            }
+            "overlays/cluster" => {
+                assert_eq!(cfg.redis.mode, RedisMode::Cluster, "{overlay}");
+                assert!(cfg.redis.password.is_some(), "{overlay}: password");
+                assert!(cfg.redis.urls.len() >= 2, "{overlay}: several seeds");
+                // The names are what `cell-names --count 3` prints for three primaries
+                // owning the slots as `redis-cli --cluster create` splits them.
+                let thirds = vec![vec![(0, 5460)], vec![(5461, 10922)], vec![(10923, 16383)]];
+                let mut spread = spread_names(&cfg.cell.prefix, "cell", 3, &thirds);
+                let mut names: Vec<String> = cfg.cells.iter().map(|c| c.name.clone()).collect();
+                spread.sort();
+                names.sort();
+                assert_eq!(
+                    names, spread,
+                    "{overlay}: cells not spread over 3 primaries"
+                );
+                assert_eq!(cfg.cells.iter().filter(|c| c.default).count(), 1);
+                assert!(
+                    cfg.cells.iter().any(|c| !c.tenants.is_empty()),
+                    "{overlay}: a tenant mapping example"
+                );
+            }
+            _ => assert_eq!(cfg.redis.mode, RedisMode::Single, "{overlay}"),
+        }
+    }
+}
+
+/// Every env name of the Deployment is one `check-config` reads: without it, the overlay's
+/// configuration prints differently or is refused. A name no section reads (a typo, a wrong
+/// separator) would be ignored silently by the binary; a wrong field in a known section is
+/// refused by the full environment already (`every_overlay_configuration_passes_check_config`).
 #[test]
 fn every_env_name_is_one_check_config_reads() {
     for overlay in OVERLAYS {
         let docs = kustomize::render(&kustomize::dir(overlay));
-        let env = container(&docs)["env"].as_sequence().expect("env").clone();
-        let run = |extra: Option<(&str, &str)>| {
-            let mut cmd = Command::new(env!("CARGO_BIN_EXE_switchyard"));
-            cmd.arg("check-config").env_remove("RUST_LOG");
-            cmd.env(secret_env().0, secret_env().1);
-            if let Some((k, v)) = extra {
-                cmd.env(k, v);
-            }
-            let out = cmd.output().expect("check-config");
-            assert!(
-                out.status.success(),
-                "{overlay}: {extra:?}: {}",
-                String::from_utf8_lossy(&out.stderr)
-            );
-            String::from_utf8_lossy(&out.stdout).to_string()
-        };
-        for e in &env {
-            let name = e["name"].as_str().expect("env name");
-            assert!(name.starts_with("SWITCHYARD_"), "{overlay}: {name}");
-            // A value of the right shape for the key, different from its default.
-            let value = match name {
-                "SWITCHYARD_AUTH__HS256_SECRETS" => {
-                    r#"["0123456789abcdef0123456789abcdef", "fedcba9876543210fedcba9876543210"]"#
-                }
-                n if n.ends_with("_URL") => "redis://deploy-test:6390",
-                n => panic!("{overlay}: no test value for {n}; add one here"),
-            };
-            let without = if name == secret_env().0 {
-                run(Some((name, r#"["0123456789abcdef0123456789abcdef"]"#)))
-            } else {
-                run(None)
-            };
+        let (toml, _) = config_of(&docs);
+        let env = container_env(overlay, container(&docs));
+        let full = check_config(Some(&toml), &env)
+            .unwrap_or_else(|e| panic!("{overlay}: check-config refuses it: {e}"));
+        for (name, _) in &env {
+            let without: Vec<_> = env.iter().filter(|(n, _)| n != name).cloned().collect();
             assert_ne!(
-                without,
-                run(Some((name, value))),
+                check_config(Some(&toml), &without).as_ref(),
+                Ok(&full),
                 "{overlay}: {name} is not read by check-config"
             );
         }
     }
+}
+
+/// examples/cell-names-job.yaml runs `cell-names` on the cluster overlay's Redis: its
+/// environment is a configuration `check-config` accepts, with the same seeds and mode.
+#[test]
+fn the_cell_names_job_asks_the_cluster_overlay_s_redis() {
+    let job = kustomize::load(&kustomize::dir("examples/cell-names-job.yaml")).remove(0);
+    let c = &job["spec"]["template"]["spec"]["containers"][0];
+    assert_eq!(c["args"][0], "cell-names");
+    let job_cfg = effective(
+        &check_config(None, &container_env("cell-names job", c))
+            .unwrap_or_else(|e| panic!("cell-names job: check-config refuses it: {e}")),
+    );
+    let docs = kustomize::render(&kustomize::dir("overlays/cluster"));
+    let (toml, _) = config_of(&docs);
+    let cluster =
+        effective(&check_config(Some(&toml), &container_env("cluster", container(&docs))).unwrap());
+    assert_eq!(job_cfg.redis.mode, RedisMode::Cluster);
+    assert_eq!(job_cfg.redis.urls, cluster.redis.urls, "seeds");
+    assert!(job_cfg.redis.password.is_some(), "password");
+    assert_eq!(job_cfg.cell.prefix, cluster.cell.prefix, "cell.prefix");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -120,6 +120,9 @@ async fn the_instance_runs_on_the_topology_under_test() {
     assert_eq!(ready["redis"], want.as_str(), "{ready}");
     let mode = format!("{:?}", inst.app.cfg.redis.mode).to_lowercase();
     assert_eq!(mode, common::redis_server::topology());
+    // On the cluster the instance serves three cells, one per primary.
+    let cells = ready["cells"].as_array().map_or(0, Vec::len);
+    assert_eq!(cells, if mode == "cluster" { 3 } else { 1 }, "{ready}");
 }
 
 #[tokio::test]

@@ -3,8 +3,8 @@
 
 - Rendering: a small kustomize subset, exactly what these manifests use: `resources`
   (files, or directories holding a kustomization.yaml) and `patches` with a `path` to a
-  strategic-merge patch (maps merged key by key, lists of named items merged by `name`,
-  other lists replaced). Anything else in a kustomization is refused, so the renderer cannot
+  strategic-merge patch (maps merged key by key, lists of named items merged by `name` with
+  the patch's items first as kustomize orders them, other lists replaced). Anything else in a kustomization is refused, so the renderer cannot
   silently diverge from kustomize. When `kubectl` is installed, its `kubectl kustomize`
   output must equal ours.
 - Built-in kinds: kubernetes-validate (PyPI) against the schemas of Kubernetes K8S_VERSION,
@@ -41,15 +41,12 @@ def merge(base, patch):
         return out
     named = lambda xs: isinstance(xs, list) and all(isinstance(x, dict) and "name" in x for x in xs)
     if named(base) and named(patch) and patch:
-        out = [dict(x) for x in base]
-        for item in patch:
-            for i, b in enumerate(out):
-                if b["name"] == item["name"]:
-                    out[i] = merge(b, item)
-                    break
-            else:
-                out.append(copy.deepcopy(item))
-        return out
+        # kustomize's order: the patch's items first, in the patch's order (merged with the
+        # base item of the same name, if any), then the base items the patch does not name.
+        olds = {b["name"]: b for b in base}
+        out = [merge(olds[p["name"]], p) if p["name"] in olds else copy.deepcopy(p) for p in patch]
+        named_in_patch = {p["name"] for p in patch}
+        return out + [copy.deepcopy(b) for b in base if b["name"] not in named_in_patch]
     return copy.deepcopy(patch)
 
 

@@ -11,13 +11,13 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use axum::Json;
-use axum::extract::{Query, State};
+use axum::extract::State;
 use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
 use serde_json::{Value, json};
 
 use crate::cells::Cell;
-use crate::http::{CellQuery, one_cell};
+use crate::http::admin::OneCell;
 use crate::server::App;
 use crate::store::StoreError;
 
@@ -175,11 +175,7 @@ pub async fn snapshot(app: &App, cell: &Cell) -> Result<Value, StoreError> {
 
 /// `GET /api/v1/console/snapshot[?cell=NAME]`: one snapshot of a cell (the default cell
 /// unless named), what the stream sends every second.
-pub async fn snapshot_json(State(app): State<Arc<App>>, q: Query<CellQuery>) -> Response {
-    let cell = match one_cell(&app, &q) {
-        Ok(c) => c,
-        Err(r) => return r.into_response(),
-    };
+pub async fn snapshot_json(State(app): State<Arc<App>>, OneCell(cell): OneCell) -> Response {
     match snapshot(&app, &cell).await {
         Ok(v) => Json(v).into_response(),
         Err(e) => super::unavailable(e),
@@ -188,11 +184,7 @@ pub async fn snapshot_json(State(app): State<Arc<App>>, q: Query<CellQuery>) -> 
 
 /// `GET /api/v1/console/stream[?cell=NAME]`: a snapshot of the cell every second as SSE
 /// `data:`; an `error` event while Redis is away. Ends when the instance drains.
-pub async fn stream(State(app): State<Arc<App>>, q: Query<CellQuery>) -> Response {
-    let cell = match one_cell(&app, &q) {
-        Ok(c) => c,
-        Err(r) => return r.into_response(),
-    };
+pub async fn stream(State(app): State<Arc<App>>, OneCell(cell): OneCell) -> Response {
     let mut tick = tokio::time::interval(Duration::from_secs(1));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let state = (app, cell, tick);

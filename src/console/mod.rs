@@ -13,14 +13,13 @@ use std::sync::Arc;
 
 use axum::Json;
 use axum::Router;
-use axum::extract::{Path, Query, State};
+use axum::extract::Path;
 use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use serde_json::json;
 
-use crate::http::CellQuery;
-use crate::http::admin::selected_cells;
+use crate::http::admin::Cells;
 use crate::server::App;
 
 /// The dashboard page: HTML, CSS and JS in one file, nothing fetched from elsewhere.
@@ -79,14 +78,10 @@ fn in_cell(mut v: serde_json::Value, cell: &str) -> serde_json::Value {
 }
 
 /// A job by id, from the first cell that has it (or the one `?cell=` names).
-async fn job(State(app): State<Arc<App>>, Path(id): Path<String>, q: Query<CellQuery>) -> Response {
+async fn job(Path(id): Path<String>, Cells(cells): Cells) -> Response {
     if !crate::protocol::valid_id(&id) {
         return bad_id();
     }
-    let cells = match selected_cells(&app, &q) {
-        Ok(c) => c,
-        Err(r) => return r.into_response(),
-    };
     for cell in cells {
         match cell.store.job_record(&id).await {
             Ok(h) if h.is_empty() => {}
@@ -98,18 +93,10 @@ async fn job(State(app): State<Arc<App>>, Path(id): Path<String>, q: Query<CellQ
 }
 
 /// A session by id, from the first cell that has it (or the one `?cell=` names).
-async fn session(
-    State(app): State<Arc<App>>,
-    Path(id): Path<String>,
-    q: Query<CellQuery>,
-) -> Response {
+async fn session(Path(id): Path<String>, Cells(cells): Cells) -> Response {
     if !crate::protocol::valid_id(&id) {
         return bad_id();
     }
-    let cells = match selected_cells(&app, &q) {
-        Ok(c) => c,
-        Err(r) => return r.into_response(),
-    };
     for cell in cells {
         match cell.store.session_record(&id).await {
             Ok((h, _, _)) if h.is_empty() => {}
@@ -124,18 +111,10 @@ async fn session(
 }
 
 /// A session's jobs, from the first cell that has any (or the one `?cell=` names).
-async fn session_jobs(
-    State(app): State<Arc<App>>,
-    Path(id): Path<String>,
-    q: Query<CellQuery>,
-) -> Response {
+async fn session_jobs(Path(id): Path<String>, Cells(cells): Cells) -> Response {
     if !crate::protocol::valid_id(&id) {
         return bad_id();
     }
-    let cells = match selected_cells(&app, &q) {
-        Ok(c) => c,
-        Err(r) => return r.into_response(),
-    };
     let mut last = None;
     for cell in cells {
         match cell.store.session_jobs(&id).await {

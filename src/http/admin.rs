@@ -6,8 +6,9 @@
 use std::sync::Arc;
 
 use axum::Json;
-use axum::extract::{Path, Query, State};
+use axum::extract::{FromRequestParts, Path, Query, State};
 use axum::http::StatusCode;
+use axum::http::request::Parts;
 use axum::response::{IntoResponse, Response};
 use serde::Deserialize;
 use serde_json::{Value, json};
@@ -58,6 +59,39 @@ pub fn one_cell(app: &App, q: &CellQuery) -> Result<Arc<Cell>, NoSuchCell> {
     }
 }
 
+fn cell_query(parts: &Parts) -> CellQuery {
+    Query::<CellQuery>::try_from_uri(&parts.uri)
+        .map(|q| q.0)
+        .unwrap_or_default()
+}
+
+/// Extractor: the cells an admin call covers (`?cell=NAME`, or all); 404 for a cell the
+/// deployment does not have.
+pub struct Cells(pub Vec<Arc<Cell>>);
+
+impl FromRequestParts<Arc<App>> for Cells {
+    type Rejection = Response;
+
+    async fn from_request_parts(parts: &mut Parts, app: &Arc<App>) -> Result<Self, Response> {
+        selected_cells(app, &cell_query(parts))
+            .map(Self)
+            .map_err(IntoResponse::into_response)
+    }
+}
+
+/// Extractor: the one cell a call is about (`?cell=NAME`, or the default cell).
+pub struct OneCell(pub Arc<Cell>);
+
+impl FromRequestParts<Arc<App>> for OneCell {
+    type Rejection = Response;
+
+    async fn from_request_parts(parts: &mut Parts, app: &Arc<App>) -> Result<Self, Response> {
+        one_cell(app, &cell_query(parts))
+            .map(Self)
+            .map_err(IntoResponse::into_response)
+    }
+}
+
 pub fn unavailable(e: StoreError) -> Response {
     let code = match e {
         StoreError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
@@ -88,11 +122,7 @@ fn node_json(cell: &str, mut h: std::collections::HashMap<String, String>) -> Va
     Value::Object(out)
 }
 
-pub async fn nodes(State(app): State<Arc<App>>, q: Query<CellQuery>) -> Response {
-    let cells = match selected_cells(&app, &q) {
-        Ok(c) => c,
-        Err(r) => return r.into_response(),
-    };
+pub async fn nodes(Cells(cells): Cells) -> Response {
     let mut all = Vec::new();
     for cell in cells {
         match cell.store.nodes(NODE_LIST_LIMIT).await {
@@ -103,18 +133,10 @@ pub async fn nodes(State(app): State<Arc<App>>, q: Query<CellQuery>) -> Response
     Json(Value::Array(all)).into_response()
 }
 
-pub async fn node(
-    State(app): State<Arc<App>>,
-    Path(id): Path<String>,
-    q: Query<CellQuery>,
-) -> Response {
+pub async fn node(Path(id): Path<String>, Cells(cells): Cells) -> Response {
     if !crate::protocol::valid_id(&id) {
         return bad_node_id();
     }
-    let cells = match selected_cells(&app, &q) {
-        Ok(c) => c,
-        Err(r) => return r.into_response(),
-    };
     for cell in cells {
         match cell.store.node(&id).await {
             Ok(Some(h)) => return Json(node_json(cell.name(), h)).into_response(),
@@ -137,11 +159,7 @@ fn pool_json(cell: &str, name: String, members: Vec<String>) -> Value {
            "count": members.len(), "members": members})
 }
 
-pub async fn pools(State(app): State<Arc<App>>, q: Query<CellQuery>) -> Response {
-    let cells = match selected_cells(&app, &q) {
-        Ok(c) => c,
-        Err(r) => return r.into_response(),
-    };
+pub async fn pools(Cells(cells): Cells) -> Response {
     let mut all = Vec::new();
     for cell in cells {
         match cell.store.pools().await {
@@ -154,11 +172,7 @@ pub async fn pools(State(app): State<Arc<App>>, q: Query<CellQuery>) -> Response
 
 /// Every instance's presence in each cell (an instance is present in every cell it
 /// serves; one missing from a cell has lost its presence there).
-pub async fn instances(State(app): State<Arc<App>>, q: Query<CellQuery>) -> Response {
-    let cells = match selected_cells(&app, &q) {
-        Ok(c) => c,
-        Err(r) => return r.into_response(),
-    };
+pub async fn instances(State(app): State<Arc<App>>, Cells(cells): Cells) -> Response {
     let mut all = Vec::new();
     for cell in cells {
         match cell.store.instances().await {
@@ -172,32 +186,20 @@ pub async fn instances(State(app): State<Arc<App>>, q: Query<CellQuery>) -> Resp
     Json(Value::Array(all)).into_response()
 }
 
-pub async fn drain(
-    State(app): State<Arc<App>>,
-    Path(id): Path<String>,
-    q: Query<CellQuery>,
-) -> Response {
-    set_drain(&app, &id, &q, true).await
+pub async fn drain(State(app): State<Arc<App>>, Path(id): Path<String>, c: Cells) -> Response {
+    set_drain(&app, &id, c, true).await
 }
 
-pub async fn undrain(
-    State(app): State<Arc<App>>,
-    Path(id): Path<String>,
-    q: Query<CellQuery>,
-) -> Response {
-    set_drain(&app, &id, &q, false).await
+pub async fn undrain(State(app): State<Arc<App>>, Path(id): Path<String>, c: Cells) -> Response {
+    set_drain(&app, &id, c, false).await
 }
 
-/// Drain (or undrain) the node `id` in the first cell that knows it.
-async fn set_drain(app: &App, id: &str, q: &CellQuery, drain: bool) -> Response {
+/// Drain (or undrain) the node `id` in the first of `cells` that knows it.
+async fn set_drain(app: &App, id: &str, Cells(cells): Cells, drain: bool) -> Response {
     use crate::store::instances::DrainReply;
     if !crate::protocol::valid_id(id) {
         return bad_node_id();
     }
-    let cells = match selected_cells(app, q) {
-        Ok(c) => c,
-        Err(r) => return r.into_response(),
-    };
     let mut offline = false;
     for cell in cells {
         let reply = cell

@@ -13,8 +13,6 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use serde_json::json;
 
-pub use admin::{CellQuery, one_cell};
-
 use crate::server::App;
 use crate::telemetry::metrics::{CellLabels, PoolLabels, StateLabels};
 

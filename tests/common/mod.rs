@@ -92,8 +92,9 @@ pub fn test_config(redis_url: &str) -> Config {
         ..Config::default()
     };
     cfg.redis.url = redis_url.into();
-    if let Some(topology) = redis_server::redis_config_for(redis_url) {
-        cfg.redis = topology;
+    if let Some((redis, cells)) = redis_server::redis_config_for(redis_url) {
+        cfg.redis = redis;
+        cfg.cells = cells;
     }
     cfg.redis.timeout_ms = 500;
     cfg.auth.hs256_secrets = vec![TEST_SECRET.into()];

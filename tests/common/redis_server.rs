@@ -10,7 +10,7 @@ use std::process::{Child, Command, Stdio};
 use std::sync::{Mutex, OnceLock};
 use std::time::Duration;
 
-use switchyard::config::{RedisConfig, RedisMode};
+use switchyard::config::{CellSpec, RedisConfig, RedisMode};
 
 use super::topology::{Cluster, MASTER, SentinelSet};
 
@@ -45,14 +45,19 @@ pub fn single_only(what: &str) -> bool {
     false
 }
 
-/// Instances' `[redis]` for each topology-mode URL handed out by [`RedisServer::url`].
-fn registry() -> &'static Mutex<HashMap<String, RedisConfig>> {
-    static R: OnceLock<Mutex<HashMap<String, RedisConfig>>> = OnceLock::new();
+/// What an instance needs to use the topology behind a URL: its `[redis]`, and on a
+/// cluster three `[[cells]]` (the scenario's `main`, the default, and two more on the other
+/// primaries, idle, so every scenario runs with the per-cell loops of three cells).
+type Topology = (RedisConfig, Vec<CellSpec>);
+
+/// The [`Topology`] of each topology-mode URL handed out by [`RedisServer::url`].
+fn registry() -> &'static Mutex<HashMap<String, Topology>> {
+    static R: OnceLock<Mutex<HashMap<String, Topology>>> = OnceLock::new();
     R.get_or_init(Default::default)
 }
 
-/// The `[redis]` an instance needs to reach the topology behind `url` (None: plain URL).
-pub fn redis_config_for(url: &str) -> Option<RedisConfig> {
+/// The [`Topology`] behind `url` (None: a plain redis-server).
+pub fn redis_config_for(url: &str) -> Option<Topology> {
     registry()
         .lock()
         .unwrap_or_else(|p| p.into_inner())
@@ -80,14 +85,15 @@ impl RedisServer {
                 let set =
                     SentinelSet::start_unelected(1, &["--repl-diskless-sync-delay", "0"]).await;
                 s.port = set.primary.port;
-                s.register(RedisMode::Sentinel, set.sentinel_urls());
+                s.register(RedisMode::Sentinel, set.sentinel_urls(), Vec::new());
                 s.topo = Some(Topo::Sentinel(set));
             }
             "cluster" => {
                 let cluster = Cluster::start().await;
                 let slot = switchyard::config::cell::slot("{switchyard:main}");
                 s.port = cluster.primary_of(slot).await.expect("primary of the cell");
-                s.register(RedisMode::Cluster, cluster.urls());
+                let cells = three_cells(&cluster.slot_map().await, slot);
+                s.register(RedisMode::Cluster, cluster.urls(), cells);
                 s.topo = Some(Topo::Cluster(cluster));
             }
             _ => s.spawn().await,
@@ -95,7 +101,7 @@ impl RedisServer {
         s
     }
 
-    fn register(&self, mode: RedisMode, urls: Vec<String>) {
+    fn register(&self, mode: RedisMode, urls: Vec<String>, cells: Vec<CellSpec>) {
         let cfg = RedisConfig {
             mode,
             urls,
@@ -105,7 +111,7 @@ impl RedisServer {
         registry()
             .lock()
             .unwrap_or_else(|p| p.into_inner())
-            .insert(self.url(), cfg);
+            .insert(self.url(), (cfg, cells));
     }
 
     async fn spawn(&mut self) {
@@ -175,6 +181,30 @@ impl RedisServer {
         self.stop();
         self.spawn().await;
     }
+}
+
+/// `main` (the default cell, whose slot is `main_slot`) and one cell on each other primary.
+fn three_cells(
+    map: &std::collections::BTreeMap<u16, Vec<(u16, u16)>>,
+    main_slot: u16,
+) -> Vec<CellSpec> {
+    let others: Vec<Vec<(u16, u16)>> = map
+        .values()
+        .filter(|r| !r.iter().any(|(lo, hi)| (*lo..=*hi).contains(&main_slot)))
+        .cloned()
+        .collect();
+    let mut cells = vec![CellSpec {
+        name: "main".into(),
+        tenants: Vec::new(),
+        default: true,
+    }];
+    let names = switchyard::config::cell::spread_names("switchyard", "idle", others.len(), &others);
+    cells.extend(names.into_iter().map(|name| CellSpec {
+        name,
+        tenants: Vec::new(),
+        default: false,
+    }));
+    cells
 }
 
 impl Drop for RedisServer {
