@@ -5,7 +5,8 @@
 //! no outcome yet (idempotent). At the end every utterance index of every session must
 //! have exactly one terminal message, in order, and Redis must satisfy the invariants.
 //! Bounded: sessions stream for ~12 s while 4 kills happen; 60 s at most in all. Run on one
-//! Redis, on a Sentinel-managed primary + replica and on a 3-primary 3-replica Redis Cluster.
+//! Redis, on a Sentinel-managed primary + replica and on a 3-primary 3-replica Redis Cluster
+//! with three cells (a third of the nodes and sessions in each, by tenant).
 
 mod common;
 
@@ -21,6 +22,7 @@ use common::*;
 use futures_util::{SinkExt, StreamExt};
 use rand::RngExt;
 use serde_json::{Value, json};
+use switchyard::config::CellSpec;
 use tokio::sync::mpsc;
 use tokio_tungstenite::connect_async_with_config;
 use tokio_tungstenite::tungstenite::Message;
@@ -96,22 +98,49 @@ impl Drop for Instances {
     }
 }
 
-/// The test's round-robin "load balancer": the next instance URL for a (re)connect.
-fn pick(urls: &[String], turn: &mut usize, path: &str) -> String {
+/// One cell under test: the tenant whose peers live in it (None: the default cell), its key
+/// prefix and a plain connection URL to the node holding it (for the final checks).
+struct CellUnderTest {
+    tenant: Option<String>,
+    prefix: String,
+    direct: String,
+}
+
+/// The test's round-robin "load balancer": the next instance URL for a (re)connect, with a
+/// credential of `tenant`.
+fn pick(urls: &[String], turn: &mut usize, path: &str, tenant: Option<&str>) -> String {
     *turn += 1;
-    with_token(&format!("{}{path}", urls[*turn % urls.len()]))
+    let scope = if path == "/ws/node" {
+        Scope::Node
+    } else {
+        Scope::Session
+    };
+    with_given_token(
+        &format!("{}{path}", urls[*turn % urls.len()]),
+        &token(&[scope], None, tenant),
+    )
 }
 
 /// A lingua-like node that answers after 30-150 ms and survives instance deaths.
-async fn chaos_node(k: usize, urls: Arc<Vec<String>>, stop: Arc<AtomicBool>, counts: Arc<Counts>) {
+async fn chaos_node(
+    k: usize,
+    tenant: Option<String>,
+    urls: Arc<Vec<String>>,
+    stop: Arc<AtomicBool>,
+    counts: Arc<Counts>,
+) {
     let mut turn = k;
     let mut node_id: Option<String> = None;
     let (done_tx, mut done_rx) = mpsc::channel::<Value>(256);
     let mut unsent: Vec<Value> = Vec::new();
     let mut lost_at: Option<Instant> = None;
     while !stop.load(Ordering::Relaxed) {
-        let Ok((ws, _)) =
-            connect_async_with_config(pick(&urls, &mut turn, "/ws/node"), None, true).await
+        let Ok((ws, _)) = connect_async_with_config(
+            pick(&urls, &mut turn, "/ws/node", tenant.as_deref()),
+            None,
+            true,
+        )
+        .await
         else {
             tokio::time::sleep(Duration::from_millis(100)).await;
             continue;
@@ -213,6 +242,7 @@ struct SessionLog {
 /// disconnect and resends every index without an outcome.
 async fn chaos_session(
     k: usize,
+    tenant: Option<String>,
     urls: Arc<Vec<String>>,
     counts: Arc<Counts>,
     deadline: Instant,
@@ -227,8 +257,12 @@ async fn chaos_session(
     let mut got: BTreeMap<u64, usize> = BTreeMap::new();
     let mut sent: u64 = 0;
     while Instant::now() < deadline && (got.len() as u64) < UTTERANCES {
-        let Ok((ws, _)) =
-            connect_async_with_config(pick(&urls, &mut turn, "/ws/session"), None, true).await
+        let Ok((ws, _)) = connect_async_with_config(
+            pick(&urls, &mut turn, "/ws/session", tenant.as_deref()),
+            None,
+            true,
+        )
+        .await
         else {
             tokio::time::sleep(Duration::from_millis(100)).await;
             continue;
@@ -325,22 +359,80 @@ async fn chaos_session(
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kill_dash_nine_under_load_loses_and_duplicates_nothing() {
     let redis = RedisServer::start().await;
-    chaos(vec![("SWITCHYARD_REDIS__URL", redis.url())], &redis.url()).await;
+    chaos(
+        vec![("SWITCHYARD_REDIS__URL", redis.url())],
+        vec![main_cell(redis.url())],
+    )
+    .await;
 }
 
-/// The same on a 3-primary 3-replica Redis Cluster: the instances find the cell's slot
-/// through the cluster; the checks read the primary that holds it.
+/// The default cell `main`, without tenant.
+fn main_cell(direct: String) -> CellUnderTest {
+    CellUnderTest {
+        tenant: None,
+        prefix: PREFIX.into(),
+        direct,
+    }
+}
+
+/// The same on a 3-primary 3-replica Redis Cluster with three cells, one per primary (names
+/// by slot spread): `main` for tenant-less peers and one more for each of two tenants. The
+/// instances find each cell's slot through the cluster; the checks read the primary that
+/// holds each cell.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kill_dash_nine_under_load_on_a_redis_cluster() {
     let cluster = common::topology::Cluster::start().await;
     let seeds = serde_json::to_string(&cluster.urls()).unwrap();
-    let slot = cluster.slot(&format!("{PREFIX}x")).await;
-    let primary = cluster.primary_of(slot).await.expect("slot owner");
+    let main_slot = cluster.slot(&format!("{PREFIX}x")).await;
+    let others: Vec<Vec<(u16, u16)>> = cluster
+        .slot_map()
+        .await
+        .into_values()
+        .filter(|r| !r.iter().any(|(lo, hi)| (*lo..=*hi).contains(&main_slot)))
+        .collect();
+    let names = switchyard::config::cell::spread_names("switchyard", "cell", 2, &others);
+    let mut specs = vec![CellSpec {
+        name: "main".into(),
+        tenants: Vec::new(),
+        default: true,
+    }];
+    let mut cells = vec![main_cell(String::new())];
+    for (i, name) in names.iter().enumerate() {
+        let tenant = format!("t{i}");
+        specs.push(CellSpec {
+            name: name.clone(),
+            tenants: vec![tenant.clone()],
+            default: false,
+        });
+        cells.push(CellUnderTest {
+            tenant: Some(tenant),
+            prefix: format!("{{switchyard:{name}}}:"),
+            direct: String::new(),
+        });
+    }
+    let mut primaries = std::collections::BTreeSet::new();
+    for c in &mut cells {
+        let slot = cluster.slot(&format!("{}x", c.prefix)).await;
+        let port = cluster.primary_of(slot).await.expect("slot owner");
+        primaries.insert(port);
+        c.direct = format!("redis://127.0.0.1:{port}");
+    }
+    assert_eq!(primaries.len(), 3, "one cell per primary");
+    let cells_env: Vec<String> = specs
+        .iter()
+        .map(|c| {
+            format!(
+                "{{name=\"{}\",default={},tenants={:?}}}",
+                c.name, c.default, c.tenants
+            )
+        })
+        .collect();
     let env = vec![
         ("SWITCHYARD_REDIS__MODE", "cluster".to_string()),
         ("SWITCHYARD_REDIS__URLS", seeds),
+        ("SWITCHYARD_CELLS", format!("[{}]", cells_env.join(","))),
     ];
-    chaos(env, &format!("redis://127.0.0.1:{primary}")).await;
+    chaos(env, cells).await;
 }
 
 /// The same on a primary + replica managed by three sentinels.
@@ -358,12 +450,12 @@ async fn kill_dash_nine_under_load_on_sentinel() {
             common::topology::MASTER.to_string(),
         ),
     ];
-    chaos(env, &set.primary.url()).await;
+    chaos(env, vec![main_cell(set.primary.url())]).await;
 }
 
-/// Run the chaos scenario with instances configured by `redis_env`; `direct` is a plain
-/// connection URL to the node holding the cell (for the final checks).
-async fn chaos(redis_env: Vec<(&'static str, String)>, direct: &str) {
+/// Run the chaos scenario with instances configured by `redis_env`, nodes and sessions
+/// spread round-robin over `cells` (by their tenant); the final checks read each cell.
+async fn chaos(redis_env: Vec<(&'static str, String)>, cells: Vec<CellUnderTest>) {
     let dir = tempfile::tempdir().unwrap();
     let ports: Vec<u16> = (0..INSTANCES).map(|_| free_port()).collect();
     let mut inst = Instances {
@@ -392,12 +484,30 @@ async fn chaos(redis_env: Vec<(&'static str, String)>, direct: &str) {
     let counts = Arc::new(Counts::default());
     let stop = Arc::new(AtomicBool::new(false));
     let nodes: Vec<_> = (0..NODES)
-        .map(|k| tokio::spawn(chaos_node(k, urls.clone(), stop.clone(), counts.clone())))
+        .map(|k| {
+            let tenant = cells[k % cells.len()].tenant.clone();
+            tokio::spawn(chaos_node(
+                k,
+                tenant,
+                urls.clone(),
+                stop.clone(),
+                counts.clone(),
+            ))
+        })
         .collect();
     tokio::time::sleep(Duration::from_millis(500)).await;
     let deadline = Instant::now() + Duration::from_secs(60);
     let sessions: Vec<_> = (0..SESSIONS)
-        .map(|k| tokio::spawn(chaos_session(k, urls.clone(), counts.clone(), deadline)))
+        .map(|k| {
+            let tenant = cells[k % cells.len()].tenant.clone();
+            tokio::spawn(chaos_session(
+                k,
+                tenant,
+                urls.clone(),
+                counts.clone(),
+                deadline,
+            ))
+        })
         .collect();
 
     let started = Instant::now();
@@ -421,23 +531,30 @@ async fn chaos(redis_env: Vec<(&'static str, String)>, direct: &str) {
         let _ = tokio::time::timeout(Duration::from_secs(3), n).await;
     }
 
-    let mut c = common::topology::connect(direct)
-        .await
-        .expect("connect to the cell's node");
+    let mut conns = Vec::new();
+    for cell in &cells {
+        let c = common::topology::connect(&cell.direct)
+            .await
+            .expect("connect to the cell's node");
+        conns.push((cell.prefix.as_str(), c));
+    }
     let mut failovers = 0u64;
-    let keys: Vec<String> = redis::cmd("KEYS")
-        .arg(format!("{PREFIX}job:*"))
-        .query_async(&mut c)
-        .await
-        .unwrap();
-    for k in keys.iter().filter(|k| !k.ends_with(":audio")) {
-        let f: Option<u64> = redis::cmd("HGET")
-            .arg(k)
-            .arg("failovers")
-            .query_async(&mut c)
+    for (prefix, c) in &mut conns {
+        let keys: Vec<String> = redis::cmd("KEYS")
+            .arg(format!("{prefix}job:*"))
+            .query_async(c)
             .await
             .unwrap();
-        failovers += f.unwrap_or(0);
+        assert!(!keys.is_empty(), "cell {prefix} ran jobs");
+        for k in keys.iter().filter(|k| !k.ends_with(":audio")) {
+            let f: Option<u64> = redis::cmd("HGET")
+                .arg(k)
+                .arg("failovers")
+                .query_async(c)
+                .await
+                .unwrap();
+            failovers += f.unwrap_or(0);
+        }
     }
     let mut by_kind: BTreeMap<String, u64> = BTreeMap::new();
     let mut problems = Vec::new();
@@ -489,24 +606,28 @@ async fn chaos(redis_env: Vec<(&'static str, String)>, direct: &str) {
     );
     assert!(counts.kills.load(Ordering::Relaxed) >= KILLS as u64);
 
-    // Let the last disconnects settle, then the state must be clean.
+    // Let the last disconnects settle, then the state of every cell must be clean.
     let settle = Instant::now();
-    loop {
-        let live: Vec<(String, f64)> = redis::cmd("ZRANGE")
-            .arg(format!("{PREFIX}nodes:live"))
-            .arg(0)
-            .arg(-1)
-            .arg("WITHSCORES")
-            .query_async(&mut c)
-            .await
-            .unwrap();
-        if live.is_empty() || settle.elapsed() > Duration::from_secs(8) {
-            break;
+    for (prefix, c) in &mut conns {
+        loop {
+            let live: Vec<(String, f64)> = redis::cmd("ZRANGE")
+                .arg(format!("{prefix}nodes:live"))
+                .arg(0)
+                .arg(-1)
+                .arg("WITHSCORES")
+                .query_async(c)
+                .await
+                .unwrap();
+            if live.is_empty() || settle.elapsed() > Duration::from_secs(8) {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
         }
-        tokio::time::sleep(Duration::from_millis(200)).await;
     }
     for i in 0..INSTANCES {
         inst.kill(i);
     }
-    invariants::check(&mut c).await;
+    for (_, c) in &mut conns {
+        invariants::check(c).await;
+    }
 }
