@@ -273,9 +273,32 @@ fn toml_string(cfg: &Config) -> Result<String, String> {
     if let Some(p) = v.pointer_mut("/redis/password") {
         *p = serde_json::Value::from("<redacted>");
     }
+    // A password inside a Redis URL (`redis://user:secret@host`) is a secret too.
+    if let Some(u) = v.pointer_mut("/redis/url") {
+        *u = serde_json::Value::from(redact_url(u.as_str().unwrap_or_default()));
+    }
+    if let Some(list) = v.pointer_mut("/redis/urls").and_then(|s| s.as_array_mut()) {
+        for u in list.iter_mut() {
+            *u = serde_json::Value::from(redact_url(u.as_str().unwrap_or_default()));
+        }
+    }
     let mut out = String::new();
     write_toml(&mut out, "", &v);
     Ok(out)
+}
+
+/// `scheme://user:<redacted>@host...` for a URL with a password; unchanged otherwise.
+fn redact_url(url: &str) -> String {
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return url.to_string();
+    };
+    let Some((userinfo, host)) = rest.rsplit_once('@') else {
+        return url.to_string();
+    };
+    match userinfo.split_once(':') {
+        Some((user, _)) => format!("{scheme}://{user}:<redacted>@{host}"),
+        None => url.to_string(),
+    }
 }
 
 /// Print a JSON object as TOML sections (flat values first, then nested tables).

@@ -81,6 +81,29 @@ fn cells_round_trip_through_check_config() {
     assert!(err.contains("cells.default"), "{err}");
 }
 
+/// Passwords inside Redis URLs are secrets too: `check-config` never prints them.
+#[test]
+fn check_config_redacts_passwords_in_redis_urls() {
+    let (code, out, err) = check_config(
+        &[
+            ("SWITCHYARD_REDIS__MODE", "sentinel"),
+            ("SWITCHYARD_REDIS__SENTINEL_MASTER", "mymaster"),
+            (
+                "SWITCHYARD_REDIS__URLS",
+                r#"["redis://:s3cret-pw@sentinel-0:26379","redis://sentinel-1:26379"]"#,
+            ),
+        ],
+        &[],
+    );
+    assert_eq!(code, 0, "{err}");
+    assert!(!out.contains("s3cret-pw"), "{out}");
+    assert!(
+        out.contains("redis://:<redacted>@sentinel-0:26379"),
+        "{out}"
+    );
+    assert!(out.contains("redis://sentinel-1:26379"), "{out}");
+}
+
 #[test]
 fn check_config_rejects_an_invalid_value_naming_the_field() {
     let (code, _, err) = check_config(&[("SWITCHYARD_JOBS__MAX_ATTEMPTS", "0")], &[]);
