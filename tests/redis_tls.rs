@@ -1,7 +1,8 @@
 //! Managed-Redis style access: TLS (`rediss://` with a CA file) and an ACL user, against
 //! Debian's redis-server started with a certificate made here by `openssl` (a throw-away CA
 //! and a server certificate for 127.0.0.1). A node registers and a job flows over it; a wrong
-//! password or a missing CA keeps `/readyz` at 503 with the reason.
+//! password or a missing CA keeps `/readyz` at 503 with the reason. In sentinel mode the
+//! sentinels themselves serve TLS only, and are asked over TLS with the same CA.
 
 mod common;
 
@@ -10,9 +11,9 @@ use std::process::Command;
 use std::time::Duration;
 
 use common::actors::*;
-use common::topology::Proc;
+use common::topology::{MASTER, Proc, SentinelOpts, Tls, connect_with_ca};
 use common::*;
-use switchyard::config::Config;
+use switchyard::config::{Config, RedisMode};
 
 const T: Duration = Duration::from_secs(10);
 
@@ -161,4 +162,99 @@ async fn tls_with_a_ca_file_and_an_acl_user() {
         assert_eq!(status, 503, "{password} ca={with_ca}: {body}");
         eprintln!("password {password:?}, CA file {with_ca}: /readyz 503 {body}");
     }
+}
+
+/// A TLS-only primary with a password, watched by three TLS-only sentinels with a password
+/// of their own (`tls-replication yes`: they talk TLS to the primary, too). The instance
+/// names the sentinels with `rediss://:<sentinel password>@` URLs and has the primary's
+/// password as `redis.password`: each side gets its own credentials. With `tls_ca_file` the
+/// sentinels are asked over TLS with that CA, the instance becomes ready on the primary
+/// they name and serves a job; without it the sentinels' certificate is not trusted and
+/// the instance stays not ready, saying so.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sentinels_behind_tls_are_asked_with_the_ca_file() {
+    const DATA_PASS: &str = "data-pass";
+    const SENTINEL_PASS: &str = "sentinel-pass";
+    let certs = tempfile::tempdir().expect("temp dir");
+    make_certs(certs.path());
+    let file = |f: &str| certs.path().join(f).display().to_string();
+    let tls = Tls {
+        cert: file("server.crt"),
+        key: file("server.key"),
+        ca: file("ca.crt"),
+    };
+    let primary = Proc::server_tls(&tls, Some(DATA_PASS), &[]);
+    primary.wait_up().await;
+    let opts = SentinelOpts {
+        tls: Some(&tls),
+        password: Some(SENTINEL_PASS),
+        primary_password: Some(DATA_PASS),
+    };
+    let sentinels: Vec<Proc> = (0..3)
+        .map(|_| Proc::sentinel_with(MASTER, primary.port, &opts))
+        .collect();
+    for s in &sentinels {
+        s.wait_up().await;
+        assert!(s.url().starts_with("rediss://"), "{}", s.url());
+    }
+    let cfg = |ca: bool| {
+        let mut c = test_config("redis://unused");
+        c.redis.mode = RedisMode::Sentinel;
+        c.redis.urls = sentinels.iter().map(Proc::url).collect();
+        c.redis.sentinel_master = MASTER.into();
+        c.redis.password = Some(DATA_PASS.into());
+        c.redis.tls_ca_file = ca.then(|| tls.ca.clone());
+        c
+    };
+
+    let started = std::time::Instant::now();
+    let inst = start_with(cfg(true)).await;
+    let mut last = serde_json::Value::Null;
+    while started.elapsed() < Duration::from_secs(5) {
+        let (status, body) = readyz(&inst).await;
+        last = body;
+        if status == 200 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(last["ready"], true, "ready through TLS sentinels: {last}");
+    let primary_addr = format!("127.0.0.1:{}", primary.port);
+    assert_eq!(last["redis"], primary_addr.as_str(), "{last}");
+    eprintln!(
+        "TLS sentinels: ready on {} after {:?}",
+        last["redis"],
+        started.elapsed()
+    );
+    let (mut n, nid) = node_on(&inst, None).await;
+    let (mut s, sid) = session_on(&inst).await;
+    s.send(&utterance(&sid, 0)).await;
+    let a = assign(&mut n).await;
+    n.send(&answer(&a, &nid, "T0")).await;
+    let got = terminals(&mut s, 1, T).await;
+    assert_eq!(got[0]["type"], "translation_result", "{got:?}");
+    assert_eq!(got[0]["utterance_index"], 0, "{got:?}");
+    let mut c = connect_with_ca(&primary.url(), Some(&tls.ca))
+        .await
+        .expect("TLS connection to the primary");
+    common::invariants::check(&mut c).await;
+
+    // Without the CA the sentinels' certificate is not trusted: never ready, and the reason
+    // names the sentinel that could not be asked.
+    let bad = start_with(cfg(false)).await;
+    // Asked for longer than the instance with the CA took to be ready.
+    let until = std::time::Instant::now() + Duration::from_millis(1500);
+    let mut last = serde_json::Value::Null;
+    while std::time::Instant::now() < until {
+        let (status, body) = readyz(&bad).await;
+        assert_eq!(status, 503, "ready without the CA file: {body}");
+        last = body;
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let reason = last["reason"].as_str().unwrap_or_default();
+    assert!(
+        reason.contains("sentinel 127.0.0.1:") && reason.contains("certificate"),
+        "the reason names a sentinel and its certificate: {last}"
+    );
+    eprintln!("TLS sentinels without the CA file: /readyz 503 {last}");
 }

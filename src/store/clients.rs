@@ -1,11 +1,11 @@
-//! Building connections to data nodes: credentials (`redis.username` / `redis.password`),
-//! TLS (`rediss://` with `redis.tls_ca_file`), the deadpool pool of one node, and cluster
-//! clients.
+//! Building connections: credentials (`redis.username` / `redis.password` for the data
+//! nodes), TLS (`rediss://` with `redis.tls_ca_file`, for data nodes and sentinels alike),
+//! the deadpool pool of one node, sentinel clients, and cluster clients.
 
 use std::time::Duration;
 
 use deadpool_redis::{Pool, Runtime};
-use redis::{AsyncConnectionConfig, ConnectionInfo};
+use redis::{AsyncConnectionConfig, ConnectionAddr, ConnectionInfo};
 
 use super::StoreError;
 use super::connection::config_err;
@@ -59,24 +59,42 @@ pub(super) fn tls_provider() {
     let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
 }
 
+/// A client for one address. A `rediss://` address is reached over TLS (the rustls provider
+/// installed) and verified against `redis.tls_ca_file` when it is set, else the system trust
+/// store. The credentials are whatever `info` carries. The one place that decides how a
+/// client is built for an address: data nodes ([`node`]) and sentinels
+/// ([`sentinel_client`]) both come through here.
+pub(super) fn client(cfg: &RedisConfig, info: ConnectionInfo) -> Result<redis::Client, StoreError> {
+    let addr = info.addr().to_string();
+    let tls = matches!(info.addr(), ConnectionAddr::TcpTls { .. });
+    if tls {
+        tls_provider();
+    }
+    match certificates(cfg)? {
+        Some(certs) if tls => redis::Client::build_with_tls(info, certs),
+        _ => redis::Client::open(info),
+    }
+    .map_err(|e| config_err(format!("redis client for {addr}: {e}")))
+}
+
+/// A client for one sentinel of `urls`: the TLS settings of the data nodes (`rediss://`
+/// with `redis.tls_ca_file`), but only the credentials of its own URL
+/// (`rediss://[user:password@]host:port`). `redis.username` / `redis.password` belong to
+/// the data nodes; a sentinel usually has no password or one of its own, and one without a
+/// password refuses an `AUTH`.
+pub(super) fn sentinel_client(
+    cfg: &RedisConfig,
+    info: ConnectionInfo,
+) -> Result<redis::Client, StoreError> {
+    client(cfg, skip_lib_name(info))
+}
+
 /// The pool and client of one data node.
 pub(super) fn node(cfg: &RedisConfig, info: ConnectionInfo) -> Result<Node, StoreError> {
     let timeout = Duration::from_millis(cfg.timeout_ms);
     let info = with_credentials(cfg, info);
     let addr = info.addr().to_string();
-    let client = match certificates(cfg)? {
-        Some(certs) => {
-            tls_provider();
-            redis::Client::build_with_tls(info, certs)
-        }
-        None => {
-            if cfg.tls() {
-                tls_provider();
-            }
-            redis::Client::open(info)
-        }
-    }
-    .map_err(|e| config_err(e.to_string()))?;
+    let client = client(cfg, info)?;
     let conn_cfg = AsyncConnectionConfig::new()
         .set_connection_timeout(Some(timeout))
         .set_response_timeout(Some(timeout));

@@ -23,7 +23,7 @@ use redis::cluster_async::ClusterConnection;
 use redis::{AsyncConnectionConfig, Cmd, ConnectionInfo, IntoConnectionInfo, RedisFuture, Value};
 
 use super::StoreError;
-use super::clients::{Node, cluster_client, node, skip_lib_name};
+use super::clients::{Node, cluster_client, node, sentinel_client};
 use super::sentinel::ask_sentinels;
 use crate::config::{RedisConfig, RedisMode};
 
@@ -71,7 +71,8 @@ impl ConnectionLike for Conn {
 enum Kind {
     Single(Box<Node>),
     Sentinel {
-        sentinels: Vec<ConnectionInfo>,
+        /// One client per sentinel (TLS and credentials as `clients::sentinel_client`).
+        sentinels: Vec<redis::Client>,
         master: String,
         current: RwLock<Option<Arc<Node>>>,
         /// Serialises re-resolution; the time of the last round (see [`RESOLVE_EVERY`]).
@@ -139,7 +140,10 @@ impl Connector {
                 Kind::Single(Box::new(node(cfg, seed)?))
             }
             RedisMode::Sentinel => Kind::Sentinel {
-                sentinels: seeds.into_iter().map(skip_lib_name).collect(),
+                sentinels: seeds
+                    .into_iter()
+                    .map(|s| sentinel_client(cfg, s))
+                    .collect::<Result<_, _>>()?,
                 master: cfg.sentinel_master.clone(),
                 current: RwLock::new(None),
                 resolving: tokio::sync::Mutex::new(None),

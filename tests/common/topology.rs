@@ -1,6 +1,8 @@
 //! Redis topologies for the tests, from Debian's redis-server and redis-sentinel on free
 //! loopback ports in temp dirs: a primary + replica watched by three sentinels, and a
-//! 3-primary 3-replica Redis Cluster. Every process is killed when its owner drops.
+//! 3-primary 3-replica Redis Cluster. Every process is killed when its owner drops. A
+//! process may serve TLS only ([`Tls`]) and require a password; [`Proc::url`] and
+//! [`Proc::client`] then reach it over TLS with the CA and the password.
 
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -11,11 +13,53 @@ use super::free_port;
 
 /// One redis-server (or sentinel) child process.
 pub struct Proc {
+    /// The port it serves on (its TLS port when it serves TLS only).
     pub port: u16,
     child: Option<Child>,
     dir: tempfile::TempDir,
     /// The redis-server arguments, to start it again (empty for a sentinel).
     args: Vec<String>,
+    /// The CA file to trust when it serves TLS only (`rediss://`).
+    ca: Option<String>,
+    /// The password it requires (`requirepass`), if any.
+    password: Option<String>,
+}
+
+/// The PEM files of a process that serves TLS only: its certificate and key, and the CA
+/// it trusts (for the servers it connects to). Clients need no certificate
+/// (`tls-auth-clients no`).
+pub struct Tls {
+    pub cert: String,
+    pub key: String,
+    pub ca: String,
+}
+
+impl Tls {
+    /// The configuration lines (`port 0`, `tls-port` ...); as arguments with `--` prefixed.
+    fn lines(&self, port: u16) -> Vec<(&'static str, String)> {
+        vec![
+            ("port", "0".into()),
+            ("tls-port", port.to_string()),
+            ("tls-cert-file", self.cert.clone()),
+            ("tls-key-file", self.key.clone()),
+            ("tls-ca-cert-file", self.ca.clone()),
+            ("tls-auth-clients", "no".into()),
+            // Replication and Sentinel's links to the data nodes over TLS, too.
+            ("tls-replication", "yes".into()),
+        ]
+    }
+}
+
+/// How a sentinel is started (see [`Proc::sentinel_with`]); the default is plain TCP and
+/// no passwords, as [`Proc::sentinel`].
+#[derive(Default)]
+pub struct SentinelOpts<'a> {
+    /// Serve TLS only and talk TLS to the primary (`tls-replication yes`).
+    pub tls: Option<&'a Tls>,
+    /// The sentinel's own `requirepass`.
+    pub password: Option<&'a str>,
+    /// The primary's password (`sentinel auth-pass`).
+    pub primary_password: Option<&'a str>,
 }
 
 impl Proc {
@@ -26,6 +70,33 @@ impl Proc {
             child: None,
             dir: tempfile::tempdir().expect("temp dir"),
             args: args.iter().map(|a| a.to_string()).collect(),
+            ca: None,
+            password: None,
+        };
+        p.spawn();
+        p
+    }
+
+    /// `redis-server` serving TLS only on a free port, requiring `password` if given, with
+    /// `args`.
+    pub fn server_tls(tls: &Tls, password: Option<&str>, args: &[&str]) -> Self {
+        let port = free_port();
+        let mut all: Vec<String> = tls
+            .lines(port)
+            .into_iter()
+            .flat_map(|(k, v)| [format!("--{k}"), v])
+            .collect();
+        if let Some(p) = password {
+            all.extend(["--requirepass".into(), p.into()]);
+        }
+        all.extend(args.iter().map(|a| a.to_string()));
+        let mut p = Self {
+            port,
+            child: None,
+            dir: tempfile::tempdir().expect("temp dir"),
+            args: all,
+            ca: Some(tls.ca.clone()),
+            password: password.map(Into::into),
         };
         p.spawn();
         p
@@ -55,21 +126,37 @@ impl Proc {
 
     /// `redis-sentinel` watching `master` at `primary_port` (quorum 2, down after 1 s).
     pub fn sentinel(master: &str, primary_port: u16) -> Self {
+        Self::sentinel_with(master, primary_port, &SentinelOpts::default())
+    }
+
+    /// The same, served over TLS only and/or behind passwords as `opts` says.
+    pub fn sentinel_with(master: &str, primary_port: u16, opts: &SentinelOpts) -> Self {
         let dir = tempfile::tempdir().expect("temp dir");
         let port = free_port();
         let conf = dir.path().join("sentinel.conf");
-        std::fs::write(
-            &conf,
-            format!(
-                "port {port}\nbind 127.0.0.1\ndir {dir}\n\
-                 sentinel monitor {master} 127.0.0.1 {primary_port} 2\n\
-                 sentinel down-after-milliseconds {master} 1000\n\
-                 sentinel failover-timeout {master} 4000\n\
-                 sentinel parallel-syncs {master} 1\n",
-                dir = dir.path().display()
-            ),
-        )
-        .expect("write sentinel.conf");
+        let mut text = match opts.tls {
+            Some(tls) => tls
+                .lines(port)
+                .into_iter()
+                .map(|(k, v)| format!("{k} {v}\n"))
+                .collect(),
+            None => format!("port {port}\n"),
+        };
+        text += &format!(
+            "bind 127.0.0.1\ndir {dir}\n\
+             sentinel monitor {master} 127.0.0.1 {primary_port} 2\n\
+             sentinel down-after-milliseconds {master} 1000\n\
+             sentinel failover-timeout {master} 4000\n\
+             sentinel parallel-syncs {master} 1\n",
+            dir = dir.path().display()
+        );
+        if let Some(p) = opts.password {
+            text += &format!("requirepass {p}\n");
+        }
+        if let Some(p) = opts.primary_password {
+            text += &format!("sentinel auth-pass {master} {p}\n");
+        }
+        std::fs::write(&conf, text).expect("write sentinel.conf");
         let child = Command::new("redis-sentinel")
             .arg(&conf)
             .stdout(Stdio::null())
@@ -81,11 +168,20 @@ impl Proc {
             child: Some(child),
             dir,
             args: Vec::new(),
+            ca: opts.tls.map(|t| t.ca.clone()),
+            password: opts.password.map(Into::into),
         }
     }
 
+    /// `redis://127.0.0.1:port`, or `rediss://` when it serves TLS only, with `:password@`
+    /// when it requires one.
     pub fn url(&self) -> String {
-        format!("redis://127.0.0.1:{}", self.port)
+        let scheme = if self.ca.is_some() { "rediss" } else { "redis" };
+        let auth = self
+            .password
+            .as_ref()
+            .map_or_else(String::new, |p| format!(":{p}@"));
+        format!("{scheme}://{auth}127.0.0.1:{}", self.port)
     }
 
     pub fn addr(&self) -> String {
@@ -113,14 +209,16 @@ impl Proc {
     }
 
     pub async fn client(&self) -> MultiplexedConnection {
-        connect(&self.url()).await.expect("connect")
+        connect_with_ca(&self.url(), self.ca.as_deref())
+            .await
+            .expect("connect")
     }
 
     /// Wait until the process answers PING.
     pub async fn wait_up(&self) {
         let deadline = Instant::now() + Duration::from_secs(5);
         while Instant::now() < deadline {
-            if let Ok(mut c) = connect(&self.url()).await
+            if let Ok(mut c) = connect_with_ca(&self.url(), self.ca.as_deref()).await
                 && redis::cmd("PING")
                     .query_async::<String>(&mut c)
                     .await
@@ -142,9 +240,28 @@ impl Drop for Proc {
 
 /// A connection to `url` without CLIENT SETINFO (Redis 7.0).
 pub async fn connect(url: &str) -> redis::RedisResult<MultiplexedConnection> {
+    connect_with_ca(url, None).await
+}
+
+/// The same; a `rediss://` `url` verified against the PEM file `ca` when given.
+pub async fn connect_with_ca(
+    url: &str,
+    ca: Option<&str>,
+) -> redis::RedisResult<MultiplexedConnection> {
     let info = redis::IntoConnectionInfo::into_connection_info(url)?;
     let settings = info.redis_settings().clone().set_skip_set_lib_name();
-    let client = redis::Client::open(info.set_redis_settings(settings))?;
+    let info = info.set_redis_settings(settings);
+    let client = match ca {
+        Some(ca) => {
+            let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
+            let certs = redis::TlsCertificates {
+                client_tls: None,
+                root_cert: Some(std::fs::read(ca)?),
+            };
+            redis::Client::build_with_tls(info, certs)?
+        }
+        None => redis::Client::open(info)?,
+    };
     client.get_multiplexed_async_connection().await
 }
 
