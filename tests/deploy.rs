@@ -195,11 +195,22 @@ fn every_overlay_configuration_passes_check_config() {
                 assert!(cfg.redis.urls.len() >= 3, "{overlay}: every sentinel");
                 for u in &cfg.redis.urls {
                     assert!(u.ends_with(":26379"), "{overlay}: {u} is not a sentinel");
+                    // check-config redacts it: the password must be in what the pod gets.
                     assert!(
-                        u.contains(":deploy-test-password@"),
-                        "{overlay}: {u}: the sentinels get the Secret's password"
+                        u.contains(":<redacted>@"),
+                        "{overlay}: {u}: the sentinels get a password"
                     );
                 }
+                let urls = env
+                    .iter()
+                    .find(|(k, _)| k == "SWITCHYARD_REDIS__URLS")
+                    .map(|(_, v)| v.as_str())
+                    .unwrap_or_default();
+                assert_eq!(
+                    urls.matches(":deploy-test-password@").count(),
+                    cfg.redis.urls.len(),
+                    "{overlay}: every sentinel URL gets the Secret's password: {urls}"
+                );
             }
             "overlays/cluster" => {
                 assert_eq!(cfg.redis.mode, RedisMode::Cluster, "{overlay}");
