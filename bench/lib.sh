@@ -93,7 +93,7 @@ rss_kib() { awk '/^VmRSS:/ {print $2}' "/proc/$1/status"; }
 cpu_ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
 
 # The sum of a Prometheus counter family on an instance, e.g.
-#   metric 5010 'switchyard_script_calls_total{script="submit"'
+#   metric 5010 'switchyard_connections{kind="node"}'
 metric() {
   curl -s "http://127.0.0.1:$1/metrics" | awk -v p="$2" 'index($0, p) == 1 {s += $NF} END {print s + 0}'
 }

@@ -68,7 +68,7 @@ busy_ticks() { awk '/^cpu / {print $2 + $3 + $4 + $7 + $8 + $9}' /proc/stat; }
 # Per-script call counts of an instance, as "script count" lines.
 script_calls() {
   curl -s "http://127.0.0.1:$1/metrics" |
-    sed -n 's/^switchyard_script_calls_total{script="\([a-z_]*\)".* \([0-9]*\)$/\1 \2/p' |
+    sed -n 's/^switchyard_script_calls_total{\(cell="[^"]*",\)\{0,1\}script="\([a-z_]*\)".* \([0-9]*\)$/\2 \3/p' |
     awk '{s[$1] += $2} END {for (k in s) print k, s[k]}' | sort
 }
 calls_of() { awk -v k="$2" '$1 == k {print $2; f = 1} END {if (!f) print 0}' "$1"; }

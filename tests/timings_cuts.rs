@@ -126,7 +126,7 @@ fn packets(n: usize, len: u16) -> String {
 }
 
 async fn skipped(inst: &Running) -> f64 {
-    let name = "switchyard_cuts_skipped_total{reason=\"too_short\"}";
+    let name = "switchyard_cuts_skipped_total{cell=\"main\",reason=\"too_short\"}";
     metrics_text(inst)
         .await
         .lines()
