@@ -86,7 +86,14 @@ async fn sentinel_failover(replicas: usize, wait_replicas: u32) -> (usize, usize
     // buffers towards it: what the primary acknowledges from then on sits in its own output
     // buffer for that replica (asynchronous replication's window). The primary dies in it.
     set.replicas[0].signal("STOP");
-    let mut p = set.primary.client().await;
+    // Its own connection without a response timeout: 16 MB take a while on a loaded machine.
+    let mut p = redis::Client::open(set.primary.url())
+        .expect("primary url")
+        .get_multiplexed_async_connection_with_config(
+            &redis::AsyncConnectionConfig::new().set_response_timeout(None),
+        )
+        .await
+        .expect("connect to the primary");
     let _: () = redis::cmd("SET")
         .arg("filler")
         .arg(vec![b'x'; 16 << 20])
