@@ -344,7 +344,9 @@ impl Cell {
             false => c.next_index + u64::from(skip),
         };
         c.next_index = c.next_index.max(index + 1);
-        c.submitted.entry(index).or_insert(step);
+        c.submitted
+            .entry(index)
+            .or_insert((step, std::time::Instant::now()));
         let (r, spec) = one_way(c.langs.0, c.langs.1);
         let job = NewJob {
             index,

@@ -64,8 +64,11 @@ pub struct SessionClient {
     pub held: BTreeMap<u64, (u64, String)>,
     /// Next utterance index the client will send.
     pub next_index: u64,
-    /// Index → model step at which it was first submitted.
-    pub submitted: BTreeMap<u64, u64>,
+    /// Index → model step at which it was first submitted, and the wall-clock moment.
+    /// The scripts' reorder window runs on Redis `TIME`, which moves with real time while the
+    /// model works (each step's invariant check reads Redis), so an index submitted more than
+    /// a window ago may have been skipped even without an `advance` step.
+    pub submitted: BTreeMap<u64, (u64, std::time::Instant)>,
 }
 
 impl SessionClient {
@@ -81,7 +84,11 @@ impl SessionClient {
         }
         if let Some(j) = self.got.range(idx + 1..).next().map(|(i, _)| *i) {
             // Out of order only for an index whose window passed while it was unfinished.
-            let late_ok = self.submitted.get(&idx).is_some_and(|at| *at < window);
+            let real = std::time::Duration::from_millis(super::cell::WINDOW);
+            let late_ok = self
+                .submitted
+                .get(&idx)
+                .is_some_and(|(at, when)| *at < window || when.elapsed() >= real);
             if !late_ok {
                 bad.push(format!(
                     "{id}: index {idx} ({ty}) after {j} inside the reorder window (step {step})"
