@@ -4,21 +4,34 @@
 -- that had an attempt), turn_node (node holding the turn's audio, if any).
 -- (Requires ctx, deliver, results.)
 
--- release_node(jid, nid): give back the reservation, exactly once.
-local function release_node(jid, nid)
+-- release_node(jid, nid, n): give back the reservation, exactly once. `n` (optional): the
+-- node's conn, capacity_target, state, reserved and capacity, read by the caller in this
+-- call (job_for); it saves the EXISTS and HGET here and is kept current for offer().
+local function release_node(jid, nid, n)
   if not nid or nid == '' then return end
   local nk = node_key(nid)
-  if redis.call('SREM', nk .. ':jobs', jid) == 1 and redis.call('EXISTS', nk) == 1 then
-    local reserved = redis.call('HINCRBY', nk, 'reserved', -1)
-    -- A capacity decrease waits for in-flight jobs (capacity never drops below reserved).
-    local target = redis.call('HGET', nk, 'capacity_target')
-    if target then
-      if reserved <= tonumber(target) then
-        redis.call('HSET', nk, 'capacity', target)
-        redis.call('HDEL', nk, 'capacity_target')
-      else
-        redis.call('HSET', nk, 'capacity', reserved)
-      end
+  if redis.call('SREM', nk .. ':jobs', jid) ~= 1 then return end
+  if n then
+    if not n.conn then return end
+  elseif redis.call('EXISTS', nk) == 0 then
+    return
+  end
+  local reserved = redis.call('HINCRBY', nk, 'reserved', -1)
+  -- A capacity decrease waits for in-flight jobs (capacity never drops below reserved).
+  local target
+  if n then
+    n.reserved, target = reserved, n.capacity_target
+  else
+    target = redis.call('HGET', nk, 'capacity_target')
+  end
+  if target then
+    if reserved <= tonumber(target) then
+      redis.call('HSET', nk, 'capacity', target)
+      redis.call('HDEL', nk, 'capacity_target')
+      if n then n.capacity, n.capacity_target = target, nil end
+    else
+      redis.call('HSET', nk, 'capacity', reserved)
+      if n then n.capacity = reserved end
     end
   end
 end
@@ -336,9 +349,12 @@ local function dispatch(jid, job, code, message)
   return 'queued'
 end
 
--- offer(nid): hand the node's free capacity to jobs waiting in its pools' queues.
-local function offer(nid)
-  local n = redis.call('HMGET', node_key(nid), 'state', 'reserved', 'capacity')
+-- offer(nid, known): hand the node's free capacity to jobs waiting in its pools' queues.
+-- `known` (optional): the node's state, reserved and capacity as they are now (read in
+-- this call: release_node keeps them current), saving their HMGET.
+local function offer(nid, known)
+  local n = known and {known.state, known.reserved, known.capacity}
+    or redis.call('HMGET', node_key(nid), 'state', 'reserved', 'capacity')
   if n[1] ~= 'ready' then return end
   local room = tonumber(n[3] or '0') - tonumber(n[2] or '0')
   if room <= 0 then return end
