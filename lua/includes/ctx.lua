@@ -102,13 +102,18 @@ end
 -- CFG.session_ttl. The TTLs are refreshed when the last refresh (`ttl_at`, read from
 -- `sess` when the caller has the record) is an eighth of it old; keys created in
 -- between get their own TTL when they are created.
-local function touch_session(sid, sess)
+-- `extra` (optional): a flat list of further session fields and values, written in the
+-- same HSET.
+local function touch_session(sid, sess, extra)
   local sk = session_key(sid)
+  local f = {'last_active', NOW}
+  for _, v in ipairs(extra or {}) do f[#f + 1] = v end
   if sess and NOW - tonumber(sess.ttl_at or '0') < CFG.session_ttl / 8 then
-    redis.call('HSET', sk, 'last_active', NOW)
+    redis.call('HSET', sk, unpack(f))
     return
   end
-  redis.call('HSET', sk, 'last_active', NOW, 'ttl_at', NOW)
+  f[#f + 1], f[#f + 2] = 'ttl_at', NOW
+  redis.call('HSET', sk, unpack(f))
   for _, k in ipairs({sk, sk .. ':jobs', sk .. ':results', sk .. ':pending', sk .. ':audio', sk .. ':rtime'}) do
     redis.call('PEXPIRE', k, CFG.session_ttl)
   end
