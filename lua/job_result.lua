@@ -55,12 +55,31 @@ local function timed(job, ids)
     .. string.sub(cjson.encode(ids), 2, -2) .. sep .. string.sub(body, 2)
 end
 
-local jid, nid, outcome = ARGV[5], ARGV[7], ARGV[9]
-local job, why = job_for(jid, ARGV[6], nid, ARGV[8])
-if not job then return finish({status = 'stale', reason = why}) end
+-- A success reads only what it needs: the job's fields end_job keeps (with the routing
+-- explanation of every attempt) plus state and web_ms, and the node's fields of fencing,
+-- release and offer in one HMGET. A failure may re-dispatch: it reads the whole record.
+local OK_FIELDS = {'state', 'web_ms'}
+for _, k in ipairs(KEPT_FIELDS) do OK_FIELDS[#OK_FIELDS + 1] = k end
+if CFG.explain ~= 0 then
+  for a = 1, CFG.max_attempts do
+    OK_FIELDS[#OK_FIELDS + 1] = 'route:' .. a
+    OK_FIELDS[#OK_FIELDS + 1] = 'end:' .. a
+  end
+end
+local NODE_FIELDS = {'conn', 'capacity_target', 'state', 'reserved', 'capacity'}
+-- The session's fields the result path reads (owner for delivery, utterance group, cursor).
+local SESSION_FIELDS = {'id', 'owner', 'conn', 'grp_id', 'grp_anchor', 'grp_part', 'grp_ctx',
+  'next_deliver', 'out_seq'}
 
-if outcome == 'ok' then
-  release_node(jid, nid)
+local jid, nid, outcome = ARGV[5], ARGV[7], ARGV[9]
+local ok = outcome == 'ok'
+local job, node = job_for(jid, ARGV[6], nid, ARGV[8], ok and OK_FIELDS or nil,
+  ok and NODE_FIELDS or nil)
+if not job then return finish({status = 'stale', reason = node}) end
+
+if ok then
+  local sess = session_read(job.session, SESSION_FIELDS)
+  release_node(jid, nid, node)
   redis.call('ZREM', KEYS[2], jid)
   redis.call('DEL', KEYS[1] .. ':audio')
   end_job(jid, job, 'FINISHED', CFG.explain ~= 0 and {'end:' .. job.attempt, NOW .. ' ok'} or nil)
@@ -72,10 +91,10 @@ if outcome == 'ok' then
   local ids = {session_id = job.session, utterance_index = tonumber(job.idx), job_id = jid,
     trace_id = job.trace_id}
   if ARGV[13] ~= '' then
-    ids.group_id, ids.part_index = group_join(job.session, ARGV[13], ARGV[14])
+    ids.group_id, ids.part_index = group_join(job.session, ARGV[13], ARGV[14], sess)
   end
-  settle(job.session, job.idx, timed(job, ids))
-  offer(nid)
+  settle(job.session, job.idx, timed(job, ids), sess)
+  offer(nid, node)
 elseif outcome == 'model_not_available' then
   local nk, svc = node_key(nid), ARGV[11]
   local m = redis.call('HMGET', nk, 'mna_window', 'mna_count', 'down:' .. svc)

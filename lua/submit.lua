@@ -25,14 +25,22 @@ Output: [JSON, blobs...]
 --!include groups
 --!include submit
 
+-- The session fields this path reads (a session record has ~40): fencing and state, the
+-- cursor, the TTL refresh mark, the job id nonce, affinity, the utterance group's context,
+-- and the owner (deliveries to the session need no lookup of their own).
+local FIELDS = {'id', 'conn', 'owner', 'state', 'next_deliver', 'ttl_at', 'nonce',
+  'last_node', 'grp_id', 'grp_anchor', 'grp_ctx'}
+
 local sid, idx = ARGV[5], int(7, 'utterance index', 0, math.huge)
-local sess, why = session_for(sid, ARGV[6])
+local sess, why = session_for(sid, ARGV[6], FIELDS)
 if not sess then return finish({status = why}) end
 if sess.state ~= 'open' then return finish({status = 'closed'}) end
 if idx > tonumber(sess.next_deliver or '0') + CFG.max_ahead then
   return finish({status = 'too_far'})
 end
-touch_session(sid, sess)
+-- The session fields the dispatch writes (last_node) go with the activity mark: one HSET.
+local sess_set = {}
 local r = submit(sid, sess, idx, ARGV[8], ARGV[9],
-  {pools = ARGV[10], needs = ARGV[11], pair = ARGV[12], trace_id = ARGV[13]})
+  {pools = ARGV[10], needs = ARGV[11], pair = ARGV[12], trace_id = ARGV[13], sess_set = sess_set})
+touch_session(sid, sess, sess_set)
 return finish(r)

@@ -8,7 +8,7 @@
 -- `audio` (optional) is the raw job payload; `seq` (optional) orders a session's terminal
 -- messages across the two paths; `tp` is the trace context the delivery span continues
 -- (default: the caller's) and `job` the job id it concerns.
-local OWNERS = {}  -- target → {owner, conn, alive}, looked up once per call
+-- OWNERS (ctx.lua): target → {owner, conn, alive}, looked up once per call.
 
 local function deliver(kind, id, msg, audio, seq, tp, job)
   tp = tp or TP

@@ -4,21 +4,34 @@
 -- that had an attempt), turn_node (node holding the turn's audio, if any).
 -- (Requires ctx, deliver, results.)
 
--- release_node(jid, nid): give back the reservation, exactly once.
-local function release_node(jid, nid)
+-- release_node(jid, nid, n): give back the reservation, exactly once. `n` (optional): the
+-- node's conn, capacity_target, state, reserved and capacity, read by the caller in this
+-- call (job_for); it saves the EXISTS and HGET here and is kept current for offer().
+local function release_node(jid, nid, n)
   if not nid or nid == '' then return end
   local nk = node_key(nid)
-  if redis.call('SREM', nk .. ':jobs', jid) == 1 and redis.call('EXISTS', nk) == 1 then
-    local reserved = redis.call('HINCRBY', nk, 'reserved', -1)
-    -- A capacity decrease waits for in-flight jobs (capacity never drops below reserved).
-    local target = redis.call('HGET', nk, 'capacity_target')
-    if target then
-      if reserved <= tonumber(target) then
-        redis.call('HSET', nk, 'capacity', target)
-        redis.call('HDEL', nk, 'capacity_target')
-      else
-        redis.call('HSET', nk, 'capacity', reserved)
-      end
+  if redis.call('SREM', nk .. ':jobs', jid) ~= 1 then return end
+  if n then
+    if not n.conn then return end
+  elseif redis.call('EXISTS', nk) == 0 then
+    return
+  end
+  local reserved = redis.call('HINCRBY', nk, 'reserved', -1)
+  -- A capacity decrease waits for in-flight jobs (capacity never drops below reserved).
+  local target
+  if n then
+    n.reserved, target = reserved, n.capacity_target
+  else
+    target = redis.call('HGET', nk, 'capacity_target')
+  end
+  if target then
+    if reserved <= tonumber(target) then
+      redis.call('HSET', nk, 'capacity', target)
+      redis.call('HDEL', nk, 'capacity_target')
+      if n then n.capacity, n.capacity_target = target, nil end
+    else
+      redis.call('HSET', nk, 'capacity', reserved)
+      if n then n.capacity = reserved end
     end
   end
 end
@@ -71,6 +84,29 @@ local function route_text(why)
   return table.concat(why, '', 1, why.k)
 end
 
+-- supports_ack of the nodes load() read in this call (false: not set).
+local NODE_ACK = {}
+
+-- Fields of the job table that are not fields of its record.
+local NOT_RECORD = {unsaved = true, sess_set = true, fresh_audio = true, ui_json = true}
+
+-- save_fields(job, f): when the record of a job submit() created in this call was not
+-- written yet, the flat field list `f` (about to be HSET) gets every field of `job` that
+-- `f` does not set, and the caller sets its TTL. Returns whether it did.
+local function save_fields(job, f)
+  if not job.unsaved then return false end
+  local set = {}
+  for i = 1, #f, 2 do set[f[i]] = true end
+  for k, v in pairs(job) do
+    if not set[k] and not NOT_RECORD[k] then
+      f[#f + 1] = k
+      f[#f + 1] = v
+    end
+  end
+  job.unsaved = nil
+  return true
+end
+
 -- load(nid, job, need_room, why): the node's load ratio if it may take `job`, else nil.
 -- One HMGET reads everything it needs, the down-marks of the job's services included.
 -- With `why`, the verdict is recorded (ok, full, draining, offline, stale, tried,
@@ -80,13 +116,18 @@ local function load(nid, job, need_room, why)
     explain(why, nid, 'tried')
     return nil
   end
-  local fields = {'state', 'reserved', 'capacity', 'services', 'deadline'}
+  -- supports_ack, owner and conn are what assign and deliver need of the chosen node.
+  local fields = {'state', 'reserved', 'capacity', 'services', 'deadline', 'supports_ack',
+    'owner', 'conn'}
   local needs = {}
   for svc in string.gmatch(job.needs or '', '[^,]+') do
     needs[#needs + 1] = svc
     fields[#fields + 1] = 'down:' .. svc
   end
-  local n = redis.call('HMGET', node_key(nid), unpack(fields))
+  local nk = node_key(nid)
+  local n = redis.call('HMGET', nk, unpack(fields))
+  NODE_ACK[nid] = n[6]
+  OWNERS[nk] = {n[7], n[8]}
   local reserved, cap = tonumber(n[2] or '0'), tonumber(n[3] or '0')
   local verdict
   if n[1] ~= 'ready' then
@@ -100,7 +141,7 @@ local function load(nid, job, need_room, why)
   else
     for i, svc in ipairs(needs) do
       if not csv_has(n[4], svc) then verdict = 'nosvc-' .. svc break end
-      local down = n[5 + i]
+      local down = n[8 + i]
       if down and tonumber(down) > NOW then verdict = 'down-' .. svc break end
     end
   end
@@ -258,7 +299,7 @@ local function assign(jid, job, nid, why)
   redis.call('PEXPIRE', node_key(nid) .. ':jobs', CFG.liveness + CFG.node_retention)
   redis.call('HINCRBY', node_key(nid), 'reserved', 1)
   local attempt = fresh and 1 or redis.call('HINCRBY', jk, 'attempt', 1)
-  local acks = redis.call('HGET', node_key(nid), 'supports_ack') == '1'
+  local acks = (NODE_ACK[nid] or redis.call('HGET', node_key(nid), 'supports_ack')) == '1'
   local deadline = NOW + (acks and CFG.ack_timeout or CFG.run_timeout)
   local f = {'state', 'DISPATCHED', 'node', nid, 'dispatched_at', NOW, 'deadline', deadline,
     'queue', '', 'attempt', attempt}
@@ -268,10 +309,14 @@ local function assign(jid, job, nid, why)
     local n = #f
     f[n + 1] = rk
     f[n + 2] = NOW .. ' ' .. nid .. ' ' .. (waited and (waited .. '|') or '') .. why
+    job[rk] = f[n + 2]
   end
+  local created = save_fields(job, f)
   redis.call('HSET', jk, unpack(f))
   redis.call('ZADD', P .. 'due:jobs', deadline, jid)
-  if not fresh then
+  if created then
+    redis.call('PEXPIRE', jk, CFG.job_ttl)
+  elseif not fresh then
     redis.call('PEXPIRE', jk, CFG.job_ttl)
     redis.call('PEXPIRE', jk .. ':audio', CFG.job_ttl)
   end
@@ -283,7 +328,12 @@ local function assign(jid, job, nid, why)
   if job.turn_id and job.turn_id ~= '' and redis.call('HGET', sk, 'turn_id') == job.turn_id then
     redis.call('HSET', sk, 'turn_node', nid)
   end
-  if fresh or redis.call('EXISTS', sk) == 1 then redis.call('HSET', sk, 'last_node', nid) end
+  if job.sess_set then
+    local n = #job.sess_set
+    job.sess_set[n + 1], job.sess_set[n + 2] = 'last_node', nid
+  elseif fresh or redis.call('EXISTS', sk) == 1 then
+    redis.call('HSET', sk, 'last_node', nid)
+  end
   local msg = json_with(job.spec, {attempt_id = attempt})
   local audio = fresh and job.fresh_audio or redis.call('GET', jk .. ':audio') or ''
   deliver('node', nid, msg, audio, nil, job.tp, jid)
@@ -302,7 +352,13 @@ local function dispatch(jid, job, code, message)
   end
   local rk = 'route:' .. (tonumber(job.attempt or '0') + 1)
   if not servable(job) then
-    if why then redis.call('HSET', job_key(jid), rk, NOW .. ' - ' .. text .. '|none>') end
+    if why then
+      if job.unsaved then
+        job[rk] = NOW .. ' - ' .. text .. '|none>' -- end_job keeps route:<n> of `job`
+      else
+        redis.call('HSET', job_key(jid), rk, NOW .. ' - ' .. text .. '|none>')
+      end
+    end
     fail(jid, job, code or 'NO_AVAILABLE_NODE',
       message or ('no node serves ' .. (job.pair or 'this language pair')))
     return 'failed'
@@ -329,16 +385,21 @@ local function dispatch(jid, job, code, message)
     local n = #f
     f[n + 1], f[n + 2] = rk, job[rk]
   end
+  local created = save_fields(job, f)
   redis.call('HSET', job_key(jid), unpack(f))
+  if created then redis.call('PEXPIRE', job_key(jid), CFG.job_ttl) end
   redis.call('ZADD', P .. 'due:jobs', deadline, jid)
   job.state = 'QUEUED'
   count('queued')
   return 'queued'
 end
 
--- offer(nid): hand the node's free capacity to jobs waiting in its pools' queues.
-local function offer(nid)
-  local n = redis.call('HMGET', node_key(nid), 'state', 'reserved', 'capacity')
+-- offer(nid, known): hand the node's free capacity to jobs waiting in its pools' queues.
+-- `known` (optional): the node's state, reserved and capacity as they are now (read in
+-- this call: release_node keeps them current), saving their HMGET.
+local function offer(nid, known)
+  local n = known and {known.state, known.reserved, known.capacity}
+    or redis.call('HMGET', node_key(nid), 'state', 'reserved', 'capacity')
   if n[1] ~= 'ready' then return end
   local room = tonumber(n[3] or '0') - tonumber(n[2] or '0')
   if room <= 0 then return end

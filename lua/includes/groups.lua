@@ -45,10 +45,12 @@ local function group_bound(ctx)
   return kept
 end
 
--- group_join(sid, asr, translated) -> group_id, part_index (nil when the session is gone).
-local function group_join(sid, asr, translated)
+-- group_join(sid, asr, translated, s) -> group_id, part_index (nil when the session is
+-- gone). `s` (optional): the session's id and grp_* fields as read earlier in this call.
+local function group_join(sid, asr, translated, s)
   local sk = session_key(sid)
-  local g = redis.call('HMGET', sk, 'id', 'grp_id', 'grp_anchor', 'grp_part', 'grp_ctx')
+  local g = s and {s.id, s.grp_id, s.grp_anchor, s.grp_part, s.grp_ctx}
+    or redis.call('HMGET', sk, 'id', 'grp_id', 'grp_anchor', 'grp_part', 'grp_ctx')
   if not g[1] then return nil end
   local gid, part = g[2], tonumber(g[4] or '0')
   local entry = 'User: ' .. asr .. '\nTarget: ' .. translated

@@ -104,27 +104,44 @@ local function release(sid, force)
   end
 end
 
--- settle(sid, idx, msg): the one terminal message of utterance idx. Returns false if the
+-- settle(sid, idx, msg, s): the one terminal message of utterance idx. Returns false if the
 -- index was settled already (never a second terminal message) or the session is gone.
-local function settle(sid, idx, msg)
+-- `s` (optional): the session's id, next_deliver and out_seq as read earlier in this call
+-- (session_read), so the fast path needs no EXISTS, HGET or HINCRBY of its own.
+local function settle(sid, idx, msg, s)
   local sk, rk, pk = session_keys(sid)
-  if redis.call('EXISTS', sk) == 0 then return false end
+  if s then
+    if not s.id then return false end
+  elseif redis.call('EXISTS', sk) == 0 then
+    return false
+  end
   if redis.call('HSETNX', rk, idx, msg) == 0 then return false end
   redis.call('ZADD', sk .. ':rtime', NOW, idx)
   redis.call('PEXPIRE', rk, CFG.session_ttl)
   redis.call('PEXPIRE', sk .. ':rtime', CFG.session_ttl)
   -- The common case: the index is the cursor and nothing else is held. Deliver it now,
   -- without a pending entry (release() would add, find and remove it: 5 more commands).
-  local cursor = tonumber(redis.call('HGET', sk, 'next_deliver') or '0')
+  local cursor = tonumber((s and s.next_deliver) or redis.call('HGET', sk, 'next_deliver') or '0')
   if tonumber(idx) == cursor and redis.call('ZCARD', pk) == 0 then
-    send_terminal(sid, msg)
+    local seq
+    if s then
+      seq = tonumber(s.out_seq or '0') + 1
+      deliver('session', sid, stamp(msg), nil, seq)
+    else
+      send_terminal(sid, msg)
+    end
     cursor = cursor + 1
     local steps = 0
     -- indices delivered earlier, out of order (bounded like release's advance)
     while steps < 10000 and redis.call('HEXISTS', rk, cursor) == 1 do
       cursor, steps = cursor + 1, steps + 1
     end
-    redis.call('HSET', sk, 'next_deliver', cursor)
+    if seq then
+      redis.call('HSET', sk, 'next_deliver', cursor, 'out_seq', seq)
+      s.next_deliver, s.out_seq = cursor, seq
+    else
+      redis.call('HSET', sk, 'next_deliver', cursor)
+    end
     trim(sid, cursor)
     return true
   end

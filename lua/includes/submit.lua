@@ -1,7 +1,9 @@
 -- submit(sid, sess, idx, spec, audio, meta): create the job of utterance `idx` and dispatch
 -- it. Idempotent on (session, idx): a repeat returns the existing job and changes nothing.
 --   spec  job_assign JSON without job_id/attempt_id/audio (built by Rust or from the session)
---   meta  {pools=, needs=, pair=, trace_id=, turn_id=, turn_node=, web_ms=?}
+--   meta  {pools=, needs=, pair=, trace_id=, turn_id=, turn_node=, web_ms=?, sess_set=?}
+--         sess_set: a list the session fields dispatch writes are appended to (the caller
+--         writes them), instead of their own HSET
 -- The job_assign carries the active utterance group's context as `context_text`.
 -- Returns {status='created'|'duplicate'|'settled', job_id=, dispatch=}.
 -- (Requires ctx, deliver, results, dispatch, groups.)
@@ -24,14 +26,11 @@ local function submit(sid, sess, idx, spec, audio, meta)
     turn_id = meta.turn_id or '', turn_node = meta.turn_node or '',
     last_node = sess.last_node or '', created_at = NOW, spec = json_with(spec, ids), queue = '',
     tp = TP, web_ms = meta.web_ms or ''}
-  local fields = {}
-  for k, v in pairs(job) do
-    fields[#fields + 1] = k
-    fields[#fields + 1] = v
-  end
+  -- The record is written once, by whichever of assign / queue / fail settles it in this
+  -- call (one HSET with the dispatch fields instead of two).
+  job.unsaved = true
+  job.sess_set = meta.sess_set
   local jk = job_key(jid)
-  redis.call('HSET', jk, unpack(fields))
-  redis.call('PEXPIRE', jk, CFG.job_ttl)
   redis.call('SET', jk .. ':audio', audio, 'PX', CFG.job_ttl)
   redis.call('HSET', sk .. ':jobs', idx, jid)
   redis.call('PEXPIRE', sk .. ':jobs', CFG.session_ttl)

@@ -147,6 +147,20 @@ impl Order {
     }
 }
 
+/// What the writer does after a batch of messages is written.
+enum After {
+    /// Wait for the next message.
+    Next,
+    Ping,
+    Close(CloseFrame),
+    /// The channel is closed: stop.
+    Stop,
+}
+
+/// Most messages written with one flush: a burst (the `ui_event`s and the
+/// `translation_result` of one script reply) goes out in one socket write.
+const BATCH: usize = 64;
+
 async fn write_loop(
     mut sink: SplitSink<WebSocket, Message>,
     mut rx: mpsc::Receiver<Outbound>,
@@ -166,55 +180,82 @@ async fn write_loop(
                 continue;
             }
         };
-        let ready = match next {
-            None => break,
-            Some(Outbound::Text(t)) => match held.as_mut() {
-                Some(h) => {
-                    h.push(t);
-                    continue;
-                }
-                None => vec![t],
-            },
-            Some(Outbound::Hold) => {
-                held.get_or_insert_with(Vec::new);
-                continue;
-            }
-            Some(Outbound::First(t)) => std::iter::once(t)
-                .chain(held.take().unwrap_or_default())
-                .collect(),
-            Some(Outbound::Unhold) => held.take().unwrap_or_default(),
-            Some(Outbound::Ordered(seq, t)) => order.push(seq, t),
-            Some(Outbound::ExpectSeq(n)) => order.expect(n),
-            Some(Outbound::Ping) => {
+        // Take what is already queued too (up to BATCH messages), so a burst is written
+        // with one flush, one socket write, instead of one per message.
+        let mut ready = Vec::new();
+        let mut after = take(next, &mut order, &mut held, &mut ready);
+        let mut taken = 1;
+        while matches!(after, After::Next) && taken < BATCH {
+            let Ok(m) = rx.try_recv() else { break };
+            after = take(Some(m), &mut order, &mut held, &mut ready);
+            taken += 1;
+        }
+        if write_all(&mut sink, ready).await.is_err() {
+            break;
+        }
+        match after {
+            After::Next => {}
+            After::Ping => {
                 if sink.send(Message::Ping(Default::default())).await.is_err() {
                     break;
                 }
-                continue;
             }
-            Some(Outbound::Close(code, reason)) => {
-                let frame = CloseFrame {
-                    code,
-                    reason: reason.into(),
-                };
+            After::Close(frame) => {
                 let _ = sink.send(Message::Close(Some(frame))).await;
                 break;
             }
-        };
-        if write_all(&mut sink, ready).await.is_err() {
-            break;
+            After::Stop => break,
         }
     }
     let _ = tokio::time::timeout(Duration::from_secs(1), sink.close()).await;
 }
 
+/// One queued message: the texts it makes ready to write are appended to `ready`.
+fn take(
+    next: Option<Outbound>,
+    order: &mut Order,
+    held: &mut Option<Vec<String>>,
+    ready: &mut Vec<String>,
+) -> After {
+    match next {
+        None => return After::Stop,
+        Some(Outbound::Text(t)) => match held.as_mut() {
+            Some(h) => h.push(t),
+            None => ready.push(t),
+        },
+        Some(Outbound::Hold) => {
+            held.get_or_insert_with(Vec::new);
+        }
+        Some(Outbound::First(t)) => {
+            ready.push(t);
+            ready.extend(held.take().unwrap_or_default());
+        }
+        Some(Outbound::Unhold) => ready.extend(held.take().unwrap_or_default()),
+        Some(Outbound::Ordered(seq, t)) => ready.extend(order.push(seq, t)),
+        Some(Outbound::ExpectSeq(n)) => ready.extend(order.expect(n)),
+        Some(Outbound::Ping) => return After::Ping,
+        Some(Outbound::Close(code, reason)) => {
+            return After::Close(CloseFrame {
+                code,
+                reason: reason.into(),
+            });
+        }
+    }
+    After::Next
+}
+
+/// Write `texts` with one flush at the end (buffered frames, one socket write for a burst).
 async fn write_all(
     sink: &mut SplitSink<WebSocket, Message>,
     texts: Vec<String>,
 ) -> Result<(), axum::Error> {
-    for t in texts {
-        sink.send(Message::Text(t.into())).await?;
+    if texts.is_empty() {
+        return Ok(());
     }
-    Ok(())
+    for t in texts {
+        sink.feed(Message::Text(t.into())).await?;
+    }
+    sink.flush().await
 }
 
 /// Is this read error an oversized frame/message (answered with close 1009)?
