@@ -24,10 +24,11 @@ test: test-deps lint k8s-check
 	$(CARGO) test --all-targets -- --test-threads=4
 	$(MAKE) --no-print-directory test-topologies
 
-## The scenario suites on Sentinel and on Redis Cluster (part of `make test`).
+## The scenario suites on Sentinel and on Redis Cluster (part of `make test`; two threads on
+## the cluster: six redis-server processes per scenario).
 test-topologies: test-deps
 	SWITCHYARD_TEST_TOPOLOGY=sentinel $(CARGO) test $(SCENARIO_SUITES) -- --test-threads=4
-	SWITCHYARD_TEST_TOPOLOGY=cluster $(CARGO) test $(SCENARIO_SUITES) -- --test-threads=4
+	SWITCHYARD_TEST_TOPOLOGY=cluster $(CARGO) test $(SCENARIO_SUITES) -- --test-threads=2
 
 ## The property-based test of the Lua scripts with many more random operation sequences
 ## than `make test` runs (32): PROPTEST_CASES=2000 make proptest for a longer hunt.

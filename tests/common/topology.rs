@@ -65,8 +65,14 @@ pub struct SentinelOpts<'a> {
 impl Proc {
     /// `redis-server` on a free port with `args` (plus port, bind, dir, no RDB saves).
     pub fn server(args: &[&str]) -> Self {
+        // A cluster node also listens on its port + 10000 (the cluster bus).
+        let port = if args.contains(&"--cluster-enabled") {
+            cluster_port()
+        } else {
+            free_port()
+        };
         let mut p = Self {
-            port: free_port(),
+            port,
             child: None,
             dir: tempfile::tempdir().expect("temp dir"),
             args: args.iter().map(|a| a.to_string()).collect(),
@@ -263,6 +269,20 @@ pub async fn connect_with_ca(
         None => redis::Client::open(info)?,
     };
     client.get_multiplexed_async_connection().await
+}
+
+/// A port free on loopback whose cluster bus port (+10000) is free too, both below the
+/// ephemeral range (so neither collides with client sockets nor exceeds 65535).
+fn cluster_port() -> u16 {
+    use rand::RngExt;
+    let free = |p: u16| std::net::TcpListener::bind(("127.0.0.1", p)).is_ok();
+    for _ in 0..1000 {
+        let p = rand::rng().random_range(15_000..22_000);
+        if free(p) && free(p + 10_000) {
+            return p;
+        }
+    }
+    panic!("no free cluster port pair");
 }
 
 /// Poll `f` every 20 ms until it is true; panics after `timeout`.
