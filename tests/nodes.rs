@@ -557,13 +557,13 @@ async fn redis_stopped_and_restarted_under_a_connected_node_heals_by_itself() {
 }
 
 #[tokio::test]
-async fn script_flush_is_survived_transparently() {
+async fn function_flush_is_survived_transparently() {
     let redis = RedisServer::start().await;
     let inst = start_instance(&redis).await;
     let mut c = redis.client().await;
     let mut node = WsClient::connect(&ws_url(&inst, "/ws/node")).await;
     let id = node.register_id(fixture("node_register_first"), None).await;
-    let _: () = redis::cmd("SCRIPT")
+    let _: () = redis::cmd("FUNCTION")
         .arg("FLUSH")
         .query_async(&mut c)
         .await
@@ -571,7 +571,7 @@ async fn script_flush_is_survived_transparently() {
     node.heartbeat(&id, Some(&["ja", "en"])).await;
     eventually(
         Duration::from_secs(2),
-        "heartbeat applied after SCRIPT FLUSH",
+        "heartbeat applied after FUNCTION FLUSH",
         || {
             let mut c = c.clone();
             let id = id.clone();

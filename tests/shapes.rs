@@ -122,17 +122,9 @@ async fn call_raw(
     rest: &[&[u8]],
 ) -> Result<redis::Value, redis::RedisError> {
     let scripts = switchyard::store::scripts::Scripts::new();
-    let mut inv = scripts.get(script).prepare_invoke();
-    for k in keys {
-        inv.key(k);
-    }
-    for a in inst.app.cells.default_cell().store.args().into_inner() {
-        inv.arg(a);
-    }
-    for a in rest {
-        inv.arg(*a);
-    }
-    inv.invoke_async(c).await
+    let ctx = inst.app.cells.default_cell().store.args().into_inner();
+    let args = ctx.iter().map(Vec::as_slice).chain(rest.iter().copied());
+    scripts.fcall(script, keys, args).query_async(c).await
 }
 
 #[tokio::test]

@@ -6,35 +6,60 @@
 --   ARGV[4] "<seed> <traceparent>": a random seed (Redis' Lua PRNG repeats its sequence
 --           after a restart) and the W3C traceparent of the caller's span ("" if none),
 --           carried into job records and deliveries so one utterance is one trace
-local P = ARGV[1]
-local ME = ARGV[2]
--- One struct.unpack (~2 µs) instead of decoding a JSON object on every call (~20 µs).
+-- The scripts are one Redis Functions library (src/store/scripts.rs): this file and every
+-- include are loaded once (FUNCTION LOAD), their closures and constant tables created
+-- once, not on every call. While the library loads, Redis offers no global but `redis`
+-- (no string, math, table, pairs...): top-level code here only declares. What belongs to one call lives in the locals below, set by
+-- begin() before a script's body runs (Redis runs one function at a time, to the end).
+local KEYS, ARGV
+local P, ME       -- ARGV[1], ARGV[2]
+local CFG         -- ARGV[3] unpacked: CFG.liveness, CFG.batch, ... (never written by scripts)
+local TP          -- the caller's traceparent ('' if none)
+local NOW         -- ms, Redis clock (TIME), fixed for the call
+local OUT         -- messages for connections: {k=kind, id=, owner=, conn=, m=n, blob=n?,
+                  --   seq=n?, tp=traceparent?, job=job id?}
+local BLOBS       -- the messages' JSON bodies (m) and binary payloads (blob: job audio),
+                  -- returned after the reply JSON, so no body is escaped into it
+local EV          -- transitions this call made, by name (metrics): submitted, dispatched, ...
+local LAT         -- {dispatch=, e2e=, pool=}: ms from job creation to dispatch / to result;
+                  -- pool[i]: the primary pool of the job of dispatch[i]
+local OWNERS      -- delivery targets' {owner, conn}, by key: looked up once per call by
+                  -- deliver(), or filled from a record the script read anyway
+local NODE_ACK    -- supports_ack of the nodes dispatch's load() read in this call
+
+-- One struct.unpack (~2 µs) instead of decoding a JSON object (~20 µs); and only when the
+-- configuration differs from the previous call's (an interned string: the comparison is
+-- one pointer comparison).
 local CFG_NAMES = {'liveness', 'node_retention', 'batch', 'max_attempts', 'queue_wait',
   'queue_max', 'scan', 'ack_timeout', 'run_timeout', 'job_ttl', 'choices', 'sample', 'affinity',
   'mna_ms', 'mna_per_min', 'explain', 'session_ttl', 'pause', 'max_duration', 'max_bytes', 'playback_grace',
   'reorder', 'max_ahead', 'retention', 'group_window', 'min_cut', 'presence_ttl', 'inbox_max',
   'takeover_batch'}
-local CFG = {}
-do
-  if #ARGV[3] ~= 8 * #CFG_NAMES then
-    error({err = 'ERR bad argument ARGV[3] (configuration): ' .. #ARGV[3] .. ' bytes, want '
-      .. 8 * #CFG_NAMES})
+local CFG_RAW = nil
+
+-- begin(keys, args): the context of one call, before its body runs.
+local function begin(keys, args)
+  KEYS, ARGV = keys, args
+  P, ME = args[1], args[2]
+  local raw = args[3]
+  if raw ~= CFG_RAW then
+    if type(raw) ~= 'string' or #raw ~= 8 * #CFG_NAMES then
+      error({err = 'ERR bad argument ARGV[3] (configuration): ' .. #(raw or '') .. ' bytes, want '
+        .. 8 * #CFG_NAMES})
+    end
+    local v = {struct.unpack('<' .. string.rep('d', #CFG_NAMES), raw)}
+    CFG = {}
+    for i, name in ipairs(CFG_NAMES) do CFG[name] = v[i] end
+    CFG_RAW = raw
   end
-  local v = {struct.unpack('<' .. string.rep('d', #CFG_NAMES), ARGV[3])}
-  for i, name in ipairs(CFG_NAMES) do CFG[name] = v[i] end
+  local seed, tp = string.match(args[4] or '', '^(%d+) ?(.*)$')
+  math.randomseed(tonumber(seed or '1'))
+  TP = tp or ''
+  local t = redis.call('TIME')
+  NOW = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+  OUT, BLOBS, EV, OWNERS, NODE_ACK = {}, {}, {}, {}, {}
+  LAT = {dispatch = {}, e2e = {}, pool = {}}
 end
-local SEED, TP = string.match(ARGV[4], '^(%d+) ?(.*)$')
-math.randomseed(tonumber(SEED or '1'))
-TP = TP or ''
-local t = redis.call('TIME')
-local NOW = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-local OUT = {}    -- messages for connections: {k=kind, id=, owner=, conn=, m=n, blob=n?,
-                  --   seq=n?, tp=traceparent?, job=job id?}
-local BLOBS = {}  -- the messages' JSON bodies (m) and binary payloads (blob: job audio),
-                  -- returned after the reply JSON, so no body is escaped into it
-local EV = {}     -- transitions this call made, by name (metrics): submitted, dispatched, ...
-local LAT = {dispatch = {}, e2e = {}, pool = {}}  -- ms from job creation to dispatch / to
-                  -- result; pool[i]: the primary pool of the job of dispatch[i]
 
 local function count(name)
   EV[name] = (EV[name] or 0) + 1
@@ -68,9 +93,6 @@ local function csv_has(csv, item)
 end
 
 local function node_key(id) return P .. 'node:' .. id end
--- Delivery targets' owner and connection ({owner, conn}, false when absent), by key: looked
--- up once per call by deliver(), or filled from a record the script read anyway.
-local OWNERS = {}
 -- The live sessions a credential subject opened: sid -> expiry (ms), for the per-subject
 -- limit (session_open); refreshed with the session's TTLs, removed by session_close.
 local function subject_sessions(sub) return P .. 'subject:' .. sub .. ':sessions' end

@@ -84,9 +84,6 @@ local function route_text(why)
   return table.concat(why, '', 1, why.k)
 end
 
--- supports_ack of the nodes load() read in this call (false: not set).
-local NODE_ACK = {}
-
 -- Fields of the job table that are not fields of its record.
 local NOT_RECORD = {unsaved = true, sess_set = true, fresh_audio = true, ui_json = true}
 

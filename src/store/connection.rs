@@ -10,8 +10,8 @@
 //!   so the instance follows a failover by itself.
 //! - **cluster**: one `cluster-async` connection (multiplexed per node; it follows
 //!   `MOVED`/`ASK` and refreshes the slot map itself). Every script touches keys of one hash
-//!   tag only, so no call is ever `CROSSSLOT`; `EVALSHA` goes to the node owning the tag's
-//!   slot and a `NOSCRIPT` there loads the script on the spot.
+//!   tag only, so no call is ever `CROSSSLOT`; `FCALL` goes to the node owning the tag's
+//!   slot and a missing library there is loaded on the spot.
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, RwLock};

@@ -1,4 +1,4 @@
-//! Readiness, script loading and the optional `WAIT` for replicas: the calls that must reach
+//! Readiness, loading the scripts' library and the optional `WAIT` for replicas: the calls that must reach
 //! the node holding the cell (in cluster mode, the primary of the cell's slot).
 
 use std::time::Instant;
@@ -8,19 +8,18 @@ use redis::Value;
 use super::{Conn, Store, StoreError};
 
 impl Store {
-    /// SCRIPT LOAD every script (start-up and readiness); a no-op when already loaded.
-    /// In cluster mode on the primary of the cell's slot (other nodes load on NOSCRIPT).
+    /// `FUNCTION LOAD REPLACE` the scripts' library (start-up, readiness, and when a call
+    /// finds it missing) on the node holding the cell (in cluster mode, the primary of the
+    /// cell's slot; its replicas get it by replication).
     pub async fn load_scripts(&self) -> Result<(), StoreError> {
         let mut conn = self.conn().await?;
         let cell = self.keys.instances();
-        for (s, _) in self.scripts.iter() {
-            let mut cmd = redis::cmd("SCRIPT");
-            cmd.arg("LOAD").arg(self.scripts.source(s));
-            self.connector
-                .on_cell(&mut conn, &cmd, &cell)
-                .await
-                .map_err(|e| StoreError::from_redis(s.name(), e))?;
-        }
+        let mut cmd = redis::cmd("FUNCTION");
+        cmd.arg("LOAD").arg("REPLACE").arg(self.scripts.library());
+        self.connector
+            .on_cell(&mut conn, &cmd, &cell)
+            .await
+            .map_err(|e| StoreError::from_redis("function load", e))?;
         Ok(())
     }
 
@@ -44,19 +43,17 @@ impl Store {
             if role.as_deref() != Some("master") {
                 return Ok(None);
             }
-            let mut cmd = redis::cmd("SCRIPT");
-            cmd.arg("EXISTS");
-            for (_, s) in self.scripts.iter() {
-                cmd.arg(s.get_hash());
-            }
-            let loaded = self.connector.on_cell(&mut conn, &cmd, &cell).await?;
-            redis::from_redis_value::<Vec<bool>>(loaded)
-                .map(Some)
-                .map_err(redis::RedisError::from)
+            let mut cmd = redis::cmd("FUNCTION");
+            cmd.arg("LIST")
+                .arg("LIBRARYNAME")
+                .arg(self.scripts.library_name());
+            let listed = self.connector.on_cell(&mut conn, &cmd, &cell).await?;
+            // LIBRARYNAME is a pattern: any library whose name contains ours (only ours).
+            Ok(Some(matches!(listed, Value::Array(v) if !v.is_empty())))
         };
         match ready.await {
-            Ok(Some(loaded)) if loaded.iter().all(|l| *l) => Ok(()),
-            Ok(Some(_)) => self.load_scripts().await,
+            Ok(Some(true)) => Ok(()),
+            Ok(Some(false)) => self.load_scripts().await,
             Ok(None) => {
                 self.connector.failed().await;
                 Err(StoreError::Unavailable(format!(

@@ -2,7 +2,7 @@
 //!
 //! Every state change is one Lua script (DESIGN §1.2); this module turns each script into
 //! one typed Rust function (`nodes.rs` for the node side) and keeps the plumbing in one
-//! place: the deadpool-redis pool, EVALSHA with transparent reload after NOSCRIPT, JSON
+//! place: the deadpool-redis pool, FCALL with transparent reload of a missing library, JSON
 //! replies decoded into enums, per-script metrics, and one error for "Redis is away"
 //! ([`StoreError::Unavailable`], which clients see as `SCHEDULER_DEPENDENCY_DOWN`).
 //! Which Redis answers (one server, a Sentinel-managed primary, a Cluster) is the business
@@ -375,14 +375,23 @@ impl Store {
                     return Err(e);
                 }
             };
-            let mut inv = self.scripts.get(script).prepare_invoke();
-            for k in keys {
-                inv.key(k);
+            let cmd = self
+                .scripts
+                .fcall(script, keys, args.0.iter().map(Vec::as_slice));
+            let mut reply = cmd.query_async::<Vec<Vec<u8>>>(&mut conn).await;
+            if let Err(e) = &reply
+                && scripts::function_missing(e)
+            {
+                // The library is gone (restart without persistence, FUNCTION FLUSH): load
+                // it where the cell lives and try once more.
+                tracing::warn!(
+                    script = name,
+                    "functions library missing in Redis: loading it"
+                );
+                self.load_scripts().await?;
+                reply = cmd.query_async(&mut conn).await;
             }
-            for a in &args.0 {
-                inv.arg(a.as_slice());
-            }
-            let mut parts: Vec<Vec<u8>> = match inv.invoke_async(&mut conn).await {
+            let mut parts: Vec<Vec<u8>> = match reply {
                 Ok(p) => p,
                 Err(e) => {
                     let e = StoreError::from_redis(name, e);

@@ -1,11 +1,10 @@
 //! The Lua scripts of `lua/`, compiled into the binary and loaded into Redis.
 //!
-//! Each `lua/NAME.lua` may pull shared fragments from `lua/includes/` with a line
-//! `--!include NAME`; they are inlined here at start-up, so no logic is copied between
-//! scripts. Calls go through EVALSHA; after a NOSCRIPT (Redis restarted or SCRIPT FLUSH)
-//! the `redis` crate loads the script and retries once, transparently.
-
-use redis::Script as RedisScript;
+//! Each `lua/NAME.lua` may use shared fragments of `lua/includes/` (a line
+//! `--!include NAME` says which); they are assembled here into one Redis Functions library
+//! (see [`Scripts`]), so no logic is copied between scripts. Calls go through `FCALL`;
+//! when the library is missing (Redis restarted without persistence, `FUNCTION FLUSH`)
+//! the store loads it and retries once, transparently.
 
 /// Declares the `Script` enum from one table: variant, file name (= metric label).
 macro_rules! scripts {
@@ -63,57 +62,126 @@ includes!(
     "liveness"
 );
 
-/// Inline every `--!include NAME` line. Panics only on a missing include, which is a
-/// build-time mistake caught by the unit test below.
-fn expand(src: &str) -> String {
-    let mut out = String::with_capacity(src.len() * 2);
-    for line in src.lines() {
-        match line.strip_prefix("--!include ") {
-            Some(name) => {
-                let name = name.trim();
-                let body = include(name).unwrap_or_else(|| panic!("unknown lua include {name}"));
-                out.push_str(body);
-            }
-            None => out.push_str(line),
-        }
-        out.push('\n');
-    }
-    out
+/// Include order in the library: every fragment after the ones it requires.
+const LIBRARY_ORDER: &[&str] = &[
+    "ctx", "args", "pools", "deliver", "results", "dispatch", "offline", "groups", "submit", "cut",
+    "liveness",
+];
+
+/// The includes a script names (`--!include NAME` lines), in its order.
+#[cfg(test)]
+fn includes_of(src: &str) -> impl Iterator<Item = &str> {
+    src.lines()
+        .filter_map(|l| l.strip_prefix("--!include "))
+        .map(str::trim)
 }
 
-/// All scripts, expanded and hashed once per process.
+/// A script's body: its text without the include lines (kept as empty lines, so Redis'
+/// error line numbers stay close to the file's).
+fn body_of(src: &str) -> String {
+    src.lines()
+        .map(|l| if l.starts_with("--!include ") { "" } else { l })
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+/// All scripts as one Redis Functions library (`FUNCTION LOAD`), built once per process.
+///
+/// Every include is defined once at the library's top level and each script's body becomes
+/// a function that runs after `begin()` (ctx.lua) set its call context. So the ~80 closures
+/// and constant tables of the includes are created when the library loads, not on every
+/// call as with EVALSHA, and Redis' Lua heap holds one copy of them instead of one per
+/// script (issue 14: the prologue and its garbage were ~10 % of Redis' CPU per job).
+///
+/// Names carry the library's version (a hash of its text): `switchyard_<v>` with functions
+/// `<script>_<v>`, so instances of two versions can share a Redis during a rolling upgrade,
+/// each calling its own code.
 pub struct Scripts {
-    scripts: Vec<(Script, RedisScript)>,
-    /// The expanded sources, for `SCRIPT LOAD` routed to one cluster node.
-    sources: Vec<String>,
+    library: String,
+    version: String,
+    functions: Vec<String>,
 }
 
 impl Scripts {
     pub fn new() -> Self {
-        let sources: Vec<String> = Script::ALL.iter().map(|s| expand(s.source())).collect();
-        let scripts = Script::ALL
+        use sha2::{Digest, Sha256};
+        let mut code = String::new();
+        for name in LIBRARY_ORDER {
+            let body = include(name).unwrap_or_else(|| panic!("unknown lua include {name}"));
+            code.push_str(&format!("-- ===== include {name} =====\n{body}\n"));
+        }
+        code.push_str("local SCRIPTS = {}\n");
+        for s in Script::ALL {
+            code.push_str(&format!(
+                "-- ===== {name}.lua =====\nSCRIPTS['{name}'] = function()\n{body}\nend\n",
+                name = s.name(),
+                body = body_of(s.source())
+            ));
+        }
+        let version: String = Sha256::digest(code.as_bytes())[..6]
             .iter()
-            .zip(&sources)
-            .map(|(s, src)| (*s, RedisScript::new(src)));
+            .map(|b| format!("{b:02x}"))
+            .collect();
+        let functions: Vec<String> = Script::ALL
+            .iter()
+            .map(|s| format!("{}_{version}", s.name()))
+            .collect();
+        // One registration per script (no loop: while a library loads, Redis offers no
+        // global but `redis`, so not even `pairs`).
+        let mut library = format!("#!lua name=switchyard_{version}\n{code}");
+        for s in Script::ALL {
+            library.push_str(&format!(
+                "redis.register_function('{name}_{version}', function(keys, args) \
+                 begin(keys, args) return SCRIPTS['{name}']() end)\n",
+                name = s.name()
+            ));
+        }
         Self {
-            scripts: scripts.collect(),
-            sources,
+            library,
+            version,
+            functions,
         }
     }
 
-    pub fn get(&self, s: Script) -> &RedisScript {
-        // `scripts` follows the declaration order of `Script`, so the index is the variant.
-        &self.scripts[s as usize].1
+    /// The library's source, for `FUNCTION LOAD`.
+    pub fn library(&self) -> &str {
+        &self.library
     }
 
-    /// The expanded source of `s`.
-    pub fn source(&self, s: Script) -> &str {
-        &self.sources[s as usize]
+    /// The library's name in Redis (`FUNCTION LIST LIBRARYNAME ...`).
+    pub fn library_name(&self) -> String {
+        format!("switchyard_{}", self.version)
     }
 
-    pub fn iter(&self) -> impl Iterator<Item = (Script, &RedisScript)> {
-        self.scripts.iter().map(|(k, v)| (*k, v))
+    /// The name of `s`'s function in Redis.
+    pub fn function(&self, s: Script) -> &str {
+        // `functions` follows the declaration order of `Script`, so the index is the variant.
+        &self.functions[s as usize]
     }
+
+    /// `FCALL <function> <#keys> keys... args...`.
+    pub fn fcall<'a>(
+        &self,
+        s: Script,
+        keys: &[String],
+        args: impl IntoIterator<Item = &'a [u8]>,
+    ) -> redis::Cmd {
+        let mut cmd = redis::cmd("FCALL");
+        cmd.arg(self.function(s)).arg(keys.len());
+        for k in keys {
+            cmd.arg(k);
+        }
+        for a in args {
+            cmd.arg(a);
+        }
+        cmd
+    }
+}
+
+/// Whether `e` says the called function is not loaded on that Redis (a restart without
+/// persistence, `FUNCTION FLUSH`, a fresh replica promoted before it synced).
+pub fn function_missing(e: &redis::RedisError) -> bool {
+    e.to_string().contains("Function not found")
 }
 
 impl Default for Scripts {
@@ -127,14 +195,20 @@ mod tests {
     use super::*;
 
     #[test]
-    fn every_script_expands_and_documents_its_contract() {
+    fn every_script_documents_its_contract_and_its_includes_are_in_the_library() {
         for &s in Script::ALL {
-            let text = expand(s.source());
-            assert!(
-                !text.contains("--!include"),
-                "{} keeps an include",
-                s.name()
-            );
+            for name in includes_of(s.source()) {
+                assert!(
+                    include(name).is_some(),
+                    "{}: unknown include {name}",
+                    s.name()
+                );
+                assert!(
+                    LIBRARY_ORDER.contains(&name),
+                    "{}: {name} not in LIBRARY_ORDER",
+                    s.name()
+                );
+            }
             let head: String = s.source().lines().take(25).collect();
             assert!(
                 head.contains("KEYS[1]") && head.contains("ARGV[1"),
@@ -142,6 +216,20 @@ mod tests {
                 s.name()
             );
             assert!(head.contains("Output"), "{} lists its replies", s.name());
+        }
+    }
+
+    #[test]
+    fn the_library_names_its_version_and_registers_every_script() {
+        let lib = Scripts::new();
+        assert!(
+            lib.library()
+                .starts_with(&format!("#!lua name={}\n", lib.library_name()))
+        );
+        assert!(!lib.library().contains("--!include"));
+        for &s in Script::ALL {
+            assert!(lib.function(s).starts_with(s.name()));
+            assert!(lib.library().contains(&format!("SCRIPTS['{}']", s.name())));
         }
     }
 }
