@@ -6,7 +6,7 @@
 # utterance per second each, instant nodes, SPARSE_S s each; then 1 session sending each
 # utterance when the previous result arrived, 200 times), all driven by NEW_BIN's
 # simulator. SPARSE_ONLY=1 runs only the three sparse runs; SAT_ONLY=1 only the saturation run
-# (with the per-job costs: Redis µs in EVALSHA, Redis process CPU, instance CPU, bytes per
+# (with the per-job costs: Redis µs in script calls (EVALSHA or FCALL), Redis process CPU, instance CPU, bytes per
 # finished job record).
 # Prints a markdown table of medians and the ratio new/old.
 set -euo pipefail
@@ -50,8 +50,8 @@ run_one() { # run_one NAME BIN ROUND
     rc1=$(redis_cpu "$rp")
     t1=$(cpu_ticks "$inst")
     echo "($rc1 - $rc0) * 1000000" | bc -l >"$WORK/rcpu-$name-$r"
-    cmdstat "$rp" evalsha usec >"$WORK/us-$name-$r"
-    cmdstat "$rp" evalsha calls >"$WORK/calls-$name-$r"
+    cmdstat "$rp" 'evalsha|fcall' usec >"$WORK/us-$name-$r"
+    cmdstat "$rp" 'evalsha|fcall' calls >"$WORK/calls-$name-$r"
     echo "($t1 - $t0) * 1000000 / $CLK_TCK" | bc -l >"$WORK/icpu-$name-$r"
     # MEMORY USAGE of finished job records (median of up to 50), and the result log
     { redis-cli -p "$rp" --scan --pattern '*:job:*' || true; } | grep -v ':audio$' | head -200 |
@@ -106,8 +106,8 @@ echo "| median of $ROUNDS alternating rounds | old | new | new / old |"
 echo "|---|---|---|---|"
 if [ "$SPARSE_ONLY" != 1 ]; then
   row "saturation, completed jobs/s" "$(thr old)" "$(thr new)"
-  row "Redis µs in EVALSHA per job (saturation)" "$(usj old)" "$(usj new)"
-  row "Redis µs per EVALSHA call (saturation)" "$(upc old)" "$(upc new)"
+  row "Redis µs in script calls (EVALSHA or FCALL) per job (saturation)" "$(usj old)" "$(usj new)"
+  row "Redis µs per script call (saturation)" "$(upc old)" "$(upc new)"
   row "instance CPU µs per job (saturation)" "$(icj old)" "$(icj new)"
   row "bytes per finished job record (MEMORY USAGE)" "$(jmem old)" "$(jmem new)"
   row "Redis process CPU µs per job (INFO cpu, saturation)" "$(rcj old)" "$(rcj new)"

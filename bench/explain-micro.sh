@@ -16,11 +16,16 @@ RP=$(free_port)
 start_redis "$WORK/redis" "$RP"
 inline() { awk '/^--!include /{f="lua/includes/" $2 ".lua"; while ((getline l < f) > 0) print l; close(f); next} {print}'; }
 cat >"$WORK/micro.lua" <<'LUA'
+local K0, A0 = KEYS, ARGV -- ctx.lua declares its own KEYS, ARGV (set by begin)
 --!include ctx
 --!include deliver
 --!include results
 --!include dispatch
-local n = tonumber(ARGV[5])
+-- the call context begin() sets up in the library; configuration all 0 but `explain`
+local v = {}
+for i, name in ipairs(CFG_NAMES) do v[i] = name == 'explain' and tonumber(A0[3]) or 0 end
+begin(K0, {A0[1], A0[2], struct.pack('<' .. string.rep('d', #CFG_NAMES), unpack(v)), '1 '})
+local n = tonumber(A0[4])
 local t0 = redis.call('TIME')
 for i = 1, n do
   local why = explainer()
@@ -41,8 +46,7 @@ return (t1[1] - t0[1]) * 1000000 + (t1[2] - t0[2])
 LUA
 SCRIPT=$(inline <"$WORK/micro.lua")
 run() { # run EXPLAIN(0|1): total µs of N iterations
-  redis-cli -p "$RP" EVAL "$SCRIPT" 1 '{bench}:job:x' '{bench}:' bench \
-    "{\"explain\":$1}" "1 " "$N"
+  redis-cli -p "$RP" EVAL "$SCRIPT" 1 '{bench}:job:x' '{bench}:' bench "$1" "$N"
 }
 on=() off=()
 for _ in 1 2 3; do off+=("$(run 0)"); on+=("$(run 1)"); done

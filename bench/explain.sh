@@ -2,7 +2,7 @@
 # bench/explain.sh [BIN] [ROUNDS]: what the routing explanation (`jobs.explain`: route:<n> and
 # end:<n> on every job record, lua/includes/dispatch.lua) costs Redis, side by side: the same
 # build with the explanation off ("old") and on ("new"), alternating rounds (bench/ab.sh).
-# Prints ab.sh's markdown table; the row to read is "Redis µs in EVALSHA per job".
+# Prints ab.sh's markdown table; the row to read is "Redis µs in script calls ... per job".
 set -euo pipefail
 cd "$(dirname "$0")/.."
 BIN=$(realpath "${1:-target/release/switchyard}"); ROUNDS=${2:-3}

@@ -106,7 +106,7 @@ median() {
 }
 
 # A field of `INFO commandstats` summed over commands matching a regex:
-#   cmdstat PORT 'evalsha' calls
+#   cmdstat PORT 'evalsha|fcall' calls
 cmdstat() {
   redis-cli -p "$1" info commandstats | tr -d '\r' | awk -F'[:,=]' -v re="^cmdstat_($2)\$" -v f="$3" '
     $1 ~ re { for (i = 2; i < NF; i += 2) if ($i == f) s += $(i + 1) } END { printf "%d\n", s }'

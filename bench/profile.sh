@@ -46,10 +46,10 @@ esac
 rc1=$(redis_cpu "$rp")
 t1=$(cpu_ticks "$IPID")
 redis-cli -p "$rp" info commandstats | tr -d '\r' >"$OUT/cmdstats.txt"
-jobs=$(cmdstat "$rp" evalsha calls)
+jobs=$(cmdstat "$rp" 'evalsha|fcall' calls)
 wait "$SIM" || true
 {
-  echo "in the 12 s window: EVALSHA calls $jobs (≈ 2 per job)"
+  echo "in the 12 s window: script calls (FCALL) $jobs (≈ 2 per job)"
   echo "Redis CPU s: $(echo "$rc1 - $rc0" | bc -l)  instance CPU s: $(echo "($t1 - $t0) / $CLK_TCK" | bc -l)"
   jq -c '{results, results_per_s}' "$OUT/sat.json"
 } | tee "$OUT/cpu.txt"

@@ -20,7 +20,7 @@ $RUNS runs (per-run values in brackets); comparisons ran side by side in the sam
 | dispatch overhead p50 at 20 % load | $(fmt "$D50" 3) ms | ≤ 0.5 ms | $(verdict "$D50 <= 0.5") |
 | dispatch overhead p99 at 20 % load | $(fmt "$D99" 3) ms | ≤ 2 ms | $(verdict "$D99 <= 2") |
 | saturation throughput, one instance | $(fmt "$SAT" 0) jobs/s | | |
-| Redis-bound limit (trivial EVALSHA/s ÷ scripts per job) | $(fmt "$LIMIT" 0) jobs/s | | |
+| Redis-bound limit (trivial FCALL/s ÷ scripts per job) | $(fmt "$LIMIT" 0) jobs/s | | |
 | finished job record (\`MEMORY USAGE\`) | $(fmt "$JOB_REC_B" 0) bytes | ≤ 400 bytes | $(verdict "$JOB_REC_B <= 400") |
 | steady-state Redis memory per (job/s): records + result logs | $(fmt "$(echo "$MEM_PER_RATE / 1048576" | bc -l)" 2) MiB | | |
 | one instance ÷ Redis-bound limit | $(fmt "$SHARE" 1) % | ≥ 50 % | $(verdict "$SHARE >= 50") |
@@ -34,8 +34,8 @@ order violations and oversold must be 0).
 
 ## 1. Redis-bound limit
 
-\`$EVAL_CMD\` (script \`return 1\`; the benchmark client shares the cores with Redis):
-**$(fmt "$EVALSHA_PER_S" 0) EVALSHA/s** [$(printf '%s, ' "${EVALS[@]}" | sed 's/, $//')].
+\`$EVAL_CMD\` (a function returning 1; the benchmark client shares the cores with Redis):
+**$(fmt "$TRIVIAL_PER_S" 0) FCALL/s** [$(printf '%s, ' "${EVALS[@]}" | sed 's/, $//')].
 Divided by the $(fmt "$LINGUA") script calls a job needs on the lingua path: **$(fmt "$LIMIT" 0) jobs/s**.
 A bound from the real scripts instead: Redis spends $(fmt "$RCPU_US" 0) µs of CPU per job
 (section 4), so one Redis core sustains at most **$(fmt "$REAL_LIMIT" 0) jobs/s**; one instance
@@ -85,9 +85,9 @@ included in the per-job figures, so they are slight over-estimates.
 | per completed job | median |
 |---|---|
 | script calls on the lingua path (\`submit\` + \`job_result\`) | $(fmt "$LINGUA" 3) |
-| EVALSHA calls, all scripts | $(fmt "$EV_JOB" 3) |
-| round trips (EVALSHA + the pool's UNWATCH/PING recycle check) | $(fmt "$RT_JOB" 3) |
-| Redis µs in EVALSHA (commandstats) | $(fmt "$EV_US" 1) |
+| script calls (FCALL), all scripts | $(fmt "$EV_JOB" 3) |
+| round trips (FCALL + the pool's UNWATCH/PING recycle check) | $(fmt "$RT_JOB" 3) |
+| Redis µs in FCALL (commandstats) | $(fmt "$EV_US" 1) |
 | Redis µs in all commands (commandstats) | $(fmt "$ALL_US" 1) |
 | Redis process CPU µs (INFO cpu, incl. networking) | $(fmt "$RCPU_US" 1) |
 | instance process CPU µs (/proc/PID/stat) | $(fmt "$ICPU_US" 1) |
@@ -109,7 +109,7 @@ So one Redis core can complete at most $(fmt "$(echo "1000000 / $RCPU_US" | bc -
 $(fmt "$(echo "1000000 / $ICPU_US" | bc -l)" 0) jobs/s (instances scale out; the cell's Redis does not).
 
 Where the Redis time goes (last run; commands called inside the scripts are counted under
-their own names *and* inside \`evalsha\`):
+their own names *and* inside \`fcall\`):
 
 | command | calls per job | µs per job |
 |---|---|---|
@@ -153,8 +153,8 @@ Connected: $NODES_UP nodes (in $T_NODES s), $SESSIONS_UP sessions (in $T_SESSION
 | projected RSS for 10,000 + 10,000 | $(fmt "$(echo "$RSS_10K / 1024" | bc -l)" 0) MiB |
 | instance CPU (% of one core) | $(fmt "$(median "${W_CPU[@]}")" 1) [$(printf '%.1f, ' "${W_CPU[@]}" | sed 's/, $//')] |
 | heartbeats/s handled | $(fmt "$(median "${W_HB[@]}")" 0) |
-| EVALSHA calls per heartbeat (sweeps, presence, session heartbeats included) | $(fmt "$(median "${W_CALLS[@]}")" 3) |
-| Redis µs in EVALSHA per heartbeat (same) | $(fmt "$(median "${W_US[@]}")" 1) |
+| FCALL calls per heartbeat (sweeps, presence, session heartbeats included) | $(fmt "$(median "${W_CALLS[@]}")" 3) |
+| Redis µs in FCALL per heartbeat (same) | $(fmt "$(median "${W_US[@]}")" 1) |
 | Redis CPU (% of one core) | $(fmt "$(median "${W_RCPU[@]}")" 1) |
 | Redis used_memory | $(fmt "$(echo "$REDIS_MEM / 1048576" | bc -l)" 0) MiB |
 
@@ -180,7 +180,7 @@ What recording each dispatch's routing explanation costs (\`jobs.explain\`: \`ro
 \`end:<n>\` on the job record, built with \`table.concat\` in the dispatching script's own
 \`HSET\`): the same build with it off ("old") and on ("new"), alternating rounds, fresh
 redis-server each, \`bash bench/explain.sh\` (bench/ab.sh). The row to read is Redis µs in
-EVALSHA per job (\`INFO commandstats\`).
+script calls per job (\`INFO commandstats\`).
 
 $EXPLAIN_AB
 

@@ -5,7 +5,7 @@
 # release build copied aside (a rebuild during the run cannot change what is measured) and
 # instances started as child processes; every process started here is stopped on exit.
 # Phases (each bounded; ~8 min in all):
-#   1. Redis-bound limit: redis-benchmark EVALSHA of a trivial script.
+#   1. Redis-bound limit: redis-benchmark FCALL of a trivial function.
 #   2. Saturation: one instance, nodes answering at once, closed loop (--window).
 #   3. Dispatch overhead: open loop at 20 % of the saturation throughput.
 #   4. Redis cost per job: INFO commandstats + /metrics deltas around a fixed workload.
@@ -74,15 +74,17 @@ script_calls() {
 calls_of() { awk -v k="$2" '$1 == k {print $2; f = 1} END {if (!f) print 0}' "$1"; }
 
 # ---- 1. Redis-bound limit -------------------------------------------------------------
-log "1/7 redis-benchmark: EVALSHA of a trivial script"
-SHA=$(redis-cli -p "$RP" script load "return 1")
-EVAL_CMD="redis-benchmark -p PORT -q -n 200000 -c 50 evalsha $SHA 0"
+log "1/7 redis-benchmark: FCALL of a trivial function"
+redis-cli -p "$RP" function load replace \
+  "#!lua name=bench_trivial
+redis.register_function('trivial', function() return 1 end)" >/dev/null
+EVAL_CMD="redis-benchmark -p PORT -q -n 200000 -c 50 fcall trivial 0"
 EVALS=()
 for r in $(seq 1 "$RUNS"); do
-  EVALS+=("$(redis-benchmark -p "$RP" -q -n 200000 -c 50 evalsha "$SHA" 0 | tr '\r' '\n' |
+  EVALS+=("$(redis-benchmark -p "$RP" -q -n 200000 -c 50 fcall trivial 0 | tr '\r' '\n' |
     awk -F': ' '/requests per second/ {split($2, a, " "); v = a[1]} END {print v}')")
 done
-EVALSHA_PER_S=$(median "${EVALS[@]}")
+TRIVIAL_PER_S=$(median "${EVALS[@]}")
 
 # ---- 2. Saturation ----------------------------------------------------------------------
 PA=$(free_port)
@@ -114,7 +116,7 @@ sd() { metric "$PA" "switchyard_script_duration_seconds_$1{script=\"$2\"}"; }
 s0=$(sd sum submit) n0=$(sd count submit) q0=$(sd sum job_result) k0=$(sd count job_result)
 for r in $(seq 1 "$RUNS"); do sim "lat-$r" --url "$URL_A" "${LAT_ARGS[@]}"; done
 # Mean round trip of the two lingua-path scripts as the instance sees them (pool checkout,
-# EVALSHA, reply decoding), for the what-bounds-it discussion.
+# FCALL, reply decoding), for the what-bounds-it discussion.
 SUBMIT_MS=$(echo "($(sd sum submit) - $s0) * 1000 / ($(sd count submit) - $n0)" | bc -l)
 RESULT_MS=$(echo "($(sd sum job_result) - $q0) * 1000 / ($(sd count job_result) - $k0)" | bc -l)
 
@@ -133,7 +135,7 @@ for r in $(seq 1 "$RUNS"); do
   jobs=$(j "cost-$r" '.results')
   d() { echo $(($(calls_of "$WORK/cost-$r.calls1" "$1") - $(calls_of "$WORK/cost-$r.calls0" "$1"))); }
   lingua=$(($(d submit) + $(d job_result)))
-  ev_calls=$(cmdstat "$RP" evalsha calls) ev_usec=$(cmdstat "$RP" evalsha usec)
+  ev_calls=$(cmdstat "$RP" 'evalsha|fcall' calls) ev_usec=$(cmdstat "$RP" 'evalsha|fcall' usec)
   pings=$(cmdstat "$RP" ping calls) all_usec=$(cmdstat "$RP" '.*' usec)
   jq -n --argjson jobs "$jobs" --argjson lingua "$lingua" --argjson ev "$ev_calls" \
     --argjson evu "$ev_usec" --argjson pings "$pings" --argjson all "$all_usec" \
@@ -280,8 +282,8 @@ for w in $(seq 1 "$RUNS"); do
   W_RSS+=("$(rss_kib "$S")")
   W_CPU+=("$(echo "($c1 - $c0) / $CLK_TCK / $wall * 100" | bc -l)")
   W_HB+=("$(echo "$hb / $wall" | bc -l)")
-  W_US+=("$(echo "$(cmdstat "$RP" evalsha usec) / $hb" | bc -l)")
-  W_CALLS+=("$(echo "$(cmdstat "$RP" evalsha calls) / $hb" | bc -l)")
+  W_US+=("$(echo "$(cmdstat "$RP" 'evalsha|fcall' usec) / $hb" | bc -l)")
+  W_CALLS+=("$(echo "$(cmdstat "$RP" 'evalsha|fcall' calls) / $hb" | bc -l)")
   W_RCPU+=("$(echo "($rc1 - $rc0) / $wall * 100" | bc -l)")
 done
 REDIS_MEM=$(redis-cli -p "$RP" info memory | tr -d '\r' | awk -F: '/^used_memory:/ {print $2}')
@@ -319,7 +321,7 @@ JOBS_LAST=$(j "cost-$RUNS" .results)
 BREAKDOWN=$(awk -F'[:,=]' -v jobs="$JOBS_LAST" '/^cmdstat_/ {
     name = substr($1, 9); printf "| %s | %.2f | %.1f |\n", name, $3 / jobs, $5 / jobs }' \
   "$WORK/cost-$RUNS.commandstats" | sort -t'|' -k4 -g -r | head -15)
-LIMIT=$(echo "$EVALSHA_PER_S / $LINGUA" | bc -l)
+LIMIT=$(echo "$TRIVIAL_PER_S / $LINGUA" | bc -l)
 REAL_LIMIT=$(echo "1000000 / $RCPU_US" | bc -l)
 SHARE=$(echo "$SAT / $LIMIT * 100" | bc -l)
 SHARE_REAL=$(echo "$SAT / $REAL_LIMIT * 100" | bc -l)
