@@ -258,3 +258,74 @@ async fn a_job_that_waited_shows_the_queue_and_the_offer_that_took_it() {
     assert_eq!(v["attempts"][0]["outcome"], "ok");
     common::invariants::check(&mut c).await;
 }
+
+/// A job that finished on its first attempt keeps a routing explanation of at most 64
+/// bytes (cut at an entry boundary, the rest counted in `,+N`), so its record stays a
+/// compact listpack; the console still names the chosen node and counts the others.
+#[tokio::test]
+async fn a_plain_finished_job_keeps_a_short_explanation_and_a_compact_record() {
+    let redis = RedisServer::start().await;
+    let inst = start_instance(&redis).await;
+    let mut c = redis.client().await;
+    let mut nodes = Vec::new();
+    for _ in 0..3 {
+        nodes.push(node(&inst).await);
+    }
+    let (mut s, sid) = open_session(
+        &ws_url(&inst, "/ws/session"),
+        fixture("session_init_one_way"),
+    )
+    .await;
+    s.send(&utterance(&sid, 0)).await;
+    let (a1, i) = {
+        let [(n0, _), (n1, _), (n2, _)] = &mut nodes[..] else {
+            panic!("three nodes")
+        };
+        tokio::select! {
+            v = assign(n0) => (v, 0),
+            v = assign(n1) => (v, 1),
+            v = assign(n2) => (v, 2),
+        }
+    };
+    let (n, nid) = &mut nodes[i];
+    n.send(&answer(&a1, nid, "done")).await;
+    terminals(&mut s, 1, T).await;
+    let jid = a1["job_id"].as_str().expect("job id").to_string();
+    let key = format!("{}job:{jid}", common::invariants::PREFIX);
+    let route: String = redis::cmd("HGET")
+        .arg(&key)
+        .arg("route:1")
+        .query_async(&mut c)
+        .await
+        .expect("route:1");
+    assert!(route.len() <= 64, "{route:?} ({} bytes)", route.len());
+    assert_eq!(route.split(' ').nth(1), Some(nid.as_str()), "{route}");
+    let end: Option<String> = redis::cmd("HGET")
+        .arg(&key)
+        .arg("end:1")
+        .query_async(&mut c)
+        .await
+        .expect("end:1");
+    assert_eq!(end, None, "the finishing attempt needs no end:<n>");
+    let encoding: String = redis::cmd("OBJECT")
+        .arg("ENCODING")
+        .arg(&key)
+        .query_async(&mut c)
+        .await
+        .expect("encoding");
+    assert_eq!(encoding, "listpack");
+
+    let (st, v) = get_json(&http_url(&inst, &format!("/api/v1/jobs/{jid}"))).await;
+    assert_eq!(st, 200, "{v}");
+    let at = &v["attempts"][0];
+    assert_eq!(at["node"], nid.as_str(), "{v}");
+    assert_eq!(at["outcome"], "ok", "{v}");
+    let step = &at["route"][0];
+    assert_eq!(step["pool"], "pub:zh:en", "{v}");
+    // Two eligible nodes were looked at (jobs.choices = 2): ~78 bytes, so it was cut and
+    // what did not fit is counted.
+    assert!(route.contains(",+"), "{route}");
+    assert!(!step["nodes"].as_array().expect("nodes").is_empty(), "{v}");
+    assert!(step["more"].as_u64() >= Some(1), "{v}");
+    common::invariants::check(&mut c).await;
+}

@@ -197,6 +197,32 @@ end
 -- small listpack (~300 bytes instead of ~2.3-3 KB; issue 14). `job` must be current.
 local KEPT_FIELDS = {'id', 'session', 'idx', 'attempt', 'node', 'tried', 'failovers', 'trace_id',
   'turn_id', 'created_at', 'dispatched_at'}
+
+-- A hash whose values are all at most `hash-max-listpack-value` bytes (Redis' default: 64)
+-- is kept as one listpack (~350 bytes for a finished job); one longer value turns it into
+-- a hashtable of ~1 KB. A finished job's explanation `route:<n>` ("<ms> <node> steps") is
+-- therefore cut at an entry boundary to ROUTE_KEEP bytes, the dropped entries counted in a
+-- trailing ",+N" (the console shows "+N more") when the job finished on its first attempt
+-- without waiting in a queue (the common case); a job that failed over, waited or failed
+-- keeps its explanation whole.
+local ROUTE_KEEP = 64
+local function compact_route(v)
+  if #v <= ROUTE_KEEP then return v end
+  local cut, at = nil, 0
+  while true do
+    local j = string.find(v, '[,|]', at + 1)
+    if not j or j > ROUTE_KEEP - 4 then break end
+    cut, at = j, j
+  end
+  if not cut then
+    local head = string.match(v, '^%S+ %S+')
+    return (head and #head <= ROUTE_KEEP) and head or v
+  end
+  local dropped, rest = 0, string.sub(v, cut)
+  for _ in string.gmatch(rest, '=') do dropped = dropped + 1 end
+  for n in string.gmatch(rest, ',%+(%d+)') do dropped = dropped + tonumber(n) end
+  return string.sub(v, 1, cut - 1) .. ',+' .. dropped
+end
 local function end_job(jid, job, state, extra)
   local jk = job_key(jid)
   local f = {'state', state, 'finished_at', NOW}
@@ -211,7 +237,12 @@ local function end_job(jid, job, state, extra)
   if CFG.explain ~= 0 then
     for k, v in pairs(job) do
       local c = string.byte(k)
-      if (c == 114 and string.sub(k, 1, 6) == 'route:') or (c == 101 and string.sub(k, 1, 4) == 'end:') then
+      if c == 114 and string.sub(k, 1, 6) == 'route:' then
+        f[#f + 1] = k
+        local plain = state == 'FINISHED' and k == 'route:1' and tostring(job.attempt) == '1'
+          and not string.find(v, '|queued@', 1, true)
+        f[#f + 1] = plain and compact_route(v) or v
+      elseif c == 101 and string.sub(k, 1, 4) == 'end:' then
         f[#f + 1] = k
         f[#f + 1] = v
       end
