@@ -56,15 +56,26 @@ local function timed(job, ids)
 end
 
 -- A success reads only what it needs: the job's fields end_job keeps (with the routing
--- explanation of every attempt) plus state and web_ms, and the node's fields of fencing,
--- release and offer in one HMGET. A failure may re-dispatch: it reads the whole record.
-local OK_FIELDS = {'state', 'web_ms'}
-for _, k in ipairs(KEPT_FIELDS) do OK_FIELDS[#OK_FIELDS + 1] = k end
-if CFG.explain ~= 0 then
-  for a = 1, CFG.max_attempts do
-    OK_FIELDS[#OK_FIELDS + 1] = 'route:' .. a
-    OK_FIELDS[#OK_FIELDS + 1] = 'end:' .. a
+-- explanation of attempts 1..n: route:1..n and end:1..n-1, n = the attempt this result is
+-- for; any other attempt is refused by the fencing) plus state and web_ms, and the node's
+-- fields of fencing, release and offer in one HMGET. A failure may re-dispatch: it reads
+-- the whole record. The lists are built once per attempt number and configuration.
+local function ok_fields(attempt)
+  local n = tonumber(attempt)
+  if not n or n % 1 ~= 0 or n < 1 or n > CFG.max_attempts then n = 0 end
+  local name = 'job_result.ok_fields:' .. n
+  local f = DERIVED[name]
+  if f then return f end
+  f = {'state', 'web_ms'}
+  for _, k in ipairs(KEPT_FIELDS) do f[#f + 1] = k end
+  if CFG.explain ~= 0 then
+    for a = 1, n do
+      f[#f + 1] = 'route:' .. a
+      if a < n then f[#f + 1] = 'end:' .. a end
+    end
   end
+  DERIVED[name] = f
+  return f
 end
 local NODE_FIELDS = {'conn', 'capacity_target', 'state', 'reserved', 'capacity'}
 -- The session's fields the result path reads (owner for delivery, utterance group, cursor).
@@ -73,7 +84,7 @@ local SESSION_FIELDS = {'id', 'owner', 'conn', 'grp_id', 'grp_anchor', 'grp_part
 
 local jid, nid, outcome = ARGV[5], ARGV[7], ARGV[9]
 local ok = outcome == 'ok'
-local job, node = job_for(jid, ARGV[6], nid, ARGV[8], ok and OK_FIELDS or nil,
+local job, node = job_for(jid, ARGV[6], nid, ARGV[8], ok and ok_fields(ARGV[6]) or nil,
   ok and NODE_FIELDS or nil)
 if not job then return finish({status = 'stale', reason = node}) end
 

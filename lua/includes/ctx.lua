@@ -36,6 +36,9 @@ local CFG_NAMES = {'liveness', 'node_retention', 'batch', 'max_attempts', 'queue
   'reorder', 'max_ahead', 'retention', 'group_window', 'min_cut', 'presence_ttl', 'inbox_max',
   'takeover_batch'}
 local CFG_RAW = nil
+-- Lists the scripts derive from the configuration (field lists...), by name: built once
+-- per configuration instead of on every call (emptied when the configuration changes).
+local DERIVED = {}
 
 -- begin(keys, args): the context of one call, before its body runs.
 local function begin(keys, args)
@@ -51,6 +54,7 @@ local function begin(keys, args)
     CFG = {}
     for i, name in ipairs(CFG_NAMES) do CFG[name] = v[i] end
     CFG_RAW = raw
+    DERIVED = {}
   end
   local seed, tp = string.match(args[4] or '', '^(%d+) ?(.*)$')
   math.randomseed(tonumber(seed or '1'))

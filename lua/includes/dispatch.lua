@@ -104,6 +104,27 @@ local function save_fields(job, f)
   return true
 end
 
+-- load_fields(needs_csv) -> the node fields load() reads for a job needing those services,
+-- the services, and each as ",svc," (to find in ",<node services>,"). Kept in DERIVED
+-- (a job's `needs` is one of a few pipelines; at most 64 kept).
+local function load_fields(csv)
+  local name = 'load:' .. csv
+  local d = DERIVED[name]
+  if d then return d[1], d[2], d[3] end
+  -- supports_ack, owner and conn are what assign and deliver need of the chosen node.
+  local fields = {'state', 'reserved', 'capacity', 'services', 'deadline', 'supports_ack',
+    'owner', 'conn'}
+  local needs, needles = {}, {}
+  for svc in string.gmatch(csv, '[^,]+') do
+    needs[#needs + 1] = svc
+    needles[#needles + 1] = ',' .. svc .. ','
+    fields[#fields + 1] = 'down:' .. svc
+  end
+  DERIVED.n = (DERIVED.n or 0) + 1
+  if DERIVED.n <= 64 then DERIVED[name] = {fields, needs, needles} end
+  return fields, needs, needles
+end
+
 -- load(nid, job, need_room, why): the node's load ratio if it may take `job`, else nil.
 -- One HMGET reads everything it needs, the down-marks of the job's services included.
 -- With `why`, the verdict is recorded (ok, full, draining, offline, stale, tried,
@@ -113,14 +134,7 @@ local function load(nid, job, need_room, why)
     explain(why, nid, 'tried')
     return nil
   end
-  -- supports_ack, owner and conn are what assign and deliver need of the chosen node.
-  local fields = {'state', 'reserved', 'capacity', 'services', 'deadline', 'supports_ack',
-    'owner', 'conn'}
-  local needs = {}
-  for svc in string.gmatch(job.needs or '', '[^,]+') do
-    needs[#needs + 1] = svc
-    fields[#fields + 1] = 'down:' .. svc
-  end
+  local fields, needs, needles = load_fields(job.needs or '')
   local nk = node_key(nid)
   local n = redis.call('HMGET', nk, unpack(fields))
   NODE_ACK[nid] = n[6]
@@ -136,8 +150,9 @@ local function load(nid, job, need_room, why)
   elseif need_room and reserved >= cap then
     verdict = 'full'
   else
+    local offered = ',' .. (n[4] or '') .. ','
     for i, svc in ipairs(needs) do
-      if not csv_has(n[4], svc) then verdict = 'nosvc-' .. svc break end
+      if not string.find(offered, needles[i], 1, true) then verdict = 'nosvc-' .. svc break end
       local down = n[8 + i]
       if down and tonumber(down) > NOW then verdict = 'down-' .. svc break end
     end

@@ -45,6 +45,16 @@ local function group_bound(ctx)
   return kept
 end
 
+-- group_append(ctx, entry, parts): `ctx` ('' or nil: none) with `entry` appended, bounded.
+-- `parts`: how many parts `ctx` holds at most. When the result has at most GROUP_PARTS parts
+-- and GROUP_CHARS bytes it is within both bounds (a character is at least a byte) and is
+-- returned as is, without group_bound's split and character count.
+local function group_append(ctx, entry, parts)
+  local new = (ctx and ctx ~= '') and (ctx .. RS .. entry) or entry
+  if parts < GROUP_PARTS and #new <= GROUP_CHARS then return new end
+  return group_bound(new)
+end
+
 -- group_join(sid, asr, translated, s) -> group_id, part_index (nil when the session is
 -- gone). `s` (optional): the session's id and grp_* fields as read earlier in this call.
 local function group_join(sid, asr, translated, s)
@@ -57,10 +67,10 @@ local function group_join(sid, asr, translated, s)
   if not gid or gid == '' or NOW - tonumber(g[3] or '0') > CFG.group_window then
     gid = 'g-' .. sid .. '-' .. redis.call('HINCRBY', sk, 'grp_seq', 1)
     redis.call('HSET', sk, 'grp_id', gid, 'grp_anchor', NOW, 'grp_part', 1,
-      'grp_ctx', group_bound(entry))
+      'grp_ctx', group_append('', entry, 0))
     return gid, 0
   end
-  redis.call('HSET', sk, 'grp_part', part + 1, 'grp_ctx', group_bound((g[5] or '') .. RS .. entry))
+  redis.call('HSET', sk, 'grp_part', part + 1, 'grp_ctx', group_append(g[5], entry, part))
   return gid, part
 end
 
