@@ -5,7 +5,7 @@
 # and a 10 s open-loop run at a fixed rate, then two sparse runs (1 and 10 sessions at one
 # utterance per second each, instant nodes, SPARSE_S s each; then 1 session sending each
 # utterance when the previous result arrived, 200 times), all driven by NEW_BIN's
-# simulator. SPARSE_ONLY=1 runs only the three sparse runs; SAT_ONLY=1 only the saturation run
+# simulator (SIM_EXTRA: options added to every simulator run). SPARSE_ONLY=1 runs only the three sparse runs; SAT_ONLY=1 only the saturation run
 # (with the per-job costs: Redis µs in script calls (EVALSHA or FCALL), Redis process CPU, instance CPU, bytes per
 # finished job record).
 # Prints a markdown table of medians and the ratio new/old.
@@ -29,6 +29,10 @@ SERIAL=(--nodes 1 --capacity 4 --delay-ms 0-0 --sessions 1 --window 1 --interval
   --utterances 200 --duration-s 30 --grace-s 5)
 SPARSE10=(--nodes 4 --capacity 4 --delay-ms 0-0 --sessions 10 --interval-ms 1000
   --utterances 1000000 --duration-s "$SPARSE_S" --grace-s 5)
+# SIM_EXTRA: simulator options added to every run, e.g. SIM_EXTRA="--tts-bytes 32768".
+read -r -a EXTRA <<<"${SIM_EXTRA:-}"
+SAT+=("${EXTRA[@]}") LAT+=("${EXTRA[@]}") SPARSE1+=("${EXTRA[@]}") SERIAL+=("${EXTRA[@]}")
+SPARSE10+=("${EXTRA[@]}")
 
 run_one() { # run_one NAME BIN ROUND
   local name=$1 bin=$2 r=$3 rp ip

@@ -105,7 +105,7 @@ if ok then
   if ARGV[13] ~= '' then
     ids.group_id, ids.part_index = group_join(job.session, ARGV[13], ARGV[14], sess)
   end
-  settle(job.session, job.idx, timed(job, ids), sess)
+  settle(job.session, job.idx, timed(job, ids), sess, true)
   offer(nid, node)
 elseif outcome == 'model_not_available' then
   local nk, svc = node_key(nid), ARGV[11]

@@ -104,11 +104,13 @@ local function release(sid, force)
   end
 end
 
--- settle(sid, idx, msg, s): the one terminal message of utterance idx. Returns false if the
--- index was settled already (never a second terminal message) or the session is gone.
--- `s` (optional): the session's id, next_deliver and out_seq as read earlier in this call
--- (session_read), so the fast path needs no EXISTS, HGET or HINCRBY of its own.
-local function settle(sid, idx, msg, s)
+-- settle(sid, idx, msg, s, stamped): the one terminal message of utterance idx. Returns
+-- false if the index was settled already (never a second terminal message) or the session
+-- is gone. `s` (optional): the session's id, next_deliver and out_seq as read earlier in
+-- this call (session_read), so the fast path needs no EXISTS, HGET or HINCRBY of its own.
+-- `stamped`: `msg` was stamped with NOW in this call (job_result's `timed`), so delivering
+-- it at once needs no re-stamp (two copies of a message that carries the TTS audio).
+local function settle(sid, idx, msg, s, stamped)
   local sk, rk, pk = session_keys(sid)
   if s then
     if not s.id then return false end
@@ -126,7 +128,7 @@ local function settle(sid, idx, msg, s)
     local seq
     if s then
       seq = tonumber(s.out_seq or '0') + 1
-      deliver('session', sid, stamp(msg), nil, seq)
+      deliver('session', sid, stamped and msg or stamp(msg), nil, seq)
     else
       send_terminal(sid, msg)
     end

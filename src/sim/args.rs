@@ -113,6 +113,10 @@ pub struct SimArgs {
     /// Node processing time per job, uniform in MIN-MAX ms (0-0: answer at once).
     #[arg(long, default_value = "50-200", value_parser = parse_range)]
     pub delay_ms: Range,
+    /// Decoded size of the TTS audio each result carries (0: the 10-byte placeholder). Real
+    /// results carry seconds of speech, tens of KB.
+    #[arg(long, default_value_t = 0)]
+    pub tts_bytes: usize,
     /// Share of jobs a node fails with PROCESSING_ERROR.
     #[arg(long, default_value_t = 0.0, value_parser = parse_rate)]
     pub fail_rate: f64,

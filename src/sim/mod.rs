@@ -101,6 +101,7 @@ pub async fn run(args: &SimArgs) -> Summary {
         mna_rate: args.mna_rate,
         no_result_rate: args.no_result_rate,
         heartbeat: args.heartbeat(),
+        tts_audio: node::tts_audio(args.tts_bytes),
     });
     let urls = args.node_endpoints();
     let nodes: Vec<_> = (0..args.nodes)

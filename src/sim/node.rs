@@ -29,6 +29,18 @@ pub struct NodeSpec {
     pub mna_rate: f64,
     pub no_result_rate: f64,
     pub heartbeat: Duration,
+    /// The base64 `tts_audio` of every successful result.
+    pub tts_audio: String,
+}
+
+/// The `tts_audio` of `--tts-bytes N` (0: the 10-byte placeholder "opus-bytes").
+pub fn tts_audio(bytes: usize) -> String {
+    use base64::Engine as _;
+    if bytes == 0 {
+        return "b3B1cy1ieXRlcw==".into();
+    }
+    let raw: Vec<u8> = (0..bytes).map(|i| (i % 251) as u8).collect();
+    base64::engine::general_purpose::STANDARD.encode(raw)
 }
 
 /// What one node saw.
@@ -144,7 +156,7 @@ fn capabilities() -> Value {
 }
 
 /// The `job_result` for `assign`, echoing its ids (as the lingua node does).
-fn result_for(assign: &Frame, node_id: &str, answer: &Answer, took_ms: u64) -> Value {
+fn result_for(assign: &Frame, node_id: &str, answer: &Answer, took_ms: u64, tts: &str) -> Value {
     let mut r = json!({"type": "job_result", "node_id": node_id, "processing_time_ms": took_ms,
         "job_id": assign.job_id, "attempt_id": assign.attempt_id, "session_id": assign.session_id,
         "utterance_index": assign.utterance_index, "trace_id": assign.trace_id});
@@ -154,7 +166,7 @@ fn result_for(assign: &Frame, node_id: &str, answer: &Answer, took_ms: u64) -> V
             r["text_asr"] = json!("我们开始测试");
             let idx = assign.utterance_index.unwrap_or_default();
             r["text_translated"] = json!(format!("T{idx}"));
-            r["tts_audio"] = json!("b3B1cy1ieXRlcw==");
+            r["tts_audio"] = json!(tts);
             r["tts_format"] = json!("opus");
             r["extra"] = json!({"service_timings": {"asr_ms": took_ms / 2, "nmt_ms": took_ms / 4,
                                  "tts_ms": took_ms / 4, "total_ms": took_ms}});
@@ -310,5 +322,25 @@ fn on_assign(
         Answer::ModelNotAvailable => rep.answered_mna += 1,
     }
     let delay = spec.delay.pick();
-    Some((result_for(v, node_id, &answer, delay), delay))
+    Some((
+        result_for(v, node_id, &answer, delay, &spec.tts_audio),
+        delay,
+    ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use base64::Engine as _;
+
+    #[test]
+    fn tts_audio_is_the_placeholder_or_n_bytes_of_base64() {
+        let decode = |s: &str| {
+            base64::engine::general_purpose::STANDARD
+                .decode(s)
+                .expect("base64")
+        };
+        assert_eq!(decode(&tts_audio(0)), b"opus-bytes");
+        assert_eq!(decode(&tts_audio(32768)).len(), 32768);
+    }
 }
