@@ -10,8 +10,9 @@ Input:
   Derived: node, session (results, pending), pool and queue keys.
   ARGV[1..4] ctx   ARGV[5] job id   ARGV[6] attempt id   ARGV[7] node id
   ARGV[8] connection token   ARGV[9] outcome: ok | model_not_available | error
-  ARGV[10] ok: the translation_result JSON without session_id, utterance_index, job_id,
-           trace_id (added from the job record); otherwise the node's error message
+  ARGV[10] ok: the translation_result JSON object without session_id, utterance_index,
+           job_id, trace_id (added from the job record) and without its opening "{" (its
+           members and the closing "}"); otherwise the node's error message
   ARGV[11] service type that is not available (model_not_available)
   ARGV[12] error code (error)
   ARGV[13] ok: the node's text_asr ("" = none: no utterance group)   ARGV[14] ok: text_translated
@@ -49,10 +50,10 @@ local function timed(job, ids)
   end
   if s2n then t = t .. ',"scheduler_to_node_ms":' .. int(s2n) end
   if n2s then t = t .. ',"node_to_scheduler_ms":' .. int(n2s) end
-  local body = ARGV[10]
-  local sep = string.match(body, '^{%s*}') and '' or ','
+  local body = ARGV[10] -- members and "}": concatenated as is (no string.sub copy of the audio)
+  local sep = string.match(body, '^%s*}') and '' or ','
   return STAMP .. int(NOW) .. ',"network_timings":{"scheduler_to_web_ms":0' .. t .. '},'
-    .. string.sub(cjson.encode(ids), 2, -2) .. sep .. string.sub(body, 2)
+    .. string.sub(cjson.encode(ids), 2, -2) .. sep .. body
 end
 
 -- A success reads only what it needs: the job's fields end_job keeps (with the routing

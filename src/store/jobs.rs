@@ -84,9 +84,11 @@ impl Store {
             .s(a.conn);
         let opt = |v: Option<u64>| v.map(|v| v.to_string()).unwrap_or_default();
         let args = match outcome {
+            // The object's members and closing brace: the script puts its own fields in
+            // front without copying the message (TTS audio, tens of KB) once more.
             Outcome::Ok(f) => base
                 .s("ok")
-                .s(f.message)
+                .s(f.message.trim_start().strip_prefix('{').unwrap_or(f.message))
                 .s("")
                 .s("")
                 .s(f.text_asr)
