@@ -410,6 +410,14 @@ async fn redis_away_for_five_seconds_under_load_then_everything_resumes_by_itsel
     );
     let mut c = redis.client().await;
     let nid = node.id.clone();
+    // The node healed with a heartbeat (its record is back) before it goes away: a stop
+    // before that would leave nothing to mark disconnected.
+    eventually(T, "node record back after the restart", || {
+        let mut c = c.clone();
+        let key = format!("{PREFIX}node:{nid}");
+        async move { (c.hget::<_, _, String>(key, "state").await.ok()? == "ready").then_some(()) }
+    })
+    .await;
     node.stop();
     // Check a quiet system: wait until the stopped node's disconnect has been recorded.
     eventually(T, "node disconnected", || {
