@@ -417,6 +417,43 @@ async fn model_not_available_marks_the_service_and_reroutes_at_once() {
     invariants::check(&mut c).await;
 }
 
+/// The local node gets the client's own base64 text (the instance passes it on instead of
+/// encoding the bytes again); the failover node gets the stored bytes encoded. Both must be
+/// the very text the client sent, for ~8 KB of arbitrary bytes.
+#[tokio::test]
+async fn job_assign_audio_is_the_clients_base64_on_dispatch_and_on_failover() {
+    let redis = RedisServer::start().await;
+    let inst = start_instance(&redis).await;
+    let mut c = redis.client().await;
+    let (mut a, aid) = node(&inst, |_| {}).await;
+    let (mut b, bid) = node(&inst, |_| {}).await;
+    let (mut s, sid) = session(&inst).await;
+    let bytes: Vec<u8> = (0..8_191u32)
+        .map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8)
+        .collect();
+    let mut u = utterance(&sid, 0);
+    u["audio"] = json!(B64.encode(&bytes));
+    s.send(&u).await;
+    let (first, first_id, second, a1) = tokio::select! {
+        v = assign(&mut a) => (&mut a, aid.clone(), &mut b, v),
+        v = assign(&mut b) => (&mut b, bid.clone(), &mut a, v),
+    };
+    assert_eq!(a1["audio"], u["audio"], "dispatch: the client's text");
+    let mut mna = fixture("job_result_model_not_available");
+    for k in ["job_id", "attempt_id", "session_id", "utterance_index"] {
+        mna[k] = a1[k].clone();
+    }
+    mna["node_id"] = json!(first_id);
+    first.send(&mna).await;
+    let a2 = assign(second).await;
+    assert_eq!(a2["attempt_id"], 2);
+    assert_eq!(
+        a2["audio"], u["audio"],
+        "failover: the stored bytes, encoded"
+    );
+    invariants::check(&mut c).await;
+}
+
 #[tokio::test]
 async fn processing_error_fails_the_utterance_with_the_node_message() {
     let redis = RedisServer::start().await;

@@ -176,7 +176,7 @@ async fn handle(
             tracing::error!(entry = %id, "undecodable inbox entry dropped");
             continue;
         };
-        let audio = fields.get("audio").map(Vec::as_slice);
+        let audio = fields.get("audio").map(|a| super::Audio::Raw(a));
         let to = super::Target {
             kind: &env.k,
             id: &env.id,

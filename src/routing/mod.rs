@@ -22,6 +22,22 @@ use crate::store::Output;
 /// Write every delivery of `out` (a script reply of `cell`, all addressed to this instance)
 /// and return the reply.
 pub fn deliver<T>(app: &App, cell: &Cell, out: Output<T>) -> T {
+    deliver_with(app, cell, out, None)
+}
+
+/// Audio this instance already holds as base64 text: the client's own `audio` of an
+/// `utterance`, next to the bytes it decoded to (and passed to the script).
+#[derive(Clone, Copy)]
+pub struct KnownAudio<'a> {
+    pub bytes: &'a [u8],
+    /// Canonical base64 of `bytes`: the client's text, which the strict decoder accepted.
+    pub base64: &'a str,
+}
+
+/// [`deliver`], where a `job_assign` whose audio is `known.bytes` (the job the caller just
+/// submitted, dispatched to a node connected here) carries `known.base64` as it is,
+/// instead of encoding the blob the script returned again.
+pub fn deliver_with<T>(app: &App, cell: &Cell, out: Output<T>, known: Option<KnownAudio>) -> T {
     let Output {
         reply, out, blobs, ..
     } = out;
@@ -34,7 +50,11 @@ pub fn deliver<T>(app: &App, cell: &Cell, out: Output<T>) -> T {
         let audio = d
             .blob
             .and_then(|i| blobs.get(i.wrapping_sub(1)))
-            .map(Vec::as_slice);
+            .map(|b| match known {
+                // Equal bytes: the client's text is their base64, byte for byte.
+                Some(k) if k.bytes == b.as_slice() => Audio::Base64(k.base64),
+                _ => Audio::Raw(b),
+            });
         let target = Target {
             kind: &d.k,
             id: &d.id,
@@ -47,6 +67,13 @@ pub fn deliver<T>(app: &App, cell: &Cell, out: Output<T>) -> T {
         write_local(app, cell, &target, d.msg, audio, d.seq, &trace);
     }
     reply
+}
+
+/// A `job_assign`'s audio: the job's bytes, or their base64 text when it is at hand.
+#[derive(Clone, Copy)]
+pub enum Audio<'a> {
+    Raw(&'a [u8]),
+    Base64(&'a str),
 }
 
 /// Which connection a message is for.
@@ -71,7 +98,7 @@ pub fn write_local(
     cell: &Cell,
     to: &Target,
     msg: String,
-    audio: Option<&[u8]>,
+    audio: Option<Audio>,
     seq: Option<u64>,
     trace: &Trace,
 ) {
@@ -157,8 +184,9 @@ impl DispatchSpans {
     }
 }
 
-/// Add `"audio":"<base64>"` to a JSON object (job_assign keeps its audio out of Lua).
-pub fn with_audio(msg: &str, audio: &[u8]) -> String {
+/// Add `"audio":"<base64>"` to a JSON object (job_assign keeps its audio out of Lua),
+/// encoding straight into the message (one allocation of the final size).
+pub fn with_audio(msg: &str, audio: Audio) -> String {
     let body = msg.trim_end();
     let Some(head) = body.strip_suffix('}') else {
         return msg.to_string();
@@ -168,7 +196,20 @@ pub fn with_audio(msg: &str, audio: &[u8]) -> String {
     } else {
         ","
     };
-    format!("{head}{sep}\"audio\":\"{}\"}}", B64.encode(audio))
+    let len = match audio {
+        Audio::Raw(a) => a.len().div_ceil(3) * 4,
+        Audio::Base64(t) => t.len(),
+    };
+    let mut out = String::with_capacity(head.len() + sep.len() + len + 12);
+    out.push_str(head);
+    out.push_str(sep);
+    out.push_str("\"audio\":\"");
+    match audio {
+        Audio::Raw(a) => B64.encode_string(a, &mut out),
+        Audio::Base64(t) => out.push_str(t),
+    }
+    out.push_str("\"}");
+    out
 }
 
 #[cfg(test)]
@@ -177,11 +218,33 @@ mod tests {
 
     #[test]
     fn audio_is_spliced_into_the_object() {
-        let out = with_audio(r#"{"type":"job_assign","job_id":"j"}"#, b"abc");
+        let out = with_audio(r#"{"type":"job_assign","job_id":"j"}"#, Audio::Raw(b"abc"));
         let v: serde_json::Value = serde_json::from_str(&out).unwrap();
         assert_eq!(v["audio"], "YWJj");
         assert_eq!(v["job_id"], "j");
-        let v: serde_json::Value = serde_json::from_str(&with_audio("{}", b"")).unwrap();
+        let v: serde_json::Value =
+            serde_json::from_str(&with_audio("{}", Audio::Raw(b""))).unwrap();
         assert_eq!(v["audio"], "");
+    }
+
+    /// The client's base64 text may stand in for the bytes: the decoder the gateway uses
+    /// accepts only canonical base64, so text that decodes to the bytes is their encoding.
+    #[test]
+    fn accepted_base64_is_the_encoding_of_its_bytes() {
+        let msg = r#"{"type":"job_assign","job_id":"j"}"#;
+        for len in 0..64usize {
+            let bytes: Vec<u8> = (0..len).map(|i| (i * 37 + len) as u8).collect();
+            let text = B64.encode(&bytes);
+            let decoded = B64.decode(text.as_bytes()).unwrap();
+            assert_eq!(decoded, bytes);
+            assert_eq!(
+                with_audio(msg, Audio::Base64(&text)),
+                with_audio(msg, Audio::Raw(&bytes))
+            );
+        }
+        // Non-canonical spellings of the same bytes are refused, so never passed on.
+        for odd in ["YWJ=", "YQ", "YR==", "YQ==\n", " YQ=="] {
+            assert!(B64.decode(odd.as_bytes()).is_err(), "{odd:?} decoded");
+        }
     }
 }

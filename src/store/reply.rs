@@ -1,10 +1,30 @@
 //! Script replies: `[json, blob...]`, the JSON decoded into the script's typed reply plus
 //! its deliveries (`out`), transition counts (`ev`) and latencies (`lat`).
+//!
+//! Decoded straight from the reply bytes into typed structs (no `serde_json::Value` tree:
+//! a reply is decoded twice per job on the hot path, and a tree allocates every key and
+//! string): once for `out`/`ev`/`lat`, once for the script's own reply `T`, which ignores
+//! those three fields.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::marker::PhantomData;
 
 use serde::Deserialize;
-use serde::de::DeserializeOwned;
+use serde::de::{self, DeserializeOwned, Deserializer, IgnoredAny, MapAccess, SeqAccess, Visitor};
 
 use super::{Delivery, Output, StoreError};
+
+/// The parts of every reply that are not the script's own reply.
+#[derive(Deserialize)]
+struct Parts {
+    #[serde(default, deserialize_with = "lua_list")]
+    out: Vec<Delivery>,
+    #[serde(default, deserialize_with = "lua_map")]
+    ev: BTreeMap<String, u64>,
+    #[serde(default)]
+    lat: Option<Latencies>,
+}
 
 pub(super) fn decode_reply<T: DeserializeOwned>(
     script: &'static str,
@@ -15,14 +35,7 @@ pub(super) fn decode_reply<T: DeserializeOwned>(
         script,
         message: format!("{e}: {}", String::from_utf8_lossy(json)),
     };
-    let mut value: serde_json::Value = serde_json::from_slice(json).map_err(bad)?;
-    // Move the deliveries and events out (message bodies can be large: no copies).
-    let take = |v: &mut serde_json::Value, k: &str| v.as_object_mut().and_then(|m| m.remove(k));
-    let mut out: Vec<Delivery> = take(&mut value, "out")
-        .map(lua_list)
-        .transpose()
-        .map_err(bad)?
-        .unwrap_or_default();
+    let Parts { mut out, ev, lat } = serde_json::from_slice(json).map_err(bad)?;
     // Message bodies travel as their own bulk strings (no JSON escaping in Lua).
     for d in &mut out {
         if let Some(i) = d.m.take() {
@@ -35,21 +48,15 @@ pub(super) fn decode_reply<T: DeserializeOwned>(
                 })?;
         }
     }
-    let ev = take(&mut value, "ev")
-        .map(lua_map)
-        .transpose()
-        .map_err(bad)?
-        .unwrap_or_default();
-    let lat = match take(&mut value, "lat") {
-        Some(l) => serde_json::from_value(l).map_err(bad)?,
-        None => Latencies::default(),
-    };
-    let reply: T = serde_json::from_value(value).map_err(bad)?;
+    let reply: T = serde_json::from_slice(json).map_err(bad)?;
     Ok(Output {
         reply,
         out,
         blobs,
-        events: Events { ev, lat },
+        events: Events {
+            ev,
+            lat: lat.unwrap_or_default(),
+        },
     })
 }
 
@@ -59,7 +66,7 @@ pub struct Events {
     /// `submitted`, `dispatched`, `queued`, `failover`, `finished`, `acked`, `started`,
     /// `queue_timeout`, `missing_result`, `failed:<CODE>`, `cut_skipped:empty|too_short`
     /// → count.
-    pub ev: std::collections::BTreeMap<String, u64>,
+    pub ev: BTreeMap<String, u64>,
     pub lat: Latencies,
 }
 
@@ -74,76 +81,185 @@ pub struct Latencies {
     pub pool: Vec<String>,
 }
 
-/// Serde helper: a map that Lua's cjson may have encoded as `[]`... or `{}` when empty.
-fn lua_map<'de, D>(d: D) -> Result<std::collections::BTreeMap<String, u64>, D::Error>
+/// Serde helper: a map of counts that Lua's cjson may have encoded as `[]` or `{}` when
+/// empty; entries that are not numbers (or decimal strings) are skipped.
+fn lua_map<'de, D>(d: D) -> Result<BTreeMap<String, u64>, D::Error>
 where
-    D: serde::Deserializer<'de>,
+    D: Deserializer<'de>,
 {
-    match serde_json::Value::deserialize(d)? {
-        serde_json::Value::Object(m) => Ok(m
-            .into_iter()
-            .filter_map(|(k, v)| num_value::<u64>(&v).map(|n| (k, n)))
-            .collect()),
-        _ => Ok(Default::default()),
+    struct V;
+    impl<'de> Visitor<'de> for V {
+        type Value = BTreeMap<String, u64>;
+        fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+            f.write_str("a map of counts")
+        }
+        fn visit_map<A: MapAccess<'de>>(self, mut m: A) -> Result<Self::Value, A::Error> {
+            let mut out = BTreeMap::new();
+            while let Some(k) = m.next_key::<String>()? {
+                if let Some(n) = m.next_value::<Lenient>()?.0 {
+                    out.insert(k, n);
+                }
+            }
+            Ok(out)
+        }
+        fn visit_seq<A: SeqAccess<'de>>(self, mut s: A) -> Result<Self::Value, A::Error> {
+            while s.next_element::<IgnoredAny>()?.is_some() {}
+            Ok(BTreeMap::new())
+        }
+        fn visit_unit<E>(self) -> Result<Self::Value, E> {
+            Ok(BTreeMap::new())
+        }
+        fn visit_bool<E>(self, _: bool) -> Result<Self::Value, E> {
+            Ok(BTreeMap::new())
+        }
+        fn visit_str<E>(self, _: &str) -> Result<Self::Value, E> {
+            Ok(BTreeMap::new())
+        }
+        fn visit_u64<E>(self, _: u64) -> Result<Self::Value, E> {
+            Ok(BTreeMap::new())
+        }
+        fn visit_i64<E>(self, _: i64) -> Result<Self::Value, E> {
+            Ok(BTreeMap::new())
+        }
+        fn visit_f64<E>(self, _: f64) -> Result<Self::Value, E> {
+            Ok(BTreeMap::new())
+        }
+    }
+    d.deserialize_any(V)
+}
+
+/// A count in `ev`: a number or a decimal string; anything else is `None` (skipped).
+struct Lenient(Option<u64>);
+
+impl<'de> Deserialize<'de> for Lenient {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> Visitor<'de> for V {
+            type Value = Lenient;
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str("any value")
+            }
+            fn visit_str<E>(self, s: &str) -> Result<Lenient, E> {
+                Ok(Lenient(s.parse().ok()))
+            }
+            fn visit_u64<E>(self, n: u64) -> Result<Lenient, E> {
+                Ok(Lenient(Some(n)))
+            }
+            fn visit_i64<E>(self, n: i64) -> Result<Lenient, E> {
+                Ok(Lenient(u64::try_from(n).ok()))
+            }
+            fn visit_f64<E>(self, _: f64) -> Result<Lenient, E> {
+                Ok(Lenient(None))
+            }
+            fn visit_bool<E>(self, _: bool) -> Result<Lenient, E> {
+                Ok(Lenient(None))
+            }
+            fn visit_unit<E>(self) -> Result<Lenient, E> {
+                Ok(Lenient(None))
+            }
+            fn visit_seq<A: SeqAccess<'de>>(self, mut s: A) -> Result<Lenient, A::Error> {
+                while s.next_element::<IgnoredAny>()?.is_some() {}
+                Ok(Lenient(None))
+            }
+            fn visit_map<A: MapAccess<'de>>(self, mut m: A) -> Result<Lenient, A::Error> {
+                while m.next_entry::<IgnoredAny, IgnoredAny>()?.is_some() {}
+                Ok(Lenient(None))
+            }
+        }
+        d.deserialize_any(V)
     }
 }
 
 /// Serde helper for script replies: Lua's cjson encodes an empty table as `{}`, so a list
-/// field may arrive as an empty object.
+/// field may arrive as an empty object (or `null`).
 pub fn lua_list<'de, D, T>(d: D) -> Result<Vec<T>, D::Error>
 where
-    D: serde::Deserializer<'de>,
+    D: Deserializer<'de>,
     T: DeserializeOwned,
 {
-    use serde::Deserialize;
-    match serde_json::Value::deserialize(d)? {
-        serde_json::Value::Array(items) => items
-            .into_iter()
-            .map(|v| serde_json::from_value(v).map_err(serde::de::Error::custom))
-            .collect(),
-        serde_json::Value::Object(m) if m.is_empty() => Ok(Vec::new()),
-        serde_json::Value::Null => Ok(Vec::new()),
-        other => Err(serde::de::Error::custom(format!(
-            "expected a list, got {other}"
-        ))),
+    struct V<T>(PhantomData<T>);
+    impl<'de, T: DeserializeOwned> Visitor<'de> for V<T> {
+        type Value = Vec<T>;
+        fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+            f.write_str("a list")
+        }
+        fn visit_seq<A: SeqAccess<'de>>(self, mut s: A) -> Result<Self::Value, A::Error> {
+            let mut out = Vec::with_capacity(s.size_hint().unwrap_or(0).min(64));
+            while let Some(item) = s.next_element::<T>()? {
+                out.push(item);
+            }
+            Ok(out)
+        }
+        fn visit_map<A: MapAccess<'de>>(self, mut m: A) -> Result<Self::Value, A::Error> {
+            match m.next_key::<IgnoredAny>()? {
+                None => Ok(Vec::new()),
+                Some(_) => Err(de::Error::custom("expected a list, got an object")),
+            }
+        }
+        fn visit_unit<E>(self) -> Result<Self::Value, E> {
+            Ok(Vec::new())
+        }
     }
+    d.deserialize_any(V(PhantomData))
 }
 
 /// A number a script sent as a JSON number or as a decimal string (ctx.lua `finish` sends
-/// the deliveries' numbers as strings: cheaper to format in Lua).
-fn num_value<T: std::str::FromStr + DeserializeOwned>(v: &serde_json::Value) -> Option<T> {
-    match v {
-        serde_json::Value::String(s) => s.parse().ok(),
-        serde_json::Value::Number(_) => serde_json::from_value(v.clone()).ok(),
-        _ => None,
+/// the deliveries' numbers as strings: cheaper to format in Lua); `None` for `null`.
+struct Num<T>(Option<T>);
+
+impl<'de, T: std::str::FromStr + DeserializeOwned> Deserialize<'de> for Num<T> {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        use serde::de::IntoDeserializer;
+        struct V<T>(PhantomData<T>);
+        impl<'de, T: std::str::FromStr + DeserializeOwned> Visitor<'de> for V<T> {
+            type Value = Num<T>;
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str("a number or a decimal string")
+            }
+            fn visit_str<E: de::Error>(self, s: &str) -> Result<Self::Value, E> {
+                s.parse()
+                    .map(|n| Num(Some(n)))
+                    .map_err(|_| E::custom(format!("expected a number, got {s:?}")))
+            }
+            fn visit_u64<E: de::Error>(self, n: u64) -> Result<Self::Value, E> {
+                T::deserialize(n.into_deserializer()).map(|n| Num(Some(n)))
+            }
+            fn visit_i64<E: de::Error>(self, n: i64) -> Result<Self::Value, E> {
+                T::deserialize(n.into_deserializer()).map(|n| Num(Some(n)))
+            }
+            fn visit_f64<E: de::Error>(self, n: f64) -> Result<Self::Value, E> {
+                T::deserialize(n.into_deserializer()).map(|n| Num(Some(n)))
+            }
+            fn visit_unit<E>(self) -> Result<Self::Value, E> {
+                Ok(Num(None))
+            }
+            fn visit_none<E>(self) -> Result<Self::Value, E> {
+                Ok(Num(None))
+            }
+        }
+        d.deserialize_any(V(PhantomData))
     }
 }
 
 /// Serde helper: an optional number, as a JSON number or a decimal string.
 pub(super) fn lua_num<'de, D, T>(d: D) -> Result<Option<T>, D::Error>
 where
-    D: serde::Deserializer<'de>,
+    D: Deserializer<'de>,
     T: std::str::FromStr + DeserializeOwned,
 {
-    match serde_json::Value::deserialize(d)? {
-        serde_json::Value::Null => Ok(None),
-        v => num_value(&v)
-            .map(Some)
-            .ok_or_else(|| serde::de::Error::custom(format!("expected a number, got {v}"))),
-    }
+    Num::deserialize(d).map(|n| n.0)
 }
 
 /// Serde helper: a list of numbers (JSON numbers or decimal strings; `{}` when empty).
 fn lua_nums<'de, D>(d: D) -> Result<Vec<f64>, D::Error>
 where
-    D: serde::Deserializer<'de>,
+    D: Deserializer<'de>,
 {
-    let items: Vec<serde_json::Value> = lua_list(d)?;
+    let items: Vec<Num<f64>> = lua_list(d)?;
     items
-        .iter()
-        .map(|v| {
-            num_value(v)
-                .ok_or_else(|| serde::de::Error::custom(format!("expected a number, got {v}")))
+        .into_iter()
+        .map(|n| {
+            n.0.ok_or_else(|| de::Error::custom("expected a number, got null"))
         })
         .collect()
 }

@@ -159,15 +159,21 @@ impl Scripts {
         &self.functions[s as usize]
     }
 
-    /// `FCALL <function> <#keys> keys... args...`.
+    /// `FCALL <function> <#keys> keys... args...`, sized once: every argument (the ~8 KB
+    /// job audio of `submit` among them) is copied into the command exactly once.
     pub fn fcall<'a>(
         &self,
         s: Script,
         keys: &[String],
-        args: impl IntoIterator<Item = &'a [u8]>,
+        args: impl IntoIterator<Item = &'a [u8]> + Clone,
     ) -> redis::Cmd {
-        let mut cmd = redis::cmd("FCALL");
-        cmd.arg(self.function(s)).arg(keys.len());
+        let (count, bytes) = args
+            .clone()
+            .into_iter()
+            .fold((0, 0), |(n, b), a| (n + 1, b + a.len()));
+        let size = 64 + bytes + keys.iter().map(String::len).sum::<usize>();
+        let mut cmd = redis::Cmd::with_capacity(3 + keys.len() + count, size);
+        cmd.arg("FCALL").arg(self.function(s)).arg(keys.len());
         for k in keys {
             cmd.arg(k);
         }
