@@ -10,7 +10,8 @@ Input:
   ARGV[8] job_assign template JSON (without job_id/attempt_id/audio)   ARGV[9] audio bytes
   ARGV[10] pools csv ("primary" or "primary|reverse", preferred first)
   ARGV[11] needed services csv   ARGV[12] pair label   ARGV[13] trace id
-Output: [JSON, blobs...]
+Output: [JSON, blobs...]  (a job_assign for a node of the calling instance has no audio
+  blob but `own`: the caller adds the utterance's audio it sent)
   {"status":"created","job_id":id,"dispatch":"dispatched"|"queued"|"failed"}
   {"status":"duplicate","job_id":id}  resent utterance: nothing changed
   {"status":"settled"}   the index already has its terminal message
@@ -41,6 +42,7 @@ end
 -- The session fields the dispatch writes (last_node) go with the activity mark: one HSET.
 local sess_set = {}
 local r = submit(sid, sess, idx, ARGV[8], ARGV[9],
-  {pools = ARGV[10], needs = ARGV[11], pair = ARGV[12], trace_id = ARGV[13], sess_set = sess_set})
+  {pools = ARGV[10], needs = ARGV[11], pair = ARGV[12], trace_id = ARGV[13], sess_set = sess_set,
+   own_audio = true})
 touch_session(sid, sess, sess_set)
 return finish(r)

@@ -7,10 +7,13 @@
 --    log for resume, jobs time out and fail over).
 -- `audio` (optional) is the raw job payload; `seq` (optional) orders a session's terminal
 -- messages across the two paths; `tp` is the trace context the delivery span continues
--- (default: the caller's) and `job` the job id it concerns.
+-- (default: the caller's) and `job` the job id it concerns. `own`: the caller holds this
+-- audio (submit of a client's pre-cut utterance): for a connection of the caller the
+-- entry says `own` instead of returning the audio as a blob (~8 KB less in the reply; the
+-- instance adds the client's own base64 text); an inbox delivery still carries it.
 -- OWNERS (ctx.lua): target → {owner, conn, alive}, looked up once per call.
 
-local function deliver(kind, id, msg, audio, seq, tp, job)
+local function deliver(kind, id, msg, audio, seq, tp, job, own)
   tp = tp or TP
   local key = P .. kind .. ':' .. id
   local info = OWNERS[key]
@@ -22,13 +25,13 @@ local function deliver(kind, id, msg, audio, seq, tp, job)
   if not owner or owner == '' then return end
   if owner == ME then
     local blob = nil
-    if audio then
+    if audio and not own then
       BLOBS[#BLOBS + 1] = audio
       blob = #BLOBS
     end
     BLOBS[#BLOBS + 1] = msg
     OUT[#OUT + 1] = {k = kind, id = id, owner = owner, conn = info[2], m = #BLOBS, blob = blob,
-      seq = seq, tp = tp, job = job}
+      seq = seq, tp = tp, job = job, own = (audio and own) and '1' or nil}
   elseif info.alive ~= false and (info.alive or redis.call('EXISTS', P .. 'instance:' .. owner) == 1) then
     info.alive = true
     local env = cmsgpack.pack({k = kind, id = id, conn = info[2] or '', msg = msg, seq = seq or 0,

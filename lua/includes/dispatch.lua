@@ -85,7 +85,8 @@ local function route_text(why)
 end
 
 -- Fields of the job table that are not fields of its record.
-local NOT_RECORD = {unsaved = true, sess_set = true, fresh_audio = true, ui_json = true}
+local NOT_RECORD = {unsaved = true, sess_set = true, fresh_audio = true, own_audio = true,
+  ui_json = true}
 
 -- save_fields(job, f): when the record of a job submit() created in this call was not
 -- written yet, the flat field list `f` (about to be HSET) gets every field of `job` that
@@ -348,7 +349,7 @@ local function assign(jid, job, nid, why)
   end
   local msg = json_with(job.spec, {attempt_id = attempt})
   local audio = fresh and job.fresh_audio or redis.call('GET', jk .. ':audio') or ''
-  deliver('node', nid, msg, audio, nil, job.tp, jid)
+  deliver('node', nid, msg, audio, nil, job.tp, jid, fresh and job.own_audio)
   ui_event(job, 'DISPATCHED', 'ok')
 end
 

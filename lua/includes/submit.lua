@@ -1,7 +1,8 @@
 -- submit(sid, sess, idx, spec, audio, meta): create the job of utterance `idx` and dispatch
 -- it. Idempotent on (session, idx): a repeat returns the existing job and changes nothing.
 --   spec  job_assign JSON without job_id/attempt_id/audio (built by Rust or from the session)
---   meta  {pools=, needs=, pair=, trace_id=, turn_id=, turn_node=, web_ms=?, sess_set=?}
+--   meta  {pools=, needs=, pair=, trace_id=, turn_id=, turn_node=, web_ms=?, sess_set=?,
+--         own_audio=?}  own_audio: the caller holds `audio` (deliver's `own`)
 --         sess_set: a list the session fields dispatch writes are appended to (the caller
 --         writes them), instead of their own HSET
 -- The job_assign carries the active utterance group's context as `context_text`.
@@ -36,6 +37,7 @@ local function submit(sid, sess, idx, spec, audio, meta)
   redis.call('PEXPIRE', sk .. ':jobs', CFG.session_ttl)
   count('submitted')
   job.fresh_audio = audio -- for assign (not a field of the record)
+  job.own_audio = meta.own_audio
   local d = dispatch(jid, job)
   return {status = 'created', job_id = jid, dispatch = d}
 end

@@ -47,14 +47,25 @@ pub fn deliver_with<T>(app: &App, cell: &Cell, out: Output<T>, known: Option<Kno
             tracing::error!(owner = %d.owner, "script returned a delivery for another instance");
             continue;
         }
-        let audio = d
-            .blob
-            .and_then(|i| blobs.get(i.wrapping_sub(1)))
-            .map(|b| match known {
-                // Equal bytes: the client's text is their base64, byte for byte.
-                Some(k) if k.bytes == b.as_slice() => Audio::Base64(k.base64),
-                _ => Audio::Raw(b),
-            });
+        let audio = if d.own.is_some() {
+            // The script left the audio out: it is the one the caller sent.
+            match known {
+                Some(k) => Some(Audio::Base64(k.base64)),
+                None => {
+                    // A bug, not a client's doing: the job times out and fails over.
+                    tracing::error!(job = ?d.job, "job_assign without its audio: not sent");
+                    continue;
+                }
+            }
+        } else {
+            d.blob
+                .and_then(|i| blobs.get(i.wrapping_sub(1)))
+                .map(|b| match known {
+                    // Equal bytes: the client's text is their base64, byte for byte.
+                    Some(k) if k.bytes == b.as_slice() => Audio::Base64(k.base64),
+                    _ => Audio::Raw(b),
+                })
+        };
         let target = Target {
             kind: &d.k,
             id: &d.id,

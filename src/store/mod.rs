@@ -117,6 +117,10 @@ pub struct Delivery {
     /// 1-based index into the reply's blobs: the job audio to add as base64 `audio`.
     #[serde(default, deserialize_with = "lua_num")]
     pub blob: Option<usize>,
+    /// Set (`1`) on a `job_assign` whose audio the caller sent in this call (`submit`): the
+    /// reply carries no blob for it, the caller adds its own copy.
+    #[serde(default, deserialize_with = "lua_num")]
+    pub own: Option<u8>,
     /// Order of a session's terminal messages (the session's out_seq).
     #[serde(default, deserialize_with = "lua_num")]
     pub seq: Option<u64>,

@@ -359,6 +359,15 @@ impl Cell {
         };
         let sid = c.id.clone();
         let out = self.inst[s].store.submit(&sid, &token, &job).await?;
+        // The caller holds the audio: a job_assign for its own node does not carry it back.
+        for d in out.out.iter().filter(|d| d.k == "node") {
+            if d.own.is_none() || d.blob.is_some() {
+                self.clients.violations.push(format!(
+                    "submit's job_assign: own {:?}, blob {:?}",
+                    d.own, d.blob
+                ));
+            }
+        }
         self.clients.take(s, &out);
         Ok(())
     }

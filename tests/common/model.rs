@@ -126,6 +126,14 @@ impl Clients {
     /// Take the deliveries a script returned to instance `slot`.
     pub fn take<T>(&mut self, slot: usize, out: &Output<T>) {
         for d in &out.out {
+            // A job_assign's audio comes as a blob, or (`own`) is the caller's own copy.
+            if d.k == "node" && d.msg.contains(r#""job_assign""#) && d.own.is_none() {
+                let audio = d.blob.and_then(|i| out.blobs.get(i.wrapping_sub(1)));
+                if audio.is_none_or(|a| a.is_empty()) {
+                    self.violations
+                        .push(format!("job_assign without its audio: {}", d.msg));
+                }
+            }
             self.deliver(slot, d.k.as_str(), &d.id, d.conn.as_deref(), &d.msg, d.seq);
         }
     }
