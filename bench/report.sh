@@ -23,6 +23,7 @@ $RUNS runs (per-run values in brackets); comparisons ran side by side in the sam
 | Redis-bound limit (trivial FCALL/s ÷ scripts per job) | $(fmt "$LIMIT" 0) jobs/s | | |
 | finished job record (\`MEMORY USAGE\`) | $(fmt "$JOB_REC_B" 0) bytes | ≤ 400 bytes | $(verdict "$JOB_REC_B <= 400") |
 | steady-state Redis memory per (job/s): records + result logs | $(fmt "$(echo "$MEM_PER_RATE / 1048576" | bc -l)" 2) MiB | | |
+| the same with $(fmt "$TTS_BYTES" 0) bytes of TTS audio per result | $(fmt "$(echo "$MEM_PER_RATE_TTS / 1048576" | bc -l)" 2) MiB | | |
 | one instance ÷ Redis-bound limit | $(fmt "$SHARE" 1) % | ≥ 50 % | $(verdict "$SHARE >= 50") |
 | 10k nodes + 10k sessions, instance RSS (projected from $SCALE_SESSIONS sessions) | $(fmt "$(echo "$RSS_10K / 1024" | bc -l)" 0) MiB | ≤ 1024 MiB | $(verdict "$RSS_10K <= 1048576") |
 | cross-instance hop ÷ same instance, dispatch p50 | $(fmt "$(ratio .dispatch.p50_ms)") × | | |
@@ -101,9 +102,13 @@ job records; log entries = \`MEMORY USAGE\` of 20 sessions' log keys ÷ their en
 | result log: terminal message (\`:results\`, TTS audio included) | $(fmt "$LOG_RES_B" 0) | \`session.result_retention_ms\` = $((RETENTION_MS / 1000)) s |
 | result log: idempotency entry (\`:jobs\`) + delivery time (\`:rtime\`) | $(fmt "$(echo "$LOG_JOBS_B + $LOG_RTIME_B" | bc -l)" 0) | same |
 | **steady-state Redis memory per (job/s)** | **$(fmt "$(echo "$MEM_PER_RATE / 1048576" | bc -l)" 2) MiB** | ttl × record + retention × log |
+| result log: terminal message with $(fmt "$TTS_BYTES" 0) bytes of TTS audio (\`sim --tts-bytes $TTS_BYTES\`) | $(fmt "$LOG_RES_TTS_B" 0) | same |
+| **steady-state Redis memory per (job/s), with that TTS audio** | **$(fmt "$(echo "$MEM_PER_RATE_TTS / 1048576" | bc -l)" 2) MiB** | |
 
 At the 10,000 jobs/s target a cell's Redis holds $(fmt "$(echo "$MEM_PER_RATE * 10000 / 1073741824" | bc -l)" 2) GiB of finished jobs and result logs with
-these records (the sim's TTS audio is 16 bytes; real audio adds its base64 size × retention).
+the sim's 10-byte TTS placeholder, $(fmt "$(echo "$MEM_PER_RATE_TTS * 10000 / 1073741824" | bc -l)" 2) GiB with $(fmt "$TTS_BYTES" 0) bytes of TTS audio per result: the
+result log kept for resume (\`session.result_retention_ms\`) is what a real cell's memory is
+made of (docs/scaling.md).
 
 So one Redis core can complete at most $(fmt "$(echo "1000000 / $RCPU_US" | bc -l)" 0) jobs/s, one instance core
 $(fmt "$(echo "1000000 / $ICPU_US" | bc -l)" 0) jobs/s (instances scale out; the cell's Redis does not).

@@ -177,6 +177,21 @@ LOG_JOBS_B=$(per_entry jobs hlen)
 LOG_RTIME_B=$(per_entry rtime zcard)
 LOG_B=$(echo "$LOG_RES_B + $LOG_JOBS_B + $LOG_RTIME_B" | bc -l)
 MEM_PER_RATE=$(echo "$JOB_TTL_MS / 1000 * $JOB_REC_B + $RETENTION_MS / 1000 * $LOG_B" | bc -l)
+# The same with real-sized TTS audio: the sim's placeholder is 10 bytes, a real result
+# carries seconds of speech. TTS_BYTES (default 32768, ~44 KB of base64) per result, on a
+# Redis and instance of their own so only these results are sampled.
+TTS_BYTES=${TTS_BYTES:-32768}
+RP_TTS=$(free_port) P_TTS=$(free_port)
+start_redis "$WORK/redis-tts" "$RP_TTS"
+R_TTS=$REDIS_PID
+start_instance "$BIN" "$WORK/instance-tts.log" "$P_TTS" "redis://127.0.0.1:$RP_TTS" "${SETTINGS[@]}"
+I_TTS=$INSTANCE_PID
+sim tts --url "ws://127.0.0.1:$P_TTS" --nodes 4 --capacity 16 --delay-ms 0-0 --sessions 10 \
+  --window 2 --interval-ms 0 --utterances 40 --duration-s 30 --grace-s 5 --tts-bytes "$TTS_BYTES"
+LOG_RES_TTS_B=$(RP=$RP_TTS per_entry results hlen)
+stop "$I_TTS" "$R_TTS"
+MEM_PER_RATE_TTS=$(echo "$JOB_TTL_MS / 1000 * $JOB_REC_B + $RETENTION_MS / 1000 * \
+  ($LOG_B - $LOG_RES_B + $LOG_RES_TTS_B)" | bc -l)
 
 # ---- 5. Cross-instance hop ----------------------------------------------------------------
 PB=$(free_port)
