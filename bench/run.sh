@@ -112,7 +112,7 @@ IV=$(printf '%.0f' "$(echo "50 * 1000 / $RATE" | bc -l)")
 log "3/7 latency at 20 % load: $(fmt "$RATE" 0) utterances/s (50 sessions, one every $IV ms each)"
 LAT_ARGS=(--nodes 20 --capacity 16 --delay-ms 0-0 --sessions 50 --interval-ms "$IV"
   --utterances 1000000 --duration-s 10 --grace-s 10)
-sd() { metric "$PA" "switchyard_script_duration_seconds_$1{script=\"$2\"}"; }
+sd() { metric "$PA" "switchyard_script_duration_seconds_$1{cell=\"main\",script=\"$2\"}"; }
 s0=$(sd sum submit) n0=$(sd count submit) q0=$(sd sum job_result) k0=$(sd count job_result)
 for r in $(seq 1 "$RUNS"); do sim "lat-$r" --url "$URL_A" "${LAT_ARGS[@]}"; done
 # Mean round trip of the two lingua-path scripts as the instance sees them (pool checkout,

@@ -48,7 +48,7 @@ impl Store {
                 .arg("LIBRARYNAME")
                 .arg(self.scripts.library_name());
             let listed = self.connector.on_cell(&mut conn, &cmd, &cell).await?;
-            // LIBRARYNAME is a pattern: any library whose name contains ours (only ours).
+            // LIBRARYNAME takes a glob pattern; the name has no special characters: exact.
             Ok(Some(matches!(listed, Value::Array(v) if !v.is_empty())))
         };
         match ready.await {
