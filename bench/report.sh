@@ -27,6 +27,7 @@ $RUNS runs (per-run values in brackets); comparisons ran side by side in the sam
 | one instance ÷ Redis-bound limit | $(fmt "$SHARE" 1) % | ≥ 50 % | $(verdict "$SHARE >= 50") |
 | 10k nodes + 10k sessions, instance RSS (projected from $SCALE_SESSIONS sessions) | $(fmt "$(echo "$RSS_10K / 1024" | bc -l)" 0) MiB | ≤ 1024 MiB | $(verdict "$RSS_10K <= 1048576") |
 | cross-instance hop ÷ same instance, dispatch p50 | $(fmt "$(ratio .dispatch.p50_ms)") × | | |
+| cross-instance hop, added end-to-end p50 | $(fmt "$HOP_E50" 3) ms | ≤ 0.3 ms | $(verdict "$HOP_E50 <= 0.3") |
 | sparse, 1 session at 1 utterance/s: end-to-end p50 / p99 | $(fmt "$SP1_E50" 2) / $(fmt "$SP1_E99" 2) ms | ≤ 1.5 / 3 ms | $(verdict "$SP1_E50 <= 1.5 && $SP1_E99 <= 3") |
 | sparse, 10 sessions at 1 utterance/s each: end-to-end p50 / p99 | $(fmt "$SP10_E50" 2) / $(fmt "$SP10_E99" 2) ms | ≤ 1.5 / 3 ms | $(verdict "$SP10_E50 <= 1.5 && $SP10_E99 <= 3") |
 

@@ -217,6 +217,8 @@ ratio() { # ratio NAME FIELD: median over runs of remote/local
   done
   median "${v[@]}"
 }
+# The hop's added end-to-end p50 (issue 14: ≤ 0.3 ms).
+HOP_E50=$(echo "$(med remote .end_to_end.p50_ms) - $(med local .end_to_end.p50_ms)" | bc -l)
 
 # ---- 7. Sparse traffic ---------------------------------------------------------------------
 # One utterance per second per session, nodes answering at once: every message travels on
