@@ -88,7 +88,10 @@ impl Store {
             // front without copying the message (TTS audio, tens of KB) once more.
             Outcome::Ok(f) => base
                 .s("ok")
-                .s(f.message.trim_start().strip_prefix('{').unwrap_or(f.message))
+                .s(f.message
+                    .trim_start()
+                    .strip_prefix('{')
+                    .unwrap_or(f.message))
                 .s("")
                 .s("")
                 .s(f.text_asr)
