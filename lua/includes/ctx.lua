@@ -9,8 +9,9 @@
 -- The scripts are one Redis Functions library (src/store/scripts.rs): this file and every
 -- include are loaded once (FUNCTION LOAD), their closures and constant tables created
 -- once, not on every call. While the library loads, Redis offers no global but `redis`
--- (no string, math, table, pairs...): top-level code here only declares. What belongs to one call lives in the locals below, set by
--- begin() before a script's body runs (Redis runs one function at a time, to the end).
+-- (no string, math, table, pairs...): top-level code here only declares. What belongs to
+-- one call lives in the locals below, set by begin() before a script's body runs (Redis
+-- runs one function at a time, to the end).
 local KEYS, ARGV
 local P, ME       -- ARGV[1], ARGV[2]
 local CFG         -- ARGV[3] unpacked: CFG.liveness, CFG.batch, ... (never written by scripts)

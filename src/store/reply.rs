@@ -88,92 +88,26 @@ pub struct Latencies {
 }
 
 /// Serde helper: a map of counts that Lua's cjson may have encoded as `[]` or `{}` when
-/// empty; entries that are not numbers (or decimal strings) are skipped.
+/// empty; entries that are not counts (numbers or decimal strings) are skipped. `ev` holds
+/// a handful of entries, so their values may go through `serde_json::Value`.
 fn lua_map<'de, D>(d: D) -> Result<BTreeMap<String, u64>, D::Error>
 where
     D: Deserializer<'de>,
 {
-    struct V;
-    impl<'de> Visitor<'de> for V {
-        type Value = BTreeMap<String, u64>;
-        fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
-            f.write_str("a map of counts")
-        }
-        fn visit_map<A: MapAccess<'de>>(self, mut m: A) -> Result<Self::Value, A::Error> {
-            let mut out = BTreeMap::new();
-            while let Some(k) = m.next_key::<String>()? {
-                if let Some(n) = m.next_value::<Lenient>()?.0 {
-                    out.insert(k, n);
-                }
-            }
-            Ok(out)
-        }
-        fn visit_seq<A: SeqAccess<'de>>(self, mut s: A) -> Result<Self::Value, A::Error> {
-            while s.next_element::<IgnoredAny>()?.is_some() {}
-            Ok(BTreeMap::new())
-        }
-        fn visit_unit<E>(self) -> Result<Self::Value, E> {
-            Ok(BTreeMap::new())
-        }
-        fn visit_bool<E>(self, _: bool) -> Result<Self::Value, E> {
-            Ok(BTreeMap::new())
-        }
-        fn visit_str<E>(self, _: &str) -> Result<Self::Value, E> {
-            Ok(BTreeMap::new())
-        }
-        fn visit_u64<E>(self, _: u64) -> Result<Self::Value, E> {
-            Ok(BTreeMap::new())
-        }
-        fn visit_i64<E>(self, _: i64) -> Result<Self::Value, E> {
-            Ok(BTreeMap::new())
-        }
-        fn visit_f64<E>(self, _: f64) -> Result<Self::Value, E> {
-            Ok(BTreeMap::new())
-        }
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Counts {
+        Map(BTreeMap<String, serde_json::Value>),
+        Other(IgnoredAny),
     }
-    d.deserialize_any(V)
-}
-
-/// A count in `ev`: a number or a decimal string; anything else is `None` (skipped).
-struct Lenient(Option<u64>);
-
-impl<'de> Deserialize<'de> for Lenient {
-    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        struct V;
-        impl<'de> Visitor<'de> for V {
-            type Value = Lenient;
-            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
-                f.write_str("any value")
-            }
-            fn visit_str<E>(self, s: &str) -> Result<Lenient, E> {
-                Ok(Lenient(s.parse().ok()))
-            }
-            fn visit_u64<E>(self, n: u64) -> Result<Lenient, E> {
-                Ok(Lenient(Some(n)))
-            }
-            fn visit_i64<E>(self, n: i64) -> Result<Lenient, E> {
-                Ok(Lenient(u64::try_from(n).ok()))
-            }
-            fn visit_f64<E>(self, _: f64) -> Result<Lenient, E> {
-                Ok(Lenient(None))
-            }
-            fn visit_bool<E>(self, _: bool) -> Result<Lenient, E> {
-                Ok(Lenient(None))
-            }
-            fn visit_unit<E>(self) -> Result<Lenient, E> {
-                Ok(Lenient(None))
-            }
-            fn visit_seq<A: SeqAccess<'de>>(self, mut s: A) -> Result<Lenient, A::Error> {
-                while s.next_element::<IgnoredAny>()?.is_some() {}
-                Ok(Lenient(None))
-            }
-            fn visit_map<A: MapAccess<'de>>(self, mut m: A) -> Result<Lenient, A::Error> {
-                while m.next_entry::<IgnoredAny, IgnoredAny>()?.is_some() {}
-                Ok(Lenient(None))
-            }
-        }
-        d.deserialize_any(V)
-    }
+    let count = |v: serde_json::Value| v.as_u64().or_else(|| v.as_str()?.parse().ok());
+    Ok(match Counts::deserialize(d)? {
+        Counts::Map(m) => m
+            .into_iter()
+            .filter_map(|(k, v)| count(v).map(|n| (k, n)))
+            .collect(),
+        Counts::Other(_) => BTreeMap::new(),
+    })
 }
 
 /// Serde helper for script replies: Lua's cjson encodes an empty table as `{}`, so a list
