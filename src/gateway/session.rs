@@ -309,13 +309,9 @@ impl SessionConn {
             trace_id: &trace_id,
         };
         let app = self.app.clone();
-        // A node connected here gets the client's base64 text as it came (no re-encoding).
-        let known = routing::KnownAudio {
-            bytes: &audio,
-            base64: &u.audio,
-        };
         match cell.store.submit(sid, &self.token, &job).await {
-            Ok(out) => match routing::deliver_with(&app, cell, out, Some(known)) {
+            // A node connected here gets the client's base64 text as it came.
+            Ok(out) => match routing::deliver_with(&app, cell, out, Some(&u.audio)) {
                 SessionReply::Settled => self.error(
                     ErrorCode::InvalidMessage,
                     format!(

@@ -25,19 +25,11 @@ pub fn deliver<T>(app: &App, cell: &Cell, out: Output<T>) -> T {
     deliver_with(app, cell, out, None)
 }
 
-/// Audio this instance already holds as base64 text: the client's own `audio` of an
-/// `utterance`, next to the bytes it decoded to (and passed to the script).
-#[derive(Clone, Copy)]
-pub struct KnownAudio<'a> {
-    pub bytes: &'a [u8],
-    /// Canonical base64 of `bytes`: the client's text, which the strict decoder accepted.
-    pub base64: &'a str,
-}
-
-/// [`deliver`], where a `job_assign` whose audio is `known.bytes` (the job the caller just
-/// submitted, dispatched to a node connected here) carries `known.base64` as it is,
-/// instead of encoding the blob the script returned again.
-pub fn deliver_with<T>(app: &App, cell: &Cell, out: Output<T>, known: Option<KnownAudio>) -> T {
+/// [`deliver`] for the reply of a `submit` whose audio the caller holds as base64 text
+/// (`known`: the client's own `audio` of an `utterance`, canonical because the strict
+/// decoder accepted it). The script leaves that audio out of a `job_assign` for a node
+/// connected here (`own`); the message carries `known` as it is.
+pub fn deliver_with<T>(app: &App, cell: &Cell, out: Output<T>, known: Option<&str>) -> T {
     let Output {
         reply, out, blobs, ..
     } = out;
@@ -50,7 +42,7 @@ pub fn deliver_with<T>(app: &App, cell: &Cell, out: Output<T>, known: Option<Kno
         let audio = if d.own.is_some() {
             // The script left the audio out: it is the one the caller sent.
             match known {
-                Some(k) => Some(Audio::Base64(k.base64)),
+                Some(k) => Some(Audio::Base64(k)),
                 None => {
                     // A bug, not a client's doing: the job times out and fails over.
                     tracing::error!(job = ?d.job, "job_assign without its audio: not sent");
@@ -60,11 +52,7 @@ pub fn deliver_with<T>(app: &App, cell: &Cell, out: Output<T>, known: Option<Kno
         } else {
             d.blob
                 .and_then(|i| blobs.get(i.wrapping_sub(1)))
-                .map(|b| match known {
-                    // Equal bytes: the client's text is their base64, byte for byte.
-                    Some(k) if k.bytes == b.as_slice() => Audio::Base64(k.base64),
-                    _ => Audio::Raw(b),
-                })
+                .map(|b| Audio::Raw(b))
         };
         let target = Target {
             kind: &d.k,

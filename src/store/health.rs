@@ -1,5 +1,5 @@
-//! Readiness, loading the scripts' library and the optional `WAIT` for replicas: the calls that must reach
-//! the node holding the cell (in cluster mode, the primary of the cell's slot).
+//! Readiness, loading the scripts' library and the optional `WAIT` for replicas: the calls
+//! that must reach the node holding the cell (in cluster mode, the primary of its slot).
 
 use std::time::Instant;
 
