@@ -36,6 +36,35 @@ async fn session(inst: &switchyard::server::Running) -> (WsClient, String) {
     .await
 }
 
+/// Two idle nodes and a session; the utterance `u` builds for the session id is sent.
+/// Returns the node that got its `job_assign` (with its id), the other node (with its id),
+/// the session and the assign.
+async fn first_of_two_nodes(
+    inst: &switchyard::server::Running,
+    u: impl FnOnce(&str) -> Value,
+) -> ((WsClient, String), (WsClient, String), WsClient, Value) {
+    let mut a = node(inst, |_| {}).await;
+    let mut b = node(inst, |_| {}).await;
+    let (mut s, sid) = session(inst).await;
+    s.send(&u(&sid)).await;
+    let (a_first, assigned) = tokio::select! {
+        v = assign(&mut a.0) => (true, v),
+        v = assign(&mut b.0) => (false, v),
+    };
+    let (first, second) = if a_first { (a, b) } else { (b, a) };
+    (first, second, s, assigned)
+}
+
+/// The node's MODEL_NOT_AVAILABLE answer to `assign`.
+fn model_not_available(assign: &Value, node_id: &str) -> Value {
+    let mut mna = fixture("job_result_model_not_available");
+    for k in ["job_id", "attempt_id", "session_id", "utterance_index"] {
+        mna[k] = assign[k].clone();
+    }
+    mna["node_id"] = json!(node_id);
+    mna
+}
+
 async fn job(c: &mut redis::aio::MultiplexedConnection, id: &str) -> HashMap<String, String> {
     c.hgetall(format!("{PREFIX}job:{id}")).await.unwrap()
 }
@@ -374,22 +403,12 @@ async fn model_not_available_marks_the_service_and_reroutes_at_once() {
     let redis = RedisServer::start().await;
     let inst = start_instance(&redis).await;
     let mut c = redis.client().await;
-    let (mut a, aid) = node(&inst, |_| {}).await;
-    let (mut b, bid) = node(&inst, |_| {}).await;
-    let (mut s, sid) = session(&inst).await;
-    s.send(&utterance(&sid, 0)).await;
-    let (first, first_id, second, second_id, a1) = tokio::select! {
-        v = assign(&mut a) => (&mut a, aid.clone(), &mut b, bid.clone(), v),
-        v = assign(&mut b) => (&mut b, bid.clone(), &mut a, aid.clone(), v),
-    };
-    let mut mna = fixture("job_result_model_not_available");
-    for k in ["job_id", "attempt_id", "session_id", "utterance_index"] {
-        mna[k] = a1[k].clone();
-    }
-    mna["node_id"] = json!(first_id);
+    let ((mut first, first_id), (mut second, second_id), mut s, a1) =
+        first_of_two_nodes(&inst, |sid| utterance(sid, 0)).await;
+    let sid = a1["session_id"].as_str().expect("session id").to_string();
     let started = std::time::Instant::now();
-    first.send(&mna).await;
-    let a2 = assign(second).await;
+    first.send(&model_not_available(&a1, &first_id)).await;
+    let a2 = assign(&mut second).await;
     assert!(
         started.elapsed() < Duration::from_millis(500),
         "re-dispatched at once, not by timeout"
@@ -407,10 +426,10 @@ async fn model_not_available_marks_the_service_and_reroutes_at_once() {
     );
     // The next utterance avoids the node whose nmt is down.
     s.send(&utterance(&sid, 1)).await;
-    let a3 = assign(second).await;
+    let a3 = assign(&mut second).await;
     assert_eq!(a3["utterance_index"], 1);
     assert!(
-        next_of(first, "job_assign", Duration::from_millis(200))
+        next_of(&mut first, "job_assign", Duration::from_millis(200))
             .await
             .is_none()
     );
@@ -425,30 +444,23 @@ async fn job_assign_audio_is_the_clients_base64_on_dispatch_and_on_failover() {
     let redis = RedisServer::start().await;
     let inst = start_instance(&redis).await;
     let mut c = redis.client().await;
-    let (mut a, aid) = node(&inst, |_| {}).await;
-    let (mut b, bid) = node(&inst, |_| {}).await;
-    let (mut s, sid) = session(&inst).await;
     let bytes: Vec<u8> = (0..8_191u32)
         .map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8)
         .collect();
-    let mut u = utterance(&sid, 0);
-    u["audio"] = json!(B64.encode(&bytes));
-    s.send(&u).await;
-    let (first, first_id, second, a1) = tokio::select! {
-        v = assign(&mut a) => (&mut a, aid.clone(), &mut b, v),
-        v = assign(&mut b) => (&mut b, bid.clone(), &mut a, v),
-    };
-    assert_eq!(a1["audio"], u["audio"], "dispatch: the client's text");
-    let mut mna = fixture("job_result_model_not_available");
-    for k in ["job_id", "attempt_id", "session_id", "utterance_index"] {
-        mna[k] = a1[k].clone();
-    }
-    mna["node_id"] = json!(first_id);
-    first.send(&mna).await;
-    let a2 = assign(second).await;
+    let text = B64.encode(&bytes);
+    let ((mut first, first_id), (mut second, _), _s, a1) = first_of_two_nodes(&inst, |sid| {
+        let mut u = utterance(sid, 0);
+        u["audio"] = json!(text);
+        u
+    })
+    .await;
+    assert_eq!(a1["audio"], text.as_str(), "dispatch: the client's text");
+    first.send(&model_not_available(&a1, &first_id)).await;
+    let a2 = assign(&mut second).await;
     assert_eq!(a2["attempt_id"], 2);
     assert_eq!(
-        a2["audio"], u["audio"],
+        a2["audio"],
+        text.as_str(),
         "failover: the stored bytes, encoded"
     );
     invariants::check(&mut c).await;
