@@ -178,7 +178,7 @@ end
 -- read in the same HMGET as the connection check; or nil and why it is stale.
 local function job_for(jid, attempt, nid, conn, fields, nfields)
   local job = fields and hmget(job_key(jid), fields) or hgetall(job_key(jid))
-  if not job.id then return nil, 'unknown_job' end
+  if not job.state then return nil, 'unknown_job' end
   if attempt and job.attempt ~= attempt then return nil, 'stale_attempt' end
   if job.node ~= nid then return nil, 'wrong_node' end
   local node
@@ -198,35 +198,42 @@ end
 -- rewritten with only what inspection, fencing and the invariants read (KEPT_FIELDS, empty
 -- values left out, the routing explanation route:<n>/end:<n> when jobs.explain is on, plus
 -- `extra`, a flat list of field, value): what only dispatch needed (the job_assign `spec`,
--- trace context, queue, deadline) goes, and the record becomes a
--- small listpack (~300 bytes instead of ~2.3-3 KB; issue 14). `job` must be current.
-local KEPT_FIELDS = {'id', 'session', 'idx', 'attempt', 'node', 'tried', 'failovers', 'trace_id',
+-- trace context, queue, deadline) goes, and so does `id` (the key names the job; readers
+-- add it back), and the record becomes a small listpack (~250 bytes instead of ~2.3-3 KB;
+-- issue 14). `job` must be current.
+local KEPT_FIELDS = {'session', 'idx', 'attempt', 'node', 'tried', 'failovers', 'trace_id',
   'turn_id', 'created_at', 'dispatched_at'}
 
 -- A hash whose values are all at most `hash-max-listpack-value` bytes (Redis' default: 64)
--- is kept as one listpack (~350 bytes for a finished job); one longer value turns it into
--- a hashtable of ~1 KB. A finished job's explanation `route:<n>` ("<ms> <node> steps") is
--- therefore cut at an entry boundary to ROUTE_KEEP bytes, the dropped entries counted in a
--- trailing ",+N" (the console shows "+N more") when the job finished on its first attempt
--- without waiting in a queue (the common case); a job that failed over, waited or failed
+-- is kept as one listpack; one longer value turns it into a hashtable of ~1 KB, and a
+-- listpack over 256 bytes takes jemalloc's next size class (320). The explanation of a job
+-- that finished on its first attempt without waiting in a queue (the common case) is
+-- therefore kept as the chosen node's entry alone, in the segment that chose it, the other
+-- entries counted: "- - <label>><node>=ok:<reserved>/<capacity>,+N". Its time and node
+-- ("- -") are the record's dispatched_at and node. A job that failed over, waited or failed
 -- keeps its explanation whole.
-local ROUTE_KEEP = 64
-local function compact_route(v)
-  if #v <= ROUTE_KEEP then return v end
-  local cut, at = nil, 0
+local function compact_route(v, nid)
+  local steps = string.match(v, '^%S+ %S+ (.*)$')
+  if not steps then return v end
+  local needle, at = nid .. '=ok', nil
+  local from = 1
   while true do
-    local j = string.find(v, '[,|]', at + 1)
-    if not j or j > ROUTE_KEEP - 4 then break end
-    cut, at = j, j
+    local i = string.find(steps, needle, from, true)
+    if not i then break end
+    local before = i > 1 and string.sub(steps, i - 1, i - 1) or ''
+    if before == '>' or before == ',' then at = i end
+    from = i + 1
   end
-  if not cut then
-    local head = string.match(v, '^%S+ %S+')
-    return (head and #head <= ROUTE_KEEP) and head or v
-  end
-  local dropped, rest = 0, string.sub(v, cut)
-  for _ in string.gmatch(rest, '=') do dropped = dropped + 1 end
-  for n in string.gmatch(rest, ',%+(%d+)') do dropped = dropped + tonumber(n) end
-  return string.sub(v, 1, cut - 1) .. ',+' .. dropped
+  if not at then return v end
+  local stop = string.find(steps, '[,|]', at) or (#steps + 1)
+  local entry = string.sub(steps, at, stop - 1)
+  local head = string.sub(steps, 1, at - 1)
+  local label = string.match(head, '([^|]*)>[^>]*$') or ''
+  local entries = 0
+  for _ in string.gmatch(steps, '=') do entries = entries + 1 end
+  for n in string.gmatch(steps, ',%+(%d+)') do entries = entries + tonumber(n) end
+  local more = entries > 1 and (',+' .. (entries - 1)) or ''
+  return '- - ' .. label .. '>' .. entry .. more
 end
 local function end_job(jid, job, state, extra)
   local jk = job_key(jid)
@@ -246,7 +253,7 @@ local function end_job(jid, job, state, extra)
         f[#f + 1] = k
         local plain = state == 'FINISHED' and k == 'route:1' and tostring(job.attempt) == '1'
           and not string.find(v, '|queued@', 1, true)
-        f[#f + 1] = plain and compact_route(v) or v
+        f[#f + 1] = plain and compact_route(v, job.node) or v
       elseif c == 101 and string.sub(k, 1, 4) == 'end:' then
         f[#f + 1] = k
         f[#f + 1] = v

@@ -36,9 +36,19 @@ fn is_zero(n: &u64) -> bool {
     *n == 0
 }
 
-/// `route:<n>` = `"<ms> <node or -> <step>|<step>..."`, step = `label>entry,entry`,
-/// entry = `node=verdict[:reserved/capacity]` or `+N`. Returns (time, node, steps).
+/// `route:<n>` = `"<ms or -> <node or -> <step>|<step>..."`, step = `label>entry,entry`,
+/// entry = `node=verdict[:reserved/capacity]` or `+N`. Returns (time, node, steps), the
+/// chosen node's entry marked `chosen`. A job that finished on its first attempt keeps
+/// `"- - <label>><node>=ok:r/c,+N"`: time and node are the record's (`route_of`).
 pub fn parse_route(raw: &str) -> (Option<u64>, Option<String>, Vec<Step>) {
+    let (at, node, mut steps) = parse_route_raw(raw);
+    if let Some(n) = &node {
+        mark_chosen(&mut steps, n);
+    }
+    (at, node, steps)
+}
+
+fn parse_route_raw(raw: &str) -> (Option<u64>, Option<String>, Vec<Step>) {
     let mut it = raw.splitn(3, ' ');
     let at = it.next().and_then(|t| t.parse().ok());
     let node = it.next().filter(|n| *n != "-").map(str::to_string);
@@ -74,20 +84,42 @@ pub fn parse_route(raw: &str) -> (Option<u64>, Option<String>, Vec<Step>) {
             step
         })
         .collect::<Vec<_>>();
-    // The script names the chosen node in front and leaves its entry `ok` (no rewrite in
-    // Lua): the last `ok` entry of that node is the one that took the job.
-    let mut steps = steps;
-    if let Some(n) = &node
-        && let Some(look) = steps
-            .iter_mut()
-            .rev()
-            .flat_map(|s| s.nodes.iter_mut().rev())
-            .find(|l| &l.node == n && l.verdict == "ok")
+    (at, node, steps)
+}
+
+/// The script names the chosen node in front and leaves its entry `ok` (no rewrite in
+/// Lua): the last `ok` entry of that node is the one that took the job.
+fn mark_chosen(steps: &mut [Step], node: &str) {
+    if let Some(look) = steps
+        .iter_mut()
+        .rev()
+        .flat_map(|s| s.nodes.iter_mut().rev())
+        .find(|l| l.node == node && l.verdict == "ok")
     {
         look.verdict = "chosen".into();
     }
+}
+
+/// Attempt `n`'s (time, node, steps): its `route:<n>`, with a time or node it leaves out
+/// (`-`) taken from the record when `n` is the record's current attempt.
+fn route_of(raw: Option<&String>, n: u32, h: &HashMap<String, String>) -> RouteParts {
+    let (mut at, mut node, mut steps) = raw.map(|r| parse_route_raw(r)).unwrap_or_default();
+    let current = h.get("attempt").and_then(|a| a.parse::<u32>().ok()) == Some(n);
+    if current {
+        if node.is_none() && raw.is_none_or(|r| r.starts_with("- - ")) {
+            node = h.get("node").cloned().filter(|n| !n.is_empty());
+        }
+        if at.is_none() && raw.is_some_and(|r| r.starts_with("- ")) {
+            at = h.get("dispatched_at").and_then(|t| t.parse().ok());
+        }
+    }
+    if let Some(n) = &node {
+        mark_chosen(&mut steps, n);
+    }
     (at, node, steps)
 }
+
+type RouteParts = (Option<u64>, Option<String>, Vec<Step>);
 
 /// `end:<n>` = `"<ms> <ok|failover|failed> [CODE]"`.
 pub fn parse_end(raw: &str) -> (Option<u64>, String, Option<String>) {
@@ -118,10 +150,7 @@ pub fn job_view(mut h: HashMap<String, String>) -> Value {
     let state = h.get("state").cloned().unwrap_or_default();
     let mut attempts = Vec::new();
     for n in 1..=last {
-        let (at, mut node, steps) = routes.get(&n).map(|r| parse_route(r)).unwrap_or_default();
-        if node.is_none() && n == attempt && !routes.contains_key(&n) {
-            node = h.get("node").cloned().filter(|n| !n.is_empty());
-        }
+        let (at, node, steps) = route_of(routes.get(&n), n, &h);
         let (finished, mut outcome, mut reason) = match ends.get(&n) {
             Some(e) => parse_end(e),
             None if n == last && node.is_none() && state == "QUEUED" => {
@@ -250,5 +279,27 @@ mod tests {
         assert_eq!(v["attempts"][1]["finished_at_ms"], 30);
         assert_eq!(v["job"]["spec"]["type"], "job_assign");
         assert!(v["job"].get("route:1").is_none());
+    }
+    #[test]
+    fn a_compact_route_takes_its_time_and_node_from_the_record() {
+        let h: HashMap<String, String> = [
+            ("state", "FINISHED"),
+            ("attempt", "1"),
+            ("node", "node-B"),
+            ("dispatched_at", "1700"),
+            ("finished_at", "1750"),
+            ("route:1", "- - pub:zh:en>node-B=ok:1/4,+2"),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
+        let v = job_view(h);
+        let a = &v["attempts"][0];
+        assert_eq!(a["node"], "node-B", "{v}");
+        assert_eq!(a["dispatched_at_ms"], 1700, "{v}");
+        assert_eq!(a["outcome"], "ok", "{v}");
+        assert_eq!(a["route"][0]["pool"], "pub:zh:en", "{v}");
+        assert_eq!(a["route"][0]["nodes"][0]["verdict"], "chosen", "{v}");
+        assert_eq!(a["route"][0]["more"], 2, "{v}");
     }
 }

@@ -32,14 +32,19 @@ fn read_err(e: redis::RedisError) -> StoreError {
 }
 
 impl Store {
-    /// A job record (`job:<id>`), empty when it does not exist (or has expired).
+    /// A job record (`job:<id>`), empty when it does not exist (or has expired). An ended
+    /// job's record keeps no `id` field (its key names it): it is added here.
     pub async fn job_record(&self, id: &str) -> Result<HashMap<String, String>, StoreError> {
         let mut conn = self.conn().await?;
-        redis::cmd("HGETALL")
+        let mut h: HashMap<String, String> = redis::cmd("HGETALL")
             .arg(self.keys.job(id))
             .query_async(&mut conn)
             .await
-            .map_err(read_err)
+            .map_err(read_err)?;
+        if !h.is_empty() {
+            h.entry("id".into()).or_insert_with(|| id.to_string());
+        }
+        Ok(h)
     }
 
     /// A session record, its pending indices (at most 100) and its newest results
