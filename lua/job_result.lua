@@ -52,7 +52,7 @@ local function timed(job, ids)
   if n2s then t = t .. ',"node_to_scheduler_ms":' .. int(n2s) end
   local body = ARGV[10] -- members and "}": concatenated as is (no string.sub copy of the audio)
   local sep = string.match(body, '^%s*}') and '' or ','
-  return STAMP .. int(NOW) .. ',"network_timings":{"scheduler_to_web_ms":0' .. t .. '},'
+  return STAMP .. NOWS .. ',"network_timings":{"scheduler_to_web_ms":0' .. t .. '},'
     .. string.sub(cjson.encode(ids), 2, -2) .. sep .. body
 end
 
@@ -82,7 +82,7 @@ end
 local NODE_FIELDS = {'conn', 'capacity_target', 'state', 'reserved', 'capacity'}
 -- The session's fields the result path reads (owner for delivery, utterance group, cursor).
 local SESSION_FIELDS = {'id', 'owner', 'conn', 'grp_id', 'grp_anchor', 'grp_part', 'grp_ctx',
-  'next_deliver', 'out_seq'}
+  'next_deliver', 'out_seq', 'trim_at'}
 
 local jid, nid, outcome = ARGV[5], ARGV[7], ARGV[9]
 local ok = outcome == 'ok'
@@ -104,10 +104,14 @@ if ok then
   -- identity from the job record, not from what the node wrote
   local ids = {session_id = job.session, utterance_index = tonumber(job.idx), job_id = jid,
     trace_id = job.trace_id}
+  -- The group's fields go in settle's HSET of the cursor (one HSET of the session).
+  local set = {}
   if ARGV[13] ~= '' then
-    ids.group_id, ids.part_index = group_join(job.session, ARGV[13], ARGV[14], sess)
+    ids.group_id, ids.part_index = group_join(job.session, ARGV[13], ARGV[14], sess, set)
   end
-  settle(job.session, job.idx, timed(job, ids), sess, true)
+  if not settle(job.session, job.idx, timed(job, ids), sess, true, set) and #set > 0 and sess.id then
+    redis.call('HSET', session_key(job.session), unpack(set))
+  end
   offer(nid, node)
 elseif outcome == 'model_not_available' then
   local nk, svc = node_key(nid), ARGV[11]

@@ -16,7 +16,7 @@ local function release_node(jid, nid, n)
   elseif redis.call('EXISTS', nk) == 0 then
     return
   end
-  local reserved = redis.call('HINCRBY', nk, 'reserved', -1)
+  local reserved = redis.call('HINCRBY', nk, 'reserved', '-1')
   -- A capacity decrease waits for in-flight jobs (capacity never drops below reserved).
   local target
   if n then
@@ -309,31 +309,31 @@ local function assign(jid, job, nid, why)
   local fresh = job.state == 'CREATED'
   unqueue(jid, job)
   redis.call('SADD', node_key(nid) .. ':jobs', jid)
-  redis.call('PEXPIRE', node_key(nid) .. ':jobs', CFG.liveness + CFG.node_retention)
-  redis.call('HINCRBY', node_key(nid), 'reserved', 1)
-  local attempt = fresh and 1 or redis.call('HINCRBY', jk, 'attempt', 1)
+  redis.call('PEXPIRE', node_key(nid) .. ':jobs', CFGS.node_jobs_ttl)
+  redis.call('HINCRBY', node_key(nid), 'reserved', '1')
+  local attempt = fresh and '1' or dec(redis.call('HINCRBY', jk, 'attempt', '1'))
   local acks = (NODE_ACK[nid] or redis.call('HGET', node_key(nid), 'supports_ack')) == '1'
-  local deadline = NOW + (acks and CFG.ack_timeout or CFG.run_timeout)
-  local f = {'state', 'DISPATCHED', 'node', nid, 'dispatched_at', NOW, 'deadline', deadline,
+  local deadline = dec(NOW + (acks and CFG.ack_timeout or CFG.run_timeout))
+  local f = {'state', 'DISPATCHED', 'node', nid, 'dispatched_at', NOWS, 'deadline', deadline,
     'queue', '', 'attempt', attempt}
   if why and why ~= '' then
     local rk = 'route:' .. attempt
     local waited = job[rk] and string.match(job[rk], '^%S+ %S+ (.*)$')
     local n = #f
     f[n + 1] = rk
-    f[n + 2] = NOW .. ' ' .. nid .. ' ' .. (waited and (waited .. '|') or '') .. why
+    f[n + 2] = NOWS .. ' ' .. nid .. ' ' .. (waited and (waited .. '|') or '') .. why
     job[rk] = f[n + 2]
   end
   local created = save_fields(job, f)
   redis.call('HSET', jk, unpack(f))
   redis.call('ZADD', P .. 'due:jobs', deadline, jid)
   if created then
-    redis.call('PEXPIRE', jk, CFG.job_ttl)
+    redis.call('PEXPIRE', jk, CFGS.job_ttl)
   elseif not fresh then
-    redis.call('PEXPIRE', jk, CFG.job_ttl)
-    redis.call('PEXPIRE', jk .. ':audio', CFG.job_ttl)
+    redis.call('PEXPIRE', jk, CFGS.job_ttl)
+    redis.call('PEXPIRE', jk .. ':audio', CFGS.job_ttl)
   end
-  job.state, job.node, job.attempt, job.dispatched_at = 'DISPATCHED', nid, attempt, NOW
+  job.state, job.node, job.attempt, job.dispatched_at = 'DISPATCHED', nid, attempt, NOWS
   count('dispatched')
   LAT.dispatch[#LAT.dispatch + 1] = NOW - tonumber(job.created_at or NOW)
   LAT.pool[#LAT.pool + 1] = string.match(job.pools or '', '^[^,|]+') or ''
@@ -347,7 +347,7 @@ local function assign(jid, job, nid, why)
   elseif fresh or redis.call('EXISTS', sk) == 1 then
     redis.call('HSET', sk, 'last_node', nid)
   end
-  local msg = json_with(job.spec, {attempt_id = attempt})
+  local msg = json_with(job.spec, {attempt_id = tonumber(attempt)})
   local audio = fresh and job.fresh_audio or redis.call('GET', jk .. ':audio') or ''
   deliver('node', nid, msg, audio, nil, job.tp, jid, fresh and job.own_audio)
   ui_event(job, 'DISPATCHED', 'ok')

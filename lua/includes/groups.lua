@@ -55,22 +55,30 @@ local function group_append(ctx, entry, parts)
   return group_bound(new)
 end
 
--- group_join(sid, asr, translated, s) -> group_id, part_index (nil when the session is
+-- group_join(sid, asr, translated, s, set) -> group_id, part_index (nil when the session is
 -- gone). `s` (optional): the session's id and grp_* fields as read earlier in this call.
-local function group_join(sid, asr, translated, s)
+-- `set` (optional): a flat list the session fields to write are appended to (the caller
+-- writes them in an HSET of its own) instead of an HSET here.
+local function group_join(sid, asr, translated, s, set)
   local sk = session_key(sid)
   local g = s and {s.id, s.grp_id, s.grp_anchor, s.grp_part, s.grp_ctx}
     or redis.call('HMGET', sk, 'id', 'grp_id', 'grp_anchor', 'grp_part', 'grp_ctx')
   if not g[1] then return nil end
   local gid, part = g[2], tonumber(g[4] or '0')
   local entry = 'User: ' .. asr .. '\nTarget: ' .. translated
+  local f
   if not gid or gid == '' or NOW - tonumber(g[3] or '0') > CFG.group_window then
-    gid = 'g-' .. sid .. '-' .. redis.call('HINCRBY', sk, 'grp_seq', 1)
-    redis.call('HSET', sk, 'grp_id', gid, 'grp_anchor', NOW, 'grp_part', 1,
-      'grp_ctx', group_append('', entry, 0))
-    return gid, 0
+    gid = 'g-' .. sid .. '-' .. redis.call('HINCRBY', sk, 'grp_seq', '1')
+    f = {'grp_id', gid, 'grp_anchor', NOWS, 'grp_part', '1', 'grp_ctx', group_append('', entry, 0)}
+    part = 0
+  else
+    f = {'grp_part', dec(part + 1), 'grp_ctx', group_append(g[5], entry, part)}
   end
-  redis.call('HSET', sk, 'grp_part', part + 1, 'grp_ctx', group_append(g[5], entry, part))
+  if set then
+    for _, v in ipairs(f) do set[#set + 1] = v end
+  else
+    redis.call('HSET', sk, unpack(f))
+  end
   return gid, part
 end
 

@@ -20,7 +20,7 @@ local function stamp(msg)
   local acc, rest = string.match(msg,
     '^{"scheduler_sent_at_ms":(%d+),"network_timings":{"scheduler_to_web_ms":%d+()')
   if not acc then return msg end
-  return STAMP .. string.format('%d', NOW) .. ',"network_timings":{"scheduler_to_web_ms":'
+  return STAMP .. NOWS .. ',"network_timings":{"scheduler_to_web_ms":'
     .. string.format('%d', math.max(0, NOW - tonumber(acc))) .. string.sub(msg, rest)
 end
 
@@ -41,7 +41,8 @@ end
 -- their idempotency entries); an index below the cursor stays refused by submit.
 local function trim(sid, cursor)
   local sk = session_key(sid)
-  local old = redis.call('ZRANGEBYSCORE', sk .. ':rtime', '-inf', NOW - CFG.retention, 'LIMIT', 0, 256)
+  local old = redis.call('ZRANGEBYSCORE', sk .. ':rtime', '-inf', dec(NOW - CFG.retention), 'LIMIT',
+    '0', '256')
   for _, idx in ipairs(old) do
     if tonumber(idx) < cursor then
       redis.call('HDEL', sk .. ':results', idx)
@@ -104,13 +105,17 @@ local function release(sid, force)
   end
 end
 
--- settle(sid, idx, msg, s, stamped): the one terminal message of utterance idx. Returns
--- false if the index was settled already (never a second terminal message) or the session
--- is gone. `s` (optional): the session's id, next_deliver and out_seq as read earlier in
--- this call (session_read), so the fast path needs no EXISTS, HGET or HINCRBY of its own.
--- `stamped`: `msg` was stamped with NOW in this call (job_result's `timed`), so delivering
--- it at once needs no re-stamp (two copies of a message that carries the TTS audio).
-local function settle(sid, idx, msg, s, stamped)
+-- settle(sid, idx, msg, s, stamped, set): the one terminal message of utterance idx.
+-- Returns false if the index was settled already (never a second terminal message) or the
+-- session is gone. `s` (optional): the session's id, next_deliver, out_seq and trim_at as
+-- read earlier in this call (session_read), so the fast path needs no EXISTS, HGET or
+-- HINCRBY of its own. `stamped`: `msg` was stamped with NOW in this call (job_result's
+-- `timed`), so delivering it at once needs no re-stamp (two copies of a message that
+-- carries the TTS audio). `set` (optional): a flat list of further session fields to
+-- write (the utterance group's), in the fast path's HSET.
+-- With `s`, the log is trimmed at most every CFG.retention / 8 (`trim_at`): a result
+-- stays at most 9/8 of the retention, and most results need no ZRANGEBYSCORE.
+local function settle(sid, idx, msg, s, stamped, set)
   local sk, rk, pk = session_keys(sid)
   if s then
     if not s.id then return false end
@@ -118,9 +123,9 @@ local function settle(sid, idx, msg, s, stamped)
     return false
   end
   if redis.call('HSETNX', rk, idx, msg) == 0 then return false end
-  redis.call('ZADD', sk .. ':rtime', NOW, idx)
-  redis.call('PEXPIRE', rk, CFG.session_ttl)
-  redis.call('PEXPIRE', sk .. ':rtime', CFG.session_ttl)
+  redis.call('ZADD', sk .. ':rtime', NOWS, idx)
+  redis.call('PEXPIRE', rk, CFGS.session_ttl)
+  redis.call('PEXPIRE', sk .. ':rtime', CFGS.session_ttl)
   -- The common case: the index is the cursor and nothing else is held. Deliver it now,
   -- without a pending entry (release() would add, find and remove it: 5 more commands).
   local cursor = tonumber((s and s.next_deliver) or redis.call('HGET', sk, 'next_deliver') or '0')
@@ -139,16 +144,24 @@ local function settle(sid, idx, msg, s, stamped)
       cursor, steps = cursor + 1, steps + 1
     end
     if seq then
-      redis.call('HSET', sk, 'next_deliver', cursor, 'out_seq', seq)
+      local f = set or {}
+      local n = #f
+      f[n + 1], f[n + 2], f[n + 3], f[n + 4] = 'next_deliver', dec(cursor), 'out_seq', dec(seq)
+      if NOW >= tonumber(s.trim_at or '0') then
+        trim(sid, cursor)
+        f[n + 5], f[n + 6] = 'trim_at', dec(NOW + math.floor(CFG.retention / 8))
+      end
+      redis.call('HSET', sk, unpack(f))
       s.next_deliver, s.out_seq = cursor, seq
     else
-      redis.call('HSET', sk, 'next_deliver', cursor)
+      redis.call('HSET', sk, 'next_deliver', dec(cursor), unpack(set or {}))
+      trim(sid, cursor)
     end
-    trim(sid, cursor)
     return true
   end
+  if set and #set > 0 then redis.call('HSET', sk, unpack(set)) end
   redis.call('ZADD', pk, idx, idx)
-  redis.call('PEXPIRE', pk, CFG.session_ttl)
+  redis.call('PEXPIRE', pk, CFGS.session_ttl)
   release(sid, false)
   return true
 end

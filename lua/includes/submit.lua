@@ -10,31 +10,32 @@
 -- (Requires ctx, deliver, results, dispatch, groups.)
 local function submit(sid, sess, idx, spec, audio, meta)
   local sk = session_key(sid)
-  local existing = redis.call('HGET', sk .. ':jobs', idx)
+  local is = dec(idx)
+  local existing = redis.call('HGET', sk .. ':jobs', is)
   if existing then return {status = 'duplicate', job_id = existing} end
-  if redis.call('HEXISTS', sk .. ':results', idx) == 1
+  if redis.call('HEXISTS', sk .. ':results', is) == 1
       or idx < tonumber(sess.next_deliver or '0') then
     return {status = 'settled'}
   end
-  local jid = 'job-' .. sess.nonce .. '-' .. idx
+  local jid = 'job-' .. sess.nonce .. '-' .. is
   local ids = {type = 'job_assign', job_id = jid, session_id = sid, utterance_index = idx,
     trace_id = meta.trace_id}
   if meta.turn_id and meta.turn_id ~= '' then ids.turn_id = meta.turn_id end
   local context = group_context(sess)
   if context ~= '' then ids.context_text = context end
-  local job = {id = jid, session = sid, idx = idx, state = 'CREATED', attempt = 0, tried = '',
+  local job = {id = jid, session = sid, idx = is, state = 'CREATED', attempt = '0', tried = '',
     pools = meta.pools, needs = meta.needs, pair = meta.pair, trace_id = meta.trace_id,
     turn_id = meta.turn_id or '', turn_node = meta.turn_node or '',
-    last_node = sess.last_node or '', created_at = NOW, spec = json_with(spec, ids), queue = '',
+    last_node = sess.last_node or '', created_at = NOWS, spec = json_with(spec, ids), queue = '',
     tp = TP, web_ms = meta.web_ms or ''}
   -- The record is written once, by whichever of assign / queue / fail settles it in this
   -- call (one HSET with the dispatch fields instead of two).
   job.unsaved = true
   job.sess_set = meta.sess_set
   local jk = job_key(jid)
-  redis.call('SET', jk .. ':audio', audio, 'PX', CFG.job_ttl)
-  redis.call('HSET', sk .. ':jobs', idx, jid)
-  redis.call('PEXPIRE', sk .. ':jobs', CFG.session_ttl)
+  redis.call('SET', jk .. ':audio', audio, 'PX', CFGS.job_ttl)
+  redis.call('HSET', sk .. ':jobs', is, jid)
+  redis.call('PEXPIRE', sk .. ':jobs', CFGS.session_ttl)
   count('submitted')
   job.fresh_audio = audio -- for assign (not a field of the record)
   job.own_audio = meta.own_audio
