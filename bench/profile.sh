@@ -5,7 +5,7 @@
 # redis-server (Debian's is stripped: build one with symbols from the source package,
 # `apt-get source redis && make USE_SYSTEM_JEMALLOC=yes BUILD_TLS=no`); PERF_CG the call
 # graph option (default -g; "--call-graph dwarf,32768" for a Redis built without frame
-# pointers). Writes OUTDIR/{redis,inst}.data, cmdstats.txt and cpu.txt; read with
+# pointers); SIM_EXTRA options added to the simulator (e.g. "--tts-bytes 32768"). Writes OUTDIR/{redis,inst}.data, cmdstats.txt and cpu.txt; read with
 # `perf report -i OUTDIR/redis.data --children --sort symbol`.
 set -euo pipefail
 BIN=$1 OUT=$2 WHAT=${3:-both}
@@ -25,8 +25,10 @@ RPID=$!
 for _ in $(seq 1 50); do redis-cli -p "$rp" ping >/dev/null 2>&1 && break; sleep 0.1; done
 start_instance "$BIN" "$OUT/inst.log" "$ip" "redis://127.0.0.1:$rp"
 IPID=$INSTANCE_PID
+read -r -a EXTRA <<<"${SIM_EXTRA:-}"
 "$BIN" sim --quiet --json --url "ws://127.0.0.1:$ip" --nodes 20 --capacity 16 --delay-ms 0-0 \
   --sessions 50 --window 4 --interval-ms 0 --utterances 1000000 --duration-s 25 --grace-s 10 \
+  "${EXTRA[@]}" \
   >"$OUT/sat.json" &
 SIM=$!
 sleep 6
