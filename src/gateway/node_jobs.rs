@@ -62,29 +62,19 @@ impl NodeConn {
         }
     }
 
-    pub(super) async fn on_result(&mut self, mut r: JobResult) {
+    pub(super) async fn on_result(&mut self, r: JobResult) {
         let Some((node_id, cell)) = self.node_id() else {
             return;
         };
-        let (message, asr, translated);
         let outcome = match (&r.success, &r.error) {
             (true, _) => {
-                let rest = std::mem::take(&mut r.rest);
-                let text = |k: &str| {
-                    let t = rest.get(k).and_then(|v| v.as_str()).unwrap_or_default();
-                    t.trim().to_string()
-                };
-                let ms = |k: &str| rest.get(k).and_then(ms_value);
-                (asr, translated) = (text("text_asr"), text("text_translated"));
-                let (node_completed_at_ms, processing_time_ms) =
-                    (ms("node_completed_at_ms"), ms("processing_time_ms"));
-                message = translation_result(rest);
+                let b = &r.body;
                 Outcome::Ok(Finished {
-                    message: &message,
-                    text_asr: &asr,
-                    text_translated: &translated,
-                    node_completed_at_ms,
-                    processing_time_ms,
+                    message: &b.message,
+                    text_asr: &b.text_asr,
+                    text_translated: &b.text_translated,
+                    node_completed_at_ms: b.node_completed_at_ms,
+                    processing_time_ms: b.processing_time_ms,
                 })
             }
             (false, Some(e)) if e.code == "MODEL_NOT_AVAILABLE" => Outcome::ModelNotAvailable {
@@ -155,46 +145,6 @@ impl NodeConn {
             Err(e) => self.store_error(&e),
         }
     }
-}
-
-/// A millisecond figure a node sent (integer or float, never negative).
-fn ms_value(v: &serde_json::Value) -> Option<u64> {
-    v.as_u64()
-        .or_else(|| v.as_f64().filter(|f| *f >= 0.0).map(|f| f as u64))
-}
-
-/// The session's `translation_result` from a node's `job_result`: every field the node sent
-/// beyond the routing ones is passed on (texts, tts, extra, timings, quality). The script
-/// adds session_id, utterance_index, job_id and trace_id from the job record, and the
-/// utterance group and network timings, which Switchyard decides (a node's are dropped).
-fn translation_result(mut m: serde_json::Map<String, serde_json::Value>) -> String {
-    for key in [
-        "type",
-        "session_id",
-        "utterance_index",
-        "job_id",
-        "trace_id",
-        "node_id",
-        "group_id",
-        "part_index",
-        "network_timings",
-        "scheduler_sent_at_ms",
-    ] {
-        m.remove(key);
-    }
-    m.insert("type".into(), "translation_result".into());
-    for key in ["text_asr", "text_translated", "tts_audio"] {
-        m.entry(key).or_insert_with(|| "".into());
-    }
-    m.entry("tts_format").or_insert_with(|| "opus".into());
-    if let Some(t) = m
-        .get("extra")
-        .and_then(|e| e.get("service_timings"))
-        .cloned()
-    {
-        m.entry("service_timings").or_insert(t);
-    }
-    serde_json::Value::Object(m).to_string()
 }
 
 /// The service type a MODEL_NOT_AVAILABLE `service_id` names, when the node's

@@ -279,18 +279,15 @@ impl SessionConn {
             Err(e) => return self.error(ErrorCode::InvalidMessage, e),
         };
         let format = u.audio_format.as_deref().unwrap_or("opus");
-        let mut spec = serde_json::to_value(JobSpec {
+        let spec = JobSpec {
             src_lang: &u.src_lang,
             tgt_lang: &u.tgt_lang,
             pipeline,
             audio_format: format,
             sample_rate: u.sample_rate.unwrap_or(16_000),
             options: &u.options,
-        })
-        .unwrap_or_default();
-        if u.manual_cut {
-            spec["is_manual_cut"] = json!(true);
         }
+        .to_sorted_json(u.manual_cut);
         // The message span took the session's trace id when the utterance has none: so does the job.
         let trace_id = u
             .trace_id
@@ -298,7 +295,6 @@ impl SessionConn {
             .filter(|t| !t.is_empty())
             .or_else(|| self.trace_id.clone())
             .unwrap_or_else(new_trace_id);
-        let spec = spec.to_string();
         let job = NewJob {
             index: u.utterance_index,
             spec: &spec,

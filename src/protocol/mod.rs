@@ -6,6 +6,7 @@
 //! nothing else happens for it.
 
 pub mod node;
+pub mod result;
 pub mod session;
 pub mod strict;
 
@@ -87,7 +88,18 @@ pub trait Inbound: Sized {
 /// Decode a frame, telling "not a message", "unknown type" and "bad field" apart. Each
 /// type's struct is read directly (not through a serde-tagged enum, which buffers the frame
 /// and loses both the strictness and the field path).
+///
+/// The `type` is first looked up by [`top_level_type`], which only scans (an utterance is
+/// ~11 KB of base64 that the envelope's decoding read once more before the typed decoding
+/// read it again); the frame is then decoded once, as that type. A frame that is not
+/// decoded that way (no plain `type` found, or the typed decoding refuses it) goes the
+/// long way, envelope first, which tells the errors apart as before.
 pub fn decode<T: Inbound>(text: &str) -> Result<T, DecodeError> {
+    if let Some(kind) = top_level_type(text).and_then(|k| T::TYPES.iter().find(|t| **t == k))
+        && let Ok(m) = T::from_kind(kind, text)
+    {
+        return Ok(m);
+    }
     let env: Envelope =
         strict::from_str(text).map_err(|e| DecodeError::NotAMessage(e.to_string()))?;
     if !T::TYPES.contains(&env.kind.as_str()) {
@@ -97,6 +109,114 @@ pub fn decode<T: Inbound>(text: &str) -> Result<T, DecodeError> {
         kind: env.kind,
         reason: e.to_string(),
     })
+}
+
+/// The value of the one top-level `"type"` member of a JSON object, found without decoding
+/// anything; `None` when there is no such member, more than one, an escape in it or in any
+/// key, or the text is not an object. Only a hint: what it finds is what decoding the
+/// envelope finds for any text the typed decoding then accepts (that decoding checks the
+/// whole frame is JSON), and a `None` sends the frame the long way.
+fn top_level_type(text: &str) -> Option<&str> {
+    let b = text.as_bytes();
+    let mut i = skip_ws(b, 0);
+    if b.get(i) != Some(&b'{') {
+        return None;
+    }
+    i = skip_ws(b, i + 1);
+    if b.get(i) == Some(&b'}') {
+        return None;
+    }
+    let mut found = None;
+    loop {
+        let key = plain_string(b, i)?;
+        i = skip_ws(b, i + key.len() + 2);
+        if b.get(i) != Some(&b':') {
+            return None;
+        }
+        i = skip_ws(b, i + 1);
+        if key == b"type" {
+            if found.is_some() {
+                return None;
+            }
+            let v = plain_string(b, i)?;
+            found = Some(text.get(i + 1..i + 1 + v.len())?);
+            i += v.len() + 2;
+        } else {
+            i = skip_value(b, i)?;
+        }
+        i = skip_ws(b, i);
+        match b.get(i) {
+            Some(b',') => i = skip_ws(b, i + 1),
+            Some(b'}') => return found,
+            _ => return None,
+        }
+    }
+}
+
+fn skip_ws(b: &[u8], mut i: usize) -> usize {
+    while matches!(b.get(i), Some(b' ' | b'\t' | b'\n' | b'\r')) {
+        i += 1;
+    }
+    i
+}
+
+/// The contents of the string starting at `b[i]` (a `"`) if it has no escape.
+fn plain_string(b: &[u8], i: usize) -> Option<&[u8]> {
+    if b.get(i) != Some(&b'"') {
+        return None;
+    }
+    let rest = b.get(i + 1..)?;
+    let end = memchr::memchr2(b'"', b'\\', rest)?;
+    (rest[end] == b'"').then(|| &rest[..end])
+}
+
+/// The index after the string starting at `b[i]` (a `"`), escapes included.
+fn skip_string(b: &[u8], mut i: usize) -> Option<usize> {
+    i += 1;
+    loop {
+        i += memchr::memchr2(b'"', b'\\', b.get(i..)?)?;
+        if b[i] == b'"' {
+            return Some(i + 1);
+        }
+        i += 2; // the backslash and the character it escapes
+    }
+}
+
+/// The index after the JSON value starting at `b[i]` (assumed well-formed: the typed
+/// decoding checks that).
+fn skip_value(b: &[u8], mut i: usize) -> Option<usize> {
+    match *b.get(i)? {
+        b'"' => skip_string(b, i),
+        b'{' | b'[' => {
+            let mut depth = 0usize;
+            loop {
+                match *b.get(i)? {
+                    b'"' => {
+                        i = skip_string(b, i)?;
+                        continue;
+                    }
+                    b'{' | b'[' => depth += 1,
+                    b'}' | b']' => {
+                        depth -= 1;
+                        if depth == 0 {
+                            return Some(i + 1);
+                        }
+                    }
+                    _ => {}
+                }
+                i += 1;
+            }
+        }
+        _ => {
+            while !matches!(
+                b.get(i),
+                None | Some(b',' | b'}' | b']' | b' ' | b'\t' | b'\n' | b'\r')
+            ) {
+                i += 1;
+            }
+            Some(i)
+        }
+    }
 }
 
 /// Serde helper: `null` (or absence, with `#[serde(default)]`) becomes `T::default()`.
@@ -133,3 +253,6 @@ pub fn valid_id(id: &str) -> bool {
             .chars()
             .all(|c| c.is_ascii_alphanumeric() || "_.-".contains(c))
 }
+
+#[cfg(test)]
+mod tests;

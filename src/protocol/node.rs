@@ -38,11 +38,7 @@ impl Inbound for NodeInbound {
             "node_error" => Self::NodeError(from_str(text)?),
             "job_ack" => Self::JobAck(from_str(text)?),
             "job_started" => Self::JobStarted(from_str(text)?),
-            "job_result" => {
-                let mut r: Box<JobResult> = from_str(text)?;
-                r.rest.remove("type");
-                Self::JobResult(r)
-            }
+            "job_result" => Self::JobResult(Box::new(super::result::decode(text)?)),
             "asr_partial" => Self::AsrPartial(from_str(text)?),
             other => {
                 return Err(FieldError {
@@ -88,25 +84,37 @@ pub struct JobError {
     pub details: Option<Value>,
 }
 
-/// `job_result`: required fields are typed; the optional rest is passed on to the session.
-#[derive(Debug, Clone, Deserialize)]
+/// `job_result`: required fields are typed; the other members make the session's
+/// `translation_result` (`body`, see [`super::result`]).
+#[derive(Debug, Clone)]
 pub struct JobResult {
     pub job_id: String,
     pub attempt_id: u32,
-    #[serde(default)]
     pub node_id: Option<String>,
-    #[serde(default)]
     pub session_id: Option<String>,
-    #[serde(default)]
     pub utterance_index: Option<u64>,
     pub success: bool,
-    #[serde(default)]
     pub trace_id: Option<String>,
-    #[serde(default)]
     pub error: Option<JobError>,
-    /// Every other field (texts, tts_audio, extra, timings, quality, ...).
-    #[serde(flatten)]
-    pub rest: serde_json::Map<String, Value>,
+    /// What a success passes on (empty for a failure).
+    pub body: ResultBody,
+}
+
+/// A successful `job_result` as the `job_result` script takes it.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct ResultBody {
+    /// The session's `translation_result`: every member the node sent beyond the routing
+    /// ones (texts, tts, extra, timings, quality), `type` set, `text_asr`,
+    /// `text_translated`, `tts_audio` and `tts_format` defaulted, `service_timings` from
+    /// `extra` when absent. The script adds session_id, utterance_index, job_id, trace_id,
+    /// the utterance group and the network timings (a node's are dropped).
+    pub message: String,
+    /// `text_asr`, trimmed ("" when absent or not a string).
+    pub text_asr: String,
+    pub text_translated: String,
+    /// `node_completed_at_ms` / `processing_time_ms`: integer or float, never negative.
+    pub node_completed_at_ms: Option<u64>,
+    pub processing_time_ms: Option<u64>,
 }
 
 /// `asr_partial` from a node (forwarded best-effort).

@@ -234,6 +234,76 @@ pub struct JobSpec<'a> {
     pub options: &'a JobOptions,
 }
 
+impl JobSpec<'_> {
+    /// The template of an utterance's job as JSON, its members in sorted order (as they
+    /// came out when the template was built through a `serde_json::Value` map: the same
+    /// bytes, without the tree), with `"is_manual_cut":true` for a manual cut.
+    pub fn to_sorted_json(&self, manual_cut: bool) -> String {
+        /// `Pipeline`'s members, sorted.
+        #[derive(Serialize)]
+        struct SortedPipeline {
+            use_asr: bool,
+            use_nmt: bool,
+            #[serde(skip_serializing_if = "Option::is_none")]
+            use_semantic: Option<bool>,
+            #[serde(skip_serializing_if = "Option::is_none")]
+            use_tone: Option<bool>,
+            use_tts: bool,
+        }
+        /// `JobSpec`'s members and its options', sorted.
+        #[derive(Serialize)]
+        struct Sorted<'a> {
+            audio_format: &'a str,
+            #[serde(skip_serializing_if = "Option::is_none")]
+            auto_langs: &'a Option<Vec<String>>,
+            #[serde(skip_serializing_if = "Option::is_none")]
+            dialect: &'a Option<String>,
+            #[serde(skip_serializing_if = "Option::is_none")]
+            enable_streaming_asr: &'a Option<bool>,
+            #[serde(skip_serializing_if = "Option::is_none")]
+            features: &'a Option<Value>,
+            #[serde(skip_serializing_if = "Option::is_none")]
+            is_manual_cut: Option<bool>,
+            #[serde(skip_serializing_if = "Option::is_none")]
+            lang_a: &'a Option<String>,
+            #[serde(skip_serializing_if = "Option::is_none")]
+            lang_b: &'a Option<String>,
+            #[serde(skip_serializing_if = "Option::is_none")]
+            mode: &'a Option<String>,
+            #[serde(skip_serializing_if = "Option::is_none")]
+            partial_update_interval_ms: &'a Option<u64>,
+            pipeline: SortedPipeline,
+            sample_rate: u32,
+            src_lang: &'a str,
+            tgt_lang: &'a str,
+        }
+        let (o, p) = (self.options, self.pipeline);
+        let sorted = Sorted {
+            audio_format: self.audio_format,
+            auto_langs: &o.auto_langs,
+            dialect: &o.dialect,
+            enable_streaming_asr: &o.enable_streaming_asr,
+            features: &o.features,
+            is_manual_cut: manual_cut.then_some(true),
+            lang_a: &o.lang_a,
+            lang_b: &o.lang_b,
+            mode: &o.mode,
+            partial_update_interval_ms: &o.partial_update_interval_ms,
+            pipeline: SortedPipeline {
+                use_asr: p.use_asr,
+                use_nmt: p.use_nmt,
+                use_semantic: p.use_semantic,
+                use_tone: p.use_tone,
+                use_tts: p.use_tts,
+            },
+            sample_rate: self.sample_rate,
+            src_lang: self.src_lang,
+            tgt_lang: self.tgt_lang,
+        };
+        serde_json::to_string(&sorted).unwrap_or_else(|_| "null".into())
+    }
+}
+
 /// Estimated duration of an audio payload, for the cut rules: Opus ≈ 60 bytes per 20 ms
 /// frame; PCM16 at 16 kHz mono = 32 bytes per ms.
 pub fn estimate_ms(format: &str, bytes: usize) -> u64 {
@@ -249,7 +319,68 @@ pub fn estimate_ms(format: &str, bytes: usize) -> u64 {
 
 #[cfg(test)]
 mod tests {
-    use super::estimate_ms;
+    use proptest::prelude::*;
+
+    use super::{JobOptions, JobSpec, Pipeline, estimate_ms};
+
+    /// How the template was built before `to_sorted_json`: through a `Value` map.
+    fn through_value(spec: &JobSpec, manual_cut: bool) -> String {
+        let mut v = serde_json::to_value(spec).unwrap_or_default();
+        if manual_cut {
+            v["is_manual_cut"] = serde_json::json!(true);
+        }
+        v.to_string()
+    }
+
+    fn opt<T: std::fmt::Debug + Clone>(
+        s: impl Strategy<Value = T>,
+    ) -> impl Strategy<Value = Option<T>> {
+        prop::option::of(s)
+    }
+
+    proptest! {
+        #[test]
+        fn the_sorted_template_is_the_one_a_value_map_wrote(
+            flags in (any::<bool>(), any::<bool>(), any::<bool>(), opt(any::<bool>()), opt(any::<bool>())),
+            dialect in opt("[a-z\\\"é]{0,4}"),
+            mode in opt(prop::sample::select(vec!["one_way", "two_way_auto"])),
+            langs in (opt("[a-z]{2}"), opt("[a-z]{2}"), opt(prop::collection::vec("[a-z]{2}", 0..3))),
+            streaming in (opt(any::<bool>()), opt(any::<u64>())),
+            features in opt(prop::sample::select(vec![
+                serde_json::json!({"b": 1, "a": [true, null, 2.5], "c": {"z": "x", "y": -1}}),
+                serde_json::json!([]),
+                serde_json::json!("f"),
+            ])),
+            rate in any::<u32>(),
+            manual_cut in any::<bool>(),
+        ) {
+            let options = JobOptions {
+                dialect,
+                features,
+                mode: mode.map(str::to_string),
+                lang_a: langs.0,
+                lang_b: langs.1,
+                auto_langs: langs.2,
+                enable_streaming_asr: streaming.0,
+                partial_update_interval_ms: streaming.1,
+            };
+            let spec = JobSpec {
+                src_lang: "zh",
+                tgt_lang: "en",
+                pipeline: Pipeline {
+                    use_asr: flags.0,
+                    use_nmt: flags.1,
+                    use_tts: flags.2,
+                    use_semantic: flags.3,
+                    use_tone: flags.4,
+                },
+                audio_format: "opus",
+                sample_rate: rate,
+                options: &options,
+            };
+            prop_assert_eq!(spec.to_sorted_json(manual_cut), through_value(&spec, manual_cut));
+        }
+    }
 
     #[test]
     fn estimate_matches_the_protocol_and_never_overflows() {

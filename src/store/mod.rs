@@ -21,6 +21,7 @@ pub mod scripts;
 mod sentinel;
 pub mod sessions;
 
+use std::borrow::Cow;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -140,37 +141,70 @@ pub struct Output<T> {
     pub events: Events,
 }
 
-/// Arguments of one script call, starting with the shared context (ARGV[1..4]).
-pub struct Args(Vec<Vec<u8>>);
+/// Arguments of one script call, starting with the shared context (ARGV[1..4]). Text the
+/// caller holds is borrowed, not copied: each argument is copied once, into the command
+/// (the job audio of `submit` and the translation_result of `job_result` are kilobytes).
+pub struct Args<'a>(Vec<Cow<'a, [u8]>>);
 
-impl Args {
-    pub fn s(mut self, v: impl ToString) -> Self {
-        self.0.push(v.to_string().into_bytes());
+/// A value that can be a script argument: borrowed text or bytes, or an owned string or
+/// number.
+pub trait Arg<'a> {
+    fn into_arg(self) -> Cow<'a, [u8]>;
+}
+
+impl<'a, T: AsRef<[u8]> + ?Sized> Arg<'a> for &'a T {
+    fn into_arg(self) -> Cow<'a, [u8]> {
+        Cow::Borrowed(self.as_ref())
+    }
+}
+
+impl Arg<'_> for String {
+    fn into_arg(self) -> Cow<'static, [u8]> {
+        Cow::Owned(self.into_bytes())
+    }
+}
+
+macro_rules! number_args {
+    ($($t:ty),*) => {$(
+        impl Arg<'_> for $t {
+            fn into_arg(self) -> Cow<'static, [u8]> {
+                Cow::Owned(self.to_string().into_bytes())
+            }
+        }
+    )*};
+}
+
+number_args!(u8, u16, u32, u64, usize, i32, i64);
+
+impl<'a> Args<'a> {
+    pub fn s(mut self, v: impl Arg<'a>) -> Self {
+        self.0.push(v.into_arg());
         self
     }
 
-    pub fn b(mut self, v: &[u8]) -> Self {
-        self.0.push(v.to_vec());
+    pub fn b(mut self, v: &'a [u8]) -> Self {
+        self.0.push(Cow::Borrowed(v));
         self
     }
 
     /// `k1, v1, k2, v2, ...` for a variable-length field list.
-    pub fn fields(mut self, f: &[(&'static str, String)]) -> Self {
+    pub fn fields(mut self, f: &'a [(&'static str, String)]) -> Self {
         for (k, v) in f {
-            self.0.push(k.as_bytes().to_vec());
-            self.0.push(v.clone().into_bytes());
+            self.0.push(Cow::Borrowed(k.as_bytes()));
+            self.0.push(Cow::Borrowed(v.as_bytes()));
         }
         self
     }
 
     pub fn all<I: IntoIterator<Item = String>>(mut self, items: I) -> Self {
-        self.0.extend(items.into_iter().map(String::into_bytes));
+        self.0
+            .extend(items.into_iter().map(|s| Cow::Owned(s.into_bytes())));
         self
     }
 
     /// The raw arguments (tests call scripts with arguments the typed calls never send).
     pub fn into_inner(self) -> Vec<Vec<u8>> {
-        self.0
+        self.0.into_iter().map(Cow::into_owned).collect()
     }
 }
 
@@ -288,12 +322,12 @@ impl Store {
     }
 
     /// Arguments starting with the shared context: prefix, instance, config, seed.
-    pub fn args(&self) -> Args {
+    pub fn args(&self) -> Args<'_> {
         Args(vec![
-            self.keys.prefix().as_bytes().to_vec(),
-            self.instance.as_bytes().to_vec(),
-            self.script_cfg.clone(),
-            rand::random::<u32>().to_string().into_bytes(),
+            Cow::Borrowed(self.keys.prefix().as_bytes()),
+            Cow::Borrowed(self.instance.as_bytes()),
+            Cow::Borrowed(&self.script_cfg),
+            Cow::Owned(rand::random::<u32>().to_string().into_bytes()),
         ])
     }
 
@@ -355,7 +389,7 @@ impl Store {
         &self,
         script: Script,
         keys: &[String],
-        mut args: Args,
+        mut args: Args<'_>,
     ) -> Result<Output<T>, StoreError> {
         let name = script.name();
         let span = tracing::info_span!(
@@ -368,7 +402,7 @@ impl Store {
         // The script carries this span's context into job records and deliveries.
         let tp = crate::telemetry::traceparent(&span);
         if let Some(seed) = args.0.get_mut(3) {
-            seed.extend_from_slice(format!(" {tp}").as_bytes());
+            seed.to_mut().extend_from_slice(format!(" {tp}").as_bytes());
         }
         let started = Instant::now();
         let result = async {
@@ -381,7 +415,7 @@ impl Store {
             };
             let cmd = self
                 .scripts
-                .fcall(script, keys, args.0.iter().map(Vec::as_slice));
+                .fcall(script, keys, args.0.iter().map(AsRef::as_ref));
             let mut reply = cmd.query_async::<Vec<Vec<u8>>>(&mut conn).await;
             if let Err(e) = &reply
                 && scripts::function_missing(e)
