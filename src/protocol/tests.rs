@@ -7,19 +7,6 @@ use super::node::NodeInbound;
 use super::session::SessionInbound;
 use super::*;
 
-/// The envelope first, then the type's struct: the reference.
-fn envelope_first<T: Inbound>(text: &str) -> Result<T, DecodeError> {
-    let env: Envelope =
-        strict::from_str(text).map_err(|e| DecodeError::NotAMessage(e.to_string()))?;
-    if !T::TYPES.contains(&env.kind.as_str()) {
-        return Err(DecodeError::UnknownType(env.kind));
-    }
-    T::from_kind(&env.kind, text).map_err(|e| DecodeError::Malformed {
-        kind: env.kind,
-        reason: e.to_string(),
-    })
-}
-
 fn same(text: &str) {
     let (a, b) = (
         decode::<SessionInbound>(text),

@@ -10,27 +10,10 @@ use super::*;
 mod reference {
     use serde_json::{Map, Value};
 
-    use super::super::super::node::{JobError, ResultBody};
+    use super::super::super::node::ResultBody;
     use super::super::super::strict::{FieldError, from_str};
-
-    #[derive(serde::Deserialize)]
-    pub struct JobResult {
-        pub job_id: String,
-        pub attempt_id: u32,
-        #[serde(default)]
-        pub node_id: Option<String>,
-        #[serde(default)]
-        pub session_id: Option<String>,
-        #[serde(default)]
-        pub utterance_index: Option<u64>,
-        pub success: bool,
-        #[serde(default)]
-        pub trace_id: Option<String>,
-        #[serde(default)]
-        pub error: Option<JobError>,
-        #[serde(flatten)]
-        pub rest: Map<String, Value>,
-    }
+    // the derive with the flattened map, which the fast reader falls back to
+    use super::super::slow::JobResult;
 
     fn ms_value(v: &Value) -> Option<u64> {
         v.as_u64()
