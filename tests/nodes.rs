@@ -556,6 +556,69 @@ async fn redis_stopped_and_restarted_under_a_connected_node_heals_by_itself() {
     invariants::check(&mut c).await;
 }
 
+/// A rolling upgrade: instances of the previous version keep calling their library while
+/// this version's instances load theirs beside it. Loading ours must leave theirs in place
+/// (each version's library has its own name; `FUNCTION LOAD REPLACE` replaces only ours).
+#[tokio::test]
+async fn a_previous_versions_library_stays_loaded_beside_this_one() {
+    let redis = RedisServer::start().await;
+    let mut c = redis.client().await;
+    let scripts = switchyard::store::scripts::Scripts::new();
+    let ours = scripts.library_name();
+    let version = ours.trim_start_matches("switchyard_").to_string();
+    let theirs = scripts.library().replace(&format!("_{version}"), "_0ld000");
+    assert_ne!(
+        theirs,
+        scripts.library(),
+        "the version is in the library's text"
+    );
+    let _: String = redis::cmd("FUNCTION")
+        .arg("LOAD")
+        .arg(&theirs)
+        .query_async(&mut c)
+        .await
+        .expect("the previous version loads");
+    let inst = start_instance(&redis).await;
+    let mut node = WsClient::connect(&ws_url(&inst, "/ws/node")).await;
+    let id = node.register_id(fixture("node_register_first"), None).await;
+    node.heartbeat(&id, Some(&["ja", "en"])).await;
+    eventually(Duration::from_secs(2), "heartbeat applied", || {
+        let mut c = c.clone();
+        let id = id.clone();
+        async move {
+            pools_of(&mut c, &id)
+                .await
+                .contains("pub:ja:en")
+                .then_some(())
+        }
+    })
+    .await;
+    let libs: redis::Value = redis::cmd("FUNCTION")
+        .arg("LIST")
+        .query_async(&mut c)
+        .await
+        .expect("function list");
+    let listed = format!("{libs:?}");
+    assert!(listed.contains(&ours), "ours loaded: {listed}");
+    assert!(
+        listed.contains("switchyard_0ld000"),
+        "theirs kept: {listed}"
+    );
+    // Theirs still runs: a call with no arguments reaches the script (which refuses them),
+    // not "Function not found".
+    let err = redis::cmd("FCALL")
+        .arg("session_touch_0ld000")
+        .arg(0)
+        .query_async::<redis::Value>(&mut c)
+        .await
+        .expect_err("no arguments");
+    assert!(
+        !switchyard::store::scripts::function_missing(&err),
+        "the previous version's function is callable: {err}"
+    );
+    invariants::check(&mut c).await;
+}
+
 #[tokio::test]
 async fn function_flush_is_survived_transparently() {
     let redis = RedisServer::start().await;
