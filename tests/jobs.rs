@@ -953,6 +953,64 @@ async fn an_active_session_keeps_living_past_its_idle_ttl() {
     invariants::check(&mut c).await;
 }
 
+/// Delivered results leave the log (with their idempotency entries) once older than
+/// `session.result_retention_ms`; the in-order path trims at most every eighth of it
+/// (the session's `trim_at`), so a result stays at most 9/8 of the retention.
+#[tokio::test]
+async fn delivered_results_leave_the_log_after_the_retention() {
+    let redis = RedisServer::start().await;
+    let inst = start_tweaked(&redis, |c| c.session.result_retention_ms = 800).await;
+    let mut c = redis.client().await;
+    let (mut n, nid) = node(&inst, |_| {}).await;
+    let (mut s, sid) = session(&inst).await;
+    let sk = format!("{PREFIX}session:{sid}");
+    let mut result = async |idx: u64| {
+        s.send(&utterance(&sid, idx)).await;
+        let a = assign(&mut n).await;
+        n.send(&answer(&a, &nid, "text")).await;
+        terminals(&mut s, 1, T).await;
+    };
+    let logged = |c: &mut redis::aio::MultiplexedConnection, key: String| {
+        let mut c = c.clone();
+        async move {
+            let mut k: Vec<String> = c.hkeys(key).await.expect("hkeys");
+            k.sort();
+            k
+        }
+    };
+    let trim_at = |c: &mut redis::aio::MultiplexedConnection| {
+        let mut c = c.clone();
+        let sk = sk.clone();
+        async move {
+            let t: Option<u64> = c.hget(sk, "trim_at").await.expect("hget");
+            t.expect("trim_at set by the in-order path")
+        }
+    };
+    result(0).await;
+    assert_eq!(logged(&mut c, format!("{sk}:results")).await, ["0"]);
+    let first = trim_at(&mut c).await;
+    // Past 9/8 of the retention: the next result trims index 0.
+    tokio::time::sleep(Duration::from_millis(1_000)).await;
+    result(1).await;
+    let trimmed_at = std::time::Instant::now();
+    assert_eq!(logged(&mut c, format!("{sk}:results")).await, ["1"]);
+    assert_eq!(logged(&mut c, format!("{sk}:jobs")).await, ["1"]);
+    let second = trim_at(&mut c).await;
+    assert!(
+        second >= first + 1_000,
+        "trimmed again: {first} -> {second}"
+    );
+    // Within an eighth of the retention (100 ms) of that trim, a result does not trim.
+    result(2).await;
+    let third = trim_at(&mut c).await;
+    assert!(
+        third == second || trimmed_at.elapsed() >= Duration::from_millis(100),
+        "no trim within retention / 8: {second} -> {third}"
+    );
+    assert_eq!(logged(&mut c, format!("{sk}:results")).await, ["1", "2"]);
+    invariants::check(&mut c).await;
+}
+
 #[tokio::test]
 async fn a_queued_tenant_job_is_served_by_a_public_node_that_frees_first() {
     let redis = RedisServer::start().await;

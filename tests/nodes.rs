@@ -26,6 +26,16 @@ async fn pool_members(c: &mut Conn, pool: &str) -> BTreeSet<String> {
         .expect("smembers")
 }
 
+/// Waits (2 s at most) until the node's pools include `pool`: its heartbeat was applied.
+async fn eventually_in_pool(c: &Conn, node: &str, pool: &str, what: &str) {
+    eventually(Duration::from_secs(2), what, || {
+        let mut c = c.clone();
+        let node = node.to_string();
+        async move { pools_of(&mut c, &node).await.contains(pool).then_some(()) }
+    })
+    .await;
+}
+
 fn set(items: &[&str]) -> BTreeSet<String> {
     items.iter().map(|s| s.to_string()).collect()
 }
@@ -582,17 +592,7 @@ async fn a_previous_versions_library_stays_loaded_beside_this_one() {
     let mut node = WsClient::connect(&ws_url(&inst, "/ws/node")).await;
     let id = node.register_id(fixture("node_register_first"), None).await;
     node.heartbeat(&id, Some(&["ja", "en"])).await;
-    eventually(Duration::from_secs(2), "heartbeat applied", || {
-        let mut c = c.clone();
-        let id = id.clone();
-        async move {
-            pools_of(&mut c, &id)
-                .await
-                .contains("pub:ja:en")
-                .then_some(())
-        }
-    })
-    .await;
+    eventually_in_pool(&c, &id, "pub:ja:en", "heartbeat applied").await;
     let libs: redis::Value = redis::cmd("FUNCTION")
         .arg("LIST")
         .query_async(&mut c)
@@ -632,19 +632,11 @@ async fn function_flush_is_survived_transparently() {
         .await
         .unwrap();
     node.heartbeat(&id, Some(&["ja", "en"])).await;
-    eventually(
-        Duration::from_secs(2),
+    eventually_in_pool(
+        &c,
+        &id,
+        "pub:ja:en",
         "heartbeat applied after FUNCTION FLUSH",
-        || {
-            let mut c = c.clone();
-            let id = id.clone();
-            async move {
-                pools_of(&mut c, &id)
-                    .await
-                    .contains("pub:ja:en")
-                    .then_some(())
-            }
-        },
     )
     .await;
     node.expect_silence(Duration::from_millis(100)).await;
