@@ -8,6 +8,7 @@ pub mod actors;
 pub mod cell;
 pub mod children;
 pub mod invariants;
+pub mod jobs;
 pub mod kustomize;
 pub mod load;
 pub mod model;

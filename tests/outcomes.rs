@@ -1,0 +1,418 @@
+//! What becomes of a dispatched job and how its outcome reaches the session: fencing of a
+//! stale attempt, failover (timeout, disconnect, MODEL_NOT_AVAILABLE, node loss), attempts
+//! running out, a node's error, then ordered delivery (reorder window, missing_result), resend
+//! idempotency and the result log's retention, with real lingua-shaped frames against a real
+//! redis-server. Every scenario ends with the invariant checker.
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use base64::Engine;
+use base64::engine::general_purpose::STANDARD as B64;
+use common::actors::*;
+use common::invariants::{self, PREFIX};
+use common::jobs::*;
+use common::*;
+use redis::AsyncCommands;
+use serde_json::{Value, json};
+
+const T: Duration = Duration::from_secs(5);
+
+/// Two idle nodes and a session; the utterance `u` builds for the session id is sent.
+/// Returns the node that got its `job_assign` (with its id), the other node (with its id),
+/// the session and the assign.
+async fn first_of_two_nodes(
+    inst: &switchyard::server::Running,
+    u: impl FnOnce(&str) -> Value,
+) -> ((WsClient, String), (WsClient, String), WsClient, Value) {
+    let mut a = node(inst, |_| {}).await;
+    let mut b = node(inst, |_| {}).await;
+    let (mut s, sid) = session(inst).await;
+    s.send(&u(&sid)).await;
+    let (a_first, assigned) = tokio::select! {
+        v = assign(&mut a.0) => (true, v),
+        v = assign(&mut b.0) => (false, v),
+    };
+    let (first, second) = if a_first { (a, b) } else { (b, a) };
+    (first, second, s, assigned)
+}
+
+/// The node's MODEL_NOT_AVAILABLE answer to `assign`.
+fn model_not_available(assign: &Value, node_id: &str) -> Value {
+    let mut mna = fixture("job_result_model_not_available");
+    for k in ["job_id", "attempt_id", "session_id", "utterance_index"] {
+        mna[k] = assign[k].clone();
+    }
+    mna["node_id"] = json!(node_id);
+    mna
+}
+
+#[tokio::test]
+async fn a_timed_out_attempt_fails_over_to_another_node_and_its_late_result_is_rejected() {
+    let redis = RedisServer::start().await;
+    let inst = start_tweaked(&redis, |c| c.jobs.run_timeout_ms = 400).await;
+    let mut c = redis.client().await;
+    let (mut a, aid) = node(&inst, |_| {}).await;
+    let (mut b, bid) = node(&inst, |_| {}).await;
+    let (mut s, sid) = session(&inst).await;
+    s.send(&utterance(&sid, 0)).await;
+    // Whichever node got attempt 1 stays silent.
+    let (first, first_id, second, second_id, a1) = tokio::select! {
+        v = assign(&mut a) => (&mut a, aid.clone(), &mut b, bid.clone(), v),
+        v = assign(&mut b) => (&mut b, bid.clone(), &mut a, aid.clone(), v),
+    };
+    assert_eq!(a1["attempt_id"], 1);
+    let cancel = next_of(first, "job_cancel", T)
+        .await
+        .expect("job_cancel to the old node");
+    assert_eq!(cancel["job_id"], a1["job_id"]);
+    let a2 = assign(second).await;
+    assert_eq!(a2["job_id"], a1["job_id"]);
+    assert_eq!(a2["attempt_id"], 2);
+    // The late result of attempt 1 is fenced off.
+    first.send(&answer(&a1, &first_id, "late")).await;
+    let err = next_of(first, "error", T).await.expect("stale error");
+    assert!(
+        err["message"].as_str().unwrap().contains("rejected"),
+        "{err}"
+    );
+    second.send(&answer(&a2, &second_id, "fresh")).await;
+    let got = terminals(&mut s, 1, T).await;
+    assert_eq!(got[0]["text_translated"], "fresh");
+    s.expect_silence(Duration::from_millis(300)).await;
+    let j = job(&mut c, a1["job_id"].as_str().unwrap()).await;
+    assert_eq!(j["tried"], first_id);
+    assert_eq!(j["failovers"], "1");
+    let m = metrics_text(&inst).await;
+    assert!(
+        m.contains("switchyard_stale_messages_total{kind=\"node\"} 1"),
+        "{m}"
+    );
+    invariants::check(&mut c).await;
+}
+
+#[tokio::test]
+async fn attempts_run_out_after_max_attempts_with_job_timeout() {
+    let redis = RedisServer::start().await;
+    let inst = start_tweaked(&redis, |c| {
+        c.jobs.run_timeout_ms = 300;
+        c.jobs.max_attempts = 2;
+    })
+    .await;
+    let mut c = redis.client().await;
+    let (_a, _) = node(&inst, |_| {}).await;
+    let (_b, _) = node(&inst, |_| {}).await;
+    let (_c3, _) = node(&inst, |_| {}).await;
+    let (mut s, sid) = session(&inst).await;
+    s.send(&utterance(&sid, 0)).await;
+    let got = terminals(&mut s, 1, T).await;
+    assert_eq!(got[0]["type"], "error");
+    assert_eq!(got[0]["code"], "JOB_TIMEOUT");
+    let jid = got[0]["job_id"].as_str().unwrap();
+    assert_eq!(job(&mut c, jid).await["attempt"], "2");
+    invariants::check(&mut c).await;
+}
+
+#[tokio::test]
+async fn model_not_available_marks_the_service_and_reroutes_at_once() {
+    let redis = RedisServer::start().await;
+    let inst = start_instance(&redis).await;
+    let mut c = redis.client().await;
+    let ((mut first, first_id), (mut second, second_id), mut s, a1) =
+        first_of_two_nodes(&inst, |sid| utterance(sid, 0)).await;
+    let sid = a1["session_id"].as_str().expect("session id").to_string();
+    let started = std::time::Instant::now();
+    first.send(&model_not_available(&a1, &first_id)).await;
+    let a2 = assign(&mut second).await;
+    assert!(
+        started.elapsed() < Duration::from_millis(500),
+        "re-dispatched at once, not by timeout"
+    );
+    assert_eq!(a2["attempt_id"], 2);
+    let down: Option<String> = c
+        .hget(format!("{PREFIX}node:{first_id}"), "down:nmt")
+        .await
+        .unwrap();
+    assert!(down.is_some(), "nmt marked unavailable on {first_id}");
+    second.send(&answer(&a2, &second_id, "rerouted")).await;
+    assert_eq!(
+        terminals(&mut s, 1, T).await[0]["text_translated"],
+        "rerouted"
+    );
+    // The next utterance avoids the node whose nmt is down.
+    s.send(&utterance(&sid, 1)).await;
+    let a3 = assign(&mut second).await;
+    assert_eq!(a3["utterance_index"], 1);
+    assert!(
+        next_of(&mut first, "job_assign", Duration::from_millis(200))
+            .await
+            .is_none()
+    );
+    invariants::check(&mut c).await;
+}
+
+/// The local node gets the client's own base64 text (the instance passes it on instead of
+/// encoding the bytes again); the failover node gets the stored bytes encoded. Both must be
+/// the very text the client sent, for ~8 KB of arbitrary bytes.
+#[tokio::test]
+async fn job_assign_audio_is_the_clients_base64_on_dispatch_and_on_failover() {
+    let redis = RedisServer::start().await;
+    let inst = start_instance(&redis).await;
+    let mut c = redis.client().await;
+    let bytes: Vec<u8> = (0..8_191u32)
+        .map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8)
+        .collect();
+    let text = B64.encode(&bytes);
+    let ((mut first, first_id), (mut second, _), _s, a1) = first_of_two_nodes(&inst, |sid| {
+        let mut u = utterance(sid, 0);
+        u["audio"] = json!(text);
+        u
+    })
+    .await;
+    assert_eq!(a1["audio"], text.as_str(), "dispatch: the client's text");
+    first.send(&model_not_available(&a1, &first_id)).await;
+    let a2 = assign(&mut second).await;
+    assert_eq!(a2["attempt_id"], 2);
+    assert_eq!(
+        a2["audio"],
+        text.as_str(),
+        "failover: the stored bytes, encoded"
+    );
+    invariants::check(&mut c).await;
+}
+
+#[tokio::test]
+async fn processing_error_fails_the_utterance_with_the_node_message() {
+    let redis = RedisServer::start().await;
+    let inst = start_instance(&redis).await;
+    let mut c = redis.client().await;
+    let (mut n, nid) = node(&inst, |_| {}).await;
+    let (mut s, sid) = session(&inst).await;
+    s.send(&utterance(&sid, 0)).await;
+    let a = assign(&mut n).await;
+    let mut e = fixture("job_result_processing_error");
+    for k in ["job_id", "attempt_id", "session_id", "utterance_index"] {
+        e[k] = a[k].clone();
+    }
+    e["node_id"] = json!(nid);
+    n.send(&e).await;
+    let got = terminals(&mut s, 1, T).await;
+    assert_eq!(got[0]["code"], "PROCESSING_ERROR");
+    assert_eq!(got[0]["message"], "DUPLICATE_UTTERANCE_INDEX: s-9A1B2C3D/4");
+    invariants::check(&mut c).await;
+}
+
+#[tokio::test]
+async fn a_node_that_disconnects_mid_job_has_its_job_failed_over() {
+    let redis = RedisServer::start().await;
+    let inst = start_instance(&redis).await;
+    let mut c = redis.client().await;
+    let (mut a, _) = node(&inst, |_| {}).await;
+    let (mut s, sid) = session(&inst).await;
+    s.send(&utterance(&sid, 0)).await;
+    let a1 = assign(&mut a).await;
+    let (mut b, bid) = node(&inst, |_| {}).await;
+    a.drop_connection(); // no close frame: offline after the 400 ms grace
+    let a2 = assign(&mut b).await;
+    assert_eq!(a2["job_id"], a1["job_id"]);
+    assert_eq!(a2["attempt_id"], 2);
+    b.send(&answer(&a2, &bid, "after failover")).await;
+    let got = terminals(&mut s, 1, T).await;
+    assert_eq!(got[0]["text_translated"], "after failover");
+    invariants::check(&mut c).await;
+}
+
+#[tokio::test]
+async fn a_resent_utterance_creates_no_second_job() {
+    let redis = RedisServer::start().await;
+    let inst = start_instance(&redis).await;
+    let mut c = redis.client().await;
+    let (mut n, nid) = node(&inst, |_| {}).await;
+    let (mut s, sid) = session(&inst).await;
+    s.send(&utterance(&sid, 0)).await;
+    s.send(&utterance(&sid, 0)).await;
+    let a = assign(&mut n).await;
+    assert!(
+        next_of(&mut n, "job_assign", Duration::from_millis(300))
+            .await
+            .is_none()
+    );
+    n.send(&answer(&a, &nid, "once")).await;
+    terminals(&mut s, 1, T).await;
+    s.send(&utterance(&sid, 0)).await; // after the outcome too: still the same job
+    s.expect_silence(Duration::from_millis(300)).await;
+    assert!(
+        next_of(&mut n, "job_assign", Duration::from_millis(100))
+            .await
+            .is_none()
+    );
+    invariants::check(&mut c).await;
+}
+
+#[tokio::test]
+async fn results_finishing_out_of_order_are_delivered_in_order() {
+    let redis = RedisServer::start().await;
+    let inst = start_instance(&redis).await;
+    let mut c = redis.client().await;
+    let (mut n, nid) = node(&inst, |_| {}).await;
+    let (mut s, sid) = session(&inst).await;
+    let mut assigns = BTreeMap::new();
+    for i in 0..3 {
+        s.send(&utterance(&sid, i)).await;
+        let a = assign(&mut n).await;
+        assigns.insert(a["utterance_index"].as_u64().unwrap(), a);
+    }
+    for i in [2, 1, 0] {
+        n.send(&answer(&assigns[&i], &nid, &format!("r{i}"))).await;
+    }
+    let got = terminals(&mut s, 3, T).await;
+    let idx: Vec<u64> = got
+        .iter()
+        .map(|v| v["utterance_index"].as_u64().unwrap())
+        .collect();
+    assert_eq!(idx, vec![0, 1, 2]);
+    invariants::check(&mut c).await;
+}
+
+#[tokio::test]
+async fn a_slow_earlier_job_holds_later_results_only_for_the_reorder_window() {
+    let redis = RedisServer::start().await;
+    let inst = start_instance(&redis).await; // reorder window 400 ms
+    let mut c = redis.client().await;
+    let (mut n, nid) = node(&inst, |_| {}).await;
+    let (mut s, sid) = session(&inst).await;
+    s.send(&utterance(&sid, 0)).await;
+    let a0 = assign(&mut n).await;
+    s.send(&utterance(&sid, 1)).await;
+    let a1 = assign(&mut n).await;
+    let started = std::time::Instant::now();
+    n.send(&answer(&a1, &nid, "one")).await;
+    let got = terminals(&mut s, 1, T).await;
+    let waited = started.elapsed();
+    assert_eq!(got[0]["utterance_index"], 1);
+    assert_eq!(got[0]["text_translated"], "one");
+    assert!(
+        waited >= Duration::from_millis(350) && waited < Duration::from_millis(1500),
+        "{waited:?}"
+    );
+    n.send(&answer(&a0, &nid, "zero")).await;
+    let got = terminals(&mut s, 1, T).await;
+    assert_eq!(
+        got[0]["utterance_index"], 0,
+        "the late index still gets its one result"
+    );
+    assert_eq!(got[0]["text_translated"], "zero");
+    s.expect_silence(Duration::from_millis(600)).await;
+    invariants::check(&mut c).await;
+}
+
+#[tokio::test]
+async fn a_skipped_index_gets_missing_result_after_the_window() {
+    let redis = RedisServer::start().await;
+    let inst = start_instance(&redis).await;
+    let mut c = redis.client().await;
+    let (mut n, nid) = node(&inst, |_| {}).await;
+    let (mut s, sid) = session(&inst).await;
+    for i in [0, 2] {
+        s.send(&utterance(&sid, i)).await;
+        let a = assign(&mut n).await;
+        n.send(&answer(&a, &nid, "x")).await;
+    }
+    let got = terminals(&mut s, 3, T).await;
+    let kinds: Vec<(u64, &str)> = got
+        .iter()
+        .map(|v| {
+            (
+                v["utterance_index"].as_u64().unwrap(),
+                v["type"].as_str().unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        kinds,
+        vec![
+            (0, "translation_result"),
+            (1, "missing_result"),
+            (2, "translation_result")
+        ]
+    );
+    assert_eq!(got[1]["reason"], "gap_timeout");
+    s.expect_silence(Duration::from_millis(600)).await;
+    invariants::check(&mut c).await;
+}
+
+/// Delivered results leave the log (with their idempotency entries) once older than
+/// `session.result_retention_ms`; the in-order path trims at most every eighth of it
+/// (the session's `trim_at`), so a result stays at most 9/8 of the retention.
+#[tokio::test]
+async fn delivered_results_leave_the_log_after_the_retention() {
+    let redis = RedisServer::start().await;
+    let inst = start_tweaked(&redis, |c| c.session.result_retention_ms = 800).await;
+    let mut c = redis.client().await;
+    let (mut n, nid) = node(&inst, |_| {}).await;
+    let (mut s, sid) = session(&inst).await;
+    let sk = format!("{PREFIX}session:{sid}");
+    let mut result = async |idx: u64| {
+        s.send(&utterance(&sid, idx)).await;
+        let a = assign(&mut n).await;
+        n.send(&answer(&a, &nid, "text")).await;
+        terminals(&mut s, 1, T).await;
+    };
+    let logged = |c: &mut redis::aio::MultiplexedConnection, key: String| {
+        let mut c = c.clone();
+        async move {
+            let mut k: Vec<String> = c.hkeys(key).await.expect("hkeys");
+            k.sort();
+            k
+        }
+    };
+    let trim_at = |c: &mut redis::aio::MultiplexedConnection| {
+        let mut c = c.clone();
+        let sk = sk.clone();
+        async move {
+            let t: Option<u64> = c.hget(sk, "trim_at").await.expect("hget");
+            t.expect("trim_at set by the in-order path")
+        }
+    };
+    result(0).await;
+    assert_eq!(logged(&mut c, format!("{sk}:results")).await, ["0"]);
+    let first = trim_at(&mut c).await;
+    // Past 9/8 of the retention: the next result trims index 0.
+    tokio::time::sleep(Duration::from_millis(1_000)).await;
+    result(1).await;
+    let trimmed_at = std::time::Instant::now();
+    assert_eq!(logged(&mut c, format!("{sk}:results")).await, ["1"]);
+    assert_eq!(logged(&mut c, format!("{sk}:jobs")).await, ["1"]);
+    let second = trim_at(&mut c).await;
+    assert!(
+        second >= first + 1_000,
+        "trimmed again: {first} -> {second}"
+    );
+    // Within an eighth of the retention (100 ms) of that trim, a result does not trim.
+    result(2).await;
+    let third = trim_at(&mut c).await;
+    assert!(
+        third == second || trimmed_at.elapsed() >= Duration::from_millis(100),
+        "no trim within retention / 8: {second} -> {third}"
+    );
+    assert_eq!(logged(&mut c, format!("{sk}:results")).await, ["1", "2"]);
+    invariants::check(&mut c).await;
+}
+
+#[tokio::test]
+async fn losing_the_node_with_no_attempts_left_fails_with_node_unavailable() {
+    let redis = RedisServer::start().await;
+    let inst = start_tweaked(&redis, |c| c.jobs.max_attempts = 1).await;
+    let mut c = redis.client().await;
+    let (mut n, _) = node(&inst, |_| {}).await;
+    let (mut s, sid) = session(&inst).await;
+    s.send(&utterance(&sid, 0)).await;
+    assign(&mut n).await;
+    n.close().await; // orderly: offline at once, its job failed over — no attempt left
+    let got = terminals(&mut s, 1, T).await;
+    assert_eq!(got[0]["code"], "NODE_UNAVAILABLE");
+    assert_eq!(got[0]["utterance_index"], 0);
+    invariants::check(&mut c).await;
+}

@@ -1,0 +1,238 @@
+//! The session side of the job path: session messages validated and answered, audio cut into
+//! utterances (on is_final, at the maximum duration keeping the turn on one node, by the pause
+//! after the receiving instance is gone) and the idle TTL of an active session, with real
+//! lingua-shaped frames against a real redis-server. Every scenario ends with the invariant
+//! checker.
+
+mod common;
+
+use std::time::Duration;
+
+use base64::Engine;
+use base64::engine::general_purpose::STANDARD as B64;
+use common::actors::*;
+use common::invariants::{self, PREFIX};
+use common::jobs::*;
+use common::*;
+use redis::AsyncCommands;
+use serde_json::json;
+
+const T: Duration = Duration::from_secs(5);
+
+#[tokio::test]
+async fn streamed_audio_is_cut_on_is_final_and_an_empty_cut_makes_no_job() {
+    let redis = RedisServer::start().await;
+    let inst = start_instance(&redis).await;
+    let mut c = redis.client().await;
+    let (mut n, nid) = node(&inst, |_| {}).await;
+    let (mut s, sid) = session(&inst).await;
+    let mut expected = Vec::new();
+    for seq in 0..3 {
+        let mut ch = fixture("audio_chunk");
+        ch["session_id"] = json!(sid);
+        ch["seq"] = json!(seq);
+        expected.extend(B64.decode(ch["payload"].as_str().unwrap()).unwrap());
+        s.send(&ch).await;
+    }
+    let mut fin = fixture("audio_chunk_final_empty");
+    fin["session_id"] = json!(sid);
+    s.send(&fin).await;
+    let a = assign(&mut n).await;
+    assert_eq!(
+        B64.decode(a["audio"].as_str().unwrap()).unwrap(),
+        expected,
+        "payloads concatenated"
+    );
+    assert_eq!(a["utterance_index"], 0);
+    assert_eq!(a["padding_ms"], 280);
+    assert_eq!(a["is_manual_cut"], true);
+    assert!(a["turn_id"].as_str().is_some_and(|t| t.starts_with(&sid)));
+    // An is_final with nothing buffered creates no job and uses no index.
+    s.send(&fin).await;
+    assert!(
+        next_of(&mut n, "job_assign", Duration::from_millis(400))
+            .await
+            .is_none()
+    );
+    n.send(&answer(&a, &nid, "one")).await;
+    let r = terminals(&mut s, 1, T).await;
+    assert_eq!(r[0]["utterance_index"], 0);
+    let next: String = c
+        .hget(format!("{PREFIX}session:{sid}"), "next_index")
+        .await
+        .unwrap();
+    assert_eq!(next, "1");
+    invariants::check(&mut c).await;
+}
+
+#[tokio::test]
+async fn max_duration_cuts_keep_the_turn_on_one_node() {
+    let redis = RedisServer::start().await;
+    // ~600 Opus bytes ≈ 200 ms: every fixture chunk (≈ 600 bytes) forces a max-duration cut.
+    // (The 30-byte manual cut below is a turn marker, not speech: no minimum cut length.)
+    let inst = start_tweaked(&redis, |c| {
+        c.session.max_duration_ms = 200;
+        c.session.min_cut_ms = 0;
+    })
+    .await;
+    let mut c = redis.client().await;
+    let (mut a, _) = node(&inst, |_| {}).await;
+    let (mut b, _) = node(&inst, |_| {}).await;
+    let (mut s, sid) = session(&inst).await;
+    let mut ch = fixture("audio_chunk");
+    ch["session_id"] = json!(sid);
+    s.send(&ch).await;
+    let (first, other, j1) = tokio::select! {
+        v = assign(&mut a) => (&mut a, &mut b, v),
+        v = assign(&mut b) => (&mut b, &mut a, v),
+    };
+    assert_eq!(j1["is_max_duration_triggered"], true);
+    let turn = j1["turn_id"].clone();
+    // The first node is now busier than the other; only turn affinity sends it the next one.
+    s.send(&ch).await;
+    let j2 = assign(first).await;
+    assert_eq!(j2["turn_id"], turn);
+    let mut fin = fixture("audio_chunk_final_empty");
+    fin["session_id"] = json!(sid);
+    fin["payload"] = json!(B64.encode([1u8; 30]));
+    s.send(&fin).await;
+    let j3 = assign(first).await;
+    assert_eq!(j3["turn_id"], turn, "the manual cut ends the same turn");
+    assert!(
+        next_of(other, "job_assign", Duration::from_millis(200))
+            .await
+            .is_none()
+    );
+    // The next turn is a new one.
+    s.send(&fin).await;
+    let j4 = tokio::select! { v = assign(first) => v, v = assign(other) => v };
+    assert_ne!(j4["turn_id"], turn);
+    invariants::check(&mut c).await;
+}
+
+#[tokio::test]
+async fn a_pause_cut_fires_after_the_receiving_instance_is_gone() {
+    let redis = RedisServer::start().await;
+    let a = start_instance(&redis).await;
+    let b = start_instance(&redis).await;
+    let mut c = redis.client().await;
+    let (mut n, _) = node(&b, |_| {}).await;
+    let (mut s, sid) = session(&a).await;
+    let mut ch = fixture("audio_chunk");
+    ch["session_id"] = json!(sid);
+    s.send(&ch).await;
+    s.send(&ch).await;
+    // Wait until both chunks are in Redis, then the receiving instance dies.
+    eventually(T, "chunks buffered", || {
+        let mut c = c.clone();
+        let sid = sid.clone();
+        async move {
+            let b: String = c
+                .hget(format!("{PREFIX}session:{sid}"), "buf_bytes")
+                .await
+                .ok()?;
+            (b.parse::<u64>().ok()? > 1000).then_some(())
+        }
+    })
+    .await;
+    a.abort();
+    let j = assign(&mut n).await;
+    assert_eq!(j["is_timeout_triggered"], true);
+    assert_eq!(j["padding_ms"], 220);
+    assert_eq!(j["session_id"], sid.as_str());
+    invariants::check(&mut c).await;
+}
+
+#[tokio::test]
+async fn session_messages_are_validated_and_answered() {
+    let redis = RedisServer::start().await;
+    let inst = start_instance(&redis).await;
+    let mut c = redis.client().await;
+    let (mut n, nid) = node(&inst, |_| {}).await;
+    let mut s = WsClient::connect(&ws_url(&inst, "/ws/session")).await;
+    s.send(&utterance("s-00000000", 0)).await;
+    assert_eq!(s.recv_type("error").await["code"], "INVALID_SESSION");
+    s.send(&json!({"type": "session_init", "platform": "web"}))
+        .await;
+    assert_eq!(s.recv_type("error").await["code"], "INVALID_MESSAGE");
+    s.send(&fixture("session_init_one_way")).await;
+    let ack = s.recv_type("session_init_ack").await;
+    for (k, v) in [
+        ("protocol_version", json!("1.0")),
+        ("use_binary_frame", json!(false)),
+        ("negotiated_codec", json!("opus")),
+        ("negotiated_audio_format", json!("opus")),
+        ("negotiated_sample_rate", json!(16000)),
+        ("negotiated_channel_count", json!(1)),
+    ] {
+        assert_eq!(ack[k], v, "{k}");
+    }
+    let sid = ack["session_id"].as_str().unwrap().to_string();
+    assert!(sid.starts_with("s-") && sid.len() == 10);
+    s.send(&json!({"type": "room_join", "room_code": "1234"}))
+        .await;
+    assert_eq!(s.recv_type("error").await["code"], "UNSUPPORTED_FEATURE");
+    s.send(&json!({"type": "webrtc_offer"})).await;
+    assert_eq!(s.recv_type("error").await["code"], "UNSUPPORTED_FEATURE");
+    let mut bad = utterance(&sid, 0);
+    bad["audio"] = json!("***not base64***");
+    s.send(&bad).await;
+    assert_eq!(s.recv_type("error").await["code"], "INVALID_MESSAGE");
+    s.send(&utterance("s-FFFFFFFF", 0)).await;
+    assert_eq!(s.recv_type("error").await["code"], "INVALID_SESSION");
+    let mut hb = fixture("client_heartbeat");
+    hb["session_id"] = json!(sid);
+    s.send(&hb).await;
+    assert_eq!(
+        s.recv_type("server_heartbeat").await["session_id"],
+        sid.as_str()
+    );
+    let mut tts = fixture("tts_play_ended");
+    tts["session_id"] = json!(sid);
+    s.send(&tts).await;
+    s.expect_silence(Duration::from_millis(200)).await;
+    // Nothing above created a job.
+    assert!(
+        next_of(&mut n, "job_assign", Duration::from_millis(100))
+            .await
+            .is_none()
+    );
+    // session_close flushes the buffer into a last job, then acks.
+    let mut ch = fixture("audio_chunk");
+    ch["session_id"] = json!(sid);
+    s.send(&ch).await;
+    let mut close = fixture("session_close");
+    close["session_id"] = json!(sid);
+    s.send(&close).await;
+    s.recv_type("session_close_ack").await;
+    let a = assign(&mut n).await;
+    assert_eq!(a["is_manual_cut"], true);
+    s.send(&ch).await;
+    assert_eq!(s.recv_type("error").await["code"], "SESSION_CLOSED");
+    n.send(&answer(&a, &nid, "bye")).await;
+    assert_eq!(terminals(&mut s, 1, T).await[0]["text_translated"], "bye");
+    invariants::check(&mut c).await;
+}
+
+#[tokio::test]
+async fn an_active_session_keeps_living_past_its_idle_ttl() {
+    let redis = RedisServer::start().await;
+    let inst = start_tweaked(&redis, |c| {
+        c.session.idle_ttl_ms = 1_600;
+        c.session.result_retention_ms = 1_000;
+    })
+    .await;
+    let mut c = redis.client().await;
+    let (mut s, sid) = session(&inst).await;
+    let mut hb = fixture("client_heartbeat");
+    hb["session_id"] = json!(sid);
+    // Activity every 100 ms for three idle TTLs: the session must stay.
+    for _ in 0..48 {
+        s.send(&hb).await;
+        s.recv_type("server_heartbeat").await;
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let ttl: i64 = c.pttl(format!("{PREFIX}session:{sid}")).await.unwrap();
+    assert!(ttl > 1_000, "TTL refreshed by activity: {ttl}");
+    invariants::check(&mut c).await;
+}
