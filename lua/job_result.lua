@@ -7,6 +7,7 @@ that node (debounced: not extended while marked; at most CFG.mna_per_min marks a
 and re-dispatches to another node at once. Any other failure fails the utterance.
 Input:
   KEYS[1] job hash   KEYS[2] {tag}:due:jobs
+  KEYS[3] (optional) a large result's body, staged by the instance (ARGV[10] is then "")
   Derived: node, session (results, pending), pool and queue keys.
   ARGV[1..4] ctx   ARGV[5] job id   ARGV[6] attempt id   ARGV[7] node id
   ARGV[8] connection token   ARGV[9] outcome: ok | model_not_available | error
@@ -29,6 +30,9 @@ Output: [JSON, blobs...]
 --!include dispatch
 --!include groups
 
+-- The staged body of a large result (KEYS[3]): settle's `body` argument.
+local STAGE
+
 -- int(v): a whole, non-negative number of ms as JSON text (clock skew clamps to 0).
 local function int(v) return string.format('%d', math.max(0, math.floor(v))) end
 
@@ -50,10 +54,13 @@ local function timed(job, ids)
   end
   if s2n then t = t .. ',"scheduler_to_node_ms":' .. int(s2n) end
   if n2s then t = t .. ',"node_to_scheduler_ms":' .. int(n2s) end
+  local head = STAMP .. NOWS .. ',"network_timings":{"scheduler_to_web_ms":0' .. t .. '},'
+    .. string.sub(cjson.encode(ids), 2, -2)
+  -- a staged body has members (the instance stages no "}" alone): the header ends in ","
+  if STAGE then return head .. ',' end
   local body = ARGV[10] -- members and "}": concatenated as is (no string.sub copy of the audio)
   local sep = string.match(body, '^%s*}') and '' or ','
-  return STAMP .. NOWS .. ',"network_timings":{"scheduler_to_web_ms":0' .. t .. '},'
-    .. string.sub(cjson.encode(ids), 2, -2) .. sep .. body
+  return head .. sep .. body
 end
 
 -- A success reads only what it needs: the job's fields end_job keeps (with the routing
@@ -86,11 +93,21 @@ local SESSION_FIELDS = {'id', 'owner', 'conn', 'grp_id', 'grp_anchor', 'grp_part
 
 local jid, nid, outcome = ARGV[5], ARGV[7], ARGV[9]
 local ok = outcome == 'ok'
+STAGE = KEYS[3] and {stage = KEYS[3], own = true} or nil
+-- finish(r), first deleting a staged body settle did not take
+local function done(r)
+  if STAGE and not STAGE.taken then redis.call('DEL', STAGE.stage) end
+  return finish(r)
+end
 local job, node = job_for(jid, ARGV[6], nid, ARGV[8], ok and ok_fields(ARGV[6]) or nil,
   ok and NODE_FIELDS or nil)
-if not job then return finish({status = 'stale', reason = node}) end
+if not job then return done({status = 'stale', reason = node}) end
 
 if ok then
+  -- checked before any write: a missing body would leave a header without it
+  if STAGE and redis.call('EXISTS', STAGE.stage) == 0 then
+    error({err = 'ERR staged result body missing: ' .. STAGE.stage})
+  end
   local sess = session_read(job.session, SESSION_FIELDS)
   release_node(jid, nid, node)
   redis.call('ZREM', KEYS[2], jid)
@@ -109,7 +126,8 @@ if ok then
   if ARGV[13] ~= '' then
     ids.group_id, ids.part_index = group_join(job.session, ARGV[13], ARGV[14], sess, set)
   end
-  if not settle(job.session, job.idx, timed(job, ids), sess, true, set) and #set > 0 and sess.id then
+  if not settle(job.session, job.idx, timed(job, ids), sess, true, set, STAGE) and #set > 0
+      and sess.id then
     redis.call('HSET', session_key(job.session), unpack(set))
   end
   offer(nid, node)
@@ -129,4 +147,4 @@ else
   fail(jid, job, ARGV[12], ARGV[10])
   offer(nid)
 end
-return finish({status = 'ok', state = job.state})
+return done({status = 'ok', state = job.state})

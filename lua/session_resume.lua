@@ -46,7 +46,7 @@ for _, i in ipairs(redis.call('HKEYS', rk)) do
   if n and n > last and not held[i] then idxs[#idxs + 1] = n end
 end
 table.sort(idxs)
-for _, n in ipairs(idxs) do send_terminal(sid, redis.call('HGET', rk, n)) end
+for _, n in ipairs(idxs) do send_terminal(sid, logged(sid, rk, n)) end
 release(sid, false)
 touch_session(sid)
 return finish({status = 'ok', next_seq = next_seq, resent = #idxs,

@@ -354,10 +354,17 @@ async fn delivered_results_leave_the_log_after_the_retention() {
     let (mut n, nid) = node(&inst, |_| {}).await;
     let (mut s, sid) = session(&inst).await;
     let sk = format!("{PREFIX}session:{sid}");
+    // Result 0 carries TTS audio: its body, logged apart, leaves with it.
     let mut result = async |idx: u64| {
         s.send(&utterance(&sid, idx)).await;
         let a = assign(&mut n).await;
-        n.send(&answer(&a, &nid, "text")).await;
+        n.send(&answer_with_tts(
+            &a,
+            &nid,
+            "text",
+            if idx == 0 { 8192 } else { 0 },
+        ))
+        .await;
         terminals(&mut s, 1, T).await;
     };
     let logged = |c: &mut redis::aio::MultiplexedConnection, key: String| {
@@ -378,6 +385,8 @@ async fn delivered_results_leave_the_log_after_the_retention() {
     };
     result(0).await;
     assert_eq!(logged(&mut c, format!("{sk}:results")).await, ["0"]);
+    let body: bool = c.exists(format!("{sk}:body:0")).await.expect("exists");
+    assert!(body, "a large result's body is logged apart");
     let first = trim_at(&mut c).await;
     // Past 9/8 of the retention: the next result trims index 0.
     tokio::time::sleep(Duration::from_millis(1_000)).await;
@@ -385,6 +394,8 @@ async fn delivered_results_leave_the_log_after_the_retention() {
     let trimmed_at = std::time::Instant::now();
     assert_eq!(logged(&mut c, format!("{sk}:results")).await, ["1"]);
     assert_eq!(logged(&mut c, format!("{sk}:jobs")).await, ["1"]);
+    let body: bool = c.exists(format!("{sk}:body:0")).await.expect("exists");
+    assert!(!body, "its body left the log with it");
     let second = trim_at(&mut c).await;
     assert!(
         second >= first + 1_000,

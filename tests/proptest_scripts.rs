@@ -63,7 +63,8 @@ enum Op {
 fn op() -> impl Strategy<Value = Op> {
     let n = || 0u8..3;
     let answer = prop_oneof![
-        6 => Just(Answer::Ok),
+        4 => Just(Answer::Ok),
+        2 => Just(Answer::Large),
         1 => Just(Answer::ModelNotAvailable),
         1 => Just(Answer::Error),
     ];

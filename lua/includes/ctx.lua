@@ -64,6 +64,8 @@ local function begin(keys, args)
       CFGS[name] = string.format('%d', v[i])
     end
     CFGS.node_jobs_ttl = string.format('%d', CFG.liveness + CFG.node_retention)
+    -- a split result's body outlives its session's TTL by the retention (results.lua)
+    CFGS.body_ttl = string.format('%d', CFG.session_ttl + CFG.retention)
     CFG_RAW = raw
     DERIVED = {}
   end

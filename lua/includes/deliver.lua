@@ -12,8 +12,11 @@
 -- entry says `own` instead of returning the audio as a blob (~8 KB less in the reply; the
 -- instance adds the client's own base64 text); an inbox delivery still carries it.
 -- OWNERS (ctx.lua): target → {owner, conn, alive}, looked up once per call.
+-- `tail` (optional, a session's split terminal message, results.lua logged()): {key = the
+-- body's key, own = the caller holds the body}: the instance appends the body to `msg`
+-- when it writes it; an `own` body of a connection of the caller is not returned at all.
 
-local function deliver(kind, id, msg, audio, seq, tp, job, own)
+local function deliver(kind, id, msg, audio, seq, tp, job, own, tail)
   tp = tp or TP
   local key = P .. kind .. ':' .. id
   local info = OWNERS[key]
@@ -29,15 +32,25 @@ local function deliver(kind, id, msg, audio, seq, tp, job, own)
       BLOBS[#BLOBS + 1] = audio
       blob = #BLOBS
     end
+    local t, town = nil, nil
+    if tail and tail.own then
+      town = '1'
+    elseif tail then
+      BLOBS[#BLOBS + 1] = redis.call('GET', tail.key) or ''
+      t = #BLOBS
+    end
     BLOBS[#BLOBS + 1] = msg
     OUT[#OUT + 1] = {k = kind, id = id, owner = owner, conn = info[2], m = #BLOBS, blob = blob,
-      seq = seq, tp = tp, job = job, own = (audio and own) and '1' or nil}
+      seq = seq, tp = tp, job = job, own = (audio and own) and '1' or nil, t = t, town = town}
   elseif info.alive ~= false and (info.alive or redis.call('EXISTS', P .. 'instance:' .. owner) == 1) then
     info.alive = true
     local env = cmsgpack.pack({k = kind, id = id, conn = info[2] or '', msg = msg, seq = seq or 0,
       tp = tp, job = job or ''})
     if audio then
       redis.call('XADD', P .. 'inbox:' .. owner, 'MAXLEN', '~', CFG.inbox_max, '*', 'env', env, 'audio', audio)
+    elseif tail then
+      redis.call('XADD', P .. 'inbox:' .. owner, 'MAXLEN', '~', CFG.inbox_max, '*', 'env', env, 'tail',
+        redis.call('GET', tail.key) or '')
     else
       redis.call('XADD', P .. 'inbox:' .. owner, 'MAXLEN', '~', CFG.inbox_max, '*', 'env', env)
     end

@@ -10,6 +10,24 @@ local function session_keys(sid)
   return sk, sk .. ':results', sk .. ':pending', sk .. ':jobs'
 end
 
+-- A large translation_result (TTS audio: tens of KB) is logged in two parts, so its body
+-- never becomes a Lua string (Redis' Lua hashes every byte of each new string): the log
+-- entry is "+" and the header the script built, the node's body (its members and "}") is
+-- the string key <session>:body:<idx>, RENAMEd there from the key the instance staged it
+-- in. Whoever writes the message to a socket joins the two (deliver's `tail`).
+local SPLIT = 43 -- string.byte('+')
+
+local function body_key(sid, idx)
+  return session_key(sid) .. ':body:' .. idx
+end
+
+-- logged(sid, rk, idx): the logged terminal message of idx as (message or header, tail).
+local function logged(sid, rk, idx)
+  local v = redis.call('HGET', rk, idx)
+  if v and string.byte(v, 1) == SPLIT then return string.sub(v, 2), {key = body_key(sid, idx)} end
+  return v, nil
+end
+
 -- A translation_result from job_result starts with
 --   {"scheduler_sent_at_ms":<accepted>,"network_timings":{"scheduler_to_web_ms":0,...
 -- (the log keeps that); each send rewrites these two numbers: sent now, held now - accepted.
@@ -24,17 +42,18 @@ local function stamp(msg)
     .. string.format('%d', math.max(0, NOW - tonumber(acc))) .. string.sub(msg, rest)
 end
 
--- send_terminal(sid, msg): a terminal message, numbered by the session's out_seq so the
--- owning connection writes them in release order whichever path they take.
-local function send_terminal(sid, msg)
+-- send_terminal(sid, msg, tail): a terminal message, numbered by the session's out_seq so
+-- the owning connection writes them in release order whichever path they take. `tail`:
+-- the logged body of a split message (logged()).
+local function send_terminal(sid, msg, tail)
   local seq = redis.call('HINCRBY', session_key(sid), 'out_seq', 1)
-  deliver('session', sid, stamp(msg), nil, seq)
+  deliver('session', sid, stamp(msg), nil, seq, nil, nil, nil, tail)
 end
 
 local function deliver_index(sid, rk, pk, idx)
-  local msg = redis.call('HGET', rk, idx)
+  local msg, tail = logged(sid, rk, idx)
   redis.call('ZREM', pk, idx)
-  if msg then send_terminal(sid, msg) end
+  if msg then send_terminal(sid, msg, tail) end
 end
 
 -- trim(sid, cursor): results delivered longer than CFG.retention ago leave the log (with
@@ -43,13 +62,16 @@ local function trim(sid, cursor)
   local sk = session_key(sid)
   local old = redis.call('ZRANGEBYSCORE', sk .. ':rtime', '-inf', dec(NOW - CFG.retention), 'LIMIT',
     '0', '256')
+  local bodies = {}
   for _, idx in ipairs(old) do
     if tonumber(idx) < cursor then
       redis.call('HDEL', sk .. ':results', idx)
       redis.call('HDEL', sk .. ':jobs', idx)
       redis.call('ZREM', sk .. ':rtime', idx)
+      bodies[#bodies + 1] = body_key(sid, idx)
     end
   end
+  if #bodies > 0 then redis.call('DEL', unpack(bodies)) end
 end
 
 local function missing_msg(sid, idx)
@@ -105,24 +127,33 @@ local function release(sid, force)
   end
 end
 
--- settle(sid, idx, msg, s, stamped, set): the one terminal message of utterance idx.
+-- settle(sid, idx, msg, s, stamped, set, body): the one terminal message of utterance idx.
 -- Returns false if the index was settled already (never a second terminal message) or the
 -- session is gone. `s` (optional): the session's id, next_deliver, out_seq and trim_at as
 -- read earlier in this call (session_read), so the fast path needs no EXISTS, HGET or
 -- HINCRBY of its own. `stamped`: `msg` was stamped with NOW in this call (job_result's
 -- `timed`), so delivering it at once needs no re-stamp (two copies of a message that
 -- carries the TTS audio). `set` (optional): a flat list of further session fields to
--- write (the utterance group's), in the fast path's HSET.
+-- write (the utterance group's), in the fast path's HSET. `body` (optional): {stage = key,
+-- own = bool}: `msg` is only the header, the body is staged in that key (own: the caller
+-- holds it too) and becomes <session>:body:<idx> (`body.taken` is set when it did).
 -- With `s`, the log is trimmed at most every CFG.retention / 8 (`trim_at`): a result
 -- stays at most 9/8 of the retention, and most results need no ZRANGEBYSCORE.
-local function settle(sid, idx, msg, s, stamped, set)
+local function settle(sid, idx, msg, s, stamped, set, body)
   local sk, rk, pk = session_keys(sid)
   if s then
     if not s.id then return false end
   elseif redis.call('EXISTS', sk) == 0 then
     return false
   end
-  if redis.call('HSETNX', rk, idx, msg) == 0 then return false end
+  if redis.call('HSETNX', rk, idx, body and ('+' .. msg) or msg) == 0 then return false end
+  local tail = nil
+  if body then
+    tail = {key = body_key(sid, idx), own = body.own}
+    redis.call('RENAME', body.stage, tail.key)
+    redis.call('PEXPIRE', tail.key, CFGS.body_ttl)
+    body.taken = true
+  end
   redis.call('ZADD', sk .. ':rtime', NOWS, idx)
   redis.call('PEXPIRE', rk, CFGS.session_ttl)
   redis.call('PEXPIRE', sk .. ':rtime', CFGS.session_ttl)
@@ -133,9 +164,9 @@ local function settle(sid, idx, msg, s, stamped, set)
     local seq
     if s then
       seq = tonumber(s.out_seq or '0') + 1
-      deliver('session', sid, stamped and msg or stamp(msg), nil, seq)
+      deliver('session', sid, stamped and msg or stamp(msg), nil, seq, nil, nil, nil, tail)
     else
-      send_terminal(sid, msg)
+      send_terminal(sid, msg, tail)
     end
     cursor = cursor + 1
     local steps = 0

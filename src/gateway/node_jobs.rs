@@ -10,7 +10,7 @@ use crate::cells::Cell;
 use crate::protocol::ErrorCode;
 use crate::protocol::node::{AsrPartial, JobAck, JobResult};
 use crate::routing;
-use crate::store::jobs::{Attempt, FencedReply, Finished, Outcome};
+use crate::store::jobs::{Attempt, FencedReply, Finished, Outcome, result_body};
 
 const KIND: &str = "node";
 
@@ -99,9 +99,16 @@ impl NodeConn {
             node_id: &node_id,
             conn: &self.token,
         };
+        // A staged body is not sent back: the session's message is joined here.
+        let known = routing::Known {
+            body: Some(result_body(&r.body.message)),
+            ..Default::default()
+        };
         match cell.store.job_result(&attempt, &outcome).await {
             Ok(out) => {
-                if let FencedReply::Stale { reason } = routing::deliver(&self.app, &cell, out) {
+                if let FencedReply::Stale { reason } =
+                    routing::deliver_with(&self.app, &cell, out, known)
+                {
                     self.stale("job_result", &r.job_id, &reason);
                 }
             }

@@ -307,7 +307,15 @@ impl SessionConn {
         let app = self.app.clone();
         match cell.store.submit(sid, &self.token, &job).await {
             // A node connected here gets the client's base64 text as it came.
-            Ok(out) => match routing::deliver_with(&app, cell, out, Some(&u.audio)) {
+            Ok(out) => match routing::deliver_with(
+                &app,
+                cell,
+                out,
+                routing::Known {
+                    audio: Some(&u.audio),
+                    ..Default::default()
+                },
+            ) {
                 SessionReply::Settled => self.error(
                     ErrorCode::InvalidMessage,
                     format!(

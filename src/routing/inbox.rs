@@ -186,7 +186,16 @@ async fn handle(
             tp: env.tp.as_deref(),
             job: env.job.as_deref().filter(|j| !j.is_empty()),
         };
-        super::write_local(app, cell, &to, env.msg, audio, Some(env.seq), &trace);
+        let tail = fields.get("tail").map(|t| std::str::from_utf8(t));
+        let msg = match tail {
+            Some(Err(_)) => {
+                tracing::error!(entry = %id, "inbox entry with a body that is not UTF-8 dropped");
+                continue;
+            }
+            Some(Ok(t)) => super::joined(env.msg, Some(t)),
+            None => env.msg,
+        };
+        super::write_local(app, cell, &to, msg, audio, Some(env.seq), &trace);
         app.metrics.inbox_messages.inc();
     }
     let ids: Vec<&str> = entries.iter().map(|(id, _)| id.as_str()).collect();

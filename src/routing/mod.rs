@@ -22,14 +22,24 @@ use crate::store::Output;
 /// Write every delivery of `out` (a script reply of `cell`, all addressed to this instance)
 /// and return the reply.
 pub fn deliver<T>(app: &App, cell: &Cell, out: Output<T>) -> T {
-    deliver_with(app, cell, out, None)
+    deliver_with(app, cell, out, Known::default())
 }
 
-/// [`deliver`] for the reply of a `submit` whose audio the caller holds as base64 text
-/// (`known`: the client's own `audio` of an `utterance`, canonical because the strict
-/// decoder accepted it). The script leaves that audio out of a `job_assign` for a node
-/// connected here (`own`); the message carries `known` as it is.
-pub fn deliver_with<T>(app: &App, cell: &Cell, out: Output<T>, known: Option<&str>) -> T {
+/// What the caller of a script sent it and still holds, so the reply need not carry it
+/// back (the script marks such a delivery `own` / `town`).
+#[derive(Default, Clone, Copy)]
+pub struct Known<'a> {
+    /// A `submit`'s audio as base64 text (the client's own `audio` of an `utterance`,
+    /// canonical because the strict decoder accepted it): a `job_assign` for a node
+    /// connected here carries it as it is.
+    pub audio: Option<&'a str>,
+    /// A `job_result`'s staged body (the translation_result's members and `}`): the
+    /// session's message is the script's header followed by it.
+    pub body: Option<&'a str>,
+}
+
+/// [`deliver`] for the reply of a script whose payload the caller holds ([`Known`]).
+pub fn deliver_with<T>(app: &App, cell: &Cell, out: Output<T>, known: Known) -> T {
     let Output {
         reply, out, blobs, ..
     } = out;
@@ -39,9 +49,21 @@ pub fn deliver_with<T>(app: &App, cell: &Cell, out: Output<T>, known: Option<&st
             tracing::error!(owner = %d.owner, "script returned a delivery for another instance");
             continue;
         }
+        let body = if d.town.is_some() {
+            known.body
+        } else {
+            d.t.and_then(|i| blobs.get(i.wrapping_sub(1)))
+                .and_then(|b| std::str::from_utf8(b).ok())
+        };
+        if (d.town.is_some() || d.t.is_some()) && body.is_none() {
+            // A bug, not a client's doing: the session resumes it from the result log.
+            tracing::error!(session = %d.id, "terminal message without its body: not sent");
+            continue;
+        }
+        let msg = joined(d.msg, body);
         let audio = if d.own.is_some() {
             // The script left the audio out: it is the one the caller sent.
-            match known {
+            match known.audio {
                 Some(k) => Some(Audio::Base64(k)),
                 None => {
                     // A bug, not a client's doing: the job times out and fails over.
@@ -63,9 +85,17 @@ pub fn deliver_with<T>(app: &App, cell: &Cell, out: Output<T>, known: Option<&st
             tp: d.tp.as_deref(),
             job: d.job.as_deref(),
         };
-        write_local(app, cell, &target, d.msg, audio, d.seq, &trace);
+        write_local(app, cell, &target, msg, audio, d.seq, &trace);
     }
     reply
+}
+
+/// A terminal message logged in two parts: the script's header, then the node's body.
+pub fn joined(mut msg: String, body: Option<&str>) -> String {
+    if let Some(b) = body {
+        msg.push_str(b);
+    }
+    msg
 }
 
 /// A `job_assign`'s audio: the job's bytes, or their base64 text when it is at hand.

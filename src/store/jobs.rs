@@ -43,6 +43,24 @@ pub struct Finished<'a> {
     pub processing_time_ms: Option<u64>,
 }
 
+/// A result body at least this long (a translation_result with TTS audio) does not pass
+/// through the script: the instance stages it in a key the script renames into the
+/// session's result log, and joins it to the script's header when it writes the message
+/// (Redis' Lua hashes every byte of each string it creates; docs/jobs.md "Result log").
+pub const STAGE_MIN_BYTES: usize = 2048;
+
+/// The members and closing brace of a translation_result (what follows its `{`): the part
+/// the script puts its own fields in front of.
+pub fn result_body(message: &str) -> &str {
+    message.trim_start().strip_prefix('{').unwrap_or(message)
+}
+
+/// Whether `body` is staged: long, and with members (the script's header then always
+/// ends with a comma).
+fn stages(body: &str) -> bool {
+    body.len() >= STAGE_MIN_BYTES && !body.trim_start().starts_with('}')
+}
+
 /// Who says something about an attempt.
 pub struct Attempt<'a> {
     pub job_id: &'a str,
@@ -75,7 +93,14 @@ impl Store {
         a: &Attempt<'_>,
         outcome: &Outcome<'_>,
     ) -> Result<Output<FencedReply>, StoreError> {
-        let keys = [self.keys.job(a.job_id), self.keys.due("jobs")];
+        let mut keys = vec![self.keys.job(a.job_id), self.keys.due("jobs")];
+        let staged = match outcome {
+            Outcome::Ok(f) => Some(result_body(f.message)).filter(|b| stages(b)),
+            _ => None,
+        };
+        if staged.is_some() {
+            keys.push(self.keys.staged_result(a.job_id, a.attempt_id));
+        }
         let base = self
             .args()
             .s(a.job_id)
@@ -88,10 +113,11 @@ impl Store {
             // front without copying the message (TTS audio, tens of KB) once more.
             Outcome::Ok(f) => base
                 .s("ok")
-                .s(f.message
-                    .trim_start()
-                    .strip_prefix('{')
-                    .unwrap_or(f.message))
+                .s(if staged.is_some() {
+                    ""
+                } else {
+                    result_body(f.message)
+                })
                 .s("")
                 .s("")
                 .s(f.text_asr)
@@ -103,7 +129,8 @@ impl Store {
             }
             Outcome::Error { code, message } => base.s("error").s(message).s("").s(code),
         };
-        self.run(Script::JobResult, &keys, args).await
+        let stage = staged.map(|b| (keys[2].as_str(), b.as_bytes()));
+        self.run_staged(Script::JobResult, &keys, args, stage).await
     }
 
     /// `job_partial.lua`: forward an `asr_partial` to the job's session.

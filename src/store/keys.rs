@@ -75,6 +75,12 @@ impl Keys {
         format!("{}job:{id}", self.prefix)
     }
 
+    /// String with TTL: a large result's body, staged by the instance in the pipeline of
+    /// its `job_result` call, which renames it into the session's result log.
+    pub fn staged_result(&self, job: &str, attempt: u32) -> String {
+        format!("{}stage:{job}:{attempt}", self.prefix)
+    }
+
     /// String with TTL: an instance is alive while its presence key exists.
     pub fn instance(&self, id: &str) -> String {
         format!("{}instance:{id}", self.prefix)

@@ -100,6 +100,10 @@ pub struct Store {
     wait: (u32, u64),
 }
 
+/// How long a staged payload ([`Store::run_staged`]) lives if its script never takes it
+/// (a crash between the two commands of the pipeline, a refused call that did not run).
+const STAGE_TTL_MS: u64 = 60_000;
+
 /// A message a script produced for a connection (node or session).
 #[derive(Debug, Clone, Deserialize, PartialEq)]
 pub struct Delivery {
@@ -125,6 +129,14 @@ pub struct Delivery {
     /// reply carries no blob for it, the caller adds its own copy.
     #[serde(default, deserialize_with = "lua_num")]
     pub own: Option<u8>,
+    /// 1-based index into the reply's blobs: the body to append to the message (a large
+    /// translation_result logged in two parts, docs/jobs.md "Result log").
+    #[serde(default, deserialize_with = "lua_num")]
+    pub t: Option<usize>,
+    /// Set (`1`) on a terminal message whose body the caller staged in this call
+    /// (`job_result`): the reply carries no blob for it, the caller appends its own copy.
+    #[serde(default, deserialize_with = "lua_num")]
+    pub town: Option<u8>,
     /// Order of a session's terminal messages (the session's out_seq).
     #[serde(default, deserialize_with = "lua_num")]
     pub seq: Option<u64>,
@@ -249,7 +261,20 @@ impl Store {
         &self,
         script: Script,
         keys: &[String],
+        args: Args<'_>,
+    ) -> Result<Output<T>, StoreError> {
+        self.run_staged(script, keys, args, None).await
+    }
+
+    /// [`Store::run`], first `SET`ting `stage` = (key, value) in the same pipeline (one
+    /// round trip): a payload the script moves with `RENAME` instead of receiving it as an
+    /// argument. The key expires by itself if the script never runs.
+    pub(crate) async fn run_staged<T: DeserializeOwned>(
+        &self,
+        script: Script,
+        keys: &[String],
         mut args: Args<'_>,
+        stage: Option<(&str, &[u8])>,
     ) -> Result<Output<T>, StoreError> {
         let name = script.name();
         let span = tracing::info_span!(
@@ -276,7 +301,22 @@ impl Store {
             let cmd = self
                 .scripts
                 .fcall(script, keys, args.0.iter().map(AsRef::as_ref));
-            let mut reply = cmd.query_async::<Vec<Vec<u8>>>(&mut conn).await;
+            let pipe = stage.map(|(key, value)| {
+                let mut p = redis::pipe();
+                p.cmd("SET")
+                    .arg(key)
+                    .arg(value)
+                    .arg("PX")
+                    .arg(STAGE_TTL_MS)
+                    .ignore()
+                    .add_command(cmd.clone());
+                p
+            });
+            let call = async |conn: &mut Conn| match &pipe {
+                Some(p) => p.query_async::<(Vec<Vec<u8>>,)>(conn).await.map(|(r,)| r),
+                None => cmd.query_async::<Vec<Vec<u8>>>(conn).await,
+            };
+            let mut reply = call(&mut conn).await;
             if let Err(e) = &reply
                 && scripts::function_missing(e)
             {
@@ -287,7 +327,7 @@ impl Store {
                     "functions library missing in Redis: loading it"
                 );
                 self.load_scripts().await?;
-                reply = cmd.query_async(&mut conn).await;
+                reply = call(&mut conn).await;
             }
             let mut parts: Vec<Vec<u8>> = match reply {
                 Ok(p) => p,

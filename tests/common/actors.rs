@@ -147,6 +147,16 @@ pub fn answer(assign: &Value, node_id: &str, text: &str) -> Value {
     r
 }
 
+/// [`answer`] carrying `bytes` of TTS audio (as base64, distinct per `text`): a result
+/// large enough to be staged and logged apart from its header.
+pub fn answer_with_tts(assign: &Value, node_id: &str, text: &str, bytes: usize) -> Value {
+    use base64::Engine;
+    let audio: Vec<u8> = text.bytes().cycle().take(bytes).collect();
+    let mut r = answer(assign, node_id, text);
+    r["tts_audio"] = json!(base64::engine::general_purpose::STANDARD.encode(audio));
+    r
+}
+
 /// The next `job_assign` on node connection `n` (within 5 s).
 pub async fn assign(n: &mut WsClient) -> Value {
     next_of(n, "job_assign", Duration::from_secs(5))

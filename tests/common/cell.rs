@@ -11,7 +11,7 @@ use switchyard::config::Config;
 use switchyard::protocol::node::{CapabilityByType, LanguageCapabilities};
 use switchyard::store::StoreError;
 use switchyard::store::instances::ResumeReply;
-use switchyard::store::jobs::{Attempt, Finished, Outcome};
+use switchyard::store::jobs::{Attempt, Finished, Outcome, STAGE_MIN_BYTES, result_body};
 use switchyard::store::nodes::{HeartbeatReply, NodeClaim};
 use switchyard::store::sessions::NewJob;
 
@@ -31,6 +31,8 @@ type R = Result<(), StoreError>;
 #[derive(Debug, Clone, Copy)]
 pub enum Answer {
     Ok,
+    /// A success with TTS audio: its body is staged and logged apart from its header.
+    Large,
     ModelNotAvailable,
     Error,
 }
@@ -99,6 +101,17 @@ fn one_way(src: &str, tgt: &str) -> (Route, String) {
 /// The resume proof every simulated session holds (the gateway stores SHA-256 of a token).
 const RESUME_HASH: &str = "proof";
 const RESULT: &str = r#"{"type":"translation_result","text_asr":"a","text_translated":"b","tts_audio":"","tts_format":"opus"}"#;
+
+/// RESULT with TTS audio past the staging threshold.
+fn large_result() -> String {
+    RESULT.replace(
+        r#""tts_audio":"""#,
+        &format!(
+            r#""tts_audio":"{}""#,
+            "QUJD".repeat(STAGE_MIN_BYTES / 4 + 1)
+        ),
+    )
+}
 
 /// Instances by slot (a crashed slot restarts under a new id) and the clients' view.
 pub struct Cell {
@@ -266,9 +279,14 @@ impl Cell {
             node_id: nid,
             conn: &token,
         };
+        let large = large_result();
+        let message = match answer {
+            Answer::Large => large.as_str(),
+            _ => RESULT,
+        };
         let outcome = match answer {
-            Answer::Ok => Outcome::Ok(Finished {
-                message: RESULT,
+            Answer::Ok | Answer::Large => Outcome::Ok(Finished {
+                message,
                 text_asr: "a",
                 text_translated: "b",
                 node_completed_at_ms: None,
@@ -284,7 +302,7 @@ impl Cell {
             },
         };
         let out = self.inst[s].store.job_result(&a, &outcome).await?;
-        self.clients.take(s, &out);
+        self.clients.take_with(s, &out, Some(result_body(message)));
         Ok(())
     }
 

@@ -226,6 +226,20 @@ async fn violations_in(
         check_job(c, prefix, j, &mut bad).await;
     }
 
+    // A result logged in two parts ("+" and its header) has its body (results.lua logged()).
+    for rk in keys
+        .iter()
+        .filter(|k| k.starts_with(&format!("{prefix}session:")) && k.ends_with(":results"))
+    {
+        let log: HashMap<String, String> = c.hgetall(rk).await.expect("hgetall");
+        let sk = rk.trim_end_matches(":results");
+        for (idx, m) in log.iter().filter(|(_, m)| m.starts_with('+')) {
+            if !keys.contains(&format!("{sk}:body:{idx}")) {
+                bad.push(format!("{rk} index {idx} is logged without its body: {m}"));
+            }
+        }
+    }
+
     let live: Vec<String> = c
         .zrange(format!("{prefix}nodes:live"), 0, -1)
         .await

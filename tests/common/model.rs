@@ -125,7 +125,30 @@ pub struct Clients {
 impl Clients {
     /// Take the deliveries a script returned to instance `slot`.
     pub fn take<T>(&mut self, slot: usize, out: &Output<T>) {
+        self.take_with(slot, out, None);
+    }
+
+    /// [`Clients::take`] for the reply of a call whose staged body (a large result's) the
+    /// caller holds: a terminal message marked `town` is the header plus that body, one
+    /// with `t` the header plus that blob (as routing::deliver_with joins them).
+    pub fn take_with<T>(&mut self, slot: usize, out: &Output<T>, body: Option<&str>) {
         for d in &out.out {
+            let tail = match (d.town, d.t) {
+                (Some(_), _) => match body {
+                    Some(b) => Some(b.to_string()),
+                    None => {
+                        self.violations
+                            .push(format!("own body marked on a call with none: {}", d.msg));
+                        continue;
+                    }
+                },
+                (None, Some(i)) => out
+                    .blobs
+                    .get(i.wrapping_sub(1))
+                    .map(|b| String::from_utf8_lossy(b).into_owned()),
+                (None, None) => None,
+            };
+            let msg = format!("{}{}", d.msg, tail.unwrap_or_default());
             // A job_assign's audio comes as a blob, or (`own`) is the caller's own copy.
             if d.k == "node" && d.msg.contains(r#""job_assign""#) && d.own.is_none() {
                 let audio = d.blob.and_then(|i| out.blobs.get(i.wrapping_sub(1)));
@@ -134,7 +157,7 @@ impl Clients {
                         .push(format!("job_assign without its audio: {}", d.msg));
                 }
             }
-            self.deliver(slot, d.k.as_str(), &d.id, d.conn.as_deref(), &d.msg, d.seq);
+            self.deliver(slot, d.k.as_str(), &d.id, d.conn.as_deref(), &msg, d.seq);
         }
     }
 
@@ -221,7 +244,13 @@ impl Clients {
                 let bytes: Vec<u8> = redis::from_redis_value_ref(raw).expect("env bytes");
                 let env: Envelope = rmp_serde::from_slice(&bytes).expect("envelope");
                 let seq = (env.seq > 0).then_some(env.seq);
-                self.deliver(slot, &env.k, &env.id, Some(&env.conn), &env.msg, seq);
+                let tail: Vec<u8> = e
+                    .map
+                    .get("tail")
+                    .map(|t| redis::from_redis_value_ref(t).expect("tail bytes"))
+                    .unwrap_or_default();
+                let msg = format!("{}{}", env.msg, String::from_utf8_lossy(&tail));
+                self.deliver(slot, &env.k, &env.id, Some(&env.conn), &msg, seq);
                 let _: u64 = redis::cmd("XDEL")
                     .arg(&key)
                     .arg(&e.id)

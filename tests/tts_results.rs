@@ -1,0 +1,108 @@
+//! Results that carry TTS audio (tens of KB): the instance stages the body, the script
+//! logs it apart from its header (`<session>:body:<idx>`), and the session gets the whole
+//! message on every path: at once, released in order after an earlier one, through
+//! another instance's inbox, and again on resume. A staged body the script refuses leaves
+//! nothing behind. Every scenario ends with the invariant checker.
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use common::actors::*;
+use common::invariants::{self, PREFIX};
+use common::*;
+use redis::AsyncCommands;
+use serde_json::{Value, json};
+
+const T: Duration = Duration::from_secs(5);
+/// 24 KB of audio: 32 KB of base64, well past the staging threshold.
+const TTS: usize = 24 * 1024;
+
+/// `got` is the node's `sent` result, whole: its audio and texts, with the session's ids.
+fn whole(got: &Value, sent: &Value, sid: &str) {
+    assert_eq!(got["type"], "translation_result");
+    assert_eq!(
+        got["tts_audio"], sent["tts_audio"],
+        "the audio arrives whole"
+    );
+    assert_eq!(got["text_translated"], sent["text_translated"]);
+    assert_eq!(got["session_id"], sid);
+    assert_eq!(got["utterance_index"], sent["utterance_index"]);
+    assert!(got["network_timings"].is_object() && got["scheduler_sent_at_ms"].is_u64());
+}
+
+async fn keys(c: &mut redis::aio::MultiplexedConnection, pattern: &str) -> Vec<String> {
+    let mut k: Vec<String> = c.keys(format!("{PREFIX}{pattern}")).await.expect("keys");
+    k.sort();
+    k
+}
+
+#[tokio::test]
+async fn tts_results_arrive_whole_at_once_in_order_through_the_inbox_and_on_resume() {
+    let redis = RedisServer::start().await;
+    let a = start_instance(&redis).await;
+    let b = start_instance(&redis).await;
+    let mut c = redis.client().await;
+    let (mut n, nid) = node_on(&a, None).await;
+
+    // Node and session on one instance; results 2 and 1 wait for 0. Result 0 goes out at
+    // once with the body the instance holds; 1 and 2 are released from the log after it.
+    let (mut s, sid) = session_on(&a).await;
+    let mut sent = BTreeMap::new();
+    let mut assigns = Vec::new();
+    for i in 0..3 {
+        s.send(&utterance(&sid, i)).await;
+        assigns.push(assign(&mut n).await);
+    }
+    for i in [2, 1, 0] {
+        let r = answer_with_tts(&assigns[i], &nid, &format!("r{i}"), TTS);
+        n.send(&r).await;
+        sent.insert(i as u64, r);
+    }
+    let got = terminals(&mut s, 3, T).await;
+    for (i, g) in got.iter().enumerate() {
+        whole(g, &sent[&(i as u64)], &sid);
+    }
+    let bodies = keys(&mut c, &format!("session:{sid}:body:*")).await;
+    assert_eq!(bodies.len(), 3, "each result's body is logged: {bodies:?}");
+    for k in &bodies {
+        let ttl: i64 = c.pttl(k).await.expect("pttl");
+        assert!(ttl > 0, "{k} expires by itself");
+    }
+
+    // A session on the other instance: its results travel through b's inbox.
+    let (mut s2, ack) =
+        open_session_ack(&ws_url(&b, "/ws/session"), fixture("session_init_one_way")).await;
+    let sid2 = ack["session_id"].as_str().expect("session_id").to_string();
+    let resume_token = ack["resume_token"]
+        .as_str()
+        .expect("resume_token")
+        .to_string();
+    s2.send(&utterance(&sid2, 0)).await;
+    let a2 = assign(&mut n).await;
+    let r2 = answer_with_tts(&a2, &nid, "inbox", TTS);
+    n.send(&r2).await;
+    whole(&terminals(&mut s2, 1, T).await[0], &r2, &sid2);
+
+    // The same result again is stale: its staged body is deleted, nothing else changes.
+    n.send(&r2).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(
+        keys(&mut c, "stage:*").await.is_empty(),
+        "no staged body left"
+    );
+    s2.expect_silence(Duration::from_millis(200)).await;
+
+    // Resumed on instance a from the start: the logged result is sent again, whole.
+    drop(s2);
+    let mut init = fixture("session_init_one_way");
+    init["resume_session_id"] = json!(sid2);
+    init["resume_token"] = json!(resume_token);
+    init["last_received_index"] = json!(-1);
+    let mut s3 = WsClient::connect(&ws_url(&a, "/ws/session")).await;
+    s3.send(&init).await;
+    assert_eq!(s3.recv_type("session_init_ack").await["resumed"], true);
+    whole(&terminals(&mut s3, 1, T).await[0], &r2, &sid2);
+    invariants::check(&mut c).await;
+}
