@@ -26,8 +26,10 @@ start_redis() {
   local dir=$1 port=$2
   mkdir -p "$dir"
   dir=$(cd "$dir" && pwd) # redis-server changes into --dir before opening --logfile
+  # REDIS_EXTRA: further redis-server options (e.g. "--hash-max-listpack-entries 32")
+  read -r -a rextra <<<"${REDIS_EXTRA:-}"
   redis-server --port "$port" --bind 127.0.0.1 --save '' --appendonly no \
-    --dir "$dir" --logfile "$dir/redis.log" &
+    --dir "$dir" --logfile "$dir/redis.log" "${rextra[@]}" &
   STARTED+=($!)
   REDIS_PID=$!
   for _ in $(seq 1 100); do
