@@ -20,7 +20,7 @@ run: deps redis
 ## node, job (dispatch, outcomes, sessions) and multi-instance scenario suites again on a
 ## Sentinel-managed primary + replica and on a 3 + 3 Redis Cluster
 ## (tests/common/redis_server.rs).
-SCENARIO_SUITES := --test nodes --test jobs --test outcomes --test sessions --test instances --test tts_results
+SCENARIO_SUITES := --test nodes --test jobs --test outcomes --test sessions --test instances --test payloads
 test: test-deps lint k8s-check
 	$(CARGO) test --all-targets -- --test-threads=4
 	$(MAKE) --no-print-directory test-topologies

@@ -4,7 +4,7 @@ choice (turn affinity, session affinity, power-of-k-choices over eligible nodes)
 reservation -> DISPATCHED with attempt and deadline; or a bounded wait in the pool queue;
 or an immediate NO_AVAILABLE_NODE when no node can ever serve the pair.
 Input:
-  KEYS[1] session hash
+  KEYS[1] session hash   KEYS[2] (optional) the audio, staged by the instance (ARGV[9] is "")
   Derived: session jobs/results keys; job, job audio, node, pool, queue, due keys.
   ARGV[1..4] ctx   ARGV[5] session id   ARGV[6] connection token   ARGV[7] utterance index
   ARGV[8] job_assign template JSON (without job_id/attempt_id/audio)   ARGV[9] audio bytes
@@ -32,17 +32,27 @@ Output: [JSON, blobs...]  (a job_assign for a node of the calling instance has n
 local FIELDS = {'id', 'conn', 'owner', 'state', 'next_deliver', 'ttl_at', 'nonce',
   'last_node', 'grp_id', 'grp_anchor', 'grp_ctx'}
 
+local stage = KEYS[2] and {key = KEYS[2]} or nil
+-- finish(r), first deleting staged audio submit() did not take
+local function done(r)
+  if stage and not stage.taken then redis.call('DEL', stage.key) end
+  return finish(r)
+end
 local sid, idx = ARGV[5], int(7, 'utterance index', 0, math.huge)
 local sess, why = session_for(sid, ARGV[6], FIELDS)
-if not sess then return finish({status = why}) end
-if sess.state ~= 'open' then return finish({status = 'closed'}) end
+if not sess then return done({status = why}) end
+if sess.state ~= 'open' then return done({status = 'closed'}) end
 if idx > tonumber(sess.next_deliver or '0') + CFG.max_ahead then
-  return finish({status = 'too_far'})
+  return done({status = 'too_far'})
+end
+-- checked before any write: a job without its audio could never be served
+if stage and redis.call('EXISTS', stage.key) == 0 then
+  error({err = 'ERR staged audio missing: ' .. stage.key})
 end
 -- The session fields the dispatch writes (last_node) go with the activity mark: one HSET.
 local sess_set = {}
 local r = submit(sid, sess, idx, ARGV[8], ARGV[9],
   {pools = ARGV[10], needs = ARGV[11], pair = ARGV[12], trace_id = ARGV[13], sess_set = sess_set,
-   own_audio = true})
+   own_audio = true, stage = stage})
 touch_session(sid, sess, sess_set)
-return finish(r)
+return done(r)

@@ -5,7 +5,8 @@
 --    with the state change that produced it (a crash between the two cannot lose it);
 --  * owner dead or none: dropped — state keeps it recoverable (results stay in the result
 --    log for resume, jobs time out and fail over).
--- `audio` (optional) is the raw job payload; `seq` (optional) orders a session's terminal
+-- `audio` (optional) is the raw job payload, or {key=} to read it from only when it must be
+-- sent (`payload`); `seq` (optional) orders a session's terminal
 -- messages across the two paths; `tp` is the trace context the delivery span continues
 -- (default: the caller's) and `job` the job id it concerns. `own`: the caller holds this
 -- audio (submit of a client's pre-cut utterance): for a connection of the caller the
@@ -15,6 +16,12 @@
 -- `tail` (optional, a session's split terminal message, results.lua logged()): {key = the
 -- body's key, own = the caller holds the body}: the instance appends the body to `msg`
 -- when it writes it; an `own` body of a connection of the caller is not returned at all.
+
+-- payload(p): the text of a payload given as a string or as {key=}.
+local function payload(p)
+  if type(p) == 'table' then return redis.call('GET', p.key) or '' end
+  return p
+end
 
 local function deliver(kind, id, msg, audio, seq, tp, job, own, tail)
   tp = tp or TP
@@ -29,14 +36,14 @@ local function deliver(kind, id, msg, audio, seq, tp, job, own, tail)
   if owner == ME then
     local blob = nil
     if audio and not own then
-      BLOBS[#BLOBS + 1] = audio
+      BLOBS[#BLOBS + 1] = payload(audio)
       blob = #BLOBS
     end
     local t, town = nil, nil
     if tail and tail.own then
       town = '1'
     elseif tail then
-      BLOBS[#BLOBS + 1] = redis.call('GET', tail.key) or ''
+      BLOBS[#BLOBS + 1] = payload(tail)
       t = #BLOBS
     end
     BLOBS[#BLOBS + 1] = msg
@@ -47,10 +54,11 @@ local function deliver(kind, id, msg, audio, seq, tp, job, own, tail)
     local env = cmsgpack.pack({k = kind, id = id, conn = info[2] or '', msg = msg, seq = seq or 0,
       tp = tp, job = job or ''})
     if audio then
-      redis.call('XADD', P .. 'inbox:' .. owner, 'MAXLEN', '~', CFG.inbox_max, '*', 'env', env, 'audio', audio)
+      redis.call('XADD', P .. 'inbox:' .. owner, 'MAXLEN', '~', CFG.inbox_max, '*', 'env', env, 'audio',
+        payload(audio))
     elseif tail then
       redis.call('XADD', P .. 'inbox:' .. owner, 'MAXLEN', '~', CFG.inbox_max, '*', 'env', env, 'tail',
-        redis.call('GET', tail.key) or '')
+        payload(tail))
     else
       redis.call('XADD', P .. 'inbox:' .. owner, 'MAXLEN', '~', CFG.inbox_max, '*', 'env', env)
     end

@@ -2,7 +2,10 @@
 -- it. Idempotent on (session, idx): a repeat returns the existing job and changes nothing.
 --   spec  job_assign JSON without job_id/attempt_id/audio (built by Rust or from the session)
 --   meta  {pools=, needs=, pair=, trace_id=, turn_id=, turn_node=, web_ms=?, sess_set=?,
---         own_audio=?}  own_audio: the caller holds `audio` (deliver's `own`)
+--         own_audio=?, stage=?}  own_audio: the caller holds `audio` (deliver's `own`)
+--         stage: {key=} the audio staged in that key by the caller (`audio` is then "",
+--         the key is renamed to the job's: the audio never becomes a Lua string);
+--         `stage.taken` is set when it was
 --         sess_set: a list the session fields dispatch writes are appended to (the caller
 --         writes them), instead of their own HSET
 -- The job_assign carries the active utterance group's context as `context_text`.
@@ -33,7 +36,14 @@ local function submit(sid, sess, idx, spec, audio, meta)
   job.unsaved = true
   job.sess_set = meta.sess_set
   local jk = job_key(jid)
-  redis.call('SET', jk .. ':audio', audio, 'PX', CFGS.job_ttl)
+  if meta.stage then
+    redis.call('RENAME', meta.stage.key, jk .. ':audio')
+    redis.call('PEXPIRE', jk .. ':audio', CFGS.job_ttl)
+    meta.stage.taken = true
+    audio = {key = jk .. ':audio'} -- read by deliver only for a node of another instance
+  else
+    redis.call('SET', jk .. ':audio', audio, 'PX', CFGS.job_ttl)
+  end
   redis.call('HSET', sk .. ':jobs', is, jid)
   redis.call('PEXPIRE', sk .. ':jobs', CFGS.session_ttl)
   count('submitted')

@@ -4,7 +4,7 @@
 
 use serde::Deserialize;
 
-use super::{Output, Script, Store, StoreError};
+use super::{Output, STAGE_MIN_BYTES, Script, Store, StoreError};
 
 #[derive(Debug, Deserialize, PartialEq)]
 #[serde(tag = "status", rename_all = "snake_case")]
@@ -42,12 +42,6 @@ pub struct Finished<'a> {
     /// How long the node worked on the job (`processing_time_ms`), if it sent it.
     pub processing_time_ms: Option<u64>,
 }
-
-/// A result body at least this long (a translation_result with TTS audio) does not pass
-/// through the script: the instance stages it in a key the script renames into the
-/// session's result log, and joins it to the script's header when it writes the message
-/// (Redis' Lua hashes every byte of each string it creates; docs/jobs.md "Result log").
-pub const STAGE_MIN_BYTES: usize = 2048;
 
 /// The members and closing brace of a translation_result (what follows its `{`): the part
 /// the script puts its own fields in front of.

@@ -81,6 +81,12 @@ impl Keys {
         format!("{}stage:{job}:{attempt}", self.prefix)
     }
 
+    /// String with TTL: an utterance's audio, staged by the instance in the pipeline of its
+    /// `submit` call, which renames it to the job's audio key.
+    pub fn staged_audio(&self, session: &str, index: u64) -> String {
+        format!("{}stage:{session}:{index}", self.prefix)
+    }
+
     /// String with TTL: an instance is alive while its presence key exists.
     pub fn instance(&self, id: &str) -> String {
         format!("{}instance:{id}", self.prefix)

@@ -100,6 +100,13 @@ pub struct Store {
     wait: (u32, u64),
 }
 
+/// A payload at least this long (a translation_result with TTS audio, an utterance's
+/// audio) does not pass through its script as an argument: the instance stages it in a key
+/// the script renames (Redis' Lua hashes every byte of each string it creates;
+/// docs/jobs.md "Ordered delivery", "Creating a job"). The instance joins a staged result
+/// body to the script's header when it writes the message.
+pub const STAGE_MIN_BYTES: usize = 2048;
+
 /// How long a staged payload ([`Store::run_staged`]) lives if its script never takes it
 /// (a crash between the two commands of the pipeline, a refused call that did not run).
 const STAGE_TTL_MS: u64 = 60_000;

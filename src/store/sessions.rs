@@ -3,7 +3,7 @@
 
 use serde::Deserialize;
 
-use super::{Output, Script, Store, StoreError};
+use super::{Output, STAGE_MIN_BYTES, Script, Store, StoreError};
 
 #[derive(Debug, Deserialize, PartialEq)]
 #[serde(tag = "status", rename_all = "snake_case")]
@@ -146,19 +146,24 @@ impl Store {
         conn: &str,
         job: &NewJob<'_>,
     ) -> Result<Output<SessionReply>, StoreError> {
+        let mut keys = vec![self.keys.session(sid)];
+        let staged = job.audio.len() >= STAGE_MIN_BYTES;
+        if staged {
+            keys.push(self.keys.staged_audio(sid, job.index));
+        }
         let args = self
             .args()
             .s(sid)
             .s(conn)
             .s(job.index)
             .s(job.spec)
-            .b(job.audio)
+            .b(if staged { &[] } else { job.audio })
             .s(job.pools)
             .s(job.needs)
             .s(job.pair)
             .s(job.trace_id);
-        self.run(Script::Submit, &[self.keys.session(sid)], args)
-            .await
+        let stage = staged.then(|| (keys[1].as_str(), job.audio));
+        self.run_staged(Script::Submit, &keys, args, stage).await
     }
 }
 

@@ -9,9 +9,10 @@ use std::time::Duration;
 use switchyard::capabilities::{Capabilities, Route, RouteRequest, route};
 use switchyard::config::Config;
 use switchyard::protocol::node::{CapabilityByType, LanguageCapabilities};
+use switchyard::store::STAGE_MIN_BYTES;
 use switchyard::store::StoreError;
 use switchyard::store::instances::ResumeReply;
-use switchyard::store::jobs::{Attempt, Finished, Outcome, STAGE_MIN_BYTES, result_body};
+use switchyard::store::jobs::{Attempt, Finished, Outcome, result_body};
 use switchyard::store::nodes::{HeartbeatReply, NodeClaim};
 use switchyard::store::sessions::NewJob;
 
@@ -366,10 +367,12 @@ impl Cell {
             .entry(index)
             .or_insert((step, std::time::Instant::now()));
         let (r, spec) = one_way(c.langs.0, c.langs.1);
+        let large_audio = vec![7u8; STAGE_MIN_BYTES];
         let job = NewJob {
             index,
             spec: &spec,
-            audio: b"pcm",
+            // odd indices past the staging threshold: staged, renamed, read back on demand
+            audio: if index % 2 == 1 { &large_audio } else { b"pcm" },
             pools: &r.pools,
             needs: &r.needs,
             pair: &r.pair,

@@ -128,6 +128,26 @@ impl Clients {
         self.take_with(slot, out, None);
     }
 
+    /// A job_assign (not the caller's own audio) carries its utterance's audio: what
+    /// cell.rs submits, large (staged) for odd indices.
+    fn check_audio(&mut self, msg: &str, audio: Option<&[u8]>) {
+        let v: serde_json::Value = serde_json::from_str(msg).expect("job_assign JSON");
+        let large = v["utterance_index"].as_u64().is_some_and(|i| i % 2 == 1);
+        let ok = match audio {
+            Some(a) if large => {
+                a.len() == switchyard::store::STAGE_MIN_BYTES && a.iter().all(|b| *b == 7)
+            }
+            Some(a) => a == b"pcm",
+            None => false,
+        };
+        if !ok {
+            self.violations.push(format!(
+                "job_assign with the wrong audio ({:?} bytes): {msg}",
+                audio.map(<[u8]>::len)
+            ));
+        }
+    }
+
     /// [`Clients::take`] for the reply of a call whose staged body (a large result's) the
     /// caller holds: a terminal message marked `town` is the header plus that body, one
     /// with `t` the header plus that blob (as routing::deliver_with joins them).
@@ -152,10 +172,7 @@ impl Clients {
             // A job_assign's audio comes as a blob, or (`own`) is the caller's own copy.
             if d.k == "node" && d.msg.contains(r#""job_assign""#) && d.own.is_none() {
                 let audio = d.blob.and_then(|i| out.blobs.get(i.wrapping_sub(1)));
-                if audio.is_none_or(|a| a.is_empty()) {
-                    self.violations
-                        .push(format!("job_assign without its audio: {}", d.msg));
-                }
+                self.check_audio(&d.msg, audio.map(Vec::as_slice));
             }
             self.deliver(slot, d.k.as_str(), &d.id, d.conn.as_deref(), &msg, d.seq);
         }
@@ -244,6 +261,13 @@ impl Clients {
                 let bytes: Vec<u8> = redis::from_redis_value_ref(raw).expect("env bytes");
                 let env: Envelope = rmp_serde::from_slice(&bytes).expect("envelope");
                 let seq = (env.seq > 0).then_some(env.seq);
+                if env.k == "node" && env.msg.contains(r#""job_assign""#) {
+                    let audio: Option<Vec<u8>> = e
+                        .map
+                        .get("audio")
+                        .map(|a| redis::from_redis_value_ref(a).expect("audio bytes"));
+                    self.check_audio(&env.msg, audio.as_deref());
+                }
                 let tail: Vec<u8> = e
                     .map
                     .get("tail")

@@ -1,14 +1,19 @@
-//! Results that carry TTS audio (tens of KB): the instance stages the body, the script
-//! logs it apart from its header (`<session>:body:<idx>`), and the session gets the whole
-//! message on every path: at once, released in order after an earlier one, through
-//! another instance's inbox, and again on resume. A staged body the script refuses leaves
-//! nothing behind. Every scenario ends with the invariant checker.
+//! Large payloads never pass through the scripts as arguments (Redis' Lua hashes every
+//! byte of each string it creates): the instance stages an utterance's audio and a result
+//! that carries TTS audio in keys the scripts rename. This checks that they still arrive
+//! whole on every path. Audio reaches a node connected to the submitting instance (the
+//! instance's own copy), one on another instance (read back for its inbox), and one that
+//! frees up later (from the queue). A result reaches its session at once, in order after an
+//! earlier one, through another instance's inbox, and again on resume. A staged payload the
+//! script refuses leaves nothing behind. Every scenario ends with the invariant checker.
 
 mod common;
 
 use std::collections::BTreeMap;
 use std::time::Duration;
 
+use base64::Engine;
+use base64::engine::general_purpose::STANDARD as B64;
 use common::actors::*;
 use common::invariants::{self, PREFIX};
 use common::*;
@@ -104,5 +109,62 @@ async fn tts_results_arrive_whole_at_once_in_order_through_the_inbox_and_on_resu
     s3.send(&init).await;
     assert_eq!(s3.recv_type("session_init_ack").await["resumed"], true);
     whole(&terminals(&mut s3, 1, T).await[0], &r2, &sid2);
+    invariants::check(&mut c).await;
+}
+
+#[tokio::test]
+async fn large_utterance_audio_reaches_nodes_whole_here_through_the_inbox_and_from_the_queue() {
+    let redis = RedisServer::start().await;
+    let a = start_instance(&redis).await;
+    let b = start_instance(&redis).await;
+    let mut c = redis.client().await;
+    let audio = |i: u64| B64.encode(vec![i as u8 + 1; 12 * 1024]);
+    let (mut s, sid) = session_on(&a).await;
+    let send = async |s: &mut WsClient, i: u64| {
+        let mut u = utterance(&sid, i);
+        u["audio"] = json!(audio(i));
+        s.send(&u).await;
+    };
+
+    // A node on the other instance, capacity 1: the first job reaches it through b's inbox,
+    // the second waits in the queue and is offered when the first finishes.
+    let mut on_b = WsClient::connect(&ws_url(&b, "/ws/node")).await;
+    let mut f = fixture("node_register_first");
+    f["max_concurrent_jobs"] = json!(1);
+    let nb = on_b.register_id(f, None).await;
+    send(&mut s, 0).await;
+    let a0 = assign(&mut on_b).await;
+    assert_eq!(a0["audio"], audio(0), "through the inbox");
+    send(&mut s, 1).await;
+    assert!(
+        next_of(&mut on_b, "job_assign", Duration::from_millis(300))
+            .await
+            .is_none(),
+        "capacity 1: queued"
+    );
+    on_b.send(&answer(&a0, &nb, "zero")).await;
+    let a1 = assign(&mut on_b).await;
+    assert_eq!(a1["audio"], audio(1), "from the queue");
+    on_b.send(&answer(&a1, &nb, "one")).await;
+    assert_eq!(terminals(&mut s, 2, T).await.len(), 2);
+    drop(on_b);
+
+    // A node on the submitting instance: the instance's own copy of the client's text.
+    let (mut on_a, _) = node_on(&a, None).await;
+    send(&mut s, 2).await;
+    assert_eq!(assign(&mut on_a).await["audio"], audio(2), "here");
+
+    // Resent: the staged copy is deleted, no second job.
+    send(&mut s, 2).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(
+        keys(&mut c, "stage:*").await.is_empty(),
+        "no staged audio left"
+    );
+    assert!(
+        next_of(&mut on_a, "job_assign", Duration::from_millis(100))
+            .await
+            .is_none()
+    );
     invariants::check(&mut c).await;
 }
