@@ -5,7 +5,9 @@
 //! instance's own copy), one on another instance (read back for its inbox), and one that
 //! frees up later (from the queue). A result reaches its session at once, in order after an
 //! earlier one, through another instance's inbox, and again on resume. A staged payload the
-//! script refuses leaves nothing behind. Every scenario ends with the invariant checker.
+//! script refuses leaves nothing behind. With `jobs.stage_min_bytes = 0` (the first step of
+//! an upgrade) nothing is staged and the log keeps one part. Every scenario ends with the
+//! invariant checker.
 
 mod common;
 
@@ -165,6 +167,38 @@ async fn large_utterance_audio_reaches_nodes_whole_here_through_the_inbox_and_fr
         next_of(&mut on_a, "job_assign", Duration::from_millis(100))
             .await
             .is_none()
+    );
+    invariants::check(&mut c).await;
+}
+
+#[tokio::test]
+async fn with_staging_off_large_payloads_pass_through_the_scripts_and_the_log_keeps_one_part() {
+    let redis = RedisServer::start().await;
+    let inst = start_tweaked(&redis, |c| c.jobs.stage_min_bytes = 0).await;
+    let mut c = redis.client().await;
+    let (mut n, nid) = node_on(&inst, None).await;
+    let (mut s, sid) = session_on(&inst).await;
+    let audio = B64.encode(vec![9u8; 12 * 1024]);
+    let mut u = utterance(&sid, 0);
+    u["audio"] = json!(audio);
+    s.send(&u).await;
+    let a = assign(&mut n).await;
+    assert_eq!(a["audio"], audio.as_str());
+    let r = answer_with_tts(&a, &nid, "whole", TTS);
+    n.send(&r).await;
+    whole(&terminals(&mut s, 1, T).await[0], &r, &sid);
+    let logged: String = c
+        .hget(format!("{PREFIX}session:{sid}:results"), 0)
+        .await
+        .expect("hget");
+    assert!(
+        logged.starts_with('{') && logged.len() > TTS,
+        "logged whole"
+    );
+    assert!(
+        keys(&mut c, &format!("session:{sid}:body:*"))
+            .await
+            .is_empty()
     );
     invariants::check(&mut c).await;
 }

@@ -36,6 +36,11 @@ pub struct JobsConfig {
     /// failed utterance"). Costs about a microsecond of Redis time per job
     /// (docs/benchmarks.md); off only to measure that.
     pub explain: bool,
+    /// An utterance's audio or a result body of at least this many bytes is staged in a key
+    /// its script renames, instead of passing through Lua as an argument (docs/jobs.md);
+    /// 0 stages nothing (the first step of an upgrade from a version that cannot read a
+    /// result logged in two parts, docs/operations.md).
+    pub stage_min_bytes: usize,
 }
 
 impl Default for JobsConfig {
@@ -55,6 +60,7 @@ impl Default for JobsConfig {
             model_unavailable_ms: 60_000,
             model_unavailable_per_minute: 6,
             explain: true,
+            stage_min_bytes: crate::store::STAGE_MIN_BYTES,
         }
     }
 }

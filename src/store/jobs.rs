@@ -4,7 +4,7 @@
 
 use serde::Deserialize;
 
-use super::{Output, STAGE_MIN_BYTES, Script, Store, StoreError};
+use super::{Output, Script, Store, StoreError};
 
 #[derive(Debug, Deserialize, PartialEq)]
 #[serde(tag = "status", rename_all = "snake_case")]
@@ -49,12 +49,6 @@ pub fn result_body(message: &str) -> &str {
     message.trim_start().strip_prefix('{').unwrap_or(message)
 }
 
-/// Whether `body` is staged: long, and with members (the script's header then always
-/// ends with a comma).
-fn stages(body: &str) -> bool {
-    body.len() >= STAGE_MIN_BYTES && !body.trim_start().starts_with('}')
-}
-
 /// Who says something about an attempt.
 pub struct Attempt<'a> {
     pub job_id: &'a str,
@@ -88,8 +82,10 @@ impl Store {
         outcome: &Outcome<'_>,
     ) -> Result<Output<FencedReply>, StoreError> {
         let mut keys = vec![self.keys.job(a.job_id), self.keys.due("jobs")];
+        // Staged only with members: the script's header then always ends with a comma.
         let staged = match outcome {
-            Outcome::Ok(f) => Some(result_body(f.message)).filter(|b| stages(b)),
+            Outcome::Ok(f) => Some(result_body(f.message))
+                .filter(|b| self.stages(b.len()) && !b.trim_start().starts_with('}')),
             _ => None,
         };
         if staged.is_some() {

@@ -98,13 +98,15 @@ pub struct Store {
     script_cfg: Vec<u8>,
     /// `redis.wait_replicas` and `redis.wait_timeout_ms` (0 = no WAIT).
     wait: (u32, u64),
+    /// `jobs.stage_min_bytes` (None: 0, stage nothing).
+    stage_min: Option<usize>,
 }
 
-/// A payload at least this long (a translation_result with TTS audio, an utterance's
-/// audio) does not pass through its script as an argument: the instance stages it in a key
-/// the script renames (Redis' Lua hashes every byte of each string it creates;
-/// docs/jobs.md "Ordered delivery", "Creating a job"). The instance joins a staged result
-/// body to the script's header when it writes the message.
+/// The default of `jobs.stage_min_bytes`: a payload at least this long (a translation_result
+/// with TTS audio, an utterance's audio) does not pass through its script as an argument:
+/// the instance stages it in a key the script renames (Redis' Lua hashes every byte of each
+/// string it creates; docs/jobs.md "Ordered delivery", "Creating a job"). The instance
+/// joins a staged result body to the script's header when it writes the message.
 pub const STAGE_MIN_BYTES: usize = 2048;
 
 /// How long a staged payload ([`Store::run_staged`]) lives if its script never takes it
@@ -178,6 +180,7 @@ impl Store {
             instance: instance.to_string(),
             script_cfg: script_config(cfg),
             wait: (cfg.redis.wait_replicas, cfg.redis.wait_timeout_ms),
+            stage_min: Some(cfg.jobs.stage_min_bytes).filter(|b| *b > 0),
         })
     }
 
@@ -192,7 +195,13 @@ impl Store {
             instance: self.instance.clone(),
             script_cfg: self.script_cfg.clone(),
             wait: self.wait,
+            stage_min: self.stage_min,
         }
+    }
+
+    /// Whether a payload of `len` bytes is staged (`jobs.stage_min_bytes`).
+    fn stages(&self, len: usize) -> bool {
+        self.stage_min.is_some_and(|min| len >= min)
     }
 
     /// The cell's name.

@@ -3,7 +3,7 @@
 
 use serde::Deserialize;
 
-use super::{Output, STAGE_MIN_BYTES, Script, Store, StoreError};
+use super::{Output, Script, Store, StoreError};
 
 #[derive(Debug, Deserialize, PartialEq)]
 #[serde(tag = "status", rename_all = "snake_case")]
@@ -147,7 +147,7 @@ impl Store {
         job: &NewJob<'_>,
     ) -> Result<Output<SessionReply>, StoreError> {
         let mut keys = vec![self.keys.session(sid)];
-        let staged = job.audio.len() >= STAGE_MIN_BYTES;
+        let staged = self.stages(job.audio.len());
         if staged {
             keys.push(self.keys.staged_audio(sid, job.index));
         }
