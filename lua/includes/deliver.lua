@@ -15,7 +15,8 @@
 -- OWNERS (ctx.lua): target → {owner, conn, alive}, looked up once per call.
 -- `tail` (optional, a session's split terminal message, results.lua logged()): {key = the
 -- body's key, own = the caller holds the body}: the instance appends the body to `msg`
--- when it writes it; an `own` body of a connection of the caller is not returned at all.
+-- when it writes it; an `own` body of a connection of the caller is not returned at all,
+-- an inbox entry names the key (`tail_key`) and its consumer reads it.
 
 -- payload(p): the text of a payload given as a string or as {key=}.
 local function payload(p)
@@ -57,8 +58,9 @@ local function deliver(kind, id, msg, audio, seq, tp, job, own, tail)
       redis.call('XADD', P .. 'inbox:' .. owner, 'MAXLEN', '~', CFG.inbox_max, '*', 'env', env, 'audio',
         payload(audio))
     elseif tail then
-      redis.call('XADD', P .. 'inbox:' .. owner, 'MAXLEN', '~', CFG.inbox_max, '*', 'env', env, 'tail',
-        payload(tail))
+      -- the body stays where it is: the consumer reads it (one GET per batch of entries)
+      redis.call('XADD', P .. 'inbox:' .. owner, 'MAXLEN', '~', CFG.inbox_max, '*', 'env', env,
+        'tail_key', tail.key)
     else
       redis.call('XADD', P .. 'inbox:' .. owner, 'MAXLEN', '~', CFG.inbox_max, '*', 'env', env)
     end

@@ -3,7 +3,8 @@
 //! one consumer per cell, each on its own connection (in a cluster, to the cell's node).
 //!
 //! A dedicated Redis connection (never the shared pool) blocks in XREADGROUP; each entry is
-//! written to its local socket, then XACKed and XDELed. Entries left pending (read, never
+//! written to its local socket, then XACKed and XDELed. A result logged in two parts names
+//! its body's key (`tail_key`): the bodies of a batch are read in one pipeline first. Entries left pending (read, never
 //! acknowledged) are claimed again after `claim_idle_ms`; one delivered
 //! `dead_letter_after` times moves to the dead-letter stream. On any Redis error the loop
 //! reconnects, re-creates the consumer group if Redis lost it, and re-issues the read.
@@ -168,6 +169,7 @@ async fn handle(
     if entries.is_empty() {
         return Ok(());
     }
+    let tails = bodies(conn, &entries).await?;
     for (id, fields) in &entries {
         let env = fields
             .get("env")
@@ -186,14 +188,17 @@ async fn handle(
             tp: env.tp.as_deref(),
             job: env.job.as_deref().filter(|j| !j.is_empty()),
         };
-        let tail = fields.get("tail").map(|t| std::str::from_utf8(t));
-        let msg = match tail {
-            Some(Err(_)) => {
-                tracing::error!(entry = %id, "inbox entry with a body that is not UTF-8 dropped");
-                continue;
-            }
-            Some(Ok(t)) => super::joined(env.msg, Some(t)),
+        let msg = match fields.get("tail_key") {
             None => env.msg,
+            Some(k) => match tails.get(k.as_slice()).map(|b| std::str::from_utf8(b)) {
+                Some(Ok(t)) => super::joined(env.msg, Some(t)),
+                // Trimmed or expired (an entry older than the result retention), or not
+                // text: the session can still resume what its log holds.
+                _ => {
+                    tracing::error!(entry = %id, "inbox entry whose body is gone dropped");
+                    continue;
+                }
+            },
         };
         super::write_local(app, cell, &to, msg, audio, Some(env.seq), &trace);
         app.metrics.inbox_messages.inc();
@@ -211,6 +216,30 @@ async fn handle(
         .ignore()
         .query_async::<()>(conn)
         .await
+}
+
+/// The bodies the entries name (`tail_key`), read in one pipeline: key → bytes.
+async fn bodies<'a>(
+    conn: &mut Conn,
+    entries: &'a [Entry],
+) -> RedisResult<HashMap<&'a [u8], Vec<u8>>> {
+    let keys: Vec<&[u8]> = entries
+        .iter()
+        .filter_map(|(_, f)| f.get("tail_key").map(Vec::as_slice))
+        .collect();
+    if keys.is_empty() {
+        return Ok(HashMap::new());
+    }
+    let mut p = redis::pipe();
+    for k in &keys {
+        p.cmd("GET").arg(*k);
+    }
+    let got: Vec<Option<Vec<u8>>> = p.query_async(conn).await?;
+    Ok(keys
+        .into_iter()
+        .zip(got)
+        .filter_map(|(k, b)| b.map(|b| (k, b)))
+        .collect())
 }
 
 /// Entries read but never acknowledged (a crash mid-write, a bug): claim them again, or

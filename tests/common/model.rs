@@ -268,11 +268,20 @@ impl Clients {
                         .map(|a| redis::from_redis_value_ref(a).expect("audio bytes"));
                     self.check_audio(&env.msg, audio.as_deref());
                 }
-                let tail: Vec<u8> = e
-                    .map
-                    .get("tail")
-                    .map(|t| redis::from_redis_value_ref(t).expect("tail bytes"))
-                    .unwrap_or_default();
+                // A result logged in two parts names its body's key: read it, as the
+                // consumer does.
+                let tail: Vec<u8> = match e.map.get("tail_key") {
+                    Some(k) => {
+                        let k: Vec<u8> = redis::from_redis_value_ref(k).expect("tail_key");
+                        let b: Option<Vec<u8>> = redis::cmd("GET")
+                            .arg(&k)
+                            .query_async(c)
+                            .await
+                            .expect("get body");
+                        b.expect("the body an inbox entry names exists")
+                    }
+                    None => Vec::new(),
+                };
                 let msg = format!("{}{}", env.msg, String::from_utf8_lossy(&tail));
                 self.deliver(slot, &env.k, &env.id, Some(&env.conn), &msg, seq);
                 let _: u64 = redis::cmd("XDEL")
