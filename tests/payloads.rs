@@ -202,3 +202,37 @@ async fn with_staging_off_large_payloads_pass_through_the_scripts_and_the_log_ke
     );
     invariants::check(&mut c).await;
 }
+
+#[tokio::test]
+async fn a_session_that_only_keeps_alive_sheds_old_results_with_their_bodies() {
+    let redis = RedisServer::start().await;
+    let inst = start_tweaked(&redis, |c| {
+        c.session.result_retention_ms = 800;
+        c.session.idle_ttl_ms = 2_000; // TTLs refreshed (and the log trimmed) every 250 ms
+    })
+    .await;
+    let mut c = redis.client().await;
+    let (mut n, nid) = node_on(&inst, None).await;
+    let (mut s, sid) = session_on(&inst).await;
+    let sk = format!("{PREFIX}session:{sid}");
+    s.send(&utterance(&sid, 0)).await;
+    let a = assign(&mut n).await;
+    n.send(&answer_with_tts(&a, &nid, "old", TTS)).await;
+    terminals(&mut s, 1, T).await;
+    let body: bool = c.exists(format!("{sk}:body:0")).await.expect("exists");
+    assert!(body);
+    // No more results: only heartbeats keep the session alive, past the retention.
+    let mut hb = fixture("client_heartbeat");
+    hb["session_id"] = json!(sid);
+    for _ in 0..8 {
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        s.send(&hb).await;
+    }
+    let logged: Vec<String> = c.hkeys(format!("{sk}:results")).await.expect("hkeys");
+    assert!(logged.is_empty(), "trimmed by a refresh: {logged:?}");
+    let body: bool = c.exists(format!("{sk}:body:0")).await.expect("exists");
+    assert!(!body, "the body left with its entry");
+    let alive: bool = c.exists(&sk).await.expect("exists");
+    assert!(alive, "the session itself lives on");
+    invariants::check(&mut c).await;
+}

@@ -64,8 +64,10 @@ local function begin(keys, args)
       CFGS[name] = string.format('%d', v[i])
     end
     CFGS.node_jobs_ttl = string.format('%d', CFG.liveness + CFG.node_retention)
-    -- a split result's body outlives its session's TTL by the retention (results.lua)
-    CFGS.body_ttl = string.format('%d', CFG.session_ttl + CFG.retention)
+    -- a split result's body: longer than its log entry can live (results.lua; an entry is
+    -- trimmed at most 9/8 of the retention after it settled while the session lives, and
+    -- the log expires at most the idle TTL after the later of its last write and refresh)
+    CFGS.body_ttl = string.format('%d', CFG.session_ttl + 2 * CFG.retention)
     CFG_RAW = raw
     DERIVED = {}
   end
@@ -138,6 +140,29 @@ local function finish(r)
   return reply
 end
 
+-- body_key(sid, idx): where a result logged in two parts keeps its body (results.lua).
+local function body_key(sid, idx)
+  return session_key(sid) .. ':body:' .. idx
+end
+
+-- trim(sid, cursor): results delivered longer than CFG.retention ago leave the log (with
+-- their idempotency entries); an index below the cursor stays refused by submit.
+local function trim(sid, cursor)
+  local sk = session_key(sid)
+  local old = redis.call('ZRANGEBYSCORE', sk .. ':rtime', '-inf', dec(NOW - CFG.retention), 'LIMIT',
+    '0', '256')
+  local bodies = {}
+  for _, idx in ipairs(old) do
+    if tonumber(idx) < cursor then
+      redis.call('HDEL', sk .. ':results', idx)
+      redis.call('HDEL', sk .. ':jobs', idx)
+      redis.call('ZREM', sk .. ':rtime', idx)
+      bodies[#bodies + 1] = body_key(sid, idx)
+    end
+  end
+  if #bodies > 0 then redis.call('DEL', unpack(bodies)) end
+end
+
 -- touch_session(sid, sess): activity keeps every key of a session alive for
 -- CFG.session_ttl. The TTLs are refreshed when the last refresh (`ttl_at`, read from
 -- `sess` when the caller has the record) is an eighth of it old; keys created in
@@ -157,7 +182,10 @@ local function touch_session(sid, sess, extra)
   for _, k in ipairs({sk, sk .. ':jobs', sk .. ':results', sk .. ':pending', sk .. ':audio', sk .. ':rtime'}) do
     redis.call('PEXPIRE', k, CFGS.session_ttl)
   end
-  local h = redis.call('HMGET', sk, 'sub', 'state')
+  local h = redis.call('HMGET', sk, 'sub', 'state', 'next_deliver')
+  -- A session that only keeps alive (no results to trim at) still sheds old results here,
+  -- so no logged result outlives its body's TTL (results.lua).
+  trim(sid, tonumber(h[3] or '0'))
   if h[1] and h[1] ~= '' and h[2] == 'open' then
     local zk = subject_sessions(h[1])
     if redis.call('ZADD', zk, 'XX', 'CH', NOW + CFG.session_ttl, sid) == 1 then

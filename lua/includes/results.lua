@@ -17,10 +17,6 @@ end
 -- in. Whoever writes the message to a socket joins the two (deliver's `tail`).
 local SPLIT = 43 -- string.byte('+')
 
-local function body_key(sid, idx)
-  return session_key(sid) .. ':body:' .. idx
-end
-
 -- logged(sid, rk, idx): the logged terminal message of idx as (message or header, tail).
 local function logged(sid, rk, idx)
   local v = redis.call('HGET', rk, idx)
@@ -54,24 +50,6 @@ local function deliver_index(sid, rk, pk, idx)
   local msg, tail = logged(sid, rk, idx)
   redis.call('ZREM', pk, idx)
   if msg then send_terminal(sid, msg, tail) end
-end
-
--- trim(sid, cursor): results delivered longer than CFG.retention ago leave the log (with
--- their idempotency entries); an index below the cursor stays refused by submit.
-local function trim(sid, cursor)
-  local sk = session_key(sid)
-  local old = redis.call('ZRANGEBYSCORE', sk .. ':rtime', '-inf', dec(NOW - CFG.retention), 'LIMIT',
-    '0', '256')
-  local bodies = {}
-  for _, idx in ipairs(old) do
-    if tonumber(idx) < cursor then
-      redis.call('HDEL', sk .. ':results', idx)
-      redis.call('HDEL', sk .. ':jobs', idx)
-      redis.call('ZREM', sk .. ':rtime', idx)
-      bodies[#bodies + 1] = body_key(sid, idx)
-    end
-  end
-  if #bodies > 0 then redis.call('DEL', unpack(bodies)) end
 end
 
 local function missing_msg(sid, idx)
