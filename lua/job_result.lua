@@ -116,8 +116,7 @@ if ok then
   end_job(jid, job, 'FINISHED')
   count('finished')
   LAT.e2e[#LAT.e2e + 1] = NOW - tonumber(job.created_at or NOW)
-  ui_event(job, 'ASR_FINAL', 'ok')
-  ui_event(job, 'NMT_DONE', 'ok')
+  ui_events_ok(job, 'ASR_FINAL,NMT_DONE')
   -- identity from the job record, not from what the node wrote
   local ids = {session_id = job.session, utterance_index = tonumber(job.idx), job_id = jid,
     trace_id = job.trace_id}

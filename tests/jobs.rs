@@ -58,10 +58,12 @@ async fn happy_path_with_lingua_frames_and_no_ack() {
 
     n.send(&answer(&a, &nid, "Let's start the test")).await;
     let mut events = Vec::new();
+    let mut hints = Vec::new();
     let result = loop {
         let v = s.next(T).await.expect("message");
         if v["type"] == "ui_event" {
             events.push(v["event"].as_str().unwrap().to_string());
+            hints.push(v);
         } else if v["type"] == "translation_result" {
             break v;
         }
@@ -72,7 +74,15 @@ async fn happy_path_with_lingua_frames_and_no_ack() {
     assert_eq!(result["text_translated"], "Let's start the test");
     assert_eq!(result["tts_audio"], "b3B1cy1ieXRlcw==");
     assert_eq!(result["service_timings"]["total_ms"], 1700);
-    assert!(events.contains(&"DISPATCHED".to_string()), "{events:?}");
+    assert_eq!(events, ["DISPATCHED", "ASR_FINAL", "NMT_DONE"]);
+    for e in &hints {
+        assert_eq!(e["job_id"], jid.as_str());
+        assert_eq!(e["session_id"], sid.as_str());
+        assert_eq!(e["utterance_index"], 0);
+        assert_eq!(e["trace_id"], result["trace_id"]);
+        assert_eq!(e["status"], "ok");
+        assert!(e["elapsed_ms"].is_u64(), "{e}");
+    }
     assert_eq!(job(&mut c, &jid).await["state"], "FINISHED");
     let reserved: String = c
         .hget(format!("{PREFIX}node:{nid}"), "reserved")

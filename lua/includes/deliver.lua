@@ -86,3 +86,23 @@ local function ui_event(job, event, status, code)
   deliver('session', job.session, head .. ',"event":"' .. event .. '","status":"' .. status
     .. '","elapsed_ms":' .. string.format('%d', NOW - tonumber(job.created_at or NOW)) .. tail .. '}')
 end
+
+-- ui_events_ok(job, events): the UI hints `events` (event names, csv; status ok) for
+-- the job's session at once. For a session connected to the calling instance they are one
+-- entry `{k = 'ui', ev = "E1,E2", ...}` the instance turns into the `ui_event` messages
+-- (no JSON built here: ~5 µs of Redis per message); elsewhere each travels as its message.
+local function ui_events_ok(job, events)
+  local key = P .. 'session:' .. job.session
+  local info = OWNERS[key]
+  if not info then
+    info = redis.call('HMGET', key, 'owner', 'conn')
+    OWNERS[key] = info
+  end
+  if info[1] ~= ME then
+    for e in string.gmatch(events, '[^,]+') do ui_event(job, e, 'ok') end
+    return
+  end
+  OUT[#OUT + 1] = {k = 'ui', id = job.session, owner = ME, conn = info[2], job = job.id,
+    tr = job.trace_id, ix = job.idx, ev = events,
+    el = string.format('%d', NOW - tonumber(job.created_at or NOW))}
+end

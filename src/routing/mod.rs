@@ -49,6 +49,10 @@ pub fn deliver_with<T>(app: &App, cell: &Cell, out: Output<T>, known: Known) -> 
             tracing::error!(owner = %d.owner, "script returned a delivery for another instance");
             continue;
         }
+        if d.k == "ui" {
+            write_ui_events(app, cell, &d);
+            continue;
+        }
         let body = if d.town.is_some() {
             known.body
         } else {
@@ -88,6 +92,26 @@ pub fn deliver_with<T>(app: &App, cell: &Cell, out: Output<T>, known: Known) -> 
         write_local(app, cell, &target, msg, audio, d.seq, &trace);
     }
     reply
+}
+
+/// The `ui_event`s (status ok) a script named for a session connected here (`k = "ui"`).
+fn write_ui_events(app: &App, cell: &Cell, d: &crate::store::Delivery) {
+    let target = Target {
+        kind: "session",
+        id: &d.id,
+        conn: d.conn.as_deref(),
+    };
+    let trace = Trace {
+        tp: d.tp.as_deref(),
+        job: None,
+    };
+    let events = d.ev.as_deref().unwrap_or_default().split(',');
+    for event in events.filter(|e| !e.is_empty()) {
+        let msg = serde_json::json!({"type": "ui_event", "trace_id": d.tr, "session_id": d.id,
+            "job_id": d.job, "utterance_index": d.ix, "event": event, "status": "ok",
+            "elapsed_ms": d.el});
+        write_local(app, cell, &target, msg.to_string(), None, None, &trace);
+    }
 }
 
 /// A terminal message logged in two parts: the script's header, then the node's body.

@@ -146,6 +146,15 @@ pub struct Delivery {
     /// (`job_result`): the reply carries no blob for it, the caller appends its own copy.
     #[serde(default, deserialize_with = "lua_num")]
     pub town: Option<u8>,
+    /// `k = "ui"`: the `ui_event`s (status ok) to write to session `id`, as `E1,E2`; the
+    /// instance builds them from `job`, `tr` (trace id), `ix` (utterance index) and `el`
+    /// (elapsed ms) instead of the script (lua/includes/deliver.lua `ui_events_ok`).
+    pub ev: Option<String>,
+    pub tr: Option<String>,
+    #[serde(default, deserialize_with = "lua_num")]
+    pub ix: Option<u64>,
+    #[serde(default, deserialize_with = "lua_num")]
+    pub el: Option<u64>,
     /// Order of a session's terminal messages (the session's out_seq).
     #[serde(default, deserialize_with = "lua_num")]
     pub seq: Option<u64>,

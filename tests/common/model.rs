@@ -153,6 +153,9 @@ impl Clients {
     /// with `t` the header plus that blob (as routing::deliver_with joins them).
     pub fn take_with<T>(&mut self, slot: usize, out: &Output<T>, body: Option<&str>) {
         for d in &out.out {
+            if d.k == "ui" {
+                continue; // UI hints the gateway builds (routing::write_ui_events)
+            }
             let tail = match (d.town, d.t) {
                 (Some(_), _) => match body {
                     Some(b) => Some(b.to_string()),
