@@ -350,7 +350,7 @@ local function assign(jid, job, nid, why)
   local msg = json_with(job.spec, {attempt_id = tonumber(attempt)})
   local audio = fresh and job.fresh_audio or redis.call('GET', jk .. ':audio') or ''
   deliver('node', nid, msg, audio, nil, job.tp, jid, fresh and job.own_audio)
-  ui_event(job, 'DISPATCHED', 'ok')
+  ui_events_ok(job, 'DISPATCHED')
 end
 
 -- dispatch(jid, job, code, message): assign now, or wait in the candidate pools' queues, or fail
