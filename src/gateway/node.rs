@@ -202,7 +202,9 @@ impl NodeConn {
                 let node = self.reg.as_ref().map(|r| r.node_id.as_str()).unwrap_or("-");
                 tracing::warn!(node_id = node, code = %code, message = %e.message, "node_error");
                 let detail = crate::telemetry::metrics::Detail {
-                    detail: crate::telemetry::metrics::known_code(&code).to_string(),
+                    detail: crate::telemetry::metrics::known_code(&code)
+                        .to_string()
+                        .into(),
                 };
                 self.app.metrics.node_errors.get_or_create(&detail).inc();
             }

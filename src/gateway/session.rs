@@ -133,7 +133,7 @@ impl SessionConn {
 
     /// A span for one inbound message: `session.<type>`, with the ids operators search by;
     /// its trace id is the client's trace_id when that is a valid W3C trace id.
-    fn message_span(&self, msg: &SessionInbound) -> tracing::Span {
+    fn message_span(&self, msg: &SessionInbound<'_>) -> tracing::Span {
         let (trace_id, index) = match msg {
             SessionInbound::SessionInit(i) => (i.trace_id.clone(), None),
             SessionInbound::Utterance(u) => (u.trace_id.clone(), Some(u.utterance_index)),
@@ -162,7 +162,7 @@ impl SessionConn {
         span
     }
 
-    async fn handle(&mut self, msg: SessionInbound) {
+    async fn handle(&mut self, msg: SessionInbound<'_>) {
         if let SessionInbound::SessionInit(init) = msg {
             self.app.metrics.message_in(KIND, "session_init");
             return self.on_init(*init).await;
@@ -255,7 +255,13 @@ impl SessionConn {
         }
     }
 
-    async fn on_utterance(&mut self, cell: &Cell, sid: &str, tenant: Option<&str>, u: Utterance) {
+    async fn on_utterance(
+        &mut self,
+        cell: &Cell,
+        sid: &str,
+        tenant: Option<&str>,
+        u: Utterance<'_>,
+    ) {
         let Ok(audio) = B64.decode(u.audio.as_bytes()) else {
             return self.error(ErrorCode::InvalidMessage, "utterance audio is not base64");
         };

@@ -77,12 +77,13 @@ struct Envelope {
     kind: String,
 }
 
-/// The messages one kind of peer sends, decoded by their `type`.
-pub trait Inbound: Sized {
+/// The messages one kind of peer sends, decoded by their `type`; a message may borrow
+/// from the frame's text `'a` (an utterance's audio does).
+pub trait Inbound<'a>: Sized {
     /// Every `type` this peer may send.
     const TYPES: &'static [&'static str];
     /// Decode `text`, whose `type` is `kind` (one of [`Inbound::TYPES`]), strictly.
-    fn from_kind(kind: &str, text: &str) -> Result<Self, strict::FieldError>;
+    fn from_kind(kind: &str, text: &'a str) -> Result<Self, strict::FieldError>;
 }
 
 /// Decode a frame, telling "not a message", "unknown type" and "bad field" apart. Each
@@ -94,7 +95,7 @@ pub trait Inbound: Sized {
 /// read it again); the frame is then decoded once, as that type. A frame that is not
 /// decoded that way (no plain `type` found, or the typed decoding refuses it) goes the
 /// long way, envelope first, which tells the errors apart as before.
-pub fn decode<T: Inbound>(text: &str) -> Result<T, DecodeError> {
+pub fn decode<'a, T: Inbound<'a>>(text: &'a str) -> Result<T, DecodeError> {
     if let Some(kind) = top_level_type(text).and_then(|k| T::TYPES.iter().find(|t| **t == k))
         && let Ok(m) = T::from_kind(kind, text)
     {
@@ -105,7 +106,7 @@ pub fn decode<T: Inbound>(text: &str) -> Result<T, DecodeError> {
 
 /// The long way: the envelope, then the type's struct (what `decode` always did, and its
 /// reference in the tests).
-fn envelope_first<T: Inbound>(text: &str) -> Result<T, DecodeError> {
+fn envelope_first<'a, T: Inbound<'a>>(text: &'a str) -> Result<T, DecodeError> {
     let env: Envelope =
         strict::from_str(text).map_err(|e| DecodeError::NotAMessage(e.to_string()))?;
     if !T::TYPES.contains(&env.kind.as_str()) {

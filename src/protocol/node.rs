@@ -28,7 +28,7 @@ pub enum NodeInbound {
     AsrPartial(AsrPartial),
 }
 
-impl Inbound for NodeInbound {
+impl Inbound<'_> for NodeInbound {
     const TYPES: &'static [&'static str] = NODE_TYPES;
 
     fn from_kind(kind: &str, text: &str) -> Result<Self, FieldError> {

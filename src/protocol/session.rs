@@ -1,5 +1,7 @@
 //! Session ↔ scheduler messages (PROTOCOL.md "Session ↔ scheduler").
 
+use std::borrow::Cow;
+
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
@@ -22,11 +24,12 @@ pub fn unsupported(kind: &str) -> bool {
     kind.starts_with("room_") || kind.starts_with("webrtc_")
 }
 
+/// A decoded session frame; `'a` is the frame's text, which an utterance's audio borrows.
 #[derive(Debug)]
-pub enum SessionInbound {
+pub enum SessionInbound<'a> {
     SessionInit(Box<SessionInit>),
     AudioChunk(AudioChunk),
-    Utterance(Box<Utterance>),
+    Utterance(Box<Utterance<'a>>),
     ClientHeartbeat(SessionRef),
     SessionClose(SessionRef),
     TtsStarted(SessionRef),
@@ -124,7 +127,7 @@ impl Default for Pipeline {
 }
 
 #[derive(Debug, Deserialize)]
-pub struct Utterance {
+pub struct Utterance<'a> {
     #[serde(default)]
     pub session_id: Option<String>,
     pub utterance_index: u64,
@@ -132,7 +135,9 @@ pub struct Utterance {
     pub manual_cut: bool,
     pub src_lang: String,
     pub tgt_lang: String,
-    pub audio: String,
+    /// The base64 text (~11 KB), borrowed from the frame unless it has a JSON escape.
+    #[serde(borrow)]
+    pub audio: Cow<'a, str>,
     #[serde(default)]
     pub audio_format: Option<String>,
     #[serde(default)]
@@ -159,10 +164,10 @@ pub struct SessionRef {
     pub group_id: Option<String>,
 }
 
-impl Inbound for SessionInbound {
+impl<'a> Inbound<'a> for SessionInbound<'a> {
     const TYPES: &'static [&'static str] = SESSION_TYPES;
 
-    fn from_kind(kind: &str, text: &str) -> Result<Self, FieldError> {
+    fn from_kind(kind: &str, text: &'a str) -> Result<Self, FieldError> {
         Ok(match kind {
             "session_init" => Self::SessionInit(with_options(text)?),
             "audio_chunk" => Self::AudioChunk(from_str(text)?),
@@ -184,7 +189,7 @@ impl Inbound for SessionInbound {
 /// Decode a message with flattened [`JobOptions`]. serde reads a flattened struct from a
 /// buffer that has lost the field path, so a bad option is looked up again on its own (on
 /// the error path only) to name it.
-fn with_options<T: serde::de::DeserializeOwned>(text: &str) -> Result<T, FieldError> {
+fn with_options<'a, T: Deserialize<'a>>(text: &'a str) -> Result<T, FieldError> {
     from_str::<T>(text).map_err(|e| {
         if e.path.is_empty() {
             from_str::<JobOptions>(text).err().unwrap_or(e)
@@ -194,7 +199,7 @@ fn with_options<T: serde::de::DeserializeOwned>(text: &str) -> Result<T, FieldEr
     })
 }
 
-impl SessionInbound {
+impl SessionInbound<'_> {
     /// The message type, as on the wire.
     pub fn kind(&self) -> &'static str {
         match self {

@@ -12,8 +12,8 @@
 use std::fmt;
 
 use serde::de::{
-    self, DeserializeOwned, DeserializeSeed, Deserializer, EnumAccess, MapAccess, SeqAccess,
-    Unexpected, VariantAccess, Visitor,
+    self, Deserialize, DeserializeSeed, Deserializer, EnumAccess, MapAccess, SeqAccess, Unexpected,
+    VariantAccess, Visitor,
 };
 
 /// A field of the wrong shape: where (`a.b[2]`, empty for the whole frame) and why.
@@ -34,7 +34,8 @@ impl fmt::Display for FieldError {
 }
 
 /// Decode one JSON document strictly (see the module doc); trailing garbage is an error.
-pub fn from_str<T: DeserializeOwned>(text: &str) -> Result<T, FieldError> {
+/// `T` may borrow from `text` (a string without escapes is borrowed, not copied).
+pub fn from_str<'a, T: Deserialize<'a>>(text: &'a str) -> Result<T, FieldError> {
     let mut de = serde_json::Deserializer::from_str(text);
     let value = serde_path_to_error::deserialize(Strict(&mut de)).map_err(|e| {
         let path = e.path().to_string();

@@ -1,5 +1,6 @@
 //! `decode` with the scan for `type` against decoding the envelope first (as it always
-//! did): the same message or the same error for every frame.
+//! did): the same message or the same error for every frame. And an utterance's audio,
+//! borrowed from the frame, against the owned `String` it was: the same answers.
 
 use proptest::prelude::*;
 
@@ -130,4 +131,83 @@ proptest! {
     ) {
         same(&format!("{{{}{tail}", members.join(",")));
     }
+}
+
+/// `Utterance` as it was before its audio was borrowed (`String`): the reference for the
+/// accept/refuse answers and error texts of the borrowing decoder.
+#[derive(Debug, serde::Deserialize)]
+#[allow(dead_code)]
+struct OwnedUtterance {
+    #[serde(default)]
+    session_id: Option<String>,
+    utterance_index: u64,
+    #[serde(default, deserialize_with = "null_default")]
+    manual_cut: bool,
+    src_lang: String,
+    tgt_lang: String,
+    audio: String,
+    #[serde(default)]
+    audio_format: Option<String>,
+    #[serde(default)]
+    sample_rate: Option<u32>,
+    #[serde(flatten)]
+    options: session::JobOptions,
+    #[serde(default)]
+    trace_id: Option<String>,
+    #[serde(default)]
+    pipeline: Option<session::Pipeline>,
+}
+
+#[test]
+fn an_utterances_audio_is_borrowed_from_the_frame_and_refused_as_before() {
+    use std::borrow::Cow;
+    let frame = |audio: &str| {
+        format!(
+            r#"{{"type":"utterance","utterance_index":1,"src_lang":"zh","tgt_lang":"en","audio":{audio},"mode":"one_way"}}"#
+        )
+    };
+    let text = frame(r#""AAEC/w==""#);
+    let Ok(SessionInbound::Utterance(u)) = decode::<SessionInbound>(&text) else {
+        panic!("an utterance");
+    };
+    assert!(matches!(u.audio, Cow::Borrowed("AAEC/w==")));
+    // an escape in the text: an owned copy, unescaped
+    let text = frame(r#""AAEC\/w==""#);
+    let Ok(SessionInbound::Utterance(u)) = decode::<SessionInbound>(&text) else {
+        panic!("an utterance");
+    };
+    assert!(matches!(u.audio, Cow::Owned(ref a) if a == "AAEC/w=="));
+    for audio in [
+        r#""AAEC/w==""#,
+        r#""\u0041""#,
+        "5",
+        "null",
+        "[]",
+        "{}",
+        r#""\ud800""#,
+    ] {
+        let text = frame(audio);
+        let owned = strict::from_str::<OwnedUtterance>(&text).map(|o| o.audio);
+        let borrowed = decode::<SessionInbound>(&text).map(|m| match m {
+            SessionInbound::Utterance(u) => u.audio.into_owned(),
+            _ => String::new(),
+        });
+        match (owned, borrowed) {
+            (Ok(a), Ok(b)) => assert_eq!(a, b),
+            (Err(a), Err(b)) => assert_eq!(
+                format!("malformed utterance: {a}"),
+                b.to_string(),
+                "{audio}"
+            ),
+            (a, b) => panic!("{audio}: {a:?} vs {b:?}"),
+        }
+    }
+    // and without the member at all
+    let text = r#"{"type":"utterance","utterance_index":1,"src_lang":"zh","tgt_lang":"en"}"#;
+    let owned = strict::from_str::<OwnedUtterance>(text).map(|_| ());
+    let borrowed = decode::<SessionInbound>(text).map(|_| ());
+    assert_eq!(
+        owned.map_err(|e| format!("malformed utterance: {e}")),
+        borrowed.map_err(|e| e.to_string())
+    );
 }

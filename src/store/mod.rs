@@ -23,8 +23,11 @@ mod sentinel;
 pub mod sessions;
 
 use std::borrow::Cow;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
+
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::histogram::Histogram;
 
 use redis::Value;
 use serde::Deserialize;
@@ -100,6 +103,62 @@ pub struct Store {
     wait: (u32, u64),
     /// `jobs.stage_min_bytes` (None: 0, stage nothing).
     stage_min: Option<usize>,
+    /// This cell's script-call series, kept once looked up.
+    series: Arc<ScriptSeries>,
+}
+
+/// The outcomes of a script call, the `outcome` label of `script_calls` (indices into
+/// [`ScriptSeries::calls`]).
+const OUTCOMES: [&str; 3] = ["ok", "unavailable", "error"];
+
+/// One cell's series of `script_calls` (per script and outcome) and `script_seconds` (per
+/// script), each looked up in its family on the first call that needs it and kept: a call
+/// then adds to the handle instead of building owned label sets (five small allocations)
+/// for `Family::get_or_create`. The series are created at the same moment as before (a
+/// series appears on `/metrics` when it is first counted).
+struct ScriptSeries {
+    calls: Vec<[OnceLock<Counter>; OUTCOMES.len()]>,
+    seconds: Vec<OnceLock<Histogram>>,
+}
+
+impl ScriptSeries {
+    fn new() -> Self {
+        let n = Script::ALL.len();
+        Self {
+            calls: (0..n).map(|_| Default::default()).collect(),
+            seconds: (0..n).map(|_| OnceLock::new()).collect(),
+        }
+    }
+
+    /// Count one call of `script` in cell `cell` with outcome `OUTCOMES[outcome]`, which
+    /// took `secs`.
+    fn record(&self, m: &Metrics, cell: &str, script: Script, outcome: usize, secs: f64) {
+        let i = script as usize; // `ALL` follows the declaration order
+        let name = script.name();
+        if let Some(c) = self.calls.get(i).and_then(|c| c.get(outcome)) {
+            c.get_or_init(|| {
+                m.script_calls
+                    .get_or_create(&ScriptLabels {
+                        cell: cell.to_string(),
+                        script: name.into(),
+                        outcome: OUTCOMES[outcome].into(),
+                    })
+                    .clone()
+            })
+            .inc();
+        }
+        if let Some(h) = self.seconds.get(i) {
+            h.get_or_init(|| {
+                m.script_seconds
+                    .get_or_create(&ScriptName {
+                        cell: cell.to_string(),
+                        script: name.into(),
+                    })
+                    .clone()
+            })
+            .observe(secs);
+        }
+    }
 }
 
 /// The default of `jobs.stage_min_bytes`: a payload at least this long (a translation_result
@@ -190,6 +249,7 @@ impl Store {
             script_cfg: script_config(cfg),
             wait: (cfg.redis.wait_replicas, cfg.redis.wait_timeout_ms),
             stage_min: Some(cfg.jobs.stage_min_bytes).filter(|b| *b > 0),
+            series: Arc::new(ScriptSeries::new()),
         })
     }
 
@@ -205,6 +265,7 @@ impl Store {
             script_cfg: self.script_cfg.clone(),
             wait: self.wait,
             stage_min: self.stage_min,
+            series: Arc::new(ScriptSeries::new()),
         }
     }
 
@@ -380,25 +441,14 @@ impl Store {
         .instrument(span.clone())
         .await;
         let outcome = match &result {
-            Ok(_) => "ok",
-            Err(StoreError::Unavailable(_)) => "unavailable",
-            Err(_) => "error",
+            Ok(_) => 0,
+            Err(StoreError::Unavailable(_)) => 1,
+            Err(_) => 2,
         };
-        span.record("outcome", outcome);
+        span.record("outcome", OUTCOMES[outcome]);
         let m = &self.metrics;
-        m.script_calls
-            .get_or_create(&ScriptLabels {
-                cell: self.cell.clone(),
-                script: name.into(),
-                outcome: outcome.into(),
-            })
-            .inc();
-        m.script_seconds
-            .get_or_create(&ScriptName {
-                cell: self.cell.clone(),
-                script: name.into(),
-            })
-            .observe(started.elapsed().as_secs_f64());
+        let secs = started.elapsed().as_secs_f64();
+        self.series.record(m, &self.cell, script, outcome, secs);
         match &result {
             Ok(out) => m.record_events(&self.cell, &out.events),
             Err(e) => tracing::warn!(script = name, error = %e, "script call failed"),
