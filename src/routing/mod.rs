@@ -107,11 +107,45 @@ fn write_ui_events(app: &App, cell: &Cell, d: &crate::store::Delivery) {
     };
     let events = d.ev.as_deref().unwrap_or_default().split(',');
     for event in events.filter(|e| !e.is_empty()) {
-        let msg = serde_json::json!({"type": "ui_event", "trace_id": d.tr, "session_id": d.id,
-            "job_id": d.job, "utterance_index": d.ix, "event": event, "status": "ok",
-            "elapsed_ms": d.el});
-        write_local(app, cell, &target, msg.to_string(), None, None, &trace);
+        let msg = ui_event_json(d, event);
+        write_local(app, cell, &target, msg, None, None, &trace);
     }
+}
+
+/// `{"type":"ui_event","trace_id":…,"session_id":…,"job_id":…,"utterance_index":…,
+/// "event":…,"status":"ok","elapsed_ms":…}`, written into one buffer (strings escaped by
+/// serde_json; absent values null).
+fn ui_event_json(d: &crate::store::Delivery, event: &str) -> String {
+    use std::fmt::Write;
+    fn text(out: &mut String, v: Option<&str>) {
+        match v.map(serde_json::to_string) {
+            Some(Ok(s)) => out.push_str(&s),
+            _ => out.push_str("null"),
+        }
+    }
+    fn num(out: &mut String, v: Option<u64>) {
+        match v {
+            Some(n) => {
+                let _ = write!(out, "{n}");
+            }
+            None => out.push_str("null"),
+        }
+    }
+    let mut out = String::with_capacity(256);
+    out.push_str(r#"{"type":"ui_event","trace_id":"#);
+    text(&mut out, d.tr.as_deref());
+    out.push_str(r#","session_id":"#);
+    text(&mut out, Some(&d.id));
+    out.push_str(r#","job_id":"#);
+    text(&mut out, d.job.as_deref());
+    out.push_str(r#","utterance_index":"#);
+    num(&mut out, d.ix);
+    out.push_str(r#","event":"#);
+    text(&mut out, Some(event));
+    out.push_str(r#","status":"ok","elapsed_ms":"#);
+    num(&mut out, d.el);
+    out.push('}');
+    out
 }
 
 /// A terminal message logged in two parts: the script's header, then the node's body.
@@ -268,6 +302,22 @@ pub fn with_audio(msg: &str, audio: Audio) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_ui_entry_becomes_ui_event_json_with_its_strings_escaped() {
+        let d: crate::store::Delivery = serde_json::from_str(
+            r#"{"k":"ui","id":"s-\"1","owner":"i","job":"job-1","tr":"ab","ix":"3","el":"12","ev":"ASR_FINAL"}"#,
+        )
+        .expect("entry");
+        let v: serde_json::Value =
+            serde_json::from_str(&ui_event_json(&d, "ASR_FINAL")).expect("valid JSON");
+        assert_eq!(
+            v,
+            serde_json::json!({"type": "ui_event", "trace_id": "ab", "session_id": "s-\"1",
+                "job_id": "job-1", "utterance_index": 3, "event": "ASR_FINAL", "status": "ok",
+                "elapsed_ms": 12})
+        );
+    }
 
     #[test]
     fn audio_is_spliced_into_the_object() {

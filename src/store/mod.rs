@@ -387,20 +387,24 @@ impl Store {
             let cmd = self
                 .scripts
                 .fcall(script, keys, args.0.iter().map(AsRef::as_ref));
-            let pipe = stage.map(|(key, value)| {
-                let mut p = redis::pipe();
-                p.cmd("SET")
-                    .arg(key)
-                    .arg(value)
-                    .arg("PX")
-                    .arg(STAGE_TTL_MS)
-                    .ignore()
-                    .add_command(cmd.clone());
-                p
-            });
-            let call = async |conn: &mut Conn| match &pipe {
-                Some(p) => p.query_async::<(Vec<Vec<u8>>,)>(conn).await.map(|(r,)| r),
-                None => cmd.query_async::<Vec<Vec<u8>>>(conn).await,
+            // The call alone, or after the staged payload's SET in one pipeline.
+            let call = match stage {
+                None => Ok(cmd),
+                Some((key, value)) => {
+                    let mut p = redis::pipe();
+                    p.cmd("SET")
+                        .arg(key)
+                        .arg(value)
+                        .arg("PX")
+                        .arg(STAGE_TTL_MS)
+                        .ignore()
+                        .add_command(cmd);
+                    Err(p)
+                }
+            };
+            let call = async |conn: &mut Conn| match &call {
+                Ok(cmd) => cmd.query_async::<Vec<Vec<u8>>>(conn).await,
+                Err(p) => p.query_async::<(Vec<Vec<u8>>,)>(conn).await.map(|(r,)| r),
             };
             let mut reply = call(&mut conn).await;
             if let Err(e) = &reply
