@@ -243,15 +243,18 @@ impl Connector {
     /// pipelines concurrent callers) instead of a pool checkout per call, which costs
     /// deadpool-redis' UNWATCH+PING round trip every time. [`Connector::drop_shared`]
     /// forgets one after a connection error. In cluster mode, the cluster connection.
+    ///
+    /// Taking a connection (pool checkout, cluster connect) is boxed: those futures are
+    /// kilobytes, and every script call's future would carry them inline.
     pub async fn shared(&self) -> Result<(usize, Conn), StoreError> {
         if self.is_cluster() {
-            return Ok((0, Conn::Cluster(self.cluster().await?)));
+            return Ok((0, Conn::Cluster(Box::pin(self.cluster()).await?)));
         }
         let i = self.next_shared.fetch_add(1, Ordering::Relaxed) % self.shared.len();
         if let Some(c) = read(&self.shared[i]) {
             return Ok((i, Conn::Multiplexed(c)));
         }
-        let Conn::Pooled(pooled) = self.conn().await? else {
+        let Conn::Pooled(pooled) = Box::pin(self.conn()).await? else {
             return Err(config_err("pool returned a non-pooled connection".into()));
         };
         let fresh = deadpool_redis::Connection::take(pooled);
