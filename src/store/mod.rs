@@ -20,30 +20,28 @@ pub mod nodes;
 pub mod reply;
 pub mod scripts;
 mod sentinel;
+mod series;
 pub mod sessions;
 
 use std::borrow::Cow;
-use std::sync::{Arc, OnceLock};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use prometheus_client::metrics::counter::Counter;
-use prometheus_client::metrics::histogram::Histogram;
-
 use redis::Value;
-use serde::Deserialize;
 use serde::de::DeserializeOwned;
 use tracing::Instrument;
 
 use crate::config::Config;
-use crate::telemetry::metrics::{Metrics, ScriptLabels, ScriptName};
+use crate::telemetry::metrics::Metrics;
 use args::script_config;
 pub use args::{Arg, Args};
 pub use connection::Conn;
 use connection::Connector;
 pub use keys::Keys;
-pub use reply::{Events, Latencies, lua_list};
-use reply::{decode_reply, lua_num};
+use reply::decode_reply;
+pub use reply::{Delivery, Events, Latencies, Output, lua_list};
 pub use scripts::{Script, Scripts};
+use series::{OUTCOMES, ScriptSeries};
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -107,60 +105,6 @@ pub struct Store {
     series: Arc<ScriptSeries>,
 }
 
-/// The outcomes of a script call, the `outcome` label of `script_calls` (indices into
-/// [`ScriptSeries::calls`]).
-const OUTCOMES: [&str; 3] = ["ok", "unavailable", "error"];
-
-/// One cell's series of `script_calls` (per script and outcome) and `script_seconds` (per
-/// script), each looked up in its family on the first call that needs it and kept: a call
-/// then adds to the handle instead of building owned label sets (five small allocations)
-/// for `Family::get_or_create`. The series are created at the same moment as before (a
-/// series appears on `/metrics` when it is first counted).
-struct ScriptSeries {
-    calls: Vec<[OnceLock<Counter>; OUTCOMES.len()]>,
-    seconds: Vec<OnceLock<Histogram>>,
-}
-
-impl ScriptSeries {
-    fn new() -> Self {
-        let n = Script::ALL.len();
-        Self {
-            calls: (0..n).map(|_| Default::default()).collect(),
-            seconds: (0..n).map(|_| OnceLock::new()).collect(),
-        }
-    }
-
-    /// Count one call of `script` in cell `cell` with outcome `OUTCOMES[outcome]`, which
-    /// took `secs`.
-    fn record(&self, m: &Metrics, cell: &str, script: Script, outcome: usize, secs: f64) {
-        let i = script as usize; // `ALL` follows the declaration order
-        let name = script.name();
-        if let Some(c) = self.calls.get(i).and_then(|c| c.get(outcome)) {
-            c.get_or_init(|| {
-                m.script_calls
-                    .get_or_create(&ScriptLabels {
-                        cell: cell.to_string(),
-                        script: name.into(),
-                        outcome: OUTCOMES[outcome].into(),
-                    })
-                    .clone()
-            })
-            .inc();
-        }
-        if let Some(h) = self.seconds.get(i) {
-            h.get_or_init(|| {
-                m.script_seconds
-                    .get_or_create(&ScriptName {
-                        cell: cell.to_string(),
-                        script: name.into(),
-                    })
-                    .clone()
-            })
-            .observe(secs);
-        }
-    }
-}
-
 /// The default of `jobs.stage_min_bytes`: a payload at least this long (a translation_result
 /// with TTS audio, an utterance's audio) does not pass through its script as an argument:
 /// the instance stages it in a key the script renames (Redis' Lua hashes every byte of each
@@ -171,67 +115,6 @@ pub const STAGE_MIN_BYTES: usize = 2048;
 /// How long a staged payload ([`Store::run_staged`]) lives if its script never takes it
 /// (a crash between the two commands of the pipeline, a refused call that did not run).
 const STAGE_TTL_MS: u64 = 60_000;
-
-/// A message a script produced for a connection (node or session).
-#[derive(Debug, Clone, Deserialize, PartialEq)]
-pub struct Delivery {
-    /// `node` or `session`.
-    pub k: String,
-    pub id: String,
-    /// Instance that owns the target's connection.
-    pub owner: String,
-    /// The target's connection token; only that socket may receive it.
-    pub conn: Option<String>,
-    /// The message JSON (for `job_assign` without its `audio`), taken from the reply's
-    /// blob `m` by [`decode_reply`].
-    #[serde(default)]
-    pub msg: String,
-    /// 1-based index into the reply's blobs: the message JSON (a separate bulk string, so
-    /// it is neither escaped by the script nor unescaped here).
-    #[serde(default, deserialize_with = "lua_num")]
-    pub m: Option<usize>,
-    /// 1-based index into the reply's blobs: the job audio to add as base64 `audio`.
-    #[serde(default, deserialize_with = "lua_num")]
-    pub blob: Option<usize>,
-    /// Set (`1`) on a `job_assign` whose audio the caller sent in this call (`submit`): the
-    /// reply carries no blob for it, the caller adds its own copy.
-    #[serde(default, deserialize_with = "lua_num")]
-    pub own: Option<u8>,
-    /// 1-based index into the reply's blobs: the body to append to the message (a large
-    /// translation_result logged in two parts, docs/jobs.md "Result log").
-    #[serde(default, deserialize_with = "lua_num")]
-    pub t: Option<usize>,
-    /// Set (`1`) on a terminal message whose body the caller staged in this call
-    /// (`job_result`): the reply carries no blob for it, the caller appends its own copy.
-    #[serde(default, deserialize_with = "lua_num")]
-    pub town: Option<u8>,
-    /// `k = "ui"`: the `ui_event`s (status ok) to write to session `id`, as `E1,E2`; the
-    /// instance builds them from `job`, `tr` (trace id), `ix` (utterance index) and `el`
-    /// (elapsed ms) instead of the script (lua/includes/deliver.lua `ui_events_ok`).
-    pub ev: Option<String>,
-    pub tr: Option<String>,
-    #[serde(default, deserialize_with = "lua_num")]
-    pub ix: Option<u64>,
-    #[serde(default, deserialize_with = "lua_num")]
-    pub el: Option<u64>,
-    /// Order of a session's terminal messages (the session's out_seq).
-    #[serde(default, deserialize_with = "lua_num")]
-    pub seq: Option<u64>,
-    /// W3C traceparent the delivery span continues.
-    pub tp: Option<String>,
-    /// The job the message concerns (job_assign), for tracing.
-    pub job: Option<String>,
-}
-
-/// A script's typed reply plus what it asks to deliver.
-#[derive(Debug)]
-pub struct Output<T> {
-    pub reply: T,
-    pub out: Vec<Delivery>,
-    pub blobs: Vec<Vec<u8>>,
-    /// Transitions and latencies, already recorded in the metrics by [`Store::run`].
-    pub events: Events,
-}
 
 impl Store {
     /// The store of the default cell; builds the connector (no connection is made yet;

@@ -12,7 +12,68 @@ use std::marker::PhantomData;
 use serde::Deserialize;
 use serde::de::{self, DeserializeOwned, Deserializer, IgnoredAny, MapAccess, SeqAccess, Visitor};
 
-use super::{Delivery, Output, StoreError};
+use super::StoreError;
+
+/// A message a script produced for a connection (node or session).
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+pub struct Delivery {
+    /// `node` or `session`.
+    pub k: String,
+    pub id: String,
+    /// Instance that owns the target's connection.
+    pub owner: String,
+    /// The target's connection token; only that socket may receive it.
+    pub conn: Option<String>,
+    /// The message JSON (for `job_assign` without its `audio`), taken from the reply's
+    /// blob `m` by [`decode_reply`].
+    #[serde(default)]
+    pub msg: String,
+    /// 1-based index into the reply's blobs: the message JSON (a separate bulk string, so
+    /// it is neither escaped by the script nor unescaped here).
+    #[serde(default, deserialize_with = "lua_num")]
+    pub m: Option<usize>,
+    /// 1-based index into the reply's blobs: the job audio to add as base64 `audio`.
+    #[serde(default, deserialize_with = "lua_num")]
+    pub blob: Option<usize>,
+    /// Set (`1`) on a `job_assign` whose audio the caller sent in this call (`submit`): the
+    /// reply carries no blob for it, the caller adds its own copy.
+    #[serde(default, deserialize_with = "lua_num")]
+    pub own: Option<u8>,
+    /// 1-based index into the reply's blobs: the body to append to the message (a large
+    /// translation_result logged in two parts, docs/jobs.md "Result log").
+    #[serde(default, deserialize_with = "lua_num")]
+    pub t: Option<usize>,
+    /// Set (`1`) on a terminal message whose body the caller staged in this call
+    /// (`job_result`): the reply carries no blob for it, the caller appends its own copy.
+    #[serde(default, deserialize_with = "lua_num")]
+    pub town: Option<u8>,
+    /// `k = "ui"`: the `ui_event`s (status ok) to write to session `id`, as `E1,E2`; the
+    /// instance builds them from `job`, `tr` (trace id), `ix` (utterance index) and `el`
+    /// (elapsed ms) instead of the script (lua/includes/deliver.lua `ui_events_ok`).
+    pub ev: Option<String>,
+    pub tr: Option<String>,
+    #[serde(default, deserialize_with = "lua_num")]
+    pub ix: Option<u64>,
+    #[serde(default, deserialize_with = "lua_num")]
+    pub el: Option<u64>,
+    /// Order of a session's terminal messages (the session's out_seq).
+    #[serde(default, deserialize_with = "lua_num")]
+    pub seq: Option<u64>,
+    /// W3C traceparent the delivery span continues.
+    pub tp: Option<String>,
+    /// The job the message concerns (job_assign), for tracing.
+    pub job: Option<String>,
+}
+
+/// A script's typed reply plus what it asks to deliver.
+#[derive(Debug)]
+pub struct Output<T> {
+    pub reply: T,
+    pub out: Vec<Delivery>,
+    pub blobs: Vec<Vec<u8>>,
+    /// Transitions and latencies, already recorded in the metrics by [`Store::run`].
+    pub events: Events,
+}
 
 /// A reply in one pass: `out`, `ev` and `lat` decoded directly, the rest (a few status
 /// fields, buffered by serde's `flatten`) into the script's own reply `T`.
