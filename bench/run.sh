@@ -188,7 +188,19 @@ start_instance "$BIN" "$WORK/instance-tts.log" "$P_TTS" "redis://127.0.0.1:$RP_T
 I_TTS=$INSTANCE_PID
 sim tts --url "ws://127.0.0.1:$P_TTS" --nodes 4 --capacity 16 --delay-ms 0-0 --sessions 10 \
   --window 2 --interval-ms 0 --utterances 40 --duration-s 30 --grace-s 5 --tts-bytes "$TTS_BYTES"
-LOG_RES_TTS_B=$(RP=$RP_TTS per_entry results hlen)
+# A result with TTS audio is logged in two parts (docs/redis-keys.md): the entry and the
+# string key session:<sid>:body:<idx>. Bytes of the body keys per entry, same 20 sessions.
+per_entry_body() {
+  { redis-cli -p "$RP" --scan --pattern "*:session:*:results" || true; } | head -20 |
+    while read -r k; do
+      n=$(redis-cli -p "$RP" hlen "$k") b=0
+      for bk in $({ redis-cli -p "$RP" --scan --pattern "${k%:results}:body:*" || true; }); do
+        b=$((b + $(redis-cli -p "$RP" memory usage "$bk" samples 0)))
+      done
+      echo "$b $n"
+    done | awk '{b += $1; n += $2} END {if (n) printf "%.1f\n", b / n; else print 0}'
+}
+LOG_RES_TTS_B=$(echo "$(RP=$RP_TTS per_entry results hlen) + $(RP=$RP_TTS per_entry_body)" | bc -l)
 stop "$I_TTS" "$R_TTS"
 MEM_PER_RATE_TTS=$(echo "$JOB_TTL_MS / 1000 * $JOB_REC_B + $RETENTION_MS / 1000 * \
   ($LOG_B - $LOG_RES_B + $LOG_RES_TTS_B)" | bc -l)
