@@ -4,9 +4,6 @@
 //! by state, pool sizes) are read from Redis when `/metrics` is scraped, so every instance
 //! reports the same truth without keeping state of its own.
 
-use std::borrow::Cow;
-
-use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
@@ -14,66 +11,8 @@ use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
 use std::sync::atomic::Ordering::Relaxed;
 
-#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-pub struct ScriptLabels {
-    pub cell: String,
-    pub script: String,
-    pub outcome: String,
-}
-
-#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-pub struct ScriptName {
-    pub cell: String,
-    pub script: String,
-}
-
-#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-pub struct KindLabels {
-    pub kind: String,
-}
-
-/// Connection kind and detail (message type, outcome, reason); the values are static
-/// strings borrowed, so counting a frame or a delivery allocates nothing.
-#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-pub struct MessageLabels {
-    pub kind: Cow<'static, str>,
-    #[prometheus(flatten)]
-    pub detail: Detail,
-}
-
-#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-pub struct Detail {
-    pub detail: Cow<'static, str>,
-}
-
-#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-pub struct EventLabels {
-    pub cell: String,
-    pub event: String,
-}
-
-#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-pub struct ReasonLabels {
-    pub cell: String,
-    pub reason: String,
-}
-
-#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-pub struct CellLabels {
-    pub cell: String,
-}
-
-#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-pub struct StateLabels {
-    pub cell: String,
-    pub state: String,
-}
-
-#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-pub struct PoolLabels {
-    pub cell: String,
-    pub pool: String,
-}
+use super::labels::msg;
+pub use super::labels::*;
 
 /// Every metric family; cheap to clone handles out of.
 pub struct Metrics {
@@ -457,45 +396,4 @@ impl Default for Metrics {
     fn default() -> Self {
         Self::new()
     }
-}
-
-fn msg(kind: &'static str, detail: &'static str) -> MessageLabels {
-    MessageLabels {
-        kind: Cow::Borrowed(kind),
-        detail: Detail {
-            detail: Cow::Borrowed(detail),
-        },
-    }
-}
-
-/// A label value from a code a peer chose: the PROTOCOL.md codes as they are, anything
-/// else `OTHER`, so a misbehaving node cannot grow the registry without bound.
-pub fn known_code(code: &str) -> &str {
-    const CODES: &[&str] = &[
-        "INVALID_MESSAGE",
-        "INTERNAL_ERROR",
-        "INVALID_SESSION",
-        "SESSION_CLOSED",
-        "NODE_UNAVAILABLE",
-        "NODE_OVERLOADED",
-        "MODEL_NOT_AVAILABLE",
-        "MODEL_LOAD_FAILED",
-        "UNSUPPORTED_FEATURE",
-        "INVALID_PAIRING_CODE",
-        "NO_AVAILABLE_NODE",
-        "WS_DISCONNECTED",
-        "NMT_TIMEOUT",
-        "TTS_TIMEOUT",
-        "JOB_TIMEOUT",
-        "MODEL_VERIFY_FAILED",
-        "MODEL_CORRUPTED",
-        "NO_GPU_AVAILABLE",
-        "NODE_ID_CONFLICT",
-        "INVALID_CAPABILITY_SCHEMA",
-        "SCHEDULER_DEPENDENCY_DOWN",
-        "PROCESSING_ERROR",
-        "UNAUTHORIZED",
-        "RATE_LIMITED",
-    ];
-    if CODES.contains(&code) { code } else { "OTHER" }
 }
