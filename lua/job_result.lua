@@ -8,6 +8,7 @@ and re-dispatches to another node at once. Any other failure fails the utterance
 Input:
   KEYS[1] job hash   KEYS[2] {tag}:due:jobs
   KEYS[3] (optional) a large result's body, staged by the instance (ARGV[10] is then "")
+    with the TTL of session:<sid>:body:<idx> (CFG.session_ttl + 2 x CFG.retention)
   Derived: node, session (results, pending), pool and queue keys.
   ARGV[1..4] ctx   ARGV[5] job id   ARGV[6] attempt id   ARGV[7] node id
   ARGV[8] connection token   ARGV[9] outcome: ok | model_not_available | error
@@ -86,10 +87,10 @@ local function ok_fields(attempt)
   DERIVED[name] = f
   return f
 end
-local NODE_FIELDS = {'conn', 'capacity_target', 'state', 'reserved', 'capacity'}
+local NODE_FIELDS = {'conn', 'capacity_target', 'state', 'reserved', 'capacity', 'capsig'}
 -- The session's fields the result path reads (owner for delivery, utterance group, cursor).
 local SESSION_FIELDS = {'id', 'owner', 'conn', 'grp_id', 'grp_anchor', 'grp_part', 'grp_ctx',
-  'next_deliver', 'out_seq', 'trim_at'}
+  'grp_lens', 'next_deliver', 'out_seq', 'trim_at'}
 
 local jid, nid, outcome = ARGV[5], ARGV[7], ARGV[9]
 local ok = outcome == 'ok'

@@ -5,6 +5,7 @@ reservation -> DISPATCHED with attempt and deadline; or a bounded wait in the po
 or an immediate NO_AVAILABLE_NODE when no node can ever serve the pair.
 Input:
   KEYS[1] session hash   KEYS[2] (optional) the audio, staged by the instance (ARGV[9] is "")
+    with the TTL of job:<jid>:audio (CFG.job_ttl): renamed to it, it keeps it
   Derived: session jobs/results keys; job, job audio, node, pool, queue, due keys.
   ARGV[1..4] ctx   ARGV[5] session id   ARGV[6] connection token   ARGV[7] utterance index
   ARGV[8] job_assign template JSON (without job_id/attempt_id/audio)   ARGV[9] audio bytes
@@ -44,10 +45,6 @@ if not sess then return done({status = why}) end
 if sess.state ~= 'open' then return done({status = 'closed'}) end
 if idx > tonumber(sess.next_deliver or '0') + CFG.max_ahead then
   return done({status = 'too_far'})
-end
--- checked before any write: a job without its audio could never be served
-if stage and redis.call('EXISTS', stage.key) == 0 then
-  error({err = 'ERR staged audio missing: ' .. stage.key})
 end
 -- The session fields the dispatch writes (last_node) go with the activity mark: one HSET.
 local sess_set = {}

@@ -15,6 +15,26 @@ use serde_json::{Value, json};
 
 const T: Duration = Duration::from_secs(5);
 
+/// The parts of the session's stored group context, cut by `grp_lens` (bytes.chars per
+/// part), which must add up: byte lengths with one separator between parts, and the
+/// character count of each part.
+async fn context_parts(c: &mut redis::aio::MultiplexedConnection, sid: &str) -> Vec<String> {
+    let ctx = session_field(c, sid, "grp_ctx").await;
+    let lens = session_field(c, sid, "grp_lens").await;
+    let mut parts = Vec::new();
+    let mut at = 0;
+    for l in lens.split(',') {
+        let (b, ch) = l.split_once('.').expect("bytes.chars");
+        let (b, ch): (usize, usize) = (b.parse().expect("bytes"), ch.parse().expect("chars"));
+        let part = &ctx[at..at + b];
+        assert_eq!(part.chars().count(), ch, "characters of {part:?} ({lens})");
+        parts.push(part.to_string());
+        at += b + 1;
+    }
+    assert_eq!(at, ctx.len() + 1, "grp_lens {lens} does not cover {ctx:?}");
+    parts
+}
+
 /// Send utterance `idx`, let the node answer with `asr`, and return the translation_result.
 async fn round(
     s: &mut WsClient,
@@ -115,18 +135,19 @@ async fn results_with_text_join_one_group_with_consecutive_parts_and_bounded_con
         let r = round(&mut s, &sid, &mut n, &nid, i, &asr).await;
         assert_eq!(group(&r), (gid.as_str(), i - 1), "parts without gaps");
         if i == 11 {
-            let ctx = session_field(&mut c, &sid, "grp_ctx").await;
-            let parts: Vec<&str> = ctx.split('\u{1e}').collect();
-            assert_eq!(parts.len(), 8, "{ctx}");
+            let parts = context_parts(&mut c, &sid).await;
+            assert_eq!(parts.len(), 8, "{parts:?}");
             assert_eq!(parts[0], "User: 句子4\nTarget: T4");
+            assert_eq!(parts[7], "User: 句子11\nTarget: T11");
         }
     }
     let ctx = session_field(&mut c, &sid, "grp_ctx").await;
-    let parts: Vec<&str> = ctx.split('\u{1e}').collect();
+    let parts = context_parts(&mut c, &sid).await;
     assert!(ctx.chars().count() <= 800, "{} chars", ctx.chars().count());
     assert!(parts.len() < 8, "{} parts", parts.len());
-    assert!(parts.last().unwrap().starts_with("User: 长"), "{ctx}");
-    assert!(parts.last().unwrap().ends_with("Target: T14"), "{ctx}");
+    let last = parts.last().expect("a part");
+    assert!(last.starts_with("User: 长"), "{ctx}");
+    assert!(last.ends_with("Target: T14"), "{ctx}");
     invariants::check(&mut c).await;
 }
 
@@ -225,5 +246,55 @@ async fn groups_continue_across_an_instance_restart() {
     play_ended(&mut s, &sid, &g1).await;
     let r2 = round(&mut s, &sid, &mut n, &nid, 2, "三").await;
     assert_eq!(group(&r2), (g1.as_str(), 2), "the group lives in Redis");
+    invariants::check(&mut c).await;
+}
+
+#[tokio::test]
+async fn a_context_stored_by_an_earlier_version_is_converted_on_the_next_result() {
+    let redis = RedisServer::start().await;
+    let inst = start_instance(&redis).await;
+    let mut c = redis.client().await;
+    let (mut n, nid) = node_on(&inst, None).await;
+    let (mut s, sid) = session_on(&inst).await;
+    let r0 = round(&mut s, &sid, &mut n, &nid, 0, "一").await;
+    let gid = r0["group_id"].as_str().expect("group").to_string();
+    // What an earlier version stored: parts separated by the byte 0x1E, no grp_lens.
+    let sk = format!("{}session:{sid}", invariants::PREFIX);
+    let old = "User: 一\nTarget: T0\u{1e}User: 二\nTarget: T1";
+    let _: () = redis::cmd("HSET")
+        .arg(&sk)
+        .arg("grp_ctx")
+        .arg(old)
+        .arg("grp_part")
+        .arg(2)
+        .query_async(&mut c)
+        .await
+        .expect("hset");
+    let _: () = redis::cmd("HDEL")
+        .arg(&sk)
+        .arg("grp_lens")
+        .query_async(&mut c)
+        .await
+        .expect("hdel");
+    // Its next job_assign reads the old form as the text it stands for...
+    s.send(&utterance(&sid, 1)).await;
+    let a = assign(&mut n).await;
+    assert_eq!(
+        a["context_text"],
+        "User: 一\nTarget: T0\nUser: 二\nTarget: T1"
+    );
+    // ... and its result stores the new form, with lengths that add up.
+    answer_asr(&mut n, &a, &nid, "三").await;
+    let r1 = terminals(&mut s, 1, T).await.remove(0);
+    assert_eq!(r1["group_id"], gid.as_str());
+    let parts = context_parts(&mut c, &sid).await;
+    assert_eq!(
+        parts,
+        [
+            "User: 一\nTarget: T0",
+            "User: 二\nTarget: T1",
+            "User: 三\nTarget: T1"
+        ]
+    );
     invariants::check(&mut c).await;
 }

@@ -196,3 +196,54 @@ async fn scripts_refuse_non_numeric_arguments_before_writing_anything() {
     let buf: Option<String> = c.hget(&sk, "buf_bytes").await.expect("hget");
     assert_eq!(buf.as_deref(), Some("0"));
 }
+
+#[tokio::test]
+async fn a_submit_whose_staged_audio_is_missing_fails_before_writing_anything() {
+    use switchyard::store::scripts::Script;
+    let redis = RedisServer::start().await;
+    let inst = start_instance(&redis).await;
+    let mut c = redis.client().await;
+    let store = &inst.app.cells.default_cell().store;
+    let sk = store.keys.session("s-stage");
+    call_raw(
+        &inst,
+        &mut c,
+        Script::SessionOpen,
+        std::slice::from_ref(&sk),
+        &[b"s-stage", b"1", b"conn-1", b"nonce", b"", b"0", b"0"],
+    )
+    .await
+    .expect("session opens");
+    let before: std::collections::BTreeMap<String, String> = c.hgetall(&sk).await.expect("hgetall");
+    let keys_before: Vec<String> = c.keys(format!("{PREFIX}*")).await.expect("keys");
+
+    // KEYS[2] names a staged key the instance never wrote (it expired, or its SET was lost).
+    let stage = store.keys.staged_audio("s-stage", 0);
+    let e = call_raw(
+        &inst,
+        &mut c,
+        Script::Submit,
+        &[sk.clone(), stage.clone()],
+        &[
+            b"s-stage",
+            b"conn-1",
+            b"0",
+            b"{}",
+            b"",
+            b"pub:zh:en",
+            b"asr,nmt",
+            b"zh>en",
+            b"0af7651916cd43dd8448eb211c80319c",
+        ],
+    )
+    .await
+    .expect_err("refused");
+    assert!(e.to_string().contains("staged audio missing"), "{e}");
+    let after: std::collections::BTreeMap<String, String> = c.hgetall(&sk).await.expect("hgetall");
+    assert_eq!(before, after, "the session record changed");
+    let mut keys_after: Vec<String> = c.keys(format!("{PREFIX}*")).await.expect("keys");
+    let mut keys_before = keys_before;
+    keys_before.sort();
+    keys_after.sort();
+    assert_eq!(keys_before, keys_after, "a key was written or removed");
+}

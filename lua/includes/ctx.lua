@@ -47,6 +47,15 @@ local CFG_RAW = nil
 -- per configuration instead of on every call (emptied when the configuration changes).
 local DERIVED = {}
 
+-- derive(name, v): keep `v` in DERIVED under `name`, while it holds fewer than 256 such
+-- entries (what scripts derive from values in Redis, such as node signatures, is not bounded
+-- by the configuration). Returns v.
+local function derive(name, v)
+  DERIVED.n = (DERIVED.n or 0) + 1
+  if DERIVED.n <= 256 then DERIVED[name] = v end
+  return v
+end
+
 -- begin(keys, args): the context of one call, before its body runs.
 local function begin(keys, args)
   KEYS, ARGV = keys, args
@@ -64,10 +73,6 @@ local function begin(keys, args)
       CFGS[name] = string.format('%d', v[i])
     end
     CFGS.node_jobs_ttl = string.format('%d', CFG.liveness + CFG.node_retention)
-    -- a split result's body: longer than its log entry can live (results.lua; an entry is
-    -- trimmed at most 9/8 of the retention after it settled while the session lives, and
-    -- the log expires at most the idle TTL after the later of its last write and refresh)
-    CFGS.body_ttl = string.format('%d', CFG.session_ttl + 2 * CFG.retention)
     CFG_RAW = raw
     DERIVED = {}
   end

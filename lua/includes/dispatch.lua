@@ -107,7 +107,7 @@ end
 
 -- load_fields(needs_csv) -> the node fields load() reads for a job needing those services,
 -- the services, and each as ",svc," (to find in ",<node services>,"). Kept in DERIVED
--- (a job's `needs` is one of a few pipelines; at most 64 kept).
+-- (a job's `needs` is one of a few pipelines).
 local function load_fields(csv)
   local name = 'load:' .. csv
   local d = DERIVED[name]
@@ -121,8 +121,7 @@ local function load_fields(csv)
     needles[#needles + 1] = ',' .. svc .. ','
     fields[#fields + 1] = 'down:' .. svc
   end
-  DERIVED.n = (DERIVED.n or 0) + 1
-  if DERIVED.n <= 64 then DERIVED[name] = {fields, needs, needles} end
+  derive(name, {fields, needs, needles})
   return fields, needs, needles
 end
 
@@ -407,16 +406,32 @@ local function dispatch(jid, job, code, message)
   return 'queued'
 end
 
+-- node_pools(capsig): the pools a node is in, read from its capability signature (its
+-- last part: the pool names, space-separated; register and heartbeat write it with the
+-- pools set, take_offline and node_offline empty both), saving an SMEMBERS. Nodes share a
+-- few signatures: each is split once (kept in DERIVED, bounded like load_fields).
+local function node_pools(capsig)
+  local name = 'pools:' .. (capsig or '')
+  local pools = DERIVED[name]
+  if pools then return pools end
+  pools = {}
+  for p in string.gmatch(string.match(capsig or '', '^[^|]*|[^|]*|(.*)$') or '', '%S+') do
+    pools[#pools + 1] = p
+  end
+  derive(name, pools)
+  return pools
+end
+
 -- offer(nid, known): hand the node's free capacity to jobs waiting in its pools' queues.
--- `known` (optional): the node's state, reserved and capacity as they are now (read in
--- this call: release_node keeps them current), saving their HMGET.
+-- `known` (optional): the node's state, reserved, capacity and capsig as they are now
+-- (read in this call: release_node keeps them current), saving their HMGET.
 local function offer(nid, known)
-  local n = known and {known.state, known.reserved, known.capacity}
-    or redis.call('HMGET', node_key(nid), 'state', 'reserved', 'capacity')
+  local n = known and {known.state, known.reserved, known.capacity, known.capsig}
+    or redis.call('HMGET', node_key(nid), 'state', 'reserved', 'capacity', 'capsig')
   if n[1] ~= 'ready' then return end
   local room = tonumber(n[3] or '0') - tonumber(n[2] or '0')
   if room <= 0 then return end
-  local pools = redis.call('SMEMBERS', node_key(nid) .. ':pools')
+  local pools = node_pools(n[4])
   -- One EXISTS over every queue: when nothing waits (the common case) that is one command
   -- instead of one LRANGE per pool.
   local qks = {}

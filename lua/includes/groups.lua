@@ -4,12 +4,16 @@
 --   grp_seq     groups this session started; ids are g-<sid>-<grp_seq>
 --   grp_anchor  ms; the group's creation, moved by each tts_play_ended naming it
 --   grp_part    the part_index the next result of the group gets
---   grp_ctx     the group's last parts, "User: <asr>\nTarget: <translation>", separated by
---               "\30" (ASCII RS), at most GROUP_PARTS parts and GROUP_CHARS characters
+--   grp_ctx     the group's last parts, "User: <asr>\nTarget: <translation>", joined by "\n":
+--               the job_assign's `context_text` as is; at most GROUP_PARTS parts and
+--               GROUP_CHARS characters
+--   grp_lens    each part of grp_ctx as "<bytes>.<characters>", oldest first, comma-separated:
+--               bounding the context is arithmetic and one string.sub, instead of splitting
+--               it and counting the characters of every part on each result
 -- A result with non-empty text_asr joins the active group unless there is none, it was
 -- closed, or more than CFG.group_window ms passed since its anchor; then a new group starts.
 local GROUP_PARTS, GROUP_CHARS = 8, 800
-local RS = '\30'
+local RS = '\30' -- the part separator of grp_ctx before grp_lens (an earlier version)
 
 -- utf8_len(s), utf8_tail(s, n): characters of a UTF-8 string; its last n characters.
 local function utf8_len(s)
@@ -28,31 +32,62 @@ local function utf8_tail(s, n)
   return s
 end
 
--- group_bound(ctx): keep the last GROUP_PARTS parts, then drop the oldest while the text is
--- over GROUP_CHARS characters (the newest part alone is cut to its last characters).
-local function group_bound(ctx)
+-- group_parts(ctx, lens) -> ctx, {{bytes, chars}...}: the stored context and its parts. A
+-- context without matching lengths (written by an earlier version: parts separated by RS,
+-- no grp_lens) is converted; one whose lengths do not add up counts as a single part.
+local function group_parts(ctx, lens)
   local parts = {}
-  for p in string.gmatch(ctx, '[^' .. RS .. ']+') do parts[#parts + 1] = p end
-  local first = math.max(1, #parts - GROUP_PARTS + 1)
-  local total = 0
-  for i = first, #parts do total = total + utf8_len(parts[i]) + 1 end
-  while total - 1 > GROUP_CHARS and first < #parts do
-    total = total - utf8_len(parts[first]) - 1
-    first = first + 1
+  if not ctx or ctx == '' then return '', parts end
+  local bytes = -1
+  for b, c in string.gmatch(lens or '', '(%d+)%.(%d+)') do
+    b = tonumber(b)
+    parts[#parts + 1] = {b, tonumber(c)}
+    bytes = bytes + b + 1
   end
-  local kept = table.concat(parts, RS, first, #parts)
-  if total - 1 > GROUP_CHARS then kept = utf8_tail(kept, GROUP_CHARS) end
-  return kept
+  if bytes == #ctx then return ctx, parts end
+  parts = {}
+  if string.find(ctx, RS, 1, true) then
+    local texts = {}
+    for p in string.gmatch(ctx, '[^' .. RS .. ']+') do
+      texts[#texts + 1] = p
+      parts[#parts + 1] = {#p, utf8_len(p)}
+    end
+    return table.concat(texts, '\n'), parts
+  end
+  return ctx, {{#ctx, utf8_len(ctx)}}
 end
 
--- group_append(ctx, entry, parts): `ctx` ('' or nil: none) with `entry` appended, bounded.
--- `parts`: how many parts `ctx` holds at most. When the result has at most GROUP_PARTS parts
--- and GROUP_CHARS bytes it is within both bounds (a character is at least a byte) and is
--- returned as is, without group_bound's split and character count.
-local function group_append(ctx, entry, parts)
-  local new = (ctx and ctx ~= '') and (ctx .. RS .. entry) or entry
-  if parts < GROUP_PARTS and #new <= GROUP_CHARS then return new end
-  return group_bound(new)
+-- group_append(ctx, lens, entry) -> ctx, lens: `entry` appended to the stored context
+-- (grp_ctx, grp_lens; nil or '': none), bounded: the last GROUP_PARTS parts, then the oldest
+-- dropped while the text (a separator counting one) is over GROUP_CHARS characters; the
+-- newest part alone is cut to its last characters.
+local function group_append(ctx, lens, entry)
+  local parts
+  ctx, parts = group_parts(ctx, lens)
+  local n = #parts + 1
+  parts[n] = {#entry, utf8_len(entry)}
+  local first = math.max(1, n - GROUP_PARTS + 1)
+  local total = -1
+  for i = first, n do total = total + parts[i][2] + 1 end
+  while total > GROUP_CHARS and first < n do
+    total = total - parts[first][2] - 1
+    first = first + 1
+  end
+  local new
+  if first == n then
+    new = entry
+  else
+    local drop = 0
+    for i = 1, first - 1 do drop = drop + parts[i][1] + 1 end
+    new = (drop > 0 and string.sub(ctx, drop + 1) or ctx) .. '\n' .. entry
+  end
+  if total > GROUP_CHARS then
+    new = utf8_tail(new, GROUP_CHARS)
+    return new, #new .. '.' .. GROUP_CHARS
+  end
+  local out = {}
+  for i = first, n do out[#out + 1] = parts[i][1] .. '.' .. parts[i][2] end
+  return new, table.concat(out, ',')
 end
 
 -- group_join(sid, asr, translated, s, set) -> group_id, part_index (nil when the session is
@@ -61,18 +96,20 @@ end
 -- writes them in an HSET of its own) instead of an HSET here.
 local function group_join(sid, asr, translated, s, set)
   local sk = session_key(sid)
-  local g = s and {s.id, s.grp_id, s.grp_anchor, s.grp_part, s.grp_ctx}
-    or redis.call('HMGET', sk, 'id', 'grp_id', 'grp_anchor', 'grp_part', 'grp_ctx')
+  local g = s and {s.id, s.grp_id, s.grp_anchor, s.grp_part, s.grp_ctx, s.grp_lens}
+    or redis.call('HMGET', sk, 'id', 'grp_id', 'grp_anchor', 'grp_part', 'grp_ctx', 'grp_lens')
   if not g[1] then return nil end
   local gid, part = g[2], tonumber(g[4] or '0')
   local entry = 'User: ' .. asr .. '\nTarget: ' .. translated
   local f
   if not gid or gid == '' or NOW - tonumber(g[3] or '0') > CFG.group_window then
     gid = 'g-' .. sid .. '-' .. redis.call('HINCRBY', sk, 'grp_seq', '1')
-    f = {'grp_id', gid, 'grp_anchor', NOWS, 'grp_part', '1', 'grp_ctx', group_append('', entry, 0)}
+    local ctx, lens = group_append('', '', entry)
+    f = {'grp_id', gid, 'grp_anchor', NOWS, 'grp_part', '1', 'grp_ctx', ctx, 'grp_lens', lens}
     part = 0
   else
-    f = {'grp_part', dec(part + 1), 'grp_ctx', group_append(g[5], entry, part)}
+    local ctx, lens = group_append(g[5], g[6], entry)
+    f = {'grp_part', dec(part + 1), 'grp_ctx', ctx, 'grp_lens', lens}
   end
   if set then
     for _, v in ipairs(f) do set[#set + 1] = v end
@@ -89,5 +126,8 @@ local function group_context(sess)
   if not gid or gid == '' or NOW - tonumber(sess.grp_anchor or '0') > CFG.group_window then
     return ''
   end
-  return (string.gsub(sess.grp_ctx or '', RS, '\n'))
+  local ctx = sess.grp_ctx or ''
+  -- stored as sent, but by an earlier version with RS between parts (until its next result)
+  if string.find(ctx, RS, 1, true) then ctx = string.gsub(ctx, RS, '\n') end
+  return ctx
 end

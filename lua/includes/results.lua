@@ -128,8 +128,7 @@ local function settle(sid, idx, msg, s, stamped, set, body)
   local tail = nil
   if body then
     tail = {key = body_key(sid, idx), own = body.own}
-    redis.call('RENAME', body.stage, tail.key)
-    redis.call('PEXPIRE', tail.key, CFGS.body_ttl)
+    redis.call('RENAME', body.stage, tail.key) -- staged with CFGS.body_ttl: it keeps it
     body.taken = true
   end
   redis.call('ZADD', sk .. ':rtime', NOWS, idx)

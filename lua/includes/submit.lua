@@ -3,8 +3,9 @@
 --   spec  job_assign JSON without job_id/attempt_id/audio (built by Rust or from the session)
 --   meta  {pools=, needs=, pair=, trace_id=, turn_id=, turn_node=, web_ms=?, sess_set=?,
 --         own_audio=?, stage=?}  own_audio: the caller holds `audio` (deliver's `own`)
---         stage: {key=} the audio staged in that key by the caller (`audio` is then "",
---         the key is renamed to the job's: the audio never becomes a Lua string);
+--         stage: {key=} the audio staged in that key by the caller with the job's TTL
+--         (`audio` is then "", the key is renamed to the job's: the audio never becomes a
+--         Lua string; a missing key fails the call, this RENAME being its first write);
 --         `stage.taken` is set when it was
 --         sess_set: a list the session fields dispatch writes are appended to (the caller
 --         writes them), instead of their own HSET
@@ -37,8 +38,12 @@ local function submit(sid, sess, idx, spec, audio, meta)
   job.sess_set = meta.sess_set
   local jk = job_key(jid)
   if meta.stage then
-    redis.call('RENAME', meta.stage.key, jk .. ':audio')
-    redis.call('PEXPIRE', jk .. ':audio', CFGS.job_ttl)
+    -- The first write of the call: a staged key found missing fails it before any other
+    -- (a job without its audio could never be served). The key came with its TTL.
+    local moved = redis.pcall('RENAME', meta.stage.key, jk .. ':audio')
+    if type(moved) == 'table' and moved.err then
+      error({err = 'ERR staged audio missing: ' .. meta.stage.key})
+    end
     meta.stage.taken = true
     audio = {key = jk .. ':audio'} -- read by deliver only for a node of another instance
   else

@@ -119,7 +119,7 @@ impl Store {
             }
             Outcome::Error { code, message } => base.s("error").s(message).s("").s(code),
         };
-        let stage = staged.map(|b| (keys[2].as_str(), b.as_bytes()));
+        let stage = staged.map(|b| self.staged_body(&keys[2], b.as_bytes()));
         self.run_staged(Script::JobResult, &keys, args, stage).await
     }
 

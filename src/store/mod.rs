@@ -101,6 +101,7 @@ pub struct Store {
     wait: (u32, u64),
     /// `jobs.stage_min_bytes` (None: 0, stage nothing).
     stage_min: Option<usize>,
+    stage_ttls: StageTtls,
     /// This cell's script-call series, kept once looked up.
     series: Arc<ScriptSeries>,
 }
@@ -112,9 +113,26 @@ pub struct Store {
 /// joins a staged result body to the script's header when it writes the message.
 pub const STAGE_MIN_BYTES: usize = 2048;
 
-/// How long a staged payload ([`Store::run_staged`]) lives if its script never takes it
-/// (a crash between the two commands of the pipeline, a refused call that did not run).
-const STAGE_TTL_MS: u64 = 60_000;
+/// A payload staged for a script call ([`Store::run_staged`]): `SET key value PX ttl_ms`
+/// in the same pipeline. The TTL is the one of the key the script renames it to (RENAME
+/// keeps it), so the script sets none; a key no script takes (a crash between the two
+/// commands, a call that never ran) lives as long.
+pub(crate) struct Staged<'a> {
+    pub key: &'a str,
+    pub value: &'a [u8],
+    pub ttl_ms: u64,
+}
+
+/// The TTLs of the keys staged payloads become.
+#[derive(Clone, Copy)]
+struct StageTtls {
+    /// `job:<jid>:audio`: the job record's (`jobs.record_ttl_ms`).
+    audio: u64,
+    /// `session:<sid>:body:<idx>`: longer than its log entry can live (an entry is trimmed
+    /// at most 9/8 of the retention after it settled while the session lives, and the log
+    /// expires at most the idle TTL after the later of its last write and refresh).
+    body: u64,
+}
 
 impl Store {
     /// The store of the default cell; builds the connector (no connection is made yet;
@@ -132,6 +150,10 @@ impl Store {
             script_cfg: script_config(cfg),
             wait: (cfg.redis.wait_replicas, cfg.redis.wait_timeout_ms),
             stage_min: Some(cfg.jobs.stage_min_bytes).filter(|b| *b > 0),
+            stage_ttls: StageTtls {
+                audio: cfg.jobs.record_ttl_ms,
+                body: cfg.session.idle_ttl_ms + 2 * cfg.session.result_retention_ms,
+            },
             series: Arc::new(ScriptSeries::new()),
         })
     }
@@ -148,6 +170,7 @@ impl Store {
             script_cfg: self.script_cfg.clone(),
             wait: self.wait,
             stage_min: self.stage_min,
+            stage_ttls: self.stage_ttls,
             series: Arc::new(ScriptSeries::new()),
         }
     }
@@ -155,6 +178,18 @@ impl Store {
     /// Whether a payload of `len` bytes is staged (`jobs.stage_min_bytes`).
     fn stages(&self, len: usize) -> bool {
         self.stage_min.is_some_and(|min| len >= min)
+    }
+
+    /// An utterance's audio staged in `key`, for `submit`.
+    fn staged_audio<'a>(&self, key: &'a str, value: &'a [u8]) -> Staged<'a> {
+        let ttl_ms = self.stage_ttls.audio;
+        Staged { key, value, ttl_ms }
+    }
+
+    /// A result's body staged in `key`, for `job_result`.
+    fn staged_body<'a>(&self, key: &'a str, value: &'a [u8]) -> Staged<'a> {
+        let ttl_ms = self.stage_ttls.body;
+        Staged { key, value, ttl_ms }
     }
 
     /// The cell's name.
@@ -243,7 +278,7 @@ impl Store {
         script: Script,
         keys: &[String],
         mut args: Args<'_>,
-        stage: Option<(&str, &[u8])>,
+        stage: Option<Staged<'_>>,
     ) -> Result<Output<T>, StoreError> {
         let name = script.name();
         let span = tracing::info_span!(
@@ -276,13 +311,13 @@ impl Store {
             // The call alone, or after the staged payload's SET in one pipeline.
             let call = match stage {
                 None => Ok(cmd),
-                Some((key, value)) => {
+                Some(Staged { key, value, ttl_ms }) => {
                     let mut p = redis::pipe();
                     p.cmd("SET")
                         .arg(key)
                         .arg(value)
                         .arg("PX")
-                        .arg(STAGE_TTL_MS)
+                        .arg(ttl_ms)
                         .ignore()
                         .add_command(cmd);
                     Err(p)

@@ -162,7 +162,7 @@ impl Store {
             .s(job.needs)
             .s(job.pair)
             .s(job.trace_id);
-        let stage = staged.then(|| (keys[1].as_str(), job.audio));
+        let stage = staged.then(|| self.staged_audio(&keys[1], job.audio));
         self.run_staged(Script::Submit, &keys, args, stage).await
     }
 }
