@@ -15,15 +15,17 @@ use serde_json::{Value, json};
 
 const T: Duration = Duration::from_secs(5);
 
-/// The parts of the session's stored group context, cut by `grp_lens` (bytes.chars per
-/// part), which must add up: byte lengths with one separator between parts, and the
-/// character count of each part.
+/// The parts of the session's stored group context, cut by `grp_lens` (the context's bytes,
+/// then bytes.chars per part), which must add up: the total, byte lengths with one
+/// separator between parts, and the character count of each part.
 async fn context_parts(c: &mut redis::aio::MultiplexedConnection, sid: &str) -> Vec<String> {
     let ctx = session_field(c, sid, "grp_ctx").await;
     let lens = session_field(c, sid, "grp_lens").await;
+    let (total, list) = lens.split_once(':').expect("total:parts");
+    assert_eq!(total.parse::<usize>().expect("total"), ctx.len(), "{lens}");
     let mut parts = Vec::new();
     let mut at = 0;
-    for l in lens.split(',') {
+    for l in list.split(',') {
         let (b, ch) = l.split_once('.').expect("bytes.chars");
         let (b, ch): (usize, usize) = (b.parse().expect("bytes"), ch.parse().expect("chars"));
         let part = &ctx[at..at + b];
@@ -250,7 +252,7 @@ async fn groups_continue_across_an_instance_restart() {
 }
 
 #[tokio::test]
-async fn a_context_stored_by_an_earlier_version_is_converted_on_the_next_result() {
+async fn a_context_stored_by_an_earlier_version_is_read_and_converted_by_the_next_result() {
     let redis = RedisServer::start().await;
     let inst = start_instance(&redis).await;
     let mut c = redis.client().await;
@@ -296,5 +298,18 @@ async fn a_context_stored_by_an_earlier_version_is_converted_on_the_next_result(
             "User: 三\nTarget: T1"
         ]
     );
+    // An earlier version that starts a group writes its first part and leaves grp_lens as
+    // it was: lengths that do not describe the context are not used to cut it.
+    let _: () = redis::cmd("HSET")
+        .arg(&sk)
+        .arg("grp_ctx")
+        .arg("User: 四\nTarget: T9")
+        .query_async(&mut c)
+        .await
+        .expect("hset");
+    let r2 = round(&mut s, &sid, &mut n, &nid, 2, "五").await;
+    assert_eq!(r2["group_id"], gid.as_str());
+    let parts = context_parts(&mut c, &sid).await;
+    assert_eq!(parts, ["User: 四\nTarget: T9", "User: 五\nTarget: T2"]);
     invariants::check(&mut c).await;
 }

@@ -7,9 +7,10 @@
 --   grp_ctx     the group's last parts, "User: <asr>\nTarget: <translation>", joined by "\n":
 --               the job_assign's `context_text` as is; at most GROUP_PARTS parts and
 --               GROUP_CHARS characters
---   grp_lens    each part of grp_ctx as "<bytes>.<characters>", oldest first, comma-separated:
---               bounding the context is arithmetic and one string.sub, instead of splitting
---               it and counting the characters of every part on each result
+--   grp_lens    "<bytes of grp_ctx>:" and each of its parts as "<bytes>.<characters>", oldest
+--               first, comma-separated: bounding the context is arithmetic and one
+--               string.sub, instead of splitting it and counting the characters of every
+--               part on each result
 -- A result with non-empty text_asr joins the active group unless there is none, it was
 -- closed, or more than CFG.group_window ms passed since its anchor; then a new group starts.
 local GROUP_PARTS, GROUP_CHARS = 8, 800
@@ -32,40 +33,72 @@ local function utf8_tail(s, n)
   return s
 end
 
--- group_parts(ctx, lens) -> ctx, {{bytes, chars}...}: the stored context and its parts. A
--- context without matching lengths (written by an earlier version: parts separated by RS,
--- no grp_lens) is converted; one whose lengths do not add up counts as a single part.
+-- group_parts(ctx, lens) -> ctx, {{bytes, chars, "bytes.chars"}...}: the stored context and
+-- its parts. A context without matching lengths (written by an earlier version: parts
+-- separated by RS, no grp_lens; or a new group it started, beside our stale grp_lens) is
+-- converted; one whose lengths do not add up otherwise counts as a single part.
 local function group_parts(ctx, lens)
   local parts = {}
   if not ctx or ctx == '' then return '', parts end
-  local bytes = -1
-  for b, c in string.gmatch(lens or '', '(%d+)%.(%d+)') do
-    b = tonumber(b)
-    parts[#parts + 1] = {b, tonumber(c)}
-    bytes = bytes + b + 1
+  local total, list = string.match(lens or '', '^(%d+):(.*)$')
+  if tonumber(total) == #ctx then
+    local bytes = -1
+    for l, b, c in string.gmatch(list, '((%d+)%.(%d+))') do
+      b = tonumber(b)
+      parts[#parts + 1] = {b, tonumber(c), l}
+      bytes = bytes + b + 1
+    end
+    if bytes == #ctx then return ctx, parts end
+    parts = {}
   end
-  if bytes == #ctx then return ctx, parts end
-  parts = {}
   if string.find(ctx, RS, 1, true) then
     local texts = {}
     for p in string.gmatch(ctx, '[^' .. RS .. ']+') do
       texts[#texts + 1] = p
-      parts[#parts + 1] = {#p, utf8_len(p)}
+      local c = utf8_len(p)
+      parts[#parts + 1] = {#p, c, string.format('%d.%d', #p, c)}
     end
     return table.concat(texts, '\n'), parts
   end
-  return ctx, {{#ctx, utf8_len(ctx)}}
+  local c = utf8_len(ctx)
+  return ctx, {{#ctx, c, string.format('%d.%d', #ctx, c)}}
 end
 
 -- group_append(ctx, lens, entry) -> ctx, lens: `entry` appended to the stored context
 -- (grp_ctx, grp_lens; nil or '': none), bounded: the last GROUP_PARTS parts, then the oldest
 -- dropped while the text (a separator counting one) is over GROUP_CHARS characters; the
 -- newest part alone is cut to its last characters.
+-- Fast path: a context of at most GROUP_CHARS bytes is within the character bound (a
+-- character is at least a byte), so only the part count matters: of the lengths, only the
+-- total (which must be the context's) and the oldest part's when it goes are read.
 local function group_append(ctx, lens, entry)
+  local own = string.format('%d.%d', #entry, utf8_len(entry))
+  local size = (ctx and ctx ~= '') and (#ctx + 1 + #entry) or #entry
+  if size <= GROUP_CHARS then
+    if size == #entry then return entry, string.format('%d:%s', size, own) end
+    local total, list = string.match(lens or '', '^(%d+):(.*)$')
+    if tonumber(total) == #ctx then
+      local commas, at, first = 0, 0, nil
+      repeat
+        at = string.find(list, ',', at + 1, true)
+        if at then
+          commas, first = commas + 1, first or at
+        end
+      until not at
+      if commas + 1 < GROUP_PARTS then
+        return ctx .. '\n' .. entry, string.format('%d:%s,%s', size, list, own)
+      end
+      local bytes = commas + 1 == GROUP_PARTS and tonumber(string.match(list, '^(%d+)%.'))
+      if bytes and bytes < #ctx and string.byte(ctx, bytes + 1) == 10 then
+        return string.sub(ctx, bytes + 2) .. '\n' .. entry,
+          string.format('%d:%s,%s', size - bytes - 1, string.sub(list, first + 1), own)
+      end
+    end
+  end
   local parts
   ctx, parts = group_parts(ctx, lens)
   local n = #parts + 1
-  parts[n] = {#entry, utf8_len(entry)}
+  parts[n] = {#entry, utf8_len(entry), own}
   local first = math.max(1, n - GROUP_PARTS + 1)
   local total = -1
   for i = first, n do total = total + parts[i][2] + 1 end
@@ -83,11 +116,11 @@ local function group_append(ctx, lens, entry)
   end
   if total > GROUP_CHARS then
     new = utf8_tail(new, GROUP_CHARS)
-    return new, #new .. '.' .. GROUP_CHARS
+    return new, string.format('%d:%d.%d', #new, #new, GROUP_CHARS)
   end
   local out = {}
-  for i = first, n do out[#out + 1] = parts[i][1] .. '.' .. parts[i][2] end
-  return new, table.concat(out, ',')
+  for i = first, n do out[#out + 1] = parts[i][3] end
+  return new, string.format('%d:%s', #new, table.concat(out, ','))
 end
 
 -- group_join(sid, asr, translated, s, set) -> group_id, part_index (nil when the session is
