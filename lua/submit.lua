@@ -28,9 +28,9 @@ Output: [JSON, blobs...]  (a job_assign for a node of the calling instance has n
 --!include submit
 
 -- The session fields this path reads (a session record has ~40): fencing and state, the
--- cursor, the TTL refresh mark, the job id nonce, affinity, the utterance group's context,
+-- cursor, the TTL refresh and activity marks, the job id nonce, affinity, the group context,
 -- and the owner (deliveries to the session need no lookup of their own).
-local FIELDS = {'id', 'conn', 'owner', 'state', 'next_deliver', 'ttl_at', 'nonce',
+local FIELDS = {'id', 'conn', 'owner', 'state', 'next_deliver', 'ttl_at', 'last_active', 'nonce',
   'last_node', 'grp_id', 'grp_anchor', 'grp_ctx'}
 
 local stage = KEYS[2] and {key = KEYS[2]} or nil

@@ -173,13 +173,16 @@ end
 -- `sess` when the caller has the record) is an eighth of it old; keys created in
 -- between get their own TTL when they are created.
 -- `extra` (optional): a flat list of further session fields and values, written in the
--- same HSET.
+-- same HSET. Without them, a `sess` whose last_active is under a second old needs no write.
 local function touch_session(sid, sess, extra)
   local sk = session_key(sid)
   local f = {'last_active', NOWS}
   for _, v in ipairs(extra or {}) do f[#f + 1] = v end
   if sess and NOW - tonumber(sess.ttl_at or '0') < CFG.session_ttl / 8 then
-    redis.call('HSET', sk, unpack(f))
+    -- last_active is for operators: to the second is enough (one HSET less per utterance)
+    if #f > 2 or not sess.last_active or NOW - tonumber(sess.last_active) >= 1000 then
+      redis.call('HSET', sk, unpack(f))
+    end
     return
   end
   f[#f + 1], f[#f + 2] = 'ttl_at', NOWS

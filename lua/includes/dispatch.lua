@@ -307,9 +307,14 @@ local function assign(jid, job, nid, why)
   -- just written and its session exists, so 5 commands are not needed.
   local fresh = job.state == 'CREATED'
   unqueue(jid, job)
-  redis.call('SADD', node_key(nid) .. ':jobs', jid)
-  redis.call('PEXPIRE', node_key(nid) .. ':jobs', CFGS.node_jobs_ttl)
-  redis.call('HINCRBY', node_key(nid), 'reserved', '1')
+  -- reserved counts the node's set of jobs (DESIGN §1): only the first job of an idle node
+  -- creates the set and gives it its TTL; heartbeats refresh it (keep_alive).
+  if redis.call('HINCRBY', node_key(nid), 'reserved', '1') == 1 then
+    redis.call('SADD', node_key(nid) .. ':jobs', jid)
+    redis.call('PEXPIRE', node_key(nid) .. ':jobs', CFGS.node_jobs_ttl)
+  else
+    redis.call('SADD', node_key(nid) .. ':jobs', jid)
+  end
   local attempt = fresh and '1' or dec(redis.call('HINCRBY', jk, 'attempt', '1'))
   local acks = (NODE_ACK[nid] or redis.call('HGET', node_key(nid), 'supports_ack')) == '1'
   local deadline = dec(NOW + (acks and CFG.ack_timeout or CFG.run_timeout))
@@ -341,8 +346,10 @@ local function assign(jid, job, nid, why)
     redis.call('HSET', sk, 'turn_node', nid)
   end
   if job.sess_set then
-    local n = #job.sess_set
-    job.sess_set[n + 1], job.sess_set[n + 2] = 'last_node', nid
+    if nid ~= job.last_node then
+      local n = #job.sess_set
+      job.sess_set[n + 1], job.sess_set[n + 2] = 'last_node', nid
+    end
   elseif fresh or redis.call('EXISTS', sk) == 1 then
     redis.call('HSET', sk, 'last_node', nid)
   end
