@@ -94,20 +94,15 @@ local SESSION_FIELDS = {'id', 'owner', 'conn', 'grp_id', 'grp_anchor', 'grp_part
 
 local jid, nid, outcome = ARGV[5], ARGV[7], ARGV[9]
 local ok = outcome == 'ok'
-STAGE = KEYS[3] and {stage = KEYS[3], own = true} or nil
--- finish(r), first deleting a staged body settle did not take
-local function done(r)
-  if STAGE and not STAGE.taken then redis.call('DEL', STAGE.stage) end
-  return finish(r)
-end
+STAGE = staged(KEYS[3], true)
 local job, node = job_for(jid, ARGV[6], nid, ARGV[8], ok and ok_fields(ARGV[6]) or nil,
   ok and NODE_FIELDS or nil)
-if not job then return done({status = 'stale', reason = node}) end
+if not job then return finish_staged({status = 'stale', reason = node}, STAGE) end
 
 if ok then
   -- checked before any write: a missing body would leave a header without it
-  if STAGE and redis.call('EXISTS', STAGE.stage) == 0 then
-    error({err = 'ERR staged result body missing: ' .. STAGE.stage})
+  if STAGE and redis.call('EXISTS', STAGE.key) == 0 then
+    error({err = 'ERR staged result body missing: ' .. STAGE.key})
   end
   local sess = session_read(job.session, SESSION_FIELDS)
   release_node(jid, nid, node)
@@ -147,4 +142,4 @@ else
   fail(jid, job, ARGV[12], ARGV[10])
   offer(nid)
 end
-return done({status = 'ok', state = job.state})
+return finish_staged({status = 'ok', state = job.state}, STAGE)

@@ -33,18 +33,13 @@ Output: [JSON, blobs...]  (a job_assign for a node of the calling instance has n
 local FIELDS = {'id', 'conn', 'owner', 'state', 'next_deliver', 'ttl_at', 'last_active', 'nonce',
   'last_node', 'grp_id', 'grp_anchor', 'grp_ctx'}
 
-local stage = KEYS[2] and {key = KEYS[2]} or nil
--- finish(r), first deleting staged audio submit() did not take
-local function done(r)
-  if stage and not stage.taken then redis.call('DEL', stage.key) end
-  return finish(r)
-end
+local stage = staged(KEYS[2])
 local sid, idx = ARGV[5], int(7, 'utterance index', 0, math.huge)
 local sess, why = session_for(sid, ARGV[6], FIELDS)
-if not sess then return done({status = why}) end
-if sess.state ~= 'open' then return done({status = 'closed'}) end
+if not sess then return finish_staged({status = why}, stage) end
+if sess.state ~= 'open' then return finish_staged({status = 'closed'}, stage) end
 if idx > tonumber(sess.next_deliver or '0') + CFG.max_ahead then
-  return done({status = 'too_far'})
+  return finish_staged({status = 'too_far'}, stage)
 end
 -- The session fields the dispatch writes (last_node) go with the activity mark: one HSET.
 local sess_set = {}
@@ -52,4 +47,4 @@ local r = submit(sid, sess, idx, ARGV[8], ARGV[9],
   {pools = ARGV[10], needs = ARGV[11], pair = ARGV[12], trace_id = ARGV[13], sess_set = sess_set,
    own_audio = true, stage = stage})
 touch_session(sid, sess, sess_set)
-return done(r)
+return finish_staged(r, stage)

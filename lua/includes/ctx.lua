@@ -145,6 +145,20 @@ local function finish(r)
   return reply
 end
 
+-- A payload the instance staged in a key for this call (Store::run_staged), so that it never
+-- becomes a Lua string: {key = the stage key, own = the caller holds it too (its reply need
+-- not carry it), taken = set once the call renamed it where it belongs}.
+local function staged(key, own)
+  return key and {key = key, own = own} or nil
+end
+
+-- finish_staged(r, stage): finish(r), first deleting the staged payload if the call did not
+-- take it (refused, duplicate, stale): nothing staged outlives the call that was to take it.
+local function finish_staged(r, stage)
+  if stage and not stage.taken then redis.call('DEL', stage.key) end
+  return finish(r)
+end
+
 -- body_key(sid, idx): where a result logged in two parts keeps its body (results.lua).
 local function body_key(sid, idx)
   return session_key(sid) .. ':body:' .. idx

@@ -112,9 +112,9 @@ end
 -- HINCRBY of its own. `stamped`: `msg` was stamped with NOW in this call (job_result's
 -- `timed`), so delivering it at once needs no re-stamp (two copies of a message that
 -- carries the TTS audio). `set` (optional): a flat list of further session fields to
--- write (the utterance group's), in the fast path's HSET. `body` (optional): {stage = key,
--- own = bool}: `msg` is only the header, the body is staged in that key (own: the caller
--- holds it too) and becomes <session>:body:<idx> (`body.taken` is set when it did).
+-- write (the utterance group's), in the fast path's HSET. `body` (optional): the staged
+-- body (ctx.lua `staged`): `msg` is only the header, the body in `body.key` becomes
+-- <session>:body:<idx> (`body.taken` is set when it did).
 -- With `s`, the log is trimmed at most every CFG.retention / 8 (`trim_at`): a result
 -- stays at most 9/8 of the retention, and most results need no ZRANGEBYSCORE.
 local function settle(sid, idx, msg, s, stamped, set, body)
@@ -128,7 +128,7 @@ local function settle(sid, idx, msg, s, stamped, set, body)
   local tail = nil
   if body then
     tail = {key = body_key(sid, idx), own = body.own}
-    redis.call('RENAME', body.stage, tail.key) -- staged with CFGS.body_ttl: it keeps it
+    redis.call('RENAME', body.key, tail.key) -- staged with the body's TTL: it keeps it
     body.taken = true
   end
   redis.call('ZADD', sk .. ':rtime', NOWS, idx)
