@@ -29,7 +29,7 @@ STARTED+=("$RPID")
 for _ in $(seq 1 100); do redis-cli -p "$rp" ping >/dev/null 2>&1 && break; sleep 0.2; done
 start_instance "$BIN" "$OUT/inst.log" "$ip" "redis://127.0.0.1:$rp" \
   SWITCHYARD_SWEEP__INTERVAL_MS=600000 SWITCHYARD_INSTANCE__BEAT_INTERVAL_MS=3000 \
-  SWITCHYARD_INSTANCE__PRESENCE_TTL_MS=10000
+  SWITCHYARD_INSTANCE__PRESENCE_TTL_MS=10000 ${INSTANCE_ENV:-}
 read -r -a EXTRA <<<"${SIM_EXTRA:-}"
 sim() {
   "$BIN" sim --quiet --json --url "ws://127.0.0.1:$ip" --nodes 1 --capacity 4 --delay-ms 0-0 \

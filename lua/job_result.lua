@@ -67,8 +67,8 @@ end
 -- A success reads only what it needs: the job's fields end_job keeps (with the routing
 -- explanation of attempts 1..n: route:1..n and end:1..n-1, n = the attempt this result is
 -- for; any other attempt is refused by the fencing) plus state, web_ms and id (named by the
--- ui_events; an ended record keeps no id), and the node's
--- fields of fencing, release and offer in one HMGET. A failure may re-dispatch: it reads
+-- ui_events; an ended record keeps no id) and rc (the compact route end_job keeps), and
+-- the node's fields of fencing, release and offer in one HMGET. A failure may re-dispatch: it reads
 -- the whole record. The lists are built once per attempt number and configuration.
 local function ok_fields(attempt)
   local n = tonumber(attempt)
@@ -76,7 +76,7 @@ local function ok_fields(attempt)
   local name = 'job_result.ok_fields:' .. n
   local f = DERIVED[name]
   if f then return f end
-  f = {'state', 'web_ms', 'id'}
+  f = {'state', 'web_ms', 'id', 'rc'}
   for _, k in ipairs(KEPT_FIELDS) do f[#f + 1] = k end
   if CFG.explain ~= 0 then
     for a = 1, n do

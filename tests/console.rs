@@ -259,6 +259,32 @@ async fn a_job_that_waited_shows_the_queue_and_the_offer_that_took_it() {
     common::invariants::check(&mut c).await;
 }
 
+/// What a finished record keeps of `full`, the in-flight explanation
+/// "<ms> <node> <label>><entry>,...|<label>>...": the chosen node's entry, the others counted.
+fn compact_route(full: &str, nid: &str) -> String {
+    let steps = full.splitn(3, ' ').nth(2).expect("steps");
+    let (mut entries, mut chosen) = (0, None);
+    for seg in steps.split('|') {
+        let (label, list) = seg.split_once('>').expect("label>entries");
+        for e in list.split(',').filter(|e| !e.is_empty()) {
+            match e.strip_prefix('+') {
+                Some(more) => entries += more.parse::<usize>().expect("+N"),
+                None => {
+                    entries += 1;
+                    if e.starts_with(&format!("{nid}=ok:")) {
+                        chosen = Some(format!("{label}>{e}"));
+                    }
+                }
+            }
+        }
+    }
+    let chosen = chosen.expect("the chosen node's entry");
+    match entries {
+        1 => format!("- - {chosen}"),
+        n => format!("- - {chosen},+{}", n - 1),
+    }
+}
+
 /// A job that finished on its first attempt keeps a routing explanation of at most 64
 /// bytes (cut at an entry boundary, the rest counted in `,+N`), so its record stays a
 /// compact listpack; the console still names the chosen node and counts the others.
@@ -288,22 +314,27 @@ async fn a_plain_finished_job_keeps_a_short_explanation_and_a_compact_record() {
         }
     };
     let (n, nid) = &mut nodes[i];
-    n.send(&answer(&a1, nid, "done")).await;
-    terminals(&mut s, 1, T).await;
     let jid = a1["job_id"].as_str().expect("job id").to_string();
     let key = format!("{}job:{jid}", common::invariants::PREFIX);
-    let route: String = redis::cmd("HGET")
-        .arg(&key)
-        .arg("route:1")
-        .query_async(&mut c)
-        .await
-        .expect("route:1");
+    let hget = async |c: &mut redis::aio::MultiplexedConnection, f: &str| -> Option<String> {
+        redis::cmd("HGET")
+            .arg(&key)
+            .arg(f)
+            .query_async(c)
+            .await
+            .expect("hget")
+    };
+    let full = hget(&mut c, "route:1").await.expect("route:1 in flight");
+    n.send(&answer(&a1, nid, "done")).await;
+    terminals(&mut s, 1, T).await;
+    let route = hget(&mut c, "route:1").await.expect("route:1");
     // The chosen node's entry alone, the others counted; time and node are the record's.
     assert!(route.len() <= 64, "{route:?} ({} bytes)", route.len());
     assert!(
         route.starts_with(&format!("- - pub:zh:en>{nid}=ok:")),
         "{route}"
     );
+    assert_eq!(route, compact_route(&full, nid), "from {full:?}");
     let end: Option<String> = redis::cmd("HGET")
         .arg(&key)
         .arg("end:1")

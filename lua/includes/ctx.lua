@@ -316,7 +316,8 @@ local function end_job(jid, job, state, extra)
         f[#f + 1] = k
         local plain = state == 'FINISHED' and k == 'route:1' and tostring(job.attempt) == '1'
           and not string.find(v, '|queued@', 1, true)
-        f[#f + 1] = plain and compact_route(v, job.node) or v
+        -- rc: the compact form assign kept (a record of an earlier version has none)
+        f[#f + 1] = plain and (job.rc or compact_route(v, job.node)) or v
       elseif c == 101 and string.sub(k, 1, 4) == 'end:' then
         f[#f + 1] = k
         f[#f + 1] = v

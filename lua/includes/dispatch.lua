@@ -47,7 +47,7 @@ local ROUTE_MAX = 32 -- node entries per attempt at most; beyond, ",+N" says how
 
 local function explainer()
   if CFG.explain == 0 then return nil end
-  return {k = 0, n = 0, more = 0, sep = ''}
+  return {k = 0, n = 0, more = 0, sep = '', label = '', ok = {}}
 end
 
 -- segment(why, label): start the entries of one candidate pool (or turn / affinity).
@@ -55,7 +55,7 @@ local function segment(why, label)
   if not why then return end
   why.k = why.k + 1
   why[why.k] = (why.k > 1 and '|' or '') .. label .. '>'
-  why.sep = ''
+  why.sep, why.label = '', label
 end
 
 -- explain(why, nid, verdict, reserved, cap): one node looked at.
@@ -66,12 +66,23 @@ local function explain(why, nid, verdict, reserved, cap)
     return
   end
   why.n, why.k = why.n + 1, why.k + 1
-  if reserved then
-    why[why.k] = why.sep .. nid .. '=' .. verdict .. ':' .. reserved .. '/' .. cap
-  else
-    why[why.k] = why.sep .. nid .. '=' .. verdict
-  end
+  local entry = reserved and (nid .. '=' .. verdict .. ':' .. reserved .. '/' .. cap)
+    or (nid .. '=' .. verdict)
+  why[why.k] = why.sep .. entry
   why.sep = ','
+  if verdict == 'ok' then why.ok[nid] = {why.label, entry} end
+end
+
+-- route_compact(why, nid): the explanation as a record that finishes on this attempt keeps
+-- it (ctx.lua compact_route: the chosen node's entry in its segment, the others counted),
+-- built from the entries while they are at hand, so the result needs no pattern matching
+-- over the whole text. nil when off or when the node's entry was not recorded.
+local function route_compact(why, nid)
+  local e = why and why.ok[nid]
+  if not e then return nil end
+  local others = why.n + why.more - 1
+  if others > 0 then return string.format('- - %s>%s,+%d', e[1], e[2], others) end
+  return '- - ' .. e[1] .. '>' .. e[2]
 end
 
 -- route_text(why): the explanation as one string ("" when off).
@@ -297,11 +308,12 @@ local function fail(jid, job, code, message)
   settle(job.session, job.idx, error_msg(job, code, message))
 end
 
--- assign(jid, job, nid, why): reserve a slot on nid and send job_assign (attempt + 1).
--- `why`: the routing explanation text of this choice ("" when off); written in the same
--- HSET as route:<attempt> = "<dispatched_ms> <node> <why>", after the explanation of an
--- earlier wait in the queues when there was one.
-local function assign(jid, job, nid, why)
+-- assign(jid, job, nid, why, compact): reserve a slot on nid and send job_assign (attempt
+-- + 1). `why`: the routing explanation text of this choice ("" when off); written in the
+-- same HSET as route:<attempt> = "<dispatched_ms> <node> <why>", after the explanation of an
+-- earlier wait in the queues when there was one. `compact` (optional): its compact form
+-- (route_compact), kept as `rc` for a first attempt that did not wait.
+local function assign(jid, job, nid, why, compact)
   local jk = job_key(jid)
   -- A job submit() created in this call (CREATED): its record, audio and their TTLs were
   -- just written and its session exists, so 5 commands are not needed.
@@ -327,6 +339,10 @@ local function assign(jid, job, nid, why)
     f[n + 1] = rk
     f[n + 2] = NOWS .. ' ' .. nid .. ' ' .. (waited and (waited .. '|') or '') .. why
     job[rk] = f[n + 2]
+    if compact and attempt == '1' and not waited then
+      f[n + 3], f[n + 4] = 'rc', compact
+      job.rc = compact
+    end
   end
   local created = save_fields(job, f)
   redis.call('HSET', jk, unpack(f))
@@ -366,7 +382,7 @@ local function dispatch(jid, job, code, message)
   local nid = pick(job, why)
   local text = route_text(why)
   if nid then
-    assign(jid, job, nid, text)
+    assign(jid, job, nid, text, route_compact(why, nid))
     return 'dispatched'
   end
   local rk = 'route:' .. (tonumber(job.attempt or '0') + 1)
