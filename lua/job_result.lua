@@ -68,8 +68,8 @@ end
 -- explanation of attempts 1..n: route:1..n and end:1..n-1, n = the attempt this result is
 -- for; any other attempt is refused by the fencing) plus state, web_ms and id (named by the
 -- ui_events; an ended record keeps no id) and rc (the compact route end_job keeps), and
--- the node's fields of fencing, release and offer in one HMGET. A failure may re-dispatch: it reads
--- the whole record. The lists are built once per attempt number and configuration.
+-- the node's fields of fencing, release and offer in one HMGET. A failure may re-dispatch:
+-- it reads the whole record. The lists are built once per attempt number and configuration.
 local function ok_fields(attempt)
   local n = tonumber(attempt)
   if not n or n % 1 ~= 0 or n < 1 or n > CFG.max_attempts then n = 0 end

@@ -72,7 +72,8 @@ end
 -- character is at least a byte), so only the part count matters: of the lengths, only the
 -- total (which must be the context's) and the oldest part's when it goes are read.
 local function group_append(ctx, lens, entry)
-  local own = string.format('%d.%d', #entry, utf8_len(entry))
+  local chars = utf8_len(entry)
+  local own = string.format('%d.%d', #entry, chars)
   local size = (ctx and ctx ~= '') and (#ctx + 1 + #entry) or #entry
   if size <= GROUP_CHARS then
     if size == #entry then return entry, string.format('%d:%s', size, own) end
@@ -98,7 +99,7 @@ local function group_append(ctx, lens, entry)
   local parts
   ctx, parts = group_parts(ctx, lens)
   local n = #parts + 1
-  parts[n] = {#entry, utf8_len(entry), own}
+  parts[n] = {#entry, chars, own}
   local first = math.max(1, n - GROUP_PARTS + 1)
   local total = -1
   for i = first, n do total = total + parts[i][2] + 1 end

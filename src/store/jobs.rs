@@ -85,7 +85,7 @@ impl Store {
         // Staged only with members: the script's header then always ends with a comma.
         let staged = match outcome {
             Outcome::Ok(f) => Some(result_body(f.message))
-                .filter(|b| self.stages(b.len()) && !b.trim_start().starts_with('}')),
+                .filter(|b| self.staging.stages(b.len()) && !b.trim_start().starts_with('}')),
             _ => None,
         };
         if staged.is_some() {
@@ -119,7 +119,7 @@ impl Store {
             }
             Outcome::Error { code, message } => base.s("error").s(message).s("").s(code),
         };
-        let stage = staged.map(|b| self.staged_body(&keys[2], b.as_bytes()));
+        let stage = staged.map(|b| self.staging.body(&keys[2], b.as_bytes()));
         self.run_staged(Script::JobResult, &keys, args, stage).await
     }
 

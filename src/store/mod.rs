@@ -22,6 +22,7 @@ pub mod scripts;
 mod sentinel;
 mod series;
 pub mod sessions;
+mod stage;
 
 use std::borrow::Cow;
 use std::sync::Arc;
@@ -42,6 +43,8 @@ use reply::decode_reply;
 pub use reply::{Delivery, Events, Latencies, Output, lua_list};
 pub use scripts::{Script, Scripts};
 use series::{OUTCOMES, ScriptSeries};
+pub use stage::STAGE_MIN_BYTES;
+use stage::{Staged, Staging};
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -99,39 +102,10 @@ pub struct Store {
     script_cfg: Vec<u8>,
     /// `redis.wait_replicas` and `redis.wait_timeout_ms` (0 = no WAIT).
     wait: (u32, u64),
-    /// `jobs.stage_min_bytes` (None: 0, stage nothing).
-    stage_min: Option<usize>,
-    stage_ttls: StageTtls,
+    /// Which payloads go around the scripts, and their TTLs.
+    staging: Staging,
     /// This cell's script-call series, kept once looked up.
     series: Arc<ScriptSeries>,
-}
-
-/// The default of `jobs.stage_min_bytes`: a payload at least this long (a translation_result
-/// with TTS audio, an utterance's audio) does not pass through its script as an argument:
-/// the instance stages it in a key the script renames (Redis' Lua hashes every byte of each
-/// string it creates; docs/jobs.md "Ordered delivery", "Creating a job"). The instance
-/// joins a staged result body to the script's header when it writes the message.
-pub const STAGE_MIN_BYTES: usize = 2048;
-
-/// A payload staged for a script call ([`Store::run_staged`]): `SET key value PX ttl_ms`
-/// in the same pipeline. The TTL is the one of the key the script renames it to (RENAME
-/// keeps it), so the script sets none; a key no script takes (a crash between the two
-/// commands, a call that never ran) lives as long.
-pub(crate) struct Staged<'a> {
-    pub key: &'a str,
-    pub value: &'a [u8],
-    pub ttl_ms: u64,
-}
-
-/// The TTLs of the keys staged payloads become.
-#[derive(Clone, Copy)]
-struct StageTtls {
-    /// `job:<jid>:audio`: the job record's (`jobs.record_ttl_ms`).
-    audio: u64,
-    /// `session:<sid>:body:<idx>`: longer than its log entry can live (an entry is trimmed
-    /// at most 9/8 of the retention after it settled while the session lives, and the log
-    /// expires at most the idle TTL after the later of its last write and refresh).
-    body: u64,
 }
 
 impl Store {
@@ -149,11 +123,7 @@ impl Store {
             instance: instance.to_string(),
             script_cfg: script_config(cfg),
             wait: (cfg.redis.wait_replicas, cfg.redis.wait_timeout_ms),
-            stage_min: Some(cfg.jobs.stage_min_bytes).filter(|b| *b > 0),
-            stage_ttls: StageTtls {
-                audio: cfg.jobs.record_ttl_ms,
-                body: cfg.session.idle_ttl_ms + 2 * cfg.session.result_retention_ms,
-            },
+            staging: Staging::new(cfg),
             series: Arc::new(ScriptSeries::new()),
         })
     }
@@ -169,27 +139,9 @@ impl Store {
             instance: self.instance.clone(),
             script_cfg: self.script_cfg.clone(),
             wait: self.wait,
-            stage_min: self.stage_min,
-            stage_ttls: self.stage_ttls,
+            staging: self.staging,
             series: Arc::new(ScriptSeries::new()),
         }
-    }
-
-    /// Whether a payload of `len` bytes is staged (`jobs.stage_min_bytes`).
-    fn stages(&self, len: usize) -> bool {
-        self.stage_min.is_some_and(|min| len >= min)
-    }
-
-    /// An utterance's audio staged in `key`, for `submit`.
-    fn staged_audio<'a>(&self, key: &'a str, value: &'a [u8]) -> Staged<'a> {
-        let ttl_ms = self.stage_ttls.audio;
-        Staged { key, value, ttl_ms }
-    }
-
-    /// A result's body staged in `key`, for `job_result`.
-    fn staged_body<'a>(&self, key: &'a str, value: &'a [u8]) -> Staged<'a> {
-        let ttl_ms = self.stage_ttls.body;
-        Staged { key, value, ttl_ms }
     }
 
     /// The cell's name.
@@ -270,9 +222,9 @@ impl Store {
         self.run_staged(script, keys, args, None).await
     }
 
-    /// [`Store::run`], first `SET`ting `stage` = (key, value) in the same pipeline (one
-    /// round trip): a payload the script moves with `RENAME` instead of receiving it as an
-    /// argument. The key expires by itself if the script never runs.
+    /// [`Store::run`], first `SET`ting `stage` (key, value, TTL: [`Staged`]) in the same
+    /// pipeline (one round trip): a payload the script moves with `RENAME` instead of
+    /// receiving it as an argument. The key expires by itself if the script never runs.
     pub(crate) async fn run_staged<T: DeserializeOwned>(
         &self,
         script: Script,

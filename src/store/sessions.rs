@@ -147,7 +147,7 @@ impl Store {
         job: &NewJob<'_>,
     ) -> Result<Output<SessionReply>, StoreError> {
         let mut keys = vec![self.keys.session(sid)];
-        let staged = self.stages(job.audio.len());
+        let staged = self.staging.stages(job.audio.len());
         if staged {
             keys.push(self.keys.staged_audio(sid, job.index));
         }
@@ -162,7 +162,7 @@ impl Store {
             .s(job.needs)
             .s(job.pair)
             .s(job.trace_id);
-        let stage = staged.then(|| self.staged_audio(&keys[1], job.audio));
+        let stage = staged.then(|| self.staging.audio(&keys[1], job.audio));
         self.run_staged(Script::Submit, &keys, args, stage).await
     }
 }
