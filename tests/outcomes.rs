@@ -279,7 +279,16 @@ async fn results_finishing_out_of_order_are_delivered_in_order() {
 #[tokio::test]
 async fn a_slow_earlier_job_holds_later_results_only_for_the_reorder_window() {
     let redis = RedisServer::start().await;
-    let inst = start_instance(&redis).await; // reorder window 400 ms
+    // Reorder window 400 ms. Job 0 and its node must outlive the window however long a
+    // loaded machine stalls: once, under make test on Sentinel, index 0 got its terminal
+    // message first, as if job 0 had failed (the suite's run timeout and node liveness are
+    // 3 s) before index 1 was released.
+    let inst = start_tweaked(&redis, |c| {
+        c.jobs.ack_timeout_ms = 10_000;
+        c.jobs.run_timeout_ms = 10_000;
+        c.node.liveness_ms = Some(20_000);
+    })
+    .await;
     let mut c = redis.client().await;
     let (mut n, nid) = node(&inst, |_| {}).await;
     let (mut s, sid) = session(&inst).await;

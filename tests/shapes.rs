@@ -127,6 +127,17 @@ async fn call_raw(
     scripts.fcall(script, keys, args).query_async(c).await
 }
 
+/// Open session `sid` (connection `conn-1`) by calling session_open itself; its key.
+async fn open_raw(inst: &switchyard::server::Running, c: &mut Conn, sid: &str) -> String {
+    let sk = inst.app.cells.default_cell().store.keys.session(sid);
+    let open: [&[u8]; 7] = [sid.as_bytes(), b"1", b"conn-1", b"nonce", b"", b"0", b"0"];
+    let script = switchyard::store::scripts::Script::SessionOpen;
+    call_raw(inst, c, script, std::slice::from_ref(&sk), &open)
+        .await
+        .expect("session opens");
+    sk
+}
+
 #[tokio::test]
 async fn scripts_refuse_non_numeric_arguments_before_writing_anything() {
     use switchyard::store::scripts::Script;
@@ -169,15 +180,7 @@ async fn scripts_refuse_non_numeric_arguments_before_writing_anything() {
     assert!(e.to_string().contains("field pairs"), "{e}");
 
     // With a real session, an audio chunk whose duration is "NaN" appends nothing.
-    call_raw(
-        &inst,
-        &mut c,
-        Script::SessionOpen,
-        std::slice::from_ref(&sk),
-        &[b"s-lua", b"1", b"conn-1", b"nonce", b"", b"0", b"0"],
-    )
-    .await
-    .expect("session opens");
+    open_raw(&inst, &mut c, "s-lua").await;
     let due = store.keys.due("audio");
     for bad in [&b"NaN"[..], b"inf", b"", b"-5", b"1.5"] {
         let e = call_raw(
@@ -204,16 +207,7 @@ async fn a_submit_whose_staged_audio_is_missing_fails_before_writing_anything() 
     let inst = start_instance(&redis).await;
     let mut c = redis.client().await;
     let store = &inst.app.cells.default_cell().store;
-    let sk = store.keys.session("s-stage");
-    call_raw(
-        &inst,
-        &mut c,
-        Script::SessionOpen,
-        std::slice::from_ref(&sk),
-        &[b"s-stage", b"1", b"conn-1", b"nonce", b"", b"0", b"0"],
-    )
-    .await
-    .expect("session opens");
+    let sk = open_raw(&inst, &mut c, "s-stage").await;
     let before: std::collections::BTreeMap<String, String> = c.hgetall(&sk).await.expect("hgetall");
     let keys_before: Vec<String> = c.keys(format!("{PREFIX}*")).await.expect("keys");
 
