@@ -272,13 +272,22 @@ pub async fn connect_with_ca(
 }
 
 /// A port free on loopback whose cluster bus port (+10000) is free too, both below the
-/// ephemeral range (so neither collides with client sockets nor exceeds 65535).
+/// ephemeral range (so neither collides with client sockets nor exceeds 65535). A port is
+/// handed out once per test process: two clusters started at the same moment by parallel
+/// tests could otherwise both find it free before either server bound it (seen once: the
+/// second `--cluster create` met a node of the other cluster, "not empty").
 fn cluster_port() -> u16 {
     use rand::RngExt;
+    use std::collections::HashSet;
+    use std::sync::Mutex;
+    static GIVEN: Mutex<Option<HashSet<u16>>> = Mutex::new(None);
     let free = |p: u16| std::net::TcpListener::bind(("127.0.0.1", p)).is_ok();
+    let mut given = GIVEN.lock().unwrap_or_else(|e| e.into_inner());
+    let given = given.get_or_insert_with(HashSet::new);
     for _ in 0..1000 {
         let p = rand::rng().random_range(15_000..22_000);
-        if free(p) && free(p + 10_000) {
+        if !given.contains(&p) && free(p) && free(p + 10_000) {
+            given.insert(p);
             return p;
         }
     }
