@@ -15,14 +15,24 @@ use serde_json::{Value, json};
 
 const T: Duration = Duration::from_secs(5);
 
-/// The parts of the session's stored group context, cut by `grp_lens` (the context's bytes,
-/// then bytes.chars per part), which must add up: the total, byte lengths with one
-/// separator between parts, and the character count of each part.
+/// The parts of the session's stored group context, cut by `grp_lens` (the grp_part it was
+/// written with, the context's bytes, then bytes.chars per part), which must all agree with
+/// the record: the part, the total, byte lengths with one separator between parts, and the
+/// character count of each part.
 async fn context_parts(c: &mut redis::aio::MultiplexedConnection, sid: &str) -> Vec<String> {
     let ctx = session_field(c, sid, "grp_ctx").await;
     let lens = session_field(c, sid, "grp_lens").await;
-    let (total, list) = lens.split_once(':').expect("total:parts");
-    assert_eq!(total.parse::<usize>().expect("total"), ctx.len(), "{lens}");
+    let part = session_field(c, sid, "grp_part").await;
+    let mut fields = lens.splitn(3, ':');
+    let (written, total, list) = (fields.next(), fields.next(), fields.next());
+    assert_eq!(
+        written,
+        Some(part.as_str()),
+        "{lens} written with grp_part {part}"
+    );
+    let total: usize = total.and_then(|t| t.parse().ok()).expect("total");
+    assert_eq!(total, ctx.len(), "{lens}");
+    let list = list.expect("parts");
     let mut parts = Vec::new();
     let mut at = 0;
     for l in list.split(',') {
@@ -311,5 +321,25 @@ async fn a_context_stored_by_an_earlier_version_is_read_and_converted_by_the_nex
     assert_eq!(r2["group_id"], gid.as_str());
     let parts = context_parts(&mut c, &sid).await;
     assert_eq!(parts, ["User: 四\nTarget: T9", "User: 五\nTarget: T2"]);
+    // The same with a context of exactly the length grp_lens names: the lengths were written
+    // with another grp_part, so they are not used to cut it either.
+    let len = session_field(&mut c, &sid, "grp_ctx").await.len();
+    let part: u64 = session_field(&mut c, &sid, "grp_part")
+        .await
+        .parse()
+        .expect("part");
+    let _: () = redis::cmd("HSET")
+        .arg(&sk)
+        .arg("grp_ctx")
+        .arg("x".repeat(len))
+        .arg("grp_part")
+        .arg(part + 1)
+        .query_async(&mut c)
+        .await
+        .expect("hset");
+    let r3 = round(&mut s, &sid, &mut n, &nid, 3, "六").await;
+    assert_eq!(r3["group_id"], gid.as_str());
+    let parts = context_parts(&mut c, &sid).await;
+    assert_eq!(parts, ["x".repeat(len), "User: 六\nTarget: T3".to_string()]);
     invariants::check(&mut c).await;
 }

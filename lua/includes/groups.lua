@@ -7,10 +7,12 @@
 --   grp_ctx     the group's last parts, "User: <asr>\nTarget: <translation>", joined by "\n":
 --               the job_assign's `context_text` as is; at most GROUP_PARTS parts and
 --               GROUP_CHARS characters
---   grp_lens    "<bytes of grp_ctx>:" and each of its parts as "<bytes>.<characters>", oldest
---               first, comma-separated: bounding the context is arithmetic and one
---               string.sub, instead of splitting it and counting the characters of every
---               part on each result
+--   grp_lens    "<grp_part>:<bytes of grp_ctx>:" and each of its parts as
+--               "<bytes>.<characters>", oldest first, comma-separated: bounding the context is
+--               arithmetic and one string.sub, instead of splitting it and counting the
+--               characters of every part on each result. The grp_part and total it names
+--               must be the record's: an earlier version rewrites grp_part and grp_ctx, never
+--               grp_lens, so lengths it left behind are never used
 -- A result with non-empty text_asr joins the active group unless there is none, it was
 -- closed, or more than CFG.group_window ms passed since its anchor; then a new group starts.
 local GROUP_PARTS, GROUP_CHARS = 8, 800
@@ -33,15 +35,22 @@ local function utf8_tail(s, n)
   return s
 end
 
--- group_parts(ctx, lens) -> ctx, {{bytes, chars, "bytes.chars"}...}: the stored context and
--- its parts. A context without matching lengths (written by an earlier version: parts
--- separated by RS, no grp_lens; or a new group it started, beside our stale grp_lens) is
--- converted; one whose lengths do not add up otherwise counts as a single part.
-local function group_parts(ctx, lens)
+-- lens_list(lens, part, ctx): the part list of grp_lens when it describes `ctx` as written
+-- with grp_part = `part` (see above), else nil.
+local function lens_list(lens, part, ctx)
+  local p, total, list = string.match(lens or '', '^(%d+):(%d+):(.*)$')
+  if tonumber(p) == part and tonumber(total) == #ctx then return list end
+  return nil
+end
+
+-- group_parts(ctx, list) -> ctx, {{bytes, chars, "bytes.chars"}...}: the stored context and
+-- its parts (`list`: lens_list's, or nil). A context without matching lengths (written by an
+-- earlier version: parts separated by RS, no grp_lens; or a new group it started, beside
+-- stale grp_lens) is converted; one whose lengths do not add up counts as a single part.
+local function group_parts(ctx, list)
   local parts = {}
   if not ctx or ctx == '' then return '', parts end
-  local total, list = string.match(lens or '', '^(%d+):(.*)$')
-  if tonumber(total) == #ctx then
+  if list and not string.find(ctx, RS, 1, true) then
     local bytes = -1
     for l, b, c in string.gmatch(list, '((%d+)%.(%d+))') do
       b = tonumber(b)
@@ -64,21 +73,23 @@ local function group_parts(ctx, lens)
   return ctx, {{#ctx, c, string.format('%d.%d', #ctx, c)}}
 end
 
--- group_append(ctx, lens, entry) -> ctx, lens: `entry` appended to the stored context
--- (grp_ctx, grp_lens; nil or '': none), bounded: the last GROUP_PARTS parts, then the oldest
--- dropped while the text (a separator counting one) is over GROUP_CHARS characters; the
--- newest part alone is cut to its last characters.
+-- group_append(ctx, lens, part, entry) -> ctx, lens: `entry` appended to the stored context
+-- (grp_ctx, grp_lens written with grp_part = `part`; nil or '': none) as part `part` + 1,
+-- bounded: the last GROUP_PARTS parts, then the oldest dropped while the text (a separator
+-- counting one) is over GROUP_CHARS characters; the newest part alone is cut to its last
+-- characters.
 -- Fast path: a context of at most GROUP_CHARS bytes is within the character bound (a
 -- character is at least a byte), so only the part count matters: of the lengths, only the
--- total (which must be the context's) and the oldest part's when it goes are read.
-local function group_append(ctx, lens, entry)
+-- total and the oldest part's when it goes are read.
+local function group_append(ctx, lens, part, entry)
   local chars = utf8_len(entry)
   local own = string.format('%d.%d', #entry, chars)
   local size = (ctx and ctx ~= '') and (#ctx + 1 + #entry) or #entry
+  local list = (size > #entry) and lens_list(lens, part, ctx) or nil
+  local nth = part + 1
   if size <= GROUP_CHARS then
-    if size == #entry then return entry, string.format('%d:%s', size, own) end
-    local total, list = string.match(lens or '', '^(%d+):(.*)$')
-    if tonumber(total) == #ctx then
+    if size == #entry then return entry, string.format('%d:%d:%s', nth, size, own) end
+    if list and not string.find(ctx, RS, 1, true) then
       local commas, at, first = 0, 0, nil
       repeat
         at = string.find(list, ',', at + 1, true)
@@ -87,17 +98,17 @@ local function group_append(ctx, lens, entry)
         end
       until not at
       if commas + 1 < GROUP_PARTS then
-        return ctx .. '\n' .. entry, string.format('%d:%s,%s', size, list, own)
+        return ctx .. '\n' .. entry, string.format('%d:%d:%s,%s', nth, size, list, own)
       end
       local bytes = commas + 1 == GROUP_PARTS and tonumber(string.match(list, '^(%d+)%.'))
       if bytes and bytes < #ctx and string.byte(ctx, bytes + 1) == 10 then
         return string.sub(ctx, bytes + 2) .. '\n' .. entry,
-          string.format('%d:%s,%s', size - bytes - 1, string.sub(list, first + 1), own)
+          string.format('%d:%d:%s,%s', nth, size - bytes - 1, string.sub(list, first + 1), own)
       end
     end
   end
   local parts
-  ctx, parts = group_parts(ctx, lens)
+  ctx, parts = group_parts(ctx, list)
   local n = #parts + 1
   parts[n] = {#entry, chars, own}
   local first = math.max(1, n - GROUP_PARTS + 1)
@@ -117,11 +128,11 @@ local function group_append(ctx, lens, entry)
   end
   if total > GROUP_CHARS then
     new = utf8_tail(new, GROUP_CHARS)
-    return new, string.format('%d:%d.%d', #new, #new, GROUP_CHARS)
+    return new, string.format('%d:%d:%d.%d', nth, #new, #new, GROUP_CHARS)
   end
   local out = {}
   for i = first, n do out[#out + 1] = parts[i][3] end
-  return new, string.format('%d:%s', #new, table.concat(out, ','))
+  return new, string.format('%d:%d:%s', nth, #new, table.concat(out, ','))
 end
 
 -- group_join(sid, asr, translated, s, set) -> group_id, part_index (nil when the session is
@@ -138,11 +149,11 @@ local function group_join(sid, asr, translated, s, set)
   local f
   if not gid or gid == '' or NOW - tonumber(g[3] or '0') > CFG.group_window then
     gid = 'g-' .. sid .. '-' .. redis.call('HINCRBY', sk, 'grp_seq', '1')
-    local ctx, lens = group_append('', '', entry)
+    local ctx, lens = group_append('', '', 0, entry)
     f = {'grp_id', gid, 'grp_anchor', NOWS, 'grp_part', '1', 'grp_ctx', ctx, 'grp_lens', lens}
     part = 0
   else
-    local ctx, lens = group_append(g[5], g[6], entry)
+    local ctx, lens = group_append(g[5], g[6], part, entry)
     f = {'grp_part', dec(part + 1), 'grp_ctx', ctx, 'grp_lens', lens}
   end
   if set then
