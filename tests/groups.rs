@@ -11,6 +11,7 @@ use std::time::Duration;
 use common::actors::*;
 use common::invariants::{self};
 use common::*;
+use redis::AsyncCommands;
 use serde_json::{Value, json};
 
 const T: Duration = Duration::from_secs(5);
@@ -273,21 +274,11 @@ async fn a_context_stored_by_an_earlier_version_is_read_and_converted_by_the_nex
     // What an earlier version stored: parts separated by the byte 0x1E, no grp_lens.
     let sk = format!("{}session:{sid}", invariants::PREFIX);
     let old = "User: 一\nTarget: T0\u{1e}User: 二\nTarget: T1";
-    let _: () = redis::cmd("HSET")
-        .arg(&sk)
-        .arg("grp_ctx")
-        .arg(old)
-        .arg("grp_part")
-        .arg(2)
-        .query_async(&mut c)
+    let _: () = c
+        .hset_multiple(&sk, &[("grp_ctx", old), ("grp_part", "2")])
         .await
         .expect("hset");
-    let _: () = redis::cmd("HDEL")
-        .arg(&sk)
-        .arg("grp_lens")
-        .query_async(&mut c)
-        .await
-        .expect("hdel");
+    let _: () = c.hdel(&sk, "grp_lens").await.expect("hdel");
     // Its next job_assign reads the old form as the text it stands for...
     s.send(&utterance(&sid, 1)).await;
     let a = assign(&mut n).await;
@@ -310,11 +301,8 @@ async fn a_context_stored_by_an_earlier_version_is_read_and_converted_by_the_nex
     );
     // An earlier version that starts a group writes its first part and leaves grp_lens as
     // it was: lengths that do not describe the context are not used to cut it.
-    let _: () = redis::cmd("HSET")
-        .arg(&sk)
-        .arg("grp_ctx")
-        .arg("User: 四\nTarget: T9")
-        .query_async(&mut c)
+    let _: () = c
+        .hset(&sk, "grp_ctx", "User: 四\nTarget: T9")
         .await
         .expect("hset");
     let r2 = round(&mut s, &sid, &mut n, &nid, 2, "五").await;
@@ -328,13 +316,9 @@ async fn a_context_stored_by_an_earlier_version_is_read_and_converted_by_the_nex
         .await
         .parse()
         .expect("part");
-    let _: () = redis::cmd("HSET")
-        .arg(&sk)
-        .arg("grp_ctx")
-        .arg("x".repeat(len))
-        .arg("grp_part")
-        .arg(part + 1)
-        .query_async(&mut c)
+    let (ctx, next) = ("x".repeat(len), (part + 1).to_string());
+    let _: () = c
+        .hset_multiple(&sk, &[("grp_ctx", &ctx), ("grp_part", &next)])
         .await
         .expect("hset");
     let r3 = round(&mut s, &sid, &mut n, &nid, 3, "六").await;

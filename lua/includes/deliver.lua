@@ -24,14 +24,20 @@ local function payload(p)
   return p
 end
 
-local function deliver(kind, id, msg, audio, seq, tp, job, own, tail)
-  tp = tp or TP
+-- owner_of(kind, id): {owner, conn} of node/session `id`, looked up once per call (OWNERS).
+local function owner_of(kind, id)
   local key = P .. kind .. ':' .. id
   local info = OWNERS[key]
   if not info then
     info = redis.call('HMGET', key, 'owner', 'conn')
     OWNERS[key] = info
   end
+  return info
+end
+
+local function deliver(kind, id, msg, audio, seq, tp, job, own, tail)
+  tp = tp or TP
+  local info = owner_of(kind, id)
   local owner = info[1]
   if not owner or owner == '' then return end
   if owner == ME then
@@ -92,12 +98,7 @@ end
 -- entry `{k = 'ui', ev = "E1,E2", ...}` the instance turns into the `ui_event` messages
 -- (no JSON built here: ~5 µs of Redis per message); elsewhere each travels as its message.
 local function ui_events_ok(job, events)
-  local key = P .. 'session:' .. job.session
-  local info = OWNERS[key]
-  if not info then
-    info = redis.call('HMGET', key, 'owner', 'conn')
-    OWNERS[key] = info
-  end
+  local info = owner_of('session', job.session)
   if info[1] ~= ME then
     for e in string.gmatch(events, '[^,]+') do ui_event(job, e, 'ok') end
     return

@@ -321,12 +321,9 @@ local function assign(jid, job, nid, why, compact)
   unqueue(jid, job)
   -- reserved counts the node's set of jobs (DESIGN §1): only the first job of an idle node
   -- creates the set and gives it its TTL; heartbeats refresh it (keep_alive).
-  if redis.call('HINCRBY', node_key(nid), 'reserved', '1') == 1 then
-    redis.call('SADD', node_key(nid) .. ':jobs', jid)
-    redis.call('PEXPIRE', node_key(nid) .. ':jobs', CFGS.node_jobs_ttl)
-  else
-    redis.call('SADD', node_key(nid) .. ':jobs', jid)
-  end
+  local reserved = redis.call('HINCRBY', node_key(nid), 'reserved', '1')
+  redis.call('SADD', node_key(nid) .. ':jobs', jid)
+  if reserved == 1 then redis.call('PEXPIRE', node_key(nid) .. ':jobs', CFGS.node_jobs_ttl) end
   local attempt = fresh and '1' or dec(redis.call('HINCRBY', jk, 'attempt', '1'))
   local acks = (NODE_ACK[nid] or redis.call('HGET', node_key(nid), 'supports_ack')) == '1'
   local deadline = dec(NOW + (acks and CFG.ack_timeout or CFG.run_timeout))
