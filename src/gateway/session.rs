@@ -9,8 +9,6 @@ use axum::extract::State;
 use axum::extract::ws::WebSocketUpgrade;
 use axum::http::{HeaderMap, Uri};
 use axum::response::Response;
-use base64::Engine;
-use base64::engine::general_purpose::STANDARD as B64;
 use serde_json::json;
 use tracing::Instrument;
 
@@ -20,7 +18,7 @@ use crate::auth::{Credential, Scope};
 use crate::capabilities::{RouteRequest, route};
 use crate::cells::Cell;
 use crate::protocol::session::{JobSpec, SessionInbound, Utterance, estimate_ms, unsupported};
-use crate::protocol::{DecodeError, ErrorCode, decode, now_ms};
+use crate::protocol::{DecodeError, ErrorCode, base64, decode, now_ms};
 use crate::routing;
 use crate::server::App;
 use crate::store::sessions::{NewJob, SessionReply, Touch};
@@ -187,7 +185,7 @@ impl SessionConn {
             SessionInbound::SessionInit(_) => return,
             SessionInbound::AudioChunk(c) => {
                 app.metrics.message_in(KIND, "audio_chunk");
-                let Ok(bytes) = B64.decode(c.payload.as_bytes()) else {
+                let Ok(bytes) = base64::decode(c.payload.as_bytes()) else {
                     return self.error(
                         ErrorCode::InvalidMessage,
                         "audio_chunk payload is not base64",
@@ -262,7 +260,7 @@ impl SessionConn {
         tenant: Option<&str>,
         u: Utterance<'_>,
     ) {
-        let Ok(audio) = B64.decode(u.audio.as_bytes()) else {
+        let Ok(audio) = base64::decode(u.audio.as_bytes()) else {
             return self.error(ErrorCode::InvalidMessage, "utterance audio is not base64");
         };
         let pipeline = u.pipeline.unwrap_or_default();

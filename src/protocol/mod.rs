@@ -5,6 +5,7 @@
 //! becomes a [`DecodeError`] that the gateway answers with `error`/`INVALID_MESSAGE`;
 //! nothing else happens for it.
 
+pub mod base64;
 pub mod node;
 pub mod result;
 pub mod session;
