@@ -66,17 +66,17 @@ end
 
 -- A success reads only what it needs: the job's fields end_job keeps (with the routing
 -- explanation of attempts 1..n: route:1..n and end:1..n-1, n = the attempt this result is
--- for; any other attempt is refused by the fencing) plus state, web_ms and id (named by the
--- ui_events; an ended record keeps no id) and rc (the compact route end_job keeps), and
--- the node's fields of fencing, release and offer in one HMGET. A failure may re-dispatch:
--- it reads the whole record. The lists are built once per attempt number and configuration.
+-- for; any other attempt is refused by the fencing) plus state, web_ms and rc (the compact
+-- route end_job keeps; the job's id is the caller's), and the node's fields of fencing,
+-- release and offer in one HMGET. A failure may re-dispatch: it reads the whole record. The
+-- lists are built once per attempt id (as sent) and configuration.
 local function ok_fields(attempt)
+  local cache = DERIVED.ok_fields or derive('ok_fields', {})
+  local f = cache[attempt]
+  if f then return f end
   local n = tonumber(attempt)
   if not n or n % 1 ~= 0 or n < 1 or n > CFG.max_attempts then n = 0 end
-  local name = 'job_result.ok_fields:' .. n
-  local f = DERIVED[name]
-  if f then return f end
-  f = {'state', 'web_ms', 'id', 'rc'}
+  f = {'state', 'web_ms', 'rc'}
   for _, k in ipairs(KEPT_FIELDS) do f[#f + 1] = k end
   if CFG.explain ~= 0 then
     for a = 1, n do
@@ -84,7 +84,8 @@ local function ok_fields(attempt)
       if a < n then f[#f + 1] = 'end:' .. a end
     end
   end
-  DERIVED[name] = f
+  -- (bounded: only the ids of attempts 1..16 as written, the only ones fencing lets through)
+  if SMALL[n] == attempt then cache[attempt] = f end
   return f
 end
 local NODE_FIELDS = {'conn', 'capacity_target', 'state', 'reserved', 'capacity', 'capsig'}
@@ -98,6 +99,7 @@ STAGE = staged(KEYS[3], true)
 local job, node = job_for(jid, ARGV[6], nid, ARGV[8], ok and ok_fields(ARGV[6]) or nil,
   ok and NODE_FIELDS or nil)
 if not job then return finish_staged({status = 'stale', reason = node}, STAGE) end
+job.id = jid
 
 if ok then
   -- checked before any write: a missing body would leave a header without it
@@ -107,7 +109,6 @@ if ok then
   local sess = session_read(job.session, SESSION_FIELDS)
   release_node(jid, nid, node)
   redis.call('ZREM', KEYS[2], jid)
-  redis.call('DEL', KEYS[1] .. ':audio')
   -- (no end:<attempt>: the last attempt of a FINISHED job ended ok at finished_at)
   end_job(jid, job, 'FINISHED')
   count('finished')

@@ -33,6 +33,8 @@ local LAT         -- {dispatch=, e2e=, pool=}: ms from job creation to dispatch 
 local OWNERS      -- delivery targets' {owner, conn}, by key: looked up once per call by
                   -- deliver(), or filled from a record the script read anyway
 local NODE_ACK    -- supports_ack of the nodes dispatch's load() read in this call
+local SEED        -- ARGV[4]'s seed, until random() first seeds Lua's PRNG with it (most calls
+                  -- draw no random number: seeding every call cost ~1 % of a job)
 
 -- One struct.unpack (~2 µs) instead of decoding a JSON object (~20 µs); and only when the
 -- configuration differs from the previous call's (an interned string: the comparison is
@@ -76,14 +78,25 @@ local function begin(keys, args)
     CFG_RAW = raw
     DERIVED = {}
   end
-  local seed, tp = string.match(args[4] or '', '^(%d+) ?(.*)$')
-  math.randomseed(tonumber(seed or '1'))
-  TP = tp or ''
+  -- "<seed> <traceparent>": the seed is applied by random() when a call first needs it
+  local a4 = args[4] or ''
+  local sp = string.find(a4, ' ', 1, true)
+  SEED = sp and string.sub(a4, 1, sp - 1) or a4
+  TP = sp and string.sub(a4, sp + 1) or ''
   local t = redis.call('TIME')
   NOW = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
   NOWS = string.format('%d', NOW)
   OUT, BLOBS, EV, OWNERS, NODE_ACK = {}, {}, {}, {}, {}
   LAT = {dispatch = {}, e2e = {}, pool = {}}
+end
+
+-- random(k): math.random(k), the PRNG seeded with this call's seed first.
+local function random(k)
+  if SEED then
+    math.randomseed(tonumber(SEED) or 1)
+    SEED = nil
+  end
+  return math.random(k)
 end
 
 local function count(name)
@@ -128,7 +141,10 @@ local function session_key(id) return P .. 'session:' .. id end
 -- further bulk strings.
 -- The numbers of the deliveries, EV and LAT go as decimal strings: cjson formats a number
 -- with "%.14g" (~1.5 µs each in Redis, a dozen per job), string.format('%d') in ~0.2 µs.
-local function dec(v) return v and string.format('%d', v) end
+-- The small numbers (delivery and blob indices, event counts) are looked up, not formatted.
+local SMALL = {[0] = '0', '1', '2', '3', '4', '5', '6', '7', '8', '9', '10', '11', '12', '13',
+  '14', '15', '16'}
+local function dec(v) return v and (SMALL[v] or string.format('%d', v)) end
 local function finish(r)
   for _, o in ipairs(OUT) do o.m, o.blob, o.seq = dec(o.m), dec(o.blob), dec(o.seq) end
   for k, v in pairs(EV) do EV[k] = dec(v) end
@@ -298,6 +314,9 @@ local function compact_route(v, nid)
   local more = entries > 1 and (',+' .. (entries - 1)) or ''
   return '- - ' .. label .. '>' .. entry .. more
 end
+-- The routing explanation's field names of the first attempts, made once.
+local ROUTE_KEYS, END_KEYS = {}, {}
+for a = 1, 16 do ROUTE_KEYS[a], END_KEYS[a] = 'route:' .. a, 'end:' .. a end
 local function end_job(jid, job, state, extra)
   local jk = job_key(jid)
   local f = {'state', state, 'finished_at', NOWS}
@@ -308,24 +327,31 @@ local function end_job(jid, job, state, extra)
       f[#f + 1] = v
     end
   end
-  -- The routing explanation (route:<n>, end:<n>; issue 11) is what inspection reads most.
+  -- The routing explanation (route:<n>, end:<n>; issue 11) is what inspection reads most:
+  -- route:1..attempt+1 (a wait or a failure before the next attempt is explained under
+  -- the number that attempt would have had), end:1..attempt.
   if CFG.explain ~= 0 then
-    for k, v in pairs(job) do
-      local c = string.byte(k)
-      if c == 114 and string.sub(k, 1, 6) == 'route:' then
-        f[#f + 1] = k
-        local plain = state == 'FINISHED' and k == 'route:1' and tostring(job.attempt) == '1'
+    local attempt = tonumber(job.attempt) or 0
+    for a = 1, attempt + 1 do
+      local rk = ROUTE_KEYS[a] or ('route:' .. a)
+      local v = job[rk]
+      if v then
+        f[#f + 1] = rk
+        local plain = a == 1 and attempt == 1 and state == 'FINISHED'
           and not string.find(v, '|queued@', 1, true)
         -- rc: the compact form assign kept (a record of an earlier version has none)
         f[#f + 1] = plain and (job.rc or compact_route(v, job.node)) or v
-      elseif c == 101 and string.sub(k, 1, 4) == 'end:' then
-        f[#f + 1] = k
-        f[#f + 1] = v
+      end
+      local ek = END_KEYS[a] or ('end:' .. a)
+      if job[ek] then
+        f[#f + 1] = ek
+        f[#f + 1] = job[ek]
       end
     end
   end
   for _, v in ipairs(extra or {}) do f[#f + 1] = v end
-  redis.call('DEL', jk)
+  -- the audio goes with the in-flight record: an ended job is never sent again
+  redis.call('DEL', jk, jk .. ':audio')
   redis.call('HSET', jk, unpack(f))
   redis.call('PEXPIRE', jk, CFGS.job_ttl)
   job.state = state

@@ -265,7 +265,7 @@ local function pick(job, why)
       local order = {}
       for k = 1, #members do order[k] = k end
       for k = #order, 2, -1 do
-        local r = math.random(k)
+        local r = random(k)
         order[k], order[r] = order[r], order[k]
       end
       for _, k in ipairs(order) do
@@ -292,7 +292,6 @@ end
 local function fail(jid, job, code, message)
   unqueue(jid, job)
   redis.call('ZREM', P .. 'due:jobs', jid)
-  redis.call('DEL', job_key(jid) .. ':audio')
   local extra = {'failure', code, 'failure_message', message}
   if CFG.explain ~= 0 and job.node and job.node ~= '' then
     extra[5], extra[6] = 'end:' .. job.attempt, NOW .. ' failed ' .. code
@@ -366,7 +365,9 @@ local function assign(jid, job, nid, why, compact)
   elseif fresh or redis.call('EXISTS', sk) == 1 then
     redis.call('HSET', sk, 'last_node', nid)
   end
-  local msg = json_with(job.spec, {attempt_id = tonumber(attempt)})
+  -- the spec is a JSON object with members (submit put the ids in it): attempt_id goes in
+  -- front as text, without encoding a table
+  local msg = '{"attempt_id":' .. attempt .. ',' .. string.sub(job.spec, 2)
   local audio = fresh and job.fresh_audio or redis.call('GET', jk .. ':audio') or ''
   deliver('node', nid, msg, audio, nil, job.tp, jid, fresh and job.own_audio)
   ui_events_ok(job, 'DISPATCHED')
