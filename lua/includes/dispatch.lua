@@ -100,19 +100,20 @@ local NOT_RECORD = {unsaved = true, sess_set = true, fresh_audio = true, own_aud
   ui_json = true}
 
 -- save_fields(job, f): when the record of a job submit() created in this call was not
--- written yet, the flat field list `f` (about to be HSET) gets every field of `job` that
--- `f` does not set, and the caller sets its TTL. Returns whether it did.
+-- written yet, the flat field list `f` (about to be HSET) becomes the whole record: `job`
+-- takes f's values, then f lists every field of `job`; the caller sets its TTL. Returns
+-- whether it did.
 local function save_fields(job, f)
   if not job.unsaved then return false end
-  local set = {}
-  for i = 1, #f, 2 do set[f[i]] = true end
+  job.unsaved = nil
+  for i = 1, #f, 2 do job[f[i]] = f[i + 1] end
+  local n = 0
   for k, v in pairs(job) do
-    if not set[k] and not NOT_RECORD[k] then
-      f[#f + 1] = k
-      f[#f + 1] = v
+    if not NOT_RECORD[k] then
+      f[n + 1], f[n + 2] = k, v
+      n = n + 2
     end
   end
-  job.unsaved = nil
   return true
 end
 
