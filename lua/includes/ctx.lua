@@ -124,6 +124,12 @@ local function hmget(key, fields)
   return h
 end
 
+-- nonempty(v): v, or nil when it is nil or "".
+local function nonempty(v)
+  if v == '' then return nil end
+  return v
+end
+
 -- csv_has("a,b,c", "b") -> true
 local function csv_has(csv, item)
   if not csv or csv == '' then return false end

@@ -328,7 +328,8 @@ local function assign(jid, job, nid, why, compact)
   local acks = (NODE_ACK[nid] or redis.call('HGET', node_key(nid), 'supports_ack')) == '1'
   local deadline = dec(NOW + (acks and CFG.ack_timeout or CFG.run_timeout))
   local f = {'state', 'DISPATCHED', 'node', nid, 'dispatched_at', NOWS, 'deadline', deadline,
-    'queue', '', 'attempt', attempt}
+    'attempt', attempt}
+  if not fresh then f[#f + 1], f[#f + 2] = 'queue', '' end -- (a fresh job was in no queue)
   if why and why ~= '' then
     local rk = 'route:' .. attempt
     local waited = job[rk] and string.match(job[rk], '^%S+ %S+ (.*)$')

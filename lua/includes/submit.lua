@@ -17,21 +17,22 @@ local function submit(sid, sess, idx, spec, audio, meta)
   local is = dec(idx)
   local existing = redis.call('HGET', sk .. ':jobs', is)
   if existing then return {status = 'duplicate', job_id = existing} end
-  if redis.call('HEXISTS', sk .. ':results', is) == 1
-      or idx < tonumber(sess.next_deliver or '0') then
-    return {status = 'settled'}
-  end
+  -- Only a job's end settles an index, and its index joined `jobs` when the job was made;
+  -- the two leave together (trim), behind the cursor. So an index not in `jobs` has no
+  -- result unless it is behind the cursor: no HEXISTS of the results needed.
+  if idx < tonumber(sess.next_deliver or '0') then return {status = 'settled'} end
   local jid = 'job-' .. sess.nonce .. '-' .. is
   local ids = {type = 'job_assign', job_id = jid, session_id = sid, utterance_index = idx,
     trace_id = meta.trace_id}
   if meta.turn_id and meta.turn_id ~= '' then ids.turn_id = meta.turn_id end
   local context = group_context(sess)
   if context ~= '' then ids.context_text = context end
-  local job = {id = jid, session = sid, idx = is, state = 'CREATED', attempt = '0', tried = '',
+  -- (fields without a value are left out of the record: readers take absent as empty)
+  local job = {id = jid, session = sid, idx = is, state = 'CREATED', attempt = '0',
     pools = meta.pools, needs = meta.needs, pair = meta.pair, trace_id = meta.trace_id,
-    turn_id = meta.turn_id or '', turn_node = meta.turn_node or '',
-    last_node = sess.last_node or '', created_at = NOWS, spec = json_with(spec, ids), queue = '',
-    tp = TP, web_ms = meta.web_ms or ''}
+    turn_id = nonempty(meta.turn_id), turn_node = nonempty(meta.turn_node),
+    last_node = nonempty(sess.last_node), created_at = NOWS, spec = json_with(spec, ids),
+    tp = TP, web_ms = nonempty(meta.web_ms)}
   -- The record is written once, by whichever of assign / queue / fail settles it in this
   -- call (one HSET with the dispatch fields instead of two).
   job.unsaved = true
