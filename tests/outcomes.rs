@@ -352,6 +352,58 @@ async fn a_skipped_index_gets_missing_result_after_the_window() {
     invariants::check(&mut c).await;
 }
 
+/// An index the reorder window gave up on has its terminal message (missing_result) without
+/// ever having had a job. Sent late, while an earlier index still holds the cursor, it is
+/// refused as settled: no job, no second terminal message.
+#[tokio::test]
+async fn an_index_given_up_as_missing_is_settled_when_it_arrives_late() {
+    let redis = RedisServer::start().await;
+    // job 0 stays in flight (holding the cursor at 0) however long a loaded machine stalls
+    let inst = start_tweaked(&redis, |c| {
+        c.jobs.ack_timeout_ms = 10_000;
+        c.jobs.run_timeout_ms = 10_000;
+        c.node.liveness_ms = Some(20_000);
+    })
+    .await;
+    let mut c = redis.client().await;
+    let (mut n, nid) = node(&inst, |_| {}).await;
+    let (mut s, sid) = session(&inst).await;
+    s.send(&utterance(&sid, 0)).await;
+    let a0 = assign(&mut n).await;
+    s.send(&utterance(&sid, 2)).await;
+    let a2 = assign(&mut n).await;
+    n.send(&answer(&a2, &nid, "two")).await;
+    let got = terminals(&mut s, 2, T).await;
+    let kinds: Vec<(u64, &str)> = got
+        .iter()
+        .map(|v| {
+            (
+                v["utterance_index"].as_u64().unwrap(),
+                v["type"].as_str().unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        kinds,
+        vec![(1, "missing_result"), (2, "translation_result")]
+    );
+    s.send(&utterance(&sid, 1)).await;
+    let err = next_of(&mut s, "error", T)
+        .await
+        .expect("an error for the settled index");
+    assert_eq!(err["code"], "INVALID_MESSAGE", "{err}");
+    assert!(
+        next_of(&mut n, "job_assign", Duration::from_millis(300))
+            .await
+            .is_none(),
+        "a job was made for an index that has its outcome"
+    );
+    n.send(&answer(&a0, &nid, "zero")).await;
+    let got = terminals(&mut s, 1, T).await;
+    assert_eq!(got[0]["utterance_index"], 0);
+    invariants::check(&mut c).await;
+}
+
 /// Delivered results leave the log (with their idempotency entries) once older than
 /// `session.result_retention_ms`; the in-order path trims at most every eighth of it
 /// (the session's `trim_at`), so a result stays at most 9/8 of the retention.

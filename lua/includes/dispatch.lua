@@ -318,7 +318,7 @@ local function assign(jid, job, nid, why, compact)
   -- A job submit() created in this call (CREATED): its record, audio and their TTLs were
   -- just written and its session exists, so 5 commands are not needed.
   local fresh = job.state == 'CREATED'
-  unqueue(jid, job)
+  if not fresh then unqueue(jid, job) end -- (a fresh job waits in no queue: no `queue` field)
   -- reserved counts the node's set of jobs (DESIGN §1): only the first job of an idle node
   -- creates the set and gives it its TTL; heartbeats refresh it (keep_alive).
   local reserved = redis.call('HINCRBY', node_key(nid), 'reserved', '1')
@@ -329,7 +329,7 @@ local function assign(jid, job, nid, why, compact)
   local deadline = dec(NOW + (acks and CFG.ack_timeout or CFG.run_timeout))
   local f = {'state', 'DISPATCHED', 'node', nid, 'dispatched_at', NOWS, 'deadline', deadline,
     'attempt', attempt}
-  if not fresh then f[#f + 1], f[#f + 2] = 'queue', '' end -- (a fresh job was in no queue)
+  if not fresh then f[#f + 1], f[#f + 2] = 'queue', '' end
   if why and why ~= '' then
     local rk = 'route:' .. attempt
     local waited = job[rk] and string.match(job[rk], '^%S+ %S+ (.*)$')
@@ -500,8 +500,10 @@ local function failover(jid, job, code, message, cancel)
     end
     job.tried = (job.tried and job.tried ~= '') and (job.tried .. ',' .. old) or old
     if CFG.explain ~= 0 then
-      redis.call('HSET', job_key(jid), 'tried', job.tried, 'node', '',
-        'end:' .. job.attempt, NOW .. ' failover ' .. code)
+      -- kept in `job` too: a job that fails in this same call is rewritten from it (end_job)
+      local ek = 'end:' .. job.attempt
+      job[ek] = NOWS .. ' failover ' .. code
+      redis.call('HSET', job_key(jid), 'tried', job.tried, 'node', '', ek, job[ek])
     else
       redis.call('HSET', job_key(jid), 'tried', job.tried, 'node', '')
     end

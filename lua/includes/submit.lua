@@ -17,10 +17,11 @@ local function submit(sid, sess, idx, spec, audio, meta)
   local is = dec(idx)
   local existing = redis.call('HGET', sk .. ':jobs', is)
   if existing then return {status = 'duplicate', job_id = existing} end
-  -- Only a job's end settles an index, and its index joined `jobs` when the job was made;
-  -- the two leave together (trim), behind the cursor. So an index not in `jobs` has no
-  -- result unless it is behind the cursor: no HEXISTS of the results needed.
-  if idx < tonumber(sess.next_deliver or '0') then return {status = 'settled'} end
+  -- (not only a job's end settles an index: a gap the reorder window gave up on gets its
+  -- missing_result without ever having had a job)
+  if idx < tonumber(sess.next_deliver or '0') or redis.call('HEXISTS', sk .. ':results', is) == 1 then
+    return {status = 'settled'}
+  end
   local jid = 'job-' .. sess.nonce .. '-' .. is
   local ids = {type = 'job_assign', job_id = jid, session_id = sid, utterance_index = idx,
     trace_id = meta.trace_id}

@@ -342,6 +342,10 @@ async fn check_job(c: &mut MultiplexedConnection, prefix: &str, j: &str, bad: &m
                 bad.push(format!("job {j}: attempt {k} of {attempt} has no end:{k}"));
             }
         }
+        // A failed job's last attempt ended too: `fail` or the failover before it says how.
+        if state == "FAILED" && !job.contains_key(&format!("end:{attempt}")) {
+            bad.push(format!("job {j} FAILED without end:{attempt}"));
+        }
     }
     if !ACTIVE.contains(&state.as_str()) {
         // no node may hold it
