@@ -12,12 +12,7 @@ cd "$(dirname "$0")/.."
 OUT=$(mktemp -d)
 trap 'cleanup; rm -rf "$OUT"' EXIT
 rp=$(free_port)
-valgrind --tool=callgrind --callgrind-out-file="$OUT/cg.out" --toggle-collect=fcallCommand \
-  "$REDIS_BIN" --port "$rp" --bind 127.0.0.1 --save '' --appendonly no --dir "$OUT" \
-  >"$OUT/valgrind.log" 2>&1 &
-RPID=$!
-STARTED+=("$RPID")
-for _ in $(seq 1 100); do redis-cli -p "$rp" ping >/dev/null 2>&1 && break; sleep 0.2; done
+start_callgrind_redis "$OUT" "$rp"
 # name|Lua statement run 100 times (k: KEYS[1], a hash of 40 fields like a session record;
 # small: a hash of 12; z: a sorted set; s: a set)
 CASES=(

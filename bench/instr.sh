@@ -22,12 +22,7 @@ rm -f "$OUT"/cg.out*
 dev_credentials "$BIN"
 trap cleanup EXIT
 rp=$(free_port) ip=$(free_port)
-valgrind --tool=callgrind --callgrind-out-file="$OUT/cg.out" --toggle-collect=fcallCommand \
-  "$REDIS_BIN" --port "$rp" --bind 127.0.0.1 --save '' --appendonly no --dir "$OUT" \
-  >"$OUT/valgrind.log" 2>&1 &
-RPID=$!
-STARTED+=("$RPID")
-for _ in $(seq 1 100); do redis-cli -p "$rp" ping >/dev/null 2>&1 && break; sleep 0.2; done
+start_callgrind_redis "$OUT" "$rp"
 start_instance "$BIN" "$OUT/inst.log" "$ip" "redis://127.0.0.1:$rp" \
   SWITCHYARD_SWEEP__INTERVAL_MS=600000 SWITCHYARD_INSTANCE__BEAT_INTERVAL_MS=3000 \
   SWITCHYARD_INSTANCE__PRESENCE_TTL_MS=10000 ${INSTANCE_ENV:-}

@@ -118,3 +118,17 @@ cmdstat() {
 redis_cpu() {
   redis-cli -p "$1" info cpu | tr -d '\r' | awk -F: '/^used_cpu_(user|sys):/ {s += $2} END {printf "%.6f\n", s}'
 }
+
+# start_callgrind_redis DIR PORT: redis-server under callgrind, counting only inside FCALL
+# (--toggle-collect=fcallCommand), output in DIR/cg.out.N; sets RPID (for callgrind_control)
+# and waits until it answers. REDIS_BIN picks the server (default: the one on PATH).
+start_callgrind_redis() {
+  local dir=$1 port=$2
+  valgrind --tool=callgrind --callgrind-out-file="$dir/cg.out" --toggle-collect=fcallCommand \
+    "${REDIS_BIN:-redis-server}" --port "$port" --bind 127.0.0.1 --save '' --appendonly no \
+    --dir "$dir" >"$dir/valgrind.log" 2>&1 &
+  RPID=$!
+  STARTED+=("$RPID")
+  for _ in $(seq 1 100); do redis-cli -p "$port" ping >/dev/null 2>&1 && return 0; sleep 0.2; done
+  die "redis-server under callgrind did not answer on $port"
+}

@@ -276,19 +276,23 @@ async fn results_finishing_out_of_order_are_delivered_in_order() {
     invariants::check(&mut c).await;
 }
 
-#[tokio::test]
-async fn a_slow_earlier_job_holds_later_results_only_for_the_reorder_window() {
-    let redis = RedisServer::start().await;
-    // Reorder window 400 ms. Job 0 and its node must outlive the window however long a
-    // loaded machine stalls: once, under make test on Sentinel, index 0 got its terminal
-    // message first, as if job 0 had failed (the suite's run timeout and node liveness are
-    // 3 s) before index 1 was released.
-    let inst = start_tweaked(&redis, |c| {
+/// An instance whose jobs and nodes outlive the reorder window (400 ms) however long a
+/// loaded machine stalls: once, under make test on Sentinel, an index held back for the
+/// window got its terminal message first, as if its job had failed (the suite's run timeout
+/// and node liveness are 3 s).
+async fn start_patient(redis: &RedisServer) -> switchyard::server::Running {
+    start_tweaked(redis, |c| {
         c.jobs.ack_timeout_ms = 10_000;
         c.jobs.run_timeout_ms = 10_000;
         c.node.liveness_ms = Some(20_000);
     })
-    .await;
+    .await
+}
+
+#[tokio::test]
+async fn a_slow_earlier_job_holds_later_results_only_for_the_reorder_window() {
+    let redis = RedisServer::start().await;
+    let inst = start_patient(&redis).await;
     let mut c = redis.client().await;
     let (mut n, nid) = node(&inst, |_| {}).await;
     let (mut s, sid) = session(&inst).await;
@@ -358,13 +362,7 @@ async fn a_skipped_index_gets_missing_result_after_the_window() {
 #[tokio::test]
 async fn an_index_given_up_as_missing_is_settled_when_it_arrives_late() {
     let redis = RedisServer::start().await;
-    // job 0 stays in flight (holding the cursor at 0) however long a loaded machine stalls
-    let inst = start_tweaked(&redis, |c| {
-        c.jobs.ack_timeout_ms = 10_000;
-        c.jobs.run_timeout_ms = 10_000;
-        c.node.liveness_ms = Some(20_000);
-    })
-    .await;
+    let inst = start_patient(&redis).await;
     let mut c = redis.client().await;
     let (mut n, nid) = node(&inst, |_| {}).await;
     let (mut s, sid) = session(&inst).await;
