@@ -276,6 +276,18 @@ async fn results_finishing_out_of_order_are_delivered_in_order() {
     invariants::check(&mut c).await;
 }
 
+/// (utterance_index, type) of each terminal message.
+fn kinds(got: &[Value]) -> Vec<(u64, &str)> {
+    got.iter()
+        .map(|v| {
+            (
+                v["utterance_index"].as_u64().unwrap(),
+                v["type"].as_str().unwrap(),
+            )
+        })
+        .collect()
+}
+
 /// An instance whose jobs and nodes outlive the reorder window (400 ms) however long a
 /// loaded machine stalls: once, under make test on Sentinel, an index held back for the
 /// window got its terminal message first, as if its job had failed (the suite's run timeout
@@ -334,17 +346,8 @@ async fn a_skipped_index_gets_missing_result_after_the_window() {
         n.send(&answer(&a, &nid, "x")).await;
     }
     let got = terminals(&mut s, 3, T).await;
-    let kinds: Vec<(u64, &str)> = got
-        .iter()
-        .map(|v| {
-            (
-                v["utterance_index"].as_u64().unwrap(),
-                v["type"].as_str().unwrap(),
-            )
-        })
-        .collect();
     assert_eq!(
-        kinds,
+        kinds(&got),
         vec![
             (0, "translation_result"),
             (1, "missing_result"),
@@ -372,17 +375,8 @@ async fn an_index_given_up_as_missing_is_settled_when_it_arrives_late() {
     let a2 = assign(&mut n).await;
     n.send(&answer(&a2, &nid, "two")).await;
     let got = terminals(&mut s, 2, T).await;
-    let kinds: Vec<(u64, &str)> = got
-        .iter()
-        .map(|v| {
-            (
-                v["utterance_index"].as_u64().unwrap(),
-                v["type"].as_str().unwrap(),
-            )
-        })
-        .collect();
     assert_eq!(
-        kinds,
+        kinds(&got),
         vec![(1, "missing_result"), (2, "translation_result")]
     );
     s.send(&utterance(&sid, 1)).await;
