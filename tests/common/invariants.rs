@@ -157,14 +157,23 @@ async fn violations_in(
         .map(str::to_string)
         .collect();
     for n in &node_ids {
-        let h: HashMap<String, String> = c
+        // One snapshot of the node (MULTI/EXEC): the instances keep sweeping while this
+        // runs, and a sweep that takes a disconnected node offline between two reads would
+        // read as a node in neither state.
+        let (h, mine, active, live): (
+            HashMap<String, String>,
+            Vec<String>,
+            Vec<String>,
+            Option<f64>,
+        ) = redis::pipe()
+            .atomic()
             .hgetall(format!("{prefix}node:{n}"))
-            .await
-            .expect("hgetall");
-        let mine: Vec<String> = c
             .smembers(format!("{prefix}node:{n}:pools"))
+            .smembers(format!("{prefix}node:{n}:jobs"))
+            .zscore(format!("{prefix}nodes:live"), n)
+            .query_async(c)
             .await
-            .expect("smembers");
+            .expect("node snapshot");
         for p in &mine {
             let there: bool = c
                 .sismember(format!("{prefix}pool:{p}"), n)
@@ -179,10 +188,6 @@ async fn violations_in(
         if reserved < 0 || reserved > cap {
             bad.push(format!("node {n} reserved {reserved} of capacity {cap}"));
         }
-        let active: Vec<String> = c
-            .smembers(format!("{prefix}node:{n}:jobs"))
-            .await
-            .expect("smembers");
         if active.len() as i64 != reserved {
             bad.push(format!(
                 "node {n} reserved {reserved} but holds {} active jobs",
@@ -202,10 +207,6 @@ async fn violations_in(
                 ));
             }
         }
-        let live: Option<f64> = c
-            .zscore(format!("{prefix}nodes:live"), n)
-            .await
-            .expect("zscore");
         let state = h.get("state").cloned().unwrap_or_default();
         if state == "offline" && live.is_some() {
             bad.push(format!("offline node {n} is still in the liveness set"));
