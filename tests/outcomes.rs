@@ -291,7 +291,7 @@ fn kinds(got: &[Value]) -> Vec<(u64, &str)> {
 /// An instance whose jobs and nodes outlive the reorder window (400 ms) however long a
 /// loaded machine stalls: once, under make test on Sentinel, an index held back for the
 /// window got its terminal message first, as if its job had failed (the suite's run timeout
-/// and node liveness are 3 s).
+/// is 3 s).
 async fn start_patient(redis: &RedisServer) -> switchyard::server::Running {
     start_tweaked(redis, |c| {
         c.jobs.ack_timeout_ms = 10_000;

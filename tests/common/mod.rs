@@ -100,9 +100,10 @@ pub fn test_config(redis_url: &str) -> Config {
     cfg.redis.timeout_ms = 500;
     cfg.auth.hs256_secrets = vec![TEST_SECRET.into()];
     cfg.node.heartbeat_interval_ms = 300;
-    // Scenario nodes rarely heartbeat: a liveness long enough not to race them; the
-    // liveness scenarios shorten it.
-    cfg.node.liveness_ms = Some(3_000);
+    // Scenario nodes rarely heartbeat: a liveness long enough not to race them on a loaded
+    // machine (at 3 s, a node of a test stalled past it was once taken offline mid-test);
+    // the liveness scenarios shorten it.
+    cfg.node.liveness_ms = Some(8_000);
     cfg.node.disconnect_grace_ms = 400;
     cfg.node.offline_retention_ms = 5_000;
     cfg.sweep.interval_ms = 50;
