@@ -132,3 +132,29 @@ start_callgrind_redis() {
   for _ in $(seq 1 100); do redis-cli -p "$port" ping >/dev/null 2>&1 && return 0; sleep 0.2; done
   die "redis-server under callgrind did not answer on $port"
 }
+
+# start_quiet_instance BIN DIR PORT REDIS_PORT: one instance whose sweeps and beats hardly
+# run (so a count per job is the jobs' own), plus $INSTANCE_ENV.
+start_quiet_instance() {
+  local bin=$1 dir=$2 port=$3 rport=$4
+  # shellcheck disable=SC2086 # INSTANCE_ENV: several VAR=value words
+  start_instance "$bin" "$dir/inst.log" "$port" "redis://127.0.0.1:$rport" \
+    SWITCHYARD_SWEEP__INTERVAL_MS=600000 SWITCHYARD_INSTANCE__BEAT_INTERVAL_MS=3000 \
+    SWITCHYARD_INSTANCE__PRESENCE_TTL_MS=10000 ${INSTANCE_ENV:-}
+}
+
+# sim_sequential BIN PORT N: N utterances per session, each sent when the previous result
+# arrived, against the instance on PORT; JSON summary on stdout. SHAPE: "sparse" (1 node,
+# 1 session: N jobs) or "sat", ab.sh's saturation shape (20 nodes of capacity 16, 50 sessions
+# with a window of 4: N × 50 jobs). SIM_EXTRA: further simulator options.
+sim_sequential() {
+  local bin=$1 port=$2 n=$3 form extra
+  case ${SHAPE:-sparse} in
+    sparse) read -r -a form <<<"--nodes 1 --capacity 4 --sessions 1 --window 1" ;;
+    sat) read -r -a form <<<"--nodes 20 --capacity 16 --sessions 50 --window 4" ;;
+    *) die "SHAPE is sparse or sat" ;;
+  esac
+  read -r -a extra <<<"${SIM_EXTRA:-}"
+  "$bin" sim --quiet --json --url "ws://127.0.0.1:$port" "${form[@]}" --delay-ms 0-0 \
+    --interval-ms 0 --utterances "$n" --duration-s 300 --grace-s 5 "${extra[@]}"
+}

@@ -25,21 +25,9 @@ rp=$(free_port) ip=$(free_port)
   --busy-reply-threshold 0 >"$OUT/redis.log" 2>&1 &
 STARTED+=("$!")
 for _ in $(seq 1 100); do redis-cli -p "$rp" ping >/dev/null 2>&1 && break; sleep 0.1; done
-start_instance "$BIN" "$OUT/inst.log" "$ip" "redis://127.0.0.1:$rp" \
-  SWITCHYARD_SWEEP__INTERVAL_MS=600000 SWITCHYARD_INSTANCE__BEAT_INTERVAL_MS=3000 \
-  SWITCHYARD_INSTANCE__PRESENCE_TTL_MS=10000 ${INSTANCE_ENV:-}
-case ${SHAPE:-sparse} in
-  sparse) read -r -a FORM <<<"--nodes 1 --capacity 4 --sessions 1 --window 1" ;;
-  sat) read -r -a FORM <<<"--nodes 20 --capacity 16 --sessions 50 --window 4" ;;
-  *) die "SHAPE is sparse or sat" ;;
-esac
-read -r -a EXTRA <<<"${SIM_EXTRA:-}"
-sim() {
-  "$BIN" sim --quiet --json --url "ws://127.0.0.1:$ip" "${FORM[@]}" --delay-ms 0-0 \
-    --interval-ms 0 --utterances "$1" --duration-s 300 --grace-s 5 "${EXTRA[@]}"
-}
-sim 20 >/dev/null # the library is loaded, the session and node exist
+start_quiet_instance "$BIN" "$OUT" "$ip" "$rp"
+sim_sequential "$BIN" "$ip" 20 >/dev/null # the library is loaded, the session and node exist
 python3 bench/lprof/inject.py "$rp" "$OUT"
 redis-cli -p "$rp" fcall prof_reset 0 >/dev/null
-sim "$N" >"$OUT/sim.json"
+sim_sequential "$BIN" "$ip" "$N" >"$OUT/sim.json"
 python3 bench/lprof/report.py "$rp" "$OUT" "$(jq .results "$OUT/sim.json")" "${TOP:-50}"

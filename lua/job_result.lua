@@ -80,8 +80,8 @@ local function ok_fields(attempt)
   for _, k in ipairs(KEPT_FIELDS) do f[#f + 1] = k end
   if CFG.explain ~= 0 then
     for a = 1, n do
-      f[#f + 1] = 'route:' .. a
-      if a < n then f[#f + 1] = 'end:' .. a end
+      f[#f + 1] = route_key(a)
+      if a < n then f[#f + 1] = end_key(a) end
     end
   end
   -- (bounded: only the ids of attempts 1..16 as written, the only ones fencing lets through)

@@ -320,9 +320,12 @@ local function compact_route(v, nid)
   local more = entries > 1 and (',+' .. (entries - 1)) or ''
   return '- - ' .. label .. '>' .. entry .. more
 end
--- The routing explanation's field names of the first attempts, made once.
+-- route_key(n), end_key(n): the routing explanation's fields of attempt n (a number);
+-- those of the first 16 attempts made once, not concatenated on every call.
 local ROUTE_KEYS, END_KEYS = {}, {}
 for a = 1, 16 do ROUTE_KEYS[a], END_KEYS[a] = 'route:' .. a, 'end:' .. a end
+local function route_key(n) return ROUTE_KEYS[n] or ('route:' .. n) end
+local function end_key(n) return END_KEYS[n] or ('end:' .. n) end
 local function end_job(jid, job, state, extra)
   local jk = job_key(jid)
   local f = {'state', state, 'finished_at', NOWS}
@@ -339,7 +342,7 @@ local function end_job(jid, job, state, extra)
   if CFG.explain ~= 0 then
     local attempt = tonumber(job.attempt) or 0
     for a = 1, attempt + 1 do
-      local rk = ROUTE_KEYS[a] or ('route:' .. a)
+      local rk = route_key(a)
       local v = job[rk]
       if v then
         f[#f + 1] = rk
@@ -348,7 +351,7 @@ local function end_job(jid, job, state, extra)
         -- rc: the compact form assign kept (a record of an earlier version has none)
         f[#f + 1] = plain and (job.rc or compact_route(v, job.node)) or v
       end
-      local ek = END_KEYS[a] or ('end:' .. a)
+      local ek = end_key(a)
       if job[ek] then
         f[#f + 1] = ek
         f[#f + 1] = job[ek]

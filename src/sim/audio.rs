@@ -5,8 +5,7 @@
 //! packets of about 60 bytes, each framed by its length as two little-endian bytes (the
 //! lingua web client's framing, PROTOCOL.md `audio_chunk`).
 
-use base64::Engine;
-use base64::engine::general_purpose::STANDARD as B64;
+use crate::protocol::base64;
 
 /// Duration of one Opus packet.
 pub const FRAME_MS: u64 = 20;
@@ -26,7 +25,7 @@ pub fn opus_packets(ms: u64) -> Vec<u8> {
 
 /// [`opus_packets`] as the base64 text the JSON frames carry.
 pub fn opus_base64(ms: u64) -> String {
-    B64.encode(opus_packets(ms))
+    base64::encode(&opus_packets(ms))
 }
 
 /// Pre-encoded audio, reused across sends so the load generator spends its CPU on the

@@ -35,12 +35,11 @@ pub struct NodeSpec {
 
 /// The `tts_audio` of `--tts-bytes N` (0: the 10-byte placeholder "opus-bytes").
 pub fn tts_audio(bytes: usize) -> String {
-    use base64::Engine as _;
     if bytes == 0 {
         return "b3B1cy1ieXRlcw==".into();
     }
     let raw: Vec<u8> = (0..bytes).map(|i| (i % 251) as u8).collect();
-    base64::engine::general_purpose::STANDARD.encode(raw)
+    crate::protocol::base64::encode(&raw)
 }
 
 /// What one node saw.
@@ -331,15 +330,10 @@ fn on_assign(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use base64::Engine as _;
 
     #[test]
     fn tts_audio_is_the_placeholder_or_n_bytes_of_base64() {
-        let decode = |s: &str| {
-            base64::engine::general_purpose::STANDARD
-                .decode(s)
-                .expect("base64")
-        };
+        let decode = |s: &str| crate::protocol::base64::decode(s.as_bytes()).expect("base64");
         assert_eq!(decode(&tts_audio(0)), b"opus-bytes");
         assert_eq!(decode(&tts_audio(32768)).len(), 32768);
     }
