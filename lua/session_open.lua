@@ -1,13 +1,17 @@
 --[[ session_open: a client's session_init creates its session record.
 Input:
   KEYS[1] session hash {tag}:session:<sid>
-  ARGV[1..4] ctx   ARGV[5] session id   ARGV[6] "1" when minted (must be unused)
+  ARGV[1..4] ctx   ARGV[5] session id   ARGV[6] "1" when minted: the id must be unused, by
+          the record and by every key of an earlier session of that id (they get their own
+          TTLs and may outlive the record: a new session must not find its job index,
+          result log or audio buffer)
   ARGV[7] connection token   ARGV[8] nonce (makes job ids unique across session lifetimes)
   ARGV[9] subject: `sub` of the opening credential ("" = none: not counted)
   ARGV[10] most live sessions per subject (0 = no limit)
   ARGV[11] n: field/value pairs in ARGV[12 .. 11+2n] (languages, mode, tenant, pools, needs,
           pair, spec = the job_assign template, trace_id, resume_hash, client fields)
-  Derived: {tag}:subject:<sub>:sessions (zset sid -> expiry ms; see subject_sessions)
+  Derived: {tag}:subject:<sub>:sessions (zset sid -> expiry ms; see subject_sessions);
+  session:<sid>:jobs, :results, :pending, :audio, :rtime (checked when minted)
 Output: [JSON]
   {"status":"taken"} | {"status":"ok"}
   {"status":"limit","live":N}  the subject already has ARGV[10] live sessions: nothing written
@@ -18,8 +22,12 @@ Output: [JSON]
 local sid, sub = ARGV[5], ARGV[9]
 local max_live = int(10, 'sessions per subject', 0, math.huge)
 local n = int(11, 'field pairs', 0, (#ARGV - 11) / 2)
-if ARGV[6] == '1' and redis.call('EXISTS', KEYS[1]) == 1 then
-  return finish({status = 'taken'})
+if ARGV[6] == '1' then
+  local sk = KEYS[1]
+  if redis.call('EXISTS', sk, sk .. ':jobs', sk .. ':results', sk .. ':pending', sk .. ':audio',
+      sk .. ':rtime') > 0 then
+    return finish({status = 'taken'})
+  end
 end
 if sub ~= '' then
   -- Live = not closed and not expired: entries expire with the session's idle TTL.

@@ -16,6 +16,7 @@ use common::jobs::*;
 use common::*;
 use redis::AsyncCommands;
 use serde_json::json;
+use switchyard::store::sessions::OpenReply;
 
 const T: Duration = Duration::from_secs(5);
 
@@ -235,4 +236,39 @@ async fn an_active_session_keeps_living_past_its_idle_ttl() {
     let ttl: i64 = c.pttl(format!("{PREFIX}session:{sid}")).await.unwrap();
     assert!(ttl > 1_000, "TTL refreshed by activity: {ttl}");
     invariants::check(&mut c).await;
+}
+
+/// A minted session id is refused while any key of an earlier session of that id lingers:
+/// a session's job index, result log and audio buffer get their own TTLs and can outlive its
+/// record, and a new session that found them would take its first utterance for a resend.
+#[tokio::test]
+async fn a_minted_session_id_is_refused_while_keys_of_an_earlier_session_linger() {
+    let redis = RedisServer::start().await;
+    let cfg = test_config(&redis.url());
+    let inst = common::model::Instance::new(&cfg, "i-mint".into());
+    let mut c = redis.client().await;
+    let store = &inst.store;
+    let open = |sid: &'static str| async move {
+        let out = store
+            .session_open(sid, true, "i-mint/1", "n0", None, 0, &[])
+            .await
+            .expect("session_open");
+        out.reply
+    };
+    for (sid, key) in [
+        ("s-00000001", "jobs"),
+        ("s-00000002", "results"),
+        ("s-00000003", "pending"),
+        ("s-00000004", "audio"),
+        ("s-00000005", "rtime"),
+    ] {
+        let lingering = format!("{PREFIX}session:{sid}:{key}");
+        let _: () = c.set_ex(&lingering, "old", 60).await.unwrap();
+        assert_eq!(open(sid).await, OpenReply::Taken, "{key} lingers");
+        let created: bool = c.exists(format!("{PREFIX}session:{sid}")).await.unwrap();
+        assert!(!created, "a refused id writes nothing ({key})");
+        let _: () = c.del(&lingering).await.unwrap();
+    }
+    assert_eq!(open("s-00000006").await, OpenReply::Ok, "a free id opens");
+    assert_eq!(open("s-00000006").await, OpenReply::Taken, "its record holds it");
 }
