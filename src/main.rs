@@ -158,7 +158,7 @@ fn main() -> ExitCode {
                     }
                 }
             }
-            let rt = match tokio::runtime::Runtime::new() {
+            let rt = match serve_runtime(cfg.instance.worker_threads) {
                 Ok(rt) => rt,
                 Err(e) => {
                     eprintln!("switchyard: cannot start runtime: {e}");
@@ -185,6 +185,16 @@ fn main() -> ExitCode {
             }
         }
     }
+}
+
+/// The runtime of `serve`: `threads` workers (0: tokio's default, one per CPU or
+/// `TOKIO_WORKER_THREADS`).
+fn serve_runtime(threads: usize) -> std::io::Result<tokio::runtime::Runtime> {
+    let mut b = tokio::runtime::Builder::new_multi_thread();
+    if threads > 0 {
+        b.worker_threads(threads);
+    }
+    b.enable_all().build()
 }
 
 /// `switchyard inspect`: read Redis directly (see src/console/cli.rs for why).

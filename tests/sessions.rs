@@ -270,5 +270,9 @@ async fn a_minted_session_id_is_refused_while_keys_of_an_earlier_session_linger(
         let _: () = c.del(&lingering).await.unwrap();
     }
     assert_eq!(open("s-00000006").await, OpenReply::Ok, "a free id opens");
-    assert_eq!(open("s-00000006").await, OpenReply::Taken, "its record holds it");
+    assert_eq!(
+        open("s-00000006").await,
+        OpenReply::Taken,
+        "its record holds it"
+    );
 }

@@ -1,4 +1,4 @@
-//! `[instance]` — This instance: presence and graceful drain.
+//! `[instance]` — This instance: presence, graceful drain and its runtime's threads.
 
 use serde::{Deserialize, Serialize};
 
@@ -14,6 +14,10 @@ pub struct InstanceConfig {
     pub drain_delay_ms: u64,
     /// Then: how long to wait at most for queued local writes before closing with 1012.
     pub drain_grace_ms: u64,
+    /// Threads of the async runtime that serve sockets and script calls (0 = one per CPU).
+    /// One is the cheapest per job: no wakeup crosses threads (bench/notes.md, round 8);
+    /// an instance scales out, not up.
+    pub worker_threads: usize,
 }
 
 impl Default for InstanceConfig {
@@ -23,6 +27,7 @@ impl Default for InstanceConfig {
             beat_interval_ms: 1_000,
             drain_delay_ms: 2_000,
             drain_grace_ms: 5_000,
+            worker_threads: 1,
         }
     }
 }

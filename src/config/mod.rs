@@ -310,6 +310,12 @@ impl Config {
                 "must be at least 2 × instance.beat_interval_ms",
             );
         }
+        if i.worker_threads > 1024 {
+            return bad(
+                "instance.worker_threads",
+                "must be at most 1024 (0 = one per CPU)",
+            );
+        }
         let b = &self.inbox;
         if b.block_ms == 0 || b.block_ms >= self.redis.timeout_ms * 10 {
             return bad(

@@ -129,6 +129,17 @@ fn invalid_value_names_the_field() {
 }
 
 #[test]
+fn worker_threads_default_to_one_and_are_bounded() {
+    let mut c = keyed();
+    assert_eq!(c.instance.worker_threads, 1);
+    c.instance.worker_threads = 0; // one per CPU
+    c.validate().expect("0 is valid");
+    c.instance.worker_threads = 1025;
+    let msg = c.validate().unwrap_err().to_string();
+    assert!(msg.contains("instance.worker_threads"), "{msg}");
+}
+
+#[test]
 fn limits_come_from_the_environment_and_bad_ones_name_their_field() {
     figment::Jail::expect_with(|jail| {
         jail.set_env("SWITCHYARD_AUTH__MODE", "open");
