@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # bench/explain-micro.sh [N]: the Redis time the routing explanation adds to one dispatch,
 # measured inside Redis, free of the load generator's noise. One EVAL inlines the real
-# lua/includes/dispatch.lua (with ctx, deliver, results) and runs N times what a dispatch
+# lua/includes/explain.lua (with ctx) and runs N times what a dispatch
 # of a 3-node look does for its explanation: build it (explainer, segment, explain x3,
 # route_text) and write it with the HSET the dispatch does anyway, plus the
 # attempt's end field; and N times the same HSET without the two fields (CFG.explain = 0).
@@ -18,9 +18,7 @@ inline() { awk '/^--!include /{f="lua/includes/" $2 ".lua"; while ((getline l < 
 cat >"$WORK/micro.lua" <<'LUA'
 local K0, A0 = KEYS, ARGV -- ctx.lua declares its own KEYS, ARGV (set by begin)
 --!include ctx
---!include deliver
---!include results
---!include dispatch
+--!include explain
 -- the call context begin() sets up in the library; configuration all 0 but `explain`
 local v = {}
 for i, name in ipairs(CFG_NAMES) do v[i] = name == 'explain' and tonumber(A0[3]) or 0 end

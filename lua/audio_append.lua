@@ -22,6 +22,8 @@ Output: [JSON, blobs...]
 --!include args
 --!include deliver
 --!include results
+--!include explain
+--!include pick
 --!include dispatch
 --!include groups
 --!include submit

@@ -28,6 +28,8 @@ Output: [JSON, blobs...]
 --!include ctx
 --!include deliver
 --!include results
+--!include explain
+--!include pick
 --!include dispatch
 --!include groups
 

@@ -11,6 +11,8 @@ Output: [JSON, blobs...]
 --!include ctx
 --!include deliver
 --!include results
+--!include explain
+--!include pick
 --!include dispatch
 
 local node_id = ARGV[5]

@@ -17,6 +17,8 @@ Output: [JSON, blobs...]
 --!include pools
 --!include deliver
 --!include results
+--!include explain
+--!include pick
 --!include dispatch
 --!include offline
 

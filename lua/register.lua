@@ -23,6 +23,8 @@ Output: [JSON, blobs...]  JSON.out = messages to deliver (queued jobs handed to 
 --!include pools
 --!include deliver
 --!include results
+--!include explain
+--!include pick
 --!include dispatch
 --!include liveness
 

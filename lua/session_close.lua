@@ -13,6 +13,8 @@ Output: [JSON, blobs...]
 --!include ctx
 --!include deliver
 --!include results
+--!include explain
+--!include pick
 --!include dispatch
 --!include groups
 --!include submit

@@ -23,6 +23,8 @@ Output: [JSON, blobs...]  (a job_assign for a node of the calling instance has n
 --!include args
 --!include deliver
 --!include results
+--!include explain
+--!include pick
 --!include dispatch
 --!include groups
 --!include submit

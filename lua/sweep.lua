@@ -22,6 +22,8 @@ Output: [JSON, blobs...]
 --!include pools
 --!include deliver
 --!include results
+--!include explain
+--!include pick
 --!include dispatch
 --!include offline
 --!include groups

@@ -1,0 +1,172 @@
+-- Where a job gets its node: the node choice (turn affinity, session affinity, then
+-- power-of-k-choices over the eligible members of the job's candidate pools) and the
+-- eligibility test every choice and offer applies (load). It only reads Redis: the
+-- reservation is dispatch.lua's assign().
+-- A job record carries: pools (csv of "primary" or "primary|secondary" pool names, in order
+-- of preference: tenant pool first), needs (csv of service types), tried (csv of nodes
+-- that had an attempt), turn_node (node holding the turn's audio, if any).
+-- (Requires ctx, explain.)
+
+-- load_fields(needs_csv) -> the node fields load() reads for a job needing those services,
+-- the services, and each as ",svc," (to find in ",<node services>,"). Kept in DERIVED
+-- (a job's `needs` is one of a few pipelines).
+local function load_fields(csv)
+  local name = 'load:' .. csv
+  local d = DERIVED[name]
+  if d then return d[1], d[2], d[3] end
+  -- supports_ack, owner and conn are what assign and deliver need of the chosen node.
+  local fields = {'state', 'reserved', 'capacity', 'services', 'deadline', 'supports_ack',
+    'owner', 'conn'}
+  local needs, needles = {}, {}
+  for svc in string.gmatch(csv, '[^,]+') do
+    needs[#needs + 1] = svc
+    needles[#needles + 1] = ',' .. svc .. ','
+    fields[#fields + 1] = 'down:' .. svc
+  end
+  derive(name, {fields, needs, needles})
+  return fields, needs, needles
+end
+
+-- load(nid, job, need_room, why): the node's load ratio if it may take `job`, else nil.
+-- One HMGET reads everything it needs, the down-marks of the job's services included.
+-- With `why`, the verdict is recorded (ok, full, draining, offline, stale, tried,
+-- nocap, nosvc-<type>, down-<type>) with the node's reserved/capacity.
+local function load(nid, job, need_room, why)
+  if csv_has(job.tried, nid) then
+    explain(why, nid, 'tried')
+    return nil
+  end
+  local fields, needs, needles = load_fields(job.needs or '')
+  local nk = node_key(nid)
+  local n = redis.call('HMGET', nk, unpack(fields))
+  NODE_ACK[nid] = n[6]
+  OWNERS[nk] = {n[7], n[8]}
+  local reserved, cap = tonumber(n[2] or '0'), tonumber(n[3] or '0')
+  local verdict
+  if n[1] ~= 'ready' then
+    verdict = n[1] or 'gone'
+  elseif tonumber(n[5] or '0') < NOW then
+    verdict = 'stale'
+  elseif cap <= 0 then
+    verdict = 'nocap'
+  elseif need_room and reserved >= cap then
+    verdict = 'full'
+  else
+    local offered = ',' .. (n[4] or '') .. ','
+    for i, svc in ipairs(needs) do
+      if not string.find(offered, needles[i], 1, true) then verdict = 'nosvc-' .. svc break end
+      local down = n[8 + i]
+      if down and tonumber(down) > NOW then verdict = 'down-' .. svc break end
+    end
+  end
+  -- (the fields as read: formatting numbers back into strings costs more than the rest)
+  explain(why, nid, verdict or 'ok', n[2] or '0', n[3] or '0')
+  if verdict then return nil end
+  return reserved / cap
+end
+
+-- split_entry("a|b") -> "a", "b": a pool entry and, for two-way jobs, its reverse pool.
+local function split_entry(entry)
+  local bar = string.find(entry, '|', 1, true)
+  if bar then return string.sub(entry, 1, bar - 1), string.sub(entry, bar + 1) end
+  return entry, nil
+end
+
+-- serves(nid, job): is the node a member of one of the job's pools (and, for two-way
+-- jobs, of that entry's reverse pool)?
+local function serves(nid, job)
+  for entry in string.gmatch(job.pools or '', '[^,]+') do
+    local pool, second = split_entry(entry)
+    if redis.call('SISMEMBER', P .. 'pool:' .. pool, nid) == 1
+        and (not second or redis.call('SISMEMBER', P .. 'pool:' .. second, nid) == 1) then
+      return true
+    end
+  end
+  return false
+end
+
+-- servable(job): could any candidate node ever take this job (eligible but for room)?
+-- Waiting only makes sense then. Stops at the first one found.
+local function servable(job)
+  for entry in string.gmatch(job.pools or '', '[^,]+') do
+    local pool, second = split_entry(entry)
+    for _, nid in ipairs(redis.call('SMEMBERS', P .. 'pool:' .. pool)) do
+      if load(nid, job, false)
+          and (not second or redis.call('SISMEMBER', P .. 'pool:' .. second, nid) == 1) then
+        return true
+      end
+    end
+  end
+  return false
+end
+
+-- pick(job, why): a node with room, or nil. Turn affinity (the turn's node while it lives:
+-- when it is merely full the job waits for it), then session affinity, then
+-- power-of-k-choices among eligible members of the first pool that has any. Every node
+-- looked at is recorded in `why` (see explain).
+local function pick(job, why)
+  if job.turn_node and job.turn_node ~= '' then
+    segment(why, 'turn')
+    if serves(job.turn_node, job) then
+      if load(job.turn_node, job, true, why) then return job.turn_node end
+      if load(job.turn_node, job, false) then return nil end
+    else
+      explain(why, job.turn_node, 'notpool')
+    end
+  end
+  if CFG.affinity == 1 and job.last_node and job.last_node ~= '' and serves(job.last_node, job) then
+    segment(why, 'affinity')
+    if load(job.last_node, job, true, why) then return job.last_node end
+  end
+  for entry in string.gmatch(job.pools or '', '[^,]+') do
+    local pool, second = split_entry(entry)
+    local pk = P .. 'pool:' .. pool
+    local size = redis.call('SCARD', pk)
+    -- Power-of-k-choices: look at a random sample, stop at `choices` eligible nodes and
+    -- take the least loaded. Only when the sample has none, look wider (bounded).
+    for round = 1, 2 do
+      local want = round == 1 and CFG.sample or 256
+      segment(why, (second and (pool .. '+' .. second) or pool) .. (round == 2 and '(wide)' or ''))
+      local members
+      if size <= want then
+        members = redis.call('SMEMBERS', pk)
+      elseif round == 1 then
+        -- A negative count may repeat a member but picks in O(want); a positive count
+        -- close to the set's size copies the whole set first (~18 µs of Redis per job).
+        local seen = {}
+        members = {}
+        for _, m in ipairs(redis.call('SRANDMEMBER', pk, -want)) do
+          if not seen[m] then
+            seen[m] = true
+            members[#members + 1] = m
+          end
+        end
+      else
+        members = redis.call('SRANDMEMBER', pk, want)
+      end
+      local best, found = nil, 0
+      local order = {}
+      for k = 1, #members do order[k] = k end
+      for k = #order, 2, -1 do
+        local r = random(k)
+        order[k], order[r] = order[r], order[k]
+      end
+      for _, k in ipairs(order) do
+        local nid = members[k]
+        if not second or redis.call('SISMEMBER', P .. 'pool:' .. second, nid) == 1 then
+          local l = load(nid, job, true, why)
+          if l then
+            found = found + 1
+            if not best or l < best[2] then best = {nid, l} end
+            if found >= CFG.choices then break end
+          end
+        else
+          explain(why, nid, 'notrev')
+        end
+      end
+      if best then return best[1] end
+      if size <= want then break end
+    end
+  end
+  return nil
+end
