@@ -75,6 +75,11 @@ impl Instances {
         }
     }
 
+    /// The process id of instance `i`, while it runs.
+    pub fn pid(&self, i: usize) -> Option<u32> {
+        self.children[i].as_ref().map(|c| c.id())
+    }
+
     pub async fn wait_ready(&self, i: usize) {
         let url = format!("http://127.0.0.1:{}/readyz", self.ports[i]);
         eventually(Duration::from_secs(10), "instance ready", || {
