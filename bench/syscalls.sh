@@ -10,18 +10,20 @@ cd "$(dirname "$0")/.."
 command -v strace >/dev/null || die "strace is needed (apt-get install strace)"
 WORK=$(mktemp -d)
 dev_credentials "$BIN"
-trap cleanup EXIT
+trap 'cleanup; rm -rf "$WORK"' EXIT
 rp=$(free_port) ip=$(free_port)
 start_redis "$WORK/redis" "$rp"
 start_quiet_instance "$BIN" "$WORK" "$ip" "$rp"
 sim_sequential "$BIN" "$ip" 20 >/dev/null
-strace -c -f -p "$INSTANCE_PID" -o "$WORK/strace.txt" 2>/dev/null &
+strace -c -f -p "$INSTANCE_PID" -o "$WORK/strace.txt" 2>"$WORK/strace.err" &
 sp=$!
 sleep 0.5
+kill -0 "$sp" 2>/dev/null || die "strace could not attach: $(cat "$WORK/strace.err")"
 sim_sequential "$BIN" "$ip" "$N" >"$WORK/sim.json"
 kill -INT "$sp"
 wait "$sp" || true
-jobs=$(jq '.results' "$WORK/sim.json")
+jobs=$(jq '.results // 0' "$WORK/sim.json")
+[ "$jobs" -gt 0 ] || die "no job completed (see $WORK)"
 echo "jobs $jobs; system calls per job:"
 awk -v j="$jobs" '$1 ~ /^[0-9.]+$/ && $NF != "total" {printf "%-16s %8.2f\n", $NF, $4 / j; t += $4}
   END {printf "%-16s %8.2f\n", "all", t / j}' "$WORK/strace.txt" | sort -k2 -nr

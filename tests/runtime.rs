@@ -8,7 +8,8 @@ use common::RedisServer;
 use common::children::Instances;
 
 /// Threads of `pid` that are tokio runtime workers (named "tokio-rt-worker" by the
-/// runtime).
+/// runtime). Its blocking pool's threads share the name; none runs here (no
+/// `spawn_blocking`, and the Redis address is an IP literal: no name lookup).
 fn runtime_workers(pid: u32) -> usize {
     let tasks = std::fs::read_dir(format!("/proc/{pid}/task")).expect("/proc/PID/task");
     tasks

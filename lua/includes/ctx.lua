@@ -32,7 +32,7 @@ local LAT         -- {dispatch=, e2e=, pool=}: ms from job creation to dispatch 
                   -- pool[i]: the primary pool of the job of dispatch[i]
 local OWNERS      -- delivery targets' {owner, conn}, by key: looked up once per call by
                   -- deliver(), or filled from a record the script read anyway
-local NODE_ACK    -- supports_ack of the nodes dispatch's load() read in this call
+local NODE_ACK    -- supports_ack of the nodes pick's load() read in this call
 local SEED        -- ARGV[4]'s seed, until random() first seeds Lua's PRNG with it (most calls
                   -- draw no random number: seeding every call cost ~1 % of a job)
 

@@ -1,10 +1,7 @@
--- The routing explanation of a dispatch: which nodes were looked at and why each was or
--- was not taken, kept on the job record as route:<attempt> (docs/redis-keys.md "Job routing
--- explanation"). Built by pick.lua while it chooses; nothing here reads or writes Redis.
--- (Requires ctx.)
-
--- The routing explanation (`route:<attempt>` on the job; docs/redis-keys.md "Job routing
--- explanation"): a compact string built while choosing, one table.concat, no cjson:
+-- The routing explanation of a dispatch (`route:<attempt>` on the job; docs/redis-keys.md
+-- "Job routing explanation"): which nodes pick.lua looked at and why each was or was not
+-- taken. Nothing here reads or writes Redis. (Requires ctx.)
+-- A compact string built while choosing, one table.concat, no cjson:
 --   seg>node=verdict:reserved/capacity,node=verdict...|seg>...
 -- The chosen node is named in front of it (assign), so its entry keeps its verdict `ok`
 -- (the reader marks it chosen: no rewrite here). `why` holds one short string per entry

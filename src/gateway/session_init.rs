@@ -138,6 +138,15 @@ impl SessionConn {
         let app = self.app.clone();
         for _ in 0..8 {
             let sid = format!("s-{:08X}", rand::random::<u32>());
+            // A live session of this instance holds the id: taken, without asking Redis
+            // (bound over, its messages would reach this socket until the open is refused).
+            if app
+                .conns
+                .get(Kind::Session, cell.name(), &sid, None)
+                .is_some()
+            {
+                continue;
+            }
             // Bind first: results produced the moment the session exists find this socket.
             let me = self.local(&cell);
             app.conns.bind(Kind::Session, &sid, me);
