@@ -63,8 +63,8 @@ end
 -- constant tables, DERIVED), so a cycle per library-size of garbage cost 5.5 % of a job's
 -- instructions (callgrind: luaC_step); at 1000 % it is 3.5 %, most of it freeing the
 -- garbage, and the heap (INFO memory used_memory_vm_functions, ~0.27 MB after a cycle)
--- peaks near 2.7 MB instead of 0.5. Set on the first call: while the library loads,
--- `collectgarbage` is not there.
+-- may reach ~2.7 MB between cycles instead of ~0.5. Set on the first call: while the
+-- library loads, `collectgarbage` is not there.
 local GC_PAUSE = 1000
 local GC_SET = false
 
