@@ -1,0 +1,100 @@
+//! Frames on the node socket: malformed, unknown and oversized frames get errors and change
+//! nothing; full lingua frames with unknown fields are accepted.
+
+use std::time::Duration;
+
+use serde_json::json;
+
+use crate::common::invariants;
+use crate::common::*;
+
+#[tokio::test]
+async fn malformed_unknown_and_oversized_frames_get_errors_and_change_nothing() {
+    let redis = RedisServer::start().await;
+    let inst = start_instance(&redis).await;
+    let mut c = redis.client().await;
+    let mut node = WsClient::connect(&ws_url(&inst, "/ws/node")).await;
+    let id = node.register_id(fixture("node_register_first"), None).await;
+    let before = node_hash(&mut c, &id).await;
+
+    let bad_register = json!({"type": "node_register", "node_id": 42});
+    let bad_caps = json!({"type": "node_register", "capability_by_type": "asr"});
+    let bad_lang = {
+        let mut f = fixture("node_register_first");
+        f["language_capabilities"]["asr_languages"] = json!(["zh", "x:y"]);
+        f
+    };
+    let cases: Vec<(String, &str)> = vec![
+        ("not json".into(), "INVALID_MESSAGE"),
+        ("[1,2,3]".into(), "INVALID_MESSAGE"),
+        (json!({"no_type": 1}).to_string(), "INVALID_MESSAGE"),
+        (
+            json!({"type": "room_create"}).to_string(),
+            "INVALID_MESSAGE",
+        ),
+        (bad_register.to_string(), "INVALID_MESSAGE"),
+        (bad_caps.to_string(), "INVALID_MESSAGE"),
+        (bad_lang.to_string(), "INVALID_CAPABILITY_SCHEMA"),
+    ];
+    for (frame, code) in &cases {
+        node.send_text(frame).await;
+        let err = node.recv_type("error").await;
+        assert_eq!(err["code"], *code, "frame {frame}: {err}");
+        assert!(err["message"].as_str().is_some_and(|m| !m.is_empty()));
+    }
+    node.send_binary(vec![1, 2, 3]).await;
+    assert_eq!(node.recv_type("error").await["code"], "INVALID_MESSAGE");
+    let after = node_hash(&mut c, &id).await;
+    assert_eq!(after, before, "nothing changed");
+
+    // Oversized (test limit 64 KiB): closed with 1009; the node goes offline after grace.
+    node.send_text(&"x".repeat(70 * 1024)).await;
+    assert_eq!(node.expect_close().await, Some(1009));
+    let m = metrics_text(&inst).await;
+    assert!(m.contains("detail=\"oversized\""), "{m}");
+    invariants::check(&mut c).await;
+}
+
+#[tokio::test]
+async fn full_lingua_frames_with_unknown_fields_are_accepted() {
+    let redis = RedisServer::start().await;
+    let inst = start_instance(&redis).await;
+    let mut c = redis.client().await;
+    let mut node = WsClient::connect(&ws_url(&inst, "/ws/node")).await;
+    let mut f = fixture("node_register_first");
+    f["some_future_field"] = json!({"nested": [1, 2]});
+    f["capability_by_type"]
+        .as_array_mut()
+        .unwrap()
+        .push(json!({"type": "phonetic", "ready": false, "reason": "x", "ready_impl_ids": ["a"]}));
+    f["capability_by_type"]
+        .as_array_mut()
+        .unwrap()
+        .push(json!({"type": "brand_new_service", "ready": true}));
+    f["hardware"] = json!(null);
+    f["installed_models"] = json!(null);
+    let id = node.register_id(f, None).await;
+    assert!(node_hash(&mut c, &id).await["services"].contains("brand_new_service"));
+    let mut hb = fixture("node_heartbeat");
+    hb["node_id"] = json!(id);
+    hb["unknown"] = json!(true);
+    hb["resource_usage"]["cpu_percent"] = json!(77.25);
+    hb["asr_metrics"] = json!({"x": 1});
+    hb["processing_metrics"] = json!(null);
+    node.send(&hb).await;
+    node.send(&json!({"type": "node_error", "node_id": id, "code": "GPU_OOM", "message": "oom", "details": {"x": 1}})).await;
+    node.expect_silence(Duration::from_millis(300)).await;
+    let h = node_hash(&mut c, &id).await;
+    assert_eq!(h["cpu"], "77.2");
+    assert_eq!(h["gpu_queue"], "0");
+    assert_eq!(
+        h["services"], "asr,nmt,semantic,tts",
+        "the heartbeat's services replace them"
+    );
+    let m = metrics_text(&inst).await;
+    assert!(
+        m.contains("switchyard_node_errors_total{detail=\"OTHER\"} 1"),
+        "{m}"
+    );
+    invariants::check(&mut c).await;
+}

@@ -1,0 +1,99 @@
+//! Liveness: a silent node is taken offline after `node.liveness_ms`, a dropped socket after
+//! the disconnect grace, an orderly close at once; every key it leaves is bounded.
+
+use std::collections::BTreeSet;
+use std::time::Duration;
+
+use redis::AsyncCommands;
+
+use super::pools_of;
+use crate::common::invariants::{self, PREFIX};
+use crate::common::*;
+
+#[tokio::test]
+async fn a_silent_node_leaves_every_pool_after_liveness_and_every_key_is_bounded() {
+    let redis = RedisServer::start().await;
+    let inst = start_tweaked(&redis, |c| c.node.liveness_ms = Some(900)).await;
+    let mut c = redis.client().await;
+    let mut node = WsClient::connect(&ws_url(&inst, "/ws/node")).await;
+    let id = node.register_id(fixture("node_register_first"), None).await;
+    let started = std::time::Instant::now();
+    // liveness 900 ms + sweep 50 ms: the node is offline and its socket closed.
+    assert_eq!(node.expect_close().await, Some(4002));
+    let took = started.elapsed();
+    assert!(
+        took >= Duration::from_millis(850) && took < Duration::from_millis(2000),
+        "{took:?}"
+    );
+    let h = node_hash(&mut c, &id).await;
+    assert_eq!(h["state"], "offline");
+    assert_eq!(h["offline_reason"], "liveness_expired");
+    assert!(pools_of(&mut c, &id).await.is_empty());
+    let index: BTreeSet<String> = c.smembers(format!("{PREFIX}pools")).await.unwrap();
+    assert!(index.is_empty());
+    let ttl: i64 = c.pttl(format!("{PREFIX}node:{id}")).await.unwrap();
+    assert!(
+        ttl > 0 && ttl <= 5_000,
+        "offline record expires after retention: {ttl}"
+    );
+    invariants::check(&mut c).await;
+}
+
+#[tokio::test]
+async fn a_dropped_socket_keeps_the_node_for_the_grace_then_takes_it_offline() {
+    let redis = RedisServer::start().await;
+    let inst = start_instance(&redis).await;
+    let mut c = redis.client().await;
+    let mut a = WsClient::connect(&ws_url(&inst, "/ws/node")).await;
+    let id = a.register_id(fixture("node_register_first"), None).await;
+    a.drop_connection();
+    eventually(Duration::from_secs(2), "disconnected", || {
+        let mut c = c.clone();
+        let id = id.clone();
+        async move {
+            (node_hash(&mut c, &id)
+                .await
+                .get("state")
+                .map(String::as_str)
+                == Some("disconnected"))
+            .then_some(())
+        }
+    })
+    .await;
+    assert!(
+        pools_of(&mut c, &id).await.is_empty(),
+        "no new work while disconnected"
+    );
+    invariants::check(&mut c).await;
+    eventually(Duration::from_secs(3), "offline after grace", || {
+        let mut c = c.clone();
+        let id = id.clone();
+        async move {
+            (node_hash(&mut c, &id)
+                .await
+                .get("state")
+                .map(String::as_str)
+                == Some("offline"))
+            .then_some(())
+        }
+    })
+    .await;
+    // An orderly close goes offline at once.
+    let mut b = WsClient::connect(&ws_url(&inst, "/ws/node")).await;
+    let id2 = b.register_id(fixture("node_register_first"), None).await;
+    b.close().await;
+    eventually(Duration::from_millis(300), "offline at once", || {
+        let mut c = c.clone();
+        let id2 = id2.clone();
+        async move {
+            (node_hash(&mut c, &id2)
+                .await
+                .get("offline_reason")
+                .map(String::as_str)
+                == Some("closed"))
+            .then_some(())
+        }
+    })
+    .await;
+    invariants::check(&mut c).await;
+}

@@ -1,0 +1,150 @@
+//! The Redis underneath: the instance runs on the topology under test, survives Redis
+//! restarting under a connected node and `FUNCTION FLUSH`, and leaves a previous version's
+//! script library loaded beside its own.
+
+use std::time::Duration;
+
+use super::{ZH_EN_POOLS, eventually_in_pool, pools_of, set};
+use crate::common;
+use crate::common::invariants;
+use crate::common::*;
+
+/// `make test` runs this suite on every topology: the instance really uses the one under test.
+#[tokio::test]
+async fn the_instance_runs_on_the_topology_under_test() {
+    let redis = RedisServer::start().await;
+    let inst = start_instance(&redis).await;
+    let ready = eventually(Duration::from_secs(10), "ready", || async {
+        let (status, ready) = get_json(&http_url(&inst, "/readyz")).await;
+        (status == 200).then_some(ready)
+    })
+    .await;
+    let want = match common::redis_server::topology().as_str() {
+        "cluster" => "cluster".to_string(),
+        _ => format!("127.0.0.1:{}", redis.port),
+    };
+    assert_eq!(ready["redis"], want.as_str(), "{ready}");
+    let mode = format!("{:?}", inst.app.cfg.redis.mode).to_lowercase();
+    assert_eq!(mode, common::redis_server::topology());
+    // On the cluster the instance serves three cells, one per primary.
+    let cells = ready["cells"].as_array().map_or(0, Vec::len);
+    assert_eq!(cells, if mode == "cluster" { 3 } else { 1 }, "{ready}");
+}
+
+#[tokio::test]
+async fn redis_stopped_and_restarted_under_a_connected_node_heals_by_itself() {
+    if single_only("redis_stopped_and_restarted_under_a_connected_node_heals_by_itself") {
+        return;
+    }
+    let mut redis = RedisServer::start().await;
+    let inst = start_instance(&redis).await;
+    let mut node = WsClient::connect(&ws_url(&inst, "/ws/node")).await;
+    let id = node.register_id(fixture("node_register_first"), None).await;
+    let (status, _) = get_json(&http_url(&inst, "/readyz")).await;
+    assert_eq!(status, 200);
+
+    redis.stop();
+    node.heartbeat(&id, None).await;
+    let err = node.recv_type("error").await;
+    assert_eq!(err["code"], "SCHEDULER_DEPENDENCY_DOWN");
+    let (status, body) = get_json(&http_url(&inst, "/readyz")).await;
+    assert_eq!(status, 503, "{body}");
+    let health = reqwest::get(http_url(&inst, "/healthz")).await.unwrap();
+    assert_eq!(health.status().as_u16(), 200, "the process stays up");
+
+    redis.restart().await; // empty: scripts and state are gone
+    let mut c = redis.client().await;
+    let mut healed = false;
+    for _ in 0..20 {
+        node.heartbeat(&id, None).await;
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        if pools_of(&mut c, &id).await == set(ZH_EN_POOLS) {
+            healed = true;
+            break;
+        }
+    }
+    assert!(
+        healed,
+        "one heartbeat after Redis returns rebuilds the node and its pools"
+    );
+    let (status, _) = get_json(&http_url(&inst, "/readyz")).await;
+    assert_eq!(status, 200, "scripts reloaded");
+    invariants::check(&mut c).await;
+}
+
+/// A rolling upgrade: instances of the previous version keep calling their library while
+/// this version's instances load theirs beside it. Loading ours must leave theirs in place
+/// (each version's library has its own name; `FUNCTION LOAD REPLACE` replaces only ours).
+#[tokio::test]
+async fn a_previous_versions_library_stays_loaded_beside_this_one() {
+    let redis = RedisServer::start().await;
+    let mut c = redis.client().await;
+    let scripts = switchyard::store::scripts::Scripts::new();
+    let ours = scripts.library_name();
+    let version = ours.trim_start_matches("switchyard_").to_string();
+    let theirs = scripts.library().replace(&format!("_{version}"), "_0ld000");
+    assert_ne!(
+        theirs,
+        scripts.library(),
+        "the version is in the library's text"
+    );
+    let _: String = redis::cmd("FUNCTION")
+        .arg("LOAD")
+        .arg(&theirs)
+        .query_async(&mut c)
+        .await
+        .expect("the previous version loads");
+    let inst = start_instance(&redis).await;
+    let mut node = WsClient::connect(&ws_url(&inst, "/ws/node")).await;
+    let id = node.register_id(fixture("node_register_first"), None).await;
+    node.heartbeat(&id, Some(&["ja", "en"])).await;
+    eventually_in_pool(&c, &id, "pub:ja:en", "heartbeat applied").await;
+    let libs: redis::Value = redis::cmd("FUNCTION")
+        .arg("LIST")
+        .query_async(&mut c)
+        .await
+        .expect("function list");
+    let listed = format!("{libs:?}");
+    assert!(listed.contains(&ours), "ours loaded: {listed}");
+    assert!(
+        listed.contains("switchyard_0ld000"),
+        "theirs kept: {listed}"
+    );
+    // Theirs still runs: a call with no arguments reaches the script (which refuses them),
+    // not "Function not found".
+    let err = redis::cmd("FCALL")
+        .arg("session_touch_0ld000")
+        .arg(0)
+        .query_async::<redis::Value>(&mut c)
+        .await
+        .expect_err("no arguments");
+    assert!(
+        !switchyard::store::scripts::function_missing(&err),
+        "the previous version's function is callable: {err}"
+    );
+    invariants::check(&mut c).await;
+}
+
+#[tokio::test]
+async fn function_flush_is_survived_transparently() {
+    let redis = RedisServer::start().await;
+    let inst = start_instance(&redis).await;
+    let mut c = redis.client().await;
+    let mut node = WsClient::connect(&ws_url(&inst, "/ws/node")).await;
+    let id = node.register_id(fixture("node_register_first"), None).await;
+    let _: () = redis::cmd("FUNCTION")
+        .arg("FLUSH")
+        .query_async(&mut c)
+        .await
+        .unwrap();
+    node.heartbeat(&id, Some(&["ja", "en"])).await;
+    eventually_in_pool(
+        &c,
+        &id,
+        "pub:ja:en",
+        "heartbeat applied after FUNCTION FLUSH",
+    )
+    .await;
+    node.expect_silence(Duration::from_millis(100)).await;
+    invariants::check(&mut c).await;
+}
