@@ -8,6 +8,8 @@
 # simulator (SIM_EXTRA: options added to every simulator run). SPARSE_ONLY=1 runs only the three sparse runs; SAT_ONLY=1 only the saturation run
 # (with the per-job costs: Redis µs in script calls (EVALSHA or FCALL), Redis process CPU, instance CPU, bytes per
 # finished job record).
+# OLD_REDIS / NEW_REDIS: the redis-server binary each side runs on (default: the one on PATH),
+# to compare servers with one build passed as both OLD_BIN and NEW_BIN.
 # Prints a markdown table of medians and the ratio new/old.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -37,7 +39,9 @@ SPARSE10+=("${EXTRA[@]}")
 run_one() { # run_one NAME BIN ROUND
   local name=$1 bin=$2 r=$3 rp ip
   rp=$(free_port) ip=$(free_port)
-  start_redis "$WORK/redis-$name-$r" "$rp"
+  local server=${OLD_REDIS:-redis-server}
+  [ "$name" = new ] && server=${NEW_REDIS:-redis-server}
+  REDIS_SERVER=$server start_redis "$WORK/redis-$name-$r" "$rp"
   local redis_pid=$REDIS_PID
   start_instance "$bin" "$WORK/$name-$r.log" "$ip" "redis://127.0.0.1:$rp"
   local inst=$INSTANCE_PID

@@ -21,14 +21,15 @@ free_port() {
   die "no free port found"
 }
 
-# start_redis DIR PORT: a throw-away redis-server (no persistence) on 127.0.0.1:PORT.
+# start_redis DIR PORT: a throw-away redis-server (no persistence) on 127.0.0.1:PORT
+# (REDIS_SERVER: another server binary, e.g. a newer Redis or Valkey built from source).
 start_redis() {
   local dir=$1 port=$2
   mkdir -p "$dir"
   dir=$(cd "$dir" && pwd) # redis-server changes into --dir before opening --logfile
   # REDIS_EXTRA: further redis-server options (e.g. "--hash-max-listpack-entries 32")
   read -r -a rextra <<<"${REDIS_EXTRA:-}"
-  redis-server --port "$port" --bind 127.0.0.1 --save '' --appendonly no \
+  "${REDIS_SERVER:-redis-server}" --port "$port" --bind 127.0.0.1 --save '' --appendonly no \
     --dir "$dir" --logfile "$dir/redis.log" "${rextra[@]}" &
   STARTED+=($!)
   REDIS_PID=$!
