@@ -164,13 +164,9 @@ local function dispatch(jid, job, code, message)
   end
   local rk = 'route:' .. (tonumber(job.attempt or '0') + 1)
   if not servable(job) then
-    if why then
-      if job.unsaved then
-        job[rk] = NOW .. ' - ' .. text .. '|none>' -- end_job keeps route:<n> of `job`
-      else
-        redis.call('HSET', job_key(jid), rk, NOW .. ' - ' .. text .. '|none>')
-      end
-    end
+    -- Kept in `job` only: fail() -> end_job rewrites the whole record from `job` (an HSET
+    -- here would be deleted with the record), keeping route:<attempt + 1>.
+    if why then job[rk] = NOWS .. ' - ' .. text .. '|none>' end
     fail(jid, job, code or 'NO_AVAILABLE_NODE',
       message or ('no node serves ' .. (job.pair or 'this language pair')))
     return 'failed'

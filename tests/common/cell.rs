@@ -178,6 +178,8 @@ impl Cell {
         let live = self.consuming();
         self.clients.drain_inboxes(&mut self.redis, &live).await;
         let mut bad = invariants::violations(&mut self.redis).await;
+        let max_attempts = self.cfg.jobs.max_attempts;
+        bad.extend(invariants::unexplained_failures(&mut self.redis, max_attempts).await);
         bad.append(&mut self.clients.violations);
         bad
     }
