@@ -9,14 +9,18 @@ Input:
   KEYS[1] {tag}:instance:<me>  presence string (PX presence_ttl)
   KEYS[2] {tag}:instances      zset instance id -> presence expiry ms (the listing)
   KEYS[3] {tag}:inbox:<me>     this instance's inbox stream (consumer group created here)
-  Derived: {tag}:instance:<dead>, {tag}:inbox:<dead>, {tag}:taken:<id> (tombstone left
-           by a takeover, 1 h), node/session records, other inboxes.
+  Derived: {tag}:instance:<dead>, {tag}:inbox:<dead>, {tag}:taken:<id> (tombstone, 1 h:
+           SET by every call of a takeover, from its first batch on, and by deliver() when
+           it drops a message for an instance whose presence is gone; DEL by <id>'s own
+           beat), node/session records, other inboxes.
   ARGV[1..4] ctx   ARGV[5] started_at ms (shown in /api/v1/instances)
   ARGV[6] "leave" at the end of a graceful shutdown: presence deleted and marked expired,
           so a peer takes the inbox over at its next beat instead of after the TTL
 Output: [JSON, blobs...]
   {"took_over":id?,"rerouted":N,"dropped":N,"more":bool,"lapsed":bool} | {"left":true}
-  lapsed = this instance's presence had expired while it was alive: close its sockets
+  lapsed = while this instance was alive its presence had expired and that cost messages
+           (its tombstone was there: a takeover of its inbox, or a dropped delivery): close
+           its sockets
 ]]
 --!include ctx
 --!include deliver
@@ -30,8 +34,10 @@ end
 -- longer than the TTL): a peer may have taken its inbox over and messages for its
 -- connections were dropped meanwhile. The caller then closes its sockets (clients
 -- resume, nodes re-register) rather than carry on with holes.
--- Lapsed = a peer took us over (it left the tombstone taken:<us>); an expired presence
--- that nobody acted on (Redis unreachable for a while, or wiped) is not.
+-- Lapsed = the tombstone taken:<us> is there: a peer's takeover deleted entries of our
+-- inbox, or a peer's script dropped a message for one of our connections because our
+-- presence was gone. An expired presence that cost no message (Redis unreachable for a
+-- while, or wiped) is not a lapse.
 local lapsed = redis.call('DEL', P .. 'taken:' .. ME) == 1
 redis.call('SET', KEYS[1], ARGV[5], 'PX', CFG.presence_ttl)
 redis.call('ZADD', KEYS[2], NOW + CFG.presence_ttl, ME)
@@ -43,6 +49,10 @@ local reply = {rerouted = 0, dropped = 0, more = false, lapsed = lapsed}
 local dead = redis.call('ZRANGEBYSCORE', KEYS[2], '-inf', NOW, 'LIMIT', 0, 1)[1]
 if dead and dead ~= ME and redis.call('EXISTS', P .. 'instance:' .. dead) == 0 then
   local inbox = P .. 'inbox:' .. dead
+  -- The tombstone first, at every batch: the entries this call deletes are lost to the dead
+  -- instance's connections, and if it was only stalled and beats before the last batch (the
+  -- takeover then stops: its presence is back), it must still learn it was taken over.
+  redis.call('SET', P .. 'taken:' .. dead, NOWS, 'PX', TOMBSTONE_MS)
   local entries = redis.call('XRANGE', inbox, '-', '+', 'COUNT', CFG.takeover_batch)
   for _, e in ipairs(entries) do
     local f = {}
@@ -77,8 +87,6 @@ if dead and dead ~= ME and redis.call('EXISTS', P .. 'instance:' .. dead) == 0 t
   else
     redis.call('DEL', inbox)
     redis.call('ZREM', KEYS[2], dead)
-    -- if it was only stalled, it learns at its next beat that it was taken over
-    redis.call('SET', P .. 'taken:' .. dead, NOW, 'PX', 3600000)
     reply.took_over = dead
   end
 end

@@ -4,7 +4,8 @@ atomic removal from the due sets hands each deadline to one caller).
      out of every pool, their jobs failed over at once;
   2. jobs past their deadline: dispatched/accepted/running -> job_cancel to the old node and
      re-dispatch to a node that never had it (attempt + 1) or fail with JOB_TIMEOUT after
-     max_attempts; queued -> NO_AVAILABLE_NODE;
+     max_attempts; queued -> NO_AVAILABLE_NODE. A listed job whose deadline moved to the
+     future meanwhile (this call dispatched it) is left alone;
   3. sessions whose audio paused for pause_ms: timeout cut (fires even if the instance that
      received the chunks is gone);
   4. sessions whose reorder window is over: release held results, missing_result for
@@ -66,14 +67,20 @@ redis.call('ZREMRANGEBYSCORE', KEYS[2], '-inf', NOW)
 local jobs = redis.call('ZRANGEBYSCORE', KEYS[4], '-inf', NOW, 'LIMIT', 0, batch)
 if #jobs >= batch then more = true end
 for _, jid in ipairs(jobs) do
-  redis.call('ZREM', KEYS[4], jid)
-  local job = hgetall(job_key(jid))
-  if job.state == 'QUEUED' then
-    count('queue_timeout')
-    count('refused:queue_timeout:' .. (string.match(job.queue or '', '^[^,]+') or ''))
-    fail(jid, job, 'NO_AVAILABLE_NODE', 'no node had free capacity within ' .. CFG.queue_wait .. ' ms')
-  elseif job.state == 'DISPATCHED' or job.state == 'ACCEPTED' or job.state == 'RUNNING' then
-    failover(jid, job, 'JOB_TIMEOUT', 'no result within the deadline (attempt ' .. job.attempt .. ')', true)
+  -- The list was read before any of its jobs was handled, and handling one (or a node
+  -- above) can give another a new deadline: a failover's offer() hands the freed node a
+  -- queued job of this list. A job whose deadline is no longer due is not this sweep's.
+  local at = redis.call('ZSCORE', KEYS[4], jid)
+  if not (at and tonumber(at) > NOW) then
+    redis.call('ZREM', KEYS[4], jid)
+    local job = hgetall(job_key(jid))
+    if job.state == 'QUEUED' then
+      count('queue_timeout')
+      count('refused:queue_timeout:' .. (string.match(job.queue or '', '^[^,]+') or ''))
+      fail(jid, job, 'NO_AVAILABLE_NODE', 'no node had free capacity within ' .. CFG.queue_wait .. ' ms')
+    elseif job.state == 'DISPATCHED' or job.state == 'ACCEPTED' or job.state == 'RUNNING' then
+      failover(jid, job, 'JOB_TIMEOUT', 'no result within the deadline (attempt ' .. job.attempt .. ')', true)
+    end
   end
 end
 

@@ -26,10 +26,16 @@ pub enum CapabilityError {
     Lang(String),
     #[error("invalid tenant_id {0:?} (expected 1-64 of [A-Za-z0-9_.-])")]
     Tenant(String),
-    #[error("too many languages or pairs ({0}; at most {MAX_LANGS} languages, {MAX_PAIRS} pairs)")]
+    #[error(
+        "too many languages or pairs ({0}; at most {MAX_LANGS} languages in each list, {MAX_PAIRS} pairs)"
+    )]
     TooMany(usize),
 }
 
+/// Languages in each of `asr_languages`, `semantic_languages`, `tts_languages`. A node is
+/// then in at most 64 × 64 + 64 = 4,160 pools (512 + 512 with explicit pairs): the scripts
+/// pass a node's pools and queues to Redis commands, and Redis' Lua cannot `unpack` more
+/// than about 8,000 values into one (96 × 96 languages would make 9,312 pools).
 const MAX_LANGS: usize = 64;
 const MAX_PAIRS: usize = 512;
 
@@ -65,9 +71,10 @@ impl Capabilities {
 
     fn validate(&self) -> Result<(), CapabilityError> {
         let l = &self.langs;
-        let n = l.asr_languages.len() + l.semantic_languages.len() + l.tts_languages.len();
-        if n > 3 * MAX_LANGS {
-            return Err(CapabilityError::TooMany(n));
+        for list in [&l.asr_languages, &l.semantic_languages, &l.tts_languages] {
+            if list.len() > MAX_LANGS {
+                return Err(CapabilityError::TooMany(list.len()));
+            }
         }
         let pairs = self.pairs.as_deref().unwrap_or_default();
         if pairs.len() > MAX_PAIRS {
@@ -364,6 +371,21 @@ mod tests {
         let mut c = caps(&["zh"], &["en"]);
         c.tenant = Some("x y".into());
         assert!(c.validate().is_err());
+    }
+
+    #[test]
+    fn each_language_list_holds_at_most_64() {
+        let codes: Vec<String> = (0..96).map(|i| format!("l{i:02}")).collect();
+        let refs: Vec<&str> = codes.iter().map(String::as_str).collect();
+        // 96 + 96 (+ 96 tts) together was within the old total of 192 for two lists
+        let mut c = caps(&refs, &refs);
+        c.langs.tts_languages.clear();
+        assert_eq!(c.validate(), Err(CapabilityError::TooMany(96)));
+        let c = caps(&refs[..65], &["en"]);
+        assert_eq!(c.validate(), Err(CapabilityError::TooMany(65)));
+        let c = caps(&refs[..64], &refs[..64]);
+        assert_eq!(c.validate(), Ok(()));
+        assert_eq!(c.pools().len(), 64 * 64 + 64);
     }
 
     #[test]

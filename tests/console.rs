@@ -114,6 +114,54 @@ async fn a_failed_over_job_explains_every_attempt_and_where_it_went() {
     common::invariants::check(&mut c).await;
 }
 
+/// The only node that serves the pair lets the first attempt time out; the failover finds
+/// no other node that could ever take the job, which fails. The record keeps why: route:2
+/// ends in the `none` step (`fail` rewrites the record from what the script holds, so the
+/// explanation must be there, not only in an earlier HSET), and the API shows attempt 2 as
+/// not dispatched.
+#[tokio::test]
+async fn a_job_no_other_node_can_take_after_a_failover_keeps_why_in_its_record() {
+    use common::invariants::PREFIX;
+    use redis::AsyncCommands;
+    let redis = RedisServer::start().await;
+    let inst = start_tweaked(&redis, |c| c.jobs.run_timeout_ms = 300).await;
+    let mut c = redis.client().await;
+    let (mut n, nid) = node(&inst).await;
+    let (mut s, sid) = open_session(
+        &ws_url(&inst, "/ws/session"),
+        fixture("session_init_one_way"),
+    )
+    .await;
+    s.send(&utterance(&sid, 0)).await;
+    let a1 = assign(&mut n).await;
+    let got = terminals(&mut s, 1, T).await;
+    assert_eq!(got[0]["code"], "JOB_TIMEOUT", "{}", got[0]);
+    let jid = a1["job_id"].as_str().expect("job id").to_string();
+    let rec: std::collections::HashMap<String, String> =
+        c.hgetall(format!("{PREFIX}job:{jid}")).await.unwrap();
+    assert_eq!(rec["state"], "FAILED", "{rec:?}");
+    let route = rec
+        .get("route:2")
+        .unwrap_or_else(|| panic!("no route:2 in {rec:?}"));
+    assert!(route.ends_with("|none>"), "{route}");
+    assert!(route.contains(&format!("{nid}=tried")), "{route}");
+
+    let (st, v) = get_json(&http_url(&inst, &format!("/api/v1/jobs/{jid}"))).await;
+    assert_eq!(st, 200, "{v}");
+    let at = v["attempts"].as_array().expect("attempts");
+    assert_eq!(at.len(), 2, "{v}");
+    assert_eq!(at[0]["outcome"], "failover", "{v}");
+    assert_eq!(at[1]["outcome"], "not_dispatched", "{v}");
+    assert_eq!(at[1]["reason"], "JOB_TIMEOUT", "{v}");
+    let steps = at[1]["route"].as_array().expect("route of attempt 2");
+    assert_eq!(
+        steps.last().map(|s| &s["pool"]),
+        Some(&json!("none")),
+        "{v}"
+    );
+    common::invariants::check(&mut c).await;
+}
+
 #[tokio::test]
 async fn a_session_shows_its_state_results_and_jobs() {
     let redis = RedisServer::start().await;

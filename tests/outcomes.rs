@@ -115,6 +115,47 @@ async fn attempts_run_out_after_max_attempts_with_job_timeout() {
     invariants::check(&mut c).await;
 }
 
+/// One sweep finds two jobs due, in this order: an attempt on the only node (capacity 1)
+/// past its run deadline, and the job queued behind it past its later wait deadline. The
+/// first one's failover frees the node and `offer()` hands it the queued job with a fresh
+/// deadline; the same sweep must not then time that fresh attempt out (a `job_assign` and
+/// a `job_cancel` in one reply, the node in its `tried` list, `JOB_TIMEOUT` after 0 ms).
+/// Driven through the scripts (tests/common/cell.rs) so that both deadlines fall in one
+/// sweep: run_timeout_ms 300, queue_wait_ms 250.
+#[tokio::test]
+async fn a_job_the_sweep_just_dispatched_is_not_timed_out_by_the_same_sweep() {
+    use common::cell::Cell;
+    let redis = RedisServer::start().await;
+    let mut c = redis.client().await;
+    let mut cell = Cell::new(&redis).await.expect("cell");
+    cell.register(0, 0, 0, 1)
+        .await
+        .expect("n0: en→zh, capacity 1");
+    cell.open(0, 0).await.expect("s0: en→zh");
+    cell.submit(0, false, false)
+        .await
+        .expect("u0 on n0, due in 300 ms");
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    cell.submit(0, false, false)
+        .await
+        .expect("u1 queued, due in 250 ms: after u0");
+    cell.advance(400, 0).await.expect("one sweep with both due");
+    let jobs: BTreeMap<String, String> =
+        c.hgetall(format!("{PREFIX}session:s0:jobs")).await.unwrap();
+    let u0 = job(&mut c, &jobs["0"]).await;
+    assert_eq!(u0["state"], "FAILED", "{u0:?}");
+    assert_eq!(u0["failure"], "JOB_TIMEOUT", "{u0:?}");
+    let u1 = job(&mut c, &jobs["1"]).await;
+    assert_eq!(
+        u1["state"], "DISPATCHED",
+        "u1 was timed out by the sweep that dispatched it: {u1:?}"
+    );
+    assert_eq!((u1["node"].as_str(), u1["attempt"].as_str()), ("n0", "1"));
+    assert_eq!(u1.get("tried"), None, "{u1:?}");
+    let bad = cell.check().await;
+    assert!(bad.is_empty(), "{bad:#?}");
+}
+
 #[tokio::test]
 async fn model_not_available_marks_the_service_and_reroutes_at_once() {
     let redis = RedisServer::start().await;

@@ -66,6 +66,64 @@ async fn streamed_audio_is_cut_on_is_final_and_an_empty_cut_makes_no_job() {
     invariants::check(&mut c).await;
 }
 
+/// A cut that finds no free utterance index keeps the audio (the client used the indices
+/// with `utterance`s; `session.max_index_ahead` bounds how many a cut tries). The kept audio
+/// must still be cut later without the client sending anything more: the pause clock is
+/// armed again, and the pause cut takes the next free index.
+#[tokio::test]
+async fn audio_kept_by_a_cut_without_a_free_index_is_cut_again_after_the_pause() {
+    let redis = RedisServer::start().await;
+    let inst = start_tweaked(&redis, |c| {
+        c.session.max_index_ahead = 2;
+        c.session.min_cut_ms = 0;
+    })
+    .await;
+    let mut c = redis.client().await;
+    let (mut n, nid) = node(&inst, |_| {}).await;
+    let (mut s, sid) = session(&inst).await;
+    let mut jobs = Vec::new();
+    for i in 0..3 {
+        s.send(&utterance(&sid, i)).await;
+        jobs.push(assign(&mut n).await);
+    }
+    // Indices 0..2 have jobs: the manual cut tries them (1 + max_index_ahead) and keeps the
+    // audio.
+    let mut ch = fixture("audio_chunk");
+    ch["session_id"] = json!(sid);
+    s.send(&ch).await;
+    let mut fin = fixture("audio_chunk_final_empty");
+    fin["session_id"] = json!(sid);
+    s.send(&fin).await;
+    eventually(T, "the manual cut tried indices 0..2", || {
+        let mut c = c.clone();
+        let sid = sid.clone();
+        async move { (session_field(&mut c, &sid, "next_index").await == "3").then_some(()) }
+    })
+    .await;
+    assert_ne!(
+        session_field(&mut c, &sid, "buf_bytes").await,
+        "0",
+        "audio kept"
+    );
+    // No further chunk: the pause cut (300 ms) takes the kept audio as index 3.
+    let a = next_of(&mut n, "job_assign", T)
+        .await
+        .expect("the kept audio is cut again after the pause");
+    assert_eq!(a["utterance_index"], 3, "{a}");
+    assert_eq!(a["is_timeout_triggered"], true, "{a}");
+    jobs.push(a);
+    for j in &jobs {
+        n.send(&answer(j, &nid, "t")).await;
+    }
+    let got = terminals(&mut s, 4, T).await;
+    let idx: Vec<u64> = got
+        .iter()
+        .map(|v| v["utterance_index"].as_u64().unwrap())
+        .collect();
+    assert_eq!(idx, vec![0, 1, 2, 3]);
+    invariants::check(&mut c).await;
+}
+
 #[tokio::test]
 async fn max_duration_cuts_keep_the_turn_on_one_node() {
     let redis = RedisServer::start().await;

@@ -1,5 +1,7 @@
 -- cut(sid, sess, reason): turn the session's audio buffer into one job.
 -- reason: manual (is_final), timeout (pause), max_duration, max_size, close.
+-- The session leaves due:audio (its pause clock); when no free utterance index is found the
+-- audio stays buffered and the clock is armed again (now + CFG.pause).
 -- An empty buffer creates no job and does not use an utterance index; neither does a buffer
 -- whose estimated duration (sess.buf_ms) is below CFG.min_cut (a click between two
 -- is_final; the audio is dropped), unless it is the tail of a turn an earlier max-duration
@@ -36,7 +38,12 @@ local function cut(sid, sess, reason)
     if free(idx) then break end
     idx = redis.call('HINCRBY', sk, 'next_index', 1) - 1
   end
-  if not free(idx) then return nil end -- keep the audio; nothing is lost
+  if not free(idx) then
+    -- Keep the audio; nothing is lost. Its pause clock was stopped above: armed again, so
+    -- the sweep's pause cut tries again (from the next index) even if no chunk comes.
+    redis.call('ZADD', P .. 'due:audio', dec(NOW + CFG.pause), sid)
+    return nil
+  end
   redis.call('DEL', bk)
   redis.call('HSET', sk, 'buf_ms', 0, 'buf_bytes', 0, 'cts', '')
   local web_ms = nil

@@ -4,7 +4,12 @@
 --  * owner = another live instance: XADDed to that instance's inbox stream here, atomically
 --    with the state change that produced it (a crash between the two cannot lose it);
 --  * owner dead or none: dropped — state keeps it recoverable (results stay in the result
---    log for resume, jobs time out and fail over).
+--    log for resume, jobs time out and fail over). A drop for an owner whose presence is
+--    gone also SETs the tombstone taken:<owner> (NX, TOMBSTONE_MS, as a takeover does): an
+--    owner that was only stalled finds it at its next beat (instance_beat `lapsed`) and
+--    closes its connections with 1012, so they resume instead of carrying on with a hole.
+-- Keys (derived, same hash tag): the target's node:/session: record, {tag}:instance:<owner>
+-- (EXISTS), {tag}:inbox:<owner> (XADD), {tag}:taken:<owner> (SET NX), the payload's key.
 -- `audio` (optional) is the raw job payload, or {key=} to read it from only when it must be
 -- sent (`payload`); `seq` (optional) orders a session's terminal
 -- messages across the two paths; `tp` is the trace context the delivery span continues
@@ -17,6 +22,10 @@
 -- body's key, own = the caller holds the body}: the instance appends the body to `msg`
 -- when it writes it; an `own` body of a connection of the caller is not returned at all,
 -- an inbox entry names the key (`tail_key`) and its consumer reads it.
+
+-- How long a tombstone taken:<id> stays (ms): an instance stalled longer than this does not
+-- learn that messages for its connections were dropped or its inbox was taken over.
+local TOMBSTONE_MS = '3600000'
 
 -- payload(p): the text of a payload given as a string or as {key=}.
 local function payload(p)
@@ -74,6 +83,11 @@ local function deliver(kind, id, msg, audio, seq, tp, job, own, tail)
       redis.call('XADD', P .. 'inbox:' .. owner, 'MAXLEN', '~', CFG.inbox_max, '*', 'env', env)
     end
   else
+    -- Dropped. The first drop for this target in this call marks its owner (NX: a
+    -- tombstone already there is left as it is).
+    if info.alive == nil then
+      redis.call('SET', P .. 'taken:' .. owner, NOWS, 'NX', 'PX', TOMBSTONE_MS)
+    end
     info.alive = false
   end
 end

@@ -164,13 +164,9 @@ local function dispatch(jid, job, code, message)
   end
   local rk = 'route:' .. (tonumber(job.attempt or '0') + 1)
   if not servable(job) then
-    if why then
-      if job.unsaved then
-        job[rk] = NOW .. ' - ' .. text .. '|none>' -- end_job keeps route:<n> of `job`
-      else
-        redis.call('HSET', job_key(jid), rk, NOW .. ' - ' .. text .. '|none>')
-      end
-    end
+    -- Kept in `job` only: fail() -> end_job rewrites the whole record from `job` (an HSET
+    -- here would be deleted with the record), keeping route:<attempt + 1>.
+    if why then job[rk] = NOWS .. ' - ' .. text .. '|none>' end
     fail(jid, job, code or 'NO_AVAILABLE_NODE',
       message or ('no node serves ' .. (job.pair or 'this language pair')))
     return 'failed'
@@ -222,6 +218,22 @@ local function node_pools(capsig)
   return pools
 end
 
+-- any_exists(names, prefix): whether any key prefix .. name exists, EXISTS_CHUNK keys per
+-- EXISTS (one command for the usual node's few dozen pools).
+local EXISTS_CHUNK = 256
+local function any_exists(names, prefix)
+  local ks, n = {}, 0
+  for i = 1, #names do
+    n = n + 1
+    ks[n] = prefix .. names[i]
+    if n == EXISTS_CHUNK or i == #names then
+      if redis.call('EXISTS', unpack(ks, 1, n)) > 0 then return true end
+      n = 0
+    end
+  end
+  return false
+end
+
 -- offer(nid, known): hand the node's free capacity to jobs waiting in its pools' queues.
 -- `known` (optional): the node's state, reserved, capacity and capsig as they are now
 -- (read in this call: release_node keeps them current), saving their HMGET.
@@ -233,10 +245,10 @@ local function offer(nid, known)
   if room <= 0 then return end
   local pools = node_pools(n[4])
   -- One EXISTS over every queue: when nothing waits (the common case) that is one command
-  -- instead of one LRANGE per pool.
-  local qks = {}
-  for i, pool in ipairs(pools) do qks[i] = P .. 'queue:' .. pool end
-  if #qks == 0 or redis.call('EXISTS', unpack(qks)) == 0 then return end
+  -- instead of one LRANGE per pool. In chunks of EXISTS_CHUNK keys: Lua's unpack cannot
+  -- pass more than ~8,000 values (LUAI_MAXCSTACK), and a node's pools are bounded by the
+  -- gateway (64 languages per list: 4,160 pools), not by this script.
+  if not any_exists(pools, P .. 'queue:') then return end
   for _, pool in ipairs(pools) do
     local qk = P .. 'queue:' .. pool
     for _, jid in ipairs(redis.call('LRANGE', qk, 0, CFG.scan - 1)) do

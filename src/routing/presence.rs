@@ -51,9 +51,10 @@ pub async fn run(app: Arc<App>, cell: Arc<Cell>) {
     }
 }
 
-/// Our presence in `cell` lapsed while we were alive, so a peer may have taken our inbox
-/// there over and messages for our connections of that cell were dropped. Close each of
-/// them with 1012: sessions resume (the result log resends what they missed) and nodes
+/// Our presence in `cell` lapsed while we were alive, and it cost messages: a peer took
+/// (part of) our inbox there over, or a peer's script dropped a message for one of our
+/// connections of that cell (either left the tombstone the beat found). Close each of them
+/// with 1012: sessions resume (the result log resends what they missed) and nodes
 /// re-register.
 fn reconnect_cell(app: &App, cell: &Cell) {
     use crate::gateway::{Kind, Outbound, close};

@@ -18,8 +18,9 @@ pub struct BeatReply {
     /// This instance gave up its presence (graceful shutdown).
     #[serde(default)]
     pub left: bool,
-    /// This instance's presence had expired while it was alive: messages for its
-    /// connections may have been dropped; it must close them so they resume.
+    /// This instance's presence had expired while it was alive and messages for its
+    /// connections were dropped or taken over meanwhile (its tombstone `taken:<id>` was
+    /// there); it must close them so they resume.
     #[serde(default)]
     pub lapsed: bool,
 }

@@ -129,12 +129,21 @@ pub struct Cell {
 impl Cell {
     /// An empty cell (FLUSHALL) with every instance present.
     pub async fn new(server: &RedisServer) -> Result<Self, StoreError> {
+        Self::with(server, |_| {}).await
+    }
+
+    /// [`Cell::new`] with `tweak` applied to [`cell_config`].
+    pub async fn with(
+        server: &RedisServer,
+        tweak: impl FnOnce(&mut Config),
+    ) -> Result<Self, StoreError> {
         let mut redis = server.client().await;
         let _: () = redis::cmd("FLUSHALL")
             .query_async(&mut redis)
             .await
             .expect("flushall");
-        let cfg = cell_config(&server.url());
+        let mut cfg = cell_config(&server.url());
+        tweak(&mut cfg);
         let inst = (0..INSTANCES)
             .map(|s| Instance::new(&cfg, format!("i{s}g0")))
             .collect();
@@ -169,6 +178,8 @@ impl Cell {
         let live = self.consuming();
         self.clients.drain_inboxes(&mut self.redis, &live).await;
         let mut bad = invariants::violations(&mut self.redis).await;
+        let max_attempts = self.cfg.jobs.max_attempts;
+        bad.extend(invariants::unexplained_failures(&mut self.redis, max_attempts).await);
         bad.append(&mut self.clients.violations);
         bad
     }

@@ -7,7 +7,9 @@
 //!   set; every active job is in exactly one node's set, with a deadline;
 //! - every job is in exactly one state, and where that state says it is (queue, node, due);
 //! - a job's routing explanation agrees with it (route of the current attempt names its
-//!   node; every earlier attempt has an end);
+//!   node; every earlier attempt has an end; with `jobs.max_attempts` known, a job that
+//!   failed after a failover with attempts left explains that last dispatch:
+//!   `unexplained_failures`, checked by the property test);
 //! - every key has a TTL or is one of the owned kinds (pools, indexes) whose members are
 //!   removed by scripts — nothing grows without bound.
 
@@ -368,4 +370,41 @@ async fn check_job(c: &mut MultiplexedConnection, prefix: &str, j: &str, bad: &m
             }
         }
     }
+}
+
+/// A job that failed over with attempts left and then failed without another attempt (no
+/// other node could ever serve it: `…|none>`, or its wait in the queues ran out:
+/// `…|queued@…`) keeps the explanation of that last dispatch, `route:<attempt + 1>`. A
+/// full queue is the one such failure that is not explained. Needs `jobs.max_attempts`,
+/// which Redis does not hold (a job that used its attempts up fails with no further
+/// route), so `check` cannot tell; the property test's cell (cell.rs) checks it.
+pub async fn unexplained_failures(c: &mut MultiplexedConnection, max_attempts: u32) -> Vec<String> {
+    let mut bad = Vec::new();
+    for key in all_keys(c).await {
+        let Some(j) = key
+            .split_once("}:")
+            .and_then(|(_, rest)| rest.strip_prefix("job:"))
+            .filter(|j| !j.contains(':'))
+        else {
+            continue;
+        };
+        let job: HashMap<String, String> = c.hgetall(&key).await.expect("hgetall");
+        if job.get("state").map(String::as_str) != Some("FAILED") {
+            continue;
+        }
+        let attempt: u32 = job.get("attempt").and_then(|a| a.parse().ok()).unwrap_or(0);
+        let failed_over = job
+            .get(&format!("end:{attempt}"))
+            .is_some_and(|e| e.split(' ').nth(1) == Some("failover"));
+        let queue_full = job
+            .get("failure_message")
+            .is_some_and(|m| m.contains("queue is full"));
+        let next = format!("route:{}", attempt + 1);
+        if failed_over && attempt < max_attempts && !queue_full && !job.contains_key(&next) {
+            bad.push(format!(
+                "job {j} failed over at attempt {attempt} of {max_attempts}, then failed without {next}"
+            ));
+        }
+    }
+    bad
 }

@@ -128,3 +128,92 @@ async fn nodes_connected_before_a_second_instance_starts_and_after_flushall_are_
     );
     invariants::check(&mut c).await;
 }
+
+/// A node in more pools than one Lua `unpack` can pass to a Redis command (about 8,000):
+/// the gateway's limit of 64 languages per list keeps registrations far below, but a
+/// registration's script must not fail after its writes if one gets there (an older
+/// instance's limit, explicit pairs...). Written through the store, past the gateway's
+/// check: 96 × 96 languages, 9,312 pools. `offer()` looks for queued jobs in chunks of
+/// queues, and hands the new node the job waiting for a busy one.
+#[tokio::test]
+async fn a_node_in_more_pools_than_lua_can_unpack_registers_and_is_offered_queued_jobs() {
+    use switchyard::capabilities::Capabilities;
+    use switchyard::protocol::node::{CapabilityByType, LanguageCapabilities};
+    use switchyard::store::nodes::NodeClaim;
+    let redis = RedisServer::start().await;
+    // No deadline may pass while 9,312 pools are written and checked.
+    let inst = start_tweaked(&redis, |c| {
+        c.jobs.run_timeout_ms = 30_000;
+        c.jobs.queue_wait_ms = 10_000;
+        c.jobs.record_ttl_ms = 120_000;
+        c.node.liveness_ms = Some(60_000);
+    })
+    .await;
+    let mut c = redis.client().await;
+    // A busy zh→en node (capacity 1): the second utterance waits in queue:pub:zh:en.
+    let mut busy = WsClient::connect(&ws_url(&inst, "/ws/node")).await;
+    let mut f = fixture("node_register_first");
+    f["max_concurrent_jobs"] = json!(1);
+    busy.register_id(f, None).await;
+    let (mut s, sid) = crate::common::actors::session_on(&inst).await;
+    for i in 0..2 {
+        let mut u = fixture("utterance");
+        u["session_id"] = json!(sid);
+        u["utterance_index"] = json!(i);
+        s.send(&u).await;
+    }
+    let jobs_key = format!("{PREFIX}session:{sid}:jobs");
+    let queued = eventually(Duration::from_secs(5), "utterance 1 queued", || {
+        let (mut c, jobs_key) = (c.clone(), jobs_key.clone());
+        async move {
+            let jid: String = c.hget(&jobs_key, "1").await.ok()?;
+            let state: String = c.hget(format!("{PREFIX}job:{jid}"), "state").await.ok()?;
+            (state == "QUEUED").then_some(jid)
+        }
+    })
+    .await;
+
+    let mut asr = vec!["zh".to_string()];
+    let mut sem = vec!["en".to_string()];
+    for i in 0..95 {
+        asr.push(format!("a{i:02}"));
+        sem.push(format!("s{i:02}"));
+    }
+    let services = ["asr", "nmt", "tts"].map(|k| CapabilityByType {
+        kind: k.into(),
+        ready: true,
+    });
+    let caps = Capabilities {
+        langs: LanguageCapabilities {
+            asr_languages: asr,
+            tts_languages: sem.clone(),
+            semantic_languages: sem,
+        },
+        pairs: None,
+        services: services.to_vec(),
+        tenant: None,
+        accept_public: true,
+    };
+    assert_eq!(caps.pools().len(), 96 * 96 + 96);
+    let store = &inst.app.cells.default_cell().store;
+    let extra = [("capacity", "4".into()), ("supports_ack", "0".into())];
+    let out = store
+        .register(
+            "node-wide0002",
+            NodeClaim::Replace,
+            "conn-wide",
+            &caps,
+            &extra,
+        )
+        .await
+        .expect("the register script runs to its end");
+    assert!(
+        out.out.iter().any(|d| d.id == "node-wide0002"),
+        "the queued job's job_assign for the new node"
+    );
+    let job: std::collections::HashMap<String, String> =
+        c.hgetall(format!("{PREFIX}job:{queued}")).await.unwrap();
+    assert_eq!(job["state"], "DISPATCHED", "{job:?}");
+    assert_eq!(job["node"], "node-wide0002", "{job:?}");
+    invariants::check(&mut c).await;
+}
