@@ -213,9 +213,16 @@ impl SessionConn {
         let app = self.app.clone();
         let (sid, cell) = (s.id.as_str(), s.cell.clone());
         let previous = app.conns.bind(Kind::Session, sid, self.local(&cell));
-        let unbind = || {
-            app.conns
-                .unbind(Kind::Session, cell.name(), sid, &self.token)
+        // Anything but a resume leaves the binding as it was: a live session held by
+        // another local connection keeps it.
+        let restore = || {
+            app.conns.restore(
+                Kind::Session,
+                cell.name(),
+                sid,
+                &self.token,
+                previous.clone(),
+            )
         };
         let hash = resume_hash(proof);
         let out = match cell
@@ -225,20 +232,17 @@ impl SessionConn {
         {
             Ok(out) => out,
             Err(e) => {
-                unbind();
+                restore();
                 return Err(e);
             }
         };
         if matches!(out.reply, ResumeReply::Refused) {
             // The live session stays with its connection here, if it is here.
-            unbind();
-            if let Some(p) = previous {
-                app.conns.bind(Kind::Session, sid, p);
-            }
+            restore();
             return Ok(Resumed::Refused);
         }
         if matches!(out.reply, ResumeReply::Missing | ResumeReply::Gap) {
-            unbind();
+            restore();
             return Ok(Resumed::Gone);
         }
         if let ResumeReply::Ok {
