@@ -313,6 +313,10 @@ impl NodeConn {
                     close::REPLACED,
                     "replaced by a newer connection".into(),
                 ));
+                // The record belongs to the newer connection: `finish` runs no cleanup
+                // script for this one (`reg` is gone), so it leaves the local map here.
+                app.conns
+                    .unbind(Kind::Node, cell.name(), &node_id, &self.token);
                 self.reg = None;
                 self.done = true;
             }
