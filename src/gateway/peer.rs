@@ -46,12 +46,19 @@ impl Peer {
         self.send(Outbound::Text(ErrorMessage::new(code, message).to_json()));
     }
 
-    /// Redis away → `SCHEDULER_DEPENDENCY_DOWN`; anything else → `INTERNAL_ERROR`.
+    /// Redis away, or a change its replicas did not confirm → `SCHEDULER_DEPENDENCY_DOWN`;
+    /// anything else → `INTERNAL_ERROR`.
     pub fn store_error(&self, e: &StoreError) {
         match e {
             StoreError::Unavailable(_) => self.error(
                 ErrorCode::SchedulerDependencyDown,
                 "scheduler state store unreachable",
+            ),
+            // Made on the primary (and its messages sent), but not known to be replicated:
+            // a failover now could lose it.
+            StoreError::Unreplicated(_) => self.error(
+                ErrorCode::SchedulerDependencyDown,
+                "scheduler state store did not confirm the change on its replicas",
             ),
             _ => self.error(ErrorCode::InternalError, "internal error"),
         }
