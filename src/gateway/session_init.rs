@@ -246,7 +246,10 @@ impl SessionConn {
             return Ok(Resumed::Gone);
         }
         if let ResumeReply::Ok {
-            next_seq, resent, ..
+            next_seq,
+            resent,
+            tenant,
+            ..
         } = &out.reply
         {
             tracing::info!(
@@ -255,7 +258,18 @@ impl SessionConn {
                 resent,
                 "session resumed"
             );
-            self.session = Some(s.clone());
+            // The session's own tenant, not the resuming credential's: a credential without
+            // tenant may resume a tenant's session, whose utterances must keep its pools
+            // (and its strictness). A script of an earlier version does not say: then the
+            // credential's, which the script checked against the session's if it has one.
+            let tenant = match tenant {
+                Some(t) => Some(t.clone()).filter(|t| !t.is_empty()),
+                None => s.tenant.clone(),
+            };
+            self.session = Some(Opened {
+                tenant,
+                ..s.clone()
+            });
             self.trace_id = Some(trace_id.to_string());
             self.send_json(&init_ack(sid, trace_id, true, proof));
             self.send(Outbound::ExpectSeq(*next_seq));
