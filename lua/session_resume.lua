@@ -12,7 +12,8 @@ Input:
   ARGV[8] SHA-256 (hex) of the resume token presented: must equal the session's resume_hash
   ARGV[9] tenant of the resuming credential ("" = none): must equal the session's tenant
 Output: [JSON, blobs...]
-  {"status":"ok","next_seq":N,"resent":N,"state":"open"|"closed"}
+  {"status":"ok","next_seq":N,"resent":N,"state":"open"|"closed","tenant":T}  T: the
+                        session's own tenant ("" = none), which its later jobs keep
   {"status":"missing"}  no such session (expired)
   {"status":"refused"}  wrong resume token or tenant: nothing changed (the live session
                         stays with its connection)
@@ -50,4 +51,4 @@ for _, n in ipairs(idxs) do send_terminal(sid, logged(sid, rk, n)) end
 release(sid, false)
 touch_session(sid)
 return finish({status = 'ok', next_seq = next_seq, resent = #idxs,
-  state = redis.call('HGET', sk, 'state')})
+  state = redis.call('HGET', sk, 'state'), tenant = proof[3] or ''})

@@ -7,6 +7,12 @@
 //! WebSocket frames must not wait for Nagle). Stopping (the `stop` watch) ends accepting
 //! and asks open HTTP connections to finish; upgraded WebSockets are no longer HTTP and
 //! are closed by their own tasks.
+//!
+//! HTTP/1.1 only. Nodes, web clients and probes speak HTTP/1.1 (WebSockets by `Upgrade`),
+//! and HTTP/2 has no idle bound in hyper: a connection that had made one request (a
+//! `/healthz`) escaped the first-request deadline and could stay open idle for ever,
+//! counted by no limit. An HTTP/2 preface now fails to parse as HTTP/1 and the connection
+//! is closed at once.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -14,13 +20,12 @@ use std::time::Duration;
 
 use axum::Router;
 use hyper::body::Incoming;
+use hyper::server::conn::http1;
 use hyper::service::Service as _;
-use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
-use hyper_util::server::conn::auto::Builder;
-use hyper_util::server::graceful::GracefulShutdown;
+use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::service::TowerToHyperService;
 use tokio::net::TcpListener;
-use tokio::sync::watch;
+use tokio::sync::{mpsc, watch};
 
 use crate::config::LimitsConfig;
 use crate::telemetry::metrics::Metrics;
@@ -31,20 +36,15 @@ pub async fn serve(
     router: Router,
     limits: &LimitsConfig,
     metrics: Arc<Metrics>,
-    mut stop: watch::Receiver<bool>,
+    stop: watch::Receiver<bool>,
 ) {
-    let mut builder = Builder::new(TokioExecutor::new());
-    builder
-        .http1()
-        .timer(TokioTimer::new())
+    let mut http = http1::Builder::new();
+    http.timer(TokioTimer::new())
         .header_read_timeout(Duration::from_millis(limits.header_read_timeout_ms));
-    // CONNECT protocol: WebSockets over HTTP/2 (RFC 8441), as axum::serve does.
-    builder
-        .http2()
-        .timer(TokioTimer::new())
-        .enable_connect_protocol();
     let first_request = Duration::from_millis(limits.upgrade_timeout_ms);
-    let graceful = GracefulShutdown::new();
+    // Every connection task holds a sender: the receiver sees the end of the last one.
+    let (open, mut all_closed) = mpsc::channel::<()>(1);
+    let mut accepting = stop.clone();
     loop {
         let tcp = tokio::select! {
             r = listener.accept() => match r {
@@ -54,7 +54,7 @@ pub async fn serve(
                     continue;
                 }
             },
-            _ = stopped(&mut stop) => break,
+            _ = stopped(&mut accepting) => break,
         };
         if let Err(e) = tcp.set_nodelay(true) {
             tracing::debug!(error = %e, "TCP_NODELAY not set");
@@ -66,25 +66,34 @@ pub async fn serve(
             flag.store(true, Ordering::Relaxed);
             inner.call(req)
         });
-        let conn = builder
-            .serve_connection_with_upgrades(TokioIo::new(tcp), svc)
-            .into_owned();
-        let conn = graceful.watch(conn);
-        let metrics = metrics.clone();
+        let conn = http
+            .serve_connection(TokioIo::new(tcp), svc)
+            .with_upgrades();
+        let (metrics, mut stop, open) = (metrics.clone(), stop.clone(), open.clone());
         tokio::spawn(async move {
+            let _open = open;
             tokio::pin!(conn);
-            let result = match tokio::time::timeout(first_request, &mut conn).await {
-                Ok(r) => r,
-                Err(_) if !served.load(Ordering::Relaxed) => {
-                    metrics.limited("http", "upgrade_timeout");
-                    return; // dropping the connection closes the socket
+            let deadline = tokio::time::sleep(first_request);
+            tokio::pin!(deadline);
+            let (mut deadline_passed, mut stopping) = (false, false);
+            let result = loop {
+                tokio::select! {
+                    r = conn.as_mut() => break r,
+                    _ = &mut deadline, if !deadline_passed => {
+                        if !served.load(Ordering::Relaxed) {
+                            metrics.limited("http", "upgrade_timeout");
+                            return; // dropping the connection closes the socket
+                        }
+                        deadline_passed = true;
+                    }
+                    _ = stopped(&mut stop), if !stopping => {
+                        stopping = true;
+                        conn.as_mut().graceful_shutdown();
+                    }
                 }
-                Err(_) => conn.await,
             };
             if let Err(e) = result {
-                if e.downcast_ref::<hyper::Error>()
-                    .is_some_and(|e| e.is_timeout())
-                {
+                if e.is_timeout() {
                     metrics.limited("http", "header_timeout");
                 }
                 tracing::trace!(error = %e, "connection ended with an error");
@@ -92,8 +101,9 @@ pub async fn serve(
         });
     }
     drop(listener);
+    drop(open);
     // Open HTTP exchanges (a scrape, an admin call) get a moment to finish.
-    if tokio::time::timeout(Duration::from_secs(5), graceful.shutdown())
+    if tokio::time::timeout(Duration::from_secs(5), all_closed.recv())
         .await
         .is_err()
     {

@@ -28,7 +28,7 @@ pub async fn run(app: Arc<App>, cell: Arc<Cell>) {
                         break;
                     }
                 }
-                Err(StoreError::Unavailable(e)) => {
+                Err(e) if e.is_unavailable() => {
                     if !down_logged {
                         tracing::warn!(cell = cell.name(), error = %e, "sweep paused: redis unavailable");
                         down_logged = true;
@@ -46,7 +46,9 @@ pub async fn run(app: Arc<App>, cell: Arc<Cell>) {
 
 /// One sweep call; returns whether more is due right away.
 async fn sweep_once(app: &App, cell: &Cell) -> Result<bool, StoreError> {
-    let reply = crate::routing::deliver(app, cell, cell.store.sweep().await?);
+    // A sweep whose WAIT fell short still sends what it did (failovers' job_assigns,
+    // released results): the change is made on the primary.
+    let reply = crate::routing::delivered(app, cell, cell.store.sweep().await)?;
     for n in &reply.offline {
         tracing::info!(node_id = %n.node_id, "node offline: liveness expired");
         // A silent node whose socket is still open here: close it so it reconnects.

@@ -168,3 +168,68 @@ async fn wait_replicas_cost_is_measured() {
         "every WAIT reached the replica"
     );
 }
+
+/// Review finding: with `redis.wait_replicas` set, a `WAIT` that fell short failed the
+/// call *after* its script had committed on the primary, so the caller never routed the
+/// script's messages: a `job_result`'s translation_result for a session on the same
+/// instance was never written (the session's writer later skipped the gap), and a
+/// submit's `job_assign` to a node here was lost (the client's retry is a duplicate, which
+/// sends nothing), so the job waited for its run timeout. The primary is the source of
+/// truth until a failover: the messages are delivered, and the caller is still told the
+/// change is not known to be replicated (`SCHEDULER_DEPENDENCY_DOWN`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_short_wait_still_delivers_what_the_committed_script_sent() {
+    let primary = Proc::server(&[]);
+    primary.wait_up().await;
+    let p = primary.port.to_string();
+    let replica = Proc::server(&["--replicaof", "127.0.0.1", &p]);
+    replica.wait_up().await;
+    let rc = replica.client().await;
+    until(Duration::from_secs(10), "replica link up", || {
+        let mut rc = rc.clone();
+        async move { link_up(&mut rc).await }
+    })
+    .await;
+    let inst = start_with(single(&primary.url(), |c| {
+        c.redis.wait_replicas = 1;
+        c.redis.wait_timeout_ms = 200;
+        // A stopped replica fails every beat's WAIT too; nothing here is about presence.
+        c.instance.presence_ttl_ms = 5_000;
+    }))
+    .await;
+    let mut n = WsClient::connect(&ws_url(&inst, "/ws/node")).await;
+    let nid = n.register_id(fixture("node_register_first"), None).await;
+    let (mut s, sid) = session_on(&inst).await;
+    s.send(&utterance(&sid, 0)).await;
+    let job = next_of(&mut n, "job_assign", T).await.expect("job_assign");
+
+    // The replica stops acknowledging: every WAIT falls short from now on.
+    replica.signal("STOP");
+    n.send(&answer(&job, &nid, "committed on the primary"))
+        .await;
+    let got = terminals(&mut s, 1, Duration::from_secs(3)).await;
+    assert_eq!(got[0]["type"], "translation_result", "{got:?}");
+    assert_eq!(got[0]["text_translated"], "committed on the primary");
+    let err = next_of(&mut n, "error", T).await.expect("the node is told");
+    assert_eq!(err["code"], "SCHEDULER_DEPENDENCY_DOWN", "{err}");
+
+    // A submit likewise: the client is told, the node gets its job.
+    s.send(&utterance(&sid, 1)).await;
+    let job = next_of(&mut n, "job_assign", Duration::from_secs(3))
+        .await
+        .expect("the job_assign of a committed submit reaches the node");
+    assert_eq!(job["utterance_index"], 1);
+    let err = next_of(&mut s, "error", T)
+        .await
+        .expect("the client is told");
+    assert_eq!(err["code"], "SCHEDULER_DEPENDENCY_DOWN", "{err}");
+
+    replica.signal("CONT");
+    let text = metrics_text(&inst).await;
+    assert!(
+        !text.contains("switchyard_redis_wait_short_total 0"),
+        "the short WAITs are counted: {text}"
+    );
+    let mut c = primary.client().await;
+    common::invariants::check(&mut c).await;
+}

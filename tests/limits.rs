@@ -201,7 +201,10 @@ async fn slow_request_headers_are_closed_within_the_timeout() {
     let (status, _) = get_json(&http_url(&inst, "/healthz")).await;
     assert_eq!(status, 200);
     let text = metrics_text(&inst).await;
-    assert!(text.contains(r#"detail="header_timeout"} 100"#), "{text}");
+    // The 100 slow ones and the silent one: HTTP/1's header-read timeout runs from the
+    // accept, so it closes a connection that never sends a byte before the first-request
+    // deadline does.
+    assert!(text.contains(r#"detail="header_timeout"} 101"#), "{text}");
 }
 
 #[tokio::test]
@@ -214,6 +217,59 @@ async fn a_connection_that_never_sends_a_byte_is_closed() {
     .await;
     let mut tcp = TcpStream::connect(inst.addr).await.expect("connect");
     assert!(closed_within(&mut tcp, Duration::from_secs(3)).await);
+}
+
+/// An HTTP/2 request with prior knowledge: the preface, an empty SETTINGS frame, and one
+/// HEADERS frame (stream 1, END_STREAM | END_HEADERS) for `GET /healthz`, HPACK-encoded
+/// from the static table and plain literals.
+fn h2_get_healthz() -> Vec<u8> {
+    let mut block = vec![0x82, 0x86]; // :method GET, :scheme http
+    block.push(0x44); // :path, literal with incremental indexing (static name 4)
+    block.push(8);
+    block.extend_from_slice(b"/healthz");
+    block.push(0x41); // :authority (static name 1)
+    block.push(9);
+    block.extend_from_slice(b"localhost");
+    let mut out = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n".to_vec();
+    out.extend_from_slice(&[0, 0, 0, 0x04, 0, 0, 0, 0, 0]); // SETTINGS, empty
+    let len = block.len() as u8;
+    out.extend_from_slice(&[0, 0, len, 0x01, 0x05, 0, 0, 0, 1]); // HEADERS, stream 1
+    out.extend_from_slice(&block);
+    out
+}
+
+/// Review finding: HTTP/2 with prior knowledge had no idle timeout, and its first request
+/// (any: `GET /healthz`) escaped the first-request deadline, so an unauthenticated client
+/// could hold any number of idle connections that no limit counts. The instance serves
+/// HTTP/1 only: such a connection is refused at once. An HTTP/1.1 keep-alive connection
+/// stays bounded by the header-read timeout after its request.
+#[tokio::test]
+async fn http2_prior_knowledge_is_refused_and_idle_keep_alive_is_closed() {
+    let redis = RedisServer::start().await;
+    let inst = start_tweaked(&redis, |c| {
+        c.limits.header_read_timeout_ms = 300;
+        c.limits.upgrade_timeout_ms = 600;
+    })
+    .await;
+    let mut h2 = TcpStream::connect(inst.addr).await.expect("connect");
+    h2.write_all(&h2_get_healthz()).await.expect("write");
+    assert!(
+        closed_within(&mut h2, Duration::from_secs(3)).await,
+        "an HTTP/2 connection is still open past every deadline"
+    );
+
+    // HTTP/1.1: a request (here a refused upgrade), then nothing: closed between requests.
+    let mut h1 = TcpStream::connect(inst.addr).await.expect("connect");
+    h1.write_all(b"GET /ws/session HTTP/1.1\r\nHost: x\r\nConnection: Upgrade\r\nUpgrade: websocket\r\nSec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n")
+        .await
+        .expect("write");
+    let mut head = [0u8; 12];
+    h1.read_exact(&mut head).await.expect("a response");
+    assert_eq!(&head, b"HTTP/1.1 401", "{}", String::from_utf8_lossy(&head));
+    assert!(
+        closed_within(&mut h1, Duration::from_secs(3)).await,
+        "an idle HTTP/1.1 keep-alive connection is still open"
+    );
 }
 
 #[tokio::test]

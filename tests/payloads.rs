@@ -249,3 +249,45 @@ async fn a_session_that_only_keeps_alive_sheds_old_results_with_their_bodies() {
     assert!(alive, "the session itself lives on");
     invariants::check(&mut c).await;
 }
+
+/// Review finding: a result body was staged under `stage:<job>:<attempt>`, a name made of
+/// ids the node sends, in the namespace of a session's staged audio
+/// (`stage:<sid>:<index>`), and before the script checks who may act. A node naming a
+/// session id as its job id overwrote that session's audio staged for `submit` (and its
+/// refused call then deleted it). Each kind now has its own prefix, and a result's key
+/// carries the connection's token. Here the session's staged audio is put in place by
+/// hand, as `submit`'s pipeline holds it for an instant.
+#[tokio::test]
+async fn a_nodes_result_cannot_touch_a_sessions_staged_audio() {
+    let redis = RedisServer::start().await;
+    let inst = start_instance(&redis).await;
+    let mut c = redis.client().await;
+    let (mut n, nid) = node_on(&inst, None).await;
+    let (_s, sid) = session_on(&inst).await;
+    let staged = inst
+        .app
+        .cells
+        .default_cell()
+        .store
+        .keys
+        .staged_audio(&sid, 1);
+    let _: () = redis::cmd("SET")
+        .arg(&staged)
+        .arg("the session's audio")
+        .arg("PX")
+        .arg(60_000)
+        .query_async(&mut c)
+        .await
+        .expect("set");
+    let fake = json!({"job_id": sid, "attempt_id": 1, "session_id": sid,
+        "utterance_index": 1, "trace_id": "00000000000000000000000000000001"});
+    n.send(&answer_with_tts(&fake, &nid, "forged", TTS)).await;
+    let err = n.recv_type("error").await;
+    assert_eq!(err["code"], "INVALID_MESSAGE", "{err}");
+    let kept: Option<String> = c.get(&staged).await.expect("get");
+    assert_eq!(kept.as_deref(), Some("the session's audio"));
+    // The forged result's own staged body did not outlive its refused call.
+    assert_eq!(keys(&mut c, "stage:*").await, vec![staged.clone()]);
+    let _: () = c.del(&staged).await.expect("del");
+    invariants::check(&mut c).await;
+}

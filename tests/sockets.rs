@@ -79,3 +79,139 @@ async fn accepted_sockets_and_redis_connections_have_tcp_nodelay() {
         assert!(nodelay, "test client {l} -> {p}: TCP_NODELAY is not set");
     }
 }
+
+/// Is the instance's end of the TCP connection from `client` (a local address of this
+/// process) still an open descriptor? The instance runs in-process, so its sockets are
+/// among this process' descriptors.
+fn server_side_open(server: SocketAddr, client: SocketAddr) -> bool {
+    tcp_sockets()
+        .iter()
+        .any(|(l, p, _)| *l == server && *p == client)
+}
+
+/// A node connection whose socket has a tiny receive buffer and that reads nothing after
+/// its `node_register_ack`: the instance's writes to it block once the kernel buffers are
+/// full. Returns the WebSocket (kept open, never read) and its local address.
+async fn node_that_stops_reading(
+    inst: &switchyard::server::Running,
+) -> (
+    tokio_tungstenite::WebSocketStream<tokio::net::TcpStream>,
+    SocketAddr,
+) {
+    use futures_util::{SinkExt, StreamExt};
+    use tokio_tungstenite::tungstenite::Message;
+    let sock = tokio::net::TcpSocket::new_v4().expect("socket");
+    sock.set_recv_buffer_size(4096).expect("SO_RCVBUF");
+    let tcp = sock.connect(inst.addr).await.expect("connect");
+    let local = tcp.local_addr().expect("local addr");
+    let (mut ws, _) = tokio_tungstenite::client_async(ws_url(inst, "/ws/node"), tcp)
+        .await
+        .expect("upgrade");
+    let mut reg = fixture("node_register_first");
+    reg["node_id"] = serde_json::Value::Null;
+    reg["max_concurrent_jobs"] = serde_json::json!(32);
+    ws.send(Message::Text(reg.to_string().into()))
+        .await
+        .expect("send");
+    loop {
+        match tokio::time::timeout(std::time::Duration::from_secs(5), ws.next()).await {
+            Ok(Some(Ok(Message::Text(t)))) if t.as_str().contains("node_register_ack") => break,
+            Ok(Some(Ok(_))) => continue,
+            other => panic!("no node_register_ack: {other:?}"),
+        }
+    }
+    (ws, local)
+}
+
+/// A session sends `n` utterances of 1 MiB of audio each: `n` job_assigns of ~1.4 MB for
+/// the one node there is.
+async fn flood_the_node(inst: &switchyard::server::Running, n: u64) -> WsClient {
+    use base64::Engine;
+    let mut s = WsClient::connect(&ws_url(inst, "/ws/session")).await;
+    s.send(&fixture("session_init_one_way")).await;
+    let ack = s.recv_type("session_init_ack").await;
+    let sid = ack["session_id"].as_str().expect("sid").to_string();
+    let audio: Vec<u8> = (0..1024 * 1024).map(|i| (i % 251) as u8).collect();
+    let audio = base64::engine::general_purpose::STANDARD.encode(audio);
+    for i in 0..n {
+        let mut u = fixture("utterance");
+        u["session_id"] = serde_json::json!(sid);
+        u["utterance_index"] = serde_json::json!(i);
+        u["audio"] = serde_json::json!(audio);
+        s.send(&u).await;
+    }
+    s
+}
+
+/// Poll until the instance's end of `client`'s connection is closed (or `within` passes).
+async fn server_side_closed_within(
+    inst: &switchyard::server::Running,
+    client: SocketAddr,
+    within: std::time::Duration,
+) -> bool {
+    let deadline = std::time::Instant::now() + within;
+    while std::time::Instant::now() < deadline {
+        if !server_side_open(inst.addr, client) {
+            return true;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    !server_side_open(inst.addr, client)
+}
+
+/// Review finding: when a connection's read side ended while its writer was blocked on a
+/// peer that stopped reading (zero window), the writer task was detached after 2 s and
+/// kept the socket open for ever, no longer counted by any limit. Now it is aborted and
+/// the socket closed. The write timeout is off here, so only that abort can close it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_blocked_writer_is_aborted_when_the_read_side_ends() {
+    let redis = RedisServer::start().await;
+    let inst = start_tweaked(&redis, |c| {
+        c.ws.max_frame_bytes = 4 * 1024 * 1024;
+        c.ws.ping_interval_ms = 200;
+        c.ws.idle_timeout_ms = 1_000;
+        c.ws.write_timeout_ms = 0;
+    })
+    .await;
+    let (ws, local) = node_that_stops_reading(&inst).await;
+    assert!(server_side_open(inst.addr, local));
+    let _session = flood_the_node(&inst, 10).await;
+    // The node is silent: its read side ends after the idle timeout (1 s), then the
+    // writer gets 2 s to finish before it is aborted.
+    assert!(
+        server_side_closed_within(&inst, local, std::time::Duration::from_secs(10)).await,
+        "the instance still holds the socket of a connection whose read side ended"
+    );
+    let text = metrics_text(&inst).await;
+    assert!(
+        text.contains(r#"switchyard_connections{kind="node"} 0"#),
+        "{text}"
+    );
+    drop(ws);
+}
+
+/// A peer that never reads while its read side stays up (no idle timeout here): a write
+/// blocked for `ws.write_timeout_ms` ends the connection.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_peer_that_never_reads_is_closed_after_the_write_timeout() {
+    let redis = RedisServer::start().await;
+    let inst = start_tweaked(&redis, |c| {
+        c.ws.max_frame_bytes = 4 * 1024 * 1024;
+        c.ws.ping_interval_ms = 0;
+        c.ws.idle_timeout_ms = 0;
+        c.ws.write_timeout_ms = 500;
+    })
+    .await;
+    let (ws, local) = node_that_stops_reading(&inst).await;
+    let _session = flood_the_node(&inst, 10).await;
+    assert!(
+        server_side_closed_within(&inst, local, std::time::Duration::from_secs(10)).await,
+        "a peer that reads nothing keeps its connection"
+    );
+    let text = metrics_text(&inst).await;
+    assert!(
+        text.contains(r#"switchyard_limited_total{kind="node",detail="write_timeout"} 1"#),
+        "{text}"
+    );
+    drop(ws);
+}

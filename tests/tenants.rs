@@ -157,3 +157,44 @@ async fn a_subject_holds_at_most_its_live_sessions_across_instances() {
     );
     invariants::check(&mut c).await;
 }
+
+/// Review finding: a session resumed with a credential that has no tenant (allowed: only a
+/// credential *with* a tenant must match the session's) took the credential's tenant, none,
+/// for its later `utterance`s: a strict tenant's utterances were routed to public nodes.
+/// The resumed session keeps its own tenant.
+#[tokio::test]
+async fn a_resume_without_tenant_keeps_the_sessions_tenant_and_its_strictness() {
+    let redis = RedisServer::start().await;
+    let inst = start_tweaked(&redis, |c| c.jobs.strict_tenants = vec!["strictco".into()]).await;
+    let mut c = redis.client().await;
+    // Only a public node: a strict tenant's utterance must never reach it.
+    let (mut public, _) = node_on(&inst, None).await;
+    let strict = token(&[Scope::Session], None, Some("strictco"));
+    let (s, ack) = open_session_ack(
+        &url_with(&inst, "/ws/session", &strict),
+        fixture("session_init_one_way"),
+    )
+    .await;
+    let sid = ack["session_id"].as_str().expect("sid").to_string();
+    s.drop_connection();
+
+    let mut init = fixture("session_init_one_way");
+    init["resume_session_id"] = json!(sid);
+    init["resume_token"] = ack["resume_token"].clone();
+    let (mut s, ack) = open_session_ack(&ws_url(&inst, "/ws/session"), init).await;
+    assert_eq!(ack["resumed"], true, "{ack}");
+    s.send(&utterance(&sid, 0)).await;
+    let got = terminals(&mut s, 1, std::time::Duration::from_secs(5)).await;
+    assert_eq!(got[0]["code"], "NO_AVAILABLE_NODE", "{got:?}");
+    assert!(
+        next_of(
+            &mut public,
+            "job_assign",
+            std::time::Duration::from_millis(300)
+        )
+        .await
+        .is_none(),
+        "a strict tenant's utterance reached a public node"
+    );
+    invariants::check(&mut c).await;
+}

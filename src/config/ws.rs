@@ -21,6 +21,10 @@ pub struct WsConfig {
     /// ...and closed once nothing (no frame, no pong) came for this long (0: never). A
     /// node's id is then free for its reconnect with a fleet credential.
     pub idle_timeout_ms: u64,
+    /// A write to the socket (one message, the flush after a burst, a ping, a close) that
+    /// has not completed after this long ends the connection (0: never): a peer that
+    /// stopped reading (zero TCP window) holds neither a socket nor a writer for ever.
+    pub write_timeout_ms: u64,
 }
 
 impl Default for WsConfig {
@@ -32,6 +36,7 @@ impl Default for WsConfig {
             hello_timeout_ms: 30_000,
             ping_interval_ms: 5_000,
             idle_timeout_ms: 15_000,
+            write_timeout_ms: 10_000,
         }
     }
 }

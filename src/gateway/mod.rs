@@ -76,12 +76,43 @@ impl Connections {
         m.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Bind `id` (in `conn`'s cell) to `conn`; returns the connection it replaces, if any.
+    /// Bind `id` (in `conn`'s cell) to `conn`; returns the binding it replaces, if any:
+    /// another connection, or `conn` itself (the same token) when it binds again. Give it
+    /// to [`Connections::restore`] if the call the binding was for fails.
     pub fn bind(&self, kind: Kind, id: &str, conn: LocalConn) -> Option<LocalConn> {
         let mut m = self.map(kind);
         let cell = m.entry(conn.cell.name().to_string()).or_default();
-        let old = cell.insert(id.to_string(), conn.clone());
-        old.filter(|o| o.token != conn.token)
+        cell.insert(id.to_string(), conn)
+    }
+
+    /// Undo a [`Connections::bind`] of `id` to `token` whose call failed: `id` is bound
+    /// again to what `bind` returned (`previous`: nothing, another connection, or this
+    /// one, which then stays bound), exactly as before. A binding made since by another
+    /// connection is left alone.
+    pub fn restore(
+        &self,
+        kind: Kind,
+        cell: &str,
+        id: &str,
+        token: &str,
+        previous: Option<LocalConn>,
+    ) {
+        let mut m = self.map(kind);
+        let Some(ids) = m.get_mut(cell) else { return };
+        if ids.get(id).is_none_or(|c| c.token != token) {
+            return;
+        }
+        match previous {
+            Some(p) => {
+                ids.insert(id.to_string(), p);
+            }
+            None => {
+                ids.remove(id);
+            }
+        }
+        if ids.is_empty() {
+            m.remove(cell);
+        }
     }
 
     /// Forget `id` in `cell` if it is still bound to `token`.
@@ -178,4 +209,59 @@ pub fn tenant_full() -> axum::response::Response {
         "connection limit of this tenant reached on this instance",
     )
         .into_response()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn cell() -> Arc<Cell> {
+        let metrics = Arc::new(crate::telemetry::metrics::Metrics::new());
+        let store = crate::store::Store::new(&crate::config::Config::default(), "i", metrics)
+            .expect("store");
+        Arc::new(Cell {
+            store,
+            inbox_alive_at: Default::default(),
+        })
+    }
+
+    fn conn(cell: &Arc<Cell>, token: &str) -> LocalConn {
+        LocalConn {
+            token: token.into(),
+            tx: mpsc::channel(1).0,
+            cell: cell.clone(),
+        }
+    }
+
+    fn bound(c: &Connections, cell: &Cell, id: &str) -> Option<String> {
+        c.get(Kind::Node, cell.name(), id, None).map(|c| c.token)
+    }
+
+    /// A failed call puts the binding back exactly as it was before its `bind`.
+    #[test]
+    fn restore_undoes_a_bind() {
+        let (c, cell) = (Connections::default(), cell());
+        // Nothing before: nothing after.
+        let prev = c.bind(Kind::Node, "n", conn(&cell, "a"));
+        assert!(prev.is_none());
+        c.restore(Kind::Node, cell.name(), "n", "a", prev);
+        assert_eq!(bound(&c, &cell, "n"), None);
+        assert_eq!(c.count(Kind::Node), 0);
+        // The same connection binding again (a registered node registering again): it
+        // stays bound (review finding: it used to be unbound, and its jobs dropped).
+        c.bind(Kind::Node, "n", conn(&cell, "a"));
+        let prev = c.bind(Kind::Node, "n", conn(&cell, "a"));
+        assert_eq!(prev.as_ref().map(|p| p.token.as_str()), Some("a"));
+        c.restore(Kind::Node, cell.name(), "n", "a", prev);
+        assert_eq!(bound(&c, &cell, "n").as_deref(), Some("a"));
+        // Another connection's binding comes back.
+        let prev = c.bind(Kind::Node, "n", conn(&cell, "b"));
+        c.restore(Kind::Node, cell.name(), "n", "b", prev);
+        assert_eq!(bound(&c, &cell, "n").as_deref(), Some("a"));
+        // A binding made meanwhile by a third connection is left alone.
+        let prev = c.bind(Kind::Node, "n", conn(&cell, "b"));
+        c.bind(Kind::Node, "n", conn(&cell, "c"));
+        c.restore(Kind::Node, cell.name(), "n", "b", prev);
+        assert_eq!(bound(&c, &cell, "n").as_deref(), Some("c"));
+    }
 }

@@ -260,8 +260,7 @@ impl NodeConn {
             .store
             .heartbeat(&node_id, &self.token, &caps, &load)
             .await;
-        let reply = reply.map(|out| routing::deliver(&app, &cell, out));
-        match reply {
+        match routing::delivered(&app, &cell, reply) {
             Ok(HeartbeatReply::Ok { .. }) => {
                 if let Some(reg) = &mut self.reg {
                     reg.caps = caps;
@@ -313,6 +312,10 @@ impl NodeConn {
                     close::REPLACED,
                     "replaced by a newer connection".into(),
                 ));
+                // The record belongs to the newer connection: `finish` runs no cleanup
+                // script for this one (`reg` is gone), so it leaves the local map here.
+                app.conns
+                    .unbind(Kind::Node, cell.name(), &node_id, &self.token);
                 self.reg = None;
                 self.done = true;
             }
@@ -338,7 +341,7 @@ impl NodeConn {
             .store
             .node_offline(&reg.node_id, &self.token, grace, reason)
             .await;
-        match out.map(|o| routing::deliver(app, &cell, o)) {
+        match routing::delivered(app, &cell, out) {
             Ok(OfflineReply::Stale) => {
                 tracing::debug!(node_id = %reg.node_id, "close of a replaced connection ignored")
             }

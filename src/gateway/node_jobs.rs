@@ -48,16 +48,14 @@ impl NodeConn {
             node_id: &node_id,
             conn: &self.token,
         };
-        match cell.store.job_ack(&attempt, started).await {
-            Ok(out) => {
-                if let FencedReply::Stale { reason } = routing::deliver(&self.app, &cell, out) {
-                    self.stale(
-                        if started { "job_started" } else { "job_ack" },
-                        &a.job_id,
-                        &reason,
-                    );
-                }
-            }
+        let r = cell.store.job_ack(&attempt, started).await;
+        match routing::delivered(&self.app, &cell, r) {
+            Ok(FencedReply::Stale { reason }) => self.stale(
+                if started { "job_started" } else { "job_ack" },
+                &a.job_id,
+                &reason,
+            ),
+            Ok(FencedReply::Ok { .. }) => {}
             Err(e) => self.store_error(&e),
         }
     }
@@ -104,14 +102,10 @@ impl NodeConn {
             body: Some(result_body(&r.body.message)),
             ..Default::default()
         };
-        match cell.store.job_result(&attempt, &outcome).await {
-            Ok(out) => {
-                if let FencedReply::Stale { reason } =
-                    routing::deliver_with(&self.app, &cell, out, known)
-                {
-                    self.stale("job_result", &r.job_id, &reason);
-                }
-            }
+        let out = cell.store.job_result(&attempt, &outcome).await;
+        match routing::delivered_with(&self.app, &cell, out, known) {
+            Ok(FencedReply::Stale { reason }) => self.stale("job_result", &r.job_id, &reason),
+            Ok(FencedReply::Ok { .. }) => {}
             Err(e) => self.store_error(&e),
         }
     }
@@ -139,16 +133,14 @@ impl NodeConn {
         let Some((node_id, cell)) = self.node_id() else {
             return;
         };
-        match cell
+        let out = cell
             .store
             .job_partial(&p.job_id, &node_id, &self.token, &p.text, p.is_final)
-            .await
-        {
-            Ok(out) => {
-                if let FencedReply::Stale { .. } = routing::deliver(&self.app, &cell, out) {
-                    self.app.metrics.stale(KIND); // best-effort: no error reply for partials
-                }
-            }
+            .await;
+        match routing::delivered(&self.app, &cell, out) {
+            // best-effort: no error reply for partials
+            Ok(FencedReply::Stale { .. }) => self.app.metrics.stale(KIND),
+            Ok(FencedReply::Ok { .. }) => {}
             Err(e) => self.store_error(&e),
         }
     }

@@ -163,13 +163,13 @@ impl NodeConn {
             // run (queued jobs, another instance's submit through the inbox) finds it —
             // held back by the writer until the ack has gone out.
             self.send(Outbound::Hold);
+            // `previous` may be this connection itself (a registered node registering
+            // again): a failed call must then leave it bound, as Redis still names it.
             let previous = app.conns.bind(Kind::Node, &node_id, self.local(&cell));
             let restore = |app: &App| {
+                let (name, token) = (cell.name(), self.token.as_str());
                 app.conns
-                    .unbind(Kind::Node, cell.name(), &node_id, &self.token);
-                if let Some(p) = previous.clone() {
-                    app.conns.bind(Kind::Node, &node_id, p);
-                }
+                    .restore(Kind::Node, name, &node_id, token, previous.clone());
             };
             let out = match cell
                 .store
@@ -215,7 +215,7 @@ impl NodeConn {
                     replaced_conn,
                     ..
                 } => {
-                    if let Some(old) = previous {
+                    if let Some(old) = previous.filter(|p| p.token != self.token) {
                         let reason = "replaced by a newer connection".into();
                         let _ = old.tx.try_send(Outbound::Close(close::REPLACED, reason));
                     }

@@ -46,12 +46,19 @@ impl Peer {
         self.send(Outbound::Text(ErrorMessage::new(code, message).to_json()));
     }
 
-    /// Redis away → `SCHEDULER_DEPENDENCY_DOWN`; anything else → `INTERNAL_ERROR`.
+    /// Redis away, or a change its replicas did not confirm → `SCHEDULER_DEPENDENCY_DOWN`;
+    /// anything else → `INTERNAL_ERROR`.
     pub fn store_error(&self, e: &StoreError) {
         match e {
             StoreError::Unavailable(_) => self.error(
                 ErrorCode::SchedulerDependencyDown,
                 "scheduler state store unreachable",
+            ),
+            // Made on the primary (and its messages sent), but not known to be replicated:
+            // a failover now could lose it.
+            StoreError::Unreplicated(_) => self.error(
+                ErrorCode::SchedulerDependencyDown,
+                "scheduler state store did not confirm the change on its replicas",
             ),
             _ => self.error(ErrorCode::InternalError, "internal error"),
         }
@@ -163,7 +170,11 @@ async fn drive<H: Handler, F: FnOnce(Peer) -> H>(
     let mut bucket = frame_bucket(&app, H::KIND);
     let gauge = app.metrics.connection_gauge(H::KIND);
     gauge.inc();
-    let (tx, mut stream, mut writer) = socket::split(ws, app.cfg.ws.send_queue, app.order_gap());
+    let write_timeout = Some(app.cfg.ws.write_timeout_ms)
+        .filter(|ms| *ms > 0)
+        .map(Duration::from_millis);
+    let (tx, mut stream, mut writer) =
+        socket::split(ws, app.cfg.ws.send_queue, app.order_gap(), write_timeout);
     let mut writer_done = false;
     let mut shutdown = app.shutdown_signal();
     let mut h = make(Peer {
@@ -199,8 +210,13 @@ async fn drive<H: Handler, F: FnOnce(Peer) -> H>(
             // The writer ends after sending a close (from any task: replaced, liveness,
             // presence lapse) or when the socket fails: stop reading too, without
             // waiting for the peer's echo. Not an orderly end of the peer.
-            _ = &mut writer, if !writer_done => {
+            end = &mut writer, if !writer_done => {
                 writer_done = true;
+                if matches!(end, Ok(socket::WriterEnd::WriteTimeout)) {
+                    // The peer stopped reading: nothing more can reach it.
+                    app.metrics.limited(H::KIND, "write_timeout");
+                    tracing::info!(kind = H::KIND, "socket write timed out; connection closed");
+                }
                 if closing.is_some() {
                     continue;
                 }
@@ -290,8 +306,26 @@ async fn drive<H: Handler, F: FnOnce(Peer) -> H>(
     }
     h.finish(orderly).await;
     drop(h);
-    if !writer_done {
-        let _ = tokio::time::timeout(Duration::from_secs(2), writer).await;
+    if !writer_done
+        && tokio::time::timeout(WRITER_WAIT, &mut writer)
+            .await
+            .is_err()
+    {
+        // Still blocked on a socket the peer stopped reading (zero window): dropped, the
+        // task would hold the socket for ever, counted by no limit. Aborting it drops
+        // its half of the socket; the read half goes below.
+        tracing::debug!(
+            kind = H::KIND,
+            "writer still busy after the read side ended: aborted"
+        );
+        writer.abort();
+        let _ = writer.await;
     }
+    // Both halves gone: the socket is closed before the connection's slots are released.
+    drop(stream);
     gauge.dec();
 }
+
+/// How long a connection whose read side ended waits for its writer to send what is
+/// queued (and a close frame) before the writer is aborted and the socket closed.
+const WRITER_WAIT: Duration = Duration::from_secs(2);

@@ -230,23 +230,21 @@ impl SessionConn {
             SessionInbound::SessionClose(_) => {
                 app.metrics.message_in(KIND, "session_close");
                 let r = cell.store.session_close(&sid, &self.token).await;
-                match r {
-                    Ok(out) => {
-                        let reply = routing::deliver(&app, &cell, out);
+                match routing::delivered(&app, &cell, r) {
+                    Ok(reply) => {
                         if !self.session_problem(&reply) {
                             self.send_json(
                                 &json!({"type": "session_close_ack", "session_id": sid}),
                             );
                         }
-                        return;
                     }
-                    Err(e) => Err(e),
+                    Err(e) => self.store_error(&e),
                 }
+                return;
             }
         };
-        match result {
-            Ok(out) => {
-                let reply = routing::deliver(&app, &cell, out);
+        match routing::delivered(&app, &cell, result) {
+            Ok(reply) => {
                 self.session_problem(&reply);
             }
             Err(e) => self.store_error(&e),
@@ -309,32 +307,27 @@ impl SessionConn {
             trace_id: &trace_id,
         };
         let app = self.app.clone();
-        match cell.store.submit(sid, &self.token, &job).await {
-            // A node connected here gets the client's base64 text as it came.
-            Ok(out) => match routing::deliver_with(
-                &app,
-                cell,
-                out,
-                routing::Known {
-                    audio: Some(&u.audio),
-                    ..Default::default()
-                },
-            ) {
-                SessionReply::Settled => self.error(
-                    ErrorCode::InvalidMessage,
-                    format!(
-                        "utterance_index {} already has its outcome",
-                        u.utterance_index
-                    ),
+        let out = cell.store.submit(sid, &self.token, &job).await;
+        // A node connected here gets the client's base64 text as it came.
+        let known = routing::Known {
+            audio: Some(&u.audio),
+            ..Default::default()
+        };
+        match routing::delivered_with(&app, cell, out, known) {
+            Ok(SessionReply::Settled) => self.error(
+                ErrorCode::InvalidMessage,
+                format!(
+                    "utterance_index {} already has its outcome",
+                    u.utterance_index
                 ),
-                SessionReply::TooFar => self.error(
-                    ErrorCode::InvalidMessage,
-                    format!("utterance_index {} is too far ahead", u.utterance_index),
-                ),
-                other => {
-                    self.session_problem(&other);
-                }
-            },
+            ),
+            Ok(SessionReply::TooFar) => self.error(
+                ErrorCode::InvalidMessage,
+                format!("utterance_index {} is too far ahead", u.utterance_index),
+            ),
+            Ok(other) => {
+                self.session_problem(&other);
+            }
             Err(e) => self.store_error(&e),
         }
     }

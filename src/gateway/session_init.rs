@@ -213,9 +213,16 @@ impl SessionConn {
         let app = self.app.clone();
         let (sid, cell) = (s.id.as_str(), s.cell.clone());
         let previous = app.conns.bind(Kind::Session, sid, self.local(&cell));
-        let unbind = || {
-            app.conns
-                .unbind(Kind::Session, cell.name(), sid, &self.token)
+        // Anything but a resume leaves the binding as it was: a live session held by
+        // another local connection keeps it.
+        let restore = || {
+            app.conns.restore(
+                Kind::Session,
+                cell.name(),
+                sid,
+                &self.token,
+                previous.clone(),
+            )
         };
         let hash = resume_hash(proof);
         let out = match cell
@@ -225,24 +232,24 @@ impl SessionConn {
         {
             Ok(out) => out,
             Err(e) => {
-                unbind();
+                restore();
                 return Err(e);
             }
         };
         if matches!(out.reply, ResumeReply::Refused) {
             // The live session stays with its connection here, if it is here.
-            unbind();
-            if let Some(p) = previous {
-                app.conns.bind(Kind::Session, sid, p);
-            }
+            restore();
             return Ok(Resumed::Refused);
         }
         if matches!(out.reply, ResumeReply::Missing | ResumeReply::Gap) {
-            unbind();
+            restore();
             return Ok(Resumed::Gone);
         }
         if let ResumeReply::Ok {
-            next_seq, resent, ..
+            next_seq,
+            resent,
+            tenant,
+            ..
         } = &out.reply
         {
             tracing::info!(
@@ -251,7 +258,18 @@ impl SessionConn {
                 resent,
                 "session resumed"
             );
-            self.session = Some(s.clone());
+            // The session's own tenant, not the resuming credential's: a credential without
+            // tenant may resume a tenant's session, whose utterances must keep its pools
+            // (and its strictness). A script of an earlier version does not say: then the
+            // credential's, which the script checked against the session's if it has one.
+            let tenant = match tenant {
+                Some(t) => Some(t.clone()).filter(|t| !t.is_empty()),
+                None => s.tenant.clone(),
+            };
+            self.session = Some(Opened {
+                tenant,
+                ..s.clone()
+            });
             self.trace_id = Some(trace_id.to_string());
             self.send_json(&init_ack(sid, trace_id, true, proof));
             self.send(Outbound::ExpectSeq(*next_seq));

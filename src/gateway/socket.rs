@@ -55,20 +55,34 @@ pub mod close {
     pub const IDLE: u16 = 4003;
 }
 
-/// Split `ws`: returns the sender, the inbound stream and the writer task.
+/// Split `ws`: returns the sender, the inbound stream and the writer task. A socket write
+/// that has not completed after `write_timeout` (None: no bound) ends the writer with
+/// [`WriterEnd::WriteTimeout`].
 pub fn split(
     ws: WebSocket,
     queue: usize,
     order_gap: Duration,
+    write_timeout: Option<Duration>,
 ) -> (
     mpsc::Sender<Outbound>,
     SplitStream<WebSocket>,
-    JoinHandle<()>,
+    JoinHandle<WriterEnd>,
 ) {
     let (sink, stream) = ws.split();
     let (tx, rx) = mpsc::channel::<Outbound>(queue);
-    let writer = tokio::spawn(write_loop(sink, rx, order_gap));
+    let writer = tokio::spawn(write_loop(sink, rx, order_gap, write_timeout));
     (tx, stream, writer)
+}
+
+/// Why a connection's writer task ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum WriterEnd {
+    /// A close frame was sent, or every sender is gone.
+    Done,
+    /// The socket failed.
+    Failed,
+    /// A write did not complete within the write timeout: the peer stopped reading.
+    WriteTimeout,
 }
 
 /// Sequence reassembly for ordered messages (public for the fuzz targets in fuzz/).
@@ -165,18 +179,21 @@ async fn write_loop(
     mut sink: SplitSink<WebSocket, Message>,
     mut rx: mpsc::Receiver<Outbound>,
     order_gap: Duration,
-) {
+    write_timeout: Option<Duration>,
+) -> WriterEnd {
     let mut order = Order::default();
     // Text messages held back while a registration is in progress (see Outbound::Hold).
     let mut held: Option<Vec<String>> = None;
-    loop {
+    let end = loop {
         let gap_deadline = order.gap_since.map(|t| t + order_gap);
         let next = tokio::select! {
             m = rx.recv() => m,
             _ = async { tokio::time::sleep_until(gap_deadline.unwrap_or_else(Instant::now)).await },
                 if gap_deadline.is_some() => {
                 tracing::warn!(held = order.held.len(), "session message gap skipped");
-                if write_all(&mut sink, order.skip()).await.is_err() { break }
+                if let Err(end) = write_all(&mut sink, order.skip(), write_timeout).await {
+                    break end;
+                }
                 continue;
             }
         };
@@ -190,24 +207,48 @@ async fn write_loop(
             after = take(Some(m), &mut order, &mut held, &mut ready);
             taken += 1;
         }
-        if write_all(&mut sink, ready).await.is_err() {
-            break;
+        if let Err(end) = write_all(&mut sink, ready, write_timeout).await {
+            break end;
         }
         match after {
             After::Next => {}
             After::Ping => {
-                if sink.send(Message::Ping(Default::default())).await.is_err() {
-                    break;
+                let ping = sink.send(Message::Ping(Default::default()));
+                if let Err(end) = bounded(write_timeout, ping).await {
+                    break end;
                 }
             }
             After::Close(frame) => {
-                let _ = sink.send(Message::Close(Some(frame))).await;
-                break;
+                let close = sink.send(Message::Close(Some(frame)));
+                match bounded(write_timeout, close).await {
+                    Err(WriterEnd::WriteTimeout) => break WriterEnd::WriteTimeout,
+                    _ => break WriterEnd::Done,
+                }
             }
-            After::Stop => break,
+            After::Stop => break WriterEnd::Done,
         }
+    };
+    // A peer that stopped reading would block the closing handshake too: drop the socket.
+    if end != WriterEnd::WriteTimeout {
+        let _ = tokio::time::timeout(Duration::from_secs(1), sink.close()).await;
     }
-    let _ = tokio::time::timeout(Duration::from_secs(1), sink.close()).await;
+    end
+}
+
+/// `write`, given at most `limit`: a failed write is [`WriterEnd::Failed`], one still
+/// pending after `limit` [`WriterEnd::WriteTimeout`].
+async fn bounded<E>(
+    limit: Option<Duration>,
+    write: impl std::future::Future<Output = Result<(), E>>,
+) -> Result<(), WriterEnd> {
+    let done = match limit {
+        Some(d) => match tokio::time::timeout(d, write).await {
+            Ok(r) => r,
+            Err(_) => return Err(WriterEnd::WriteTimeout),
+        },
+        None => write.await,
+    };
+    done.map_err(|_| WriterEnd::Failed)
 }
 
 /// One queued message: the texts it makes ready to write are appended to `ready`.
@@ -245,17 +286,20 @@ fn take(
 }
 
 /// Write `texts` with one flush at the end (buffered frames, one socket write for a burst).
+/// Each message and the flush get `limit` on their own: a long burst to a slow but reading
+/// peer is not cut off, a peer that stopped reading is.
 async fn write_all(
     sink: &mut SplitSink<WebSocket, Message>,
     texts: Vec<String>,
-) -> Result<(), axum::Error> {
+    limit: Option<Duration>,
+) -> Result<(), WriterEnd> {
     if texts.is_empty() {
         return Ok(());
     }
     for t in texts {
-        sink.feed(Message::Text(t.into())).await?;
+        bounded(limit, sink.feed(Message::Text(t.into()))).await?;
     }
-    sink.flush().await
+    bounded(limit, sink.flush()).await
 }
 
 /// Is this read error an oversized frame/message (answered with close 1009)?
@@ -337,6 +381,18 @@ mod tests {
         assert!(o.push(u64::MAX, "last".into()).is_empty());
         assert_eq!(o.skip(), s(&["last"]));
         assert!(o.push(0, "old".into()).is_empty());
+    }
+
+    #[tokio::test]
+    async fn a_write_that_never_completes_ends_the_writer() {
+        let never = std::future::pending::<Result<(), ()>>();
+        let limit = Some(Duration::from_millis(20));
+        assert_eq!(bounded(limit, never).await, Err(WriterEnd::WriteTimeout));
+        assert_eq!(
+            bounded(limit, async { Err::<(), ()>(()) }).await,
+            Err(WriterEnd::Failed)
+        );
+        assert_eq!(bounded(None, async { Ok::<(), ()>(()) }).await, Ok(()));
     }
 
     #[test]

@@ -93,9 +93,10 @@ impl FromRequestParts<Arc<App>> for OneCell {
 }
 
 pub fn unavailable(e: StoreError) -> Response {
-    let code = match e {
-        StoreError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
-        _ => StatusCode::INTERNAL_SERVER_ERROR,
+    let code = if e.is_unavailable() {
+        StatusCode::SERVICE_UNAVAILABLE
+    } else {
+        StatusCode::INTERNAL_SERVER_ERROR
     };
     error(code, e.to_string())
 }
@@ -202,12 +203,8 @@ async fn set_drain(app: &App, id: &str, Cells(cells): Cells, drain: bool) -> Res
     }
     let mut offline = false;
     for cell in cells {
-        let reply = cell
-            .store
-            .node_drain(id, drain)
-            .await
-            .map(|o| crate::routing::deliver(app, &cell, o));
-        match reply {
+        let reply = cell.store.node_drain(id, drain).await;
+        match crate::routing::delivered(app, &cell, reply) {
             Ok(DrainReply::Ok { state }) => {
                 return Json(json!({"node_id": id, "cell": cell.name(), "state": state}))
                     .into_response();

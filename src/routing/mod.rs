@@ -15,12 +15,42 @@ use crate::cells::Cell;
 use crate::gateway::{Kind, Outbound};
 use crate::protocol::base64;
 use crate::server::App;
-use crate::store::Output;
+use crate::store::{Output, StoreError};
 
 /// Write every delivery of `out` (a script reply of `cell`, all addressed to this instance)
 /// and return the reply.
 pub fn deliver<T>(app: &App, cell: &Cell, out: Output<T>) -> T {
     deliver_with(app, cell, out, Known::default())
+}
+
+/// [`deliver`] the result of a script call: the reply of one that succeeded, and the
+/// messages of one whose change is committed on the primary but not known to be
+/// replicated (a short `WAIT`, [`StoreError::Unreplicated`]) — the primary is the source
+/// of truth until a failover, so they go out all the same, and the error is returned for
+/// the caller to answer (`SCHEDULER_DEPENDENCY_DOWN`).
+pub fn delivered<T>(
+    app: &App,
+    cell: &Cell,
+    result: Result<Output<T>, StoreError>,
+) -> Result<T, StoreError> {
+    delivered_with(app, cell, result, Known::default())
+}
+
+/// [`delivered`] for a script whose payload the caller holds ([`Known`]).
+pub fn delivered_with<T>(
+    app: &App,
+    cell: &Cell,
+    result: Result<Output<T>, StoreError>,
+    known: Known,
+) -> Result<T, StoreError> {
+    match result {
+        Ok(out) => Ok(deliver_with(app, cell, out, known)),
+        Err(StoreError::Unreplicated(mut u)) => {
+            deliver_with(app, cell, std::mem::take(&mut u.output), known);
+            Err(StoreError::Unreplicated(u))
+        }
+        Err(e) => Err(e),
+    }
 }
 
 /// What the caller of a script sent it and still holds, so the reply need not carry it

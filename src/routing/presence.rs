@@ -7,7 +7,6 @@ use std::time::Duration;
 
 use crate::cells::Cell;
 use crate::server::App;
-use crate::store::StoreError;
 
 pub async fn run(app: Arc<App>, cell: Arc<Cell>) {
     let started = crate::protocol::now_ms();
@@ -23,13 +22,12 @@ pub async fn run(app: Arc<App>, cell: Arc<Cell>) {
         cell.store.poll_topology().await;
         // Several dead inboxes, or a long one, are taken over in consecutive calls.
         for _ in 0..16 {
-            match cell
+            let out = cell
                 .store
                 .instance_beat(&app.instance_id, started, false)
-                .await
-            {
-                Ok(out) => {
-                    let r = crate::routing::deliver(&app, &cell, out);
+                .await;
+            match crate::routing::delivered(&app, &cell, out) {
+                Ok(r) => {
                     if r.lapsed {
                         reconnect_cell(&app, &cell);
                     }
@@ -41,7 +39,7 @@ pub async fn run(app: Arc<App>, cell: Arc<Cell>) {
                         break;
                     }
                 }
-                Err(StoreError::Unavailable(_)) => break,
+                Err(e) if e.is_unavailable() => break,
                 Err(e) => {
                     tracing::error!(cell = cell.name(), error = %e, "instance beat failed");
                     break;

@@ -72,9 +72,11 @@ impl Store {
     }
 
     /// `WAIT redis.wait_replicas redis.wait_timeout_ms` after a state change. Fewer replicas
-    /// by the timeout (or a failed `WAIT`) fails the call as `Unavailable`: the change is
-    /// made on the primary but not known to be replicated, so it is not acknowledged (the
-    /// client retries; submissions are idempotent). Counted in `redis_wait_short`.
+    /// by the timeout (or a failed `WAIT`) is an error, which the call turns into
+    /// `StoreError::Unreplicated`: the change is made on the primary but not known to be
+    /// replicated, so it is not acknowledged (the client retries; submissions are
+    /// idempotent), while the script's messages are still delivered. Counted in
+    /// `redis_wait_short`.
     pub(super) async fn wait_replicas(&self, conn: &mut Conn) -> Result<(), StoreError> {
         let (n, timeout) = self.wait;
         let started = Instant::now();

@@ -32,6 +32,10 @@ pub enum ResumeReply {
         next_seq: u64,
         resent: u64,
         state: Option<String>,
+        /// The session's own tenant ("" = none): its jobs keep it whatever the resuming
+        /// credential says (absent from a script of an earlier version).
+        #[serde(default)]
+        tenant: Option<String>,
     },
     Missing,
     /// Results after the client's last index were already trimmed.

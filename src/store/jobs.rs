@@ -89,7 +89,7 @@ impl Store {
             _ => None,
         };
         if staged.is_some() {
-            keys.push(self.keys.staged_result(a.job_id, a.attempt_id));
+            keys.push(self.keys.staged_result(a.conn, a.job_id, a.attempt_id));
         }
         let base = self
             .args()

@@ -76,15 +76,19 @@ impl Keys {
     }
 
     /// String with TTL: a large result's body, staged by the instance in the pipeline of
-    /// its `job_result` call, which renames it into the session's result log.
-    pub fn staged_result(&self, job: &str, attempt: u32) -> String {
-        format!("{}stage:{job}:{attempt}", self.prefix)
+    /// its `job_result` call, which renames it into the session's result log. Written
+    /// before the script checks who may act, and named partly from ids the node sends: so
+    /// it lives apart from staged audio (`stage:result:`), and carries the connection's
+    /// token (`<instance>/<n>`, no `:`), so no other connection — a stale one sending the
+    /// same job and attempt — can overwrite or delete it.
+    pub fn staged_result(&self, conn: &str, job: &str, attempt: u32) -> String {
+        format!("{}stage:result:{conn}:{job}:{attempt}", self.prefix)
     }
 
     /// String with TTL: an utterance's audio, staged by the instance in the pipeline of its
     /// `submit` call, which renames it to the job's audio key.
     pub fn staged_audio(&self, session: &str, index: u64) -> String {
-        format!("{}stage:{session}:{index}", self.prefix)
+        format!("{}stage:audio:{session}:{index}", self.prefix)
     }
 
     /// String with TTL: an instance is alive while its presence key exists.
@@ -122,5 +126,36 @@ impl Keys {
     /// to by every instance once a second (the dashboard's sparklines).
     pub fn stats(&self, second: u64) -> String {
         format!("{}stats:{second}", self.prefix)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Review finding: `stage:<job>:<attempt>` and `stage:<sid>:<index>` shared one
+    /// namespace, so a node sending a session id as its job id named the session's staged
+    /// audio; and a stale connection's result named the live one's staged body.
+    #[test]
+    fn staged_keys_of_a_node_never_name_a_sessions_or_another_connections() {
+        let k = Keys::new("{switchyard:main}");
+        let audio = k.staged_audio("s-ABCDEF12", 3);
+        assert_eq!(audio, "{switchyard:main}:stage:audio:s-ABCDEF12:3");
+        for job in ["s-ABCDEF12", "audio:s-ABCDEF12", ":audio:s-ABCDEF12", ""] {
+            for conn in ["i-0123456789ab/7", "", "audio"] {
+                let result = k.staged_result(conn, job, 3);
+                assert_ne!(result, audio, "{conn} {job}");
+                assert!(result.starts_with("{switchyard:main}:stage:result:"));
+            }
+        }
+        let (live, stale) = ("i-0123456789ab/8", "i-ba9876543210/2");
+        assert_ne!(
+            k.staged_result(live, "job-1-0", 1),
+            k.staged_result(stale, "job-1-0", 1)
+        );
+        assert_eq!(
+            k.staged_result(live, "job-1-0", 1),
+            "{switchyard:main}:stage:result:i-0123456789ab/8:job-1-0:1"
+        );
     }
 }

@@ -63,6 +63,32 @@ pub enum StoreError {
         script: &'static str,
         message: String,
     },
+    /// The script ran and its change is committed on the primary, but not known to be
+    /// replicated: `WAIT` (`redis.wait_replicas`) got fewer replicas in time, or failed.
+    /// Answered like [`StoreError::Unavailable`]; the script's messages are in it, and
+    /// `routing::delivered` writes them all the same (the primary is the source of truth
+    /// until a failover).
+    #[error("redis change not known to be replicated: {}", .0.message)]
+    Unreplicated(Box<Unreplicated>),
+}
+
+/// What a call whose `WAIT` fell short did: why, and what its script asked to deliver.
+#[derive(Debug)]
+pub struct Unreplicated {
+    pub message: String,
+    /// The script's deliveries (its typed reply is dropped). Taken out once delivered.
+    pub output: Output<()>,
+}
+
+impl StoreError {
+    /// Redis is away, or a change could not be confirmed by its replicas: transient, and
+    /// what a client sees as `SCHEDULER_DEPENDENCY_DOWN`.
+    pub fn is_unavailable(&self) -> bool {
+        matches!(
+            self,
+            StoreError::Unavailable(_) | StoreError::Unreplicated(_)
+        )
+    }
 }
 
 impl StoreError {
@@ -303,9 +329,6 @@ impl Store {
                     return Err(e);
                 }
             };
-            if self.wait.0 > 0 {
-                Box::pin(self.wait_replicas(&mut conn)).await?;
-            }
             if parts.is_empty() {
                 return Err(StoreError::Reply {
                     script: name,
@@ -313,13 +336,33 @@ impl Store {
                 });
             }
             let blobs = parts.split_off(1);
-            decode_reply(name, &parts[0], blobs)
+            let out = decode_reply(name, &parts[0], blobs)?;
+            if self.wait.0 > 0
+                && let Err(e) = Box::pin(self.wait_replicas(&mut conn)).await
+            {
+                // Committed on the primary all the same: its messages go with the error.
+                let Output {
+                    out, blobs, events, ..
+                } = out;
+                let output = Output {
+                    reply: (),
+                    out,
+                    blobs,
+                    events,
+                };
+                let message = e.to_string();
+                return Err(StoreError::Unreplicated(Box::new(Unreplicated {
+                    message,
+                    output,
+                })));
+            }
+            Ok(out)
         }
         .instrument(span.clone())
         .await;
         let outcome = match &result {
             Ok(_) => 0,
-            Err(StoreError::Unavailable(_)) => 1,
+            Err(e) if e.is_unavailable() => 1,
             Err(_) => 2,
         };
         span.record("outcome", OUTCOMES[outcome]);
@@ -328,6 +371,11 @@ impl Store {
         self.series.record(m, &self.cell, script, outcome, secs);
         match &result {
             Ok(out) => m.record_events(&self.cell, &out.events),
+            Err(StoreError::Unreplicated(u)) => {
+                // The transitions happened (on the primary), and their messages go out.
+                m.record_events(&self.cell, &u.output.events);
+                tracing::warn!(script = name, error = %u.message, "script change not known to be replicated");
+            }
             Err(e) => tracing::warn!(script = name, error = %e, "script call failed"),
         }
         result

@@ -66,7 +66,7 @@ pub struct Delivery {
 }
 
 /// A script's typed reply plus what it asks to deliver.
-#[derive(Debug)]
+#[derive(Debug, Default)]
 pub struct Output<T> {
     pub reply: T,
     pub out: Vec<Delivery>,

@@ -148,3 +148,53 @@ async fn function_flush_is_survived_transparently() {
     node.expect_silence(Duration::from_millis(100)).await;
     invariants::check(&mut c).await;
 }
+
+/// Review finding: a node registered on a connection sends `node_register` again on it
+/// while Redis does not answer (writes paused past `redis.timeout_ms`). The failed call
+/// unbound the connection from the local map, although Redis still names it as the node's
+/// connection: heartbeats kept answering ok, and every job_assign for the node was dropped
+/// as `gone` until the socket closed. A failed call now leaves the binding as it was.
+#[tokio::test]
+async fn a_failed_re_register_keeps_the_connection_bound_to_its_node() {
+    use crate::common::actors::{answer, next_of, session_on, terminals, utterance};
+    if single_only("a_failed_re_register_keeps_the_connection_bound_to_its_node") {
+        return;
+    }
+    let redis = RedisServer::start().await;
+    let inst = start_tweaked(&redis, |c| {
+        c.redis.timeout_ms = 300;
+        // The pause outlasts the tests' short presence TTL; nothing here is about it.
+        c.instance.presence_ttl_ms = 5_000;
+    })
+    .await;
+    let mut c = redis.client().await;
+    let mut node = WsClient::connect(&ws_url(&inst, "/ws/node")).await;
+    let id = node.register_id(fixture("node_register_first"), None).await;
+    let (mut s, sid) = session_on(&inst).await;
+
+    let pause = Duration::from_millis(1_500);
+    let _: () = redis::cmd("CLIENT")
+        .arg("PAUSE")
+        .arg(pause.as_millis() as u64)
+        .arg("WRITE")
+        .query_async(&mut c)
+        .await
+        .expect("client pause");
+    let paused = tokio::time::Instant::now();
+    let mut again = fixture("node_register_first");
+    again["node_id"] = serde_json::json!(id);
+    node.send(&again).await;
+    let err = node.recv_type("error").await;
+    assert_eq!(err["code"], "SCHEDULER_DEPENDENCY_DOWN", "{err}");
+    tokio::time::sleep_until(paused + pause + Duration::from_millis(200)).await;
+
+    // The only node there is: the job is dispatched to it, through this connection.
+    s.send(&utterance(&sid, 0)).await;
+    let a = next_of(&mut node, "job_assign", Duration::from_secs(5))
+        .await
+        .expect("the node still receives its jobs after a failed re-register");
+    node.send(&answer(&a, &id, "still bound")).await;
+    let got = terminals(&mut s, 1, Duration::from_secs(5)).await;
+    assert_eq!(got[0]["text_translated"], "still bound", "{got:?}");
+    invariants::check(&mut c).await;
+}

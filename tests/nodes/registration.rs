@@ -147,6 +147,40 @@ async fn a_stale_connection_cannot_heartbeat_or_close_away_a_newer_registration(
     invariants::check(&mut c).await;
 }
 
+/// Review finding: the heartbeat answered `stale` forgot the connection's registration
+/// before its socket closed, so the close cleanup never unbound it: a dead entry stayed in
+/// the old instance's connection map for good.
+#[tokio::test]
+async fn a_connection_fenced_off_by_its_heartbeat_leaves_the_local_map() {
+    use switchyard::gateway::Kind;
+    let redis = RedisServer::start().await;
+    let a = start_instance(&redis).await;
+    let b = start_instance(&redis).await;
+    let mut old = WsClient::connect(&ws_url(&a, "/ws/node")).await;
+    old.register(fixture("node_register_reconnect"), Some("node-3FA2B9C1"))
+        .await;
+    assert_eq!(a.app.conns.count(Kind::Node), 1);
+    let mut new = WsClient::connect(&node_url_as(&b, "node-3FA2B9C1")).await;
+    new.register(fixture("node_register_reconnect"), Some("node-3FA2B9C1"))
+        .await;
+    old.heartbeat("node-3FA2B9C1", None).await;
+    assert_eq!(old.recv_type("error").await["code"], "NODE_ID_CONFLICT");
+    assert_eq!(old.expect_close().await, Some(4001));
+    eventually(
+        Duration::from_secs(3),
+        "instance a forgets the replaced connection",
+        || async { (a.app.conns.count(Kind::Node) == 0).then_some(()) },
+    )
+    .await;
+    assert_eq!(b.app.conns.count(Kind::Node), 1);
+    let mut c = redis.client().await;
+    assert_eq!(
+        node_hash(&mut c, "node-3FA2B9C1").await["owner"],
+        b.app.instance_id
+    );
+    invariants::check(&mut c).await;
+}
+
 #[tokio::test]
 async fn a_heartbeat_for_another_node_id_is_refused_and_changes_nothing() {
     let redis = RedisServer::start().await;
