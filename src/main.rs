@@ -198,7 +198,7 @@ fn serve_runtime(threads: usize) -> std::io::Result<tokio::runtime::Runtime> {
     // "LIFO slot" where it would run next. Every script call wakes the Redis connection's
     // writer task; run next, it wrote each call alone (1.92 writes to Redis per job at
     // saturation). Run after the other ready sockets it writes their calls in one batch
-    // (1.07 per job) and the instance spends 0.92 x the CPU per job (bench/notes.md, round
+    // (1.07 per job), and the instance spent 0.77-0.93 x the CPU per job (bench/notes.md, round
     // 9). Sparse traffic has nothing else queued, so its order is unchanged.
     #[cfg(tokio_unstable)]
     b.disable_lifo_slot();
