@@ -5,11 +5,14 @@
 --    with the state change that produced it (a crash between the two cannot lose it);
 --  * owner dead or none: dropped — state keeps it recoverable (results stay in the result
 --    log for resume, jobs time out and fail over). A drop for an owner whose presence is
---    gone also SETs the tombstone taken:<owner> (NX, TOMBSTONE_MS, as a takeover does): an
---    owner that was only stalled finds it at its next beat (instance_beat `lapsed`) and
---    closes its connections with 1012, so they resume instead of carrying on with a hole.
+--    gone but who is still listed in `instances` (stalled, not yet taken over) also SETs
+--    the tombstone taken:<owner> (NX, TOMBSTONE_MS, as a takeover does): the owner finds it
+--    at its next beat (instance_beat `lapsed`) and closes its connections with 1012, so
+--    they resume instead of carrying on with a hole. An unlisted owner (Redis wiped, or
+--    not beaten yet since it started) gets none.
 -- Keys (derived, same hash tag): the target's node:/session: record, {tag}:instance:<owner>
--- (EXISTS), {tag}:inbox:<owner> (XADD), {tag}:taken:<owner> (SET NX), the payload's key.
+-- (EXISTS), {tag}:inbox:<owner> (XADD), {tag}:instances (ZSCORE), {tag}:taken:<owner>
+-- (SET NX), the payload's key.
 -- `audio` (optional) is the raw job payload, or {key=} to read it from only when it must be
 -- sent (`payload`); `seq` (optional) orders a session's terminal
 -- messages across the two paths; `tp` is the trace context the delivery span continues
@@ -84,8 +87,12 @@ local function deliver(kind, id, msg, audio, seq, tp, job, own, tail)
     end
   else
     -- Dropped. The first drop for this target in this call marks its owner (NX: a
-    -- tombstone already there is left as it is).
-    if info.alive == nil then
+    -- tombstone already there is left as it is) if the owner is still listed in
+    -- `instances`: it stalled past its presence TTL, nobody took it over yet. An owner not
+    -- listed either was taken over (the takeover left the tombstone) or has not beaten
+    -- since Redis was wiped or since it started (its connections registered first): then
+    -- nothing it held before survived to be missed, and no lapse is due.
+    if info.alive == nil and redis.call('ZSCORE', P .. 'instances', owner) then
       redis.call('SET', P .. 'taken:' .. owner, NOWS, 'NX', 'PX', TOMBSTONE_MS)
     end
     info.alive = false

@@ -1,0 +1,246 @@
+//! Presence lapses: an instance whose presence expired while it was alive learns at its
+//! next beat that messages for its connections were lost (a takeover of its inbox, or a
+//! delivery dropped for want of its presence) and closes them so they resume; one that lost
+//! nothing (Redis wiped, or not beaten yet) keeps them.
+
+use super::*;
+#[tokio::test]
+async fn an_instance_whose_presence_lapsed_closes_its_connections_so_they_resume() {
+    let redis = RedisServer::start().await;
+    let a = start_instance(&redis).await;
+    let mut c = redis.client().await;
+    let (mut n, _) = node_on(&a, None).await;
+    let (mut s, _) = session_on(&a).await;
+    // As if the instance stalled past its presence TTL and a peer took its inbox over.
+    let id = a.app.instance_id.clone();
+    let _: () = redis::cmd("DEL")
+        .arg(format!("{PREFIX}instance:{id}"))
+        .query_async(&mut c)
+        .await
+        .unwrap();
+    let _: () = redis::cmd("ZREM")
+        .arg(format!("{PREFIX}instances"))
+        .arg(&id)
+        .query_async(&mut c)
+        .await
+        .unwrap();
+    // the tombstone a takeover leaves
+    let _: () = redis::cmd("SET")
+        .arg(format!("{PREFIX}taken:{id}"))
+        .arg(1)
+        .arg("PX")
+        .arg(60_000)
+        .query_async(&mut c)
+        .await
+        .unwrap();
+    assert_eq!(n.expect_close().await, Some(1012));
+    assert_eq!(s.expect_close().await, Some(1012));
+    assert_eq!(metric(&a, "switchyard_presence_lapses_total").await, 1.0);
+    // The node's echo of our close is not an orderly shutdown of the node: it keeps its
+    // grace (and its jobs) to reconnect.
+    let ids: Vec<String> = c
+        .zrange(format!("{PREFIX}nodes:index"), 0, -1)
+        .await
+        .unwrap();
+    let key = format!("{PREFIX}node:{}", ids[0]);
+    let mut state = String::new();
+    for _ in 0..40 {
+        let h: std::collections::HashMap<String, String> = c.hgetall(&key).await.unwrap();
+        state = h.get("state").cloned().unwrap_or_default();
+        if state != "ready" {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(state, "disconnected", "{key}");
+}
+
+/// The next terminal message on `s` within `timeout`, or its close code if it closes first.
+async fn terminal_or_close(
+    s: &mut WsClient,
+    timeout: Duration,
+) -> Result<serde_json::Value, Option<u16>> {
+    let deadline = tokio::time::Instant::now() + timeout;
+    loop {
+        let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+        match s.next(left).await {
+            Ok(v) if is_terminal(&v) => return Ok(v),
+            Ok(_) => continue,
+            Err(common::ws::Ended::Closed(code)) => return Err(code),
+            Err(common::ws::Ended::Timeout) => {
+                panic!("neither the result nor a close within {timeout:?}: the result is lost")
+            }
+        }
+    }
+}
+
+/// An instance stalls just past its presence TTL and no peer has beaten since (so no
+/// takeover, no tombstone): a peer's script that produces a result for one of its sessions
+/// finds no presence and drops the message (its index and `out_seq` are used up). When the
+/// instance beats again it must learn that it lost a message — the lapse path: close with
+/// 1012 so that the session resumes and gets the result from the log — and not carry on with
+/// a hole in the session's stream. Beats are 2 s apart here; the presence is deleted right
+/// after one of A's beats, so the node's answer falls before the next.
+#[tokio::test]
+async fn a_result_dropped_for_an_instance_whose_presence_expired_reaches_the_session() {
+    let redis = RedisServer::start().await;
+    let slow_beat = |c: &mut switchyard::config::Config| {
+        c.instance.beat_interval_ms = 2_000;
+        c.instance.presence_ttl_ms = 4_000;
+    };
+    let a = start_tweaked(&redis, slow_beat).await;
+    let b = start_tweaked(&redis, slow_beat).await;
+    let mut c = redis.client().await;
+    let (mut n, nid) = node_on(&b, None).await;
+    let (mut s, ack) =
+        open_session_ack(&ws_url(&a, "/ws/session"), fixture("session_init_one_way")).await;
+    let sid = ack["session_id"].as_str().unwrap().to_string();
+    let resume_token = ack["resume_token"].as_str().unwrap().to_string();
+    s.send(&utterance(&sid, 0)).await;
+    let j = next_of(&mut n, "job_assign", T).await.expect("job_assign");
+    // Right after one of A's beats (its score in `instances` moves), A's presence goes.
+    let id = a.app.instance_id.clone();
+    let score = |mut c: redis::aio::MultiplexedConnection, id: String| async move {
+        let v: Option<f64> = c.zscore(format!("{PREFIX}instances"), id).await.ok()?;
+        v
+    };
+    let before = score(c.clone(), id.clone()).await;
+    eventually(T, "a beat of A", || {
+        let (c, id) = (c.clone(), id.clone());
+        async move { (score(c, id).await != before).then_some(()) }
+    })
+    .await;
+    let _: () = c.del(format!("{PREFIX}instance:{id}")).await.unwrap();
+    n.send(&answer(&j, &nid, "kept")).await;
+    // Either the result arrives, or A closes the session (1012) and a resume brings it.
+    let got = match terminal_or_close(&mut s, Duration::from_secs(6)).await {
+        Ok(v) => v,
+        Err(code) => {
+            assert_eq!(code, Some(1012), "A closed the session with another code");
+            let mut init = fixture("session_init_one_way");
+            init["resume_session_id"] = json!(sid);
+            init["resume_token"] = json!(resume_token);
+            init["last_received_index"] = json!(-1);
+            let mut s2 = WsClient::connect(&ws_url(&b, "/ws/session")).await;
+            s2.send(&init).await;
+            assert_eq!(s2.recv_type("session_init_ack").await["resumed"], true);
+            terminals(&mut s2, 1, T).await.remove(0)
+        }
+    };
+    assert_eq!(got["utterance_index"], 0, "{got}");
+    assert_eq!(got["text_translated"], "kept", "{got}");
+    invariants::check(&mut c).await;
+}
+
+/// A takeover of a long inbox runs in batches (`inbox.takeover_batch`); the first batch
+/// already deletes session messages of the dead instance (they are in the result log). If
+/// the instance was only stalled and beats before the next batch, the takeover stops — and
+/// the instance must still learn that it was (partly) taken over: its beat reports
+/// `lapsed`, so it closes its sockets and its sessions resume and get every result. Driven
+/// through the scripts (tests/common/cell.rs): A holds the session, B the node.
+#[tokio::test]
+async fn an_instance_that_beats_between_two_batches_of_its_takeover_learns_it_lapsed() {
+    use common::cell::{Answer, Cell};
+    let redis = RedisServer::start().await;
+    let mut cell = Cell::with(&redis, |c| c.inbox.takeover_batch = 1)
+        .await
+        .expect("cell");
+    let (ia, ib) = (cell.inst[0].id.clone(), cell.inst[1].id.clone());
+    cell.register(0, 1, 0, 4).await.expect("n0 on B");
+    cell.open(0, 0).await.expect("s0 on A");
+    cell.stall(0).await.expect("A's consumer stalls");
+    for _ in 0..2 {
+        cell.submit(0, false, false).await.expect("submit");
+    }
+    let bad = cell.check().await; // B's consumer hands the node its two job_assigns
+    assert!(bad.is_empty(), "{bad:#?}");
+    for _ in 0..2 {
+        cell.result(0, 0, Answer::Ok).await.expect("result");
+    }
+    let mut c = redis.client().await;
+    let inbox: u64 = c.xlen(format!("{PREFIX}inbox:{ia}")).await.unwrap();
+    assert!(
+        inbox >= 6,
+        "two results with their ui_events wait in A's inbox: {inbox}"
+    );
+    // A's presence lapses; B's beats take the first three entries over, one per call (the
+    // first result's ui_events and the result itself), then A beats.
+    let _: () = redis::pipe()
+        .del(format!("{PREFIX}instance:{ia}"))
+        .zadd(format!("{PREFIX}instances"), &ia, 0)
+        .query_async(&mut c)
+        .await
+        .unwrap();
+    for _ in 0..3 {
+        let out = cell.inst[1]
+            .store
+            .instance_beat(&ib, 1, false)
+            .await
+            .unwrap();
+        assert!(
+            out.reply.more && out.reply.took_over.is_none(),
+            "{:?}",
+            out.reply
+        );
+        cell.clients.take(1, &out);
+    }
+    let out = cell.inst[0]
+        .store
+        .instance_beat(&ia, 1, false)
+        .await
+        .unwrap();
+    assert!(
+        out.reply.lapsed,
+        "A's inbox was partly taken over, but its beat did not report the lapse: {:?}",
+        out.reply
+    );
+    // The lapse path: A closes the session's socket, the client resumes (through B).
+    cell.drop_session(0).await.unwrap();
+    cell.resume(0, 1).await.unwrap();
+    cell.advance(0, 1).await.unwrap(); // every consumer reads its inbox again
+    let got: Vec<u64> = cell.clients.sessions[0].got.keys().copied().collect();
+    assert_eq!(got, vec![0, 1], "{}", cell.clients.summary());
+    let bad = cell.check().await;
+    assert!(bad.is_empty(), "{bad:#?}");
+}
+
+/// After Redis is wiped (or before an instance's first beat) an instance has no presence and
+/// is not listed in `instances`, while its connections re-register through their next
+/// message. A peer's script that then drops a message for one of them must not leave the
+/// lapse tombstone: nothing the instance had survived the wipe, and a tombstone would make
+/// its next beat close every socket of the cell (a wipe under load would reconnect every
+/// client). Driven through the scripts: A holds the session, B the node.
+#[tokio::test]
+async fn a_message_dropped_for_an_instance_not_listed_since_a_wipe_leaves_no_lapse() {
+    use common::cell::{Answer, Cell};
+    let redis = RedisServer::start().await;
+    let mut cell = Cell::new(&redis).await.expect("cell");
+    let ia = cell.inst[0].id.clone();
+    cell.register(0, 1, 0, 4).await.expect("n0 on B");
+    cell.open(0, 0).await.expect("s0 on A");
+    cell.submit(0, false, false).await.expect("submit");
+    let bad = cell.check().await;
+    assert!(bad.is_empty(), "{bad:#?}");
+    // A's presence and listing are gone, as after a wipe that its connections outlived in
+    // Redis terms (they re-registered before A's next beat).
+    let mut c = redis.client().await;
+    let _: () = redis::pipe()
+        .del(format!("{PREFIX}instance:{ia}"))
+        .zrem(format!("{PREFIX}instances"), &ia)
+        .query_async(&mut c)
+        .await
+        .unwrap();
+    cell.result(0, 0, Answer::Ok).await.expect("result");
+    let tomb: bool = c.exists(format!("{PREFIX}taken:{ia}")).await.unwrap();
+    assert!(!tomb, "a drop for an unlisted instance left the lapse tombstone");
+    let out = cell.inst[0]
+        .store
+        .instance_beat(&ia, 1, false)
+        .await
+        .unwrap();
+    assert!(
+        !out.reply.lapsed,
+        "A lost nothing it had before the wipe, yet its beat reports a lapse: {:?}",
+        out.reply
+    );
+}
