@@ -114,23 +114,29 @@ fn invariants_prefix() -> &'static str {
     common::invariants::PREFIX
 }
 
-/// p50 and p99 of `n` sequential session opens (ms).
-async fn open_latency(inst: &switchyard::server::Running, n: usize) -> (f64, f64) {
-    let url = ws_url(inst, "/ws/session");
+/// p50 and p99 of `n` sequential jobs on `inst` (ms, utterance sent -> result read): two
+/// state-changing scripts that wait for the replicas (`submit`, `job_result`).
+async fn job_latency(inst: &switchyard::server::Running, n: usize) -> (f64, f64) {
+    let mut node = WsClient::connect(&ws_url(inst, "/ws/node")).await;
+    let nid = node.register_id(fixture("node_register_first"), None).await;
+    let (mut s, sid) = session_on(inst).await;
     let mut ms = Vec::with_capacity(n);
-    for _ in 0..n {
-        let mut s = WsClient::connect(&url).await;
+    for i in 0..n {
         let t = Instant::now();
-        s.send(&fixture("session_init_one_way")).await;
-        s.recv_type("session_init_ack").await;
+        s.send(&utterance(&sid, i as u64)).await;
+        let job = next_of(&mut node, "job_assign", T)
+            .await
+            .expect("job_assign");
+        node.send(&answer(&job, &nid, "measured")).await;
+        terminals(&mut s, 1, T).await;
         ms.push(t.elapsed().as_secs_f64() * 1e3);
     }
     ms.sort_by(f64::total_cmp);
     (ms[n / 2], ms[n * 99 / 100])
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn wait_replicas_cost_is_measured() {
+/// A primary and a replica linked to it.
+async fn primary_and_replica() -> (Proc, Proc) {
     let primary = Proc::server(&[]);
     primary.wait_up().await;
     let p = primary.port.to_string();
@@ -142,6 +148,12 @@ async fn wait_replicas_cost_is_measured() {
         async move { link_up(&mut rc).await }
     })
     .await;
+    (primary, replica)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn wait_replicas_cost_is_measured() {
+    let (primary, _replica) = primary_and_replica().await;
     let plain = start_with(single(&primary.url(), |_| {})).await;
     let waiting = start_with(single(&primary.url(), |c| {
         c.redis.wait_replicas = 1;
@@ -149,12 +161,12 @@ async fn wait_replicas_cost_is_measured() {
     }))
     .await;
     // Warm up both, then measure alternately so both see the same machine load.
-    open_latency(&plain, 20).await;
-    open_latency(&waiting, 20).await;
-    let (p50, p99) = open_latency(&plain, 200).await;
-    let (w50, w99) = open_latency(&waiting, 200).await;
+    job_latency(&plain, 20).await;
+    job_latency(&waiting, 20).await;
+    let (p50, p99) = job_latency(&plain, 200).await;
+    let (w50, w99) = job_latency(&waiting, 200).await;
     eprintln!(
-        "session open (one state-changing script), 200 sequential: without WAIT p50 {p50:.2} ms \
+        "a job (two state-changing scripts), 200 sequential: without WAIT p50 {p50:.2} ms \
          p99 {p99:.2} ms; with WAIT 1 p50 {w50:.2} ms p99 {w99:.2} ms (+{:.2} ms p50)",
         w50 - p50
     );
@@ -179,22 +191,10 @@ async fn wait_replicas_cost_is_measured() {
 /// change is not known to be replicated (`SCHEDULER_DEPENDENCY_DOWN`).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_short_wait_still_delivers_what_the_committed_script_sent() {
-    let primary = Proc::server(&[]);
-    primary.wait_up().await;
-    let p = primary.port.to_string();
-    let replica = Proc::server(&["--replicaof", "127.0.0.1", &p]);
-    replica.wait_up().await;
-    let rc = replica.client().await;
-    until(Duration::from_secs(10), "replica link up", || {
-        let mut rc = rc.clone();
-        async move { link_up(&mut rc).await }
-    })
-    .await;
+    let (primary, replica) = primary_and_replica().await;
     let inst = start_with(single(&primary.url(), |c| {
         c.redis.wait_replicas = 1;
         c.redis.wait_timeout_ms = 200;
-        // A stopped replica fails every beat's WAIT too; nothing here is about presence.
-        c.instance.presence_ttl_ms = 5_000;
     }))
     .await;
     let mut n = WsClient::connect(&ws_url(&inst, "/ws/node")).await;
@@ -230,6 +230,43 @@ async fn a_short_wait_still_delivers_what_the_committed_script_sent() {
         !text.contains("switchyard_redis_wait_short_total 0"),
         "the short WAITs are counted: {text}"
     );
+    let mut c = primary.client().await;
+    common::invariants::check(&mut c).await;
+}
+
+/// Review finding: a node registration that committed on the primary but whose `WAIT`
+/// fell short was answered `SCHEDULER_DEPENDENCY_DOWN` and undone on the instance (the
+/// connection unbound, the `job_assign`s it was offered dropped) while the primary kept a
+/// ready node in the pools that nobody here served. A registration, a resume, beats and
+/// sweeps do not wait for the replicas (what a failover loses of them heals by itself): with
+/// the replica stopped a node still registers, and work still waits.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn registrations_do_not_wait_for_the_replicas_work_does() {
+    let (primary, replica) = primary_and_replica().await;
+    let inst = start_with(single(&primary.url(), |c| {
+        c.redis.wait_replicas = 1;
+        c.redis.wait_timeout_ms = 200;
+    }))
+    .await;
+    let (mut s, sid) = session_on(&inst).await;
+    replica.signal("STOP");
+    let mut n = WsClient::connect(&ws_url(&inst, "/ws/node")).await;
+    let nid = n.register_id(fixture("node_register_first"), None).await;
+    let text = metrics_text(&inst).await;
+    assert!(
+        text.contains("switchyard_redis_wait_short_total 0"),
+        "a registration (or a beat) waited for the stopped replica: {text}"
+    );
+    s.send(&utterance(&sid, 0)).await;
+    let job = next_of(&mut n, "job_assign", T).await.expect("job_assign");
+    n.send(&answer(&job, &nid, "committed")).await;
+    terminals(&mut s, 1, T).await;
+    let text = metrics_text(&inst).await;
+    assert!(
+        !text.contains("switchyard_redis_wait_short_total 0"),
+        "a submit and a result wait for the replicas: {text}"
+    );
+    replica.signal("CONT");
     let mut c = primary.client().await;
     common::invariants::check(&mut c).await;
 }

@@ -338,6 +338,7 @@ impl Store {
             let blobs = parts.split_off(1);
             let out = decode_reply(name, &parts[0], blobs)?;
             if self.wait.0 > 0
+                && script.waits_for_replicas()
                 && let Err(e) = Box::pin(self.wait_replicas(&mut conn)).await
             {
                 // Committed on the primary all the same: its messages go with the error.

@@ -45,6 +45,24 @@ scripts! {
     NodeDrain => "node_drain",
 }
 
+impl Script {
+    /// Whether a call waits for `redis.wait_replicas` after it committed (`WAIT`): every
+    /// script whose answer a client relies on (a session opened with its resume token,
+    /// audio, an utterance, a job's ack or result, a close). A node's `register`, a
+    /// `session_resume` and the maintenance calls (`instance_beat`, `sweep`) do not: what a
+    /// failover loses of them heals by itself (the node's next heartbeat is answered
+    /// `missing` and re-registers, the resumed session's next message is refused and its
+    /// client resumes again, beats and sweeps run again), while failing them after their
+    /// commit would undo on the instance what the primary holds (a connection unbound, a
+    /// lapse unseen).
+    pub fn waits_for_replicas(self) -> bool {
+        !matches!(
+            self,
+            Script::Register | Script::SessionResume | Script::InstanceBeat | Script::Sweep
+        )
+    }
+}
+
 /// Shared fragments of `lua/includes/`, inlined where a script says `--!include NAME`.
 macro_rules! includes {
     ($($name:literal),+ $(,)?) => {

@@ -232,7 +232,10 @@ async fn a_message_dropped_for_an_instance_not_listed_since_a_wipe_leaves_no_lap
         .unwrap();
     cell.result(0, 0, Answer::Ok).await.expect("result");
     let tomb: bool = c.exists(format!("{PREFIX}taken:{ia}")).await.unwrap();
-    assert!(!tomb, "a drop for an unlisted instance left the lapse tombstone");
+    assert!(
+        !tomb,
+        "a drop for an unlisted instance left the lapse tombstone"
+    );
     let out = cell.inst[0]
         .store
         .instance_beat(&ia, 1, false)
