@@ -103,10 +103,12 @@ impl Connections {
             return;
         }
         match previous {
-            Some(p) => {
+            // A previous connection that closed meanwhile is not put back: its own
+            // `unbind` found this binding and left it, and nothing would remove it later.
+            Some(p) if !p.tx.is_closed() => {
                 ids.insert(id.to_string(), p);
             }
-            None => {
+            _ => {
                 ids.remove(id);
             }
         }
@@ -225,7 +227,19 @@ mod tests {
         })
     }
 
+    /// A connection whose writer is alive (its receiver is kept for the test's life).
     fn conn(cell: &Arc<Cell>, token: &str) -> LocalConn {
+        let (tx, rx) = mpsc::channel(1);
+        std::mem::forget(rx);
+        LocalConn {
+            token: token.into(),
+            tx,
+            cell: cell.clone(),
+        }
+    }
+
+    /// A connection whose writer has ended.
+    fn closed_conn(cell: &Arc<Cell>, token: &str) -> LocalConn {
         LocalConn {
             token: token.into(),
             tx: mpsc::channel(1).0,
@@ -263,5 +277,13 @@ mod tests {
         c.bind(Kind::Node, "n", conn(&cell, "c"));
         c.restore(Kind::Node, cell.name(), "n", "b", prev);
         assert_eq!(bound(&c, &cell, "n").as_deref(), Some("c"));
+        // A previous connection that closed meanwhile is not put back (review finding: it
+        // stayed in the map for good, counted and drained as if alive).
+        let c = Connections::default();
+        c.bind(Kind::Node, "n", closed_conn(&cell, "gone"));
+        let prev = c.bind(Kind::Node, "n", conn(&cell, "d"));
+        c.restore(Kind::Node, cell.name(), "n", "d", prev);
+        assert_eq!(bound(&c, &cell, "n"), None);
+        assert_eq!(c.count(Kind::Node), 0);
     }
 }
