@@ -27,16 +27,20 @@ pub enum CapabilityError {
     #[error("invalid tenant_id {0:?} (expected 1-64 of [A-Za-z0-9_.-])")]
     Tenant(String),
     #[error(
-        "too many languages or pairs ({0}; at most {MAX_LANGS} languages in each list, {MAX_PAIRS} pairs)"
+        "too many languages or pairs ({0}; at most {MAX_LANGS} languages in the three lists together, {MAX_POOLS} pools, {MAX_PAIRS} pairs)"
     )]
     TooMany(usize),
 }
 
-/// Languages in each of `asr_languages`, `semantic_languages`, `tts_languages`. A node is
-/// then in at most 64 × 64 + 64 = 4,160 pools (512 + 512 with explicit pairs): the scripts
-/// pass a node's pools and queues to Redis commands, and Redis' Lua cannot `unpack` more
-/// than about 8,000 values into one (96 × 96 languages would make 9,312 pools).
-const MAX_LANGS: usize = 64;
+/// Languages in `asr_languages`, `semantic_languages` and `tts_languages` together (the rule
+/// of every earlier version: a node it accepted, such as one with Whisper's 99 ASR
+/// languages and a few others, is not refused after an upgrade).
+const MAX_LANGS: usize = 192;
+/// Pools a node may be in (64 × 64 + 64: a matrix of 64 languages each way). Larger ones
+/// are refused: 96 × 96 (9,312 pools) failed every script ending in `offer()` before it
+/// checked queues in chunks, and its pool membership was found incomplete after a
+/// registration through the gateway (bench/notes.md round 9, left open).
+const MAX_POOLS: usize = 4_160;
 const MAX_PAIRS: usize = 512;
 
 impl Capabilities {
@@ -71,10 +75,13 @@ impl Capabilities {
 
     fn validate(&self) -> Result<(), CapabilityError> {
         let l = &self.langs;
-        for list in [&l.asr_languages, &l.semantic_languages, &l.tts_languages] {
-            if list.len() > MAX_LANGS {
-                return Err(CapabilityError::TooMany(list.len()));
-            }
+        let n = l.asr_languages.len() + l.semantic_languages.len() + l.tts_languages.len();
+        if n > MAX_LANGS {
+            return Err(CapabilityError::TooMany(n));
+        }
+        let pools = self.pools().len();
+        if pools > MAX_POOLS {
+            return Err(CapabilityError::TooMany(pools));
         }
         let pairs = self.pairs.as_deref().unwrap_or_default();
         if pairs.len() > MAX_PAIRS {
@@ -374,18 +381,22 @@ mod tests {
     }
 
     #[test]
-    fn each_language_list_holds_at_most_64() {
-        let codes: Vec<String> = (0..96).map(|i| format!("l{i:02}")).collect();
+    fn at_most_192_languages_together_and_4160_pools() {
+        let codes: Vec<String> = (0..99).map(|i| format!("l{i:02}")).collect();
         let refs: Vec<&str> = codes.iter().map(String::as_str).collect();
-        // 96 + 96 (+ 96 tts) together was within the old total of 192 for two lists
-        let mut c = caps(&refs, &refs);
-        c.langs.tts_languages.clear();
-        assert_eq!(c.validate(), Err(CapabilityError::TooMany(96)));
-        let c = caps(&refs[..65], &["en"]);
-        assert_eq!(c.validate(), Err(CapabilityError::TooMany(65)));
+        // Whisper's 99 ASR languages with a few semantic ones, as every version accepted
+        let c = caps(&refs, &refs[..3]);
+        assert_eq!(c.validate(), Ok(()));
         let c = caps(&refs[..64], &refs[..64]);
         assert_eq!(c.validate(), Ok(()));
         assert_eq!(c.pools().len(), 64 * 64 + 64);
+        let mut c = caps(&refs[..97], &refs[..96]);
+        c.langs.tts_languages.clear();
+        assert_eq!(c.validate(), Err(CapabilityError::TooMany(193)));
+        // 192 together, but a 96 × 96 matrix: too many pools
+        let mut c = caps(&refs[..96], &refs[..96]);
+        c.langs.tts_languages.clear();
+        assert_eq!(c.validate(), Err(CapabilityError::TooMany(96 * 96 + 96)));
     }
 
     #[test]

@@ -45,32 +45,39 @@ async fn register_with_array_language_capabilities_is_refused_and_stores_nothing
     assert_eq!(id, "node-strict01");
 }
 
-/// Each language list of a node holds at most 64 languages, so a node is in at most
-/// 64 × 64 + 64 pools. 96 ASR × 96 semantic languages (192 together, which a check of the
-/// three lists' total let through) would put it in 9,312 pools: more names than a script
-/// can pass to one Redis command, and the registration's script failed after its writes.
-/// It is refused before any script runs, and so is a heartbeat with 65 languages in a list.
+/// A node's three language lists hold at most 192 languages together (every version's
+/// rule, so 99 ASR languages with a few others still register) and put it in at most 4,160
+/// pools (a 96 × 96 matrix, 9,312 pools, failed its scripts after their writes). More is
+/// refused before any script runs, and so is such a heartbeat.
 #[tokio::test]
-async fn register_with_more_than_64_languages_in_a_list_is_refused_and_stores_nothing() {
+async fn register_beyond_192_languages_or_4160_pools_is_refused_and_stores_nothing() {
     let redis = RedisServer::start().await;
     let inst = start_instance(&redis).await;
     let mut c = redis.client().await;
-    let langs: Vec<String> = (0..96).map(|i| format!("l{i:02}")).collect();
+    let langs: Vec<String> = (0..99).map(|i| format!("l{i:02}")).collect();
     let mut node = WsClient::connect(&ws_url(&inst, "/ws/node")).await;
     let mut frame = fixture("node_register_first");
     frame["node_id"] = json!("node-wide0001");
-    frame["language_capabilities"] =
-        json!({"asr_languages": langs, "semantic_languages": langs, "tts_languages": []});
+    frame["language_capabilities"] = json!({"asr_languages": &langs[..97],
+        "semantic_languages": &langs[..96], "tts_languages": []});
     node.send(&frame).await;
     let e = node.recv_type("error").await;
     assert_eq!(e["code"], "INVALID_CAPABILITY_SCHEMA", "{e}");
     assert!(
         e["message"]
             .as_str()
-            .is_some_and(|m| m.contains("at most 64 languages in each list")),
+            .is_some_and(|m| m.contains("at most 192 languages")),
         "{e}"
     );
     node.expect_silence(Duration::from_millis(300)).await;
+    assert!(node_keys(&mut c).await.is_empty(), "a node was stored");
+    // 96 × 96 is within 192 languages, not within 4,160 pools.
+    let l96 = &langs[..96];
+    frame["language_capabilities"] =
+        json!({"asr_languages": l96, "semantic_languages": l96, "tts_languages": []});
+    node.send(&frame).await;
+    let e = node.recv_type("error").await;
+    assert_eq!(e["code"], "INVALID_CAPABILITY_SCHEMA", "{e}");
     assert!(node_keys(&mut c).await.is_empty(), "a node was stored");
     // 64 in each list registers: 64 × 64 pairs and 64 auto pools.
     let l64 = &langs[..64];
@@ -80,11 +87,18 @@ async fn register_with_more_than_64_languages_in_a_list_is_refused_and_stores_no
     let pools_key = format!("{PREFIX}node:{id}:pools");
     let pools: u64 = c.scard(&pools_key).await.expect("scard");
     assert_eq!(pools, 64 * 64 + 64);
-    // A heartbeat with 65 ASR languages is refused and changes nothing.
+    // A heartbeat with 99 ASR languages and a few others is accepted (every version did)...
     let mut hb = fixture("node_heartbeat");
     hb["node_id"] = json!(id);
-    hb["language_capabilities"] = json!({"asr_languages": &langs[..65],
-        "semantic_languages": ["zh"], "tts_languages": ["zh"]});
+    hb["language_capabilities"] = json!({"asr_languages": &langs[..99],
+        "semantic_languages": &langs[..3], "tts_languages": []});
+    node.send(&hb).await;
+    node.expect_silence(Duration::from_millis(300)).await;
+    let pools: u64 = c.scard(&pools_key).await.expect("scard");
+    assert_eq!(pools, 99 * 3 + 3);
+    // ... one with 193 languages is refused and changes nothing.
+    hb["language_capabilities"] = json!({"asr_languages": langs,
+        "semantic_languages": l96, "tts_languages": []});
     node.send(&hb).await;
     let e = node.recv_type("error").await;
     assert_eq!(e["code"], "INVALID_CAPABILITY_SCHEMA", "{e}");

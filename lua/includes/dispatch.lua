@@ -247,7 +247,7 @@ local function offer(nid, known)
   -- One EXISTS over every queue: when nothing waits (the common case) that is one command
   -- instead of one LRANGE per pool. In chunks of EXISTS_CHUNK keys: Lua's unpack cannot
   -- pass more than ~8,000 values (LUAI_MAXCSTACK), and a node's pools are bounded by the
-  -- gateway (64 languages per list: 4,160 pools), not by this script.
+  -- gateway (4,160 pools), not by this script.
   if not any_exists(pools, P .. 'queue:') then return end
   for _, pool in ipairs(pools) do
     local qk = P .. 'queue:' .. pool

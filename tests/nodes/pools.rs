@@ -130,10 +130,9 @@ async fn nodes_connected_before_a_second_instance_starts_and_after_flushall_are_
 }
 
 /// A node in more pools than one Lua `unpack` can pass to a Redis command (about 8,000):
-/// the gateway's limit of 64 languages per list keeps registrations far below, but a
-/// registration's script must not fail after its writes if one gets there (an older
-/// instance's limit, explicit pairs...). Written through the store, past the gateway's
-/// check: 96 × 96 languages, 9,312 pools. `offer()` looks for queued jobs in chunks of
+/// the gateway refuses a node in more than 4,160 pools, but a registration's script must not
+/// fail after its writes if one gets there (an older instance's limit let 96 × 96
+/// through). Written through the store, past the gateway's check: 9,312 pools. `offer()` looks for queued jobs in chunks of
 /// queues, and hands the new node the job waiting for a busy one.
 #[tokio::test]
 async fn a_node_in_more_pools_than_lua_can_unpack_registers_and_is_offered_queued_jobs() {
