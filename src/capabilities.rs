@@ -37,9 +37,9 @@ pub enum CapabilityError {
 /// languages and a few others, is not refused after an upgrade).
 const MAX_LANGS: usize = 192;
 /// Pools a node may be in (64 × 64 + 64: a matrix of 64 languages each way). Larger ones
-/// are refused: 96 × 96 (9,312 pools) failed every script ending in `offer()` before it
-/// checked queues in chunks, and its pool membership was found incomplete after a
-/// registration through the gateway (bench/notes.md round 9, left open).
+/// are refused: a 96 × 96 node (9,312 pools) failed every script ending in `offer()` before
+/// it checked queues in chunks, and it still costs a command per pool at registration and
+/// an `LRANGE` per pool whenever a queue exists, for no language service anyone runs.
 const MAX_POOLS: usize = 4_160;
 const MAX_PAIRS: usize = 512;
 
