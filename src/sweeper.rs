@@ -48,7 +48,8 @@ pub async fn run(app: Arc<App>, cell: Arc<Cell>) {
 async fn sweep_once(app: &App, cell: &Cell) -> Result<bool, StoreError> {
     // A sweep whose WAIT fell short still sends what it did (failovers' job_assigns,
     // released results): the change is made on the primary.
-    let reply = crate::routing::delivered(app, cell, cell.store.sweep().await)?;
+    // (a sweep does not wait for replicas: no `Unreplicated` to route here)
+    let reply = crate::routing::deliver(app, cell, cell.store.sweep().await?);
     for n in &reply.offline {
         tracing::info!(node_id = %n.node_id, "node offline: liveness expired");
         // A silent node whose socket is still open here: close it so it reconnects.

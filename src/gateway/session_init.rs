@@ -260,12 +260,8 @@ impl SessionConn {
             );
             // The session's own tenant, not the resuming credential's: a credential without
             // tenant may resume a tenant's session, whose utterances must keep its pools
-            // (and its strictness). A script of an earlier version does not say: then the
-            // credential's, which the script checked against the session's if it has one.
-            let tenant = match tenant {
-                Some(t) => Some(t.clone()).filter(|t| !t.is_empty()),
-                None => s.tenant.clone(),
-            };
+            // (and its strictness).
+            let tenant = Some(tenant.clone()).filter(|t| !t.is_empty());
             self.session = Some(Opened {
                 tenant,
                 ..s.clone()

@@ -22,12 +22,14 @@ pub async fn run(app: Arc<App>, cell: Arc<Cell>) {
         cell.store.poll_topology().await;
         // Several dead inboxes, or a long one, are taken over in consecutive calls.
         for _ in 0..16 {
-            let out = cell
+            // (a beat does not wait for replicas: no `Unreplicated` to route here)
+            match cell
                 .store
                 .instance_beat(&app.instance_id, started, false)
-                .await;
-            match crate::routing::delivered(&app, &cell, out) {
-                Ok(r) => {
+                .await
+            {
+                Ok(out) => {
+                    let r = crate::routing::deliver(&app, &cell, out);
                     if r.lapsed {
                         reconnect_cell(&app, &cell);
                     }

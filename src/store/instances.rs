@@ -33,9 +33,10 @@ pub enum ResumeReply {
         resent: u64,
         state: Option<String>,
         /// The session's own tenant ("" = none): its jobs keep it whatever the resuming
-        /// credential says (absent from a script of an earlier version).
+        /// credential says. (The library is versioned with the build: the script an
+        /// instance calls is always its own, so the field is always there.)
         #[serde(default)]
-        tenant: Option<String>,
+        tenant: String,
     },
     Missing,
     /// Results after the client's last index were already trimmed.
