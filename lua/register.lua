@@ -3,7 +3,8 @@ Input:
   KEYS[1] node hash {tag}:node:<id>      KEYS[2] node's pools set {tag}:node:<id>:pools
   KEYS[3] liveness zset {tag}:nodes:live  KEYS[4] node index zset {tag}:nodes:index
   KEYS[5] pools index set {tag}:pools
-  Derived (same hash tag): {tag}:pool:<name> joined/left, queues and jobs served by offer().
+  Derived (same hash tag): {tag}:pool:<name> joined/left, queues and jobs served by offer();
+  the caller's presence, listing and inbox group when missing (deliver.lua present()).
   ARGV[1..4] ctx (prefix, instance, config JSON, seed; see includes/ctx.lua)
   ARGV[5] node id   ARGV[6] claim: "mint" (minted by the caller: must be unused),
           "replace" (may take the id from a live connection: the credential proves it is
@@ -53,6 +54,7 @@ local state = 'ready'
 if redis.call('HGET', KEYS[1], 'drain') == '1' then state = 'draining' end
 
 local n = int(9, 'field pairs', 0, (#ARGV - 9) / 2)
+present() -- peers reach the node through us from now on
 local fields = {'id', node_id, 'conn', ARGV[7], 'owner', ME, 'state', state,
   'registered_at', NOW, 'last_hb', NOW, 'deadline', NOW + liveness, 'capsig', ARGV[8]}
 for i = 10, 9 + 2 * n do fields[#fields + 1] = ARGV[i] end

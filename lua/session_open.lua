@@ -11,13 +11,15 @@ Input:
   ARGV[11] n: field/value pairs in ARGV[12 .. 11+2n] (languages, mode, tenant, pools, needs,
           pair, spec = the job_assign template, trace_id, resume_hash, client fields)
   Derived: {tag}:subject:<sub>:sessions (zset sid -> expiry ms; see subject_sessions);
-  session:<sid>:jobs, :results, :pending, :audio, :rtime (checked when minted)
+  session:<sid>:jobs, :results, :pending, :audio, :rtime (checked when minted); the caller's
+  presence, listing and inbox group when missing (deliver.lua present())
 Output: [JSON]
   {"status":"taken"} | {"status":"ok"}
   {"status":"limit","live":N}  the subject already has ARGV[10] live sessions: nothing written
 ]]
 --!include ctx
 --!include args
+--!include deliver
 
 local sid, sub = ARGV[5], ARGV[9]
 local max_live = int(10, 'sessions per subject', 0, math.huge)
@@ -46,6 +48,7 @@ local fields = {'id', sid, 'owner', ME, 'conn', ARGV[7], 'nonce', ARGV[8], 'stat
 fields[#fields + 1] = 'sub'
 fields[#fields + 1] = sub
 for i = 12, 11 + 2 * n do fields[#fields + 1] = ARGV[i] end
+present() -- peers reach the session through us from now on
 redis.call('HSET', KEYS[1], unpack(fields))
 redis.call('PEXPIRE', KEYS[1], CFG.session_ttl)
 return finish({status = 'ok'})

@@ -6,7 +6,8 @@ by out_seq; the new connection's writer starts at next_seq and drops older numbe
 travelling to it.
 Input:
   KEYS[1] session hash
-  Derived: the session's results, pending, jobs keys; node/session records for delivery.
+  Derived: the session's results, pending, jobs keys; node/session records for delivery;
+  the caller's presence, listing and inbox group when missing (deliver.lua present()).
   ARGV[1..4] ctx   ARGV[5] session id   ARGV[6] new connection token
   ARGV[7] last_received_index (-1: none received)
   ARGV[8] SHA-256 (hex) of the resume token presented: must equal the session's resume_hash
@@ -38,6 +39,7 @@ for i = last + 1, cursor - 1 do
   if i - last > CFG.max_ahead then break end
 end
 redis.call('HSET', sk, 'owner', ME, 'conn', ARGV[6])
+present() -- peers reach the session through us from now on
 local next_seq = tonumber(redis.call('HGET', sk, 'out_seq') or '0') + 1
 local held = {}
 for _, i in ipairs(redis.call('ZRANGE', pk, 0, -1)) do held[i] = true end

@@ -47,6 +47,26 @@ local function owner_of(kind, id)
   return info
 end
 
+-- present(): the calling instance is alive (it runs this script for a connection it is
+-- binding), so make sure peers can reach it. Called by the scripts that bind a connection to
+-- the caller (register, session_open, session_resume). Normally its beat keeps its presence
+-- and one EXISTS is all this costs; after Redis was wiped, or before the instance's first
+-- beat, its presence, listing and inbox group are gone until that beat (up to
+-- beat_interval), and every peer's delivery to the connection being bound would be dropped
+-- (a node's job_assign, a session's results). So they are created here, as the beat does;
+-- the beat then overwrites the presence value (its started_at) and the listing's expiry.
+local function present()
+  local pk = P .. 'instance:' .. ME
+  if redis.call('EXISTS', pk) == 1 then return end
+  redis.call('SET', pk, NOWS, 'PX', CFGS.presence_ttl)
+  redis.call('ZADD', P .. 'instances', NOW + CFG.presence_ttl, ME)
+  local inbox = P .. 'inbox:' .. ME
+  -- (created at '$' before any entry exists: the consumer reads everything from here on)
+  if redis.call('EXISTS', inbox) == 0 then
+    redis.call('XGROUP', 'CREATE', inbox, 'g', '$', 'MKSTREAM')
+  end
+end
+
 local function deliver(kind, id, msg, audio, seq, tp, job, own, tail)
   tp = tp or TP
   local info = owner_of(kind, id)

@@ -1,7 +1,8 @@
 //! Presence lapses: an instance whose presence expired while it was alive learns at its
 //! next beat that messages for its connections were lost (a takeover of its inbox, or a
 //! delivery dropped for want of its presence) and closes them so they resume; one that lost
-//! nothing (Redis wiped, or not beaten yet) keeps them.
+//! nothing (Redis wiped, or not beaten yet) keeps them; and connections bound after a wipe are
+//! reachable before their instance beats again.
 
 use super::*;
 #[tokio::test]
@@ -246,4 +247,49 @@ async fn a_message_dropped_for_an_instance_not_listed_since_a_wipe_leaves_no_lap
         "A lost nothing it had before the wipe, yet its beat reports a lapse: {:?}",
         out.reply
     );
+}
+
+/// After Redis is wiped, an instance has no presence, listing or inbox group until its next
+/// beat (up to `beat_interval_ms`). A node registering on B and a session opening on A in
+/// that time must still reach each other: binding a connection makes its instance present
+/// (deliver.lua `present()`), instead of every peer dropping the node's job_assigns and the
+/// session's results until the instance beats again. Beats are a minute apart here, so the
+/// whole scenario runs before either instance beats after the wipe.
+#[tokio::test]
+async fn connections_bound_after_a_wipe_are_reachable_before_their_instance_beats_again() {
+    let redis = RedisServer::start().await;
+    let slow = |c: &mut switchyard::config::Config| {
+        c.instance.beat_interval_ms = 60_000;
+        c.instance.presence_ttl_ms = 120_000;
+    };
+    let a = start_tweaked(&redis, slow).await;
+    let b = start_tweaked(&redis, slow).await;
+    let mut c = redis.client().await;
+    // Both have beaten once (the beat runs at start); then Redis loses everything.
+    for inst in [&a, &b] {
+        let key = format!("{PREFIX}instance:{}", inst.app.instance_id);
+        for _ in 0..100 {
+            if c.exists::<_, bool>(&key).await.unwrap() {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+    let _: () = redis::cmd("FLUSHALL").query_async(&mut c).await.unwrap();
+    let (mut n, nid) = node_on(&b, None).await;
+    let (mut s, sid) = session_on(&a).await;
+    for i in 0..3 {
+        s.send(&utterance(&sid, i)).await;
+        let j = next_of(&mut n, "job_assign", T)
+            .await
+            .expect("job_assign through B's inbox before B beat again");
+        n.send(&answer(&j, &nid, &format!("r{i}"))).await;
+    }
+    let got = terminals(&mut s, 3, T).await;
+    let idx: Vec<u64> = got
+        .iter()
+        .map(|v| v["utterance_index"].as_u64().unwrap())
+        .collect();
+    assert_eq!(idx, vec![0, 1, 2], "results through A's inbox");
+    invariants::check(&mut c).await;
 }
