@@ -270,3 +270,39 @@ async fn registrations_do_not_wait_for_the_replicas_work_does() {
     let mut c = primary.client().await;
     common::invariants::check(&mut c).await;
 }
+
+/// Review finding: a `session_init` whose `WAIT` fell short was answered
+/// `SCHEDULER_DEPENDENCY_DOWN` (the client opens again) while the primary kept the session
+/// open, counted against its subject's live sessions until it expired: with a limit of one,
+/// the client's next open was refused as over the limit. The instance now closes it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_session_open_not_replicated_does_not_count_against_its_subject() {
+    let (primary, replica) = primary_and_replica().await;
+    let inst = start_with(single(&primary.url(), |c| {
+        c.redis.wait_replicas = 1;
+        c.redis.wait_timeout_ms = 200;
+        c.limits.max_sessions_per_subject = 1;
+    }))
+    .await;
+    let url = with_given_token(
+        &bare_ws_url(&inst, "/ws/session"),
+        &token(&[Scope::Session], Some("user-bob"), None),
+    );
+    replica.signal("STOP");
+    let mut s = WsClient::connect(&url).await;
+    s.send(&fixture("session_init_one_way")).await;
+    let err = next_of(&mut s, "error", T)
+        .await
+        .expect("the client is told");
+    assert_eq!(err["code"], "SCHEDULER_DEPENDENCY_DOWN", "{err}");
+    replica.signal("CONT");
+    let mut s2 = WsClient::connect(&url).await;
+    s2.send(&fixture("session_init_one_way")).await;
+    let reply = s2.next(T).await.expect("a reply to session_init");
+    assert_eq!(
+        reply["type"], "session_init_ack",
+        "the session left by the short WAIT still counts: {reply}"
+    );
+    let mut c = primary.client().await;
+    common::invariants::check(&mut c).await;
+}

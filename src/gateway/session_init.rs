@@ -194,6 +194,20 @@ impl SessionConn {
                 },
                 Err(e) => {
                     unbind();
+                    if matches!(e, StoreError::Unreplicated(_)) {
+                        // The session exists on the primary, but the client is told to open
+                        // again: close it, so it does not count against its subject's live
+                        // sessions until it expires.
+                        let closed = cell.store.session_close(&sid, &self.token).await;
+                        match routing::delivered(&app, &cell, closed) {
+                            // (closed on the primary, as the open was)
+                            Ok(_) | Err(StoreError::Unreplicated(_)) => {}
+                            Err(c) => tracing::warn!(
+                                session_id = %sid, error = %c,
+                                "could not close a session whose open was not replicated"
+                            ),
+                        }
+                    }
                     return self.store_error(&e);
                 }
             }
