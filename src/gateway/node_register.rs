@@ -161,15 +161,15 @@ impl NodeConn {
             };
             // Bind first: anything addressed to this connection the moment the script has
             // run (queued jobs, another instance's submit through the inbox) finds it —
-            // held back by the writer until the ack has gone out.
+            // held back by the writer until the ack has gone out. The binding is pending:
+            // a live connection holding the id keeps receiving its jobs until the script
+            // gives the id to this one (`accept`); a refusal removes only this binding (a
+            // registered node registering again stays bound, as Redis still names it).
             self.send(Outbound::Hold);
-            // `previous` may be this connection itself (a registered node registering
-            // again): a failed call must then leave it bound, as Redis still names it.
-            let previous = app.conns.bind(Kind::Node, &node_id, self.local(&cell));
-            let restore = |app: &App| {
-                let (name, token) = (cell.name(), self.token.as_str());
+            app.conns.bind(Kind::Node, &node_id, self.local(&cell));
+            let refuse = |app: &App| {
                 app.conns
-                    .restore(Kind::Node, name, &node_id, token, previous.clone());
+                    .refuse(Kind::Node, cell.name(), &node_id, &self.token)
             };
             let out = match cell
                 .store
@@ -178,7 +178,7 @@ impl NodeConn {
             {
                 Ok(out) => out,
                 Err(e) => {
-                    restore(&app);
+                    refuse(&app);
                     return Err(e);
                 }
             };
@@ -197,11 +197,11 @@ impl NodeConn {
             match reply {
                 RegisterReply::Taken => {
                     routing::deliver(&app, &cell, assign);
-                    restore(&app)
+                    refuse(&app)
                 }
                 RegisterReply::Conflict { owner } => {
                     routing::deliver(&app, &cell, assign);
-                    restore(&app);
+                    refuse(&app);
                     // A dropped socket's cleanup may be a moment behind its reconnect.
                     if tokio::time::Instant::now() < patience {
                         tokio::time::sleep(std::time::Duration::from_millis(100)).await;
@@ -215,7 +215,11 @@ impl NodeConn {
                     replaced_conn,
                     ..
                 } => {
-                    if let Some(old) = previous.filter(|p| p.token != self.token) {
+                    // The connection of this instance it replaces (if any) is closed.
+                    let replaced = app
+                        .conns
+                        .accept(Kind::Node, cell.name(), &node_id, &self.token);
+                    for old in replaced {
                         let reason = "replaced by a newer connection".into();
                         let _ = old.tx.try_send(Outbound::Close(close::REPLACED, reason));
                     }

@@ -138,8 +138,7 @@ impl SessionConn {
         let app = self.app.clone();
         for _ in 0..8 {
             let sid = format!("s-{:08X}", rand::random::<u32>());
-            // A live session of this instance holds the id: taken, without asking Redis
-            // (bound over, its messages would reach this socket until the open is refused).
+            // A live session of this instance holds the id: taken, without asking Redis.
             if app
                 .conns
                 .get(Kind::Session, cell.name(), &sid, None)
@@ -147,12 +146,13 @@ impl SessionConn {
             {
                 continue;
             }
-            // Bind first: results produced the moment the session exists find this socket.
+            // Bind first (pending): results produced the moment the session exists find
+            // this socket.
             let me = self.local(&cell);
             app.conns.bind(Kind::Session, &sid, me);
-            let unbind = || {
+            let refuse = || {
                 app.conns
-                    .unbind(Kind::Session, cell.name(), &sid, &self.token)
+                    .refuse(Kind::Session, cell.name(), &sid, &self.token)
             };
             match cell
                 .store
@@ -168,9 +168,9 @@ impl SessionConn {
                 .await
             {
                 Ok(out) => match routing::deliver(&app, &cell, out) {
-                    OpenReply::Taken => unbind(),
+                    OpenReply::Taken => refuse(),
                     OpenReply::Limit { live } => {
-                        unbind();
+                        refuse();
                         app.metrics.limited(KIND, "sessions_per_subject");
                         return self.error(
                             ErrorCode::RateLimited,
@@ -181,6 +181,8 @@ impl SessionConn {
                         );
                     }
                     OpenReply::Ok => {
+                        app.conns
+                            .accept(Kind::Session, cell.name(), &sid, &self.token);
                         self.session = Some(Opened {
                             id: sid.clone(),
                             tenant,
@@ -193,7 +195,7 @@ impl SessionConn {
                     }
                 },
                 Err(e) => {
-                    unbind();
+                    refuse();
                     if matches!(e, StoreError::Unreplicated(_)) {
                         // The session exists on the primary, but the client is told to open
                         // again: close it, so it does not count against its subject's live
@@ -226,17 +228,14 @@ impl SessionConn {
     ) -> Result<Resumed, StoreError> {
         let app = self.app.clone();
         let (sid, cell) = (s.id.as_str(), s.cell.clone());
-        let previous = app.conns.bind(Kind::Session, sid, self.local(&cell));
-        // Anything but a resume leaves the binding as it was: a live session held by
-        // another local connection keeps it.
-        let restore = || {
-            app.conns.restore(
-                Kind::Session,
-                cell.name(),
-                sid,
-                &self.token,
-                previous.clone(),
-            )
+        // Bind first (pending): the results the script resends find this socket. A live
+        // session held by another local connection keeps its binding, and receives its
+        // results, until the script gives the session to this one (`accept`); anything but
+        // a resume removes only this connection's binding (`refuse`).
+        app.conns.bind(Kind::Session, sid, self.local(&cell));
+        let refuse = || {
+            app.conns
+                .refuse(Kind::Session, cell.name(), sid, &self.token)
         };
         let hash = resume_hash(proof);
         let out = match cell
@@ -246,19 +245,24 @@ impl SessionConn {
         {
             Ok(out) => out,
             Err(e) => {
-                restore();
+                refuse();
                 return Err(e);
             }
         };
         if matches!(out.reply, ResumeReply::Refused) {
-            // The live session stays with its connection here, if it is here.
-            restore();
+            // The live session stays with its connection here, if it is here: it never
+            // stopped receiving its results.
+            refuse();
             return Ok(Resumed::Refused);
         }
         if matches!(out.reply, ResumeReply::Missing | ResumeReply::Gap) {
-            restore();
+            refuse();
             return Ok(Resumed::Gone);
         }
+        // The session moved to this connection: a local connection it replaces leaves the
+        // map (it is not closed: its next message is answered as stale).
+        app.conns
+            .accept(Kind::Session, cell.name(), sid, &self.token);
         if let ResumeReply::Ok {
             next_seq,
             resent,

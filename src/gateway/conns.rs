@@ -1,0 +1,210 @@
+//! The map of connections that live on this instance: cell → node or session id → the
+//! connections bound to that id, each by its unique token.
+//!
+//! An id has at most one **live** binding (the connection Redis names as its owner, as far as
+//! this instance knows) and any number of **pending** ones: a connection binds the id before
+//! the script that decides whether it may hold it runs (bind-before-check: whatever the
+//! script's commit addresses to the new connection finds it at once), and the outcome either
+//! makes its binding the live one ([`Connections::accept`], which removes the binding it
+//! replaces) or removes it ([`Connections::refuse`]). A pending binding never hides the live
+//! one: deliveries name their connection token, and a token finds exactly its own binding.
+//! So a refused resume or takeover attempt (wrong resume token, `NODE_ID_CONFLICT`) cannot
+//! make the connection that holds the id lose a message.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use tokio::sync::mpsc;
+
+use super::{Kind, Outbound};
+use crate::cells::Cell;
+
+/// A connection on this instance: its unique token, its writer and its cell.
+#[derive(Clone)]
+pub struct LocalConn {
+    pub token: String,
+    pub tx: mpsc::Sender<Outbound>,
+    /// The cell the node or session lives in (whose store its cleanup calls).
+    pub cell: Arc<Cell>,
+}
+
+/// One connection bound to an id: live, or pending until its script has decided.
+struct Binding {
+    conn: LocalConn,
+    pending: bool,
+}
+
+/// Local connections of one kind: by cell, then by node or session id (ids are unique
+/// within a cell, not across cells), then the id's bindings in the order they were made
+/// (usually one).
+type ByCell = HashMap<String, HashMap<String, Vec<Binding>>>;
+
+/// Local connections by node id and by session id.
+#[derive(Default)]
+pub struct Connections {
+    nodes: Mutex<ByCell>,
+    sessions: Mutex<ByCell>,
+}
+
+impl Connections {
+    fn map(&self, kind: Kind) -> MutexGuard<'_, ByCell> {
+        let m = match kind {
+            Kind::Node => &self.nodes,
+            Kind::Session => &self.sessions,
+        };
+        // Each call leaves the map consistent before it can panic, so a lock poisoned by a
+        // panic elsewhere is still safe to use.
+        m.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Change the bindings of `id` in `cell` with `f`; an id or cell left without bindings
+    /// leaves the map.
+    fn edit<R>(
+        &self,
+        kind: Kind,
+        cell: &str,
+        id: &str,
+        f: impl FnOnce(&mut Vec<Binding>) -> R,
+    ) -> Option<R> {
+        let mut m = self.map(kind);
+        let ids = m.get_mut(cell)?;
+        let bindings = ids.get_mut(id)?;
+        let r = f(bindings);
+        if bindings.is_empty() {
+            ids.remove(id);
+        }
+        if ids.is_empty() {
+            m.remove(cell);
+        }
+        Some(r)
+    }
+
+    /// Bind `id` (in `conn`'s cell) to `conn`, pending until [`Connections::accept`] or
+    /// [`Connections::refuse`]: the id's live binding (another connection's) stays as it
+    /// is. A connection that holds the id already (a registered node registering again)
+    /// keeps its binding, live: a refusal then leaves it bound, as Redis still names it.
+    /// Bindings of the id whose connection has ended are dropped here (one that ended
+    /// without unbinding, e.g. cancelled between its bind and its outcome, lingers no
+    /// longer than the next bind of its id).
+    pub fn bind(&self, kind: Kind, id: &str, conn: LocalConn) {
+        let mut m = self.map(kind);
+        let ids = m.entry(conn.cell.name().to_string()).or_default();
+        let bindings = ids.entry(id.to_string()).or_default();
+        bindings.retain(|b| !b.conn.tx.is_closed() || b.conn.token == conn.token);
+        match bindings.iter_mut().find(|b| b.conn.token == conn.token) {
+            Some(b) => b.conn = conn,
+            None => bindings.push(Binding {
+                conn,
+                pending: true,
+            }),
+        }
+    }
+
+    /// The script gave `id` to connection `token`: its binding becomes the live one, and the
+    /// live binding it replaces (another connection's, if any) is removed and returned, for
+    /// the caller to close or let go. Other pending bindings stay: their own scripts decide.
+    pub fn accept(&self, kind: Kind, cell: &str, id: &str, token: &str) -> Vec<LocalConn> {
+        self.edit(kind, cell, id, |bindings| {
+            let Some(me) = bindings.iter_mut().find(|b| b.conn.token == token) else {
+                // Not bound (unbound meanwhile): nothing to make live.
+                return Vec::new();
+            };
+            me.pending = false;
+            let (replaced, kept) = std::mem::take(bindings)
+                .into_iter()
+                .partition(|b| !b.pending && b.conn.token != token);
+            *bindings = kept;
+            replaced.into_iter().map(|b| b.conn).collect()
+        })
+        .unwrap_or_default()
+    }
+
+    /// The script refused `id` to connection `token` (or failed): its pending binding is
+    /// removed. A live binding of `token` (a registered node registering again) stays, and
+    /// so does every other connection's.
+    pub fn refuse(&self, kind: Kind, cell: &str, id: &str, token: &str) {
+        self.edit(kind, cell, id, |bindings| {
+            bindings.retain(|b| !(b.pending && b.conn.token == token))
+        });
+    }
+
+    /// Forget connection `token`'s binding of `id` in `cell`, pending or live; others stay.
+    pub fn unbind(&self, kind: Kind, cell: &str, id: &str, token: &str) {
+        self.edit(kind, cell, id, |bindings| {
+            bindings.retain(|b| b.conn.token != token)
+        });
+    }
+
+    /// The local connection of `id` in `cell`: with `token`, exactly that connection,
+    /// pending or live (a script's commit may address a connection before its `accept`);
+    /// without, the live binding only — a pending one has not been given the id.
+    pub fn get(&self, kind: Kind, cell: &str, id: &str, token: Option<&str>) -> Option<LocalConn> {
+        let m = self.map(kind);
+        m.get(cell)?
+            .get(id)?
+            .iter()
+            .find(|b| match token {
+                Some(t) => b.conn.token == t,
+                None => !b.pending,
+            })
+            .map(|b| b.conn.clone())
+    }
+
+    /// Close the local connection of `id` in `cell` if it has `token`.
+    pub fn close(
+        &self,
+        kind: Kind,
+        cell: &str,
+        id: &str,
+        token: &str,
+        code: u16,
+        reason: &str,
+    ) -> bool {
+        match self.get(kind, cell, id, Some(token)) {
+            Some(c) => c.tx.try_send(Outbound::Close(code, reason.into())).is_ok(),
+            None => false,
+        }
+    }
+
+    /// How many bindings of `kind` there are, pending or live.
+    pub fn count(&self, kind: Kind) -> usize {
+        self.map(kind)
+            .values()
+            .flat_map(HashMap::values)
+            .map(Vec::len)
+            .sum()
+    }
+
+    /// Every live binding of `kind` with its id (its cell is in the connection).
+    pub fn entries(&self, kind: Kind) -> Vec<(String, LocalConn)> {
+        self.map(kind)
+            .values()
+            .flat_map(|ids| {
+                ids.iter().flat_map(|(id, bs)| {
+                    bs.iter()
+                        .filter(|b| !b.pending)
+                        .map(|b| (id.clone(), b.conn.clone()))
+                })
+            })
+            .collect()
+    }
+
+    /// Every bound connection of `kind`, of every cell, pending or live.
+    pub fn all(&self, kind: Kind) -> Vec<LocalConn> {
+        self.map(kind)
+            .values()
+            .flat_map(|ids| ids.values().flatten().map(|b| b.conn.clone()))
+            .collect()
+    }
+
+    /// Every bound connection of `kind` in `cell`, pending or live.
+    pub fn in_cell(&self, kind: Kind, cell: &str) -> Vec<LocalConn> {
+        self.map(kind)
+            .get(cell)
+            .map(|ids| ids.values().flatten().map(|b| b.conn.clone()).collect())
+            .unwrap_or_default()
+    }
+}
+
+#[cfg(test)]
+mod tests;
