@@ -266,7 +266,8 @@ async fn tenant_sessions_prefer_their_nodes_and_strict_tenants_never_leave_them(
     let url = ws_url(&inst, "/ws/session");
     let mut init = fixture("session_init_one_way");
     init["tenant_id"] = json!("acme");
-    let (mut s1, sid1) = open_session(&url, init.clone()).await;
+    let acme_url = tenant_ws_url(&inst, "/ws/session", "acme");
+    let (mut s1, sid1) = open_session(&acme_url, init.clone()).await;
     s1.send(&utterance(&sid1, 0)).await;
     assert_eq!(
         assign(&mut acme).await["session_id"],
@@ -280,7 +281,8 @@ async fn tenant_sessions_prefer_their_nodes_and_strict_tenants_never_leave_them(
         "non-strict: public when full"
     );
     init["tenant_id"] = json!("strictco");
-    let (mut s2, sid2) = open_session(&url, init).await;
+    let strictco = tenant_ws_url(&inst, "/ws/session", "strictco");
+    let (mut s2, sid2) = open_session(&strictco, init).await;
     s2.send(&utterance(&sid2, 0)).await;
     assert_eq!(assign(&mut strict).await["session_id"], sid2.as_str());
     s2.send(&utterance(&sid2, 1)).await;
@@ -414,7 +416,7 @@ async fn a_queued_tenant_job_is_served_by_a_public_node_that_frees_first() {
     let (mut public, pid) = node(&inst, |f| f["max_concurrent_jobs"] = json!(1)).await;
     let mut init = fixture("session_init_one_way");
     init["tenant_id"] = json!("acme");
-    let (mut s, sid) = open_session(&ws_url(&inst, "/ws/session"), init).await;
+    let (mut s, sid) = open_session(&tenant_ws_url(&inst, "/ws/session", "acme"), init).await;
     s.send(&utterance(&sid, 0)).await;
     assert_eq!(
         assign(&mut tenant).await["utterance_index"],

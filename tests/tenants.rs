@@ -16,6 +16,41 @@ fn url_with(r: &Running, path: &str, token: &str) -> String {
     with_given_token(&bare_ws_url(r, path), token)
 }
 
+/// Review finding: a credential without `tenant` (the usual public fleet or app token) could
+/// name any tenant in its frame and become it: a node then received a strict tenant's jobs
+/// and audio, a session billed and used that tenant's pools. Such a frame is refused, and
+/// nothing is written.
+#[tokio::test]
+async fn a_credential_without_tenant_cannot_name_one() {
+    let redis = RedisServer::start().await;
+    let inst = start_tweaked(&redis, |c| c.jobs.strict_tenants = vec!["strictco".into()]).await;
+    let mut c = redis.client().await;
+    let mut n = WsClient::connect(&ws_url(&inst, "/ws/node")).await;
+    let mut f = fixture("node_register_first");
+    f["tenant_id"] = json!("strictco");
+    n.send(&f).await;
+    let e = n.recv_type("error").await;
+    assert_eq!(e["code"], "UNAUTHORIZED", "{e}");
+    assert!(node_keys(&mut c).await.is_empty(), "nothing registered");
+    let mut s = WsClient::connect(&ws_url(&inst, "/ws/session")).await;
+    let mut init = fixture("session_init_one_way");
+    init["tenant_id"] = json!("strictco");
+    s.send(&init).await;
+    let e = s.recv_type("error").await;
+    assert_eq!(e["code"], "UNAUTHORIZED", "{e}");
+    let sessions: Vec<String> = redis::cmd("KEYS")
+        .arg(format!("{PREFIX}session:*"))
+        .query_async(&mut c)
+        .await
+        .unwrap();
+    assert!(sessions.is_empty(), "nothing opened: {sessions:?}");
+    // Without a tenant_id they are public peers, as before.
+    n.register_id(fixture("node_register_first"), None).await;
+    s.send(&fixture("session_init_one_way")).await;
+    s.recv_type("session_init_ack").await;
+    invariants::check(&mut c).await;
+}
+
 #[tokio::test]
 async fn the_credential_tenant_is_the_tenant_and_a_frame_cannot_claim_another() {
     let redis = RedisServer::start().await;

@@ -111,7 +111,18 @@ impl Verifier {
     fn validation(&self, alg: Algorithm) -> Validation {
         let mut v = Validation::new(alg);
         v.leeway = self.leeway_s;
-        v.set_required_spec_claims(&["exp"]);
+        // A configured issuer or audience is required, not only checked when present: a
+        // token the identity provider issued without them (for another client) is refused.
+        let mut required = vec!["exp"];
+        if self.issuer.is_some() {
+            required.push("iss");
+        }
+        if self.audience.is_some() {
+            required.push("aud");
+        }
+        v.set_required_spec_claims(&required);
+        // `nbf` (not before), when present, is checked with the same leeway as `exp`.
+        v.validate_nbf = true;
         v.validate_aud = self.audience.is_some();
         if let Some(a) = &self.audience {
             v.set_audience(&[a]);

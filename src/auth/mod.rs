@@ -101,8 +101,11 @@ impl Credential {
         if self.open { None } else { self.sub.as_deref() }
     }
 
-    /// The tenant a frame's `tenant_id` resolves to: the credential's tenant wins, and a
-    /// frame that names another is refused (`Err` names both).
+    /// The tenant a frame's `tenant_id` resolves to: the credential's tenant; a frame may
+    /// repeat it, never name another (`Err` says why). A credential without tenant is
+    /// public: its frames cannot name one (a fleet token would otherwise serve, and a
+    /// session token bill, any tenant it names, strict tenants included). Only `open` mode,
+    /// where nobody is checked, takes the frame's word.
     pub fn tenant_for(&self, claimed: Option<&str>) -> Result<Option<String>, String> {
         let claimed = claimed.filter(|t| !t.is_empty());
         match (&self.tenant, claimed) {
@@ -110,6 +113,9 @@ impl Credential {
                 "tenant_id {t:?} contradicts the credential's tenant {mine:?}"
             )),
             (Some(mine), _) => Ok(Some(mine.clone())),
+            (None, Some(t)) if !self.open => Err(format!(
+                "tenant_id {t:?} needs a credential of that tenant (this one has no tenant claim)"
+            )),
             (None, t) => Ok(t.map(str::to_string)),
         }
     }

@@ -144,6 +144,70 @@ fn expired_forged_and_scopeless_tokens_are_refused() {
     );
 }
 
+/// Review finding: a configured issuer and audience were only checked when a token carried
+/// them (jsonwebtoken checks `iss`/`aud` only when present), so a token the identity
+/// provider issued for another client without them passed; and `nbf` was never checked.
+#[test]
+fn a_configured_issuer_and_audience_are_required_and_nbf_is_checked() {
+    let cfg = AuthConfig {
+        hs256_secrets: vec![NEW.to_string()],
+        issuer: Some("idp".into()),
+        audience: Some("switchyard".into()),
+        ..AuthConfig::default()
+    };
+    let a = Auth::from_config(&cfg).expect("keys load");
+    let now = crate::protocol::now_ms() / 1000;
+    let enc = |claims: serde_json::Value| {
+        jsonwebtoken::encode(
+            &jsonwebtoken::Header::default(),
+            &claims,
+            &jsonwebtoken::EncodingKey::from_secret(NEW.as_bytes()),
+        )
+        .unwrap()
+    };
+    let base = serde_json::json!({"exp": now + 60, "scope": "node"});
+    let with = |extra: serde_json::Value| {
+        let mut c = base.clone();
+        for (k, v) in extra.as_object().expect("object") {
+            c[k] = v.clone();
+        }
+        enc(c)
+    };
+    let refused = [
+        (with(serde_json::json!({})), "no iss, no aud"),
+        (with(serde_json::json!({"iss": "idp"})), "no aud"),
+        (with(serde_json::json!({"aud": "switchyard"})), "no iss"),
+        (
+            with(serde_json::json!({"iss": "other", "aud": "switchyard"})),
+            "wrong iss",
+        ),
+        (
+            with(serde_json::json!({"iss": "idp", "aud": "billing"})),
+            "wrong aud",
+        ),
+        (
+            with(serde_json::json!({"iss": 5, "aud": 123})),
+            "iss and aud not strings",
+        ),
+        (
+            with(serde_json::json!({"iss": "idp", "aud": "switchyard", "nbf": now + 3600})),
+            "not valid before an hour from now",
+        ),
+    ];
+    for (t, why) in refused {
+        let r = a.authorize(&HeaderMap::new(), &query(&t), Scope::Node);
+        assert!(
+            matches!(r, Err(AuthError::Invalid(_))),
+            "{why}: accepted ({r:?})"
+        );
+    }
+    let ok = with(serde_json::json!({"iss": "idp", "aud": "switchyard", "nbf": now - 10}));
+    assert!(
+        a.authorize(&HeaderMap::new(), &query(&ok), Scope::Node)
+            .is_ok()
+    );
+}
+
 #[test]
 fn node_binding_and_tenant_rules() {
     let fleet = Credential {
@@ -170,7 +234,13 @@ fn node_binding_and_tenant_rules() {
     };
     assert!(bound.may_replace_node("n1") && !bound.may_replace_node("n2"));
     assert_eq!(bound.bound_node(), Some("n1"));
-    assert_eq!(bound.tenant_for(Some("t")).unwrap().as_deref(), Some("t"));
+    // A credential without tenant cannot name one; open mode takes the frame's word.
+    assert!(bound.tenant_for(Some("t")).is_err());
+    assert_eq!(bound.tenant_for(None).unwrap(), None);
+    assert_eq!(
+        Credential::open().tenant_for(Some("t")).unwrap().as_deref(),
+        Some("t")
+    );
     assert!(Credential::open().may_replace_node("anything"));
 }
 

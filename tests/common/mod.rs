@@ -155,6 +155,17 @@ pub fn node_url_as(r: &Running, node_id: &str) -> String {
 }
 
 /// The WebSocket URL of `path` on `r` without any credential.
+/// `path` (`/ws/node` or `/ws/session`) on `r` with a credential of `tenant`: the only
+/// credential whose frames may name that tenant (`tenant_id`).
+pub fn tenant_ws_url(r: &Running, path: &str, tenant: &str) -> String {
+    let scope = if path.contains("/ws/node") {
+        Scope::Node
+    } else {
+        Scope::Session
+    };
+    with_given_token(&bare_ws_url(r, path), &token(&[scope], None, Some(tenant)))
+}
+
 pub fn bare_ws_url(r: &Running, path: &str) -> String {
     format!("ws://{}{}", r.addr, path)
 }

@@ -63,7 +63,7 @@ async fn tenant_nodes_join_tenant_pools_and_private_nodes_join_none() {
     let redis = RedisServer::start().await;
     let inst = start_instance(&redis).await;
     let mut c = redis.client().await;
-    let mut t = WsClient::connect(&ws_url(&inst, "/ws/node")).await;
+    let mut t = WsClient::connect(&tenant_ws_url(&inst, "/ws/node", "acme")).await;
     let mut f = fixture("node_register_first");
     f["tenant_id"] = json!("acme");
     f["supported_language_pairs"] = json!([{"src": "zh", "tgt": "en"}]);
