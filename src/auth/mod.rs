@@ -130,12 +130,18 @@ pub enum AuthError {
     Invalid(String),
     #[error("credential lacks scope {0}")]
     Forbidden(&'static str),
+    /// An admin credential with a `tenant` or `cell` claim: the admin API is
+    /// deployment-wide and does not narrow to either.
+    #[error(
+        "admin credentials are deployment-wide: a token with a tenant or cell claim is refused"
+    )]
+    Narrow,
 }
 
 impl IntoResponse for AuthError {
     fn into_response(self) -> Response {
         let status = match self {
-            AuthError::Forbidden(_) => StatusCode::FORBIDDEN,
+            AuthError::Forbidden(_) | AuthError::Narrow => StatusCode::FORBIDDEN,
             _ => StatusCode::UNAUTHORIZED,
         };
         let body = axum::Json(serde_json::json!({

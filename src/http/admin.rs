@@ -59,10 +59,12 @@ pub fn one_cell(app: &App, q: &CellQuery) -> Result<Arc<Cell>, NoSuchCell> {
     }
 }
 
-fn cell_query(parts: &Parts) -> CellQuery {
+/// `?cell=` of the request. A query that does not parse (`?cell=a&cell=b`) is a 400, not
+/// "every cell": a drain meant for one cell must not reach the first match in another.
+fn cell_query(parts: &Parts) -> Result<CellQuery, Response> {
     Query::<CellQuery>::try_from_uri(&parts.uri)
         .map(|q| q.0)
-        .unwrap_or_default()
+        .map_err(|e| error(StatusCode::BAD_REQUEST, format!("bad query: {e}")))
 }
 
 /// Extractor: the cells an admin call covers (`?cell=NAME`, or all); 404 for a cell the
@@ -73,7 +75,7 @@ impl FromRequestParts<Arc<App>> for Cells {
     type Rejection = Response;
 
     async fn from_request_parts(parts: &mut Parts, app: &Arc<App>) -> Result<Self, Response> {
-        selected_cells(app, &cell_query(parts))
+        selected_cells(app, &cell_query(parts)?)
             .map(Self)
             .map_err(IntoResponse::into_response)
     }
@@ -86,7 +88,7 @@ impl FromRequestParts<Arc<App>> for OneCell {
     type Rejection = Response;
 
     async fn from_request_parts(parts: &mut Parts, app: &Arc<App>) -> Result<Self, Response> {
-        one_cell(app, &cell_query(parts))
+        one_cell(app, &cell_query(parts)?)
             .map(Self)
             .map_err(IntoResponse::into_response)
     }

@@ -72,6 +72,14 @@ async fn admin_auth(
         Scope::AdminWrite
     };
     match app.auth.authorize(req.headers(), req.uri(), scope) {
+        // The admin API is deployment-wide: it does not filter by tenant or cell. A token
+        // that carries either claim was meant to be narrower than that, so it is refused
+        // rather than silently given everything.
+        Ok(cred) if !cred.open && (cred.tenant.is_some() || cred.cell.is_some()) => {
+            let e = crate::auth::AuthError::Narrow;
+            app.metrics.auth_refused("admin", &e);
+            e.into_response()
+        }
         Ok(cred) => {
             if scope == Scope::AdminWrite {
                 tracing::info!(

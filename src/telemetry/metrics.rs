@@ -285,7 +285,7 @@ impl Metrics {
         let reason = match e {
             crate::auth::AuthError::Missing => "missing",
             crate::auth::AuthError::Invalid(_) => "invalid",
-            crate::auth::AuthError::Forbidden(_) => "forbidden",
+            crate::auth::AuthError::Forbidden(_) | crate::auth::AuthError::Narrow => "forbidden",
         };
         self.auth_refused.get_or_create(&msg(kind, reason)).inc();
     }
