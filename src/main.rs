@@ -148,13 +148,11 @@ fn main() -> ExitCode {
         },
         Command::Serve { dev } => {
             if dev {
-                match cfg.auth.hs256_secrets.first() {
-                    Some(secret) => match switchyard::auth::mint::dev_banner(secret, &cfg.listen) {
-                        Ok(b) => println!("{b}"),
-                        Err(e) => eprintln!("switchyard: cannot mint development tokens: {e}"),
-                    },
-                    None => {
-                        println!("SWITCHYARD DEVELOPMENT SETUP: auth.mode = open, no tokens needed")
+                match switchyard::auth::mint::dev_setup_banner(&cfg.auth, &cfg.listen) {
+                    Ok(b) => println!("{b}"),
+                    Err(e) => {
+                        eprintln!("switchyard: {e}");
+                        return ExitCode::from(2);
                     }
                 }
             }

@@ -79,6 +79,26 @@ pub fn dev_secret() -> String {
     )
 }
 
+/// What `serve --dev` prints, given the configuration it runs with: the development banner
+/// when the keys are development keys (`open` mode, or a first HS256 secret with the `dev-`
+/// prefix that `make run` and [`dev_secret`] use); an error otherwise. `--dev` on a
+/// configuration with real keys (a mistaken flag in a production entrypoint) must not write
+/// the production secret and day-long admin tokens to stdout and the log pipeline.
+pub fn dev_setup_banner(auth: &crate::config::AuthConfig, listen: &str) -> Result<String, String> {
+    if auth.is_open() {
+        return Ok("SWITCHYARD DEVELOPMENT SETUP: auth.mode = open, no tokens needed".into());
+    }
+    match auth.hs256_secrets.first() {
+        Some(secret) if secret.starts_with("dev-") => dev_banner(secret, listen),
+        _ => Err(
+            "--dev prints its credentials, so it runs only with development keys: an \
+                  HS256 secret starting with \"dev-\" (or none: one is made for the run), or \
+                  auth.mode = \"open\"; this configuration has other keys. Drop --dev."
+                .into(),
+        ),
+    }
+}
+
 /// The banner `serve --dev` prints: the secret and ready-made tokens (24 h), so a newcomer
 /// can connect a lingua node and a web client at once.
 pub fn dev_banner(secret: &str, listen: &str) -> Result<String, String> {

@@ -244,6 +244,26 @@ fn node_binding_and_tenant_rules() {
     assert!(Credential::open().may_replace_node("anything"));
 }
 
+/// Review finding: `serve --dev` printed the first configured secret whatever it was, so a
+/// mistaken `--dev` on a production configuration wrote the real secret and day-long admin
+/// tokens to the logs; with only public keys it claimed `auth.mode = open`.
+#[test]
+fn the_dev_banner_prints_development_keys_only() {
+    let with = |secrets: &[&str], mode: &str| AuthConfig {
+        hs256_secrets: secrets.iter().map(|s| s.to_string()).collect(),
+        mode: mode.into(),
+        ..AuthConfig::default()
+    };
+    let dev = super::mint::dev_secret();
+    let b = super::mint::dev_setup_banner(&with(&[&dev], "required"), "127.0.0.1:5010")
+        .expect("a development secret");
+    assert!(b.contains(&dev) && b.contains("admin token"), "{b}");
+    assert!(super::mint::dev_setup_banner(&with(&[NEW], "required"), "x").is_err());
+    assert!(super::mint::dev_setup_banner(&with(&[], "required"), "x").is_err());
+    let open = super::mint::dev_setup_banner(&with(&[], "open"), "x").expect("open mode");
+    assert!(open.contains("auth.mode = open"), "{open}");
+}
+
 #[test]
 fn ttl_parsing() {
     assert_eq!(parse_ttl("1h"), Ok(3600));
