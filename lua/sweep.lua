@@ -7,7 +7,9 @@ atomic removal from the due sets hands each deadline to one caller).
      max_attempts; queued -> NO_AVAILABLE_NODE. A listed job whose deadline moved to the
      future meanwhile (this call dispatched it) is left alone;
   3. sessions whose audio paused for pause_ms: timeout cut (fires even if the instance that
-     received the chunks is gone);
+     received the chunks is gone); audio an earlier cut held for lack of a free utterance
+     index is cut again here, for that cut's reason when it was manual or close (held_cut,
+     cut.lua), also on a session closed since (session_close left its clock armed);
   4. sessions whose reorder window is over: release held results, missing_result for
      indices that have no job.
 Input:
@@ -90,7 +92,8 @@ if #paused >= batch then more = true end
 for _, sid in ipairs(paused) do
   redis.call('ZREM', KEYS[5], sid)
   local sess = hgetall(session_key(sid))
-  if sess.id and sess.state == 'open' then
+  -- a closed session is here only for the audio its closing cut held (held_cut = close)
+  if sess.id and (sess.state == 'open' or sess.held_cut == 'close') then
     if cut(sid, sess, 'timeout') then cuts = cuts + 1 end
   end
 end

@@ -162,6 +162,113 @@ async fn a_job_no_other_node_can_take_after_a_failover_keeps_why_in_its_record()
     common::invariants::check(&mut c).await;
 }
 
+/// Two nodes of capacity 1, both busy, and a pool queue (`jobs.queue_max` = 1) that holds a
+/// job already: when the first job's attempt times out, its failover finds no node with room
+/// and the queue full, and the job fails. Like a job no node can serve, its record keeps why:
+/// route:2 names the nodes looked at and ends in a `queue_full` step naming the full queue
+/// (kept in what `fail` rewrites the record from), and the API shows attempt 2 as not
+/// dispatched, for that queue.
+#[tokio::test]
+async fn a_job_failed_for_a_full_queue_after_a_failover_keeps_why_in_its_record() {
+    use common::invariants::{self, PREFIX};
+    use redis::AsyncCommands;
+    let redis = RedisServer::start().await;
+    let inst = start_tweaked(&redis, |c| {
+        c.jobs.run_timeout_ms = 400;
+        c.jobs.queue_max = 1;
+    })
+    .await;
+    let mut c = redis.client().await;
+    let one = || {
+        let mut f = fixture("node_register_first");
+        f["max_concurrent_jobs"] = json!(1);
+        f
+    };
+    let mut a = WsClient::connect(&ws_url(&inst, "/ws/node")).await;
+    let aid = a.register_id(one(), None).await;
+    let mut b = WsClient::connect(&ws_url(&inst, "/ws/node")).await;
+    let bid = b.register_id(one(), None).await;
+    let (mut s, sid) = open_session(
+        &ws_url(&inst, "/ws/session"),
+        fixture("session_init_one_way"),
+    )
+    .await;
+    s.send(&utterance(&sid, 0)).await;
+    let (first, first_id, other, other_id, a1) = tokio::select! {
+        v = assign(&mut a) => (&mut a, aid.clone(), &mut b, bid.clone(), v),
+        v = assign(&mut b) => (&mut b, bid.clone(), &mut a, aid.clone(), v),
+    };
+    // The second job's deadline comes well after the first's.
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    s.send(&utterance(&sid, 1)).await;
+    let a2 = assign(other).await;
+    s.send(&utterance(&sid, 2)).await;
+    let queue = format!("{PREFIX}queue:pub:zh:en");
+    eventually(T, "the third job waits in the queue", || {
+        let mut c = c.clone();
+        let queue = queue.clone();
+        async move { (c.llen::<_, u64>(&queue).await.ok()? == 1).then_some(()) }
+    })
+    .await;
+    // Nobody answers: the first attempt times out and its failover finds the queue full.
+    let got = terminals(&mut s, 1, T).await;
+    assert_eq!(got[0]["utterance_index"], 0, "{}", got[0]);
+    assert_eq!(got[0]["code"], "NO_AVAILABLE_NODE", "{}", got[0]);
+    let jid = a1["job_id"].as_str().expect("job id").to_string();
+    let rec: std::collections::HashMap<String, String> =
+        c.hgetall(format!("{PREFIX}job:{jid}")).await.unwrap();
+    assert_eq!(rec["state"], "FAILED", "{rec:?}");
+    assert!(rec["failure_message"].contains("queue is full"), "{rec:?}");
+    let route = rec
+        .get("route:2")
+        .unwrap_or_else(|| panic!("no route:2 in {rec:?}"));
+    assert!(route.ends_with("|queue_full>pub:zh:en"), "{route}");
+    assert!(route.contains(&format!("{first_id}=tried")), "{route}");
+    assert!(route.contains(&format!("{other_id}=full:1/1")), "{route}");
+    assert!(
+        invariants::unexplained_failures(&mut c, 3).await.is_empty(),
+        "{rec:?}"
+    );
+
+    let (st, v) = get_json(&http_url(&inst, &format!("/api/v1/jobs/{jid}"))).await;
+    assert_eq!(st, 200, "{v}");
+    let at = v["attempts"].as_array().expect("attempts");
+    assert_eq!(at.len(), 2, "{v}");
+    assert_eq!(at[0]["outcome"], "failover", "{v}");
+    assert_eq!(at[0]["reason"], "JOB_TIMEOUT", "{v}");
+    assert_eq!(at[1]["outcome"], "not_dispatched", "{v}");
+    assert_eq!(at[1]["reason"], "NO_AVAILABLE_NODE", "{v}");
+    let last = at[1]["route"]
+        .as_array()
+        .and_then(|r| r.last())
+        .expect("route of attempt 2");
+    assert_eq!(last["pool"], "queue_full", "{v}");
+    assert_eq!(last["queues"], json!(["pub:zh:en"]), "{v}");
+
+    // The other two utterances finish (whatever attempt each is at by now), then the cell
+    // is checked at rest.
+    other.send(&answer(&a2, &other_id, "one")).await;
+    let mut done = 1;
+    while done < 3 {
+        tokio::select! {
+            v = next_of(first, "job_assign", T) => {
+                let v = v.expect("a job_assign or a terminal message");
+                first.send(&answer(&v, &first_id, "x")).await;
+            }
+            v = next_of(other, "job_assign", T) => {
+                let v = v.expect("a job_assign or a terminal message");
+                other.send(&answer(&v, &other_id, "x")).await;
+            }
+            m = s.next(T) => {
+                if is_terminal(&m.expect("session message")) {
+                    done += 1;
+                }
+            }
+        }
+    }
+    invariants::check(&mut c).await;
+}
+
 #[tokio::test]
 async fn a_session_shows_its_state_results_and_jobs() {
     let redis = RedisServer::start().await;

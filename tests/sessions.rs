@@ -69,7 +69,9 @@ async fn streamed_audio_is_cut_on_is_final_and_an_empty_cut_makes_no_job() {
 /// A cut that finds no free utterance index keeps the audio (the client used the indices
 /// with `utterance`s; `session.max_index_ahead` bounds how many a cut tries). The kept audio
 /// must still be cut later without the client sending anything more: the pause clock is
-/// armed again, and the pause cut takes the next free index.
+/// armed again, and the pause cut takes the next free index. It is still the client's
+/// manual cut (`is_manual_cut`, padding 280), not a pause cut: the session remembers the
+/// held cut's reason (`held_cut`) until the cut happens.
 #[tokio::test]
 async fn audio_kept_by_a_cut_without_a_free_index_is_cut_again_after_the_pause() {
     let redis = RedisServer::start().await;
@@ -105,12 +107,16 @@ async fn audio_kept_by_a_cut_without_a_free_index_is_cut_again_after_the_pause()
         "0",
         "audio kept"
     );
-    // No further chunk: the pause cut (300 ms) takes the kept audio as index 3.
+    // No further chunk: the pause cut (300 ms) takes the kept audio as index 3, for the
+    // reason it was cut.
     let a = next_of(&mut n, "job_assign", T)
         .await
         .expect("the kept audio is cut again after the pause");
     assert_eq!(a["utterance_index"], 3, "{a}");
-    assert_eq!(a["is_timeout_triggered"], true, "{a}");
+    assert_eq!(a["is_manual_cut"], true, "the client's is_final: {a}");
+    assert_eq!(a["padding_ms"], 280, "{a}");
+    assert!(a.get("is_timeout_triggered").is_none(), "{a}");
+    assert_eq!(session_field(&mut c, &sid, "held_cut").await, "", "cleared");
     jobs.push(a);
     for j in &jobs {
         n.send(&answer(j, &nid, "t")).await;
@@ -121,6 +127,71 @@ async fn audio_kept_by_a_cut_without_a_free_index_is_cut_again_after_the_pause()
         .map(|v| v["utterance_index"].as_u64().unwrap())
         .collect();
     assert_eq!(idx, vec![0, 1, 2, 3]);
+    invariants::check(&mut c).await;
+}
+
+/// The final cut of a `session_close` that finds no free utterance index keeps the audio as
+/// above; the session is closed (it takes no more audio), but its pause clock stays armed,
+/// so the sweep still cuts the held audio as the closing cut (`is_manual_cut`) once an
+/// index is free, and the closed session receives its result.
+#[tokio::test]
+async fn audio_held_by_a_closing_cut_without_a_free_index_is_still_cut() {
+    let redis = RedisServer::start().await;
+    let inst = start_tweaked(&redis, |c| {
+        c.session.max_index_ahead = 2;
+        c.session.min_cut_ms = 0;
+    })
+    .await;
+    let mut c = redis.client().await;
+    let (mut n, nid) = node(&inst, |_| {}).await;
+    let (mut s, sid) = session(&inst).await;
+    let mut jobs = Vec::new();
+    for i in 0..3 {
+        s.send(&utterance(&sid, i)).await;
+        jobs.push(assign(&mut n).await);
+    }
+    let mut ch = fixture("audio_chunk");
+    ch["session_id"] = json!(sid);
+    s.send(&ch).await;
+    let mut close = fixture("session_close");
+    close["session_id"] = json!(sid);
+    s.send(&close).await;
+    s.recv_type("session_close_ack").await;
+    assert_eq!(session_field(&mut c, &sid, "state").await, "closed");
+    assert_eq!(session_field(&mut c, &sid, "next_index").await, "3");
+    assert_ne!(
+        session_field(&mut c, &sid, "buf_bytes").await,
+        "0",
+        "audio kept"
+    );
+    // A closed session still refuses audio.
+    s.send(&ch).await;
+    assert_eq!(s.recv_type("error").await["code"], "SESSION_CLOSED");
+    let a = next_of(&mut n, "job_assign", T)
+        .await
+        .expect("the audio held at session_close is cut after the pause");
+    assert_eq!(a["utterance_index"], 3, "{a}");
+    assert_eq!(a["is_manual_cut"], true, "the closing cut: {a}");
+    assert_eq!(a["padding_ms"], 280, "{a}");
+    assert_eq!(session_field(&mut c, &sid, "state").await, "closed");
+    assert_eq!(session_field(&mut c, &sid, "held_cut").await, "", "cleared");
+    assert_eq!(session_field(&mut c, &sid, "buf_bytes").await, "0");
+    let due: Option<f64> = c.zscore(format!("{PREFIX}due:audio"), &sid).await.unwrap();
+    assert_eq!(due, None, "the pause clock stopped with the cut");
+    jobs.push(a);
+    for j in &jobs {
+        n.send(&answer(j, &nid, "t")).await;
+    }
+    let got = terminals(&mut s, 4, T).await;
+    let idx: Vec<u64> = got
+        .iter()
+        .map(|v| v["utterance_index"].as_u64().unwrap())
+        .collect();
+    assert_eq!(idx, vec![0, 1, 2, 3]);
+    assert!(
+        got.iter().all(|v| v["type"] == "translation_result"),
+        "{got:?}"
+    );
     invariants::check(&mut c).await;
 }
 

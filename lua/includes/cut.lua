@@ -1,7 +1,14 @@
 -- cut(sid, sess, reason): turn the session's audio buffer into one job.
 -- reason: manual (is_final), timeout (pause), max_duration, max_size, close.
 -- The session leaves due:audio (its pause clock); when no free utterance index is found the
--- audio stays buffered and the clock is armed again (now + CFG.pause).
+-- audio stays buffered and the clock is armed again (now + CFG.pause): the sweep's pause
+-- cut retries it. A manual or close cut held that way is remembered in the session's
+-- held_cut, so the retry (whatever reason it comes with: the sweep's timeout, a later
+-- chunk's max-duration or max-size cut) still cuts it as one: the buffer holds speech the
+-- client ended, and the node must see is_manual_cut (padding 280), not a timeout. Only this
+-- rare path writes held_cut; the cut that finally takes the audio clears it. The sweep
+-- retries a held close cut on the closed session too (session_close leaves the clock).
+-- Returns the submit reply, or nil when no job was made.
 -- An empty buffer creates no job and does not use an utterance index; neither does a buffer
 -- whose estimated duration (sess.buf_ms) is below CFG.min_cut (a click between two
 -- is_final; the audio is dropped), unless it is the tail of a turn an earlier max-duration
@@ -16,6 +23,9 @@ local function cut(sid, sess, reason)
   local bk = sk .. ':audio'
   redis.call('ZREM', P .. 'due:audio', sid)
   local audio = redis.call('GET', bk)
+  -- sess is the whole record here (every caller reads it with HGETALL): no extra read
+  local held = nonempty(sess.held_cut)
+  if held and reason ~= 'close' then reason = held end
   local keeps_turn = reason == 'max_duration' or reason == 'max_size'
   local short = CFG.min_cut > 0 and (sess.turn_id or '') == ''
     and tonumber(sess.buf_ms or '0') < CFG.min_cut
@@ -25,6 +35,7 @@ local function cut(sid, sess, reason)
       redis.call('HSET', sk, 'buf_ms', 0, 'buf_bytes', 0, 'cts', '')
     end
     if not keeps_turn then redis.call('HSET', sk, 'turn_id', '', 'turn_node', '') end
+    if held then redis.call('HDEL', sk, 'held_cut') end
     count((audio and #audio > 0) and 'cut_skipped:too_short' or 'cut_skipped:empty')
     return nil
   end
@@ -42,10 +53,16 @@ local function cut(sid, sess, reason)
     -- Keep the audio; nothing is lost. Its pause clock was stopped above: armed again, so
     -- the sweep's pause cut tries again (from the next index) even if no chunk comes.
     redis.call('ZADD', P .. 'due:audio', dec(NOW + CFG.pause), sid)
+    -- A pause, max-duration or max-size cut needs no memory: the retry's reason fits it.
+    if (reason == 'manual' or reason == 'close') and held ~= reason then
+      redis.call('HSET', sk, 'held_cut', reason)
+      sess.held_cut = reason
+    end
     return nil
   end
   redis.call('DEL', bk)
   redis.call('HSET', sk, 'buf_ms', 0, 'buf_bytes', 0, 'cts', '')
+  if held then redis.call('HDEL', sk, 'held_cut') end
   local web_ms = nil
   if sess.cts and sess.cts ~= '' and sess.rts then
     web_ms = string.format('%d', math.max(0, tonumber(sess.rts) - tonumber(sess.cts)))

@@ -178,6 +178,9 @@ local function dispatch(jid, job, code, message)
     local q = split_entry(entry)
     if redis.call('LLEN', P .. 'queue:' .. q) >= CFG.queue_max then
       count('refused:queue_full:' .. q)
+      -- Explained like the unservable case (in `job` only, for end_job): the nodes looked
+      -- at, then the `queue_full` step naming the full queue.
+      if why then job[rk] = NOWS .. ' - ' .. text .. '|queue_full>' .. q end
       fail(jid, job, 'NO_AVAILABLE_NODE', 'every node is busy and the queue is full')
       return 'failed'
     end

@@ -19,12 +19,14 @@ pub struct Look {
     pub capacity: Option<u64>,
 }
 
-/// One step of the choice: a candidate pool (or `turn`, `affinity`, `offer`, `queued@<ms>`).
+/// One step of the choice: a candidate pool (or `turn`, `affinity`, `offer`, `queued@<ms>`,
+/// `none`, `queue_full`).
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct Step {
     pub pool: String,
     pub nodes: Vec<Look>,
-    /// Queues the job waited in (for a `queued@<ms>` step).
+    /// Queues the job waited in (for a `queued@<ms>` step), or the full queue that failed it
+    /// (for a `queue_full` step).
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub queues: Vec<String>,
     /// Nodes looked at beyond the recorded ones (the record keeps 32 per attempt).

@@ -46,6 +46,9 @@ pub fn cell_config(url: &str) -> Config {
     cfg.jobs.run_timeout_ms = 300;
     cfg.jobs.ack_timeout_ms = 150;
     cfg.jobs.queue_wait_ms = 250;
+    // Small enough that a queue fills with two sessions' work: a dispatch (a failover's
+    // too) then fails for a full queue, which must explain itself (`unexplained_failures`).
+    cfg.jobs.queue_max = 2;
     cfg.jobs.model_unavailable_ms = 500;
     cfg.node.liveness_ms = Some(800);
     // Presence lapses only in `crash` (the model deletes it), never by accident.

@@ -373,9 +373,9 @@ async fn check_job(c: &mut MultiplexedConnection, prefix: &str, j: &str, bad: &m
 }
 
 /// A job that failed over with attempts left and then failed without another attempt (no
-/// other node could ever serve it: `…|none>`, or its wait in the queues ran out:
-/// `…|queued@…`) keeps the explanation of that last dispatch, `route:<attempt + 1>`. A
-/// full queue is the one such failure that is not explained. Needs `jobs.max_attempts`,
+/// other node could ever serve it: `…|none>`; a candidate queue was full:
+/// `…|queue_full><queue>`; or its wait in the queues ran out: `…|queued@…`) keeps the
+/// explanation of that last dispatch, `route:<attempt + 1>`. Needs `jobs.max_attempts`,
 /// which Redis does not hold (a job that used its attempts up fails with no further
 /// route), so `check` cannot tell; the property test's cell (cell.rs) checks it.
 pub async fn unexplained_failures(c: &mut MultiplexedConnection, max_attempts: u32) -> Vec<String> {
@@ -396,11 +396,8 @@ pub async fn unexplained_failures(c: &mut MultiplexedConnection, max_attempts: u
         let failed_over = job
             .get(&format!("end:{attempt}"))
             .is_some_and(|e| e.split(' ').nth(1) == Some("failover"));
-        let queue_full = job
-            .get("failure_message")
-            .is_some_and(|m| m.contains("queue is full"));
         let next = format!("route:{}", attempt + 1);
-        if failed_over && attempt < max_attempts && !queue_full && !job.contains_key(&next) {
+        if failed_over && attempt < max_attempts && !job.contains_key(&next) {
             bad.push(format!(
                 "job {j} failed over at attempt {attempt} of {max_attempts}, then failed without {next}"
             ));
