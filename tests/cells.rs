@@ -271,3 +271,36 @@ fn configuration_refuses_ambiguous_cells() {
     let e = cfg.validate().unwrap_err().to_string();
     assert!(e.contains("cells.tenants"), "{e}");
 }
+
+/// Review finding: a `node_register` refused for its capabilities still pinned the
+/// connection to the cell of the tenant it named, so a corrected register for a tenant of
+/// another cell was refused on that connection. Only open mode lets a frame name the
+/// tenant (a credential's tenant fixes the cell otherwise).
+#[tokio::test]
+async fn a_refused_register_does_not_pin_the_connection_to_a_cell() {
+    let redis = RedisServer::start().await;
+    let inst = start_tweaked(&redis, |c| {
+        two_cells(c);
+        c.auth.mode = "open".into();
+    })
+    .await;
+    let mut c = redis.client().await;
+    let mut n = WsClient::connect(&bare_ws_url(&inst, "/ws/node")).await;
+    let mut bad = fixture("node_register_first");
+    bad["tenant_id"] = json!("globex");
+    bad["max_concurrent_jobs"] = json!(0);
+    n.send(&bad).await;
+    let e = n.recv_type("error").await;
+    assert_eq!(e["code"], "INVALID_CAPABILITY_SCHEMA", "{e}");
+    let mut good = fixture("node_register_first");
+    good["tenant_id"] = json!("acme");
+    n.send(&good).await;
+    let ack = n.next(Duration::from_secs(5)).await.expect("a reply");
+    assert_eq!(ack["type"], "node_register_ack", "{ack}");
+    let nid = ack["node_id"].as_str().expect("node_id");
+    assert!(
+        exists(&mut c, format!("{EU}node:{nid}")).await,
+        "in acme's cell"
+    );
+    invariants::check(&mut c).await;
+}

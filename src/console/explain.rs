@@ -123,6 +123,10 @@ fn route_of(raw: Option<&String>, n: u32, h: &HashMap<String, String>) -> RouteP
 
 type RouteParts = (Option<u64>, Option<String>, Vec<Step>);
 
+/// Most attempts the job view lists (`jobs.max_attempts` is 3 by default; a record never
+/// holds more attempts than that setting allowed when it was written).
+const MAX_ATTEMPTS_SHOWN: u32 = 1_000;
+
 /// `end:<n>` = `"<ms> <ok|failover|failed> [CODE]"`.
 pub fn parse_end(raw: &str) -> (Option<u64>, String, Option<String>) {
     let mut it = raw.splitn(3, ' ');
@@ -148,7 +152,15 @@ pub fn job_view(mut h: HashMap<String, String>) -> Value {
         }
     });
     let attempt: u32 = h.get("attempt").and_then(|a| a.parse().ok()).unwrap_or(0);
-    let last = routes.keys().copied().max().unwrap_or(0).max(attempt);
+    // (bounded: the numbers come from Redis, and a damaged `attempt` of 4,000,000,000 must
+    // not make this view allocate that many attempts)
+    let last = routes
+        .keys()
+        .copied()
+        .max()
+        .unwrap_or(0)
+        .max(attempt)
+        .min(MAX_ATTEMPTS_SHOWN);
     let state = h.get("state").cloned().unwrap_or_default();
     let mut attempts = Vec::new();
     for n in 1..=last {
@@ -257,6 +269,18 @@ mod tests {
         assert_eq!(steps[2].pool, "offer");
         assert_eq!(steps[2].nodes[0].verdict, "chosen");
         assert_eq!(steps[0].nodes[0].verdict, "full");
+    }
+
+    /// Review finding: the attempt count came from Redis unbounded.
+    #[test]
+    fn a_damaged_attempt_count_does_not_blow_up_the_view() {
+        let h: HashMap<String, String> = [("id", "job-1"), ("attempt", "4000000000")]
+            .into_iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        let v = job_view(h);
+        let n = v["attempts"].as_array().map_or(0, Vec::len);
+        assert_eq!(n, MAX_ATTEMPTS_SHOWN as usize);
     }
 
     #[test]

@@ -65,7 +65,6 @@ impl NodeConn {
                 ),
             );
         }
-        self.cell = Some(cell.clone());
         let current = self.reg.as_ref().map(|r| r.node_id.clone());
         if let (Some(cur), Some(id)) = (&current, &offered)
             && cur != id
@@ -88,7 +87,15 @@ impl NodeConn {
             );
         }
         let id = current.or(offered);
-        match self.register(id, &caps, &r).await {
+        // The connection's cell is pinned by its first registration that succeeds, not by
+        // a refused one: a corrected register (another tenant, in another cell) may follow.
+        let pinned = self.cell.is_some();
+        self.cell = Some(cell.clone());
+        let outcome = self.register(id, &caps, &r).await;
+        if !pinned && !matches!(outcome, Ok(Registration::Done { .. })) {
+            self.cell = None;
+        }
+        match outcome {
             Ok(Registration::Conflict) => {
                 self.send(Outbound::Unhold);
                 self.refuse_takeover()
