@@ -30,6 +30,8 @@ pub struct App {
     /// lives where.
     pub cells: Cells,
     pub metrics: Arc<Metrics>,
+    /// The scrape-time gauges of `/metrics` and their single-flight refresh.
+    pub scrape: crate::http::scrape::Scrape,
     pub conns: Connections,
     /// Set on SIGTERM: readiness false, nodes told to drain, new connections refused.
     pub draining: AtomicBool,
@@ -61,12 +63,14 @@ impl App {
         }
         let instance_id = format!("i-{}", &uuid::Uuid::new_v4().simple().to_string()[..12]);
         let cells = Cells::new(&cfg, &instance_id, metrics.clone()).map_err(|e| e.to_string())?;
+        let scrape = crate::http::scrape::Scrape::new(cfg.telemetry.metrics_refresh_ms);
         Ok(Arc::new(Self {
             cfg,
             auth,
             instance_id,
             cells,
             metrics,
+            scrape,
             conns: Connections::default(),
             draining: AtomicBool::new(false),
             nodes_released: AtomicBool::new(false),
