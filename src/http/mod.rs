@@ -59,10 +59,11 @@ pub fn admin_router(app: Arc<App>) -> Router {
     r.with_state(app)
 }
 
-/// Admin calls need a bearer token: `admin:read` to look, `admin:write` to change.
+/// Admin calls need a bearer token: `admin:read` to look, `admin:write` to change. The
+/// credential goes into the request's extensions (the console stream ends at its `exp`).
 async fn admin_auth(
     State(app): State<Arc<App>>,
-    req: axum::extract::Request,
+    mut req: axum::extract::Request,
     next: axum::middleware::Next,
 ) -> Response {
     use crate::auth::Scope;
@@ -80,6 +81,7 @@ async fn admin_auth(
                     "admin change"
                 );
             }
+            req.extensions_mut().insert(cred);
             next.run(req).await
         }
         Err(e) => {
