@@ -8,6 +8,18 @@
 //! and asks open HTTP connections to finish; upgraded WebSockets are no longer HTTP and
 //! are closed by their own tasks.
 //!
+//! Plain HTTP connections are bounded in number and in age, because the header-read
+//! timeout restarts with every request: a client sending `GET /healthz` every 9 s would
+//! otherwise hold its connection (a file descriptor) for ever, and any number of them.
+//! Each listener holds at most `limits.max_http_connections` connections that are still
+//! HTTP; when they are all taken, the loop stops accepting until one ends (counted once in
+//! `limited{kind="http", detail="connections"}`): new connections wait in the listen
+//! backlog, so a reconnect storm of nodes is served in turn rather than refused, and no
+//! descriptor is spent beyond the cap. A connection leaves the count when it closes or is
+//! upgraded (a WebSocket counts against `limits.max_connections` instead). After
+//! `limits.http_connection_lifetime_ms` a connection is asked to close like at shutdown:
+//! the request in progress finishes (a console stream included), then it closes.
+//!
 //! HTTP/1.1 only. Nodes, web clients and probes speak HTTP/1.1 (WebSockets by `Upgrade`),
 //! and HTTP/2 has no idle bound in hyper: a connection that had made one request (a
 //! `/healthz`) escaped the first-request deadline and could stay open idle for ever,
@@ -25,7 +37,7 @@ use hyper::service::Service as _;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::service::TowerToHyperService;
 use tokio::net::TcpListener;
-use tokio::sync::{mpsc, watch};
+use tokio::sync::{Semaphore, mpsc, watch};
 
 use crate::config::LimitsConfig;
 use crate::telemetry::metrics::Metrics;
@@ -42,10 +54,26 @@ pub async fn serve(
     http.timer(TokioTimer::new())
         .header_read_timeout(Duration::from_millis(limits.header_read_timeout_ms));
     let first_request = Duration::from_millis(limits.upgrade_timeout_ms);
+    let lifetime = Duration::from_millis(limits.http_connection_lifetime_ms);
+    // One permit per connection still speaking HTTP on this listener.
+    let slots = Arc::new(Semaphore::new(limits.max_http_connections));
     // Every connection task holds a sender: the receiver sees the end of the last one.
     let (open, mut all_closed) = mpsc::channel::<()>(1);
     let mut accepting = stop.clone();
     loop {
+        let slot = match slots.clone().try_acquire_owned() {
+            Ok(slot) => slot,
+            Err(_) => {
+                metrics.limited("http", "connections");
+                tokio::select! {
+                    slot = slots.clone().acquire_owned() => match slot {
+                        Ok(slot) => slot,
+                        Err(_) => break, // never closed
+                    },
+                    _ = stopped(&mut accepting) => break,
+                }
+            }
+        };
         let tcp = tokio::select! {
             r = listener.accept() => match r {
                 Ok((tcp, _)) => tcp,
@@ -71,10 +99,13 @@ pub async fn serve(
             .with_upgrades();
         let (metrics, mut stop, open) = (metrics.clone(), stop.clone(), open.clone());
         tokio::spawn(async move {
-            let _open = open;
+            // Both go when the connection ends or is upgraded (the future then resolves).
+            let (_open, _slot) = (open, slot);
             tokio::pin!(conn);
             let deadline = tokio::time::sleep(first_request);
             tokio::pin!(deadline);
+            let aged = tokio::time::sleep(lifetime);
+            tokio::pin!(aged);
             let (mut deadline_passed, mut stopping) = (false, false);
             let result = loop {
                 tokio::select! {
@@ -87,6 +118,10 @@ pub async fn serve(
                         deadline_passed = true;
                     }
                     _ = stopped(&mut stop), if !stopping => {
+                        stopping = true;
+                        conn.as_mut().graceful_shutdown();
+                    }
+                    _ = &mut aged, if !stopping => {
                         stopping = true;
                         conn.as_mut().graceful_shutdown();
                     }

@@ -30,6 +30,10 @@ pub struct App {
     /// lives where.
     pub cells: Cells,
     pub metrics: Arc<Metrics>,
+    /// The scrape-time gauges of `/metrics` and their single-flight refresh.
+    pub scrape: crate::http::scrape::Scrape,
+    /// The console's live streams: their limit and shared snapshots.
+    pub console: crate::console::live::Streams,
     pub conns: Connections,
     /// Set on SIGTERM: readiness false, nodes told to drain, new connections refused.
     pub draining: AtomicBool,
@@ -61,12 +65,16 @@ impl App {
         }
         let instance_id = format!("i-{}", &uuid::Uuid::new_v4().simple().to_string()[..12]);
         let cells = Cells::new(&cfg, &instance_id, metrics.clone()).map_err(|e| e.to_string())?;
+        let scrape = crate::http::scrape::Scrape::new(cfg.telemetry.metrics_refresh_ms);
+        let console = crate::console::live::Streams::new(cfg.limits.max_console_streams);
         Ok(Arc::new(Self {
             cfg,
             auth,
             instance_id,
             cells,
             metrics,
+            scrape,
+            console,
             conns: Connections::default(),
             draining: AtomicBool::new(false),
             nodes_released: AtomicBool::new(false),

@@ -1,7 +1,8 @@
 //! Abuse limits against a real redis-server (issue 9 row 6; docs/security.md "Limits"):
 //! frame rate (RATE_LIMITED, then 1008), connections per instance (503), slow request
-//! headers and silent connections (closed), invalid UTF-8 (1007). Wrong-typed fields are
-//! in tests/shapes.rs.
+//! headers and silent connections (closed), plain HTTP connections (capped per listener,
+//! closed after their lifetime), invalid UTF-8 (1007). Wrong-typed fields are in
+//! tests/shapes.rs.
 
 mod common;
 
@@ -269,6 +270,103 @@ async fn http2_prior_knowledge_is_refused_and_idle_keep_alive_is_closed() {
     assert!(
         closed_within(&mut h1, Duration::from_secs(3)).await,
         "an idle HTTP/1.1 keep-alive connection is still open"
+    );
+}
+
+/// Send `GET /healthz` on `tcp` and read its response; `None` if none came within
+/// `within` or the connection closed.
+async fn healthz(tcp: &mut TcpStream, within: Duration) -> Option<String> {
+    tcp.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+        .await
+        .ok()?;
+    let mut got = Vec::new();
+    let mut buf = [0u8; 1024];
+    let deadline = tokio::time::Instant::now() + within;
+    while !(got.ends_with(b"\r\n\r\nok")) {
+        match tokio::time::timeout_at(deadline, tcp.read(&mut buf)).await {
+            Ok(Ok(n)) if n > 0 => got.extend_from_slice(&buf[..n]),
+            _ => return None,
+        }
+    }
+    Some(String::from_utf8_lossy(&got).into_owned())
+}
+
+/// Review finding: only WebSockets counted against a limit, and the header-read timeout
+/// restarts with each kept-alive request, so an unauthenticated client could hold any
+/// number of HTTP connections. With `limits.max_http_connections = 2`, two idle kept-alive
+/// connections take every slot: a third is not served until one of them closes. Upgraded
+/// WebSockets leave the count: several open while a slot is held.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn http_connections_beyond_the_cap_wait_and_websockets_do_not_count() {
+    let redis = RedisServer::start().await;
+    let inst = start_tweaked(&redis, |c| c.limits.max_http_connections = 2).await;
+    let t = Duration::from_secs(3);
+    let mut a = TcpStream::connect(inst.addr).await.expect("connect");
+    let mut b = TcpStream::connect(inst.addr).await.expect("connect");
+    assert!(
+        healthz(&mut a, t).await.is_some(),
+        "first connection served"
+    );
+    assert!(
+        healthz(&mut b, t).await.is_some(),
+        "second connection served"
+    );
+    let mut c = TcpStream::connect(inst.addr)
+        .await
+        .expect("connect (backlog)");
+    assert!(
+        healthz(&mut c, Duration::from_millis(1_000))
+            .await
+            .is_none(),
+        "a third HTTP connection was served while two idle ones held the cap"
+    );
+    drop(a);
+    let mut head = [0u8; 12];
+    tokio::time::timeout(t, c.read_exact(&mut head))
+        .await
+        .expect("served once a slot freed")
+        .expect("response");
+    assert_eq!(&head, b"HTTP/1.1 200");
+    drop(c);
+    // `b` still holds a slot; WebSockets use the other only for their handshake.
+    let mut sockets = Vec::new();
+    for path in ["/ws/node", "/ws/session", "/ws/session"] {
+        sockets.push(WsClient::connect(&ws_url(&inst, path)).await);
+    }
+    let (status, _) = get_json(&http_url(&inst, "/healthz")).await;
+    assert_eq!(
+        status, 200,
+        "plain HTTP still served with three WebSockets open"
+    );
+    let text = metrics_text(&inst).await;
+    assert!(
+        text.contains(r#"switchyard_limited_total{kind="http",detail="connections"} "#),
+        "{text}"
+    );
+    drop(b);
+}
+
+/// Review finding: a client sending `GET /healthz` before each header-read timeout kept
+/// its connection for ever. `limits.http_connection_lifetime_ms` closes it after the
+/// request in progress.
+#[tokio::test]
+async fn a_kept_alive_http_connection_is_closed_after_its_lifetime() {
+    let redis = RedisServer::start().await;
+    let inst = start_tweaked(&redis, |c| c.limits.http_connection_lifetime_ms = 1_000).await;
+    let mut tcp = TcpStream::connect(inst.addr).await.expect("connect");
+    let started = std::time::Instant::now();
+    let mut served = 0;
+    while started.elapsed() < Duration::from_secs(5) {
+        if healthz(&mut tcp, Duration::from_secs(2)).await.is_none() {
+            break;
+        }
+        served += 1;
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let lived = started.elapsed();
+    assert!(
+        served >= 2 && lived < Duration::from_secs(3),
+        "kept alive {lived:?} ({served} requests) past a 1 s lifetime"
     );
 }
 

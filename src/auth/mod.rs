@@ -71,6 +71,9 @@ pub struct Credential {
     pub cell: Option<String>,
     /// `auth.mode = "open"`: nobody was checked; everything is allowed as before auth.
     pub open: bool,
+    /// `exp` (Unix seconds): when the credential stops being valid. What outlives one
+    /// request (the console's live stream) ends then. `None` in open mode.
+    pub expires_at: Option<u64>,
 }
 
 impl Credential {
@@ -82,6 +85,7 @@ impl Credential {
             tenant: None,
             cell: None,
             open: true,
+            expires_at: None,
         }
     }
 
@@ -221,6 +225,8 @@ fn bearer(headers: &HeaderMap, uri: &Uri) -> Option<String> {
 #[derive(Debug, Deserialize)]
 struct Claims {
     #[serde(default)]
+    exp: Option<u64>,
+    #[serde(default)]
     scope: ScopeClaim,
     #[serde(default)]
     sub: Option<String>,
@@ -275,6 +281,7 @@ impl Claims {
             tenant: self.tenant,
             cell: self.cell,
             open: false,
+            expires_at: self.exp,
         })
     }
 }

@@ -42,6 +42,10 @@ fn bearer_header_or_query_parameter() {
         .unwrap();
     assert_eq!(c.sub.as_deref(), Some("n1"));
     assert_eq!(c.tenant.as_deref(), Some("acme"));
+    let now = crate::protocol::now_ms() / 1000;
+    let exp = c.expires_at.expect("exp carried");
+    assert!((now + 59..=now + 61).contains(&exp), "exp {exp}, now {now}");
+    assert_eq!(Credential::open().expires_at, None);
     let mut h = HeaderMap::new();
     h.insert(
         header::AUTHORIZATION,
@@ -216,6 +220,7 @@ fn node_binding_and_tenant_rules() {
         tenant: Some("acme".into()),
         cell: None,
         open: false,
+        expires_at: None,
     };
     assert!(
         !fleet.may_replace_node("n1"),

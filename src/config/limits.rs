@@ -1,5 +1,6 @@
 //! `[limits]` — Abuse limits of one instance: inbound frame rate per connection, live
-//! connections, and how long an HTTP connection may take to send its request.
+//! connections, how long an HTTP connection may take to send its request and may live,
+//! and how many console streams may run.
 //!
 //! Per tenant (connections on this instance) and per token subject (live sessions in the
 //! cell) use the credential's claims. Every refusal is counted in
@@ -36,6 +37,16 @@ pub struct LimitsConfig {
     /// WebSocket: the upgrade) within this time, or it is closed — a backstop that also
     /// covers connections that never send a byte.
     pub upgrade_timeout_ms: u64,
+    /// Connections still speaking HTTP (not upgraded to a WebSocket) per listener; at the
+    /// cap the listener stops accepting until one ends (new connections wait in the listen
+    /// backlog). Upgraded connections count against `max_connections` instead.
+    pub max_http_connections: usize,
+    /// A plain HTTP connection is closed after this long (the request in progress
+    /// finishes first), so kept-alive requests cannot hold it for ever.
+    pub http_connection_lifetime_ms: u64,
+    /// Console live streams (`/api/v1/console/stream`) open at once on this instance;
+    /// further ones get HTTP 503.
+    pub max_console_streams: usize,
     /// Live WebSocket connections per instance whose credential carries one `tenant`
     /// (0: no limit): one tenant cannot take an instance's every slot. Further upgrades
     /// of that tenant get HTTP 429.
@@ -57,6 +68,9 @@ impl Default for LimitsConfig {
             max_connections: 30_000,
             header_read_timeout_ms: 10_000,
             upgrade_timeout_ms: 15_000,
+            max_http_connections: 1_024,
+            http_connection_lifetime_ms: 60_000,
+            max_console_streams: 32,
             max_connections_per_tenant: 20_000,
             max_sessions_per_subject: 20,
         }
@@ -83,9 +97,29 @@ impl LimitsConfig {
             ("limits.max_connections", self.max_connections as u64),
             ("limits.header_read_timeout_ms", self.header_read_timeout_ms),
             ("limits.upgrade_timeout_ms", self.upgrade_timeout_ms),
+            (
+                "limits.max_http_connections",
+                self.max_http_connections as u64,
+            ),
+            (
+                "limits.http_connection_lifetime_ms",
+                self.http_connection_lifetime_ms,
+            ),
+            (
+                "limits.max_console_streams",
+                self.max_console_streams as u64,
+            ),
         ] {
             if v == 0 {
                 return Err((field, "must be at least 1"));
+            }
+        }
+        for (field, v) in [
+            ("limits.max_http_connections", self.max_http_connections),
+            ("limits.max_console_streams", self.max_console_streams),
+        ] {
+            if v > 1_000_000 {
+                return Err((field, "must be at most 1000000"));
             }
         }
         if self.upgrade_timeout_ms < self.header_read_timeout_ms {

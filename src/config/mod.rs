@@ -339,6 +339,9 @@ impl Config {
         if !(0.0..=1.0).contains(&t.sample_ratio) {
             return bad("telemetry.sample_ratio", "must be between 0 and 1");
         }
+        if t.metrics_refresh_ms > 60_000 {
+            return bad("telemetry.metrics_refresh_ms", "must be at most 60000");
+        }
         if let Some(e) = &t.otlp_endpoint
             && !e.starts_with("http://")
         {

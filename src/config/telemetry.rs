@@ -18,6 +18,11 @@ pub struct TelemetryConfig {
     pub sample_ratio: f64,
     /// `service.name` of the exported spans.
     pub service_name: String,
+    /// `/metrics` reads the cell-wide gauges (nodes by state, pool sizes and capacity,
+    /// queue depths, inbox) from Redis at most once per this interval, however many
+    /// scrapes arrive: concurrent scrapes share one refresh. `0`: every scrape refreshes,
+    /// but concurrent scrapes still share the refresh in flight.
+    pub metrics_refresh_ms: u64,
 }
 
 impl Default for TelemetryConfig {
@@ -28,6 +33,7 @@ impl Default for TelemetryConfig {
             otlp_headers: Default::default(),
             sample_ratio: 1.0,
             service_name: "switchyard".into(),
+            metrics_refresh_ms: 1_000,
         }
     }
 }

@@ -4,18 +4,27 @@
 //! browser's EventSource cannot set headers). The sparklines come from `stats:<second>`
 //! keys every instance adds its own last second to ([`run_stats`]): one round trip per
 //! instance per second, whatever the load, and nothing on the job path.
+//!
+//! A stream lasts no longer than its credential (it ends at the token's `exp`), at most
+//! `limits.max_console_streams` run per instance, and the streams of one cell share one
+//! snapshot per second ([`Streams`]), so open dashboards cost Redis the same however many.
 
+use std::collections::HashMap;
 use std::convert::Infallible;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
-use axum::Json;
 use axum::extract::State;
+use axum::http::StatusCode;
 use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
+use axum::{Extension, Json};
 use serde_json::{Value, json};
 
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+
+use crate::auth::Credential;
 use crate::cells::Cell;
 use crate::http::admin::OneCell;
 use crate::server::App;
@@ -182,24 +191,128 @@ pub async fn snapshot_json(State(app): State<Arc<App>>, OneCell(cell): OneCell) 
     }
 }
 
+/// The console's live streams on this instance: how many may run
+/// (`limits.max_console_streams`), and the snapshot of each cell they share.
+pub struct Streams {
+    slots: Arc<Semaphore>,
+    max: usize,
+    shared: std::sync::Mutex<HashMap<String, Arc<tokio::sync::Mutex<Shared>>>>,
+}
+
+/// A cell's last snapshot for the streams: when it was taken, its JSON text or the error.
+type Shared = Option<(Instant, Result<String, String>)>;
+
+/// Streams reuse a cell's snapshot younger than this (they tick every second).
+const SHARED_AGE: Duration = Duration::from_millis(900);
+
+impl Streams {
+    pub fn new(max: usize) -> Self {
+        Self {
+            slots: Arc::new(Semaphore::new(max)),
+            max,
+            shared: Default::default(),
+        }
+    }
+
+    /// `cell`'s snapshot, taken by one stream and shared by all: however many streams
+    /// run, a cell's Redis sees about one snapshot per second from this instance.
+    async fn snapshot(&self, app: &App, cell: &Cell) -> Result<String, String> {
+        let slot = {
+            let mut m = self.shared.lock().unwrap_or_else(|p| p.into_inner());
+            m.entry(cell.name().to_string()).or_default().clone()
+        };
+        let mut shared = slot.lock().await;
+        if let Some((at, v)) = &*shared
+            && at.elapsed() < SHARED_AGE
+        {
+            return v.clone();
+        }
+        let v = snapshot(app, cell)
+            .await
+            .map(|v| v.to_string())
+            .map_err(|e| e.to_string());
+        *shared = Some((Instant::now(), v.clone()));
+        v
+    }
+}
+
+/// One open stream.
+struct Live {
+    app: Arc<App>,
+    cell: Arc<Cell>,
+    tick: tokio::time::Interval,
+    /// The credential's `exp`, as an instant: the stream ends there.
+    until: Option<tokio::time::Instant>,
+    ended: bool,
+    _slot: OwnedSemaphorePermit,
+}
+
 /// `GET /api/v1/console/stream[?cell=NAME]`: a snapshot of the cell every second as SSE
-/// `data:`; an `error` event while Redis is away. Ends when the instance drains.
-pub async fn stream(State(app): State<Arc<App>>, OneCell(cell): OneCell) -> Response {
+/// `data:` (shared by every stream of the cell on this instance); an `error` event while
+/// Redis is away. At the credential's `exp` it sends an `expired` event and ends (a token
+/// is checked once, at connect: the stream must not outlive it); it also ends when the
+/// instance drains. At most `limits.max_console_streams` run at once; beyond, HTTP 503.
+pub async fn stream(
+    State(app): State<Arc<App>>,
+    Extension(cred): Extension<Credential>,
+    OneCell(cell): OneCell,
+) -> Response {
+    let Ok(slot) = app.console.slots.clone().try_acquire_owned() else {
+        app.metrics.limited("console", "streams");
+        let message = format!(
+            "this instance serves at most {} console streams at once \
+             (limits.max_console_streams); close one or try again later",
+            app.console.max
+        );
+        let body = json!({"error": "too many console streams", "message": message});
+        return (StatusCode::SERVICE_UNAVAILABLE, Json(body)).into_response();
+    };
+    let until = cred.expires_at.map(|exp| {
+        let left = (exp.saturating_mul(1000)).saturating_sub(crate::protocol::now_ms());
+        tokio::time::Instant::now() + Duration::from_millis(left)
+    });
     let mut tick = tokio::time::interval(Duration::from_secs(1));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    let state = (app, cell, tick);
-    let events = futures_util::stream::unfold(state, |(app, cell, mut tick)| async move {
-        tick.tick().await;
-        if app.is_draining() {
+    let live = Live {
+        app,
+        cell,
+        tick,
+        until,
+        ended: false,
+        _slot: slot,
+    };
+    let events = futures_util::stream::unfold(live, |mut live| async move {
+        if live.ended {
             return None;
         }
-        let ev = match snapshot(&app, &cell).await {
-            Ok(v) => Event::default().data(v.to_string()),
+        let until = live.until;
+        let expired = async move {
+            match until {
+                Some(t) => tokio::time::sleep_until(t).await,
+                None => std::future::pending().await,
+            }
+        };
+        tokio::select! {
+            biased; // expiry first: no snapshot goes out on an expired credential
+            _ = expired => {
+                live.ended = true;
+                let ev = Event::default().event("expired").data(
+                    json!({"error": "credential expired: reconnect with a new token"}).to_string(),
+                );
+                return Some((Ok::<_, Infallible>(ev), live));
+            }
+            _ = live.tick.tick() => {}
+        }
+        if live.app.is_draining() {
+            return None;
+        }
+        let ev = match live.app.console.snapshot(&live.app, &live.cell).await {
+            Ok(text) => Event::default().data(text),
             Err(e) => Event::default()
                 .event("error")
-                .data(json!({"error": e.to_string()}).to_string()),
+                .data(json!({"error": e}).to_string()),
         };
-        Some((Ok::<_, Infallible>(ev), (app, cell, tick)))
+        Some((Ok::<_, Infallible>(ev), live))
     });
     Sse::new(events)
         .keep_alive(KeepAlive::default())

@@ -2,6 +2,7 @@
 //! and the two WebSocket endpoints.
 
 pub mod admin;
+pub mod scrape;
 
 use std::sync::Arc;
 
@@ -14,7 +15,6 @@ use axum::routing::{get, post};
 use serde_json::json;
 
 use crate::server::App;
-use crate::telemetry::metrics::{CellLabels, PoolLabels, StateLabels};
 
 /// What `listen` serves: probes and the WebSocket endpoints, plus the admin API and
 /// `/metrics` unless `admin_listen` puts them on their own address.
@@ -59,10 +59,11 @@ pub fn admin_router(app: Arc<App>) -> Router {
     r.with_state(app)
 }
 
-/// Admin calls need a bearer token: `admin:read` to look, `admin:write` to change.
+/// Admin calls need a bearer token: `admin:read` to look, `admin:write` to change. The
+/// credential goes into the request's extensions (the console stream ends at its `exp`).
 async fn admin_auth(
     State(app): State<Arc<App>>,
-    req: axum::extract::Request,
+    mut req: axum::extract::Request,
     next: axum::middleware::Next,
 ) -> Response {
     use crate::auth::Scope;
@@ -88,6 +89,7 @@ async fn admin_auth(
                     "admin change"
                 );
             }
+            req.extensions_mut().insert(cred);
             next.run(req).await
         }
         Err(e) => {
@@ -125,54 +127,16 @@ async fn readyz(State(app): State<Arc<App>>) -> Response {
     .into_response()
 }
 
+/// `/metrics`: the scrape-time gauges come from at most one Redis refresh per
+/// `telemetry.metrics_refresh_ms` ([`scrape`]).
 async fn metrics(State(app): State<Arc<App>>) -> Response {
-    app.metrics.pools.refresh_waits();
-    app.metrics.pools.clear_capacity();
-    app.metrics.pool_nodes.clear();
-    app.metrics.queue_depth.clear();
-    for cell in app.cells.iter() {
-        cell_gauges(&app, cell).await;
-    }
+    let text = app.scrape.encode(&app).await;
     (
         [(
             header::CONTENT_TYPE,
             "application/openmetrics-text; version=1.0.0; charset=utf-8",
         )],
-        app.metrics.encode(),
+        text,
     )
         .into_response()
-}
-
-/// One cell's gauges read from Redis at scrape time (cell-wide truth, the same on every
-/// instance); if Redis is away, the local families still export.
-async fn cell_gauges(app: &App, cell: &crate::cells::Cell) {
-    let (m, store, name) = (&app.metrics, &cell.store, cell.name());
-    if let Ok(states) = store.node_states().await {
-        for (state, n) in states {
-            let cell = name.to_string();
-            m.nodes.get_or_create(&StateLabels { cell, state }).set(n);
-        }
-    }
-    if let Ok((pending, dead)) = store.inbox_stats(&app.instance_id).await {
-        let l = CellLabels { cell: name.into() };
-        m.inbox_pending.get_or_create(&l).set(pending as i64);
-        m.dead_letters.get_or_create(&l).set(dead as i64);
-    }
-    let Ok(pools) = store.pools().await else {
-        return;
-    };
-    if let Ok(capacity) = store.pool_capacity(&pools).await {
-        m.pools.set_capacity(name, &capacity);
-    }
-    let names: Vec<String> = pools.keys().cloned().collect();
-    let heads = store.queue_heads(&names).await.unwrap_or_default();
-    for (i, (pool, members)) in pools.into_iter().enumerate() {
-        let depth = heads.get(i).map_or(0, |h| h.0) as i64;
-        let l = PoolLabels {
-            cell: name.into(),
-            pool,
-        };
-        m.queue_depth.get_or_create(&l).set(depth);
-        m.pool_nodes.get_or_create(&l).set(members.len() as i64);
-    }
 }

@@ -30,9 +30,9 @@ pub struct Metrics {
     pub messages_in: Family<MessageLabels, Counter>,
     /// Inbound frames refused (invalid, unknown type, oversized, binary) by kind and reason.
     pub messages_rejected: Family<MessageLabels, Counter>,
-    /// Frames and connections refused by a `[limits]` setting, by kind (`node`,
-    /// `session`, `http`) and limit (`detail`: `rate`, `rate_close`, `connections`,
-    /// `header_timeout`, `upgrade_timeout`).
+    /// Frames, connections and streams refused by a `[limits]` setting, by kind (`node`,
+    /// `session`, `http`, `console`) and limit (`detail`: `rate`, `rate_close`,
+    /// `connections`, `header_timeout`, `upgrade_timeout`, `streams`).
     pub limited: Family<MessageLabels, Counter>,
     /// Node messages fenced off as stale (old connection or attempt), by connection kind.
     pub stale_messages: Family<KindLabels, Counter>,

@@ -49,7 +49,22 @@ pub fn cell_token(scopes: &[Scope], tenant: Option<&str>, cell: &str) -> String 
     mint(scopes, None, tenant, Some(cell))
 }
 
+/// A token that expires `ttl_s` seconds from now (`exp` is whole seconds).
+pub fn short_token(scopes: &[Scope], ttl_s: u64) -> String {
+    mint_ttl(scopes, None, None, None, ttl_s)
+}
+
 fn mint(scopes: &[Scope], sub: Option<&str>, tenant: Option<&str>, cell: Option<&str>) -> String {
+    mint_ttl(scopes, sub, tenant, cell, 3600)
+}
+
+fn mint_ttl(
+    scopes: &[Scope],
+    sub: Option<&str>,
+    tenant: Option<&str>,
+    cell: Option<&str>,
+    ttl_s: u64,
+) -> String {
     switchyard::auth::mint::hs256(
         TEST_SECRET,
         &switchyard::auth::mint::TokenSpec {
@@ -57,7 +72,7 @@ fn mint(scopes: &[Scope], sub: Option<&str>, tenant: Option<&str>, cell: Option<
             sub: sub.map(str::to_string),
             tenant: tenant.map(str::to_string),
             cell: cell.map(str::to_string),
-            ttl_s: 3600,
+            ttl_s,
         },
     )
     .expect("mint test token")
