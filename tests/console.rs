@@ -1,7 +1,9 @@
 //! The operator console against a real redis-server: a job's attempts and routing
 //! explanation (`GET /api/v1/jobs/{id}` and `switchyard inspect job`), a session's view and
 //! job list, the dashboard's snapshot and SSE stream (token in `?access_token=`), and the
-//! admin token every console route needs. Every scenario ends with the invariant checker.
+//! admin token every console route needs (`explain`: routing explanations; `stream`: the live
+//! stream's end at its token's `exp` and its cap). Every scenario ends with the invariant
+//! checker.
 
 mod common;
 
@@ -135,3 +137,6 @@ async fn the_console_needs_an_admin_token_but_the_page_does_not() {
 
 #[path = "console/explain.rs"]
 mod explain;
+
+#[path = "console/stream.rs"]
+mod stream;

@@ -1,6 +1,7 @@
 //! Prometheus scrapes a live instance (Debian's `prometheus`, installed by `make test`)
 //! every second; after a known workload the series must arrive through the Prometheus HTTP
-//! API with the right values.
+//! API with the right values. `scrape`: `/metrics` under many concurrent scrapers (one Redis
+//! refresh shared, never a half-cleared series).
 
 mod common;
 
@@ -119,3 +120,6 @@ async fn prometheus_scrapes_the_transition_counters_and_gauges() {
         assert_eq!(got, want, "{q}");
     }
 }
+
+#[path = "prometheus/scrape.rs"]
+mod scrape;

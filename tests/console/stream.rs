@@ -2,11 +2,9 @@
 //! real HTTP clients: it ends at its token's `exp` (the token is checked once, at
 //! connect), and at most `limits.max_console_streams` run per instance.
 
-mod common;
-
 use std::time::Duration;
 
-use common::*;
+use crate::common::*;
 
 /// GET the stream with `token` in `?access_token=` (as the dashboard's EventSource does).
 async fn open(inst: &switchyard::server::Running, token: &str) -> reqwest::Response {

@@ -3,10 +3,8 @@
 //! arrive (it needs no token on `listen`), and concurrent scrapes never see the pool
 //! series half cleared.
 
-mod common;
-
-use common::invariants::PREFIX;
-use common::*;
+use crate::common::invariants::PREFIX;
+use crate::common::*;
 
 /// `cmdstat_<cmd>` calls from `INFO commandstats`.
 async fn calls(c: &mut redis::aio::MultiplexedConnection, cmd: &str) -> u64 {
