@@ -61,10 +61,19 @@ pub fn one_cell(app: &App, q: &CellQuery) -> Result<Arc<Cell>, NoSuchCell> {
 
 /// `?cell=` of the request. A query that does not parse (`?cell=a&cell=b`) is a 400, not
 /// "every cell": a drain meant for one cell must not reach the first match in another.
-fn cell_query(parts: &Parts) -> Result<CellQuery, Response> {
+fn cell_query(parts: &Parts) -> Result<CellQuery, BadQuery> {
     Query::<CellQuery>::try_from_uri(&parts.uri)
         .map(|q| q.0)
-        .map_err(|e| error(StatusCode::BAD_REQUEST, format!("bad query: {e}")))
+        .map_err(|e| BadQuery(e.to_string()))
+}
+
+/// The query string does not parse: 400.
+pub struct BadQuery(String);
+
+impl IntoResponse for BadQuery {
+    fn into_response(self) -> Response {
+        error(StatusCode::BAD_REQUEST, format!("bad query: {}", self.0))
+    }
 }
 
 /// Extractor: the cells an admin call covers (`?cell=NAME`, or all); 404 for a cell the
@@ -75,7 +84,8 @@ impl FromRequestParts<Arc<App>> for Cells {
     type Rejection = Response;
 
     async fn from_request_parts(parts: &mut Parts, app: &Arc<App>) -> Result<Self, Response> {
-        selected_cells(app, &cell_query(parts)?)
+        let q = cell_query(parts).map_err(IntoResponse::into_response)?;
+        selected_cells(app, &q)
             .map(Self)
             .map_err(IntoResponse::into_response)
     }
@@ -88,7 +98,8 @@ impl FromRequestParts<Arc<App>> for OneCell {
     type Rejection = Response;
 
     async fn from_request_parts(parts: &mut Parts, app: &Arc<App>) -> Result<Self, Response> {
-        one_cell(app, &cell_query(parts)?)
+        let q = cell_query(parts).map_err(IntoResponse::into_response)?;
+        one_cell(app, &q)
             .map(Self)
             .map_err(IntoResponse::into_response)
     }
