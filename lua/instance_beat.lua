@@ -1,5 +1,6 @@
 --[[ instance_beat: an instance renews its presence, and takes over the inbox of at most one
-instance whose presence expired (a crash or kill -9). Atomic: exactly one instance wins a
+instance whose presence expired (a crash or kill -9) — unless the caller's own presence had
+expired too (Redis away or restarted: every presence has; peers get one beat to return). Atomic: exactly one instance wins a
 dead inbox. Each pending entry is re-resolved against its target's record: re-addressed to
 the owner's current connection (returned here when that is the caller, XADDed to the
 owner's inbox when another live instance owns it) or dropped when the target has no live
@@ -10,17 +11,18 @@ Input:
   KEYS[2] {tag}:instances      zset instance id -> presence expiry ms (the listing)
   KEYS[3] {tag}:inbox:<me>     this instance's inbox stream (consumer group created here)
   Derived: {tag}:instance:<dead>, {tag}:inbox:<dead>, {tag}:taken:<id> (tombstone, 1 h:
-           SET by every call of a takeover, from its first batch on, and by deliver() when
-           it drops a message for an instance whose presence is gone; DEL by <id>'s own
-           beat), node/session records, other inboxes.
+           SET by every call of a takeover, from its first batch on: `lost` when the batch
+           had entries, else `0` (NX); SET `lost` XX by deliver() when it drops a message
+           for a taken-over instance; DEL by <id>'s own beat), node/session records, other
+           inboxes.
   ARGV[1..4] ctx   ARGV[5] started_at ms (shown in /api/v1/instances)
   ARGV[6] "leave" at the end of a graceful shutdown: presence deleted and marked expired,
           so a peer takes the inbox over at its next beat instead of after the TTL
 Output: [JSON, blobs...]
   {"took_over":id?,"rerouted":N,"dropped":N,"more":bool,"lapsed":bool} | {"left":true}
   lapsed = while this instance was alive its presence had expired and that cost messages
-           (its tombstone was there: a takeover of its inbox, or a dropped delivery): close
-           its sockets
+           (its tombstone said `lost`: a takeover of inbox entries, or a delivery dropped
+           after a takeover): close its sockets
 ]]
 --!include ctx
 --!include deliver
@@ -32,13 +34,21 @@ if ARGV[6] == 'leave' then
 end
 -- Presence that lapsed while this instance was alive (stalled, partitioned, Redis away
 -- longer than the TTL): a peer may have taken its inbox over and messages for its
--- connections were dropped meanwhile. The caller then closes its sockets (clients
--- resume, nodes re-register) rather than carry on with holes.
--- Lapsed = the tombstone taken:<us> is there: a peer's takeover deleted entries of our
--- inbox, or a peer's script dropped a message for one of our connections because our
--- presence was gone. An expired presence that cost no message (Redis unreachable for a
--- while, or wiped) is not a lapse.
-local lapsed = redis.call('DEL', P .. 'taken:' .. ME) == 1
+-- connections were lost meanwhile. The caller then closes its sockets (clients resume,
+-- nodes re-register) rather than carry on with holes.
+-- Lapsed = the tombstone taken:<us> says `lost`: a peer's takeover deleted entries of our
+-- inbox, or a peer's script dropped a message for one of our connections after we were
+-- taken over. A takeover of an empty inbox leaves `0` (nothing lost yet); an expired
+-- presence that cost no message (Redis unreachable for a while, restarted, wiped; peers
+-- kept XADDing to our inbox while we were listed) is not a lapse. (Any other value, as an
+-- earlier version wrote, counts as lost.)
+local tomb = redis.call('GET', P .. 'taken:' .. ME)
+if tomb then redis.call('DEL', P .. 'taken:' .. ME) end
+local lapsed = (tomb or '0') ~= '0'
+-- Our own presence had expired too (Redis was away, or restarted from disk: PX expiries
+-- are absolute): every peer's has, and they beat within one beat interval. This beat
+-- takes nobody over, so that coming back from an outage is not a round of takeovers.
+local was_present = redis.call('EXISTS', KEYS[1]) == 1
 redis.call('SET', KEYS[1], ARGV[5], 'PX', CFG.presence_ttl)
 redis.call('ZADD', KEYS[2], NOW + CFG.presence_ttl, ME)
 if redis.call('EXISTS', KEYS[3]) == 0 then
@@ -46,14 +56,20 @@ if redis.call('EXISTS', KEYS[3]) == 0 then
 end
 
 local reply = {rerouted = 0, dropped = 0, more = false, lapsed = lapsed}
-local dead = redis.call('ZRANGEBYSCORE', KEYS[2], '-inf', NOW, 'LIMIT', 0, 1)[1]
+local dead = was_present and redis.call('ZRANGEBYSCORE', KEYS[2], '-inf', NOW, 'LIMIT', 0, 1)[1]
 if dead and dead ~= ME and redis.call('EXISTS', P .. 'instance:' .. dead) == 0 then
   local inbox = P .. 'inbox:' .. dead
   -- The tombstone first, at every batch: the entries this call deletes are lost to the dead
-  -- instance's connections, and if it was only stalled and beats before the last batch (the
-  -- takeover then stops: its presence is back), it must still learn it was taken over.
-  redis.call('SET', P .. 'taken:' .. dead, NOWS, 'PX', TOMBSTONE_MS)
+  -- instance's connections (`lost`), and if it was only stalled and beats before the last
+  -- batch (the takeover then stops: its presence is back), it must still learn it was taken
+  -- over. An empty inbox loses nothing: `0` (NX: never over `lost`), which a later drop
+  -- for one of its connections (deliver(): it is unlisted from here on) turns into `lost`.
   local entries = redis.call('XRANGE', inbox, '-', '+', 'COUNT', CFG.takeover_batch)
+  if #entries > 0 then
+    redis.call('SET', P .. 'taken:' .. dead, 'lost', 'PX', TOMBSTONE_MS)
+  else
+    redis.call('SET', P .. 'taken:' .. dead, '0', 'NX', 'PX', TOMBSTONE_MS)
+  end
   for _, e in ipairs(entries) do
     local f = {}
     for i = 1, #e[2], 2 do f[e[2][i]] = e[2][i + 1] end

@@ -1,18 +1,22 @@
 -- deliver(kind, id, msg_json, audio, seq): a message for node/session `id`, addressed to the
 -- connection that owns it now (owner instance + connection token from its record).
 --  * owner = the calling instance: returned in OUT, written to the local socket at once;
---  * owner = another live instance: XADDed to that instance's inbox stream here, atomically
---    with the state change that produced it (a crash between the two cannot lose it);
---  * owner dead or none: dropped — state keeps it recoverable (results stay in the result
---    log for resume, jobs time out and fail over). A drop for an owner whose presence is
---    gone but who is still listed in `instances` (stalled, not yet taken over) also SETs
---    the tombstone taken:<owner> (NX, TOMBSTONE_MS, as a takeover does): the owner finds it
---    at its next beat (instance_beat `lapsed`) and closes its connections with 1012, so
---    they resume instead of carrying on with a hole. An unlisted owner (Redis wiped, or
---    not beaten yet since it started) gets none.
--- Keys (derived, same hash tag): the target's node:/session: record, {tag}:instance:<owner>
--- (EXISTS), {tag}:inbox:<owner> (XADD), {tag}:instances (ZSCORE), {tag}:taken:<owner>
--- (SET NX), the payload's key.
+--  * owner = another instance listed in `instances`: XADDed to that instance's inbox
+--    stream here, atomically with the state change that produced it (a crash between the
+--    two cannot lose it). Listed, not present: an owner whose presence expired but that
+--    nobody took over yet is stalled or dead, and its inbox is where either way its
+--    messages are safe: it reads them when it comes back (after a Redis outage longer
+--    than the presence TTL, every instance is in that state for a moment), or the peer
+--    that takes it over re-routes its node messages;
+--  * owner not listed, or none: dropped — state keeps it recoverable (results stay in the
+--    result log for resume, jobs time out and fail over). An owner no longer listed was
+--    taken over: its tombstone taken:<owner> is there (instance_beat), and a drop marks it
+--    `lost` (SET XX): at its next beat (instance_beat `lapsed`) the owner, if it was only
+--    stalled, closes its connections with 1012, so they resume instead of carrying on with
+--    a hole. An owner unlisted without a tombstone (Redis wiped; present() lists an
+--    instance again as soon as it binds a connection) gets nothing.
+-- Keys (derived, same hash tag): the target's node:/session: record, {tag}:instances
+-- (ZSCORE), {tag}:inbox:<owner> (XADD), {tag}:taken:<owner> (SET XX), the payload's key.
 -- `audio` (optional) is the raw job payload, or {key=} to read it from only when it must be
 -- sent (`payload`); `seq` (optional) orders a session's terminal
 -- messages across the two paths; `tp` is the trace context the delivery span continues
@@ -91,7 +95,7 @@ local function deliver(kind, id, msg, audio, seq, tp, job, own, tail)
     BLOBS[#BLOBS + 1] = msg
     OUT[#OUT + 1] = {k = kind, id = id, owner = owner, conn = info[2], m = #BLOBS, blob = blob,
       seq = seq, tp = tp, job = job, own = (audio and own) and '1' or nil, t = t, town = town}
-  elseif info.alive ~= false and (info.alive or redis.call('EXISTS', P .. 'instance:' .. owner) == 1) then
+  elseif info.alive ~= false and (info.alive or redis.call('ZSCORE', P .. 'instances', owner)) then
     info.alive = true
     local env = cmsgpack.pack({k = kind, id = id, conn = info[2] or '', msg = msg, seq = seq or 0,
       tp = tp, job = job or ''})
@@ -106,14 +110,11 @@ local function deliver(kind, id, msg, audio, seq, tp, job, own, tail)
       redis.call('XADD', P .. 'inbox:' .. owner, 'MAXLEN', '~', CFG.inbox_max, '*', 'env', env)
     end
   else
-    -- Dropped. The first drop for this target in this call marks its owner (NX: a
-    -- tombstone already there is left as it is) if the owner is still listed in
-    -- `instances`: it stalled past its presence TTL, nobody took it over yet. An owner not
-    -- listed either was taken over (the takeover left the tombstone) or has not beaten
-    -- since Redis was wiped or since it started (its connections registered first): then
-    -- nothing it held before survived to be missed, and no lapse is due.
-    if info.alive == nil and redis.call('ZSCORE', P .. 'instances', owner) then
-      redis.call('SET', P .. 'taken:' .. owner, NOWS, 'NX', 'PX', TOMBSTONE_MS)
+    -- Dropped: the owner is not listed. The first drop for this target in this call marks
+    -- a takeover's tombstone `lost` (XX: only where a takeover left one; an owner unlisted
+    -- since Redis was wiped held nothing that survived, and no lapse is due).
+    if info.alive == nil then
+      redis.call('SET', P .. 'taken:' .. owner, 'lost', 'XX', 'PX', TOMBSTONE_MS)
     end
     info.alive = false
   end

@@ -293,3 +293,71 @@ async fn connections_bound_after_a_wipe_are_reachable_before_their_instance_beat
     assert_eq!(idx, vec![0, 1, 2], "results through A's inbox");
     invariants::check(&mut c).await;
 }
+
+/// Review finding: Redis away for longer than the presence TTL (a stall, a restart, a
+/// Sentinel failover) let every presence expire; the first instance to beat afterwards took
+/// the others' (empty) inboxes over and left their tombstones, and each of them then closed
+/// every socket it held (1012): a fleet-wide reconnect storm after every outage, though no
+/// message was lost. Now a beat whose own presence had expired takes nobody over, and a
+/// takeover of an empty inbox is no lapse (only a drop after it is). Driven through the
+/// scripts, so the order of the beats is the one that used to hurt.
+#[tokio::test]
+async fn coming_back_from_a_redis_outage_is_no_lapse() {
+    use common::cell::{Answer, Cell};
+    let redis = RedisServer::start().await;
+    let mut cell = Cell::new(&redis).await.expect("cell");
+    let (ia, ib) = (cell.inst[0].id.clone(), cell.inst[1].id.clone());
+    cell.register(0, 1, 0, 4).await.expect("n0 on B");
+    cell.open(0, 0).await.expect("s0 on A");
+    let mut c = redis.client().await;
+    // Every presence expired while Redis was away; their listings are due.
+    let expire_all = redis::pipe()
+        .del(format!("{PREFIX}instance:{ia}"))
+        .del(format!("{PREFIX}instance:{ib}"))
+        .zadd(format!("{PREFIX}instances"), &ia, 1)
+        .zadd(format!("{PREFIX}instances"), &ib, 1)
+        .clone();
+    let _: () = expire_all.query_async(&mut c).await.unwrap();
+    // Scripts run before anyone beats: the job_assign waits in B's inbox, the result for
+    // A's session in A's (both listed), instead of being dropped.
+    cell.submit(0, false, false).await.expect("submit");
+    let bad = cell.check().await; // B's consumer hands the node its job_assign
+    assert!(bad.is_empty(), "{bad:#?}");
+    cell.result(0, 0, Answer::Ok).await.expect("result");
+    let a = beat(&cell, 0).await;
+    assert!(
+        a.took_over.is_none() && !a.more,
+        "A's own presence had expired: {a:?}"
+    );
+    let b = beat(&cell, 1).await;
+    assert!(!b.lapsed, "B lost nothing: {b:?}");
+    let a = beat(&cell, 0).await;
+    assert!(!a.lapsed && a.took_over.is_none(), "{a:?}");
+    let bad = cell.check().await; // A's consumer delivers the result it kept
+    assert!(bad.is_empty(), "{bad:#?}");
+    let got: Vec<u64> = cell.clients.sessions[0].got.keys().copied().collect();
+    assert_eq!(got, vec![0], "{}", cell.clients.summary());
+
+    // One instance really gone (B), its inbox empty: A takes it over. That alone cost B
+    // nothing, so if B was only stalled its next beat is no lapse.
+    let _: () = redis::pipe()
+        .del(format!("{PREFIX}instance:{ib}"))
+        .zadd(format!("{PREFIX}instances"), &ib, 1)
+        .query_async(&mut c)
+        .await
+        .unwrap();
+    let a = beat(&cell, 0).await;
+    assert_eq!(a.took_over.as_deref(), Some(ib.as_str()), "{a:?}");
+    let b = beat(&cell, 1).await;
+    assert!(!b.lapsed, "an empty inbox taken over lost nothing: {b:?}");
+}
+
+/// One beat of the simulated instance in `slot`, its reply.
+async fn beat(cell: &common::cell::Cell, slot: usize) -> switchyard::store::instances::BeatReply {
+    let i = &cell.inst[slot];
+    i.store
+        .instance_beat(&i.id, 1, false)
+        .await
+        .expect("beat")
+        .reply
+}
