@@ -462,3 +462,6 @@ async fn sentinel_switchover_is_followed_by_polling_the_sentinels() {
     jobs_flow(&inst, 2).await;
     node.stop();
 }
+
+#[path = "topologies/migration.rs"]
+mod migration;

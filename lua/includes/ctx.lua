@@ -43,7 +43,7 @@ local CFG_NAMES = {'liveness', 'node_retention', 'batch', 'max_attempts', 'queue
   'queue_max', 'scan', 'ack_timeout', 'run_timeout', 'job_ttl', 'choices', 'sample', 'affinity',
   'mna_ms', 'mna_per_min', 'explain', 'session_ttl', 'pause', 'max_duration', 'max_bytes', 'playback_grace',
   'reorder', 'max_ahead', 'retention', 'group_window', 'min_cut', 'presence_ttl', 'inbox_max',
-  'takeover_batch'}
+  'takeover_batch', 'cluster'}
 local CFG_RAW = nil
 -- Lists the scripts derive from the configuration (field lists...), by name: built once
 -- per configuration instead of on every call (emptied when the configuration changes).
@@ -97,6 +97,12 @@ local function begin(keys, args)
   local sp = string.find(a4, ' ', 1, true)
   SEED = sp and string.sub(a4, 1, sp - 1) or a4
   TP = sp and string.sub(a4, sp + 1) or ''
+  -- On a Redis Cluster whose slot of this cell is being moved (MIGRATING), a script fails
+  -- at the first key it touches that is not here, and Redis keeps the writes made before
+  -- it: a reservation without its job, a deadline removed but not acted on. Touching a key
+  -- that never exists first makes such a call fail before any write (the caller gets
+  -- SCHEDULER_DEPENDENCY_DOWN; docs/scaling.md: move tenants to a new cell instead).
+  if CFG.cluster ~= 0 then redis.call('EXISTS', P .. 'slot-guard') end
   local t = redis.call('TIME')
   NOW = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
   NOWS = string.format('%d', NOW)

@@ -75,7 +75,7 @@ impl<'a> Args<'a> {
 
 /// The names of the numbers scripts read as CFG, in the order [`script_config`] packs them
 /// and `lua/includes/ctx.lua` (`CFG_NAMES`) unpacks them.
-pub(crate) const CFG_NAMES: [&str; 29] = [
+pub(crate) const CFG_NAMES: [&str; 30] = [
     "liveness",
     "node_retention",
     "batch",
@@ -105,6 +105,7 @@ pub(crate) const CFG_NAMES: [&str; 29] = [
     "presence_ttl",
     "inbox_max",
     "takeover_batch",
+    "cluster",
 ];
 
 /// The timings and limits scripts read as CFG (see lua/includes/ctx.lua): the numbers of
@@ -114,7 +115,7 @@ pub(crate) const CFG_NAMES: [&str; 29] = [
 pub(super) fn script_config(cfg: &Config) -> Vec<u8> {
     let j = &cfg.jobs;
     let s = &cfg.session;
-    let values: [(&str, f64); 29] = [
+    let values: [(&str, f64); 30] = [
         ("liveness", cfg.liveness_ms() as f64),
         ("node_retention", cfg.node.offline_retention_ms as f64),
         ("batch", cfg.sweep.batch as f64),
@@ -144,6 +145,12 @@ pub(super) fn script_config(cfg: &Config) -> Vec<u8> {
         ("presence_ttl", cfg.instance.presence_ttl_ms as f64),
         ("inbox_max", cfg.inbox.max_len as f64),
         ("takeover_batch", cfg.inbox.takeover_batch as f64),
+        (
+            "cluster",
+            f64::from(u8::from(
+                cfg.redis.mode == crate::config::RedisMode::Cluster,
+            )),
+        ),
     ];
     debug_assert!(values.iter().map(|v| v.0).eq(CFG_NAMES.iter().copied()));
     values.iter().flat_map(|(_, v)| v.to_le_bytes()).collect()

@@ -102,6 +102,8 @@ impl StoreError {
                 e.code(),
                 Some("READONLY" | "CLUSTERDOWN" | "TRYAGAIN" | "MASTERDOWN" | "LOADING")
             )
+            // The cell's slot is being moved (the script stopped at its guard, ctx.lua).
+            || e.to_string().contains("non local key")
         {
             StoreError::Unavailable(e.to_string())
         } else {
