@@ -28,8 +28,9 @@ fn cfg(mode: RedisMode, urls: Vec<String>, tweak: impl FnOnce(&mut Config)) -> C
     // Node liveness longer than a failover (≈ 2–4 s here): nodes stay registered across
     // it, as docs/scaling.md advises.
     c.node.liveness_ms = Some(8_000);
-    // Presence, too: an outage longer than the presence TTL makes instances look dead to
-    // each other when Redis returns (takeover, sockets closed with 1012).
+    // Presence, too: instances whose presence expired during the failover take nobody over
+    // when Redis returns (instance_beat), but a longer TTL keeps the scenario from
+    // depending on that.
     c.instance.presence_ttl_ms = 6_000;
     tweak(&mut c);
     c
