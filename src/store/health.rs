@@ -23,6 +23,26 @@ impl Store {
         Ok(())
     }
 
+    /// Load the library again for a call that found it missing at `failed_at`. Every call
+    /// in flight finds it missing at once (a `FUNCTION FLUSH`, a restart without
+    /// persistence); each loading the ~120 KB library would cost Redis a compile per call.
+    /// One reload runs at a time, and a call that failed before the last reload finished
+    /// just retries.
+    pub(super) async fn reload_scripts(
+        &self,
+        failed_at: Instant,
+        script: &'static str,
+    ) -> Result<(), StoreError> {
+        let mut last = self.reloaded.lock().await;
+        if last.is_some_and(|t| t >= failed_at) {
+            return Ok(());
+        }
+        tracing::warn!(script, "functions library missing in Redis: loading it");
+        self.load_scripts().await?;
+        *last = Some(Instant::now());
+        Ok(())
+    }
+
     /// Ready = the node holding the cell is a primary that answers, and every script is
     /// loaded there (loading them if a restart lost them). A demoted primary (it answers,
     /// but as a replica) is not ready: writes would fail with READONLY.

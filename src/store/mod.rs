@@ -134,6 +134,9 @@ pub struct Store {
     staging: Staging,
     /// This cell's script-call series, kept once looked up.
     series: Arc<ScriptSeries>,
+    /// When this cell's library was last loaded after a call found it missing: one reload
+    /// at a time, and none for calls that failed before it (see `reload_scripts`).
+    reloaded: tokio::sync::Mutex<Option<std::time::Instant>>,
 }
 
 impl Store {
@@ -153,6 +156,7 @@ impl Store {
             wait: (cfg.redis.wait_replicas, cfg.redis.wait_timeout_ms),
             staging: Staging::new(cfg),
             series: Arc::new(ScriptSeries::new()),
+            reloaded: Default::default(),
         })
     }
 
@@ -169,6 +173,7 @@ impl Store {
             wait: self.wait,
             staging: self.staging,
             series: Arc::new(ScriptSeries::new()),
+            reloaded: Default::default(),
         }
     }
 
@@ -312,12 +317,9 @@ impl Store {
                 && scripts::function_missing(e)
             {
                 // The library is gone (restart without persistence, FUNCTION FLUSH): load
-                // it where the cell lives and try once more.
-                tracing::warn!(
-                    script = name,
-                    "functions library missing in Redis: loading it"
-                );
-                Box::pin(self.load_scripts()).await?;
+                // it where the cell lives (once for all the calls that found it missing)
+                // and try once more.
+                Box::pin(self.reload_scripts(std::time::Instant::now(), name)).await?;
                 reply = call(&mut conn).await;
             }
             let mut parts: Vec<Vec<u8>> = match reply {

@@ -149,6 +149,61 @@ async fn function_flush_is_survived_transparently() {
     invariants::check(&mut c).await;
 }
 
+/// Review finding: after a `FUNCTION FLUSH` every call in flight found the library missing
+/// and loaded it itself: a compile of the ~120 KB library in Redis per call, a stall under
+/// load. One reload runs at a time, and calls that failed before it just retry.
+#[tokio::test]
+async fn calls_that_find_the_library_missing_load_it_once() {
+    let redis = RedisServer::start().await;
+    let inst = start_instance(&redis).await;
+    let mut c = redis.client().await;
+    let mut nodes = Vec::new();
+    for _ in 0..24 {
+        let mut n = WsClient::connect(&ws_url(&inst, "/ws/node")).await;
+        let id = n.register_id(fixture("node_register_first"), None).await;
+        nodes.push((n, id));
+    }
+    let _: () = redis::cmd("FUNCTION")
+        .arg("FLUSH")
+        .query_async(&mut c)
+        .await
+        .unwrap();
+    let _: () = redis::cmd("CONFIG")
+        .arg("RESETSTAT")
+        .query_async(&mut c)
+        .await
+        .unwrap();
+    // Every node's heartbeat at once: the calls are in flight together.
+    for (n, id) in nodes.iter_mut() {
+        n.heartbeat(id, Some(&["ja", "en"])).await;
+    }
+    for (_, id) in &nodes {
+        eventually_in_pool(
+            &c,
+            id,
+            "pub:ja:en",
+            "heartbeat applied after FUNCTION FLUSH",
+        )
+        .await;
+    }
+    let stats: String = redis::cmd("INFO")
+        .arg("commandstats")
+        .query_async(&mut c)
+        .await
+        .unwrap();
+    let loads: u64 = stats
+        .lines()
+        .find_map(|l| l.strip_prefix("cmdstat_function|load:calls="))
+        .and_then(|r| r.split(',').next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(0);
+    assert!(
+        (1..=2).contains(&loads),
+        "{loads} FUNCTION LOADs for 24 calls that found the library missing"
+    );
+    invariants::check(&mut c).await;
+}
+
 /// Review finding: a node registered on a connection sends `node_register` again on it
 /// while Redis does not answer (writes paused past `redis.timeout_ms`). The failed call
 /// unbound the connection from the local map, although Redis still names it as the node's
