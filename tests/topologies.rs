@@ -466,3 +466,6 @@ async fn sentinel_switchover_is_followed_by_polling_the_sentinels() {
 
 #[path = "topologies/migration.rs"]
 mod migration;
+
+#[path = "topologies/sentinels.rs"]
+mod sentinels;

@@ -354,8 +354,12 @@ impl Connector {
         if force && read(current).is_some() {
             return Ok(()); // another caller resolved it while we waited for the lock
         }
+        // Stamped when the answer is in, not before asking: the calls that failed meanwhile
+        // and queued on the lock then find a fresh answer and return, instead of each
+        // asking again (each waiting up to `timeout` for a sentinel that does not answer).
+        let asked = ask_sentinels(sentinels, master, self.timeout).await;
         *last = Some(Instant::now());
-        let (host, port) = ask_sentinels(sentinels, master, self.timeout).await?;
+        let (host, port) = asked?;
         let addr = format!("{host}:{port}");
         let old = read(current);
         if old.as_ref().is_some_and(|n| n.addr == addr) {
