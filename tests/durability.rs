@@ -306,3 +306,50 @@ async fn a_session_open_not_replicated_does_not_count_against_its_subject() {
     let mut c = primary.client().await;
     common::invariants::check(&mut c).await;
 }
+
+/// Review finding: a call that WAITs for replicas did so on a shared multiplexed connection,
+/// and Redis reads nothing more from a client blocked in WAIT: with a replica down, every
+/// call queued behind it on that connection (beats and sweeps, which do not wait
+/// themselves, included) waited too, the calls of all sessions going through four
+/// connections one WAIT at a time. Such a call now takes a connection of its own.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn calls_waiting_for_a_stopped_replica_do_not_queue_behind_each_other() {
+    let (primary, replica) = primary_and_replica().await;
+    let inst = start_with(single(&primary.url(), |c| {
+        c.redis.wait_replicas = 1;
+        c.redis.wait_timeout_ms = 800;
+        // (the client's response timeout must outlast the WAIT, or it cuts it short)
+        c.redis.timeout_ms = 3_000;
+    }))
+    .await;
+    let mut n = WsClient::connect(&ws_url(&inst, "/ws/node")).await;
+    let mut f = fixture("node_register_first");
+    f["max_concurrent_jobs"] = serde_json::json!(8); // none of the 8 jobs waits in a queue
+    n.register_id(f, None).await;
+    let mut sessions = Vec::new();
+    for _ in 0..8 {
+        sessions.push(session_on(&inst).await);
+    }
+    replica.signal("STOP");
+    let started = Instant::now();
+    for (s, sid) in sessions.iter_mut() {
+        s.send(&utterance(sid, 0)).await;
+    }
+    let told = sessions.iter_mut().map(|(s, _)| async move {
+        let e = next_of(s, "error", T).await.expect("the client is told");
+        assert_eq!(e["code"], "SCHEDULER_DEPENDENCY_DOWN", "{e}");
+        started.elapsed()
+    });
+    let took = futures_util::future::join_all(told).await;
+    let slowest = took.into_iter().max().expect("eight");
+    replica.signal("CONT");
+    eprintln!(
+        "8 submits waiting 0.8 s each for a stopped replica: the slowest answered after {slowest:?}"
+    );
+    assert!(
+        slowest < Duration::from_millis(1_400),
+        "WAITs queued behind each other: the slowest of 8 answered after {slowest:?}"
+    );
+    let mut c = primary.client().await;
+    common::invariants::check(&mut c).await;
+}

@@ -11,6 +11,7 @@
 mod args;
 mod clients;
 pub mod connection;
+mod error;
 mod health;
 pub mod inspect;
 pub mod instances;
@@ -38,6 +39,7 @@ use args::script_config;
 pub use args::{Arg, Args};
 pub use connection::Conn;
 use connection::Connector;
+pub use error::{StoreError, Unreplicated};
 pub use keys::Keys;
 use reply::decode_reply;
 pub use reply::{Delivery, Events, Latencies, Output, lua_list};
@@ -46,74 +48,8 @@ use series::{OUTCOMES, ScriptSeries};
 pub use stage::STAGE_MIN_BYTES;
 use stage::{Staged, Staging};
 
-#[derive(Debug, thiserror::Error)]
-pub enum StoreError {
-    /// Redis cannot be reached (refused, timed out, pool exhausted). Transient.
-    #[error("redis unavailable: {0}")]
-    Unavailable(String),
-    /// Redis answered with an error (a script bug or a misconfigured server).
-    #[error("redis error in {script}: {message}")]
-    Redis {
-        script: &'static str,
-        message: String,
-    },
-    /// A script reply that does not decode: a mismatch between Lua and Rust.
-    #[error("unexpected reply from {script}: {message}")]
-    Reply {
-        script: &'static str,
-        message: String,
-    },
-    /// The script ran and its change is committed on the primary, but not known to be
-    /// replicated: `WAIT` (`redis.wait_replicas`) got fewer replicas in time, or failed.
-    /// Answered like [`StoreError::Unavailable`]; the script's messages are in it, and
-    /// `routing::delivered` writes them all the same (the primary is the source of truth
-    /// until a failover).
-    #[error("redis change not known to be replicated: {}", .0.message)]
-    Unreplicated(Box<Unreplicated>),
-}
-
-/// What a call whose `WAIT` fell short did: why, and what its script asked to deliver.
-#[derive(Debug)]
-pub struct Unreplicated {
-    pub message: String,
-    /// The script's deliveries (its typed reply is dropped). Taken out once delivered.
-    pub output: Output<()>,
-}
-
-impl StoreError {
-    /// Redis is away, or a change could not be confirmed by its replicas: transient, and
-    /// what a client sees as `SCHEDULER_DEPENDENCY_DOWN`.
-    pub fn is_unavailable(&self) -> bool {
-        matches!(
-            self,
-            StoreError::Unavailable(_) | StoreError::Unreplicated(_)
-        )
-    }
-}
-
-impl StoreError {
-    fn from_redis(script: &'static str, e: redis::RedisError) -> Self {
-        if e.is_io_error()
-            || e.is_timeout()
-            || e.is_connection_dropped()
-            || e.is_connection_refusal()
-            // A demoted primary (sentinel failover), a slot without a primary (cluster).
-            || matches!(
-                e.code(),
-                Some("READONLY" | "CLUSTERDOWN" | "TRYAGAIN" | "MASTERDOWN" | "LOADING")
-            )
-            // The cell's slot is being moved (the script stopped at its guard, ctx.lua).
-            || e.to_string().contains("non local key")
-        {
-            StoreError::Unavailable(e.to_string())
-        } else {
-            StoreError::Redis {
-                script,
-                message: e.to_string(),
-            }
-        }
-    }
-}
+/// The `slot` of a connection that is not one of the shared ones (`drop_shared` ignores it).
+const NOT_SHARED: usize = usize::MAX;
 
 /// Handle to one cell's Redis state (several cells share the connections).
 pub struct Store {
@@ -283,7 +219,18 @@ impl Store {
             // The rare paths (connecting, sentinel re-resolution, loading the library,
             // WAIT) are boxed: their futures are kilobytes, and inline they made this
             // call's future ~8 KB, copied each time a caller's future moved it.
-            let (slot, mut conn) = match self.connector.shared().await {
+            // A call that WAITs for replicas takes a pooled connection of its own: Redis
+            // reads nothing more from a client blocked in WAIT, so on a shared connection
+            // every call queued behind it (beats, sweeps) would wait up to wait_timeout_ms.
+            let waits = self.wait.0 > 0 && script.waits_for_replicas();
+            let conn = if waits && !self.connector.is_cluster() {
+                Box::pin(self.connector.conn())
+                    .await
+                    .map(|c| (NOT_SHARED, c))
+            } else {
+                self.connector.shared().await
+            };
+            let (slot, mut conn) = match conn {
                 Ok(c) => c,
                 Err(e) => {
                     Box::pin(self.connector.failed()).await;

@@ -1,0 +1,74 @@
+//! The store's one error type: what a script call can come back with, and which Redis
+//! errors mean "Redis is away" ([`StoreError::Unavailable`], `SCHEDULER_DEPENDENCY_DOWN`
+//! for clients) rather than a bug.
+
+use super::Output;
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// Redis cannot be reached (refused, timed out, pool exhausted). Transient.
+    #[error("redis unavailable: {0}")]
+    Unavailable(String),
+    /// Redis answered with an error (a script bug or a misconfigured server).
+    #[error("redis error in {script}: {message}")]
+    Redis {
+        script: &'static str,
+        message: String,
+    },
+    /// A script reply that does not decode: a mismatch between Lua and Rust.
+    #[error("unexpected reply from {script}: {message}")]
+    Reply {
+        script: &'static str,
+        message: String,
+    },
+    /// The script ran and its change is committed on the primary, but not known to be
+    /// replicated: `WAIT` (`redis.wait_replicas`) got fewer replicas in time, or failed.
+    /// Answered like [`StoreError::Unavailable`]; the script's messages are in it, and
+    /// `routing::delivered` writes them all the same (the primary is the source of truth
+    /// until a failover).
+    #[error("redis change not known to be replicated: {}", .0.message)]
+    Unreplicated(Box<Unreplicated>),
+}
+
+/// What a call whose `WAIT` fell short did: why, and what its script asked to deliver.
+#[derive(Debug)]
+pub struct Unreplicated {
+    pub message: String,
+    /// The script's deliveries (its typed reply is dropped). Taken out once delivered.
+    pub output: Output<()>,
+}
+
+impl StoreError {
+    /// Redis is away, or a change could not be confirmed by its replicas: transient, and
+    /// what a client sees as `SCHEDULER_DEPENDENCY_DOWN`.
+    pub fn is_unavailable(&self) -> bool {
+        matches!(
+            self,
+            StoreError::Unavailable(_) | StoreError::Unreplicated(_)
+        )
+    }
+}
+
+impl StoreError {
+    pub(super) fn from_redis(script: &'static str, e: redis::RedisError) -> Self {
+        if e.is_io_error()
+            || e.is_timeout()
+            || e.is_connection_dropped()
+            || e.is_connection_refusal()
+            // A demoted primary (sentinel failover), a slot without a primary (cluster).
+            || matches!(
+                e.code(),
+                Some("READONLY" | "CLUSTERDOWN" | "TRYAGAIN" | "MASTERDOWN" | "LOADING")
+            )
+            // The cell's slot is being moved (the script stopped at its guard, ctx.lua).
+            || e.to_string().contains("non local key")
+        {
+            StoreError::Unavailable(e.to_string())
+        } else {
+            StoreError::Redis {
+                script,
+                message: e.to_string(),
+            }
+        }
+    }
+}
