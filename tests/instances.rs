@@ -429,5 +429,7 @@ async fn redis_away_for_five_seconds_under_load_then_everything_resumes_by_itsel
     invariants::check(&mut c).await;
 }
 
+#[path = "instances/ambiguous.rs"]
+mod ambiguous;
 #[path = "instances/lapse.rs"]
 mod lapse;

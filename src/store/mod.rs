@@ -3,8 +3,10 @@
 //! Every state change is one Lua script (DESIGN §1.2); this module turns each script into
 //! one typed Rust function (`nodes.rs` for the node side) and keeps the plumbing in one
 //! place: the deadpool-redis pool, FCALL with transparent reload of a missing library, JSON
-//! replies decoded into enums, per-script metrics, and one error for "Redis is away"
-//! ([`StoreError::Unavailable`], which clients see as `SCHEDULER_DEPENDENCY_DOWN`).
+//! replies decoded into enums, per-script metrics, and the errors for "Redis is away"
+//! ([`StoreError::Unavailable`]: the script did not run; [`StoreError::Ambiguous`]: it was
+//! sent and no reply came, so it may have run; clients see both as
+//! `SCHEDULER_DEPENDENCY_DOWN`).
 //! Which Redis answers (one server, a Sentinel-managed primary, a Cluster) is the business
 //! of `connection.rs` alone: the rest of the code sees one `Store` whatever the topology.
 
@@ -48,9 +50,17 @@ use stage::{Staged, Staging};
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
-    /// Redis cannot be reached (refused, timed out, pool exhausted). Transient.
+    /// Redis cannot be reached (refused, pool exhausted, no primary): the call was not
+    /// made, or Redis refused it without running it. Transient.
     #[error("redis unavailable: {0}")]
     Unavailable(String),
+    /// The script was sent and its reply never came (response timeout, connection dropped or
+    /// failed mid-call): Redis may have run it, and committed, all the same — its messages
+    /// (a `translation_result` for a session here) are then lost with the reply. Transient,
+    /// answered like [`StoreError::Unavailable`]; a session whose own call ends so closes
+    /// with 1012 so that its resume resends what the result log holds.
+    #[error("redis reply lost (the script may have run): {0}")]
+    Ambiguous(String),
     /// Redis answered with an error (a script bug or a misconfigured server).
     #[error("redis error in {script}: {message}")]
     Redis {
@@ -86,8 +96,26 @@ impl StoreError {
     pub fn is_unavailable(&self) -> bool {
         matches!(
             self,
-            StoreError::Unavailable(_) | StoreError::Unreplicated(_)
+            StoreError::Unavailable(_) | StoreError::Ambiguous(_) | StoreError::Unreplicated(_)
         )
+    }
+
+    /// The call may have committed without its reply reaching us ([`StoreError::Ambiguous`]).
+    pub fn is_ambiguous(&self) -> bool {
+        matches!(self, StoreError::Ambiguous(_))
+    }
+
+    /// A failed call of a script that was (or may have been) sent: a timeout or a connection
+    /// that dropped or failed mid-call is ambiguous; a refused connection or an error reply
+    /// is not (Redis did not run the script).
+    fn from_call(script: &'static str, e: redis::RedisError) -> Self {
+        let lost = e.is_timeout()
+            || e.is_connection_dropped()
+            || (e.is_io_error() && !e.is_connection_refusal());
+        match Self::from_redis(script, e) {
+            StoreError::Unavailable(m) if lost => StoreError::Ambiguous(m),
+            other => other,
+        }
     }
 }
 
@@ -321,8 +349,8 @@ impl Store {
             let mut parts: Vec<Vec<u8>> = match reply {
                 Ok(p) => p,
                 Err(e) => {
-                    let e = StoreError::from_redis(name, e);
-                    if matches!(e, StoreError::Unavailable(_)) {
+                    let e = StoreError::from_call(name, e);
+                    if matches!(e, StoreError::Unavailable(_) | StoreError::Ambiguous(_)) {
                         self.connector.drop_shared(slot);
                         Box::pin(self.connector.failed()).await;
                     }
