@@ -58,12 +58,13 @@ pub mod close {
     pub const RESTARTING: u16 = 1012;
     /// A newer connection registered the same node id.
     pub const REPLACED: u16 = 4001;
-    /// Reason of the 1012 close of a session whose results may be missing (see [`OnGap`]).
-    pub const RESUME_REASON: &str = "results missing; resume";
     /// The node missed its liveness deadline and was taken offline.
     pub const LIVENESS: u16 = 4002;
     /// Nothing (no frame, no pong) came for `ws.idle_timeout_ms`: the peer is gone.
     pub const IDLE: u16 = 4003;
+    /// Reason of the 1012 close of a session whose results may be missing (see
+    /// [`super::OnGap`]): its resume resends them.
+    pub const RESUME_REASON: &str = "results missing; resume";
 }
 
 /// How a writer treats a gap in its ordered messages.
