@@ -129,9 +129,21 @@ impl App {
         self.cells.iter().all(|c| c.inbox_alive(window))
     }
 
-    /// How long a session connection waits for a missing earlier message.
-    pub fn order_gap(&self) -> Duration {
-        Duration::from_millis(self.cfg.session.order_gap_ms)
+    /// How a connection of `kind` treats a missing earlier message (only sessions get
+    /// ordered messages): `session.order_gap_ms`, `session.on_gap`, and its counter
+    /// (`switchyard_deliveries_total{detail="gap_resume"|"gap_skipped"}`).
+    pub fn gap(&self, kind: &'static str) -> crate::gateway::socket::Gap {
+        use crate::config::OnGap;
+        let on_gap = self.cfg.session.on_gap;
+        let detail = match on_gap {
+            OnGap::Resume => "gap_resume",
+            OnGap::Skip => "gap_skipped",
+        };
+        crate::gateway::socket::Gap {
+            wait: Duration::from_millis(self.cfg.session.order_gap_ms),
+            on_gap,
+            counter: self.metrics.delivery_counter(kind, detail),
+        }
     }
 }
 

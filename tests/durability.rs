@@ -184,7 +184,8 @@ async fn wait_replicas_cost_is_measured() {
 /// Review finding: with `redis.wait_replicas` set, a `WAIT` that fell short failed the
 /// call *after* its script had committed on the primary, so the caller never routed the
 /// script's messages: a `job_result`'s translation_result for a session on the same
-/// instance was never written (the session's writer later skipped the gap), and a
+/// instance was never written (the session's writer later skipped the gap; it now closes
+/// with 1012 so the client resumes, see tests/instances/ambiguous.rs), and a
 /// submit's `job_assign` to a node here was lost (the client's retry is a duplicate, which
 /// sends nothing), so the job waited for its run timeout. The primary is the source of
 /// truth until a failover: the messages are delivered, and the caller is still told the

@@ -429,5 +429,9 @@ async fn redis_away_for_five_seconds_under_load_then_everything_resumes_by_itsel
     invariants::check(&mut c).await;
 }
 
+#[path = "instances/ambiguous.rs"]
+mod ambiguous;
+#[path = "instances/inbox_pending.rs"]
+mod inbox_pending;
 #[path = "instances/lapse.rs"]
 mod lapse;

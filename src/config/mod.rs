@@ -35,7 +35,7 @@ pub use limits::LimitsConfig;
 pub use log::LogConfig;
 pub use node::NodeConfig;
 pub use redis::{RedisConfig, RedisMode};
-pub use session::SessionConfig;
+pub use session::{OnGap, SessionConfig};
 pub use sweep::SweepConfig;
 pub use telemetry::TelemetryConfig;
 pub use ws::WsConfig;

@@ -25,6 +25,10 @@ pub struct SessionConfig {
     /// A session connection waits at most this long for a missing earlier message (results
     /// may arrive by the local path and through the inbox) before writing later ones.
     pub order_gap_ms: u64,
+    /// What a session connection does when a gap outlasts `order_gap_ms`: close with 1012 so
+    /// the client resumes and gets the missing messages from the result log (`resume`), or
+    /// write what follows without them (`skip`: for clients that cannot resume).
+    pub on_gap: OnGap,
     /// A result with text joins the session's active utterance group unless more than this
     /// has passed since the group's anchor (its creation, then each `tts_play_ended` for it).
     pub group_window_ms: u64,
@@ -45,8 +49,22 @@ impl Default for SessionConfig {
             max_index_ahead: 1_000,
             result_retention_ms: 120_000,
             order_gap_ms: 2_000,
+            on_gap: OnGap::Resume,
             group_window_ms: 2_000,
             min_cut_ms: 200,
         }
     }
+}
+
+/// `session.on_gap`: what a session connection does about a message that never came.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum OnGap {
+    /// Close the connection with 1012 ("results missing; resume"): the client's resume gets
+    /// every result after its last from the session's result log, in order.
+    #[default]
+    Resume,
+    /// Write the later messages without the missing one (it is lost to this connection
+    /// unless it still arrives, or the client resumes on its own).
+    Skip,
 }

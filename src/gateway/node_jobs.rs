@@ -2,10 +2,20 @@
 //! Each is one fenced script call (the job's current attempt, on the node it was given to,
 //! from that node's current connection); anything stale is counted, answered with an
 //! `error`, and changes nothing.
+//!
+//! A `job_result` whose reply was lost ([`crate::store::StoreError::Ambiguous`]) may have
+//! committed, and its reply carried the `translation_result` for a session on this
+//! instance. The instance does not know the job's session (job ids do not name it), but a
+//! lingua node echoes the `session_id` of its `job_assign`: if that session is connected
+//! here it is closed with 1012, and its resume resends the result from the log. A node that
+//! names no session (or another's: the worst it can do is make a session resume) leaves it
+//! to the session writer's gap check (`session.on_gap`) when a later result follows, and to
+//! the client's own resume when none does.
 
 use std::sync::Arc;
 
 use super::node::NodeConn;
+use super::{Kind, Outbound, close};
 use crate::cells::Cell;
 use crate::protocol::ErrorCode;
 use crate::protocol::node::{AsrPartial, JobAck, JobResult};
@@ -106,7 +116,29 @@ impl NodeConn {
         match routing::delivered_with(&self.app, &cell, out, known) {
             Ok(FencedReply::Stale { reason }) => self.stale("job_result", &r.job_id, &reason),
             Ok(FencedReply::Ok { .. }) => {}
-            Err(e) => self.store_error(&e),
+            Err(e) => {
+                self.store_error(&e);
+                if e.is_ambiguous() {
+                    self.resume_named_session(&cell, r.session_id.as_deref());
+                }
+            }
+        }
+    }
+
+    /// Close the session `sid` (named by the node's lost `job_result`) with 1012 if it is
+    /// connected here, so that its resume resends what the lost reply carried.
+    fn resume_named_session(&self, cell: &Cell, sid: Option<&str>) {
+        let Some(sid) = sid.filter(|s| !s.is_empty()) else {
+            return;
+        };
+        if let Some(c) = self.app.conns.get(Kind::Session, cell.name(), sid, None) {
+            self.app.metrics.delivery("session", "ambiguous_resume");
+            tracing::warn!(
+                session_id = sid,
+                "job_result lost its reply; closing the session with 1012 so it resumes"
+            );
+            let close = Outbound::Close(close::RESTARTING, close::RESUME_REASON.into());
+            let _ = c.tx.try_send(close);
         }
     }
 

@@ -50,7 +50,7 @@ impl Peer {
     /// anything else → `INTERNAL_ERROR`.
     pub fn store_error(&self, e: &StoreError) {
         match e {
-            StoreError::Unavailable(_) => self.error(
+            StoreError::Unavailable(_) | StoreError::Ambiguous(_) => self.error(
                 ErrorCode::SchedulerDependencyDown,
                 "scheduler state store unreachable",
             ),
@@ -174,7 +174,7 @@ async fn drive<H: Handler, F: FnOnce(Peer) -> H>(
         .filter(|ms| *ms > 0)
         .map(Duration::from_millis);
     let (tx, mut stream, mut writer) =
-        socket::split(ws, app.cfg.ws.send_queue, app.order_gap(), write_timeout);
+        socket::split(ws, app.cfg.ws.send_queue, app.gap(H::KIND), write_timeout);
     let mut writer_done = false;
     let mut shutdown = app.shutdown_signal();
     let mut h = make(Peer {

@@ -2,6 +2,12 @@
 //!
 //! The connection keeps only its session id and connection token; languages, cursors and
 //! the audio buffer live in Redis, so any instance can cut, dispatch and deliver for it.
+//!
+//! A script call of the session's own that may release its terminal messages (`submit`,
+//! `audio_append`, `session_close`) and whose reply was lost ([`StoreError::Ambiguous`]: it
+//! may have committed) closes the connection with 1012 after the error: what the reply
+//! carried is in the session's result log, and the client's resume resends it. Without
+//! that, a lost last result would never show up as a gap (DESIGN §1.5).
 
 use std::sync::Arc;
 
@@ -12,8 +18,8 @@ use axum::response::Response;
 use serde_json::json;
 use tracing::Instrument;
 
-use super::Kind;
 use super::peer::{self, Handler, Peer};
+use super::{Kind, Outbound, close};
 use crate::auth::{Credential, Scope};
 use crate::capabilities::{RouteRequest, route};
 use crate::cells::Cell;
@@ -21,6 +27,7 @@ use crate::protocol::session::{JobSpec, SessionInbound, Utterance, estimate_ms, 
 use crate::protocol::{DecodeError, ErrorCode, base64, decode, now_ms};
 use crate::routing;
 use crate::server::App;
+use crate::store::StoreError;
 use crate::store::sessions::{NewJob, SessionReply, Touch};
 
 const KIND: &str = "session";
@@ -110,6 +117,20 @@ impl SessionConn {
         true
     }
 
+    /// A failed call that may have released this session's messages: answered like any
+    /// store error, then, when its reply was lost, the connection closes so it resumes.
+    fn delivery_failed(&self, e: &StoreError) {
+        self.store_error(e);
+        if e.is_ambiguous() {
+            self.app.metrics.delivery(KIND, "ambiguous_resume");
+            tracing::warn!(error = %e, "session call lost its reply; closing with 1012 so the client resumes");
+            self.send(Outbound::Close(
+                close::RESTARTING,
+                close::RESUME_REASON.into(),
+            ));
+        }
+    }
+
     async fn on_text(&mut self, text: &str) {
         let msg = match decode::<SessionInbound>(text) {
             Ok(m) => m,
@@ -181,6 +202,8 @@ impl SessionConn {
             );
         }
         let app = self.app.clone();
+        // Only an audio_append (a cut) releases terminal messages of the calls below.
+        let delivers = matches!(msg, SessionInbound::AudioChunk(_));
         let result = match msg {
             SessionInbound::SessionInit(_) => return,
             SessionInbound::AudioChunk(c) => {
@@ -238,7 +261,7 @@ impl SessionConn {
                             );
                         }
                     }
-                    Err(e) => self.store_error(&e),
+                    Err(e) => self.delivery_failed(&e),
                 }
                 return;
             }
@@ -247,6 +270,7 @@ impl SessionConn {
             Ok(reply) => {
                 self.session_problem(&reply);
             }
+            Err(e) if delivers => self.delivery_failed(&e),
             Err(e) => self.store_error(&e),
         }
     }
@@ -328,7 +352,7 @@ impl SessionConn {
             Ok(other) => {
                 self.session_problem(&other);
             }
-            Err(e) => self.store_error(&e),
+            Err(e) => self.delivery_failed(&e),
         }
     }
 }

@@ -5,8 +5,14 @@
 //! session's sequence number and may arrive by two paths (a local script's reply, or
 //! another instance's script through the inbox stream), so a later one can overtake an
 //! earlier one by a few milliseconds. The writer holds it back until the gap fills, or
-//! `order_gap` passes (then the gap is skipped and logged; a skipped message that still
-//! arrives is written late rather than lost).
+//! `order_gap` passes. Then the missing message is taken for lost (a script whose reply
+//! never came though it committed, an inbox entry trimmed away): by default
+//! (`session.on_gap = "resume"`) the writer closes the connection with 1012 without writing
+//! what it holds, so the client resumes and gets every result after its last one from the
+//! session's result log, in order; with `"skip"` it writes what follows without it (a
+//! skipped message that still arrives is written late rather than lost). The gap clock runs
+//! only once the connection's first expected number is known (`ExpectSeq`, sent with the
+//! session's ack): messages that come before it are held without a clock.
 
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -14,9 +20,12 @@ use std::time::Duration;
 use axum::extract::ws::{CloseFrame, Message, WebSocket};
 use futures_util::SinkExt;
 use futures_util::stream::{SplitSink, SplitStream, StreamExt};
+use prometheus_client::metrics::counter::Counter;
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
+
+pub use crate::config::OnGap;
 
 /// What can be written to a connection.
 #[derive(Debug, Clone)]
@@ -53,6 +62,20 @@ pub mod close {
     pub const LIVENESS: u16 = 4002;
     /// Nothing (no frame, no pong) came for `ws.idle_timeout_ms`: the peer is gone.
     pub const IDLE: u16 = 4003;
+    /// Reason of the 1012 close of a session whose results may be missing (see
+    /// [`super::OnGap`]): its resume resends them.
+    pub const RESUME_REASON: &str = "results missing; resume";
+}
+
+/// How a writer treats a gap in its ordered messages.
+#[derive(Clone)]
+pub struct Gap {
+    /// How long a missing message is waited for (`session.order_gap_ms`).
+    pub wait: Duration,
+    /// What then (`session.on_gap`).
+    pub on_gap: OnGap,
+    /// Counts each gap given up on.
+    pub counter: Counter,
 }
 
 /// Split `ws`: returns the sender, the inbound stream and the writer task. A socket write
@@ -61,7 +84,7 @@ pub mod close {
 pub fn split(
     ws: WebSocket,
     queue: usize,
-    order_gap: Duration,
+    gap: Gap,
     write_timeout: Option<Duration>,
 ) -> (
     mpsc::Sender<Outbound>,
@@ -70,7 +93,7 @@ pub fn split(
 ) {
     let (sink, stream) = ws.split();
     let (tx, rx) = mpsc::channel::<Outbound>(queue);
-    let writer = tokio::spawn(write_loop(sink, rx, order_gap, write_timeout));
+    let writer = tokio::spawn(write_loop(sink, rx, gap, write_timeout));
     (tx, stream, writer)
 }
 
@@ -119,7 +142,7 @@ impl Order {
         self.ready()
     }
 
-    /// The gap lasted too long: continue from the lowest held message.
+    /// The gap lasted too long: continue from the lowest held message (`on_gap = "skip"`).
     pub fn skip(&mut self) -> Vec<String> {
         if let (Some(e), Some((&first, _))) = (self.expected, self.held.iter().next()) {
             // Only the last SKIPPED_KEPT numbers are remembered, so only those are
@@ -178,23 +201,42 @@ const BATCH: usize = 64;
 async fn write_loop(
     mut sink: SplitSink<WebSocket, Message>,
     mut rx: mpsc::Receiver<Outbound>,
-    order_gap: Duration,
+    gap: Gap,
     write_timeout: Option<Duration>,
 ) -> WriterEnd {
     let mut order = Order::default();
     // Text messages held back while a registration is in progress (see Outbound::Hold).
     let mut held: Option<Vec<String>> = None;
     let end = loop {
-        let gap_deadline = order.gap_since.map(|t| t + order_gap);
+        let gap_deadline = order.gap_since.map(|t| t + gap.wait);
         let next = tokio::select! {
             m = rx.recv() => m,
             _ = async { tokio::time::sleep_until(gap_deadline.unwrap_or_else(Instant::now)).await },
                 if gap_deadline.is_some() => {
-                tracing::warn!(held = order.held.len(), "session message gap skipped");
-                if let Err(end) = write_all(&mut sink, order.skip(), write_timeout).await {
-                    break end;
+                gap.counter.inc();
+                if gap.on_gap == OnGap::Skip {
+                    tracing::warn!(held = order.held.len(), "session message gap skipped");
+                    if let Err(end) = write_all(&mut sink, order.skip(), write_timeout).await {
+                        break end;
+                    }
+                    continue;
                 }
-                continue;
+                // What is held is not written: the client's resume starts after the last
+                // index it got, and the missing one comes first.
+                tracing::warn!(
+                    held = order.held.len(),
+                    expected = order.expected,
+                    "session message missing; closing with 1012 so the client resumes"
+                );
+                let frame = CloseFrame {
+                    code: close::RESTARTING,
+                    reason: close::RESUME_REASON.into(),
+                };
+                let close = sink.send(Message::Close(Some(frame)));
+                match bounded(write_timeout, close).await {
+                    Err(WriterEnd::WriteTimeout) => break WriterEnd::WriteTimeout,
+                    _ => break WriterEnd::Done,
+                }
             }
         };
         // Take what is already queued too (up to BATCH messages), so a burst is written

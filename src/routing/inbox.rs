@@ -4,10 +4,17 @@
 //!
 //! A dedicated Redis connection (never the shared pool) blocks in XREADGROUP; each entry is
 //! written to its local socket, then XACKed and XDELed. A result logged in two parts names
-//! its body's key (`tail_key`): the bodies of a batch are read in one pipeline first. Entries left pending (read, never
-//! acknowledged) are claimed again after `claim_idle_ms`; one delivered
-//! `dead_letter_after` times moves to the dead-letter stream. On any Redis error the loop
-//! reconnects, re-creates the consumer group if Redis lost it, and re-issues the read.
+//! its body's key (`tail_key`): the bodies of a batch are read in one pipeline first.
+//!
+//! On any Redis error the loop reconnects, re-creates the consumer group if Redis lost it,
+//! and first reads this consumer's own pending entries (`XREADGROUP ... 0`, until none is
+//! left): entries whose read reply was lost (a timeout, a dropped connection) are delivered
+//! at the reconnect, not `claim_idle_ms` later when the session's writer has long given up
+//! on them. Only then does it read new entries (`>`). Entries written to their socket whose
+//! XACK failed are remembered (by entry id, the last [`WRITTEN_KEPT`], across reconnects) and
+//! only acknowledged when read again: a node does not get the same `job_assign` twice.
+//! Entries left pending by anything else (a crash mid-write) are claimed again after
+//! `claim_idle_ms`; one delivered `dead_letter_after` times moves to the dead-letter stream.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -19,6 +26,10 @@ use serde::Deserialize;
 use crate::cells::Cell;
 use crate::server::App;
 use crate::store::Conn;
+
+mod written;
+pub use written::WRITTEN_KEPT;
+use written::Written;
 
 const GROUP: &str = "g";
 
@@ -40,9 +51,10 @@ struct Envelope {
 
 pub async fn run(app: Arc<App>, cell: Arc<Cell>) {
     let mut stop = app.shutdown_signal();
+    let mut written = Written::default();
     loop {
         let result = tokio::select! {
-            r = consume(&app, &cell) => r,
+            r = consume(&app, &cell, &mut written) => r,
             _ = stop.changed() => return,
         };
         if let Err(e) = result {
@@ -60,7 +72,7 @@ pub async fn run(app: Arc<App>, cell: Arc<Cell>) {
 /// Why the consumer loop stopped: a Redis error or no connection.
 type ConsumeError = Box<dyn std::error::Error + Send + Sync>;
 
-async fn consume(app: &App, cell: &Cell) -> Result<(), ConsumeError> {
+async fn consume(app: &App, cell: &Cell, written: &mut Written) -> Result<(), ConsumeError> {
     let block = app.cfg.inbox.block_ms;
     let mut conn = cell
         .store
@@ -68,6 +80,7 @@ async fn consume(app: &App, cell: &Cell) -> Result<(), ConsumeError> {
         .await?;
     let inbox = cell.store.keys.inbox(&app.instance_id);
     ensure_group(&mut conn, &inbox).await?;
+    own_pending(app, cell, &mut conn, &inbox, written).await?;
     cell.mark_inbox_alive();
     let mut last_claim = Instant::now();
     loop {
@@ -94,11 +107,47 @@ async fn consume(app: &App, cell: &Cell) -> Result<(), ConsumeError> {
         };
         cell.mark_inbox_alive();
         let entries = parse_entries(reply);
-        handle(app, cell, &mut conn, &inbox, entries).await?;
+        handle(app, cell, &mut conn, &inbox, entries, written).await?;
         if last_claim.elapsed() >= Duration::from_millis(app.cfg.inbox.claim_idle_ms) {
             last_claim = Instant::now();
-            reclaim(app, cell, &mut conn, &inbox).await?;
+            reclaim(app, cell, &mut conn, &inbox, written).await?;
         }
+    }
+}
+
+/// Handle this consumer's own pending entries (read earlier, never acknowledged: a read
+/// reply lost with its connection), oldest first, until none is left after the last one.
+async fn own_pending(
+    app: &App,
+    cell: &Cell,
+    conn: &mut Conn,
+    inbox: &str,
+    written: &mut Written,
+) -> RedisResult<()> {
+    let mut after = "0".to_string();
+    loop {
+        let reply: Value = redis::cmd("XREADGROUP")
+            .arg("GROUP")
+            .arg(GROUP)
+            .arg(&app.instance_id)
+            .arg("COUNT")
+            .arg(256)
+            .arg("STREAMS")
+            .arg(inbox)
+            .arg(&after)
+            .query_async(conn)
+            .await?;
+        let entries = parse_entries(reply);
+        let Some((last, _)) = entries.last() else {
+            return Ok(());
+        };
+        after = last.clone();
+        tracing::info!(
+            cell = cell.name(),
+            entries = entries.len(),
+            "inbox entries pending since a lost read delivered"
+        );
+        handle(app, cell, conn, inbox, entries, written).await?;
     }
 }
 
@@ -137,7 +186,11 @@ fn parse_entries(reply: Value) -> Vec<Entry> {
                 }
                 let fields = parts.pop()?;
                 let id: String = redis::from_redis_value(parts.pop()?).ok()?;
-                let fields: HashMap<String, Vec<u8>> = redis::from_redis_value(fields).ok()?;
+                // A pending entry deleted from the stream reads as nil: kept, to be acked.
+                let fields: HashMap<String, Vec<u8>> = match fields {
+                    Value::Nil => HashMap::new(),
+                    f => redis::from_redis_value(f).ok()?,
+                };
                 Some((id, fields))
             })
             .collect()
@@ -158,19 +211,23 @@ fn parse_entries(reply: Value) -> Vec<Entry> {
     }
 }
 
-/// Write each entry to its socket, then XACK + XDEL them.
+/// Write each entry to its socket (unless it was written already), then XACK + XDEL them.
 async fn handle(
     app: &App,
     cell: &Cell,
     conn: &mut Conn,
     inbox: &str,
     entries: Vec<Entry>,
+    written: &mut Written,
 ) -> RedisResult<()> {
     if entries.is_empty() {
         return Ok(());
     }
     let tails = bodies(conn, &entries).await?;
     for (id, fields) in &entries {
+        if fields.is_empty() || written.contains(id) {
+            continue; // deleted from the stream, or written before its XACK failed
+        }
         let env = fields
             .get("env")
             .and_then(|b| rmp_serde::from_slice::<Envelope>(b).ok());
@@ -201,10 +258,11 @@ async fn handle(
             },
         };
         super::write_local(app, cell, &to, msg, audio, Some(env.seq), &trace);
+        written.insert(id);
         app.metrics.inbox_messages.inc();
     }
     let ids: Vec<&str> = entries.iter().map(|(id, _)| id.as_str()).collect();
-    redis::pipe()
+    let acked = redis::pipe()
         .cmd("XACK")
         .arg(inbox)
         .arg(GROUP)
@@ -215,7 +273,11 @@ async fn handle(
         .arg(&ids)
         .ignore()
         .query_async::<()>(conn)
-        .await
+        .await;
+    if acked.is_ok() {
+        written.acked(&ids);
+    }
+    acked
 }
 
 /// The bodies the entries name (`tail_key`), read in one pipeline: key → bytes.
@@ -244,7 +306,13 @@ async fn bodies<'a>(
 
 /// Entries read but never acknowledged (a crash mid-write, a bug): claim them again, or
 /// move them to the dead-letter stream after `dead_letter_after` deliveries.
-async fn reclaim(app: &App, cell: &Cell, conn: &mut Conn, inbox: &str) -> RedisResult<()> {
+async fn reclaim(
+    app: &App,
+    cell: &Cell,
+    conn: &mut Conn,
+    inbox: &str,
+    written: &mut Written,
+) -> RedisResult<()> {
     let idle = app.cfg.inbox.claim_idle_ms;
     let pending: Vec<(String, String, u64, u64)> = redis::cmd("XPENDING")
         .arg(inbox)
@@ -301,7 +369,7 @@ async fn reclaim(app: &App, cell: &Cell, conn: &mut Conn, inbox: &str) -> RedisR
             app.metrics.dead_lettered.inc();
             tracing::error!(entry = %id, deliveries, "inbox entry moved to the dead-letter stream");
         } else {
-            handle(app, cell, conn, inbox, entries).await?;
+            handle(app, cell, conn, inbox, entries, written).await?;
         }
     }
     Ok(())

@@ -1,14 +1,22 @@
 //! The store's one error type: what a script call can come back with, and which Redis
 //! errors mean "Redis is away" ([`StoreError::Unavailable`], `SCHEDULER_DEPENDENCY_DOWN`
-//! for clients) rather than a bug.
+//! for clients) rather than a bug, or "the reply was lost" ([`StoreError::Ambiguous`]).
 
 use super::Output;
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
-    /// Redis cannot be reached (refused, timed out, pool exhausted). Transient.
+    /// Redis cannot be reached (refused, pool exhausted, no primary): the call was not
+    /// made, or Redis refused it without running it. Transient.
     #[error("redis unavailable: {0}")]
     Unavailable(String),
+    /// The script was sent and its reply never came (response timeout, connection dropped or
+    /// failed mid-call): Redis may have run it, and committed, all the same — its messages
+    /// (a `translation_result` for a session here) are then lost with the reply. Transient,
+    /// answered like [`StoreError::Unavailable`]; a session whose own call ends so closes
+    /// with 1012 so that its resume resends what the result log holds.
+    #[error("redis reply lost (the script may have run): {0}")]
+    Ambiguous(String),
     /// Redis answered with an error (a script bug or a misconfigured server).
     #[error("redis error in {script}: {message}")]
     Redis {
@@ -44,12 +52,28 @@ impl StoreError {
     pub fn is_unavailable(&self) -> bool {
         matches!(
             self,
-            StoreError::Unavailable(_) | StoreError::Unreplicated(_)
+            StoreError::Unavailable(_) | StoreError::Ambiguous(_) | StoreError::Unreplicated(_)
         )
     }
-}
 
-impl StoreError {
+    /// The call may have committed without its reply reaching us ([`StoreError::Ambiguous`]).
+    pub fn is_ambiguous(&self) -> bool {
+        matches!(self, StoreError::Ambiguous(_))
+    }
+
+    /// A failed call of a script that was (or may have been) sent: a timeout or a connection
+    /// that dropped or failed mid-call is ambiguous; a refused connection or an error reply
+    /// is not (Redis did not run the script).
+    pub(super) fn from_call(script: &'static str, e: redis::RedisError) -> Self {
+        let lost = e.is_timeout()
+            || e.is_connection_dropped()
+            || (e.is_io_error() && !e.is_connection_refusal());
+        match Self::from_redis(script, e) {
+            StoreError::Unavailable(m) if lost => StoreError::Ambiguous(m),
+            other => other,
+        }
+    }
+
     pub(super) fn from_redis(script: &'static str, e: redis::RedisError) -> Self {
         if e.is_io_error()
             || e.is_timeout()

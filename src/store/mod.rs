@@ -3,8 +3,10 @@
 //! Every state change is one Lua script (DESIGN §1.2); this module turns each script into
 //! one typed Rust function (`nodes.rs` for the node side) and keeps the plumbing in one
 //! place: the deadpool-redis pool, FCALL with transparent reload of a missing library, JSON
-//! replies decoded into enums, per-script metrics, and one error for "Redis is away"
-//! ([`StoreError::Unavailable`], which clients see as `SCHEDULER_DEPENDENCY_DOWN`).
+//! replies decoded into enums, per-script metrics, and the errors for "Redis is away"
+//! ([`StoreError::Unavailable`]: the script did not run; [`StoreError::Ambiguous`]: it was
+//! sent and no reply came, so it may have run; clients see both as
+//! `SCHEDULER_DEPENDENCY_DOWN`).
 //! Which Redis answers (one server, a Sentinel-managed primary, a Cluster) is the business
 //! of `connection.rs` alone: the rest of the code sees one `Store` whatever the topology.
 
@@ -272,8 +274,8 @@ impl Store {
             let mut parts: Vec<Vec<u8>> = match reply {
                 Ok(p) => p,
                 Err(e) => {
-                    let e = StoreError::from_redis(name, e);
-                    if matches!(e, StoreError::Unavailable(_)) {
+                    let e = StoreError::from_call(name, e);
+                    if matches!(e, StoreError::Unavailable(_) | StoreError::Ambiguous(_)) {
                         self.connector.drop_shared(slot);
                         Box::pin(self.connector.failed()).await;
                     }

@@ -367,7 +367,13 @@ impl Metrics {
     }
 
     pub fn delivery(&self, kind: &'static str, outcome: &'static str) {
-        self.deliveries.get_or_create(&msg(kind, outcome)).inc();
+        self.delivery_counter(kind, outcome).inc();
+    }
+
+    /// The `switchyard_deliveries_total` series of `kind` and `outcome`, kept by a
+    /// connection's writer (`gap_resume`, `gap_skipped`).
+    pub fn delivery_counter(&self, kind: &'static str, outcome: &'static str) -> Counter {
+        self.deliveries.get_or_create(&msg(kind, outcome)).clone()
     }
 
     pub fn stale(&self, kind: &str) {

@@ -6,6 +6,8 @@ fn s(v: &[&str]) -> Vec<String> {
     v.iter().map(|x| x.to_string()).collect()
 }
 
+// `skip` is what `session.on_gap = "skip"` does; with "resume" (the default) the writer
+// closes the connection instead and `skip` is not called.
 #[test]
 fn ordered_messages_wait_for_their_turn() {
     let mut o = Order::default();

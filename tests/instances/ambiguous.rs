@@ -1,0 +1,204 @@
+//! Replies that never arrive: a script that committed though its caller timed out (Redis
+//! busy past `redis.timeout_ms`). What its reply carried for a session here is not lost
+//! for good: the session closes with 1012 (at the gap a later result reveals, or at once
+//! when the failed call was its own or names it) and its resume resends it from the result
+//! log, in order.
+
+use super::*;
+use common::ws::Ended;
+
+/// Redis busy for `ms` (a script that spins, from a connection of its own): calls sent
+/// meanwhile wait, the instance's 1 s reply timeout passes and it drops the connection,
+/// then Redis runs them all the same (the call is read before the connection's end).
+/// `CLIENT PAUSE ... WRITE` does not do: a paused client that disconnects never runs its
+/// command, so nothing would be lost.
+/// Returns when Redis is free again (this client's own reads would time out before).
+async fn busy(redis: &RedisServer, ms: u64) -> tokio::time::Instant {
+    let mut c = redis.client().await;
+    let free = tokio::time::Instant::now() + Duration::from_millis(ms + 100);
+    tokio::spawn(async move {
+        // Its reply comes after this client's own timeout: only the spinning matters.
+        let _: redis::RedisResult<redis::Value> = redis::cmd("EVAL")
+            .arg(
+                "local function now() local t = redis.call('TIME') \
+                 return t[1] * 1000 + t[2] / 1000 end \
+                 local stop = now() + tonumber(ARGV[1]) \
+                 while now() < stop do end",
+            )
+            .arg(0)
+            .arg(ms)
+            .query_async(&mut c)
+            .await;
+    });
+    tokio::time::sleep(Duration::from_millis(50)).await; // it runs
+    free
+}
+
+/// A session on `inst` with its resume token.
+async fn session_with_token(inst: &Running) -> (WsClient, String, String) {
+    let (s, ack) = open_session_ack(
+        &ws_url(inst, "/ws/session"),
+        fixture("session_init_one_way"),
+    )
+    .await;
+    let sid = ack["session_id"].as_str().unwrap().to_string();
+    let token = ack["resume_token"].as_str().unwrap().to_string();
+    (s, sid, token)
+}
+
+/// Resume `sid` on `inst` after `last` (-1: nothing received).
+async fn resume(inst: &Running, sid: &str, token: &str, last: i64) -> WsClient {
+    let mut init = fixture("session_init_one_way");
+    init["resume_session_id"] = json!(sid);
+    init["resume_token"] = json!(token);
+    init["last_received_index"] = json!(last);
+    let mut s = WsClient::connect(&ws_url(inst, "/ws/session")).await;
+    s.send(&init).await;
+    let ack = s.recv_type("session_init_ack").await;
+    assert_eq!(ack["resumed"], true, "{ack}");
+    s
+}
+
+/// The translation_results `s` gets until its connection ends (or `d` passes), and the
+/// close code (None: still open after `d`).
+async fn results_until_close(s: &mut WsClient, d: Duration) -> (Vec<u64>, Option<u16>) {
+    let deadline = tokio::time::Instant::now() + d;
+    let mut got = Vec::new();
+    loop {
+        let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+        match s.next(left).await {
+            Ok(v) if v["type"] == "translation_result" => {
+                got.push(v["utterance_index"].as_u64().unwrap());
+            }
+            Ok(_) => {}
+            Err(Ended::Closed(code)) => return (got, code),
+            Err(Ended::Timeout) => return (got, None),
+        }
+    }
+}
+
+/// Submit `idx` and answer it while Redis is busy: the node's `job_result` times out on the
+/// instance (the node is told SCHEDULER_DEPENDENCY_DOWN) and commits after it.
+async fn lost_result(
+    redis: &RedisServer,
+    c: &mut redis::aio::MultiplexedConnection,
+    (s, sid): (&mut WsClient, &str),
+    (n, nid): (&mut WsClient, &str),
+    idx: u64,
+    name_session: bool,
+) {
+    s.send(&utterance(sid, idx)).await;
+    let job = next_of(n, "job_assign", T).await.expect("job_assign");
+    let mut r = answer(&job, nid, "lost reply");
+    if !name_session {
+        r.as_object_mut().unwrap().remove("session_id");
+    }
+    let free = busy(redis, 1500).await;
+    n.send(&r).await;
+    let err = next_of(n, "error", T).await.expect("the node is told");
+    assert_eq!(err["code"], "SCHEDULER_DEPENDENCY_DOWN", "{err}");
+    tokio::time::sleep_until(free).await;
+    let want = (idx + 1).to_string();
+    eventually(
+        T,
+        "the timed-out job_result committed after the pause",
+        || {
+            let (mut c, want) = (c.clone(), want.clone());
+            async move { (session_field(&mut c, sid, "next_deliver").await == want).then_some(()) }
+        },
+    )
+    .await;
+}
+
+/// Review finding: a `job_result` that committed after its call timed out lost the
+/// translation_result its reply carried for a session on the same instance; the session's
+/// writer held the next result for `order_gap_ms`, then skipped the gap: the client got
+/// index 1 only, and index 0 never. Now the writer closes with 1012 and the resume brings
+/// 0 and 1, in order. (The node here does not echo `session_id`, so only the gap shows.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_result_whose_reply_was_lost_comes_with_the_resume_after_a_1012() {
+    let redis = RedisServer::start().await;
+    let a = start_instance(&redis).await;
+    let mut c = redis.client().await;
+    let (mut n, nid) = node_on(&a, None).await;
+    let (mut s, sid, token) = session_with_token(&a).await;
+    lost_result(&redis, &mut c, (&mut s, &sid), (&mut n, &nid), 0, false).await;
+    s.send(&utterance(&sid, 1)).await;
+    let job = next_of(&mut n, "job_assign", T)
+        .await
+        .expect("job_assign 1");
+    n.send(&answer(&job, &nid, "one")).await;
+    let (got, code) = results_until_close(&mut s, Duration::from_secs(5)).await;
+    assert_eq!(
+        (got.as_slice(), code),
+        (&[][..], Some(1012)),
+        "index 0 was lost: the connection must close for a resume, writing nothing after the gap"
+    );
+    let mut s2 = resume(&a, &sid, &token, -1).await;
+    let idx: Vec<u64> = terminals(&mut s2, 2, T)
+        .await
+        .iter()
+        .map(|v| v["utterance_index"].as_u64().unwrap())
+        .collect();
+    assert_eq!(idx, vec![0, 1]);
+    s2.expect_silence(Duration::from_millis(300)).await;
+    let gaps = "switchyard_deliveries_total{kind=\"session\",detail=\"gap_resume\"}";
+    assert_eq!(metric(&a, gaps).await, 1.0);
+    invariants::check(&mut c).await;
+}
+
+/// The trailing case: the lost result is the last one, so no later result reveals a gap.
+/// The node names the session in its `job_result` (lingua nodes echo it): the session here
+/// is closed with 1012 as soon as the call fails, and its resume brings the result.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lost_last_result_closes_the_session_it_names_so_it_resumes() {
+    let redis = RedisServer::start().await;
+    let a = start_instance(&redis).await;
+    let mut c = redis.client().await;
+    let (mut n, nid) = node_on(&a, None).await;
+    let (mut s, sid, token) = session_with_token(&a).await;
+    lost_result(&redis, &mut c, (&mut s, &sid), (&mut n, &nid), 0, true).await;
+    let (got, code) = results_until_close(&mut s, Duration::from_secs(3)).await;
+    assert_eq!((got.as_slice(), code), (&[][..], Some(1012)));
+    let mut s2 = resume(&a, &sid, &token, -1).await;
+    let got = terminals(&mut s2, 1, T).await;
+    assert_eq!(got[0]["utterance_index"], 0);
+    assert_eq!(got[0]["text_translated"], "lost reply");
+    s2.expect_silence(Duration::from_millis(300)).await;
+    invariants::check(&mut c).await;
+}
+
+/// A session's own call (here a `submit`) that times out may have committed, and released
+/// its messages with the lost reply: the client is told SCHEDULER_DEPENDENCY_DOWN and the
+/// connection closes with 1012 so that it resumes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_session_call_that_lost_its_reply_closes_the_session_so_it_resumes() {
+    let redis = RedisServer::start().await;
+    let a = start_instance(&redis).await;
+    let mut c = redis.client().await;
+    let (mut s, sid, token) = session_with_token(&a).await;
+    let free = busy(&redis, 1500).await;
+    s.send(&utterance(&sid, 0)).await;
+    let err = next_of(&mut s, "error", T)
+        .await
+        .expect("the client is told");
+    assert_eq!(err["code"], "SCHEDULER_DEPENDENCY_DOWN", "{err}");
+    assert_eq!(s.expect_close().await, Some(1012));
+    let ambiguous = "switchyard_deliveries_total{kind=\"session\",detail=\"ambiguous_resume\"}";
+    assert_eq!(metric(&a, ambiguous).await, 1.0);
+    tokio::time::sleep_until(free).await;
+    // The submit ran after all: no node serves the pair, so index 0 failed at once, and
+    // that error went with the lost reply. The resume brings it.
+    eventually(T, "the timed-out submit committed", || {
+        let mut c = c.clone();
+        let sid = sid.clone();
+        async move { (session_field(&mut c, &sid, "next_deliver").await == "1").then_some(()) }
+    })
+    .await;
+    let mut s2 = resume(&a, &sid, &token, -1).await;
+    let got = terminals(&mut s2, 1, T).await;
+    assert_eq!(got[0]["utterance_index"], 0, "{got:?}");
+    assert_eq!(got[0]["code"], "NO_AVAILABLE_NODE", "{got:?}");
+    s2.expect_silence(Duration::from_millis(300)).await;
+    invariants::check(&mut c).await;
+}
