@@ -259,6 +259,14 @@ impl Config {
             return bad("ws.send_queue", "must be at least 1");
         }
         let s = &self.session;
+        if s.order_gap_ms == 0 && s.on_gap == session::OnGap::Resume {
+            // Messages of the two paths (script reply, inbox) overtake each other all the
+            // time: with no wait at all, every overtaking would close the session.
+            return bad(
+                "session.order_gap_ms",
+                "must be positive with session.on_gap = \"resume\" (0 only with \"skip\")",
+            );
+        }
         for (field, v) in [
             ("session.idle_ttl_ms", s.idle_ttl_ms),
             ("session.pause_ms", s.pause_ms),

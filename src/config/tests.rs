@@ -120,6 +120,17 @@ fn job_records_must_outlive_every_attempt() {
     );
 }
 
+/// With `on_gap = "resume"`, no wait at all would close a session at every overtaking.
+#[test]
+fn a_zero_order_gap_needs_the_skip_mode() {
+    let mut c = keyed();
+    c.session.order_gap_ms = 0;
+    let e = c.validate().unwrap_err().to_string();
+    assert!(e.contains("session.order_gap_ms"), "{e}");
+    c.session.on_gap = crate::config::OnGap::Skip;
+    c.validate().expect("0 with skip");
+}
+
 #[test]
 fn invalid_value_names_the_field() {
     let mut c = keyed();
