@@ -48,7 +48,9 @@ local lapsed = (tomb or '0') ~= '0'
 -- Our own presence had expired too (Redis was away, or restarted from disk: PX expiries
 -- are absolute): every peer's has, and they beat within one beat interval. This beat
 -- takes nobody over, so that coming back from an outage is not a round of takeovers.
-local was_present = redis.call('EXISTS', KEYS[1]) == 1
+-- Present = the value our own beat wrote (started_at): a presence present() re-created
+-- (value: a time) for a connection bound since the outage does not count.
+local was_present = redis.call('GET', KEYS[1]) == ARGV[5]
 redis.call('SET', KEYS[1], ARGV[5], 'PX', CFG.presence_ttl)
 redis.call('ZADD', KEYS[2], NOW + CFG.presence_ttl, ME)
 if redis.call('EXISTS', KEYS[3]) == 0 then

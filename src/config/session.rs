@@ -49,7 +49,7 @@ impl Default for SessionConfig {
             max_index_ahead: 1_000,
             result_retention_ms: 120_000,
             order_gap_ms: 2_000,
-            on_gap: OnGap::Resume,
+            on_gap: OnGap::Skip,
             group_window_ms: 2_000,
             min_cut_ms: 200,
         }
@@ -61,10 +61,13 @@ impl Default for SessionConfig {
 #[serde(rename_all = "lowercase")]
 pub enum OnGap {
     /// Close the connection with 1012 ("results missing; resume"): the client's resume gets
-    /// every result after its last from the session's result log, in order.
-    #[default]
+    /// every result after its last from the session's result log, in order. For clients
+    /// that resume (`resume_session_id`, a Switchyard extension).
     Resume,
     /// Write the later messages without the missing one (it is lost to this connection
-    /// unless it still arrives, or the client resumes on its own).
+    /// unless it still arrives, or the client resumes on its own). The default: an
+    /// unchanged lingua web client does not resume, and a close would cost it every result
+    /// still in flight.
+    #[default]
     Skip,
 }

@@ -125,6 +125,7 @@ fn job_records_must_outlive_every_attempt() {
 fn a_zero_order_gap_needs_the_skip_mode() {
     let mut c = keyed();
     c.session.order_gap_ms = 0;
+    c.session.on_gap = crate::config::OnGap::Resume;
     let e = c.validate().unwrap_err().to_string();
     assert!(e.contains("session.order_gap_ms"), "{e}");
     c.session.on_gap = crate::config::OnGap::Skip;

@@ -118,7 +118,7 @@ impl NodeConn {
             Ok(FencedReply::Ok { .. }) => {}
             Err(e) => {
                 self.store_error(&e);
-                if e.is_ambiguous() {
+                if e.is_ambiguous() && self.app.cfg.session.on_gap == crate::config::OnGap::Resume {
                     self.resume_named_session(&cell, r.session_id.as_deref());
                 }
             }

@@ -121,7 +121,7 @@ impl SessionConn {
     /// store error, then, when its reply was lost, the connection closes so it resumes.
     fn delivery_failed(&self, e: &StoreError) {
         self.store_error(e);
-        if e.is_ambiguous() {
+        if e.is_ambiguous() && self.app.cfg.session.on_gap == crate::config::OnGap::Resume {
             self.app.metrics.delivery(KIND, "ambiguous_resume");
             tracing::warn!(error = %e, "session call lost its reply; closing with 1012 so the client resumes");
             self.send(Outbound::Close(

@@ -92,6 +92,9 @@ const RESOLVE_EVERY: Duration = Duration::from_millis(200);
 /// How often the sentinels are asked while everything works (see [`Connector::poll`]).
 const POLL_EVERY: Duration = Duration::from_secs(1);
 
+/// The `slot` of a connection that is not one of the shared ones (`drop_shared` ignores it).
+pub const NOT_SHARED: usize = usize::MAX;
+
 /// Hands out connections for the configured topology.
 pub struct Connector {
     kind: Kind,
@@ -246,7 +249,13 @@ impl Connector {
     ///
     /// Taking a connection (pool checkout, cluster connect) is boxed: those futures are
     /// kilobytes, and every script call's future would carry them inline.
-    pub async fn shared(&self) -> Result<(usize, Conn), StoreError> {
+    ///
+    /// `own`: a pooled connection of the call's own instead (not in cluster mode), with
+    /// the slot [`NOT_SHARED`]: for a call that will block it in `WAIT`.
+    pub async fn shared(&self, own: bool) -> Result<(usize, Conn), StoreError> {
+        if own && !self.is_cluster() {
+            return Box::pin(self.conn()).await.map(|c| (NOT_SHARED, c));
+        }
         if self.is_cluster() {
             return Ok((0, Conn::Cluster(Box::pin(self.cluster()).await?)));
         }

@@ -38,9 +38,12 @@ impl Store {
             return Ok(());
         }
         tracing::warn!(script, "functions library missing in Redis: loading it");
-        self.load_scripts().await?;
+        let loaded = self.load_scripts().await;
+        // Stamped whatever the outcome: the calls queued behind a load that failed (Redis
+        // away, or the pool exhausted by those very calls, which hold their connections)
+        // retry their call or fail, rather than each attempting a load in turn.
         *last = Some(Instant::now());
-        Ok(())
+        loaded
     }
 
     /// Ready = the node holding the cell is a primary that answers, and every script is

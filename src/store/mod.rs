@@ -50,9 +50,6 @@ use series::{OUTCOMES, ScriptSeries};
 pub use stage::STAGE_MIN_BYTES;
 use stage::{Staged, Staging};
 
-/// The `slot` of a connection that is not one of the shared ones (`drop_shared` ignores it).
-const NOT_SHARED: usize = usize::MAX;
-
 /// Handle to one cell's Redis state (several cells share the connections).
 pub struct Store {
     /// Connections for the configured topology (single, sentinel, cluster).
@@ -224,15 +221,8 @@ impl Store {
             // A call that WAITs for replicas takes a pooled connection of its own: Redis
             // reads nothing more from a client blocked in WAIT, so on a shared connection
             // every call queued behind it (beats, sweeps) would wait up to wait_timeout_ms.
-            let waits = self.wait.0 > 0 && script.waits_for_replicas();
-            let conn = if waits && !self.connector.is_cluster() {
-                Box::pin(self.connector.conn())
-                    .await
-                    .map(|c| (NOT_SHARED, c))
-            } else {
-                self.connector.shared().await
-            };
-            let (slot, mut conn) = match conn {
+            let own = self.wait.0 > 0 && script.waits_for_replicas();
+            let (slot, mut conn) = match self.connector.shared(own).await {
                 Ok(c) => c,
                 Err(e) => {
                     Box::pin(self.connector.failed()).await;

@@ -118,7 +118,10 @@ async fn lost_result(
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_result_whose_reply_was_lost_comes_with_the_resume_after_a_1012() {
     let redis = RedisServer::start().await;
-    let a = start_instance(&redis).await;
+    let a = start_tweaked(&redis, |c| {
+        c.session.on_gap = switchyard::config::OnGap::Resume
+    })
+    .await;
     let mut c = redis.client().await;
     let (mut n, nid) = node_on(&a, None).await;
     let (mut s, sid, token) = session_with_token(&a).await;
@@ -153,7 +156,10 @@ async fn a_result_whose_reply_was_lost_comes_with_the_resume_after_a_1012() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_lost_last_result_closes_the_session_it_names_so_it_resumes() {
     let redis = RedisServer::start().await;
-    let a = start_instance(&redis).await;
+    let a = start_tweaked(&redis, |c| {
+        c.session.on_gap = switchyard::config::OnGap::Resume
+    })
+    .await;
     let mut c = redis.client().await;
     let (mut n, nid) = node_on(&a, None).await;
     let (mut s, sid, token) = session_with_token(&a).await;
@@ -174,7 +180,10 @@ async fn a_lost_last_result_closes_the_session_it_names_so_it_resumes() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_session_call_that_lost_its_reply_closes_the_session_so_it_resumes() {
     let redis = RedisServer::start().await;
-    let a = start_instance(&redis).await;
+    let a = start_tweaked(&redis, |c| {
+        c.session.on_gap = switchyard::config::OnGap::Resume
+    })
+    .await;
     let mut c = redis.client().await;
     let (mut s, sid, token) = session_with_token(&a).await;
     let free = busy(&redis, 1500).await;
