@@ -117,6 +117,10 @@ async fn lost_result(
 /// 0 and 1, in order. (The node here does not echo `session_id`, so only the gap shows.)
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_result_whose_reply_was_lost_comes_with_the_resume_after_a_1012() {
+    // (one redis-server kept busy or its client killed: the topologies have several)
+    if single_only("a_result_whose_reply_was_lost_comes_with_the_resume_after_a_1012") {
+        return;
+    }
     let redis = RedisServer::start().await;
     let a = start_tweaked(&redis, |c| {
         c.session.on_gap = switchyard::config::OnGap::Resume
@@ -155,6 +159,10 @@ async fn a_result_whose_reply_was_lost_comes_with_the_resume_after_a_1012() {
 /// is closed with 1012 as soon as the call fails, and its resume brings the result.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_lost_last_result_closes_the_session_it_names_so_it_resumes() {
+    // (one redis-server kept busy or its client killed: the topologies have several)
+    if single_only("a_lost_last_result_closes_the_session_it_names_so_it_resumes") {
+        return;
+    }
     let redis = RedisServer::start().await;
     let a = start_tweaked(&redis, |c| {
         c.session.on_gap = switchyard::config::OnGap::Resume
@@ -179,6 +187,10 @@ async fn a_lost_last_result_closes_the_session_it_names_so_it_resumes() {
 /// connection closes with 1012 so that it resumes.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_session_call_that_lost_its_reply_closes_the_session_so_it_resumes() {
+    // (one redis-server kept busy or its client killed: the topologies have several)
+    if single_only("a_session_call_that_lost_its_reply_closes_the_session_so_it_resumes") {
+        return;
+    }
     let redis = RedisServer::start().await;
     let a = start_tweaked(&redis, |c| {
         c.session.on_gap = switchyard::config::OnGap::Resume

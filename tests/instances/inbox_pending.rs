@@ -40,6 +40,10 @@ async fn pending(c: &mut redis::aio::MultiplexedConnection, inbox: &str) -> i64 
 /// every (re)connect: the entry arrives right after the reconnect, once.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_inbox_entry_whose_read_reply_was_lost_comes_at_the_reconnect_once() {
+    // (one redis-server kept busy or its client killed: the topologies have several)
+    if single_only("an_inbox_entry_whose_read_reply_was_lost_comes_at_the_reconnect_once") {
+        return;
+    }
     let redis = RedisServer::start().await;
     let a = start_tweaked(&redis, |c| c.inbox.claim_idle_ms = 30_000).await;
     let mut c = redis.client().await;
