@@ -320,7 +320,8 @@ async fn coming_back_from_a_redis_outage_is_no_lapse() {
     let _: () = expire_all.query_async(&mut c).await.unwrap();
     // A node (re)registers through A before A beats: present() re-creates A's presence,
     // which must not count as A's own beat (the reviewed takeover came back that way).
-    cell.register(1, 0, 0, 4).await.expect("n1 on A");
+    // (it serves no pair: the utterance below still goes to n0, whose answer the test sends)
+    cell.register(1, 0, 3, 4).await.expect("n1 on A");
     // Scripts run before anyone beats: the job_assign waits in B's inbox, the result for
     // A's session in A's (both listed), instead of being dropped.
     cell.submit(0, false, false).await.expect("submit");
