@@ -66,6 +66,44 @@ async fn streamed_audio_is_cut_on_is_final_and_an_empty_cut_makes_no_job() {
     invariants::check(&mut c).await;
 }
 
+/// A cut that finds no free index: an instance whose cuts try 3 indices
+/// (`max_index_ahead` 2, no minimum length), a node, and a session whose indices 0..2 hold
+/// jobs (pre-cut `utterance`s), with their `job_assign`s.
+struct Held {
+    inst: switchyard::server::Running,
+    c: redis::aio::MultiplexedConnection,
+    n: WsClient,
+    nid: String,
+    s: WsClient,
+    sid: String,
+    jobs: Vec<serde_json::Value>,
+}
+
+async fn indices_0_to_2_taken(redis: &RedisServer) -> Held {
+    let inst = start_tweaked(redis, |c| {
+        c.session.max_index_ahead = 2;
+        c.session.min_cut_ms = 0;
+    })
+    .await;
+    let c = redis.client().await;
+    let (mut n, nid) = node(&inst, |_| {}).await;
+    let (mut s, sid) = session(&inst).await;
+    let mut jobs = Vec::new();
+    for i in 0..3 {
+        s.send(&utterance(&sid, i)).await;
+        jobs.push(assign(&mut n).await);
+    }
+    Held {
+        inst,
+        c,
+        n,
+        nid,
+        s,
+        sid,
+        jobs,
+    }
+}
+
 /// A cut that finds no free utterance index keeps the audio (the client used the indices
 /// with `utterance`s; `session.max_index_ahead` bounds how many a cut tries). The kept audio
 /// must still be cut later without the client sending anything more: the pause clock is
@@ -75,19 +113,15 @@ async fn streamed_audio_is_cut_on_is_final_and_an_empty_cut_makes_no_job() {
 #[tokio::test]
 async fn audio_kept_by_a_cut_without_a_free_index_is_cut_again_after_the_pause() {
     let redis = RedisServer::start().await;
-    let inst = start_tweaked(&redis, |c| {
-        c.session.max_index_ahead = 2;
-        c.session.min_cut_ms = 0;
-    })
-    .await;
-    let mut c = redis.client().await;
-    let (mut n, nid) = node(&inst, |_| {}).await;
-    let (mut s, sid) = session(&inst).await;
-    let mut jobs = Vec::new();
-    for i in 0..3 {
-        s.send(&utterance(&sid, i)).await;
-        jobs.push(assign(&mut n).await);
-    }
+    let Held {
+        inst: _inst,
+        mut c,
+        mut n,
+        nid,
+        mut s,
+        sid,
+        mut jobs,
+    } = indices_0_to_2_taken(&redis).await;
     // Indices 0..2 have jobs: the manual cut tries them (1 + max_index_ahead) and keeps the
     // audio.
     let mut ch = fixture("audio_chunk");
@@ -137,19 +171,15 @@ async fn audio_kept_by_a_cut_without_a_free_index_is_cut_again_after_the_pause()
 #[tokio::test]
 async fn audio_held_by_a_closing_cut_without_a_free_index_is_still_cut() {
     let redis = RedisServer::start().await;
-    let inst = start_tweaked(&redis, |c| {
-        c.session.max_index_ahead = 2;
-        c.session.min_cut_ms = 0;
-    })
-    .await;
-    let mut c = redis.client().await;
-    let (mut n, nid) = node(&inst, |_| {}).await;
-    let (mut s, sid) = session(&inst).await;
-    let mut jobs = Vec::new();
-    for i in 0..3 {
-        s.send(&utterance(&sid, i)).await;
-        jobs.push(assign(&mut n).await);
-    }
+    let Held {
+        inst: _inst,
+        mut c,
+        mut n,
+        nid,
+        mut s,
+        sid,
+        mut jobs,
+    } = indices_0_to_2_taken(&redis).await;
     let mut ch = fixture("audio_chunk");
     ch["session_id"] = json!(sid);
     s.send(&ch).await;
