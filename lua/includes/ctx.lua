@@ -102,7 +102,10 @@ local function begin(keys, args)
   -- it: a reservation without its job, a deadline removed but not acted on. Touching a key
   -- that never exists first makes such a call fail before any write (the caller gets
   -- SCHEDULER_DEPENDENCY_DOWN; docs/scaling.md: move tenants to a new cell instead).
-  if CFG.cluster ~= 0 then redis.call('EXISTS', P .. 'slot-guard') end
+  -- Two keys: a call whose declared keys had all moved is sent on (ASK) to the importing
+  -- node, which serves it (ASKING) with the rest of the cell still on the source; there a
+  -- single missing key is no error, but a multi-key access with a missing key is (TRYAGAIN).
+  if CFG.cluster ~= 0 then redis.call('EXISTS', P .. 'slot-guard', P .. 'slot-guard:2') end
   local t = redis.call('TIME')
   NOW = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
   NOWS = string.format('%d', NOW)

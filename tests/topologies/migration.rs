@@ -28,6 +28,59 @@ async fn setslot(port: u16, slot: u16, args: &[&str]) {
     let _: () = cmd.query_async(&mut c).await.expect("setslot");
 }
 
+/// The cell's slot being moved from the primary on `src` to the one on `dst`.
+struct Move {
+    slot: u16,
+    src: u16,
+    dst: u16,
+}
+
+impl Move {
+    /// Mark the cell's slot IMPORTING on another primary and MIGRATING on its owner, as
+    /// `redis-cli --cluster reshard` does before it moves any key. The other primary has
+    /// the scripts' library, as one serving another cell's slot does.
+    async fn begin(cluster: &Cluster) -> Move {
+        let slot = cluster.slot(&format!("{PREFIX}x")).await;
+        let src = cluster.primary_of(slot).await.expect("slot owner");
+        let dst = cluster
+            .slot_map()
+            .await
+            .into_keys()
+            .find(|p| *p != src)
+            .expect("another primary");
+        let (src_id, dst_id) = (node_id(src).await, node_id(dst).await);
+        let library: Vec<u8> = redis::cmd("FUNCTION")
+            .arg("DUMP")
+            .query_async(
+                &mut connect(&format!("redis://127.0.0.1:{src}"))
+                    .await
+                    .expect("src"),
+            )
+            .await
+            .expect("function dump");
+        let _: () = redis::cmd("FUNCTION")
+            .arg("RESTORE")
+            .arg(library)
+            .arg("REPLACE")
+            .query_async(
+                &mut connect(&format!("redis://127.0.0.1:{dst}"))
+                    .await
+                    .expect("dst"),
+            )
+            .await
+            .expect("function restore");
+        setslot(dst, slot, &["IMPORTING", &src_id]).await;
+        setslot(src, slot, &["MIGRATING", &dst_id]).await;
+        Move { slot, src, dst }
+    }
+
+    /// Call the move off: the slot stays where it was.
+    async fn cancel(&self) {
+        setslot(self.src, self.slot, &["STABLE"]).await;
+        setslot(self.dst, self.slot, &["STABLE"]).await;
+    }
+}
+
 /// Review finding: while a cell's slot is MIGRATING, a script fails at the first key it
 /// touches that is not on the node, and Redis keeps the writes made before: a `job_result`
 /// released the node's reservation and finished the job, then failed at the session's
@@ -46,17 +99,7 @@ async fn a_cell_whose_slot_is_moving_refuses_work_without_partial_writes() {
     s.send(&utterance(&sid, 0)).await;
     let j = next_of(&mut n, "job_assign", T).await.expect("job_assign");
 
-    let slot = cluster.slot(&format!("{PREFIX}x")).await;
-    let src = cluster.primary_of(slot).await.expect("slot owner");
-    let dst = cluster
-        .slot_map()
-        .await
-        .into_keys()
-        .find(|p| *p != src)
-        .expect("another primary");
-    let (src_id, dst_id) = (node_id(src).await, node_id(dst).await);
-    setslot(dst, slot, &["IMPORTING", &src_id]).await;
-    setslot(src, slot, &["MIGRATING", &dst_id]).await;
+    let Move { slot, src, dst } = Move::begin(&cluster).await;
 
     n.send(&answer(&j, &nid, "during the move")).await;
     let e = next_of(&mut n, "error", T).await.expect("the node is told");
@@ -84,11 +127,78 @@ async fn a_cell_whose_slot_is_moving_refuses_work_without_partial_writes() {
     // The move is called off: the sweep times the job out (its answer was refused) and
     // the session gets the utterance's one terminal message (the only node already had it,
     // so it is not tried again).
-    setslot(src, slot, &["STABLE"]).await;
-    setslot(dst, slot, &["STABLE"]).await;
+    Move { slot, src, dst }.cancel().await;
     invariants::check(&mut direct).await;
     let got = terminals(&mut s, 1, Duration::from_secs(15)).await;
     assert_eq!(got[0]["utterance_index"], 0, "{got:?}");
     assert_eq!(got[0]["type"], "error", "{got:?}");
     invariants::check(&mut direct).await;
+}
+
+/// Review finding (left open in session 11): a script whose declared keys are all missing
+/// on the node moving the slot out is ASK-redirected to the importing node, which serves a
+/// client that says ASKING, and there a single missing key is no error. A `session_resume`
+/// (its one declared key: the session's record, already moved) ran on the importing node:
+/// it gave the session to the new connection there, with the session's result log, jobs
+/// and the cell's presence listing still on the source (read as empty, written anew). The
+/// guard now names two keys that never exist: a multi-key access with missing keys fails
+/// on the importing node too (TRYAGAIN), so the call fails before any write, wherever it
+/// lands.
+#[tokio::test]
+async fn a_script_sent_on_to_the_importing_node_writes_nothing_there() {
+    let cluster = Cluster::start().await;
+    let a = start_with(cfg(RedisMode::Cluster, cluster.urls(), |_| {})).await;
+    let (s, ack) =
+        open_session_ack(&ws_url(&a, "/ws/session"), fixture("session_init_one_way")).await;
+    let sid = ack["session_id"].as_str().expect("session_id").to_string();
+    drop(s);
+    let mv = Move::begin(&cluster).await;
+    // The session's record moved first (MIGRATE, as a reshard does key by key).
+    let mut source = connect(&format!("redis://127.0.0.1:{}", mv.src))
+        .await
+        .expect("cell primary");
+    let _: () = redis::cmd("MIGRATE")
+        .arg("127.0.0.1")
+        .arg(mv.dst)
+        .arg(format!("{PREFIX}session:{sid}"))
+        .arg(0)
+        .arg(5000)
+        .query_async(&mut source)
+        .await
+        .expect("migrate");
+    let mut importing = connect(&format!("redis://127.0.0.1:{}", mv.dst))
+        .await
+        .expect("importing primary");
+    let keys = |c: &mut redis::aio::MultiplexedConnection| {
+        let mut c = c.clone();
+        async move {
+            let mut k: Vec<String> = redis::cmd("KEYS")
+                .arg(format!("{PREFIX}*"))
+                .query_async(&mut c)
+                .await
+                .expect("keys");
+            k.sort();
+            k
+        }
+    };
+    let before = keys(&mut importing).await;
+    assert_eq!(
+        before,
+        [format!("{PREFIX}session:{sid}")],
+        "the record moved alone"
+    );
+
+    let mut init = fixture("session_init_one_way");
+    init["resume_session_id"] = serde_json::json!(sid);
+    init["resume_token"] = ack["resume_token"].clone();
+    init["last_received_index"] = serde_json::json!(-1);
+    let mut s = WsClient::connect(&ws_url(&a, "/ws/session")).await;
+    s.send(&init).await;
+    let e = s.next(T).await.expect("the session is told");
+    assert_eq!(e["code"], "SCHEDULER_DEPENDENCY_DOWN", "{e}");
+    assert_eq!(
+        keys(&mut importing).await,
+        before,
+        "written on the importing node"
+    );
 }
