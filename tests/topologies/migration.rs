@@ -37,9 +37,9 @@ struct Move {
 
 impl Move {
     /// Mark the cell's slot IMPORTING on another primary and MIGRATING on its owner, as
-    /// `redis-cli --cluster reshard` does before it moves any key. The other primary has
-    /// the scripts' library, as one serving another cell's slot does.
-    async fn begin(cluster: &Cluster) -> Move {
+    /// `redis-cli --cluster reshard` does before it moves any key. With `library`, the
+    /// other primary has the scripts' library, as one serving another cell's slot does.
+    async fn begin(cluster: &Cluster, library: bool) -> Move {
         let slot = cluster.slot(&format!("{PREFIX}x")).await;
         let src = cluster.primary_of(slot).await.expect("slot owner");
         let dst = cluster
@@ -49,26 +49,9 @@ impl Move {
             .find(|p| *p != src)
             .expect("another primary");
         let (src_id, dst_id) = (node_id(src).await, node_id(dst).await);
-        let library: Vec<u8> = redis::cmd("FUNCTION")
-            .arg("DUMP")
-            .query_async(
-                &mut connect(&format!("redis://127.0.0.1:{src}"))
-                    .await
-                    .expect("src"),
-            )
-            .await
-            .expect("function dump");
-        let _: () = redis::cmd("FUNCTION")
-            .arg("RESTORE")
-            .arg(library)
-            .arg("REPLACE")
-            .query_async(
-                &mut connect(&format!("redis://127.0.0.1:{dst}"))
-                    .await
-                    .expect("dst"),
-            )
-            .await
-            .expect("function restore");
+        if library {
+            copy_library(src, dst).await;
+        }
         setslot(dst, slot, &["IMPORTING", &src_id]).await;
         setslot(src, slot, &["MIGRATING", &dst_id]).await;
         Move { slot, src, dst }
@@ -79,6 +62,30 @@ impl Move {
         setslot(self.src, self.slot, &["STABLE"]).await;
         setslot(self.dst, self.slot, &["STABLE"]).await;
     }
+}
+
+/// The scripts' library of the node on `src` loaded on the node on `dst` too.
+async fn copy_library(src: u16, dst: u16) {
+    let library: Vec<u8> = redis::cmd("FUNCTION")
+        .arg("DUMP")
+        .query_async(
+            &mut connect(&format!("redis://127.0.0.1:{src}"))
+                .await
+                .expect("src"),
+        )
+        .await
+        .expect("function dump");
+    let _: () = redis::cmd("FUNCTION")
+        .arg("RESTORE")
+        .arg(library)
+        .arg("REPLACE")
+        .query_async(
+            &mut connect(&format!("redis://127.0.0.1:{dst}"))
+                .await
+                .expect("dst"),
+        )
+        .await
+        .expect("function restore");
 }
 
 /// Review finding: while a cell's slot is MIGRATING, a script fails at the first key it
@@ -99,7 +106,7 @@ async fn a_cell_whose_slot_is_moving_refuses_work_without_partial_writes() {
     s.send(&utterance(&sid, 0)).await;
     let j = next_of(&mut n, "job_assign", T).await.expect("job_assign");
 
-    let Move { slot, src, dst } = Move::begin(&cluster).await;
+    let Move { slot, src, dst } = Move::begin(&cluster, true).await;
 
     n.send(&answer(&j, &nid, "during the move")).await;
     let e = next_of(&mut n, "error", T).await.expect("the node is told");
@@ -152,7 +159,7 @@ async fn a_script_sent_on_to_the_importing_node_writes_nothing_there() {
         open_session_ack(&ws_url(&a, "/ws/session"), fixture("session_init_one_way")).await;
     let sid = ack["session_id"].as_str().expect("session_id").to_string();
     drop(s);
-    let mv = Move::begin(&cluster).await;
+    let mv = Move::begin(&cluster, true).await;
     // The session's record moved first (MIGRATE, as a reshard does key by key).
     let mut source = connect(&format!("redis://127.0.0.1:{}", mv.src))
         .await
@@ -201,4 +208,23 @@ async fn a_script_sent_on_to_the_importing_node_writes_nothing_there() {
         before,
         "written on the importing node"
     );
+}
+
+/// A call sent on (`ASK`) to an importing node that serves no cell finds no library there,
+/// also after the reload (which loads it on the cell's own primary): the session was told
+/// INTERNAL_ERROR. The move is a dependency being unavailable, like the guard's refusal.
+#[tokio::test]
+async fn a_call_sent_on_to_a_node_without_the_library_is_refused_as_unavailable() {
+    let cluster = Cluster::start().await;
+    let a = start_with(cfg(RedisMode::Cluster, cluster.urls(), |_| {})).await;
+    let mv = Move::begin(&cluster, false).await;
+    let mut s = WsClient::connect(&ws_url(&a, "/ws/session")).await;
+    s.send(&fixture("session_init_one_way")).await;
+    let e = s.next(T).await.expect("the session is told");
+    assert_eq!(e["code"], "SCHEDULER_DEPENDENCY_DOWN", "{e}");
+    mv.cancel().await;
+    let mut direct = connect(&format!("redis://127.0.0.1:{}", mv.src))
+        .await
+        .expect("cell primary");
+    invariants::check(&mut direct).await;
 }
