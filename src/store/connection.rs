@@ -74,8 +74,9 @@ pub(super) enum Kind {
         sentinels: Vec<redis::Client>,
         master: String,
         current: RwLock<Option<Arc<Node>>>,
-        /// Serialises re-resolution; the time of the last round (see `sentinel.rs`).
-        resolving: tokio::sync::Mutex<Option<Instant>>,
+        /// Serialises re-resolution; when the last round ended and why it found no primary
+        /// (see `sentinel.rs`).
+        resolving: tokio::sync::Mutex<Option<(Instant, Option<String>)>>,
     },
     Cluster {
         client: Box<redis::cluster::ClusterClient>,
