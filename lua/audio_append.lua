@@ -14,8 +14,15 @@ Input:
   ARGV[9] payload duration estimate, ms
   ARGV[10] the chunk's client_timestamp_ms ("" if absent): kept as cts (with its arrival
            time rts) for the web_to_scheduler_ms timing of the next cut
+  ARGV[11] the chunk's number on its connection (1, 2, ...; 0: not numbered). A chunk whose
+           number the session's `chunk` field (<connection token> <number> <1 if it cut>)
+           already holds for this connection is not appended again: on a cluster the
+           client resends a call whose connection reset after it was sent, and the call
+           may have run (docs/scaling.md)
 Output: [JSON, blobs...]
   {"status":"ok","cut":reason?,"job_id":id?,"dispatch":"dispatched"|"queued"|"failed"?}
+  {"status":"repeat","cut":bool}  the chunk was appended already, nothing changed; cut: its
+    first run cut (what that cut delivered went with the first reply, which was lost)
   {"status":"missing"} | {"status":"stale"} | {"status":"closed"}
 ]]
 --!include ctx
@@ -31,30 +38,43 @@ Output: [JSON, blobs...]
 
 local sid, payload = ARGV[5], ARGV[7]
 local chunk_ms = int(9, 'duration ms', 0, math.huge)
+local seq = int(11, 'chunk number', 0, math.huge)
 local sess, why = session_for(sid, ARGV[6])
 if not sess then return finish({status = why}) end
+if seq > 0 then
+  local conn, done, did_cut = string.match(sess.chunk or '', '^(%S+) (%d+) ([01])$')
+  if conn == ARGV[6] and tonumber(done) >= seq then
+    return finish({status = 'repeat', cut = did_cut == '1'})
+  end
+end
 if sess.state ~= 'open' then return finish({status = 'closed'}) end
 local bytes = tonumber(sess.buf_bytes or '0')
 local ms = tonumber(sess.buf_ms or '0')
+local fields = {}
 if #payload > 0 then
   if redis.call('APPEND', KEYS[2], payload) == #payload then
     redis.call('PEXPIRE', KEYS[2], CFG.session_ttl) -- a new buffer: its own TTL at once
   end
   bytes = bytes + #payload
   ms = ms + chunk_ms
+  fields = {'buf_bytes', bytes, 'buf_ms', ms}
   if ARGV[10] ~= '' then
-    redis.call('HSET', KEYS[1], 'buf_bytes', bytes, 'buf_ms', ms, 'cts', ARGV[10], 'rts', NOW)
-  else
-    redis.call('HSET', KEYS[1], 'buf_bytes', bytes, 'buf_ms', ms)
+    fields[5], fields[6], fields[7], fields[8] = 'cts', ARGV[10], 'rts', NOW
   end
 end
 if ARGV[10] ~= '' then sess.cts, sess.rts = ARGV[10], NOW end
-touch_session(sid, sess)
 local reason = nil
 if ARGV[8] == '1' then reason = 'manual'
 elseif ms >= CFG.max_duration then reason = 'max_duration'
 elseif bytes > CFG.max_bytes then reason = 'max_size'
 end
+if seq > 0 then
+  fields[#fields + 1] = 'chunk'
+  fields[#fields + 1] = ARGV[6] .. ' ' .. ARGV[11] .. ' ' .. (reason and '1' or '0')
+end
+-- before cut(), whose writes of buf_bytes/buf_ms win
+if #fields > 0 then redis.call('HSET', KEYS[1], unpack(fields)) end
+touch_session(sid, sess)
 local reply = {status = 'ok'}
 if reason then
   sess.buf_bytes, sess.buf_ms = bytes, ms

@@ -16,7 +16,7 @@ use common::jobs::*;
 use common::*;
 use redis::AsyncCommands;
 use serde_json::json;
-use switchyard::store::sessions::OpenReply;
+use switchyard::store::sessions::{OpenReply, SessionReply};
 
 const T: Duration = Duration::from_secs(5);
 
@@ -434,4 +434,86 @@ async fn a_minted_session_id_is_refused_while_keys_of_an_earlier_session_linger(
         OpenReply::Taken,
         "its record holds it"
     );
+}
+
+/// Review finding (docs/scaling.md): on a cluster the redis client resends a command whose
+/// connection reset after it was sent, so an `audio_append` that had run ran again and its
+/// chunk was buffered twice. A connection now numbers its chunks and the script skips one
+/// it has appended already; a skipped repeat of a chunk that cut answers "reply lost"
+/// (what that cut released went with the first reply).
+#[tokio::test]
+async fn an_audio_chunk_sent_twice_is_buffered_once() {
+    let redis = RedisServer::start().await;
+    let cfg = test_config(&redis.url());
+    let mut inst = common::model::Instance::new(&cfg, "i-resend".into());
+    let token = inst.token();
+    let store = &inst.store;
+    let mut c = redis.client().await;
+    let sid = "s-0000000d";
+    let open = store
+        .session_open(sid, false, &token, "n0", None, 0, &[])
+        .await
+        .expect("session_open");
+    assert_eq!(open.reply, OpenReply::Ok);
+    let audio = format!("{PREFIX}session:{sid}:audio");
+    let chunk = b"0123456789";
+    let append =
+        |seq: u64, is_final: bool| store.audio_append(sid, &token, chunk, is_final, 20, None, seq);
+    let first = append(1, false).await.expect("audio_append");
+    assert!(
+        matches!(first.reply, SessionReply::Ok { cut: None, .. }),
+        "{:?}",
+        first.reply
+    );
+    // The same call again, as the cluster client resends it.
+    let again = append(1, false).await.expect("audio_append again");
+    let buffered: usize = c.strlen(&audio).await.unwrap();
+    assert_eq!(
+        buffered,
+        chunk.len(),
+        "a chunk sent twice was buffered twice"
+    );
+    let bytes: u64 = c
+        .hget(format!("{PREFIX}session:{sid}"), "buf_bytes")
+        .await
+        .unwrap();
+    assert_eq!(bytes, chunk.len() as u64);
+    assert_eq!(again.reply, SessionReply::Repeat { cut: false });
+    append(2, false).await.expect("the next chunk");
+    let buffered: usize = c.strlen(&audio).await.unwrap();
+    assert_eq!(buffered, 2 * chunk.len(), "the next chunk is appended");
+    // A final chunk cuts (40 ms: too short for a job, session.min_cut_ms); its repeat
+    // changes nothing and says its first reply was lost.
+    let cut = append(3, true).await.expect("final chunk");
+    assert!(
+        matches!(cut.reply, SessionReply::Ok { cut: Some(_), .. }),
+        "{:?}",
+        cut.reply
+    );
+    match append(3, true).await {
+        Err(e) => assert!(e.is_ambiguous(), "{e}"),
+        Ok(o) => panic!("a repeated cut answered {:?}", o.reply),
+    }
+    let skipped: u64 = c
+        .hget(format!("{PREFIX}session:{sid}"), "buf_bytes")
+        .await
+        .unwrap();
+    assert_eq!(skipped, 0);
+    // Another connection of the session (a resume) numbers its chunks from 1 again.
+    let other = inst.token();
+    let _: () = c
+        .hset(format!("{PREFIX}session:{sid}"), "conn", &other)
+        .await
+        .unwrap();
+    inst.store
+        .audio_append(sid, &other, chunk, false, 20, None, 1)
+        .await
+        .expect("audio_append");
+    let buffered: usize = c.strlen(&audio).await.unwrap();
+    assert_eq!(
+        buffered,
+        chunk.len(),
+        "a new connection's first chunk is appended"
+    );
+    invariants::check(&mut c).await;
 }

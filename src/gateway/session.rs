@@ -44,6 +44,7 @@ pub async fn upgrade(
             cred,
             session: None,
             trace_id: None,
+            chunks: 0,
         }
     })
 }
@@ -56,6 +57,10 @@ pub(super) struct SessionConn {
     pub(super) session: Option<Opened>,
     /// The session's trace id (client's or minted), parent of spans without their own.
     pub(super) trace_id: Option<String>,
+    /// `audio_chunk`s sent to `audio_append` so far: each call carries its number, so a
+    /// call the cluster client resends is not appended twice (messages are handled one at
+    /// a time, in order).
+    pub(super) chunks: u64,
 }
 
 /// The session a connection serves: its id, tenant and cell.
@@ -216,8 +221,10 @@ impl SessionConn {
                 };
                 let ms = estimate_ms("opus", bytes.len());
                 let client_ts = c.client_timestamp_ms;
+                self.chunks += 1;
+                let seq = self.chunks;
                 cell.store
-                    .audio_append(&sid, &self.token, &bytes, c.is_final, ms, client_ts)
+                    .audio_append(&sid, &self.token, &bytes, c.is_final, ms, client_ts, seq)
                     .await
             }
             SessionInbound::Utterance(u) => {

@@ -7,7 +7,7 @@
 //! - **sentinel**: the same pool, built on the primary the sentinels name. After a
 //!   connection error or a `READONLY` reply ([`Connector::failed`]) the sentinels are asked
 //!   again; when they name another primary the pool and the shared connections are replaced,
-//!   so the instance follows a failover by itself.
+//!   so the instance follows a failover by itself (`sentinel.rs`).
 //! - **cluster**: one `cluster-async` connection (multiplexed per node; it follows
 //!   `MOVED`/`ASK` and refreshes the slot map itself). Every script touches keys of one hash
 //!   tag only, so no call is ever `CROSSSLOT`; `FCALL` goes to the node owning the tag's
@@ -24,7 +24,6 @@ use redis::{AsyncConnectionConfig, Cmd, ConnectionInfo, IntoConnectionInfo, Redi
 
 use super::StoreError;
 use super::clients::{Node, cluster_client, node, sentinel_client};
-use super::sentinel::ask_sentinels;
 use crate::config::{RedisConfig, RedisMode};
 
 /// A connection to the configured Redis, whatever its topology.
@@ -68,15 +67,16 @@ impl ConnectionLike for Conn {
     }
 }
 
-enum Kind {
+pub(super) enum Kind {
     Single(Box<Node>),
     Sentinel {
         /// One client per sentinel (TLS and credentials as `clients::sentinel_client`).
         sentinels: Vec<redis::Client>,
         master: String,
         current: RwLock<Option<Arc<Node>>>,
-        /// Serialises re-resolution; the time of the last round (see [`RESOLVE_EVERY`]).
-        resolving: tokio::sync::Mutex<Option<Instant>>,
+        /// Serialises re-resolution; when the last round ended and why it found no primary
+        /// (see `sentinel.rs`).
+        resolving: tokio::sync::Mutex<Option<(Instant, Option<String>)>>,
     },
     Cluster {
         client: Box<redis::cluster::ClusterClient>,
@@ -86,32 +86,26 @@ enum Kind {
     },
 }
 
-/// How often the sentinels may be asked again after failures.
-const RESOLVE_EVERY: Duration = Duration::from_millis(200);
-
-/// How often the sentinels are asked while everything works (see [`Connector::poll`]).
-const POLL_EVERY: Duration = Duration::from_secs(1);
-
 /// The `slot` of a connection that is not one of the shared ones (`drop_shared` ignores it).
 pub const NOT_SHARED: usize = usize::MAX;
 
 /// Hands out connections for the configured topology.
 pub struct Connector {
-    kind: Kind,
-    cfg: RedisConfig,
-    timeout: Duration,
+    pub(super) kind: Kind,
+    pub(super) cfg: RedisConfig,
+    pub(super) timeout: Duration,
     /// Long-lived multiplexed connections for script calls (single, sentinel); see
     /// [`Connector::shared`].
-    shared: Vec<RwLock<Option<MultiplexedConnection>>>,
+    pub(super) shared: Vec<RwLock<Option<MultiplexedConnection>>>,
     next_shared: AtomicUsize,
 }
 
 /// A poisoned lock only means another thread panicked while holding it; the value is fine.
-fn read<T: Clone>(l: &RwLock<Option<T>>) -> Option<T> {
+pub(super) fn read<T: Clone>(l: &RwLock<Option<T>>) -> Option<T> {
     l.read().unwrap_or_else(|p| p.into_inner()).clone()
 }
 
-fn write<T>(l: &RwLock<Option<T>>, v: Option<T>) {
+pub(super) fn write<T>(l: &RwLock<Option<T>>, v: Option<T>) {
     *l.write().unwrap_or_else(|p| p.into_inner()) = v;
 }
 
@@ -180,22 +174,6 @@ impl Connector {
                 read(current).map_or_else(|| "unresolved".into(), |n| n.addr.clone())
             }
             Kind::Cluster { .. } => "cluster".into(),
-        }
-    }
-
-    /// The primary's node for single and sentinel modes (resolving it when needed).
-    async fn node(&self) -> Result<Arc<Node>, StoreError> {
-        match &self.kind {
-            Kind::Single(_) | Kind::Cluster { .. } => Err(config_err("not a node topology".into())),
-            Kind::Sentinel { current, .. } => match read(current) {
-                Some(n) => Ok(n),
-                None => {
-                    self.resolve(true, RESOLVE_EVERY).await?;
-                    read(current).ok_or_else(|| {
-                        StoreError::Unavailable("no primary known to the sentinels".into())
-                    })
-                }
-            },
         }
     }
 
@@ -323,79 +301,6 @@ impl Connector {
         }
     }
 
-    /// A call failed with `Unavailable`: in sentinel mode, ask the sentinels whether the
-    /// primary moved (at most once per 200 ms), and switch to the new one if it did.
-    pub async fn failed(&self) {
-        if let Kind::Sentinel { .. } = self.kind
-            && let Err(e) = self.resolve(false, RESOLVE_EVERY).await
-        {
-            tracing::debug!(error = %e, "sentinel re-resolution failed");
-        }
-    }
-
-    /// Ask the sentinels for the primary's address; replace the pool when it changed.
-    /// Sentinel mode: ask the sentinels again if the last answer is older than
-    /// [`POLL_EVERY`]. A planned switch-over (`SENTINEL FAILOVER`) leaves the old primary up
-    /// and writable until Sentinel reconfigures it (up to its 10 s INFO period), so errors
-    /// alone would notice it late; the presence loop calls this on every beat.
-    pub async fn poll(&self) {
-        if let Kind::Sentinel { .. } = self.kind
-            && let Err(e) = self.resolve(false, POLL_EVERY).await
-        {
-            tracing::debug!(error = %e, "sentinel poll failed");
-        }
-    }
-
-    async fn resolve(&self, force: bool, gap: Duration) -> Result<(), StoreError> {
-        let Kind::Sentinel {
-            sentinels,
-            master,
-            current,
-            resolving,
-        } = &self.kind
-        else {
-            return Ok(());
-        };
-        let mut last = resolving.lock().await;
-        if !force && last.is_some_and(|t| t.elapsed() < gap) {
-            return Ok(());
-        }
-        if force && read(current).is_some() {
-            return Ok(()); // another caller resolved it while we waited for the lock
-        }
-        // Stamped when the answer is in, not before asking: the calls that failed meanwhile
-        // and queued on the lock then find a fresh answer and return, instead of each
-        // asking again (each waiting up to `timeout` for a sentinel that does not answer).
-        let asked = ask_sentinels(sentinels, master, self.timeout).await;
-        *last = Some(Instant::now());
-        let (host, port) = asked?;
-        let addr = format!("{host}:{port}");
-        let old = read(current);
-        if old.as_ref().is_some_and(|n| n.addr == addr) {
-            return Ok(());
-        }
-        let scheme = if self.cfg.tls() { "rediss" } else { "redis" };
-        let info = format!("{scheme}://{addr}")
-            .as_str()
-            .into_connection_info()
-            .map_err(|e| config_err(e.to_string()))?;
-        let fresh = Arc::new(node(&self.cfg, info)?);
-        match &old {
-            Some(o) => tracing::warn!(from = %o.addr, to = %addr, master = %master,
-                "the sentinels name a new primary; following the failover"),
-            None => {
-                tracing::info!(primary = %addr, master = %master, "primary found through the sentinels")
-            }
-        }
-        write(current, Some(fresh));
-        for slot in &self.shared {
-            write(slot, None);
-        }
-        Ok(())
-    }
-}
-
-impl Connector {
     /// Run `cmd` on the node that holds `key`'s slot: in cluster mode commands without keys
     /// (`ROLE`, `SCRIPT`, `WAIT`) are routed there explicitly, elsewhere there is one node.
     pub async fn on_cell(

@@ -57,13 +57,7 @@ impl Store {
                 .connector
                 .on_cell(&mut conn, &redis::cmd("ROLE"), &cell)
                 .await?;
-            let role = match role {
-                Value::Array(v) => v
-                    .first()
-                    .and_then(|r| redis::from_redis_value_ref::<String>(r).ok()),
-                _ => None,
-            };
-            if role.as_deref() != Some("master") {
+            if !super::sentinel::is_master(&role) {
                 return Ok(None);
             }
             let mut cmd = redis::cmd("FUNCTION");

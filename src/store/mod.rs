@@ -8,7 +8,8 @@
 //! sent and no reply came, so it may have run; clients see both as
 //! `SCHEDULER_DEPENDENCY_DOWN`).
 //! Which Redis answers (one server, a Sentinel-managed primary, a Cluster) is the business
-//! of `connection.rs` alone: the rest of the code sees one `Store` whatever the topology.
+//! of `connection.rs` (and `sentinel.rs`, `clients.rs`) alone: the rest of the code sees one
+//! `Store` whatever the topology.
 
 mod args;
 mod clients;

@@ -1,33 +1,58 @@
-//! Sentinel discovery: which address the sentinels currently name as the primary.
+//! Sentinel mode: which node is the primary, and following it when it moves.
 //!
-//! Asked at the first connection and again after failures (see `connection.rs`); the
-//! sentinels are asked all at once, the first answer wins. A sentinel that is down, hangs
-//! or does not monitor the master is skipped: it costs no wait while another answers (the
-//! primary's pod often carries a sentinel, so one is down exactly when asking matters).
+//! [`Connector`] asks the sentinels at the first connection, after failures
+//! ([`Connector::failed`]) and once a second while everything works ([`Connector::poll`]);
+//! when they name another primary the pool and the shared connections are replaced.
+//!
+//! The sentinels are asked all at once, and the first answer that names a primary wins. A
+//! sentinel that is down, hangs or does not monitor the master is skipped: it costs no
+//! wait while another answers (the primary's pod often carries a sentinel, so one is down
+//! exactly when asking matters).
+//!
+//! A sentinel can name a node that is no primary (a stale sentinel; the seconds of a
+//! failover or switch-over before the sentinels reconfigure): writes there fail with
+//! `READONLY`, or worse, go to an old primary about to be demoted and are lost. So every
+//! address named is checked with `ROLE` before a connection to it is handed out; one that
+//! is not a primary is passed over for the next sentinel's answer, and when it is the
+//! primary in use (demoted behind the sentinels' back) it is dropped: calls are refused
+//! (`Unavailable`) until the sentinels name a primary.
 //!
 //! The sentinel clients are built once by `clients::sentinel_client`: a `rediss://` sentinel
 //! is asked over TLS with `redis.tls_ca_file`, as the data nodes are, and with the
 //! credentials of its own URL.
 
-use std::time::Duration;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
 
-use redis::AsyncConnectionConfig;
+use futures_util::StreamExt;
+use redis::{AsyncConnectionConfig, IntoConnectionInfo, Value};
 
 use super::StoreError;
+use super::clients::{Node, node};
+use super::connection::{Connector, Kind, config_err, read, write};
 
-/// `SENTINEL get-master-addr-by-name` on every sentinel at once; the first answer wins.
-pub(super) async fn ask_sentinels(
-    sentinels: &[redis::Client],
-    master: &str,
+/// How often the sentinels may be asked again after failures.
+const RESOLVE_EVERY: Duration = Duration::from_millis(200);
+
+/// How often the sentinels are asked while everything works (see [`Connector::poll`]).
+const POLL_EVERY: Duration = Duration::from_secs(1);
+
+/// One sentinel's answer: its address, and the `(host, port)` it names (None: it does not
+/// know the master).
+type Answer = (String, redis::RedisResult<Option<(String, u16)>>);
+
+/// `SENTINEL get-master-addr-by-name` on every sentinel at once; answers as they come.
+fn ask_sentinels<'a>(
+    sentinels: &'a [redis::Client],
+    master: &'a str,
     timeout: Duration,
-) -> Result<(String, u16), StoreError> {
-    use futures_util::StreamExt;
+) -> futures_util::stream::FuturesUnordered<impl Future<Output = Answer> + 'a> {
     let cfg = AsyncConnectionConfig::new()
         .set_connection_timeout(Some(timeout))
         .set_response_timeout(Some(timeout));
-    let mut asked: futures_util::stream::FuturesUnordered<_> = sentinels
+    sentinels
         .iter()
-        .map(|client| {
+        .map(move |client| {
             let cfg = cfg.clone();
             async move {
                 let addr = client.get_connection_info().addr().to_string();
@@ -44,14 +69,217 @@ pub(super) async fn ask_sentinels(
                 (addr, answer.await)
             }
         })
-        .collect();
-    let mut last = String::from("no sentinel configured");
-    while let Some((addr, answer)) = asked.next().await {
-        match answer {
-            Ok(Some(primary)) => return Ok(primary),
-            Ok(None) => last = format!("sentinel {addr} does not know {master:?}"),
-            Err(e) => last = format!("sentinel {addr}: {e}"),
+        .collect()
+}
+
+/// A `ROLE` reply that says primary (its first element is `master`).
+pub(super) fn is_master(role: &Value) -> bool {
+    let role = match role {
+        Value::Array(v) => v
+            .first()
+            .and_then(|r| redis::from_redis_value_ref::<String>(r).ok()),
+        _ => None,
+    };
+    role.as_deref() == Some("master")
+}
+
+/// `ROLE` on a pooled connection of `node`: is it a primary?
+async fn is_primary(node: &Node) -> Result<bool, StoreError> {
+    let mut c = node
+        .pool
+        .get()
+        .await
+        .map_err(|e| StoreError::Unavailable(e.to_string()))?;
+    let role: Value = redis::cmd("ROLE")
+        .query_async(&mut c)
+        .await
+        .map_err(|e| StoreError::from_redis("role", e))?;
+    Ok(is_master(&role))
+}
+
+/// What one round of asking found: the primary, or why none, and whether the node in use
+/// answered `ROLE` as something other than a primary.
+struct Round {
+    primary: Result<Arc<Node>, StoreError>,
+    demoted: bool,
+}
+
+impl Connector {
+    /// The primary's node for single and sentinel modes (resolving it when needed).
+    pub(super) async fn node(&self) -> Result<Arc<Node>, StoreError> {
+        match &self.kind {
+            Kind::Single(_) | Kind::Cluster { .. } => Err(config_err("not a node topology".into())),
+            Kind::Sentinel { current, .. } => match read(current) {
+                Some(n) => Ok(n),
+                None => {
+                    self.resolve(true, RESOLVE_EVERY).await?;
+                    read(current).ok_or_else(|| {
+                        StoreError::Unavailable("no primary known to the sentinels".into())
+                    })
+                }
+            },
         }
     }
-    Err(StoreError::Unavailable(last))
+
+    /// A call failed with `Unavailable` (a `READONLY` reply among them): in sentinel mode,
+    /// ask the sentinels whether the primary moved (at most once per 200 ms), and switch to
+    /// the new one if it did, or drop the one in use if it is no primary any more.
+    pub async fn failed(&self) {
+        if let Kind::Sentinel { .. } = self.kind
+            && let Err(e) = self.resolve(false, RESOLVE_EVERY).await
+        {
+            tracing::debug!(error = %e, "sentinel re-resolution failed");
+        }
+    }
+
+    /// Sentinel mode: ask the sentinels again if the last answer is older than
+    /// [`POLL_EVERY`]. A planned switch-over (`SENTINEL FAILOVER`) leaves the old primary up
+    /// and writable until Sentinel reconfigures it (up to its 10 s INFO period), so errors
+    /// alone would notice it late; the presence loop calls this on every beat.
+    pub async fn poll(&self) {
+        if let Kind::Sentinel { .. } = self.kind
+            && let Err(e) = self.resolve(false, POLL_EVERY).await
+        {
+            tracing::debug!(error = %e, "sentinel poll failed");
+        }
+    }
+
+    /// A client and pool for the data node at `addr` (`host:port`).
+    fn node_at(&self, addr: &str) -> Result<Node, StoreError> {
+        let scheme = if self.cfg.tls() { "rediss" } else { "redis" };
+        let info = format!("{scheme}://{addr}")
+            .as_str()
+            .into_connection_info()
+            .map_err(|e| config_err(e.to_string()))?;
+        node(&self.cfg, info)
+    }
+
+    /// Ask every sentinel; check each address named (once) with `ROLE`, in the order the
+    /// answers come, until one is a primary. `old`: the node in use, checked on its own pool.
+    async fn find_primary(
+        &self,
+        sentinels: &[redis::Client],
+        master: &str,
+        old: Option<&Arc<Node>>,
+    ) -> Round {
+        let mut asked = ask_sentinels(sentinels, master, self.timeout);
+        let mut checked = Vec::new();
+        let mut demoted = false;
+        let mut last = String::from("no sentinel configured");
+        while let Some((sentinel, answer)) = asked.next().await {
+            let (host, port) = match answer {
+                Ok(Some(named)) => named,
+                Ok(None) => {
+                    last = format!("sentinel {sentinel} does not know {master:?}");
+                    continue;
+                }
+                Err(e) => {
+                    last = format!("sentinel {sentinel}: {e}");
+                    continue;
+                }
+            };
+            let addr = format!("{host}:{port}");
+            if checked.contains(&addr) {
+                continue;
+            }
+            checked.push(addr.clone());
+            let node = match old {
+                Some(o) if o.addr == addr => o.clone(),
+                _ => match self.node_at(&addr) {
+                    Ok(n) => Arc::new(n),
+                    Err(e) => {
+                        last = format!("sentinel {sentinel} names {addr}: {e}");
+                        continue;
+                    }
+                },
+            };
+            match is_primary(&node).await {
+                Ok(true) => {
+                    return Round {
+                        primary: Ok(node),
+                        demoted,
+                    };
+                }
+                Ok(false) => {
+                    demoted |= old.is_some_and(|o| o.addr == addr);
+                    last = format!("sentinel {sentinel} names {addr}, which is not a primary");
+                }
+                Err(e) => last = format!("sentinel {sentinel} names {addr}: {e}"),
+            }
+        }
+        Round {
+            primary: Err(StoreError::Unavailable(last)),
+            demoted,
+        }
+    }
+
+    /// Ask the sentinels for the primary; replace the pool when it changed, drop it when
+    /// the node in use is no primary any more. `force`: there is no primary in use.
+    async fn resolve(&self, force: bool, gap: Duration) -> Result<(), StoreError> {
+        let Kind::Sentinel {
+            sentinels,
+            master,
+            current,
+            resolving,
+        } = &self.kind
+        else {
+            return Ok(());
+        };
+        let mut last = resolving.lock().await;
+        if force && read(current).is_some() {
+            return Ok(()); // another caller resolved it while we waited for the lock
+        }
+        if let Some((at, error)) = &*last
+            && at.elapsed() < gap
+        {
+            // Also with no primary in use (a node that was dropped, none named): every call
+            // would ask again, one after another. It gets the last round's answer.
+            return match error {
+                Some(e) if force => Err(StoreError::Unavailable(e.clone())),
+                _ => Ok(()),
+            };
+        }
+        // Stamped when the answer is in, not before asking: the calls that failed meanwhile
+        // and queued on the lock then find a fresh answer and return, instead of each
+        // asking again (each waiting up to `timeout` for a sentinel that does not answer).
+        let old = read(current);
+        let round = self.find_primary(sentinels, master, old.as_ref()).await;
+        let error = match &round.primary {
+            Ok(_) => None,
+            Err(StoreError::Unavailable(m)) => Some(m.clone()),
+            Err(e) => Some(e.to_string()),
+        };
+        *last = Some((Instant::now(), error));
+        let fresh = match round.primary {
+            Ok(n) => n,
+            Err(e) => {
+                if round.demoted
+                    && let Some(o) = &old
+                {
+                    tracing::warn!(node = %o.addr, master = %master, error = %e,
+                        "the primary in use is no primary any more; no connections until the sentinels name one");
+                    write(current, None);
+                    for slot in &self.shared {
+                        write(slot, None);
+                    }
+                }
+                return Err(e);
+            }
+        };
+        if old.as_ref().is_some_and(|n| Arc::ptr_eq(n, &fresh)) {
+            return Ok(());
+        }
+        match &old {
+            Some(o) => tracing::warn!(from = %o.addr, to = %fresh.addr, master = %master,
+                "the sentinels name a new primary; following the failover"),
+            None => {
+                tracing::info!(primary = %fresh.addr, master = %master, "primary found through the sentinels")
+            }
+        }
+        write(current, Some(fresh));
+        for slot in &self.shared {
+            write(slot, None);
+        }
+        Ok(())
+    }
 }

@@ -32,6 +32,10 @@ pub enum SessionReply {
     Created { job_id: String, dispatch: String },
     /// `submit`: the index has a job already; nothing changed.
     Duplicate { job_id: String },
+    /// `audio_append`: this connection's chunk of that number was appended already (a
+    /// resent call); nothing changed. A repeat of a chunk that cut comes back as
+    /// [`StoreError::Ambiguous`] instead (see [`Store::audio_append`]).
+    Repeat { cut: bool },
     /// `submit`: the index already has its terminal message.
     Settled,
     /// `submit`: the index is too far ahead of the delivery cursor.
@@ -113,7 +117,13 @@ impl Store {
     }
 
     /// `audio_append.lua`: buffer a chunk and apply the cut rules. `client_ts` is the
-    /// chunk's `client_timestamp_ms` (for `network_timings.web_to_scheduler_ms`).
+    /// chunk's `client_timestamp_ms` (for `network_timings.web_to_scheduler_ms`). `seq`
+    /// numbers the chunks of one connection from 1 (0: not numbered): a chunk whose number
+    /// was appended already is not appended again (on a cluster the client resends a call
+    /// whose connection reset after it was sent). Such a repeat answers
+    /// [`SessionReply::Repeat`], or [`StoreError::Ambiguous`] when the chunk cut: what the
+    /// cut delivered went with the first call's reply, which was lost.
+    #[allow(clippy::too_many_arguments)] // one per ARGV of the script
     pub async fn audio_append(
         &self,
         sid: &str,
@@ -122,6 +132,7 @@ impl Store {
         is_final: bool,
         duration_ms: u64,
         client_ts: Option<u64>,
+        seq: u64,
     ) -> Result<Output<SessionReply>, StoreError> {
         let keys = [
             self.keys.session(sid),
@@ -135,8 +146,16 @@ impl Store {
             .b(payload)
             .s(if is_final { "1" } else { "0" })
             .s(duration_ms)
-            .s(client_ts.map(|t| t.to_string()).unwrap_or_default());
-        self.run(Script::AudioAppend, &keys, args).await
+            .s(client_ts.map(|t| t.to_string()).unwrap_or_default())
+            .s(seq);
+        let out = self.run(Script::AudioAppend, &keys, args).await?;
+        if out.reply == (SessionReply::Repeat { cut: true }) {
+            return Err(StoreError::Ambiguous(format!(
+                "audio_append: chunk {seq} of session {sid} was resent after a cut; \
+                 the first call's reply was lost"
+            )));
+        }
+        Ok(out)
     }
 
     /// `submit.lua`: one pre-cut utterance becomes one job (idempotent on the index).

@@ -1,5 +1,7 @@
 //! Asking the sentinels: a sentinel that accepts connections and never answers (a hung
-//! pod; the primary's pod often carries one) costs no wait while another answers.
+//! pod; the primary's pod often carries one) costs no wait while another answers; a
+//! sentinel that names a node which is not a primary (stale, or mid-failover), or a
+//! primary demoted behind the sentinels' back, gets the instance no connection to it.
 
 use super::*;
 
@@ -49,4 +51,135 @@ async fn a_hung_sentinel_listed_first_costs_no_wait() {
         "the instance waited for the hung sentinel ({ready:?}; its timeout is 3 s)"
     );
     held.abort();
+}
+
+/// `SENTINEL <args...>` on `s`, expecting `OK`.
+async fn sentinel_cmd(s: &common::topology::Proc, args: &[&str]) {
+    let mut c = s.client().await;
+    let mut cmd = redis::cmd("SENTINEL");
+    for a in args {
+        cmd.arg(*a);
+    }
+    let _: () = cmd
+        .query_async(&mut c)
+        .await
+        .unwrap_or_else(|e| panic!("SENTINEL {args:?}: {e}"));
+}
+
+/// One script call through the instance's connector: refused while it knows no primary.
+async fn refused(inst: &Running, sid: &str) {
+    let store = &inst.app.cells.default_cell().store;
+    match store
+        .session_open(sid, false, "t/1", "n0", None, 0, &[])
+        .await
+    {
+        Err(e) => assert!(e.is_unavailable(), "{e}"),
+        Ok(o) => panic!("a session opened on a non-primary: {:?}", o.reply),
+    }
+}
+
+/// Review finding: the first address a sentinel named became the primary, unchecked. A stale
+/// sentinel naming a replica sent every write there (READONLY) until a failover; one naming
+/// an old primary about to be demoted would have lost them. Each named address is now
+/// checked with `ROLE` before a connection to it is handed out, and another sentinel's
+/// answer is taken when the first one's is not a primary.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sentinel_naming_a_replica_gets_no_connection_to_it() {
+    let set = SentinelSet::start_unelected(1, &[]).await;
+    let (primary, replica) = (set.primary.addr(), set.replicas[0].addr());
+    // The first sentinel names the replica.
+    let stale = &set.sentinels[0];
+    sentinel_cmd(stale, &["REMOVE", MASTER]).await;
+    let port = set.replicas[0].port.to_string();
+    sentinel_cmd(stale, &["MONITOR", MASTER, "127.0.0.1", &port, "2"]).await;
+
+    // An instance that knows only that sentinel has no primary, and says so.
+    let only_stale = start_with(cfg(RedisMode::Sentinel, vec![stale.url()], |_| {})).await;
+    let (status, body) = get_json(&http_url(&only_stale, "/readyz")).await;
+    refused(&only_stale, "s-0000000a").await;
+    let store = &only_stale.app.cells.default_cell().store;
+    assert_ne!(
+        store.redis_node(),
+        replica,
+        "the instance took the replica a stale sentinel named for its primary"
+    );
+    assert_eq!(status, 503, "{body}");
+
+    // Listed first among good sentinels, it costs nothing: the primary is found.
+    let mut urls = vec![stale.url()];
+    urls.extend(set.sentinel_urls().into_iter().skip(1));
+    let inst = start_with(cfg(RedisMode::Sentinel, urls, |_| {})).await;
+    until(Duration::from_secs(10), "ready", || async {
+        get_json(&http_url(&inst, "/readyz")).await.0 == 200
+    })
+    .await;
+    assert_eq!(inst.app.cells.default_cell().store.redis_node(), primary);
+    let node = auto_node(&inst).await;
+    jobs_flow(&inst, 2).await;
+    invariants::check(&mut set.primary.client().await).await;
+    node.stop();
+}
+
+/// Review finding: a primary demoted while the sentinels still named it (a stale sentinel,
+/// the first seconds of a switch-over) kept the instance's connections: every write failed
+/// with READONLY, and re-asking the sentinels changed nothing since they named the same
+/// address. A READONLY now has the named primary's `ROLE` checked, and a node that is no
+/// primary is dropped: calls are refused until a primary is known.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_demoted_primary_the_sentinels_still_name_is_dropped() {
+    let set = SentinelSet::start_unelected(1, &[]).await;
+    let primary = set.primary.addr();
+    // One sentinel goes on naming the primary for minutes (no failover, no
+    // reconfiguration); the others stop monitoring it.
+    for s in &set.sentinels[1..] {
+        sentinel_cmd(s, &["REMOVE", MASTER]).await;
+    }
+    let named = &set.sentinels[0];
+    sentinel_cmd(named, &["SET", MASTER, "down-after-milliseconds", "600000"]).await;
+    sentinel_cmd(named, &["SET", MASTER, "failover-timeout", "600000"]).await;
+    let inst = start_with(cfg(RedisMode::Sentinel, vec![named.url()], |_| {})).await;
+    until(Duration::from_secs(10), "ready", || async {
+        get_json(&http_url(&inst, "/readyz")).await.0 == 200
+    })
+    .await;
+    let store = &inst.app.cells.default_cell().store;
+    assert_eq!(store.redis_node(), primary);
+
+    // The replica takes over behind the sentinel's back; the old primary follows it.
+    let mut r = set.replicas[0].client().await;
+    let _: () = redis::cmd("REPLICAOF")
+        .arg("NO")
+        .arg("ONE")
+        .query_async(&mut r)
+        .await
+        .expect("replicaof no one");
+    let mut p = set.primary.client().await;
+    let port = set.replicas[0].port;
+    let _: () = redis::cmd("REPLICAOF")
+        .arg("127.0.0.1")
+        .arg(port)
+        .query_async(&mut p)
+        .await
+        .expect("replicaof");
+    assert_eq!(set.primary_addr().await, Some(primary.clone()));
+
+    // Calls meet READONLY; the next re-resolution (at most 200 ms after the last one, which
+    // the presence beat may just have made) drops the node.
+    let demoted = Instant::now();
+    for i in 0.. {
+        refused(&inst, &format!("s-000001{i:02}")).await;
+        if store.redis_node() != primary || demoted.elapsed() > Duration::from_secs(2) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_ne!(
+        store.redis_node(),
+        primary,
+        "the instance kept the demoted primary the sentinel still names for {:?}",
+        demoted.elapsed()
+    );
+    refused(&inst, "s-0000000c").await; // no primary known
+    let (status, body) = get_json(&http_url(&inst, "/readyz")).await;
+    assert_eq!(status, 503, "{body}");
 }
