@@ -1,6 +1,7 @@
-//! Two accepted takeovers of one node id on one instance whose script replies come back in
-//! the opposite order to their commits: the binding left live must be the connection Redis
-//! names (the later commit), and a `job_assign` Redis addresses to it must reach it.
+//! Two accepted takeovers of one node id (or two resumes of one session) on one instance
+//! whose script replies come back in the opposite order to their commits: the binding left
+//! live must be the connection Redis names (the later commit), and a `job_assign` Redis
+//! addresses to it must reach it.
 //!
 //! The reply order cannot be forced through two real sockets (both calls share the
 //! instance's Redis connections), so the two takeovers are made here the way
@@ -13,6 +14,7 @@ use super::*;
 use switchyard::capabilities::Capabilities;
 use switchyard::gateway::{Accepted, Kind, LocalConn, Outbound};
 use switchyard::protocol::node::NodeRegister;
+use switchyard::store::instances::ResumeReply;
 use switchyard::store::nodes::{NodeClaim, RegisterReply};
 use tokio::sync::mpsc;
 
@@ -109,6 +111,72 @@ async fn two_takeovers_accepted_in_reverse_commit_order_leave_the_later_one_live
     assert!(
         a.is_some(),
         "the job_assign for the node reaches C, the connection Redis names"
+    );
+    invariants::check(&mut c).await;
+}
+
+/// The same for two resumes of one session: the later commit's connection stays live.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn two_resumes_accepted_in_reverse_commit_order_leave_the_later_one_live() {
+    use sha2::{Digest, Sha256};
+    let redis = RedisServer::start().await;
+    let inst = start_instance(&redis).await;
+    let mut c = redis.client().await;
+    let (_s, ack) = open_session_ack(
+        &ws_url(&inst, "/ws/session"),
+        fixture("session_init_one_way"),
+    )
+    .await;
+    let sid = ack["session_id"].as_str().expect("session_id").to_string();
+    let proof = ack["resume_token"].as_str().expect("resume_token");
+    let hash: String = Sha256::digest(proof.as_bytes())
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect();
+    let (app, cell) = (&inst.app, inst.app.cells.default_cell().clone());
+    let (b, _b_rx) = local(&inst, "b");
+    let (cc, _c_rx) = local(&inst, "c");
+    let (bt, ct) = (b.token.clone(), cc.token.clone());
+    let floor = app.conns.bind(Kind::Session, &sid, b);
+    app.conns.bind(Kind::Session, &sid, cc);
+    let mut epochs = Vec::new();
+    for t in [&bt, &ct] {
+        let out = cell
+            .store
+            .session_resume(&sid, t, -1, &hash, None, floor)
+            .await
+            .expect("session_resume");
+        let ResumeReply::Ok { epoch, .. } = out.reply else {
+            panic!("resume refused: {:?}", out.reply);
+        };
+        epochs.push(epoch);
+    }
+    assert!(
+        epochs[0] < epochs[1],
+        "epochs follow commit order: {epochs:?}"
+    );
+    let owner: String = c
+        .hget(format!("{PREFIX}session:{sid}"), "conn")
+        .await
+        .unwrap();
+    assert_eq!(owner, ct, "Redis names the later commit");
+    let c_won = app
+        .conns
+        .accept(Kind::Session, cell.name(), &sid, &ct, epochs[1]);
+    assert!(
+        matches!(c_won, Accepted::Live(ref r) if r.len() == 1),
+        "{c_won:?}"
+    );
+    let b_late = app
+        .conns
+        .accept(Kind::Session, cell.name(), &sid, &bt, epochs[0]);
+    assert!(matches!(b_late, Accepted::Superseded), "{b_late:?}");
+    let live = app.conns.get(Kind::Session, cell.name(), &sid, None);
+    assert_eq!(live.map(|l| l.token).as_deref(), Some(ct.as_str()));
+    assert!(
+        app.conns
+            .get(Kind::Session, cell.name(), &sid, Some(&bt))
+            .is_none()
     );
     invariants::check(&mut c).await;
 }
