@@ -11,13 +11,17 @@ Input:
           this node) or "reconnect" (only if no live connection holds it: fleet token)
   ARGV[7] connection token: unique per socket, ever (fences heartbeats, closes, results)
   ARGV[8] capability signature
-  ARGV[9] n: node-hash field/value pairs in ARGV[10 .. 9+2n]; then the pool names
+  ARGV[9] epoch floor: the highest epoch of the id's live connection on the caller's
+          instance (0: none); the new epoch is above it and above the record's
+  ARGV[10] n: node-hash field/value pairs in ARGV[11 .. 10+2n]; then the pool names
 Output: [JSON, blobs...]  JSON.out = messages to deliver (queued jobs handed to the node)
   {"status":"taken"}  the minted id exists; mint another
   {"status":"conflict","owner":inst}  "reconnect" of an id a live connection holds: refused,
                       nothing changed (the holder keeps its node and its jobs)
   {"status":"ok","epoch":N,"state":"ready"|"draining","added":N,"removed":N,
    "replaced_conn":tok?,"replaced_owner":inst?}   a live older connection was replaced
+   epoch: grows with every registration (commit order), whatever the floor: the caller's
+   instance keeps the binding of the latest one live when replies come back out of order
 ]]
 --!include ctx
 --!include args
@@ -53,11 +57,12 @@ end
 local state = 'ready'
 if redis.call('HGET', KEYS[1], 'drain') == '1' then state = 'draining' end
 
-local n = int(9, 'field pairs', 0, (#ARGV - 9) / 2)
+local floor = int(9, 'epoch floor', 0, 2 ^ 53)
+local n = int(10, 'field pairs', 0, (#ARGV - 10) / 2)
 present() -- peers reach the node through us from now on
 local fields = {'id', node_id, 'conn', ARGV[7], 'owner', ME, 'state', state,
   'registered_at', NOW, 'last_hb', NOW, 'deadline', NOW + liveness, 'capsig', ARGV[8]}
-for i = 10, 9 + 2 * n do fields[#fields + 1] = ARGV[i] end
+for i = 11, 10 + 2 * n do fields[#fields + 1] = ARGV[i] end
 redis.call('HSET', KEYS[1], unpack(fields))
 -- Reservations are the active-job set (heals a record that expired or was wiped); a
 -- lower capacity takes effect as in-flight jobs finish, never below what is reserved.
@@ -70,11 +75,12 @@ else
   redis.call('HDEL', KEYS[1], 'capacity_target')
 end
 redis.call('HDEL', KEYS[1], 'offline_at', 'offline_reason')
-reply.epoch = redis.call('HINCRBY', KEYS[1], 'epoch', 1)
+reply.epoch = math.max(tonumber(redis.call('HGET', KEYS[1], 'epoch') or '0') or 0, floor) + 1
+redis.call('HSET', KEYS[1], 'epoch', reply.epoch)
 reply.state = state
 
 local pools = {}
-for i = 10 + 2 * n, #ARGV do pools[#pools + 1] = ARGV[i] end
+for i = 11 + 2 * n, #ARGV do pools[#pools + 1] = ARGV[i] end
 reply.added, reply.removed = apply_pools(P, node_id, KEYS[2], KEYS[5], pools)
 
 keep_alive(node_id, KEYS)

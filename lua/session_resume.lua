@@ -12,9 +12,14 @@ Input:
   ARGV[7] last_received_index (-1: none received)
   ARGV[8] SHA-256 (hex) of the resume token presented: must equal the session's resume_hash
   ARGV[9] tenant of the resuming credential ("" = none): must equal the session's tenant
+  ARGV[10] epoch floor: the highest epoch of the session's live connection on the caller's
+          instance (0: none); the new epoch is above it and above the record's
 Output: [JSON, blobs...]
-  {"status":"ok","next_seq":N,"resent":N,"state":"open"|"closed","tenant":T}  T: the
-                        session's own tenant ("" = none), which its later jobs keep
+  {"status":"ok","next_seq":N,"resent":N,"state":"open"|"closed","tenant":T,"epoch":E,
+   "replaced_conn":tok?}  T: the session's own tenant ("" = none), which its later jobs
+                        keep; E grows with every resume (commit order): the caller's instance
+                        keeps the binding of the latest one live when replies come back out
+                        of order; tok: the connection the session moved away from
   {"status":"missing"}  no such session (expired)
   {"status":"refused"}  wrong resume token or tenant: nothing changed (the live session
                         stays with its connection)
@@ -26,8 +31,9 @@ Output: [JSON, blobs...]
 --!include results
 
 local sid, last = ARGV[5], int(7, 'last_received_index', -math.huge, math.huge)
+local floor = int(10, 'epoch floor', 0, 2 ^ 53)
 local sk, rk, pk = session_keys(sid)
-local proof = redis.call('HMGET', sk, 'id', 'resume_hash', 'tenant')
+local proof = redis.call('HMGET', sk, 'id', 'resume_hash', 'tenant', 'conn', 'epoch')
 if not proof[1] then return finish({status = 'missing'}) end
 if not proof[2] or proof[2] ~= ARGV[8] or (ARGV[9] ~= '' and (proof[3] or '') ~= ARGV[9]) then
   return finish({status = 'refused'})
@@ -38,7 +44,8 @@ for i = last + 1, cursor - 1 do
   if redis.call('HEXISTS', rk, i) == 0 then return finish({status = 'gap'}) end
   if i - last > CFG.max_ahead then break end
 end
-redis.call('HSET', sk, 'owner', ME, 'conn', ARGV[6])
+local epoch = math.max(tonumber(proof[5] or '0') or 0, floor) + 1
+redis.call('HSET', sk, 'owner', ME, 'conn', ARGV[6], 'epoch', epoch)
 present() -- peers reach the session through us from now on
 local next_seq = tonumber(redis.call('HGET', sk, 'out_seq') or '0') + 1
 local held = {}
@@ -53,4 +60,5 @@ for _, n in ipairs(idxs) do send_terminal(sid, logged(sid, rk, n)) end
 release(sid, false)
 touch_session(sid)
 return finish({status = 'ok', next_seq = next_seq, resent = #idxs,
-  state = redis.call('HGET', sk, 'state'), tenant = proof[3] or ''})
+  state = redis.call('HGET', sk, 'state'), tenant = proof[3] or '', epoch = epoch,
+  replaced_conn = (proof[4] ~= ARGV[6]) and proof[4] or nil})

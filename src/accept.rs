@@ -12,13 +12,18 @@
 //! timeout restarts with every request: a client sending `GET /healthz` every 9 s would
 //! otherwise hold its connection (a file descriptor) for ever, and any number of them.
 //! Each listener holds at most `limits.max_http_connections` connections that are still
-//! HTTP; when they are all taken, the loop stops accepting until one ends (counted once in
+//! HTTP ([`slots`]). When they are all taken, the **oldest idle** one (no request in
+//! flight: before its first request or between kept-alive requests) is closed to make way
+//! for the new connection (`limited{kind="http", detail="idle_closed"}`), so idle
+//! connections — an attacker's included — cannot keep new ones, WebSocket upgrades of
+//! nodes and sessions included, out. Only when every slot has a request in flight does
+//! the loop stop accepting until one ends or goes idle (counted once in
 //! `limited{kind="http", detail="connections"}`): new connections wait in the listen
-//! backlog, so a reconnect storm of nodes is served in turn rather than refused, and no
-//! descriptor is spent beyond the cap. A connection leaves the count when it closes or is
-//! upgraded (a WebSocket counts against `limits.max_connections` instead). After
-//! `limits.http_connection_lifetime_ms` a connection is asked to close like at shutdown:
-//! the request in progress finishes (a console stream included), then it closes.
+//! backlog, and no descriptor is spent beyond the cap. A connection leaves the count when
+//! it closes or is upgraded: an upgraded WebSocket counts against `limits.max_connections`
+//! instead and is never closed by these bounds. After `limits.http_connection_lifetime_ms`
+//! a connection still speaking HTTP is asked to close like at shutdown: the request in
+//! progress finishes (a console stream included), then it closes.
 //!
 //! HTTP/1.1 only. Nodes, web clients and probes speak HTTP/1.1 (WebSockets by `Upgrade`),
 //! and HTTP/2 has no idle bound in hyper: a connection that had made one request (a
@@ -31,16 +36,20 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use axum::Router;
+use http_body_util::BodyExt as _;
 use hyper::body::Incoming;
 use hyper::server::conn::http1;
 use hyper::service::Service as _;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::service::TowerToHyperService;
 use tokio::net::TcpListener;
-use tokio::sync::{Semaphore, mpsc, watch};
+use tokio::sync::{mpsc, watch};
 
 use crate::config::LimitsConfig;
 use crate::telemetry::metrics::Metrics;
+
+mod slots;
+use slots::{MakeWay, Slot, Slots};
 
 /// Serve `router` on `listener` until `stop` turns true.
 pub async fn serve(
@@ -55,25 +64,13 @@ pub async fn serve(
         .header_read_timeout(Duration::from_millis(limits.header_read_timeout_ms));
     let first_request = Duration::from_millis(limits.upgrade_timeout_ms);
     let lifetime = Duration::from_millis(limits.http_connection_lifetime_ms);
-    // One permit per connection still speaking HTTP on this listener.
-    let slots = Arc::new(Semaphore::new(limits.max_http_connections));
+    // One slot per connection still speaking HTTP on this listener.
+    let slots = Slots::new(limits.max_http_connections);
     // Every connection task holds a sender: the receiver sees the end of the last one.
     let (open, mut all_closed) = mpsc::channel::<()>(1);
     let mut accepting = stop.clone();
-    loop {
-        let slot = match slots.clone().try_acquire_owned() {
-            Ok(slot) => slot,
-            Err(_) => {
-                metrics.limited("http", "connections");
-                tokio::select! {
-                    slot = slots.clone().acquire_owned() => match slot {
-                        Ok(slot) => slot,
-                        Err(_) => break, // never closed
-                    },
-                    _ = stopped(&mut accepting) => break,
-                }
-            }
-        };
+    'accept: loop {
+        // A connection first: nothing is closed to make way for one that is not there.
         let tcp = tokio::select! {
             r = listener.accept() => match r {
                 Ok((tcp, _)) => tcp,
@@ -82,7 +79,32 @@ pub async fn serve(
                     continue;
                 }
             },
-            _ = stopped(&mut accepting) => break,
+            _ = stopped(&mut accepting) => break 'accept,
+        };
+        // Then a slot for it: a free one, else the oldest idle connection's once it has
+        // closed, else (every slot busy with a request) the first that ends or goes idle —
+        // meanwhile this connection waits accepted and the next ones in the backlog.
+        let mut waited = false;
+        let slot = loop {
+            let changed = slots.changed();
+            tokio::pin!(changed);
+            changed.as_mut().enable();
+            if let Some(slot) = slots.try_take() {
+                break slot;
+            }
+            match slots.make_way() {
+                MakeWay::Evicted => metrics.limited("http", "idle_closed"),
+                MakeWay::Closing => {}
+                MakeWay::AllBusy if !waited => {
+                    waited = true;
+                    metrics.limited("http", "connections");
+                }
+                MakeWay::AllBusy => {}
+            }
+            tokio::select! {
+                _ = changed => {}
+                _ = stopped(&mut accepting) => break 'accept,
+            }
         };
         if let Err(e) = tcp.set_nodelay(true) {
             tracing::debug!(error = %e, "TCP_NODELAY not set");
@@ -90,26 +112,48 @@ pub async fn serve(
         let served = Arc::new(AtomicBool::new(false));
         let inner = TowerToHyperService::new(router.clone());
         let flag = served.clone();
+        let (slots_of, busy_of) = slot.parts();
         let svc = hyper::service::service_fn(move |req: hyper::Request<Incoming>| {
             flag.store(true, Ordering::Relaxed);
-            inner.call(req)
+            // In flight until its response body is done (a console stream: its end).
+            let busy = Slot::busy(&slots_of, &busy_of);
+            let call = inner.call(req);
+            async move {
+                let res = call.await?;
+                Ok::<_, std::convert::Infallible>(res.map(|body| {
+                    axum::body::Body::new(body.map_frame(move |f| {
+                        let _in_flight = &busy;
+                        f
+                    }))
+                }))
+            }
         });
         let conn = http
             .serve_connection(TokioIo::new(tcp), svc)
             .with_upgrades();
         let (metrics, mut stop, open) = (metrics.clone(), stop.clone(), open.clone());
         tokio::spawn(async move {
-            // Both go when the connection ends or is upgraded (the future then resolves).
-            let (_open, _slot) = (open, slot);
+            // `open` and the slot (moved in) go when the connection ends or is upgraded (the
+            // future then resolves): an upgraded WebSocket holds no slot and no timer here.
+            let _open = open;
             tokio::pin!(conn);
             let deadline = tokio::time::sleep(first_request);
             tokio::pin!(deadline);
             let aged = tokio::time::sleep(lifetime);
             tokio::pin!(aged);
             let (mut deadline_passed, mut stopping) = (false, false);
+            let evict = slot.evict.clone();
             let result = loop {
                 tokio::select! {
                     r = conn.as_mut() => break r,
+                    _ = evict.notified() => {
+                        if slot.idle() {
+                            return; // dropping the connection closes the socket
+                        }
+                        // A request came in meanwhile: it finishes, then the connection closes.
+                        stopping = true;
+                        conn.as_mut().graceful_shutdown();
+                    }
                     _ = &mut deadline, if !deadline_passed => {
                         if !served.load(Ordering::Relaxed) {
                             metrics.limited("http", "upgrade_timeout");

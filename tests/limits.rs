@@ -8,6 +8,7 @@ mod common;
 
 use std::time::Duration;
 
+use common::actors::{next_of, open_session};
 use common::*;
 use futures_util::{SinkExt, StreamExt};
 use serde_json::json;
@@ -291,59 +292,156 @@ async fn healthz(tcp: &mut TcpStream, within: Duration) -> Option<String> {
     Some(String::from_utf8_lossy(&got).into_owned())
 }
 
-/// Review finding: only WebSockets counted against a limit, and the header-read timeout
-/// restarts with each kept-alive request, so an unauthenticated client could hold any
-/// number of HTTP connections. With `limits.max_http_connections = 2`, two idle kept-alive
-/// connections take every slot: a third is not served until one of them closes. Upgraded
-/// WebSockets leave the count: several open while a slot is held.
+/// `GET /healthz` on a new connection, kept open: an idle kept-alive connection once served.
+async fn idle_connection(
+    inst: &switchyard::server::Running,
+    within: Duration,
+) -> Option<TcpStream> {
+    let mut tcp = TcpStream::connect(inst.addr).await.expect("connect");
+    healthz(&mut tcp, within).await.map(|_| tcp)
+}
+
+/// Review finding: idle kept-alive HTTP connections held every `limits.max_http_connections`
+/// slot and the listener stopped accepting, so a client keeping connections open (about 70
+/// a second against the defaults) delayed every new connection — WebSocket upgrades of
+/// nodes and sessions included — up to `upgrade_timeout_ms`. Now the oldest idle connection
+/// makes way. Upgraded WebSockets never count and are never closed by it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn http_connections_beyond_the_cap_wait_and_websockets_do_not_count() {
+async fn idle_http_connections_at_the_cap_make_way_and_websockets_are_never_cut() {
     let redis = RedisServer::start().await;
     let inst = start_tweaked(&redis, |c| c.limits.max_http_connections = 2).await;
     let t = Duration::from_secs(3);
-    let mut a = TcpStream::connect(inst.addr).await.expect("connect");
-    let mut b = TcpStream::connect(inst.addr).await.expect("connect");
+    // Upgraded before the flood, greeted after it: it must still be there.
+    let mut early = WsClient::connect(&ws_url(&inst, "/ws/session")).await;
+    let mut a = idle_connection(&inst, t)
+        .await
+        .expect("first connection served");
+    let _b = idle_connection(&inst, t)
+        .await
+        .expect("second connection served");
+    let c = idle_connection(&inst, Duration::from_millis(1_000)).await;
     assert!(
-        healthz(&mut a, t).await.is_some(),
-        "first connection served"
+        c.is_some(),
+        "a third HTTP connection waited while two idle ones held the cap"
     );
     assert!(
-        healthz(&mut b, t).await.is_some(),
-        "second connection served"
+        closed_within(&mut a, t).await,
+        "the oldest idle connection made way"
     );
-    let mut c = TcpStream::connect(inst.addr)
+    // A client holding idle connections as fast as it can: each one is served, and a
+    // WebSocket upgrade in the middle of it is not kept waiting.
+    let mut held = Vec::new();
+    for i in 0..40 {
+        let conn = idle_connection(&inst, t).await;
+        held.push(conn.unwrap_or_else(|| panic!("idle connection {i} not served")));
+        if i == 20 {
+            let started = std::time::Instant::now();
+            let (mut s, _) = open_session(
+                &ws_url(&inst, "/ws/session"),
+                fixture("session_init_one_way"),
+            )
+            .await;
+            assert!(
+                started.elapsed() < Duration::from_secs(1),
+                "a session waited {:?} for its upgrade",
+                started.elapsed()
+            );
+            s.send(&fixture("session_init_one_way")).await;
+            assert!(
+                next_of(&mut s, "error", t).await.is_some(),
+                "the session's socket is alive amid the flood"
+            );
+        }
+    }
+    early.send(&fixture("session_init_one_way")).await;
+    early.recv_type("session_init_ack").await;
+    let text = metrics_text(&inst).await;
+    assert!(
+        text.contains(r#"switchyard_limited_total{kind="http",detail="idle_closed"} "#),
+        "{text}"
+    );
+}
+
+/// An upgraded WebSocket is no HTTP connection any more: `http_connection_lifetime_ms`
+/// does not cut it (the lifetime's timer belongs to the HTTP connection, which ended at the
+/// upgrade).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_websocket_outlives_the_http_connection_lifetime() {
+    let redis = RedisServer::start().await;
+    let inst = start_tweaked(&redis, |c| {
+        c.limits.http_connection_lifetime_ms = 300;
+        c.limits.max_http_connections = 1;
+    })
+    .await;
+    let mut ws = WsClient::connect(&ws_url(&inst, "/ws/session")).await;
+    tokio::time::sleep(Duration::from_millis(1_000)).await;
+    // Meanwhile the one HTTP slot was taken and given up again.
+    let mut idle = idle_connection(&inst, Duration::from_secs(3))
+        .await
+        .expect("served");
+    assert!(closed_within(&mut idle, Duration::from_secs(3)).await);
+    ws.send(&fixture("session_init_one_way")).await;
+    ws.recv_type("session_init_ack").await;
+}
+
+/// The other side of making way: a connection with a request in flight (here a console
+/// stream) is never closed for a new one, and when every slot has a request in flight the
+/// listener waits (the new connection is served once a slot frees).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connections_with_a_request_in_flight_keep_their_slot() {
+    let redis = RedisServer::start().await;
+    let inst = start_tweaked(&redis, |c| c.limits.max_http_connections = 2).await;
+    let t = Duration::from_secs(3);
+    let stream = async || {
+        let mut tcp = TcpStream::connect(inst.addr).await.expect("connect");
+        let read = token(&[Scope::AdminRead], None, None);
+        let req =
+            format!("GET /api/v1/console/stream?access_token={read} HTTP/1.1\r\nHost: x\r\n\r\n");
+        tcp.write_all(req.as_bytes()).await.expect("write");
+        let mut head = [0u8; 12];
+        tokio::time::timeout(t, tcp.read_exact(&mut head))
+            .await
+            .expect("stream answered")
+            .expect("response");
+        assert_eq!(&head, b"HTTP/1.1 200", "{}", String::from_utf8_lossy(&head));
+        tcp
+    };
+    let mut s1 = stream().await;
+    let mut idle = idle_connection(&inst, t).await.expect("served");
+    // Full: the idle one makes way, the stream keeps running.
+    let _c = idle_connection(&inst, t)
+        .await
+        .expect("served by closing the idle one");
+    assert!(closed_within(&mut idle, t).await, "the idle one closed");
+    assert!(
+        !closed_within(&mut s1, Duration::from_millis(500)).await,
+        "a connection with a request in flight was closed to make way"
+    );
+    drop(_c);
+    // Both slots busy: a new connection waits for one.
+    let mut s2 = stream().await;
+    let mut waiting = TcpStream::connect(inst.addr)
         .await
         .expect("connect (backlog)");
     assert!(
-        healthz(&mut c, Duration::from_millis(1_000))
+        healthz(&mut waiting, Duration::from_millis(1_000))
             .await
             .is_none(),
-        "a third HTTP connection was served while two idle ones held the cap"
+        "served while every slot had a request in flight"
     );
-    drop(a);
+    assert!(!closed_within(&mut s2, Duration::from_millis(200)).await);
+    drop(s1);
     let mut head = [0u8; 12];
-    tokio::time::timeout(t, c.read_exact(&mut head))
+    tokio::time::timeout(t, waiting.read_exact(&mut head))
         .await
         .expect("served once a slot freed")
         .expect("response");
     assert_eq!(&head, b"HTTP/1.1 200");
-    drop(c);
-    // `b` still holds a slot; WebSockets use the other only for their handshake.
-    let mut sockets = Vec::new();
-    for path in ["/ws/node", "/ws/session", "/ws/session"] {
-        sockets.push(WsClient::connect(&ws_url(&inst, path)).await);
-    }
-    let (status, _) = get_json(&http_url(&inst, "/healthz")).await;
-    assert_eq!(
-        status, 200,
-        "plain HTTP still served with three WebSockets open"
-    );
     let text = metrics_text(&inst).await;
     assert!(
         text.contains(r#"switchyard_limited_total{kind="http",detail="connections"} "#),
         "{text}"
     );
-    drop(b);
 }
 
 /// Review finding: a client sending `GET /healthz` before each header-read timeout kept

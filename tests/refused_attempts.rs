@@ -5,8 +5,11 @@
 //! id — every result of a live session and every `job_assign` of a live node still reaches
 //! it while other clients hammer the same instance with refused attempts. Real
 //! redis-server, real WebSocket clients, the invariant checker after every scenario.
+//! `reordered.rs`: accepted takeovers whose outcomes arrive out of commit order.
 
 mod common;
+#[path = "refused_attempts/reordered.rs"]
+mod reordered;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};

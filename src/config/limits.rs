@@ -38,8 +38,9 @@ pub struct LimitsConfig {
     /// covers connections that never send a byte.
     pub upgrade_timeout_ms: u64,
     /// Connections still speaking HTTP (not upgraded to a WebSocket) per listener; at the
-    /// cap the listener stops accepting until one ends (new connections wait in the listen
-    /// backlog). Upgraded connections count against `max_connections` instead.
+    /// cap a new connection takes the slot of the oldest idle one (closed), and only when
+    /// every slot has a request in flight does the listener wait (new connections wait in
+    /// the listen backlog). Upgraded connections count against `max_connections` instead.
     pub max_http_connections: usize,
     /// A plain HTTP connection is closed after this long (the request in progress
     /// finishes first), so kept-alive requests cannot hold it for ever.

@@ -5,12 +5,17 @@
 //! this instance knows) and any number of **pending** ones: a connection binds the id before
 //! the script that decides whether it may hold it runs (bind-before-check: whatever the
 //! script's commit addresses to the new connection finds it at once), and the outcome either
-//! makes its binding the live one ([`Connections::accept`], which removes the binding it
-//! replaces) or removes it ([`Connections::refuse`]). A pending binding never hides the live
-//! one: deliveries name their connection token, and a token finds exactly its own binding.
-//! So a refused resume or takeover attempt (wrong resume token, `NODE_ID_CONFLICT`) cannot
-//! make the connection that holds the id lose a message.
-
+//! makes its binding the live one ([`Connections::accept`]) or removes it
+//! ([`Connections::refuse`]). A pending binding never hides the live one: deliveries name
+//! their connection token, and a token finds exactly its own binding. So a refused resume or
+//! takeover attempt (wrong resume token, `NODE_ID_CONFLICT`) cannot make the connection that
+//! holds the id lose a message.
+//!
+//! Which accepted binding is live follows Redis's commit order, not the order the replies
+//! come back in: each taking script (`register`, `session_resume`) returns the id's
+//! **epoch**, which grows with every commit that gives the id to a connection. An outcome
+//! older than the live binding's is **superseded** (Redis gave the id away again after it):
+//! it never demotes the newer binding.
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, MutexGuard};
 
@@ -28,10 +33,34 @@ pub struct LocalConn {
     pub cell: Arc<Cell>,
 }
 
+impl std::fmt::Debug for LocalConn {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LocalConn")
+            .field("token", &self.token)
+            .field("cell", &self.cell.name())
+            .finish()
+    }
+}
+
 /// One connection bound to an id: live, or pending until its script has decided.
 struct Binding {
     conn: LocalConn,
     pending: bool,
+    /// The epoch of the commit that gave the id to this connection (live bindings only).
+    epoch: u64,
+}
+
+/// The outcome of [`Connections::accept`].
+#[derive(Debug)]
+pub enum Accepted {
+    /// The connection's binding is the live one; the live bindings of earlier commits are
+    /// removed and returned, for the caller to close or let go.
+    Live(Vec<LocalConn>),
+    /// A later commit already gave the id to another connection of this instance (its
+    /// outcome came first), or this connection's binding is gone: nothing changed but the
+    /// removal of this connection's binding. Redis no longer names it: it is treated as
+    /// replaced.
+    Superseded,
 }
 
 /// Local connections of one kind: by cell, then by node or session id (ids are unique
@@ -86,7 +115,11 @@ impl Connections {
     /// Bindings of the id whose connection has ended are dropped here (one that ended
     /// without unbinding, e.g. cancelled between its bind and its outcome, lingers no
     /// longer than the next bind of its id).
-    pub fn bind(&self, kind: Kind, id: &str, conn: LocalConn) {
+    ///
+    /// Returns the highest epoch of the id's live bindings (0: none), for the script to
+    /// commit above: a record that Redis lost (wiped, failed over without it) restarts its
+    /// epoch, and would otherwise look older than a binding made before.
+    pub fn bind(&self, kind: Kind, id: &str, conn: LocalConn) -> u64 {
         let mut m = self.map(kind);
         let ids = m.entry(conn.cell.name().to_string()).or_default();
         let bindings = ids.entry(id.to_string()).or_default();
@@ -96,27 +129,43 @@ impl Connections {
             None => bindings.push(Binding {
                 conn,
                 pending: true,
+                epoch: 0,
             }),
         }
+        live_epoch(bindings).unwrap_or(0)
     }
 
-    /// The script gave `id` to connection `token`: its binding becomes the live one, and the
-    /// live binding it replaces (another connection's, if any) is removed and returned, for
-    /// the caller to close or let go. Other pending bindings stay: their own scripts decide.
-    pub fn accept(&self, kind: Kind, cell: &str, id: &str, token: &str) -> Vec<LocalConn> {
+    /// The script gave `id` to connection `token` with commit `epoch`. Unless a live binding
+    /// of a later commit is there already (its outcome overtook this one: this one is
+    /// [`Accepted::Superseded`] and its binding removed), the binding becomes the live one
+    /// and the live bindings of earlier commits are removed and returned — the one the
+    /// script replaced, if it is here, and any other Redis named before. Other pending
+    /// bindings stay: their own outcomes decide (one whose commit came before this one's
+    /// will find itself superseded).
+    pub fn accept(&self, kind: Kind, cell: &str, id: &str, token: &str, epoch: u64) -> Accepted {
         self.edit(kind, cell, id, |bindings| {
-            let Some(me) = bindings.iter_mut().find(|b| b.conn.token == token) else {
-                // Not bound (unbound meanwhile): nothing to make live.
-                return Vec::new();
-            };
-            me.pending = false;
+            if !bindings.iter().any(|b| b.conn.token == token) {
+                // Unbound meanwhile (its connection ended): nothing to make live.
+                return Accepted::Superseded;
+            }
+            let later = bindings
+                .iter()
+                .any(|b| !b.pending && b.conn.token != token && b.epoch > epoch);
+            if later {
+                bindings.retain(|b| b.conn.token != token);
+                return Accepted::Superseded;
+            }
             let (replaced, kept) = std::mem::take(bindings)
                 .into_iter()
                 .partition(|b| !b.pending && b.conn.token != token);
             *bindings = kept;
-            replaced.into_iter().map(|b| b.conn).collect()
+            if let Some(me) = bindings.iter_mut().find(|b| b.conn.token == token) {
+                me.pending = false;
+                me.epoch = epoch;
+            }
+            Accepted::Live(replaced.into_iter().map(|b| b.conn).collect())
         })
-        .unwrap_or_default()
+        .unwrap_or(Accepted::Superseded)
     }
 
     /// The script refused `id` to connection `token` (or failed): its pending binding is
@@ -204,6 +253,15 @@ impl Connections {
             .map(|ids| ids.values().flatten().map(|b| b.conn.clone()).collect())
             .unwrap_or_default()
     }
+}
+
+/// The epoch of the id's live binding, if it has one.
+fn live_epoch(bindings: &[Binding]) -> Option<u64> {
+    bindings
+        .iter()
+        .filter(|b| !b.pending)
+        .map(|b| b.epoch)
+        .max()
 }
 
 #[cfg(test)]

@@ -13,7 +13,7 @@ pub mod session;
 mod session_init;
 pub mod socket;
 
-pub use conns::{Connections, LocalConn};
+pub use conns::{Accepted, Connections, LocalConn};
 pub use socket::{Outbound, close};
 
 /// The two kinds of peers, as scripts name them in deliveries.

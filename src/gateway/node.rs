@@ -56,6 +56,9 @@ pub(super) enum Registration {
     },
     /// A live connection holds the id and this credential may not take it.
     Conflict,
+    /// Registered, but a later registration of the id (another connection of this
+    /// instance, whose outcome arrived first) took it over already: replaced.
+    Superseded,
 }
 
 /// What this connection has registered.
@@ -295,6 +298,10 @@ impl NodeConn {
                     Ok(Registration::Conflict) => {
                         self.send(Outbound::Unhold);
                         self.refuse_takeover()
+                    }
+                    Ok(Registration::Superseded) => {
+                        self.send(Outbound::Unhold);
+                        self.superseded()
                     }
                     Err(e) => {
                         self.send(Outbound::Unhold);

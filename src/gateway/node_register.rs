@@ -3,7 +3,7 @@
 //! and the refusal of a takeover (`NODE_ID_CONFLICT`).
 
 use super::node::{NodeConn, Registered, Registration};
-use super::{Kind, Outbound, close};
+use super::{Accepted, Kind, Outbound, close};
 use crate::capabilities::Capabilities;
 use crate::protocol::node::{NodeRegister, NodeRegisterAck};
 use crate::protocol::{ErrorCode, valid_id};
@@ -100,6 +100,10 @@ impl NodeConn {
                 self.send(Outbound::Unhold);
                 self.refuse_takeover()
             }
+            Ok(Registration::Superseded) => {
+                self.send(Outbound::Unhold);
+                self.superseded()
+            }
             Ok(Registration::Done {
                 node_id,
                 state,
@@ -173,14 +177,14 @@ impl NodeConn {
             // gives the id to this one (`accept`); a refusal removes only this binding (a
             // registered node registering again stays bound, as Redis still names it).
             self.send(Outbound::Hold);
-            app.conns.bind(Kind::Node, &node_id, self.local(&cell));
+            let floor = app.conns.bind(Kind::Node, &node_id, self.local(&cell));
             let refuse = |app: &App| {
                 app.conns
                     .refuse(Kind::Node, cell.name(), &node_id, &self.token)
             };
             let out = match cell
                 .store
-                .register(&node_id, claim, &self.token, caps, &extra)
+                .register(&node_id, claim, &self.token, caps, &extra, floor)
                 .await
             {
                 Ok(out) => out,
@@ -220,12 +224,20 @@ impl NodeConn {
                 RegisterReply::Ok {
                     state,
                     replaced_conn,
+                    epoch,
                     ..
                 } => {
-                    // The connection of this instance it replaces (if any) is closed.
-                    let replaced = app
-                        .conns
-                        .accept(Kind::Node, cell.name(), &node_id, &self.token);
+                    // The connections of this instance it replaces (if any) are closed —
+                    // unless a later registration's outcome came first: then this one is
+                    // the replaced connection.
+                    let accepted =
+                        app.conns
+                            .accept(Kind::Node, cell.name(), &node_id, &self.token, epoch);
+                    let Accepted::Live(replaced) = accepted else {
+                        tracing::info!(node_id = %node_id, epoch, "registration overtaken by a later one");
+                        routing::deliver(&app, &cell, assign);
+                        return Ok(Registration::Superseded);
+                    };
                     for old in replaced {
                         let reason = "replaced by a newer connection".into();
                         let _ = old.tx.try_send(Outbound::Close(close::REPLACED, reason));
@@ -269,6 +281,25 @@ impl NodeConn {
             close::POLICY,
             "node id held by a live connection".into(),
         ));
+        self.done = true;
+    }
+}
+
+impl NodeConn {
+    /// Registered, then overtaken: a later registration of the id on this instance took it
+    /// over before this one's outcome arrived (its binding is gone already). Answered like
+    /// a heartbeat that finds the record taken: `NODE_ID_CONFLICT`, then close 4001.
+    pub(super) fn superseded(&mut self) {
+        self.app.metrics.stale(KIND);
+        self.error(
+            ErrorCode::NodeIdConflict,
+            "another connection owns this node id now",
+        );
+        self.send(Outbound::Close(
+            close::REPLACED,
+            "replaced by a newer connection".into(),
+        ));
+        self.reg = None;
         self.done = true;
     }
 }

@@ -1,9 +1,9 @@
 //! A session's `session_init`: the tenant its credential decides, a new session with its
 //! `resume_token` (kept hashed), or the resume of a live one with the token it was given.
 
-use super::Kind;
 use super::Outbound;
 use super::session::{Opened, SessionConn, new_trace_id};
+use super::{Accepted, Kind};
 use crate::capabilities::{RouteRequest, route};
 use crate::protocol::session::{JobSpec, Pipeline, SessionInit};
 use crate::protocol::{ErrorCode, valid_id};
@@ -128,6 +128,13 @@ impl SessionConn {
                         "resume refused: resume_token or tenant does not match the session",
                     );
                 }
+                Ok(Resumed::Superseded) => {
+                    self.app.metrics.stale(KIND);
+                    return self.error(
+                        ErrorCode::InvalidSession,
+                        "session is owned by another connection: a later resume took it",
+                    );
+                }
                 Err(e) => return self.store_error(&e),
             }
         }
@@ -181,8 +188,10 @@ impl SessionConn {
                         );
                     }
                     OpenReply::Ok => {
+                        // A new id: no earlier binding to order against (epoch 0; the
+                        // first resume commits epoch 1 or above).
                         app.conns
-                            .accept(Kind::Session, cell.name(), &sid, &self.token);
+                            .accept(Kind::Session, cell.name(), &sid, &self.token, 0);
                         self.session = Some(Opened {
                             id: sid.clone(),
                             tenant,
@@ -233,7 +242,7 @@ impl SessionConn {
         // session held by another local connection keeps its binding, and receives its
         // results, until the script gives the session to this one (`accept`); anything but
         // a resume removes only this connection's binding (`refuse`).
-        app.conns.bind(Kind::Session, sid, self.local(&cell));
+        let floor = app.conns.bind(Kind::Session, sid, self.local(&cell));
         let refuse = || {
             app.conns
                 .refuse(Kind::Session, cell.name(), sid, &self.token)
@@ -241,7 +250,7 @@ impl SessionConn {
         let hash = resume_hash(proof);
         let out = match cell
             .store
-            .session_resume(sid, &self.token, last, &hash, s.tenant.as_deref())
+            .session_resume(sid, &self.token, last, &hash, s.tenant.as_deref(), floor)
             .await
         {
             Ok(out) => out,
@@ -250,45 +259,58 @@ impl SessionConn {
                 return Err(e);
             }
         };
-        if matches!(out.reply, ResumeReply::Refused) {
-            // The live session stays with its connection here, if it is here: it never
-            // stopped receiving its results.
-            refuse();
-            return Ok(Resumed::Refused);
-        }
-        if matches!(out.reply, ResumeReply::Missing | ResumeReply::Gap) {
-            refuse();
-            return Ok(Resumed::Gone);
-        }
-        // The session moved to this connection: a local connection it replaces leaves the
-        // map (it is not closed: its next message is answered as stale).
-        app.conns
-            .accept(Kind::Session, cell.name(), sid, &self.token);
-        if let ResumeReply::Ok {
-            next_seq,
-            resent,
-            tenant,
-            ..
-        } = &out.reply
-        {
-            tracing::info!(
-                session_id = sid,
-                cell = cell.name(),
+        let (next_seq, epoch, tenant) = match &out.reply {
+            ResumeReply::Ok {
+                next_seq,
                 resent,
-                "session resumed"
-            );
-            // The session's own tenant, not the resuming credential's: a credential without
-            // tenant may resume a tenant's session, whose utterances must keep its pools
-            // (and its strictness).
-            let tenant = Some(tenant.clone()).filter(|t| !t.is_empty());
-            self.session = Some(Opened {
                 tenant,
-                ..s.clone()
-            });
-            self.trace_id = Some(trace_id.to_string());
-            self.send_json(&init_ack(sid, trace_id, true, proof));
-            self.send(Outbound::ExpectSeq(*next_seq));
+                epoch,
+                replaced_conn,
+                ..
+            } => {
+                tracing::info!(
+                    session_id = sid,
+                    cell = cell.name(),
+                    resent,
+                    epoch,
+                    replaced_conn = replaced_conn.as_deref().unwrap_or(""),
+                    "session resumed"
+                );
+                (*next_seq, *epoch, tenant.clone())
+            }
+            ResumeReply::Refused => {
+                // The live session stays with its connection here, if it is here: it
+                // never stopped receiving its results.
+                refuse();
+                return Ok(Resumed::Refused);
+            }
+            ResumeReply::Missing | ResumeReply::Gap => {
+                refuse();
+                return Ok(Resumed::Gone);
+            }
+        };
+        // The session moved to this connection: the local connections it replaces leave
+        // the map (they are not closed: their next message is answered as stale). Unless a
+        // later resume's outcome came first: the session has moved on from this one too.
+        let accepted = app
+            .conns
+            .accept(Kind::Session, cell.name(), sid, &self.token, epoch);
+        if matches!(accepted, Accepted::Superseded) {
+            tracing::info!(session_id = sid, epoch, "resume overtaken by a later one");
+            routing::deliver(&app, &cell, out);
+            return Ok(Resumed::Superseded);
         }
+        // The session's own tenant, not the resuming credential's: a credential without
+        // tenant may resume a tenant's session, whose utterances must keep its pools (and
+        // its strictness).
+        let tenant = Some(tenant).filter(|t| !t.is_empty());
+        self.session = Some(Opened {
+            tenant,
+            ..s.clone()
+        });
+        self.trace_id = Some(trace_id.to_string());
+        self.send_json(&init_ack(sid, trace_id, true, proof));
+        self.send(Outbound::ExpectSeq(next_seq));
         routing::deliver(&app, &cell, out);
         app.metrics.resumes.inc();
         Ok(Resumed::Yes)
@@ -302,6 +324,9 @@ enum Resumed {
     Gone,
     /// Wrong resume token or tenant: nothing changed.
     Refused,
+    /// Resumed, but a later resume of the session on this instance (whose outcome arrived
+    /// first) took it over already.
+    Superseded,
 }
 
 /// A session's resume secret: 128 random bits, given out once in its ack.

@@ -37,6 +37,11 @@ pub enum ResumeReply {
         /// instance calls is always its own, so the field is always there.)
         #[serde(default)]
         tenant: String,
+        /// Grows with every resume of the session (Redis's commit order), above the
+        /// caller's floor: orders two outcomes of this instance that arrive out of order.
+        epoch: u64,
+        /// The connection the session moved away from, if another.
+        replaced_conn: Option<String>,
     },
     Missing,
     /// Results after the client's last index were already trimmed.
@@ -72,7 +77,8 @@ impl Store {
     }
 
     /// `session_resume.lua`: move a session to a new connection and resend its results,
-    /// if `resume_hash` (SHA-256 of the presented resume token) and `tenant` match it.
+    /// if `resume_hash` (SHA-256 of the presented resume token) and `tenant` match it;
+    /// `epoch_floor` is the epoch of its live binding on this instance (`Connections::bind`).
     pub async fn session_resume(
         &self,
         sid: &str,
@@ -80,6 +86,7 @@ impl Store {
         last: i64,
         resume_hash: &str,
         tenant: Option<&str>,
+        epoch_floor: u64,
     ) -> Result<Output<ResumeReply>, StoreError> {
         let args = self
             .args()
@@ -87,7 +94,8 @@ impl Store {
             .s(conn)
             .s(last)
             .s(resume_hash)
-            .s(tenant.unwrap_or_default());
+            .s(tenant.unwrap_or_default())
+            .s(epoch_floor);
         self.run(Script::SessionResume, &[self.keys.session(sid)], args)
             .await
     }

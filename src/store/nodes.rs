@@ -41,6 +41,8 @@ pub enum RegisterReply {
     /// A live connection (on `owner`) holds the id and this one may not take it.
     Conflict { owner: String },
     Ok {
+        /// Grows with every registration of the id (Redis's commit order), above the
+        /// caller's floor: orders two outcomes of this instance that arrive out of order.
         epoch: u64,
         state: String,
         added: u32,
@@ -138,7 +140,8 @@ impl Store {
 
     /// `register.lua`: record capabilities, owner and connection token; join pools; the
     /// node's free capacity serves queued jobs (deliveries in the output).
-    /// `extra` holds descriptive fields (version, hardware, capacity, ...).
+    /// `extra` holds descriptive fields (version, hardware, capacity, ...); `epoch_floor`
+    /// is the epoch of the id's live binding on this instance (`Connections::bind`).
     pub async fn register(
         &self,
         node_id: &str,
@@ -146,6 +149,7 @@ impl Store {
         conn: &str,
         caps: &Capabilities,
         extra: &[(&'static str, String)],
+        epoch_floor: u64,
     ) -> Result<Output<RegisterReply>, StoreError> {
         let mut fields = capability_fields(caps);
         fields.extend_from_slice(extra);
@@ -155,6 +159,7 @@ impl Store {
             .s(claim.as_str())
             .s(conn)
             .s(caps.signature())
+            .s(epoch_floor)
             .s(fields.len())
             .fields(&fields)
             .all(caps.pools());

@@ -227,7 +227,7 @@ impl Cell {
         ];
         let store = &self.inst[s].store;
         let out = store
-            .register(nid, NodeClaim::Replace, &token, &caps(c), &extra)
+            .register(nid, NodeClaim::Replace, &token, &caps(c), &extra, 0)
             .await?;
         self.clients.take(s, &out);
         Ok(())
@@ -250,7 +250,7 @@ impl Cell {
                 let extra = [("capacity", "1".into()), ("supports_ack", "0".into())];
                 let store = &self.inst[s].store;
                 let out = store
-                    .register(nid, NodeClaim::Replace, &token, &caps(c), &extra)
+                    .register(nid, NodeClaim::Replace, &token, &caps(c), &extra, 0)
                     .await?;
                 self.clients.take(s, &out);
             }
@@ -427,7 +427,7 @@ impl Cell {
         let sid = c.id.clone();
         let out = self.inst[s]
             .store
-            .session_resume(&sid, &token, last, RESUME_HASH, None)
+            .session_resume(&sid, &token, last, RESUME_HASH, None, 0)
             .await?;
         let c = &mut self.clients.sessions[k];
         c.conn = None;

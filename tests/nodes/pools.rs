@@ -203,6 +203,7 @@ async fn a_node_in_more_pools_than_lua_can_unpack_registers_and_is_offered_queue
             "conn-wide",
             &caps,
             &extra,
+            0,
         )
         .await
         .expect("the register script runs to its end");

@@ -43,10 +43,19 @@ fn finds(c: &Connections, cell: &Cell, id: &str, token: &str) -> bool {
         .is_some_and(|c| c.token == token)
 }
 
-/// Bound and accepted: the live binding of `id`.
+/// Accept `token`'s binding of node `id` with commit `epoch`: the tokens it replaced, or
+/// `None` when it was superseded.
+fn accept(c: &Connections, cell: &Cell, id: &str, token: &str, epoch: u64) -> Option<Vec<String>> {
+    match c.accept(Kind::Node, cell.name(), id, token, epoch) {
+        Accepted::Live(r) => Some(r.into_iter().map(|c| c.token).collect()),
+        Accepted::Superseded => None,
+    }
+}
+
+/// Bound and accepted (with epoch 1): the live binding of `id`.
 fn live_bound(c: &Connections, cell: &Arc<Cell>, id: &str, token: &str) {
     c.bind(Kind::Node, id, conn(cell, token));
-    assert!(c.accept(Kind::Node, cell.name(), id, token).is_empty());
+    assert_eq!(accept(c, cell, id, token, 1), Some(vec![]));
 }
 
 /// The bug this map's shape fixes: while another connection's bind of the id awaits its
@@ -117,12 +126,12 @@ fn an_accepted_bind_leaves_only_the_new_one() {
     let (c, cell) = (Connections::default(), cell());
     live_bound(&c, &cell, "n", "a");
     c.bind(Kind::Node, "n", conn(&cell, "b"));
-    let replaced: Vec<String> = c
-        .accept(Kind::Node, cell.name(), "n", "b")
-        .into_iter()
-        .map(|c| c.token)
-        .collect();
-    assert_eq!(replaced, ["a"], "the replaced connection, to close");
+    let replaced = accept(&c, &cell, "n", "b", 2);
+    assert_eq!(
+        replaced,
+        Some(vec!["a".into()]),
+        "the replaced connection, to close"
+    );
     assert_eq!(live(&c, &cell, "n").as_deref(), Some("b"));
     assert!(!finds(&c, &cell, "n", "a"));
     assert_eq!(c.count(Kind::Node), 1);
@@ -132,20 +141,23 @@ fn an_accepted_bind_leaves_only_the_new_one() {
     // Another attempt still pending when one is accepted keeps waiting for its own script.
     c.bind(Kind::Node, "n", conn(&cell, "c"));
     c.bind(Kind::Node, "n", conn(&cell, "d"));
-    let replaced = c.accept(Kind::Node, cell.name(), "n", "d");
-    assert_eq!(replaced.len(), 1);
+    assert_eq!(accept(&c, &cell, "n", "d", 3), Some(vec!["b".into()]));
     assert!(finds(&c, &cell, "n", "c"));
     c.refuse(Kind::Node, cell.name(), "n", "c");
     assert_eq!(c.count(Kind::Node), 1);
     assert_eq!(live(&c, &cell, "n").as_deref(), Some("d"));
     // Accepting a connection that is bound already replaces nobody.
     c.bind(Kind::Node, "n", conn(&cell, "d"));
-    assert!(c.accept(Kind::Node, cell.name(), "n", "d").is_empty());
+    assert_eq!(accept(&c, &cell, "n", "d", 4), Some(vec![]));
     assert_eq!(c.count(Kind::Node), 1);
     // A connection unbound before its outcome is not bound again by it.
     c.bind(Kind::Node, "m", conn(&cell, "e"));
     c.unbind(Kind::Node, cell.name(), "m", "e");
-    assert!(c.accept(Kind::Node, cell.name(), "m", "e").is_empty());
+    assert_eq!(
+        accept(&c, &cell, "m", "e", 1),
+        None,
+        "superseded: not bound"
+    );
     assert_eq!(c.count(Kind::Node), 1);
 }
 
@@ -157,7 +169,7 @@ fn a_closed_connection_does_not_linger() {
     // The live connection ended without its unbind reaching the map (its task cancelled):
     // the next bind of its id drops it.
     c.bind(Kind::Node, "n", closed_conn(&cell, "gone"));
-    c.accept(Kind::Node, cell.name(), "n", "gone");
+    accept(&c, &cell, "n", "gone", 1);
     c.bind(Kind::Node, "n", conn(&cell, "d"));
     c.refuse(Kind::Node, cell.name(), "n", "d");
     assert_eq!(live(&c, &cell, "n"), None);
@@ -176,8 +188,41 @@ fn kinds_and_cells_are_apart() {
     let (c, cell) = (Connections::default(), cell());
     live_bound(&c, &cell, "x", "a");
     c.bind(Kind::Session, "x", conn(&cell, "s"));
-    assert!(c.accept(Kind::Session, cell.name(), "x", "s").is_empty());
+    assert!(matches!(
+        c.accept(Kind::Session, cell.name(), "x", "s", 1),
+        Accepted::Live(r) if r.is_empty()
+    ));
     assert_eq!(live(&c, &cell, "x").as_deref(), Some("a"));
     assert_eq!(c.count(Kind::Session), 1);
     assert!(c.get(Kind::Node, "other-cell", "x", None).is_none());
+}
+
+/// The defect of the first two-state map: two accepted takeovers whose outcomes arrive in
+/// the opposite order to their commits. The later commit's binding stays live whatever
+/// the order; the earlier one is superseded and never demotes it.
+#[test]
+fn outcomes_out_of_commit_order_leave_the_latest_commit_live() {
+    let (c, cell) = (Connections::default(), cell());
+    live_bound(&c, &cell, "n", "a");
+    assert_eq!(
+        c.bind(Kind::Node, "n", conn(&cell, "b")),
+        1,
+        "the floor: a's epoch"
+    );
+    assert_eq!(c.bind(Kind::Node, "n", conn(&cell, "c")), 1);
+    // Redis committed b (epoch 2) then c (epoch 3); c's outcome arrives first.
+    assert_eq!(accept(&c, &cell, "n", "c", 3), Some(vec!["a".into()]));
+    assert!(finds(&c, &cell, "n", "b"), "b's own outcome decides b");
+    assert_eq!(accept(&c, &cell, "n", "b", 2), None, "b is superseded");
+    assert_eq!(live(&c, &cell, "n").as_deref(), Some("c"));
+    assert!(!finds(&c, &cell, "n", "b"));
+    assert_eq!(c.count(Kind::Node), 1);
+    // The floor a bind reports is the live binding's epoch.
+    assert_eq!(c.bind(Kind::Node, "n", conn(&cell, "d")), 3);
+    // In commit order the later one replaces the earlier as before.
+    assert_eq!(accept(&c, &cell, "n", "d", 4), Some(vec!["c".into()]));
+    // A live connection registering again keeps its binding with its newer epoch.
+    assert_eq!(c.bind(Kind::Node, "n", conn(&cell, "d")), 4);
+    assert_eq!(accept(&c, &cell, "n", "d", 5), Some(vec![]));
+    assert_eq!(c.bind(Kind::Node, "n", conn(&cell, "e")), 5);
 }

@@ -1,0 +1,182 @@
+//! Two accepted takeovers of one node id (or two resumes of one session) on one instance
+//! whose script replies come back in the opposite order to their commits: the binding left
+//! live must be the connection Redis names (the later commit), and a `job_assign` Redis
+//! addresses to it must reach it.
+//!
+//! The reply order cannot be forced through two real sockets (both calls share the
+//! instance's Redis connections), so the two takeovers are made here the way
+//! `node_register` makes them — bind, the real `register` script, then the outcome — on the
+//! running instance's own connection map, with the accepts in reverse commit order. The
+//! node that held the id and the session whose utterance is dispatched are real WebSocket
+//! clients; the dispatch is the instance's own.
+
+use super::*;
+use switchyard::capabilities::Capabilities;
+use switchyard::gateway::{Accepted, Kind, LocalConn, Outbound};
+use switchyard::protocol::node::NodeRegister;
+use switchyard::store::instances::ResumeReply;
+use switchyard::store::nodes::{NodeClaim, RegisterReply};
+use tokio::sync::mpsc;
+
+/// A connection of the test on the instance's map: its token and the receiving end of
+/// its writer.
+fn local(inst: &Running, name: &str) -> (LocalConn, mpsc::Receiver<Outbound>) {
+    let (tx, rx) = mpsc::channel(64);
+    let conn = LocalConn {
+        token: format!("{}/takeover-{name}", inst.app.instance_id),
+        tx,
+        cell: inst.app.cells.default_cell().clone(),
+    };
+    (conn, rx)
+}
+
+/// The first text message on `rx` within `T` whose type is `kind`.
+async fn text_of(rx: &mut mpsc::Receiver<Outbound>, kind: &str) -> Option<Value> {
+    let deadline = tokio::time::Instant::now() + T;
+    loop {
+        let m = tokio::time::timeout_at(deadline, rx.recv()).await.ok()??;
+        let text = match m {
+            Outbound::Text(t) | Outbound::First(t) | Outbound::Ordered(_, t) => t,
+            _ => continue,
+        };
+        let v: Value = serde_json::from_str(&text).ok()?;
+        if v["type"] == kind {
+            return Some(v);
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn two_takeovers_accepted_in_reverse_commit_order_leave_the_later_one_live() {
+    let redis = RedisServer::start().await;
+    let inst = start_instance(&redis).await;
+    let mut c = redis.client().await;
+    let (_n, nid) = node_on(&inst, None).await;
+    let (mut s, sid) = session_on(&inst).await;
+    let (app, cell) = (&inst.app, inst.app.cells.default_cell().clone());
+    let register: NodeRegister =
+        serde_json::from_value(fixture("node_register_first")).expect("node_register");
+    let caps = Capabilities::from_register(&register).expect("capabilities");
+    let extra = [("capacity", "4".to_string()), ("supports_ack", "0".into())];
+
+    // B and C take the id over, both bound (pending) before their scripts run; Redis
+    // commits B's register first, then C's.
+    let (b, _b_rx) = local(&inst, "b");
+    let (cc, mut c_rx) = local(&inst, "c");
+    let (bt, ct) = (b.token.clone(), cc.token.clone());
+    let floor = app.conns.bind(Kind::Node, &nid, b);
+    assert_eq!(app.conns.bind(Kind::Node, &nid, cc), floor);
+    let mut epochs = Vec::new();
+    for t in [&bt, &ct] {
+        let out = cell
+            .store
+            .register(&nid, NodeClaim::Replace, t, &caps, &extra, floor)
+            .await
+            .expect("register");
+        let RegisterReply::Ok { epoch, .. } = out.reply else {
+            panic!("takeover refused: {:?}", out.reply);
+        };
+        epochs.push(epoch);
+    }
+    let owner: String = c.hget(format!("{PREFIX}node:{nid}"), "conn").await.unwrap();
+    assert_eq!(owner, ct, "Redis names the later commit");
+
+    // The replies come back the other way round: C's outcome first, then B's.
+    assert!(
+        epochs[0] < epochs[1],
+        "epochs follow commit order: {epochs:?}"
+    );
+    let c_won = app
+        .conns
+        .accept(Kind::Node, cell.name(), &nid, &ct, epochs[1]);
+    assert!(matches!(c_won, Accepted::Live(_)), "{c_won:?}");
+    let b_late = app
+        .conns
+        .accept(Kind::Node, cell.name(), &nid, &bt, epochs[0]);
+    assert!(
+        matches!(b_late, Accepted::Superseded),
+        "B's outcome is superseded: {b_late:?}"
+    );
+
+    let live = app.conns.get(Kind::Node, cell.name(), &nid, None);
+    assert_eq!(
+        live.map(|l| l.token).as_deref(),
+        Some(ct.as_str()),
+        "the live binding is the connection Redis names (epochs {epochs:?})"
+    );
+    // What Redis addresses to its owner reaches it: the session's utterance is dispatched
+    // to the node's connection C.
+    s.send(&utterance(&sid, 0)).await;
+    let a = text_of(&mut c_rx, "job_assign").await;
+    assert!(
+        a.is_some(),
+        "the job_assign for the node reaches C, the connection Redis names"
+    );
+    invariants::check(&mut c).await;
+}
+
+/// The same for two resumes of one session: the later commit's connection stays live.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn two_resumes_accepted_in_reverse_commit_order_leave_the_later_one_live() {
+    use sha2::{Digest, Sha256};
+    let redis = RedisServer::start().await;
+    let inst = start_instance(&redis).await;
+    let mut c = redis.client().await;
+    let (_s, ack) = open_session_ack(
+        &ws_url(&inst, "/ws/session"),
+        fixture("session_init_one_way"),
+    )
+    .await;
+    let sid = ack["session_id"].as_str().expect("session_id").to_string();
+    let proof = ack["resume_token"].as_str().expect("resume_token");
+    let hash: String = Sha256::digest(proof.as_bytes())
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect();
+    let (app, cell) = (&inst.app, inst.app.cells.default_cell().clone());
+    let (b, _b_rx) = local(&inst, "b");
+    let (cc, _c_rx) = local(&inst, "c");
+    let (bt, ct) = (b.token.clone(), cc.token.clone());
+    let floor = app.conns.bind(Kind::Session, &sid, b);
+    app.conns.bind(Kind::Session, &sid, cc);
+    let mut epochs = Vec::new();
+    for t in [&bt, &ct] {
+        let out = cell
+            .store
+            .session_resume(&sid, t, -1, &hash, None, floor)
+            .await
+            .expect("session_resume");
+        let ResumeReply::Ok { epoch, .. } = out.reply else {
+            panic!("resume refused: {:?}", out.reply);
+        };
+        epochs.push(epoch);
+    }
+    assert!(
+        epochs[0] < epochs[1],
+        "epochs follow commit order: {epochs:?}"
+    );
+    let owner: String = c
+        .hget(format!("{PREFIX}session:{sid}"), "conn")
+        .await
+        .unwrap();
+    assert_eq!(owner, ct, "Redis names the later commit");
+    let c_won = app
+        .conns
+        .accept(Kind::Session, cell.name(), &sid, &ct, epochs[1]);
+    assert!(
+        matches!(c_won, Accepted::Live(ref r) if r.len() == 1),
+        "{c_won:?}"
+    );
+    let b_late = app
+        .conns
+        .accept(Kind::Session, cell.name(), &sid, &bt, epochs[0]);
+    assert!(matches!(b_late, Accepted::Superseded), "{b_late:?}");
+    let live = app.conns.get(Kind::Session, cell.name(), &sid, None);
+    assert_eq!(live.map(|l| l.token).as_deref(), Some(ct.as_str()));
+    assert!(
+        app.conns
+            .get(Kind::Session, cell.name(), &sid, Some(&bt))
+            .is_none()
+    );
+    invariants::check(&mut c).await;
+}
