@@ -21,6 +21,9 @@ Output: [JSON, blobs...]
 --!include dispatch
 --!include liveness
 
+-- A session here gets its terminal messages through this instance's inbox (ctx.lua).
+SELF_INBOX = true
+
 local node_id = ARGV[5]
 local cur = redis.call('HMGET', KEYS[1], 'conn', 'owner', 'state', 'capsig')
 if not cur[1] then return finish({status = 'missing'}) end

@@ -22,6 +22,9 @@ Output: [JSON, blobs...]
 --!include dispatch
 --!include offline
 
+-- A session here gets its terminal messages through this instance's inbox (ctx.lua).
+SELF_INBOX = true
+
 local node_id = ARGV[5]
 local cur = redis.call('HMGET', KEYS[1], 'conn', 'state')
 if not cur[1] then return finish({status = 'missing'}) end

@@ -33,6 +33,9 @@ Output: [JSON, blobs...]
 --!include submit
 --!include cut
 
+-- A session here gets its terminal messages through this instance's inbox (ctx.lua).
+SELF_INBOX = true
+
 local batch = CFG.batch
 local offline, more = {}, false
 

@@ -33,6 +33,10 @@ local LAT         -- {dispatch=, e2e=, pool=}: ms from job creation to dispatch 
 local OWNERS      -- delivery targets' {owner, conn}, by key: looked up once per call by
                   -- deliver(), or filled from a record the script read anyway
 local NODE_ACK    -- supports_ack of the nodes pick's load() read in this call
+local SELF_INBOX  -- true in the background scripts (sweep, heartbeat, node_offline): a
+                  -- terminal message for a session connected to the caller goes to the
+                  -- caller's own inbox, committed with the change, not in the reply, which
+                  -- may be lost (deliver.lua). Set by those scripts; false otherwise.
 local SEED        -- ARGV[4]'s seed, until random() first seeds Lua's PRNG with it (most calls
                   -- draw no random number: seeding every call cost ~1 % of a job)
 
@@ -96,6 +100,7 @@ local function begin(keys, args)
   local a4 = args[4] or ''
   local sp = string.find(a4, ' ', 1, true)
   SEED = sp and string.sub(a4, 1, sp - 1) or a4
+  SELF_INBOX = false
   TP = sp and string.sub(a4, sp + 1) or ''
   -- On a Redis Cluster whose slot of this cell is being moved (MIGRATING), a script fails
   -- at the first key it touches that is not here, and Redis keeps the writes made before

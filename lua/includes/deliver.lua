@@ -71,12 +71,24 @@ local function present()
   end
 end
 
+-- listed(info, owner): is `owner` listed in `instances` (info.alive; looked up once per
+-- target and call: nil while unknown or not listed, so the drop below still sees its first)?
+local function listed(info, owner)
+  if info.alive == nil and redis.call('ZSCORE', P .. 'instances', owner) then info.alive = true end
+  return info.alive == true
+end
+
 local function deliver(kind, id, msg, audio, seq, tp, job, own, tail)
   tp = tp or TP
   local info = owner_of(kind, id)
   local owner = info[1]
   if not owner or owner == '' then return end
-  if owner == ME then
+  -- A session's terminal message (numbered: seq) from a background script (SELF_INBOX) goes
+  -- to the caller's own inbox even when the caller holds the session: that script's reply
+  -- may be lost (a Redis stall past the call's timeout) after it committed, and nothing
+  -- would send the message again (the writer orders both paths by seq). The caller not
+  -- listed (Redis wiped, not yet beaten): in the reply, as before.
+  if owner == ME and not (SELF_INBOX and seq and kind == 'session' and listed(info, owner)) then
     local blob = nil
     if audio and not own then
       BLOBS[#BLOBS + 1] = payload(audio)
@@ -95,8 +107,7 @@ local function deliver(kind, id, msg, audio, seq, tp, job, own, tail)
     BLOBS[#BLOBS + 1] = msg
     OUT[#OUT + 1] = {k = kind, id = id, owner = owner, conn = info[2], m = #BLOBS, blob = blob,
       seq = seq, tp = tp, job = job, own = (audio and own) and '1' or nil, t = t, town = town}
-  elseif info.alive ~= false and (info.alive or redis.call('ZSCORE', P .. 'instances', owner)) then
-    info.alive = true
+  elseif info.alive ~= false and listed(info, owner) then
     local env = cmsgpack.pack({k = kind, id = id, conn = info[2] or '', msg = msg, seq = seq or 0,
       tp = tp, job = job or ''})
     if audio then

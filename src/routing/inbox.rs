@@ -14,7 +14,9 @@
 //! XACK failed are remembered (by entry id, the last [`WRITTEN_KEPT`], across reconnects) and
 //! only acknowledged when read again: a node does not get the same `job_assign` twice.
 //! Entries left pending by anything else (a crash mid-write) are claimed again after
-//! `claim_idle_ms`; one delivered `dead_letter_after` times moves to the dead-letter stream.
+//! `claim_idle_ms`; one delivered `dead_letter_after` times moves to the dead-letter stream,
+//! and so does an own pending entry at a reconnect, and a malformed entry at once ([`dead`]):
+//! an entry whose handling fails every time does not come first at every reconnect for ever.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -27,6 +29,7 @@ use crate::cells::Cell;
 use crate::server::App;
 use crate::store::Conn;
 
+mod dead;
 mod written;
 pub use written::WRITTEN_KEPT;
 use written::Written;
@@ -110,13 +113,16 @@ async fn consume(app: &App, cell: &Cell, written: &mut Written) -> Result<(), Co
         handle(app, cell, &mut conn, &inbox, entries, written).await?;
         if last_claim.elapsed() >= Duration::from_millis(app.cfg.inbox.claim_idle_ms) {
             last_claim = Instant::now();
-            reclaim(app, cell, &mut conn, &inbox, written).await?;
+            dead::reclaim(app, cell, &mut conn, &inbox, written).await?;
         }
     }
 }
 
 /// Handle this consumer's own pending entries (read earlier, never acknowledged: a read
 /// reply lost with its connection), oldest first, until none is left after the last one.
+/// Those delivered `dead_letter_after` times already are dead-lettered instead of read
+/// again: an entry whose handling fails every time would otherwise come first at every
+/// reconnect, for ever, and hold up every entry after it.
 async fn own_pending(
     app: &App,
     cell: &Cell,
@@ -126,6 +132,7 @@ async fn own_pending(
 ) -> RedisResult<()> {
     let mut after = "0".to_string();
     loop {
+        dead::drop_worn(app, cell, conn, inbox, &after, written).await?;
         let reply: Value = redis::cmd("XREADGROUP")
             .arg("GROUP")
             .arg(GROUP)
@@ -167,8 +174,11 @@ async fn ensure_group(conn: &mut Conn, inbox: &str) -> RedisResult<()> {
     }
 }
 
+/// An entry's fields (names read lossily as UTF-8: an odd name makes no entry unreadable).
+type Fields = HashMap<String, Vec<u8>>;
+
 /// `(id, fields)` of every entry in an XREADGROUP / XCLAIM / XRANGE reply.
-type Entry = (String, HashMap<String, Vec<u8>>);
+type Entry = (String, Fields);
 
 fn parse_entries(reply: Value) -> Vec<Entry> {
     fn entries_of(v: Value) -> Vec<Entry> {
@@ -187,9 +197,13 @@ fn parse_entries(reply: Value) -> Vec<Entry> {
                 let fields = parts.pop()?;
                 let id: String = redis::from_redis_value(parts.pop()?).ok()?;
                 // A pending entry deleted from the stream reads as nil: kept, to be acked.
-                let fields: HashMap<String, Vec<u8>> = match fields {
+                let fields: Fields = match fields {
                     Value::Nil => HashMap::new(),
-                    f => redis::from_redis_value(f).ok()?,
+                    f => redis::from_redis_value::<HashMap<Vec<u8>, Vec<u8>>>(f)
+                        .ok()?
+                        .into_iter()
+                        .map(|(k, v)| (String::from_utf8_lossy(&k).into_owned(), v))
+                        .collect(),
                 };
                 Some((id, fields))
             })
@@ -212,6 +226,7 @@ fn parse_entries(reply: Value) -> Vec<Entry> {
 }
 
 /// Write each entry to its socket (unless it was written already), then XACK + XDEL them.
+/// A malformed entry is dead-lettered at once (see [`message`]); the others are written.
 async fn handle(
     app: &App,
     cell: &Cell,
@@ -228,12 +243,18 @@ async fn handle(
         if fields.is_empty() || written.contains(id) {
             continue; // deleted from the stream, or written before its XACK failed
         }
-        let env = fields
-            .get("env")
-            .and_then(|b| rmp_serde::from_slice::<Envelope>(b).ok());
-        let Some(env) = env else {
-            tracing::error!(entry = %id, "undecodable inbox entry dropped");
-            continue;
+        let (env, msg) = match message(fields, &tails) {
+            Ok(Some(m)) => m,
+            // Trimmed or expired (an entry older than the result retention): the session
+            // can still resume what its log holds.
+            Ok(None) => {
+                tracing::error!(entry = %id, "inbox entry whose body is gone dropped");
+                continue;
+            }
+            Err(reason) => {
+                dead::dead_letter(app, cell, conn, inbox, (id, fields), &reason).await?;
+                continue;
+            }
         };
         let audio = fields.get("audio").map(|a| super::Audio::Raw(a));
         let to = super::Target {
@@ -244,18 +265,6 @@ async fn handle(
         let trace = super::Trace {
             tp: env.tp.as_deref(),
             job: env.job.as_deref().filter(|j| !j.is_empty()),
-        };
-        let msg = match fields.get("tail_key") {
-            None => env.msg,
-            Some(k) => match tails.get(k.as_slice()).map(|b| std::str::from_utf8(b)) {
-                Some(Ok(t)) => super::joined(env.msg, Some(t)),
-                // Trimmed or expired (an entry older than the result retention), or not
-                // text: the session can still resume what its log holds.
-                _ => {
-                    tracing::error!(entry = %id, "inbox entry whose body is gone dropped");
-                    continue;
-                }
-            },
         };
         super::write_local(app, cell, &to, msg, audio, Some(env.seq), &trace);
         written.insert(id);
@@ -280,11 +289,43 @@ async fn handle(
     acked
 }
 
-/// The bodies the entries name (`tail_key`), read in one pipeline: key → bytes.
-async fn bodies<'a>(
-    conn: &mut Conn,
-    entries: &'a [Entry],
-) -> RedisResult<HashMap<&'a [u8], Vec<u8>>> {
+/// The envelope of an entry and the message text to write (its body appended): `Ok(None)`
+/// when its body is gone, `Err(reason)` when it is malformed: its `env` does not decode or
+/// names no known kind, or its body key holds no text. Reading it again would not help.
+fn message(fields: &Fields, tails: &Tails) -> Result<Option<(Envelope, String)>, String> {
+    let mut env = fields
+        .get("env")
+        .and_then(|b| rmp_serde::from_slice::<Envelope>(b).ok())
+        .ok_or("env missing or not a decodable envelope")?;
+    if crate::gateway::Kind::parse(&env.k).is_none() {
+        return Err(format!("unknown kind {:?}", env.k));
+    }
+    let msg = std::mem::take(&mut env.msg);
+    let msg = match fields.get("tail_key").map(|k| tails.get(k.as_slice())) {
+        None => msg,
+        Some(None) => return Ok(None),
+        Some(Some(Body::Text(t))) => match std::str::from_utf8(t) {
+            Ok(t) => super::joined(msg, Some(t)),
+            Err(_) => return Err("body is not UTF-8 text".into()),
+        },
+        Some(Some(Body::Bad(why))) => return Err(why.clone()),
+    };
+    Ok(Some((env, msg)))
+}
+
+/// A body an entry names: its bytes, or why its key cannot be read as a body.
+enum Body {
+    Text(Vec<u8>),
+    Bad(String),
+}
+
+/// Bodies by key (a key that does not exist is absent).
+type Tails<'a> = HashMap<&'a [u8], Body>;
+
+/// The bodies the entries name (`tail_key`), read in one pipeline. A key's own error (a
+/// key of another type, one the ACL user may not read) is that entry's; any other error
+/// (Redis busy, loading, a lost connection) fails the batch, to be read again.
+async fn bodies<'a>(conn: &mut Conn, entries: &'a [Entry]) -> RedisResult<Tails<'a>> {
     let keys: Vec<&[u8]> = entries
         .iter()
         .filter_map(|(_, f)| f.get("tail_key").map(Vec::as_slice))
@@ -293,84 +334,23 @@ async fn bodies<'a>(
         return Ok(HashMap::new());
     }
     let mut p = redis::pipe();
+    p.ignore_errors();
     for k in &keys {
         p.cmd("GET").arg(*k);
     }
-    let got: Vec<Option<Vec<u8>>> = p.query_async(conn).await?;
-    Ok(keys
-        .into_iter()
-        .zip(got)
-        .filter_map(|(k, b)| b.map(|b| (k, b)))
-        .collect())
-}
-
-/// Entries read but never acknowledged (a crash mid-write, a bug): claim them again, or
-/// move them to the dead-letter stream after `dead_letter_after` deliveries.
-async fn reclaim(
-    app: &App,
-    cell: &Cell,
-    conn: &mut Conn,
-    inbox: &str,
-    written: &mut Written,
-) -> RedisResult<()> {
-    let idle = app.cfg.inbox.claim_idle_ms;
-    let pending: Vec<(String, String, u64, u64)> = redis::cmd("XPENDING")
-        .arg(inbox)
-        .arg(GROUP)
-        .arg("IDLE")
-        .arg(idle)
-        .arg("-")
-        .arg("+")
-        .arg(100)
-        .query_async(conn)
-        .await?;
-    let dead_letters = cell.store.keys.dead_letters();
-    for (id, _consumer, _idle, deliveries) in pending {
-        let claimed: Value = redis::cmd("XCLAIM")
-            .arg(inbox)
-            .arg(GROUP)
-            .arg(&app.instance_id)
-            .arg(idle)
-            .arg(&id)
-            .query_async(conn)
-            .await?;
-        let entries = match claimed {
-            Value::Array(_) => {
-                parse_entries(Value::Array(vec![Value::Array(vec![Value::Nil, claimed])]))
-            }
-            _ => Vec::new(),
+    let got: Vec<Value> = p.query_async(conn).await?;
+    let mut tails = HashMap::new();
+    for (k, v) in keys.into_iter().zip(got) {
+        let body = match v {
+            Value::Nil => continue,
+            Value::BulkString(b) => Body::Text(b),
+            Value::ServerError(e) if matches!(e.code(), "WRONGTYPE" | "NOPERM") => Body::Bad(
+                format!("body key: {} {}", e.code(), e.details().unwrap_or("")),
+            ),
+            Value::ServerError(e) => return Err(e.into()),
+            other => Body::Bad(format!("body key: unexpected reply {other:?}")),
         };
-        if deliveries >= app.cfg.inbox.dead_letter_after {
-            for (_, fields) in &entries {
-                let mut cmd = redis::cmd("XADD");
-                cmd.arg(&dead_letters)
-                    .arg("MAXLEN")
-                    .arg("~")
-                    .arg(app.cfg.inbox.dead_letter_max)
-                    .arg("*");
-                cmd.arg("from").arg(inbox).arg("entry").arg(&id);
-                for (k, v) in fields {
-                    cmd.arg(k).arg(v.as_slice());
-                }
-                cmd.query_async::<()>(conn).await?;
-            }
-            redis::pipe()
-                .cmd("XACK")
-                .arg(inbox)
-                .arg(GROUP)
-                .arg(&id)
-                .ignore()
-                .cmd("XDEL")
-                .arg(inbox)
-                .arg(&id)
-                .ignore()
-                .query_async::<()>(conn)
-                .await?;
-            app.metrics.dead_lettered.inc();
-            tracing::error!(entry = %id, deliveries, "inbox entry moved to the dead-letter stream");
-        } else {
-            handle(app, cell, conn, inbox, entries, written).await?;
-        }
+        tails.insert(k, body);
     }
-    Ok(())
+    Ok(tails)
 }

@@ -223,3 +223,62 @@ async fn a_session_call_that_lost_its_reply_closes_the_session_so_it_resumes() {
     s2.expect_silence(Duration::from_millis(300)).await;
     invariants::check(&mut c).await;
 }
+
+/// The messages of type `kind` `s` gets within `d`.
+async fn all_of(s: &mut WsClient, kind: &str, d: Duration) -> Vec<serde_json::Value> {
+    let deadline = tokio::time::Instant::now() + d;
+    let mut got = Vec::new();
+    while let Ok(v) = s
+        .next(deadline.saturating_duration_since(tokio::time::Instant::now()))
+        .await
+    {
+        if v["type"] == kind {
+            got.push(v);
+        }
+    }
+    got
+}
+
+/// Open defect of the last session: a `node_offline` (likewise a `sweep` or `heartbeat`)
+/// whose reply was lost carried the terminal message of a session connected here: the job
+/// its node took with it failed, the `error` was logged, and never sent. With
+/// `session.on_gap = "skip"` (the default) nothing later reveals it: the client waited for
+/// index 0 for ever. Now those scripts put a local session's terminal messages into the
+/// instance's own inbox, committed with the change: the reply may be lost, the message is
+/// not, and it comes once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_terminal_error_of_a_lost_node_offline_reply_still_reaches_its_session() {
+    // (one redis-server kept busy: the topologies have several)
+    if single_only("a_terminal_error_of_a_lost_node_offline_reply_still_reaches_its_session") {
+        return;
+    }
+    let redis = RedisServer::start().await;
+    let a = start_tweaked(&redis, |c| c.jobs.max_attempts = 1).await;
+    let mut c = redis.client().await;
+    let (mut n, _nid) = node_on(&a, None).await;
+    let (mut s, sid) = session_on(&a).await;
+    s.send(&utterance(&sid, 0)).await;
+    let job = next_of(&mut n, "job_assign", T).await.expect("job_assign");
+    let job_key = format!("{PREFIX}job:{}", job["job_id"].as_str().unwrap());
+    let free = busy(&redis, 1500).await;
+    // An orderly close: node_offline (grace 0) fails its job over, with no attempt left.
+    n.close().await;
+    tokio::time::sleep_until(free).await;
+    eventually(T, "the timed-out node_offline committed", || {
+        let (mut c, k) = (c.clone(), job_key.clone());
+        async move {
+            let state: Option<String> = c.hget(&k, "state").await.ok()?;
+            (state.as_deref() == Some("FAILED")).then_some(())
+        }
+    })
+    .await;
+    let got = all_of(&mut s, "error", Duration::from_secs(3)).await;
+    assert_eq!(
+        got.iter()
+            .map(|e| e["utterance_index"].clone())
+            .collect::<Vec<_>>(),
+        [json!(0)],
+        "index 0's terminal error, once: {got:?}"
+    );
+    invariants::check(&mut c).await;
+}

@@ -1,6 +1,7 @@
 //! Inbox reads whose reply was lost (a timeout, a dropped connection): the entries sit in
 //! this consumer's pending list, and are delivered when it reconnects, not
-//! `inbox.claim_idle_ms` later.
+//! `inbox.claim_idle_ms` later. An entry that cannot be handled (malformed, or delivered
+//! `inbox.dead_letter_after` times) is dead-lettered there, and the entries after it arrive.
 
 use super::*;
 
@@ -97,5 +98,194 @@ async fn an_inbox_entry_whose_read_reply_was_lost_comes_at_the_reconnect_once() 
     );
     s.expect_silence(Duration::from_millis(500)).await;
     assert_eq!(pending(&mut c, &inbox).await, 0, "acknowledged");
+    invariants::check(&mut c).await;
+}
+
+/// The `env` field of an inbox entry for session `sid` (connection `conn`): a message of
+/// type `kind`, as `deliver()` packs it.
+fn env_of(sid: &str, conn: &str, kind: &str) -> Vec<u8> {
+    let env = json!({
+        "k": "session",
+        "id": sid,
+        "conn": conn,
+        "msg": json!({"type": kind, "session_id": sid}).to_string(),
+        "seq": 0,
+    });
+    rmp_serde::to_vec_named(&env).unwrap()
+}
+
+/// Add `entries` (each a list of fields) to `inbox` and read them as consumer `id` in one
+/// transaction, as if the consumer had read them and lost the reply; then read them
+/// `rereads` times more from the consumer's history (each read counts as a delivery, as a
+/// reconnect's does). Returns the entry ids.
+async fn pending_entries(
+    c: &mut redis::aio::MultiplexedConnection,
+    inbox: &str,
+    id: &str,
+    entries: &[Vec<(&str, Vec<u8>)>],
+    rereads: usize,
+) -> Vec<String> {
+    let mut p = redis::pipe();
+    p.atomic();
+    for fields in entries {
+        p.cmd("XADD").arg(inbox).arg("*");
+        for (k, v) in fields {
+            p.arg(*k).arg(v.as_slice());
+        }
+    }
+    p.cmd("XREADGROUP")
+        .arg("GROUP")
+        .arg("g")
+        .arg(id)
+        .arg("COUNT")
+        .arg(100)
+        .arg("STREAMS")
+        .arg(inbox)
+        .arg(">")
+        .ignore();
+    let ids: Vec<String> = p.query_async(c).await.unwrap();
+    for _ in 0..rereads {
+        let _: redis::Value = redis::cmd("XREADGROUP")
+            .arg("GROUP")
+            .arg("g")
+            .arg(id)
+            .arg("STREAMS")
+            .arg(inbox)
+            .arg("0")
+            .query_async(c)
+            .await
+            .unwrap();
+    }
+    assert!(pending(c, inbox).await >= entries.len() as i64);
+    ids
+}
+
+/// Kill the inbox consumer's connection: it reconnects and reads its pending entries.
+async fn kill_consumer(c: &mut redis::aio::MultiplexedConnection) {
+    let client = consumer_client(c).await;
+    let _: () = redis::cmd("CLIENT")
+        .arg("KILL")
+        .arg("ID")
+        .arg(&client)
+        .query_async(c)
+        .await
+        .unwrap();
+}
+
+/// The `entry` field of every entry in the dead-letter stream.
+async fn dead_letters(c: &mut redis::aio::MultiplexedConnection) -> Vec<String> {
+    let v: Vec<(String, std::collections::HashMap<String, Vec<u8>>)> = redis::cmd("XRANGE")
+        .arg(format!("{PREFIX}deadletter"))
+        .arg("-")
+        .arg("+")
+        .query_async(c)
+        .await
+        .unwrap();
+    v.into_iter()
+        .map(|(_, f)| String::from_utf8_lossy(&f["entry"]).into_owned())
+        .collect()
+}
+
+/// The types of the messages `s` gets within `d`.
+async fn types_within(s: &mut WsClient, d: Duration) -> Vec<String> {
+    let deadline = tokio::time::Instant::now() + d;
+    let mut out = Vec::new();
+    while let Ok(v) = s
+        .next(deadline.saturating_duration_since(tokio::time::Instant::now()))
+        .await
+    {
+        out.push(v["type"].as_str().unwrap_or_default().to_string());
+    }
+    out
+}
+
+/// Open defect of the last session: an inbox entry that cannot be handled was read again
+/// first at every reconnect, for ever. One whose `tail_key` names a key of the wrong type
+/// failed the batch's body read (WRONGTYPE) every time: the consumer reconnected in a loop
+/// and delivered nothing more; one whose `env` does not decode was dropped without a
+/// dead-letter copy or count. Both are malformed: dead-lettered at once (copied to
+/// `deadletter`, acknowledged, counted), and the entry after them is delivered.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn malformed_pending_inbox_entries_are_dead_lettered_and_the_next_arrives() {
+    if single_only("malformed_pending_inbox_entries_are_dead_lettered_and_the_next_arrives") {
+        return;
+    }
+    let redis = RedisServer::start().await;
+    let a = start_tweaked(&redis, |c| c.inbox.claim_idle_ms = 30_000).await;
+    let mut c = redis.client().await;
+    let (mut s, sid) = session_on(&a).await;
+    let id = a.app.instance_id.clone();
+    let inbox = format!("{PREFIX}inbox:{id}");
+    let conn = session_field(&mut c, &sid, "conn").await;
+    // A key of the wrong type for a body (a hash): its GET fails with WRONGTYPE.
+    let not_a_body = format!("{PREFIX}session:{sid}:body:7");
+    let _: () = c.hset(&not_a_body, "x", "y").await.unwrap();
+    let entries = [
+        vec![("env", b"\xc1 not msgpack".to_vec())],
+        vec![
+            ("env", env_of(&sid, &conn, "poison_probe")),
+            ("tail_key", not_a_body.clone().into_bytes()),
+        ],
+        vec![("env", env_of(&sid, &conn, "inbox_probe"))],
+    ];
+    let ids = pending_entries(&mut c, &inbox, &id, &entries, 0).await;
+    s.expect_silence(Duration::from_millis(300)).await;
+    kill_consumer(&mut c).await;
+    let got = types_within(&mut s, Duration::from_millis(1500)).await;
+    assert_eq!(
+        got,
+        ["inbox_probe"],
+        "the entry after the malformed ones arrives, they do not"
+    );
+    assert_eq!(pending(&mut c, &inbox).await, 0, "all acknowledged");
+    assert_eq!(dead_letters(&mut c).await, ids[..2], "both dead-lettered");
+    assert_eq!(metric(&a, "switchyard_dead_lettered_total").await, 2.0);
+    let _: () = c.del(&not_a_body).await.unwrap();
+    invariants::check(&mut c).await;
+}
+
+/// An entry whose handling failed `inbox.dead_letter_after` times (each failure a reconnect
+/// that reads it again) is not handled once more at the next reconnect: it is
+/// dead-lettered, and the entries after it are delivered.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pending_inbox_entry_read_dead_letter_after_times_is_dead_lettered() {
+    if single_only("a_pending_inbox_entry_read_dead_letter_after_times_is_dead_lettered") {
+        return;
+    }
+    let redis = RedisServer::start().await;
+    let a = start_tweaked(&redis, |c| {
+        c.inbox.claim_idle_ms = 30_000;
+        c.inbox.dead_letter_after = 3;
+    })
+    .await;
+    let mut c = redis.client().await;
+    let (mut s, sid) = session_on(&a).await;
+    let id = a.app.instance_id.clone();
+    let inbox = format!("{PREFIX}inbox:{id}");
+    let conn = session_field(&mut c, &sid, "conn").await;
+    // Both read once (the lost read) and twice more: 3 deliveries each.
+    let entries = [
+        vec![("env", env_of(&sid, &conn, "worn_probe"))],
+        vec![("env", env_of(&sid, &conn, "worn_probe"))],
+    ];
+    let worn = pending_entries(&mut c, &inbox, &id, &entries, 2).await;
+    // And one read once: it is handled.
+    let fresh = [vec![("env", env_of(&sid, &conn, "inbox_probe"))]];
+    pending_entries(&mut c, &inbox, &id, &fresh, 0).await;
+    s.expect_silence(Duration::from_millis(300)).await;
+    kill_consumer(&mut c).await;
+    let got = types_within(&mut s, Duration::from_millis(1500)).await;
+    assert_eq!(
+        got,
+        ["inbox_probe"],
+        "the worn entries are not handled again"
+    );
+    assert_eq!(pending(&mut c, &inbox).await, 0, "all acknowledged");
+    assert_eq!(
+        dead_letters(&mut c).await,
+        worn,
+        "the worn ones dead-lettered"
+    );
+    assert_eq!(metric(&a, "switchyard_dead_lettered_total").await, 2.0);
     invariants::check(&mut c).await;
 }
