@@ -9,6 +9,7 @@
 mod labels;
 pub mod metrics;
 pub mod pools;
+mod record;
 
 use opentelemetry::trace::{
     SpanContext, SpanId, TraceContextExt, TraceFlags, TraceId, TraceState, TracerProvider,
