@@ -180,6 +180,16 @@ per-run values in brackets.
 | 1, one utterance after another (closed loop) | $(fmt "$(med serial .end_to_end.p50_ms)" 3) [$(list serial .end_to_end.p50_ms)] | $(fmt "$(med serial .end_to_end.p99_ms)" 3) [$(list serial .end_to_end.p99_ms)] | $(fmt "$(med serial .dispatch.p50_ms)" 3) | $(fmt "$(med serial .dispatch.p99_ms)" 3) | $(over_runs serial .results | paste -sd+ | bc) | \`$(sed "s/$PA/PORT/" "$WORK/serial-1.cmd")\` |
 | 10 | $(fmt "$SP10_E50" 3) [$(list sparse10 .end_to_end.p50_ms)] | $(fmt "$SP10_E99" 3) [$(list sparse10 .end_to_end.p99_ms)] | $(fmt "$(med sparse10 .dispatch.p50_ms)" 3) | $(fmt "$(med sparse10 .dispatch.p99_ms)" 3) | $(over_runs sparse10 .results | paste -sd+ | bc) | \`$(sed "s/$PA/PORT/" "$WORK/sparse10-1.cmd")\` |
 
+What bounds the 1-session figure: one session, one node answering at once, utterances sent
+with a growing gap between them (\`bash bench/idle.sh BIN ${IDLE_S:-8}\`, its own instance and
+redis-server; at most 200 utterances or ${IDLE_S:-8} s per gap). The scheduler does the same work
+per utterance at every gap; what changes is how long every process on the path (simulator,
+instance, Redis) sat idle before the utterance woke it. The second table, from
+\`bench/wake.py\`, is the same question without Switchyard: two processes ping-ponging one byte
+over loopback TCP after the same sleeps (a round trip = two wake-ups).
+
+$IDLE_CURVE
+
 ## 8. Routing explanation
 
 What recording each dispatch's routing explanation costs (\`jobs.explain\`: \`route:<n>\` and

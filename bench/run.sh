@@ -327,6 +327,10 @@ RSS_10K=$(echo "$RSS0 + 10000 * ($PER_NODE + $PER_SESSION)" | bc -l)
 log "7/7 routing explanation cost (jobs.explain off vs on, ${EXPLAIN_ROUNDS:-3} alternating rounds)"
 EXPLAIN_AB=$(bash bench/explain.sh "$BIN" "${EXPLAIN_ROUNDS:-3}")
 
+# ---- 7b. What bounds sparse latency: latency against the gap between utterances ----------
+log "7b latency against the gap between one session's utterances (bench/idle.sh)"
+IDLE_CURVE=$(bash bench/idle.sh "$BIN" "${IDLE_S:-8}")
+
 # ---- 9. Cells: one cell vs three on a 3-primary Redis Cluster ------------------------------
 log "9 cells: 1 cell vs 3 cells on a 3-primary cluster (${CELLS_ROUNDS:-3} alternating rounds)"
 CELLS_AB=$(bash bench/cells.sh "$BIN" "${CELLS_ROUNDS:-3}")
