@@ -85,31 +85,43 @@ pub async fn serve(
         // closed, else (every slot busy with a request) the first that ends or goes idle —
         // meanwhile this connection waits accepted and the next ones in the backlog.
         let mut waited = false;
+        let served = Arc::new(AtomicBool::new(false));
         let slot = loop {
             let changed = slots.changed();
             tokio::pin!(changed);
             changed.as_mut().enable();
-            if let Some(slot) = slots.try_take() {
+            if let Some(slot) = slots.try_take(&served) {
                 break slot;
             }
+            // (a new connection yet to send its first request may be closed once it has had
+            // its time: look again then)
+            let mut again = None;
             match slots.make_way() {
                 MakeWay::Evicted => metrics.limited("http", "idle_closed"),
                 MakeWay::Closing => {}
-                MakeWay::AllBusy if !waited => {
-                    waited = true;
-                    metrics.limited("http", "connections");
+                MakeWay::AllBusy(fresh) => {
+                    again = fresh;
+                    if !waited {
+                        waited = true;
+                        metrics.limited("http", "connections");
+                    }
                 }
-                MakeWay::AllBusy => {}
             }
+            let look_again = async {
+                match again {
+                    Some(d) => tokio::time::sleep(d).await,
+                    None => std::future::pending().await,
+                }
+            };
             tokio::select! {
                 _ = changed => {}
+                _ = look_again => {}
                 _ = stopped(&mut accepting) => break 'accept,
             }
         };
         if let Err(e) = tcp.set_nodelay(true) {
             tracing::debug!(error = %e, "TCP_NODELAY not set");
         }
-        let served = Arc::new(AtomicBool::new(false));
         let inner = TowerToHyperService::new(router.clone());
         let flag = served.clone();
         let (slots_of, busy_of) = slot.parts();
@@ -118,8 +130,15 @@ pub async fn serve(
             // In flight until its response body is done (a console stream: its end).
             let busy = Slot::busy(&slots_of, &busy_of);
             let call = inner.call(req);
+            let upgrading = busy_of.clone();
             async move {
                 let res = call.await?;
+                if res.status() == hyper::StatusCode::SWITCHING_PROTOCOLS {
+                    // Busy until the connection hands itself over to the WebSocket (its
+                    // task then ends, and the slot with it): closed between the 101 and the
+                    // hand-over, the upgrade would fail after the client was told it worked.
+                    upgrading.fetch_add(1, Ordering::AcqRel);
+                }
                 Ok::<_, std::convert::Infallible>(res.map(|body| {
                     axum::body::Body::new(body.map_frame(move |f| {
                         let _in_flight = &busy;

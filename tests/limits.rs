@@ -491,3 +491,39 @@ async fn invalid_utf8_text_frame_closes_1007() {
     };
     assert_eq!(code, Some(1007));
 }
+
+/// Review finding: a connection that had not sent its first request yet counted as idle, so
+/// at the cap a storm of reconnecting sessions closed each other's connections before
+/// their upgrade requests were read (and one between its `101` and the hand-over lost its
+/// WebSocket after being told it had it). New connections now have a second for their
+/// first request, and an upgrade holds its slot until the hand-over: every one of a storm
+/// far over the cap gets its session.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_storm_of_upgrades_over_the_http_cap_waits_instead_of_being_cut() {
+    let redis = RedisServer::start().await;
+    let inst = start_tweaked(&redis, |c| c.limits.max_http_connections = 2).await;
+    let url = ws_url(&inst, "/ws/session");
+    let storm = (0..48).map(|_| {
+        let url = url.clone();
+        tokio::spawn(async move {
+            let (mut ws, _) = tokio_tungstenite::connect_async(url.as_str()).await.ok()?;
+            ws.send(Message::Text(
+                fixture("session_init_one_way").to_string().into(),
+            ))
+            .await
+            .ok()?;
+            let reply = tokio::time::timeout(Duration::from_secs(10), ws.next())
+                .await
+                .ok()??
+                .ok()?;
+            Some(reply.into_text().ok()?.contains("session_init_ack"))
+        })
+    });
+    let mut acked = 0;
+    for h in storm.collect::<Vec<_>>() {
+        if h.await.expect("task") == Some(true) {
+            acked += 1;
+        }
+    }
+    assert_eq!(acked, 48, "every upgrade of the storm got its session");
+}

@@ -12,8 +12,9 @@
 //! ever closed here.
 
 use std::collections::BTreeMap;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
 
 use tokio::sync::Notify;
 
@@ -25,6 +26,27 @@ struct Entry {
     evict: Arc<Notify>,
     /// Asked to close already: not chosen again, still counted until it is gone.
     evicting: bool,
+    /// When it was accepted, and whether its first request has come: one that has not is
+    /// left [`FRESH`] to send it before it may be closed to make way (a storm of nodes and
+    /// sessions reconnecting at once waits in the backlog rather than being cut).
+    since: Instant,
+    served: Arc<AtomicBool>,
+}
+
+/// How long a new connection may take to send its first request before it counts as idle.
+pub(super) const FRESH: Duration = Duration::from_secs(1);
+
+impl Entry {
+    fn idle(&self) -> bool {
+        self.busy.load(Ordering::Acquire) == 0
+    }
+
+    /// Idle, not asked to close yet, and past its first request or its [`FRESH`] time.
+    fn evictable(&self) -> bool {
+        !self.evicting
+            && self.idle()
+            && (self.served.load(Ordering::Relaxed) || self.since.elapsed() >= FRESH)
+    }
 }
 
 /// What [`Slots::make_way`] did.
@@ -34,8 +56,9 @@ pub(super) enum MakeWay {
     Evicted,
     /// One asked before is still closing.
     Closing,
-    /// Every connection has a request in flight.
-    AllBusy,
+    /// Every connection has a request in flight, or is new and has not sent its first
+    /// request: the oldest of those may be closed in the given time.
+    AllBusy(Option<Duration>),
 }
 
 /// The HTTP connections of one listener.
@@ -74,8 +97,9 @@ impl Slots {
         self.conns.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// A slot for a new connection, if one is free.
-    pub(super) fn try_take(self: &Arc<Self>) -> Option<Slot> {
+    /// A slot for a new connection, if one is free. `served`: set by the connection at its
+    /// first request.
+    pub(super) fn try_take(self: &Arc<Self>, served: &Arc<AtomicBool>) -> Option<Slot> {
         let mut g = self.lock();
         if g.1.len() >= self.cap {
             return None;
@@ -89,6 +113,8 @@ impl Slots {
                 busy: Arc::clone(&busy),
                 evict: Arc::clone(&evict),
                 evicting: false,
+                since: Instant::now(),
+                served: Arc::clone(served),
             },
         );
         Some(Slot {
@@ -100,23 +126,25 @@ impl Slots {
     }
 
     /// Make way for one new connection: ask the oldest idle connection to close, unless one
-    /// asked already is still closing (one new connection, one eviction).
+    /// asked already is still closing (one new connection, one eviction). One asked that
+    /// took a request meanwhile closes only once its request is done: it does not count,
+    /// another idle one is asked (review finding: it held the listener shut).
     pub(super) fn make_way(&self) -> MakeWay {
         let mut g = self.lock();
-        if g.1.values().any(|e| e.evicting) {
+        if g.1.values().any(|e| e.evicting && e.idle()) {
             return MakeWay::Closing;
         }
-        let idle =
-            g.1.values_mut()
-                .find(|e| e.busy.load(Ordering::Acquire) == 0);
-        match idle {
-            Some(e) => {
-                e.evicting = true;
-                e.evict.notify_one();
-                MakeWay::Evicted
-            }
-            None => MakeWay::AllBusy,
+        if let Some(e) = g.1.values_mut().find(|e| e.evictable()) {
+            e.evicting = true;
+            e.evict.notify_one();
+            return MakeWay::Evicted;
         }
+        let fresh =
+            g.1.values()
+                .filter(|e| !e.evicting && e.idle())
+                .map(|e| FRESH.saturating_sub(e.since.elapsed()))
+                .min();
+        MakeWay::AllBusy(fresh)
     }
 
     /// Resolves when a connection leaves its slot or goes idle after this was called
@@ -166,21 +194,60 @@ impl Drop for Busy {
 mod tests {
     use super::*;
 
+    /// A connection past its first request.
+    fn served() -> Arc<AtomicBool> {
+        Arc::new(AtomicBool::new(true))
+    }
+
     #[test]
     fn the_oldest_idle_connection_makes_way_and_busy_ones_stay() {
         let s = Slots::new(2);
-        let a = s.try_take().expect("a");
-        let b = s.try_take().expect("b");
-        assert!(s.try_take().is_none(), "full");
+        let a = s.try_take(&served()).expect("a");
+        let b = s.try_take(&served()).expect("b");
+        assert!(s.try_take(&served()).is_none(), "full");
         let req = Slot::busy(&s, &a.busy);
         assert_eq!(s.make_way(), MakeWay::Evicted, "b is idle");
         assert_eq!(s.make_way(), MakeWay::Closing, "b is closing");
         drop(b);
-        assert_eq!(s.make_way(), MakeWay::AllBusy, "a is busy");
-        let c = s.try_take().expect("b's slot is free");
+        assert_eq!(s.make_way(), MakeWay::AllBusy(None), "a is busy");
+        let c = s.try_take(&served()).expect("b's slot is free");
         drop(c);
         assert!(!a.idle());
         drop(req);
         assert!(a.idle());
+    }
+
+    /// Review finding: the idle connection asked to close took a request before it saw
+    /// the notice; every later call answered `Closing` and no other idle connection was
+    /// asked, so the listener stayed shut as long as that request ran.
+    #[test]
+    fn one_asked_to_close_that_took_a_request_does_not_hold_the_others() {
+        let s = Slots::new(2);
+        let a = s.try_take(&served()).expect("a");
+        let b = s.try_take(&served()).expect("b");
+        assert_eq!(s.make_way(), MakeWay::Evicted, "a, the oldest, is asked");
+        let _req = Slot::busy(&s, &a.busy);
+        assert_eq!(s.make_way(), MakeWay::Evicted, "b is asked next");
+        assert_eq!(s.make_way(), MakeWay::Closing, "b is closing");
+        drop(b);
+    }
+
+    /// Review finding: a connection whose first request had not come yet counted as idle,
+    /// so a storm of reconnects was cut instead of waiting in the backlog.
+    #[test]
+    fn a_new_connection_gets_time_for_its_first_request() {
+        let s = Slots::new(1);
+        let first = Arc::new(AtomicBool::new(false));
+        let _a = s.try_take(&first).expect("a");
+        let MakeWay::AllBusy(Some(wait)) = s.make_way() else {
+            panic!("a new connection is not closed at once");
+        };
+        assert!(wait <= FRESH && wait > FRESH / 2, "{wait:?}");
+        first.store(true, Ordering::Relaxed);
+        assert_eq!(
+            s.make_way(),
+            MakeWay::Evicted,
+            "idle after its first request"
+        );
     }
 }

@@ -23,6 +23,7 @@ use tokio::sync::mpsc;
 
 use super::{Kind, Outbound};
 use crate::cells::Cell;
+use crate::store::reply::Delivery;
 
 /// A connection on this instance: its unique token, its writer and its cell.
 #[derive(Clone)]
@@ -166,6 +167,22 @@ impl Connections {
             Accepted::Live(replaced.into_iter().map(|b| b.conn).collect())
         })
         .unwrap_or(Accepted::Superseded)
+    }
+
+    /// Messages a script addressed to connection `from` of `id` (a takeover that turned
+    /// out [`Accepted::Superseded`]) readdressed to the id's live binding, the later commit
+    /// Redis names as the id's connection now. Messages to other ids or connections stay
+    /// as they are; without a live binding here, nothing changes (they are dropped as gone).
+    pub fn readdress(&self, kind: Kind, cell: &str, id: &str, from: &str, out: &mut [Delivery]) {
+        let Some(live) = self.get(kind, cell, id, None) else {
+            return;
+        };
+        for d in out
+            .iter_mut()
+            .filter(|d| d.k == kind.as_str() && d.id == id && d.conn.as_deref() == Some(from))
+        {
+            d.conn = Some(live.token.clone());
+        }
     }
 
     /// The script refused `id` to connection `token` (or failed): its pending binding is

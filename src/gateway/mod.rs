@@ -14,6 +14,7 @@ mod session_init;
 pub mod socket;
 
 pub use conns::{Accepted, Connections, LocalConn};
+pub use node_register::settle_takeover;
 pub use socket::{Outbound, close};
 
 /// The two kinds of peers, as scripts name them in deliveries.

@@ -3,8 +3,11 @@
 //! and the refusal of a takeover (`NODE_ID_CONFLICT`).
 
 use super::node::{NodeConn, Registered, Registration};
-use super::{Accepted, Kind, Outbound, close};
+use std::sync::Arc;
+
+use super::{Accepted, Kind, LocalConn, Outbound, close};
 use crate::capabilities::Capabilities;
+use crate::cells::Cell;
 use crate::protocol::node::{NodeRegister, NodeRegisterAck};
 use crate::protocol::{ErrorCode, valid_id};
 use crate::routing;
@@ -230,12 +233,9 @@ impl NodeConn {
                     // The connections of this instance it replaces (if any) are closed —
                     // unless a later registration's outcome came first: then this one is
                     // the replaced connection.
-                    let accepted =
-                        app.conns
-                            .accept(Kind::Node, cell.name(), &node_id, &self.token, epoch);
-                    let Accepted::Live(replaced) = accepted else {
-                        tracing::info!(node_id = %node_id, epoch, "registration overtaken by a later one");
-                        routing::deliver(&app, &cell, assign);
+                    let Some((replaced, assign)) =
+                        settle_takeover(&app, &cell, &node_id, &self.token, epoch, assign)
+                    else {
                         return Ok(Registration::Superseded);
                     };
                     for old in replaced {
@@ -257,6 +257,36 @@ impl NodeConn {
             script: "register",
             message: "could not mint a free node id".into(),
         })
+    }
+}
+
+/// The outcome of a registration of `node_id` by connection `token` that Redis committed
+/// as `epoch`, with the messages its script produced (`assign`: queued jobs handed to the
+/// node). Live: the connections it replaced here (to close) and `assign`, to deliver once
+/// the ack is out. Overtaken by a later registration whose outcome came first (`None`):
+/// what the script addressed to this connection goes to the live one instead, the node's
+/// connection in Redis now — those jobs are the node's, DISPATCHED to it, and no later
+/// registration hands them out again (review finding: they waited for their deadline).
+pub fn settle_takeover(
+    app: &App,
+    cell: &Arc<Cell>,
+    node_id: &str,
+    token: &str,
+    epoch: u64,
+    mut assign: Output<()>,
+) -> Option<(Vec<LocalConn>, Output<()>)> {
+    match app
+        .conns
+        .accept(Kind::Node, cell.name(), node_id, token, epoch)
+    {
+        Accepted::Live(replaced) => Some((replaced, assign)),
+        Accepted::Superseded => {
+            tracing::info!(node_id = %node_id, epoch, "registration overtaken by a later one");
+            app.conns
+                .readdress(Kind::Node, cell.name(), node_id, token, &mut assign.out);
+            routing::deliver(app, cell, assign);
+            None
+        }
     }
 }
 

@@ -169,6 +169,22 @@ async fn ensure_group(conn: &mut Conn, inbox: &str) -> RedisResult<()> {
         .query_async(conn)
         .await;
     match r {
+        // Redis full (maxmemory, noeviction) refuses the command even when the group is
+        // there (its MKSTREAM may write): look instead, so the consumer still drains its
+        // inbox, which needs no memory.
+        Err(e) if e.to_string().contains("OOM") => {
+            let groups: Vec<std::collections::HashMap<String, Value>> = redis::cmd("XINFO")
+                .arg("GROUPS")
+                .arg(inbox)
+                .query_async(conn)
+                .await?;
+            let name = Value::BulkString(GROUP.as_bytes().to_vec());
+            if groups.iter().any(|g| g.get("name") == Some(&name)) {
+                Ok(())
+            } else {
+                Err(e)
+            }
+        }
         Err(e) if e.code() != Some("BUSYGROUP") => Err(e),
         _ => Ok(()),
     }

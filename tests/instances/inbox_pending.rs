@@ -117,18 +117,26 @@ fn env_of(sid: &str, conn: &str, kind: &str) -> Vec<u8> {
 /// Add `entries` (each a list of fields) to `inbox` and read them as consumer `id` in one
 /// transaction, as if the consumer had read them and lost the reply; then read them
 /// `rereads` times more from the consumer's history (each read counts as a delivery, as a
-/// reconnect's does). Returns the entry ids.
+/// reconnect's does). `age_ms` > 0: the entries were added that long ago (their ids say so;
+/// the stream must hold no newer entry). Returns the entry ids.
 async fn pending_entries(
     c: &mut redis::aio::MultiplexedConnection,
     inbox: &str,
     id: &str,
     entries: &[Vec<(&str, Vec<u8>)>],
-    rereads: usize,
+    (rereads, age_ms): (usize, u64),
 ) -> Vec<String> {
+    let (secs, micros): (u64, u64) = redis::cmd("TIME").query_async(c).await.unwrap();
+    let added = secs * 1000 + micros / 1000 - age_ms;
     let mut p = redis::pipe();
     p.atomic();
-    for fields in entries {
-        p.cmd("XADD").arg(inbox).arg("*");
+    for (i, fields) in entries.iter().enumerate() {
+        let entry = if age_ms > 0 {
+            format!("{added}-{i}")
+        } else {
+            "*".to_string()
+        };
+        p.cmd("XADD").arg(inbox).arg(entry);
         for (k, v) in fields {
             p.arg(*k).arg(v.as_slice());
         }
@@ -228,7 +236,7 @@ async fn malformed_pending_inbox_entries_are_dead_lettered_and_the_next_arrives(
         ],
         vec![("env", env_of(&sid, &conn, "inbox_probe"))],
     ];
-    let ids = pending_entries(&mut c, &inbox, &id, &entries, 0).await;
+    let ids = pending_entries(&mut c, &inbox, &id, &entries, (0, 0)).await;
     s.expect_silence(Duration::from_millis(300)).await;
     kill_consumer(&mut c).await;
     let got = types_within(&mut s, Duration::from_millis(1500)).await;
@@ -244,9 +252,60 @@ async fn malformed_pending_inbox_entries_are_dead_lettered_and_the_next_arrives(
     invariants::check(&mut c).await;
 }
 
+/// Review finding: with Redis full (maxmemory, noeviction) the dead-letter copy (XADD) was
+/// refused and the transaction with it, so a malformed entry was read first at every
+/// reconnect and held up every entry after it. Acknowledging needs no memory: the entry is
+/// dropped (logged, counted) without its copy, and the next one arrives.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_malformed_entry_does_not_hold_up_the_inbox_when_redis_is_full() {
+    if single_only("a_malformed_entry_does_not_hold_up_the_inbox_when_redis_is_full") {
+        return;
+    }
+    let redis = RedisServer::start().await;
+    let a = start_tweaked(&redis, |c| c.inbox.claim_idle_ms = 30_000).await;
+    let mut c = redis.client().await;
+    let (mut s, sid) = session_on(&a).await;
+    let id = a.app.instance_id.clone();
+    let inbox = format!("{PREFIX}inbox:{id}");
+    let conn = session_field(&mut c, &sid, "conn").await;
+    let entries = [
+        vec![("env", b"\xc1 not msgpack".to_vec())],
+        vec![("env", env_of(&sid, &conn, "inbox_probe"))],
+    ];
+    pending_entries(&mut c, &inbox, &id, &entries, (0, 0)).await;
+    s.expect_silence(Duration::from_millis(300)).await;
+    let _: () = redis::cmd("CONFIG")
+        .arg("SET")
+        .arg("maxmemory")
+        .arg(1)
+        .query_async(&mut c)
+        .await
+        .unwrap();
+    kill_consumer(&mut c).await;
+    let got = types_within(&mut s, Duration::from_millis(1500)).await;
+    let _: () = redis::cmd("CONFIG")
+        .arg("SET")
+        .arg("maxmemory")
+        .arg(0)
+        .query_async(&mut c)
+        .await
+        .unwrap();
+    assert_eq!(
+        got,
+        ["inbox_probe"],
+        "the entry after the malformed one arrives"
+    );
+    assert_eq!(pending(&mut c, &inbox).await, 0, "both acknowledged");
+    assert!(dead_letters(&mut c).await.is_empty(), "no room for a copy");
+    assert_eq!(metric(&a, "switchyard_dead_lettered_total").await, 1.0);
+    invariants::check(&mut c).await;
+}
+
 /// An entry whose handling failed `inbox.dead_letter_after` times (each failure a reconnect
-/// that reads it again) is not handled once more at the next reconnect: it is
-/// dead-lettered, and the entries after it are delivered.
+/// that reads it again) and older than `claim_idle_ms` is not handled once more at the next
+/// reconnect: it is dead-lettered, and the entries after it are delivered. A recent one read
+/// as often is still handled: a delivery is counted whatever failed (review finding: a burst
+/// of reconnects, a Redis stall, dead-lettered healthy entries, terminal messages among them).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_pending_inbox_entry_read_dead_letter_after_times_is_dead_lettered() {
     if single_only("a_pending_inbox_entry_read_dead_letter_after_times_is_dead_lettered") {
@@ -268,17 +327,19 @@ async fn a_pending_inbox_entry_read_dead_letter_after_times_is_dead_lettered() {
         vec![("env", env_of(&sid, &conn, "worn_probe"))],
         vec![("env", env_of(&sid, &conn, "worn_probe"))],
     ];
-    let worn = pending_entries(&mut c, &inbox, &id, &entries, 2).await;
-    // And one read once: it is handled.
+    let worn = pending_entries(&mut c, &inbox, &id, &entries, (2, 60_000)).await;
+    // One read as often but recent, and one read once: both are handled.
+    let recent = [vec![("env", env_of(&sid, &conn, "recent_probe"))]];
+    pending_entries(&mut c, &inbox, &id, &recent, (2, 0)).await;
     let fresh = [vec![("env", env_of(&sid, &conn, "inbox_probe"))]];
-    pending_entries(&mut c, &inbox, &id, &fresh, 0).await;
+    pending_entries(&mut c, &inbox, &id, &fresh, (0, 0)).await;
     s.expect_silence(Duration::from_millis(300)).await;
     kill_consumer(&mut c).await;
     let got = types_within(&mut s, Duration::from_millis(1500)).await;
     assert_eq!(
         got,
-        ["inbox_probe"],
-        "the worn entries are not handled again"
+        ["recent_probe", "inbox_probe"],
+        "the old worn entries are not handled again, the recent one is"
     );
     assert_eq!(pending(&mut c, &inbox).await, 0, "all acknowledged");
     assert_eq!(

@@ -12,8 +12,10 @@
 
 use super::*;
 use switchyard::capabilities::Capabilities;
-use switchyard::gateway::{Accepted, Kind, LocalConn, Outbound};
+use switchyard::gateway::{Accepted, Kind, LocalConn, Outbound, settle_takeover};
 use switchyard::protocol::node::NodeRegister;
+use switchyard::routing::deliver;
+use switchyard::store::Output;
 use switchyard::store::instances::ResumeReply;
 use switchyard::store::nodes::{NodeClaim, RegisterReply};
 use tokio::sync::mpsc;
@@ -177,6 +179,108 @@ async fn two_resumes_accepted_in_reverse_commit_order_leave_the_later_one_live()
         app.conns
             .get(Kind::Session, cell.name(), &sid, Some(&bt))
             .is_none()
+    );
+    invariants::check(&mut c).await;
+}
+
+/// Review finding: a registration overtaken by a later one had its own script's messages
+/// delivered to its own binding, already removed: a queued job the script handed the node
+/// (DISPATCHED to it, addressed to that connection) reached nobody and waited for its
+/// deadline. It now goes to the live binding, the node's connection in Redis.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_job_handed_to_an_overtaken_registration_reaches_the_live_one() {
+    let redis = RedisServer::start().await;
+    let inst = start_instance(&redis).await;
+    let mut c = redis.client().await;
+    let (mut s, sid) = session_on(&inst).await;
+    let (app, cell) = (&inst.app, inst.app.cells.default_cell().clone());
+    let register: NodeRegister =
+        serde_json::from_value(fixture("node_register_first")).expect("node_register");
+    let caps = Capabilities::from_register(&register).expect("capabilities");
+    let nid = "node-0000BEEF".to_string();
+    let takeover = async |conn: LocalConn, capacity: &str| {
+        let token = conn.token.clone();
+        let floor = app.conns.bind(Kind::Node, &nid, conn);
+        let extra = [
+            ("capacity", capacity.to_string()),
+            ("supports_ack", "0".into()),
+        ];
+        let out = cell
+            .store
+            .register(&nid, NodeClaim::Replace, &token, &caps, &extra, floor)
+            .await
+            .expect("register");
+        let RegisterReply::Ok { epoch, .. } = out.reply else {
+            panic!("takeover refused: {:?}", out.reply);
+        };
+        let Output {
+            out, blobs, events, ..
+        } = out;
+        let assign = Output {
+            reply: (),
+            out,
+            blobs,
+            events,
+        };
+        (token, epoch, assign)
+    };
+
+    // A holds the node with room for one job: utterance 0 takes it, utterance 1 waits in
+    // the pool's queue.
+    let (a_conn, mut a_rx) = local(&inst, "a");
+    let (at, epoch, assign) = takeover(a_conn, "1").await;
+    let (_, assign) = settle_takeover(app, &cell, &nid, &at, epoch, assign).expect("A is live");
+    deliver(app, &cell, assign);
+    s.send(&utterance(&sid, 0)).await;
+    assert!(
+        text_of(&mut a_rx, "job_assign").await.is_some(),
+        "A has job 0"
+    );
+    s.send(&utterance(&sid, 1)).await;
+    common::topology::until(T, "utterance 1 to wait in the queue", || {
+        let mut c = c.clone();
+        let sid = sid.clone();
+        async move {
+            let job: Option<String> = c
+                .hget(format!("{PREFIX}session:{sid}:jobs"), 1)
+                .await
+                .unwrap_or_default();
+            let Some(job) = job else { return false };
+            let state: Option<String> = c
+                .hget(format!("{PREFIX}job:{job}"), "state")
+                .await
+                .unwrap_or_default();
+            state.as_deref() == Some("QUEUED")
+        }
+    })
+    .await;
+
+    // B takes the node over with more room: its script hands it the queued job 1. C takes
+    // it over after B; C's outcome is settled first, then B's.
+    let (b_conn, _b_rx) = local(&inst, "b");
+    let (c_conn, mut c_rx) = local(&inst, "c");
+    let (bt, b_epoch, b_assign) = takeover(b_conn, "4").await;
+    assert!(
+        b_assign
+            .out
+            .iter()
+            .any(|d| d.msg.contains("job_assign") && d.conn.as_deref() == Some(&bt)),
+        "B's script handed it the queued job: {:?}",
+        b_assign.out
+    );
+    let (ct, c_epoch, c_assign) = takeover(c_conn, "4").await;
+    let (_, c_assign) =
+        settle_takeover(app, &cell, &nid, &ct, c_epoch, c_assign).expect("C is live");
+    deliver(app, &cell, c_assign);
+    assert!(
+        settle_takeover(app, &cell, &nid, &bt, b_epoch, b_assign).is_none(),
+        "B is overtaken"
+    );
+    let job = text_of(&mut c_rx, "job_assign").await;
+    assert_eq!(
+        job.map(|j| j["utterance_index"].clone()),
+        Some(serde_json::json!(1)),
+        "the job B's script handed out reaches C, the node's connection"
     );
     invariants::check(&mut c).await;
 }

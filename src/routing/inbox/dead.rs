@@ -4,9 +4,13 @@
 //! - a malformed entry ([`super::handle`]: its `env` does not decode, names no known kind, or
 //!   its body key cannot be read as a body) goes at once: reading it again changes nothing;
 //! - an entry of this consumer's own pending list already delivered `dead_letter_after`
-//!   times is not read again at a reconnect ([`drop_worn`]): its handling failed that often
-//!   (each failure is a reconnect that reads it again), and reading it first at every
-//!   reconnect would loop for ever;
+//!   times, and written more than `claim_idle_ms` ago, is not read again at a reconnect
+//!   ([`drop_worn`]): reading it first at every reconnect would loop for ever if its
+//!   handling always fails. Both bounds, because a delivery is counted even when what failed
+//!   was Redis or the connection, not the entry (a read reply lost, a body read that timed
+//!   out): a burst of reconnects alone must not dead-letter a healthy, recent entry. One
+//!   that old is seconds late for a real-time session, whose writer has given its gap up
+//!   already (`session.order_gap_ms`);
 //! - an entry pending longer than `claim_idle_ms` and delivered that often ([`reclaim`]).
 //!
 //! An entry written to its socket whose XACK failed (remembered in [`Written`]) is only
@@ -51,9 +55,23 @@ pub(super) async fn dead_letter(
     }
     p.cmd("XACK").arg(inbox).arg(GROUP).arg(id).ignore();
     p.cmd("XDEL").arg(inbox).arg(id).ignore();
-    p.query_async::<()>(conn).await?;
+    match p.query_async::<()>(conn).await {
+        Ok(()) => {
+            tracing::error!(cell = cell.name(), entry = %id, reason, "inbox entry moved to the dead-letter stream");
+        }
+        // Redis full (maxmemory, noeviction) refuses the copy, and with it the transaction:
+        // retried at every reconnect, one such entry would hold up every entry after it.
+        // Acknowledging needs no memory: the entry goes, logged, without its copy.
+        Err(e) if e.to_string().contains("OOM") => {
+            ack(conn, inbox, id).await?;
+            tracing::error!(
+                cell = cell.name(), entry = %id, reason, error = %e,
+                "inbox entry dropped: the dead-letter stream refused its copy"
+            );
+        }
+        Err(e) => return Err(e),
+    }
     app.metrics.dead_lettered.inc();
-    tracing::error!(cell = cell.name(), entry = %id, reason, "inbox entry moved to the dead-letter stream");
     Ok(())
 }
 
@@ -118,8 +136,10 @@ fn as_entries(reply: Value) -> Vec<Entry> {
 }
 
 /// Dead-letter the entries of this consumer's pending list after `after` (`"0"`: from the
-/// first) that were delivered `dead_letter_after` times already, looking at the page of
-/// entries the next history read (COUNT 256) returns, until that page has none.
+/// first) that were delivered `dead_letter_after` times already and written over
+/// `claim_idle_ms` ago (by Redis' clock: an entry id starts with the ms it was added at),
+/// looking at the page of entries the next history read (COUNT 256) returns, until that
+/// page has none.
 pub(super) async fn drop_worn(
     app: &App,
     cell: &Cell,
@@ -143,11 +163,17 @@ pub(super) async fn drop_worn(
             .arg(&app.instance_id)
             .query_async(conn)
             .await?;
-        let worn: Vec<(String, u64)> = page
+        let mut worn: Vec<(String, u64)> = page
             .into_iter()
             .filter(|(_, _, _, n)| *n >= app.cfg.inbox.dead_letter_after)
             .map(|(id, _, _, n)| (id, n))
             .collect();
+        if worn.is_empty() {
+            return Ok(());
+        }
+        let (secs, micros): (u64, u64) = redis::cmd("TIME").query_async(conn).await?;
+        let old_before = (secs * 1000 + micros / 1000).saturating_sub(app.cfg.inbox.claim_idle_ms);
+        worn.retain(|(id, _)| added_ms(id).is_some_and(|ms| ms < old_before));
         if worn.is_empty() {
             return Ok(());
         }
@@ -208,4 +234,9 @@ pub(super) async fn reclaim(
         }
     }
     Ok(())
+}
+
+/// The ms an entry was added at: the first part of its id (`<ms>-<seq>`).
+fn added_ms(id: &str) -> Option<u64> {
+    id.split_once('-').and_then(|(ms, _)| ms.parse().ok())
 }
