@@ -14,7 +14,7 @@ use axum::response::Response;
 use tracing::Instrument;
 
 use super::peer::{self, Handler, Peer};
-use super::{Kind, Outbound, close};
+use super::{Kind, Outbound};
 use crate::auth::{Credential, Scope};
 use crate::capabilities::Capabilities;
 use crate::cells::Cell;
@@ -310,21 +310,11 @@ impl NodeConn {
                 }
             }
             Ok(HeartbeatReply::Stale { .. }) => {
-                app.metrics.stale(KIND);
-                self.error(
-                    ErrorCode::NodeIdConflict,
-                    "another connection owns this node id now",
-                );
-                self.send(Outbound::Close(
-                    close::REPLACED,
-                    "replaced by a newer connection".into(),
-                ));
                 // The record belongs to the newer connection: `finish` runs no cleanup
                 // script for this one (`reg` is gone), so it leaves the local map here.
                 app.conns
                     .unbind(Kind::Node, cell.name(), &node_id, &self.token);
-                self.reg = None;
-                self.done = true;
+                self.superseded();
             }
             Err(e) => self.store_error(&e),
         }

@@ -316,9 +316,9 @@ impl NodeConn {
 }
 
 impl NodeConn {
-    /// Registered, then overtaken: a later registration of the id on this instance took it
-    /// over before this one's outcome arrived (its binding is gone already). Answered like
-    /// a heartbeat that finds the record taken: `NODE_ID_CONFLICT`, then close 4001.
+    /// Another connection owns the node id now: a later registration of the id on this
+    /// instance took it over before this one's outcome arrived (its binding is gone
+    /// already), or a heartbeat found the record taken. `NODE_ID_CONFLICT`, then close 4001.
     pub(super) fn superseded(&mut self) {
         self.app.metrics.stale(KIND);
         self.error(

@@ -120,9 +120,9 @@ async fn consume(app: &App, cell: &Cell, written: &mut Written) -> Result<(), Co
 
 /// Handle this consumer's own pending entries (read earlier, never acknowledged: a read
 /// reply lost with its connection), oldest first, until none is left after the last one.
-/// Those delivered `dead_letter_after` times already are dead-lettered instead of read
-/// again: an entry whose handling fails every time would otherwise come first at every
-/// reconnect, for ever, and hold up every entry after it.
+/// Those delivered `dead_letter_after` times already, and added over `claim_idle_ms` ago,
+/// are dead-lettered instead of read again: an entry whose handling fails every time would
+/// otherwise come first at every reconnect, for ever, and hold up every entry after it.
 async fn own_pending(
     app: &App,
     cell: &Cell,
