@@ -332,7 +332,7 @@ async fn open_mode_lets_everyone_in_and_says_so() {
     })
     .await;
     let mut c = redis.client().await;
-    let (_, body) = get_json(&http_url(&inst, "/readyz")).await;
+    let body = ready(&inst).await;
     assert_eq!(body["auth"], "open");
     assert!(metrics_text(&inst).await.contains("switchyard_auth_open 1"));
     let mut n = WsClient::connect(&bare_ws_url(&inst, "/ws/node")).await;

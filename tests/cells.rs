@@ -165,7 +165,7 @@ async fn tenants_live_in_their_cells_and_every_instance_serves_every_cell() {
         (200, Some("us")),
         "{job_view}"
     );
-    let (_, ready) = get_json(&http_url(&a, "/readyz")).await;
+    let ready = ready(&a).await;
     assert_eq!(ready["cells"], json!(["eu", "us"]), "{ready}");
     let m = metrics_text(&b).await;
     assert!(

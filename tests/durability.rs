@@ -50,12 +50,7 @@ async fn aof_everysec_restart_after_sigkill_keeps_sessions_and_jobs() {
     drop(s);
     redis.restart().await;
     let back = Instant::now();
-    eventually(
-        Duration::from_secs(5),
-        "ready after the restart",
-        || async { (get_json(&http_url(&inst, "/readyz")).await.0 == 200).then_some(()) },
-    )
-    .await;
+    ready(&inst).await;
     let ready_in = back.elapsed();
 
     let mut c = redis.client().await;

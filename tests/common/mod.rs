@@ -238,6 +238,17 @@ pub async fn get_json(url: &str) -> (u16, Value) {
     (status, body)
 }
 
+/// `/readyz` of `inst` once it answers 200 (an instance is ready once its inbox consumer
+/// has started, a moment after `server::start` returns), within 5 s.
+pub async fn ready(inst: &switchyard::server::Running) -> Value {
+    let url = http_url(inst, "/readyz");
+    eventually(Duration::from_secs(5), "/readyz 200", || async {
+        let (status, body) = get_json(&url).await;
+        (status == 200).then_some(body)
+    })
+    .await
+}
+
 /// The record of node `id` (empty when there is none).
 pub async fn node_hash(
     c: &mut redis::aio::MultiplexedConnection,
