@@ -196,18 +196,7 @@ impl NodeConn {
                     return Err(e);
                 }
             };
-            let Output {
-                reply,
-                out,
-                blobs,
-                events,
-            } = out;
-            let assign = Output {
-                reply: (),
-                out,
-                blobs,
-                events,
-            };
+            let (reply, assign) = out.split();
             match reply {
                 RegisterReply::Taken => {
                     routing::deliver(&app, &cell, assign);

@@ -286,15 +286,7 @@ impl Store {
                 && let Err(e) = Box::pin(self.wait_replicas(&mut conn)).await
             {
                 // Committed on the primary all the same: its messages go with the error.
-                let Output {
-                    out, blobs, events, ..
-                } = out;
-                let output = Output {
-                    reply: (),
-                    out,
-                    blobs,
-                    events,
-                };
+                let (_, output) = out.split();
                 let message = e.to_string();
                 return Err(StoreError::Unreplicated(Box::new(Unreplicated {
                     message,

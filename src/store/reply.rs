@@ -75,6 +75,27 @@ pub struct Output<T> {
     pub events: Events,
 }
 
+impl<T> Output<T> {
+    /// The script's own reply, and what it asks to deliver on its own.
+    pub fn split(self) -> (T, Output<()>) {
+        let Output {
+            reply,
+            out,
+            blobs,
+            events,
+        } = self;
+        (
+            reply,
+            Output {
+                reply: (),
+                out,
+                blobs,
+                events,
+            },
+        )
+    }
+}
+
 /// A reply in one pass: `out`, `ev` and `lat` decoded directly, the rest (a few status
 /// fields, buffered by serde's `flatten`) into the script's own reply `T`.
 #[derive(Deserialize)]

@@ -5,6 +5,46 @@
 
 use super::*;
 
+/// An instance whose inbox entries are claimed again only after 30 s (what these tests
+/// watch is the reconnect's read of its own pending entries), with a session on it.
+struct Scene {
+    /// Kept alive by binding it (a destructuring `..` would drop it at once).
+    _redis: RedisServer,
+    a: Running,
+    c: redis::aio::MultiplexedConnection,
+    s: WsClient,
+    sid: String,
+    /// The instance id (the inbox consumer's name) and its inbox key.
+    id: String,
+    inbox: String,
+    /// The session's connection token.
+    conn: String,
+}
+
+async fn scene(tweak: impl FnOnce(&mut switchyard::config::Config)) -> Scene {
+    let redis = RedisServer::start().await;
+    let a = start_tweaked(&redis, |c| {
+        c.inbox.claim_idle_ms = 30_000;
+        tweak(c);
+    })
+    .await;
+    let mut c = redis.client().await;
+    let (s, sid) = session_on(&a).await;
+    let id = a.app.instance_id.clone();
+    let inbox = format!("{PREFIX}inbox:{id}");
+    let conn = session_field(&mut c, &sid, "conn").await;
+    Scene {
+        _redis: redis,
+        a,
+        c,
+        s,
+        sid,
+        id,
+        inbox,
+        conn,
+    }
+}
+
 /// The id of the client blocked in the inbox consumer's XREADGROUP.
 async fn consumer_client(c: &mut redis::aio::MultiplexedConnection) -> String {
     eventually(T, "the inbox consumer blocked in XREADGROUP", || async {
@@ -221,13 +261,16 @@ async fn malformed_pending_inbox_entries_are_dead_lettered_and_the_next_arrives(
     if single_only("malformed_pending_inbox_entries_are_dead_lettered_and_the_next_arrives") {
         return;
     }
-    let redis = RedisServer::start().await;
-    let a = start_tweaked(&redis, |c| c.inbox.claim_idle_ms = 30_000).await;
-    let mut c = redis.client().await;
-    let (mut s, sid) = session_on(&a).await;
-    let id = a.app.instance_id.clone();
-    let inbox = format!("{PREFIX}inbox:{id}");
-    let conn = session_field(&mut c, &sid, "conn").await;
+    let Scene {
+        a,
+        mut c,
+        mut s,
+        sid,
+        id,
+        inbox,
+        conn,
+        _redis,
+    } = scene(|_| {}).await;
     // A key of the wrong type for a body (a hash): its GET fails with WRONGTYPE.
     let not_a_body = format!("{PREFIX}session:{sid}:body:7");
     let _: () = c.hset(&not_a_body, "x", "y").await.unwrap();
@@ -264,13 +307,16 @@ async fn a_malformed_entry_does_not_hold_up_the_inbox_when_redis_is_full() {
     if single_only("a_malformed_entry_does_not_hold_up_the_inbox_when_redis_is_full") {
         return;
     }
-    let redis = RedisServer::start().await;
-    let a = start_tweaked(&redis, |c| c.inbox.claim_idle_ms = 30_000).await;
-    let mut c = redis.client().await;
-    let (mut s, sid) = session_on(&a).await;
-    let id = a.app.instance_id.clone();
-    let inbox = format!("{PREFIX}inbox:{id}");
-    let conn = session_field(&mut c, &sid, "conn").await;
+    let Scene {
+        a,
+        mut c,
+        mut s,
+        sid,
+        id,
+        inbox,
+        conn,
+        _redis,
+    } = scene(|_| {}).await;
     let entries = [
         vec![("env", b"\xc1 not msgpack".to_vec())],
         vec![("env", env_of(&sid, &conn, "inbox_probe"))],
@@ -314,17 +360,16 @@ async fn a_pending_inbox_entry_read_dead_letter_after_times_is_dead_lettered() {
     if single_only("a_pending_inbox_entry_read_dead_letter_after_times_is_dead_lettered") {
         return;
     }
-    let redis = RedisServer::start().await;
-    let a = start_tweaked(&redis, |c| {
-        c.inbox.claim_idle_ms = 30_000;
-        c.inbox.dead_letter_after = 3;
-    })
-    .await;
-    let mut c = redis.client().await;
-    let (mut s, sid) = session_on(&a).await;
-    let id = a.app.instance_id.clone();
-    let inbox = format!("{PREFIX}inbox:{id}");
-    let conn = session_field(&mut c, &sid, "conn").await;
+    let Scene {
+        a,
+        mut c,
+        mut s,
+        sid,
+        id,
+        inbox,
+        conn,
+        _redis,
+    } = scene(|c| c.inbox.dead_letter_after = 3).await;
     // Both read once (the lost read) and twice more: 3 deliveries each.
     let entries = [
         vec![("env", env_of(&sid, &conn, "worn_probe"))],

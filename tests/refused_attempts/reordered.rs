@@ -15,7 +15,6 @@ use switchyard::capabilities::Capabilities;
 use switchyard::gateway::{Accepted, Kind, LocalConn, Outbound, settle_takeover};
 use switchyard::protocol::node::NodeRegister;
 use switchyard::routing::deliver;
-use switchyard::store::Output;
 use switchyard::store::instances::ResumeReply;
 use switchyard::store::nodes::{NodeClaim, RegisterReply};
 use tokio::sync::mpsc;
@@ -210,17 +209,9 @@ async fn a_job_handed_to_an_overtaken_registration_reaches_the_live_one() {
             .register(&nid, NodeClaim::Replace, &token, &caps, &extra, floor)
             .await
             .expect("register");
-        let RegisterReply::Ok { epoch, .. } = out.reply else {
-            panic!("takeover refused: {:?}", out.reply);
-        };
-        let Output {
-            out, blobs, events, ..
-        } = out;
-        let assign = Output {
-            reply: (),
-            out,
-            blobs,
-            events,
+        let (reply, assign) = out.split();
+        let RegisterReply::Ok { epoch, .. } = reply else {
+            panic!("takeover refused: {reply:?}");
         };
         (token, epoch, assign)
     };
