@@ -169,19 +169,35 @@ impl Connections {
         .unwrap_or(Accepted::Superseded)
     }
 
-    /// Messages a script addressed to connection `from` of `id` (a takeover that turned
-    /// out [`Accepted::Superseded`]) readdressed to the id's live binding, the later commit
-    /// Redis names as the id's connection now. Messages to other ids or connections stay
-    /// as they are; without a live binding here, nothing changes (they are dropped as gone).
-    pub fn readdress(&self, kind: Kind, cell: &str, id: &str, from: &str, out: &mut [Delivery]) {
-        let Some(live) = self.get(kind, cell, id, None) else {
+    /// Messages a script addressed to connection `from` of `id`, committed as `epoch` (a
+    /// takeover that turned out [`Accepted::Superseded`]), readdressed to the id's live
+    /// binding if that is a later commit (Redis names it as the id's connection now).
+    /// Otherwise nothing changes: `from` was superseded because its own connection ended
+    /// meanwhile, and an earlier live binding is one Redis no longer names (review
+    /// finding); the messages are dropped as gone, and the ended connection's cleanup
+    /// deals with its jobs. Messages to other ids or connections stay as they are.
+    pub fn readdress(
+        &self,
+        kind: Kind,
+        (cell, id): (&str, &str),
+        (from, epoch): (&str, u64),
+        out: &mut [Delivery],
+    ) {
+        let live = {
+            let m = self.map(kind);
+            m.get(cell)
+                .and_then(|ids| ids.get(id))
+                .and_then(|b| b.iter().find(|b| !b.pending && b.epoch > epoch))
+                .map(|b| b.conn.token.clone())
+        };
+        let Some(live) = live else {
             return;
         };
         for d in out
             .iter_mut()
             .filter(|d| d.k == kind.as_str() && d.id == id && d.conn.as_deref() == Some(from))
         {
-            d.conn = Some(live.token.clone());
+            d.conn = Some(live.clone());
         }
     }
 

@@ -271,8 +271,12 @@ pub fn settle_takeover(
         Accepted::Live(replaced) => Some((replaced, assign)),
         Accepted::Superseded => {
             tracing::info!(node_id = %node_id, epoch, "registration overtaken by a later one");
-            app.conns
-                .readdress(Kind::Node, cell.name(), node_id, token, &mut assign.out);
+            app.conns.readdress(
+                Kind::Node,
+                (cell.name(), node_id),
+                (token, epoch),
+                &mut assign.out,
+            );
             routing::deliver(app, cell, assign);
             None
         }

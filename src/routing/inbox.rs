@@ -173,13 +173,15 @@ async fn ensure_group(conn: &mut Conn, inbox: &str) -> RedisResult<()> {
         // there (its MKSTREAM may write): look instead, so the consumer still drains its
         // inbox, which needs no memory.
         Err(e) if e.to_string().contains("OOM") => {
-            let groups: Vec<std::collections::HashMap<String, Value>> = redis::cmd("XINFO")
-                .arg("GROUPS")
-                .arg(inbox)
-                .query_async(conn)
-                .await?;
+            let groups: RedisResult<Vec<std::collections::HashMap<String, Value>>> =
+                redis::cmd("XINFO")
+                    .arg("GROUPS")
+                    .arg(inbox)
+                    .query_async(conn)
+                    .await;
             let name = Value::BulkString(GROUP.as_bytes().to_vec());
-            if groups.iter().any(|g| g.get("name") == Some(&name)) {
+            // (no stream, or no answer: the OOM refusal is the error to report)
+            if groups.is_ok_and(|g| g.iter().any(|g| g.get("name") == Some(&name))) {
                 Ok(())
             } else {
                 Err(e)

@@ -86,9 +86,6 @@ impl StoreError {
             )
             // The cell's slot is being moved (the script stopped at its guard, ctx.lua).
             || e.to_string().contains("non local key")
-            // Still missing after the reload (Store::run): the call ran on a node that does
-            // not serve the cell, an importing node it was sent on to (`ASK`) in a slot move.
-            || super::scripts::function_missing(&e)
         {
             StoreError::Unavailable(e.to_string())
         } else {

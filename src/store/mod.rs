@@ -264,6 +264,13 @@ impl Store {
             }
             let mut parts: Vec<Vec<u8>> = match reply {
                 Ok(p) => p,
+                // Still missing after the reload, on a cluster: the call ran on a node that
+                // does not serve the cell, an importing node it was sent on to (`ASK`) in a
+                // slot move. Unavailable until the move ends (not the cell's own node: no
+                // reconnect). Elsewhere it stays an internal error.
+                Err(e) if scripts::function_missing(&e) && self.connector.is_cluster() => {
+                    return Err(StoreError::Unavailable(e.to_string()));
+                }
                 Err(e) => {
                     let e = StoreError::from_call(name, e);
                     if matches!(e, StoreError::Unavailable(_) | StoreError::Ambiguous(_)) {

@@ -226,3 +226,73 @@ fn outcomes_out_of_commit_order_leave_the_latest_commit_live() {
     assert_eq!(accept(&c, &cell, "n", "d", 5), Some(vec![]));
     assert_eq!(c.bind(Kind::Node, "n", conn(&cell, "e")), 5);
 }
+
+/// A delivery of a `job_assign` to connection `token` of node `id`.
+fn assign_to(id: &str, token: &str) -> Delivery {
+    Delivery {
+        k: "node".into(),
+        id: id.into(),
+        owner: "i".into(),
+        conn: Some(token.into()),
+        msg: "{\"type\":\"job_assign\"}".into(),
+        m: None,
+        blob: None,
+        own: None,
+        t: None,
+        town: None,
+        ev: None,
+        tr: None,
+        ix: None,
+        el: None,
+        seq: None,
+        tp: None,
+        job: None,
+    }
+}
+
+/// An overtaken takeover's messages go to the later commit's live binding; one superseded
+/// because its own connection ended meanwhile leaves them where they were (review finding:
+/// they went to the earlier live binding, which Redis no longer names).
+#[test]
+fn readdressing_goes_to_a_later_commit_only() {
+    let cell = cell();
+    let c = Connections::default();
+    c.bind(Kind::Node, "n", conn(&cell, "a"));
+    assert!(matches!(
+        c.accept(Kind::Node, cell.name(), "n", "a", 5),
+        Accepted::Live(_)
+    ));
+    // B commits epoch 6, then its connection ends before its outcome arrives.
+    c.bind(Kind::Node, "n", conn(&cell, "b"));
+    c.unbind(Kind::Node, cell.name(), "n", "b");
+    assert!(matches!(
+        c.accept(Kind::Node, cell.name(), "n", "b", 6),
+        Accepted::Superseded
+    ));
+    let mut out = [assign_to("n", "b")];
+    c.readdress(Kind::Node, (cell.name(), "n"), ("b", 6), &mut out);
+    assert_eq!(
+        out[0].conn.as_deref(),
+        Some("b"),
+        "not to A, an earlier commit"
+    );
+    // C commits epoch 8 and is accepted first; D (epoch 7) is overtaken.
+    c.bind(Kind::Node, "n", conn(&cell, "d"));
+    c.bind(Kind::Node, "n", conn(&cell, "c"));
+    assert!(matches!(
+        c.accept(Kind::Node, cell.name(), "n", "c", 8),
+        Accepted::Live(_)
+    ));
+    assert!(matches!(
+        c.accept(Kind::Node, cell.name(), "n", "d", 7),
+        Accepted::Superseded
+    ));
+    let mut out = [assign_to("n", "d"), assign_to("m", "d")];
+    c.readdress(Kind::Node, (cell.name(), "n"), ("d", 7), &mut out);
+    assert_eq!(out[0].conn.as_deref(), Some("c"), "to C, the later commit");
+    assert_eq!(
+        out[1].conn.as_deref(),
+        Some("d"),
+        "another id's message stays"
+    );
+}
