@@ -110,6 +110,15 @@ async fn lost_result(
     .await;
 }
 
+/// An instance whose session connections close with 1012 on a gap (`session.on_gap =
+/// resume`), so that their clients resume.
+async fn resuming(redis: &RedisServer) -> Running {
+    start_tweaked(redis, |c| {
+        c.session.on_gap = switchyard::config::OnGap::Resume
+    })
+    .await
+}
+
 /// Review finding: a `job_result` that committed after its call timed out lost the
 /// translation_result its reply carried for a session on the same instance; the session's
 /// writer held the next result for `order_gap_ms`, then skipped the gap: the client got
@@ -122,10 +131,7 @@ async fn a_result_whose_reply_was_lost_comes_with_the_resume_after_a_1012() {
         return;
     }
     let redis = RedisServer::start().await;
-    let a = start_tweaked(&redis, |c| {
-        c.session.on_gap = switchyard::config::OnGap::Resume
-    })
-    .await;
+    let a = resuming(&redis).await;
     let mut c = redis.client().await;
     let (mut n, nid) = node_on(&a, None).await;
     let (mut s, sid, token) = session_with_token(&a).await;
@@ -164,10 +170,7 @@ async fn a_lost_last_result_closes_the_session_it_names_so_it_resumes() {
         return;
     }
     let redis = RedisServer::start().await;
-    let a = start_tweaked(&redis, |c| {
-        c.session.on_gap = switchyard::config::OnGap::Resume
-    })
-    .await;
+    let a = resuming(&redis).await;
     let mut c = redis.client().await;
     let (mut n, nid) = node_on(&a, None).await;
     let (mut s, sid, token) = session_with_token(&a).await;
@@ -192,10 +195,7 @@ async fn a_session_call_that_lost_its_reply_closes_the_session_so_it_resumes() {
         return;
     }
     let redis = RedisServer::start().await;
-    let a = start_tweaked(&redis, |c| {
-        c.session.on_gap = switchyard::config::OnGap::Resume
-    })
-    .await;
+    let a = resuming(&redis).await;
     let mut c = redis.client().await;
     let (mut s, sid, token) = session_with_token(&a).await;
     let free = busy(&redis, 1500).await;

@@ -45,6 +45,40 @@ async fn scene(tweak: impl FnOnce(&mut switchyard::config::Config)) -> Scene {
     }
 }
 
+impl Scene {
+    /// An inbox `env` for the session: a message of type `kind`.
+    fn probe(&self, kind: &str) -> Vec<u8> {
+        env_of(&self.sid, &self.conn, kind)
+    }
+
+    /// [`pending_entries`] in this scene's inbox, under its consumer's name.
+    async fn pend(&mut self, entries: &[Vec<(&str, Vec<u8>)>], how: (usize, u64)) -> Vec<String> {
+        pending_entries(&mut self.c, &self.inbox, &self.id, entries, how).await
+    }
+
+    /// Reconnect the consumer (its connection killed): the types the session then gets.
+    async fn reconnect(&mut self) -> Vec<String> {
+        kill_consumer(&mut self.c).await;
+        types_within(&mut self.s, Duration::from_millis(1500)).await
+    }
+
+    /// Nothing left pending; the dead-letter stream holds `dead` (entry ids), and
+    /// `counted` entries were counted as dead-lettered; the invariants hold.
+    async fn settled(&mut self, dead: &[String], counted: f64) {
+        assert_eq!(
+            pending(&mut self.c, &self.inbox).await,
+            0,
+            "all acknowledged"
+        );
+        assert_eq!(dead_letters(&mut self.c).await, dead, "dead-lettered");
+        assert_eq!(
+            metric(&self.a, "switchyard_dead_lettered_total").await,
+            counted
+        );
+        invariants::check(&mut self.c).await;
+    }
+}
+
 /// The id of the client blocked in the inbox consumer's XREADGROUP.
 async fn consumer_client(c: &mut redis::aio::MultiplexedConnection) -> String {
     eventually(T, "the inbox consumer blocked in XREADGROUP", || async {
@@ -261,41 +295,27 @@ async fn malformed_pending_inbox_entries_are_dead_lettered_and_the_next_arrives(
     if single_only("malformed_pending_inbox_entries_are_dead_lettered_and_the_next_arrives") {
         return;
     }
-    let Scene {
-        a,
-        mut c,
-        mut s,
-        sid,
-        id,
-        inbox,
-        conn,
-        _redis,
-    } = scene(|_| {}).await;
+    let mut sc = scene(|_| {}).await;
     // A key of the wrong type for a body (a hash): its GET fails with WRONGTYPE.
-    let not_a_body = format!("{PREFIX}session:{sid}:body:7");
-    let _: () = c.hset(&not_a_body, "x", "y").await.unwrap();
+    let not_a_body = format!("{PREFIX}session:{}:body:7", sc.sid);
+    let _: () = sc.c.hset(&not_a_body, "x", "y").await.unwrap();
     let entries = [
         vec![("env", b"\xc1 not msgpack".to_vec())],
         vec![
-            ("env", env_of(&sid, &conn, "poison_probe")),
+            ("env", sc.probe("poison_probe")),
             ("tail_key", not_a_body.clone().into_bytes()),
         ],
-        vec![("env", env_of(&sid, &conn, "inbox_probe"))],
+        vec![("env", sc.probe("inbox_probe"))],
     ];
-    let ids = pending_entries(&mut c, &inbox, &id, &entries, (0, 0)).await;
-    s.expect_silence(Duration::from_millis(300)).await;
-    kill_consumer(&mut c).await;
-    let got = types_within(&mut s, Duration::from_millis(1500)).await;
+    let ids = sc.pend(&entries, (0, 0)).await;
+    sc.s.expect_silence(Duration::from_millis(300)).await;
     assert_eq!(
-        got,
+        sc.reconnect().await,
         ["inbox_probe"],
         "the entry after the malformed ones arrives, they do not"
     );
-    assert_eq!(pending(&mut c, &inbox).await, 0, "all acknowledged");
-    assert_eq!(dead_letters(&mut c).await, ids[..2], "both dead-lettered");
-    assert_eq!(metric(&a, "switchyard_dead_lettered_total").await, 2.0);
-    let _: () = c.del(&not_a_body).await.unwrap();
-    invariants::check(&mut c).await;
+    let _: () = sc.c.del(&not_a_body).await.unwrap();
+    sc.settled(&ids[..2], 2.0).await;
 }
 
 /// Review finding: with Redis full (maxmemory, noeviction) the dead-letter copy (XADD) was
@@ -307,47 +327,32 @@ async fn a_malformed_entry_does_not_hold_up_the_inbox_when_redis_is_full() {
     if single_only("a_malformed_entry_does_not_hold_up_the_inbox_when_redis_is_full") {
         return;
     }
-    let Scene {
-        a,
-        mut c,
-        mut s,
-        sid,
-        id,
-        inbox,
-        conn,
-        _redis,
-    } = scene(|_| {}).await;
+    let mut sc = scene(|_| {}).await;
     let entries = [
         vec![("env", b"\xc1 not msgpack".to_vec())],
-        vec![("env", env_of(&sid, &conn, "inbox_probe"))],
+        vec![("env", sc.probe("inbox_probe"))],
     ];
-    pending_entries(&mut c, &inbox, &id, &entries, (0, 0)).await;
-    s.expect_silence(Duration::from_millis(300)).await;
-    let _: () = redis::cmd("CONFIG")
-        .arg("SET")
-        .arg("maxmemory")
-        .arg(1)
-        .query_async(&mut c)
-        .await
-        .unwrap();
-    kill_consumer(&mut c).await;
-    let got = types_within(&mut s, Duration::from_millis(1500)).await;
-    let _: () = redis::cmd("CONFIG")
-        .arg("SET")
-        .arg("maxmemory")
-        .arg(0)
-        .query_async(&mut c)
-        .await
-        .unwrap();
+    sc.pend(&entries, (0, 0)).await;
+    sc.s.expect_silence(Duration::from_millis(300)).await;
+    let maxmemory = async |c: &mut redis::aio::MultiplexedConnection, bytes: u64| {
+        let _: () = redis::cmd("CONFIG")
+            .arg("SET")
+            .arg("maxmemory")
+            .arg(bytes)
+            .query_async(c)
+            .await
+            .unwrap();
+    };
+    maxmemory(&mut sc.c, 1).await;
+    let got = sc.reconnect().await;
+    maxmemory(&mut sc.c, 0).await;
     assert_eq!(
         got,
         ["inbox_probe"],
         "the entry after the malformed one arrives"
     );
-    assert_eq!(pending(&mut c, &inbox).await, 0, "both acknowledged");
-    assert!(dead_letters(&mut c).await.is_empty(), "no room for a copy");
-    assert_eq!(metric(&a, "switchyard_dead_lettered_total").await, 1.0);
-    invariants::check(&mut c).await;
+    // (no room for a copy: counted, not copied)
+    sc.settled(&[], 1.0).await;
 }
 
 /// An entry whose handling failed `inbox.dead_letter_after` times (each failure a reconnect
@@ -360,41 +365,23 @@ async fn a_pending_inbox_entry_read_dead_letter_after_times_is_dead_lettered() {
     if single_only("a_pending_inbox_entry_read_dead_letter_after_times_is_dead_lettered") {
         return;
     }
-    let Scene {
-        a,
-        mut c,
-        mut s,
-        sid,
-        id,
-        inbox,
-        conn,
-        _redis,
-    } = scene(|c| c.inbox.dead_letter_after = 3).await;
+    let mut sc = scene(|c| c.inbox.dead_letter_after = 3).await;
     // Both read once (the lost read) and twice more: 3 deliveries each.
     let entries = [
-        vec![("env", env_of(&sid, &conn, "worn_probe"))],
-        vec![("env", env_of(&sid, &conn, "worn_probe"))],
+        vec![("env", sc.probe("worn_probe"))],
+        vec![("env", sc.probe("worn_probe"))],
     ];
-    let worn = pending_entries(&mut c, &inbox, &id, &entries, (2, 60_000)).await;
+    let worn = sc.pend(&entries, (2, 60_000)).await;
     // One read as often but recent, and one read once: both are handled.
-    let recent = [vec![("env", env_of(&sid, &conn, "recent_probe"))]];
-    pending_entries(&mut c, &inbox, &id, &recent, (2, 0)).await;
-    let fresh = [vec![("env", env_of(&sid, &conn, "inbox_probe"))]];
-    pending_entries(&mut c, &inbox, &id, &fresh, (0, 0)).await;
-    s.expect_silence(Duration::from_millis(300)).await;
-    kill_consumer(&mut c).await;
-    let got = types_within(&mut s, Duration::from_millis(1500)).await;
+    let recent = [vec![("env", sc.probe("recent_probe"))]];
+    sc.pend(&recent, (2, 0)).await;
+    let fresh = [vec![("env", sc.probe("inbox_probe"))]];
+    sc.pend(&fresh, (0, 0)).await;
+    sc.s.expect_silence(Duration::from_millis(300)).await;
     assert_eq!(
-        got,
+        sc.reconnect().await,
         ["recent_probe", "inbox_probe"],
         "the old worn entries are not handled again, the recent one is"
     );
-    assert_eq!(pending(&mut c, &inbox).await, 0, "all acknowledged");
-    assert_eq!(
-        dead_letters(&mut c).await,
-        worn,
-        "the worn ones dead-lettered"
-    );
-    assert_eq!(metric(&a, "switchyard_dead_lettered_total").await, 2.0);
-    invariants::check(&mut c).await;
+    sc.settled(&worn, 2.0).await;
 }

@@ -3,11 +3,16 @@
 
 use super::*;
 
+/// A connection to the cluster node on `port` (no redirects followed).
+async fn node(port: u16) -> redis::aio::MultiplexedConnection {
+    connect(&format!("redis://127.0.0.1:{port}"))
+        .await
+        .unwrap_or_else(|e| panic!("cluster node {port}: {e}"))
+}
+
 /// `CLUSTER MYID` of the node on `port`.
 async fn node_id(port: u16) -> String {
-    let mut c = connect(&format!("redis://127.0.0.1:{port}"))
-        .await
-        .expect("cluster node");
+    let mut c = node(port).await;
     redis::cmd("CLUSTER")
         .arg("MYID")
         .query_async(&mut c)
@@ -17,9 +22,7 @@ async fn node_id(port: u16) -> String {
 
 /// `CLUSTER SETSLOT slot <args...>` on the node on `port`.
 async fn setslot(port: u16, slot: u16, args: &[&str]) {
-    let mut c = connect(&format!("redis://127.0.0.1:{port}"))
-        .await
-        .expect("cluster node");
+    let mut c = node(port).await;
     let mut cmd = redis::cmd("CLUSTER");
     cmd.arg("SETSLOT").arg(slot);
     for a in args {
@@ -68,22 +71,14 @@ impl Move {
 async fn copy_library(src: u16, dst: u16) {
     let library: Vec<u8> = redis::cmd("FUNCTION")
         .arg("DUMP")
-        .query_async(
-            &mut connect(&format!("redis://127.0.0.1:{src}"))
-                .await
-                .expect("src"),
-        )
+        .query_async(&mut node(src).await)
         .await
         .expect("function dump");
     let _: () = redis::cmd("FUNCTION")
         .arg("RESTORE")
         .arg(library)
         .arg("REPLACE")
-        .query_async(
-            &mut connect(&format!("redis://127.0.0.1:{dst}"))
-                .await
-                .expect("dst"),
-        )
+        .query_async(&mut node(dst).await)
         .await
         .expect("function restore");
 }
@@ -111,9 +106,7 @@ async fn a_cell_whose_slot_is_moving_refuses_work_without_partial_writes() {
     n.send(&answer(&j, &nid, "during the move")).await;
     let e = next_of(&mut n, "error", T).await.expect("the node is told");
     assert_eq!(e["code"], "SCHEDULER_DEPENDENCY_DOWN", "{e}");
-    let mut direct = connect(&format!("redis://127.0.0.1:{src}"))
-        .await
-        .expect("cell primary");
+    let mut direct = node(src).await;
     let job: std::collections::HashMap<String, String> = redis::cmd("HGETALL")
         .arg(format!(
             "{PREFIX}job:{}",
@@ -161,9 +154,7 @@ async fn a_script_sent_on_to_the_importing_node_writes_nothing_there() {
     drop(s);
     let mv = Move::begin(&cluster, true).await;
     // The session's record moved first (MIGRATE, as a reshard does key by key).
-    let mut source = connect(&format!("redis://127.0.0.1:{}", mv.src))
-        .await
-        .expect("cell primary");
+    let mut source = node(mv.src).await;
     let _: () = redis::cmd("MIGRATE")
         .arg("127.0.0.1")
         .arg(mv.dst)
@@ -173,9 +164,7 @@ async fn a_script_sent_on_to_the_importing_node_writes_nothing_there() {
         .query_async(&mut source)
         .await
         .expect("migrate");
-    let mut importing = connect(&format!("redis://127.0.0.1:{}", mv.dst))
-        .await
-        .expect("importing primary");
+    let mut importing = node(mv.dst).await;
     let keys = |c: &mut redis::aio::MultiplexedConnection| {
         let mut c = c.clone();
         async move {
@@ -223,8 +212,6 @@ async fn a_call_sent_on_to_a_node_without_the_library_is_refused_as_unavailable(
     let e = s.next(T).await.expect("the session is told");
     assert_eq!(e["code"], "SCHEDULER_DEPENDENCY_DOWN", "{e}");
     mv.cancel().await;
-    let mut direct = connect(&format!("redis://127.0.0.1:{}", mv.src))
-        .await
-        .expect("cell primary");
+    let mut direct = node(mv.src).await;
     invariants::check(&mut direct).await;
 }
