@@ -79,10 +79,14 @@ impl StoreError {
             || e.is_timeout()
             || e.is_connection_dropped()
             || e.is_connection_refusal()
-            // A demoted primary (sentinel failover), a slot without a primary (cluster).
+            // A demoted primary (sentinel failover), a slot without a primary (cluster), a
+            // redirect the cluster client gave up following (the cell's slot is moving).
             || matches!(
                 e.code(),
-                Some("READONLY" | "CLUSTERDOWN" | "TRYAGAIN" | "MASTERDOWN" | "LOADING")
+                Some(
+                    "READONLY" | "CLUSTERDOWN" | "TRYAGAIN" | "MASTERDOWN" | "LOADING" | "MOVED"
+                        | "ASK"
+                )
             )
             // The cell's slot is being moved (the script stopped at its guard, ctx.lua).
             || e.to_string().contains("non local key")
