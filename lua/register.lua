@@ -12,7 +12,8 @@ Input:
   ARGV[7] connection token: unique per socket, ever (fences heartbeats, closes, results)
   ARGV[8] capability signature
   ARGV[9] epoch floor: the highest epoch of the id's live connection on the caller's
-          instance (0: none); the new epoch is above it and above the record's
+          instance (0: none); the new epoch is above it, above the record's and at least
+          the Redis clock in ms (epoch.lua)
   ARGV[10] n: node-hash field/value pairs in ARGV[11 .. 10+2n]; then the pool names
 Output: [JSON, blobs...]  JSON.out = messages to deliver (queued jobs handed to the node)
   {"status":"taken"}  the minted id exists; mint another
@@ -32,6 +33,7 @@ Output: [JSON, blobs...]  JSON.out = messages to deliver (queued jobs handed to 
 --!include pick
 --!include dispatch
 --!include liveness
+--!include epoch
 
 local node_id = ARGV[5]
 local claim = ARGV[6]
@@ -75,7 +77,7 @@ else
   redis.call('HDEL', KEYS[1], 'capacity_target')
 end
 redis.call('HDEL', KEYS[1], 'offline_at', 'offline_reason')
-reply.epoch = math.max(tonumber(redis.call('HGET', KEYS[1], 'epoch') or '0') or 0, floor) + 1
+reply.epoch = epoch_after(redis.call('HGET', KEYS[1], 'epoch'), floor)
 redis.call('HSET', KEYS[1], 'epoch', reply.epoch)
 reply.state = state
 

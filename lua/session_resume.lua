@@ -13,7 +13,8 @@ Input:
   ARGV[8] SHA-256 (hex) of the resume token presented: must equal the session's resume_hash
   ARGV[9] tenant of the resuming credential ("" = none): must equal the session's tenant
   ARGV[10] epoch floor: the highest epoch of the session's live connection on the caller's
-          instance (0: none); the new epoch is above it and above the record's
+          instance (0: none); the new epoch is above it, above the record's and at least
+          the Redis clock in ms (epoch.lua)
 Output: [JSON, blobs...]
   {"status":"ok","next_seq":N,"resent":N,"state":"open"|"closed","tenant":T,"epoch":E,
    "replaced_conn":tok?}  T: the session's own tenant ("" = none), which its later jobs
@@ -29,6 +30,7 @@ Output: [JSON, blobs...]
 --!include args
 --!include deliver
 --!include results
+--!include epoch
 
 local sid, last = ARGV[5], int(7, 'last_received_index', -math.huge, math.huge)
 local floor = int(10, 'epoch floor', 0, 2 ^ 53)
@@ -44,7 +46,7 @@ for i = last + 1, cursor - 1 do
   if redis.call('HEXISTS', rk, i) == 0 then return finish({status = 'gap'}) end
   if i - last > CFG.max_ahead then break end
 end
-local epoch = math.max(tonumber(proof[5] or '0') or 0, floor) + 1
+local epoch = epoch_after(proof[5], floor)
 redis.call('HSET', sk, 'owner', ME, 'conn', ARGV[6], 'epoch', epoch)
 present() -- peers reach the session through us from now on
 local next_seq = tonumber(redis.call('HGET', sk, 'out_seq') or '0') + 1

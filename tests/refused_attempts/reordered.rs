@@ -49,6 +49,21 @@ async fn text_of(rx: &mut mpsc::Receiver<Outbound>, kind: &str) -> Option<Value>
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn two_takeovers_accepted_in_reverse_commit_order_leave_the_later_one_live() {
+    reverse_takeovers(false).await;
+}
+
+/// The same when Redis lost the first commit (a failover without it: the node record's
+/// connection and epoch as they were before): the second commit's epoch must still be the
+/// higher one. Before the epoch had the clock as a floor, both commits got the same epoch
+/// and the reply that arrived last won.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_takeover_after_a_lost_commit_still_orders_after_it() {
+    reverse_takeovers(true).await;
+}
+
+/// Two takeovers B, C of a node id, committed in that order and accepted in reverse;
+/// `lose_b`: Redis loses B's commit before C's.
+async fn reverse_takeovers(lose_b: bool) {
     let redis = RedisServer::start().await;
     let inst = start_instance(&redis).await;
     let mut c = redis.client().await;
@@ -68,7 +83,23 @@ async fn two_takeovers_accepted_in_reverse_commit_order_leave_the_later_one_live
     let floor = app.conns.bind(Kind::Node, &nid, b);
     assert_eq!(app.conns.bind(Kind::Node, &nid, cc), floor);
     let mut epochs = Vec::new();
+    let key = format!("{}node:{nid}", invariants::PREFIX);
+    let fields = ["conn", "owner", "epoch"];
+    let before: Vec<Option<String>> = redis::cmd("HMGET")
+        .arg(&key)
+        .arg(&fields)
+        .query_async(&mut c)
+        .await
+        .expect("HMGET");
     for t in [&bt, &ct] {
+        if lose_b && t == &ct {
+            let mut lost = redis::cmd("HSET");
+            lost.arg(&key);
+            for (f, v) in fields.iter().zip(&before) {
+                lost.arg(f).arg(v.as_deref().unwrap_or(""));
+            }
+            let _: () = lost.query_async(&mut c).await.expect("HSET");
+        }
         let out = cell
             .store
             .register(&nid, NodeClaim::Replace, t, &caps, &extra, floor)
