@@ -15,13 +15,13 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use common::actors::{is_terminal, result_for};
+use common::actors::is_terminal;
 use common::children::Instances;
 use common::invariants;
+use common::roaming::{Roam, finish_close, roaming_node};
 use common::*;
 use futures_util::{SinkExt, StreamExt};
 use serde_json::{Value, json};
-use tokio::sync::mpsc;
 use tokio_tungstenite::connect_async;
 use tokio_tungstenite::tungstenite::Message;
 
@@ -47,111 +47,37 @@ fn pick(urls: &[String], k: usize, attempt: &mut usize, path: &str) -> String {
     with_token(&format!("{url}{path}"))
 }
 
-/// A lingua-like node answering after 30-150 ms; re-registers with its id after any close
-/// and sends the results it finished while away.
-async fn node(k: usize, urls: Arc<Vec<String>>, stop: Arc<AtomicBool>, away: Arc<Away>) {
-    let mut attempt = 0;
-    let mut node_id: Option<String> = None;
-    let (done_tx, mut done_rx) = mpsc::channel::<Value>(256);
-    let mut unsent: Vec<Value> = Vec::new();
-    let mut lost_at: Option<Instant> = None;
-    while !stop.load(Ordering::Relaxed) {
-        let Ok((ws, _)) = connect_async(pick(&urls, k, &mut attempt, "/ws/node")).await else {
-            tokio::time::sleep(Duration::from_millis(50)).await;
-            continue;
-        };
-        let (mut sink, mut stream) = ws.split();
-        let mut reg = fixture("node_register_first");
-        reg["node_id"] = node_id.clone().map(Value::from).unwrap_or(Value::Null);
-        reg["max_concurrent_jobs"] = json!(8);
-        if sink
-            .send(Message::Text(reg.to_string().into()))
-            .await
-            .is_err()
-        {
-            continue;
-        }
-        let id = loop {
-            match tokio::time::timeout(Duration::from_secs(2), stream.next()).await {
-                Ok(Some(Ok(Message::Text(t)))) => {
-                    let v: Value = serde_json::from_str(t.as_str()).unwrap_or_default();
-                    if v["type"] == "node_register_ack" {
-                        break v["node_id"].as_str().map(str::to_string);
-                    }
-                }
-                Ok(Some(Ok(Message::Ping(_) | Message::Pong(_)))) => continue,
-                _ => break None,
-            }
-        };
-        let Some(id) = id else { continue };
-        attempt = 0;
-        if let Some(t) = lost_at.take() {
-            let ms = t.elapsed().as_millis() as u64;
-            away.nodes.lock().unwrap().entry(k).or_default().push(ms);
-        }
-        node_id = Some(id.clone());
-        for r in std::mem::take(&mut unsent) {
-            if sink
-                .send(Message::Text(r.to_string().into()))
-                .await
-                .is_err()
-            {
-                unsent.push(r);
-            }
-        }
-        let mut beat = tokio::time::interval(Duration::from_millis(500));
-        loop {
-            tokio::select! {
-                _ = beat.tick() => {
-                    let mut hb = fixture("node_heartbeat");
-                    hb["node_id"] = json!(id);
-                    if sink.send(Message::Text(hb.to_string().into())).await.is_err() { break }
-                    if stop.load(Ordering::Relaxed) { return }
-                }
-                Some(r) = done_rx.recv() => {
-                    if sink.send(Message::Text(r.to_string().into())).await.is_err() {
-                        unsent.push(r);
-                        break;
-                    }
-                }
-                msg = stream.next() => {
-                    let t = match msg {
-                        Some(Ok(Message::Text(t))) => t,
-                        Some(Ok(Message::Ping(_) | Message::Pong(_))) => continue,
-                        Some(Ok(Message::Close(_))) => {
-                            finish_close(&mut stream).await;
-                            break;
-                        }
-                        _ => break,
-                    };
-                    let v: Value = serde_json::from_str(t.as_str()).unwrap_or_default();
-                    if v["type"] == "job_assign" {
-                        let (tx, id) = (done_tx.clone(), id.clone());
-                        tokio::spawn(async move {
-                            let ms = 30 + (v["utterance_index"].as_u64().unwrap_or(0) * 37) % 120;
-                            tokio::time::sleep(Duration::from_millis(ms)).await;
-                            let mut r = result_for(&v, &format!("T{}", v["utterance_index"]));
-                            r["node_id"] = json!(id);
-                            let _ = tx.send(r).await;
-                        });
-                    }
-                }
-            }
-        }
-        lost_at = Some(Instant::now());
-    }
+/// A lingua-like node answering after 30-150 ms (by utterance index); re-registers with its
+/// id after any close and sends the results it finished while away.
+struct Node {
+    k: usize,
+    attempt: usize,
+    urls: Arc<Vec<String>>,
+    away: Arc<Away>,
 }
 
-/// The closing handshake, as WebSocket clients (lingua's, browsers) do it: after the
-/// server's close frame, keep reading so the library sends the echo, until the stream ends.
-async fn finish_close<S>(stream: &mut S)
-where
-    S: futures_util::Stream + Unpin,
-{
-    let _ = tokio::time::timeout(Duration::from_millis(500), async {
-        while stream.next().await.is_some() {}
-    })
-    .await;
+impl Roam for Node {
+    fn url(&mut self) -> String {
+        pick(&self.urls, self.k, &mut self.attempt, "/ws/node")
+    }
+
+    fn registered(&mut self, _again: bool, away: Option<Duration>) {
+        self.attempt = 0;
+        if let Some(t) = away {
+            let ms = t.as_millis() as u64;
+            self.away
+                .nodes
+                .lock()
+                .unwrap()
+                .entry(self.k)
+                .or_default()
+                .push(ms);
+        }
+    }
+
+    fn delay(&mut self, assign: &Value) -> Duration {
+        Duration::from_millis(30 + (assign["utterance_index"].as_u64().unwrap_or(0) * 37) % 120)
+    }
 }
 
 /// What one session saw.
@@ -335,7 +261,15 @@ async fn rolling_restart_under_load() {
     let away = Arc::new(Away::default());
     let stop = Arc::new(AtomicBool::new(false));
     let nodes: Vec<_> = (0..NODES)
-        .map(|k| tokio::spawn(node(k, urls.clone(), stop.clone(), away.clone())))
+        .map(|k| {
+            let node = Node {
+                k,
+                attempt: 0,
+                urls: urls.clone(),
+                away: away.clone(),
+            };
+            tokio::spawn(roaming_node(node, 8, stop.clone()))
+        })
         .collect();
     tokio::time::sleep(Duration::from_millis(500)).await;
     let deadline = Instant::now() + Duration::from_secs(45);

@@ -13,6 +13,7 @@ pub mod kustomize;
 pub mod load;
 pub mod model;
 pub mod redis_server;
+pub mod roaming;
 pub mod topology;
 pub mod ws;
 
