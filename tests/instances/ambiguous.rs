@@ -13,7 +13,7 @@ use common::ws::Ended;
 /// `CLIENT PAUSE ... WRITE` does not do: a paused client that disconnects never runs its
 /// command, so nothing would be lost.
 /// Returns when Redis is free again (this client's own reads would time out before).
-async fn busy(redis: &RedisServer, ms: u64) -> tokio::time::Instant {
+pub(super) async fn busy(redis: &RedisServer, ms: u64) -> tokio::time::Instant {
     let mut c = redis.client().await;
     let free = tokio::time::Instant::now() + Duration::from_millis(ms + 100);
     tokio::spawn(async move {
@@ -225,7 +225,7 @@ async fn a_session_call_that_lost_its_reply_closes_the_session_so_it_resumes() {
 }
 
 /// The messages of type `kind` `s` gets within `d`.
-async fn all_of(s: &mut WsClient, kind: &str, d: Duration) -> Vec<serde_json::Value> {
+pub(super) async fn all_of(s: &mut WsClient, kind: &str, d: Duration) -> Vec<serde_json::Value> {
     let deadline = tokio::time::Instant::now() + d;
     let mut got = Vec::new();
     while let Ok(v) = s
