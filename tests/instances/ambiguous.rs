@@ -1,8 +1,9 @@
 //! Replies that never arrive: a script that committed though its caller timed out (Redis
 //! busy past `redis.timeout_ms`). What its reply carried for a session here is not lost
-//! for good: the session closes with 1012 (at the gap a later result reveals, or at once
-//! when the failed call was its own or names it) and its resume resends it from the result
-//! log, in order.
+//! for good: with `session.on_gap = "resume"` the session closes with 1012 (at the gap a
+//! later result reveals, or at once when the failed call was its own or names it) and its
+//! resume resends it from the result log, in order; the default `"skip"` is in
+//! ambiguous_skip.rs (the instance reads the log back itself).
 
 use super::*;
 use common::ws::Ended;
@@ -79,7 +80,7 @@ async fn results_until_close(s: &mut WsClient, d: Duration) -> (Vec<u64>, Option
 
 /// Submit `idx` and answer it while Redis is busy: the node's `job_result` times out on the
 /// instance (the node is told SCHEDULER_DEPENDENCY_DOWN) and commits after it.
-async fn lost_result(
+pub(super) async fn lost_result(
     redis: &RedisServer,
     c: &mut redis::aio::MultiplexedConnection,
     (s, sid): (&mut WsClient, &str),
