@@ -172,3 +172,60 @@ fn indices_written_are_kept_as_runs() {
         .collect();
     assert_eq!(idx, [Some(4), Some(5), Some(6), Some(8)]);
 }
+
+/// The fuzz target's invariants with recoveries and real terminal messages, over a
+/// pseudo-random mix of operations: no utterance index is written twice, memory stays
+/// bounded, and every index pushed or logged ends up written once the gap is skipped.
+#[test]
+fn no_index_is_written_twice_whatever_the_mix() {
+    let mut x: u64 = 0x9E37_79B9_7F4A_7C15;
+    let mut next = |n: u64| {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        x % n
+    };
+    for _ in 0..200 {
+        let mut o = Order::default();
+        o.expect(1);
+        let mut written = std::collections::HashSet::new();
+        let mut seen = std::collections::BTreeSet::new();
+        // seq n carries index n - 1
+        for _ in 0..300 {
+            let out = match next(4) {
+                0 | 1 => {
+                    let seq = 1 + next(60);
+                    seen.insert(seq - 1);
+                    o.push(seq, t(seq - 1, "x"))
+                }
+                2 => o.skip(),
+                _ => {
+                    let upto = next(60);
+                    let logged: Vec<(u64, String)> = (0..upto).map(|i| (i, t(i, "x"))).collect();
+                    seen.extend(0..upto);
+                    o.recover(upto, logged)
+                }
+            };
+            for m in out {
+                let i = order::index_of(&m).expect("an index");
+                assert!(written.insert(i), "index {i} written twice");
+            }
+            let (held, skipped) = o.sizes();
+            assert!(held <= 60 && skipped <= SKIPPED_KEPT);
+        }
+        for m in o.skip() {
+            let i = order::index_of(&m).expect("an index");
+            assert!(written.insert(i), "index {i} written twice");
+        }
+        let below = o.expected.unwrap_or(0);
+        let missing: Vec<u64> = seen
+            .iter()
+            .filter(|&&i| i + 1 < below && !written.contains(&i))
+            .copied()
+            .collect();
+        assert!(
+            missing.is_empty(),
+            "pushed or logged, never written: {missing:?}"
+        );
+    }
+}
