@@ -13,9 +13,10 @@
 //! (both waited in Redis's buffers while it stalled). Bounded: [`RETRY_FOR`] of retries,
 //! [`crate::store::log_tail::BELOW_CURSOR`] + [`crate::store::log_tail::FROM_CURSOR`]
 //! indices a read; one task per connection at a time (another lost reply meanwhile asks it
-//! for one more round). If Redis stays away it gives up, counted
+//! for one more round; each attempt is bounded by the same deadline, so a connection that
+//! cannot be made does not hold it). If Redis stays away it gives up, counted
 //! (`ambiguous_unrecovered`) and logged; a recovery that read the log counts
-//! `ambiguous_recovered`.
+//! `ambiguous_recovered`. It stops, uncounted, when the connection ends.
 
 use std::collections::HashMap;
 use std::sync::{Arc, LazyLock, Mutex};
@@ -86,13 +87,17 @@ pub(super) fn job_session(app: &Arc<App>, cell: &Arc<Cell>, job_id: &str, named:
     tokio::spawn(async move {
         let deadline = Instant::now() + RETRY_FOR;
         let sid = loop {
-            match cell.store.job_session(&job_id).await {
-                Ok(sid) => break sid,
-                Err(e) if Instant::now() >= deadline => {
+            match tokio::time::timeout_at(deadline, cell.store.job_session(&job_id)).await {
+                Ok(Ok(sid)) => break sid,
+                Err(_) => {
+                    gave_up(&app, &job_id, "timed out");
+                    return;
+                }
+                Ok(Err(e)) if Instant::now() >= deadline => {
                     gave_up(&app, &job_id, &e.to_string());
                     return;
                 }
-                Err(_) => tokio::time::sleep(RETRY_EVERY).await,
+                Ok(Err(_)) => tokio::time::sleep(RETRY_EVERY).await,
             }
         };
         let Some(sid) = sid else { return };
@@ -136,13 +141,19 @@ async fn read(app: &App, sid: &str, conn: &LocalConn) -> Option<LogTail> {
         if conn.tx.is_closed() {
             return None;
         }
-        match conn.cell.store.result_log_tail(sid).await {
-            Ok(tail) => return tail,
-            Err(e) if Instant::now() >= deadline => {
+        // (an attempt is bounded too: a connection that cannot be made may take long)
+        let attempt = tokio::time::timeout_at(deadline, conn.cell.store.result_log_tail(sid));
+        match attempt.await {
+            Ok(Ok(tail)) => return tail,
+            Err(_) => {
+                gave_up(app, sid, "timed out");
+                return None;
+            }
+            Ok(Err(e)) if Instant::now() >= deadline => {
                 gave_up(app, sid, &e.to_string());
                 return None;
             }
-            Err(_) => tokio::time::sleep(RETRY_EVERY).await,
+            Ok(Err(_)) => tokio::time::sleep(RETRY_EVERY).await,
         }
     }
 }
