@@ -58,18 +58,35 @@ pub(super) fn session(app: &Arc<App>, sid: &str, conn: LocalConn) {
     }
     let (app, sid) = (app.clone(), sid.to_string());
     tokio::spawn(async move {
+        let mut entry = Entry(Some(key));
         loop {
             round(&app, &sid, &conn).await;
+            // Another round if asked meanwhile, else leave the map: one decision under the
+            // lock, so a lost reply that comes meanwhile is either served or starts a task.
             let mut r = running();
-            match r.get_mut(&key) {
+            let key = entry.0.as_deref().unwrap_or_default();
+            match r.get_mut(key) {
                 Some(again) if *again && !conn.tx.is_closed() => *again = false,
                 _ => {
-                    r.remove(&key);
+                    r.remove(key);
+                    entry.0 = None;
                     return;
                 }
             }
         }
     });
+}
+
+/// A connection's place in [`RUNNING`] while its task runs: left by the task, or here if
+/// the task ends otherwise (a panic).
+struct Entry(Option<String>);
+
+impl Drop for Entry {
+    fn drop(&mut self) {
+        if let Some(key) = self.0.take() {
+            running().remove(&key);
+        }
+    }
 }
 
 /// A node's `job_result` for `job_id` lost its reply: recover for its session if that is
