@@ -1,6 +1,6 @@
 //! The session writer's sequence reassembly (gateway::socket::Order): any sequence of
-//! pushes, expects and gap skips ends quickly, keeps its memory bounded, and never writes
-//! a number more often than it was pushed.
+//! pushes, expects, gap skips and recoveries ends quickly, keeps its memory bounded, and
+//! never writes a number more often than it was pushed.
 #![no_main]
 
 use std::collections::HashMap;
@@ -16,6 +16,9 @@ enum Op {
     PushNear(u8),
     Expect(u64),
     Skip,
+    /// A lost reply's recovery with nothing in the log's window (its `out_seq`): what is
+    /// held up to it is written, the rest remembered as skipped.
+    Recover(u64),
 }
 
 fuzz_target!(|ops: Vec<Op>| {
@@ -38,6 +41,7 @@ fuzz_target!(|ops: Vec<Op>| {
             }
             Op::Expect(n) => o.expect(n),
             Op::Skip => o.skip(),
+            Op::Recover(n) => o.recover(n, Vec::new()),
         };
         for t in out {
             let n: u64 = t.parse().expect("texts are sequence numbers");

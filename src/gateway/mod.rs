@@ -9,6 +9,7 @@ pub mod node;
 mod node_jobs;
 mod node_register;
 pub mod peer;
+mod recover;
 pub mod session;
 mod session_init;
 pub mod socket;

@@ -5,18 +5,22 @@
 //!
 //! A `job_result` whose reply was lost ([`crate::store::StoreError::Ambiguous`]) may have
 //! committed, and its reply carried the `translation_result` for a session on this
-//! instance. The instance does not know the job's session (job ids do not name it), but a
-//! lingua node echoes the `session_id` of its `job_assign`: if that session is connected
-//! here it is closed with 1012, and its resume resends the result from the log. A node that
-//! names no session (or another's: the worst it can do is make a session resume) leaves it
-//! to the session writer's gap check (`session.on_gap`) when a later result follows, and to
-//! the client's own resume when none does.
+//! instance. With `session.on_gap = "skip"` (clients that never resume) the instance puts
+//! it back from the session's result log once Redis answers (`recover`): the session is
+//! the one the node's message names (a lingua node echoes the `session_id` of its
+//! `job_assign`), else the one the job record names. With `"resume"`, a session named and
+//! connected here is closed with 1012, and its resume resends the result from the log (a
+//! node that names no session, or another's — the worst it can do is make a session
+//! resume — leaves it to the session writer's gap check when a later result follows, and
+//! to the client's own resume when none does).
 
 use std::sync::Arc;
 
 use super::node::NodeConn;
+use super::recover;
 use super::{Kind, Outbound, close};
 use crate::cells::Cell;
+use crate::config::OnGap;
 use crate::protocol::ErrorCode;
 use crate::protocol::node::{AsrPartial, JobAck, JobResult};
 use crate::routing;
@@ -118,8 +122,12 @@ impl NodeConn {
             Ok(FencedReply::Ok { .. }) => {}
             Err(e) => {
                 self.store_error(&e);
-                if e.is_ambiguous() && self.app.cfg.session.on_gap == crate::config::OnGap::Resume {
-                    self.resume_named_session(&cell, r.session_id.as_deref());
+                if e.is_ambiguous() {
+                    let named = r.session_id.as_deref();
+                    match self.app.cfg.session.on_gap {
+                        OnGap::Resume => self.resume_named_session(&cell, named),
+                        OnGap::Skip => recover::job_session(&self.app, &cell, &r.job_id, named),
+                    }
                 }
             }
         }

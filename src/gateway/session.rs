@@ -5,9 +5,12 @@
 //!
 //! A script call of the session's own that may release its terminal messages (`submit`,
 //! `audio_append`, `session_close`) and whose reply was lost ([`StoreError::Ambiguous`]: it
-//! may have committed) closes the connection with 1012 after the error: what the reply
-//! carried is in the session's result log, and the client's resume resends it. Without
-//! that, a lost last result would never show up as a gap (DESIGN §1.5).
+//! may have committed) left what the reply carried in the session's result log only. With
+//! `session.on_gap = "skip"` (the default, clients that never resume) the instance reads it
+//! back once Redis answers and writes what the connection has not written (`recover`);
+//! with `"resume"` the connection closes with 1012 after the error and the client's resume
+//! resends it. Without either, a lost last result would never show up as a gap (DESIGN
+//! §1.5).
 
 use std::sync::Arc;
 
@@ -19,10 +22,11 @@ use serde_json::json;
 use tracing::Instrument;
 
 use super::peer::{self, Handler, Peer};
-use super::{Kind, Outbound, close};
+use super::{Kind, Outbound, close, recover};
 use crate::auth::{Credential, Scope};
 use crate::capabilities::{RouteRequest, route};
 use crate::cells::Cell;
+use crate::config::OnGap;
 use crate::protocol::session::{JobSpec, SessionInbound, Utterance, estimate_ms, unsupported};
 use crate::protocol::{DecodeError, ErrorCode, base64, decode, now_ms};
 use crate::routing;
@@ -123,16 +127,27 @@ impl SessionConn {
     }
 
     /// A failed call that may have released this session's messages: answered like any
-    /// store error, then, when its reply was lost, the connection closes so it resumes.
+    /// store error, then, when its reply was lost, what it released is recovered from the
+    /// result log (`skip`) or the connection closes so it resumes (`resume`).
     fn delivery_failed(&self, e: &StoreError) {
         self.store_error(e);
-        if e.is_ambiguous() && self.app.cfg.session.on_gap == crate::config::OnGap::Resume {
-            self.app.metrics.delivery(KIND, "ambiguous_resume");
-            tracing::warn!(error = %e, "session call lost its reply; closing with 1012 so the client resumes");
-            self.send(Outbound::Close(
-                close::RESTARTING,
-                close::RESUME_REASON.into(),
-            ));
+        if !e.is_ambiguous() {
+            return;
+        }
+        match (&self.app.cfg.session.on_gap, &self.session) {
+            (OnGap::Resume, _) => {
+                self.app.metrics.delivery(KIND, "ambiguous_resume");
+                tracing::warn!(error = %e, "session call lost its reply; closing with 1012 so the client resumes");
+                self.send(Outbound::Close(
+                    close::RESTARTING,
+                    close::RESUME_REASON.into(),
+                ));
+            }
+            (OnGap::Skip, Some(s)) => {
+                tracing::info!(error = %e, "session call lost its reply; recovering its results from the log");
+                recover::session(&self.app, &s.id, self.local(&s.cell));
+            }
+            (OnGap::Skip, None) => {}
         }
     }
 

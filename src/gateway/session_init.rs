@@ -310,6 +310,10 @@ impl SessionConn {
         });
         self.trace_id = Some(trace_id.to_string());
         self.send_json(&init_ack(sid, trace_id, true, proof));
+        // The client has every index up to `last`: a recovery writes none of them again.
+        if let Some(first) = last.checked_add(1).and_then(|n| u64::try_from(n).ok()) {
+            self.send(Outbound::FirstIndex(first));
+        }
         self.send(Outbound::ExpectSeq(next_seq));
         routing::deliver(&app, &cell, out);
         app.metrics.resumes.inc();

@@ -6,15 +6,16 @@
 //! another instance's script through the inbox stream), so a later one can overtake an
 //! earlier one by a few milliseconds. The writer holds it back until the gap fills, or
 //! `order_gap` passes. Then the missing message is taken for lost (a script whose reply
-//! never came though it committed, an inbox entry trimmed away): by default
-//! (`session.on_gap = "resume"`) the writer closes the connection with 1012 without writing
+//! never came though it committed, an inbox entry trimmed away): with
+//! `session.on_gap = "resume"` the writer closes the connection with 1012 without writing
 //! what it holds, so the client resumes and gets every result after its last one from the
-//! session's result log, in order; with `"skip"` it writes what follows without it (a
-//! skipped message that still arrives is written late rather than lost). The gap clock runs
-//! only once the connection's first expected number is known (`ExpectSeq`, sent with the
-//! session's ack): messages that come before it are held without a clock.
+//! session's result log, in order; with `"skip"` (the default) it writes what follows
+//! without it (a skipped message that still arrives is written late rather than lost, and
+//! what a reply the instance knows it lost carried comes back from the result log:
+//! `Outbound::Recovered`, `gateway::recover`). The gap clock runs only once the
+//! connection's first expected number is known (`ExpectSeq`, sent with the session's ack):
+//! messages that come before it are held without a clock.
 
-use std::collections::BTreeMap;
 use std::time::Duration;
 
 use axum::extract::ws::{CloseFrame, Message, WebSocket};
@@ -26,6 +27,9 @@ use tokio::task::JoinHandle;
 use tokio::time::Instant;
 
 pub use crate::config::OnGap;
+pub use order::Order;
+
+mod order;
 
 /// What can be written to a connection.
 #[derive(Debug, Clone)]
@@ -35,6 +39,12 @@ pub enum Outbound {
     Ordered(u64, String),
     /// The next sequence number this connection will write (set when a session binds).
     ExpectSeq(u64),
+    /// The lowest utterance index a recovery writes (a resume's `last_received_index` + 1).
+    FirstIndex(u64),
+    /// What a lost reply carried, read back from the session's result log: the session's
+    /// `out_seq` when read, and the delivered results read (index, message) — see
+    /// [`Order::recover`].
+    Recovered(u64, Vec<(u64, String)>),
     /// Send a close frame with this code and reason, then stop writing.
     Close(u16, String),
     /// A WebSocket ping: the peer's pong proves the socket is alive.
@@ -106,82 +116,6 @@ pub enum WriterEnd {
     Failed,
     /// A write did not complete within the write timeout: the peer stopped reading.
     WriteTimeout,
-}
-
-/// Sequence reassembly for ordered messages (public for the fuzz targets in fuzz/).
-#[derive(Default)]
-pub struct Order {
-    expected: Option<u64>,
-    held: BTreeMap<u64, String>,
-    gap_since: Option<Instant>,
-    /// Numbers skipped over after a gap timed out: if one arrives late it is still written
-    /// (once, out of order) rather than lost.
-    skipped: std::collections::BTreeSet<u64>,
-}
-
-/// Skipped sequence numbers remembered, so a late one is still written once.
-const SKIPPED_KEPT: usize = 1024;
-
-impl Order {
-    /// Messages ready to write, in order.
-    pub fn push(&mut self, seq: u64, text: String) -> Vec<String> {
-        match self.expected {
-            Some(_) if self.skipped.remove(&seq) => return vec![text], // late, never written
-            Some(e) if seq < e => return Vec::new(), // already written (a resend after resume)
-            _ => {
-                self.held.insert(seq, text);
-            }
-        }
-        self.ready()
-    }
-
-    /// The next sequence number this connection writes: older held ones are dropped.
-    pub fn expect(&mut self, next: u64) -> Vec<String> {
-        self.expected = Some(next);
-        self.held = self.held.split_off(&next);
-        self.ready()
-    }
-
-    /// The gap lasted too long: continue from the lowest held message (`on_gap = "skip"`).
-    pub fn skip(&mut self) -> Vec<String> {
-        if let (Some(e), Some((&first, _))) = (self.expected, self.held.iter().next()) {
-            // Only the last SKIPPED_KEPT numbers are remembered, so only those are
-            // inserted: a gap of billions must not loop for ever.
-            self.skipped
-                .extend(first.saturating_sub(SKIPPED_KEPT as u64).max(e)..first);
-            while self.skipped.len() > SKIPPED_KEPT {
-                self.skipped.pop_first();
-            }
-            self.expected = Some(first);
-        }
-        self.ready()
-    }
-
-    /// Messages held back, and skipped numbers remembered (for the fuzz invariants).
-    pub fn sizes(&self) -> (usize, usize) {
-        (self.held.len(), self.skipped.len())
-    }
-
-    fn ready(&mut self) -> Vec<String> {
-        let mut out = Vec::new();
-        if let Some(mut e) = self.expected {
-            while let Some(t) = self.held.remove(&e) {
-                out.push(t);
-                // fuzz finding: `e += 1` overflowed after writing number u64::MAX
-                let Some(next) = e.checked_add(1) else { break };
-                e = next;
-            }
-            self.expected = Some(e);
-        }
-        // The gap clock runs only once the expected number is known (before ExpectSeq,
-        // messages are simply held).
-        self.gap_since = if self.held.is_empty() || self.expected.is_none() {
-            None
-        } else {
-            self.gap_since.or_else(|| Some(Instant::now()))
-        };
-        out
-    }
 }
 
 /// What the writer does after a batch of messages is written.
@@ -316,6 +250,8 @@ fn take(
         Some(Outbound::Unhold) => ready.extend(held.take().unwrap_or_default()),
         Some(Outbound::Ordered(seq, t)) => ready.extend(order.push(seq, t)),
         Some(Outbound::ExpectSeq(n)) => ready.extend(order.expect(n)),
+        Some(Outbound::FirstIndex(i)) => order.first_index(i),
+        Some(Outbound::Recovered(upto, logged)) => ready.extend(order.recover(upto, logged)),
         Some(Outbound::Ping) => return After::Ping,
         Some(Outbound::Close(code, reason)) => {
             return After::Close(CloseFrame {

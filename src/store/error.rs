@@ -13,8 +13,10 @@ pub enum StoreError {
     /// The script was sent and its reply never came (response timeout, connection dropped or
     /// failed mid-call): Redis may have run it, and committed, all the same — its messages
     /// (a `translation_result` for a session here) are then lost with the reply. Transient,
-    /// answered like [`StoreError::Unavailable`]; a session whose own call ends so closes
-    /// with 1012 so that its resume resends what the result log holds.
+    /// answered like [`StoreError::Unavailable`]; for a session whose own call (or a node's
+    /// `job_result` for it) ends so, the instance reads what the result log holds back once
+    /// Redis answers (`session.on_gap = "skip"`), or closes it with 1012 so that its resume
+    /// resends it (`"resume"`).
     #[error("redis reply lost (the script may have run): {0}")]
     Ambiguous(String),
     /// Redis answered with an error (a script bug or a misconfigured server).

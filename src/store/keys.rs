@@ -70,6 +70,22 @@ impl Keys {
         format!("{}session:{id}:audio", self.prefix)
     }
 
+    /// Hash: a session's result log (utterance index → its terminal message JSON; `+` and
+    /// a header when the body is in [`Keys::session_body`]).
+    pub fn session_results(&self, id: &str) -> String {
+        format!("{}session:{id}:results", self.prefix)
+    }
+
+    /// Zset: a session's results settled but not delivered yet (member and score: index).
+    pub fn session_pending(&self, id: &str) -> String {
+        format!("{}session:{id}:pending", self.prefix)
+    }
+
+    /// String: the body of a result logged in two parts (a large `translation_result`).
+    pub fn session_body(&self, id: &str, index: u64) -> String {
+        format!("{}session:{id}:body:{index}", self.prefix)
+    }
+
     /// Hash: one job (session, index, state, attempt, node, tried nodes, deadline, spec).
     pub fn job(&self, id: &str) -> String {
         format!("{}job:{id}", self.prefix)

@@ -20,6 +20,7 @@ pub mod inspect;
 pub mod instances;
 pub mod jobs;
 pub mod keys;
+pub mod log_tail;
 pub mod nodes;
 pub mod reply;
 pub mod scripts;

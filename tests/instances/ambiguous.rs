@@ -1,8 +1,9 @@
 //! Replies that never arrive: a script that committed though its caller timed out (Redis
 //! busy past `redis.timeout_ms`). What its reply carried for a session here is not lost
-//! for good: the session closes with 1012 (at the gap a later result reveals, or at once
-//! when the failed call was its own or names it) and its resume resends it from the result
-//! log, in order.
+//! for good: with `session.on_gap = "resume"` the session closes with 1012 (at the gap a
+//! later result reveals, or at once when the failed call was its own or names it) and its
+//! resume resends it from the result log, in order; the default `"skip"` is in
+//! ambiguous_skip.rs (the instance reads the log back itself).
 
 use super::*;
 use common::ws::Ended;
@@ -13,7 +14,7 @@ use common::ws::Ended;
 /// `CLIENT PAUSE ... WRITE` does not do: a paused client that disconnects never runs its
 /// command, so nothing would be lost.
 /// Returns when Redis is free again (this client's own reads would time out before).
-async fn busy(redis: &RedisServer, ms: u64) -> tokio::time::Instant {
+pub(super) async fn busy(redis: &RedisServer, ms: u64) -> tokio::time::Instant {
     let mut c = redis.client().await;
     let free = tokio::time::Instant::now() + Duration::from_millis(ms + 100);
     tokio::spawn(async move {
@@ -79,7 +80,7 @@ async fn results_until_close(s: &mut WsClient, d: Duration) -> (Vec<u64>, Option
 
 /// Submit `idx` and answer it while Redis is busy: the node's `job_result` times out on the
 /// instance (the node is told SCHEDULER_DEPENDENCY_DOWN) and commits after it.
-async fn lost_result(
+pub(super) async fn lost_result(
     redis: &RedisServer,
     c: &mut redis::aio::MultiplexedConnection,
     (s, sid): (&mut WsClient, &str),
@@ -225,7 +226,7 @@ async fn a_session_call_that_lost_its_reply_closes_the_session_so_it_resumes() {
 }
 
 /// The messages of type `kind` `s` gets within `d`.
-async fn all_of(s: &mut WsClient, kind: &str, d: Duration) -> Vec<serde_json::Value> {
+pub(super) async fn all_of(s: &mut WsClient, kind: &str, d: Duration) -> Vec<serde_json::Value> {
     let deadline = tokio::time::Instant::now() + d;
     let mut got = Vec::new();
     while let Ok(v) = s

@@ -1,0 +1,185 @@
+//! A lost reply's messages put back for a session connected here (`session.on_gap =
+//! "skip"`, for clients that never resume).
+//!
+//! A script call whose reply was lost ([`crate::store::StoreError::Ambiguous`]: a Redis
+//! stall past `redis.timeout_ms`) may have committed, and released terminal messages for a
+//! session on this instance — a node's `job_result`, the session's own `submit`,
+//! `audio_append` or `session_close` — that only its reply carried. They are in the
+//! session's result log. Once Redis answers again, a task reads the delivered results near
+//! the session's cursor and its `out_seq` ([`crate::store::Store::result_log_tail`]) and
+//! hands them to the connection's writer ([`Outbound::Recovered`]), which writes those it
+//! has not written, once each, in index order, and stops waiting for the numbers they
+//! filled. A second read a moment later catches a call Redis ran only just after the first
+//! (both waited in Redis's buffers while it stalled). Bounded: [`RETRY_FOR`] of retries,
+//! [`crate::store::log_tail::BELOW_CURSOR`] + [`crate::store::log_tail::FROM_CURSOR`]
+//! indices a read; one task per connection at a time (another lost reply meanwhile asks it
+//! for one more round; each attempt is bounded by the same deadline, so a connection that
+//! cannot be made does not hold it). If Redis stays away it gives up, counted
+//! (`ambiguous_unrecovered`) and logged; a recovery that read the log counts
+//! `ambiguous_recovered`. It stops, uncounted, when the connection ends.
+
+use std::collections::HashMap;
+use std::sync::{Arc, LazyLock, Mutex};
+use std::time::Duration;
+
+use tokio::time::Instant;
+
+use super::{Kind, LocalConn, Outbound};
+use crate::cells::Cell;
+use crate::server::App;
+use crate::store::log_tail::LogTail;
+
+/// How long a recovery retries its read while Redis does not answer.
+pub const RETRY_FOR: Duration = Duration::from_secs(30);
+/// Pause between two reads that failed.
+const RETRY_EVERY: Duration = Duration::from_millis(250);
+/// Pause before the second read of a round.
+const SETTLE: Duration = Duration::from_millis(300);
+
+const KIND: &str = "session";
+
+/// Connections (instance id and token) with a recovery running → another round asked.
+static RUNNING: LazyLock<Mutex<HashMap<String, bool>>> = LazyLock::new(Default::default);
+
+fn running() -> std::sync::MutexGuard<'static, HashMap<String, bool>> {
+    RUNNING.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// Recover what a lost reply carried for session `sid`, connected here as `conn`.
+pub(super) fn session(app: &Arc<App>, sid: &str, conn: LocalConn) {
+    let key = format!("{} {}", app.instance_id, conn.token);
+    {
+        let mut r = running();
+        if let Some(again) = r.get_mut(&key) {
+            *again = true;
+            return;
+        }
+        r.insert(key.clone(), false);
+    }
+    let (app, sid) = (app.clone(), sid.to_string());
+    tokio::spawn(async move {
+        let mut entry = Entry(Some(key));
+        loop {
+            round(&app, &sid, &conn).await;
+            // Another round if asked meanwhile, else leave the map: one decision under the
+            // lock, so a lost reply that comes meanwhile is either served or starts a task.
+            let mut r = running();
+            let key = entry.0.as_deref().unwrap_or_default();
+            match r.get_mut(key) {
+                Some(again) if *again && !conn.tx.is_closed() => *again = false,
+                _ => {
+                    r.remove(key);
+                    entry.0 = None;
+                    return;
+                }
+            }
+        }
+    });
+}
+
+/// A connection's place in [`RUNNING`] while its task runs: left by the task, or here if
+/// the task ends otherwise (a panic).
+struct Entry(Option<String>);
+
+impl Drop for Entry {
+    fn drop(&mut self) {
+        if let Some(key) = self.0.take() {
+            running().remove(&key);
+        }
+    }
+}
+
+/// A node's `job_result` for `job_id` lost its reply: recover for its session if that is
+/// connected here. `named`: the session the node's message named (a lingua node echoes its
+/// `job_assign`'s), else the job record says, once Redis answers.
+pub(super) fn job_session(app: &Arc<App>, cell: &Arc<Cell>, job_id: &str, named: Option<&str>) {
+    let here = |sid: &str| app.conns.get(Kind::Session, cell.name(), sid, None);
+    if let Some(sid) = named.filter(|s| !s.is_empty()) {
+        if let Some(conn) = here(sid) {
+            session(app, sid, conn);
+        }
+        return;
+    }
+    let (app, cell, job_id) = (app.clone(), cell.clone(), job_id.to_string());
+    tokio::spawn(async move {
+        let deadline = Instant::now() + RETRY_FOR;
+        let sid = loop {
+            match tokio::time::timeout_at(deadline, cell.store.job_session(&job_id)).await {
+                Ok(Ok(sid)) => break sid,
+                Err(_) => {
+                    gave_up(&app, &job_id, "timed out");
+                    return;
+                }
+                Ok(Err(e)) if Instant::now() >= deadline => {
+                    gave_up(&app, &job_id, &e.to_string());
+                    return;
+                }
+                Ok(Err(_)) => tokio::time::sleep(RETRY_EVERY).await,
+            }
+        };
+        let Some(sid) = sid else { return };
+        if let Some(conn) = app.conns.get(Kind::Session, cell.name(), &sid, None) {
+            session(&app, &sid, conn);
+        }
+    });
+}
+
+/// One round: a read once Redis answers, handed to the writer, then one more a moment
+/// later.
+async fn round(app: &App, sid: &str, conn: &LocalConn) {
+    for n in 0..2 {
+        if n > 0 {
+            tokio::time::sleep(SETTLE).await;
+        }
+        let Some(tail) = read(app, sid, conn).await else {
+            return;
+        };
+        if n == 0 {
+            app.metrics.delivery(KIND, "ambiguous_recovered");
+            tracing::info!(
+                session_id = sid,
+                out_seq = tail.out_seq,
+                results = tail.results.len(),
+                "lost reply: the session's results read back from its log"
+            );
+        }
+        let out = Outbound::Recovered(tail.out_seq, tail.results);
+        if conn.tx.send(out).await.is_err() {
+            return; // the connection ended
+        }
+    }
+}
+
+/// The log's tail, retried until Redis answers or [`RETRY_FOR`] passed; `None`: given up,
+/// the session is gone, or its connection ended.
+async fn read(app: &App, sid: &str, conn: &LocalConn) -> Option<LogTail> {
+    let deadline = Instant::now() + RETRY_FOR;
+    loop {
+        if conn.tx.is_closed() {
+            return None;
+        }
+        // (an attempt is bounded too: a connection that cannot be made may take long)
+        let attempt = tokio::time::timeout_at(deadline, conn.cell.store.result_log_tail(sid));
+        match attempt.await {
+            Ok(Ok(tail)) => return tail,
+            Err(_) => {
+                gave_up(app, sid, "timed out");
+                return None;
+            }
+            Ok(Err(e)) if Instant::now() >= deadline => {
+                gave_up(app, sid, &e.to_string());
+                return None;
+            }
+            Ok(Err(_)) => tokio::time::sleep(RETRY_EVERY).await,
+        }
+    }
+}
+
+fn gave_up(app: &App, what: &str, error: &str) {
+    app.metrics.delivery(KIND, "ambiguous_unrecovered");
+    tracing::warn!(
+        what,
+        error,
+        "lost reply: Redis did not answer in time, its session messages are not recovered"
+    );
+}

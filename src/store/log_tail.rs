@@ -1,0 +1,112 @@
+//! The result log read back after a lost reply: a script that committed though its reply
+//! never came (a Redis stall past `redis.timeout_ms`) took the terminal messages it
+//! released for a session here with it. They are in the session's result log
+//! (`session:<sid>:results`): this plain read (no script, no change) returns the delivered
+//! results near the session's cursor and the session's `out_seq`, in one transaction, for
+//! the session's writer to put back what it has not written (`gateway::recover`).
+
+use super::{Store, StoreError};
+
+/// Indices below the session's cursor (`next_deliver`) read back at most.
+pub const BELOW_CURSOR: u64 = 32;
+/// Indices from the cursor on read back at most (results the reorder window's end
+/// delivered ahead of an unfinished one).
+pub const FROM_CURSOR: u64 = 32;
+
+/// What [`Store::result_log_tail`] read.
+#[derive(Debug, Default)]
+pub struct LogTail {
+    /// The session's `out_seq` in the same transaction: every terminal message numbered up
+    /// to it is committed, and logged.
+    pub out_seq: u64,
+    /// The delivered results of the indices read (logged, not pending), (index, message)
+    /// in index order; a result logged in two parts comes joined.
+    pub results: Vec<(u64, String)>,
+}
+
+fn read_err(e: redis::RedisError) -> StoreError {
+    StoreError::from_redis("read", e)
+}
+
+impl Store {
+    /// The delivered results of session `sid` from [`BELOW_CURSOR`] indices below its
+    /// cursor to [`FROM_CURSOR`] indices after it, with its `out_seq`; `None` when the
+    /// session is gone.
+    pub async fn result_log_tail(&self, sid: &str) -> Result<Option<LogTail>, StoreError> {
+        let mut conn = self.conn().await?;
+        let sk = self.keys.session(sid);
+        let cursor: Option<u64> = redis::cmd("HGET")
+            .arg(&sk)
+            .arg("next_deliver")
+            .query_async(&mut conn)
+            .await
+            .map_err(read_err)?;
+        let Some(cursor) = cursor else {
+            return Ok(None);
+        };
+        let lo = cursor.saturating_sub(BELOW_CURSOR);
+        let idx: Vec<u64> = (lo..cursor.saturating_add(FROM_CURSOR)).collect();
+        // The cursor moves on, the log only grows near it: the window read first is good,
+        // and `out_seq` is read with the entries (what it numbers is in them).
+        let (out_seq, msgs, pending): (Option<u64>, Vec<Option<String>>, Vec<u64>) = redis::pipe()
+            .atomic()
+            .cmd("HGET")
+            .arg(&sk)
+            .arg("out_seq")
+            .cmd("HMGET")
+            .arg(self.keys.session_results(sid))
+            .arg(&idx)
+            .cmd("ZRANGEBYSCORE")
+            .arg(self.keys.session_pending(sid))
+            .arg(lo)
+            .arg(idx.last().copied().unwrap_or(lo))
+            .query_async(&mut conn)
+            .await
+            .map_err(read_err)?;
+        let mut results: Vec<(u64, String)> = idx
+            .into_iter()
+            .zip(msgs)
+            .filter(|(i, _)| !pending.contains(i))
+            .filter_map(|(i, m)| m.map(|m| (i, m)))
+            .collect();
+        // A large result is logged as "+" and its header, its body in a key of its own
+        // (renamed there when it settled, never changed after).
+        let split: Vec<usize> = (0..results.len())
+            .filter(|&n| results[n].1.starts_with('+'))
+            .collect();
+        if !split.is_empty() {
+            let mut p = redis::pipe();
+            for &n in &split {
+                p.cmd("GET").arg(self.keys.session_body(sid, results[n].0));
+            }
+            let bodies: Vec<Option<String>> = p.query_async(&mut conn).await.map_err(read_err)?;
+            let mut gone = Vec::new();
+            for (&n, body) in split.iter().zip(bodies) {
+                match body {
+                    Some(b) => {
+                        let header = results[n].1.split_off(1);
+                        results[n].1 = header + &b;
+                    }
+                    // never a message cut after its header (the log outlived its body)
+                    None => gone.push(results[n].0),
+                }
+            }
+            results.retain(|(i, _)| !gone.contains(i));
+        }
+        Ok(Some(LogTail {
+            out_seq: out_seq.unwrap_or(0),
+            results,
+        }))
+    }
+
+    /// The session of job `job_id` (its record's `session`), `None` once the record is gone.
+    pub async fn job_session(&self, job_id: &str) -> Result<Option<String>, StoreError> {
+        let mut conn = self.conn().await?;
+        redis::cmd("HGET")
+            .arg(self.keys.job(job_id))
+            .arg("session")
+            .query_async(&mut conn)
+            .await
+            .map_err(read_err)
+    }
+}
