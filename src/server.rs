@@ -48,6 +48,9 @@ pub struct App {
     pub tenant_conns: Arc<crate::limits::TenantSlots>,
     /// Trace context of dispatched jobs (observability only).
     pub dispatch_spans: crate::routing::DispatchSpans,
+    /// Sessions here whose messages a lost reply took are being read back
+    /// (`gateway::recover`, `session.on_gap = "skip"`).
+    pub recoveries: crate::gateway::Recoveries,
     conn_seq: AtomicU64,
     /// Flips to true when every connection must close (after the drain grace).
     shutdown: watch::Sender<bool>,
@@ -82,6 +85,7 @@ impl App {
             live_conns: AtomicUsize::new(0),
             tenant_conns: Default::default(),
             dispatch_spans: Default::default(),
+            recoveries: Default::default(),
             conn_seq: AtomicU64::new(0),
             shutdown: watch::channel(false).0,
             stop_accepting: watch::channel(false).0,

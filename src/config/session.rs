@@ -29,6 +29,9 @@ pub struct SessionConfig {
     /// the client resumes and gets the missing messages from the result log (`resume`), or
     /// write what follows without them (`skip`: for clients that cannot resume).
     pub on_gap: OnGap,
+    /// With `on_gap = "skip"`: how long the instance keeps trying to read a session's
+    /// result log back after a lost reply took its messages, while Redis does not answer.
+    pub recover_for_ms: u64,
     /// A result with text joins the session's active utterance group unless more than this
     /// has passed since the group's anchor (its creation, then each `tts_play_ended` for it).
     pub group_window_ms: u64,
@@ -50,6 +53,7 @@ impl Default for SessionConfig {
             result_retention_ms: 120_000,
             order_gap_ms: 2_000,
             on_gap: OnGap::Skip,
+            recover_for_ms: 30_000,
             group_window_ms: 2_000,
             min_cut_ms: 200,
         }

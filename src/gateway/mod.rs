@@ -10,6 +10,7 @@ mod node_jobs;
 mod node_register;
 pub mod peer;
 mod recover;
+pub use recover::Recoveries;
 pub mod session;
 mod session_init;
 pub mod socket;

@@ -10,7 +10,8 @@
 //! hands them to the connection's writer ([`Outbound::Recovered`]), which writes those it
 //! has not written, once each, in index order, and stops waiting for the numbers they
 //! filled. A second read a moment later catches a call Redis ran only just after the first
-//! (both waited in Redis's buffers while it stalled). Bounded: [`RETRY_FOR`] of retries,
+//! (both waited in Redis's buffers while it stalled). Bounded: `session.recover_for_ms` of
+//! retries,
 //! [`crate::store::log_tail::BELOW_CURSOR`] + [`crate::store::log_tail::FROM_CURSOR`]
 //! indices a read; one task per connection at a time (another lost reply meanwhile asks it
 //! for one more round; each attempt is bounded by the same deadline, so a connection that
@@ -19,7 +20,7 @@
 //! `ambiguous_recovered`. It stops, uncounted, when the connection ends.
 
 use std::collections::HashMap;
-use std::sync::{Arc, LazyLock, Mutex};
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
 use tokio::time::Instant;
@@ -29,8 +30,6 @@ use crate::cells::Cell;
 use crate::server::App;
 use crate::store::log_tail::LogTail;
 
-/// How long a recovery retries its read while Redis does not answer.
-pub const RETRY_FOR: Duration = Duration::from_secs(30);
 /// Pause between two reads that failed.
 const RETRY_EVERY: Duration = Duration::from_millis(250);
 /// Pause before the second read of a round.
@@ -38,18 +37,27 @@ const SETTLE: Duration = Duration::from_millis(300);
 
 const KIND: &str = "session";
 
-/// Connections (instance id and token) with a recovery running → another round asked.
-static RUNNING: LazyLock<Mutex<HashMap<String, bool>>> = LazyLock::new(Default::default);
+/// The connections of this instance (by token) with a recovery running → whether another
+/// round was asked meanwhile (`App::recoveries`).
+#[derive(Default)]
+pub struct Recoveries(Mutex<HashMap<String, bool>>);
 
-fn running() -> std::sync::MutexGuard<'static, HashMap<String, bool>> {
-    RUNNING.lock().unwrap_or_else(|p| p.into_inner())
+impl Recoveries {
+    fn lock(&self) -> MutexGuard<'_, HashMap<String, bool>> {
+        self.0.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+/// How long a recovery retries while Redis does not answer (`session.recover_for_ms`).
+fn retry_for(app: &App) -> Duration {
+    Duration::from_millis(app.cfg.session.recover_for_ms)
 }
 
 /// Recover what a lost reply carried for session `sid`, connected here as `conn`.
 pub(super) fn session(app: &Arc<App>, sid: &str, conn: LocalConn) {
-    let key = format!("{} {}", app.instance_id, conn.token);
+    let key = conn.token.clone();
     {
-        let mut r = running();
+        let mut r = app.recoveries.lock();
         if let Some(again) = r.get_mut(&key) {
             *again = true;
             return;
@@ -58,18 +66,18 @@ pub(super) fn session(app: &Arc<App>, sid: &str, conn: LocalConn) {
     }
     let (app, sid) = (app.clone(), sid.to_string());
     tokio::spawn(async move {
-        let mut entry = Entry(Some(key));
+        let mut entry = Entry(app.clone(), Some(key));
         loop {
             round(&app, &sid, &conn).await;
             // Another round if asked meanwhile, else leave the map: one decision under the
             // lock, so a lost reply that comes meanwhile is either served or starts a task.
-            let mut r = running();
-            let key = entry.0.as_deref().unwrap_or_default();
+            let mut r = app.recoveries.lock();
+            let key = entry.1.as_deref().unwrap_or_default();
             match r.get_mut(key) {
                 Some(again) if *again && !conn.tx.is_closed() => *again = false,
                 _ => {
                     r.remove(key);
-                    entry.0 = None;
+                    entry.1 = None;
                     return;
                 }
             }
@@ -77,14 +85,14 @@ pub(super) fn session(app: &Arc<App>, sid: &str, conn: LocalConn) {
     });
 }
 
-/// A connection's place in [`RUNNING`] while its task runs: left by the task, or here if
-/// the task ends otherwise (a panic).
-struct Entry(Option<String>);
+/// A connection's place in [`Recoveries`] while its task runs: left by the task, or here
+/// if the task ends otherwise (a panic).
+struct Entry(Arc<App>, Option<String>);
 
 impl Drop for Entry {
     fn drop(&mut self) {
-        if let Some(key) = self.0.take() {
-            running().remove(&key);
+        if let Some(key) = self.1.take() {
+            self.0.recoveries.lock().remove(&key);
         }
     }
 }
@@ -102,7 +110,7 @@ pub(super) fn job_session(app: &Arc<App>, cell: &Arc<Cell>, job_id: &str, named:
     }
     let (app, cell, job_id) = (app.clone(), cell.clone(), job_id.to_string());
     tokio::spawn(async move {
-        let deadline = Instant::now() + RETRY_FOR;
+        let deadline = Instant::now() + retry_for(&app);
         let sid = loop {
             match tokio::time::timeout_at(deadline, cell.store.job_session(&job_id)).await {
                 Ok(Ok(sid)) => break sid,
@@ -150,10 +158,10 @@ async fn round(app: &App, sid: &str, conn: &LocalConn) {
     }
 }
 
-/// The log's tail, retried until Redis answers or [`RETRY_FOR`] passed; `None`: given up,
+/// The log's tail, retried until Redis answers or `session.recover_for_ms` passed; `None`: given up,
 /// the session is gone, or its connection ended.
 async fn read(app: &App, sid: &str, conn: &LocalConn) -> Option<LogTail> {
-    let deadline = Instant::now() + RETRY_FOR;
+    let deadline = Instant::now() + retry_for(app);
     loop {
         if conn.tx.is_closed() {
             return None;

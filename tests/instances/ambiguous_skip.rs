@@ -317,8 +317,8 @@ async fn the_log_tail_holds_the_delivered_results_and_out_seq() {
 }
 
 /// Bounded: a recovery retries its read while Redis does not answer, for
-/// `gateway::recover::RETRY_FOR` (30 s), then gives up, counted and logged; the session's
-/// connection stays open. (Slow: it waits out the 30 s.)
+/// `session.recover_for_ms` (3 s here), then gives up, counted and logged; the session's
+/// connection stays open.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_recovery_gives_up_when_redis_stays_away_and_counts_it() {
     // (one redis-server stopped: the topologies have several)
@@ -328,7 +328,11 @@ async fn a_recovery_gives_up_when_redis_stays_away_and_counts_it() {
     let mut redis = RedisServer::start().await;
     // The client reads nothing while it waits: no pong, so no idle close meanwhile (a
     // recovery stops, uncounted, when its connection ends).
-    let a = start_tweaked(&redis, |c| c.ws.idle_timeout_ms = 120_000).await;
+    let a = start_tweaked(&redis, |c| {
+        c.ws.idle_timeout_ms = 120_000;
+        c.session.recover_for_ms = 3_000;
+    })
+    .await;
     let (mut s, sid) = session_on(&a).await;
     let _free = busy(&redis, 1500).await;
     s.send(&utterance(&sid, 0)).await;
@@ -339,7 +343,7 @@ async fn a_recovery_gives_up_when_redis_stays_away_and_counts_it() {
     redis.stop();
     let unrecovered =
         "switchyard_deliveries_total{kind=\"session\",detail=\"ambiguous_unrecovered\"}";
-    eventually(Duration::from_secs(40), "the recovery gave up", || async {
+    eventually(Duration::from_secs(10), "the recovery gave up", || async {
         (metric(&a, unrecovered).await == 1.0).then_some(())
     })
     .await;
