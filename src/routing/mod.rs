@@ -238,13 +238,6 @@ pub fn write_local(
         }
     }
     let _entered = span.enter();
-    let Some(c) = app
-        .conns
-        .get(kind, cell.name(), to.id, to.conn.filter(|c| !c.is_empty()))
-    else {
-        app.metrics.delivery(kind.as_str(), "gone");
-        return;
-    };
     let text = match audio {
         Some(a) => with_audio(&msg, a),
         None => msg,
@@ -253,10 +246,11 @@ pub fn write_local(
         Some(s) => Outbound::Ordered(s, text),
         None => Outbound::Text(text),
     };
-    let outcome = if c.tx.try_send(out).is_ok() {
-        "sent"
-    } else {
-        "full"
+    let token = to.conn.filter(|c| !c.is_empty());
+    let outcome = match app.conns.send(kind, (cell.name(), to.id), token, out) {
+        None => "gone",
+        Some(true) => "sent",
+        Some(false) => "full",
     };
     app.metrics.delivery(kind.as_str(), outcome);
 }
