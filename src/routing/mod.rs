@@ -146,9 +146,19 @@ fn write_ui_events(app: &App, cell: &Cell, d: &crate::store::Delivery) {
 fn ui_event_json(d: &crate::store::Delivery, event: &str) -> String {
     use std::fmt::Write;
     fn text(out: &mut String, v: Option<&str>) {
-        match v.map(serde_json::to_string) {
-            Some(Ok(s)) => out.push_str(&s),
-            _ => out.push_str("null"),
+        match v {
+            // Nothing to escape (ids, trace ids, event names): serde_json would write it
+            // quoted as it is, so it is copied without a String of its own.
+            Some(s) if !s.bytes().any(|b| b == b'"' || b == b'\\' || b < 0x20) => {
+                out.push('"');
+                out.push_str(s);
+                out.push('"');
+            }
+            Some(s) => match serde_json::to_string(s) {
+                Ok(j) => out.push_str(&j),
+                Err(_) => out.push_str("null"),
+            },
+            None => out.push_str("null"),
         }
     }
     fn num(out: &mut String, v: Option<u64>) {
@@ -339,6 +349,25 @@ mod tests {
                 "job_id": "job-1", "utterance_index": 3, "event": "ASR_FINAL", "status": "ok",
                 "elapsed_ms": 12})
         );
+    }
+
+    /// Strings are quoted without serde_json when nothing needs escaping: the same bytes.
+    #[test]
+    fn ui_event_strings_are_written_as_serde_json_writes_them() {
+        let mut samples: Vec<String> = (0u8..=0x7f).map(|b| format!("a{}b", b as char)).collect();
+        samples
+            .extend(["", "job-1", "s-\"1", "back\\slash", "é中文🎉", "\u{7f}"].map(String::from));
+        for s in samples {
+            let d: crate::store::Delivery = serde_json::from_value(serde_json::json!({
+                "k": "ui", "id": s, "owner": "i", "job": s, "tr": s, "ix": "1", "el": "2",
+            }))
+            .expect("entry");
+            let want = format!(
+                r#"{{"type":"ui_event","trace_id":{q},"session_id":{q},"job_id":{q},"utterance_index":1,"event":{q},"status":"ok","elapsed_ms":2}}"#,
+                q = serde_json::to_string(&s).expect("a string")
+            );
+            assert_eq!(ui_event_json(&d, &s), want, "{s:?}");
+        }
     }
 
     #[test]
