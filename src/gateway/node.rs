@@ -169,7 +169,7 @@ impl NodeConn {
                 span.record("trace_id", t);
             }
             // A span no subscriber records (no OTLP export) needs no parent built for it.
-            if !span.is_none() {
+            if !span.is_disabled() {
                 let parent =
                     dispatched.or_else(|| trace.and_then(crate::telemetry::parent_from_trace_id));
                 crate::telemetry::adopt(&span, parent);

@@ -183,8 +183,9 @@ impl SessionConn {
         if let Some(i) = index {
             span.record("utterance_index", i);
         }
-        // A span no subscriber records (no OTLP export) needs no parent: not built per message.
-        if !span.is_none() {
+        // A span no subscriber records (no OTLP export) needs no parent: not built per message
+        // (`is_disabled`: a span the filter turned off is not `is_none`, it keeps its metadata).
+        if !span.is_disabled() {
             crate::telemetry::adopt(&span, crate::telemetry::parent_from_trace_id(trace_id));
         }
         span

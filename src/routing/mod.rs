@@ -241,7 +241,9 @@ pub fn write_local(
         (_, true) => tracing::info_span!("delivery", session_id = to.id),
         _ => tracing::Span::none(),
     };
-    if !span.is_none() {
+    // `is_disabled`, not `is_none`: a span the filter turned off still has its metadata, so
+    // `is_none` was false for it, and the parent was parsed and built for nothing.
+    if !span.is_disabled() {
         crate::telemetry::adopt(&span, trace.tp.and_then(crate::telemetry::parent_from));
         if let (true, Some(job)) = (audio.is_some(), trace.job) {
             app.dispatch_spans.put(job, &span);
