@@ -222,14 +222,21 @@ impl Connections {
     /// without, the live binding only — a pending one has not been given the id.
     pub fn get(&self, kind: Kind, cell: &str, id: &str, token: Option<&str>) -> Option<LocalConn> {
         let m = self.map(kind);
-        m.get(cell)?
-            .get(id)?
-            .iter()
-            .find(|b| match token {
-                Some(t) => b.conn.token == t,
-                None => !b.pending,
-            })
-            .map(|b| b.conn.clone())
+        find(&m, cell, id, token).map(|b| b.conn.clone())
+    }
+
+    /// Queue `out` on the connection [`Connections::get`] would return, without cloning it
+    /// (its token, writer and cell: a delivery is several per job). `None`: no such
+    /// connection; `Some(queued)`: whether its queue took the message (not full, not closed).
+    pub fn send(
+        &self,
+        kind: Kind,
+        (cell, id): (&str, &str),
+        token: Option<&str>,
+        out: Outbound,
+    ) -> Option<bool> {
+        let m = self.map(kind);
+        find(&m, cell, id, token).map(|b| b.conn.tx.try_send(out).is_ok())
     }
 
     /// Close the local connection of `id` in `cell` if it has `token`.
@@ -286,6 +293,14 @@ impl Connections {
             .map(|ids| ids.values().flatten().map(|b| b.conn.clone()).collect())
             .unwrap_or_default()
     }
+}
+
+/// The binding of `id` in `cell` that [`Connections::get`] names.
+fn find<'m>(m: &'m ByCell, cell: &str, id: &str, token: Option<&str>) -> Option<&'m Binding> {
+    m.get(cell)?.get(id)?.iter().find(|b| match token {
+        Some(t) => b.conn.token == t,
+        None => !b.pending,
+    })
 }
 
 /// The epoch of the id's live binding, if it has one.

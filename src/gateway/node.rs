@@ -165,12 +165,15 @@ impl NodeConn {
             } else {
                 self.app.dispatch_spans.get(job)
             };
-            let parent =
-                dispatched.or_else(|| trace.and_then(crate::telemetry::parent_from_trace_id));
             if let Some(t) = trace {
                 span.record("trace_id", t);
             }
-            crate::telemetry::adopt(&span, parent);
+            // A span no subscriber records (no OTLP export) needs no parent built for it.
+            if !span.is_disabled() {
+                let parent =
+                    dispatched.or_else(|| trace.and_then(crate::telemetry::parent_from_trace_id));
+                crate::telemetry::adopt(&span, parent);
+            }
         }
         span
     }

@@ -57,8 +57,9 @@ pub(super) struct SessionConn {
     pub(super) peer: Peer,
     /// What the upgrade proved: the tenant of this connection's session, its subject.
     pub(super) cred: Credential,
-    /// Set by session_init: the session this connection serves.
-    pub(super) session: Option<Opened>,
+    /// Set by session_init: the session this connection serves (shared: each message
+    /// takes it without copying its strings).
+    pub(super) session: Option<Arc<Opened>>,
     /// The session's trace id (client's or minted), parent of spans without their own.
     pub(super) trace_id: Option<String>,
     /// `audio_chunk`s sent to `audio_append` so far: each call carries its number, so a
@@ -174,13 +175,13 @@ impl SessionConn {
     /// its trace id is the client's trace_id when that is a valid W3C trace id.
     fn message_span(&self, msg: &SessionInbound<'_>) -> tracing::Span {
         let (trace_id, index) = match msg {
-            SessionInbound::SessionInit(i) => (i.trace_id.clone(), None),
-            SessionInbound::Utterance(u) => (u.trace_id.clone(), Some(u.utterance_index)),
+            SessionInbound::SessionInit(i) => (i.trace_id.as_deref(), None),
+            SessionInbound::Utterance(u) => (u.trace_id.as_deref(), Some(u.utterance_index)),
             _ => (None, None),
         };
         let trace_id = trace_id
             .filter(|t| !t.is_empty())
-            .or_else(|| self.trace_id.clone())
+            .or(self.trace_id.as_deref())
             .unwrap_or_default();
         let sid = self
             .session
@@ -197,7 +198,11 @@ impl SessionConn {
         if let Some(i) = index {
             span.record("utterance_index", i);
         }
-        crate::telemetry::adopt(&span, crate::telemetry::parent_from_trace_id(&trace_id));
+        // A span no subscriber records (no OTLP export) needs no parent: not built per message
+        // (`is_disabled`: a span the filter turned off is not `is_none`, it keeps its metadata).
+        if !span.is_disabled() {
+            crate::telemetry::adopt(&span, crate::telemetry::parent_from_trace_id(trace_id));
+        }
         span
     }
 
@@ -206,14 +211,10 @@ impl SessionConn {
             self.app.metrics.message_in(KIND, "session_init");
             return self.on_init(*init).await;
         }
-        let Some(Opened {
-            id: sid,
-            tenant,
-            cell,
-        }) = self.session.clone()
-        else {
+        let Some(opened) = self.session.clone() else {
             return self.error(ErrorCode::InvalidSession, "send session_init first");
         };
+        let (sid, tenant, cell) = (opened.id.as_str(), opened.tenant.as_deref(), &*opened.cell);
         if msg.session_id().is_some_and(|s| s != sid) {
             self.app.metrics.rejected(KIND, "foreign_session");
             return self.error(
@@ -239,18 +240,18 @@ impl SessionConn {
                 self.chunks += 1;
                 let seq = self.chunks;
                 cell.store
-                    .audio_append(&sid, &self.token, &bytes, c.is_final, ms, client_ts, seq)
+                    .audio_append(sid, &self.token, &bytes, c.is_final, ms, client_ts, seq)
                     .await
             }
             SessionInbound::Utterance(u) => {
                 app.metrics.message_in(KIND, "utterance");
-                return self.on_utterance(&cell, &sid, tenant.as_deref(), *u).await;
+                return self.on_utterance(cell, sid, tenant, *u).await;
             }
             SessionInbound::ClientHeartbeat(_) => {
                 app.metrics.message_in(KIND, "client_heartbeat");
                 let r = cell
                     .store
-                    .session_touch(&sid, &self.token, Touch::Heartbeat)
+                    .session_touch(sid, &self.token, Touch::Heartbeat)
                     .await;
                 if let Ok(out) = &r
                     && matches!(out.reply, SessionReply::Ok { .. })
@@ -262,20 +263,20 @@ impl SessionConn {
             SessionInbound::TtsStarted(_) => {
                 app.metrics.message_in(KIND, "tts_started");
                 cell.store
-                    .session_touch(&sid, &self.token, Touch::TtsStarted)
+                    .session_touch(sid, &self.token, Touch::TtsStarted)
                     .await
             }
             SessionInbound::TtsPlayEnded(m) => {
                 app.metrics.message_in(KIND, "tts_play_ended");
                 let group_id = m.group_id.as_deref().unwrap_or_default();
                 cell.store
-                    .session_touch(&sid, &self.token, Touch::TtsPlayEnded { group_id })
+                    .session_touch(sid, &self.token, Touch::TtsPlayEnded { group_id })
                     .await
             }
             SessionInbound::SessionClose(_) => {
                 app.metrics.message_in(KIND, "session_close");
-                let r = cell.store.session_close(&sid, &self.token).await;
-                match routing::delivered(&app, &cell, r) {
+                let r = cell.store.session_close(sid, &self.token).await;
+                match routing::delivered(&app, cell, r) {
                     Ok(reply) => {
                         if !self.session_problem(&reply) {
                             self.send_json(
@@ -288,7 +289,7 @@ impl SessionConn {
                 return;
             }
         };
-        match routing::delivered(&app, &cell, result) {
+        match routing::delivered(&app, cell, result) {
             Ok(reply) => {
                 self.session_problem(&reply);
             }

@@ -1,6 +1,8 @@
 //! A session's `session_init`: the tenant its credential decides, a new session with its
 //! `resume_token` (kept hashed), or the resume of a live one with the token it was given.
 
+use std::sync::Arc;
+
 use super::Outbound;
 use super::session::{Opened, SessionConn, new_trace_id};
 use super::{Accepted, Kind};
@@ -192,11 +194,11 @@ impl SessionConn {
                         // first resume commits epoch 1 or above).
                         app.conns
                             .accept(Kind::Session, cell.name(), &sid, &self.token, 0);
-                        self.session = Some(Opened {
+                        self.session = Some(Arc::new(Opened {
                             id: sid.clone(),
                             tenant,
                             cell,
-                        });
+                        }));
                         self.trace_id = Some(trace_id.clone());
                         self.send_json(&init_ack(&sid, &trace_id, false, &resume_token));
                         self.send(Outbound::ExpectSeq(1));
@@ -304,10 +306,10 @@ impl SessionConn {
         // tenant may resume a tenant's session, whose utterances must keep its pools (and
         // its strictness).
         let tenant = Some(tenant).filter(|t| !t.is_empty());
-        self.session = Some(Opened {
+        self.session = Some(Arc::new(Opened {
             tenant,
             ..s.clone()
-        });
+        }));
         self.trace_id = Some(trace_id.to_string());
         self.send_json(&init_ack(sid, trace_id, true, proof));
         // The client has every index up to `last`: a recovery writes none of them again.

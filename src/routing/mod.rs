@@ -146,9 +146,19 @@ fn write_ui_events(app: &App, cell: &Cell, d: &crate::store::Delivery) {
 fn ui_event_json(d: &crate::store::Delivery, event: &str) -> String {
     use std::fmt::Write;
     fn text(out: &mut String, v: Option<&str>) {
-        match v.map(serde_json::to_string) {
-            Some(Ok(s)) => out.push_str(&s),
-            _ => out.push_str("null"),
+        match v {
+            // Nothing to escape (ids, trace ids, event names): serde_json would write it
+            // quoted as it is, so it is copied without a String of its own.
+            Some(s) if !s.bytes().any(|b| b == b'"' || b == b'\\' || b < 0x20) => {
+                out.push('"');
+                out.push_str(s);
+                out.push('"');
+            }
+            Some(s) => match serde_json::to_string(s) {
+                Ok(j) => out.push_str(&j),
+                Err(_) => out.push_str("null"),
+            },
+            None => out.push_str("null"),
         }
     }
     fn num(out: &mut String, v: Option<u64>) {
@@ -231,20 +241,15 @@ pub fn write_local(
         (_, true) => tracing::info_span!("delivery", session_id = to.id),
         _ => tracing::Span::none(),
     };
-    if !span.is_none() {
+    // `is_disabled`, not `is_none`: a span the filter turned off still has its metadata, so
+    // `is_none` was false for it, and the parent was parsed and built for nothing.
+    if !span.is_disabled() {
         crate::telemetry::adopt(&span, trace.tp.and_then(crate::telemetry::parent_from));
         if let (true, Some(job)) = (audio.is_some(), trace.job) {
             app.dispatch_spans.put(job, &span);
         }
     }
     let _entered = span.enter();
-    let Some(c) = app
-        .conns
-        .get(kind, cell.name(), to.id, to.conn.filter(|c| !c.is_empty()))
-    else {
-        app.metrics.delivery(kind.as_str(), "gone");
-        return;
-    };
     let text = match audio {
         Some(a) => with_audio(&msg, a),
         None => msg,
@@ -253,10 +258,11 @@ pub fn write_local(
         Some(s) => Outbound::Ordered(s, text),
         None => Outbound::Text(text),
     };
-    let outcome = if c.tx.try_send(out).is_ok() {
-        "sent"
-    } else {
-        "full"
+    let token = to.conn.filter(|c| !c.is_empty());
+    let outcome = match app.conns.send(kind, (cell.name(), to.id), token, out) {
+        None => "gone",
+        Some(true) => "sent",
+        Some(false) => "full",
     };
     app.metrics.delivery(kind.as_str(), outcome);
 }
@@ -328,50 +334,4 @@ pub fn with_audio(msg: &str, audio: Audio) -> String {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn a_ui_entry_becomes_ui_event_json_with_its_strings_escaped() {
-        let d: crate::store::Delivery = serde_json::from_str(
-            r#"{"k":"ui","id":"s-\"1","owner":"i","job":"job-1","tr":"ab","ix":"3","el":"12","ev":"ASR_FINAL"}"#,
-        )
-        .expect("entry");
-        let v: serde_json::Value =
-            serde_json::from_str(&ui_event_json(&d, "ASR_FINAL")).expect("valid JSON");
-        assert_eq!(
-            v,
-            serde_json::json!({"type": "ui_event", "trace_id": "ab", "session_id": "s-\"1",
-                "job_id": "job-1", "utterance_index": 3, "event": "ASR_FINAL", "status": "ok",
-                "elapsed_ms": 12})
-        );
-    }
-
-    #[test]
-    fn audio_is_spliced_into_the_object() {
-        let out = with_audio(r#"{"type":"job_assign","job_id":"j"}"#, Audio::Raw(b"abc"));
-        let v: serde_json::Value = serde_json::from_str(&out).unwrap();
-        assert_eq!(v["audio"], "YWJj");
-        assert_eq!(v["job_id"], "j");
-        let v: serde_json::Value =
-            serde_json::from_str(&with_audio("{}", Audio::Raw(b""))).unwrap();
-        assert_eq!(v["audio"], "");
-    }
-
-    /// The client's base64 text may stand in for the bytes: the decoder the gateway uses
-    /// accepts only canonical base64 (protocol::base64's tests), so text that decodes to
-    /// the bytes is their encoding.
-    #[test]
-    fn accepted_base64_is_the_encoding_of_its_bytes() {
-        let msg = r#"{"type":"job_assign","job_id":"j"}"#;
-        for len in 0..64usize {
-            let bytes: Vec<u8> = (0..len).map(|i| (i * 37 + len) as u8).collect();
-            let text = base64::encode(&bytes);
-            assert_eq!(base64::decode(text.as_bytes()), Ok(bytes.clone()));
-            assert_eq!(
-                with_audio(msg, Audio::Base64(&text)),
-                with_audio(msg, Audio::Raw(&bytes))
-            );
-        }
-    }
-}
+mod tests;

@@ -213,7 +213,10 @@ impl Store {
         // The script carries this span's context into job records and deliveries.
         let tp = crate::telemetry::traceparent(&span);
         if let Some(seed) = args.0.get_mut(3) {
-            seed.to_mut().extend_from_slice(format!(" {tp}").as_bytes());
+            let seed = seed.to_mut();
+            seed.reserve(1 + tp.len());
+            seed.push(b' ');
+            seed.extend_from_slice(tp.as_bytes());
         }
         let started = Instant::now();
         let result = async {
@@ -238,14 +241,12 @@ impl Store {
             let call = match stage {
                 None => Ok(cmd),
                 Some(Staged { key, value, ttl_ms }) => {
-                    let mut p = redis::pipe();
-                    p.cmd("SET")
-                        .arg(key)
-                        .arg(value)
-                        .arg("PX")
-                        .arg(ttl_ms)
-                        .ignore()
-                        .add_command(cmd);
+                    // Sized once: grown argument by argument, the payload's kilobytes were
+                    // reallocated on the way.
+                    let mut set = redis::Cmd::with_capacity(5, 32 + key.len() + value.len());
+                    set.arg("SET").arg(key).arg(value).arg("PX").arg(ttl_ms);
+                    let mut p = redis::Pipeline::with_capacity(2);
+                    p.add_command(set).ignore().add_command(cmd);
                     Err(p)
                 }
             };

@@ -170,26 +170,97 @@ pub struct Latencies {
 }
 
 /// Serde helper: a map of counts that Lua's cjson may have encoded as `[]` or `{}` when
-/// empty; entries that are not counts (numbers or decimal strings) are skipped. `ev` holds
-/// a handful of entries, so their values may go through `serde_json::Value`.
+/// empty; entries that are not counts (non-negative integers or decimal strings) are
+/// skipped, and anything but a map holds none. Read in one pass: no buffered `Content`, no
+/// `serde_json::Value` per entry (two replies per job). A key given twice keeps its last
+/// value, as a map does.
 fn lua_map<'de, D>(d: D) -> Result<BTreeMap<String, u64>, D::Error>
 where
     D: Deserializer<'de>,
 {
-    #[derive(Deserialize)]
-    #[serde(untagged)]
-    enum Counts {
-        Map(BTreeMap<String, serde_json::Value>),
-        Other(IgnoredAny),
+    struct Counts;
+    impl<'de> Visitor<'de> for Counts {
+        type Value = BTreeMap<String, u64>;
+        fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+            f.write_str("a map of counts")
+        }
+        fn visit_map<A: MapAccess<'de>>(self, mut m: A) -> Result<Self::Value, A::Error> {
+            let mut out = BTreeMap::new();
+            while let Some(k) = m.next_key::<String>()? {
+                match m.next_value::<Count>()?.0 {
+                    Some(n) => out.insert(k, n),
+                    None => out.remove(&k),
+                };
+            }
+            Ok(out)
+        }
+        fn visit_seq<A: SeqAccess<'de>>(self, mut s: A) -> Result<Self::Value, A::Error> {
+            while s.next_element::<IgnoredAny>()?.is_some() {}
+            Ok(BTreeMap::new())
+        }
+        fn visit_bool<E>(self, _: bool) -> Result<Self::Value, E> {
+            Ok(BTreeMap::new())
+        }
+        fn visit_i64<E>(self, _: i64) -> Result<Self::Value, E> {
+            Ok(BTreeMap::new())
+        }
+        fn visit_u64<E>(self, _: u64) -> Result<Self::Value, E> {
+            Ok(BTreeMap::new())
+        }
+        fn visit_f64<E>(self, _: f64) -> Result<Self::Value, E> {
+            Ok(BTreeMap::new())
+        }
+        fn visit_str<E>(self, _: &str) -> Result<Self::Value, E> {
+            Ok(BTreeMap::new())
+        }
+        fn visit_unit<E>(self) -> Result<Self::Value, E> {
+            Ok(BTreeMap::new())
+        }
     }
-    let count = |v: serde_json::Value| v.as_u64().or_else(|| v.as_str()?.parse().ok());
-    Ok(match Counts::deserialize(d)? {
-        Counts::Map(m) => m
-            .into_iter()
-            .filter_map(|(k, v)| count(v).map(|n| (k, n)))
-            .collect(),
-        Counts::Other(_) => BTreeMap::new(),
-    })
+    d.deserialize_any(Counts)
+}
+
+/// One value of [`lua_map`]: a count (`serde_json::Value::as_u64`, or a decimal string), or
+/// `None` for anything else (skipped whole).
+struct Count(Option<u64>);
+
+impl<'de> Deserialize<'de> for Count {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> Visitor<'de> for V {
+            type Value = Count;
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str("any value")
+            }
+            fn visit_u64<E>(self, n: u64) -> Result<Count, E> {
+                Ok(Count(Some(n)))
+            }
+            fn visit_i64<E>(self, n: i64) -> Result<Count, E> {
+                Ok(Count(u64::try_from(n).ok()))
+            }
+            fn visit_str<E>(self, s: &str) -> Result<Count, E> {
+                Ok(Count(s.parse().ok()))
+            }
+            fn visit_f64<E>(self, _: f64) -> Result<Count, E> {
+                Ok(Count(None))
+            }
+            fn visit_bool<E>(self, _: bool) -> Result<Count, E> {
+                Ok(Count(None))
+            }
+            fn visit_unit<E>(self) -> Result<Count, E> {
+                Ok(Count(None))
+            }
+            fn visit_seq<A: SeqAccess<'de>>(self, mut s: A) -> Result<Count, A::Error> {
+                while s.next_element::<IgnoredAny>()?.is_some() {}
+                Ok(Count(None))
+            }
+            fn visit_map<A: MapAccess<'de>>(self, mut m: A) -> Result<Count, A::Error> {
+                while m.next_entry::<IgnoredAny, IgnoredAny>()?.is_some() {}
+                Ok(Count(None))
+            }
+        }
+        d.deserialize_any(V)
+    }
 }
 
 /// Serde helper for script replies: Lua's cjson encodes an empty table as `{}`, so a list
@@ -287,37 +358,4 @@ where
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::store::sessions::SessionReply;
-
-    #[test]
-    fn a_tagged_reply_decodes_beside_out_ev_and_lat_in_one_pass() {
-        let json = br#"{"out":{},"status":"created","job_id":"j","dispatch":"queued","ev":{"submitted":1,"odd":"x","neg":-1,"list":[1]},"lat":{"dispatch":{},"pool":["p"]}}"#;
-        let o = decode_reply::<SessionReply>("t", json, Vec::new()).expect("decodes");
-        let created = SessionReply::Created {
-            job_id: "j".into(),
-            dispatch: "queued".into(),
-        };
-        assert_eq!(o.reply, created);
-        assert!(o.out.is_empty(), "cjson's {{}} is an empty list");
-        assert_eq!(
-            o.events.ev.len(),
-            1,
-            "only counts are kept: {:?}",
-            o.events.ev
-        );
-        assert_eq!(o.events.lat.pool, vec!["p".to_string()]);
-        let o = decode_reply::<SessionReply>("t", br#"{"status":"too_far"}"#, Vec::new());
-        assert_eq!(o.expect("decodes").reply, SessionReply::TooFar);
-        let bad = decode_reply::<SessionReply>(
-            "t",
-            br#"{"status":"ok","out":[{"k":"node"}]}"#,
-            Vec::new(),
-        );
-        assert!(bad.is_err(), "a delivery without its fields is an error");
-        let bad =
-            decode_reply::<SessionReply>("t", br#"{"status":"ok","out":{"a":1}}"#, Vec::new());
-        assert!(bad.is_err(), "a non-empty object is not a list");
-    }
-}
+mod tests;

@@ -73,3 +73,25 @@ fn a_lone_surrogate_in_an_ignored_field_passes_as_with_plain_serde_json() {
     let strict: Outer = from_str(text).expect("so does strict");
     assert_eq!(lenient, strict);
 }
+
+/// `from_str` skips the path tracking unless the frame fails: both ways agree on every
+/// frame, value and error alike.
+#[test]
+fn the_untracked_first_pass_agrees_with_the_tracked_decoding() {
+    let frames = [
+        r#"{"inner": {"a": 1, "b": 2}, "list": [{"a": 3}], "any": [1, {"x": null}], "n": 4}"#,
+        r#"{"inner": null, "n": null}"#,
+        r#"{}"#,
+        r#"{"inner": [91.5, 12.0]}"#,
+        r#"{"list": [{"a": 1}, [2, 3]]}"#,
+        r#"{"n": -1}"#,
+        r#"{"n": 1} x"#,
+        r#"{"n": 1"#,
+        r#"[]"#,
+        r#"{"unknown": {"deep": [1, 2, {"a": "b"}]}, "n": 7}"#,
+        "",
+    ];
+    for f in frames {
+        assert_eq!(from_str::<Outer>(f), tracked::<Outer>(f), "{f}");
+    }
+}
