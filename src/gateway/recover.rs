@@ -12,8 +12,11 @@
 //! filled. A second read a moment later catches a call Redis ran only just after the first
 //! (both waited in Redis's buffers while it stalled). Bounded: `session.recover_for_ms` of
 //! retries,
-//! [`crate::store::log_tail::BELOW_CURSOR`] + [`crate::store::log_tail::FROM_CURSOR`]
-//! indices a read; one task per connection at a time (another lost reply meanwhile asks it
+//! the indices from [`crate::store::log_tail::BELOW_CURSOR`] below the cursor (or the
+//! lowest of the [`crate::store::log_tail::RECENT`] most recently settled, if lower) to
+//! [`crate::store::log_tail::FROM_CURSOR`] above it, at most
+//! [`crate::store::log_tail::SPAN`] a read (a wider range is cut from below, counted as
+//! `ambiguous_unrecovered` and logged); one task per connection at a time (another lost reply meanwhile asks it
 //! for one more round; each attempt is bounded by the same deadline, so a connection that
 //! cannot be made does not hold it). If Redis stays away it gives up, counted
 //! (`ambiguous_unrecovered`) and logged; a recovery that read the log counts
@@ -149,6 +152,15 @@ async fn round(app: &App, sid: &str, conn: &LocalConn) {
                 out_seq = tail.out_seq,
                 results = tail.results.len(),
                 "lost reply: the session's results read back from its log"
+            );
+        }
+        if tail.cut {
+            app.metrics.delivery(KIND, "ambiguous_unrecovered");
+            tracing::warn!(
+                session_id = sid,
+                span = crate::store::log_tail::SPAN,
+                "lost reply: the results to read back span more indices than a read takes; \
+                 the lowest are not recovered (they stay in the log)"
             );
         }
         let out = Outbound::Recovered(tail.out_seq, tail.results);

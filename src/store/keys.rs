@@ -76,6 +76,11 @@ impl Keys {
         format!("{}session:{id}:results", self.prefix)
     }
 
+    /// Zset: a session's settled indices by the time they settled (retention, `trim`).
+    pub fn session_rtime(&self, id: &str) -> String {
+        format!("{}session:{id}:rtime", self.prefix)
+    }
+
     /// Zset: a session's results settled but not delivered yet (member and score: index).
     pub fn session_pending(&self, id: &str) -> String {
         format!("{}session:{id}:pending", self.prefix)

@@ -2,16 +2,24 @@
 //! never came (a Redis stall past `redis.timeout_ms`) took the terminal messages it
 //! released for a session here with it. They are in the session's result log
 //! (`session:<sid>:results`): this plain read (no script, no change) returns the delivered
-//! results near the session's cursor and the session's `out_seq`, in one transaction, for
-//! the session's writer to put back what it has not written (`gateway::recover`).
+//! results near the session's cursor, down to the most recently settled indices, and the
+//! session's `out_seq`, in one transaction, for the session's writer to put back what it
+//! has not written (`gateway::recover`).
 
 use super::{Store, StoreError};
 
-/// Indices below the session's cursor (`next_deliver`) read back at most.
+/// Indices below the session's cursor (`next_deliver`) read back at least.
 pub const BELOW_CURSOR: u64 = 32;
-/// Indices from the cursor on read back at most (results the reorder window's end
-/// delivered ahead of an unfinished one).
+/// Indices from the cursor on read back (results the reorder window's end delivered ahead
+/// of an unfinished one).
 pub const FROM_CURSOR: u64 = 32;
+/// The most recently settled indices (`session:<sid>:rtime`) the read reaches down to: the
+/// lost call's own index is among them, however far below the cursor the call moved it
+/// (a slow index whose later ones were released ahead of it).
+pub const RECENT: isize = 64;
+/// The most indices one read spans: a wider range is cut from below and reported
+/// (`LogTail::cut`).
+pub const SPAN: u64 = 256;
 
 /// What [`Store::result_log_tail`] read.
 #[derive(Debug, Default)]
@@ -22,6 +30,8 @@ pub struct LogTail {
     /// The delivered results of the indices read (logged, not pending), (index, message)
     /// in index order; a result logged in two parts comes joined.
     pub results: Vec<(u64, String)>,
+    /// The range was wider than [`SPAN`]: indices below it were not read.
+    pub cut: bool,
 }
 
 fn read_err(e: redis::RedisError) -> StoreError {
@@ -44,8 +54,22 @@ impl Store {
         let Some(cursor) = cursor else {
             return Ok(None);
         };
-        let lo = cursor.saturating_sub(BELOW_CURSOR);
-        let idx: Vec<u64> = (lo..cursor.saturating_add(FROM_CURSOR)).collect();
+        let recent: Vec<u64> = redis::cmd("ZREVRANGE")
+            .arg(self.keys.session_rtime(sid))
+            .arg(0)
+            .arg(RECENT - 1)
+            .query_async(&mut conn)
+            .await
+            .map_err(read_err)?;
+        let hi = cursor.saturating_add(FROM_CURSOR);
+        let want = recent
+            .iter()
+            .copied()
+            .min()
+            .unwrap_or(cursor)
+            .min(cursor.saturating_sub(BELOW_CURSOR));
+        let lo = want.max(hi.saturating_sub(SPAN));
+        let idx: Vec<u64> = (lo..hi).collect();
         // The cursor moves on, the log only grows near it: the window read first is good,
         // and `out_seq` is read with the entries (what it numbers is in them).
         let (out_seq, msgs, pending): (Option<u64>, Vec<Option<String>>, Vec<u64>) = redis::pipe()
@@ -96,6 +120,7 @@ impl Store {
         Ok(Some(LogTail {
             out_seq: out_seq.unwrap_or(0),
             results,
+            cut: lo > want,
         }))
     }
 

@@ -358,3 +358,55 @@ async fn a_recovery_gives_up_when_redis_stays_away_and_counts_it() {
     let mut c = redis.client().await;
     invariants::check(&mut c).await;
 }
+
+/// Review finding: the read back covered 32 indices around the cursor the lost call left,
+/// but one call can move the cursor much further. Index 0's job is slow, 1..40 are
+/// answered and released ahead of it (the reorder window's end); then index 0's
+/// `job_result` loses its reply, and its commit moves the cursor from 0 to 41. The read
+/// now reaches down to the most recently settled indices: the client gets 0, once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lost_result_far_below_the_cursor_it_moved_is_recovered() {
+    if single_only("a_lost_result_far_below_the_cursor_it_moved_is_recovered") {
+        return;
+    }
+    const AHEAD: u64 = 40;
+    let redis = RedisServer::start().await;
+    // (index 0's job must outlive the scenario)
+    let a = start_tweaked(&redis, |c| {
+        c.jobs.run_timeout_ms = 20_000;
+        c.jobs.ack_timeout_ms = 20_000;
+        c.jobs.record_ttl_ms = 600_000;
+    })
+    .await;
+    let mut c = redis.client().await;
+    let (mut n, nid) = node_on(&a, None).await;
+    let (mut s, sid) = session_on(&a).await;
+    s.send(&utterance(&sid, 0)).await;
+    let slow = next_of(&mut n, "job_assign", T)
+        .await
+        .expect("job_assign 0");
+    for i in 1..=AHEAD {
+        s.send(&utterance(&sid, i)).await;
+        let job = next_of(&mut n, "job_assign", T).await.expect("job_assign");
+        n.send(&answer(&job, &nid, "ahead")).await;
+    }
+    let (ahead, _) = terminals_within(&mut s, Duration::from_secs(3)).await;
+    assert_eq!(
+        ahead.len() as u64,
+        AHEAD,
+        "1..40 delivered ahead: {ahead:?}"
+    );
+    let free = busy(&redis, 1500).await;
+    n.send(&answer(&slow, &nid, "slow")).await;
+    let err = next_of(&mut n, "error", T).await.expect("the node is told");
+    assert_eq!(err["code"], "SCHEDULER_DEPENDENCY_DOWN", "{err}");
+    tokio::time::sleep_until(free).await;
+    let (got, code) = terminals_within(&mut s, Duration::from_secs(3)).await;
+    assert_eq!(
+        (got, code),
+        (vec![(0, "translation_result".to_string())], None),
+        "index 0 once, the connection open"
+    );
+    assert_eq!(session_field(&mut c, &sid, "next_deliver").await, "41");
+    invariants::check(&mut c).await;
+}
