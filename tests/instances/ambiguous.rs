@@ -265,15 +265,26 @@ async fn a_terminal_error_of_a_lost_node_offline_reply_still_reaches_its_session
     // An orderly close: node_offline (grace 0) fails its job over, with no attempt left.
     n.close().await;
     tokio::time::sleep_until(free).await;
-    eventually(T, "the timed-out node_offline committed", || {
-        let (mut c, k) = (c.clone(), job_key.clone());
+    failed_and_told_once(&mut c, &mut s, &job_key, "node_offline").await;
+}
+
+/// After a stalled background `script` whose reply was lost: once it committed (the job
+/// `job_key` FAILED), `s` gets index 0's terminal error exactly once; then the invariants.
+pub(super) async fn failed_and_told_once(
+    c: &mut redis::aio::MultiplexedConnection,
+    s: &mut WsClient,
+    job_key: &str,
+    script: &str,
+) {
+    eventually(T, &format!("the timed-out {script} committed"), || {
+        let mut c = c.clone();
         async move {
-            let state: Option<String> = c.hget(&k, "state").await.ok()?;
+            let state: Option<String> = c.hget(job_key, "state").await.ok()?;
             (state.as_deref() == Some("FAILED")).then_some(())
         }
     })
     .await;
-    let got = all_of(&mut s, "error", Duration::from_secs(3)).await;
+    let got = all_of(s, "error", Duration::from_secs(3)).await;
     assert_eq!(
         got.iter()
             .map(|e| e["utterance_index"].clone())
@@ -281,5 +292,5 @@ async fn a_terminal_error_of_a_lost_node_offline_reply_still_reaches_its_session
         [json!(0)],
         "index 0's terminal error, once: {got:?}"
     );
-    invariants::check(&mut c).await;
+    invariants::check(c).await;
 }

@@ -7,7 +7,7 @@
 //! `heartbeat` releases no terminal message: the `job_assign` its lost reply carried fails
 //! over at the job's deadline.
 
-use super::ambiguous::{all_of, busy, lost_result};
+use super::ambiguous::{busy, failed_and_told_once, lost_result};
 use super::*;
 use common::ws::Ended;
 use switchyard::config::OnGap;
@@ -152,23 +152,7 @@ async fn a_terminal_error_of_a_lost_sweep_reply_still_reaches_its_session() {
     );
     let free = busy(&redis, 1500).await;
     tokio::time::sleep_until(free).await;
-    eventually(T, "the timed-out sweep committed", || {
-        let (mut c, k) = (c.clone(), job_key.clone());
-        async move {
-            let state: Option<String> = c.hget(&k, "state").await.ok()?;
-            (state.as_deref() == Some("FAILED")).then_some(())
-        }
-    })
-    .await;
-    let got = all_of(&mut s, "error", Duration::from_secs(3)).await;
-    assert_eq!(
-        got.iter()
-            .map(|e| e["utterance_index"].clone())
-            .collect::<Vec<_>>(),
-        [json!(0)],
-        "index 0's terminal error, once: {got:?}"
-    );
-    invariants::check(&mut c).await;
+    failed_and_told_once(&mut c, &mut s, &job_key, "sweep").await;
 }
 
 /// The last session left this case untested: a `heartbeat` whose reply was lost. It
