@@ -92,20 +92,10 @@ impl Store {
                 .zip(msgs)
                 .filter_map(|(i, m)| m.map(|m| (i, m)))
                 .collect();
-            // A large result is logged as "+" and its header, its body in a key of its own.
-            let split: Vec<usize> = (0..results.len())
-                .filter(|&n| results[n].1.starts_with('+'))
-                .collect();
-            if !split.is_empty() {
-                let mut p = redis::pipe();
-                for &n in &split {
-                    p.cmd("GET").arg(format!("{sk}:body:{}", results[n].0));
-                }
-                let bodies: Vec<Option<String>> =
-                    p.query_async(&mut conn).await.map_err(read_err)?;
-                for (&n, body) in split.iter().zip(bodies) {
-                    let header = results[n].1.split_off(1);
-                    results[n].1 = header + body.as_deref().unwrap_or("}");
+            // (a body gone: the header closed, for the operator to see what is left)
+            for i in self.join_bodies(&mut conn, id, &mut results).await? {
+                if let Some((_, m)) = results.iter_mut().find(|(n, _)| *n == i) {
+                    m.push('}');
                 }
             }
             results

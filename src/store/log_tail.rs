@@ -93,35 +93,47 @@ impl Store {
             .filter(|(i, _)| !pending.contains(i))
             .filter_map(|(i, m)| m.map(|m| (i, m)))
             .collect();
-        // A large result is logged as "+" and its header, its body in a key of its own
-        // (renamed there when it settled, never changed after).
-        let split: Vec<usize> = (0..results.len())
-            .filter(|&n| results[n].1.starts_with('+'))
-            .collect();
-        if !split.is_empty() {
-            let mut p = redis::pipe();
-            for &n in &split {
-                p.cmd("GET").arg(self.keys.session_body(sid, results[n].0));
-            }
-            let bodies: Vec<Option<String>> = p.query_async(&mut conn).await.map_err(read_err)?;
-            let mut gone = Vec::new();
-            for (&n, body) in split.iter().zip(bodies) {
-                match body {
-                    Some(b) => {
-                        let header = results[n].1.split_off(1);
-                        results[n].1 = header + &b;
-                    }
-                    // never a message cut after its header (the log outlived its body)
-                    None => gone.push(results[n].0),
-                }
-            }
-            results.retain(|(i, _)| !gone.contains(i));
-        }
+        // (never a message cut after its header: the log outlived its body)
+        let gone = self.join_bodies(&mut conn, sid, &mut results).await?;
+        results.retain(|(i, _)| !gone.contains(i));
         Ok(Some(LogTail {
             out_seq: out_seq.unwrap_or(0),
             results,
             cut: lo > want,
         }))
+    }
+
+    /// A large result is logged as "+" and its header, its body in a key of its own
+    /// (renamed there when it settled, never changed after): each such entry of `results`
+    /// gets its body joined. Returns the indices whose body is gone (their header is left
+    /// without the "+").
+    pub(super) async fn join_bodies(
+        &self,
+        conn: &mut super::Conn,
+        sid: &str,
+        results: &mut [(u64, String)],
+    ) -> Result<Vec<u64>, StoreError> {
+        let split: Vec<usize> = (0..results.len())
+            .filter(|&n| results[n].1.starts_with('+'))
+            .collect();
+        if split.is_empty() {
+            return Ok(Vec::new());
+        }
+        let mut p = redis::pipe();
+        for &n in &split {
+            p.cmd("GET").arg(self.keys.session_body(sid, results[n].0));
+        }
+        let bodies: Vec<Option<String>> = p.query_async(conn).await.map_err(read_err)?;
+        let mut gone = Vec::new();
+        for (&n, body) in split.iter().zip(bodies) {
+            let header = results[n].1.split_off(1);
+            results[n].1 = header;
+            match body {
+                Some(b) => results[n].1.push_str(&b),
+                None => gone.push(results[n].0),
+            }
+        }
+        Ok(gone)
     }
 
     /// The session of job `job_id` (its record's `session`), `None` once the record is gone.

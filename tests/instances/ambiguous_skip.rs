@@ -355,8 +355,9 @@ async fn a_lost_result_far_below_the_cursor_it_moved_is_recovered() {
     }
     const AHEAD: u64 = 40;
     let redis = RedisServer::start().await;
-    // (index 0's job must outlive the scenario)
+    // (index 0's job, and its node, which sends no heartbeat, must outlive the scenario)
     let a = start_tweaked(&redis, |c| {
+        c.node.liveness_ms = Some(60_000);
         c.jobs.run_timeout_ms = 20_000;
         c.jobs.ack_timeout_ms = 20_000;
         c.jobs.record_ttl_ms = 600_000;
