@@ -15,10 +15,7 @@ OUT=${3:-$(mktemp -d)}
 REDIS_BIN=${REDIS_BIN:-redis-server}
 cd "$(dirname "$0")/.."
 . bench/lib.sh
-command -v valgrind >/dev/null || die "valgrind is needed (apt-get install valgrind)"
-mkdir -p "$OUT"
-OUT=$(cd "$OUT" && pwd)
-rm -f "$OUT"/cg.out*
+cg_outdir "$OUT"
 dev_credentials "$BIN"
 trap cleanup EXIT
 rp=$(free_port) ip=$(free_port)

@@ -120,6 +120,15 @@ redis_cpu() {
   redis-cli -p "$1" info cpu | tr -d '\r' | awk -F: '/^used_cpu_(user|sys):/ {s += $2} END {printf "%.6f\n", s}'
 }
 
+# cg_outdir DIR: for a callgrind count (valgrind present): DIR created, its absolute path in
+# OUT, and no cg.out* of an earlier count left in it.
+cg_outdir() {
+  command -v valgrind >/dev/null || die "valgrind is needed (apt-get install valgrind)"
+  mkdir -p "$1"
+  OUT=$(cd "$1" && pwd)
+  rm -f "$OUT"/cg.out*
+}
+
 # start_callgrind_redis DIR PORT: redis-server under callgrind, counting only inside FCALL
 # (--toggle-collect=fcallCommand), output in DIR/cg.out.N; sets RPID (for callgrind_control)
 # and waits until it answers. REDIS_BIN picks the server (default: the one on PATH).

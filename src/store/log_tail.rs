@@ -40,27 +40,28 @@ fn read_err(e: redis::RedisError) -> StoreError {
 
 impl Store {
     /// The delivered results of session `sid` from [`BELOW_CURSOR`] indices below its
-    /// cursor to [`FROM_CURSOR`] indices after it, with its `out_seq`; `None` when the
-    /// session is gone.
+    /// cursor (or the lowest of its [`RECENT`] most recently settled, if lower) to
+    /// [`FROM_CURSOR`] indices after it, at most [`SPAN`], with its `out_seq`; `None` when
+    /// the session is gone.
     pub async fn result_log_tail(&self, sid: &str) -> Result<Option<LogTail>, StoreError> {
         let mut conn = self.conn().await?;
         let sk = self.keys.session(sid);
-        let cursor: Option<u64> = redis::cmd("HGET")
+        // The cursor and the most recently settled indices in one round trip: they only
+        // decide which indices the transaction below reads.
+        let (cursor, recent): (Option<u64>, Vec<u64>) = redis::pipe()
+            .cmd("HGET")
             .arg(&sk)
             .arg("next_deliver")
-            .query_async(&mut conn)
-            .await
-            .map_err(read_err)?;
-        let Some(cursor) = cursor else {
-            return Ok(None);
-        };
-        let recent: Vec<u64> = redis::cmd("ZREVRANGE")
+            .cmd("ZREVRANGE")
             .arg(self.keys.session_rtime(sid))
             .arg(0)
             .arg(RECENT - 1)
             .query_async(&mut conn)
             .await
             .map_err(read_err)?;
+        let Some(cursor) = cursor else {
+            return Ok(None);
+        };
         let hi = cursor.saturating_add(FROM_CURSOR);
         let want = recent
             .iter()
