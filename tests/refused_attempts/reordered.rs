@@ -99,6 +99,10 @@ async fn reverse_takeovers(lose_b: bool) {
                 lost.arg(f).arg(v.as_deref().unwrap_or(""));
             }
             let _: () = lost.query_async(&mut c).await.expect("HSET");
+            // A failover takes far longer than a millisecond: the clock floor orders the
+            // next commit after the lost one only from the next millisecond on (a run
+            // without this pause once saw both in the same one).
+            tokio::time::sleep(Duration::from_millis(5)).await;
         }
         let out = cell
             .store
