@@ -13,8 +13,11 @@ Output: [JSON]  {"status":"ok"} | {"status":"stale","reason":r}
 local jid = ARGV[5]
 local job, why = job_for(jid, nil, ARGV[6], ARGV[7])
 if not job then return finish({status = 'stale', reason = why}) end
-deliver('session', job.session, cjson.encode({type = 'asr_partial', session_id = job.session,
-  utterance_index = tonumber(job.idx), job_id = jid, text = ARGV[8], is_final = ARGV[9] == '1',
-  trace_id = job.trace_id}))
-ui_event(job, 'ASR_PARTIAL', 'ok')
+job.id = jid
+if job_session(job) then -- (never to another lifetime of the session id)
+  deliver('session', job.session, cjson.encode({type = 'asr_partial', session_id = job.session,
+    utterance_index = tonumber(job.idx), job_id = jid, text = ARGV[8], is_final = ARGV[9] == '1',
+    trace_id = job.trace_id}))
+  ui_event(job, 'ASR_PARTIAL', 'ok')
+end
 return finish({status = 'ok'})

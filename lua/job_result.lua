@@ -91,9 +91,10 @@ local function ok_fields(attempt)
   return f
 end
 local NODE_FIELDS = {'conn', 'capacity_target', 'state', 'reserved', 'capacity', 'capsig'}
--- The session's fields the result path reads (owner for delivery, utterance group, cursor).
-local SESSION_FIELDS = {'id', 'owner', 'conn', 'grp_id', 'grp_anchor', 'grp_part', 'grp_ctx',
-  'grp_lens', 'next_deliver', 'out_seq', 'trim_at'}
+-- The session's fields the result path reads (owner for delivery, nonce for job_session,
+-- utterance group, cursor).
+local SESSION_FIELDS = {'id', 'owner', 'conn', 'nonce', 'grp_id', 'grp_anchor', 'grp_part',
+  'grp_ctx', 'grp_lens', 'next_deliver', 'out_seq', 'trim_at'}
 
 local jid, nid, outcome = ARGV[5], ARGV[7], ARGV[9]
 local ok = outcome == 'ok'
@@ -109,13 +110,17 @@ if ok then
     error({err = 'ERR staged result body missing: ' .. STAGE.key})
   end
   local sess = session_read(job.session, SESSION_FIELDS)
+  -- another lifetime of the session id (job_session): as if the session were gone, no
+  -- result, group text or ui_event of this job reaches it
+  local mine = nonce_of(jid, sess.nonce) -- (job_session, with the nonce just read)
+  if not mine then sess = {} end
   release_node(jid, nid, node)
   redis.call('ZREM', KEYS[2], jid)
   -- (no end:<attempt>: the last attempt of a FINISHED job ended ok at finished_at)
   end_job(jid, job, 'FINISHED')
   count('finished')
   LAT.e2e[#LAT.e2e + 1] = NOW - tonumber(job.created_at or NOW)
-  ui_events_ok(job, 'ASR_FINAL,NMT_DONE')
+  ui_events_ok(job, 'ASR_FINAL,NMT_DONE', mine)
   -- identity from the job record, not from what the node wrote
   local ids = {session_id = job.session, utterance_index = tonumber(job.idx), job_id = jid,
     trace_id = job.trace_id}

@@ -517,3 +517,6 @@ async fn an_audio_chunk_sent_twice_is_buffered_once() {
     );
     invariants::check(&mut c).await;
 }
+
+#[path = "sessions/lifetimes.rs"]
+mod lifetimes;

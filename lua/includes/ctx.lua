@@ -267,11 +267,12 @@ local function touch_session(sid, sess, extra)
 end
 
 -- session_read(sid, fields): the named fields of the session record (`fields` must hold
--- id, owner and conn); its owner is remembered for deliver(), saving that lookup.
+-- id, owner, conn and nonce); its owner is remembered for deliver() and its nonce for
+-- job_session(), saving that lookup.
 local function session_read(sid, fields)
   local sk = session_key(sid)
   local sess = hmget(sk, fields)
-  if sess.id then OWNERS[sk] = {sess.owner or false, sess.conn or false} end
+  if sess.id then OWNERS[sk] = {sess.owner or false, sess.conn or false, sess.nonce or false} end
   return sess
 end
 

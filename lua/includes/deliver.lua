@@ -40,15 +40,40 @@ local function payload(p)
   return p
 end
 
--- owner_of(kind, id): {owner, conn} of node/session `id`, looked up once per call (OWNERS).
+-- owner_of(kind, id): {owner, conn} of node/session `id` (a session's nonce third, for
+-- job_session), looked up once per call (OWNERS).
 local function owner_of(kind, id)
   local key = P .. kind .. ':' .. id
   local info = OWNERS[key]
   if not info then
-    info = redis.call('HMGET', key, 'owner', 'conn')
+    if kind == 'session' then
+      info = redis.call('HMGET', key, 'owner', 'conn', 'nonce')
+    else
+      info = redis.call('HMGET', key, 'owner', 'conn')
+    end
     OWNERS[key] = info
   end
   return info
+end
+
+-- job_session(job): whether the session `job.session` names is still the one that created
+-- the job. Session ids are random and an expired one may be minted again: session_open
+-- refuses an id while any key of its earlier session lingers, but a job can outlive them
+-- all (`session.idle_ttl_ms` shorter than a job's life, keys evicted under maxmemory). Such
+-- a job's result, error, partial text, ui_events and utterance-group text must never reach
+-- the new session: every message about a job to its session, and every write of it to the
+-- session's records, asks this first. A job id is job-<nonce>-<index> (submit.lua) and the
+-- session record keeps its nonce (session_open): one comparison, the nonce read with the
+-- owner (owner_of).
+-- nonce_of(jid, nonce): whether job id `jid` was made with session nonce `nonce`.
+local HYPHEN = 45 -- string.byte('-')
+local function nonce_of(jid, nonce)
+  return type(nonce) == 'string' and nonce ~= '' and string.sub(jid, 5, 4 + #nonce) == nonce
+    and string.byte(jid, 5 + #nonce) == HYPHEN
+end
+
+local function job_session(job)
+  return nonce_of(job.id or '', owner_of('session', job.session or '')[3])
 end
 
 -- present(): the calling instance is alive (it runs this script for a connection it is
@@ -133,10 +158,16 @@ end
 
 -- ui_event(job, event, status, code): a UI hint for the job's session (best-effort). The
 -- job's part of the JSON is encoded once per call and kept on `job` (as `ui_json`, never
--- written to Redis); each event appends its few fields (event and status are constants).
+-- written to Redis; false: the session is not the job's, job_session); each event appends
+-- its few fields (event and status are constants).
 local function ui_event(job, event, status, code)
   local head = job.ui_json
+  if head == false then return end
   if not head then
+    if not job_session(job) then
+      job.ui_json = false
+      return
+    end
     head = string.sub(cjson.encode({type = 'ui_event', trace_id = job.trace_id,
       session_id = job.session, job_id = job.id, utterance_index = tonumber(job.idx)}), 1, -2)
     job.ui_json = head
@@ -146,11 +177,14 @@ local function ui_event(job, event, status, code)
     .. '","elapsed_ms":' .. string.format('%d', NOW - tonumber(job.created_at or NOW)) .. tail .. '}')
 end
 
--- ui_events_ok(job, events): the UI hints `events` (event names, csv; status ok) for
+-- ui_events_ok(job, events, mine): the UI hints `events` (event names, csv; status ok) for
 -- the job's session at once. For a session connected to the calling instance they are one
 -- entry `{k = 'ui', ev = "E1,E2", ...}` the instance turns into the `ui_event` messages
 -- (no JSON built here: ~5 µs of Redis per message); elsewhere each travels as its message.
-local function ui_events_ok(job, events)
+-- `mine` (optional): job_session(job), when the caller knows it.
+local function ui_events_ok(job, events, mine)
+  if mine == nil then mine = job_session(job) end
+  if not mine then return end
   local info = owner_of('session', job.session)
   if info[1] ~= ME then
     for e in string.gmatch(events, '[^,]+') do ui_event(job, e, 'ok') end

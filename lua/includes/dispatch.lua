@@ -81,8 +81,11 @@ local function fail(jid, job, code, message)
   redis.call('LTRIM', P .. 'failures', 0, 49)
   redis.call('PEXPIRE', P .. 'failures', CFG.job_ttl)
   count('failed:' .. code)
-  ui_event(job, 'ERROR', 'error', code)
-  settle(job.session, job.idx, error_msg(job, code, message))
+  -- (neither reaches another lifetime of the job's session id)
+  if job_session(job) then
+    ui_event(job, 'ERROR', 'error', code)
+    settle(job.session, job.idx, error_msg(job, code, message))
+  end
 end
 
 -- assign(jid, job, nid, why, compact): reserve a slot on nid and send job_assign (attempt
@@ -133,7 +136,11 @@ local function assign(jid, job, nid, why, compact)
   LAT.dispatch[#LAT.dispatch + 1] = NOW - tonumber(job.created_at or NOW)
   LAT.pool[#LAT.pool + 1] = string.match(job.pools or '', '^[^,|]+') or ''
   local sk = session_key(job.session)
-  if job.turn_id and job.turn_id ~= '' and redis.call('HGET', sk, 'turn_id') == job.turn_id then
+  -- (a fresh job's session is the one that created it; a later attempt's may be gone, or
+  -- another lifetime under the same id: job_session, one lookup deliver reuses)
+  local mine = fresh or job_session(job)
+  if mine and job.turn_id and job.turn_id ~= ''
+      and redis.call('HGET', sk, 'turn_id') == job.turn_id then
     redis.call('HSET', sk, 'turn_node', nid)
   end
   if job.sess_set then
@@ -141,7 +148,7 @@ local function assign(jid, job, nid, why, compact)
       local n = #job.sess_set
       job.sess_set[n + 1], job.sess_set[n + 2] = 'last_node', nid
     end
-  elseif fresh or redis.call('EXISTS', sk) == 1 then
+  elseif mine then
     redis.call('HSET', sk, 'last_node', nid)
   end
   -- the spec is a JSON object with members (submit put the ids in it): attempt_id goes in
@@ -149,7 +156,7 @@ local function assign(jid, job, nid, why, compact)
   local msg = '{"attempt_id":' .. attempt .. ',' .. string.sub(job.spec, 2)
   local audio = fresh and job.fresh_audio or redis.call('GET', jk .. ':audio') or ''
   deliver('node', nid, msg, audio, nil, job.tp, jid, fresh and job.own_audio)
-  ui_events_ok(job, 'DISPATCHED')
+  ui_events_ok(job, 'DISPATCHED', mine)
 end
 
 -- dispatch(jid, job, code, message): assign now, or wait in the candidate pools' queues, or fail

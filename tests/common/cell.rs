@@ -83,7 +83,7 @@ pub fn caps(variant: u8) -> Capabilities {
     }
 }
 
-fn one_way(src: &str, tgt: &str) -> (Route, String) {
+pub fn one_way(src: &str, tgt: &str) -> (Route, String) {
     let (lang_a, lang_b, strict, two_way) = (None, None, false, false);
     let req = RouteRequest {
         tenant: None,
@@ -104,7 +104,7 @@ fn one_way(src: &str, tgt: &str) -> (Route, String) {
 
 /// The resume proof every simulated session holds (the gateway stores SHA-256 of a token).
 const RESUME_HASH: &str = "proof";
-const RESULT: &str = r#"{"type":"translation_result","text_asr":"a","text_translated":"b","tts_audio":"","tts_format":"opus"}"#;
+pub const RESULT: &str = r#"{"type":"translation_result","text_asr":"a","text_translated":"b","tts_audio":"","tts_format":"opus"}"#;
 
 /// RESULT with TTS audio past the staging threshold.
 fn large_result() -> String {
