@@ -260,6 +260,17 @@ pub async fn start(cfg: Config) -> std::io::Result<Running> {
         if let Err(e) = cell.store.load_scripts().await {
             tracing::warn!(cell = cell.name(), error = %e, "scripts not loaded yet; will retry when Redis answers");
         }
+        // (readiness checks it again on every probe: this says why at once, in the log)
+        match cell.store.memory().await {
+            Ok(m) if m.evicts() && !app.cfg.redis.allow_eviction => {
+                tracing::error!(cell = cell.name(), "not ready: {}", m.eviction_refused());
+            }
+            Err(e @ crate::store::StoreError::Redis { .. }) => tracing::warn!(
+                cell = cell.name(), error = %e,
+                "INFO memory refused (an ACL user needs +info): Redis eviction is not checked"
+            ),
+            _ => {}
+        }
     }
     let router = crate::http::router(app.clone());
     let admin = match &app.cfg.admin_listen {

@@ -12,6 +12,8 @@ mod liveness;
 mod pools;
 #[path = "nodes/redis_backend.rs"]
 mod redis_backend;
+#[path = "nodes/redis_memory.rs"]
+mod redis_memory;
 #[path = "nodes/registration.rs"]
 mod registration;
 

@@ -44,6 +44,9 @@ pub struct RedisConfig {
     /// How long a command waits for a pooled connection or a new connection before it fails
     /// with `SCHEDULER_DEPENDENCY_DOWN`; keeps clients answered quickly while Redis is away.
     pub timeout_ms: u64,
+    /// Ready even when Redis may evict keys (a `maxmemory-policy` other than `noeviction`
+    /// with `maxmemory` set): the operator accepts state lost under memory pressure.
+    pub allow_eviction: bool,
 }
 
 impl Default for RedisConfig {
@@ -60,6 +63,7 @@ impl Default for RedisConfig {
             wait_timeout_ms: 100,
             pool_size: 32,
             timeout_ms: 1000,
+            allow_eviction: false,
         }
     }
 }

@@ -43,6 +43,8 @@ struct Reading {
     cell: String,
     states: Option<BTreeMap<String, i64>>,
     inbox: Option<(u64, u64)>,
+    /// `used_memory`, `maxmemory`.
+    memory: Option<(u64, u64)>,
     /// (pool, members, queue depth)
     pools: Option<Vec<(String, usize, u64)>>,
     capacity: Option<BTreeMap<String, (i64, i64)>>,
@@ -80,6 +82,7 @@ impl Scrape {
             if let Some(prev) = last.readings.iter().find(|p| p.cell == r.cell) {
                 r.states = r.states.or_else(|| prev.states.clone());
                 r.inbox = r.inbox.or(prev.inbox);
+                r.memory = r.memory.or(prev.memory);
                 r.pools = r.pools.or_else(|| prev.pools.clone());
                 r.capacity = r.capacity.or_else(|| prev.capacity.clone());
             }
@@ -112,6 +115,13 @@ impl Scrape {
                 m.inbox_pending.get_or_create(&l).set(pending as i64);
                 m.dead_letters.get_or_create(&l).set(dead as i64);
             }
+            if let Some((used, max)) = r.memory {
+                let l = CellLabels {
+                    cell: r.cell.clone(),
+                };
+                m.redis_memory_used.get_or_create(&l).set(used as i64);
+                m.redis_memory_max.get_or_create(&l).set(max as i64);
+            }
             if let Some(capacity) = &r.capacity {
                 m.pools.set_capacity(&r.cell, capacity);
             }
@@ -136,6 +146,7 @@ async fn read(app: &App, cell: &Cell) -> Reading {
         cell: cell.name().to_string(),
         states: store.node_states().await.ok(),
         inbox: store.inbox_stats(&app.instance_id).await.ok(),
+        memory: store.memory().await.ok().map(|m| (m.used, m.max)),
         pools: None,
         capacity: None,
     };

@@ -38,6 +38,10 @@ pub enum StoreError {
     /// until a failover).
     #[error("redis change not known to be replicated: {}", .0.message)]
     Unreplicated(Box<Unreplicated>),
+    /// Redis answers, but is set up in a way the scheduler cannot run on (readiness only:
+    /// a `maxmemory-policy` that evicts keys, memory.rs).
+    #[error("redis misconfigured: {0}")]
+    Misconfigured(String),
 }
 
 /// What a call whose `WAIT` fell short did: why, and what its script asked to deliver.
@@ -87,7 +91,7 @@ impl StoreError {
                 e.code(),
                 Some(
                     "READONLY" | "CLUSTERDOWN" | "TRYAGAIN" | "MASTERDOWN" | "LOADING" | "MOVED"
-                        | "ASK"
+                        | "ASK" | "OOM"
                 )
             )
             // The cell's slot is being moved (the script stopped at its guard, ctx.lua).

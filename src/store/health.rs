@@ -46,9 +46,10 @@ impl Store {
         loaded
     }
 
-    /// Ready = the node holding the cell is a primary that answers, and every script is
-    /// loaded there (loading them if a restart lost them). A demoted primary (it answers,
-    /// but as a replica) is not ready: writes would fail with READONLY.
+    /// Ready = the node holding the cell is a primary that answers, does not evict keys
+    /// (unless `redis.allow_eviction`; memory.rs), and every script is loaded there (loading
+    /// them if a restart lost them). A demoted primary (it answers, but as a replica) is not
+    /// ready: writes would fail with READONLY.
     pub async fn check_ready(&self) -> Result<(), StoreError> {
         let mut conn = self.conn().await?;
         let cell = self.keys.instances();
@@ -68,7 +69,7 @@ impl Store {
             // LIBRARYNAME takes a glob pattern; the name has no special characters: exact.
             Ok(Some(matches!(listed, Value::Array(v) if !v.is_empty())))
         };
-        match ready.await {
+        let loaded = match ready.await {
             Ok(Some(true)) => Ok(()),
             Ok(Some(false)) => self.load_scripts().await,
             Ok(None) => {
@@ -85,6 +86,17 @@ impl Store {
                 }
                 Err(e)
             }
+        };
+        loaded?;
+        match self.memory().await {
+            Ok(m) if m.evicts() && !self.allow_eviction => {
+                Err(StoreError::Misconfigured(m.eviction_refused()))
+            }
+            Ok(_) => Ok(()),
+            // Redis refused INFO (an ACL user without +info): not checked, ready (the
+            // start logged it); only a Redis that cannot be reached is not ready.
+            Err(StoreError::Redis { .. }) => Ok(()),
+            Err(e) => Err(e),
         }
     }
 

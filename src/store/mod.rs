@@ -21,6 +21,7 @@ pub mod instances;
 pub mod jobs;
 pub mod keys;
 pub mod log_tail;
+pub mod memory;
 pub mod nodes;
 pub mod reply;
 pub mod scripts;
@@ -74,6 +75,8 @@ pub struct Store {
     /// When this cell's library was last loaded after a call found it missing: one reload
     /// at a time, and none for calls that failed before it (see `reload_scripts`).
     reloaded: tokio::sync::Mutex<Option<std::time::Instant>>,
+    /// `redis.allow_eviction`: ready even when Redis may evict keys (memory.rs).
+    allow_eviction: bool,
 }
 
 impl Store {
@@ -94,6 +97,7 @@ impl Store {
             staging: Staging::new(cfg),
             series: Arc::new(ScriptSeries::new()),
             reloaded: Default::default(),
+            allow_eviction: cfg.redis.allow_eviction,
         })
     }
 
@@ -111,6 +115,7 @@ impl Store {
             staging: self.staging,
             series: Arc::new(ScriptSeries::new()),
             reloaded: Default::default(),
+            allow_eviction: self.allow_eviction,
         }
     }
 

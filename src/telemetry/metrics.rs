@@ -58,6 +58,9 @@ pub struct Metrics {
     pub inbox_pending: Family<CellLabels, Gauge>,
     /// Length of each cell's dead-letter stream (at scrape time).
     pub dead_letters: Family<CellLabels, Gauge>,
+    /// The cell's Redis: `used_memory` and `maxmemory` (0: no limit), at scrape time.
+    pub redis_memory_used: Family<CellLabels, Gauge>,
+    pub redis_memory_max: Family<CellLabels, Gauge>,
     /// Job transitions made by this instance's script calls, by event (submitted,
     /// dispatched, queued, acked, started, finished, failover, queue_timeout).
     pub jobs: Family<EventLabels, Counter>,
@@ -188,6 +191,18 @@ impl Metrics {
             "Entries in the dead-letter stream",
             dead_letters.clone(),
         );
+        let redis_memory_used = Family::<CellLabels, Gauge>::default();
+        registry.register(
+            "redis_memory_used_bytes",
+            "The cell's Redis used_memory (INFO memory)",
+            redis_memory_used.clone(),
+        );
+        let redis_memory_max = Family::<CellLabels, Gauge>::default();
+        registry.register(
+            "redis_memory_max_bytes",
+            "The cell's Redis maxmemory (0: no limit); at it every state change is refused",
+            redis_memory_max.clone(),
+        );
         let jobs = Family::<EventLabels, Counter>::default();
         registry.register("jobs", "Job transitions by event", jobs.clone());
         let jobs_failed = Family::<ReasonLabels, Counter>::default();
@@ -265,6 +280,8 @@ impl Metrics {
             redis_wait_short,
             inbox_pending,
             dead_letters,
+            redis_memory_used,
+            redis_memory_max,
             jobs,
             jobs_failed,
             missing_results,
