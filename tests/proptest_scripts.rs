@@ -51,6 +51,9 @@ enum Op {
     Drop { session: u8 },
     /// The session resumes through `via` with its last received index.
     Resume { session: u8, via: u8 },
+    /// The session's keys all expire while its jobs run, and its id is minted again for a
+    /// new session through `via`.
+    Reopen { session: u8, via: u8 },
     /// Time passes (`ms`), then instance `via` sweeps.
     Advance { ms: u16, via: u8 },
     /// Instance `via` dies and restarts under a new id; the others take its inbox over.
@@ -80,6 +83,7 @@ fn op() -> impl Strategy<Value = Op> {
         8 => (n(), rare(), rare()).prop_map(|(session, skip, again)| Op::Submit { session, skip, again }),
         1 => n().prop_map(|session| Op::Drop { session }),
         1 => (n(), n()).prop_map(|(session, via)| Op::Resume { session, via }),
+        1 => (n(), n()).prop_map(|(session, via)| Op::Reopen { session, via }),
         2 => (ms, n()).prop_map(|(ms, via)| Op::Advance { ms, via }),
         1 => n().prop_map(|via| Op::Crash { via }),
         2 => n().prop_map(|via| Op::Stall { via }),
@@ -105,6 +109,7 @@ async fn apply(cell: &mut Cell, op: &Op) -> Result<(), switchyard::store::StoreE
         } => cell.submit(session, skip, again).await,
         Op::Drop { session } => cell.drop_session(session).await,
         Op::Resume { session, via } => cell.resume(session, via).await,
+        Op::Reopen { session, via } => cell.reopen(session, via).await,
         Op::Advance { ms, via } => cell.advance(ms, via).await,
         Op::Crash { via } => cell.crash(via).await,
         Op::Stall { via } => cell.stall(via).await,

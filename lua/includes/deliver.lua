@@ -65,11 +65,12 @@ end
 -- session's records, asks this first. A job id is job-<nonce>-<index> (submit.lua) and the
 -- session record keeps its nonce (session_open): one comparison, the nonce read with the
 -- owner (owner_of).
--- nonce_of(jid, nonce): whether job id `jid` was made with session nonce `nonce`.
+-- nonce_of(jid, nonce): whether job id `jid` is job-<nonce>-<digits>: made with session
+-- nonce `nonce` (and not with a longer one that starts with `nonce` and a hyphen).
 local HYPHEN = 45 -- string.byte('-')
 local function nonce_of(jid, nonce)
   return type(nonce) == 'string' and nonce ~= '' and string.sub(jid, 5, 4 + #nonce) == nonce
-    and string.byte(jid, 5 + #nonce) == HYPHEN
+    and string.byte(jid, 5 + #nonce) == HYPHEN and string.find(jid, '^%d+$', 6 + #nonce) ~= nil
 end
 
 local function job_session(job)

@@ -208,9 +208,13 @@ impl Cell {
         (nid, self.clients.nodes.entry(nid.into()).or_default())
     }
 
+    /// The `pick`-th session client still in play (modulo their number).
     fn session(&self, pick: u8) -> Option<usize> {
-        let n = self.clients.sessions.len();
-        (n > 0).then(|| pick as usize % n)
+        let live: Vec<usize> = (self.clients.sessions.iter().enumerate())
+            .filter(|(_, s)| !s.retired)
+            .map(|(k, _)| k)
+            .collect();
+        (!live.is_empty()).then(|| live[pick as usize % live.len()])
     }
 
     /// A node (re)connects through `via` with a new connection token.
@@ -326,14 +330,66 @@ impl Cell {
         if self.clients.sessions.len() >= MAX_SESSIONS {
             return Ok(());
         }
-        let s = via as usize % INSTANCES;
         let sid = format!("s{}", self.clients.sessions.len());
-        let token = self.inst[s].token();
         let langs = if pair == 0 {
             ("en", "zh")
         } else {
             ("zh", "en")
         };
+        self.open_as(via, &sid, &sid, langs).await
+    }
+
+    /// Every key of a session expires while jobs of it still run (an idle TTL shorter than
+    /// a job's life; its reorder and pause clocks fired long before), and its random id is
+    /// minted again, through `via`: a new session with another nonce, and a new client. The
+    /// old client is gone for good; the new one must get only its own messages, exactly
+    /// one terminal message per index (the scripts' `job_session`).
+    pub async fn reopen(&mut self, session: u8, via: u8) -> R {
+        let Some(k) = self.session(session) else {
+            return Ok(());
+        };
+        let old = &mut self.clients.sessions[k];
+        old.retired = true;
+        old.conn = None;
+        let (sid, langs) = (old.id.clone(), old.langs);
+        let sk = format!("{PREFIX}session:{sid}");
+        let mut keys: Vec<String> = redis::cmd("KEYS")
+            .arg(format!("{sk}:body:*"))
+            .query_async(&mut self.redis)
+            .await
+            .expect("keys");
+        keys.extend(
+            ["", ":jobs", ":results", ":pending", ":audio", ":rtime"].map(|k| format!("{sk}{k}")),
+        );
+        let _: () = redis::pipe()
+            .cmd("DEL")
+            .arg(&keys)
+            .ignore()
+            .cmd("ZREM")
+            .arg(format!("{PREFIX}due:reorder"))
+            .arg(&sid)
+            .ignore()
+            .cmd("ZREM")
+            .arg(format!("{PREFIX}due:audio"))
+            .arg(&sid)
+            .ignore()
+            .query_async(&mut self.redis)
+            .await
+            .expect("expire the session");
+        let nonce = format!("{sid}r{}", self.clients.step);
+        self.open_as(via, &sid, &nonce, langs).await
+    }
+
+    /// Open session `sid` (nonce `nonce`) through `via` for a new client.
+    async fn open_as(
+        &mut self,
+        via: u8,
+        sid: &str,
+        nonce: &str,
+        langs: (&'static str, &'static str),
+    ) -> R {
+        let s = via as usize % INSTANCES;
+        let token = self.inst[s].token();
         let (r, spec) = one_way(langs.0, langs.1);
         let fields = [
             ("src", langs.0.to_string()),
@@ -349,10 +405,10 @@ impl Cell {
         ];
         let store = &self.inst[s].store;
         let out = store
-            .session_open(&sid, false, &token, &sid, None, 0, &fields)
+            .session_open(sid, false, &token, nonce, None, 0, &fields)
             .await?;
         self.clients.sessions.push(SessionClient {
-            id: sid,
+            id: sid.to_string(),
             conn: Some((s, token)),
             seq: 1,
             langs,

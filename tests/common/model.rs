@@ -69,12 +69,21 @@ pub struct SessionClient {
     /// model works (each step's invariant check reads Redis), so an index submitted more than
     /// a window ago may have been skipped even without an `advance` step.
     pub submitted: BTreeMap<u64, (u64, std::time::Instant)>,
+    /// Its session expired and its id was minted again for another client (`Cell::reopen`):
+    /// gone for good, never picked again.
+    pub retired: bool,
 }
 
 impl SessionClient {
     /// The writer writes one terminal message to the socket: the client's checks.
     fn write(&mut self, idx: u64, ty: &str, step: u64, window: u64, bad: &mut Vec<String>) {
         let id = &self.id;
+        // (a gap's missing_result is for an index never sent; a result or error is not)
+        if ty != "missing_result" && !self.submitted.contains_key(&idx) {
+            bad.push(format!(
+                "{id}: {ty} for index {idx}, which this client never sent"
+            ));
+        }
         let count = self.got.entry(idx).or_default();
         *count += 1;
         if *count > 1 {
