@@ -9,7 +9,8 @@
   output must equal ours.
 - Built-in kinds: kubernetes-validate (PyPI) against the schemas of Kubernetes K8S_VERSION,
   strict (unknown fields are errors).
-- CRDs (ServiceMonitor, PrometheusRule, ScaledObject): their own minimal checks below.
+- CRDs (ServiceMonitor, PrometheusRule, ScaledObject): their own minimal checks below; a
+  PrometheusRule's groups also go through `promtool check rules` when it is installed.
 
 Usage: check.py [--render OVERLAY_DIR]   (make k8s-check runs it in target/k8s-venv)
 """
@@ -76,6 +77,22 @@ def by_key(docs):
     return {(d["kind"], d["metadata"]["name"]): d for d in docs}
 
 
+def promtool_errors(spec):
+    """The rule groups as Prometheus parses them (PromQL, durations, templates), when
+    `promtool` is installed (Debian's prometheus package has it; `make test` installs it)."""
+    promtool = shutil.which("promtool")
+    if not promtool:
+        return []
+    import tempfile
+    with tempfile.NamedTemporaryFile("w", suffix=".yaml") as f:
+        yaml.safe_dump({"groups": spec.get("groups") or []}, f)
+        f.flush()
+        r = subprocess.run([promtool, "check", "rules", f.name], capture_output=True, text=True)
+    if r.returncode != 0:
+        return [f"promtool check rules: {(r.stdout + r.stderr).strip()}"]
+    return []
+
+
 def check_crd(doc):
     """Minimal checks of the custom resources (no schema of theirs is pinned here)."""
     kind, spec = doc["kind"], doc.get("spec") or {}
@@ -97,6 +114,7 @@ def check_crd(doc):
                 extra = set(r) - {"alert", "expr", "for", "labels", "annotations"}
                 if extra:
                     errors.append(f"rule {r.get('alert')}: unknown fields {sorted(extra)}")
+        errors.extend(promtool_errors(spec))
     elif kind == "ScaledObject":
         if not spec.get("scaleTargetRef", {}).get("name"):
             errors.append("spec.scaleTargetRef.name is required")
