@@ -46,7 +46,16 @@ async fn an_evicting_redis_keeps_the_instance_unready_until_its_policy_is_noevic
     assert_eq!(status, 200, "redis.allow_eviction: {body}");
     // An ACL user without INFO cannot check: ready (the start logs it), not stuck unready.
     let _: () = redis::cmd("ACL")
-        .arg(&["SETUSER", "noinfo", "on", ">secret-pw", "~*", "&*", "+@all", "-info"])
+        .arg(&[
+            "SETUSER",
+            "noinfo",
+            "on",
+            ">secret-pw",
+            "~*",
+            "&*",
+            "+@all",
+            "-info",
+        ])
         .query_async(&mut c)
         .await
         .expect("acl setuser");
