@@ -12,11 +12,20 @@
 //!   `unexplained_failures`, checked by the property test);
 //! - every key has a TTL or is one of the owned kinds (pools, indexes) whose members are
 //!   removed by scripts — nothing grows without bound.
+//!
+//! The scenario's instances keep running while the checker reads (their sweeps take silent
+//! nodes offline, time jobs out...), and every rule spans several keys: read with one
+//! command each, they could straddle a script call and report a violation of a state that
+//! never was (a node the sweep took offline between two reads). So each cell is read in one
+//! atomic, read-only script call ([`snapshot`]), and every rule is checked in memory over
+//! that snapshot. SCAN only finds the cells and the keys outside any cell.
 
-use std::collections::{BTreeSet, HashMap};
+mod snapshot;
 
-use redis::AsyncCommands;
+use std::collections::BTreeSet;
+
 use redis::aio::MultiplexedConnection;
+use snapshot::Snapshot;
 
 pub const PREFIX: &str = "{switchyard:main}:";
 
@@ -68,14 +77,9 @@ pub async fn violations(c: &mut MultiplexedConnection) -> Vec<String> {
     let keys = all_keys(c).await;
     let mut bad = Vec::new();
     for prefix in cell_prefixes(&keys) {
-        let mine: Vec<String> = keys
-            .iter()
-            .filter(|k| k.starts_with(&prefix))
-            .cloned()
-            .collect();
+        let cell = Snapshot::read(c, &prefix).await;
         bad.extend(
-            violations_in(c, &prefix, mine)
-                .await
+            violations_in(&cell, &prefix)
                 .into_iter()
                 .map(|v| format!("[{prefix}] {v}")),
         );
@@ -94,57 +98,47 @@ pub fn cell_prefixes(keys: &[String]) -> BTreeSet<String> {
         .collect()
 }
 
-/// Every violation in the cell whose keys start with `prefix` (`keys`: its keys).
-async fn violations_in(
-    c: &mut MultiplexedConnection,
-    prefix: &str,
-    keys: Vec<String>,
-) -> Vec<String> {
+/// The ids `x` of the keys `<prefix><kind>x` of `s` (`x` without `:`).
+fn ids<'a>(s: &'a Snapshot, prefix: &str, kind: &str) -> Vec<&'a str> {
+    let start = format!("{prefix}{kind}");
+    s.names()
+        .filter_map(|k| k.strip_prefix(&start))
+        .filter(|rest| !rest.contains(':'))
+        .collect()
+}
+
+/// Every violation in the cell `s` whose keys start with `prefix`.
+fn violations_in(s: &Snapshot, prefix: &str) -> Vec<String> {
     let mut bad: Vec<String> = Vec::new();
 
-    for k in &keys {
-        let ttl: i64 = c.pttl(k).await.expect("pttl");
-        if ttl == -1 && !owned_key(k) {
+    for (k, e) in &s.keys {
+        if e.ttl == -1 && !owned_key(k) {
             bad.push(format!("key {k} has no TTL and no owner"));
         }
     }
 
-    let index: BTreeSet<String> = c
-        .smembers(format!("{prefix}pools"))
-        .await
-        .expect("smembers");
-    let pool_keys: BTreeSet<String> = keys
-        .iter()
+    let index = s.set(&format!("{prefix}pools"));
+    let pool_keys: BTreeSet<String> = s
+        .names()
         .filter_map(|k| {
             k.strip_prefix(&format!("{prefix}pool:"))
                 .map(str::to_string)
         })
         .collect();
-    if index != pool_keys {
+    if *index != pool_keys {
         bad.push(format!(
             "pools index {index:?} != non-empty pools {pool_keys:?}"
         ));
     }
 
     for pool in &pool_keys {
-        let members: Vec<String> = c
-            .smembers(format!("{prefix}pool:{pool}"))
-            .await
-            .expect("smembers");
-        for n in members {
-            let h: HashMap<String, String> = c
-                .hgetall(format!("{prefix}node:{n}"))
-                .await
-                .expect("hgetall");
+        for n in s.set(&format!("{prefix}pool:{pool}")) {
+            let h = s.hash(&format!("{prefix}node:{n}"));
             match h.get("state").map(String::as_str) {
                 Some("ready") | Some("draining") => {}
                 other => bad.push(format!("pool {pool} holds {n} in state {other:?}")),
             }
-            let back: bool = c
-                .sismember(format!("{prefix}node:{n}:pools"), pool)
-                .await
-                .expect("sismember");
-            if !back {
+            if !s.set(&format!("{prefix}node:{n}:pools")).contains(pool) {
                 bad.push(format!(
                     "pool {pool} holds {n} but its pools set does not list it"
                 ));
@@ -152,36 +146,11 @@ async fn violations_in(
         }
     }
 
-    let node_ids: Vec<String> = keys
-        .iter()
-        .filter_map(|k| k.strip_prefix(&format!("{prefix}node:")))
-        .filter(|rest| !rest.contains(':'))
-        .map(str::to_string)
-        .collect();
-    for n in &node_ids {
-        // One snapshot of the node (MULTI/EXEC): the instances keep sweeping while this
-        // runs, and a sweep that takes a disconnected node offline between two reads would
-        // read as a node in neither state.
-        let (h, mine, active, live): (
-            HashMap<String, String>,
-            Vec<String>,
-            Vec<String>,
-            Option<f64>,
-        ) = redis::pipe()
-            .atomic()
-            .hgetall(format!("{prefix}node:{n}"))
-            .smembers(format!("{prefix}node:{n}:pools"))
-            .smembers(format!("{prefix}node:{n}:jobs"))
-            .zscore(format!("{prefix}nodes:live"), n)
-            .query_async(c)
-            .await
-            .expect("node snapshot");
-        for p in &mine {
-            let there: bool = c
-                .sismember(format!("{prefix}pool:{p}"), n)
-                .await
-                .expect("sismember");
-            if !there {
+    let node_ids = ids(s, prefix, "node:");
+    for &n in &node_ids {
+        let h = s.hash(&format!("{prefix}node:{n}"));
+        for p in s.set(&format!("{prefix}node:{n}:pools")) {
+            if !s.set(&format!("{prefix}pool:{p}")).contains(n) {
                 bad.push(format!("node {n} lists pool {p} but is not in it"));
             }
         }
@@ -190,19 +159,17 @@ async fn violations_in(
         if reserved < 0 || reserved > cap {
             bad.push(format!("node {n} reserved {reserved} of capacity {cap}"));
         }
+        let active = s.set(&format!("{prefix}node:{n}:jobs"));
         if active.len() as i64 != reserved {
             bad.push(format!(
                 "node {n} reserved {reserved} but holds {} active jobs",
                 active.len()
             ));
         }
-        for j in &active {
-            let job: HashMap<String, String> = c
-                .hgetall(format!("{prefix}job:{j}"))
-                .await
-                .expect("hgetall");
+        for j in active {
+            let job = s.hash(&format!("{prefix}job:{j}"));
             let state = job.get("state").map(String::as_str).unwrap_or("missing");
-            if !ACTIVE.contains(&state) || job.get("node") != Some(n) {
+            if !ACTIVE.contains(&state) || job.get("node").map(String::as_str) != Some(n) {
                 bad.push(format!(
                     "node {n} holds job {j} in state {state} on {:?}",
                     job.get("node")
@@ -210,6 +177,7 @@ async fn violations_in(
             }
         }
         let state = h.get("state").cloned().unwrap_or_default();
+        let live = s.zscore(&format!("{prefix}nodes:live"), n);
         if state == "offline" && live.is_some() {
             bad.push(format!("offline node {n} is still in the liveness set"));
         }
@@ -219,36 +187,25 @@ async fn violations_in(
             ));
         }
     }
-    let jobs: Vec<String> = keys
-        .iter()
-        .filter_map(|k| k.strip_prefix(&format!("{prefix}job:")))
-        .filter(|rest| !rest.contains(':'))
-        .map(str::to_string)
-        .collect();
-    for j in &jobs {
-        check_job(c, prefix, j, &mut bad).await;
+    for j in ids(s, prefix, "job:") {
+        check_job(s, prefix, j, &mut bad);
     }
 
     // A result logged in two parts ("+" and its header) has its body (results.lua logged()).
-    for rk in keys
-        .iter()
+    for rk in s
+        .names()
         .filter(|k| k.starts_with(&format!("{prefix}session:")) && k.ends_with(":results"))
     {
-        let log: HashMap<String, String> = c.hgetall(rk).await.expect("hgetall");
         let sk = rk.trim_end_matches(":results");
-        for (idx, m) in log.iter().filter(|(_, m)| m.starts_with('+')) {
-            if !keys.contains(&format!("{sk}:body:{idx}")) {
+        for (idx, m) in s.hash(rk).iter().filter(|(_, m)| m.starts_with('+')) {
+            if !s.exists(&format!("{sk}:body:{idx}")) {
                 bad.push(format!("{rk} index {idx} is logged without its body: {m}"));
             }
         }
     }
 
-    let live: Vec<String> = c
-        .zrange(format!("{prefix}nodes:live"), 0, -1)
-        .await
-        .expect("zrange");
-    for n in live {
-        if !node_ids.contains(&n) {
+    for n in s.zset(&format!("{prefix}nodes:live")).keys() {
+        if !node_ids.contains(&n.as_str()) {
             bad.push(format!("liveness set holds {n} without a record"));
         }
     }
@@ -259,23 +216,14 @@ const ACTIVE: [&str; 3] = ["DISPATCHED", "ACCEPTED", "RUNNING"];
 const TERMINAL: [&str; 3] = ["FINISHED", "FAILED", "CANCELLED"];
 
 /// One job: exactly one known state, and present exactly where that state says.
-async fn check_job(c: &mut MultiplexedConnection, prefix: &str, j: &str, bad: &mut Vec<String>) {
-    let job: HashMap<String, String> = c
-        .hgetall(format!("{prefix}job:{j}"))
-        .await
-        .expect("hgetall");
+fn check_job(s: &Snapshot, prefix: &str, j: &str, bad: &mut Vec<String>) {
+    let job = s.hash(&format!("{prefix}job:{j}"));
     let state = job.get("state").cloned().unwrap_or_default();
-    let due: Option<f64> = c
-        .zscore(format!("{prefix}due:jobs"), j)
-        .await
-        .expect("zscore");
+    let due = s.zscore(&format!("{prefix}due:jobs"), j);
     let node = job.get("node").cloned().unwrap_or_default();
+    let holds = |n: &str| s.set(&format!("{prefix}node:{n}:jobs")).contains(j);
     if ACTIVE.contains(&state.as_str()) {
-        let held: bool = c
-            .sismember(format!("{prefix}node:{node}:jobs"), j)
-            .await
-            .expect("sismember");
-        if !held {
+        if !holds(&node) {
             bad.push(format!(
                 "job {j} is {state} on {node:?}, which does not hold it"
             ));
@@ -290,10 +238,7 @@ async fn check_job(c: &mut MultiplexedConnection, prefix: &str, j: &str, bad: &m
             bad.push(format!("queued job {j} names no queue"));
         }
         for q in queues.split(',').filter(|q| !q.is_empty()) {
-            let items: Vec<String> = c
-                .lrange(format!("{prefix}queue:{q}"), 0, -1)
-                .await
-                .expect("lrange");
+            let items = s.list(&format!("{prefix}queue:{q}"));
             let n = items.iter().filter(|x| x.as_str() == j).count();
             if n != 1 {
                 bad.push(format!("queued job {j} appears {n} times in queue {q}"));
@@ -311,12 +256,9 @@ async fn check_job(c: &mut MultiplexedConnection, prefix: &str, j: &str, bad: &m
         let (sid, idx) = (job.get("session"), job.get("idx"));
         if let (Some(sid), Some(idx)) = (sid, idx) {
             let sk = format!("{prefix}session:{sid}");
-            let owner: Option<String> = c.hget(format!("{sk}:jobs"), idx).await.expect("hget");
-            let logged: bool = c
-                .hexists(format!("{sk}:results"), idx)
-                .await
-                .expect("hexists");
-            if owner.as_deref() == Some(j) && !logged {
+            let owner = s.hash(&format!("{sk}:jobs")).get(idx);
+            let logged = s.hash(&format!("{sk}:results")).contains_key(idx);
+            if owner.map(String::as_str) == Some(j) && !logged {
                 bad.push(format!(
                     "{state} job {j} (index {idx}) has no terminal message in {sid}'s log"
                 ));
@@ -361,11 +303,7 @@ async fn check_job(c: &mut MultiplexedConnection, prefix: &str, j: &str, bad: &m
             if n.is_empty() {
                 continue;
             }
-            let held: bool = c
-                .sismember(format!("{prefix}node:{n}:jobs"), j)
-                .await
-                .expect("sismember");
-            if held {
+            if holds(n) {
                 bad.push(format!("{state} job {j} is still reserved on {n}"));
             }
         }
@@ -380,27 +318,23 @@ async fn check_job(c: &mut MultiplexedConnection, prefix: &str, j: &str, bad: &m
 /// route), so `check` cannot tell; the property test's cell (cell.rs) checks it.
 pub async fn unexplained_failures(c: &mut MultiplexedConnection, max_attempts: u32) -> Vec<String> {
     let mut bad = Vec::new();
-    for key in all_keys(c).await {
-        let Some(j) = key
-            .split_once("}:")
-            .and_then(|(_, rest)| rest.strip_prefix("job:"))
-            .filter(|j| !j.contains(':'))
-        else {
-            continue;
-        };
-        let job: HashMap<String, String> = c.hgetall(&key).await.expect("hgetall");
-        if job.get("state").map(String::as_str) != Some("FAILED") {
-            continue;
-        }
-        let attempt: u32 = job.get("attempt").and_then(|a| a.parse().ok()).unwrap_or(0);
-        let failed_over = job
-            .get(&format!("end:{attempt}"))
-            .is_some_and(|e| e.split(' ').nth(1) == Some("failover"));
-        let next = format!("route:{}", attempt + 1);
-        if failed_over && attempt < max_attempts && !job.contains_key(&next) {
-            bad.push(format!(
-                "job {j} failed over at attempt {attempt} of {max_attempts}, then failed without {next}"
-            ));
+    for prefix in cell_prefixes(&all_keys(c).await) {
+        let cell = Snapshot::read(c, &prefix).await;
+        for j in ids(&cell, &prefix, "job:") {
+            let job = cell.hash(&format!("{prefix}job:{j}"));
+            if job.get("state").map(String::as_str) != Some("FAILED") {
+                continue;
+            }
+            let attempt: u32 = job.get("attempt").and_then(|a| a.parse().ok()).unwrap_or(0);
+            let failed_over = job
+                .get(&format!("end:{attempt}"))
+                .is_some_and(|e| e.split(' ').nth(1) == Some("failover"));
+            let next = format!("route:{}", attempt + 1);
+            if failed_over && attempt < max_attempts && !job.contains_key(&next) {
+                bad.push(format!(
+                    "job {j} failed over at attempt {attempt} of {max_attempts}, then failed without {next}"
+                ));
+            }
         }
     }
     bad
