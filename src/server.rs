@@ -259,14 +259,23 @@ pub async fn start(cfg: Config) -> std::io::Result<Running> {
     for cell in app.cells.iter() {
         if let Err(e) = cell.store.load_scripts().await {
             tracing::warn!(cell = cell.name(), error = %e, "scripts not loaded yet; will retry when Redis answers");
+            continue;
         }
         // (readiness checks it again on every probe: this says why at once, in the log)
         match cell.store.memory().await {
-            Ok(m) if m.evicts() && !app.cfg.redis.allow_eviction => {
-                tracing::error!(cell = cell.name(), "not ready: {}", m.eviction_refused());
+            Ok(Some(m)) if m.evicts() => {
+                let cell = cell.name();
+                match app.cfg.redis.allow_eviction {
+                    false => tracing::error!(cell, "not ready: {}", m.eviction_refused()),
+                    true => tracing::warn!(
+                        cell,
+                        policy = m.policy,
+                        "Redis may evict keys (redis.allow_eviction)"
+                    ),
+                }
             }
-            Err(e @ crate::store::StoreError::Redis { .. }) => tracing::warn!(
-                cell = cell.name(), error = %e,
+            Ok(None) => tracing::warn!(
+                cell = cell.name(),
                 "INFO memory refused (an ACL user needs +info): Redis eviction is not checked"
             ),
             _ => {}

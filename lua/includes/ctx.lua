@@ -30,8 +30,8 @@ local BLOBS       -- the messages' JSON bodies (m) and binary payloads (blob: jo
 local EV          -- transitions this call made, by name (metrics): submitted, dispatched, ...
 local LAT         -- {dispatch=, e2e=, pool=}: ms from job creation to dispatch / to result;
                   -- pool[i]: the primary pool of the job of dispatch[i]
-local OWNERS      -- delivery targets' {owner, conn}, by key: looked up once per call by
-                  -- deliver(), or filled from a record the script read anyway
+local OWNERS      -- delivery targets' {owner, conn, session nonce}, by key: looked up once
+                  -- per call by deliver(), or filled from a record the script read anyway
 local NODE_ACK    -- supports_ack of the nodes pick's load() read in this call
 local SELF_INBOX  -- true in the background scripts (sweep, heartbeat, node_offline): a
                   -- terminal message for a session connected to the caller goes to the

@@ -24,7 +24,7 @@
 -- audio (submit of a client's pre-cut utterance): for a connection of the caller the
 -- entry says `own` instead of returning the audio as a blob (~8 KB less in the reply; the
 -- instance adds the client's own base64 text); an inbox delivery still carries it.
--- OWNERS (ctx.lua): target → {owner, conn, alive}, looked up once per call.
+-- OWNERS (ctx.lua): target → {owner, conn, nonce (sessions), alive=}, looked up once per call.
 -- `tail` (optional, a session's split terminal message, results.lua logged()): {key = the
 -- body's key, own = the caller holds the body}: the instance appends the body to `msg`
 -- when it writes it; an `own` body of a connection of the caller is not returned at all,

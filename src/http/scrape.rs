@@ -146,7 +146,7 @@ async fn read(app: &App, cell: &Cell) -> Reading {
         cell: cell.name().to_string(),
         states: store.node_states().await.ok(),
         inbox: store.inbox_stats(&app.instance_id).await.ok(),
-        memory: store.memory().await.ok().map(|m| (m.used, m.max)),
+        memory: store.memory().await.ok().flatten().map(|m| (m.used, m.max)),
         pools: None,
         capacity: None,
     };

@@ -11,10 +11,10 @@
 //! refuses a call before it runs (`-OOM`: a Redis Function that may write is checked before
 //! it starts), so nothing changes and the client hears `SCHEDULER_DEPENDENCY_DOWN`
 //! ([`super::StoreError::from_redis`]). `used` and `max` are exported as gauges so an
-//! operator sees it coming. A Redis that refuses `INFO` (an ACL user without `+info`) is not
-//! checked: the start logs it, readiness does not wait for it.
+//! operator sees it coming. A Redis that refuses `INFO` to its user (`NOPERM`, an ACL
+//! without `+info`) is not checked: the start logs it, readiness does not wait for it.
 
-use super::{Store, StoreError};
+use super::{Conn, Store, StoreError};
 
 /// What `INFO memory` says of the cell's Redis.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -60,24 +60,36 @@ impl Memory {
 }
 
 impl Store {
-    /// `INFO memory` of the node holding the cell (in cluster mode, the primary of its slot).
-    pub async fn memory(&self) -> Result<Memory, StoreError> {
+    /// `INFO memory` of the node holding the cell (in cluster mode, the primary of its slot);
+    /// `None`: Redis refused it to this user (`NOPERM`, an ACL without `+info`).
+    pub async fn memory(&self) -> Result<Option<Memory>, StoreError> {
         let mut conn = self.conn().await?;
+        self.memory_on(&mut conn).await
+    }
+
+    /// [`Store::memory`] on a connection the caller holds.
+    pub(super) async fn memory_on(&self, conn: &mut Conn) -> Result<Option<Memory>, StoreError> {
         let mut cmd = redis::cmd("INFO");
         cmd.arg("memory");
-        let v = self
+        let v = match self
             .connector
-            .on_cell(&mut conn, &cmd, &self.keys.instances())
+            .on_cell(conn, &cmd, &self.keys.instances())
             .await
-            .map_err(|e| StoreError::from_redis("info memory", e))?;
+        {
+            Ok(v) => v,
+            Err(e) if e.code() == Some("NOPERM") => return Ok(None),
+            Err(e) => return Err(StoreError::from_redis("info memory", e)),
+        };
         let text: String = redis::from_redis_value(v).map_err(|e| StoreError::Reply {
             script: "info memory",
             message: e.to_string(),
         })?;
-        Memory::parse(&text).ok_or_else(|| StoreError::Reply {
-            script: "info memory",
-            message: "no used_memory, maxmemory or maxmemory_policy".into(),
-        })
+        Memory::parse(&text)
+            .map(Some)
+            .ok_or_else(|| StoreError::Reply {
+                script: "info memory",
+                message: "no used_memory, maxmemory or maxmemory_policy".into(),
+            })
     }
 }
 

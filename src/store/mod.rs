@@ -279,8 +279,12 @@ impl Store {
                     return Err(StoreError::Unavailable(e.to_string()));
                 }
                 Err(e) => {
+                    // A full Redis (-OOM, memory.rs) refused the call on a healthy connection:
+                    // unavailable for the caller, but no reason to reconnect (every refused
+                    // call would open a connection to a Redis already in trouble).
+                    let full = e.code() == Some("OOM");
                     let e = StoreError::from_call(name, e);
-                    if matches!(e, StoreError::Unavailable(_) | StoreError::Ambiguous(_)) {
+                    if !full && matches!(e, StoreError::Unavailable(_) | StoreError::Ambiguous(_)) {
                         self.connector.drop_shared(slot);
                         Box::pin(self.connector.failed()).await;
                     }

@@ -409,6 +409,7 @@ impl Cell {
             .await?;
         self.clients.sessions.push(SessionClient {
             id: sid.to_string(),
+            nonce: nonce.to_string(),
             conn: Some((s, token)),
             seq: 1,
             langs,

@@ -72,6 +72,8 @@ pub struct SessionClient {
     /// Its session expired and its id was minted again for another client (`Cell::reopen`):
     /// gone for good, never picked again.
     pub retired: bool,
+    /// Its session's nonce: its jobs are `job-<nonce>-<index>`.
+    pub nonce: String,
 }
 
 impl SessionClient {
@@ -231,6 +233,13 @@ impl Clients {
             return;
         }
         let idx = v["utterance_index"].as_u64().expect("utterance_index");
+        // Its own job's outcome, never another session's under the same id and index.
+        if let Some(job) = v["job_id"].as_str()
+            && job != format!("job-{}-{idx}", s.nonce)
+        {
+            let m = format!("{id}: {ty} {idx} of {job}, not this session's job");
+            return self.violations.push(m);
+        }
         // The gateway's ordered writer (src/gateway/socket.rs): numbers below the next one
         // were written already (a resend after resume) and are dropped; later ones wait.
         let Some(q) = seq else {

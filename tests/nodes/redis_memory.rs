@@ -122,9 +122,31 @@ async fn a_full_redis_refuses_an_utterance_whole_and_serves_it_once_there_is_roo
         .expect("used_memory");
     config_set(&mut c, "maxmemory", &(used / 2).to_string()).await;
 
-    s.send(&utterance(&sid, 0)).await;
-    let err = s.recv_type("error").await;
-    assert_eq!(err["code"], "SCHEDULER_DEPENDENCY_DOWN", "{err}");
+    let connections = || async {
+        let info: String = redis::cmd("INFO")
+            .arg("stats")
+            .query_async(&mut redis.client().await)
+            .await
+            .expect("info stats");
+        let n = info
+            .lines()
+            .find_map(|l| l.strip_prefix("total_connections_received:"))
+            .and_then(|v| v.trim().parse::<u64>().ok());
+        n.expect("total_connections_received")
+    };
+    let before = connections().await;
+    for _ in 0..10 {
+        s.send(&utterance(&sid, 0)).await;
+        let err = s.recv_type("error").await;
+        assert_eq!(err["code"], "SCHEDULER_DEPENDENCY_DOWN", "{err}");
+    }
+    // A refused call leaves its healthy connection in place: no reconnect per refusal
+    // (one is the test's own INFO connection; before this, 7 were opened).
+    let opened = connections().await - before;
+    assert!(
+        opened <= 2,
+        "{opened} connections opened for 10 refused calls"
+    );
     let jobs: Vec<String> = redis::cmd("KEYS")
         .arg(format!("{PREFIX}job:*"))
         .query_async(&mut c)

@@ -3,7 +3,7 @@
 
 use std::collections::HashMap;
 
-use switchyard::store::jobs::{Attempt, Finished, Outcome};
+use switchyard::store::jobs::{Attempt, FencedReply, Finished, Outcome};
 use switchyard::store::nodes::NodeClaim;
 use switchyard::store::sessions::NewJob;
 
@@ -109,15 +109,18 @@ async fn the_jobs_of_an_earlier_session_never_reach_a_new_one_with_its_id() {
                 .map(|d| format!("{what}: {} to {} {}", d.k, d.id, d.msg)),
         );
     };
+    let fenced_ok = |r: &FencedReply| matches!(r, FencedReply::Ok { .. });
     let o = store
         .job_ack(&attempt("job-old1-2"), false)
         .await
         .expect("ack");
+    assert!(fenced_ok(&o.reply), "the ack ran: {:?}", o.reply);
     tell("ack", &o.out);
     let o = store
         .job_partial("job-old1-2", nid, &node_tok, "the old words", false)
         .await
         .expect("partial");
+    assert!(fenced_ok(&o.reply), "the partial ran: {:?}", o.reply);
     tell("partial", &o.out);
     let o = store
         .job_result(&attempt("job-old1-0"), &ok("the old words"))
