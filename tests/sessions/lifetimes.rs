@@ -25,7 +25,7 @@ async fn the_jobs_of_an_earlier_session_never_reach_a_new_one_with_its_id() {
     let (node_tok, old_tok, new_tok) = (inst.token(), inst.token(), inst.token());
     let store = &inst.store;
     let nid = "n-reuse";
-    let extra = [("capacity", "4".to_string()), ("supports_ack", "1".into())];
+    let extra = [("capacity", "3".to_string()), ("supports_ack", "1".into())];
     store
         .register(nid, NodeClaim::Replace, &node_tok, &caps(0), &extra, 0)
         .await
@@ -70,10 +70,11 @@ async fn the_jobs_of_an_earlier_session_never_reach_a_new_one_with_its_id() {
         }
     };
     assert_eq!(open(old_tok.clone(), "old1").await, OpenReply::Ok);
-    for index in 0..3 {
+    // Three run; the fourth waits in the queue (the node's capacity is 3).
+    for index in 0..4 {
         submit(old_tok.clone(), index).await;
     }
-    // Every key of the earlier session expires while its three jobs run.
+    // Every key of the earlier session expires while its jobs run and wait.
     for k in ["", ":jobs", ":results", ":pending", ":audio", ":rtime"] {
         let _: () = c
             .del(format!("{PREFIX}session:{sid}{k}"))
@@ -158,7 +159,27 @@ async fn the_jobs_of_an_earlier_session_never_reach_a_new_one_with_its_id() {
         .hget(format!("{PREFIX}node:{nid}"), "reserved")
         .await
         .expect("hget");
-    assert_eq!(reserved.as_deref(), Some("1"), "job-old1-2 still runs");
+    assert_eq!(
+        reserved.as_deref(),
+        Some("2"),
+        "job-old1-2 still runs, and the queued job-old1-3 took the slot job-old1-0 freed"
+    );
+    // That later dispatch (offer, not the session's submit) wrote nothing to the new
+    // session either; its DISPATCHED ui_event is among the result's deliveries above.
+    let s: Option<String> = c
+        .hget(format!("{PREFIX}job:job-old1-3"), "state")
+        .await
+        .expect("hget");
+    assert_eq!(s.as_deref(), Some("DISPATCHED"));
+    let last: Option<String> = c
+        .hget(format!("{PREFIX}session:{sid}"), "last_node")
+        .await
+        .expect("hget");
+    assert_eq!(
+        last.as_deref().unwrap_or_default(),
+        "",
+        "the old job's dispatch set the new session's last_node"
+    );
 
     // The new session's own job is served as ever.
     let o = submit(new_tok.clone(), 0).await;
