@@ -262,23 +262,20 @@ pub async fn start(cfg: Config) -> std::io::Result<Running> {
             continue;
         }
         // (readiness checks it again on every probe: this says why at once, in the log)
-        match cell.store.memory().await {
-            Ok(Some(m)) if m.evicts() => {
-                let cell = cell.name();
-                match app.cfg.redis.allow_eviction {
-                    false => tracing::error!(cell, "not ready: {}", m.eviction_refused()),
-                    true => tracing::warn!(
-                        cell,
-                        policy = m.policy,
-                        "Redis may evict keys (redis.allow_eviction)"
-                    ),
-                }
-            }
-            Ok(None) => tracing::warn!(
-                cell = cell.name(),
+        use crate::store::memory::Eviction;
+        let name = cell.name();
+        match cell.store.eviction().await {
+            Ok(Eviction::Refused(why)) => tracing::error!(cell = name, "not ready: {why}"),
+            Ok(Eviction::Accepted(policy)) => tracing::warn!(
+                cell = name,
+                policy,
+                "Redis may evict keys (redis.allow_eviction)"
+            ),
+            Ok(Eviction::Unchecked) => tracing::warn!(
+                cell = name,
                 "INFO memory refused (an ACL user needs +info): Redis eviction is not checked"
             ),
-            _ => {}
+            Ok(Eviction::Safe) | Err(_) => {}
         }
     }
     let router = crate::http::router(app.clone());

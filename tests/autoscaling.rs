@@ -10,12 +10,6 @@ use common::actors::{AutoNode, open_session, terminals, utterance};
 use common::*;
 use serde_json::json;
 
-/// The value of the sample `name{labels}` in the exposition, if present.
-fn sample(text: &str, series: &str) -> Option<f64> {
-    text.lines()
-        .find_map(|l| l.strip_prefix(series)?.trim().parse().ok())
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn pool_saturation_queue_wait_and_refusals_are_exported() {
     let redis = RedisServer::start().await;

@@ -27,12 +27,7 @@ fn ws_url_of(readyz: &str) -> String {
 }
 
 async fn metric(inst: &Running, name: &str) -> f64 {
-    let m = metrics_text(inst).await;
-    m.lines()
-        .find(|l| l.starts_with(name) && l[name.len()..].starts_with(' '))
-        .and_then(|l| l.rsplit(' ').next())
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(0.0)
+    sample(&metrics_text(inst).await, name).unwrap_or(0.0)
 }
 
 #[tokio::test]

@@ -56,6 +56,14 @@ local function owner_of(kind, id)
   return info
 end
 
+-- nonce_of(jid, nonce): whether job id `jid` is job-<nonce>-<digits>: made with session
+-- nonce `nonce` (and not with a longer one that starts with `nonce` and a hyphen).
+local HYPHEN = 45 -- string.byte('-')
+local function nonce_of(jid, nonce)
+  return type(nonce) == 'string' and nonce ~= '' and string.sub(jid, 5, 4 + #nonce) == nonce
+    and string.byte(jid, 5 + #nonce) == HYPHEN and string.find(jid, '^%d+$', 6 + #nonce) ~= nil
+end
+
 -- job_session(job): whether the session `job.session` names is still the one that created
 -- the job. Session ids are random and an expired one may be minted again: session_open
 -- refuses an id while any key of its earlier session lingers, but a job can outlive them
@@ -65,14 +73,6 @@ end
 -- session's records, asks this first. A job id is job-<nonce>-<index> (submit.lua) and the
 -- session record keeps its nonce (session_open): one comparison, the nonce read with the
 -- owner (owner_of).
--- nonce_of(jid, nonce): whether job id `jid` is job-<nonce>-<digits>: made with session
--- nonce `nonce` (and not with a longer one that starts with `nonce` and a hyphen).
-local HYPHEN = 45 -- string.byte('-')
-local function nonce_of(jid, nonce)
-  return type(nonce) == 'string' and nonce ~= '' and string.sub(jid, 5, 4 + #nonce) == nonce
-    and string.byte(jid, 5 + #nonce) == HYPHEN and string.find(jid, '^%d+$', 6 + #nonce) ~= nil
-end
-
 local function job_session(job)
   return nonce_of(job.id or '', owner_of('session', job.session or '')[3])
 end

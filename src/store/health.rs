@@ -88,11 +88,9 @@ impl Store {
             }
         };
         loaded?;
-        match self.memory_on(&mut conn).await? {
-            Some(m) if m.evicts() && !self.allow_eviction => {
-                Err(StoreError::Misconfigured(m.eviction_refused()))
-            }
-            // (None: INFO refused to this ACL user; not checked, the start logged it)
+        match self.eviction_on(&mut conn).await? {
+            super::memory::Eviction::Refused(why) => Err(StoreError::Misconfigured(why)),
+            // (Unchecked: INFO refused to this ACL user; the start logged it)
             _ => Ok(()),
         }
     }

@@ -59,7 +59,36 @@ impl Memory {
     }
 }
 
+/// What the cell's Redis memory settings mean for readiness (decided here only).
+#[derive(Debug, PartialEq, Eq)]
+pub enum Eviction {
+    /// `noeviction`, or no `maxmemory`: Redis never evicts.
+    Safe,
+    /// Redis may evict and `redis.allow_eviction` is off: not ready, for this reason.
+    Refused(String),
+    /// Redis may evict under this policy, and `redis.allow_eviction` accepts it.
+    Accepted(String),
+    /// Redis refused `INFO` to this user (`NOPERM`): not checked.
+    Unchecked,
+}
+
 impl Store {
+    /// [`Eviction`] of the cell's Redis.
+    pub async fn eviction(&self) -> Result<Eviction, StoreError> {
+        let mut conn = self.conn().await?;
+        self.eviction_on(&mut conn).await
+    }
+
+    /// [`Store::eviction`] on a connection the caller holds.
+    pub(super) async fn eviction_on(&self, conn: &mut Conn) -> Result<Eviction, StoreError> {
+        Ok(match self.memory_on(conn).await? {
+            None => Eviction::Unchecked,
+            Some(m) if !m.evicts() => Eviction::Safe,
+            Some(m) if self.allow_eviction => Eviction::Accepted(m.policy),
+            Some(m) => Eviction::Refused(m.eviction_refused()),
+        })
+    }
+
     /// `INFO memory` of the node holding the cell (in cluster mode, the primary of its slot);
     /// `None`: Redis refused it to this user (`NOPERM`, an ACL without `+info`).
     pub async fn memory(&self) -> Result<Option<Memory>, StoreError> {
@@ -68,7 +97,7 @@ impl Store {
     }
 
     /// [`Store::memory`] on a connection the caller holds.
-    pub(super) async fn memory_on(&self, conn: &mut Conn) -> Result<Option<Memory>, StoreError> {
+    async fn memory_on(&self, conn: &mut Conn) -> Result<Option<Memory>, StoreError> {
         let mut cmd = redis::cmd("INFO");
         cmd.arg("memory");
         let v = match self

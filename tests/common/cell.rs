@@ -102,6 +102,24 @@ pub fn one_way(src: &str, tgt: &str) -> (Route, String) {
     (route(&req).expect("valid route"), spec.to_string())
 }
 
+/// What `session_open` records of a one-way session from `langs.0` to `langs.1`, as the
+/// gateway's session_init would (route, job_assign template, resume proof).
+pub fn session_fields(langs: (&str, &str)) -> [(&'static str, String); 10] {
+    let (r, spec) = one_way(langs.0, langs.1);
+    [
+        ("src", langs.0.to_string()),
+        ("tgt", langs.1.into()),
+        ("mode", "one_way".into()),
+        ("tenant", String::new()),
+        ("pools", r.pools),
+        ("needs", r.needs),
+        ("pair", r.pair),
+        ("spec", spec),
+        ("trace_id", "t".into()),
+        ("resume_hash", RESUME_HASH.into()),
+    ]
+}
+
 /// The resume proof every simulated session holds (the gateway stores SHA-256 of a token).
 const RESUME_HASH: &str = "proof";
 pub const RESULT: &str = r#"{"type":"translation_result","text_asr":"a","text_translated":"b","tts_audio":"","tts_format":"opus"}"#;
@@ -390,19 +408,7 @@ impl Cell {
     ) -> R {
         let s = via as usize % INSTANCES;
         let token = self.inst[s].token();
-        let (r, spec) = one_way(langs.0, langs.1);
-        let fields = [
-            ("src", langs.0.to_string()),
-            ("tgt", langs.1.into()),
-            ("mode", "one_way".into()),
-            ("tenant", String::new()),
-            ("pools", r.pools),
-            ("needs", r.needs),
-            ("pair", r.pair),
-            ("spec", spec),
-            ("trace_id", "t".into()),
-            ("resume_hash", RESUME_HASH.into()),
-        ];
+        let fields = session_fields(langs);
         let store = &self.inst[s].store;
         let out = store
             .session_open(sid, false, &token, nonce, None, 0, &fields)

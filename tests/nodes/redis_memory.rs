@@ -18,6 +18,18 @@ async fn config_set(c: &mut super::Conn, name: &str, value: &str) {
         .expect("config set");
 }
 
+/// A number `INFO <section>` reports, read on a connection of its own.
+async fn info_field(redis: &RedisServer, section: &str, field: &str) -> u64 {
+    let info: String = redis::cmd("INFO")
+        .arg(section)
+        .query_async(&mut redis.client().await)
+        .await
+        .expect("info");
+    let prefix = format!("{field}:");
+    let value = info.lines().find_map(|l| l.strip_prefix(&prefix));
+    value.and_then(|v| v.trim().parse().ok()).expect(field)
+}
+
 async fn readyz(inst: &switchyard::server::Running) -> (u16, serde_json::Value) {
     get_json(&http_url(inst, "/readyz")).await
 }
@@ -82,12 +94,7 @@ async fn an_evicting_redis_keeps_the_instance_unready_until_its_policy_is_noevic
     assert_eq!(status, 200, "no maxmemory: Redis never evicts: {body}");
 
     let text = metrics_text(&inst).await;
-    let gauge = |name: &str| {
-        text.lines()
-            .find(|l| l.starts_with(&format!("switchyard_{name}{{cell=\"main\"}}")))
-            .and_then(|l| l.rsplit(' ').next())
-            .and_then(|v| v.parse::<f64>().ok())
-    };
+    let gauge = |name: &str| sample(&text, &format!("switchyard_{name}{{cell=\"main\"}}"));
     assert!(
         gauge("redis_memory_used_bytes").is_some_and(|v| v > 0.0),
         "{text}"
@@ -110,30 +117,10 @@ async fn a_full_redis_refuses_an_utterance_whole_and_serves_it_once_there_is_roo
     let (mut n, nid) = node_on(&inst, None).await;
     let (mut s, sid) = session_on(&inst).await;
     // Full: maxmemory below what Redis uses already.
-    let info: String = redis::cmd("INFO")
-        .arg("memory")
-        .query_async(&mut c)
-        .await
-        .expect("info");
-    let used: u64 = info
-        .lines()
-        .find_map(|l| l.strip_prefix("used_memory:"))
-        .and_then(|v| v.trim().parse().ok())
-        .expect("used_memory");
+    let used = info_field(&redis, "memory", "used_memory").await;
     config_set(&mut c, "maxmemory", &(used / 2).to_string()).await;
 
-    let connections = || async {
-        let info: String = redis::cmd("INFO")
-            .arg("stats")
-            .query_async(&mut redis.client().await)
-            .await
-            .expect("info stats");
-        let n = info
-            .lines()
-            .find_map(|l| l.strip_prefix("total_connections_received:"))
-            .and_then(|v| v.trim().parse::<u64>().ok());
-        n.expect("total_connections_received")
-    };
+    let connections = || info_field(&redis, "stats", "total_connections_received");
     let before = connections().await;
     for _ in 0..10 {
         s.send(&utterance(&sid, 0)).await;

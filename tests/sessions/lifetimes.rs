@@ -8,7 +8,7 @@ use switchyard::store::nodes::NodeClaim;
 use switchyard::store::sessions::NewJob;
 
 use super::*;
-use common::cell::{RESULT, caps, one_way};
+use common::cell::{RESULT, caps, one_way, session_fields};
 
 /// Session ids are random (32 bits) and `session_open` refuses a minted id only while a key
 /// of an earlier session of that id lingers. A job can outlive them all (an idle TTL
@@ -32,18 +32,7 @@ async fn the_jobs_of_an_earlier_session_never_reach_a_new_one_with_its_id() {
         .expect("register");
     let sid = "s-0000000f";
     let (route, spec) = one_way("en", "zh");
-    let fields = [
-        ("src", "en".to_string()),
-        ("tgt", "zh".into()),
-        ("mode", "one_way".into()),
-        ("tenant", String::new()),
-        ("pools", route.pools.clone()),
-        ("needs", route.needs.clone()),
-        ("pair", route.pair.clone()),
-        ("spec", spec.clone()),
-        ("trace_id", "t".into()),
-        ("resume_hash", "proof".into()),
-    ];
+    let fields = session_fields(("en", "zh"));
     let open = |tok: String, nonce: &'static str| {
         let fields = &fields;
         async move {
