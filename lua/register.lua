@@ -19,6 +19,11 @@ Output: [JSON, blobs...]  JSON.out = messages to deliver (queued jobs handed to 
   {"status":"taken"}  the minted id exists; mint another
   {"status":"conflict","owner":inst}  "reconnect" of an id a live connection holds: refused,
                       nothing changed (the holder keeps its node and its jobs)
+  {"status":"foreign"}  "reconnect" of an id whose record (live, disconnected or offline)
+                      is another tenant's (or public, for a tenant's credential, and the
+                      reverse): refused, nothing changed. A fleet token proves a tenant, not
+                      a node: it must never inherit another tenant's jobs, their audio, or
+                      the job_assigns waiting in an inbox for that id
   {"status":"ok","epoch":N,"state":"ready"|"draining","added":N,"removed":N,
    "replaced_conn":tok?,"replaced_owner":inst?}   a live older connection was replaced
    epoch: grows with every registration (commit order), whatever the floor: the caller's
@@ -44,7 +49,15 @@ if claim == 'mint' and redis.call('EXISTS', KEYS[1]) == 1 then
   return finish({status = 'taken'})
 end
 local liveness = CFG.liveness
-local prev = redis.call('HMGET', KEYS[1], 'conn', 'owner', 'state')
+local n = int(10, 'field pairs', 0, (#ARGV - 10) / 2)
+local prev = redis.call('HMGET', KEYS[1], 'conn', 'owner', 'state', 'tenant')
+if claim == 'reconnect' and prev[1] then
+  local tenant = ''
+  for i = 11, 10 + 2 * n, 2 do
+    if ARGV[i] == 'tenant' then tenant = ARGV[i + 1] end
+  end
+  if (prev[4] or '') ~= tenant then return finish({status = 'foreign'}) end
+end
 local reply = {status = 'ok'}
 if prev[1] and prev[1] ~= ARGV[7] and prev[3] ~= 'offline' and prev[3] ~= 'disconnected' then
   -- Held by another connection. It is live while its instance is: a connection of a
@@ -60,7 +73,6 @@ local state = 'ready'
 if redis.call('HGET', KEYS[1], 'drain') == '1' then state = 'draining' end
 
 local floor = int(9, 'epoch floor', 0, 2 ^ 53)
-local n = int(10, 'field pairs', 0, (#ARGV - 10) / 2)
 present() -- peers reach the node through us from now on
 local fields = {'id', node_id, 'conn', ARGV[7], 'owner', ME, 'state', state,
   'registered_at', NOW, 'last_hb', NOW, 'deadline', NOW + liveness, 'capsig', ARGV[8]}

@@ -5,6 +5,8 @@
 
 mod common;
 
+use std::time::Duration;
+
 use common::actors::*;
 use common::invariants::{self, PREFIX};
 use common::*;
@@ -97,6 +99,68 @@ async fn the_credential_tenant_is_the_tenant_and_a_frame_cannot_claim_another() 
     init["resume_token"] = ack["resume_token"].clone();
     other.send(&init).await;
     assert_eq!(other.recv_type("error").await["code"], "UNAUTHORIZED");
+    invariants::check(&mut c).await;
+}
+
+/// Audit finding: `register` let a fleet credential (no `sub`) reconnect any node id no live
+/// connection held, whatever tenant the record was: a globex fleet token took acme's
+/// disconnected node, its in-flight job (and the job's audio, on a job_assign re-sent to
+/// the new holder) went with it, and acme's genuine node was refused as the id's holder.
+/// Now a reconnect must be of the record's tenant (public for public); a credential whose
+/// `sub` is the id still may take it.
+#[tokio::test]
+async fn a_fleet_token_cannot_reconnect_a_node_id_of_another_tenant() {
+    let redis = RedisServer::start().await;
+    let inst = start_instance(&redis).await;
+    let mut c = redis.client().await;
+    let acme = token(&[Scope::Node], None, Some("acme"));
+    let nid = "node-ACME0001";
+    let mut n = WsClient::connect(&url_with(&inst, "/ws/node", &acme)).await;
+    n.register_id(fixture("node_register_first"), Some(nid))
+        .await;
+    // acme's session gives the node a job; the node then drops without a close frame
+    // (disconnected: it keeps the job for node.disconnect_grace_ms).
+    let app = token(&[Scope::Session], None, Some("acme"));
+    let (mut s, sid) = open_session(
+        &url_with(&inst, "/ws/session", &app),
+        fixture("session_init_one_way"),
+    )
+    .await;
+    s.send(&utterance(&sid, 0)).await;
+    let assign = n.recv_type("job_assign").await;
+    n.drop_connection();
+    eventually(Duration::from_secs(5), "the node is disconnected", || {
+        let mut c = c.clone();
+        async move { (node_hash(&mut c, nid).await["state"] == "disconnected").then_some(()) }
+    })
+    .await;
+    let before = node_hash(&mut c, nid).await;
+
+    // Another tenant's fleet token, and a public one, are refused; nothing changes.
+    let globex = token(&[Scope::Node], None, Some("globex"));
+    let public = token(&[Scope::Node], None, None);
+    for cred in [&globex, &public] {
+        let mut thief = WsClient::connect(&url_with(&inst, "/ws/node", cred)).await;
+        let mut f = fixture("node_register_first");
+        f["node_id"] = json!(nid);
+        thief.send(&f).await;
+        let e = thief.recv_type("error").await;
+        assert_eq!(e["code"], "UNAUTHORIZED", "{e}");
+        assert_eq!(thief.expect_close().await, Some(1008));
+        assert_eq!(node_hash(&mut c, nid).await, before, "the record changed");
+    }
+
+    // acme's own fleet token reconnects the node and can answer the job it kept.
+    let mut n = WsClient::connect(&url_with(&inst, "/ws/node", &acme)).await;
+    n.register_id(fixture("node_register_first"), Some(nid))
+        .await;
+    let mut result = fixture("job_result_success");
+    for k in ["job_id", "attempt_id", "session_id", "utterance_index"] {
+        result[k] = assign[k].clone();
+    }
+    n.send(&result).await;
+    let got = terminals(&mut s, 1, Duration::from_secs(5)).await;
+    assert_eq!(got[0]["type"], "translation_result", "{got:?}");
     invariants::check(&mut c).await;
 }
 

@@ -56,6 +56,9 @@ pub(super) enum Registration {
     },
     /// A live connection holds the id and this credential may not take it.
     Conflict,
+    /// The id's record is another tenant's (or public, or the reverse) and this credential
+    /// cannot prove it is that node.
+    Foreign,
     /// Registered, but a later registration of the id (another connection of this
     /// instance, whose outcome arrived first) took it over already: replaced.
     Superseded,
@@ -301,6 +304,10 @@ impl NodeConn {
                     Ok(Registration::Conflict) => {
                         self.send(Outbound::Unhold);
                         self.refuse_takeover()
+                    }
+                    Ok(Registration::Foreign) => {
+                        self.send(Outbound::Unhold);
+                        self.refuse_foreign()
                     }
                     Ok(Registration::Superseded) => {
                         self.send(Outbound::Unhold);

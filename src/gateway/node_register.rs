@@ -103,6 +103,10 @@ impl NodeConn {
                 self.send(Outbound::Unhold);
                 self.refuse_takeover()
             }
+            Ok(Registration::Foreign) => {
+                self.send(Outbound::Unhold);
+                self.refuse_foreign()
+            }
             Ok(Registration::Superseded) => {
                 self.send(Outbound::Unhold);
                 self.superseded()
@@ -201,6 +205,12 @@ impl NodeConn {
                 RegisterReply::Taken => {
                     routing::deliver(&app, &cell, assign);
                     refuse(&app)
+                }
+                RegisterReply::Foreign => {
+                    routing::deliver(&app, &cell, assign);
+                    refuse(&app);
+                    tracing::warn!(node_id = %node_id, "node id of another tenant refused");
+                    return Ok(Registration::Foreign);
                 }
                 RegisterReply::Conflict { owner } => {
                     routing::deliver(&app, &cell, assign);
@@ -303,6 +313,26 @@ impl NodeConn {
         self.send(Outbound::Close(
             close::POLICY,
             "node id held by a live connection".into(),
+        ));
+        self.done = true;
+    }
+}
+
+impl NodeConn {
+    /// The node id's record belongs to another tenant (or to none, for a tenant's
+    /// credential, and the reverse): a fleet credential proves a tenant, not a node, so it
+    /// may not inherit that node's jobs. `UNAUTHORIZED`, then close. Nothing says whose the
+    /// id is.
+    pub(super) fn refuse_foreign(&mut self) {
+        self.app.metrics.rejected(KIND, "foreign_tenant");
+        self.error(
+            ErrorCode::Unauthorized,
+            "this node id is registered to another tenant; only a credential whose sub is the \
+             node id may take it (or register another id)",
+        );
+        self.send(Outbound::Close(
+            close::POLICY,
+            "node id of another tenant".into(),
         ));
         self.done = true;
     }

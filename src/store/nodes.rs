@@ -40,6 +40,9 @@ pub enum RegisterReply {
     Taken,
     /// A live connection (on `owner`) holds the id and this one may not take it.
     Conflict { owner: String },
+    /// A reconnect (fleet credential) of an id whose record is another tenant's, or public
+    /// for a tenant's credential and the reverse: refused, nothing changed.
+    Foreign,
     Ok {
         /// Grows with every registration of the id (Redis's commit order), above the
         /// caller's floor: orders two outcomes of this instance that arrive out of order.
