@@ -15,7 +15,8 @@ Input:
   ARGV[10] ok: the translation_result JSON object without session_id, utterance_index,
            job_id, trace_id (added from the job record) and without its opening "{" (its
            members and the closing "}"); otherwise the node's error message
-  ARGV[11] service type that is not available (model_not_available)
+  ARGV[11] service type that is not available (model_not_available): asr, nmt, tts,
+           semantic, tone, phonetic, punctuation or other (the instance maps the node's id)
   ARGV[12] error code (error)
   ARGV[13] ok: the node's text_asr ("" = none: no utterance group)   ARGV[14] ok: text_translated
   ARGV[15] ok: node_completed_at_ms ("" if absent)   ARGV[16] ok: processing_time_ms ("" if absent)

@@ -7,6 +7,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 
 use crate::protocol::node::{CapabilityByType, LangPair, LanguageCapabilities, NodeRegister};
+use crate::protocol::session::Pipeline;
 use crate::protocol::{valid_id, valid_lang};
 
 /// The capability-bearing part of a node's state, merged from register + heartbeats.
@@ -193,9 +194,8 @@ pub struct RouteRequest<'a> {
     pub tgt: &'a str,
     pub lang_a: Option<&'a str>,
     pub lang_b: Option<&'a str>,
-    pub use_asr: bool,
-    pub use_nmt: bool,
-    pub use_tts: bool,
+    /// The services it uses (`use_semantic` and `use_tone` count only when `true`).
+    pub pipeline: Pipeline,
 }
 
 /// PROTOCOL.md "Pool rule", job side: tenant pool first, then the public pool unless the
@@ -246,13 +246,9 @@ pub fn route(r: &RouteRequest) -> Result<Route, String> {
             format!("{}→{}", r.src, r.tgt),
         )
     };
-    let needs: Vec<&str> = [(r.use_asr, "asr"), (r.use_nmt, "nmt"), (r.use_tts, "tts")]
-        .into_iter()
-        .filter_map(|(on, s)| on.then_some(s))
-        .collect();
     Ok(Route {
         pools: entries.join(","),
-        needs: needs.join(","),
+        needs: r.pipeline.services().join(","),
         pair,
     })
 }

@@ -16,6 +16,8 @@ mod redis_backend;
 mod redis_memory;
 #[path = "nodes/registration.rs"]
 mod registration;
+#[path = "nodes/services.rs"]
+mod services;
 
 use std::collections::BTreeSet;
 use std::time::Duration;

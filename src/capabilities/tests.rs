@@ -11,9 +11,7 @@ fn req<'a>(src: &'a str, tgt: &'a str) -> RouteRequest<'a> {
         tgt,
         lang_a: None,
         lang_b: None,
-        use_asr: true,
-        use_nmt: true,
-        use_tts: true,
+        pipeline: Pipeline::default(),
     }
 }
 
@@ -37,8 +35,14 @@ fn job_routes_follow_the_pool_rule() {
         "tenant:acme:zh:en|tenant:acme:en:zh"
     );
     let mut r = req("zh", "en");
-    r.use_tts = false;
+    r.pipeline.use_tts = false;
     assert_eq!(route(&r).unwrap().needs, "asr,nmt");
+    // semantic and tone are needed only when asked for (PROTOCOL.md "Pool rule")
+    r.pipeline.use_semantic = Some(true);
+    r.pipeline.use_tone = Some(false);
+    assert_eq!(route(&r).unwrap().needs, "asr,nmt,semantic");
+    r.pipeline.use_tone = Some(true);
+    assert_eq!(route(&r).unwrap().needs, "asr,nmt,semantic,tone");
     assert!(route(&req("zh", "a:b")).is_err());
     assert!(route(&req("zh", "auto")).is_err());
 }

@@ -151,8 +151,10 @@ impl NodeConn {
     }
 
     /// The service type a MODEL_NOT_AVAILABLE names: from the node's installed_services
-    /// (service_id → type), else the service id itself.
-    fn service_type<'a>(&'a self, details: Option<&'a serde_json::Value>) -> &'a str {
+    /// (service_id → type), else guessed from the id; one of [`SERVICE_TYPES`], or `other`.
+    /// Bounded: the script marks `down:<type>` on the node record, and a node's own
+    /// strings must not grow it (DESIGN §1.7).
+    fn service_type(&self, details: Option<&serde_json::Value>) -> &'static str {
         let id = details
             .and_then(|d| d.get("service_id"))
             .and_then(|v| v.as_str())
@@ -162,11 +164,19 @@ impl NodeConn {
             .as_ref()
             .map(|r| r.register.installed_services.as_slice())
             .unwrap_or_default();
-        installed
+        let named = installed
             .iter()
             .find(|s| s.get("service_id").and_then(|v| v.as_str()) == Some(id))
-            .and_then(|s| s.get("type").and_then(|v| v.as_str()))
-            .unwrap_or_else(|| guess_service_type(id))
+            .and_then(|s| s.get("type").and_then(|v| v.as_str()));
+        named
+            .and_then(|t| {
+                SERVICE_TYPES
+                    .iter()
+                    .find(|k| k.eq_ignore_ascii_case(t))
+                    .copied()
+            })
+            .or_else(|| guess_service_type(id))
+            .unwrap_or("other")
     }
 
     pub(super) async fn on_partial(&mut self, p: AsrPartial) {
@@ -186,26 +196,30 @@ impl NodeConn {
     }
 }
 
+/// The service types a node's `down:<type>` marks may name (`other` besides).
+const SERVICE_TYPES: [&str; 7] = [
+    "asr",
+    "nmt",
+    "tts",
+    "semantic",
+    "tone",
+    "phonetic",
+    "punctuation",
+];
+
 /// The service type a MODEL_NOT_AVAILABLE `service_id` names, when the node's
-/// installed_services do not say: by well-known names, else the id itself.
-fn guess_service_type(id: &str) -> &str {
+/// installed_services do not say: a type in the id, else a well-known model's name.
+fn guess_service_type(id: &str) -> Option<&'static str> {
     let lower = id.to_ascii_lowercase();
-    const TYPES: [&str; 7] = [
-        "asr",
-        "nmt",
-        "tts",
-        "semantic",
-        "tone",
-        "phonetic",
-        "punctuation",
-    ];
-    if let Some(t) = TYPES.iter().find(|t| lower.contains(*t)) {
-        return t;
+    if let Some(t) = SERVICE_TYPES.iter().find(|t| lower.contains(**t)) {
+        return Some(t);
     }
     match () {
-        _ if lower.contains("whisper") => "asr",
-        _ if lower.contains("piper") || lower.contains("vits") => "tts",
-        _ if lower.contains("m2m") || lower.contains("nllb") || lower.contains("marian") => "nmt",
-        _ => id,
+        _ if lower.contains("whisper") => Some("asr"),
+        _ if lower.contains("piper") || lower.contains("vits") => Some("tts"),
+        _ if lower.contains("m2m") || lower.contains("nllb") || lower.contains("marian") => {
+            Some("nmt")
+        }
+        _ => None,
     }
 }

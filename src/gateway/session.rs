@@ -320,9 +320,7 @@ impl SessionConn {
             tgt: &u.tgt_lang,
             lang_a: u.options.lang_a.as_deref(),
             lang_b: u.options.lang_b.as_deref(),
-            use_asr: pipeline.use_asr,
-            use_nmt: pipeline.use_nmt,
-            use_tts: pipeline.use_tts,
+            pipeline,
         }) {
             Ok(r) => r,
             Err(e) => return self.error(ErrorCode::InvalidMessage, e),

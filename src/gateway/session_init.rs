@@ -64,9 +64,7 @@ impl SessionConn {
             tgt: &init.tgt_lang,
             lang_a: init.options.lang_a.as_deref(),
             lang_b: init.options.lang_b.as_deref(),
-            use_asr: pipeline.use_asr,
-            use_nmt: pipeline.use_nmt,
-            use_tts: pipeline.use_tts,
+            pipeline,
         }) {
             Ok(r) => r,
             Err(e) => return self.error(ErrorCode::InvalidMessage, e),

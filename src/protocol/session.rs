@@ -114,6 +114,23 @@ fn yes() -> bool {
     true
 }
 
+impl Pipeline {
+    /// The service types this pipeline uses, in a fixed order: each must be ready on the
+    /// node a job of it runs on (PROTOCOL.md "Pool rule").
+    pub fn services(&self) -> Vec<&'static str> {
+        [
+            (self.use_asr, "asr"),
+            (self.use_nmt, "nmt"),
+            (self.use_tts, "tts"),
+            (self.use_semantic == Some(true), "semantic"),
+            (self.use_tone == Some(true), "tone"),
+        ]
+        .into_iter()
+        .filter_map(|(on, s)| on.then_some(s))
+        .collect()
+    }
+}
+
 impl Default for Pipeline {
     fn default() -> Self {
         Self {

@@ -93,9 +93,7 @@ pub fn one_way(src: &str, tgt: &str) -> (Route, String) {
         tgt,
         lang_a,
         lang_b,
-        use_asr: true,
-        use_nmt: true,
-        use_tts: true,
+        pipeline: Default::default(),
     };
     let spec = serde_json::json!({"src_lang": src, "tgt_lang": tgt, "audio_format": "opus",
         "sample_rate": 16000});
