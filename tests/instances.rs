@@ -361,10 +361,10 @@ async fn redis_away_for_five_seconds_under_load_then_everything_resumes_by_itsel
 
     redis.stop();
     s.send(&utterance(&sid, 5)).await;
-    assert_eq!(
-        s.recv_type("error").await["code"],
-        "SCHEDULER_DEPENDENCY_DOWN"
-    );
+    let e = s.recv_type("error").await;
+    assert_eq!(e["code"], "SCHEDULER_DEPENDENCY_DOWN", "{e}");
+    // which utterance to send again once Redis is back
+    assert_eq!(e["details"]["utterance_index"], 5, "{e}");
     let (status, _) = get_json(&http_url(&inst, "/readyz")).await;
     assert_eq!(status, 503);
     tokio::time::sleep(Duration::from_secs(5)).await;

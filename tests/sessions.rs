@@ -334,12 +334,17 @@ async fn session_messages_are_validated_and_answered() {
     assert_eq!(s.recv_type("error").await["code"], "UNSUPPORTED_FEATURE");
     s.send(&json!({"type": "webrtc_offer"})).await;
     assert_eq!(s.recv_type("error").await["code"], "UNSUPPORTED_FEATURE");
-    let mut bad = utterance(&sid, 0);
+    let mut bad = utterance(&sid, 3);
     bad["audio"] = json!("***not base64***");
     s.send(&bad).await;
-    assert_eq!(s.recv_type("error").await["code"], "INVALID_MESSAGE");
-    s.send(&utterance("s-FFFFFFFF", 0)).await;
-    assert_eq!(s.recv_type("error").await["code"], "INVALID_SESSION");
+    // A refusal names the utterance in details, never as a terminal message of its index.
+    let e = s.recv_type("error").await;
+    assert_eq!(e["code"], "INVALID_MESSAGE", "{e}");
+    assert_eq!(e["details"], json!({"utterance_index": 3}), "{e}");
+    assert!(!is_terminal(&e), "{e}");
+    s.send(&utterance("s-FFFFFFFF", 4)).await;
+    let e = s.recv_type("error").await;
+    assert_eq!(e["code"], "INVALID_SESSION", "{e}");
     let mut hb = fixture("client_heartbeat");
     hb["session_id"] = json!(sid);
     s.send(&hb).await;

@@ -43,25 +43,44 @@ impl Peer {
     }
 
     pub fn error(&self, code: ErrorCode, message: impl Into<String>) {
-        self.send(Outbound::Text(ErrorMessage::new(code, message).to_json()));
+        self.error_about(code, message, None);
+    }
+
+    /// An `error` with `details` naming what it is about (e.g. the `utterance_index` of a
+    /// refused utterance, which is not a terminal message of that index: none was made).
+    pub fn error_about(
+        &self,
+        code: ErrorCode,
+        message: impl Into<String>,
+        details: Option<&serde_json::Value>,
+    ) {
+        let mut e = ErrorMessage::new(code, message);
+        e.details = details.cloned();
+        self.send(Outbound::Text(e.to_json()));
     }
 
     /// Redis away, or a change its replicas did not confirm → `SCHEDULER_DEPENDENCY_DOWN`;
     /// anything else → `INTERNAL_ERROR`.
     pub fn store_error(&self, e: &StoreError) {
-        match e {
-            StoreError::Unavailable(_) | StoreError::Ambiguous(_) => self.error(
+        self.store_error_about(e, None);
+    }
+
+    /// [`Peer::store_error`] with `details` ([`Peer::error_about`]).
+    pub fn store_error_about(&self, e: &StoreError, details: Option<&serde_json::Value>) {
+        let (code, message) = match e {
+            StoreError::Unavailable(_) | StoreError::Ambiguous(_) => (
                 ErrorCode::SchedulerDependencyDown,
                 "scheduler state store unreachable",
             ),
             // Made on the primary (and its messages sent), but not known to be replicated:
             // a failover now could lose it.
-            StoreError::Unreplicated(_) => self.error(
+            StoreError::Unreplicated(_) => (
                 ErrorCode::SchedulerDependencyDown,
                 "scheduler state store did not confirm the change on its replicas",
             ),
-            _ => self.error(ErrorCode::InternalError, "internal error"),
-        }
+            _ => (ErrorCode::InternalError, "internal error"),
+        };
+        self.error_about(code, message, details);
     }
 
     /// This connection as an entry of the local connection map, in `cell`.

@@ -18,7 +18,7 @@ use axum::extract::State;
 use axum::extract::ws::WebSocketUpgrade;
 use axum::http::{HeaderMap, Uri};
 use axum::response::Response;
-use serde_json::json;
+use serde_json::{Value, json};
 use tracing::Instrument;
 
 use super::peer::{self, Handler, Peer};
@@ -112,16 +112,21 @@ impl Handler for SessionConn {
 
 impl SessionConn {
     /// Map a reply about an existing session that is not a success to its error.
-    fn session_problem(&self, r: &SessionReply) -> bool {
+    fn session_problem(&self, r: &SessionReply, about: Option<&Value>) -> bool {
         match r {
-            SessionReply::Missing => {
-                self.error(ErrorCode::InvalidSession, "unknown or expired session")
-            }
-            SessionReply::Stale => self.error(
+            SessionReply::Missing => self.error_about(
+                ErrorCode::InvalidSession,
+                "unknown or expired session",
+                about,
+            ),
+            SessionReply::Stale => self.error_about(
                 ErrorCode::InvalidSession,
                 "session is owned by another connection",
+                about,
             ),
-            SessionReply::Closed => self.error(ErrorCode::SessionClosed, "session is closed"),
+            SessionReply::Closed => {
+                self.error_about(ErrorCode::SessionClosed, "session is closed", about)
+            }
             _ => return false,
         }
         true
@@ -130,8 +135,8 @@ impl SessionConn {
     /// A failed call that may have released this session's messages: answered like any
     /// store error, then, when its reply was lost, what it released is recovered from the
     /// result log (`skip`) or the connection closes so it resumes (`resume`).
-    fn delivery_failed(&self, e: &StoreError) {
-        self.store_error(e);
+    fn delivery_failed(&self, e: &StoreError, about: Option<&Value>) {
+        self.store_error_about(e, about);
         if !e.is_ambiguous() {
             return;
         }
@@ -278,22 +283,22 @@ impl SessionConn {
                 let r = cell.store.session_close(sid, &self.token).await;
                 match routing::delivered(&app, cell, r) {
                     Ok(reply) => {
-                        if !self.session_problem(&reply) {
+                        if !self.session_problem(&reply, None) {
                             self.send_json(
                                 &json!({"type": "session_close_ack", "session_id": sid}),
                             );
                         }
                     }
-                    Err(e) => self.delivery_failed(&e),
+                    Err(e) => self.delivery_failed(&e, None),
                 }
                 return;
             }
         };
         match routing::delivered(&app, cell, result) {
             Ok(reply) => {
-                self.session_problem(&reply);
+                self.session_problem(&reply, None);
             }
-            Err(e) if delivers => self.delivery_failed(&e),
+            Err(e) if delivers => self.delivery_failed(&e, None),
             Err(e) => self.store_error(&e),
         }
     }
@@ -305,8 +310,16 @@ impl SessionConn {
         tenant: Option<&str>,
         u: Utterance<'_>,
     ) {
+        // Every refusal names the utterance in `details` (not as a terminal message of the
+        // index: no job was made, the client may send it again).
+        let about = json!({"utterance_index": u.utterance_index});
+        let about = Some(&about);
         let Ok(audio) = base64::decode(u.audio.as_bytes()) else {
-            return self.error(ErrorCode::InvalidMessage, "utterance audio is not base64");
+            return self.error_about(
+                ErrorCode::InvalidMessage,
+                "utterance audio is not base64",
+                about,
+            );
         };
         let pipeline = u.pipeline.unwrap_or_default();
         let two_way = u.options.mode.as_deref() == Some("two_way_auto");
@@ -323,7 +336,7 @@ impl SessionConn {
             pipeline,
         }) {
             Ok(r) => r,
-            Err(e) => return self.error(ErrorCode::InvalidMessage, e),
+            Err(e) => return self.error_about(ErrorCode::InvalidMessage, e, about),
         };
         let format = u.audio_format.as_deref().unwrap_or("opus");
         let spec = JobSpec {
@@ -359,21 +372,23 @@ impl SessionConn {
             ..Default::default()
         };
         match routing::delivered_with(&app, cell, out, known) {
-            Ok(SessionReply::Settled) => self.error(
+            Ok(SessionReply::Settled) => self.error_about(
                 ErrorCode::InvalidMessage,
                 format!(
                     "utterance_index {} already has its outcome",
                     u.utterance_index
                 ),
+                about,
             ),
-            Ok(SessionReply::TooFar) => self.error(
+            Ok(SessionReply::TooFar) => self.error_about(
                 ErrorCode::InvalidMessage,
                 format!("utterance_index {} is too far ahead", u.utterance_index),
+                about,
             ),
             Ok(other) => {
-                self.session_problem(&other);
+                self.session_problem(&other, about);
             }
-            Err(e) => self.delivery_failed(&e),
+            Err(e) => self.delivery_failed(&e, about),
         }
     }
 }
