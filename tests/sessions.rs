@@ -525,3 +525,5 @@ async fn an_audio_chunk_sent_twice_is_buffered_once() {
 
 #[path = "sessions/lifetimes.rs"]
 mod lifetimes;
+#[path = "sessions/playback.rs"]
+mod playback;

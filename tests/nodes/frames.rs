@@ -98,3 +98,29 @@ async fn full_lingua_frames_with_unknown_fields_are_accepted() {
     );
     invariants::check(&mut c).await;
 }
+
+/// DESIGN §8 "hello timeouts" (audit finding: untested): a socket that does not say what it
+/// is within `ws.hello_timeout_ms` — `node_register` on `/ws/node`, `session_init` on
+/// `/ws/session` — is closed with 1008 and leaves nothing behind; one that says it in time
+/// stays open.
+#[tokio::test]
+async fn a_peer_that_never_says_hello_is_closed_with_1008() {
+    let redis = RedisServer::start().await;
+    let inst = start_tweaked(&redis, |c| c.ws.hello_timeout_ms = 300).await;
+    let mut c = redis.client().await;
+    for path in ["/ws/node", "/ws/session"] {
+        let mut silent = WsClient::connect(&ws_url(&inst, path)).await;
+        let at = std::time::Instant::now();
+        assert_eq!(silent.expect_close().await, Some(1008), "{path}");
+        assert!(
+            at.elapsed() >= Duration::from_millis(250),
+            "{path}: closed after {:?}, before the hello timeout",
+            at.elapsed()
+        );
+    }
+    assert!(node_keys(&mut c).await.is_empty(), "nothing registered");
+    let mut node = WsClient::connect(&ws_url(&inst, "/ws/node")).await;
+    node.register_id(fixture("node_register_first"), None).await;
+    node.expect_silence(Duration::from_millis(600)).await;
+    invariants::check(&mut c).await;
+}

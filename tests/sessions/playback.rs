@@ -1,0 +1,49 @@
+//! Playback is not silence: a client's `tts_started` holds the pause cut of the audio it has
+//! sent (past `session.playback_grace_ms`), and its `tts_play_ended` starts the pause clock
+//! again (PROTOCOL.md "audio_chunk"; `lua/session_touch.lua`).
+
+use std::time::Instant;
+
+use super::*;
+
+/// Audit finding: nothing tested that `tts_started` / `tts_play_ended` move the pause cut.
+#[tokio::test]
+async fn playback_holds_the_pause_cut_until_it_ends() {
+    let redis = RedisServer::start().await;
+    let inst = start_tweaked(&redis, |c| {
+        c.session.pause_ms = 300;
+        c.session.playback_grace_ms = 1_000;
+    })
+    .await;
+    let mut c = redis.client().await;
+    let (mut n, _nid) = node(&inst, |_| {}).await;
+    let (mut s, sid) = session(&inst).await;
+    let mut ch = fixture("audio_chunk");
+    ch["session_id"] = json!(sid);
+    s.send(&ch).await;
+    let mut started = fixture("tts_play_ended");
+    started["type"] = json!("tts_started");
+    started["session_id"] = json!(sid);
+    s.send(&started).await;
+    // Without playback the pause cut comes within pause_ms + one sweep (~500 ms).
+    assert!(
+        next_of(&mut n, "job_assign", Duration::from_millis(800))
+            .await
+            .is_none(),
+        "the audio was cut while the client played a result"
+    );
+    let mut ended = fixture("tts_play_ended");
+    ended["session_id"] = json!(sid);
+    s.send(&ended).await;
+    let at = Instant::now();
+    let a = next_of(&mut n, "job_assign", T)
+        .await
+        .expect("cut by the pause once playback ended");
+    assert!(
+        at.elapsed() >= Duration::from_millis(250),
+        "cut {:?} after playback ended, before pause_ms (300 ms)",
+        at.elapsed()
+    );
+    assert_eq!(a["utterance_index"], 0, "{a}");
+    invariants::check(&mut c).await;
+}
