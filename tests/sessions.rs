@@ -523,6 +523,8 @@ async fn an_audio_chunk_sent_twice_is_buffered_once() {
     invariants::check(&mut c).await;
 }
 
+#[path = "sessions/frames.rs"]
+mod frames;
 #[path = "sessions/lifetimes.rs"]
 mod lifetimes;
 #[path = "sessions/playback.rs"]

@@ -8,6 +8,7 @@ use redis::AsyncCommands;
 use serde_json::json;
 
 use super::{ZH_EN_POOLS, pool_members, pools_of, set};
+use crate::common::actors::{answer, open_session, terminals, utterance};
 use crate::common::invariants::{self, PREFIX};
 use crate::common::*;
 
@@ -126,6 +127,22 @@ async fn nodes_connected_before_a_second_instance_starts_and_after_flushall_are_
         node_hash(&mut c, &late_id).await["owner"],
         b.app.instance_id
     );
+    // DESIGN §6 "Redis wiped": new jobs work at once (a new session; the old ones are gone).
+    let (mut s, sid) =
+        open_session(&ws_url(&a, "/ws/session"), fixture("session_init_one_way")).await;
+    s.send(&utterance(&sid, 0)).await;
+    let (on_first, job) = tokio::select! {
+        v = node.recv_type("job_assign") => (true, v),
+        v = late.recv_type("job_assign") => (false, v),
+    };
+    let (ws, nid) = if on_first {
+        (&mut node, &id)
+    } else {
+        (&mut late, &late_id)
+    };
+    ws.send(&answer(&job, nid, "after the wipe")).await;
+    let got = terminals(&mut s, 1, Duration::from_secs(5)).await;
+    assert_eq!(got[0]["text_translated"], "after the wipe", "{got:?}");
     invariants::check(&mut c).await;
 }
 

@@ -1,0 +1,42 @@
+//! Frames on the session socket (DESIGN §6 "malformed / oversized / unknown frames"; the node
+//! socket's are in tests/nodes/frames.rs): errors that change nothing, 1009 for a frame over
+//! the limit, and the session still there for its resume.
+
+use std::collections::HashMap;
+
+use super::*;
+
+#[tokio::test]
+async fn malformed_binary_and_oversized_session_frames_change_nothing() {
+    let redis = RedisServer::start().await;
+    let inst = start_instance(&redis).await;
+    let mut c = redis.client().await;
+    let (mut s, sid) = session(&inst).await;
+    let key = format!("{PREFIX}session:{sid}");
+    let before: HashMap<String, String> = c.hgetall(&key).await.unwrap();
+    for frame in [
+        "not json",
+        "[1,2]",
+        r#"{"type":"utterance","session_id":7}"#,
+    ] {
+        s.send_text(frame).await;
+        let e = s.recv_type("error").await;
+        assert_eq!(e["code"], "INVALID_MESSAGE", "{frame}: {e}");
+    }
+    s.send_binary(vec![1, 2, 3]).await;
+    assert_eq!(s.recv_type("error").await["code"], "INVALID_MESSAGE");
+    let after: HashMap<String, String> = c.hgetall(&key).await.unwrap();
+    assert_eq!(after, before, "nothing changed");
+
+    // Over the frame limit (the tests' 64 KiB): 1009, and the session stays for its resume.
+    s.send_text(&"x".repeat(70 * 1024)).await;
+    assert_eq!(s.expect_close().await, Some(1009));
+    let m = metrics_text(&inst).await;
+    assert!(
+        m.contains(r#"switchyard_messages_rejected_total{kind="session",detail="oversized"} 1"#),
+        "{m}"
+    );
+    let state: Option<String> = c.hget(&key, "state").await.unwrap();
+    assert_eq!(state.as_deref(), Some("open"));
+    invariants::check(&mut c).await;
+}
