@@ -111,7 +111,8 @@ async fn the_credential_tenant_is_the_tenant_and_a_frame_cannot_claim_another() 
 #[tokio::test]
 async fn a_fleet_token_cannot_reconnect_a_node_id_of_another_tenant() {
     let redis = RedisServer::start().await;
-    let inst = start_instance(&redis).await;
+    // (the dropped node keeps its job through the whole scenario, however slow the machine)
+    let inst = start_tweaked(&redis, |c| c.node.disconnect_grace_ms = 10_000).await;
     let mut c = redis.client().await;
     let acme = token(&[Scope::Node], None, Some("acme"));
     let nid = "node-ACME0001";

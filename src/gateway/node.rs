@@ -49,11 +49,7 @@ pub(super) enum Registration {
     /// Registered as `node_id`, in `state`. `assign`: what the script sent this node at
     /// once (queued jobs it was offered), to be written after the `node_register_ack` — a
     /// lingua node refuses jobs until it has its ack.
-    Done {
-        node_id: String,
-        state: String,
-        assign: Output<()>,
-    },
+    Done(Admitted),
     /// A live connection holds the id and this credential may not take it.
     Conflict,
     /// The id's record is another tenant's (or public, or the reverse) and this credential
@@ -62,6 +58,13 @@ pub(super) enum Registration {
     /// Registered, but a later registration of the id (another connection of this
     /// instance, whose outcome arrived first) took it over already: replaced.
     Superseded,
+}
+
+/// A registration that went through.
+pub(super) struct Admitted {
+    pub(super) node_id: String,
+    pub(super) state: String,
+    pub(super) assign: Output<()>,
 }
 
 /// What this connection has registered.
@@ -291,32 +294,15 @@ impl NodeConn {
                 if let Some(s) = h.capability_by_type.clone() {
                     register.capability_by_type = s;
                 }
-                match self.register(Some(node_id.clone()), &caps, &register).await {
-                    Ok(Registration::Done { assign, .. }) => {
-                        self.send(Outbound::Unhold);
-                        routing::deliver(&self.app, &cell, assign);
-                        self.reg = Some(Registered {
-                            node_id,
-                            caps,
-                            register,
-                        })
-                    }
-                    Ok(Registration::Conflict) => {
-                        self.send(Outbound::Unhold);
-                        self.refuse_takeover()
-                    }
-                    Ok(Registration::Foreign) => {
-                        self.send(Outbound::Unhold);
-                        self.refuse_foreign()
-                    }
-                    Ok(Registration::Superseded) => {
-                        self.send(Outbound::Unhold);
-                        self.superseded()
-                    }
-                    Err(e) => {
-                        self.send(Outbound::Unhold);
-                        self.store_error(&e)
-                    }
+                let outcome = self.register(Some(node_id.clone()), &caps, &register).await;
+                if let Some(Admitted { assign, .. }) = self.accepted(outcome) {
+                    self.send(Outbound::Unhold);
+                    routing::deliver(&self.app, &cell, assign);
+                    self.reg = Some(Registered {
+                        node_id,
+                        caps,
+                        register,
+                    })
                 }
             }
             Ok(HeartbeatReply::Stale { .. }) => {

@@ -2,7 +2,7 @@
 //! reconnect rule, a minted id), the `register` script call with the local binding around it,
 //! and the refusal of a takeover (`NODE_ID_CONFLICT`).
 
-use super::node::{NodeConn, Registered, Registration};
+use super::node::{Admitted, NodeConn, Registered, Registration};
 use std::sync::Arc;
 
 use super::{Accepted, Kind, LocalConn, Outbound, close};
@@ -95,62 +95,45 @@ impl NodeConn {
         let pinned = self.cell.is_some();
         self.cell = Some(cell.clone());
         let outcome = self.register(id, &caps, &r).await;
-        if !pinned && !matches!(outcome, Ok(Registration::Done { .. })) {
+        if !pinned && !matches!(outcome, Ok(Registration::Done(_))) {
             self.cell = None;
         }
-        match outcome {
-            Ok(Registration::Conflict) => {
-                self.send(Outbound::Unhold);
-                self.refuse_takeover()
-            }
-            Ok(Registration::Foreign) => {
-                self.send(Outbound::Unhold);
-                self.refuse_foreign()
-            }
-            Ok(Registration::Superseded) => {
-                self.send(Outbound::Unhold);
-                self.superseded()
-            }
-            Ok(Registration::Done {
-                node_id,
-                state,
-                assign,
-            }) => {
-                let pools = caps.pools().len();
-                let message = if pools == 0 {
-                    "registered; serves no language pair (check language_capabilities)".into()
-                } else {
-                    format!("registered in {pools} pools")
-                };
-                let status = if state == "draining" {
-                    "draining"
-                } else {
-                    "ready"
-                };
-                let ack = serde_json::to_string(&NodeRegisterAck {
-                    kind: "node_register_ack",
-                    node_id: &node_id,
-                    message,
-                    status,
-                });
-                match ack {
-                    Ok(t) => self.send(Outbound::First(t)),
-                    Err(e) => {
-                        tracing::error!(error = %e, "encode failed");
-                        self.send(Outbound::Unhold);
-                    }
+        if let Some(Admitted {
+            node_id,
+            state,
+            assign,
+        }) = self.accepted(outcome)
+        {
+            let pools = caps.pools().len();
+            let message = if pools == 0 {
+                "registered; serves no language pair (check language_capabilities)".into()
+            } else {
+                format!("registered in {pools} pools")
+            };
+            let status = if state == "draining" {
+                "draining"
+            } else {
+                "ready"
+            };
+            let ack = serde_json::to_string(&NodeRegisterAck {
+                kind: "node_register_ack",
+                node_id: &node_id,
+                message,
+                status,
+            });
+            match ack {
+                Ok(t) => self.send(Outbound::First(t)),
+                Err(e) => {
+                    tracing::error!(error = %e, "encode failed");
+                    self.send(Outbound::Unhold);
                 }
-                routing::deliver(&self.app, &cell, assign);
-                self.reg = Some(Registered {
-                    node_id,
-                    caps,
-                    register: r,
-                });
             }
-            Err(e) => {
-                self.send(Outbound::Unhold);
-                self.store_error(&e)
-            }
+            routing::deliver(&self.app, &cell, assign);
+            self.reg = Some(Registered {
+                node_id,
+                caps,
+                register: r,
+            });
         }
     }
 
@@ -244,11 +227,11 @@ impl NodeConn {
                     if let Some(tok) = replaced_conn {
                         tracing::info!(node_id = %node_id, old_conn = %tok, "node connection replaced");
                     }
-                    return Ok(Registration::Done {
+                    return Ok(Registration::Done(Admitted {
                         node_id,
                         state,
                         assign,
-                    });
+                    }));
                 }
             }
         }
@@ -298,47 +281,61 @@ fn mint_node_id() -> String {
     format!("node-{:08X}", rand::random::<u32>())
 }
 
-/// Descriptive node-hash fields from a registration.
 impl NodeConn {
-    /// A live connection holds the node id and this credential cannot prove it is that
-    /// node: `NODE_ID_CONFLICT`, then close, so a genuine node whose old connection is
-    /// only half-open reconnects (and wins once that connection is found dead).
-    pub(super) fn refuse_takeover(&mut self) {
-        self.app.metrics.rejected(KIND, "node_id_conflict");
-        self.error(
-            ErrorCode::NodeIdConflict,
-            "a live connection holds this node id; only a credential whose sub is the node id \
-             may take it over",
-        );
-        self.send(Outbound::Close(
-            close::POLICY,
-            "node id held by a live connection".into(),
-        ));
+    /// A registration's outcome if it went through; a refusal (the held writer released,
+    /// then the answer and a close) or the store's error is answered here.
+    pub(super) fn accepted(
+        &mut self,
+        outcome: Result<Registration, StoreError>,
+    ) -> Option<Admitted> {
+        let refusal = match outcome {
+            Ok(Registration::Done(a)) => return Some(a),
+            Ok(Registration::Conflict) => Refusal::Held,
+            Ok(Registration::Foreign) => Refusal::Foreign,
+            Ok(Registration::Superseded) => {
+                self.send(Outbound::Unhold);
+                self.superseded();
+                return None;
+            }
+            Err(e) => {
+                self.send(Outbound::Unhold);
+                self.store_error(&e);
+                return None;
+            }
+        };
+        self.send(Outbound::Unhold);
+        self.refuse(refusal);
+        None
+    }
+
+    /// The node id is not this credential's to take: the answer, then close 1008.
+    fn refuse(&mut self, why: Refusal) {
+        let (detail, code, message, reason) = match why {
+            // so a genuine node whose old connection is only half-open reconnects (and wins
+            // once that connection is found dead)
+            Refusal::Held => (
+                "node_id_conflict",
+                ErrorCode::NodeIdConflict,
+                "a live connection holds this node id; only a credential whose sub is the \
+                 node id may take it over",
+                "node id held by a live connection",
+            ),
+            // a fleet credential proves a tenant, not a node: it may not inherit another
+            // tenant's node and its jobs (nothing says whose the id is)
+            Refusal::Foreign => (
+                "foreign_tenant",
+                ErrorCode::Unauthorized,
+                "this node id is registered to another tenant; only a credential whose sub is \
+                 the node id may take it (or register another id)",
+                "node id of another tenant",
+            ),
+        };
+        self.app.metrics.rejected(KIND, detail);
+        self.error(code, message);
+        self.send(Outbound::Close(close::POLICY, reason.into()));
         self.done = true;
     }
-}
 
-impl NodeConn {
-    /// The node id's record belongs to another tenant (or to none, for a tenant's
-    /// credential, and the reverse): a fleet credential proves a tenant, not a node, so it
-    /// may not inherit that node's jobs. `UNAUTHORIZED`, then close. Nothing says whose the
-    /// id is.
-    pub(super) fn refuse_foreign(&mut self) {
-        self.app.metrics.rejected(KIND, "foreign_tenant");
-        self.error(
-            ErrorCode::Unauthorized,
-            "this node id is registered to another tenant; only a credential whose sub is the \
-             node id may take it (or register another id)",
-        );
-        self.send(Outbound::Close(
-            close::POLICY,
-            "node id of another tenant".into(),
-        ));
-        self.done = true;
-    }
-}
-
-impl NodeConn {
     /// Another connection owns the node id now: a later registration of the id on this
     /// instance took it over before this one's outcome arrived (its binding is gone
     /// already), or a heartbeat found the record taken. `NODE_ID_CONFLICT`, then close 4001.
@@ -357,6 +354,15 @@ impl NodeConn {
     }
 }
 
+/// Why a registration may not take its node id.
+enum Refusal {
+    /// A live connection holds it (a fleet credential).
+    Held,
+    /// Its record is another tenant's, or public and the reverse (a fleet credential).
+    Foreign,
+}
+
+/// Descriptive node-hash fields from a registration.
 fn register_fields(r: &NodeRegister, default_capacity: u32) -> Vec<(&'static str, String)> {
     let json = |v: &serde_json::Value| serde_json::to_string(v).unwrap_or_default();
     vec![

@@ -77,7 +77,7 @@ async fn a_job_needs_the_semantic_service_only_when_its_pipeline_uses_it() {
 /// `service_id`, any string up to a frame's size, and `down:<that>` was written to the node's
 /// record and never deleted: a node could grow its record without bound.
 #[tokio::test]
-async fn unknown_service_ids_mark_one_bounded_field() {
+async fn a_nodes_service_ids_mark_only_known_types_or_other() {
     let redis = RedisServer::start().await;
     let inst = start_tweaked(&redis, |c| c.jobs.model_unavailable_ms = 1).await;
     let mut c = redis.client().await;
