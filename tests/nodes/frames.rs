@@ -124,3 +124,30 @@ async fn a_peer_that_never_says_hello_is_closed_with_1008() {
     node.expect_silence(Duration::from_millis(600)).await;
     invariants::check(&mut c).await;
 }
+
+/// A peer that sends nothing at all — not even the pongs to the instance's pings — for
+/// `ws.idle_timeout_ms` is closed with 4003, counted as `idle` (audit finding: untested).
+#[tokio::test]
+async fn a_silent_peer_is_closed_as_idle() {
+    let redis = RedisServer::start().await;
+    let inst = start_tweaked(&redis, |c| {
+        c.ws.ping_interval_ms = 100;
+        c.ws.idle_timeout_ms = 300;
+    })
+    .await;
+    let mut c = redis.client().await;
+    let mut node = WsClient::connect(&ws_url(&inst, "/ws/node")).await;
+    node.register_id(fixture("node_register_first"), None).await;
+    // Not reading: the pings wait unanswered in the socket.
+    tokio::time::sleep(Duration::from_millis(1_000)).await;
+    // The close frame is there, but reading it makes the client answer the queued pings
+    // on a socket the instance has closed: the read may end in that error first.
+    let code = node.expect_close().await;
+    assert!(matches!(code, Some(4003) | None), "{code:?}");
+    let m = metrics_text(&inst).await;
+    assert!(
+        m.contains(r#"switchyard_messages_rejected_total{kind="node",detail="idle"} 1"#),
+        "{m}"
+    );
+    invariants::check(&mut c).await;
+}
