@@ -194,6 +194,16 @@ impl Clients {
 
     /// Write one message to the client that holds connection `conn` through `slot`, as the
     /// gateway does (a message for another connection is dropped).
+    /// Whether session `id` is bound to connection `conn` of instance `slot`.
+    fn session_bound(&self, slot: usize, id: &str, conn: &str) -> bool {
+        self.sessions.iter().any(|s| {
+            s.id == id
+                && s.conn
+                    .as_ref()
+                    .is_some_and(|(sl, t)| *sl == slot && t == conn)
+        })
+    }
+
     fn deliver(
         &mut self,
         slot: usize,
@@ -290,21 +300,31 @@ impl Clients {
                     self.check_audio(&env.msg, audio.as_deref());
                 }
                 // A result logged in two parts names its body's key: read it, as the
-                // consumer does.
-                let tail: Vec<u8> = match e.map.get("tail_key") {
+                // consumer does. A body that is gone (the session's keys expired: Reopen)
+                // drops the entry, as the consumer does — never for a connection still
+                // bound to the session.
+                let tail: Option<Vec<u8>> = match e.map.get("tail_key") {
                     Some(k) => {
                         let k: Vec<u8> = redis::from_redis_value_ref(k).expect("tail_key");
-                        let b: Option<Vec<u8>> = redis::cmd("GET")
+                        redis::cmd("GET")
                             .arg(&k)
                             .query_async(c)
                             .await
-                            .expect("get body");
-                        b.expect("the body an inbox entry names exists")
+                            .expect("get body")
                     }
-                    None => Vec::new(),
+                    None => Some(Vec::new()),
                 };
-                let msg = format!("{}{}", env.msg, String::from_utf8_lossy(&tail));
-                self.deliver(slot, &env.k, &env.id, Some(&env.conn), &msg, seq);
+                match tail {
+                    Some(tail) => {
+                        let msg = format!("{}{}", env.msg, String::from_utf8_lossy(&tail));
+                        self.deliver(slot, &env.k, &env.id, Some(&env.conn), &msg, seq);
+                    }
+                    None => assert!(
+                        !self.session_bound(slot, &env.id, &env.conn),
+                        "the body of a result for {}'s live connection is gone",
+                        env.id
+                    ),
+                }
                 let _: u64 = redis::cmd("XDEL")
                     .arg(&key)
                     .arg(&e.id)
