@@ -1,6 +1,7 @@
 //! A node's `node_register`: which id it may hold (its credential's `sub`, a fleet token's
 //! reconnect rule, a minted id), the `register` script call with the local binding around it,
-//! and the refusal of a takeover (`NODE_ID_CONFLICT`).
+//! and the answer to a refused one: a takeover of a held id (`NODE_ID_CONFLICT`), another
+//! tenant's id (`UNAUTHORIZED`), a registration superseded by a later one.
 
 use super::node::{Admitted, NodeConn, Registered, Registration};
 use std::sync::Arc;
