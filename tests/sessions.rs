@@ -345,6 +345,7 @@ async fn session_messages_are_validated_and_answered() {
     s.send(&utterance("s-FFFFFFFF", 4)).await;
     let e = s.recv_type("error").await;
     assert_eq!(e["code"], "INVALID_SESSION", "{e}");
+    assert_eq!(e["details"]["utterance_index"], 4, "{e}");
     let mut hb = fixture("client_heartbeat");
     hb["session_id"] = json!(sid);
     s.send(&hb).await;

@@ -216,15 +216,23 @@ impl SessionConn {
             self.app.metrics.message_in(KIND, "session_init");
             return self.on_init(*init).await;
         }
+        // Every refusal of an utterance names it in `details` (not as a terminal message of
+        // the index: no job was made, the client may send it again).
+        let about = match &msg {
+            SessionInbound::Utterance(u) => Some(json!({"utterance_index": u.utterance_index})),
+            _ => None,
+        };
+        let about = about.as_ref();
         let Some(opened) = self.session.clone() else {
-            return self.error(ErrorCode::InvalidSession, "send session_init first");
+            return self.error_about(ErrorCode::InvalidSession, "send session_init first", about);
         };
         let (sid, tenant, cell) = (opened.id.as_str(), opened.tenant.as_deref(), &*opened.cell);
         if msg.session_id().is_some_and(|s| s != sid) {
             self.app.metrics.rejected(KIND, "foreign_session");
-            return self.error(
+            return self.error_about(
                 ErrorCode::InvalidSession,
                 format!("this connection serves session {sid}"),
+                about,
             );
         }
         let app = self.app.clone();
@@ -250,7 +258,7 @@ impl SessionConn {
             }
             SessionInbound::Utterance(u) => {
                 app.metrics.message_in(KIND, "utterance");
-                return self.on_utterance(cell, sid, tenant, *u).await;
+                return self.on_utterance(cell, sid, tenant, *u, about).await;
             }
             SessionInbound::ClientHeartbeat(_) => {
                 app.metrics.message_in(KIND, "client_heartbeat");
@@ -303,17 +311,15 @@ impl SessionConn {
         }
     }
 
+    /// `about`: the `details` each refusal of it carries (its `utterance_index`).
     async fn on_utterance(
         &mut self,
         cell: &Cell,
         sid: &str,
         tenant: Option<&str>,
         u: Utterance<'_>,
+        about: Option<&Value>,
     ) {
-        // Every refusal names the utterance in `details` (not as a terminal message of the
-        // index: no job was made, the client may send it again).
-        let about = json!({"utterance_index": u.utterance_index});
-        let about = Some(&about);
         let Ok(audio) = base64::decode(u.audio.as_bytes()) else {
             return self.error_about(
                 ErrorCode::InvalidMessage,

@@ -11,6 +11,12 @@ async fn malformed_binary_and_oversized_session_frames_change_nothing() {
     let redis = RedisServer::start().await;
     let inst = start_instance(&redis).await;
     let mut c = redis.client().await;
+    // Before session_init: refused, naming the utterance.
+    let mut early = WsClient::connect(&ws_url(&inst, "/ws/session")).await;
+    early.send(&utterance("s-00000001", 2)).await;
+    let e = early.recv_type("error").await;
+    assert_eq!(e["code"], "INVALID_SESSION", "{e}");
+    assert_eq!(e["details"], json!({"utterance_index": 2}), "{e}");
     let (mut s, sid) = session(&inst).await;
     let key = format!("{PREFIX}session:{sid}");
     let before: HashMap<String, String> = c.hgetall(&key).await.unwrap();
