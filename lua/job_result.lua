@@ -16,7 +16,8 @@ Input:
            job_id, trace_id (added from the job record) and without its opening "{" (its
            members and the closing "}"); otherwise the node's error message
   ARGV[11] service type that is not available (model_not_available): asr, nmt, tts,
-           semantic, tone, phonetic, punctuation or other (the instance maps the node's id)
+           semantic, tone, phonetic, punctuation or other (the instance maps the node's id;
+           other is not marked)
   ARGV[12] error code (error)
   ARGV[13] ok: the node's text_asr ("" = none: no utterance group)   ARGV[14] ok: text_translated
   ARGV[15] ok: node_completed_at_ms ("" if absent)   ARGV[16] ok: processing_time_ms ("" if absent)
@@ -136,15 +137,19 @@ if ok then
   end
   offer(nid, node)
 elseif outcome == 'model_not_available' then
+  -- (a type no job needs, `other`, is marked nowhere: no pick would read it, and it does
+  -- not use up the node's marks of the minute)
   local nk, svc = node_key(nid), ARGV[11]
-  local m = redis.call('HMGET', nk, 'mna_window', 'mna_count', 'down:' .. svc)
-  local window, count = tonumber(m[1] or '0'), tonumber(m[2] or '0')
-  if NOW - window > 60000 then window, count = NOW, 0 end
-  if tonumber(m[3] or '0') <= NOW and count < CFG.mna_per_min then
-    redis.call('HSET', nk, 'down:' .. svc, NOW + CFG.mna_ms)
-    count = count + 1
+  if svc ~= 'other' then
+    local m = redis.call('HMGET', nk, 'mna_window', 'mna_count', 'down:' .. svc)
+    local window, count = tonumber(m[1] or '0'), tonumber(m[2] or '0')
+    if NOW - window > 60000 then window, count = NOW, 0 end
+    if tonumber(m[3] or '0') <= NOW and count < CFG.mna_per_min then
+      redis.call('HSET', nk, 'down:' .. svc, NOW + CFG.mna_ms)
+      count = count + 1
+    end
+    redis.call('HSET', nk, 'mna_window', window, 'mna_count', count)
   end
-  redis.call('HSET', nk, 'mna_window', window, 'mna_count', count)
   failover(jid, job, 'MODEL_NOT_AVAILABLE', ARGV[10], false)
 else
   release_node(jid, nid)

@@ -77,7 +77,7 @@ async fn a_job_needs_the_semantic_service_only_when_its_pipeline_uses_it() {
 /// `service_id`, any string up to a frame's size, and `down:<that>` was written to the node's
 /// record and never deleted: a node could grow its record without bound.
 #[tokio::test]
-async fn a_nodes_service_ids_mark_only_known_types_or_other() {
+async fn a_nodes_service_ids_mark_only_known_types() {
     let redis = RedisServer::start().await;
     let inst = start_tweaked(&redis, |c| c.jobs.model_unavailable_ms = 1).await;
     let mut c = redis.client().await;
@@ -113,6 +113,12 @@ async fn a_nodes_service_ids_mark_only_known_types_or_other() {
         .map(|k| k.chars().take(40).collect())
         .collect();
     marks.sort();
-    assert_eq!(marks, ["down:other", "down:semantic"]);
+    assert_eq!(marks, ["down:semantic"]);
+    // only the semantic mark counts toward the node's marks of the minute
+    assert_eq!(
+        h.get("mna_count").map(String::as_str),
+        Some("1"),
+        "mna_count"
+    );
     invariants::check(&mut c).await;
 }
