@@ -16,8 +16,8 @@ Input:
            job_id, trace_id (added from the job record) and without its opening "{" (its
            members and the closing "}"); otherwise the node's error message
   ARGV[11] service type that is not available (model_not_available): asr, nmt, tts,
-           semantic, tone, phonetic, punctuation or other (the instance maps the node's id;
-           other is not marked)
+           semantic, tone, phonetic or punctuation (the instance maps the node's id), or ""
+           when none of them is known: nothing is marked
   ARGV[12] error code (error)
   ARGV[13] ok: the node's text_asr ("" = none: no utterance group)   ARGV[14] ok: text_translated
   ARGV[15] ok: node_completed_at_ms ("" if absent)   ARGV[16] ok: processing_time_ms ("" if absent)
@@ -137,10 +137,10 @@ if ok then
   end
   offer(nid, node)
 elseif outcome == 'model_not_available' then
-  -- (a type no job needs, `other`, is marked nowhere: no pick would read it, and it does
-  -- not use up the node's marks of the minute)
+  -- (no known service: nothing a pick could read is marked, and none of the node's marks of
+  -- the minute is used up)
   local nk, svc = node_key(nid), ARGV[11]
-  if svc ~= 'other' then
+  if svc ~= '' then
     local m = redis.call('HMGET', nk, 'mna_window', 'mna_count', 'down:' .. svc)
     local window, count = tonumber(m[1] or '0'), tonumber(m[2] or '0')
     if NOW - window > 60000 then window, count = NOW, 0 end

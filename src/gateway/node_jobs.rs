@@ -151,10 +151,10 @@ impl NodeConn {
     }
 
     /// The service type a MODEL_NOT_AVAILABLE names: from the node's installed_services
-    /// (service_id → type), else guessed from the id; one of [`SERVICE_TYPES`], or `other`.
+    /// (service_id → type), else guessed from the id; one of [`SERVICE_TYPES`], or none.
     /// Bounded: the script marks `down:<type>` on the node record, and a node's own
     /// strings must not grow it (DESIGN §1.7).
-    fn service_type(&self, details: Option<&serde_json::Value>) -> &'static str {
+    fn service_type(&self, details: Option<&serde_json::Value>) -> Option<&'static str> {
         let id = details
             .and_then(|d| d.get("service_id"))
             .and_then(|v| v.as_str())
@@ -176,7 +176,6 @@ impl NodeConn {
                     .copied()
             })
             .or_else(|| guess_service_type(id))
-            .unwrap_or("other")
     }
 
     pub(super) async fn on_partial(&mut self, p: AsrPartial) {
@@ -196,7 +195,7 @@ impl NodeConn {
     }
 }
 
-/// The service types a node's `down:<type>` marks may name (`other` besides).
+/// The service types a node's `down:<type>` marks may name.
 const SERVICE_TYPES: [&str; 7] = [
     "asr",
     "nmt",

@@ -22,8 +22,12 @@ pub enum FencedReply {
 pub enum Outcome<'a> {
     /// Success (empty results included).
     Ok(Finished<'a>),
-    /// MODEL_NOT_AVAILABLE for `service` (a service type such as `nmt`): fail over.
-    ModelNotAvailable { service: &'a str, message: &'a str },
+    /// MODEL_NOT_AVAILABLE: fail over; the node's `service` (a type such as `nmt`) is marked
+    /// down on it, unless none is known.
+    ModelNotAvailable {
+        service: Option<&'a str>,
+        message: &'a str,
+    },
     /// Any other failure: the utterance fails with this code and message.
     Error { code: &'a str, message: &'a str },
 }
@@ -114,9 +118,11 @@ impl Store {
                 .s(f.text_translated)
                 .s(opt(f.node_completed_at_ms))
                 .s(opt(f.processing_time_ms)),
-            Outcome::ModelNotAvailable { service, message } => {
-                base.s("model_not_available").s(message).s(service).s("")
-            }
+            Outcome::ModelNotAvailable { service, message } => base
+                .s("model_not_available")
+                .s(message)
+                .s(service.unwrap_or_default())
+                .s(""),
             Outcome::Error { code, message } => base.s("error").s(message).s("").s(code),
         };
         let stage = staged.map(|b| self.staging.body(&keys[2], b.as_bytes()));

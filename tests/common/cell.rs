@@ -328,7 +328,7 @@ impl Cell {
                 processing_time_ms: None,
             }),
             Answer::ModelNotAvailable => Outcome::ModelNotAvailable {
-                service: "nmt",
+                service: Some("nmt"),
                 message: "not_loaded",
             },
             Answer::Error => Outcome::Error {
