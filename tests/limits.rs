@@ -65,6 +65,45 @@ async fn frames_over_the_rate_get_rate_limited_then_close_1008() {
 }
 
 #[tokio::test]
+async fn a_dropped_utterance_names_its_index_in_the_rate_limited_error() {
+    let redis = RedisServer::start().await;
+    let inst = start_tweaked(&redis, |c| {
+        c.limits.session_frames_per_sec = 0.1;
+        c.limits.session_frame_burst = 4;
+        c.limits.rate_limit_strikes = 50;
+    })
+    .await;
+    let url = ws_url(&inst, "/ws/session");
+    let (mut s, sid) = open_session(&url, fixture("session_init_one_way")).await;
+    // No node serves the pair: an utterance that is read ends at once in its terminal
+    // NO_AVAILABLE_NODE; one dropped unread gets RATE_LIMITED naming it in `details`.
+    for idx in 0..8 {
+        s.send(&common::actors::utterance(&sid, idx)).await;
+    }
+    s.send(&heartbeat()).await;
+    let (mut read, mut dropped) = (Vec::new(), Vec::new());
+    let mut unnamed = 0;
+    while read.len() + dropped.len() + unnamed < 9 {
+        let v = s.next(Duration::from_secs(5)).await.expect("an answer");
+        if v["code"] == "RATE_LIMITED" {
+            assert!(v.get("utterance_index").is_none(), "not a terminal: {v}");
+            match v["details"]["utterance_index"].as_u64() {
+                Some(i) => dropped.push(i),
+                None => unnamed += 1,
+            }
+        } else if v["type"] == "error" && v["code"] == "NO_AVAILABLE_NODE" {
+            read.push(v["utterance_index"].as_u64().expect("terminal index"));
+        }
+    }
+    // session_init took one of the 4 tokens: 3 utterances read, the 5 after them dropped,
+    // and the heartbeat too, which names nothing.
+    assert_eq!(read, vec![0, 1, 2]);
+    assert_eq!(dropped, vec![3, 4, 5, 6, 7]);
+    assert_eq!(unnamed, 1, "the dropped heartbeat");
+    invariants::check(&mut redis.client().await).await;
+}
+
+#[tokio::test]
 async fn the_issues_flood_of_20000_frames_is_cut_off_with_the_default_limits() {
     let redis = RedisServer::start().await;
     let inst = start_instance(&redis).await;

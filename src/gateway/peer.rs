@@ -108,6 +108,12 @@ pub trait Handler: Send {
         false
     }
     fn on_text(&mut self, text: &str) -> impl Future<Output = ()> + Send;
+    /// What a text frame dropped unread (over the frame rate) is about, as the `details`
+    /// of its `RATE_LIMITED`: a session's utterance names its `utterance_index`, so the
+    /// client knows which one to send again. A peek, never a validation: None by default.
+    fn dropped(&self, _text: &str) -> Option<serde_json::Value> {
+        None
+    }
     /// The socket ended (`orderly`: the peer sent a close frame): run cleanup scripts.
     fn finish(&mut self, orderly: bool) -> impl Future<Output = ()> + Send;
 }
@@ -267,9 +273,14 @@ async fn drive<H: Handler, F: FnOnce(Peer) -> H>(
                 Verdict::Allow => {}
                 Verdict::Limited => {
                     app.metrics.limited(H::KIND, "rate");
-                    h.peer().error(
+                    let about = match m {
+                        Message::Text(t) => h.dropped(t.as_str()),
+                        _ => None,
+                    };
+                    h.peer().error_about(
                         ErrorCode::RateLimited,
                         "too many frames: this one was dropped; slow down",
+                        about.as_ref(),
                     );
                     continue;
                 }

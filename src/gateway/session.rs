@@ -99,6 +99,10 @@ impl Handler for SessionConn {
         self.on_text(text).await
     }
 
+    fn dropped(&self, text: &str) -> Option<Value> {
+        crate::protocol::session::utterance_index_of(text).map(|i| json!({"utterance_index": i}))
+    }
+
     async fn finish(&mut self, _orderly: bool) {
         if let Some(s) = &self.session {
             // The session stays in Redis (results keep arriving in its log) until it expires.

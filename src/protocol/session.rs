@@ -143,6 +143,20 @@ impl Default for Pipeline {
     }
 }
 
+/// The `utterance_index` of a frame that is an `utterance`, read without validating the rest
+/// (what a frame dropped unread was about). None for any other frame or a malformed one.
+pub fn utterance_index_of(text: &str) -> Option<u64> {
+    #[derive(Deserialize)]
+    struct Peek<'a> {
+        #[serde(rename = "type", borrow)]
+        kind: Option<Cow<'a, str>>,
+        utterance_index: Option<u64>,
+    }
+    let p: Peek = serde_json::from_str(text).ok()?;
+    p.utterance_index
+        .filter(|_| p.kind.as_deref() == Some("utterance"))
+}
+
 #[derive(Debug, Deserialize)]
 pub struct Utterance<'a> {
     #[serde(default)]

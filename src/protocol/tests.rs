@@ -211,3 +211,23 @@ fn an_utterances_audio_is_borrowed_from_the_frame_and_refused_as_before() {
         borrowed.map_err(|e| e.to_string())
     );
 }
+
+#[test]
+fn a_dropped_frame_is_peeked_for_an_utterance_index_only() {
+    use super::session::utterance_index_of as peek;
+    assert_eq!(
+        peek(r#"{"type":"utterance","utterance_index":7,"audio":"AAAA"}"#),
+        Some(7)
+    );
+    assert_eq!(peek(r#"{"utterance_index":7,"type":"utterance"}"#), Some(7));
+    // another type, no index, a wrong type of index, not JSON, a repeated key: nothing
+    assert_eq!(peek(r#"{"type":"audio_chunk","utterance_index":7}"#), None);
+    assert_eq!(peek(r#"{"type":"utterance"}"#), None);
+    assert_eq!(peek(r#"{"type":"utterance","utterance_index":"7"}"#), None);
+    assert_eq!(peek(r#"{"type":"utterance","utterance_index":-1}"#), None);
+    assert_eq!(peek("{not json"), None);
+    assert_eq!(
+        peek(r#"{"type":"utterance","utterance_index":1,"utterance_index":2}"#),
+        None
+    );
+}
