@@ -17,10 +17,11 @@ Input:
           the Redis clock in ms (epoch.lua)
 Output: [JSON, blobs...]
   {"status":"ok","next_seq":N,"resent":N,"state":"open"|"closed","tenant":T,"epoch":E,
-   "replaced_conn":tok?}  T: the session's own tenant ("" = none), which its later jobs
+   "replaced_conn":tok?,"nonce":n}  T: the session's own tenant ("" = none), which its later jobs
                         keep; E grows with every resume (commit order): the caller's instance
                         keeps the binding of the latest one live when replies come back out
-                        of order; tok: the connection the session moved away from
+                        of order; tok: the connection the session moved away from; n: the
+                        session's nonce (its lifetime, in its job ids job-<n>-<index>)
   {"status":"missing"}  no such session (expired)
   {"status":"refused"}  wrong resume token or tenant: nothing changed (the live session
                         stays with its connection)
@@ -35,7 +36,7 @@ Output: [JSON, blobs...]
 local sid, last = ARGV[5], int(7, 'last_received_index', -math.huge, math.huge)
 local floor = int(10, 'epoch floor', 0, 2 ^ 53)
 local sk, rk, pk = session_keys(sid)
-local proof = redis.call('HMGET', sk, 'id', 'resume_hash', 'tenant', 'conn', 'epoch')
+local proof = redis.call('HMGET', sk, 'id', 'resume_hash', 'tenant', 'conn', 'epoch', 'nonce')
 if not proof[1] then return finish({status = 'missing'}) end
 if not proof[2] or proof[2] ~= ARGV[8] or (ARGV[9] ~= '' and (proof[3] or '') ~= ARGV[9]) then
   return finish({status = 'refused'})
@@ -63,4 +64,5 @@ release(sid, false)
 touch_session(sid)
 return finish({status = 'ok', next_seq = next_seq, resent = #idxs,
   state = redis.call('HGET', sk, 'state'), tenant = proof[3] or '', epoch = epoch,
+  nonce = proof[6] or '',
   replaced_conn = (proof[4] ~= ARGV[6]) and proof[4] or nil})

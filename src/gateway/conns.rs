@@ -49,6 +49,9 @@ struct Binding {
     pending: bool,
     /// The epoch of the commit that gave the id to this connection (live bindings only).
     epoch: u64,
+    /// A session's lifetime (its nonce, in the ids of its jobs: `job-<nonce>-<index>`), set
+    /// by the commit that made the binding live; None for nodes and while unknown.
+    lifetime: Option<Arc<str>>,
 }
 
 /// The outcome of [`Connections::accept`].
@@ -131,6 +134,7 @@ impl Connections {
                 conn,
                 pending: true,
                 epoch: 0,
+                lifetime: None,
             }),
         }
         live_epoch(bindings).unwrap_or(0)
@@ -143,7 +147,16 @@ impl Connections {
     /// script replaced, if it is here, and any other Redis named before. Other pending
     /// bindings stay: their own outcomes decide (one whose commit came before this one's
     /// will find itself superseded).
-    pub fn accept(&self, kind: Kind, cell: &str, id: &str, token: &str, epoch: u64) -> Accepted {
+    /// `lifetime`: a session's nonce, as the committing script knows it (None for nodes).
+    pub fn accept(
+        &self,
+        kind: Kind,
+        cell: &str,
+        id: &str,
+        token: &str,
+        epoch: u64,
+        lifetime: Option<&str>,
+    ) -> Accepted {
         self.edit(kind, cell, id, |bindings| {
             if !bindings.iter().any(|b| b.conn.token == token) {
                 // Unbound meanwhile (its connection ended): nothing to make live.
@@ -163,6 +176,7 @@ impl Connections {
             if let Some(me) = bindings.iter_mut().find(|b| b.conn.token == token) {
                 me.pending = false;
                 me.epoch = epoch;
+                me.lifetime = lifetime.filter(|l| !l.is_empty()).map(Arc::from);
             }
             Accepted::Live(replaced.into_iter().map(|b| b.conn).collect())
         })
@@ -220,6 +234,12 @@ impl Connections {
     /// The local connection of `id` in `cell`: with `token`, exactly that connection,
     /// pending or live (a script's commit may address a connection before its `accept`);
     /// without, the live binding only — a pending one has not been given the id.
+    /// The lifetime (nonce) of the session `id`'s live binding here, if known.
+    pub fn lifetime(&self, kind: Kind, cell: &str, id: &str) -> Option<Arc<str>> {
+        let m = self.map(kind);
+        find(&m, cell, id, None).and_then(|b| b.lifetime.clone())
+    }
+
     pub fn get(&self, kind: Kind, cell: &str, id: &str, token: Option<&str>) -> Option<LocalConn> {
         let m = self.map(kind);
         find(&m, cell, id, token).map(|b| b.conn.clone())

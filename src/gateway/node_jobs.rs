@@ -9,7 +9,8 @@
 //! it back from the session's result log once Redis answers (`recover`): the session is
 //! the one the node's message names (a lingua node echoes the `session_id` of its
 //! `job_assign`), else the one the job record names. With `"resume"`, a session named and
-//! connected here is closed with 1012, and its resume resends the result from the log (a
+//! connected here is closed with 1012, unless the job id is of another lifetime of that
+//! session id (`store::jobs::of_lifetime`), and its resume resends the result from the log (a
 //! node that names no session, or another's — the worst it can do is make a session
 //! resume — leaves it to the session writer's gap check when a later result follows, and
 //! to the client's own resume when none does).
@@ -24,7 +25,7 @@ use crate::config::OnGap;
 use crate::protocol::ErrorCode;
 use crate::protocol::node::{AsrPartial, JobAck, JobResult};
 use crate::routing;
-use crate::store::jobs::{Attempt, FencedReply, Finished, Outcome, result_body};
+use crate::store::jobs::{Attempt, FencedReply, Finished, Outcome, of_lifetime, result_body};
 
 const KIND: &str = "node";
 
@@ -125,7 +126,7 @@ impl NodeConn {
                 if e.is_ambiguous() {
                     let named = r.session_id.as_deref();
                     match self.app.cfg.session.on_gap {
-                        OnGap::Resume => self.resume_named_session(&cell, named),
+                        OnGap::Resume => self.resume_named_session(&cell, named, &r.job_id),
                         OnGap::Skip => recover::job_session(&self.app, &cell, &r.job_id, named),
                     }
                 }
@@ -134,11 +135,20 @@ impl NodeConn {
     }
 
     /// Close the session `sid` (named by the node's lost `job_result`) with 1012 if it is
-    /// connected here, so that its resume resends what the lost reply carried.
-    fn resume_named_session(&self, cell: &Cell, sid: Option<&str>) {
+    /// connected here, so that its resume resends what the lost reply carried. Not when
+    /// the job is of another lifetime of that session id: the script delivers it no result
+    /// (`job_session`), and the session has nothing to resume for.
+    fn resume_named_session(&self, cell: &Cell, sid: Option<&str>, job_id: &str) {
         let Some(sid) = sid.filter(|s| !s.is_empty()) else {
             return;
         };
+        let lifetime = self.app.conns.lifetime(Kind::Session, cell.name(), sid);
+        if lifetime.is_some_and(|n| !of_lifetime(job_id, &n)) {
+            self.app
+                .metrics
+                .delivery("session", "ambiguous_other_lifetime");
+            return;
+        }
         if let Some(c) = self.app.conns.get(Kind::Session, cell.name(), sid, None) {
             self.app.metrics.delivery("session", "ambiguous_resume");
             tracing::warn!(

@@ -260,7 +260,7 @@ pub fn settle_takeover(
 ) -> Option<(Vec<LocalConn>, Output<()>)> {
     match app
         .conns
-        .accept(Kind::Node, cell.name(), node_id, token, epoch)
+        .accept(Kind::Node, cell.name(), node_id, token, epoch, None)
     {
         Accepted::Live(replaced) => Some((replaced, assign)),
         Accepted::Superseded => {

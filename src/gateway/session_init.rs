@@ -190,8 +190,14 @@ impl SessionConn {
                     OpenReply::Ok => {
                         // A new id: no earlier binding to order against (epoch 0; the
                         // first resume commits epoch 1 or above).
-                        app.conns
-                            .accept(Kind::Session, cell.name(), &sid, &self.token, 0);
+                        app.conns.accept(
+                            Kind::Session,
+                            cell.name(),
+                            &sid,
+                            &self.token,
+                            0,
+                            Some(&nonce),
+                        );
                         self.session = Some(Arc::new(Opened {
                             id: sid.clone(),
                             tenant,
@@ -259,13 +265,14 @@ impl SessionConn {
                 return Err(e);
             }
         };
-        let (next_seq, epoch, tenant) = match &out.reply {
+        let (next_seq, epoch, tenant, nonce) = match &out.reply {
             ResumeReply::Ok {
                 next_seq,
                 resent,
                 tenant,
                 epoch,
                 replaced_conn,
+                nonce,
                 ..
             } => {
                 tracing::info!(
@@ -276,7 +283,7 @@ impl SessionConn {
                     replaced_conn = replaced_conn.as_deref().unwrap_or(""),
                     "session resumed"
                 );
-                (*next_seq, *epoch, tenant.clone())
+                (*next_seq, *epoch, tenant.clone(), nonce.clone())
             }
             ResumeReply::Refused => {
                 // The live session stays with its connection here, if it is here: it
@@ -292,9 +299,14 @@ impl SessionConn {
         // The session moved to this connection: the local connections it replaces leave
         // the map (they are not closed: their next message is answered as stale). Unless a
         // later resume's outcome came first: the session has moved on from this one too.
-        let accepted = app
-            .conns
-            .accept(Kind::Session, cell.name(), sid, &self.token, epoch);
+        let accepted = app.conns.accept(
+            Kind::Session,
+            cell.name(),
+            sid,
+            &self.token,
+            epoch,
+            Some(&nonce),
+        );
         if matches!(accepted, Accepted::Superseded) {
             tracing::info!(session_id = sid, epoch, "resume overtaken by a later one");
             routing::deliver(&app, &cell, out);

@@ -42,6 +42,9 @@ pub enum ResumeReply {
         epoch: u64,
         /// The connection the session moved away from, if another.
         replaced_conn: Option<String>,
+        /// The session's nonce (its lifetime: in the ids of its jobs, `job-<nonce>-<index>`).
+        #[serde(default)]
+        nonce: String,
     },
     Missing,
     /// Results after the client's last index were already trimmed.

@@ -54,6 +54,18 @@ pub fn result_body(message: &str) -> &str {
 }
 
 /// Who says something about an attempt.
+/// Whether job `job_id` belongs to the session lifetime `nonce`: `job-<nonce>-<index>` (the
+/// id `submit` makes; the scripts' `nonce_of`). A session id may be minted again once its
+/// keys expired, and a job of the earlier lifetime may outlive them.
+pub fn of_lifetime(job_id: &str, nonce: &str) -> bool {
+    !nonce.is_empty()
+        && job_id
+            .strip_prefix("job-")
+            .and_then(|r| r.strip_prefix(nonce))
+            .and_then(|r| r.strip_prefix('-'))
+            .is_some_and(|i| !i.is_empty() && i.bytes().all(|b| b.is_ascii_digit()))
+}
+
 pub struct Attempt<'a> {
     pub job_id: &'a str,
     pub attempt_id: u32,

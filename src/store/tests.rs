@@ -28,3 +28,16 @@ fn replies_carry_bodies_as_blobs_and_numbers_as_strings() {
     assert_eq!(out.events.ev.get("dispatched"), Some(&2));
     assert_eq!(out.events.lat.dispatch, vec![4.0]);
 }
+
+#[test]
+fn a_job_id_names_its_session_lifetime() {
+    use super::jobs::of_lifetime;
+    assert!(of_lifetime("job-3f2a9c1b7d4e-17", "3f2a9c1b7d4e"));
+    assert!(!of_lifetime("job-3f2a9c1b7d4e-17", "0000000000aa"));
+    // a nonce that only starts the id's, no index, a non-digit index, no nonce at all
+    assert!(!of_lifetime("job-3f2a9c1b7d4e-x-17", "3f2a9c1b7d4e"));
+    assert!(!of_lifetime("job-3f2a-17", "3f2a9c1b7d4e"));
+    assert!(!of_lifetime("job-3f2a9c1b7d4e-", "3f2a9c1b7d4e"));
+    assert!(!of_lifetime("job-3f2a9c1b7d4e-1a", "3f2a9c1b7d4e"));
+    assert!(!of_lifetime("job--17", ""));
+}

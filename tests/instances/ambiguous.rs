@@ -186,6 +186,58 @@ async fn a_lost_last_result_closes_the_session_it_names_so_it_resumes() {
     invariants::check(&mut c).await;
 }
 
+/// A lost `job_result` closes the session it names only when the job is of that session's
+/// lifetime. A session id may be minted again after its keys expired, and a job of the
+/// earlier lifetime may outlive them; its result never reaches the new session (the script
+/// checks the nonce in the job id), so the new one has nothing to resume for. Here the node
+/// names session A for a job of session B (another lifetime, as such a job would): A stays
+/// open and is counted `ambiguous_other_lifetime`. After A resumes (the lifetime comes from
+/// the resume script), a lost result of A's own job still closes it with 1012.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lost_result_of_another_lifetime_does_not_close_the_session_it_names() {
+    // (one redis-server kept busy or its client killed: the topologies have several)
+    if single_only("a_lost_result_of_another_lifetime_does_not_close_the_session_it_names") {
+        return;
+    }
+    let redis = RedisServer::start().await;
+    let a = resuming(&redis).await;
+    let mut c = redis.client().await;
+    let (mut n, nid) = node_on(&a, None).await;
+    let (mut sa, sid_a, token_a) = session_with_token(&a).await;
+    let (mut sb, sid_b, _) = session_with_token(&a).await;
+    sb.send(&utterance(&sid_b, 0)).await;
+    let job = next_of(&mut n, "job_assign", T).await.expect("job_assign");
+    let mut r = answer(&job, &nid, "of B");
+    r["session_id"] = json!(sid_a);
+    let free = busy(&redis, 1500).await;
+    n.send(&r).await;
+    let err = next_of(&mut n, "error", T).await.expect("the node is told");
+    assert_eq!(err["code"], "SCHEDULER_DEPENDENCY_DOWN", "{err}");
+    tokio::time::sleep_until(free).await;
+    eventually(T, "B's job_result committed after the pause", || {
+        let (mut c, sid) = (c.clone(), sid_b.clone());
+        async move { (session_field(&mut c, &sid, "next_deliver").await == "1").then_some(()) }
+    })
+    .await;
+    match sa.next(Duration::from_millis(500)).await {
+        Err(Ended::Timeout) => {}
+        other => panic!("session A must stay open and silent: {other:?}"),
+    }
+    let other = "switchyard_deliveries_total{kind=\"session\",detail=\"ambiguous_other_lifetime\"}";
+    let resumed = "switchyard_deliveries_total{kind=\"session\",detail=\"ambiguous_resume\"}";
+    assert_eq!(metric(&a, other).await, 1.0);
+    assert_eq!(metric(&a, resumed).await, 0.0);
+    // A moves to a new connection: its lifetime is the resume's, and its own lost result
+    // closes it.
+    drop(sa);
+    let mut sa2 = resume(&a, &sid_a, &token_a, -1).await;
+    lost_result(&redis, &mut c, (&mut sa2, &sid_a), (&mut n, &nid), 0, true).await;
+    let (got, code) = results_until_close(&mut sa2, Duration::from_secs(3)).await;
+    assert_eq!((got.as_slice(), code), (&[][..], Some(1012)));
+    assert_eq!(metric(&a, resumed).await, 1.0);
+    invariants::check(&mut c).await;
+}
+
 /// A session's own call (here a `submit`) that times out may have committed, and released
 /// its messages with the lost reply: the client is told SCHEDULER_DEPENDENCY_DOWN and the
 /// connection closes with 1012 so that it resumes.

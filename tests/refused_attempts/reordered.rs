@@ -124,11 +124,11 @@ async fn reverse_takeovers(lose_b: bool) {
     );
     let c_won = app
         .conns
-        .accept(Kind::Node, cell.name(), &nid, &ct, epochs[1]);
+        .accept(Kind::Node, cell.name(), &nid, &ct, epochs[1], None);
     assert!(matches!(c_won, Accepted::Live(_)), "{c_won:?}");
     let b_late = app
         .conns
-        .accept(Kind::Node, cell.name(), &nid, &bt, epochs[0]);
+        .accept(Kind::Node, cell.name(), &nid, &bt, epochs[0], None);
     assert!(
         matches!(b_late, Accepted::Superseded),
         "B's outcome is superseded: {b_late:?}"
@@ -198,14 +198,14 @@ async fn two_resumes_accepted_in_reverse_commit_order_leave_the_later_one_live()
     assert_eq!(owner, ct, "Redis names the later commit");
     let c_won = app
         .conns
-        .accept(Kind::Session, cell.name(), &sid, &ct, epochs[1]);
+        .accept(Kind::Session, cell.name(), &sid, &ct, epochs[1], None);
     assert!(
         matches!(c_won, Accepted::Live(ref r) if r.len() == 1),
         "{c_won:?}"
     );
     let b_late = app
         .conns
-        .accept(Kind::Session, cell.name(), &sid, &bt, epochs[0]);
+        .accept(Kind::Session, cell.name(), &sid, &bt, epochs[0], None);
     assert!(matches!(b_late, Accepted::Superseded), "{b_late:?}");
     let live = app.conns.get(Kind::Session, cell.name(), &sid, None);
     assert_eq!(live.map(|l| l.token).as_deref(), Some(ct.as_str()));

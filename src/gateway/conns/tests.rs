@@ -46,7 +46,7 @@ fn finds(c: &Connections, cell: &Cell, id: &str, token: &str) -> bool {
 /// Accept `token`'s binding of node `id` with commit `epoch`: the tokens it replaced, or
 /// `None` when it was superseded.
 fn accept(c: &Connections, cell: &Cell, id: &str, token: &str, epoch: u64) -> Option<Vec<String>> {
-    match c.accept(Kind::Node, cell.name(), id, token, epoch) {
+    match c.accept(Kind::Node, cell.name(), id, token, epoch, None) {
         Accepted::Live(r) => Some(r.into_iter().map(|c| c.token).collect()),
         Accepted::Superseded => None,
     }
@@ -189,7 +189,7 @@ fn kinds_and_cells_are_apart() {
     live_bound(&c, &cell, "x", "a");
     c.bind(Kind::Session, "x", conn(&cell, "s"));
     assert!(matches!(
-        c.accept(Kind::Session, cell.name(), "x", "s", 1),
+        c.accept(Kind::Session, cell.name(), "x", "s", 1, None),
         Accepted::Live(r) if r.is_empty()
     ));
     assert_eq!(live(&c, &cell, "x").as_deref(), Some("a"));
@@ -259,14 +259,14 @@ fn readdressing_goes_to_a_later_commit_only() {
     let c = Connections::default();
     c.bind(Kind::Node, "n", conn(&cell, "a"));
     assert!(matches!(
-        c.accept(Kind::Node, cell.name(), "n", "a", 5),
+        c.accept(Kind::Node, cell.name(), "n", "a", 5, None),
         Accepted::Live(_)
     ));
     // B commits epoch 6, then its connection ends before its outcome arrives.
     c.bind(Kind::Node, "n", conn(&cell, "b"));
     c.unbind(Kind::Node, cell.name(), "n", "b");
     assert!(matches!(
-        c.accept(Kind::Node, cell.name(), "n", "b", 6),
+        c.accept(Kind::Node, cell.name(), "n", "b", 6, None),
         Accepted::Superseded
     ));
     let mut out = [assign_to("n", "b")];
@@ -280,11 +280,11 @@ fn readdressing_goes_to_a_later_commit_only() {
     c.bind(Kind::Node, "n", conn(&cell, "d"));
     c.bind(Kind::Node, "n", conn(&cell, "c"));
     assert!(matches!(
-        c.accept(Kind::Node, cell.name(), "n", "c", 8),
+        c.accept(Kind::Node, cell.name(), "n", "c", 8, None),
         Accepted::Live(_)
     ));
     assert!(matches!(
-        c.accept(Kind::Node, cell.name(), "n", "d", 7),
+        c.accept(Kind::Node, cell.name(), "n", "d", 7, None),
         Accepted::Superseded
     ));
     let mut out = [assign_to("n", "d"), assign_to("m", "d")];
