@@ -27,6 +27,12 @@ pub enum CapabilityError {
     Lang(String),
     #[error("invalid tenant_id {0:?} (expected 1-64 of [A-Za-z0-9_.-])")]
     Tenant(String),
+    /// A service `type` that could not be stored in the node's capability signature (whose
+    /// separators are `|`, `,`, `;` and spaces), or too many of them.
+    #[error(
+        "invalid capability_by_type: at most {MAX_SERVICES} entries, each type 1-64 of [A-Za-z0-9_.-] ({0})"
+    )]
+    Service(String),
     #[error(
         "too many languages or pairs ({0}; at most {MAX_LANGS} languages in the three lists together, {MAX_POOLS} pools, {MAX_PAIRS} pairs)"
     )]
@@ -43,6 +49,8 @@ const MAX_LANGS: usize = 192;
 /// an `LRANGE` per pool whenever a queue exists, for no language service anyone runs.
 const MAX_POOLS: usize = 4_160;
 const MAX_PAIRS: usize = 512;
+/// Entries of `capability_by_type` (a node runs a handful of services).
+const MAX_SERVICES: usize = 64;
 
 impl Capabilities {
     pub fn from_register(r: &NodeRegister) -> Result<Self, CapabilityError> {
@@ -103,6 +111,21 @@ impl Capabilities {
             && !valid_id(t)
         {
             return Err(CapabilityError::Tenant(t.clone()));
+        }
+        if self.services.len() > MAX_SERVICES {
+            return Err(CapabilityError::Service(format!(
+                "{} entries",
+                self.services.len()
+            )));
+        }
+        // (an absent type is "", as lingua nodes may send it: never ready for any job)
+        if let Some(s) = self
+            .services
+            .iter()
+            .find(|s| !s.kind.is_empty() && !valid_id(&s.kind))
+        {
+            let shown: String = s.kind.chars().take(32).collect();
+            return Err(CapabilityError::Service(format!("type {shown:?}")));
         }
         Ok(())
     }

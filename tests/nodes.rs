@@ -6,6 +6,8 @@
 mod common;
 #[path = "nodes/frames.rs"]
 mod frames;
+#[path = "nodes/job_frames.rs"]
+mod job_frames;
 #[path = "nodes/liveness.rs"]
 mod liveness;
 #[path = "nodes/pools.rs"]

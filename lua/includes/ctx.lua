@@ -158,6 +158,16 @@ local function nonempty(v)
   return v
 end
 
+-- utf8_cut(s, n): s cut to at most n bytes, never inside a UTF-8 character (a reader
+-- decoding it as text must not fail on half a character).
+local function utf8_cut(s, n)
+  if #s <= n then return s end
+  local i = n + 1 -- the first byte left out; while it continues a character, leave out
+  -- that character's earlier bytes too
+  while i > 1 and string.byte(s, i) >= 128 and string.byte(s, i) < 192 do i = i - 1 end
+  return string.sub(s, 1, i - 1)
+end
+
 -- csv_has("a,b,c", "b") -> true
 local function csv_has(csv, item)
   if not csv or csv == '' then return false end

@@ -77,7 +77,7 @@ local function fail(jid, job, code, message)
   end_job(jid, job, 'FAILED', extra)
   -- The cell's recent failures (the dashboard's list): bounded, expires with the jobs.
   redis.call('LPUSH', P .. 'failures', NOW .. ' ' .. jid .. ' ' .. code .. ' '
-    .. string.sub(message or '', 1, 160))
+    .. utf8_cut(message or '', 160))
   redis.call('LTRIM', P .. 'failures', 0, 49)
   redis.call('PEXPIRE', P .. 'failures', CFG.job_ttl)
   count('failed:' .. code)

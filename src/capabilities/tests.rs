@@ -154,3 +154,36 @@ fn heartbeat_merge_keeps_omitted_fields() {
         .unwrap();
     assert!(m.pools().is_empty());
 }
+
+/// Audit finding: a service type with `|` and spaces made up pool names in the node's
+/// capability signature, which `offer()` then scanned on every heartbeat.
+#[test]
+fn service_types_that_could_forge_the_signature_are_refused() {
+    let with = |kind: &str| {
+        let mut c = caps(&["zh", "en"], &["zh", "en"]);
+        c.services = vec![CapabilityByType {
+            kind: kind.into(),
+            ready: true,
+        }];
+        c
+    };
+    let base = caps(&["zh", "en"], &["zh", "en"]);
+    for bad in ["x|y|p1 p2", "a,b", "a;b", "a b", &"s".repeat(65)] {
+        let err = base.merged(None, Some(&with(bad).services)).unwrap_err();
+        assert!(matches!(err, CapabilityError::Service(_)), "{bad}: {err}");
+    }
+    for ok in ["asr", "speaker_diarization", ""] {
+        assert!(base.merged(None, Some(&with(ok).services)).is_ok(), "{ok}");
+    }
+    let many = vec![
+        CapabilityByType {
+            kind: "asr".into(),
+            ready: true
+        };
+        65
+    ];
+    assert!(matches!(
+        base.merged(None, Some(&many)),
+        Err(CapabilityError::Service(_))
+    ));
+}

@@ -22,17 +22,27 @@ use super::recover;
 use super::{Kind, Outbound, close};
 use crate::cells::Cell;
 use crate::config::OnGap;
-use crate::protocol::ErrorCode;
 use crate::protocol::node::{AsrPartial, JobAck, JobResult};
+use crate::protocol::{ErrorCode, valid_id};
 use crate::routing;
 use crate::store::jobs::{Attempt, FencedReply, Finished, Outcome, of_lifetime, result_body};
 
 const KIND: &str = "node";
 
 impl NodeConn {
-    /// The registered node id and its cell, or an error to the node (job messages need a
-    /// registration).
-    fn node_id(&self) -> Option<(String, Arc<Cell>)> {
+    /// The registered node id and its cell for a message about `job_id`, or an error to the
+    /// node: job messages need a registration, and a job id as the scheduler makes them
+    /// (`valid_id`). It becomes part of Redis keys (`job:<id>`, the staged body's key): a
+    /// made-up one such as `<id>:audio` would name a key of another type.
+    fn node_id(&self, job_id: &str) -> Option<(String, Arc<Cell>)> {
+        if !valid_id(job_id) {
+            self.app.metrics.rejected(KIND, "invalid");
+            self.error(
+                ErrorCode::InvalidMessage,
+                "job_id must be 1-64 of [A-Za-z0-9_.-] (the id of its job_assign)",
+            );
+            return None;
+        }
         let id = self.reg.as_ref().map(|r| r.node_id.clone());
         match (id, &self.cell) {
             (Some(id), Some(cell)) => Some((id, cell.clone())),
@@ -54,7 +64,7 @@ impl NodeConn {
     }
 
     pub(super) async fn on_ack(&mut self, a: JobAck, started: bool) {
-        let Some((node_id, cell)) = self.node_id() else {
+        let Some((node_id, cell)) = self.node_id(&a.job_id) else {
             return;
         };
         let attempt = Attempt {
@@ -76,7 +86,7 @@ impl NodeConn {
     }
 
     pub(super) async fn on_result(&mut self, r: JobResult) {
-        let Some((node_id, cell)) = self.node_id() else {
+        let Some((node_id, cell)) = self.node_id(&r.job_id) else {
             return;
         };
         let outcome = match (&r.success, &r.error) {
@@ -92,18 +102,15 @@ impl NodeConn {
             }
             (false, Some(e)) if e.code == "MODEL_NOT_AVAILABLE" => Outcome::ModelNotAvailable {
                 service: self.service_type(e.details.as_ref()),
-                message: &e.message,
+                message: failure_message(&e.message),
             },
             (false, e) => Outcome::Error {
-                code: e
-                    .as_ref()
-                    .map(|e| e.code.as_str())
-                    .filter(|c| !c.is_empty())
-                    .unwrap_or("PROCESSING_ERROR"),
-                message: e
-                    .as_ref()
-                    .map(|e| e.message.as_str())
-                    .unwrap_or("the node reported a failure"),
+                code: failure_code(e.as_ref().map(|e| e.code.as_str())),
+                message: failure_message(
+                    e.as_ref()
+                        .map(|e| e.message.as_str())
+                        .unwrap_or("the node reported a failure"),
+                ),
             },
         };
         let attempt = Attempt {
@@ -189,7 +196,7 @@ impl NodeConn {
     }
 
     pub(super) async fn on_partial(&mut self, p: AsrPartial) {
-        let Some((node_id, cell)) = self.node_id() else {
+        let Some((node_id, cell)) = self.node_id(&p.job_id) else {
             return;
         };
         let out = cell
@@ -230,5 +237,89 @@ fn guess_service_type(id: &str) -> Option<&'static str> {
             Some("nmt")
         }
         _ => None,
+    }
+}
+
+/// The codes a node's failure may not pass to a session: the scheduler's own, about the
+/// session, the credential or routing (a node saying `SESSION_CLOSED` would mislead the
+/// client). A node's failure carrying one of them, or a code that is not 1-64 of
+/// `[A-Z0-9_]`, ends the job as `PROCESSING_ERROR`; its message keeps the node's words.
+const SCHEDULER_CODES: &[&str] = &[
+    "INVALID_MESSAGE",
+    "INVALID_SESSION",
+    "SESSION_CLOSED",
+    "UNSUPPORTED_FEATURE",
+    "INVALID_PAIRING_CODE",
+    "NO_AVAILABLE_NODE",
+    "NODE_ID_CONFLICT",
+    "INVALID_CAPABILITY_SCHEMA",
+    "SCHEDULER_DEPENDENCY_DOWN",
+    "UNAUTHORIZED",
+    "RATE_LIMITED",
+];
+
+/// The code a node's failed `job_result` ends its job with (see [`SCHEDULER_CODES`]).
+fn failure_code(code: Option<&str>) -> &str {
+    match code {
+        Some(c)
+            if !c.is_empty()
+                && c.len() <= 64
+                && c.bytes()
+                    .all(|b| b.is_ascii_uppercase() || b.is_ascii_digit() || b == b'_')
+                && !SCHEDULER_CODES.contains(&c) =>
+        {
+            c
+        }
+        _ => "PROCESSING_ERROR",
+    }
+}
+
+/// A node's failure message as the job keeps it (its record, for `jobs.record_ttl_ms`, and
+/// the session's `error`): at most [`MAX_FAILURE_MESSAGE`] bytes, cut at a character.
+fn failure_message(message: &str) -> &str {
+    if message.len() <= MAX_FAILURE_MESSAGE {
+        return message;
+    }
+    let mut end = MAX_FAILURE_MESSAGE;
+    while !message.is_char_boundary(end) {
+        end -= 1;
+    }
+    &message[..end]
+}
+
+/// The longest failure message of a node a job keeps (bytes).
+const MAX_FAILURE_MESSAGE: usize = 1024;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_nodes_failure_code_is_its_own_or_processing_error() {
+        assert_eq!(failure_code(Some("NMT_TIMEOUT")), "NMT_TIMEOUT");
+        assert_eq!(failure_code(Some("ASR_FAILED_2")), "ASR_FAILED_2");
+        for bad in [
+            None,
+            Some(""),
+            Some("SESSION_CLOSED"),
+            Some("RATE_LIMITED"),
+            Some("a b"),
+            Some("lower"),
+            Some(&*"X".repeat(65)),
+        ] {
+            assert_eq!(failure_code(bad), "PROCESSING_ERROR", "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn a_long_failure_message_is_cut_at_a_character() {
+        let m = format!("{}é tail", "a".repeat(MAX_FAILURE_MESSAGE - 1));
+        let cut = failure_message(&m);
+        assert_eq!(
+            cut.len(),
+            MAX_FAILURE_MESSAGE - 1,
+            "é would straddle the limit"
+        );
+        assert_eq!(failure_message("short"), "short");
     }
 }

@@ -28,7 +28,7 @@ use crate::capabilities::{RouteRequest, route};
 use crate::cells::Cell;
 use crate::config::OnGap;
 use crate::protocol::session::{JobSpec, SessionInbound, Utterance, estimate_ms, unsupported};
-use crate::protocol::{DecodeError, ErrorCode, base64, decode, now_ms};
+use crate::protocol::{DecodeError, ErrorCode, base64, bounds, decode, now_ms};
 use crate::routing;
 use crate::server::App;
 use crate::store::StoreError;
@@ -324,6 +324,10 @@ impl SessionConn {
         u: Utterance<'_>,
         about: Option<&Value>,
     ) {
+        if let Err(e) = bounds::utterance(&u) {
+            self.app.metrics.rejected(KIND, "invalid");
+            return self.error_about(ErrorCode::InvalidMessage, e, about);
+        }
         let Ok(audio) = base64::decode(u.audio.as_bytes()) else {
             return self.error_about(
                 ErrorCode::InvalidMessage,

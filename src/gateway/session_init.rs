@@ -8,7 +8,7 @@ use super::session::{Opened, SessionConn, new_trace_id};
 use super::{Accepted, Kind};
 use crate::capabilities::{RouteRequest, route};
 use crate::protocol::session::{JobSpec, Pipeline, SessionInit};
-use crate::protocol::{ErrorCode, valid_id};
+use crate::protocol::{ErrorCode, bounds, valid_id};
 use crate::routing;
 use crate::store::StoreError;
 use crate::store::instances::ResumeReply;
@@ -24,6 +24,10 @@ impl SessionConn {
                 ErrorCode::InvalidMessage,
                 "session already initialised on this connection",
             );
+        }
+        if let Err(e) = bounds::session_init(&init) {
+            self.app.metrics.rejected(KIND, "invalid");
+            return self.error(ErrorCode::InvalidMessage, e);
         }
         let tenant = match self.cred.tenant_for(init.tenant_id.as_deref()) {
             Ok(t) => t,

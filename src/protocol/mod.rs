@@ -6,6 +6,7 @@
 //! nothing else happens for it.
 
 pub mod base64;
+pub mod bounds;
 pub mod node;
 pub mod result;
 pub mod session;

@@ -293,10 +293,15 @@ fn body(mut m: BTreeMap<Cow<str>, Member>) -> Option<ResultBody> {
     })
 }
 
-/// A millisecond figure a node sent (integer or float, never negative).
+/// A millisecond figure a node sent (integer or float, never negative). Above 2^53 (no
+/// clock or duration is: year 285,000) it is taken as absent: the script computes with
+/// it as a Lua number, exact only up to there, and formats whole ms as `%d`, which a
+/// larger value would wrap to a negative timing.
 fn ms_value(v: &Value) -> Option<u64> {
+    const MAX_EXACT: u64 = 1 << 53;
     v.as_u64()
         .or_else(|| v.as_f64().filter(|f| *f >= 0.0).map(|f| f as u64))
+        .filter(|ms| *ms <= MAX_EXACT)
 }
 
 #[cfg(test)]

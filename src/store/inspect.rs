@@ -157,15 +157,21 @@ impl Store {
     }
 
     /// The cell's most recent failures, newest first: `"<ms> <job id> <code> <message>"`.
+    /// Read as bytes, each entry made text lossily: one entry that is not UTF-8 (a message
+    /// an older script cut inside a character) must not take the whole list down.
     pub async fn recent_failures(&self, n: usize) -> Result<Vec<String>, StoreError> {
         let mut conn = self.conn().await?;
-        redis::cmd("LRANGE")
+        let raw: Vec<Vec<u8>> = redis::cmd("LRANGE")
             .arg(self.keys.failures())
             .arg(0)
             .arg(n.saturating_sub(1))
             .query_async(&mut conn)
             .await
-            .map_err(read_err)
+            .map_err(read_err)?;
+        Ok(raw
+            .into_iter()
+            .map(|e| String::from_utf8_lossy(&e).into_owned())
+            .collect())
     }
 
     /// For each pool: queue depth and since when its oldest job waits (ms, if any).

@@ -24,6 +24,12 @@ async fn malformed_unknown_and_oversized_frames_get_errors_and_change_nothing() 
         f["language_capabilities"]["asr_languages"] = json!(["zh", "x:y"]);
         f
     };
+    // (a type that would write pool names into the node's capability signature)
+    let bad_service = {
+        let mut f = fixture("node_register_first");
+        f["capability_by_type"] = json!([{"type": "x|y|pub:zh:en pub:en:zh", "ready": true}]);
+        f
+    };
     let cases: Vec<(String, &str)> = vec![
         ("not json".into(), "INVALID_MESSAGE"),
         ("[1,2,3]".into(), "INVALID_MESSAGE"),
@@ -35,6 +41,7 @@ async fn malformed_unknown_and_oversized_frames_get_errors_and_change_nothing() 
         (bad_register.to_string(), "INVALID_MESSAGE"),
         (bad_caps.to_string(), "INVALID_MESSAGE"),
         (bad_lang.to_string(), "INVALID_CAPABILITY_SCHEMA"),
+        (bad_service.to_string(), "INVALID_CAPABILITY_SCHEMA"),
     ];
     for (frame, code) in &cases {
         node.send_text(frame).await;

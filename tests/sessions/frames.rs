@@ -46,3 +46,54 @@ async fn malformed_binary_and_oversized_session_frames_change_nothing() {
     assert_eq!(state.as_deref(), Some("open"));
     invariants::check(&mut c).await;
 }
+
+/// Audit finding: a session's free-form fields were kept unbounded, and a `session_init`'s
+/// are copied into every job it cuts (its `trace_id` stays on each finished job's record
+/// for `jobs.record_ttl_ms`): one frame of megabytes, then many small ones, filled Redis.
+/// A field over its bound is refused, naming it, and nothing is written.
+#[tokio::test]
+async fn oversized_free_form_fields_are_refused_and_nothing_is_kept() {
+    let redis = RedisServer::start().await;
+    let inst = start_instance(&redis).await;
+    let mut c = redis.client().await;
+    let url = ws_url(&inst, "/ws/session");
+    let mut s = WsClient::connect(&url).await;
+    let long = "x".repeat(40 * 1024);
+    for (field, value) in [
+        ("trace_id", json!(long)),
+        ("client_version", json!(long)),
+        ("features", json!({"k": long})),
+        ("auto_langs", json!(vec!["zh"; 17])),
+    ] {
+        let mut init = fixture("session_init_one_way");
+        init[field] = value;
+        s.send(&init).await;
+        let e = s.recv_type("error").await;
+        assert_eq!(e["code"], "INVALID_MESSAGE", "{field}: {e}");
+        assert!(
+            e["message"].as_str().unwrap_or("").starts_with(field),
+            "{e}"
+        );
+    }
+    let keys: Vec<String> = redis::cmd("KEYS")
+        .arg(format!("{PREFIX}session:*"))
+        .query_async(&mut c)
+        .await
+        .unwrap();
+    assert!(keys.is_empty(), "no session was opened: {keys:?}");
+    // An utterance's own trace id: refused naming the utterance, no job made.
+    let (mut s, sid) = session(&inst).await;
+    let mut u = utterance(&sid, 0);
+    u["trace_id"] = json!(long);
+    s.send(&u).await;
+    let e = s.recv_type("error").await;
+    assert_eq!(e["code"], "INVALID_MESSAGE", "{e}");
+    assert_eq!(e["details"], json!({"utterance_index": 0}), "{e}");
+    let jobs: Vec<String> = redis::cmd("KEYS")
+        .arg(format!("{PREFIX}job:*"))
+        .query_async(&mut c)
+        .await
+        .unwrap();
+    assert!(jobs.is_empty(), "{jobs:?}");
+    invariants::check(&mut c).await;
+}

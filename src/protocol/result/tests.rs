@@ -18,6 +18,7 @@ mod reference {
     fn ms_value(v: &Value) -> Option<u64> {
         v.as_u64()
             .or_else(|| v.as_f64().filter(|f| *f >= 0.0).map(|f| f as u64))
+            .filter(|ms| *ms <= 1 << 53)
     }
 
     fn translation_result(mut m: Map<String, Value>) -> String {
@@ -123,6 +124,29 @@ fn a_lingua_result_is_passed_on_as_before() {
     assert_eq!(m["type"], "translation_result");
     assert_eq!(m["service_timings"]["total_ms"], 1000.0);
     assert!(m.get("group_id").is_none() && m.get("job_id").is_none());
+}
+
+/// Audit finding: a timing beyond 2^53 reached the script, whose `%d` wrapped it into a
+/// negative `scheduler_to_node_ms`. Such a value is now absent, as a negative one is.
+#[test]
+fn a_timing_beyond_what_the_script_counts_exactly_is_absent() {
+    for (v, want) in [
+        ("1e300", None),
+        ("18446744073709551615", None),
+        ("9007199254740993", None),
+        ("9007199254740992", Some(1u64 << 53)),
+        ("1700000000000.5", Some(1_700_000_000_000)),
+    ] {
+        let text = format!(
+            r#"{{"job_id":"j","attempt_id":1,"success":true,"node_completed_at_ms":{v},"processing_time_ms":{v}}}"#
+        );
+        let b = decode(&text).expect("decodes").body;
+        assert_eq!(
+            (b.node_completed_at_ms, b.processing_time_ms),
+            (want, want),
+            "{v}"
+        );
+    }
 }
 
 #[test]
