@@ -145,13 +145,11 @@ async fn tenants_live_in_their_cells_and_every_instance_serves_every_cell() {
     gpu_cells.sort();
     assert_eq!(gpu_cells, ["eu", "us"], "{nodes}");
     let (_, us_only) = get_json(&http_url(&a, "/api/v1/nodes?cell=us")).await;
+    let us_only = us_only.as_array().expect("nodes").clone();
+    assert!(us_only.iter().all(|n| n["cell"] == "us"), "{us_only:?}");
     assert!(
-        us_only
-            .as_array()
-            .unwrap()
-            .iter()
-            .all(|n| n["cell"] == "us"),
-        "{us_only}"
+        us_only.iter().any(|n| n["id"] == "gpu-1"),
+        "gpu-1 serves us: {us_only:?}"
     );
     let (code, _) = get_json(&http_url(&a, "/api/v1/nodes?cell=mars")).await;
     assert_eq!(code, 404);

@@ -75,6 +75,17 @@ fn cells_round_trip_through_check_config() {
     let (code, again, err) = check_config(&[], &["--config", printed.to_str().unwrap()]);
     assert_eq!(code, 0, "{err}");
     assert_eq!(again.matches("[[cells]]").count(), 2, "{again}");
+    let settings = |t: &str| -> Vec<String> {
+        t.lines()
+            .filter(|l| !l.starts_with('#'))
+            .map(str::to_string)
+            .collect()
+    };
+    assert_eq!(
+        settings(&again),
+        settings(&out),
+        "reads back as the same configuration"
+    );
     std::fs::write(&file, cells.replace("tenants", "default = true\ntenants")).unwrap();
     let (code, _, err) = check_config(&[], &["--config", file.to_str().unwrap()]);
     assert_ne!(code, 0);

@@ -73,6 +73,10 @@ async fn aof_everysec_restart_after_sigkill_keeps_sessions_and_jobs() {
         acked.len()
     );
     assert!(
+        !acked.is_empty(),
+        "no session open was acknowledged before the kill"
+    );
+    assert!(
         oldest.is_none_or(|d| d < Duration::from_millis(2_100)),
         "only the last second (plus the fsync in flight) may be lost"
     );
@@ -166,14 +170,21 @@ async fn wait_replicas_cost_is_measured() {
         w50 - p50
     );
     let text = metrics_text(&waiting).await;
-    assert!(
-        text.contains("switchyard_redis_wait_seconds_count"),
-        "{text}"
-    );
+    // 220 jobs, each a submit and a job_result that wait: the histogram is always
+    // exported, so its count (not its presence) shows the WAITs were made
+    let waits = sample(&text, "switchyard_redis_wait_seconds_count").unwrap_or(0.0);
+    assert!(waits >= 440.0, "{waits} WAITs for 220 jobs: {text}");
     assert!(
         text.contains("switchyard_redis_wait_short_total 0"),
         "every WAIT reached the replica"
     );
+    let plain_text = metrics_text(&plain).await;
+    assert_eq!(
+        sample(&plain_text, "switchyard_redis_wait_seconds_count"),
+        Some(0.0),
+        "no WAIT without redis.wait_replicas"
+    );
+    common::invariants::check(&mut primary.client().await).await;
 }
 
 /// Review finding: with `redis.wait_replicas` set, a `WAIT` that fell short failed the

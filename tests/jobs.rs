@@ -260,26 +260,26 @@ async fn tenant_sessions_prefer_their_nodes_and_strict_tenants_never_leave_them(
             }
         }
     };
-    let (mut acme, _) = node(&inst, cap1(Some("acme"))).await;
+    let (mut acme, acme_id) = node(&inst, cap1(Some("acme"))).await;
     let (mut strict, _) = node(&inst, cap1(Some("strictco"))).await;
-    let (mut public, _) = node(&inst, cap1(None)).await;
+    let (mut public, public_id) = node(&inst, cap1(None)).await;
     let url = ws_url(&inst, "/ws/session");
     let mut init = fixture("session_init_one_way");
     init["tenant_id"] = json!("acme");
     let acme_url = tenant_ws_url(&inst, "/ws/session", "acme");
     let (mut s1, sid1) = open_session(&acme_url, init.clone()).await;
     s1.send(&utterance(&sid1, 0)).await;
-    assert_eq!(
-        assign(&mut acme).await["session_id"],
-        sid1.as_str(),
-        "tenant pool first"
-    );
+    let a0 = assign(&mut acme).await;
+    assert_eq!(a0["session_id"], sid1.as_str(), "tenant pool first");
     s1.send(&utterance(&sid1, 1)).await;
+    let a1 = assign(&mut public).await;
     assert_eq!(
-        assign(&mut public).await["session_id"],
+        a1["session_id"],
         sid1.as_str(),
         "non-strict: public when full"
     );
+    // The public node is free again: a strict job that leaked would go to it.
+    public.send(&answer(&a1, &public_id, "one")).await;
     init["tenant_id"] = json!("strictco");
     let strictco = tenant_ws_url(&inst, "/ws/session", "strictco");
     let (mut s2, sid2) = open_session(&strictco, init).await;
@@ -290,21 +290,34 @@ async fn tenant_sessions_prefer_their_nodes_and_strict_tenants_never_leave_them(
         next_of(&mut public, "job_assign", Duration::from_millis(300))
             .await
             .is_none(),
-        "strict stays home"
+        "strict stays home, though the public node is free"
     );
-    // A session without tenant never reaches tenant nodes.
+    let queued: i64 = c
+        .llen(format!("{PREFIX}queue:tenant:strictco:zh:en"))
+        .await
+        .unwrap();
+    assert_eq!(queued, 1, "the strict job waits for its own node");
+    // A session without tenant never reaches tenant nodes: the acme node is free, the
+    // public one busy with this session's first utterance.
+    acme.send(&answer(&a0, &acme_id, "zero")).await;
+    let got = terminals(&mut s1, 2, T).await;
+    assert_eq!(
+        got[1]["text_translated"], "one",
+        "both nodes answered: {got:?}"
+    );
     let (mut s3, sid3) = open_session(&url, fixture("session_init_one_way")).await;
     s3.send(&utterance(&sid3, 0)).await;
-    let e = terminals(&mut s3, 1, T).await;
-    assert_eq!(
-        e[0]["code"], "NO_AVAILABLE_NODE",
-        "public node is busy, tenant nodes are not public"
-    );
+    assert_eq!(assign(&mut public).await["session_id"], sid3.as_str());
+    s3.send(&utterance(&sid3, 1)).await;
     assert!(
-        next_of(&mut acme, "job_assign", Duration::from_millis(100))
+        next_of(&mut acme, "job_assign", Duration::from_millis(300))
             .await
-            .is_none()
+            .is_none(),
+        "tenant nodes are not public, though the acme node is free"
     );
+    let queued: i64 = c.llen(format!("{PREFIX}queue:pub:zh:en")).await.unwrap();
+    assert_eq!(queued, 1, "the public job waits for the public node");
+    drop(s3);
     invariants::check(&mut c).await;
 }
 

@@ -43,6 +43,7 @@ async fn register_with_array_language_capabilities_is_refused_and_stores_nothing
         fixture("node_register_first")["language_capabilities"].clone();
     let id = node.register_id(frame, Some("node-strict01")).await;
     assert_eq!(id, "node-strict01");
+    common::invariants::check(&mut c).await;
 }
 
 /// A node's three language lists hold at most 192 languages together (every version's
@@ -135,7 +136,13 @@ async fn heartbeat_with_array_resource_usage_is_refused_and_changes_nothing() {
     node.send(&hb).await;
     expect_invalid(&mut node, "resource_usage.cpu_percent").await;
     let after: std::collections::HashMap<String, String> = c.hgetall(&key).await.expect("hash");
-    for field in ["cpu", "mem", "gpu", "gpu_mem", "caps_sig", "pools"] {
+    for field in ["cpu", "capsig"] {
+        assert!(
+            before.contains_key(field),
+            "{field} is a field of the record: {before:?}"
+        );
+    }
+    for field in ["cpu", "mem", "gpu", "gpu_mem", "capsig"] {
         assert_eq!(before.get(field), after.get(field), "{field} changed");
     }
     // unknown fields and nulls stay accepted
@@ -155,6 +162,7 @@ async fn heartbeat_with_array_resource_usage_is_refused_and_changes_nothing() {
         },
     )
     .await;
+    common::invariants::check(&mut c).await;
 }
 
 #[tokio::test]
@@ -173,6 +181,7 @@ async fn session_init_with_a_wrong_typed_field_is_refused_and_opens_nothing() {
     expect_invalid(&mut s, "auto_langs").await;
     let sessions: Vec<String> = c.keys(format!("{PREFIX}session:*")).await.expect("keys");
     assert!(sessions.is_empty(), "{sessions:?}");
+    common::invariants::check(&mut c).await;
 }
 
 /// Call `script` with the instance's context arguments followed by `rest`.

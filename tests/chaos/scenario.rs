@@ -219,7 +219,24 @@ pub(super) async fn chaos(redis_env: Vec<(&'static str, String)>, cells: Vec<Cel
         problems.len(),
         problems.join("\n")
     );
-    assert!(counts.kills.load(Ordering::Relaxed) >= KILLS as u64);
+    // The kills hit: sessions resumed and nodes reconnected (the kill count alone is the
+    // loop's own). And "loses nothing" means results, not errors in their place: a job may
+    // run out of attempts only if the kills hit it on every node it tried, which a run of
+    // this length makes rare (2,000 of 2,000 in the runs seen).
+    assert!(
+        counts.resumes.load(Ordering::Relaxed) > 0,
+        "no session resumed"
+    );
+    assert!(
+        counts.node_reconnects.load(Ordering::Relaxed) > 0,
+        "no node reconnected"
+    );
+    let total = SESSIONS as u64 * UTTERANCES;
+    let results = by_kind.get("translation_result").copied().unwrap_or(0);
+    assert!(
+        results >= total - total / 100,
+        "{results} of {total} utterances got their result: {by_kind:?}"
+    );
 
     // Let the last disconnects settle, then the state of every cell must be clean.
     let settle = Instant::now();

@@ -43,7 +43,13 @@ async fn a_failed_over_job_explains_every_attempt_and_where_it_went() {
     assert_eq!(at[0]["reason"], "JOB_TIMEOUT");
     assert_eq!(at[1]["node"], second_id.as_str());
     assert_eq!(at[1]["outcome"], "ok");
-    assert!(at[1]["finished_at_ms"].as_u64() >= at[1]["dispatched_at_ms"].as_u64());
+    let (finished, dispatched) = (
+        at[1]["finished_at_ms"].as_u64().expect("finished_at_ms"),
+        at[1]["dispatched_at_ms"]
+            .as_u64()
+            .expect("dispatched_at_ms"),
+    );
+    assert!(finished >= dispatched, "{v}");
     let looks = at[1]["route"][0]["nodes"]
         .as_array()
         .expect("route")

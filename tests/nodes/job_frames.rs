@@ -128,8 +128,17 @@ async fn timings_beyond_what_the_script_counts_are_ignored() {
     let timings = got[0]["network_timings"]
         .as_object()
         .expect("network_timings");
-    for (k, v) in timings {
-        assert!(v.as_i64().is_some_and(|v| v >= 0), "{k}: {v}");
+    // without the node's clock, the overhead is split between the two hops
+    for k in [
+        "scheduler_to_node_ms",
+        "node_to_scheduler_ms",
+        "scheduler_to_web_ms",
+    ] {
+        let v = &timings[k];
+        assert!(
+            v.as_i64().is_some_and(|v| (0..5_000).contains(&v)),
+            "{k}: {v}"
+        );
     }
     invariants::check(&mut c).await;
 }
