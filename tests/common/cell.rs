@@ -14,7 +14,7 @@ use switchyard::store::StoreError;
 use switchyard::store::instances::ResumeReply;
 use switchyard::store::jobs::{Attempt, Finished, Outcome, result_body};
 use switchyard::store::nodes::{HeartbeatReply, NodeClaim};
-use switchyard::store::sessions::NewJob;
+use switchyard::store::sessions::{NewJob, SessionReply};
 
 use super::invariants::{self, PREFIX};
 use super::model::{Clients, Instance, NodeClient, SessionClient};
@@ -199,6 +199,7 @@ impl Cell {
         let mut bad = invariants::violations(&mut self.redis).await;
         let max_attempts = self.cfg.jobs.max_attempts;
         bad.extend(invariants::unexplained_failures(&mut self.redis, max_attempts).await);
+        self.clients.check_accounted(&mut self.redis).await;
         bad.append(&mut self.clients.violations);
         bad
     }
@@ -455,6 +456,12 @@ impl Cell {
         };
         let sid = c.id.clone();
         let out = self.inst[s].store.submit(&sid, &token, &job).await?;
+        if matches!(
+            out.reply,
+            SessionReply::Created { .. } | SessionReply::Duplicate { .. }
+        ) {
+            self.clients.sessions[k].accepted.insert(index);
+        }
         // The caller holds the audio: a job_assign for its own node does not carry it back.
         for d in out.out.iter().filter(|d| d.k == "node") {
             if d.own.is_none() || d.blob.is_some() {

@@ -74,6 +74,10 @@ pub struct SessionClient {
     pub retired: bool,
     /// Its session's nonce: its jobs are `job-<nonce>-<index>`.
     pub nonce: String,
+    /// Indices whose `submit` made or found a job (`created` / `duplicate`): each must end
+    /// in a terminal message, so at every step it is settled or has a live job with a
+    /// deadline (`Clients::check_accounted`).
+    pub accepted: BTreeSet<u64>,
 }
 
 impl SessionClient {
@@ -362,6 +366,73 @@ impl Clients {
                 if at.is_some_and(|t| (t as u64) + window < swept_at) {
                     self.violations.push(format!(
                         "{}: index {idx} held past the reorder window after a sweep",
+                        s.id
+                    ));
+                }
+            }
+        }
+    }
+
+    /// Liveness (a review found the model checked duplicates and order, never loss): every
+    /// index a live session's `submit` accepted is settled (below the cursor or in the
+    /// result log) or has a job that is still active with a deadline in `due:jobs`, which a
+    /// sweep will act on. A script that dropped a job on the floor fails here, at the step
+    /// that dropped it.
+    pub async fn check_accounted(&mut self, c: &mut redis::aio::MultiplexedConnection) {
+        let p = super::invariants::PREFIX;
+        for s in self.sessions.iter().filter(|s| !s.retired) {
+            let sk = format!("{p}session:{}", s.id);
+            let cursor: Option<u64> = redis::cmd("HGET")
+                .arg(&sk)
+                .arg("next_deliver")
+                .query_async(c)
+                .await
+                .expect("hget");
+            let Some(cursor) = cursor else {
+                continue; // (the session is gone: nothing more can reach it)
+            };
+            for &idx in s.accepted.range(cursor..) {
+                let settled: bool = redis::cmd("HEXISTS")
+                    .arg(format!("{sk}:results"))
+                    .arg(idx)
+                    .query_async(c)
+                    .await
+                    .expect("hexists");
+                if settled {
+                    continue;
+                }
+                let jid: Option<String> = redis::cmd("HGET")
+                    .arg(format!("{sk}:jobs"))
+                    .arg(idx)
+                    .query_async(c)
+                    .await
+                    .expect("hget");
+                let Some(jid) = jid else {
+                    self.violations.push(format!(
+                        "{}: index {idx} accepted, has no job and no outcome",
+                        s.id
+                    ));
+                    continue;
+                };
+                let state: Option<String> = redis::cmd("HGET")
+                    .arg(format!("{p}job:{jid}"))
+                    .arg("state")
+                    .query_async(c)
+                    .await
+                    .expect("hget");
+                let due: Option<f64> = redis::cmd("ZSCORE")
+                    .arg(format!("{p}due:jobs"))
+                    .arg(&jid)
+                    .query_async(c)
+                    .await
+                    .expect("zscore");
+                let active = matches!(
+                    state.as_deref(),
+                    Some("QUEUED" | "DISPATCHED" | "ACCEPTED" | "RUNNING")
+                );
+                if !active || due.is_none() {
+                    self.violations.push(format!(
+                        "{}: index {idx} ({jid}) is lost: no outcome, job {state:?}, deadline {due:?}",
                         s.id
                     ));
                 }
