@@ -90,6 +90,21 @@ impl NodeConn {
                 format!("max_concurrent_jobs must be 1..={}", cfg.max_capacity),
             );
         }
+        // (stored on the node's record and shown by the API: bounded like a session's
+        // free-form fields, protocol::bounds)
+        let described: usize = register_fields(&r, capacity)
+            .iter()
+            .map(|(_, v)| v.len())
+            .sum();
+        if described > MAX_DESCRIPTION {
+            return self.error(
+                ErrorCode::InvalidMessage,
+                format!(
+                    "version, platform, hardware, installed_services and capability_schema_version \
+                     together must be at most {MAX_DESCRIPTION} bytes ({described})"
+                ),
+            );
+        }
         let id = current.or(offered);
         // The connection's cell is pinned by its first registration that succeeds, not by
         // a refused one: a corrected register (another tenant, in another cell) may follow.
@@ -362,6 +377,10 @@ enum Refusal {
     /// Its record is another tenant's, or public and the reverse (a fleet credential).
     Foreign,
 }
+
+/// The descriptive fields of a registration together, as stored (bytes): a node describes
+/// itself in a few hundred.
+const MAX_DESCRIPTION: usize = 16 * 1024;
 
 /// Descriptive node-hash fields from a registration.
 fn register_fields(r: &NodeRegister, default_capacity: u32) -> Vec<(&'static str, String)> {

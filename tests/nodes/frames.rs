@@ -30,6 +30,12 @@ async fn malformed_unknown_and_oversized_frames_get_errors_and_change_nothing() 
         f["capability_by_type"] = json!([{"type": "x|y|pub:zh:en pub:en:zh", "ready": true}]);
         f
     };
+    // (descriptive fields of 20 KB, kept on the node's record)
+    let bloated = {
+        let mut f = fixture("node_register_first");
+        f["hardware"] = json!({"gpu": "x".repeat(20 * 1024)});
+        f
+    };
     let cases: Vec<(String, &str)> = vec![
         ("not json".into(), "INVALID_MESSAGE"),
         ("[1,2,3]".into(), "INVALID_MESSAGE"),
@@ -42,6 +48,7 @@ async fn malformed_unknown_and_oversized_frames_get_errors_and_change_nothing() 
         (bad_caps.to_string(), "INVALID_MESSAGE"),
         (bad_lang.to_string(), "INVALID_CAPABILITY_SCHEMA"),
         (bad_service.to_string(), "INVALID_CAPABILITY_SCHEMA"),
+        (bloated.to_string(), "INVALID_MESSAGE"),
     ];
     for (frame, code) in &cases {
         node.send_text(frame).await;
