@@ -16,14 +16,17 @@ use crate::common::*;
 
 const T: Duration = Duration::from_secs(5);
 
-/// A `job_id` such as `<id>:audio` named another key of the job (a string, not a hash):
-/// the script failed on it after the instance had staged the result's body, and nothing
-/// removed that body. Now the id is refused before anything is written.
-#[tokio::test]
-async fn a_made_up_job_id_is_refused_and_stages_nothing() {
-    let redis = RedisServer::start().await;
-    let inst = start_instance(&redis).await;
-    let mut c = redis.client().await;
+/// An instance, a node and a session whose utterance 0 the node was given: the instance,
+/// the node (with its id), the session and the `job_assign`.
+async fn assigned(
+    redis: &RedisServer,
+) -> (
+    switchyard::server::Running,
+    (WsClient, String),
+    WsClient,
+    serde_json::Value,
+) {
+    let inst = start_instance(redis).await;
     let (mut n, nid) = node(&inst, |_| {}).await;
     let (mut s, sid) = open_session(
         &ws_url(&inst, "/ws/session"),
@@ -32,6 +35,17 @@ async fn a_made_up_job_id_is_refused_and_stages_nothing() {
     .await;
     s.send(&utterance(&sid, 0)).await;
     let a = assign(&mut n).await;
+    (inst, (n, nid), s, a)
+}
+
+/// A `job_id` such as `<id>:audio` named another key of the job (a string, not a hash):
+/// the script failed on it after the instance had staged the result's body, and nothing
+/// removed that body. Now the id is refused before anything is written.
+#[tokio::test]
+async fn a_made_up_job_id_is_refused_and_stages_nothing() {
+    let redis = RedisServer::start().await;
+    let (_inst, (mut n, nid), mut s, a) = assigned(&redis).await;
+    let mut c = redis.client().await;
     let jid = a["job_id"].as_str().expect("job_id").to_string();
     for bad in [format!("{jid}:audio"), "x".repeat(65), String::new()] {
         let mut r = answer_with_tts(&a, &nid, "big", 8192);
@@ -110,16 +124,8 @@ async fn a_nodes_failure_cannot_pose_as_the_scheduler_and_is_bounded() {
 #[tokio::test]
 async fn timings_beyond_what_the_script_counts_are_ignored() {
     let redis = RedisServer::start().await;
-    let inst = start_instance(&redis).await;
+    let (_inst, (mut n, nid), mut s, a) = assigned(&redis).await;
     let mut c = redis.client().await;
-    let (mut n, nid) = node(&inst, |_| {}).await;
-    let (mut s, sid) = open_session(
-        &ws_url(&inst, "/ws/session"),
-        fixture("session_init_one_way"),
-    )
-    .await;
-    s.send(&utterance(&sid, 0)).await;
-    let a = assign(&mut n).await;
     let mut r = answer(&a, &nid, "t");
     r["node_completed_at_ms"] = json!(1e300);
     r["processing_time_ms"] = json!(5);
