@@ -22,6 +22,7 @@ use super::recover;
 use super::{Kind, Outbound, close};
 use crate::cells::Cell;
 use crate::config::OnGap;
+use crate::protocol::bounds::{failure_code, failure_message};
 use crate::protocol::node::{AsrPartial, JobAck, JobResult};
 use crate::protocol::{ErrorCode, valid_id};
 use crate::routing;
@@ -237,89 +238,5 @@ fn guess_service_type(id: &str) -> Option<&'static str> {
             Some("nmt")
         }
         _ => None,
-    }
-}
-
-/// The codes a node's failure may not pass to a session: the scheduler's own, about the
-/// session, the credential or routing (a node saying `SESSION_CLOSED` would mislead the
-/// client). A node's failure carrying one of them, or a code that is not 1-64 of
-/// `[A-Z0-9_]`, ends the job as `PROCESSING_ERROR`; its message keeps the node's words.
-const SCHEDULER_CODES: &[&str] = &[
-    "INVALID_MESSAGE",
-    "INVALID_SESSION",
-    "SESSION_CLOSED",
-    "UNSUPPORTED_FEATURE",
-    "INVALID_PAIRING_CODE",
-    "NO_AVAILABLE_NODE",
-    "NODE_ID_CONFLICT",
-    "INVALID_CAPABILITY_SCHEMA",
-    "SCHEDULER_DEPENDENCY_DOWN",
-    "UNAUTHORIZED",
-    "RATE_LIMITED",
-];
-
-/// The code a node's failed `job_result` ends its job with (see [`SCHEDULER_CODES`]).
-fn failure_code(code: Option<&str>) -> &str {
-    match code {
-        Some(c)
-            if !c.is_empty()
-                && c.len() <= 64
-                && c.bytes()
-                    .all(|b| b.is_ascii_uppercase() || b.is_ascii_digit() || b == b'_')
-                && !SCHEDULER_CODES.contains(&c) =>
-        {
-            c
-        }
-        _ => "PROCESSING_ERROR",
-    }
-}
-
-/// A node's failure message as the job keeps it (its record, for `jobs.record_ttl_ms`, and
-/// the session's `error`): at most [`MAX_FAILURE_MESSAGE`] bytes, cut at a character.
-fn failure_message(message: &str) -> &str {
-    if message.len() <= MAX_FAILURE_MESSAGE {
-        return message;
-    }
-    let mut end = MAX_FAILURE_MESSAGE;
-    while !message.is_char_boundary(end) {
-        end -= 1;
-    }
-    &message[..end]
-}
-
-/// The longest failure message of a node a job keeps (bytes).
-const MAX_FAILURE_MESSAGE: usize = 1024;
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn a_nodes_failure_code_is_its_own_or_processing_error() {
-        assert_eq!(failure_code(Some("NMT_TIMEOUT")), "NMT_TIMEOUT");
-        assert_eq!(failure_code(Some("ASR_FAILED_2")), "ASR_FAILED_2");
-        for bad in [
-            None,
-            Some(""),
-            Some("SESSION_CLOSED"),
-            Some("RATE_LIMITED"),
-            Some("a b"),
-            Some("lower"),
-            Some(&*"X".repeat(65)),
-        ] {
-            assert_eq!(failure_code(bad), "PROCESSING_ERROR", "{bad:?}");
-        }
-    }
-
-    #[test]
-    fn a_long_failure_message_is_cut_at_a_character() {
-        let m = format!("{}é tail", "a".repeat(MAX_FAILURE_MESSAGE - 1));
-        let cut = failure_message(&m);
-        assert_eq!(
-            cut.len(),
-            MAX_FAILURE_MESSAGE - 1,
-            "é would straddle the limit"
-        );
-        assert_eq!(failure_message("short"), "short");
     }
 }

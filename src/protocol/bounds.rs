@@ -1,8 +1,9 @@
-//! Bounds on the free-form fields of a session's frames that Switchyard keeps: a
-//! `session_init`'s are stored with the session and copied into every job it cuts, a trace
-//! id stays on a job's record for `jobs.record_ttl_ms` after it ended. Unbounded, one frame
-//! would be multiplied by every small frame after it. A frame over a bound is refused
-//! (`INVALID_MESSAGE`, naming the field) and changes nothing.
+//! Bounds on the free-form fields peers send that Switchyard keeps or passes on. A
+//! session's: a `session_init`'s are stored with the session and copied into every job it
+//! cuts, a trace id stays on a job's record for `jobs.record_ttl_ms` after it ended;
+//! unbounded, one frame would be multiplied by every small frame after it. A frame over a
+//! bound is refused (`INVALID_MESSAGE`, naming the field) and changes nothing. A node's
+//! failure: its code may not pose as the scheduler's, its message is kept to 1 KB.
 
 use super::session::{JobOptions, SessionInit, Utterance};
 use super::{valid_id, valid_lang};
@@ -68,6 +69,56 @@ pub fn utterance(u: &Utterance<'_>) -> Result<(), String> {
     options(&u.options)
 }
 
+/// The codes a node's failure may not pass to a session: the scheduler's own, about the
+/// session, the credential or routing (a node saying `SESSION_CLOSED` would mislead the
+/// client). A node's failure carrying one of them, or a code that is not 1-64 of
+/// `[A-Z0-9_]`, ends the job as `PROCESSING_ERROR`; its message keeps the node's words.
+pub const SCHEDULER_CODES: &[&str] = &[
+    "INVALID_MESSAGE",
+    "INVALID_SESSION",
+    "SESSION_CLOSED",
+    "UNSUPPORTED_FEATURE",
+    "INVALID_PAIRING_CODE",
+    "NO_AVAILABLE_NODE",
+    "NODE_ID_CONFLICT",
+    "INVALID_CAPABILITY_SCHEMA",
+    "SCHEDULER_DEPENDENCY_DOWN",
+    "UNAUTHORIZED",
+    "RATE_LIMITED",
+];
+
+/// The code a node's failed `job_result` ends its job with (see [`SCHEDULER_CODES`]).
+pub fn failure_code(code: Option<&str>) -> &str {
+    match code {
+        Some(c)
+            if !c.is_empty()
+                && c.len() <= 64
+                && c.bytes()
+                    .all(|b| b.is_ascii_uppercase() || b.is_ascii_digit() || b == b'_')
+                && !SCHEDULER_CODES.contains(&c) =>
+        {
+            c
+        }
+        _ => "PROCESSING_ERROR",
+    }
+}
+
+/// A node's failure message as the job keeps it (its record, for `jobs.record_ttl_ms`, and
+/// the session's `error`): at most [`MAX_FAILURE_MESSAGE`] bytes, cut at a character.
+pub fn failure_message(message: &str) -> &str {
+    if message.len() <= MAX_FAILURE_MESSAGE {
+        return message;
+    }
+    let mut end = MAX_FAILURE_MESSAGE;
+    while !message.is_char_boundary(end) {
+        end -= 1;
+    }
+    &message[..end]
+}
+
+/// The longest failure message of a node a job keeps (bytes).
+pub const MAX_FAILURE_MESSAGE: usize = 1024;
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -114,5 +165,34 @@ mod tests {
             let e = init(&extra).expect_err(field);
             assert!(e.starts_with(field), "{field}: {e}");
         }
+    }
+
+    #[test]
+    fn a_nodes_failure_code_is_its_own_or_processing_error() {
+        assert_eq!(failure_code(Some("NMT_TIMEOUT")), "NMT_TIMEOUT");
+        assert_eq!(failure_code(Some("ASR_FAILED_2")), "ASR_FAILED_2");
+        for bad in [
+            None,
+            Some(""),
+            Some("SESSION_CLOSED"),
+            Some("RATE_LIMITED"),
+            Some("a b"),
+            Some("lower"),
+            Some(&*"X".repeat(65)),
+        ] {
+            assert_eq!(failure_code(bad), "PROCESSING_ERROR", "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn a_long_failure_message_is_cut_at_a_character() {
+        let m = format!("{}é tail", "a".repeat(MAX_FAILURE_MESSAGE - 1));
+        let cut = failure_message(&m);
+        assert_eq!(
+            cut.len(),
+            MAX_FAILURE_MESSAGE - 1,
+            "é would straddle the limit"
+        );
+        assert_eq!(failure_message("short"), "short");
     }
 }
