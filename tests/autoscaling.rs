@@ -81,4 +81,5 @@ async fn pool_saturation_queue_wait_and_refusals_are_exported() {
     assert!(p50 < 0.1, "p50 {p50}");
     assert!((0.5..1.0).contains(&p95), "p95 {p95}");
     node.stop();
+    invariants::check(&mut redis.client().await).await;
 }

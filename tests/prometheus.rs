@@ -119,6 +119,7 @@ async fn prometheus_scrapes_the_transition_counters_and_gauges() {
         .await;
         assert_eq!(got, want, "{q}");
     }
+    common::invariants::check(&mut redis.client().await).await;
 }
 
 #[path = "prometheus/scrape.rs"]

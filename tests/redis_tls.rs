@@ -154,14 +154,33 @@ async fn tls_with_a_ca_file_and_an_acl_user() {
     );
     node.stop();
 
-    // A wrong password, and TLS without the CA: not ready, and the reason says why.
-    for (password, with_ca) in [("wrong", true), ("s3cret-pass", false)] {
+    // A wrong password, and TLS without the CA: not ready (asked for longer than the good
+    // instance may take to be ready), and the reason names the cause.
+    for (password, with_ca, cause) in [
+        ("wrong", true, "authentication"),
+        ("s3cret-pass", false, "certificate"),
+    ] {
         let bad = start_with(cfg(port, certs.path(), password, with_ca)).await;
-        tokio::time::sleep(Duration::from_millis(300)).await;
-        let (status, body) = readyz(&bad).await;
-        assert_eq!(status, 503, "{password} ca={with_ca}: {body}");
+        let until = std::time::Instant::now() + Duration::from_millis(1500);
+        let mut body = serde_json::Value::Null;
+        while std::time::Instant::now() < until {
+            let (status, b) = readyz(&bad).await;
+            assert_eq!(status, 503, "{password} ca={with_ca}: {b}");
+            body = b;
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        let reason = body["reason"].as_str().unwrap_or_default().to_lowercase();
+        assert!(
+            reason.contains(cause),
+            "password {password:?}, CA file {with_ca}: the reason names the {cause}: {body}"
+        );
         eprintln!("password {password:?}, CA file {with_ca}: /readyz 503 {body}");
     }
+    let url = format!("rediss://switchyard:s3cret-pass@127.0.0.1:{port}");
+    let mut c = connect_with_ca(&url, Some(&ca))
+        .await
+        .expect("TLS connection as the ACL user");
+    common::invariants::check(&mut c).await;
 }
 
 /// A TLS-only primary with a password, watched by three TLS-only sentinels with a password

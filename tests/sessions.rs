@@ -440,6 +440,7 @@ async fn a_minted_session_id_is_refused_while_keys_of_an_earlier_session_linger(
         OpenReply::Taken,
         "its record holds it"
     );
+    invariants::check(&mut c).await;
 }
 
 /// Review finding (docs/scaling.md): on a cluster the redis client resends a command whose

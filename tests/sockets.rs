@@ -159,6 +159,34 @@ async fn server_side_closed_within(
     !server_side_open(inst.addr, client)
 }
 
+/// The size of one flooded job_assign: its 1 MiB of audio in base64 (and a little JSON).
+const JOB_ASSIGN_BYTES: u64 = 1024 * 1024 * 4 / 3;
+
+/// The most a TCP socket's send buffer may hold here (`net.ipv4.tcp_wmem` max).
+fn tcp_wmem_max() -> u64 {
+    let v = std::fs::read_to_string("/proc/sys/net/ipv4/tcp_wmem").expect("tcp_wmem");
+    v.split_whitespace()
+        .nth(2)
+        .and_then(|m| m.parse().ok())
+        .expect("tcp_wmem max")
+}
+
+/// The `reserved` count of the one node in Redis (0 when there is none).
+async fn reserved(c: &mut redis::aio::MultiplexedConnection) -> u64 {
+    let index = format!("{}nodes:index", invariants::PREFIX);
+    let ids: Vec<String> = redis::AsyncCommands::zrange(c, index, 0, -1)
+        .await
+        .expect("zrange");
+    let Some(id) = ids.first() else {
+        return 0;
+    };
+    node_hash(c, id)
+        .await
+        .get("reserved")
+        .and_then(|r| r.parse().ok())
+        .unwrap_or(0)
+}
+
 /// Review finding: when a connection's read side ended while its writer was blocked on a
 /// peer that stopped reading (zero window), the writer task was detached after 2 s and
 /// kept the socket open for ever, no longer counted by any limit. Now it is aborted and
@@ -169,14 +197,36 @@ async fn a_blocked_writer_is_aborted_when_the_read_side_ends() {
     let inst = start_tweaked(&redis, |c| {
         c.ws.max_frame_bytes = 4 * 1024 * 1024;
         c.ws.ping_interval_ms = 200;
-        c.ws.idle_timeout_ms = 1_000;
+        c.ws.idle_timeout_ms = 3_000;
         c.ws.write_timeout_ms = 0;
     })
     .await;
     let (ws, local) = node_that_stops_reading(&inst).await;
     assert!(server_side_open(inst.addr, local));
     let _session = flood_the_node(&inst, 10).await;
-    // The node is silent: its read side ends after the idle timeout (1 s), then the
+    // The writer is blocked: more job_assigns were handed to it, while the connection was
+    // up, than the kernel can hold (the instance's send buffer at its largest, the node's
+    // 4 KiB receive buffer and slack). The idle timeout leaves the flood time for that.
+    let must_queue = tcp_wmem_max() + 256 * 1024;
+    let need = must_queue / JOB_ASSIGN_BYTES + 1;
+    assert!(
+        need <= 10,
+        "10 job_assigns cannot fill {must_queue} B of buffers"
+    );
+    let mut c = redis.client().await;
+    eventually(
+        std::time::Duration::from_secs(3),
+        "the node's writer handed more than the kernel buffers hold",
+        || {
+            let mut c = c.clone();
+            async move {
+                let r = reserved(&mut c).await;
+                (r >= need && server_side_open(inst.addr, local)).then_some(())
+            }
+        },
+    )
+    .await;
+    // The node is silent: its read side ends after the idle timeout (3 s), then the
     // writer gets 2 s to finish before it is aborted.
     assert!(
         server_side_closed_within(&inst, local, std::time::Duration::from_secs(10)).await,
@@ -188,6 +238,7 @@ async fn a_blocked_writer_is_aborted_when_the_read_side_ends() {
         "{text}"
     );
     drop(ws);
+    invariants::check(&mut c).await;
 }
 
 /// A peer that never reads while its read side stays up (no idle timeout here): a write
@@ -214,4 +265,5 @@ async fn a_peer_that_never_reads_is_closed_after_the_write_timeout() {
         "{text}"
     );
     drop(ws);
+    invariants::check(&mut redis.client().await).await;
 }

@@ -417,6 +417,16 @@ async fn cluster_runs_nodes_jobs_instances_and_survives_a_primary_kill() {
     node.stop();
 }
 
+/// A `ROLE` reply that says primary.
+fn is_master(role: &redis::Value) -> bool {
+    match role {
+        redis::Value::Array(v) => {
+            matches!(v.first(), Some(redis::Value::BulkString(r)) if r == b"master")
+        }
+        _ => false,
+    }
+}
+
 /// A planned switch-over (`SENTINEL FAILOVER`): the old primary stays up, writable until
 /// Sentinel reconfigures it, so no error says the primary moved; the instance polls the
 /// sentinels (once a second, from its presence beat) and moves.
@@ -444,24 +454,38 @@ async fn sentinel_switchover_is_followed_by_polling_the_sentinels() {
         tokio::time::sleep(Duration::from_millis(20)).await;
     };
     let promoted = Instant::now();
-    // The instance moves once a call meets the demoted primary (READONLY) or its readiness
-    // check sees ROLE = slave; the readiness probe is what an orchestrator runs anyway.
+    // Only the polling may move the instance here: nothing asks /readyz (whose ROLE check
+    // moves it off a demoted primary), and the old primary stays a writable primary until
+    // Sentinel converts it (8 s or more after the switch, hard-coded in Sentinel), so no
+    // call of the instance meets READONLY before then. The node in use is read in process.
+    let mut old_primary = set.primary.client().await;
     until(
         Duration::from_secs(5),
         "the instance follows the switch-over",
-        || async {
-            let _ = get_json(&http_url(&inst, "/readyz")).await;
-            inst.app.cells.default_cell().store.redis_node() == new
-        },
+        || async { inst.app.cells.default_cell().store.redis_node() == new },
     )
     .await;
-    eprintln!(
-        "sentinel switch-over: promoted {:?} after SENTINEL FAILOVER, followed {:?} later",
-        promoted.duration_since(asked),
-        promoted.elapsed()
+    let role: redis::RedisResult<redis::Value> =
+        redis::cmd("ROLE").query_async(&mut old_primary).await;
+    let followed = promoted.elapsed();
+    assert!(
+        role.as_ref().is_ok_and(is_master),
+        "the old primary was demoted before the instance followed ({followed:?}): it may \
+         have followed a READONLY reply, not the polling: ROLE {role:?}"
     );
+    eprintln!(
+        "sentinel switch-over: promoted {:?} after SENTINEL FAILOVER, followed {followed:?} later",
+        promoted.duration_since(asked),
+    );
+    let (status, body) = get_json(&http_url(&inst, "/readyz")).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["redis"].as_str(), Some(new.as_str()), "{body}");
     jobs_flow(&inst, 2).await;
     node.stop();
+    let mut direct = connect(&format!("redis://{new}"))
+        .await
+        .expect("the new primary");
+    invariants::check(&mut direct).await;
 }
 
 #[path = "topologies/migration.rs"]

@@ -188,4 +188,5 @@ async fn one_utterance_across_two_instances_is_one_trace_with_linked_spans() {
         );
     }
     server.abort();
+    common::invariants::check(&mut redis.client().await).await;
 }

@@ -317,6 +317,32 @@ async fn a_terminal_error_of_a_lost_node_offline_reply_still_reaches_its_session
     // An orderly close: node_offline (grace 0) fails its job over, with no attempt left.
     n.close().await;
     tokio::time::sleep_until(free).await;
+    // The reply was lost: the call ended unavailable (timed out while Redis was busy) ...
+    let lost =
+        r#"switchyard_script_calls_total{cell="main",script="node_offline",outcome="unavailable"}"#;
+    eventually(T, "node_offline's call timed out", || async {
+        (metric(&a, lost).await >= 1.0).then_some(())
+    })
+    .await;
+    // ... and yet it committed: the job failed over at the node's going offline (not timed
+    // out by a sweep later).
+    let job_after: std::collections::HashMap<String, String> =
+        eventually(T, "the timed-out node_offline committed", || {
+            let mut c = c.clone();
+            let job_key = job_key.clone();
+            async move {
+                let h: std::collections::HashMap<String, String> =
+                    c.hgetall(&job_key).await.ok()?;
+                (h.get("state").map(String::as_str) == Some("FAILED")).then_some(h)
+            }
+        })
+        .await;
+    assert!(
+        job_after
+            .get("failure_message")
+            .is_some_and(|m| m.contains("went offline")),
+        "failed by node_offline: {job_after:?}"
+    );
     failed_and_told_once(&mut c, &mut s, &job_key, "node_offline").await;
 }
 

@@ -54,6 +54,7 @@ async fn an_instance_whose_presence_lapsed_closes_its_connections_so_they_resume
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     assert_eq!(state, "disconnected", "{key}");
+    invariants::check(&mut c).await;
 }
 
 /// The next terminal message on `s` within `timeout`, or its close code if it closes first.
@@ -231,7 +232,31 @@ async fn a_message_dropped_for_an_instance_not_listed_since_a_wipe_leaves_no_lap
         .query_async(&mut c)
         .await
         .unwrap();
+    // The node holds the job_assign (else `result` does nothing and nothing is dropped).
+    assert_eq!(
+        cell.clients.nodes["n0"].work.len(),
+        1,
+        "n0 got no job_assign"
+    );
     cell.result(0, 0, Answer::Ok).await.expect("result");
+    assert!(
+        cell.clients.nodes["n0"].work.is_empty(),
+        "the result was not sent"
+    );
+    // The result for A's session was dropped: nothing waits in A's inbox, nothing reached
+    // the session (checked after its consumer read the inbox, as `check` does).
+    let inbox: u64 = c.xlen(format!("{PREFIX}inbox:{ia}")).await.unwrap();
+    assert_eq!(
+        inbox, 0,
+        "the result was not dropped: it waits in A's inbox"
+    );
+    let bad = cell.check().await;
+    assert!(bad.is_empty(), "{bad:#?}");
+    assert!(
+        cell.clients.sessions[0].got.is_empty(),
+        "the result was not dropped: {}",
+        cell.clients.summary()
+    );
     let tomb: bool = c.exists(format!("{PREFIX}taken:{ia}")).await.unwrap();
     assert!(
         !tomb,
@@ -247,6 +272,8 @@ async fn a_message_dropped_for_an_instance_not_listed_since_a_wipe_leaves_no_lap
         "A lost nothing it had before the wipe, yet its beat reports a lapse: {:?}",
         out.reply
     );
+    let bad = cell.check().await;
+    assert!(bad.is_empty(), "{bad:#?}");
 }
 
 /// After Redis is wiped, an instance has no presence, listing or inbox group until its next
@@ -354,6 +381,8 @@ async fn coming_back_from_a_redis_outage_is_no_lapse() {
     assert_eq!(a.took_over.as_deref(), Some(ib.as_str()), "{a:?}");
     let b = beat(&cell, 1).await;
     assert!(!b.lapsed, "an empty inbox taken over lost nothing: {b:?}");
+    let bad = cell.check().await;
+    assert!(bad.is_empty(), "{bad:#?}");
 }
 
 /// One beat of the simulated instance in `slot`, its reply.

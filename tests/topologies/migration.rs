@@ -197,6 +197,20 @@ async fn a_script_sent_on_to_the_importing_node_writes_nothing_there() {
         before,
         "written on the importing node"
     );
+    // The move is called off and the record goes back: the cell is whole on its owner
+    // again, where nothing the refused calls did may have broken it.
+    setslot(mv.src, mv.slot, &["STABLE"]).await; // (else the owner answers ASK)
+    let _: () = redis::cmd("MIGRATE")
+        .arg("127.0.0.1")
+        .arg(mv.src)
+        .arg(format!("{PREFIX}session:{sid}"))
+        .arg(0)
+        .arg(5000)
+        .query_async(&mut importing)
+        .await
+        .expect("migrate back");
+    mv.cancel().await;
+    invariants::check(&mut source).await;
 }
 
 /// A call sent on (`ASK`) to an importing node that serves no cell finds no library there,
