@@ -232,6 +232,13 @@ pub async fn metrics_text(r: &Running) -> String {
     resp.text().await.expect("metrics body")
 }
 
+/// The settings of the tests' own Redis connections (assertions, the invariant checker):
+/// redis-rs gives up on a reply after 500 ms by default, and the invariant checker's one
+/// read of a whole cell (9,312 pools in one scenario) can take longer on a loaded machine.
+pub fn assertion_connection() -> redis::AsyncConnectionConfig {
+    redis::AsyncConnectionConfig::new().set_response_timeout(Some(Duration::from_secs(5)))
+}
+
 /// GET `url` with an admin token.
 pub async fn get_json(url: &str) -> (u16, Value) {
     let resp = reqwest::Client::new()

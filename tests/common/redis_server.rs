@@ -155,7 +155,9 @@ impl RedisServer {
         let settings = info.redis_settings().clone().set_skip_set_lib_name();
         let tcp = redis::io::tcp::TcpSettings::default().set_nodelay(true);
         let client = redis::Client::open(info.set_redis_settings(settings).set_tcp_settings(tcp))?;
-        client.get_multiplexed_async_connection().await
+        client
+            .get_multiplexed_async_connection_with_config(&super::assertion_connection())
+            .await
     }
 
     /// A connection for assertions.

@@ -44,7 +44,9 @@ pub async fn connect_with_ca(
         }
         None => redis::Client::open(info)?,
     };
-    client.get_multiplexed_async_connection().await
+    client
+        .get_multiplexed_async_connection_with_config(&super::assertion_connection())
+        .await
 }
 
 /// Poll `f` every 20 ms until it is true; panics after `timeout`.
