@@ -17,10 +17,10 @@ run: deps redis
 	SWITCHYARD_AUTH__HS256_SECRETS="[\"dev-$$(cat $(DEV_SECRET))\"]" $(CARGO) run --release -- serve --dev
 
 ## The whole suite (unit + integration, against real redis-server processes), then the
-## node, job (dispatch, outcomes, sessions) and multi-instance scenario suites again on a
-## Sentinel-managed primary + replica and on a 3 + 3 Redis Cluster
-## (tests/common/redis_server.rs).
-SCENARIO_SUITES := --test nodes --test jobs --test outcomes --test sessions --test instances --test payloads
+## node, job (dispatch, outcomes, sessions) and multi-instance scenario suites, and the
+## Prometheus scrape of the cell-wide gauges, again on a Sentinel-managed primary + replica
+## and on a 3 + 3 Redis Cluster (tests/common/redis_server.rs).
+SCENARIO_SUITES := --test nodes --test jobs --test outcomes --test sessions --test instances --test payloads --test prometheus
 test: test-deps lint k8s-check
 	$(CARGO) test --all-targets -- --test-threads=4
 	$(MAKE) --no-print-directory test-topologies

@@ -21,7 +21,11 @@ impl Drop for Prometheus {
     }
 }
 
+/// The value of `q` summed over its series: with `SWITCHYARD_TEST_TOPOLOGY=cluster` the
+/// instance serves three cells, and every cell has its own `switchyard_nodes` series (the
+/// workload's nodes are all in one of them).
 async fn query(port: u16, q: &str) -> Option<f64> {
+    let q = format!("sum({q})");
     let enc: String = q
         .bytes()
         .map(|b| {
