@@ -116,8 +116,9 @@ async fn apply(cell: &mut Cell, op: &Op) -> Result<(), switchyard::store::StoreE
     }
 }
 
-/// One case: a fresh cell, then every operation followed by every check.
-async fn run_case(redis: &RedisServer, ops: &[Op]) -> Result<(), TestCaseError> {
+/// One case: a fresh cell, then every operation followed by every check. Returns the cell
+/// as the last step left it.
+async fn run_case(redis: &RedisServer, ops: &[Op]) -> Result<Cell, TestCaseError> {
     let fail = |e: String| TestCaseError::fail(e);
     let mut cell = Cell::new(redis).await.map_err(|e| fail(e.to_string()))?;
     for (i, op) in ops.iter().enumerate() {
@@ -140,7 +141,7 @@ async fn run_case(redis: &RedisServer, ops: &[Op]) -> Result<(), TestCaseError> 
         let takeover = format!("takeover re-routed {}, dropped {}", c.rerouted, c.dropped);
         eprintln!("{} ops; {takeover}; received {}", ops.len(), c.summary());
     }
-    Ok(())
+    Ok(cell)
 }
 
 #[test]
@@ -160,7 +161,8 @@ fn scripts_keep_the_invariants_under_random_operations() {
         .expect("runtime");
     let redis = rt.block_on(RedisServer::start());
     let ops = prop::collection::vec(op(), 1..60);
-    let result = TestRunner::new(config).run(&ops, |ops| rt.block_on(run_case(&redis, &ops)));
+    let result =
+        TestRunner::new(config).run(&ops, |ops| rt.block_on(run_case(&redis, &ops)).map(|_| ()));
     if let Err(e) = result {
         panic!("{e}");
     }
@@ -213,7 +215,9 @@ fn shrunk_case_reorder_after_a_crash_and_a_resume() {
         Resume { session: 1, via: 0 },
         Open { via: 0, pair: 0 },
         Open { via: 2, pair: 1 },
-        Advance { ms: 10, via: 1 },
+        // 140 ms, under the window (150): no `advance` step passes it, real time does (the
+        // hunt's 10 ms reached it only on a slow run; the replay checks it is reached)
+        Advance { ms: 140, via: 1 },
         submit(0),
         Result {
             node: 2,
@@ -222,7 +226,12 @@ fn shrunk_case_reorder_after_a_crash_and_a_resume() {
         },
         reg(0, 0, 2, 1),
     ];
-    replay(&ops);
+    let r = replay(&ops);
+    let late: u64 = r.cell.clients.sessions.iter().map(|s| s.late).sum();
+    assert!(
+        late > 0,
+        "no index arrived after its window passed: the case no longer reaches its target"
+    );
 }
 
 /// A sequence the property test found once `jobs.queue_max` was small (cell.rs): a job that
@@ -259,8 +268,19 @@ fn shrunk_case_a_failover_into_a_full_queue() {
         reg(2, 2, 1, 1),
         submit(0),
         Advance { ms: 10, via: 1 },
+        // (added when the replay was made to check its target: the model's choices had
+        // moved since the hunt, and the queue was full without any failover into it)
+        Result {
+            node: 2,
+            pick: 0,
+            answer: Answer::ModelNotAvailable,
+        },
     ];
-    replay(&ops);
+    let r = replay(&ops);
+    assert!(
+        r.any_job_field("|queue_full>"),
+        "no job ended explaining a full queue: the case no longer reaches its target"
+    );
 }
 
 /// A sequence `make proptest` found (500 cases): a large result for a session whose
@@ -294,17 +314,55 @@ fn shrunk_case_a_large_result_in_the_inbox_of_an_expired_session() {
         Reopen { session: 0, via: 0 },
         Advance { ms: 10, via: 0 },
     ];
-    replay(&ops);
+    let r = replay(&ops);
+    assert!(
+        r.cell.clients.bodiless > 0,
+        "no inbox entry lost its body: the case no longer reaches its target"
+    );
 }
 
-/// Run one fixed sequence on a fresh redis-server, as a property case does.
-fn replay(ops: &[Op]) {
+/// One fixed sequence run on a fresh redis-server, as a property case does: the cell as it
+/// left it, to check the case still reaches what it was kept for.
+struct Replayed {
+    rt: tokio::runtime::Runtime,
+    redis: RedisServer,
+    cell: Cell,
+}
+
+fn replay(ops: &[Op]) -> Replayed {
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .expect("runtime");
     let redis = rt.block_on(RedisServer::start());
-    if let Err(e) = rt.block_on(run_case(&redis, ops)) {
-        panic!("{e}");
+    let cell = match rt.block_on(run_case(&redis, ops)) {
+        Ok(cell) => cell,
+        Err(e) => panic!("{e}"),
+    };
+    Replayed { rt, redis, cell }
+}
+
+impl Replayed {
+    /// Whether some job record has a field whose value contains `needle`.
+    fn any_job_field(&self, needle: &str) -> bool {
+        self.rt.block_on(async {
+            let mut c = self.redis.client().await;
+            let keys: Vec<String> = redis::cmd("KEYS")
+                .arg("*job:job-*")
+                .query_async(&mut c)
+                .await
+                .expect("keys");
+            for k in keys.iter().filter(|k| !k.ends_with(":audio")) {
+                let h: std::collections::HashMap<String, String> = redis::cmd("HGETALL")
+                    .arg(k)
+                    .query_async(&mut c)
+                    .await
+                    .expect("hgetall");
+                if h.values().any(|v| v.contains(needle)) {
+                    return true;
+                }
+            }
+            false
+        })
     }
 }

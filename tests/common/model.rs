@@ -78,6 +78,9 @@ pub struct SessionClient {
     /// in a terminal message, so at every step it is settled or has a live job with a
     /// deadline (`Clients::check_accounted`).
     pub accepted: BTreeSet<u64>,
+    /// Terminal messages written after a later index's, their reorder window having passed
+    /// (coverage: the fixed replays check they reach what they were kept for).
+    pub late: u64,
 }
 
 impl SessionClient {
@@ -109,6 +112,7 @@ impl SessionClient {
                     "{id}: index {idx} ({ty}) after {j} inside the reorder window (step {step})"
                 ));
             }
+            self.late += 1;
         }
     }
 }
@@ -134,6 +138,9 @@ pub struct Clients {
     /// Inbox entries a takeover re-routed / dropped (coverage, for PROPTEST_VERBOSE).
     pub rerouted: u64,
     pub dropped: u64,
+    /// Inbox entries of a split result whose body was gone (the session's keys expired), read
+    /// and dropped as the consumer drops them.
+    pub bodiless: u64,
     pub violations: Vec<String>,
 }
 
@@ -323,11 +330,14 @@ impl Clients {
                         let msg = format!("{}{}", env.msg, String::from_utf8_lossy(&tail));
                         self.deliver(slot, &env.k, &env.id, Some(&env.conn), &msg, seq);
                     }
-                    None => assert!(
-                        !self.session_bound(slot, &env.id, &env.conn),
-                        "the body of a result for {}'s live connection is gone",
-                        env.id
-                    ),
+                    None => {
+                        assert!(
+                            !self.session_bound(slot, &env.id, &env.conn),
+                            "the body of a result for {}'s live connection is gone",
+                            env.id
+                        );
+                        self.bodiless += 1;
+                    }
                 }
                 let _: u64 = redis::cmd("XDEL")
                     .arg(&key)
