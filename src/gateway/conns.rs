@@ -231,15 +231,16 @@ impl Connections {
         });
     }
 
-    /// The local connection of `id` in `cell`: with `token`, exactly that connection,
-    /// pending or live (a script's commit may address a connection before its `accept`);
-    /// without, the live binding only — a pending one has not been given the id.
-    /// The lifetime (nonce) of the session `id`'s live binding here, if known.
-    pub fn lifetime(&self, kind: Kind, cell: &str, id: &str) -> Option<Arc<str>> {
-        let m = self.map(kind);
+    /// The lifetime (nonce) of session `id`'s live binding here, if known (only sessions
+    /// have lifetimes).
+    pub fn session_lifetime(&self, cell: &str, id: &str) -> Option<Arc<str>> {
+        let m = self.map(Kind::Session);
         find(&m, cell, id, None).and_then(|b| b.lifetime.clone())
     }
 
+    /// The local connection of `id` in `cell`: with `token`, exactly that connection,
+    /// pending or live (a script's commit may address a connection before its `accept`);
+    /// without, the live binding only — a pending one has not been given the id.
     pub fn get(&self, kind: Kind, cell: &str, id: &str, token: Option<&str>) -> Option<LocalConn> {
         let m = self.map(kind);
         find(&m, cell, id, token).map(|b| b.conn.clone())

@@ -150,7 +150,7 @@ impl NodeConn {
         let Some(sid) = sid.filter(|s| !s.is_empty()) else {
             return;
         };
-        let lifetime = self.app.conns.lifetime(Kind::Session, cell.name(), sid);
+        let lifetime = self.app.conns.session_lifetime(cell.name(), sid);
         if lifetime.is_some_and(|n| !of_lifetime(job_id, &n)) {
             self.app
                 .metrics
