@@ -63,8 +63,8 @@ enum Command {
     Inspect {
         #[command(subcommand)]
         what: Inspect,
-        /// Print the JSON of the admin API instead of tables.
-        #[arg(long)]
+        /// Print the JSON of the admin API instead of tables (before or after `job`/`session`).
+        #[arg(long, global = true)]
         json: bool,
     },
     /// Simulated nodes and sessions against running instances (demo, load, benchmarks).
@@ -83,8 +83,12 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let command = cli.command.unwrap_or(Command::Serve { dev: false });
     let dev = matches!(command, Command::Serve { dev: true });
-    // The simulator is a client: it verifies nothing, so it needs no key of its own.
-    let client_only = matches!(command, Command::Sim(_));
+    // The simulator is a client and `inspect` / `cell-names` read Redis directly: none of
+    // them verifies a token, so none needs a key of its own.
+    let client_only = matches!(
+        command,
+        Command::Sim(_) | Command::Inspect { .. } | Command::CellNames { .. }
+    );
     let cfg = match Config::load_with(cli.config.as_deref(), |c| {
         if dev && !c.auth.is_open() && !c.auth.has_keys() {
             c.auth.hs256_secrets = vec![switchyard::auth::mint::dev_secret()];
@@ -133,6 +137,9 @@ fn main() -> ExitCode {
                 ExitCode::from(2)
             }
         },
+        // The key files are read here as `serve` reads them at start: a configuration
+        // `check-config` passes, `serve` starts with.
+        Command::CheckConfig | Command::Serve { .. } if keys_unusable(&cfg) => ExitCode::from(2),
         Command::CheckConfig => match toml_string(&cfg) {
             Ok(s) => {
                 println!(
@@ -188,6 +195,17 @@ fn main() -> ExitCode {
                     ExitCode::FAILURE
                 }
             }
+        }
+    }
+}
+
+/// Whether `[auth]`'s key files cannot be used (unreadable, not a key): said on stderr.
+fn keys_unusable(cfg: &Config) -> bool {
+    match switchyard::auth::Auth::from_config(&cfg.auth) {
+        Ok(_) => false,
+        Err(e) => {
+            eprintln!("switchyard: {e}");
+            true
         }
     }
 }

@@ -155,6 +155,40 @@ fn secure_by_default_a_start_without_any_key_is_refused() {
     assert!(out.contains("mode = \"open\""), "{out}");
 }
 
+/// A key file that cannot be used stops `check-config` as it stops `serve`, with exit code 2
+/// naming it: a configuration the check passes is one `serve` starts with.
+#[test]
+fn an_unusable_key_file_fails_check_config_as_it_fails_serve() {
+    let dir = tempfile::tempdir().unwrap();
+    let not_a_key = dir.path().join("not-a-key.pem");
+    std::fs::write(&not_a_key, "hello\n").unwrap();
+    let not_a_key = format!("[\"{}\"]", not_a_key.display());
+    let cases = [
+        (
+            "SWITCHYARD_AUTH__JWKS_FILE",
+            "/nonexistent/jwks.json",
+            "auth.jwks_file",
+        ),
+        (
+            "SWITCHYARD_AUTH__PUBLIC_KEY_FILES",
+            "[\"/nonexistent/k.pem\"]",
+            "auth.public_key_files",
+        ),
+        (
+            "SWITCHYARD_AUTH__PUBLIC_KEY_FILES",
+            not_a_key.as_str(),
+            "auth.public_key_files",
+        ),
+    ];
+    for (var, value, field) in cases {
+        for command in ["check-config", "serve"] {
+            let (code, _, err) = run(&[(var, value)], &[command]);
+            assert_eq!(code, 2, "{command} with {var}={value}: {err}");
+            assert!(err.contains(field), "{command}: {err}");
+        }
+    }
+}
+
 #[test]
 fn check_config_never_prints_a_secret() {
     let (code, out, _) = check_config(&[], &[]);

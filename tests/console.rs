@@ -65,7 +65,38 @@ async fn a_session_shows_its_state_results_and_jobs() {
     assert_eq!(j["jobs"][0]["node"], nid.as_str());
     let (st, _) = get_json(&http_url(&inst, "/api/v1/jobs/job-nope-0")).await;
     assert_eq!(st, 404);
+
+    // The same from the command line, reading Redis directly: no key configured (it
+    // verifies no token), the record's own field names, `--json` after the target too.
+    let (ok, text, err) = inspect(&redis, &["session", &sid]);
+    assert!(ok, "{text} {err}");
+    for (field, value) in [("state", "open"), ("src", "zh"), ("tgt", "en")] {
+        assert!(
+            text.lines()
+                .any(|l| l.split_whitespace().collect::<Vec<_>>() == [field, value]),
+            "{field} {value}: {text}"
+        );
+    }
+    let (ok, text, err) = inspect(&redis, &["session", &sid, "--json"]);
+    assert!(ok, "{text} {err}");
+    let v: Value = serde_json::from_str(&text).expect("inspect --json prints JSON");
+    assert_eq!(v["session"]["src"], "zh", "{v}");
     common::invariants::check(&mut c).await;
+}
+
+/// `switchyard inspect <args>` against `redis`, with no auth setting in its environment:
+/// (success, stdout, stderr).
+fn inspect(redis: &RedisServer, args: &[&str]) -> (bool, String, String) {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_switchyard"))
+        .arg("inspect")
+        .args(args)
+        .env("SWITCHYARD_REDIS__URL", redis.url())
+        .env_remove("SWITCHYARD_AUTH__HS256_SECRETS")
+        .env_remove("SWITCHYARD_AUTH__MODE")
+        .output()
+        .expect("run switchyard inspect");
+    let text = |b: &[u8]| String::from_utf8_lossy(b).into_owned();
+    (out.status.success(), text(&out.stdout), text(&out.stderr))
 }
 
 #[tokio::test]
