@@ -5,16 +5,22 @@ REDIS_PORT ?= 6379
 CARGO ?= cargo
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: run test proptest build release deps test-deps redis lint fmt check-config clean demo bench bench-deps fuzz fuzz-deps k8s-check
+.PHONY: run dev-secret test proptest build release deps test-deps redis lint fmt check-config clean demo bench bench-deps fuzz fuzz-deps k8s-check
 
 ## Run one instance on 127.0.0.1:5010 against Redis on 127.0.0.1:$(REDIS_PORT), in the
 ## development setup: a secret kept in target/dev/secret (made once), and ready-made tokens
 ## printed at start (`serve --dev`). Production sets its own keys: docs/security.md.
+## Other ports: `make run REDIS_PORT=6390 SWITCHYARD_LISTEN=127.0.0.1:5020` (a
+## SWITCHYARD_REDIS__URL already set in the environment is kept).
 DEV_SECRET := target/dev/secret
-run: deps redis
+DEV_ENV = SWITCHYARD_AUTH__HS256_SECRETS="[\"dev-$$(cat $(DEV_SECRET))\"]" \
+  SWITCHYARD_REDIS__URL="$${SWITCHYARD_REDIS__URL:-redis://127.0.0.1:$(REDIS_PORT)}"
+run: deps redis dev-secret
+	$(DEV_ENV) $(CARGO) run --release -- serve --dev
+
+dev-secret:
 	@mkdir -p target/dev; [ -s $(DEV_SECRET) ] || \
 	  { head -c 32 /dev/urandom | od -An -tx1 | tr -d ' \n' > $(DEV_SECRET); chmod 600 $(DEV_SECRET); }
-	SWITCHYARD_AUTH__HS256_SECRETS="[\"dev-$$(cat $(DEV_SECRET))\"]" $(CARGO) run --release -- serve --dev
 
 ## The whole suite (unit + integration, against real redis-server processes), then the
 ## node, job (dispatch, outcomes, sessions) and multi-instance scenario suites, and the
@@ -133,8 +139,9 @@ lint:
 fmt:
 	$(CARGO) fmt --all
 
-check-config:
-	$(CARGO) run --quiet -- check-config
+## The effective configuration of `make run` (its development secret and Redis address).
+check-config: dev-secret
+	@$(DEV_ENV) $(CARGO) run --quiet -- check-config
 
 clean:
 	$(CARGO) clean

@@ -63,6 +63,36 @@ fn effective_defaults() -> BTreeMap<String, BTreeMap<String, String>> {
     all
 }
 
+/// docs/configuration.md shows `check-config`'s whole output with the defaults and one
+/// secret: it is what the binary prints, line for line (an operator compares theirs to it).
+#[test]
+fn the_sample_check_config_output_is_what_the_binary_prints() {
+    let out = Command::new(env!("CARGO_BIN_EXE_switchyard"))
+        .arg("check-config")
+        .env_clear()
+        .envs(std::env::vars().filter(|(k, _)| !k.starts_with("SWITCHYARD_")))
+        .env(
+            "SWITCHYARD_AUTH__HS256_SECRETS",
+            r#"["docs-test-secret-0123456789abcdef0123"]"#,
+        )
+        .output()
+        .expect("run switchyard check-config");
+    assert!(out.status.success());
+    let printed = String::from_utf8_lossy(&out.stdout);
+    let start = CONFIGURATION
+        .find("```toml\n# effective configuration")
+        .expect("the sample output in docs/configuration.md")
+        + "```toml\n".len();
+    let len = CONFIGURATION[start..].find("```").expect("its end");
+    let sample = &CONFIGURATION[start..start + len];
+    let lines = |t: &str| t.trim_end().lines().map(str::to_string).collect::<Vec<_>>();
+    assert_eq!(
+        lines(sample),
+        lines(&printed),
+        "docs/configuration.md's sample"
+    );
+}
+
 /// The lines of docs/configuration.md's table for `section` ("" = "Top level"): from its
 /// heading to the next heading.
 fn doc_section(section: &str) -> Vec<&'static str> {
