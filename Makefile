@@ -132,7 +132,10 @@ fuzz: fuzz-deps
 fuzz-deps:
 	@command -v cargo-fuzz >/dev/null 2>&1 || { echo "installing cargo-fuzz"; $(CARGO) install cargo-fuzz --locked; }
 
+## rustfmt and clippy come with rustup's default profile, not its minimal one.
 lint:
+	@{ $(CARGO) fmt --version && $(CARGO) clippy --version; } >/dev/null 2>&1 || { \
+	  echo "installing rustfmt and clippy"; rustup component add rustfmt clippy; }
 	$(CARGO) fmt --all -- --check
 	$(CARGO) clippy --all-targets -- -D warnings
 
