@@ -25,7 +25,7 @@ use switchyard::config::Config;
 use switchyard::server::{self, Running};
 
 #[allow(unused_imports)] // not every test binary starts child processes
-pub use redis_server::{RedisServer, free_port, single_only};
+pub use redis_server::{RedisServer, free_port, single_only, unique_port};
 pub use ws::WsClient;
 
 /// The HS256 secret every test instance verifies with (auth is on in every test, as in

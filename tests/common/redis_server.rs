@@ -65,10 +65,33 @@ pub fn redis_config_for(url: &str) -> Option<Topology> {
         .cloned()
 }
 
-/// A free loopback port (for child processes and helpers the tests start).
+/// A free loopback port (for child processes and helpers the tests start), never handed
+/// out twice in this process. From 10000-14999: below the kernel's ephemeral range
+/// (32768-60999 here), where `bind(0)` would pick one and an outgoing connection could take
+/// it before the child binds it, and below `cluster_port`'s 15000-31999 (its nodes and their
+/// buses). `bind(0)` once gave two parallel tests the same port: the second redis-server
+/// could not bind it, and the second test talked to the first one's server.
 pub fn free_port() -> u16 {
-    let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind free port");
-    l.local_addr().expect("local addr").port()
+    unique_port(10_000..15_000, |_| true)
+}
+
+/// A port of `range` that is free on 127.0.0.1, for which `also` holds, and that this
+/// process has not handed out before.
+pub fn unique_port(range: std::ops::Range<u16>, also: impl Fn(u16) -> bool) -> u16 {
+    use rand::RngExt;
+    use std::collections::HashSet;
+    static GIVEN: Mutex<Option<HashSet<u16>>> = Mutex::new(None);
+    let free = |p: u16| std::net::TcpListener::bind(("127.0.0.1", p)).is_ok();
+    let mut given = GIVEN.lock().unwrap_or_else(|e| e.into_inner());
+    let given = given.get_or_insert_with(HashSet::new);
+    for _ in 0..1000 {
+        let p = rand::rng().random_range(range.clone());
+        if !given.contains(&p) && free(p) && also(p) {
+            given.insert(p);
+            return p;
+        }
+    }
+    panic!("no free port in {range:?}");
 }
 
 impl RedisServer {
@@ -131,6 +154,7 @@ impl RedisServer {
             .stderr(Stdio::null())
             .spawn()
             .expect("redis-server must be installed (make test installs it)");
+        let pid = child.id();
         self.child = Some(child);
         for _ in 0..200 {
             if let Ok(mut c) = self.try_client().await
@@ -139,6 +163,22 @@ impl RedisServer {
                     .await
                     .is_ok()
             {
+                // the server that answers is the one this test started, not another's
+                let info: String = redis::cmd("INFO")
+                    .arg("server")
+                    .query_async(&mut c)
+                    .await
+                    .expect("INFO server");
+                let answering = info
+                    .lines()
+                    .find_map(|l| l.strip_prefix("process_id:"))
+                    .and_then(|p| p.trim().parse::<u32>().ok());
+                assert_eq!(
+                    answering,
+                    Some(pid),
+                    "port {} is served by another redis-server than this test's",
+                    self.port
+                );
                 return;
             }
             tokio::time::sleep(Duration::from_millis(10)).await;

@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 
 use redis::aio::MultiplexedConnection;
 
-use super::super::free_port;
+use super::super::{free_port, unique_port};
 use super::connect_with_ca;
 
 /// One redis-server (or sentinel) child process.
@@ -249,19 +249,6 @@ impl Drop for Proc {
 /// tests could otherwise both find it free before either server bound it (seen once: the
 /// second `--cluster create` met a node of the other cluster, "not empty").
 fn cluster_port() -> u16 {
-    use rand::RngExt;
-    use std::collections::HashSet;
-    use std::sync::Mutex;
-    static GIVEN: Mutex<Option<HashSet<u16>>> = Mutex::new(None);
     let free = |p: u16| std::net::TcpListener::bind(("127.0.0.1", p)).is_ok();
-    let mut given = GIVEN.lock().unwrap_or_else(|e| e.into_inner());
-    let given = given.get_or_insert_with(HashSet::new);
-    for _ in 0..1000 {
-        let p = rand::rng().random_range(15_000..22_000);
-        if !given.contains(&p) && free(p) && free(p + 10_000) {
-            given.insert(p);
-            return p;
-        }
-    }
-    panic!("no free cluster port pair");
+    unique_port(15_000..22_000, |p| free(p + 10_000))
 }
