@@ -22,7 +22,7 @@ use super::recover;
 use super::{Kind, Outbound, close};
 use crate::cells::Cell;
 use crate::config::OnGap;
-use crate::protocol::bounds::{failure_code, failure_message};
+use crate::protocol::bounds::{failure_code, failure_message, partial_text};
 use crate::protocol::node::{AsrPartial, JobAck, JobResult};
 use crate::protocol::{ErrorCode, valid_id};
 use crate::routing;
@@ -202,7 +202,13 @@ impl NodeConn {
         };
         let out = cell
             .store
-            .job_partial(&p.job_id, &node_id, &self.token, &p.text, p.is_final)
+            .job_partial(
+                &p.job_id,
+                &node_id,
+                &self.token,
+                partial_text(&p.text),
+                p.is_final,
+            )
             .await;
         match routing::delivered(&self.app, &cell, out) {
             // best-effort: no error reply for partials

@@ -106,18 +106,35 @@ pub fn failure_code(code: Option<&str>) -> &str {
 /// A node's failure message as the job keeps it (its record, for `jobs.record_ttl_ms`, and
 /// the session's `error`): at most [`MAX_FAILURE_MESSAGE`] bytes, cut at a character.
 pub fn failure_message(message: &str) -> &str {
-    if message.len() <= MAX_FAILURE_MESSAGE {
-        return message;
-    }
-    let mut end = MAX_FAILURE_MESSAGE;
-    while !message.is_char_boundary(end) {
-        end -= 1;
-    }
-    &message[..end]
+    cut(message, MAX_FAILURE_MESSAGE)
 }
 
 /// The longest failure message of a node a job keeps (bytes).
 pub const MAX_FAILURE_MESSAGE: usize = 1024;
+
+/// The text of a node's `asr_partial` as the session gets it: at most
+/// [`MAX_PARTIAL_TEXT`] bytes, cut at a character. A partial is not kept, but it is queued
+/// for the session's socket (a queue counted in messages) and, for a session on another
+/// instance, in that instance's inbox: a node sending 4 MiB partials grew an instance by a
+/// gigabyte for one slow session (resource audit).
+pub fn partial_text(text: &str) -> &str {
+    cut(text, MAX_PARTIAL_TEXT)
+}
+
+/// The longest `asr_partial` text passed on (bytes): a sentence in progress is far shorter.
+pub const MAX_PARTIAL_TEXT: usize = 4096;
+
+/// `text`'s first `max` bytes at most, cut at a character boundary.
+fn cut(text: &str, max: usize) -> &str {
+    if text.len() <= max {
+        return text;
+    }
+    let mut end = max;
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    &text[..end]
+}
 
 #[cfg(test)]
 mod tests {

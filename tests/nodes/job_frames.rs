@@ -148,3 +148,27 @@ async fn timings_beyond_what_the_script_counts_are_ignored() {
     }
     invariants::check(&mut c).await;
 }
+
+/// An `asr_partial`'s text reaches the session cut to 4 KB at a character: a node sending
+/// megabyte partials as fast as it can grew an instance by a gigabyte for one slow session
+/// (resource audit: the socket queue counts messages, not bytes).
+#[tokio::test]
+async fn a_partial_text_reaches_the_session_cut_at_4_kb() {
+    let redis = RedisServer::start().await;
+    let (_inst, (mut n, nid), mut s, a) = assigned(&redis).await;
+    let mut c = redis.client().await;
+    // 3-byte characters: 4096 is not a boundary, the cut lands on 4095
+    let text = "語".repeat(3000);
+    n.send(&json!({"type": "asr_partial", "job_id": a["job_id"], "node_id": nid,
+        "text": text, "is_final": false}))
+        .await;
+    let Some(p) = next_of(&mut s, "asr_partial", T).await else {
+        panic!("no asr_partial; the node got {:?}", n.next(T).await);
+    };
+    let got = p["text"].as_str().expect("text");
+    assert_eq!(got.len(), 4095, "cut at a character under 4 KB");
+    assert!(text.starts_with(got));
+    n.send(&answer(&a, &nid, "done")).await;
+    assert_eq!(terminals(&mut s, 1, T).await.len(), 1);
+    invariants::check(&mut c).await;
+}
