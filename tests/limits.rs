@@ -143,6 +143,41 @@ async fn the_issues_flood_of_20000_frames_is_cut_off_with_the_default_limits() {
     );
 }
 
+/// Only a pong that answers one of the instance's pings is exempt from the frame rate:
+/// unsolicited pongs count like any frame (a pong flood ran an instance's one runtime
+/// thread at 100 %, never limited; resource audit).
+#[tokio::test]
+async fn unsolicited_pongs_count_against_the_frame_rate() {
+    let redis = RedisServer::start().await;
+    let inst = start_tweaked(&redis, |c| {
+        c.limits.session_frames_per_sec = 5.0;
+        c.limits.session_frame_burst = 5;
+        c.limits.rate_limit_strikes = 10;
+    })
+    .await;
+    let (mut ws, _) = tokio_tungstenite::connect_async(ws_url(&inst, "/ws/session"))
+        .await
+        .expect("connect");
+    for _ in 0..40 {
+        ws.send(Message::Pong(Default::default()))
+            .await
+            .expect("send pong");
+    }
+    let code = loop {
+        match tokio::time::timeout(Duration::from_secs(5), ws.next()).await {
+            Ok(Some(Ok(Message::Close(f)))) => break f.map(|f| u16::from(f.code)),
+            Ok(Some(Ok(_))) => continue,
+            other => panic!("no close after a pong flood: {other:?}"),
+        }
+    };
+    assert_eq!(code, Some(1008));
+    let text = metrics_text(&inst).await;
+    assert!(
+        text.contains(r#"switchyard_limited_total{kind="session",detail="rate_close"} 1"#),
+        "{text}"
+    );
+}
+
 #[tokio::test]
 async fn a_peer_within_the_rate_is_never_limited() {
     let redis = RedisServer::start().await;

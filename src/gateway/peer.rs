@@ -215,6 +215,10 @@ async fn drive<H: Handler, F: FnOnce(Peer) -> H>(
     let mut ping = tokio::time::interval_at(tokio::time::Instant::now() + period, period);
     ping.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut last_heard = tokio::time::Instant::now();
+    // Pings sent and not answered yet (at most 2 counted): a pong answering one is exempt
+    // from the frame rate; an unsolicited one is a frame like any other (a pong flood ran
+    // an instance's one thread at 100 % unlimited; resource audit).
+    let mut pings_owed: u8 = 0;
     // Set when a drain closed the socket with 1012: until the peer's echo (or this
     // deadline) frames it had already sent — a node's `job_result` — are still handled.
     let mut closing: Option<tokio::time::Instant> = None;
@@ -230,6 +234,7 @@ async fn drive<H: Handler, F: FnOnce(Peer) -> H>(
                     break;
                 }
                 h.peer().send(Outbound::Ping);
+                pings_owed = (pings_owed + 1).min(2);
                 continue;
             }
             // The writer ends after sending a close (from any task: replaced, liveness,
@@ -266,8 +271,13 @@ async fn drive<H: Handler, F: FnOnce(Peer) -> H>(
             }
         };
         last_heard = tokio::time::Instant::now();
+        let answer = matches!(&next, Some(Ok(Message::Pong(_)))) && pings_owed > 0;
+        if answer {
+            pings_owed -= 1;
+        }
         if let Some(Ok(m)) = &next
-            && !matches!(m, Message::Close(_) | Message::Pong(_))
+            && !matches!(m, Message::Close(_))
+            && !answer
         {
             match bucket.take(std::time::Instant::now()) {
                 Verdict::Allow => {}
