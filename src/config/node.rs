@@ -22,6 +22,10 @@ pub struct NodeConfig {
     /// this long for that connection's cleanup (a dropped socket seen a moment later)
     /// before it is refused with `NODE_ID_CONFLICT`.
     pub takeover_wait_ms: u64,
+    /// A connection's capability change (languages, services) within this long of its
+    /// previous one waits until it has passed: each change recomputes the node's pools in
+    /// Redis. `0`: no pacing.
+    pub capability_change_interval_ms: u64,
 }
 
 impl Default for NodeConfig {
@@ -34,6 +38,7 @@ impl Default for NodeConfig {
             default_capacity: 4,
             max_capacity: 256,
             takeover_wait_ms: 1_000,
+            capability_change_interval_ms: 5_000,
         }
     }
 }

@@ -6,6 +6,7 @@
 
 mod conns;
 pub mod node;
+mod node_caps;
 mod node_jobs;
 mod node_register;
 pub mod peer;

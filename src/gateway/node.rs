@@ -13,6 +13,7 @@ use axum::http::{HeaderMap, Uri};
 use axum::response::Response;
 use tracing::Instrument;
 
+use super::node_caps::Paced;
 use super::peer::{self, Handler, Peer};
 use super::{Kind, Outbound};
 use crate::auth::{Credential, Scope};
@@ -40,6 +41,7 @@ pub async fn upgrade(
             cell: None,
             reg: None,
             done: false,
+            caps_pace: Default::default(),
         }
     })
 }
@@ -83,6 +85,8 @@ pub(super) struct NodeConn {
     pub(super) reg: Option<Registered>,
     /// Set when the connection must end (replaced, fenced off).
     pub(super) done: bool,
+    /// How often its heartbeats may change its capabilities.
+    pub(super) caps_pace: super::node_caps::CapsPace,
 }
 
 impl std::ops::Deref for NodeConn {
@@ -255,12 +259,22 @@ impl NodeConn {
                 format!("heartbeat for {id} on the connection of {}", reg.node_id),
             );
         }
-        let caps = match reg.caps.merged(
+        let wanted = match reg.caps.merged(
             h.language_capabilities.as_ref(),
             h.capability_by_type.as_deref(),
         ) {
             Ok(c) => c,
             Err(e) => return self.error(ErrorCode::InvalidCapabilitySchema, e.to_string()),
+        };
+        let stated = h.language_capabilities.is_some() || h.capability_by_type.is_some();
+        let every = self.app.cfg.node.capability_change_interval_ms;
+        let now = std::time::Instant::now();
+        let caps = match self.caps_pace.pace(&reg.caps, wanted, stated, every, now) {
+            Paced::Apply(c) => c,
+            Paced::Held(c) => {
+                self.app.metrics.limited(KIND, "capability_change");
+                c
+            }
         };
         let Some(cell) = self.cell.clone() else {
             return;

@@ -122,6 +122,9 @@ pub fn test_config(redis_url: &str) -> Config {
     cfg.node.liveness_ms = Some(8_000);
     cfg.node.disconnect_grace_ms = 400;
     cfg.node.offline_retention_ms = 5_000;
+    // Scenarios change a node's capabilities by heartbeat several times a second; the pacing
+    // has its own scenario (tests/nodes/capabilities.rs).
+    cfg.node.capability_change_interval_ms = 0;
     cfg.sweep.interval_ms = 50;
     cfg.ws.max_frame_bytes = 64 * 1024;
     cfg.session.pause_ms = 300;

@@ -159,9 +159,11 @@ async fn a_partial_text_reaches_the_session_cut_at_4_kb() {
     let mut c = redis.client().await;
     // 3-byte characters: 4096 is not a boundary, the cut lands on 4095
     let text = "語".repeat(3000);
-    n.send(&json!({"type": "asr_partial", "job_id": a["job_id"], "node_id": nid,
-        "text": text, "is_final": false}))
-        .await;
+    n.send(
+        &json!({"type": "asr_partial", "job_id": a["job_id"], "node_id": nid,
+        "text": text, "is_final": false}),
+    )
+    .await;
     let Some(p) = next_of(&mut s, "asr_partial", T).await else {
         panic!("no asr_partial; the node got {:?}", n.next(T).await);
     };

@@ -234,3 +234,68 @@ async fn a_node_in_more_pools_than_lua_can_unpack_registers_and_is_offered_queue
     assert_eq!(job["node"], "node-wide0002", "{job:?}");
     invariants::check(&mut c).await;
 }
+
+/// A connection changes its capabilities at most once per
+/// `node.capability_change_interval_ms`: each change recomputes the node's pools in Redis
+/// (resource audit: one connection flapping its languages stalled Redis for the cell). A
+/// change within the interval waits, counted `limited{kind="node",detail="capability_change"}`,
+/// and a later heartbeat without capabilities applies it once the interval has passed.
+#[tokio::test]
+async fn capability_changes_are_paced_and_a_held_one_comes_with_a_later_heartbeat() {
+    let redis = RedisServer::start().await;
+    let inst = start_tweaked(&redis, |c| c.node.capability_change_interval_ms = 1_000).await;
+    let mut c = redis.client().await;
+    let mut node = WsClient::connect(&ws_url(&inst, "/ws/node")).await;
+    let id = node.register_id(fixture("node_register_first"), None).await;
+    let pools = |c: &redis::aio::MultiplexedConnection, id: &str| {
+        let (mut c, id) = (c.clone(), id.to_string());
+        async move { pools_of(&mut c, &id).await }
+    };
+    let ja = set(&[
+        "pub:ja:ja",
+        "pub:ja:en",
+        "pub:en:ja",
+        "pub:en:en",
+        "pub:auto:ja",
+        "pub:auto:en",
+    ]);
+    node.heartbeat(&id, Some(&["ja", "en"])).await;
+    eventually(Duration::from_secs(3), "the first change at once", || {
+        let p = pools(&c, &id);
+        let ja = ja.clone();
+        async move { (p.await == ja).then_some(()) }
+    })
+    .await;
+    // flapping: every further change within the second is held
+    for i in 0..6 {
+        let langs: &[&str] = if i % 2 == 0 {
+            &["ko", "en"]
+        } else {
+            &["ja", "en"]
+        };
+        node.heartbeat(&id, Some(langs)).await;
+    }
+    node.heartbeat(&id, Some(&["ko", "en"])).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(pools(&c, &id).await, ja, "held within the interval");
+    let limited = r#"switchyard_limited_total{kind="node",detail="capability_change"}"#;
+    assert!(
+        sample(&metrics_text(&inst).await, limited) == Some(4.0),
+        "each held change is counted (a heartbeat restating the current ones changes nothing)"
+    );
+    // after the interval, a heartbeat without capabilities brings the last one
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    let mut bare = fixture("node_heartbeat");
+    bare["node_id"] = json!(id);
+    if let Some(o) = bare.as_object_mut() {
+        o.remove("language_capabilities");
+        o.remove("capability_by_type");
+    }
+    node.send(&bare).await;
+    eventually(Duration::from_secs(3), "the held change applied", || {
+        let p = pools(&c, &id);
+        async move { p.await.contains("pub:ko:en").then_some(()) }
+    })
+    .await;
+    invariants::check(&mut c).await;
+}
