@@ -22,15 +22,20 @@ fn heartbeat() -> serde_json::Value {
     json!({"type": "client_heartbeat", "session_id": "s-none"})
 }
 
-#[tokio::test]
-async fn frames_over_the_rate_get_rate_limited_then_close_1008() {
-    let redis = RedisServer::start().await;
-    let inst = start_tweaked(&redis, |c| {
+/// An instance whose sessions may send 5 frames a second (burst 5), closed after 10 drops.
+async fn slow_rate(redis: &RedisServer) -> switchyard::server::Running {
+    start_tweaked(redis, |c| {
         c.limits.session_frames_per_sec = 5.0;
         c.limits.session_frame_burst = 5;
         c.limits.rate_limit_strikes = 10;
     })
-    .await;
+    .await
+}
+
+#[tokio::test]
+async fn frames_over_the_rate_get_rate_limited_then_close_1008() {
+    let redis = RedisServer::start().await;
+    let inst = slow_rate(&redis).await;
     let mut s = WsClient::connect(&ws_url(&inst, "/ws/session")).await;
     for _ in 0..40 {
         s.send(&heartbeat()).await;
@@ -149,12 +154,7 @@ async fn the_issues_flood_of_20000_frames_is_cut_off_with_the_default_limits() {
 #[tokio::test]
 async fn unsolicited_pongs_count_against_the_frame_rate() {
     let redis = RedisServer::start().await;
-    let inst = start_tweaked(&redis, |c| {
-        c.limits.session_frames_per_sec = 5.0;
-        c.limits.session_frame_burst = 5;
-        c.limits.rate_limit_strikes = 10;
-    })
-    .await;
+    let inst = slow_rate(&redis).await;
     let (mut ws, _) = tokio_tungstenite::connect_async(ws_url(&inst, "/ws/session"))
         .await
         .expect("connect");

@@ -12,6 +12,18 @@ use crate::common::actors::{answer, open_session, terminals, utterance};
 use crate::common::invariants::{self, PREFIX};
 use crate::common::*;
 
+/// The public pools of a node serving ja and en in every direction.
+fn ja_en_pools() -> BTreeSet<String> {
+    set(&[
+        "pub:ja:ja",
+        "pub:ja:en",
+        "pub:en:ja",
+        "pub:en:en",
+        "pub:auto:ja",
+        "pub:auto:en",
+    ])
+}
+
 #[tokio::test]
 async fn capability_change_moves_the_node_and_empty_languages_leave_every_pool() {
     let redis = RedisServer::start().await;
@@ -21,14 +33,7 @@ async fn capability_change_moves_the_node_and_empty_languages_leave_every_pool()
     let id = node.register_id(fixture("node_register_first"), None).await;
 
     node.heartbeat(&id, Some(&["ja", "en"])).await;
-    let want = set(&[
-        "pub:ja:ja",
-        "pub:ja:en",
-        "pub:en:ja",
-        "pub:en:en",
-        "pub:auto:ja",
-        "pub:auto:en",
-    ]);
+    let want = ja_en_pools();
     eventually(Duration::from_secs(3), "pools follow ja/en", || {
         let mut c = c.clone();
         let (id, want) = (id.clone(), want.clone());
@@ -251,14 +256,7 @@ async fn capability_changes_are_paced_and_a_held_one_comes_with_a_later_heartbea
         let (mut c, id) = (c.clone(), id.to_string());
         async move { pools_of(&mut c, &id).await }
     };
-    let ja = set(&[
-        "pub:ja:ja",
-        "pub:ja:en",
-        "pub:en:ja",
-        "pub:en:en",
-        "pub:auto:ja",
-        "pub:auto:en",
-    ]);
+    let ja = ja_en_pools();
     node.heartbeat(&id, Some(&["ja", "en"])).await;
     eventually(Duration::from_secs(3), "the first change at once", || {
         let p = pools(&c, &id);
