@@ -260,7 +260,9 @@ SCALE_SESSIONS=$((HARD - SCALE_NODES - 200))
 [ "$SCALE_SESSIONS" -gt 10000 ] && SCALE_SESSIONS=10000
 redis-cli -p "$RP" flushall >/dev/null
 PS=$(free_port)
-start_instance "$BIN" "$WORK/instance-scale.log" "$PS" "$REDIS_URL" "${SETTINGS[@]}"
+# (the simulated nodes share one fleet token: let it hold them all)
+start_instance "$BIN" "$WORK/instance-scale.log" "$PS" "$REDIS_URL" "${SETTINGS[@]}" \
+  SWITCHYARD_LIMITS__MAX_NODES_PER_CREDENTIAL=$SCALE_NODES
 S=$INSTANCE_PID
 URL_S="ws://127.0.0.1:$PS"
 sleep 1

@@ -9,6 +9,8 @@ Input:
 Output: [JSON, blobs...]
   {"status":"missing"}             no record (expired or Redis wiped): register again
   {"status":"stale","owner":inst}  another connection owns the node; nothing changed
+  {"status":"limit","live":N}  the record is offline and its fleet credential has
+                      CFG.fleet_nodes live nodes (fleet.lua): not revived, nothing changed
   {"status":"ok","state":s,"changed":bool,"revived":bool,"out":[...]}
 ]]
 --!include ctx
@@ -20,12 +22,13 @@ Output: [JSON, blobs...]
 --!include pick
 --!include dispatch
 --!include liveness
+--!include fleet
 
 -- A session here gets its terminal messages through this instance's inbox (ctx.lua).
 SELF_INBOX = true
 
 local node_id = ARGV[5]
-local cur = redis.call('HMGET', KEYS[1], 'conn', 'owner', 'state', 'capsig')
+local cur = redis.call('HMGET', KEYS[1], 'conn', 'owner', 'state', 'capsig', 'fleet')
 if not cur[1] then return finish({status = 'missing'}) end
 if cur[1] ~= ARGV[6] then return finish({status = 'stale', owner = cur[2]}) end
 
@@ -36,6 +39,11 @@ local load_fields = {'last_hb', NOW, 'deadline', NOW + liveness}
 for i = 10, 9 + 2 * a do load_fields[#load_fields + 1] = ARGV[i] end
 local state, revived = cur[3], false
 if state == 'offline' or state == 'disconnected' then
+  -- an offline record left its credential's count (offline.lua): it must find a place
+  if state == 'offline' then
+    local counted, live = fleet_count(node_id, cur[5] or '')
+    if not counted then return finish({status = 'limit', live = live}) end
+  end
   state, revived = 'ready', true
   if redis.call('HGET', KEYS[1], 'drain') == '1' then state = 'draining' end
   load_fields[#load_fields + 1] = 'state'

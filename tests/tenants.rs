@@ -258,6 +258,101 @@ async fn a_subject_holds_at_most_its_live_sessions_across_instances() {
     invariants::check(&mut c).await;
 }
 
+/// Resource audit: a fleet node token (no `sub`) could register any number of nodes, each
+/// in up to 4,160 pools (~1.7 MB of Redis each). Its live nodes are counted across the
+/// cell, under the token's fingerprint: a node new to the count beyond
+/// `limits.max_nodes_per_credential` is refused and nothing is written; a node already
+/// counted reconnects; a node that goes offline frees its place; another credential is not
+/// affected, and a member whose record is gone is dropped when the count is full.
+#[tokio::test]
+async fn a_fleet_credential_holds_at_most_its_live_nodes_across_instances() {
+    let redis = RedisServer::start().await;
+    let a = start_tweaked(&redis, |c| c.limits.max_nodes_per_credential = 2).await;
+    let b = start_tweaked(&redis, |c| c.limits.max_nodes_per_credential = 2).await;
+    let mut c = redis.client().await;
+    let fleet = token(&[Scope::Node], None, None);
+    let fk = format!(
+        "{PREFIX}fleet:{}:nodes",
+        switchyard::auth::fingerprint(&fleet)
+    );
+    let (url_a, url_b) = (
+        url_with(&a, "/ws/node", &fleet),
+        url_with(&b, "/ws/node", &fleet),
+    );
+    let (mut n1, mut n2) = (
+        WsClient::connect(&url_a).await,
+        WsClient::connect(&url_b).await,
+    );
+    let id1 = n1.register_id(fixture("node_register_first"), None).await;
+    let id2 = n2.register_id(fixture("node_register_first"), None).await;
+    let mut n3 = WsClient::connect(&url_a).await;
+    n3.send(&fixture("node_register_first")).await;
+    let err = n3.recv_type("error").await;
+    assert_eq!(err["code"], "RATE_LIMITED", "{err}");
+    assert_eq!(n3.expect_close().await, Some(1008));
+    let records = node_keys(&mut c).await;
+    let records: Vec<&String> = (records.iter())
+        .filter(|k| !k[PREFIX.len() + "node:".len()..].contains(':'))
+        .collect();
+    assert_eq!(
+        records.len(),
+        2,
+        "nothing written for the third: {records:?}"
+    );
+    let members: Vec<String> = c.smembers(&fk).await.unwrap();
+    assert_eq!(members.len(), 2, "{members:?}");
+    assert!(
+        members.contains(&id1) && members.contains(&id2),
+        "{members:?}"
+    );
+    // Another fleet credential, and a token bound to its node id, are not affected.
+    // (another `exp`: a token minted with the same claims in the same second is the same)
+    let other = short_token(&[Scope::Node], 1800);
+    let mut o = WsClient::connect(&url_with(&b, "/ws/node", &other)).await;
+    o.register_id(fixture("node_register_first"), None).await;
+    let bound = token(&[Scope::Node], Some("gpu-bound-1"), None);
+    let mut s = WsClient::connect(&url_with(&a, "/ws/node", &bound)).await;
+    s.register_id(fixture("node_register_first"), Some("gpu-bound-1"))
+        .await;
+    // A counted node that dropped reconnects (it keeps its place through the grace).
+    n1.drop_connection();
+    let mut back = WsClient::connect(&url_b).await;
+    assert_eq!(
+        back.register_id(fixture("node_register_first"), Some(&id1))
+            .await,
+        id1
+    );
+    // An orderly close takes the node offline: its place is free.
+    n2.close().await;
+    eventually(
+        Duration::from_secs(3),
+        "a place freed by the offline node",
+        || {
+            let (mut c, fk, want) = (c.clone(), fk.clone(), vec![id1.clone()]);
+            async move {
+                let m: Vec<String> = c.smembers(&fk).await.ok()?;
+                (m == want).then_some(())
+            }
+        },
+    )
+    .await;
+    // A member left behind (its record gone) is dropped when the count is full.
+    let _: () = c.sadd(&fk, "ghost-node").await.unwrap();
+    let mut n4 = WsClient::connect(&url_a).await;
+    let id4 = n4.register_id(fixture("node_register_first"), None).await;
+    let mut members: Vec<String> = c.smembers(&fk).await.unwrap();
+    members.sort();
+    let mut want = vec![id1.clone(), id4];
+    want.sort();
+    assert_eq!(members, want);
+    let m = metrics_text(&a).await;
+    assert!(
+        m.contains(r#"switchyard_limited_total{kind="node",detail="nodes_per_credential"} 1"#),
+        "{m}"
+    );
+    invariants::check(&mut c).await;
+}
+
 /// Review finding: a session resumed with a credential that has no tenant (allowed: only a
 /// credential *with* a tenant must match the session's) took the credential's tenant, none,
 /// for its later `utterance`s: a strict tenant's utterances were routed to public nodes.

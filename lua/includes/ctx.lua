@@ -47,7 +47,7 @@ local CFG_NAMES = {'liveness', 'node_retention', 'batch', 'max_attempts', 'queue
   'queue_max', 'scan', 'ack_timeout', 'run_timeout', 'job_ttl', 'choices', 'sample', 'affinity',
   'mna_ms', 'mna_per_min', 'explain', 'session_ttl', 'pause', 'max_duration', 'max_bytes', 'playback_grace',
   'reorder', 'max_ahead', 'retention', 'group_window', 'min_cut', 'presence_ttl', 'inbox_max',
-  'takeover_batch', 'cluster'}
+  'takeover_batch', 'cluster', 'fleet_nodes'}
 local CFG_RAW = nil
 -- Lists the scripts derive from the configuration (field lists...), by name: built once
 -- per configuration instead of on every call (emptied when the configuration changes).
@@ -178,6 +178,11 @@ local function node_key(id) return P .. 'node:' .. id end
 -- The live sessions a credential subject opened: sid -> expiry (ms), for the per-subject
 -- limit (session_open); refreshed with the session's TTLs, removed by session_close.
 local function subject_sessions(sub) return P .. 'subject:' .. sub .. ':sessions' end
+-- The live nodes (not offline) registered with one fleet credential (a node token without
+-- `sub`), by the credential's fingerprint: a set of node ids, for the per-credential limit
+-- (register); a node leaves it when it goes offline (offline.lua) or registers with another
+-- credential. Owned by the node records (no TTL), bounded by the limit.
+local function fleet_nodes(fp) return P .. 'fleet:' .. fp .. ':nodes' end
 local function job_key(id) return P .. 'job:' .. id end
 local function session_key(id) return P .. 'session:' .. id end
 

@@ -1,6 +1,6 @@
--- take_offline(node_id, reason): leave every pool and the liveness set, fail over every
--- job the node holds (with job_cancel, in case a silent node is still connected
--- somewhere), and let the record expire after the retention time.
+-- take_offline(node_id, reason): leave every pool, the liveness set and the count of its
+-- fleet credential, fail over every job the node holds (with job_cancel, in case a silent
+-- node is still connected somewhere), and let the record expire after the retention time.
 -- (Requires ctx, pools, dispatch.)
 local function take_offline(node_id, reason)
   local nk = node_key(node_id)
@@ -8,6 +8,8 @@ local function take_offline(node_id, reason)
   redis.call('HSET', nk, 'state', 'offline', 'offline_at', NOW, 'offline_reason', reason,
     'capsig', '', 'deadline', 0)
   redis.call('ZREM', P .. 'nodes:live', node_id)
+  local fleet = redis.call('HGET', nk, 'fleet')
+  if fleet and fleet ~= '' then redis.call('SREM', fleet_nodes(fleet), node_id) end
   redis.call('ZADD', P .. 'nodes:index', NOW + CFG.node_retention, node_id)
   for _, jid in ipairs(redis.call('SMEMBERS', nk .. ':jobs')) do
     local job = hgetall(job_key(jid))

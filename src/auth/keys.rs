@@ -91,7 +91,11 @@ impl Verifier {
         let mut last = AuthError::Invalid(format!("no key for algorithm {:?}", header.alg));
         for k in candidates {
             match jsonwebtoken::decode::<Claims>(token, &k.key, &self.validation(k.alg)) {
-                Ok(data) => return data.claims.credential(),
+                Ok(data) => {
+                    let mut cred = data.claims.credential()?;
+                    cred.fingerprint = Some(super::fingerprint(token));
+                    return Ok(cred);
+                }
                 Err(e) => {
                     use jsonwebtoken::errors::ErrorKind;
                     let reason = match e.kind() {

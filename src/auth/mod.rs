@@ -24,6 +24,15 @@ use serde::Deserialize;
 
 pub use keys::Verifier;
 
+/// A token's fingerprint: the first 12 bytes of its SHA-256, in hex. Two instances compute
+/// the same one for the same token; it names the token in Redis keys
+/// (`fleet:<fingerprint>:nodes`) and logs without carrying the token itself.
+pub fn fingerprint(token: &str) -> String {
+    use sha2::Digest;
+    let digest = sha2::Sha256::digest(token.as_bytes());
+    digest[..12].iter().map(|b| format!("{b:02x}")).collect()
+}
+
 /// What a credential allows.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Scope {
@@ -74,6 +83,9 @@ pub struct Credential {
     /// `exp` (Unix seconds): when the credential stops being valid. What outlives one
     /// request (the console's live stream) ends then. `None` in open mode.
     pub expires_at: Option<u64>,
+    /// The token's fingerprint ([`fingerprint`]): who holds a credential without `sub`,
+    /// for the limits counted per credential. `None` in open mode.
+    pub fingerprint: Option<String>,
 }
 
 impl Credential {
@@ -86,6 +98,7 @@ impl Credential {
             cell: None,
             open: true,
             expires_at: None,
+            fingerprint: None,
         }
     }
 
@@ -103,6 +116,23 @@ impl Credential {
     /// The node id this credential must register as, if it is bound to one.
     pub fn bound_node(&self) -> Option<&str> {
         if self.open { None } else { self.sub.as_deref() }
+    }
+
+    /// The fleet credential a node registered with this one counts against
+    /// (`limits.max_nodes_per_credential`): its fingerprint, for a token without `sub`. A
+    /// token with `sub` holds one node id only, and open mode counts nobody.
+    pub fn fleet(&self) -> Option<&str> {
+        if self.open || self.sub.is_some() {
+            None
+        } else {
+            self.fingerprint.as_deref()
+        }
+    }
+
+    /// Who the credential is, for what is limited per holder (console streams): its `sub`,
+    /// else its fingerprint; `None` in open mode.
+    pub fn holder(&self) -> Option<&str> {
+        self.sub.as_deref().or(self.fingerprint.as_deref())
     }
 
     /// The tenant a frame's `tenant_id` resolves to: the credential's tenant; a frame may
@@ -282,6 +312,7 @@ impl Claims {
             cell: self.cell,
             open: false,
             expires_at: self.exp,
+            fingerprint: None,
         })
     }
 }

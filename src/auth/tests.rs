@@ -221,6 +221,7 @@ fn node_binding_and_tenant_rules() {
         cell: None,
         open: false,
         expires_at: None,
+        fingerprint: Some("f1".into()),
     };
     assert!(
         !fleet.may_replace_node("n1"),
@@ -235,7 +236,7 @@ fn node_binding_and_tenant_rules() {
     let bound = Credential {
         sub: Some("n1".into()),
         tenant: None,
-        ..fleet
+        ..fleet.clone()
     };
     assert!(bound.may_replace_node("n1") && !bound.may_replace_node("n2"));
     assert_eq!(bound.bound_node(), Some("n1"));
@@ -247,6 +248,23 @@ fn node_binding_and_tenant_rules() {
         Some("t")
     );
     assert!(Credential::open().may_replace_node("anything"));
+    // Only a fleet token's nodes are counted per credential, under its fingerprint.
+    assert_eq!(fleet.fleet(), Some("f1"));
+    assert_eq!(bound.fleet(), None);
+    assert_eq!(Credential::open().fleet(), None);
+    assert_eq!((fleet.holder(), bound.holder()), (Some("f1"), Some("n1")));
+}
+
+#[test]
+fn a_verified_token_carries_its_fingerprint() {
+    let a = auth(&[NEW]);
+    let token = hs256(NEW, &spec(&[Scope::Node], None, None)).unwrap();
+    let c = a
+        .authorize(&HeaderMap::new(), &query(&token), Scope::Node)
+        .unwrap();
+    assert_eq!(c.fingerprint.as_deref(), Some(fingerprint(&token).as_str()));
+    assert_eq!(fingerprint(&token).len(), 24);
+    assert_ne!(fingerprint(&token), fingerprint(&format!("{token}x")));
 }
 
 /// Review finding: `serve --dev` printed the first configured secret whatever it was, so a

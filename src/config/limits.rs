@@ -56,6 +56,11 @@ pub struct LimitsConfig {
     /// subject (`sub`), e.g. one end user (0: no limit). A `session_init` beyond it gets
     /// `RATE_LIMITED`; resuming an existing session is always allowed.
     pub max_sessions_per_subject: u64,
+    /// Live nodes (registered, not offline; across the cell) registered with one fleet
+    /// credential, a node token without `sub` (0: no limit). A `node_register` of a node
+    /// new to that count beyond it gets `RATE_LIMITED` and the connection is closed.
+    /// Tokens with `sub` hold one node id each and are not counted.
+    pub max_nodes_per_credential: u64,
 }
 
 impl Default for LimitsConfig {
@@ -74,6 +79,7 @@ impl Default for LimitsConfig {
             max_console_streams: 32,
             max_connections_per_tenant: 20_000,
             max_sessions_per_subject: 20,
+            max_nodes_per_credential: 1_000,
         }
     }
 }

@@ -57,6 +57,8 @@ pub(super) enum Registration {
     /// The id's record is another tenant's (or public, or the reverse) and this credential
     /// cannot prove it is that node.
     Foreign,
+    /// The credential's fleet holds the most live nodes allowed (this many).
+    Limit(u64),
     /// Registered, but a later registration of the id (another connection of this
     /// instance, whose outcome arrived first) took it over already: replaced.
     Superseded,
@@ -318,6 +320,12 @@ impl NodeConn {
                         register,
                     })
                 }
+            }
+            // The record went offline meanwhile (a silent spell) and its fleet credential's
+            // places were taken: it stays offline, and the connection is closed.
+            Ok(HeartbeatReply::Limit { live }) => {
+                tracing::warn!(node_id = %node_id, live, "offline node not revived: its fleet credential is full");
+                self.refuse(super::node_register::Refusal::Limit(live));
             }
             Ok(HeartbeatReply::Stale { .. }) => {
                 // The record belongs to the newer connection: `finish` runs no cleanup

@@ -168,6 +168,7 @@ impl NodeConn {
             });
         };
         let extra = register_fields(r, app.cfg.node.default_capacity);
+        let fleet = self.cred.fleet();
         let patience = tokio::time::Instant::now()
             + std::time::Duration::from_millis(app.cfg.node.takeover_wait_ms);
         for _ in 0..32 {
@@ -190,7 +191,7 @@ impl NodeConn {
             };
             let out = match cell
                 .store
-                .register(&node_id, claim, &self.token, caps, &extra, floor)
+                .register(&node_id, claim, &self.token, caps, &extra, floor, fleet)
                 .await
             {
                 Ok(out) => out,
@@ -210,6 +211,13 @@ impl NodeConn {
                     refuse(&app);
                     tracing::warn!(node_id = %node_id, "node id of another tenant refused");
                     return Ok(Registration::Foreign);
+                }
+                RegisterReply::Limit { live } => {
+                    routing::deliver(&app, &cell, assign);
+                    refuse(&app);
+                    tracing::warn!(node_id = %node_id, live, fleet = ?fleet,
+                        "node refused: its fleet credential has the most live nodes allowed");
+                    return Ok(Registration::Limit(live));
                 }
                 RegisterReply::Conflict { owner } => {
                     routing::deliver(&app, &cell, assign);
@@ -308,6 +316,7 @@ impl NodeConn {
             Ok(Registration::Done(a)) => return Some(a),
             Ok(Registration::Conflict) => Refusal::Held,
             Ok(Registration::Foreign) => Refusal::Foreign,
+            Ok(Registration::Limit(live)) => Refusal::Limit(live),
             Ok(Registration::Superseded) => {
                 self.send(Outbound::Unhold);
                 self.superseded();
@@ -324,8 +333,9 @@ impl NodeConn {
         None
     }
 
-    /// The node id is not this credential's to take: the answer, then close 1008.
-    fn refuse(&mut self, why: Refusal) {
+    /// The node id is not this credential's to take, or the credential may register no
+    /// further node: the answer, then close 1008.
+    pub(super) fn refuse(&mut self, why: Refusal) {
         let (detail, code, message, reason) = match why {
             // so a genuine node whose old connection is only half-open reconnects (and wins
             // once that connection is found dead)
@@ -333,7 +343,8 @@ impl NodeConn {
                 "node_id_conflict",
                 ErrorCode::NodeIdConflict,
                 "a live connection holds this node id; only a credential whose sub is the \
-                 node id may take it over",
+                 node id may take it over"
+                    .to_string(),
                 "node id held by a live connection",
             ),
             // a fleet credential proves a tenant, not a node: it may not inherit another
@@ -342,11 +353,26 @@ impl NodeConn {
                 "foreign_tenant",
                 ErrorCode::Unauthorized,
                 "this node id is registered to another tenant; only a credential whose sub is \
-                 the node id may take it (or register another id)",
+                 the node id may take it (or register another id)"
+                    .to_string(),
                 "node id of another tenant",
             ),
+            Refusal::Limit(live) => (
+                "nodes_per_credential",
+                ErrorCode::RateLimited,
+                format!(
+                    "this fleet credential has {live} live nodes, the most allowed \
+                     (limits.max_nodes_per_credential): take one offline, or register with \
+                     a credential whose sub is the node id"
+                ),
+                "too many nodes for this credential",
+            ),
         };
-        self.app.metrics.rejected(KIND, detail);
+        if matches!(why, Refusal::Limit(_)) {
+            self.app.metrics.limited(KIND, detail);
+        } else {
+            self.app.metrics.rejected(KIND, detail);
+        }
         self.error(code, message);
         self.send(Outbound::Close(close::POLICY, reason.into()));
         self.done = true;
@@ -370,12 +396,14 @@ impl NodeConn {
     }
 }
 
-/// Why a registration may not take its node id.
-enum Refusal {
+/// Why a registration may not take its node id, or may not be counted.
+pub(super) enum Refusal {
     /// A live connection holds it (a fleet credential).
     Held,
     /// Its record is another tenant's, or public and the reverse (a fleet credential).
     Foreign,
+    /// The fleet credential holds this many live nodes, the most allowed.
+    Limit(u64),
 }
 
 /// The descriptive fields of a registration together, as stored (bytes): a node describes

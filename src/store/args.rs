@@ -75,7 +75,7 @@ impl<'a> Args<'a> {
 
 /// The names of the numbers scripts read as CFG, in the order [`script_config`] packs them
 /// and `lua/includes/ctx.lua` (`CFG_NAMES`) unpacks them.
-pub(crate) const CFG_NAMES: [&str; 30] = [
+pub(crate) const CFG_NAMES: [&str; 31] = [
     "liveness",
     "node_retention",
     "batch",
@@ -106,6 +106,7 @@ pub(crate) const CFG_NAMES: [&str; 30] = [
     "inbox_max",
     "takeover_batch",
     "cluster",
+    "fleet_nodes",
 ];
 
 /// The timings and limits scripts read as CFG (see lua/includes/ctx.lua): the numbers of
@@ -115,7 +116,7 @@ pub(crate) const CFG_NAMES: [&str; 30] = [
 pub(super) fn script_config(cfg: &Config) -> Vec<u8> {
     let j = &cfg.jobs;
     let s = &cfg.session;
-    let values: [(&str, f64); 30] = [
+    let values: [(&str, f64); 31] = [
         ("liveness", cfg.liveness_ms() as f64),
         ("node_retention", cfg.node.offline_retention_ms as f64),
         ("batch", cfg.sweep.batch as f64),
@@ -151,6 +152,7 @@ pub(super) fn script_config(cfg: &Config) -> Vec<u8> {
                 cfg.redis.mode == crate::config::RedisMode::Cluster,
             )),
         ),
+        ("fleet_nodes", cfg.limits.max_nodes_per_credential as f64),
     ];
     debug_assert!(values.iter().map(|v| v.0).eq(CFG_NAMES.iter().copied()));
     values.iter().flat_map(|(_, v)| v.to_le_bytes()).collect()

@@ -43,6 +43,9 @@ pub enum RegisterReply {
     /// A reconnect (fleet credential) of an id whose record is another tenant's, or public
     /// for a tenant's credential and the reverse: refused, nothing changed.
     Foreign,
+    /// The node is new to its fleet credential's count, which holds the most live nodes
+    /// allowed already: refused, nothing changed.
+    Limit { live: u64 },
     Ok {
         /// Grows with every registration of the id (Redis's commit order), above the
         /// caller's floor: orders two outcomes of this instance that arrive out of order.
@@ -65,6 +68,9 @@ pub enum HeartbeatReply {
     Missing,
     /// Another connection owns the node; nothing changed.
     Stale { owner: Option<String> },
+    /// The record is offline and its fleet credential has the most live nodes allowed:
+    /// not revived, nothing changed.
+    Limit { live: u64 },
     Ok {
         state: String,
         changed: bool,
@@ -144,7 +150,9 @@ impl Store {
     /// `register.lua`: record capabilities, owner and connection token; join pools; the
     /// node's free capacity serves queued jobs (deliveries in the output).
     /// `extra` holds descriptive fields (version, hardware, capacity, ...); `epoch_floor`
-    /// is the epoch of the id's live binding on this instance (`Connections::bind`).
+    /// is the epoch of the id's live binding on this instance (`Connections::bind`);
+    /// `fleet` the fleet credential that counts the node (`auth::Credential::fleet`), at
+    /// most `limits.max_nodes_per_credential` of them.
     pub async fn register(
         &self,
         node_id: &str,
@@ -153,6 +161,7 @@ impl Store {
         caps: &Capabilities,
         extra: &[(&'static str, String)],
         epoch_floor: u64,
+        fleet: Option<&str>,
     ) -> Result<Output<RegisterReply>, StoreError> {
         let mut fields = capability_fields(caps);
         fields.extend_from_slice(extra);
@@ -163,6 +172,7 @@ impl Store {
             .s(conn)
             .s(caps.signature())
             .s(epoch_floor)
+            .s(fleet.unwrap_or_default())
             .s(fields.len())
             .fields(&fields)
             .all(caps.pools());

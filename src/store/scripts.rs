@@ -77,13 +77,13 @@ macro_rules! includes {
 
 includes!(
     "ctx", "args", "pools", "deliver", "results", "explain", "pick", "dispatch", "offline",
-    "groups", "submit", "cut", "liveness", "epoch"
+    "groups", "submit", "cut", "liveness", "epoch", "fleet"
 );
 
 /// Include order in the library: every fragment after the ones it requires.
 const LIBRARY_ORDER: &[&str] = &[
     "ctx", "args", "pools", "deliver", "results", "explain", "pick", "dispatch", "offline",
-    "groups", "submit", "cut", "liveness", "epoch",
+    "groups", "submit", "cut", "liveness", "epoch", "fleet",
 ];
 
 /// The includes a script names (`--!include NAME` lines), in its order.

@@ -13,7 +13,7 @@ use switchyard::store::STAGE_MIN_BYTES;
 use switchyard::store::StoreError;
 use switchyard::store::instances::ResumeReply;
 use switchyard::store::jobs::{Attempt, Finished, Outcome, result_body};
-use switchyard::store::nodes::{HeartbeatReply, NodeClaim};
+use switchyard::store::nodes::{HeartbeatReply, NodeClaim, RegisterReply};
 use switchyard::store::sessions::{NewJob, SessionReply};
 
 use super::invariants::{self, PREFIX};
@@ -51,12 +51,23 @@ pub fn cell_config(url: &str) -> Config {
     cfg.jobs.queue_max = 2;
     cfg.jobs.model_unavailable_ms = 500;
     cfg.node.liveness_ms = Some(800);
+    // Three nodes, two fleet credentials of two places each ([`fleet`]): a count fills.
+    cfg.limits.max_nodes_per_credential = FLEET_NODES;
     // Presence lapses only in `crash` (the model deletes it), never by accident.
     cfg.instance.presence_ttl_ms = 60_000;
     cfg
 }
 
 /// Capability variants: en→zh only; both directions; zh→en only; nothing.
+/// The fleet credential the nodes of instance slot `s` register with: two fleets counted
+/// (at most [`FLEET_NODES`] live nodes each, so three nodes can fill one) and a token bound
+/// to its node (not counted). A node that reconnects through another slot moves between
+/// counts.
+pub fn fleet(s: usize) -> Option<&'static str> {
+    [Some("fleet-a"), Some("fleet-b"), None][s % 3]
+}
+pub const FLEET_NODES: u64 = 2;
+
 pub fn caps(variant: u8) -> Capabilities {
     let v = |l: &[&str]| l.iter().map(|s| s.to_string()).collect::<Vec<_>>();
     let (asr, sem) = match variant % 4 {
@@ -234,11 +245,14 @@ impl Cell {
         (!live.is_empty()).then(|| live[pick as usize % live.len()])
     }
 
-    /// A node (re)connects through `via` with a new connection token.
+    /// A node (re)connects through `via` with a new connection token, and the fleet
+    /// credential of that instance's nodes ([`fleet`]). Refused for its credential's count
+    /// (`Limit`), nothing changed: the node keeps its earlier connection, if any.
     pub async fn register(&mut self, node: u8, via: u8, c: u8, capacity: u8) -> R {
         let s = via as usize % INSTANCES;
         let token = self.inst[s].token();
         let (nid, n) = self.node(node);
+        let before = (n.conn.clone(), n.last_token.clone(), n.caps, n.capacity);
         n.conn = Some((s, token.clone()));
         n.last_token = Some(token.clone());
         (n.caps, n.capacity) = (c, capacity);
@@ -248,9 +262,21 @@ impl Cell {
         ];
         let store = &self.inst[s].store;
         let out = store
-            .register(nid, NodeClaim::Replace, &token, &caps(c), &extra, 0)
+            .register(
+                nid,
+                NodeClaim::Replace,
+                &token,
+                &caps(c),
+                &extra,
+                0,
+                fleet(s),
+            )
             .await?;
         self.clients.take(s, &out);
+        if let RegisterReply::Limit { .. } = out.reply {
+            let n = self.node(node).1;
+            (n.conn, n.last_token, n.caps, n.capacity) = before;
+        }
         Ok(())
     }
 
@@ -271,11 +297,27 @@ impl Cell {
                 let extra = [("capacity", "1".into()), ("supports_ack", "0".into())];
                 let store = &self.inst[s].store;
                 let out = store
-                    .register(nid, NodeClaim::Replace, &token, &caps(c), &extra, 0)
+                    .register(
+                        nid,
+                        NodeClaim::Replace,
+                        &token,
+                        &caps(c),
+                        &extra,
+                        0,
+                        fleet(s),
+                    )
                     .await?;
                 self.clients.take(s, &out);
+                // refused for its credential's count: the gateway closes the connection
+                if let RegisterReply::Limit { .. } = out.reply {
+                    self.node(node).1.conn = None;
+                }
             }
-            HeartbeatReply::Stale { .. } => self.node(node).1.conn = None,
+            // An offline record not revived (its credential's count is full): the gateway
+            // closes the connection, whose close changes nothing more.
+            HeartbeatReply::Stale { .. } | HeartbeatReply::Limit { .. } => {
+                self.node(node).1.conn = None
+            }
             HeartbeatReply::Ok { .. } => {}
         }
         Ok(())

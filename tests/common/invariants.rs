@@ -10,6 +10,8 @@
 //!   node; every earlier attempt has an end; with `jobs.max_attempts` known, a job that
 //!   failed after a failover with attempts left explains that last dispatch:
 //!   `unexplained_failures`, checked by the property test);
+//! - a fleet credential's count (`fleet:<fp>:nodes`) holds exactly its nodes that are not
+//!   offline;
 //! - every key has a TTL or is one of the owned kinds (pools, indexes) whose members are
 //!   removed by scripts — nothing grows without bound.
 //!
@@ -41,6 +43,7 @@ fn owned_key(key: &str) -> bool {
         || rest == "instances"
         || rest == "deadletter"
         || rest.starts_with("inbox:")
+        || (rest.starts_with("fleet:") && rest.ends_with(":nodes"))
 }
 
 async fn all_keys(c: &mut MultiplexedConnection) -> Vec<String> {
@@ -185,6 +188,34 @@ fn violations_in(s: &Snapshot, prefix: &str) -> Vec<String> {
             bad.push(format!(
                 "node {n} in state {state} has no liveness deadline"
             ));
+        }
+        let fleet = h.get("fleet").map(String::as_str).unwrap_or("");
+        if state != "offline"
+            && !fleet.is_empty()
+            && !s.set(&format!("{prefix}fleet:{fleet}:nodes")).contains(n)
+        {
+            bad.push(format!(
+                "node {n} in state {state} is not counted by its fleet credential {fleet}"
+            ));
+        }
+    }
+    // A fleet credential counts exactly its nodes that are not offline (register.lua).
+    for fk in s
+        .names()
+        .filter(|k| k.starts_with(&format!("{prefix}fleet:")) && k.ends_with(":nodes"))
+    {
+        let fp = &fk[prefix.len() + "fleet:".len()..fk.len() - ":nodes".len()];
+        for n in s.set(fk) {
+            let h = s.hash(&format!("{prefix}node:{n}"));
+            let state = h.get("state").map(String::as_str);
+            if matches!(state, None | Some("offline"))
+                || h.get("fleet").map(String::as_str) != Some(fp)
+            {
+                bad.push(format!(
+                    "fleet credential {fp} counts node {n} in state {state:?} of credential {:?}",
+                    h.get("fleet")
+                ));
+            }
         }
     }
     for j in ids(s, prefix, "job:") {

@@ -226,6 +226,7 @@ async fn a_node_in_more_pools_than_lua_can_unpack_registers_and_is_offered_queue
             &caps,
             &extra,
             0,
+            None,
         )
         .await
         .expect("the register script runs to its end");

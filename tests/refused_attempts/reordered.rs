@@ -106,7 +106,7 @@ async fn reverse_takeovers(lose_b: bool) {
         }
         let out = cell
             .store
-            .register(&nid, NodeClaim::Replace, t, &caps, &extra, floor)
+            .register(&nid, NodeClaim::Replace, t, &caps, &extra, floor, None)
             .await
             .expect("register");
         let RegisterReply::Ok { epoch, .. } = out.reply else {
@@ -241,7 +241,7 @@ async fn a_job_handed_to_an_overtaken_registration_reaches_the_live_one() {
         ];
         let out = cell
             .store
-            .register(&nid, NodeClaim::Replace, &token, &caps, &extra, floor)
+            .register(&nid, NodeClaim::Replace, &token, &caps, &extra, floor, None)
             .await
             .expect("register");
         let (reply, assign) = out.split();

@@ -27,7 +27,15 @@ async fn the_jobs_of_an_earlier_session_never_reach_a_new_one_with_its_id() {
     let nid = "n-reuse";
     let extra = [("capacity", "3".to_string()), ("supports_ack", "1".into())];
     store
-        .register(nid, NodeClaim::Replace, &node_tok, &caps(0), &extra, 0)
+        .register(
+            nid,
+            NodeClaim::Replace,
+            &node_tok,
+            &caps(0),
+            &extra,
+            0,
+            None,
+        )
         .await
         .expect("register");
     let sid = "s-0000000f";
