@@ -153,6 +153,7 @@ impl Store {
     /// is the epoch of the id's live binding on this instance (`Connections::bind`);
     /// `fleet` the fleet credential that counts the node (`auth::Credential::fleet`), at
     /// most `limits.max_nodes_per_credential` of them.
+    #[allow(clippy::too_many_arguments)] // one per ARGV of the script
     pub async fn register(
         &self,
         node_id: &str,
