@@ -4,7 +4,8 @@
 //! the previous one is deferred, not lost: the connection keeps it and applies it with a
 //! later heartbeat once the interval has passed, unless the node has announced other
 //! capabilities meanwhile (resource audit: one connection flapping its languages took Redis'
-//! PING p50 from 0.14 to 24 ms).
+//! PING p50 from 0.14 to 24 ms). A `node_register` sent again on a registered connection
+//! recomputes them all too: it is refused within the interval.
 
 use std::time::{Duration, Instant};
 
@@ -17,6 +18,9 @@ pub(super) struct CapsPace {
     changed_at: Option<Instant>,
     /// A change held back, applied by a later heartbeat.
     deferred: Option<Capabilities>,
+    /// When the connection last registered: a `node_register` sent again recomputes every
+    /// pool too, so it is paced with the changes.
+    registered_at: Option<Instant>,
 }
 
 /// What a heartbeat should apply.
@@ -53,6 +57,19 @@ impl CapsPace {
         }
         self.changed_at = Some(now);
         Paced::Apply(wanted)
+    }
+
+    /// May the connection register again now? Not within `every_ms` of its last
+    /// registration or capability change (a registration restates every capability).
+    pub(super) fn may_register_again(&self, every_ms: u64, now: Instant) -> bool {
+        let last = self.changed_at.max(self.registered_at);
+        every_ms == 0 || !last.is_some_and(|t| now < t + Duration::from_millis(every_ms))
+    }
+
+    /// The connection registered (first or again): what it states now replaces a held change.
+    pub(super) fn registered(&mut self, now: Instant) {
+        self.registered_at = Some(now);
+        self.deferred = None;
     }
 }
 
@@ -93,6 +110,12 @@ mod tests {
             matches!(p.pace(&c, c.clone(), true, 1000, t0 + ms(1003)), Paced::Apply(x) if x == c)
         );
         assert!(p.deferred.is_none());
+        // registering again: not within the interval of the last change or registration
+        assert!(!p.may_register_again(1000, t0 + ms(1500)));
+        assert!(p.may_register_again(1000, t0 + ms(2002)));
+        p.registered(t0 + ms(2002));
+        assert!(!p.may_register_again(1000, t0 + ms(2500)));
+        assert!(p.may_register_again(0, t0 + ms(2500)));
         // 0: no pacing
         let mut q = CapsPace::default();
         for i in 0..5 {

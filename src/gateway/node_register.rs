@@ -105,6 +105,19 @@ impl NodeConn {
                 ),
             );
         }
+        // (a registration recomputes every pool of the node, like a capability change)
+        let every = self.app.cfg.node.capability_change_interval_ms;
+        let now = std::time::Instant::now();
+        if current.is_some() && !self.caps_pace.may_register_again(every, now) {
+            self.app.metrics.limited(KIND, "register_again");
+            return self.error(
+                ErrorCode::RateLimited,
+                format!(
+                    "node_register again within node.capability_change_interval_ms ({every} ms) \
+                     of this connection's last registration or capability change; nothing changed"
+                ),
+            );
+        }
         let id = current.or(offered);
         // The connection's cell is pinned by its first registration that succeeds, not by
         // a refused one: a corrected register (another tenant, in another cell) may follow.
@@ -145,6 +158,7 @@ impl NodeConn {
                 }
             }
             routing::deliver(&self.app, &cell, assign);
+            self.caps_pace.registered(now);
             self.reg = Some(Registered {
                 node_id,
                 caps,

@@ -298,3 +298,31 @@ async fn capability_changes_are_paced_and_a_held_one_comes_with_a_later_heartbea
     .await;
     invariants::check(&mut c).await;
 }
+
+/// Resource audit: a `node_register` sent again on a registered connection recomputed every
+/// pool of the node, unpaced (capability changes by heartbeat were). Within
+/// `node.capability_change_interval_ms` of the last registration or change it is refused
+/// with `RATE_LIMITED` and nothing changes; after it, it goes through.
+#[tokio::test]
+async fn a_node_register_sent_again_within_the_interval_is_refused_and_changes_nothing() {
+    let redis = RedisServer::start().await;
+    let inst = start_tweaked(&redis, |c| c.node.capability_change_interval_ms = 1_000).await;
+    let mut c = redis.client().await;
+    let mut node = WsClient::connect(&ws_url(&inst, "/ws/node")).await;
+    let id = node.register_id(fixture("node_register_first"), None).await;
+    let before = pools_of(&mut c, &id).await;
+    let mut again = fixture("node_register_first");
+    again["language_capabilities"] = json!({"asr_languages": ["ja", "en"], "semantic_languages": ["ja", "en"], "tts_languages": ["ja", "en"]});
+    again["node_id"] = json!(id);
+    node.send(&again).await;
+    let err = node.recv_type("error").await;
+    assert_eq!(err["code"], "RATE_LIMITED", "{err}");
+    assert_eq!(pools_of(&mut c, &id).await, before, "nothing changed");
+    let limited = r#"switchyard_limited_total{kind="node",detail="register_again"}"#;
+    assert_eq!(sample(&metrics_text(&inst).await, limited), Some(1.0));
+    tokio::time::sleep(Duration::from_millis(1_050)).await;
+    node.send(&again).await;
+    node.recv_type("node_register_ack").await;
+    assert_eq!(pools_of(&mut c, &id).await, ja_en_pools());
+    invariants::check(&mut c).await;
+}
