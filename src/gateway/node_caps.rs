@@ -63,7 +63,7 @@ impl CapsPace {
     /// registration or capability change (a registration restates every capability).
     pub(super) fn may_register_again(&self, every_ms: u64, now: Instant) -> bool {
         let last = self.changed_at.max(self.registered_at);
-        every_ms == 0 || !last.is_some_and(|t| now < t + Duration::from_millis(every_ms))
+        every_ms == 0 || last.is_none_or(|t| now >= t + Duration::from_millis(every_ms))
     }
 
     /// The connection registered (first or again): what it states now replaces a held change.
