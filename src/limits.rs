@@ -152,47 +152,49 @@ mod tests {
     }
 }
 
-/// Live connections per tenant on this instance (`limits.max_connections_per_tenant`): a
-/// slot is taken at the upgrade and given back when the connection ends.
+/// What one key holds at once on this instance: connections per tenant
+/// (`limits.max_connections_per_tenant`, a slot taken at the upgrade and given back when
+/// the connection ends), console streams per credential holder
+/// (`limits.max_console_streams_per_credential`).
 #[derive(Debug, Default)]
-pub struct TenantSlots(std::sync::Mutex<std::collections::HashMap<String, usize>>);
+pub struct KeyedSlots(std::sync::Mutex<std::collections::HashMap<String, usize>>);
 
-/// One tenant connection; its slot is given back on drop.
+/// One slot of a key (a tenant's connection, a holder's stream); given back on drop.
 #[derive(Debug)]
-pub struct TenantSlot {
-    slots: std::sync::Arc<TenantSlots>,
-    tenant: String,
+pub struct KeyedSlot {
+    slots: std::sync::Arc<KeyedSlots>,
+    key: String,
 }
 
-impl TenantSlots {
-    /// A slot for `tenant` if it holds fewer than `max` (0: no limit).
-    pub fn acquire(self: &std::sync::Arc<Self>, tenant: &str, max: usize) -> Option<TenantSlot> {
+impl KeyedSlots {
+    /// A slot for `key` (a tenant, a holder) if it holds fewer than `max` (0: no limit).
+    pub fn acquire(self: &std::sync::Arc<Self>, key: &str, max: usize) -> Option<KeyedSlot> {
         let mut m = self.0.lock().unwrap_or_else(|p| p.into_inner());
-        let n = m.entry(tenant.to_string()).or_insert(0);
+        let n = m.entry(key.to_string()).or_insert(0);
         if max > 0 && *n >= max {
             return None;
         }
         *n += 1;
-        Some(TenantSlot {
+        Some(KeyedSlot {
             slots: self.clone(),
-            tenant: tenant.to_string(),
+            key: key.to_string(),
         })
     }
 
-    /// Connections `tenant` holds now.
-    pub fn held(&self, tenant: &str) -> usize {
+    /// Slots `key` holds now.
+    pub fn held(&self, key: &str) -> usize {
         let m = self.0.lock().unwrap_or_else(|p| p.into_inner());
-        m.get(tenant).copied().unwrap_or(0)
+        m.get(key).copied().unwrap_or(0)
     }
 }
 
-impl Drop for TenantSlot {
+impl Drop for KeyedSlot {
     fn drop(&mut self) {
         let mut m = self.slots.0.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some(n) = m.get_mut(&self.tenant) {
+        if let Some(n) = m.get_mut(&self.key) {
             *n = n.saturating_sub(1);
             if *n == 0 {
-                m.remove(&self.tenant); // the map holds only tenants with connections
+                m.remove(&self.key); // the map holds only keys with slots
             }
         }
     }
@@ -204,7 +206,7 @@ mod tenant_tests {
 
     #[test]
     fn tenant_slots_are_bounded_and_given_back() {
-        let slots = std::sync::Arc::new(TenantSlots::default());
+        let slots = std::sync::Arc::new(KeyedSlots::default());
         let a = slots.acquire("acme", 2).expect("1st");
         let _b = slots.acquire("acme", 2).expect("2nd");
         assert!(slots.acquire("acme", 2).is_none(), "3rd refused");

@@ -45,7 +45,7 @@ pub struct App {
     /// Connection tasks still running (shutdown waits for their cleanup scripts).
     pub live_conns: AtomicUsize,
     /// Live connections per tenant on this instance (`limits.max_connections_per_tenant`).
-    pub tenant_conns: Arc<crate::limits::TenantSlots>,
+    pub tenant_conns: Arc<crate::limits::KeyedSlots>,
     /// Trace context of dispatched jobs (observability only).
     pub dispatch_spans: crate::routing::DispatchSpans,
     /// Sessions here whose messages a lost reply took are being read back
@@ -69,7 +69,10 @@ impl App {
         let instance_id = format!("i-{}", &uuid::Uuid::new_v4().simple().to_string()[..12]);
         let cells = Cells::new(&cfg, &instance_id, metrics.clone()).map_err(|e| e.to_string())?;
         let scrape = crate::http::scrape::Scrape::new(cfg.telemetry.metrics_refresh_ms);
-        let console = crate::console::live::Streams::new(cfg.limits.max_console_streams);
+        let console = crate::console::live::Streams::new(
+            cfg.limits.max_console_streams,
+            cfg.limits.max_console_streams_per_credential,
+        );
         Ok(Arc::new(Self {
             cfg,
             auth,

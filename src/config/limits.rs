@@ -48,6 +48,9 @@ pub struct LimitsConfig {
     /// Console live streams (`/api/v1/console/stream`) open at once on this instance;
     /// further ones get HTTP 503.
     pub max_console_streams: usize,
+    /// Console live streams of one credential holder (its `sub`, else its token) open at
+    /// once on this instance (0: no limit); one more gets HTTP 429.
+    pub max_console_streams_per_credential: usize,
     /// Live WebSocket connections per instance whose credential carries one `tenant`
     /// (0: no limit): one tenant cannot take an instance's every slot. Further upgrades
     /// of that tenant get HTTP 429.
@@ -77,6 +80,7 @@ impl Default for LimitsConfig {
             max_http_connections: 1_024,
             http_connection_lifetime_ms: 60_000,
             max_console_streams: 32,
+            max_console_streams_per_credential: 4,
             max_connections_per_tenant: 20_000,
             max_sessions_per_subject: 20,
             max_nodes_per_credential: 1_000,

@@ -6,7 +6,8 @@
 //! instance per second, whatever the load, and nothing on the job path.
 //!
 //! A stream lasts no longer than its credential (it ends at the token's `exp`), at most
-//! `limits.max_console_streams` run per instance, and the streams of one cell share one
+//! `limits.max_console_streams` run per instance (`limits.max_console_streams_per_credential`
+//! of one credential holder), and the streams of one cell share one
 //! snapshot per second ([`Streams`]), so open dashboards cost Redis the same however many.
 
 use std::collections::HashMap;
@@ -27,6 +28,7 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use crate::auth::Credential;
 use crate::cells::Cell;
 use crate::http::admin::OneCell;
+use crate::limits::{KeyedSlot, KeyedSlots};
 use crate::server::App;
 use crate::store::StoreError;
 
@@ -196,6 +198,10 @@ pub async fn snapshot_json(State(app): State<Arc<App>>, OneCell(cell): OneCell) 
 pub struct Streams {
     slots: Arc<Semaphore>,
     max: usize,
+    /// Streams per credential holder (`limits.max_console_streams_per_credential`): one
+    /// token cannot take every slot of the instance.
+    per_holder: Arc<KeyedSlots>,
+    max_per_holder: usize,
     shared: std::sync::Mutex<HashMap<String, Arc<tokio::sync::Mutex<Shared>>>>,
 }
 
@@ -206,10 +212,12 @@ type Shared = Option<(Instant, Result<String, String>)>;
 const SHARED_AGE: Duration = Duration::from_millis(900);
 
 impl Streams {
-    pub fn new(max: usize) -> Self {
+    pub fn new(max: usize, max_per_holder: usize) -> Self {
         Self {
             slots: Arc::new(Semaphore::new(max)),
             max,
+            per_holder: Default::default(),
+            max_per_holder,
             shared: Default::default(),
         }
     }
@@ -244,19 +252,42 @@ struct Live {
     /// The credential's `exp`, as an instant: the stream ends there.
     until: Option<tokio::time::Instant>,
     ended: bool,
-    _slot: OwnedSemaphorePermit,
+    _slot: (OwnedSemaphorePermit, Option<KeyedSlot>),
 }
 
 /// `GET /api/v1/console/stream[?cell=NAME]`: a snapshot of the cell every second as SSE
 /// `data:` (shared by every stream of the cell on this instance); an `error` event while
 /// Redis is away. At the credential's `exp` it sends an `expired` event and ends (a token
 /// is checked once, at connect: the stream must not outlive it); it also ends when the
-/// instance drains. At most `limits.max_console_streams` run at once; beyond, HTTP 503.
+/// instance drains. At most `limits.max_console_streams` run at once, and at most
+/// `limits.max_console_streams_per_credential` of one credential holder (its `sub`, else
+/// its token); beyond, HTTP 503 or 429.
 pub async fn stream(
     State(app): State<Arc<App>>,
     Extension(cred): Extension<Credential>,
     OneCell(cell): OneCell,
 ) -> Response {
+    let mine = match cred.holder() {
+        Some(h) => match app
+            .console
+            .per_holder
+            .acquire(h, app.console.max_per_holder)
+        {
+            Some(s) => Some(s),
+            None => {
+                app.metrics.limited("console", "streams_per_credential");
+                let message = format!(
+                    "this credential holds {} console streams on this instance, the most \
+                     allowed (limits.max_console_streams_per_credential); close one first",
+                    app.console.max_per_holder
+                );
+                let body = json!({"error": "too many console streams for this credential",
+                    "message": message});
+                return (StatusCode::TOO_MANY_REQUESTS, Json(body)).into_response();
+            }
+        },
+        None => None, // open mode: nobody to tell apart
+    };
     let Ok(slot) = app.console.slots.clone().try_acquire_owned() else {
         app.metrics.limited("console", "streams");
         let message = format!(
@@ -279,7 +310,7 @@ pub async fn stream(
         tick,
         until,
         ended: false,
-        _slot: slot,
+        _slot: (slot, mine),
     };
     let events = futures_util::stream::unfold(live, |mut live| async move {
         if live.ended {

@@ -16,7 +16,7 @@ use tokio::sync::mpsc;
 use super::{LocalConn, Outbound, close, socket};
 use crate::auth::{Credential, Scope};
 use crate::cells::Cell;
-use crate::limits::{FrameBucket, TenantSlot, Verdict};
+use crate::limits::{FrameBucket, KeyedSlot, Verdict};
 use crate::protocol::{ErrorCode, ErrorMessage};
 use crate::server::{App, ConnGuard};
 use crate::store::StoreError;
@@ -188,7 +188,7 @@ const CLOSE_ECHO_WAIT: Duration = Duration::from_secs(1);
 /// instance shuts down (1012) — or crashes (`abort`: no cleanup at all, like kill -9).
 async fn drive<H: Handler, F: FnOnce(Peer) -> H>(
     app: Arc<App>,
-    _live: (ConnGuard, Option<TenantSlot>),
+    _live: (ConnGuard, Option<KeyedSlot>),
     ws: WebSocket,
     make: F,
 ) {

@@ -1,6 +1,7 @@
 //! The console's live stream (`/api/v1/console/stream`) against a real redis-server and
 //! real HTTP clients: it ends at its token's `exp` (the token is checked once, at
-//! connect), and at most `limits.max_console_streams` run per instance.
+//! connect), and at most `limits.max_console_streams` run per instance,
+//! `limits.max_console_streams_per_credential` of one credential holder.
 
 use std::time::Duration;
 
@@ -97,4 +98,36 @@ async fn streams_beyond_the_cap_get_503() {
         text.contains(r#"switchyard_limited_total{kind="console",detail="streams"} "#),
         "{text}"
     );
+}
+
+/// Resource audit: the streams were capped per instance only, so one `admin:read` token
+/// could hold every slot until its `exp`. `limits.max_console_streams_per_credential = 2`:
+/// a holder's third stream gets 429; another holder is still served; a closed stream gives
+/// its holder's slot back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_credential_holds_at_most_its_streams() {
+    let redis = RedisServer::start().await;
+    let inst = start_tweaked(&redis, |c| c.limits.max_console_streams_per_credential = 2).await;
+    let alice = token(&[Scope::AdminRead], Some("ops-alice"), None);
+    let a = open(&inst, &alice).await;
+    let _a2 = open(&inst, &alice).await;
+    assert_eq!((a.status().as_u16(), _a2.status().as_u16()), (200, 200));
+    let refused = open(&inst, &alice).await;
+    assert_eq!(refused.status().as_u16(), 429);
+    let body: serde_json::Value = refused.json().await.expect("json error");
+    assert_eq!(
+        body["error"], "too many console streams for this credential",
+        "{body}"
+    );
+    let bob = token(&[Scope::AdminRead], Some("ops-bob"), None);
+    assert_eq!(open(&inst, &bob).await.status().as_u16(), 200);
+    drop(a);
+    eventually(Duration::from_secs(5), "alice's slot back", || async {
+        let r = open(&inst, &alice).await;
+        (r.status().as_u16() == 200).then_some(())
+    })
+    .await;
+    let text = metrics_text(&inst).await;
+    let limited = r#"switchyard_limited_total{kind="console",detail="streams_per_credential"}"#;
+    assert!(sample(&text, limited).is_some_and(|v| v >= 1.0), "{text}");
 }
