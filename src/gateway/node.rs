@@ -310,7 +310,11 @@ impl NodeConn {
                 if let Some(s) = h.capability_by_type.clone() {
                     register.capability_by_type = s;
                 }
-                let outcome = self.register(Some(node_id.clone()), &caps, &register).await;
+                let extra = super::node_register::register_fields(
+                    &register,
+                    self.app.cfg.node.default_capacity,
+                );
+                let outcome = self.register(Some(node_id.clone()), &caps, &extra).await;
                 if let Some(Admitted { assign, .. }) = self.accepted(outcome) {
                     self.send(Outbound::Unhold);
                     routing::deliver(&self.app, &cell, assign);

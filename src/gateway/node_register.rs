@@ -92,10 +92,8 @@ impl NodeConn {
         }
         // (stored on the node's record and shown by the API: bounded like a session's
         // free-form fields, protocol::bounds)
-        let described: usize = register_fields(&r, capacity)
-            .iter()
-            .map(|(_, v)| v.len())
-            .sum();
+        let extra = register_fields(&r, capacity);
+        let described: usize = extra.iter().map(|(_, v)| v.len()).sum();
         if described > MAX_DESCRIPTION {
             return self.error(
                 ErrorCode::InvalidMessage,
@@ -123,7 +121,7 @@ impl NodeConn {
         // a refused one: a corrected register (another tenant, in another cell) may follow.
         let pinned = self.cell.is_some();
         self.cell = Some(cell.clone());
-        let outcome = self.register(id, &caps, &r).await;
+        let outcome = self.register(id, &caps, &extra).await;
         if !pinned && !matches!(outcome, Ok(Registration::Done(_))) {
             self.cell = None;
         }
@@ -167,12 +165,13 @@ impl NodeConn {
         }
     }
 
-    /// Run `register` (minting an id when none is given) and bind the local connection.
+    /// Run `register` (minting an id when none is given) with the node's descriptive
+    /// fields `extra` ([`register_fields`]) and bind the local connection.
     pub(super) async fn register(
         &mut self,
         id: Option<String>,
         caps: &Capabilities,
-        r: &NodeRegister,
+        extra: &[(&'static str, String)],
     ) -> Result<Registration, StoreError> {
         let app = self.app.clone();
         let Some(cell) = self.cell.clone() else {
@@ -181,7 +180,6 @@ impl NodeConn {
                 message: "no cell chosen before registering".into(),
             });
         };
-        let extra = register_fields(r, app.cfg.node.default_capacity);
         let fleet = self.cred.fleet();
         let patience = tokio::time::Instant::now()
             + std::time::Duration::from_millis(app.cfg.node.takeover_wait_ms);
@@ -205,7 +203,7 @@ impl NodeConn {
             };
             let out = match cell
                 .store
-                .register(&node_id, claim, &self.token, caps, &extra, floor, fleet)
+                .register(&node_id, claim, &self.token, caps, extra, floor, fleet)
                 .await
             {
                 Ok(out) => out,
@@ -425,7 +423,10 @@ pub(super) enum Refusal {
 const MAX_DESCRIPTION: usize = 16 * 1024;
 
 /// Descriptive node-hash fields from a registration.
-fn register_fields(r: &NodeRegister, default_capacity: u32) -> Vec<(&'static str, String)> {
+pub(super) fn register_fields(
+    r: &NodeRegister,
+    default_capacity: u32,
+) -> Vec<(&'static str, String)> {
     let json = |v: &serde_json::Value| serde_json::to_string(v).unwrap_or_default();
     vec![
         (
