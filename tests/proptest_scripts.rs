@@ -139,7 +139,12 @@ async fn run_case(redis: &RedisServer, ops: &[Op]) -> Result<Cell, TestCaseError
     if std::env::var_os("PROPTEST_VERBOSE").is_some() {
         let c = &cell.clients;
         let takeover = format!("takeover re-routed {}, dropped {}", c.rerouted, c.dropped);
-        eprintln!("{} ops; {takeover}; received {}", ops.len(), c.summary());
+        let fleet = format!("fleet refusals {}", c.fleet_refused);
+        eprintln!(
+            "{} ops; {takeover}; {fleet}; received {}",
+            ops.len(),
+            c.summary()
+        );
     }
     Ok(cell)
 }
@@ -318,6 +323,45 @@ fn shrunk_case_a_large_result_in_the_inbox_of_an_expired_session() {
     assert!(
         r.cell.clients.bodiless > 0,
         "no inbox entry lost its body: the case no longer reaches its target"
+    );
+}
+
+/// A fleet credential's count (cell.rs `fleet`: the nodes of slot 0 share `fleet-a`, two
+/// places) fills, refuses a third node, frees the place of a node that goes offline, and
+/// refuses a heartbeat that would revive an offline node into a full count. Kept as a fixed
+/// case: random sequences reach the refusals only now and then.
+#[test]
+fn fixed_case_a_full_fleet_credential() {
+    use Op::*;
+    let reg = |node, via| Register {
+        node,
+        via,
+        caps: 0,
+        capacity: 1,
+    };
+    let ops = vec![
+        reg(0, 0),
+        reg(1, 0),
+        reg(2, 0), // refused: fleet-a holds n0 and n1
+        Disconnect {
+            node: 0,
+            grace: false,
+        },
+        reg(2, 0), // n0's place
+        Heartbeat { node: 2, caps: 0 },
+        // n1 and n2 fall silent: the sweep takes them offline (liveness 800 ms), while the
+        // model keeps n1's connection open
+        Advance { ms: 400, via: 1 },
+        Advance { ms: 400, via: 1 },
+        Advance { ms: 200, via: 1 },
+        reg(0, 0),
+        reg(2, 0),
+        Heartbeat { node: 1, caps: 0 }, // refused: fleet-a is full again
+    ];
+    let r = replay(&ops);
+    assert_eq!(
+        r.cell.clients.fleet_refused, 2,
+        "one registration and one revival refused: the case no longer reaches its target"
     );
 }
 

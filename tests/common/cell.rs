@@ -274,6 +274,7 @@ impl Cell {
             .await?;
         self.clients.take(s, &out);
         if let RegisterReply::Limit { .. } = out.reply {
+            self.clients.fleet_refused += 1;
             let n = self.node(node).1;
             (n.conn, n.last_token, n.caps, n.capacity) = before;
         }
@@ -310,13 +311,16 @@ impl Cell {
                 self.clients.take(s, &out);
                 // refused for its credential's count: the gateway closes the connection
                 if let RegisterReply::Limit { .. } = out.reply {
+                    self.clients.fleet_refused += 1;
                     self.node(node).1.conn = None;
                 }
             }
+            HeartbeatReply::Stale { .. } => self.node(node).1.conn = None,
             // An offline record not revived (its credential's count is full): the gateway
             // closes the connection, whose close changes nothing more.
-            HeartbeatReply::Stale { .. } | HeartbeatReply::Limit { .. } => {
-                self.node(node).1.conn = None
+            HeartbeatReply::Limit { .. } => {
+                self.clients.fleet_refused += 1;
+                self.node(node).1.conn = None;
             }
             HeartbeatReply::Ok { .. } => {}
         }

@@ -141,6 +141,9 @@ pub struct Clients {
     /// Inbox entries of a split result whose body was gone (the session's keys expired), read
     /// and dropped as the consumer drops them.
     pub bodiless: u64,
+    /// Registrations and heartbeat revivals refused because the node's fleet credential
+    /// held its most live nodes (coverage; `cell::fleet`).
+    pub fleet_refused: u64,
     pub violations: Vec<String>,
 }
 
