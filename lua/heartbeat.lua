@@ -10,7 +10,8 @@ Output: [JSON, blobs...]
   {"status":"missing"}             no record (expired or Redis wiped): register again
   {"status":"stale","owner":inst}  another connection owns the node; nothing changed
   {"status":"limit","live":N}  the record is offline and its fleet credential has
-                      CFG.fleet_nodes live nodes (fleet.lua): not revived, nothing changed
+                      CFG.fleet_nodes live nodes (fleet.lua): not revived; nothing written
+                      but the removal of members left behind
   {"status":"ok","state":s,"changed":bool,"revived":bool,"out":[...]}
 ]]
 --!include ctx
@@ -43,6 +44,10 @@ if state == 'offline' or state == 'disconnected' then
   if state == 'offline' then
     local counted, live = fleet_count(node_id, cur[5] or '')
     if not counted then return finish({status = 'limit', live = live}) end
+    if counted ~= (cur[5] or '') then -- (the limit was turned off since it registered)
+      load_fields[#load_fields + 1] = 'fleet'
+      load_fields[#load_fields + 1] = counted
+    end
   end
   state, revived = 'ready', true
   if redis.call('HGET', KEYS[1], 'drain') == '1' then state = 'draining' end

@@ -18,14 +18,16 @@ Input:
   ARGV[10] fleet credential: the fingerprint of the node token without `sub` that registers
           ("" = none: a token bound to this node id, or no auth); the node is counted in
           {tag}:fleet:<fp>:nodes while it is not offline (fleet.lua), at most
-          CFG.fleet_nodes of them
+          CFG.fleet_nodes of them (0: no limit, nothing counted; the record's `fleet` says
+          where it is counted)
   ARGV[11] n: node-hash field/value pairs in ARGV[12 .. 11+2n]; then the pool names
 Output: [JSON, blobs...]  JSON.out = messages to deliver (queued jobs handed to the node)
   {"status":"taken"}  the minted id exists; mint another
   {"status":"conflict","owner":inst}  "reconnect" of an id a live connection holds: refused,
                       nothing changed (the holder keeps its node and its jobs)
   {"status":"limit","live":N}  a node new to its fleet credential's count, which already
-                      holds CFG.fleet_nodes live nodes: refused, nothing changed
+                      holds CFG.fleet_nodes live nodes: refused; nothing written but the
+                      removal of members left behind (fleet.lua)
   {"status":"foreign"}  "reconnect" of an id whose record (live, disconnected or offline)
                       is another tenant's (or public, for a tenant's credential, and the
                       reverse): refused, nothing changed. A fleet token proves a tenant, not
@@ -82,6 +84,7 @@ end
 -- writes follow).
 local counted, live = fleet_count(node_id, fleet)
 if not counted then return finish({status = 'limit', live = live}) end
+fleet = counted -- what the record says it is counted in ('' when not counted)
 -- An operator drain outlives reconnects: it is its own field, state follows it.
 local state = 'ready'
 if redis.call('HGET', KEYS[1], 'drain') == '1' then state = 'draining' end

@@ -336,8 +336,16 @@ async fn a_fleet_credential_holds_at_most_its_live_nodes_across_instances() {
         },
     )
     .await;
-    // A member left behind (its record gone) is dropped when the count is full.
+    // A member left behind (its record gone) is dropped when the count is full, at most
+    // once per liveness interval: the third node's refusal looked already.
     let _: () = c.sadd(&fk, "ghost-node").await.unwrap();
+    let mut n4 = WsClient::connect(&url_a).await;
+    n4.send(&fixture("node_register_first")).await;
+    assert_eq!(n4.recv_type("error").await["code"], "RATE_LIMITED");
+    let pruned = fk.replace(":nodes", ":pruned");
+    let ttl: i64 = c.pttl(&pruned).await.unwrap();
+    assert!(ttl > 0, "the last look at the members expires: {ttl}");
+    let _: () = c.del(&pruned).await.unwrap(); // (as if the interval had passed)
     let mut n4 = WsClient::connect(&url_a).await;
     let id4 = n4.register_id(fixture("node_register_first"), None).await;
     let mut members: Vec<String> = c.smembers(&fk).await.unwrap();
@@ -345,6 +353,54 @@ async fn a_fleet_credential_holds_at_most_its_live_nodes_across_instances() {
     let mut want = vec![id1.clone(), id4];
     want.sort();
     assert_eq!(members, want);
+    let m = metrics_text(&a).await;
+    assert!(
+        m.contains(r#"switchyard_limited_total{kind="node",detail="nodes_per_credential"} 2"#),
+        "{m}"
+    );
+    invariants::check(&mut c).await;
+}
+
+/// A silent node is taken offline by a sweep, leaving its credential's count; when another
+/// instance's sweep did it, the node's own instance keeps its socket open, and the node's
+/// next heartbeat would revive the record. It comes back only into a free place (else one
+/// credential could pass its limit by letting nodes fall silent and registering others
+/// meanwhile): refused, the record stays offline, the node is told and closed 1008.
+#[tokio::test]
+async fn a_silent_node_revived_by_a_heartbeat_needs_a_place_in_its_count() {
+    let redis = RedisServer::start().await;
+    let tweak = |c: &mut switchyard::config::Config| {
+        c.limits.max_nodes_per_credential = 1;
+        c.node.liveness_ms = Some(900);
+    };
+    // (the node's own instance does not sweep within the test: the other one finds it)
+    let a = start_tweaked(&redis, |c| {
+        tweak(c);
+        c.sweep.interval_ms = 600_000;
+    })
+    .await;
+    let b = start_tweaked(&redis, tweak).await;
+    let mut c = redis.client().await;
+    let fleet = token(&[Scope::Node], None, None);
+    let mut n1 = WsClient::connect(&url_with(&a, "/ws/node", &fleet)).await;
+    let id1 = n1.register_id(fixture("node_register_first"), None).await;
+    let record = format!("{PREFIX}node:{id1}");
+    eventually(Duration::from_secs(5), "the silent node offline", || {
+        let (mut c, k) = (c.clone(), record.clone());
+        async move {
+            let s: Option<String> = c.hget(&k, "state").await.ok()?;
+            (s.as_deref() == Some("offline")).then_some(())
+        }
+    })
+    .await;
+    let mut n2 = WsClient::connect(&url_with(&b, "/ws/node", &fleet)).await;
+    n2.register_id(fixture("node_register_first"), None).await;
+    n1.heartbeat(&id1, None).await;
+    let err = n1.recv_type("error").await;
+    assert_eq!(err["code"], "RATE_LIMITED", "{err}");
+    assert_eq!(n1.expect_close().await, Some(1008));
+    let state: String = c.hget(&record, "state").await.unwrap();
+    assert_eq!(state, "offline", "not revived");
     let m = metrics_text(&a).await;
     assert!(
         m.contains(r#"switchyard_limited_total{kind="node",detail="nodes_per_credential"} 1"#),

@@ -24,12 +24,16 @@ use serde::Deserialize;
 
 pub use keys::Verifier;
 
-/// A token's fingerprint: the first 12 bytes of its SHA-256, in hex. Two instances compute
-/// the same one for the same token; it names the token in Redis keys
-/// (`fleet:<fingerprint>:nodes`) and logs without carrying the token itself.
+/// A token's fingerprint: the first 12 bytes of the SHA-256 of its signed part (header and
+/// claims, without the signature), in hex. Two instances compute the same one for the same
+/// token; it names the token in Redis keys (`fleet:<fingerprint>:nodes`) and logs without
+/// carrying the token itself. The signature is left out because one set of claims can have
+/// more than one valid signature (an ECDSA signature (r, s) also verifies as (r, n - s)):
+/// with it, one ES256 token would count as two credentials.
 pub fn fingerprint(token: &str) -> String {
     use sha2::Digest;
-    let digest = sha2::Sha256::digest(token.as_bytes());
+    let signed = token.rsplit_once('.').map_or(token, |(signed, _)| signed);
+    let digest = sha2::Sha256::digest(signed.as_bytes());
     digest[..12].iter().map(|b| format!("{b:02x}")).collect()
 }
 
@@ -129,10 +133,18 @@ impl Credential {
         }
     }
 
-    /// Who the credential is, for what is limited per holder (console streams): its `sub`,
-    /// else its fingerprint; `None` in open mode.
-    pub fn holder(&self) -> Option<&str> {
-        self.sub.as_deref().or(self.fingerprint.as_deref())
+    /// Who the credential is, for what is limited per holder (console streams):
+    /// `sub:<sub>`, else `token:<fingerprint>` (two name spaces: a `sub` cannot be another
+    /// token's fingerprint); `None` in open mode.
+    pub fn holder(&self) -> Option<String> {
+        if self.open {
+            return None;
+        }
+        match (&self.sub, &self.fingerprint) {
+            (Some(sub), _) => Some(format!("sub:{sub}")),
+            (None, Some(fp)) => Some(format!("token:{fp}")),
+            (None, None) => None,
+        }
     }
 
     /// The tenant a frame's `tenant_id` resolves to: the credential's tenant; a frame may

@@ -83,7 +83,7 @@ impl Default for LimitsConfig {
             max_console_streams_per_credential: 4,
             max_connections_per_tenant: 20_000,
             max_sessions_per_subject: 20,
-            max_nodes_per_credential: 1_000,
+            max_nodes_per_credential: 10_000,
         }
     }
 }

@@ -271,7 +271,7 @@ pub async fn stream(
         Some(h) => match app
             .console
             .per_holder
-            .acquire(h, app.console.max_per_holder)
+            .acquire(&h, app.console.max_per_holder)
         {
             Some(s) => Some(s),
             None => {

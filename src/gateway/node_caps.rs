@@ -66,8 +66,13 @@ impl CapsPace {
         every_ms == 0 || last.is_none_or(|t| now >= t + Duration::from_millis(every_ms))
     }
 
-    /// The connection registered (first or again): what it states now replaces a held change.
+    /// The connection registered (first or again): what it states now replaces a held change,
+    /// and a registration again counts as a change (a heartbeat changing the capabilities
+    /// right after it waits for the interval; the first registration starts no interval).
     pub(super) fn registered(&mut self, now: Instant) {
+        if self.registered_at.is_some() {
+            self.changed_at = Some(now);
+        }
         self.registered_at = Some(now);
         self.deferred = None;
     }
@@ -116,6 +121,18 @@ mod tests {
         p.registered(t0 + ms(2002));
         assert!(!p.may_register_again(1000, t0 + ms(2500)));
         assert!(p.may_register_again(0, t0 + ms(2500)));
+        // a registration again (not the first) counts as a change for the heartbeats
+        p.registered(t0 + ms(3100));
+        assert!(matches!(
+            p.pace(&c, a.clone(), true, 1000, t0 + ms(3500)),
+            Paced::Held(_)
+        ));
+        let mut first = CapsPace::default();
+        first.registered(t0);
+        assert!(matches!(
+            first.pace(&c, a.clone(), true, 1000, t0),
+            Paced::Apply(_)
+        ));
         // 0: no pacing
         let mut q = CapsPace::default();
         for i in 0..5 {

@@ -44,7 +44,7 @@ pub enum RegisterReply {
     /// for a tenant's credential and the reverse: refused, nothing changed.
     Foreign,
     /// The node is new to its fleet credential's count, which holds the most live nodes
-    /// allowed already: refused, nothing changed.
+    /// allowed already: refused (nothing written but the removal of members left behind).
     Limit { live: u64 },
     Ok {
         /// Grows with every registration of the id (Redis's commit order), above the
@@ -69,7 +69,7 @@ pub enum HeartbeatReply {
     /// Another connection owns the node; nothing changed.
     Stale { owner: Option<String> },
     /// The record is offline and its fleet credential has the most live nodes allowed:
-    /// not revived, nothing changed.
+    /// not revived (nothing written but the removal of members left behind).
     Limit { live: u64 },
     Ok {
         state: String,
