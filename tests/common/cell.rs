@@ -256,6 +256,24 @@ impl Cell {
         n.conn = Some((s, token.clone()));
         n.last_token = Some(token.clone());
         (n.caps, n.capacity) = (c, capacity);
+        if self.register_call(s, nid, &token, c, capacity).await? {
+            let n = self.node(node).1;
+            (n.conn, n.last_token, n.caps, n.capacity) = before;
+        }
+        Ok(())
+    }
+
+    /// `register` of node `nid` through slot `s` on connection `token`, with the slot's
+    /// fleet credential; the deliveries taken. Whether it was refused for the credential's
+    /// count (`Limit`: nothing changed).
+    async fn register_call(
+        &mut self,
+        s: usize,
+        nid: &str,
+        token: &str,
+        c: u8,
+        capacity: u8,
+    ) -> Result<bool, StoreError> {
         let extra = [
             ("capacity", capacity.to_string()),
             ("supports_ack", "0".into()),
@@ -265,7 +283,7 @@ impl Cell {
             .register(
                 nid,
                 NodeClaim::Replace,
-                &token,
+                token,
                 &caps(c),
                 &extra,
                 0,
@@ -273,12 +291,11 @@ impl Cell {
             )
             .await?;
         self.clients.take(s, &out);
-        if let RegisterReply::Limit { .. } = out.reply {
+        let refused = matches!(out.reply, RegisterReply::Limit { .. });
+        if refused {
             self.clients.fleet_refused += 1;
-            let n = self.node(node).1;
-            (n.conn, n.last_token, n.caps, n.capacity) = before;
         }
-        Ok(())
+        Ok(refused)
     }
 
     /// A heartbeat on the node's connection, announcing capabilities `c`.
@@ -295,23 +312,8 @@ impl Cell {
         match out.reply {
             // The gateway registers again on the same connection.
             HeartbeatReply::Missing => {
-                let extra = [("capacity", "1".into()), ("supports_ack", "0".into())];
-                let store = &self.inst[s].store;
-                let out = store
-                    .register(
-                        nid,
-                        NodeClaim::Replace,
-                        &token,
-                        &caps(c),
-                        &extra,
-                        0,
-                        fleet(s),
-                    )
-                    .await?;
-                self.clients.take(s, &out);
                 // refused for its credential's count: the gateway closes the connection
-                if let RegisterReply::Limit { .. } = out.reply {
-                    self.clients.fleet_refused += 1;
+                if self.register_call(s, nid, &token, c, 1).await? {
                     self.node(node).1.conn = None;
                 }
             }
