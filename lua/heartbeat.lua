@@ -11,7 +11,7 @@ Output: [JSON, blobs...]
   {"status":"stale","owner":inst}  another connection owns the node; nothing changed
   {"status":"limit","live":N}  the record is offline and its fleet credential has
                       CFG.fleet_nodes live nodes (fleet.lua): not revived; nothing written
-                      but the removal of members left behind
+                      but the removal of members left behind and fleet:<fp>:pruned
   {"status":"ok","state":s,"changed":bool,"revived":bool,"out":[...]}
 ]]
 --!include ctx

@@ -27,7 +27,7 @@ Output: [JSON, blobs...]  JSON.out = messages to deliver (queued jobs handed to 
                       nothing changed (the holder keeps its node and its jobs)
   {"status":"limit","live":N}  a node new to its fleet credential's count, which already
                       holds CFG.fleet_nodes live nodes: refused; nothing written but the
-                      removal of members left behind (fleet.lua)
+                      removal of members left behind and fleet:<fp>:pruned (fleet.lua)
   {"status":"foreign"}  "reconnect" of an id whose record (live, disconnected or offline)
                       is another tenant's (or public, for a tenant's credential, and the
                       reverse): refused, nothing changed. A fleet token proves a tenant, not

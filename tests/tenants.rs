@@ -394,7 +394,9 @@ async fn a_silent_node_revived_by_a_heartbeat_needs_a_place_in_its_count() {
     })
     .await;
     let mut n2 = WsClient::connect(&url_with(&b, "/ws/node", &fleet)).await;
-    n2.register_id(fixture("node_register_first"), None).await;
+    let id2 = n2.register_id(fixture("node_register_first"), None).await;
+    // (n2 stays live however slow the machine: its liveness is 900 ms)
+    n2.heartbeat(&id2, None).await;
     n1.heartbeat(&id1, None).await;
     let err = n1.recv_type("error").await;
     assert_eq!(err["code"], "RATE_LIMITED", "{err}");

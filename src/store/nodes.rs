@@ -44,7 +44,8 @@ pub enum RegisterReply {
     /// for a tenant's credential and the reverse: refused, nothing changed.
     Foreign,
     /// The node is new to its fleet credential's count, which holds the most live nodes
-    /// allowed already: refused (nothing written but the removal of members left behind).
+    /// allowed already: refused (nothing written but the removal of members left behind and the
+    /// `fleet:<fp>:pruned` mark).
     Limit { live: u64 },
     Ok {
         /// Grows with every registration of the id (Redis's commit order), above the
@@ -69,7 +70,8 @@ pub enum HeartbeatReply {
     /// Another connection owns the node; nothing changed.
     Stale { owner: Option<String> },
     /// The record is offline and its fleet credential has the most live nodes allowed:
-    /// not revived (nothing written but the removal of members left behind).
+    /// not revived (nothing written but the removal of members left behind and the
+    /// `fleet:<fp>:pruned` mark).
     Limit { live: u64 },
     Ok {
         state: String,
