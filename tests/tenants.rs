@@ -18,6 +18,13 @@ fn url_with(r: &Running, path: &str, token: &str) -> String {
     with_given_token(&bare_ws_url(r, path), token)
 }
 
+/// `r` counted exactly `n` refusals of `kind`/`detail` in `switchyard_limited_total`.
+async fn assert_limited(r: &Running, kind: &str, detail: &str, n: u32) {
+    let m = metrics_text(r).await;
+    let series = format!(r#"switchyard_limited_total{{kind="{kind}",detail="{detail}"}} {n}"#);
+    assert!(m.contains(&series), "want {series}:\n{m}");
+}
+
 /// Review finding: a credential without `tenant` (the usual public fleet or app token) could
 /// name any tenant in its frame and become it: a node then received a strict tenant's jobs
 /// and audio, a session billed and used that tenant's pools. Such a frame is refused, and
@@ -250,11 +257,7 @@ async fn a_subject_holds_at_most_its_live_sessions_across_instances() {
     s3.send(&fixture("session_init_one_way")).await;
     s3.recv_type("session_init_ack").await;
     assert_eq!(c.zcard::<_, u64>(&zk).await.unwrap(), 2);
-    let m = metrics_text(&a).await;
-    assert!(
-        m.contains(r#"switchyard_limited_total{kind="session",detail="sessions_per_subject"} 1"#),
-        "{m}"
-    );
+    assert_limited(&a, "session", "sessions_per_subject", 1).await;
     invariants::check(&mut c).await;
 }
 
@@ -353,11 +356,7 @@ async fn a_fleet_credential_holds_at_most_its_live_nodes_across_instances() {
     let mut want = vec![id1.clone(), id4];
     want.sort();
     assert_eq!(members, want);
-    let m = metrics_text(&a).await;
-    assert!(
-        m.contains(r#"switchyard_limited_total{kind="node",detail="nodes_per_credential"} 2"#),
-        "{m}"
-    );
+    assert_limited(&a, "node", "nodes_per_credential", 2).await;
     invariants::check(&mut c).await;
 }
 
@@ -403,11 +402,7 @@ async fn a_silent_node_revived_by_a_heartbeat_needs_a_place_in_its_count() {
     assert_eq!(n1.expect_close().await, Some(1008));
     let state: String = c.hget(&record, "state").await.unwrap();
     assert_eq!(state, "offline", "not revived");
-    let m = metrics_text(&a).await;
-    assert!(
-        m.contains(r#"switchyard_limited_total{kind="node",detail="nodes_per_credential"} 1"#),
-        "{m}"
-    );
+    assert_limited(&a, "node", "nodes_per_credential", 1).await;
     invariants::check(&mut c).await;
 }
 
