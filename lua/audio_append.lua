@@ -19,7 +19,7 @@ Input:
            already holds for this connection is not appended again: on a cluster the
            client resends a call whose connection reset after it was sent, and the call
            may have run (docs/scaling.md)
-Output: [JSON, blobs...]
+Output: [reply, blobs...]
   {"status":"ok","cut":reason?,"job_id":id?,"dispatch":"dispatched"|"queued"|"failed"?}
   {"status":"repeat","cut":bool}  the chunk was appended already, nothing changed; cut: its
     first run cut (what that cut delivered went with the first reply, which was lost)

@@ -6,7 +6,7 @@ Input:
   ARGV[7] capability signature (pools are recomputed only when it changed)
   ARGV[8] a: load field/value pairs (always stored)   ARGV[9] c: capability pairs
   ARGV[10 ..] 2a load values, then 2c capability values, then the pool names
-Output: [JSON, blobs...]
+Output: [reply, blobs...]
   {"status":"missing"}             no record (expired or Redis wiped): register again
   {"status":"stale","owner":inst}  another connection owns the node; nothing changed
   {"status":"limit","live":N}  the record is offline and its fleet credential has

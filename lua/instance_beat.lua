@@ -18,7 +18,7 @@ Input:
   ARGV[1..4] ctx   ARGV[5] started_at ms (shown in /api/v1/instances)
   ARGV[6] "leave" at the end of a graceful shutdown: presence deleted and marked expired,
           so a peer takes the inbox over at its next beat instead of after the TTL
-Output: [JSON, blobs...]
+Output: [reply, blobs...]
   {"took_over":id?,"rerouted":N,"dropped":N,"more":bool,"lapsed":bool} | {"left":true}
   lapsed = while this instance was alive its presence had expired and that cost messages
            (its tombstone said `lost`: a takeover of inbox entries, or a delivery dropped

@@ -5,7 +5,7 @@ Input:
   KEYS[1] job hash   KEYS[2] {tag}:due:jobs
   ARGV[1..4] ctx   ARGV[5] job id   ARGV[6] attempt id   ARGV[7] node id
   ARGV[8] connection token   ARGV[9] event: ack | started
-Output: [JSON]
+Output: [reply]
   {"status":"ok","state":s} | {"status":"stale","reason":r}
 ]]
 --!include ctx

@@ -5,7 +5,7 @@ Input:
   KEYS[1] job hash
   ARGV[1..4] ctx   ARGV[5] job id   ARGV[6] node id   ARGV[7] connection token
   ARGV[8] text   ARGV[9] "1" if is_final
-Output: [JSON]  {"status":"ok"} | {"status":"stale","reason":r}
+Output: [reply]  {"status":"ok"} | {"status":"stale","reason":r}
 ]]
 --!include ctx
 --!include deliver

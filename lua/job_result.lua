@@ -24,7 +24,7 @@ Input:
 A successful result with text joins the session's utterance group (group_id, part_index;
 lua/includes/groups.lua) and carries network_timings + scheduler_sent_at_ms, stamped again
 when it is sent (results.lua `stamp`; definitions in docs/jobs.md "Timings").
-Output: [JSON, blobs...]
+Output: [reply, blobs...]
   {"status":"ok","state":"FINISHED"|"FAILED"|"DISPATCHED"|"QUEUED"} | {"status":"stale","reason":r}
 ]]
 --!include ctx

@@ -5,7 +5,7 @@ Input:
   KEYS[1] node hash
   Derived: the node's pools, queues and jobs (offer on undrain).
   ARGV[1..4] ctx   ARGV[5] node id   ARGV[6] drain | undrain
-Output: [JSON, blobs...]
+Output: [reply, blobs...]
   {"status":"ok","state":s} | {"status":"missing"} | {"status":"offline"}
 ]]
 --!include ctx

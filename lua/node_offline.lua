@@ -9,7 +9,7 @@ Input:
   KEYS[1..5] as in register.lua
   ARGV[1..4] ctx   ARGV[5] node id   ARGV[6] connection token of the closed socket
   ARGV[7] grace ms (0 = offline now)   ARGV[8] reason
-Output: [JSON, blobs...]
+Output: [reply, blobs...]
   {"status":"missing"} | {"status":"stale"} | {"status":"ok","state":"offline"|"disconnected"}
 ]]
 --!include ctx

@@ -21,7 +21,7 @@ Input:
           CFG.fleet_nodes of them (0: no limit, nothing counted; the record's `fleet` says
           where it is counted)
   ARGV[11] n: node-hash field/value pairs in ARGV[12 .. 11+2n]; then the pool names
-Output: [JSON, blobs...]  JSON.out = messages to deliver (queued jobs handed to the node)
+Output: [reply, blobs...]  reply.out = messages to deliver (queued jobs handed to the node)
   {"status":"taken"}  the minted id exists; mint another
   {"status":"conflict","owner":inst}  "reconnect" of an id a live connection holds: refused,
                       nothing changed (the holder keeps its node and its jobs)

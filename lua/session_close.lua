@@ -11,7 +11,7 @@ Input:
   Derived: the session's audio buffer, jobs, results; job, node, pool, queue keys of the cut;
   {tag}:subject:<sub>:sessions (the closed session no longer counts as live).
   ARGV[1..4] ctx   ARGV[5] session id   ARGV[6] connection token
-Output: [JSON, blobs...]
+Output: [reply, blobs...]
   {"status":"ok","job_id":id?} | {"status":"missing"} | {"status":"stale"}
 ]]
 --!include ctx

@@ -13,7 +13,7 @@ Input:
   Derived: {tag}:subject:<sub>:sessions (zset sid -> expiry ms; see subject_sessions);
   session:<sid>:jobs, :results, :pending, :audio, :rtime (checked when minted); the caller's
   presence, listing and inbox group when missing (deliver.lua present())
-Output: [JSON]
+Output: [reply]
   {"status":"taken"} | {"status":"ok"}
   {"status":"limit","live":N}  the subject already has ARGV[10] live sessions: nothing written
 ]]

@@ -15,7 +15,7 @@ Input:
   ARGV[10] epoch floor: the highest epoch of the session's live connection on the caller's
           instance (0: none); the new epoch is above it, above the record's and at least
           the Redis clock in ms (epoch.lua)
-Output: [JSON, blobs...]
+Output: [reply, blobs...]
   {"status":"ok","next_seq":N,"resent":N,"state":"open"|"closed","tenant":T,"epoch":E,
    "replaced_conn":tok?,"nonce":n}  T: the session's own tenant ("" = none), which its later jobs
                         keep; E grows with every resume (commit order): the caller's instance

@@ -8,7 +8,7 @@ Input:
   ARGV[1..4] ctx   ARGV[5] session id   ARGV[6] connection token
   ARGV[7] event: heartbeat | tts_started | tts_play_ended
   ARGV[8] tts_play_ended: its group_id ("" if none)
-Output: [JSON]  {"status":"ok"} | {"status":"missing"} | {"status":"stale"}
+Output: [reply]  {"status":"ok"} | {"status":"missing"} | {"status":"stale"}
 ]]
 --!include ctx
 

@@ -11,7 +11,7 @@ Input:
   ARGV[8] job_assign template JSON (without job_id/attempt_id/audio)   ARGV[9] audio bytes
   ARGV[10] pools csv ("primary" or "primary|reverse", preferred first)
   ARGV[11] needed services csv   ARGV[12] pair label   ARGV[13] trace id
-Output: [JSON, blobs...]  (a job_assign for a node of the calling instance has no audio
+Output: [reply, blobs...]  (a job_assign for a node of the calling instance has no audio
   blob but `own`: the caller adds the utterance's audio it sent)
   {"status":"created","job_id":id,"dispatch":"dispatched"|"queued"|"failed"}
   {"status":"duplicate","job_id":id}  resent utterance: nothing changed

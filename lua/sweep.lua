@@ -17,7 +17,7 @@ Input:
   KEYS[4] {tag}:due:jobs    KEYS[5] {tag}:due:audio    KEYS[6] {tag}:due:reorder
   Derived (same hash tag): node, job, session, pool and queue keys of the due entries.
   ARGV[1..4] ctx   (CFG.batch bounds how many entries of each kind one call handles)
-Output: [JSON, blobs...]
+Output: [reply, blobs...]
   {"offline":[{"node_id","owner","conn"}...],"jobs":N,"cuts":N,"released":N,"more":bool,
    "out":[...]}   more = a batch was full; call again at once.
 ]]

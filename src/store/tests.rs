@@ -18,9 +18,11 @@ fn a_script_calls_future_stays_small() {
 
 #[test]
 fn replies_carry_bodies_as_blobs_and_numbers_as_strings() {
-    let json = br#"{"status":"ok","out":[{"k":"node","id":"n","owner":"i","m":"2","blob":"1","seq":"3"}],"ev":{"dispatched":"2"},"lat":{"dispatch":["4"],"e2e":{}}}"#;
+    let reply = reply::packed(
+        r#"{"r":{"status":"ok"},"out":[{"k":"node","id":"n","owner":"i","m":"2","blob":1,"seq":"3"}],"ev":{"dispatched":"2"},"lat":{"dispatch":["4"],"e2e":{}}}"#,
+    );
     let blobs = vec![b"audio".to_vec(), br#"{"type":"job_assign"}"#.to_vec()];
-    let out = decode_reply::<serde_json::Value>("t", json, blobs).expect("decodes");
+    let out = decode_reply::<serde_json::Value>("t", &reply, blobs).expect("decodes");
     let d = &out.out[0];
     assert_eq!(d.msg, r#"{"type":"job_assign"}"#);
     assert_eq!((d.blob, d.seq), (Some(1), Some(3)));

@@ -44,14 +44,16 @@ fn ev_counts_are_read_as_the_buffered_reader_read_them() {
 
 #[test]
 fn a_tagged_reply_decodes_beside_out_ev_and_lat_in_one_pass() {
-    let json = br#"{"out":{},"status":"created","job_id":"j","dispatch":"queued","ev":{"submitted":1,"odd":"x","neg":-1,"list":[1]},"lat":{"dispatch":{},"pool":["p"]}}"#;
-    let o = decode_reply::<SessionReply>("t", json, Vec::new()).expect("decodes");
+    let reply = packed(
+        r#"{"out":{},"r":{"status":"created","job_id":"j","dispatch":"queued"},"ev":{"submitted":1,"odd":"x","neg":-1,"list":[1]},"lat":{"dispatch":[],"pool":["p"]}}"#,
+    );
+    let o = decode_reply::<SessionReply>("t", &reply, Vec::new()).expect("decodes");
     let created = SessionReply::Created {
         job_id: "j".into(),
         dispatch: "queued".into(),
     };
     assert_eq!(o.reply, created);
-    assert!(o.out.is_empty(), "cjson's {{}} is an empty list");
+    assert!(o.out.is_empty(), "an empty map is an empty list");
     assert_eq!(
         o.events.ev.len(),
         1,
@@ -59,11 +61,36 @@ fn a_tagged_reply_decodes_beside_out_ev_and_lat_in_one_pass() {
         o.events.ev
     );
     assert_eq!(o.events.lat.pool, vec!["p".to_string()]);
-    let o = decode_reply::<SessionReply>("t", br#"{"status":"too_far"}"#, Vec::new());
+    let o = decode_reply::<SessionReply>("t", &packed(r#"{"r":{"status":"too_far"}}"#), Vec::new());
     assert_eq!(o.expect("decodes").reply, SessionReply::TooFar);
-    let bad =
-        decode_reply::<SessionReply>("t", br#"{"status":"ok","out":[{"k":"node"}]}"#, Vec::new());
+    let bad = packed(r#"{"r":{"status":"ok"},"out":[{"k":"node"}]}"#);
+    let bad = decode_reply::<SessionReply>("t", &bad, Vec::new());
     assert!(bad.is_err(), "a delivery without its fields is an error");
-    let bad = decode_reply::<SessionReply>("t", br#"{"status":"ok","out":{"a":1}}"#, Vec::new());
-    assert!(bad.is_err(), "a non-empty object is not a list");
+    let bad = packed(r#"{"r":{"status":"ok"},"out":{"a":1}}"#);
+    let bad = decode_reply::<SessionReply>("t", &bad, Vec::new());
+    assert!(bad.is_err(), "a non-empty map is not a list");
+    let json = br#"{"r":{"status":"too_far"}}"#;
+    assert!(
+        decode_reply::<SessionReply>("t", json, Vec::new()).is_err(),
+        "a JSON reply (an earlier library's) is refused, not misread"
+    );
+}
+
+/// What cmsgpack makes of a Lua reply: an empty table as an empty list, whole numbers as
+/// integers, the nested `r`.
+#[test]
+fn a_reply_packed_by_lua_decodes() {
+    // {r = {status = 'ok'}, out = {{k = 'node', id = 'n', owner = 'i', m = 1, seq = 300}},
+    //  ev = {}, lat = {dispatch = {}, e2e = {2}, pool = {}}} as Redis 7.0's cmsgpack packs
+    // it (map key order is Lua's table order: any)
+    let mut b = vec![0x84];
+    b.extend(b"\xa1r\x81\xa6status\xa2ok");
+    b.extend(b"\xa3out\x91\x85\xa1k\xa4node\xa2id\xa1n\xa5owner\xa1i\xa1m\x01\xa3seq\xcd\x01\x2c");
+    b.extend(b"\xa2ev\x90");
+    b.extend(b"\xa3lat\x83\xa8dispatch\x90\xa3e2e\x91\x02\xa4pool\x90");
+    let o = decode_reply::<serde_json::Value>("t", &b, vec![b"{}".to_vec()]).expect("decodes");
+    assert_eq!(o.reply, serde_json::json!({"status": "ok"}));
+    assert_eq!((o.out[0].msg.as_str(), o.out[0].seq), ("{}", Some(300)));
+    assert!(o.events.ev.is_empty());
+    assert_eq!(o.events.lat.e2e, vec![2.0]);
 }
