@@ -5,7 +5,9 @@ Input:
   ARGV[1..4] ctx    ARGV[5] node id   ARGV[6] connection token (must own the node)
   ARGV[7] capability signature (pools are recomputed only when it changed)
   ARGV[8] a: load field/value pairs (always stored)   ARGV[9] c: capability pairs
-  ARGV[10 ..] 2a load values, then 2c capability values, then the pool names
+  ARGV[10] the connection's fleet credential (its fingerprint; "" = none): where a revived
+           offline record is counted, as register counts it
+  ARGV[11 ..] 2a load values, then 2c capability values, then the pool names
 Output: [reply, blobs...]
   {"status":"missing"}             no record (expired or Redis wiped): register again
   {"status":"stale","owner":inst}  another connection owns the node; nothing changed
@@ -34,17 +36,19 @@ if not cur[1] then return finish({status = 'missing'}) end
 if cur[1] ~= ARGV[6] then return finish({status = 'stale', owner = cur[2]}) end
 
 local liveness = CFG.liveness
-local a = int(8, 'load pairs', 0, (#ARGV - 9) / 2)
-local c = int(9, 'capability pairs', 0, (#ARGV - 9) / 2 - a)
+local a = int(8, 'load pairs', 0, (#ARGV - 10) / 2)
+local c = int(9, 'capability pairs', 0, (#ARGV - 10) / 2 - a)
 local load_fields = {'last_hb', NOW, 'deadline', NOW + liveness}
-for i = 10, 9 + 2 * a do load_fields[#load_fields + 1] = ARGV[i] end
+for i = 11, 10 + 2 * a do load_fields[#load_fields + 1] = ARGV[i] end
 local state, revived = cur[3], false
 if state == 'offline' or state == 'disconnected' then
-  -- an offline record left its credential's count (offline.lua): it must find a place
+  -- an offline record left its credential's count (offline.lua): it must find a place,
+  -- under the credential of the connection it comes back on (the record's may be "": one
+  -- registered while the limit was 0 counts from now on)
   if state == 'offline' then
-    local counted, live = fleet_count(node_id, cur[5] or '')
+    local counted, live = fleet_count(node_id, ARGV[10])
     if not counted then return finish({status = 'limit', live = live}) end
-    if counted ~= (cur[5] or '') then -- (the limit was turned off since it registered)
+    if counted ~= (cur[5] or '') then -- (the limit was turned on or off since it registered)
       load_fields[#load_fields + 1] = 'fleet'
       load_fields[#load_fields + 1] = counted
     end
@@ -59,7 +63,7 @@ redis.call('HSET', KEYS[1], unpack(load_fields))
 local changed = cur[4] ~= ARGV[7]
 if changed then
   local caps = {'capsig', ARGV[7]}
-  local first = 10 + 2 * a
+  local first = 11 + 2 * a
   for i = first, first + 2 * c - 1 do caps[#caps + 1] = ARGV[i] end
   redis.call('HSET', KEYS[1], unpack(caps))
   local pools = {}

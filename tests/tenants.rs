@@ -446,3 +446,74 @@ async fn a_resume_without_tenant_keeps_the_sessions_tenant_and_its_strictness() 
     );
     invariants::check(&mut c).await;
 }
+
+/// Second review of the fleet count (L1): a heartbeat that revives an offline record counted
+/// the node under the record's `fleet`, not the connection's credential. A node registered
+/// while the limit was 0 (recorded uncounted) came back uncounted once the limit was on, so
+/// a fleet could hold more live nodes than its limit until they registered again. Two
+/// instances of one cell, one before and one after the limit was turned on (a rolling
+/// configuration change), through the scripts as the gateway calls them.
+#[tokio::test]
+async fn a_revived_node_is_counted_under_its_connections_credential() {
+    use common::cell::{caps, cell_config};
+    use common::model::Instance;
+    use switchyard::store::nodes::{HeartbeatReply, NodeClaim, OfflineReply, RegisterReply};
+
+    let redis = RedisServer::start().await;
+    let mut before = cell_config(&redis.url());
+    before.limits.max_nodes_per_credential = 0;
+    let mut after = before.clone();
+    after.limits.max_nodes_per_credential = 1;
+    let old = Instance::new(&before, "i-old".into());
+    let new = Instance::new(&after, "i-new".into());
+    let (fp, token) = (Some("fp-1"), "i-old/1");
+    let extra = [("capacity", "1".to_string())];
+    let reg = old
+        .store
+        .register("n1", NodeClaim::Reconnect, token, &caps(0), &extra, 0, fp)
+        .await
+        .expect("register");
+    assert!(
+        matches!(reg.reply, RegisterReply::Ok { .. }),
+        "{:?}",
+        reg.reply
+    );
+    let mut r = redis.client().await;
+    let counted = format!("{PREFIX}fleet:fp-1:nodes");
+    let members: Vec<String> = r.smembers(&counted).await.expect("smembers");
+    assert!(members.is_empty(), "limit 0 counts nothing: {members:?}");
+    let off = old
+        .store
+        .node_offline("n1", token, 0, "test")
+        .await
+        .expect("offline");
+    assert_eq!(
+        off.reply,
+        OfflineReply::Ok {
+            state: "offline".into()
+        }
+    );
+    // the same connection's heartbeat reaches an instance with the limit on
+    let hb = new
+        .store
+        .heartbeat("n1", token, &caps(0), &[], fp)
+        .await
+        .expect("heartbeat");
+    assert!(
+        matches!(hb.reply, HeartbeatReply::Ok { .. }),
+        "{:?}",
+        hb.reply
+    );
+    let members: Vec<String> = r.smembers(&counted).await.expect("smembers");
+    assert_eq!(
+        members,
+        vec!["n1".to_string()],
+        "the revived node is counted"
+    );
+    let field: Option<String> = r
+        .hget(format!("{PREFIX}node:n1"), "fleet")
+        .await
+        .expect("hget");
+    assert_eq!(field.as_deref(), Some("fp-1"), "its record says where");
+    invariants::check(&mut r).await;
+}

@@ -286,7 +286,7 @@ impl NodeConn {
         let load = load_fields(&h);
         let reply = cell
             .store
-            .heartbeat(&node_id, &self.token, &caps, &load)
+            .heartbeat(&node_id, &self.token, &caps, &load, self.cred.fleet())
             .await;
         match routing::delivered(&app, &cell, reply) {
             Ok(HeartbeatReply::Ok { .. }) => {

@@ -184,13 +184,16 @@ impl Store {
     }
 
     /// `heartbeat.lua`: refresh liveness, store load, apply capability changes, offer
-    /// free capacity to queued jobs.
+    /// free capacity to queued jobs. `fleet`: the connection's fleet credential (its
+    /// fingerprint, [`crate::auth::Credential::fleet`]), where an offline record the
+    /// heartbeat revives is counted.
     pub async fn heartbeat(
         &self,
         node_id: &str,
         conn: &str,
         caps: &Capabilities,
         load: &[(&'static str, String)],
+        fleet: Option<&str>,
     ) -> Result<Output<HeartbeatReply>, StoreError> {
         let cap_fields = capability_fields(caps);
         let args = self
@@ -200,6 +203,7 @@ impl Store {
             .s(caps.signature())
             .s(load.len())
             .s(cap_fields.len())
+            .s(fleet.unwrap_or(""))
             .fields(load)
             .fields(&cap_fields)
             .all(caps.pools());

@@ -306,7 +306,7 @@ impl Cell {
         };
         let out = self.inst[s]
             .store
-            .heartbeat(nid, &token, &caps(c), &[])
+            .heartbeat(nid, &token, &caps(c), &[], fleet(s))
             .await?;
         self.clients.take(s, &out);
         match out.reply {
