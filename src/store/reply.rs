@@ -5,7 +5,7 @@
 //! Decoded straight from the reply bytes into typed structs in one pass (no value tree: two
 //! replies per job on the hot path, and a tree allocates every key and string). MessagePack,
 //! not JSON: Redis' Lua packs it in C without escaping, and reading it back scans no string
-//! for escapes (issue 14, round 12: the JSON reply was ~12 % of the instance's instructions
+//! for escapes (issue 14, round 12: the JSON reply was 12–16 % of the instance's instructions
 //! per job).
 
 use std::collections::BTreeMap;
