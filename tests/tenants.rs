@@ -517,3 +517,64 @@ async fn a_revived_node_is_counted_under_its_connections_credential() {
     assert_eq!(field.as_deref(), Some("fp-1"), "its record says where");
     invariants::check(&mut r).await;
 }
+
+/// The first refusal of a full fleet count read every member's record in one call: ~23 ms
+/// of Redis at 10,000 members (session 18's review), a stall for every client of the cell.
+/// A look now reads at most ~256 members per call and the next refusal resumes it, until it
+/// has gone round the set; then none for a liveness interval.
+#[tokio::test]
+async fn a_look_for_members_left_behind_is_bounded_per_call_and_resumed() {
+    use common::cell::{caps, cell_config};
+    use common::model::Instance;
+    use switchyard::store::nodes::{NodeClaim, RegisterReply};
+
+    let redis = RedisServer::start().await;
+    let cfg = cell_config(&redis.url()); // two places per fleet credential
+    let inst = Instance::new(&cfg, "i-a".into());
+    let mut r = redis.client().await;
+    let fk = format!("{PREFIX}fleet:fp-2:nodes");
+    let pk = format!("{PREFIX}fleet:fp-2:pruned");
+    let ghosts: Vec<String> = (0..1000).map(|i| format!("ghost-{i}")).collect();
+    let _: () = r.sadd(&fk, &ghosts).await.expect("sadd");
+    let extra = [("capacity", "1".to_string())];
+    let mut refused = 0;
+    loop {
+        let reg = inst
+            .store
+            .register(
+                "n1",
+                NodeClaim::Reconnect,
+                "i-a/1",
+                &caps(0),
+                &extra,
+                0,
+                Some("fp-2"),
+            )
+            .await
+            .expect("register");
+        match reg.reply {
+            RegisterReply::Limit { .. } => refused += 1,
+            RegisterReply::Ok { .. } => break,
+            other => panic!("unexpected {other:?}"),
+        }
+        let left: usize = r.scard(&fk).await.expect("scard");
+        let mark: String = r.get(&pk).await.expect("the look's mark");
+        assert!(
+            left > 0 && mark.starts_with('c'),
+            "{left} left, mark {mark}"
+        );
+        if refused == 1 {
+            assert!(
+                (600..1000).contains(&left),
+                "one call looks at some members, not all: {left} of 1000 left"
+            );
+        }
+        assert!(refused < 10, "the look does not go round: {left} left");
+    }
+    assert!(refused >= 3, "1000 members took {refused} refusals");
+    let members: Vec<String> = r.smembers(&fk).await.expect("smembers");
+    assert_eq!(members, vec!["n1".to_string()]);
+    let mark: String = r.get(&pk).await.expect("mark");
+    assert_eq!(mark, "1", "the look went round: none again for an interval");
+    invariants::check(&mut r).await;
+}
