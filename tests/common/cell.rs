@@ -60,13 +60,25 @@ pub fn cell_config(url: &str) -> Config {
 
 /// Capability variants: en→zh only; both directions; zh→en only; nothing.
 /// The fleet credential the nodes of instance slot `s` register with: two fleets counted
-/// (at most [`FLEET_NODES`] live nodes each, so three nodes can fill one) and a token bound
-/// to its node (not counted). A node that reconnects through another slot moves between
-/// counts.
+/// (at most [`FLEET_NODES`] live nodes each, so three nodes can fill one), and on slot 2
+/// `fleet-b` again, through an instance that counts nothing ([`slot_config`]: the cell in
+/// the middle of turning the limit on). A node that reconnects through another slot moves
+/// between counts, or out of them and back.
 pub fn fleet(s: usize) -> Option<&'static str> {
-    [Some("fleet-a"), Some("fleet-b"), None][s % 3]
+    [Some("fleet-a"), Some("fleet-b"), Some("fleet-b")][s % 3]
 }
 pub const FLEET_NODES: u64 = 2;
+
+/// The configuration of instance slot `s`: `cfg`, but slot 2 counts no fleet credential
+/// (`limits.max_nodes_per_credential` 0, an instance not yet restarted with the limit), so
+/// the scripts' limit-0 paths run beside the counting ones.
+pub fn slot_config(cfg: &Config, s: usize) -> Config {
+    let mut c = cfg.clone();
+    if s == 2 {
+        c.limits.max_nodes_per_credential = 0;
+    }
+    c
+}
 
 pub fn caps(variant: u8) -> Capabilities {
     let v = |l: &[&str]| l.iter().map(|s| s.to_string()).collect::<Vec<_>>();
@@ -175,7 +187,7 @@ impl Cell {
         let mut cfg = cell_config(&server.url());
         tweak(&mut cfg);
         let inst = (0..INSTANCES)
-            .map(|s| Instance::new(&cfg, format!("i{s}g0")))
+            .map(|s| Instance::new(&slot_config(&cfg, s), format!("i{s}g0")))
             .collect();
         let clients = Clients::default();
         let mut cell = Self {
@@ -291,11 +303,26 @@ impl Cell {
             )
             .await?;
         self.clients.take(s, &out);
-        let refused = matches!(out.reply, RegisterReply::Limit { .. });
-        if refused {
-            self.clients.fleet_refused += 1;
-        }
+        let refused = match out.reply {
+            RegisterReply::Limit { live } => {
+                self.refused(s, live);
+                true
+            }
+            _ => false,
+        };
         Ok(refused)
+    }
+
+    /// A refusal for a full count, on slot `s`, which said the credential holds `live`
+    /// nodes: only a counting instance refuses, and only at its limit.
+    fn refused(&mut self, s: usize, live: u64) {
+        self.clients.fleet_refused += 1;
+        let limit = slot_config(&self.cfg, s).limits.max_nodes_per_credential;
+        if limit == 0 || live < limit {
+            self.clients.violations.push(format!(
+                "slot {s} (limit {limit}) refused a node for a full count of {live}"
+            ));
+        }
     }
 
     /// A heartbeat on the node's connection, announcing capabilities `c`.
@@ -320,8 +347,8 @@ impl Cell {
             HeartbeatReply::Stale { .. } => self.node(node).1.conn = None,
             // An offline record not revived (its credential's count is full): the gateway
             // closes the connection, whose close changes nothing more.
-            HeartbeatReply::Limit { .. } => {
-                self.clients.fleet_refused += 1;
+            HeartbeatReply::Limit { live } => {
+                self.refused(s, live);
                 self.node(node).1.conn = None;
             }
             HeartbeatReply::Ok { .. } => {}
@@ -602,7 +629,8 @@ impl Cell {
             .await
             .expect("lapse presence");
         self.generation += 1;
-        self.inst[s] = Instance::new(&self.cfg, format!("i{s}g{}", self.generation));
+        let cfg = slot_config(&self.cfg, s);
+        self.inst[s] = Instance::new(&cfg, format!("i{s}g{}", self.generation));
         self.stalled[s] = false;
         for c in &mut self.clients.sessions {
             c.conn.take_if(|(cs, _)| *cs == s);
