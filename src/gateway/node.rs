@@ -271,6 +271,7 @@ impl NodeConn {
         let stated = h.language_capabilities.is_some() || h.capability_by_type.is_some();
         let every = self.app.cfg.node.capability_change_interval_ms;
         let now = std::time::Instant::now();
+        let before = self.caps_pace.changed_at();
         let caps = match self.caps_pace.pace(&reg.caps, wanted, stated, every, now) {
             Paced::Apply(c) => c,
             Paced::Held(c) => {
@@ -338,7 +339,10 @@ impl NodeConn {
                     .unbind(Kind::Node, cell.name(), &node_id, &self.token);
                 self.superseded();
             }
-            Err(e) => self.store_error(&e),
+            Err(e) => {
+                self.caps_pace.not_applied(caps, now, before);
+                self.store_error(&e)
+            }
         }
     }
 

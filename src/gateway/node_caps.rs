@@ -59,6 +59,27 @@ impl CapsPace {
         Paced::Apply(wanted)
     }
 
+    /// The heartbeat that was to apply `caps` (a change let through by [`Self::pace`] at
+    /// `now`) failed before its script ran or without an answer: the change does not count
+    /// against the interval, and it is kept for the next heartbeat, which applies it at once
+    /// (unless the node states other capabilities meanwhile).
+    pub(super) fn not_applied(
+        &mut self,
+        caps: Capabilities,
+        now: Instant,
+        before: Option<Instant>,
+    ) {
+        if self.changed_at == Some(now) {
+            self.changed_at = before;
+            self.deferred = Some(caps);
+        }
+    }
+
+    /// When the last change was let through, to give back to [`Self::not_applied`].
+    pub(super) fn changed_at(&self) -> Option<Instant> {
+        self.changed_at
+    }
+
     /// May the connection register again now? Not within `every_ms` of its last
     /// registration or capability change (a registration restates every capability).
     pub(super) fn may_register_again(&self, every_ms: u64, now: Instant) -> bool {
@@ -139,5 +160,20 @@ mod tests {
             let w = if i % 2 == 0 { b.clone() } else { a.clone() };
             assert!(matches!(q.pace(&a, w.clone(), true, 0, t0), Paced::Apply(x) if x == w));
         }
+    }
+
+    #[test]
+    fn a_change_whose_heartbeat_failed_does_not_count_and_is_applied_next() {
+        let mut p = CapsPace::default();
+        let t0 = Instant::now();
+        let (en, ja, zh) = (caps(&["en"]), caps(&["ja"]), caps(&["zh"]));
+        assert!(matches!(p.pace(&en, ja.clone(), true, 5_000, t0), Paced::Apply(c) if c == ja));
+        let t1 = t0 + Duration::from_secs(6);
+        let before = p.changed_at();
+        assert!(matches!(p.pace(&ja, zh.clone(), true, 5_000, t1), Paced::Apply(c) if c == zh));
+        p.not_applied(zh.clone(), t1, before); // Redis did not answer
+        // a heartbeat without capabilities right after brings it back, not held
+        let t2 = t1 + Duration::from_millis(100);
+        assert!(matches!(p.pace(&ja, ja.clone(), false, 5_000, t2), Paced::Apply(c) if c == zh));
     }
 }
