@@ -520,8 +520,10 @@ async fn a_revived_node_is_counted_under_its_connections_credential() {
 
 /// The first refusal of a full fleet count read every member's record in one call: ~23 ms
 /// of Redis at 10,000 members (session 18's review), a stall for every client of the cell.
-/// A look now reads at most ~256 members per call and the next refusal resumes it, until it
-/// has gone round the set; then none for a liveness interval.
+/// A look now reads at most ~256 members per call and the next refusal resumes it, however
+/// long after (a review of the change: a cursor that lasted one liveness interval sent
+/// refusals further apart back to the same first, live, members for ever), until it has
+/// gone round the set (or a place is found).
 #[tokio::test]
 async fn a_look_for_members_left_behind_is_bounded_per_call_and_resumed() {
     use common::cell::{caps, cell_config};
@@ -529,13 +531,24 @@ async fn a_look_for_members_left_behind_is_bounded_per_call_and_resumed() {
     use switchyard::store::nodes::{NodeClaim, RegisterReply};
 
     let redis = RedisServer::start().await;
-    let cfg = cell_config(&redis.url()); // two places per fleet credential
+    let mut cfg = cell_config(&redis.url());
+    cfg.limits.max_nodes_per_credential = 700;
+    cfg.node.liveness_ms = Some(200); // refusals below come further apart than this
     let inst = Instance::new(&cfg, "i-a".into());
     let mut r = redis.client().await;
     let fk = format!("{PREFIX}fleet:fp-2:nodes");
     let pk = format!("{PREFIX}fleet:fp-2:pruned");
-    let ghosts: Vec<String> = (0..1000).map(|i| format!("ghost-{i}")).collect();
-    let _: () = r.sadd(&fk, &ghosts).await.expect("sadd");
+    // 600 live members (their records say so) and 400 left behind (no record): full
+    let live: Vec<String> = (0..600).map(|i| format!("live-{i}")).collect();
+    let ghosts: Vec<String> = (0..400).map(|i| format!("ghost-{i}")).collect();
+    let mut p = redis::pipe();
+    for id in &live {
+        let fields = [("state", "ready"), ("fleet", "fp-2")];
+        p.hset_multiple(format!("{PREFIX}node:{id}"), &fields)
+            .ignore();
+    }
+    p.sadd(&fk, &live).ignore().sadd(&fk, &ghosts).ignore();
+    let _: () = p.query_async(&mut r).await.expect("members");
     let extra = [("capacity", "1".to_string())];
     let mut refused = 0;
     loop {
@@ -559,22 +572,26 @@ async fn a_look_for_members_left_behind_is_bounded_per_call_and_resumed() {
         }
         let left: usize = r.scard(&fk).await.expect("scard");
         let mark: String = r.get(&pk).await.expect("the look's mark");
-        assert!(
-            left > 0 && mark.starts_with('c'),
-            "{left} left, mark {mark}"
-        );
+        assert!(mark.starts_with('c'), "{left} left, mark {mark}");
         if refused == 1 {
             assert!(
-                (600..1000).contains(&left),
+                left > 800,
                 "one call looks at some members, not all: {left} of 1000 left"
             );
         }
-        assert!(refused < 10, "the look does not go round: {left} left");
+        assert!(refused < 8, "the look does not go round: {left} left");
+        tokio::time::sleep(std::time::Duration::from_millis(300)).await;
     }
-    assert!(refused >= 3, "1000 members took {refused} refusals");
+    assert!(refused >= 2, "1000 members took {refused} refusals");
+    // the stand-ins (and the members a look had no need to reach) leave; the cell holds
+    // what the scripts wrote
+    let mut p = redis::pipe();
+    for id in &live {
+        p.del(format!("{PREFIX}node:{id}")).ignore();
+    }
+    p.srem(&fk, &live).ignore().srem(&fk, &ghosts).ignore();
+    let _: () = p.query_async(&mut r).await.expect("cleanup");
     let members: Vec<String> = r.smembers(&fk).await.expect("smembers");
     assert_eq!(members, vec!["n1".to_string()]);
-    let mark: String = r.get(&pk).await.expect("mark");
-    assert_eq!(mark, "1", "the look went round: none again for an interval");
     invariants::check(&mut r).await;
 }

@@ -26,7 +26,7 @@ local NOWS        -- NOW as decimal text, for redis.call arguments and concatena
 local OUT         -- messages for connections: {k=kind, id=, owner=, conn=, m=n, blob=n?,
                   --   seq=n?, tp=traceparent?, job=job id?}
 local BLOBS       -- the messages' JSON bodies (m) and binary payloads (blob: job audio),
-                  -- returned after the reply JSON, so no body is escaped into it
+                  -- returned after the packed reply, so no body is copied into it
 local EV          -- transitions this call made, by name (metrics): submitted, dispatched, ...
 local LAT         -- {dispatch=, e2e=, pool=}: ms from job creation to dispatch / to result;
                   -- pool[i]: the primary pool of the job of dispatch[i]

@@ -5,7 +5,8 @@
 -- the record's epoch is the one before it and the floor covers only the caller's live
 -- binding, not a pending one of that lost commit, which would otherwise share the new
 -- commit's epoch (and the reply that arrived last would win). ≤ 14 digits for centuries,
--- so cjson writes it exactly. (Requires ctx.)
+-- so it is a whole number a double holds exactly (the reply packs it as an integer).
+-- (Requires ctx.)
 local function epoch_after(recorded, floor)
   return math.max(tonumber(recorded or '0') or 0, floor, NOW - 1) + 1
 end

@@ -6,8 +6,10 @@
 -- live nodes. When the count is full, members left behind (their record gone or offline
 -- without leaving, or moved to another credential) are dropped first: a look at the
 -- members, PRUNE_BATCH of them per call (SSCAN), resumed by the next refusal from where
--- the last stopped (the cursor kept in {tag}:fleet:<fp>:pruned as "c<cursor>"); once a
--- look has gone round the whole set, none again for a liveness interval (the mark "1").
+-- the last stopped (the cursor kept in {tag}:fleet:<fp>:pruned as "c<cursor>", for
+-- liveness + node retention: refusals far apart still go round the set, instead of reading
+-- its first batch again each time); once a look has gone round the whole set, none again
+-- for a liveness interval (the mark "1").
 -- So a call reads at most ~PRUNE_BATCH records (~0.5 ms of Redis; the whole set of 10,000
 -- in one call was ~23 ms), and a refusal while the mark is "1" costs a SISMEMBER, a SCARD
 -- and a GET. (Requires ctx.)
@@ -29,7 +31,13 @@ local function fleet_count(node_id, fleet)
           if redis.call('SREM', fk, m) == 1 then live = live - 1 end
         end
       end
-      redis.call('SET', pk, r[1] == '0' and '1' or ('c' .. r[1]), 'PX', CFGS.liveness)
+      -- (a look under way keeps its cursor as long as a node record lasts offline: resumed
+      -- by refusals however far apart, it goes round the set; then none for an interval)
+      if r[1] == '0' then
+        redis.call('SET', pk, '1', 'PX', CFGS.liveness)
+      else
+        redis.call('SET', pk, 'c' .. r[1], 'PX', CFGS.node_jobs_ttl)
+      end
     end
   end
   if live >= max then return false, live end

@@ -186,8 +186,8 @@ impl Store {
         r
     }
 
-    /// Run one script: its reply is `[json, blob...]`; the JSON decodes into `T` and its
-    /// `out` list into deliveries.
+    /// Run one script: its reply is `[msgpack, blob...]`; its `r` decodes into `T` and its
+    /// `out` list into deliveries (reply.rs).
     pub(crate) async fn run<T: DeserializeOwned>(
         &self,
         script: Script,

@@ -119,7 +119,7 @@ pub(super) fn decode_reply<T: DeserializeOwned>(
 ) -> Result<Output<T>, StoreError> {
     let bad = |e: rmp_serde::decode::Error| StoreError::Reply {
         script,
-        message: format!("{e}: {}", String::from_utf8_lossy(packed)),
+        message: format!("{e}: {} bytes, {}", packed.len(), hex_head(packed)),
     };
     let Reply {
         r: reply,
@@ -150,6 +150,20 @@ pub(super) fn decode_reply<T: DeserializeOwned>(
     })
 }
 
+/// The first 64 bytes of a reply that did not decode, in hex (MessagePack is binary: as
+/// text it would garble the log line).
+fn hex_head(packed: &[u8]) -> String {
+    use std::fmt::Write;
+    let mut out = String::with_capacity(129);
+    for b in packed.iter().take(64) {
+        let _ = write!(out, "{b:02x}");
+    }
+    if packed.len() > 64 {
+        out.push('…');
+    }
+    out
+}
+
 /// What a script call did, for metrics: transition counts and latencies (ms, Redis clock).
 #[derive(Debug, Default)]
 pub struct Events {
@@ -171,9 +185,9 @@ pub struct Latencies {
     pub pool: Vec<String>,
 }
 
-/// Serde helper: a map of counts, which Lua packs as an empty list when it is empty
-/// (cmsgpack, like cjson before it, cannot tell an empty map from an empty list); entries that are not counts (non-negative integers or decimal strings) are
-/// skipped, and anything but a map holds none. Read in one pass: no buffered `Content`, no
+/// Serde helper: a map of counts, which arrives as an empty list when it is empty (cmsgpack
+/// cannot tell an empty map from an empty list); entries that are not counts (non-negative
+/// integers or decimal strings) are skipped, and anything but a map holds none. Read in one pass: no buffered `Content`, no
 /// value tree per entry (two replies per job). A key given twice keeps its last
 /// value, as a map does.
 fn lua_map<'de, D>(d: D) -> Result<BTreeMap<String, u64>, D::Error>
@@ -265,8 +279,8 @@ impl<'de> Deserialize<'de> for Count {
     }
 }
 
-/// Serde helper for script replies: an empty Lua table may arrive as an empty map (an
-/// earlier JSON reply's `{}`), so a list field takes one, or `null`, as empty.
+/// Serde helper for script replies: a list field takes an empty map, or `nil`, as empty
+/// (cmsgpack packs an empty Lua table as a list, but nothing else should fail on it).
 pub fn lua_list<'de, D, T>(d: D) -> Result<Vec<T>, D::Error>
 where
     D: Deserializer<'de>,
