@@ -8,11 +8,14 @@ mod common;
 use std::time::Duration;
 
 use common::actors::*;
+use common::cell::{caps, cell_config};
 use common::invariants::{self, PREFIX};
+use common::model::Instance;
 use common::*;
 use redis::AsyncCommands;
 use serde_json::json;
 use switchyard::server::Running;
+use switchyard::store::nodes::{HeartbeatReply, NodeClaim, OfflineReply, RegisterReply};
 
 fn url_with(r: &Running, path: &str, token: &str) -> String {
     with_given_token(&bare_ws_url(r, path), token)
@@ -447,6 +450,26 @@ async fn a_resume_without_tenant_keeps_the_sessions_tenant_and_its_strictness() 
     invariants::check(&mut c).await;
 }
 
+/// Node `n1` registers through `inst` on connection `token` with fleet credential `fleet`,
+/// as the gateway registers a node of a fleet token.
+async fn register_n1(inst: &Instance, token: &str, fleet: &str) -> RegisterReply {
+    let extra = [("capacity", "1".to_string())];
+    let reg = inst
+        .store
+        .register(
+            "n1",
+            NodeClaim::Reconnect,
+            token,
+            &caps(0),
+            &extra,
+            0,
+            Some(fleet),
+        )
+        .await
+        .expect("register");
+    reg.reply
+}
+
 /// Second review of the fleet count (L1): a heartbeat that revives an offline record counted
 /// the node under the record's `fleet`, not the connection's credential. A node registered
 /// while the limit was 0 (recorded uncounted) came back uncounted once the limit was on, so
@@ -455,10 +478,6 @@ async fn a_resume_without_tenant_keeps_the_sessions_tenant_and_its_strictness() 
 /// configuration change), through the scripts as the gateway calls them.
 #[tokio::test]
 async fn a_revived_node_is_counted_under_its_connections_credential() {
-    use common::cell::{caps, cell_config};
-    use common::model::Instance;
-    use switchyard::store::nodes::{HeartbeatReply, NodeClaim, OfflineReply, RegisterReply};
-
     let redis = RedisServer::start().await;
     let mut before = cell_config(&redis.url());
     before.limits.max_nodes_per_credential = 0;
@@ -467,17 +486,8 @@ async fn a_revived_node_is_counted_under_its_connections_credential() {
     let old = Instance::new(&before, "i-old".into());
     let new = Instance::new(&after, "i-new".into());
     let (fp, token) = (Some("fp-1"), "i-old/1");
-    let extra = [("capacity", "1".to_string())];
-    let reg = old
-        .store
-        .register("n1", NodeClaim::Reconnect, token, &caps(0), &extra, 0, fp)
-        .await
-        .expect("register");
-    assert!(
-        matches!(reg.reply, RegisterReply::Ok { .. }),
-        "{:?}",
-        reg.reply
-    );
+    let reg = register_n1(&old, token, "fp-1").await;
+    assert!(matches!(reg, RegisterReply::Ok { .. }), "{reg:?}");
     let mut r = redis.client().await;
     let counted = format!("{PREFIX}fleet:fp-1:nodes");
     let members: Vec<String> = r.smembers(&counted).await.expect("smembers");
@@ -526,10 +536,6 @@ async fn a_revived_node_is_counted_under_its_connections_credential() {
 /// gone round the set (or a place is found).
 #[tokio::test]
 async fn a_look_for_members_left_behind_is_bounded_per_call_and_resumed() {
-    use common::cell::{caps, cell_config};
-    use common::model::Instance;
-    use switchyard::store::nodes::{NodeClaim, RegisterReply};
-
     let redis = RedisServer::start().await;
     let mut cfg = cell_config(&redis.url());
     cfg.limits.max_nodes_per_credential = 700;
@@ -549,23 +555,9 @@ async fn a_look_for_members_left_behind_is_bounded_per_call_and_resumed() {
     }
     p.sadd(&fk, &live).ignore().sadd(&fk, &ghosts).ignore();
     let _: () = p.query_async(&mut r).await.expect("members");
-    let extra = [("capacity", "1".to_string())];
     let mut refused = 0;
     loop {
-        let reg = inst
-            .store
-            .register(
-                "n1",
-                NodeClaim::Reconnect,
-                "i-a/1",
-                &caps(0),
-                &extra,
-                0,
-                Some("fp-2"),
-            )
-            .await
-            .expect("register");
-        match reg.reply {
+        match register_n1(&inst, "i-a/1", "fp-2").await {
             RegisterReply::Limit { .. } => refused += 1,
             RegisterReply::Ok { .. } => break,
             other => panic!("unexpected {other:?}"),
