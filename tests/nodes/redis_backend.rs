@@ -72,6 +72,43 @@ async fn redis_stopped_and_restarted_under_a_connected_node_heals_by_itself() {
     invariants::check(&mut c).await;
 }
 
+/// A capability change whose heartbeat failed (Redis down) does not count against
+/// `node.capability_change_interval_ms`: the node's next heartbeat, restating it as lingua
+/// nodes do, applies it at once. Before, the failed change started the interval, and the
+/// restated one was held for it (here a minute).
+#[tokio::test]
+async fn a_capability_change_whose_heartbeat_failed_is_applied_by_the_next_one() {
+    if single_only("a_capability_change_whose_heartbeat_failed_is_applied_by_the_next_one") {
+        return;
+    }
+    let mut redis = RedisServer::start().await;
+    let inst = start_tweaked(&redis, |c| c.node.capability_change_interval_ms = 60_000).await;
+    let mut node = WsClient::connect(&ws_url(&inst, "/ws/node")).await;
+    let id = node.register_id(fixture("node_register_first"), None).await;
+    redis.stop();
+    node.heartbeat(&id, Some(&["ja", "en"])).await;
+    let err = node.recv_type("error").await;
+    assert_eq!(err["code"], "SCHEDULER_DEPENDENCY_DOWN");
+    redis.restart().await; // empty: the heartbeat finds no record and registers again
+    let c = redis.client().await;
+    let mut cc = c.clone();
+    let mut applied = false;
+    for _ in 0..30 {
+        node.heartbeat(&id, Some(&["ja", "en"])).await;
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        if pools_of(&mut cc, &id).await.contains("pub:ja:en") {
+            applied = true;
+            break;
+        }
+    }
+    assert!(
+        applied,
+        "the restated change is applied, not held for the interval"
+    );
+    eventually_in_pool(&c, &id, "pub:ja:en", "the node serves ja-en").await;
+    invariants::check(&mut cc).await;
+}
+
 /// A rolling upgrade: instances of the previous version keep calling their library while
 /// this version's instances load theirs beside it. Loading ours must leave theirs in place
 /// (each version's library has its own name; `FUNCTION LOAD REPLACE` replaces only ours).
