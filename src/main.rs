@@ -144,7 +144,7 @@ fn main() -> ExitCode {
         // The key files are read here as `serve` reads them at start: a configuration
         // `check-config` passes, `serve` starts with.
         Command::CheckConfig | Command::Serve { .. } if keys_unusable(&cfg) => ExitCode::from(2),
-        Command::CheckConfig => match toml_string(&cfg) {
+        Command::CheckConfig => match cfg.to_redacted_toml() {
             Ok(s) => {
                 println!(
                     "# effective configuration (node liveness = {} ms)\n{s}",
@@ -302,91 +302,6 @@ fn token(
             ttl_s,
         },
     )
-}
-
-fn toml_string(cfg: &Config) -> Result<String, String> {
-    let mut v = serde_json::to_value(cfg).map_err(|e| e.to_string())?;
-    // Secrets are not printed: only how many there are.
-    if let Some(list) = v
-        .pointer_mut("/auth/hs256_secrets")
-        .and_then(|s| s.as_array_mut())
-    {
-        for s in list.iter_mut() {
-            *s = serde_json::Value::from("<redacted>");
-        }
-    }
-    if let Some(p) = v.pointer_mut("/redis/password") {
-        *p = serde_json::Value::from("<redacted>");
-    }
-    // A password inside a Redis URL (`redis://user:secret@host`) is a secret too.
-    if let Some(u) = v.pointer_mut("/redis/url") {
-        *u = serde_json::Value::from(redact_url(u.as_str().unwrap_or_default()));
-    }
-    if let Some(list) = v.pointer_mut("/redis/urls").and_then(|s| s.as_array_mut()) {
-        for u in list.iter_mut() {
-            *u = serde_json::Value::from(redact_url(u.as_str().unwrap_or_default()));
-        }
-    }
-    let mut out = String::new();
-    write_toml(&mut out, "", &v);
-    Ok(out)
-}
-
-/// `scheme://user:<redacted>@host...` for a URL with a password; unchanged otherwise.
-fn redact_url(url: &str) -> String {
-    let Some((scheme, rest)) = url.split_once("://") else {
-        return url.to_string();
-    };
-    let Some((userinfo, host)) = rest.rsplit_once('@') else {
-        return url.to_string();
-    };
-    match userinfo.split_once(':') {
-        Some((user, _)) => format!("{scheme}://{user}:<redacted>@{host}"),
-        None => url.to_string(),
-    }
-}
-
-/// Print a JSON object as TOML sections (flat values first, then nested tables).
-fn write_toml(out: &mut String, section: &str, v: &serde_json::Value) {
-    let Some(map) = v.as_object() else { return };
-    let key = |k: &str| {
-        if k.chars()
-            .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
-        {
-            k.to_string()
-        } else {
-            serde_json::Value::from(k).to_string()
-        }
-    };
-    let table_list = |v: &serde_json::Value| {
-        v.as_array()
-            .is_some_and(|a| !a.is_empty() && a.iter().all(|e| e.is_object()))
-    };
-    for (k, val) in map.iter().filter(|(_, v)| !v.is_object() && !table_list(v)) {
-        match val {
-            serde_json::Value::Null if k == "liveness_ms" => out.push_str(&format!(
-                "# {k}: unset, derived as 3 x heartbeat_interval_ms\n"
-            )),
-            serde_json::Value::Null => out.push_str(&format!("# {k}: unset\n")),
-            _ => out.push_str(&format!("{} = {val}\n", key(k))),
-        }
-    }
-    for (k, val) in map.iter().filter(|(_, v)| v.is_object()) {
-        let name = if section.is_empty() {
-            key(k)
-        } else {
-            format!("{section}.{}", key(k))
-        };
-        out.push_str(&format!("\n[{name}]\n"));
-        write_toml(out, &name, val);
-    }
-    // Arrays of tables (`[[cells]]`).
-    for (k, val) in map.iter().filter(|(_, v)| table_list(v)) {
-        for item in val.as_array().into_iter().flatten() {
-            out.push_str(&format!("\n[[{}]]\n", key(k)));
-            write_toml(out, &format!("{k}[]"), item);
-        }
-    }
 }
 
 #[cfg(test)]

@@ -22,6 +22,7 @@ mod log;
 mod node;
 mod redis;
 mod session;
+mod show;
 mod sweep;
 mod telemetry;
 mod ws;

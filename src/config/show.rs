@@ -1,0 +1,119 @@
+//! `switchyard check-config`'s output: the effective configuration as TOML, with the
+//! secrets it holds (HS256 secrets, the Redis password, a password inside a Redis URL)
+//! redacted.
+
+use super::Config;
+
+impl Config {
+    /// The effective configuration as TOML, secrets redacted: what `switchyard check-config`
+    /// prints.
+    pub fn to_redacted_toml(&self) -> Result<String, String> {
+        let mut v = serde_json::to_value(self).map_err(|e| e.to_string())?;
+        // Secrets are not printed: only how many there are.
+        if let Some(list) = v
+            .pointer_mut("/auth/hs256_secrets")
+            .and_then(|s| s.as_array_mut())
+        {
+            for s in list.iter_mut() {
+                *s = serde_json::Value::from("<redacted>");
+            }
+        }
+        if let Some(p) = v.pointer_mut("/redis/password") {
+            *p = serde_json::Value::from("<redacted>");
+        }
+        // A password inside a Redis URL (`redis://user:secret@host`) is a secret too.
+        if let Some(u) = v.pointer_mut("/redis/url") {
+            *u = serde_json::Value::from(redact_url(u.as_str().unwrap_or_default()));
+        }
+        if let Some(list) = v.pointer_mut("/redis/urls").and_then(|s| s.as_array_mut()) {
+            for u in list.iter_mut() {
+                *u = serde_json::Value::from(redact_url(u.as_str().unwrap_or_default()));
+            }
+        }
+        let mut out = String::new();
+        write_toml(&mut out, "", &v);
+        Ok(out)
+    }
+}
+
+/// `scheme://user:<redacted>@host...` for a URL with a password; unchanged otherwise.
+fn redact_url(url: &str) -> String {
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return url.to_string();
+    };
+    let Some((userinfo, host)) = rest.rsplit_once('@') else {
+        return url.to_string();
+    };
+    match userinfo.split_once(':') {
+        Some((user, _)) => format!("{scheme}://{user}:<redacted>@{host}"),
+        None => url.to_string(),
+    }
+}
+
+/// Print a JSON object as TOML sections (flat values first, then nested tables).
+fn write_toml(out: &mut String, section: &str, v: &serde_json::Value) {
+    let Some(map) = v.as_object() else { return };
+    let key = |k: &str| {
+        if k.chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
+        {
+            k.to_string()
+        } else {
+            serde_json::Value::from(k).to_string()
+        }
+    };
+    let table_list = |v: &serde_json::Value| {
+        v.as_array()
+            .is_some_and(|a| !a.is_empty() && a.iter().all(|e| e.is_object()))
+    };
+    for (k, val) in map.iter().filter(|(_, v)| !v.is_object() && !table_list(v)) {
+        match val {
+            serde_json::Value::Null if k == "liveness_ms" => out.push_str(&format!(
+                "# {k}: unset, derived as 3 x heartbeat_interval_ms\n"
+            )),
+            serde_json::Value::Null => out.push_str(&format!("# {k}: unset\n")),
+            _ => out.push_str(&format!("{} = {val}\n", key(k))),
+        }
+    }
+    for (k, val) in map.iter().filter(|(_, v)| v.is_object()) {
+        let name = if section.is_empty() {
+            key(k)
+        } else {
+            format!("{section}.{}", key(k))
+        };
+        out.push_str(&format!("\n[{name}]\n"));
+        write_toml(out, &name, val);
+    }
+    // Arrays of tables (`[[cells]]`).
+    for (k, val) in map.iter().filter(|(_, v)| table_list(v)) {
+        for item in val.as_array().into_iter().flatten() {
+            out.push_str(&format!("\n[[{}]]\n", key(k)));
+            write_toml(out, &format!("{k}[]"), item);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::redact_url;
+
+    #[test]
+    fn a_password_in_a_redis_url_is_redacted_and_nothing_else_is() {
+        assert_eq!(
+            redact_url("redis://user:secret@10.0.0.1:6379/0"),
+            "redis://user:<redacted>@10.0.0.1:6379/0"
+        );
+        // a password with an '@' in it: the host is after the last one
+        assert_eq!(
+            redact_url("rediss://:p@ss@redis.example:6380"),
+            "rediss://:<redacted>@redis.example:6380"
+        );
+        for plain in [
+            "redis://10.0.0.1:6379",
+            "redis://user@host:6379",
+            "host:6379",
+        ] {
+            assert_eq!(redact_url(plain), plain);
+        }
+    }
+}
