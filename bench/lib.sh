@@ -95,6 +95,20 @@ cleanup() {
 rss_kib() { awk '/^VmRSS:/ {print $2}' "/proc/$1/status"; }
 cpu_ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
 
+# CPU ticks of the kernel's DAMON monitor threads (kdamond.N), 0 when there are none. On
+# the VM these figures come from, a host-set DAMON scheme samples every page's access bit
+# twice a second and holds a vCPU for 10-40 ms at a time while it does, which is what the
+# rare multi-millisecond sparse latencies are (bench/notes.md, round 13).
+kdamond_ticks() {
+  local t=0 f
+  for f in /proc/[0-9]*/comm; do
+    if [[ $(cat "$f" 2>/dev/null) == kdamond.* ]]; then
+      t=$((t + $(cpu_ticks "$(basename "$(dirname "$f")")" 2>/dev/null || echo 0)))
+    fi
+  done
+  echo "$t"
+}
+
 # The sum of a Prometheus counter family on an instance, e.g.
 #   metric 5010 'switchyard_connections{kind="node"}'
 metric() {

@@ -2,6 +2,14 @@
 # variables the phases set and the JSON summaries in $WORK, then bench/notes.md (the
 # hand-written reading of the figures: what bounds each one that misses its target).
 
+# The kernel's DAMON monitor during the run, when the machine has one (bench/lib.sh).
+kdamond_note() {
+  local t=$(($(kdamond_ticks) - KDAMOND_BEFORE))
+  [ "$t" -gt 0 ] || return 0
+  printf ' The kernel'"'"'s DAMON monitor (`kdamond`) took %s s of CPU during it, in bursts that hold a core for 10-40 ms (see "Sparse traffic, round 13" below).' \
+    "$(echo "scale=1; $t / $CLK_TCK" | bc -l)"
+}
+
 cat <<EOF
 # Benchmarks
 
@@ -10,7 +18,7 @@ itself. Run on **$(date +%F)**, commit \`$GIT\`, machine: $MACHINE; Redis $REDIS
 (a dedicated \`redis-server\` on a free loopback port, no persistence). The load generator
 (\`switchyard sim\`, same release binary), the instances and Redis share the machine's
 $(nproc) cores; load average before the run: $LOAD_BEFORE. Every figure is the median of
-$RUNS runs (per-run values in brackets); comparisons ran side by side in the same run. The whole bench took $(($(date +%s) - STARTED_AT)) s.
+$RUNS runs (per-run values in brackets); comparisons ran side by side in the same run. The whole bench took $(($(date +%s) - STARTED_AT)) s.$(kdamond_note)
 
 ## Summary
 

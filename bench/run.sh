@@ -38,6 +38,7 @@ dev_credentials "$BIN"
 ulimit -n "$(ulimit -Hn)" # the scale phase holds ~20k sockets per process
 STARTED_AT=$(date +%s)
 LOAD_BEFORE=$(cut -d' ' -f1-3 /proc/loadavg)
+KDAMOND_BEFORE=$(kdamond_ticks)
 awk '{exit !($1 > 1.0)}' /proc/loadavg &&
   log "warning: load average $LOAD_BEFORE before the bench: other work will skew the figures"
 
