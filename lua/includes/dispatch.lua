@@ -228,17 +228,37 @@ local function node_pools(capsig)
   return pools
 end
 
--- any_exists(names, prefix): whether any key prefix .. name exists, EXISTS_CHUNK keys per
--- EXISTS (one command for the usual node's few dozen pools).
+-- queue_keys(capsig): the keys of the queues of the node's pools (node_pools), built once
+-- per signature and key prefix (kept in DERIVED, by prefix then signature: no key name is
+-- built for the lookup; bounded like derive()).
+local function queue_keys(capsig)
+  capsig = capsig or ''
+  local all = DERIVED.queues
+  if not all then
+    all = {}
+    DERIVED.queues = all
+  end
+  local mine = all[P]
+  if not mine then
+    mine = {}
+    all[P] = mine
+  end
+  local ks = mine[capsig]
+  if ks then return ks end
+  ks = {}
+  for i, pool in ipairs(node_pools(capsig)) do ks[i] = P .. 'queue:' .. pool end
+  DERIVED.n = (DERIVED.n or 0) + 1
+  if DERIVED.n <= 256 then mine[capsig] = ks end
+  return ks
+end
+
+-- any_exists(ks): whether any of the keys ks exists, EXISTS_CHUNK keys per EXISTS (one
+-- command for the usual node's few dozen pools).
 local EXISTS_CHUNK = 256
-local function any_exists(names, prefix)
-  local ks, n = {}, 0
-  for i = 1, #names do
-    n = n + 1
-    ks[n] = prefix .. names[i]
-    if n == EXISTS_CHUNK or i == #names then
-      if redis.call('EXISTS', unpack(ks, 1, n)) > 0 then return true end
-      n = 0
+local function any_exists(ks)
+  for i = 1, #ks, EXISTS_CHUNK do
+    if redis.call('EXISTS', unpack(ks, i, math.min(#ks, i + EXISTS_CHUNK - 1))) > 0 then
+      return true
     end
   end
   return false
@@ -253,13 +273,12 @@ local function offer(nid, known)
   if n[1] ~= 'ready' then return end
   local room = tonumber(n[3] or '0') - tonumber(n[2] or '0')
   if room <= 0 then return end
-  local pools = node_pools(n[4])
   -- One EXISTS over every queue: when nothing waits (the common case) that is one command
   -- instead of one LRANGE per pool. In chunks of EXISTS_CHUNK keys: Lua's unpack cannot
   -- pass more than ~8,000 values (LUAI_MAXCSTACK), and a node's pools are bounded by the
   -- gateway (4,160 pools), not by this script.
-  if not any_exists(pools, P .. 'queue:') then return end
-  for _, pool in ipairs(pools) do
+  if not any_exists(queue_keys(n[4])) then return end
+  for _, pool in ipairs(node_pools(n[4])) do
     local qk = P .. 'queue:' .. pool
     for _, jid in ipairs(redis.call('LRANGE', qk, 0, CFG.scan - 1)) do
       local job = hgetall(job_key(jid))

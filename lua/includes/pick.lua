@@ -128,11 +128,15 @@ local function pick(job, why)
       local want = round == 1 and CFG.sample or 256
       segment(why, (second and (pool .. '+' .. second) or pool) .. (round == 2 and '(wide)' or ''))
       local members
+      -- (looked at in a random order: SMEMBERS and a positive count are in the set's order)
+      local drawn = false
       if size <= want then
         members = redis.call('SMEMBERS', pk)
       elseif round == 1 then
         -- A negative count may repeat a member but picks in O(want); a positive count
         -- close to the set's size copies the whole set first (~18 µs of Redis per job).
+        -- Its members are drawn one by one at random: in a random order already, and so
+        -- are their first occurrences.
         local seen = {}
         members = {}
         for _, m in ipairs(redis.call('SRANDMEMBER', pk, -want)) do
@@ -141,18 +145,18 @@ local function pick(job, why)
             members[#members + 1] = m
           end
         end
+        drawn = true
       else
         members = redis.call('SRANDMEMBER', pk, want)
       end
-      local best, found = nil, 0
-      local order = {}
-      for k = 1, #members do order[k] = k end
-      for k = #order, 2, -1 do
-        local r = random(k)
-        order[k], order[r] = order[r], order[k]
+      if not drawn then
+        for k = #members, 2, -1 do
+          local r = random(k)
+          members[k], members[r] = members[r], members[k]
+        end
       end
-      for _, k in ipairs(order) do
-        local nid = members[k]
+      local best, found = nil, 0
+      for _, nid in ipairs(members) do
         if not second or redis.call('SISMEMBER', P .. 'pool:' .. second, nid) == 1 then
           local l = load(nid, job, true, why)
           if l then
