@@ -100,9 +100,9 @@ cpu_ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
 # twice a second and holds a vCPU for 10-40 ms at a time while it does, which is what the
 # rare multi-millisecond sparse latencies are (bench/notes.md, round 13).
 kdamond_ticks() {
-  local t=0 f
+  local t=0 f c
   for f in /proc/[0-9]*/comm; do
-    if [[ $(cat "$f" 2>/dev/null) == kdamond.* ]]; then
+    if read -r c <"$f" 2>/dev/null && [[ $c == kdamond.* ]]; then
       t=$((t + $(cpu_ticks "$(basename "$(dirname "$f")")" 2>/dev/null || echo 0)))
     fi
   done

@@ -7,7 +7,7 @@ kdamond_note() {
   local t=$(($(kdamond_ticks) - KDAMOND_BEFORE))
   [ "$t" -gt 0 ] || return 0
   printf ' The kernel'"'"'s DAMON monitor (`kdamond`) took %s s of CPU during it, in bursts that hold a core for 10-40 ms (see "Sparse traffic, round 13" below).' \
-    "$(echo "scale=1; $t / $CLK_TCK" | bc -l)"
+    "$(printf '%.1f' "$(echo "$t / $CLK_TCK" | bc -l)")"
 }
 
 cat <<EOF

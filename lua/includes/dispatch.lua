@@ -229,26 +229,30 @@ local function node_pools(capsig)
 end
 
 -- queue_keys(capsig): the keys of the queues of the node's pools (node_pools), built once
--- per signature and key prefix (kept in DERIVED, by prefix then signature: no key name is
--- built for the lookup; bounded like derive()).
+-- per key prefix and signature (kept in DERIVED.queues, by prefix then signature: no key
+-- name is built for the lookup), for at most QUEUE_KEYS_MAX pairs: a bound of its own, so
+-- it never takes the places of the lists derive() keeps.
+local QUEUE_KEYS_MAX = 256
 local function queue_keys(capsig)
   capsig = capsig or ''
   local all = DERIVED.queues
-  if not all then
-    all = {}
-    DERIVED.queues = all
-  end
-  local mine = all[P]
-  if not mine then
-    mine = {}
-    all[P] = mine
-  end
-  local ks = mine[capsig]
+  local mine = all and all[P]
+  local ks = mine and mine[capsig]
   if ks then return ks end
   ks = {}
   for i, pool in ipairs(node_pools(capsig)) do ks[i] = P .. 'queue:' .. pool end
-  DERIVED.n = (DERIVED.n or 0) + 1
-  if DERIVED.n <= 256 then mine[capsig] = ks end
+  DERIVED.nq = (DERIVED.nq or 0) + 1
+  if DERIVED.nq <= QUEUE_KEYS_MAX then
+    if not all then
+      all = {}
+      DERIVED.queues = all
+    end
+    if not mine then
+      mine = {}
+      all[P] = mine
+    end
+    mine[capsig] = ks
+  end
   return ks
 end
 
