@@ -191,6 +191,41 @@ async fn two_sessions_over_three_nodes_of_capacity_two_never_oversell_and_spread
     invariants::check(&mut c).await;
 }
 
+/// With every node idle, the power-of-k-choices takes the first eligible node it looks at,
+/// so the order it looks in must be random: a pool smaller than `jobs.sample` comes back from
+/// SMEMBERS in the set's order and is shuffled; a larger one is drawn by `SRANDMEMBER -k`,
+/// whose draw order is random already (pick.lua). 60 one-at-a-time jobs over 6 idle nodes:
+/// each node gets some (a node is left out by chance with p ~ 1e-4); in the set's order one
+/// node would take them all.
+#[tokio::test]
+async fn idle_nodes_share_one_at_a_time_jobs_whether_the_pool_is_read_whole_or_sampled() {
+    for sample in [8, 3] {
+        let redis = RedisServer::start().await;
+        let inst = start_tweaked(&redis, |c| c.jobs.sample = sample).await;
+        let mut c = redis.client().await;
+        let url = ws_url(&inst, "/ws/node");
+        let mut nodes = Vec::new();
+        for _ in 0..6 {
+            let n = AutoNode::start(&url, fixture("node_register_first"), Duration::ZERO).await;
+            nodes.push(n);
+        }
+        let (mut s, sid) = session(&inst).await;
+        const N: u64 = 60;
+        for i in 0..N {
+            s.send(&utterance(&sid, i)).await;
+            let got = terminals(&mut s, 1, T).await;
+            assert_eq!(got[0]["type"], "translation_result", "{got:?}");
+        }
+        let counts: Vec<usize> = nodes.iter().map(AutoNode::jobs).collect();
+        assert_eq!(counts.iter().sum::<usize>(), N as usize);
+        assert!(
+            counts.iter().all(|n| *n > 0),
+            "sample {sample}: jobs per node {counts:?}: the pool is looked at in a fixed order"
+        );
+        invariants::check(&mut c).await;
+    }
+}
+
 #[tokio::test]
 async fn a_job_waits_in_the_queue_and_is_served_when_capacity_frees() {
     let redis = RedisServer::start().await;
