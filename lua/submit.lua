@@ -40,7 +40,7 @@ local sid, idx = ARGV[5], int(7, 'utterance index', 0, math.huge)
 local sess, why = session_for(sid, ARGV[6], FIELDS)
 if not sess then return finish_staged({status = why}, stage) end
 if sess.state ~= 'open' then return finish_staged({status = 'closed'}, stage) end
-if idx > tonumber(sess.next_deliver or '0') + CFG.max_ahead then
+if idx > (sess.next_deliver or 0) + CFG.max_ahead then
   return finish_staged({status = 'too_far'}, stage)
 end
 -- The session fields the dispatch writes (last_node) go with the activity mark: one HSET.

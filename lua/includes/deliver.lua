@@ -175,7 +175,7 @@ local function ui_event(job, event, status, code)
   end
   local tail = code and (',"error_code":' .. cjson.encode(code)) or ''
   deliver('session', job.session, head .. ',"event":"' .. event .. '","status":"' .. status
-    .. '","elapsed_ms":' .. string.format('%d', NOW - tonumber(job.created_at or NOW)) .. tail .. '}')
+    .. '","elapsed_ms":' .. string.format('%d', NOW - (job.created_at or NOW)) .. tail .. '}')
 end
 
 -- ui_events_ok(job, events, mine): the UI hints `events` (event names, csv; status ok) for
@@ -193,5 +193,5 @@ local function ui_events_ok(job, events, mine)
   end
   OUT[#OUT + 1] = {k = 'ui', id = job.session, owner = ME, conn = info[2], job = job.id,
     tr = job.trace_id, ix = job.idx, ev = events,
-    el = string.format('%d', NOW - tonumber(job.created_at or NOW))}
+    el = string.format('%d', NOW - (job.created_at or NOW))}
 end

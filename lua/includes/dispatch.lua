@@ -36,21 +36,22 @@ local function release_node(jid, nid, n)
   end
 end
 
--- Fields of the job table that are not fields of its record.
-local NOT_RECORD = {unsaved = true, sess_set = true, fresh_audio = true, own_audio = true,
-  ui_json = true}
+-- The fields submit() gives a new job's record (besides those its first dispatch writes:
+-- state, attempt, node...), in the order they are written.
+local CREATED_FIELDS = {'id', 'session', 'idx', 'pools', 'needs', 'pair', 'trace_id', 'turn_id',
+  'turn_node', 'last_node', 'created_at', 'spec', 'tp', 'web_ms'}
 
 -- save_fields(job, f): when the record of a job submit() created in this call was not
--- written yet, the flat field list `f` (about to be HSET) becomes the whole record: `job`
--- takes f's values, then f lists every field of `job`; the caller sets its TTL. Returns
--- whether it did.
+-- written yet, the flat field list `f` (about to be HSET, holding `state` and `attempt`)
+-- becomes the whole record: the fields submit() set on `job` (CREATED_FIELDS, absent ones
+-- left out) are appended to it; the caller sets its TTL. Returns whether it did.
 local function save_fields(job, f)
   if not job.unsaved then return false end
   job.unsaved = nil
-  for i = 1, #f, 2 do job[f[i]] = f[i + 1] end
-  local n = 0
-  for k, v in pairs(job) do
-    if not NOT_RECORD[k] then
+  local n = #f
+  for _, k in ipairs(CREATED_FIELDS) do
+    local v = job[k]
+    if v then
       f[n + 1], f[n + 2] = k, v
       n = n + 2
     end
@@ -133,7 +134,7 @@ local function assign(jid, job, nid, why, compact)
   end
   job.state, job.node, job.attempt, job.dispatched_at = 'DISPATCHED', nid, attempt, NOWS
   count('dispatched')
-  LAT.dispatch[#LAT.dispatch + 1] = NOW - tonumber(job.created_at or NOW)
+  LAT.dispatch[#LAT.dispatch + 1] = NOW - (job.created_at or NOW)
   LAT.pool[#LAT.pool + 1] = string.match(job.pools or '', '^[^,|]+') or ''
   local sk = session_key(job.session)
   -- (a fresh job's session is the one that created it; a later attempt's may be gone, or
@@ -197,7 +198,7 @@ local function dispatch(jid, job, code, message)
   job.queue = table.concat(queues, ',')
   local deadline = NOW + CFG.queue_wait
   local f = {'state', 'QUEUED', 'queue', job.queue, 'queued_at', NOW, 'deadline', deadline,
-    'node', ''}
+    'node', '', 'attempt', job.attempt}
   if why then
     job[rk] = NOW .. ' - ' .. text .. '|queued@' .. NOW .. '>' .. table.concat(queues, ',')
     local n = #f
@@ -275,7 +276,7 @@ local function offer(nid, known)
   local n = known and {known.state, known.reserved, known.capacity, known.capsig}
     or redis.call('HMGET', node_key(nid), 'state', 'reserved', 'capacity', 'capsig')
   if n[1] ~= 'ready' then return end
-  local room = tonumber(n[3] or '0') - tonumber(n[2] or '0')
+  local room = (n[3] or 0) - (n[2] or 0)
   if room <= 0 then return end
   -- One EXISTS over every queue: when nothing waits (the common case) that is one command
   -- instead of one LRANGE per pool. In chunks of EXISTS_CHUNK keys: Lua's unpack cannot

@@ -144,10 +144,10 @@ local function group_join(sid, asr, translated, s, set)
   local g = s and {s.id, s.grp_id, s.grp_anchor, s.grp_part, s.grp_ctx, s.grp_lens}
     or redis.call('HMGET', sk, 'id', 'grp_id', 'grp_anchor', 'grp_part', 'grp_ctx', 'grp_lens')
   if not g[1] then return nil end
-  local gid, part = g[2], tonumber(g[4] or '0')
+  local gid, part = g[2], (g[4] or 0) + 0
   local entry = 'User: ' .. asr .. '\nTarget: ' .. translated
   local f
-  if not gid or gid == '' or NOW - tonumber(g[3] or '0') > CFG.group_window then
+  if not gid or gid == '' or NOW - (g[3] or 0) > CFG.group_window then
     gid = 'g-' .. sid .. '-' .. redis.call('HINCRBY', sk, 'grp_seq', '1')
     local ctx, lens = group_append('', '', 0, entry)
     f = {'grp_id', gid, 'grp_anchor', NOWS, 'grp_part', '1', 'grp_ctx', ctx, 'grp_lens', lens}
@@ -157,7 +157,8 @@ local function group_join(sid, asr, translated, s, set)
     f = {'grp_part', dec(part + 1), 'grp_ctx', ctx, 'grp_lens', lens}
   end
   if set then
-    for _, v in ipairs(f) do set[#set + 1] = v end
+    local n = #set
+    for i, v in ipairs(f) do set[n + i] = v end
   else
     redis.call('HSET', sk, unpack(f))
   end
@@ -168,7 +169,7 @@ end
 -- there is no active group).
 local function group_context(sess)
   local gid = sess.grp_id
-  if not gid or gid == '' or NOW - tonumber(sess.grp_anchor or '0') > CFG.group_window then
+  if not gid or gid == '' or NOW - (sess.grp_anchor or 0) > CFG.group_window then
     return ''
   end
   local ctx = sess.grp_ctx or ''

@@ -41,11 +41,11 @@ local function load(nid, job, need_room, why)
   local n = redis.call('HMGET', nk, unpack(fields))
   NODE_ACK[nid] = n[6]
   OWNERS[nk] = {n[7], n[8]}
-  local reserved, cap = tonumber(n[2] or '0'), tonumber(n[3] or '0')
+  local reserved, cap = (n[2] or 0) + 0, (n[3] or 0) + 0
   local verdict
   if n[1] ~= 'ready' then
     verdict = n[1] or 'gone'
-  elseif tonumber(n[5] or '0') < NOW then
+  elseif (n[5] or 0) + 0 < NOW then
     verdict = 'stale'
   elseif cap <= 0 then
     verdict = 'nocap'
@@ -56,7 +56,7 @@ local function load(nid, job, need_room, why)
     for i, svc in ipairs(needs) do
       if not string.find(offered, needles[i], 1, true) then verdict = 'nosvc-' .. svc break end
       local down = n[8 + i]
-      if down and tonumber(down) > NOW then verdict = 'down-' .. svc break end
+      if down and down + 0 > NOW then verdict = 'down-' .. svc break end
     end
   end
   -- (the fields as read: formatting numbers back into strings costs more than the rest)
@@ -127,29 +127,21 @@ local function pick(job, why)
     for round = 1, 2 do
       local want = round == 1 and CFG.sample or 256
       segment(why, (second and (pool .. '+' .. second) or pool) .. (round == 2 and '(wide)' or ''))
-      local members
+      local members, seen
       -- (looked at in a random order: SMEMBERS and a positive count are in the set's order)
-      local drawn = false
       if size <= want then
         members = redis.call('SMEMBERS', pk)
       elseif round == 1 then
         -- A negative count may repeat a member but picks in O(want); a positive count
         -- close to the set's size copies the whole set first (~18 µs of Redis per job).
         -- Its members are drawn one by one at random: in a random order already, and so
-        -- are their first occurrences.
-        local seen = {}
-        members = {}
-        for _, m in ipairs(redis.call('SRANDMEMBER', pk, -want)) do
-          if not seen[m] then
-            seen[m] = true
-            members[#members + 1] = m
-          end
-        end
-        drawn = true
+        -- are their first occurrences (a repeat is passed over below).
+        members = redis.call('SRANDMEMBER', pk, -want)
+        seen = {}
       else
         members = redis.call('SRANDMEMBER', pk, want)
       end
-      if not drawn then
+      if not seen then
         for k = #members, 2, -1 do
           local r = random(k)
           members[k], members[r] = members[r], members[k]
@@ -157,15 +149,18 @@ local function pick(job, why)
       end
       local best, found = nil, 0
       for _, nid in ipairs(members) do
-        if not second or redis.call('SISMEMBER', P .. 'pool:' .. second, nid) == 1 then
-          local l = load(nid, job, true, why)
-          if l then
-            found = found + 1
-            if not best or l < best[2] then best = {nid, l} end
-            if found >= CFG.choices then break end
+        if not (seen and seen[nid]) then -- (a member drawn again was looked at already)
+          if seen then seen[nid] = true end
+          if not second or redis.call('SISMEMBER', P .. 'pool:' .. second, nid) == 1 then
+            local l = load(nid, job, true, why)
+            if l then
+              found = found + 1
+              if not best or l < best[2] then best = {nid, l} end
+              if found >= CFG.choices then break end
+            end
+          else
+            explain(why, nid, 'notrev')
           end
-        else
-          explain(why, nid, 'notrev')
         end
       end
       if best then return best[1] end

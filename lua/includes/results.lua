@@ -35,7 +35,7 @@ local function stamp(msg)
     '^{"scheduler_sent_at_ms":(%d+),"network_timings":{"scheduler_to_web_ms":%d+()')
   if not acc then return msg end
   return STAMP .. NOWS .. ',"network_timings":{"scheduler_to_web_ms":'
-    .. string.format('%d', math.max(0, NOW - tonumber(acc))) .. string.sub(msg, rest)
+    .. string.format('%d', math.max(0, NOW - acc)) .. string.sub(msg, rest)
 end
 
 -- send_terminal(sid, msg, tail): a terminal message, numbered by the session's out_seq so
@@ -136,11 +136,11 @@ local function settle(sid, idx, msg, s, stamped, set, body)
   redis.call('PEXPIRE', sk .. ':rtime', CFGS.session_ttl)
   -- The common case: the index is the cursor and nothing else is held. Deliver it now,
   -- without a pending entry (release() would add, find and remove it: 5 more commands).
-  local cursor = tonumber((s and s.next_deliver) or redis.call('HGET', sk, 'next_deliver') or '0')
-  if tonumber(idx) == cursor and redis.call('ZCARD', pk) == 0 then
+  local cursor = ((s and s.next_deliver) or redis.call('HGET', sk, 'next_deliver') or 0) + 0
+  if idx + 0 == cursor and redis.call('ZCARD', pk) == 0 then
     local seq
     if s then
-      seq = tonumber(s.out_seq or '0') + 1
+      seq = (s.out_seq or 0) + 1
       deliver('session', sid, stamped and msg or stamp(msg), nil, seq, nil, nil, nil, tail)
     else
       send_terminal(sid, msg, tail)
@@ -155,7 +155,7 @@ local function settle(sid, idx, msg, s, stamped, set, body)
       local f = set or {}
       local n = #f
       f[n + 1], f[n + 2], f[n + 3], f[n + 4] = 'next_deliver', dec(cursor), 'out_seq', dec(seq)
-      if NOW >= tonumber(s.trim_at or '0') then
+      if NOW >= (s.trim_at or 0) + 0 then
         trim(sid, cursor)
         f[n + 5], f[n + 6] = 'trim_at', dec(NOW + math.floor(CFG.retention / 8))
       end

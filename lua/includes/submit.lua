@@ -19,7 +19,7 @@ local function submit(sid, sess, idx, spec, audio, meta)
   if existing then return {status = 'duplicate', job_id = existing} end
   -- (not only a job's end settles an index: a gap the reorder window gave up on gets its
   -- missing_result without ever having had a job)
-  if idx < tonumber(sess.next_deliver or '0')
+  if idx < (sess.next_deliver or 0) + 0
       or redis.call('HEXISTS', sk .. ':results', is) == 1 then
     return {status = 'settled'}
   end
