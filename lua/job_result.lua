@@ -39,7 +39,7 @@ Output: [reply, blobs...]
 local STAGE
 
 -- int(v): a whole, non-negative number of ms as JSON text (clock skew clamps to 0).
-local function int(v) return string.format('%d', math.max(0, math.floor(v))) end
+local function int(v) return dec(math.max(0, math.floor(v))) end
 
 -- timed(job, ids): the node's translation_result (ARGV[10]) with the fields `ids` added and,
 -- in front, scheduler_sent_at_ms (for now the time it was accepted) and network_timings in

@@ -522,3 +522,47 @@ async fn losing_the_node_with_no_attempts_left_fails_with_node_unavailable() {
     assert_eq!(got[0]["utterance_index"], 0);
     invariants::check(&mut c).await;
 }
+
+/// A Redis clock that went back (a failover to a replica whose clock is behind the old
+/// master's) leaves records that say a job was created after "now". Its result and the
+/// ui_events that come with it still reach the session: the time since creation they carry
+/// is 0, not a negative number the instance would fail to read in the script's reply.
+#[tokio::test]
+async fn a_job_created_after_now_by_the_clock_still_gets_its_result_and_ui_events() {
+    let redis = RedisServer::start().await;
+    let inst = start_instance(&redis).await;
+    let mut c = redis.client().await;
+    let (mut n, nid) = node(&inst, |_| {}).await;
+    let (mut s, sid) = session(&inst).await;
+    s.send(&utterance(&sid, 0)).await;
+    let a = assign(&mut n).await;
+    let jid = a["job_id"].as_str().expect("job_id").to_string();
+    let created: i64 = job(&mut c, &jid).await["created_at"]
+        .parse()
+        .expect("created_at");
+    let _: () = c
+        .hset(format!("{PREFIX}job:{jid}"), "created_at", created + 60_000)
+        .await
+        .expect("hset");
+    n.send(&answer(&a, &nid, "hello")).await;
+    let mut events = Vec::new();
+    let result = loop {
+        let v = s.next(T).await.expect("the result and its ui_events");
+        match v["type"].as_str() {
+            Some("ui_event") if v["event"] != "DISPATCHED" => {
+                events.push((v["event"].clone(), v["elapsed_ms"].clone()))
+            }
+            Some("translation_result") => break v,
+            _ => {}
+        }
+    };
+    assert_eq!(result["job_id"], json!(jid));
+    assert_eq!(
+        events,
+        [
+            (json!("ASR_FINAL"), json!(0)),
+            (json!("NMT_DONE"), json!(0))
+        ]
+    );
+    invariants::check(&mut c).await;
+}

@@ -175,13 +175,15 @@ local function ui_event(job, event, status, code)
   end
   local tail = code and (',"error_code":' .. cjson.encode(code)) or ''
   deliver('session', job.session, head .. ',"event":"' .. event .. '","status":"' .. status
-    .. '","elapsed_ms":' .. string.format('%d', NOW - (job.created_at or NOW)) .. tail .. '}')
+    .. '","elapsed_ms":' .. string.format('%d', math.max(0, NOW - (job.created_at or NOW))) .. tail .. '}')
 end
 
 -- ui_events_ok(job, events, mine): the UI hints `events` (event names, csv; status ok) for
 -- the job's session at once. For a session connected to the calling instance they are one
 -- entry `{k = 'ui', ev = "E1,E2", ...}` the instance turns into the `ui_event` messages
 -- (no JSON built here: ~5 µs of Redis per message); elsewhere each travels as its message.
+-- Its `el` (ms since the job was created) is a number, never below 0: a Redis clock that went
+-- back (a failover to a replica behind it) must not make a reply the instance cannot read.
 -- `mine` (optional): job_session(job), when the caller knows it.
 local function ui_events_ok(job, events, mine)
   if mine == nil then mine = job_session(job) end
@@ -193,5 +195,5 @@ local function ui_events_ok(job, events, mine)
   end
   OUT[#OUT + 1] = {k = 'ui', id = job.session, owner = ME, conn = info[2], job = job.id,
     tr = job.trace_id, ix = job.idx, ev = events,
-    el = string.format('%d', NOW - (job.created_at or NOW))}
+    el = math.max(0, NOW - (job.created_at or NOW))}
 end

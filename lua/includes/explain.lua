@@ -45,7 +45,7 @@ local function route_compact(why, nid)
   local e = why and why.ok[nid]
   if not e then return nil end
   local others = why.n + why.more - 1
-  if others > 0 then return string.format('- - %s>%s,+%d', e[1], e[2], others) end
+  if others > 0 then return '- - ' .. e[1] .. '>' .. e[2] .. ',+' .. dec(others) end
   return '- - ' .. e[1] .. '>' .. e[2]
 end
 
