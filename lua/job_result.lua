@@ -121,7 +121,7 @@ if ok then
   -- (no end:<attempt>: the last attempt of a FINISHED job ended ok at finished_at)
   end_job(jid, job, 'FINISHED')
   count('finished')
-  LAT.e2e[#LAT.e2e + 1] = NOW - (job.created_at or NOW)
+  LAT.e2e[#LAT.e2e + 1] = math.max(0, NOW - (job.created_at or NOW))
   ui_events_ok(job, 'ASR_FINAL,NMT_DONE', mine)
   -- identity from the job record, not from what the node wrote
   local ids = {session_id = job.session, utterance_index = tonumber(job.idx), job_id = jid,

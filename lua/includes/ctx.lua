@@ -28,8 +28,9 @@ local OUT         -- messages for connections: {k=kind, id=, owner=, conn=, m=n,
 local BLOBS       -- the messages' JSON bodies (m) and binary payloads (blob: job audio),
                   -- returned after the packed reply, so no body is copied into it
 local EV          -- transitions this call made, by name (metrics): submitted, dispatched, ...
-local LAT         -- {dispatch=, e2e=, pool=}: ms from job creation to dispatch / to result;
-                  -- pool[i]: the primary pool of the job of dispatch[i]
+local LAT         -- {dispatch=, e2e=, pool=}: ms from job creation to dispatch / to result
+                  -- (never below 0: Redis' clock may go back, e.g. a failover to a replica
+                  -- whose clock is behind); pool[i]: the primary pool of the job of dispatch[i]
 local OWNERS      -- delivery targets' {owner, conn, session nonce}, by key: looked up once
                   -- per call by deliver(), or filled from a record the script read anyway
 local NODE_ACK    -- supports_ack of the nodes pick's load() read in this call
@@ -186,13 +187,6 @@ local function fleet_nodes(fp) return P .. 'fleet:' .. fp .. ':nodes' end
 local function job_key(id) return P .. 'job:' .. id end
 local function session_key(id) return P .. 'session:' .. id end
 
--- The reply: MessagePack of {r = `r`, out = deliveries, ev = transition counts, lat =
--- latencies}, then the blobs (message bodies, audio) as further bulk strings, so no body is
--- escaped into it. cmsgpack packs a table in C without scanning strings for escapes, and a
--- number as an integer (cjson formatted each with "%.14g", ~1.5 µs, and the instance
--- scanned the JSON back; issue 14, round 12). The script's own reply `r` is nested, not
--- merged: the instance decodes it without buffering the other keys first. (The scripts'
--- headers write their `r` in JSON notation: "Output: [reply, blobs...] {"status":...}".)
 -- dec(v): a whole number as decimal text for a command's argument or a message, the
 -- small ones looked up, not formatted.
 local SMALL = {[0] = '0', '1', '2', '3', '4', '5', '6', '7', '8', '9', '10', '11', '12', '13',
@@ -202,6 +196,14 @@ local function dec(v) return v and (SMALL[v] or string.format('%d', v)) end
 -- where it is compared. Lua converts the text once; tonumber() converts it twice (its
 -- lua_isnumber, then lua_tonumber: ~190 ns against ~90 here), so it is kept for text from
 -- outside (ARGV) and for what may not be a number.
+
+-- The reply: MessagePack of {r = `r`, out = deliveries, ev = transition counts, lat =
+-- latencies}, then the blobs (message bodies, audio) as further bulk strings, so no body is
+-- escaped into it. cmsgpack packs a table in C without scanning strings for escapes, and a
+-- number as an integer (cjson formatted each with "%.14g", ~1.5 µs, and the instance
+-- scanned the JSON back; issue 14, round 12). The script's own reply `r` is nested, not
+-- merged: the instance decodes it without buffering the other keys first. (The scripts'
+-- headers write their `r` in JSON notation: "Output: [reply, blobs...] {"status":...}".)
 local function finish(r)
   local reply = {cmsgpack.pack({r = r, out = OUT, ev = EV, lat = LAT})}
   for _, b in ipairs(BLOBS) do reply[#reply + 1] = b end

@@ -134,7 +134,7 @@ local function assign(jid, job, nid, why, compact)
   end
   job.state, job.node, job.attempt, job.dispatched_at = 'DISPATCHED', nid, attempt, NOWS
   count('dispatched')
-  LAT.dispatch[#LAT.dispatch + 1] = NOW - (job.created_at or NOW)
+  LAT.dispatch[#LAT.dispatch + 1] = math.max(0, NOW - (job.created_at or NOW))
   LAT.pool[#LAT.pool + 1] = string.match(job.pools or '', '^[^,|]+') or ''
   local sk = session_key(job.session)
   -- (a fresh job's session is the one that created it; a later attempt's may be gone, or

@@ -29,7 +29,8 @@ local function submit(sid, sess, idx, spec, audio, meta)
   if meta.turn_id and meta.turn_id ~= '' then ids.turn_id = meta.turn_id end
   local context = group_context(sess)
   if context ~= '' then ids.context_text = context end
-  -- (fields without a value are left out of the record: readers take absent as empty)
+  -- (fields without a value are left out of the record: readers take absent as empty; the
+  -- record gets the fields of dispatch.lua's CREATED_FIELDS: a field added here goes there)
   local job = {id = jid, session = sid, idx = is, state = 'CREATED', attempt = '0',
     pools = meta.pools, needs = meta.needs, pair = meta.pair, trace_id = meta.trace_id,
     turn_id = nonempty(meta.turn_id), turn_node = nonempty(meta.turn_node),
