@@ -39,6 +39,18 @@ async fn first_of_two_nodes(
     (first, second, s, assigned)
 }
 
+/// A node and a session on `inst`, the session's utterance 0 sent and its `job_assign` read
+/// on the node: ((node, node id), (session, session id), the assign).
+async fn first_job(
+    inst: &switchyard::server::Running,
+) -> ((WsClient, String), (WsClient, String), Value) {
+    let (mut n, nid) = node(inst, |_| {}).await;
+    let (mut s, sid) = session(inst).await;
+    s.send(&utterance(&sid, 0)).await;
+    let a = assign(&mut n).await;
+    ((n, nid), (s, sid), a)
+}
+
 /// The node's MODEL_NOT_AVAILABLE answer to `assign`.
 fn model_not_available(assign: &Value, node_id: &str) -> Value {
     let mut mna = fixture("job_result_model_not_available");
@@ -229,10 +241,7 @@ async fn processing_error_fails_the_utterance_with_the_node_message() {
     let redis = RedisServer::start().await;
     let inst = start_instance(&redis).await;
     let mut c = redis.client().await;
-    let (mut n, nid) = node(&inst, |_| {}).await;
-    let (mut s, sid) = session(&inst).await;
-    s.send(&utterance(&sid, 0)).await;
-    let a = assign(&mut n).await;
+    let ((mut n, nid), (mut s, _), a) = first_job(&inst).await;
     let mut e = fixture("job_result_processing_error");
     for k in ["job_id", "attempt_id", "session_id", "utterance_index"] {
         e[k] = a[k].clone();
@@ -347,10 +356,7 @@ async fn a_slow_earlier_job_holds_later_results_only_for_the_reorder_window() {
     let redis = RedisServer::start().await;
     let inst = start_patient(&redis).await;
     let mut c = redis.client().await;
-    let (mut n, nid) = node(&inst, |_| {}).await;
-    let (mut s, sid) = session(&inst).await;
-    s.send(&utterance(&sid, 0)).await;
-    let a0 = assign(&mut n).await;
+    let ((mut n, nid), (mut s, sid), a0) = first_job(&inst).await;
     s.send(&utterance(&sid, 1)).await;
     let a1 = assign(&mut n).await;
     let started = std::time::Instant::now();
@@ -408,10 +414,7 @@ async fn an_index_given_up_as_missing_is_settled_when_it_arrives_late() {
     let redis = RedisServer::start().await;
     let inst = start_patient(&redis).await;
     let mut c = redis.client().await;
-    let (mut n, nid) = node(&inst, |_| {}).await;
-    let (mut s, sid) = session(&inst).await;
-    s.send(&utterance(&sid, 0)).await;
-    let a0 = assign(&mut n).await;
+    let ((mut n, nid), (mut s, sid), a0) = first_job(&inst).await;
     s.send(&utterance(&sid, 2)).await;
     let a2 = assign(&mut n).await;
     n.send(&answer(&a2, &nid, "two")).await;
@@ -532,10 +535,7 @@ async fn a_job_created_after_now_by_the_clock_still_gets_its_result_and_ui_event
     let redis = RedisServer::start().await;
     let inst = start_instance(&redis).await;
     let mut c = redis.client().await;
-    let (mut n, nid) = node(&inst, |_| {}).await;
-    let (mut s, sid) = session(&inst).await;
-    s.send(&utterance(&sid, 0)).await;
-    let a = assign(&mut n).await;
+    let ((mut n, nid), (mut s, _), a) = first_job(&inst).await;
     let jid = a["job_id"].as_str().expect("job_id").to_string();
     let created: i64 = job(&mut c, &jid).await["created_at"]
         .parse()
