@@ -564,5 +564,19 @@ async fn a_job_created_after_now_by_the_clock_still_gets_its_result_and_ui_event
             (json!("NMT_DONE"), json!(0))
         ]
     );
+    // The latency the reply carries for the metrics is not negative either: the end-to-end
+    // histogram's sum does not go back.
+    let inst = &inst;
+    let e2e_sum = eventually(
+        T,
+        "the result's end-to-end latency recorded",
+        || async move {
+            let m = metrics_text(inst).await;
+            let count = sample(&m, "switchyard_e2e_latency_seconds_count")?;
+            (count >= 1.0).then(|| sample(&m, "switchyard_e2e_latency_seconds_sum"))?
+        },
+    )
+    .await;
+    assert!(e2e_sum >= 0.0, "end-to-end latency sum {e2e_sum}");
     invariants::check(&mut c).await;
 }
