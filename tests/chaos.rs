@@ -1,5 +1,5 @@
 //! Chaos: 3 instances as child processes (the built binary) on one Redis, 20 nodes and 50
-//! sessions spread over them round-robin, continuous utterances, and `kill -9` of a random
+//! sessions spread over them at random, continuous utterances, and `kill -9` of a random
 //! instance every few seconds (restarted on the same port). Nodes reconnect elsewhere and
 //! re-register with their id; sessions resume with `resume_session_id` and resend what has
 //! no outcome yet (idempotent). At the end every utterance index of every session must
@@ -24,6 +24,7 @@ use std::time::Duration;
 
 use common::invariants::PREFIX;
 use common::*;
+use rand::RngExt;
 use scenario::chaos;
 use switchyard::config::CellSpec;
 
@@ -55,19 +56,20 @@ struct CellUnderTest {
     direct: String,
 }
 
-/// The test's round-robin "load balancer": the next instance URL for a (re)connect, with a
-/// credential of `tenant`.
-fn pick(urls: &[String], turn: &mut usize, path: &str, tenant: Option<&str>) -> String {
-    *turn += 1;
+/// The test's "load balancer": a random instance URL for each (re)connect, with a credential
+/// of `tenant`, as a Kubernetes Service spreads connections. (A round robin per peer, each
+/// starting at its own index, sent all the peers of a killed instance to the same next one:
+/// after a few kills one instance held the whole fleet, and with as many cells as instances
+/// a cell's every node started on one. One kill could then take every node of a cell offline
+/// at once, with nothing left to take their jobs over.)
+fn pick(urls: &[String], path: &str, tenant: Option<&str>) -> String {
     let scope = if path == "/ws/node" {
         Scope::Node
     } else {
         Scope::Session
     };
-    with_given_token(
-        &format!("{}{path}", urls[*turn % urls.len()]),
-        &token(&[scope], None, tenant),
-    )
+    let url = &urls[rand::rng().random_range(0..urls.len())];
+    with_given_token(&format!("{url}{path}"), &token(&[scope], None, tenant))
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -13,9 +13,8 @@ use serde_json::Value;
 use super::{Counts, pick};
 use crate::common::roaming::{Roam, roaming_node};
 
-/// Node `k` of the chaos run, in `tenant`'s cell.
+/// A node of the chaos run, in `tenant`'s cell.
 struct ChaosNode {
-    turn: usize,
     tenant: Option<String>,
     urls: Arc<Vec<String>>,
     counts: Arc<Counts>,
@@ -23,12 +22,7 @@ struct ChaosNode {
 
 impl Roam for ChaosNode {
     fn url(&mut self) -> String {
-        pick(
-            &self.urls,
-            &mut self.turn,
-            "/ws/node",
-            self.tenant.as_deref(),
-        )
+        pick(&self.urls, "/ws/node", self.tenant.as_deref())
     }
 
     fn registered(&mut self, again: bool, away: Option<Duration>) {
@@ -54,14 +48,12 @@ impl Roam for ChaosNode {
 
 /// A lingua-like node that answers after 30-150 ms and survives instance deaths.
 pub(super) async fn chaos_node(
-    k: usize,
     tenant: Option<String>,
     urls: Arc<Vec<String>>,
     stop: Arc<AtomicBool>,
     counts: Arc<Counts>,
 ) {
     let node = ChaosNode {
-        turn: k,
         tenant,
         urls,
         counts,

@@ -34,6 +34,9 @@ impl Instances {
             .env(secret_env().0, secret_env().1)
             .envs(self.redis_env.iter().map(|(k, v)| (*k, v.as_str())))
             .env("SWITCHYARD_LOG__LEVEL", "warn")
+            // Liveness (3 x 500 ms) is no longer than the presence TTL plus a heartbeat, on
+            // purpose: some nodes of a killed instance are taken offline before they may take
+            // their id back (docs/configuration.md, `liveness_ms`), so their jobs fail over.
             .env("SWITCHYARD_NODE__HEARTBEAT_INTERVAL_MS", "500")
             .env("SWITCHYARD_NODE__DISCONNECT_GRACE_MS", "1500")
             .env("SWITCHYARD_SWEEP__INTERVAL_MS", "50")
@@ -102,7 +105,6 @@ pub(super) async fn chaos(redis_env: Vec<(&'static str, String)>, cells: Vec<Cel
         .map(|k| {
             let tenant = cells[k % cells.len()].tenant.clone();
             tokio::spawn(chaos_node(
-                k,
                 tenant,
                 urls.clone(),
                 stop.clone(),
@@ -116,7 +118,6 @@ pub(super) async fn chaos(redis_env: Vec<(&'static str, String)>, cells: Vec<Cel
         .map(|k| {
             let tenant = cells[k % cells.len()].tenant.clone();
             tokio::spawn(chaos_session(
-                k,
                 tenant,
                 urls.clone(),
                 counts.clone(),

@@ -28,13 +28,11 @@ pub(super) struct SessionLog {
 /// A web-client-like session: sends UTTERANCES utterances every 200-400 ms, resumes after any
 /// disconnect and resends every index without an outcome.
 pub(super) async fn chaos_session(
-    k: usize,
     tenant: Option<String>,
     urls: Arc<Vec<String>>,
     counts: Arc<Counts>,
     deadline: Instant,
 ) -> SessionLog {
-    let mut turn = k;
     let mut log = SessionLog::default();
     let period_ms = rand::rng().random_range(200..400);
     let offset_ms = rand::rng().random_range(0..300);
@@ -44,12 +42,9 @@ pub(super) async fn chaos_session(
     let mut got: BTreeMap<u64, usize> = BTreeMap::new();
     let mut sent: u64 = 0;
     while Instant::now() < deadline && (got.len() as u64) < UTTERANCES {
-        let Ok((ws, _)) = connect_async_with_config(
-            pick(&urls, &mut turn, "/ws/session", tenant.as_deref()),
-            None,
-            true,
-        )
-        .await
+        let Ok((ws, _)) =
+            connect_async_with_config(pick(&urls, "/ws/session", tenant.as_deref()), None, true)
+                .await
         else {
             tokio::time::sleep(Duration::from_millis(100)).await;
             continue;
