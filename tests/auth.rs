@@ -217,6 +217,7 @@ async fn a_silent_half_open_connection_is_closed_by_pings_and_frees_its_node_id(
     .await;
     let mut c = redis.client().await;
     let mut n = WsClient::connect(&ws_url(&inst, "/ws/node")).await;
+    let idle = Instant::now(); // (before the last frame the instance hears from it)
     let nid = n.register_id(fixture("node_register_first"), None).await;
     // While the old socket is silent but not yet idle long enough, the id is held.
     let mut early = WsClient::connect(&ws_url(&inst, "/ws/node")).await;
@@ -224,8 +225,25 @@ async fn a_silent_half_open_connection_is_closed_by_pings_and_frees_its_node_id(
     f["node_id"] = json!(nid);
     early.send(&f).await;
     assert_eq!(early.recv_type("error").await["code"], "NODE_ID_CONFLICT");
-    // It never answers a ping (this client reads nothing): closed as idle, then free.
-    tokio::time::sleep(Duration::from_millis(2_200)).await;
+    // It never answers a ping (this client reads nothing): closed as idle (after 1.5 s),
+    // then free: the record no longer names a live connection.
+    eventually(
+        Duration::from_secs(10),
+        "the idle socket's node let go",
+        || {
+            let mut c = c.clone();
+            let nid = nid.clone();
+            async move {
+                let state = node_hash(&mut c, &nid).await.remove("state")?;
+                (state != "ready").then_some(())
+            }
+        },
+    )
+    .await;
+    assert!(
+        idle.elapsed() >= Duration::from_millis(1_500),
+        "not before the idle timeout"
+    );
     let mut late = WsClient::connect(&ws_url(&inst, "/ws/node")).await;
     let ack = late
         .register(fixture("node_register_reconnect"), Some(&nid))

@@ -167,7 +167,8 @@ async fn results_with_text_join_one_group_with_consecutive_parts_and_bounded_con
 #[tokio::test]
 async fn a_result_after_the_window_starts_a_new_group_and_session_close_closes_it() {
     let redis = RedisServer::start().await;
-    let inst = start_tweaked(&redis, |c| c.session.group_window_ms = 600).await;
+    // (two rounds must fit in the window on a loaded machine; the sleeps outlast it)
+    let inst = start_tweaked(&redis, |c| c.session.group_window_ms = 1_500).await;
     let mut c = redis.client().await;
     let (mut n, nid) = node_on(&inst, None).await;
     let (mut s, sid) = session_on(&inst).await;
@@ -175,7 +176,7 @@ async fn a_result_after_the_window_starts_a_new_group_and_session_close_closes_i
     let r1 = round(&mut s, &sid, &mut n, &nid, 1, "二").await;
     assert_eq!(group(&r0), (format!("g-{sid}-1").as_str(), 0));
     assert_eq!(group(&r1), (format!("g-{sid}-1").as_str(), 1));
-    tokio::time::sleep(Duration::from_millis(900)).await;
+    tokio::time::sleep(Duration::from_millis(1_800)).await;
     let r2 = round(&mut s, &sid, &mut n, &nid, 2, "三").await;
     assert_eq!(
         group(&r2),
@@ -183,7 +184,7 @@ async fn a_result_after_the_window_starts_a_new_group_and_session_close_closes_i
         "window passed"
     );
     // No new job gets the old group's context once the window is over.
-    tokio::time::sleep(Duration::from_millis(900)).await;
+    tokio::time::sleep(Duration::from_millis(1_800)).await;
     s.send(&utterance(&sid, 3)).await;
     let a3 = assign(&mut n).await;
     assert!(a3.get("context_text").is_none(), "{a3}");
@@ -201,26 +202,28 @@ async fn a_result_after_the_window_starts_a_new_group_and_session_close_closes_i
 #[tokio::test]
 async fn tts_play_ended_keeps_its_group_open_past_the_window() {
     let redis = RedisServer::start().await;
-    let inst = start_tweaked(&redis, |c| c.session.group_window_ms = 1_000).await;
+    // (a round must fit between the end of playback and the end of the window that
+    // playback restarted, with room for a loaded machine)
+    let inst = start_tweaked(&redis, |c| c.session.group_window_ms = 2_000).await;
     let mut c = redis.client().await;
     let (mut n, nid) = node_on(&inst, None).await;
     let (mut s, sid) = session_on(&inst).await;
     let r0 = round(&mut s, &sid, &mut n, &nid, 0, "一").await;
     let g1 = format!("g-{sid}-1");
     assert_eq!(group(&r0), (g1.as_str(), 0));
-    // Playback ends after 700 ms; another group id (an old or foreign one) moves nothing.
-    tokio::time::sleep(Duration::from_millis(700)).await;
+    // Playback ends after 1200 ms; another group id (an old or foreign one) moves nothing.
+    tokio::time::sleep(Duration::from_millis(1_200)).await;
     let anchor = session_field(&mut c, &sid, "grp_anchor").await;
     play_ended(&mut s, &sid, "group_s-9A1B2C3D_1767225601234").await;
     assert_eq!(session_field(&mut c, &sid, "grp_anchor").await, anchor);
     play_ended(&mut s, &sid, &g1).await;
     assert_ne!(session_field(&mut c, &sid, "grp_anchor").await, anchor);
-    // 1300 ms after the group started (past the window) but 600 ms after playback ended.
-    tokio::time::sleep(Duration::from_millis(600)).await;
+    // 2200 ms after the group started (past the window) but 1000 ms after playback ended.
+    tokio::time::sleep(Duration::from_millis(1_000)).await;
     let r1 = round(&mut s, &sid, &mut n, &nid, 1, "二").await;
     assert_eq!(group(&r1), (g1.as_str(), 1), "kept open by tts_play_ended");
     // Without playback reports the window closes it.
-    tokio::time::sleep(Duration::from_millis(1_200)).await;
+    tokio::time::sleep(Duration::from_millis(2_200)).await;
     let r2 = round(&mut s, &sid, &mut n, &nid, 2, "三").await;
     assert_eq!(group(&r2), (format!("g-{sid}-2").as_str(), 0));
     invariants::check(&mut c).await;

@@ -64,7 +64,8 @@ fn model_not_available(assign: &Value, node_id: &str) -> Value {
 #[tokio::test]
 async fn a_timed_out_attempt_fails_over_to_another_node_and_its_late_result_is_rejected() {
     let redis = RedisServer::start().await;
-    let inst = start_tweaked(&redis, |c| c.jobs.run_timeout_ms = 400).await;
+    // Attempt 2 has the same timeout, and the test makes a round trip before answering it.
+    let inst = start_tweaked(&redis, |c| c.jobs.run_timeout_ms = 1_500).await;
     let mut c = redis.client().await;
     let (mut a, aid) = node(&inst, |_| {}).await;
     let (mut b, bid) = node(&inst, |_| {}).await;

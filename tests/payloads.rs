@@ -107,7 +107,10 @@ async fn tts_results_arrive_whole_at_once_in_order_through_the_inbox_and_on_resu
 
     // The same result again is stale: its staged body is deleted, nothing else changes.
     n.send(&r2).await;
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    // (the node hears it was rejected after the script ran)
+    next_of(&mut n, "error", T)
+        .await
+        .expect("stale result rejected");
     assert!(
         keys(&mut c, "stage:*").await.is_empty(),
         "no staged body left"
@@ -171,7 +174,12 @@ async fn large_utterance_audio_reaches_nodes_whole_here_through_the_inbox_and_fr
 
     // Resent: the staged copy is deleted, no second job.
     send(&mut s, 2).await;
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    // A heartbeat's answer: the socket's frames are handled in order, so the resend's
+    // script has run.
+    let mut hb = fixture("client_heartbeat");
+    hb["session_id"] = json!(sid);
+    s.send(&hb).await;
+    s.recv_type("server_heartbeat").await;
     assert!(
         keys(&mut c, "stage:*").await.is_empty(),
         "no staged audio left"

@@ -11,7 +11,7 @@ use std::time::Duration;
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD as B64;
 use common::actors::*;
-use common::invariants::{self};
+use common::invariants::{self, PREFIX};
 use common::*;
 use serde_json::{Value, json};
 use switchyard::server::Running;
@@ -46,7 +46,9 @@ fn timing(r: &Value, k: &str) -> u64 {
 #[tokio::test]
 async fn results_carry_plausible_network_timings() {
     let redis = RedisServer::start().await;
-    let inst = start_instance(&redis).await;
+    // A reorder window that outlasts any stall between the two results below: index 2 is
+    // held until index 1's result comes, not released by the window first.
+    let inst = start_tweaked(&redis, |c| c.session.reorder_window_ms = 3_000).await;
     let mut c = redis.client().await;
     let (mut n, nid) = node_on(&inst, None).await;
     let (mut s, sid) = session_on(&inst).await;
@@ -88,6 +90,22 @@ async fn results_carry_plausible_network_timings() {
     r2["node_id"] = json!(nid);
     r2["processing_time_ms"] = json!(1);
     n.send(&r2).await;
+    // The hold is timed from when index 2 is held, not from when its result was sent.
+    eventually(T, "index 2 held for index 1", || {
+        let mut c = c.clone();
+        let key = format!("{PREFIX}session:{sid}:pending");
+        async move {
+            let held: Vec<u64> = redis::cmd("ZRANGE")
+                .arg(&key)
+                .arg(0)
+                .arg(-1)
+                .query_async(&mut c)
+                .await
+                .ok()?;
+            held.contains(&2).then_some(())
+        }
+    })
+    .await;
     tokio::time::sleep(Duration::from_millis(200)).await;
     let mut r1 = result_for(&a1, "two");
     r1["node_id"] = json!(nid);

@@ -588,10 +588,7 @@ impl Cell {
     pub async fn advance(&mut self, ms: u16, via: u8) -> R {
         tokio::time::sleep(Duration::from_millis(ms.into())).await;
         let s = via as usize % INSTANCES;
-        let (secs, micros): (u64, u64) = redis::cmd("TIME")
-            .query_async(&mut self.redis)
-            .await
-            .expect("time");
+        let swept_at = super::redis_now(&mut self.redis).await;
         if u64::from(ms) >= WINDOW {
             self.clients.last_window = self.clients.step;
         }
@@ -605,7 +602,6 @@ impl Cell {
         self.stalled.fill(false);
         let live = self.consuming();
         self.clients.drain_inboxes(&mut self.redis, &live).await;
-        let swept_at = secs * 1000 + micros / 1000;
         self.clients
             .check_window(&mut self.redis, swept_at, WINDOW)
             .await;

@@ -276,6 +276,12 @@ pub async fn node_hash(
         .expect("hgetall")
 }
 
+/// Redis' clock, in ms (the clock the scripts' deadlines are on).
+pub async fn redis_now(c: &mut redis::aio::MultiplexedConnection) -> u64 {
+    let (secs, micros): (u64, u64) = redis::cmd("TIME").query_async(c).await.expect("TIME");
+    secs * 1000 + micros / 1000
+}
+
 /// Every key of a node record in the cell.
 pub async fn node_keys(c: &mut redis::aio::MultiplexedConnection) -> Vec<String> {
     redis::AsyncCommands::keys(c, format!("{}node:*", invariants::PREFIX))

@@ -153,8 +153,11 @@ async fn a_job_failed_for_a_full_queue_after_a_failover_keeps_why_in_its_record(
     use common::invariants::{self, PREFIX};
     use redis::AsyncCommands;
     let redis = RedisServer::start().await;
+    // Job 0 must time out after jobs 1 and 2 found their places (a node, the queue), and
+    // job 2 must still be waiting then.
     let inst = start_tweaked(&redis, |c| {
-        c.jobs.run_timeout_ms = 400;
+        c.jobs.run_timeout_ms = 1_500;
+        c.jobs.queue_wait_ms = 5_000;
         c.jobs.queue_max = 1;
     })
     .await;
@@ -179,7 +182,7 @@ async fn a_job_failed_for_a_full_queue_after_a_failover_keeps_why_in_its_record(
         v = assign(&mut b) => (&mut b, bid.clone(), &mut a, aid.clone(), v),
     };
     // The second job's deadline comes well after the first's.
-    tokio::time::sleep(Duration::from_millis(200)).await;
+    tokio::time::sleep(Duration::from_millis(600)).await;
     s.send(&utterance(&sid, 1)).await;
     let a2 = assign(other).await;
     s.send(&utterance(&sid, 2)).await;

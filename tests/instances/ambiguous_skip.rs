@@ -142,10 +142,11 @@ async fn a_terminal_error_of_a_lost_sweep_reply_still_reaches_its_session() {
     // The node never answers: the job's deadline (run_timeout_ms, 1.2 s after its dispatch)
     // falls inside the stall, so the sweep that fails it is one sent meanwhile, whose reply
     // is lost.
-    tokio::time::sleep(Duration::from_millis(600)).await;
+    // (the stall starts ~700 ms before the deadline, timed by Redis' clock)
     let deadline: u64 = c.hget(&job_key, "deadline").await.unwrap();
-    let (secs, micros): (u64, u64) = redis::cmd("TIME").query_async(&mut c).await.unwrap();
-    let now = secs * 1000 + micros / 1000;
+    let left = deadline.saturating_sub(redis_now(&mut c).await);
+    tokio::time::sleep(Duration::from_millis(left.saturating_sub(700))).await;
+    let now = redis_now(&mut c).await;
     assert!(
         deadline > now + 100 && deadline < now + 1300,
         "the deadline {deadline} must fall inside the stall (now {now})"

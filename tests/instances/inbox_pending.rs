@@ -203,8 +203,7 @@ async fn pending_entries(
     // The consumer past its start-up read of its own pending entries (which would take
     // these, read under its name), blocked on new ones.
     consumer_client(c).await;
-    let (secs, micros): (u64, u64) = redis::cmd("TIME").query_async(c).await.unwrap();
-    let added = secs * 1000 + micros / 1000 - age_ms;
+    let added = redis_now(c).await - age_ms;
     let mut p = redis::pipe();
     p.atomic();
     for (i, fields) in entries.iter().enumerate() {

@@ -249,7 +249,8 @@ async fn a_node_in_more_pools_than_lua_can_unpack_registers_and_is_offered_queue
 #[tokio::test]
 async fn capability_changes_are_paced_and_a_held_one_comes_with_a_later_heartbeat() {
     let redis = RedisServer::start().await;
-    let inst = start_tweaked(&redis, |c| c.node.capability_change_interval_ms = 1_000).await;
+    // (an interval long enough that the flapping below stays inside it on a loaded machine)
+    let inst = start_tweaked(&redis, |c| c.node.capability_change_interval_ms = 3_000).await;
     let mut c = redis.client().await;
     let mut node = WsClient::connect(&ws_url(&inst, "/ws/node")).await;
     let id = node.register_id(fixture("node_register_first"), None).await;
@@ -265,7 +266,8 @@ async fn capability_changes_are_paced_and_a_held_one_comes_with_a_later_heartbea
         async move { (p.await == ja).then_some(()) }
     })
     .await;
-    // flapping: every further change within the second is held
+    let applied = tokio::time::Instant::now(); // (the change was applied before this)
+    // flapping: every further change within the interval is held
     for i in 0..6 {
         let langs: &[&str] = if i % 2 == 0 {
             &["ko", "en"]
@@ -275,15 +277,26 @@ async fn capability_changes_are_paced_and_a_held_one_comes_with_a_later_heartbea
         node.heartbeat(&id, Some(langs)).await;
     }
     node.heartbeat(&id, Some(&["ko", "en"])).await;
-    tokio::time::sleep(Duration::from_millis(300)).await;
-    assert_eq!(pools(&c, &id).await, ja, "held within the interval");
+    // Each held change is counted (a heartbeat restating the current ones changes nothing):
+    // four of the seven, once all seven were handled.
     let limited = r#"switchyard_limited_total{kind="node",detail="capability_change"}"#;
+    // (a held change is counted before its heartbeat's script runs: once four are seen,
+    // give the rest time to be handled, then the count must still be four)
+    eventually(Duration::from_secs(2), "the held changes counted", || {
+        let inst = &inst;
+        async move { (sample(&metrics_text(inst).await, limited)? >= 4.0).then_some(()) }
+    })
+    .await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let held = sample(&metrics_text(&inst).await, limited);
+    assert_eq!(held, Some(4.0), "each held change counted once");
+    assert_eq!(pools(&c, &id).await, ja, "held within the interval");
     assert!(
-        sample(&metrics_text(&inst).await, limited) == Some(4.0),
-        "each held change is counted (a heartbeat restating the current ones changes nothing)"
+        applied.elapsed() < Duration::from_millis(2_500),
+        "checked within the interval"
     );
     // after the interval, a heartbeat without capabilities brings the last one
-    tokio::time::sleep(Duration::from_millis(800)).await;
+    tokio::time::sleep_until(applied + Duration::from_millis(3_100)).await;
     let mut bare = fixture("node_heartbeat");
     bare["node_id"] = json!(id);
     if let Some(o) = bare.as_object_mut() {
