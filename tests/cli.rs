@@ -228,6 +228,23 @@ fn token_mints_a_jwt_with_the_asked_claims() {
     assert_ne!(code, 0, "no secret, no token: {err}");
 }
 
+/// OTLP headers often carry an exporter's API key: their names are shown, not their values.
+#[test]
+fn check_config_shows_the_otlp_header_names_and_never_their_values() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("switchyard.toml");
+    std::fs::write(
+        &file,
+        "[telemetry.otlp_headers]\nx-api-key = \"topsecret-otlp\"\nx-scope-orgid = \"speech\"\n",
+    )
+    .unwrap();
+    let (code, out, err) = check_config(&[], &["--config", file.to_str().unwrap()]);
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("x-api-key = \"<redacted>\""), "{out}");
+    assert!(out.contains("x-scope-orgid = \"<redacted>\""), "{out}");
+    assert!(!out.contains("topsecret-otlp"), "{out}");
+}
+
 #[test]
 fn check_config_shows_the_redis_topology_and_never_the_redis_password() {
     let (code, out, err) = check_config(

@@ -1,6 +1,6 @@
 //! `switchyard check-config`'s output: the effective configuration as TOML, with the
-//! secrets it holds (HS256 secrets, the Redis password, a password inside a Redis URL)
-//! redacted.
+//! secrets it holds (HS256 secrets, the Redis password, a password inside a Redis URL, the
+//! values of the OTLP headers) redacted.
 
 use super::Config;
 
@@ -30,6 +30,15 @@ impl Config {
                 *u = serde_json::Value::from(redact_url(u.as_str().unwrap_or_default()));
             }
         }
+        // OTLP headers often carry an API key (`x-api-key`, `Authorization`): names only.
+        if let Some(h) = v
+            .pointer_mut("/telemetry/otlp_headers")
+            .and_then(|h| h.as_object_mut())
+        {
+            for val in h.values_mut() {
+                *val = serde_json::Value::from("<redacted>");
+            }
+        }
         let mut out = String::new();
         write_toml(&mut out, "", &v);
         Ok(out)
@@ -54,8 +63,9 @@ fn redact_url(url: &str) -> String {
 fn write_toml(out: &mut String, section: &str, v: &serde_json::Value) {
     let Some(map) = v.as_object() else { return };
     let key = |k: &str| {
-        if k.chars()
-            .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
+        if !k.is_empty()
+            && k.chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
         {
             k.to_string()
         } else {
@@ -75,27 +85,60 @@ fn write_toml(out: &mut String, section: &str, v: &serde_json::Value) {
             _ => out.push_str(&format!("{} = {val}\n", key(k))),
         }
     }
-    for (k, val) in map.iter().filter(|(_, v)| v.is_object()) {
-        let name = if section.is_empty() {
+    let name = |k: &str| {
+        if section.is_empty() {
             key(k)
         } else {
             format!("{section}.{}", key(k))
-        };
+        }
+    };
+    for (k, val) in map.iter().filter(|(_, v)| v.is_object()) {
+        let name = name(k);
         out.push_str(&format!("\n[{name}]\n"));
         write_toml(out, &name, val);
     }
-    // Arrays of tables (`[[cells]]`).
+    // Arrays of tables (`[[cells]]`): a table inside an element is `[cells.x]` after the
+    // element's header (TOML adds it to the array's last element).
     for (k, val) in map.iter().filter(|(_, v)| table_list(v)) {
+        let name = name(k);
         for item in val.as_array().into_iter().flatten() {
-            out.push_str(&format!("\n[[{}]]\n", key(k)));
-            write_toml(out, &format!("{k}[]"), item);
+            out.push_str(&format!("\n[[{name}]]\n"));
+            write_toml(out, &name, item);
         }
     }
 }
 
 #[cfg(test)]
 mod tests {
-    use super::redact_url;
+    use super::{redact_url, write_toml};
+    use figment::providers::Format;
+
+    /// What the writer prints reads back as the same values, tables inside an array of
+    /// tables and arrays of tables inside a table included.
+    #[test]
+    fn the_toml_written_reads_back_as_the_same_values() {
+        let v = serde_json::json!({
+            "flat": 1,
+            "name with space": "a \"quoted\" \\ text\n",
+            "list": ["x", "y"],
+            "section": {
+                "n": 2,
+                "inner": {"deep": true},
+                "items": [{"a": 1, "sub": {"b": "c"}}, {"a": 2}]
+            },
+            "cells": [
+                {"name": "main", "tenants": [], "limits": {"max": 3}},
+                {"name": "other", "tenants": ["t1"]}
+            ]
+        });
+        let mut out = String::new();
+        write_toml(&mut out, "", &v);
+        let back: serde_json::Value =
+            figment::Figment::from(figment::providers::Toml::string(&out))
+                .extract()
+                .unwrap_or_else(|e| panic!("{e}:\n{out}"));
+        assert_eq!(back, v, "{out}");
+    }
 
     #[test]
     fn a_password_in_a_redis_url_is_redacted_and_nothing_else_is() {
