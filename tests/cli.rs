@@ -228,7 +228,8 @@ fn token_mints_a_jwt_with_the_asked_claims() {
     assert_ne!(code, 0, "no secret, no token: {err}");
 }
 
-/// OTLP headers often carry an exporter's API key: their names are shown, not their values.
+/// OTLP headers often carry an exporter's API key: their names are shown, not their values;
+/// a password in the endpoint's URL is redacted too.
 #[test]
 fn check_config_shows_the_otlp_header_names_and_never_their_values() {
     let dir = tempfile::tempdir().unwrap();
@@ -238,8 +239,19 @@ fn check_config_shows_the_otlp_header_names_and_never_their_values() {
         "[telemetry.otlp_headers]\nx-api-key = \"topsecret-otlp\"\nx-scope-orgid = \"speech\"\n",
     )
     .unwrap();
-    let (code, out, err) = check_config(&[], &["--config", file.to_str().unwrap()]);
+    let (code, out, err) = check_config(
+        &[(
+            "SWITCHYARD_TELEMETRY__OTLP_ENDPOINT",
+            "http://otel:topsecret-url@collector.example:4318",
+        )],
+        &["--config", file.to_str().unwrap()],
+    );
     assert_eq!(code, 0, "{err}");
+    assert!(
+        out.contains("otlp_endpoint = \"http://otel:<redacted>@collector.example:4318\""),
+        "{out}"
+    );
+    assert!(!out.contains("topsecret-url"), "{out}");
     assert!(out.contains("x-api-key = \"<redacted>\""), "{out}");
     assert!(out.contains("x-scope-orgid = \"<redacted>\""), "{out}");
     assert!(!out.contains("topsecret-otlp"), "{out}");

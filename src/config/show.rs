@@ -1,6 +1,6 @@
 //! `switchyard check-config`'s output: the effective configuration as TOML, with the
-//! secrets it holds (HS256 secrets, the Redis password, a password inside a Redis URL, the
-//! values of the OTLP headers) redacted.
+//! secrets it holds (HS256 secrets, the Redis password, a password inside a Redis or OTLP
+//! endpoint URL, the values of the OTLP headers) redacted.
 
 use super::Config;
 
@@ -29,6 +29,11 @@ impl Config {
             for u in list.iter_mut() {
                 *u = serde_json::Value::from(redact_url(u.as_str().unwrap_or_default()));
             }
+        }
+        if let Some(u) = v.pointer_mut("/telemetry/otlp_endpoint")
+            && let Some(url) = u.as_str()
+        {
+            *u = serde_json::Value::from(redact_url(url));
         }
         // OTLP headers often carry an API key (`x-api-key`, `Authorization`): names only.
         if let Some(h) = v
