@@ -147,9 +147,13 @@ fn main() -> ExitCode {
         Command::CheckConfig => match cfg.to_redacted_toml() {
             Ok(s) => {
                 println!(
-                    "# effective configuration (node liveness = {} ms)\n{s}",
+                    "# effective configuration (node liveness = {} ms)",
                     cfg.liveness_ms()
                 );
+                for a in cfg.advice() {
+                    println!("# warning: {a}");
+                }
+                println!("{s}");
                 ExitCode::SUCCESS
             }
             Err(e) => {

@@ -316,6 +316,9 @@ pub async fn start(cfg: Config) -> std::io::Result<Running> {
              open sessions and drain nodes. Development only; set auth.mode = \"required\"."
         );
     }
+    for a in app.cfg.advice() {
+        tracing::warn!("configuration: {a}");
+    }
     tracing::info!(instance = %app.instance_id, %addr, "switchyard listening");
     Ok(Running {
         addr,

@@ -189,6 +189,27 @@ fn an_unusable_key_file_fails_check_config_as_it_fails_serve() {
     }
 }
 
+/// A liveness a killed instance's nodes cannot come back within is valid, but warned of;
+/// the defaults give no warning.
+#[test]
+fn check_config_warns_of_a_liveness_nodes_cannot_come_back_within() {
+    let (code, out, err) = check_config(
+        &[
+            ("SWITCHYARD_NODE__HEARTBEAT_INTERVAL_MS", "1000"),
+            ("SWITCHYARD_INSTANCE__PRESENCE_TTL_MS", "5000"),
+        ],
+        &[],
+    );
+    assert_eq!(code, 0, "{err}");
+    assert!(
+        out.contains("# warning: node.liveness_ms (3000) is not above"),
+        "{out}"
+    );
+    let (code, out, err) = check_config(&[], &[]);
+    assert_eq!(code, 0, "{err}");
+    assert!(!out.contains("# warning"), "{out}");
+}
+
 #[test]
 fn check_config_never_prints_a_secret() {
     let (code, out, _) = check_config(&[], &[]);

@@ -176,8 +176,8 @@ fn effective(printed: &str) -> Config {
 }
 
 /// Every overlay's configuration — the rendered ConfigMap as the file, the Deployment's
-/// environment over it — is one `switchyard check-config` accepts, and it is the topology
-/// the overlay is named for.
+/// environment over it — is one `switchyard check-config` accepts without a warning, and it
+/// is the topology the overlay is named for.
 #[test]
 fn every_overlay_configuration_passes_check_config() {
     for overlay in OVERLAYS {
@@ -186,6 +186,10 @@ fn every_overlay_configuration_passes_check_config() {
         let env = container_env(overlay, container(&docs));
         let printed = check_config(Some(&toml), &env)
             .unwrap_or_else(|e| panic!("{overlay}: check-config refuses it: {e}"));
+        assert!(
+            !printed.contains("# warning"),
+            "{overlay}: settings that work against each other:\n{printed}"
+        );
         let cfg = effective(&printed);
         match *overlay {
             "overlays/sentinel" => {
