@@ -581,3 +581,43 @@ async fn a_job_created_after_now_by_the_clock_still_gets_its_result_and_ui_event
     assert!(e2e_sum >= 0.0, "end-to-end latency sum {e2e_sum}");
     invariants::check(&mut c).await;
 }
+
+/// A reply that does not decode (a mismatch between a script and the instance, or a record
+/// edited by hand) comes from a script that ran and committed: the result it carried is
+/// recovered from the session's result log, as for a reply lost on the way. Here the job's
+/// `created_at` is made so far in the past that its age does not fit the reply's field.
+#[tokio::test]
+async fn a_job_result_whose_reply_does_not_decode_still_reaches_its_session() {
+    let redis = RedisServer::start().await;
+    let inst = start_instance(&redis).await;
+    let mut c = redis.client().await;
+    let ((mut n, nid), (mut s, _), a) = first_job(&inst).await;
+    let jid = a["job_id"].as_str().expect("job_id").to_string();
+    let _: () = c
+        .hset(
+            format!("{PREFIX}job:{jid}"),
+            "created_at",
+            "-100000000000000000000",
+        )
+        .await
+        .expect("hset");
+    n.send(&answer(&a, &nid, "hello")).await;
+    let result = loop {
+        let v = s.next(T).await.expect("the result, recovered");
+        if v["type"] == "translation_result" {
+            break v;
+        }
+    };
+    assert_eq!(result["job_id"], json!(jid));
+    assert_eq!(result["text_translated"], "hello");
+    let m = metrics_text(&inst).await;
+    let calls = r#"switchyard_script_calls_total{cell="main",script="job_result",outcome="error"}"#;
+    assert_eq!(
+        sample(&m, calls),
+        Some(1.0),
+        "the reply did not decode: {m}"
+    );
+    let recovered = r#"switchyard_deliveries_total{kind="session",detail="ambiguous_recovered"}"#;
+    assert_eq!(sample(&m, recovered), Some(1.0), "{m}");
+    invariants::check(&mut c).await;
+}

@@ -131,7 +131,7 @@ impl NodeConn {
             Ok(FencedReply::Ok { .. }) => {}
             Err(e) => {
                 self.store_error(&e);
-                if e.is_ambiguous() {
+                if e.may_have_committed() {
                     let named = r.session_id.as_deref();
                     match self.app.cfg.session.on_gap {
                         OnGap::Resume => self.resume_named_session(&cell, named, &r.job_id),

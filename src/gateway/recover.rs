@@ -2,7 +2,8 @@
 //! "skip"`, for clients that never resume).
 //!
 //! A script call whose reply was lost ([`crate::store::StoreError::Ambiguous`]: a Redis
-//! stall past `redis.timeout_ms`) may have committed, and released terminal messages for a
+//! stall past `redis.timeout_ms`), or came and did not decode
+//! ([`crate::store::StoreError::Reply`]), may have committed, and released terminal messages for a
 //! session on this instance — a node's `job_result`, the session's own `submit`,
 //! `audio_append` or `session_close` — that only its reply carried. They are in the
 //! session's result log. Once Redis answers again, a task reads the delivered results near

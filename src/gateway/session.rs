@@ -141,7 +141,7 @@ impl SessionConn {
     /// result log (`skip`) or the connection closes so it resumes (`resume`).
     fn delivery_failed(&self, e: &StoreError, about: Option<&Value>) {
         self.store_error_about(e, about);
-        if !e.is_ambiguous() {
+        if !e.may_have_committed() {
             return;
         }
         match (&self.app.cfg.session.on_gap, &self.session) {

@@ -25,7 +25,9 @@ pub enum StoreError {
         script: &'static str,
         message: String,
     },
-    /// A script reply that does not decode: a mismatch between Lua and Rust.
+    /// A script reply that does not decode: a mismatch between Lua and Rust (or a record
+    /// edited into values its reply cannot carry). The script ran and committed: what it
+    /// released for a session is recovered like a lost reply's ([`StoreError::may_have_committed`]).
     #[error("unexpected reply from {script}: {message}")]
     Reply {
         script: &'static str,
@@ -65,6 +67,15 @@ impl StoreError {
     /// The call may have committed without its reply reaching us ([`StoreError::Ambiguous`]).
     pub fn is_ambiguous(&self) -> bool {
         matches!(self, StoreError::Ambiguous(_))
+    }
+
+    /// The script may have run and committed, yet the messages of its reply are not in
+    /// hand: its reply was lost ([`StoreError::Ambiguous`]), or it came and did not decode
+    /// ([`StoreError::Reply`]: the script ran to its end, so its change is committed). What
+    /// it released for a session is then recovered from the result log, or the session
+    /// resumes (`session.on_gap`).
+    pub fn may_have_committed(&self) -> bool {
+        matches!(self, StoreError::Ambiguous(_) | StoreError::Reply { .. })
     }
 
     /// A failed call of a script that was (or may have been) sent: a timeout or a connection
