@@ -197,7 +197,7 @@ async fn a_blocked_writer_is_aborted_when_the_read_side_ends() {
     let inst = start_tweaked(&redis, |c| {
         c.ws.max_frame_bytes = 4 * 1024 * 1024;
         c.ws.ping_interval_ms = 200;
-        c.ws.idle_timeout_ms = 3_000;
+        c.ws.idle_timeout_ms = 6_000;
         c.ws.write_timeout_ms = 0;
     })
     .await;
@@ -215,7 +215,7 @@ async fn a_blocked_writer_is_aborted_when_the_read_side_ends() {
     );
     let mut c = redis.client().await;
     eventually(
-        std::time::Duration::from_secs(3),
+        std::time::Duration::from_secs(5),
         "the node's writer handed more than the kernel buffers hold",
         || {
             let mut c = c.clone();
@@ -226,10 +226,10 @@ async fn a_blocked_writer_is_aborted_when_the_read_side_ends() {
         },
     )
     .await;
-    // The node is silent: its read side ends after the idle timeout (3 s), then the
+    // The node is silent: its read side ends after the idle timeout (6 s), then the
     // writer gets 2 s to finish before it is aborted.
     assert!(
-        server_side_closed_within(&inst, local, std::time::Duration::from_secs(10)).await,
+        server_side_closed_within(&inst, local, std::time::Duration::from_secs(15)).await,
         "the instance still holds the socket of a connection whose read side ended"
     );
     let text = metrics_text(&inst).await;
