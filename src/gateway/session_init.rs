@@ -215,8 +215,9 @@ impl SessionConn {
                 },
                 Err(e) => {
                     refuse();
-                    if matches!(e, StoreError::Unreplicated(_) | StoreError::Ambiguous(_)) {
-                        // The session exists on the primary (or may: a lost reply), but the
+                    if e.may_have_committed() || matches!(e, StoreError::Unreplicated(_)) {
+                        // The session exists on the primary (or may: a lost reply, or one
+                        // that did not decode), but the
                         // client is told to open again: close it, so it does not count
                         // against its subject's live sessions until it expires (fenced by
                         // this connection's token; `missing` if the open never ran).

@@ -25,9 +25,11 @@ pub enum StoreError {
         script: &'static str,
         message: String,
     },
-    /// A script reply that does not decode: a mismatch between Lua and Rust (or a record
-    /// edited into values its reply cannot carry). The script ran and committed: what it
-    /// released for a session is recovered like a lost reply's ([`StoreError::may_have_committed`]).
+    /// A reply that does not decode: a mismatch between Lua and Rust (or a record edited
+    /// into values its reply cannot carry). From a script call (`Store::run`) it means the
+    /// script ran to its end and committed: what it released for a session is recovered like
+    /// a lost reply's ([`StoreError::may_have_committed`]). (A few callers outside the script
+    /// path use it too — `register`'s refusal loop, `INFO memory` — and never recover.)
     #[error("unexpected reply from {script}: {message}")]
     Reply {
         script: &'static str,
@@ -71,7 +73,8 @@ impl StoreError {
 
     /// The script may have run and committed, yet the messages of its reply are not in
     /// hand: its reply was lost ([`StoreError::Ambiguous`]), or it came and did not decode
-    /// ([`StoreError::Reply`]: the script ran to its end, so its change is committed). What
+    /// ([`StoreError::Reply`] of a script call: the script ran to its end, so its change is
+    /// committed). What
     /// it released for a session is then recovered from the result log, or the session
     /// resumes (`session.on_gap`).
     pub fn may_have_committed(&self) -> bool {

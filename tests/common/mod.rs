@@ -101,8 +101,8 @@ pub fn with_given_token(url: &str, token: &str) -> String {
     format!("{url}{sep}access_token={token}")
 }
 
-/// Fast timings so liveness and sweeps happen within a test: heartbeat 300 ms,
-/// liveness 900 ms, sweep every 50 ms, disconnect grace 400 ms.
+/// Fast timings so liveness and sweeps happen within a test: heartbeat 300 ms, liveness
+/// 8 s (the liveness scenarios shorten it), sweep every 50 ms, disconnect grace 400 ms.
 pub fn test_config(redis_url: &str) -> Config {
     let mut cfg = Config {
         listen: "127.0.0.1:0".into(),
