@@ -4,8 +4,8 @@
 //! `error`, and changes nothing.
 //!
 //! A `job_result` whose reply was lost ([`crate::store::StoreError::Ambiguous`]) may have
-//! committed (one whose reply did not decode, [`crate::store::StoreError::Reply`], has), and its reply carried the `translation_result` for a session on this
-//! instance. With `session.on_gap = "skip"` (clients that never resume) the instance puts
+//! committed (one whose reply did not decode, [`crate::store::StoreError::Reply`], has),
+//! and its reply carried the `translation_result` for a session on this instance. With `session.on_gap = "skip"` (clients that never resume) the instance puts
 //! it back from the session's result log once Redis answers (`recover`): the session is
 //! the one the node's message names (a lingua node echoes the `session_id` of its
 //! `job_assign`), else the one the job record names. With `"resume"`, a session named and

@@ -3,25 +3,24 @@
 //!
 //! A script call whose reply was lost ([`crate::store::StoreError::Ambiguous`]: a Redis
 //! stall past `redis.timeout_ms`), or came and did not decode
-//! ([`crate::store::StoreError::Reply`]), may have committed, and released terminal messages for a
-//! session on this instance — a node's `job_result`, the session's own `submit`,
-//! `audio_append` or `session_close` — that only its reply carried. They are in the
-//! session's result log. Once Redis answers again, a task reads the delivered results near
-//! the session's cursor and its `out_seq` ([`crate::store::Store::result_log_tail`]) and
-//! hands them to the connection's writer ([`Outbound::Recovered`]), which writes those it
-//! has not written, once each, in index order, and stops waiting for the numbers they
+//! ([`crate::store::StoreError::Reply`]), may have committed, and released terminal
+//! messages for a session on this instance — a node's `job_result`, the session's own
+//! `submit`, `audio_append` or `session_close` — that only its reply carried. They are in
+//! the session's result log. Once Redis answers again, a task reads the delivered results
+//! near the session's cursor and its `out_seq` ([`crate::store::Store::result_log_tail`])
+//! and hands them to the connection's writer ([`Outbound::Recovered`]), which writes those
+//! it has not written, once each, in index order, and stops waiting for the numbers they
 //! filled. A second read a moment later catches a call Redis ran only just after the first
 //! (both waited in Redis's buffers while it stalled). Bounded: `session.recover_for_ms` of
-//! retries,
-//! the indices from [`crate::store::log_tail::BELOW_CURSOR`] below the cursor (or the
-//! lowest of the [`crate::store::log_tail::RECENT`] most recently settled, if lower) to
+//! retries, the indices from [`crate::store::log_tail::BELOW_CURSOR`] below the cursor (or
+//! the lowest of the [`crate::store::log_tail::RECENT`] most recently settled, if lower) to
 //! [`crate::store::log_tail::FROM_CURSOR`] above it, at most
 //! [`crate::store::log_tail::SPAN`] a read (a wider range is cut from below, counted as
-//! `ambiguous_unrecovered` and logged); one task per connection at a time (another lost reply meanwhile asks it
-//! for one more round; each attempt is bounded by the same deadline, so a connection that
-//! cannot be made does not hold it). If Redis stays away it gives up, counted
-//! (`ambiguous_unrecovered`) and logged; a recovery that read the log counts
-//! `ambiguous_recovered`. It stops, uncounted, when the connection ends.
+//! `ambiguous_unrecovered` and logged); one task per connection at a time (another lost
+//! reply meanwhile asks it for one more round; each attempt is bounded by the same
+//! deadline, so a connection that cannot be made does not hold it). If Redis stays away it
+//! gives up, counted (`ambiguous_unrecovered`) and logged; a recovery that read the log
+//! counts `ambiguous_recovered`. It stops, uncounted, when the connection ends.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, MutexGuard};

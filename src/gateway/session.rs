@@ -6,12 +6,12 @@
 //! A script call of the session's own that may release its terminal messages (`submit`,
 //! `audio_append`, `session_close`) and whose reply was lost ([`StoreError::Ambiguous`]: it
 //! may have committed) or did not decode ([`StoreError::Reply`]: it did;
-//! [`StoreError::may_have_committed`]) left what the reply carried in the session's result log only. With
-//! `session.on_gap = "skip"` (the default, clients that never resume) the instance reads it
-//! back once Redis answers and writes what the connection has not written (`recover`);
-//! with `"resume"` the connection closes with 1012 after the error and the client's resume
-//! resends it. Without either, a lost last result would never show up as a gap (DESIGN
-//! §1.5).
+//! [`StoreError::may_have_committed`]) left what the reply carried in the session's result
+//! log only. With `session.on_gap = "skip"` (the default, clients that never resume) the
+//! instance reads it back once Redis answers and writes what the connection has not written
+//! (`recover`); with `"resume"` the connection closes with 1012 after the error and the
+//! client's resume resends it. Without either, a lost last result would never show up as a
+//! gap (DESIGN §1.5).
 
 use std::sync::Arc;
 

@@ -216,11 +216,11 @@ impl SessionConn {
                 Err(e) => {
                     refuse();
                     if e.may_have_committed() || matches!(e, StoreError::Unreplicated(_)) {
-                        // The session exists on the primary (or may: a lost reply, or one
-                        // that did not decode), but the
-                        // client is told to open again: close it, so it does not count
-                        // against its subject's live sessions until it expires (fenced by
-                        // this connection's token; `missing` if the open never ran).
+                        // The session exists on the primary (or may: a lost reply; or does:
+                        // one that did not decode), but the client is told to open again:
+                        // close it, so it does not count against its subject's live
+                        // sessions until it expires (fenced by this connection's token;
+                        // `missing` if the open never ran).
                         let closed = cell.store.session_close(&sid, &self.token).await;
                         match routing::delivered(&app, &cell, closed) {
                             // (closed on the primary, as the open was)
