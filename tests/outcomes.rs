@@ -51,6 +51,23 @@ async fn first_job(
     ((n, nid), (s, sid), a)
 }
 
+/// Rewrite the dispatched job's `created_at` (as a clock that moved would, or a hand edit),
+/// then have its node answer "hello".
+async fn answer_after_created_at(
+    c: &mut redis::aio::MultiplexedConnection,
+    n: &mut WsClient,
+    nid: &str,
+    assign: &Value,
+    created_at: &str,
+) {
+    let jid = assign["job_id"].as_str().expect("job_id");
+    let _: () = c
+        .hset(format!("{PREFIX}job:{jid}"), "created_at", created_at)
+        .await
+        .expect("hset");
+    n.send(&answer(assign, nid, "hello")).await;
+}
+
 /// The node's MODEL_NOT_AVAILABLE answer to `assign`.
 fn model_not_available(assign: &Value, node_id: &str) -> Value {
     let mut mna = fixture("job_result_model_not_available");
@@ -541,11 +558,7 @@ async fn a_job_created_after_now_by_the_clock_still_gets_its_result_and_ui_event
     let created: i64 = job(&mut c, &jid).await["created_at"]
         .parse()
         .expect("created_at");
-    let _: () = c
-        .hset(format!("{PREFIX}job:{jid}"), "created_at", created + 60_000)
-        .await
-        .expect("hset");
-    n.send(&answer(&a, &nid, "hello")).await;
+    answer_after_created_at(&mut c, &mut n, &nid, &a, &(created + 60_000).to_string()).await;
     let mut events = Vec::new();
     let result = loop {
         let v = s.next(T).await.expect("the result and its ui_events");
@@ -593,15 +606,7 @@ async fn a_job_result_whose_reply_does_not_decode_still_reaches_its_session() {
     let mut c = redis.client().await;
     let ((mut n, nid), (mut s, _), a) = first_job(&inst).await;
     let jid = a["job_id"].as_str().expect("job_id").to_string();
-    let _: () = c
-        .hset(
-            format!("{PREFIX}job:{jid}"),
-            "created_at",
-            "-100000000000000000000",
-        )
-        .await
-        .expect("hset");
-    n.send(&answer(&a, &nid, "hello")).await;
+    answer_after_created_at(&mut c, &mut n, &nid, &a, "-100000000000000000000").await;
     let result = loop {
         let v = s.next(T).await.expect("the result, recovered");
         if v["type"] == "translation_result" {
