@@ -138,6 +138,7 @@ lint:
 	  echo "installing rustfmt and clippy"; rustup component add rustfmt clippy; }
 	$(CARGO) fmt --all -- --check
 	$(CARGO) clippy --all-targets -- -D warnings
+	RUSTDOCFLAGS="-D warnings" $(CARGO) doc --no-deps --quiet
 
 fmt:
 	$(CARGO) fmt --all

@@ -12,7 +12,7 @@
 //! timeout restarts with every request: a client sending `GET /healthz` every 9 s would
 //! otherwise hold its connection (a file descriptor) for ever, and any number of them.
 //! Each listener holds at most `limits.max_http_connections` connections that are still
-//! HTTP ([`slots`]). When they are all taken, the **oldest idle** one (no request in
+//! HTTP (`slots`). When they are all taken, the **oldest idle** one (no request in
 //! flight: before its first request or between kept-alive requests) is closed to make way
 //! for the new connection (`limited{kind="http", detail="idle_closed"}`), so idle
 //! connections — an attacker's included — cannot keep new ones, WebSocket upgrades of

@@ -13,7 +13,7 @@ use serde_json::{Value, json};
 pub struct Look {
     pub node: String,
     /// chosen, ok (eligible, not the least loaded), full, draining, offline, stale,
-    /// tried, notrev, notpool, nocap, nosvc-<type>, down-<type>, gone.
+    /// tried, notrev, notpool, nocap, `nosvc-<type>`, `down-<type>`, gone.
     pub verdict: String,
     pub reserved: Option<u64>,
     pub capacity: Option<u64>,

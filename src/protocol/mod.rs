@@ -92,7 +92,7 @@ pub trait Inbound<'a>: Sized {
 /// type's struct is read directly (not through a serde-tagged enum, which buffers the frame
 /// and loses both the strictness and the field path).
 ///
-/// The `type` is first looked up by [`top_level_type`], which only scans (an utterance is
+/// The `type` is first looked up by `top_level_type`, which only scans (an utterance is
 /// ~11 KB of base64 that the envelope's decoding read once more before the typed decoding
 /// read it again); the frame is then decoded once, as that type. A frame that is not
 /// decoded that way (no plain `type` found, or the typed decoding refuses it) goes the

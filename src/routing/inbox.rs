@@ -15,7 +15,7 @@
 //! only acknowledged when read again: a node does not get the same `job_assign` twice.
 //! Entries left pending by anything else (a crash mid-write) are claimed again after
 //! `claim_idle_ms`; one delivered `dead_letter_after` times moves to the dead-letter stream,
-//! and so does an own pending entry at a reconnect, and a malformed entry at once ([`dead`]):
+//! and so does an own pending entry at a reconnect, and a malformed entry at once (`dead`):
 //! an entry whose handling fails every time does not come first at every reconnect for ever.
 
 use std::collections::HashMap;

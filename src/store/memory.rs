@@ -10,7 +10,7 @@
 //! `redis.allow_eviction` says the operator accepts that. Under `noeviction` a full Redis
 //! refuses a call before it runs (`-OOM`: a Redis Function that may write is checked before
 //! it starts), so nothing changes and the client hears `SCHEDULER_DEPENDENCY_DOWN`
-//! ([`super::StoreError::from_redis`]). `used` and `max` are exported as gauges so an
+//! (`StoreError::from_redis`). `used` and `max` are exported as gauges so an
 //! operator sees it coming. A Redis that refuses `INFO` to its user (`NOPERM`, an ACL
 //! without `+info`) is not checked: the start logs it, readiness does not wait for it.
 

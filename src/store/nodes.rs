@@ -11,7 +11,7 @@ use serde::Deserialize;
 use super::{Output, Script, Store, StoreError, lua_list};
 use crate::capabilities::Capabilities;
 
-/// How a registration claims its node id (`register.lua` ARGV[6]).
+/// How a registration claims its node id (`register.lua` `ARGV[6]`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum NodeClaim {
     /// Minted by this instance: must be unused.

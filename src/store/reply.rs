@@ -28,7 +28,7 @@ pub struct Delivery {
     /// The target's connection token; only that socket may receive it.
     pub conn: Option<String>,
     /// The message JSON (for `job_assign` without its `audio`), taken from the reply's
-    /// blob `m` by [`decode_reply`].
+    /// blob `m` by `decode_reply`.
     #[serde(default)]
     pub msg: String,
     /// 1-based index into the reply's blobs: the message JSON (a separate bulk string, so
@@ -74,7 +74,7 @@ pub struct Output<T> {
     pub reply: T,
     pub out: Vec<Delivery>,
     pub blobs: Vec<Vec<u8>>,
-    /// Transitions and latencies, already recorded in the metrics by [`Store::run`].
+    /// Transitions and latencies, already recorded in the metrics by `Store::run`.
     pub events: Events,
 }
 

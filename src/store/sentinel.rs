@@ -133,7 +133,7 @@ impl Connector {
     }
 
     /// Sentinel mode: ask the sentinels again if the last answer is older than
-    /// [`POLL_EVERY`]. A planned switch-over (`SENTINEL FAILOVER`) leaves the old primary up
+    /// `POLL_EVERY`. A planned switch-over (`SENTINEL FAILOVER`) leaves the old primary up
     /// and writable until Sentinel reconfigures it (up to its 10 s INFO period), so errors
     /// alone would notice it late; the presence loop calls this on every beat.
     pub async fn poll(&self) {
