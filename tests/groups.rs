@@ -83,10 +83,7 @@ fn tts_play_ended(sid: &str, group_id: &str) -> Value {
 /// round trip when it must not move).
 async fn play_ended(s: &mut WsClient, sid: &str, group_id: &str) {
     s.send(&tts_play_ended(sid, group_id)).await;
-    let mut hb = fixture("client_heartbeat");
-    hb["session_id"] = json!(sid);
-    s.send(&hb).await;
-    s.recv_type("server_heartbeat").await;
+    handled(s, sid).await;
 }
 
 #[tokio::test]

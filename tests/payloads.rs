@@ -174,12 +174,7 @@ async fn large_utterance_audio_reaches_nodes_whole_here_through_the_inbox_and_fr
 
     // Resent: the staged copy is deleted, no second job.
     send(&mut s, 2).await;
-    // A heartbeat's answer: the socket's frames are handled in order, so the resend's
-    // script has run.
-    let mut hb = fixture("client_heartbeat");
-    hb["session_id"] = json!(sid);
-    s.send(&hb).await;
-    s.recv_type("server_heartbeat").await;
+    handled(&mut s, &sid).await; // (the resend's script has run)
     assert!(
         keys(&mut c, "stage:*").await.is_empty(),
         "no staged audio left"

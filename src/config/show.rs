@@ -90,7 +90,7 @@ fn write_toml(out: &mut String, section: &str, v: &serde_json::Value) {
             _ => out.push_str(&format!("{} = {val}\n", key(k))),
         }
     }
-    let name = |k: &str| {
+    let path = |k: &str| {
         if section.is_empty() {
             key(k)
         } else {
@@ -98,14 +98,14 @@ fn write_toml(out: &mut String, section: &str, v: &serde_json::Value) {
         }
     };
     for (k, val) in map.iter().filter(|(_, v)| v.is_object()) {
-        let name = name(k);
+        let name = path(k);
         out.push_str(&format!("\n[{name}]\n"));
         write_toml(out, &name, val);
     }
     // Arrays of tables (`[[cells]]`): a table inside an element is `[cells.x]` after the
     // element's header (TOML adds it to the array's last element).
     for (k, val) in map.iter().filter(|(_, v)| table_list(v)) {
-        let name = name(k);
+        let name = path(k);
         for item in val.as_array().into_iter().flatten() {
             out.push_str(&format!("\n[[{name}]]\n"));
             write_toml(out, &name, item);

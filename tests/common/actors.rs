@@ -157,6 +157,15 @@ pub fn answer_with_tts(assign: &Value, node_id: &str, text: &str, bytes: usize) 
     r
 }
 
+/// A heartbeat round trip on session connection `s`: an instance handles a socket's frames
+/// in order, so every frame sent before it has been handled (its script has run).
+pub async fn handled(s: &mut WsClient, sid: &str) {
+    let mut hb = crate::common::fixture("client_heartbeat");
+    hb["session_id"] = json!(sid);
+    s.send(&hb).await;
+    s.recv_type("server_heartbeat").await;
+}
+
 /// The next `job_assign` on node connection `n` (within 5 s).
 pub async fn assign(n: &mut WsClient) -> Value {
     next_of(n, "job_assign", Duration::from_secs(5))
