@@ -108,15 +108,23 @@ async fn sentinel_failover(replicas: usize, wait_replicas: u32) -> (usize, usize
     set.primary.kill9();
     let killed = Instant::now();
     set.replicas[0].signal("CONT");
-    // `still_old`: when the last query that still got the old primary was sent; the
-    // instance cannot have learnt of the promotion before that (it asks the same sentinels
-    // in the same order).
-    let mut still_old = killed;
+    // `no_primary`: when the last round that found no replica answering `ROLE` as a
+    // primary began; there was no primary from the kill until then. (Not the sentinels'
+    // answers: the instance asks them all at once and may hear of the promotion from the
+    // sentinel that made it, before the one this test asks.)
+    let mut no_primary = killed;
+    let mut promoted_role = false;
     let (promoted, new_primary) = loop {
         let asked = Instant::now();
-        match set.primary_addr().await {
-            Some(a) if a != old => break (Instant::now(), a),
-            _ => still_old = asked,
+        if !promoted_role {
+            match any_replica_is_primary(&set).await {
+                Some(true) => promoted_role = true,
+                Some(false) => no_primary = asked,
+                None => {}
+            }
+        }
+        if let Some(a) = set.primary_addr().await.filter(|a| *a != old) {
+            break (Instant::now(), a);
         }
         assert!(killed.elapsed() < Duration::from_secs(15), "no promotion");
         tokio::time::sleep(Duration::from_millis(20)).await;
@@ -159,9 +167,13 @@ async fn sentinel_failover(replicas: usize, wait_replicas: u32) -> (usize, usize
         lost += usize::from(!exists);
     }
     let ready = ready.lock().unwrap().clone();
+    // A ready answer asked for after the kill (and its in-flight checks) and received
+    // while there was still no primary.
     let lied: Vec<_> = ready
         .iter()
-        .filter(|(at, ok)| *ok && *at > killed + Duration::from_millis(300) && *at < still_old)
+        .filter(|(at, ok, got)| {
+            *ok && *at > killed + Duration::from_millis(300) && *got < no_primary
+        })
         .collect();
     eprintln!(
         "sentinel failover (wait_replicas={wait_replicas}, {replicas} replicas, \
@@ -415,6 +427,28 @@ async fn cluster_runs_nodes_jobs_instances_and_survives_a_primary_kill() {
     // Node records and pools are consistent on the promoted replica too.
     invariants::check(&mut direct).await;
     node.stop();
+}
+
+/// Does any replica of `set` answer `ROLE` as a primary (each asked within 200 ms)? None
+/// when one did not answer and none said primary: unknown.
+async fn any_replica_is_primary(set: &SentinelSet) -> Option<bool> {
+    let mut all_answered = true;
+    for r in &set.replicas {
+        let role = tokio::time::timeout(Duration::from_millis(200), async {
+            let mut c = connect(&r.url()).await.ok()?;
+            redis::cmd("ROLE")
+                .query_async::<redis::Value>(&mut c)
+                .await
+                .ok()
+        })
+        .await;
+        match role {
+            Ok(Some(role)) if is_master(&role) => return Some(true),
+            Ok(Some(_)) => {}
+            _ => all_answered = false,
+        }
+    }
+    all_answered.then_some(false)
 }
 
 /// A `ROLE` reply that says primary.

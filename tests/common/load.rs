@@ -70,10 +70,10 @@ impl Load {
     }
 }
 
-/// What `/readyz` answered: (request start, ready?).
-pub type Seen = Arc<Mutex<Vec<(Instant, bool)>>>;
+/// What `/readyz` answered: (request start, ready?, answer received).
+pub type Seen = Arc<Mutex<Vec<(Instant, bool, Instant)>>>;
 
-/// `/readyz` polled every 25 ms: (request start, ready?).
+/// `/readyz` polled every 25 ms: (request start, ready?, answer received).
 pub fn watch_readyz(inst: &Running) -> (Seen, tokio::task::JoinHandle<()>) {
     let seen = Arc::new(Mutex::new(Vec::new()));
     let (s, url) = (seen.clone(), http_url(inst, "/readyz"));
@@ -87,7 +87,7 @@ pub fn watch_readyz(inst: &Running) -> (Seen, tokio::task::JoinHandle<()>) {
                 .send()
                 .await
                 .is_ok_and(|r| r.status().is_success());
-            s.lock().unwrap().push((at, ok));
+            s.lock().unwrap().push((at, ok, Instant::now()));
             tokio::time::sleep(Duration::from_millis(25)).await;
         }
     });
@@ -101,8 +101,8 @@ pub async fn ready_after(ready: &Seen, since: Instant) -> Option<Duration> {
             .lock()
             .unwrap()
             .iter()
-            .find(|(at, ok)| *ok && *at > since)
-            .map(|(at, _)| at.duration_since(since));
+            .find(|(at, ok, _)| *ok && *at > since)
+            .map(|(at, _, _)| at.duration_since(since));
         if seen.is_some() {
             return seen;
         }
