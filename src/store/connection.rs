@@ -262,6 +262,15 @@ impl Connector {
         }
     }
 
+    /// Forget every shared connection (one found its socket gone: so did the others to the
+    /// same node). Calls in flight on them finish or fail on their own; the next calls take
+    /// new ones.
+    pub fn drop_all_shared(&self) {
+        for i in 0..self.shared.len() {
+            self.drop_shared(i);
+        }
+    }
+
     /// A connection of its own (not pooled) for blocking reads, with a response timeout
     /// longer than the block time. In cluster mode a cluster connection of its own: its
     /// blocking `XREADGROUP` goes to the node that holds the stream's slot, and follows the

@@ -283,9 +283,17 @@ impl Store {
                     // unavailable for the caller, but no reason to reconnect (every refused
                     // call would open a connection to a Redis already in trouble).
                     let full = e.code() == Some("OOM");
+                    // The socket itself is gone (reset, EOF, a driver that ended): Redis
+                    // restarted or the path to it broke, and the other shared connections
+                    // went with it. Replacing them all now spares each its own failed call.
+                    let gone = e.is_connection_dropped();
                     let e = StoreError::from_call(name, e);
                     if !full && matches!(e, StoreError::Unavailable(_) | StoreError::Ambiguous(_)) {
-                        self.connector.drop_shared(slot);
+                        if gone {
+                            self.connector.drop_all_shared();
+                        } else {
+                            self.connector.drop_shared(slot);
+                        }
                         Box::pin(self.connector.failed()).await;
                     }
                     return Err(e);

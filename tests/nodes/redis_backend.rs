@@ -290,3 +290,47 @@ async fn a_failed_re_register_keeps_the_connection_bound_to_its_node() {
     assert_eq!(got[0]["text_translated"], "still bound", "{got:?}");
     invariants::check(&mut c).await;
 }
+
+/// A Redis restart breaks every shared connection at once (the instance keeps up to four
+/// for its script calls, each drawn in turn). The first call that finds its socket gone
+/// replaces them all: one call fails after Redis returns, not one per shared connection.
+#[tokio::test]
+async fn after_a_redis_restart_one_call_finds_the_broken_connections_not_each() {
+    if single_only("after_a_redis_restart_one_call_finds_the_broken_connections_not_each") {
+        return;
+    }
+    let mut redis = RedisServer::start().await;
+    // No background script call in between (beat, sweep) to find a broken one first.
+    let inst = start_tweaked(&redis, |c| {
+        c.instance.beat_interval_ms = 30_000;
+        c.instance.presence_ttl_ms = 120_000;
+        c.sweep.interval_ms = 30_000;
+    })
+    .await;
+    let url = ws_url(&inst, "/ws/session");
+    let open = async || {
+        let mut s = WsClient::connect(&url).await;
+        s.send(&fixture("session_init_one_way")).await;
+        let reply = s.next(Duration::from_secs(5)).await.expect("an answer");
+        reply["type"]
+            .as_str()
+            .map(str::to_string)
+            .unwrap_or_default()
+    };
+    // Every shared connection made and used.
+    for _ in 0..8 {
+        assert_eq!(open().await, "session_init_ack");
+    }
+    redis.restart().await; // empty, on the same port: every socket to it is gone
+    let mut answers = Vec::new();
+    for _ in 0..6 {
+        answers.push(open().await);
+    }
+    let failed = answers.iter().filter(|a| *a != "session_init_ack").count();
+    assert!(
+        failed <= 1 && answers[1..].iter().all(|a| a == "session_init_ack"),
+        "one call finds the broken connections, the rest run on new ones: {answers:?}"
+    );
+    let mut c = redis.client().await;
+    invariants::check(&mut c).await;
+}
