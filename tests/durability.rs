@@ -28,7 +28,15 @@ fn single(url: &str, tweak: impl FnOnce(&mut Config)) -> Config {
 async fn aof_everysec_restart_after_sigkill_keeps_sessions_and_jobs() {
     let mut redis = Proc::server(&["--appendonly", "yes", "--appendfsync", "everysec"]);
     redis.wait_up().await;
-    let inst = start_with(single(&redis.url(), |_| {})).await;
+    let inst = start_with(single(&redis.url(), |c| {
+        // The job dispatched before the kill must still be running when it is read back,
+        // after the load, the restart and the check of every acknowledged open: no timeout
+        // or lapse of its (silent) node on the way.
+        c.jobs.run_timeout_ms = 60_000;
+        c.jobs.record_ttl_ms = 600_000;
+        c.node.liveness_ms = Some(60_000);
+    }))
+    .await;
     let mut n = WsClient::connect(&ws_url(&inst, "/ws/node")).await;
     let nid = n.register_id(fixture("node_register_first"), None).await;
     let (mut s, ack) = open_session_ack(
@@ -54,17 +62,19 @@ async fn aof_everysec_restart_after_sigkill_keeps_sessions_and_jobs() {
     let ready_in = back.elapsed();
 
     let mut c = redis.client().await;
-    let mut lost = Vec::new();
-    for (at, sid) in &acked {
-        let exists: bool = redis::cmd("EXISTS")
-            .arg(format!("{}session:{sid}", invariants_prefix()))
-            .query_async(&mut c)
-            .await
-            .expect("exists");
-        if !exists {
-            lost.push(killed.duration_since(*at));
-        }
+    let mut exists = redis::pipe();
+    for (_, sid) in &acked {
+        exists
+            .cmd("EXISTS")
+            .arg(format!("{}session:{sid}", invariants_prefix()));
     }
+    let kept: Vec<bool> = exists.query_async(&mut c).await.expect("exists");
+    let lost: Vec<Duration> = acked
+        .iter()
+        .zip(kept)
+        .filter(|(_, kept)| !kept)
+        .map(|((at, _), _)| killed.duration_since(*at))
+        .collect();
     let oldest = lost.iter().max().copied();
     eprintln!(
         "AOF everysec, SIGKILL: ready {ready_in:?} after the restart; {} of {} acknowledged \

@@ -13,6 +13,7 @@ use common::invariants::{self, PREFIX};
 use common::*;
 use redis::AsyncCommands;
 use serde_json::json;
+use switchyard::config::Config;
 use switchyard::server::Running;
 
 const T: Duration = Duration::from_secs(5);
@@ -112,8 +113,11 @@ async fn a_session_and_a_node_on_different_instances_talk_through_the_inboxes() 
 #[tokio::test]
 async fn messages_waiting_in_a_crashed_instance_inbox_reach_the_reconnected_node() {
     let redis = RedisServer::start().await;
-    let a = start_instance(&redis).await;
-    let b = start_instance(&redis).await;
+    // B's presence must outlive the session open and the submit after B's abort (once it
+    // expires, A takes B's inbox over and the job_assign is no longer put there).
+    let presence = |c: &mut Config| c.instance.presence_ttl_ms = 2_000;
+    let a = start_tweaked(&redis, presence).await;
+    let b = start_tweaked(&redis, presence).await;
     let mut c = redis.client().await;
     let (n_old, nid) = node_on(&b, None).await;
     b.abort(); // kill -9: the node record still says ready, owned by B
@@ -266,7 +270,13 @@ async fn sigterm_drains_nodes_then_closes_with_1012_and_readiness_goes_false() {
 #[tokio::test]
 async fn an_operator_drain_stops_new_jobs_but_lets_running_ones_finish() {
     let redis = RedisServer::start().await;
-    let inst = start_tweaked(&redis, |c| c.jobs.queue_wait_ms = 400).await;
+    let inst = start_tweaked(&redis, |c| {
+        c.jobs.queue_wait_ms = 400;
+        // Index 1's error waits for index 0's result across a 300 ms probe: more than the
+        // tests' 400 ms reorder window on a loaded machine.
+        c.session.reorder_window_ms = 5_000;
+    })
+    .await;
     let mut c = redis.client().await;
     let (mut n, nid) = node_on(&inst, None).await;
     let (mut s, sid) = session_on(&inst).await;

@@ -284,7 +284,13 @@ async fn a_queued_job_times_out_with_no_available_node() {
 #[tokio::test]
 async fn tenant_sessions_prefer_their_nodes_and_strict_tenants_never_leave_them() {
     let redis = RedisServer::start().await;
-    let inst = start_tweaked(&redis, |c| c.jobs.strict_tenants = vec!["strictco".into()]).await;
+    let inst = start_tweaked(&redis, |c| {
+        c.jobs.strict_tenants = vec!["strictco".into()];
+        // Index 1's result waits for index 0's across two session opens and a 300 ms
+        // probe: more than the tests' 400 ms reorder window on a loaded machine.
+        c.session.reorder_window_ms = 5_000;
+    })
+    .await;
     let mut c = redis.client().await;
     let cap1 = |t: Option<&str>| {
         let t = t.map(str::to_string);

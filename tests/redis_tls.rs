@@ -208,6 +208,7 @@ async fn sentinels_behind_tls_are_asked_with_the_ca_file() {
         tls: Some(&tls),
         password: Some(SENTINEL_PASS),
         primary_password: Some(DATA_PASS),
+        ..SentinelOpts::default()
     };
     let sentinels: Vec<Proc> = (0..3)
         .map(|_| Proc::sentinel_with(MASTER, primary.port, &opts))

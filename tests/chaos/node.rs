@@ -1,5 +1,5 @@
 //! The chaos node: a roaming node (`common::roaming`) that answers each job after 30-150 ms,
-//! reconnects to the next instance when its connection dies, re-registers with its id and
+//! reconnects to another instance when its connection dies (`NodeSpread`), re-registers with its id and
 //! sends the results it finished while disconnected; it counts its reconnects, how long each
 //! took and the registrations refused as conflicts.
 
@@ -10,19 +10,25 @@ use std::time::Duration;
 use rand::RngExt;
 use serde_json::Value;
 
-use super::{Counts, pick};
+use super::{Counts, NodeSpread, url_for};
 use crate::common::roaming::{Roam, roaming_node};
 
-/// A node of the chaos run, in `tenant`'s cell.
+/// A node of the chaos run, in `tenant`'s cell (the `cell`-th).
 struct ChaosNode {
     tenant: Option<String>,
+    cell: usize,
     urls: Arc<Vec<String>>,
+    spread: Arc<NodeSpread>,
+    /// The instance of its last connection attempt.
+    at: Option<usize>,
     counts: Arc<Counts>,
 }
 
 impl Roam for ChaosNode {
     fn url(&mut self) -> String {
-        pick(&self.urls, "/ws/node", self.tenant.as_deref())
+        let i = self.spread.pick(self.cell, self.at);
+        self.at = Some(i);
+        url_for(&self.urls[i], "/ws/node", self.tenant.as_deref())
     }
 
     fn registered(&mut self, again: bool, away: Option<Duration>) {
@@ -48,14 +54,18 @@ impl Roam for ChaosNode {
 
 /// A lingua-like node that answers after 30-150 ms and survives instance deaths.
 pub(super) async fn chaos_node(
-    tenant: Option<String>,
+    (tenant, cell): (Option<String>, usize),
     urls: Arc<Vec<String>>,
+    spread: Arc<NodeSpread>,
     stop: Arc<AtomicBool>,
     counts: Arc<Counts>,
 ) {
     let node = ChaosNode {
         tenant,
+        cell,
         urls,
+        spread,
+        at: None,
         counts,
     };
     roaming_node(node, 4, stop).await;

@@ -12,7 +12,9 @@ use rand::RngExt;
 
 use super::node::chaos_node;
 use super::session::chaos_session;
-use super::{CellUnderTest, Counts, INSTANCES, KILL_EVERY, KILLS, NODES, SESSIONS, UTTERANCES};
+use super::{
+    CellUnderTest, Counts, INSTANCES, KILL_EVERY, KILLS, NODES, NodeSpread, SESSIONS, UTTERANCES,
+};
 use crate::common;
 use crate::common::invariants;
 use crate::common::*;
@@ -101,12 +103,14 @@ pub(super) async fn chaos(redis_env: Vec<(&'static str, String)>, cells: Vec<Cel
     }
     let counts = Arc::new(Counts::default());
     let stop = Arc::new(AtomicBool::new(false));
+    let spread = Arc::new(NodeSpread::default());
     let nodes: Vec<_> = (0..NODES)
         .map(|k| {
-            let tenant = cells[k % cells.len()].tenant.clone();
+            let cell = k % cells.len();
             tokio::spawn(chaos_node(
-                tenant,
+                (cells[cell].tenant.clone(), cell),
                 urls.clone(),
+                spread.clone(),
                 stop.clone(),
                 counts.clone(),
             ))

@@ -105,14 +105,13 @@ impl RedisServer {
         };
         match topology().as_str() {
             "sentinel" => {
-                let set =
-                    SentinelSet::start_unelected(1, &["--repl-diskless-sync-delay", "0"]).await;
+                let set = SentinelSet::start_steady(1, &["--repl-diskless-sync-delay", "0"]).await;
                 s.port = set.primary.port;
                 s.register(RedisMode::Sentinel, set.sentinel_urls(), Vec::new());
                 s.topo = Some(Topo::Sentinel(set));
             }
             "cluster" => {
-                let cluster = Cluster::start().await;
+                let cluster = Cluster::start_steady().await;
                 let slot = switchyard::config::cell::slot("{switchyard:main}");
                 s.port = cluster.primary_of(slot).await.expect("primary of the cell");
                 let cells = three_cells(&cluster.slot_map().await, slot);

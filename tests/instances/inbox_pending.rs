@@ -133,6 +133,9 @@ async fn an_inbox_entry_whose_read_reply_was_lost_comes_at_the_reconnect_once() 
         "seq": 0,
     });
     let env = rmp_serde::to_vec_named(&env).unwrap();
+    // The consumer past its start-up read of its own pending entries (which would deliver
+    // the entry below at once), blocked on new ones.
+    consumer_client(&mut c).await;
     // As if the consumer had read the entry and its reply were lost: the entry is added and
     // read by the instance's consumer name in one transaction (the blocked consumer, served
     // after EXEC, finds nothing new).

@@ -13,6 +13,19 @@ pub struct Cluster {
 
 impl Cluster {
     pub async fn start() -> Self {
+        Self::start_with_node_timeout(1_000).await
+    }
+
+    /// The same for the scenario suites run on a cluster (`SWITCHYARD_TEST_TOPOLOGY`): they
+    /// never fail over on purpose, so a primary is failed over only after 30 s without an
+    /// answer. With 1 s, a primary stalled by a loaded machine (or a long script) could be
+    /// failed over under a scenario, which then read a demoted node.
+    pub async fn start_steady() -> Self {
+        Self::start_with_node_timeout(30_000).await
+    }
+
+    async fn start_with_node_timeout(ms: u64) -> Self {
+        let timeout = ms.to_string();
         let nodes: Vec<Proc> = (0..6)
             .map(|_| {
                 Proc::server(&[
@@ -21,7 +34,7 @@ impl Cluster {
                     "--cluster-config-file",
                     "nodes.conf",
                     "--cluster-node-timeout",
-                    "1000",
+                    &timeout,
                     // A replica fails over however long ago it heard from its primary (a
                     // freshly created cluster has not pinged yet).
                     "--cluster-replica-validity-factor",

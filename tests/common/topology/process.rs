@@ -59,6 +59,9 @@ pub struct SentinelOpts<'a> {
     pub password: Option<&'a str>,
     /// The primary's password (`sentinel auth-pass`).
     pub primary_password: Option<&'a str>,
+    /// `down-after-milliseconds` (None: 1 s, failovers within seconds for the tests that
+    /// make them).
+    pub down_after_ms: Option<u64>,
 }
 
 impl Proc {
@@ -150,10 +153,11 @@ impl Proc {
         text += &format!(
             "bind 127.0.0.1\ndir {dir}\n\
              sentinel monitor {master} 127.0.0.1 {primary_port} 2\n\
-             sentinel down-after-milliseconds {master} 1000\n\
+             sentinel down-after-milliseconds {master} {down_after}\n\
              sentinel failover-timeout {master} 4000\n\
              sentinel parallel-syncs {master} 1\n",
-            dir = dir.path().display()
+            dir = dir.path().display(),
+            down_after = opts.down_after_ms.unwrap_or(1_000),
         );
         if let Some(p) = opts.password {
             text += &format!("requirepass {p}\n");

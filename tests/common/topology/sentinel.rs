@@ -3,7 +3,7 @@
 
 use std::time::Duration;
 
-use super::{Proc, connect, link_up, until};
+use super::{Proc, SentinelOpts, connect, link_up, until};
 
 /// Primary + replicas, three sentinels monitoring them as `sy`.
 pub struct SentinelSet {
@@ -27,6 +27,22 @@ impl SentinelSet {
     /// hello messages): enough for scenarios that never fail over, where instances only
     /// ask a sentinel for the primary.
     pub async fn start_unelected(replicas: usize, extra: &[&str]) -> Self {
+        Self::start_with(replicas, extra, &SentinelOpts::default()).await
+    }
+
+    /// The same for the scenario suites run on Sentinel (`SWITCHYARD_TEST_TOPOLOGY`): they
+    /// never fail over on purpose, so the sentinels wait 30 s before they call the primary
+    /// down. With 1 s, a primary stalled by a loaded machine (or a long script) could be
+    /// failed over under a scenario, which then read a demoted node.
+    pub async fn start_steady(replicas: usize, extra: &[&str]) -> Self {
+        let opts = SentinelOpts {
+            down_after_ms: Some(30_000),
+            ..SentinelOpts::default()
+        };
+        Self::start_with(replicas, extra, &opts).await
+    }
+
+    async fn start_with(replicas: usize, extra: &[&str], opts: &SentinelOpts<'_>) -> Self {
         let primary = Proc::server(extra);
         primary.wait_up().await;
         let p = primary.port.to_string();
@@ -43,7 +59,7 @@ impl SentinelSet {
             .await;
         }
         let sentinels: Vec<Proc> = (0..3)
-            .map(|_| Proc::sentinel(MASTER, primary.port))
+            .map(|_| Proc::sentinel_with(MASTER, primary.port, opts))
             .collect();
         for s in &sentinels {
             s.wait_up().await;
