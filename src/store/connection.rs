@@ -15,7 +15,7 @@
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, RwLock};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use deadpool_redis::Pool;
 use redis::aio::{ConnectionLike, MultiplexedConnection};
@@ -74,9 +74,8 @@ pub(super) enum Kind {
         sentinels: Vec<redis::Client>,
         master: String,
         current: RwLock<Option<Arc<Node>>>,
-        /// Serialises re-resolution; when the last round ended and why it found no primary
-        /// (see `sentinel.rs`).
-        resolving: tokio::sync::Mutex<Option<(Instant, Option<String>)>>,
+        /// Serialises re-resolution; what the last round left (see `sentinel.rs`).
+        resolving: tokio::sync::Mutex<super::sentinel::Resolving>,
     },
     Cluster {
         client: Box<redis::cluster::ClusterClient>,
@@ -143,7 +142,7 @@ impl Connector {
                     .collect::<Result<_, _>>()?,
                 master: cfg.sentinel_master.clone(),
                 current: RwLock::new(None),
-                resolving: tokio::sync::Mutex::new(None),
+                resolving: Default::default(),
             },
             RedisMode::Cluster => Kind::Cluster {
                 connecting: tokio::sync::Mutex::new(()),

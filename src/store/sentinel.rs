@@ -17,10 +17,17 @@
 //! primary in use (demoted behind the sentinels' back) it is dropped: calls are refused
 //! (`Unavailable`) until the sentinels name a primary.
 //!
+//! `ROLE` alone cannot tell an old primary in its last seconds from the new one: in a
+//! switch-over both answer as primaries until Sentinel demotes the old one. The sentinels'
+//! configuration epoch can (a failover raises it): an answer naming another node with an
+//! older epoch than the node in use is behind, and is not followed while the node in use
+//! is still a primary ([`Connector::find_primary`]).
+//!
 //! The sentinel clients are built once by `clients::sentinel_client`: a `rediss://` sentinel
 //! is asked over TLS with `redis.tls_ca_file`, as the data nodes are, and with the
 //! credentials of its own URL.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -37,11 +44,12 @@ const RESOLVE_EVERY: Duration = Duration::from_millis(200);
 /// How often the sentinels are asked while everything works (see [`Connector::poll`]).
 const POLL_EVERY: Duration = Duration::from_secs(1);
 
-/// One sentinel's answer: its address, and the `(host, port)` it names (None: it does not
-/// know the master).
-type Answer = (String, redis::RedisResult<Option<(String, u16)>>);
+/// One sentinel's answer: its address, and the `host:port` it names with the configuration
+/// epoch of that naming (None: it does not know the master).
+type Answer = (String, redis::RedisResult<Option<(String, u64)>>);
 
-/// `SENTINEL get-master-addr-by-name` on every sentinel at once; answers as they come.
+/// `SENTINEL MASTER` on every sentinel at once; answers as they come. (Not
+/// `get-master-addr-by-name`: its answer carries no epoch.)
 fn ask_sentinels<'a>(
     sentinels: &'a [redis::Client],
     master: &'a str,
@@ -60,16 +68,32 @@ fn ask_sentinels<'a>(
                     let mut c = client
                         .get_multiplexed_async_connection_with_config(&cfg)
                         .await?;
-                    redis::cmd("SENTINEL")
-                        .arg("get-master-addr-by-name")
+                    let reply = redis::cmd("SENTINEL")
+                        .arg("MASTER")
                         .arg(master)
-                        .query_async::<Option<(String, u16)>>(&mut c)
-                        .await
+                        .query_async::<HashMap<String, String>>(&mut c)
+                        .await;
+                    match reply {
+                        Ok(fields) => Ok(named(&fields)),
+                        Err(e) if e.to_string().contains("No such master") => Ok(None),
+                        Err(e) => Err(e),
+                    }
                 };
                 (addr, answer.await)
             }
         })
         .collect()
+}
+
+/// The `host:port` and `config-epoch` of a `SENTINEL MASTER` reply (None without an
+/// address; a missing or unreadable epoch counts as 0).
+fn named(fields: &HashMap<String, String>) -> Option<(String, u64)> {
+    let (host, port) = (fields.get("ip")?, fields.get("port")?);
+    let epoch = fields
+        .get("config-epoch")
+        .and_then(|e| e.parse().ok())
+        .unwrap_or(0);
+    Some((format!("{host}:{port}"), epoch))
 }
 
 /// A `ROLE` reply that says primary (its first element is `master`).
@@ -97,11 +121,37 @@ async fn is_primary(node: &Node) -> Result<bool, StoreError> {
     Ok(is_master(&role))
 }
 
-/// What one round of asking found: the primary, or why none, and whether the node in use
-/// answered `ROLE` as something other than a primary.
+/// What one round of asking found: the primary and the epoch it was named with, or why
+/// none, and whether the node in use answered `ROLE` as something other than a primary.
 struct Round {
-    primary: Result<Arc<Node>, StoreError>,
+    primary: Result<(Arc<Node>, u64), StoreError>,
     demoted: bool,
+}
+
+/// A round in progress: the node in use, the addresses checked, what it learnt.
+struct Seek<'a> {
+    old: Option<&'a Arc<Node>>,
+    checked: Vec<String>,
+    demoted: bool,
+    last: String,
+}
+
+impl Seek<'_> {
+    fn found(self, node: Arc<Node>, epoch: u64) -> Round {
+        Round {
+            primary: Ok((node, epoch)),
+            demoted: self.demoted,
+        }
+    }
+}
+
+/// What the last round left (behind `Kind::Sentinel`'s lock, which serialises rounds).
+#[derive(Default)]
+pub(super) struct Resolving {
+    /// When it ended, and why it found no primary.
+    last: Option<(Instant, Option<String>)>,
+    /// The configuration epoch the node in use was named with (the highest seen).
+    epoch: u64,
 }
 
 impl Connector {
@@ -155,61 +205,103 @@ impl Connector {
     }
 
     /// Ask every sentinel; check each address named (once) with `ROLE`, in the order the
-    /// answers come, until one is a primary. `old`: the node in use, checked on its own pool.
+    /// answers come, until one is a primary. `old`: the node in use (checked on its own
+    /// pool) and the configuration epoch it was named with.
+    ///
+    /// An answer that names another node with an older epoch than the node in use comes
+    /// from a sentinel behind the failover that named it (in a switch-over, for the seconds
+    /// before the sentinels reconfigure; the old primary still answers `ROLE` as one):
+    /// following it would send writes to a primary about to be demoted, and lose them. It
+    /// is set aside, and considered only if no other answer names a primary and the node in
+    /// use is none any more (sentinels rebuilt with fresh epochs, say).
     async fn find_primary(
         &self,
         sentinels: &[redis::Client],
         master: &str,
-        old: Option<&Arc<Node>>,
+        old: Option<(&Arc<Node>, u64)>,
     ) -> Round {
         let mut asked = ask_sentinels(sentinels, master, self.timeout);
-        let mut checked = Vec::new();
-        let mut demoted = false;
-        let mut last = String::from("no sentinel configured");
+        let mut seek = Seek {
+            old: old.map(|(o, _)| o),
+            checked: Vec::new(),
+            demoted: false,
+            last: String::from("no sentinel configured"),
+        };
+        let mut behind = Vec::new();
         while let Some((sentinel, answer)) = asked.next().await {
-            let (host, port) = match answer {
+            let (addr, epoch) = match answer {
                 Ok(Some(named)) => named,
                 Ok(None) => {
-                    last = format!("sentinel {sentinel} does not know {master:?}");
+                    seek.last = format!("sentinel {sentinel} does not know {master:?}");
                     continue;
                 }
                 Err(e) => {
-                    last = format!("sentinel {sentinel}: {e}");
+                    seek.last = format!("sentinel {sentinel}: {e}");
                     continue;
                 }
             };
-            let addr = format!("{host}:{port}");
-            if checked.contains(&addr) {
+            if let Some((o, in_use)) = old
+                && o.addr != addr
+                && epoch < in_use
+            {
+                behind.push((sentinel, addr, epoch));
                 continue;
             }
-            checked.push(addr.clone());
-            let node = match old {
-                Some(o) if o.addr == addr => o.clone(),
-                _ => match self.node_at(&addr) {
-                    Ok(n) => Arc::new(n),
-                    Err(e) => {
-                        last = format!("sentinel {sentinel} names {addr}: {e}");
-                        continue;
-                    }
-                },
-            };
-            match is_primary(&node).await {
+            if let Some(node) = self.check(&mut seek, &sentinel, &addr).await {
+                return seek.found(node, epoch);
+            }
+        }
+        if let Some((o, in_use)) = old
+            && !behind.is_empty()
+        {
+            match is_primary(o).await {
                 Ok(true) => {
-                    return Round {
-                        primary: Ok(node),
-                        demoted,
-                    };
+                    tracing::warn!(node = %o.addr, master = %master, behind = ?behind,
+                        "sentinels behind the failover the node in use was named by name another primary; staying");
+                    return seek.found(o.clone(), in_use);
                 }
-                Ok(false) => {
-                    demoted |= old.is_some_and(|o| o.addr == addr);
-                    last = format!("sentinel {sentinel} names {addr}, which is not a primary");
+                Ok(false) => seek.demoted = true,
+                Err(e) => seek.last = format!("the node in use, {}: {e}", o.addr),
+            }
+            for (sentinel, addr, epoch) in behind {
+                if let Some(node) = self.check(&mut seek, &sentinel, &addr).await {
+                    return seek.found(node, epoch);
                 }
-                Err(e) => last = format!("sentinel {sentinel} names {addr}: {e}"),
             }
         }
         Round {
-            primary: Err(StoreError::Unavailable(last)),
-            demoted,
+            primary: Err(StoreError::Unavailable(seek.last)),
+            demoted: seek.demoted,
+        }
+    }
+
+    /// Check `addr`, named by `sentinel`, once per round: its node if it is a primary.
+    async fn check(&self, seek: &mut Seek<'_>, sentinel: &str, addr: &str) -> Option<Arc<Node>> {
+        if seek.checked.iter().any(|a| a == addr) {
+            return None;
+        }
+        seek.checked.push(addr.to_string());
+        let node = match seek.old {
+            Some(o) if o.addr == addr => o.clone(),
+            _ => match self.node_at(addr) {
+                Ok(n) => Arc::new(n),
+                Err(e) => {
+                    seek.last = format!("sentinel {sentinel} names {addr}: {e}");
+                    return None;
+                }
+            },
+        };
+        match is_primary(&node).await {
+            Ok(true) => Some(node),
+            Ok(false) => {
+                seek.demoted |= seek.old.is_some_and(|o| o.addr == addr);
+                seek.last = format!("sentinel {sentinel} names {addr}, which is not a primary");
+                None
+            }
+            Err(e) => {
+                seek.last = format!("sentinel {sentinel} names {addr}: {e}");
+                None
+            }
         }
     }
 
@@ -225,11 +317,11 @@ impl Connector {
         else {
             return Ok(());
         };
-        let mut last = resolving.lock().await;
+        let mut resolved = resolving.lock().await;
         if force && read(current).is_some() {
             return Ok(()); // another caller resolved it while we waited for the lock
         }
-        if let Some((at, error)) = &*last
+        if let Some((at, error)) = &resolved.last
             && at.elapsed() < gap
         {
             // Also with no primary in use (a node that was dropped, none named): every call
@@ -243,14 +335,15 @@ impl Connector {
         // and queued on the lock then find a fresh answer and return, instead of each
         // asking again (each waiting up to `timeout` for a sentinel that does not answer).
         let old = read(current);
-        let round = self.find_primary(sentinels, master, old.as_ref()).await;
+        let in_use = old.as_ref().map(|o| (o, resolved.epoch));
+        let round = self.find_primary(sentinels, master, in_use).await;
         let error = match &round.primary {
             Ok(_) => None,
             Err(StoreError::Unavailable(m)) => Some(m.clone()),
             Err(e) => Some(e.to_string()),
         };
-        *last = Some((Instant::now(), error));
-        let fresh = match round.primary {
+        resolved.last = Some((Instant::now(), error));
+        let (fresh, epoch) = match round.primary {
             Ok(n) => n,
             Err(e) => {
                 if round.demoted
@@ -267,8 +360,10 @@ impl Connector {
             }
         };
         if old.as_ref().is_some_and(|n| Arc::ptr_eq(n, &fresh)) {
+            resolved.epoch = resolved.epoch.max(epoch);
             return Ok(());
         }
+        resolved.epoch = epoch;
         match &old {
             Some(o) => tracing::warn!(from = %o.addr, to = %fresh.addr, master = %master,
                 "the sentinels name a new primary; following the failover"),

@@ -1,7 +1,8 @@
 //! Asking the sentinels: a sentinel that accepts connections and never answers (a hung
 //! pod; the primary's pod often carries one) costs no wait while another answers; a
 //! sentinel that names a node which is not a primary (stale, or mid-failover), or a
-//! primary demoted behind the sentinels' back, gets the instance no connection to it.
+//! primary demoted behind the sentinels' back, gets the instance no connection to it; nor
+//! does a sentinel behind a switch-over that names the old primary.
 
 use super::*;
 
@@ -182,4 +183,65 @@ async fn a_demoted_primary_the_sentinels_still_name_is_dropped() {
     refused(&inst, "s-0000000c").await; // no primary known
     let (status, body) = get_json(&http_url(&inst, "/readyz")).await;
     assert_eq!(status, 503, "{body}");
+}
+
+/// Review finding: after a switch-over the old primary answers `ROLE` as a primary until
+/// Sentinel demotes it, and a sentinel still behind the failover names it. The instance
+/// took the first answer naming a primary, so such a sentinel could move it back to the
+/// old primary, where every write is lost at the demotion. Answers now carry the
+/// sentinels' configuration epoch, and one naming another node with an older epoch than
+/// the node in use is not followed while that node is still a primary.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sentinel_behind_a_switchover_does_not_move_the_instance_back() {
+    let set = SentinelSet::start(1, &[]).await;
+    let inst = start_with(cfg(RedisMode::Sentinel, set.sentinel_urls(), |c| {
+        c.redis.timeout_ms = 500;
+    }))
+    .await;
+    let store = &inst.app.cells.default_cell().store;
+    let old = set.primary.addr();
+    let new = set.replicas[0].addr();
+    sentinel_cmd(&set.sentinels[0], &["FAILOVER", MASTER]).await;
+    until(
+        Duration::from_secs(15),
+        "the instance follows the switch-over",
+        || async { store.redis_node() == new },
+    )
+    .await;
+    // Only the first sentinel answers from now on, and it is behind: it monitors the old
+    // primary afresh (epoch 0), which nothing demotes while the others are stopped.
+    for s in &set.sentinels[1..] {
+        s.signal("STOP");
+    }
+    let behind = &set.sentinels[0];
+    sentinel_cmd(behind, &["REMOVE", MASTER]).await;
+    let port = set.primary.port.to_string();
+    sentinel_cmd(behind, &["MONITOR", MASTER, "127.0.0.1", &port, "2"]).await;
+    sentinel_cmd(
+        behind,
+        &["SET", MASTER, "down-after-milliseconds", "600000"],
+    )
+    .await;
+    assert_eq!(set.primary_addr().await, Some(old.clone()));
+    let mut p = set.primary.client().await;
+    let role: redis::Value = redis::cmd("ROLE").query_async(&mut p).await.expect("role");
+    assert!(is_master(&role), "the old primary still answers as one");
+    // Three polls (one a second, from the presence beat).
+    let watched = Instant::now();
+    while watched.elapsed() < Duration::from_secs(3) {
+        assert_eq!(
+            store.redis_node(),
+            new,
+            "moved back to the old primary after {:?}",
+            watched.elapsed()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    for s in &set.sentinels[1..] {
+        s.signal("CONT");
+    }
+    let node = auto_node(&inst).await;
+    jobs_flow(&inst, 2).await;
+    invariants::check(&mut connect(&format!("redis://{new}")).await.expect("new")).await;
+    node.stop();
 }
