@@ -4,7 +4,8 @@
 //! ([`Connector::failed`]) and once a second while everything works ([`Connector::poll`]);
 //! when they name another primary the pool and the shared connections are replaced.
 //!
-//! The sentinels are asked all at once, and the first answer that names a primary wins. A
+//! The sentinels are asked all at once, and the first answer that names a primary wins
+//! (unless it is behind the one the node in use was named by: below). A
 //! sentinel that is down, hangs or does not monitor the master is skipped: it costs no
 //! wait while another answers (the primary's pod often carries a sentinel, so one is down
 //! exactly when asking matters).
@@ -20,8 +21,8 @@
 //! `ROLE` alone cannot tell an old primary in its last seconds from the new one: in a
 //! switch-over both answer as primaries until Sentinel demotes the old one. The sentinels'
 //! configuration epoch can (a failover raises it): an answer naming another node with an
-//! older epoch than the node in use is behind, and is not followed while the node in use
-//! is still a primary ([`Connector::find_primary`]).
+//! older epoch than the answer that confirmed the node in use is behind, and is not
+//! followed while the node in use is still a primary (`Connector::find_primary`).
 //!
 //! The sentinel clients are built once by `clients::sentinel_client`: a `rediss://` sentinel
 //! is asked over TLS with `redis.tls_ca_file`, as the data nodes are, and with the
@@ -45,11 +46,15 @@ const RESOLVE_EVERY: Duration = Duration::from_millis(200);
 const POLL_EVERY: Duration = Duration::from_secs(1);
 
 /// One sentinel's answer: its address, and the `host:port` it names with the configuration
-/// epoch of that naming (None: it does not know the master).
-type Answer = (String, redis::RedisResult<Option<(String, u64)>>);
+/// epoch of that naming (None: it does not know the master; an epoch of None: unknown).
+type Answer = (String, redis::RedisResult<Option<(String, Option<u64>)>>);
 
-/// `SENTINEL MASTER` on every sentinel at once; answers as they come. (Not
-/// `get-master-addr-by-name`: its answer carries no epoch.)
+/// Ask every sentinel at once; answers as they come. The address comes from
+/// `get-master-addr-by-name`, which names the promoted replica as soon as the failover's
+/// leader has it confirmed, and the epoch from `SENTINEL MASTER` (whose own address field
+/// names the old primary until the failover ends), asked first in the same pipeline: the
+/// epoch read is never newer than the address. A sentinel that refuses `SENTINEL MASTER`
+/// (an ACL that grants only `get-master-addr-by-name`) gives no epoch.
 fn ask_sentinels<'a>(
     sentinels: &'a [redis::Client],
     master: &'a str,
@@ -68,16 +73,28 @@ fn ask_sentinels<'a>(
                     let mut c = client
                         .get_multiplexed_async_connection_with_config(&cfg)
                         .await?;
-                    let reply = redis::cmd("SENTINEL")
-                        .arg("MASTER")
-                        .arg(master)
-                        .query_async::<HashMap<String, String>>(&mut c)
-                        .await;
-                    match reply {
-                        Ok(fields) => Ok(named(&fields)),
-                        Err(e) if e.to_string().contains("No such master") => Ok(None),
-                        Err(e) => Err(e),
-                    }
+                    let mut ask = redis::pipe();
+                    ask.ignore_errors();
+                    ask.cmd("SENTINEL").arg("MASTER").arg(master);
+                    ask.cmd("SENTINEL")
+                        .arg("get-master-addr-by-name")
+                        .arg(master);
+                    let mut replies = ask
+                        .query_async::<Vec<redis::RedisResult<Value>>>(&mut c)
+                        .await?
+                        .into_iter();
+                    let (Some(fields), Some(named)) = (replies.next(), replies.next()) else {
+                        return Err(redis::RedisError::from((
+                            redis::ErrorKind::Parse,
+                            "sentinel pipeline: two replies expected",
+                        )));
+                    };
+                    let Some((host, port)) =
+                        redis::from_redis_value::<Option<(String, u16)>>(named?)?
+                    else {
+                        return Ok(None);
+                    };
+                    Ok(Some((format!("{host}:{port}"), epoch(fields))))
                 };
                 (addr, answer.await)
             }
@@ -85,15 +102,10 @@ fn ask_sentinels<'a>(
         .collect()
 }
 
-/// The `host:port` and `config-epoch` of a `SENTINEL MASTER` reply (None without an
-/// address; a missing or unreadable epoch counts as 0).
-fn named(fields: &HashMap<String, String>) -> Option<(String, u64)> {
-    let (host, port) = (fields.get("ip")?, fields.get("port")?);
-    let epoch = fields
-        .get("config-epoch")
-        .and_then(|e| e.parse().ok())
-        .unwrap_or(0);
-    Some((format!("{host}:{port}"), epoch))
+/// The `config-epoch` of a `SENTINEL MASTER` reply; None when it failed or has none.
+fn epoch(reply: redis::RedisResult<Value>) -> Option<u64> {
+    let fields: HashMap<String, String> = redis::from_redis_value(reply.ok()?).ok()?;
+    fields.get("config-epoch")?.parse().ok()
 }
 
 /// A `ROLE` reply that says primary (its first element is `master`).
@@ -122,10 +134,29 @@ async fn is_primary(node: &Node) -> Result<bool, StoreError> {
 }
 
 /// What one round of asking found: the primary and the epoch it was named with, or why
-/// none, and whether the node in use answered `ROLE` as something other than a primary.
+/// none; whether the node in use answered `ROLE` as something other than a primary, and
+/// whether it did not answer when answers behind it were weighed.
 struct Round {
-    primary: Result<(Arc<Node>, u64), StoreError>,
+    primary: Result<(Arc<Node>, Option<u64>), StoreError>,
     demoted: bool,
+    silent: bool,
+}
+
+/// The node in use, as a round sees it: the epoch it was named with (None: unknown), and
+/// whether it did not answer `ROLE` in the previous round that weighed answers behind it.
+#[derive(Clone, Copy)]
+struct InUse<'a> {
+    node: &'a Arc<Node>,
+    epoch: Option<u64>,
+    silent: bool,
+}
+
+impl InUse<'_> {
+    /// Does an answer naming `addr` with `epoch` come from a sentinel behind the failover
+    /// that named the node in use (another node, an older epoch)?
+    fn behind(&self, addr: &str, epoch: Option<u64>) -> bool {
+        self.node.addr != addr && epoch.zip(self.epoch).is_some_and(|(e, in_use)| e < in_use)
+    }
 }
 
 /// A round in progress: the node in use, the addresses checked, what it learnt.
@@ -133,14 +164,16 @@ struct Seek<'a> {
     old: Option<&'a Arc<Node>>,
     checked: Vec<String>,
     demoted: bool,
+    silent: bool,
     last: String,
 }
 
 impl Seek<'_> {
-    fn found(self, node: Arc<Node>, epoch: u64) -> Round {
+    fn found(self, node: Arc<Node>, epoch: Option<u64>) -> Round {
         Round {
             primary: Ok((node, epoch)),
             demoted: self.demoted,
+            silent: self.silent,
         }
     }
 }
@@ -150,8 +183,10 @@ impl Seek<'_> {
 pub(super) struct Resolving {
     /// When it ended, and why it found no primary.
     last: Option<(Instant, Option<String>)>,
-    /// The configuration epoch the node in use was named with (the highest seen).
-    epoch: u64,
+    /// The configuration epoch of the answer that last confirmed the node in use.
+    epoch: Option<u64>,
+    /// The node in use did not answer `ROLE` when the last round weighed answers behind it.
+    silent: bool,
 }
 
 impl Connector {
@@ -206,25 +241,28 @@ impl Connector {
 
     /// Ask every sentinel; check each address named (once) with `ROLE`, in the order the
     /// answers come, until one is a primary. `old`: the node in use (checked on its own
-    /// pool) and the configuration epoch it was named with.
+    /// pool).
     ///
     /// An answer that names another node with an older epoch than the node in use comes
     /// from a sentinel behind the failover that named it (in a switch-over, for the seconds
     /// before the sentinels reconfigure; the old primary still answers `ROLE` as one):
     /// following it would send writes to a primary about to be demoted, and lose them. It
     /// is set aside, and considered only if no other answer names a primary and the node in
-    /// use is none any more (sentinels rebuilt with fresh epochs, say).
+    /// use is none any more: demoted, or silent in two such rounds in a row (a crash just
+    /// after the sentinels were rebuilt with fresh epochs, say; one silent round may be a
+    /// busy primary).
     async fn find_primary(
         &self,
         sentinels: &[redis::Client],
         master: &str,
-        old: Option<(&Arc<Node>, u64)>,
+        old: Option<InUse<'_>>,
     ) -> Round {
         let mut asked = ask_sentinels(sentinels, master, self.timeout);
         let mut seek = Seek {
-            old: old.map(|(o, _)| o),
+            old: old.map(|o| o.node),
             checked: Vec::new(),
             demoted: false,
+            silent: false,
             last: String::from("no sentinel configured"),
         };
         let mut behind = Vec::new();
@@ -240,10 +278,7 @@ impl Connector {
                     continue;
                 }
             };
-            if let Some((o, in_use)) = old
-                && o.addr != addr
-                && epoch < in_use
-            {
+            if old.is_some_and(|o| o.behind(&addr, epoch)) {
                 behind.push((sentinel, addr, epoch));
                 continue;
             }
@@ -251,17 +286,27 @@ impl Connector {
                 return seek.found(node, epoch);
             }
         }
-        if let Some((o, in_use)) = old
+        if let Some(o) = old
             && !behind.is_empty()
         {
-            match is_primary(o).await {
+            match is_primary(o.node).await {
                 Ok(true) => {
-                    tracing::warn!(node = %o.addr, master = %master, behind = ?behind,
+                    tracing::warn!(node = %o.node.addr, master = %master, behind = ?behind,
                         "sentinels behind the failover the node in use was named by name another primary; staying");
-                    return seek.found(o.clone(), in_use);
+                    return seek.found(o.node.clone(), o.epoch);
                 }
                 Ok(false) => seek.demoted = true,
-                Err(e) => seek.last = format!("the node in use, {}: {e}", o.addr),
+                Err(e) => {
+                    seek.silent = true;
+                    seek.last = format!("the node in use, {}: {e}", o.node.addr);
+                    if !o.silent {
+                        return Round {
+                            primary: Err(StoreError::Unavailable(seek.last)),
+                            demoted: false,
+                            silent: true,
+                        };
+                    }
+                }
             }
             for (sentinel, addr, epoch) in behind {
                 if let Some(node) = self.check(&mut seek, &sentinel, &addr).await {
@@ -272,6 +317,7 @@ impl Connector {
         Round {
             primary: Err(StoreError::Unavailable(seek.last)),
             demoted: seek.demoted,
+            silent: seek.silent,
         }
     }
 
@@ -335,8 +381,13 @@ impl Connector {
         // and queued on the lock then find a fresh answer and return, instead of each
         // asking again (each waiting up to `timeout` for a sentinel that does not answer).
         let old = read(current);
-        let in_use = old.as_ref().map(|o| (o, resolved.epoch));
+        let in_use = old.as_ref().map(|node| InUse {
+            node,
+            epoch: resolved.epoch,
+            silent: resolved.silent,
+        });
         let round = self.find_primary(sentinels, master, in_use).await;
+        resolved.silent = round.silent;
         let error = match &round.primary {
             Ok(_) => None,
             Err(StoreError::Unavailable(m)) => Some(m.clone()),
@@ -360,7 +411,9 @@ impl Connector {
             }
         };
         if old.as_ref().is_some_and(|n| Arc::ptr_eq(n, &fresh)) {
-            resolved.epoch = resolved.epoch.max(epoch);
+            // The answer that confirmed it (not the highest ever seen: sentinels rebuilt
+            // start again from 0, and their next failover must not look behind).
+            resolved.epoch = epoch.or(resolved.epoch);
             return Ok(());
         }
         resolved.epoch = epoch;

@@ -245,3 +245,125 @@ async fn a_sentinel_behind_a_switchover_does_not_move_the_instance_back() {
     invariants::check(&mut connect(&format!("redis://{new}")).await.expect("new")).await;
     node.stop();
 }
+
+/// Review finding: `SENTINEL MASTER` answers the old primary's address until the failover
+/// ends, with the new epoch already; only `get-master-addr-by-name` names the promoted
+/// replica while the leader reconfigures the other replicas. Asked for both (the epoch
+/// from the first, the address from the second), the instance follows the promotion
+/// while that phase lasts: here until a stopped replica comes back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_promoted_replica_is_followed_while_the_leader_reconfigures_the_others() {
+    let set = SentinelSet::start(2, &[]).await;
+    let leader = &set.sentinels[0];
+    let inst = start_with(cfg(RedisMode::Sentinel, vec![leader.url()], |_| {})).await;
+    let store = &inst.app.cells.default_cell().store;
+    let (old, new) = (set.primary.addr(), set.replicas[0].addr());
+    until(Duration::from_secs(10), "ready", || async {
+        store.redis_node() == old
+    })
+    .await;
+    // The second replica is never promoted, and stops: the failover's reconfiguration
+    // phase waits for it (10 s, Sentinel's own bound, as long as its link is not given
+    // up: after half the down-after time, raised to a minute).
+    let mut r1 = set.replicas[1].client().await;
+    let _: () = redis::cmd("CONFIG")
+        .arg("SET")
+        .arg("replica-priority")
+        .arg("0")
+        .query_async(&mut r1)
+        .await
+        .expect("replica-priority");
+    sentinel_cmd(leader, &["SET", MASTER, "failover-timeout", "60000"]).await;
+    sentinel_cmd(leader, &["SET", MASTER, "down-after-milliseconds", "60000"]).await;
+    set.replicas[1].signal("STOP");
+    sentinel_cmd(leader, &["FAILOVER", MASTER]).await;
+    // (Sentinel kills the promoted replica's clients: a new connection each time.)
+    let r0 = set.replicas[0].url();
+    until(
+        Duration::from_secs(15),
+        "the first replica promoted",
+        || {
+            let r0 = r0.clone();
+            async move {
+                let Ok(mut c) = connect(&r0).await else {
+                    return false;
+                };
+                redis::cmd("ROLE")
+                    .query_async::<redis::Value>(&mut c)
+                    .await
+                    .is_ok_and(|role| is_master(&role))
+            }
+        },
+    )
+    .await;
+    let promoted = Instant::now();
+    until(
+        Duration::from_secs(10),
+        "the instance follows the promoted replica",
+        || async { store.redis_node() == new },
+    )
+    .await;
+    let followed = promoted.elapsed();
+    // Still in that phase: the leader's own record names the old primary.
+    assert_eq!(sentinel_master_ip_port(leader).await, old);
+    eprintln!("followed {followed:?} after the promotion, while the leader reconfigured");
+    set.replicas[1].signal("CONT");
+    let node = auto_node(&inst).await;
+    jobs_flow(&inst, 2).await;
+    invariants::check(&mut connect(&format!("redis://{new}")).await.expect("new")).await;
+    node.stop();
+}
+
+/// The `ip:port` field of `SENTINEL MASTER` on `s` (what it names as the master's address).
+async fn sentinel_master_ip_port(s: &common::topology::Proc) -> String {
+    let mut c = s.client().await;
+    let fields: std::collections::HashMap<String, String> = redis::cmd("SENTINEL")
+        .arg("MASTER")
+        .arg(MASTER)
+        .query_async(&mut c)
+        .await
+        .expect("sentinel master");
+    format!(
+        "{}:{}",
+        fields.get("ip").map_or("?", String::as_str),
+        fields.get("port").map_or("?", String::as_str)
+    )
+}
+
+/// A sentinel whose ACL grants `get-master-addr-by-name` and not `SENTINEL MASTER` (the
+/// permission the instance needed before it read epochs) still gets the instance its
+/// primary: the epoch is then unknown, and nothing is set aside for it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sentinel_that_refuses_sentinel_master_still_names_the_primary() {
+    let set = SentinelSet::start_unelected(0, &[]).await;
+    let s = &set.sentinels[0];
+    let mut c = s.client().await;
+    let _: () = redis::cmd("ACL")
+        .arg("SETUSER")
+        .arg("default")
+        .arg("-sentinel|master")
+        .query_async(&mut c)
+        .await
+        .expect("acl setuser");
+    let refused: redis::RedisResult<redis::Value> = redis::cmd("SENTINEL")
+        .arg("MASTER")
+        .arg(MASTER)
+        .query_async(&mut s.client().await)
+        .await;
+    assert!(
+        refused.is_err(),
+        "the ACL refuses SENTINEL MASTER: {refused:?}"
+    );
+    let inst = start_with(cfg(RedisMode::Sentinel, vec![s.url()], |_| {})).await;
+    until(Duration::from_secs(10), "ready", || async {
+        get_json(&http_url(&inst, "/readyz")).await.0 == 200
+    })
+    .await;
+    assert_eq!(
+        inst.app.cells.default_cell().store.redis_node(),
+        set.primary.addr()
+    );
+    let node = auto_node(&inst).await;
+    jobs_flow(&inst, 1).await;
+    node.stop();
+}
