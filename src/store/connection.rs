@@ -13,7 +13,7 @@
 //!   tag only, so no call is ever `CROSSSLOT`; `FCALL` goes to the node owning the tag's
 //!   slot and a missing library there is loaded on the spot.
 
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
@@ -85,8 +85,21 @@ pub(super) enum Kind {
     },
 }
 
-/// The `slot` of a connection that is not one of the shared ones (`drop_shared` ignores it).
-pub const NOT_SHARED: usize = usize::MAX;
+/// Which shared connection a call used: its slot, and the generation it was taken in (each
+/// connection taken gets the next one), so that a failure forgets only connections as old
+/// as the one that failed, never a fresher one taken meanwhile.
+#[derive(Clone, Copy, Debug)]
+pub struct Lease {
+    slot: usize,
+    generation: u64,
+}
+
+/// The lease of a connection that is not one of the shared ones: its failure forgets no
+/// shared connection, unless its socket is gone (then all of them, whatever their age).
+pub const NOT_SHARED: Lease = Lease {
+    slot: usize::MAX,
+    generation: u64::MAX,
+};
 
 /// Hands out connections for the configured topology.
 pub struct Connector {
@@ -95,8 +108,10 @@ pub struct Connector {
     pub(super) timeout: Duration,
     /// Long-lived multiplexed connections for script calls (single, sentinel); see
     /// [`Connector::shared`].
-    pub(super) shared: Vec<RwLock<Option<MultiplexedConnection>>>,
+    pub(super) shared: Vec<RwLock<Option<(u64, MultiplexedConnection)>>>,
     next_shared: AtomicUsize,
+    /// The generation of the last shared connection taken.
+    generation: AtomicU64,
 }
 
 /// A poisoned lock only means another thread panicked while holding it; the value is fine.
@@ -158,6 +173,7 @@ impl Connector {
                 .map(|_| Default::default())
                 .collect(),
             next_shared: Default::default(),
+            generation: Default::default(),
         })
     }
 
@@ -229,44 +245,54 @@ impl Connector {
     ///
     /// `own`: a pooled connection of the call's own instead (not in cluster mode), with
     /// the slot [`NOT_SHARED`]: for a call that will block it in `WAIT`.
-    pub async fn shared(&self, own: bool) -> Result<(usize, Conn), StoreError> {
+    pub async fn shared(&self, own: bool) -> Result<(Lease, Conn), StoreError> {
         if own && !self.is_cluster() {
             return Box::pin(self.conn()).await.map(|c| (NOT_SHARED, c));
         }
         if self.is_cluster() {
-            return Ok((0, Conn::Cluster(Box::pin(self.cluster()).await?)));
+            return Ok((NOT_SHARED, Conn::Cluster(Box::pin(self.cluster()).await?)));
         }
         let i = self.next_shared.fetch_add(1, Ordering::Relaxed) % self.shared.len();
-        if let Some(c) = read(&self.shared[i]) {
-            return Ok((i, Conn::Multiplexed(c)));
+        if let Some((generation, c)) = read(&self.shared[i]) {
+            let lease = Lease {
+                slot: i,
+                generation,
+            };
+            return Ok((lease, Conn::Multiplexed(c)));
         }
         let Conn::Pooled(pooled) = Box::pin(self.conn()).await? else {
             return Err(config_err("pool returned a non-pooled connection".into()));
         };
         let fresh = deadpool_redis::Connection::take(pooled);
-        write(&self.shared[i], Some(fresh.clone()));
-        Ok((i, Conn::Multiplexed(fresh)))
+        let generation = self.generation.fetch_add(1, Ordering::Relaxed) + 1;
+        write(&self.shared[i], Some((generation, fresh.clone())));
+        let lease = Lease {
+            slot: i,
+            generation,
+        };
+        Ok((lease, Conn::Multiplexed(fresh)))
     }
 
-    /// Forget a shared connection that failed; the next call takes a new one.
-    pub fn drop_shared(&self, i: usize) {
-        match &self.kind {
-            // The cluster connection recovers by itself (reconnect, slot refresh).
-            Kind::Cluster { .. } => {}
-            _ => {
-                if let Some(slot) = self.shared.get(i) {
-                    write(slot, None);
-                }
-            }
+    /// Forget the shared connection that failed (`lease`); the next call on its slot takes
+    /// a new one. `all`: its socket is gone, and so are those of every shared connection
+    /// taken before it (the same node: Redis restarted, or the path to it broke), which are
+    /// forgotten too; calls in flight on them finish or fail on their own. A connection
+    /// taken after it is kept: it may be one a call took once Redis was back.
+    pub fn drop_shared(&self, lease: Lease, all: bool) {
+        // The cluster connection recovers by itself (reconnect, slot refresh).
+        if matches!(self.kind, Kind::Cluster { .. }) {
+            return;
         }
-    }
-
-    /// Forget every shared connection (one found its socket gone: so did the others to the
-    /// same node). Calls in flight on them finish or fail on their own; the next calls take
-    /// new ones.
-    pub fn drop_all_shared(&self) {
-        for i in 0..self.shared.len() {
-            self.drop_shared(i);
+        for (i, slot) in self.shared.iter().enumerate() {
+            let mut held = slot.write().unwrap_or_else(|p| p.into_inner());
+            let forget = match &*held {
+                Some((generation, _)) if i == lease.slot => *generation == lease.generation,
+                Some((generation, _)) => all && *generation < lease.generation,
+                None => false,
+            };
+            if forget {
+                *held = None;
+            }
         }
     }
 

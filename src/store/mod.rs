@@ -232,7 +232,7 @@ impl Store {
             // reads nothing more from a client blocked in WAIT, so on a shared connection
             // every call queued behind it (beats, sweeps) would wait up to wait_timeout_ms.
             let own = self.wait.0 > 0 && script.waits_for_replicas();
-            let (slot, mut conn) = match self.connector.shared(own).await {
+            let (lease, mut conn) = match self.connector.shared(own).await {
                 Ok(c) => c,
                 Err(e) => {
                     Box::pin(self.connector.failed()).await;
@@ -284,16 +284,13 @@ impl Store {
                     // call would open a connection to a Redis already in trouble).
                     let full = e.code() == Some("OOM");
                     // The socket itself is gone (reset, EOF, a driver that ended): Redis
-                    // restarted or the path to it broke, and the other shared connections
-                    // went with it. Replacing them all now spares each its own failed call.
+                    // restarted or the path to it broke, and the shared connections taken
+                    // before this one went with it. Replacing them now spares each its own
+                    // failed call.
                     let gone = e.is_connection_dropped();
                     let e = StoreError::from_call(name, e);
                     if !full && matches!(e, StoreError::Unavailable(_) | StoreError::Ambiguous(_)) {
-                        if gone {
-                            self.connector.drop_all_shared();
-                        } else {
-                            self.connector.drop_shared(slot);
-                        }
+                        self.connector.drop_shared(lease, gone);
                         Box::pin(self.connector.failed()).await;
                     }
                     return Err(e);
