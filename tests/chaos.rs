@@ -137,7 +137,7 @@ fn main_cell(direct: String) -> CellUnderTest {
 /// holds each cell.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kill_dash_nine_under_load_on_a_redis_cluster() {
-    let cluster = common::topology::Cluster::start().await;
+    let cluster = common::topology::Cluster::start_steady().await;
     let seeds = serde_json::to_string(&cluster.urls()).unwrap();
     let main_slot = cluster.slot(&format!("{PREFIX}x")).await;
     let others: Vec<Vec<(u16, u16)>> = cluster
@@ -194,7 +194,7 @@ async fn kill_dash_nine_under_load_on_a_redis_cluster() {
 /// The same on a primary + replica managed by three sentinels.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kill_dash_nine_under_load_on_sentinel() {
-    let set = common::topology::SentinelSet::start(1, &[]).await;
+    let set = common::topology::SentinelSet::start_steady(1, &[]).await;
     let env = vec![
         ("SWITCHYARD_REDIS__MODE", "sentinel".to_string()),
         (

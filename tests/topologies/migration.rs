@@ -92,7 +92,7 @@ async fn copy_library(src: u16, dst: u16) {
 /// SCHEDULER_DEPENDENCY_DOWN, and the job times out once the move is over.
 #[tokio::test]
 async fn a_cell_whose_slot_is_moving_refuses_work_without_partial_writes() {
-    let cluster = Cluster::start().await;
+    let cluster = Cluster::start_steady().await;
     let a = start_with(cfg(RedisMode::Cluster, cluster.urls(), |_| {})).await;
     let mut n = WsClient::connect(&ws_url(&a, "/ws/node")).await;
     let nid = n.register_id(fixture("node_register_first"), None).await;
@@ -146,7 +146,7 @@ async fn a_cell_whose_slot_is_moving_refuses_work_without_partial_writes() {
 /// lands.
 #[tokio::test]
 async fn a_script_sent_on_to_the_importing_node_writes_nothing_there() {
-    let cluster = Cluster::start().await;
+    let cluster = Cluster::start_steady().await;
     let a = start_with(cfg(RedisMode::Cluster, cluster.urls(), |_| {})).await;
     let (s, ack) =
         open_session_ack(&ws_url(&a, "/ws/session"), fixture("session_init_one_way")).await;
@@ -218,7 +218,7 @@ async fn a_script_sent_on_to_the_importing_node_writes_nothing_there() {
 /// INTERNAL_ERROR. The move is a dependency being unavailable, like the guard's refusal.
 #[tokio::test]
 async fn a_call_sent_on_to_a_node_without_the_library_is_refused_as_unavailable() {
-    let cluster = Cluster::start().await;
+    let cluster = Cluster::start_steady().await;
     let a = start_with(cfg(RedisMode::Cluster, cluster.urls(), |_| {})).await;
     let mv = Move::begin(&cluster, false).await;
     let mut s = WsClient::connect(&ws_url(&a, "/ws/session")).await;

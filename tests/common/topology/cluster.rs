@@ -6,7 +6,8 @@ use std::time::Duration;
 
 use super::{Proc, connect, link_up, until};
 
-/// A Redis Cluster of three primaries with one replica each (node timeout 1 s).
+/// A Redis Cluster of three primaries with one replica each (node timeout 1 s for the tests
+/// that fail a primary over, 30 s for those that never mean to: `start_steady`).
 pub struct Cluster {
     pub nodes: Vec<Proc>,
 }
@@ -16,10 +17,11 @@ impl Cluster {
         Self::start_with_node_timeout(1_000).await
     }
 
-    /// The same for the scenario suites run on a cluster (`SWITCHYARD_TEST_TOPOLOGY`): they
-    /// never fail over on purpose, so a primary is failed over only after 30 s without an
-    /// answer. With 1 s, a primary stalled by a loaded machine (or a long script) could be
-    /// failed over under a scenario, which then read a demoted node.
+    /// The same for the tests that never fail a primary over on purpose (the scenario suites
+    /// run on a cluster, `SWITCHYARD_TEST_TOPOLOGY`; chaos; slot migrations): a primary is
+    /// failed over only after 30 s without an answer. With 1 s, a primary stalled by a
+    /// loaded machine (or a long script) could be failed over under a test, which then read
+    /// a demoted node.
     pub async fn start_steady() -> Self {
         Self::start_with_node_timeout(30_000).await
     }

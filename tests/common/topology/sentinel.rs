@@ -30,10 +30,10 @@ impl SentinelSet {
         Self::start_with(replicas, extra, &SentinelOpts::default()).await
     }
 
-    /// The same for the scenario suites run on Sentinel (`SWITCHYARD_TEST_TOPOLOGY`): they
-    /// never fail over on purpose, so the sentinels wait 30 s before they call the primary
-    /// down. With 1 s, a primary stalled by a loaded machine (or a long script) could be
-    /// failed over under a scenario, which then read a demoted node.
+    /// The same for the tests that never fail over on purpose (the scenario suites run on
+    /// Sentinel, `SWITCHYARD_TEST_TOPOLOGY`; chaos): the sentinels wait 30 s before they
+    /// call the primary down. With 1 s, a primary stalled by a loaded machine (or a long
+    /// script) could be failed over under a test, which then read a demoted node.
     pub async fn start_steady(replicas: usize, extra: &[&str]) -> Self {
         let opts = SentinelOpts {
             down_after_ms: Some(30_000),
