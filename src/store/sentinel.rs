@@ -45,6 +45,10 @@ const RESOLVE_EVERY: Duration = Duration::from_millis(200);
 /// How often the sentinels are asked while everything works (see [`Connector::poll`]).
 const POLL_EVERY: Duration = Duration::from_secs(1);
 
+/// How long the other sentinels' answers are awaited once one has confirmed the node in
+/// use (at most `redis.timeout_ms`): one that has seen a later failover may follow.
+const LATER: Duration = Duration::from_millis(100);
+
 /// One sentinel's answer: its address, and the `host:port` it names with the configuration
 /// epoch of that naming (None: it does not know the master; an epoch of None: unknown).
 type Answer = (String, redis::RedisResult<Option<(String, Option<u64>)>>);
@@ -241,7 +245,10 @@ impl Connector {
 
     /// Ask every sentinel; check each address named (once) with `ROLE`, in the order the
     /// answers come, until one is a primary. `old`: the node in use (checked on its own
-    /// pool).
+    /// pool). When that one is the node in use, the answers still coming get a moment
+    /// (`LATER`) to name another primary with a newer epoch: a sentinel behind a
+    /// switch-over names the old primary (the node in use) with the old epoch, and answering
+    /// first it would keep the instance there, writing what the demotion loses.
     ///
     /// An answer that names another node with an older epoch than the node in use comes
     /// from a sentinel behind the failover that named it (in a switch-over, for the seconds
@@ -266,7 +273,21 @@ impl Connector {
             last: String::from("no sentinel configured"),
         };
         let mut behind = Vec::new();
-        while let Some((sentinel, answer)) = asked.next().await {
+        // The node in use, once an answer confirmed it, with that answer's epoch; then the
+        // answers still coming are awaited until `until` for a newer failover.
+        let mut confirmed: Option<(Arc<Node>, Option<u64>)> = None;
+        let mut until = None;
+        loop {
+            let next = match until {
+                None => asked.next().await,
+                Some(t) => tokio::time::timeout_at(t, asked.next())
+                    .await
+                    .ok()
+                    .flatten(),
+            };
+            let Some((sentinel, answer)) = next else {
+                break;
+            };
             let (addr, epoch) = match answer {
                 Ok(Some(named)) => named,
                 Ok(None) => {
@@ -278,13 +299,26 @@ impl Connector {
                     continue;
                 }
             };
-            if old.is_some_and(|o| o.behind(&addr, epoch)) {
+            if let Some((_, seen)) = &confirmed {
+                if epoch.zip(*seen).is_none_or(|(e, seen)| e <= seen) {
+                    continue;
+                }
+            } else if old.is_some_and(|o| o.behind(&addr, epoch)) {
                 behind.push((sentinel, addr, epoch));
                 continue;
             }
-            if let Some(node) = self.check(&mut seek, &sentinel, &addr).await {
-                return seek.found(node, epoch);
+            let Some(node) = self.check(&mut seek, &sentinel, &addr).await else {
+                continue;
+            };
+            if confirmed.is_none() && seek.old.is_some_and(|o| Arc::ptr_eq(o, &node)) {
+                confirmed = Some((node, epoch));
+                until = Some(tokio::time::Instant::now() + LATER.min(self.timeout));
+                continue;
             }
+            return seek.found(node, epoch);
+        }
+        if let Some((node, epoch)) = confirmed {
+            return seek.found(node, epoch);
         }
         if let Some(o) = old
             && !behind.is_empty()

@@ -367,3 +367,127 @@ async fn a_sentinel_that_refuses_sentinel_master_still_names_the_primary() {
     jobs_flow(&inst, 1).await;
     node.stop();
 }
+
+/// Review finding: the first answer that named a primary won, so a sentinel behind a
+/// switch-over, naming the node in use (the old primary, still answering `ROLE` as one),
+/// kept the instance there whenever it answered first: writes the demotion loses. The
+/// answers still coming now get a moment to name a primary with a newer epoch.
+///
+/// Here the behind sentinel stays behind: it monitors the primary alone, as a user the
+/// data nodes' ACL denies `PUBLISH` and `SUBSCRIBE`, so no hello message reaches it or
+/// announces it. The up-to-date one answers 30 ms after it (a delaying proxy), and demotes
+/// the old primary only after 40 minutes (hello period raised to ten).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_newer_answer_coming_second_still_moves_the_instance_off_the_old_primary() {
+    let set = SentinelSet::start(1, &[]).await;
+    let leader = &set.sentinels[0];
+    sentinel_cmd(leader, &["DEBUG", "publish-period", "600000"]).await;
+    // On the replica too: a sentinel whose AUTH fails goes on as the default user.
+    for data in std::iter::once(&set.primary).chain(&set.replicas) {
+        let _: () = redis::cmd("ACL")
+            .arg("SETUSER")
+            .arg("lone")
+            .arg("on")
+            .arg(">lone-pass")
+            .arg("~*")
+            .arg("&*")
+            .arg("+@all")
+            .arg("-publish")
+            .arg("-subscribe")
+            .arg("-psubscribe")
+            .query_async(&mut data.client().await)
+            .await
+            .expect("acl setuser");
+    }
+    let opts = common::topology::SentinelOpts {
+        primary_user: Some("lone"),
+        primary_password: Some("lone-pass"),
+        down_after_ms: Some(600_000),
+        ..Default::default()
+    };
+    let behind = common::topology::Proc::sentinel_with(MASTER, set.primary.port, &opts);
+    behind.wait_up().await;
+    let (slow_leader, proxy) = slow_proxy(leader.addr(), Duration::from_millis(30)).await;
+    let inst = start_with(cfg(
+        RedisMode::Sentinel,
+        vec![behind.url(), slow_leader],
+        |_| {},
+    ))
+    .await;
+    let store = &inst.app.cells.default_cell().store;
+    let (old, new) = (set.primary.addr(), set.replicas[0].addr());
+    until(Duration::from_secs(10), "ready on the primary", || async {
+        store.redis_node() == old
+    })
+    .await;
+    sentinel_cmd(leader, &["FAILOVER", MASTER]).await;
+    until(
+        Duration::from_secs(15),
+        "the leader names the replica",
+        || async { sentinel_addr(leader).await == new },
+    )
+    .await;
+    until(
+        Duration::from_secs(5),
+        "the instance follows the promoted replica",
+        || async { store.redis_node() == new },
+    )
+    .await;
+    assert_eq!(
+        sentinel_addr(&behind).await,
+        old,
+        "the lone sentinel was behind all along"
+    );
+    let node = auto_node(&inst).await;
+    jobs_flow(&inst, 2).await;
+    invariants::check(&mut connect(&format!("redis://{new}")).await.expect("new")).await;
+    node.stop();
+    proxy.abort();
+}
+
+/// What `s` names as the master's address (`get-master-addr-by-name`).
+async fn sentinel_addr(s: &common::topology::Proc) -> String {
+    let named: Option<(String, u16)> = redis::cmd("SENTINEL")
+        .arg("get-master-addr-by-name")
+        .arg(MASTER)
+        .query_async(&mut s.client().await)
+        .await
+        .expect("get-master-addr-by-name");
+    named.map_or_else(String::new, |(h, p)| format!("{h}:{p}"))
+}
+
+/// A TCP proxy to `target` (`host:port`) that holds every chunk of the replies `delay`
+/// before passing it on; its `redis://` URL and its task.
+async fn slow_proxy(target: String, delay: Duration) -> (String, tokio::task::JoinHandle<()>) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    let task = tokio::spawn(async move {
+        while let Ok((client, _)) = listener.accept().await {
+            let target = target.clone();
+            tokio::spawn(async move {
+                let Ok(upstream) = tokio::net::TcpStream::connect(&target).await else {
+                    return;
+                };
+                let (mut client_r, mut client_w) = client.into_split();
+                let (mut up_r, mut up_w) = upstream.into_split();
+                let requests = tokio::io::copy(&mut client_r, &mut up_w);
+                let replies = async {
+                    let mut buf = vec![0u8; 64 * 1024];
+                    while let Ok(n) = up_r.read(&mut buf).await
+                        && n > 0
+                    {
+                        tokio::time::sleep(delay).await;
+                        if client_w.write_all(&buf[..n]).await.is_err() {
+                            break;
+                        }
+                    }
+                };
+                let _ = tokio::join!(requests, replies);
+            });
+        }
+    });
+    (format!("redis://{addr}"), task)
+}

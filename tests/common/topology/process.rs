@@ -59,6 +59,8 @@ pub struct SentinelOpts<'a> {
     pub password: Option<&'a str>,
     /// The primary's password (`sentinel auth-pass`).
     pub primary_password: Option<&'a str>,
+    /// The ACL user it authenticates as on the data nodes (`sentinel auth-user`).
+    pub primary_user: Option<&'a str>,
     /// `down-after-milliseconds` (None: 1 s, failovers within seconds for the tests that
     /// make them).
     pub down_after_ms: Option<u64>,
@@ -161,6 +163,9 @@ impl Proc {
         );
         if let Some(p) = opts.password {
             text += &format!("requirepass {p}\n");
+        }
+        if let Some(u) = opts.primary_user {
+            text += &format!("sentinel auth-user {master} {u}\n");
         }
         if let Some(p) = opts.primary_password {
             text += &format!("sentinel auth-pass {master} {p}\n");
