@@ -527,3 +527,6 @@ mod migration;
 
 #[path = "topologies/sentinels.rs"]
 mod sentinels;
+
+#[path = "topologies/sentinel_epochs.rs"]
+mod sentinel_epochs;
