@@ -85,21 +85,17 @@ pub(super) enum Kind {
     },
 }
 
-/// Which shared connection a call used: its slot, and the generation it was taken in (each
-/// connection taken gets the next one), so that a failure forgets only connections as old
-/// as the one that failed, never a fresher one taken meanwhile.
+/// Which connection a call used: its shared slot (`usize::MAX`: a connection of the call's
+/// own, or the cluster's) and the generation it was taken in (each shared connection taken
+/// gets the next one), and the last generation taken when the call got it (`seen`): a
+/// failure forgets only connections that existed when the call began, never a fresher
+/// one taken meanwhile.
 #[derive(Clone, Copy, Debug)]
 pub struct Lease {
     slot: usize,
     generation: u64,
+    seen: u64,
 }
-
-/// The lease of a connection that is not one of the shared ones: its failure forgets no
-/// shared connection, unless its socket is gone (then all of them, whatever their age).
-pub const NOT_SHARED: Lease = Lease {
-    slot: usize::MAX,
-    generation: u64::MAX,
-};
 
 /// Hands out connections for the configured topology.
 pub struct Connector {
@@ -244,19 +240,26 @@ impl Connector {
     /// kilobytes, and every script call's future would carry them inline.
     ///
     /// `own`: a pooled connection of the call's own instead (not in cluster mode), with
-    /// the slot [`NOT_SHARED`]: for a call that will block it in `WAIT`.
+    /// no shared slot: for a call that will block it in `WAIT`.
     pub async fn shared(&self, own: bool) -> Result<(Lease, Conn), StoreError> {
+        let seen = self.generation.load(Ordering::Relaxed);
+        let own_lease = Lease {
+            slot: usize::MAX,
+            generation: 0,
+            seen,
+        };
         if own && !self.is_cluster() {
-            return Box::pin(self.conn()).await.map(|c| (NOT_SHARED, c));
+            return Box::pin(self.conn()).await.map(|c| (own_lease, c));
         }
         if self.is_cluster() {
-            return Ok((NOT_SHARED, Conn::Cluster(Box::pin(self.cluster()).await?)));
+            return Ok((own_lease, Conn::Cluster(Box::pin(self.cluster()).await?)));
         }
         let i = self.next_shared.fetch_add(1, Ordering::Relaxed) % self.shared.len();
         if let Some((generation, c)) = read(&self.shared[i]) {
             let lease = Lease {
                 slot: i,
                 generation,
+                seen,
             };
             return Ok((lease, Conn::Multiplexed(c)));
         }
@@ -269,15 +272,16 @@ impl Connector {
         let lease = Lease {
             slot: i,
             generation,
+            seen: generation,
         };
         Ok((lease, Conn::Multiplexed(fresh)))
     }
 
     /// Forget the shared connection that failed (`lease`); the next call on its slot takes
     /// a new one. `all`: its socket is gone, and so are those of every shared connection
-    /// taken before it (the same node: Redis restarted, or the path to it broke), which are
-    /// forgotten too; calls in flight on them finish or fail on their own. A connection
-    /// taken after it is kept: it may be one a call took once Redis was back.
+    /// that existed when the call got it (the same node: Redis restarted, or the path to it
+    /// broke), which are forgotten too; calls in flight on them finish or fail on their
+    /// own. A connection taken since is kept: it may be one a call took once Redis was back.
     pub fn drop_shared(&self, lease: Lease, all: bool) {
         // The cluster connection recovers by itself (reconnect, slot refresh).
         if matches!(self.kind, Kind::Cluster { .. }) {
@@ -287,7 +291,7 @@ impl Connector {
             let mut held = slot.write().unwrap_or_else(|p| p.into_inner());
             let forget = match &*held {
                 Some((generation, _)) if i == lease.slot => *generation == lease.generation,
-                Some((generation, _)) => all && *generation < lease.generation,
+                Some((generation, _)) => all && *generation <= lease.seen,
                 None => false,
             };
             if forget {
