@@ -162,6 +162,7 @@ impl Connector {
             return Ok(());
         }
         resolved.epoch = epoch;
+        resolved.silent = false;
         match &old {
             Some(o) => tracing::warn!(from = %o.addr, to = %fresh.addr, master = %master,
                 "the sentinels name a new primary; following the failover"),

@@ -197,13 +197,17 @@ async fn a_sentinel_that_refuses_sentinel_master_still_names_the_primary() {
 ///
 /// Here the behind sentinel stays behind: it monitors the primary alone, as a user the
 /// data nodes' ACL denies `PUBLISH` and `SUBSCRIBE`, so no hello message reaches it or
-/// announces it. The up-to-date one answers 30 ms after it (a delaying proxy), and demotes
-/// the old primary only after 40 minutes (hello period raised to ten).
+/// announces it. The up-to-date one answers 30 ms after it (a delaying proxy), and no
+/// sentinel demotes the old primary for 40 minutes (hello period raised to ten).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_newer_answer_coming_second_still_moves_the_instance_off_the_old_primary() {
     let set = SentinelSet::start(1, &[]).await;
     let leader = &set.sentinels[0];
-    sentinel_cmd(leader, &["DEBUG", "publish-period", "600000"]).await;
+    // No sentinel converts the old primary for 40 minutes (four hello periods): the instance
+    // cannot be moved off it by a demotion, only by the newer answer.
+    for s in &set.sentinels {
+        sentinel_cmd(s, &["DEBUG", "publish-period", "600000"]).await;
+    }
     // On the replica too: a sentinel whose AUTH fails goes on as the default user.
     for data in std::iter::once(&set.primary).chain(&set.replicas) {
         let _: () = redis::cmd("ACL")
@@ -295,7 +299,11 @@ async fn slow_proxy(target: String, delay: Duration) -> (String, tokio::task::Jo
                 };
                 let (mut client_r, mut client_w) = client.into_split();
                 let (mut up_r, mut up_w) = upstream.into_split();
-                let requests = tokio::io::copy(&mut client_r, &mut up_w);
+                // The client's end closes the sentinel's side too, which ends the replies.
+                let requests = async {
+                    let _ = tokio::io::copy(&mut client_r, &mut up_w).await;
+                    let _ = up_w.shutdown().await;
+                };
                 let replies = async {
                     let mut buf = vec![0u8; 64 * 1024];
                     while let Ok(n) = up_r.read(&mut buf).await

@@ -137,6 +137,10 @@ struct Seek<'a> {
     checked: Vec<String>,
     demoted: bool,
     silent: bool,
+    /// An answer named the node in use with its epoch or a newer one (or none known).
+    vouched: bool,
+    /// What `ROLE` on the node in use said this round, if it was asked.
+    in_use_role: Option<Result<bool, String>>,
     last: String,
 }
 
@@ -172,10 +176,11 @@ impl Connector {
     /// from a sentinel behind the failover that named it (in a switch-over, for the seconds
     /// before the sentinels reconfigure; the old primary still answers `ROLE` as one):
     /// following it would send writes to a primary about to be demoted, and lose them. It
-    /// is set aside, and considered only if no other answer names a primary and the node in
-    /// use is none any more: demoted, or silent in two such rounds in a row (a crash just
-    /// after the sentinels were rebuilt with fresh epochs, say; one silent round may be a
-    /// busy primary).
+    /// is set aside, and considered only if no other answer names a primary, none still
+    /// names the node in use with its epoch or a newer one, and the node in use is none any
+    /// more: demoted, or silent in two such rounds in a row (a crash just after the
+    /// sentinels were rebuilt with fresh epochs, say; one silent round may be a busy
+    /// primary).
     pub(super) async fn find_primary(
         &self,
         sentinels: &[redis::Client],
@@ -188,6 +193,8 @@ impl Connector {
             checked: Vec::new(),
             demoted: false,
             silent: false,
+            vouched: false,
+            in_use_role: None,
             last: String::from("no sentinel configured"),
         };
         let mut behind = Vec::new();
@@ -217,8 +224,14 @@ impl Connector {
                     continue;
                 }
             };
+            if let Some(o) = old
+                && o.node.addr == addr
+            {
+                seek.vouched |= epoch.zip(o.epoch).is_none_or(|(e, in_use)| e >= in_use);
+            }
             if let Some((_, seen)) = &confirmed {
-                if epoch.zip(*seen).is_none_or(|(e, seen)| e <= seen) {
+                let newest = (*seen).max(old.and_then(|o| o.epoch));
+                if epoch.zip(newest).is_none_or(|(e, newest)| e <= newest) {
                     continue;
                 }
             } else if old.is_some_and(|o| o.behind(&addr, epoch)) {
@@ -228,7 +241,11 @@ impl Connector {
             let Some(node) = self.check(&mut seek, &sentinel, &addr).await else {
                 continue;
             };
-            if confirmed.is_none() && seek.old.is_some_and(|o| Arc::ptr_eq(o, &node)) {
+            // (Without an epoch no later answer can be told newer: no wait.)
+            if confirmed.is_none()
+                && epoch.is_some()
+                && seek.old.is_some_and(|o| Arc::ptr_eq(o, &node))
+            {
                 confirmed = Some((node, epoch));
                 until = Some(tokio::time::Instant::now() + LATER.min(self.timeout));
                 continue;
@@ -238,10 +255,17 @@ impl Connector {
         if let Some((node, epoch)) = confirmed {
             return seek.found(node, epoch);
         }
+        // Answers behind the node in use count only if no answer still vouched for it (named
+        // it with its epoch or a newer one) and it is no primary any more.
         if let Some(o) = old
             && !behind.is_empty()
+            && !seek.vouched
         {
-            match is_primary(o.node).await {
+            let role = match seek.in_use_role.take() {
+                Some(role) => role,
+                None => is_primary(o.node).await.map_err(|e| e.to_string()),
+            };
+            match role {
                 Ok(true) => {
                     tracing::warn!(node = %o.node.addr, master = %master, behind = ?behind,
                         "sentinels behind the failover the node in use was named by name another primary; staying");
@@ -289,7 +313,11 @@ impl Connector {
                 }
             },
         };
-        match is_primary(&node).await {
+        let role = is_primary(&node).await;
+        if seek.old.is_some_and(|o| o.addr == addr) {
+            seek.in_use_role = Some(role.as_ref().map(|r| *r).map_err(ToString::to_string));
+        }
+        match role {
             Ok(true) => Some(node),
             Ok(false) => {
                 seek.demoted |= seek.old.is_some_and(|o| o.addr == addr);
