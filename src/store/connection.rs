@@ -263,18 +263,60 @@ impl Connector {
             };
             return Ok((lease, Conn::Multiplexed(c)));
         }
-        let Conn::Pooled(pooled) = Box::pin(self.conn()).await? else {
-            return Err(config_err("pool returned a non-pooled connection".into()));
-        };
-        let fresh = deadpool_redis::Connection::take(pooled);
-        let generation = self.generation.fetch_add(1, Ordering::Relaxed) + 1;
-        write(&self.shared[i], Some((generation, fresh.clone())));
-        let lease = Lease {
-            slot: i,
-            generation,
-            seen: generation,
-        };
-        Ok((lease, Conn::Multiplexed(fresh)))
+        // Twice at most: a sentinel switch may land while the pool checks out.
+        for _ in 0..2 {
+            let (pooled, node) = Box::pin(self.checkout()).await?;
+            let mut held = self.shared[i].write().unwrap_or_else(|p| p.into_inner());
+            // Checked under the slot's lock: `resolve` names the new primary before it
+            // clears the slots, so a connection to the old one is never installed after.
+            if !self.in_use(node.as_ref()) {
+                continue;
+            }
+            let fresh = deadpool_redis::Connection::take(pooled);
+            let generation = self.generation.fetch_add(1, Ordering::Relaxed) + 1;
+            *held = Some((generation, fresh.clone()));
+            let lease = Lease {
+                slot: i,
+                generation,
+                seen: generation,
+            };
+            return Ok((lease, Conn::Multiplexed(fresh)));
+        }
+        Err(StoreError::Unavailable(
+            "the primary moved twice while connecting".into(),
+        ))
+    }
+
+    /// A pooled connection for a shared slot, and in sentinel mode the node it is to.
+    async fn checkout(
+        &self,
+    ) -> Result<(deadpool_redis::Connection, Option<Arc<Node>>), StoreError> {
+        match &self.kind {
+            Kind::Sentinel { .. } => {
+                let node = self.node().await?;
+                let c = node
+                    .pool
+                    .get()
+                    .await
+                    .map_err(|e| StoreError::Unavailable(e.to_string()))?;
+                Ok((c, Some(node)))
+            }
+            _ => match self.conn().await? {
+                Conn::Pooled(c) => Ok((c, None)),
+                _ => Err(config_err("pool returned a non-pooled connection".into())),
+            },
+        }
+    }
+
+    /// Is `node` (a checkout's, sentinel mode) still the primary in use? Always outside
+    /// sentinel mode.
+    fn in_use(&self, node: Option<&Arc<Node>>) -> bool {
+        match (&self.kind, node) {
+            (Kind::Sentinel { current, .. }, Some(node)) => {
+                read(current).is_some_and(|n| Arc::ptr_eq(&n, node))
+            }
+            _ => true,
+        }
     }
 
     /// Forget the shared connection that failed (`lease`); the next call on its slot takes

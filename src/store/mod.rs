@@ -284,9 +284,9 @@ impl Store {
                     // call would open a connection to a Redis already in trouble).
                     let full = e.code() == Some("OOM");
                     // The socket itself is gone (reset, EOF, a driver that ended): Redis
-                    // restarted or the path to it broke, and the shared connections taken
-                    // before this one went with it. Replacing them now spares each its own
-                    // failed call.
+                    // restarted or the path to it broke, and every shared connection that
+                    // existed when this call got its own went with it. Replacing them now
+                    // spares each its own failed call.
                     let gone = e.is_connection_dropped();
                     let e = StoreError::from_call(name, e);
                     if !full && matches!(e, StoreError::Unavailable(_) | StoreError::Ambiguous(_)) {
