@@ -8,6 +8,7 @@ mod conns;
 pub mod node;
 mod node_caps;
 mod node_jobs;
+mod node_refusal;
 mod node_register;
 pub mod peer;
 mod recover;

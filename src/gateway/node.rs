@@ -330,7 +330,7 @@ impl NodeConn {
             // places were taken: it stays offline, and the connection is closed.
             Ok(HeartbeatReply::Limit { live }) => {
                 tracing::warn!(node_id = %node_id, live, "offline node not revived: its fleet credential is full");
-                self.refuse(super::node_register::Refusal::Limit(live));
+                self.refuse(super::node_refusal::Refusal::Limit(live));
             }
             Ok(HeartbeatReply::Stale { .. }) => {
                 // The record belongs to the newer connection: `finish` runs no cleanup
