@@ -429,26 +429,32 @@ async fn cluster_runs_nodes_jobs_instances_and_survives_a_primary_kill() {
     node.stop();
 }
 
-/// Does any replica of `set` answer `ROLE` as a primary (each asked within 200 ms)? None
-/// when one did not answer and none said primary: unknown.
+/// Does any replica of `set` answer `ROLE` as a primary? None when one did not answer and
+/// none said primary: unknown.
 async fn any_replica_is_primary(set: &SentinelSet) -> Option<bool> {
     let mut all_answered = true;
     for r in &set.replicas {
-        let role = tokio::time::timeout(Duration::from_millis(200), async {
-            let mut c = connect(&r.url()).await.ok()?;
-            redis::cmd("ROLE")
-                .query_async::<redis::Value>(&mut c)
-                .await
-                .ok()
-        })
-        .await;
-        match role {
-            Ok(Some(role)) if is_master(&role) => return Some(true),
-            Ok(Some(_)) => {}
-            _ => all_answered = false,
+        match is_primary_at(&r.url()).await {
+            Some(true) => return Some(true),
+            Some(false) => {}
+            None => all_answered = false,
         }
     }
     all_answered.then_some(false)
+}
+
+/// `ROLE` of the node at `url` on a connection of its own (Sentinel kills a promoted
+/// replica's clients), within 200 ms: is it a primary? None: no answer.
+async fn is_primary_at(url: &str) -> Option<bool> {
+    let role = tokio::time::timeout(Duration::from_millis(200), async {
+        let mut c = connect(url).await.ok()?;
+        redis::cmd("ROLE")
+            .query_async::<redis::Value>(&mut c)
+            .await
+            .ok()
+    })
+    .await;
+    role.ok().flatten().map(|role| is_master(&role))
 }
 
 /// A `ROLE` reply that says primary.

@@ -18,6 +18,8 @@ use redis::aio::MultiplexedConnection;
 pub use cluster::Cluster;
 #[allow(unused_imports)] // only the TLS tests start processes with `Tls` and `SentinelOpts`
 pub use process::{Proc, SentinelOpts, Tls};
+#[allow(unused_imports)] // only the sentinel epoch tests ask one sentinel by itself
+pub use sentinel::named_primary;
 pub use sentinel::{MASTER, SentinelSet};
 
 /// A connection to `url` without CLIENT SETINFO (Redis 7.0).

@@ -45,9 +45,11 @@ async fn a_sentinel_behind_a_switchover_does_not_move_the_instance_back() {
     )
     .await;
     assert_eq!(set.primary_addr().await, Some(old.clone()));
-    let mut p = set.primary.client().await;
-    let role: redis::Value = redis::cmd("ROLE").query_async(&mut p).await.expect("role");
-    assert!(is_master(&role), "the old primary still answers as one");
+    assert_eq!(
+        is_primary_at(&set.primary.url()).await,
+        Some(true),
+        "the old primary still answers as one"
+    );
     // Three polls (one a second, from the presence beat).
     let watched = Instant::now();
     while watched.elapsed() < Duration::from_secs(3) {
@@ -99,23 +101,11 @@ async fn the_promoted_replica_is_followed_while_the_leader_reconfigures_the_othe
     sentinel_cmd(leader, &["SET", MASTER, "down-after-milliseconds", "60000"]).await;
     set.replicas[1].signal("STOP");
     sentinel_cmd(leader, &["FAILOVER", MASTER]).await;
-    // (Sentinel kills the promoted replica's clients: a new connection each time.)
     let r0 = set.replicas[0].url();
     until(
         Duration::from_secs(15),
         "the first replica promoted",
-        || {
-            let r0 = r0.clone();
-            async move {
-                let Ok(mut c) = connect(&r0).await else {
-                    return false;
-                };
-                redis::cmd("ROLE")
-                    .query_async::<redis::Value>(&mut c)
-                    .await
-                    .is_ok_and(|role| is_master(&role))
-            }
-        },
+        || async { is_primary_at(&r0).await == Some(true) },
     )
     .await;
     let promoted = Instant::now();
@@ -271,15 +261,9 @@ async fn a_newer_answer_coming_second_still_moves_the_instance_off_the_old_prima
     proxy.abort();
 }
 
-/// What `s` names as the master's address (`get-master-addr-by-name`).
+/// What `s` names as the master's address ("" when nothing).
 async fn sentinel_addr(s: &common::topology::Proc) -> String {
-    let named: Option<(String, u16)> = redis::cmd("SENTINEL")
-        .arg("get-master-addr-by-name")
-        .arg(MASTER)
-        .query_async(&mut s.client().await)
-        .await
-        .expect("get-master-addr-by-name");
-    named.map_or_else(String::new, |(h, p)| format!("{h}:{p}"))
+    common::topology::named_primary(s).await.unwrap_or_default()
 }
 
 /// A TCP proxy to `target` (`host:port`) that holds every chunk of the replies `delay`

@@ -109,16 +109,23 @@ impl SentinelSet {
     /// The primary's address as the first sentinel that answers reports it.
     pub async fn primary_addr(&self) -> Option<String> {
         for s in &self.sentinels {
-            if let Ok(mut c) = connect(&s.url()).await
-                && let Ok(Some((h, p))) = redis::cmd("SENTINEL")
-                    .arg("get-master-addr-by-name")
-                    .arg(MASTER)
-                    .query_async::<Option<(String, u16)>>(&mut c)
-                    .await
-            {
-                return Some(format!("{h}:{p}"));
+            if let Some(addr) = named_primary(s).await {
+                return Some(addr);
             }
         }
         None
     }
+}
+
+/// What the sentinel `s` names as [`MASTER`]'s address (`get-master-addr-by-name`); None
+/// when it does not answer or knows none.
+pub async fn named_primary(s: &Proc) -> Option<String> {
+    let mut c = connect(&s.url()).await.ok()?;
+    let (h, p) = redis::cmd("SENTINEL")
+        .arg("get-master-addr-by-name")
+        .arg(MASTER)
+        .query_async::<Option<(String, u16)>>(&mut c)
+        .await
+        .ok()??;
+    Some(format!("{h}:{p}"))
 }
