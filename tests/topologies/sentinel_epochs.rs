@@ -305,3 +305,58 @@ async fn slow_proxy(target: String, delay: Duration) -> (String, tokio::task::Jo
     });
     (format!("redis://{addr}"), task)
 }
+
+/// The other side of setting behind answers aside: when the node in use is gone for good
+/// (here killed) and the only sentinel answering names another primary with an older epoch
+/// (sentinels rebuilt from scratch, whose epochs start again at 0), the instance follows it
+/// once the node in use has been silent in two rounds in a row. One silent round is not
+/// enough (a busy primary); never following would leave the instance without a primary.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_behind_answer_is_followed_once_the_node_in_use_stays_silent() {
+    let mut set = SentinelSet::start(1, &[]).await;
+    // No sentinel converts the old primary meanwhile (four hello periods: 40 minutes).
+    for s in &set.sentinels {
+        sentinel_cmd(s, &["DEBUG", "publish-period", "600000"]).await;
+    }
+    let inst = start_with(cfg(RedisMode::Sentinel, set.sentinel_urls(), |c| {
+        c.redis.timeout_ms = 500;
+    }))
+    .await;
+    let store = &inst.app.cells.default_cell().store;
+    let (old, new) = (set.primary.addr(), set.replicas[0].addr());
+    sentinel_cmd(&set.sentinels[0], &["FAILOVER", MASTER]).await;
+    until(
+        Duration::from_secs(15),
+        "the instance follows the switch-over",
+        || async { store.redis_node() == new },
+    )
+    .await;
+    // Two sentinels hang; the third is rebuilt (epoch 0) naming the old primary.
+    for s in &set.sentinels[..2] {
+        s.signal("STOP");
+    }
+    let rebuilt = &set.sentinels[2];
+    sentinel_cmd(rebuilt, &["REMOVE", MASTER]).await;
+    let port = set.primary.port.to_string();
+    sentinel_cmd(rebuilt, &["MONITOR", MASTER, "127.0.0.1", &port, "2"]).await;
+    sentinel_cmd(
+        rebuilt,
+        &["SET", MASTER, "down-after-milliseconds", "600000"],
+    )
+    .await;
+    assert_eq!(is_primary_at(&set.primary.url()).await, Some(true));
+    set.replicas[0].kill9();
+    until(
+        Duration::from_secs(10),
+        "the instance follows the rebuilt sentinel once its node stays silent",
+        || async { store.redis_node() == old },
+    )
+    .await;
+    for s in &set.sentinels[..2] {
+        s.signal("CONT");
+    }
+    let node = auto_node(&inst).await;
+    jobs_flow(&inst, 2).await;
+    invariants::check(&mut set.primary.client().await).await;
+    node.stop();
+}
