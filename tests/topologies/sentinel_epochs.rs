@@ -2,7 +2,8 @@
 //! primary, which still answers `ROLE` as one until Sentinel demotes it) neither moves the
 //! instance back to it nor keeps it there; the promoted replica is followed while the
 //! failover's leader still reconfigures the other replicas; a sentinel whose ACL refuses
-//! `SENTINEL MASTER` (no epoch) still names the primary.
+//! `SENTINEL MASTER` (no epoch) still names the primary; an answer behind is followed only
+//! once the node in use is silent and no other answer vouches for it.
 
 use super::sentinels::sentinel_cmd;
 use super::*;
@@ -358,5 +359,67 @@ async fn a_behind_answer_is_followed_once_the_node_in_use_stays_silent() {
     let node = auto_node(&inst).await;
     jobs_flow(&inst, 2).await;
     invariants::check(&mut set.primary.client().await).await;
+    node.stop();
+}
+
+/// The vouch rule: an answer behind the node in use is never taken while another answer
+/// still names the node in use with its epoch, even when that node is silent round after
+/// round (here stopped: a primary stalled by its disk, say). The sentinel that vouches for
+/// it is the one that knows; following the one behind would move the writes to an old
+/// primary that a later reconfiguration demotes, losing them. The instance waits, and
+/// carries on where it was once the node in use answers again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_behind_answer_is_not_followed_while_another_vouches_for_the_silent_node_in_use() {
+    let set = SentinelSet::start(1, &[]).await;
+    // No sentinel converts the old primary meanwhile (four hello periods: 40 minutes).
+    for s in &set.sentinels {
+        sentinel_cmd(s, &["DEBUG", "publish-period", "600000"]).await;
+    }
+    let inst = start_with(cfg(RedisMode::Sentinel, set.sentinel_urls(), |c| {
+        c.redis.timeout_ms = 500;
+    }))
+    .await;
+    let store = &inst.app.cells.default_cell().store;
+    let (old, new) = (set.primary.addr(), set.replicas[0].addr());
+    let up_to_date = &set.sentinels[0];
+    sentinel_cmd(up_to_date, &["FAILOVER", MASTER]).await;
+    until(
+        Duration::from_secs(15),
+        "the instance follows the switch-over",
+        || async { store.redis_node() == new },
+    )
+    .await;
+    // One sentinel hangs; one is rebuilt (epoch 0) naming the old primary; the one left
+    // names the node in use with its epoch, and fails nothing over while it is stopped.
+    set.sentinels[1].signal("STOP");
+    let rebuilt = &set.sentinels[2];
+    sentinel_cmd(rebuilt, &["REMOVE", MASTER]).await;
+    let port = set.primary.port.to_string();
+    sentinel_cmd(rebuilt, &["MONITOR", MASTER, "127.0.0.1", &port, "2"]).await;
+    for s in [up_to_date, rebuilt] {
+        sentinel_cmd(s, &["SET", MASTER, "down-after-milliseconds", "600000"]).await;
+    }
+    assert_eq!(sentinel_addr(up_to_date).await, new);
+    assert_eq!(sentinel_addr(rebuilt).await, old);
+    assert_eq!(is_primary_at(&set.primary.url()).await, Some(true));
+    set.replicas[0].signal("STOP");
+    // Five rounds (one a second, and after each failed call), every one with the node in
+    // use silent: without the rule the third would follow the rebuilt sentinel.
+    let watched = Instant::now();
+    while watched.elapsed() < Duration::from_secs(5) {
+        assert_eq!(
+            store.redis_node(),
+            new,
+            "followed the sentinel behind after {:?}",
+            watched.elapsed()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    set.replicas[0].signal("CONT");
+    set.sentinels[1].signal("CONT");
+    let node = auto_node(&inst).await;
+    jobs_flow(&inst, 2).await;
+    assert_eq!(store.redis_node(), new);
+    invariants::check(&mut connect(&format!("redis://{new}")).await.expect("new")).await;
     node.stop();
 }
