@@ -10,7 +10,7 @@ use super::{valid_id, valid_lang};
 
 /// `client_version`, `platform` (bytes).
 pub const MAX_CLIENT_TEXT: usize = 128;
-/// `dialect`, `mode` (bytes).
+/// `dialect`, `mode`, an utterance's `audio_format` (bytes).
 pub const MAX_OPTION_TEXT: usize = 32;
 /// Language codes in `auto_langs`.
 pub const MAX_AUTO_LANGS: usize = 16;
@@ -35,9 +35,22 @@ fn text(name: &str, v: Option<&str>, max: usize) -> Result<(), String> {
     }
 }
 
+/// `lang_a` / `lang_b`, when given: a language code (only `two_way_auto` routes by them, but
+/// every job carries them).
+fn lang(name: &str, v: Option<&str>) -> Result<(), String> {
+    match v {
+        Some(l) if !l.is_empty() && !valid_lang(l) => Err(format!(
+            "{name} must be a language code (1-16 of [A-Za-z0-9_-])"
+        )),
+        _ => Ok(()),
+    }
+}
+
 fn options(o: &JobOptions) -> Result<(), String> {
     text("dialect", o.dialect.as_deref(), MAX_OPTION_TEXT)?;
     text("mode", o.mode.as_deref(), MAX_OPTION_TEXT)?;
+    lang("lang_a", o.lang_a.as_deref())?;
+    lang("lang_b", o.lang_b.as_deref())?;
     if let Some(langs) = &o.auto_langs
         && (langs.len() > MAX_AUTO_LANGS || !langs.iter().all(|l| valid_lang(l)))
     {
@@ -66,6 +79,7 @@ pub fn session_init(i: &SessionInit) -> Result<(), String> {
 /// An `utterance` within the bounds, or why not.
 pub fn utterance(u: &Utterance<'_>) -> Result<(), String> {
     trace_id(u.trace_id.as_deref())?;
+    text("audio_format", u.audio_format.as_deref(), MAX_OPTION_TEXT)?;
     options(&u.options)
 }
 

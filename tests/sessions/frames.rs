@@ -64,6 +64,10 @@ async fn oversized_free_form_fields_are_refused_and_nothing_is_kept() {
         ("client_version", json!(long)),
         ("features", json!({"k": long})),
         ("auto_langs", json!(vec!["zh"; 17])),
+        // (kept with the session and copied into every job, though only `two_way_auto`
+        // routes by them: unchecked before the second audit)
+        ("lang_a", json!(long)),
+        ("lang_b", json!("en:pub")),
     ] {
         let mut init = fixture("session_init_one_way");
         init[field] = value;
@@ -83,12 +87,22 @@ async fn oversized_free_form_fields_are_refused_and_nothing_is_kept() {
     assert!(keys.is_empty(), "no session was opened: {keys:?}");
     // An utterance's own trace id: refused naming the utterance, no job made.
     let (mut s, sid) = session(&inst).await;
-    let mut u = utterance(&sid, 0);
-    u["trace_id"] = json!(long);
-    s.send(&u).await;
-    let e = s.recv_type("error").await;
-    assert_eq!(e["code"], "INVALID_MESSAGE", "{e}");
-    assert_eq!(e["details"], json!({"utterance_index": 0}), "{e}");
+    for (field, value) in [
+        ("trace_id", json!(long)),
+        ("audio_format", json!(long)),
+        ("lang_a", json!(long)),
+    ] {
+        let mut u = utterance(&sid, 0);
+        u[field] = value;
+        s.send(&u).await;
+        let e = s.recv_type("error").await;
+        assert_eq!(e["code"], "INVALID_MESSAGE", "{field}: {e}");
+        assert_eq!(e["details"], json!({"utterance_index": 0}), "{e}");
+        assert!(
+            e["message"].as_str().unwrap_or("").starts_with(field),
+            "{e}"
+        );
+    }
     let jobs: Vec<String> = redis::cmd("KEYS")
         .arg(format!("{PREFIX}job:*"))
         .query_async(&mut c)
