@@ -32,6 +32,8 @@ pub struct App {
     pub metrics: Arc<Metrics>,
     /// The scrape-time gauges of `/metrics` and their single-flight refresh.
     pub scrape: crate::http::scrape::Scrape,
+    /// `/readyz`'s checks of the cells, single-flight.
+    pub ready: crate::http::ready::Readiness,
     /// The console's live streams: their limit and shared snapshots.
     pub console: crate::console::live::Streams,
     pub conns: Connections,
@@ -80,6 +82,7 @@ impl App {
             cells,
             metrics,
             scrape,
+            ready: Default::default(),
             console,
             conns: Connections::default(),
             draining: AtomicBool::new(false),

@@ -2,6 +2,7 @@
 //! and the two WebSocket endpoints.
 
 pub mod admin;
+pub mod ready;
 pub mod scrape;
 
 use std::sync::Arc;
@@ -110,14 +111,11 @@ async fn readyz(State(app): State<Arc<App>>) -> Response {
     if app.is_draining() {
         return not_ready("draining".into());
     }
-    // Every cell must be usable: an instance serves them all.
-    let mut cells = Vec::new();
-    for cell in app.cells.iter() {
-        if let Err(e) = cell.store.check_ready().await {
-            return not_ready(format!("cell {}: {e}", cell.name()));
-        }
-        cells.push(cell.name());
+    // Every cell must be usable: an instance serves them all (one check at a time).
+    if let Err(reason) = app.ready.cells(&app).await {
+        return not_ready(reason);
     }
+    let cells: Vec<_> = app.cells.iter().map(|c| c.name()).collect();
     if !app.inbox_alive() {
         return not_ready("inbox consumer not running".into());
     }

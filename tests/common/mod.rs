@@ -282,6 +282,20 @@ pub async fn redis_now(c: &mut redis::aio::MultiplexedConnection) -> u64 {
     secs * 1000 + micros / 1000
 }
 
+/// `cmdstat_<cmd>` calls from `INFO commandstats` (a subcommand as `function|load`).
+pub async fn command_calls(c: &mut redis::aio::MultiplexedConnection, cmd: &str) -> u64 {
+    let info: String = redis::cmd("INFO")
+        .arg("commandstats")
+        .query_async(c)
+        .await
+        .expect("info");
+    info.lines()
+        .find_map(|l| l.strip_prefix(&format!("cmdstat_{cmd}:calls=")))
+        .and_then(|rest| rest.split(',').next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(0)
+}
+
 /// Every key of a node record in the cell.
 pub async fn node_keys(c: &mut redis::aio::MultiplexedConnection) -> Vec<String> {
     redis::AsyncCommands::keys(c, format!("{}node:*", invariants::PREFIX))

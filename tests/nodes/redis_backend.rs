@@ -31,6 +31,37 @@ async fn the_instance_runs_on_the_topology_under_test() {
     assert_eq!(cells, if mode == "cluster" { 3 } else { 1 }, "{ready}");
 }
 
+/// Audit finding: `/readyz` needs no token, and each request checked every cell (a pooled
+/// connection, `ROLE`, `FUNCTION LIST`, `INFO memory`): a client looping over many
+/// connections held the pool that admin reads and recovery draw on. 200 concurrent
+/// requests now share a few checks, one at a time (before: 200 `ROLE`s).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_readiness_probes_share_one_check_at_a_time() {
+    if single_only("counts the commands of one redis-server") {
+        return;
+    }
+    let redis = RedisServer::start().await;
+    let inst = start_instance(&redis).await;
+    let mut c = redis.client().await;
+    ready(&inst).await;
+    let before = command_calls(&mut c, "role").await;
+    let http = reqwest::Client::new();
+    let url = http_url(&inst, "/readyz");
+    let probes = (0..200).map(|_| {
+        let (http, url) = (http.clone(), url.clone());
+        tokio::spawn(async move { http.get(&url).send().await.expect("probe").status() })
+    });
+    for probe in futures_util::future::join_all(probes).await {
+        assert_eq!(probe.expect("probe task").as_u16(), 200);
+    }
+    let checks = command_calls(&mut c, "role").await - before;
+    assert!(
+        (1..=20).contains(&checks),
+        "{checks} readiness checks for 200 concurrent probes"
+    );
+    invariants::check(&mut c).await;
+}
+
 #[tokio::test]
 async fn redis_stopped_and_restarted_under_a_connected_node_heals_by_itself() {
     if single_only("redis_stopped_and_restarted_under_a_connected_node_heals_by_itself") {
@@ -223,17 +254,7 @@ async fn calls_that_find_the_library_missing_load_it_once() {
         )
         .await;
     }
-    let stats: String = redis::cmd("INFO")
-        .arg("commandstats")
-        .query_async(&mut c)
-        .await
-        .unwrap();
-    let loads: u64 = stats
-        .lines()
-        .find_map(|l| l.strip_prefix("cmdstat_function|load:calls="))
-        .and_then(|r| r.split(',').next())
-        .and_then(|n| n.parse().ok())
-        .unwrap_or(0);
+    let loads = command_calls(&mut c, "function|load").await;
     assert!(
         (1..=2).contains(&loads),
         "{loads} FUNCTION LOADs for 24 calls that found the library missing"

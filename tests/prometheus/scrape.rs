@@ -6,20 +6,6 @@
 use crate::common::invariants::PREFIX;
 use crate::common::*;
 
-/// `cmdstat_<cmd>` calls from `INFO commandstats`.
-async fn calls(c: &mut redis::aio::MultiplexedConnection, cmd: &str) -> u64 {
-    let info: String = redis::cmd("INFO")
-        .arg("commandstats")
-        .query_async(c)
-        .await
-        .expect("info");
-    info.lines()
-        .find_map(|l| l.strip_prefix(&format!("cmdstat_{cmd}:calls=")))
-        .and_then(|rest| rest.split(',').next())
-        .and_then(|n| n.parse().ok())
-        .unwrap_or(0)
-}
-
 /// 2,000 node records (offline, expiring in an hour so no sweep touches them) make one
 /// refresh cost 2,000 `HGET`s. 100 concurrent unauthenticated scrapes must cost about one
 /// refresh, not one each (before: ~200,000 `HGET`s).
@@ -50,7 +36,7 @@ async fn concurrent_scrapes_share_one_redis_refresh() {
             .ignore();
     }
     let () = pipe.query_async(&mut c).await.expect("seed nodes");
-    let before = calls(&mut c, "hget").await;
+    let before = command_calls(&mut c, "hget").await;
     let http = reqwest::Client::new();
     let url = http_url(&inst, "/metrics");
     let scrapes = (0..100).map(|_| {
@@ -70,7 +56,7 @@ async fn concurrent_scrapes_share_one_redis_refresh() {
             "every scrape shows the refreshed count"
         );
     }
-    let spent = calls(&mut c, "hget").await - before;
+    let spent = command_calls(&mut c, "hget").await - before;
     assert!(
         spent <= 3 * NODES,
         "100 scrapes cost {spent} HGETs: more than 3 refreshes of {NODES} nodes"
