@@ -28,11 +28,13 @@ Output: [reply, blobs...]  reply.out = messages to deliver (queued jobs handed t
   {"status":"limit","live":N}  a node new to its fleet credential's count, which already
                       holds CFG.fleet_nodes live nodes: refused; nothing written but the
                       removal of members left behind and fleet:<fp>:pruned (fleet.lua)
-  {"status":"foreign"}  "reconnect" of an id whose record (live, disconnected or offline)
-                      is another tenant's (or public, for a tenant's credential, and the
-                      reverse): refused, nothing changed. A fleet token proves a tenant, not
-                      a node: it must never inherit another tenant's jobs, their audio, or
-                      the job_assigns waiting in an inbox for that id
+  {"status":"foreign"}  "reconnect" or "replace" of an id whose record (live, disconnected or
+                      offline) is another tenant's (or public, for a tenant's credential, and
+                      the reverse): refused, nothing changed. A fleet token proves a tenant,
+                      not a node; a token bound to the id proves the id within its tenant
+                      (tenants may name nodes alike). Neither may inherit another tenant's
+                      jobs (answering them into its sessions), their audio, or the
+                      job_assigns waiting in an inbox for that id
   {"status":"ok","epoch":N,"state":"ready"|"draining","added":N,"removed":N,
    "replaced_conn":tok?,"replaced_owner":inst?}   a live older connection was replaced
    epoch: grows with every registration (commit order), whatever the floor: the caller's
@@ -63,7 +65,7 @@ local floor = int(9, 'epoch floor', 0, 2 ^ 53)
 local fleet = ARGV[10]
 local n = int(11, 'field pairs', 0, (#ARGV - 11) / 2)
 local prev = redis.call('HMGET', KEYS[1], 'conn', 'owner', 'state', 'tenant', 'fleet')
-if claim == 'reconnect' and prev[1] then
+if claim ~= 'mint' and prev[1] then
   local tenant = ''
   for i = 12, 11 + 2 * n, 2 do
     if ARGV[i] == 'tenant' then tenant = ARGV[i + 1] end

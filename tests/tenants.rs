@@ -119,7 +119,7 @@ async fn the_credential_tenant_is_the_tenant_and_a_frame_cannot_claim_another() 
 /// Now a reconnect must be of the record's tenant (public for public); a credential whose
 /// `sub` is the id still may take it.
 #[tokio::test]
-async fn a_fleet_token_cannot_reconnect_a_node_id_of_another_tenant() {
+async fn another_tenants_token_cannot_take_a_node_id_fleet_or_bound() {
     let redis = RedisServer::start().await;
     // (the dropped node keeps its job through the whole scenario, however slow the machine)
     let inst = start_tweaked(&redis, |c| c.node.disconnect_grace_ms = 10_000).await;
@@ -147,10 +147,13 @@ async fn a_fleet_token_cannot_reconnect_a_node_id_of_another_tenant() {
     .await;
     let before = node_hash(&mut c, nid).await;
 
-    // Another tenant's fleet token, and a public one, are refused; nothing changes.
+    // Another tenant's fleet token, a public one, and another tenant's token bound to this
+    // very id (tenants may name their nodes alike; audit finding: it took the record over,
+    // and could answer acme's job into acme's session) are refused; nothing changes.
     let globex = token(&[Scope::Node], None, Some("globex"));
     let public = token(&[Scope::Node], None, None);
-    for cred in [&globex, &public] {
+    let bound = token(&[Scope::Node], Some(nid), Some("globex"));
+    for cred in [&globex, &public, &bound] {
         let mut thief = WsClient::connect(&url_with(&inst, "/ws/node", cred)).await;
         let mut f = fixture("node_register_first");
         f["node_id"] = json!(nid);

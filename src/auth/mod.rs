@@ -112,7 +112,9 @@ impl Credential {
 
     /// May this credential take `node_id` away from a live connection? Only a connection
     /// that proves it is that node (`sub` = node id), or anyone in open mode. A fleet
-    /// token (no `sub`) may register new nodes and reconnect nodes nobody holds.
+    /// token (no `sub`) may register new nodes and reconnect nodes nobody holds. Either
+    /// way only within the tenant of the id's record (`register.lua` refuses the rest as
+    /// `foreign`): `sub` names an id in its own tenant.
     pub fn may_replace_node(&self, node_id: &str) -> bool {
         self.open || self.sub.as_deref() == Some(node_id)
     }
