@@ -1,11 +1,12 @@
 //! The binary's runtime: `switchyard serve` runs `instance.worker_threads` runtime workers
 //! (one by default: no wakeup crosses threads, bench/notes.md "round 8"), counted from the
-//! process's threads as the kernel lists them.
+//! process's threads as the kernel lists them; what it logs of a node's own words.
 
 mod common;
 
-use common::RedisServer;
 use common::children::Instances;
+use common::{RedisServer, WsClient, fixture, with_token};
+use serde_json::json;
 
 /// Threads of `pid` that are tokio runtime workers (named "tokio-rt-worker" by the
 /// runtime). Its blocking pool's threads share the name; none runs here (no
@@ -38,4 +39,40 @@ async fn serve_runs_as_many_runtime_workers_as_configured() {
         );
         inst.terminate(0);
     }
+}
+
+/// Audit finding: a `node_error`'s code and message were logged whole and as they came: a
+/// node (or anyone with a node token, registered or not) could write megabytes a frame, and
+/// with the text log format forge log lines with newlines. Now each is cut (64 bytes, 1 KB)
+/// and escaped.
+#[tokio::test]
+async fn a_node_error_is_logged_bounded_and_on_one_line() {
+    let redis = RedisServer::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let env = vec![("SWITCHYARD_LOG__FORMAT", "text")];
+    let mut inst = Instances::new(1, redis.url(), dir.path(), env);
+    inst.spawn(0);
+    inst.wait_ready(0).await;
+    let url = with_token(&format!("ws://127.0.0.1:{}/ws/node", inst.ports[0]));
+    let mut n = WsClient::connect(&url).await;
+    let forged = "\nFORGED ERROR switchyard: all sessions lost\n";
+    n.send(
+        &json!({"type": "node_error", "code": format!("C{}", "X".repeat(60_000)),
+        "message": format!("{forged}{}", "m".repeat(200_000))}),
+    )
+    .await;
+    n.register_id(fixture("node_register_first"), None).await; // (the error was handled)
+    let log_path = dir.path().join("instance-0-1.log");
+    let log = std::fs::read_to_string(&log_path).expect("log");
+    let line = log
+        .lines()
+        .find(|l| l.contains("node_error"))
+        .unwrap_or_else(|| panic!("no node_error logged:\n{log}"));
+    assert!(line.len() < 4096, "{} bytes logged", line.len());
+    assert!(line.contains("FORGED"), "{line}");
+    assert!(
+        !log.lines().any(|l| l.starts_with("FORGED")),
+        "a node forged a log line:\n{log}"
+    );
+    inst.terminate(0);
 }

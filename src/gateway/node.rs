@@ -218,7 +218,10 @@ impl NodeConn {
                     e.code.clone()
                 };
                 let node = self.reg.as_ref().map(|r| r.node_id.as_str()).unwrap_or("-");
-                tracing::warn!(node_id = node, code = %code, message = %e.message, "node_error");
+                // Bounded and escaped: a node's words must not flood the log or forge lines.
+                let (logged_code, message) =
+                    crate::protocol::bounds::node_error_text(&code, &e.message);
+                tracing::warn!(node_id = node, code = ?logged_code, message = ?message, "node_error");
                 let detail = crate::telemetry::metrics::Detail {
                     detail: crate::telemetry::metrics::known_code(&code)
                         .to_string()

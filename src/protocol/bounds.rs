@@ -123,6 +123,13 @@ pub fn failure_message(message: &str) -> &str {
     cut(message, MAX_FAILURE_MESSAGE)
 }
 
+/// A node's `node_error` as it is logged: its code cut to 64 bytes and its message to
+/// [`MAX_FAILURE_MESSAGE`], at a character. (Log them with `?`: escaped, a node's text
+/// cannot start a line of its own in a text log.)
+pub fn node_error_text<'a>(code: &'a str, message: &'a str) -> (&'a str, &'a str) {
+    (cut(code, 64), cut(message, MAX_FAILURE_MESSAGE))
+}
+
 /// The longest failure message of a node a job keeps (bytes).
 pub const MAX_FAILURE_MESSAGE: usize = 1024;
 
