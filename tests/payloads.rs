@@ -273,7 +273,7 @@ async fn a_nodes_result_cannot_touch_a_sessions_staged_audio() {
         .default_cell()
         .store
         .keys
-        .staged_audio(&sid, 1);
+        .staged_audio("i-0123456789ab/1", &sid, 1);
     let _: () = redis::cmd("SET")
         .arg(&staged)
         .arg("the session's audio")
@@ -290,6 +290,55 @@ async fn a_nodes_result_cannot_touch_a_sessions_staged_audio() {
     let kept: Option<String> = c.get(&staged).await.expect("get");
     assert_eq!(kept.as_deref(), Some("the session's audio"));
     // The forged result's own staged body did not outlive its refused call.
+    assert_eq!(keys(&mut c, "stage:*").await, vec![staged.clone()]);
+    let _: () = c.del(&staged).await.expect("del");
+    invariants::check(&mut c).await;
+}
+
+/// Audit finding: an utterance's audio was staged under `stage:audio:<sid>:<index>`, before
+/// the script checks the connection, and a session connection a resume replaced stays open
+/// (its next frame is answered as stale). Its utterance of an index the live connection
+/// was submitting overwrote that connection's staged audio, and its refused call deleted
+/// it: the live submit then failed (`INTERNAL_ERROR`). The key now carries the connection's
+/// token. Here the live connection's staged audio is put in place by hand, as its
+/// `submit` pipeline holds it for an instant.
+#[tokio::test]
+async fn a_replaced_session_connection_cannot_touch_the_live_ones_staged_audio() {
+    let redis = RedisServer::start().await;
+    let inst = start_instance(&redis).await;
+    let mut c = redis.client().await;
+    let url = ws_url(&inst, "/ws/session");
+    let (mut old, ack) = open_session_ack(&url, fixture("session_init_one_way")).await;
+    let sid = ack["session_id"].as_str().expect("session_id").to_string();
+    let mut init = fixture("session_init_one_way");
+    init["resume_session_id"] = json!(sid);
+    init["resume_token"] = ack["resume_token"].clone();
+    init["last_received_index"] = json!(-1);
+    let (_live, _) = open_session_ack(&url, init).await;
+    let conn = session_field(&mut c, &sid, "conn").await;
+    let staged = inst
+        .app
+        .cells
+        .default_cell()
+        .store
+        .keys
+        .staged_audio(&conn, &sid, 1);
+    let _: () = redis::cmd("SET")
+        .arg(&staged)
+        .arg("the live connection's audio")
+        .arg("PX")
+        .arg(60_000)
+        .query_async(&mut c)
+        .await
+        .expect("set");
+    let mut u = utterance(&sid, 1);
+    u["audio"] = json!(B64.encode(vec![7u8; 8 * 1024])); // (staged: over 2,048 bytes)
+    old.send(&u).await;
+    let err = old.recv_type("error").await;
+    assert_eq!(err["code"], "INVALID_SESSION", "{err}");
+    let kept: Option<String> = c.get(&staged).await.expect("get");
+    assert_eq!(kept.as_deref(), Some("the live connection's audio"));
+    // The replaced connection's own staged audio did not outlive its refused call.
     assert_eq!(keys(&mut c, "stage:*").await, vec![staged.clone()]);
     let _: () = c.del(&staged).await.expect("del");
     invariants::check(&mut c).await;

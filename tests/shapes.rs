@@ -283,7 +283,7 @@ async fn a_submit_whose_staged_audio_is_missing_fails_before_writing_anything() 
     let keys_before: Vec<String> = c.keys(format!("{PREFIX}*")).await.expect("keys");
 
     // KEYS[2] names a staged key the instance never wrote (it expired, or its SET was lost).
-    let stage = store.keys.staged_audio("s-stage", 0);
+    let stage = store.keys.staged_audio("conn-1", "s-stage", 0);
     let e = call_raw(
         &inst,
         &mut c,

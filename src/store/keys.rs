@@ -107,9 +107,13 @@ impl Keys {
     }
 
     /// String with TTL: an utterance's audio, staged by the instance in the pipeline of its
-    /// `submit` call, which renames it to the job's audio key.
-    pub fn staged_audio(&self, session: &str, index: u64) -> String {
-        format!("{}stage:audio:{session}:{index}", self.prefix)
+    /// `submit` call, which renames it to the job's audio key. Written before the script
+    /// checks the connection, so it carries the connection's token as `staged_result`
+    /// does: a connection a resume replaced stays open (its next frame is answered as
+    /// stale), and its utterance of the same index must not overwrite or delete the live
+    /// connection's audio between that one's `SET` and `FCALL`.
+    pub fn staged_audio(&self, conn: &str, session: &str, index: u64) -> String {
+        format!("{}stage:audio:{conn}:{session}:{index}", self.prefix)
     }
 
     /// String with TTL: an instance is alive while its presence key exists.
@@ -156,12 +160,16 @@ mod tests {
 
     /// Review finding: `stage:<job>:<attempt>` and `stage:<sid>:<index>` shared one
     /// namespace, so a node sending a session id as its job id named the session's staged
-    /// audio; and a stale connection's result named the live one's staged body.
+    /// audio; and a stale connection's result named the live one's staged body (and a
+    /// replaced session connection's utterance, the live one's staged audio).
     #[test]
     fn staged_keys_of_a_node_never_name_a_sessions_or_another_connections() {
         let k = Keys::new("{switchyard:main}");
-        let audio = k.staged_audio("s-ABCDEF12", 3);
-        assert_eq!(audio, "{switchyard:main}:stage:audio:s-ABCDEF12:3");
+        let audio = k.staged_audio("i-0123456789ab/7", "s-ABCDEF12", 3);
+        assert_eq!(
+            audio,
+            "{switchyard:main}:stage:audio:i-0123456789ab/7:s-ABCDEF12:3"
+        );
         for job in ["s-ABCDEF12", "audio:s-ABCDEF12", ":audio:s-ABCDEF12", ""] {
             for conn in ["i-0123456789ab/7", "", "audio"] {
                 let result = k.staged_result(conn, job, 3);
@@ -177,6 +185,12 @@ mod tests {
         assert_eq!(
             k.staged_result(live, "job-1-0", 1),
             "{switchyard:main}:stage:result:i-0123456789ab/8:job-1-0:1"
+        );
+        // (audit finding: a connection a resume replaced stays open, and its utterance of
+        // the same index named the live connection's staged audio)
+        assert_ne!(
+            k.staged_audio(live, "s-ABCDEF12", 3),
+            k.staged_audio(stale, "s-ABCDEF12", 3)
         );
     }
 }

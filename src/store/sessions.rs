@@ -168,7 +168,7 @@ impl Store {
         let mut keys = vec![self.keys.session(sid)];
         let staged = self.staging.stages(job.audio.len());
         if staged {
-            keys.push(self.keys.staged_audio(sid, job.index));
+            keys.push(self.keys.staged_audio(conn, sid, job.index));
         }
         let args = self
             .args()
