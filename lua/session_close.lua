@@ -9,7 +9,7 @@ Input:
   KEYS[1] session hash   KEYS[2] {tag}:due:audio (the pause clock: cut() stops it, or
     keeps it armed for audio it held)
   Derived: the session's audio buffer, jobs, results; job, node, pool, queue keys of the cut;
-  {tag}:subject:<sub>:sessions (the closed session no longer counts as live).
+  {tag}:subject:<subject>:sessions (the closed session no longer counts as live).
   ARGV[1..4] ctx   ARGV[5] session id   ARGV[6] connection token
 Output: [reply, blobs...]
   {"status":"ok","job_id":id?} | {"status":"missing"} | {"status":"stale"}

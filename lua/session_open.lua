@@ -6,11 +6,12 @@ Input:
           TTLs and may outlive the record: a new session must not find its job index,
           result log or audio buffer)
   ARGV[7] connection token   ARGV[8] nonce (makes job ids unique across session lifetimes)
-  ARGV[9] subject: `sub` of the opening credential ("" = none: not counted)
+  ARGV[9] subject: the opening credential's `sub`, `<tenant>/<sub>` with a tenant ("" = none:
+          not counted); kept as the record's `sub`
   ARGV[10] most live sessions per subject (0 = no limit)
   ARGV[11] n: field/value pairs in ARGV[12 .. 11+2n] (languages, mode, tenant, pools, needs,
           pair, spec = the job_assign template, trace_id, resume_hash, client fields)
-  Derived: {tag}:subject:<sub>:sessions (zset sid -> expiry ms; see subject_sessions);
+  Derived: {tag}:subject:<subject>:sessions (zset sid -> expiry ms; see subject_sessions);
   session:<sid>:jobs, :results, :pending, :audio, :rtime (checked when minted); the caller's
   presence, listing and inbox group when missing (deliver.lua present())
 Output: [reply]

@@ -264,6 +264,28 @@ async fn a_subject_holds_at_most_its_live_sessions_across_instances() {
     s3.recv_type("session_init_ack").await;
     assert_eq!(c.zcard::<_, u64>(&zk).await.unwrap(), 2);
     assert_limited(&a, "session", "sessions_per_subject", 1).await;
+    // Tenants count apart: their users may share a name (audit finding: the count was
+    // keyed by `sub` alone, so another tenant's "user-alice" was refused here).
+    let acme = token(&[Scope::Session], Some("user-alice"), Some("acme"));
+    let globex = token(&[Scope::Session], Some("user-alice"), Some("globex"));
+    for _ in 0..2 {
+        open_session_ack(
+            &url_with(&a, "/ws/session", &acme),
+            fixture("session_init_one_way"),
+        )
+        .await;
+    }
+    let mut over = WsClient::connect(&url_with(&b, "/ws/session", &acme)).await;
+    over.send(&fixture("session_init_one_way")).await;
+    assert_eq!(over.recv_type("error").await["code"], "RATE_LIMITED");
+    open_session_ack(
+        &url_with(&b, "/ws/session", &globex),
+        fixture("session_init_one_way"),
+    )
+    .await;
+    let acme_key = format!("{PREFIX}subject:acme/user-alice:sessions");
+    assert_eq!(c.zcard::<_, u64>(&acme_key).await.unwrap(), 2);
+    assert_eq!(c.zcard::<_, u64>(&zk).await.unwrap(), 2);
     invariants::check(&mut c).await;
 }
 

@@ -176,8 +176,9 @@ local function csv_has(csv, item)
 end
 
 local function node_key(id) return P .. 'node:' .. id end
--- The live sessions a credential subject opened: sid -> expiry (ms), for the per-subject
--- limit (session_open); refreshed with the session's TTLs, removed by session_close.
+-- The live sessions a credential subject (`sub`, `<tenant>/<sub>` with a tenant) opened:
+-- sid -> expiry (ms), for the per-subject limit (session_open); refreshed with the
+-- session's TTLs, removed by session_close.
 local function subject_sessions(sub) return P .. 'subject:' .. sub .. ':sessions' end
 -- The live nodes (not offline) registered with one fleet credential (a node token without
 -- `sub`), by the credential's fingerprint: a set of node ids, for the per-credential limit

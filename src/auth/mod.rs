@@ -135,6 +135,17 @@ impl Credential {
         }
     }
 
+    /// The subject `limits.max_sessions_per_subject` counts the sessions of: `sub`, within
+    /// the credential's tenant (`<tenant>/<sub>`: tenants may name their users alike, and
+    /// neither part holds a `/`); None without `sub`.
+    pub fn subject(&self) -> Option<String> {
+        let sub = self.sub.as_deref()?;
+        Some(match &self.tenant {
+            Some(t) => format!("{t}/{sub}"),
+            None => sub.to_string(),
+        })
+    }
+
     /// Who the credential is, for what is limited per holder (console streams):
     /// `sub:<sub>`, else `token:<fingerprint>` (two name spaces: a `sub` cannot be another
     /// token's fingerprint); `None` in open mode.

@@ -172,7 +172,7 @@ impl SessionConn {
                     true,
                     &self.token,
                     &nonce,
-                    self.cred.sub.as_deref(),
+                    self.cred.subject().as_deref(),
                     app.cfg.limits.max_sessions_per_subject,
                     &fields,
                 )

@@ -61,7 +61,7 @@ pub enum Touch<'a> {
 
 impl Store {
     /// `session_open.lua`: create the session record, unless `subject` (the credential's
-    /// `sub`) already has `max_per_subject` live sessions (0: no limit).
+    /// `Credential::subject`) already has `max_per_subject` live sessions (0: no limit).
     #[allow(clippy::too_many_arguments)] // one per ARGV of the script
     pub async fn session_open(
         &self,
