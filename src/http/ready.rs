@@ -4,35 +4,35 @@
 //! cell a pooled connection and three commands (`ROLE`, `FUNCTION LIST`, `INFO memory`;
 //! `Store::check_ready`). Checked once per request, a client looping over many kept-alive
 //! connections held the pool (32 connections) that admin reads, recovery and the shared
-//! connections' re-creation draw on. So one check runs at a time; requests that arrive
-//! meanwhile wait for it, and a request takes the last result if it was completed no
-//! earlier than `REUSE` before the request arrived. An answer is never older than that:
-//! the readiness a probe sees still changes within a tenth of a second of Redis'.
+//! connections' re-creation draw on. So one check runs at a time, and requests share it: a
+//! request is answered by the first check that started after it arrived (the one it runs,
+//! or the one another request ran meanwhile). An answer is never older than its request: a
+//! flood of probes costs each cell one check in flight, back to back, and holds one
+//! pooled connection.
 
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use crate::server::App;
 
-/// How old a completed check may be and still answer a request that arrives after it.
-const REUSE: Duration = Duration::from_millis(100);
-
-/// The last check of the cells and when it completed (held across a check: single flight).
+/// The last check of the cells: when it started, and what it found (held across a check:
+/// single flight).
 #[derive(Default)]
 pub struct Readiness {
     last: tokio::sync::Mutex<Option<(Instant, Result<(), String>)>>,
 }
 
 impl Readiness {
-    /// Every cell usable (an instance serves them all), or why not: from a check completed
-    /// at most `REUSE` before this call, or from the one this call runs or waits for.
+    /// Every cell usable (an instance serves them all), or why not, from a check that
+    /// started after this call.
     pub async fn cells(&self, app: &App) -> Result<(), String> {
         let arrived = Instant::now();
         let mut last = self.last.lock().await;
-        if let Some((at, outcome)) = &*last
-            && *at + REUSE >= arrived
+        if let Some((started, outcome)) = &*last
+            && *started >= arrived
         {
             return outcome.clone();
         }
+        let started = Instant::now();
         let mut outcome = Ok(());
         for cell in app.cells.iter() {
             if let Err(e) = cell.store.check_ready().await {
@@ -40,7 +40,7 @@ impl Readiness {
                 break;
             }
         }
-        *last = Some((Instant::now(), outcome.clone()));
+        *last = Some((started, outcome.clone()));
         outcome
     }
 }
