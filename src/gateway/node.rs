@@ -264,6 +264,17 @@ impl NodeConn {
                 format!("heartbeat for {id} on the connection of {}", reg.node_id),
             );
         }
+        if let Some(services) = &h.installed_services {
+            let mut described = reg.register.clone();
+            described.installed_services = services.clone();
+            let extra = super::node_register::register_fields(
+                &described,
+                self.app.cfg.node.default_capacity,
+            );
+            if let Err(e) = super::node_register::within_description(&extra) {
+                return self.error(ErrorCode::InvalidMessage, e);
+            }
+        }
         let wanted = match reg.caps.merged(
             h.language_capabilities.as_ref(),
             h.capability_by_type.as_deref(),

@@ -92,15 +92,8 @@ impl NodeConn {
         // (stored on the node's record and shown by the API: bounded like a session's
         // free-form fields, protocol::bounds)
         let extra = register_fields(&r, capacity);
-        let described: usize = extra.iter().map(|(_, v)| v.len()).sum();
-        if described > MAX_DESCRIPTION {
-            return self.error(
-                ErrorCode::InvalidMessage,
-                format!(
-                    "version, platform, hardware, installed_services and capability_schema_version \
-                     together must be at most {MAX_DESCRIPTION} bytes ({described})"
-                ),
-            );
+        if let Err(e) = within_description(&extra) {
+            return self.error(ErrorCode::InvalidMessage, e);
         }
         // (a registration recomputes every pool of the node, like a capability change)
         let every = self.app.cfg.node.capability_change_interval_ms;
@@ -319,6 +312,20 @@ fn mint_node_id() -> String {
 /// The descriptive fields of a registration together, as stored (bytes): a node describes
 /// itself in a few hundred.
 const MAX_DESCRIPTION: usize = 16 * 1024;
+
+/// `extra` (`register_fields`) within [`MAX_DESCRIPTION`], or why not. A heartbeat's
+/// `installed_services` replace the registration's and are stored at its next
+/// registration (a record found missing): they are held to it too.
+pub(super) fn within_description(extra: &[(&'static str, String)]) -> Result<(), String> {
+    let described: usize = extra.iter().map(|(_, v)| v.len()).sum();
+    if described > MAX_DESCRIPTION {
+        return Err(format!(
+            "version, platform, hardware, installed_services and capability_schema_version \
+             together must be at most {MAX_DESCRIPTION} bytes ({described})"
+        ));
+    }
+    Ok(())
+}
 
 /// Descriptive node-hash fields from a registration.
 pub(super) fn register_fields(

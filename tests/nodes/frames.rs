@@ -165,3 +165,42 @@ async fn a_silent_peer_is_closed_as_idle() {
     );
     invariants::check(&mut c).await;
 }
+
+/// Audit finding: a `node_register`'s descriptive fields are held to 16 KB together, but a
+/// heartbeat's `installed_services` replaced the connection's copy unchecked, and a
+/// re-registration (the record found missing: expired, or Redis wiped) stored that copy.
+/// Now such a heartbeat is refused (`INVALID_MESSAGE`) and changes nothing: the record
+/// re-created later holds the registration's services.
+#[tokio::test]
+async fn a_heartbeat_cannot_grow_the_node_description_past_its_bound() {
+    let redis = RedisServer::start().await;
+    let inst = start_instance(&redis).await;
+    let mut c = redis.client().await;
+    let mut node = WsClient::connect(&ws_url(&inst, "/ws/node")).await;
+    let id = node.register_id(fixture("node_register_first"), None).await;
+    let registered = node_hash(&mut c, &id).await["installed_services"].clone();
+    let mut hb = fixture("node_heartbeat");
+    hb["node_id"] = json!(id);
+    hb["installed_services"] = json!(vec!["x".repeat(1024); 20]);
+    node.send(&hb).await;
+    let e = node.recv_type("error").await;
+    assert_eq!(e["code"], "INVALID_MESSAGE", "{e}");
+    // The record disappears; the next heartbeat registers the node again from what the
+    // connection holds.
+    let _: () = redis::AsyncCommands::del(&mut c, format!("{}node:{id}", invariants::PREFIX))
+        .await
+        .expect("del");
+    let mut hb = fixture("node_heartbeat");
+    hb["node_id"] = json!(id);
+    node.send(&hb).await;
+    let services = eventually(Duration::from_secs(5), "registered again", || {
+        let (mut c, id) = (c.clone(), id.clone());
+        async move {
+            let h = node_hash(&mut c, &id).await;
+            h.get("installed_services").cloned()
+        }
+    })
+    .await;
+    assert_eq!(services, registered);
+    invariants::check(&mut c).await;
+}
