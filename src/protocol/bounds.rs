@@ -68,9 +68,22 @@ fn options(o: &JobOptions) -> Result<(), String> {
     Ok(())
 }
 
-/// A `session_init` within the bounds, or why not.
+/// A `session_init` within the bounds, or why not. A resume that names no possible session
+/// or index is refused, not taken for a new session.
 pub fn session_init(i: &SessionInit) -> Result<(), String> {
     trace_id(i.trace_id.as_deref())?;
+    if let Some(r) = i.resume_session_id.as_deref()
+        && !r.is_empty()
+        && !valid_id(r)
+    {
+        return Err("resume_session_id must be a session id (1-64 of [A-Za-z0-9_.-])".into());
+    }
+    if i.last_received_index.is_some_and(|l| l < -1) {
+        return Err(
+            "last_received_index must be an utterance index, or -1 when nothing was received"
+                .into(),
+        );
+    }
     text("client_version", Some(&i.client_version), MAX_CLIENT_TEXT)?;
     text("platform", Some(&i.platform), MAX_CLIENT_TEXT)?;
     options(&i.options)

@@ -50,7 +50,8 @@ async fn malformed_binary_and_oversized_session_frames_change_nothing() {
 /// Audit finding: a session's free-form fields were kept unbounded, and a `session_init`'s
 /// are copied into every job it cuts (its `trace_id` stays on each finished job's record
 /// for `jobs.record_ttl_ms`): one frame of megabytes, then many small ones, filled Redis.
-/// A field over its bound is refused, naming it, and nothing is written.
+/// A field over its bound is refused, naming it, and nothing is written; so is a resume
+/// that names no possible session or index.
 #[tokio::test]
 async fn oversized_free_form_fields_are_refused_and_nothing_is_kept() {
     let redis = RedisServer::start().await;
@@ -68,6 +69,9 @@ async fn oversized_free_form_fields_are_refused_and_nothing_is_kept() {
         // routes by them: unchecked before the second audit)
         ("lang_a", json!(long)),
         ("lang_b", json!("en:pub")),
+        // (a resume that names no possible session or index: it opened a new session)
+        ("resume_session_id", json!("s-0000:0001")),
+        ("last_received_index", json!(-2)),
     ] {
         let mut init = fixture("session_init_one_way");
         init[field] = value;
