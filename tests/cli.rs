@@ -210,6 +210,25 @@ fn check_config_warns_of_a_liveness_nodes_cannot_come_back_within() {
     assert!(!out.contains("# warning"), "{out}");
 }
 
+/// Audit note: public keys are usually an identity provider's, and without `auth.audience`
+/// a token it issued to another service passes wherever its scope names match: warned of.
+#[test]
+fn check_config_warns_of_provider_keys_without_an_audience() {
+    let keys = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/keys/jwks.json");
+    let (code, out, err) = check_config(&[("SWITCHYARD_AUTH__JWKS_FILE", keys)], &[]);
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("# warning: auth.audience is unset"), "{out}");
+    let (code, out, err) = check_config(
+        &[
+            ("SWITCHYARD_AUTH__JWKS_FILE", keys),
+            ("SWITCHYARD_AUTH__AUDIENCE", "switchyard"),
+        ],
+        &[],
+    );
+    assert_eq!(code, 0, "{err}");
+    assert!(!out.contains("# warning"), "{out}");
+}
+
 #[test]
 fn check_config_never_prints_a_secret() {
     let (code, out, _) = check_config(&[], &[]);

@@ -23,6 +23,18 @@ impl Config {
                  take its id back"
             ));
         }
+        // A public key or JWKS is usually an identity provider's, which issues tokens to
+        // other services too; without `aud` they all pass here where their scope names match.
+        let provider = !self.auth.public_key_files.is_empty() || self.auth.jwks_file.is_some();
+        if !self.auth.is_open() && provider && self.auth.audience.is_none() {
+            out.push(
+                "auth.audience is unset while tokens are verified with public keys \
+                 (auth.public_key_files / auth.jwks_file, usually an identity provider's): a \
+                 token that provider issued to another service is accepted wherever its scope \
+                 names match; set auth.audience (and auth.issuer)"
+                    .into(),
+            );
+        }
         out
     }
 }
