@@ -221,7 +221,8 @@ impl NodeConn {
                 // Bounded and escaped: a node's words must not flood the log or forge lines.
                 let (logged_code, message) =
                     crate::protocol::bounds::node_error_text(&code, &e.message);
-                tracing::warn!(node_id = node, code = ?logged_code, message = ?message, "node_error");
+                tracing::warn!(node_id = node, code = %logged_code.escape_debug(),
+                    node_message = %message.escape_debug(), "node_error");
                 let detail = crate::telemetry::metrics::Detail {
                     detail: crate::telemetry::metrics::known_code(&code)
                         .to_string()
@@ -248,7 +249,7 @@ impl NodeConn {
         }
     }
 
-    async fn on_heartbeat(&mut self, h: NodeHeartbeat) {
+    async fn on_heartbeat(&mut self, mut h: NodeHeartbeat) {
         let Some(reg) = &self.reg else {
             return self.error(
                 ErrorCode::InvalidMessage,
@@ -264,17 +265,31 @@ impl NodeConn {
                 format!("heartbeat for {id} on the connection of {}", reg.node_id),
             );
         }
-        if let Some(services) = &h.installed_services {
-            let mut described = reg.register.clone();
-            described.installed_services = services.clone();
-            let extra = super::node_register::register_fields(
-                &described,
-                self.app.cfg.node.default_capacity,
-            );
-            if let Err(e) = super::node_register::within_description(&extra) {
-                return self.error(ErrorCode::InvalidMessage, e);
+        // New installed_services are kept (and stored at the next registration) only within
+        // the description's bound; the rest of the heartbeat counts either way (refusing it
+        // would take a node offline for its description).
+        let services = match h.installed_services.take() {
+            Some(s) if s != reg.register.installed_services => {
+                let mut described = reg.register.clone();
+                described.installed_services = s;
+                let extra = super::node_register::register_fields(
+                    &described,
+                    self.app.cfg.node.default_capacity,
+                );
+                match super::node_register::within_description(&extra) {
+                    Ok(()) => Some(described.installed_services),
+                    Err(e) => {
+                        self.app.metrics.rejected(KIND, "description");
+                        self.error(
+                            ErrorCode::InvalidMessage,
+                            format!("installed_services not kept: {e}"),
+                        );
+                        None
+                    }
+                }
             }
-        }
+            _ => None,
+        };
         let wanted = match reg.caps.merged(
             h.language_capabilities.as_ref(),
             h.capability_by_type.as_deref(),
@@ -307,7 +322,7 @@ impl NodeConn {
             Ok(HeartbeatReply::Ok { .. }) => {
                 if let Some(reg) = &mut self.reg {
                     reg.caps = caps;
-                    if let Some(services) = h.installed_services.clone() {
+                    if let Some(services) = services {
                         reg.register.installed_services = services;
                     }
                 }
@@ -319,6 +334,9 @@ impl NodeConn {
                 let Some(mut register) = self.reg.as_ref().map(|r| r.register.clone()) else {
                     return;
                 };
+                if let Some(services) = services {
+                    register.installed_services = services;
+                }
                 if let Some(l) = h.language_capabilities.clone() {
                     register.language_capabilities = Some(l);
                 }

@@ -4,43 +4,61 @@
 //! cell a pooled connection and three commands (`ROLE`, `FUNCTION LIST`, `INFO memory`;
 //! `Store::check_ready`). Checked once per request, a client looping over many kept-alive
 //! connections held the pool (32 connections) that admin reads, recovery and the shared
-//! connections' re-creation draw on. So one check runs at a time, and requests share it: a
-//! request is answered by the first check that started after it arrived (the one it runs,
-//! or the one another request ran meanwhile). An answer is never older than its request: a
-//! flood of probes costs each cell one check in flight, back to back, and holds one
-//! pooled connection.
+//! connections' re-creation draw on. So at most one check is in flight per instance: a
+//! request that arrives while one runs shares its answer, one that arrives after it
+//! completed starts the next (a completed check never answers a later request, so an answer
+//! is never older than the check that was running when the request came). The check runs
+//! in a task of its own: a requester that goes away does not abort it for the others.
 
-use std::time::Instant;
+use std::sync::{Arc, Mutex};
+
+use tokio::sync::watch;
 
 use crate::server::App;
 
-/// The last check of the cells: when it started, and what it found (held across a check:
-/// single flight).
+/// What a check found: every cell usable, or why not; `None` while it runs.
+type Outcome = Option<Result<(), String>>;
+
+/// The check in flight, or the last one.
 #[derive(Default)]
 pub struct Readiness {
-    last: tokio::sync::Mutex<Option<(Instant, Result<(), String>)>>,
+    last: Mutex<Option<watch::Receiver<Outcome>>>,
 }
 
 impl Readiness {
-    /// Every cell usable (an instance serves them all), or why not, from a check that
-    /// started after this call.
-    pub async fn cells(&self, app: &App) -> Result<(), String> {
-        let arrived = Instant::now();
-        let mut last = self.last.lock().await;
-        if let Some((started, outcome)) = &*last
-            && *started >= arrived
-        {
-            return outcome.clone();
-        }
-        let started = Instant::now();
-        let mut outcome = Ok(());
-        for cell in app.cells.iter() {
-            if let Err(e) = cell.store.check_ready().await {
-                outcome = Err(format!("cell {}: {e}", cell.name()));
-                break;
+    /// Every cell usable (an instance serves them all), or why not: from the check in flight
+    /// when this call came, else from one it starts.
+    pub async fn cells(&self, app: &Arc<App>) -> Result<(), String> {
+        let mut rx = {
+            let mut last = self.last.lock().unwrap_or_else(|p| p.into_inner());
+            match &*last {
+                Some(rx) if rx.borrow().is_none() => rx.clone(),
+                _ => {
+                    let (tx, rx) = watch::channel(None);
+                    let app = app.clone();
+                    tokio::spawn(async move {
+                        let _ = tx.send(Some(check(&app).await));
+                    });
+                    *last = Some(rx.clone());
+                    rx
+                }
             }
+        };
+        match rx.wait_for(Option::is_some).await {
+            Ok(outcome) => outcome
+                .clone()
+                .unwrap_or_else(|| Err("the readiness check gave no answer".into())),
+            Err(_) => Err("the readiness check ended without an answer".into()),
         }
-        *last = Some((started, outcome.clone()));
-        outcome
     }
+}
+
+/// One check of every cell, in turn; the first that is not usable says why.
+async fn check(app: &App) -> Result<(), String> {
+    for cell in app.cells.iter() {
+        if let Err(e) = cell.store.check_ready().await {
+            return Err(format!("cell {}: {e}", cell.name()));
+        }
+    }
+    Ok(())
 }

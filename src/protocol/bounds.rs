@@ -137,8 +137,8 @@ pub fn failure_message(message: &str) -> &str {
 }
 
 /// A node's `node_error` as it is logged: its code cut to 64 bytes and its message to
-/// [`MAX_FAILURE_MESSAGE`], at a character. (Log them with `?`: escaped, a node's text
-/// cannot start a line of its own in a text log.)
+/// [`MAX_FAILURE_MESSAGE`], at a character. (Log them escaped, `str::escape_debug`: a
+/// node's text cannot start a line of its own in a text log.)
 pub fn node_error_text<'a>(code: &'a str, message: &'a str) -> (&'a str, &'a str) {
     (cut(code, 64), cut(message, MAX_FAILURE_MESSAGE))
 }

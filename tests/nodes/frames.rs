@@ -169,8 +169,9 @@ async fn a_silent_peer_is_closed_as_idle() {
 /// Audit finding: a `node_register`'s descriptive fields are held to 16 KB together, but a
 /// heartbeat's `installed_services` replaced the connection's copy unchecked, and a
 /// re-registration (the record found missing: expired, or Redis wiped) stored that copy.
-/// Now such a heartbeat is refused (`INVALID_MESSAGE`) and changes nothing: the record
-/// re-created later holds the registration's services.
+/// Now such services are not kept (`INVALID_MESSAGE` says so), while the rest of the
+/// heartbeat counts (refusing it would take the node offline for its description): the
+/// record re-created later holds the registration's services.
 #[tokio::test]
 async fn a_heartbeat_cannot_grow_the_node_description_past_its_bound() {
     let redis = RedisServer::start().await;
@@ -179,12 +180,24 @@ async fn a_heartbeat_cannot_grow_the_node_description_past_its_bound() {
     let mut node = WsClient::connect(&ws_url(&inst, "/ws/node")).await;
     let id = node.register_id(fixture("node_register_first"), None).await;
     let registered = node_hash(&mut c, &id).await["installed_services"].clone();
+    let beat_before = node_hash(&mut c, &id).await["last_hb"].clone();
     let mut hb = fixture("node_heartbeat");
     hb["node_id"] = json!(id);
     hb["installed_services"] = json!(vec!["x".repeat(1024); 20]);
     node.send(&hb).await;
     let e = node.recv_type("error").await;
     assert_eq!(e["code"], "INVALID_MESSAGE", "{e}");
+    assert!(
+        e["message"]
+            .as_str()
+            .is_some_and(|m| m.starts_with("installed_services not kept")),
+        "{e}"
+    );
+    eventually(Duration::from_secs(5), "the heartbeat counted", || {
+        let (mut c, id, before) = (c.clone(), id.clone(), beat_before.clone());
+        async move { (node_hash(&mut c, &id).await["last_hb"] != before).then_some(()) }
+    })
+    .await;
     // The record disappears; the next heartbeat registers the node again from what the
     // connection holds.
     let _: () = redis::AsyncCommands::del(&mut c, format!("{}node:{id}", invariants::PREFIX))
