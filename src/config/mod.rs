@@ -42,6 +42,8 @@ pub use sweep::SweepConfig;
 pub use telemetry::TelemetryConfig;
 pub use ws::WsConfig;
 
+/// The most dispatches of one utterance `jobs.max_attempts` allows.
+pub const MAX_ATTEMPTS: u32 = 16;
 /// The effective configuration of one instance.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -287,8 +289,10 @@ impl Config {
             }
         }
         let j = &self.jobs;
-        if j.max_attempts == 0 {
-            return bad("jobs.max_attempts", "must be at least 1");
+        // (each attempt adds its routing explanation to the record the scripts rewrite in
+        // one HSET: bounded, so it stays far below what one Lua call can pass)
+        if j.max_attempts == 0 || j.max_attempts > MAX_ATTEMPTS {
+            return bad("jobs.max_attempts", "must be 1 to 16");
         }
         for (field, v) in [
             ("jobs.choices", j.choices),

@@ -111,6 +111,16 @@ fn job_records_must_outlive_every_attempt() {
     );
     c.jobs.record_ttl_ms = 105_000;
     c.validate().expect("3 x (30 s + 5 s) fits");
+    // (audit finding: unbounded, ~2,000 attempts made end_job's one HSET pass Lua's limit
+    // of values after it had deleted the record)
+    c.jobs.max_attempts = 17;
+    c.jobs.record_ttl_ms = 17 * 35_000;
+    let e = c.validate().unwrap_err().to_string();
+    assert!(e.contains("jobs.max_attempts"), "{e}");
+    c.jobs.max_attempts = 16;
+    c.jobs.record_ttl_ms = 16 * 35_000;
+    c.validate().expect("16 attempts");
+    c.jobs.max_attempts = 3;
     c.ws.buffer_bytes = 100;
     assert!(
         c.validate()
