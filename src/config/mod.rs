@@ -44,6 +44,7 @@ pub use ws::WsConfig;
 
 /// The most dispatches of one utterance `jobs.max_attempts` allows.
 pub const MAX_ATTEMPTS: u32 = 16;
+
 /// The effective configuration of one instance.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
