@@ -23,6 +23,8 @@ Output: [reply, blobs...]
   {"status":"ok","cut":reason?,"job_id":id?,"dispatch":"dispatched"|"queued"|"failed"?}
   {"status":"repeat","cut":bool}  the chunk was appended already, nothing changed; cut: its
     first run cut (what that cut delivered went with the first reply, which was lost)
+  {"status":"full"}  the buffer holds 2 x CFG.max_bytes or more with this chunk (a held cut:
+    no free index): nothing changed, the chunk is not kept
   {"status":"missing"} | {"status":"stale"} | {"status":"closed"}
 ]]
 --!include ctx
@@ -50,6 +52,9 @@ end
 if sess.state ~= 'open' then return finish({status = 'closed'}) end
 local bytes = tonumber(sess.buf_bytes or '0')
 local ms = tonumber(sess.buf_ms or '0')
+-- A buffer is cut once it passes CFG.max_bytes; one twice that size is held (no free index:
+-- the session's utterances are CFG.max_ahead past its delivery cursor) and takes no more.
+if bytes + #payload > 2 * CFG.max_bytes then return finish({status = 'full'}) end
 local fields = {}
 if #payload > 0 then
   if redis.call('APPEND', KEYS[2], payload) == #payload then

@@ -67,8 +67,8 @@ async fn streamed_audio_is_cut_on_is_final_and_an_empty_cut_makes_no_job() {
 }
 
 /// A cut that finds no free index: an instance whose cuts try 3 indices
-/// (`max_index_ahead` 2, no minimum length), a node, and a session whose indices 0..2 hold
-/// jobs (pre-cut `utterance`s), with their `job_assign`s.
+/// (`max_index_ahead` 2, no minimum length, size cuts past 4,000 bytes), a node, and a
+/// session whose indices 0..2 hold jobs (pre-cut `utterance`s), with their `job_assign`s.
 struct Held {
     inst: switchyard::server::Running,
     c: redis::aio::MultiplexedConnection,
@@ -83,6 +83,7 @@ async fn indices_0_to_2_taken(redis: &RedisServer) -> Held {
     let inst = start_tweaked(redis, |c| {
         c.session.max_index_ahead = 2;
         c.session.min_cut_ms = 0;
+        c.session.max_buffer_bytes = 4_000;
     })
     .await;
     let c = redis.client().await;
@@ -105,9 +106,10 @@ async fn indices_0_to_2_taken(redis: &RedisServer) -> Held {
 }
 
 /// A cut that finds no free utterance index keeps the audio (the client used the indices
-/// with `utterance`s; `session.max_index_ahead` bounds how many a cut tries). The kept audio
-/// must still be cut later without the client sending anything more: the pause clock is
-/// armed again, and the pause cut takes the next free index. It is still the client's
+/// with `utterance`s; a cut takes none more than `session.max_index_ahead` past the
+/// delivery cursor). The kept audio must still be cut later without the client sending
+/// anything more: the pause clock is armed again, and once an index is in range the pause
+/// cut takes the next free one. It is still the client's
 /// manual cut (`is_manual_cut`, padding 280), not a pause cut: the session remembers the
 /// held cut's reason (`held_cut`) until the cut happens.
 #[tokio::test]
@@ -141,8 +143,11 @@ async fn audio_kept_by_a_cut_without_a_free_index_is_cut_again_after_the_pause()
         "0",
         "audio kept"
     );
-    // No further chunk: the pause cut (300 ms) takes the kept audio as index 3, for the
-    // reason it was cut.
+    // Index 3 is past max_index_ahead of the cursor (0): no pause cut takes it yet.
+    n.expect_silence(Duration::from_millis(700)).await;
+    // Once index 0 is delivered (cursor 1), with no further chunk the pause cut (300 ms)
+    // takes the kept audio as index 3, for the reason it was cut.
+    n.send(&answer(&jobs[0], &nid, "t")).await;
     let a = next_of(&mut n, "job_assign", T)
         .await
         .expect("the kept audio is cut again after the pause");
@@ -152,7 +157,61 @@ async fn audio_kept_by_a_cut_without_a_free_index_is_cut_again_after_the_pause()
     assert!(a.get("is_timeout_triggered").is_none(), "{a}");
     assert_eq!(session_field(&mut c, &sid, "held_cut").await, "", "cleared");
     jobs.push(a);
-    for j in &jobs {
+    for j in &jobs[1..] {
+        n.send(&answer(j, &nid, "t")).await;
+    }
+    let got = terminals(&mut s, 4, T).await;
+    let idx: Vec<u64> = got
+        .iter()
+        .map(|v| v["utterance_index"].as_u64().unwrap())
+        .collect();
+    assert_eq!(idx, vec![0, 1, 2, 3]);
+    invariants::check(&mut c).await;
+}
+
+/// Audit finding: a streamed cut took any unused index, however far past the delivery
+/// cursor (`max_index_ahead` bounded only a client's own indices), so the gap scan of a
+/// forced release was not bounded while the cursor waited on a slow job; and a buffer whose
+/// cut found no free index took every chunk after it. Now a cut takes an index at most
+/// `max_index_ahead` past the cursor, and a held buffer takes no more than twice
+/// `max_buffer_bytes`: further chunks are refused (`RATE_LIMITED`), nothing written.
+#[tokio::test]
+async fn a_held_buffer_stays_within_the_index_and_size_bounds() {
+    let redis = RedisServer::start().await;
+    let Held {
+        inst,
+        mut c,
+        mut n,
+        nid,
+        mut s,
+        sid,
+        jobs,
+    } = indices_0_to_2_taken(&redis).await;
+    let mut ch = fixture("audio_chunk");
+    ch["session_id"] = json!(sid);
+    // 620 bytes a chunk: the 7th passes 4,000 (a size cut, held: indices 0..2 are taken,
+    // 3 is past the cursor + 2); the 13th would pass 8,000 and is refused.
+    for _ in 0..12 {
+        s.send(&ch).await;
+    }
+    s.send(&ch).await;
+    let e = s.recv_type("error").await;
+    assert_eq!(e["code"], "RATE_LIMITED", "{e}");
+    assert_eq!(session_field(&mut c, &sid, "buf_bytes").await, "7440");
+    assert_eq!(session_field(&mut c, &sid, "next_index").await, "3");
+    n.expect_silence(Duration::from_millis(500)).await;
+    let m = metrics_text(&inst).await;
+    assert!(
+        m.contains(r#"switchyard_limited_total{kind="session",detail="audio_buffer_full"} 1"#),
+        "{m}"
+    );
+    // Index 0 delivered: the held audio is cut as index 3, the next as 4.
+    n.send(&answer(&jobs[0], &nid, "t")).await;
+    let a = next_of(&mut n, "job_assign", T)
+        .await
+        .expect("the held audio is cut once an index is in bounds");
+    assert_eq!(a["utterance_index"], 3, "{a}");
+    for j in jobs[1..].iter().chain([&a]) {
         n.send(&answer(j, &nid, "t")).await;
     }
     let got = terminals(&mut s, 4, T).await;
@@ -197,6 +256,8 @@ async fn audio_held_by_a_closing_cut_without_a_free_index_is_still_cut() {
     // A closed session still refuses audio.
     s.send(&ch).await;
     assert_eq!(s.recv_type("error").await["code"], "SESSION_CLOSED");
+    // Once index 0 is delivered (cursor 1), index 3 is within max_index_ahead.
+    n.send(&answer(&jobs[0], &nid, "t")).await;
     let a = next_of(&mut n, "job_assign", T)
         .await
         .expect("the audio held at session_close is cut after the pause");
@@ -209,7 +270,7 @@ async fn audio_held_by_a_closing_cut_without_a_free_index_is_still_cut() {
     let due: Option<f64> = c.zscore(format!("{PREFIX}due:audio"), &sid).await.unwrap();
     assert_eq!(due, None, "the pause clock stopped with the cut");
     jobs.push(a);
-    for j in &jobs {
+    for j in &jobs[1..] {
         n.send(&answer(j, &nid, "t")).await;
     }
     let got = terminals(&mut s, 4, T).await;

@@ -39,17 +39,28 @@ local function cut(sid, sess, reason)
     count((audio and #audio > 0) and 'cut_skipped:too_short' or 'cut_skipped:empty')
     return nil
   end
-  -- the next index no utterance of this session has used (a client may mix modes)
-  local function free(i)
-    return redis.call('HEXISTS', sk .. ':jobs', i) == 0 and redis.call('HEXISTS', sk .. ':results', i) == 0
-      and i >= tonumber(sess.next_deliver or '0')
+  -- The next index no utterance of this session has used (a client may mix modes), from
+  -- next_index on and at most CFG.max_ahead past the delivery cursor, as submit requires of
+  -- a client's own index: the gap scan of a forced release (results.lua) is bounded by it.
+  -- next_index moves past every index tried. None free (the cursor waits on a slow job, or
+  -- the client's utterances hold them): the audio is held.
+  local cursor = (sess.next_deliver or 0) + 0
+  local last = cursor + CFG.max_ahead
+  local idx = math.max((sess.next_index or 0) + 0, cursor)
+  local found = false
+  while idx <= last do
+    if redis.call('HEXISTS', sk .. ':jobs', idx) == 0
+        and redis.call('HEXISTS', sk .. ':results', idx) == 0 then
+      found = true
+      break
+    end
+    idx = idx + 1
   end
-  local idx = redis.call('HINCRBY', sk, 'next_index', 1) - 1
-  for _ = 1, CFG.max_ahead do
-    if free(idx) then break end
-    idx = redis.call('HINCRBY', sk, 'next_index', 1) - 1
+  local next_index = found and idx + 1 or idx
+  if next_index ~= (sess.next_index or 0) + 0 then
+    redis.call('HSET', sk, 'next_index', dec(next_index))
   end
-  if not free(idx) then
+  if not found then
     -- Keep the audio; nothing is lost. Its pause clock was stopped above: armed again, so
     -- the sweep's pause cut tries again (from the next index) even if no chunk comes.
     redis.call('ZADD', P .. 'due:audio', dec(NOW + CFG.pause), sid)

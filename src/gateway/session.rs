@@ -132,6 +132,15 @@ impl SessionConn {
             SessionReply::Closed => {
                 self.error_about(ErrorCode::SessionClosed, "session is closed", about)
             }
+            SessionReply::Full => {
+                self.app.metrics.limited(KIND, "audio_buffer_full");
+                self.error_about(
+                    ErrorCode::RateLimited,
+                    "audio_chunk not kept: the session's audio buffer is full while its utterances \
+                 wait session.max_index_ahead past delivery",
+                    about,
+                )
+            }
             _ => return false,
         }
         true

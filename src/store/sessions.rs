@@ -40,6 +40,9 @@ pub enum SessionReply {
     Settled,
     /// `submit`: the index is too far ahead of the delivery cursor.
     TooFar,
+    /// `audio_append`: the session's buffer is full (a held cut: its utterances are
+    /// `max_index_ahead` past the delivery cursor); the chunk was not kept.
+    Full,
     /// No such session (expired or never opened).
     Missing,
     /// Another connection owns the session.
