@@ -210,6 +210,24 @@ fn check_config_warns_of_a_liveness_nodes_cannot_come_back_within() {
     assert!(!out.contains("# warning"), "{out}");
 }
 
+/// Audit finding: a large result's body expired before its log entry when the cursor
+/// could wait on an earlier job longer than the body's TTL: warned of.
+#[test]
+fn check_config_warns_of_result_bodies_that_may_expire_before_their_log_entry() {
+    let (code, out, err) = check_config(
+        &[
+            ("SWITCHYARD_SESSION__IDLE_TTL_MS", "20000"),
+            ("SWITCHYARD_SESSION__RESULT_RETENTION_MS", "10000"),
+        ],
+        &[],
+    );
+    assert_eq!(code, 0, "{err}");
+    assert!(
+        out.contains("# warning: session.idle_ttl_ms + 2 × session.result_retention_ms (40000)"),
+        "{out}"
+    );
+}
+
 /// Audit note: public keys are usually an identity provider's, and without `auth.audience`
 /// a token it issued to another service passes wherever its scope names match: warned of.
 #[test]

@@ -23,6 +23,25 @@ impl Config {
                  take its id back"
             ));
         }
+        // A large result's body is kept idle TTL + 2 x retention (src/store/stage.rs); its log
+        // entry stays until the cursor passes it, which may wait for an earlier job's every
+        // attempt, and the trim after (an eighth of the retention).
+        let (s, j) = (&self.session, &self.jobs);
+        let body = s
+            .idle_ttl_ms
+            .saturating_add(s.result_retention_ms.saturating_mul(2));
+        let entry = u64::from(j.max_attempts)
+            .saturating_mul(j.run_timeout_ms.saturating_add(j.queue_wait_ms))
+            .saturating_add(s.result_retention_ms / 8);
+        if body < entry {
+            out.push(format!(
+                "session.idle_ttl_ms + 2 × session.result_retention_ms ({body}) is below \
+                 jobs.max_attempts × (jobs.run_timeout_ms + jobs.queue_wait_ms) + an eighth of \
+                 the retention ({entry}): a large result delivered past an earlier one that \
+                 runs that long can lose its body before its log entry, and a resume then \
+                 skips it"
+            ));
+        }
         // A public key or JWKS is usually an identity provider's, which issues tokens to
         // other services too; without `aud` they all pass here where their scope names match.
         let provider = !self.auth.public_key_files.is_empty() || self.auth.jwks_file.is_some();
