@@ -39,17 +39,29 @@ SELF_INBOX = true
 local batch = CFG.batch
 local offline, more = {}, false
 
+-- Expired nodes are handled within a budget of pools left and jobs handled (NODE_WORK), not
+-- only of nodes: after an outage longer than the liveness every node is due at once, each
+-- in up to 4,160 pools with its jobs to fail over, and Redis answers nobody while this
+-- runs. The first due node is always handled; the rest wait for the next call (`more`).
+local NODE_WORK = 4096
+local spent = 0
+local all_pools = nil -- the pools index, read once per call (for records that expired)
 local due = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', NOW, 'LIMIT', 0, batch)
 if #due >= batch then more = true end
 for _, node_id in ipairs(due) do
+  if spent >= NODE_WORK then
+    more = true
+    break
+  end
   local info = redis.call('HMGET', node_key(node_id), 'owner', 'conn', 'state')
   if info[3] then
-    take_offline(node_id, 'liveness_expired')
+    spent = spent + 1 + take_offline(node_id, 'liveness_expired')
     offline[#offline + 1] = {node_id = node_id, owner = info[1], conn = info[2]}
   else
     -- the record expired while no instance swept (all were down): its pools set is gone
-    -- too, so leave every pool by name
-    for _, p in ipairs(redis.call('SMEMBERS', KEYS[3])) do
+    -- too, so leave every pool by name (a pool emptied meanwhile is passed over)
+    all_pools = all_pools or redis.call('SMEMBERS', KEYS[3])
+    for _, p in ipairs(all_pools) do
       local pk = P .. 'pool:' .. p
       if redis.call('SREM', pk, node_id) == 1 and redis.call('SCARD', pk) == 0 then
         redis.call('SREM', KEYS[3], p)
@@ -57,7 +69,9 @@ for _, node_id in ipairs(due) do
     end
     -- and jobs it still held are failed over; the orphaned set goes
     local jk = node_key(node_id) .. ':jobs'
-    for _, jid in ipairs(redis.call('SMEMBERS', jk)) do
+    local held = redis.call('SMEMBERS', jk)
+    spent = spent + 1 + #all_pools + #held
+    for _, jid in ipairs(held) do
       local job = hgetall(job_key(jid))
       if job.id and job.node == node_id then
         failover(jid, job, 'NODE_UNAVAILABLE', 'node ' .. node_id .. ' expired', false)

@@ -257,17 +257,10 @@ local function queue_keys(capsig)
   return ks
 end
 
--- any_exists(ks): whether any of the keys ks exists, EXISTS_CHUNK keys per EXISTS (one
--- command for the usual node's few dozen pools).
+-- EXISTS_CHUNK: how many queue keys one EXISTS asks about (offer). Lua's unpack cannot pass
+-- more than ~8,000 values (LUAI_MAXCSTACK), and a node's pools are bounded by the gateway
+-- (4,160 pools), not by this script.
 local EXISTS_CHUNK = 256
-local function any_exists(ks)
-  for i = 1, #ks, EXISTS_CHUNK do
-    if redis.call('EXISTS', unpack(ks, i, math.min(#ks, i + EXISTS_CHUNK - 1))) > 0 then
-      return true
-    end
-  end
-  return false
-end
 
 -- offer(nid, known): hand the node's free capacity to jobs waiting in its pools' queues.
 -- `known` (optional): the node's state, reserved, capacity and capsig as they are now
@@ -278,31 +271,35 @@ local function offer(nid, known)
   if n[1] ~= 'ready' then return end
   local room = (n[3] or 0) - (n[2] or 0)
   if room <= 0 then return end
-  -- One EXISTS over every queue: when nothing waits (the common case) that is one command
-  -- instead of one LRANGE per pool. In chunks of EXISTS_CHUNK keys: Lua's unpack cannot
-  -- pass more than ~8,000 values (LUAI_MAXCSTACK), and a node's pools are bounded by the
-  -- gateway (4,160 pools), not by this script.
-  if not any_exists(queue_keys(n[4])) then return end
-  for _, pool in ipairs(node_pools(n[4])) do
-    local qk = P .. 'queue:' .. pool
-    for _, jid in ipairs(redis.call('LRANGE', qk, 0, CFG.scan - 1)) do
-      local job = hgetall(job_key(jid))
-      if job.state ~= 'QUEUED' then
-        redis.call('LREM', qk, 1, jid) -- stale entry
-      else
-        local ok = load(nid, job, true) ~= nil and serves(nid, job)
-        if ok and job.turn_node and job.turn_node ~= '' and job.turn_node ~= nid
-            and load(job.turn_node, job, false) and serves(job.turn_node, job) then
-          ok = false -- its turn's node is alive: it waits for that one
-        end
-        if ok then
-          local why = ''
-          if CFG.explain ~= 0 then
-            why = 'offer>' .. nid .. '=ok:' .. (tonumber(n[3]) - room) .. '/' .. n[3]
+  -- One EXISTS per EXISTS_CHUNK of the node's queues: when nothing waits (the common case)
+  -- that is one command for the usual node's few dozen pools, instead of one LRANGE per
+  -- pool; and only the queues of a chunk where something waits are read.
+  local ks = queue_keys(n[4])
+  for c = 1, #ks, EXISTS_CHUNK do
+    local to = math.min(#ks, c + EXISTS_CHUNK - 1)
+    if redis.call('EXISTS', unpack(ks, c, to)) > 0 then
+      for i = c, to do
+        local qk = ks[i]
+        for _, jid in ipairs(redis.call('LRANGE', qk, 0, CFG.scan - 1)) do
+          local job = hgetall(job_key(jid))
+          if job.state ~= 'QUEUED' then
+            redis.call('LREM', qk, 1, jid) -- stale entry
+          else
+            local ok = load(nid, job, true) ~= nil and serves(nid, job)
+            if ok and job.turn_node and job.turn_node ~= '' and job.turn_node ~= nid
+                and load(job.turn_node, job, false) and serves(job.turn_node, job) then
+              ok = false -- its turn's node is alive: it waits for that one
+            end
+            if ok then
+              local why = ''
+              if CFG.explain ~= 0 then
+                why = 'offer>' .. nid .. '=ok:' .. (tonumber(n[3]) - room) .. '/' .. n[3]
+              end
+              assign(jid, job, nid, why)
+              room = room - 1
+              if room <= 0 then return end
+            end
           end
-          assign(jid, job, nid, why)
-          room = room - 1
-          if room <= 0 then return end
         end
       end
     end

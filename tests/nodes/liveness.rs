@@ -106,3 +106,52 @@ async fn a_dropped_socket_keeps_the_node_for_the_grace_then_takes_it_offline() {
     .await;
     invariants::check(&mut c).await;
 }
+
+/// Audit finding: one sweep call took up to `sweep.batch` (200) expired nodes offline, each
+/// out of every pool (up to 4,160) with its jobs: after an outage longer than the liveness
+/// every node is due at once, and Redis answers nobody while such a call runs. A call now
+/// stops once the pools it left and jobs it handled reach 4,096; the nodes left are due at
+/// the next call (`more`), which the sweeper makes at once.
+#[tokio::test]
+async fn one_sweep_call_takes_nodes_offline_within_a_budget_of_pools() {
+    let redis = RedisServer::start().await;
+    // (the instance's own sweeper runs once at its start, then not within the test)
+    let inst = start_tweaked(&redis, |c| c.sweep.interval_ms = 3_600_000).await;
+    let mut c = redis.client().await;
+    // Three ready nodes of a vanished instance, each in 3,000 pools, their liveness run out.
+    for i in 0..3 {
+        let id = format!("node-BUDGET0{i}");
+        let nk = format!("{PREFIX}node:{id}");
+        let mut p = redis::pipe();
+        p.hset_multiple(
+            &nk,
+            &[
+                ("id", id.as_str()),
+                ("state", "ready"),
+                ("owner", "i-gone"),
+                ("conn", "i-gone/1"),
+            ],
+        )
+        .ignore();
+        for j in 0..3_000 {
+            let pool = format!("pub:l{j}:en");
+            p.sadd(format!("{nk}:pools"), &pool).ignore();
+            p.sadd(format!("{PREFIX}pool:{pool}"), &id).ignore();
+            p.sadd(format!("{PREFIX}pools"), &pool).ignore();
+        }
+        p.zadd(format!("{PREFIX}nodes:live"), &id, 1).ignore();
+        let () = p.query_async(&mut c).await.expect("seed");
+    }
+    let store = &inst.app.cells.default_cell().store;
+    let first = store.sweep().await.expect("sweep").reply;
+    assert_eq!(first.offline.len(), 2, "{first:?}");
+    assert!(first.more, "{first:?}");
+    let live: u64 = c.zcard(format!("{PREFIX}nodes:live")).await.unwrap();
+    assert_eq!(live, 1, "the third node waits for the next call");
+    let second = store.sweep().await.expect("sweep").reply;
+    assert_eq!(second.offline.len(), 1, "{second:?}");
+    assert!(!second.more, "{second:?}");
+    let pools: u64 = c.scard(format!("{PREFIX}pools")).await.unwrap();
+    assert_eq!(pools, 0, "every pool left");
+    invariants::check(&mut c).await;
+}
