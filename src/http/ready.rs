@@ -32,7 +32,8 @@ impl Readiness {
         let mut rx = {
             let mut last = self.last.lock().unwrap_or_else(|p| p.into_inner());
             match &*last {
-                Some(rx) if rx.borrow().is_none() => rx.clone(),
+                // (in flight: no answer yet, and its task still holds the sender)
+                Some(rx) if rx.borrow().is_none() && rx.has_changed().is_ok() => rx.clone(),
                 _ => {
                     let (tx, rx) = watch::channel(None);
                     let app = app.clone();
