@@ -23,8 +23,9 @@ Output: [reply, blobs...]
   {"status":"ok","cut":reason?,"job_id":id?,"dispatch":"dispatched"|"queued"|"failed"?}
   {"status":"repeat","cut":bool}  the chunk was appended already, nothing changed; cut: its
     first run cut (what that cut delivered went with the first reply, which was lost)
-  {"status":"full"}  the buffer holds 2 x CFG.max_bytes or more with this chunk (a held cut:
-    no free index): nothing changed, the chunk is not kept
+  {"status":"full"}  the buffer, held (past CFG.max_bytes: no free index), would pass
+    2 x CFG.max_bytes with this chunk: the chunk is not kept (its is_final still marks the
+    held audio a manual cut: held_cut); the session's TTLs are refreshed
   {"status":"missing"} | {"status":"stale"} | {"status":"closed"}
 ]]
 --!include ctx
@@ -52,9 +53,17 @@ end
 if sess.state ~= 'open' then return finish({status = 'closed'}) end
 local bytes = tonumber(sess.buf_bytes or '0')
 local ms = tonumber(sess.buf_ms or '0')
--- A buffer is cut once it passes CFG.max_bytes; one twice that size is held (no free index:
--- the session's utterances are CFG.max_ahead past its delivery cursor) and takes no more.
-if bytes + #payload > 2 * CFG.max_bytes then return finish({status = 'full'}) end
+-- A buffer is cut once it passes CFG.max_bytes: one past it is held (no free index: the
+-- session's utterances are CFG.max_ahead past its delivery cursor), and takes no chunk that
+-- would bring it past twice that. Refused, the chunk is not kept; the session stays alive,
+-- and a refused is_final still makes the held audio the client's manual cut.
+if #payload > 0 and bytes > CFG.max_bytes and bytes + #payload > 2 * CFG.max_bytes then
+  if ARGV[8] == '1' and sess.held_cut ~= 'manual' and sess.held_cut ~= 'close' then
+    redis.call('HSET', KEYS[1], 'held_cut', 'manual')
+  end
+  touch_session(sid, sess)
+  return finish({status = 'full'})
+end
 local fields = {}
 if #payload > 0 then
   if redis.call('APPEND', KEYS[2], payload) == #payload then

@@ -19,7 +19,8 @@ Input:
   ARGV[1..4] ctx   (CFG.batch bounds how many entries of each kind one call handles)
 Output: [reply, blobs...]
   {"offline":[{"node_id","owner","conn"}...],"jobs":N,"cuts":N,"released":N,"more":bool,
-   "out":[...]}   more = a batch was full; call again at once.
+   "out":[...]}   more = a batch was full, or the nodes' work budget ran out; call again
+   at once.
 ]]
 --!include ctx
 --!include pools

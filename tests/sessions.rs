@@ -194,11 +194,15 @@ async fn a_held_buffer_stays_within_the_index_and_size_bounds() {
     for _ in 0..12 {
         s.send(&ch).await;
     }
-    s.send(&ch).await;
+    // The client's last chunk, refused: its is_final still makes the held audio a manual cut.
+    let mut last = ch.clone();
+    last["is_final"] = json!(true);
+    s.send(&last).await;
     let e = s.recv_type("error").await;
     assert_eq!(e["code"], "RATE_LIMITED", "{e}");
     assert_eq!(session_field(&mut c, &sid, "buf_bytes").await, "7440");
     assert_eq!(session_field(&mut c, &sid, "next_index").await, "3");
+    assert_eq!(session_field(&mut c, &sid, "held_cut").await, "manual");
     n.expect_silence(Duration::from_millis(500)).await;
     let m = metrics_text(&inst).await;
     assert!(
@@ -211,6 +215,7 @@ async fn a_held_buffer_stays_within_the_index_and_size_bounds() {
         .await
         .expect("the held audio is cut once an index is in bounds");
     assert_eq!(a["utterance_index"], 3, "{a}");
+    assert_eq!(a["is_manual_cut"], true, "{a}");
     for j in jobs[1..].iter().chain([&a]) {
         n.send(&answer(j, &nid, "t")).await;
     }
@@ -220,6 +225,16 @@ async fn a_held_buffer_stays_within_the_index_and_size_bounds() {
         .map(|v| v["utterance_index"].as_u64().unwrap())
         .collect();
     assert_eq!(idx, vec![0, 1, 2, 3]);
+    // Nothing held: one chunk over twice the bound is taken (and cut), not refused.
+    let mut big = ch.clone();
+    big["payload"] = json!(B64.encode(vec![1u8; 9_000]));
+    s.send(&big).await;
+    let a = next_of(&mut n, "job_assign", T)
+        .await
+        .expect("a large chunk on an empty buffer is cut");
+    assert_eq!(a["utterance_index"], 4, "{a}");
+    n.send(&answer(&a, &nid, "t")).await;
+    terminals(&mut s, 1, T).await;
     invariants::check(&mut c).await;
 }
 

@@ -86,27 +86,18 @@ local function serves(nid, job)
 end
 
 -- servable(job): could any candidate node ever take this job (eligible but for room)?
--- Waiting only makes sense then. Stops at the first one found. A pool of more than
--- SERVABLE_LOOK members is looked at in a random sample of that size, as pick's wide look
--- is (every job that finds no room would otherwise read the whole pool, and when none of
--- it can serve, say a fleet-wide MODEL_NOT_AVAILABLE, each job read it all): when none of
--- the sample can serve, the job waits in the queue (queue_wait_ms) rather than failing on
--- a guess.
-local SERVABLE_LOOK = 256
+-- Waiting only makes sense then. Stops at the first one found. It reads the candidate
+-- pools whole (an HMGET per member until one is found): a sample could not tell "no node
+-- can ever serve" (fail at once, with the caller's code) from "none of those looked at".
 local function servable(job)
   for entry in string.gmatch(job.pools or '', '[^,]+') do
     local pool, second = split_entry(entry)
-    local pk = P .. 'pool:' .. pool
-    local size = redis.call('SCARD', pk)
-    local members = size <= SERVABLE_LOOK and redis.call('SMEMBERS', pk)
-      or redis.call('SRANDMEMBER', pk, SERVABLE_LOOK)
-    for _, nid in ipairs(members) do
+    for _, nid in ipairs(redis.call('SMEMBERS', P .. 'pool:' .. pool)) do
       if load(nid, job, false)
           and (not second or redis.call('SISMEMBER', P .. 'pool:' .. second, nid) == 1) then
         return true
       end
     end
-    if size > SERVABLE_LOOK then return true end
   end
   return false
 end
