@@ -441,6 +441,8 @@ async fn redis_away_for_five_seconds_under_load_then_everything_resumes_by_itsel
 
 #[path = "instances/ambiguous.rs"]
 mod ambiguous;
+#[path = "instances/ambiguous_node.rs"]
+mod ambiguous_node;
 #[path = "instances/ambiguous_skip.rs"]
 mod ambiguous_skip;
 #[path = "instances/inbox_pending.rs"]

@@ -201,6 +201,11 @@ impl NodeConn {
                 Ok(out) => out,
                 Err(e) => {
                     refuse(&app);
+                    if self.reg.as_ref().is_none_or(|r| r.node_id != node_id)
+                        && (e.may_have_committed() || matches!(e, StoreError::Unreplicated(_)))
+                    {
+                        self.unregister_lost(&cell, &node_id).await;
+                    }
                     return Err(e);
                 }
             };
@@ -267,6 +272,25 @@ impl NodeConn {
             script: "register",
             message: "could not mint a free node id".into(),
         })
+    }
+
+    /// A registration of `node_id` that may have committed though its reply was lost (or
+    /// was not replicated): Redis may hold the node ready, in its pools, owned by this
+    /// connection, which is not bound to it; it would draw jobs that reach no socket until
+    /// its liveness ran out, and hold its id against the node's reconnect. Taken offline
+    /// (its jobs failed over), as a `session_open` in that case is closed; fenced by this
+    /// connection's token (`missing` or `stale` when the registration never ran).
+    async fn unregister_lost(&self, cell: &Arc<Cell>, node_id: &str) {
+        let out = cell
+            .store
+            .node_offline(node_id, &self.token, 0, "register_unconfirmed")
+            .await;
+        match routing::delivered(&self.app, cell, out) {
+            // (taken offline on the primary, as the registration was)
+            Ok(_) | Err(StoreError::Unreplicated(_)) => {}
+            Err(e) => tracing::warn!(node_id = %node_id, error = %e,
+                "could not take offline a node whose registration's reply was lost; liveness will expire"),
+        }
     }
 }
 

@@ -115,10 +115,12 @@ async fn a_dropped_socket_keeps_the_node_for_the_grace_then_takes_it_offline() {
 #[tokio::test]
 async fn one_sweep_call_takes_nodes_offline_within_a_budget_of_pools() {
     let redis = RedisServer::start().await;
-    // (the instance's own sweeper runs once at its start, then not within the test)
+    // (the instance's own sweeper runs once at its start, then not within the test: the
+    // nodes' liveness runs out after that first sweep)
     let inst = start_tweaked(&redis, |c| c.sweep.interval_ms = 3_600_000).await;
     let mut c = redis.client().await;
-    // Three ready nodes of a vanished instance, each in 3,000 pools, their liveness run out.
+    let expires = redis_now(&mut c).await + 2_000;
+    // Three ready nodes of a vanished instance, each in 3,000 pools, their liveness running out.
     for i in 0..3 {
         let id = format!("node-BUDGET0{i}");
         let nk = format!("{PREFIX}node:{id}");
@@ -139,8 +141,11 @@ async fn one_sweep_call_takes_nodes_offline_within_a_budget_of_pools() {
             p.sadd(format!("{PREFIX}pool:{pool}"), &id).ignore();
             p.sadd(format!("{PREFIX}pools"), &pool).ignore();
         }
-        p.zadd(format!("{PREFIX}nodes:live"), &id, 1).ignore();
+        p.zadd(format!("{PREFIX}nodes:live"), &id, expires).ignore();
         let () = p.query_async(&mut c).await.expect("seed");
+    }
+    while redis_now(&mut c).await <= expires {
+        tokio::time::sleep(Duration::from_millis(50)).await;
     }
     let store = &inst.app.cells.default_cell().store;
     let first = store.sweep().await.expect("sweep").reply;
