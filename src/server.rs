@@ -193,7 +193,7 @@ impl Running {
         tokio::time::sleep(Duration::from_millis(app.cfg.instance.drain_delay_ms)).await;
         let grace =
             tokio::time::Instant::now() + Duration::from_millis(app.cfg.instance.drain_grace_ms);
-        release_nodes(app).await;
+        release_nodes(app, grace).await;
         // Assignments made before the release are in the sockets' queues or this inbox
         // (whose consumer still runs): let them reach the nodes before the close.
         tokio::time::sleep(Duration::from_millis(100)).await;
@@ -240,18 +240,30 @@ impl Running {
 /// (`disconnected`, keeping its jobs, as for a dropped socket), so no job is assigned to a
 /// connection about to close. Results it sends until it has seen the close are still
 /// accepted (the connection token is unchanged); it re-registers on another instance.
-async fn release_nodes(app: &App) {
+/// Up to 32 calls at once, and no longer than `by` (the drain's grace): one call per node
+/// in turn, with Redis slow or away, took past the pod's termination grace period.
+async fn release_nodes(app: &App, by: tokio::time::Instant) {
+    use futures_util::StreamExt;
     app.nodes_released.store(true, Ordering::Relaxed);
     let grace = app.cfg.node.disconnect_grace_ms;
-    for (node_id, c) in app.conns.entries(Kind::Node) {
-        let out = c
-            .cell
-            .store
-            .node_offline(&node_id, &c.token, grace, "disconnected")
-            .await;
-        if let Err(e) = out.map(|o| crate::routing::deliver(app, &c.cell, o)) {
-            tracing::warn!(%node_id, error = %e, "could not take a node out of its pools before the drain close");
-        }
+    let releases = futures_util::stream::iter(app.conns.entries(Kind::Node))
+        .map(|(node_id, c)| async move {
+            let out = c
+                .cell
+                .store
+                .node_offline(&node_id, &c.token, grace, "disconnected")
+                .await;
+            if let Err(e) = out.map(|o| crate::routing::deliver(app, &c.cell, o)) {
+                tracing::warn!(%node_id, error = %e, "could not take a node out of its pools before the drain close");
+            }
+        })
+        .buffer_unordered(32)
+        .for_each(|()| async {});
+    if tokio::time::timeout_at(by, releases).await.is_err() {
+        tracing::warn!(
+            "not every node left its pools within instance.drain_grace_ms; the others are taken \
+             out when their sockets close"
+        );
     }
 }
 

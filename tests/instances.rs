@@ -445,6 +445,8 @@ mod ambiguous;
 mod ambiguous_node;
 #[path = "instances/ambiguous_skip.rs"]
 mod ambiguous_skip;
+#[path = "instances/drain_stalled.rs"]
+mod drain_stalled;
 #[path = "instances/inbox_pending.rs"]
 mod inbox_pending;
 #[path = "instances/lapse.rs"]
