@@ -12,7 +12,7 @@ use crate::protocol::node::{NodeRegister, NodeRegisterAck};
 use crate::protocol::{ErrorCode, valid_id};
 use crate::routing;
 use crate::server::App;
-use crate::store::nodes::{NodeClaim, RegisterReply};
+use crate::store::nodes::{NodeClaim, OfflineReply, RegisterReply};
 use crate::store::{Output, StoreError};
 
 const KIND: &str = "node";
@@ -279,20 +279,44 @@ impl NodeConn {
     /// connection, which is not bound to it; it would draw jobs that reach no socket until
     /// its liveness ran out, and hold its id against the node's reconnect. Taken offline
     /// (its jobs failed over), as a `session_open` in that case is closed; fenced by this
-    /// connection's token (`missing` or `stale` when the registration never ran).
+    /// connection's token (`stale` when another took the id). The registration and this
+    /// call may both wait in Redis while it stalls, and run in either order: `missing` is
+    /// asked again a moment later, as a lost reply's recovery reads twice. Inline, so no
+    /// later registration of this connection (the same token) can come first; for at
+    /// most `UNREGISTER_FOR` (Redis away longer: the node's liveness takes it offline).
     async fn unregister_lost(&self, cell: &Arc<Cell>, node_id: &str) {
-        let out = cell
-            .store
-            .node_offline(node_id, &self.token, 0, "register_unconfirmed")
-            .await;
-        match routing::delivered(&self.app, cell, out) {
-            // (taken offline on the primary, as the registration was)
-            Ok(_) | Err(StoreError::Unreplicated(_)) => {}
-            Err(e) => tracing::warn!(node_id = %node_id, error = %e,
-                "could not take offline a node whose registration's reply was lost; liveness will expire"),
+        let until = tokio::time::Instant::now() + UNREGISTER_FOR;
+        let mut looked = false;
+        loop {
+            let out = cell
+                .store
+                .node_offline(node_id, &self.token, 0, "register_unconfirmed")
+                .await;
+            let done = match routing::delivered(&self.app, cell, out) {
+                Ok(OfflineReply::Missing) if !looked => {
+                    looked = true;
+                    false
+                }
+                // (taken offline on the primary, as the registration was)
+                Ok(_) | Err(StoreError::Unreplicated(_)) => true,
+                Err(e) if tokio::time::Instant::now() >= until => {
+                    tracing::warn!(node_id = %node_id, error = %e,
+                        "could not take offline a node whose registration's reply was lost; liveness will expire");
+                    true
+                }
+                Err(_) => false,
+            };
+            if done || tokio::time::Instant::now() >= until {
+                return;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(300)).await;
         }
     }
 }
+
+/// How long a connection waits for Redis to take offline a registration whose reply was
+/// lost (`NodeConn::unregister_lost`).
+const UNREGISTER_FOR: std::time::Duration = std::time::Duration::from_secs(5);
 
 /// The outcome of a registration of `node_id` by connection `token` that Redis committed
 /// as `epoch`, with the messages its script produced (`assign`: queued jobs handed to the

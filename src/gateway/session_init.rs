@@ -5,7 +5,7 @@ use std::sync::Arc;
 
 use super::Outbound;
 use super::session::{Opened, SessionConn, new_trace_id};
-use super::{Accepted, Kind};
+use super::{Accepted, Kind, close};
 use crate::capabilities::{RouteRequest, route};
 use crate::protocol::session::{JobSpec, Pipeline, SessionInit};
 use crate::protocol::{ErrorCode, bounds, valid_id};
@@ -134,10 +134,15 @@ impl SessionConn {
                 }
                 Ok(Resumed::Superseded) => {
                     self.app.metrics.stale(KIND);
-                    return self.error(
+                    self.error(
                         ErrorCode::InvalidSession,
                         "session is owned by another connection: a later resume took it",
                     );
+                    // Closed, as a superseded node connection is: messages of the session
+                    // addressed to this connection meanwhile may wait in its writer's
+                    // ordering, which a new session on the same socket would inherit.
+                    let reason = "a later resume took the session".into();
+                    return self.send(Outbound::Close(close::REPLACED, reason));
                 }
                 Err(e) => return self.store_error(&e),
             }
