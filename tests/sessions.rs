@@ -105,6 +105,27 @@ async fn indices_0_to_2_taken(redis: &RedisServer) -> Held {
     }
 }
 
+/// Answer `jobs` (node `nid`, in that order) and expect the session's terminal messages for
+/// the indices `want`, in that order.
+async fn answered_in_order(
+    n: &mut WsClient,
+    nid: &str,
+    s: &mut WsClient,
+    jobs: &[serde_json::Value],
+    want: &[u64],
+) -> Vec<serde_json::Value> {
+    for j in jobs {
+        n.send(&answer(j, nid, "t")).await;
+    }
+    let got = terminals(s, want.len(), T).await;
+    let idx: Vec<u64> = got
+        .iter()
+        .map(|v| v["utterance_index"].as_u64().unwrap_or(u64::MAX))
+        .collect();
+    assert_eq!(idx, want, "{got:?}");
+    got
+}
+
 /// A cut that finds no free utterance index keeps the audio (the client used the indices
 /// with `utterance`s; a cut takes none more than `session.max_index_ahead` past the
 /// delivery cursor). The kept audio must still be cut later without the client sending
@@ -157,15 +178,7 @@ async fn audio_kept_by_a_cut_without_a_free_index_is_cut_again_after_the_pause()
     assert!(a.get("is_timeout_triggered").is_none(), "{a}");
     assert_eq!(session_field(&mut c, &sid, "held_cut").await, "", "cleared");
     jobs.push(a);
-    for j in &jobs[1..] {
-        n.send(&answer(j, &nid, "t")).await;
-    }
-    let got = terminals(&mut s, 4, T).await;
-    let idx: Vec<u64> = got
-        .iter()
-        .map(|v| v["utterance_index"].as_u64().unwrap())
-        .collect();
-    assert_eq!(idx, vec![0, 1, 2, 3]);
+    answered_in_order(&mut n, &nid, &mut s, &jobs[1..], &[0, 1, 2, 3]).await;
     invariants::check(&mut c).await;
 }
 
@@ -216,15 +229,8 @@ async fn a_held_buffer_stays_within_the_index_and_size_bounds() {
         .expect("the held audio is cut once an index is in bounds");
     assert_eq!(a["utterance_index"], 3, "{a}");
     assert_eq!(a["is_manual_cut"], true, "{a}");
-    for j in jobs[1..].iter().chain([&a]) {
-        n.send(&answer(j, &nid, "t")).await;
-    }
-    let got = terminals(&mut s, 4, T).await;
-    let idx: Vec<u64> = got
-        .iter()
-        .map(|v| v["utterance_index"].as_u64().unwrap())
-        .collect();
-    assert_eq!(idx, vec![0, 1, 2, 3]);
+    let rest = [jobs[1].clone(), jobs[2].clone(), a];
+    answered_in_order(&mut n, &nid, &mut s, &rest, &[0, 1, 2, 3]).await;
     // Nothing held: one chunk over twice the bound is taken (and cut), not refused.
     let mut big = ch.clone();
     big["payload"] = json!(B64.encode(vec![1u8; 9_000]));
@@ -285,15 +291,7 @@ async fn audio_held_by_a_closing_cut_without_a_free_index_is_still_cut() {
     let due: Option<f64> = c.zscore(format!("{PREFIX}due:audio"), &sid).await.unwrap();
     assert_eq!(due, None, "the pause clock stopped with the cut");
     jobs.push(a);
-    for j in &jobs[1..] {
-        n.send(&answer(j, &nid, "t")).await;
-    }
-    let got = terminals(&mut s, 4, T).await;
-    let idx: Vec<u64> = got
-        .iter()
-        .map(|v| v["utterance_index"].as_u64().unwrap())
-        .collect();
-    assert_eq!(idx, vec![0, 1, 2, 3]);
+    let got = answered_in_order(&mut n, &nid, &mut s, &jobs[1..], &[0, 1, 2, 3]).await;
     assert!(
         got.iter().all(|v| v["type"] == "translation_result"),
         "{got:?}"
