@@ -45,6 +45,29 @@ async fn keys(c: &mut redis::aio::MultiplexedConnection, pattern: &str) -> Vec<S
     k
 }
 
+/// Utterance `1` of session `sid` staged by hand under connection `conn`'s key, as a
+/// `submit` pipeline holds it for an instant; the key.
+async fn stage_audio(
+    inst: &switchyard::server::Running,
+    c: &mut redis::aio::MultiplexedConnection,
+    conn: &str,
+    sid: &str,
+    audio: &str,
+) -> String {
+    let keys = &inst.app.cells.default_cell().store.keys;
+    let staged = keys.staged_audio(conn, sid, 1);
+    let _: () = c.set_ex(&staged, audio, 60).await.expect("set");
+    staged
+}
+
+/// `staged` still holds `audio` and is the only staged key left (then it is deleted).
+async fn only_staged(c: &mut redis::aio::MultiplexedConnection, staged: &str, audio: &str) {
+    let kept: Option<String> = c.get(staged).await.expect("get");
+    assert_eq!(kept.as_deref(), Some(audio));
+    assert_eq!(keys(c, "stage:*").await, vec![staged.to_string()]);
+    let _: () = c.del(staged).await.expect("del");
+}
+
 #[tokio::test]
 async fn tts_results_arrive_whole_at_once_in_order_through_the_inbox_and_on_resume() {
     let redis = RedisServer::start().await;
@@ -267,31 +290,21 @@ async fn a_nodes_result_cannot_touch_a_sessions_staged_audio() {
     let mut c = redis.client().await;
     let (mut n, nid) = node_on(&inst, None).await;
     let (_s, sid) = session_on(&inst).await;
-    let staged = inst
-        .app
-        .cells
-        .default_cell()
-        .store
-        .keys
-        .staged_audio("i-0123456789ab/1", &sid, 1);
-    let _: () = redis::cmd("SET")
-        .arg(&staged)
-        .arg("the session's audio")
-        .arg("PX")
-        .arg(60_000)
-        .query_async(&mut c)
-        .await
-        .expect("set");
+    let staged = stage_audio(
+        &inst,
+        &mut c,
+        "i-0123456789ab/1",
+        &sid,
+        "the session's audio",
+    )
+    .await;
     let fake = json!({"job_id": sid, "attempt_id": 1, "session_id": sid,
         "utterance_index": 1, "trace_id": "00000000000000000000000000000001"});
     n.send(&answer_with_tts(&fake, &nid, "forged", TTS)).await;
     let err = n.recv_type("error").await;
     assert_eq!(err["code"], "INVALID_MESSAGE", "{err}");
-    let kept: Option<String> = c.get(&staged).await.expect("get");
-    assert_eq!(kept.as_deref(), Some("the session's audio"));
-    // The forged result's own staged body did not outlive its refused call.
-    assert_eq!(keys(&mut c, "stage:*").await, vec![staged.clone()]);
-    let _: () = c.del(&staged).await.expect("del");
+    // (and the forged result's own staged body did not outlive its refused call)
+    only_staged(&mut c, &staged, "the session's audio").await;
     invariants::check(&mut c).await;
 }
 
@@ -316,30 +329,13 @@ async fn a_replaced_session_connection_cannot_touch_the_live_ones_staged_audio()
     init["last_received_index"] = json!(-1);
     let (_live, _) = open_session_ack(&url, init).await;
     let conn = session_field(&mut c, &sid, "conn").await;
-    let staged = inst
-        .app
-        .cells
-        .default_cell()
-        .store
-        .keys
-        .staged_audio(&conn, &sid, 1);
-    let _: () = redis::cmd("SET")
-        .arg(&staged)
-        .arg("the live connection's audio")
-        .arg("PX")
-        .arg(60_000)
-        .query_async(&mut c)
-        .await
-        .expect("set");
+    let staged = stage_audio(&inst, &mut c, &conn, &sid, "the live connection's audio").await;
     let mut u = utterance(&sid, 1);
     u["audio"] = json!(B64.encode(vec![7u8; 8 * 1024])); // (staged: over 2,048 bytes)
     old.send(&u).await;
     let err = old.recv_type("error").await;
     assert_eq!(err["code"], "INVALID_SESSION", "{err}");
-    let kept: Option<String> = c.get(&staged).await.expect("get");
-    assert_eq!(kept.as_deref(), Some("the live connection's audio"));
-    // The replaced connection's own staged audio did not outlive its refused call.
-    assert_eq!(keys(&mut c, "stage:*").await, vec![staged.clone()]);
-    let _: () = c.del(&staged).await.expect("del");
+    // (and the replaced connection's own staged audio did not outlive its refused call)
+    only_staged(&mut c, &staged, "the live connection's audio").await;
     invariants::check(&mut c).await;
 }

@@ -315,36 +315,13 @@ async fn slow_proxy(target: String, delay: Duration) -> (String, tokio::task::Jo
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_behind_answer_is_followed_once_the_node_in_use_stays_silent() {
     let mut set = SentinelSet::start(1, &[]).await;
-    // No sentinel converts the old primary meanwhile (four hello periods: 40 minutes).
-    for s in &set.sentinels {
-        sentinel_cmd(s, &["DEBUG", "publish-period", "600000"]).await;
-    }
-    let inst = start_with(cfg(RedisMode::Sentinel, set.sentinel_urls(), |c| {
-        c.redis.timeout_ms = 500;
-    }))
-    .await;
+    let (inst, old, _) = followed_switchover(&set).await;
     let store = &inst.app.cells.default_cell().store;
-    let (old, new) = (set.primary.addr(), set.replicas[0].addr());
-    sentinel_cmd(&set.sentinels[0], &["FAILOVER", MASTER]).await;
-    until(
-        Duration::from_secs(15),
-        "the instance follows the switch-over",
-        || async { store.redis_node() == new },
-    )
-    .await;
     // Two sentinels hang; the third is rebuilt (epoch 0) naming the old primary.
     for s in &set.sentinels[..2] {
         s.signal("STOP");
     }
-    let rebuilt = &set.sentinels[2];
-    sentinel_cmd(rebuilt, &["REMOVE", MASTER]).await;
-    let port = set.primary.port.to_string();
-    sentinel_cmd(rebuilt, &["MONITOR", MASTER, "127.0.0.1", &port, "2"]).await;
-    sentinel_cmd(
-        rebuilt,
-        &["SET", MASTER, "down-after-milliseconds", "600000"],
-    )
-    .await;
+    rebuild_naming_the_old_primary(&set.sentinels[2], &set).await;
     assert_eq!(is_primary_at(&set.primary.url()).await, Some(true));
     set.replicas[0].kill9();
     until(
@@ -371,34 +348,18 @@ async fn a_behind_answer_is_followed_once_the_node_in_use_stays_silent() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_behind_answer_is_not_followed_while_another_vouches_for_the_silent_node_in_use() {
     let set = SentinelSet::start(1, &[]).await;
-    // No sentinel converts the old primary meanwhile (four hello periods: 40 minutes).
-    for s in &set.sentinels {
-        sentinel_cmd(s, &["DEBUG", "publish-period", "600000"]).await;
-    }
-    let inst = start_with(cfg(RedisMode::Sentinel, set.sentinel_urls(), |c| {
-        c.redis.timeout_ms = 500;
-    }))
-    .await;
+    let (inst, old, new) = followed_switchover(&set).await;
     let store = &inst.app.cells.default_cell().store;
-    let (old, new) = (set.primary.addr(), set.replicas[0].addr());
-    let up_to_date = &set.sentinels[0];
-    sentinel_cmd(up_to_date, &["FAILOVER", MASTER]).await;
-    until(
-        Duration::from_secs(15),
-        "the instance follows the switch-over",
-        || async { store.redis_node() == new },
-    )
-    .await;
     // One sentinel hangs; one is rebuilt (epoch 0) naming the old primary; the one left
     // names the node in use with its epoch, and fails nothing over while it is stopped.
     set.sentinels[1].signal("STOP");
-    let rebuilt = &set.sentinels[2];
-    sentinel_cmd(rebuilt, &["REMOVE", MASTER]).await;
-    let port = set.primary.port.to_string();
-    sentinel_cmd(rebuilt, &["MONITOR", MASTER, "127.0.0.1", &port, "2"]).await;
-    for s in [up_to_date, rebuilt] {
-        sentinel_cmd(s, &["SET", MASTER, "down-after-milliseconds", "600000"]).await;
-    }
+    let (up_to_date, rebuilt) = (&set.sentinels[0], &set.sentinels[2]);
+    rebuild_naming_the_old_primary(rebuilt, &set).await;
+    sentinel_cmd(
+        up_to_date,
+        &["SET", MASTER, "down-after-milliseconds", "600000"],
+    )
+    .await;
     assert_eq!(sentinel_addr(up_to_date).await, new);
     assert_eq!(sentinel_addr(rebuilt).await, old);
     assert_eq!(is_primary_at(&set.primary.url()).await, Some(true));
@@ -422,4 +383,36 @@ async fn a_behind_answer_is_not_followed_while_another_vouches_for_the_silent_no
     assert_eq!(store.redis_node(), new);
     invariants::check(&mut connect(&format!("redis://{new}")).await.expect("new")).await;
     node.stop();
+}
+
+/// An instance (`redis.timeout_ms` 500) that followed a switch-over `set`'s first sentinel
+/// made, with no sentinel to convert the old primary meanwhile (four hello periods: 40
+/// minutes); the old and new primaries' addresses.
+async fn followed_switchover(set: &SentinelSet) -> (Running, String, String) {
+    for s in &set.sentinels {
+        sentinel_cmd(s, &["DEBUG", "publish-period", "600000"]).await;
+    }
+    let inst = start_with(cfg(RedisMode::Sentinel, set.sentinel_urls(), |c| {
+        c.redis.timeout_ms = 500;
+    }))
+    .await;
+    let (old, new) = (set.primary.addr(), set.replicas[0].addr());
+    sentinel_cmd(&set.sentinels[0], &["FAILOVER", MASTER]).await;
+    let store = &inst.app.cells.default_cell().store;
+    until(
+        Duration::from_secs(15),
+        "the instance follows the switch-over",
+        || async { store.redis_node() == new },
+    )
+    .await;
+    (inst, old, new)
+}
+
+/// `s` forgets the master and monitors the old primary afresh (epoch 0), failing nothing
+/// over for ten minutes: a sentinel rebuilt from scratch.
+async fn rebuild_naming_the_old_primary(s: &common::topology::Proc, set: &SentinelSet) {
+    sentinel_cmd(s, &["REMOVE", MASTER]).await;
+    let port = set.primary.port.to_string();
+    sentinel_cmd(s, &["MONITOR", MASTER, "127.0.0.1", &port, "2"]).await;
+    sentinel_cmd(s, &["SET", MASTER, "down-after-milliseconds", "600000"]).await;
 }
