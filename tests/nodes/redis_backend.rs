@@ -361,3 +361,79 @@ async fn after_a_redis_restart_one_call_finds_the_broken_connections_not_each() 
     let mut c = redis.client().await;
     invariants::check(&mut c).await;
 }
+
+/// The Redis ACL docs/operations.md gives an instance's user ("Scripts and ACLs") is enough:
+/// readiness, nodes, sessions, jobs, the admin reads and `/metrics` work, and Redis logs no
+/// command refused (`ACL LOG`). Audit finding: the list there lacked `ROLE` (readiness stayed
+/// 503), `SET` (staging), `WAIT`, the inbox's stream commands and `MULTI`/`EXEC` (dead
+/// letters, recovery, inspection), and deadpool's `UNWATCH`.
+#[tokio::test]
+async fn the_documented_acl_is_enough_for_an_instance() {
+    if single_only("sets an ACL user on one redis-server") {
+        return;
+    }
+    const RULES: &str = "~{switchyard:*}* resetchannels -@all +@read +@write +@stream \
+        +@scripting -@dangerous +role +info +wait +time +ping +hello +client|setname \
+        +multi +exec +discard +unwatch";
+    let docs = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/docs/operations.md"))
+        .expect("operations.md");
+    let rules = RULES.split_whitespace().collect::<Vec<_>>().join(" ");
+    assert!(
+        docs.split_whitespace()
+            .collect::<Vec<_>>()
+            .join(" ")
+            .contains(&rules),
+        "docs/operations.md gives another ACL than {rules}"
+    );
+    let redis = RedisServer::start().await;
+    let mut c = redis.client().await;
+    let _: () = redis::cmd("ACL")
+        .arg("SETUSER")
+        .arg("switchyard")
+        .arg("on")
+        .arg(">acl-test-password")
+        .arg(RULES.split_whitespace().collect::<Vec<_>>())
+        .query_async(&mut c)
+        .await
+        .expect("acl setuser");
+    let url = format!(
+        "redis://switchyard:acl-test-password@127.0.0.1:{}",
+        redis.port
+    );
+    let inst = start_with(test_config(&url)).await;
+    ready(&inst).await;
+    let (mut n, nid) = crate::common::actors::node_on(&inst, None).await;
+    let (mut s, sid) = crate::common::actors::session_on(&inst).await;
+    for i in 0..3 {
+        s.send(&crate::common::actors::utterance(&sid, i)).await;
+        let a = n.recv_type("job_assign").await;
+        n.send(&crate::common::actors::answer(&a, &nid, "t")).await;
+    }
+    let got = crate::common::actors::terminals(&mut s, 3, Duration::from_secs(5)).await;
+    assert!(
+        got.iter().all(|v| v["type"] == "translation_result"),
+        "{got:?}"
+    );
+    let http = reqwest::Client::new();
+    for path in [
+        "/api/v1/nodes",
+        "/api/v1/pools",
+        "/api/v1/instances",
+        "/metrics",
+    ] {
+        let r = http
+            .get(http_url(&inst, path))
+            .bearer_auth(admin_token())
+            .send()
+            .await
+            .expect(path);
+        assert_eq!(r.status().as_u16(), 200, "{path}");
+    }
+    let refused: Vec<redis::Value> = redis::cmd("ACL")
+        .arg("LOG")
+        .query_async(&mut c)
+        .await
+        .expect("acl log");
+    assert!(refused.is_empty(), "commands refused: {refused:?}");
+    invariants::check(&mut c).await;
+}
