@@ -339,3 +339,58 @@ async fn a_replaced_session_connection_cannot_touch_the_live_ones_staged_audio()
     only_staged(&mut c, &staged, "the live connection's audio").await;
     invariants::check(&mut c).await;
 }
+
+/// Audit finding: a terminal message the session connection's full send queue refused
+/// (`switchyard_deliveries_total{detail="full"}`: a client reading slower than its results
+/// come) was lost for good with the default `session.on_gap = "skip"`: the writer skipped
+/// its number after `order_gap_ms`, and no lost reply started a recovery. Now a skipped gap
+/// makes the connection read the result log back, and what the writer did not write is
+/// written once, late.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn results_a_full_send_queue_refused_still_reach_a_slow_reader_once() {
+    const N: u64 = 200;
+    let redis = RedisServer::start().await;
+    let inst = start_tweaked(&redis, |c| {
+        c.ws.send_queue = 4;
+        c.session.order_gap_ms = 500;
+    })
+    .await;
+    let (mut n, nid) = node_on(&inst, None).await;
+    let (mut s, sid) = session_on(&inst).await;
+    // The session does not read while N results of ~54 KB (11 MB) come: the sockets'
+    // buffers fill, the writer waits on its socket, its queue (4) fills, and what comes
+    // next is refused.
+    let node = tokio::spawn(async move {
+        for _ in 0..N {
+            let a = n.recv_type("job_assign").await;
+            n.send(&answer_with_tts(&a, &nid, "slow reader", 40 * 1024))
+                .await;
+        }
+        n
+    });
+    for i in 0..N {
+        s.send(&utterance(&sid, i)).await;
+    }
+    let _n = node.await.expect("node");
+    let full = r#"switchyard_deliveries_total{kind="session",detail="full"}"#;
+    eventually(T, "the session's queue refused messages", || {
+        let inst = &inst;
+        async move { (sample(&metrics_text(inst).await, full)? > 0.0).then_some(()) }
+    })
+    .await;
+    let mut got = BTreeMap::new();
+    while (got.len() as u64) < N {
+        match s.next(Duration::from_secs(10)).await {
+            Ok(v) if v["type"] == "translation_result" => {
+                let i = v["utterance_index"].as_u64().expect("index");
+                *got.entry(i).or_insert(0) += 1;
+            }
+            Ok(_) => {}
+            Err(e) => panic!("{} of {N} results, then {e:?}", got.len()),
+        }
+    }
+    s.expect_silence(Duration::from_millis(1_500)).await;
+    assert!(got.values().all(|&k| k == 1), "duplicates: {got:?}");
+    let mut c = redis.client().await;
+    invariants::check(&mut c).await;
+}

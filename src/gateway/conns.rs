@@ -32,6 +32,10 @@ pub struct LocalConn {
     pub tx: mpsc::Sender<Outbound>,
     /// The cell the node or session lives in (whose store its cleanup calls).
     pub cell: Arc<Cell>,
+    /// Told when an ordered (terminal) message may be missing on this connection: its full
+    /// queue refused one ([`Connections::send`]), or its writer skipped a gap. Its handler
+    /// then reads the session's result log back (`recover::after_gap`).
+    pub missing: Arc<tokio::sync::Notify>,
 }
 
 impl std::fmt::Debug for LocalConn {
@@ -257,7 +261,15 @@ impl Connections {
         out: Outbound,
     ) -> Option<bool> {
         let m = self.map(kind);
-        find(&m, cell, id, token).map(|b| b.conn.tx.try_send(out).is_ok())
+        find(&m, cell, id, token).map(|b| match b.conn.tx.try_send(out) {
+            Ok(()) => true,
+            // A slow reader: its terminal message is in the log, the handler reads it back.
+            Err(mpsc::error::TrySendError::Full(Outbound::Ordered(..))) => {
+                b.conn.missing.notify_one();
+                false
+            }
+            Err(_) => false,
+        })
     }
 
     /// Close the local connection of `id` in `cell` if it has `token`.

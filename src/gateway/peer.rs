@@ -27,6 +27,8 @@ pub struct Peer {
     pub tx: mpsc::Sender<Outbound>,
     /// Unique per socket, ever: the fencing epoch scripts compare.
     pub token: String,
+    /// See [`LocalConn::missing`]: the connection's loop calls [`Handler::gap_skipped`].
+    pub missing: Arc<tokio::sync::Notify>,
 }
 
 impl Peer {
@@ -89,6 +91,7 @@ impl Peer {
             token: self.token.clone(),
             tx: self.tx.clone(),
             cell: cell.clone(),
+            missing: self.missing.clone(),
         }
     }
 }
@@ -114,6 +117,10 @@ pub trait Handler: Send {
     fn dropped(&self, _text: &str) -> Option<serde_json::Value> {
         None
     }
+    /// An ordered message may be missing: the writer gave up waiting for it and went on
+    /// (`session.on_gap = "skip"`), or the connection's full queue refused it: nothing by
+    /// default.
+    fn gap_skipped(&mut self) {}
     /// The socket ended (`orderly`: the peer sent a close frame): run cleanup scripts.
     fn finish(&mut self, orderly: bool) -> impl Future<Output = ()> + Send;
 }
@@ -198,14 +205,16 @@ async fn drive<H: Handler, F: FnOnce(Peer) -> H>(
     let write_timeout = Some(app.cfg.ws.write_timeout_ms)
         .filter(|ms| *ms > 0)
         .map(Duration::from_millis);
-    let (tx, mut stream, mut writer) =
-        socket::split(ws, app.cfg.ws.send_queue, app.gap(H::KIND), write_timeout);
+    let gap = app.gap(H::KIND);
+    let missing = gap.skipped.clone();
+    let (tx, mut stream, mut writer) = socket::split(ws, app.cfg.ws.send_queue, gap, write_timeout);
     let mut writer_done = false;
     let mut shutdown = app.shutdown_signal();
     let mut h = make(Peer {
         app: app.clone(),
         tx,
         token: app.next_conn_token(),
+        missing: missing.clone(),
     });
     let hello = tokio::time::Instant::now() + Duration::from_millis(app.cfg.ws.hello_timeout_ms);
     let mut orderly = false;
@@ -251,6 +260,10 @@ async fn drive<H: Handler, F: FnOnce(Peer) -> H>(
                     continue;
                 }
                 break;
+            }
+            _ = missing.notified() => {
+                h.gap_skipped();
+                continue;
             }
             _ = tokio::time::sleep_until(hello), if !h.greeted() => {
                 h.peer().send(Outbound::Close(close::POLICY, H::HELLO.into()));

@@ -1,5 +1,8 @@
 //! A lost reply's messages put back for a session connected here (`session.on_gap =
-//! "skip"`, for clients that never resume).
+//! "skip"`, for clients that never resume); and, whatever `on_gap`, the terminal messages a
+//! slow reader's full send queue refused, or its writer gave up waiting for
+//! ([`after_gap`]: nothing else would ever write them; the read reaches [`SPAN`] indices
+//! below the cursor).
 //!
 //! A script call whose reply was lost ([`crate::store::StoreError::Ambiguous`]: a Redis
 //! stall past `redis.timeout_ms`), or came and did not decode
@@ -31,7 +34,7 @@ use tokio::time::Instant;
 use super::{Kind, LocalConn, Outbound};
 use crate::cells::Cell;
 use crate::server::App;
-use crate::store::log_tail::LogTail;
+use crate::store::log_tail::{BELOW_CURSOR, LogTail, SPAN};
 
 /// Pause between two reads that failed.
 const RETRY_EVERY: Duration = Duration::from_millis(250);
@@ -40,13 +43,13 @@ const SETTLE: Duration = Duration::from_millis(300);
 
 const KIND: &str = "session";
 
-/// The connections of this instance (by token) with a recovery running → whether another
-/// round was asked meanwhile (`App::recoveries`).
+/// The connections of this instance (by token) with a recovery running → the reach below
+/// the cursor of another round asked meanwhile, if one was (`App::recoveries`).
 #[derive(Default)]
-pub struct Recoveries(Mutex<HashMap<String, bool>>);
+pub struct Recoveries(Mutex<HashMap<String, Option<u64>>>);
 
 impl Recoveries {
-    fn lock(&self) -> MutexGuard<'_, HashMap<String, bool>> {
+    fn lock(&self) -> MutexGuard<'_, HashMap<String, Option<u64>>> {
         self.0.lock().unwrap_or_else(|p| p.into_inner())
     }
 }
@@ -58,26 +61,42 @@ fn retry_for(app: &App) -> Duration {
 
 /// Recover what a lost reply carried for session `sid`, connected here as `conn`.
 pub(super) fn session(app: &Arc<App>, sid: &str, conn: LocalConn) {
+    start(app, sid, conn, BELOW_CURSOR);
+}
+
+/// The connection's writer skipped a gap (`on_gap = "skip"`): the messages missing may be
+/// many a full send queue refused (a slow reader), not one lost reply's, so the read
+/// reaches [`SPAN`] indices below the cursor.
+pub(super) fn after_gap(app: &Arc<App>, sid: &str, conn: LocalConn) {
+    start(app, sid, conn, SPAN);
+}
+
+/// A recovery reaching `below` indices below the cursor, or one more round of the one
+/// running (the wider reach of the two).
+fn start(app: &Arc<App>, sid: &str, conn: LocalConn, below: u64) {
     let key = conn.token.clone();
     {
         let mut r = app.recoveries.lock();
         if let Some(again) = r.get_mut(&key) {
-            *again = true;
+            *again = Some(again.unwrap_or(0).max(below));
             return;
         }
-        r.insert(key.clone(), false);
+        r.insert(key.clone(), None);
     }
     let (app, sid) = (app.clone(), sid.to_string());
     tokio::spawn(async move {
         let mut entry = Entry(app.clone(), Some(key));
+        let mut below = below;
         loop {
-            round(&app, &sid, &conn).await;
+            round(&app, &sid, &conn, below).await;
             // Another round if asked meanwhile, else leave the map: one decision under the
             // lock, so a lost reply that comes meanwhile is either served or starts a task.
             let mut r = app.recoveries.lock();
             let key = entry.1.as_deref().unwrap_or_default();
             match r.get_mut(key) {
-                Some(again) if *again && !conn.tx.is_closed() => *again = false,
+                Some(again) if again.is_some() && !conn.tx.is_closed() => {
+                    below = again.take().unwrap_or(BELOW_CURSOR);
+                }
                 _ => {
                     r.remove(key);
                     entry.1 = None;
@@ -135,14 +154,14 @@ pub(super) fn job_session(app: &Arc<App>, cell: &Arc<Cell>, job_id: &str, named:
     });
 }
 
-/// One round: a read once Redis answers, handed to the writer, then one more a moment
-/// later.
-async fn round(app: &App, sid: &str, conn: &LocalConn) {
+/// One round: a read (`below` indices below the cursor) once Redis answers, handed to the
+/// writer, then one more a moment later.
+async fn round(app: &App, sid: &str, conn: &LocalConn, below: u64) {
     for n in 0..2 {
         if n > 0 {
             tokio::time::sleep(SETTLE).await;
         }
-        let Some(tail) = read(app, sid, conn).await else {
+        let Some(tail) = read(app, sid, conn, below).await else {
             return;
         };
         if n == 0 {
@@ -172,14 +191,15 @@ async fn round(app: &App, sid: &str, conn: &LocalConn) {
 
 /// The log's tail, retried until Redis answers or `session.recover_for_ms` passed; `None`: given up,
 /// the session is gone, or its connection ended.
-async fn read(app: &App, sid: &str, conn: &LocalConn) -> Option<LogTail> {
+async fn read(app: &App, sid: &str, conn: &LocalConn, below: u64) -> Option<LogTail> {
     let deadline = Instant::now() + retry_for(app);
     loop {
         if conn.tx.is_closed() {
             return None;
         }
         // (an attempt is bounded too: a connection that cannot be made may take long)
-        let attempt = tokio::time::timeout_at(deadline, conn.cell.store.result_log_tail(sid));
+        let attempt =
+            tokio::time::timeout_at(deadline, conn.cell.store.result_log_tail(sid, below));
         match attempt.await {
             Ok(Ok(tail)) => return tail,
             Err(_) => {

@@ -100,6 +100,17 @@ impl Handler for SessionConn {
         self.on_text(text).await
     }
 
+    /// A terminal message the connection's full queue refused
+    /// (`switchyard_deliveries_total{detail="full"}`: a slow reader), or one the writer
+    /// gave up waiting for: no lost reply starts its recovery, and nothing else would write
+    /// it. Read the log back: what was not written is written once, late
+    /// (`Outbound::Recovered`).
+    fn gap_skipped(&mut self) {
+        if let Some(s) = &self.session {
+            recover::after_gap(&self.app, &s.id, self.local(&s.cell));
+        }
+    }
+
     fn dropped(&self, text: &str) -> Option<Value> {
         crate::protocol::session::utterance_index_of(text).map(|i| json!({"utterance_index": i}))
     }

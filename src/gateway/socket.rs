@@ -16,13 +16,14 @@
 //! connection's first expected number is known (`ExpectSeq`, sent with the session's ack):
 //! messages that come before it are held without a clock.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use axum::extract::ws::{CloseFrame, Message, WebSocket};
 use futures_util::SinkExt;
 use futures_util::stream::{SplitSink, SplitStream, StreamExt};
 use prometheus_client::metrics::counter::Counter;
-use tokio::sync::mpsc;
+use tokio::sync::{Notify, mpsc};
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
 
@@ -86,6 +87,10 @@ pub struct Gap {
     pub on_gap: OnGap,
     /// Counts each gap given up on.
     pub counter: Counter,
+    /// Told each time a gap is skipped (`on_gap = "skip"`): the connection's handler then
+    /// reads the missing messages back from the result log (`Handler::gap_skipped`). A
+    /// message the socket's full queue refused has no lost reply to start that recovery.
+    pub skipped: Arc<Notify>,
 }
 
 /// Split `ws`: returns the sender, the inbound stream and the writer task. A socket write
@@ -150,6 +155,7 @@ async fn write_loop(
                 gap.counter.inc();
                 if gap.on_gap == OnGap::Skip {
                     tracing::warn!(held = order.held.len(), "session message gap skipped");
+                    gap.skipped.notify_one();
                     if let Err(end) = write_all(&mut sink, order.skip(), write_timeout).await {
                         break end;
                     }

@@ -39,11 +39,15 @@ fn read_err(e: redis::RedisError) -> StoreError {
 }
 
 impl Store {
-    /// The delivered results of session `sid` from [`BELOW_CURSOR`] indices below its
-    /// cursor (or the lowest of its [`RECENT`] most recently settled, if lower) to
-    /// [`FROM_CURSOR`] indices after it, at most [`SPAN`], with its `out_seq`; `None` when
-    /// the session is gone.
-    pub async fn result_log_tail(&self, sid: &str) -> Result<Option<LogTail>, StoreError> {
+    /// The delivered results of session `sid` from `below` indices below its cursor (at
+    /// least [`BELOW_CURSOR`]; or the lowest of its [`RECENT`] most recently settled, if
+    /// lower) to [`FROM_CURSOR`] indices after it, at most [`SPAN`], with its `out_seq`;
+    /// `None` when the session is gone.
+    pub async fn result_log_tail(
+        &self,
+        sid: &str,
+        below: u64,
+    ) -> Result<Option<LogTail>, StoreError> {
         let mut conn = self.conn().await?;
         let sk = self.keys.session(sid);
         // The cursor and the most recently settled indices in one round trip: they only
@@ -68,7 +72,7 @@ impl Store {
             .copied()
             .min()
             .unwrap_or(cursor)
-            .min(cursor.saturating_sub(BELOW_CURSOR));
+            .min(cursor.saturating_sub(below.max(BELOW_CURSOR)));
         let lo = want.max(hi.saturating_sub(SPAN));
         let idx: Vec<u64> = (lo..hi).collect();
         // The cursor moves on, the log only grows near it: the window read first is good,

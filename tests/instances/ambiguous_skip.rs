@@ -279,7 +279,7 @@ async fn the_log_tail_holds_the_delivered_results_and_out_seq() {
     );
     let store = &a.app.cells.get("main").expect("cell main").store;
     let tail = store
-        .result_log_tail(&sid)
+        .result_log_tail(&sid, switchyard::store::log_tail::BELOW_CURSOR)
         .await
         .expect("read")
         .expect("the session exists");
@@ -293,7 +293,7 @@ async fn the_log_tail_holds_the_delivered_results_and_out_seq() {
     }
     assert!(
         store
-            .result_log_tail("s-NOSUCH00")
+            .result_log_tail("s-NOSUCH00", switchyard::store::log_tail::BELOW_CURSOR)
             .await
             .expect("read")
             .is_none()

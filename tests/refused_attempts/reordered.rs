@@ -27,6 +27,7 @@ fn local(inst: &Running, name: &str) -> (LocalConn, mpsc::Receiver<Outbound>) {
         token: format!("{}/takeover-{name}", inst.app.instance_id),
         tx,
         cell: inst.app.cells.default_cell().clone(),
+        missing: Default::default(),
     };
     (conn, rx)
 }

@@ -20,6 +20,7 @@ fn conn(cell: &Arc<Cell>, token: &str) -> LocalConn {
         token: token.into(),
         tx,
         cell: cell.clone(),
+        missing: Default::default(),
     }
 }
 
@@ -29,6 +30,7 @@ fn closed_conn(cell: &Arc<Cell>, token: &str) -> LocalConn {
         token: token.into(),
         tx: mpsc::channel(1).0,
         cell: cell.clone(),
+        missing: Default::default(),
     }
 }
 
