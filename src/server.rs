@@ -153,7 +153,7 @@ impl App {
             wait: Duration::from_millis(self.cfg.session.order_gap_ms),
             on_gap,
             counter: self.metrics.delivery_counter(kind, detail),
-            skipped: Default::default(),
+            missing: Default::default(),
         }
     }
 }

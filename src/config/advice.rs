@@ -30,9 +30,7 @@ impl Config {
         let body = s
             .idle_ttl_ms
             .saturating_add(s.result_retention_ms.saturating_mul(2));
-        let entry = u64::from(j.max_attempts)
-            .saturating_mul(j.run_timeout_ms.saturating_add(j.queue_wait_ms))
-            .saturating_add(s.result_retention_ms / 8);
+        let entry = j.longest_job_ms().saturating_add(s.result_retention_ms / 8);
         if body < entry {
             out.push(format!(
                 "session.idle_ttl_ms + 2 × session.result_retention_ms ({body}) is below \

@@ -306,7 +306,7 @@ impl Config {
             }
         }
         // every attempt may run out its deadline and queue again before the next
-        if j.record_ttl_ms < u64::from(j.max_attempts) * (j.run_timeout_ms + j.queue_wait_ms) {
+        if j.record_ttl_ms < j.longest_job_ms() {
             return bad(
                 "jobs.record_ttl_ms",
                 "must outlast every attempt and the queue wait",

@@ -34,7 +34,7 @@ pub struct LocalConn {
     pub cell: Arc<Cell>,
     /// Told when an ordered (terminal) message may be missing on this connection: its full
     /// queue refused one ([`Connections::send`]), or its writer skipped a gap. Its handler
-    /// then reads the session's result log back (`recover::after_gap`).
+    /// then reads the session's result log back (`recover::missing`).
     pub missing: Arc<tokio::sync::Notify>,
 }
 

@@ -27,7 +27,7 @@ pub struct Peer {
     pub tx: mpsc::Sender<Outbound>,
     /// Unique per socket, ever: the fencing epoch scripts compare.
     pub token: String,
-    /// See [`LocalConn::missing`]: the connection's loop calls [`Handler::gap_skipped`].
+    /// See [`LocalConn::missing`]: the connection's loop calls [`Handler::messages_missing`].
     pub missing: Arc<tokio::sync::Notify>,
 }
 
@@ -120,7 +120,7 @@ pub trait Handler: Send {
     /// An ordered message may be missing: the writer gave up waiting for it and went on
     /// (`session.on_gap = "skip"`), or the connection's full queue refused it: nothing by
     /// default.
-    fn gap_skipped(&mut self) {}
+    fn messages_missing(&mut self) {}
     /// The socket ended (`orderly`: the peer sent a close frame): run cleanup scripts.
     fn finish(&mut self, orderly: bool) -> impl Future<Output = ()> + Send;
 }
@@ -206,7 +206,7 @@ async fn drive<H: Handler, F: FnOnce(Peer) -> H>(
         .filter(|ms| *ms > 0)
         .map(Duration::from_millis);
     let gap = app.gap(H::KIND);
-    let missing = gap.skipped.clone();
+    let missing = gap.missing.clone();
     let (tx, mut stream, mut writer) = socket::split(ws, app.cfg.ws.send_queue, gap, write_timeout);
     let mut writer_done = false;
     let mut shutdown = app.shutdown_signal();
@@ -262,7 +262,7 @@ async fn drive<H: Handler, F: FnOnce(Peer) -> H>(
                 break;
             }
             _ = missing.notified() => {
-                h.gap_skipped();
+                h.messages_missing();
                 continue;
             }
             _ = tokio::time::sleep_until(hello), if !h.greeted() => {

@@ -1,7 +1,7 @@
 //! A lost reply's messages put back for a session connected here (`session.on_gap =
 //! "skip"`, for clients that never resume); and, whatever `on_gap`, the terminal messages a
 //! slow reader's full send queue refused, or its writer gave up waiting for
-//! ([`after_gap`]: nothing else would ever write them; the read reaches [`SPAN`] indices
+//! ([`missing`]: nothing else would ever write them; the read reaches [`SPAN`] indices
 //! below the cursor).
 //!
 //! A script call whose reply was lost ([`crate::store::StoreError::Ambiguous`]: a Redis
@@ -64,10 +64,10 @@ pub(super) fn session(app: &Arc<App>, sid: &str, conn: LocalConn) {
     start(app, sid, conn, BELOW_CURSOR);
 }
 
-/// The connection's writer skipped a gap (`on_gap = "skip"`): the messages missing may be
-/// many a full send queue refused (a slow reader), not one lost reply's, so the read
-/// reaches [`SPAN`] indices below the cursor.
-pub(super) fn after_gap(app: &Arc<App>, sid: &str, conn: LocalConn) {
+/// Ordered messages may be missing on the connection: its full send queue refused them (a
+/// slow reader), or its writer skipped a gap (`on_gap = "skip"`). They may be many, not one
+/// lost reply's, so the read reaches [`SPAN`] indices below the cursor.
+pub(super) fn missing(app: &Arc<App>, sid: &str, conn: LocalConn) {
     start(app, sid, conn, SPAN);
 }
 

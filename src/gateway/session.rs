@@ -105,9 +105,9 @@ impl Handler for SessionConn {
     /// gave up waiting for: no lost reply starts its recovery, and nothing else would write
     /// it. Read the log back: what was not written is written once, late
     /// (`Outbound::Recovered`).
-    fn gap_skipped(&mut self) {
+    fn messages_missing(&mut self) {
         if let Some(s) = &self.session {
-            recover::after_gap(&self.app, &s.id, self.local(&s.cell));
+            recover::missing(&self.app, &s.id, self.local(&s.cell));
         }
     }
 

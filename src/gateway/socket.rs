@@ -87,10 +87,11 @@ pub struct Gap {
     pub on_gap: OnGap,
     /// Counts each gap given up on.
     pub counter: Counter,
-    /// Told each time a gap is skipped (`on_gap = "skip"`): the connection's handler then
-    /// reads the missing messages back from the result log (`Handler::gap_skipped`). A
-    /// message the socket's full queue refused has no lost reply to start that recovery.
-    pub skipped: Arc<Notify>,
+    /// Told each time a gap is skipped (`on_gap = "skip"`), and by `Connections::send` when
+    /// the full queue refuses an ordered message (`LocalConn::missing`, the same one): the
+    /// connection's handler then reads the missing messages back from the result log
+    /// (`Handler::messages_missing`); no lost reply starts that recovery.
+    pub missing: Arc<Notify>,
 }
 
 /// Split `ws`: returns the sender, the inbound stream and the writer task. A socket write
@@ -155,7 +156,7 @@ async fn write_loop(
                 gap.counter.inc();
                 if gap.on_gap == OnGap::Skip {
                     tracing::warn!(held = order.held.len(), "session message gap skipped");
-                    gap.skipped.notify_one();
+                    gap.missing.notify_one();
                     if let Err(end) = write_all(&mut sink, order.skip(), write_timeout).await {
                         break end;
                     }
