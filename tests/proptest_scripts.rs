@@ -1,8 +1,11 @@
 //! Property-based state-machine test of the Lua scripts (issue 14, the safety net).
 //!
 //! Random sequences of operations — node register/reconnect (with capacity and capability
-//! changes), heartbeat, disconnect, job results (success, MODEL_NOT_AVAILABLE, failure,
-//! stale attempts), session open/submit/drop/resume, time passing with sweeps, a stalled
+//! changes), heartbeat, disconnect, drain and undrain, job acks, starts and partial text,
+//! job results (success, MODEL_NOT_AVAILABLE, failure, stale attempts), session
+//! open/submit/drop/resume/close, streamed audio (chunks cut by is_final, size, duration,
+//! the sweep's pause clock and the close; held cuts and a full buffer when no index is
+//! free; resent chunks), time passing with sweeps, a stalled
 //! inbox consumer, and an instance crash whose inbox another instance takes over (with the
 //! entries a stall left in it) — run through the real scripts
 //! (the typed `store` functions) on a real redis-server, from three simulated instances
@@ -61,6 +64,21 @@ enum Op {
     /// Instance `via`'s inbox consumer stalls until the next `Advance`, so its inbox fills
     /// (and a `Crash` leaves entries for the takeover to re-route).
     Stall { via: u8 },
+    /// The session streams an audio chunk (`long`: 900 ms, else 100 ms; `last`: is_final;
+    /// `again`: the previous chunk's number resent).
+    Chunk {
+        session: u8,
+        long: bool,
+        last: bool,
+        again: bool,
+    },
+    /// The client ends the session (its buffer's last cut).
+    Close { session: u8 },
+    /// An operator drains (`on`) or undrains a node through instance `via`.
+    Drain { node: u8, on: bool, via: u8 },
+    /// The node acknowledges (`kind` 0), starts (1) or reports partial text (2) on one
+    /// attempt it holds.
+    Progress { node: u8, pick: u8, kind: u8 },
 }
 
 fn op() -> impl Strategy<Value = Op> {
@@ -87,6 +105,11 @@ fn op() -> impl Strategy<Value = Op> {
         2 => (ms, n()).prop_map(|(ms, via)| Op::Advance { ms, via }),
         1 => n().prop_map(|via| Op::Crash { via }),
         2 => n().prop_map(|via| Op::Stall { via }),
+        12 => (n(), any::<bool>(), prop::bool::weighted(0.3), rare())
+            .prop_map(|(session, long, last, again)| Op::Chunk { session, long, last, again }),
+        1 => n().prop_map(|session| Op::Close { session }),
+        1 => (n(), prop::bool::weighted(0.7), n()).prop_map(|(node, on, via)| Op::Drain { node, on, via }),
+        2 => (n(), any::<u8>(), 0u8..3).prop_map(|(node, pick, kind)| Op::Progress { node, pick, kind }),
     ]
 }
 
@@ -113,6 +136,15 @@ async fn apply(cell: &mut Cell, op: &Op) -> Result<(), switchyard::store::StoreE
         Op::Advance { ms, via } => cell.advance(ms, via).await,
         Op::Crash { via } => cell.crash(via).await,
         Op::Stall { via } => cell.stall(via).await,
+        Op::Chunk {
+            session,
+            long,
+            last,
+            again,
+        } => cell.chunk(session, long, last, again).await,
+        Op::Close { session } => cell.close(session).await,
+        Op::Drain { node, on, via } => cell.drain(node, on, via).await,
+        Op::Progress { node, pick, kind } => cell.progress(node, pick, kind).await,
     }
 }
 
@@ -123,6 +155,7 @@ async fn run_case(redis: &RedisServer, ops: &[Op]) -> Result<Cell, TestCaseError
     let mut cell = Cell::new(redis).await.map_err(|e| fail(e.to_string()))?;
     for (i, op) in ops.iter().enumerate() {
         cell.clients.step = i as u64 + 1;
+        cell.clients.step_started = Some(std::time::Instant::now());
         let step = format!("step {} {op:?}", i + 1);
         apply(&mut cell, op)
             .await
@@ -140,8 +173,9 @@ async fn run_case(redis: &RedisServer, ops: &[Op]) -> Result<Cell, TestCaseError
         let c = &cell.clients;
         let takeover = format!("takeover re-routed {}, dropped {}", c.rerouted, c.dropped);
         let fleet = format!("fleet refusals {}", c.fleet_refused);
+        let audio = format!("cuts {:?}, full {}", c.cuts, c.full);
         eprintln!(
-            "{} ops; {takeover}; {fleet}; received {}",
+            "{} ops; {takeover}; {fleet}; {audio}; received {}",
             ops.len(),
             c.summary()
         );
@@ -409,4 +443,116 @@ impl Replayed {
             false
         })
     }
+}
+
+/// Streamed audio while the delivery cursor waits: two long chunks make a max-duration cut,
+/// until every index up to `max_index_ahead` past the cursor has a job; the next cut finds
+/// none free and holds its audio, which then takes chunks until twice the buffer bound and
+/// refuses the next (`Full`: its is_final still marks the held audio a manual cut). Answers
+/// free indices, and the sweep's retry of the held cut takes the audio. Kept as a fixed
+/// case: random sequences reach a full buffer only now and then.
+#[test]
+fn fixed_case_a_held_cut_and_a_full_buffer() {
+    use Op::*;
+    let chunk = |long, last| Chunk {
+        session: 0,
+        long,
+        last,
+        again: false,
+    };
+    let mut ops = vec![
+        Open { via: 0, pair: 0 },
+        Register {
+            node: 0,
+            via: 1,
+            caps: 1,
+            capacity: 2,
+        },
+    ];
+    // 5 cuts (indices 0-4: 2 dispatched, 2 queued, 1 refused by the full queue), then held
+    ops.extend(std::iter::repeat_n(chunk(true, false), 14));
+    ops.push(chunk(false, true)); // refused: full
+    ops.extend([
+        Result {
+            node: 0,
+            pick: 0,
+            answer: Answer::Ok,
+        },
+        Result {
+            node: 0,
+            pick: 0,
+            answer: Answer::Ok,
+        },
+        Advance { ms: 400, via: 2 },
+        Advance { ms: 400, via: 2 },
+    ]);
+    let r = replay(&ops);
+    let c = &r.cell.clients;
+    assert!(
+        c.full > 0 && c.cuts.get("learned").is_some_and(|n| *n > 0),
+        "no full buffer, or no held cut taken later ({:?}, full {}): the case no longer \
+         reaches its target",
+        c.cuts,
+        c.full
+    );
+}
+
+/// A pause cut (the sweep's, after `session.pause_ms` without a chunk) and the close's
+/// last cut, each of audio long enough to be speech; a chunk too short to be speech alone
+/// is dropped at its is_final. Kept as a fixed case.
+#[test]
+fn fixed_case_pause_and_close_cuts() {
+    use Op::*;
+    let chunk = |long, last| Chunk {
+        session: 0,
+        long,
+        last,
+        again: false,
+    };
+    let ops = vec![
+        Open { via: 0, pair: 1 },
+        Register {
+            node: 1,
+            via: 2,
+            caps: 1,
+            capacity: 1,
+        },
+        chunk(false, true), // 100 ms: a click, no job
+        chunk(false, false),
+        chunk(false, false),
+        Advance { ms: 400, via: 1 }, // pause cut
+        chunk(true, false),
+        Chunk {
+            session: 0,
+            long: true,
+            last: false,
+            again: true,
+        },
+        Close { session: 0 },
+        Result {
+            node: 1,
+            pick: 0,
+            answer: Answer::Ok,
+        },
+        Advance { ms: 400, via: 0 },
+        Result {
+            node: 1,
+            pick: 0,
+            answer: Answer::Large,
+        },
+        Advance { ms: 10, via: 0 },
+    ];
+    let r = replay(&ops);
+    let c = &r.cell.clients;
+    let s = &c.sessions[0];
+    assert!(
+        c.cuts.get("learned") == Some(&1) && c.cuts.get("close") == Some(&1),
+        "cuts {:?}: the case no longer reaches its target",
+        c.cuts
+    );
+    assert_eq!(
+        s.got.keys().copied().collect::<Vec<_>>(),
+        vec![0, 1],
+        "the pause cut's and the close's utterances, each once"
+    );
 }

@@ -11,7 +11,9 @@ use switchyard::config::Config;
 use switchyard::protocol::node::{CapabilityByType, LanguageCapabilities};
 use switchyard::store::STAGE_MIN_BYTES;
 use switchyard::store::StoreError;
+use switchyard::store::instances::DrainReply;
 use switchyard::store::instances::ResumeReply;
+use switchyard::store::jobs::FencedReply;
 use switchyard::store::jobs::{Attempt, Finished, Outcome, result_body};
 use switchyard::store::nodes::{HeartbeatReply, NodeClaim, RegisterReply};
 use switchyard::store::sessions::{NewJob, SessionReply};
@@ -25,6 +27,10 @@ pub const INSTANCES: usize = 3;
 pub const MAX_SESSIONS: usize = 3;
 /// Reorder window of the simulated cell (ms).
 pub const WINDOW: u64 = 150;
+/// Streamed audio comes in chunks of this many bytes (a long chunk is four of them), every
+/// byte `CHUNK_BYTE`, so a job's audio shows it is whole chunks (`model::check_audio`).
+pub const CHUNK_BYTES: usize = 300;
+pub const CHUNK_BYTE: u8 = 5;
 
 type R = Result<(), StoreError>;
 
@@ -50,6 +56,15 @@ pub fn cell_config(url: &str) -> Config {
     // too) then fails for a full queue, which must explain itself (`unexplained_failures`).
     cfg.jobs.queue_max = 2;
     cfg.jobs.model_unavailable_ms = 500;
+    // Streamed audio ([`Cell::chunk`]): a pause cut within an `advance` or two, size and
+    // duration cuts within a few chunks, a short chunk alone too short to be speech, and
+    // few enough indices ahead of the delivery cursor that a cut finds none free (a held
+    // cut, then a full buffer) while one job waits.
+    cfg.session.pause_ms = 200;
+    cfg.session.max_buffer_bytes = 2_000;
+    cfg.session.max_duration_ms = 1_500;
+    cfg.session.min_cut_ms = 150;
+    cfg.session.max_index_ahead = 4;
     cfg.node.liveness_ms = Some(800);
     // Three nodes, two fleet credentials of two places each ([`fleet`]): a count fills.
     cfg.limits.max_nodes_per_credential = FLEET_NODES;
@@ -219,10 +234,12 @@ impl Cell {
     pub async fn check(&mut self) -> Vec<String> {
         let live = self.consuming();
         self.clients.drain_inboxes(&mut self.redis, &live).await;
+        self.learn_cuts().await;
         let mut bad = invariants::violations(&mut self.redis).await;
         let max_attempts = self.cfg.jobs.max_attempts;
         bad.extend(invariants::unexplained_failures(&mut self.redis, max_attempts).await);
         self.clients.check_accounted(&mut self.redis).await;
+        self.check_buffers().await;
         bad.append(&mut self.clients.violations);
         bad
     }
@@ -550,6 +567,193 @@ impl Cell {
         Ok(())
     }
 
+    /// The session streams one audio chunk on its connection (`audio_append`): a short one
+    /// (100 ms) or a long one (900 ms, four times the bytes), the turn's last (`is_final`)
+    /// or not. `again` sends the previous chunk's number again (a call resent after its
+    /// connection reset): nothing may change, and one that had cut is answered
+    /// `Ambiguous` (what the cut delivered went with the first reply).
+    pub async fn chunk(&mut self, session: u8, long: bool, last: bool, again: bool) -> R {
+        let Some(k) = self.session(session) else {
+            return Ok(());
+        };
+        let (step, started) = (self.clients.step, self.started());
+        let c = &mut self.clients.sessions[k];
+        let Some((s, token)) = c.conn.clone() else {
+            return Ok(());
+        };
+        c.streams = true;
+        let again = again && c.chunk > 0;
+        if !again {
+            c.chunk += 1;
+        }
+        let (seq, cut_before) = (c.chunk, c.chunk_cut);
+        let (n, ms) = if long { (4, 900) } else { (1, 100) };
+        let payload = vec![CHUNK_BYTE; n * CHUNK_BYTES];
+        let sid = c.id.clone();
+        let store = &self.inst[s].store;
+        let out = match store
+            .audio_append(&sid, &token, &payload, last, ms, Some(1), seq)
+            .await
+        {
+            Err(StoreError::Ambiguous(_)) if again && cut_before => return Ok(()),
+            r => r?,
+        };
+        let c = &mut self.clients.sessions[k];
+        match &out.reply {
+            SessionReply::Ok { cut, job_id, .. } => {
+                if again {
+                    let m = format!("{sid}: a resent chunk {seq} was appended again");
+                    self.clients.violations.push(m);
+                }
+                c.chunk_cut = cut.is_some();
+                if let Some(idx) = job_id.as_deref().and_then(|j| cut_index(j, &c.nonce)) {
+                    c.cut_index(idx, step, started);
+                }
+                if let Some(reason) = cut {
+                    *self.clients.cuts.entry(reason.clone()).or_default() += 1;
+                }
+            }
+            SessionReply::Full => self.clients.full += 1,
+            SessionReply::Repeat { cut } if !again || *cut => {
+                let m = format!("{sid}: chunk {seq} (resent: {again}) answered repeat, cut {cut}");
+                self.clients.violations.push(m);
+            }
+            _ => {}
+        }
+        self.clients.take(s, &out);
+        Ok(())
+    }
+
+    /// The client ends its session (`session_close`): the buffer's last cut, then no more.
+    pub async fn close(&mut self, session: u8) -> R {
+        let Some(k) = self.session(session) else {
+            return Ok(());
+        };
+        let (step, started) = (self.clients.step, self.started());
+        let c = &self.clients.sessions[k];
+        let Some((s, token)) = c.conn.clone() else {
+            return Ok(());
+        };
+        let sid = c.id.clone();
+        let out = self.inst[s].store.session_close(&sid, &token).await?;
+        let c = &mut self.clients.sessions[k];
+        if let SessionReply::Ok {
+            job_id: Some(j), ..
+        } = &out.reply
+            && let Some(idx) = cut_index(j, &c.nonce)
+        {
+            c.cut_index(idx, step, started);
+            *self.clients.cuts.entry("close".into()).or_default() += 1;
+        }
+        self.clients.take(s, &out);
+        Ok(())
+    }
+
+    /// An operator drains (`on`) or undrains a node through instance `via`.
+    pub async fn drain(&mut self, node: u8, on: bool, via: u8) -> R {
+        let nid = NODES[node as usize % NODES.len()];
+        let s = via as usize % INSTANCES;
+        let out = self.inst[s].store.node_drain(nid, on).await?;
+        if let DrainReply::Ok { state } = &out.reply {
+            let want = if on { "draining" } else { "ready" };
+            if state != want {
+                let m = format!("{nid}: drain {on} left it {state}");
+                self.clients.violations.push(m);
+            }
+        }
+        self.clients.take(s, &out);
+        Ok(())
+    }
+
+    /// The node reports progress on one attempt it holds, which it keeps: `job_ack`
+    /// (`kind` 0), `job_started` (1) or an `asr_partial` (2); on its last connection when
+    /// it has none (refused as stale).
+    pub async fn progress(&mut self, node: u8, pick: u8, kind: u8) -> R {
+        let (nid, n) = self.node(node);
+        if n.work.is_empty() {
+            return Ok(());
+        }
+        let (job, attempt_id) = n.work[pick as usize % n.work.len()].clone();
+        let (s, token) = match (&n.conn, &n.last_token) {
+            (Some((s, t)), _) => (*s, t.clone()),
+            (None, Some(t)) => (0, t.clone()),
+            (None, None) => return Ok(()),
+        };
+        let store = &self.inst[s].store;
+        let out = match kind % 3 {
+            2 => {
+                store
+                    .job_partial(&job, nid, &token, "partial", false)
+                    .await?
+            }
+            k => {
+                let a = Attempt {
+                    job_id: &job,
+                    attempt_id,
+                    node_id: nid,
+                    conn: &token,
+                };
+                store.job_ack(&a, k == 1).await?
+            }
+        };
+        if let FencedReply::Ok { state: Some(st) } = &out.reply
+            && !matches!(st.as_str(), "ACCEPTED" | "RUNNING" | "DISPATCHED")
+        {
+            let m = format!("{nid}: progress on {job} left it {st}");
+            self.clients.violations.push(m);
+        }
+        self.clients.take(s, &out);
+        Ok(())
+    }
+
+    /// A session's audio buffer stays within twice `session.max_buffer_bytes`: past the
+    /// bound it is cut, or held while no index is free and then refuses what would pass
+    /// twice the bound (audio_append.lua; a chunk is far smaller than the bound here).
+    async fn check_buffers(&mut self) {
+        let bound = 2 * self.cfg.session.max_buffer_bytes;
+        for c in self.clients.sessions.iter().filter(|c| c.streams) {
+            let len: u64 = redis::cmd("STRLEN")
+                .arg(format!("{PREFIX}session:{}:audio", c.id))
+                .query_async(&mut self.redis)
+                .await
+                .expect("strlen");
+            if len > bound {
+                let m = format!("{}: {len} bytes of audio buffered, past {bound}", c.id);
+                self.clients.violations.push(m);
+            }
+        }
+    }
+
+    /// When the current step started (the model's clock for what a step cut).
+    fn started(&self) -> std::time::Instant {
+        self.clients
+            .step_started
+            .unwrap_or_else(std::time::Instant::now)
+    }
+
+    /// The indices the scripts' cuts gave streaming sessions' utterances that the clients
+    /// have not heard of (a sweep's pause cut says nothing to the client until an outcome
+    /// comes): each must end in a terminal message like any other (`check_accounted`).
+    async fn learn_cuts(&mut self) {
+        let (step, started) = (self.clients.step, self.started());
+        for c in self.clients.sessions.iter_mut() {
+            if !c.streams || c.retired {
+                continue;
+            }
+            let jobs: Vec<(u64, String)> = redis::cmd("HGETALL")
+                .arg(format!("{PREFIX}session:{}:jobs", c.id))
+                .query_async(&mut self.redis)
+                .await
+                .expect("hgetall");
+            for (idx, job) in jobs {
+                if cut_index(&job, &c.nonce) == Some(idx) && !c.accepted.contains(&idx) {
+                    c.cut_index(idx, step, started);
+                    *self.clients.cuts.entry("learned".into()).or_default() += 1;
+                }
+            }
+        }
+    }
+
     /// The session's socket drops (no script runs: the record stays for resume).
     pub async fn drop_session(&mut self, session: u8) -> R {
         if let Some(k) = self.session(session) {
@@ -578,6 +782,7 @@ impl Cell {
             c.conn = Some((s, token));
             c.seq = next_seq;
             c.held.clear();
+            (c.chunk, c.chunk_cut) = (0, false);
         }
         self.clients.take(s, &out);
         Ok(())
@@ -646,4 +851,13 @@ impl Cell {
         }
         self.beat_all().await
     }
+}
+
+/// The utterance index of job `job` of the session whose jobs are `job-<nonce>-<index>`.
+fn cut_index(job: &str, nonce: &str) -> Option<u64> {
+    job.strip_prefix("job-")?
+        .strip_prefix(nonce)?
+        .strip_prefix('-')?
+        .parse()
+        .ok()
 }

@@ -222,6 +222,10 @@ fn violations_in(s: &Snapshot, prefix: &str) -> Vec<String> {
         check_job(s, prefix, j, &mut bad);
     }
 
+    for sid in ids(s, prefix, "session:") {
+        check_audio_buffer(s, prefix, sid, &mut bad);
+    }
+
     // A result logged in two parts ("+" and its header) has its body (results.lua logged()).
     for rk in s
         .names()
@@ -241,6 +245,41 @@ fn violations_in(s: &Snapshot, prefix: &str) -> Vec<String> {
         }
     }
     bad
+}
+
+/// A session's audio buffer (audio_append.lua, cut.lua): the record's `buf_bytes` is the
+/// buffer's length, and buffered audio has a pause clock in `due:audio`, so a sweep cuts it
+/// even if no chunk comes (audio without one is never cut: lost). A held cut (`held_cut`)
+/// holds audio.
+fn check_audio_buffer(s: &Snapshot, prefix: &str, sid: &str, bad: &mut Vec<String>) {
+    let sk = format!("{prefix}session:{sid}");
+    let h = s.hash(&sk);
+    if h.is_empty() {
+        return;
+    }
+    let counted: u64 = h.get("buf_bytes").and_then(|v| v.parse().ok()).unwrap_or(0);
+    match s.strlen(&format!("{sk}:audio")) {
+        Some(len) => {
+            if len != counted {
+                bad.push(format!(
+                    "session {sid} buffers {len} bytes of audio, buf_bytes says {counted}"
+                ));
+            }
+            if s.zscore(&format!("{prefix}due:audio"), sid).is_none() {
+                bad.push(format!(
+                    "session {sid} buffers {len} bytes of audio without a pause clock in due:audio"
+                ));
+            }
+        }
+        None if counted > 0 => bad.push(format!(
+            "session {sid}: buf_bytes says {counted} with no audio buffered"
+        )),
+        None => {
+            if let Some(held) = h.get("held_cut") {
+                bad.push(format!("session {sid} holds a {held} cut with no audio"));
+            }
+        }
+    }
 }
 
 const ACTIVE: [&str; 3] = ["DISPATCHED", "ACCEPTED", "RUNNING"];

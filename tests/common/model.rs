@@ -81,18 +81,47 @@ pub struct SessionClient {
     /// Terminal messages written after a later index's, their reorder window having passed
     /// (coverage: the fixed replays check they reach what they were kept for).
     pub late: u64,
+    /// It has streamed audio: the scripts' cuts (a chunk's, the sweep's pause cut, the
+    /// close's) give its utterances their indices, which it learns from the terminal
+    /// messages and from Redis (`Cell::learn_cuts`) rather than choosing them.
+    pub streams: bool,
+    /// The last chunk number used on the current connection (0: none yet; a new connection
+    /// numbers from 1), and whether that chunk cut.
+    pub chunk: u64,
+    pub chunk_cut: bool,
 }
 
 impl SessionClient {
+    /// An index a cut gave one of its utterances, cut during step `step` (which started at
+    /// `started`, no later than the cut: the reorder window is never counted short).
+    pub fn cut_index(&mut self, idx: u64, step: u64, started: std::time::Instant) {
+        self.accepted.insert(idx);
+        self.submitted.entry(idx).or_insert((step, started));
+    }
+
     /// The writer writes one terminal message to the socket: the client's checks.
-    fn write(&mut self, idx: u64, ty: &str, step: u64, window: u64, bad: &mut Vec<String>) {
-        let id = &self.id;
+    fn write(
+        &mut self,
+        idx: u64,
+        ty: &str,
+        at: (u64, std::time::Instant),
+        window: u64,
+        bad: &mut Vec<String>,
+    ) {
+        let (step, started) = at;
         // (a gap's missing_result is for an index never sent; a result or error is not)
         if ty != "missing_result" && !self.submitted.contains_key(&idx) {
-            bad.push(format!(
-                "{id}: {ty} for index {idx}, which this client never sent"
-            ));
+            if self.streams {
+                // a cut this step made (a sweep's, say), whose outcome came at once
+                self.cut_index(idx, step, started);
+            } else {
+                bad.push(format!(
+                    "{}: {ty} for index {idx}, which this client never sent",
+                    self.id
+                ));
+            }
         }
+        let id = &self.id;
         let count = self.got.entry(idx).or_default();
         *count += 1;
         if *count > 1 {
@@ -132,8 +161,10 @@ struct Envelope {
 pub struct Clients {
     pub nodes: BTreeMap<String, NodeClient>,
     pub sessions: Vec<SessionClient>,
-    /// Model step counter, and the last step at which the reorder window surely passed.
+    /// Model step counter, when the step started, and the last step at which the reorder
+    /// window surely passed.
     pub step: u64,
+    pub step_started: Option<std::time::Instant>,
     pub last_window: u64,
     /// Inbox entries a takeover re-routed / dropped (coverage, for PROPTEST_VERBOSE).
     pub rerouted: u64,
@@ -144,6 +175,11 @@ pub struct Clients {
     /// Registrations and heartbeat revivals refused because the node's fleet credential
     /// held its most live nodes (coverage; `cell::fleet`).
     pub fleet_refused: u64,
+    /// Streamed audio (coverage): cuts by reason (a chunk's or the close's, as answered;
+    /// `learned` for those the clients heard of only from Redis, the sweep's pause cuts),
+    /// and chunks refused for a full buffer.
+    pub cuts: BTreeMap<String, u64>,
+    pub full: u64,
     pub violations: Vec<String>,
 }
 
@@ -154,11 +190,16 @@ impl Clients {
     }
 
     /// A job_assign (not the caller's own audio) carries its utterance's audio: what
-    /// cell.rs submits, large (staged) for odd indices.
+    /// cell.rs submits, large (staged) for odd indices, or the chunks a cut took (whole
+    /// chunks of `cell::CHUNK_BYTES`).
     fn check_audio(&mut self, msg: &str, audio: Option<&[u8]>) {
         let v: serde_json::Value = serde_json::from_str(msg).expect("job_assign JSON");
         let large = v["utterance_index"].as_u64().is_some_and(|i| i % 2 == 1);
+        let chunk = super::cell::CHUNK_BYTES;
         let ok = match audio {
+            Some(a) if a.first() == Some(&super::cell::CHUNK_BYTE) => {
+                a.len() % chunk == 0 && a.iter().all(|b| *b == super::cell::CHUNK_BYTE)
+            }
             Some(a) if large => {
                 a.len() == switchyard::store::STAGE_MIN_BYTES && a.iter().all(|b| *b == 7)
             }
@@ -243,7 +284,10 @@ impl Clients {
             }
             return;
         }
-        let step = self.step;
+        let at = (
+            self.step,
+            self.step_started.unwrap_or_else(std::time::Instant::now),
+        );
         let window = self.last_window;
         let Some(s) = self
             .sessions
@@ -280,7 +324,7 @@ impl Clients {
         let mut bad = Vec::new();
         while let Some((idx, ty)) = s.held.remove(&s.seq) {
             s.seq += 1;
-            s.write(idx, &ty, step, window, &mut bad);
+            s.write(idx, &ty, at, window, &mut bad);
         }
         self.violations.extend(bad);
     }

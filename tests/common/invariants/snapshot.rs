@@ -7,8 +7,8 @@ use std::collections::{BTreeMap, BTreeSet};
 use redis::aio::MultiplexedConnection;
 
 /// Every key matching ARGV[1] (`<prefix>*`) as `{name, type, pttl, content}`: a hash as its
-/// HGETALL, a set its members, a sorted set members and scores, a list its items; strings
-/// (audio can be tens of KB) and streams only exist. Read-only (`no-writes`). KEYS[1] is a
+/// HGETALL, a set its members, a sorted set members and scores, a list its items, a string
+/// its length (audio can be tens of KB); streams only exist. Read-only (`no-writes`). KEYS[1] is a
 /// key of the cell's slot, so a Redis Cluster node serves the call only when it holds the
 /// cell, and the script may read the slot's other keys undeclared.
 const READ_CELL: &str = r#"#!lua flags=no-writes
@@ -20,18 +20,20 @@ for _, k in ipairs(redis.call('KEYS', ARGV[1])) do
   elseif t == 'set' then v = redis.call('SMEMBERS', k)
   elseif t == 'zset' then v = redis.call('ZRANGE', k, 0, -1, 'WITHSCORES')
   elseif t == 'list' then v = redis.call('LRANGE', k, 0, -1)
+  elseif t == 'string' then v = {tostring(redis.call('STRLEN', k))}
   end
   if t ~= 'none' then out[#out + 1] = {k, t, redis.call('PTTL', k), v} end
 end
 return out
 "#;
 
-/// A key's content, by type (strings and streams: [`Value::Other`]).
+/// A key's content, by type (a string: its length; streams: [`Value::Other`]).
 pub enum Value {
     Hash(BTreeMap<String, String>),
     Set(BTreeSet<String>),
     ZSet(BTreeMap<String, f64>),
     List(Vec<String>),
+    String(u64),
     Other,
 }
 
@@ -84,6 +86,9 @@ impl Snapshot {
                             .collect(),
                     ),
                     "list" => Value::List(content),
+                    "string" => {
+                        Value::String(content.first().and_then(|n| n.parse().ok()).unwrap_or(0))
+                    }
                     _ => Value::Other,
                 };
                 (key, Entry { ttl, value })
@@ -127,6 +132,14 @@ impl Snapshot {
 
     pub fn zscore(&self, key: &str, member: &str) -> Option<f64> {
         self.zset(key).get(member).copied()
+    }
+
+    /// The length of string `key` (None when it is missing or no string).
+    pub fn strlen(&self, key: &str) -> Option<u64> {
+        match self.keys.get(key).map(|e| &e.value) {
+            Some(Value::String(n)) => Some(*n),
+            _ => None,
+        }
     }
 
     /// The items of list `key` (none when it is missing or no list).
