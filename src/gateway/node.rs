@@ -290,14 +290,24 @@ impl NodeConn {
             }
             _ => None,
         };
-        let wanted = match reg.caps.merged(
+        // Capabilities that fail validation are not applied, and said so; the rest of the
+        // heartbeat counts (refusing it would take a live node offline for a service type
+        // it cannot state), as with installed_services above.
+        let stated = h.language_capabilities.is_some() || h.capability_by_type.is_some();
+        let (wanted, stated) = match reg.caps.merged(
             h.language_capabilities.as_ref(),
             h.capability_by_type.as_deref(),
         ) {
-            Ok(c) => c,
-            Err(e) => return self.error(ErrorCode::InvalidCapabilitySchema, e.to_string()),
+            Ok(c) => (c, stated),
+            Err(e) => {
+                self.app.metrics.rejected(KIND, "capabilities");
+                self.error(
+                    ErrorCode::InvalidCapabilitySchema,
+                    format!("capabilities not changed: {e}"),
+                );
+                (reg.caps.clone(), false)
+            }
         };
-        let stated = h.language_capabilities.is_some() || h.capability_by_type.is_some();
         let every = self.app.cfg.node.capability_change_interval_ms;
         let now = std::time::Instant::now();
         let before = self.caps_pace.changed_at();

@@ -217,3 +217,40 @@ async fn a_heartbeat_cannot_grow_the_node_description_past_its_bound() {
     assert_eq!(services, registered);
     invariants::check(&mut c).await;
 }
+
+/// A heartbeat whose capabilities fail validation (a service type with a space) changes no
+/// capability, says so, and still counts: refusing it whole took a live node offline after
+/// the liveness, its jobs failed over (protocol audit).
+#[tokio::test]
+async fn a_heartbeat_with_invalid_capabilities_still_keeps_the_node_alive() {
+    let redis = RedisServer::start().await;
+    let inst = start_instance(&redis).await;
+    let mut c = redis.client().await;
+    let mut node = WsClient::connect(&ws_url(&inst, "/ws/node")).await;
+    let id = node.register_id(fixture("node_register_first"), None).await;
+    let before = node_hash(&mut c, &id).await;
+    let mut hb = fixture("node_heartbeat");
+    hb["node_id"] = json!(id);
+    hb["capability_by_type"] = json!([{"type": "asr", "ready": true},
+        {"type": "speaker diarization", "ready": true}]);
+    node.send(&hb).await;
+    let e = node.recv_type("error").await;
+    assert_eq!(e["code"], "INVALID_CAPABILITY_SCHEMA", "{e}");
+    assert!(
+        e["message"]
+            .as_str()
+            .is_some_and(|m| m.starts_with("capabilities not changed")),
+        "{e}"
+    );
+    let after = eventually(Duration::from_secs(5), "the heartbeat counted", || {
+        let (mut c, id, beat) = (c.clone(), id.clone(), before["last_hb"].clone());
+        async move {
+            let h = node_hash(&mut c, &id).await;
+            (h["last_hb"] != beat).then_some(h)
+        }
+    })
+    .await;
+    assert_eq!(after["capsig"], before["capsig"], "capabilities unchanged");
+    assert_eq!(after["state"], "ready");
+    invariants::check(&mut c).await;
+}
