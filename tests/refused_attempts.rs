@@ -202,3 +202,26 @@ async fn a_live_node_keeps_every_job_assign_while_refused_takeovers_of_its_id_ru
     none_gone(&inst, "node").await;
     invariants::check(&mut c).await;
 }
+
+/// A takeover wait longer than 32 tries of 100 ms (3.2 s) is waited out, then refused with
+/// NODE_ID_CONFLICT: the retries were bounded by a count too, and after 3.2 s the
+/// registration failed with INTERNAL_ERROR instead (configuration audit).
+#[tokio::test]
+async fn a_takeover_wait_past_32_tries_is_waited_out_then_refused_as_a_conflict() {
+    let redis = RedisServer::start().await;
+    let inst = start_tweaked(&redis, |c| c.node.takeover_wait_ms = 4_000).await;
+    let mut c = redis.client().await;
+    let (_n, nid) = node_on(&inst, None).await;
+    let mut register = fixture("node_register_reconnect");
+    register["node_id"] = json!(nid);
+    let mut ws = WsClient::connect(&ws_url(&inst, "/ws/node")).await;
+    let started = std::time::Instant::now();
+    ws.send(&register).await;
+    let e = next_of(&mut ws, "error", Duration::from_secs(10))
+        .await
+        .expect("an error");
+    let waited = started.elapsed();
+    assert_eq!(e["code"], "NODE_ID_CONFLICT", "{e} after {waited:?}");
+    assert!(waited >= Duration::from_millis(3_900), "refused after {waited:?}");
+    invariants::check(&mut c).await;
+}

@@ -175,7 +175,9 @@ impl NodeConn {
         let fleet = self.cred.fleet();
         let patience = tokio::time::Instant::now()
             + std::time::Duration::from_millis(app.cfg.node.takeover_wait_ms);
-        for _ in 0..32 {
+        // Tries: minted ids taken (at most 32), and a held id's conflicts (until `patience`).
+        let mut minted = 0;
+        loop {
             let (node_id, claim) = match &id {
                 Some(id) if self.cred.may_replace_node(id) => (id.clone(), NodeClaim::Replace),
                 Some(id) => (id.clone(), NodeClaim::Reconnect),
@@ -213,7 +215,14 @@ impl NodeConn {
             match reply {
                 RegisterReply::Taken => {
                     routing::deliver(&app, &cell, assign);
-                    refuse(&app)
+                    refuse(&app);
+                    minted += 1;
+                    if minted >= 32 {
+                        return Err(StoreError::Reply {
+                            script: "register",
+                            message: "could not mint a free node id".into(),
+                        });
+                    }
                 }
                 RegisterReply::Foreign => {
                     routing::deliver(&app, &cell, assign);
@@ -268,10 +277,6 @@ impl NodeConn {
                 }
             }
         }
-        Err(StoreError::Reply {
-            script: "register",
-            message: "could not mint a free node id".into(),
-        })
     }
 
     /// A registration of `node_id` that may have committed though its reply was lost (or
