@@ -332,3 +332,27 @@ fn check_config_shows_the_redis_topology_and_never_the_redis_password() {
     assert!(out.contains("password = \"<redacted>\""), "{out}");
     assert!(!out.contains("topsecret-redis"), "{out}");
 }
+
+/// What `serve` refused only when it started (or never, and broke at run time) is refused
+/// by `check-config` too, exit 2 naming the field (configuration audit).
+#[test]
+fn check_config_refuses_what_would_break_the_instance() {
+    for (var, value, field) in [
+        (
+            "SWITCHYARD_SESSION__IDLE_TTL_MS",
+            "18446744073709551615",
+            "session.idle_ttl_ms",
+        ),
+        ("SWITCHYARD_REDIS__URL", "redis://redis:6379/x", "redis.url"),
+        ("SWITCHYARD_LOG__LEVEL", "warning", "log.level"),
+        (
+            "SWITCHYARD_WS__HELLO_TIMEOUT_MS",
+            "0",
+            "ws.hello_timeout_ms",
+        ),
+    ] {
+        let (code, _, err) = check_config(&[(var, value)], &[]);
+        assert_eq!(code, 2, "{var}={value}: {err}");
+        assert!(err.contains(field), "{var}={value}: {err}");
+    }
+}

@@ -222,6 +222,9 @@ async fn a_takeover_wait_past_32_tries_is_waited_out_then_refused_as_a_conflict(
         .expect("an error");
     let waited = started.elapsed();
     assert_eq!(e["code"], "NODE_ID_CONFLICT", "{e} after {waited:?}");
-    assert!(waited >= Duration::from_millis(3_900), "refused after {waited:?}");
+    assert!(
+        waited >= Duration::from_millis(3_900),
+        "refused after {waited:?}"
+    );
     invariants::check(&mut c).await;
 }

@@ -66,10 +66,11 @@ impl Default for JobsConfig {
 }
 
 impl JobsConfig {
-    /// The longest a job lives unfinished: every attempt may run out its deadline and wait
-    /// in the queue again before the next (ms).
+    /// The longest a job lives unfinished: every attempt may run out its deadline (the ack
+    /// deadline of a node that acks, or the run deadline) and wait in the queue again before
+    /// the next (ms).
     pub fn longest_job_ms(&self) -> u64 {
-        u64::from(self.max_attempts)
-            .saturating_mul(self.run_timeout_ms.saturating_add(self.queue_wait_ms))
+        let attempt = self.run_timeout_ms.max(self.ack_timeout_ms);
+        u64::from(self.max_attempts).saturating_mul(attempt.saturating_add(self.queue_wait_ms))
     }
 }

@@ -14,6 +14,7 @@ use serde::{Deserialize, Serialize};
 
 mod advice;
 mod auth;
+mod bounds;
 pub mod cell;
 mod inbox;
 mod instance;
@@ -44,6 +45,9 @@ pub use ws::WsConfig;
 
 /// The most dispatches of one utterance `jobs.max_attempts` allows.
 pub const MAX_ATTEMPTS: u32 = 16;
+/// The most `session.max_index_ahead` may be: a forced release of the reorder window and a
+/// cut scan up to this many indices in one script call.
+pub const MAX_INDEX_AHEAD: u64 = 10_000;
 
 /// The effective configuration of one instance.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -100,7 +104,7 @@ pub enum ConfigError {
     #[error("{0}")]
     Load(#[from] Box<figment::Error>),
     #[error("invalid configuration: {field}: {reason}")]
-    Invalid { field: &'static str, reason: String },
+    Invalid { field: String, reason: String },
 }
 
 /// Top-level keys an environment variable may set.
@@ -183,9 +187,14 @@ impl Config {
 
     /// Check every value; the error names the first bad field.
     pub fn validate(&self) -> Result<(), ConfigError> {
-        fn bad(field: &'static str, reason: impl Into<String>) -> Result<(), ConfigError> {
+        self.validate_sections()?;
+        bounds::check(self).map_err(|(field, reason)| ConfigError::Invalid { field, reason })
+    }
+
+    fn validate_sections(&self) -> Result<(), ConfigError> {
+        fn bad(field: impl Into<String>, reason: impl Into<String>) -> Result<(), ConfigError> {
             Err(ConfigError::Invalid {
-                field,
+                field: field.into(),
                 reason: reason.into(),
             })
         }
@@ -245,23 +254,8 @@ impl Config {
         if self.sweep.batch == 0 {
             return bad("sweep.batch", "must be at least 1");
         }
-        if self.ws.max_frame_bytes < 1024 {
-            return bad("ws.max_frame_bytes", "must be at least 1024");
-        }
-        if self.ws.buffer_bytes < 1024 {
-            return bad("ws.buffer_bytes", "must be at least 1024");
-        }
-        if self.ws.ping_interval_ms > 0
-            && self.ws.idle_timeout_ms > 0
-            && self.ws.idle_timeout_ms <= self.ws.ping_interval_ms
-        {
-            return bad(
-                "ws.idle_timeout_ms",
-                "must exceed ws.ping_interval_ms (a pong needs a ping first)",
-            );
-        }
-        if self.ws.send_queue == 0 {
-            return bad("ws.send_queue", "must be at least 1");
+        if let Err((field, reason)) = self.ws.check() {
+            return bad(field, reason);
         }
         let s = &self.session;
         if s.order_gap_ms == 0 && s.on_gap == session::OnGap::Resume {
@@ -288,6 +282,10 @@ impl Config {
             if v == 0 {
                 return bad(field, "must be positive");
             }
+        }
+        // (a forced release and a cut scan this many indices in one script call)
+        if s.max_index_ahead > MAX_INDEX_AHEAD {
+            return bad("session.max_index_ahead", "must be at most 10000");
         }
         let j = &self.jobs;
         // (each attempt adds its routing explanation to the record the scripts rewrite in

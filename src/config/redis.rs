@@ -105,6 +105,11 @@ impl RedisConfig {
                     format!("{u:?} must start with redis:// or rediss://"),
                 ));
             }
+            // as the connector will read it at start (a database that is no number, a bad
+            // port): refused here, so check-config finds it too
+            if let Err(e) = ::redis::IntoConnectionInfo::into_connection_info(u.as_str()) {
+                return Err((field, format!("{u:?}: {e}")));
+            }
         }
         let tls = seeds.iter().filter(|u| u.starts_with("rediss://")).count();
         if tls != 0 && tls != seeds.len() {
@@ -129,8 +134,17 @@ impl RedisConfig {
                     "set, but no address uses rediss://".into(),
                 ));
             }
-            if let Err(e) = std::fs::metadata(ca) {
-                return Err(("redis.tls_ca_file", format!("{ca}: {e}")));
+            // read as the connector reads it at start: a directory, a file this user may
+            // not read, or one with no certificate fails here rather than there
+            match std::fs::read(ca) {
+                Err(e) => return Err(("redis.tls_ca_file", format!("{ca}: {e}"))),
+                Ok(pem) if !pem.windows(27).any(|w| w == b"-----BEGIN CERTIFICATE-----") => {
+                    return Err((
+                        "redis.tls_ca_file",
+                        format!("{ca}: no PEM certificate (-----BEGIN CERTIFICATE-----) in it"),
+                    ));
+                }
+                Ok(_) => {}
             }
         }
         if self.pool_size == 0 {

@@ -249,3 +249,77 @@ fn redis_topologies_validate_and_come_from_the_environment() {
         Ok(())
     });
 }
+
+/// Values that passed validation and then broke the instance (configuration audit), each
+/// refused naming its field.
+#[test]
+fn values_that_break_the_instance_at_run_time_are_refused() {
+    let bad = |f: &dyn Fn(&mut Config), field: &str| {
+        let mut c = keyed();
+        f(&mut c);
+        match c.validate() {
+            Err(ConfigError::Invalid { field: got, reason }) => {
+                assert_eq!(got, field, "{reason}")
+            }
+            other => panic!("{field}: expected invalid, got {other:?}"),
+        }
+    };
+    // "never" as u64::MAX: PEXPIRE refused it, the staged body's TTL wrapped
+    bad(&|c| c.session.idle_ttl_ms = u64::MAX, "session.idle_ttl_ms");
+    bad(&|c| c.auth.leeway_s = u64::MAX, "auth.leeway_s");
+    bad(&|c| c.ws.send_queue = 1 << 61, "ws.send_queue");
+    bad(&|c| c.ws.hello_timeout_ms = 0, "ws.hello_timeout_ms");
+    // the idle clock is read at each ping: without pings it never ran
+    bad(&|c| c.ws.ping_interval_ms = 0, "ws.idle_timeout_ms");
+    bad(
+        &|c| c.session.max_index_ahead = 10_001,
+        "session.max_index_ahead",
+    );
+    bad(&|c| c.log.level = "warning".into(), "log.level");
+    bad(
+        &|c| {
+            c.listen = "127.0.0.1:5010".into();
+            c.admin_listen = Some("0.0.0.0:5010".into());
+        },
+        "admin_listen",
+    );
+    bad(
+        &|c| c.redis.url = "redis://redis:6379/x".into(),
+        "redis.url",
+    );
+    bad(
+        &|c| {
+            c.redis.url = "rediss://redis:6380".into();
+            c.redis.tls_ca_file = Some(std::env::temp_dir().display().to_string());
+        },
+        "redis.tls_ca_file",
+    );
+    // an ack deadline longer than the run deadline outlived the record
+    bad(
+        &|c| {
+            c.jobs.ack_timeout_ms = c.jobs.record_ttl_ms;
+            c.jobs.max_attempts = 1;
+        },
+        "jobs.record_ttl_ms",
+    );
+
+    let ok = |f: &dyn Fn(&mut Config)| {
+        let mut c = keyed();
+        f(&mut c);
+        c.validate().expect("valid");
+    };
+    ok(&|c| c.log.level = "info,switchyard=debug,tower=warn".into());
+    ok(&|c| {
+        c.ws.ping_interval_ms = 0;
+        c.ws.idle_timeout_ms = 0;
+    });
+    ok(&|c| {
+        c.listen = "127.0.0.1:0".into();
+        c.admin_listen = Some("127.0.0.1:0".into());
+    });
+    ok(&|c| {
+        c.listen = "127.0.0.1:5010".into();
+        c.admin_listen = Some("127.0.0.1:9010".into());
+    });
+    ok(&|c| c.session.max_index_ahead = 10_000);
+}

@@ -40,3 +40,40 @@ impl Default for WsConfig {
         }
     }
 }
+
+impl WsConfig {
+    /// The first bad field and why, if any.
+    pub fn check(&self) -> Result<(), (&'static str, &'static str)> {
+        if self.max_frame_bytes < 1024 {
+            return Err(("ws.max_frame_bytes", "must be at least 1024"));
+        }
+        if self.buffer_bytes < 1024 {
+            return Err(("ws.buffer_bytes", "must be at least 1024"));
+        }
+        if self.hello_timeout_ms == 0 {
+            return Err((
+                "ws.hello_timeout_ms",
+                "must be positive (0 would refuse every peer whose first frame is not there yet)",
+            ));
+        }
+        if self.idle_timeout_ms > 0 && self.ping_interval_ms == 0 {
+            return Err((
+                "ws.idle_timeout_ms",
+                "needs ws.ping_interval_ms (the idle clock is read at each ping): set both, or 0 for both",
+            ));
+        }
+        if self.ping_interval_ms > 0
+            && self.idle_timeout_ms > 0
+            && self.idle_timeout_ms <= self.ping_interval_ms
+        {
+            return Err((
+                "ws.idle_timeout_ms",
+                "must exceed ws.ping_interval_ms (a pong needs a ping first)",
+            ));
+        }
+        if self.send_queue == 0 {
+            return Err(("ws.send_queue", "must be at least 1"));
+        }
+        Ok(())
+    }
+}
