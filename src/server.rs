@@ -36,6 +36,8 @@ pub struct App {
     pub ready: crate::http::ready::Readiness,
     /// The console's live streams: their limit and shared snapshots.
     pub console: crate::console::live::Streams,
+    /// Admin API requests in flight (`limits.max_admin_requests`; http::admin_auth).
+    pub admin_slots: Arc<tokio::sync::Semaphore>,
     pub conns: Connections,
     /// Set on SIGTERM: readiness false, nodes told to drain, new connections refused.
     pub draining: AtomicBool,
@@ -75,6 +77,7 @@ impl App {
             cfg.limits.max_console_streams,
             cfg.limits.max_console_streams_per_credential,
         );
+        let admin_slots = Arc::new(tokio::sync::Semaphore::new(cfg.limits.max_admin_requests));
         Ok(Arc::new(Self {
             cfg,
             auth,
@@ -84,6 +87,7 @@ impl App {
             scrape,
             ready: Default::default(),
             console,
+            admin_slots,
             conns: Connections::default(),
             draining: AtomicBool::new(false),
             nodes_released: AtomicBool::new(false),

@@ -51,6 +51,10 @@ pub struct LimitsConfig {
     /// Console live streams of one credential holder (its `sub`, else its token) open at
     /// once on this instance (0: no limit); one more gets HTTP 429.
     pub max_console_streams_per_credential: usize,
+    /// Admin API requests (all but the console stream) served at once by this instance;
+    /// one more gets HTTP 429: a loop of reads cannot hold the Redis pool that readiness,
+    /// recovery and the job path need.
+    pub max_admin_requests: usize,
     /// Live WebSocket connections per instance whose credential carries one `tenant`
     /// (0: no limit): one tenant cannot take an instance's every slot. Further upgrades
     /// of that tenant get HTTP 429.
@@ -81,6 +85,7 @@ impl Default for LimitsConfig {
             http_connection_lifetime_ms: 60_000,
             max_console_streams: 32,
             max_console_streams_per_credential: 4,
+            max_admin_requests: 16,
             max_connections_per_tenant: 20_000,
             max_sessions_per_subject: 20,
             max_nodes_per_credential: 10_000,
@@ -120,6 +125,7 @@ impl LimitsConfig {
                 "limits.max_console_streams",
                 self.max_console_streams as u64,
             ),
+            ("limits.max_admin_requests", self.max_admin_requests as u64),
         ] {
             if v == 0 {
                 return Err((field, "must be at least 1"));
@@ -128,6 +134,7 @@ impl LimitsConfig {
         for (field, v) in [
             ("limits.max_http_connections", self.max_http_connections),
             ("limits.max_console_streams", self.max_console_streams),
+            ("limits.max_admin_requests", self.max_admin_requests),
         ] {
             if v > 1_000_000 {
                 return Err((field, "must be at most 1000000"));

@@ -70,7 +70,18 @@ fn s(v: &Value) -> String {
     match v {
         Value::Null => "-".into(),
         Value::String(s) if s.is_empty() => "-".into(),
-        Value::String(s) => s.clone(),
+        // a node's text (an error message, a transcript) must not drive the terminal
+        Value::String(s) => s
+            .chars()
+            .flat_map(|c| {
+                let esc: Vec<char> = if c.is_control() {
+                    c.escape_debug().collect()
+                } else {
+                    vec![c]
+                };
+                esc
+            })
+            .collect(),
         other => other.to_string(),
     }
 }
@@ -249,4 +260,19 @@ fn session_text(v: &Value) -> String {
         &rows,
     ));
     out
+}
+
+#[cfg(test)]
+mod tests {
+    /// A node's text reaches the operator's terminal escaped: no OSC 52 clipboard write, no
+    /// ANSI colours, no line breaks in a table (console audit).
+    #[test]
+    fn stored_text_is_printed_with_control_characters_escaped() {
+        let v = serde_json::json!("boom\u{1b}]52;c;aGk=\u{7}\n\u{1b}[31mred");
+        assert_eq!(super::s(&v), "boom\\u{1b}]52;c;aGk=\\u{7}\\n\\u{1b}[31mred");
+        assert_eq!(
+            super::s(&serde_json::json!("übersetzt 翻译")),
+            "übersetzt 翻译"
+        );
+    }
 }

@@ -36,8 +36,10 @@ use crate::store::StoreError;
 const SERIES_S: u64 = 60;
 /// Failures listed at most.
 const FAILURES: usize = 20;
-/// Nodes listed at most.
+/// Nodes listed at most (live ones first: `Store::nodes`).
 const NODES: usize = 500;
+/// Members a pool lists at most (`members_total` counts them all).
+const MEMBERS: usize = 100;
 
 /// This instance's counters of one cell since the last [`run_stats`] tick (fed by the
 /// script events in `Metrics::record_events`).
@@ -100,13 +102,14 @@ pub async fn snapshot(app: &App, cell: &Cell) -> Result<Value, StoreError> {
     let pools = store.pools().await?;
     let names: Vec<String> = pools.keys().cloned().collect();
     let heads = store.queue_heads(&names).await?;
+    // every member's load, not only the listed nodes'
+    let capacity = store.pool_capacity(&pools).await?;
     let sec = now / 1000;
     let stats = store.stats_read(sec - SERIES_S, sec - 1).await?;
     let latest = store.stats_read(sec - 2, sec - 1).await?;
     let instances = store.instances().await?;
     let failures = store.recent_failures(FAILURES).await?;
 
-    let mut load = std::collections::HashMap::new();
     let node_list: Vec<Value> = nodes
         .iter()
         .map(|h| {
@@ -118,7 +121,6 @@ pub async fn snapshot(app: &App, cell: &Cell) -> Result<Value, StoreError> {
                     (v.parse::<u64>().ok()? > now).then(|| svc.to_string())
                 })
                 .collect();
-            load.insert(id.clone(), (num(h, "reserved"), num(h, "capacity")));
             let get = |k: &str| h.get(k).cloned().unwrap_or_default();
             json!({"id": id, "state": get("state"), "reserved": num(h, "reserved"),
                    "capacity": num(h, "capacity"), "version": get("version"),
@@ -131,11 +133,10 @@ pub async fn snapshot(app: &App, cell: &Cell) -> Result<Value, StoreError> {
         .into_iter()
         .zip(heads)
         .map(|((name, members), (depth, oldest))| {
-            let (r, c) = members.iter().fold((0, 0), |(r, c), m| {
-                let (mr, mc) = load.get(m).copied().unwrap_or((0, 0));
-                (r + mr, c + mc)
-            });
-            json!({"pool": name, "members": members, "reserved": r, "capacity": c,
+            let (r, c) = capacity.get(&name).copied().unwrap_or((0, 0));
+            let listed: Vec<&String> = members.iter().take(MEMBERS).collect();
+            json!({"pool": name, "members": listed, "members_total": members.len(),
+                   "reserved": r, "capacity": c,
                    "queue": depth, "oldest_wait_ms": oldest.map(|t| now.saturating_sub(t))})
         })
         .collect();
@@ -187,9 +188,15 @@ pub async fn snapshot(app: &App, cell: &Cell) -> Result<Value, StoreError> {
 /// `GET /api/v1/console/snapshot[?cell=NAME]`: one snapshot of a cell (the default cell
 /// unless named), what the stream sends every second.
 pub async fn snapshot_json(State(app): State<Arc<App>>, OneCell(cell): OneCell) -> Response {
-    match snapshot(&app, &cell).await {
-        Ok(v) => Json(v).into_response(),
-        Err(e) => super::unavailable(e),
+    // the streams' shared snapshot (at most SHARED_AGE old): polling it costs Redis no more
+    // than a stream does
+    match app.console.snapshot(&app, &cell).await {
+        Ok(text) => (
+            [(axum::http::header::CONTENT_TYPE, "application/json")],
+            text,
+        )
+            .into_response(),
+        Err(e) => (StatusCode::SERVICE_UNAVAILABLE, Json(json!({"error": e}))).into_response(),
     }
 }
 

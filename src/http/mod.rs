@@ -68,7 +68,9 @@ async fn admin_auth(
     next: axum::middleware::Next,
 ) -> Response {
     use crate::auth::Scope;
-    let scope = if req.method() == axum::http::Method::GET {
+    use axum::http::Method;
+    // (HEAD is a GET without its body: a read)
+    let scope = if matches!(*req.method(), Method::GET | Method::HEAD) {
         Scope::AdminRead
     } else {
         Scope::AdminWrite
@@ -91,13 +93,48 @@ async fn admin_auth(
                 );
             }
             req.extensions_mut().insert(cred);
-            next.run(req).await
+            // A bounded number at once, but the console stream (its own limits): each
+            // request holds a pooled Redis connection while it reads.
+            let _slot = match req.uri().path() {
+                "/api/v1/console/stream" => None,
+                _ => match app.admin_slots.clone().try_acquire_owned() {
+                    Ok(slot) => Some(slot),
+                    Err(_) => {
+                        app.metrics.limited("admin", "requests");
+                        return busy(app.cfg.limits.max_admin_requests);
+                    }
+                },
+            };
+            let mut res = next.run(req).await;
+            let h = res.headers_mut();
+            // transcripts and records: never cached, never sniffed as something else
+            h.entry(header::CACHE_CONTROL)
+                .or_insert(header::HeaderValue::from_static("no-store"));
+            h.insert(
+                header::X_CONTENT_TYPE_OPTIONS,
+                header::HeaderValue::from_static("nosniff"),
+            );
+            res
         }
         Err(e) => {
             app.metrics.auth_refused("admin", &e);
             e.into_response()
         }
     }
+}
+
+/// HTTP 429: `limits.max_admin_requests` are in flight.
+fn busy(max: usize) -> Response {
+    let message = format!(
+        "this instance serves at most {max} admin requests at once \
+         (limits.max_admin_requests); try again shortly"
+    );
+    (
+        StatusCode::TOO_MANY_REQUESTS,
+        [(header::RETRY_AFTER, "1")],
+        Json(json!({"error": "too many admin requests", "message": message})),
+    )
+        .into_response()
 }
 
 async fn readyz(State(app): State<Arc<App>>) -> Response {

@@ -155,7 +155,10 @@ async fn read(app: &App, cell: &Cell) -> Reading {
     };
     r.capacity = store.pool_capacity(&pools).await.ok();
     let names: Vec<String> = pools.keys().cloned().collect();
-    let heads = store.queue_heads(&names).await.unwrap_or_default();
+    // unread: the previous reading stands (no depth 0 an autoscaler would act on)
+    let Ok(heads) = store.queue_heads(&names).await else {
+        return r;
+    };
     r.pools = Some(
         pools
             .into_iter()

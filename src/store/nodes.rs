@@ -249,13 +249,16 @@ impl Store {
         Ok(if h.is_empty() { None } else { Some(h) })
     }
 
-    /// Records of known nodes (online and recently offline), at most `limit`.
+    /// Records of known nodes (online and recently offline), at most `limit`: the latest
+    /// to expire first, so live nodes (liveness + retention ahead) come before offline ones
+    /// (retention only).
     pub async fn nodes(&self, limit: usize) -> Result<Vec<HashMap<String, String>>, StoreError> {
         let mut conn = self.conn().await?;
         let ids: Vec<String> = redis::cmd("ZRANGE")
             .arg(self.keys.nodes_index())
             .arg(0)
             .arg(limit.saturating_sub(1) as i64)
+            .arg("REV")
             .query_async(&mut conn)
             .await
             .map_err(|e| StoreError::from_redis("read", e))?;

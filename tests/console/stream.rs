@@ -131,3 +131,107 @@ async fn one_credential_holds_at_most_its_streams() {
     let limited = r#"switchyard_limited_total{kind="console",detail="streams_per_credential"}"#;
     assert!(sample(&text, limited).is_some_and(|v| v >= 1.0), "{text}");
 }
+
+/// Admin requests beyond `limits.max_admin_requests` in flight get HTTP 429 at once (before,
+/// every one waited for a pooled Redis connection: a loop of reads held the pool `/readyz`
+/// and recovery need); the console stream has its own limits and is not counted. Admin
+/// responses are never cached or sniffed; HEAD is a read (console audit).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn admin_requests_beyond_the_limit_get_429_and_the_stream_is_not_counted() {
+    let redis = RedisServer::start().await;
+    let inst = start_tweaked(&redis, |c| c.limits.max_admin_requests = 2).await;
+    let read = token(&[Scope::AdminRead], Some("ops"), None);
+    let get = |path: &str| {
+        reqwest::Client::new()
+            .get(http_url(&inst, path))
+            .bearer_auth(&read)
+            .send()
+    };
+    // Redis paused: two reads wait on it, holding both places
+    let mut c = redis.client().await;
+    let _: () = redis::cmd("CLIENT")
+        .arg("PAUSE")
+        .arg(1_500)
+        .arg("ALL")
+        .query_async(&mut c)
+        .await
+        .expect("pause");
+    let held = futures_util::future::join_all([get("/api/v1/nodes"), get("/api/v1/pools")]);
+    let third = async {
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        let r = get("/api/v1/instances").await.expect("third");
+        let stream = open(&inst, &read).await;
+        (r, stream.status().as_u16())
+    };
+    let (_, (r, stream)) = tokio::join!(held, third);
+    assert_eq!(r.status().as_u16(), 429, "a third read while two wait");
+    assert_eq!(r.headers()["retry-after"], "1");
+    assert_eq!(stream, 200, "the stream is not counted");
+    tokio::time::sleep(Duration::from_millis(1_500)).await;
+    let r = get("/api/v1/nodes").await.expect("after");
+    assert_eq!(r.status().as_u16(), 200, "places free once the reads end");
+    assert_eq!(r.headers()["cache-control"], "no-store");
+    assert_eq!(r.headers()["x-content-type-options"], "nosniff");
+    let write = token(&[Scope::AdminWrite], Some("ops-w"), None);
+    let head = |t: &str| {
+        reqwest::Client::new()
+            .head(http_url(&inst, "/api/v1/nodes"))
+            .bearer_auth(t)
+            .send()
+    };
+    assert_eq!(head(&read).await.expect("head").status().as_u16(), 200);
+    assert_eq!(
+        head(&write).await.expect("head").status().as_u16(),
+        403,
+        "admin:write does not imply admin:read"
+    );
+    let text = metrics_text(&inst).await;
+    assert!(
+        text.contains(r#"switchyard_limited_total{kind="admin",detail="requests"} 1"#),
+        "{text}"
+    );
+}
+
+/// The snapshot lists at most 500 nodes, the live ones first: with more recently offline
+/// records than that, a live node still shows (before, the ascending read of `nodes:index`
+/// listed the soonest to expire, offline ones first). A pool's load counts every ready
+/// member (console audit).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_snapshot_lists_live_nodes_before_offline_records() {
+    let redis = RedisServer::start().await;
+    let inst = start_instance(&redis).await;
+    let mut c = redis.client().await;
+    let p = crate::common::invariants::PREFIX;
+    // (offline records expire within the retention, 5 s here; a live node's liveness is ahead)
+    let soon = switchyard::protocol::now_ms() + 3_000;
+    let mut pipe = redis::pipe();
+    for i in 0..600 {
+        let id = format!("gone-{i}");
+        pipe.hset_multiple(
+            format!("{p}node:{id}"),
+            &[("id", id.as_str()), ("state", "offline")],
+        )
+        .ignore()
+        .pexpire(format!("{p}node:{id}"), 60_000)
+        .ignore()
+        .zadd(format!("{p}nodes:index"), &id, soon)
+        .ignore();
+    }
+    let _: () = pipe.query_async(&mut c).await.expect("seed");
+    let (_n, nid) = crate::common::actors::node_on(&inst, None).await;
+    let snap: serde_json::Value = reqwest::Client::new()
+        .get(http_url(&inst, "/api/v1/console/snapshot"))
+        .bearer_auth(admin_token())
+        .send()
+        .await
+        .expect("snapshot")
+        .json()
+        .await
+        .expect("json");
+    let nodes = snap["nodes"].as_array().expect("nodes");
+    assert_eq!(nodes.len(), 500);
+    assert_eq!(nodes[0]["id"], nid.as_str(), "the live node first");
+    let pool = &snap["pools"][0];
+    assert_eq!(pool["members_total"], 1, "{pool}");
+    assert!(pool["capacity"].as_u64().is_some_and(|c| c > 0), "{pool}");
+}
