@@ -245,11 +245,19 @@ fn body(mut m: BTreeMap<Cow<str>, Member>) -> Option<ResultBody> {
         Cow::Borrowed("type"),
         Member::Plain("\"translation_result\""),
     );
-    for key in ["text_asr", "text_translated", "tts_audio"] {
-        m.entry(Cow::Borrowed(key)).or_insert(Member::Plain("\"\""));
+    // absent or null (a node may send either): the client always gets the four, as text
+    for (key, default) in [
+        ("text_asr", "\"\""),
+        ("text_translated", "\"\""),
+        ("tts_audio", "\"\""),
+        ("tts_format", "\"opus\""),
+    ] {
+        if m.get(key)
+            .is_none_or(|v| matches!(v, Member::Value(Value::Null)))
+        {
+            m.insert(Cow::Borrowed(key), Member::Plain(default));
+        }
     }
-    m.entry(Cow::Borrowed("tts_format"))
-        .or_insert(Member::Plain("\"opus\""));
     if let Some(t) = m
         .get("extra")
         .and_then(Member::as_value)

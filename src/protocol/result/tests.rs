@@ -37,10 +37,16 @@ mod reference {
             m.remove(key);
         }
         m.insert("type".into(), "translation_result".into());
-        for key in ["text_asr", "text_translated", "tts_audio"] {
-            m.entry(key).or_insert_with(|| "".into());
+        for (key, default) in [
+            ("text_asr", ""),
+            ("text_translated", ""),
+            ("tts_audio", ""),
+            ("tts_format", "opus"),
+        ] {
+            if m.get(key).is_none_or(Value::is_null) {
+                m.insert(key.into(), default.into());
+            }
         }
-        m.entry("tts_format").or_insert_with(|| "opus".into());
         if let Some(t) = m
             .get("extra")
             .and_then(|e| e.get("service_timings"))
@@ -124,6 +130,33 @@ fn a_lingua_result_is_passed_on_as_before() {
     assert_eq!(m["type"], "translation_result");
     assert_eq!(m["service_timings"]["total_ms"], 1000.0);
     assert!(m.get("group_id").is_none() && m.get("job_id").is_none());
+}
+
+/// A node's `null` for the four members the client always gets is their default, as an
+/// absent one is: the web client builds its decoder from `tts_format` (protocol audit;
+/// before, `"tts_format":null` reached it).
+#[test]
+fn null_text_and_audio_members_are_their_defaults() {
+    let text = r#"{"job_id":"j","attempt_id":1,"success":true,"text_asr":null,
+        "text_translated":null,"tts_audio":null,"tts_format":null}"#;
+    assert!(same(text));
+    let m: Value =
+        serde_json::from_str(&decode(text).expect("decodes").body.message).expect("JSON");
+    assert_eq!(
+        (
+            &m["text_asr"],
+            &m["text_translated"],
+            &m["tts_audio"],
+            &m["tts_format"]
+        ),
+        (
+            &serde_json::json!(""),
+            &serde_json::json!(""),
+            &serde_json::json!(""),
+            &serde_json::json!("opus")
+        ),
+        "{m}"
+    );
 }
 
 /// Audit finding: a timing beyond 2^53 reached the script, whose `%d` wrapped it into a
