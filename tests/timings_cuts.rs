@@ -280,3 +280,55 @@ async fn a_short_tail_of_a_long_turn_still_ends_it_on_its_node() {
     assert_eq!(session_field(&mut c, &sid, "next_index").await, "2");
     invariants::check(&mut c).await;
 }
+
+/// The parts of one turn go to one node even when the first part is still queued as the
+/// second is cut: the second waits behind it and follows it to its node. Before, the second
+/// part had no turn node (the session's was set only at the first part's dispatch), and the
+/// first node to free up took it (protocol audit).
+#[tokio::test]
+async fn a_turns_later_part_follows_its_queued_first_part_to_its_node() {
+    let redis = RedisServer::start().await;
+    // Every fixture chunk makes a max-duration cut: the turn continues.
+    let inst = start_tweaked(&redis, |c| {
+        c.session.max_duration_ms = 200;
+        c.jobs.queue_wait_ms = 5_000;
+        c.jobs.record_ttl_ms = 60_000;
+    })
+    .await;
+    let mut c = redis.client().await;
+    let one = || {
+        let mut reg = fixture("node_register_first");
+        reg["max_concurrent_jobs"] = json!(1);
+        reg
+    };
+    let url = ws_url(&inst, "/ws/node");
+    let mut a = WsClient::connect(&url).await;
+    let aid = a.register_id(one(), None).await;
+    let mut b = WsClient::connect(&url).await;
+    let bid = b.register_id(one(), None).await;
+    // Both busy with another session's utterances.
+    let (mut busy, busy_sid) = session_on(&inst).await;
+    busy.send(&utterance(&busy_sid, 0)).await;
+    busy.send(&utterance(&busy_sid, 1)).await;
+    let (ja, jb) = (assign(&mut a).await, assign(&mut b).await);
+    // Two parts of one turn, both queued.
+    let (mut s, sid) = session_on(&inst).await;
+    let mut ch = fixture("audio_chunk");
+    ch["session_id"] = json!(sid);
+    s.send(&ch).await;
+    s.send(&ch).await;
+    handled(&mut s, &sid).await;
+    // A frees up: the first part goes to A (now full); then B frees up.
+    a.send(&answer(&ja, &aid, "x")).await;
+    let p0 = assign(&mut a).await;
+    assert_eq!(p0["utterance_index"], 0);
+    b.send(&answer(&jb, &bid, "y")).await;
+    let on_b = next_of(&mut b, "job_assign", Duration::from_millis(500)).await;
+    assert!(on_b.is_none(), "the turn's second part went to B: {on_b:?}");
+    // A answers the first part: the second follows it there.
+    a.send(&answer(&p0, &aid, "z")).await;
+    let p1 = assign(&mut a).await;
+    assert_eq!(p1["utterance_index"], 1);
+    assert_eq!(p1["turn_id"], p0["turn_id"]);
+    invariants::check(&mut c).await;
+}

@@ -15,7 +15,8 @@
 -- or max-size cut started (speech the node joins to that turn). Both are counted
 -- (cut_skipped:empty|too_short). A
 -- max-duration or max-size cut keeps the turn (the next job of the turn goes to the same
--- node); any other cut ends it. The job records web_ms, the client -> scheduler delay of the
+-- node: the session's turn_node, or, while the turn's last job (turn_job) waits for a node,
+-- that job's, as turn_prev); any other cut ends it. The job records web_ms, the client -> scheduler delay of the
 -- last audio_chunk that carried client_timestamp_ms (sess.cts, received at sess.rts).
 -- (Requires submit.)
 local function cut(sid, sess, reason)
@@ -79,10 +80,15 @@ local function cut(sid, sess, reason)
     web_ms = string.format('%d', math.max(0, tonumber(sess.rts) - tonumber(sess.cts)))
   end
   local turn = sess.turn_id
+  -- A later part of a turn whose node is not known yet (the earlier part waits in a queue)
+  -- names that part's job: pick() then waits for it, and follows it to its node.
+  local prev = nil
   if not turn or turn == '' then
     turn = sid .. '-t' .. redis.call('HINCRBY', sk, 'turn_seq', 1)
-    redis.call('HSET', sk, 'turn_id', turn, 'turn_node', '')
+    redis.call('HSET', sk, 'turn_id', turn, 'turn_node', '', 'turn_job', '')
     sess.turn_node = ''
+  elseif (sess.turn_node or '') == '' then
+    prev = nonempty(sess.turn_job)
   end
   local flags = {padding_ms = (reason == 'manual' or reason == 'close') and 280 or 220}
   if reason == 'manual' or reason == 'close' then flags.is_manual_cut = true end
@@ -90,7 +96,11 @@ local function cut(sid, sess, reason)
   if keeps_turn then flags.is_max_duration_triggered = true end
   local r = submit(sid, sess, idx, json_with(sess.spec, flags), audio, {pools = sess.pools,
     needs = sess.needs, pair = sess.pair, trace_id = sess.trace_id, turn_id = turn,
-    turn_node = sess.turn_node, web_ms = web_ms})
-  if not keeps_turn then redis.call('HSET', sk, 'turn_id', '', 'turn_node', '') end
+    turn_node = sess.turn_node, turn_prev = prev, web_ms = web_ms})
+  if not keeps_turn then
+    redis.call('HSET', sk, 'turn_id', '', 'turn_node', '', 'turn_job', '')
+  elseif r and r.job_id then
+    redis.call('HSET', sk, 'turn_job', r.job_id)
+  end
   return r
 end

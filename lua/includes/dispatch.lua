@@ -39,7 +39,7 @@ end
 -- The fields submit() gives a new job's record (besides those its first dispatch writes:
 -- state, attempt, node...), in the order they are written.
 local CREATED_FIELDS = {'id', 'session', 'idx', 'pools', 'needs', 'pair', 'trace_id', 'turn_id',
-  'turn_node', 'last_node', 'created_at', 'spec', 'tp', 'web_ms'}
+  'turn_node', 'turn_prev', 'last_node', 'created_at', 'spec', 'tp', 'web_ms'}
 
 -- save_fields(job, f): when the record of a job submit() created in this call was not
 -- written yet, the flat field list `f` (about to be HSET, holding `state` and `attempt`)
@@ -286,8 +286,11 @@ local function offer(nid, known)
             redis.call('LREM', qk, 1, jid) -- stale entry
           else
             local ok = load(nid, job, true) ~= nil and serves(nid, job)
-            if ok and job.turn_node and job.turn_node ~= '' and job.turn_node ~= nid
-                and load(job.turn_node, job, false) and serves(job.turn_node, job) then
+            local turn = ok and turn_node_of(job)
+            if turn == false then
+              ok = false -- its turn's earlier part waits for a node: it waits behind it
+            elseif ok and turn ~= '' and turn ~= nid
+                and load(turn, job, false) and serves(turn, job) then
               ok = false -- its turn's node is alive: it waits for that one
             end
             if ok then

@@ -4,7 +4,8 @@
 -- reservation is dispatch.lua's assign().
 -- A job record carries: pools (csv of "primary" or "primary|secondary" pool names, in order
 -- of preference: tenant pool first), needs (csv of service types), tried (csv of nodes
--- that had an attempt), turn_node (node holding the turn's audio, if any).
+-- that had an attempt), turn_node (node holding the turn's audio, if any), turn_prev (the
+-- turn's earlier part, when it had no node yet as this part was cut: turn_node_of).
 -- (Requires ctx, explain.)
 
 -- load_fields(needs_csv) -> the node fields load() reads for a job needing those services,
@@ -102,18 +103,32 @@ local function servable(job)
   return false
 end
 
+-- turn_node_of(job): the node of the job's turn ('' if none), or false while the turn's
+-- earlier part (turn_prev) still waits for a node: this part then waits behind it, and
+-- follows it to the node it gets (PROTOCOL: the jobs of one turn go to one node).
+local function turn_node_of(job)
+  local t = job.turn_node
+  if t and t ~= '' then return t end
+  if not job.turn_prev or job.turn_prev == '' then return '' end
+  local prev = redis.call('HMGET', job_key(job.turn_prev), 'state', 'node')
+  if prev[1] == 'QUEUED' or prev[1] == 'CREATED' then return false end
+  return prev[2] or ''
+end
+
 -- pick(job, why): a node with room, or nil. Turn affinity (the turn's node while it lives:
 -- when it is merely full the job waits for it), then session affinity, then
 -- power-of-k-choices among eligible members of the first pool that has any. Every node
 -- looked at is recorded in `why` (see explain).
 local function pick(job, why)
-  if job.turn_node and job.turn_node ~= '' then
+  local turn = turn_node_of(job)
+  if turn == false then return nil end
+  if turn ~= '' then
     segment(why, 'turn')
-    if serves(job.turn_node, job) then
-      if load(job.turn_node, job, true, why) then return job.turn_node end
-      if load(job.turn_node, job, false) then return nil end
+    if serves(turn, job) then
+      if load(turn, job, true, why) then return turn end
+      if load(turn, job, false) then return nil end
     else
-      explain(why, job.turn_node, 'notpool')
+      explain(why, turn, 'notpool')
     end
   end
   if CFG.affinity == 1 and job.last_node and job.last_node ~= '' and serves(job.last_node, job) then

@@ -1,7 +1,7 @@
 -- submit(sid, sess, idx, spec, audio, meta): create the job of utterance `idx` and dispatch
 -- it. Idempotent on (session, idx): a repeat returns the existing job and changes nothing.
 --   spec  job_assign JSON without job_id/attempt_id/audio (built by Rust or from the session)
---   meta  {pools=, needs=, pair=, trace_id=, turn_id=, turn_node=, web_ms=?, sess_set=?,
+--   meta  {pools=, needs=, pair=, trace_id=, turn_id=, turn_node=, turn_prev=?, web_ms=?, sess_set=?,
 --         own_audio=?, stage=?}  own_audio: the caller holds `audio` (deliver's `own`)
 --         stage: {key=} the audio staged in that key by the caller with the job's TTL
 --         (`audio` is then "", the key is renamed to the job's: the audio never becomes a
@@ -34,6 +34,7 @@ local function submit(sid, sess, idx, spec, audio, meta)
   local job = {id = jid, session = sid, idx = is, state = 'CREATED', attempt = '0',
     pools = meta.pools, needs = meta.needs, pair = meta.pair, trace_id = meta.trace_id,
     turn_id = nonempty(meta.turn_id), turn_node = nonempty(meta.turn_node),
+    turn_prev = meta.turn_prev,
     last_node = nonempty(sess.last_node), created_at = NOWS, spec = json_with(spec, ids),
     tp = TP, web_ms = nonempty(meta.web_ms)}
   -- The record is written once, by whichever of assign / queue / fail settles it in this
