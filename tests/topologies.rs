@@ -536,3 +536,71 @@ mod sentinels;
 
 #[path = "topologies/sentinel_epochs.rs"]
 mod sentinel_epochs;
+
+/// The Redis ACL user docs/operations.md gives, with the one cluster command it names for a
+/// Redis Cluster (`CLUSTER SLOTS`), is enough for an instance there: jobs, the admin reads and
+/// `/metrics` run as that user, and no node's `ACL LOG` holds a refusal.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_documented_acl_is_enough_on_a_cluster() {
+    const RULES: &str = "~{switchyard:*}* resetchannels -@all +@read +@write +@stream \
+        +@scripting -@dangerous +role +info +wait +time +ping +hello +client|setname \
+        +multi +exec +discard +unwatch +cluster|slots";
+    let docs = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/docs/operations.md"))
+        .expect("operations.md");
+    let flat = |s: &str| s.split_whitespace().collect::<Vec<_>>().join(" ");
+    assert!(
+        flat(&docs).contains("add `+cluster|slots`"),
+        "docs/operations.md names other cluster commands"
+    );
+    let cluster = Cluster::start_steady().await;
+    for n in &cluster.nodes {
+        let mut c = n.client().await;
+        let _: () = redis::cmd("ACL")
+            .arg("SETUSER")
+            .arg("switchyard")
+            .arg("on")
+            .arg(">acl-test-password")
+            .arg(RULES.split_whitespace().collect::<Vec<_>>())
+            .query_async(&mut c)
+            .await
+            .expect("acl setuser");
+    }
+    let inst = start_with(cfg(RedisMode::Cluster, cluster.urls(), |c| {
+        c.redis.username = Some("switchyard".into());
+        c.redis.password = Some("acl-test-password".into());
+    }))
+    .await;
+    let _node = auto_node(&inst).await;
+    let (mut s, sid) = session_on(&inst).await;
+    for u in 0..3 {
+        s.send(&utterance(&sid, u)).await;
+    }
+    let got = terminals(&mut s, 3, T).await;
+    assert!(
+        got.iter().all(|v| v["type"] == "translation_result"),
+        "{got:?}"
+    );
+    let http = reqwest::Client::new();
+    for path in ["/api/v1/nodes", "/api/v1/pools", "/readyz", "/metrics"] {
+        let r = http
+            .get(http_url(&inst, path))
+            .bearer_auth(admin_token())
+            .send()
+            .await
+            .expect(path);
+        assert_eq!(r.status().as_u16(), 200, "{path}");
+    }
+    for n in &cluster.nodes {
+        let mut c = n.client().await;
+        let refused: Vec<redis::Value> = redis::cmd("ACL")
+            .arg("LOG")
+            .query_async(&mut c)
+            .await
+            .expect("acl log");
+        assert!(
+            refused.is_empty(),
+            "{}: commands refused: {refused:?}",
+            n.addr()
+        );
+    }
+}
