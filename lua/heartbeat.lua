@@ -31,7 +31,7 @@ Output: [reply, blobs...]
 SELF_INBOX = true
 
 local node_id = ARGV[5]
-local cur = redis.call('HMGET', KEYS[1], 'conn', 'owner', 'state', 'capsig', 'fleet')
+local cur = redis.call('HMGET', KEYS[1], 'conn', 'owner', 'state', 'capsig', 'fleet', 'deadline')
 if not cur[1] then return finish({status = 'missing'}) end
 if cur[1] ~= ARGV[6] then return finish({status = 'stale', owner = cur[2]}) end
 
@@ -71,5 +71,7 @@ if changed then
   apply_pools(P, node_id, KEYS[2], KEYS[5], pools)
 end
 
+-- (a node past its liveness deadline was unservable to pick's load(): 'stale')
+if changed or revived or (cur[6] or 0) + 0 < NOW then servable_again() end
 keep_alive(node_id, KEYS)
 return finish({status = 'ok', state = state, changed = changed, revived = revived})

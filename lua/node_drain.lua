@@ -28,6 +28,7 @@ else
   redis.call('HSET', KEYS[1], 'state', 'ready')
   redis.call('HDEL', KEYS[1], 'drain')
   state = 'ready'
+  servable_again()
   offer(node_id)
 end
 return finish({status = 'ok', state = state})

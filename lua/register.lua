@@ -118,6 +118,7 @@ reply.state = state
 local pools = {}
 for i = 12 + 2 * n, #ARGV do pools[#pools + 1] = ARGV[i] end
 reply.added, reply.removed = apply_pools(P, node_id, KEYS[2], KEYS[5], pools)
+servable_again()
 
 keep_alive(node_id, KEYS)
 return finish(reply)

@@ -626,3 +626,75 @@ async fn a_job_result_whose_reply_does_not_decode_still_reaches_its_session() {
     assert_eq!(sample(&m, recovered), Some(1.0), "{m}");
     invariants::check(&mut c).await;
 }
+
+/// While no member of a pool can serve (a service marked down fleet-wide), a job no longer
+/// reads every member to find that out: the answer is remembered for a second (or until the
+/// earliest down-mark ends), so each job reads at most pick's bounded look. A node that
+/// registers is served at once: the remembered answer is forgotten (scripts audit: 300
+/// members cost ~565 node reads per job, every job, for the whole outage).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pool_no_node_can_serve_is_not_read_whole_by_every_job() {
+    let redis = RedisServer::start().await;
+    let inst = start_instance(&redis).await;
+    let mut c = redis.client().await;
+    let (_n, nid) = node_on(&inst, None).await;
+    let nk = format!("{PREFIX}node:{nid}");
+    let later = switchyard::protocol::now_ms() + 60_000;
+    let _: () = c.hset(&nk, "down:nmt", later).await.unwrap();
+    // 300 more members that cannot serve (no services), in every pool of the node
+    let pools: Vec<String> = c.smembers(format!("{nk}:pools")).await.unwrap();
+    let fakes: Vec<String> = (0..300).map(|i| format!("fake-{i}")).collect();
+    let mut pipe = redis::pipe();
+    for f in &fakes {
+        pipe.hset_multiple(
+            format!("{PREFIX}node:{f}"),
+            &[
+                ("state", "ready"),
+                ("capacity", "1"),
+                ("deadline", &later.to_string()),
+            ],
+        )
+        .ignore();
+        for p in &pools {
+            pipe.sadd(format!("{PREFIX}pool:{p}"), f).ignore();
+        }
+    }
+    let _: () = pipe.query_async(&mut c).await.unwrap();
+    let (mut s, sid) = session_on(&inst).await;
+    let refused = async |s: &mut WsClient, i: u64| {
+        s.send(&utterance(&sid, i)).await;
+        let e = s.recv_type("error").await;
+        assert_eq!(e["code"], "NO_AVAILABLE_NODE", "{e}");
+    };
+    refused(&mut s, 0).await;
+    let before = command_calls(&mut c, "hmget").await;
+    for i in 1..=10 {
+        refused(&mut s, i).await;
+    }
+    let per_job = (command_calls(&mut c, "hmget").await - before) / 10;
+    // pick's look: a sample of 8, then at most 256 more; servable's whole read would add 301
+    assert!(per_job < 400, "{per_job} HMGETs per job");
+    // (the members that were never nodes go: pick's bounded look could miss the new one)
+    let mut pipe = redis::pipe();
+    for f in &fakes {
+        pipe.del(format!("{PREFIX}node:{f}")).ignore();
+        for p in &pools {
+            pipe.srem(format!("{PREFIX}pool:{p}"), f).ignore();
+        }
+    }
+    let _: () = pipe.query_async(&mut c).await.unwrap();
+    // A node that can serve registers (room for one job): the remembered answer is gone,
+    // so a job that finds it full waits for it instead of failing.
+    let mut m = WsClient::connect(&ws_url(&inst, "/ws/node")).await;
+    let mut reg = fixture("node_register_first");
+    reg["max_concurrent_jobs"] = json!(1);
+    let mid = m.register_id(reg, None).await;
+    s.send(&utterance(&sid, 11)).await;
+    let a = assign(&mut m).await;
+    assert_eq!(a["utterance_index"], 11);
+    s.send(&utterance(&sid, 12)).await;
+    m.send(&answer(&a, &mid, "t")).await;
+    let b = assign(&mut m).await;
+    assert_eq!(b["utterance_index"], 12, "queued for the node, not failed");
+    invariants::check(&mut c).await;
+}

@@ -186,6 +186,15 @@ local function subject_sessions(sub) return P .. 'subject:' .. sub .. ':sessions
 -- credential. Owned by the node records (no TTL), bounded by the limit.
 local function fleet_nodes(fp) return P .. 'fleet:' .. fp .. ':nodes' end
 local function job_key(id) return P .. 'job:' .. id end
+-- The candidate pools and services no node could serve when servable() last read them
+-- whole (pick.lua): a hash, field `<pools>#<needs>` -> until (ms). Deleted whenever a node
+-- may have become able to serve (servable_again); what expires by time (a down-mark) ends
+-- an entry by its `until`.
+local function unservable_key() return P .. 'unservable' end
+-- servable_again(): a node may serve what it could not (it registered, came back, was
+-- refreshed while stale, changed its capabilities, was undrained): forget every cached
+-- "no node can serve".
+local function servable_again() redis.call('DEL', unservable_key()) end
 local function session_key(id) return P .. 'session:' .. id end
 
 -- dec(v): a whole number as decimal text for a command's argument or a message, the

@@ -28,6 +28,10 @@ local function load_fields(csv)
   return fields, needs, needles
 end
 
+-- The earliest down-mark (ms) a load() call found in the way, since servable() reset it:
+-- when a pool can serve nothing only for marks, no longer than that.
+local DOWN_UNTIL = nil
+
 -- load(nid, job, need_room, why): the node's load ratio if it may take `job`, else nil.
 -- One HMGET reads everything it needs, the down-marks of the job's services included.
 -- With `why`, the verdict is recorded (ok, full, draining, offline, stale, tried,
@@ -57,7 +61,11 @@ local function load(nid, job, need_room, why)
     for i, svc in ipairs(needs) do
       if not string.find(offered, needles[i], 1, true) then verdict = 'nosvc-' .. svc break end
       local down = n[8 + i]
-      if down and down + 0 > NOW then verdict = 'down-' .. svc break end
+      if down and down + 0 > NOW then
+        verdict = 'down-' .. svc
+        if not DOWN_UNTIL or down + 0 < DOWN_UNTIL then DOWN_UNTIL = down + 0 end
+        break
+      end
     end
   end
   -- (the fields as read: formatting numbers back into strings costs more than the rest)
@@ -90,7 +98,16 @@ end
 -- Waiting only makes sense then. Stops at the first one found. It reads the candidate
 -- pools whole (an HMGET per member until one is found): a sample could not tell "no node
 -- can ever serve" (fail at once, with the caller's code) from "none of those looked at".
+-- A "none" is remembered for UNSERVABLE_MS, or until the earliest down-mark in the way
+-- ends (unservable_key): while a service is down fleet-wide, a job costs one HGET instead
+-- of an HMGET per member. Only a job that tried no node writes it (a tried node is out of
+-- that job's answer, not of another's); any job may read it (tried nodes only take away).
+local UNSERVABLE_MS = 1000
 local function servable(job)
+  local field = (job.pools or '') .. '#' .. (job.needs or '')
+  local known = redis.call('HGET', unservable_key(), field)
+  if known and known + 0 > NOW then return false end
+  DOWN_UNTIL = nil
   for entry in string.gmatch(job.pools or '', '[^,]+') do
     local pool, second = split_entry(entry)
     for _, nid in ipairs(redis.call('SMEMBERS', P .. 'pool:' .. pool)) do
@@ -99,6 +116,12 @@ local function servable(job)
         return true
       end
     end
+  end
+  if (job.tried or '') == '' then
+    local until_ms = NOW + UNSERVABLE_MS
+    if DOWN_UNTIL and DOWN_UNTIL < until_ms then until_ms = DOWN_UNTIL end
+    redis.call('HSET', unservable_key(), field, dec(until_ms))
+    redis.call('PEXPIRE', unservable_key(), UNSERVABLE_MS)
   end
   return false
 end
