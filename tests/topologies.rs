@@ -604,3 +604,60 @@ async fn the_documented_acl_is_enough_on_a_cluster() {
         );
     }
 }
+
+/// On a Redis Cluster, a `job_result` whose reply was lost (the cell's primary busy past
+/// `redis.timeout_ms`; it commits after the call gave up) is ambiguous: the node is told
+/// Redis is away, and the session's result is read back from the log, once (the lost-reply
+/// recovery ran only on one redis-server in the tests before).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lost_reply_on_a_cluster_is_recovered_once() {
+    let cluster = Cluster::start_steady().await;
+    let inst = start_with(cfg(RedisMode::Cluster, cluster.urls(), |c| {
+        c.redis.timeout_ms = 500;
+    }))
+    .await;
+    let (mut n, nid) = node_on(&inst, None).await;
+    let (mut s, sid) = session_on(&inst).await;
+    s.send(&utterance(&sid, 0)).await;
+    let job = next_of(&mut n, "job_assign", T).await.expect("job_assign");
+    let port = cluster
+        .primary_of(switchyard::config::cell::slot("{switchyard:main}"))
+        .await
+        .expect("the cell's primary");
+    let mut spin = connect(&format!("redis://127.0.0.1:{port}"))
+        .await
+        .expect("primary");
+    // busy 800 ms: the call times out at 500, and runs after the spin
+    tokio::spawn(async move {
+        let _: redis::RedisResult<redis::Value> = redis::cmd("EVAL")
+            .arg(
+                "local function now() local t = redis.call('TIME') \
+                 return t[1] * 1000 + t[2] / 1000 end \
+                 local stop = now() + tonumber(ARGV[1]) \
+                 while now() < stop do end",
+            )
+            .arg(0)
+            .arg(800)
+            .query_async(&mut spin)
+            .await;
+    });
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    n.send(&answer(&job, &nid, "once")).await;
+    let err = next_of(&mut n, "error", T).await.expect("the node is told");
+    assert_eq!(err["code"], "SCHEDULER_DEPENDENCY_DOWN", "{err}");
+    let got = terminals(&mut s, 1, Duration::from_secs(5)).await;
+    assert_eq!(got.len(), 1, "{got:?}");
+    assert_eq!(
+        (&got[0]["type"], &got[0]["utterance_index"]),
+        (
+            &serde_json::json!("translation_result"),
+            &serde_json::json!(0)
+        )
+    );
+    assert!(
+        next_of(&mut s, "translation_result", Duration::from_millis(500))
+            .await
+            .is_none(),
+        "a second copy"
+    );
+}

@@ -125,11 +125,11 @@ pub(super) fn cluster_client(
     let mut b = redis::cluster::ClusterClientBuilder::new(seeds)
         .connection_timeout(Duration::from_millis(cfg.timeout_ms))
         .response_timeout(response)
-        // Fail fast while a slot has no primary: clients get SCHEDULER_DEPENDENCY_DOWN and
-        // retry, rather than waiting out a long backoff.
-        .retries(2)
-        .min_retry_wait(20)
-        .max_retry_wait(200);
+        // No retry by the client: it would send again a call whose reply was lost (a
+        // timeout), and the second run's answer would hide the first's commit and its
+        // messages. What Redis refused without running is retried by `Conn`
+        // (connection.rs `cluster_retry!`).
+        .retries(0);
     if cfg.tls() {
         tls_provider();
     }

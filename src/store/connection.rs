@@ -8,10 +8,15 @@
 //!   connection error or a `READONLY` reply ([`Connector::failed`]) the sentinels are asked
 //!   again; when they name another primary the pool and the shared connections are replaced,
 //!   so the instance follows a failover by itself (`sentinel.rs`).
-//! - **cluster**: one `cluster-async` connection (multiplexed per node; it follows
-//!   `MOVED`/`ASK` and refreshes the slot map itself). Every script touches keys of one hash
-//!   tag only, so no call is ever `CROSSSLOT`; `FCALL` goes to the node owning the tag's
-//!   slot and a missing library there is loaded on the spot.
+//! - **cluster**: one `cluster-async` connection (multiplexed per node; it refreshes the slot
+//!   map itself). Every script touches keys of one hash tag only, so no call is ever
+//!   `CROSSSLOT`; `FCALL` goes to the node owning the tag's slot and a missing library there
+//!   is loaded on the spot. The client retries nothing itself (`clients::cluster_client`):
+//!   it would also send again a call whose reply was lost, and the second run's answer
+//!   ("stale", "duplicate") would hide that the first may have committed, and the messages
+//!   its reply carried. A command Redis refused without running it (`MOVED`, `TRYAGAIN`,
+//!   `CLUSTERDOWN`, a refused connection, ...) is sent again here (`cluster_retry!`); a
+//!   timeout or a dropped connection never is: it stays [`StoreError::Ambiguous`].
 
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, RwLock};
@@ -36,12 +41,48 @@ pub enum Conn {
     Cluster(ClusterConnection),
 }
 
+/// Tries of a cluster command that Redis refused without running it, and the wait before
+/// each (the client refreshes its slot map after a `MOVED` meanwhile).
+const CLUSTER_RETRIES: [u64; 2] = [50, 200];
+
+/// `$send` (a cluster command, awaited) evaluated again (at most [`CLUSTER_RETRIES`]) while
+/// Redis answers that it did not run it: a redirect, a slot without a primary, a primary
+/// that is loading or demoted, a connection that could not be made. Never after a timeout
+/// or a dropped connection: the command may have run (a script's second run would answer
+/// for the first).
+macro_rules! cluster_retry {
+    ($send:expr) => {{
+        let mut waits = CLUSTER_RETRIES.iter();
+        loop {
+            match $send {
+                Err(e) if never_ran(&e) => match waits.next() {
+                    Some(ms) => tokio::time::sleep(Duration::from_millis(*ms)).await,
+                    None => break Err(e),
+                },
+                r => break r,
+            }
+        }
+    }};
+}
+
+/// Redis refused the command before running it (or it was never sent).
+fn never_ran(e: &redis::RedisError) -> bool {
+    e.is_connection_refusal()
+        || e.kind() == redis::ErrorKind::ClusterConnectionNotFound
+        || matches!(
+            e.code(),
+            Some("MOVED" | "TRYAGAIN" | "CLUSTERDOWN" | "LOADING" | "MASTERDOWN" | "READONLY")
+        )
+}
+
 impl ConnectionLike for Conn {
     fn req_packed_command<'a>(&'a mut self, cmd: &'a Cmd) -> RedisFuture<'a, Value> {
         match self {
             Conn::Pooled(c) => c.req_packed_command(cmd),
             Conn::Multiplexed(c) => c.req_packed_command(cmd),
-            Conn::Cluster(c) => c.req_packed_command(cmd),
+            Conn::Cluster(c) => {
+                Box::pin(async move { cluster_retry!(c.req_packed_command(cmd).await) })
+            }
         }
     }
 
@@ -54,7 +95,9 @@ impl ConnectionLike for Conn {
         match self {
             Conn::Pooled(c) => c.req_packed_commands(pipeline, offset, count),
             Conn::Multiplexed(c) => c.req_packed_commands(pipeline, offset, count),
-            Conn::Cluster(c) => c.req_packed_commands(pipeline, offset, count),
+            Conn::Cluster(c) => Box::pin(async move {
+                cluster_retry!(c.req_packed_commands(pipeline, offset, count).await)
+            }),
         }
     }
 
