@@ -76,3 +76,36 @@ async fn a_node_error_is_logged_bounded_and_on_one_line() {
     );
     inst.terminate(0);
 }
+
+/// A node's `trace_id` and `job_id` become span fields before the frame is validated, and
+/// every log line inside the span carries them: a stale `job_result` with a 200 KB
+/// `trace_id` logged a 200 KB line (and, with OTLP on, exported a span as large).
+/// Now an invalid id is recorded as `<invalid>` (observability audit).
+#[tokio::test]
+async fn a_peers_oversized_ids_do_not_reach_span_fields_or_log_lines() {
+    let redis = RedisServer::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let env = vec![("SWITCHYARD_LOG__FORMAT", "text")];
+    let mut inst = Instances::new(1, redis.url(), dir.path(), env);
+    inst.spawn(0);
+    inst.wait_ready(0).await;
+    let url = with_token(&format!("ws://127.0.0.1:{}/ws/node", inst.ports[0]));
+    let mut n = WsClient::connect(&url).await;
+    let nid = n.register_id(fixture("node_register_first"), None).await;
+    let mut r = fixture("job_result_success");
+    r["node_id"] = json!(nid);
+    r["job_id"] = json!("job-unknown-0");
+    r["trace_id"] = json!("t".repeat(200_000));
+    n.send(&r).await;
+    let e = n.recv_type("error").await; // (stale: rejected, logged)
+    assert_eq!(e["code"], "INVALID_MESSAGE", "{e}");
+    let log_path = dir.path().join("instance-0-1.log");
+    let log = std::fs::read_to_string(&log_path).expect("log");
+    let line = log
+        .lines()
+        .find(|l| l.contains("stale message rejected"))
+        .unwrap_or_else(|| panic!("no stale message logged:\n{log}"));
+    assert!(line.len() < 4096, "{} bytes logged", line.len());
+    assert!(line.contains("<invalid>"), "{line}");
+    inst.terminate(0);
+}

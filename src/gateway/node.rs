@@ -171,14 +171,14 @@ impl NodeConn {
             _ => (None, None, false),
         };
         if let Some(job) = job {
-            span.record("job_id", job);
+            span.record("job_id", crate::protocol::field_id(job));
             let dispatched = if finished {
                 self.app.dispatch_spans.take(job)
             } else {
                 self.app.dispatch_spans.get(job)
             };
             if let Some(t) = trace {
-                span.record("trace_id", t);
+                span.record("trace_id", crate::protocol::field_id(t));
             }
             // A span no subscriber records (no OTLP export) needs no parent built for it.
             if !span.is_disabled() {

@@ -222,7 +222,7 @@ impl SessionConn {
             "ws.message",
             otel.name = %format_args!("session.{}", msg.kind()),
             session_id = sid,
-            trace_id = %trace_id,
+            trace_id = crate::protocol::field_id(trace_id),
             utterance_index = tracing::field::Empty,
         );
         if let Some(i) = index {

@@ -263,5 +263,18 @@ pub fn valid_id(id: &str) -> bool {
             .all(|c| c.is_ascii_alphanumeric() || "_.-".contains(c))
 }
 
+/// `v` as a span or log field: itself when it is a valid id ([`valid_id`]), else a
+/// placeholder. Spans are made before a frame's fields are validated, and a peer's 4 MiB
+/// `trace_id` must not become a span attribute (exported, kept in the batch queue) or the
+/// context of every log line written inside it.
+/// (An empty `v` stays empty: no id.)
+pub fn field_id(v: &str) -> &str {
+    if v.is_empty() || valid_id(v) {
+        v
+    } else {
+        "<invalid>"
+    }
+}
+
 #[cfg(test)]
 mod tests;
