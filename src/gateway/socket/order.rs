@@ -87,7 +87,17 @@ impl Order {
                 // late, never written (unless its index came from the log meanwhile)
                 return self.fresh(&text).then_some(text).into_iter().collect();
             }
-            Some(e) if seq < e => return Vec::new(), // already written (a resend after resume)
+            // A number already passed: normally a message written already (a resend after
+            // resume). But a Redis that lost its last commits (a failover without WAIT, an
+            // AOF fsynced every second) numbers new messages again from an older `out_seq`:
+            // one naming an index this connection has not written (and its client has not
+            // got: at or above a resume's first index) is written now, out of order,
+            // rather than dropped unseen.
+            Some(e) if seq < e => {
+                let new =
+                    index_of(&text).is_some_and(|i| i >= self.first_index) && self.fresh(&text);
+                return new.then_some(text).into_iter().collect();
+            }
             _ => {
                 self.held.insert(seq, text);
             }

@@ -229,3 +229,35 @@ fn no_index_is_written_twice_whatever_the_mix() {
         );
     }
 }
+
+/// Resume audit: Redis lost its last commits (out_seq went back from 3 to 1), and the next
+/// results come numbered 2 and 3 again. Before, both were dropped as "older numbers" with no
+/// gap to notice: never written. A number already passed is still written when its index is
+/// new, once; a resend of an index written already is still dropped.
+#[test]
+fn an_index_numbered_again_after_redis_lost_commits_is_written_once() {
+    let mut o = Order::default();
+    o.expect(1);
+    for (seq, i) in [(1, 0), (2, 1), (3, 2)] {
+        assert_eq!(o.push(seq, t(i, "first")), vec![t(i, "first")]);
+    }
+    assert_eq!(o.push(2, t(3, "renumbered")), vec![t(3, "renumbered")]);
+    assert!(o.push(2, t(3, "renumbered")).is_empty(), "once");
+    assert!(
+        o.push(3, t(2, "again")).is_empty(),
+        "an index written already"
+    );
+    assert_eq!(
+        o.push(4, t(4, "next")),
+        vec![t(4, "next")],
+        "and on in order"
+    );
+    let mut r = Order::default();
+    r.first_index(5);
+    r.expect(9);
+    assert!(
+        r.push(3, t(4, "had")).is_empty(),
+        "below a resume's first index"
+    );
+    assert_eq!(r.push(3, t(5, "new")), vec![t(5, "new")]);
+}
