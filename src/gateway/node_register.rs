@@ -291,17 +291,17 @@ impl NodeConn {
     /// most `UNREGISTER_FOR` (Redis away longer: the node's liveness takes it offline).
     async fn unregister_lost(&self, cell: &Arc<Cell>, node_id: &str) {
         let until = tokio::time::Instant::now() + UNREGISTER_FOR;
-        let mut looked = false;
         loop {
             let out = cell
                 .store
                 .node_offline(node_id, &self.token, 0, "register_unconfirmed")
                 .await;
             let done = match routing::delivered(&self.app, cell, out) {
-                Ok(OfflineReply::Missing) if !looked => {
-                    looked = true;
-                    false
-                }
+                // No record, or one another connection owns: the registration may still be
+                // on its way (a stalled Redis runs it after this call, on another
+                // connection), so it is asked again until UNREGISTER_FOR has passed
+                // (fenced by this connection's token: it never touches another's).
+                Ok(OfflineReply::Missing | OfflineReply::Stale) => false,
                 // (taken offline on the primary, as the registration was)
                 Ok(_) | Err(StoreError::Unreplicated(_)) => true,
                 Err(e) if tokio::time::Instant::now() >= until => {

@@ -12,7 +12,7 @@ use crate::protocol::{ErrorCode, bounds, valid_id};
 use crate::routing;
 use crate::store::StoreError;
 use crate::store::instances::ResumeReply;
-use crate::store::sessions::OpenReply;
+use crate::store::sessions::{OpenReply, SessionReply};
 use serde_json::json;
 
 const KIND: &str = "session";
@@ -226,15 +226,29 @@ impl SessionConn {
                         // close it, so it does not count against its subject's live
                         // sessions until it expires (fenced by this connection's token;
                         // `missing` if the open never ran).
-                        let closed = cell.store.session_close(&sid, &self.token).await;
-                        match routing::delivered(&app, &cell, closed) {
-                            // (closed on the primary, as the open was)
-                            Ok(_) | Err(StoreError::Unreplicated(_)) => {}
-                            Err(c) => tracing::warn!(
-                                session_id = %sid, error = %c,
-                                "could not close a session whose open was not replicated"
-                            ),
-                        }
+                        // `missing` (or `stale`) may also mean the open has not run yet: a
+                        // stalled Redis runs it after this call, on another connection. So
+                        // it is asked again, in the background, for a few seconds.
+                        let (app, cell, sid, token) =
+                            (app.clone(), cell.clone(), sid.clone(), self.token.clone());
+                        tokio::spawn(async move {
+                            let until = tokio::time::Instant::now() + CLOSE_LOST_FOR;
+                            loop {
+                                let closed = cell.store.session_close(&sid, &token).await;
+                                match routing::delivered(&app, &cell, closed) {
+                                    // (closed on the primary, as the open was)
+                                    Ok(SessionReply::Ok { .. })
+                                    | Err(StoreError::Unreplicated(_)) => return,
+                                    Ok(_) | Err(_) if tokio::time::Instant::now() >= until => {
+                                        tracing::warn!(session_id = %sid,
+                                            "could not close a session whose open's reply was lost");
+                                        return;
+                                    }
+                                    _ => {}
+                                }
+                                tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+                            }
+                        });
                     }
                     return self.store_error(&e);
                 }
@@ -386,3 +400,7 @@ fn init_ack(sid: &str, trace_id: &str, resumed: bool, resume_token: &str) -> ser
         "resume_token": resume_token,
     })
 }
+
+/// How long a connection keeps trying to close a session whose open's reply was lost
+/// (the open may run after the first try).
+const CLOSE_LOST_FOR: std::time::Duration = std::time::Duration::from_secs(5);
