@@ -39,13 +39,13 @@ async fn pool_saturation_queue_wait_and_refusals_are_exported() {
     for i in 0..3 {
         s.send(&utterance(&sid, i)).await;
     }
-    tokio::time::sleep(Duration::from_millis(200)).await;
-    let busy = metrics_text(&inst).await;
     let pool = r#"{cell="main",pool="pub:zh:en"}"#;
-    assert_eq!(
-        sample(&busy, &format!("switchyard_pool_saturation{pool}")),
-        Some(1.0)
-    );
+    // (job 0 dispatched and the gauges refreshed: waited for, not assumed within 200 ms)
+    let busy = eventually(Duration::from_secs(5), "the pool saturated", || async {
+        let text = metrics_text(&inst).await;
+        (sample(&text, &format!("switchyard_pool_saturation{pool}")) == Some(1.0)).then_some(text)
+    })
+    .await;
     assert_eq!(
         sample(&busy, &format!("switchyard_pool_capacity{pool}")),
         Some(1.0)

@@ -20,6 +20,7 @@ const CONFIGURATION: &str = include_str!("../docs/configuration.md");
 const OBSERVABILITY: &str = include_str!("../docs/observability.md");
 /// Where the instance registers its metric families (with the prefix `switchyard_`).
 const METRICS_SRC: &str = include_str!("../src/telemetry/metrics.rs");
+const POOLS_SRC: &str = include_str!("../src/telemetry/pools.rs");
 
 /// `check-config`'s effective defaults as section → key → value (top-level keys under "").
 /// Unset values (`# key: unset`) read as `unset`. Run with `auth.mode = "open"`, the one
@@ -200,12 +201,13 @@ fn families(text: &str) -> Vec<String> {
         .collect()
 }
 
-/// The names `src/telemetry/metrics.rs` registers: every family, also those a running
-/// instance shows only from their first sample (a labelled family without children).
+/// The names `src/telemetry/metrics.rs` and `pools.rs` register: every family, also those a
+/// running instance shows only from their first sample (a labelled family without children:
+/// the scrape leaves it out).
 fn registered() -> Vec<String> {
-    METRICS_SRC
-        .split(".register(")
-        .skip(1)
+    [METRICS_SRC, POOLS_SRC]
+        .iter()
+        .flat_map(|src| src.split(".register(").skip(1))
         .filter_map(|call| {
             let name = call.trim_start().strip_prefix('"')?.split('"').next()?;
             Some(format!("switchyard_{name}"))

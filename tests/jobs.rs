@@ -511,7 +511,7 @@ async fn a_queued_tenant_job_is_served_by_a_public_node_that_frees_first() {
 /// State that breaks each rule of the invariant checker once, one command a line (`~`
 /// stands for a space in a value).
 const BROKEN: &str = "
-    HSET node:n-a state ready capacity 2 reserved 2
+    HSET node:n-a state ready capacity 2 reserved 2 fleet fq
     SADD node:n-a:jobs j-1
     SADD node:n-a:pools p:x p:y
     HSET node:n-b state offline capacity 1 reserved 0
@@ -532,6 +532,11 @@ const BROKEN: &str = "
     HSET job:j-7 state CANCELLED attempt 1
     HSET job:j-8 state FAILED attempt 1 route:1 1~n-a end:1 5~failover
     HSET job:j-9 state QUEUED
+    SADD fleet:fp:nodes n-c
+    HSET session:s2 buf_bytes 5
+    SET session:s3:audio abcd
+    HSET session:s3 buf_bytes 3
+    HSET session:s4 held_cut manual
 ";
 
 /// The checker can fail: [`BROKEN`], written straight into Redis with no instance running
@@ -552,6 +557,12 @@ async fn the_invariant_checker_reports_each_broken_rule() {
         w.cmd("PEXPIRE").arg(&key).arg(86_400_000).ignore();
     }
     w.cmd("SET").arg(format!("{PREFIX}stray")).arg("x").ignore();
+    w.cmd("SET")
+        .arg("untagged")
+        .arg("x")
+        .arg("PX")
+        .arg(86_400_000)
+        .ignore();
     let () = w.query_async(&mut c).await.expect("write broken state");
 
     let mut got = invariants::violations(&mut c).await;
@@ -582,10 +593,17 @@ async fn the_invariant_checker_reports_each_broken_rule() {
         "job j-6 FAILED without end:1".into(),
         "job j-7 has no route:1".into(),
         "queued job j-9 names no queue".into(),
+        "node n-a in state ready is not counted by its fleet credential fq".into(),
+        r#"fleet credential fp counts node n-c in state Some("ready") of credential None"#.into(),
+        "session s2: buf_bytes says 5 with no audio buffered".into(),
+        "session s3 buffers 4 bytes of audio, buf_bytes says 3".into(),
+        "session s3 buffers 4 bytes of audio without a pause clock in due:audio".into(),
+        "session s4 holds a manual cut with no audio".into(),
     ]
     .into_iter()
     .map(|v| format!("[{PREFIX}] {v}"))
     .collect();
+    want.push("key untagged carries no cell hash tag".into());
     want.sort();
     assert_eq!(got, want);
     assert_eq!(

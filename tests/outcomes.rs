@@ -212,10 +212,13 @@ async fn model_not_available_marks_the_service_and_reroutes_at_once() {
         terminals(&mut s, 1, T).await[0]["text_translated"],
         "rerouted"
     );
-    // The next utterance avoids the node whose nmt is down.
-    s.send(&utterance(&sid, 1)).await;
-    let a3 = assign(&mut second).await;
-    assert_eq!(a3["utterance_index"], 1);
+    // The next utterances avoid the node whose nmt is down: three, unanswered, all on
+    // `second` as its load grows (one alone would reach it half the time by chance).
+    for i in 1..=3 {
+        s.send(&utterance(&sid, i)).await;
+        let a = assign(&mut second).await;
+        assert_eq!(a["utterance_index"], i);
+    }
     assert!(
         next_of(&mut first, "job_assign", Duration::from_millis(200))
             .await
@@ -383,8 +386,9 @@ async fn a_slow_earlier_job_holds_later_results_only_for_the_reorder_window() {
     let waited = started.elapsed();
     assert_eq!(got[0]["utterance_index"], 1);
     assert_eq!(got[0]["text_translated"], "one");
+    // (the upper bound is loose: a busy machine stretches the release, never shortens it)
     assert!(
-        waited >= Duration::from_millis(350) && waited < Duration::from_millis(1500),
+        waited >= Duration::from_millis(350) && waited < Duration::from_millis(3_000),
         "{waited:?}"
     );
     n.send(&answer(&a0, &nid, "zero")).await;

@@ -106,7 +106,12 @@ async fn admin_listen_puts_the_admin_api_and_metrics_on_their_own_address() {
         .unwrap();
     assert_eq!(r.status().as_u16(), 401, "still needs a credential there");
     let r = http.get(http_url(&inst, "/readyz")).send().await.unwrap();
-    assert_eq!(r.status().as_u16(), 200);
+    assert_eq!(
+        r.status().as_u16(),
+        200,
+        "{}",
+        r.text().await.unwrap_or_default()
+    );
 }
 
 /// Review findings: an admin token with a `tenant` or `cell` claim was given the whole

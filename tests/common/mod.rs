@@ -221,13 +221,13 @@ where
     }
 }
 
-/// The instance's `/metrics` text.
 /// The value of the sample `name{labels}` (exactly that series) in an exposition, if present.
 pub fn sample(text: &str, series: &str) -> Option<f64> {
     text.lines()
         .find_map(|l| l.strip_prefix(series)?.trim().parse().ok())
 }
 
+/// The instance's `/metrics` text.
 pub async fn metrics_text(r: &Running) -> String {
     let resp = reqwest::get(http_url(r, "/metrics"))
         .await

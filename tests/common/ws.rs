@@ -89,10 +89,13 @@ impl WsClient {
         }
     }
 
-    /// No message arrives within `d`.
+    /// No message arrives within `d`, and the connection stays open (a check of silence
+    /// must not pass because the server closed or crashed the socket).
     pub async fn expect_silence(&mut self, d: Duration) {
-        if let Ok(v) = self.next(d).await {
-            panic!("unexpected message {v}");
+        match self.next(d).await {
+            Ok(v) => panic!("unexpected message {v}"),
+            Err(Ended::Closed(code)) => panic!("the connection closed ({code:?}) instead"),
+            Err(Ended::Timeout) => {}
         }
     }
 

@@ -66,6 +66,12 @@ async fn malformed_unknown_and_oversized_frames_get_errors_and_change_nothing() 
     assert_eq!(node.expect_close().await, Some(1009));
     let m = metrics_text(&inst).await;
     assert!(m.contains("detail=\"oversized\""), "{m}");
+    // (test grace 400 ms)
+    eventually(Duration::from_secs(5), "offline after the grace", || {
+        let (mut c, id) = (c.clone(), id.clone());
+        async move { (node_hash(&mut c, &id).await["state"] == "offline").then_some(()) }
+    })
+    .await;
     invariants::check(&mut c).await;
 }
 
@@ -98,7 +104,15 @@ async fn full_lingua_frames_with_unknown_fields_are_accepted() {
     node.send(&hb).await;
     node.send(&json!({"type": "node_error", "node_id": id, "code": "GPU_OOM", "message": "oom", "details": {"x": 1}})).await;
     node.expect_silence(Duration::from_millis(300)).await;
-    let h = node_hash(&mut c, &id).await;
+    // (applied when its script has run: waited for, not assumed within the 300 ms)
+    let h = eventually(Duration::from_secs(5), "the heartbeat applied", || {
+        let (mut c, id) = (c.clone(), id.clone());
+        async move {
+            let h = node_hash(&mut c, &id).await;
+            (h.get("cpu").map(String::as_str) == Some("77.2")).then_some(h)
+        }
+    })
+    .await;
     assert_eq!(h["cpu"], "77.2");
     assert_eq!(h["gpu_queue"], "0");
     assert_eq!(

@@ -13,7 +13,9 @@ async fn playback_holds_the_pause_cut_until_it_ends() {
     // (wide margins: a loaded machine may take a few hundred ms between two frames)
     let inst = start_tweaked(&redis, |c| {
         c.session.pause_ms = 1_000;
-        c.session.playback_grace_ms = 2_000;
+        // long: were tts_play_ended to change nothing, the cut would come only 11 s after
+        // tts_started, past what the test waits for it
+        c.session.playback_grace_ms = 10_000;
     })
     .await;
     let mut c = redis.client().await;
@@ -27,7 +29,7 @@ async fn playback_holds_the_pause_cut_until_it_ends() {
     started["session_id"] = json!(sid);
     s.send(&started).await;
     // Without playback the pause cut comes within pause_ms + one sweep (~1.2 s); with it,
-    // not before pause_ms + playback_grace_ms (3 s).
+    // not before pause_ms + playback_grace_ms (11 s).
     assert!(
         next_of(&mut n, "job_assign", Duration::from_millis(2_000))
             .await
@@ -38,6 +40,7 @@ async fn playback_holds_the_pause_cut_until_it_ends() {
     ended["session_id"] = json!(sid);
     let at = Instant::now();
     s.send(&ended).await;
+    // (within T = 5 s: only tts_play_ended's restart of the pause clock brings it so soon)
     let a = next_of(&mut n, "job_assign", T)
         .await
         .expect("cut by the pause once playback ended");
