@@ -79,8 +79,13 @@ impl Drop for Instance {
 }
 
 fn spawn(redis: &str, otlp: u16) -> Instance {
+    spawn_with(redis, otlp, &[])
+}
+
+fn spawn_with(redis: &str, otlp: u16, env: &[(&str, &str)]) -> Instance {
     let port = free_port();
     let child = Command::new(env!("CARGO_BIN_EXE_switchyard"))
+        .envs(env.iter().copied())
         .env("SWITCHYARD_LISTEN", format!("127.0.0.1:{port}"))
         .env(secret_env().0, secret_env().1)
         .env("SWITCHYARD_REDIS__URL", redis)
@@ -189,4 +194,70 @@ async fn one_utterance_across_two_instances_is_one_trace_with_linked_spans() {
     }
     server.abort();
     common::invariants::check(&mut redis.client().await).await;
+}
+
+/// `telemetry.sample_ratio` thins utterance traces too: at 0, nothing of an utterance's trace
+/// is exported, by the instance of the session (ratio 0) nor by the node's (ratio 1, which
+/// follows the parent's decision carried through Redis), while that second instance still
+/// exports its own spans. Before, a client's (or a minted) trace id was always marked
+/// sampled, so the ratio never thinned session traffic (observability audit).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sample_ratio_zero_exports_no_utterance_trace() {
+    let receiver = Receiver::default();
+    let otlp = free_port();
+    let server = tonic::transport::Server::builder()
+        .add_service(TraceServiceServer::new(receiver.clone()))
+        .serve(format!("127.0.0.1:{otlp}").parse().unwrap());
+    let server = tokio::spawn(server);
+    let redis = RedisServer::start().await;
+    let a = spawn_with(
+        &redis.url(),
+        otlp,
+        &[("SWITCHYARD_TELEMETRY__SAMPLE_RATIO", "0")],
+    );
+    let b = spawn(&redis.url(), otlp);
+    for i in [&a, &b] {
+        let url = format!("http://127.0.0.1:{}/readyz", i.1);
+        eventually(Duration::from_secs(10), "instance ready", || {
+            let url = url.clone();
+            async move { (reqwest::get(&url).await.ok()?.status().as_u16() == 200).then_some(()) }
+        })
+        .await;
+    }
+    let mut node = WsClient::connect(&with_token(&format!("ws://127.0.0.1:{}/ws/node", b.1))).await;
+    let nid = node.register_id(fixture("node_register_first"), None).await;
+    let (mut s, sid) = open_session(
+        &with_token(&format!("ws://127.0.0.1:{}/ws/session", a.1)),
+        fixture("session_init_one_way"),
+    )
+    .await;
+    let u = utterance(&sid, 0);
+    let trace_id = u["trace_id"].as_str().unwrap().to_string();
+    s.send(&u).await;
+    let assign = node.recv_type("job_assign").await;
+    let mut r = result_for(&assign, "untraced");
+    r["node_id"] = json!(nid);
+    node.send(&r).await;
+    s.recv_type("translation_result").await;
+    // B's own spans (its node's registration) arrive: the exporter works ...
+    eventually(Duration::from_secs(10), "B exports its own spans", || {
+        let got = receiver.0.lock().unwrap().clone();
+        async move {
+            got.iter()
+                .any(|g| g.name == "node.node_register")
+                .then_some(())
+        }
+    })
+    .await;
+    // ... and after two more export periods, nothing of the utterance's trace came.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let got = receiver.0.lock().unwrap().clone();
+    let mine: Vec<&str> = got
+        .iter()
+        .filter(|g| g.trace == trace_id)
+        .map(|g| g.name.as_str())
+        .collect();
+    assert!(mine.is_empty(), "exported at ratio 0: {mine:?}");
+    drop((a, b));
+    server.abort();
 }

@@ -195,6 +195,8 @@ pub fn parent_from(tp: &str) -> Option<Context> {
 
 /// A remote parent that makes a new span's trace id the client's 32-hex `trace_id` (the
 /// lingua clients send one), so an operator finds the utterance by the id the client logs.
+/// Marked sampled by `telemetry.sample_ratio` decided on the trace id itself ([`sampled`]):
+/// every span of the trace, on every instance, gets the same answer.
 pub fn parent_from_trace_id(trace_id: &str) -> Option<Context> {
     if trace_id.len() != 32 {
         return None;
@@ -203,14 +205,26 @@ pub fn parent_from_trace_id(trace_id: &str) -> Option<Context> {
         .ok()
         .filter(|t| *t != TraceId::INVALID)?;
     let span = SpanId::from_bytes(rand::random::<u64>().max(1).to_be_bytes());
-    let sc = SpanContext::new(
-        trace,
-        span,
-        TraceFlags::SAMPLED,
-        true,
-        TraceState::default(),
-    );
+    let flags = if sampled(trace) {
+        TraceFlags::SAMPLED
+    } else {
+        TraceFlags::default()
+    };
+    let sc = SpanContext::new(trace, span, flags, true, TraceState::default());
     Some(Context::new().with_remote_span_context(sc))
+}
+
+/// Is trace `t` within `telemetry.sample_ratio`? As OpenTelemetry's trace-id ratio sampler
+/// decides: the id's low 63 bits below ratio × 2^63 (a session's minted id and a client's
+/// alike, so the ratio thins utterance traces too).
+fn sampled(t: TraceId) -> bool {
+    let ratio = SAMPLE_RATIO.get().copied().unwrap_or(1.0);
+    if ratio >= 1.0 {
+        return true;
+    }
+    let b = t.to_bytes();
+    let low = u64::from_be_bytes([b[8], b[9], b[10], b[11], b[12], b[13], b[14], b[15]]) >> 1;
+    (low as f64) < ratio * (1u64 << 63) as f64
 }
 
 /// Attach `parent` (when there is one) to `span`.
