@@ -95,3 +95,37 @@ async fn pool_saturation_queue_wait_and_refusals_are_exported() {
     node.stop();
     invariants::check(&mut redis.client().await).await;
 }
+
+/// A tenant's job that a public node serves counts its queue wait under the public pool it
+/// was served from, not under the tenant's pool it named first (which had no node: the
+/// series named a pool that does not exist, and the KEDA example's pub:zh:en never saw the
+/// tenant's traffic waiting for public capacity). Observability audit.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn queue_wait_is_counted_under_the_pool_that_served_the_job() {
+    let redis = RedisServer::start().await;
+    let inst = start_instance(&redis).await;
+    let node = AutoNode::start(
+        &ws_url(&inst, "/ws/node"),
+        fixture("node_register_first"),
+        Duration::ZERO,
+    )
+    .await;
+    let t = token(&[Scope::Session], None, Some("acme"));
+    let (mut s, sid) = open_session(
+        &with_given_token(&bare_ws_url(&inst, "/ws/session"), &t),
+        fixture("session_init_one_way"),
+    )
+    .await;
+    s.send(&utterance(&sid, 0)).await;
+    assert_eq!(terminals(&mut s, 1, Duration::from_secs(5)).await.len(), 1);
+    let text = metrics_text(&inst).await;
+    let series = |pool: &str| {
+        format!(r#"switchyard_pool_queue_wait_seconds{{cell="main",pool="{pool}",quantile="0.5"}}"#)
+    };
+    assert!(sample(&text, &series("pub:zh:en")).is_some(), "{text}");
+    assert!(
+        !text.contains("pool=\"tenant:acme:"),
+        "a series for the tenant's pool, which has no node: {text}"
+    );
+    assert_eq!(node.jobs(), 1);
+}

@@ -135,7 +135,19 @@ local function assign(jid, job, nid, why, compact)
   job.state, job.node, job.attempt, job.dispatched_at = 'DISPATCHED', nid, attempt, NOWS
   count('dispatched')
   LAT.dispatch[#LAT.dispatch + 1] = math.max(0, NOW - (job.created_at or NOW))
-  LAT.pool[#LAT.pool + 1] = string.match(job.pools or '', '^[^,|]+') or ''
+  -- The pool the job is served from: its first candidate pool the node is in (a tenant's
+  -- job a public node takes counts under the public pool, not the tenant's).
+  local served = string.match(job.pools or '', '^[^,|]+') or ''
+  if string.find(job.pools or '', ',', 1, true) then
+    for entry in string.gmatch(job.pools, '[^,]+') do
+      local p = split_entry(entry)
+      if redis.call('SISMEMBER', P .. 'pool:' .. p, nid) == 1 then
+        served = p
+        break
+      end
+    end
+  end
+  LAT.pool[#LAT.pool + 1] = served
   local sk = session_key(job.session)
   -- (a fresh job's session is the one that created it; a later attempt's may be gone, or
   -- another lifetime under the same id: job_session, one lookup deliver reuses)
