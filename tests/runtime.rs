@@ -109,3 +109,42 @@ async fn a_peers_oversized_ids_do_not_reach_span_fields_or_log_lines() {
     assert!(line.contains("<invalid>"), "{line}");
     inst.terminate(0);
 }
+
+/// One node repeating `node_error` at its frame rate wrote one warn line per frame (up to
+/// ~1 MB/s per node at the default 1,000 frames/s). Now a connection writes 10 a minute,
+/// and the next one let through says how many were held back; the metric counts them all
+/// (observability audit).
+#[tokio::test]
+async fn a_node_repeating_node_error_does_not_flood_the_log() {
+    let redis = RedisServer::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let env = vec![("SWITCHYARD_LOG__FORMAT", "text")];
+    let mut inst = Instances::new(1, redis.url(), dir.path(), env);
+    inst.spawn(0);
+    inst.wait_ready(0).await;
+    let url = with_token(&format!("ws://127.0.0.1:{}/ws/node", inst.ports[0]));
+    let mut n = WsClient::connect(&url).await;
+    n.register_id(fixture("node_register_first"), None).await;
+    for _ in 0..300 {
+        n.send(&json!({"type": "node_error", "code": "NO_GPU_AVAILABLE", "message": "oom"}))
+            .await;
+    }
+    let url = format!("http://127.0.0.1:{}/metrics", inst.ports[0]);
+    common::eventually(
+        std::time::Duration::from_secs(5),
+        "every node_error counted",
+        || {
+            let url = url.clone();
+            async move {
+                let text = reqwest::get(&url).await.ok()?.text().await.ok()?;
+                text.contains(r#"switchyard_node_errors_total{detail="NO_GPU_AVAILABLE"} 300"#)
+                    .then_some(())
+            }
+        },
+    )
+    .await;
+    let log = std::fs::read_to_string(dir.path().join("instance-0-1.log")).expect("log");
+    let lines = log.lines().filter(|l| l.contains("node_error")).count();
+    assert_eq!(lines, 10, "{log}");
+    inst.terminate(0);
+}

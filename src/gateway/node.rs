@@ -42,6 +42,10 @@ pub async fn upgrade(
             reg: None,
             done: false,
             caps_pace: Default::default(),
+            error_log: crate::telemetry::budget::LogBudget::new(
+                10,
+                std::time::Duration::from_secs(60),
+            ),
         }
     })
 }
@@ -89,6 +93,8 @@ pub(super) struct NodeConn {
     pub(super) done: bool,
     /// How often its heartbeats may change its capabilities.
     pub(super) caps_pace: super::node_caps::CapsPace,
+    /// Its `node_error` log lines: 10 a minute, the rest counted (the metric has them all).
+    pub(super) error_log: crate::telemetry::budget::LogBudget,
 }
 
 impl std::ops::Deref for NodeConn {
@@ -221,8 +227,10 @@ impl NodeConn {
                 // Bounded and escaped: a node's words must not flood the log or forge lines.
                 let (logged_code, message) =
                     crate::protocol::bounds::node_error_text(&code, &e.message);
-                tracing::warn!(node_id = node, code = %logged_code.escape_debug(),
-                    node_message = %message.escape_debug(), "node_error");
+                if let Some(held) = self.error_log.take() {
+                    tracing::warn!(node_id = node, code = %logged_code.escape_debug(),
+                        node_message = %message.escape_debug(), held_back = held, "node_error");
+                }
                 let detail = crate::telemetry::metrics::Detail {
                     detail: crate::telemetry::metrics::known_code(&code)
                         .to_string()

@@ -57,7 +57,15 @@ impl NodeConn {
     /// A fenced-off message: counted, reported to the node, nothing changed.
     fn stale(&self, what: &str, job_id: &str, reason: &str) {
         self.app.metrics.stale(KIND);
-        tracing::info!(job_id, reason, what, "stale message rejected");
+        if let Some(held) = self.error_log.take() {
+            tracing::info!(
+                job_id,
+                reason,
+                what,
+                held_back = held,
+                "stale message rejected"
+            );
+        }
         self.error(
             ErrorCode::InvalidMessage,
             format!("{what} for {job_id} rejected: {reason}"),

@@ -77,6 +77,13 @@ pub struct Store {
     reloaded: tokio::sync::Mutex<Option<std::time::Instant>>,
     /// `redis.allow_eviction`: ready even when Redis may evict keys (memory.rs).
     allow_eviction: bool,
+    /// Its "script call failed" log lines: 10 a second (an outage fails every call).
+    failure_log: crate::telemetry::budget::LogBudget,
+}
+
+/// A store's budget of "script call failed" lines.
+fn failure_log() -> crate::telemetry::budget::LogBudget {
+    crate::telemetry::budget::LogBudget::new(10, std::time::Duration::from_secs(1))
 }
 
 impl Store {
@@ -98,6 +105,7 @@ impl Store {
             series: Arc::new(ScriptSeries::new()),
             reloaded: Default::default(),
             allow_eviction: cfg.redis.allow_eviction,
+            failure_log: failure_log(),
         })
     }
 
@@ -116,6 +124,7 @@ impl Store {
             series: Arc::new(ScriptSeries::new()),
             reloaded: Default::default(),
             allow_eviction: self.allow_eviction,
+            failure_log: failure_log(),
         }
     }
 
@@ -336,7 +345,12 @@ impl Store {
                 m.record_events(&self.cell, &u.output.events);
                 tracing::warn!(script = name, error = %u.message, "script change not known to be replicated");
             }
-            Err(e) => tracing::warn!(script = name, error = %e, "script call failed"),
+            // (an outage fails every call: 10 lines a second per cell, the rest counted)
+            Err(e) => {
+                if let Some(held) = self.failure_log.take() {
+                    tracing::warn!(script = name, error = %e, held_back = held, "script call failed");
+                }
+            }
         }
         result
     }

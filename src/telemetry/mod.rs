@@ -6,6 +6,7 @@
 //! arguments, job records, inbox envelopes), so the spans of one utterance on several
 //! instances form one trace; [`traceparent`] and [`parent_from`] convert both ways.
 
+pub mod budget;
 mod labels;
 pub mod metrics;
 pub mod pools;
