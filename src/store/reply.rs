@@ -168,7 +168,8 @@ fn hex_head(packed: &[u8]) -> String {
 #[derive(Debug, Default)]
 pub struct Events {
     /// `submitted`, `dispatched`, `queued`, `failover`, `finished`, `acked`, `started`,
-    /// `queue_timeout`, `missing_result`, `failed:<CODE>`, `cut_skipped:empty|too_short`
+    /// `queue_timeout`, `missing_result`, `failed:<CODE>`, `cut_skipped:empty|too_short`,
+    /// `body_missing` (a delivery, not a transition)
     /// → count.
     pub ev: BTreeMap<String, u64>,
     pub lat: Latencies,

@@ -255,3 +255,24 @@ mod tests {
         assert!(parent_from_trace_id("not-hex").is_none());
     }
 }
+
+#[cfg(test)]
+mod record_tests {
+    /// Observability audit: `body_missing` (a logged result whose body was gone) landed in
+    /// `switchyard_jobs_total`, whose events are job transitions; it is a delivery outcome.
+    #[test]
+    fn a_missing_body_is_a_delivery_outcome_not_a_job_event() {
+        let m = super::metrics::Metrics::new();
+        let mut e = crate::store::Events::default();
+        e.ev.insert("body_missing".into(), 2);
+        e.ev.insert("finished".into(), 1);
+        m.record_events("main", &e);
+        let text = m.encode();
+        assert!(
+            text.contains(r#"switchyard_deliveries_total{kind="session",detail="body_missing"} 2"#),
+            "{text}"
+        );
+        assert!(!text.contains(r#"event="body_missing""#), "{text}");
+        assert!(text.contains(r#"event="finished""#), "{text}");
+    }
+}

@@ -64,6 +64,10 @@ impl Metrics {
                 _ if name == "missing_result" => {
                     self.missing_results.inc_by(*n);
                 }
+                // (not a job transition: a logged result whose body was gone, not sent)
+                _ if name == "body_missing" => {
+                    self.delivery_counter("session", "body_missing").inc_by(*n);
+                }
                 _ => {
                     self.jobs
                         .get_or_create(&EventLabels {
