@@ -394,3 +394,61 @@ async fn results_a_full_send_queue_refused_still_reach_a_slow_reader_once() {
     let mut c = redis.client().await;
     invariants::check(&mut c).await;
 }
+
+/// A logged result whose body (its TTS audio) is gone when it is delivered (evicted, or
+/// kept past its TTL) was dropped after taking its number: the connection then held every
+/// later result for the gap (`order_gap_ms`, here made long), and the client never heard
+/// of that index. Now the index gets an `error` in its place, at once (resume audit).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_result_whose_body_is_gone_is_replaced_by_an_error_not_a_gap() {
+    let redis = RedisServer::start().await;
+    let inst = start_tweaked(&redis, |c| {
+        c.session.reorder_window_ms = 3_000;
+        c.session.order_gap_ms = 10_000;
+    })
+    .await;
+    let mut c = redis.client().await;
+    let (mut n, nid) = node_on(&inst, None).await;
+    let (mut s, sid) = session_on(&inst).await;
+    s.send(&utterance(&sid, 0)).await;
+    s.send(&utterance(&sid, 1)).await;
+    let (a0, a1) = (assign(&mut n).await, assign(&mut n).await);
+    let (a0, a1) = if a0["utterance_index"] == 0 {
+        (a0, a1)
+    } else {
+        (a1, a0)
+    };
+    // index 1 first (held for index 0), with a body logged apart; the body then goes
+    n.send(&answer_with_tts(&a1, &nid, "one", 8_000)).await;
+    let body = format!("{PREFIX}session:{sid}:body:1");
+    eventually(T, "index 1 logged with its body", || {
+        let (mut c, body) = (c.clone(), body.clone());
+        async move { c.exists::<_, bool>(&body).await.ok()?.then_some(()) }
+    })
+    .await;
+    let _: () = c.del(&body).await.unwrap();
+    n.send(&answer(&a0, &nid, "zero")).await;
+    s.send(&utterance(&sid, 2)).await;
+    let a2 = assign(&mut n).await;
+    n.send(&answer(&a2, &nid, "two")).await;
+    let got = terminals(&mut s, 3, Duration::from_secs(3)).await;
+    let seen: Vec<(u64, &str)> = got
+        .iter()
+        .map(|v| {
+            (
+                v["utterance_index"].as_u64().unwrap_or(u64::MAX),
+                v["type"].as_str().unwrap_or(""),
+            )
+        })
+        .collect();
+    assert_eq!(
+        seen,
+        [
+            (0, "translation_result"),
+            (1, "error"),
+            (2, "translation_result")
+        ],
+        "{got:?}"
+    );
+    invariants::check(&mut c).await;
+}

@@ -104,6 +104,21 @@ local function listed(info, owner)
   return info.alive == true
 end
 
+-- body_gone(sid, header): the terminal message for a logged result whose body is gone: an
+-- `error` naming its index (nil if the header names none), which also takes the entry's
+-- place in the result log (a resume resends it, not a header without its body). The inbox
+-- consumer writes the same when it finds the body gone (routing/inbox.rs `body_gone`).
+local function body_gone(sid, header)
+  local idx = tonumber(string.match(header, '"utterance_index":(%d+)'))
+  if not idx then return nil end
+  local m = cjson.encode({type = 'error', code = 'INTERNAL_ERROR', session_id = sid,
+    message = 'the result of this utterance expired before it could be delivered',
+    utterance_index = idx, details = {utterance_index = idx}})
+  local rk = session_key(sid) .. ':results'
+  if redis.call('HEXISTS', rk, idx) == 1 then redis.call('HSET', rk, idx, m) end
+  return m
+end
+
 local function deliver(kind, id, msg, audio, seq, tp, job, own, tail)
   tp = tp or TP
   local info = owner_of(kind, id)
@@ -125,10 +140,17 @@ local function deliver(kind, id, msg, audio, seq, tp, job, own, tail)
       town = '1'
     elseif tail then
       local body = redis.call('GET', tail.key)
-      -- never a message cut after its header (the log outlived its body: a bug)
-      if not body then count('body_missing') return end
-      BLOBS[#BLOBS + 1] = body
-      t = #BLOBS
+      if body then
+        BLOBS[#BLOBS + 1] = body
+        t = #BLOBS
+      else
+        -- never a message cut after its header: the log outlived its body (evicted, or
+        -- held past its TTL). The index still gets a terminal message, so the number it
+        -- holds is no gap the connection would wait on (body_gone)
+        count('body_missing')
+        msg = body_gone(id, msg)
+        if not msg then return end
+      end
     end
     BLOBS[#BLOBS + 1] = msg
     OUT[#OUT + 1] = {k = kind, id = id, owner = owner, conn = info[2], m = #BLOBS, blob = blob,

@@ -263,6 +263,19 @@ pub fn valid_id(id: &str) -> bool {
             .all(|c| c.is_ascii_alphanumeric() || "_.-".contains(c))
 }
 
+/// The utterance index a terminal message names: its first `"utterance_index":` member.
+/// Scripts write it before anything a node sent (the header of a `translation_result`), and
+/// a quote inside a JSON string is escaped, so the first match is the message's own.
+pub fn index_of(text: &str) -> Option<u64> {
+    const KEY: &str = "\"utterance_index\":";
+    let at = text.find(KEY)? + KEY.len();
+    let rest = text.get(at..)?.trim_start();
+    let end = rest
+        .find(|c: char| !c.is_ascii_digit())
+        .unwrap_or(rest.len());
+    rest.get(..end)?.parse().ok()
+}
+
 /// `v` as a span or log field: itself when it is a valid id ([`valid_id`]), else a
 /// placeholder. Spans are made before a frame's fields are validated, and a peer's 4 MiB
 /// `trace_id` must not become a span attribute (exported, kept in the batch queue) or the

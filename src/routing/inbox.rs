@@ -321,7 +321,12 @@ fn message(fields: &Fields, tails: &Tails) -> Result<Option<(Envelope, String)>,
     let msg = std::mem::take(&mut env.msg);
     let msg = match fields.get("tail_key").map(|k| tails.get(k.as_slice())) {
         None => msg,
-        Some(None) => return Ok(None),
+        // The log outlived the body (evicted, or held past its TTL): the index still gets a
+        // terminal message, so its number is no gap the connection waits on.
+        Some(None) => match body_gone(&env.id, &msg) {
+            Some(m) => m,
+            None => return Ok(None),
+        },
         Some(Some(Body::Text(t))) => match std::str::from_utf8(t) {
             Ok(t) => super::joined(msg, Some(t)),
             Err(_) => return Err("body is not UTF-8 text".into()),
@@ -329,6 +334,18 @@ fn message(fields: &Fields, tails: &Tails) -> Result<Option<(Envelope, String)>,
         Some(Some(Body::Bad(why))) => return Err(why.clone()),
     };
     Ok(Some((env, msg)))
+}
+
+/// The terminal message of a logged result whose body is gone: an `error` naming its index
+/// (as deliver.lua's `body_gone`), or `None` if the header names no index.
+fn body_gone(sid: &str, header: &str) -> Option<String> {
+    let idx = crate::protocol::index_of(header)?;
+    Some(
+        serde_json::json!({"type": "error", "code": "INTERNAL_ERROR", "session_id": sid,
+            "message": "the result of this utterance expired before it could be delivered",
+            "utterance_index": idx, "details": {"utterance_index": idx}})
+        .to_string(),
+    )
 }
 
 /// A body an entry names: its bytes, or why its key cannot be read as a body.

@@ -66,18 +66,7 @@ impl Written {
     }
 }
 
-/// The utterance index a terminal message names: its first `"utterance_index":` member.
-/// Scripts write it before anything a node sent (the header of a `translation_result`), and
-/// a quote inside a JSON string is escaped, so the first match is the message's own.
-pub fn index_of(text: &str) -> Option<u64> {
-    const KEY: &str = "\"utterance_index\":";
-    let at = text.find(KEY)? + KEY.len();
-    let rest = text.get(at..)?.trim_start();
-    let end = rest
-        .find(|c: char| !c.is_ascii_digit())
-        .unwrap_or(rest.len());
-    rest.get(..end)?.parse().ok()
-}
+pub use crate::protocol::index_of;
 
 impl Order {
     /// Messages ready to write, in order.
