@@ -770,7 +770,9 @@ impl Cell {
         let s = via as usize % INSTANCES;
         let token = self.inst[s].token();
         let c = &self.clients.sessions[k];
-        let last = c.got.keys().next_back().map_or(-1, |i| *i as i64);
+        // the contiguous prefix it holds (docs/protocol.md): after a reorder window released
+        // later indices first, the highest one received would lose the earlier one
+        let last = (0..).take_while(|i| c.got.contains_key(i)).count() as i64 - 1;
         let sid = c.id.clone();
         let out = self.inst[s]
             .store
@@ -783,6 +785,11 @@ impl Cell {
             c.seq = next_seq;
             c.held.clear();
             (c.chunk, c.chunk_cut) = (0, false);
+            c.resent_ok = c
+                .got
+                .range(((last + 1) as u64)..)
+                .map(|(i, _)| *i)
+                .collect();
         }
         self.clients.take(s, &out);
         Ok(())

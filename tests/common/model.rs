@@ -89,6 +89,10 @@ pub struct SessionClient {
     /// numbers from 1), and whether that chunk cut.
     pub chunk: u64,
     pub chunk_cut: bool,
+    /// Indices above the `last_received_index` of its last resume that it had already got:
+    /// the resume resends them (docs/protocol.md: the contiguous prefix), and the client
+    /// drops that one copy by its index.
+    pub resent_ok: BTreeSet<u64>,
 }
 
 impl SessionClient {
@@ -109,6 +113,9 @@ impl SessionClient {
         bad: &mut Vec<String>,
     ) {
         let (step, started) = at;
+        if self.resent_ok.remove(&idx) {
+            return; // a resume's resend of what the client had: dropped by its index
+        }
         // (a gap's missing_result is for an index never sent; a result or error is not)
         if ty != "missing_result" && !self.submitted.contains_key(&idx) {
             if self.streams {
