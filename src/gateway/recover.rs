@@ -198,8 +198,10 @@ async fn read(app: &App, sid: &str, conn: &LocalConn, below: u64) -> Option<LogT
             return None;
         }
         // (an attempt is bounded too: a connection that cannot be made may take long)
-        let attempt =
-            tokio::time::timeout_at(deadline, conn.cell.store.result_log_tail(sid, below));
+        let attempt = tokio::time::timeout_at(
+            deadline,
+            conn.cell.store.result_log_tail(sid, &conn.token, below),
+        );
         match attempt.await {
             Ok(Ok(tail)) => return tail,
             Err(_) => {

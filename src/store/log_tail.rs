@@ -42,10 +42,12 @@ impl Store {
     /// The delivered results of session `sid` from `below` indices below its cursor (at
     /// least [`BELOW_CURSOR`]; or the lowest of its [`RECENT`] most recently settled, if
     /// lower) to [`FROM_CURSOR`] indices after it, at most [`SPAN`], with its `out_seq`;
-    /// `None` when the session is gone.
+    /// `None` when the session is gone, or no longer bound to connection `conn` (a resume
+    /// moved it elsewhere: what settles after that is the new connection's).
     pub async fn result_log_tail(
         &self,
         sid: &str,
+        conn_token: &str,
         below: u64,
     ) -> Result<Option<LogTail>, StoreError> {
         let mut conn = self.conn().await?;
@@ -77,8 +79,12 @@ impl Store {
         let idx: Vec<u64> = (lo..hi).collect();
         // The cursor moves on, the log only grows near it: the window read first is good,
         // and `out_seq` is read with the entries (what it numbers is in them).
-        let (out_seq, msgs, pending): (Option<u64>, Vec<Option<String>>, Vec<u64>) = redis::pipe()
+        type Read = (Option<String>, Option<u64>, Vec<Option<String>>, Vec<u64>);
+        let (bound, out_seq, msgs, pending): Read = redis::pipe()
             .atomic()
+            .cmd("HGET")
+            .arg(&sk)
+            .arg("conn")
             .cmd("HGET")
             .arg(&sk)
             .arg("out_seq")
@@ -92,6 +98,9 @@ impl Store {
             .query_async(&mut conn)
             .await
             .map_err(read_err)?;
+        if bound.as_deref() != Some(conn_token) {
+            return Ok(None);
+        }
         let mut results: Vec<(u64, String)> = idx
             .into_iter()
             .zip(msgs)

@@ -278,8 +278,22 @@ async fn the_log_tail_holds_the_delivered_results_and_out_seq() {
             .is_some_and(|a| a.len() > 8 * 1024)
     );
     let store = &a.app.cells.get("main").expect("cell main").store;
+    let bound: String = c
+        .hget(format!("{PREFIX}session:{sid}"), "conn")
+        .await
+        .unwrap();
+    let below = switchyard::store::log_tail::BELOW_CURSOR;
+    // (resume audit: a connection the session moved away from reads nothing of its log)
+    assert!(
+        store
+            .result_log_tail(&sid, "i-other/1", below)
+            .await
+            .expect("read")
+            .is_none(),
+        "read by a connection the session is not bound to"
+    );
     let tail = store
-        .result_log_tail(&sid, switchyard::store::log_tail::BELOW_CURSOR)
+        .result_log_tail(&sid, &bound, below)
         .await
         .expect("read")
         .expect("the session exists");
@@ -293,7 +307,7 @@ async fn the_log_tail_holds_the_delivered_results_and_out_seq() {
     }
     assert!(
         store
-            .result_log_tail("s-NOSUCH00", switchyard::store::log_tail::BELOW_CURSOR)
+            .result_log_tail("s-NOSUCH00", &bound, below)
             .await
             .expect("read")
             .is_none()
