@@ -272,10 +272,14 @@ impl SessionConn {
         // session held by another local connection keeps its binding, and receives its
         // results, until the script gives the session to this one (`accept`); anything but
         // a resume removes only this connection's binding (`refuse`).
+        // Text messages (asr_partial, ui_event) the binding draws wait until the ack has
+        // gone out, or until the resume is refused (resume audit: they came first).
+        self.send(Outbound::Hold);
         let floor = app.conns.bind(Kind::Session, sid, self.local(&cell));
         let refuse = || {
             app.conns
-                .refuse(Kind::Session, cell.name(), sid, &self.token)
+                .refuse(Kind::Session, cell.name(), sid, &self.token);
+            self.send(Outbound::Unhold);
         };
         let hash = resume_hash(proof);
         let out = match cell
@@ -333,6 +337,7 @@ impl SessionConn {
         );
         if matches!(accepted, Accepted::Superseded) {
             tracing::info!(session_id = sid, epoch, "resume overtaken by a later one");
+            self.send(Outbound::Unhold);
             routing::deliver(&app, &cell, out);
             return Ok(Resumed::Superseded);
         }
@@ -345,7 +350,10 @@ impl SessionConn {
             ..s.clone()
         }));
         self.trace_id = Some(trace_id.to_string());
-        self.send_json(&init_ack(sid, trace_id, true, proof));
+        // the ack, then what was held
+        self.send(Outbound::First(
+            init_ack(sid, trace_id, true, proof).to_string(),
+        ));
         // The client has every index up to `last`: a recovery writes none of them again.
         if let Some(first) = last.checked_add(1).and_then(|n| u64::try_from(n).ok()) {
             self.send(Outbound::FirstIndex(first));
