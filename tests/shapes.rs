@@ -317,3 +317,39 @@ async fn a_submit_whose_staged_audio_is_missing_fails_before_writing_anything() 
     keys_after.sort();
     assert_eq!(keys_before, keys_after, "a key was written or removed");
 }
+
+/// One node in 4,160 pools made five pool series each on every instance's /metrics
+/// (~20,000, all replaced when its languages change). A cell exports at most 1,000 pools by
+/// name, the others summed under `pool="other"` (observability audit).
+#[tokio::test]
+async fn a_node_in_thousands_of_pools_does_not_make_thousands_of_series() {
+    let redis = RedisServer::start().await;
+    let inst = start_instance(&redis).await;
+    let langs: Vec<String> = (0..64).map(|i| format!("l{i:02}")).collect();
+    let mut node = WsClient::connect(&ws_url(&inst, "/ws/node")).await;
+    let mut frame = fixture("node_register_first");
+    frame["language_capabilities"] =
+        json!({"asr_languages": langs, "semantic_languages": langs, "tts_languages": langs});
+    node.register_id(frame, None).await;
+    let text = metrics_text(&inst).await;
+    let series = |family: &str| {
+        text.lines()
+            .filter(|l| l.starts_with(&format!("{family}{{")))
+            .count()
+    };
+    for family in [
+        "switchyard_pool_nodes",
+        "switchyard_queue_depth",
+        "switchyard_pool_capacity",
+        "switchyard_pool_saturation",
+        "switchyard_pool_reserved",
+    ] {
+        assert_eq!(series(family), 1_000, "{family}");
+    }
+    let other = r#"switchyard_pool_nodes{cell="main",pool="other"}"#;
+    assert_eq!(
+        sample(&text, other),
+        Some((64.0 * 64.0 + 64.0) - 999.0),
+        "{other}"
+    );
+}

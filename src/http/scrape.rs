@@ -169,5 +169,42 @@ async fn read(app: &App, cell: &Cell) -> Reading {
             })
             .collect(),
     );
+    cap_pools(&mut r);
     r
 }
+
+/// Pools a cell exports series of its own for; the rest are summed under `pool="other"`.
+/// A node may be in 4,160 pools named by languages of its choosing: without a bound one
+/// node made ~20,000 series on every instance, all replaced at each capability change.
+pub const MAX_POOL_SERIES: usize = 1_000;
+
+/// Keep the busiest [`MAX_POOL_SERIES`] − 1 pools of `r` (deepest queue, then most
+/// members, then by name) and sum the others into `other` (queue depth, members, and
+/// reserved / capacity).
+fn cap_pools(r: &mut Reading) {
+    let Some(pools) = r.pools.as_mut() else {
+        return;
+    };
+    if pools.len() <= MAX_POOL_SERIES {
+        return;
+    }
+    pools.sort_by(|a, b| b.2.cmp(&a.2).then(b.1.cmp(&a.1)).then(a.0.cmp(&b.0)));
+    let rest = pools.split_off(MAX_POOL_SERIES - 1);
+    let (members, depth) = rest.iter().fold((0, 0), |(m, d), p| (m + p.1, d + p.2));
+    let kept: std::collections::BTreeSet<String> = pools.iter().map(|p| p.0.clone()).collect();
+    pools.push((OTHER.into(), members, depth));
+    if let Some(capacity) = r.capacity.as_mut() {
+        let mut other = (0, 0);
+        capacity.retain(|pool, (reserved, cap)| {
+            let keep = kept.contains(pool);
+            if !keep {
+                other = (other.0 + *reserved, other.1 + *cap);
+            }
+            keep
+        });
+        capacity.insert(OTHER.into(), other);
+    }
+}
+
+/// The `pool` label of the pools past [`MAX_POOL_SERIES`] (no pool name lacks a `:`).
+const OTHER: &str = "other";
