@@ -276,6 +276,16 @@ pub fn index_of(text: &str) -> Option<u64> {
     rest.get(..end)?.parse().ok()
 }
 
+/// The terminal message of a logged result whose body (its TTS audio, kept apart from the
+/// log) is gone: an `error` naming index `idx` of session `sid`, sent in its place so the
+/// index still gets one terminal message (deliver.lua's `body_gone` writes the same).
+pub fn expired_result(sid: &str, idx: u64) -> String {
+    serde_json::json!({"type": "error", "code": "INTERNAL_ERROR", "session_id": sid,
+        "message": "the result of this utterance expired before it could be delivered",
+        "utterance_index": idx, "details": {"utterance_index": idx}})
+    .to_string()
+}
+
 /// `v` as a span or log field: itself when it is a valid id ([`valid_id`]), else a
 /// placeholder. Spans are made before a frame's fields are validated, and a peer's 4 MiB
 /// `trace_id` must not become a span attribute (exported, kept in the batch queue) or the

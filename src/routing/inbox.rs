@@ -323,7 +323,9 @@ fn message(fields: &Fields, tails: &Tails) -> Result<Option<(Envelope, String)>,
         None => msg,
         // The log outlived the body (evicted, or held past its TTL): the index still gets a
         // terminal message, so its number is no gap the connection waits on.
-        Some(None) => match body_gone(&env.id, &msg) {
+        Some(None) => match crate::protocol::index_of(&msg)
+            .map(|i| crate::protocol::expired_result(&env.id, i))
+        {
             Some(m) => m,
             None => return Ok(None),
         },
@@ -334,18 +336,6 @@ fn message(fields: &Fields, tails: &Tails) -> Result<Option<(Envelope, String)>,
         Some(Some(Body::Bad(why))) => return Err(why.clone()),
     };
     Ok(Some((env, msg)))
-}
-
-/// The terminal message of a logged result whose body is gone: an `error` naming its index
-/// (as deliver.lua's `body_gone`), or `None` if the header names no index.
-fn body_gone(sid: &str, header: &str) -> Option<String> {
-    let idx = crate::protocol::index_of(header)?;
-    Some(
-        serde_json::json!({"type": "error", "code": "INTERNAL_ERROR", "session_id": sid,
-            "message": "the result of this utterance expired before it could be delivered",
-            "utterance_index": idx, "details": {"utterance_index": idx}})
-        .to_string(),
-    )
 }
 
 /// A body an entry names: its bytes, or why its key cannot be read as a body.

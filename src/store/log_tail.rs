@@ -107,9 +107,12 @@ impl Store {
             .filter(|(i, _)| !pending.contains(i))
             .filter_map(|(i, m)| m.map(|m| (i, m)))
             .collect();
-        // (never a message cut after its header: the log outlived its body)
+        // (never a message cut after its header: the log outlived its body; its index gets
+        // the error a delivery sends in its place, not nothing)
         let gone = self.join_bodies(&mut conn, sid, &mut results).await?;
-        results.retain(|(i, _)| !gone.contains(i));
+        for (i, m) in results.iter_mut().filter(|(i, _)| gone.contains(i)) {
+            *m = crate::protocol::expired_result(sid, *i);
+        }
         Ok(Some(LogTail {
             out_seq: out_seq.unwrap_or(0),
             results,

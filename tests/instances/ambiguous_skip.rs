@@ -305,6 +305,34 @@ async fn the_log_tail_holds_the_delivered_results_and_out_seq() {
         assert_eq!(logged["text_translated"], sent["text_translated"]);
         assert_eq!(logged["tts_audio"], sent["tts_audio"]);
     }
+    // (review finding: a body gone left its index out of the read, so a recovery skipped
+    // it for good; it now reads as the error a delivery sends in its place)
+    let _: () = c
+        .del(format!("{PREFIX}session:{sid}:body:1"))
+        .await
+        .unwrap();
+    let tail = store
+        .result_log_tail(&sid, &bound, below)
+        .await
+        .expect("read")
+        .expect("the session exists");
+    let read: Vec<(u64, serde_json::Value)> = tail
+        .results
+        .iter()
+        .map(|(i, m)| (*i, serde_json::from_str(m).expect("JSON")))
+        .collect();
+    assert_eq!(read.len(), 2, "{read:?}");
+    assert_eq!((read[1].0, &read[1].1["type"]), (1, &json!("error")));
+    assert_eq!(read[1].1["utterance_index"], 1);
+    // (the log entry as a script's delivery leaves it: the error in its place)
+    let _: () = c
+        .hset(
+            format!("{PREFIX}session:{sid}:results"),
+            1,
+            &tail.results[1].1,
+        )
+        .await
+        .unwrap();
     assert!(
         store
             .result_log_tail("s-NOSUCH00", &bound, below)
