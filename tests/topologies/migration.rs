@@ -143,7 +143,9 @@ async fn a_cell_whose_slot_is_moving_refuses_work_without_partial_writes() {
 /// and the cell's presence listing still on the source (read as empty, written anew). The
 /// guard now names two keys that never exist: a multi-key access with missing keys fails
 /// on the importing node too (TRYAGAIN), so the call fails before any write, wherever it
-/// lands.
+/// lands. Since the client stopped following ASK (it retries nothing a redirect would
+/// need: connection.rs), the call stops at the source and never reaches the importing node,
+/// which the test now checks too; the guard stays for a client that does follow it.
 #[tokio::test]
 async fn a_script_sent_on_to_the_importing_node_writes_nothing_there() {
     let cluster = Cluster::start_steady().await;
@@ -197,6 +199,11 @@ async fn a_script_sent_on_to_the_importing_node_writes_nothing_there() {
         before,
         "written on the importing node"
     );
+    assert_eq!(
+        crate::common::command_calls(&mut importing, "fcall").await,
+        0,
+        "the call was sent on to the importing node"
+    );
     // The move is called off and the record goes back: the cell is whole on its owner
     // again, where nothing the refused calls did may have broken it.
     setslot(mv.src, mv.slot, &["STABLE"]).await; // (else the owner answers ASK)
@@ -213,9 +220,10 @@ async fn a_script_sent_on_to_the_importing_node_writes_nothing_there() {
     invariants::check(&mut source).await;
 }
 
-/// A call sent on (`ASK`) to an importing node that serves no cell finds no library there,
+/// A call sent on (`ASK`) to an importing node that serves no cell found no library there,
 /// also after the reload (which loads it on the cell's own primary): the session was told
 /// INTERNAL_ERROR. The move is a dependency being unavailable, like the guard's refusal.
+/// (The client no longer follows ASK: the call now stops at the source, as unavailable.)
 #[tokio::test]
 async fn a_call_sent_on_to_a_node_without_the_library_is_refused_as_unavailable() {
     let cluster = Cluster::start_steady().await;
