@@ -1,7 +1,8 @@
 -- Where a job gets its node: the node choice (turn affinity, session affinity, then
 -- power-of-k-choices over the eligible members of the job's candidate pools) and the
--- eligibility test every choice and offer applies (load). It only reads Redis: the
--- reservation is dispatch.lua's assign().
+-- eligibility test every choice and offer applies (load). It reads Redis, but for
+-- servable()'s remembered "none" (unservable_key): the reservation is dispatch.lua's
+-- assign().
 -- A job record carries: pools (csv of "primary" or "primary|secondary" pool names, in order
 -- of preference: tenant pool first), needs (csv of service types), tried (csv of nodes
 -- that had an attempt), turn_node (node holding the turn's audio, if any), turn_prev (the
@@ -94,19 +95,31 @@ local function serves(nid, job)
   return false
 end
 
+-- unservable_known(job): did servable() find, less than its answer's life ago, that no
+-- member of the job's candidate pools can serve it (unservable_key)? An answer whose time
+-- ran out (a down-mark ended) is deleted. Read once per call (kept on `job`, not saved).
+local function unservable_known(job)
+  if job.unservable_read ~= nil then return job.unservable_read end
+  local field = (job.pools or '') .. '#' .. (job.needs or '')
+  local known = redis.call('HGET', unservable_key(), field)
+  local yes = known ~= nil and known ~= false and known + 0 > NOW
+  if known and not yes then redis.call('HDEL', unservable_key(), field) end
+  job.unservable_read = yes
+  return yes
+end
+
 -- servable(job): could any candidate node ever take this job (eligible but for room)?
 -- Waiting only makes sense then. Stops at the first one found. It reads the candidate
 -- pools whole (an HMGET per member until one is found): a sample could not tell "no node
 -- can ever serve" (fail at once, with the caller's code) from "none of those looked at".
 -- A "none" is remembered for UNSERVABLE_MS, or until the earliest down-mark in the way
--- ends (unservable_key): while a service is down fleet-wide, a job costs one HGET instead
--- of an HMGET per member. Only a job that tried no node writes it (a tried node is out of
+-- ends (unservable_key): while a service is down fleet-wide, a job costs pick's sample and
+-- one HGET (unservable_known: pick skips its wide look too) instead of an HMGET per member. Only a job that tried no node writes it (a tried node is out of
 -- that job's answer, not of another's); any job may read it (tried nodes only take away).
 local UNSERVABLE_MS = 1000
 local function servable(job)
+  if unservable_known(job) then return false end
   local field = (job.pools or '') .. '#' .. (job.needs or '')
-  local known = redis.call('HGET', unservable_key(), field)
-  if known and known + 0 > NOW then return false end
   DOWN_UNTIL = nil
   for entry in string.gmatch(job.pools or '', '[^,]+') do
     local pool, second = split_entry(entry)
@@ -165,6 +178,8 @@ local function pick(job, why)
     -- Power-of-k-choices: look at a random sample, stop at `choices` eligible nodes and
     -- take the least loaded. Only when the sample has none, look wider (bounded).
     for round = 1, 2 do
+      -- (the wide look finds nothing where no member can serve at all: not taken then)
+      if round == 2 and unservable_known(job) then return nil end
       local want = round == 1 and CFG.sample or 256
       segment(why, (second and (pool .. '+' .. second) or pool) .. (round == 2 and '(wide)' or ''))
       local members, seen
