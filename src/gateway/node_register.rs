@@ -291,6 +291,8 @@ impl NodeConn {
     /// most `UNREGISTER_FOR` (Redis away longer: the node's liveness takes it offline).
     async fn unregister_lost(&self, cell: &Arc<Cell>, node_id: &str) {
         let until = tokio::time::Instant::now() + UNREGISTER_FOR;
+        // (backing off: a few calls over the wait, not one every 300 ms while Redis recovers)
+        let mut pause = std::time::Duration::from_millis(300);
         loop {
             let out = cell
                 .store
@@ -314,7 +316,8 @@ impl NodeConn {
             if done || tokio::time::Instant::now() >= until {
                 return;
             }
-            tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+            tokio::time::sleep(pause).await;
+            pause *= 2;
         }
     }
 }

@@ -233,6 +233,9 @@ impl SessionConn {
                             (app.clone(), cell.clone(), sid.clone(), self.token.clone());
                         tokio::spawn(async move {
                             let until = tokio::time::Instant::now() + CLOSE_LOST_FOR;
+                            // (backing off: a few calls, not one every 300 ms per client
+                            // while Redis recovers)
+                            let mut pause = std::time::Duration::from_millis(300);
                             loop {
                                 let closed = cell.store.session_close(&sid, &token).await;
                                 match routing::delivered(&app, &cell, closed) {
@@ -246,7 +249,8 @@ impl SessionConn {
                                     }
                                     _ => {}
                                 }
-                                tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+                                tokio::time::sleep(pause).await;
+                                pause *= 2;
                             }
                         });
                     }

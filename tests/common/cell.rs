@@ -745,11 +745,20 @@ impl Cell {
                 .query_async(&mut self.redis)
                 .await
                 .expect("hgetall");
-            for (idx, job) in jobs {
-                if cut_index(&job, &c.nonce) == Some(idx) && !c.accepted.contains(&idx) {
-                    c.cut_index(idx, step, started);
-                    *self.clients.cuts.entry("learned".into()).or_default() += 1;
+            for (idx, job) in &jobs {
+                if cut_index(job, &c.nonce) == Some(*idx) {
+                    c.unconfirmed.remove(idx);
+                    if !c.accepted.contains(idx) {
+                        c.cut_index(*idx, step, started);
+                        *self.clients.cuts.entry("learned".into()).or_default() += 1;
+                    }
                 }
+            }
+            for idx in std::mem::take(&mut c.unconfirmed) {
+                self.clients.violations.push(format!(
+                    "{}: a terminal message for index {idx}, which no cut of its own made",
+                    c.id
+                ));
             }
         }
     }

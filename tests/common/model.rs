@@ -89,6 +89,10 @@ pub struct SessionClient {
     /// numbers from 1), and whether that chunk cut.
     pub chunk: u64,
     pub chunk_cut: bool,
+    /// Indices it first heard of in a terminal message (a cut this step made, whose outcome
+    /// came at once): confirmed at the step's check against the session's `:jobs` hash
+    /// (`Cell::learn_cuts`), so a message for an index never cut is still caught.
+    pub unconfirmed: BTreeSet<u64>,
     /// Indices above the `last_received_index` of its last resume that it had already got:
     /// the resume resends them (docs/protocol.md: the contiguous prefix), and the client
     /// drops that one copy by its index.
@@ -121,6 +125,7 @@ impl SessionClient {
             if self.streams {
                 // a cut this step made (a sweep's, say), whose outcome came at once
                 self.cut_index(idx, step, started);
+                self.unconfirmed.insert(idx);
             } else {
                 bad.push(format!(
                     "{}: {ty} for index {idx}, which this client never sent",
