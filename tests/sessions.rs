@@ -416,6 +416,16 @@ async fn session_messages_are_validated_and_answered() {
     assert_eq!(e["code"], "INVALID_MESSAGE", "{e}");
     assert_eq!(e["details"], json!({"utterance_index": 3}), "{e}");
     assert!(!is_terminal(&e), "{e}");
+    // (counted as refused, as every invalid frame is: observability audit)
+    let m = metrics_text(&inst).await;
+    assert!(
+        sample(
+            &m,
+            r#"switchyard_messages_rejected_total{kind="session",detail="invalid"}"#
+        )
+        .is_some_and(|n| n >= 1.0),
+        "{m}"
+    );
     s.send(&utterance("s-FFFFFFFF", 4)).await;
     let e = s.recv_type("error").await;
     assert_eq!(e["code"], "INVALID_SESSION", "{e}");

@@ -200,8 +200,9 @@ async fn drive<H: Handler, F: FnOnce(Peer) -> H>(
     make: F,
 ) {
     let mut bucket = frame_bucket(&app, H::KIND);
-    let gauge = app.metrics.connection_gauge(H::KIND);
-    gauge.inc();
+    // (counted down when this task ends, however it ends: a handler that panicked left the
+    // gauge one too high for good)
+    let gauge = Counted::up(app.metrics.connection_gauge(H::KIND));
     let write_timeout = Some(app.cfg.ws.write_timeout_ms)
         .filter(|ms| *ms > 0)
         .map(Duration::from_millis);
@@ -272,7 +273,7 @@ async fn drive<H: Handler, F: FnOnce(Peer) -> H>(
             _ = shutdown.changed(), if closing.is_none() => {
                 if app.has_crashed() {
                     writer.abort();
-                    gauge.dec();
+                    drop(gauge);
                     return;
                 }
                 h.peer().send(Outbound::Close(close::RESTARTING, "scheduler restarting".into()));
@@ -376,7 +377,23 @@ async fn drive<H: Handler, F: FnOnce(Peer) -> H>(
     }
     // Both halves gone: the socket is closed before the connection's slots are released.
     drop(stream);
-    gauge.dec();
+    drop(gauge);
+}
+
+/// A gauge counted up for as long as this value lives.
+struct Counted(prometheus_client::metrics::gauge::Gauge);
+
+impl Counted {
+    fn up(g: prometheus_client::metrics::gauge::Gauge) -> Self {
+        g.inc();
+        Self(g)
+    }
+}
+
+impl Drop for Counted {
+    fn drop(&mut self) {
+        self.0.dec();
+    }
 }
 
 /// How long a connection whose read side ended waits for its writer to send what is

@@ -268,6 +268,7 @@ impl SessionConn {
             SessionInbound::AudioChunk(c) => {
                 app.metrics.message_in(KIND, "audio_chunk");
                 let Ok(bytes) = base64::decode(c.payload.as_bytes()) else {
+                    app.metrics.rejected(KIND, "invalid");
                     return self.error(
                         ErrorCode::InvalidMessage,
                         "audio_chunk payload is not base64",
@@ -350,6 +351,7 @@ impl SessionConn {
             return self.error_about(ErrorCode::InvalidMessage, e, about);
         }
         let Ok(audio) = base64::decode(u.audio.as_bytes()) else {
+            self.app.metrics.rejected(KIND, "invalid");
             return self.error_about(
                 ErrorCode::InvalidMessage,
                 "utterance audio is not base64",
