@@ -408,6 +408,8 @@ async fn session_messages_are_validated_and_answered() {
     assert_eq!(s.recv_type("error").await["code"], "UNSUPPORTED_FEATURE");
     s.send(&json!({"type": "webrtc_offer"})).await;
     assert_eq!(s.recv_type("error").await["code"], "UNSUPPORTED_FEATURE");
+    let invalid = r#"switchyard_messages_rejected_total{kind="session",detail="invalid"}"#;
+    let before = sample(&metrics_text(&inst).await, invalid).unwrap_or(0.0);
     let mut bad = utterance(&sid, 3);
     bad["audio"] = json!("***not base64***");
     s.send(&bad).await;
@@ -418,14 +420,7 @@ async fn session_messages_are_validated_and_answered() {
     assert!(!is_terminal(&e), "{e}");
     // (counted as refused, as every invalid frame is: observability audit)
     let m = metrics_text(&inst).await;
-    assert!(
-        sample(
-            &m,
-            r#"switchyard_messages_rejected_total{kind="session",detail="invalid"}"#
-        )
-        .is_some_and(|n| n >= 1.0),
-        "{m}"
-    );
+    assert_eq!(sample(&m, invalid), Some(before + 1.0), "{m}");
     s.send(&utterance("s-FFFFFFFF", 4)).await;
     let e = s.recv_type("error").await;
     assert_eq!(e["code"], "INVALID_SESSION", "{e}");
