@@ -41,20 +41,54 @@ async fn serve_runs_as_many_runtime_workers_as_configured() {
     }
 }
 
+/// One instance as a child process writing a text log, on its own redis-server.
+struct TextLogged {
+    _redis: RedisServer,
+    dir: tempfile::TempDir,
+    inst: Instances,
+}
+
+impl TextLogged {
+    async fn start() -> Self {
+        let redis = RedisServer::start().await;
+        let dir = tempfile::tempdir().unwrap();
+        let env = vec![("SWITCHYARD_LOG__FORMAT", "text")];
+        let mut inst = Instances::new(1, redis.url(), dir.path(), env);
+        inst.spawn(0);
+        inst.wait_ready(0).await;
+        Self {
+            _redis: redis,
+            dir,
+            inst,
+        }
+    }
+
+    /// A node connection (not registered yet).
+    async fn node(&self) -> WsClient {
+        let url = with_token(&format!("ws://127.0.0.1:{}/ws/node", self.inst.ports[0]));
+        WsClient::connect(&url).await
+    }
+
+    /// The instance's log so far.
+    fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("instance-0-1.log")).expect("log")
+    }
+}
+
+impl Drop for TextLogged {
+    fn drop(&mut self) {
+        self.inst.terminate(0);
+    }
+}
+
 /// Audit finding: a `node_error`'s code and message were logged whole and as they came: a
 /// node (or anyone with a node token, registered or not) could write megabytes a frame, and
 /// with the text log format forge log lines with newlines. Now each is cut (64 bytes, 1 KB)
 /// and escaped.
 #[tokio::test]
 async fn a_node_error_is_logged_bounded_and_on_one_line() {
-    let redis = RedisServer::start().await;
-    let dir = tempfile::tempdir().unwrap();
-    let env = vec![("SWITCHYARD_LOG__FORMAT", "text")];
-    let mut inst = Instances::new(1, redis.url(), dir.path(), env);
-    inst.spawn(0);
-    inst.wait_ready(0).await;
-    let url = with_token(&format!("ws://127.0.0.1:{}/ws/node", inst.ports[0]));
-    let mut n = WsClient::connect(&url).await;
+    let t = TextLogged::start().await;
+    let mut n = t.node().await;
     let forged = "\nFORGED ERROR switchyard: all sessions lost\n";
     n.send(
         &json!({"type": "node_error", "code": format!("C{}", "X".repeat(60_000)),
@@ -62,8 +96,7 @@ async fn a_node_error_is_logged_bounded_and_on_one_line() {
     )
     .await;
     n.register_id(fixture("node_register_first"), None).await; // (the error was handled)
-    let log_path = dir.path().join("instance-0-1.log");
-    let log = std::fs::read_to_string(&log_path).expect("log");
+    let log = t.log();
     let line = log
         .lines()
         .find(|l| l.contains("node_error"))
@@ -74,7 +107,6 @@ async fn a_node_error_is_logged_bounded_and_on_one_line() {
         !log.lines().any(|l| l.starts_with("FORGED")),
         "a node forged a log line:\n{log}"
     );
-    inst.terminate(0);
 }
 
 /// A node's `trace_id` and `job_id` become span fields before the frame is validated, and
@@ -83,14 +115,8 @@ async fn a_node_error_is_logged_bounded_and_on_one_line() {
 /// Now an invalid id is recorded as `<invalid>` (observability audit).
 #[tokio::test]
 async fn a_peers_oversized_ids_do_not_reach_span_fields_or_log_lines() {
-    let redis = RedisServer::start().await;
-    let dir = tempfile::tempdir().unwrap();
-    let env = vec![("SWITCHYARD_LOG__FORMAT", "text")];
-    let mut inst = Instances::new(1, redis.url(), dir.path(), env);
-    inst.spawn(0);
-    inst.wait_ready(0).await;
-    let url = with_token(&format!("ws://127.0.0.1:{}/ws/node", inst.ports[0]));
-    let mut n = WsClient::connect(&url).await;
+    let t = TextLogged::start().await;
+    let mut n = t.node().await;
     let nid = n.register_id(fixture("node_register_first"), None).await;
     let mut r = fixture("job_result_success");
     r["node_id"] = json!(nid);
@@ -99,15 +125,13 @@ async fn a_peers_oversized_ids_do_not_reach_span_fields_or_log_lines() {
     n.send(&r).await;
     let e = n.recv_type("error").await; // (stale: rejected, logged)
     assert_eq!(e["code"], "INVALID_MESSAGE", "{e}");
-    let log_path = dir.path().join("instance-0-1.log");
-    let log = std::fs::read_to_string(&log_path).expect("log");
+    let log = t.log();
     let line = log
         .lines()
         .find(|l| l.contains("stale message rejected"))
         .unwrap_or_else(|| panic!("no stale message logged:\n{log}"));
     assert!(line.len() < 4096, "{} bytes logged", line.len());
     assert!(line.contains("<invalid>"), "{line}");
-    inst.terminate(0);
 }
 
 /// One node repeating `node_error` at its frame rate wrote one warn line per frame (up to
@@ -116,20 +140,14 @@ async fn a_peers_oversized_ids_do_not_reach_span_fields_or_log_lines() {
 /// (observability audit).
 #[tokio::test]
 async fn a_node_repeating_node_error_does_not_flood_the_log() {
-    let redis = RedisServer::start().await;
-    let dir = tempfile::tempdir().unwrap();
-    let env = vec![("SWITCHYARD_LOG__FORMAT", "text")];
-    let mut inst = Instances::new(1, redis.url(), dir.path(), env);
-    inst.spawn(0);
-    inst.wait_ready(0).await;
-    let url = with_token(&format!("ws://127.0.0.1:{}/ws/node", inst.ports[0]));
-    let mut n = WsClient::connect(&url).await;
+    let t = TextLogged::start().await;
+    let mut n = t.node().await;
     n.register_id(fixture("node_register_first"), None).await;
     for _ in 0..300 {
         n.send(&json!({"type": "node_error", "code": "NO_GPU_AVAILABLE", "message": "oom"}))
             .await;
     }
-    let url = format!("http://127.0.0.1:{}/metrics", inst.ports[0]);
+    let url = format!("http://127.0.0.1:{}/metrics", t.inst.ports[0]);
     common::eventually(
         std::time::Duration::from_secs(5),
         "every node_error counted",
@@ -143,8 +161,7 @@ async fn a_node_repeating_node_error_does_not_flood_the_log() {
         },
     )
     .await;
-    let log = std::fs::read_to_string(dir.path().join("instance-0-1.log")).expect("log");
+    let log = t.log();
     let lines = log.lines().filter(|l| l.contains("node_error")).count();
     assert_eq!(lines, 10, "{log}");
-    inst.terminate(0);
 }

@@ -624,24 +624,11 @@ async fn a_lost_reply_on_a_cluster_is_recovered_once() {
         .primary_of(switchyard::config::cell::slot("{switchyard:main}"))
         .await
         .expect("the cell's primary");
-    let mut spin = connect(&format!("redis://127.0.0.1:{port}"))
+    let primary = connect(&format!("redis://127.0.0.1:{port}"))
         .await
         .expect("primary");
     // busy 800 ms: the call times out at 500, and runs after the spin
-    tokio::spawn(async move {
-        let _: redis::RedisResult<redis::Value> = redis::cmd("EVAL")
-            .arg(
-                "local function now() local t = redis.call('TIME') \
-                 return t[1] * 1000 + t[2] / 1000 end \
-                 local stop = now() + tonumber(ARGV[1]) \
-                 while now() < stop do end",
-            )
-            .arg(0)
-            .arg(800)
-            .query_async(&mut spin)
-            .await;
-    });
-    tokio::time::sleep(Duration::from_millis(50)).await;
+    spin(primary, 800).await;
     n.send(&answer(&job, &nid, "once")).await;
     let err = next_of(&mut n, "error", T).await.expect("the node is told");
     assert_eq!(err["code"], "SCHEDULER_DEPENDENCY_DOWN", "{err}");

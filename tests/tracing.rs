@@ -78,8 +78,45 @@ impl Drop for Instance {
     }
 }
 
-fn spawn(redis: &str, otlp: u16) -> Instance {
-    spawn_with(redis, otlp, &[])
+/// An OTLP receiver, a redis-server, and two instances exporting to the receiver (`a` with
+/// `a_env` set too), both ready.
+struct Traced {
+    receiver: Receiver,
+    server: tokio::task::JoinHandle<Result<(), tonic::transport::Error>>,
+    redis: RedisServer,
+    a: Instance,
+    b: Instance,
+}
+
+impl Traced {
+    async fn start(a_env: &[(&str, &str)]) -> Self {
+        let receiver = Receiver::default();
+        let otlp = free_port();
+        let server = tonic::transport::Server::builder()
+            .add_service(TraceServiceServer::new(receiver.clone()))
+            .serve(format!("127.0.0.1:{otlp}").parse().unwrap());
+        let server = tokio::spawn(server);
+        let redis = RedisServer::start().await;
+        let a = spawn_with(&redis.url(), otlp, a_env);
+        let b = spawn_with(&redis.url(), otlp, &[]);
+        for i in [&a, &b] {
+            let url = format!("http://127.0.0.1:{}/readyz", i.1);
+            eventually(Duration::from_secs(10), "instance ready", || {
+                let url = url.clone();
+                async move {
+                    (reqwest::get(&url).await.ok()?.status().as_u16() == 200).then_some(())
+                }
+            })
+            .await;
+        }
+        Self {
+            receiver,
+            server,
+            redis,
+            a,
+            b,
+        }
+    }
 }
 
 fn spawn_with(redis: &str, otlp: u16, env: &[(&str, &str)]) -> Instance {
@@ -106,24 +143,13 @@ fn spawn_with(redis: &str, otlp: u16, env: &[(&str, &str)]) -> Instance {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn one_utterance_across_two_instances_is_one_trace_with_linked_spans() {
-    let receiver = Receiver::default();
-    let otlp = free_port();
-    let server = tonic::transport::Server::builder()
-        .add_service(TraceServiceServer::new(receiver.clone()))
-        .serve(format!("127.0.0.1:{otlp}").parse().unwrap());
-    let server = tokio::spawn(server);
-
-    let redis = RedisServer::start().await;
-    let a = spawn(&redis.url(), otlp);
-    let b = spawn(&redis.url(), otlp);
-    for i in [&a, &b] {
-        let url = format!("http://127.0.0.1:{}/readyz", i.1);
-        eventually(Duration::from_secs(10), "instance ready", || {
-            let url = url.clone();
-            async move { (reqwest::get(&url).await.ok()?.status().as_u16() == 200).then_some(()) }
-        })
-        .await;
-    }
+    let Traced {
+        receiver,
+        server,
+        redis,
+        a,
+        b,
+    } = Traced::start(&[]).await;
     let mut node = WsClient::connect(&with_token(&format!("ws://127.0.0.1:{}/ws/node", b.1))).await;
     let nid = node.register_id(fixture("node_register_first"), None).await;
     let (mut s, sid) = open_session(
@@ -203,27 +229,13 @@ async fn one_utterance_across_two_instances_is_one_trace_with_linked_spans() {
 /// sampled, so the ratio never thinned session traffic (observability audit).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sample_ratio_zero_exports_no_utterance_trace() {
-    let receiver = Receiver::default();
-    let otlp = free_port();
-    let server = tonic::transport::Server::builder()
-        .add_service(TraceServiceServer::new(receiver.clone()))
-        .serve(format!("127.0.0.1:{otlp}").parse().unwrap());
-    let server = tokio::spawn(server);
-    let redis = RedisServer::start().await;
-    let a = spawn_with(
-        &redis.url(),
-        otlp,
-        &[("SWITCHYARD_TELEMETRY__SAMPLE_RATIO", "0")],
-    );
-    let b = spawn(&redis.url(), otlp);
-    for i in [&a, &b] {
-        let url = format!("http://127.0.0.1:{}/readyz", i.1);
-        eventually(Duration::from_secs(10), "instance ready", || {
-            let url = url.clone();
-            async move { (reqwest::get(&url).await.ok()?.status().as_u16() == 200).then_some(()) }
-        })
-        .await;
-    }
+    let Traced {
+        receiver,
+        server,
+        redis: _redis,
+        a,
+        b,
+    } = Traced::start(&[("SWITCHYARD_TELEMETRY__SAMPLE_RATIO", "0")]).await;
     let mut node = WsClient::connect(&with_token(&format!("ws://127.0.0.1:{}/ws/node", b.1))).await;
     let nid = node.register_id(fixture("node_register_first"), None).await;
     let (mut s, sid) = open_session(

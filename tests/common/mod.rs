@@ -315,3 +315,25 @@ pub async fn session_field(
             .expect("hget");
     v.unwrap_or_default()
 }
+
+/// The Redis behind `c` busy for `ms` (a script that spins, sent on `c`): calls sent
+/// meanwhile wait. Returns once the spin runs, with when Redis is free again.
+pub async fn spin(mut c: redis::aio::MultiplexedConnection, ms: u64) -> tokio::time::Instant {
+    let free = tokio::time::Instant::now() + Duration::from_millis(ms + 100);
+    tokio::spawn(async move {
+        // Its reply comes after this client's own timeout: only the spinning matters.
+        let _: redis::RedisResult<redis::Value> = redis::cmd("EVAL")
+            .arg(
+                "local function now() local t = redis.call('TIME') \
+                 return t[1] * 1000 + t[2] / 1000 end \
+                 local stop = now() + tonumber(ARGV[1]) \
+                 while now() < stop do end",
+            )
+            .arg(0)
+            .arg(ms)
+            .query_async(&mut c)
+            .await;
+    });
+    tokio::time::sleep(Duration::from_millis(50)).await; // it runs
+    free
+}

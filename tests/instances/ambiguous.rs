@@ -15,24 +15,7 @@ use common::ws::Ended;
 /// command, so nothing would be lost.
 /// Returns when Redis is free again (this client's own reads would time out before).
 pub(super) async fn busy(redis: &RedisServer, ms: u64) -> tokio::time::Instant {
-    let mut c = redis.client().await;
-    let free = tokio::time::Instant::now() + Duration::from_millis(ms + 100);
-    tokio::spawn(async move {
-        // Its reply comes after this client's own timeout: only the spinning matters.
-        let _: redis::RedisResult<redis::Value> = redis::cmd("EVAL")
-            .arg(
-                "local function now() local t = redis.call('TIME') \
-                 return t[1] * 1000 + t[2] / 1000 end \
-                 local stop = now() + tonumber(ARGV[1]) \
-                 while now() < stop do end",
-            )
-            .arg(0)
-            .arg(ms)
-            .query_async(&mut c)
-            .await;
-    });
-    tokio::time::sleep(Duration::from_millis(50)).await; // it runs
-    free
+    crate::common::spin(redis.client().await, ms).await
 }
 
 /// A session on `inst` with its resume token.
