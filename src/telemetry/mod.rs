@@ -196,7 +196,7 @@ pub fn parent_from(tp: &str) -> Option<Context> {
 
 /// A remote parent that makes a new span's trace id the client's 32-hex `trace_id` (the
 /// lingua clients send one), so an operator finds the utterance by the id the client logs.
-/// Marked sampled by `telemetry.sample_ratio` decided on the trace id itself ([`sampled`]):
+/// Marked sampled by `telemetry.sample_ratio` decided on the trace id itself (`sampled`):
 /// every span of the trace, on every instance, gets the same answer.
 pub fn parent_from_trace_id(trace_id: &str) -> Option<Context> {
     if trace_id.len() != 32 {
