@@ -554,16 +554,7 @@ async fn the_documented_acl_is_enough_on_a_cluster() {
     );
     let cluster = Cluster::start_steady().await;
     for n in &cluster.nodes {
-        let mut c = n.client().await;
-        let _: () = redis::cmd("ACL")
-            .arg("SETUSER")
-            .arg("switchyard")
-            .arg("on")
-            .arg(">acl-test-password")
-            .arg(RULES.split_whitespace().collect::<Vec<_>>())
-            .query_async(&mut c)
-            .await
-            .expect("acl setuser");
+        acl_user(&mut n.client().await, RULES).await;
     }
     let inst = start_with(cfg(RedisMode::Cluster, cluster.urls(), |c| {
         c.redis.username = Some("switchyard".into());

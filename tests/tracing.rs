@@ -78,6 +78,26 @@ impl Drop for Instance {
     }
 }
 
+/// A node on `b` answers one utterance of a session on `a` with `text`: the utterance's
+/// trace id and the session's `translation_result`.
+async fn one_utterance(a: &Instance, b: &Instance, text: &str) -> (String, serde_json::Value) {
+    let mut node = WsClient::connect(&with_token(&format!("ws://127.0.0.1:{}/ws/node", b.1))).await;
+    let nid = node.register_id(fixture("node_register_first"), None).await;
+    let (mut s, sid) = open_session(
+        &with_token(&format!("ws://127.0.0.1:{}/ws/session", a.1)),
+        fixture("session_init_one_way"),
+    )
+    .await;
+    let u = utterance(&sid, 0);
+    let trace_id = u["trace_id"].as_str().unwrap().to_string();
+    s.send(&u).await;
+    let assign = node.recv_type("job_assign").await;
+    let mut r = result_for(&assign, text);
+    r["node_id"] = json!(nid);
+    node.send(&r).await;
+    (trace_id, s.recv_type("translation_result").await)
+}
+
 /// An OTLP receiver, a redis-server, and two instances exporting to the receiver (`a` with
 /// `a_env` set too), both ready.
 struct Traced {
@@ -150,24 +170,8 @@ async fn one_utterance_across_two_instances_is_one_trace_with_linked_spans() {
         a,
         b,
     } = Traced::start(&[]).await;
-    let mut node = WsClient::connect(&with_token(&format!("ws://127.0.0.1:{}/ws/node", b.1))).await;
-    let nid = node.register_id(fixture("node_register_first"), None).await;
-    let (mut s, sid) = open_session(
-        &with_token(&format!("ws://127.0.0.1:{}/ws/session", a.1)),
-        fixture("session_init_one_way"),
-    )
-    .await;
-    let u = utterance(&sid, 0);
-    let trace_id = u["trace_id"].as_str().unwrap().to_string();
-    s.send(&u).await;
-    let assign = node.recv_type("job_assign").await;
-    let mut r = result_for(&assign, "traced");
-    r["node_id"] = json!(nid);
-    node.send(&r).await;
-    assert_eq!(
-        s.recv_type("translation_result").await["text_translated"],
-        "traced"
-    );
+    let (trace_id, result) = one_utterance(&a, &b, "traced").await;
+    assert_eq!(result["text_translated"], "traced");
 
     let want = [
         "session.utterance",
@@ -236,21 +240,7 @@ async fn sample_ratio_zero_exports_no_utterance_trace() {
         a,
         b,
     } = Traced::start(&[("SWITCHYARD_TELEMETRY__SAMPLE_RATIO", "0")]).await;
-    let mut node = WsClient::connect(&with_token(&format!("ws://127.0.0.1:{}/ws/node", b.1))).await;
-    let nid = node.register_id(fixture("node_register_first"), None).await;
-    let (mut s, sid) = open_session(
-        &with_token(&format!("ws://127.0.0.1:{}/ws/session", a.1)),
-        fixture("session_init_one_way"),
-    )
-    .await;
-    let u = utterance(&sid, 0);
-    let trace_id = u["trace_id"].as_str().unwrap().to_string();
-    s.send(&u).await;
-    let assign = node.recv_type("job_assign").await;
-    let mut r = result_for(&assign, "untraced");
-    r["node_id"] = json!(nid);
-    node.send(&r).await;
-    s.recv_type("translation_result").await;
+    let (trace_id, _) = one_utterance(&a, &b, "untraced").await;
     // B's own spans (its node's registration) arrive: the exporter works ...
     eventually(Duration::from_secs(10), "B exports its own spans", || {
         let got = receiver.0.lock().unwrap().clone();

@@ -337,3 +337,17 @@ pub async fn spin(mut c: redis::aio::MultiplexedConnection, ms: u64) -> tokio::t
     tokio::time::sleep(Duration::from_millis(50)).await; // it runs
     free
 }
+
+/// User `switchyard` (password `acl-test-password`) with the ACL `rules` on the Redis behind
+/// `c`, as docs/operations.md has an operator create it.
+pub async fn acl_user(c: &mut redis::aio::MultiplexedConnection, rules: &str) {
+    let _: () = redis::cmd("ACL")
+        .arg("SETUSER")
+        .arg("switchyard")
+        .arg("on")
+        .arg(">acl-test-password")
+        .arg(rules.split_whitespace().collect::<Vec<_>>())
+        .query_async(c)
+        .await
+        .expect("acl setuser");
+}

@@ -387,15 +387,7 @@ async fn the_documented_acl_is_enough_for_an_instance() {
     );
     let redis = RedisServer::start().await;
     let mut c = redis.client().await;
-    let _: () = redis::cmd("ACL")
-        .arg("SETUSER")
-        .arg("switchyard")
-        .arg("on")
-        .arg(">acl-test-password")
-        .arg(RULES.split_whitespace().collect::<Vec<_>>())
-        .query_async(&mut c)
-        .await
-        .expect("acl setuser");
+    acl_user(&mut c, RULES).await;
     let url = format!(
         "redis://switchyard:acl-test-password@127.0.0.1:{}",
         redis.port
