@@ -93,8 +93,9 @@ end
 -- + 1). `why`: the routing explanation text of this choice ("" when off); written in the
 -- same HSET as route:<attempt> = "<dispatched_ms> <node> <why>", after the explanation of an
 -- earlier wait in the queues when there was one. `compact` (optional): its compact form
--- (route_compact), kept as `rc` for a first attempt that did not wait.
-local function assign(jid, job, nid, why, compact)
+-- (route_compact), kept as `rc` for a first attempt that did not wait. `pool` (optional): the
+-- pool the node was chosen from (pick's, or the queue an offer took the job from).
+local function assign(jid, job, nid, why, compact, pool)
   local jk = job_key(jid)
   -- A job submit() created in this call (CREATED): its record, audio and their TTLs were
   -- just written and its session exists, so 5 commands are not needed.
@@ -135,10 +136,11 @@ local function assign(jid, job, nid, why, compact)
   job.state, job.node, job.attempt, job.dispatched_at = 'DISPATCHED', nid, attempt, NOWS
   count('dispatched')
   LAT.dispatch[#LAT.dispatch + 1] = math.max(0, NOW - (job.created_at or NOW))
-  -- The pool the job is served from: its first candidate pool the node is in (a tenant's
-  -- job a public node takes counts under the public pool, not the tenant's).
-  local served = string.match(job.pools or '', '^[^,|]+') or ''
-  if string.find(job.pools or '', ',', 1, true) then
+  -- The pool the job is served from: the one the node was chosen from, else (a turn's or
+  -- the session's node) its first candidate pool the node is in (a tenant's job a public
+  -- node takes counts under the public pool, not the tenant's).
+  local served = pool or string.match(job.pools or '', '^[^,|]+') or ''
+  if not pool and string.find(job.pools or '', ',', 1, true) then
     for entry in string.gmatch(job.pools, '[^,]+') do
       local p = split_entry(entry)
       if redis.call('SISMEMBER', P .. 'pool:' .. p, nid) == 1 then
@@ -176,10 +178,10 @@ end
 -- at once with `code` when no node can ever serve it.
 local function dispatch(jid, job, code, message)
   local why = explainer()
-  local nid = pick(job, why)
+  local nid, pool = pick(job, why)
   local text = route_text(why)
   if nid then
-    assign(jid, job, nid, text, route_compact(why, nid))
+    assign(jid, job, nid, text, route_compact(why, nid), pool)
     return 'dispatched'
   end
   local rk = 'route:' .. (tonumber(job.attempt or '0') + 1)
@@ -310,7 +312,7 @@ local function offer(nid, known)
               if CFG.explain ~= 0 then
                 why = 'offer>' .. nid .. '=ok:' .. (tonumber(n[3]) - room) .. '/' .. n[3]
               end
-              assign(jid, job, nid, why)
+              assign(jid, job, nid, why, nil, string.sub(qk, #P + 7)) -- (P .. 'queue:' .. pool)
               room = room - 1
               if room <= 0 then return end
             end

@@ -151,7 +151,8 @@ local function turn_node_of(job)
   return prev[2] or ''
 end
 
--- pick(job, why): a node with room, or nil. Turn affinity (the turn's node while it lives:
+-- pick(job, why): a node with room (and the candidate pool it was chosen from, when a pool
+-- look chose it), or nil. Turn affinity (the turn's node while it lives:
 -- when it is merely full the job waits for it), then session affinity, then
 -- power-of-k-choices among eligible members of the first pool that has any. Every node
 -- looked at is recorded in `why` (see explain).
@@ -218,7 +219,7 @@ local function pick(job, why)
           end
         end
       end
-      if best then return best[1] end
+      if best then return best[1], pool end
       if size <= want then break end
     end
   end
