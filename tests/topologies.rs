@@ -571,16 +571,11 @@ async fn the_documented_acl_is_enough_on_a_cluster() {
         got.iter().all(|v| v["type"] == "translation_result"),
         "{got:?}"
     );
-    let http = reqwest::Client::new();
-    for path in ["/api/v1/nodes", "/api/v1/pools", "/readyz", "/metrics"] {
-        let r = http
-            .get(http_url(&inst, path))
-            .bearer_auth(admin_token())
-            .send()
-            .await
-            .expect(path);
-        assert_eq!(r.status().as_u16(), 200, "{path}");
-    }
+    admin_reads_ok(
+        &inst,
+        &["/api/v1/nodes", "/api/v1/pools", "/readyz", "/metrics"],
+    )
+    .await;
     for n in &cluster.nodes {
         let mut c = n.client().await;
         let refused: Vec<redis::Value> = redis::cmd("ACL")

@@ -351,3 +351,17 @@ pub async fn acl_user(c: &mut redis::aio::MultiplexedConnection, rules: &str) {
         .await
         .expect("acl setuser");
 }
+
+/// Each of `paths` answers 200 to an admin token on `inst`.
+pub async fn admin_reads_ok(inst: &Running, paths: &[&str]) {
+    let http = reqwest::Client::new();
+    for path in paths {
+        let r = http
+            .get(http_url(inst, path))
+            .bearer_auth(admin_token())
+            .send()
+            .await
+            .expect(path);
+        assert_eq!(r.status().as_u16(), 200, "{path}");
+    }
+}

@@ -406,21 +406,13 @@ async fn the_documented_acl_is_enough_for_an_instance() {
         got.iter().all(|v| v["type"] == "translation_result"),
         "{got:?}"
     );
-    let http = reqwest::Client::new();
-    for path in [
+    let paths = [
         "/api/v1/nodes",
         "/api/v1/pools",
         "/api/v1/instances",
         "/metrics",
-    ] {
-        let r = http
-            .get(http_url(&inst, path))
-            .bearer_auth(admin_token())
-            .send()
-            .await
-            .expect(path);
-        assert_eq!(r.status().as_u16(), 200, "{path}");
-    }
+    ];
+    admin_reads_ok(&inst, &paths).await;
     let refused: Vec<redis::Value> = redis::cmd("ACL")
         .arg("LOG")
         .query_async(&mut c)
