@@ -449,5 +449,7 @@ mod ambiguous_skip;
 mod drain_stalled;
 #[path = "instances/inbox_pending.rs"]
 mod inbox_pending;
+#[path = "instances/inbox_stream.rs"]
+mod inbox_stream;
 #[path = "instances/lapse.rs"]
 mod lapse;

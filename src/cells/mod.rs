@@ -27,9 +27,31 @@ pub struct Cell {
     pub store: Store,
     /// Last time (ms) this cell's inbox consumer completed a read (readiness needs it).
     pub inbox_alive_at: AtomicU64,
+    /// How many presence beats succeeded in this cell: the inbox consumer waits for one
+    /// before it reads, since the beat creates the inbox stream (see
+    /// [`crate::routing::inbox`]).
+    beats: tokio::sync::watch::Sender<u64>,
 }
 
 impl Cell {
+    pub fn new(store: Store) -> Self {
+        Self {
+            store,
+            inbox_alive_at: AtomicU64::new(0),
+            beats: tokio::sync::watch::Sender::new(0),
+        }
+    }
+
+    /// A presence beat succeeded (this instance is listed, its inbox stream exists).
+    pub fn beat_done(&self) {
+        self.beats.send_modify(|n| *n += 1);
+    }
+
+    /// Watch the count of successful beats.
+    pub fn beats(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.beats.subscribe()
+    }
+
     pub fn name(&self) -> &str {
         self.store.cell()
     }
@@ -84,16 +106,10 @@ impl Cells {
             for t in &spec.tenants {
                 by_tenant.insert(t.clone(), i);
             }
-            cells.push(Arc::new(Cell {
-                store,
-                inbox_alive_at: AtomicU64::new(0),
-            }));
+            cells.push(Arc::new(Cell::new(store)));
         }
         if cells.is_empty() {
-            cells.push(Arc::new(Cell {
-                store: first,
-                inbox_alive_at: AtomicU64::new(0),
-            }));
+            cells.push(Arc::new(Cell::new(first)));
         }
         Ok(Self {
             cells,

@@ -29,6 +29,7 @@ pub async fn run(app: Arc<App>, cell: Arc<Cell>) {
                 .await
             {
                 Ok(out) => {
+                    cell.beat_done();
                     let r = crate::routing::deliver(&app, &cell, out);
                     if r.lapsed {
                         reconnect_cell(&app, &cell);

@@ -6,10 +6,7 @@ fn cell() -> Arc<Cell> {
     let metrics = Arc::new(crate::telemetry::metrics::Metrics::new());
     let store =
         crate::store::Store::new(&crate::config::Config::default(), "i", metrics).expect("store");
-    Arc::new(Cell {
-        store,
-        inbox_alive_at: Default::default(),
-    })
+    Arc::new(Cell::new(store))
 }
 
 /// A connection whose writer is alive (its receiver is kept for the test's life).
