@@ -13,6 +13,7 @@ use base64::engine::general_purpose::STANDARD as B64;
 use common::actors::*;
 use common::invariants::{self, PREFIX};
 use common::*;
+use redis::AsyncCommands;
 use serde_json::{Value, json};
 use switchyard::server::Running;
 
@@ -318,6 +319,27 @@ async fn a_turns_later_part_follows_its_queued_first_part_to_its_node() {
     s.send(&ch).await;
     s.send(&ch).await;
     handled(&mut s, &sid).await;
+    // The second part's explanation names the part it waits behind, not a bare queue.
+    let job_of = |i: &'static str| {
+        let (sid, mut c) = (sid.clone(), c.clone());
+        async move {
+            let key = format!("{PREFIX}session:{sid}:jobs");
+            let jid: Option<String> = c.hget(key, i).await.ok()?;
+            jid
+        }
+    };
+    let (first, second) = (
+        eventually(T, "first part's job", || job_of("0")).await,
+        eventually(T, "second part's job", || job_of("1")).await,
+    );
+    let (_, view) = get_json(&http_url(&inst, &format!("/api/v1/jobs/{second}"))).await;
+    let route = &view["attempts"][0]["route"];
+    assert_eq!(route[0]["pool"], "turn_wait", "{view}");
+    assert_eq!(route[0]["after"], first.as_str(), "{view}");
+    assert!(
+        route[1]["pool"].as_str().unwrap().starts_with("queued@"),
+        "{view}"
+    );
     // A frees up: the first part goes to A (now full); then B frees up.
     a.send(&answer(&ja, &aid, "x")).await;
     let p0 = assign(&mut a).await;

@@ -158,7 +158,15 @@ end
 -- looked at is recorded in `why` (see explain).
 local function pick(job, why)
   local turn = turn_node_of(job)
-  if turn == false then return nil end
+  if turn == false then
+    -- explained as a step of its own: the earlier part it waits behind (its job id)
+    segment(why, 'turn_wait')
+    if why then
+      why.k = why.k + 1
+      why[why.k] = job.turn_prev
+    end
+    return nil
+  end
   if turn ~= '' then
     segment(why, 'turn')
     if serves(turn, job) then

@@ -160,11 +160,19 @@ fn job_text(v: &Value) -> String {
         let mut rows = Vec::new();
         for step in a["route"].as_array().unwrap_or(&empty) {
             let pool = s(&step["pool"]);
+            let queue_verdict = if pool == "queue_full" {
+                "queue full"
+            } else {
+                "waited in queue"
+            };
             for q in step["queues"].as_array().unwrap_or(&empty) {
+                rows.push(vec![pool.clone(), s(q), queue_verdict.into(), "-".into()]);
+            }
+            if let Some(job) = step["after"].as_str() {
                 rows.push(vec![
                     pool.clone(),
-                    s(q),
-                    "waited in queue".into(),
+                    job.into(),
+                    "waited behind the turn's earlier part".into(),
                     "-".into(),
                 ]);
             }

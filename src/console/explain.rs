@@ -19,8 +19,8 @@ pub struct Look {
     pub capacity: Option<u64>,
 }
 
-/// One step of the choice: a candidate pool (or `turn`, `affinity`, `offer`, `queued@<ms>`,
-/// `none`, `queue_full`).
+/// One step of the choice: a candidate pool (or `turn`, `turn_wait`, `affinity`, `offer`,
+/// `queued@<ms>`, `none`, `queue_full`).
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct Step {
     pub pool: String,
@@ -29,6 +29,10 @@ pub struct Step {
     /// (for a `queue_full` step).
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub queues: Vec<String>,
+    /// The earlier part of the same turn this job waited behind (a `turn_wait` step: that
+    /// part's job id; it had no node yet, and the turn's parts go to one node).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub after: Option<String>,
     /// Nodes looked at beyond the recorded ones (the record keeps 32 per attempt).
     #[serde(skip_serializing_if = "is_zero")]
     pub more: u64,
@@ -65,6 +69,7 @@ fn parse_route_raw(raw: &str) -> (Option<u64>, Option<String>, Vec<Step>) {
                 pool: label.to_string(),
                 nodes: Vec::new(),
                 queues: Vec::new(),
+                after: None,
                 more: 0,
             };
             for e in entries.split(',').filter(|e| !e.is_empty()) {
@@ -79,6 +84,8 @@ fn parse_route_raw(raw: &str) -> (Option<u64>, Option<String>, Vec<Step>) {
                         reserved: r.parse().ok(),
                         capacity: c.parse().ok(),
                     });
+                } else if label == "turn_wait" {
+                    step.after = Some(e.to_string());
                 } else {
                     step.queues.push(e.to_string());
                 }
@@ -269,6 +276,16 @@ mod tests {
         assert_eq!(steps[2].pool, "offer");
         assert_eq!(steps[2].nodes[0].verdict, "chosen");
         assert_eq!(steps[0].nodes[0].verdict, "full");
+    }
+
+    #[test]
+    fn a_turn_part_that_waited_names_the_earlier_part() {
+        let (_, node, steps) = parse_route("5 - turn_wait>job-a-0|queued@5>pub:zh:en");
+        assert_eq!(node, None);
+        assert_eq!(steps[0].pool, "turn_wait");
+        assert_eq!(steps[0].after.as_deref(), Some("job-a-0"));
+        assert!(steps[0].queues.is_empty() && steps[0].nodes.is_empty());
+        assert_eq!(steps[1].queues, vec!["pub:zh:en".to_string()]);
     }
 
     /// Review finding: the attempt count came from Redis unbounded.
