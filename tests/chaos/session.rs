@@ -1,6 +1,7 @@
 //! The chaos session: a web-client-like session that streams utterances, resumes with
 //! `resume_session_id` after any disconnect and resends every index without an outcome, and
-//! the log of terminal messages it saw.
+//! the log of terminal messages it saw (reading on for a second after the last outcome, so
+//! that a late duplicate is seen).
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -119,21 +120,45 @@ pub(super) async fn chaos_session(
                 msg = tokio::time::timeout(Duration::from_secs(1), stream.next()) => {
                     match msg {
                         Err(_) => continue,
-                        Ok(Some(Ok(Message::Text(t)))) => {
-                            let v: Value = serde_json::from_str(t.as_str()).unwrap_or_default();
-                            if is_terminal(&v) {
-                                let i = v["utterance_index"].as_u64().unwrap_or(u64::MAX);
-                                let kind = if v["type"] == "error" { v["code"].as_str().unwrap_or("error") } else { v["type"].as_str().unwrap_or("") };
-                                log.terminals.push((i, kind.to_string()));
-                                *got.entry(i).or_default() += 1;
-                            }
-                        }
+                        Ok(Some(Ok(Message::Text(t)))) => log.saw(t.as_str(), &mut got),
                         Ok(Some(Ok(Message::Ping(_) | Message::Pong(_)))) => {}
                         _ => broken = true,
                     }
                 }
             }
         }
+        // Every index has its outcome: read on for a while, so that a second terminal
+        // message for an index after the last new one is seen (and fails the scenario)
+        // instead of dying with the socket.
+        if !broken && got.len() as u64 >= UTTERANCES {
+            let until = tokio::time::Instant::now() + LINGER;
+            while let Ok(Some(Ok(m))) = tokio::time::timeout_at(until, stream.next()).await {
+                if let Message::Text(t) = m {
+                    log.saw(t.as_str(), &mut got);
+                }
+            }
+        }
     }
     log
+}
+
+/// How long a session that has every outcome keeps reading its socket.
+const LINGER: Duration = Duration::from_secs(1);
+
+impl SessionLog {
+    /// A text frame arrived: a terminal message is logged, and counted by index in `got`.
+    fn saw(&mut self, text: &str, got: &mut BTreeMap<u64, usize>) {
+        let v: Value = serde_json::from_str(text).unwrap_or_default();
+        if !is_terminal(&v) {
+            return;
+        }
+        let i = v["utterance_index"].as_u64().unwrap_or(u64::MAX);
+        let kind = if v["type"] == "error" {
+            v["code"].as_str().unwrap_or("error")
+        } else {
+            v["type"].as_str().unwrap_or("")
+        };
+        self.terminals.push((i, kind.to_string()));
+        *got.entry(i).or_default() += 1;
+    }
 }
