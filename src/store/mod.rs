@@ -13,6 +13,7 @@
 
 mod args;
 mod clients;
+mod conn;
 pub mod connection;
 mod error;
 mod health;
