@@ -537,6 +537,9 @@ const BROKEN: &str = "
     SET session:s3:audio abcd
     HSET session:s3 buf_bytes 3
     HSET session:s4 held_cut manual
+    HSET session:s5 next_deliver 2
+    HSET session:s5:results 2 x 4 y
+    ZADD session:s5:pending 1 1 4 4
 ";
 
 /// The checker can fail: [`BROKEN`], written straight into Redis with no instance running
@@ -603,6 +606,10 @@ async fn the_invariant_checker_reports_each_broken_rule() {
         "session s3 buffers 4 bytes of audio, buf_bytes says 3".into(),
         "session s3 buffers 4 bytes of audio without a pause clock in due:audio".into(),
         "session s4 holds a manual cut with no audio".into(),
+        "session s5 has a result logged at its cursor 2".into(),
+        "session s5 holds index 1 without its result".into(),
+        "session s5 holds index 1, below its cursor 2".into(),
+        "session s5 holds 2 results without a reorder clock".into(),
     ]
     .into_iter()
     .map(|v| format!("[{PREFIX}] {v}"))

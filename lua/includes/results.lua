@@ -57,13 +57,18 @@ local function missing_msg(sid, idx)
     reason = 'gap_timeout', created_at_ms = NOW})
 end
 
+-- How far one call advances the cursor at most: past every index a result may be logged
+-- at (submit refuses one more than jobs.max_index_ahead, at most 10,000, past the cursor),
+-- so that no call ends with a result logged at the cursor (submit relies on it).
+local ADVANCE_MAX = 10001
+
 -- release(sid, force): deliver what is deliverable; force = the reorder window is over.
 local function release(sid, force)
   local sk, rk, pk, jk = session_keys(sid)
   local cursor = tonumber(redis.call('HGET', sk, 'next_deliver') or '0')
   local function advance()
     local steps = 0
-    while steps < 10000 do
+    while steps < ADVANCE_MAX do
       steps = steps + 1
       if redis.call('ZSCORE', pk, cursor) then
         deliver_index(sid, rk, pk, cursor)
@@ -124,6 +129,13 @@ local function settle(sid, idx, msg, s, stamped, set, body)
   elseif redis.call('EXISTS', sk) == 0 then
     return false
   end
+  -- Which of the log's keys exist, in one command: EXISTS counts a key once per time it is
+  -- named, so results weighs 1, rtime 2, pending 4. A key that exists already has its TTL
+  -- (set when it was created, refreshed with the session's by touch_session, which never
+  -- leaves one behind the session record): only a key this call creates gets one here.
+  -- (A pending zset with no member does not exist: `have < 4` is ZCARD == 0.)
+  local rt = sk .. ':rtime'
+  local have = redis.call('EXISTS', rk, rt, rt, pk, pk, pk, pk)
   if redis.call('HSETNX', rk, idx, body and ('+' .. msg) or msg) == 0 then return false end
   local tail = nil
   if body then
@@ -131,13 +143,13 @@ local function settle(sid, idx, msg, s, stamped, set, body)
     redis.call('RENAME', body.key, tail.key) -- staged with the body's TTL: it keeps it
     body.taken = true
   end
-  redis.call('ZADD', sk .. ':rtime', NOWS, idx)
-  redis.call('PEXPIRE', rk, CFGS.session_ttl)
-  redis.call('PEXPIRE', sk .. ':rtime', CFGS.session_ttl)
+  redis.call('ZADD', rt, NOWS, idx)
+  if have % 2 == 0 then redis.call('PEXPIRE', rk, CFGS.session_ttl) end
+  if have % 4 < 2 then redis.call('PEXPIRE', rt, CFGS.session_ttl) end
   -- The common case: the index is the cursor and nothing else is held. Deliver it now,
   -- without a pending entry (release() would add, find and remove it: 5 more commands).
   local cursor = ((s and s.next_deliver) or redis.call('HGET', sk, 'next_deliver') or 0) + 0
-  if idx + 0 == cursor and redis.call('ZCARD', pk) == 0 then
+  if idx + 0 == cursor and have < 4 then
     local seq
     if s then
       seq = (s.out_seq or 0) + 1
@@ -148,7 +160,7 @@ local function settle(sid, idx, msg, s, stamped, set, body)
     cursor = cursor + 1
     local steps = 0
     -- indices delivered earlier, out of order (bounded like release's advance)
-    while steps < 10000 and redis.call('HEXISTS', rk, cursor) == 1 do
+    while steps < ADVANCE_MAX and redis.call('HEXISTS', rk, cursor) == 1 do
       cursor, steps = cursor + 1, steps + 1
     end
     if seq then
@@ -167,9 +179,26 @@ local function settle(sid, idx, msg, s, stamped, set, body)
     end
     return true
   end
+  if s and idx + 0 > cursor then
+    -- Held behind an earlier index. release() would deliver nothing: no call ends with a
+    -- result logged at the cursor, and every held index has its result. What is left of
+    -- it: the reorder clock, started by the first result held (NX), and the trim, at most
+    -- every retention / 8 as in the fast path (in the same HSET as the group's fields).
+    local f = set or {}
+    if NOW >= (s.trim_at or 0) + 0 then
+      trim(sid, cursor)
+      local n = #f
+      f[n + 1], f[n + 2] = 'trim_at', dec(NOW + math.floor(CFG.retention / 8))
+    end
+    if #f > 0 then redis.call('HSET', sk, unpack(f)) end
+    redis.call('ZADD', pk, idx, idx)
+    if have < 4 then redis.call('PEXPIRE', pk, CFGS.session_ttl) end
+    redis.call('ZADD', P .. 'due:reorder', 'NX', NOW + CFG.reorder, sid)
+    return true
+  end
   if set and #set > 0 then redis.call('HSET', sk, unpack(set)) end
   redis.call('ZADD', pk, idx, idx)
-  redis.call('PEXPIRE', pk, CFGS.session_ttl)
+  if have < 4 then redis.call('PEXPIRE', pk, CFGS.session_ttl) end
   release(sid, false)
   return true
 end

@@ -5,7 +5,7 @@
 --         own_audio=?, stage=?}  own_audio: the caller holds `audio` (deliver's `own`)
 --         stage: {key=} the audio staged in that key by the caller with the job's TTL
 --         (`audio` is then "", the key is renamed to the job's: the audio never becomes a
---         Lua string; a missing key fails the call, this RENAME being its first write);
+--         Lua string; a missing key fails the call, with no write left behind);
 --         `stage.taken` is set when it was
 --         sess_set: a list the session fields dispatch writes are appended to (the caller
 --         writes them), instead of their own HSET
@@ -14,16 +14,25 @@
 -- (Requires ctx, deliver, results, dispatch, groups.)
 local function submit(sid, sess, idx, spec, audio, meta)
   local sk = session_key(sid)
+  local jobs = sk .. ':jobs'
   local is = dec(idx)
-  local existing = redis.call('HGET', sk .. ':jobs', is)
-  if existing then return {status = 'duplicate', job_id = existing} end
+  local jid = 'job-' .. sess.nonce .. '-' .. is
+  -- The index is claimed first (HSETNX: one command where a look and a write were two);
+  -- a resend finds it taken. Each refusal below gives the claim back, and so does a
+  -- staged audio found missing: no entry of :jobs names a job that does not exist.
+  local cursor = (sess.next_deliver or 0) + 0
+  if redis.call('HSETNX', jobs, is, jid) == 0 then
+    return {status = 'duplicate', job_id = redis.call('HGET', jobs, is)}
+  end
   -- (not only a job's end settles an index: a gap the reorder window gave up on gets its
-  -- missing_result without ever having had a job)
-  if idx < (sess.next_deliver or 0) + 0
-      or redis.call('HEXISTS', sk .. ':results', is) == 1 then
+  -- missing_result without ever having had a job. No call ends with a result logged at
+  -- the cursor (results.lua advances past every one): the index at the cursor needs no
+  -- look.)
+  if idx < cursor
+      or (idx > cursor and redis.call('HEXISTS', sk .. ':results', is) == 1) then
+    redis.call('HDEL', jobs, is)
     return {status = 'settled'}
   end
-  local jid = 'job-' .. sess.nonce .. '-' .. is
   local ids = {type = 'job_assign', job_id = jid, session_id = sid, utterance_index = idx,
     trace_id = meta.trace_id}
   if meta.turn_id and meta.turn_id ~= '' then ids.turn_id = meta.turn_id end
@@ -43,10 +52,12 @@ local function submit(sid, sess, idx, spec, audio, meta)
   job.sess_set = meta.sess_set
   local jk = job_key(jid)
   if meta.stage then
-    -- The first write of the call: a staged key found missing fails it before any other
-    -- (a job without its audio could never be served). The key came with its TTL.
+    -- The first write of the call after the claim (given back): a staged key found
+    -- missing fails it before any other (a job without its audio could never be served).
+    -- The key came with its TTL.
     local moved = redis.pcall('RENAME', meta.stage.key, jk .. ':audio')
     if type(moved) == 'table' and moved.err then
+      redis.call('HDEL', jobs, is)
       error({err = 'ERR staged audio missing: ' .. meta.stage.key})
     end
     meta.stage.taken = true
@@ -54,8 +65,7 @@ local function submit(sid, sess, idx, spec, audio, meta)
   else
     redis.call('SET', jk .. ':audio', audio, 'PX', CFGS.job_ttl)
   end
-  redis.call('HSET', sk .. ':jobs', is, jid)
-  redis.call('PEXPIRE', sk .. ':jobs', CFGS.session_ttl)
+  redis.call('PEXPIRE', jobs, CFGS.session_ttl)
   count('submitted')
   job.fresh_audio = audio -- for assign (not a field of the record)
   job.own_audio = meta.own_audio

@@ -224,6 +224,7 @@ fn violations_in(s: &Snapshot, prefix: &str) -> Vec<String> {
 
     for sid in ids(s, prefix, "session:") {
         check_audio_buffer(s, prefix, sid, &mut bad);
+        check_delivery_log(s, prefix, sid, &mut bad);
     }
 
     // A result logged in two parts ("+" and its header) has its body (results.lua logged()).
@@ -279,6 +280,46 @@ fn check_audio_buffer(s: &Snapshot, prefix: &str, sid: &str, bad: &mut Vec<Strin
                 bad.push(format!("session {sid} holds a {held} cut with no audio"));
             }
         }
+    }
+}
+
+/// A session's result log (results.lua): no call ends with a result logged at the delivery
+/// cursor (each advances past every one; submit relies on it and looks no further), every
+/// held index (`:pending`) has its result and lies past the cursor, and held results have
+/// a reorder clock in `due:reorder` (or no sweep would ever release them).
+fn check_delivery_log(s: &Snapshot, prefix: &str, sid: &str, bad: &mut Vec<String>) {
+    let sk = format!("{prefix}session:{sid}");
+    let Some(cursor) = s
+        .hash(&sk)
+        .get("next_deliver")
+        .and_then(|v| v.parse::<u64>().ok())
+    else {
+        return;
+    };
+    let results = s.hash(&format!("{sk}:results"));
+    if results.contains_key(&cursor.to_string()) {
+        bad.push(format!(
+            "session {sid} has a result logged at its cursor {cursor}"
+        ));
+    }
+    let pending = s.zset(&format!("{sk}:pending"));
+    for idx in pending.keys() {
+        if !results.contains_key(idx) {
+            bad.push(format!(
+                "session {sid} holds index {idx} without its result"
+            ));
+        }
+        if idx.parse::<u64>().is_ok_and(|i| i < cursor) {
+            bad.push(format!(
+                "session {sid} holds index {idx}, below its cursor {cursor}"
+            ));
+        }
+    }
+    if !pending.is_empty() && s.zscore(&format!("{prefix}due:reorder"), sid).is_none() {
+        bad.push(format!(
+            "session {sid} holds {} results without a reorder clock",
+            pending.len()
+        ));
     }
 }
 
