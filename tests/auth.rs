@@ -362,5 +362,46 @@ async fn open_mode_lets_everyone_in_and_says_so() {
     invariants::check(&mut c).await;
 }
 
+/// In open mode the frame's `tenant_id` decides a node's tenant, so nothing but the node
+/// record stops a node id registered for one tenant from being taken under another: the
+/// same `register.lua` rule as for credentials refuses it (UNAUTHORIZED, closed 1008) while
+/// the record exists, and changes nothing; the id's own tenant registers it again.
+#[tokio::test]
+async fn open_mode_refuses_a_node_id_registered_under_another_tenant() {
+    let redis = RedisServer::start().await;
+    let inst = start_tweaked(&redis, |c| {
+        c.auth.mode = "open".into();
+        c.auth.hs256_secrets.clear();
+    })
+    .await;
+    let mut c = redis.client().await;
+    let url = bare_ws_url(&inst, "/ws/node");
+    let as_tenant = |t: &str| {
+        let mut f = fixture("node_register_first");
+        f["tenant_id"] = json!(t);
+        f
+    };
+    let mut n = WsClient::connect(&url).await;
+    let nid = n.register_id(as_tenant("acme"), None).await;
+    n.drop_connection();
+    eventually(Duration::from_secs(5), "the node is disconnected", || {
+        let (mut c, nid) = (c.clone(), nid.clone());
+        async move { (node_hash(&mut c, &nid).await["state"] == "disconnected").then_some(()) }
+    })
+    .await;
+    let before = node_hash(&mut c, &nid).await;
+    let mut thief = WsClient::connect(&url).await;
+    let mut f = as_tenant("globex");
+    f["node_id"] = json!(nid);
+    thief.send(&f).await;
+    let e = thief.recv_type("error").await;
+    assert_eq!(e["code"], "UNAUTHORIZED", "{e}");
+    assert_eq!(thief.expect_close().await, Some(1008));
+    assert_eq!(node_hash(&mut c, &nid).await, before, "the record changed");
+    let mut back = WsClient::connect(&url).await;
+    back.register_id(as_tenant("acme"), Some(&nid)).await;
+    invariants::check(&mut c).await;
+}
+
 #[path = "auth/admin.rs"]
 mod admin;
