@@ -58,8 +58,11 @@ local function missing_msg(sid, idx)
 end
 
 -- How far one call advances the cursor at most: past every index a result may be logged
--- at (submit refuses one more than jobs.max_index_ahead, at most 10,000, past the cursor),
--- so that no call ends with a result logged at the cursor (submit relies on it).
+-- at (submit refuses one more than session.max_index_ahead, at most 10,000, past the
+-- cursor), so that no call ends with a result logged at the cursor (submit and settle's
+-- held path rely on it; before this constant the loops went 10,000 steps, which is enough
+-- below the maximum: with max_index_ahead at 10,000 both look as they did, since an older
+-- library may run side by side during an upgrade).
 local ADVANCE_MAX = 10001
 
 -- release(sid, force): deliver what is deliverable; force = the reorder window is over.
@@ -179,7 +182,7 @@ local function settle(sid, idx, msg, s, stamped, set, body)
     end
     return true
   end
-  if s and idx + 0 > cursor then
+  if s and idx + 0 > cursor and CFG.max_ahead < 10000 then
     -- Held behind an earlier index. release() would deliver nothing: no call ends with a
     -- result logged at the cursor, and every held index has its result. What is left of
     -- it: the reorder clock, started by the first result held (NX), and the trim, at most

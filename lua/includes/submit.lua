@@ -17,22 +17,8 @@ local function submit(sid, sess, idx, spec, audio, meta)
   local jobs = sk .. ':jobs'
   local is = dec(idx)
   local jid = 'job-' .. sess.nonce .. '-' .. is
-  -- The index is claimed first (HSETNX: one command where a look and a write were two);
-  -- a resend finds it taken. Each refusal below gives the claim back, and so does a
-  -- staged audio found missing: no entry of :jobs names a job that does not exist.
-  local cursor = (sess.next_deliver or 0) + 0
-  if redis.call('HSETNX', jobs, is, jid) == 0 then
-    return {status = 'duplicate', job_id = redis.call('HGET', jobs, is)}
-  end
-  -- (not only a job's end settles an index: a gap the reorder window gave up on gets its
-  -- missing_result without ever having had a job. No call ends with a result logged at
-  -- the cursor (results.lua advances past every one): the index at the cursor needs no
-  -- look.)
-  if idx < cursor
-      or (idx > cursor and redis.call('HEXISTS', sk .. ':results', is) == 1) then
-    redis.call('HDEL', jobs, is)
-    return {status = 'settled'}
-  end
+  -- The job, built before the claim below, so that nothing between the claim and the
+  -- record's write can fail on what it reads (a Redis function's writes stay when it fails).
   local ids = {type = 'job_assign', job_id = jid, session_id = sid, utterance_index = idx,
     trace_id = meta.trace_id}
   if meta.turn_id and meta.turn_id ~= '' then ids.turn_id = meta.turn_id end
@@ -46,6 +32,24 @@ local function submit(sid, sess, idx, spec, audio, meta)
     turn_prev = meta.turn_prev,
     last_node = nonempty(sess.last_node), created_at = NOWS, spec = json_with(spec, ids),
     tp = TP, web_ms = nonempty(meta.web_ms)}
+  -- The index is claimed (HSETNX: one command where a look and a write were two); a resend
+  -- finds it taken. Each refusal below gives the claim back, and so does a staged audio
+  -- found missing: no entry of :jobs names a job that was not created.
+  if redis.call('HSETNX', jobs, is, jid) == 0 then
+    return {status = 'duplicate', job_id = redis.call('HGET', jobs, is)}
+  end
+  redis.call('PEXPIRE', jobs, CFGS.session_ttl)
+  -- (not only a job's end settles an index: a gap the reorder window gave up on gets its
+  -- missing_result without ever having had a job. No call ends with a result logged at
+  -- the cursor (results.lua advances past every one), so the index at the cursor needs no
+  -- look, unless max_index_ahead is 10,000: a library before ADVANCE_MAX, running side by
+  -- side during an upgrade, could stop one short of a result there.)
+  local cursor = (sess.next_deliver or 0) + 0
+  if idx < cursor or ((idx > cursor or CFG.max_ahead >= 10000)
+      and redis.call('HEXISTS', sk .. ':results', is) == 1) then
+    redis.call('HDEL', jobs, is)
+    return {status = 'settled'}
+  end
   -- The record is written once, by whichever of assign / queue / fail settles it in this
   -- call (one HSET with the dispatch fields instead of two).
   job.unsaved = true
@@ -65,7 +69,6 @@ local function submit(sid, sess, idx, spec, audio, meta)
   else
     redis.call('SET', jk .. ':audio', audio, 'PX', CFGS.job_ttl)
   end
-  redis.call('PEXPIRE', jobs, CFGS.session_ttl)
   count('submitted')
   job.fresh_audio = audio -- for assign (not a field of the record)
   job.own_audio = meta.own_audio

@@ -19,8 +19,9 @@ async fn an_instance_that_is_never_listed_leaves_no_inbox_stream() {
         !exists,
         "{inbox} created while the instance was never listed"
     );
-    let (status, _) = get_json(&http_url(&a, "/readyz")).await;
-    assert_eq!(status, 503, "not ready without its inbox");
+    let (status, body) = get_json(&http_url(&a, "/readyz")).await;
+    assert_eq!(status, 503, "not ready without its inbox: {body}");
+    assert_eq!(body["reason"], "inbox consumer not running", "{body}");
 
     // The listing repaired: the next beat lists the instance and creates its stream, the
     // consumer its group, and the instance becomes ready.

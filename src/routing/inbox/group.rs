@@ -15,14 +15,13 @@ use crate::store::Conn;
 const STREAM_POLL: Duration = Duration::from_millis(100);
 
 /// Create the consumer group if Redis does not have it. The stream itself is created only
-/// where this instance is listed: by its presence beat (instance_beat.lua, with the listing)
-/// or by a delivery to a listed instance (deliver.lua). A stream the consumer created
-/// before the first beat (`MKSTREAM`) would belong to nobody if the instance died then:
-/// unlisted, so never taken over, and without a TTL. So while the stream is missing, the
-/// consumer tries again after the next successful beat, or every [`STREAM_POLL`] (a
-/// delivery or a connection bound after Redis lost its data may create the stream before
-/// the beat does), for at most two beat intervals; then the error goes to the reconnect
-/// loop.
+/// where this instance is listed: by its presence beat (instance_beat.lua, with the
+/// listing) or by a script binding a connection to it (deliver.lua `present()`, the same
+/// writes, e.g. after Redis lost its data). A stream the consumer created before the first
+/// beat (`MKSTREAM`) would belong to nobody if the instance died then: unlisted, so never
+/// taken over, and without a TTL. So while the stream is missing, the consumer tries again
+/// after the next successful beat, or every [`STREAM_POLL`] (for `present()`), for at most
+/// two beat intervals; then the error goes to the reconnect loop.
 pub(super) async fn ensure_group(
     app: &App,
     cell: &Cell,
