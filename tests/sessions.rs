@@ -606,6 +606,8 @@ async fn an_audio_chunk_sent_twice_is_buffered_once() {
 
 #[path = "sessions/frames.rs"]
 mod frames;
+#[path = "sessions/gaps.rs"]
+mod gaps;
 #[path = "sessions/lifetimes.rs"]
 mod lifetimes;
 #[path = "sessions/playback.rs"]
