@@ -341,14 +341,19 @@ async fn resume_needs_the_resume_token_and_a_refused_one_changes_nothing() {
     invariants::check(&mut c).await;
 }
 
-#[tokio::test]
-async fn open_mode_lets_everyone_in_and_says_so() {
-    let redis = RedisServer::start().await;
-    let inst = start_tweaked(&redis, |c| {
+/// An instance with `auth.mode = "open"` and no secret.
+async fn start_open(redis: &RedisServer) -> Running {
+    start_tweaked(redis, |c| {
         c.auth.mode = "open".into();
         c.auth.hs256_secrets.clear();
     })
-    .await;
+    .await
+}
+
+#[tokio::test]
+async fn open_mode_lets_everyone_in_and_says_so() {
+    let redis = RedisServer::start().await;
+    let inst = start_open(&redis).await;
     let mut c = redis.client().await;
     let body = ready(&inst).await;
     assert_eq!(body["auth"], "open");
@@ -369,11 +374,7 @@ async fn open_mode_lets_everyone_in_and_says_so() {
 #[tokio::test]
 async fn open_mode_refuses_a_node_id_registered_under_another_tenant() {
     let redis = RedisServer::start().await;
-    let inst = start_tweaked(&redis, |c| {
-        c.auth.mode = "open".into();
-        c.auth.hs256_secrets.clear();
-    })
-    .await;
+    let inst = start_open(&redis).await;
     let mut c = redis.client().await;
     let url = bare_ws_url(&inst, "/ws/node");
     let as_tenant = |t: &str| {
