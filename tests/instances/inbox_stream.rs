@@ -36,3 +36,53 @@ async fn an_instance_that_is_never_listed_leaves_no_inbox_stream() {
     assert_eq!(groups.len(), 1, "the consumer group on the beat's stream");
     invariants::check(&mut c).await;
 }
+
+/// A stream found without the group (here deleted, then made again by a delivery's XADD,
+/// as eviction and a delivery could; or a group destroyed by hand) holds entries for this
+/// instance that nobody read: the consumer creates its group from the stream's start, so
+/// they reach their connections. From `$` they were skipped: lost.
+#[tokio::test]
+async fn entries_in_a_stream_that_lost_its_group_are_delivered() {
+    let redis = RedisServer::start().await;
+    let a = start_instance(&redis).await;
+    let mut c = redis.client().await;
+    let (mut s, sid) = session_on(&a).await;
+    let conn = session_field(&mut c, &sid, "conn").await;
+    let inbox = format!("{PREFIX}inbox:{}", a.app.instance_id);
+    let env = rmp_serde::to_vec_named(&json!({
+        "k": "session", "id": sid, "conn": conn, "seq": 0,
+        "msg": json!({"type": "probe", "session_id": sid}).to_string(),
+    }))
+    .unwrap();
+    let () = redis::pipe()
+        .atomic()
+        .del(&inbox)
+        .ignore()
+        .cmd("XADD")
+        .arg(&inbox)
+        .arg("*")
+        .arg("env")
+        .arg(env)
+        .ignore()
+        .query_async(&mut c)
+        .await
+        .unwrap();
+    let got = next_of(&mut s, "probe", Duration::from_secs(3)).await;
+    assert!(
+        got.is_some(),
+        "the entry in the stream without its group was skipped"
+    );
+    eventually(T, "the entry acknowledged and deleted", || {
+        let (mut c, inbox) = (c.clone(), inbox.clone());
+        async move {
+            let len: u64 = redis::cmd("XLEN")
+                .arg(&inbox)
+                .query_async(&mut c)
+                .await
+                .ok()?;
+            (len == 0).then_some(())
+        }
+    })
+    .await;
+    invariants::check(&mut c).await;
+}

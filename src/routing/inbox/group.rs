@@ -33,11 +33,15 @@ pub(super) async fn ensure_group(
     let give_up = Instant::now() + wait;
     loop {
         beats.borrow_and_update();
+        // From the stream's start, not `$`: a stream this call finds without the group (a
+        // group destroyed by hand, or a stream evicted or deleted and then made again by a
+        // delivery's XADD) holds only entries for this instance that nobody read; the
+        // written-entry memory keeps one written already from being written twice.
         let r: RedisResult<()> = redis::cmd("XGROUP")
             .arg("CREATE")
             .arg(inbox)
             .arg(GROUP)
-            .arg("$")
+            .arg("0")
             .query_async(conn)
             .await;
         match r {
