@@ -37,6 +37,15 @@ local function explain(why, nid, verdict, reserved, cap)
   if verdict == 'ok' then why.ok[nid] = {why.label, entry} end
 end
 
+-- explain_wait(why, jid): the job waits behind the turn's earlier part `jid` (a
+-- `turn_wait` step whose one entry is that part's job id).
+local function explain_wait(why, jid)
+  if not why then return end
+  segment(why, 'turn_wait')
+  why.k = why.k + 1
+  why[why.k] = jid
+end
+
 -- route_compact(why, nid): the explanation as a record that finishes on this attempt keeps
 -- it (ctx.lua compact_route: the chosen node's entry in its segment, the others counted),
 -- built from the entries while they are at hand, so the result needs no pattern matching

@@ -159,12 +159,7 @@ end
 local function pick(job, why)
   local turn = turn_node_of(job)
   if turn == false then
-    -- explained as a step of its own: the earlier part it waits behind (its job id)
-    segment(why, 'turn_wait')
-    if why then
-      why.k = why.k + 1
-      why[why.k] = job.turn_prev
-    end
+    explain_wait(why, job.turn_prev)
     return nil
   end
   if turn ~= '' then

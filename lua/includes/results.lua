@@ -65,6 +65,21 @@ end
 -- library may run side by side during an upgrade).
 local ADVANCE_MAX = 10001
 
+-- cursor_clear(): may a call rely on "no result is logged at the cursor" (see ADVANCE_MAX)?
+-- Not with max_index_ahead at its maximum, where a library before ADVANCE_MAX could stop
+-- one short.
+local function cursor_clear() return CFG.max_ahead < 10000 end
+
+-- gated_trim(sid, cursor, s, f): trim the log at most every CFG.retention / 8 (the
+-- session's `trim_at`, read into `s`), appending the next time to `f`, the fields of the
+-- caller's HSET of the session.
+local function gated_trim(sid, cursor, s, f)
+  if NOW < (s.trim_at or 0) + 0 then return end
+  trim(sid, cursor)
+  local n = #f
+  f[n + 1], f[n + 2] = 'trim_at', dec(NOW + math.floor(CFG.retention / 8))
+end
+
 -- release(sid, force): deliver what is deliverable; force = the reorder window is over.
 local function release(sid, force)
   local sk, rk, pk, jk = session_keys(sid)
@@ -170,10 +185,7 @@ local function settle(sid, idx, msg, s, stamped, set, body)
       local f = set or {}
       local n = #f
       f[n + 1], f[n + 2], f[n + 3], f[n + 4] = 'next_deliver', dec(cursor), 'out_seq', dec(seq)
-      if NOW >= (s.trim_at or 0) + 0 then
-        trim(sid, cursor)
-        f[n + 5], f[n + 6] = 'trim_at', dec(NOW + math.floor(CFG.retention / 8))
-      end
+      gated_trim(sid, cursor, s, f)
       redis.call('HSET', sk, unpack(f))
       s.next_deliver, s.out_seq = cursor, seq
     else
@@ -182,17 +194,13 @@ local function settle(sid, idx, msg, s, stamped, set, body)
     end
     return true
   end
-  if s and idx + 0 > cursor and CFG.max_ahead < 10000 then
+  if s and idx + 0 > cursor and cursor_clear() then
     -- Held behind an earlier index. release() would deliver nothing: no call ends with a
     -- result logged at the cursor, and every held index has its result. What is left of
-    -- it: the reorder clock, started by the first result held (NX), and the trim, at most
-    -- every retention / 8 as in the fast path (in the same HSET as the group's fields).
+    -- it: the reorder clock, started by the first result held (NX), and the trim, gated as
+    -- in the fast path (in the same HSET as the group's fields).
     local f = set or {}
-    if NOW >= (s.trim_at or 0) + 0 then
-      trim(sid, cursor)
-      local n = #f
-      f[n + 1], f[n + 2] = 'trim_at', dec(NOW + math.floor(CFG.retention / 8))
-    end
+    gated_trim(sid, cursor, s, f)
     if #f > 0 then redis.call('HSET', sk, unpack(f)) end
     redis.call('ZADD', pk, idx, idx)
     if have < 4 then redis.call('PEXPIRE', pk, CFGS.session_ttl) end

@@ -42,10 +42,9 @@ local function submit(sid, sess, idx, spec, audio, meta)
   -- (not only a job's end settles an index: a gap the reorder window gave up on gets its
   -- missing_result without ever having had a job. No call ends with a result logged at
   -- the cursor (results.lua advances past every one), so the index at the cursor needs no
-  -- look, unless max_index_ahead is 10,000: a library before ADVANCE_MAX, running side by
-  -- side during an upgrade, could stop one short of a result there.)
+  -- look, where that holds: cursor_clear().)
   local cursor = (sess.next_deliver or 0) + 0
-  if idx < cursor or ((idx > cursor or CFG.max_ahead >= 10000)
+  if idx < cursor or ((idx > cursor or not cursor_clear())
       and redis.call('HEXISTS', sk .. ':results', is) == 1) then
     redis.call('HDEL', jobs, is)
     return {status = 'settled'}

@@ -276,6 +276,13 @@ pub async fn node_hash(
         .expect("hgetall")
 }
 
+/// An inbox entry's `env` field as deliver.lua packs it (MessagePack): `msg` for session
+/// `sid` on connection `conn`, numbered `seq` among its terminal messages (0: none).
+pub fn session_envelope(sid: &str, conn: &str, msg: &str, seq: u64) -> Vec<u8> {
+    let env = serde_json::json!({"k": "session", "id": sid, "conn": conn, "msg": msg, "seq": seq});
+    rmp_serde::to_vec_named(&env).expect("envelope")
+}
+
 /// Redis' clock, in ms (the clock the scripts' deadlines are on).
 pub async fn redis_now(c: &mut redis::aio::MultiplexedConnection) -> u64 {
     let (secs, micros): (u64, u64) = redis::cmd("TIME").query_async(c).await.expect("TIME");

@@ -125,14 +125,9 @@ async fn an_inbox_entry_whose_read_reply_was_lost_comes_at_the_reconnect_once() 
     let (mut s, sid) = session_on(&a).await;
     let id = a.app.instance_id.clone();
     let inbox = format!("{PREFIX}inbox:{id}");
-    let env = json!({
-        "k": "session",
-        "id": sid,
-        "conn": session_field(&mut c, &sid, "conn").await,
-        "msg": json!({"type": "inbox_probe", "session_id": sid}).to_string(),
-        "seq": 0,
-    });
-    let env = rmp_serde::to_vec_named(&env).unwrap();
+    let conn = session_field(&mut c, &sid, "conn").await;
+    let probe = json!({"type": "inbox_probe", "session_id": sid}).to_string();
+    let env = session_envelope(&sid, &conn, &probe, 0);
     // The consumer past its start-up read of its own pending entries (which would deliver
     // the entry below at once), blocked on new ones.
     consumer_client(&mut c).await;
@@ -181,14 +176,8 @@ async fn an_inbox_entry_whose_read_reply_was_lost_comes_at_the_reconnect_once() 
 /// The `env` field of an inbox entry for session `sid` (connection `conn`): a message of
 /// type `kind`, as `deliver()` packs it.
 fn env_of(sid: &str, conn: &str, kind: &str) -> Vec<u8> {
-    let env = json!({
-        "k": "session",
-        "id": sid,
-        "conn": conn,
-        "msg": json!({"type": kind, "session_id": sid}).to_string(),
-        "seq": 0,
-    });
-    rmp_serde::to_vec_named(&env).unwrap()
+    let msg = json!({"type": kind, "session_id": sid}).to_string();
+    session_envelope(sid, conn, &msg, 0)
 }
 
 /// Add `entries` (each a list of fields) to `inbox` and read them as consumer `id` in one

@@ -49,11 +49,8 @@ async fn entries_in_a_stream_that_lost_its_group_are_delivered() {
     let (mut s, sid) = session_on(&a).await;
     let conn = session_field(&mut c, &sid, "conn").await;
     let inbox = format!("{PREFIX}inbox:{}", a.app.instance_id);
-    let env = rmp_serde::to_vec_named(&json!({
-        "k": "session", "id": sid, "conn": conn, "seq": 0,
-        "msg": json!({"type": "probe", "session_id": sid}).to_string(),
-    }))
-    .unwrap();
+    let probe = json!({"type": "probe", "session_id": sid}).to_string();
+    let env = session_envelope(&sid, &conn, &probe, 0);
     let () = redis::pipe()
         .atomic()
         .del(&inbox)

@@ -36,10 +36,7 @@ async fn a_message_the_writer_gave_up_waiting_for_is_read_back_from_the_log() {
         .to_string()
     };
     let now = redis_now(&mut c).await;
-    let env = rmp_serde::to_vec_named(&json!({
-        "k": "session", "id": sid, "conn": conn, "msg": msg(2), "seq": 3,
-    }))
-    .unwrap();
+    let env = session_envelope(&sid, &conn, &msg(2), 3);
     let mut p = redis::pipe();
     p.atomic()
         .hset_multiple(format!("{sk}:results"), &[(1, msg(1)), (2, msg(2))])
