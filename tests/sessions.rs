@@ -604,6 +604,8 @@ async fn an_audio_chunk_sent_twice_is_buffered_once() {
     invariants::check(&mut c).await;
 }
 
+#[path = "sessions/advance_bound.rs"]
+mod advance_bound;
 #[path = "sessions/frames.rs"]
 mod frames;
 #[path = "sessions/gaps.rs"]
