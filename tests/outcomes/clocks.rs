@@ -1,0 +1,105 @@
+//! A job record whose `created_at` a clock or a hand edit moved: a result still reaches
+//! its session, with the ui_events, when the time since creation is negative, and when it
+//! does not fit the script's reply at all (recovered from the result log).
+
+use super::*;
+
+/// Rewrite the dispatched job's `created_at` (as a clock that moved would, or a hand edit),
+/// then have its node answer "hello".
+async fn answer_after_created_at(
+    c: &mut redis::aio::MultiplexedConnection,
+    n: &mut WsClient,
+    nid: &str,
+    assign: &Value,
+    created_at: &str,
+) {
+    let jid = assign["job_id"].as_str().expect("job_id");
+    let _: () = c
+        .hset(format!("{PREFIX}job:{jid}"), "created_at", created_at)
+        .await
+        .expect("hset");
+    n.send(&answer(assign, nid, "hello")).await;
+}
+
+/// A Redis clock that went back (a failover to a replica whose clock is behind the old
+/// master's) leaves records that say a job was created after "now". Its result and the
+/// ui_events that come with it still reach the session: the time since creation they carry
+/// is 0, not a negative number the instance would fail to read in the script's reply.
+#[tokio::test]
+async fn a_job_created_after_now_by_the_clock_still_gets_its_result_and_ui_events() {
+    let redis = RedisServer::start().await;
+    let inst = start_instance(&redis).await;
+    let mut c = redis.client().await;
+    let ((mut n, nid), (mut s, _), a) = first_job(&inst).await;
+    let jid = a["job_id"].as_str().expect("job_id").to_string();
+    let created: i64 = job(&mut c, &jid).await["created_at"]
+        .parse()
+        .expect("created_at");
+    answer_after_created_at(&mut c, &mut n, &nid, &a, &(created + 60_000).to_string()).await;
+    let mut events = Vec::new();
+    let result = loop {
+        let v = s.next(T).await.expect("the result and its ui_events");
+        match v["type"].as_str() {
+            Some("ui_event") if v["event"] != "DISPATCHED" => {
+                events.push((v["event"].clone(), v["elapsed_ms"].clone()))
+            }
+            Some("translation_result") => break v,
+            _ => {}
+        }
+    };
+    assert_eq!(result["job_id"], json!(jid));
+    assert_eq!(
+        events,
+        [
+            (json!("ASR_FINAL"), json!(0)),
+            (json!("NMT_DONE"), json!(0))
+        ]
+    );
+    // The latency the reply carries for the metrics is not negative either: the end-to-end
+    // histogram's sum does not go back.
+    let inst = &inst;
+    let e2e_sum = eventually(
+        T,
+        "the result's end-to-end latency recorded",
+        || async move {
+            let m = metrics_text(inst).await;
+            let count = sample(&m, "switchyard_e2e_latency_seconds_count")?;
+            (count >= 1.0).then(|| sample(&m, "switchyard_e2e_latency_seconds_sum"))?
+        },
+    )
+    .await;
+    assert!(e2e_sum >= 0.0, "end-to-end latency sum {e2e_sum}");
+    invariants::check(&mut c).await;
+}
+
+/// A reply that does not decode (a mismatch between a script and the instance, or a record
+/// edited by hand) comes from a script that ran and committed: the result it carried is
+/// recovered from the session's result log, as for a reply lost on the way. Here the job's
+/// `created_at` is made so far in the past that its age does not fit the reply's field.
+#[tokio::test]
+async fn a_job_result_whose_reply_does_not_decode_still_reaches_its_session() {
+    let redis = RedisServer::start().await;
+    let inst = start_instance(&redis).await;
+    let mut c = redis.client().await;
+    let ((mut n, nid), (mut s, _), a) = first_job(&inst).await;
+    let jid = a["job_id"].as_str().expect("job_id").to_string();
+    answer_after_created_at(&mut c, &mut n, &nid, &a, "-100000000000000000000").await;
+    let result = loop {
+        let v = s.next(T).await.expect("the result, recovered");
+        if v["type"] == "translation_result" {
+            break v;
+        }
+    };
+    assert_eq!(result["job_id"], json!(jid));
+    assert_eq!(result["text_translated"], "hello");
+    let m = metrics_text(&inst).await;
+    let calls = r#"switchyard_script_calls_total{cell="main",script="job_result",outcome="error"}"#;
+    assert_eq!(
+        sample(&m, calls),
+        Some(1.0),
+        "the reply did not decode: {m}"
+    );
+    let recovered = r#"switchyard_deliveries_total{kind="session",detail="ambiguous_recovered"}"#;
+    assert_eq!(sample(&m, recovered), Some(1.0), "{m}");
+    invariants::check(&mut c).await;
+}
