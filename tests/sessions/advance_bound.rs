@@ -21,7 +21,14 @@ async fn one_call_delivers_every_index_max_index_ahead_allows() {
     // (through the session's instance: each job_assign comes back in submit's reply)
     cell.register(0, 0, 1, 8).await.expect("register");
     // index 0 left out: the first submit skips it
-    for skip in std::iter::once(true).chain(std::iter::repeat_n(false, AHEAD as usize - 1)) {
+    for (k, skip) in std::iter::once(true)
+        .chain(std::iter::repeat_n(false, AHEAD as usize - 1))
+        .enumerate()
+    {
+        // the node stays live (its record and liveness run on `node.liveness_ms`, 800 ms)
+        if k % 20 == 0 {
+            cell.heartbeat(0, 1).await.expect("heartbeat");
+        }
         cell.submit(0, skip, false).await.expect("submit");
         cell.result(0, 0, Answer::Ok).await.expect("result");
     }
