@@ -35,8 +35,9 @@ fn text(name: &str, v: Option<&str>, max: usize) -> Result<(), String> {
     }
 }
 
-/// `lang_a` / `lang_b`, when given: a language code (only `two_way_auto` routes by them, but
-/// every job carries them).
+/// A language field, when given: a language code. `lang_a` / `lang_b` (only `two_way_auto`
+/// routes by them) and `src_lang` / `tgt_lang` (only one-way routes by them) are kept with
+/// the session and copied into every job either way.
 fn lang(name: &str, v: Option<&str>) -> Result<(), String> {
     match v {
         Some(l) if !l.is_empty() && !valid_lang(l) => Err(format!(
@@ -84,6 +85,8 @@ pub fn session_init(i: &SessionInit) -> Result<(), String> {
                 .into(),
         );
     }
+    lang("src_lang", Some(&i.src_lang))?;
+    lang("tgt_lang", Some(&i.tgt_lang))?;
     text("client_version", Some(&i.client_version), MAX_CLIENT_TEXT)?;
     text("platform", Some(&i.platform), MAX_CLIENT_TEXT)?;
     options(&i.options)
@@ -92,6 +95,8 @@ pub fn session_init(i: &SessionInit) -> Result<(), String> {
 /// An `utterance` within the bounds, or why not.
 pub fn utterance(u: &Utterance<'_>) -> Result<(), String> {
     trace_id(u.trace_id.as_deref())?;
+    lang("src_lang", Some(u.src_lang.as_str()))?;
+    lang("tgt_lang", Some(u.tgt_lang.as_str()))?;
     text("audio_format", u.audio_format.as_deref(), MAX_OPTION_TEXT)?;
     options(&u.options)
 }

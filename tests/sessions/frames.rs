@@ -60,7 +60,14 @@ async fn oversized_free_form_fields_are_refused_and_nothing_is_kept() {
     let url = ws_url(&inst, "/ws/session");
     let mut s = WsClient::connect(&url).await;
     let long = "x".repeat(40 * 1024);
-    for (field, value) in [
+    // (`src_lang` / `tgt_lang` in two-way mode, which routes by `lang_a` / `lang_b`: kept
+    // with the session and copied into every job, unchecked before the third audit)
+    let two_way = |field: &str, value: &serde_json::Value| {
+        let mut init = fixture("session_init_two_way");
+        init[field] = value.clone();
+        init
+    };
+    let cases = [
         ("trace_id", json!(long)),
         ("client_version", json!(long)),
         ("features", json!({"k": long})),
@@ -72,9 +79,17 @@ async fn oversized_free_form_fields_are_refused_and_nothing_is_kept() {
         // (a resume that names no possible session or index: it opened a new session)
         ("resume_session_id", json!("s-0000:0001")),
         ("last_received_index", json!(-2)),
-    ] {
+    ];
+    let one_way = cases.iter().map(|(f, v)| {
         let mut init = fixture("session_init_one_way");
-        init[field] = value;
+        init[*f] = v.clone();
+        (*f, init)
+    });
+    let two_way = [
+        ("src_lang", two_way("src_lang", &json!(long))),
+        ("tgt_lang", two_way("tgt_lang", &json!("en:pub"))),
+    ];
+    for (field, init) in one_way.chain(two_way) {
         s.send(&init).await;
         let e = s.recv_type("error").await;
         assert_eq!(e["code"], "INVALID_MESSAGE", "{field}: {e}");
@@ -95,6 +110,7 @@ async fn oversized_free_form_fields_are_refused_and_nothing_is_kept() {
         ("trace_id", json!(long)),
         ("audio_format", json!(long)),
         ("lang_a", json!(long)),
+        ("src_lang", json!(long)),
     ] {
         let mut u = utterance(&sid, 0);
         u[field] = value;
