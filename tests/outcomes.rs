@@ -409,3 +409,33 @@ async fn a_pool_no_node_can_serve_is_not_read_whole_by_every_job() {
 mod clocks;
 #[path = "outcomes/ordering.rs"]
 mod ordering;
+
+/// The remembered answers live a second from the first one, whatever comes after: renewed
+/// by every write, a client sending each utterance with a made-up language pair (each
+/// refused at once, so its index settles and the next one may come) kept the hash alive
+/// for ever, one field more a pair (robustness audit).
+#[tokio::test]
+async fn answers_for_made_up_pairs_do_not_keep_the_unservable_hash_alive() {
+    let redis = RedisServer::start().await;
+    let inst = start_instance(&redis).await;
+    let mut c = redis.client().await;
+    let (_n, _) = node_on(&inst, None).await;
+    let (mut s, sid) = session_on(&inst).await;
+    let unservable = format!("{PREFIX}unservable");
+    let mut refused = async |i: u64| {
+        let mut u = utterance(&sid, i);
+        u["src_lang"] = json!(format!("q{i}"));
+        s.send(&u).await;
+        let e = s.recv_type("error").await;
+        assert_eq!(e["code"], "NO_AVAILABLE_NODE", "{e}");
+    };
+    refused(0).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    refused(1).await;
+    let fields: u64 = c.hlen(&unservable).await.unwrap();
+    let ttl: i64 = c.pttl(&unservable).await.unwrap();
+    assert_eq!(fields, 2, "both answers are remembered");
+    // (renewed, it would have ~1,000 ms left)
+    assert!((0..=750).contains(&ttl), "the second answer renewed the hash: {ttl} ms left");
+    invariants::check(&mut c).await;
+}

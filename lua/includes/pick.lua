@@ -134,7 +134,10 @@ local function servable(job)
     local until_ms = NOW + UNSERVABLE_MS
     if DOWN_UNTIL and DOWN_UNTIL < until_ms then until_ms = DOWN_UNTIL end
     redis.call('HSET', unservable_key(), field, dec(until_ms))
-    redis.call('PEXPIRE', unservable_key(), UNSERVABLE_MS)
+    -- The hash lives UNSERVABLE_MS from its first field, not from its last: renewed by every
+    -- write, a client inventing a new language pair each second (each refused at once, the
+    -- index settled) kept it alive for ever, one field a pair (robustness audit).
+    redis.call('PEXPIRE', unservable_key(), UNSERVABLE_MS, 'NX')
   end
   return false
 end
