@@ -42,6 +42,9 @@ Output: [reply, blobs...]
 local sid, payload = ARGV[5], ARGV[7]
 local chunk_ms = int(9, 'duration ms', 0, math.huge)
 local seq = int(11, 'chunk number', 0, math.huge)
+-- (checked like the others, though kept as text: a cut's arithmetic reads it after the
+-- buffer is gone)
+if ARGV[10] ~= '' then int(10, 'client_timestamp_ms', 0, 2^53) end
 local sess, why = session_for(sid, ARGV[6])
 if not sess then return finish({status = why}) end
 if seq > 0 then

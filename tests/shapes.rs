@@ -270,8 +270,22 @@ async fn scripts_refuse_non_numeric_arguments_before_writing_anything() {
         .expect_err("refused");
         assert!(e.to_string().contains("duration ms"), "{e}");
     }
+    // nor does one whose client_timestamp_ms is not a time (kept as text, a cut's arithmetic
+    // read it after the buffer was gone: the audio was lost, no job made)
+    for bad in [&b"soon"[..], b"-1", b"1e300"] {
+        let e = call_raw(
+            &inst,
+            &mut c,
+            Script::AudioAppend,
+            &[sk.clone(), ak.clone(), due.clone()],
+            &[b"s-lua", b"conn-1", b"opus-bytes", b"1", b"300", bad, b"0"],
+        )
+        .await
+        .expect_err("refused");
+        assert!(e.to_string().contains("client_timestamp_ms"), "{e}");
+    }
     let exists: bool = c.exists(&ak).await.expect("exists");
-    assert!(!exists, "audio appended despite the bad duration");
+    assert!(!exists, "audio appended despite the bad duration or timestamp");
     let buf: Option<String> = c.hget(&sk, "buf_bytes").await.expect("hget");
     assert_eq!(buf.as_deref(), Some("0"));
 }
