@@ -263,7 +263,8 @@ fn inspect(cfg: &Config, what: Inspect, json: bool) -> ExitCode {
     }
 }
 
-/// `switchyard token`: a token from the first HS256 secret.
+/// `switchyard token`: a token from the first HS256 secret, with the configured issuer and
+/// audience.
 fn token(
     cfg: &Config,
     scopes: &[String],
@@ -273,11 +274,6 @@ fn token(
     ttl: Option<&str>,
 ) -> Result<String, String> {
     use switchyard::auth::{Scope, mint};
-    let secret = cfg
-        .auth
-        .hs256_secrets
-        .first()
-        .ok_or("no auth.hs256_secrets configured to sign with")?;
     let scopes = scopes
         .iter()
         .map(|s| Scope::parse(s).ok_or_else(|| format!("unknown scope {s:?}")))
@@ -296,8 +292,8 @@ fn token(
         Some(t) => mint::parse_ttl(t)?,
         None => cfg.auth.default_ttl_s,
     };
-    mint::hs256(
-        secret,
+    mint::sign(
+        &cfg.auth,
         &mint::TokenSpec {
             scopes,
             sub,

@@ -436,6 +436,9 @@ async fn answers_for_made_up_pairs_do_not_keep_the_unservable_hash_alive() {
     let ttl: i64 = c.pttl(&unservable).await.unwrap();
     assert_eq!(fields, 2, "both answers are remembered");
     // (renewed, it would have ~1,000 ms left)
-    assert!((0..=750).contains(&ttl), "the second answer renewed the hash: {ttl} ms left");
+    assert!(
+        (0..=750).contains(&ttl),
+        "the second answer renewed the hash: {ttl} ms left"
+    );
     invariants::check(&mut c).await;
 }

@@ -285,7 +285,10 @@ async fn scripts_refuse_non_numeric_arguments_before_writing_anything() {
         assert!(e.to_string().contains("client_timestamp_ms"), "{e}");
     }
     let exists: bool = c.exists(&ak).await.expect("exists");
-    assert!(!exists, "audio appended despite the bad duration or timestamp");
+    assert!(
+        !exists,
+        "audio appended despite the bad duration or timestamp"
+    );
     let buf: Option<String> = c.hget(&sk, "buf_bytes").await.expect("hget");
     assert_eq!(buf.as_deref(), Some("0"));
 }

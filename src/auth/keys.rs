@@ -81,11 +81,16 @@ impl Verifier {
     pub fn verify(&self, token: &str) -> Result<Credential, AuthError> {
         let header = jsonwebtoken::decode_header(token)
             .map_err(|e| AuthError::Invalid(format!("malformed token: {e}")))?;
+        // A token without `kid` is checked by every key of its algorithm. A `kid` some key
+        // has selects that key alone; one no key has leaves it to the keys without a `kid`
+        // (HS256 secrets, PEM files): a key with another `kid` never checks it.
+        let has = |want: &str| self.keys.iter().any(|k| k.kid.as_deref() == Some(want));
         let candidates = self.keys.iter().filter(|k| {
             k.alg == header.alg
-                && match (&header.kid, &k.kid) {
-                    (Some(want), Some(have)) => want == have,
-                    _ => true,
+                && match header.kid.as_deref() {
+                    None => true,
+                    Some(want) if has(want) => k.kid.as_deref() == Some(want),
+                    Some(_) => k.kid.is_none(),
                 }
         });
         let mut last = AuthError::Invalid(format!("no key for algorithm {:?}", header.alg));

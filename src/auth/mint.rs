@@ -1,5 +1,6 @@
 //! Minting HS256 tokens from the first configured secret: `switchyard token` and the
-//! development setup of `make run` (which prints ready-made tokens).
+//! development setup of `make run` (which prints ready-made tokens). A minted token carries
+//! the configured `issuer` and `audience`, which verification then requires.
 
 use jsonwebtoken::{EncodingKey, Header};
 use serde::Serialize;
@@ -28,10 +29,37 @@ struct Claims<'a> {
     tenant: Option<&'a str>,
     #[serde(skip_serializing_if = "Option::is_none")]
     cell: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    iss: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    aud: Option<&'a str>,
 }
 
-/// Sign `spec` with `secret` (HS256).
+/// Sign `spec` with the first HS256 secret of `auth`, with its `issuer` and `audience` as
+/// `iss` and `aud`: with either configured, verification requires it, and a token without
+/// would be refused by the very deployment that minted it.
+pub fn sign(auth: &crate::config::AuthConfig, spec: &TokenSpec) -> Result<String, String> {
+    let secret =
+        (auth.hs256_secrets.first()).ok_or("no auth.hs256_secrets configured to sign with")?;
+    encode(
+        secret,
+        spec,
+        auth.issuer.as_deref(),
+        auth.audience.as_deref(),
+    )
+}
+
+/// Sign `spec` with `secret` (HS256), without `iss` or `aud`.
 pub fn hs256(secret: &str, spec: &TokenSpec) -> Result<String, String> {
+    encode(secret, spec, None, None)
+}
+
+fn encode(
+    secret: &str,
+    spec: &TokenSpec,
+    iss: Option<&str>,
+    aud: Option<&str>,
+) -> Result<String, String> {
     let now = crate::protocol::now_ms() / 1000;
     let claims = Claims {
         exp: now + spec.ttl_s,
@@ -40,6 +68,8 @@ pub fn hs256(secret: &str, spec: &TokenSpec) -> Result<String, String> {
         sub: spec.sub.as_deref(),
         tenant: spec.tenant.as_deref(),
         cell: spec.cell.as_deref(),
+        iss,
+        aud,
     };
     jsonwebtoken::encode(
         &Header::default(),
@@ -80,16 +110,20 @@ pub fn dev_secret() -> String {
 }
 
 /// What `serve --dev` prints, given the configuration it runs with: the development banner
-/// when the keys are development keys (`open` mode, or a first HS256 secret with the `dev-`
-/// prefix that `make run` and [`dev_secret`] use); an error otherwise. `--dev` on a
+/// when the keys are development keys (`open` mode, or only HS256 secrets, each with the
+/// `dev-` prefix that `make run` and [`dev_secret`] use); an error otherwise. `--dev` on a
 /// configuration with real keys (a mistaken flag in a production entrypoint) must not write
-/// the production secret and day-long admin tokens to stdout and the log pipeline.
+/// the production secret and day-long admin tokens to stdout and the log pipeline, nor
+/// tokens that a real key beside a development secret would make valid there.
 pub fn dev_setup_banner(auth: &crate::config::AuthConfig, listen: &str) -> Result<String, String> {
     if auth.is_open() {
         return Ok("SWITCHYARD DEVELOPMENT SETUP: auth.mode = open, no tokens needed".into());
     }
+    let dev_only = auth.public_key_files.is_empty()
+        && auth.jwks_file.is_none()
+        && auth.hs256_secrets.iter().all(|s| s.starts_with("dev-"));
     match auth.hs256_secrets.first() {
-        Some(secret) if secret.starts_with("dev-") => dev_banner(secret, listen),
+        Some(secret) if dev_only => dev_banner(auth, secret, listen),
         _ => Err(
             "--dev prints its credentials, so it runs only with development keys: an \
                   HS256 secret starting with \"dev-\" (or none: one is made for the run), or \
@@ -101,10 +135,14 @@ pub fn dev_setup_banner(auth: &crate::config::AuthConfig, listen: &str) -> Resul
 
 /// The banner `serve --dev` prints: the secret and ready-made tokens (24 h), so a newcomer
 /// can connect a lingua node and a web client at once.
-pub fn dev_banner(secret: &str, listen: &str) -> Result<String, String> {
+fn dev_banner(
+    auth: &crate::config::AuthConfig,
+    secret: &str,
+    listen: &str,
+) -> Result<String, String> {
     let token = |scopes: &[Scope]| {
-        hs256(
-            secret,
+        sign(
+            auth,
             &TokenSpec {
                 scopes: scopes.to_vec(),
                 sub: None,

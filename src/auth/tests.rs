@@ -212,6 +212,80 @@ fn a_configured_issuer_and_audience_are_required_and_nbf_is_checked() {
     );
 }
 
+/// Security audit: `switchyard token` and the development banner signed no `iss` or
+/// `aud`, so with `auth.issuer` / `auth.audience` set (as advised beside provider keys) the
+/// deployment refused every token it minted itself.
+#[test]
+fn a_minted_token_carries_the_configured_issuer_and_audience() {
+    let cfg = AuthConfig {
+        hs256_secrets: vec![NEW.to_string()],
+        issuer: Some("idp".into()),
+        audience: Some("switchyard".into()),
+        ..AuthConfig::default()
+    };
+    let a = Auth::from_config(&cfg).expect("keys load");
+    let t = super::mint::sign(&cfg, &spec(&[Scope::Node], None, None)).expect("signed");
+    let r = a.authorize(&HeaderMap::new(), &query(&t), Scope::Node);
+    assert!(r.is_ok(), "{r:?}");
+    // without them configured, none is written (and none is required)
+    let plain = AuthConfig {
+        hs256_secrets: vec![NEW.to_string()],
+        ..AuthConfig::default()
+    };
+    let t = super::mint::sign(&plain, &spec(&[Scope::Node], None, None)).expect("signed");
+    let claims = t.split('.').nth(1).expect("claims");
+    use base64::Engine;
+    let claims = base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .decode(claims)
+        .expect("base64");
+    let claims: serde_json::Value = serde_json::from_slice(&claims).expect("json");
+    assert!(
+        claims.get("iss").is_none() && claims.get("aud").is_none(),
+        "{claims}"
+    );
+    assert!(super::mint::sign(&AuthConfig::default(), &spec(&[], None, None)).is_err());
+}
+
+/// Security audit: a token naming a `kid` was also tried against every key without one (an
+/// HS256 secret would accept a token claiming to be the JWKS key's). The key it names checks
+/// it alone; a `kid` no key has is left to the keys without one; no `kid`, to every key.
+#[test]
+fn a_kid_selects_its_key_alone() {
+    let cfg = AuthConfig {
+        hs256_secrets: vec![NEW.to_string()],
+        jwks_file: Some(
+            concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/keys/jwks.json").into(),
+        ),
+        ..AuthConfig::default()
+    };
+    let a = Auth::from_config(&cfg).expect("keys load");
+    let now = crate::protocol::now_ms() / 1000;
+    let claims = serde_json::json!({"exp": now + 60, "scope": "node"});
+    let hs = |kid: Option<&str>| {
+        let mut h = jsonwebtoken::Header::default();
+        h.kid = kid.map(str::to_string);
+        let key = jsonwebtoken::EncodingKey::from_secret(NEW.as_bytes());
+        jsonwebtoken::encode(&h, &claims, &key).expect("signed")
+    };
+    let ok = |t: &str| {
+        a.authorize(&HeaderMap::new(), &query(t), Scope::Node)
+            .is_ok()
+    };
+    assert!(
+        !ok(&hs(Some("ec-2026"))),
+        "the secret checked a token naming the JWKS key"
+    );
+    assert!(ok(&hs(None)));
+    assert!(ok(&hs(Some("rotated-away"))));
+    // the JWKS key itself, by its kid
+    let pem = include_bytes!("../../tests/fixtures/keys/ec256.key");
+    let mut h = jsonwebtoken::Header::new(jsonwebtoken::Algorithm::ES256);
+    h.kid = Some("ec-2026".into());
+    let key = jsonwebtoken::EncodingKey::from_ec_pem(pem).expect("ec key");
+    let es = jsonwebtoken::encode(&h, &claims, &key).expect("signed");
+    assert!(ok(&es));
+}
+
 #[test]
 fn node_binding_and_tenant_rules() {
     let fleet = Credential {
@@ -292,6 +366,14 @@ fn the_dev_banner_prints_development_keys_only() {
     assert!(b.contains(&dev) && b.contains("admin token"), "{b}");
     assert!(super::mint::dev_setup_banner(&with(&[NEW], "required"), "x").is_err());
     assert!(super::mint::dev_setup_banner(&with(&[], "required"), "x").is_err());
+    // a development secret beside real keys (security audit: only the first was looked at)
+    assert!(super::mint::dev_setup_banner(&with(&[&dev, NEW], "required"), "x").is_err());
+    let mut beside_jwks = with(&[&dev], "required");
+    beside_jwks.jwks_file = Some("/etc/switchyard/jwks.json".into());
+    assert!(super::mint::dev_setup_banner(&beside_jwks, "x").is_err());
+    let mut beside_pem = with(&[&dev], "required");
+    beside_pem.public_key_files = vec!["/etc/switchyard/idp.pem".into()];
+    assert!(super::mint::dev_setup_banner(&beside_pem, "x").is_err());
     let open = super::mint::dev_setup_banner(&with(&[], "open"), "x").expect("open mode");
     assert!(open.contains("auth.mode = open"), "{open}");
 }

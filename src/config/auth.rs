@@ -17,7 +17,7 @@ pub struct AuthConfig {
     /// PEM files of public keys (RSA → RS256, EC P-256 → ES256, Ed25519 → EdDSA).
     pub public_key_files: Vec<String>,
     /// A JWKS file (`{"keys":[...]}`): a token whose header names a `kid` is checked
-    /// against that key only.
+    /// against that key only (a `kid` no key has: against the keys without one).
     pub jwks_file: Option<String>,
     /// Clock skew tolerated on `exp` / `nbf`, seconds.
     pub leeway_s: u64,
