@@ -148,11 +148,8 @@ fn expired_forged_and_scopeless_tokens_are_refused() {
     );
 }
 
-/// Review finding: a configured issuer and audience were only checked when a token carried
-/// them (jsonwebtoken checks `iss`/`aud` only when present), so a token the identity
-/// provider issued for another client without them passed; and `nbf` was never checked.
-#[test]
-fn a_configured_issuer_and_audience_are_required_and_nbf_is_checked() {
+/// An HS256 secret with `auth.issuer` "idp" and `auth.audience` "switchyard".
+fn with_issuer_and_audience() -> (AuthConfig, Auth) {
     let cfg = AuthConfig {
         hs256_secrets: vec![NEW.to_string()],
         issuer: Some("idp".into()),
@@ -160,6 +157,15 @@ fn a_configured_issuer_and_audience_are_required_and_nbf_is_checked() {
         ..AuthConfig::default()
     };
     let a = Auth::from_config(&cfg).expect("keys load");
+    (cfg, a)
+}
+
+/// Review finding: a configured issuer and audience were only checked when a token carried
+/// them (jsonwebtoken checks `iss`/`aud` only when present), so a token the identity
+/// provider issued for another client without them passed; and `nbf` was never checked.
+#[test]
+fn a_configured_issuer_and_audience_are_required_and_nbf_is_checked() {
+    let (_, a) = with_issuer_and_audience();
     let now = crate::protocol::now_ms() / 1000;
     let enc = |claims: serde_json::Value| {
         jsonwebtoken::encode(
@@ -217,13 +223,7 @@ fn a_configured_issuer_and_audience_are_required_and_nbf_is_checked() {
 /// deployment refused every token it minted itself.
 #[test]
 fn a_minted_token_carries_the_configured_issuer_and_audience() {
-    let cfg = AuthConfig {
-        hs256_secrets: vec![NEW.to_string()],
-        issuer: Some("idp".into()),
-        audience: Some("switchyard".into()),
-        ..AuthConfig::default()
-    };
-    let a = Auth::from_config(&cfg).expect("keys load");
+    let (cfg, a) = with_issuer_and_audience();
     let t = super::mint::sign(&cfg, &spec(&[Scope::Node], None, None)).expect("signed");
     let r = a.authorize(&HeaderMap::new(), &query(&t), Scope::Node);
     assert!(r.is_ok(), "{r:?}");
