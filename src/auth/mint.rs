@@ -125,9 +125,10 @@ pub fn dev_setup_banner(auth: &crate::config::AuthConfig, listen: &str) -> Resul
     match auth.hs256_secrets.first() {
         Some(secret) if dev_only => dev_banner(auth, secret, listen),
         _ => Err(
-            "--dev prints its credentials, so it runs only with development keys: an \
-                  HS256 secret starting with \"dev-\" (or none: one is made for the run), or \
-                  auth.mode = \"open\"; this configuration has other keys. Drop --dev."
+            "--dev prints its credentials, so it runs only with development keys: \
+                  HS256 secrets all starting with \"dev-\" and no public key or JWKS (or no \
+                  key: one is made for the run), or auth.mode = \"open\"; this \
+                  configuration has other keys. Drop --dev."
                 .into(),
         ),
     }
