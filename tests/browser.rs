@@ -215,6 +215,23 @@ async fn the_dashboard_shows_a_new_node_its_drain_and_a_job_explanation() {
     .await
     .expect("scroll");
     shot(&c, "dashboard-explain").await;
+
+    // The search box opens the session: its state, languages, results and jobs (the
+    // languages read fields the record does not have before the console audit: "–→–").
+    let q = c.find(Locator::Id("q")).await.expect("search");
+    q.clear().await.expect("clear");
+    q.send_keys(&sid).await.expect("type");
+    c.find(Locator::Id("go"))
+        .await
+        .expect("go")
+        .click()
+        .await
+        .expect("click");
+    let head = wait_text(&c, "#detail p", "the session's header", |t| {
+        t.contains(&sid)
+    })
+    .await;
+    assert!(head.contains("open") && head.contains("zh→en"), "{head}");
     c.close().await.expect("close browser");
     let mut conn = redis.client().await;
     common::invariants::check(&mut conn).await;

@@ -65,6 +65,11 @@ async fn a_session_shows_its_state_results_and_jobs() {
     assert_eq!(j["jobs"][0]["node"], nid.as_str());
     let (st, _) = get_json(&http_url(&inst, "/api/v1/jobs/job-nope-0")).await;
     assert_eq!(st, 404);
+    // a session nobody has: no jobs, and no cell claimed for it (console audit)
+    let (st, j) = get_json(&http_url(&inst, "/api/v1/sessions/s-NOPE0000/jobs")).await;
+    assert_eq!(st, 200);
+    assert_eq!(j["jobs"], serde_json::json!([]), "{j}");
+    assert!(j["cell"].is_null(), "{j}");
 
     // The same from the command line, reading Redis directly: no key configured (it
     // verifies no token), the record's own field names, `--json` after the target too.

@@ -114,15 +114,15 @@ async fn session(Path(id): Path<String>, Cells(cells): Cells) -> Response {
     not_found("session")
 }
 
-/// A session's jobs, from the first cell that has any (or the one `?cell=` names).
+/// A session's jobs, from the first cell that has any (or the one `?cell=` names); with
+/// none in any cell, `"cell": null` (no cell is claimed for a session nobody found).
 async fn session_jobs(Path(id): Path<String>, Cells(cells): Cells) -> Response {
     if !crate::protocol::valid_id(&id) {
         return bad_id();
     }
-    let mut last = None;
     for cell in cells {
         match cell.store.session_jobs(&id).await {
-            Ok(rows) if rows.is_empty() => last = Some(cell.name().to_string()),
+            Ok(rows) if rows.is_empty() => {}
             Ok(rows) => {
                 return Json(json!({"session_id": id, "cell": cell.name(), "jobs": rows}))
                     .into_response();
@@ -130,5 +130,5 @@ async fn session_jobs(Path(id): Path<String>, Cells(cells): Cells) -> Response {
             Err(e) => return unavailable(e),
         }
     }
-    Json(json!({"session_id": id, "cell": last, "jobs": []})).into_response()
+    Json(json!({"session_id": id, "cell": null, "jobs": []})).into_response()
 }
