@@ -240,21 +240,30 @@ local function body_key(sid, idx)
 end
 
 -- trim(sid, cursor): results delivered longer than CFG.retention ago leave the log (with
--- their idempotency entries); an index below the cursor stays refused by submit.
+-- their idempotency entries); an index below the cursor stays refused by submit. At most
+-- TRIM_PAGE a call, in one command per key: returns whether it took a full page (more may
+-- be due: gated_trim then trims again at the next call). A page of 256 entries with three
+-- commands each let a session logging more than one page per trim interval (a client
+-- skipping max_index_ahead indices at a time, each gap given its missing_result, or a
+-- session over ~20 results a second) grow its log without bound (Redis key audit).
+local TRIM_PAGE = 1024
 local function trim(sid, cursor)
   local sk = session_key(sid)
   local old = redis.call('ZRANGEBYSCORE', sk .. ':rtime', '-inf', dec(NOW - CFG.retention), 'LIMIT',
-    '0', '256')
-  local bodies = {}
+    '0', dec(TRIM_PAGE))
+  local gone, bodies = {}, {}
   for _, idx in ipairs(old) do
     if tonumber(idx) < cursor then
-      redis.call('HDEL', sk .. ':results', idx)
-      redis.call('HDEL', sk .. ':jobs', idx)
-      redis.call('ZREM', sk .. ':rtime', idx)
+      gone[#gone + 1] = idx
       bodies[#bodies + 1] = body_key(sid, idx)
     end
   end
-  if #bodies > 0 then redis.call('DEL', unpack(bodies)) end
+  if #gone == 0 then return false end
+  redis.call('HDEL', sk .. ':results', unpack(gone))
+  redis.call('HDEL', sk .. ':jobs', unpack(gone))
+  redis.call('ZREM', sk .. ':rtime', unpack(gone))
+  redis.call('DEL', unpack(bodies))
+  return #gone == TRIM_PAGE
 end
 
 -- touch_session(sid, sess): activity keeps every key of a session alive for

@@ -72,10 +72,11 @@ local function cursor_clear() return CFG.max_ahead < 10000 end
 
 -- gated_trim(sid, cursor, s, f): trim the log at most every CFG.retention / 8 (the
 -- session's `trim_at`, read into `s`), appending the next time to `f`, the fields of the
--- caller's HSET of the session.
+-- caller's HSET of the session; or at the next call again, while each trim takes a full
+-- page (trim).
 local function gated_trim(sid, cursor, s, f)
   if NOW < (s.trim_at or 0) + 0 then return end
-  trim(sid, cursor)
+  if trim(sid, cursor) then return end
   local n = #f
   f[n + 1], f[n + 2] = 'trim_at', dec(NOW + math.floor(CFG.retention / 8))
 end

@@ -213,3 +213,48 @@ async fn delivered_results_leave_the_log_after_the_retention() {
     assert_eq!(logged(&mut c, format!("{sk}:results")).await, ["1", "2"]);
     invariants::check(&mut c).await;
 }
+
+/// A log holding more results past the retention than one trim takes (a client that
+/// skips `max_index_ahead` indices at a time logs a missing_result for each) keeps being
+/// trimmed call after call, a page of 1,024 each, until none is left. A trim took 256 and
+/// then waited an eighth of the retention: a session logging faster than that grew its
+/// log without bound, its TTL renewed by the same activity (Redis key audit).
+#[tokio::test]
+async fn a_log_longer_than_one_trim_keeps_being_trimmed() {
+    const OLD: u64 = 3_000;
+    let redis = RedisServer::start().await;
+    let inst = start_tweaked(&redis, |c| c.session.max_index_ahead = 10_000).await;
+    let mut c = redis.client().await;
+    let (mut n, nid) = node(&inst, |_| {}).await;
+    let (mut s, sid) = session(&inst).await;
+    let sk = format!("{PREFIX}session:{sid}");
+    // indices 0..3000, delivered an hour ago (the retention is two minutes)
+    let hour_ago = redis_now(&mut c).await - 3_600_000;
+    let mut p = redis::pipe();
+    for i in 0..OLD {
+        let msg = json!({"type": "missing_result", "session_id": sid, "utterance_index": i,
+                         "reason": "gap_timeout"});
+        p.hset(format!("{sk}:results"), i, msg.to_string()).ignore();
+        p.zadd(format!("{sk}:rtime"), i, hour_ago).ignore();
+    }
+    p.hset(&sk, "next_deliver", OLD).ignore();
+    for k in [":results", ":rtime"] {
+        p.pexpire(format!("{sk}{k}"), 600_000).ignore();
+    }
+    let () = p.query_async(&mut c).await.unwrap();
+    let logged = async |c: &mut redis::aio::MultiplexedConnection| -> u64 {
+        c.hlen(format!("{sk}:results")).await.unwrap()
+    };
+    let mut left = Vec::new();
+    for i in OLD..OLD + 3 {
+        s.send(&utterance(&sid, i)).await;
+        let a = assign(&mut n).await;
+        n.send(&answer(&a, &nid, "t")).await;
+        let got = terminals(&mut s, 1, T).await;
+        assert_eq!(got[0]["utterance_index"], i);
+        left.push(logged(&mut c).await);
+    }
+    // each result trims a page, and the next trims again: 3,000 old ones gone in three
+    assert_eq!(left, [OLD + 1 - 1_024, OLD + 2 - 2_048, 3], "{left:?}");
+    invariants::check(&mut c).await;
+}
