@@ -370,3 +370,44 @@ async fn a_node_in_thousands_of_pools_does_not_make_thousands_of_series() {
         "{other}"
     );
 }
+
+/// Nodes in thousands of pools, each with pools of its own (made-up languages): the
+/// scripts keep what they derive from a node's capability signature for the library's
+/// life, but not a signature of ~160 KB with its ~1 MB of lists: 256 of them pinned ~0.3 GB
+/// of Lua heap (`used_memory_vm_functions`) that no TTL or eviction frees (Redis key audit).
+#[tokio::test]
+async fn nodes_in_thousands_of_pools_leave_the_scripts_heap_as_it_was() {
+    let redis = RedisServer::start().await;
+    let inst = start_instance(&redis).await;
+    let mut c = redis.client().await;
+    let heap = async |c: &mut redis::aio::MultiplexedConnection| -> u64 {
+        let info: String = redis::cmd("INFO")
+            .arg("memory")
+            .query_async(c)
+            .await
+            .unwrap();
+        info.lines()
+            .find_map(|l| l.strip_prefix("used_memory_vm_functions:"))
+            .and_then(|v| v.trim().parse().ok())
+            .expect("used_memory_vm_functions")
+    };
+    let (_n, _) = common::actors::node_on(&inst, None).await; // the library has run
+    let before = heap(&mut c).await;
+    let mut nodes = Vec::new();
+    for k in 0..30 {
+        let langs: Vec<String> = (0..64).map(|i| format!("n{k:02}l{i:02}")).collect();
+        let mut node = WsClient::connect(&ws_url(&inst, "/ws/node")).await;
+        let mut frame = fixture("node_register_first");
+        frame["language_capabilities"] =
+            json!({"asr_languages": langs, "semantic_languages": langs, "tts_languages": langs});
+        node.register_id(frame, None).await;
+        nodes.push(node);
+    }
+    let after = heap(&mut c).await;
+    // (kept, 30 signatures held ~30 MB; garbage waits for the collector, which starts a
+    // cycle at 10 x what the last one left alive)
+    assert!(
+        after < before + 16_000_000,
+        "the scripts' heap grew from {before} to {after} bytes"
+    );
+}

@@ -230,16 +230,23 @@ end
 -- node_pools(capsig): the pools a node is in, read from its capability signature (its
 -- last part: the pool names, space-separated; register and heartbeat write it with the
 -- pools set, take_offline and node_offline empty both), saving an SMEMBERS. Nodes share a
--- few signatures: each is split once (kept in DERIVED, bounded like load_fields).
+-- few signatures: each is split once (kept in DERIVED, bounded like load_fields), unless
+-- it is longer than SIG_CACHE_MAX: a node in thousands of pools has a signature of
+-- ~160 KB and lists of ~1 MB, and 256 such kept for the library's life pinned ~0.3 GB of
+-- Lua heap that no key's TTL or eviction frees (Redis key audit). Such a node's lists are
+-- built again for each call that needs them.
+local SIG_CACHE_MAX = 4096
 local function node_pools(capsig)
-  local name = 'pools:' .. (capsig or '')
-  local pools = DERIVED[name]
+  capsig = capsig or ''
+  local keep = #capsig <= SIG_CACHE_MAX
+  local name = keep and ('pools:' .. capsig)
+  local pools = keep and DERIVED[name]
   if pools then return pools end
   pools = {}
-  for p in string.gmatch(string.match(capsig or '', '^[^|]*|[^|]*|(.*)$') or '', '%S+') do
+  for p in string.gmatch(string.match(capsig, '^[^|]*|[^|]*|(.*)$') or '', '%S+') do
     pools[#pools + 1] = p
   end
-  derive(name, pools)
+  if keep then derive(name, pools) end
   return pools
 end
 
@@ -256,6 +263,7 @@ local function queue_keys(capsig)
   if ks then return ks end
   ks = {}
   for i, pool in ipairs(node_pools(capsig)) do ks[i] = P .. 'queue:' .. pool end
+  if #capsig > SIG_CACHE_MAX then return ks end -- (as in node_pools)
   DERIVED.nq = (DERIVED.nq or 0) + 1
   if DERIVED.nq <= QUEUE_KEYS_MAX then
     if not all then
