@@ -19,6 +19,9 @@ use crate::store::StoreError;
 
 /// Most nodes `/api/v1/nodes` returns in one answer (per cell).
 const NODE_LIST_LIMIT: usize = 10_000;
+/// Most members `/api/v1/pools` lists per pool (its `count` says how many it has): a fleet
+/// of nodes in thousands of pools each made a body of megabytes (console audit).
+const POOL_MEMBERS_LIMIT: usize = 1_000;
 
 /// `?cell=NAME`: restrict an admin call to one cell.
 #[derive(Debug, Default, Deserialize)]
@@ -161,16 +164,19 @@ pub async fn node(Path(id): Path<String>, Cells(cells): Cells) -> Response {
     error(StatusCode::NOT_FOUND, "no such node")
 }
 
-/// `pub:zh:en` → scope public; `tenant:acme:zh:en` → scope acme.
-fn pool_json(cell: &str, name: String, members: Vec<String>) -> Value {
+/// `pub:zh:en` → scope public; `tenant:acme:zh:en` → scope acme. `members`: the first
+/// POOL_MEMBERS_LIMIT ids (sorted), `count`: all of them.
+fn pool_json(cell: &str, name: String, mut members: Vec<String>) -> Value {
     let parts: Vec<&str> = name.split(':').collect();
     let (scope, src, tgt) = match parts.as_slice() {
         ["pub", s, t] => ("public".to_string(), *s, *t),
         ["tenant", tenant, s, t] => (tenant.to_string(), *s, *t),
         _ => (String::new(), "", ""),
     };
+    let count = members.len();
+    members.truncate(POOL_MEMBERS_LIMIT);
     json!({"cell": cell, "pool": name, "scope": scope, "src": src, "tgt": tgt,
-           "count": members.len(), "members": members})
+           "count": count, "members": members})
 }
 
 pub async fn pools(Cells(cells): Cells) -> Response {

@@ -339,3 +339,28 @@ async fn a_node_register_sent_again_within_the_interval_is_refused_and_changes_n
     assert_eq!(pools_of(&mut c, &id).await, ja_en_pools());
     invariants::check(&mut c).await;
 }
+
+/// `/api/v1/pools` lists at most 1,000 members of a pool, its `count` all of them: nodes
+/// in thousands of pools each made a body of megabytes (console audit).
+#[tokio::test]
+async fn the_pool_list_names_at_most_a_thousand_members_of_a_pool() {
+    let redis = RedisServer::start().await;
+    let inst = start_instance(&redis).await;
+    let mut c = redis.client().await;
+    let (_node, id) = crate::common::actors::node_on(&inst, None).await;
+    let pool = format!("{PREFIX}pool:pub:zh:en");
+    let fakes: Vec<String> = (0..1_500).map(|i| format!("fake-{i:04}")).collect();
+    let _: () = c.sadd(&pool, &fakes).await.unwrap();
+    let (status, pools) = get_json(&http_url(&inst, "/api/v1/pools")).await;
+    assert_eq!(status, 200, "{pools}");
+    let p = (pools.as_array().unwrap().iter())
+        .find(|p| p["pool"] == "pub:zh:en")
+        .expect("the pool");
+    assert_eq!(p["count"], 1_501);
+    assert_eq!(p["members"].as_array().map(Vec::len), Some(1_000));
+    assert_eq!(p["members"][0], "fake-0000", "sorted");
+    // (the members that were never nodes go; the node is still there)
+    let _: () = c.srem(&pool, &fakes).await.unwrap();
+    assert_eq!(pool_members(&mut c, "pub:zh:en").await, set(&[&id]));
+    invariants::check(&mut c).await;
+}
