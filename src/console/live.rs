@@ -251,15 +251,69 @@ impl Streams {
     }
 }
 
-/// One open stream.
+/// One open stream: a task that owns the stream's slots and sends its events, so that it
+/// ends (and frees them) at the credential's `exp` whether or not the client reads. Inside
+/// the response body, as it was, it ran only when the server polled the body, which it
+/// does only while it can write: a client that stopped reading kept its slots, and every
+/// holder's, for ever (console audit).
 struct Live {
     app: Arc<App>,
     cell: Arc<Cell>,
     tick: tokio::time::Interval,
     /// The credential's `exp`, as an instant: the stream ends there.
     until: Option<tokio::time::Instant>,
-    ended: bool,
     _slot: (OwnedSemaphorePermit, Option<KeyedSlot>),
+}
+
+impl Live {
+    /// A snapshot every second into `tx` (one waits there at most), until the credential
+    /// expires (an `expired` event, if there is room for it), the instance drains or the
+    /// client goes (`tx` closed).
+    async fn run(mut self, tx: tokio::sync::mpsc::Sender<Event>) {
+        let until = self.until;
+        let expired = async move {
+            match until {
+                Some(t) => tokio::time::sleep_until(t).await,
+                None => std::future::pending().await,
+            }
+        };
+        tokio::pin!(expired);
+        let expired_event = || {
+            Event::default().event("expired").data(
+                json!({"error": "credential expired: reconnect with a new token"}).to_string(),
+            )
+        };
+        loop {
+            tokio::select! {
+                biased; // expiry first: no snapshot goes out on an expired credential
+                _ = &mut expired => {
+                    let _ = tx.try_send(expired_event());
+                    return;
+                }
+                _ = tx.closed() => return,
+                _ = self.tick.tick() => {}
+            }
+            if self.app.is_draining() {
+                return;
+            }
+            let ev = match self.app.console.snapshot(&self.app, &self.cell).await {
+                Ok(text) => Event::default().data(text),
+                Err(e) => Event::default()
+                    .event("error")
+                    .data(json!({"error": e}).to_string()),
+            };
+            tokio::select! {
+                biased;
+                _ = &mut expired => {
+                    let _ = tx.try_send(expired_event());
+                    return;
+                }
+                sent = tx.send(ev) => if sent.is_err() {
+                    return;
+                }
+            }
+        }
+    }
 }
 
 /// `GET /api/v1/console/stream[?cell=NAME]`: a snapshot of the cell every second as SSE
@@ -316,41 +370,13 @@ pub async fn stream(
         cell,
         tick,
         until,
-        ended: false,
         _slot: (slot, mine),
     };
-    let events = futures_util::stream::unfold(live, |mut live| async move {
-        if live.ended {
-            return None;
-        }
-        let until = live.until;
-        let expired = async move {
-            match until {
-                Some(t) => tokio::time::sleep_until(t).await,
-                None => std::future::pending().await,
-            }
-        };
-        tokio::select! {
-            biased; // expiry first: no snapshot goes out on an expired credential
-            _ = expired => {
-                live.ended = true;
-                let ev = Event::default().event("expired").data(
-                    json!({"error": "credential expired: reconnect with a new token"}).to_string(),
-                );
-                return Some((Ok::<_, Infallible>(ev), live));
-            }
-            _ = live.tick.tick() => {}
-        }
-        if live.app.is_draining() {
-            return None;
-        }
-        let ev = match live.app.console.snapshot(&live.app, &live.cell).await {
-            Ok(text) => Event::default().data(text),
-            Err(e) => Event::default()
-                .event("error")
-                .data(json!({"error": e}).to_string()),
-        };
-        Some((Ok::<_, Infallible>(ev), live))
+    let (tx, rx) = tokio::sync::mpsc::channel(1);
+    tokio::spawn(live.run(tx));
+    let events = futures_util::stream::unfold(rx, |mut rx| async move {
+        let ev = rx.recv().await?;
+        Some((Ok::<_, Infallible>(ev), rx))
     });
     Sse::new(events)
         .keep_alive(KeepAlive::default())

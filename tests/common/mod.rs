@@ -55,6 +55,11 @@ pub fn short_token(scopes: &[Scope], ttl_s: u64) -> String {
     mint_ttl(scopes, None, None, None, ttl_s)
 }
 
+/// [`short_token`] of the credential holder `sub`.
+pub fn short_token_of(scopes: &[Scope], sub: &str, ttl_s: u64) -> String {
+    mint_ttl(scopes, Some(sub), None, None, ttl_s)
+}
+
 fn mint(scopes: &[Scope], sub: Option<&str>, tenant: Option<&str>, cell: Option<&str>) -> String {
     mint_ttl(scopes, sub, tenant, cell, 3600)
 }

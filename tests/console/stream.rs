@@ -235,3 +235,71 @@ async fn the_snapshot_lists_live_nodes_before_offline_records() {
     assert_eq!(pool["members_total"], 1, "{pool}");
     assert!(pool["capacity"].as_u64().is_some_and(|c| c > 0), "{pool}");
 }
+
+/// A client that stops reading: the server writes nothing more once the socket's buffers
+/// are full, and so no longer asked the stream for its next event, where the stream checked
+/// its token's `exp`: it kept its slots, its holder's included, for ever (console audit).
+/// Its events now come from a task of their own that ends at `exp` whether or not the
+/// client reads. Snapshots of ~800 KB (120 pools with 100 long member names) fill the
+/// socket's buffers (~2.8 MB here, with a 4 KB receive buffer on the client) within ~4 s,
+/// before the token's 7 s are over.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stream_whose_client_stopped_reading_ends_at_its_tokens_exp() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let redis = RedisServer::start().await;
+    let inst = start_tweaked(&redis, |c| c.limits.max_console_streams_per_credential = 1).await;
+    let mut c = redis.client().await;
+    let prefix = crate::common::invariants::PREFIX;
+    let pools: Vec<String> = (0..120).map(|p| format!("pub:x{p:03}:y")).collect();
+    let mut w = redis::pipe();
+    for p in &pools {
+        let members: Vec<String> = (0..100)
+            .map(|m| format!("{p}-{m:03}-{}", "m".repeat(48)))
+            .collect();
+        w.sadd(format!("{prefix}pool:{p}"), members).ignore();
+    }
+    w.sadd(format!("{prefix}pools"), &pools).ignore();
+    let () = w.query_async(&mut c).await.unwrap();
+
+    let stuck = short_token_of(&[Scope::AdminRead], "ops-stuck", 7);
+    let sock = tokio::net::TcpSocket::new_v4().expect("socket");
+    sock.set_recv_buffer_size(4096).expect("SO_RCVBUF");
+    let mut tcp = sock.connect(inst.addr).await.expect("connect");
+    let get =
+        format!("GET /api/v1/console/stream?access_token={stuck} HTTP/1.1\r\nHost: x\r\n\r\n");
+    tcp.write_all(get.as_bytes()).await.expect("request");
+    // the response's first bytes, then nothing more is read
+    let mut head = [0u8; 64];
+    let n = tokio::time::timeout(Duration::from_secs(5), tcp.read(&mut head))
+        .await
+        .expect("a response")
+        .expect("read");
+    assert!(
+        head[..n].starts_with(b"HTTP/1.1 200"),
+        "{:?}",
+        String::from_utf8_lossy(&head[..n])
+    );
+    let fresh = token(&[Scope::AdminRead], Some("ops-stuck"), None);
+    assert_eq!(
+        open(&inst, &fresh).await.status().as_u16(),
+        429,
+        "the unread stream holds its holder's one slot"
+    );
+    eventually(
+        Duration::from_secs(8),
+        "the slot back after exp",
+        || async {
+            let r = open(&inst, &fresh).await;
+            (r.status().as_u16() == 200).then_some(())
+        },
+    )
+    .await;
+    drop(tcp);
+    let mut w = redis::pipe();
+    for p in &pools {
+        w.del(format!("{prefix}pool:{p}")).ignore();
+    }
+    w.srem(format!("{prefix}pools"), &pools).ignore();
+    let () = w.query_async(&mut c).await.unwrap();
+    crate::common::invariants::check(&mut c).await;
+}
