@@ -87,7 +87,7 @@ fn manifests_match_the_configuration() {
         assert_eq!(sm["spec"]["endpoints"][0]["port"], "admin");
         assert_eq!(sm["spec"]["endpoints"][0]["path"], "/metrics");
         for (probe, path) in [
-            ("startupProbe", "/readyz"),
+            ("startupProbe", "/healthz"),
             ("readinessProbe", "/readyz"),
             ("livenessProbe", "/healthz"),
         ] {
@@ -107,6 +107,12 @@ fn manifests_match_the_configuration() {
             grace * 1000 >= pre_stop * 1000 + drain_ms + 15_000,
             "{overlay}: terminationGracePeriodSeconds {grace} < preStop {pre_stop} s + {drain_ms} ms + 15 s"
         );
+        // The autoscaler sets the count: `kubectl apply -k` of a Deployment with `replicas`
+        // would set it back, deleting the pods the autoscaler added (deploy audit).
+        let hpa = find(&docs, "HorizontalPodAutoscaler", "switchyard");
+        assert_eq!(hpa["spec"]["scaleTargetRef"]["name"], "switchyard");
+        let spec = &find(&docs, "Deployment", "switchyard")["spec"];
+        assert!(spec["replicas"].is_null(), "{overlay}: replicas beside an HPA");
         let sc = &c["securityContext"];
         assert_eq!(sc["readOnlyRootFilesystem"], true);
         assert_eq!(sc["allowPrivilegeEscalation"], false);
