@@ -112,7 +112,10 @@ fn manifests_match_the_configuration() {
         let hpa = find(&docs, "HorizontalPodAutoscaler", "switchyard");
         assert_eq!(hpa["spec"]["scaleTargetRef"]["name"], "switchyard");
         let spec = &find(&docs, "Deployment", "switchyard")["spec"];
-        assert!(spec["replicas"].is_null(), "{overlay}: replicas beside an HPA");
+        assert!(
+            spec["replicas"].is_null(),
+            "{overlay}: replicas beside an HPA"
+        );
         let sc = &c["securityContext"];
         assert_eq!(sc["readOnlyRootFilesystem"], true);
         assert_eq!(sc["allowPrivilegeEscalation"], false);

@@ -384,3 +384,5 @@ mod playback;
 
 #[path = "sessions/held_cuts.rs"]
 mod held_cuts;
+#[path = "sessions/turns.rs"]
+mod turns;

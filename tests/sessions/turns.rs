@@ -1,0 +1,66 @@
+//! A turn's parts on one node: a node may merge a turn's parts and answer only the last
+//! (PROTOCOL: "a node may send no result for a job it merged into a later one; the job
+//! then ends by timeout rules").
+
+use super::*;
+
+/// A max-duration cut and the manual cut that ends the turn go to one node, which answers
+/// only the second. At the first part's deadline it is not failed over (run again alone on
+/// another node: a second, partial translation, or JOB_TIMEOUT ~90 s later after three
+/// attempts) but ends with an empty translation_result (`NO_TEXT_ASSIGNED`), as the node's
+/// own empty result would have ended it (protocol audit).
+#[tokio::test]
+async fn a_turn_part_merged_into_a_later_one_ends_empty_at_its_deadline() {
+    let redis = RedisServer::start().await;
+    let inst = start_tweaked(&redis, |c| {
+        c.session.max_duration_ms = 200;
+        c.session.min_cut_ms = 0;
+        c.jobs.run_timeout_ms = 600;
+        c.session.reorder_window_ms = 5_000;
+    })
+    .await;
+    let mut c = redis.client().await;
+    let (mut a, aid) = node(&inst, |_| {}).await;
+    let (mut b, bid) = node(&inst, |_| {}).await;
+    let (mut s, sid) = session(&inst).await;
+    let mut ch = fixture("audio_chunk");
+    ch["session_id"] = json!(sid);
+    s.send(&ch).await;
+    let (first, first_id, other, j0) = tokio::select! {
+        v = assign(&mut a) => (&mut a, aid.clone(), &mut b, v),
+        v = assign(&mut b) => (&mut b, bid.clone(), &mut a, v),
+    };
+    assert_eq!(j0["is_max_duration_triggered"], true);
+    let mut fin = fixture("audio_chunk_final_empty");
+    fin["session_id"] = json!(sid);
+    fin["payload"] = json!(B64.encode([1u8; 30]));
+    s.send(&fin).await;
+    let j1 = assign(first).await;
+    assert_eq!(j1["turn_id"], j0["turn_id"]);
+    // the node merged part 0 into part 1: one result, for the whole phrase
+    first.send(&answer(&j1, &first_id, "whole phrase")).await;
+    let got = terminals(&mut s, 2, T).await;
+    assert_eq!(got[0]["utterance_index"], 0, "{got:?}");
+    assert_eq!(got[0]["type"], "translation_result", "{got:?}");
+    assert_eq!(got[0]["text_asr"], "", "{got:?}");
+    assert_eq!(got[0]["extra"]["reason"], "NO_TEXT_ASSIGNED", "{got:?}");
+    assert_eq!(got[0]["job_id"], j0["job_id"]);
+    assert_eq!(got[1]["utterance_index"], 1);
+    assert_eq!(got[1]["text_translated"], "whole phrase", "{got:?}");
+    assert!(
+        next_of(other, "job_assign", Duration::from_millis(300))
+            .await
+            .is_none(),
+        "the merged part ran again on the other node"
+    );
+    let jk = format!("{PREFIX}job:{}", j0["job_id"].as_str().expect("job id"));
+    let (state, merged): (String, String) = redis::cmd("HMGET")
+        .arg(&jk)
+        .arg("state")
+        .arg("merged")
+        .query_async(&mut c)
+        .await
+        .unwrap();
+    assert_eq!((state.as_str(), merged.as_str()), ("FINISHED", "1"));
+    invariants::check(&mut c).await;
+}
