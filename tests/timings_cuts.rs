@@ -159,6 +159,30 @@ async fn skipped(inst: &Running) -> f64 {
         .unwrap_or(0.0)
 }
 
+/// A short quiet word is speech: one ~250 ms chunk of 12 small Opus packets (300 bytes)
+/// and the end of the phrase make a job. By size (60 bytes a 20 ms frame) it was 100 ms,
+/// under `session.min_cut_ms`, and vanished without a result (protocol audit); the
+/// duration is now 20 ms a packet of the chunk's length-prefixed packet stream.
+#[tokio::test]
+async fn a_short_quiet_word_is_not_taken_for_a_click() {
+    let redis = RedisServer::start().await;
+    let inst = start_instance(&redis).await;
+    let mut c = redis.client().await;
+    let (mut n, _) = node_on(&inst, None).await;
+    let (mut s, sid) = session_on(&inst).await;
+    let mut ch = fixture("audio_chunk");
+    ch["session_id"] = json!(sid);
+    ch["payload"] = json!(packets(12, 23));
+    s.send(&ch).await;
+    let mut fin = fixture("audio_chunk_final_empty");
+    fin["session_id"] = json!(sid);
+    s.send(&fin).await;
+    let a = assign(&mut n).await;
+    assert_eq!(a["utterance_index"], 0);
+    assert_eq!(skipped(&inst).await, 0.0);
+    invariants::check(&mut c).await;
+}
+
 #[tokio::test]
 async fn clicks_between_phrases_make_no_job_and_use_no_index() {
     let redis = RedisServer::start().await;

@@ -28,7 +28,7 @@ use crate::auth::{Credential, Scope};
 use crate::capabilities::{RouteRequest, route};
 use crate::cells::Cell;
 use crate::config::OnGap;
-use crate::protocol::session::{JobSpec, SessionInbound, Utterance, estimate_ms, unsupported};
+use crate::protocol::session::{JobSpec, SessionInbound, Utterance, stream_ms, unsupported};
 use crate::protocol::{DecodeError, ErrorCode, base64, bounds, decode, now_ms};
 use crate::routing;
 use crate::server::App;
@@ -274,7 +274,7 @@ impl SessionConn {
                         "audio_chunk payload is not base64",
                     );
                 };
-                let ms = estimate_ms("opus", bytes.len());
+                let ms = stream_ms(&bytes);
                 let client_ts = c.client_timestamp_ms;
                 self.chunks += 1;
                 let seq = self.chunks;

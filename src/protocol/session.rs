@@ -340,8 +340,34 @@ impl JobSpec<'_> {
     }
 }
 
-/// Estimated duration of an audio payload, for the cut rules: Opus ≈ 60 bytes per 20 ms
-/// frame; PCM16 at 16 kHz mono = 32 bytes per ms.
+/// Duration of a streamed `audio_chunk` payload, for the cut rules: PROTOCOL's stream of
+/// Opus packets, each after its length as two little-endian bytes, is 20 ms a packet; a
+/// payload that is not such a stream is estimated by its size ([`estimate_ms`]). By size,
+/// quiet speech read short: the lingua web client's ~250 ms chunks are 300–1,000 bytes (12
+/// or 13 packets), 100–330 ms at 60 bytes a frame, so a short quiet word could fall under
+/// `session.min_cut_ms` and make no job, and quiet phrases ran past `max_duration_ms`
+/// (protocol audit).
+pub fn stream_ms(payload: &[u8]) -> u64 {
+    /// The largest Opus packet (RFC 6716 §3.2.1).
+    const MAX_PACKET: usize = 1275;
+    let (mut at, mut packets) = (0usize, 0u64);
+    while let Some(len) = payload.get(at..at + 2) {
+        let len = usize::from(u16::from_le_bytes([len[0], len[1]]));
+        if len == 0 || len > MAX_PACKET {
+            break;
+        }
+        at += 2 + len;
+        packets += 1;
+    }
+    if at == payload.len() {
+        packets * 20
+    } else {
+        estimate_ms("opus", payload.len())
+    }
+}
+
+/// Estimated duration of an audio payload by its size, for the cut rules: Opus ≈ 60 bytes
+/// per 20 ms frame; PCM16 at 16 kHz mono = 32 bytes per ms.
 pub fn estimate_ms(format: &str, bytes: usize) -> u64 {
     let bytes = bytes as u64;
     if format.eq_ignore_ascii_case("pcm16") || format.eq_ignore_ascii_case("pcm") {
@@ -357,7 +383,7 @@ pub fn estimate_ms(format: &str, bytes: usize) -> u64 {
 mod tests {
     use proptest::prelude::*;
 
-    use super::{JobOptions, JobSpec, Pipeline, estimate_ms};
+    use super::{JobOptions, JobSpec, Pipeline, estimate_ms, stream_ms};
 
     /// How the template was built before `to_sorted_json`: through a `Value` map.
     fn through_value(spec: &JobSpec, manual_cut: bool) -> String {
@@ -426,5 +452,27 @@ mod tests {
         // the fuzzer's input: a byte count near usize::MAX
         assert_eq!(estimate_ms("", usize::MAX), usize::MAX as u64 / 3);
         assert!(estimate_ms("opus", usize::MAX) >= estimate_ms("opus", usize::MAX - 1));
+    }
+
+    /// Length-prefixed packets, `n` of `size` bytes.
+    fn packets(n: usize, size: u16) -> Vec<u8> {
+        let one = [&size.to_le_bytes()[..], &vec![7u8; usize::from(size)]].concat();
+        one.repeat(n)
+    }
+
+    #[test]
+    fn a_stream_of_opus_packets_is_20_ms_a_packet() {
+        // quiet speech: 12 packets of 23 bytes (300 bytes, 100 ms by size) are 240 ms
+        assert_eq!(stream_ms(&packets(12, 23)), 240);
+        // a click: two packets of 63 bytes
+        assert_eq!(stream_ms(&packets(2, 63)), 40);
+        assert_eq!(stream_ms(&[]), 0);
+        // not a stream of packets: by size
+        let mut cut_short = packets(3, 40);
+        cut_short.pop();
+        assert_eq!(stream_ms(&cut_short), estimate_ms("opus", cut_short.len()));
+        assert_eq!(stream_ms(&[0, 0, 1]), 1);
+        assert_eq!(stream_ms(&[0xff, 0xff, 1, 2, 3]), 1);
+        assert_eq!(stream_ms(b"pcm"), 1);
     }
 }
