@@ -23,7 +23,10 @@
 //! it closes or is upgraded: an upgraded WebSocket counts against `limits.max_connections`
 //! instead and is never closed by these bounds. After `limits.http_connection_lifetime_ms`
 //! a connection still speaking HTTP is asked to close like at shutdown: the request in
-//! progress finishes (a console stream included), then it closes.
+//! progress finishes (a console stream included), then it closes. A connection whose write
+//! has waited `limits.http_write_timeout_ms` for the peer to read is closed at once
+//! (`limited{kind="http", detail="write_timeout"}`, `stall.rs`): a client that stops
+//! reading a response cannot hold its slot, busy with a request, for ever.
 //!
 //! HTTP/1.1 only. Nodes, web clients and probes speak HTTP/1.1 (WebSockets by `Upgrade`),
 //! and HTTP/2 has no idle bound in hyper: a connection that had made one request (a
@@ -49,7 +52,11 @@ use crate::config::LimitsConfig;
 use crate::telemetry::metrics::Metrics;
 
 mod slots;
+mod stall;
 use slots::{MakeWay, Slot, Slots};
+
+/// How often a connection's task looks whether its write has waited too long.
+const STALL_CHECK: Duration = Duration::from_secs(1);
 
 /// Serve `router` on `listener` until `stop` turns true.
 pub async fn serve(
@@ -64,6 +71,7 @@ pub async fn serve(
         .header_read_timeout(Duration::from_millis(limits.header_read_timeout_ms));
     let first_request = Duration::from_millis(limits.upgrade_timeout_ms);
     let lifetime = Duration::from_millis(limits.http_connection_lifetime_ms);
+    let write_timeout = Duration::from_millis(limits.http_write_timeout_ms);
     // One slot per connection still speaking HTTP on this listener.
     let slots = Slots::new(limits.max_http_connections);
     // Every connection task holds a sender: the receiver sees the end of the last one.
@@ -147,6 +155,7 @@ pub async fn serve(
                 }))
             }
         });
+        let (tcp, stall) = stall::Watched::new(tcp);
         let conn = http
             .serve_connection(TokioIo::new(tcp), svc)
             .with_upgrades();
@@ -160,6 +169,7 @@ pub async fn serve(
             tokio::pin!(deadline);
             let aged = tokio::time::sleep(lifetime);
             tokio::pin!(aged);
+            let mut watch = tokio::time::interval(STALL_CHECK.min(write_timeout));
             let (mut deadline_passed, mut stopping) = (false, false);
             let evict = slot.evict.clone();
             let result = loop {
@@ -187,6 +197,12 @@ pub async fn serve(
                     _ = &mut aged, if !stopping => {
                         stopping = true;
                         conn.as_mut().graceful_shutdown();
+                    }
+                    _ = watch.tick() => {
+                        if stall.waiting().is_some_and(|w| w >= write_timeout) {
+                            metrics.limited("http", "write_timeout");
+                            return; // dropping the connection closes the socket
+                        }
                     }
                 }
             };

@@ -45,6 +45,11 @@ pub struct LimitsConfig {
     /// A plain HTTP connection is closed after this long (the request in progress
     /// finishes first), so kept-alive requests cannot hold it for ever.
     pub http_connection_lifetime_ms: u64,
+    /// A plain HTTP connection whose write has waited this long for the peer to read is
+    /// closed: a client that stops reading a response (a console stream, a large list)
+    /// cannot hold its connection slot for ever. Upgraded WebSockets have their own
+    /// (`ws.write_timeout_ms`).
+    pub http_write_timeout_ms: u64,
     /// Console live streams (`/api/v1/console/stream`) open at once on this instance;
     /// further ones get HTTP 503.
     pub max_console_streams: usize,
@@ -83,6 +88,7 @@ impl Default for LimitsConfig {
             upgrade_timeout_ms: 15_000,
             max_http_connections: 1_024,
             http_connection_lifetime_ms: 60_000,
+            http_write_timeout_ms: 30_000,
             max_console_streams: 32,
             max_console_streams_per_credential: 4,
             max_admin_requests: 16,
@@ -121,6 +127,7 @@ impl LimitsConfig {
                 "limits.http_connection_lifetime_ms",
                 self.http_connection_lifetime_ms,
             ),
+            ("limits.http_write_timeout_ms", self.http_write_timeout_ms),
             (
                 "limits.max_console_streams",
                 self.max_console_streams as u64,

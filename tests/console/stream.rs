@@ -236,18 +236,23 @@ async fn the_snapshot_lists_live_nodes_before_offline_records() {
     assert!(pool["capacity"].as_u64().is_some_and(|c| c > 0), "{pool}");
 }
 
-/// A client that stops reading: the server writes nothing more once the socket's buffers
-/// are full, and so no longer asked the stream for its next event, where the stream checked
-/// its token's `exp`: it kept its slots, its holder's included, for ever (console audit).
-/// Its events now come from a task of their own that ends at `exp` whether or not the
-/// client reads. Snapshots of ~800 KB (120 pools with 100 long member names) fill the
-/// socket's buffers (~2.8 MB here, with a 4 KB receive buffer on the client) within ~4 s,
-/// before the token's 7 s are over.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_stream_whose_client_stopped_reading_ends_at_its_tokens_exp() {
+/// Snapshots of ~800 KB (120 pools with 100 long member names): they fill the socket's
+/// buffers (~2.8 MB here, with a 4 KB receive buffer on the client) within ~4 s. A stream
+/// with `token` of the holder `ops-stuck` (whose one slot it takes), read up to its
+/// response's first bytes and no further; then `check` (the instance and the holder's
+/// token), and what the scenario added leaves Redis.
+async fn unread_stream<F: std::future::Future<Output = ()>>(
+    tweak: impl FnOnce(&mut switchyard::config::Config),
+    token_ttl_s: u64,
+    check: impl FnOnce(switchyard::server::Running, String) -> F,
+) {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let redis = RedisServer::start().await;
-    let inst = start_tweaked(&redis, |c| c.limits.max_console_streams_per_credential = 1).await;
+    let inst = start_tweaked(&redis, |c| {
+        c.limits.max_console_streams_per_credential = 1;
+        tweak(c);
+    })
+    .await;
     let mut c = redis.client().await;
     let prefix = crate::common::invariants::PREFIX;
     let pools: Vec<String> = (0..120).map(|p| format!("pub:x{p:03}:y")).collect();
@@ -261,14 +266,13 @@ async fn a_stream_whose_client_stopped_reading_ends_at_its_tokens_exp() {
     w.sadd(format!("{prefix}pools"), &pools).ignore();
     let () = w.query_async(&mut c).await.unwrap();
 
-    let stuck = short_token_of(&[Scope::AdminRead], "ops-stuck", 7);
+    let stuck = short_token_of(&[Scope::AdminRead], "ops-stuck", token_ttl_s);
     let sock = tokio::net::TcpSocket::new_v4().expect("socket");
     sock.set_recv_buffer_size(4096).expect("SO_RCVBUF");
     let mut tcp = sock.connect(inst.addr).await.expect("connect");
     let get =
         format!("GET /api/v1/console/stream?access_token={stuck} HTTP/1.1\r\nHost: x\r\n\r\n");
     tcp.write_all(get.as_bytes()).await.expect("request");
-    // the response's first bytes, then nothing more is read
     let mut head = [0u8; 64];
     let n = tokio::time::timeout(Duration::from_secs(5), tcp.read(&mut head))
         .await
@@ -285,15 +289,7 @@ async fn a_stream_whose_client_stopped_reading_ends_at_its_tokens_exp() {
         429,
         "the unread stream holds its holder's one slot"
     );
-    eventually(
-        Duration::from_secs(8),
-        "the slot back after exp",
-        || async {
-            let r = open(&inst, &fresh).await;
-            (r.status().as_u16() == 200).then_some(())
-        },
-    )
-    .await;
+    check(inst, fresh).await;
     drop(tcp);
     let mut w = redis::pipe();
     for p in &pools {
@@ -302,4 +298,54 @@ async fn a_stream_whose_client_stopped_reading_ends_at_its_tokens_exp() {
     w.srem(format!("{prefix}pools"), &pools).ignore();
     let () = w.query_async(&mut c).await.unwrap();
     crate::common::invariants::check(&mut c).await;
+}
+
+/// A client that stops reading: the server writes nothing more once the socket's buffers
+/// are full, and so no longer asked the stream for its next event, where the stream checked
+/// its token's `exp`: it kept its slots, its holder's included, for ever (console audit).
+/// Its events now come from a task of their own that ends at `exp` whether or not the
+/// client reads (the buffers are full within ~4 s, before the token's 7 s are over; the
+/// connection's write timeout, 30 s, is not what frees the slot here).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stream_whose_client_stopped_reading_ends_at_its_tokens_exp() {
+    unread_stream(
+        |_| {},
+        7,
+        |inst, fresh| async move {
+            eventually(
+                Duration::from_secs(8),
+                "the slot back after exp",
+                || async {
+                    let r = open(&inst, &fresh).await;
+                    (r.status().as_u16() == 200).then_some(())
+                },
+            )
+            .await;
+        },
+    )
+    .await;
+}
+
+/// The same client, with a token for an hour: its connection, whose write has waited past
+/// `limits.http_write_timeout_ms` (1 s here) for it to read, is closed, and the stream with
+/// it (before, the connection and its slot in `limits.max_http_connections` stayed for as
+/// long as the client kept the socket open).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_connection_whose_client_stopped_reading_is_closed() {
+    let tweak = |c: &mut switchyard::config::Config| c.limits.http_write_timeout_ms = 1_000;
+    unread_stream(tweak, 3_600, |inst, fresh| async move {
+        let closed = r#"switchyard_limited_total{kind="http",detail="write_timeout"}"#;
+        eventually(
+            Duration::from_secs(10),
+            "the stalled connection closed",
+            || async { sample(&metrics_text(&inst).await, closed).filter(|n| *n >= 1.0) },
+        )
+        .await;
+        eventually(Duration::from_secs(5), "the slot back", || async {
+            let r = open(&inst, &fresh).await;
+            (r.status().as_u16() == 200).then_some(())
+        })
+        .await;
+    })
+    .await;
 }
