@@ -262,8 +262,10 @@ fn a_kid_selects_its_key_alone() {
     let now = crate::protocol::now_ms() / 1000;
     let claims = serde_json::json!({"exp": now + 60, "scope": "node"});
     let hs = |kid: Option<&str>| {
-        let mut h = jsonwebtoken::Header::default();
-        h.kid = kid.map(str::to_string);
+        let h = jsonwebtoken::Header {
+            kid: kid.map(str::to_string),
+            ..Default::default()
+        };
         let key = jsonwebtoken::EncodingKey::from_secret(NEW.as_bytes());
         jsonwebtoken::encode(&h, &claims, &key).expect("signed")
     };
