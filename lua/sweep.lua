@@ -6,8 +6,8 @@ atomic removal from the due sets hands each deadline to one caller).
      re-dispatch to a node that never had it (attempt + 1) or fail with JOB_TIMEOUT after
      max_attempts; queued -> NO_AVAILABLE_NODE. A listed job whose deadline moved to the
      future meanwhile (this call dispatched it) is left alone. A turn part whose node has
-     finished a later part of its turn was merged into it (`merged`): it ends FINISHED with
-     an empty translation_result (extra.reason NO_TEXT_ASSIGNED), run nowhere else;
+     finished a later part of its turn was merged into it: it ends FINISHED with an empty
+     translation_result instead (dispatch.lua `failover`, `merged`);
   3. sessions whose audio paused for pause_ms: timeout cut (fires even if the instance that
      received the chunks is gone); audio an earlier cut held for lack of a free utterance
      index is cut again here, for that cut's reason when it was manual or close (held_cut,
@@ -41,50 +41,6 @@ SELF_INBOX = true
 
 local batch = CFG.batch
 
--- merged(job): has the node this turn part is on finished a later part of the turn (the
--- parts after it, at the next indices, on that node, up to MERGE_LOOK of them)? PROTOCOL:
--- "a node may send no result for a job it merged into a later one; the job then ends by
--- timeout rules". Failed over, the part ran again on another node, alone: a second, partial
--- translation of the phrase, or (a node waiting for the rest of the turn) JOB_TIMEOUT after
--- max_attempts, ~90 s later (protocol audit).
-local MERGE_LOOK = 16
-local function merged(job)
-  if (job.turn_id or '') == '' or (job.node or '') == '' or not job.session then return false end
-  local jobs = session_key(job.session) .. ':jobs'
-  local idx = tonumber(job.idx or '')
-  if not idx then return false end
-  for i = idx + 1, idx + MERGE_LOOK do
-    local later = redis.call('HGET', jobs, dec(i))
-    if not later then return false end
-    local l = redis.call('HMGET', job_key(later), 'state', 'node', 'turn_id')
-    if l[2] ~= job.node or l[3] ~= job.turn_id then return false end
-    if l[1] == 'FINISHED' then return true end
-    -- (a later part still on that node, merged too or still running: look past it)
-  end
-  return false
-end
-
--- The empty translation_result of a merged part (a node's empty result, as the instance
--- writes it: keys sorted, the four texts present), after the header job_result writes.
-local MERGED_BODY = '"extra":{"reason":"NO_TEXT_ASSIGNED"},"text_asr":"","text_translated":"",'
-  .. '"tts_audio":"","tts_format":"opus","type":"translation_result"}'
-
--- end_merged(jid, job): the merged part ends as its node would have ended it with an empty
--- result: its reservation released, FINISHED, its index settled, the freed slot offered.
-local function end_merged(jid, job)
-  local nid = job.node
-  release_node(jid, nid)
-  end_job(jid, job, 'FINISHED', {'merged', '1'})
-  count('finished')
-  count('merged')
-  if job_session(job) then
-    local ids = cjson.encode({session_id = job.session, utterance_index = tonumber(job.idx),
-      job_id = jid, trace_id = job.trace_id})
-    settle(job.session, job.idx, STAMP .. NOWS .. ',"network_timings":{"scheduler_to_web_ms":0},'
-      .. string.sub(ids, 2, -2) .. ',' .. MERGED_BODY)
-  end
-  offer(nid)
-end
 local offline, more = {}, false
 
 -- Expired nodes are handled within a budget of pools left and jobs handled (NODE_WORK), not
@@ -146,12 +102,7 @@ for _, jid in ipairs(jobs) do
       count('refused:queue_timeout:' .. (string.match(job.queue or '', '^[^,]+') or ''))
       fail(jid, job, 'NO_AVAILABLE_NODE', 'no node had free capacity within ' .. CFG.queue_wait .. ' ms')
     elseif job.state == 'DISPATCHED' or job.state == 'ACCEPTED' or job.state == 'RUNNING' then
-      job.id = jid
-      if merged(job) then
-        end_merged(jid, job)
-      else
-        failover(jid, job, 'JOB_TIMEOUT', 'no result within the deadline (attempt ' .. job.attempt .. ')', true)
-      end
+      failover(jid, job, 'JOB_TIMEOUT', 'no result within the deadline (attempt ' .. job.attempt .. ')', true)
     end
   end
 end

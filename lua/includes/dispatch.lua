@@ -331,10 +331,63 @@ local function offer(nid, known)
   end
 end
 
--- failover(jid, job, code, cancel): the current attempt is over without a result. Release,
--- cancel it on the old node (best-effort), and re-dispatch to a node that never had it,
--- or fail the utterance when attempts are used up.
+-- merged(job): has the node this turn part is on finished a later part of the turn (the
+-- parts after it, at the next indices, on that node, up to MERGE_LOOK of them)? PROTOCOL:
+-- "a node may send no result for a job it merged into a later one; the job then ends by
+-- timeout rules". Failed over (its deadline, or its node gone), the part ran again on
+-- another node, alone: a second, partial translation of the phrase, or (a node waiting for
+-- the rest of the turn) JOB_TIMEOUT after max_attempts, ~90 s later (protocol audit).
+local MERGE_LOOK = 16
+local function merged(job)
+  if (job.turn_id or '') == '' or (job.node or '') == '' or not job.session then return false end
+  local jobs = session_key(job.session) .. ':jobs'
+  local idx = tonumber(job.idx or '')
+  if not idx then return false end
+  for i = idx + 1, idx + MERGE_LOOK do
+    local later = redis.call('HGET', jobs, dec(i))
+    if not later then return false end
+    local l = redis.call('HMGET', job_key(later), 'state', 'node', 'turn_id')
+    if l[2] ~= job.node or l[3] ~= job.turn_id then return false end
+    if l[1] == 'FINISHED' then return true end
+    -- (a later part still on that node, merged too or still running: look past it)
+  end
+  return false
+end
+
+-- The empty translation_result of a merged part (a node's empty result, as the instance
+-- writes it: keys sorted, the four texts present), after the header job_result writes.
+local MERGED_BODY = '"extra":{"reason":"NO_TEXT_ASSIGNED"},"text_asr":"","text_translated":"",'
+  .. '"tts_audio":"","tts_format":"opus","type":"translation_result"}'
+
+-- end_merged(jid, job): the merged part ends as its node would have ended it with an empty
+-- result: its reservation released, FINISHED, its index settled, the freed slot offered.
+local function end_merged(jid, job)
+  job.id = job.id or jid
+  local nid = job.node
+  release_node(jid, nid)
+  redis.call('ZREM', P .. 'due:jobs', jid)
+  end_job(jid, job, 'FINISHED', {'merged', '1'})
+  count('finished')
+  count('merged')
+  if job_session(job) then
+    local ids = cjson.encode({session_id = job.session, utterance_index = tonumber(job.idx),
+      job_id = jid, trace_id = job.trace_id})
+    settle(job.session, job.idx, STAMP .. NOWS .. ',"network_timings":{"scheduler_to_web_ms":0},'
+      .. string.sub(ids, 2, -2) .. ',' .. MERGED_BODY)
+  end
+  offer(nid)
+end
+
+-- failover(jid, job, code, message, cancel): the current attempt is over without a result.
+-- Release, cancel it on the old node (best-effort), and re-dispatch to a node that never
+-- had it, or fail the utterance when attempts are used up; a turn part its node merged
+-- into a later one (merged) ends empty instead.
 local function failover(jid, job, code, message, cancel)
+  -- (a node that answers MODEL_NOT_AVAILABLE said it cannot run this part: not merged)
+  if code ~= 'MODEL_NOT_AVAILABLE' and merged(job) then
+    end_merged(jid, job)
+    return
+  end
   local old = job.node
   release_node(jid, old)
   redis.call('ZREM', P .. 'due:jobs', jid)
