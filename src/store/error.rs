@@ -71,14 +71,23 @@ impl StoreError {
         matches!(self, StoreError::Ambiguous(_))
     }
 
-    /// The script may have run and committed, yet the messages of its reply are not in
-    /// hand: its reply was lost ([`StoreError::Ambiguous`]), or it came and did not decode
-    /// ([`StoreError::Reply`] of a script call: the script ran to its end, so its change is
-    /// committed). What
-    /// it released for a session is then recovered from the result log, or the session
-    /// resumes (`session.on_gap`).
+    /// The script may have run and committed (or committed part of its writes), yet the
+    /// messages of its reply are not in hand: its reply was lost ([`StoreError::Ambiguous`]),
+    /// it failed with a Lua runtime error part-way ([`StoreError::Redis`]), or it came and
+    /// did not decode ([`StoreError::Reply`] of a script call: the script ran to its end,
+    /// so its change is committed). What it released for a session is then recovered from
+    /// the result log, or the session resumes (`session.on_gap`).
     pub fn may_have_committed(&self) -> bool {
-        matches!(self, StoreError::Ambiguous(_) | StoreError::Reply { .. })
+        match self {
+            StoreError::Ambiguous(_) | StoreError::Reply { .. } => true,
+            // A Lua runtime error (a script bug, or a record edited by hand into a value the
+            // script cannot read) names its line (`user_function:<n>:`); the writes made
+            // before it stay, since Redis does not roll a script back (a result logged, its
+            // delivery lost with the reply). The scripts' own refusals name none, and come
+            // before any write (`args.lua`, a staged key missing).
+            StoreError::Redis { message, .. } => message.contains("user_function:"),
+            _ => false,
+        }
     }
 
     /// A failed call of a script that was (or may have been) sent: a timeout or a connection

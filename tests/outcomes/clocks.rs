@@ -1,6 +1,7 @@
-//! A job record whose `created_at` a clock or a hand edit moved: a result still reaches
-//! its session, with the ui_events, when the time since creation is negative, and when it
-//! does not fit the script's reply at all (recovered from the result log).
+//! Records a clock or a hand edit left in a state the scripts do not expect: a result still
+//! reaches its session, with the ui_events, when the time since its job's creation is
+//! negative; and from the result log when that time does not fit the script's reply, or
+//! when the script fails part-way on a field it cannot read.
 
 use super::*;
 
@@ -102,4 +103,41 @@ async fn a_job_result_whose_reply_does_not_decode_still_reaches_its_session() {
     let recovered = r#"switchyard_deliveries_total{kind="session",detail="ambiguous_recovered"}"#;
     assert_eq!(sample(&m, recovered), Some(1.0), "{m}");
     invariants::check(&mut c).await;
+}
+
+/// A script that fails part-way (a Lua runtime error: here a session record edited by hand
+/// so that the in-order path cannot read its `trim_at`) keeps the writes it made before
+/// (Redis does not roll a script back): the result is logged, its delivery lost with the
+/// reply. The instance took such an error for "the script did not run"; it now reads the
+/// result back from the log, as for a lost reply (Lua error-after-write audit).
+#[tokio::test]
+async fn a_job_result_that_fails_part_way_still_reaches_its_session() {
+    let redis = RedisServer::start().await;
+    let inst = start_instance(&redis).await;
+    let mut c = redis.client().await;
+    let ((mut n, nid), (mut s, sid), a) = first_job(&inst).await;
+    let jid = a["job_id"].as_str().expect("job_id").to_string();
+    let sk = format!("{PREFIX}session:{sid}");
+    let _: () = c.hset(&sk, "trim_at", "soon").await.unwrap();
+    n.send(&answer(&a, &nid, "hello")).await;
+    let result = loop {
+        let v = s.next(T).await.expect("the result, recovered");
+        if v["type"] == "translation_result" {
+            break v;
+        }
+    };
+    assert_eq!(result["job_id"], json!(jid));
+    assert_eq!(result["text_translated"], "hello");
+    let m = metrics_text(&inst).await;
+    let recovered = r#"switchyard_deliveries_total{kind="session",detail="ambiguous_recovered"}"#;
+    assert_eq!(sample(&m, recovered), Some(1.0), "{m}");
+    // What the failed call left is what the hand edit cost: index 0 logged at the cursor,
+    // which the call would have moved past.
+    let _: () = c.hdel(&sk, "trim_at").await.unwrap();
+    assert_eq!(
+        invariants::violations(&mut c).await,
+        [format!(
+            "[{PREFIX}] session {sid} has a result logged at its cursor 0"
+        )]
+    );
 }
