@@ -158,7 +158,7 @@ impl Connector {
     /// A client and pool for the data node at `addr` (`host:port`).
     fn node_at(&self, addr: &str) -> Result<Node, StoreError> {
         let scheme = if self.cfg.tls() { "rediss" } else { "redis" };
-        let info = format!("{scheme}://{addr}")
+        let info = url_of(scheme, addr)
             .as_str()
             .into_connection_info()
             .map_err(|e| config_err(e.to_string()))?;
@@ -328,6 +328,37 @@ impl Connector {
                 seek.last = format!("sentinel {sentinel} names {addr}: {e}");
                 None
             }
+        }
+    }
+}
+
+/// The URL of the data node at `addr` (`host:port`, as a sentinel names it and as redis-rs
+/// prints a node's address): an IPv6 host in brackets, which a URL needs (`fd00::5:6379`
+/// did not parse, so a sentinel set announcing IPv6 addresses never gave a primary).
+fn url_of(scheme: &str, addr: &str) -> String {
+    match addr.rsplit_once(':') {
+        Some((host, port)) if host.contains(':') && !host.starts_with('[') => {
+            format!("{scheme}://[{host}]:{port}")
+        }
+        _ => format!("{scheme}://{addr}"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use redis::IntoConnectionInfo;
+
+    use super::url_of;
+
+    /// A node's address as a sentinel names it reads back the same from its URL, IPv6 too.
+    #[test]
+    fn a_sentinels_address_makes_a_url_that_names_it_again() {
+        for addr in ["10.0.0.5:6379", "redis-0.redis:6380", "fd00::5:6379", "::1:26379"] {
+            let info = url_of("redis", addr)
+                .as_str()
+                .into_connection_info()
+                .unwrap_or_else(|e| panic!("{addr}: {e}"));
+            assert_eq!(info.addr().to_string(), addr);
         }
     }
 }
