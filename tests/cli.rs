@@ -113,6 +113,24 @@ fn check_config_redacts_passwords_in_redis_urls() {
         "{out}"
     );
     assert!(out.contains("redis://sentinel-1:26379"), "{out}");
+    // nor when the URL is refused: a `#` or `/` in a password fails the URL's parse, and
+    // the error named the whole URL (topology audit)
+    for url in [
+        "redis://:s3cret#pw@redis-0:6379",
+        "http://:s3cret-pw@redis-0:6379",
+    ] {
+        let list = format!(r#"["{url}"]"#);
+        let (code, out, err) = check_config(
+            &[
+                ("SWITCHYARD_REDIS__MODE", "cluster"),
+                ("SWITCHYARD_REDIS__URLS", list.as_str()),
+            ],
+            &[],
+        );
+        assert_ne!(code, 0, "{url}: {out}");
+        assert!(err.contains("redis.urls"), "{err}");
+        assert!(!err.contains("s3cret"), "{err}");
+    }
 }
 
 #[test]
@@ -240,6 +258,42 @@ fn check_config_warns_of_provider_keys_without_an_audience() {
         &[
             ("SWITCHYARD_AUTH__JWKS_FILE", keys),
             ("SWITCHYARD_AUTH__AUDIENCE", "switchyard"),
+        ],
+        &[],
+    );
+    assert_eq!(code, 0, "{err}");
+    assert!(!out.contains("# warning"), "{out}");
+}
+
+/// Topology audit: in cluster mode, `WAIT` holds every call to its primary (one cluster
+/// connection each), and a single seed given by IP leaves later connections nowhere to
+/// start once that node is down. Both valid, both warned of.
+#[test]
+fn check_config_warns_of_cluster_settings_that_stall_or_strand_connections() {
+    let (code, out, err) = check_config(
+        &[
+            ("SWITCHYARD_REDIS__MODE", "cluster"),
+            ("SWITCHYARD_REDIS__URLS", r#"["redis://10.0.0.5:6379"]"#),
+            ("SWITCHYARD_REDIS__WAIT_REPLICAS", "1"),
+        ],
+        &[],
+    );
+    assert_eq!(code, 0, "{err}");
+    assert!(
+        out.contains("# warning: redis.wait_replicas (1) in cluster mode"),
+        "{out}"
+    );
+    assert!(
+        out.contains("# warning: redis.urls names one cluster node by its IP"),
+        "{out}"
+    );
+    let (code, out, err) = check_config(
+        &[
+            ("SWITCHYARD_REDIS__MODE", "cluster"),
+            (
+                "SWITCHYARD_REDIS__URLS",
+                r#"["redis://redis-cluster:6379"]"#,
+            ),
         ],
         &[],
     );

@@ -14,7 +14,7 @@ pub async fn primaries(cfg: &Config) -> Result<Vec<Vec<(u16, u16)>>, String> {
     for url in &cfg.redis.urls {
         match slot_map(cfg, url).await {
             Ok(m) => return Ok(m),
-            Err(e) => last = format!("{url}: {e}"),
+            Err(e) => last = format!("{}: {e}", crate::config::show::redact_url(url)),
         }
     }
     Err(last)

@@ -52,6 +52,34 @@ impl Config {
                     .into(),
             );
         }
+        let r = &self.redis;
+        if r.mode == super::RedisMode::Cluster {
+            // Every call to a primary shares the one cluster connection to it, and Redis reads
+            // nothing more from a client blocked in WAIT (topology audit).
+            if r.wait_replicas > 0 {
+                out.push(format!(
+                    "redis.wait_replicas ({}) in cluster mode: every call to a primary waits                      behind each WAIT on the one cluster connection to it, up to                      redis.wait_timeout_ms each while a replica lags: state changes to that                      primary then run one at a time",
+                    r.wait_replicas
+                ));
+            }
+            // The dedicated connections (inbox consumers) are built from the seeds again at
+            // every reconnect: one seed that is a primary's own address is gone with it.
+            let seeds = r.seeds();
+            let ip = |u: &str| {
+                let host = u.split("://").nth(1).unwrap_or(u);
+                let host = host.rsplit_once('@').map_or(host, |(_, h)| h);
+                let host = host.rsplit_once(':').map_or(host, |(h, _)| h);
+                host.trim_matches(['[', ']'])
+                    .parse::<std::net::IpAddr>()
+                    .is_ok()
+            };
+            if seeds.len() == 1 && seeds.iter().all(|u| ip(u)) {
+                out.push(
+                    "redis.urls names one cluster node by its IP address: connections made                      later (the inbox consumers, after a reconnect) start from it, and cannot                      while that node is down, although the cluster failed over; list several                      nodes, or a DNS name that resolves to them"
+                        .into(),
+                );
+            }
+        }
         out
     }
 }

@@ -24,7 +24,7 @@ mod log;
 mod node;
 mod redis;
 mod session;
-mod show;
+pub(crate) mod show;
 mod sweep;
 mod telemetry;
 mod ws;

@@ -99,16 +99,18 @@ impl RedisConfig {
             ));
         }
         for u in &seeds {
+            // (named with its password redacted: the message goes to stderr and the logs)
+            let shown = super::show::redact_url(u);
             if !(u.starts_with("redis://") || u.starts_with("rediss://")) {
                 return Err((
                     field,
-                    format!("{u:?} must start with redis:// or rediss://"),
+                    format!("{shown:?} must start with redis:// or rediss://"),
                 ));
             }
             // as the connector will read it at start (a database that is no number, a bad
             // port): refused here, so check-config finds it too
             if let Err(e) = ::redis::IntoConnectionInfo::into_connection_info(u.as_str()) {
-                return Err((field, format!("{u:?}: {e}")));
+                return Err((field, format!("{shown:?}: {e}")));
             }
         }
         let tls = seeds.iter().filter(|u| u.starts_with("rediss://")).count();

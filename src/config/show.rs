@@ -51,7 +51,7 @@ impl Config {
 }
 
 /// `scheme://user:<redacted>@host...` for a URL with a password; unchanged otherwise.
-fn redact_url(url: &str) -> String {
+pub(crate) fn redact_url(url: &str) -> String {
     let Some((scheme, rest)) = url.split_once("://") else {
         return url.to_string();
     };

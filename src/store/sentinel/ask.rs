@@ -353,7 +353,12 @@ mod tests {
     /// A node's address as a sentinel names it reads back the same from its URL, IPv6 too.
     #[test]
     fn a_sentinels_address_makes_a_url_that_names_it_again() {
-        for addr in ["10.0.0.5:6379", "redis-0.redis:6380", "fd00::5:6379", "::1:26379"] {
+        for addr in [
+            "10.0.0.5:6379",
+            "redis-0.redis:6380",
+            "fd00::5:6379",
+            "::1:26379",
+        ] {
             let info = url_of("redis", addr)
                 .as_str()
                 .into_connection_info()
