@@ -22,15 +22,10 @@ pub async fn primaries(cfg: &Config) -> Result<Vec<Vec<(u16, u16)>>, String> {
 
 async fn slot_map(cfg: &Config, url: &str) -> Result<Vec<Vec<(u16, u16)>>, String> {
     let info = redis::IntoConnectionInfo::into_connection_info(url).map_err(|e| e.to_string())?;
-    let mut settings = info.redis_settings().clone();
-    if let Some(u) = &cfg.redis.username {
-        settings = settings.set_username(u);
-    }
-    if let Some(p) = &cfg.redis.password {
-        settings = settings.set_password(p);
-    }
-    let client =
-        redis::Client::open(info.set_redis_settings(settings)).map_err(|e| e.to_string())?;
+    // built as the instance builds its clients: `redis.username` / `redis.password`, and TLS
+    // verified against `redis.tls_ca_file` (it was not: a private CA's cluster was refused)
+    let info = crate::store::clients::with_credentials(&cfg.redis, info);
+    let client = crate::store::clients::client(&cfg.redis, info).map_err(|e| e.to_string())?;
     let mut conn = client
         .get_multiplexed_async_connection()
         .await

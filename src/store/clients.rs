@@ -28,7 +28,7 @@ pub(super) fn skip_lib_name(info: ConnectionInfo) -> ConnectionInfo {
 }
 
 /// `redis.username` / `redis.password` override what the URL carries.
-pub(super) fn with_credentials(cfg: &RedisConfig, info: ConnectionInfo) -> ConnectionInfo {
+pub(crate) fn with_credentials(cfg: &RedisConfig, info: ConnectionInfo) -> ConnectionInfo {
     let mut settings = info.redis_settings().clone();
     if let Some(u) = &cfg.username {
         settings = settings.set_username(u);
@@ -64,7 +64,7 @@ pub(super) fn tls_provider() {
 /// store. The credentials are whatever `info` carries. The one place that decides how a
 /// client is built for an address: data nodes ([`node`]) and sentinels
 /// ([`sentinel_client`]) both come through here.
-pub(super) fn client(cfg: &RedisConfig, info: ConnectionInfo) -> Result<redis::Client, StoreError> {
+pub(crate) fn client(cfg: &RedisConfig, info: ConnectionInfo) -> Result<redis::Client, StoreError> {
     let addr = info.addr().to_string();
     let tls = matches!(info.addr(), ConnectionAddr::TcpTls { .. });
     if tls {

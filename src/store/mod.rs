@@ -12,7 +12,7 @@
 //! `Store` whatever the topology.
 
 mod args;
-mod clients;
+pub(crate) mod clients;
 mod conn;
 pub mod connection;
 mod error;
