@@ -79,6 +79,11 @@ type ConsumeError = Box<dyn std::error::Error + Send + Sync>;
 
 async fn consume(app: &App, cell: &Cell, written: &mut Written) -> Result<(), ConsumeError> {
     let block = app.cfg.inbox.block_ms;
+    // The node this connection reads (the primary the sentinels named when it was made):
+    // the consumer moves with the others at its next read once they name another. A
+    // switch-over leaves the old primary writable for seconds, and the other instances,
+    // following it, write this inbox on the new one.
+    let node = cell.store.redis_node();
     let mut conn = cell
         .store
         .dedicated_connection(Duration::from_millis(block + app.cfg.redis.timeout_ms))
@@ -116,6 +121,10 @@ async fn consume(app: &App, cell: &Cell, written: &mut Written) -> Result<(), Co
         if last_claim.elapsed() >= Duration::from_millis(app.cfg.inbox.claim_idle_ms) {
             last_claim = Instant::now();
             dead::reclaim(app, cell, &mut conn, &inbox, written).await?;
+        }
+        let now = cell.store.redis_node();
+        if now != node {
+            return Err(format!("the primary moved from {node} to {now}").into());
         }
     }
 }

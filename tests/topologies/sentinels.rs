@@ -184,3 +184,47 @@ async fn a_demoted_primary_the_sentinels_still_name_is_dropped() {
     let (status, body) = get_json(&http_url(&inst, "/readyz")).await;
     assert_eq!(status, 503, "{body}");
 }
+
+/// After a switch-over, the inbox consumer follows the primary the sentinels name at its
+/// next read. It kept reading its inbox on the old primary, which stays a writable primary
+/// for 8 s or more after a `SENTINEL FAILOVER`, while the other instances, on the new one,
+/// wrote its nodes' `job_assign`s there: they waited until Sentinel demoted the old primary
+/// (topology audit). Here a node on `a` serves a session on `b` within 3 s of both having
+/// followed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_inbox_consumer_follows_a_switchover() {
+    let set = SentinelSet::start(1, &[]).await;
+    let a = start_with(cfg(RedisMode::Sentinel, set.sentinel_urls(), |_| {})).await;
+    let b = start_with(cfg(RedisMode::Sentinel, set.sentinel_urls(), |_| {})).await;
+    let node = auto_node(&a).await;
+    jobs_flow(&b, 1).await;
+    let old = set.primary.addr();
+    sentinel_cmd(&set.sentinels[0], &["FAILOVER", MASTER]).await;
+    let new = set.replicas[0].addr();
+    for inst in [&a, &b] {
+        until(
+            Duration::from_secs(15),
+            "both follow the switch-over",
+            || async { inst.app.cells.default_cell().store.redis_node() == new },
+        )
+        .await;
+    }
+    let mut old_primary = set.primary.client().await;
+    let (mut s, sid) =
+        open_session(&ws_url(&b, "/ws/session"), fixture("session_init_one_way")).await;
+    s.send(&utterance(&sid, 0)).await;
+    let got = terminals(&mut s, 1, Duration::from_secs(3)).await;
+    assert_eq!(got[0]["type"], "translation_result", "{got:?}");
+    // (what this test is about: the old primary was still one, and writable)
+    let role: redis::RedisResult<redis::Value> =
+        redis::cmd("ROLE").query_async(&mut old_primary).await;
+    assert!(
+        role.as_ref().is_ok_and(is_master),
+        "the old primary {old} was demoted already: ROLE {role:?}"
+    );
+    node.stop();
+    let mut direct = connect(&format!("redis://{new}"))
+        .await
+        .expect("new primary");
+    invariants::check(&mut direct).await;
+}
