@@ -86,6 +86,15 @@ async fn wait_text(c: &Client, css: &str, what: &str, pred: impl Fn(&str) -> boo
     .await
 }
 
+/// Click the element with id `id`.
+async fn click(c: &Client, id: &str) {
+    (c.find(Locator::Id(id)).await)
+        .unwrap_or_else(|e| panic!("#{id}: {e}"))
+        .click()
+        .await
+        .unwrap_or_else(|e| panic!("click #{id}: {e}"));
+}
+
 async fn shot(c: &Client, name: &str) {
     if std::env::var("SWITCHYARD_SCREENSHOTS").is_ok_and(|v| v == "1") {
         let png = c.screenshot().await.expect("screenshot");
@@ -114,12 +123,7 @@ async fn the_dashboard_shows_a_new_node_its_drain_and_a_job_explanation() {
         .send_keys(&admin_token())
         .await
         .expect("type token");
-    c.find(Locator::Id("save"))
-        .await
-        .expect("button")
-        .click()
-        .await
-        .expect("click");
+    click(&c, "save").await;
     wait_text(&c, "#status", "the stream to be live", |t| {
         t.starts_with("live")
     })
@@ -181,12 +185,7 @@ async fn the_dashboard_shows_a_new_node_its_drain_and_a_job_explanation() {
         .send_keys(&jid)
         .await
         .expect("type");
-    c.find(Locator::Id("go"))
-        .await
-        .expect("go")
-        .click()
-        .await
-        .expect("click");
+    click(&c, "go").await;
     wait_text(&c, "#detail td.verdict", "the explanation's route", |t| {
         t == "chosen"
     })
@@ -221,12 +220,7 @@ async fn the_dashboard_shows_a_new_node_its_drain_and_a_job_explanation() {
     let q = c.find(Locator::Id("q")).await.expect("search");
     q.clear().await.expect("clear");
     q.send_keys(&sid).await.expect("type");
-    c.find(Locator::Id("go"))
-        .await
-        .expect("go")
-        .click()
-        .await
-        .expect("click");
+    click(&c, "go").await;
     let head = wait_text(&c, "#detail p", "the session's header", |t| {
         t.contains(&sid)
     })
