@@ -11,18 +11,22 @@ Input:
   KEYS[2] {tag}:instances      zset instance id -> presence expiry ms (the listing)
   KEYS[3] {tag}:inbox:<me>     this instance's inbox stream (consumer group created here)
   Derived: {tag}:instance:<dead>, {tag}:inbox:<dead>, {tag}:taken:<id> (tombstone, 1 h:
-           SET by every call of a takeover, from its first batch on: `lost` when the batch
-           had entries, else `0` (NX); SET `lost` XX by deliver() when it drops a message
-           for a taken-over instance; DEL by <id>'s own beat), node/session records, other
-           inboxes.
+           SET by every call of a takeover, from its first batch on: `lost <ms>` when the
+           batch had entries, else `0` (NX); SET `lost <ms>` XX by deliver() when it drops a
+           message for a taken-over instance; DEL by <id>'s own beat: `0` at once, a loss
+           once a beat acknowledges it, ARGV[7]), node/session records, other inboxes.
   ARGV[1..4] ctx   ARGV[5] started_at ms (shown in /api/v1/instances)
   ARGV[6] "leave" at the end of a graceful shutdown: presence deleted and marked expired,
           so a peer takes the inbox over at its next beat instead of after the TTL
+  ARGV[7] the tombstone an earlier beat reported (`tomb`) and the caller has acted on
+          (closed its connections), or "": deleted if it still says exactly that
 Output: [reply, blobs...]
-  {"took_over":id?,"rerouted":N,"dropped":N,"more":bool,"lapsed":bool} | {"left":true}
+  {"took_over":id?,"rerouted":N,"dropped":N,"more":bool,"lapsed":bool,"tomb":s?} | {"left":true}
   lapsed = while this instance was alive its presence had expired and that cost messages
-           (its tombstone said `lost`: a takeover of inbox entries, or a delivery dropped
-           after a takeover): close its sockets
+           (its tombstone says a loss: a takeover of inbox entries, or a delivery dropped
+           after a takeover): close its sockets, then acknowledge `tomb` (ARGV[7]). Until
+           then every beat says so again: a beat whose reply was lost does not take the
+           signal with it
 ]]
 --!include ctx
 --!include deliver
@@ -36,15 +40,21 @@ end
 -- longer than the TTL): a peer may have taken its inbox over and messages for its
 -- connections were lost meanwhile. The caller then closes its sockets (clients resume,
 -- nodes re-register) rather than carry on with holes.
--- Lapsed = the tombstone taken:<us> says `lost`: a peer's takeover deleted entries of our
--- inbox, or a peer's script dropped a message for one of our connections after we were
+-- Lapsed = the tombstone taken:<us> says `lost <ms>`: a peer's takeover deleted entries of
+-- our inbox, or a peer's script dropped a message for one of our connections after we were
 -- taken over. A takeover of an empty inbox leaves `0` (nothing lost yet); an expired
 -- presence that cost no message (Redis unreachable for a while, restarted, wiped; peers
 -- kept XADDing to our inbox while we were listed) is not a lapse. (Any other value, as an
--- earlier version wrote, counts as lost.)
-local tomb = redis.call('GET', P .. 'taken:' .. ME)
-if tomb then redis.call('DEL', P .. 'taken:' .. ME) end
-local lapsed = (tomb or '0') ~= '0'
+-- earlier version wrote, counts as lost.) A loss stays until a beat acknowledges it
+-- (ARGV[7]): deleted by the beat that found it, it went for good with that beat's reply
+-- when the reply was lost (lifecycle audit). The time in it tells a later loss from the
+-- one acknowledged.
+local tomb = redis.call('GET', P .. 'taken:' .. ME) or nil
+if tomb == '0' or (tomb ~= nil and tomb == ARGV[7]) then
+  redis.call('DEL', P .. 'taken:' .. ME)
+  tomb = nil
+end
+local lapsed = tomb ~= nil
 -- Our own presence had expired too (Redis was away, or restarted from disk: PX expiries
 -- are absolute): every peer's has, and they beat within one beat interval. This beat
 -- takes nobody over, so that coming back from an outage is not a round of takeovers.
@@ -57,7 +67,7 @@ if redis.call('EXISTS', KEYS[3]) == 0 then
   redis.call('XGROUP', 'CREATE', KEYS[3], 'g', '$', 'MKSTREAM')
 end
 
-local reply = {rerouted = 0, dropped = 0, more = false, lapsed = lapsed}
+local reply = {rerouted = 0, dropped = 0, more = false, lapsed = lapsed, tomb = tomb}
 local dead = was_present and redis.call('ZRANGEBYSCORE', KEYS[2], '-inf', NOW, 'LIMIT', 0, 1)[1]
 if dead and dead ~= ME and redis.call('EXISTS', P .. 'instance:' .. dead) == 0 then
   local inbox = P .. 'inbox:' .. dead
@@ -68,7 +78,7 @@ if dead and dead ~= ME and redis.call('EXISTS', P .. 'instance:' .. dead) == 0 t
   -- for one of its connections (deliver(): it is unlisted from here on) turns into `lost`.
   local entries = redis.call('XRANGE', inbox, '-', '+', 'COUNT', CFG.takeover_batch)
   if #entries > 0 then
-    redis.call('SET', P .. 'taken:' .. dead, 'lost', 'PX', TOMBSTONE_MS)
+    redis.call('SET', P .. 'taken:' .. dead, 'lost ' .. NOWS, 'PX', TOMBSTONE_MS)
   else
     redis.call('SET', P .. 'taken:' .. dead, '0', 'NX', 'PX', TOMBSTONE_MS)
   end

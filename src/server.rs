@@ -223,7 +223,11 @@ impl Running {
         }
         // Hand the inboxes over now rather than after the presence TTL.
         for cell in app.cells.iter() {
-            if let Err(e) = cell.store.instance_beat(&app.instance_id, 0, true).await {
+            if let Err(e) = cell
+                .store
+                .instance_beat(&app.instance_id, 0, true, None)
+                .await
+            {
                 tracing::warn!(cell = cell.name(), error = %e, "could not give up presence; it expires by itself");
             }
         }

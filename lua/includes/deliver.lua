@@ -173,7 +173,7 @@ local function deliver(kind, id, msg, audio, seq, tp, job, own, tail)
     -- a takeover's tombstone `lost` (XX: only where a takeover left one; an owner unlisted
     -- since Redis was wiped held nothing that survived, and no lapse is due).
     if info.alive == nil then
-      redis.call('SET', P .. 'taken:' .. owner, 'lost', 'XX', 'PX', TOMBSTONE_MS)
+      redis.call('SET', P .. 'taken:' .. owner, 'lost ' .. NOWS, 'XX', 'PX', TOMBSTONE_MS)
     end
     info.alive = false
   end

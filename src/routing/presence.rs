@@ -13,6 +13,9 @@ pub async fn run(app: Arc<App>, cell: Arc<Cell>) {
     let mut tick = tokio::time::interval(Duration::from_millis(app.cfg.instance.beat_interval_ms));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut stop = app.shutdown_signal();
+    // The lapse this instance closed its connections for, told to the next beat, which
+    // then forgets it (kept until a beat's reply says it did: a lost reply forgets nothing).
+    let mut ack: Option<String> = None;
     loop {
         tokio::select! {
             _ = tick.tick() => {}
@@ -25,14 +28,16 @@ pub async fn run(app: Arc<App>, cell: Arc<Cell>) {
             // (a beat does not wait for replicas: no `Unreplicated` to route here)
             match cell
                 .store
-                .instance_beat(&app.instance_id, started, false)
+                .instance_beat(&app.instance_id, started, false, ack.as_deref())
                 .await
             {
                 Ok(out) => {
                     cell.beat_done();
                     let r = crate::routing::deliver(&app, &cell, out);
+                    ack = None;
                     if r.lapsed {
                         reconnect_cell(&app, &cell);
+                        ack = r.tomb;
                     }
                     if let Some(dead) = &r.took_over {
                         tracing::warn!(cell = cell.name(), dead = %dead, rerouted = r.rerouted, dropped = r.dropped, "took over a dead instance's inbox");

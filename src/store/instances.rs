@@ -23,6 +23,10 @@ pub struct BeatReply {
     /// there); it must close them so they resume.
     #[serde(default)]
     pub lapsed: bool,
+    /// The tombstone that says so: the next beat acknowledges it once the connections are
+    /// closed ([`Store::instance_beat`]'s `ack`), and until then every beat reports it.
+    #[serde(default)]
+    pub tomb: Option<String>,
 }
 
 #[derive(Debug, Deserialize, PartialEq)]
@@ -63,19 +67,22 @@ pub enum DrainReply {
 
 impl Store {
     /// `instance_beat.lua`: renew presence, create the inbox group, take over a dead peer;
-    /// with `leave`, give up presence at once (graceful shutdown).
+    /// with `leave`, give up presence at once (graceful shutdown). `ack`: the tombstone an
+    /// earlier beat reported as a lapse ([`BeatReply::tomb`]) and the caller acted on.
     pub async fn instance_beat(
         &self,
         instance: &str,
         started_at_ms: u64,
         leave: bool,
+        ack: Option<&str>,
     ) -> Result<Output<BeatReply>, StoreError> {
         let k = &self.keys;
         let keys = [k.instance(instance), k.instances(), k.inbox(instance)];
         let args = self
             .args()
             .s(started_at_ms)
-            .s(if leave { "leave" } else { "" });
+            .s(if leave { "leave" } else { "" })
+            .s(ack.unwrap_or_default());
         self.run(Script::InstanceBeat, &keys, args).await
     }
 

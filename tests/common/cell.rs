@@ -252,7 +252,7 @@ impl Cell {
         for slot in 0..self.inst.len() {
             loop {
                 let i = &self.inst[slot];
-                let out = i.store.instance_beat(&i.id, 1, false).await?;
+                let out = i.store.instance_beat(&i.id, 1, false, None).await?;
                 self.clients.take(slot, &out);
                 self.clients.rerouted += out.reply.rerouted;
                 self.clients.dropped += out.reply.dropped;

@@ -57,6 +57,56 @@ async fn an_instance_whose_presence_lapsed_closes_its_connections_so_they_resume
     invariants::check(&mut c).await;
 }
 
+/// A beat that finds the tombstone, and whose reply is lost (here: a beat made by hand, its
+/// reply dropped), no longer takes the signal with it: the tombstone stays until a beat
+/// acknowledges it once the connections are closed, so the instance's own next beat still
+/// learns it lapsed (lifecycle audit: the beat deleted it, and a lost reply left the
+/// connections open with their messages missing, for good).
+#[tokio::test]
+async fn a_lapse_whose_beat_reply_is_lost_is_reported_again() {
+    let redis = RedisServer::start().await;
+    // beats 2 s apart: the hand-made one below comes between two of them
+    let a = start_tweaked(&redis, |c| {
+        c.instance.beat_interval_ms = 2_000;
+        c.instance.presence_ttl_ms = 6_000;
+    })
+    .await;
+    let mut c = redis.client().await;
+    let (mut s, _) = session_on(&a).await;
+    let id = a.app.instance_id.clone();
+    let tomb = format!("{PREFIX}taken:{id}");
+    let _: () = redis::cmd("SET")
+        .arg(&tomb)
+        .arg("lost 1")
+        .arg("PX")
+        .arg(60_000)
+        .query_async(&mut c)
+        .await
+        .unwrap();
+    let store = &a.app.cells.default_cell().store;
+    let lost = store
+        .instance_beat(&id, 1, false, None)
+        .await
+        .expect("beat");
+    assert!(lost.reply.lapsed, "{:?}", lost.reply);
+    assert_eq!(lost.reply.tomb.as_deref(), Some("lost 1"));
+    // its reply "lost": nothing closed; the instance's own beat closes the session
+    assert_eq!(s.expect_close().await, Some(1012));
+    assert_eq!(metric(&a, "switchyard_presence_lapses_total").await, 1.0);
+    // and its next beat acknowledged it: gone, no second round
+    eventually(
+        Duration::from_secs(6),
+        "the tombstone acknowledged",
+        || async {
+            let left: bool = c.clone().exists(&tomb).await.unwrap();
+            (!left).then_some(())
+        },
+    )
+    .await;
+    assert_eq!(metric(&a, "switchyard_presence_lapses_total").await, 1.0);
+    invariants::check(&mut c).await;
+}
+
 /// The next terminal message on `s` within `timeout`, or its close code if it closes first.
 async fn terminal_or_close(
     s: &mut WsClient,
@@ -176,7 +226,7 @@ async fn an_instance_that_beats_between_two_batches_of_its_takeover_learns_it_la
     for _ in 0..3 {
         let out = cell.inst[1]
             .store
-            .instance_beat(&ib, 1, false)
+            .instance_beat(&ib, 1, false, None)
             .await
             .unwrap();
         assert!(
@@ -188,7 +238,7 @@ async fn an_instance_that_beats_between_two_batches_of_its_takeover_learns_it_la
     }
     let out = cell.inst[0]
         .store
-        .instance_beat(&ia, 1, false)
+        .instance_beat(&ia, 1, false, None)
         .await
         .unwrap();
     assert!(
@@ -264,7 +314,7 @@ async fn a_message_dropped_for_an_instance_not_listed_since_a_wipe_leaves_no_lap
     );
     let out = cell.inst[0]
         .store
-        .instance_beat(&ia, 1, false)
+        .instance_beat(&ia, 1, false, None)
         .await
         .unwrap();
     assert!(
@@ -389,7 +439,7 @@ async fn coming_back_from_a_redis_outage_is_no_lapse() {
 async fn beat(cell: &common::cell::Cell, slot: usize) -> switchyard::store::instances::BeatReply {
     let i = &cell.inst[slot];
     i.store
-        .instance_beat(&i.id, 1, false)
+        .instance_beat(&i.id, 1, false, None)
         .await
         .expect("beat")
         .reply
