@@ -287,6 +287,9 @@ fn check_config_warns_of_cluster_settings_that_stall_or_strand_connections() {
         out.contains("# warning: redis.urls names one cluster node by its IP"),
         "{out}"
     );
+    for w in out.lines().filter(|l| l.starts_with("# warning: redis.")) {
+        assert!(!w.contains("  "), "a gap in the sentence: {w}");
+    }
     let (code, out, err) = check_config(
         &[
             ("SWITCHYARD_REDIS__MODE", "cluster"),

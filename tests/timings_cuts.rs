@@ -183,6 +183,22 @@ async fn a_short_quiet_word_is_not_taken_for_a_click() {
     invariants::check(&mut c).await;
 }
 
+/// A `client_timestamp_ms` past 2^53 (a `u64` the instance reads, but no time) is taken as
+/// none: the chunk is buffered and cut as any other. The script, which takes whole numbers
+/// up to 2^53 there, refused the chunk, and the client got INTERNAL_ERROR (review).
+#[tokio::test]
+async fn a_client_timestamp_past_2_53_is_taken_as_none() {
+    let redis = RedisServer::start().await;
+    let inst = start_instance(&redis).await;
+    let mut c = redis.client().await;
+    let (mut n, _) = node_on(&inst, None).await;
+    let (mut s, sid) = session_on(&inst).await;
+    phrase(&mut s, &sid, 3, Some(u64::MAX)).await;
+    let a = assign(&mut n).await;
+    assert_eq!(a["utterance_index"], 0);
+    invariants::check(&mut c).await;
+}
+
 #[tokio::test]
 async fn clicks_between_phrases_make_no_job_and_use_no_index() {
     let redis = RedisServer::start().await;

@@ -263,6 +263,8 @@ local function trim(sid, cursor)
   redis.call('HDEL', sk .. ':jobs', unpack(gone))
   redis.call('ZREM', sk .. ':rtime', unpack(gone))
   redis.call('DEL', unpack(bodies))
+  -- (a page of entries it may not take yet, at or past the cursor, is no reason to look
+  -- again at every call: only a page it took whole is)
   return #gone == TRIM_PAGE
 end
 

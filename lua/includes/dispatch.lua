@@ -334,9 +334,11 @@ end
 -- merged(job): has the node this turn part is on finished a later part of the turn (the
 -- parts after it, at the next indices, on that node, up to MERGE_LOOK of them)? PROTOCOL:
 -- "a node may send no result for a job it merged into a later one; the job then ends by
--- timeout rules". Failed over (its deadline, or its node gone), the part ran again on
--- another node, alone: a second, partial translation of the phrase, or (a node waiting for
--- the rest of the turn) JOB_TIMEOUT after max_attempts, ~90 s later (protocol audit).
+-- timeout rules". Failed over at its deadline, the part ran again on another node, alone:
+-- a second, partial translation of the phrase, or (a node waiting for the rest of the turn)
+-- JOB_TIMEOUT after max_attempts, ~90 s later (protocol audit). Asked only at the deadline:
+-- a node that goes before it may have had the part still in flight (run beside the later,
+-- shorter one), and that is failed over as before.
 local MERGE_LOOK = 16
 local function merged(job)
   if (job.turn_id or '') == '' or (job.node or '') == '' or not job.session then return false end
@@ -359,11 +361,17 @@ end
 local MERGED_BODY = '"extra":{"reason":"NO_TEXT_ASSIGNED"},"text_asr":"","text_translated":"",'
   .. '"tts_audio":"","tts_format":"opus","type":"translation_result"}'
 
--- end_merged(jid, job): the merged part ends as its node would have ended it with an empty
--- result: its reservation released, FINISHED, its index settled, the freed slot offered.
-local function end_merged(jid, job)
+-- end_merged(jid, job, cancel): the merged part ends as its node would have ended it with an
+-- empty result: its reservation released, FINISHED, its index settled, the freed slot
+-- offered; with `cancel`, a job_cancel to the node (best-effort: one that did not merge it
+-- stops working on a slot given back).
+local function end_merged(jid, job, cancel)
   job.id = job.id or jid
   local nid = job.node
+  if cancel then
+    deliver('node', nid, cjson.encode({type = 'job_cancel', job_id = jid,
+      trace_id = job.trace_id, reason = 'job_timeout'}))
+  end
   release_node(jid, nid)
   redis.call('ZREM', P .. 'due:jobs', jid)
   end_job(jid, job, 'FINISHED', {'merged', '1'})
@@ -380,12 +388,11 @@ end
 
 -- failover(jid, job, code, message, cancel): the current attempt is over without a result.
 -- Release, cancel it on the old node (best-effort), and re-dispatch to a node that never
--- had it, or fail the utterance when attempts are used up; a turn part its node merged
--- into a later one (merged) ends empty instead.
+-- had it, or fail the utterance when attempts are used up; at its deadline, a turn part
+-- its node merged into a later one (merged) ends empty instead.
 local function failover(jid, job, code, message, cancel)
-  -- (a node that answers MODEL_NOT_AVAILABLE said it cannot run this part: not merged)
-  if code ~= 'MODEL_NOT_AVAILABLE' and merged(job) then
-    end_merged(jid, job)
+  if code == 'JOB_TIMEOUT' and merged(job) then
+    end_merged(jid, job, cancel)
     return
   end
   local old = job.node

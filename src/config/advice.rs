@@ -58,7 +58,10 @@ impl Config {
             // nothing more from a client blocked in WAIT (topology audit).
             if r.wait_replicas > 0 {
                 out.push(format!(
-                    "redis.wait_replicas ({}) in cluster mode: every call to a primary waits                      behind each WAIT on the one cluster connection to it, up to                      redis.wait_timeout_ms each while a replica lags: state changes to that                      primary then run one at a time",
+                    "redis.wait_replicas ({}) in cluster mode: every call to a primary waits \
+                    behind each WAIT on the one cluster connection to it, up to \
+                    redis.wait_timeout_ms each while a replica lags: state changes to that \
+                    primary then run one at a time",
                     r.wait_replicas
                 ));
             }
@@ -75,7 +78,10 @@ impl Config {
             };
             if seeds.len() == 1 && seeds.iter().all(|u| ip(u)) {
                 out.push(
-                    "redis.urls names one cluster node by its IP address: connections made                      later (the inbox consumers, after a reconnect) start from it, and cannot                      while that node is down, although the cluster failed over; list several                      nodes, or a DNS name that resolves to them"
+                    "redis.urls names one cluster node by its IP address: connections made \
+                    later (the inbox consumers, after a reconnect) start from it, and cannot \
+                    while that node is down, although the cluster failed over; list several \
+                    nodes, or a DNS name that resolves to them"
                         .into(),
                 );
             }

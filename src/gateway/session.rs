@@ -275,7 +275,8 @@ impl SessionConn {
                     );
                 };
                 let ms = stream_ms(&bytes);
-                let client_ts = c.client_timestamp_ms;
+                // (a time past 2^53 ms is none: the script takes whole numbers up to it)
+                let client_ts = c.client_timestamp_ms.filter(|t| *t <= 1 << 53);
                 self.chunks += 1;
                 let seq = self.chunks;
                 cell.store

@@ -79,15 +79,16 @@ type ConsumeError = Box<dyn std::error::Error + Send + Sync>;
 
 async fn consume(app: &App, cell: &Cell, written: &mut Written) -> Result<(), ConsumeError> {
     let block = app.cfg.inbox.block_ms;
-    // The node this connection reads (the primary the sentinels named when it was made):
-    // the consumer moves with the others at its next read once they name another. A
-    // switch-over leaves the old primary writable for seconds, and the other instances,
-    // following it, write this inbox on the new one.
-    let node = cell.store.redis_node();
     let mut conn = cell
         .store
         .dedicated_connection(Duration::from_millis(block + app.cfg.redis.timeout_ms))
         .await?;
+    // The node this connection reads (the primary the sentinels name once it is made): the
+    // consumer moves with the others at its next read once they name another. A switch-over
+    // leaves the old primary writable for seconds, and the other instances, following it,
+    // write this inbox on the new one. (Read after connecting: before, it may still say
+    // "unresolved", and the first read would reconnect for nothing.)
+    let node = cell.store.redis_node();
     let inbox = cell.store.keys.inbox(&app.instance_id);
     ensure_group(app, cell, &mut conn, &inbox).await?;
     own_pending(app, cell, &mut conn, &inbox, written).await?;

@@ -80,12 +80,7 @@ impl StoreError {
     pub fn may_have_committed(&self) -> bool {
         match self {
             StoreError::Ambiguous(_) | StoreError::Reply { .. } => true,
-            // A Lua runtime error (a script bug, or a record edited by hand into a value the
-            // script cannot read) names its line (`user_function:<n>:`); the writes made
-            // before it stay, since Redis does not roll a script back (a result logged, its
-            // delivery lost with the reply). The scripts' own refusals name none, and come
-            // before any write (`args.lua`, a staged key missing).
-            StoreError::Redis { message, .. } => message.contains("user_function:"),
+            StoreError::Redis { message, .. } => lua_runtime_error(message),
             _ => false,
         }
     }
@@ -127,5 +122,36 @@ impl StoreError {
                 message: e.to_string(),
             }
         }
+    }
+}
+
+/// Whether a script's error reply is a Lua runtime error (a script bug, or a record edited by
+/// hand into a value the script cannot read): its text starts with the failing line,
+/// `user_function:<n>: …`. The writes made before it stay, since Redis does not roll a
+/// script back (a result logged, its delivery lost with the reply). Every error a function
+/// raises ends with `… script: <name>, on @user_function:<n>.`, the scripts' own refusals
+/// too (`error({err = …})`: a bad argument, a staged key missing), which come before any
+/// write: those name the line only after the `@`.
+fn lua_runtime_error(message: &str) -> bool {
+    (message.match_indices("user_function:")).any(|(i, _)| !message[..i].ends_with('@'))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::lua_runtime_error;
+
+    #[test]
+    fn only_a_lua_runtime_error_may_have_committed_part_of_a_script() {
+        // as redis-rs shows Redis 7's replies
+        let runtime = "ResponseError: user_function:1978: attempt to perform arithmetic on a \
+            nil value script: audio_append_8d48d16c3cd5, on @user_function:1978.";
+        let refusal = "ResponseError: bad argument ARGV[11] (chunk number): not a whole number \
+            script: audio_append_8d48d16c3cd5, on @user_function:1561.";
+        let staged = "ResponseError: ERR staged audio missing: {s}:stage:audio:c:s:0 script: \
+            submit_8d48d16c3cd5, on @user_function:1875.";
+        assert!(lua_runtime_error(runtime));
+        assert!(!lua_runtime_error(refusal));
+        assert!(!lua_runtime_error(staged));
+        assert!(!lua_runtime_error("NOSCRIPT No matching script"));
     }
 }

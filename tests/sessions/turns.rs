@@ -90,20 +90,9 @@ async fn a_turn_part_merged_into_a_later_one_ends_empty_at_its_deadline() {
     })
     .await;
     let mut c = redis.client().await;
-    let (_first, mut other, mut s, [j0, _]) = a_turn_answered_whole(&inst).await;
+    let ((mut first, _), mut other, mut s, [j0, _]) = a_turn_answered_whole(&inst).await;
     ended_merged(&mut c, &mut s, &mut other, &j0).await;
-}
-
-/// The same when the node goes (an orderly close) before the first part's deadline: its
-/// unanswered part, merged, is not failed over to the other node either.
-#[tokio::test]
-async fn a_merged_turn_part_of_a_node_that_goes_ends_empty() {
-    let redis = RedisServer::start().await;
-    let inst = start_tweaked(&redis, streaming).await;
-    let mut c = redis.client().await;
-    let ((first, _), mut other, mut s, [j0, _]) = a_turn_answered_whole(&inst).await;
-    // its result reaches the instance first, then the node leaves
-    tokio::time::sleep(Duration::from_millis(200)).await;
-    first.close().await;
-    ended_merged(&mut c, &mut s, &mut other, &j0).await;
+    // the node is told, as at any deadline (one that did not merge it stops working on it)
+    let cancel = first.recv_type("job_cancel").await;
+    assert_eq!(cancel["job_id"], j0["job_id"], "{cancel}");
 }
