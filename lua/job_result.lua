@@ -59,8 +59,7 @@ local function timed(job, ids)
   end
   if s2n then t = t .. ',"scheduler_to_node_ms":' .. int(s2n) end
   if n2s then t = t .. ',"node_to_scheduler_ms":' .. int(n2s) end
-  local head = STAMP .. NOWS .. ',"network_timings":{"scheduler_to_web_ms":0' .. t .. '},'
-    .. string.sub(cjson.encode(ids), 2, -2)
+  local head = result_head(ids, t)
   -- a staged body has members (the instance stages no "}" alone): the header ends in ","
   if STAGE then return head .. ',' end
   local body = ARGV[10] -- members and "}": concatenated as is (no string.sub copy of the audio)

@@ -331,6 +331,13 @@ local function offer(nid, known)
   end
 end
 
+-- cancel_on(nid, jid, job, code): tell node nid to stop the job's attempt (best-effort;
+-- `reason` is the code in lower case).
+local function cancel_on(nid, jid, job, code)
+  deliver('node', nid, cjson.encode({type = 'job_cancel', job_id = jid,
+    trace_id = job.trace_id, reason = string.lower(code)}))
+end
+
 -- merged(job): has the node this turn part is on finished a later part of the turn (the
 -- parts after it, at the next indices, on that node, up to MERGE_LOOK of them)? PROTOCOL:
 -- "a node may send no result for a job it merged into a later one; the job then ends by
@@ -368,20 +375,16 @@ local MERGED_BODY = '"extra":{"reason":"NO_TEXT_ASSIGNED"},"text_asr":"","text_t
 local function end_merged(jid, job, cancel)
   job.id = job.id or jid
   local nid = job.node
-  if cancel then
-    deliver('node', nid, cjson.encode({type = 'job_cancel', job_id = jid,
-      trace_id = job.trace_id, reason = 'job_timeout'}))
-  end
+  if cancel then cancel_on(nid, jid, job, 'JOB_TIMEOUT') end
   release_node(jid, nid)
   redis.call('ZREM', P .. 'due:jobs', jid)
   end_job(jid, job, 'FINISHED', {'merged', '1'})
   count('finished')
   count('merged')
   if job_session(job) then
-    local ids = cjson.encode({session_id = job.session, utterance_index = tonumber(job.idx),
-      job_id = jid, trace_id = job.trace_id})
-    settle(job.session, job.idx, STAMP .. NOWS .. ',"network_timings":{"scheduler_to_web_ms":0},'
-      .. string.sub(ids, 2, -2) .. ',' .. MERGED_BODY)
+    local ids = {session_id = job.session, utterance_index = tonumber(job.idx), job_id = jid,
+      trace_id = job.trace_id}
+    settle(job.session, job.idx, result_head(ids, '') .. ',' .. MERGED_BODY)
   end
   offer(nid)
 end
@@ -399,10 +402,7 @@ local function failover(jid, job, code, message, cancel)
   release_node(jid, old)
   redis.call('ZREM', P .. 'due:jobs', jid)
   if old and old ~= '' then
-    if cancel then
-      deliver('node', old, cjson.encode({type = 'job_cancel', job_id = jid,
-        trace_id = job.trace_id, reason = string.lower(code)}))
-    end
+    if cancel then cancel_on(old, jid, job, code) end
     job.tried = (job.tried and job.tried ~= '') and (job.tried .. ',' .. old) or old
     if CFG.explain ~= 0 then
       -- kept in `job` too: a job that fails in this same call is rewritten from it (end_job)

@@ -29,6 +29,15 @@ end
 -- (the log keeps that); each send rewrites these two numbers: sent now, held now - accepted.
 local STAMP = '{"scheduler_sent_at_ms":'
 
+-- result_head(ids, timings): the start of a translation_result as the log keeps it, the
+-- shape `stamp` rewrites: accepted now, the network timings (`timings`: further members of
+-- network_timings after scheduler_to_web_ms, each with its leading comma, or ''), and the
+-- members of the table `ids`; no closing "}" and no trailing comma.
+local function result_head(ids, timings)
+  return STAMP .. NOWS .. ',"network_timings":{"scheduler_to_web_ms":0' .. timings .. '},'
+    .. string.sub(cjson.encode(ids), 2, -2)
+end
+
 local function stamp(msg)
   if string.sub(msg, 1, #STAMP) ~= STAMP then return msg end
   local acc, rest = string.match(msg,

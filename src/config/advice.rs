@@ -68,13 +68,15 @@ impl Config {
             // The dedicated connections (inbox consumers) are built from the seeds again at
             // every reconnect: one seed that is a primary's own address is gone with it.
             let seeds = r.seeds();
+            // (the host as the connector reads the URL; validation parsed it already)
             let ip = |u: &str| {
-                let host = u.split("://").nth(1).unwrap_or(u);
-                let host = host.rsplit_once('@').map_or(host, |(_, h)| h);
-                let host = host.rsplit_once(':').map_or(host, |(h, _)| h);
-                host.trim_matches(['[', ']'])
-                    .parse::<std::net::IpAddr>()
-                    .is_ok()
+                use ::redis::{ConnectionAddr, IntoConnectionInfo};
+                u.into_connection_info().is_ok_and(|i| match i.addr() {
+                    ConnectionAddr::Tcp(h, _) | ConnectionAddr::TcpTls { host: h, .. } => {
+                        h.parse::<std::net::IpAddr>().is_ok()
+                    }
+                    _ => false,
+                })
             };
             if seeds.len() == 1 && seeds.iter().all(|u| ip(u)) {
                 out.push(
