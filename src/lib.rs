@@ -15,5 +15,6 @@ pub mod routing;
 pub mod server;
 pub mod sim;
 pub mod store;
+pub mod supervise;
 pub mod sweeper;
 pub mod telemetry;

@@ -14,7 +14,10 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
-use crate::cells::Cells;
+use crate::cells::{Cell, Cells};
+
+/// One of a cell's background loops, as [`crate::supervise`] starts it.
+type Loop = std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>>;
 use crate::config::Config;
 use crate::gateway::{Connections, Kind, Outbound};
 use crate::telemetry::metrics::Metrics;
@@ -26,6 +29,8 @@ pub struct App {
     pub auth: crate::auth::Auth,
     /// Unique per process start (pod names repeat; this never does).
     pub instance_id: String,
+    /// When this instance started, ms since the epoch (`/api/v1/instances`).
+    pub started_ms: u64,
     /// The cells this instance serves (each with its store); `cells` says which peer
     /// lives where.
     pub cells: Cells,
@@ -82,6 +87,7 @@ impl App {
             cfg,
             auth,
             instance_id,
+            started_ms: crate::protocol::now_ms(),
             cells,
             metrics,
             scrape,
@@ -326,12 +332,25 @@ pub async fn start(cfg: Config) -> std::io::Result<Running> {
         crate::accept::serve(listener, router, &limits, metrics, stop).await;
     });
     tasks.push(server);
+    // Each cell's loops, restarted if one ends before shutdown (a panic: `supervise`).
     for cell in app.cells.iter() {
+        let watch = |task: &'static str, run: fn(Arc<App>, Arc<Cell>) -> Loop| {
+            let (app, cell) = (app.clone(), cell.clone());
+            let stop = app.shutdown_signal();
+            let (metrics, name) = (app.metrics.clone(), cell.name().to_string());
+            crate::supervise::spawn(metrics, name, task, stop, move || {
+                run(app.clone(), cell.clone())
+            })
+        };
         tasks.extend([
-            tokio::spawn(crate::sweeper::run(app.clone(), cell.clone())),
-            tokio::spawn(crate::routing::presence::run(app.clone(), cell.clone())),
-            tokio::spawn(crate::routing::inbox::run(app.clone(), cell.clone())),
-            tokio::spawn(crate::console::live::run_stats(app.clone(), cell.clone())),
+            watch("sweeper", |a, c| Box::pin(crate::sweeper::run(a, c))),
+            watch("presence", |a, c| {
+                Box::pin(crate::routing::presence::run(a, c))
+            }),
+            watch("inbox", |a, c| Box::pin(crate::routing::inbox::run(a, c))),
+            watch("stats", |a, c| {
+                Box::pin(crate::console::live::run_stats(a, c))
+            }),
         ]);
     }
     if app.auth.is_open() {

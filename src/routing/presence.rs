@@ -9,7 +9,6 @@ use crate::cells::Cell;
 use crate::server::App;
 
 pub async fn run(app: Arc<App>, cell: Arc<Cell>) {
-    let started = crate::protocol::now_ms();
     let mut tick = tokio::time::interval(Duration::from_millis(app.cfg.instance.beat_interval_ms));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut stop = app.shutdown_signal();
@@ -28,7 +27,7 @@ pub async fn run(app: Arc<App>, cell: Arc<Cell>) {
             // (a beat does not wait for replicas: no `Unreplicated` to route here)
             match cell
                 .store
-                .instance_beat(&app.instance_id, started, false, ack.as_deref())
+                .instance_beat(&app.instance_id, app.started_ms, false, ack.as_deref())
                 .await
             {
                 Ok(out) => {

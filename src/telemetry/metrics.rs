@@ -50,6 +50,9 @@ pub struct Metrics {
     pub resumes: Counter,
     /// Times this instance found its presence had lapsed and closed its connections.
     pub presence_lapses: Counter,
+    /// Background tasks (sweeper, presence, inbox, stats) restarted after ending before
+    /// shutdown (a panic), by cell and task (`crate::supervise`).
+    pub task_restarts: Family<TaskLabels, Counter>,
     /// Time spent in `WAIT` after state changes (`redis.wait_replicas`).
     pub redis_wait_seconds: Histogram,
     /// `WAIT`s that returned fewer replicas than `redis.wait_replicas` (timeout or error).
@@ -165,6 +168,12 @@ impl Metrics {
             "Presence lapsed while running",
             presence_lapses.clone(),
         );
+        let task_restarts = Family::<TaskLabels, Counter>::default();
+        registry.register(
+            "task_restarts",
+            "Background tasks restarted after ending before shutdown (a panic)",
+            task_restarts.clone(),
+        );
         let redis_wait_seconds = Histogram::new(exponential_buckets(0.000_05, 2.0, 16));
         registry.register(
             "redis_wait_seconds",
@@ -276,6 +285,7 @@ impl Metrics {
             takeovers,
             resumes,
             presence_lapses,
+            task_restarts,
             redis_wait_seconds,
             redis_wait_short,
             inbox_pending,

@@ -30,6 +30,15 @@ impl Metrics {
             .inc();
     }
 
+    /// A background task ended before shutdown and is started again (`crate::supervise`).
+    pub fn task_restarted(&self, cell: &str, task: &'static str) {
+        let labels = TaskLabels {
+            cell: cell.to_string(),
+            task,
+        };
+        self.task_restarts.get_or_create(&labels).inc();
+    }
+
     /// A frame or connection refused by a `[limits]` setting.
     pub fn limited(&self, kind: &'static str, limit: &'static str) {
         self.limited.get_or_create(&msg(kind, limit)).inc();
