@@ -143,10 +143,9 @@ impl App {
         self.draining.load(Ordering::Relaxed) || *self.shutdown.borrow()
     }
 
-    /// Every cell's inbox consumer read within the last few block periods.
-    pub fn inbox_alive(&self) -> bool {
-        let window = 3 * self.cfg.inbox.block_ms + self.cfg.redis.timeout_ms;
-        self.cells.iter().all(|c| c.inbox_alive(window))
+    /// The cell's inbox consumer read within the last few block periods.
+    pub fn inbox_alive(&self, cell: &crate::cells::Cell) -> bool {
+        cell.inbox_alive(3 * self.cfg.inbox.block_ms + self.cfg.redis.timeout_ms)
     }
 
     /// How a connection of `kind` treats a missing earlier message (only sessions get

@@ -340,3 +340,6 @@ mod sentinel_epochs;
 
 #[path = "topologies/cluster.rs"]
 mod cluster;
+
+#[path = "topologies/cell_readiness.rs"]
+mod cell_readiness;

@@ -18,6 +18,25 @@ pub struct InstanceConfig {
     /// One is the cheapest per job: no wakeup crosses threads (bench/notes.md, round 8);
     /// an instance scales out, not up.
     pub worker_threads: usize,
+    /// Which cells must be usable for `/readyz` to answer 200 (`any_cell` or `every_cell`).
+    pub ready_when: ReadyWhen,
+}
+
+/// `instance.ready_when`: what readiness asks of an instance that serves several cells. A
+/// cell is usable when its Redis answers as a primary with the library loaded, and its
+/// inbox consumer reads. With one cell both are the same.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ReadyWhen {
+    /// Ready while at least one cell is usable; `/readyz` names the others under
+    /// `degraded`, and their peers get `SCHEDULER_DEPENDENCY_DOWN`. Every instance serves
+    /// every cell, so a cell that is down is down on all of them: failing readiness would
+    /// take every instance out of the load balancer and every other cell down with it.
+    #[default]
+    AnyCell,
+    /// Ready only while every cell is usable: an instance that cannot reach one cell leaves
+    /// the load balancer (for deployments where one pod, not the cell, is the likely fault).
+    EveryCell,
 }
 
 impl Default for InstanceConfig {
@@ -28,6 +47,7 @@ impl Default for InstanceConfig {
             drain_delay_ms: 2_000,
             drain_grace_ms: 5_000,
             worker_threads: 1,
+            ready_when: ReadyWhen::AnyCell,
         }
     }
 }

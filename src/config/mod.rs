@@ -32,7 +32,7 @@ mod ws;
 pub use auth::AuthConfig;
 pub use cell::{CellConfig, CellSpec};
 pub use inbox::InboxConfig;
-pub use instance::InstanceConfig;
+pub use instance::{InstanceConfig, ReadyWhen};
 pub use jobs::JobsConfig;
 pub use limits::LimitsConfig;
 pub use log::LogConfig;

@@ -13,7 +13,9 @@ use axum::extract::State;
 use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
-use serde_json::json;
+use serde_json::{Value, json};
+
+use crate::config::ReadyWhen;
 
 use crate::server::App;
 
@@ -137,27 +139,45 @@ fn busy(max: usize) -> Response {
         .into_response()
 }
 
+/// Ready unless draining, and while the cells `instance.ready_when` asks for are usable
+/// (Redis a primary with the library, inbox consumer reading). Cells that are not are named
+/// under `degraded` of a 200, or give the 503's `reason`.
 async fn readyz(State(app): State<Arc<App>>) -> Response {
-    let not_ready = |reason: String| {
+    let not_ready = |reason: String, degraded: &[Value]| {
         (
             StatusCode::SERVICE_UNAVAILABLE,
-            Json(json!({"ready": false, "reason": reason})),
+            Json(json!({"ready": false, "reason": reason, "degraded": degraded})),
         )
             .into_response()
     };
     if app.is_draining() {
-        return not_ready("draining".into());
+        return not_ready("draining".into(), &[]);
     }
-    // Every cell must be usable: an instance serves them all (one check at a time).
-    if let Err(reason) = app.ready.cells(&app).await {
-        return not_ready(reason);
+    let several = app.cells.len() > 1;
+    let mut degraded = Vec::new();
+    let mut first_reason = None;
+    for (name, usable) in app.ready.cells(&app).await {
+        let reason = match usable {
+            Err(e) => format!("cell {name}: {e}"),
+            Ok(()) if app.cells.get(&name).is_some_and(|c| app.inbox_alive(c)) => continue,
+            Ok(()) if several => format!("cell {name}: inbox consumer not running"),
+            Ok(()) => "inbox consumer not running".to_string(),
+        };
+        degraded.push(json!({"cell": name, "reason": reason}));
+        first_reason.get_or_insert(reason);
+    }
+    let usable = app.cells.len() - degraded.len();
+    let ready = match app.cfg.instance.ready_when {
+        ReadyWhen::EveryCell => degraded.is_empty(),
+        ReadyWhen::AnyCell => usable > 0,
+    };
+    if !ready && let Some(reason) = first_reason {
+        return not_ready(reason, &degraded);
     }
     let cells: Vec<_> = app.cells.iter().map(|c| c.name()).collect();
-    if !app.inbox_alive() {
-        return not_ready("inbox consumer not running".into());
-    }
     Json(json!({"ready": true, "instance": app.instance_id,
         "redis": app.cells.default_cell().store.redis_node(), "cells": cells,
+        "degraded": degraded,
         "auth": if app.auth.is_open() { "open" } else { "required" }}))
     .into_response()
 }

@@ -16,8 +16,11 @@ use tokio::sync::watch;
 
 use crate::server::App;
 
-/// What a check found: every cell usable, or why not; `None` while it runs.
-type Outcome = Option<Result<(), String>>;
+/// What one check found, per cell in `[[cells]]` order: usable, or why not.
+pub type CellsReport = Vec<(String, Result<(), String>)>;
+
+/// The report; `None` while the check runs.
+type Outcome = Option<CellsReport>;
 
 /// The check in flight, or the last one.
 #[derive(Default)]
@@ -26,9 +29,9 @@ pub struct Readiness {
 }
 
 impl Readiness {
-    /// Every cell usable (an instance serves them all), or why not: from the check in flight
-    /// when this call came, else from one it starts.
-    pub async fn cells(&self, app: &Arc<App>) -> Result<(), String> {
+    /// Each cell usable or why not: from the check in flight when this call came, else from
+    /// one it starts.
+    pub async fn cells(&self, app: &Arc<App>) -> CellsReport {
         let mut rx = {
             let mut last = self.last.lock().unwrap_or_else(|p| p.into_inner());
             match &*last {
@@ -45,21 +48,27 @@ impl Readiness {
                 }
             }
         };
+        let unanswered = |why: &str| {
+            app.cells
+                .iter()
+                .map(|c| (c.name().to_string(), Err(why.to_string())))
+                .collect()
+        };
         match rx.wait_for(Option::is_some).await {
             Ok(outcome) => outcome
                 .clone()
-                .unwrap_or_else(|| Err("the readiness check gave no answer".into())),
-            Err(_) => Err("the readiness check ended without an answer".into()),
+                .unwrap_or_else(|| unanswered("the readiness check gave no answer")),
+            Err(_) => unanswered("the readiness check ended without an answer"),
         }
     }
 }
 
-/// One check of every cell, in turn; the first that is not usable says why.
-async fn check(app: &App) -> Result<(), String> {
-    for cell in app.cells.iter() {
-        if let Err(e) = cell.store.check_ready().await {
-            return Err(format!("cell {}: {e}", cell.name()));
-        }
-    }
-    Ok(())
+/// One check of every cell, all at once: a cell whose Redis hangs costs the probe one
+/// `redis.timeout_ms`, not one per cell behind it.
+async fn check(app: &App) -> CellsReport {
+    let checks = app.cells.iter().map(|cell| async move {
+        let usable = cell.store.check_ready().await.map_err(|e| e.to_string());
+        (cell.name().to_string(), usable)
+    });
+    futures_util::future::join_all(checks).await
 }
