@@ -28,8 +28,21 @@ const OVERLAYS: &[&str] = &[
     "overlays/cluster",
 ];
 
+/// The ConfigMap the Deployment mounts: generated from base/switchyard.toml, its name
+/// suffixed with the content's hash so that a changed file rolls the pods.
 fn config_of(docs: &[Value]) -> (String, Config) {
-    let cm = find(docs, "ConfigMap", "switchyard-config");
+    let spec = &find(docs, "Deployment", "switchyard")["spec"]["template"]["spec"];
+    let mounted = spec["volumes"]
+        .as_sequence()
+        .into_iter()
+        .flatten()
+        .find_map(|v| v["configMap"]["name"].as_str())
+        .expect("a ConfigMap volume");
+    let suffix = mounted
+        .strip_prefix("switchyard-config-")
+        .unwrap_or_else(|| panic!("{mounted}: not the generated switchyard-config-<hash>"));
+    assert_eq!(suffix.len(), 10, "{mounted}: kustomize's 10-character hash");
+    let cm = find(docs, "ConfigMap", mounted);
     let toml = cm["data"]["switchyard.toml"]
         .as_str()
         .expect("switchyard.toml")
@@ -325,6 +338,11 @@ async fn the_binary_runs_as_the_deployment_runs_it() {
     )
     .unwrap();
     std::fs::set_permissions(&etc, PermissionsExt::from_mode(0o555)).unwrap();
+    // The binary as the image has it, root's and 0755: `nobody` could not reach the build's
+    // own when the clone is in a directory only root may enter (/root).
+    let bin = tmp.path().join("switchyard");
+    std::fs::copy(env!("CARGO_BIN_EXE_switchyard"), &bin).expect("copy the binary");
+    std::fs::set_permissions(&bin, PermissionsExt::from_mode(0o755)).unwrap();
     std::fs::set_permissions(tmp.path(), PermissionsExt::from_mode(0o555)).unwrap();
     let args: Vec<String> = c["args"]
         .as_sequence()
@@ -341,14 +359,14 @@ async fn the_binary_runs_as_the_deployment_runs_it() {
     // Ports and Redis differ from the pod's (other tests run beside this one); everything
     // else comes from the manifests.
     let (ws, admin) = (free_port(), free_port());
-    let bin = env!("CARGO_BIN_EXE_switchyard");
     let as_nobody = is_root() && which("setpriv");
     let mut cmd = if as_nobody {
         let mut c = Command::new("setpriv");
-        c.args(["--reuid=65534", "--regid=65534", "--clear-groups", bin]);
+        c.args(["--reuid=65534", "--regid=65534", "--clear-groups"])
+            .arg(&bin);
         c
     } else {
-        Command::new(bin)
+        Command::new(&bin)
     };
     cmd.args(&args)
         .current_dir(tmp.path())
@@ -426,4 +444,18 @@ fn is_root() -> bool {
 fn which(tool: &str) -> bool {
     std::env::var_os("PATH")
         .is_some_and(|p| std::env::split_paths(&p).any(|d| Path::new(&d).join(tool).is_file()))
+}
+
+/// The renderer's ConfigMap name suffix is kustomize's: the value `kubectl kustomize`
+/// (v5.5.0) gives a generator of one file `f.toml` holding `a = 1`, and one with the
+/// characters Go's JSON escapes (`<`, `>`, `&`). `make k8s-check` compares whole renderings
+/// with kubectl where it is installed; this holds the hash where it is not.
+#[test]
+fn the_generated_config_map_name_is_kustomizes() {
+    let one = |text: &str| {
+        let data = std::collections::BTreeMap::from([("f.toml".to_string(), text.to_string())]);
+        kustomize::config_map_hash(&data)
+    };
+    assert_eq!(one("a = 1\n"), "5bmb99967m");
+    assert_eq!(one("a = \"<&>\"\n"), "9mgt8mgm92");
 }

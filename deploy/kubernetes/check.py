@@ -2,7 +2,9 @@
 """Render every kustomization under deploy/kubernetes and validate what it renders.
 
 - Rendering: a small kustomize subset, exactly what these manifests use: `resources`
-  (files, or directories holding a kustomization.yaml) and `patches` with a `path` to a
+  (files, or directories holding a kustomization.yaml), `configMapGenerator` with `files`
+  (the name suffixed with kustomize's hash of the content, and the Deployments' volumes
+  that name it renamed to match), and `patches` with a `path` to a
   strategic-merge patch (maps merged key by key, lists of named items merged by `name` with
   the patch's items first as kustomize orders them, other lists replaced). Anything else in a kustomization is refused, so the renderer cannot
   silently diverge from kustomize. When `kubectl` is installed, its `kubectl kustomize`
@@ -15,6 +17,8 @@
 Usage: check.py [--render OVERLAY_DIR]   (make k8s-check runs it in target/k8s-venv)
 """
 import copy
+import hashlib
+import json
 import os
 import shutil
 import subprocess
@@ -25,7 +29,7 @@ import kubernetes_validate
 
 K8S_VERSION = "1.32.0"
 HERE = os.path.dirname(os.path.abspath(__file__))
-KUSTOMIZATION_KEYS = {"apiVersion", "kind", "resources", "patches"}
+KUSTOMIZATION_KEYS = {"apiVersion", "kind", "resources", "configMapGenerator", "patches"}
 
 
 def load_docs(path):
@@ -51,6 +55,49 @@ def merge(base, patch):
     return copy.deepcopy(patch)
 
 
+def config_map_hash(data):
+    """kustomize's name suffix for a generated ConfigMap: the first 10 hex digits of the
+    SHA-256 of Go's JSON of {data, kind, name: ""} (keys sorted, <>& escaped), with 0 1 3 a e
+    spelled g h k m t. `kubectl kustomize` must agree (main() compares)."""
+    text = json.dumps({"data": data, "kind": "ConfigMap", "name": ""},
+                      sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+    for c, e in (("<", "\\u003c"), (">", "\\u003e"), ("&", "\\u0026"),
+                 ("\u2028", "\\u2028"), ("\u2029", "\\u2029")):
+        text = text.replace(c, e)
+    return hashlib.sha256(text.encode()).hexdigest()[:10].translate(str.maketrans("013ae", "ghkmt"))
+
+
+def generate(directory, k, kpath):
+    """The ConfigMaps of `configMapGenerator`, and {generator name: generated name}."""
+    docs, renames = [], {}
+    for g in k.get("configMapGenerator", []):
+        opts = g.get("options", {})
+        if set(g) - {"name", "files", "options"} or set(opts) - {"labels"}:
+            raise SystemExit(f"{kpath}: only configMapGenerator name, files, options.labels are rendered here")
+        data = {}
+        for f in g["files"]:
+            with open(os.path.join(directory, f)) as fh:
+                data[os.path.basename(f)] = fh.read()
+        name = f"{g['name']}-{config_map_hash(data)}"
+        meta = {"name": name}
+        if opts.get("labels"):
+            meta["labels"] = dict(opts["labels"])
+        docs.append({"apiVersion": "v1", "kind": "ConfigMap", "metadata": meta, "data": data})
+        renames[g["name"]] = name
+    return docs, renames
+
+
+def rename_references(docs, renames):
+    """A Deployment's configMap volumes follow their generated ConfigMap's new name."""
+    for d in docs:
+        if d["kind"] != "Deployment":
+            continue
+        for v in d["spec"]["template"]["spec"].get("volumes", []):
+            cm = v.get("configMap")
+            if cm and cm.get("name") in renames:
+                cm["name"] = renames[cm["name"]]
+
+
 def render(directory):
     kpath = os.path.join(directory, "kustomization.yaml")
     (k,) = load_docs(kpath)
@@ -61,6 +108,8 @@ def render(directory):
     for r in k.get("resources", []):
         p = os.path.normpath(os.path.join(directory, r))
         docs.extend(render(p) if os.path.isdir(p) else load_docs(p))
+    generated, renames = generate(directory, k, kpath)
+    docs.extend(generated)
     for patch in k.get("patches", []):
         if set(patch) != {"path"}:
             raise SystemExit(f"{kpath}: only `patches: - path:` is rendered here")
@@ -70,6 +119,7 @@ def render(directory):
             if len(hits) != 1:
                 raise SystemExit(f"{kpath}: patch target {key} matches {len(hits)} resources")
             docs[hits[0]] = merge(docs[hits[0]], p)
+    rename_references(docs, renames)
     return docs
 
 

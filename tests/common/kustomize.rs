@@ -1,5 +1,7 @@
 //! The kustomize subset deploy/kubernetes uses, for tests: `resources` (files or
-//! directories with a kustomization.yaml) and `patches` with a `path` to a strategic-merge
+//! directories with a kustomization.yaml), `configMapGenerator` with `files` (the name
+//! suffixed with kustomize's content hash, the Deployments' volumes renamed to match) and
+//! `patches` with a `path` to a strategic-merge
 //! patch (maps merged key by key, lists of named items merged by `name`, other lists
 //! replaced). Anything else is refused. deploy/kubernetes/check.py renders the same way and
 //! compares itself with `kubectl kustomize` where kubectl is installed.
@@ -27,7 +29,13 @@ pub fn load(path: &Path) -> Vec<Value> {
 /// The rendered resources of the kustomization in `directory`.
 pub fn render(directory: &Path) -> Vec<Value> {
     let k = load(&directory.join("kustomization.yaml")).remove(0);
-    let known = ["apiVersion", "kind", "resources", "patches"];
+    let known = [
+        "apiVersion",
+        "kind",
+        "resources",
+        "configMapGenerator",
+        "patches",
+    ];
     for key in k.as_mapping().expect("kustomization is a map").keys() {
         let key = key.as_str().unwrap_or_default();
         assert!(
@@ -44,6 +52,12 @@ pub fn render(directory: &Path) -> Vec<Value> {
             docs.extend(load(&p));
         }
     }
+    let mut renames = Vec::new();
+    for g in k["configMapGenerator"].as_sequence().into_iter().flatten() {
+        let (doc, rename) = generate(directory, g);
+        docs.push(doc);
+        renames.push(rename);
+    }
     for patch in k["patches"].as_sequence().into_iter().flatten() {
         let path = patch["path"].as_str().expect("only `patches: - path:`");
         for p in load(&directory.join(path)) {
@@ -54,7 +68,89 @@ pub fn render(directory: &Path) -> Vec<Value> {
             docs[hits[0]] = merge(&docs[hits[0]], &p);
         }
     }
+    for doc in docs.iter_mut().filter(|d| d["kind"] == "Deployment") {
+        let volumes = &mut doc["spec"]["template"]["spec"]["volumes"];
+        for v in volumes.as_sequence_mut().into_iter().flatten() {
+            let name = &mut v["configMap"]["name"];
+            if let Some((_, new)) = renames.iter().find(|(old, _)| name == old) {
+                *name = Value::String(new.clone());
+            }
+        }
+    }
     docs
+}
+
+/// One `configMapGenerator` item (name, files, options.labels): the ConfigMap, and its
+/// (generator name, generated name).
+fn generate(directory: &Path, g: &Value) -> (Value, (String, String)) {
+    for key in g.as_mapping().expect("generator is a map").keys() {
+        let key = key.as_str().unwrap_or_default();
+        assert!(
+            ["name", "files", "options"].contains(&key),
+            "configMapGenerator `{key}` is not rendered here"
+        );
+    }
+    let mut data = std::collections::BTreeMap::new();
+    for f in g["files"].as_sequence().expect("files").iter() {
+        let f = directory.join(f.as_str().expect("file path"));
+        let text = std::fs::read_to_string(&f).unwrap_or_else(|e| panic!("{f:?}: {e}"));
+        let key = f
+            .file_name()
+            .expect("a file")
+            .to_string_lossy()
+            .into_owned();
+        data.insert(key, text);
+    }
+    let base = g["name"].as_str().expect("generator name").to_string();
+    let name = format!("{base}-{}", config_map_hash(&data));
+    let mut meta = Mapping::new();
+    meta.insert("name".into(), Value::String(name.clone()));
+    if let Some(labels) = g["options"].get("labels") {
+        meta.insert("labels".into(), labels.clone());
+    }
+    let mut cm = Mapping::new();
+    cm.insert("apiVersion".into(), "v1".into());
+    cm.insert("kind".into(), "ConfigMap".into());
+    cm.insert("metadata".into(), Value::Mapping(meta));
+    let data: Mapping = data
+        .into_iter()
+        .map(|(k, v)| (Value::String(k), Value::String(v)))
+        .collect();
+    cm.insert("data".into(), Value::Mapping(data));
+    (Value::Mapping(cm), (base, name))
+}
+
+/// kustomize's name suffix for a generated ConfigMap: the first 10 hex digits of the SHA-256
+/// of Go's JSON of `{data, kind, name: ""}` (keys sorted, `<>&` escaped), with 0 1 3 a e
+/// spelled g h k m t (deploy/kubernetes/check.py does the same, checked against kubectl).
+pub fn config_map_hash(data: &std::collections::BTreeMap<String, String>) -> String {
+    use sha2::Digest;
+    let json = |s: &str| serde_json::to_string(s).expect("a string");
+    let fields: Vec<String> = data
+        .iter()
+        .map(|(k, v)| format!("{}:{}", json(k), json(v)))
+        .collect();
+    let text = format!(
+        "{{\"data\":{{{}}},\"kind\":\"ConfigMap\",\"name\":\"\"}}",
+        fields.join(",")
+    )
+    .replace('<', "\\u003c")
+    .replace('>', "\\u003e")
+    .replace('&', "\\u0026")
+    .replace('\u{2028}', "\\u2028")
+    .replace('\u{2029}', "\\u2029");
+    let hex = format!("{:x}", sha2::Sha256::digest(text.as_bytes()));
+    hex[..10]
+        .chars()
+        .map(|c| match c {
+            '0' => 'g',
+            '1' => 'h',
+            '3' => 'k',
+            'a' => 'm',
+            'e' => 't',
+            c => c,
+        })
+        .collect()
 }
 
 fn same_resource(a: &Value, b: &Value) -> bool {
