@@ -4,6 +4,8 @@
 REDIS_PORT ?= 6379
 CARGO ?= cargo
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+# (env after sudo: sudo's env_reset would drop DEBIAN_FRONTEND given before it)
+APT_INSTALL = $(SUDO) apt-get update -qq && $(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq
 
 .PHONY: run dev-secret test proptest build release deps test-deps redis lint fmt check-config clean demo bench bench-deps fuzz fuzz-deps k8s-check
 
@@ -60,52 +62,64 @@ release:
 deps:
 	@command -v redis-server >/dev/null 2>&1 || { \
 	  echo "installing redis-server"; \
-	  $(SUDO) apt-get update -qq && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq redis-server >/dev/null; }
+	  $(APT_INSTALL) redis-server >/dev/null; }
 
 ## What the tests need beyond `deps`: Prometheus (the metrics test scrapes a live instance),
 ## a Python venv with kubernetes-validate (k8s-check), setpriv (tests/deploy.rs drops to nobody),
-## redis-sentinel (tests/topologies.rs runs a primary + replicas with three sentinels), openssl.
+## redis-sentinel (tests/topologies.rs runs a primary + replicas with three sentinels), openssl,
+## procps (kill), chromium and its driver (the console's browser test).
 test-deps: deps $(K8S_VENV)/.installed
 	@command -v openssl >/dev/null 2>&1 || { \
 	  echo "installing openssl (tests/redis_tls.rs makes a throw-away CA)"; \
-	  $(SUDO) apt-get update -qq && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq openssl >/dev/null; }
+	  $(APT_INSTALL) openssl >/dev/null; }
 	@command -v redis-sentinel >/dev/null 2>&1 || { \
 	  echo "installing redis-sentinel"; \
-	  $(SUDO) apt-get update -qq && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq redis-sentinel >/dev/null; }
+	  $(APT_INSTALL) redis-sentinel >/dev/null; }
 	@command -v prometheus >/dev/null 2>&1 || { \
 	  echo "installing prometheus"; \
-	  $(SUDO) apt-get update -qq && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq prometheus >/dev/null; }
+	  $(APT_INSTALL) --no-install-recommends prometheus >/dev/null; }
+	@[ -x /bin/kill ] || [ -x /usr/bin/kill ] || { \
+	  echo "installing procps (kill: the tests stop and resume child processes)"; \
+	  $(APT_INSTALL) procps >/dev/null; }
 	@command -v setpriv >/dev/null 2>&1 || { \
 	  echo "installing util-linux (setpriv)"; \
-	  $(SUDO) apt-get update -qq && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq util-linux >/dev/null; }
+	  $(APT_INSTALL) util-linux >/dev/null; }
 	@{ command -v chromium >/dev/null 2>&1 && command -v chromedriver >/dev/null 2>&1; } || { \
 	  echo "installing chromium and chromium-driver"; \
-	  $(SUDO) apt-get update -qq && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq chromium chromium-driver >/dev/null; }
+	  $(APT_INSTALL) chromium chromium-driver >/dev/null; }
 
 ## kubernetes-validate is pinned: it bundles the schemas of every Kubernetes release it knows.
 $(K8S_VENV)/.installed:
 	@python3 -m venv $(K8S_VENV) 2>/dev/null || { \
 	  echo "installing python3-venv"; \
-	  $(SUDO) apt-get update -qq && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq python3-venv python3-pip >/dev/null; \
+	  $(APT_INSTALL) python3-venv python3-pip >/dev/null; \
 	  python3 -m venv $(K8S_VENV); }
 	$(K8S_VENV)/bin/pip install -q kubernetes-validate==1.37.0
 	@touch $@
 
 ## Start a Redis on 127.0.0.1:$(REDIS_PORT) if nothing listens there.
-redis:
+## One that listens must be Redis 7 or newer (the scripts are a Functions library); one this
+## starts must answer within 2 s, or its log is shown and `make run` stops there.
+redis: deps
 	@if redis-cli -p $(REDIS_PORT) ping >/dev/null 2>&1; then \
+	  v=$$(redis-cli -p $(REDIS_PORT) info server | sed -n 's/^redis_version:\([0-9]*\).*/\1/p'); \
+	  if [ -n "$$v" ] && [ "$$v" -lt 7 ]; then \
+	    echo "the Redis on $(REDIS_PORT) is version $$v; Switchyard needs 7.0 or newer (make run REDIS_PORT=...)"; exit 1; fi; \
 	  echo "redis already listening on $(REDIS_PORT)"; \
 	else \
 	  mkdir -p target/redis && \
 	  redis-server --port $(REDIS_PORT) --bind 127.0.0.1 --daemonize yes --dir $(CURDIR)/target/redis \
 	    --logfile $(CURDIR)/target/redis/redis.log && \
 	  for i in 1 2 3 4 5 6 7 8 9 10; do redis-cli -p $(REDIS_PORT) ping >/dev/null 2>&1 && break; sleep 0.2; done; \
+	  redis-cli -p $(REDIS_PORT) ping >/dev/null 2>&1 || { \
+	    echo "redis did not start on $(REDIS_PORT) (something else listening?); its log:"; \
+	    tail -n 20 target/redis/redis.log; exit 1; }; \
 	  echo "started redis on $(REDIS_PORT)"; \
 	fi
 
 ## See it work: two instances (127.0.0.1:5010 and :5011) and ~20 s of simulated lingua
 ## nodes and web sessions over both (`switchyard sim`); logs in target/demo/.
-demo: deps redis release
+demo: deps bench-deps redis release
 	REDIS_PORT=$(REDIS_PORT) bash bench/demo.sh
 
 ## Benchmarks (~5 min; release build, a dedicated redis-server on a free port):
@@ -120,7 +134,7 @@ bench-deps:
 	if [ -n "$$missing" ]; then \
 	  echo "installing$$missing"; \
 	  pkgs=$$(echo "$$missing" | sed 's/redis-benchmark/redis-tools/'); \
-	  $(SUDO) apt-get update -qq && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq $$pkgs >/dev/null; \
+	  $(APT_INSTALL) $$pkgs >/dev/null; \
 	fi
 
 ## Fuzz the protocol decoders, the session writer's reassembly and the audio estimate
