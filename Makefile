@@ -65,7 +65,7 @@ deps:
 	  $(APT_INSTALL) redis-server >/dev/null; }
 
 ## What the tests need beyond `deps`: Prometheus (the metrics test scrapes a live instance),
-## a Python venv with kubernetes-validate (k8s-check), setpriv (tests/deploy.rs drops to nobody),
+## a Python venv with kubernetes-validate (k8s-check),
 ## redis-sentinel (tests/topologies.rs runs a primary + replicas with three sentinels), openssl,
 ## procps (kill), chromium and its driver (the console's browser test).
 test-deps: deps $(K8S_VENV)/.installed
@@ -81,9 +81,6 @@ test-deps: deps $(K8S_VENV)/.installed
 	@[ -x /bin/kill ] || [ -x /usr/bin/kill ] || { \
 	  echo "installing procps (kill: the tests stop and resume child processes)"; \
 	  $(APT_INSTALL) procps >/dev/null; }
-	@command -v setpriv >/dev/null 2>&1 || { \
-	  echo "installing util-linux (setpriv)"; \
-	  $(APT_INSTALL) util-linux >/dev/null; }
 	@{ command -v chromium >/dev/null 2>&1 && command -v chromedriver >/dev/null 2>&1; } || { \
 	  echo "installing chromium and chromium-driver"; \
 	  $(APT_INSTALL) chromium chromium-driver >/dev/null; }

@@ -14,7 +14,7 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
-use crate::cells::{Cell, Cells};
+use crate::cells::Cells;
 
 /// One of a cell's background loops, as [`crate::supervise`] starts it.
 type Loop = std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>>;
@@ -331,26 +331,45 @@ pub async fn start(cfg: Config) -> std::io::Result<Running> {
         crate::accept::serve(listener, router, &limits, metrics, stop).await;
     });
     tasks.push(server);
-    // Each cell's loops, restarted if one ends before shutdown (a panic: `supervise`).
+    // Each cell's loops, restarted if one ends before shutdown (a panic: `supervise`); what
+    // the inbox consumer and the beat must remember across a restart is kept here.
     for cell in app.cells.iter() {
-        let watch = |task: &'static str, run: fn(Arc<App>, Arc<Cell>) -> Loop| {
-            let (app, cell) = (app.clone(), cell.clone());
-            let stop = app.shutdown_signal();
+        let watch = |task: &'static str, make: Box<dyn Fn() -> Loop + Send>| {
             let (metrics, name) = (app.metrics.clone(), cell.name().to_string());
-            crate::supervise::spawn(metrics, name, task, stop, move || {
-                run(app.clone(), cell.clone())
-            })
+            crate::supervise::spawn(metrics, name, task, app.shutdown_signal(), make)
         };
-        tasks.extend([
-            watch("sweeper", |a, c| Box::pin(crate::sweeper::run(a, c))),
-            watch("presence", |a, c| {
-                Box::pin(crate::routing::presence::run(a, c))
+        let (a, c) = (app.clone(), cell.clone());
+        tasks.push(watch(
+            "sweeper",
+            Box::new(move || Box::pin(crate::sweeper::run(a.clone(), c.clone()))),
+        ));
+        let (a, c, kept) = (app.clone(), cell.clone(), Arc::default());
+        tasks.push(watch(
+            "presence",
+            Box::new(move || {
+                Box::pin(crate::routing::presence::run(
+                    a.clone(),
+                    c.clone(),
+                    Arc::clone(&kept),
+                ))
             }),
-            watch("inbox", |a, c| Box::pin(crate::routing::inbox::run(a, c))),
-            watch("stats", |a, c| {
-                Box::pin(crate::console::live::run_stats(a, c))
+        ));
+        let (a, c, kept) = (app.clone(), cell.clone(), Arc::default());
+        tasks.push(watch(
+            "inbox",
+            Box::new(move || {
+                Box::pin(crate::routing::inbox::run(
+                    a.clone(),
+                    c.clone(),
+                    Arc::clone(&kept),
+                ))
             }),
-        ]);
+        ));
+        let (a, c) = (app.clone(), cell.clone());
+        tasks.push(watch(
+            "stats",
+            Box::new(move || Box::pin(crate::console::live::run_stats(a.clone(), c.clone()))),
+        ));
     }
     if app.auth.is_open() {
         tracing::warn!(

@@ -11,8 +11,10 @@
 //! shutdown — a panic, or a return — it is logged at `error` with the panic's message,
 //! counted in `switchyard_task_restarts_total{cell,task}`, and started again after a
 //! back-off: 100 ms, doubled at each restart up to 10 s, back to 100 ms once a run lasted a
-//! minute (a loop that panics at once does not spin). The loops keep no state that a
-//! restart loses beyond what the next round reads again from Redis.
+//! minute (a loop that panics at once does not spin). What a loop must remember across a
+//! restart (the inbox consumer's entries written but not acknowledged, the presence beat's
+//! lapse to acknowledge) is kept by the caller, outside the loop ([`crate::server::start`]);
+//! everything else it reads again from Redis.
 //!
 //! Aborting the supervisor (a crash in tests, [`crate::server::Running::abort`]) aborts the
 //! task it watches too.
@@ -54,10 +56,16 @@ where
     F: Fn() -> Fut + Send + 'static,
     Fut: Future<Output = ()> + Send + 'static,
 {
+    // The series exists from the start, at 0: an alert on its increase sees the first one.
+    metrics.task_supervised(&cell, task);
     tokio::spawn(async move {
         let mut stop = stop;
         let mut backoff = FIRST_BACKOFF;
         loop {
+            // (a loop started after shutdown would wait for a change that already came)
+            if *stop.borrow() {
+                return;
+            }
             let began = tokio::time::Instant::now();
             let mut run = AbortOnDrop(tokio::spawn(make()));
             let ended = (&mut run.0).await;
@@ -180,15 +188,19 @@ mod tests {
         let (_tx, rx) = watch::channel(false);
         let (done_tx, done_rx) = tokio::sync::oneshot::channel::<()>();
         let held = Arc::new(std::sync::Mutex::new(Some(done_tx)));
+        let h = held.clone();
         let sup = spawn(metrics, "main".into(), "inbox", rx, move || {
             // the sender is dropped with the task: the receiver then sees it closed
-            let tx = held.lock().expect("lock").take();
+            let tx = h.lock().expect("lock").take();
             async move {
                 let _tx = tx;
                 std::future::pending::<()>().await
             }
         });
-        tokio::task::yield_now().await;
+        let ran = held.clone();
+        while ran.lock().expect("lock").is_some() {
+            tokio::task::yield_now().await; // until the task was started
+        }
         sup.abort();
         tokio::time::timeout(Duration::from_secs(5), done_rx)
             .await

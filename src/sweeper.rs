@@ -18,7 +18,7 @@ pub async fn run(app: Arc<App>, cell: Arc<Cell>) {
     loop {
         tokio::select! {
             _ = tick.tick() => {}
-            _ = stop.changed() => return,
+            _ = stop.wait_for(|s| *s) => return,
         }
         loop {
             match sweep_once(&app, &cell).await {

@@ -5,12 +5,12 @@
 //! drain, the configuration (the ConfigMap as the file, the Deployment's env over it) passes
 //! `check-config` and is the overlay's Redis topology, every env name is one `check-config`
 //! reads — and the binary runs exactly as the Deployment runs it: same args and env, the
-//! ConfigMap as a read-only file, as `nobody`, from a directory it cannot write.
+//! ConfigMap as a read-only file, as `nobody` (when the tests run as root, as `make test`
+//! does in CI; another user cannot switch to it), from a directory it cannot write.
 
 mod common;
 
 use std::os::unix::fs::PermissionsExt;
-use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
@@ -359,15 +359,14 @@ async fn the_binary_runs_as_the_deployment_runs_it() {
     // Ports and Redis differ from the pod's (other tests run beside this one); everything
     // else comes from the manifests.
     let (ws, admin) = (free_port(), free_port());
-    let as_nobody = is_root() && which("setpriv");
-    let mut cmd = if as_nobody {
-        let mut c = Command::new("setpriv");
-        c.args(["--reuid=65534", "--regid=65534", "--clear-groups"])
-            .arg(&bin);
-        c
-    } else {
-        Command::new(&bin)
-    };
+    // As root, the process drops to nobody before it runs the binary (setgid, setuid, and
+    // no supplementary groups: std's `CommandExt::uid` clears them when root drops).
+    let as_nobody = is_root();
+    let mut cmd = Command::new(&bin);
+    if as_nobody {
+        use std::os::unix::process::CommandExt;
+        cmd.uid(65534).gid(65534);
+    }
     cmd.args(&args)
         .current_dir(tmp.path())
         .env_clear()
@@ -390,7 +389,18 @@ async fn the_binary_runs_as_the_deployment_runs_it() {
         .env("SWITCHYARD_REDIS__URL", redis.url())
         .stdout(Stdio::null())
         .stderr(Stdio::piped());
-    let child = cmd.spawn().expect("spawn as the Deployment does");
+    // (ETXTBSY: a process another test thread forked while the copy was open for writing
+    // still holds it until that process runs its own program; it does so at once)
+    let mut tries = 0;
+    let child = loop {
+        match cmd.spawn() {
+            Err(e) if e.raw_os_error() == Some(26) && tries < 50 => {
+                tries += 1;
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            r => break r.expect("spawn as the Deployment does"),
+        }
+    };
     let base = format!("http://127.0.0.1:{ws}");
     for probe in ["startupProbe", "readinessProbe", "livenessProbe"] {
         let url = format!(
@@ -427,9 +437,9 @@ async fn the_binary_runs_as_the_deployment_runs_it() {
     println!(
         "ran as {} with args {args:?}",
         if as_nobody {
-            "nobody (setpriv)"
+            "nobody"
         } else {
-            "the current user (no setpriv or not root)"
+            "the current user (not root: cannot become nobody)"
         }
     );
 }
@@ -439,11 +449,6 @@ fn is_root() -> bool {
         .arg("-u")
         .output()
         .is_ok_and(|o| o.stdout.starts_with(b"0\n"))
-}
-
-fn which(tool: &str) -> bool {
-    std::env::var_os("PATH")
-        .is_some_and(|p| std::env::split_paths(&p).any(|d| Path::new(&d).join(tool).is_file()))
 }
 
 /// The renderer's ConfigMap name suffix is kustomize's: the value `kubectl kustomize`

@@ -76,7 +76,7 @@ def generate(directory, k, kpath):
             raise SystemExit(f"{kpath}: only configMapGenerator name, files, options.labels are rendered here")
         data = {}
         for f in g["files"]:
-            with open(os.path.join(directory, f)) as fh:
+            with open(os.path.join(directory, f), encoding="utf-8", newline="") as fh:
                 data[os.path.basename(f)] = fh.read()
         name = f"{g['name']}-{config_map_hash(data)}"
         meta = {"name": name}
@@ -96,6 +96,11 @@ def rename_references(docs, renames):
             cm = v.get("configMap")
             if cm and cm.get("name") in renames:
                 cm["name"] = renames[cm["name"]]
+    # kustomize renames other references too (envFrom, configMapKeyRef, projected volumes,
+    # other kinds); this renderer does not, so it refuses them.
+    left = [n for n in renames if f'"{n}"' in json.dumps(docs)]
+    if left:
+        raise SystemExit(f"{left}: referenced where check.py does not rename (only Deployment volumes)")
 
 
 def render(directory):

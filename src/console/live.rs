@@ -71,7 +71,7 @@ pub async fn run_stats(app: Arc<App>, cell: Arc<Cell>) {
     loop {
         tokio::select! {
             _ = tick.tick() => {}
-            _ = stop.changed() => return,
+            _ = stop.wait_for(|s| *s) => return,
         }
         let (done, failed, e2e) = (
             t.done.swap(0, Ordering::Relaxed),

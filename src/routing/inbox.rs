@@ -54,13 +54,19 @@ struct Envelope {
     job: Option<String>,
 }
 
-pub async fn run(app: Arc<App>, cell: Arc<Cell>) {
+/// What the consumer remembers across a restart of its loop (`crate::supervise`): the
+/// entries it wrote to their sockets but could not acknowledge.
+#[derive(Default)]
+pub struct Memory(tokio::sync::Mutex<Written>);
+
+pub async fn run(app: Arc<App>, cell: Arc<Cell>, memory: Arc<Memory>) {
     let mut stop = app.shutdown_signal();
-    let mut written = Written::default();
+    // Held for the loop's life; a panic's unwinding releases it, with what it holds.
+    let mut written = memory.0.lock().await;
     loop {
         let result = tokio::select! {
             r = consume(&app, &cell, &mut written) => r,
-            _ = stop.changed() => return,
+            _ = stop.wait_for(|s| *s) => return,
         };
         if let Err(e) = result {
             tracing::warn!(cell = cell.name(), error = %e, "inbox consumer reconnecting");
@@ -69,7 +75,7 @@ pub async fn run(app: Arc<App>, cell: Arc<Cell>) {
         }
         tokio::select! {
             _ = tokio::time::sleep(Duration::from_millis(250)) => {}
-            _ = stop.changed() => return,
+            _ = stop.wait_for(|s| *s) => return,
         }
     }
 }

@@ -8,17 +8,23 @@ use std::time::Duration;
 use crate::cells::Cell;
 use crate::server::App;
 
-pub async fn run(app: Arc<App>, cell: Arc<Cell>) {
+/// What the beat remembers across a restart of its loop (`crate::supervise`): the lapse it
+/// closed its connections for and has yet to acknowledge.
+#[derive(Default)]
+pub struct Memory(tokio::sync::Mutex<Option<String>>);
+
+pub async fn run(app: Arc<App>, cell: Arc<Cell>, memory: Arc<Memory>) {
     let mut tick = tokio::time::interval(Duration::from_millis(app.cfg.instance.beat_interval_ms));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut stop = app.shutdown_signal();
     // The lapse this instance closed its connections for, told to the next beat, which
     // then forgets it (kept until a beat's reply says it did: a lost reply forgets nothing).
-    let mut ack: Option<String> = None;
+    // (held for the loop's life; a panic's unwinding releases it, with what it holds)
+    let mut ack = memory.0.lock().await;
     loop {
         tokio::select! {
             _ = tick.tick() => {}
-            _ = stop.changed() => return,
+            _ = stop.wait_for(|s| *s) => return,
         }
         // A planned sentinel switch-over raises no error: look for it on every beat.
         cell.store.poll_topology().await;
@@ -33,10 +39,10 @@ pub async fn run(app: Arc<App>, cell: Arc<Cell>) {
                 Ok(out) => {
                     cell.beat_done();
                     let r = crate::routing::deliver(&app, &cell, out);
-                    ack = None;
+                    *ack = None;
                     if r.lapsed {
                         reconnect_cell(&app, &cell);
-                        ack = r.tomb;
+                        *ack = r.tomb;
                     }
                     if let Some(dead) = &r.took_over {
                         tracing::warn!(cell = cell.name(), dead = %dead, rerouted = r.rerouted, dropped = r.dropped, "took over a dead instance's inbox");

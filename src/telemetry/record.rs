@@ -30,6 +30,15 @@ impl Metrics {
             .inc();
     }
 
+    /// A background task is supervised: its restart counter exists, at 0.
+    pub fn task_supervised(&self, cell: &str, task: &'static str) {
+        let labels = TaskLabels {
+            cell: cell.to_string(),
+            task,
+        };
+        let _ = self.task_restarts.get_or_create(&labels);
+    }
+
     /// A background task ended before shutdown and is started again (`crate::supervise`).
     pub fn task_restarted(&self, cell: &str, task: &'static str) {
         let labels = TaskLabels {

@@ -77,7 +77,25 @@ pub fn render(directory: &Path) -> Vec<Value> {
             }
         }
     }
+    // kustomize renames other references too (envFrom, configMapKeyRef, projected volumes,
+    // other kinds); this renderer does not, so it refuses them.
+    for (old, _) in &renames {
+        assert!(
+            !docs.iter().any(|d| mentions(d, old)),
+            "{old}: referenced where this renderer does not rename (only Deployment volumes)"
+        );
+    }
     docs
+}
+
+/// A string value anywhere in `v` equal to `s`.
+fn mentions(v: &Value, s: &str) -> bool {
+    match v {
+        Value::String(x) => x == s,
+        Value::Sequence(items) => items.iter().any(|i| mentions(i, s)),
+        Value::Mapping(m) => m.values().any(|i| mentions(i, s)),
+        _ => false,
+    }
 }
 
 /// One `configMapGenerator` item (name, files, options.labels): the ConfigMap, and its
@@ -88,6 +106,13 @@ fn generate(directory: &Path, g: &Value) -> (Value, (String, String)) {
         assert!(
             ["name", "files", "options"].contains(&key),
             "configMapGenerator `{key}` is not rendered here"
+        );
+    }
+    for key in g["options"].as_mapping().into_iter().flat_map(|m| m.keys()) {
+        assert_eq!(
+            key.as_str(),
+            Some("labels"),
+            "configMapGenerator options: only `labels` is rendered here"
         );
     }
     let mut data = std::collections::BTreeMap::new();
