@@ -204,8 +204,10 @@ async fn a_dead_instance_is_taken_over_in_every_cell() {
     let b = start_tweaked(&redis, two_cells).await;
     let mut c = redis.client().await;
     let dead = b.app.instance_id.clone();
-    // A globex session on b, served by a node on a: when b dies, the session resumes on a
-    // and the result waiting in b's `us` inbox is not lost.
+    // A globex session on b, served by a node on a: when b dies, a takes b's inbox over in
+    // both cells, and the session resumes on a and gets the result the node sent after the
+    // crash (a takeover drops session messages from the dead inbox: the result log resends
+    // them).
     let globex_node = token(&[Scope::Node], None, Some("globex"));
     let (mut n, nid) = node_as(&a, &globex_node, None).await;
     let globex = token(&[Scope::Session], None, Some("globex"));

@@ -169,6 +169,7 @@ async fn the_console_needs_an_admin_token_but_the_page_does_not() {
         snap["series"]["done_per_s"].as_array().map(Vec::len),
         Some(60)
     );
+    crate::common::invariants::check(&mut redis.client().await).await;
 }
 
 #[path = "console/explain.rs"]

@@ -49,9 +49,11 @@ async fn aof_everysec_restart_after_sigkill_keeps_sessions_and_jobs() {
     s.send(&utterance(&sid, 0)).await;
     let job = next_of(&mut n, "job_assign", T).await.expect("job_assign");
 
-    // Load until the kill: which acknowledged session opens does the AOF keep?
+    // Load until the kill: which acknowledged session opens does the AOF keep? Four seconds,
+    // so that opens acknowledged well before the last second exist: the bound below is
+    // about them.
     let load = Load::start(&inst, 2);
-    tokio::time::sleep(Duration::from_millis(1_500)).await;
+    tokio::time::sleep(Duration::from_millis(4_000)).await;
     redis.kill9();
     let killed = Instant::now();
     let (acked, _) = load.stop();
@@ -86,9 +88,20 @@ async fn aof_everysec_restart_after_sigkill_keeps_sessions_and_jobs() {
         !acked.is_empty(),
         "no session open was acknowledged before the kill"
     );
+    let bound = Duration::from_millis(2_100);
+    let older = acked
+        .iter()
+        .filter(|(at, _)| killed.duration_since(*at) >= bound)
+        .count();
     assert!(
-        oldest.is_none_or(|d| d < Duration::from_millis(2_100)),
-        "only the last second (plus the fsync in flight) may be lost"
+        older > 0,
+        "no open acknowledged {bound:?} before the kill: the bound tests nothing"
+    );
+    assert!(
+        oldest.is_none_or(|d| d < bound),
+        "only the last second (plus the fsync in flight) may be lost: {} of the {older} \
+         acknowledged {bound:?} or more before the kill were lost",
+        lost.iter().filter(|d| **d >= bound).count()
     );
 
     // The session resumes; the job dispatched before the kill is still there and finishes.

@@ -182,18 +182,7 @@ async fn session(
                 msg = tokio::time::timeout(Duration::from_secs(1), stream.next()) => {
                     match msg {
                         Err(_) => continue,
-                        Ok(Some(Ok(Message::Text(t)))) => {
-                            let v: Value = serde_json::from_str(t.as_str()).unwrap_or_default();
-                            if v["type"] == "error" {
-                                log.errors.push(v.to_string());
-                            }
-                            if is_terminal(&v) {
-                                let i = v["utterance_index"].as_u64().unwrap_or(u64::MAX);
-                                let kind = if v["type"] == "error" { v["code"].as_str().unwrap_or("error") } else { v["type"].as_str().unwrap_or("") };
-                                log.terminals.push((i, kind.to_string()));
-                                *got.entry(i).or_default() += 1;
-                            }
-                        }
+                        Ok(Some(Ok(Message::Text(t)))) => log.saw(t.as_str(), &mut got),
                         Ok(Some(Ok(Message::Ping(_) | Message::Pong(_)))) => {}
                         Ok(Some(Ok(Message::Close(_)))) => {
                             finish_close(&mut stream).await;
@@ -204,9 +193,42 @@ async fn session(
                 }
             }
         }
+        // Every outcome in: read on a moment, so that a terminal message arriving after the
+        // last new one (a duplicate) is seen, and fails the scenario, instead of dying with
+        // the socket.
+        if !broken && got.len() as u64 >= UTTERANCES {
+            let until = tokio::time::Instant::now() + Duration::from_secs(1);
+            while let Ok(Some(Ok(m))) = tokio::time::timeout_at(until, stream.next()).await {
+                if let Message::Text(t) = m {
+                    log.saw(t.as_str(), &mut got);
+                }
+            }
+        }
         lost_at = Some(Instant::now());
     }
     log
+}
+
+impl SessionLog {
+    /// A text frame arrived: an error is logged, a terminal message logged and counted by
+    /// index in `got`.
+    fn saw(&mut self, text: &str, got: &mut BTreeMap<u64, usize>) {
+        let v: Value = serde_json::from_str(text).unwrap_or_default();
+        if v["type"] == "error" {
+            self.errors.push(v.to_string());
+        }
+        if !is_terminal(&v) {
+            return;
+        }
+        let i = v["utterance_index"].as_u64().unwrap_or(u64::MAX);
+        let kind = if v["type"] == "error" {
+            v["code"].as_str().unwrap_or("error")
+        } else {
+            v["type"].as_str().unwrap_or("")
+        };
+        self.terminals.push((i, kind.to_string()));
+        *got.entry(i).or_default() += 1;
+    }
 }
 
 fn summary(per_client: &BTreeMap<usize, Vec<u64>>) -> String {

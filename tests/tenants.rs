@@ -212,6 +212,7 @@ async fn a_tenant_holds_at_most_its_share_of_an_instance() {
         m.contains(r#"switchyard_limited_total{kind="session",detail="tenant_connections"} "#),
         "{m}"
     );
+    crate::common::invariants::check(&mut redis.client().await).await;
 }
 
 #[tokio::test]

@@ -112,6 +112,7 @@ async fn admin_listen_puts_the_admin_api_and_metrics_on_their_own_address() {
         "{}",
         r.text().await.unwrap_or_default()
     );
+    crate::common::invariants::check(&mut redis.client().await).await;
 }
 
 /// Review findings: an admin token with a `tenant` or `cell` claim was given the whole

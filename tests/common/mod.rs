@@ -294,18 +294,41 @@ pub async fn redis_now(c: &mut redis::aio::MultiplexedConnection) -> u64 {
     secs * 1000 + micros / 1000
 }
 
-/// `cmdstat_<cmd>` calls from `INFO commandstats` (a subcommand as `function|load`).
+/// `cmdstat_<cmd>` calls from `INFO commandstats` (a subcommand as `function|load`): those
+/// that ran.
 pub async fn command_calls(c: &mut redis::aio::MultiplexedConnection, cmd: &str) -> u64 {
+    command_stats(c, cmd, &["calls"]).await
+}
+
+/// Calls of `cmd` that reached this server at all: run (`calls`), refused before running
+/// (`rejected_calls`: a redirect, TRYAGAIN, a bad argument count) or failed while running
+/// (`failed_calls`).
+pub async fn command_arrivals(c: &mut redis::aio::MultiplexedConnection, cmd: &str) -> u64 {
+    command_stats(c, cmd, &["calls", "rejected_calls", "failed_calls"]).await
+}
+
+/// The sum of `fields` of `cmdstat_<cmd>` in `INFO commandstats` (0 when it has none).
+async fn command_stats(
+    c: &mut redis::aio::MultiplexedConnection,
+    cmd: &str,
+    fields: &[&str],
+) -> u64 {
     let info: String = redis::cmd("INFO")
         .arg("commandstats")
         .query_async(c)
         .await
         .expect("info");
-    info.lines()
-        .find_map(|l| l.strip_prefix(&format!("cmdstat_{cmd}:calls=")))
-        .and_then(|rest| rest.split(',').next())
-        .and_then(|n| n.parse().ok())
-        .unwrap_or(0)
+    let Some(line) = info
+        .lines()
+        .find_map(|l| l.strip_prefix(&format!("cmdstat_{cmd}:")))
+    else {
+        return 0;
+    };
+    line.split(',')
+        .filter_map(|kv| kv.split_once('='))
+        .filter(|(k, _)| fields.contains(k))
+        .filter_map(|(_, v)| v.trim().parse::<u64>().ok())
+        .sum()
 }
 
 /// Every key of a node record in the cell.

@@ -64,6 +64,7 @@ async fn the_stream_ends_when_its_token_expires() {
         body.contains("event: expired") && !body.contains("\"nodes\""),
         "{body}"
     );
+    crate::common::invariants::check(&mut redis.client().await).await;
 }
 
 /// `limits.max_console_streams = 2`: a third stream gets 503 with a JSON error; once one
@@ -98,6 +99,7 @@ async fn streams_beyond_the_cap_get_503() {
         text.contains(r#"switchyard_limited_total{kind="console",detail="streams"} "#),
         "{text}"
     );
+    crate::common::invariants::check(&mut redis.client().await).await;
 }
 
 /// Resource audit: the streams were capped per instance only, so one `admin:read` token
@@ -130,6 +132,7 @@ async fn one_credential_holds_at_most_its_streams() {
     let text = metrics_text(&inst).await;
     let limited = r#"switchyard_limited_total{kind="console",detail="streams_per_credential"}"#;
     assert!(sample(&text, limited).is_some_and(|v| v >= 1.0), "{text}");
+    crate::common::invariants::check(&mut redis.client().await).await;
 }
 
 /// Admin requests beyond `limits.max_admin_requests` in flight get HTTP 429 at once (before,
@@ -190,6 +193,7 @@ async fn admin_requests_beyond_the_limit_get_429_and_the_stream_is_not_counted()
         text.contains(r#"switchyard_limited_total{kind="admin",detail="requests"} 1"#),
         "{text}"
     );
+    crate::common::invariants::check(&mut redis.client().await).await;
 }
 
 /// The snapshot lists at most 500 nodes, the live ones first: with more recently offline
@@ -234,6 +238,7 @@ async fn the_snapshot_lists_live_nodes_before_offline_records() {
     let pool = &snap["pools"][0];
     assert_eq!(pool["members_total"], 1, "{pool}");
     assert!(pool["capacity"].as_u64().is_some_and(|c| c > 0), "{pool}");
+    crate::common::invariants::check(&mut redis.client().await).await;
 }
 
 /// Snapshots of ~800 KB (120 pools with 100 long member names): they fill the socket's

@@ -12,6 +12,7 @@ const BROKEN: &str = "
     HSET node:n-b state offline capacity 1 reserved 0
     SADD node:n-b:jobs j-3
     HSET node:n-c state ready capacity 1 reserved 0
+    HSET node:n-d state offline capacity 1 reserved 2
     SADD pool:p:x n-a n-b
     SADD pools p:x p:gone
     ZADD nodes:live 1 n-a 1 n-b 1 n-ghost
@@ -76,6 +77,8 @@ async fn the_invariant_checker_reports_each_broken_rule() {
         "pool p:x holds n-b but its pools set does not list it".into(),
         "node n-a lists pool p:y but is not in it".into(),
         "node n-a reserved 2 but holds 1 active jobs".into(),
+        "node n-d reserved 2 of capacity 1".into(),
+        "node n-d reserved 2 but holds 0 active jobs".into(),
         "node n-b reserved 0 but holds 1 active jobs".into(),
         r#"node n-b holds job j-3 in state FINISHED on Some("n-b")"#.into(),
         "offline node n-b is still in the liveness set".into(),

@@ -29,6 +29,7 @@ async fn the_instance_runs_on_the_topology_under_test() {
     // On the cluster the instance serves three cells, one per primary.
     let cells = ready["cells"].as_array().map_or(0, Vec::len);
     assert_eq!(cells, if mode == "cluster" { 3 } else { 1 }, "{ready}");
+    crate::common::invariants::check(&mut redis.client().await).await;
 }
 
 /// Audit finding: `/readyz` needs no token, and each request checked every cell (a pooled

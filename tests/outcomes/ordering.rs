@@ -201,15 +201,17 @@ async fn delivered_results_leave_the_log_after_the_retention() {
         second >= first + 1_000,
         "trimmed again: {first} -> {second}"
     );
-    // Within an eighth of the retention (100 ms) of that trim, a result does not trim.
+    // Within an eighth of the retention (100 ms) of that trim, a result does not trim: when
+    // Redis's clock, read after the result, is still before `second`, the result's script
+    // ran before it too, and trim_at must be as it was.
     result(2).await;
     let third = trim_at(&mut c).await;
-    // (a trim sets trim_at to Redis's now + 100 ms and runs only once now >= trim_at: a
-    // trim within 100 ms of the last would leave trim_at below second + 100)
-    assert!(
-        third == second || third >= second + 100,
-        "no trim within retention / 8: {second} -> {third}"
-    );
+    let after = redis_now(&mut c).await;
+    if after < second {
+        assert_eq!(third, second, "a trim within retention / 8 of the last");
+    } else {
+        eprintln!("result 2 came after trim_at ({after} >= {second}): no window to check");
+    }
     assert_eq!(logged(&mut c, format!("{sk}:results")).await, ["1", "2"]);
     invariants::check(&mut c).await;
 }

@@ -96,7 +96,20 @@ async fn a_sentinel_naming_a_replica_gets_no_connection_to_it() {
 
     // An instance that knows only that sentinel has no primary, and says so.
     let only_stale = start_with(cfg(RedisMode::Sentinel, vec![stale.url()], |_| {})).await;
-    let (status, body) = get_json(&http_url(&only_stale, "/readyz")).await;
+    // Not ready for 1.5 s — longer than an instance takes to start — and for the reason that
+    // it has no primary (a fresh instance is unready anyway until its consumer first reads).
+    let (mut status, mut body) = (0, serde_json::Value::Null);
+    let until_t = std::time::Instant::now() + Duration::from_millis(1_500);
+    while std::time::Instant::now() < until_t {
+        (status, body) = get_json(&http_url(&only_stale, "/readyz")).await;
+        assert_eq!(status, 503, "{body}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let reason = body["reason"].as_str().unwrap_or_default();
+    assert!(
+        reason.starts_with("cell main: redis unavailable"),
+        "unready for want of a primary: {body}"
+    );
     refused(&only_stale, "s-0000000a").await;
     let store = &only_stale.app.cells.default_cell().store;
     assert_ne!(
