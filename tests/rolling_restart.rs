@@ -15,7 +15,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use common::actors::is_terminal;
+use common::actors::terminal_of;
 use common::children::Instances;
 use common::invariants;
 use common::roaming::{Roam, finish_close, roaming_node};
@@ -217,17 +217,10 @@ impl SessionLog {
         if v["type"] == "error" {
             self.errors.push(v.to_string());
         }
-        if !is_terminal(&v) {
-            return;
+        if let Some((i, kind)) = terminal_of(&v) {
+            self.terminals.push((i, kind));
+            *got.entry(i).or_default() += 1;
         }
-        let i = v["utterance_index"].as_u64().unwrap_or(u64::MAX);
-        let kind = if v["type"] == "error" {
-            v["code"].as_str().unwrap_or("error")
-        } else {
-            v["type"].as_str().unwrap_or("")
-        };
-        self.terminals.push((i, kind.to_string()));
-        *got.entry(i).or_default() += 1;
     }
 }
 

@@ -36,6 +36,26 @@ fn cfg(mode: RedisMode, urls: Vec<String>, tweak: impl FnOnce(&mut Config)) -> C
     c
 }
 
+/// The tenant the cells of [`cells_of`] give the `i`th cell.
+fn tenant(i: usize) -> String {
+    format!("t{i}")
+}
+
+/// `[[cells]]` of `names`: the `i`th cell holds tenant `t<i>`, the first is the default.
+fn cells_of(names: &[String]) -> impl Fn(&mut Config) + Copy + '_ {
+    move |c: &mut Config| {
+        c.cells = names
+            .iter()
+            .enumerate()
+            .map(|(i, n)| switchyard::config::CellSpec {
+                name: n.clone(),
+                tenants: vec![tenant(i)],
+                default: i == 0,
+            })
+            .collect();
+    }
+}
+
 /// A node answering every job after 5 ms, registered on `inst`.
 async fn auto_node(inst: &Running) -> AutoNode {
     AutoNode::start(

@@ -15,7 +15,7 @@ use tokio_tungstenite::connect_async_with_config;
 use tokio_tungstenite::tungstenite::Message;
 
 use super::{Counts, UTTERANCES, pick};
-use crate::common::actors::is_terminal;
+use crate::common::actors::terminal_of;
 use crate::common::*;
 
 /// What one session saw.
@@ -149,16 +149,9 @@ impl SessionLog {
     /// A text frame arrived: a terminal message is logged, and counted by index in `got`.
     fn saw(&mut self, text: &str, got: &mut BTreeMap<u64, usize>) {
         let v: Value = serde_json::from_str(text).unwrap_or_default();
-        if !is_terminal(&v) {
-            return;
+        if let Some((i, kind)) = terminal_of(&v) {
+            self.terminals.push((i, kind));
+            *got.entry(i).or_default() += 1;
         }
-        let i = v["utterance_index"].as_u64().unwrap_or(u64::MAX);
-        let kind = if v["type"] == "error" {
-            v["code"].as_str().unwrap_or("error")
-        } else {
-            v["type"].as_str().unwrap_or("")
-        };
-        self.terminals.push((i, kind.to_string()));
-        *got.entry(i).or_default() += 1;
     }
 }

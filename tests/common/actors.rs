@@ -213,6 +213,21 @@ pub fn is_terminal(v: &Value) -> bool {
     ) || (v["type"] == "error" && v.get("utterance_index").is_some_and(|i| !i.is_null()))
 }
 
+/// A terminal message's (utterance index, type or error code); `None` for any other
+/// message (what the load scenarios log of each frame).
+pub fn terminal_of(v: &Value) -> Option<(u64, String)> {
+    if !is_terminal(v) {
+        return None;
+    }
+    let i = v["utterance_index"].as_u64().unwrap_or(u64::MAX);
+    let kind = if v["type"] == "error" {
+        v["code"].as_str().unwrap_or("error")
+    } else {
+        v["type"].as_str().unwrap_or("")
+    };
+    Some((i, kind.to_string()))
+}
+
 /// Read until `n` terminal messages arrived (skipping ui_event/asr_partial); panics on
 /// timeout. Returns them in arrival order.
 pub async fn terminals(s: &mut WsClient, n: usize, timeout: Duration) -> Vec<Value> {

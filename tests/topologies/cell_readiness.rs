@@ -13,18 +13,7 @@ async fn one_cell_down_leaves_the_other_cells_ready_and_serving() {
     let mut cluster = Cluster::start_steady().await;
     let ranges: Vec<Vec<(u16, u16)>> = cluster.slot_map().await.into_values().collect();
     let names = switchyard::config::cell::spread_names("switchyard", "cell", 2, &ranges);
-    let tenant = |i: usize| format!("t{i}");
-    let cells = |c: &mut Config| {
-        c.cells = names
-            .iter()
-            .enumerate()
-            .map(|(i, n)| switchyard::config::CellSpec {
-                name: n.clone(),
-                tenants: vec![tenant(i)],
-                default: i == 0,
-            })
-            .collect();
-    };
+    let cells = cells_of(&names);
     let any = start_with(cfg(RedisMode::Cluster, cluster.urls(), cells)).await;
     let every = start_with(cfg(RedisMode::Cluster, cluster.urls(), |c| {
         cells(c);

@@ -37,18 +37,7 @@ async fn three_cells_spread_over_the_cluster_primaries() {
     let printed: Vec<String> = parsed.cells.iter().map(|c| c.name.clone()).collect();
     assert_eq!(printed, names, "{toml}");
     assert!(parsed.cells[0].default && !parsed.cells[1].default);
-    let tenant = |i: usize| format!("t{i}");
-    let cells = |c: &mut Config| {
-        c.cells = names
-            .iter()
-            .enumerate()
-            .map(|(i, n)| switchyard::config::CellSpec {
-                name: n.clone(),
-                tenants: vec![tenant(i)],
-                default: i == 0,
-            })
-            .collect();
-    };
+    let cells = cells_of(&names);
     let a = start_with(cfg(RedisMode::Cluster, cluster.urls(), cells)).await;
     let b = start_with(cfg(RedisMode::Cluster, cluster.urls(), cells)).await;
     let mut nodes = Vec::new();
