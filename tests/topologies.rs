@@ -80,6 +80,23 @@ async fn jobs_flow(b: &Running, n: u64) {
     );
 }
 
+/// As tenant `t<i>` ([`cells_of`]): open a session on `inst`, send `n` utterances, expect
+/// `n` results.
+async fn tenant_jobs_flow(inst: &Running, i: usize, n: u64) {
+    let t = token(&[Scope::Session], None, Some(&tenant(i)));
+    let url = with_given_token(&bare_ws_url(inst, "/ws/session"), &t);
+    let (mut s, sid) = open_session(&url, fixture("session_init_one_way")).await;
+    for u in 0..n {
+        s.send(&utterance(&sid, u)).await;
+    }
+    let got = terminals(&mut s, n as usize, T).await;
+    assert!(
+        got.iter().all(|v| v["type"] == "translation_result"),
+        "tenant {}: {got:?}",
+        tenant(i)
+    );
+}
+
 /// Kill the sentinel-managed primary under load, `replicas` replicas, `WAIT wait_replicas`;
 /// returns (acknowledged but lost, acknowledged).
 async fn sentinel_failover(replicas: usize, wait_replicas: u32) -> (usize, usize) {

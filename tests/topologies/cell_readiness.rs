@@ -76,17 +76,7 @@ async fn one_cell_down_leaves_the_other_cells_ready_and_serving() {
     .await;
 
     // The other cell serves on, from the instance that stayed ready.
-    let s0 = token(&[Scope::Session], None, Some(&tenant(0)));
-    let url = with_given_token(&bare_ws_url(&any, "/ws/session"), &s0);
-    let (mut s, sid) = open_session(&url, fixture("session_init_one_way")).await;
-    for u in 0..3 {
-        s.send(&utterance(&sid, u)).await;
-    }
-    let got = terminals(&mut s, 3, T).await;
-    assert!(
-        got.iter().all(|v| v["type"] == "translation_result"),
-        "{got:?}"
-    );
+    tenant_jobs_flow(&any, 0, 3).await;
     assert_eq!(node.jobs(), 3);
 
     cluster.node(port).signal("CONT");

@@ -49,17 +49,7 @@ async fn three_cells_spread_over_the_cluster_primaries() {
     }
     let mut primaries = std::collections::BTreeSet::new();
     for (i, name) in names.iter().enumerate() {
-        let t = token(&[Scope::Session], None, Some(&tenant(i)));
-        let url = with_given_token(&bare_ws_url(&b, "/ws/session"), &t);
-        let (mut s, sid) = open_session(&url, fixture("session_init_one_way")).await;
-        for u in 0..3 {
-            s.send(&utterance(&sid, u)).await;
-        }
-        let got = terminals(&mut s, 3, T).await;
-        assert!(
-            got.iter().all(|v| v["type"] == "translation_result"),
-            "cell {name}: {got:?}"
-        );
+        tenant_jobs_flow(&b, i, 3).await;
         let tag = format!("{{switchyard:{name}}}:");
         let port = cluster
             .primary_of(cluster.slot(&tag).await)
