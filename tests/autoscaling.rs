@@ -6,7 +6,8 @@ mod common;
 
 use std::time::Duration;
 
-use common::actors::{AutoNode, open_session, terminals, utterance};
+use common::actors::{AutoNode, node_on, open_session, terminals, utterance};
+use common::invariants;
 use common::*;
 use serde_json::json;
 
@@ -128,4 +129,31 @@ async fn queue_wait_is_counted_under_the_pool_that_served_the_job() {
         "a series for the tenant's pool, which has no node: {text}"
     );
     assert_eq!(node.jobs(), 1);
+}
+
+/// Capacities an operator edited by hand to the largest number Redis holds, on two nodes of
+/// one pool, sum to a saturated figure on `/metrics` (a sum that overflowed panicked the
+/// scrape's refresh in a build with overflow checks, and the gauges kept their old values).
+#[tokio::test]
+async fn hand_edited_capacities_saturate_the_pool_sums() {
+    let redis = RedisServer::start().await;
+    let inst = start_instance(&redis).await;
+    let mut c = redis.client().await;
+    let mut held = Vec::new();
+    for _ in 0..2 {
+        let (n, nid) = node_on(&inst, None).await;
+        let key = format!("{}node:{nid}", invariants::PREFIX);
+        let () = redis::AsyncCommands::hset(&mut c, key, "capacity", i64::MAX)
+            .await
+            .expect("hset");
+        held.push(n);
+    }
+    let pool = r#"{cell="main",pool="pub:zh:en"}"#;
+    eventually(Duration::from_secs(5), "the summed capacity", || async {
+        let text = metrics_text(&inst).await;
+        let cap = sample(&text, &format!("switchyard_pool_capacity{pool}"))?;
+        (cap >= i64::MAX as f64).then_some(())
+    })
+    .await;
+    invariants::check(&mut c).await;
 }

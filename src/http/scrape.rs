@@ -190,15 +190,20 @@ fn cap_pools(r: &mut Reading) {
     }
     pools.sort_by(|a, b| b.2.cmp(&a.2).then(b.1.cmp(&a.1)).then(a.0.cmp(&b.0)));
     let rest = pools.split_off(MAX_POOL_SERIES - 1);
-    let (members, depth) = rest.iter().fold((0, 0), |(m, d), p| (m + p.1, d + p.2));
+    let (members, depth) = rest.iter().fold((0, 0), |(m, d): (usize, u64), p| {
+        (m.saturating_add(p.1), d.saturating_add(p.2))
+    });
     let kept: std::collections::BTreeSet<String> = pools.iter().map(|p| p.0.clone()).collect();
     pools.push((OTHER.into(), members, depth));
     if let Some(capacity) = r.capacity.as_mut() {
-        let mut other = (0, 0);
+        let mut other: (i64, i64) = (0, 0);
         capacity.retain(|pool, (reserved, cap)| {
             let keep = kept.contains(pool);
             if !keep {
-                other = (other.0 + *reserved, other.1 + *cap);
+                other = (
+                    other.0.saturating_add(*reserved),
+                    other.1.saturating_add(*cap),
+                );
             }
             keep
         });

@@ -373,7 +373,10 @@ impl Store {
                 let sum = members
                     .iter()
                     .filter_map(|m| nodes.get(m))
-                    .fold((0, 0), |a, (r, c)| (a.0 + r, a.1 + c));
+                    // (saturating: the fields are Redis's, an operator may edit them)
+                    .fold((0i64, 0i64), |a, (r, c)| {
+                        (a.0.saturating_add(*r), a.1.saturating_add(*c))
+                    });
                 (pool.clone(), sum)
             })
             .collect())

@@ -113,8 +113,7 @@ impl Metrics {
         let failed: u64 =
             e.ev.iter()
                 .filter(|(k, _)| k.starts_with("failed:"))
-                .map(|(_, n)| n)
-                .sum();
+                .fold(0, |a, (_, n)| a.saturating_add(*n));
         tally.failed.fetch_add(failed, Relaxed);
     }
 

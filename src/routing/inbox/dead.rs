@@ -172,7 +172,8 @@ pub(super) async fn drop_worn(
             return Ok(());
         }
         let (secs, micros): (u64, u64) = redis::cmd("TIME").query_async(conn).await?;
-        let old_before = (secs * 1000 + micros / 1000).saturating_sub(app.cfg.inbox.claim_idle_ms);
+        let old_before =
+            (secs.saturating_mul(1000) + micros / 1000).saturating_sub(app.cfg.inbox.claim_idle_ms);
         worn.retain(|(id, _)| added_ms(id).is_some_and(|ms| ms < old_before));
         if worn.is_empty() {
             return Ok(());
