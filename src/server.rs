@@ -15,12 +15,12 @@ use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
 use crate::cells::Cells;
-
-/// One of a cell's background loops, as [`crate::supervise`] starts it.
-type Loop = std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>>;
 use crate::config::Config;
 use crate::gateway::{Connections, Kind, Outbound};
 use crate::telemetry::metrics::Metrics;
+
+/// One of a cell's background loops, as [`crate::supervise`] starts it.
+type Loop = std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>>;
 
 /// State shared by every handler and task of an instance.
 pub struct App {

@@ -29,9 +29,10 @@ pub struct InstanceConfig {
 #[serde(rename_all = "snake_case")]
 pub enum ReadyWhen {
     /// Ready while at least one cell is usable; `/readyz` names the others under
-    /// `degraded`, and their peers get `SCHEDULER_DEPENDENCY_DOWN`. Every instance serves
-    /// every cell, so a cell that is down is down on all of them: failing readiness would
-    /// take every instance out of the load balancer and every other cell down with it.
+    /// `degraded` (peers of a cell whose Redis is down get `SCHEDULER_DEPENDENCY_DOWN`).
+    /// Every instance serves every cell, so a cell that is down is down on all of them:
+    /// failing readiness would take every instance out of the load balancer and every other
+    /// cell down with it.
     #[default]
     AnyCell,
     /// Ready only while every cell is usable: an instance that cannot reach one cell leaves
