@@ -73,8 +73,7 @@ fn group(r: &Value) -> (&str, u64) {
 }
 
 fn tts_play_ended(sid: &str, group_id: &str) -> Value {
-    let mut m = fixture("tts_play_ended");
-    m["session_id"] = json!(sid);
+    let mut m = for_session("tts_play_ended", sid);
     m["group_id"] = json!(group_id);
     m
 }
@@ -186,8 +185,7 @@ async fn a_result_after_the_window_starts_a_new_group_and_session_close_closes_i
     let a3 = assign(&mut n).await;
     assert!(a3.get("context_text").is_none(), "{a3}");
     // session_close closes the group: a result still in flight starts a new one.
-    let mut close = fixture("session_close");
-    close["session_id"] = json!(sid);
+    let close = for_session("session_close", &sid);
     s.send(&close).await;
     s.recv_type("session_close_ack").await;
     answer_asr(&mut n, &a3, &nid, "四").await;

@@ -261,8 +261,7 @@ async fn a_session_that_only_keeps_alive_sheds_old_results_with_their_bodies() {
     let body: bool = c.exists(format!("{sk}:body:0")).await.expect("exists");
     assert!(body);
     // No more results: only heartbeats keep the session alive, past the retention.
-    let mut hb = fixture("client_heartbeat");
-    hb["session_id"] = json!(sid);
+    let hb = for_session("client_heartbeat", &sid);
     for _ in 0..8 {
         tokio::time::sleep(Duration::from_millis(200)).await;
         s.send(&hb).await;

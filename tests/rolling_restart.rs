@@ -15,7 +15,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use common::actors::terminal_of;
+use common::actors::{terminal_of, utterance};
 use common::children::Instances;
 use common::invariants;
 use common::roaming::{Roam, finish_close, roaming_node};
@@ -157,9 +157,7 @@ async fn session(
         sid = Some(this.clone());
         let mut broken = false;
         for i in (0..sent).filter(|i| !got.contains_key(i)) {
-            let mut u = fixture("utterance");
-            u["session_id"] = json!(this);
-            u["utterance_index"] = json!(i);
+            let u = utterance(&this, i);
             if sink
                 .send(Message::Text(u.to_string().into()))
                 .await
@@ -173,9 +171,7 @@ async fn session(
         while !broken && (got.len() as u64) < UTTERANCES && Instant::now() < deadline {
             tokio::select! {
                 _ = tick.tick(), if sent < UTTERANCES => {
-                    let mut u = fixture("utterance");
-                    u["session_id"] = json!(this);
-                    u["utterance_index"] = json!(sent);
+                    let u = utterance(&this, sent);
                     sent += 1;
                     if sink.send(Message::Text(u.to_string().into())).await.is_err() { broken = true }
                 }

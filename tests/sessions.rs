@@ -29,14 +29,12 @@ async fn streamed_audio_is_cut_on_is_final_and_an_empty_cut_makes_no_job() {
     let (mut s, sid) = session(&inst).await;
     let mut expected = Vec::new();
     for seq in 0..3 {
-        let mut ch = fixture("audio_chunk");
-        ch["session_id"] = json!(sid);
+        let mut ch = for_session("audio_chunk", &sid);
         ch["seq"] = json!(seq);
         expected.extend(B64.decode(ch["payload"].as_str().unwrap()).unwrap());
         s.send(&ch).await;
     }
-    let mut fin = fixture("audio_chunk_final_empty");
-    fin["session_id"] = json!(sid);
+    let fin = for_session("audio_chunk_final_empty", &sid);
     s.send(&fin).await;
     let a = assign(&mut n).await;
     assert_eq!(
@@ -80,8 +78,7 @@ async fn max_duration_cuts_keep_the_turn_on_one_node() {
     let (mut a, _) = node(&inst, |_| {}).await;
     let (mut b, _) = node(&inst, |_| {}).await;
     let (mut s, sid) = session(&inst).await;
-    let mut ch = fixture("audio_chunk");
-    ch["session_id"] = json!(sid);
+    let ch = for_session("audio_chunk", &sid);
     s.send(&ch).await;
     let (first, other, j1) = tokio::select! {
         v = assign(&mut a) => (&mut a, &mut b, v),
@@ -93,8 +90,7 @@ async fn max_duration_cuts_keep_the_turn_on_one_node() {
     s.send(&ch).await;
     let j2 = assign(first).await;
     assert_eq!(j2["turn_id"], turn);
-    let mut fin = fixture("audio_chunk_final_empty");
-    fin["session_id"] = json!(sid);
+    let mut fin = for_session("audio_chunk_final_empty", &sid);
     fin["payload"] = json!(B64.encode([1u8; 30]));
     s.send(&fin).await;
     let j3 = assign(first).await;
@@ -119,8 +115,7 @@ async fn a_pause_cut_fires_after_the_receiving_instance_is_gone() {
     let mut c = redis.client().await;
     let (mut n, _) = node(&b, |_| {}).await;
     let (mut s, sid) = session(&a).await;
-    let mut ch = fixture("audio_chunk");
-    ch["session_id"] = json!(sid);
+    let ch = for_session("audio_chunk", &sid);
     s.send(&ch).await;
     s.send(&ch).await;
     // Wait until both chunks are in Redis, then the receiving instance dies.
@@ -192,15 +187,13 @@ async fn session_messages_are_validated_and_answered() {
     let e = s.recv_type("error").await;
     assert_eq!(e["code"], "INVALID_SESSION", "{e}");
     assert_eq!(e["details"]["utterance_index"], 4, "{e}");
-    let mut hb = fixture("client_heartbeat");
-    hb["session_id"] = json!(sid);
+    let hb = for_session("client_heartbeat", &sid);
     s.send(&hb).await;
     assert_eq!(
         s.recv_type("server_heartbeat").await["session_id"],
         sid.as_str()
     );
-    let mut tts = fixture("tts_play_ended");
-    tts["session_id"] = json!(sid);
+    let tts = for_session("tts_play_ended", &sid);
     s.send(&tts).await;
     s.expect_silence(Duration::from_millis(200)).await;
     // Nothing above created a job.
@@ -210,11 +203,9 @@ async fn session_messages_are_validated_and_answered() {
             .is_none()
     );
     // session_close flushes the buffer into a last job, then acks.
-    let mut ch = fixture("audio_chunk");
-    ch["session_id"] = json!(sid);
+    let ch = for_session("audio_chunk", &sid);
     s.send(&ch).await;
-    let mut close = fixture("session_close");
-    close["session_id"] = json!(sid);
+    let close = for_session("session_close", &sid);
     s.send(&close).await;
     s.recv_type("session_close_ack").await;
     let a = assign(&mut n).await;
@@ -236,8 +227,7 @@ async fn an_active_session_keeps_living_past_its_idle_ttl() {
     .await;
     let mut c = redis.client().await;
     let (mut s, sid) = session(&inst).await;
-    let mut hb = fixture("client_heartbeat");
-    hb["session_id"] = json!(sid);
+    let hb = for_session("client_heartbeat", &sid);
     // Activity every 100 ms for three idle TTLs: the session must stay.
     for _ in 0..48 {
         s.send(&hb).await;

@@ -22,15 +22,13 @@ const T: Duration = Duration::from_secs(5);
 /// A streamed phrase of `chunks` fixture chunks stamped `client_ts`, then an empty is_final.
 async fn phrase(s: &mut WsClient, sid: &str, chunks: usize, client_ts: Option<u64>) {
     for _ in 0..chunks {
-        let mut ch = fixture("audio_chunk");
-        ch["session_id"] = json!(sid);
+        let mut ch = for_session("audio_chunk", sid);
         if let Some(t) = client_ts {
             ch["client_timestamp_ms"] = json!(t);
         }
         s.send(&ch).await;
     }
-    let mut fin = fixture("audio_chunk_final_empty");
-    fin["session_id"] = json!(sid);
+    let fin = for_session("audio_chunk_final_empty", sid);
     s.send(&fin).await;
 }
 
@@ -170,12 +168,10 @@ async fn a_short_quiet_word_is_not_taken_for_a_click() {
     let mut c = redis.client().await;
     let (mut n, _) = node_on(&inst, None).await;
     let (mut s, sid) = session_on(&inst).await;
-    let mut ch = fixture("audio_chunk");
-    ch["session_id"] = json!(sid);
+    let mut ch = for_session("audio_chunk", &sid);
     ch["payload"] = json!(packets(12, 23));
     s.send(&ch).await;
-    let mut fin = fixture("audio_chunk_final_empty");
-    fin["session_id"] = json!(sid);
+    let fin = for_session("audio_chunk_final_empty", &sid);
     s.send(&fin).await;
     let a = assign(&mut n).await;
     assert_eq!(a["utterance_index"], 0);
@@ -214,16 +210,13 @@ async fn clicks_between_phrases_make_no_job_and_use_no_index() {
     let tiny = packets(2, 63);
     assert_eq!(B64.decode(&tiny).unwrap().len(), 130);
     for _ in 0..5 {
-        let mut ch = fixture("audio_chunk");
-        ch["session_id"] = json!(sid);
+        let mut ch = for_session("audio_chunk", &sid);
         ch["payload"] = json!(tiny);
         s.send(&ch).await;
-        let mut fin = fixture("audio_chunk_final_empty");
-        fin["session_id"] = json!(sid);
+        let fin = for_session("audio_chunk_final_empty", &sid);
         s.send(&fin).await;
     }
-    let mut ch = fixture("audio_chunk");
-    ch["session_id"] = json!(sid);
+    let mut ch = for_session("audio_chunk", &sid);
     ch["payload"] = json!(tiny);
     s.send(&ch).await;
     eventually(T, "six cuts skipped as too short", || async {
@@ -271,12 +264,10 @@ async fn min_cut_ms_zero_turns_the_rule_off() {
     let mut c = redis.client().await;
     let (mut n, _) = node_on(&inst, None).await;
     let (mut s, sid) = session_on(&inst).await;
-    let mut ch = fixture("audio_chunk");
-    ch["session_id"] = json!(sid);
+    let mut ch = for_session("audio_chunk", &sid);
     ch["payload"] = json!(packets(2, 63));
     s.send(&ch).await;
-    let mut fin = fixture("audio_chunk_final_empty");
-    fin["session_id"] = json!(sid);
+    let fin = for_session("audio_chunk_final_empty", &sid);
     s.send(&fin).await;
     assert_eq!(assign(&mut n).await["utterance_index"], 0);
     assert_eq!(skipped(&inst).await, 0.0);
@@ -291,16 +282,14 @@ async fn a_short_tail_of_a_long_turn_still_ends_it_on_its_node() {
     let mut c = redis.client().await;
     let (mut n, _) = node_on(&inst, None).await;
     let (mut s, sid) = session_on(&inst).await;
-    let mut ch = fixture("audio_chunk");
-    ch["session_id"] = json!(sid);
+    let mut ch = for_session("audio_chunk", &sid);
     s.send(&ch).await;
     let j0 = assign(&mut n).await;
     assert_eq!(j0["is_max_duration_triggered"], true);
     // A 43 ms rest of the same speech, then is_final: the turn's last job, not a click.
     ch["payload"] = json!(packets(2, 63));
     s.send(&ch).await;
-    let mut fin = fixture("audio_chunk_final_empty");
-    fin["session_id"] = json!(sid);
+    let fin = for_session("audio_chunk_final_empty", &sid);
     s.send(&fin).await;
     let j1 = assign(&mut n).await;
     assert_eq!(j1["utterance_index"], 1);
@@ -354,8 +343,7 @@ async fn a_turns_later_part_follows_its_queued_first_part_to_its_node() {
     let (ja, jb) = (assign(&mut a).await, assign(&mut b).await);
     // Two parts of one turn, both queued.
     let (mut s, sid) = session_on(&inst).await;
-    let mut ch = fixture("audio_chunk");
-    ch["session_id"] = json!(sid);
+    let ch = for_session("audio_chunk", &sid);
     s.send(&ch).await;
     s.send(&ch).await;
     handled(&mut s, &sid).await;

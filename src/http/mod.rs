@@ -153,15 +153,13 @@ async fn readyz(State(app): State<Arc<App>>) -> Response {
     if app.is_draining() {
         return not_ready("draining".into(), &[]);
     }
-    let several = app.cells.len() > 1;
     let mut degraded = Vec::new();
     let mut first_reason = None;
     for (name, usable) in app.ready.cells(&app).await {
         let reason = match usable {
             Err(e) => format!("cell {name}: {e}"),
             Ok(()) if app.cells.get(&name).is_some_and(|c| app.inbox_alive(c)) => continue,
-            Ok(()) if several => format!("cell {name}: inbox consumer not running"),
-            Ok(()) => "inbox consumer not running".to_string(),
+            Ok(()) => format!("cell {name}: inbox consumer not running"),
         };
         degraded.push(json!({"cell": name, "reason": reason}));
         first_reason.get_or_insert(reason);

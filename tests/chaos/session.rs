@@ -15,7 +15,7 @@ use tokio_tungstenite::connect_async_with_config;
 use tokio_tungstenite::tungstenite::Message;
 
 use super::{Counts, UTTERANCES, pick};
-use crate::common::actors::terminal_of;
+use crate::common::actors::{terminal_of, utterance};
 use crate::common::*;
 
 /// What one session saw.
@@ -93,9 +93,7 @@ pub(super) async fn chaos_session(
         let mut broken = false;
         for i in (0..sent).filter(|i| !got.contains_key(i)) {
             counts.resends.fetch_add(1, Ordering::Relaxed);
-            let mut u = fixture("utterance");
-            u["session_id"] = json!(this);
-            u["utterance_index"] = json!(i);
+            let u = utterance(&this, i);
             if sink
                 .send(Message::Text(u.to_string().into()))
                 .await
@@ -111,9 +109,7 @@ pub(super) async fn chaos_session(
         while !broken && (got.len() as u64) < UTTERANCES && Instant::now() < deadline {
             tokio::select! {
                 _ = tick.tick(), if sent < UTTERANCES => {
-                    let mut u = fixture("utterance");
-                    u["session_id"] = json!(this);
-                    u["utterance_index"] = json!(sent);
+                    let u = utterance(&this, sent);
                     sent += 1;
                     if sink.send(Message::Text(u.to_string().into())).await.is_err() { broken = true }
                 }

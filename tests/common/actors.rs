@@ -197,10 +197,16 @@ pub async fn open_session_ack(url: &str, init: Value) -> (WsClient, Value) {
     (s, ack)
 }
 
+/// The lingua fixture `name` (a session's frame) for session `sid`.
+pub fn for_session(name: &str, sid: &str) -> Value {
+    let mut f = fixture(name);
+    f["session_id"] = json!(sid);
+    f
+}
+
 /// The lingua `utterance` fixture for `sid` with index `idx`.
 pub fn utterance(sid: &str, idx: u64) -> Value {
-    let mut u = fixture("utterance");
-    u["session_id"] = json!(sid);
+    let mut u = for_session("utterance", sid);
     u["utterance_index"] = json!(idx);
     u
 }

@@ -178,9 +178,7 @@ async fn a_node_in_more_pools_than_lua_can_unpack_registers_and_is_offered_queue
     busy.register_id(f, None).await;
     let (mut s, sid) = crate::common::actors::session_on(&inst).await;
     for i in 0..2 {
-        let mut u = fixture("utterance");
-        u["session_id"] = json!(sid);
-        u["utterance_index"] = json!(i);
+        let u = utterance(&sid, i);
         s.send(&u).await;
     }
     let jobs_key = format!("{PREFIX}session:{sid}:jobs");

@@ -40,7 +40,7 @@ async fn readyz_once_started(inst: &switchyard::server::Running) -> (u16, serde_
     let until = std::time::Instant::now() + std::time::Duration::from_secs(5);
     loop {
         let (status, body) = readyz(inst).await;
-        let starting = body["reason"] == "inbox consumer not running";
+        let starting = body["reason"] == "cell main: inbox consumer not running";
         if !starting || std::time::Instant::now() > until {
             return (status, body);
         }

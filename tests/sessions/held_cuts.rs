@@ -85,11 +85,9 @@ async fn audio_kept_by_a_cut_without_a_free_index_is_cut_again_after_the_pause()
     } = indices_0_to_2_taken(&redis).await;
     // Indices 0..2 have jobs: the manual cut tries them (1 + max_index_ahead) and keeps the
     // audio.
-    let mut ch = fixture("audio_chunk");
-    ch["session_id"] = json!(sid);
+    let ch = for_session("audio_chunk", &sid);
     s.send(&ch).await;
-    let mut fin = fixture("audio_chunk_final_empty");
-    fin["session_id"] = json!(sid);
+    let fin = for_session("audio_chunk_final_empty", &sid);
     s.send(&fin).await;
     eventually(T, "the manual cut tried indices 0..2", || {
         let mut c = c.clone();
@@ -138,8 +136,7 @@ async fn a_held_buffer_stays_within_the_index_and_size_bounds() {
         sid,
         jobs,
     } = indices_0_to_2_taken(&redis).await;
-    let mut ch = fixture("audio_chunk");
-    ch["session_id"] = json!(sid);
+    let ch = for_session("audio_chunk", &sid);
     // 620 bytes a chunk: the 7th passes 4,000 (a size cut, held: indices 0..2 are taken,
     // 3 is past the cursor + 2); the 13th would pass 8,000 and is refused.
     for _ in 0..12 {
@@ -198,11 +195,9 @@ async fn audio_held_by_a_closing_cut_without_a_free_index_is_still_cut() {
         sid,
         mut jobs,
     } = indices_0_to_2_taken(&redis).await;
-    let mut ch = fixture("audio_chunk");
-    ch["session_id"] = json!(sid);
+    let ch = for_session("audio_chunk", &sid);
     s.send(&ch).await;
-    let mut close = fixture("session_close");
-    close["session_id"] = json!(sid);
+    let close = for_session("session_close", &sid);
     s.send(&close).await;
     s.recv_type("session_close_ack").await;
     assert_eq!(session_field(&mut c, &sid, "state").await, "closed");

@@ -21,8 +21,7 @@ async fn playback_holds_the_pause_cut_until_it_ends() {
     let mut c = redis.client().await;
     let (mut n, _nid) = node(&inst, |_| {}).await;
     let (mut s, sid) = session(&inst).await;
-    let mut ch = fixture("audio_chunk");
-    ch["session_id"] = json!(sid);
+    let ch = for_session("audio_chunk", &sid);
     s.send(&ch).await;
     let mut started = fixture("tts_play_ended");
     started["type"] = json!("tts_started");
@@ -36,8 +35,7 @@ async fn playback_holds_the_pause_cut_until_it_ends() {
             .is_none(),
         "the audio was cut while the client played a result"
     );
-    let mut ended = fixture("tts_play_ended");
-    ended["session_id"] = json!(sid);
+    let ended = for_session("tts_play_ended", &sid);
     let at = Instant::now();
     s.send(&ended).await;
     // (within T = 5 s: only tts_play_ended's restart of the pause clock brings it so soon)

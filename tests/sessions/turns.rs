@@ -18,8 +18,7 @@ async fn a_turn_answered_whole(
     let (mut a, aid) = node(inst, |_| {}).await;
     let (mut b, bid) = node(inst, |_| {}).await;
     let (mut s, sid) = session(inst).await;
-    let mut ch = fixture("audio_chunk");
-    ch["session_id"] = json!(sid);
+    let ch = for_session("audio_chunk", &sid);
     s.send(&ch).await;
     let (first, other, j0) = tokio::select! {
         v = assign(&mut a) => ((a, aid), b, v),
@@ -27,8 +26,7 @@ async fn a_turn_answered_whole(
     };
     let (mut first, other) = (first, other);
     assert_eq!(j0["is_max_duration_triggered"], true);
-    let mut fin = fixture("audio_chunk_final_empty");
-    fin["session_id"] = json!(sid);
+    let mut fin = for_session("audio_chunk_final_empty", &sid);
     fin["payload"] = json!(B64.encode([1u8; 30]));
     s.send(&fin).await;
     let j1 = assign(&mut first.0).await;
